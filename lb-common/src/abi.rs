@@ -1,0 +1,175 @@
+//! Every kernel map key and value. `#[repr(C)]`, explicit padding, no `bool` or
+//! `Option`, sizes pinned by compile-time assertions: the kernel program and the
+//! controller must agree on these bytes exactly.
+//!
+//! IPv4 addresses are `[u8; 4]` in network order, so `bpftool map dump` prints
+//! `[10,77,1,100]`; ports are host-order integers.
+
+/// Bumped whenever a map layout below changes; stored in `lb_meta` so that a
+/// controller can tell whether pinned maps were written by a compatible build.
+pub const ABI_VERSION: u32 = 1;
+
+/// Capacity of the service table (and of each per-service array).
+pub const MAX_SERVICES: u32 = 64;
+/// Capacity of the backend table (backend ids are indexes into it).
+pub const MAX_BACKENDS: u32 = 4096;
+/// Size of every Maglev lookup table: a prime, as Maglev requires.
+pub const MAGLEV_SIZE: u32 = 65_537;
+/// A Maglev slot that points at no backend (the service has no usable backend).
+pub const NO_BACKEND: u32 = u32::MAX;
+/// Default capacity of the connection table.
+pub const DEFAULT_CONNTRACK_MAX: u32 = 1 << 20;
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// An (address, port, protocol) triple: the key of the service table (a VIP)
+/// and of the reverse table (a backend).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Endpoint {
+    pub addr: [u8; 4],
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<Endpoint>() == 8);
+
+impl Endpoint {
+    pub const fn new(addr: [u8; 4], port: u16, proto: u8) -> Self {
+        Self { addr, port, proto, _pad: 0 }
+    }
+}
+
+/// Value of `lb_services`: where the service's Maglev table and counters live.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Service {
+    /// Index into `lb_maglev` and `lb_svc_stats`.
+    pub id: u32,
+    /// Reserved for per-service options (scheduler, on_no_backend); 0 today.
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<Service>() == 8);
+
+/// Value of `lb_backends`, indexed by backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: [u8; 4],
+    pub port: u16,
+    /// `BACKEND_IN_USE` when the slot holds a configured backend.
+    pub flags: u16,
+    pub service_id: u32,
+}
+const _: () = assert!(size_of::<Backend>() == 12);
+
+/// `Backend::flags`: the slot holds a live backend. A connection entry that
+/// points at a slot without it is rescheduled.
+pub const BACKEND_IN_USE: u16 = 1;
+
+/// Value of `lb_reals`, keyed by the backend's `Endpoint`: lets a reply be
+/// rewritten back to the VIP without any connection state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Real {
+    pub vip: [u8; 4],
+    pub vport: u16,
+    pub _pad: u16,
+    pub service_id: u32,
+    pub backend_id: u32,
+}
+const _: () = assert!(size_of::<Real>() == 16);
+
+/// Key of the connection table: the flow as the client sent it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Flow {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<Flow>() == 16);
+
+/// Value of the connection table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Conn {
+    pub backend_id: u32,
+    pub service_id: u32,
+}
+const _: () = assert!(size_of::<Conn>() == 8);
+
+/// Per-service and per-backend traffic, one copy per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Client -> backend packets and bytes (after NAT).
+    pub in_packets: u64,
+    pub in_bytes: u64,
+    /// Backend -> client packets and bytes (reverse NAT).
+    pub out_packets: u64,
+    pub out_bytes: u64,
+    /// Flows that entered the connection table.
+    pub new_flows: u64,
+}
+const _: () = assert!(size_of::<Traffic>() == 40);
+
+impl Traffic {
+    /// Sums the per-CPU copies.
+    pub fn add(&mut self, other: &Self) {
+        self.in_packets += other.in_packets;
+        self.in_bytes += other.in_bytes;
+        self.out_packets += other.out_packets;
+        self.out_bytes += other.out_bytes;
+        self.new_flows += other.new_flows;
+    }
+}
+
+/// One Maglev lookup table: slot -> backend id (or `NO_BACKEND`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct MaglevTable {
+    pub slots: [u32; MAGLEV_SIZE as usize],
+}
+const _: () = assert!(size_of::<MaglevTable>() == 4 * MAGLEV_SIZE as usize);
+
+/// Value of `lb_meta` slot 0: who wrote the pinned maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    pub abi_version: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<Meta>() == 8);
+
+/// XDP metadata placed in front of a packet that XDP has fully rewritten but
+/// could not transmit because the kernel has no neighbour entry for the next
+/// hop yet. The tc ingress program (`lb_neigh`) finds it and finishes the job
+/// with `bpf_redirect_neigh()`, which resolves the neighbour; handing such a
+/// packet to the IP stack instead would drop a rewritten reply as a martian
+/// (its source, the VIP, is a local address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NeighMeta {
+    pub magic: u32,
+    pub ifindex: u32,
+}
+const _: () = assert!(size_of::<NeighMeta>() == 8);
+pub const NEIGH_META_MAGIC: u32 = 0x4c42_4e31; // "LBN1"
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::{Backend, Conn, Endpoint, Flow, MaglevTable, Meta, Real, Service, Traffic};
+
+    macro_rules! pod {
+        ($($t:ty),*) => {$(
+            // SAFETY: repr(C), only integer fields, no implicit padding (sizes asserted above).
+            unsafe impl aya::Pod for $t {}
+        )*};
+    }
+    pod!(Endpoint, Service, Backend, Real, Flow, Conn, Traffic, MaglevTable, Meta);
+}

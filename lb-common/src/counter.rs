@@ -1,0 +1,52 @@
+//! What happened to each packet: one per-CPU counter per outcome. The kernel
+//! program indexes `lb_counters` with these; `lb-ctl` names them in its
+//! output from the same list, so there is no hand-kept copy to drift.
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $variant:ident = $name:literal),* $(,)?) => {
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Counter { $($(#[$doc])* $variant),* }
+
+        impl Counter {
+            /// Every counter, in index order.
+            pub const ALL: &'static [Counter] = &[$(Counter::$variant),*];
+
+            /// Stable snake_case name, used as a metrics label and in the CLI.
+            pub const fn name(self) -> &'static str {
+                match self { $(Counter::$variant => $name),* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Rewritten and sent back out of the interface it came in on.
+    Tx = "tx",
+    /// Rewritten and redirected to another interface.
+    Redirect = "redirect",
+    /// Rewritten, handed to tc to resolve the next hop's neighbour entry.
+    SlowPathNeigh = "slow_path_neigh",
+    /// Not IPv4 (ARP, IPv6, VLAN...): left to the kernel.
+    PassNotIpv4 = "pass_not_ipv4",
+    /// IPv4 but neither TCP nor UDP (ICMP...): left to the kernel.
+    PassNotTcpUdp = "pass_not_tcp_udp",
+    /// TCP/UDP that is neither for a service nor a reply from a backend.
+    PassNotService = "pass_not_service",
+    /// Headers truncated or inconsistent: left to the kernel, which drops or answers.
+    PassMalformed = "pass_malformed",
+    /// TTL <= 1: left to the kernel so that it answers with ICMP time exceeded.
+    PassTtlExpired = "pass_ttl_expired",
+    /// The FIB has no usable route (unreachable, forwarding disabled, MTU...).
+    PassFibFailed = "pass_fib_failed",
+    /// A fragment addressed to a VIP (not supported yet).
+    DropFragment = "drop_fragment",
+    /// The service has no usable backend.
+    DropNoBackend = "drop_no_backend",
+    /// The slow path could not attach its metadata to the packet.
+    DropNoMetadata = "drop_no_metadata",
+}
+
+impl Counter {
+    pub const COUNT: u32 = Counter::ALL.len() as u32;
+}

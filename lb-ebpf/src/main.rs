@@ -1,0 +1,119 @@
+//! The load balancer's data plane: one XDP program (`lb_xdp`) that does all
+//! the work, and one tc ingress program (`lb_neigh`) for the rare packet whose
+//! next hop the kernel has not resolved yet.
+#![no_std]
+#![no_main]
+
+mod fwd;
+mod maps;
+mod nat;
+mod parse;
+mod select;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_REDIRECT, TC_ACT_UNSPEC, xdp_action},
+    helpers::generated::bpf_redirect_neigh,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use lb_common::{
+    abi::{NEIGH_META_MAGIC, NeighMeta},
+    counter::Counter,
+};
+
+use crate::{
+    fwd::Target,
+    maps::{LB_BE_STATS, LB_COUNTERS, LB_SVC_STATS, LB_VIPS},
+    nat::Side,
+};
+
+/// What the program answers, and the counter that says why.
+pub struct Verdict {
+    pub action: u32,
+    pub counter: Counter,
+}
+
+impl Verdict {
+    /// The verdict for a packet that stops at `counter` (not forwarded by us).
+    fn stopped(counter: Counter) -> Self {
+        let action = match counter {
+            Counter::DropFragment | Counter::DropNoBackend | Counter::DropNoMetadata => {
+                xdp_action::XDP_DROP
+            }
+            _ => xdp_action::XDP_PASS,
+        };
+        Self { action, counter }
+    }
+}
+
+#[xdp]
+pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    let verdict = process(&ctx).unwrap_or_else(Verdict::stopped);
+    if let Some(count) = LB_COUNTERS.get_ptr_mut(verdict.counter as u32) {
+        // SAFETY: per-CPU slot, XDP does not nest on a CPU.
+        unsafe { *count += 1 };
+    }
+    verdict.action
+}
+
+#[inline(always)]
+fn process(ctx: &XdpContext) -> Result<Verdict, Counter> {
+    let pkt = parse::parse(ctx)?;
+    if pkt.fragment {
+        // SAFETY: the value is not read.
+        let to_vip = unsafe { LB_VIPS.get(pkt.flow.dst).is_some() };
+        return Err(if to_vip { Counter::DropFragment } else { Counter::PassNotService });
+    }
+    if let Some(service) = select::service(&pkt.flow) {
+        if pkt.ttl <= 1 {
+            return Err(Counter::PassTtlExpired);
+        }
+        let choice = select::backend(&pkt.flow, &service)?;
+        let target =
+            Target { side: Side::Destination, addr: choice.backend.addr, port: choice.backend.port };
+        let verdict = fwd::forward(ctx, &pkt, &target)?;
+        select::account(&LB_SVC_STATS, service.id, pkt.tot_len, true, choice.new_flow);
+        select::account(&LB_BE_STATS, choice.id, pkt.tot_len, true, choice.new_flow);
+        return Ok(verdict);
+    }
+    if let Some(real) = select::real(&pkt.flow) {
+        if pkt.ttl <= 1 {
+            return Err(Counter::PassTtlExpired);
+        }
+        let target = Target { side: Side::Source, addr: real.vip, port: real.vport };
+        let verdict = fwd::forward(ctx, &pkt, &target)?;
+        select::account(&LB_SVC_STATS, real.service_id, pkt.tot_len, false, false);
+        select::account(&LB_BE_STATS, real.backend_id, pkt.tot_len, false, false);
+        return Ok(verdict);
+    }
+    Err(Counter::PassNotService)
+}
+
+/// tc ingress: finishes packets that `lb_xdp` rewrote but could not send for
+/// want of a neighbour entry. Everything else goes on untouched.
+#[classifier]
+pub fn lb_neigh(ctx: TcContext) -> i32 {
+    // SAFETY: reading two fields of the context the kernel handed us.
+    let (meta, data) = unsafe { ((*ctx.skb.skb).data_meta as usize, (*ctx.skb.skb).data as usize) };
+    if meta + size_of::<NeighMeta>() > data {
+        return TC_ACT_UNSPEC;
+    }
+    // SAFETY: bounds checked just above.
+    let tag = unsafe { (meta as *const NeighMeta).read_unaligned() };
+    if tag.magic != NEIGH_META_MAGIC {
+        return TC_ACT_UNSPEC;
+    }
+    // SAFETY: no parameters: the helper looks up the route and neighbour itself.
+    let rc = unsafe { bpf_redirect_neigh(tag.ifindex, core::ptr::null_mut(), 0, 0) };
+    if rc == i64::from(TC_ACT_REDIRECT) { TC_ACT_REDIRECT } else { TC_ACT_UNSPEC }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

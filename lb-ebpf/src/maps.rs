@@ -1,0 +1,56 @@
+//! Every map of the data plane. Written by `lb-ctl`'s reconciler, read here;
+//! only the connection table and the counters are written by the kernel.
+use aya_ebpf::{
+    btf_maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use lb_common::abi::{
+    Backend, Conn, DEFAULT_CONNTRACK_MAX, Endpoint, Flow, MAX_BACKENDS,
+    MAX_SERVICES, MaglevTable, Meta, Real, Service, Traffic,
+};
+use lb_common::counter::Counter;
+
+/// (VIP, port, protocol) -> service.
+#[btf_map(name = "lb_services")]
+pub static LB_SERVICES: HashMap<Endpoint, Service, { MAX_SERVICES as usize }> = HashMap::new();
+
+/// Service id -> its Maglev lookup table (slot -> backend id).
+#[btf_map(name = "lb_maglev")]
+pub static LB_MAGLEV: Array<MaglevTable, { MAX_SERVICES as usize }> = Array::new();
+
+/// Backend id -> backend address and port.
+#[btf_map(name = "lb_backends")]
+pub static LB_BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
+
+/// (backend address, port, protocol) -> VIP: reverse NAT without connection state.
+#[btf_map(name = "lb_reals")]
+pub static LB_REALS: HashMap<Endpoint, Real, { MAX_BACKENDS as usize }> = HashMap::new();
+
+/// VIP -> number of services on it; tells a fragment addressed to a VIP apart.
+#[btf_map(name = "lb_vips")]
+pub static LB_VIPS: HashMap<[u8; 4], u32, { MAX_SERVICES as usize }> = HashMap::new();
+
+/// The connection table; `lb-ctl` sizes it from `dataplane.conntrack_max`.
+#[btf_map(name = "lb_conntrack")]
+pub static LB_CONNTRACK: LruHashMap<Flow, Conn, { DEFAULT_CONNTRACK_MAX as usize }> =
+    LruHashMap::new();
+
+/// Egress interfaces for XDP_REDIRECT (ifindex -> ifindex).
+#[btf_map(name = "lb_tx_ports")]
+pub static LB_TX_PORTS: DevMapHash<64> = DevMapHash::new();
+
+/// One per-CPU counter per packet outcome (`lb_common::counter::Counter`).
+#[btf_map(name = "lb_counters")]
+pub static LB_COUNTERS: PerCpuArray<u64, { Counter::COUNT as usize }> = PerCpuArray::new();
+
+/// Per-service traffic, indexed by service id.
+#[btf_map(name = "lb_svc_stats")]
+pub static LB_SVC_STATS: PerCpuArray<Traffic, { MAX_SERVICES as usize }> = PerCpuArray::new();
+
+/// Per-backend traffic, indexed by backend id.
+#[btf_map(name = "lb_be_stats")]
+pub static LB_BE_STATS: PerCpuArray<Traffic, { MAX_BACKENDS as usize }> = PerCpuArray::new();
+
+/// Slot 0: the ABI version of whoever created these maps.
+#[btf_map(name = "lb_meta")]
+pub static LB_META: Array<Meta, 1> = Array::new();

@@ -1,0 +1,90 @@
+//! Which backend a client packet goes to: the connection table first, the
+//! service's Maglev table for a flow it does not know.
+use aya_ebpf::btf_maps::PerCpuArray;
+use lb_common::{
+    abi::{BACKEND_IN_USE, Backend, Conn, Endpoint, Flow, MAGLEV_SIZE, NO_BACKEND, Real, Service, Traffic},
+    counter::Counter,
+    hash::{flow_hash, maglev_slot},
+};
+
+use crate::maps::{LB_BACKENDS, LB_CONNTRACK, LB_MAGLEV, LB_REALS, LB_SERVICES};
+
+/// The backend chosen for a packet.
+pub struct Choice {
+    pub id: u32,
+    pub backend: Backend,
+    /// The flow was not in the connection table.
+    pub new_flow: bool,
+}
+
+#[inline(always)]
+pub fn service(flow: &Flow) -> Option<Service> {
+    let key = Endpoint::new(flow.dst, flow.dport, flow.proto);
+    // SAFETY: the value is copied out at once; the controller may replace it any time.
+    unsafe { LB_SERVICES.get(key).copied() }
+}
+
+/// The VIP a backend's reply must appear to come from.
+#[inline(always)]
+pub fn real(flow: &Flow) -> Option<Real> {
+    let key = Endpoint::new(flow.src, flow.sport, flow.proto);
+    // SAFETY: copied out at once, as above.
+    unsafe { LB_REALS.get(key).copied() }
+}
+
+#[inline(always)]
+fn live_backend(id: u32, service_id: u32) -> Option<Backend> {
+    let backend = LB_BACKENDS.get(id)?;
+    (backend.flags & BACKEND_IN_USE != 0 && backend.service_id == service_id).then_some(*backend)
+}
+
+/// Picks the backend of a client packet. A flow in the connection table keeps
+/// its backend while that backend exists, even at weight 0 (drain); anything
+/// else is placed by Maglev and remembered.
+#[inline(always)]
+pub fn backend(flow: &Flow, service: &Service) -> Result<Choice, Counter> {
+    // SAFETY: copied out at once; LRU entries can be evicted under us.
+    if let Some(conn) = unsafe { LB_CONNTRACK.get(flow).copied() } {
+        if let Some(backend) = live_backend(conn.backend_id, service.id) {
+            return Ok(Choice { id: conn.backend_id, backend, new_flow: false });
+        }
+    }
+    let table = LB_MAGLEV.get(service.id).ok_or(Counter::DropNoBackend)?;
+    let hash = flow_hash(flow.src, flow.dst, flow.sport, flow.dport, flow.proto);
+    let slot = maglev_slot(hash, MAGLEV_SIZE) as usize;
+    let id = *table.slots.get(slot).ok_or(Counter::DropNoBackend)?;
+    if id == NO_BACKEND {
+        return Err(Counter::DropNoBackend);
+    }
+    let backend = live_backend(id, service.id).ok_or(Counter::DropNoBackend)?;
+    let conn = Conn { backend_id: id, service_id: service.id };
+    // A full table evicts its least recently used entry; insert cannot fail for want of room.
+    let _ = LB_CONNTRACK.insert(flow, conn, 0);
+    Ok(Choice { id, backend, new_flow: true })
+}
+
+/// Adds one packet to a per-CPU traffic slot.
+#[inline(always)]
+pub fn account<const N: usize>(
+    map: &PerCpuArray<Traffic, N>,
+    index: u32,
+    bytes: u16,
+    to_backend: bool,
+    new_flow: bool,
+) {
+    let Some(traffic) = map.get_ptr_mut(index) else {
+        return;
+    };
+    // SAFETY: a per-CPU slot is only touched by this CPU, and XDP does not nest.
+    let traffic = unsafe { &mut *traffic };
+    if to_backend {
+        traffic.in_packets += 1;
+        traffic.in_bytes += u64::from(bytes);
+    } else {
+        traffic.out_packets += 1;
+        traffic.out_bytes += u64::from(bytes);
+    }
+    if new_flow {
+        traffic.new_flows += 1;
+    }
+}
