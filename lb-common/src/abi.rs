@@ -37,7 +37,12 @@ const _: () = assert!(size_of::<Endpoint>() == 8);
 
 impl Endpoint {
     pub const fn new(addr: [u8; 4], port: u16, proto: u8) -> Self {
-        Self { addr, port, proto, _pad: 0 }
+        Self {
+            addr,
+            port,
+            proto,
+            _pad: 0,
+        }
     }
 }
 
@@ -171,5 +176,15 @@ mod pod {
             unsafe impl aya::Pod for $t {}
         )*};
     }
-    pod!(Endpoint, Service, Backend, Real, Flow, Conn, Traffic, MaglevTable, Meta);
+    pod!(
+        Endpoint,
+        Service,
+        Backend,
+        Real,
+        Flow,
+        Conn,
+        Traffic,
+        MaglevTable,
+        Meta
+    );
 }

@@ -16,10 +16,10 @@ use lb_common::{
 };
 
 use crate::{
+    Verdict,
     maps::LB_TX_PORTS,
     nat::{self, Side},
     parse::Packet,
-    Verdict,
 };
 
 const AF_INET: u8 = 2;
@@ -78,10 +78,16 @@ pub fn forward(ctx: &XdpContext, pkt: &Packet, target: &Target) -> Result<Verdic
         (*pkt.eth).dst = params.dmac;
     }
     if params.ifindex == ingress {
-        return Ok(Verdict { action: xdp_action::XDP_TX, counter: Counter::Tx });
+        return Ok(Verdict {
+            action: xdp_action::XDP_TX,
+            counter: Counter::Tx,
+        });
     }
     match LB_TX_PORTS.redirect(params.ifindex, 0) {
-        Ok(action) => Ok(Verdict { action, counter: Counter::Redirect }),
+        Ok(action) => Ok(Verdict {
+            action,
+            counter: Counter::Redirect,
+        }),
         // The egress interface is not one of ours: let tc send it.
         Err(_) => slow_path(ctx, params.ifindex),
     }
@@ -101,6 +107,14 @@ fn slow_path(ctx: &XdpContext, ifindex: u32) -> Result<Verdict, Counter> {
         return Err(Counter::DropNoMetadata);
     }
     // SAFETY: bounds checked just above.
-    unsafe { (meta as *mut NeighMeta).write_unaligned(NeighMeta { magic: NEIGH_META_MAGIC, ifindex }) };
-    Ok(Verdict { action: xdp_action::XDP_PASS, counter: Counter::SlowPathNeigh })
+    unsafe {
+        (meta as *mut NeighMeta).write_unaligned(NeighMeta {
+            magic: NEIGH_META_MAGIC,
+            ifindex,
+        })
+    };
+    Ok(Verdict {
+        action: xdp_action::XDP_PASS,
+        counter: Counter::SlowPathNeigh,
+    })
 }

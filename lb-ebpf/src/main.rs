@@ -62,17 +62,30 @@ fn process(ctx: &XdpContext) -> Result<Verdict, Counter> {
     if pkt.fragment {
         // SAFETY: the value is not read.
         let to_vip = unsafe { LB_VIPS.get(pkt.flow.dst).is_some() };
-        return Err(if to_vip { Counter::DropFragment } else { Counter::PassNotService });
+        return Err(if to_vip {
+            Counter::DropFragment
+        } else {
+            Counter::PassNotService
+        });
     }
     if let Some(service) = select::service(&pkt.flow) {
         if pkt.ttl <= 1 {
             return Err(Counter::PassTtlExpired);
         }
         let choice = select::backend(&pkt.flow, &service)?;
-        let target =
-            Target { side: Side::Destination, addr: choice.backend.addr, port: choice.backend.port };
+        let target = Target {
+            side: Side::Destination,
+            addr: choice.backend.addr,
+            port: choice.backend.port,
+        };
         let verdict = fwd::forward(ctx, &pkt, &target)?;
-        select::account(&LB_SVC_STATS, service.id, pkt.tot_len, true, choice.new_flow);
+        select::account(
+            &LB_SVC_STATS,
+            service.id,
+            pkt.tot_len,
+            true,
+            choice.new_flow,
+        );
         select::account(&LB_BE_STATS, choice.id, pkt.tot_len, true, choice.new_flow);
         return Ok(verdict);
     }
@@ -80,7 +93,11 @@ fn process(ctx: &XdpContext) -> Result<Verdict, Counter> {
         if pkt.ttl <= 1 {
             return Err(Counter::PassTtlExpired);
         }
-        let target = Target { side: Side::Source, addr: real.vip, port: real.vport };
+        let target = Target {
+            side: Side::Source,
+            addr: real.vip,
+            port: real.vport,
+        };
         let verdict = fwd::forward(ctx, &pkt, &target)?;
         select::account(&LB_SVC_STATS, real.service_id, pkt.tot_len, false, false);
         select::account(&LB_BE_STATS, real.backend_id, pkt.tot_len, false, false);
@@ -94,7 +111,12 @@ fn process(ctx: &XdpContext) -> Result<Verdict, Counter> {
 #[classifier]
 pub fn lb_neigh(ctx: TcContext) -> i32 {
     // SAFETY: reading two fields of the context the kernel handed us.
-    let (meta, data) = unsafe { ((*ctx.skb.skb).data_meta as usize, (*ctx.skb.skb).data as usize) };
+    let (meta, data) = unsafe {
+        (
+            (*ctx.skb.skb).data_meta as usize,
+            (*ctx.skb.skb).data as usize,
+        )
+    };
     if meta + size_of::<NeighMeta>() > data {
         return TC_ACT_UNSPEC;
     }
@@ -105,7 +127,11 @@ pub fn lb_neigh(ctx: TcContext) -> i32 {
     }
     // SAFETY: no parameters: the helper looks up the route and neighbour itself.
     let rc = unsafe { bpf_redirect_neigh(tag.ifindex, core::ptr::null_mut(), 0, 0) };
-    if rc == i64::from(TC_ACT_REDIRECT) { TC_ACT_REDIRECT } else { TC_ACT_UNSPEC }
+    if rc == i64::from(TC_ACT_REDIRECT) {
+        TC_ACT_REDIRECT
+    } else {
+        TC_ACT_UNSPEC
+    }
 }
 
 #[cfg(not(test))]

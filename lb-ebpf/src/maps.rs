@@ -5,8 +5,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::abi::{
-    Backend, Conn, DEFAULT_CONNTRACK_MAX, Endpoint, Flow, MAX_BACKENDS,
-    MAX_SERVICES, MaglevTable, Meta, Real, Service, Traffic,
+    Backend, Conn, DEFAULT_CONNTRACK_MAX, Endpoint, Flow, MAX_BACKENDS, MAX_SERVICES, MaglevTable,
+    Meta, Real, Service, Traffic,
 };
 use lb_common::counter::Counter;
 

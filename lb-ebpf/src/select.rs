@@ -2,7 +2,10 @@
 //! service's Maglev table for a flow it does not know.
 use aya_ebpf::btf_maps::PerCpuArray;
 use lb_common::{
-    abi::{BACKEND_IN_USE, Backend, Conn, Endpoint, Flow, MAGLEV_SIZE, NO_BACKEND, Real, Service, Traffic},
+    abi::{
+        BACKEND_IN_USE, Backend, Conn, Endpoint, Flow, MAGLEV_SIZE, NO_BACKEND, Real, Service,
+        Traffic,
+    },
     counter::Counter,
     hash::{flow_hash, maglev_slot},
 };
@@ -46,7 +49,11 @@ pub fn backend(flow: &Flow, service: &Service) -> Result<Choice, Counter> {
     // SAFETY: copied out at once; LRU entries can be evicted under us.
     if let Some(conn) = unsafe { LB_CONNTRACK.get(flow).copied() } {
         if let Some(backend) = live_backend(conn.backend_id, service.id) {
-            return Ok(Choice { id: conn.backend_id, backend, new_flow: false });
+            return Ok(Choice {
+                id: conn.backend_id,
+                backend,
+                new_flow: false,
+            });
         }
     }
     let table = LB_MAGLEV.get(service.id).ok_or(Counter::DropNoBackend)?;
@@ -57,10 +64,17 @@ pub fn backend(flow: &Flow, service: &Service) -> Result<Choice, Counter> {
         return Err(Counter::DropNoBackend);
     }
     let backend = live_backend(id, service.id).ok_or(Counter::DropNoBackend)?;
-    let conn = Conn { backend_id: id, service_id: service.id };
+    let conn = Conn {
+        backend_id: id,
+        service_id: service.id,
+    };
     // A full table evicts its least recently used entry; insert cannot fail for want of room.
     let _ = LB_CONNTRACK.insert(flow, conn, 0);
-    Ok(Choice { id, backend, new_flow: true })
+    Ok(Choice {
+        id,
+        backend,
+        new_flow: true,
+    })
 }
 
 /// Adds one packet to a per-CPU traffic slot.

@@ -1,0 +1,657 @@
+//! The config file: TOML in, validated desired state out. Reading the file is
+//! the only I/O; every problem is reported at once, each named by its key.
+use std::{
+    collections::{BTreeSet, HashMap},
+    fmt,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use lb_common::abi::{DEFAULT_CONNTRACK_MAX, PROTO_TCP, PROTO_UDP};
+use serde::Deserialize;
+
+use crate::model::{Backend, Dataplane, Protocol, Service, XdpMode};
+
+/// A validated config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub dataplane: Dataplane,
+    pub admin: Admin,
+    pub services: Vec<Service>,
+}
+
+/// `[admin]`: parsed and checked now, served by the admin API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admin {
+    pub listen: String,
+    pub token_file: Option<PathBuf>,
+}
+
+/// One thing wrong with a config, named by its key (`service[1].backend[0].port`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Why a config was refused: every problem found.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+impl ConfigError {
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            Self::Read { .. } => vec![self.to_string()],
+            Self::Invalid(problems) => problems.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+// ---- The file as written. Unknown keys are an error (`deny_unknown_fields`). ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    dataplane: RawDataplane,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default, rename = "service")]
+    services: Vec<RawService>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDataplane {
+    #[serde(default)]
+    interfaces: Vec<String>,
+    #[serde(default = "default_xdp_mode")]
+    xdp_mode: String,
+    #[serde(default = "default_conntrack_max")]
+    conntrack_max: i64,
+    #[serde(default = "default_pin_path")]
+    pin_path: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    #[serde(default = "default_listen")]
+    listen: String,
+    token_file: Option<String>,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            token_file: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: String,
+    vip: String,
+    port: i64,
+    #[serde(default = "default_protocol")]
+    protocol: String,
+    #[serde(default = "default_scheduler")]
+    scheduler: String,
+    #[serde(default = "default_forwarding")]
+    forwarding: String,
+    #[serde(default = "default_on_no_backend")]
+    on_no_backend: String,
+    health: Option<toml::Value>,
+    #[serde(default, rename = "backend")]
+    backends: Vec<RawBackend>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    address: String,
+    port: i64,
+    #[serde(default = "default_weight")]
+    weight: i64,
+}
+
+fn default_xdp_mode() -> String {
+    "auto".into()
+}
+fn default_conntrack_max() -> i64 {
+    i64::from(DEFAULT_CONNTRACK_MAX)
+}
+fn default_pin_path() -> String {
+    "/sys/fs/bpf/lb".into()
+}
+fn default_listen() -> String {
+    "127.0.0.1:9100".into()
+}
+fn default_protocol() -> String {
+    "tcp".into()
+}
+fn default_scheduler() -> String {
+    "maglev".into()
+}
+fn default_forwarding() -> String {
+    "nat".into()
+}
+fn default_on_no_backend() -> String {
+    "drop".into()
+}
+fn default_weight() -> i64 {
+    1
+}
+
+/// Largest backend weight: keeps Maglev's per-round arithmetic far from overflow.
+pub const MAX_WEIGHT: u32 = 10_000;
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&text)
+}
+
+/// Parses and validates config text.
+pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        ConfigError::Invalid(vec![Problem {
+            key: toml_error_key(&e),
+            message: toml_error_message(&e),
+        }])
+    })?;
+    let mut problems = Problems::default();
+    let config = validate(raw, &mut problems);
+    if problems.0.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError::Invalid(problems.0))
+    }
+}
+
+fn toml_error_key(e: &toml::de::Error) -> String {
+    // toml reports the position; the message names the offending key.
+    e.span().map_or_else(
+        || "config".into(),
+        |span| format!("config (byte {})", span.start),
+    )
+}
+
+fn toml_error_message(e: &toml::de::Error) -> String {
+    e.message().trim().to_string()
+}
+
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+}
+
+fn validate(raw: RawConfig, problems: &mut Problems) -> Config {
+    let dataplane = validate_dataplane(raw.dataplane, problems);
+    let admin = Admin {
+        listen: raw.admin.listen,
+        token_file: raw.admin.token_file.map(PathBuf::from),
+    };
+    if admin.listen.parse::<std::net::SocketAddr>().is_err() {
+        problems.add(
+            "admin.listen",
+            format!("{:?} is not an address:port", admin.listen),
+        );
+    }
+    let services: Vec<Service> = raw
+        .services
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| validate_service(&format!("service[{i}]"), s, problems))
+        .collect();
+    check_unique_services(&services, problems);
+    Config {
+        dataplane,
+        admin,
+        services,
+    }
+}
+
+fn validate_dataplane(raw: RawDataplane, problems: &mut Problems) -> Dataplane {
+    let xdp_mode = match raw.xdp_mode.as_str() {
+        "auto" => XdpMode::Auto,
+        "driver" => XdpMode::Driver,
+        "skb" => XdpMode::Skb,
+        other => {
+            problems.add(
+                "dataplane.xdp_mode",
+                format!("{other:?} is not one of auto, driver, skb"),
+            );
+            XdpMode::Auto
+        }
+    };
+    let conntrack_max = match u32::try_from(raw.conntrack_max) {
+        Ok(n) if n >= 1024 => n,
+        _ => {
+            problems.add(
+                "dataplane.conntrack_max",
+                format!(
+                    "{} is out of range (1024 to {})",
+                    raw.conntrack_max,
+                    u32::MAX
+                ),
+            );
+            DEFAULT_CONNTRACK_MAX
+        }
+    };
+    let mut seen = BTreeSet::new();
+    for (i, name) in raw.interfaces.iter().enumerate() {
+        if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
+            problems.add(
+                format!("dataplane.interfaces[{i}]"),
+                format!("{name:?} is not an interface name"),
+            );
+        } else if !seen.insert(name) {
+            problems.add(
+                format!("dataplane.interfaces[{i}]"),
+                format!("{name:?} is listed twice"),
+            );
+        }
+    }
+    let pin_path = PathBuf::from(&raw.pin_path);
+    if !pin_path.is_absolute() {
+        problems.add(
+            "dataplane.pin_path",
+            format!("{:?} is not an absolute path", raw.pin_path),
+        );
+    }
+    Dataplane {
+        interfaces: raw.interfaces,
+        xdp_mode,
+        conntrack_max,
+        pin_path,
+    }
+}
+
+fn validate_service(key: &str, raw: RawService, problems: &mut Problems) -> Service {
+    if raw.name.is_empty()
+        || !raw
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        problems.add(
+            format!("{key}.name"),
+            format!(
+                "{:?} must be non-empty letters, digits, '-', '_' or '.'",
+                raw.name
+            ),
+        );
+    }
+    let vip = parse_addr(&format!("{key}.vip"), &raw.vip, problems);
+    let port = parse_port(&format!("{key}.port"), raw.port, problems);
+    let protocol = match raw.protocol.as_str() {
+        "tcp" => Protocol::Tcp,
+        "udp" => Protocol::Udp,
+        other => {
+            problems.add(
+                format!("{key}.protocol"),
+                format!("{other:?} is not one of tcp, udp"),
+            );
+            Protocol::Tcp
+        }
+    };
+    match raw.scheduler.as_str() {
+        "maglev" => {}
+        "rr" | "wrr" | "lc" | "sh" => problems.add(
+            format!("{key}.scheduler"),
+            format!("{:?} is not implemented yet; use \"maglev\"", raw.scheduler),
+        ),
+        other => problems.add(
+            format!("{key}.scheduler"),
+            format!("{other:?} is not one of maglev, rr, wrr, lc, sh"),
+        ),
+    }
+    match raw.forwarding.as_str() {
+        "nat" => {}
+        "dsr" => problems.add(
+            format!("{key}.forwarding"),
+            "\"dsr\" is not implemented yet; use \"nat\"",
+        ),
+        other => problems.add(
+            format!("{key}.forwarding"),
+            format!("{other:?} is not one of nat, dsr"),
+        ),
+    }
+    match raw.on_no_backend.as_str() {
+        "drop" => {}
+        "reject" => problems.add(
+            format!("{key}.on_no_backend"),
+            "\"reject\" is not implemented yet; use \"drop\"",
+        ),
+        other => problems.add(
+            format!("{key}.on_no_backend"),
+            format!("{other:?} is not one of reject, drop"),
+        ),
+    }
+    if raw.health.is_some() {
+        problems.add(
+            format!("{key}.health"),
+            "health checks are not implemented yet; remove the section",
+        );
+    }
+    let backends: Vec<Backend> = raw
+        .backends
+        .into_iter()
+        .enumerate()
+        .map(|(j, b)| validate_backend(&format!("{key}.backend[{j}]"), b, problems))
+        .collect();
+    let mut seen = HashMap::new();
+    for (j, b) in backends.iter().enumerate() {
+        if let Some(first) = seen.insert((b.address, b.port), j) {
+            problems.add(
+                format!("{key}.backend[{j}]"),
+                format!(
+                    "{}:{} is already listed as backend[{first}]",
+                    b.address, b.port
+                ),
+            );
+        }
+    }
+    Service {
+        name: raw.name,
+        vip,
+        port,
+        protocol,
+        backends,
+    }
+}
+
+fn validate_backend(key: &str, raw: RawBackend, problems: &mut Problems) -> Backend {
+    let address = parse_addr(&format!("{key}.address"), &raw.address, problems);
+    let port = parse_port(&format!("{key}.port"), raw.port, problems);
+    let weight = match u32::try_from(raw.weight) {
+        Ok(w) if w <= MAX_WEIGHT => w,
+        _ => {
+            problems.add(
+                format!("{key}.weight"),
+                format!("{} is out of range (0 to {MAX_WEIGHT})", raw.weight),
+            );
+            1
+        }
+    };
+    Backend {
+        address,
+        port,
+        weight,
+    }
+}
+
+fn parse_addr(key: &str, text: &str, problems: &mut Problems) -> Ipv4Addr {
+    match text.parse::<Ipv4Addr>() {
+        Ok(a) if a.is_unspecified() || a.is_broadcast() || a.is_multicast() => {
+            problems.add(key, format!("{text} cannot be used as an endpoint address"));
+            a
+        }
+        Ok(a) => a,
+        Err(_) => {
+            problems.add(key, format!("{text:?} is not an IPv4 address"));
+            Ipv4Addr::UNSPECIFIED
+        }
+    }
+}
+
+fn parse_port(key: &str, port: i64, problems: &mut Problems) -> u16 {
+    match u16::try_from(port) {
+        Ok(p) if p != 0 => p,
+        _ => {
+            problems.add(key, format!("{port} is not a port (1 to 65535)"));
+            0
+        }
+    }
+}
+
+/// Service names, VIP:port:protocol triples and backends must each be unique:
+/// a backend address+port belongs to one service, which is what lets a reply
+/// be rewritten without connection state.
+fn check_unique_services(services: &[Service], problems: &mut Problems) {
+    let mut names = HashMap::new();
+    let mut endpoints = HashMap::new();
+    let mut backends = HashMap::new();
+    for (i, s) in services.iter().enumerate() {
+        if let Some(first) = names.insert(s.name.as_str(), i) {
+            problems.add(
+                format!("service[{i}].name"),
+                format!("{:?} is already the name of service[{first}]", s.name),
+            );
+        }
+        if let Some(first) = endpoints.insert((s.vip, s.port, s.protocol), i) {
+            problems.add(
+                format!("service[{i}]"),
+                format!(
+                    "{}:{}/{} is already service[{first}]",
+                    s.vip, s.port, s.protocol
+                ),
+            );
+        }
+        for (j, b) in s.backends.iter().enumerate() {
+            if let Some((fi, fj)) = backends.get(&(b.address, b.port, s.protocol)) {
+                if *fi != i {
+                    problems.add(
+                        format!("service[{i}].backend[{j}]"),
+                        format!(
+                            "{}:{}/{} is already a backend of service[{fi}] (backend[{fj}]); a backend belongs to one service",
+                            b.address, b.port, s.protocol
+                        ),
+                    );
+                }
+            } else {
+                backends.insert((b.address, b.port, s.protocol), (i, j));
+            }
+        }
+        if s.backends
+            .iter()
+            .any(|b| b.address == s.vip && b.port == s.port)
+        {
+            problems.add(
+                format!("service[{i}]"),
+                "a backend cannot be the service's own VIP:port",
+            );
+        }
+    }
+}
+
+/// Problems with interfaces that do not exist on this host. Kept apart from
+/// `parse` because it looks at the machine, not the file.
+pub fn missing_interfaces(dataplane: &Dataplane) -> Vec<Problem> {
+    dataplane
+        .interfaces
+        .iter()
+        .enumerate()
+        .filter(|(_, name)| crate::netdev::ifindex(name).is_none())
+        .map(|(i, name)| Problem {
+            key: format!("dataplane.interfaces[{i}]"),
+            message: format!("no interface named {name:?} on this host"),
+        })
+        .collect()
+}
+
+impl Protocol {
+    pub const fn number(self) -> u8 {
+        match self {
+            Self::Tcp => PROTO_TCP,
+            Self::Udp => PROTO_UDP,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[dataplane]
+interfaces = ["lb-c", "lb-b"]
+
+[[service]]
+name = "web"
+vip = "10.77.1.100"
+port = 80
+
+  [[service.backend]]
+  address = "10.77.2.11"
+  port = 80
+
+  [[service.backend]]
+  address = "10.77.2.12"
+  port = 80
+  weight = 0
+
+[[service]]
+name = "dns"
+vip = "10.77.1.100"
+port = 53
+protocol = "udp"
+"#;
+
+    fn problems(text: &str) -> Vec<String> {
+        parse(text)
+            .expect_err("config should be refused")
+            .problems()
+    }
+
+    #[test]
+    fn accepts_a_good_config_with_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.dataplane.conntrack_max, DEFAULT_CONNTRACK_MAX);
+        assert_eq!(c.dataplane.xdp_mode, XdpMode::Auto);
+        assert_eq!(c.dataplane.pin_path, PathBuf::from("/sys/fs/bpf/lb"));
+        assert_eq!(c.services.len(), 2);
+        assert_eq!(c.services[0].backends[0].weight, 1);
+        assert_eq!(c.services[0].backends[1].weight, 0);
+        assert_eq!(c.services[1].protocol, Protocol::Udp);
+        assert_eq!(c.admin.listen, "127.0.0.1:9100");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let p = problems(&GOOD.replace("port = 53", "port = 53\ncolour = \"blue\""));
+        assert!(p[0].contains("colour"), "{p:?}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let text = GOOD
+            .replace(
+                "vip = \"10.77.1.100\"\nport = 80",
+                "vip = \"10.77.1.300\"\nport = 0\nscheduler = \"fastest\"",
+            )
+            .replace("address = \"10.77.2.12\"", "address = \"10.77.2.11\"");
+        let p = problems(&text);
+        let has = |needle: &str| {
+            assert!(
+                p.iter().any(|x| x.contains(needle)),
+                "no {needle:?} in {p:?}"
+            )
+        };
+        has("service[0].vip: \"10.77.1.300\" is not an IPv4 address");
+        has("service[0].port: 0 is not a port");
+        has("service[0].scheduler: \"fastest\" is not one of");
+        has("service[0].backend[1]: 10.77.2.11:80 is already listed as backend[0]");
+    }
+
+    #[test]
+    fn duplicate_service_endpoint_and_shared_backend_are_refused() {
+        let text = format!(
+            "{GOOD}\n[[service]]\nname = \"web2\"\nvip = \"10.77.1.100\"\nport = 80\n\n  [[service.backend]]\n  address = \"10.77.2.11\"\n  port = 80\n"
+        );
+        let p = problems(&text);
+        assert!(
+            p.iter()
+                .any(|x| x.starts_with("service[2]: 10.77.1.100:80/tcp is already service[0]")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter().any(|x| x.starts_with(
+                "service[2].backend[0]: 10.77.2.11:80/tcp is already a backend of service[0]"
+            )),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_refused() {
+        let p = problems(
+            &GOOD
+                .replace("weight = 0", "weight = -1")
+                .replace("port = 53", "port = 70000"),
+        );
+        assert!(
+            p.iter()
+                .any(|x| x.starts_with("service[0].backend[1].weight")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter().any(|x| x.starts_with("service[1].port: 70000")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn bad_modes_and_sizes_are_refused() {
+        let p = problems(&GOOD.replace(
+            "interfaces = [\"lb-c\", \"lb-b\"]",
+            "interfaces = [\"lb-c\", \"lb-c\"]\nxdp_mode = \"turbo\"\nconntrack_max = 5",
+        ));
+        for key in [
+            "dataplane.interfaces[1]",
+            "dataplane.xdp_mode",
+            "dataplane.conntrack_max",
+        ] {
+            assert!(p.iter().any(|x| x.starts_with(key)), "no {key} in {p:?}");
+        }
+    }
+
+    #[test]
+    fn features_of_later_issues_are_refused_clearly() {
+        let p = problems(&GOOD.replace(
+            "port = 53",
+            "port = 53\nforwarding = \"dsr\"\non_no_backend = \"reject\"",
+        ));
+        assert!(
+            p.iter().any(|x| x.starts_with("service[1].forwarding")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter().any(|x| x.starts_with("service[1].on_no_backend")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn missing_dataplane_section_is_named() {
+        let p = problems("[[service]]\nname = \"a\"\nvip = \"10.0.0.1\"\nport = 1\n");
+        assert!(p[0].contains("dataplane"), "{p:?}");
+    }
+}

@@ -1,0 +1,250 @@
+//! The real data plane: loads the XDP object, attaches it (XDP on every
+//! interface, plus the tc neighbour slow path), pins the maps under
+//! `pin_path` for bpftool, and writes map ops. Dropping it detaches the
+//! programs and removes the pins.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, DevMapHash, HashMap, MapData},
+    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode, tc},
+};
+use lb_common::abi::{ABI_VERSION, Endpoint, MAGLEV_SIZE, Meta, NO_BACKEND};
+use tracing::{info, warn};
+
+use super::{DataplaneError, Maps};
+use crate::{
+    model::{Dataplane, XdpMode},
+    netdev,
+    plan::Op,
+};
+
+type Table = [u32; MAGLEV_SIZE as usize];
+
+/// Names of the pinned maps: every map of the object.
+const MAP_NAMES: &[&str] = &[
+    "lb_services",
+    "lb_maglev",
+    "lb_backends",
+    "lb_reals",
+    "lb_vips",
+    "lb_conntrack",
+    "lb_tx_ports",
+    "lb_counters",
+    "lb_svc_stats",
+    "lb_be_stats",
+    "lb_meta",
+];
+
+pub struct KernelMaps {
+    services: HashMap<MapData, Endpoint, lb_common::abi::Service>,
+    maglev: Array<MapData, Table>,
+    backends: Array<MapData, lb_common::abi::Backend>,
+    reals: HashMap<MapData, Endpoint, lb_common::abi::Real>,
+    vips: HashMap<MapData, [u8; 4], u32>,
+    pin_dir: PathBuf,
+    // Owns the programs and their links: dropping it detaches everything.
+    _ebpf: Ebpf,
+}
+
+fn err(what: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
+    let what = what.into();
+    move |e| DataplaneError::kernel(what, e)
+}
+
+/// Ignores "no such entry" on deletes: applies must be idempotent.
+fn deleted(result: Result<(), aya::maps::MapError>, what: &str) -> Result<(), DataplaneError> {
+    match result {
+        Err(aya::maps::MapError::KeyNotFound) | Ok(()) => Ok(()),
+        Err(e) => Err(DataplaneError::kernel(what, e)),
+    }
+}
+
+impl KernelMaps {
+    /// Loads, attaches and pins. On error nothing stays attached.
+    pub fn start(dataplane: &Dataplane, object: &[u8]) -> Result<Self, DataplaneError> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("lb_conntrack", dataplane.conntrack_max)
+            .load(object)
+            .map_err(|e| DataplaneError::kernel("loading the XDP object", e))?;
+
+        let mut tx_ports = DevMapHash::try_from(take(&mut ebpf, "lb_tx_ports")?)
+            .map_err(err("opening lb_tx_ports"))?;
+        for name in &dataplane.interfaces {
+            let index = netdev::ifindex(name).ok_or_else(|| {
+                DataplaneError::kernel(format!("interface {name}"), "does not exist")
+            })?;
+            tx_ports
+                .insert(index, index, None, 0)
+                .map_err(|e| DataplaneError::kernel(format!("adding {name} to lb_tx_ports"), e))?;
+        }
+        let mut meta: Array<MapData, Meta> =
+            Array::try_from(take(&mut ebpf, "lb_meta")?).map_err(err("opening lb_meta"))?;
+        meta.set(
+            0,
+            Meta {
+                abi_version: ABI_VERSION,
+                _pad: 0,
+            },
+            0,
+        )
+        .map_err(err("writing lb_meta"))?;
+
+        attach_xdp(&mut ebpf, &dataplane.interfaces, dataplane.xdp_mode)?;
+        attach_tc(&mut ebpf, &dataplane.interfaces)?;
+
+        let pin_dir = dataplane.pin_path.clone();
+        let stale = remove_pins(&pin_dir);
+        if stale > 0 {
+            warn!(pin_dir = %pin_dir.display(), stale, "removed pins left by an earlier run");
+        }
+        fs::create_dir_all(&pin_dir)
+            .map_err(|e| DataplaneError::kernel(format!("creating {}", pin_dir.display()), e))?;
+        pin(&pin_dir, "lb_tx_ports", |p| tx_ports.pin(p))?;
+        pin(&pin_dir, "lb_meta", |p| meta.pin(p))?;
+        for (name, map) in ebpf.maps() {
+            pin(&pin_dir, name, |p| map.pin(p))?;
+        }
+        info!(pin_dir = %pin_dir.display(), "maps pinned");
+
+        Ok(Self {
+            services: typed(&mut ebpf, "lb_services")?,
+            maglev: typed(&mut ebpf, "lb_maglev")?,
+            backends: typed(&mut ebpf, "lb_backends")?,
+            reals: typed(&mut ebpf, "lb_reals")?,
+            vips: typed(&mut ebpf, "lb_vips")?,
+            pin_dir,
+            _ebpf: ebpf,
+        })
+    }
+}
+
+fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map, DataplaneError> {
+    ebpf.take_map(name)
+        .ok_or_else(|| DataplaneError::kernel(format!("map {name}"), "missing from the object"))
+}
+
+fn typed<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &str,
+) -> Result<T, DataplaneError> {
+    T::try_from(take(ebpf, name)?).map_err(err(format!("opening {name}")))
+}
+
+fn pin(
+    dir: &Path,
+    name: &str,
+    f: impl FnOnce(&Path) -> Result<(), aya::pin::PinError>,
+) -> Result<(), DataplaneError> {
+    let path = dir.join(name);
+    f(&path).map_err(|e| DataplaneError::kernel(format!("pinning {}", path.display()), e))
+}
+
+/// Removes the pins a previous run left (a crash, a kill -9). Until
+/// controller restarts adopt them, a new run starts from fresh maps.
+fn remove_pins(dir: &Path) -> usize {
+    let mut removed = 0;
+    for name in MAP_NAMES {
+        let path = dir.join(name);
+        if path.exists() {
+            match fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(e) => warn!(path = %path.display(), error = %e, "cannot remove pin"),
+            }
+        }
+    }
+    removed
+}
+
+fn attach_xdp(ebpf: &mut Ebpf, interfaces: &[String], mode: XdpMode) -> Result<(), DataplaneError> {
+    let program: &mut Xdp = ebpf
+        .program_mut("lb_xdp")
+        .ok_or_else(|| DataplaneError::kernel("program lb_xdp", "missing from the object"))?
+        .try_into()
+        .map_err(|e| DataplaneError::kernel("program lb_xdp", e))?;
+    program
+        .load()
+        .map_err(|e| DataplaneError::kernel("loading lb_xdp (verifier)", e))?;
+    for name in interfaces {
+        let attached = match mode {
+            XdpMode::Driver => program.attach(name, AyaXdpMode::Driver).map(|_| "driver"),
+            XdpMode::Skb => program.attach(name, AyaXdpMode::Skb).map(|_| "skb"),
+            XdpMode::Auto => program
+                .attach(name, AyaXdpMode::Driver)
+                .map(|_| "driver")
+                .or_else(|e| {
+                    warn!(interface = %name, error = %e, "driver mode XDP refused, using skb mode");
+                    program.attach(name, AyaXdpMode::Skb).map(|_| "skb")
+                }),
+        }
+        .map_err(|e| DataplaneError::kernel(format!("attaching XDP to {name}"), e))?;
+        info!(interface = %name, mode = attached, "XDP attached");
+    }
+    Ok(())
+}
+
+fn attach_tc(ebpf: &mut Ebpf, interfaces: &[String]) -> Result<(), DataplaneError> {
+    let program: &mut SchedClassifier = ebpf
+        .program_mut("lb_neigh")
+        .ok_or_else(|| DataplaneError::kernel("program lb_neigh", "missing from the object"))?
+        .try_into()
+        .map_err(|e| DataplaneError::kernel("program lb_neigh", e))?;
+    program
+        .load()
+        .map_err(|e| DataplaneError::kernel("loading lb_neigh (verifier)", e))?;
+    for name in interfaces {
+        // Needed only where tcx links are unavailable; "exists" is fine.
+        let _ = tc::qdisc_add_clsact(name);
+        program
+            .attach(name, TcAttachType::Ingress)
+            .map_err(|e| DataplaneError::kernel(format!("attaching tc ingress to {name}"), e))?;
+    }
+    Ok(())
+}
+
+impl KernelMaps {
+    fn put_maglev(&mut self, id: u32, slots: &[u32]) -> Result<(), DataplaneError> {
+        let table: &Table = slots
+            .try_into()
+            .map_err(|_| DataplaneError::kernel("writing lb_maglev", "table of the wrong size"))?;
+        self.maglev
+            .set(id, table, 0)
+            .map_err(err("writing lb_maglev"))
+    }
+}
+
+impl Maps for KernelMaps {
+    fn apply(&mut self, op: &Op) -> Result<(), DataplaneError> {
+        match op {
+            Op::PutBackend(id, b) => self
+                .backends
+                .set(*id, b, 0)
+                .map_err(err("writing lb_backends")),
+            Op::ClearBackend(id) => self
+                .backends
+                .set(*id, lb_common::abi::Backend::default(), 0)
+                .map_err(err("clearing lb_backends")),
+            Op::PutReal(k, r) => self.reals.insert(k, r, 0).map_err(err("writing lb_reals")),
+            Op::DelReal(k) => deleted(self.reals.remove(k), "deleting from lb_reals"),
+            Op::PutMaglev(id, slots) => self.put_maglev(*id, slots),
+            Op::ClearMaglev(id) => self.put_maglev(*id, &vec![NO_BACKEND; MAGLEV_SIZE as usize]),
+            Op::PutVip(v, n) => self.vips.insert(v, n, 0).map_err(err("writing lb_vips")),
+            Op::DelVip(v) => deleted(self.vips.remove(v), "deleting from lb_vips"),
+            Op::PutService(k, s) => self
+                .services
+                .insert(k, s, 0)
+                .map_err(err("writing lb_services")),
+            Op::DelService(k) => deleted(self.services.remove(k), "deleting from lb_services"),
+        }
+    }
+}
+
+impl Drop for KernelMaps {
+    fn drop(&mut self) {
+        remove_pins(&self.pin_dir);
+        let _ = fs::remove_dir(&self.pin_dir);
+    }
+}

@@ -1,0 +1,35 @@
+//! The kernel maps behind a trait, so the reconciler can be tested against an
+//! in-memory copy (`fake`) and run against the real thing (`kernel`).
+pub mod fake;
+pub mod kernel;
+
+use crate::plan::Op;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("{what}: {source}")]
+    Kernel {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl DataplaneError {
+    pub fn kernel(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Kernel {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// Writes to the data plane's maps. Every write is idempotent (a put of what
+/// is there, a delete of what is gone, succeed), so a failed apply can be
+/// retried from the last image known to be in place.
+pub trait Maps: Send {
+    fn apply(&mut self, op: &Op) -> Result<(), DataplaneError>;
+}

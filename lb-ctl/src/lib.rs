@@ -1,0 +1,12 @@
+//! `lb-ctl`: the controller of the XDP load balancer, and the operator's CLI.
+pub mod config;
+pub mod dataplane;
+pub mod maglev;
+pub mod model;
+pub mod netdev;
+pub mod plan;
+pub mod reconciler;
+pub mod run;
+
+/// The compiled XDP object (built by build.rs from `lb-ebpf`).
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));

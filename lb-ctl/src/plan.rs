@@ -1,0 +1,350 @@
+//! Pure planning: desired services -> the image the kernel maps should hold ->
+//! the writes that turn one image into another, in an order that never lets
+//! the data plane see a half-built service.
+use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc};
+
+use lb_common::abi::{self, BACKEND_IN_USE, Endpoint, MAGLEV_SIZE, MAX_BACKENDS, MAX_SERVICES};
+
+use crate::{maglev, model::Service};
+
+/// Stable numbering of services and backends across reloads: a service or
+/// backend that stays keeps its id, so its Maglev slots and its flows in the
+/// connection table stay valid.
+#[derive(Clone, Debug, Default)]
+pub struct Ids {
+    services: BTreeMap<Endpoint, u32>,
+    backends: BTreeMap<(Endpoint, Endpoint), u32>,
+    /// Where the search for a free backend id starts: ids freed by a removal
+    /// are reused last, so stale connection entries rarely meet a new backend.
+    next_backend: u32,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    #[error("too many services: at most {MAX_SERVICES}")]
+    TooManyServices,
+    #[error("too many backends: at most {MAX_BACKENDS} in all")]
+    TooManyBackends,
+}
+
+/// Everything the kernel maps hold for a set of services.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Image {
+    pub services: BTreeMap<Endpoint, abi::Service>,
+    pub maglev: BTreeMap<u32, Arc<Vec<u32>>>,
+    pub backends: BTreeMap<u32, abi::Backend>,
+    pub reals: BTreeMap<Endpoint, abi::Real>,
+    pub vips: BTreeMap<[u8; 4], u32>,
+}
+
+/// One write to the kernel maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    PutBackend(u32, abi::Backend),
+    PutReal(Endpoint, abi::Real),
+    PutMaglev(u32, Arc<Vec<u32>>),
+    PutVip([u8; 4], u32),
+    PutService(Endpoint, abi::Service),
+    DelService(Endpoint),
+    DelVip([u8; 4]),
+    ClearMaglev(u32),
+    DelReal(Endpoint),
+    ClearBackend(u32),
+}
+
+pub fn service_endpoint(s: &Service) -> Endpoint {
+    Endpoint::new(s.vip.octets(), s.port, s.protocol.number())
+}
+
+fn backend_endpoint(address: Ipv4Addr, port: u16, service: &Service) -> Endpoint {
+    Endpoint::new(address.octets(), port, service.protocol.number())
+}
+
+impl Ids {
+    /// The ids for `services`: kept for what stays, allocated for what is new,
+    /// released for what is gone. Fails, changing nothing, when a table is full.
+    pub fn assign(&self, services: &[Service]) -> Result<Self, PlanError> {
+        let mut next = Self {
+            next_backend: self.next_backend,
+            ..Self::default()
+        };
+        for s in services {
+            let key = service_endpoint(s);
+            if let Some(&id) = self.services.get(&key) {
+                next.services.insert(key, id);
+            }
+            for b in &s.backends {
+                let bkey = (key, backend_endpoint(b.address, b.port, s));
+                if let Some(&id) = self.backends.get(&bkey) {
+                    next.backends.insert(bkey, id);
+                }
+            }
+        }
+        for s in services {
+            let key = service_endpoint(s);
+            if !next.services.contains_key(&key) {
+                let id = (0..MAX_SERVICES)
+                    .find(|id| !next.services.values().any(|used| used == id))
+                    .ok_or(PlanError::TooManyServices)?;
+                next.services.insert(key, id);
+            }
+            for b in &s.backends {
+                let bkey = (key, backend_endpoint(b.address, b.port, s));
+                if !next.backends.contains_key(&bkey) {
+                    let id = next.free_backend_id()?;
+                    next.backends.insert(bkey, id);
+                }
+            }
+        }
+        Ok(next)
+    }
+
+    fn free_backend_id(&mut self) -> Result<u32, PlanError> {
+        let used: std::collections::BTreeSet<u32> = self.backends.values().copied().collect();
+        let id = (0..MAX_BACKENDS)
+            .map(|i| (self.next_backend + i) % MAX_BACKENDS)
+            .find(|id| !used.contains(id))
+            .ok_or(PlanError::TooManyBackends)?;
+        self.next_backend = (id + 1) % MAX_BACKENDS;
+        Ok(id)
+    }
+
+    pub fn service(&self, s: &Service) -> Option<u32> {
+        self.services.get(&service_endpoint(s)).copied()
+    }
+
+    pub fn backend(&self, s: &Service, address: Ipv4Addr, port: u16) -> Option<u32> {
+        self.backends
+            .get(&(service_endpoint(s), backend_endpoint(address, port, s)))
+            .copied()
+    }
+}
+
+/// The image for `services` under `ids` (from `Ids::assign` on the same services).
+pub fn image(services: &[Service], ids: &Ids) -> Image {
+    let mut image = Image::default();
+    for s in services {
+        let key = service_endpoint(s);
+        let service_id = ids.services[&key];
+        let mut entries = Vec::with_capacity(s.backends.len());
+        for b in &s.backends {
+            let bkey = backend_endpoint(b.address, b.port, s);
+            let id = ids.backends[&(key, bkey)];
+            image.backends.insert(
+                id,
+                abi::Backend {
+                    addr: b.address.octets(),
+                    port: b.port,
+                    flags: BACKEND_IN_USE,
+                    service_id,
+                },
+            );
+            image.reals.insert(
+                bkey,
+                abi::Real {
+                    vip: key.addr,
+                    vport: key.port,
+                    _pad: 0,
+                    service_id,
+                    backend_id: id,
+                },
+            );
+            entries.push(maglev::Entry {
+                address: b.address,
+                port: b.port,
+                weight: b.weight,
+                id,
+            });
+        }
+        image
+            .maglev
+            .insert(service_id, Arc::new(maglev::build(&entries, MAGLEV_SIZE)));
+        image.services.insert(
+            key,
+            abi::Service {
+                id: service_id,
+                flags: 0,
+            },
+        );
+        *image.vips.entry(key.addr).or_insert(0) += 1;
+    }
+    image
+}
+
+/// The writes from `old` to `new`. Additions go bottom-up (backends, reverse
+/// entries, Maglev tables, VIPs, then the service entry that makes them
+/// reachable); removals go top-down, so no packet finds a dangling reference.
+pub fn diff(old: &Image, new: &Image) -> Vec<Op> {
+    let mut ops = Vec::new();
+    for (id, b) in &new.backends {
+        if old.backends.get(id) != Some(b) {
+            ops.push(Op::PutBackend(*id, *b));
+        }
+    }
+    for (key, r) in &new.reals {
+        if old.reals.get(key) != Some(r) {
+            ops.push(Op::PutReal(*key, *r));
+        }
+    }
+    for (id, table) in &new.maglev {
+        if old.maglev.get(id) != Some(table) {
+            ops.push(Op::PutMaglev(*id, Arc::clone(table)));
+        }
+    }
+    for (vip, n) in &new.vips {
+        if old.vips.get(vip) != Some(n) {
+            ops.push(Op::PutVip(*vip, *n));
+        }
+    }
+    for (key, s) in &new.services {
+        if old.services.get(key) != Some(s) {
+            ops.push(Op::PutService(*key, *s));
+        }
+    }
+    for key in old
+        .services
+        .keys()
+        .filter(|k| !new.services.contains_key(k))
+    {
+        ops.push(Op::DelService(*key));
+    }
+    for vip in old.vips.keys().filter(|v| !new.vips.contains_key(*v)) {
+        ops.push(Op::DelVip(*vip));
+    }
+    for id in old.maglev.keys().filter(|id| !new.maglev.contains_key(id)) {
+        ops.push(Op::ClearMaglev(*id));
+    }
+    for key in old.reals.keys().filter(|k| !new.reals.contains_key(k)) {
+        ops.push(Op::DelReal(*key));
+    }
+    for id in old
+        .backends
+        .keys()
+        .filter(|id| !new.backends.contains_key(id))
+    {
+        ops.push(Op::ClearBackend(*id));
+    }
+    ops
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Backend, Protocol};
+
+    fn service(name: &str, port: u16, backends: &[(u8, u32)]) -> Service {
+        Service {
+            name: name.into(),
+            vip: Ipv4Addr::new(10, 77, 1, 100),
+            port,
+            protocol: Protocol::Tcp,
+            backends: backends
+                .iter()
+                .map(|&(last, weight)| Backend {
+                    address: Ipv4Addr::new(10, 77, 2, last),
+                    port,
+                    weight,
+                })
+                .collect(),
+        }
+    }
+
+    fn plan(ids: &Ids, services: &[Service]) -> (Ids, Image) {
+        let ids = ids.assign(services).unwrap();
+        let image = image(services, &ids);
+        (ids, image)
+    }
+
+    #[test]
+    fn ids_are_stable_and_freed_ids_are_reused_last() {
+        let (ids, _) = plan(
+            &Ids::default(),
+            &[service("web", 80, &[(11, 1), (12, 1), (13, 1)])],
+        );
+        let web = service("web", 80, &[(11, 1), (13, 1), (14, 1)]);
+        let (ids2, _) = plan(&ids, std::slice::from_ref(&web));
+        assert_eq!(
+            ids2.backend(&web, Ipv4Addr::new(10, 77, 2, 11), 80),
+            Some(0)
+        );
+        assert_eq!(
+            ids2.backend(&web, Ipv4Addr::new(10, 77, 2, 13), 80),
+            Some(2)
+        );
+        // 12 had id 1; the newcomer does not get it.
+        assert_eq!(
+            ids2.backend(&web, Ipv4Addr::new(10, 77, 2, 14), 80),
+            Some(3)
+        );
+    }
+
+    #[test]
+    fn first_apply_writes_bottom_up() {
+        let (_, image) = plan(&Ids::default(), &[service("web", 80, &[(11, 1), (12, 1)])]);
+        let ops = diff(&Image::default(), &image);
+        let kinds: Vec<&str> = ops
+            .iter()
+            .map(|op| match op {
+                Op::PutBackend(..) => "backend",
+                Op::PutReal(..) => "real",
+                Op::PutMaglev(..) => "maglev",
+                Op::PutVip(..) => "vip",
+                Op::PutService(..) => "service",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "backend", "backend", "real", "real", "maglev", "vip", "service"
+            ]
+        );
+    }
+
+    #[test]
+    fn same_config_twice_writes_nothing() {
+        let services = [
+            service("web", 80, &[(11, 1), (12, 2)]),
+            service("dns", 53, &[(21, 1)]),
+        ];
+        let (ids, image) = plan(&Ids::default(), &services);
+        let (_, again) = plan(&ids, &services);
+        assert!(diff(&image, &again).is_empty());
+    }
+
+    #[test]
+    fn drain_rewrites_only_the_table_and_removal_goes_top_down() {
+        let (ids, before) = plan(&Ids::default(), &[service("web", 80, &[(11, 1), (12, 1)])]);
+        let (ids, drained) = plan(&ids, &[service("web", 80, &[(11, 1), (12, 0)])]);
+        let ops = diff(&before, &drained);
+        assert!(matches!(ops.as_slice(), [Op::PutMaglev(0, _)]), "{ops:?}");
+        let (_, gone) = plan(&ids, &[]);
+        let ops = diff(&drained, &gone);
+        assert!(
+            matches!(
+                ops.as_slice(),
+                [
+                    Op::DelService(_),
+                    Op::DelVip(_),
+                    Op::ClearMaglev(0),
+                    Op::DelReal(_),
+                    Op::DelReal(_),
+                    Op::ClearBackend(0),
+                    Op::ClearBackend(1)
+                ]
+            ),
+            "{ops:?}"
+        );
+    }
+
+    #[test]
+    fn too_many_services_is_an_error_not_a_partial_plan() {
+        let services: Vec<Service> = (0..=MAX_SERVICES as u16)
+            .map(|i| service(&format!("s{i}"), 1000 + i, &[]))
+            .collect();
+        assert_eq!(
+            Ids::default().assign(&services).unwrap_err(),
+            PlanError::TooManyServices
+        );
+    }
+}

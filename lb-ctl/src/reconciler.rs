@@ -1,0 +1,216 @@
+//! The one writer of kernel state. Config reloads (and, later, API calls and
+//! health changes) become commands to one task; it plans the new image with
+//! pure code, writes only the difference, and answers once the kernel holds it.
+use tokio::sync::{mpsc, oneshot};
+use tracing::info;
+
+use crate::{
+    dataplane::{DataplaneError, Maps},
+    model::Service,
+    plan::{self, Ids, Image, PlanError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("the new state does not fit: {0}")]
+    Plan(#[from] PlanError),
+    #[error("writing the kernel maps failed: {0}")]
+    Dataplane(#[from] DataplaneError),
+    #[error("the reconciler has stopped")]
+    Stopped,
+}
+
+/// What an apply changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub writes: usize,
+    pub services: usize,
+    pub backends: usize,
+}
+
+pub struct Reconciler<M: Maps> {
+    maps: M,
+    ids: Ids,
+    /// What the maps are known to hold.
+    applied: Image,
+}
+
+impl<M: Maps> Reconciler<M> {
+    pub fn new(maps: M) -> Self {
+        Self {
+            maps,
+            ids: Ids::default(),
+            applied: Image::default(),
+        }
+    }
+
+    /// Makes the maps hold `services`. A plan that does not fit changes
+    /// nothing. If a write fails midway, the maps may hold a mix of old and new:
+    /// the next apply starts from the union of both, so it repairs or removes
+    /// whatever the failed one left.
+    pub fn apply(&mut self, services: &[Service]) -> Result<Applied, ReconcileError> {
+        let ids = self.ids.assign(services)?;
+        let image = plan::image(services, &ids);
+        let ops = plan::diff(&self.applied, &image);
+        for op in &ops {
+            if let Err(e) = self.maps.apply(op) {
+                self.applied = union(&self.applied, &image);
+                return Err(e.into());
+            }
+        }
+        let applied = Applied {
+            writes: ops.len(),
+            services: image.services.len(),
+            backends: image.backends.len(),
+        };
+        self.ids = ids;
+        self.applied = image;
+        Ok(applied)
+    }
+
+    pub fn applied(&self) -> &Image {
+        &self.applied
+    }
+
+    /// Hands the maps back (dropping a kernel data plane detaches it).
+    pub fn into_maps(self) -> M {
+        self.maps
+    }
+}
+
+/// Every entry of `a` and `b`, `b` winning: an over-approximation of what a
+/// half-applied change left in the maps.
+fn union(a: &Image, b: &Image) -> Image {
+    let mut u = a.clone();
+    u.services.extend(b.services.iter().map(|(k, v)| (*k, *v)));
+    u.maglev
+        .extend(b.maglev.iter().map(|(k, v)| (*k, v.clone())));
+    u.backends.extend(b.backends.iter().map(|(k, v)| (*k, *v)));
+    u.reals.extend(b.reals.iter().map(|(k, v)| (*k, *v)));
+    u.vips.extend(b.vips.iter().map(|(k, v)| (*k, *v)));
+    u
+}
+
+enum Command {
+    Apply {
+        services: Vec<Service>,
+        reply: oneshot::Sender<Result<Applied, ReconcileError>>,
+    },
+}
+
+/// A cloneable way to send commands to the reconciler task.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl Handle {
+    /// Applies `services`; returns once the kernel maps hold them.
+    pub async fn apply(&self, services: Vec<Service>) -> Result<Applied, ReconcileError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Apply { services, reply })
+            .await
+            .map_err(|_| ReconcileError::Stopped)?;
+        rx.await.map_err(|_| ReconcileError::Stopped)?
+    }
+}
+
+/// Runs `reconciler` as a task until every `Handle` is dropped; the task
+/// returns the maps so the caller decides when the data plane goes away.
+pub fn spawn<M: Maps + 'static>(
+    mut reconciler: Reconciler<M>,
+) -> (Handle, tokio::task::JoinHandle<M>) {
+    let (tx, mut rx) = mpsc::channel::<Command>(16);
+    let task = tokio::spawn(async move {
+        while let Some(command) = rx.recv().await {
+            match command {
+                Command::Apply { services, reply } => {
+                    let result = reconciler.apply(&services);
+                    if let Ok(applied) = &result {
+                        info!(
+                            writes = applied.writes,
+                            services = applied.services,
+                            backends = applied.backends,
+                            "state applied"
+                        );
+                    }
+                    let _ = reply.send(result);
+                }
+            }
+        }
+        reconciler.into_maps()
+    });
+    (Handle { tx }, task)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::{
+        dataplane::fake::FakeMaps,
+        model::{Backend, Protocol},
+    };
+
+    fn web(backends: &[(u8, u32)]) -> Service {
+        Service {
+            name: "web".into(),
+            vip: Ipv4Addr::new(10, 77, 1, 100),
+            port: 80,
+            protocol: Protocol::Tcp,
+            backends: backends
+                .iter()
+                .map(|&(last, weight)| Backend {
+                    address: Ipv4Addr::new(10, 77, 2, last),
+                    port: 80,
+                    weight,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn maps_hold_exactly_the_applied_image() {
+        let fake = FakeMaps::default();
+        let mut r = Reconciler::new(fake.clone());
+        r.apply(&[web(&[(11, 1), (12, 1)])]).unwrap();
+        assert_eq!(*fake.state.lock().unwrap(), *r.applied());
+        let applied = r.apply(&[web(&[(11, 1), (12, 1)])]).unwrap();
+        assert_eq!(applied.writes, 0, "an unchanged config writes nothing");
+        r.apply(&[]).unwrap();
+        assert_eq!(*fake.state.lock().unwrap(), Image::default());
+    }
+
+    #[test]
+    fn a_failed_write_is_repaired_by_the_next_apply() {
+        let fake = FakeMaps::default();
+        let mut r = Reconciler::new(fake.clone());
+        r.apply(&[web(&[(11, 1)])]).unwrap();
+        *fake.fail_after.lock().unwrap() = Some(1);
+        assert!(r.apply(&[web(&[(11, 1), (12, 1), (13, 1)])]).is_err());
+        // The operator gives up on the change: the leftovers must go.
+        *fake.fail_after.lock().unwrap() = None;
+        r.apply(&[web(&[(11, 1)])]).unwrap();
+        assert_eq!(*fake.state.lock().unwrap(), *r.applied());
+        assert_eq!(r.applied().backends.len(), 1);
+    }
+
+    #[test]
+    fn a_plan_that_does_not_fit_writes_nothing() {
+        let fake = FakeMaps::default();
+        let mut r = Reconciler::new(fake.clone());
+        r.apply(&[web(&[(11, 1)])]).unwrap();
+        let too_many: Vec<Service> = (0..=lb_common::abi::MAX_SERVICES as u16)
+            .map(|i| Service {
+                name: format!("s{i}"),
+                port: 1000 + i,
+                ..web(&[])
+            })
+            .collect();
+        assert!(matches!(r.apply(&too_many), Err(ReconcileError::Plan(_))));
+        assert_eq!(*fake.state.lock().unwrap(), *r.applied());
+        assert_eq!(r.applied().services.len(), 1);
+    }
+}

@@ -1,0 +1,122 @@
+//! `lb-ctl run`: load and attach the data plane, apply the config, reload it
+//! on SIGHUP, detach everything on SIGTERM/SIGINT.
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info, warn};
+
+use crate::{
+    EBPF_OBJECT,
+    config::{self, Config},
+    dataplane::kernel::KernelMaps,
+    model::XdpMode,
+    reconciler::{self, Reconciler},
+};
+
+/// Command-line overrides of the `[dataplane]` section.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub interfaces: Vec<String>,
+    pub xdp_mode: Option<XdpMode>,
+}
+
+/// Why `run` refused to start: every problem, for exit code 1.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  {}", .0.join("\n  "))]
+pub struct Refused(pub Vec<String>);
+
+/// Loads `path`, applies overrides and checks the interfaces exist.
+pub fn load(path: &PathBuf, overrides: &Overrides) -> Result<Config, Refused> {
+    let mut config = config::load(path).map_err(|e| Refused(e.problems()))?;
+    if !overrides.interfaces.is_empty() {
+        config
+            .dataplane
+            .interfaces
+            .clone_from(&overrides.interfaces);
+    }
+    if let Some(mode) = overrides.xdp_mode {
+        config.dataplane.xdp_mode = mode;
+    }
+    let mut problems: Vec<String> = config::missing_interfaces(&config.dataplane)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    if config.dataplane.interfaces.is_empty() {
+        problems.push(
+            "dataplane.interfaces: no interface to attach to (set it or pass --iface)".into(),
+        );
+    }
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(Refused(problems))
+    }
+}
+
+pub async fn run(path: PathBuf, overrides: Overrides) -> anyhow::Result<()> {
+    let config = load(&path, &overrides)?;
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+
+    let maps =
+        KernelMaps::start(&config.dataplane, EBPF_OBJECT).context("starting the data plane")?;
+    let (handle, task) = reconciler::spawn(Reconciler::new(maps));
+    let outcome = async {
+        handle
+            .apply(config.services.clone())
+            .await
+            .context("applying the configuration")?;
+        info!(config = %path.display(), services = config.services.len(), "load balancer running");
+        let mut running = config;
+        loop {
+            tokio::select! {
+                _ = hangup.recv() => running = reload(&path, &overrides, running, &handle).await,
+                _ = terminate.recv() => { info!("SIGTERM: shutting down"); break }
+                _ = interrupt.recv() => { info!("SIGINT: shutting down"); break }
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    drop(handle);
+    // Dropping the maps detaches the programs and removes the pins.
+    drop(task.await.context("the reconciler task failed")?);
+    info!("data plane detached");
+    outcome
+}
+
+/// SIGHUP: apply the file's services if it is valid; otherwise keep running
+/// what runs and say why.
+async fn reload(
+    path: &PathBuf,
+    overrides: &Overrides,
+    running: Config,
+    handle: &reconciler::Handle,
+) -> Config {
+    let next = match load(path, overrides) {
+        Ok(next) => next,
+        Err(refused) => {
+            error!(problems = ?refused.0, "reload refused; keeping the running configuration");
+            return running;
+        }
+    };
+    if next.dataplane != running.dataplane {
+        warn!("[dataplane] changes take effect at the next start; applying services only");
+    }
+    match handle.apply(next.services.clone()).await {
+        Ok(applied) => {
+            info!(writes = applied.writes, "configuration reloaded");
+            Config {
+                dataplane: running.dataplane,
+                ..next
+            }
+        }
+        Err(e) => {
+            error!(error = %e, "reload failed; the next reload retries");
+            running
+        }
+    }
+}
