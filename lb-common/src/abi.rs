@@ -52,10 +52,15 @@ impl Endpoint {
 pub struct Service {
     /// Index into `lb_maglev` and `lb_svc_stats`.
     pub id: u32,
+    /// Slots in use in the service's Maglev table (a prime <= `MAGLEV_SIZE`).
+    /// A runtime value on purpose: the kernel's bounds check on the slot
+    /// index must survive the compiler, which would drop it for a constant.
+    pub ring_size: u32,
     /// Reserved for per-service options (scheduler, on_no_backend); 0 today.
     pub flags: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<Service>() == 8);
+const _: () = assert!(size_of::<Service>() == 16);
 
 /// Value of `lb_backends`, indexed by backend id.
 #[repr(C)]

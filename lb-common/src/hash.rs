@@ -24,10 +24,11 @@ pub const fn flow_hash(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto
     mix64(addrs ^ mix64(rest ^ FLOW_SEED)) as u32
 }
 
-/// Maglev slot of a flow hash in a table of `size` slots.
+/// Maglev slot of a flow hash in a table of `size` slots; `None` for an
+/// empty table. Never panics: the BPF program cannot unwind.
 #[inline(always)]
-pub const fn maglev_slot(hash: u32, size: u32) -> u32 {
-    hash % size
+pub const fn maglev_slot(hash: u32, size: u32) -> Option<u32> {
+    hash.checked_rem(size)
 }
 
 /// Hash of a backend's identity (address and port), with a seed, for the

@@ -163,7 +163,9 @@ pub fn image(services: &[Service], ids: &Ids) -> Image {
             key,
             abi::Service {
                 id: service_id,
+                ring_size: MAGLEV_SIZE,
                 flags: 0,
+                _pad: 0,
             },
         );
         *image.vips.entry(key.addr).or_insert(0) += 1;

@@ -115,23 +115,28 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Counter> {
         });
     }
     let l4 = ETH_LEN + ihl;
-    // The frame must hold everything the IP header claims (trailing padding is fine).
-    if ctx.data() + ETH_LEN + usize::from(tot_len) > ctx.data_end() {
-        return Err(Counter::PassMalformed);
-    }
+    // Both pointers derive from one bounds check, so the verifier sees them
+    // inside it (separate checks get merged by the compiler and lose that).
     let (ports, l4_check): (*mut Ports, *mut [u8; 2]) = if proto == PROTO_TCP {
-        // Checksum at offset 16 of a header that is at least 20 bytes long.
-        ptr_at::<[u8; 20]>(ctx, l4)?;
         if usize::from(tot_len) < ihl + 20 {
             return Err(Counter::PassMalformed);
         }
-        (ptr_at(ctx, l4)?, ptr_at(ctx, l4 + 16)?)
+        // The checksum is at offset 16 of a header at least 20 bytes long.
+        let tcp: *mut [u8; 20] = ptr_at(ctx, l4)?;
+        (tcp.cast(), tcp.cast::<u8>().wrapping_add(16).cast())
     } else {
         if usize::from(tot_len) < ihl + 8 {
             return Err(Counter::PassMalformed);
         }
-        (ptr_at(ctx, l4)?, ptr_at(ctx, l4 + 6)?)
+        let udp: *mut [u8; 8] = ptr_at(ctx, l4)?;
+        (udp.cast(), udp.cast::<u8>().wrapping_add(6).cast())
     };
+    // The frame must hold everything the IP header claims (trailing padding is
+    // fine). Checked after the L4 header on purpose: done first, it lets the
+    // compiler drop the L4 bounds check as implied, which the verifier cannot follow.
+    if ctx.data() + ETH_LEN + usize::from(tot_len) > ctx.data_end() {
+        return Err(Counter::PassMalformed);
+    }
     // SAFETY: ptr_at checked the ports.
     unsafe {
         flow.sport = u16::from_be_bytes((*ports).src);

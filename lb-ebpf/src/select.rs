@@ -2,10 +2,7 @@
 //! service's Maglev table for a flow it does not know.
 use aya_ebpf::btf_maps::PerCpuArray;
 use lb_common::{
-    abi::{
-        BACKEND_IN_USE, Backend, Conn, Endpoint, Flow, MAGLEV_SIZE, NO_BACKEND, Real, Service,
-        Traffic,
-    },
+    abi::{BACKEND_IN_USE, Backend, Conn, Endpoint, Flow, NO_BACKEND, Real, Service, Traffic},
     counter::Counter,
     hash::{flow_hash, maglev_slot},
 };
@@ -58,7 +55,7 @@ pub fn backend(flow: &Flow, service: &Service) -> Result<Choice, Counter> {
     }
     let table = LB_MAGLEV.get(service.id).ok_or(Counter::DropNoBackend)?;
     let hash = flow_hash(flow.src, flow.dst, flow.sport, flow.dport, flow.proto);
-    let slot = maglev_slot(hash, MAGLEV_SIZE) as usize;
+    let slot = maglev_slot(hash, service.ring_size).ok_or(Counter::DropNoBackend)? as usize;
     let id = *table.slots.get(slot).ok_or(Counter::DropNoBackend)?;
     if id == NO_BACKEND {
         return Err(Counter::DropNoBackend);

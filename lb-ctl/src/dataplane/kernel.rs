@@ -97,6 +97,7 @@ impl KernelMaps {
         attach_tc(&mut ebpf, &dataplane.interfaces)?;
 
         let pin_dir = dataplane.pin_path.clone();
+        check_bpffs(&pin_dir)?;
         let stale = remove_pins(&pin_dir);
         if stale > 0 {
             warn!(pin_dir = %pin_dir.display(), stale, "removed pins left by an earlier run");
@@ -141,6 +142,29 @@ fn pin(
 ) -> Result<(), DataplaneError> {
     let path = dir.join(name);
     f(&path).map_err(|e| DataplaneError::kernel(format!("pinning {}", path.display()), e))
+}
+
+/// Pins need a bpf filesystem; say so plainly instead of a bare ENOENT/EPERM.
+fn check_bpffs(pin_dir: &Path) -> Result<(), DataplaneError> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let parent = pin_dir.parent().unwrap_or(pin_dir);
+    let path = std::ffi::CString::new(parent.as_os_str().as_encoded_bytes())
+        .map_err(|e| DataplaneError::kernel("dataplane.pin_path", e))?;
+    // SAFETY: statfs fills the zeroed struct; the path is NUL-terminated.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let rc = unsafe { libc::statfs(path.as_ptr(), &raw mut stat) };
+    if rc != 0 || stat.f_type != BPF_FS_MAGIC {
+        return Err(DataplaneError::kernel(
+            format!("dataplane.pin_path {}", pin_dir.display()),
+            format!(
+                "{} is not a bpf filesystem (mount -t bpf bpf {})",
+                parent.display(),
+                parent.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Removes the pins a previous run left (a crash, a kill -9). Until

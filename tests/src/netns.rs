@@ -1,0 +1,67 @@
+//! Network namespaces and commands run inside them.
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    process::{Command, Output, Stdio},
+};
+
+/// Runs a command, panicking with its output if it fails.
+pub fn sh(args: &[&str]) -> String {
+    let out = output(args);
+    assert!(
+        out.status.success(),
+        "`{}` failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command and returns its output, whatever its exit status.
+pub fn output(args: &[&str]) -> Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `{}`: {e}", args.join(" ")))
+}
+
+/// Runs a command inside namespace `ns`.
+pub fn ns_sh(ns: &str, args: &[&str]) -> String {
+    let mut full = vec!["ip", "netns", "exec", ns];
+    full.extend_from_slice(args);
+    sh(&full)
+}
+
+/// Runs a command inside `ns`, ignoring failure (cleanup, optional tuning).
+pub fn ns_try(ns: &str, args: &[&str]) -> bool {
+    let mut full = vec!["ip", "netns", "exec", ns];
+    full.extend_from_slice(args);
+    output(&full).status.success()
+}
+
+/// Moves the calling thread into namespace `ns` for the rest of its life:
+/// sockets it opens afterwards live there.
+pub fn enter(ns: &str) {
+    let file =
+        File::open(format!("/var/run/netns/{ns}")).unwrap_or_else(|e| panic!("netns {ns}: {e}"));
+    // SAFETY: setns on a valid namespace fd; affects only this thread.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns({ns}): {}", std::io::Error::last_os_error());
+}
+
+/// Runs `f` on a thread inside namespace `ns` and returns its result.
+pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns = ns.to_owned();
+    std::thread::spawn(move || {
+        enter(&ns);
+        f()
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+pub fn exists(ns: &str) -> bool {
+    std::path::Path::new(&format!("/var/run/netns/{ns}")).exists()
+}

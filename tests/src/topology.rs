@@ -1,0 +1,181 @@
+//! The demo topology of a classic IPVS-NAT workshop, in network namespaces:
+//!
+//! ```text
+//!  client 10.77.1.10 ── lb-c [ load balancer, VIP 10.77.1.100 ] lb-b ── switch ── web1 10.77.2.11
+//!                             10.77.1.1             10.77.2.1          (bridge)├─ web2 10.77.2.12
+//!                                                                              └─ web3 10.77.2.13
+//! ```
+//!
+//! The backends' default route goes through the load balancer (NAT mode).
+//! Every namespace name starts with a prefix, so the lab (`lb`) and the tests
+//! (`lbt`) never collide. Dropping a `Topology` removes it unless `keep` is set.
+use crate::netns::{exists, ns_sh, ns_try, output, sh};
+
+pub const VIP: &str = "10.77.1.100";
+pub const CLIENT_ADDR: &str = "10.77.1.10";
+/// Client addresses the load balancer has never talked to (one per test that needs one).
+pub const FRESH_CLIENT_ADDRS: [&str; 4] = ["10.77.1.20", "10.77.1.21", "10.77.1.22", "10.77.1.23"];
+pub const LB_CLIENT_SIDE: &str = "10.77.1.1";
+pub const LB_BACKEND_SIDE: &str = "10.77.2.1";
+pub const BACKENDS: [(&str, &str); 3] = [
+    ("web1", "10.77.2.11"),
+    ("web2", "10.77.2.12"),
+    ("web3", "10.77.2.13"),
+];
+/// The load balancer's interfaces (inside its namespace).
+pub const LB_IFACES: [&str; 2] = ["lb-c", "lb-b"];
+
+pub struct Topology {
+    pub prefix: String,
+    /// Leave everything in place when dropped (the lab's `--keep`).
+    pub keep: bool,
+}
+
+impl Topology {
+    pub fn client(&self) -> String {
+        format!("{}-client", self.prefix)
+    }
+    pub fn lb(&self) -> String {
+        format!("{}-lb", self.prefix)
+    }
+    pub fn switch(&self) -> String {
+        format!("{}-sw", self.prefix)
+    }
+    pub fn web(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut all = vec![self.client(), self.lb(), self.switch()];
+        all.extend(BACKENDS.iter().map(|(name, _)| self.web(name)));
+        all
+    }
+
+    /// Removes leftovers of an earlier run with the same prefix, then builds it.
+    pub fn create(prefix: &str) -> Self {
+        let topo = Self {
+            prefix: prefix.to_owned(),
+            keep: false,
+        };
+        topo.destroy();
+        for ns in topo.namespaces() {
+            sh(&["ip", "netns", "add", &ns]);
+            ns_sh(&ns, &["ip", "link", "set", "lo", "up"]);
+        }
+        let (client, lb, sw) = (topo.client(), topo.lb(), topo.switch());
+        veth(&client, "c0", &lb, "lb-c");
+        veth(&lb, "lb-b", &sw, "sw-lb");
+        ns_sh(&sw, &["ip", "link", "add", "br0", "type", "bridge"]);
+        ns_sh(&sw, &["ip", "link", "set", "br0", "up"]);
+        bridge_port(&sw, "sw-lb");
+
+        // The client: its main address plus a few the load balancer has never seen.
+        addr(&client, "c0", &format!("{CLIENT_ADDR}/24"));
+        for a in FRESH_CLIENT_ADDRS {
+            addr(&client, "c0", &format!("{a}/24"));
+        }
+        ns_sh(
+            &client,
+            &["ip", "route", "add", "default", "via", LB_CLIENT_SIDE],
+        );
+        endpoint_offloads(&client, "c0");
+
+        // The load balancer routes between its two sides and holds the VIP.
+        addr(&lb, "lb-c", &format!("{LB_CLIENT_SIDE}/24"));
+        addr(&lb, "lb-c", &format!("{VIP}/32"));
+        addr(&lb, "lb-b", &format!("{LB_BACKEND_SIDE}/24"));
+        ns_sh(&lb, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+
+        for (name, address) in BACKENDS {
+            let web = topo.web(name);
+            let port = format!("sw-{name}");
+            veth(&web, "eth0", &sw, &port);
+            bridge_port(&sw, &port);
+            addr(&web, "eth0", &format!("{address}/24"));
+            ns_sh(
+                &web,
+                &["ip", "route", "add", "default", "via", LB_BACKEND_SIDE],
+            );
+            endpoint_offloads(&web, "eth0");
+        }
+        // Frames that XDP sends into a veth are received by its peer only when
+        // the peer runs NAPI (GRO on, or an XDP program): the peers of lb-c and lb-b.
+        ns_sh(&sw, &["ethtool", "-K", "sw-lb", "gro", "on"]);
+        topo
+    }
+
+    /// Removes every namespace of this prefix and the processes inside them.
+    pub fn destroy(&self) {
+        for ns in self.namespaces() {
+            if !exists(&ns) {
+                continue;
+            }
+            let pids = output(&["ip", "netns", "pids", &ns]);
+            for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                let _ = output(&["kill", "-9", pid]);
+            }
+            let _ = output(&["ip", "netns", "del", &ns]);
+        }
+    }
+
+    /// Starts the backend servers (HTTP, line echo, UDP echo) as processes of
+    /// `lb_lab` (the `lb-lab` binary) inside each backend's namespace.
+    pub fn start_backends(&self, lb_lab: &str) {
+        for (name, address) in BACKENDS {
+            let ns = self.web(name);
+            std::process::Command::new("ip")
+                .args(["netns", "exec", &ns, lb_lab, "serve", name, address])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting the {name} server: {e}"));
+        }
+        for (name, address) in BACKENDS {
+            let ns = self.web(name);
+            let ready = (0..100).any(|_| {
+                let up = ns_try(
+                    &ns,
+                    &["bash", "-c", &format!("exec 3<>/dev/tcp/{address}/80")],
+                );
+                if !up {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                up
+            });
+            assert!(ready, "the {name} server did not start listening");
+        }
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        if !self.keep {
+            self.destroy();
+        }
+    }
+}
+
+fn veth(ns_a: &str, a: &str, ns_b: &str, b: &str) {
+    sh(&[
+        "ip", "link", "add", a, "netns", ns_a, "type", "veth", "peer", "name", b, "netns", ns_b,
+    ]);
+    ns_sh(ns_a, &["ip", "link", "set", a, "up"]);
+    ns_sh(ns_b, &["ip", "link", "set", b, "up"]);
+}
+
+fn bridge_port(sw: &str, port: &str) {
+    ns_sh(sw, &["ip", "link", "set", port, "master", "br0"]);
+}
+
+fn addr(ns: &str, dev: &str, cidr: &str) {
+    ns_sh(ns, &["ip", "addr", "add", cidr, "dev", dev]);
+}
+
+/// Hosts that send through the XDP load balancer must put complete checksums
+/// on the wire: a veth's default TX checksum offload leaves them partial, and
+/// an XDP frame has no skb to carry that state across a redirect (real NICs
+/// receive complete checksums from the wire). GRO on lets the veth receive
+/// frames that the load balancer's XDP program transmits.
+fn endpoint_offloads(ns: &str, dev: &str) {
+    ns_sh(ns, &["ethtool", "-K", dev, "tx", "off", "gro", "on"]);
+}
