@@ -1,1 +1,76 @@
-fn main() {}
+//! `cargo xtask setup | lab | run | test | bench`: every command first makes
+//! sure the machine has what it needs (see `setup`).
+mod bench;
+mod lab;
+mod setup;
+mod util;
+
+use anyhow::{Result, bail};
+
+const USAGE: &str = "usage: cargo xtask <command>
+  setup              install what is missing (rust-src, bpf-linker, Debian packages, bpffs)
+  lab [--keep]       build, create the demo topology, start lb-ctl, show traffic being spread
+  lab down           remove the lab
+  run -- ARGS        build, then run `lb-ctl run ARGS` as root
+  test               host unit tests, then privileged tests (root)
+  bench              data-plane cost per packet (BPF_PROG_TEST_RUN), table + JSON";
+
+fn main() -> std::process::ExitCode {
+    match dispatch(std::env::args().skip(1).collect()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(args: Vec<String>) -> Result<()> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["setup"] => setup::ensure(),
+        ["lab", "down"] => lab::down(),
+        ["lab", rest @ ..] => {
+            let keep = match rest {
+                [] => false,
+                ["--keep"] => true,
+                _ => bail!("{USAGE}"),
+            };
+            setup::ensure()?;
+            lab::up(keep)
+        }
+        ["run", rest @ ..] => {
+            setup::ensure()?;
+            let rest = rest.strip_prefix(&["--"]).unwrap_or(rest);
+            util::build()?;
+            util::require_root("lb-ctl run")?;
+            let mut cmd = std::process::Command::new(util::bin("lb-ctl"));
+            cmd.arg("run").args(rest);
+            util::run_status(&mut cmd)
+        }
+        ["test"] => {
+            setup::ensure()?;
+            test()
+        }
+        ["bench"] => {
+            setup::ensure()?;
+            bench::run()
+        }
+        _ => bail!("{USAGE}"),
+    }
+}
+
+/// Host unit tests first (no privileges), then the privileged tests one at a
+/// time (they share kernel state: namespaces, XDP attachments, pins).
+fn test() -> Result<()> {
+    util::build()?;
+    util::step("host unit tests");
+    util::cargo(&["test", "-p", "lb-common", "-p", "lb-ctl"])?;
+    util::require_root("the privileged tests")?;
+    util::step(
+        "privileged tests: packet fixtures (BPF_PROG_TEST_RUN) and end to end in namespaces",
+    );
+    let mut cmd = util::cargo_cmd(&["test", "-p", "lb-tests", "--", "--test-threads=1"]);
+    cmd.env("LB_CTL", util::bin("lb-ctl"));
+    util::run_status(&mut cmd)
+}

@@ -1,6 +1,7 @@
 //! The lab's plumbing, as a command: `lb-lab up PREFIX LB_LAB_BIN` builds the
 //! topology and starts the backends, `lb-lab down PREFIX` removes it, and
-//! `lb-lab serve NAME ADDR` is a backend's server process.
+//! `lb-lab serve NAME ADDR` is a backend's server process, and
+//! `lb-lab counters PIN_DIR` prints the data plane's outcome counters.
 use std::process::ExitCode;
 
 use lb_tests::{server, topology::Topology};
@@ -28,6 +29,14 @@ fn main() -> ExitCode {
             .destroy();
             ExitCode::SUCCESS
         }
+        ["counters", pin_dir] => {
+            for (name, value) in lb_tests::counters::read(pin_dir) {
+                if value > 0 {
+                    println!("  {name:<20} {value}");
+                }
+            }
+            ExitCode::SUCCESS
+        }
         ["serve", name, addr] => match server::serve(name, addr) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -36,7 +45,7 @@ fn main() -> ExitCode {
             }
         },
         _ => {
-            eprintln!("usage: lb-lab up PREFIX | down PREFIX | serve NAME ADDR");
+            eprintln!("usage: lb-lab up PREFIX | down PREFIX | serve NAME ADDR | counters PIN_DIR");
             ExitCode::from(2)
         }
     }

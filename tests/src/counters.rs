@@ -1,0 +1,42 @@
+//! Reads the data plane's counters from pinned maps (named from lb-common's
+//! `Counter`, so no list is kept by hand here).
+use aya::maps::{Map, MapData, PerCpuArray};
+use lb_common::{abi::Traffic, counter::Counter};
+
+fn per_cpu<V: aya::Pod>(pin_dir: &str, name: &str) -> PerCpuArray<MapData, V> {
+    let path = format!("{pin_dir}/{name}");
+    let data = MapData::from_pin(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+    PerCpuArray::try_from(Map::PerCpuArray(data)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Every outcome counter, summed over CPUs, in `Counter` order.
+pub fn read(pin_dir: &str) -> Vec<(&'static str, u64)> {
+    let map = per_cpu::<u64>(pin_dir, "lb_counters");
+    Counter::ALL
+        .iter()
+        .map(|c| {
+            let total = map.get(&(*c as u32), 0).map_or(0, |v| v.iter().sum());
+            (c.name(), total)
+        })
+        .collect()
+}
+
+/// One counter, summed over CPUs.
+pub fn get(pin_dir: &str, counter: Counter) -> u64 {
+    read(pin_dir)
+        .into_iter()
+        .find(|(n, _)| *n == counter.name())
+        .map_or(0, |(_, v)| v)
+}
+
+/// Traffic of one backend id, summed over CPUs.
+pub fn backend_traffic(pin_dir: &str, backend_id: u32) -> Traffic {
+    let map = per_cpu::<Traffic>(pin_dir, "lb_be_stats");
+    let mut total = Traffic::default();
+    if let Ok(values) = map.get(&backend_id, 0) {
+        for v in values.iter() {
+            total.add(v);
+        }
+    }
+    total
+}

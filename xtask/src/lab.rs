@@ -1,0 +1,183 @@
+//! `cargo xtask lab`: the demo of a classic IPVS/HAProxy workshop, in network
+//! namespaces (topology in `tests/src/topology.rs`), with the real controller
+//! and XDP program, and a round of requests to show the spreading.
+use std::{
+    fs,
+    path::PathBuf,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::util::{bin, build, output, require_root, root, run_status, step};
+
+const PREFIX: &str = "lb";
+const VIP: &str = "10.77.1.100";
+
+fn state_dir() -> PathBuf {
+    root().join("target/lab")
+}
+
+fn pid_file() -> PathBuf {
+    state_dir().join("lb-ctl.pid")
+}
+
+fn client(args: &[&str]) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &format!("{PREFIX}-client")])
+        .args(args);
+    cmd
+}
+
+pub fn up(keep: bool) -> Result<()> {
+    build()?;
+    require_root("the lab")?;
+    stop_controller();
+    step("creating the topology: client, load balancer, switch, web1..web3 (namespaces lb-*)");
+    run_status(Command::new(bin("lb-lab")).args(["up", PREFIX]))?;
+
+    step("starting lb-ctl in the load balancer's namespace");
+    fs::create_dir_all(state_dir())?;
+    let config = root().join("examples/lab.toml");
+    let log_path = state_dir().join("lb-ctl.log");
+    let log = fs::File::create(&log_path)?;
+    // nsenter (not `ip netns exec`) keeps the host's /sys/fs/bpf, where the maps are pinned.
+    let child = Command::new("setsid")
+        .arg("nsenter")
+        .arg(format!("--net=/var/run/netns/{PREFIX}-lb"))
+        .arg(bin("lb-ctl"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting lb-ctl")?;
+    fs::write(pid_file(), child.id().to_string())?;
+    wait_running(&log_path)?;
+    eprintln!(
+        "lb-ctl is running: config {}, log {}",
+        config.display(),
+        log_path.display()
+    );
+
+    step("a round of requests from the client to the VIP");
+    demo_round()?;
+    step("what the data plane counted (lb_counters, non-zero)");
+    run_status(Command::new(bin("lb-lab")).args(["counters", "/sys/fs/bpf/lb"]))?;
+
+    if keep {
+        print_next_steps(&config);
+        Ok(())
+    } else {
+        eprintln!("\n(the lab is removed now; `cargo xtask lab --keep` leaves it running)");
+        down()
+    }
+}
+
+fn wait_running(log: &PathBuf) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        let text = fs::read_to_string(log).unwrap_or_default();
+        if text.contains("load balancer running") {
+            return Ok(());
+        }
+        if text.contains("lb-ctl: ") {
+            bail!("lb-ctl did not start:\n{text}");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    bail!(
+        "lb-ctl did not report running within 20 s; see {}",
+        log.display()
+    )
+}
+
+fn demo_round() -> Result<()> {
+    for i in 1..=9 {
+        let body = output(&mut client(&[
+            "curl",
+            "-s",
+            "-m",
+            "3",
+            &format!("http://{VIP}/"),
+        ]))
+        .unwrap_or_else(|e| format!("FAILED: {e}"));
+        eprintln!("  TCP {i}: curl http://{VIP}/  ->  {}", body.trim());
+    }
+    for i in 1..=6 {
+        let mut cmd = client(&["socat", "-T", "2", "-", &format!("UDP:{VIP}:5353")]);
+        let answer = output(cmd.stdin(stdin_of(&format!("hello {i}\n"))?))
+            .unwrap_or_else(|e| format!("FAILED: {e}"));
+        eprintln!(
+            "  UDP {i}: \"hello {i}\" to {VIP}:5353  ->  {}",
+            answer.trim()
+        );
+    }
+    Ok(())
+}
+
+fn stdin_of(text: &str) -> Result<Stdio> {
+    let path = state_dir().join("udp-payload");
+    fs::write(&path, text)?;
+    Ok(Stdio::from(fs::File::open(path)?))
+}
+
+fn print_next_steps(config: &std::path::Path) {
+    eprintln!(
+        "
+The lab is up. Try:
+  ip netns exec lb-client curl http://{VIP}/             # a backend answers with its name
+  echo hi | ip netns exec lb-client socat - UDP:{VIP}:5353
+  bpftool map dump name lb_services                     # the service table, VIP as [10,77,1,100]
+  bpftool map dump name lb_backends | head -40          # backends by id
+  bpftool map dump name lb_conntrack                    # the connection table
+  bpftool map dump pinned /sys/fs/bpf/lb/lb_counters    # per-CPU outcome counters
+  target/debug/lb-lab counters /sys/fs/bpf/lb           # the same, named and summed
+  edit {config}, then: kill -HUP $(cat {pid})           # reload: weight 0 drains a backend
+  less {log}                                            # the controller's log
+  cargo xtask lab down                                  # remove everything",
+        config = config.display(),
+        pid = pid_file().display(),
+        log = state_dir().join("lb-ctl.log").display(),
+    );
+}
+
+/// Stops the lab's controller (SIGTERM, so it detaches cleanly) if one runs.
+fn stop_controller() {
+    let Ok(pid) = fs::read_to_string(pid_file()) else {
+        return;
+    };
+    let pid = pid.trim().to_owned();
+    let _ = fs::remove_file(pid_file());
+    if Command::new("kill")
+        .args(["-TERM", &pid])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && PathBuf::from(format!("/proc/{pid}")).exists() {
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+pub fn down() -> Result<()> {
+    require_root("removing the lab")?;
+    stop_controller();
+    let lab = bin("lb-lab");
+    if lab.exists() {
+        run_status(Command::new(lab).args(["down", PREFIX]))?;
+    } else {
+        // Not built yet: nothing of ours can exist beyond namespaces.
+        for ns in ["client", "lb", "sw", "web1", "web2", "web3"] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &format!("{PREFIX}-{ns}")])
+                .output();
+        }
+    }
+    eprintln!("lab removed");
+    Ok(())
+}

@@ -1,0 +1,80 @@
+//! Small process helpers shared by the xtask commands.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// A binary of the workspace's debug build.
+pub fn bin(name: &str) -> PathBuf {
+    root().join("target/debug").join(name)
+}
+
+pub fn step(what: &str) {
+    eprintln!("\n==> {what}");
+}
+
+pub fn cargo_cmd(args: &[&str]) -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(args).current_dir(root());
+    // bpf-linker lives in ~/.cargo/bin, which a root shell may not have on PATH.
+    cmd.env("PATH", crate::setup::path_with_cargo_bin());
+    cmd
+}
+
+pub fn cargo(args: &[&str]) -> Result<()> {
+    run_status(&mut cargo_cmd(args))
+}
+
+/// Builds the controller (with its embedded XDP object) and the test/lab binaries.
+pub fn build() -> Result<()> {
+    step("building lb-ctl (and the XDP object) and lb-lab");
+    cargo(&["build", "-p", "lb-ctl", "-p", "lb-tests", "--bins"])
+}
+
+pub fn run_status(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{:?} failed ({status})", cmd.get_program());
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its stdout; fails with its stderr.
+pub fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+pub fn require_root(what: &str) -> Result<()> {
+    if !is_root() {
+        bail!("{what} needs root (network namespaces, XDP, bpffs): run as root or with sudo");
+    }
+    Ok(())
+}
