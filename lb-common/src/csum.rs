@@ -61,3 +61,92 @@ pub fn pseudo_header_sum(src: [u8; 4], dst: [u8; 4], proto: u8, l4_len: u16) -> 
     ];
     words.iter().map(|w| u32::from(*w)).sum()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// xorshift64*: a deterministic stream of test data without a dependency.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn bytes<const N: usize>(&mut self) -> [u8; N] {
+            core::array::from_fn(|_| self.next() as u8)
+        }
+    }
+
+    /// A TCP-like segment: pseudo header + 20-byte header + payload, with the
+    /// checksum at offset 16 of the header. Returns (checksum, segment).
+    fn segment(src: [u8; 4], dst: [u8; 4], header: &[u8; 20], payload: &[u8]) -> u16 {
+        let mut seg = [0_u8; 64];
+        seg[..20].copy_from_slice(header);
+        seg[16] = 0;
+        seg[17] = 0;
+        seg[20..20 + payload.len()].copy_from_slice(payload);
+        let len = 20 + payload.len();
+        checksum(pseudo_header_sum(src, dst, 6, len as u16), &seg[..len])
+    }
+
+    #[test]
+    fn incremental_updates_match_full_recomputation() {
+        let mut rng = Rng(0x5eed);
+        for _ in 0..20_000 {
+            let (src, dst, new_dst): ([u8; 4], [u8; 4], [u8; 4]) =
+                (rng.bytes(), rng.bytes(), rng.bytes());
+            let mut header: [u8; 20] = rng.bytes();
+            let payload_len = (rng.next() % 44) as usize;
+            let payload: [u8; 44] = rng.bytes();
+            let payload = &payload[..payload_len];
+            let old_check = segment(src, dst, &header, payload);
+            let old_port = [header[2], header[3]];
+            let new_port: [u8; 2] = rng.bytes();
+
+            let mut check = replace_addr(old_check, dst, new_dst);
+            check = replace_u16(
+                check,
+                u16::from_ne_bytes(old_port),
+                u16::from_ne_bytes(new_port),
+            );
+            header[2..4].copy_from_slice(&new_port);
+            let full = segment(src, new_dst, &header, payload);
+            // Both are valid encodings of the sum; they may differ only in
+            // the sign of zero, which verifies the same.
+            assert!(
+                check == full || (check == 0xffff && full == 0) || (check == 0 && full == 0xffff),
+                "incremental {check:#06x} != full {full:#06x}"
+            );
+        }
+    }
+
+    #[test]
+    fn ttl_decrement_keeps_the_ip_header_valid() {
+        let mut rng = Rng(42);
+        for _ in 0..5_000 {
+            let mut header: [u8; 20] = rng.bytes();
+            header[10] = 0;
+            header[11] = 0;
+            let check = checksum(0, &header);
+            header[10..12].copy_from_slice(&check.to_ne_bytes());
+            let old = u16::from_ne_bytes([header[8], header[9]]);
+            header[8] = header[8].wrapping_sub(1);
+            let new = u16::from_ne_bytes([header[8], header[9]]);
+            let updated = replace_u16(check, old, new);
+            header[10..12].copy_from_slice(&updated.to_ne_bytes());
+            assert!(
+                matches!(checksum(0, &header), 0 | 0xffff),
+                "header no longer verifies"
+            );
+        }
+    }
+
+    #[test]
+    fn fold_carries_twice() {
+        assert_eq!(fold(0x0001_ffff), 0x0001);
+        assert_eq!(fold(0xffff_ffff), 0xffff);
+    }
+}

@@ -37,3 +37,31 @@ pub const fn maglev_slot(hash: u32, size: u32) -> Option<u32> {
 pub const fn backend_hash(addr: [u8; 4], port: u16, seed: u64) -> u64 {
     mix64(((u32::from_be_bytes(addr) as u64) << 16 | port as u64) ^ seed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_hash_spreads_source_ports_evenly_over_maglev_slots() {
+        let mut buckets = [0_u32; 16];
+        for sport in 0..16_000_u16 {
+            let h = flow_hash([10, 77, 1, 10], [10, 77, 1, 100], sport, 80, 6);
+            buckets[(maglev_slot(h, 65_537).unwrap() % 16) as usize] += 1;
+        }
+        for b in buckets {
+            assert!((900..1100).contains(&b), "uneven buckets: {buckets:?}");
+        }
+    }
+
+    #[test]
+    fn every_field_of_the_flow_matters() {
+        let base = flow_hash([1, 2, 3, 4], [5, 6, 7, 8], 1000, 80, 6);
+        assert_ne!(base, flow_hash([1, 2, 3, 5], [5, 6, 7, 8], 1000, 80, 6));
+        assert_ne!(base, flow_hash([1, 2, 3, 4], [5, 6, 7, 9], 1000, 80, 6));
+        assert_ne!(base, flow_hash([1, 2, 3, 4], [5, 6, 7, 8], 1001, 80, 6));
+        assert_ne!(base, flow_hash([1, 2, 3, 4], [5, 6, 7, 8], 1000, 81, 6));
+        assert_ne!(base, flow_hash([1, 2, 3, 4], [5, 6, 7, 8], 1000, 80, 17));
+        assert_eq!(maglev_slot(base, 0), None);
+    }
+}

@@ -72,6 +72,11 @@ impl<M: Maps> Reconciler<M> {
         &self.applied
     }
 
+    /// The maps, for tests and benchmarks that also drive the program.
+    pub fn maps_mut(&mut self) -> &mut M {
+        &mut self.maps
+    }
+
     /// Hands the maps back (dropping a kernel data plane detaches it).
     pub fn into_maps(self) -> M {
         self.maps

@@ -45,9 +45,11 @@ pub struct KernelMaps {
     backends: Array<MapData, lb_common::abi::Backend>,
     reals: HashMap<MapData, Endpoint, lb_common::abi::Real>,
     vips: HashMap<MapData, [u8; 4], u32>,
-    pin_dir: PathBuf,
-    // Owns the programs and their links: dropping it detaches everything.
-    _ebpf: Ebpf,
+    /// The programs (and the links that attach them) and the maps only the
+    /// kernel writes: dropping it detaches everything.
+    ebpf: Ebpf,
+    /// Where the maps are pinned, if they are.
+    pin_dir: Option<PathBuf>,
 }
 
 fn err(what: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
@@ -64,16 +66,39 @@ fn deleted(result: Result<(), aya::maps::MapError>, what: &str) -> Result<(), Da
 }
 
 impl KernelMaps {
+    /// Loads the object and passes both programs through the verifier,
+    /// without attaching or pinning anything; `interfaces` (in the current
+    /// network namespace) become redirect targets. The tests use this directly.
+    pub fn load(
+        object: &[u8],
+        conntrack_max: u32,
+        interfaces: &[String],
+    ) -> Result<Self, DataplaneError> {
+        Self::open(load_object(object, conntrack_max)?, interfaces, None)
+    }
+
     /// Loads, attaches and pins. On error nothing stays attached.
     pub fn start(dataplane: &Dataplane, object: &[u8]) -> Result<Self, DataplaneError> {
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries("lb_conntrack", dataplane.conntrack_max)
-            .load(object)
-            .map_err(|e| DataplaneError::kernel("loading the XDP object", e))?;
+        let mut ebpf = load_object(object, dataplane.conntrack_max)?;
+        attach_xdp(&mut ebpf, &dataplane.interfaces, dataplane.xdp_mode)?;
+        attach_tc(&mut ebpf, &dataplane.interfaces)?;
+        pin_all(&ebpf, &dataplane.pin_path)?;
+        Self::open(
+            ebpf,
+            &dataplane.interfaces,
+            Some(dataplane.pin_path.clone()),
+        )
+    }
 
-        let mut tx_ports = DevMapHash::try_from(take(&mut ebpf, "lb_tx_ports")?)
-            .map_err(err("opening lb_tx_ports"))?;
-        for name in &dataplane.interfaces {
+    /// Fills the redirect targets and the ABI version, and takes the maps the
+    /// reconciler writes out of `ebpf`.
+    fn open(
+        mut ebpf: Ebpf,
+        interfaces: &[String],
+        pin_dir: Option<PathBuf>,
+    ) -> Result<Self, DataplaneError> {
+        let mut tx_ports: DevMapHash<MapData> = typed(&mut ebpf, "lb_tx_ports")?;
+        for name in interfaces {
             let index = netdev::ifindex(name).ok_or_else(|| {
                 DataplaneError::kernel(format!("interface {name}"), "does not exist")
             })?;
@@ -81,8 +106,7 @@ impl KernelMaps {
                 .insert(index, index, None, 0)
                 .map_err(|e| DataplaneError::kernel(format!("adding {name} to lb_tx_ports"), e))?;
         }
-        let mut meta: Array<MapData, Meta> =
-            Array::try_from(take(&mut ebpf, "lb_meta")?).map_err(err("opening lb_meta"))?;
+        let mut meta: Array<MapData, Meta> = typed(&mut ebpf, "lb_meta")?;
         meta.set(
             0,
             Meta {
@@ -92,34 +116,79 @@ impl KernelMaps {
             0,
         )
         .map_err(err("writing lb_meta"))?;
-
-        attach_xdp(&mut ebpf, &dataplane.interfaces, dataplane.xdp_mode)?;
-        attach_tc(&mut ebpf, &dataplane.interfaces)?;
-
-        let pin_dir = dataplane.pin_path.clone();
-        check_bpffs(&pin_dir)?;
-        let stale = remove_pins(&pin_dir);
-        if stale > 0 {
-            warn!(pin_dir = %pin_dir.display(), stale, "removed pins left by an earlier run");
-        }
-        fs::create_dir_all(&pin_dir)
-            .map_err(|e| DataplaneError::kernel(format!("creating {}", pin_dir.display()), e))?;
-        pin(&pin_dir, "lb_tx_ports", |p| tx_ports.pin(p))?;
-        pin(&pin_dir, "lb_meta", |p| meta.pin(p))?;
-        for (name, map) in ebpf.maps() {
-            pin(&pin_dir, name, |p| map.pin(p))?;
-        }
-        info!(pin_dir = %pin_dir.display(), "maps pinned");
-
         Ok(Self {
             services: typed(&mut ebpf, "lb_services")?,
             maglev: typed(&mut ebpf, "lb_maglev")?,
             backends: typed(&mut ebpf, "lb_backends")?,
             reals: typed(&mut ebpf, "lb_reals")?,
             vips: typed(&mut ebpf, "lb_vips")?,
+            ebpf,
             pin_dir,
-            _ebpf: ebpf,
         })
+    }
+
+    /// The loaded object: its programs and the kernel-written maps
+    /// (connection table, counters), for tests and benchmarks.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+}
+
+fn load_object(object: &[u8], conntrack_max: u32) -> Result<Ebpf, DataplaneError> {
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries("lb_conntrack", conntrack_max)
+        .load(object)
+        .map_err(|e| DataplaneError::kernel("loading the XDP object", e))?;
+    load_program::<Xdp>(&mut ebpf, "lb_xdp")?;
+    load_program::<SchedClassifier>(&mut ebpf, "lb_neigh")?;
+    Ok(ebpf)
+}
+
+/// Pins every map under `dir` (what bpftool and `lb-lab counters` read).
+fn pin_all(ebpf: &Ebpf, dir: &Path) -> Result<(), DataplaneError> {
+    check_bpffs(dir)?;
+    let stale = remove_pins(dir);
+    if stale > 0 {
+        warn!(pin_dir = %dir.display(), stale, "removed pins left by an earlier run");
+    }
+    fs::create_dir_all(dir)
+        .map_err(|e| DataplaneError::kernel(format!("creating {}", dir.display()), e))?;
+    for (name, map) in ebpf.maps() {
+        pin(dir, name, |p| map.pin(p))?;
+    }
+    info!(pin_dir = %dir.display(), "maps pinned");
+    Ok(())
+}
+
+fn load_program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<(), DataplaneError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    P: LoadableProgram + 'a,
+{
+    let program: &mut P = ebpf
+        .program_mut(name)
+        .ok_or_else(|| {
+            DataplaneError::kernel(format!("program {name}"), "missing from the object")
+        })?
+        .try_into()
+        .map_err(|e| DataplaneError::kernel(format!("program {name}"), e))?;
+    program
+        .load_program()
+        .map_err(|e| DataplaneError::kernel(format!("loading {name} (verifier)"), e))
+}
+
+/// aya's programs have inherent `load` methods, not a trait; this gives the two we use one.
+trait LoadableProgram {
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError>;
+}
+impl LoadableProgram for Xdp {
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
+        self.load()
+    }
+}
+impl LoadableProgram for SchedClassifier {
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
+        self.load()
     }
 }
 
@@ -268,7 +337,9 @@ impl Maps for KernelMaps {
 
 impl Drop for KernelMaps {
     fn drop(&mut self) {
-        remove_pins(&self.pin_dir);
-        let _ = fs::remove_dir(&self.pin_dir);
+        if let Some(dir) = &self.pin_dir {
+            remove_pins(dir);
+            let _ = fs::remove_dir(dir);
+        }
     }
 }
