@@ -1,0 +1,281 @@
+//! A namespace in which the real XDP program runs under BPF_PROG_TEST_RUN
+//! with a real FIB: two interfaces (client side, backend side), routes, and
+//! permanent neighbour entries for some hosts but not others. Shared by the
+//! packet fixtures and the benchmarks.
+use std::net::Ipv4Addr;
+
+use aya::maps::{HashMap as AyaHashMap, MapData, PerCpuArray};
+use lb_common::{
+    abi::{Conn, Flow},
+    counter::Counter,
+};
+use lb_ctl::{EBPF_OBJECT, config, dataplane::kernel::KernelMaps, netdev, reconciler::Reconciler};
+
+use crate::{
+    netns::{exists, ns_sh, output, sh},
+    packet::Mac,
+    testrun::{self, Outcome},
+};
+
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 10);
+pub const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x0a];
+/// A client with no neighbour entry on the load balancer.
+pub const UNSEEN_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 99);
+pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 100);
+pub const VIP_NO_NEIGH: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 101);
+pub const VIP_DRAINED: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 102);
+pub const LB_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 1);
+pub const HAIRPIN: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 50);
+pub const HAIRPIN_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x32];
+pub const WEB1: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 11);
+pub const WEB2: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 12);
+pub const WEB3: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 13);
+pub const WEB_MACS: [Mac; 3] = [
+    [0x02, 0, 0, 0, 0x02, 0x0b],
+    [0x02, 0, 0, 0, 0x02, 0x0c],
+    [0x02, 0, 0, 0, 0x02, 0x0d],
+];
+/// A backend with no neighbour entry.
+pub const NO_NEIGH_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 50);
+pub const IF_CLIENT: &str = "fx-c";
+pub const IF_BACKEND: &str = "fx-b";
+pub const IF_CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0, 0xc1];
+pub const IF_BACKEND_MAC: Mac = [0x02, 0, 0, 0, 0, 0xb1];
+
+/// The services of the fixtures: each exercises one path.
+pub const CONFIG: &str = r#"
+[dataplane]
+interfaces = ["fx-c", "fx-b"]
+
+[[service]]            # one backend, another port: every field is rewritten
+name = "web"
+vip = "10.77.1.100"
+port = 80
+  [[service.backend]]
+  address = "10.77.2.11"
+  port = 8080
+
+[[service]]
+name = "dns"
+vip = "10.77.1.100"
+port = 53
+protocol = "udp"
+  [[service.backend]]
+  address = "10.77.2.12"
+  port = 5353
+
+[[service]]            # three backends: Maglev decides
+name = "multi"
+vip = "10.77.1.100"
+port = 443
+  [[service.backend]]
+  address = "10.77.2.11"
+  port = 443
+  [[service.backend]]
+  address = "10.77.2.12"
+  port = 443
+  [[service.backend]]
+  address = "10.77.2.13"
+  port = 443
+
+[[service]]            # backend on the client side: XDP_TX
+name = "hairpin"
+vip = "10.77.1.100"
+port = 8443
+  [[service.backend]]
+  address = "10.77.1.50"
+  port = 8443
+
+[[service]]            # backend without a neighbour entry: slow path
+name = "noneigh"
+vip = "10.77.1.101"
+port = 80
+  [[service.backend]]
+  address = "10.77.2.50"
+  port = 80
+
+[[service]]            # every backend drained: no usable backend
+name = "drained"
+vip = "10.77.1.102"
+port = 80
+  [[service.backend]]
+  address = "10.77.2.13"
+  port = 80
+  weight = 0
+"#;
+
+/// The namespace, removed on drop (also when a test panics).
+pub struct FixtureNs {
+    pub name: String,
+}
+
+impl FixtureNs {
+    pub fn create(name: &str) -> Self {
+        let ns = Self {
+            name: name.to_owned(),
+        };
+        ns.remove();
+        sh(&["ip", "netns", "add", name]);
+        let n = name;
+        ns_sh(n, &["ip", "link", "set", "lo", "up"]);
+        for (dev, mac, peer, peer_mac) in [
+            (IF_CLIENT, IF_CLIENT_MAC, "fx-cp", [0x02, 0, 0, 0, 0, 0xc2]),
+            (
+                IF_BACKEND,
+                IF_BACKEND_MAC,
+                "fx-bp",
+                [0x02, 0, 0, 0, 0, 0xb2],
+            ),
+        ] {
+            sh(&[
+                "ip",
+                "-n",
+                n,
+                "link",
+                "add",
+                dev,
+                "address",
+                &mac_str(mac),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                peer,
+                "address",
+                &mac_str(peer_mac),
+            ]);
+            ns_sh(n, &["ip", "link", "set", dev, "up"]);
+            ns_sh(n, &["ip", "link", "set", peer, "up"]);
+        }
+        ns_sh(
+            n,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{LB_CLIENT_SIDE}/24"),
+                "dev",
+                IF_CLIENT,
+            ],
+        );
+        ns_sh(
+            n,
+            &["ip", "addr", "add", &format!("{VIP}/32"), "dev", IF_CLIENT],
+        );
+        ns_sh(n, &["ip", "addr", "add", "10.77.2.1/24", "dev", IF_BACKEND]);
+        ns_sh(n, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        let neighbours = [
+            (CLIENT, CLIENT_MAC, IF_CLIENT),
+            (HAIRPIN, HAIRPIN_MAC, IF_CLIENT),
+            (WEB1, WEB_MACS[0], IF_BACKEND),
+            (WEB2, WEB_MACS[1], IF_BACKEND),
+            (WEB3, WEB_MACS[2], IF_BACKEND),
+        ];
+        for (addr, mac, dev) in neighbours {
+            ns_sh(
+                n,
+                &[
+                    "ip",
+                    "neigh",
+                    "replace",
+                    &addr.to_string(),
+                    "lladdr",
+                    &mac_str(mac),
+                    "dev",
+                    dev,
+                    "nud",
+                    "permanent",
+                ],
+            );
+        }
+        ns
+    }
+
+    fn remove(&self) {
+        if exists(&self.name) {
+            let _ = output(&["ip", "netns", "del", &self.name]);
+        }
+    }
+}
+
+impl Drop for FixtureNs {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+pub fn mac_str(mac: Mac) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The program loaded (not attached) with the fixture config applied. Must be
+/// created and used on a thread inside the fixture namespace.
+pub struct Loaded {
+    pub reconciler: Reconciler<KernelMaps>,
+    pub prog_fd: i32,
+}
+
+impl Loaded {
+    pub fn new(conntrack_max: u32) -> Self {
+        let config = config::parse(CONFIG).expect("fixture config");
+        let maps = KernelMaps::load(EBPF_OBJECT, conntrack_max, &config.dataplane.interfaces)
+            .unwrap_or_else(|e| panic!("loading the program: {e}"));
+        let mut reconciler = Reconciler::new(maps);
+        reconciler
+            .apply(&config.services)
+            .expect("applying the fixture config");
+        let prog_fd = testrun::program_fd(reconciler.maps_mut().ebpf_mut(), "lb_xdp");
+        Self {
+            reconciler,
+            prog_fd,
+        }
+    }
+
+    pub fn ifindex(name: &str) -> u32 {
+        netdev::ifindex(name).unwrap_or_else(|| panic!("no interface {name}"))
+    }
+
+    /// Runs one frame received on `ingress`.
+    pub fn run(&self, frame: &[u8], ingress: &str) -> Outcome {
+        testrun::run(self.prog_fd, frame, Self::ifindex(ingress), 1)
+    }
+
+    pub fn counter(&mut self, counter: Counter) -> u64 {
+        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+            self.reconciler
+                .maps_mut()
+                .ebpf_mut()
+                .map("lb_counters")
+                .expect("lb_counters"),
+        )
+        .expect("lb_counters type");
+        map.get(&(counter as u32), 0).map_or(0, |v| v.iter().sum())
+    }
+
+    fn conntrack(&mut self) -> AyaHashMap<&mut MapData, Flow, Conn> {
+        AyaHashMap::try_from(
+            self.reconciler
+                .maps_mut()
+                .ebpf_mut()
+                .map_mut("lb_conntrack")
+                .expect("lb_conntrack"),
+        )
+        .expect("lb_conntrack type")
+    }
+
+    /// Empties the connection table (what a restart or failover does).
+    pub fn flush_conntrack(&mut self) {
+        let mut table = self.conntrack();
+        let keys: Vec<Flow> = table.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            let _ = table.remove(&key);
+        }
+    }
+
+    pub fn conntrack_len(&mut self) -> usize {
+        self.conntrack().keys().count()
+    }
+}

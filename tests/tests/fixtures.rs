@@ -1,0 +1,767 @@
+//! Packet fixtures: each case feeds one frame to the real XDP program through
+//! BPF_PROG_TEST_RUN (in a namespace with a real FIB) and compares the verdict,
+//! the counter it bumped and the output bytes, byte for byte, with a frame
+//! built independently by `lb_tests::packet`.
+use std::net::Ipv4Addr;
+
+use lb_common::{
+    abi::{NEIGH_META_MAGIC, PROTO_TCP},
+    counter::Counter,
+    hash::{flow_hash, maglev_slot},
+};
+use lb_tests::{
+    fixture::*,
+    netns::in_ns,
+    packet::{self, Ipv4, L4, Mac, TCP_ACK, TCP_PSH, TCP_SYN},
+    testrun::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, action_name},
+};
+
+/// What the output must be.
+enum Expect {
+    /// The frame leaves exactly as it came.
+    Unchanged,
+    /// The frame leaves as these bytes.
+    Frame(Vec<u8>),
+    /// Rewritten but handed to tc for neighbour resolution: these bytes, plus
+    /// metadata naming the egress interface.
+    SlowPath {
+        frame: Vec<u8>,
+        egress: &'static str,
+    },
+}
+
+struct Case {
+    name: &'static str,
+    ingress: &'static str,
+    input: Vec<u8>,
+    action: u32,
+    counter: Counter,
+    expect: Expect,
+    /// Empty the connection table before this case.
+    flush_conntrack: bool,
+}
+
+fn case(
+    name: &'static str,
+    ingress: &'static str,
+    input: Vec<u8>,
+    action: u32,
+    counter: Counter,
+    expect: Expect,
+) -> Case {
+    Case {
+        name,
+        ingress,
+        input,
+        action,
+        counter,
+        expect,
+        flush_conntrack: false,
+    }
+}
+
+const CLIENT_PORT: u16 = 40_000;
+
+fn from_client(p: &Ipv4) -> Vec<u8> {
+    p.frame(IF_CLIENT_MAC, CLIENT_MAC)
+}
+
+fn from_web1(p: &Ipv4) -> Vec<u8> {
+    p.frame(IF_BACKEND_MAC, WEB_MACS[0])
+}
+
+/// `p` as the load balancer forwards it: one hop later, new addresses.
+fn forwarded(
+    p: &Ipv4,
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    dst_mac: Mac,
+    src_mac: Mac,
+) -> Vec<u8> {
+    let mut out = p.clone();
+    out.ttl -= 1;
+    out.src = src.0;
+    out.dst = dst.0;
+    match &mut out.l4 {
+        L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport, .. } => {
+            *sport = src.1;
+            *dport = dst.1;
+        }
+        L4::Raw { .. } => unreachable!("only TCP and UDP are rewritten"),
+    }
+    out.frame(dst_mac, src_mac)
+}
+
+fn syn(dst: (Ipv4Addr, u16)) -> Ipv4 {
+    Ipv4::tcp((CLIENT, CLIENT_PORT), dst, TCP_SYN, b"")
+}
+
+fn cases() -> Vec<Case> {
+    let web_backend = (WEB1, 8080);
+    let to_web = syn((VIP, 80));
+    let data = Ipv4::tcp(
+        (CLIENT, CLIENT_PORT),
+        (VIP, 80),
+        TCP_ACK | TCP_PSH,
+        b"GET / HTTP/1.1\r\n\r\n",
+    );
+    let reply = Ipv4::tcp(web_backend, (CLIENT, CLIENT_PORT), TCP_SYN | TCP_ACK, b"");
+    let reply_data = Ipv4::tcp(
+        web_backend,
+        (CLIENT, CLIENT_PORT),
+        TCP_ACK | TCP_PSH,
+        b"Bienvenue sur WEB1\n",
+    );
+    let dns = Ipv4::udp((CLIENT, 40_053), (VIP, 53), b"query");
+    let mut dns_no_csum = dns.clone();
+    if let L4::Udp { checksum, .. } = &mut dns_no_csum.l4 {
+        *checksum = false;
+    }
+    let dns_reply = Ipv4::udp((WEB2, 5353), (CLIENT, 40_053), b"answer");
+
+    let mut with_options = syn((VIP, 80));
+    with_options.options = vec![0x01, 0x01, 0x01, 0x01, 0x94, 0x04, 0x00, 0x00]; // NOPs + router alert
+    let mut ttl1 = syn((VIP, 80));
+    ttl1.ttl = 1;
+    let mut ttl2 = syn((VIP, 80));
+    ttl2.ttl = 2;
+    let mut first_fragment = Ipv4::udp((CLIENT, 40_053), (VIP, 53), &[7; 64]);
+    first_fragment.frag_off = packet::IP_MF;
+    let mut later_fragment = Ipv4::udp((CLIENT, 40_053), (VIP, 53), &[7; 64]);
+    later_fragment.frag_off = 8; // offset 64 bytes, last fragment
+    let mut fragment_elsewhere = first_fragment.clone();
+    fragment_elsewhere.dst = LB_CLIENT_SIDE;
+    let icmp = Ipv4::new(
+        CLIENT,
+        VIP,
+        L4::Raw {
+            proto: 1,
+            bytes: vec![8, 0, 0xf7, 0xff, 0, 0, 0, 0],
+        },
+    );
+    let ssh_to_lb = Ipv4::tcp((CLIENT, CLIENT_PORT), (LB_CLIENT_SIDE, 22), TCP_SYN, b"");
+
+    let full_syn = from_client(&to_web);
+    let mut ihl_too_small = full_syn.clone();
+    ihl_too_small[14] = 0x44;
+    let mut tot_len_too_big = full_syn.clone();
+    tot_len_too_big[16..18].copy_from_slice(&2000_u16.to_be_bytes());
+    let mut ihl_beyond_frame = from_client(&dns);
+    ihl_beyond_frame[14] = 0x4f; // 60-byte header in a 48-byte packet
+    let mut vlan = full_syn.clone();
+    vlan.splice(12..12, [0x81, 0x00, 0x00, 0x64]);
+    let mut padded = from_client(&to_web);
+    padded.extend_from_slice(&[0; 6]); // Ethernet minimum-size padding after the IP packet
+    let mut padded_out = forwarded(
+        &to_web,
+        (CLIENT, CLIENT_PORT),
+        web_backend,
+        WEB_MACS[0],
+        IF_BACKEND_MAC,
+    );
+    padded_out.extend_from_slice(&[0; 6]);
+
+    let zero_sum = udp_whose_rewrite_sums_to_zero();
+
+    vec![
+        case(
+            "TCP SYN to the VIP is sent to its backend, address and port rewritten",
+            IF_CLIENT,
+            full_syn.clone(),
+            XDP_REDIRECT,
+            Counter::Redirect,
+            Expect::Frame(forwarded(
+                &to_web,
+                (CLIENT, CLIENT_PORT),
+                web_backend,
+                WEB_MACS[0],
+                IF_BACKEND_MAC,
+            )),
+        ),
+        case(
+            "a later packet of the same flow follows the connection entry",
+            IF_CLIENT,
+            from_client(&data),
+            XDP_REDIRECT,
+            Counter::Redirect,
+            Expect::Frame(forwarded(
+                &data,
+                (CLIENT, CLIENT_PORT),
+                web_backend,
+                WEB_MACS[0],
+                IF_BACKEND_MAC,
+            )),
+        ),
+        case(
+            "the backend's reply is rewritten back to the VIP (reverse NAT)",
+            IF_BACKEND,
+            from_web1(&reply),
+            XDP_REDIRECT,
+            Counter::Redirect,
+            Expect::Frame(forwarded(
+                &reply,
+                (VIP, 80),
+                (CLIENT, CLIENT_PORT),
+                CLIENT_MAC,
+                IF_CLIENT_MAC,
+            )),
+        ),
+        Case {
+            flush_conntrack: true,
+            ..case(
+                "the reply still finds the VIP with the connection entry gone",
+                IF_BACKEND,
+                from_web1(&reply_data),
+                XDP_REDIRECT,
+                Counter::Redirect,
+                Expect::Frame(forwarded(
+                    &reply_data,
+                    (VIP, 80),
+                    (CLIENT, CLIENT_PORT),
+                    CLIENT_MAC,
+                    IF_CLIENT_MAC,
+                )),
+            )
+        },
+        Case {
+            flush_conntrack: true,
+            ..case(
+                "a mid-flow packet with no connection entry reaches the same backend (Maglev)",
+                IF_CLIENT,
+                from_client(&data),
+                XDP_REDIRECT,
+                Counter::Redirect,
+                Expect::Frame(forwarded(
+                    &data,
+                    (CLIENT, CLIENT_PORT),
+                    web_backend,
+                    WEB_MACS[0],
+                    IF_BACKEND_MAC,
+                )),
+            )
+        },
+        case(
+            "UDP with a checksum: rewritten, checksum updated",
+            IF_CLIENT,
+            from_client(&dns),
+            XDP_REDIRECT,
+            Counter::Redirect,
+            Expect::Frame(forwarded(
+                &dns,
+                (CLIENT, 40_053),
+                (WEB2, 5353),
+                WEB_MACS[1],
+                IF_BACKEND_MAC,
+            )),
+        ),
+        case(
+            "UDP without a checksum: rewritten, checksum stays 0",
+            IF_CLIENT,
+            from_client(&dns_no_csum),
+            XDP_REDIRECT,
+            Counter::Redirect,
+            Expect::Frame(forwarded(
+                &dns_no_csum,
+                (CLIENT, 40_053),
+                (WEB2, 5353),
+                WEB_MACS[1],
+                IF_BACKEND_MAC,
+            )),
+        ),
+        case(
+            "UDP whose new checksum computes to 0 carries 0xffff",
+            IF_CLIENT,
+            from_client(&zero_sum),
+            XDP_REDIRECT,
+            Counter::Redirect,
+            Expect::Frame(forwarded(
+                &zero_sum,
+                (CLIENT, 40_054),
+                (WEB2, 5353),
+                WEB_MACS[1],
+                IF_BACKEND_MAC,
+            )),
+        ),
+        case(
+            "UDP reply from the backend is rewritten back to the VIP",
+            IF_BACKEND,
+            dns_reply.frame(IF_BACKEND_MAC, WEB_MACS[1]),
+            XDP_REDIRECT,
+            Counter::Redirect,
+            Expect::Frame(forwarded(
+                &dns_reply,
+                (VIP, 53),
+                (CLIENT, 40_053),
+                CLIENT_MAC,
+                IF_CLIENT_MAC,
+            )),
+        ),
+        case(
+            "IPv4 options do not break parsing; they are kept",
+            IF_CLIENT,
+            from_client(&with_options),
+            XDP_REDIRECT,
+            Counter::Redirect,
+            Expect::Frame(forwarded(
+                &with_options,
+                (CLIENT, CLIENT_PORT),
+                web_backend,
+                WEB_MACS[0],
+                IF_BACKEND_MAC,
+            )),
+        ),
+        case(
+            "TTL 2 is forwarded with TTL 1",
+            IF_CLIENT,
+            from_client(&ttl2),
+            XDP_REDIRECT,
+            Counter::Redirect,
+            Expect::Frame(forwarded(
+                &ttl2,
+                (CLIENT, CLIENT_PORT),
+                web_backend,
+                WEB_MACS[0],
+                IF_BACKEND_MAC,
+            )),
+        ),
+        case(
+            "Ethernet padding after the IP packet is carried along",
+            IF_CLIENT,
+            padded,
+            XDP_REDIRECT,
+            Counter::Redirect,
+            Expect::Frame(padded_out),
+        ),
+        case(
+            "a backend on the ingress side is reached with XDP_TX",
+            IF_CLIENT,
+            from_client(&syn((VIP, 8443))),
+            XDP_TX,
+            Counter::Tx,
+            Expect::Frame(forwarded(
+                &syn((VIP, 8443)),
+                (CLIENT, CLIENT_PORT),
+                (HAIRPIN, 8443),
+                HAIRPIN_MAC,
+                IF_CLIENT_MAC,
+            )),
+        ),
+        case(
+            "a backend without a neighbour entry: rewritten, handed to tc with metadata",
+            IF_CLIENT,
+            from_client(&syn((VIP_NO_NEIGH, 80))),
+            XDP_PASS,
+            Counter::SlowPathNeigh,
+            Expect::SlowPath {
+                frame: forwarded(
+                    &syn((VIP_NO_NEIGH, 80)),
+                    (CLIENT, CLIENT_PORT),
+                    (NO_NEIGH_BACKEND, 80),
+                    IF_CLIENT_MAC,
+                    CLIENT_MAC,
+                ),
+                egress: IF_BACKEND,
+            },
+        ),
+        case(
+            "a reply to a client the load balancer has never seen takes the tc slow path",
+            IF_BACKEND,
+            from_web1(&Ipv4::tcp(
+                web_backend,
+                (UNSEEN_CLIENT, CLIENT_PORT),
+                TCP_SYN | TCP_ACK,
+                b"",
+            )),
+            XDP_PASS,
+            Counter::SlowPathNeigh,
+            Expect::SlowPath {
+                frame: forwarded(
+                    &Ipv4::tcp(
+                        web_backend,
+                        (UNSEEN_CLIENT, CLIENT_PORT),
+                        TCP_SYN | TCP_ACK,
+                        b"",
+                    ),
+                    (VIP, 80),
+                    (UNSEEN_CLIENT, CLIENT_PORT),
+                    IF_BACKEND_MAC,
+                    WEB_MACS[0],
+                ),
+                egress: IF_CLIENT,
+            },
+        ),
+        case(
+            "a service whose only backend is drained drops and counts",
+            IF_CLIENT,
+            from_client(&syn((VIP_DRAINED, 80))),
+            XDP_DROP,
+            Counter::DropNoBackend,
+            Expect::Unchanged,
+        ),
+        case(
+            "traffic to the load balancer's own address (ssh) passes untouched",
+            IF_CLIENT,
+            from_client(&ssh_to_lb),
+            XDP_PASS,
+            Counter::PassNotService,
+            Expect::Unchanged,
+        ),
+        case(
+            "a port of the VIP with no service passes untouched",
+            IF_CLIENT,
+            from_client(&syn((VIP, 8080))),
+            XDP_PASS,
+            Counter::PassNotService,
+            Expect::Unchanged,
+        ),
+        case(
+            "UDP to a TCP service's port passes untouched",
+            IF_CLIENT,
+            from_client(&Ipv4::udp((CLIENT, 40_053), (VIP, 80), b"x")),
+            XDP_PASS,
+            Counter::PassNotService,
+            Expect::Unchanged,
+        ),
+        case(
+            "a reply from a backend's address on another port passes untouched",
+            IF_BACKEND,
+            from_web1(&Ipv4::tcp(
+                (WEB1, 9999),
+                (CLIENT, CLIENT_PORT),
+                TCP_ACK,
+                b"",
+            )),
+            XDP_PASS,
+            Counter::PassNotService,
+            Expect::Unchanged,
+        ),
+        case(
+            "ICMP echo to the VIP passes (the kernel answers)",
+            IF_CLIENT,
+            from_client(&icmp),
+            XDP_PASS,
+            Counter::PassNotTcpUdp,
+            Expect::Unchanged,
+        ),
+        case(
+            "ARP passes untouched",
+            IF_CLIENT,
+            packet::arp_request(CLIENT_MAC, CLIENT, VIP),
+            XDP_PASS,
+            Counter::PassNotIpv4,
+            Expect::Unchanged,
+        ),
+        case(
+            "IPv6 passes untouched",
+            IF_CLIENT,
+            packet::ipv6_frame(IF_CLIENT_MAC, CLIENT_MAC),
+            XDP_PASS,
+            Counter::PassNotIpv4,
+            Expect::Unchanged,
+        ),
+        case(
+            "a VLAN-tagged frame passes untouched",
+            IF_CLIENT,
+            vlan,
+            XDP_PASS,
+            Counter::PassNotIpv4,
+            Expect::Unchanged,
+        ),
+        case(
+            "TTL 1 to the VIP passes untouched so the kernel answers",
+            IF_CLIENT,
+            from_client(&ttl1),
+            XDP_PASS,
+            Counter::PassTtlExpired,
+            Expect::Unchanged,
+        ),
+        case(
+            "a first fragment to the VIP is dropped and counted",
+            IF_CLIENT,
+            from_client(&first_fragment),
+            XDP_DROP,
+            Counter::DropFragment,
+            Expect::Unchanged,
+        ),
+        case(
+            "a later fragment to the VIP is dropped and counted",
+            IF_CLIENT,
+            from_client(&later_fragment),
+            XDP_DROP,
+            Counter::DropFragment,
+            Expect::Unchanged,
+        ),
+        case(
+            "a fragment to another address passes",
+            IF_CLIENT,
+            from_client(&fragment_elsewhere),
+            XDP_PASS,
+            Counter::PassNotService,
+            Expect::Unchanged,
+        ),
+        // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header
+        // (and NICs never deliver them), so the shortest case ends right after it.
+        case(
+            "a frame that ends right after the Ethernet header passes untouched",
+            IF_CLIENT,
+            full_syn[..14].to_vec(),
+            XDP_PASS,
+            Counter::PassMalformed,
+            Expect::Unchanged,
+        ),
+        case(
+            "a frame truncated inside the IPv4 header passes untouched",
+            IF_CLIENT,
+            full_syn[..14 + 12].to_vec(),
+            XDP_PASS,
+            Counter::PassMalformed,
+            Expect::Unchanged,
+        ),
+        case(
+            "a frame truncated inside the TCP header passes untouched",
+            IF_CLIENT,
+            full_syn[..14 + 20 + 10].to_vec(),
+            XDP_PASS,
+            Counter::PassMalformed,
+            Expect::Unchanged,
+        ),
+        case(
+            "a frame truncated inside the UDP header passes untouched",
+            IF_CLIENT,
+            from_client(&dns)[..14 + 20 + 5].to_vec(),
+            XDP_PASS,
+            Counter::PassMalformed,
+            Expect::Unchanged,
+        ),
+        case(
+            "an IPv4 header length below 20 bytes passes untouched",
+            IF_CLIENT,
+            ihl_too_small,
+            XDP_PASS,
+            Counter::PassMalformed,
+            Expect::Unchanged,
+        ),
+        case(
+            "an IPv4 total length beyond the frame passes untouched",
+            IF_CLIENT,
+            tot_len_too_big,
+            XDP_PASS,
+            Counter::PassMalformed,
+            Expect::Unchanged,
+        ),
+        case(
+            "an IPv4 header length beyond the packet passes untouched",
+            IF_CLIENT,
+            ihl_beyond_frame,
+            XDP_PASS,
+            Counter::PassMalformed,
+            Expect::Unchanged,
+        ),
+    ]
+}
+
+/// A UDP datagram whose checksum after the rewrite to WEB2:5353 is exactly
+/// 0 in ones' complement arithmetic, which RFC 768 transmits as 0xffff: the
+/// payload word is chosen to cancel the rest of the sum.
+fn udp_whose_rewrite_sums_to_zero() -> Ipv4 {
+    let rewritten = |word: [u8; 2]| {
+        Ipv4::udp(
+            (CLIENT, 40_054),
+            (WEB2, 5353),
+            &[word[0], word[1], 0x55, 0xaa],
+        )
+    };
+    let base = rewritten([0, 0]).to_bytes();
+    let check = [base[20 + 6], base[20 + 7]];
+    // With the checksum word as payload the total sums to all ones; if the
+    // base checksum is already "0" (sent as 0xffff), a zero word keeps it so.
+    let word = if check == [0xff, 0xff] { [0, 0] } else { check };
+    let mut p = Ipv4::udp((CLIENT, 40_054), (VIP, 53), &[word[0], word[1], 0x55, 0xaa]);
+    p.ttl = 64;
+    let out = rewritten(word);
+    let mut out_bytes = out.to_bytes();
+    out_bytes[20 + 6..20 + 8].fill(0);
+    assert_eq!(
+        packet::internet_checksum(&udp_pseudo_and_segment(&out_bytes)),
+        0,
+        "fixture construction"
+    );
+    p
+}
+
+fn udp_pseudo_and_segment(ip: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&ip[12..20]);
+    v.extend_from_slice(&[0, 17]);
+    v.extend_from_slice(&((ip.len() - 20) as u16).to_be_bytes());
+    v.extend_from_slice(&ip[20..]);
+    v
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .chunks(16)
+        .map(|c| {
+            c.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n    ")
+}
+
+fn check_case(loaded: &mut Loaded, c: &Case) -> Result<(), String> {
+    if c.flush_conntrack {
+        loaded.flush_conntrack();
+    }
+    let before = loaded.counter(c.counter);
+    let out = loaded.run(&c.input, c.ingress);
+    let after = loaded.counter(c.counter);
+    let mut problems = Vec::new();
+    if out.action != c.action {
+        problems.push(format!(
+            "verdict {} (want {})",
+            action_name(out.action),
+            action_name(c.action)
+        ));
+    }
+    if after != before + 1 {
+        problems.push(format!(
+            "counter {} went {before} -> {after} (want +1)",
+            c.counter.name()
+        ));
+    }
+    let (want_frame, want_meta) = match &c.expect {
+        Expect::Unchanged => (c.input.clone(), Vec::new()),
+        Expect::Frame(f) => (f.clone(), Vec::new()),
+        Expect::SlowPath { frame, egress } => {
+            let mut meta = NEIGH_META_MAGIC.to_ne_bytes().to_vec();
+            meta.extend_from_slice(&Loaded::ifindex(egress).to_ne_bytes());
+            (frame.clone(), meta)
+        }
+    };
+    if out.frame != want_frame {
+        problems.push(format!(
+            "output bytes differ:\n  got  {}\n  want {}",
+            hex(&out.frame),
+            hex(&want_frame)
+        ));
+    }
+    if out.meta != want_meta {
+        problems.push(format!("metadata {:?} (want {:?})", out.meta, want_meta));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+#[test]
+fn packet_fixtures() {
+    let ns = FixtureNs::create("lbt-fix");
+    let cases = cases();
+    assert!(cases.len() >= 25);
+    let failures = in_ns(&ns.name, move || {
+        let mut loaded = Loaded::new(4096);
+        let mut failures = Vec::new();
+        for c in &cases {
+            match check_case(&mut loaded, c) {
+                Ok(()) => eprintln!("ok   {}", c.name),
+                Err(why) => {
+                    eprintln!("FAIL {}: {why}", c.name);
+                    failures.push(c.name);
+                }
+            }
+        }
+        failures
+    });
+    assert!(
+        failures.is_empty(),
+        "{} fixture(s) failed: {failures:#?}",
+        failures.len()
+    );
+}
+
+/// New flows of a three-backend service land where the controller's own
+/// Maglev table says: kernel and userspace hash alike (which is what lets
+/// another node, or a restarted one, pick the same backend).
+#[test]
+fn maglev_choice_in_the_kernel_matches_the_controllers_table() {
+    let ns = FixtureNs::create("lbt-fix");
+    in_ns(&ns.name, || {
+        let mut loaded = Loaded::new(4096);
+        let image = loaded.reconciler.applied().clone();
+        let key = lb_common::abi::Endpoint::new(VIP.octets(), 443, PROTO_TCP);
+        let service = image.services[&key];
+        let table = &image.maglev[&service.id];
+        let mut seen = std::collections::BTreeSet::new();
+        for sport in 1000..1060_u16 {
+            let p = Ipv4::tcp((CLIENT, sport), (VIP, 443), TCP_SYN, b"");
+            let out = loaded.run(&from_client(&p), IF_CLIENT);
+            assert_eq!(out.action, XDP_REDIRECT);
+            let slot = maglev_slot(
+                flow_hash(CLIENT.octets(), VIP.octets(), sport, 443, PROTO_TCP),
+                service.ring_size,
+            )
+            .unwrap();
+            let backend = image.backends[&table[slot as usize]];
+            assert_eq!(out.frame[30..34], backend.addr, "source port {sport}");
+            seen.insert(backend.addr);
+        }
+        assert_eq!(seen.len(), 3, "60 flows should reach all three backends");
+        assert_eq!(
+            loaded.conntrack_len(),
+            60,
+            "each new flow has a connection entry"
+        );
+    });
+}
+
+/// Whatever bytes arrive, the program never aborts and never forwards a
+/// packet it could not fully parse.
+#[test]
+fn random_frames_never_abort_or_forward_garbage() {
+    let ns = FixtureNs::create("lbt-fix");
+    in_ns(&ns.name, || {
+        let loaded = Loaded::new(4096);
+        let base = from_client(&syn((VIP, 80)));
+        let mut state = 0x1234_5678_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..3000 {
+            let mut frame = base.clone();
+            // Corrupt a few header bytes, and sometimes cut the frame.
+            for _ in 0..(next() % 4 + 1) {
+                let at = (next() % 54) as usize;
+                frame[at] = next() as u8;
+            }
+            if next() % 3 == 0 {
+                frame.truncate(14 + (next() % 40) as usize);
+            }
+            let out = loaded.run(&frame, IF_CLIENT);
+            assert_ne!(out.action, 0, "XDP_ABORTED on {}", hex(&frame));
+            if matches!(out.action, XDP_REDIRECT | XDP_TX) {
+                // Forwarded: the incremental update neither repairs nor breaks
+                // the IP header checksum (a corrupted one stays corrupted, and
+                // the receiver drops it, as it would without us).
+                let ihl = usize::from(out.frame[14] & 0x0f) * 4;
+                let valid_out = packet::internet_checksum(&out.frame[14..14 + ihl]) == 0;
+                let valid_in = packet::internet_checksum(&frame[14..14 + ihl]) == 0;
+                assert_eq!(
+                    valid_out,
+                    valid_in,
+                    "IP checksum validity changed for {}",
+                    hex(&frame)
+                );
+            } else if out.action != XDP_DROP && out.meta.is_empty() {
+                assert_eq!(out.frame, frame, "a passed frame was modified");
+            }
+        }
+    });
+}
