@@ -3,6 +3,7 @@
 //! builder and a BPF_PROG_TEST_RUN wrapper.
 pub mod counters;
 pub mod fixture;
+pub mod harness;
 pub mod netns;
 pub mod packet;
 pub mod server;

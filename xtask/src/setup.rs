@@ -10,8 +10,16 @@ use crate::util::{is_root, output, run_status};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages: `ip`, `bpftool`, `ethtool` for the lab's veths, `curl` and
-/// `socat` for the client side, `procps` for sysctl/pkill.
-const PACKAGES: &[&str] = &["iproute2", "bpftool", "ethtool", "curl", "socat", "procps"];
+/// `socat` for the client side, `procps` for sysctl, `iputils-ping` for the tests.
+const PACKAGES: &[&str] = &[
+    "iproute2",
+    "bpftool",
+    "ethtool",
+    "curl",
+    "socat",
+    "procps",
+    "iputils-ping",
+];
 
 pub fn ensure() -> Result<()> {
     rust_src()?;

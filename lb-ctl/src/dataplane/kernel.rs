@@ -160,19 +160,25 @@ fn pin_all(ebpf: &Ebpf, dir: &Path) -> Result<(), DataplaneError> {
     Ok(())
 }
 
+/// A program of the object, by name and type.
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, DataplaneError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| {
+            DataplaneError::kernel(format!("program {name}"), "missing from the object")
+        })?
+        .try_into()
+        .map_err(|e| DataplaneError::kernel(format!("program {name}"), e))
+}
+
 fn load_program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<(), DataplaneError>
 where
     &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
     P: LoadableProgram + 'a,
 {
-    let program: &mut P = ebpf
-        .program_mut(name)
-        .ok_or_else(|| {
-            DataplaneError::kernel(format!("program {name}"), "missing from the object")
-        })?
-        .try_into()
-        .map_err(|e| DataplaneError::kernel(format!("program {name}"), e))?;
-    program
+    program::<P>(ebpf, name)?
         .load_program()
         .map_err(|e| DataplaneError::kernel(format!("loading {name} (verifier)"), e))
 }
@@ -253,14 +259,7 @@ fn remove_pins(dir: &Path) -> usize {
 }
 
 fn attach_xdp(ebpf: &mut Ebpf, interfaces: &[String], mode: XdpMode) -> Result<(), DataplaneError> {
-    let program: &mut Xdp = ebpf
-        .program_mut("lb_xdp")
-        .ok_or_else(|| DataplaneError::kernel("program lb_xdp", "missing from the object"))?
-        .try_into()
-        .map_err(|e| DataplaneError::kernel("program lb_xdp", e))?;
-    program
-        .load()
-        .map_err(|e| DataplaneError::kernel("loading lb_xdp (verifier)", e))?;
+    let program: &mut Xdp = program(ebpf, "lb_xdp")?;
     for name in interfaces {
         let attached = match mode {
             XdpMode::Driver => program.attach(name, AyaXdpMode::Driver).map(|_| "driver"),
@@ -280,14 +279,7 @@ fn attach_xdp(ebpf: &mut Ebpf, interfaces: &[String], mode: XdpMode) -> Result<(
 }
 
 fn attach_tc(ebpf: &mut Ebpf, interfaces: &[String]) -> Result<(), DataplaneError> {
-    let program: &mut SchedClassifier = ebpf
-        .program_mut("lb_neigh")
-        .ok_or_else(|| DataplaneError::kernel("program lb_neigh", "missing from the object"))?
-        .try_into()
-        .map_err(|e| DataplaneError::kernel("program lb_neigh", e))?;
-    program
-        .load()
-        .map_err(|e| DataplaneError::kernel("loading lb_neigh (verifier)", e))?;
+    let program: &mut SchedClassifier = program(ebpf, "lb_neigh")?;
     for name in interfaces {
         // Needed only where tcx links are unavailable; "exists" is fine.
         let _ = tc::qdisc_add_clsact(name);

@@ -1,0 +1,266 @@
+//! End-to-end harness: the lab topology with the real `lb-ctl run` attached
+//! inside the load balancer's namespace, and clients that talk to the VIP.
+//! Everything is removed on drop, also when a test panics.
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    netns::output,
+    topology::{BACKENDS, Topology, VIP},
+};
+
+/// The controller binary: `$LB_CTL` (set by `cargo xtask test`), or the one
+/// in the build directory of the test binary (target/debug/lb-ctl).
+pub fn lb_ctl_bin() -> PathBuf {
+    std::env::var_os("LB_CTL").map_or_else(|| built_bin("lb-ctl"), PathBuf::from)
+}
+
+/// A binary of this workspace's build: test binaries live in target/debug/deps.
+fn built_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    match exe.parent().and_then(Path::parent).map(|d| d.join(name)) {
+        Some(path) if path.exists() => path,
+        _ => panic!(
+            "{name} not found: run `cargo build -p lb-ctl -p lb-tests --bins` (cargo xtask test does)"
+        ),
+    }
+}
+
+/// Config for the end-to-end tests: HTTP on 80, a line echo on 9000 (for
+/// long-lived connections), UDP echo on 5353, each on web1..web3 with the
+/// given weights (`None` leaves the backend out).
+pub fn config(pin_dir: &str, weights: [Option<u32>; 3]) -> String {
+    let mut text = format!(
+        "[dataplane]\ninterfaces = [\"lb-c\", \"lb-b\"]\nconntrack_max = 65536\npin_path = \"{pin_dir}\"\n"
+    );
+    for (name, port, protocol) in [
+        ("web", 80, "tcp"),
+        ("echo", 9000, "tcp"),
+        ("udp", 5353, "udp"),
+    ] {
+        text.push_str(&format!(
+            "\n[[service]]\nname = \"{name}\"\nvip = \"{VIP}\"\nport = {port}\nprotocol = \"{protocol}\"\n"
+        ));
+        for ((_, address), weight) in BACKENDS.iter().zip(weights) {
+            if let Some(weight) = weight {
+                text.push_str(&format!(
+                    "  [[service.backend]]\n  address = \"{address}\"\n  port = {port}\n  weight = {weight}\n"
+                ));
+            }
+        }
+    }
+    text
+}
+
+pub struct Lab {
+    pub topo: Topology,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    pub pin_dir: String,
+    ctl: Option<Child>,
+}
+
+impl Lab {
+    /// Topology + backends + `lb-ctl run` with `config(..)` of all three backends.
+    pub fn start(prefix: &str) -> Self {
+        let topo = Topology::create(prefix);
+        topo.start_backends(&built_bin("lb-lab").to_string_lossy());
+        let dir = std::env::temp_dir().join(format!("{prefix}-e2e"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("test directory");
+        let pin_dir = format!("/sys/fs/bpf/{prefix}-e2e");
+        let config_path = dir.join("lb.toml");
+        std::fs::write(&config_path, config(&pin_dir, [Some(1); 3])).expect("writing config");
+        let mut lab = Self {
+            topo,
+            dir,
+            config_path,
+            pin_dir,
+            ctl: None,
+        };
+        lab.spawn_ctl();
+        lab.wait_log("load balancer running", 1);
+        lab
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("lb-ctl.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn spawn_ctl(&mut self) {
+        let log = std::fs::File::create(self.log_path()).expect("log file");
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", self.topo.lb()))
+            .arg(lb_ctl_bin())
+            .args(["run", "--config"])
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("starting lb-ctl");
+        self.ctl = Some(child);
+    }
+
+    /// Waits until `needle` has appeared `count` times in the controller's log.
+    pub fn wait_log(&mut self, needle: &str, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.log().matches(needle).count() >= count {
+                return;
+            }
+            if let Some(status) = self.ctl.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!(
+                    "lb-ctl exited ({status}) before {needle:?}:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "no {needle:?} (x{count}) in the lb-ctl log within 20 s:\n{}",
+            self.log()
+        );
+    }
+
+    /// Rewrites the config and sends SIGHUP; returns once it is applied.
+    pub fn reload(&mut self, weights: [Option<u32>; 3]) {
+        let before = self.log().matches("configuration reloaded").count();
+        std::fs::write(&self.config_path, config(&self.pin_dir, weights)).expect("writing config");
+        self.signal("-HUP");
+        self.wait_log("configuration reloaded", before + 1);
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.ctl.as_ref().expect("lb-ctl runs").id().to_string();
+        assert!(
+            output(&["kill", sig, &pid]).status.success(),
+            "kill {sig} {pid}"
+        );
+    }
+
+    /// SIGTERM; returns the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal("-TERM");
+        let mut child = self.ctl.take().expect("lb-ctl runs");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for lb-ctl") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "lb-ctl did not exit within 10 s of SIGTERM:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.ctl.take() {
+            let _ = output(&["kill", "-TERM", &child.id().to_string()]);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && child.try_wait().ok().flatten().is_none() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(Path::new(&self.pin_dir));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const IO_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn connect(port: u16) -> std::io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(
+        &SocketAddr::from((VIP.parse::<Ipv4Addr>().expect("VIP"), port)),
+        IO_TIMEOUT,
+    )?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(stream)
+}
+
+/// One HTTP GET to the VIP; returns the body (`Bienvenue sur WEB2\n`).
+/// Call from a thread inside the client namespace.
+pub fn http_get() -> std::io::Result<String> {
+    let mut stream = connect(80)?;
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: vip\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned())
+}
+
+/// A long-lived connection to the VIP's line echo (port 9000).
+pub struct EchoConn {
+    writer: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl EchoConn {
+    pub fn open() -> std::io::Result<Self> {
+        let writer = connect(9000)?;
+        let reader = BufReader::new(writer.try_clone()?);
+        Ok(Self { writer, reader })
+    }
+
+    /// Sends a line; returns the name of the backend that echoed it.
+    pub fn exchange(&mut self, line: &str) -> std::io::Result<String> {
+        self.writer.write_all(format!("{line}\n").as_bytes())?;
+        let mut reply = String::new();
+        self.reader.read_line(&mut reply)?;
+        let (name, echoed) = reply.trim_end().split_once(' ').unwrap_or(("", ""));
+        if echoed != line {
+            return Err(std::io::Error::other(format!(
+                "echo mismatch: sent {line:?}, got {reply:?}"
+            )));
+        }
+        Ok(name.to_owned())
+    }
+}
+
+/// One UDP query to the VIP's echo; returns the backend's name.
+pub fn udp_query(payload: &str) -> std::io::Result<String> {
+    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    socket.set_read_timeout(Some(IO_TIMEOUT))?;
+    socket.send_to(payload.as_bytes(), (VIP, 5353))?;
+    let mut buf = [0_u8; 1500];
+    let n = socket.recv(&mut buf)?;
+    let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let (name, echoed) = reply.split_once(' ').unwrap_or(("", ""));
+    if echoed != payload {
+        return Err(std::io::Error::other(format!(
+            "udp echo mismatch: {reply:?}"
+        )));
+    }
+    Ok(name.to_owned())
+}
+
+/// The backend name in an HTTP body (`Bienvenue sur WEB2` -> `web2`).
+pub fn backend_of(body: &str) -> String {
+    body.trim()
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_lowercase()
+}

@@ -1,0 +1,348 @@
+//! End to end in network namespaces: real clients and servers, the real
+//! controller, the real XDP program attached to veth interfaces. Run as root,
+//! one test at a time (`cargo xtask test` does both).
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    time::Duration,
+};
+
+use lb_common::counter::Counter;
+use lb_tests::{
+    counters,
+    harness::{EchoConn, Lab, backend_of, http_get, lb_ctl_bin, udp_query},
+    netns::{in_ns, ns_sh, ns_try, output},
+    topology::{FRESH_CLIENT_ADDRS, LB_CLIENT_SIDE, Topology, VIP},
+};
+
+fn tally(names: impl IntoIterator<Item = String>) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for n in names {
+        *counts.entry(n).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[test]
+fn tcp_and_udp_are_spread_over_all_three_backends() {
+    let lab = Lab::start("lbt1");
+    let (http, udp) = in_ns(&lab.topo.client(), || {
+        let http: Vec<String> = (0..100)
+            .map(|i| backend_of(&http_get().unwrap_or_else(|e| panic!("request {i} failed: {e}"))))
+            .collect();
+        let udp: Vec<String> = (0..30)
+            .map(|i| udp_query(&format!("q{i}")).unwrap_or_else(|e| panic!("UDP query {i}: {e}")))
+            .collect();
+        (tally(http), tally(udp))
+    });
+    eprintln!("HTTP: {http:?}\nUDP: {udp:?}");
+    assert_eq!(http.values().sum::<usize>(), 100);
+    assert_eq!(
+        http.keys().collect::<Vec<_>>(),
+        ["web1", "web2", "web3"],
+        "every backend answers HTTP"
+    );
+    assert_eq!(udp.values().sum::<usize>(), 30);
+    assert!(udp.len() >= 2, "UDP flows are spread too: {udp:?}");
+    // The data plane did the forwarding (not the kernel) and counted it.
+    let redirected = counters::get(&lab.pin_dir, Counter::Redirect);
+    assert!(
+        redirected >= 100 * 4,
+        "only {redirected} packets redirected by XDP"
+    );
+    let new_flows: u64 = (0..3)
+        .map(|id| counters::backend_traffic(&lab.pin_dir, id).new_flows)
+        .sum();
+    assert!(
+        new_flows >= 100,
+        "per-backend new-flow counters: {new_flows}"
+    );
+}
+
+/// Drain by config reload (weight 0): no new flows reach the backend, while
+/// a connection already on it keeps exchanging data; then removing it from
+/// the config takes it out.
+#[test]
+fn drain_by_reload_keeps_established_flows_and_removal_takes_a_backend_out() {
+    let mut lab = Lab::start("lbt2");
+    let client = lab.topo.client();
+    // A long-lived connection; find out which backend it landed on.
+    let (tx, rx) = std::sync::mpsc::channel::<&'static str>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<Result<String, String>>();
+    let long_lived = std::thread::spawn({
+        let client = client.clone();
+        move || {
+            lb_tests::netns::enter(&client);
+            let mut conn = EchoConn::open().expect("long-lived connection");
+            let backend = conn.exchange("hello").expect("first exchange");
+            done_tx.send(Ok(backend.clone())).unwrap();
+            // Keep talking every few milliseconds until told to stop.
+            let mut exchanges = 0;
+            while rx.try_recv().is_err() {
+                match conn.exchange(&format!("line {exchanges}")) {
+                    Ok(b) if b == backend => exchanges += 1,
+                    Ok(other) => return done_tx.send(Err(format!("moved to {other}"))).unwrap(),
+                    Err(e) => {
+                        return done_tx
+                            .send(Err(format!("broken after {exchanges} exchanges: {e}")))
+                            .unwrap();
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            done_tx.send(Ok(format!("{exchanges}"))).unwrap();
+        }
+    });
+    let drained = done_rx
+        .recv()
+        .unwrap()
+        .expect("long-lived connection started");
+    let index = ["web1", "web2", "web3"]
+        .iter()
+        .position(|n| *n == drained)
+        .expect("backend name");
+    let mut weights = [Some(1); 3];
+    weights[index] = Some(0);
+    lab.reload(weights);
+
+    let after_drain = in_ns(&client, || {
+        let mut names: Vec<String> = (0..60)
+            .map(|_| backend_of(&http_get().expect("HTTP after drain")))
+            .collect();
+        names.extend((0..30).map(|_| {
+            EchoConn::open()
+                .and_then(|mut c| c.exchange("new"))
+                .expect("echo after drain")
+        }));
+        tally(names)
+    });
+    eprintln!("drained {drained}; new flows went to {after_drain:?}");
+    assert!(
+        !after_drain.contains_key(&drained),
+        "a drained backend got new flows: {after_drain:?}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    tx.send("stop").unwrap();
+    let exchanges = done_rx
+        .recv()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the established connection on {drained}: {e}"));
+    long_lived.join().unwrap();
+    eprintln!(
+        "the established connection on {drained} exchanged {exchanges} lines during and after the drain"
+    );
+    assert!(exchanges.parse::<u32>().unwrap() > 10);
+
+    // Remove another backend from the config entirely.
+    let removed = (index + 1) % 3;
+    let mut weights = [Some(1); 3];
+    weights[removed] = None;
+    lab.reload(weights);
+    let after_removal = in_ns(&client, || {
+        tally((0..60).map(|_| backend_of(&http_get().expect("HTTP after removal"))))
+    });
+    let removed_name = format!("web{}", removed + 1);
+    eprintln!("removed {removed_name}; requests went to {after_removal:?}");
+    assert!(!after_removal.contains_key(&removed_name));
+    assert_eq!(
+        after_removal.len(),
+        2,
+        "the two remaining backends share the load"
+    );
+}
+
+/// The neighbour-miss path in both directions: the load balancer has no
+/// neighbour entry for the backends nor for this client's address, so the
+/// first packets each way go through the tc slow path (a reply handed to the
+/// kernel instead would be dropped as a martian: its source is the VIP).
+#[test]
+fn a_client_the_load_balancer_has_never_seen_gets_through() {
+    let lab = Lab::start("lbt3");
+    ns_sh(&lab.topo.lb(), &["ip", "neigh", "flush", "all"]);
+    let before = counters::get(&lab.pin_dir, Counter::SlowPathNeigh);
+    let body = ns_sh(
+        &lab.topo.client(),
+        &[
+            "curl",
+            "-s",
+            "-m",
+            "5",
+            "--interface",
+            FRESH_CLIENT_ADDRS[0],
+            &format!("http://{VIP}/"),
+        ],
+    );
+    assert!(
+        body.starts_with("Bienvenue sur WEB"),
+        "unexpected answer {body:?}"
+    );
+    let udp = ns_sh(
+        &lab.topo.client(),
+        &[
+            "bash",
+            "-c",
+            &format!(
+                "echo fresh | socat -T 3 - UDP:{VIP}:5353,bind={}",
+                FRESH_CLIENT_ADDRS[1]
+            ),
+        ],
+    );
+    assert!(
+        udp.trim_end().ends_with("fresh"),
+        "unexpected UDP answer {udp:?}"
+    );
+    let slow = counters::get(&lab.pin_dir, Counter::SlowPathNeigh) - before;
+    eprintln!("{slow} packets took the neighbour slow path");
+    assert!(
+        slow >= 2,
+        "both directions should have met a neighbour miss, saw {slow}"
+    );
+}
+
+/// The program passes what is not for a service: the load balancer's own
+/// addresses (an admin ssh-like TCP service, ping) keep working while attached.
+#[test]
+fn the_load_balancers_own_addresses_still_work_while_attached() {
+    let lab = Lab::start("lbt4");
+    let listener = in_ns(&lab.topo.lb(), || {
+        TcpListener::bind("0.0.0.0:2222").expect("listener in the lb namespace")
+    });
+    let server = std::thread::spawn(move || {
+        for _ in 0..2 {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut buf = [0_u8; 4];
+            s.read_exact(&mut buf).expect("read");
+            s.write_all(b"pong").expect("write");
+        }
+    });
+    for target in [LB_CLIENT_SIDE, VIP] {
+        let answer = in_ns(&lab.topo.client(), move || {
+            let mut s =
+                TcpStream::connect((target, 2222)).expect("connect to the load balancer itself");
+            s.write_all(b"ping").unwrap();
+            let mut buf = [0_u8; 4];
+            s.read_exact(&mut buf).unwrap();
+            buf
+        });
+        assert_eq!(&answer, b"pong", "TCP to {target}:2222");
+    }
+    server.join().unwrap();
+    assert!(
+        ns_try(
+            &lab.topo.client(),
+            &["ping", "-c", "2", "-W", "2", LB_CLIENT_SIDE]
+        ),
+        "ping the load balancer"
+    );
+    assert!(
+        ns_try(&lab.topo.client(), &["ping", "-c", "2", "-W", "2", VIP]),
+        "ping the VIP"
+    );
+}
+
+#[test]
+fn sigterm_exits_cleanly_and_detaches_everything() {
+    let mut lab = Lab::start("lbt5");
+    let lb = lab.topo.lb();
+    let links = ns_sh(&lb, &["ip", "link", "show", "lb-c"]);
+    assert!(links.contains("xdp"), "XDP attached while running: {links}");
+    assert!(std::path::Path::new(&format!("{}/lb_services", lab.pin_dir)).exists());
+    let status = lab.stop();
+    assert!(status.success(), "exit status {status}:\n{}", lab.log());
+    for dev in ["lb-c", "lb-b"] {
+        let links = ns_sh(&lb, &["ip", "link", "show", dev]);
+        assert!(
+            !links.contains("xdp"),
+            "XDP still attached to {dev} after SIGTERM: {links}"
+        );
+        let tc = ns_sh(&lb, &["tc", "filter", "show", "dev", dev, "ingress"]);
+        assert!(tc.trim().is_empty(), "tc program still on {dev}: {tc}");
+    }
+    assert!(!std::path::Path::new(&lab.pin_dir).exists(), "pins removed");
+    // With the data plane gone, the VIP is just a local address again.
+    assert!(
+        in_ns(&lab.topo.client(), http_get).is_err(),
+        "nothing should answer on the VIP"
+    );
+}
+
+#[test]
+fn an_invalid_config_is_refused_with_every_problem_and_nothing_attached() {
+    let topo = Topology::create("lbt6");
+    let dir = std::env::temp_dir().join("lbt6-e2e");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.toml");
+    std::fs::write(
+        &path,
+        r#"
+[dataplane]
+interfaces = ["lb-c", "nope0"]
+
+[[service]]
+name = "web"
+vip = "10.77.1.300"
+port = 0
+scheduler = "fastest"
+  [[service.backend]]
+  address = "10.77.2.11"
+  port = 80
+  [[service.backend]]
+  address = "10.77.2.11"
+  port = 80
+"#,
+    )
+    .unwrap();
+    let ctl = lb_ctl_bin();
+    let ns_path = format!("--net=/var/run/netns/{}", topo.lb());
+    let path_str = path.to_string_lossy().into_owned();
+    for command in ["check", "run"] {
+        let out = output(&[
+            "nsenter",
+            &ns_path,
+            &ctl.to_string_lossy(),
+            command,
+            "--config",
+            &path_str,
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "lb-ctl {command} should exit 1:\n{stderr}"
+        );
+        for key in [
+            "service[0].vip",
+            "service[0].port",
+            "service[0].scheduler",
+            "service[0].backend[1]",
+        ] {
+            assert!(
+                stderr.contains(key),
+                "lb-ctl {command} does not name {key}:\n{stderr}"
+            );
+        }
+        let links = ns_sh(&topo.lb(), &["ip", "link", "show", "lb-c"]);
+        assert!(
+            !links.contains("xdp"),
+            "nothing may be attached after a refused config"
+        );
+    }
+    // The interface problem is reported once the file itself is valid.
+    std::fs::write(&path, "[dataplane]\ninterfaces = [\"lb-c\", \"nope0\"]\n").unwrap();
+    let out = output(&[
+        "nsenter",
+        &ns_path,
+        &ctl.to_string_lossy(),
+        "run",
+        "--config",
+        &path_str,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("dataplane.interfaces[1]: no interface named \"nope0\""),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
