@@ -134,3 +134,53 @@ pub fn run(prog_fd: RawFd, frame: &[u8], ingress_ifindex: u32, repeat: u32) -> O
         duration_ns: attr.duration,
     }
 }
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_TYPE_XDP: u32 = 6;
+
+/// The leading members of `union bpf_attr` for BPF_PROG_LOAD.
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+}
+
+/// Loads `r0 = XDP_PASS; exit`: the baseline a benchmark subtracts, so that
+/// what remains is the program's own cost, not BPF_PROG_TEST_RUN's.
+pub fn load_trivial_pass() -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd as _;
+    // BPF_MOV64_IMM(BPF_REG_0, XDP_PASS): opcode 0xb7, dst r0, imm 2; BPF_EXIT_INSN: 0x95.
+    let insns: [u64; 2] = [0xb7 | (u64::from(XDP_PASS) << 32), 0x95];
+    let license = c"GPL";
+    let attr = ProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_XDP,
+        insn_cnt: 2,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        ..ProgLoadAttr::default()
+    };
+    // SAFETY: attr points at live instruction and license buffers.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &raw const attr,
+            size_of::<ProgLoadAttr>() as u32,
+        )
+    };
+    assert!(
+        fd >= 0,
+        "loading the trivial XDP program: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: the kernel just returned this fd to us.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }
+}

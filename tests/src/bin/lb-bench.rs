@@ -1,0 +1,187 @@
+//! `cargo xtask bench`: the data plane's cost per packet, measured with
+//! BPF_PROG_TEST_RUN in a namespace with a real FIB (the fixtures' one).
+//!
+//! Every sample is one `repeat = 1` run (the program rewrites its buffer, and
+//! with `repeat > 1` the kernel would rerun it on its own output). A round
+//! is the median of many samples; each figure is the median of several
+//! rounds, net of a trivial XDP_PASS program measured in the same rounds.
+use std::{fmt::Write as _, net::Ipv4Addr, os::fd::AsRawFd as _};
+
+use lb_tests::{
+    fixture::{
+        CLIENT_MAC, FixtureNs, IF_BACKEND, IF_BACKEND_MAC, IF_CLIENT, IF_CLIENT_MAC,
+        LB_CLIENT_SIDE, Loaded, VIP, WEB_MACS, WEB1,
+    },
+    netns::in_ns,
+    packet::{Ipv4, TCP_ACK, TCP_SYN},
+    testrun::{self, XDP_PASS, XDP_REDIRECT},
+};
+
+const ROUNDS: usize = 7;
+const SAMPLES: usize = 3000;
+
+struct Scenario {
+    name: &'static str,
+    target_ns: u32,
+    expected_action: u32,
+}
+
+const SCENARIOS: [Scenario; 4] = [
+    Scenario {
+        name: "new flow (SYN, not in the connection table)",
+        target_ns: 100,
+        expected_action: XDP_REDIRECT,
+    },
+    Scenario {
+        name: "established flow (connection table hit)",
+        target_ns: 45,
+        expected_action: XDP_REDIRECT,
+    },
+    Scenario {
+        name: "backend reply (reverse NAT)",
+        target_ns: 45,
+        expected_action: XDP_REDIRECT,
+    },
+    Scenario {
+        name: "non-VIP packet (passed)",
+        target_ns: 10,
+        expected_action: XDP_PASS,
+    },
+];
+
+fn median(values: &mut [u32]) -> u32 {
+    values.sort_unstable();
+    values[values.len() / 2]
+}
+
+/// A client address and port unique to sample `n`: a flow never seen before.
+fn fresh_client(n: usize) -> (Ipv4Addr, u16) {
+    let host = (n / 50_000) as u8;
+    (
+        Ipv4Addr::new(10, 77, 3, host.wrapping_add(1)),
+        10_000 + (n % 50_000) as u16,
+    )
+}
+
+fn main() {
+    let ns = FixtureNs::create("lbt-bench");
+    let results = in_ns(&ns.name, measure);
+    drop(ns);
+    report(&results);
+}
+
+/// Per scenario: (median gross ns over rounds, median baseline ns, net).
+fn measure() -> Vec<(u32, u32)> {
+    let loaded = Loaded::new(1 << 20);
+    let baseline = testrun::load_trivial_pass();
+    let client_if = Loaded::ifindex(IF_CLIENT);
+    let backend_if = Loaded::ifindex(IF_BACKEND);
+
+    let established = Ipv4::tcp(
+        (Ipv4Addr::new(10, 77, 1, 10), 40_000),
+        (VIP, 80),
+        TCP_ACK,
+        b"",
+    )
+    .frame(IF_CLIENT_MAC, CLIENT_MAC);
+    let reply = Ipv4::tcp(
+        (WEB1, 8080),
+        (Ipv4Addr::new(10, 77, 1, 10), 40_000),
+        TCP_ACK,
+        b"",
+    )
+    .frame(IF_BACKEND_MAC, WEB_MACS[0]);
+    let non_vip = Ipv4::tcp(
+        (Ipv4Addr::new(10, 77, 1, 10), 40_000),
+        (LB_CLIENT_SIDE, 22),
+        TCP_SYN,
+        b"",
+    )
+    .frame(IF_CLIENT_MAC, CLIENT_MAC);
+    // Put the established flow in the connection table.
+    assert_eq!(
+        testrun::run(loaded.prog_fd, &established, client_if, 1).action,
+        XDP_REDIRECT
+    );
+
+    let mut fresh = 0_usize;
+    let mut gross: Vec<Vec<u32>> = vec![Vec::new(); SCENARIOS.len()];
+    let mut base: Vec<u32> = Vec::new();
+    for _ in 0..ROUNDS {
+        let mut samples = vec![0_u32; SAMPLES];
+        for s in &mut samples {
+            *s = testrun::run(baseline.as_raw_fd(), &established, client_if, 1).duration_ns;
+        }
+        base.push(median(&mut samples));
+        for (i, scenario) in SCENARIOS.iter().enumerate() {
+            for s in &mut samples {
+                let (frame, ingress) = match i {
+                    0 => {
+                        fresh += 1;
+                        (
+                            Ipv4::tcp(fresh_client(fresh), (VIP, 80), TCP_SYN, b"")
+                                .frame(IF_CLIENT_MAC, CLIENT_MAC),
+                            client_if,
+                        )
+                    }
+                    1 => (established.clone(), client_if),
+                    2 => (reply.clone(), backend_if),
+                    _ => (non_vip.clone(), client_if),
+                };
+                let out = testrun::run(loaded.prog_fd, &frame, ingress, 1);
+                assert_eq!(out.action, scenario.expected_action, "{}", scenario.name);
+                *s = out.duration_ns;
+            }
+            gross[i].push(median(&mut samples));
+        }
+    }
+    let baseline_ns = median(&mut base);
+    gross.iter_mut().map(|g| (median(g), baseline_ns)).collect()
+}
+
+fn report(results: &[(u32, u32)]) {
+    let mut table = String::new();
+    let mut json = String::from("{\n  \"unit\": \"ns per packet\",\n");
+    let _ = writeln!(
+        json,
+        "  \"rounds\": {ROUNDS},\n  \"samples_per_round\": {SAMPLES},\n  \"scenarios\": ["
+    );
+    let _ = writeln!(
+        table,
+        "{:<46} {:>8} {:>9} {:>6} {:>7}  {}",
+        "scenario", "gross", "baseline", "net", "target", ""
+    );
+    for (i, (scenario, (gross, baseline))) in SCENARIOS.iter().zip(results).enumerate() {
+        let net = gross.saturating_sub(*baseline);
+        let verdict = if net <= scenario.target_ns {
+            "ok"
+        } else {
+            "OVER TARGET"
+        };
+        let _ = writeln!(
+            table,
+            "{:<46} {:>6}ns {:>7}ns {:>4}ns {:>5}ns  {verdict}",
+            scenario.name, gross, baseline, net, scenario.target_ns
+        );
+        let comma = if i + 1 < SCENARIOS.len() { "," } else { "" };
+        let _ = writeln!(
+            json,
+            "    {{\"name\": \"{}\", \"gross_ns\": {gross}, \"baseline_ns\": {baseline}, \"net_ns\": {net}, \"target_ns\": {}}}{comma}",
+            scenario.name, scenario.target_ns
+        );
+    }
+    json.push_str("  ]\n}\n");
+    println!(
+        "Data plane cost per packet (BPF_PROG_TEST_RUN, repeat = 1; median of {ROUNDS} rounds x {SAMPLES} samples)\n"
+    );
+    print!("{table}");
+    let out =
+        std::env::var("LB_BENCH_OUT").unwrap_or_else(|_| "target/bench/dataplane.json".into());
+    if let Some(dir) = std::path::Path::new(&out).parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match std::fs::write(&out, json) {
+        Ok(()) => println!("\nJSON: {out}"),
+        Err(e) => eprintln!("cannot write {out}: {e}"),
+    }
+}
