@@ -365,7 +365,7 @@ fn validate_service(key: &str, raw: RawService, problems: &mut Problems) -> Serv
         .backends
         .into_iter()
         .enumerate()
-        .map(|(j, b)| validate_backend(&format!("{key}.backend[{j}]"), b, problems))
+        .map(|(j, b)| validate_backend(&format!("{key}.backend[{j}]"), &b, problems))
         .collect();
     let mut seen = HashMap::new();
     for (j, b) in backends.iter().enumerate() {
@@ -388,7 +388,7 @@ fn validate_service(key: &str, raw: RawService, problems: &mut Problems) -> Serv
     }
 }
 
-fn validate_backend(key: &str, raw: RawBackend, problems: &mut Problems) -> Backend {
+fn validate_backend(key: &str, raw: &RawBackend, problems: &mut Problems) -> Backend {
     let address = parse_addr(&format!("{key}.address"), &raw.address, problems);
     let port = parse_port(&format!("{key}.port"), raw.port, problems);
     let weight = match u32::try_from(raw.weight) {
@@ -573,7 +573,7 @@ protocol = "udp"
             assert!(
                 p.iter().any(|x| x.contains(needle)),
                 "no {needle:?} in {p:?}"
-            )
+            );
         };
         has("service[0].vip: \"10.77.1.300\" is not an IPv4 address");
         has("service[0].port: 0 is not a port");

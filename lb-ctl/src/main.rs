@@ -80,7 +80,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: &PathBuf) -> ExitCode {
+fn check(path: &std::path::Path) -> ExitCode {
     match run::load(path, &Overrides::default()) {
         Ok(config) => {
             let backends: usize = config.services.iter().map(|s| s.backends.len()).sum();

@@ -1,6 +1,6 @@
 //! `lb-ctl run`: load and attach the data plane, apply the config, reload it
 //! on SIGHUP, detach everything on SIGTERM/SIGINT.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
@@ -27,7 +27,7 @@ pub struct Overrides {
 pub struct Refused(pub Vec<String>);
 
 /// Loads `path`, applies overrides and checks the interfaces exist.
-pub fn load(path: &PathBuf, overrides: &Overrides) -> Result<Config, Refused> {
+pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, Refused> {
     let mut config = config::load(path).map_err(|e| Refused(e.problems()))?;
     if !overrides.interfaces.is_empty() {
         config
@@ -91,7 +91,7 @@ pub async fn run(path: PathBuf, overrides: Overrides) -> anyhow::Result<()> {
 /// SIGHUP: apply the file's services if it is valid; otherwise keep running
 /// what runs and say why.
 async fn reload(
-    path: &PathBuf,
+    path: &Path,
     overrides: &Overrides,
     running: Config,
     handle: &reconciler::Handle,

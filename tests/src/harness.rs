@@ -2,6 +2,7 @@
 //! inside the load balancer's namespace, and clients that talk to the VIP.
 //! Everything is removed on drop, also when a test panics.
 use std::{
+    fmt::Write as _,
     io::{BufRead, BufReader, Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
     path::{Path, PathBuf},
@@ -43,14 +44,16 @@ pub fn config(pin_dir: &str, weights: [Option<u32>; 3]) -> String {
         ("echo", 9000, "tcp"),
         ("udp", 5353, "udp"),
     ] {
-        text.push_str(&format!(
+        let _ = write!(
+            text,
             "\n[[service]]\nname = \"{name}\"\nvip = \"{VIP}\"\nport = {port}\nprotocol = \"{protocol}\"\n"
-        ));
+        );
         for ((_, address), weight) in BACKENDS.iter().zip(weights) {
             if let Some(weight) = weight {
-                text.push_str(&format!(
+                let _ = write!(
+                    text,
                     "  [[service.backend]]\n  address = \"{address}\"\n  port = {port}\n  weight = {weight}\n"
-                ));
+                );
             }
         }
     }
@@ -68,7 +71,7 @@ pub struct Lab {
 impl Lab {
     /// Topology + backends + `lb-ctl run` with `config(..)` of all three backends.
     pub fn start(prefix: &str) -> Self {
-        let topo = Topology::create(prefix);
+        let mut topo = Topology::create(prefix);
         topo.start_backends(&built_bin("lb-lab").to_string_lossy());
         let dir = std::env::temp_dir().join(format!("{prefix}-e2e"));
         let _ = std::fs::remove_dir_all(&dir);

@@ -160,7 +160,7 @@ impl Ipv4 {
 
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut options = self.options.clone();
-        while options.len() % 4 != 0 {
+        while !options.len().is_multiple_of(4) {
             options.push(0); // end-of-options padding
         }
         let l4 = if self.frag_off & 0x1fff != 0 {

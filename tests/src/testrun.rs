@@ -96,7 +96,7 @@ pub fn run(prog_fd: RawFd, frame: &[u8], ingress_ifindex: u32, repeat: u32) -> O
     };
     let mut ctx_out = XdpMd::default();
     let mut attr = TestRunAttr {
-        prog_fd: prog_fd as u32,
+        prog_fd: prog_fd.cast_unsigned(),
         data_size_in: frame.len() as u32,
         data_size_out: out.len() as u32,
         data_in: frame.as_ptr() as u64,

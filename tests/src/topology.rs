@@ -29,9 +29,20 @@ pub struct Topology {
     pub prefix: String,
     /// Leave everything in place when dropped (the lab's `--keep`).
     pub keep: bool,
+    /// The backend server processes started by `start_backends`, reaped on destroy.
+    servers: Vec<std::process::Child>,
 }
 
 impl Topology {
+    /// A handle on the topology of `prefix`, without creating anything.
+    pub fn named(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            keep: false,
+            servers: Vec::new(),
+        }
+    }
+
     pub fn client(&self) -> String {
         format!("{}-client", self.prefix)
     }
@@ -53,10 +64,7 @@ impl Topology {
 
     /// Removes leftovers of an earlier run with the same prefix, then builds it.
     pub fn create(prefix: &str) -> Self {
-        let topo = Self {
-            prefix: prefix.to_owned(),
-            keep: false,
-        };
+        let mut topo = Self::named(prefix);
         topo.destroy();
         for ns in topo.namespaces() {
             sh(&["ip", "netns", "add", &ns]);
@@ -105,7 +113,7 @@ impl Topology {
     }
 
     /// Removes every namespace of this prefix and the processes inside them.
-    pub fn destroy(&self) {
+    pub fn destroy(&mut self) {
         for ns in self.namespaces() {
             if !exists(&ns) {
                 continue;
@@ -116,19 +124,24 @@ impl Topology {
             }
             let _ = output(&["ip", "netns", "del", &ns]);
         }
+        for mut server in self.servers.drain(..) {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
     }
 
     /// Starts the backend servers (HTTP, line echo, UDP echo) as processes of
     /// `lb_lab` (the `lb-lab` binary) inside each backend's namespace.
-    pub fn start_backends(&self, lb_lab: &str) {
+    pub fn start_backends(&mut self, lb_lab: &str) {
         for (name, address) in BACKENDS {
             let ns = self.web(name);
-            std::process::Command::new("ip")
+            let server = std::process::Command::new("ip")
                 .args(["netns", "exec", &ns, lb_lab, "serve", name, address])
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .spawn()
                 .unwrap_or_else(|e| panic!("starting the {name} server: {e}"));
+            self.servers.push(server);
         }
         for (name, address) in BACKENDS {
             let ns = self.web(name);

@@ -16,7 +16,7 @@ const USAGE: &str = "usage: cargo xtask <command>
   bench              data-plane cost per packet (BPF_PROG_TEST_RUN), table + JSON";
 
 fn main() -> std::process::ExitCode {
-    match dispatch(std::env::args().skip(1).collect()) {
+    match dispatch(&std::env::args().skip(1).collect::<Vec<_>>()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("xtask: {e:#}");
@@ -25,7 +25,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn dispatch(args: Vec<String>) -> Result<()> {
+fn dispatch(args: &[String]) -> Result<()> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
         ["setup"] => setup::ensure(),

@@ -46,7 +46,7 @@ pub fn run_status(cmd: &mut Command) -> Result<()> {
         .status()
         .with_context(|| format!("cannot run {cmd:?}"))?;
     if !status.success() {
-        bail!("{:?} failed ({status})", cmd.get_program());
+        bail!("{} failed ({status})", cmd.get_program().display());
     }
     Ok(())
 }

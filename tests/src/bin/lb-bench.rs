@@ -148,8 +148,8 @@ fn report(results: &[(u32, u32)]) {
     );
     let _ = writeln!(
         table,
-        "{:<46} {:>8} {:>9} {:>6} {:>7}  {}",
-        "scenario", "gross", "baseline", "net", "target", ""
+        "{:<46} {:>8} {:>9} {:>6} {:>7}",
+        "scenario", "gross", "baseline", "net", "target"
     );
     for (i, (scenario, (gross, baseline))) in SCENARIOS.iter().zip(results).enumerate() {
         let net = gross.saturating_sub(*baseline);

@@ -22,11 +22,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         ["down", prefix] => {
-            Topology {
-                prefix: (*prefix).to_owned(),
-                keep: false,
-            }
-            .destroy();
+            Topology::named(prefix).destroy();
             ExitCode::SUCCESS
         }
         ["counters", pin_dir] => {
