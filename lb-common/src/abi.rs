@@ -147,6 +147,21 @@ pub struct MaglevTable {
 }
 const _: () = assert!(size_of::<MaglevTable>() == 4 * MAGLEV_SIZE as usize);
 
+/// Size of `lb_addrs`, the address pre-filter (one byte per 16-bit slot).
+pub const ADDR_FILTER_SIZE: u32 = 1 << 16;
+/// `lb_addrs` flag: some VIP falls in this slot.
+pub const ADDR_VIP: u8 = 1;
+/// `lb_addrs` flag: some backend address falls in this slot.
+pub const ADDR_BACKEND: u8 = 2;
+
+/// The `lb_addrs` slot of an IPv4 address: both halves folded together, so
+/// addresses that differ only in their network part still spread.
+#[inline(always)]
+pub const fn addr_slot(addr: [u8; 4]) -> u32 {
+    let a = u32::from_be_bytes(addr);
+    (a ^ (a >> 16)) & (ADDR_FILTER_SIZE - 1)
+}
+
 /// Value of `lb_meta` slot 0: who wrote the pinned maps.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

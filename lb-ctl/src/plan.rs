@@ -3,7 +3,10 @@
 //! the data plane see a half-built service.
 use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc};
 
-use lb_common::abi::{self, BACKEND_IN_USE, Endpoint, MAGLEV_SIZE, MAX_BACKENDS, MAX_SERVICES};
+use lb_common::abi::{
+    self, ADDR_BACKEND, ADDR_VIP, BACKEND_IN_USE, Endpoint, MAGLEV_SIZE, MAX_BACKENDS,
+    MAX_SERVICES, addr_slot,
+};
 
 use crate::{maglev, model::Service};
 
@@ -35,6 +38,8 @@ pub struct Image {
     pub backends: BTreeMap<u32, abi::Backend>,
     pub reals: BTreeMap<Endpoint, abi::Real>,
     pub vips: BTreeMap<[u8; 4], u32>,
+    /// Non-zero slots of the address pre-filter.
+    pub addrs: BTreeMap<u32, u8>,
 }
 
 /// One write to the kernel maps.
@@ -44,6 +49,8 @@ pub enum Op {
     PutReal(Endpoint, abi::Real),
     PutMaglev(u32, Arc<Vec<u32>>),
     PutVip([u8; 4], u32),
+    /// Sets a pre-filter slot (0 clears it).
+    PutAddrFlags(u32, u8),
     PutService(Endpoint, abi::Service),
     DelService(Endpoint),
     DelVip([u8; 4]),
@@ -169,6 +176,13 @@ pub fn image(services: &[Service], ids: &Ids) -> Image {
             },
         );
         *image.vips.entry(key.addr).or_insert(0) += 1;
+        *image.addrs.entry(addr_slot(key.addr)).or_insert(0) |= ADDR_VIP;
+        for b in &s.backends {
+            *image
+                .addrs
+                .entry(addr_slot(b.address.octets()))
+                .or_insert(0) |= ADDR_BACKEND;
+        }
     }
     image
 }
@@ -191,6 +205,13 @@ pub fn diff(old: &Image, new: &Image) -> Vec<Op> {
     for (id, table) in &new.maglev {
         if old.maglev.get(id) != Some(table) {
             ops.push(Op::PutMaglev(*id, Arc::clone(table)));
+        }
+    }
+    // Pre-filter slots gain their new bits before anything can need them...
+    for (slot, flags) in &new.addrs {
+        let old = old.addrs.get(slot).copied().unwrap_or(0);
+        if flags & !old != 0 {
+            ops.push(Op::PutAddrFlags(*slot, flags | old));
         }
     }
     for (vip, n) in &new.vips {
@@ -225,6 +246,13 @@ pub fn diff(old: &Image, new: &Image) -> Vec<Op> {
         .filter(|id| !new.backends.contains_key(id))
     {
         ops.push(Op::ClearBackend(*id));
+    }
+    // ...and lose bits only after what used them is gone.
+    for (slot, old_flags) in &old.addrs {
+        let flags = new.addrs.get(slot).copied().unwrap_or(0);
+        if old_flags & !flags != 0 {
+            ops.push(Op::PutAddrFlags(*slot, flags));
+        }
     }
     ops
 }
@@ -291,6 +319,7 @@ mod tests {
                 Op::PutReal(..) => "real",
                 Op::PutMaglev(..) => "maglev",
                 Op::PutVip(..) => "vip",
+                Op::PutAddrFlags(..) => "addrs",
                 Op::PutService(..) => "service",
                 _ => "other",
             })
@@ -298,7 +327,8 @@ mod tests {
         assert_eq!(
             kinds,
             [
-                "backend", "backend", "real", "real", "maglev", "vip", "service"
+                "backend", "backend", "real", "real", "maglev", "addrs", "addrs", "addrs", "vip",
+                "service"
             ]
         );
     }
@@ -332,7 +362,10 @@ mod tests {
                     Op::DelReal(_),
                     Op::DelReal(_),
                     Op::ClearBackend(0),
-                    Op::ClearBackend(1)
+                    Op::ClearBackend(1),
+                    Op::PutAddrFlags(_, 0),
+                    Op::PutAddrFlags(_, 0),
+                    Op::PutAddrFlags(_, 0),
                 ]
             ),
             "{ops:?}"

@@ -93,6 +93,9 @@ fn union(a: &Image, b: &Image) -> Image {
     u.backends.extend(b.backends.iter().map(|(k, v)| (*k, *v)));
     u.reals.extend(b.reals.iter().map(|(k, v)| (*k, *v)));
     u.vips.extend(b.vips.iter().map(|(k, v)| (*k, *v)));
+    for (slot, flags) in &b.addrs {
+        *u.addrs.entry(*slot).or_insert(0) |= flags;
+    }
     u
 }
 

@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use lb_common::{
-    abi::{NEIGH_META_MAGIC, NeighMeta},
+    abi::{ADDR_BACKEND, ADDR_VIP, NEIGH_META_MAGIC, NeighMeta},
     counter::Counter,
 };
 
@@ -59,51 +59,78 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn process(ctx: &XdpContext) -> Result<Verdict, Counter> {
     let pkt = parse::parse(ctx)?;
-    if pkt.fragment {
-        // SAFETY: the value is not read.
-        let to_vip = unsafe { LB_VIPS.get(pkt.flow.dst).is_some() };
-        return Err(if to_vip {
-            Counter::DropFragment
-        } else {
-            Counter::PassNotService
-        });
-    }
-    if let Some(service) = select::service(&pkt.flow) {
-        if pkt.ttl <= 1 {
-            return Err(Counter::PassTtlExpired);
+    if select::addr_may_be(pkt.flow.dst, ADDR_VIP) {
+        if pkt.fragment {
+            // SAFETY: the value is not read.
+            let to_vip = unsafe { LB_VIPS.get(pkt.flow.dst).is_some() };
+            return Err(if to_vip {
+                Counter::DropFragment
+            } else {
+                Counter::PassNotService
+            });
         }
-        let choice = select::backend(&pkt.flow, &service)?;
-        let target = Target {
-            side: Side::Destination,
-            addr: choice.backend.addr,
-            port: choice.backend.port,
-        };
-        let verdict = fwd::forward(ctx, &pkt, &target)?;
-        select::account(
-            &LB_SVC_STATS,
-            service.id,
-            pkt.tot_len,
-            true,
-            choice.new_flow,
-        );
-        select::account(&LB_BE_STATS, choice.id, pkt.tot_len, true, choice.new_flow);
-        return Ok(verdict);
-    }
-    if let Some(real) = select::real(&pkt.flow) {
-        if pkt.ttl <= 1 {
-            return Err(Counter::PassTtlExpired);
+        if let Some(verdict) = to_backend(ctx, &pkt)? {
+            return Ok(verdict);
         }
-        let target = Target {
-            side: Side::Source,
-            addr: real.vip,
-            port: real.vport,
-        };
-        let verdict = fwd::forward(ctx, &pkt, &target)?;
-        select::account(&LB_SVC_STATS, real.service_id, pkt.tot_len, false, false);
-        select::account(&LB_BE_STATS, real.backend_id, pkt.tot_len, false, false);
-        return Ok(verdict);
+    }
+    if !pkt.fragment && select::addr_may_be(pkt.flow.src, ADDR_BACKEND) {
+        if let Some(real) = select::real(&pkt.flow) {
+            expire_check(&pkt)?;
+            let target = Target {
+                side: Side::Source,
+                addr: real.vip,
+                port: real.vport,
+            };
+            let verdict = fwd::forward(ctx, &pkt, &target)?;
+            select::account(&LB_SVC_STATS, real.service_id, pkt.tot_len, false, false);
+            select::account(&LB_BE_STATS, real.backend_id, pkt.tot_len, false, false);
+            return Ok(verdict);
+        }
     }
     Err(Counter::PassNotService)
+}
+
+/// TTL <= 1: the kernel must answer (ICMP time exceeded), not us.
+#[inline(always)]
+fn expire_check(pkt: &parse::Packet) -> Result<(), Counter> {
+    if pkt.ttl <= 1 {
+        Err(Counter::PassTtlExpired)
+    } else {
+        Ok(())
+    }
+}
+
+/// A client packet to a VIP: the connection table first (an established flow
+/// needs nothing else), then the service and its scheduler. `Ok(None)` when
+/// the destination is not a service after all.
+#[inline(always)]
+fn to_backend(ctx: &XdpContext, pkt: &parse::Packet) -> Result<Option<Verdict>, Counter> {
+    let (service_id, choice) = if let Some(found) = select::established(&pkt.flow) {
+        expire_check(pkt)?;
+        found
+    } else {
+        let Some(service) = select::service(&pkt.flow) else {
+            return Ok(None);
+        };
+        // Before scheduling: an expiring packet must not create a flow.
+        expire_check(pkt)?;
+        (service.id, select::schedule(&pkt.flow, &service)?)
+    };
+    let target = Target {
+        side: Side::Destination,
+        addr: choice.backend.addr,
+        port: choice.backend.port,
+    };
+    let verdict = fwd::forward(ctx, pkt, &target)?;
+    select::account(
+        &LB_SVC_STATS,
+        service_id,
+        pkt.tot_len,
+        true,
+        choice.new_flow,
+    );
+    select::account(&LB_BE_STATS, choice.id, pkt.tot_len, true, choice.new_flow);
+    Ok(Some(verdict))
 }
 
 /// tc ingress: finishes packets that `lb_xdp` rewrote but could not send for

@@ -5,8 +5,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::abi::{
-    Backend, Conn, DEFAULT_CONNTRACK_MAX, Endpoint, Flow, MAX_BACKENDS, MAX_SERVICES, MaglevTable,
-    Meta, Real, Service, Traffic,
+    ADDR_FILTER_SIZE, Backend, Conn, DEFAULT_CONNTRACK_MAX, Endpoint, Flow, MAX_BACKENDS,
+    MAX_SERVICES, MaglevTable, Meta, Real, Service, Traffic,
 };
 use lb_common::counter::Counter;
 
@@ -25,6 +25,12 @@ pub static LB_BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new()
 /// (backend address, port, protocol) -> VIP: reverse NAT without connection state.
 #[btf_map(name = "lb_reals")]
 pub static LB_REALS: HashMap<Endpoint, Real, { MAX_BACKENDS as usize }> = HashMap::new();
+
+/// Address pre-filter: `addr_slot(addr)` -> ADDR_VIP | ADDR_BACKEND. An array
+/// lookup (inlined by the verifier) that lets most packets that are not ours
+/// pass without a single hash lookup; a hit is confirmed by the exact maps.
+#[btf_map(name = "lb_addrs")]
+pub static LB_ADDRS: Array<u8, { ADDR_FILTER_SIZE as usize }> = Array::new();
 
 /// VIP -> number of services on it; tells a fragment addressed to a VIP apart.
 #[btf_map(name = "lb_vips")]

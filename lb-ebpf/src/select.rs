@@ -1,13 +1,16 @@
-//! Which backend a client packet goes to: the connection table first, the
-//! service's Maglev table for a flow it does not know.
+//! Whose packet is this, and where does it go: the address pre-filter, the
+//! connection table, the service's Maglev table, the reverse table.
 use aya_ebpf::btf_maps::PerCpuArray;
 use lb_common::{
-    abi::{BACKEND_IN_USE, Backend, Conn, Endpoint, Flow, NO_BACKEND, Real, Service, Traffic},
+    abi::{
+        BACKEND_IN_USE, Backend, Conn, Endpoint, Flow, NO_BACKEND, Real, Service, Traffic,
+        addr_slot,
+    },
     counter::Counter,
     hash::{flow_hash, maglev_slot},
 };
 
-use crate::maps::{LB_BACKENDS, LB_CONNTRACK, LB_MAGLEV, LB_REALS, LB_SERVICES};
+use crate::maps::{LB_ADDRS, LB_BACKENDS, LB_CONNTRACK, LB_MAGLEV, LB_REALS, LB_SERVICES};
 
 /// The backend chosen for a packet.
 pub struct Choice {
@@ -38,21 +41,37 @@ fn live_backend(id: u32, service_id: u32) -> Option<Backend> {
     (backend.flags & BACKEND_IN_USE != 0 && backend.service_id == service_id).then_some(*backend)
 }
 
-/// Picks the backend of a client packet. A flow in the connection table keeps
-/// its backend while that backend exists, even at weight 0 (drain); anything
-/// else is placed by Maglev and remembered.
+/// Whether `addr` may be a VIP (`ADDR_VIP`) or a backend (`ADDR_BACKEND`):
+/// a false positive only costs the exact lookup that follows.
 #[inline(always)]
-pub fn backend(flow: &Flow, service: &Service) -> Result<Choice, Counter> {
+pub fn addr_may_be(addr: [u8; 4], flag: u8) -> bool {
+    LB_ADDRS
+        .get(addr_slot(addr))
+        .is_some_and(|flags| flags & flag != 0)
+}
+
+/// The flow's backend from the connection table, if it has one that still
+/// exists (a drained backend, weight 0, keeps its flows). Returns the service
+/// id with it, so that an established flow needs no service lookup.
+#[inline(always)]
+pub fn established(flow: &Flow) -> Option<(u32, Choice)> {
     // SAFETY: copied out at once; LRU entries can be evicted under us.
-    if let Some(conn) = unsafe { LB_CONNTRACK.get(flow).copied() } {
-        if let Some(backend) = live_backend(conn.backend_id, service.id) {
-            return Ok(Choice {
-                id: conn.backend_id,
-                backend,
-                new_flow: false,
-            });
-        }
-    }
+    let conn = unsafe { LB_CONNTRACK.get(flow).copied() }?;
+    let backend = live_backend(conn.backend_id, conn.service_id)?;
+    Some((
+        conn.service_id,
+        Choice {
+            id: conn.backend_id,
+            backend,
+            new_flow: false,
+        },
+    ))
+}
+
+/// Places a flow the connection table does not know with the service's
+/// Maglev table, and remembers it.
+#[inline(always)]
+pub fn schedule(flow: &Flow, service: &Service) -> Result<Choice, Counter> {
     let table = LB_MAGLEV.get(service.id).ok_or(Counter::DropNoBackend)?;
     let hash = flow_hash(flow.src, flow.dst, flow.sport, flow.dport, flow.proto);
     let slot = maglev_slot(hash, service.ring_size).ok_or(Counter::DropNoBackend)? as usize;

@@ -34,6 +34,12 @@ impl Maps for FakeMaps {
             Op::PutVip(v, n) => {
                 image.vips.insert(*v, *n);
             }
+            Op::PutAddrFlags(slot, 0) => {
+                image.addrs.remove(slot);
+            }
+            Op::PutAddrFlags(slot, flags) => {
+                image.addrs.insert(*slot, *flags);
+            }
             Op::PutService(k, s) => {
                 image.services.insert(*k, *s);
             }

@@ -31,6 +31,7 @@ const MAP_NAMES: &[&str] = &[
     "lb_backends",
     "lb_reals",
     "lb_vips",
+    "lb_addrs",
     "lb_conntrack",
     "lb_tx_ports",
     "lb_counters",
@@ -45,6 +46,7 @@ pub struct KernelMaps {
     backends: Array<MapData, lb_common::abi::Backend>,
     reals: HashMap<MapData, Endpoint, lb_common::abi::Real>,
     vips: HashMap<MapData, [u8; 4], u32>,
+    addrs: Array<MapData, u8>,
     /// The programs (and the links that attach them) and the maps only the
     /// kernel writes: dropping it detaches everything.
     ebpf: Ebpf,
@@ -122,6 +124,7 @@ impl KernelMaps {
             backends: typed(&mut ebpf, "lb_backends")?,
             reals: typed(&mut ebpf, "lb_reals")?,
             vips: typed(&mut ebpf, "lb_vips")?,
+            addrs: typed(&mut ebpf, "lb_addrs")?,
             ebpf,
             pin_dir,
         })
@@ -316,6 +319,10 @@ impl Maps for KernelMaps {
             Op::DelReal(k) => deleted(self.reals.remove(k), "deleting from lb_reals"),
             Op::PutMaglev(id, slots) => self.put_maglev(*id, slots),
             Op::ClearMaglev(id) => self.put_maglev(*id, &vec![NO_BACKEND; MAGLEV_SIZE as usize]),
+            Op::PutAddrFlags(slot, flags) => self
+                .addrs
+                .set(*slot, flags, 0)
+                .map_err(err("writing lb_addrs")),
             Op::PutVip(v, n) => self.vips.insert(v, n, 0).map_err(err("writing lb_vips")),
             Op::DelVip(v) => deleted(self.vips.remove(v), "deleting from lb_vips"),
             Op::PutService(k, s) => self
