@@ -7,7 +7,7 @@
 
 /// Bumped whenever a map layout below changes; stored in `lb_meta` so that a
 /// controller can tell whether pinned maps were written by a compatible build.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Capacity of the service table (and of each per-service array).
 pub const MAX_SERVICES: u32 = 64;
@@ -62,7 +62,8 @@ pub struct Service {
 }
 const _: () = assert!(size_of::<Service>() == 16);
 
-/// Value of `lb_backends`, indexed by backend id.
+/// Value of `lb_backends`, indexed by backend id. Carries its service's VIP,
+/// so that a reply found through `lb_real_slots` needs no other lookup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Backend {
@@ -71,8 +72,12 @@ pub struct Backend {
     /// `BACKEND_IN_USE` when the slot holds a configured backend.
     pub flags: u16,
     pub service_id: u32,
+    pub vip: [u8; 4],
+    pub vport: u16,
+    pub proto: u8,
+    pub _pad: u8,
 }
-const _: () = assert!(size_of::<Backend>() == 12);
+const _: () = assert!(size_of::<Backend>() == 20);
 
 /// `Backend::flags`: the slot holds a live backend. A connection entry that
 /// points at a slot without it is rescheduled.
@@ -151,8 +156,6 @@ const _: () = assert!(size_of::<MaglevTable>() == 4 * MAGLEV_SIZE as usize);
 pub const ADDR_FILTER_SIZE: u32 = 1 << 16;
 /// `lb_addrs` flag: some VIP falls in this slot.
 pub const ADDR_VIP: u8 = 1;
-/// `lb_addrs` flag: some backend address falls in this slot.
-pub const ADDR_BACKEND: u8 = 2;
 
 /// The `lb_addrs` slot of an IPv4 address: both halves folded together, so
 /// addresses that differ only in their network part still spread.
@@ -160,6 +163,46 @@ pub const ADDR_BACKEND: u8 = 2;
 pub const fn addr_slot(addr: [u8; 4]) -> u32 {
     let a = u32::from_be_bytes(addr);
     (a ^ (a >> 16)) & (ADDR_FILTER_SIZE - 1)
+}
+
+/// Size of `lb_real_slots`, the direct-mapped index of backends by endpoint.
+pub const REAL_SLOTS: u32 = 1 << 16;
+/// A `lb_real_slots` value: more than one backend hashes here; ask `lb_reals`.
+pub const REAL_SLOT_SHARED: u32 = u32::MAX;
+
+/// The `lb_real_slots` slot of a backend endpoint. Its value is the backend
+/// id + 1 (0: none), so a reply finds its backend with array lookups only.
+#[inline(always)]
+pub const fn real_slot(addr: [u8; 4], port: u16, proto: u8) -> u32 {
+    let key = ((u32::from_be_bytes(addr) as u64) << 24) | ((port as u64) << 8) | proto as u64;
+    (crate::hash::mix64(key) as u32) & (REAL_SLOTS - 1)
+}
+
+/// Entries of the per-CPU next-hop cache (`lb_nexthops`), a power of two.
+pub const NEXTHOP_SLOTS: u32 = 1 << 13;
+/// How long a cached FIB answer is trusted: a changed route or neighbour is
+/// picked up within this time.
+pub const NEXTHOP_TTL_NS: u64 = 100_000_000;
+
+/// One entry of the next-hop cache: what `bpf_fib_lookup` said for `addr`
+/// (the destination after NAT), so that most packets skip the FIB. Direct
+/// mapped by `nexthop_slot(addr)`; the address is the tag.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    pub addr: [u8; 4],
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    pub _pad: u32,
+    /// `bpf_ktime_get_coarse_ns()` after which the entry is stale (0: empty).
+    pub expires_ns: u64,
+}
+const _: () = assert!(size_of::<NextHop>() == 32);
+
+#[inline(always)]
+pub const fn nexthop_slot(addr: [u8; 4]) -> u32 {
+    (crate::hash::mix64(u32::from_be_bytes(addr) as u64) as u32) & (NEXTHOP_SLOTS - 1)
 }
 
 /// Value of `lb_meta` slot 0: who wrote the pinned maps.
@@ -188,7 +231,9 @@ pub const NEIGH_META_MAGIC: u32 = 0x4c42_4e31; // "LBN1"
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::{Backend, Conn, Endpoint, Flow, MaglevTable, Meta, Real, Service, Traffic};
+    use super::{
+        Backend, Conn, Endpoint, Flow, MaglevTable, Meta, NextHop, Real, Service, Traffic,
+    };
 
     macro_rules! pod {
         ($($t:ty),*) => {$(
@@ -200,6 +245,7 @@ mod pod {
         Endpoint,
         Service,
         Backend,
+        NextHop,
         Real,
         Flow,
         Conn,

@@ -4,8 +4,8 @@
 use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc};
 
 use lb_common::abi::{
-    self, ADDR_BACKEND, ADDR_VIP, BACKEND_IN_USE, Endpoint, MAGLEV_SIZE, MAX_BACKENDS,
-    MAX_SERVICES, addr_slot,
+    self, ADDR_VIP, BACKEND_IN_USE, Endpoint, MAGLEV_SIZE, MAX_BACKENDS, MAX_SERVICES,
+    REAL_SLOT_SHARED, addr_slot, real_slot,
 };
 
 use crate::{maglev, model::Service};
@@ -40,6 +40,8 @@ pub struct Image {
     pub vips: BTreeMap<[u8; 4], u32>,
     /// Non-zero slots of the address pre-filter.
     pub addrs: BTreeMap<u32, u8>,
+    /// Non-zero slots of the direct-mapped backend index.
+    pub real_slots: BTreeMap<u32, u32>,
 }
 
 /// One write to the kernel maps.
@@ -51,6 +53,8 @@ pub enum Op {
     PutVip([u8; 4], u32),
     /// Sets a pre-filter slot (0 clears it).
     PutAddrFlags(u32, u8),
+    /// Sets a backend index slot (0 clears it).
+    PutRealSlot(u32, u32),
     PutService(Endpoint, abi::Service),
     DelService(Endpoint),
     DelVip([u8; 4]),
@@ -144,8 +148,18 @@ pub fn image(services: &[Service], ids: &Ids) -> Image {
                     port: b.port,
                     flags: BACKEND_IN_USE,
                     service_id,
+                    vip: key.addr,
+                    vport: key.port,
+                    proto: key.proto,
+                    _pad: 0,
                 },
             );
+            let slot = real_slot(bkey.addr, bkey.port, bkey.proto);
+            image
+                .real_slots
+                .entry(slot)
+                .and_modify(|v| *v = REAL_SLOT_SHARED)
+                .or_insert(id + 1);
             image.reals.insert(
                 bkey,
                 abi::Real {
@@ -177,12 +191,6 @@ pub fn image(services: &[Service], ids: &Ids) -> Image {
         );
         *image.vips.entry(key.addr).or_insert(0) += 1;
         *image.addrs.entry(addr_slot(key.addr)).or_insert(0) |= ADDR_VIP;
-        for b in &s.backends {
-            *image
-                .addrs
-                .entry(addr_slot(b.address.octets()))
-                .or_insert(0) |= ADDR_BACKEND;
-        }
     }
     image
 }
@@ -200,6 +208,11 @@ pub fn diff(old: &Image, new: &Image) -> Vec<Op> {
     for (key, r) in &new.reals {
         if old.reals.get(key) != Some(r) {
             ops.push(Op::PutReal(*key, *r));
+        }
+    }
+    for (slot, value) in &new.real_slots {
+        if old.real_slots.get(slot) != Some(value) {
+            ops.push(Op::PutRealSlot(*slot, *value));
         }
     }
     for (id, table) in &new.maglev {
@@ -239,6 +252,13 @@ pub fn diff(old: &Image, new: &Image) -> Vec<Op> {
     }
     for key in old.reals.keys().filter(|k| !new.reals.contains_key(k)) {
         ops.push(Op::DelReal(*key));
+    }
+    for slot in old
+        .real_slots
+        .keys()
+        .filter(|s| !new.real_slots.contains_key(s))
+    {
+        ops.push(Op::PutRealSlot(*slot, 0));
     }
     for id in old
         .backends

@@ -96,6 +96,8 @@ fn union(a: &Image, b: &Image) -> Image {
     for (slot, flags) in &b.addrs {
         *u.addrs.entry(*slot).or_insert(0) |= flags;
     }
+    u.real_slots
+        .extend(b.real_slots.iter().map(|(k, v)| (*k, *v)));
     u
 }
 

@@ -1,23 +1,24 @@
-//! Forwarding like a router: a FIB lookup for the rewritten packet, then
-//! XDP_TX or XDP_REDIRECT; when the kernel has no neighbour entry yet, a slow
-//! path through tc (`lb_neigh`) that resolves it.
+//! Forwarding like a router: the next hop of the rewritten packet (a per-CPU
+//! cache of FIB answers in front of `bpf_fib_lookup`), then XDP_TX or
+//! XDP_REDIRECT; when the kernel has no neighbour entry yet, a slow path
+//! through tc (`lb_neigh`) that resolves it.
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
         xdp_action,
     },
-    helpers::generated::{bpf_fib_lookup, bpf_xdp_adjust_meta},
+    helpers::generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_xdp_adjust_meta},
     programs::XdpContext,
 };
 use lb_common::{
-    abi::{NEIGH_META_MAGIC, NeighMeta},
+    abi::{NEIGH_META_MAGIC, NEXTHOP_TTL_NS, NeighMeta, NextHop, nexthop_slot},
     counter::Counter,
 };
 
 use crate::{
     Verdict,
-    maps::LB_TX_PORTS,
+    maps::{LB_NEXTHOPS, LB_TX_PORTS},
     nat::{self, Side},
     parse::Packet,
 };
@@ -31,15 +32,71 @@ pub struct Target {
     pub port: u16,
 }
 
-/// Looks up the next hop of the packet as it will be after the rewrite, and
-/// only then rewrites it: a packet the FIB cannot forward is passed untouched.
+/// Rewrites the packet and sends it to its next hop. The next hop is looked
+/// up for the packet as it will be after the rewrite, and before rewriting
+/// it: a packet the FIB cannot forward is passed untouched.
 #[inline(always)]
 pub fn forward(ctx: &XdpContext, pkt: &Packet, target: &Target) -> Result<Verdict, Counter> {
     let ingress = ctx.ingress_ifindex() as u32;
+    let hop = next_hop(ctx, pkt, target, ingress)?;
+    // SAFETY: pkt comes from parse on this frame, is not a fragment, and
+    // nothing has resized the frame since.
+    unsafe { nat::rewrite(pkt, target.side, target.addr, target.port) };
+    let hop = match hop {
+        Hop::Resolved(hop) => hop,
+        Hop::NoNeighbour { ifindex } => return slow_path(ctx, ifindex),
+    };
+    // SAFETY: pkt.eth was bounds-checked by parse.
+    unsafe {
+        (*pkt.eth).src = hop.smac;
+        (*pkt.eth).dst = hop.dmac;
+    }
+    if hop.ifindex == ingress {
+        return Ok(Verdict {
+            action: xdp_action::XDP_TX,
+            counter: Counter::Tx,
+        });
+    }
+    match LB_TX_PORTS.redirect(hop.ifindex, 0) {
+        Ok(action) => Ok(Verdict {
+            action,
+            counter: Counter::Redirect,
+        }),
+        // The egress interface is not one of ours: let tc send it.
+        Err(_) => slow_path(ctx, hop.ifindex),
+    }
+}
+
+enum Hop {
+    Resolved(NextHop),
+    /// The route is known but the kernel has no neighbour entry yet.
+    NoNeighbour {
+        ifindex: u32,
+    },
+}
+
+/// The next hop towards the rewritten packet's destination: from this CPU's
+/// cache while fresh (`NEXTHOP_TTL_NS`), else from `bpf_fib_lookup`, whose
+/// answer is cached. The cache is keyed by destination address, so it assumes
+/// the route does not depend on the source, ports or TOS (no policy routing,
+/// one ECMP path per destination while an entry lives).
+#[inline(always)]
+fn next_hop(ctx: &XdpContext, pkt: &Packet, target: &Target, ingress: u32) -> Result<Hop, Counter> {
     let (src, dst, sport, dport) = match target.side {
         Side::Destination => (pkt.flow.src, target.addr, pkt.flow.sport, target.port),
         Side::Source => (target.addr, pkt.flow.dst, target.port, pkt.flow.dport),
     };
+    // SAFETY: no arguments; reads the coarse monotonic clock.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let cached = LB_NEXTHOPS.get_ptr_mut(nexthop_slot(dst));
+    if let Some(entry) = cached {
+        // SAFETY: a per-CPU slot, only touched by this CPU; XDP does not nest.
+        let entry = unsafe { &*entry };
+        if entry.addr == dst && now < entry.expires_ns {
+            return Ok(Hop::Resolved(*entry));
+        }
+    }
+
     // SAFETY: an all-zero bpf_fib_lookup is a valid input.
     let mut params: FibParams = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
@@ -52,7 +109,6 @@ pub fn forward(ctx: &XdpContext, pkt: &Packet, target: &Target) -> Result<Verdic
     params.__bindgen_anon_2.tos = unsafe { (*pkt.ip).tos };
     params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
     params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
-
     // SAFETY: params is a live, correctly sized bpf_fib_lookup.
     let rc = unsafe {
         bpf_fib_lookup(
@@ -61,35 +117,27 @@ pub fn forward(ctx: &XdpContext, pkt: &Packet, target: &Target) -> Result<Verdic
             size_of::<FibParams>() as i32,
             0,
         )
-    };
-    let rc = rc as u32;
-    if rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH {
-        return Err(Counter::PassFibFailed);
-    }
-    // SAFETY: pkt comes from parse on this frame, is not a fragment, and
-    // nothing has resized the frame since.
-    unsafe { nat::rewrite(pkt, target.side, target.addr, target.port) };
-    if rc == BPF_FIB_LKUP_RET_NO_NEIGH {
-        return slow_path(ctx, params.ifindex);
-    }
-    // SAFETY: pkt.eth was bounds-checked by parse.
-    unsafe {
-        (*pkt.eth).src = params.smac;
-        (*pkt.eth).dst = params.dmac;
-    }
-    if params.ifindex == ingress {
-        return Ok(Verdict {
-            action: xdp_action::XDP_TX,
-            counter: Counter::Tx,
-        });
-    }
-    match LB_TX_PORTS.redirect(params.ifindex, 0) {
-        Ok(action) => Ok(Verdict {
-            action,
-            counter: Counter::Redirect,
+    } as u32;
+    match rc {
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            let hop = NextHop {
+                addr: dst,
+                ifindex: params.ifindex,
+                smac: params.smac,
+                dmac: params.dmac,
+                _pad: 0,
+                expires_ns: now + NEXTHOP_TTL_NS,
+            };
+            if let Some(entry) = cached {
+                // SAFETY: as above.
+                unsafe { *entry = hop };
+            }
+            Ok(Hop::Resolved(hop))
+        }
+        BPF_FIB_LKUP_RET_NO_NEIGH => Ok(Hop::NoNeighbour {
+            ifindex: params.ifindex,
         }),
-        // The egress interface is not one of ours: let tc send it.
-        Err(_) => slow_path(ctx, params.ifindex),
+        _ => Err(Counter::PassFibFailed),
     }
 }
 

@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use lb_common::{
-    abi::{ADDR_BACKEND, ADDR_VIP, NEIGH_META_MAGIC, NeighMeta},
+    abi::{NEIGH_META_MAGIC, NeighMeta},
     counter::Counter,
 };
 
@@ -59,7 +59,7 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn process(ctx: &XdpContext) -> Result<Verdict, Counter> {
     let pkt = parse::parse(ctx)?;
-    if select::addr_may_be(pkt.flow.dst, ADDR_VIP) {
+    if select::may_be_vip(pkt.flow.dst) {
         if pkt.fragment {
             // SAFETY: the value is not read.
             let to_vip = unsafe { LB_VIPS.get(pkt.flow.dst).is_some() };
@@ -73,7 +73,7 @@ fn process(ctx: &XdpContext) -> Result<Verdict, Counter> {
             return Ok(verdict);
         }
     }
-    if !pkt.fragment && select::addr_may_be(pkt.flow.src, ADDR_BACKEND) {
+    if !pkt.fragment {
         if let Some(real) = select::real(&pkt.flow) {
             expire_check(&pkt)?;
             let target = Target {

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use lb_common::abi::{
     ADDR_FILTER_SIZE, Backend, Conn, DEFAULT_CONNTRACK_MAX, Endpoint, Flow, MAX_BACKENDS,
-    MAX_SERVICES, MaglevTable, Meta, Real, Service, Traffic,
+    MAX_SERVICES, MaglevTable, Meta, NEXTHOP_SLOTS, NextHop, REAL_SLOTS, Real, Service, Traffic,
 };
 use lb_common::counter::Counter;
 
@@ -26,11 +26,20 @@ pub static LB_BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new()
 #[btf_map(name = "lb_reals")]
 pub static LB_REALS: HashMap<Endpoint, Real, { MAX_BACKENDS as usize }> = HashMap::new();
 
-/// Address pre-filter: `addr_slot(addr)` -> ADDR_VIP | ADDR_BACKEND. An array
+/// Address pre-filter: `addr_slot(addr)` -> ADDR_VIP. An array
 /// lookup (inlined by the verifier) that lets most packets that are not ours
 /// pass without a single hash lookup; a hit is confirmed by the exact maps.
 #[btf_map(name = "lb_addrs")]
 pub static LB_ADDRS: Array<u8, { ADDR_FILTER_SIZE as usize }> = Array::new();
+
+/// `real_slot(backend endpoint)` -> backend id + 1 (0: none;
+/// `REAL_SLOT_SHARED`: several backends, ask `lb_reals`).
+#[btf_map(name = "lb_real_slots")]
+pub static LB_REAL_SLOTS: Array<u32, { REAL_SLOTS as usize }> = Array::new();
+
+/// Per-CPU, direct-mapped cache of FIB answers by destination address.
+#[btf_map(name = "lb_nexthops")]
+pub static LB_NEXTHOPS: PerCpuArray<NextHop, { NEXTHOP_SLOTS as usize }> = PerCpuArray::new();
 
 /// VIP -> number of services on it; tells a fragment addressed to a VIP apart.
 #[btf_map(name = "lb_vips")]

@@ -3,14 +3,16 @@
 use aya_ebpf::btf_maps::PerCpuArray;
 use lb_common::{
     abi::{
-        BACKEND_IN_USE, Backend, Conn, Endpoint, Flow, NO_BACKEND, Real, Service, Traffic,
-        addr_slot,
+        ADDR_VIP, BACKEND_IN_USE, Backend, Conn, Endpoint, Flow, NO_BACKEND, REAL_SLOT_SHARED,
+        Service, Traffic, addr_slot, real_slot,
     },
     counter::Counter,
     hash::{flow_hash, maglev_slot},
 };
 
-use crate::maps::{LB_ADDRS, LB_BACKENDS, LB_CONNTRACK, LB_MAGLEV, LB_REALS, LB_SERVICES};
+use crate::maps::{
+    LB_ADDRS, LB_BACKENDS, LB_CONNTRACK, LB_MAGLEV, LB_REAL_SLOTS, LB_REALS, LB_SERVICES,
+};
 
 /// The backend chosen for a packet.
 pub struct Choice {
@@ -27,12 +29,46 @@ pub fn service(flow: &Flow) -> Option<Service> {
     unsafe { LB_SERVICES.get(key).copied() }
 }
 
-/// The VIP a backend's reply must appear to come from.
+/// The service side of a backend's reply.
+pub struct Reply {
+    pub backend_id: u32,
+    pub service_id: u32,
+    pub vip: [u8; 4],
+    pub vport: u16,
+}
+
+/// Whose reply this is, if the source is a backend: array lookups only
+/// (`lb_real_slots`, then `lb_backends` to confirm), except when several
+/// backends share a slot and the exact table `lb_reals` decides.
 #[inline(always)]
-pub fn real(flow: &Flow) -> Option<Real> {
-    let key = Endpoint::new(flow.src, flow.sport, flow.proto);
-    // SAFETY: copied out at once, as above.
-    unsafe { LB_REALS.get(key).copied() }
+pub fn real(flow: &Flow) -> Option<Reply> {
+    let slot = *LB_REAL_SLOTS.get(real_slot(flow.src, flow.sport, flow.proto))?;
+    if slot == 0 {
+        return None;
+    }
+    if slot == REAL_SLOT_SHARED {
+        let key = Endpoint::new(flow.src, flow.sport, flow.proto);
+        // SAFETY: copied out at once; the controller may replace it any time.
+        let real = unsafe { LB_REALS.get(key).copied() }?;
+        return Some(Reply {
+            backend_id: real.backend_id,
+            service_id: real.service_id,
+            vip: real.vip,
+            vport: real.vport,
+        });
+    }
+    let id = slot - 1;
+    let b = LB_BACKENDS.get(id)?;
+    let mine = b.flags & BACKEND_IN_USE != 0
+        && b.addr == flow.src
+        && b.port == flow.sport
+        && b.proto == flow.proto;
+    mine.then_some(Reply {
+        backend_id: id,
+        service_id: b.service_id,
+        vip: b.vip,
+        vport: b.vport,
+    })
 }
 
 #[inline(always)]
@@ -41,13 +77,13 @@ fn live_backend(id: u32, service_id: u32) -> Option<Backend> {
     (backend.flags & BACKEND_IN_USE != 0 && backend.service_id == service_id).then_some(*backend)
 }
 
-/// Whether `addr` may be a VIP (`ADDR_VIP`) or a backend (`ADDR_BACKEND`):
-/// a false positive only costs the exact lookup that follows.
+/// Whether `addr` may be a VIP: a false positive only costs the exact
+/// lookup that follows.
 #[inline(always)]
-pub fn addr_may_be(addr: [u8; 4], flag: u8) -> bool {
+pub fn may_be_vip(addr: [u8; 4]) -> bool {
     LB_ADDRS
         .get(addr_slot(addr))
-        .is_some_and(|flags| flags & flag != 0)
+        .is_some_and(|flags| flags & ADDR_VIP != 0)
 }
 
 /// The flow's backend from the connection table, if it has one that still

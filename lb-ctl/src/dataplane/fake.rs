@@ -40,6 +40,12 @@ impl Maps for FakeMaps {
             Op::PutAddrFlags(slot, flags) => {
                 image.addrs.insert(*slot, *flags);
             }
+            Op::PutRealSlot(slot, 0) => {
+                image.real_slots.remove(slot);
+            }
+            Op::PutRealSlot(slot, value) => {
+                image.real_slots.insert(*slot, *value);
+            }
             Op::PutService(k, s) => {
                 image.services.insert(*k, *s);
             }

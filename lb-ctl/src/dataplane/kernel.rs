@@ -32,6 +32,8 @@ const MAP_NAMES: &[&str] = &[
     "lb_reals",
     "lb_vips",
     "lb_addrs",
+    "lb_real_slots",
+    "lb_nexthops",
     "lb_conntrack",
     "lb_tx_ports",
     "lb_counters",
@@ -47,6 +49,7 @@ pub struct KernelMaps {
     reals: HashMap<MapData, Endpoint, lb_common::abi::Real>,
     vips: HashMap<MapData, [u8; 4], u32>,
     addrs: Array<MapData, u8>,
+    real_slots: Array<MapData, u32>,
     /// The programs (and the links that attach them) and the maps only the
     /// kernel writes: dropping it detaches everything.
     ebpf: Ebpf,
@@ -125,6 +128,7 @@ impl KernelMaps {
             reals: typed(&mut ebpf, "lb_reals")?,
             vips: typed(&mut ebpf, "lb_vips")?,
             addrs: typed(&mut ebpf, "lb_addrs")?,
+            real_slots: typed(&mut ebpf, "lb_real_slots")?,
             ebpf,
             pin_dir,
         })
@@ -323,6 +327,10 @@ impl Maps for KernelMaps {
                 .addrs
                 .set(*slot, flags, 0)
                 .map_err(err("writing lb_addrs")),
+            Op::PutRealSlot(slot, value) => self
+                .real_slots
+                .set(*slot, value, 0)
+                .map_err(err("writing lb_real_slots")),
             Op::PutVip(v, n) => self.vips.insert(v, n, 0).map_err(err("writing lb_vips")),
             Op::DelVip(v) => deleted(self.vips.remove(v), "deleting from lb_vips"),
             Op::PutService(k, s) => self
