@@ -194,11 +194,17 @@ pub struct NextHop {
     pub ifindex: u32,
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
-    pub _pad: u32,
+    /// The egress interface's slot in `lb_tx_ports`, or `NO_TX_SLOT`.
+    pub tx_slot: u32,
     /// `bpf_ktime_get_coarse_ns()` after which the entry is stale (0: empty).
     pub expires_ns: u64,
 }
 const _: () = assert!(size_of::<NextHop>() == 32);
+
+/// Capacity of `lb_tx_ports` (interfaces XDP can redirect to).
+pub const MAX_TX_PORTS: u32 = 64;
+/// `NextHop::tx_slot` of an interface that is not ours: tc sends the packet.
+pub const NO_TX_SLOT: u32 = u32::MAX;
 
 #[inline(always)]
 pub const fn nexthop_slot(addr: [u8; 4]) -> u32 {

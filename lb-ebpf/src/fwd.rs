@@ -12,13 +12,13 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    abi::{NEIGH_META_MAGIC, NEXTHOP_TTL_NS, NeighMeta, NextHop, nexthop_slot},
+    abi::{NEIGH_META_MAGIC, NEXTHOP_TTL_NS, NO_TX_SLOT, NeighMeta, NextHop, nexthop_slot},
     counter::Counter,
 };
 
 use crate::{
     Verdict,
-    maps::{LB_NEXTHOPS, LB_TX_PORTS},
+    maps::{LB_NEXTHOPS, LB_TX_PORTS, LB_TX_SLOTS},
     nat::{self, Side},
     parse::Packet,
 };
@@ -57,7 +57,7 @@ pub fn forward(ctx: &XdpContext, pkt: &Packet, target: &Target) -> Result<Verdic
             counter: Counter::Tx,
         });
     }
-    match LB_TX_PORTS.redirect(hop.ifindex, 0) {
+    match LB_TX_PORTS.redirect(hop.tx_slot, 0) {
         Ok(action) => Ok(Verdict {
             action,
             counter: Counter::Redirect,
@@ -120,12 +120,14 @@ fn next_hop(ctx: &XdpContext, pkt: &Packet, target: &Target, ingress: u32) -> Re
     } as u32;
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {
+            // SAFETY: copied out at once.
+            let tx_slot = unsafe { LB_TX_SLOTS.get(params.ifindex).copied() }.unwrap_or(NO_TX_SLOT);
             let hop = NextHop {
                 addr: dst,
                 ifindex: params.ifindex,
                 smac: params.smac,
                 dmac: params.dmac,
-                _pad: 0,
+                tx_slot,
                 expires_ns: now + NEXTHOP_TTL_NS,
             };
             if let Some(entry) = cached {

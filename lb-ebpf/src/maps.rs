@@ -1,12 +1,14 @@
 //! Every map of the data plane. Written by `lb-ctl`'s reconciler, read here;
-//! only the connection table and the counters are written by the kernel.
+//! only the connection table, the next-hop cache and the counters are written
+//! by the kernel.
 use aya_ebpf::{
-    btf_maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, DevMap, HashMap, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use lb_common::abi::{
     ADDR_FILTER_SIZE, Backend, Conn, DEFAULT_CONNTRACK_MAX, Endpoint, Flow, MAX_BACKENDS,
-    MAX_SERVICES, MaglevTable, Meta, NEXTHOP_SLOTS, NextHop, REAL_SLOTS, Real, Service, Traffic,
+    MAX_SERVICES, MAX_TX_PORTS, MaglevTable, Meta, NEXTHOP_SLOTS, NextHop, REAL_SLOTS, Real,
+    Service, Traffic,
 };
 use lb_common::counter::Counter;
 
@@ -50,9 +52,14 @@ pub static LB_VIPS: HashMap<[u8; 4], u32, { MAX_SERVICES as usize }> = HashMap::
 pub static LB_CONNTRACK: LruHashMap<Flow, Conn, { DEFAULT_CONNTRACK_MAX as usize }> =
     LruHashMap::new();
 
-/// Egress interfaces for XDP_REDIRECT (ifindex -> ifindex).
+/// Egress interfaces for XDP_REDIRECT, by slot: an array, so a redirect
+/// costs an index, not a hash (the slot is kept in the next-hop cache).
 #[btf_map(name = "lb_tx_ports")]
-pub static LB_TX_PORTS: DevMapHash<64> = DevMapHash::new();
+pub static LB_TX_PORTS: DevMap<{ MAX_TX_PORTS as usize }> = DevMap::new();
+
+/// ifindex -> slot in `lb_tx_ports`; read only when the next-hop cache is filled.
+#[btf_map(name = "lb_tx_slots")]
+pub static LB_TX_SLOTS: HashMap<u32, u32, { MAX_TX_PORTS as usize }> = HashMap::new();
 
 /// One per-CPU counter per packet outcome (`lb_common::counter::Counter`).
 #[btf_map(name = "lb_counters")]

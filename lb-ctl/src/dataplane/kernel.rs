@@ -9,10 +9,10 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, MapData},
+    maps::{Array, DevMap, HashMap, MapData},
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode, tc},
 };
-use lb_common::abi::{ABI_VERSION, Endpoint, MAGLEV_SIZE, Meta, NO_BACKEND};
+use lb_common::abi::{ABI_VERSION, Endpoint, MAGLEV_SIZE, MAX_TX_PORTS, Meta, NO_BACKEND};
 use tracing::{info, warn};
 
 use super::{DataplaneError, Maps};
@@ -36,6 +36,7 @@ const MAP_NAMES: &[&str] = &[
     "lb_nexthops",
     "lb_conntrack",
     "lb_tx_ports",
+    "lb_tx_slots",
     "lb_counters",
     "lb_svc_stats",
     "lb_be_stats",
@@ -102,14 +103,24 @@ impl KernelMaps {
         interfaces: &[String],
         pin_dir: Option<PathBuf>,
     ) -> Result<Self, DataplaneError> {
-        let mut tx_ports: DevMapHash<MapData> = typed(&mut ebpf, "lb_tx_ports")?;
-        for name in interfaces {
+        if interfaces.len() > MAX_TX_PORTS as usize {
+            return Err(DataplaneError::kernel(
+                "dataplane.interfaces",
+                format!("at most {MAX_TX_PORTS}"),
+            ));
+        }
+        let mut tx_ports: DevMap<MapData> = typed(&mut ebpf, "lb_tx_ports")?;
+        let mut tx_slots: HashMap<MapData, u32, u32> = typed(&mut ebpf, "lb_tx_slots")?;
+        for (slot, name) in (0_u32..).zip(interfaces) {
             let index = netdev::ifindex(name).ok_or_else(|| {
                 DataplaneError::kernel(format!("interface {name}"), "does not exist")
             })?;
             tx_ports
-                .insert(index, index, None, 0)
+                .set(slot, index, None, 0)
                 .map_err(|e| DataplaneError::kernel(format!("adding {name} to lb_tx_ports"), e))?;
+            tx_slots
+                .insert(index, slot, 0)
+                .map_err(err("writing lb_tx_slots"))?;
         }
         let mut meta: Array<MapData, Meta> = typed(&mut ebpf, "lb_meta")?;
         meta.set(
