@@ -139,6 +139,9 @@ impl Topology {
                 .args(["netns", "exec", &ns, lb_lab, "serve", name, address])
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
+                // Not the caller's stderr: a pipe held open by servers that
+                // outlive `lb-lab up` would keep its reader waiting.
+                .stderr(std::process::Stdio::null())
                 .spawn()
                 .unwrap_or_else(|e| panic!("starting the {name} server: {e}"));
             self.servers.push(server);

@@ -96,23 +96,26 @@ fn wait_running(log: &PathBuf) -> Result<()> {
 }
 
 fn demo_round() -> Result<()> {
-    for i in 1..=9 {
-        let body = output(&mut client(&[
-            "curl",
-            "-s",
-            "-m",
-            "3",
-            &format!("http://{VIP}/"),
-        ]))
-        .unwrap_or_else(|e| format!("FAILED: {e}"));
-        eprintln!("  TCP {i}: curl http://{VIP}/  ->  {}", body.trim());
+    let mut answered_by = std::collections::BTreeMap::<String, u32>::new();
+    for i in 1..=12 {
+        let url = format!("http://{VIP}/");
+        let body = output(&mut client(&["curl", "-s", "-m", "3", &url]))
+            .unwrap_or_else(|e| format!("FAILED: {e}"));
+        let body = body.trim().to_owned();
+        eprintln!("  TCP {i:>2}: curl {url}  ->  {body}");
+        *answered_by.entry(body).or_default() += 1;
     }
+    let tally: Vec<String> = answered_by
+        .iter()
+        .map(|(who, n)| format!("{n} x {who:?}"))
+        .collect();
+    eprintln!("  => {}", tally.join(", "));
     for i in 1..=6 {
         let mut cmd = client(&["socat", "-T", "2", "-", &format!("UDP:{VIP}:5353")]);
         let answer = output(cmd.stdin(stdin_of(&format!("hello {i}\n"))?))
             .unwrap_or_else(|e| format!("FAILED: {e}"));
         eprintln!(
-            "  UDP {i}: \"hello {i}\" to {VIP}:5353  ->  {}",
+            "  UDP {i:>2}: \"hello {i}\" to {VIP}:5353  ->  {}",
             answer.trim()
         );
     }
