@@ -40,7 +40,9 @@ pub fn up(keep: bool) -> Result<()> {
 
     step("starting lb-ctl in the load balancer's namespace");
     fs::create_dir_all(state_dir())?;
-    let config = root().join("examples/lab.toml");
+    // A copy: the operator may edit it and reload (SIGHUP) without touching the repository.
+    let config = state_dir().join("lb.toml");
+    fs::copy(root().join("examples/lab.toml"), &config).context("copying examples/lab.toml")?;
     let log_path = state_dir().join("lb-ctl.log");
     let log = fs::File::create(&log_path)?;
     // nsenter (not `ip netns exec`) keeps the host's /sys/fs/bpf, where the maps are pinned.
@@ -129,22 +131,31 @@ fn stdin_of(text: &str) -> Result<Stdio> {
 }
 
 fn print_next_steps(config: &std::path::Path) {
+    let pid = pid_file();
+    let log = state_dir().join("lb-ctl.log");
     eprintln!(
         "
 The lab is up. Try:
-  ip netns exec lb-client curl http://{VIP}/             # a backend answers with its name
+  # a backend answers with its name; UDP echoes name the backend too
+  ip netns exec lb-client curl http://{VIP}/
   echo hi | ip netns exec lb-client socat - UDP:{VIP}:5353
-  bpftool map dump name lb_services                     # the service table, VIP as [10,77,1,100]
-  bpftool map dump name lb_backends | head -40          # backends by id
-  bpftool map dump name lb_conntrack                    # the connection table
-  bpftool map dump pinned /sys/fs/bpf/lb/lb_counters    # per-CPU outcome counters
-  target/debug/lb-lab counters /sys/fs/bpf/lb           # the same, named and summed
-  edit {config}, then: kill -HUP $(cat {pid})           # reload: weight 0 drains a backend
-  less {log}                                            # the controller's log
-  cargo xtask lab down                                  # remove everything",
+  # the kernel maps, with field names (addresses print as [10,77,1,100])
+  bpftool map dump name lb_services
+  bpftool map dump name lb_backends | head -40
+  bpftool map dump name lb_conntrack
+  bpftool map dump pinned /sys/fs/bpf/lb/lb_counters
+  # the outcome counters, named and summed over CPUs
+  target/debug/lb-lab counters /sys/fs/bpf/lb
+  # drain a backend: set its weight to 0 in the config, then reload
+  $EDITOR {config}
+  kill -HUP $(cat {pid})
+  # the controller's log
+  less {log}
+  # remove everything
+  cargo xtask lab down",
         config = config.display(),
-        pid = pid_file().display(),
-        log = state_dir().join("lb-ctl.log").display(),
+        pid = pid.display(),
+        log = log.display(),
     );
 }
 
