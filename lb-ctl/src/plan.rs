@@ -340,6 +340,7 @@ mod tests {
                 Op::PutMaglev(..) => "maglev",
                 Op::PutVip(..) => "vip",
                 Op::PutAddrFlags(..) => "addrs",
+                Op::PutRealSlot(..) => "real slot",
                 Op::PutService(..) => "service",
                 _ => "other",
             })
@@ -347,10 +348,46 @@ mod tests {
         assert_eq!(
             kinds,
             [
-                "backend", "backend", "real", "real", "maglev", "addrs", "addrs", "addrs", "vip",
+                "backend",
+                "backend",
+                "real",
+                "real",
+                "real slot",
+                "real slot",
+                "maglev",
+                "addrs",
+                "vip",
                 "service"
             ]
         );
+    }
+
+    /// Two backends whose endpoints hash to the same index slot: the slot
+    /// says "shared", and the data plane asks the exact table instead.
+    #[test]
+    fn backends_sharing_an_index_slot_are_marked_shared() {
+        let first = (Ipv4Addr::new(10, 77, 2, 11), 80);
+        let target = real_slot(first.0.octets(), first.1, 6);
+        let second = (1..=255_u8)
+            .flat_map(|last| (1..=u16::MAX).map(move |port| (Ipv4Addr::new(10, 77, 3, last), port)))
+            .find(|(a, p)| real_slot(a.octets(), *p, 6) == target)
+            .expect("some endpoint shares the slot");
+        let mut web = service("web", 80, &[]);
+        web.backends = vec![
+            Backend {
+                address: first.0,
+                port: first.1,
+                weight: 1,
+            },
+            Backend {
+                address: second.0,
+                port: second.1,
+                weight: 1,
+            },
+        ];
+        let (_, image) = plan(&Ids::default(), &[web]);
+        assert_eq!(image.real_slots[&target], REAL_SLOT_SHARED);
+        assert_eq!(image.reals.len(), 2, "both stay in the exact table");
     }
 
     #[test]
@@ -381,10 +418,10 @@ mod tests {
                     Op::ClearMaglev(0),
                     Op::DelReal(_),
                     Op::DelReal(_),
+                    Op::PutRealSlot(_, 0),
+                    Op::PutRealSlot(_, 0),
                     Op::ClearBackend(0),
                     Op::ClearBackend(1),
-                    Op::PutAddrFlags(_, 0),
-                    Op::PutAddrFlags(_, 0),
                     Op::PutAddrFlags(_, 0),
                 ]
             ),

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use aya::maps::{HashMap as AyaHashMap, MapData, PerCpuArray};
 use lb_common::{
-    abi::{Conn, Flow},
+    abi::{Conn, Flow, PROTO_UDP, real_slot},
     counter::Counter,
 };
 use lb_ctl::{EBPF_OBJECT, config, dataplane::kernel::KernelMaps, netdev, reconciler::Reconciler};
@@ -42,8 +42,38 @@ pub const IF_BACKEND: &str = "fx-b";
 pub const IF_CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0, 0xc1];
 pub const IF_BACKEND_MAC: Mac = [0x02, 0, 0, 0, 0, 0xb1];
 
+/// A backend endpoint (UDP) whose `lb_real_slots` slot is the same as that
+/// of `WEB3:7000`, found by search: replies from either must take the
+/// exact-table path.
+pub fn slot_sharing_backend() -> (Ipv4Addr, u16) {
+    let target = real_slot(WEB3.octets(), 7000, PROTO_UDP);
+    (1..=254_u8)
+        .flat_map(|last| (1..=u16::MAX).map(move |port| (Ipv4Addr::new(10, 77, 4, last), port)))
+        .find(|(a, p)| real_slot(a.octets(), *p, PROTO_UDP) == target)
+        .expect("an endpoint sharing the slot")
+}
+
 /// The services of the fixtures: each exercises one path.
-pub const CONFIG: &str = r#"
+pub fn config() -> String {
+    let (shared_addr, shared_port) = slot_sharing_backend();
+    format!(
+        "{CONFIG}
+[[service]]            # two backends share an index slot
+name = \"shared\"
+vip = \"10.77.1.100\"
+port = 7000
+protocol = \"udp\"
+  [[service.backend]]
+  address = \"10.77.2.13\"
+  port = 7000
+  [[service.backend]]
+  address = \"{shared_addr}\"
+  port = {shared_port}
+"
+    )
+}
+
+const CONFIG: &str = r#"
 [dataplane]
 interfaces = ["fx-c", "fx-b"]
 
@@ -220,7 +250,7 @@ pub struct Loaded {
 
 impl Loaded {
     pub fn new(conntrack_max: u32) -> Self {
-        let config = config::parse(CONFIG).expect("fixture config");
+        let config = config::parse(&config()).expect("fixture config");
         let maps = KernelMaps::load(EBPF_OBJECT, conntrack_max, &config.dataplane.interfaces)
             .unwrap_or_else(|e| panic!("loading the program: {e}"));
         let mut reconciler = Reconciler::new(maps);

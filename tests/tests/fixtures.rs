@@ -166,6 +166,12 @@ fn cases() -> Vec<Case> {
     padded_out.extend_from_slice(&[0; 6]);
 
     let zero_sum = udp_whose_rewrite_sums_to_zero();
+    let shared_reply = Ipv4::udp((WEB3, 7000), (CLIENT, 40_100), b"from web3");
+    let shared_other = Ipv4::udp(
+        slot_sharing_backend(),
+        (CLIENT, 40_100),
+        b"from its neighbour",
+    );
 
     vec![
         case(
@@ -393,6 +399,34 @@ fn cases() -> Vec<Case> {
                 ),
                 egress: IF_CLIENT,
             },
+        ),
+        case(
+            "a reply from a backend whose index slot is shared finds its VIP in the exact table",
+            IF_BACKEND,
+            shared_reply.frame(IF_BACKEND_MAC, WEB_MACS[2]),
+            XDP_REDIRECT,
+            Counter::Redirect,
+            Expect::Frame(forwarded(
+                &shared_reply,
+                (VIP, 7000),
+                (CLIENT, 40_100),
+                CLIENT_MAC,
+                IF_CLIENT_MAC,
+            )),
+        ),
+        case(
+            "so does a reply from the other backend of that slot",
+            IF_BACKEND,
+            shared_other.frame(IF_BACKEND_MAC, WEB_MACS[2]),
+            XDP_REDIRECT,
+            Counter::Redirect,
+            Expect::Frame(forwarded(
+                &shared_other,
+                (VIP, 7000),
+                (CLIENT, 40_100),
+                CLIENT_MAC,
+                IF_CLIENT_MAC,
+            )),
         ),
         case(
             "a service whose only backend is drained drops and counts",
