@@ -175,7 +175,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 pub fn parse(text: &str) -> Result<Config, ConfigError> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
         ConfigError::Invalid(vec![Problem {
-            key: toml_error_key(&e),
+            key: toml_error_key(text, &e),
             message: toml_error_message(&e),
         }])
     })?;
@@ -188,12 +188,48 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
     }
 }
 
-fn toml_error_key(e: &toml::de::Error) -> String {
-    // toml reports the position; the message names the offending key.
-    e.span().map_or_else(
-        || "config".into(),
-        |span| format!("config (byte {})", span.start),
-    )
+/// Names the key a TOML error is about, from its position: the enclosing
+/// table (`service[1].backend[0]`), the key on that line, and the line
+/// number. The serde layer only knows a byte offset.
+fn toml_error_key(text: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else {
+        return "config".into();
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line_no = before.matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or_default().trim();
+    let mut table = String::new();
+    let (mut services, mut backends) = (0_usize, 0_usize);
+    for header in before.lines().map(str::trim).filter(|l| l.starts_with('[')) {
+        let name = header.split('#').next().unwrap_or_default().trim();
+        table = match name {
+            "[[service]]" => {
+                services += 1;
+                backends = 0;
+                format!("service[{}]", services - 1)
+            }
+            "[[service.backend]]" => {
+                backends += 1;
+                format!(
+                    "service[{}].backend[{}]",
+                    services.saturating_sub(1),
+                    backends - 1
+                )
+            }
+            "[service.health]" => format!("service[{}].health", services.saturating_sub(1)),
+            other => other.trim_matches(['[', ']']).to_owned(),
+        };
+    }
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty() && !line.starts_with('['));
+    match (table.is_empty(), key) {
+        (false, Some(key)) => format!("{table}.{key} (line {line_no})"),
+        (true, Some(key)) => format!("{key} (line {line_no})"),
+        (false, None) => format!("{table} (line {line_no})"),
+        (true, None) => format!("line {line_no}"),
+    }
 }
 
 fn toml_error_message(e: &toml::de::Error) -> String {
@@ -552,6 +588,15 @@ protocol = "udp"
         assert_eq!(c.services[0].backends[1].weight, 0);
         assert_eq!(c.services[1].protocol, Protocol::Udp);
         assert_eq!(c.admin.listen, "127.0.0.1:9100");
+    }
+
+    #[test]
+    fn syntax_and_type_errors_name_the_key_and_line() {
+        let p = problems(&GOOD.replace("  address = \"10.77.2.12\"", "  address = 12"));
+        assert!(
+            p[0].starts_with("service[0].backend[1].address (line 15)"),
+            "{p:?}"
+        );
     }
 
     #[test]
