@@ -11,6 +11,7 @@ use crate::{
     config::{self, Config},
     dataplane::kernel::KernelMaps,
     model::XdpMode,
+    netdev,
     reconciler::{self, Reconciler},
 };
 
@@ -61,6 +62,15 @@ pub async fn run(path: PathBuf, overrides: Overrides) -> anyhow::Result<()> {
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
+    for name in &config.dataplane.interfaces {
+        if netdev::ipv4_forwarding(name) == Some(false) {
+            warn!(
+                interface = %name,
+                "IPv4 forwarding is off: nothing will be load balanced \
+                 (sysctl -w net.ipv4.conf.all.forwarding=1, as for IPVS NAT)"
+            );
+        }
+    }
     let maps =
         KernelMaps::start(&config.dataplane, EBPF_OBJECT).context("starting the data plane")?;
     let (handle, task) = reconciler::spawn(Reconciler::new(maps));
