@@ -59,35 +59,44 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn process(ctx: &XdpContext) -> Result<Verdict, Counter> {
     let pkt = parse::parse(ctx)?;
-    if select::may_be_vip(pkt.flow.dst) {
-        if pkt.fragment {
-            // SAFETY: the value is not read.
-            let to_vip = unsafe { LB_VIPS.get(pkt.flow.dst).is_some() };
-            return Err(if to_vip {
-                Counter::DropFragment
-            } else {
-                Counter::PassNotService
-            });
-        }
-        if let Some(verdict) = to_backend(ctx, &pkt)? {
-            return Ok(verdict);
-        }
+    if pkt.fragment {
+        // SAFETY: the value is not read.
+        let to_vip =
+            select::may_be_vip(pkt.flow.dst) && unsafe { LB_VIPS.get(pkt.flow.dst).is_some() };
+        return Err(if to_vip {
+            Counter::DropFragment
+        } else {
+            Counter::PassNotService
+        });
     }
-    if !pkt.fragment {
-        if let Some(real) = select::real(&pkt.flow) {
-            expire_check(&pkt)?;
-            let target = Target {
-                side: Side::Source,
-                addr: real.vip,
-                port: real.vport,
-            };
-            let verdict = fwd::forward(ctx, &pkt, &target)?;
-            select::account(&LB_SVC_STATS, real.service_id, pkt.tot_len, false, false);
-            select::account(&LB_BE_STATS, real.backend_id, pkt.tot_len, false, false);
-            return Ok(verdict);
-        }
+    if select::may_be_vip(pkt.flow.dst)
+        && let Some(verdict) = to_backend(ctx, &pkt)?
+    {
+        return Ok(verdict);
+    }
+    if let Some(verdict) = to_client(ctx, &pkt)? {
+        return Ok(verdict);
     }
     Err(Counter::PassNotService)
+}
+
+/// A backend's reply: the source goes back to the VIP. `Ok(None)` when the
+/// source is not a backend.
+#[inline(always)]
+fn to_client(ctx: &XdpContext, pkt: &parse::Packet) -> Result<Option<Verdict>, Counter> {
+    let Some(real) = select::real(&pkt.flow) else {
+        return Ok(None);
+    };
+    expire_check(pkt)?;
+    let target = Target {
+        side: Side::Source,
+        addr: real.vip,
+        port: real.vport,
+    };
+    let verdict = fwd::forward(ctx, pkt, &target)?;
+    select::account(&LB_SVC_STATS, real.service_id, pkt.tot_len, false, false);
+    select::account(&LB_BE_STATS, real.backend_id, pkt.tot_len, false, false);
+    Ok(Some(verdict))
 }
 
 /// TTL <= 1: the kernel must answer (ICMP time exceeded), not us.
