@@ -72,6 +72,11 @@ impl<M: Maps> Reconciler<M> {
         &self.applied
     }
 
+    /// Makes the data plane look every next hop up again (see `NEXTHOP_REFRESH_MS`).
+    pub fn refresh_next_hops(&mut self) -> Result<(), ReconcileError> {
+        Ok(self.maps.advance_nexthop_epoch()?)
+    }
+
     /// The maps, for tests and benchmarks that also drive the program.
     pub fn maps_mut(&mut self) -> &mut M {
         &mut self.maps
@@ -102,6 +107,9 @@ fn union(a: &Image, b: &Image) -> Image {
 }
 
 enum Command {
+    RefreshNextHops {
+        reply: oneshot::Sender<Result<(), ReconcileError>>,
+    },
     Apply {
         services: Vec<Service>,
         reply: oneshot::Sender<Result<Applied, ReconcileError>>,
@@ -115,6 +123,16 @@ pub struct Handle {
 }
 
 impl Handle {
+    /// Invalidates the data plane's next-hop cache.
+    pub async fn refresh_next_hops(&self) -> Result<(), ReconcileError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::RefreshNextHops { reply })
+            .await
+            .map_err(|_| ReconcileError::Stopped)?;
+        rx.await.map_err(|_| ReconcileError::Stopped)?
+    }
+
     /// Applies `services`; returns once the kernel maps hold them.
     pub async fn apply(&self, services: Vec<Service>) -> Result<Applied, ReconcileError> {
         let (reply, rx) = oneshot::channel();
@@ -135,6 +153,9 @@ pub fn spawn<M: Maps + 'static>(
     let task = tokio::spawn(async move {
         while let Some(command) = rx.recv().await {
             match command {
+                Command::RefreshNextHops { reply } => {
+                    let _ = reply.send(reconciler.refresh_next_hops());
+                }
                 Command::Apply { services, reply } => {
                     let result = reconciler.apply(&services);
                     if let Ok(applied) = &result {

@@ -1,8 +1,12 @@
 //! `lb-ctl run`: load and attach the data plane, apply the config, reload it
 //! on SIGHUP, detach everything on SIGTERM/SIGINT.
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::Context as _;
+use lb_common::abi::NEXTHOP_REFRESH_MS;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
@@ -81,8 +85,16 @@ pub async fn run(path: PathBuf, overrides: Overrides) -> anyhow::Result<()> {
             .context("applying the configuration")?;
         info!(config = %path.display(), services = config.services.len(), "load balancer running");
         let mut running = config;
+        // The data plane caches FIB answers until the epoch moves on.
+        let mut next_hops = tokio::time::interval(Duration::from_millis(NEXTHOP_REFRESH_MS));
+        next_hops.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = next_hops.tick() => {
+                    if let Err(e) = handle.refresh_next_hops().await {
+                        warn!(error = %e, "cannot refresh the next-hop cache");
+                    }
+                }
                 _ = hangup.recv() => running = reload(&path, &overrides, running, &handle).await,
                 _ = terminate.recv() => { info!("SIGTERM: shutting down"); break }
                 _ = interrupt.recv() => { info!("SIGINT: shutting down"); break }

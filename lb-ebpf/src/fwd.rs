@@ -8,17 +8,17 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
         xdp_action,
     },
-    helpers::generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_xdp_adjust_meta},
+    helpers::generated::{bpf_fib_lookup, bpf_xdp_adjust_meta},
     programs::XdpContext,
 };
 use lb_common::{
-    abi::{NEIGH_META_MAGIC, NEXTHOP_TTL_NS, NO_TX_SLOT, NeighMeta, NextHop, nexthop_slot},
+    abi::{NEIGH_META_MAGIC, NO_TX_SLOT, NeighMeta, NextHop, nexthop_slot},
     counter::Counter,
 };
 
 use crate::{
     Verdict,
-    maps::{LB_NEXTHOPS, LB_TX_PORTS, LB_TX_SLOTS},
+    maps::{LB_EPOCH, LB_NEXTHOPS, LB_TX_PORTS, LB_TX_SLOTS},
     nat::{self, Side},
     parse::Packet,
 };
@@ -76,8 +76,9 @@ enum Hop {
 }
 
 /// The next hop towards the rewritten packet's destination: from this CPU's
-/// cache while fresh (`NEXTHOP_TTL_NS`), else from `bpf_fib_lookup`, whose
-/// answer is cached. The cache is keyed by destination address, so it assumes
+/// cache while its epoch is current (the controller advances `lb_epoch`
+/// every `NEXTHOP_REFRESH_MS`), else from `bpf_fib_lookup`, whose answer is
+/// cached. The cache is keyed by destination address, so it assumes
 /// the route does not depend on the source, ports or TOS (no policy routing,
 /// one ECMP path per destination while an entry lives).
 #[inline(always)]
@@ -86,13 +87,12 @@ fn next_hop(ctx: &XdpContext, pkt: &Packet, target: &Target, ingress: u32) -> Re
         Side::Destination => (pkt.flow.src, target.addr, pkt.flow.sport, target.port),
         Side::Source => (target.addr, pkt.flow.dst, target.port, pkt.flow.dport),
     };
-    // SAFETY: no arguments; reads the coarse monotonic clock.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let epoch = LB_EPOCH.get(0).copied().unwrap_or(0);
     let cached = LB_NEXTHOPS.get_ptr_mut(nexthop_slot(dst));
     if let Some(entry) = cached {
         // SAFETY: a per-CPU slot, only touched by this CPU; XDP does not nest.
         let entry = unsafe { &*entry };
-        if entry.addr == dst && now < entry.expires_ns {
+        if entry.addr == dst && entry.epoch == epoch {
             return Ok(Hop::Resolved(*entry));
         }
     }
@@ -128,7 +128,7 @@ fn next_hop(ctx: &XdpContext, pkt: &Packet, target: &Target, ingress: u32) -> Re
                 smac: params.smac,
                 dmac: params.dmac,
                 tx_slot,
-                expires_ns: now + NEXTHOP_TTL_NS,
+                epoch,
             };
             if let Some(entry) = cached {
                 // SAFETY: as above.

@@ -43,6 +43,11 @@ pub static LB_REAL_SLOTS: Array<u32, { REAL_SLOTS as usize }> = Array::new();
 #[btf_map(name = "lb_nexthops")]
 pub static LB_NEXTHOPS: PerCpuArray<NextHop, { NEXTHOP_SLOTS as usize }> = PerCpuArray::new();
 
+/// Slot 0: the next-hop epoch, advanced by the controller every
+/// `NEXTHOP_REFRESH_MS`; cache entries of another epoch are stale.
+#[btf_map(name = "lb_epoch")]
+pub static LB_EPOCH: Array<u64, 1> = Array::new();
+
 /// VIP -> number of services on it; tells a fragment addressed to a VIP apart.
 #[btf_map(name = "lb_vips")]
 pub static LB_VIPS: HashMap<[u8; 4], u32, { MAX_SERVICES as usize }> = HashMap::new();

@@ -803,3 +803,47 @@ fn random_frames_never_abort_or_forward_garbage() {
         }
     });
 }
+
+/// The next-hop cache keeps a FIB answer until the controller advances the
+/// epoch; then a changed neighbour (a backend's new MAC) is picked up.
+#[test]
+fn a_changed_neighbour_is_picked_up_when_the_epoch_advances() {
+    let ns = FixtureNs::create("lbt-fix");
+    let ns_name = ns.name.clone();
+    in_ns(&ns.name, move || {
+        let mut loaded = Loaded::new(4096);
+        let frame = from_client(&syn((VIP, 80)));
+        let dst_mac = |loaded: &Loaded| loaded.run(&frame, IF_CLIENT).frame[..6].to_vec();
+        assert_eq!(dst_mac(&loaded), WEB_MACS[0]);
+        let new_mac = [0x02, 0, 0, 0, 0x02, 0xee];
+        lb_tests::netns::ns_sh(
+            &ns_name,
+            &[
+                "ip",
+                "neigh",
+                "replace",
+                &WEB1.to_string(),
+                "lladdr",
+                &mac_str(new_mac),
+                "dev",
+                IF_BACKEND,
+                "nud",
+                "permanent",
+            ],
+        );
+        assert_eq!(
+            dst_mac(&loaded),
+            WEB_MACS[0],
+            "cached until the epoch moves"
+        );
+        loaded
+            .reconciler
+            .refresh_next_hops()
+            .expect("advance the epoch");
+        assert_eq!(
+            dst_mac(&loaded),
+            new_mac,
+            "looked up again in the new epoch"
+        );
+    });
+}

@@ -10,9 +10,15 @@ use crate::plan::{Image, Op};
 pub struct FakeMaps {
     pub state: Arc<Mutex<Image>>,
     pub fail_after: Arc<Mutex<Option<usize>>>,
+    pub nexthop_epoch: Arc<Mutex<u64>>,
 }
 
 impl Maps for FakeMaps {
+    fn advance_nexthop_epoch(&mut self) -> Result<(), DataplaneError> {
+        *self.nexthop_epoch.lock().unwrap() += 1;
+        Ok(())
+    }
+
     fn apply(&mut self, op: &Op) -> Result<(), DataplaneError> {
         if let Some(n) = self.fail_after.lock().unwrap().as_mut() {
             if *n == 0 {

@@ -34,6 +34,7 @@ const MAP_NAMES: &[&str] = &[
     "lb_addrs",
     "lb_real_slots",
     "lb_nexthops",
+    "lb_epoch",
     "lb_conntrack",
     "lb_tx_ports",
     "lb_tx_slots",
@@ -51,6 +52,8 @@ pub struct KernelMaps {
     vips: HashMap<MapData, [u8; 4], u32>,
     addrs: Array<MapData, u8>,
     real_slots: Array<MapData, u32>,
+    epoch: Array<MapData, u64>,
+    epoch_value: u64,
     /// The programs (and the links that attach them) and the maps only the
     /// kernel writes: dropping it detaches everything.
     ebpf: Ebpf,
@@ -122,6 +125,9 @@ impl KernelMaps {
                 .insert(index, slot, 0)
                 .map_err(err("writing lb_tx_slots"))?;
         }
+        // Epoch 0 is what an empty cache entry holds: start at 1.
+        let mut epoch: Array<MapData, u64> = typed(&mut ebpf, "lb_epoch")?;
+        epoch.set(0, 1, 0).map_err(err("writing lb_epoch"))?;
         let mut meta: Array<MapData, Meta> = typed(&mut ebpf, "lb_meta")?;
         meta.set(
             0,
@@ -140,6 +146,8 @@ impl KernelMaps {
             vips: typed(&mut ebpf, "lb_vips")?,
             addrs: typed(&mut ebpf, "lb_addrs")?,
             real_slots: typed(&mut ebpf, "lb_real_slots")?,
+            epoch,
+            epoch_value: 1,
             ebpf,
             pin_dir,
         })
@@ -320,6 +328,13 @@ impl KernelMaps {
 }
 
 impl Maps for KernelMaps {
+    fn advance_nexthop_epoch(&mut self) -> Result<(), DataplaneError> {
+        self.epoch_value += 1;
+        self.epoch
+            .set(0, self.epoch_value, 0)
+            .map_err(err("writing lb_epoch"))
+    }
+
     fn apply(&mut self, op: &Op) -> Result<(), DataplaneError> {
         match op {
             Op::PutBackend(id, b) => self

@@ -32,4 +32,8 @@ impl DataplaneError {
 /// retried from the last image known to be in place.
 pub trait Maps: Send {
     fn apply(&mut self, op: &Op) -> Result<(), DataplaneError>;
+
+    /// Advances the next-hop epoch: every cached FIB answer becomes stale
+    /// and is looked up again by the next packet that needs it.
+    fn advance_nexthop_epoch(&mut self) -> Result<(), DataplaneError>;
 }
