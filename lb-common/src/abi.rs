@@ -213,6 +213,21 @@ pub const fn nexthop_slot(addr: [u8; 4]) -> u32 {
     (crate::hash::mix64(u32::from_be_bytes(addr) as u64) as u32) & (NEXTHOP_SLOTS - 1)
 }
 
+/// Entries of the per-CPU flow cache (`lb_flow_cache`), a power of two.
+pub const FLOW_CACHE_SLOTS: u32 = 1 << 14;
+
+/// One entry of the per-CPU flow cache: a copy of a connection-table entry,
+/// direct mapped by flow hash, so that a busy flow is found with an array
+/// read instead of a hash-table lookup. The connection table stays the
+/// truth: a miss, or an entry whose backend is gone, goes there.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCacheEntry {
+    pub flow: Flow,
+    pub conn: Conn,
+}
+const _: () = assert!(size_of::<FlowCacheEntry>() == 24);
+
 /// Value of `lb_meta` slot 0: who wrote the pinned maps.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -240,7 +255,8 @@ pub const NEIGH_META_MAGIC: u32 = 0x4c42_4e31; // "LBN1"
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        Backend, Conn, Endpoint, Flow, MaglevTable, Meta, NextHop, Real, Service, Traffic,
+        Backend, Conn, Endpoint, Flow, FlowCacheEntry, MaglevTable, Meta, NextHop, Real, Service,
+        Traffic,
     };
 
     macro_rules! pod {
@@ -253,6 +269,7 @@ mod pod {
         Endpoint,
         Service,
         Backend,
+        FlowCacheEntry,
         NextHop,
         Real,
         Flow,

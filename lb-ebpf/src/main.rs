@@ -114,7 +114,8 @@ fn expire_check(pkt: &parse::Packet) -> Result<(), Counter> {
 /// the destination is not a service after all.
 #[inline(always)]
 fn to_backend(ctx: &XdpContext, pkt: &parse::Packet) -> Result<Option<Verdict>, Counter> {
-    let (service_id, choice) = if let Some(found) = select::established(&pkt.flow) {
+    let hash = select::hash(&pkt.flow);
+    let (service_id, choice) = if let Some(found) = select::established(&pkt.flow, hash) {
         expire_check(pkt)?;
         found
     } else {
@@ -123,7 +124,7 @@ fn to_backend(ctx: &XdpContext, pkt: &parse::Packet) -> Result<Option<Verdict>, 
         };
         // Before scheduling: an expiring packet must not create a flow.
         expire_check(pkt)?;
-        (service.id, select::schedule(&pkt.flow, &service)?)
+        (service.id, select::schedule(&pkt.flow, hash, &service)?)
     };
     let target = Target {
         side: Side::Destination,

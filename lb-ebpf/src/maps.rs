@@ -6,9 +6,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::abi::{
-    ADDR_FILTER_SIZE, Backend, Conn, DEFAULT_CONNTRACK_MAX, Endpoint, Flow, MAX_BACKENDS,
-    MAX_SERVICES, MAX_TX_PORTS, MaglevTable, Meta, NEXTHOP_SLOTS, NextHop, REAL_SLOTS, Real,
-    Service, Traffic,
+    ADDR_FILTER_SIZE, Backend, Conn, DEFAULT_CONNTRACK_MAX, Endpoint, FLOW_CACHE_SLOTS, Flow,
+    FlowCacheEntry, MAX_BACKENDS, MAX_SERVICES, MAX_TX_PORTS, MaglevTable, Meta, NEXTHOP_SLOTS,
+    NextHop, REAL_SLOTS, Real, Service, Traffic,
 };
 use lb_common::counter::Counter;
 
@@ -27,6 +27,11 @@ pub static LB_BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new()
 /// (backend address, port, protocol) -> VIP: reverse NAT without connection state.
 #[btf_map(name = "lb_reals")]
 pub static LB_REALS: HashMap<Endpoint, Real, { MAX_BACKENDS as usize }> = HashMap::new();
+
+/// Per-CPU, direct-mapped copies of connection-table entries by flow hash.
+#[btf_map(name = "lb_flow_cache")]
+pub static LB_FLOW_CACHE: PerCpuArray<FlowCacheEntry, { FLOW_CACHE_SLOTS as usize }> =
+    PerCpuArray::new();
 
 /// Address pre-filter: `addr_slot(addr)` -> ADDR_VIP. An array
 /// lookup (inlined by the verifier) that lets most packets that are not ours

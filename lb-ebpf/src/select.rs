@@ -3,15 +3,16 @@
 use aya_ebpf::btf_maps::PerCpuArray;
 use lb_common::{
     abi::{
-        ADDR_VIP, BACKEND_IN_USE, Backend, Conn, Endpoint, Flow, NO_BACKEND, REAL_SLOT_SHARED,
-        Service, Traffic, addr_slot, real_slot,
+        ADDR_VIP, BACKEND_IN_USE, Backend, Conn, Endpoint, FLOW_CACHE_SLOTS, Flow, FlowCacheEntry,
+        NO_BACKEND, REAL_SLOT_SHARED, Service, Traffic, addr_slot, real_slot,
     },
     counter::Counter,
     hash::{flow_hash, maglev_slot},
 };
 
 use crate::maps::{
-    LB_ADDRS, LB_BACKENDS, LB_CONNTRACK, LB_MAGLEV, LB_REAL_SLOTS, LB_REALS, LB_SERVICES,
+    LB_ADDRS, LB_BACKENDS, LB_CONNTRACK, LB_FLOW_CACHE, LB_MAGLEV, LB_REAL_SLOTS, LB_REALS,
+    LB_SERVICES,
 };
 
 /// The backend chosen for a packet.
@@ -90,10 +91,26 @@ pub fn may_be_vip(addr: [u8; 4]) -> bool {
 /// exists (a drained backend, weight 0, keeps its flows). Returns the service
 /// id with it, so that an established flow needs no service lookup.
 #[inline(always)]
-pub fn established(flow: &Flow) -> Option<(u32, Choice)> {
+pub fn established(flow: &Flow, hash: u32) -> Option<(u32, Choice)> {
+    let cached = LB_FLOW_CACHE.get_ptr_mut(hash & (FLOW_CACHE_SLOTS - 1));
+    if let Some(entry) = cached {
+        // SAFETY: a per-CPU slot, only touched by this CPU; XDP does not nest.
+        let entry = unsafe { &*entry };
+        if entry.flow == *flow
+            && let Some(backend) = live_backend(entry.conn.backend_id, entry.conn.service_id)
+        {
+            let choice = Choice {
+                id: entry.conn.backend_id,
+                backend,
+                new_flow: false,
+            };
+            return Some((entry.conn.service_id, choice));
+        }
+    }
     // SAFETY: copied out at once; LRU entries can be evicted under us.
     let conn = unsafe { LB_CONNTRACK.get(flow).copied() }?;
     let backend = live_backend(conn.backend_id, conn.service_id)?;
+    remember(cached, flow, conn);
     Some((
         conn.service_id,
         Choice {
@@ -107,9 +124,8 @@ pub fn established(flow: &Flow) -> Option<(u32, Choice)> {
 /// Places a flow the connection table does not know with the service's
 /// Maglev table, and remembers it.
 #[inline(always)]
-pub fn schedule(flow: &Flow, service: &Service) -> Result<Choice, Counter> {
+pub fn schedule(flow: &Flow, hash: u32, service: &Service) -> Result<Choice, Counter> {
     let table = LB_MAGLEV.get(service.id).ok_or(Counter::DropNoBackend)?;
-    let hash = flow_hash(flow.src, flow.dst, flow.sport, flow.dport, flow.proto);
     let slot = maglev_slot(hash, service.ring_size).ok_or(Counter::DropNoBackend)? as usize;
     let id = *table.slots.get(slot).ok_or(Counter::DropNoBackend)?;
     if id == NO_BACKEND {
@@ -122,11 +138,31 @@ pub fn schedule(flow: &Flow, service: &Service) -> Result<Choice, Counter> {
     };
     // A full table evicts its least recently used entry; insert cannot fail for want of room.
     let _ = LB_CONNTRACK.insert(flow, conn, 0);
+    remember(
+        LB_FLOW_CACHE.get_ptr_mut(hash & (FLOW_CACHE_SLOTS - 1)),
+        flow,
+        conn,
+    );
     Ok(Choice {
         id,
         backend,
         new_flow: true,
     })
+}
+
+/// Copies a connection-table entry into this CPU's flow cache.
+#[inline(always)]
+fn remember(slot: Option<*mut FlowCacheEntry>, flow: &Flow, conn: Conn) {
+    if let Some(slot) = slot {
+        // SAFETY: a per-CPU slot, only touched by this CPU; XDP does not nest.
+        unsafe { *slot = FlowCacheEntry { flow: *flow, conn } };
+    }
+}
+
+/// The flow hash, shared by the flow cache and Maglev.
+#[inline(always)]
+pub fn hash(flow: &Flow) -> u32 {
+    flow_hash(flow.src, flow.dst, flow.sport, flow.dport, flow.proto)
 }
 
 /// Adds one packet to a per-CPU traffic slot.

@@ -24,25 +24,9 @@ use crate::{
 
 type Table = [u32; MAGLEV_SIZE as usize];
 
-/// Names of the pinned maps: every map of the object.
-const MAP_NAMES: &[&str] = &[
-    "lb_services",
-    "lb_maglev",
-    "lb_backends",
-    "lb_reals",
-    "lb_vips",
-    "lb_addrs",
-    "lb_real_slots",
-    "lb_nexthops",
-    "lb_epoch",
-    "lb_conntrack",
-    "lb_tx_ports",
-    "lb_tx_slots",
-    "lb_counters",
-    "lb_svc_stats",
-    "lb_be_stats",
-    "lb_meta",
-];
+/// Every map of the object is named `lb_*` (SPEC: "names starting lb_"):
+/// what this prefix names under `pin_path` is ours to pin and to remove.
+const MAP_PREFIX: &str = "lb_";
 
 pub struct KernelMaps {
     services: HashMap<MapData, Endpoint, lb_common::abi::Service>,
@@ -180,6 +164,12 @@ fn pin_all(ebpf: &Ebpf, dir: &Path) -> Result<(), DataplaneError> {
     fs::create_dir_all(dir)
         .map_err(|e| DataplaneError::kernel(format!("creating {}", dir.display()), e))?;
     for (name, map) in ebpf.maps() {
+        if !name.starts_with(MAP_PREFIX) {
+            return Err(DataplaneError::kernel(
+                format!("map {name}"),
+                format!("is not named {MAP_PREFIX}*"),
+            ));
+        }
         pin(dir, name, |p| map.pin(p))?;
     }
     info!(pin_dir = %dir.display(), "maps pinned");
@@ -271,14 +261,20 @@ fn check_bpffs(pin_dir: &Path) -> Result<(), DataplaneError> {
 /// Removes the pins a previous run left (a crash, a kill -9). Until
 /// controller restarts adopt them, a new run starts from fresh maps.
 fn remove_pins(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
     let mut removed = 0;
-    for name in MAP_NAMES {
-        let path = dir.join(name);
-        if path.exists() {
-            match fs::remove_file(&path) {
-                Ok(()) => removed += 1,
-                Err(e) => warn!(path = %path.display(), error = %e, "cannot remove pin"),
-            }
+    for path in entries.filter_map(Result::ok).map(|e| e.path()) {
+        if !path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(MAP_PREFIX))
+        {
+            continue;
+        }
+        match fs::remove_file(&path) {
+            Ok(()) => removed += 1,
+            Err(e) => warn!(path = %path.display(), error = %e, "cannot remove pin"),
         }
     }
     removed
