@@ -138,11 +138,9 @@ pub fn schedule(flow: &Flow, hash: u32, service: &Service) -> Result<Choice, Cou
     };
     // A full table evicts its least recently used entry; insert cannot fail for want of room.
     let _ = LB_CONNTRACK.insert(flow, conn, 0);
-    remember(
-        LB_FLOW_CACHE.get_ptr_mut(hash & (FLOW_CACHE_SLOTS - 1)),
-        flow,
-        conn,
-    );
+    // Not copied into the flow cache yet: the flow's next packet does that
+    // (on its way through the connection table), which keeps a SYN flood from
+    // also churning the cache.
     Ok(Choice {
         id,
         backend,
