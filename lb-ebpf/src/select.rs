@@ -1,5 +1,6 @@
 //! Whose packet is this, and where does it go: the address pre-filter, the
-//! connection table, the service's Maglev table, the reverse table.
+//! flow cache and the connection table, the service's Maglev table, the
+//! backend index for replies.
 use aya_ebpf::btf_maps::PerCpuArray;
 use lb_common::{
     abi::{
