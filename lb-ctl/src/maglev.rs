@@ -143,7 +143,7 @@ mod tests {
 
     /// Removing one of N backends frees its own slots; of the slots that
     /// belonged to the others, only a small fraction moves (the paper's
-    /// figure 12 shows a few percent for small N).
+    /// figure 12 shows a few percent for small N; 0.1-0.4% here).
     #[test]
     fn removing_a_backend_barely_moves_the_others() {
         for n in [3_usize, 5, 10, 20] {
@@ -159,8 +159,12 @@ mod tests {
                 .filter(|(b, a)| **b != removed && b != a)
                 .count();
             let fraction = moved as f64 / others as f64;
+            eprintln!(
+                "n={n}: removing one backend moved {:.2}% of the others' slots",
+                fraction * 100.0
+            );
             assert!(
-                fraction < 0.05,
+                fraction < 0.01,
                 "n={n}: {fraction:.4} of the other backends' slots moved"
             );
             assert!(!after.contains(&removed));
