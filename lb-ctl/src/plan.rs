@@ -63,6 +63,57 @@ pub enum Op {
     ClearBackend(u32),
 }
 
+impl Image {
+    /// What the maps hold after `op`: the model of one map write, used to
+    /// know exactly what a half-done apply left behind.
+    pub fn apply(&mut self, op: &Op) {
+        match op {
+            Op::PutBackend(id, b) => {
+                let _ = self.backends.insert(*id, *b);
+            }
+            Op::PutReal(k, r) => {
+                let _ = self.reals.insert(*k, *r);
+            }
+            Op::PutMaglev(id, t) => {
+                let _ = self.maglev.insert(*id, Arc::clone(t));
+            }
+            Op::PutVip(v, n) => {
+                let _ = self.vips.insert(*v, *n);
+            }
+            Op::PutAddrFlags(slot, 0) => {
+                let _ = self.addrs.remove(slot);
+            }
+            Op::PutAddrFlags(slot, flags) => {
+                let _ = self.addrs.insert(*slot, *flags);
+            }
+            Op::PutRealSlot(slot, 0) => {
+                let _ = self.real_slots.remove(slot);
+            }
+            Op::PutRealSlot(slot, value) => {
+                let _ = self.real_slots.insert(*slot, *value);
+            }
+            Op::PutService(k, s) => {
+                let _ = self.services.insert(*k, *s);
+            }
+            Op::DelService(k) => {
+                let _ = self.services.remove(k);
+            }
+            Op::DelVip(v) => {
+                let _ = self.vips.remove(v);
+            }
+            Op::ClearMaglev(id) => {
+                let _ = self.maglev.remove(id);
+            }
+            Op::DelReal(k) => {
+                let _ = self.reals.remove(k);
+            }
+            Op::ClearBackend(id) => {
+                let _ = self.backends.remove(id);
+            }
+        }
+    }
+}
+
 pub fn service_endpoint(s: &Service) -> Endpoint {
     Endpoint::new(s.vip.octets(), s.port, s.protocol.number())
 }

@@ -45,18 +45,17 @@ impl<M: Maps> Reconciler<M> {
     }
 
     /// Makes the maps hold `services`. A plan that does not fit changes
-    /// nothing. If a write fails midway, the maps may hold a mix of old and new:
-    /// the next apply starts from the union of both, so it repairs or removes
-    /// whatever the failed one left.
+    /// nothing. If a write fails midway, `applied` records exactly the writes
+    /// that went through (a failed map update leaves its entry as it was), so
+    /// the next apply, of this config or another, writes what is missing and
+    /// removes what is left over.
     pub fn apply(&mut self, services: &[Service]) -> Result<Applied, ReconcileError> {
         let ids = self.ids.assign(services)?;
         let image = plan::image(services, &ids);
         let ops = plan::diff(&self.applied, &image);
         for op in &ops {
-            if let Err(e) = self.maps.apply(op) {
-                self.applied = union(&self.applied, &image);
-                return Err(e.into());
-            }
+            self.maps.apply(op)?;
+            self.applied.apply(op);
         }
         let applied = Applied {
             writes: ops.len(),
@@ -64,7 +63,6 @@ impl<M: Maps> Reconciler<M> {
             backends: image.backends.len(),
         };
         self.ids = ids;
-        self.applied = image;
         Ok(applied)
     }
 
@@ -86,24 +84,6 @@ impl<M: Maps> Reconciler<M> {
     pub fn into_maps(self) -> M {
         self.maps
     }
-}
-
-/// Every entry of `a` and `b`, `b` winning: an over-approximation of what a
-/// half-applied change left in the maps.
-fn union(a: &Image, b: &Image) -> Image {
-    let mut u = a.clone();
-    u.services.extend(b.services.iter().map(|(k, v)| (*k, *v)));
-    u.maglev
-        .extend(b.maglev.iter().map(|(k, v)| (*k, v.clone())));
-    u.backends.extend(b.backends.iter().map(|(k, v)| (*k, *v)));
-    u.reals.extend(b.reals.iter().map(|(k, v)| (*k, *v)));
-    u.vips.extend(b.vips.iter().map(|(k, v)| (*k, *v)));
-    for (slot, flags) in &b.addrs {
-        *u.addrs.entry(*slot).or_insert(0) |= flags;
-    }
-    u.real_slots
-        .extend(b.real_slots.iter().map(|(k, v)| (*k, *v)));
-    u
 }
 
 enum Command {
@@ -212,6 +192,32 @@ mod tests {
         assert_eq!(applied.writes, 0, "an unchanged config writes nothing");
         r.apply(&[]).unwrap();
         assert_eq!(*fake.state.lock().unwrap(), Image::default());
+    }
+
+    #[test]
+    fn retrying_a_failed_apply_of_the_same_config_completes_it() {
+        let fake = FakeMaps::default();
+        let mut r = Reconciler::new(fake.clone());
+        r.apply(&[web(&[(11, 1)])]).unwrap();
+        let next = [web(&[(12, 1), (13, 1)])];
+        for fail_after in 0..12 {
+            *fake.fail_after.lock().unwrap() = Some(fail_after);
+            let failed = r.apply(&next).is_err();
+            *fake.fail_after.lock().unwrap() = None;
+            r.apply(&next).unwrap();
+            assert_eq!(
+                *fake.state.lock().unwrap(),
+                *r.applied(),
+                "after failing at write {fail_after}"
+            );
+            let want = plan::image(&next, &r.ids);
+            assert_eq!(
+                *r.applied(),
+                want,
+                "after failing at write {fail_after} ({failed})"
+            );
+            r.apply(&[web(&[(11, 1)])]).unwrap();
+        }
     }
 
     #[test]

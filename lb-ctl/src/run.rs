@@ -137,7 +137,7 @@ async fn reload(
             }
         }
         Err(e) => {
-            error!(error = %e, "reload failed; the next reload retries");
+            error!(error = %e, "reload failed midway; the next reload (SIGHUP) completes or undoes it");
             running
         }
     }

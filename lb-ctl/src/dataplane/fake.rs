@@ -26,51 +26,7 @@ impl Maps for FakeMaps {
             }
             *n -= 1;
         }
-        let mut image = self.state.lock().unwrap();
-        match op {
-            Op::PutBackend(id, b) => {
-                image.backends.insert(*id, *b);
-            }
-            Op::PutReal(k, r) => {
-                image.reals.insert(*k, *r);
-            }
-            Op::PutMaglev(id, t) => {
-                image.maglev.insert(*id, Arc::clone(t));
-            }
-            Op::PutVip(v, n) => {
-                image.vips.insert(*v, *n);
-            }
-            Op::PutAddrFlags(slot, 0) => {
-                image.addrs.remove(slot);
-            }
-            Op::PutAddrFlags(slot, flags) => {
-                image.addrs.insert(*slot, *flags);
-            }
-            Op::PutRealSlot(slot, 0) => {
-                image.real_slots.remove(slot);
-            }
-            Op::PutRealSlot(slot, value) => {
-                image.real_slots.insert(*slot, *value);
-            }
-            Op::PutService(k, s) => {
-                image.services.insert(*k, *s);
-            }
-            Op::DelService(k) => {
-                image.services.remove(k);
-            }
-            Op::DelVip(v) => {
-                image.vips.remove(v);
-            }
-            Op::ClearMaglev(id) => {
-                image.maglev.remove(id);
-            }
-            Op::DelReal(k) => {
-                image.reals.remove(k);
-            }
-            Op::ClearBackend(id) => {
-                image.backends.remove(id);
-            }
-        }
+        self.state.lock().unwrap().apply(op);
         Ok(())
     }
 }
