@@ -7,7 +7,7 @@
 
 /// Bumped whenever a map layout below changes; stored in `lb_meta` so that a
 /// controller can tell whether pinned maps were written by a compatible build.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Capacity of the service table (and of each per-service array).
 pub const MAX_SERVICES: u32 = 64;
@@ -194,14 +194,19 @@ pub const NEXTHOP_REFRESH_MS: u64 = 100;
 pub struct NextHop {
     pub addr: [u8; 4],
     pub ifindex: u32,
-    pub smac: [u8; 6],
-    pub dmac: [u8; 6],
     /// The egress interface's slot in `lb_tx_ports`, or `NO_TX_SLOT`.
     pub tx_slot: u32,
+    /// The largest IPv4 total length the FIB accepted (its MTU check): a
+    /// longer packet asks the FIB again instead of being sent blindly.
+    pub max_len: u16,
+    pub _pad: u16,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    pub _pad2: [u8; 4],
     /// The `lb_epoch` value the entry was filled in; another epoch means stale.
     pub epoch: u64,
 }
-const _: () = assert!(size_of::<NextHop>() == 32);
+const _: () = assert!(size_of::<NextHop>() == 40);
 
 /// Capacity of `lb_tx_ports` (interfaces XDP can redirect to).
 pub const MAX_TX_PORTS: u32 = 64;
@@ -219,14 +224,18 @@ pub const FLOW_CACHE_SLOTS: u32 = 1 << 14;
 /// One entry of the per-CPU flow cache: a copy of a connection-table entry,
 /// direct mapped by flow hash, so that a busy flow is found with an array
 /// read instead of a hash-table lookup. The connection table stays the
-/// truth: a miss, or an entry whose backend is gone, goes there.
+/// truth: a miss, an entry whose backend is gone, or an entry of an older
+/// `lb_epoch` (every 100 ms) goes there, which also keeps a busy flow recent
+/// in the LRU so that churn does not evict it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowCacheEntry {
     pub flow: Flow,
     pub conn: Conn,
+    /// The `lb_epoch` value the entry was checked against the connection table in.
+    pub epoch: u64,
 }
-const _: () = assert!(size_of::<FlowCacheEntry>() == 24);
+const _: () = assert!(size_of::<FlowCacheEntry>() == 32);
 
 /// Value of `lb_meta` slot 0: who wrote the pinned maps.
 #[repr(C)]

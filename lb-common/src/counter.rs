@@ -35,7 +35,9 @@ counters! {
     PassNotService = "pass_not_service",
     /// Headers truncated or inconsistent: left to the kernel, which drops or answers.
     PassMalformed = "pass_malformed",
-    /// TTL <= 1: left to the kernel so that it answers with ICMP time exceeded.
+    /// TTL <= 1: left to the kernel untouched. A backend's reply is then
+    /// answered with ICMP time exceeded; a client's packet to a VIP is
+    /// delivered locally (the VIP is a local address) and answered as such.
     PassTtlExpired = "pass_ttl_expired",
     /// The FIB has no usable route (unreachable, forwarding disabled, MTU...).
     PassFibFailed = "pass_fib_failed",
@@ -43,6 +45,8 @@ counters! {
     DropFragment = "drop_fragment",
     /// The service has no usable backend.
     DropNoBackend = "drop_no_backend",
+    /// A client packet too big for the backend's link (the FIB's MTU check).
+    DropTooBig = "drop_too_big",
     /// The slow path could not attach its metadata to the packet.
     DropNoMetadata = "drop_no_metadata",
 }

@@ -145,8 +145,13 @@ impl Ids {
         for s in services {
             let key = service_endpoint(s);
             if !next.services.contains_key(&key) {
+                // Prefer an id nobody held before this apply: a service
+                // removed in the same reload keeps its id out of reach
+                // until the next one.
+                let free = |id: &u32| !next.services.values().any(|used| used == id);
                 let id = (0..MAX_SERVICES)
-                    .find(|id| !next.services.values().any(|used| used == id))
+                    .find(|id| free(id) && !self.services.values().any(|old| old == id))
+                    .or_else(|| (0..MAX_SERVICES).find(free))
                     .ok_or(PlanError::TooManyServices)?;
                 next.services.insert(key, id);
             }
@@ -376,6 +381,18 @@ mod tests {
         assert_eq!(
             ids2.backend(&web, Ipv4Addr::new(10, 77, 2, 14), 80),
             Some(3)
+        );
+    }
+
+    #[test]
+    fn a_service_replaced_in_one_reload_gets_a_fresh_id() {
+        let (ids, _) = plan(&Ids::default(), &[service("web", 80, &[(11, 1)])]);
+        let moved = service("web", 8080, &[(11, 1)]);
+        let (ids, _) = plan(&ids, std::slice::from_ref(&moved));
+        assert_eq!(
+            ids.service(&moved),
+            Some(1),
+            "id 0 was freed in the same apply"
         );
     }
 

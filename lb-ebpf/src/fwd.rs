@@ -5,8 +5,8 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
-        xdp_action,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup as FibParams, xdp_action,
     },
     helpers::generated::{bpf_fib_lookup, bpf_xdp_adjust_meta},
     programs::XdpContext,
@@ -89,11 +89,16 @@ fn next_hop(ctx: &XdpContext, pkt: &Packet, target: &Target, ingress: u32) -> Re
     };
     let epoch = LB_EPOCH.get(0).copied().unwrap_or(0);
     let cached = LB_NEXTHOPS.get_ptr_mut(nexthop_slot(dst));
+    // The largest length the FIB already accepted for this destination.
+    let mut max_len = 0;
     if let Some(entry) = cached {
         // SAFETY: a per-CPU slot, only touched by this CPU; XDP does not nest.
         let entry = unsafe { &*entry };
         if entry.addr == dst && entry.epoch == epoch {
-            return Ok(Hop::Resolved(*entry));
+            if pkt.tot_len <= entry.max_len {
+                return Ok(Hop::Resolved(*entry));
+            }
+            max_len = entry.max_len;
         }
     }
 
@@ -125,9 +130,12 @@ fn next_hop(ctx: &XdpContext, pkt: &Packet, target: &Target, ingress: u32) -> Re
             let hop = NextHop {
                 addr: dst,
                 ifindex: params.ifindex,
+                tx_slot,
+                max_len: max_len.max(pkt.tot_len),
+                _pad: 0,
                 smac: params.smac,
                 dmac: params.dmac,
-                tx_slot,
+                _pad2: [0; 4],
                 epoch,
             };
             if let Some(entry) = cached {
@@ -139,6 +147,13 @@ fn next_hop(ctx: &XdpContext, pkt: &Packet, target: &Target, ingress: u32) -> Re
         BPF_FIB_LKUP_RET_NO_NEIGH => Ok(Hop::NoNeighbour {
             ifindex: params.ifindex,
         }),
+        // Too big for the egress link. A client's packet handed to the
+        // stack would be delivered to the local VIP and answered with a
+        // reset; a backend's reply is forwarded by the kernel, which tells
+        // the backend (ICMP fragmentation needed).
+        BPF_FIB_LKUP_RET_FRAG_NEEDED if matches!(target.side, Side::Destination) => {
+            Err(Counter::DropTooBig)
+        }
         _ => Err(Counter::PassFibFailed),
     }
 }

@@ -11,7 +11,7 @@ mod parse;
 mod select;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_REDIRECT, TC_ACT_UNSPEC, xdp_action},
+    bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     helpers::generated::bpf_redirect_neigh,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
@@ -37,9 +37,10 @@ impl Verdict {
     /// The verdict for a packet that stops at `counter` (not forwarded by us).
     fn stopped(counter: Counter) -> Self {
         let action = match counter {
-            Counter::DropFragment | Counter::DropNoBackend | Counter::DropNoMetadata => {
-                xdp_action::XDP_DROP
-            }
+            Counter::DropFragment
+            | Counter::DropNoBackend
+            | Counter::DropTooBig
+            | Counter::DropNoMetadata => xdp_action::XDP_DROP,
             _ => xdp_action::XDP_PASS,
         };
         Self { action, counter }
@@ -164,10 +165,13 @@ pub fn lb_neigh(ctx: TcContext) -> i32 {
     }
     // SAFETY: no parameters: the helper looks up the route and neighbour itself.
     let rc = unsafe { bpf_redirect_neigh(tag.ifindex, core::ptr::null_mut(), 0, 0) };
+    // On failure drop: the packet is already rewritten (a reply with the
+    // VIP as source), so the stack would only drop it as a martian or route
+    // it again with its TTL decremented twice.
     if rc == i64::from(TC_ACT_REDIRECT) {
         TC_ACT_REDIRECT
     } else {
-        TC_ACT_UNSPEC
+        TC_ACT_SHOT
     }
 }
 

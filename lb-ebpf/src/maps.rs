@@ -12,9 +12,10 @@ use lb_common::abi::{
 };
 use lb_common::counter::Counter;
 
-/// (VIP, port, protocol) -> service.
+/// (VIP, port, protocol) -> service. Hash maps hold twice the plan's limit:
+/// a reload writes the new entries before it deletes the old ones.
 #[btf_map(name = "lb_services")]
-pub static LB_SERVICES: HashMap<Endpoint, Service, { MAX_SERVICES as usize }> = HashMap::new();
+pub static LB_SERVICES: HashMap<Endpoint, Service, { 2 * MAX_SERVICES as usize }> = HashMap::new();
 
 /// Service id -> its Maglev lookup table (slot -> backend id).
 #[btf_map(name = "lb_maglev")]
@@ -26,7 +27,7 @@ pub static LB_BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new()
 
 /// (backend address, port, protocol) -> VIP: reverse NAT without connection state.
 #[btf_map(name = "lb_reals")]
-pub static LB_REALS: HashMap<Endpoint, Real, { MAX_BACKENDS as usize }> = HashMap::new();
+pub static LB_REALS: HashMap<Endpoint, Real, { 2 * MAX_BACKENDS as usize }> = HashMap::new();
 
 /// Per-CPU, direct-mapped copies of connection-table entries by flow hash.
 #[btf_map(name = "lb_flow_cache")]
@@ -55,7 +56,7 @@ pub static LB_EPOCH: Array<u64, 1> = Array::new();
 
 /// VIP -> number of services on it; tells a fragment addressed to a VIP apart.
 #[btf_map(name = "lb_vips")]
-pub static LB_VIPS: HashMap<[u8; 4], u32, { MAX_SERVICES as usize }> = HashMap::new();
+pub static LB_VIPS: HashMap<[u8; 4], u32, { 2 * MAX_SERVICES as usize }> = HashMap::new();
 
 /// The connection table; `lb-ctl` sizes it from `dataplane.conntrack_max`.
 #[btf_map(name = "lb_conntrack")]

@@ -12,8 +12,8 @@ use lb_common::{
 };
 
 use crate::maps::{
-    LB_ADDRS, LB_BACKENDS, LB_CONNTRACK, LB_FLOW_CACHE, LB_MAGLEV, LB_REAL_SLOTS, LB_REALS,
-    LB_SERVICES,
+    LB_ADDRS, LB_BACKENDS, LB_CONNTRACK, LB_EPOCH, LB_FLOW_CACHE, LB_MAGLEV, LB_REAL_SLOTS,
+    LB_REALS, LB_SERVICES,
 };
 
 /// The backend chosen for a packet.
@@ -73,10 +73,18 @@ pub fn real(flow: &Flow) -> Option<Reply> {
     })
 }
 
+/// The backend `id` if it is in use, belongs to `service_id` and serves the
+/// flow's VIP, port and protocol: an entry made for an earlier holder of a
+/// reused id (service or backend) is not followed.
 #[inline(always)]
-fn live_backend(id: u32, service_id: u32) -> Option<Backend> {
-    let backend = LB_BACKENDS.get(id)?;
-    (backend.flags & BACKEND_IN_USE != 0 && backend.service_id == service_id).then_some(*backend)
+fn live_backend(id: u32, service_id: u32, flow: &Flow) -> Option<Backend> {
+    let b = LB_BACKENDS.get(id)?;
+    let serves = b.flags & BACKEND_IN_USE != 0
+        && b.service_id == service_id
+        && b.vip == flow.dst
+        && b.vport == flow.dport
+        && b.proto == flow.proto;
+    serves.then_some(*b)
 }
 
 /// Whether `addr` may be a VIP: a false positive only costs the exact
@@ -93,12 +101,14 @@ pub fn may_be_vip(addr: [u8; 4]) -> bool {
 /// id with it, so that an established flow needs no service lookup.
 #[inline(always)]
 pub fn established(flow: &Flow, hash: u32) -> Option<(u32, Choice)> {
+    let epoch = LB_EPOCH.get(0).copied().unwrap_or(0);
     let cached = LB_FLOW_CACHE.get_ptr_mut(hash & (FLOW_CACHE_SLOTS - 1));
     if let Some(entry) = cached {
         // SAFETY: a per-CPU slot, only touched by this CPU; XDP does not nest.
         let entry = unsafe { &*entry };
         if entry.flow == *flow
-            && let Some(backend) = live_backend(entry.conn.backend_id, entry.conn.service_id)
+            && entry.epoch == epoch
+            && let Some(backend) = live_backend(entry.conn.backend_id, entry.conn.service_id, flow)
         {
             let choice = Choice {
                 id: entry.conn.backend_id,
@@ -110,8 +120,17 @@ pub fn established(flow: &Flow, hash: u32) -> Option<(u32, Choice)> {
     }
     // SAFETY: copied out at once; LRU entries can be evicted under us.
     let conn = unsafe { LB_CONNTRACK.get(flow).copied() }?;
-    let backend = live_backend(conn.backend_id, conn.service_id)?;
-    remember(cached, flow, conn);
+    let backend = live_backend(conn.backend_id, conn.service_id, flow)?;
+    if let Some(slot) = cached {
+        // SAFETY: a per-CPU slot, only touched by this CPU; XDP does not nest.
+        unsafe {
+            *slot = FlowCacheEntry {
+                flow: *flow,
+                conn,
+                epoch,
+            }
+        };
+    }
     Some((
         conn.service_id,
         Choice {
@@ -132,7 +151,7 @@ pub fn schedule(flow: &Flow, hash: u32, service: &Service) -> Result<Choice, Cou
     if id == NO_BACKEND {
         return Err(Counter::DropNoBackend);
     }
-    let backend = live_backend(id, service.id).ok_or(Counter::DropNoBackend)?;
+    let backend = live_backend(id, service.id, flow).ok_or(Counter::DropNoBackend)?;
     let conn = Conn {
         backend_id: id,
         service_id: service.id,
@@ -147,15 +166,6 @@ pub fn schedule(flow: &Flow, hash: u32, service: &Service) -> Result<Choice, Cou
         backend,
         new_flow: true,
     })
-}
-
-/// Copies a connection-table entry into this CPU's flow cache.
-#[inline(always)]
-fn remember(slot: Option<*mut FlowCacheEntry>, flow: &Flow, conn: Conn) {
-    if let Some(slot) = slot {
-        // SAFETY: a per-CPU slot, only touched by this CPU; XDP does not nest.
-        unsafe { *slot = FlowCacheEntry { flow: *flow, conn } };
-    }
 }
 
 /// The flow hash, shared by the flow cache and Maglev.

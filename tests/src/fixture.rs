@@ -37,6 +37,7 @@ pub const WEB_MACS: [Mac; 3] = [
 ];
 /// A backend with no neighbour entry.
 pub const NO_NEIGH_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 50);
+pub const BACKEND_SIDE_MTU: u16 = 1400;
 pub const IF_CLIENT: &str = "fx-c";
 pub const IF_BACKEND: &str = "fx-b";
 pub const IF_CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0, 0xc1];
@@ -194,6 +195,18 @@ impl FixtureNs {
         );
         ns_sh(n, &["ip", "addr", "add", "10.77.2.1/24", "dev", IF_BACKEND]);
         ns_sh(n, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        // A smaller MTU on the backend side, for the "too big" case.
+        ns_sh(
+            n,
+            &[
+                "ip",
+                "link",
+                "set",
+                IF_BACKEND,
+                "mtu",
+                &BACKEND_SIDE_MTU.to_string(),
+            ],
+        );
         let neighbours = [
             (CLIENT, CLIENT_MAC, IF_CLIENT),
             (HAIRPIN, HAIRPIN_MAC, IF_CLIENT),

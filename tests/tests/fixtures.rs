@@ -166,6 +166,12 @@ fn cases() -> Vec<Case> {
     padded_out.extend_from_slice(&[0; 6]);
 
     let zero_sum = udp_whose_rewrite_sums_to_zero();
+    let too_big = Ipv4::tcp(
+        (CLIENT, CLIENT_PORT),
+        (VIP, 80),
+        TCP_ACK,
+        &vec![0x42; usize::from(BACKEND_SIDE_MTU) - 40 + 1],
+    );
     let shared_reply = Ipv4::udp((WEB3, 7000), (CLIENT, 40_100), b"from web3");
     let shared_other = Ipv4::udp(
         slot_sharing_backend(),
@@ -426,6 +432,28 @@ fn cases() -> Vec<Case> {
                 (CLIENT, 40_100),
                 CLIENT_MAC,
                 IF_CLIENT_MAC,
+            )),
+        ),
+        case(
+            "a client packet too big for the backend side's MTU is dropped and counted",
+            IF_CLIENT,
+            from_client(&too_big),
+            XDP_DROP,
+            Counter::DropTooBig,
+            Expect::Unchanged,
+        ),
+        case(
+            "a packet that fits still goes through after that",
+            IF_CLIENT,
+            from_client(&data),
+            XDP_REDIRECT,
+            Counter::Redirect,
+            Expect::Frame(forwarded(
+                &data,
+                (CLIENT, CLIENT_PORT),
+                web_backend,
+                WEB_MACS[0],
+                IF_BACKEND_MAC,
             )),
         ),
         case(

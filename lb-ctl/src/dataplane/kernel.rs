@@ -81,6 +81,10 @@ impl KernelMaps {
             &dataplane.interfaces,
             Some(dataplane.pin_path.clone()),
         )
+        .inspect_err(|_| {
+            // No KernelMaps exists to clean up on drop: do it here.
+            remove_pins(&dataplane.pin_path);
+        })
     }
 
     /// Fills the redirect targets and the ABI version, and takes the maps the
