@@ -309,6 +309,11 @@ impl Loaded {
         .expect("lb_conntrack type")
     }
 
+    /// Deletes one flow's connection entry.
+    pub fn forget(&mut self, flow: &Flow) {
+        let _ = self.conntrack().remove(flow);
+    }
+
     /// Empties the connection table (what a restart or failover does).
     pub fn flush_conntrack(&mut self) {
         let mut table = self.conntrack();
