@@ -5,12 +5,13 @@ use std::{
     fmt,
     net::Ipv4Addr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use lb_common::abi::{DEFAULT_CONNTRACK_MAX, PROTO_TCP, PROTO_UDP};
 use serde::Deserialize;
 
-use crate::model::{Backend, Dataplane, Protocol, Service, XdpMode};
+use crate::model::{Backend, Dataplane, HealthCheck, Probe, Protocol, Service, XdpMode};
 
 /// A validated config file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,9 +118,51 @@ struct RawService {
     forwarding: String,
     #[serde(default = "default_on_no_backend")]
     on_no_backend: String,
-    health: Option<toml::Value>,
+    health: Option<RawHealth>,
     #[serde(default, rename = "backend")]
     backends: Vec<RawBackend>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    #[serde(default = "default_check")]
+    check: String,
+    #[serde(default = "default_path")]
+    path: String,
+    #[serde(default = "default_expect_status")]
+    expect_status: i64,
+    expect_body: Option<String>,
+    #[serde(default = "default_interval_ms")]
+    interval_ms: i64,
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: i64,
+    #[serde(default = "default_rise")]
+    rise: i64,
+    #[serde(default = "default_fall")]
+    fall: i64,
+}
+
+fn default_check() -> String {
+    "tcp".into()
+}
+fn default_path() -> String {
+    "/".into()
+}
+fn default_expect_status() -> i64 {
+    200
+}
+fn default_interval_ms() -> i64 {
+    2000
+}
+fn default_timeout_ms() -> i64 {
+    1000
+}
+fn default_rise() -> i64 {
+    2
+}
+fn default_fall() -> i64 {
+    3
 }
 
 #[derive(Deserialize)]
@@ -391,12 +434,9 @@ fn validate_service(key: &str, raw: RawService, problems: &mut Problems) -> Serv
             format!("{other:?} is not one of reject, drop"),
         ),
     }
-    if raw.health.is_some() {
-        problems.add(
-            format!("{key}.health"),
-            "health checks are not implemented yet; remove the section",
-        );
-    }
+    let health = raw
+        .health
+        .and_then(|h| validate_health(&format!("{key}.health"), h, problems));
     let backends: Vec<Backend> = raw
         .backends
         .into_iter()
@@ -416,12 +456,101 @@ fn validate_service(key: &str, raw: RawService, problems: &mut Problems) -> Serv
         }
     }
     Service {
+        health,
         name: raw.name,
         vip,
         port,
         protocol,
         backends,
     }
+}
+
+/// Longest health-check interval: an hour.
+const MAX_INTERVAL_MS: i64 = 3_600_000;
+/// Most consecutive results `rise` or `fall` may ask for.
+const MAX_RISE_FALL: i64 = 100;
+
+fn validate_health(key: &str, raw: RawHealth, problems: &mut Problems) -> Option<HealthCheck> {
+    let before = problems.0.len();
+    let probe = match raw.check.as_str() {
+        "none" => None,
+        "tcp" => Some(Probe::Tcp),
+        "http" => {
+            if !raw.path.starts_with('/')
+                || raw
+                    .path
+                    .chars()
+                    .any(|c| c.is_ascii_whitespace() || c.is_ascii_control())
+            {
+                problems.add(
+                    format!("{key}.path"),
+                    format!("{:?} must start with '/' and contain no spaces", raw.path),
+                );
+            }
+            let expect_status = u16::try_from(raw.expect_status)
+                .ok()
+                .filter(|s| (100..=599).contains(s));
+            if expect_status.is_none() {
+                problems.add(
+                    format!("{key}.expect_status"),
+                    format!("{} is not an HTTP status (100 to 599)", raw.expect_status),
+                );
+            }
+            if let Some(pattern) = &raw.expect_body
+                && let Err(e) = regex_lite::Regex::new(pattern)
+            {
+                problems.add(
+                    format!("{key}.expect_body"),
+                    format!("{pattern:?} is not a regular expression: {e}"),
+                );
+            }
+            Some(Probe::Http {
+                path: raw.path,
+                expect_status: expect_status.unwrap_or(200),
+                expect_body: raw.expect_body,
+            })
+        }
+        other => {
+            problems.add(
+                format!("{key}.check"),
+                format!("{other:?} is not one of none, tcp, http"),
+            );
+            None
+        }
+    };
+    if !(10..=MAX_INTERVAL_MS).contains(&raw.interval_ms) {
+        problems.add(
+            format!("{key}.interval_ms"),
+            format!(
+                "{} is out of range (10 to {MAX_INTERVAL_MS})",
+                raw.interval_ms
+            ),
+        );
+    }
+    if raw.timeout_ms < 1 || raw.timeout_ms >= raw.interval_ms {
+        problems.add(
+            format!("{key}.timeout_ms"),
+            format!("{} must be at least 1 and below interval_ms ({}): probes of a backend never overlap", raw.timeout_ms, raw.interval_ms),
+        );
+    }
+    for (name, value) in [("rise", raw.rise), ("fall", raw.fall)] {
+        if !(1..=MAX_RISE_FALL).contains(&value) {
+            problems.add(
+                format!("{key}.{name}"),
+                format!("{value} is out of range (1 to {MAX_RISE_FALL})"),
+            );
+        }
+    }
+    if problems.0.len() > before {
+        return None;
+    }
+    Some(HealthCheck {
+        probe: probe?,
+        interval: Duration::from_millis(raw.interval_ms.unsigned_abs()),
+        timeout: Duration::from_millis(raw.timeout_ms.unsigned_abs()),
+        rise: raw.rise as u32,
+        fall: raw.fall as u32,
+    })
 }
 
 fn validate_backend(key: &str, raw: &RawBackend, problems: &mut Problems) -> Backend {
@@ -692,6 +821,53 @@ protocol = "udp"
             p.iter().any(|x| x.starts_with("service[1].on_no_backend")),
             "{p:?}"
         );
+    }
+
+    const HEALTH: &str = "port = 80\n\n  [service.health]\n  check = \"http\"\n  path = \"/\"\n  expect_body = \"Bienvenue\"\n  interval_ms = 2000\n  timeout_ms = 1000\n  rise = 2\n  fall = 3\n";
+
+    #[test]
+    fn a_health_section_is_parsed() {
+        let c = parse(&GOOD.replacen("port = 80\n", HEALTH, 1)).unwrap();
+        let h = c.services[0].health.as_ref().expect("health");
+        assert_eq!(h.interval, Duration::from_secs(2));
+        assert_eq!(h.timeout, Duration::from_secs(1));
+        assert_eq!((h.rise, h.fall), (2, 3));
+        assert_eq!(
+            h.probe,
+            Probe::Http {
+                path: "/".into(),
+                expect_status: 200,
+                expect_body: Some("Bienvenue".into())
+            }
+        );
+        let none = parse(&GOOD.replacen(
+            "port = 80\n",
+            "port = 80\n  [service.health]\n  check = \"none\"\n",
+            1,
+        ))
+        .unwrap();
+        assert_eq!(none.services[0].health, None);
+    }
+
+    #[test]
+    fn bad_health_settings_are_named() {
+        let bad = HEALTH
+            .replace("rise = 2", "rise = 0")
+            .replace("fall = 3", "fall = 0")
+            .replace("timeout_ms = 1000", "timeout_ms = 2000")
+            .replace(
+                "expect_body = \"Bienvenue\"",
+                "expect_body = \"Bien(venue\"",
+            )
+            .replace("path = \"/\"", "path = \"index.html\"");
+        let p = problems(&GOOD.replacen("port = 80\n", &bad, 1));
+        for key in ["rise", "fall", "timeout_ms", "expect_body", "path"] {
+            assert!(
+                p.iter()
+                    .any(|x| x.starts_with(&format!("service[0].health.{key}"))),
+                "no {key} in {p:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The desired state: plain data, produced by `config`, consumed by `plan`.
-use std::{fmt, net::Ipv4Addr, path::PathBuf};
+use std::{fmt, net::Ipv4Addr, path::PathBuf, time::Duration};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Dataplane {
@@ -38,7 +38,34 @@ pub struct Service {
     pub vip: Ipv4Addr,
     pub port: u16,
     pub protocol: Protocol,
+    /// `None`: no health checks, every backend counts as up.
+    pub health: Option<HealthCheck>,
     pub backends: Vec<Backend>,
+}
+
+/// `[service.health]`: how and how often each backend is probed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HealthCheck {
+    pub probe: Probe,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes that bring a DOWN backend UP.
+    pub rise: u32,
+    /// Consecutive failures that take an UP backend DOWN.
+    pub fall: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Probe {
+    /// The TCP connection is accepted.
+    Tcp,
+    /// `GET path`: the status equals `expect_status` and, if set, the body
+    /// matches the regular expression `expect_body` (HAProxy `rstring`).
+    Http {
+        path: String,
+        expect_status: u16,
+        expect_body: Option<String>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

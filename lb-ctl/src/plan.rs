@@ -344,6 +344,7 @@ mod tests {
             vip: Ipv4Addr::new(10, 77, 1, 100),
             port,
             protocol: Protocol::Tcp,
+            health: None,
             backends: backends
                 .iter()
                 .map(|&(last, weight)| Backend {

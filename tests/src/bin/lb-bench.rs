@@ -125,7 +125,8 @@ fn measure() -> Vec<(u32, u32)> {
         b"",
     )
     .frame(IF_CLIENT_MAC, CLIENT_MAC);
-    let repeated_syn = Ipv4::tcp((CLIENT, 40_001), (VIP, 80), TCP_SYN, b"").frame(IF_CLIENT_MAC, CLIENT_MAC);
+    let repeated_syn =
+        Ipv4::tcp((CLIENT, 40_001), (VIP, 80), TCP_SYN, b"").frame(IF_CLIENT_MAC, CLIENT_MAC);
     let repeated_syn_flow = Flow {
         src: CLIENT.octets(),
         dst: VIP.octets(),
