@@ -548,8 +548,8 @@ fn validate_health(key: &str, raw: RawHealth, problems: &mut Problems) -> Option
         probe: probe?,
         interval: Duration::from_millis(raw.interval_ms.unsigned_abs()),
         timeout: Duration::from_millis(raw.timeout_ms.unsigned_abs()),
-        rise: raw.rise as u32,
-        fall: raw.fall as u32,
+        rise: u32::try_from(raw.rise).unwrap_or(1),
+        fall: u32::try_from(raw.fall).unwrap_or(1),
     })
 }
 
