@@ -82,6 +82,9 @@ const _: () = assert!(size_of::<Backend>() == 20);
 /// `Backend::flags`: the slot holds a live backend. A connection entry that
 /// points at a slot without it is rescheduled.
 pub const BACKEND_IN_USE: u16 = 1;
+/// `Backend::flags`: health checks say DOWN. The backend has no Maglev slot;
+/// a TCP flow still on it is answered with a reset, a UDP flow rescheduled.
+pub const BACKEND_DOWN: u16 = 2;
 
 /// Value of `lb_reals`, keyed by the backend's `Endpoint`: lets a reply be
 /// rewritten back to the VIP without any connection state.

@@ -1,6 +1,7 @@
 //! `lb-ctl`: the controller of the XDP load balancer, and the operator's CLI.
 pub mod config;
 pub mod dataplane;
+pub mod health;
 pub mod maglev;
 pub mod model;
 pub mod netdev;

@@ -1,11 +1,15 @@
 //! Pure planning: desired services -> the image the kernel maps should hold ->
 //! the writes that turn one image into another, in an order that never lets
 //! the data plane see a half-built service.
-use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    sync::Arc,
+};
 
 use lb_common::abi::{
-    self, ADDR_VIP, BACKEND_IN_USE, Endpoint, MAGLEV_SIZE, MAX_BACKENDS, MAX_SERVICES,
-    REAL_SLOT_SHARED, addr_slot, real_slot,
+    self, ADDR_VIP, BACKEND_DOWN, BACKEND_IN_USE, Endpoint, MAGLEV_SIZE, MAX_BACKENDS,
+    MAX_SERVICES, REAL_SLOT_SHARED, addr_slot, real_slot,
 };
 
 use crate::{maglev, model::Service};
@@ -114,6 +118,13 @@ impl Image {
     }
 }
 
+/// A backend as the health checks and the reconciler name it: (service, backend).
+pub type BackendKey = (Endpoint, Endpoint);
+
+pub fn backend_key(s: &Service, address: Ipv4Addr, port: u16) -> BackendKey {
+    (service_endpoint(s), backend_endpoint(address, port, s))
+}
+
 pub fn service_endpoint(s: &Service) -> Endpoint {
     Endpoint::new(s.vip.octets(), s.port, s.protocol.number())
 }
@@ -167,7 +178,7 @@ impl Ids {
     }
 
     fn free_backend_id(&mut self) -> Result<u32, PlanError> {
-        let used: std::collections::BTreeSet<u32> = self.backends.values().copied().collect();
+        let used: BTreeSet<u32> = self.backends.values().copied().collect();
         let id = (0..MAX_BACKENDS)
             .map(|i| (self.next_backend + i) % MAX_BACKENDS)
             .find(|id| !used.contains(id))
@@ -188,7 +199,9 @@ impl Ids {
 }
 
 /// The image for `services` under `ids` (from `Ids::assign` on the same services).
-pub fn image(services: &[Service], ids: &Ids) -> Image {
+/// Backends in `down` (health checks) get no Maglev slot and carry
+/// `BACKEND_DOWN`, as if drained but also cut off from their open flows.
+pub fn image(services: &[Service], ids: &Ids, down: &BTreeSet<BackendKey>) -> Image {
     let mut image = Image::default();
     for s in services {
         let key = service_endpoint(s);
@@ -197,12 +210,17 @@ pub fn image(services: &[Service], ids: &Ids) -> Image {
         for b in &s.backends {
             let bkey = backend_endpoint(b.address, b.port, s);
             let id = ids.backends[&(key, bkey)];
+            let is_down = down.contains(&(key, bkey));
             image.backends.insert(
                 id,
                 abi::Backend {
                     addr: b.address.octets(),
                     port: b.port,
-                    flags: BACKEND_IN_USE,
+                    flags: if is_down {
+                        BACKEND_IN_USE | BACKEND_DOWN
+                    } else {
+                        BACKEND_IN_USE
+                    },
                     service_id,
                     vip: key.addr,
                     vport: key.port,
@@ -229,7 +247,7 @@ pub fn image(services: &[Service], ids: &Ids) -> Image {
             entries.push(maglev::Entry {
                 address: b.address,
                 port: b.port,
-                weight: b.weight,
+                weight: if is_down { 0 } else { b.weight },
                 id,
             });
         }
@@ -358,7 +376,7 @@ mod tests {
 
     fn plan(ids: &Ids, services: &[Service]) -> (Ids, Image) {
         let ids = ids.assign(services).unwrap();
-        let image = image(services, &ids);
+        let image = image(services, &ids, &BTreeSet::new());
         (ids, image)
     }
 

@@ -1,13 +1,15 @@
 //! The one writer of kernel state. Config reloads (and, later, API calls and
 //! health changes) become commands to one task; it plans the new image with
 //! pure code, writes only the difference, and answers once the kernel holds it.
+use std::collections::BTreeSet;
+
 use tokio::sync::{mpsc, oneshot};
 use tracing::info;
 
 use crate::{
     dataplane::{DataplaneError, Maps},
     model::Service,
-    plan::{self, Ids, Image, PlanError},
+    plan::{self, BackendKey, Ids, Image, PlanError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +35,9 @@ pub struct Reconciler<M: Maps> {
     ids: Ids,
     /// What the maps are known to hold.
     applied: Image,
+    /// The desired state: the services, and the backends health checks say are down.
+    services: Vec<Service>,
+    down: BTreeSet<BackendKey>,
 }
 
 impl<M: Maps> Reconciler<M> {
@@ -41,18 +46,35 @@ impl<M: Maps> Reconciler<M> {
             maps,
             ids: Ids::default(),
             applied: Image::default(),
+            services: Vec::new(),
+            down: BTreeSet::new(),
         }
     }
 
-    /// Makes the maps hold `services`. A plan that does not fit changes
-    /// nothing. If a write fails midway, `applied` records exactly the writes
-    /// that went through (a failed map update leaves its entry as it was), so
-    /// the next apply, of this config or another, writes what is missing and
-    /// removes what is left over.
+    /// Makes the maps hold `services` (with the current health view).
     pub fn apply(&mut self, services: &[Service]) -> Result<Applied, ReconcileError> {
+        self.reconcile(services, self.down.clone())
+    }
+
+    /// Takes the backends in `down` out of rotation, and puts back the others.
+    pub fn set_down(&mut self, down: BTreeSet<BackendKey>) -> Result<Applied, ReconcileError> {
+        self.reconcile(&self.services.clone(), down)
+    }
+
+    /// A plan that does not fit changes nothing. If a write fails midway,
+    /// `applied` records exactly the writes that went through (a failed map
+    /// update leaves its entry as it was), so the next reconcile, of this
+    /// state or another, writes what is missing and removes what is left over.
+    fn reconcile(
+        &mut self,
+        services: &[Service],
+        down: BTreeSet<BackendKey>,
+    ) -> Result<Applied, ReconcileError> {
         let ids = self.ids.assign(services)?;
-        let image = plan::image(services, &ids);
+        let image = plan::image(services, &ids, &down);
         let ops = plan::diff(&self.applied, &image);
+        self.services = services.to_vec();
+        self.down = down;
         for op in &ops {
             self.maps.apply(op)?;
             self.applied.apply(op);
@@ -87,6 +109,10 @@ impl<M: Maps> Reconciler<M> {
 }
 
 enum Command {
+    SetDown {
+        down: BTreeSet<BackendKey>,
+        reply: oneshot::Sender<Result<Applied, ReconcileError>>,
+    },
     RefreshNextHops {
         reply: oneshot::Sender<Result<(), ReconcileError>>,
     },
@@ -103,6 +129,16 @@ pub struct Handle {
 }
 
 impl Handle {
+    /// Takes the backends in `down` out of rotation (health checks).
+    pub async fn set_down(&self, down: BTreeSet<BackendKey>) -> Result<Applied, ReconcileError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::SetDown { down, reply })
+            .await
+            .map_err(|_| ReconcileError::Stopped)?;
+        rx.await.map_err(|_| ReconcileError::Stopped)?
+    }
+
     /// Invalidates the data plane's next-hop cache.
     pub async fn refresh_next_hops(&self) -> Result<(), ReconcileError> {
         let (reply, rx) = oneshot::channel();
@@ -133,6 +169,9 @@ pub fn spawn<M: Maps + 'static>(
     let task = tokio::spawn(async move {
         while let Some(command) = rx.recv().await {
             match command {
+                Command::SetDown { down, reply } => {
+                    let _ = reply.send(reconciler.set_down(down));
+                }
                 Command::RefreshNextHops { reply } => {
                     let _ = reply.send(reconciler.refresh_next_hops());
                 }
@@ -211,7 +250,7 @@ mod tests {
                 *r.applied(),
                 "after failing at write {fail_after}"
             );
-            let want = plan::image(&next, &r.ids);
+            let want = plan::image(&next, &r.ids, &BTreeSet::new());
             assert_eq!(
                 *r.applied(),
                 want,

@@ -1,0 +1,250 @@
+//! One probe of one backend: a TCP connect, or an HTTP GET whose status and
+//! body are checked. Everything a backend sends is bounded: the whole probe
+//! runs under the timeout (a slow trickle times out) and at most
+//! `MAX_RESPONSE` bytes are read (a huge or endless body is cut off).
+use std::{
+    fmt, io,
+    net::SocketAddr,
+    time::{Duration, Instant, SystemTime},
+};
+
+use regex_lite::Regex;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
+
+use super::state::CheckResult;
+
+/// Most bytes of an HTTP response that are read (and searched).
+pub const MAX_RESPONSE: usize = 64 * 1024;
+
+/// A probe, ready to run: the body pattern is compiled once.
+#[derive(Clone, Debug)]
+pub enum Prober {
+    Tcp,
+    Http {
+        request: Vec<u8>,
+        expect_status: u16,
+        expect_body: Option<Regex>,
+    },
+}
+
+/// Why a probe failed; the wording goes to the log and the last check result.
+#[derive(Debug)]
+pub enum Failure {
+    Timeout(Duration),
+    Refused,
+    Connect(io::Error),
+    Io(io::Error),
+    NotHttp,
+    Status { got: u16, want: u16 },
+    BodyMismatch(String),
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Timeout(t) => write!(f, "timeout after {} ms", t.as_millis()),
+            Self::Refused => f.write_str("connection refused"),
+            Self::Connect(e) => write!(f, "connect failed: {e}"),
+            Self::Io(e) => write!(f, "read/write failed: {e}"),
+            Self::NotHttp => f.write_str("the answer is not HTTP"),
+            Self::Status { got, want } => write!(f, "status {got} (expected {want})"),
+            Self::BodyMismatch(pattern) => write!(f, "body did not match /{pattern}/"),
+        }
+    }
+}
+
+impl Prober {
+    /// `expect_body` must be a valid pattern (the config validated it).
+    pub fn http(
+        path: &str,
+        host: SocketAddr,
+        expect_status: u16,
+        expect_body: Option<&str>,
+    ) -> Self {
+        let request =
+            format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: lb-ctl health check\r\nConnection: close\r\n\r\n")
+                .into_bytes();
+        // An invalid pattern cannot get here; if it did, nothing would match.
+        let expect_body =
+            expect_body.map(|p| Regex::new(p).unwrap_or_else(|_| Regex::new("$^").expect("valid")));
+        Self::Http {
+            request,
+            expect_status,
+            expect_body,
+        }
+    }
+
+    /// Probes `addr` once, within `timeout`.
+    pub async fn run(&self, addr: SocketAddr, timeout: Duration) -> CheckResult {
+        let at = SystemTime::now();
+        let started = Instant::now();
+        let outcome = match tokio::time::timeout(timeout, self.attempt(addr)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(Failure::Timeout(timeout)),
+        };
+        let (ok, detail) = match outcome {
+            Ok(detail) => (true, detail),
+            Err(failure) => (false, failure.to_string()),
+        };
+        CheckResult {
+            ok,
+            detail,
+            at,
+            duration: started.elapsed(),
+        }
+    }
+
+    async fn attempt(&self, addr: SocketAddr) -> Result<String, Failure> {
+        let mut stream = TcpStream::connect(addr).await.map_err(|e| match e.kind() {
+            io::ErrorKind::ConnectionRefused => Failure::Refused,
+            _ => Failure::Connect(e),
+        })?;
+        let Self::Http {
+            request,
+            expect_status,
+            expect_body,
+        } = self
+        else {
+            return Ok("TCP connect".into());
+        };
+        stream.write_all(request).await.map_err(Failure::Io)?;
+        let response = read_bounded(&mut stream).await.map_err(Failure::Io)?;
+        let (status, body) = parse_response(&response).ok_or(Failure::NotHttp)?;
+        if status != *expect_status {
+            return Err(Failure::Status {
+                got: status,
+                want: *expect_status,
+            });
+        }
+        if let Some(pattern) = expect_body
+            && !pattern.is_match(&String::from_utf8_lossy(body))
+        {
+            return Err(Failure::BodyMismatch(pattern.as_str().to_owned()));
+        }
+        Ok(format!("HTTP {status}"))
+    }
+}
+
+/// Reads until the peer closes or `MAX_RESPONSE` bytes have arrived.
+async fn read_bounded(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
+    let mut response = Vec::with_capacity(4096);
+    let mut buf = [0_u8; 8192];
+    while response.len() < MAX_RESPONSE {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        let room = MAX_RESPONSE - response.len();
+        response.extend_from_slice(&buf[..n.min(room)]);
+    }
+    Ok(response)
+}
+
+/// The status code and the body of an HTTP/1.x response, if it is one.
+fn parse_response(response: &[u8]) -> Option<(u16, &[u8])> {
+    let head_end = response.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let status_line = response[..head_end].split(|&b| b == b'\r').next()?;
+    let status_line = std::str::from_utf8(status_line).ok()?;
+    let mut parts = status_line.split(' ');
+    if !parts.next()?.starts_with("HTTP/1.") {
+        return None;
+    }
+    let code = parts.next()?;
+    if code.len() != 3 {
+        return None;
+    }
+    Some((code.parse().ok()?, &response[head_end + 4..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A one-shot server on loopback that answers every connection with
+    /// `behaviour`.
+    async fn server(behaviour: &'static str) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0_u8; 1024];
+                    let _ = s.read(&mut buf).await;
+                    match behaviour {
+                        "ok" => drop(
+                            s.write_all(b"HTTP/1.0 200 OK\r\n\r\nBienvenue sur WEB1\n")
+                                .await,
+                        ),
+                        "500" => drop(s.write_all(b"HTTP/1.0 500 Oops\r\n\r\nBienvenue").await),
+                        "other" => drop(s.write_all(b"HTTP/1.0 200 OK\r\n\r\nIt works").await),
+                        "garbage" => drop(s.write_all(b"\x00\x01SSH-2.0-nope\r\n\r\n").await),
+                        "endless" => {
+                            let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\n").await;
+                            let chunk = vec![b'x'; 65536];
+                            while s.write_all(&chunk).await.is_ok() {}
+                        }
+                        "trickle" => {
+                            for b in b"HTTP/1.0 200 OK\r\n\r\nBienvenue" {
+                                if s.write_all(&[*b]).await.is_err() {
+                                    break;
+                                }
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        }
+                        _ => tokio::time::sleep(Duration::from_secs(30)).await, // "silent"
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    async fn http_probe(behaviour: &'static str) -> CheckResult {
+        let addr = server(behaviour).await;
+        Prober::http("/", addr, 200, Some("Bienvenue"))
+            .run(addr, Duration::from_millis(300))
+            .await
+    }
+
+    #[tokio::test]
+    async fn http_outcomes_are_named() {
+        let ok = http_probe("ok").await;
+        assert!(ok.ok, "{ok:?}");
+        assert_eq!(ok.detail, "HTTP 200");
+        assert_eq!(http_probe("500").await.detail, "status 500 (expected 200)");
+        assert_eq!(
+            http_probe("other").await.detail,
+            "body did not match /Bienvenue/"
+        );
+        assert_eq!(http_probe("garbage").await.detail, "the answer is not HTTP");
+        assert_eq!(http_probe("silent").await.detail, "timeout after 300 ms");
+    }
+
+    #[tokio::test]
+    async fn hostile_answers_are_bounded() {
+        // An endless body is cut at MAX_RESPONSE: the probe ends (and fails
+        // the body check) instead of reading forever.
+        let endless = http_probe("endless").await;
+        assert!(!endless.ok);
+        assert!(endless.duration < Duration::from_millis(300), "{endless:?}");
+        // A trickle that would take 1.5 s is stopped by the timeout.
+        assert_eq!(http_probe("trickle").await.detail, "timeout after 300 ms");
+    }
+
+    #[tokio::test]
+    async fn tcp_probe_and_refused() {
+        let addr = server("ok").await;
+        assert!(Prober::Tcp.run(addr, Duration::from_millis(300)).await.ok);
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let refused = Prober::Tcp.run(closed, Duration::from_millis(300)).await;
+        assert_eq!(refused.detail, "connection refused");
+    }
+}
