@@ -25,6 +25,8 @@ counters! {
     Tx = "tx",
     /// Rewritten and redirected to another interface.
     Redirect = "redirect",
+    /// A TCP packet of a flow whose backend is DOWN, answered with a reset.
+    RstBackendDown = "rst_backend_down",
     /// Rewritten, handed to tc to resolve the next hop's neighbour entry.
     SlowPathNeigh = "slow_path_neigh",
     /// Not IPv4 (ARP, IPv6, VLAN...): left to the kernel.
@@ -45,6 +47,9 @@ counters! {
     DropFragment = "drop_fragment",
     /// The service has no usable backend.
     DropNoBackend = "drop_no_backend",
+    /// A TCP packet of a flow whose backend is DOWN that no reset could answer
+    /// (IPv4 options).
+    DropBackendDown = "drop_backend_down",
     /// A client packet too big for the backend's link (the FIB's MTU check).
     DropTooBig = "drop_too_big",
     /// The slow path could not attach its metadata to the packet.

@@ -14,6 +14,7 @@ use crate::{
     EBPF_OBJECT,
     config::{self, Config},
     dataplane::kernel::KernelMaps,
+    health,
     model::XdpMode,
     netdev,
     reconciler::{self, Reconciler},
@@ -84,6 +85,8 @@ pub async fn run(path: PathBuf, overrides: Overrides) -> anyhow::Result<()> {
             .await
             .context("applying the configuration")?;
         info!(config = %path.display(), services = config.services.len(), "load balancer running");
+        let mut health = health::Monitor::default();
+        health.sync(&config.services);
         let mut running = config;
         // The data plane caches FIB answers until the epoch moves on.
         let mut next_hops = tokio::time::interval(Duration::from_millis(NEXTHOP_REFRESH_MS));
@@ -95,7 +98,12 @@ pub async fn run(path: PathBuf, overrides: Overrides) -> anyhow::Result<()> {
                         warn!(error = %e, "cannot refresh the next-hop cache");
                     }
                 }
-                _ = hangup.recv() => running = reload(&path, &overrides, running, &handle).await,
+                _ = health.next_transition() => apply_health(&health, &handle).await,
+                _ = hangup.recv() => {
+                    running = reload(&path, &overrides, running, &handle).await;
+                    health.sync(&running.services);
+                    apply_health(&health, &handle).await;
+                }
                 _ = terminate.recv() => { info!("SIGTERM: shutting down"); break }
                 _ = interrupt.recv() => { info!("SIGINT: shutting down"); break }
             }
@@ -108,6 +116,20 @@ pub async fn run(path: PathBuf, overrides: Overrides) -> anyhow::Result<()> {
     drop(task.await.context("the reconciler task failed")?);
     info!("data plane detached");
     outcome
+}
+
+/// Health changed: DOWN backends leave the scheduler's tables (only their
+/// own Maglev slots move), and come back when UP again.
+async fn apply_health(health: &health::Monitor, handle: &reconciler::Handle) {
+    let down = health.down();
+    let count = down.len();
+    match handle.set_down(down).await {
+        Ok(applied) if applied.writes > 0 => {
+            info!(down = count, writes = applied.writes, "health applied")
+        }
+        Ok(_) => {}
+        Err(e) => error!(error = %e, "applying health states failed; the next change retries"),
+    }
 }
 
 /// SIGHUP: apply the file's services if it is valid; otherwise keep running

@@ -8,6 +8,7 @@ mod fwd;
 mod maps;
 mod nat;
 mod parse;
+mod reject;
 mod select;
 
 use aya_ebpf::{
@@ -17,7 +18,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use lb_common::{
-    abi::{NEIGH_META_MAGIC, NeighMeta},
+    abi::{BACKEND_DOWN, NEIGH_META_MAGIC, NeighMeta, PROTO_TCP},
     counter::Counter,
 };
 
@@ -40,6 +41,7 @@ impl Verdict {
             Counter::DropFragment
             | Counter::DropNoBackend
             | Counter::DropTooBig
+            | Counter::DropBackendDown
             | Counter::DropNoMetadata => xdp_action::XDP_DROP,
             _ => xdp_action::XDP_PASS,
         };
@@ -116,16 +118,21 @@ fn expire_check(pkt: &parse::Packet) -> Result<(), Counter> {
 #[inline(always)]
 fn to_backend(ctx: &XdpContext, pkt: &parse::Packet) -> Result<Option<Verdict>, Counter> {
     let hash = select::hash(&pkt.flow);
-    let (service_id, choice) = if let Some(found) = select::established(&pkt.flow, hash) {
-        expire_check(pkt)?;
-        found
-    } else {
-        let Some(service) = select::service(&pkt.flow) else {
-            return Ok(None);
-        };
-        // Before scheduling: an expiring packet must not create a flow.
-        expire_check(pkt)?;
-        (service.id, select::schedule(&pkt.flow, hash, &service)?)
+    let (service_id, choice) = match select::established(&pkt.flow, hash) {
+        Some((service_id, choice)) if choice.backend.flags & BACKEND_DOWN == 0 => {
+            expire_check(pkt)?;
+            (service_id, choice)
+        }
+        // Its backend is DOWN: a TCP client learns at once, a UDP flow moves.
+        Some(_) if pkt.flow.proto == PROTO_TCP => return reject::tcp_reset(ctx, pkt).map(Some),
+        _ => {
+            let Some(service) = select::service(&pkt.flow) else {
+                return Ok(None);
+            };
+            // Before scheduling: an expiring packet must not create a flow.
+            expire_check(pkt)?;
+            (service.id, select::schedule(&pkt.flow, hash, &service)?)
+        }
     };
     let target = Target {
         side: Side::Destination,

@@ -4,8 +4,8 @@
 use aya_ebpf::btf_maps::PerCpuArray;
 use lb_common::{
     abi::{
-        ADDR_VIP, BACKEND_IN_USE, Backend, Conn, Endpoint, FLOW_CACHE_SLOTS, Flow, FlowCacheEntry,
-        NO_BACKEND, REAL_SLOT_SHARED, Service, Traffic, addr_slot, real_slot,
+        ADDR_VIP, BACKEND_DOWN, BACKEND_IN_USE, Backend, Conn, Endpoint, FLOW_CACHE_SLOTS, Flow,
+        FlowCacheEntry, NO_BACKEND, REAL_SLOT_SHARED, Service, Traffic, addr_slot, real_slot,
     },
     counter::Counter,
     hash::{flow_hash, maglev_slot},
@@ -151,7 +151,9 @@ pub fn schedule(flow: &Flow, hash: u32, service: &Service) -> Result<Choice, Cou
     if id == NO_BACKEND {
         return Err(Counter::DropNoBackend);
     }
-    let backend = live_backend(id, service.id, flow).ok_or(Counter::DropNoBackend)?;
+    let backend = live_backend(id, service.id, flow)
+        .filter(|b| b.flags & BACKEND_DOWN == 0)
+        .ok_or(Counter::DropNoBackend)?;
     let conn = Conn {
         backend_id: id,
         service_id: service.id,

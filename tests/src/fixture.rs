@@ -38,6 +38,7 @@ pub const WEB_MACS: [Mac; 3] = [
 /// A backend with no neighbour entry.
 pub const NO_NEIGH_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 50);
 pub const BACKEND_SIDE_MTU: u16 = 1400;
+pub const COLLIDER_MAC: Mac = [0x02, 0, 0, 0, 0x04, 0x01];
 pub const IF_CLIENT: &str = "fx-c";
 pub const IF_BACKEND: &str = "fx-b";
 pub const IF_CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0, 0xc1];
@@ -205,6 +206,27 @@ impl FixtureNs {
                 IF_BACKEND,
                 "mtu",
                 &BACKEND_SIDE_MTU.to_string(),
+            ],
+        );
+        // The backend that shares an index slot lives behind the backend side too.
+        let (collider, _) = slot_sharing_backend();
+        ns_sh(
+            n,
+            &["ip", "route", "add", "10.77.4.0/24", "dev", IF_BACKEND],
+        );
+        ns_sh(
+            n,
+            &[
+                "ip",
+                "neigh",
+                "replace",
+                &collider.to_string(),
+                "lladdr",
+                &mac_str(COLLIDER_MAC),
+                "dev",
+                IF_BACKEND,
+                "nud",
+                "permanent",
             ],
         );
         let neighbours = [

@@ -27,6 +27,7 @@ pub enum L4 {
         flags: u8,
         seq: u32,
         ack: u32,
+        window: u16,
         payload: Vec<u8>,
     },
     /// `checksum: false` sends 0 ("no checksum", RFC 768).
@@ -65,6 +66,7 @@ impl Ipv4 {
                 flags,
                 seq: 1000,
                 ack: 0,
+                window: 64240,
                 payload: payload.to_vec(),
             },
         )
@@ -113,6 +115,7 @@ impl Ipv4 {
                 flags,
                 seq,
                 ack,
+                window,
                 payload,
             } => {
                 let mut b = Vec::with_capacity(20 + payload.len());
@@ -121,7 +124,7 @@ impl Ipv4 {
                 b.extend_from_slice(&seq.to_be_bytes());
                 b.extend_from_slice(&ack.to_be_bytes());
                 b.extend_from_slice(&[5 << 4, *flags]);
-                b.extend_from_slice(&64240_u16.to_be_bytes());
+                b.extend_from_slice(&window.to_be_bytes());
                 b.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
                 b.extend_from_slice(payload);
                 (b, Some(16))

@@ -875,3 +875,123 @@ fn a_changed_neighbour_is_picked_up_when_the_epoch_advances() {
         );
     });
 }
+
+/// Health checks put a backend DOWN: a TCP flow still on it gets a reset
+/// from the VIP on its next packet (RFC 793 reset generation), a new flow
+/// finds no backend, and a UDP flow moves to another backend.
+#[test]
+fn a_down_backend_resets_tcp_flows_and_moves_udp_flows() {
+    let ns = FixtureNs::create("lbt-fix");
+    in_ns(&ns.name, || {
+        let mut loaded = Loaded::new(4096);
+        let services = lb_ctl::config::parse(&config()).unwrap().services;
+        let find = |name: &str| services.iter().find(|s| s.name == name).unwrap().clone();
+
+        // A TCP flow and a UDP flow, both established.
+        let mut data = Ipv4::tcp((CLIENT, CLIENT_PORT), (VIP, 80), TCP_ACK | TCP_PSH, b"more");
+        if let L4::Tcp { ack, .. } = &mut data.l4 {
+            *ack = 5000;
+        }
+        assert_eq!(
+            loaded.run(&from_client(&data), IF_CLIENT).action,
+            XDP_REDIRECT
+        );
+        let udp_port = (41_000..42_000_u16)
+            .find(|&p| {
+                let out = loaded.run(
+                    &from_client(&Ipv4::udp((CLIENT, p), (VIP, 7000), b"q")),
+                    IF_CLIENT,
+                );
+                out.frame[30..34] == WEB3.octets()
+            })
+            .expect("some flow lands on web3");
+        let udp = Ipv4::udp((CLIENT, udp_port), (VIP, 7000), b"q");
+
+        let web = find("web");
+        let shared = find("shared");
+        let down = [
+            lb_ctl::plan::backend_key(&web, WEB1, 8080),
+            lb_ctl::plan::backend_key(&shared, WEB3, 7000),
+        ];
+        loaded
+            .reconciler
+            .set_down(down.into_iter().collect())
+            .expect("set down");
+
+        // The TCP flow's next packet (it acknowledges 5000): RST, seq 5000.
+        let mut reset = Ipv4::new(
+            VIP,
+            CLIENT,
+            L4::Tcp {
+                sport: 80,
+                dport: CLIENT_PORT,
+                flags: packet::TCP_RST,
+                seq: 5000,
+                ack: 0,
+                window: 0,
+                payload: Vec::new(),
+            },
+        );
+        reset.id = 0;
+        let out = loaded.run(&from_client(&data), IF_CLIENT);
+        assert_eq!(
+            (out.action, out.frame.clone()),
+            (XDP_TX, reset.frame(CLIENT_MAC, IF_CLIENT_MAC)),
+            "reset"
+        );
+
+        // A segment without ACK (a retransmitted SYN) gets RST|ACK acknowledging it.
+        let syn_again = syn((VIP, 80));
+        let mut reset_ack = Ipv4::new(
+            VIP,
+            CLIENT,
+            L4::Tcp {
+                sport: 80,
+                dport: CLIENT_PORT,
+                flags: packet::TCP_RST | TCP_ACK,
+                seq: 0,
+                ack: 1001,
+                window: 0,
+                payload: Vec::new(),
+            },
+        );
+        reset_ack.id = 0;
+        let out = loaded.run(&from_client(&syn_again), IF_CLIENT);
+        assert_eq!(
+            (out.action, out.frame),
+            (XDP_TX, reset_ack.frame(CLIENT_MAC, IF_CLIENT_MAC)),
+            "reset+ack"
+        );
+
+        // A new flow to the service: its only backend is DOWN.
+        let fresh = Ipv4::tcp((CLIENT, 50_000), (VIP, 80), TCP_SYN, b"");
+        assert_eq!(
+            loaded.run(&from_client(&fresh), IF_CLIENT).action,
+            XDP_DROP,
+            "no usable backend"
+        );
+
+        // The UDP flow moves to the other backend of its service.
+        let (collider, collider_port) = slot_sharing_backend();
+        let out = loaded.run(&from_client(&udp), IF_CLIENT);
+        assert_eq!(out.action, XDP_REDIRECT);
+        let moved = forwarded(
+            &udp,
+            (CLIENT, udp_port),
+            (collider, collider_port),
+            COLLIDER_MAC,
+            IF_BACKEND_MAC,
+        );
+        assert_eq!(out.frame, moved, "rescheduled to the other backend");
+
+        // Back UP: new flows reach web1 again.
+        loaded
+            .reconciler
+            .set_down(std::collections::BTreeSet::new())
+            .expect("set up");
+        assert_eq!(
+            loaded.run(&from_client(&fresh), IF_CLIENT).action,
+            XDP_REDIRECT
+        );
+    });
+}

@@ -1,0 +1,112 @@
+//! Answers built in place and sent back with XDP_TX: a TCP reset for a
+//! client whose connection cannot go on (its backend is DOWN), so the client
+//! fails at once instead of retransmitting into a dead backend.
+use aya_ebpf::{
+    bindings::xdp_action, helpers::generated::bpf_xdp_adjust_tail, programs::XdpContext,
+};
+use lb_common::{abi::PROTO_TCP, counter::Counter, csum};
+
+use crate::{
+    Verdict,
+    parse::{ETH_LEN, EthHdr, Packet, ptr_at},
+};
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+const IP_LEN: usize = 20;
+const TCP_LEN: usize = 20;
+/// The reset's frame: Ethernet, a 20-byte IPv4 header, a 20-byte TCP header.
+const RESET_LEN: usize = ETH_LEN + IP_LEN + TCP_LEN;
+
+/// Sum of big-endian 16-bit words, for a checksum.
+#[inline(always)]
+fn word_sum(bytes: &[u8; 20]) -> u32 {
+    let mut sum = 0_u32;
+    let mut i = 0;
+    while i < 20 {
+        sum += u32::from(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
+        i += 2;
+    }
+    sum
+}
+
+/// Replaces a client's TCP packet with the reset the VIP would send
+/// (RFC 793, "Reset Generation"): if the packet acknowledged something, the
+/// reset carries that number as its sequence; otherwise it acknowledges
+/// everything the packet occupied. Only plain 20-byte IPv4 headers are
+/// answered; anything else is dropped.
+#[inline(always)]
+pub fn tcp_reset(ctx: &XdpContext, pkt: &Packet) -> Result<Verdict, Counter> {
+    // SAFETY: parse bounds-checked the IPv4 header.
+    if unsafe { (*pkt.ip).version_ihl } != 0x45 || pkt.flow.proto != PROTO_TCP {
+        return Err(Counter::DropBackendDown);
+    }
+    // With a 20-byte IPv4 header the TCP header is at a fixed offset; checked
+    // again here because the verifier merged parse's TCP and UDP paths.
+    let tcp_ptr: *const [u8; TCP_LEN] = ptr_at(ctx, ETH_LEN + IP_LEN)?;
+    // SAFETY: bounds-checked just above.
+    let tcp_in = unsafe { *tcp_ptr };
+    // SAFETY: bounds-checked by parse.
+    let (client_mac, our_mac) = unsafe { ((*pkt.eth).src, (*pkt.eth).dst) };
+    let seq = u32::from_be_bytes([tcp_in[4], tcp_in[5], tcp_in[6], tcp_in[7]]);
+    let ack = u32::from_be_bytes([tcp_in[8], tcp_in[9], tcp_in[10], tcp_in[11]]);
+    let data_offset = u32::from(tcp_in[12] >> 4) * 4;
+    let flags = tcp_in[13];
+    let payload = u32::from(pkt.tot_len).saturating_sub(IP_LEN as u32 + data_offset);
+    let (reset_seq, reset_ack, reset_flags) = if flags & TCP_ACK != 0 {
+        (ack, 0, TCP_RST)
+    } else {
+        let occupied = payload + u32::from(flags & TCP_SYN != 0) + u32::from(flags & TCP_FIN != 0);
+        (0, seq.wrapping_add(occupied), TCP_RST | TCP_ACK)
+    };
+
+    let mut ip = [0_u8; IP_LEN];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((IP_LEN + TCP_LEN) as u16).to_be_bytes());
+    ip[6] = 0x40; // don't fragment
+    ip[8] = 64;
+    ip[9] = PROTO_TCP;
+    ip[12..16].copy_from_slice(&pkt.flow.dst);
+    ip[16..20].copy_from_slice(&pkt.flow.src);
+    let ip_check = !csum::fold(word_sum(&ip));
+    ip[10..12].copy_from_slice(&ip_check.to_be_bytes());
+
+    let mut tcp = [0_u8; TCP_LEN];
+    tcp[0..2].copy_from_slice(&pkt.flow.dport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&pkt.flow.sport.to_be_bytes());
+    tcp[4..8].copy_from_slice(&reset_seq.to_be_bytes());
+    tcp[8..12].copy_from_slice(&reset_ack.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = reset_flags;
+    let pseudo = u32::from(u16::from_be_bytes([ip[12], ip[13]]))
+        + u32::from(u16::from_be_bytes([ip[14], ip[15]]))
+        + u32::from(u16::from_be_bytes([ip[16], ip[17]]))
+        + u32::from(u16::from_be_bytes([ip[18], ip[19]]))
+        + u32::from(PROTO_TCP)
+        + TCP_LEN as u32;
+    let tcp_check = !csum::fold(pseudo + word_sum(&tcp));
+    tcp[16..18].copy_from_slice(&tcp_check.to_be_bytes());
+
+    // Cut the frame to the reset's size, then write it.
+    let delta = RESET_LEN as i32 - (ctx.data_end() - ctx.data()) as i32;
+    // SAFETY: shrinks (or keeps) the frame; every pointer is derived again below.
+    if delta != 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
+        return Err(Counter::DropBackendDown);
+    }
+    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+    let ip_out: *mut [u8; IP_LEN] = ptr_at(ctx, ETH_LEN)?;
+    let tcp_out: *mut [u8; TCP_LEN] = ptr_at(ctx, ETH_LEN + IP_LEN)?;
+    // SAFETY: each pointer was bounds-checked just above.
+    unsafe {
+        (*eth).dst = client_mac;
+        (*eth).src = our_mac;
+        *ip_out = ip;
+        *tcp_out = tcp;
+    }
+    Ok(Verdict {
+        action: xdp_action::XDP_TX,
+        counter: Counter::RstBackendDown,
+    })
+}
