@@ -37,12 +37,7 @@ const _: () = assert!(size_of::<Endpoint>() == 8);
 
 impl Endpoint {
     pub const fn new(addr: [u8; 4], port: u16, proto: u8) -> Self {
-        Self {
-            addr,
-            port,
-            proto,
-            _pad: 0,
-        }
+        Self { addr, port, proto, _pad: 0 }
     }
 }
 

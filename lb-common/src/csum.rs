@@ -107,11 +107,7 @@ mod tests {
             let new_port: [u8; 2] = rng.bytes();
 
             let mut check = replace_addr(old_check, dst, new_dst);
-            check = replace_u16(
-                check,
-                u16::from_ne_bytes(old_port),
-                u16::from_ne_bytes(new_port),
-            );
+            check = replace_u16(check, u16::from_ne_bytes(old_port), u16::from_ne_bytes(new_port));
             header[2..4].copy_from_slice(&new_port);
             let full = segment(src, new_dst, &header, payload);
             // Both are valid encodings of the sum; they may differ only in
@@ -137,10 +133,7 @@ mod tests {
             let new = u16::from_ne_bytes([header[8], header[9]]);
             let updated = replace_u16(check, old, new);
             header[10..12].copy_from_slice(&updated.to_ne_bytes());
-            assert!(
-                matches!(checksum(0, &header), 0 | 0xffff),
-                "header no longer verifies"
-            );
+            assert!(matches!(checksum(0, &header), 0 | 0xffff), "header no longer verifies");
         }
     }
 

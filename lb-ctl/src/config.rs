@@ -45,10 +45,7 @@ impl fmt::Display for Problem {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<Problem>),
 }
@@ -97,10 +94,7 @@ struct RawAdmin {
 
 impl Default for RawAdmin {
     fn default() -> Self {
-        Self {
-            listen: default_listen(),
-            token_file: None,
-        }
+        Self { listen: default_listen(), token_file: None }
     }
 }
 
@@ -207,10 +201,8 @@ pub const MAX_WEIGHT: u32 = 10_000;
 
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
     parse(&text)
 }
 
@@ -224,11 +216,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
     })?;
     let mut problems = Problems::default();
     let config = validate(raw, &mut problems);
-    if problems.0.is_empty() {
-        Ok(config)
-    } else {
-        Err(ConfigError::Invalid(problems.0))
-    }
+    if problems.0.is_empty() { Ok(config) } else { Err(ConfigError::Invalid(problems.0)) }
 }
 
 /// Names the key a TOML error is about, from its position: the enclosing
@@ -253,11 +241,7 @@ fn toml_error_key(text: &str, e: &toml::de::Error) -> String {
             }
             "[[service.backend]]" => {
                 backends += 1;
-                format!(
-                    "service[{}].backend[{}]",
-                    services.saturating_sub(1),
-                    backends - 1
-                )
+                format!("service[{}].backend[{}]", services.saturating_sub(1), backends - 1)
             }
             "[service.health]" => format!("service[{}].health", services.saturating_sub(1)),
             other => other.trim_matches(['[', ']']).to_owned(),
@@ -284,24 +268,16 @@ struct Problems(Vec<Problem>);
 
 impl Problems {
     fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Problem {
-            key: key.into(),
-            message: message.into(),
-        });
+        self.0.push(Problem { key: key.into(), message: message.into() });
     }
 }
 
 fn validate(raw: RawConfig, problems: &mut Problems) -> Config {
     let dataplane = validate_dataplane(raw.dataplane, problems);
-    let admin = Admin {
-        listen: raw.admin.listen,
-        token_file: raw.admin.token_file.map(PathBuf::from),
-    };
+    let admin =
+        Admin { listen: raw.admin.listen, token_file: raw.admin.token_file.map(PathBuf::from) };
     if admin.listen.parse::<std::net::SocketAddr>().is_err() {
-        problems.add(
-            "admin.listen",
-            format!("{:?} is not an address:port", admin.listen),
-        );
+        problems.add("admin.listen", format!("{:?} is not an address:port", admin.listen));
     }
     let services: Vec<Service> = raw
         .services
@@ -310,11 +286,7 @@ fn validate(raw: RawConfig, problems: &mut Problems) -> Config {
         .map(|(i, s)| validate_service(&format!("service[{i}]"), s, problems))
         .collect();
     check_unique_services(&services, problems);
-    Config {
-        dataplane,
-        admin,
-        services,
-    }
+    Config { dataplane, admin, services }
 }
 
 fn validate_dataplane(raw: RawDataplane, problems: &mut Problems) -> Dataplane {
@@ -323,10 +295,8 @@ fn validate_dataplane(raw: RawDataplane, problems: &mut Problems) -> Dataplane {
         "driver" => XdpMode::Driver,
         "skb" => XdpMode::Skb,
         other => {
-            problems.add(
-                "dataplane.xdp_mode",
-                format!("{other:?} is not one of auto, driver, skb"),
-            );
+            problems
+                .add("dataplane.xdp_mode", format!("{other:?} is not one of auto, driver, skb"));
             XdpMode::Auto
         }
     };
@@ -335,11 +305,7 @@ fn validate_dataplane(raw: RawDataplane, problems: &mut Problems) -> Dataplane {
         _ => {
             problems.add(
                 "dataplane.conntrack_max",
-                format!(
-                    "{} is out of range (1024 to {})",
-                    raw.conntrack_max,
-                    u32::MAX
-                ),
+                format!("{} is out of range (1024 to {})", raw.conntrack_max, u32::MAX),
             );
             DEFAULT_CONNTRACK_MAX
         }
@@ -352,40 +318,23 @@ fn validate_dataplane(raw: RawDataplane, problems: &mut Problems) -> Dataplane {
                 format!("{name:?} is not an interface name"),
             );
         } else if !seen.insert(name) {
-            problems.add(
-                format!("dataplane.interfaces[{i}]"),
-                format!("{name:?} is listed twice"),
-            );
+            problems.add(format!("dataplane.interfaces[{i}]"), format!("{name:?} is listed twice"));
         }
     }
     let pin_path = PathBuf::from(&raw.pin_path);
     if !pin_path.is_absolute() {
-        problems.add(
-            "dataplane.pin_path",
-            format!("{:?} is not an absolute path", raw.pin_path),
-        );
+        problems.add("dataplane.pin_path", format!("{:?} is not an absolute path", raw.pin_path));
     }
-    Dataplane {
-        interfaces: raw.interfaces,
-        xdp_mode,
-        conntrack_max,
-        pin_path,
-    }
+    Dataplane { interfaces: raw.interfaces, xdp_mode, conntrack_max, pin_path }
 }
 
 fn validate_service(key: &str, raw: RawService, problems: &mut Problems) -> Service {
     if raw.name.is_empty()
-        || !raw
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        || !raw.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     {
         problems.add(
             format!("{key}.name"),
-            format!(
-                "{:?} must be non-empty letters, digits, '-', '_' or '.'",
-                raw.name
-            ),
+            format!("{:?} must be non-empty letters, digits, '-', '_' or '.'", raw.name),
         );
     }
     let vip = parse_addr(&format!("{key}.vip"), &raw.vip, problems);
@@ -394,10 +343,7 @@ fn validate_service(key: &str, raw: RawService, problems: &mut Problems) -> Serv
         "tcp" => Protocol::Tcp,
         "udp" => Protocol::Udp,
         other => {
-            problems.add(
-                format!("{key}.protocol"),
-                format!("{other:?} is not one of tcp, udp"),
-            );
+            problems.add(format!("{key}.protocol"), format!("{other:?} is not one of tcp, udp"));
             Protocol::Tcp
         }
     };
@@ -414,29 +360,22 @@ fn validate_service(key: &str, raw: RawService, problems: &mut Problems) -> Serv
     }
     match raw.forwarding.as_str() {
         "nat" => {}
-        "dsr" => problems.add(
-            format!("{key}.forwarding"),
-            "\"dsr\" is not implemented yet; use \"nat\"",
-        ),
-        other => problems.add(
-            format!("{key}.forwarding"),
-            format!("{other:?} is not one of nat, dsr"),
-        ),
+        "dsr" => {
+            problems
+                .add(format!("{key}.forwarding"), "\"dsr\" is not implemented yet; use \"nat\"");
+        }
+        other => {
+            problems.add(format!("{key}.forwarding"), format!("{other:?} is not one of nat, dsr"));
+        }
     }
     match raw.on_no_backend.as_str() {
         "drop" => {}
-        "reject" => problems.add(
-            format!("{key}.on_no_backend"),
-            "\"reject\" is not implemented yet; use \"drop\"",
-        ),
-        other => problems.add(
-            format!("{key}.on_no_backend"),
-            format!("{other:?} is not one of reject, drop"),
-        ),
+        "reject" => problems
+            .add(format!("{key}.on_no_backend"), "\"reject\" is not implemented yet; use \"drop\""),
+        other => problems
+            .add(format!("{key}.on_no_backend"), format!("{other:?} is not one of reject, drop")),
     }
-    let health = raw
-        .health
-        .and_then(|h| validate_health(&format!("{key}.health"), h, problems));
+    let health = raw.health.and_then(|h| validate_health(&format!("{key}.health"), h, problems));
     let backends: Vec<Backend> = raw
         .backends
         .into_iter()
@@ -448,21 +387,11 @@ fn validate_service(key: &str, raw: RawService, problems: &mut Problems) -> Serv
         if let Some(first) = seen.insert((b.address, b.port), j) {
             problems.add(
                 format!("{key}.backend[{j}]"),
-                format!(
-                    "{}:{} is already listed as backend[{first}]",
-                    b.address, b.port
-                ),
+                format!("{}:{} is already listed as backend[{first}]", b.address, b.port),
             );
         }
     }
-    Service {
-        health,
-        name: raw.name,
-        vip,
-        port,
-        protocol,
-        backends,
-    }
+    Service { health, name: raw.name, vip, port, protocol, backends }
 }
 
 /// Longest health-check interval: an hour.
@@ -477,19 +406,15 @@ fn validate_health(key: &str, raw: RawHealth, problems: &mut Problems) -> Option
         "tcp" => Some(Probe::Tcp),
         "http" => {
             if !raw.path.starts_with('/')
-                || raw
-                    .path
-                    .chars()
-                    .any(|c| c.is_ascii_whitespace() || c.is_ascii_control())
+                || raw.path.chars().any(|c| c.is_ascii_whitespace() || c.is_ascii_control())
             {
                 problems.add(
                     format!("{key}.path"),
                     format!("{:?} must start with '/' and contain no spaces", raw.path),
                 );
             }
-            let expect_status = u16::try_from(raw.expect_status)
-                .ok()
-                .filter(|s| (100..=599).contains(s));
+            let expect_status =
+                u16::try_from(raw.expect_status).ok().filter(|s| (100..=599).contains(s));
             if expect_status.is_none() {
                 problems.add(
                     format!("{key}.expect_status"),
@@ -511,20 +436,15 @@ fn validate_health(key: &str, raw: RawHealth, problems: &mut Problems) -> Option
             })
         }
         other => {
-            problems.add(
-                format!("{key}.check"),
-                format!("{other:?} is not one of none, tcp, http"),
-            );
+            problems
+                .add(format!("{key}.check"), format!("{other:?} is not one of none, tcp, http"));
             None
         }
     };
     if !(10..=MAX_INTERVAL_MS).contains(&raw.interval_ms) {
         problems.add(
             format!("{key}.interval_ms"),
-            format!(
-                "{} is out of range (10 to {MAX_INTERVAL_MS})",
-                raw.interval_ms
-            ),
+            format!("{} is out of range (10 to {MAX_INTERVAL_MS})", raw.interval_ms),
         );
     }
     if raw.timeout_ms < 1 || raw.timeout_ms >= raw.interval_ms {
@@ -566,11 +486,7 @@ fn validate_backend(key: &str, raw: &RawBackend, problems: &mut Problems) -> Bac
             1
         }
     };
-    Backend {
-        address,
-        port,
-        weight,
-    }
+    Backend { address, port, weight }
 }
 
 fn parse_addr(key: &str, text: &str, problems: &mut Problems) -> Ipv4Addr {
@@ -614,10 +530,7 @@ fn check_unique_services(services: &[Service], problems: &mut Problems) {
         if let Some(first) = endpoints.insert((s.vip, s.port, s.protocol), i) {
             problems.add(
                 format!("service[{i}]"),
-                format!(
-                    "{}:{}/{} is already service[{first}]",
-                    s.vip, s.port, s.protocol
-                ),
+                format!("{}:{}/{} is already service[{first}]", s.vip, s.port, s.protocol),
             );
         }
         for (j, b) in s.backends.iter().enumerate() {
@@ -635,14 +548,8 @@ fn check_unique_services(services: &[Service], problems: &mut Problems) {
                 backends.insert((b.address, b.port, s.protocol), (i, j));
             }
         }
-        if s.backends
-            .iter()
-            .any(|b| b.address == s.vip && b.port == s.port)
-        {
-            problems.add(
-                format!("service[{i}]"),
-                "a backend cannot be the service's own VIP:port",
-            );
+        if s.backends.iter().any(|b| b.address == s.vip && b.port == s.port) {
+            problems.add(format!("service[{i}]"), "a backend cannot be the service's own VIP:port");
         }
     }
 }
@@ -701,9 +608,7 @@ protocol = "udp"
 "#;
 
     fn problems(text: &str) -> Vec<String> {
-        parse(text)
-            .expect_err("config should be refused")
-            .problems()
+        parse(text).expect_err("config should be refused").problems()
     }
 
     #[test]
@@ -722,10 +627,7 @@ protocol = "udp"
     #[test]
     fn syntax_and_type_errors_name_the_key_and_line() {
         let p = problems(&GOOD.replace("  address = \"10.77.2.12\"", "  address = 12"));
-        assert!(
-            p[0].starts_with("service[0].backend[1].address (line 15)"),
-            "{p:?}"
-        );
+        assert!(p[0].starts_with("service[0].backend[1].address (line 15)"), "{p:?}");
     }
 
     #[test]
@@ -744,10 +646,7 @@ protocol = "udp"
             .replace("address = \"10.77.2.12\"", "address = \"10.77.2.11\"");
         let p = problems(&text);
         let has = |needle: &str| {
-            assert!(
-                p.iter().any(|x| x.contains(needle)),
-                "no {needle:?} in {p:?}"
-            );
+            assert!(p.iter().any(|x| x.contains(needle)), "no {needle:?} in {p:?}");
         };
         has("service[0].vip: \"10.77.1.300\" is not an IPv4 address");
         has("service[0].port: 0 is not a port");
@@ -762,8 +661,7 @@ protocol = "udp"
         );
         let p = problems(&text);
         assert!(
-            p.iter()
-                .any(|x| x.starts_with("service[2]: 10.77.1.100:80/tcp is already service[0]")),
+            p.iter().any(|x| x.starts_with("service[2]: 10.77.1.100:80/tcp is already service[0]")),
             "{p:?}"
         );
         assert!(
@@ -777,19 +675,10 @@ protocol = "udp"
     #[test]
     fn out_of_range_numbers_are_refused() {
         let p = problems(
-            &GOOD
-                .replace("weight = 0", "weight = -1")
-                .replace("port = 53", "port = 70000"),
+            &GOOD.replace("weight = 0", "weight = -1").replace("port = 53", "port = 70000"),
         );
-        assert!(
-            p.iter()
-                .any(|x| x.starts_with("service[0].backend[1].weight")),
-            "{p:?}"
-        );
-        assert!(
-            p.iter().any(|x| x.starts_with("service[1].port: 70000")),
-            "{p:?}"
-        );
+        assert!(p.iter().any(|x| x.starts_with("service[0].backend[1].weight")), "{p:?}");
+        assert!(p.iter().any(|x| x.starts_with("service[1].port: 70000")), "{p:?}");
     }
 
     #[test]
@@ -798,29 +687,20 @@ protocol = "udp"
             "interfaces = [\"lb-c\", \"lb-b\"]",
             "interfaces = [\"lb-c\", \"lb-c\"]\nxdp_mode = \"turbo\"\nconntrack_max = 5",
         ));
-        for key in [
-            "dataplane.interfaces[1]",
-            "dataplane.xdp_mode",
-            "dataplane.conntrack_max",
-        ] {
+        for key in ["dataplane.interfaces[1]", "dataplane.xdp_mode", "dataplane.conntrack_max"] {
             assert!(p.iter().any(|x| x.starts_with(key)), "no {key} in {p:?}");
         }
     }
 
     #[test]
     fn features_of_later_issues_are_refused_clearly() {
-        let p = problems(&GOOD.replace(
-            "port = 53",
-            "port = 53\nforwarding = \"dsr\"\non_no_backend = \"reject\"",
-        ));
-        assert!(
-            p.iter().any(|x| x.starts_with("service[1].forwarding")),
-            "{p:?}"
-        );
-        assert!(
-            p.iter().any(|x| x.starts_with("service[1].on_no_backend")),
-            "{p:?}"
-        );
+        let p =
+            problems(&GOOD.replace(
+                "port = 53",
+                "port = 53\nforwarding = \"dsr\"\non_no_backend = \"reject\"",
+            ));
+        assert!(p.iter().any(|x| x.starts_with("service[1].forwarding")), "{p:?}");
+        assert!(p.iter().any(|x| x.starts_with("service[1].on_no_backend")), "{p:?}");
     }
 
     const HEALTH: &str = "port = 80\n\n  [service.health]\n  check = \"http\"\n  path = \"/\"\n  expect_body = \"Bienvenue\"\n  interval_ms = 2000\n  timeout_ms = 1000\n  rise = 2\n  fall = 3\n";
@@ -855,16 +735,12 @@ protocol = "udp"
             .replace("rise = 2", "rise = 0")
             .replace("fall = 3", "fall = 0")
             .replace("timeout_ms = 1000", "timeout_ms = 2000")
-            .replace(
-                "expect_body = \"Bienvenue\"",
-                "expect_body = \"Bien(venue\"",
-            )
+            .replace("expect_body = \"Bienvenue\"", "expect_body = \"Bien(venue\"")
             .replace("path = \"/\"", "path = \"index.html\"");
         let p = problems(&GOOD.replacen("port = 80\n", &bad, 1));
         for key in ["rise", "fall", "timeout_ms", "expect_body", "path"] {
             assert!(
-                p.iter()
-                    .any(|x| x.starts_with(&format!("service[0].health.{key}"))),
+                p.iter().any(|x| x.starts_with(&format!("service[0].health.{key}"))),
                 "no {key} in {p:?}"
             );
         }

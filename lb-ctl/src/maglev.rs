@@ -102,13 +102,7 @@ mod tests {
 
     #[test]
     fn shares_follow_weights_within_one_percent() {
-        for weights in [
-            &[1, 1, 1][..],
-            &[3, 1, 1],
-            &[5, 2, 1, 1, 7],
-            &[1; 10],
-            &[100, 1],
-        ] {
+        for weights in [&[1, 1, 1][..], &[3, 1, 1], &[5, 2, 1, 1, 7], &[1; 10], &[100, 1]] {
             let table = build(&entries(weights), MAGLEV_SIZE);
             let counts = shares(&table);
             let total: u32 = weights.iter().sum();
@@ -153,20 +147,13 @@ mod tests {
             let rest: Vec<Entry> = all.iter().copied().filter(|e| e.id != removed).collect();
             let after = build(&rest, MAGLEV_SIZE);
             let others = before.iter().filter(|&&id| id != removed).count();
-            let moved = before
-                .iter()
-                .zip(&after)
-                .filter(|(b, a)| **b != removed && b != a)
-                .count();
+            let moved = before.iter().zip(&after).filter(|(b, a)| **b != removed && b != a).count();
             let fraction = moved as f64 / others as f64;
             eprintln!(
                 "n={n}: removing one backend moved {:.2}% of the others' slots",
                 fraction * 100.0
             );
-            assert!(
-                fraction < 0.01,
-                "n={n}: {fraction:.4} of the other backends' slots moved"
-            );
+            assert!(fraction < 0.01, "n={n}: {fraction:.4} of the other backends' slots moved");
             assert!(!after.contains(&removed));
         }
     }

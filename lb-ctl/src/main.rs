@@ -8,11 +8,7 @@ use lb_ctl::{
 };
 
 #[derive(Parser)]
-#[command(
-    name = "lb-ctl",
-    version,
-    about = "XDP layer-4 load balancer: controller and CLI"
-)]
+#[command(name = "lb-ctl", version, about = "XDP layer-4 load balancer: controller and CLI")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -43,29 +39,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Run {
-            config,
-            interfaces,
-            xdp_mode,
-        } => {
+        Command::Run { config, interfaces, xdp_mode } => {
             init_logging();
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("lb-ctl: cannot start the runtime: {e}");
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(run::run(
-                config,
-                Overrides {
-                    interfaces,
-                    xdp_mode,
-                },
-            )) {
+            match runtime.block_on(run::run(config, Overrides { interfaces, xdp_mode })) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     if let Some(refused) = e.downcast_ref::<Refused>() {

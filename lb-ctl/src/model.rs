@@ -61,11 +61,7 @@ pub enum Probe {
     Tcp,
     /// `GET path`: the status equals `expect_status` and, if set, the body
     /// matches the regular expression `expect_body` (HAProxy `rstring`).
-    Http {
-        path: String,
-        expect_status: u16,
-        expect_body: Option<String>,
-    },
+    Http { path: String, expect_status: u16, expect_body: Option<String> },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -137,10 +137,7 @@ impl Ids {
     /// The ids for `services`: kept for what stays, allocated for what is new,
     /// released for what is gone. Fails, changing nothing, when a table is full.
     pub fn assign(&self, services: &[Service]) -> Result<Self, PlanError> {
-        let mut next = Self {
-            next_backend: self.next_backend,
-            ..Self::default()
-        };
+        let mut next = Self { next_backend: self.next_backend, ..Self::default() };
         for s in services {
             let key = service_endpoint(s);
             if let Some(&id) = self.services.get(&key) {
@@ -192,9 +189,7 @@ impl Ids {
     }
 
     pub fn backend(&self, s: &Service, address: Ipv4Addr, port: u16) -> Option<u32> {
-        self.backends
-            .get(&(service_endpoint(s), backend_endpoint(address, port, s)))
-            .copied()
+        self.backends.get(&(service_endpoint(s), backend_endpoint(address, port, s))).copied()
     }
 }
 
@@ -216,11 +211,7 @@ pub fn image(services: &[Service], ids: &Ids, down: &BTreeSet<BackendKey>) -> Im
                 abi::Backend {
                     addr: b.address.octets(),
                     port: b.port,
-                    flags: if is_down {
-                        BACKEND_IN_USE | BACKEND_DOWN
-                    } else {
-                        BACKEND_IN_USE
-                    },
+                    flags: if is_down { BACKEND_IN_USE | BACKEND_DOWN } else { BACKEND_IN_USE },
                     service_id,
                     vip: key.addr,
                     vport: key.port,
@@ -229,20 +220,10 @@ pub fn image(services: &[Service], ids: &Ids, down: &BTreeSet<BackendKey>) -> Im
                 },
             );
             let slot = real_slot(bkey.addr, bkey.port, bkey.proto);
-            image
-                .real_slots
-                .entry(slot)
-                .and_modify(|v| *v = REAL_SLOT_SHARED)
-                .or_insert(id + 1);
+            image.real_slots.entry(slot).and_modify(|v| *v = REAL_SLOT_SHARED).or_insert(id + 1);
             image.reals.insert(
                 bkey,
-                abi::Real {
-                    vip: key.addr,
-                    vport: key.port,
-                    _pad: 0,
-                    service_id,
-                    backend_id: id,
-                },
+                abi::Real { vip: key.addr, vport: key.port, _pad: 0, service_id, backend_id: id },
             );
             entries.push(maglev::Entry {
                 address: b.address,
@@ -251,17 +232,10 @@ pub fn image(services: &[Service], ids: &Ids, down: &BTreeSet<BackendKey>) -> Im
                 id,
             });
         }
-        image
-            .maglev
-            .insert(service_id, Arc::new(maglev::build(&entries, MAGLEV_SIZE)));
+        image.maglev.insert(service_id, Arc::new(maglev::build(&entries, MAGLEV_SIZE)));
         image.services.insert(
             key,
-            abi::Service {
-                id: service_id,
-                ring_size: MAGLEV_SIZE,
-                flags: 0,
-                _pad: 0,
-            },
+            abi::Service { id: service_id, ring_size: MAGLEV_SIZE, flags: 0, _pad: 0 },
         );
         *image.vips.entry(key.addr).or_insert(0) += 1;
         *image.addrs.entry(addr_slot(key.addr)).or_insert(0) |= ADDR_VIP;
@@ -311,11 +285,7 @@ pub fn diff(old: &Image, new: &Image) -> Vec<Op> {
             ops.push(Op::PutService(*key, *s));
         }
     }
-    for key in old
-        .services
-        .keys()
-        .filter(|k| !new.services.contains_key(k))
-    {
+    for key in old.services.keys().filter(|k| !new.services.contains_key(k)) {
         ops.push(Op::DelService(*key));
     }
     for vip in old.vips.keys().filter(|v| !new.vips.contains_key(*v)) {
@@ -327,18 +297,10 @@ pub fn diff(old: &Image, new: &Image) -> Vec<Op> {
     for key in old.reals.keys().filter(|k| !new.reals.contains_key(k)) {
         ops.push(Op::DelReal(*key));
     }
-    for slot in old
-        .real_slots
-        .keys()
-        .filter(|s| !new.real_slots.contains_key(s))
-    {
+    for slot in old.real_slots.keys().filter(|s| !new.real_slots.contains_key(s)) {
         ops.push(Op::PutRealSlot(*slot, 0));
     }
-    for id in old
-        .backends
-        .keys()
-        .filter(|id| !new.backends.contains_key(id))
-    {
+    for id in old.backends.keys().filter(|id| !new.backends.contains_key(id)) {
         ops.push(Op::ClearBackend(*id));
     }
     // ...and lose bits only after what used them is gone.
@@ -382,25 +344,13 @@ mod tests {
 
     #[test]
     fn ids_are_stable_and_freed_ids_are_reused_last() {
-        let (ids, _) = plan(
-            &Ids::default(),
-            &[service("web", 80, &[(11, 1), (12, 1), (13, 1)])],
-        );
+        let (ids, _) = plan(&Ids::default(), &[service("web", 80, &[(11, 1), (12, 1), (13, 1)])]);
         let web = service("web", 80, &[(11, 1), (13, 1), (14, 1)]);
         let (ids2, _) = plan(&ids, std::slice::from_ref(&web));
-        assert_eq!(
-            ids2.backend(&web, Ipv4Addr::new(10, 77, 2, 11), 80),
-            Some(0)
-        );
-        assert_eq!(
-            ids2.backend(&web, Ipv4Addr::new(10, 77, 2, 13), 80),
-            Some(2)
-        );
+        assert_eq!(ids2.backend(&web, Ipv4Addr::new(10, 77, 2, 11), 80), Some(0));
+        assert_eq!(ids2.backend(&web, Ipv4Addr::new(10, 77, 2, 13), 80), Some(2));
         // 12 had id 1; the newcomer does not get it.
-        assert_eq!(
-            ids2.backend(&web, Ipv4Addr::new(10, 77, 2, 14), 80),
-            Some(3)
-        );
+        assert_eq!(ids2.backend(&web, Ipv4Addr::new(10, 77, 2, 14), 80), Some(3));
     }
 
     #[test]
@@ -408,11 +358,7 @@ mod tests {
         let (ids, _) = plan(&Ids::default(), &[service("web", 80, &[(11, 1)])]);
         let moved = service("web", 8080, &[(11, 1)]);
         let (ids, _) = plan(&ids, std::slice::from_ref(&moved));
-        assert_eq!(
-            ids.service(&moved),
-            Some(1),
-            "id 0 was freed in the same apply"
-        );
+        assert_eq!(ids.service(&moved), Some(1), "id 0 was freed in the same apply");
     }
 
     #[test]
@@ -461,16 +407,8 @@ mod tests {
             .expect("some endpoint shares the slot");
         let mut web = service("web", 80, &[]);
         web.backends = vec![
-            Backend {
-                address: first.0,
-                port: first.1,
-                weight: 1,
-            },
-            Backend {
-                address: second.0,
-                port: second.1,
-                weight: 1,
-            },
+            Backend { address: first.0, port: first.1, weight: 1 },
+            Backend { address: second.0, port: second.1, weight: 1 },
         ];
         let (_, image) = plan(&Ids::default(), &[web]);
         assert_eq!(image.real_slots[&target], REAL_SLOT_SHARED);
@@ -479,10 +417,7 @@ mod tests {
 
     #[test]
     fn same_config_twice_writes_nothing() {
-        let services = [
-            service("web", 80, &[(11, 1), (12, 2)]),
-            service("dns", 53, &[(21, 1)]),
-        ];
+        let services = [service("web", 80, &[(11, 1), (12, 2)]), service("dns", 53, &[(21, 1)])];
         let (ids, image) = plan(&Ids::default(), &services);
         let (_, again) = plan(&ids, &services);
         assert!(diff(&image, &again).is_empty());
@@ -518,12 +453,8 @@ mod tests {
 
     #[test]
     fn too_many_services_is_an_error_not_a_partial_plan() {
-        let services: Vec<Service> = (0..=MAX_SERVICES as u16)
-            .map(|i| service(&format!("s{i}"), 1000 + i, &[]))
-            .collect();
-        assert_eq!(
-            Ids::default().assign(&services).unwrap_err(),
-            PlanError::TooManyServices
-        );
+        let services: Vec<Service> =
+            (0..=MAX_SERVICES as u16).map(|i| service(&format!("s{i}"), 1000 + i, &[])).collect();
+        assert_eq!(Ids::default().assign(&services).unwrap_err(), PlanError::TooManyServices);
     }
 }

@@ -109,17 +109,9 @@ impl<M: Maps> Reconciler<M> {
 }
 
 enum Command {
-    SetDown {
-        down: BTreeSet<BackendKey>,
-        reply: oneshot::Sender<Result<Applied, ReconcileError>>,
-    },
-    RefreshNextHops {
-        reply: oneshot::Sender<Result<(), ReconcileError>>,
-    },
-    Apply {
-        services: Vec<Service>,
-        reply: oneshot::Sender<Result<Applied, ReconcileError>>,
-    },
+    SetDown { down: BTreeSet<BackendKey>, reply: oneshot::Sender<Result<Applied, ReconcileError>> },
+    RefreshNextHops { reply: oneshot::Sender<Result<(), ReconcileError>> },
+    Apply { services: Vec<Service>, reply: oneshot::Sender<Result<Applied, ReconcileError>> },
 }
 
 /// A cloneable way to send commands to the reconciler task.
@@ -251,11 +243,7 @@ mod tests {
                 "after failing at write {fail_after}"
             );
             let want = plan::image(&next, &r.ids, &BTreeSet::new());
-            assert_eq!(
-                *r.applied(),
-                want,
-                "after failing at write {fail_after} ({failed})"
-            );
+            assert_eq!(*r.applied(), want, "after failing at write {fail_after} ({failed})");
             r.apply(&[web(&[(11, 1)])]).unwrap();
         }
     }
@@ -280,11 +268,7 @@ mod tests {
         let mut r = Reconciler::new(fake.clone());
         r.apply(&[web(&[(11, 1)])]).unwrap();
         let too_many: Vec<Service> = (0..=lb_common::abi::MAX_SERVICES as u16)
-            .map(|i| Service {
-                name: format!("s{i}"),
-                port: 1000 + i,
-                ..web(&[])
-            })
+            .map(|i| Service { name: format!("s{i}"), port: 1000 + i, ..web(&[]) })
             .collect();
         assert!(matches!(r.apply(&too_many), Err(ReconcileError::Plan(_))));
         assert_eq!(*fake.state.lock().unwrap(), *r.applied());

@@ -36,28 +36,19 @@ pub struct Refused(pub Vec<String>);
 pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, Refused> {
     let mut config = config::load(path).map_err(|e| Refused(e.problems()))?;
     if !overrides.interfaces.is_empty() {
-        config
-            .dataplane
-            .interfaces
-            .clone_from(&overrides.interfaces);
+        config.dataplane.interfaces.clone_from(&overrides.interfaces);
     }
     if let Some(mode) = overrides.xdp_mode {
         config.dataplane.xdp_mode = mode;
     }
-    let mut problems: Vec<String> = config::missing_interfaces(&config.dataplane)
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let mut problems: Vec<String> =
+        config::missing_interfaces(&config.dataplane).iter().map(ToString::to_string).collect();
     if config.dataplane.interfaces.is_empty() {
         problems.push(
             "dataplane.interfaces: no interface to attach to (set it or pass --iface)".into(),
         );
     }
-    if problems.is_empty() {
-        Ok(config)
-    } else {
-        Err(Refused(problems))
-    }
+    if problems.is_empty() { Ok(config) } else { Err(Refused(problems)) }
 }
 
 pub async fn run(path: PathBuf, overrides: Overrides) -> anyhow::Result<()> {
@@ -80,10 +71,7 @@ pub async fn run(path: PathBuf, overrides: Overrides) -> anyhow::Result<()> {
         KernelMaps::start(&config.dataplane, EBPF_OBJECT).context("starting the data plane")?;
     let (handle, task) = reconciler::spawn(Reconciler::new(maps));
     let outcome = async {
-        handle
-            .apply(config.services.clone())
-            .await
-            .context("applying the configuration")?;
+        handle.apply(config.services.clone()).await.context("applying the configuration")?;
         info!(config = %path.display(), services = config.services.len(), "load balancer running");
         let mut health = health::Monitor::default();
         health.sync(&config.services);
@@ -125,7 +113,7 @@ async fn apply_health(health: &health::Monitor, handle: &reconciler::Handle) {
     let count = down.len();
     match handle.set_down(down).await {
         Ok(applied) if applied.writes > 0 => {
-            info!(down = count, writes = applied.writes, "health applied")
+            info!(down = count, writes = applied.writes, "health applied");
         }
         Ok(_) => {}
         Err(e) => error!(error = %e, "applying health states failed; the next change retries"),
@@ -153,10 +141,7 @@ async fn reload(
     match handle.apply(next.services.clone()).await {
         Ok(applied) => {
             info!(writes = applied.writes, "configuration reloaded");
-            Config {
-                dataplane: running.dataplane,
-                ..next
-            }
+            Config { dataplane: running.dataplane, ..next }
         }
         Err(e) => {
             error!(error = %e, "reload failed midway; the next reload (SIGHUP) completes or undoes it");

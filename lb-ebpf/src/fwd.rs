@@ -52,16 +52,10 @@ pub fn forward(ctx: &XdpContext, pkt: &Packet, target: &Target) -> Result<Verdic
         (*pkt.eth).dst = hop.dmac;
     }
     if hop.ifindex == ingress {
-        return Ok(Verdict {
-            action: xdp_action::XDP_TX,
-            counter: Counter::Tx,
-        });
+        return Ok(Verdict { action: xdp_action::XDP_TX, counter: Counter::Tx });
     }
     match LB_TX_PORTS.redirect(hop.tx_slot, 0) {
-        Ok(action) => Ok(Verdict {
-            action,
-            counter: Counter::Redirect,
-        }),
+        Ok(action) => Ok(Verdict { action, counter: Counter::Redirect }),
         // The egress interface is not one of ours: let tc send it.
         Err(_) => slow_path(ctx, hop.ifindex),
     }
@@ -115,14 +109,9 @@ fn next_hop(ctx: &XdpContext, pkt: &Packet, target: &Target, ingress: u32) -> Re
     params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
     params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
     // SAFETY: params is a live, correctly sized bpf_fib_lookup.
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.as_ptr(),
-            &raw mut params,
-            size_of::<FibParams>() as i32,
-            0,
-        )
-    } as u32;
+    let rc =
+        unsafe { bpf_fib_lookup(ctx.as_ptr(), &raw mut params, size_of::<FibParams>() as i32, 0) }
+            as u32;
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {
             // SAFETY: copied out at once.
@@ -144,9 +133,7 @@ fn next_hop(ctx: &XdpContext, pkt: &Packet, target: &Target, ingress: u32) -> Re
             }
             Ok(Hop::Resolved(hop))
         }
-        BPF_FIB_LKUP_RET_NO_NEIGH => Ok(Hop::NoNeighbour {
-            ifindex: params.ifindex,
-        }),
+        BPF_FIB_LKUP_RET_NO_NEIGH => Ok(Hop::NoNeighbour { ifindex: params.ifindex }),
         // Too big for the egress link. A client's packet handed to the
         // stack would be delivered to the local VIP and answered with a
         // reset; a backend's reply is forwarded by the kernel, which tells
@@ -173,13 +160,7 @@ fn slow_path(ctx: &XdpContext, ifindex: u32) -> Result<Verdict, Counter> {
     }
     // SAFETY: bounds checked just above.
     unsafe {
-        (meta as *mut NeighMeta).write_unaligned(NeighMeta {
-            magic: NEIGH_META_MAGIC,
-            ifindex,
-        })
+        (meta as *mut NeighMeta).write_unaligned(NeighMeta { magic: NEIGH_META_MAGIC, ifindex })
     };
-    Ok(Verdict {
-        action: xdp_action::XDP_PASS,
-        counter: Counter::SlowPathNeigh,
-    })
+    Ok(Verdict { action: xdp_action::XDP_PASS, counter: Counter::SlowPathNeigh })
 }

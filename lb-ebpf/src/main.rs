@@ -66,11 +66,7 @@ fn process(ctx: &XdpContext) -> Result<Verdict, Counter> {
         // SAFETY: the value is not read.
         let to_vip =
             select::may_be_vip(pkt.flow.dst) && unsafe { LB_VIPS.get(pkt.flow.dst).is_some() };
-        return Err(if to_vip {
-            Counter::DropFragment
-        } else {
-            Counter::PassNotService
-        });
+        return Err(if to_vip { Counter::DropFragment } else { Counter::PassNotService });
     }
     if select::may_be_vip(pkt.flow.dst)
         && let Some(verdict) = to_backend(ctx, &pkt)?
@@ -91,11 +87,7 @@ fn to_client(ctx: &XdpContext, pkt: &parse::Packet) -> Result<Option<Verdict>, C
         return Ok(None);
     };
     expire_check(pkt)?;
-    let target = Target {
-        side: Side::Source,
-        addr: real.vip,
-        port: real.vport,
-    };
+    let target = Target { side: Side::Source, addr: real.vip, port: real.vport };
     let verdict = fwd::forward(ctx, pkt, &target)?;
     select::account(&LB_SVC_STATS, real.service_id, pkt.tot_len, false, false);
     select::account(&LB_BE_STATS, real.backend_id, pkt.tot_len, false, false);
@@ -105,11 +97,7 @@ fn to_client(ctx: &XdpContext, pkt: &parse::Packet) -> Result<Option<Verdict>, C
 /// TTL <= 1: the kernel must answer (ICMP time exceeded), not us.
 #[inline(always)]
 fn expire_check(pkt: &parse::Packet) -> Result<(), Counter> {
-    if pkt.ttl <= 1 {
-        Err(Counter::PassTtlExpired)
-    } else {
-        Ok(())
-    }
+    if pkt.ttl <= 1 { Err(Counter::PassTtlExpired) } else { Ok(()) }
 }
 
 /// A client packet to a VIP: the connection table first (an established flow
@@ -134,19 +122,10 @@ fn to_backend(ctx: &XdpContext, pkt: &parse::Packet) -> Result<Option<Verdict>, 
             (service.id, select::schedule(&pkt.flow, hash, &service)?)
         }
     };
-    let target = Target {
-        side: Side::Destination,
-        addr: choice.backend.addr,
-        port: choice.backend.port,
-    };
+    let target =
+        Target { side: Side::Destination, addr: choice.backend.addr, port: choice.backend.port };
     let verdict = fwd::forward(ctx, pkt, &target)?;
-    select::account(
-        &LB_SVC_STATS,
-        service_id,
-        pkt.tot_len,
-        true,
-        choice.new_flow,
-    );
+    select::account(&LB_SVC_STATS, service_id, pkt.tot_len, true, choice.new_flow);
     select::account(&LB_BE_STATS, choice.id, pkt.tot_len, true, choice.new_flow);
     Ok(Some(verdict))
 }
@@ -156,12 +135,7 @@ fn to_backend(ctx: &XdpContext, pkt: &parse::Packet) -> Result<Option<Verdict>, 
 #[classifier]
 pub fn lb_neigh(ctx: TcContext) -> i32 {
     // SAFETY: reading two fields of the context the kernel handed us.
-    let (meta, data) = unsafe {
-        (
-            (*ctx.skb.skb).data_meta as usize,
-            (*ctx.skb.skb).data as usize,
-        )
-    };
+    let (meta, data) = unsafe { ((*ctx.skb.skb).data_meta as usize, (*ctx.skb.skb).data as usize) };
     if meta + size_of::<NeighMeta>() > data {
         return TC_ACT_UNSPEC;
     }
@@ -175,11 +149,7 @@ pub fn lb_neigh(ctx: TcContext) -> i32 {
     // On failure drop: the packet is already rewritten (a reply with the
     // VIP as source), so the stack would only drop it as a martian or route
     // it again with its TTL decremented twice.
-    if rc == i64::from(TC_ACT_REDIRECT) {
-        TC_ACT_REDIRECT
-    } else {
-        TC_ACT_SHOT
-    }
+    if rc == i64::from(TC_ACT_REDIRECT) { TC_ACT_REDIRECT } else { TC_ACT_SHOT }
 }
 
 #[cfg(not(test))]

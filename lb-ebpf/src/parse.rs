@@ -94,12 +94,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Counter> {
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return Err(Counter::PassNotTcpUdp);
     }
-    let mut flow = Flow {
-        src,
-        dst,
-        proto,
-        ..Flow::default()
-    };
+    let mut flow = Flow { src, dst, proto, ..Flow::default() };
     let fragment = frag_off & IP_MF_OFFSET != 0;
     if fragment {
         // No ports to read; the caller decides whether the fragment is ours.
@@ -142,14 +137,5 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Counter> {
         flow.sport = u16::from_be_bytes((*ports).src);
         flow.dport = u16::from_be_bytes((*ports).dst);
     }
-    Ok(Packet {
-        eth,
-        ip,
-        ports,
-        l4_check,
-        flow,
-        tot_len,
-        ttl,
-        fragment,
-    })
+    Ok(Packet { eth, ip, ports, l4_check, flow, tot_len, ttl, fragment })
 }

@@ -105,8 +105,5 @@ pub fn tcp_reset(ctx: &XdpContext, pkt: &Packet) -> Result<Verdict, Counter> {
         *ip_out = ip;
         *tcp_out = tcp;
     }
-    Ok(Verdict {
-        action: xdp_action::XDP_TX,
-        counter: Counter::RstBackendDown,
-    })
+    Ok(Verdict { action: xdp_action::XDP_TX, counter: Counter::RstBackendDown })
 }

@@ -65,12 +65,7 @@ pub fn real(flow: &Flow) -> Option<Reply> {
         && b.addr == flow.src
         && b.port == flow.sport
         && b.proto == flow.proto;
-    mine.then_some(Reply {
-        backend_id: id,
-        service_id: b.service_id,
-        vip: b.vip,
-        vport: b.vport,
-    })
+    mine.then_some(Reply { backend_id: id, service_id: b.service_id, vip: b.vip, vport: b.vport })
 }
 
 /// The backend `id` if it is in use, belongs to `service_id` and serves the
@@ -91,9 +86,7 @@ fn live_backend(id: u32, service_id: u32, flow: &Flow) -> Option<Backend> {
 /// lookup that follows.
 #[inline(always)]
 pub fn may_be_vip(addr: [u8; 4]) -> bool {
-    LB_ADDRS
-        .get(addr_slot(addr))
-        .is_some_and(|flags| flags & ADDR_VIP != 0)
+    LB_ADDRS.get(addr_slot(addr)).is_some_and(|flags| flags & ADDR_VIP != 0)
 }
 
 /// The flow's backend from the connection table, if it has one that still
@@ -110,11 +103,7 @@ pub fn established(flow: &Flow, hash: u32) -> Option<(u32, Choice)> {
             && entry.epoch == epoch
             && let Some(backend) = live_backend(entry.conn.backend_id, entry.conn.service_id, flow)
         {
-            let choice = Choice {
-                id: entry.conn.backend_id,
-                backend,
-                new_flow: false,
-            };
+            let choice = Choice { id: entry.conn.backend_id, backend, new_flow: false };
             return Some((entry.conn.service_id, choice));
         }
     }
@@ -123,22 +112,9 @@ pub fn established(flow: &Flow, hash: u32) -> Option<(u32, Choice)> {
     let backend = live_backend(conn.backend_id, conn.service_id, flow)?;
     if let Some(slot) = cached {
         // SAFETY: a per-CPU slot, only touched by this CPU; XDP does not nest.
-        unsafe {
-            *slot = FlowCacheEntry {
-                flow: *flow,
-                conn,
-                epoch,
-            }
-        };
+        unsafe { *slot = FlowCacheEntry { flow: *flow, conn, epoch } };
     }
-    Some((
-        conn.service_id,
-        Choice {
-            id: conn.backend_id,
-            backend,
-            new_flow: false,
-        },
-    ))
+    Some((conn.service_id, Choice { id: conn.backend_id, backend, new_flow: false }))
 }
 
 /// Places a flow the connection table does not know with the service's
@@ -154,20 +130,13 @@ pub fn schedule(flow: &Flow, hash: u32, service: &Service) -> Result<Choice, Cou
     let backend = live_backend(id, service.id, flow)
         .filter(|b| b.flags & BACKEND_DOWN == 0)
         .ok_or(Counter::DropNoBackend)?;
-    let conn = Conn {
-        backend_id: id,
-        service_id: service.id,
-    };
+    let conn = Conn { backend_id: id, service_id: service.id };
     // A full table evicts its least recently used entry; insert cannot fail for want of room.
     let _ = LB_CONNTRACK.insert(flow, conn, 0);
     // Not copied into the flow cache yet: the flow's next packet does that
     // (on its way through the connection table), which keeps a SYN flood from
     // also churning the cache.
-    Ok(Choice {
-        id,
-        backend,
-        new_flow: true,
-    })
+    Ok(Choice { id, backend, new_flow: true })
 }
 
 /// The flow hash, shared by the flow cache and Maglev.

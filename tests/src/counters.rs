@@ -23,10 +23,7 @@ pub fn read(pin_dir: &str) -> Vec<(&'static str, u64)> {
 
 /// One counter, summed over CPUs.
 pub fn get(pin_dir: &str, counter: Counter) -> u64 {
-    read(pin_dir)
-        .into_iter()
-        .find(|(n, _)| *n == counter.name())
-        .map_or(0, |(_, v)| v)
+    read(pin_dir).into_iter().find(|(n, _)| *n == counter.name()).map_or(0, |(_, v)| v)
 }
 
 /// Traffic of one backend id, summed over CPUs.

@@ -30,11 +30,8 @@ pub const HAIRPIN_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x32];
 pub const WEB1: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 11);
 pub const WEB2: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 12);
 pub const WEB3: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 13);
-pub const WEB_MACS: [Mac; 3] = [
-    [0x02, 0, 0, 0, 0x02, 0x0b],
-    [0x02, 0, 0, 0, 0x02, 0x0c],
-    [0x02, 0, 0, 0, 0x02, 0x0d],
-];
+pub const WEB_MACS: [Mac; 3] =
+    [[0x02, 0, 0, 0, 0x02, 0x0b], [0x02, 0, 0, 0, 0x02, 0x0c], [0x02, 0, 0, 0, 0x02, 0x0d]];
 /// A backend with no neighbour entry.
 pub const NO_NEIGH_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 50);
 pub const BACKEND_SIDE_MTU: u16 = 1400;
@@ -143,21 +140,14 @@ pub struct FixtureNs {
 
 impl FixtureNs {
     pub fn create(name: &str) -> Self {
-        let ns = Self {
-            name: name.to_owned(),
-        };
+        let ns = Self { name: name.to_owned() };
         ns.remove();
         sh(&["ip", "netns", "add", name]);
         let n = name;
         ns_sh(n, &["ip", "link", "set", "lo", "up"]);
         for (dev, mac, peer, peer_mac) in [
             (IF_CLIENT, IF_CLIENT_MAC, "fx-cp", [0x02, 0, 0, 0, 0, 0xc2]),
-            (
-                IF_BACKEND,
-                IF_BACKEND_MAC,
-                "fx-bp",
-                [0x02, 0, 0, 0, 0, 0xb2],
-            ),
+            (IF_BACKEND, IF_BACKEND_MAC, "fx-bp", [0x02, 0, 0, 0, 0, 0xb2]),
         ] {
             sh(&[
                 "ip",
@@ -179,80 +169,13 @@ impl FixtureNs {
             ns_sh(n, &["ip", "link", "set", dev, "up"]);
             ns_sh(n, &["ip", "link", "set", peer, "up"]);
         }
-        ns_sh(
-            n,
-            &[
-                "ip",
-                "addr",
-                "add",
-                &format!("{LB_CLIENT_SIDE}/24"),
-                "dev",
-                IF_CLIENT,
-            ],
-        );
-        ns_sh(
-            n,
-            &["ip", "addr", "add", &format!("{VIP}/32"), "dev", IF_CLIENT],
-        );
+        ns_sh(n, &["ip", "addr", "add", &format!("{LB_CLIENT_SIDE}/24"), "dev", IF_CLIENT]);
+        ns_sh(n, &["ip", "addr", "add", &format!("{VIP}/32"), "dev", IF_CLIENT]);
         ns_sh(n, &["ip", "addr", "add", "10.77.2.1/24", "dev", IF_BACKEND]);
         ns_sh(n, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         // A smaller MTU on the backend side, for the "too big" case.
-        ns_sh(
-            n,
-            &[
-                "ip",
-                "link",
-                "set",
-                IF_BACKEND,
-                "mtu",
-                &BACKEND_SIDE_MTU.to_string(),
-            ],
-        );
-        // The backend that shares an index slot lives behind the backend side too.
-        let (collider, _) = slot_sharing_backend();
-        ns_sh(
-            n,
-            &["ip", "route", "add", "10.77.4.0/24", "dev", IF_BACKEND],
-        );
-        ns_sh(
-            n,
-            &[
-                "ip",
-                "neigh",
-                "replace",
-                &collider.to_string(),
-                "lladdr",
-                &mac_str(COLLIDER_MAC),
-                "dev",
-                IF_BACKEND,
-                "nud",
-                "permanent",
-            ],
-        );
-        let neighbours = [
-            (CLIENT, CLIENT_MAC, IF_CLIENT),
-            (HAIRPIN, HAIRPIN_MAC, IF_CLIENT),
-            (WEB1, WEB_MACS[0], IF_BACKEND),
-            (WEB2, WEB_MACS[1], IF_BACKEND),
-            (WEB3, WEB_MACS[2], IF_BACKEND),
-        ];
-        for (addr, mac, dev) in neighbours {
-            ns_sh(
-                n,
-                &[
-                    "ip",
-                    "neigh",
-                    "replace",
-                    &addr.to_string(),
-                    "lladdr",
-                    &mac_str(mac),
-                    "dev",
-                    dev,
-                    "nud",
-                    "permanent",
-                ],
-            );
-        }
+        ns_sh(n, &["ip", "link", "set", IF_BACKEND, "mtu", &BACKEND_SIDE_MTU.to_string()]);
+        add_neighbours(n);
         ns
     }
 
@@ -269,11 +192,55 @@ impl Drop for FixtureNs {
     }
 }
 
+/// Routes and permanent neighbour entries of the fixture namespace `n`:
+/// every host the fixtures expect to reach, except the "no neighbour" ones.
+fn add_neighbours(n: &str) {
+    // The backend that shares an index slot lives behind the backend side too.
+    let (collider, _) = slot_sharing_backend();
+    ns_sh(n, &["ip", "route", "add", "10.77.4.0/24", "dev", IF_BACKEND]);
+    ns_sh(
+        n,
+        &[
+            "ip",
+            "neigh",
+            "replace",
+            &collider.to_string(),
+            "lladdr",
+            &mac_str(COLLIDER_MAC),
+            "dev",
+            IF_BACKEND,
+            "nud",
+            "permanent",
+        ],
+    );
+    let neighbours = [
+        (CLIENT, CLIENT_MAC, IF_CLIENT),
+        (HAIRPIN, HAIRPIN_MAC, IF_CLIENT),
+        (WEB1, WEB_MACS[0], IF_BACKEND),
+        (WEB2, WEB_MACS[1], IF_BACKEND),
+        (WEB3, WEB_MACS[2], IF_BACKEND),
+    ];
+    for (addr, mac, dev) in neighbours {
+        ns_sh(
+            n,
+            &[
+                "ip",
+                "neigh",
+                "replace",
+                &addr.to_string(),
+                "lladdr",
+                &mac_str(mac),
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ],
+        );
+    }
+}
+
 pub fn mac_str(mac: Mac) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// The program loaded (not attached) with the fixture config applied. Must be
@@ -289,14 +256,9 @@ impl Loaded {
         let maps = KernelMaps::load(EBPF_OBJECT, conntrack_max, &config.dataplane.interfaces)
             .unwrap_or_else(|e| panic!("loading the program: {e}"));
         let mut reconciler = Reconciler::new(maps);
-        reconciler
-            .apply(&config.services)
-            .expect("applying the fixture config");
+        reconciler.apply(&config.services).expect("applying the fixture config");
         let prog_fd = testrun::program_fd(reconciler.maps_mut().ebpf_mut(), "lb_xdp");
-        Self {
-            reconciler,
-            prog_fd,
-        }
+        Self { reconciler, prog_fd }
     }
 
     pub fn ifindex(name: &str) -> u32 {
@@ -310,11 +272,7 @@ impl Loaded {
 
     pub fn counter(&mut self, counter: Counter) -> u64 {
         let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
-            self.reconciler
-                .maps_mut()
-                .ebpf_mut()
-                .map("lb_counters")
-                .expect("lb_counters"),
+            self.reconciler.maps_mut().ebpf_mut().map("lb_counters").expect("lb_counters"),
         )
         .expect("lb_counters type");
         map.get(&(counter as u32), 0).map_or(0, |v| v.iter().sum())
@@ -322,11 +280,7 @@ impl Loaded {
 
     fn conntrack(&mut self) -> AyaHashMap<&mut MapData, Flow, Conn> {
         AyaHashMap::try_from(
-            self.reconciler
-                .maps_mut()
-                .ebpf_mut()
-                .map_mut("lb_conntrack")
-                .expect("lb_conntrack"),
+            self.reconciler.maps_mut().ebpf_mut().map_mut("lb_conntrack").expect("lb_conntrack"),
         )
         .expect("lb_conntrack type")
     }

@@ -35,19 +35,44 @@ fn built_bin(name: &str) -> PathBuf {
 /// Config for the end-to-end tests: HTTP on 80, a line echo on 9000 (for
 /// long-lived connections), UDP echo on 5353, each on web1..web3 with the
 /// given weights (`None` leaves the backend out).
+/// Health checks of the end-to-end tests, fast so the tests are: HTTP on
+/// `/health` (see `server::HealthMode`) for the web service, TCP for the echo.
+pub struct Checks {
+    pub web: &'static str,
+    pub echo: &'static str,
+}
+
+pub const FAST_CHECKS: Checks = Checks {
+    web: "check = \"http\"\npath = \"/health\"\nexpect_body = \"Bienvenue\"\ninterval_ms = 200\ntimeout_ms = 100\nrise = 2\nfall = 2\n",
+    echo: "check = \"tcp\"\ninterval_ms = 200\ntimeout_ms = 100\nrise = 2\nfall = 2\n",
+};
+
 pub fn config(pin_dir: &str, weights: [Option<u32>; 3]) -> String {
+    config_with_checks(pin_dir, weights, None)
+}
+
+pub fn config_with_checks(
+    pin_dir: &str,
+    weights: [Option<u32>; 3],
+    checks: Option<&Checks>,
+) -> String {
     let mut text = format!(
         "[dataplane]\ninterfaces = [\"lb-c\", \"lb-b\"]\nconntrack_max = 65536\npin_path = \"{pin_dir}\"\n"
     );
-    for (name, port, protocol) in [
-        ("web", 80, "tcp"),
-        ("echo", 9000, "tcp"),
-        ("udp", 5353, "udp"),
-    ] {
+    for (name, port, protocol) in [("web", 80, "tcp"), ("echo", 9000, "tcp"), ("udp", 5353, "udp")]
+    {
         let _ = write!(
             text,
             "\n[[service]]\nname = \"{name}\"\nvip = \"{VIP}\"\nport = {port}\nprotocol = \"{protocol}\"\n"
         );
+        let health = match (checks, name) {
+            (Some(c), "web") => Some(c.web),
+            (Some(c), "echo") => Some(c.echo),
+            _ => None,
+        };
+        if let Some(health) = health {
+            let _ = write!(text, "  [service.health]\n{health}");
+        }
         for ((_, address), weight) in BACKENDS.iter().zip(weights) {
             if let Some(weight) = weight {
                 let _ = write!(
@@ -65,12 +90,18 @@ pub struct Lab {
     pub dir: PathBuf,
     pub config_path: PathBuf,
     pub pin_dir: String,
+    checks: Option<&'static Checks>,
     ctl: Option<Child>,
 }
 
 impl Lab {
     /// Topology + backends + `lb-ctl run` with `config(..)` of all three backends.
     pub fn start(prefix: &str) -> Self {
+        Self::start_with_checks(prefix, None)
+    }
+
+    /// As `start`, with health checks.
+    pub fn start_with_checks(prefix: &str, checks: Option<&'static Checks>) -> Self {
         let mut topo = Topology::create(prefix);
         topo.start_backends(&built_bin("lb-lab").to_string_lossy());
         let dir = std::env::temp_dir().join(format!("{prefix}-e2e"));
@@ -78,14 +109,9 @@ impl Lab {
         std::fs::create_dir_all(&dir).expect("test directory");
         let pin_dir = format!("/sys/fs/bpf/{prefix}-e2e");
         let config_path = dir.join("lb.toml");
-        std::fs::write(&config_path, config(&pin_dir, [Some(1); 3])).expect("writing config");
-        let mut lab = Self {
-            topo,
-            dir,
-            config_path,
-            pin_dir,
-            ctl: None,
-        };
+        std::fs::write(&config_path, config_with_checks(&pin_dir, [Some(1); 3], checks))
+            .expect("writing config");
+        let mut lab = Self { topo, dir, config_path, pin_dir, checks, ctl: None };
         lab.spawn_ctl();
         lab.wait_log("load balancer running", 1);
         lab
@@ -122,33 +148,43 @@ impl Lab {
                 return;
             }
             if let Some(status) = self.ctl.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!(
-                    "lb-ctl exited ({status}) before {needle:?}:\n{}",
-                    self.log()
-                );
+                panic!("lb-ctl exited ({status}) before {needle:?}:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!(
-            "no {needle:?} (x{count}) in the lb-ctl log within 20 s:\n{}",
-            self.log()
-        );
+        panic!("no {needle:?} (x{count}) in the lb-ctl log within 20 s:\n{}", self.log());
+    }
+
+    /// Log lines that contain every one of `parts`.
+    pub fn count_lines(&self, parts: &[&str]) -> usize {
+        self.log().lines().filter(|l| parts.iter().all(|p| l.contains(p))).count()
+    }
+
+    /// Waits until `count` log lines contain every one of `parts`; returns
+    /// how long that took.
+    pub fn wait_lines(&self, parts: &[&str], count: usize, limit: Duration) -> Duration {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if self.count_lines(parts) >= count {
+                return start.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("no {count} log line(s) with {parts:?} within {limit:?}:\n{}", self.log());
     }
 
     /// Rewrites the config and sends SIGHUP; returns once it is applied.
     pub fn reload(&mut self, weights: [Option<u32>; 3]) {
         let before = self.log().matches("configuration reloaded").count();
-        std::fs::write(&self.config_path, config(&self.pin_dir, weights)).expect("writing config");
+        std::fs::write(&self.config_path, config_with_checks(&self.pin_dir, weights, self.checks))
+            .expect("writing config");
         self.signal("-HUP");
         self.wait_log("configuration reloaded", before + 1);
     }
 
     fn signal(&self, sig: &str) {
         let pid = self.ctl.as_ref().expect("lb-ctl runs").id().to_string();
-        assert!(
-            output(&["kill", sig, &pid]).status.success(),
-            "kill {sig} {pid}"
-        );
+        assert!(output(&["kill", sig, &pid]).status.success(), "kill {sig} {pid}");
     }
 
     /// SIGTERM; returns the exit status.
@@ -162,10 +198,7 @@ impl Lab {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!(
-                    "lb-ctl did not exit within 10 s of SIGTERM:\n{}",
-                    self.log()
-                );
+                panic!("lb-ctl did not exit within 10 s of SIGTERM:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -207,11 +240,7 @@ pub fn http_get() -> std::io::Result<String> {
     stream.write_all(b"GET / HTTP/1.1\r\nHost: vip\r\nConnection: close\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
-    Ok(response
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_owned())
+    Ok(response.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned())
 }
 
 /// A long-lived connection to the VIP's line echo (port 9000).
@@ -252,18 +281,12 @@ pub fn udp_query(payload: &str) -> std::io::Result<String> {
     let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
     let (name, echoed) = reply.split_once(' ').unwrap_or(("", ""));
     if echoed != payload {
-        return Err(std::io::Error::other(format!(
-            "udp echo mismatch: {reply:?}"
-        )));
+        return Err(std::io::Error::other(format!("udp echo mismatch: {reply:?}")));
     }
     Ok(name.to_owned())
 }
 
 /// The backend name in an HTTP body (`Bienvenue sur WEB2` -> `web2`).
 pub fn backend_of(body: &str) -> String {
-    body.trim()
-        .rsplit(' ')
-        .next()
-        .unwrap_or_default()
-        .to_lowercase()
+    body.trim().rsplit(' ').next().unwrap_or_default().to_lowercase()
 }

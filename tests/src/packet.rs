@@ -38,7 +38,10 @@ pub enum L4 {
         checksum: bool,
     },
     /// Anything else, as raw bytes after the IP header (ICMP...).
-    Raw { proto: u8, bytes: Vec<u8> },
+    Raw {
+        proto: u8,
+        bytes: Vec<u8>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -76,26 +79,12 @@ impl Ipv4 {
         Self::new(
             src.0,
             dst.0,
-            L4::Udp {
-                sport: src.1,
-                dport: dst.1,
-                payload: payload.to_vec(),
-                checksum: true,
-            },
+            L4::Udp { sport: src.1, dport: dst.1, payload: payload.to_vec(), checksum: true },
         )
     }
 
     pub fn new(src: Ipv4Addr, dst: Ipv4Addr, l4: L4) -> Self {
-        Self {
-            src,
-            dst,
-            ttl: 64,
-            tos: 0,
-            id: 0x1234,
-            frag_off: 0x4000,
-            options: Vec::new(),
-            l4,
-        }
+        Self { src, dst, ttl: 64, tos: 0, id: 0x1234, frag_off: 0x4000, options: Vec::new(), l4 }
     }
 
     pub fn proto(&self) -> u8 {
@@ -109,15 +98,7 @@ impl Ipv4 {
     /// The transport header and payload, checksum filled in.
     fn l4_bytes(&self) -> Vec<u8> {
         let (mut bytes, check_at) = match &self.l4 {
-            L4::Tcp {
-                sport,
-                dport,
-                flags,
-                seq,
-                ack,
-                window,
-                payload,
-            } => {
+            L4::Tcp { sport, dport, flags, seq, ack, window, payload } => {
                 let mut b = Vec::with_capacity(20 + payload.len());
                 b.extend_from_slice(&sport.to_be_bytes());
                 b.extend_from_slice(&dport.to_be_bytes());
@@ -129,12 +110,7 @@ impl Ipv4 {
                 b.extend_from_slice(payload);
                 (b, Some(16))
             }
-            L4::Udp {
-                sport,
-                dport,
-                payload,
-                checksum,
-            } => {
+            L4::Udp { sport, dport, payload, checksum } => {
                 let mut b = Vec::with_capacity(8 + payload.len());
                 b.extend_from_slice(&sport.to_be_bytes());
                 b.extend_from_slice(&dport.to_be_bytes());

@@ -4,6 +4,11 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream, UdpSocket},
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     thread,
     time::Duration,
 };
@@ -18,13 +23,17 @@ pub fn greeting(name: &str) -> String {
 }
 
 /// Serves all three protocols on `addr` until the process ends.
-pub fn serve(name: &str, addr: &str) -> std::io::Result<()> {
+/// `health_control`: a file whose content sets how `GET /health` is answered
+/// (see `HealthMode`), so tests can make a backend fail its health checks
+/// while it keeps serving everything else.
+pub fn serve(name: &str, addr: &str, health_control: Option<PathBuf>) -> std::io::Result<()> {
     let http = TcpListener::bind((addr, HTTP_PORT))?;
     let echo = TcpListener::bind((addr, ECHO_PORT))?;
     let udp = UdpSocket::bind((addr, UDP_PORT))?;
     let body = greeting(name);
     let prefix = name.to_owned();
-    thread::spawn(move || accept(&http, move |s| answer_http(s, &body)));
+    let health = Arc::new(Health { control: health_control, flap: AtomicBool::new(false) });
+    thread::spawn(move || accept(&http, move |s| answer_http(s, &body, &health)));
     thread::spawn(move || accept(&echo, move |s| echo_lines(s, &prefix)));
     let mut buf = [0_u8; 2048];
     loop {
@@ -42,7 +51,47 @@ fn accept(listener: &TcpListener, handler: impl Fn(TcpStream) + Clone + Send + '
     }
 }
 
-fn answer_http(mut stream: TcpStream, body: &str) {
+/// How `GET /health` is answered, read from the control file on each request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HealthMode {
+    /// 200 with the greeting (also when there is no control file).
+    Ok,
+    /// 500.
+    Error,
+    /// 200 with a body that lacks the greeting.
+    WrongBody,
+    /// Accepts, reads the request, never answers.
+    Silent,
+    /// Alternates 200 and 500.
+    Flap,
+}
+
+impl HealthMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Error => "500",
+            Self::WrongBody => "wrong",
+            Self::Silent => "silent",
+            Self::Flap => "flap",
+        }
+    }
+
+    fn read(control: Option<&PathBuf>) -> Self {
+        let text = control.and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default();
+        [Self::Error, Self::WrongBody, Self::Silent, Self::Flap]
+            .into_iter()
+            .find(|m| text.trim() == m.as_str())
+            .unwrap_or(Self::Ok)
+    }
+}
+
+struct Health {
+    control: Option<PathBuf>,
+    flap: AtomicBool,
+}
+
+fn answer_http(mut stream: TcpStream, body: &str, health: &Health) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let mut request = Vec::new();
     let mut buf = [0_u8; 1024];
@@ -52,8 +101,26 @@ fn answer_http(mut stream: TcpStream, body: &str) {
             Ok(n) => request.extend_from_slice(&buf[..n]),
         }
     }
+    let (status, body) = if request.starts_with(b"GET /health ") {
+        let mode = match HealthMode::read(health.control.as_ref()) {
+            HealthMode::Flap if health.flap.fetch_xor(true, Ordering::Relaxed) => HealthMode::Error,
+            HealthMode::Flap => HealthMode::Ok,
+            other => other,
+        };
+        match mode {
+            HealthMode::Error => ("500 Internal Server Error", "oops\n"),
+            HealthMode::WrongBody => ("200 OK", "It works\n"),
+            HealthMode::Silent => {
+                thread::sleep(Duration::from_secs(30));
+                return;
+            }
+            HealthMode::Ok | HealthMode::Flap => ("200 OK", body),
+        }
+    } else {
+        ("200 OK", body)
+    };
     let response = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = stream.write_all(response.as_bytes());
@@ -65,10 +132,7 @@ fn echo_lines(stream: TcpStream, name: &str) {
     };
     for line in BufReader::new(stream).lines() {
         let Ok(line) = line else { return };
-        if writer
-            .write_all(format!("{name} {line}\n").as_bytes())
-            .is_err()
-        {
+        if writer.write_all(format!("{name} {line}\n").as_bytes()).is_err() {
             return;
         }
     }

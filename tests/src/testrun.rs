@@ -77,11 +77,7 @@ pub fn program_fd(ebpf: &Ebpf, name: &str) -> RawFd {
         .unwrap_or_else(|| panic!("no program {name}"))
         .try_into()
         .unwrap_or_else(|e| panic!("{name}: {e}"));
-    program
-        .fd()
-        .unwrap_or_else(|e| panic!("{name} is not loaded: {e}"))
-        .as_fd()
-        .as_raw_fd()
+    program.fd().unwrap_or_else(|e| panic!("{name} is not loaded: {e}")).as_fd().as_raw_fd()
 }
 
 /// Runs the program `repeat` times over `frame`, as if received on
@@ -89,11 +85,7 @@ pub fn program_fd(ebpf: &Ebpf, name: &str) -> RawFd {
 /// `repeat > 1` the kernel reruns the program on its own output.
 pub fn run(prog_fd: RawFd, frame: &[u8], ingress_ifindex: u32, repeat: u32) -> Outcome {
     let mut out = vec![0_u8; frame.len() + 256];
-    let ctx_in = XdpMd {
-        data_end: frame.len() as u32,
-        ingress_ifindex,
-        ..XdpMd::default()
-    };
+    let ctx_in = XdpMd { data_end: frame.len() as u32, ingress_ifindex, ..XdpMd::default() };
     let mut ctx_out = XdpMd::default();
     let mut attr = TestRunAttr {
         prog_fd: prog_fd.cast_unsigned(),
@@ -117,22 +109,12 @@ pub fn run(prog_fd: RawFd, frame: &[u8], ingress_ifindex: u32, repeat: u32) -> O
             size_of::<TestRunAttr>() as u32,
         )
     };
-    assert_eq!(
-        rc,
-        0,
-        "BPF_PROG_TEST_RUN: {}",
-        std::io::Error::last_os_error()
-    );
+    assert_eq!(rc, 0, "BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
     out.truncate(attr.data_size_out as usize);
     // The output starts with the metadata; ctx_out.data is its length.
     let meta_len = (ctx_out.data as usize).min(out.len());
     let frame = out.split_off(meta_len);
-    Outcome {
-        action: attr.retval,
-        frame,
-        meta: out,
-        duration_ns: attr.duration,
-    }
+    Outcome { action: attr.retval, frame, meta: out, duration_ns: attr.duration }
 }
 
 const BPF_PROG_LOAD: libc::c_long = 5;
@@ -176,11 +158,75 @@ pub fn load_trivial_pass() -> std::os::fd::OwnedFd {
             size_of::<ProgLoadAttr>() as u32,
         )
     };
-    assert!(
-        fd >= 0,
-        "loading the trivial XDP program: {}",
-        std::io::Error::last_os_error()
-    );
+    assert!(fd >= 0, "loading the trivial XDP program: {}", std::io::Error::last_os_error());
     // SAFETY: the kernel just returned this fd to us.
     unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }
+}
+
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_XDP: u32 = 37;
+
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_ifindex: u32,
+    attach_type: u32,
+    flags: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ObjPinAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+/// Attaches the trivial XDP_PASS program to `ifindex` (in the calling
+/// thread's network namespace) with a BPF link pinned at `pin`, so that it
+/// stays attached after this process exits; removing the pin (or the
+/// interface) detaches it.
+pub fn attach_pass_pinned(ifindex: u32, pin: &std::path::Path) {
+    let prog = load_trivial_pass();
+    let attr = LinkCreateAttr {
+        prog_fd: prog.as_raw_fd().cast_unsigned(),
+        target_ifindex: ifindex,
+        attach_type: BPF_XDP,
+        flags: 0,
+    };
+    // SAFETY: attr is a valid, correctly sized prefix of union bpf_attr.
+    let link = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_CREATE,
+            &raw const attr,
+            size_of::<LinkCreateAttr>() as u32,
+        )
+    };
+    assert!(
+        link >= 0,
+        "attaching XDP_PASS to ifindex {ifindex}: {}",
+        std::io::Error::last_os_error()
+    );
+    let path = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes()).expect("pin path");
+    let attr = ObjPinAttr {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: u32::try_from(link).expect("an fd"),
+        file_flags: 0,
+    };
+    // SAFETY: as above; the path outlives the call.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, &raw const attr, size_of::<ObjPinAttr>() as u32)
+    };
+    assert_eq!(
+        rc,
+        0,
+        "pinning the XDP_PASS link at {}: {}",
+        pin.display(),
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: the link fd is ours; the pin keeps the link alive.
+    unsafe { libc::close(link as i32) };
 }

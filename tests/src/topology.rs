@@ -9,7 +9,7 @@
 //! The backends' default route goes through the load balancer (NAT mode).
 //! Every namespace name starts with a prefix, so the lab (`lb`) and the tests
 //! (`lbt`) never collide. Dropping a `Topology` removes it unless `keep` is set.
-use crate::netns::{exists, ns_sh, ns_try, output, sh};
+use crate::netns::{exists, in_ns, ns_sh, ns_try, output, sh};
 
 pub const VIP: &str = "10.77.1.100";
 pub const CLIENT_ADDR: &str = "10.77.1.10";
@@ -17,11 +17,8 @@ pub const CLIENT_ADDR: &str = "10.77.1.10";
 pub const FRESH_CLIENT_ADDRS: [&str; 4] = ["10.77.1.20", "10.77.1.21", "10.77.1.22", "10.77.1.23"];
 pub const LB_CLIENT_SIDE: &str = "10.77.1.1";
 pub const LB_BACKEND_SIDE: &str = "10.77.2.1";
-pub const BACKENDS: [(&str, &str); 3] = [
-    ("web1", "10.77.2.11"),
-    ("web2", "10.77.2.12"),
-    ("web3", "10.77.2.13"),
-];
+pub const BACKENDS: [(&str, &str); 3] =
+    [("web1", "10.77.2.11"), ("web2", "10.77.2.12"), ("web3", "10.77.2.13")];
 /// The load balancer's interfaces (inside its namespace).
 pub const LB_IFACES: [&str; 2] = ["lb-c", "lb-b"];
 
@@ -36,11 +33,7 @@ pub struct Topology {
 impl Topology {
     /// A handle on the topology of `prefix`, without creating anything.
     pub fn named(prefix: &str) -> Self {
-        Self {
-            prefix: prefix.to_owned(),
-            keep: false,
-            servers: Vec::new(),
-        }
+        Self { prefix: prefix.to_owned(), keep: false, servers: Vec::new() }
     }
 
     pub fn client(&self) -> String {
@@ -54,6 +47,22 @@ impl Topology {
     }
     pub fn web(&self, name: &str) -> String {
         format!("{}-{name}", self.prefix)
+    }
+
+    /// Where the lab's XDP_PASS links on the veth peers are pinned.
+    fn link_pin_dir(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("/sys/fs/bpf/{}-lab-links", self.prefix))
+    }
+
+    /// The file that tells backend `name` how to answer `GET /health`.
+    pub fn health_control(&self, name: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("{}-{name}.health", self.prefix))
+    }
+
+    /// Makes backend `name` answer its health checks as `mode` says.
+    pub fn set_health_mode(&self, name: &str, mode: crate::server::HealthMode) {
+        std::fs::write(self.health_control(name), mode.as_str())
+            .expect("writing the health control file");
     }
 
     pub fn namespaces(&self) -> Vec<String> {
@@ -82,10 +91,7 @@ impl Topology {
         for a in FRESH_CLIENT_ADDRS {
             addr(&client, "c0", &format!("{a}/24"));
         }
-        ns_sh(
-            &client,
-            &["ip", "route", "add", "default", "via", LB_CLIENT_SIDE],
-        );
+        ns_sh(&client, &["ip", "route", "add", "default", "via", LB_CLIENT_SIDE]);
         endpoint_offloads(&client, "c0");
 
         // The load balancer routes between its two sides and holds the VIP.
@@ -100,15 +106,23 @@ impl Topology {
             veth(&web, "eth0", &sw, &port);
             bridge_port(&sw, &port);
             addr(&web, "eth0", &format!("{address}/24"));
-            ns_sh(
-                &web,
-                &["ip", "route", "add", "default", "via", LB_BACKEND_SIDE],
-            );
+            ns_sh(&web, &["ip", "route", "add", "default", "via", LB_BACKEND_SIDE]);
             endpoint_offloads(&web, "eth0");
         }
-        // Frames that XDP sends into a veth are received by its peer only when
-        // the peer runs NAPI (GRO on, or an XDP program): the peers of lb-c and lb-b.
-        ns_sh(&sw, &["ethtool", "-K", "sw-lb", "gro", "on"]);
+        // A veth delivers the frames an XDP program sends to its peer (XDP_TX
+        // or XDP_REDIRECT) only if the peer runs NAPI, and for XDP_TX only if
+        // the peer has an XDP program itself (veth_xdp_flush): the peers of
+        // lb-c and lb-b get a trivial XDP_PASS program, pinned so that it
+        // outlives `lb-lab up`.
+        let pins = topo.link_pin_dir();
+        std::fs::create_dir_all(&pins).expect("creating the link pin directory");
+        for (ns, dev) in [(client.clone(), "c0"), (sw.clone(), "sw-lb")] {
+            let pin = pins.join(dev);
+            in_ns(&ns, move || {
+                let ifindex = lb_ctl::netdev::ifindex(dev).expect("peer interface");
+                crate::testrun::attach_pass_pinned(ifindex, &pin);
+            });
+        }
         topo
     }
 
@@ -124,6 +138,10 @@ impl Topology {
             }
             let _ = output(&["ip", "netns", "del", &ns]);
         }
+        for (name, _) in BACKENDS {
+            let _ = std::fs::remove_file(self.health_control(name));
+        }
+        let _ = std::fs::remove_dir_all(self.link_pin_dir());
         for mut server in self.servers.drain(..) {
             let _ = server.kill();
             let _ = server.wait();
@@ -137,6 +155,7 @@ impl Topology {
             let ns = self.web(name);
             let server = std::process::Command::new("ip")
                 .args(["netns", "exec", &ns, lb_lab, "serve", name, address])
+                .arg(self.health_control(name))
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 // Not the caller's stderr: a pipe held open by servers that
@@ -149,10 +168,7 @@ impl Topology {
         for (name, address) in BACKENDS {
             let ns = self.web(name);
             let ready = (0..100).any(|_| {
-                let up = ns_try(
-                    &ns,
-                    &["bash", "-c", &format!("exec 3<>/dev/tcp/{address}/80")],
-                );
+                let up = ns_try(&ns, &["bash", "-c", &format!("exec 3<>/dev/tcp/{address}/80")]);
                 if !up {
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
@@ -172,9 +188,7 @@ impl Drop for Topology {
 }
 
 fn veth(ns_a: &str, a: &str, ns_b: &str, b: &str) {
-    sh(&[
-        "ip", "link", "add", a, "netns", ns_a, "type", "veth", "peer", "name", b, "netns", ns_b,
-    ]);
+    sh(&["ip", "link", "add", a, "netns", ns_a, "type", "veth", "peer", "name", b, "netns", ns_b]);
     ns_sh(ns_a, &["ip", "link", "set", a, "up"]);
     ns_sh(ns_b, &["ip", "link", "set", b, "up"]);
 }
@@ -190,8 +204,7 @@ fn addr(ns: &str, dev: &str, cidr: &str) {
 /// Hosts that send through the XDP load balancer must put complete checksums
 /// on the wire: a veth's default TX checksum offload leaves them partial, and
 /// an XDP frame has no skb to carry that state across a redirect (real NICs
-/// receive complete checksums from the wire). GRO on lets the veth receive
-/// frames that the load balancer's XDP program transmits.
+/// receive complete checksums from the wire).
 fn endpoint_offloads(ns: &str, dev: &str) {
-    ns_sh(ns, &["ethtool", "-K", dev, "tx", "off", "gro", "on"]);
+    ns_sh(ns, &["ethtool", "-K", dev, "tx", "off"]);
 }

@@ -47,17 +47,10 @@ fn tcp_and_udp_are_spread_over_all_three_backends() {
     assert!(udp.len() >= 2, "UDP flows are spread too: {udp:?}");
     // The data plane did the forwarding (not the kernel) and counted it.
     let redirected = counters::get(&lab.pin_dir, Counter::Redirect);
-    assert!(
-        redirected >= 100 * 4,
-        "only {redirected} packets redirected by XDP"
-    );
-    let new_flows: u64 = (0..3)
-        .map(|id| counters::backend_traffic(&lab.pin_dir, id).new_flows)
-        .sum();
-    assert!(
-        new_flows >= 100,
-        "per-backend new-flow counters: {new_flows}"
-    );
+    assert!(redirected >= 100 * 4, "only {redirected} packets redirected by XDP");
+    let new_flows: u64 =
+        (0..3).map(|id| counters::backend_traffic(&lab.pin_dir, id).new_flows).sum();
+    assert!(new_flows >= 100, "per-backend new-flow counters: {new_flows}");
 }
 
 /// Drain by config reload (weight 0): no new flows reach the backend, while
@@ -94,26 +87,17 @@ fn drain_by_reload_keeps_established_flows_and_removal_takes_a_backend_out() {
             done_tx.send(Ok(format!("{exchanges}"))).unwrap();
         }
     });
-    let drained = done_rx
-        .recv()
-        .unwrap()
-        .expect("long-lived connection started");
-    let index = ["web1", "web2", "web3"]
-        .iter()
-        .position(|n| *n == drained)
-        .expect("backend name");
+    let drained = done_rx.recv().unwrap().expect("long-lived connection started");
+    let index = ["web1", "web2", "web3"].iter().position(|n| *n == drained).expect("backend name");
     let mut weights = [Some(1); 3];
     weights[index] = Some(0);
     lab.reload(weights);
 
     let after_drain = in_ns(&client, || {
-        let mut names: Vec<String> = (0..60)
-            .map(|_| backend_of(&http_get().expect("HTTP after drain")))
-            .collect();
+        let mut names: Vec<String> =
+            (0..60).map(|_| backend_of(&http_get().expect("HTTP after drain"))).collect();
         names.extend((0..30).map(|_| {
-            EchoConn::open()
-                .and_then(|mut c| c.exchange("new"))
-                .expect("echo after drain")
+            EchoConn::open().and_then(|mut c| c.exchange("new")).expect("echo after drain")
         }));
         tally(names)
     });
@@ -145,11 +129,7 @@ fn drain_by_reload_keeps_established_flows_and_removal_takes_a_backend_out() {
     let removed_name = format!("web{}", removed + 1);
     eprintln!("removed {removed_name}; requests went to {after_removal:?}");
     assert!(!after_removal.contains_key(&removed_name));
-    assert_eq!(
-        after_removal.len(),
-        2,
-        "the two remaining backends share the load"
-    );
+    assert_eq!(after_removal.len(), 2, "the two remaining backends share the load");
 }
 
 /// The neighbour-miss path in both directions: the load balancer has no
@@ -163,41 +143,21 @@ fn a_client_the_load_balancer_has_never_seen_gets_through() {
     let before = counters::get(&lab.pin_dir, Counter::SlowPathNeigh);
     let body = ns_sh(
         &lab.topo.client(),
-        &[
-            "curl",
-            "-s",
-            "-m",
-            "5",
-            "--interface",
-            FRESH_CLIENT_ADDRS[0],
-            &format!("http://{VIP}/"),
-        ],
+        &["curl", "-s", "-m", "5", "--interface", FRESH_CLIENT_ADDRS[0], &format!("http://{VIP}/")],
     );
-    assert!(
-        body.starts_with("Bienvenue sur WEB"),
-        "unexpected answer {body:?}"
-    );
+    assert!(body.starts_with("Bienvenue sur WEB"), "unexpected answer {body:?}");
     let udp = ns_sh(
         &lab.topo.client(),
         &[
             "bash",
             "-c",
-            &format!(
-                "echo fresh | socat -T 3 - UDP:{VIP}:5353,bind={}",
-                FRESH_CLIENT_ADDRS[1]
-            ),
+            &format!("echo fresh | socat -T 3 - UDP:{VIP}:5353,bind={}", FRESH_CLIENT_ADDRS[1]),
         ],
     );
-    assert!(
-        udp.trim_end().ends_with("fresh"),
-        "unexpected UDP answer {udp:?}"
-    );
+    assert!(udp.trim_end().ends_with("fresh"), "unexpected UDP answer {udp:?}");
     let slow = counters::get(&lab.pin_dir, Counter::SlowPathNeigh) - before;
     eprintln!("{slow} packets took the neighbour slow path");
-    assert!(
-        slow >= 2,
-        "both directions should have met a neighbour miss, saw {slow}"
-    );
+    assert!(slow >= 2, "both directions should have met a neighbour miss, saw {slow}");
 }
 
 /// The program passes what is not for a service: the load balancer's own
@@ -229,16 +189,10 @@ fn the_load_balancers_own_addresses_still_work_while_attached() {
     }
     server.join().unwrap();
     assert!(
-        ns_try(
-            &lab.topo.client(),
-            &["ping", "-c", "2", "-W", "2", LB_CLIENT_SIDE]
-        ),
+        ns_try(&lab.topo.client(), &["ping", "-c", "2", "-W", "2", LB_CLIENT_SIDE]),
         "ping the load balancer"
     );
-    assert!(
-        ns_try(&lab.topo.client(), &["ping", "-c", "2", "-W", "2", VIP]),
-        "ping the VIP"
-    );
+    assert!(ns_try(&lab.topo.client(), &["ping", "-c", "2", "-W", "2", VIP]), "ping the VIP");
 }
 
 #[test]
@@ -252,19 +206,13 @@ fn sigterm_exits_cleanly_and_detaches_everything() {
     assert!(status.success(), "exit status {status}:\n{}", lab.log());
     for dev in ["lb-c", "lb-b"] {
         let links = ns_sh(&lb, &["ip", "link", "show", dev]);
-        assert!(
-            !links.contains("xdp"),
-            "XDP still attached to {dev} after SIGTERM: {links}"
-        );
+        assert!(!links.contains("xdp"), "XDP still attached to {dev} after SIGTERM: {links}");
         let tc = ns_sh(&lb, &["tc", "filter", "show", "dev", dev, "ingress"]);
         assert!(tc.trim().is_empty(), "tc program still on {dev}: {tc}");
     }
     assert!(!std::path::Path::new(&lab.pin_dir).exists(), "pins removed");
     // With the data plane gone, the VIP is just a local address again.
-    assert!(
-        in_ns(&lab.topo.client(), http_get).is_err(),
-        "nothing should answer on the VIP"
-    );
+    assert!(in_ns(&lab.topo.client(), http_get).is_err(), "nothing should answer on the VIP");
 }
 
 #[test]
@@ -297,52 +245,23 @@ scheduler = "fastest"
     let ns_path = format!("--net=/var/run/netns/{}", topo.lb());
     let path_str = path.to_string_lossy().into_owned();
     for command in ["check", "run"] {
-        let out = output(&[
-            "nsenter",
-            &ns_path,
-            &ctl.to_string_lossy(),
-            command,
-            "--config",
-            &path_str,
-        ]);
+        let out =
+            output(&["nsenter", &ns_path, &ctl.to_string_lossy(), command, "--config", &path_str]);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "lb-ctl {command} should exit 1:\n{stderr}"
-        );
-        for key in [
-            "service[0].vip",
-            "service[0].port",
-            "service[0].scheduler",
-            "service[0].backend[1]",
-        ] {
-            assert!(
-                stderr.contains(key),
-                "lb-ctl {command} does not name {key}:\n{stderr}"
-            );
+        assert_eq!(out.status.code(), Some(1), "lb-ctl {command} should exit 1:\n{stderr}");
+        for key in
+            ["service[0].vip", "service[0].port", "service[0].scheduler", "service[0].backend[1]"]
+        {
+            assert!(stderr.contains(key), "lb-ctl {command} does not name {key}:\n{stderr}");
         }
         let links = ns_sh(&topo.lb(), &["ip", "link", "show", "lb-c"]);
-        assert!(
-            !links.contains("xdp"),
-            "nothing may be attached after a refused config"
-        );
+        assert!(!links.contains("xdp"), "nothing may be attached after a refused config");
     }
     // The interface problem is reported once the file itself is valid.
     std::fs::write(&path, "[dataplane]\ninterfaces = [\"lb-c\", \"nope0\"]\n").unwrap();
-    let out = output(&[
-        "nsenter",
-        &ns_path,
-        &ctl.to_string_lossy(),
-        "run",
-        "--config",
-        &path_str,
-    ]);
+    let out = output(&["nsenter", &ns_path, &ctl.to_string_lossy(), "run", "--config", &path_str]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr.contains("dataplane.interfaces[1]: no interface named \"nope0\""),
-        "{stderr}"
-    );
+    assert!(stderr.contains("dataplane.interfaces[1]: no interface named \"nope0\""), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -24,10 +24,7 @@ enum Expect {
     Frame(Vec<u8>),
     /// Rewritten but handed to tc for neighbour resolution: these bytes, plus
     /// metadata naming the egress interface.
-    SlowPath {
-        frame: Vec<u8>,
-        egress: &'static str,
-    },
+    SlowPath { frame: Vec<u8>, egress: &'static str },
 }
 
 struct Case {
@@ -49,15 +46,7 @@ fn case(
     counter: Counter,
     expect: Expect,
 ) -> Case {
-    Case {
-        name,
-        ingress,
-        input,
-        action,
-        counter,
-        expect,
-        flush_conntrack: false,
-    }
+    Case { name, ingress, input, action, counter, expect, flush_conntrack: false }
 }
 
 const CLIENT_PORT: u16 = 40_000;
@@ -96,26 +85,15 @@ fn syn(dst: (Ipv4Addr, u16)) -> Ipv4 {
     Ipv4::tcp((CLIENT, CLIENT_PORT), dst, TCP_SYN, b"")
 }
 
-#[expect(
-    clippy::too_many_lines,
-    reason = "the fixture table reads best as one list"
-)]
+#[expect(clippy::too_many_lines, reason = "the fixture table reads best as one list")]
 fn cases() -> Vec<Case> {
     let web_backend = (WEB1, 8080);
     let to_web = syn((VIP, 80));
-    let data = Ipv4::tcp(
-        (CLIENT, CLIENT_PORT),
-        (VIP, 80),
-        TCP_ACK | TCP_PSH,
-        b"GET / HTTP/1.1\r\n\r\n",
-    );
+    let data =
+        Ipv4::tcp((CLIENT, CLIENT_PORT), (VIP, 80), TCP_ACK | TCP_PSH, b"GET / HTTP/1.1\r\n\r\n");
     let reply = Ipv4::tcp(web_backend, (CLIENT, CLIENT_PORT), TCP_SYN | TCP_ACK, b"");
-    let reply_data = Ipv4::tcp(
-        web_backend,
-        (CLIENT, CLIENT_PORT),
-        TCP_ACK | TCP_PSH,
-        b"Bienvenue sur WEB1\n",
-    );
+    let reply_data =
+        Ipv4::tcp(web_backend, (CLIENT, CLIENT_PORT), TCP_ACK | TCP_PSH, b"Bienvenue sur WEB1\n");
     let dns = Ipv4::udp((CLIENT, 40_053), (VIP, 53), b"query");
     let mut dns_no_csum = dns.clone();
     if let L4::Udp { checksum, .. } = &mut dns_no_csum.l4 {
@@ -135,14 +113,8 @@ fn cases() -> Vec<Case> {
     later_fragment.frag_off = 8; // offset 64 bytes, last fragment
     let mut fragment_elsewhere = first_fragment.clone();
     fragment_elsewhere.dst = LB_CLIENT_SIDE;
-    let icmp = Ipv4::new(
-        CLIENT,
-        VIP,
-        L4::Raw {
-            proto: 1,
-            bytes: vec![8, 0, 0xf7, 0xff, 0, 0, 0, 0],
-        },
-    );
+    let icmp =
+        Ipv4::new(CLIENT, VIP, L4::Raw { proto: 1, bytes: vec![8, 0, 0xf7, 0xff, 0, 0, 0, 0] });
     let ssh_to_lb = Ipv4::tcp((CLIENT, CLIENT_PORT), (LB_CLIENT_SIDE, 22), TCP_SYN, b"");
 
     let full_syn = from_client(&to_web);
@@ -156,13 +128,8 @@ fn cases() -> Vec<Case> {
     vlan.splice(12..12, [0x81, 0x00, 0x00, 0x64]);
     let mut padded = from_client(&to_web);
     padded.extend_from_slice(&[0; 6]); // Ethernet minimum-size padding after the IP packet
-    let mut padded_out = forwarded(
-        &to_web,
-        (CLIENT, CLIENT_PORT),
-        web_backend,
-        WEB_MACS[0],
-        IF_BACKEND_MAC,
-    );
+    let mut padded_out =
+        forwarded(&to_web, (CLIENT, CLIENT_PORT), web_backend, WEB_MACS[0], IF_BACKEND_MAC);
     padded_out.extend_from_slice(&[0; 6]);
 
     let zero_sum = udp_whose_rewrite_sums_to_zero();
@@ -173,11 +140,7 @@ fn cases() -> Vec<Case> {
         &vec![0x42; usize::from(BACKEND_SIDE_MTU) - 40 + 1],
     );
     let shared_reply = Ipv4::udp((WEB3, 7000), (CLIENT, 40_100), b"from web3");
-    let shared_other = Ipv4::udp(
-        slot_sharing_backend(),
-        (CLIENT, 40_100),
-        b"from its neighbour",
-    );
+    let shared_other = Ipv4::udp(slot_sharing_backend(), (CLIENT, 40_100), b"from its neighbour");
 
     vec![
         case(
@@ -392,12 +355,7 @@ fn cases() -> Vec<Case> {
             Counter::SlowPathNeigh,
             Expect::SlowPath {
                 frame: forwarded(
-                    &Ipv4::tcp(
-                        web_backend,
-                        (UNSEEN_CLIENT, CLIENT_PORT),
-                        TCP_SYN | TCP_ACK,
-                        b"",
-                    ),
+                    &Ipv4::tcp(web_backend, (UNSEEN_CLIENT, CLIENT_PORT), TCP_SYN | TCP_ACK, b""),
                     (VIP, 80),
                     (UNSEEN_CLIENT, CLIENT_PORT),
                     IF_BACKEND_MAC,
@@ -491,12 +449,7 @@ fn cases() -> Vec<Case> {
         case(
             "a reply from a backend's address on another port passes untouched",
             IF_BACKEND,
-            from_web1(&Ipv4::tcp(
-                (WEB1, 9999),
-                (CLIENT, CLIENT_PORT),
-                TCP_ACK,
-                b"",
-            )),
+            from_web1(&Ipv4::tcp((WEB1, 9999), (CLIENT, CLIENT_PORT), TCP_ACK, b"")),
             XDP_PASS,
             Counter::PassNotService,
             Expect::Unchanged,
@@ -630,13 +583,8 @@ fn cases() -> Vec<Case> {
 /// 0 in ones' complement arithmetic, which RFC 768 transmits as 0xffff: the
 /// payload word is chosen to cancel the rest of the sum.
 fn udp_whose_rewrite_sums_to_zero() -> Ipv4 {
-    let rewritten = |word: [u8; 2]| {
-        Ipv4::udp(
-            (CLIENT, 40_054),
-            (WEB2, 5353),
-            &[word[0], word[1], 0x55, 0xaa],
-        )
-    };
+    let rewritten =
+        |word: [u8; 2]| Ipv4::udp((CLIENT, 40_054), (WEB2, 5353), &[word[0], word[1], 0x55, 0xaa]);
     let base = rewritten([0, 0]).to_bytes();
     let check = [base[20 + 6], base[20 + 7]];
     // With the checksum word as payload the total sums to all ones; if the
@@ -667,12 +615,7 @@ fn udp_pseudo_and_segment(ip: &[u8]) -> Vec<u8> {
 fn hex(bytes: &[u8]) -> String {
     bytes
         .chunks(16)
-        .map(|c| {
-            c.iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
+        .map(|c| c.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "))
         .collect::<Vec<_>>()
         .join("\n    ")
 }
@@ -693,10 +636,7 @@ fn check_case(loaded: &mut Loaded, c: &Case) -> Result<(), String> {
         ));
     }
     if after != before + 1 {
-        problems.push(format!(
-            "counter {} went {before} -> {after} (want +1)",
-            c.counter.name()
-        ));
+        problems.push(format!("counter {} went {before} -> {after} (want +1)", c.counter.name()));
     }
     let (want_frame, want_meta) = match &c.expect {
         Expect::Unchanged => (c.input.clone(), Vec::new()),
@@ -717,11 +657,7 @@ fn check_case(loaded: &mut Loaded, c: &Case) -> Result<(), String> {
     if out.meta != want_meta {
         problems.push(format!("metadata {:?} (want {:?})", out.meta, want_meta));
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems.join("; "))
-    }
+    if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
 }
 
 #[test]
@@ -743,11 +679,7 @@ fn packet_fixtures() {
         }
         failures
     });
-    assert!(
-        failures.is_empty(),
-        "{} fixture(s) failed: {failures:#?}",
-        failures.len()
-    );
+    assert!(failures.is_empty(), "{} fixture(s) failed: {failures:#?}", failures.len());
 }
 
 /// New flows of a three-backend service land where the controller's own
@@ -777,11 +709,7 @@ fn maglev_choice_in_the_kernel_matches_the_controllers_table() {
             seen.insert(backend.addr);
         }
         assert_eq!(seen.len(), 3, "60 flows should reach all three backends");
-        assert_eq!(
-            loaded.conntrack_len(),
-            60,
-            "each new flow has a connection entry"
-        );
+        assert_eq!(loaded.conntrack_len(), 60, "each new flow has a connection entry");
     });
 }
 
@@ -819,12 +747,7 @@ fn random_frames_never_abort_or_forward_garbage() {
                 let ihl = usize::from(out.frame[14] & 0x0f) * 4;
                 let valid_out = packet::internet_checksum(&out.frame[14..14 + ihl]) == 0;
                 let valid_in = packet::internet_checksum(&frame[14..14 + ihl]) == 0;
-                assert_eq!(
-                    valid_out,
-                    valid_in,
-                    "IP checksum validity changed for {}",
-                    hex(&frame)
-                );
+                assert_eq!(valid_out, valid_in, "IP checksum validity changed for {}", hex(&frame));
             } else if out.action != XDP_DROP && out.meta.is_empty() {
                 assert_eq!(out.frame, frame, "a passed frame was modified");
             }
@@ -859,20 +782,9 @@ fn a_changed_neighbour_is_picked_up_when_the_epoch_advances() {
                 "permanent",
             ],
         );
-        assert_eq!(
-            dst_mac(&loaded),
-            WEB_MACS[0],
-            "cached until the epoch moves"
-        );
-        loaded
-            .reconciler
-            .refresh_next_hops()
-            .expect("advance the epoch");
-        assert_eq!(
-            dst_mac(&loaded),
-            new_mac,
-            "looked up again in the new epoch"
-        );
+        assert_eq!(dst_mac(&loaded), WEB_MACS[0], "cached until the epoch moves");
+        loaded.reconciler.refresh_next_hops().expect("advance the epoch");
+        assert_eq!(dst_mac(&loaded), new_mac, "looked up again in the new epoch");
     });
 }
 
@@ -892,16 +804,11 @@ fn a_down_backend_resets_tcp_flows_and_moves_udp_flows() {
         if let L4::Tcp { ack, .. } = &mut data.l4 {
             *ack = 5000;
         }
-        assert_eq!(
-            loaded.run(&from_client(&data), IF_CLIENT).action,
-            XDP_REDIRECT
-        );
+        assert_eq!(loaded.run(&from_client(&data), IF_CLIENT).action, XDP_REDIRECT);
         let udp_port = (41_000..42_000_u16)
             .find(|&p| {
-                let out = loaded.run(
-                    &from_client(&Ipv4::udp((CLIENT, p), (VIP, 7000), b"q")),
-                    IF_CLIENT,
-                );
+                let out =
+                    loaded.run(&from_client(&Ipv4::udp((CLIENT, p), (VIP, 7000), b"q")), IF_CLIENT);
                 out.frame[30..34] == WEB3.octets()
             })
             .expect("some flow lands on web3");
@@ -913,10 +820,7 @@ fn a_down_backend_resets_tcp_flows_and_moves_udp_flows() {
             lb_ctl::plan::backend_key(&web, WEB1, 8080),
             lb_ctl::plan::backend_key(&shared, WEB3, 7000),
         ];
-        loaded
-            .reconciler
-            .set_down(down.into_iter().collect())
-            .expect("set down");
+        loaded.reconciler.set_down(down.into_iter().collect()).expect("set down");
 
         // The TCP flow's next packet (it acknowledges 5000): RST, seq 5000.
         let mut reset = Ipv4::new(
@@ -985,13 +889,7 @@ fn a_down_backend_resets_tcp_flows_and_moves_udp_flows() {
         assert_eq!(out.frame, moved, "rescheduled to the other backend");
 
         // Back UP: new flows reach web1 again.
-        loaded
-            .reconciler
-            .set_down(std::collections::BTreeSet::new())
-            .expect("set up");
-        assert_eq!(
-            loaded.run(&from_client(&fresh), IF_CLIENT).action,
-            XDP_REDIRECT
-        );
+        loaded.reconciler.set_down(std::collections::BTreeSet::new()).expect("set up");
+        assert_eq!(loaded.run(&from_client(&fresh), IF_CLIENT).action, XDP_REDIRECT);
     });
 }

@@ -11,9 +11,5 @@ pub fn run() -> Result<()> {
     require_root("the benchmarks")?;
     step("data plane: cost per packet");
     let out = root().join("target/bench/dataplane.json");
-    run_status(
-        Command::new(bin("lb-bench"))
-            .env("LB_BENCH_OUT", &out)
-            .current_dir(root()),
-    )
+    run_status(Command::new(bin("lb-bench")).env("LB_BENCH_OUT", &out).current_dir(root()))
 }

@@ -26,8 +26,7 @@ fn pid_file() -> PathBuf {
 
 fn client(args: &[&str]) -> Command {
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &format!("{PREFIX}-client")])
-        .args(args);
+    cmd.args(["netns", "exec", &format!("{PREFIX}-client")]).args(args);
     cmd
 }
 
@@ -59,11 +58,7 @@ pub fn up(keep: bool) -> Result<()> {
         .context("starting lb-ctl")?;
     fs::write(pid_file(), child.id().to_string())?;
     wait_running(&log_path)?;
-    eprintln!(
-        "lb-ctl is running: config {}, log {}",
-        config.display(),
-        log_path.display()
-    );
+    eprintln!("lb-ctl is running: config {}, log {}", config.display(), log_path.display());
 
     step("a round of requests from the client to the VIP");
     demo_round()?;
@@ -91,10 +86,7 @@ fn wait_running(log: &PathBuf) -> Result<()> {
         }
         thread::sleep(Duration::from_millis(100));
     }
-    bail!(
-        "lb-ctl did not report running within 20 s; see {}",
-        log.display()
-    )
+    bail!("lb-ctl did not report running within 20 s; see {}", log.display())
 }
 
 fn demo_round() -> Result<()> {
@@ -107,19 +99,13 @@ fn demo_round() -> Result<()> {
         eprintln!("  TCP {i:>2}: curl {url}  ->  {body}");
         *answered_by.entry(body).or_default() += 1;
     }
-    let tally: Vec<String> = answered_by
-        .iter()
-        .map(|(who, n)| format!("{n} x {who:?}"))
-        .collect();
+    let tally: Vec<String> = answered_by.iter().map(|(who, n)| format!("{n} x {who:?}")).collect();
     eprintln!("  => {}", tally.join(", "));
     for i in 1..=6 {
         let mut cmd = client(&["socat", "-T", "2", "-", &format!("UDP:{VIP}:5353")]);
         let answer = output(cmd.stdin(stdin_of(&format!("hello {i}\n"))?))
             .unwrap_or_else(|e| format!("FAILED: {e}"));
-        eprintln!(
-            "  UDP {i:>2}: \"hello {i}\" to {VIP}:5353  ->  {}",
-            answer.trim()
-        );
+        eprintln!("  UDP {i:>2}: \"hello {i}\" to {VIP}:5353  ->  {}", answer.trim());
     }
     Ok(())
 }
@@ -166,11 +152,7 @@ fn stop_controller() {
     };
     let pid = pid.trim().to_owned();
     let _ = fs::remove_file(pid_file());
-    if Command::new("kill")
-        .args(["-TERM", &pid])
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
+    if Command::new("kill").args(["-TERM", &pid]).output().is_ok_and(|o| o.status.success()) {
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline && PathBuf::from(format!("/proc/{pid}")).exists() {
             thread::sleep(Duration::from_millis(50));
@@ -187,9 +169,7 @@ pub fn down() -> Result<()> {
     } else {
         // Not built yet: nothing of ours can exist beyond namespaces.
         for ns in ["client", "lb", "sw", "web1", "web2", "web3"] {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &format!("{PREFIX}-{ns}")])
-                .output();
+            let _ = Command::new("ip").args(["netns", "del", &format!("{PREFIX}-{ns}")]).output();
         }
     }
     eprintln!("lab removed");

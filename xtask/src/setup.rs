@@ -10,16 +10,9 @@ use crate::util::{is_root, output, run_status};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages: `ip`, `bpftool`, `ethtool` for the lab's veths, `curl` and
-/// `socat` for the client side, `procps` for sysctl, `iputils-ping` for the tests.
-const PACKAGES: &[&str] = &[
-    "iproute2",
-    "bpftool",
-    "ethtool",
-    "curl",
-    "socat",
-    "procps",
-    "iputils-ping",
-];
+/// `socat` for the client side, `procps` for sysctl, `iputils-ping` and `nftables` for the tests.
+const PACKAGES: &[&str] =
+    &["iproute2", "bpftool", "ethtool", "curl", "socat", "procps", "iputils-ping", "nftables"];
 
 pub fn ensure() -> Result<()> {
     rust_src()?;
@@ -83,22 +76,16 @@ fn bpf_linker() -> Result<()> {
         .with_context(|| format!("reading {}", libdir.display()))?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so"))
-        })
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so")))
         .with_context(|| format!("no libLLVM.so* in {}", libdir.display()))?;
     let prefix = PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into()))
         .join(".local/share/lb-llvm");
     let link = prefix.join("lib/libLLVM.so");
     let linker = cargo_home().join("bin/bpf-linker");
     let current = std::fs::read_link(&link).ok().as_deref() == Some(libllvm.as_path());
-    let works = Command::new(&linker)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| {
-            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
-        });
+    let works = Command::new(&linker).arg("--version").output().is_ok_and(|o| {
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
+    });
     if current && works {
         return Ok(());
     }
@@ -107,10 +94,9 @@ fn bpf_linker() -> Result<()> {
         libllvm.display()
     );
     std::fs::create_dir_all(prefix.join("lib"))?;
-    for name in [
-        "libLLVM.so".to_string(),
-        libllvm.file_name().unwrap().to_string_lossy().into_owned(),
-    ] {
+    for name in
+        ["libLLVM.so".to_string(), libllvm.file_name().unwrap().to_string_lossy().into_owned()]
+    {
         let path = prefix.join("lib").join(name);
         let _ = std::fs::remove_file(&path);
         std::os::unix::fs::symlink(&libllvm, &path)
@@ -118,12 +104,7 @@ fn bpf_linker() -> Result<()> {
     }
     run_status(
         Command::new("cargo")
-            .args([
-                "install",
-                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
-                "--locked",
-                "--force",
-            ])
+            .args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked", "--force"])
             .args(["--no-default-features", "--features", "llvm-22"])
             .env("LLVM_PREFIX", &prefix),
     )

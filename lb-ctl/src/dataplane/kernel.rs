@@ -76,15 +76,12 @@ impl KernelMaps {
         attach_xdp(&mut ebpf, &dataplane.interfaces, dataplane.xdp_mode)?;
         attach_tc(&mut ebpf, &dataplane.interfaces)?;
         pin_all(&ebpf, &dataplane.pin_path)?;
-        Self::open(
-            ebpf,
-            &dataplane.interfaces,
-            Some(dataplane.pin_path.clone()),
+        Self::open(ebpf, &dataplane.interfaces, Some(dataplane.pin_path.clone())).inspect_err(
+            |_| {
+                // No KernelMaps exists to clean up on drop: do it here.
+                remove_pins(&dataplane.pin_path);
+            },
         )
-        .inspect_err(|_| {
-            // No KernelMaps exists to clean up on drop: do it here.
-            remove_pins(&dataplane.pin_path);
-        })
     }
 
     /// Fills the redirect targets and the ABI version, and takes the maps the
@@ -109,23 +106,14 @@ impl KernelMaps {
             tx_ports
                 .set(slot, index, None, 0)
                 .map_err(|e| DataplaneError::kernel(format!("adding {name} to lb_tx_ports"), e))?;
-            tx_slots
-                .insert(index, slot, 0)
-                .map_err(err("writing lb_tx_slots"))?;
+            tx_slots.insert(index, slot, 0).map_err(err("writing lb_tx_slots"))?;
         }
         // Epoch 0 is what an empty cache entry holds: start at 1.
         let mut epoch: Array<MapData, u64> = typed(&mut ebpf, "lb_epoch")?;
         epoch.set(0, 1, 0).map_err(err("writing lb_epoch"))?;
         let mut meta: Array<MapData, Meta> = typed(&mut ebpf, "lb_meta")?;
-        meta.set(
-            0,
-            Meta {
-                abi_version: ABI_VERSION,
-                _pad: 0,
-            },
-            0,
-        )
-        .map_err(err("writing lb_meta"))?;
+        meta.set(0, Meta { abi_version: ABI_VERSION, _pad: 0 }, 0)
+            .map_err(err("writing lb_meta"))?;
         Ok(Self {
             services: typed(&mut ebpf, "lb_services")?,
             maglev: typed(&mut ebpf, "lb_maglev")?,
@@ -270,10 +258,7 @@ fn remove_pins(dir: &Path) -> usize {
     };
     let mut removed = 0;
     for path in entries.filter_map(Result::ok).map(|e| e.path()) {
-        if !path
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with(MAP_PREFIX))
-        {
+        if !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with(MAP_PREFIX)) {
             continue;
         }
         match fs::remove_file(&path) {
@@ -290,13 +275,12 @@ fn attach_xdp(ebpf: &mut Ebpf, interfaces: &[String], mode: XdpMode) -> Result<(
         let attached = match mode {
             XdpMode::Driver => program.attach(name, AyaXdpMode::Driver).map(|_| "driver"),
             XdpMode::Skb => program.attach(name, AyaXdpMode::Skb).map(|_| "skb"),
-            XdpMode::Auto => program
-                .attach(name, AyaXdpMode::Driver)
-                .map(|_| "driver")
-                .or_else(|e| {
+            XdpMode::Auto => {
+                program.attach(name, AyaXdpMode::Driver).map(|_| "driver").or_else(|e| {
                     warn!(interface = %name, error = %e, "driver mode XDP refused, using skb mode");
                     program.attach(name, AyaXdpMode::Skb).map(|_| "skb")
-                }),
+                })
+            }
         }
         .map_err(|e| DataplaneError::kernel(format!("attaching XDP to {name}"), e))?;
         info!(interface = %name, mode = attached, "XDP attached");
@@ -321,26 +305,21 @@ impl KernelMaps {
         let table: &Table = slots
             .try_into()
             .map_err(|_| DataplaneError::kernel("writing lb_maglev", "table of the wrong size"))?;
-        self.maglev
-            .set(id, table, 0)
-            .map_err(err("writing lb_maglev"))
+        self.maglev.set(id, table, 0).map_err(err("writing lb_maglev"))
     }
 }
 
 impl Maps for KernelMaps {
     fn advance_nexthop_epoch(&mut self) -> Result<(), DataplaneError> {
         self.epoch_value += 1;
-        self.epoch
-            .set(0, self.epoch_value, 0)
-            .map_err(err("writing lb_epoch"))
+        self.epoch.set(0, self.epoch_value, 0).map_err(err("writing lb_epoch"))
     }
 
     fn apply(&mut self, op: &Op) -> Result<(), DataplaneError> {
         match op {
-            Op::PutBackend(id, b) => self
-                .backends
-                .set(*id, b, 0)
-                .map_err(err("writing lb_backends")),
+            Op::PutBackend(id, b) => {
+                self.backends.set(*id, b, 0).map_err(err("writing lb_backends"))
+            }
             Op::ClearBackend(id) => self
                 .backends
                 .set(*id, lb_common::abi::Backend::default(), 0)
@@ -349,20 +328,17 @@ impl Maps for KernelMaps {
             Op::DelReal(k) => deleted(self.reals.remove(k), "deleting from lb_reals"),
             Op::PutMaglev(id, slots) => self.put_maglev(*id, slots),
             Op::ClearMaglev(id) => self.put_maglev(*id, &vec![NO_BACKEND; MAGLEV_SIZE as usize]),
-            Op::PutAddrFlags(slot, flags) => self
-                .addrs
-                .set(*slot, flags, 0)
-                .map_err(err("writing lb_addrs")),
-            Op::PutRealSlot(slot, value) => self
-                .real_slots
-                .set(*slot, value, 0)
-                .map_err(err("writing lb_real_slots")),
+            Op::PutAddrFlags(slot, flags) => {
+                self.addrs.set(*slot, flags, 0).map_err(err("writing lb_addrs"))
+            }
+            Op::PutRealSlot(slot, value) => {
+                self.real_slots.set(*slot, value, 0).map_err(err("writing lb_real_slots"))
+            }
             Op::PutVip(v, n) => self.vips.insert(v, n, 0).map_err(err("writing lb_vips")),
             Op::DelVip(v) => deleted(self.vips.remove(v), "deleting from lb_vips"),
-            Op::PutService(k, s) => self
-                .services
-                .insert(k, s, 0)
-                .map_err(err("writing lb_services")),
+            Op::PutService(k, s) => {
+                self.services.insert(k, s, 0).map_err(err("writing lb_services"))
+            }
             Op::DelService(k) => deleted(self.services.remove(k), "deleting from lb_services"),
         }
     }

@@ -20,10 +20,7 @@ impl DataplaneError {
         what: impl Into<String>,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> Self {
-        Self::Kernel {
-            what: what.into(),
-            source: source.into(),
-        }
+        Self::Kernel { what: what.into(), source: source.into() }
     }
 }
 

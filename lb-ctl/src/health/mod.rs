@@ -51,11 +51,7 @@ pub struct Monitor {
 impl Default for Monitor {
     fn default() -> Self {
         let (results_tx, results_rx) = mpsc::channel(1024);
-        Self {
-            checked: HashMap::new(),
-            results_tx,
-            results_rx,
-        }
+        Self { checked: HashMap::new(), results_tx, results_rx }
     }
 }
 
@@ -75,20 +71,14 @@ impl Monitor {
             }
         }
         self.checked.retain(|key, checked| {
-            wanted
-                .get(key)
-                .is_some_and(|(_, check)| **check == checked.check)
+            wanted.get(key).is_some_and(|(_, check)| **check == checked.check)
         });
         for (key, (addr, check)) in wanted {
             if self.checked.contains_key(&key) {
                 continue;
             }
-            let task = tokio::spawn(probe_forever(
-                key,
-                addr,
-                check.clone(),
-                self.results_tx.clone(),
-            ));
+            let task =
+                tokio::spawn(probe_forever(key, addr, check.clone(), self.results_tx.clone()));
             self.checked.insert(
                 key,
                 Checked {
@@ -130,9 +120,7 @@ impl Monitor {
 
     /// A checked backend's status and last result.
     pub fn status(&self, key: &BackendKey) -> Option<(Status, Option<&CheckResult>)> {
-        self.checked
-            .get(key)
-            .map(|c| (c.tracker.status(), c.tracker.last()))
+        self.checked.get(key).map(|c| (c.tracker.status(), c.tracker.last()))
     }
 }
 
@@ -155,9 +143,7 @@ fn endpoint_text(e: Endpoint) -> String {
 /// backend, so that probes of many backends do not come in bursts.
 pub fn start_offset(key: &BackendKey, interval: Duration) -> Duration {
     let h = mix64(u64::from(u32::from_be_bytes(key.1.addr)) << 16 | u64::from(key.1.port));
-    let millis = u64::try_from(interval.as_millis())
-        .unwrap_or(u64::MAX)
-        .max(1);
+    let millis = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX).max(1);
     Duration::from_millis(h % millis)
 }
 
@@ -169,11 +155,9 @@ async fn probe_forever(
 ) {
     let prober = match &check.probe {
         Probe::Tcp => Prober::Tcp,
-        Probe::Http {
-            path,
-            expect_status,
-            expect_body,
-        } => Prober::http(path, addr, *expect_status, expect_body.as_deref()),
+        Probe::Http { path, expect_status, expect_body } => {
+            Prober::http(path, addr, *expect_status, expect_body.as_deref())
+        }
     };
     tokio::time::sleep(start_offset(&key, check.interval)).await;
     let mut ticks = tokio::time::interval(check.interval);

@@ -23,11 +23,7 @@ pub const MAX_RESPONSE: usize = 64 * 1024;
 #[derive(Clone, Debug)]
 pub enum Prober {
     Tcp,
-    Http {
-        request: Vec<u8>,
-        expect_status: u16,
-        expect_body: Option<Regex>,
-    },
+    Http { request: Vec<u8>, expect_status: u16, expect_body: Option<Regex> },
 }
 
 /// Why a probe failed; the wording goes to the log and the last check result.
@@ -70,11 +66,7 @@ impl Prober {
         // An invalid pattern cannot get here; if it did, nothing would match.
         let expect_body =
             expect_body.map(|p| Regex::new(p).unwrap_or_else(|_| Regex::new("$^").expect("valid")));
-        Self::Http {
-            request,
-            expect_status,
-            expect_body,
-        }
+        Self::Http { request, expect_status, expect_body }
     }
 
     /// Probes `addr` once, within `timeout`.
@@ -89,12 +81,7 @@ impl Prober {
             Ok(detail) => (true, detail),
             Err(failure) => (false, failure.to_string()),
         };
-        CheckResult {
-            ok,
-            detail,
-            at,
-            duration: started.elapsed(),
-        }
+        CheckResult { ok, detail, at, duration: started.elapsed() }
     }
 
     async fn attempt(&self, addr: SocketAddr) -> Result<String, Failure> {
@@ -102,22 +89,14 @@ impl Prober {
             io::ErrorKind::ConnectionRefused => Failure::Refused,
             _ => Failure::Connect(e),
         })?;
-        let Self::Http {
-            request,
-            expect_status,
-            expect_body,
-        } = self
-        else {
+        let Self::Http { request, expect_status, expect_body } = self else {
             return Ok("TCP connect".into());
         };
         stream.write_all(request).await.map_err(Failure::Io)?;
         let response = read_bounded(&mut stream).await.map_err(Failure::Io)?;
         let (status, body) = parse_response(&response).ok_or(Failure::NotHttp)?;
         if status != *expect_status {
-            return Err(Failure::Status {
-                got: status,
-                want: *expect_status,
-            });
+            return Err(Failure::Status { got: status, want: *expect_status });
         }
         if let Some(pattern) = expect_body
             && !pattern.is_match(&String::from_utf8_lossy(body))
@@ -176,10 +155,9 @@ mod tests {
                     let mut buf = [0_u8; 1024];
                     let _ = s.read(&mut buf).await;
                     match behaviour {
-                        "ok" => drop(
-                            s.write_all(b"HTTP/1.0 200 OK\r\n\r\nBienvenue sur WEB1\n")
-                                .await,
-                        ),
+                        "ok" => {
+                            drop(s.write_all(b"HTTP/1.0 200 OK\r\n\r\nBienvenue sur WEB1\n").await);
+                        }
                         "500" => drop(s.write_all(b"HTTP/1.0 500 Oops\r\n\r\nBienvenue").await),
                         "other" => drop(s.write_all(b"HTTP/1.0 200 OK\r\n\r\nIt works").await),
                         "garbage" => drop(s.write_all(b"\x00\x01SSH-2.0-nope\r\n\r\n").await),
@@ -206,9 +184,7 @@ mod tests {
 
     async fn http_probe(behaviour: &'static str) -> CheckResult {
         let addr = server(behaviour).await;
-        Prober::http("/", addr, 200, Some("Bienvenue"))
-            .run(addr, Duration::from_millis(300))
-            .await
+        Prober::http("/", addr, 200, Some("Bienvenue")).run(addr, Duration::from_millis(300)).await
     }
 
     #[tokio::test]
@@ -217,10 +193,7 @@ mod tests {
         assert!(ok.ok, "{ok:?}");
         assert_eq!(ok.detail, "HTTP 200");
         assert_eq!(http_probe("500").await.detail, "status 500 (expected 200)");
-        assert_eq!(
-            http_probe("other").await.detail,
-            "body did not match /Bienvenue/"
-        );
+        assert_eq!(http_probe("other").await.detail, "body did not match /Bienvenue/");
         assert_eq!(http_probe("garbage").await.detail, "the answer is not HTTP");
         assert_eq!(http_probe("silent").await.detail, "timeout after 300 ms");
     }
@@ -240,10 +213,7 @@ mod tests {
     async fn tcp_probe_and_refused() {
         let addr = server("ok").await;
         assert!(Prober::Tcp.run(addr, Duration::from_millis(300)).await.ok);
-        let closed = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let refused = Prober::Tcp.run(closed, Duration::from_millis(300)).await;
         assert_eq!(refused.detail, "connection refused");
     }

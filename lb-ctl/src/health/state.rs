@@ -101,11 +101,7 @@ impl Tracker {
         let from = self.status;
         self.status = next;
         self.last = Some(result.clone());
-        (from != next).then_some(Transition {
-            from,
-            to: next,
-            cause: result,
-        })
+        (from != next).then_some(Transition { from, to: next, cause: result })
     }
 }
 
@@ -116,11 +112,7 @@ mod tests {
     fn result(ok: bool) -> CheckResult {
         CheckResult {
             ok,
-            detail: if ok {
-                "HTTP 200".into()
-            } else {
-                "timeout".into()
-            },
+            detail: if ok { "HTTP 200".into() } else { "timeout".into() },
             at: SystemTime::UNIX_EPOCH,
             duration: Duration::from_millis(1),
         }
@@ -144,10 +136,7 @@ mod tests {
     fn the_first_probe_decides() {
         assert_eq!(statuses(&mut Tracker::new(2, 3), "+"), "U");
         assert_eq!(statuses(&mut Tracker::new(2, 3), "-"), "D");
-        assert!(
-            Tracker::new(2, 3).status().is_usable(),
-            "unknown counts as up"
-        );
+        assert!(Tracker::new(2, 3).status().is_usable(), "unknown counts as up");
     }
 
     #[test]

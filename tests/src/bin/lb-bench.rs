@@ -43,16 +43,8 @@ const SCENARIOS: [Scenario; 5] = [
         target_ns: 45,
         expected_action: XDP_REDIRECT,
     },
-    Scenario {
-        name: "backend reply (reverse NAT)",
-        target_ns: 45,
-        expected_action: XDP_REDIRECT,
-    },
-    Scenario {
-        name: "non-VIP packet (passed)",
-        target_ns: 10,
-        expected_action: XDP_PASS,
-    },
+    Scenario { name: "backend reply (reverse NAT)", target_ns: 45, expected_action: XDP_REDIRECT },
+    Scenario { name: "non-VIP packet (passed)", target_ns: 10, expected_action: XDP_PASS },
 ];
 
 fn median(values: &mut [u32]) -> u32 {
@@ -83,10 +75,7 @@ fn pin_to_cpu(cpu: usize) {
 /// A client address and port unique to sample `n`: a flow never seen before.
 fn fresh_client(n: usize) -> (Ipv4Addr, u16) {
     let host = (n / 50_000) as u8;
-    (
-        Ipv4Addr::new(10, 77, 3, host.wrapping_add(1)),
-        10_000 + (n % 50_000) as u16,
-    )
+    (Ipv4Addr::new(10, 77, 3, host.wrapping_add(1)), 10_000 + (n % 50_000) as u16)
 }
 
 fn main() {
@@ -104,27 +93,13 @@ fn measure() -> Vec<(u32, u32)> {
     let client_if = Loaded::ifindex(IF_CLIENT);
     let backend_if = Loaded::ifindex(IF_BACKEND);
 
-    let established = Ipv4::tcp(
-        (Ipv4Addr::new(10, 77, 1, 10), 40_000),
-        (VIP, 80),
-        TCP_ACK,
-        b"",
-    )
-    .frame(IF_CLIENT_MAC, CLIENT_MAC);
-    let reply = Ipv4::tcp(
-        (WEB1, 8080),
-        (Ipv4Addr::new(10, 77, 1, 10), 40_000),
-        TCP_ACK,
-        b"",
-    )
-    .frame(IF_BACKEND_MAC, WEB_MACS[0]);
-    let non_vip = Ipv4::tcp(
-        (Ipv4Addr::new(10, 77, 1, 10), 40_000),
-        (LB_CLIENT_SIDE, 22),
-        TCP_SYN,
-        b"",
-    )
-    .frame(IF_CLIENT_MAC, CLIENT_MAC);
+    let established = Ipv4::tcp((Ipv4Addr::new(10, 77, 1, 10), 40_000), (VIP, 80), TCP_ACK, b"")
+        .frame(IF_CLIENT_MAC, CLIENT_MAC);
+    let reply = Ipv4::tcp((WEB1, 8080), (Ipv4Addr::new(10, 77, 1, 10), 40_000), TCP_ACK, b"")
+        .frame(IF_BACKEND_MAC, WEB_MACS[0]);
+    let non_vip =
+        Ipv4::tcp((Ipv4Addr::new(10, 77, 1, 10), 40_000), (LB_CLIENT_SIDE, 22), TCP_SYN, b"")
+            .frame(IF_CLIENT_MAC, CLIENT_MAC);
     let repeated_syn =
         Ipv4::tcp((CLIENT, 40_001), (VIP, 80), TCP_SYN, b"").frame(IF_CLIENT_MAC, CLIENT_MAC);
     let repeated_syn_flow = Flow {
@@ -136,10 +111,7 @@ fn measure() -> Vec<(u32, u32)> {
         _pad: [0; 3],
     };
     // Put the established flow in the connection table.
-    assert_eq!(
-        testrun::run(loaded.prog_fd, &established, client_if, 1).action,
-        XDP_REDIRECT
-    );
+    assert_eq!(testrun::run(loaded.prog_fd, &established, client_if, 1).action, XDP_REDIRECT);
 
     let mut fresh = 0_usize;
     let mut gross: Vec<Vec<u32>> = vec![Vec::new(); SCENARIOS.len()];
@@ -196,11 +168,7 @@ fn report(results: &[(u32, u32)]) {
     );
     for (i, (scenario, (gross, baseline))) in SCENARIOS.iter().zip(results).enumerate() {
         let net = gross.saturating_sub(*baseline);
-        let verdict = if net <= scenario.target_ns {
-            "ok"
-        } else {
-            "OVER TARGET"
-        };
+        let verdict = if net <= scenario.target_ns { "ok" } else { "OVER TARGET" };
         let _ = writeln!(
             table,
             "{:<46} {:>6}ns {:>7}ns {:>4}ns {:>5}ns  {verdict}",

@@ -8,12 +8,7 @@ use lb_tests::{server, topology::Topology};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["up", prefix] => {
             let mut topo = Topology::create(prefix);
             let me = std::env::current_exe().expect("path of lb-lab");
@@ -33,15 +28,19 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        ["serve", name, addr] => match server::serve(name, addr) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("lb-lab serve {name} {addr}: {e}");
-                ExitCode::FAILURE
+        ["serve", name, addr, rest @ ..] => {
+            match server::serve(name, addr, rest.first().map(Into::into)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("lb-lab serve {name} {addr}: {e}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
         _ => {
-            eprintln!("usage: lb-lab up PREFIX | down PREFIX | serve NAME ADDR | counters PIN_DIR");
+            eprintln!(
+                "usage: lb-lab up PREFIX | down PREFIX | serve NAME ADDR [HEALTH_CONTROL_FILE] | counters PIN_DIR"
+            );
             ExitCode::from(2)
         }
     }
