@@ -21,15 +21,19 @@ pub fn lb_ctl_bin() -> PathBuf {
     std::env::var_os("LB_CTL").map_or_else(|| built_bin("lb-ctl"), PathBuf::from)
 }
 
-/// A binary of this workspace's build: test binaries live in target/debug/deps.
-fn built_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    match exe.parent().and_then(Path::parent).map(|d| d.join(name)) {
-        Some(path) if path.exists() => path,
-        _ => panic!(
-            "{name} not found: run `cargo build -p lb-ctl -p lb-tests --bins` (cargo xtask test does)"
-        ),
-    }
+/// A binary of this workspace's build, next to the running one (a binary in
+/// target/debug) or one level up (a test in target/debug/deps).
+pub fn built_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("path of the running binary");
+    let dir = exe.parent().expect("binary directory");
+    [Some(dir), dir.parent()]
+        .into_iter()
+        .flatten()
+        .map(|d| d.join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!("{name} not found: run `cargo build -p lb-ctl -p lb-tests --bins` (cargo xtask test does)")
+        })
 }
 
 /// Config for the end-to-end tests: HTTP on 80, a line echo on 9000 (for

@@ -9,3 +9,15 @@ pub mod packet;
 pub mod server;
 pub mod testrun;
 pub mod topology;
+
+/// Raises the open-file limit to its hard maximum (thousands of sockets).
+pub fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit on a valid struct.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit);
+        }
+    }
+}

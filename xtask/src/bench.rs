@@ -1,15 +1,26 @@
-//! `cargo xtask bench`: builds, then runs the data-plane benchmark
-//! (`lb-bench`, in the tests crate) as root.
+//! `cargo xtask bench`: the data plane's cost per packet (`lb-bench`) and the
+//! health checks' detection time and probing capacity (`lb-bench-health`,
+//! built with optimisations: it measures the controller's own CPU time).
 use std::process::Command;
 
 use anyhow::Result;
 
-use crate::util::{bin, build, require_root, root, run_status, step};
+use crate::util::{bin, build, cargo, require_root, root, run_status, step};
 
 pub fn run() -> Result<()> {
     build()?;
     require_root("the benchmarks")?;
     step("data plane: cost per packet");
     let out = root().join("target/bench/dataplane.json");
-    run_status(Command::new(bin("lb-bench")).env("LB_BENCH_OUT", &out).current_dir(root()))
+    run_status(Command::new(bin("lb-bench")).env("LB_BENCH_OUT", &out).current_dir(root()))?;
+
+    step("health checks: detection time and probing capacity (release build)");
+    cargo(&["build", "--release", "-p", "lb-tests", "--bin", "lb-bench-health", "--bin", "lb-lab"])?;
+    let out = root().join("target/bench/health.json");
+    run_status(
+        Command::new(root().join("target/release/lb-bench-health"))
+            .env("LB_BENCH_HEALTH_OUT", &out)
+            .env("LB_CTL", bin("lb-ctl"))
+            .current_dir(root()),
+    )
 }

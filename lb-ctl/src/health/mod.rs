@@ -46,12 +46,14 @@ pub struct Monitor {
     checked: HashMap<BackendKey, Checked>,
     results_tx: mpsc::Sender<(BackendKey, CheckResult)>,
     results_rx: mpsc::Receiver<(BackendKey, CheckResult)>,
+    /// Probe results received so far (for the benchmark and the stats).
+    results_seen: u64,
 }
 
 impl Default for Monitor {
     fn default() -> Self {
         let (results_tx, results_rx) = mpsc::channel(1024);
-        Self { checked: HashMap::new(), results_tx, results_rx }
+        Self { checked: HashMap::new(), results_tx, results_rx, results_seen: 0 }
     }
 }
 
@@ -98,6 +100,7 @@ impl Monitor {
                 std::future::pending::<()>().await;
                 continue;
             };
+            self.results_seen += 1;
             // A result from a prober that was just replaced or removed.
             let Some(checked) = self.checked.get_mut(&key) else {
                 continue;
@@ -107,6 +110,11 @@ impl Monitor {
                 return (key, transition);
             }
         }
+    }
+
+    /// How many probe results have come in.
+    pub fn results_seen(&self) -> u64 {
+        self.results_seen
     }
 
     /// The backends that must get no new flows.

@@ -20,6 +20,7 @@ fn main() -> ExitCode {
             Topology::named(prefix).destroy();
             ExitCode::SUCCESS
         }
+        ["listen", addr, first_port, count] => listen(addr, first_port, count),
         ["counters", pin_dir] => {
             for (name, value) in lb_tests::counters::read(pin_dir) {
                 if value > 0 {
@@ -39,9 +40,34 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: lb-lab up PREFIX | down PREFIX | serve NAME ADDR [HEALTH_CONTROL_FILE] | counters PIN_DIR"
+                "usage: lb-lab up PREFIX | down PREFIX | listen ADDR FIRST_PORT COUNT | serve NAME ADDR [HEALTH_CONTROL_FILE] | counters PIN_DIR"
             );
             ExitCode::from(2)
         }
+    }
+}
+
+/// Synthetic backends for the health-check benchmark: `count` listeners
+/// from `first_port` on, never accepting (the kernel completes the TCP
+/// handshakes a TCP probe needs), held until the process is killed.
+fn listen(addr: &str, first_port: &str, count: &str) -> ExitCode {
+    let (Ok(first), Ok(count)) = (first_port.parse::<u16>(), count.parse::<u16>()) else {
+        eprintln!("lb-lab listen: ports must be numbers");
+        return ExitCode::from(2);
+    };
+    lb_tests::raise_fd_limit();
+    let mut listeners = Vec::with_capacity(usize::from(count));
+    for port in first..first.saturating_add(count) {
+        match std::net::TcpListener::bind((addr, port)) {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                eprintln!("lb-lab listen: {addr}:{port}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    println!("listening on {} ports", listeners.len());
+    loop {
+        std::thread::park();
     }
 }
