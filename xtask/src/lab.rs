@@ -132,6 +132,12 @@ The lab is up. Try:
   bpftool map dump pinned /sys/fs/bpf/lb/lb_counters
   # the outcome counters, named and summed over CPUs
   target/debug/lb-lab counters /sys/fs/bpf/lb
+  # health checks: block web2 and watch it go DOWN, then come back
+  ip netns exec lb-web2 nft add table inet demo
+  ip netns exec lb-web2 nft add chain inet demo input '{{ type filter hook input priority 0; }}'
+  ip netns exec lb-web2 nft add rule inet demo input tcp dport 80 drop
+  grep -E 'backend is (UP|DOWN)' {log}
+  ip netns exec lb-web2 nft delete table inet demo
   # drain a backend: set its weight to 0 in the config, then reload
   $EDITOR {config}
   kill -HUP $(cat {pid})
