@@ -15,7 +15,16 @@ pub fn run() -> Result<()> {
     run_status(Command::new(bin("lb-bench")).env("LB_BENCH_OUT", &out).current_dir(root()))?;
 
     step("health checks: detection time and probing capacity (release build)");
-    cargo(&["build", "--release", "-p", "lb-tests", "--bin", "lb-bench-health", "--bin", "lb-lab"])?;
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "lb-tests",
+        "--bin",
+        "lb-bench-health",
+        "--bin",
+        "lb-lab",
+    ])?;
     let out = root().join("target/bench/health.json");
     run_status(
         Command::new(root().join("target/release/lb-bench-health"))
