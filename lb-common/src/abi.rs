@@ -7,7 +7,7 @@
 
 /// Bumped whenever a map layout below changes; stored in `lb_meta` so that a
 /// controller can tell whether pinned maps were written by a compatible build.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Capacity of the service table (and of each per-service array).
 pub const MAX_SERVICES: u32 = 64;
@@ -41,6 +41,27 @@ impl Endpoint {
     }
 }
 
+/// `Service::flags` low byte: the scheduler. The service's table
+/// (`lb_maglev`) holds a Maglev table for `SCHED_MAGLEV` and `SCHED_SH`, and
+/// the rotation sequence for `SCHED_RR` and `SCHED_WRR`.
+pub const SCHED_MASK: u32 = 0xff;
+pub const SCHED_MAGLEV: u32 = 0;
+/// Round robin: a shared counter (`lb_rr`) walks the rotation sequence.
+pub const SCHED_RR: u32 = 1;
+/// Smooth weighted round robin: the same, over a weighted sequence.
+pub const SCHED_WRR: u32 = 2;
+/// Source hashing: the Maglev table, indexed by a hash of the client address only.
+pub const SCHED_SH: u32 = 3;
+/// `Service::flags`: with no usable backend, answer (TCP reset, ICMP port
+/// unreachable) instead of dropping.
+pub const SVC_REJECT: u32 = 1 << 8;
+
+/// The hash `sh` places a client by: its address alone.
+#[inline(always)]
+pub const fn source_hash(src: [u8; 4]) -> u32 {
+    crate::hash::mix64(u32::from_be_bytes(src) as u64 ^ 0x5348_5348) as u32
+}
+
 /// Value of `lb_services`: where the service's Maglev table and counters live.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -51,7 +72,7 @@ pub struct Service {
     /// A runtime value on purpose: the kernel's bounds check on the slot
     /// index must survive the compiler, which would drop it for a constant.
     pub ring_size: u32,
-    /// Reserved for per-service options (scheduler, on_no_backend); 0 today.
+    /// The scheduler (`SCHED_*`) and options (`SVC_REJECT`).
     pub flags: u32,
     pub _pad: u32,
 }

@@ -3,6 +3,8 @@
 //! next hop the kernel has not resolved yet.
 #![no_std]
 #![no_main]
+// Inline assembly for the atomic fetch-add of the round-robin counter.
+#![feature(asm_experimental_arch)]
 
 mod fwd;
 mod maps;

@@ -21,6 +21,11 @@ pub static LB_SERVICES: HashMap<Endpoint, Service, { 2 * MAX_SERVICES as usize }
 #[btf_map(name = "lb_maglev")]
 pub static LB_MAGLEV: Array<MaglevTable, { MAX_SERVICES as usize }> = Array::new();
 
+/// Service id -> the round-robin counter of `rr` and `wrr` services, shared
+/// by every CPU (atomic), so the rotation holds whatever CPU a SYN lands on.
+#[btf_map(name = "lb_rr")]
+pub static LB_RR: Array<u64, { MAX_SERVICES as usize }> = Array::new();
+
 /// Backend id -> backend address and port.
 #[btf_map(name = "lb_backends")]
 pub static LB_BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();

@@ -5,14 +5,15 @@ use aya_ebpf::btf_maps::PerCpuArray;
 use lb_common::{
     abi::{
         ADDR_VIP, BACKEND_DOWN, BACKEND_IN_USE, Backend, Conn, Endpoint, FLOW_CACHE_SLOTS, Flow,
-        FlowCacheEntry, NO_BACKEND, REAL_SLOT_SHARED, Service, Traffic, addr_slot, real_slot,
+        FlowCacheEntry, NO_BACKEND, REAL_SLOT_SHARED, SCHED_MASK, SCHED_RR, SCHED_SH, SCHED_WRR, Service,
+        Traffic, addr_slot, real_slot, source_hash,
     },
     counter::Counter,
     hash::{flow_hash, maglev_slot},
 };
 
 use crate::maps::{
-    LB_ADDRS, LB_BACKENDS, LB_CONNTRACK, LB_EPOCH, LB_FLOW_CACHE, LB_MAGLEV, LB_REAL_SLOTS,
+    LB_ADDRS, LB_BACKENDS, LB_CONNTRACK, LB_EPOCH, LB_FLOW_CACHE, LB_MAGLEV, LB_RR, LB_REAL_SLOTS,
     LB_REALS, LB_SERVICES,
 };
 
@@ -122,7 +123,12 @@ pub fn established(flow: &Flow, hash: u32) -> Option<(u32, Choice)> {
 #[inline(always)]
 pub fn schedule(flow: &Flow, hash: u32, service: &Service) -> Result<Choice, Counter> {
     let table = LB_MAGLEV.get(service.id).ok_or(Counter::DropNoBackend)?;
-    let slot = maglev_slot(hash, service.ring_size).ok_or(Counter::DropNoBackend)? as usize;
+    let slot = match service.flags & SCHED_MASK {
+        SCHED_RR | SCHED_WRR => next_in_rotation(service)?,
+        SCHED_SH => maglev_slot(source_hash(flow.src), service.ring_size),
+        _ => maglev_slot(hash, service.ring_size),
+    };
+    let slot = slot.ok_or(Counter::DropNoBackend)? as usize;
     let id = *table.slots.get(slot).ok_or(Counter::DropNoBackend)?;
     if id == NO_BACKEND {
         return Err(Counter::DropNoBackend);
@@ -137,6 +143,26 @@ pub fn schedule(flow: &Flow, hash: u32, service: &Service) -> Result<Choice, Cou
     // (on its way through the connection table), which keeps a SYN flood from
     // also churning the cache.
     Ok(Choice { id, backend, new_flow: true })
+}
+
+/// The next position in an `rr`/`wrr` service's rotation: one atomic
+/// increment of a counter all CPUs share.
+#[inline(always)]
+fn next_in_rotation(service: &Service) -> Result<Option<u32>, Counter> {
+    let counter = LB_RR.get_ptr_mut(service.id).ok_or(Counter::DropNoBackend)?;
+    // The BPF target's core has no `AtomicU64::fetch_add`, and the linker
+    // builds for cpu v1, where LLVM cannot use an atomic add's result: say
+    // the instruction itself (BPF_ATOMIC | BPF_FETCH, kernel 5.12+).
+    let mut turn: u64 = 1;
+    // SAFETY: `counter` is a valid, aligned u64 in an array map; every access to it is this atomic add.
+    unsafe {
+        core::arch::asm!(
+            "{turn} = atomic_fetch_add((u64 *)({counter} + 0), {turn})",
+            counter = in(reg) counter,
+            turn = inout(reg) turn,
+        );
+    }
+    Ok(turn.checked_rem(u64::from(service.ring_size)).map(|s| s as u32))
 }
 
 /// The flow hash, shared by the flow cache and Maglev.
