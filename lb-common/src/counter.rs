@@ -27,6 +27,12 @@ counters! {
     Redirect = "redirect",
     /// A TCP packet of a flow whose backend is DOWN, answered with a reset.
     RstBackendDown = "rst_backend_down",
+    /// A TCP packet of a flow whose backend was removed, answered with a reset.
+    RstBackendGone = "rst_backend_gone",
+    /// No usable backend, `on_no_backend = "reject"`: a TCP reset sent.
+    RejectTcp = "reject_tcp",
+    /// No usable backend, `on_no_backend = "reject"`: ICMP port unreachable sent.
+    RejectUdp = "reject_udp",
     /// Rewritten, handed to tc to resolve the next hop's neighbour entry.
     SlowPathNeigh = "slow_path_neigh",
     /// Not IPv4 (ARP, IPv6, VLAN...): left to the kernel.

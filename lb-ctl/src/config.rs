@@ -11,7 +11,7 @@ use std::{
 use lb_common::abi::{DEFAULT_CONNTRACK_MAX, PROTO_TCP, PROTO_UDP};
 use serde::Deserialize;
 
-use crate::model::{Backend, Dataplane, HealthCheck, Probe, Protocol, Service, XdpMode};
+use crate::model::{Backend, Dataplane, HealthCheck, Probe, Protocol, Scheduler, Service, XdpMode};
 
 /// A validated config file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -190,14 +190,14 @@ fn default_forwarding() -> String {
     "nat".into()
 }
 fn default_on_no_backend() -> String {
-    "drop".into()
+    "reject".into()
 }
 fn default_weight() -> i64 {
     1
 }
 
 /// Largest backend weight: keeps Maglev's per-round arithmetic far from overflow.
-pub const MAX_WEIGHT: u32 = 10_000;
+pub const MAX_WEIGHT: u32 = 65_535;
 
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -347,17 +347,20 @@ fn validate_service(key: &str, raw: RawService, problems: &mut Problems) -> Serv
             Protocol::Tcp
         }
     };
-    match raw.scheduler.as_str() {
-        "maglev" => {}
-        "rr" | "wrr" | "lc" | "sh" => problems.add(
-            format!("{key}.scheduler"),
-            format!("{:?} is not implemented yet; use \"maglev\"", raw.scheduler),
-        ),
-        other => problems.add(
-            format!("{key}.scheduler"),
-            format!("{other:?} is not one of maglev, rr, wrr, lc, sh"),
-        ),
-    }
+    let scheduler = match raw.scheduler.as_str() {
+        "maglev" => Scheduler::Maglev,
+        "rr" => Scheduler::RoundRobin,
+        "wrr" => Scheduler::WeightedRoundRobin,
+        "sh" => Scheduler::SourceHash,
+        "lc" => {
+            problems.add(format!("{key}.scheduler"), "\"lc\" is not implemented yet; use maglev, rr, wrr or sh");
+            Scheduler::Maglev
+        }
+        other => {
+            problems.add(format!("{key}.scheduler"), format!("{other:?} is not one of maglev, rr, wrr, lc, sh"));
+            Scheduler::Maglev
+        }
+    };
     match raw.forwarding.as_str() {
         "nat" => {}
         "dsr" => {
@@ -368,13 +371,14 @@ fn validate_service(key: &str, raw: RawService, problems: &mut Problems) -> Serv
             problems.add(format!("{key}.forwarding"), format!("{other:?} is not one of nat, dsr"));
         }
     }
-    match raw.on_no_backend.as_str() {
-        "drop" => {}
-        "reject" => problems
-            .add(format!("{key}.on_no_backend"), "\"reject\" is not implemented yet; use \"drop\""),
-        other => problems
-            .add(format!("{key}.on_no_backend"), format!("{other:?} is not one of reject, drop")),
-    }
+    let reject = match raw.on_no_backend.as_str() {
+        "reject" => true,
+        "drop" => false,
+        other => {
+            problems.add(format!("{key}.on_no_backend"), format!("{other:?} is not one of reject, drop"));
+            true
+        }
+    };
     let health = raw.health.and_then(|h| validate_health(&format!("{key}.health"), h, problems));
     let backends: Vec<Backend> = raw
         .backends
@@ -391,7 +395,7 @@ fn validate_service(key: &str, raw: RawService, problems: &mut Problems) -> Serv
             );
         }
     }
-    Service { health, name: raw.name, vip, port, protocol, backends }
+    Service { health, name: raw.name, vip, port, protocol, scheduler, reject, backends }
 }
 
 /// Longest health-check interval: an hour.
@@ -694,13 +698,22 @@ protocol = "udp"
 
     #[test]
     fn features_of_later_issues_are_refused_clearly() {
-        let p =
-            problems(&GOOD.replace(
-                "port = 53",
-                "port = 53\nforwarding = \"dsr\"\non_no_backend = \"reject\"",
-            ));
+        let p = problems(&GOOD.replace("port = 53", "port = 53\nforwarding = \"dsr\"\nscheduler = \"lc\""));
         assert!(p.iter().any(|x| x.starts_with("service[1].forwarding")), "{p:?}");
+        assert!(p.iter().any(|x| x.starts_with("service[1].scheduler: \"lc\" is not implemented")), "{p:?}");
+    }
+
+    #[test]
+    fn schedulers_and_no_backend_answers_are_parsed() {
+        let c = parse(&GOOD.replace("port = 53", "port = 53\nscheduler = \"wrr\"\non_no_backend = \"drop\"")).unwrap();
+        assert_eq!((c.services[1].scheduler, c.services[1].reject), (Scheduler::WeightedRoundRobin, false));
+        assert_eq!((c.services[0].scheduler, c.services[0].reject), (Scheduler::Maglev, true), "defaults");
+        let p = problems(&GOOD.replace("port = 53", "port = 53\nscheduler = \"fifo\"\non_no_backend = \"ignore\""));
+        assert!(p.iter().any(|x| x.starts_with("service[1].scheduler")), "{p:?}");
         assert!(p.iter().any(|x| x.starts_with("service[1].on_no_backend")), "{p:?}");
+        let p = problems(&GOOD.replace("weight = 0", "weight = 65536"));
+        assert!(p.iter().any(|x| x.starts_with("service[0].backend[1].weight: 65536 is out of range (0 to 65535)")), "{p:?}");
+        assert!(parse(&GOOD.replace("weight = 0", "weight = 65535")).is_ok());
     }
 
     const HEALTH: &str = "port = 80\n\n  [service.health]\n  check = \"http\"\n  path = \"/\"\n  expect_body = \"Bienvenue\"\n  interval_ms = 2000\n  timeout_ms = 1000\n  rise = 2\n  fall = 3\n";

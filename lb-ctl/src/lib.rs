@@ -7,6 +7,7 @@ pub mod model;
 pub mod netdev;
 pub mod plan;
 pub mod reconciler;
+pub mod rotation;
 pub mod run;
 
 /// The compiled XDP object (built by build.rs from `lb-ebpf`).

@@ -38,9 +38,27 @@ pub struct Service {
     pub vip: Ipv4Addr,
     pub port: u16,
     pub protocol: Protocol,
+    pub scheduler: Scheduler,
+    /// `on_no_backend = "reject"`: with no usable backend, answer (TCP reset,
+    /// ICMP port unreachable) rather than drop.
+    pub reject: bool,
     /// `None`: no health checks, every backend counts as up.
     pub health: Option<HealthCheck>,
     pub backends: Vec<Backend>,
+}
+
+/// How a service picks the backend of a new flow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Scheduler {
+    /// Weighted Maglev consistent hashing of the 5-tuple (the default).
+    #[default]
+    Maglev,
+    /// `rr`: each new connection to the next backend, in a fixed order.
+    RoundRobin,
+    /// `wrr`: smooth weighted rotation (nginx's), e.g. 3/1/1 -> A B A C A.
+    WeightedRoundRobin,
+    /// `sh`: Maglev on the client address alone.
+    SourceHash,
 }
 
 /// `[service.health]`: how and how often each backend is probed.

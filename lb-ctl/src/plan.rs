@@ -8,11 +8,16 @@ use std::{
 };
 
 use lb_common::abi::{
-    self, ADDR_VIP, BACKEND_DOWN, BACKEND_IN_USE, Endpoint, MAGLEV_SIZE, MAX_BACKENDS,
-    MAX_SERVICES, REAL_SLOT_SHARED, addr_slot, real_slot,
+    self, ADDR_VIP, BACKEND_DOWN, BACKEND_IN_USE, Endpoint, MAGLEV_SIZE, MAX_BACKENDS, MAX_SERVICES,
+    NO_BACKEND, REAL_SLOT_SHARED, SCHED_MAGLEV, SCHED_RR, SCHED_SH, SCHED_WRR, SVC_REJECT, addr_slot,
+    real_slot,
 };
 
-use crate::{maglev, model::Service};
+use crate::{
+    maglev,
+    model::{Scheduler, Service},
+    rotation,
+};
 
 /// Stable numbering of services and backends across reloads: a service or
 /// backend that stays keeps its id, so its Maglev slots and its flows in the
@@ -232,15 +237,30 @@ pub fn image(services: &[Service], ids: &Ids, down: &BTreeSet<BackendKey>) -> Im
                 id,
             });
         }
-        image.maglev.insert(service_id, Arc::new(maglev::build(&entries, MAGLEV_SIZE)));
-        image.services.insert(
-            key,
-            abi::Service { id: service_id, ring_size: MAGLEV_SIZE, flags: 0, _pad: 0 },
-        );
+        let (table, ring_size, scheduler) = scheduler_table(s.scheduler, &entries);
+        let flags = scheduler | if s.reject { SVC_REJECT } else { 0 };
+        image.maglev.insert(service_id, Arc::new(table));
+        image.services.insert(key, abi::Service { id: service_id, ring_size, flags, _pad: 0 });
         *image.vips.entry(key.addr).or_insert(0) += 1;
         *image.addrs.entry(addr_slot(key.addr)).or_insert(0) |= ADDR_VIP;
     }
     image
+}
+
+/// A service's table (always `MAGLEV_SIZE` slots), how many of its slots
+/// are in use, and the scheduler's code for the data plane.
+fn scheduler_table(scheduler: Scheduler, entries: &[maglev::Entry]) -> (Vec<u32>, u32, u32) {
+    let size = MAGLEV_SIZE as usize;
+    let (sequence, code) = match scheduler {
+        Scheduler::Maglev => return (maglev::build(entries, MAGLEV_SIZE), MAGLEV_SIZE, SCHED_MAGLEV),
+        Scheduler::SourceHash => return (maglev::build(entries, MAGLEV_SIZE), MAGLEV_SIZE, SCHED_SH),
+        Scheduler::RoundRobin => (rotation::round_robin(entries), SCHED_RR),
+        Scheduler::WeightedRoundRobin => (rotation::smooth_weighted(entries, size), SCHED_WRR),
+    };
+    let used = sequence.len() as u32;
+    let mut table = sequence;
+    table.resize(size, NO_BACKEND);
+    (table, used, code)
 }
 
 /// The writes from `old` to `new`. Additions go bottom-up (backends, reverse
@@ -324,6 +344,8 @@ mod tests {
             vip: Ipv4Addr::new(10, 77, 1, 100),
             port,
             protocol: Protocol::Tcp,
+            scheduler: crate::model::Scheduler::Maglev,
+            reject: false,
             health: None,
             backends: backends
                 .iter()

@@ -202,6 +202,8 @@ mod tests {
             vip: Ipv4Addr::new(10, 77, 1, 100),
             port: 80,
             protocol: Protocol::Tcp,
+            scheduler: crate::model::Scheduler::Maglev,
+            reject: false,
             health: None,
             backends: backends
                 .iter()

@@ -20,7 +20,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use lb_common::{
-    abi::{BACKEND_DOWN, NEIGH_META_MAGIC, NeighMeta, PROTO_TCP},
+    abi::{BACKEND_DOWN, NEIGH_META_MAGIC, NeighMeta, PROTO_TCP, SVC_REJECT},
     counter::Counter,
 };
 
@@ -28,6 +28,7 @@ use crate::{
     fwd::Target,
     maps::{LB_BE_STATS, LB_COUNTERS, LB_SVC_STATS, LB_VIPS},
     nat::Side,
+    select::Known,
 };
 
 /// What the program answers, and the counter that says why.
@@ -108,20 +109,29 @@ fn expire_check(pkt: &parse::Packet) -> Result<(), Counter> {
 #[inline(always)]
 fn to_backend(ctx: &XdpContext, pkt: &parse::Packet) -> Result<Option<Verdict>, Counter> {
     let hash = select::hash(&pkt.flow);
+    let tcp = pkt.flow.proto == PROTO_TCP;
     let (service_id, choice) = match select::established(&pkt.flow, hash) {
-        Some((service_id, choice)) if choice.backend.flags & BACKEND_DOWN == 0 => {
+        Known::Flow(service_id, choice) if choice.backend.flags & BACKEND_DOWN == 0 => {
             expire_check(pkt)?;
             (service_id, choice)
         }
-        // Its backend is DOWN: a TCP client learns at once, a UDP flow moves.
-        Some(_) if pkt.flow.proto == PROTO_TCP => return reject::tcp_reset(ctx, pkt).map(Some),
-        _ => {
+        // Its backend is DOWN or gone: a TCP client learns at once (its
+        // connection cannot go on elsewhere); a UDP flow moves.
+        Known::Flow(..) if tcp => return reject::tcp_reset(ctx, pkt, Counter::RstBackendDown).map(Some),
+        Known::Gone if tcp => return reject::tcp_reset(ctx, pkt, Counter::RstBackendGone).map(Some),
+        Known::Flow(..) | Known::Gone | Known::Unknown => {
             let Some(service) = select::service(&pkt.flow) else {
                 return Ok(None);
             };
             // Before scheduling: an expiring packet must not create a flow.
             expire_check(pkt)?;
-            (service.id, select::schedule(&pkt.flow, hash, &service)?)
+            match select::schedule(&pkt.flow, hash, &service) {
+                Ok(choice) => (service.id, choice),
+                Err(Counter::DropNoBackend) if service.flags & SVC_REJECT != 0 => {
+                    return reject::no_backend(ctx, pkt).map(Some);
+                }
+                Err(counter) => return Err(counter),
+            }
         }
     };
     let target =

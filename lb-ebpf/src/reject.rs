@@ -1,8 +1,12 @@
 //! Answers built in place and sent back with XDP_TX: a TCP reset for a
-//! client whose connection cannot go on (its backend is DOWN), so the client
-//! fails at once instead of retransmitting into a dead backend.
+//! client whose connection cannot go on (its backend is DOWN or gone), and a
+//! reset or an ICMP port unreachable when a service has no usable backend
+//! (`on_no_backend = "reject"`), so the client fails at once instead of
+//! retransmitting into nothing.
 use aya_ebpf::{
-    bindings::xdp_action, helpers::generated::bpf_xdp_adjust_tail, programs::XdpContext,
+    bindings::xdp_action,
+    helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::XdpContext,
 };
 use lb_common::{abi::PROTO_TCP, counter::Counter, csum};
 
@@ -11,6 +15,7 @@ use crate::{
     parse::{ETH_LEN, EthHdr, Packet, ptr_at},
 };
 
+const PROTO_ICMP: u8 = 1;
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
@@ -38,7 +43,7 @@ fn word_sum(bytes: &[u8; 20]) -> u32 {
 /// everything the packet occupied. Only plain 20-byte IPv4 headers are
 /// answered; anything else is dropped.
 #[inline(always)]
-pub fn tcp_reset(ctx: &XdpContext, pkt: &Packet) -> Result<Verdict, Counter> {
+pub fn tcp_reset(ctx: &XdpContext, pkt: &Packet, counter: Counter) -> Result<Verdict, Counter> {
     // SAFETY: parse bounds-checked the IPv4 header.
     if unsafe { (*pkt.ip).version_ihl } != 0x45 || pkt.flow.proto != PROTO_TCP {
         return Err(Counter::DropBackendDown);
@@ -105,5 +110,85 @@ pub fn tcp_reset(ctx: &XdpContext, pkt: &Packet) -> Result<Verdict, Counter> {
         *ip_out = ip;
         *tcp_out = tcp;
     }
-    Ok(Verdict { action: xdp_action::XDP_TX, counter: Counter::RstBackendDown })
+    Ok(Verdict { action: xdp_action::XDP_TX, counter })
+}
+
+/// `on_no_backend = "reject"`: a TCP packet gets a reset, a UDP datagram an
+/// ICMP port unreachable, both from the VIP, so the client fails at once.
+#[inline(always)]
+pub fn no_backend(ctx: &XdpContext, pkt: &Packet) -> Result<Verdict, Counter> {
+    if pkt.flow.proto == PROTO_TCP {
+        tcp_reset(ctx, pkt, Counter::RejectTcp).map_err(|_| Counter::DropNoBackend)
+    } else {
+        port_unreachable(ctx, pkt).map_err(|_| Counter::DropNoBackend)
+    }
+}
+
+const ICMP_LEN: usize = 8;
+/// What an ICMP error quotes: the datagram's IPv4 header and its first 8
+/// bytes (RFC 792), here a 20-byte header and the UDP header.
+const QUOTE_LEN: usize = IP_LEN + 8;
+/// The answer's frame: Ethernet, IPv4, ICMP, the quote.
+const UNREACHABLE_LEN: usize = ETH_LEN + IP_LEN + ICMP_LEN + QUOTE_LEN;
+
+/// Replaces a client's UDP datagram with the ICMP destination unreachable
+/// (port unreachable) the VIP would send, quoting the datagram's header.
+/// Only plain 20-byte IPv4 headers are answered.
+#[inline(always)]
+fn port_unreachable(ctx: &XdpContext, pkt: &Packet) -> Result<Verdict, Counter> {
+    // SAFETY: parse bounds-checked the IPv4 header.
+    if unsafe { (*pkt.ip).version_ihl } != 0x45 {
+        return Err(Counter::DropNoBackend);
+    }
+    let quoted: *const [u8; QUOTE_LEN] = ptr_at(ctx, ETH_LEN)?;
+    // SAFETY: bounds-checked just above; parse checked the Ethernet header.
+    let (quote, client_mac, our_mac) = unsafe { (*quoted, (*pkt.eth).src, (*pkt.eth).dst) };
+
+    let mut frame = [0_u8; UNREACHABLE_LEN];
+    frame[0..6].copy_from_slice(&client_mac);
+    frame[6..12].copy_from_slice(&our_mac);
+    frame[12..14].copy_from_slice(&[0x08, 0x00]);
+    let mut ip = [0_u8; IP_LEN];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((IP_LEN + ICMP_LEN + QUOTE_LEN) as u16).to_be_bytes());
+    ip[8] = 64;
+    ip[9] = PROTO_ICMP;
+    ip[12..16].copy_from_slice(&pkt.flow.dst);
+    ip[16..20].copy_from_slice(&pkt.flow.src);
+    let ip_check = !csum::fold(word_sum(&ip));
+    ip[10..12].copy_from_slice(&ip_check.to_be_bytes());
+    frame[ETH_LEN..ETH_LEN + IP_LEN].copy_from_slice(&ip);
+    let icmp_at = ETH_LEN + IP_LEN;
+    frame[icmp_at] = 3; // destination unreachable
+    frame[icmp_at + 1] = 3; // port unreachable
+    frame[icmp_at + ICMP_LEN..].copy_from_slice(&quote);
+    let mut sum = 0_u32;
+    let mut i = icmp_at;
+    while i < UNREACHABLE_LEN {
+        sum += u32::from(u16::from_be_bytes([frame[i], frame[i + 1]]));
+        i += 2;
+    }
+    frame[icmp_at + 2..icmp_at + 4].copy_from_slice(&(!csum::fold(sum)).to_be_bytes());
+
+    // Resize to the answer: grow at the head (XDP guarantees headroom), or
+    // shrink at the tail; the original bytes were copied out above.
+    let len = (ctx.data_end() - ctx.data()) as i32;
+    let delta = UNREACHABLE_LEN as i32 - len;
+    // SAFETY: resizes the frame; every pointer is derived again below.
+    let resized = unsafe {
+        if delta > 0 {
+            bpf_xdp_adjust_head(ctx.ctx, -delta)
+        } else if delta < 0 {
+            bpf_xdp_adjust_tail(ctx.ctx, delta)
+        } else {
+            0
+        }
+    };
+    if resized != 0 {
+        return Err(Counter::DropNoBackend);
+    }
+    let out: *mut [u8; UNREACHABLE_LEN] = ptr_at(ctx, 0)?;
+    // SAFETY: bounds-checked just above.
+    unsafe { *out = frame };
+    Ok(Verdict { action: xdp_action::XDP_TX, counter: Counter::RejectUdp })
 }

@@ -90,11 +90,20 @@ pub fn may_be_vip(addr: [u8; 4]) -> bool {
     LB_ADDRS.get(addr_slot(addr)).is_some_and(|flags| flags & ADDR_VIP != 0)
 }
 
-/// The flow's backend from the connection table, if it has one that still
-/// exists (a drained backend, weight 0, keeps its flows). Returns the service
-/// id with it, so that an established flow needs no service lookup.
+/// What the flow cache and the connection table know of a flow.
+pub enum Known {
+    /// Its backend, which still exists (a drained backend, weight 0, keeps
+    /// its flows), with the service id: an established flow needs no
+    /// service lookup.
+    Flow(u32, Choice),
+    /// It had a backend that has been removed since.
+    Gone,
+    /// Nothing (or the entry has expired).
+    Unknown,
+}
+
 #[inline(always)]
-pub fn established(flow: &Flow, hash: u32) -> Option<(u32, Choice)> {
+pub fn established(flow: &Flow, hash: u32) -> Known {
     let epoch = LB_EPOCH.get(0).copied().unwrap_or(0);
     let cached = LB_FLOW_CACHE.get_ptr_mut(hash & (FLOW_CACHE_SLOTS - 1));
     if let Some(entry) = cached {
@@ -105,17 +114,21 @@ pub fn established(flow: &Flow, hash: u32) -> Option<(u32, Choice)> {
             && let Some(backend) = live_backend(entry.conn.backend_id, entry.conn.service_id, flow)
         {
             let choice = Choice { id: entry.conn.backend_id, backend, new_flow: false };
-            return Some((entry.conn.service_id, choice));
+            return Known::Flow(entry.conn.service_id, choice);
         }
     }
     // SAFETY: copied out at once; LRU entries can be evicted under us.
-    let conn = unsafe { LB_CONNTRACK.get(flow).copied() }?;
-    let backend = live_backend(conn.backend_id, conn.service_id, flow)?;
+    let Some(conn) = (unsafe { LB_CONNTRACK.get(flow).copied() }) else {
+        return Known::Unknown;
+    };
+    let Some(backend) = live_backend(conn.backend_id, conn.service_id, flow) else {
+        return Known::Gone;
+    };
     if let Some(slot) = cached {
         // SAFETY: a per-CPU slot, only touched by this CPU; XDP does not nest.
         unsafe { *slot = FlowCacheEntry { flow: *flow, conn, epoch } };
     }
-    Some((conn.service_id, Choice { id: conn.backend_id, backend, new_flow: false }))
+    Known::Flow(conn.service_id, Choice { id: conn.backend_id, backend, new_flow: false })
 }
 
 /// Places a flow the connection table does not know with the service's

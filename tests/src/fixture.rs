@@ -123,15 +123,80 @@ port = 80
   address = "10.77.2.50"
   port = 80
 
-[[service]]            # every backend drained: no usable backend
+[[service]]            # every backend drained: no usable backend, dropped
 name = "drained"
 vip = "10.77.1.102"
 port = 80
+on_no_backend = "drop"
   [[service.backend]]
   address = "10.77.2.13"
   port = 80
   weight = 0
+
+[[service]]            # no usable backend, answered (the default)
+name = "rejecting-tcp"
+vip = "10.77.1.103"
+port = 80
+  [[service.backend]]
+  address = "10.77.2.13"
+  port = 81
+  weight = 0
+
+[[service]]
+name = "rejecting-udp"
+vip = "10.77.1.103"
+port = 53
+protocol = "udp"
+
+[[service]]            # the schedulers, each over web1..web3
+name = "rr"
+vip = "10.77.1.104"
+port = 81
+scheduler = "rr"
+  [[service.backend]]
+  address = "10.77.2.11"
+  port = 81
+  [[service.backend]]
+  address = "10.77.2.12"
+  port = 81
+  [[service.backend]]
+  address = "10.77.2.13"
+  port = 82
+
+[[service]]
+name = "wrr"
+vip = "10.77.1.104"
+port = 82
+scheduler = "wrr"
+  [[service.backend]]
+  address = "10.77.2.11"
+  port = 83
+  weight = 3
+  [[service.backend]]
+  address = "10.77.2.12"
+  port = 83
+  [[service.backend]]
+  address = "10.77.2.13"
+  port = 83
+
+[[service]]
+name = "sh"
+vip = "10.77.1.104"
+port = 83
+scheduler = "sh"
+  [[service.backend]]
+  address = "10.77.2.11"
+  port = 84
+  [[service.backend]]
+  address = "10.77.2.12"
+  port = 84
+  [[service.backend]]
+  address = "10.77.2.13"
+  port = 84
 "#;
+
+pub const VIP_REJECTING: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 103);
+pub const VIP_SCHEDULERS: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 104);
 
 /// The namespace, removed on drop (also when a test panics).
 pub struct FixtureNs {

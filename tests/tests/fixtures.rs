@@ -869,11 +869,19 @@ fn a_down_backend_resets_tcp_flows_and_moves_udp_flows() {
 
         // A new flow to the service: its only backend is DOWN.
         let fresh = Ipv4::tcp((CLIENT, 50_000), (VIP, 80), TCP_SYN, b"");
-        assert_eq!(
-            loaded.run(&from_client(&fresh), IF_CLIENT).action,
-            XDP_DROP,
-            "no usable backend"
-        );
+        // A new flow: its only backend is DOWN, and the service rejects.
+        let out = loaded.run(&from_client(&fresh), IF_CLIENT);
+        let mut refused = Ipv4::new(VIP, CLIENT, L4::Tcp {
+            sport: 80,
+            dport: 50_000,
+            flags: packet::TCP_RST | TCP_ACK,
+            seq: 0,
+            ack: 1001,
+            window: 0,
+            payload: Vec::new(),
+        });
+        refused.id = 0;
+        assert_eq!((out.action, out.frame), (XDP_TX, refused.frame(CLIENT_MAC, IF_CLIENT_MAC)), "no usable backend");
 
         // The UDP flow moves to the other backend of its service.
         let (collider, collider_port) = slot_sharing_backend();
@@ -891,5 +899,80 @@ fn a_down_backend_resets_tcp_flows_and_moves_udp_flows() {
         // Back UP: new flows reach web1 again.
         loaded.reconciler.set_down(std::collections::BTreeSet::new()).expect("set up");
         assert_eq!(loaded.run(&from_client(&fresh), IF_CLIENT).action, XDP_REDIRECT);
+    });
+}
+
+/// `on_no_backend = "reject"`: a SYN gets RST|ACK acknowledging it, a UDP
+/// datagram an ICMP port unreachable quoting its IPv4 header and first 8
+/// bytes (RFC 792); checksums verified by the independent builder.
+#[test]
+fn with_no_usable_backend_the_vip_rejects() {
+    let ns = FixtureNs::create("lbt-fix");
+    in_ns(&ns.name, || {
+        let mut loaded = Loaded::new(4096);
+        let syn = Ipv4::tcp((CLIENT, 40_500), (VIP_REJECTING, 80), TCP_SYN, b"");
+        let mut reset = Ipv4::new(VIP_REJECTING, CLIENT, L4::Tcp {
+            sport: 80,
+            dport: 40_500,
+            flags: packet::TCP_RST | TCP_ACK,
+            seq: 0,
+            ack: 1001,
+            window: 0,
+            payload: Vec::new(),
+        });
+        reset.id = 0;
+        let before = loaded.counter(Counter::RejectTcp);
+        let out = loaded.run(&from_client(&syn), IF_CLIENT);
+        assert_eq!((out.action, out.frame), (XDP_TX, reset.frame(CLIENT_MAC, IF_CLIENT_MAC)));
+        assert_eq!(loaded.counter(Counter::RejectTcp), before + 1);
+
+        let query = Ipv4::udp((CLIENT, 40_053), (VIP_REJECTING, 53), b"a query with some payload");
+        let original = query.to_bytes();
+        let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(&original[..28]);
+        let check = packet::internet_checksum(&icmp);
+        icmp[2..4].copy_from_slice(&check.to_be_bytes());
+        let mut unreachable = Ipv4::new(VIP_REJECTING, CLIENT, L4::Raw { proto: 1, bytes: icmp });
+        unreachable.id = 0;
+        unreachable.frag_off = 0;
+        let before = loaded.counter(Counter::RejectUdp);
+        let out = loaded.run(&from_client(&query), IF_CLIENT);
+        assert_eq!(out.action, XDP_TX);
+        assert_eq!(out.frame, unreachable.frame(CLIENT_MAC, IF_CLIENT_MAC), "ICMP port unreachable");
+        assert_eq!(loaded.counter(Counter::RejectUdp), before + 1);
+        // A datagram shorter than the answer: the frame grows at the head.
+        let short = Ipv4::udp((CLIENT, 40_054), (VIP_REJECTING, 53), b"");
+        assert_eq!(loaded.run(&from_client(&short), IF_CLIENT).frame.len(), 14 + 20 + 8 + 28);
+    });
+}
+
+/// The backend each of `n` new flows (SYNs from `sources`) is sent to.
+fn destinations(loaded: &Loaded, port: u16, sources: impl Iterator<Item = (Ipv4Addr, u16)>) -> Vec<u8> {
+    sources
+        .map(|src| {
+            let out = loaded.run(&from_client(&Ipv4::tcp(src, (VIP_SCHEDULERS, port), TCP_SYN, b"")), IF_CLIENT);
+            assert_eq!(out.action, XDP_REDIRECT);
+            out.frame[33] // last octet of the new destination address
+        })
+        .collect()
+}
+
+#[test]
+fn schedulers_place_new_flows_as_documented() {
+    let ns = FixtureNs::create("lbt-fix");
+    in_ns(&ns.name, || {
+        let loaded = Loaded::new(4096);
+        // rr: web1, web2, web3, web1, ... from one client.
+        let rr = destinations(&loaded, 81, (0..9).map(|i| (CLIENT, 30_000 + i)));
+        assert_eq!(rr, [11, 12, 13, 11, 12, 13, 11, 12, 13]);
+        // wrr 3/1/1: A B A C A, and again.
+        let wrr = destinations(&loaded, 82, (0..10).map(|i| (CLIENT, 31_000 + i)));
+        assert_eq!(wrr, [11, 12, 11, 13, 11, 11, 12, 11, 13, 11]);
+        // sh: the client address alone decides; different clients spread.
+        let same = destinations(&loaded, 83, (0..20).map(|i| (CLIENT, 32_000 + i)));
+        assert!(same.iter().all(|&b| b == same[0]), "{same:?}");
+        let clients = destinations(&loaded, 83, (0..30).map(|i| (Ipv4Addr::new(10, 77, 1, 150 + i), 40_000)));
+        let spread: std::collections::BTreeSet<u8> = clients.iter().copied().collect();
+        assert_eq!(spread.len(), 3, "{clients:?}");
     });
 }

@@ -187,6 +187,8 @@ fn capacity() -> Capacity {
                 vip: Ipv4Addr::new(10, 77, 9, 100),
                 port: 80,
                 protocol: Protocol::Tcp,
+                scheduler: lb_ctl::model::Scheduler::Maglev,
+                reject: false,
                 health: Some(HealthCheck {
                     probe: Probe::Tcp,
                     interval: Duration::from_secs(1),
