@@ -353,11 +353,17 @@ fn validate_service(key: &str, raw: RawService, problems: &mut Problems) -> Serv
         "wrr" => Scheduler::WeightedRoundRobin,
         "sh" => Scheduler::SourceHash,
         "lc" => {
-            problems.add(format!("{key}.scheduler"), "\"lc\" is not implemented yet; use maglev, rr, wrr or sh");
+            problems.add(
+                format!("{key}.scheduler"),
+                "\"lc\" is not implemented yet; use maglev, rr, wrr or sh",
+            );
             Scheduler::Maglev
         }
         other => {
-            problems.add(format!("{key}.scheduler"), format!("{other:?} is not one of maglev, rr, wrr, lc, sh"));
+            problems.add(
+                format!("{key}.scheduler"),
+                format!("{other:?} is not one of maglev, rr, wrr, lc, sh"),
+            );
             Scheduler::Maglev
         }
     };
@@ -375,7 +381,10 @@ fn validate_service(key: &str, raw: RawService, problems: &mut Problems) -> Serv
         "reject" => true,
         "drop" => false,
         other => {
-            problems.add(format!("{key}.on_no_backend"), format!("{other:?} is not one of reject, drop"));
+            problems.add(
+                format!("{key}.on_no_backend"),
+                format!("{other:?} is not one of reject, drop"),
+            );
             true
         }
     };
@@ -698,21 +707,44 @@ protocol = "udp"
 
     #[test]
     fn features_of_later_issues_are_refused_clearly() {
-        let p = problems(&GOOD.replace("port = 53", "port = 53\nforwarding = \"dsr\"\nscheduler = \"lc\""));
+        let p = problems(
+            &GOOD.replace("port = 53", "port = 53\nforwarding = \"dsr\"\nscheduler = \"lc\""),
+        );
         assert!(p.iter().any(|x| x.starts_with("service[1].forwarding")), "{p:?}");
-        assert!(p.iter().any(|x| x.starts_with("service[1].scheduler: \"lc\" is not implemented")), "{p:?}");
+        assert!(
+            p.iter().any(|x| x.starts_with("service[1].scheduler: \"lc\" is not implemented")),
+            "{p:?}"
+        );
     }
 
     #[test]
     fn schedulers_and_no_backend_answers_are_parsed() {
-        let c = parse(&GOOD.replace("port = 53", "port = 53\nscheduler = \"wrr\"\non_no_backend = \"drop\"")).unwrap();
-        assert_eq!((c.services[1].scheduler, c.services[1].reject), (Scheduler::WeightedRoundRobin, false));
-        assert_eq!((c.services[0].scheduler, c.services[0].reject), (Scheduler::Maglev, true), "defaults");
-        let p = problems(&GOOD.replace("port = 53", "port = 53\nscheduler = \"fifo\"\non_no_backend = \"ignore\""));
+        let c = parse(
+            &GOOD.replace("port = 53", "port = 53\nscheduler = \"wrr\"\non_no_backend = \"drop\""),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.services[1].scheduler, c.services[1].reject),
+            (Scheduler::WeightedRoundRobin, false)
+        );
+        assert_eq!(
+            (c.services[0].scheduler, c.services[0].reject),
+            (Scheduler::Maglev, true),
+            "defaults"
+        );
+        let p =
+            problems(&GOOD.replace(
+                "port = 53",
+                "port = 53\nscheduler = \"fifo\"\non_no_backend = \"ignore\"",
+            ));
         assert!(p.iter().any(|x| x.starts_with("service[1].scheduler")), "{p:?}");
         assert!(p.iter().any(|x| x.starts_with("service[1].on_no_backend")), "{p:?}");
         let p = problems(&GOOD.replace("weight = 0", "weight = 65536"));
-        assert!(p.iter().any(|x| x.starts_with("service[0].backend[1].weight: 65536 is out of range (0 to 65535)")), "{p:?}");
+        assert!(
+            p.iter().any(|x| x
+                .starts_with("service[0].backend[1].weight: 65536 is out of range (0 to 65535)")),
+            "{p:?}"
+        );
         assert!(parse(&GOOD.replace("weight = 0", "weight = 65535")).is_ok());
     }
 

@@ -8,9 +8,9 @@ use std::{
 };
 
 use lb_common::abi::{
-    self, ADDR_VIP, BACKEND_DOWN, BACKEND_IN_USE, Endpoint, MAGLEV_SIZE, MAX_BACKENDS, MAX_SERVICES,
-    NO_BACKEND, REAL_SLOT_SHARED, SCHED_MAGLEV, SCHED_RR, SCHED_SH, SCHED_WRR, SVC_REJECT, addr_slot,
-    real_slot,
+    self, ADDR_VIP, BACKEND_DOWN, BACKEND_IN_USE, Endpoint, MAGLEV_SIZE, MAX_BACKENDS,
+    MAX_SERVICES, NO_BACKEND, REAL_SLOT_SHARED, SCHED_MAGLEV, SCHED_RR, SCHED_SH, SCHED_WRR,
+    SVC_REJECT, addr_slot, real_slot,
 };
 
 use crate::{
@@ -252,8 +252,12 @@ pub fn image(services: &[Service], ids: &Ids, down: &BTreeSet<BackendKey>) -> Im
 fn scheduler_table(scheduler: Scheduler, entries: &[maglev::Entry]) -> (Vec<u32>, u32, u32) {
     let size = MAGLEV_SIZE as usize;
     let (sequence, code) = match scheduler {
-        Scheduler::Maglev => return (maglev::build(entries, MAGLEV_SIZE), MAGLEV_SIZE, SCHED_MAGLEV),
-        Scheduler::SourceHash => return (maglev::build(entries, MAGLEV_SIZE), MAGLEV_SIZE, SCHED_SH),
+        Scheduler::Maglev => {
+            return (maglev::build(entries, MAGLEV_SIZE), MAGLEV_SIZE, SCHED_MAGLEV);
+        }
+        Scheduler::SourceHash => {
+            return (maglev::build(entries, MAGLEV_SIZE), MAGLEV_SIZE, SCHED_SH);
+        }
         Scheduler::RoundRobin => (rotation::round_robin(entries), SCHED_RR),
         Scheduler::WeightedRoundRobin => (rotation::smooth_weighted(entries, size), SCHED_WRR),
     };
@@ -344,7 +348,7 @@ mod tests {
             vip: Ipv4Addr::new(10, 77, 1, 100),
             port,
             protocol: Protocol::Tcp,
-            scheduler: crate::model::Scheduler::Maglev,
+            scheduler: Scheduler::Maglev,
             reject: false,
             health: None,
             backends: backends

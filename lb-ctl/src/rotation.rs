@@ -21,36 +21,39 @@ pub fn round_robin(entries: &[Entry]) -> Vec<u32> {
 pub fn smooth_weighted(entries: &[Entry], max_len: usize) -> Vec<u32> {
     let mut live: Vec<&Entry> = entries.iter().filter(|e| e.weight > 0).collect();
     live.sort_by_key(|e| (e.address, e.port));
-    let divisor = live.iter().fold(0, |g, e| gcd(g, u64::from(e.weight))).max(1);
-    let mut weights: Vec<u64> = live.iter().map(|e| u64::from(e.weight) / divisor).collect();
-    let total: u64 = weights.iter().sum();
-    let max = max_len as u64;
+    let divisor = live.iter().fold(0, |g, e| gcd(g, i64::from(e.weight))).max(1);
+    let mut weights: Vec<i64> = live.iter().map(|e| i64::from(e.weight) / divisor).collect();
+    let total: i64 = weights.iter().sum();
+    let max = i64::try_from(max_len).unwrap_or(i64::MAX);
     if total > max {
         for w in &mut weights {
             *w = (*w * max / total).max(1);
         }
         // Rounding each up to 1 may overshoot: trim the largest.
-        while weights.iter().sum::<u64>() > max {
+        while weights.iter().sum::<i64>() > max {
             let largest = weights.iter().enumerate().max_by_key(|(_, w)| **w).map_or(0, |(i, _)| i);
             weights[largest] -= 1;
         }
     }
-    let total: i64 = weights.iter().map(|&w| w as i64).sum();
+    let total: i64 = weights.iter().sum();
     let mut current = vec![0_i64; live.len()];
-    let mut sequence = Vec::with_capacity(total as usize);
+    let mut sequence = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
     for _ in 0..total {
         for (c, w) in current.iter_mut().zip(&weights) {
-            *c += *w as i64;
+            *c += *w;
         }
         // The first of the largest wins ties, so the order is stable.
-        let (pick, _) = current.iter().enumerate().fold((0, i64::MIN), |best, (i, &c)| if c > best.1 { (i, c) } else { best });
+        let (pick, _) = current
+            .iter()
+            .enumerate()
+            .fold((0, i64::MIN), |best, (i, &c)| if c > best.1 { (i, c) } else { best });
         current[pick] -= total;
         sequence.push(live[pick].id);
     }
     sequence
 }
 
-fn gcd(a: u64, b: u64) -> u64 {
+fn gcd(a: i64, b: i64) -> i64 {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
@@ -64,7 +67,12 @@ mod tests {
         weights
             .iter()
             .enumerate()
-            .map(|(i, &weight)| Entry { address: Ipv4Addr::new(10, 77, 2, 11 + i as u8), port: 80, weight, id: i as u32 })
+            .map(|(i, &weight)| Entry {
+                address: Ipv4Addr::new(10, 77, 2, 11 + i as u8),
+                port: 80,
+                weight,
+                id: i as u32,
+            })
             .collect()
     }
 

@@ -117,8 +117,12 @@ fn to_backend(ctx: &XdpContext, pkt: &parse::Packet) -> Result<Option<Verdict>, 
         }
         // Its backend is DOWN or gone: a TCP client learns at once (its
         // connection cannot go on elsewhere); a UDP flow moves.
-        Known::Flow(..) if tcp => return reject::tcp_reset(ctx, pkt, Counter::RstBackendDown).map(Some),
-        Known::Gone if tcp => return reject::tcp_reset(ctx, pkt, Counter::RstBackendGone).map(Some),
+        Known::Flow(..) if tcp => {
+            return reject::tcp_reset(ctx, pkt, Counter::RstBackendDown).map(Some);
+        }
+        Known::Gone if tcp => {
+            return reject::tcp_reset(ctx, pkt, Counter::RstBackendGone).map(Some);
+        }
         Known::Flow(..) | Known::Gone | Known::Unknown => {
             let Some(service) = select::service(&pkt.flow) else {
                 return Ok(None);

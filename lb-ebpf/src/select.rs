@@ -5,16 +5,16 @@ use aya_ebpf::btf_maps::PerCpuArray;
 use lb_common::{
     abi::{
         ADDR_VIP, BACKEND_DOWN, BACKEND_IN_USE, Backend, Conn, Endpoint, FLOW_CACHE_SLOTS, Flow,
-        FlowCacheEntry, NO_BACKEND, REAL_SLOT_SHARED, SCHED_MASK, SCHED_RR, SCHED_SH, SCHED_WRR, Service,
-        Traffic, addr_slot, real_slot, source_hash,
+        FlowCacheEntry, NO_BACKEND, REAL_SLOT_SHARED, SCHED_MASK, SCHED_RR, SCHED_SH, SCHED_WRR,
+        Service, Traffic, addr_slot, real_slot, source_hash,
     },
     counter::Counter,
     hash::{flow_hash, maglev_slot},
 };
 
 use crate::maps::{
-    LB_ADDRS, LB_BACKENDS, LB_CONNTRACK, LB_EPOCH, LB_FLOW_CACHE, LB_MAGLEV, LB_RR, LB_REAL_SLOTS,
-    LB_REALS, LB_SERVICES,
+    LB_ADDRS, LB_BACKENDS, LB_CONNTRACK, LB_EPOCH, LB_FLOW_CACHE, LB_MAGLEV, LB_REAL_SLOTS,
+    LB_REALS, LB_RR, LB_SERVICES,
 };
 
 /// The backend chosen for a packet.

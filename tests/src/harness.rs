@@ -36,9 +36,6 @@ pub fn built_bin(name: &str) -> PathBuf {
         })
 }
 
-/// Config for the end-to-end tests: HTTP on 80, a line echo on 9000 (for
-/// long-lived connections), UDP echo on 5353, each on web1..web3 with the
-/// given weights (`None` leaves the backend out).
 /// Health checks of the end-to-end tests, fast so the tests are: HTTP on
 /// `/health` (see `server::HealthMode`) for the web service, TCP for the echo.
 pub struct Checks {
@@ -51,15 +48,18 @@ pub const FAST_CHECKS: Checks = Checks {
     echo: "check = \"tcp\"\ninterval_ms = 200\ntimeout_ms = 100\nrise = 2\nfall = 2\n",
 };
 
-pub fn config(pin_dir: &str, weights: [Option<u32>; 3]) -> String {
-    config_with_checks(pin_dir, weights, None)
+/// What an end-to-end lab's config holds beyond its three services.
+#[derive(Clone, Copy, Default)]
+pub struct Setup {
+    pub checks: Option<&'static Checks>,
+    /// Extra keys of the web service (`scheduler = "rr"`…).
+    pub web: &'static str,
 }
 
-pub fn config_with_checks(
-    pin_dir: &str,
-    weights: [Option<u32>; 3],
-    checks: Option<&Checks>,
-) -> String {
+/// Config for the end-to-end tests: HTTP on 80, a line echo on 9000 (for
+/// long-lived connections), UDP echo on 5353, each on web1..web3 with the
+/// given weights (`None` leaves the backend out).
+pub fn config(pin_dir: &str, weights: [Option<u32>; 3], setup: Setup) -> String {
     let mut text = format!(
         "[dataplane]\ninterfaces = [\"lb-c\", \"lb-b\"]\nconntrack_max = 65536\npin_path = \"{pin_dir}\"\n"
     );
@@ -69,7 +69,10 @@ pub fn config_with_checks(
             text,
             "\n[[service]]\nname = \"{name}\"\nvip = \"{VIP}\"\nport = {port}\nprotocol = \"{protocol}\"\n"
         );
-        let health = match (checks, name) {
+        if name == "web" {
+            text.push_str(setup.web);
+        }
+        let health = match (setup.checks, name) {
             (Some(c), "web") => Some(c.web),
             (Some(c), "echo") => Some(c.echo),
             _ => None,
@@ -94,18 +97,23 @@ pub struct Lab {
     pub dir: PathBuf,
     pub config_path: PathBuf,
     pub pin_dir: String,
-    checks: Option<&'static Checks>,
+    setup: Setup,
     ctl: Option<Child>,
 }
 
 impl Lab {
     /// Topology + backends + `lb-ctl run` with `config(..)` of all three backends.
     pub fn start(prefix: &str) -> Self {
-        Self::start_with_checks(prefix, None)
+        Self::start_with(prefix, Setup::default(), [Some(1); 3])
     }
 
     /// As `start`, with health checks.
     pub fn start_with_checks(prefix: &str, checks: Option<&'static Checks>) -> Self {
+        Self::start_with(prefix, Setup { checks, ..Setup::default() }, [Some(1); 3])
+    }
+
+    /// As `start`, with `setup` and backend weights.
+    pub fn start_with(prefix: &str, setup: Setup, weights: [Option<u32>; 3]) -> Self {
         let mut topo = Topology::create(prefix);
         topo.start_backends(&built_bin("lb-lab").to_string_lossy());
         let dir = std::env::temp_dir().join(format!("{prefix}-e2e"));
@@ -113,9 +121,8 @@ impl Lab {
         std::fs::create_dir_all(&dir).expect("test directory");
         let pin_dir = format!("/sys/fs/bpf/{prefix}-e2e");
         let config_path = dir.join("lb.toml");
-        std::fs::write(&config_path, config_with_checks(&pin_dir, [Some(1); 3], checks))
-            .expect("writing config");
-        let mut lab = Self { topo, dir, config_path, pin_dir, checks, ctl: None };
+        std::fs::write(&config_path, config(&pin_dir, weights, setup)).expect("writing config");
+        let mut lab = Self { topo, dir, config_path, pin_dir, setup, ctl: None };
         lab.spawn_ctl();
         lab.wait_log("load balancer running", 1);
         lab
@@ -180,7 +187,7 @@ impl Lab {
     /// Rewrites the config and sends SIGHUP; returns once it is applied.
     pub fn reload(&mut self, weights: [Option<u32>; 3]) {
         let before = self.log().matches("configuration reloaded").count();
-        std::fs::write(&self.config_path, config_with_checks(&self.pin_dir, weights, self.checks))
+        std::fs::write(&self.config_path, config(&self.pin_dir, weights, self.setup))
             .expect("writing config");
         self.signal("-HUP");
         self.wait_log("configuration reloaded", before + 1);

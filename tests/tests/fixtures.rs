@@ -823,65 +823,22 @@ fn a_down_backend_resets_tcp_flows_and_moves_udp_flows() {
         loaded.reconciler.set_down(down.into_iter().collect()).expect("set down");
 
         // The TCP flow's next packet (it acknowledges 5000): RST, seq 5000.
-        let mut reset = Ipv4::new(
-            VIP,
-            CLIENT,
-            L4::Tcp {
-                sport: 80,
-                dport: CLIENT_PORT,
-                flags: packet::TCP_RST,
-                seq: 5000,
-                ack: 0,
-                window: 0,
-                payload: Vec::new(),
-            },
-        );
-        reset.id = 0;
+        let reset = reset_frame(VIP, CLIENT_PORT, packet::TCP_RST, 5000, 0);
         let out = loaded.run(&from_client(&data), IF_CLIENT);
-        assert_eq!(
-            (out.action, out.frame.clone()),
-            (XDP_TX, reset.frame(CLIENT_MAC, IF_CLIENT_MAC)),
-            "reset"
-        );
+        assert_eq!((out.action, out.frame.clone()), (XDP_TX, reset), "reset");
 
         // A segment without ACK (a retransmitted SYN) gets RST|ACK acknowledging it.
         let syn_again = syn((VIP, 80));
-        let mut reset_ack = Ipv4::new(
-            VIP,
-            CLIENT,
-            L4::Tcp {
-                sport: 80,
-                dport: CLIENT_PORT,
-                flags: packet::TCP_RST | TCP_ACK,
-                seq: 0,
-                ack: 1001,
-                window: 0,
-                payload: Vec::new(),
-            },
-        );
-        reset_ack.id = 0;
+        let reset_ack = reset_frame(VIP, CLIENT_PORT, packet::TCP_RST | TCP_ACK, 0, 1001);
         let out = loaded.run(&from_client(&syn_again), IF_CLIENT);
-        assert_eq!(
-            (out.action, out.frame),
-            (XDP_TX, reset_ack.frame(CLIENT_MAC, IF_CLIENT_MAC)),
-            "reset+ack"
-        );
+        assert_eq!((out.action, out.frame), (XDP_TX, reset_ack), "reset+ack");
 
         // A new flow to the service: its only backend is DOWN.
         let fresh = Ipv4::tcp((CLIENT, 50_000), (VIP, 80), TCP_SYN, b"");
         // A new flow: its only backend is DOWN, and the service rejects.
         let out = loaded.run(&from_client(&fresh), IF_CLIENT);
-        let mut refused = Ipv4::new(VIP, CLIENT, L4::Tcp {
-            sport: 80,
-            dport: 50_000,
-            flags: packet::TCP_RST | TCP_ACK,
-            seq: 0,
-            ack: 1001,
-            window: 0,
-            payload: Vec::new(),
-        });
-        refused.id = 0;
-        assert_eq!((out.action, out.frame), (XDP_TX, refused.frame(CLIENT_MAC, IF_CLIENT_MAC)), "no usable backend");
+        let refused = reset_frame(VIP, 50_000, packet::TCP_RST | TCP_ACK, 0, 1001);
+        assert_eq!((out.action, out.frame), (XDP_TX, refused), "no usable backend");
 
         // The UDP flow moves to the other backend of its service.
         let (collider, collider_port) = slot_sharing_backend();
@@ -902,6 +859,18 @@ fn a_down_backend_resets_tcp_flows_and_moves_udp_flows() {
     });
 }
 
+/// The reset the VIP (port 80) sends the client: a frame built by the
+/// independent builder.
+fn reset_frame(vip: Ipv4Addr, client_port: u16, flags: u8, seq: u32, ack: u32) -> Vec<u8> {
+    let mut reset = Ipv4::new(
+        vip,
+        CLIENT,
+        L4::Tcp { sport: 80, dport: client_port, flags, seq, ack, window: 0, payload: Vec::new() },
+    );
+    reset.id = 0;
+    reset.frame(CLIENT_MAC, IF_CLIENT_MAC)
+}
+
 /// `on_no_backend = "reject"`: a SYN gets RST|ACK acknowledging it, a UDP
 /// datagram an ICMP port unreachable quoting its IPv4 header and first 8
 /// bytes (RFC 792); checksums verified by the independent builder.
@@ -911,19 +880,10 @@ fn with_no_usable_backend_the_vip_rejects() {
     in_ns(&ns.name, || {
         let mut loaded = Loaded::new(4096);
         let syn = Ipv4::tcp((CLIENT, 40_500), (VIP_REJECTING, 80), TCP_SYN, b"");
-        let mut reset = Ipv4::new(VIP_REJECTING, CLIENT, L4::Tcp {
-            sport: 80,
-            dport: 40_500,
-            flags: packet::TCP_RST | TCP_ACK,
-            seq: 0,
-            ack: 1001,
-            window: 0,
-            payload: Vec::new(),
-        });
-        reset.id = 0;
+        let reset = reset_frame(VIP_REJECTING, 40_500, packet::TCP_RST | TCP_ACK, 0, 1001);
         let before = loaded.counter(Counter::RejectTcp);
         let out = loaded.run(&from_client(&syn), IF_CLIENT);
-        assert_eq!((out.action, out.frame), (XDP_TX, reset.frame(CLIENT_MAC, IF_CLIENT_MAC)));
+        assert_eq!((out.action, out.frame), (XDP_TX, reset));
         assert_eq!(loaded.counter(Counter::RejectTcp), before + 1);
 
         let query = Ipv4::udp((CLIENT, 40_053), (VIP_REJECTING, 53), b"a query with some payload");
@@ -938,7 +898,11 @@ fn with_no_usable_backend_the_vip_rejects() {
         let before = loaded.counter(Counter::RejectUdp);
         let out = loaded.run(&from_client(&query), IF_CLIENT);
         assert_eq!(out.action, XDP_TX);
-        assert_eq!(out.frame, unreachable.frame(CLIENT_MAC, IF_CLIENT_MAC), "ICMP port unreachable");
+        assert_eq!(
+            out.frame,
+            unreachable.frame(CLIENT_MAC, IF_CLIENT_MAC),
+            "ICMP port unreachable"
+        );
         assert_eq!(loaded.counter(Counter::RejectUdp), before + 1);
         // A datagram shorter than the answer: the frame grows at the head.
         let short = Ipv4::udp((CLIENT, 40_054), (VIP_REJECTING, 53), b"");
@@ -947,10 +911,17 @@ fn with_no_usable_backend_the_vip_rejects() {
 }
 
 /// The backend each of `n` new flows (SYNs from `sources`) is sent to.
-fn destinations(loaded: &Loaded, port: u16, sources: impl Iterator<Item = (Ipv4Addr, u16)>) -> Vec<u8> {
+fn destinations(
+    loaded: &Loaded,
+    port: u16,
+    sources: impl Iterator<Item = (Ipv4Addr, u16)>,
+) -> Vec<u8> {
     sources
         .map(|src| {
-            let out = loaded.run(&from_client(&Ipv4::tcp(src, (VIP_SCHEDULERS, port), TCP_SYN, b"")), IF_CLIENT);
+            let out = loaded.run(
+                &from_client(&Ipv4::tcp(src, (VIP_SCHEDULERS, port), TCP_SYN, b"")),
+                IF_CLIENT,
+            );
             assert_eq!(out.action, XDP_REDIRECT);
             out.frame[33] // last octet of the new destination address
         })
@@ -971,7 +942,8 @@ fn schedulers_place_new_flows_as_documented() {
         // sh: the client address alone decides; different clients spread.
         let same = destinations(&loaded, 83, (0..20).map(|i| (CLIENT, 32_000 + i)));
         assert!(same.iter().all(|&b| b == same[0]), "{same:?}");
-        let clients = destinations(&loaded, 83, (0..30).map(|i| (Ipv4Addr::new(10, 77, 1, 150 + i), 40_000)));
+        let clients =
+            destinations(&loaded, 83, (0..30).map(|i| (Ipv4Addr::new(10, 77, 1, 150 + i), 40_000)));
         let spread: std::collections::BTreeSet<u8> = clients.iter().copied().collect();
         assert_eq!(spread.len(), 3, "{clients:?}");
     });

@@ -79,7 +79,7 @@ fn a_blocked_backend_goes_down_within_the_bound_and_comes_back() {
 }
 
 #[test]
-fn http_checks_catch_errors_wrong_bodies_and_silence_and_all_down_drops_clients() {
+fn http_checks_catch_errors_wrong_bodies_and_silence_and_all_down_refuses_clients() {
     let lab = start("lbt8");
     lab.topo.set_health_mode("web1", HealthMode::Error);
     lab.topo.set_health_mode("web2", HealthMode::WrongBody);
@@ -93,14 +93,17 @@ fn http_checks_catch_errors_wrong_bodies_and_silence_and_all_down_drops_clients(
         lab.wait_lines(&["backend is DOWN", &backend, reason], 1, Duration::from_secs(10));
     }
     lab.wait_lines(&["health applied", "down=3"], 1, Duration::from_secs(5));
-    // Every backend of the service is DOWN: on_no_backend (drop) applies.
+    // Every backend of the service is DOWN: on_no_backend (reject, the
+    // default) applies, and the client is refused at once.
     let started = Instant::now();
     let outcome = in_ns(&lab.topo.client(), http_get);
-    assert!(outcome.is_err(), "no backend should answer, got {outcome:?}\n{}", lab.log());
+    let err = outcome.expect_err("no backend should answer");
     eprintln!(
-        "with every backend DOWN the client gave up after {} ms",
+        "with every backend DOWN the client was refused after {} ms: {err}",
         started.elapsed().as_millis()
     );
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}\n{}", lab.log());
+    assert!(started.elapsed() < Duration::from_millis(500));
 }
 
 #[test]

@@ -1,0 +1,115 @@
+//! The schedulers and "no backend" answers end to end, checked the way IPVS
+//! and HAProxy users check them: a loop of requests from the client.
+use std::time::{Duration, Instant};
+
+use lb_tests::{
+    harness::{Lab, Setup, backend_of, http_get},
+    netns::{in_ns, ns_sh},
+    topology::{CLIENT_ADDR, FRESH_CLIENT_ADDRS, VIP},
+};
+
+fn answers(lab: &Lab, requests: usize) -> Vec<String> {
+    in_ns(&lab.topo.client(), move || {
+        (0..requests)
+            .map(|i| backend_of(&http_get().unwrap_or_else(|e| panic!("request {i}: {e}"))))
+            .collect()
+    })
+}
+
+#[test]
+fn rr_rotates_whatever_cpu_the_packets_land_on() {
+    let lab = Lab::start_with(
+        "lbt11",
+        Setup { web: "scheduler = \"rr\"\n", ..Setup::default() },
+        [Some(1); 3],
+    );
+    let seen = answers(&lab, 9);
+    eprintln!("rr: {seen:?}");
+    assert_eq!(seen, ["web1", "web2", "web3", "web1", "web2", "web3", "web1", "web2", "web3"]);
+}
+
+#[test]
+fn wrr_3_1_1_interleaves_exactly() {
+    let lab = Lab::start_with(
+        "lbt12",
+        Setup { web: "scheduler = \"wrr\"\n", ..Setup::default() },
+        [Some(3), Some(1), Some(1)],
+    );
+    let seen = answers(&lab, 10);
+    eprintln!("wrr: {seen:?}");
+    assert_eq!(
+        seen,
+        ["web1", "web2", "web1", "web3", "web1", "web1", "web2", "web1", "web3", "web1"]
+    );
+}
+
+/// `sh`: each client sticks to one backend for every connection; removing a
+/// backend moves only its own clients.
+#[test]
+fn sh_sticks_clients_and_a_removal_moves_only_its_own_clients() {
+    let mut lab = Lab::start_with(
+        "lbt13",
+        Setup { web: "scheduler = \"sh\"\n", ..Setup::default() },
+        [Some(1); 3],
+    );
+    let clients: Vec<&str> = std::iter::once(CLIENT_ADDR).chain(FRESH_CLIENT_ADDRS).collect();
+    let url = format!("http://{VIP}/");
+    let placement = |lab: &Lab| -> Vec<String> {
+        clients
+            .iter()
+            .map(|src| {
+                let names: Vec<String> = (0..4)
+                    .map(|_| {
+                        backend_of(&ns_sh(
+                            &lab.topo.client(),
+                            &["curl", "-s", "-m", "3", "--interface", src, &url],
+                        ))
+                    })
+                    .collect();
+                assert!(
+                    names.iter().all(|n| *n == names[0]),
+                    "client {src} moved between connections: {names:?}"
+                );
+                names[0].clone()
+            })
+            .collect()
+    };
+    let before = placement(&lab);
+    eprintln!("sh placement of {clients:?}: {before:?}");
+    let removed = before[0].clone();
+    let index = ["web1", "web2", "web3"].iter().position(|n| *n == removed).unwrap();
+    let mut weights = [Some(1); 3];
+    weights[index] = None;
+    lab.reload(weights);
+    let after = placement(&lab);
+    eprintln!("after removing {removed}: {after:?}");
+    for ((client, b), a) in clients.iter().zip(&before).zip(&after) {
+        if *b == removed {
+            assert_ne!(*a, removed, "{client} still on the removed backend");
+        } else {
+            assert_eq!(a, b, "{client} moved although its backend stayed");
+        }
+    }
+}
+
+/// `on_no_backend = "reject"` (the default): with every backend out, the
+/// client is refused at once instead of waiting for a timeout.
+#[test]
+fn with_every_backend_out_clients_are_refused_at_once() {
+    let lab = Lab::start_with("lbt14", Setup::default(), [Some(0); 3]);
+    let started = Instant::now();
+    let err = in_ns(&lab.topo.client(), http_get).expect_err("no backend can answer");
+    let took = started.elapsed();
+    eprintln!("refused after {} ms: {err}", took.as_millis());
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    assert!(took < Duration::from_millis(500), "took {took:?}");
+    // UDP: ICMP port unreachable, which a connected socket reports as refused.
+    let udp = in_ns(&lab.topo.client(), || {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        socket.connect((VIP, 5353)).unwrap();
+        socket.send(b"anyone?").unwrap();
+        socket.recv(&mut [0_u8; 64]).expect_err("no answer but an ICMP error")
+    });
+    assert_eq!(udp.kind(), std::io::ErrorKind::ConnectionRefused, "{udp}");
+}
