@@ -11,7 +11,7 @@ use lb_common::abi::{Flow, PROTO_TCP};
 use lb_tests::{
     fixture::{
         CLIENT, CLIENT_MAC, FixtureNs, IF_BACKEND, IF_BACKEND_MAC, IF_CLIENT, IF_CLIENT_MAC,
-        LB_CLIENT_SIDE, Loaded, VIP, WEB_MACS, WEB1,
+        LB_CLIENT_SIDE, Loaded, VIP, VIP_SCHEDULERS, WEB_MACS, WEB1,
     },
     netns::in_ns,
     packet::{Ipv4, TCP_ACK, TCP_SYN},
@@ -27,7 +27,7 @@ struct Scenario {
     expected_action: u32,
 }
 
-const SCENARIOS: [Scenario; 5] = [
+const SCENARIOS: [Scenario; 8] = [
     Scenario {
         name: "new flow, a fresh 5-tuple per sample",
         target_ns: 100,
@@ -45,7 +45,15 @@ const SCENARIOS: [Scenario; 5] = [
     },
     Scenario { name: "backend reply (reverse NAT)", target_ns: 45, expected_action: XDP_REDIRECT },
     Scenario { name: "non-VIP packet (passed)", target_ns: 10, expected_action: XDP_PASS },
+    // The other schedulers, fresh 5-tuples like the first row; the issue's
+    // bar is the first row (maglev) + 20 ns.
+    Scenario { name: "new flow, scheduler rr", target_ns: 120, expected_action: XDP_REDIRECT },
+    Scenario { name: "new flow, scheduler wrr", target_ns: 120, expected_action: XDP_REDIRECT },
+    Scenario { name: "new flow, scheduler sh", target_ns: 120, expected_action: XDP_REDIRECT },
 ];
+
+/// The port of the fixture service with each scheduler (rr, wrr, sh).
+const SCHEDULER_PORTS: [u16; 3] = [81, 82, 83];
 
 fn median(values: &mut [u32]) -> u32 {
     values.sort_unstable();
@@ -141,7 +149,16 @@ fn measure() -> Vec<(u32, u32)> {
                     }
                     2 => (established.clone(), client_if),
                     3 => (reply.clone(), backend_if),
-                    _ => (non_vip.clone(), client_if),
+                    4 => (non_vip.clone(), client_if),
+                    other => {
+                        fresh += 1;
+                        let port = SCHEDULER_PORTS[other - 5];
+                        (
+                            Ipv4::tcp(fresh_client(fresh), (VIP_SCHEDULERS, port), TCP_SYN, b"")
+                                .frame(IF_CLIENT_MAC, CLIENT_MAC),
+                            client_if,
+                        )
+                    }
                 };
                 let out = testrun::run(loaded.prog_fd, &frame, ingress, 1);
                 assert_eq!(out.action, scenario.expected_action, "{}", scenario.name);
