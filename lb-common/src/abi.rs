@@ -7,7 +7,7 @@
 
 /// Bumped whenever a map layout below changes; stored in `lb_meta` so that a
 /// controller can tell whether pinned maps were written by a compatible build.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// Capacity of the service table (and of each per-service array).
 pub const MAX_SERVICES: u32 = 64;
@@ -134,8 +134,62 @@ const _: () = assert!(size_of::<Flow>() == 16);
 pub struct Conn {
     pub backend_id: u32,
     pub service_id: u32,
+    /// The `lb_epoch` tick (every `NEXTHOP_REFRESH_MS`) of the flow's last
+    /// client packet, as seen when the flow was last checked.
+    pub last_seen: u32,
+    /// `CONN_*`: where the connection is in its life.
+    pub state: u8,
+    pub _pad: [u8; 3],
 }
-const _: () = assert!(size_of::<Conn>() == 8);
+const _: () = assert!(size_of::<Conn>() == 16);
+
+/// Connection states, tracked from both directions (IPVS's, simplified).
+/// A TCP flow starts at SYN; the client's first ACK makes it ESTABLISHED (an
+/// "active" connection); a FIN from either side makes it CLOSING, a RST
+/// CLOSED. Each state has its own idle timeout (`lb_timeouts`); an expired
+/// entry counts as absent.
+pub const CONN_SYN: u8 = 1;
+pub const CONN_ESTABLISHED: u8 = 2;
+pub const CONN_CLOSING: u8 = 3;
+pub const CONN_CLOSED: u8 = 4;
+pub const CONN_UDP: u8 = 5;
+/// Slots of `lb_timeouts` (indexed by state; slot 0 unused).
+pub const CONN_STATES: u32 = 8;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// The state after a packet with TCP `flags`, from the client or the
+/// backend. `None`: the client opens a new connection on the same ports
+/// (a SYN after the old one closed), so the old entry no longer applies.
+#[inline(always)]
+pub const fn next_state(state: u8, flags: u8, from_client: bool) -> Option<u8> {
+    if state == CONN_UDP {
+        return Some(CONN_UDP);
+    }
+    if flags & TCP_RST != 0 {
+        return Some(CONN_CLOSED);
+    }
+    if from_client && flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
+        return if state == CONN_CLOSING || state == CONN_CLOSED { None } else { Some(state) };
+    }
+    if flags & TCP_FIN != 0 && state != CONN_CLOSED {
+        return Some(CONN_CLOSING);
+    }
+    if from_client && state == CONN_SYN && flags & TCP_ACK != 0 {
+        return Some(CONN_ESTABLISHED);
+    }
+    Some(state)
+}
+
+/// Whether an entry last seen at `last_seen` has been idle longer than
+/// `timeout` (both in epoch ticks) at `now`; tick counters may wrap.
+#[inline(always)]
+pub const fn expired(now: u32, last_seen: u32, timeout: u32) -> bool {
+    now.wrapping_sub(last_seen) > timeout
+}
 
 /// Per-service and per-backend traffic, one copy per CPU.
 #[repr(C)]
@@ -254,7 +308,7 @@ pub struct FlowCacheEntry {
     /// The `lb_epoch` value the entry was checked against the connection table in.
     pub epoch: u64,
 }
-const _: () = assert!(size_of::<FlowCacheEntry>() == 32);
+const _: () = assert!(size_of::<FlowCacheEntry>() == 40);
 
 /// Value of `lb_meta` slot 0: who wrote the pinned maps.
 #[repr(C)]
@@ -279,6 +333,42 @@ pub struct NeighMeta {
 }
 const _: () = assert!(size_of::<NeighMeta>() == 8);
 pub const NEIGH_META_MAGIC: u32 = 0x4c42_4e31; // "LBN1"
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn walk(start: u8, steps: &[(u8, bool)]) -> Option<u8> {
+        steps.iter().try_fold(start, |s, &(flags, from_client)| next_state(s, flags, from_client))
+    }
+
+    #[test]
+    fn tcp_states_follow_the_handshake_and_the_close() {
+        assert_eq!(walk(CONN_SYN, &[(TCP_SYN | TCP_ACK, false)]), Some(CONN_SYN), "SYN-ACK");
+        assert_eq!(walk(CONN_SYN, &[(TCP_ACK, true)]), Some(CONN_ESTABLISHED));
+        assert_eq!(walk(CONN_ESTABLISHED, &[(TCP_FIN | TCP_ACK, false)]), Some(CONN_CLOSING));
+        assert_eq!(
+            walk(CONN_ESTABLISHED, &[(TCP_FIN | TCP_ACK, true), (TCP_ACK, true)]),
+            Some(CONN_CLOSING)
+        );
+        assert_eq!(walk(CONN_ESTABLISHED, &[(TCP_RST, false)]), Some(CONN_CLOSED));
+        assert_eq!(walk(CONN_CLOSING, &[(TCP_RST | TCP_ACK, true)]), Some(CONN_CLOSED));
+        assert_eq!(walk(CONN_SYN, &[(TCP_SYN, true)]), Some(CONN_SYN), "a retransmitted SYN");
+        assert_eq!(
+            walk(CONN_CLOSED, &[(TCP_SYN, true)]),
+            None,
+            "a new connection on the same ports"
+        );
+        assert_eq!(walk(CONN_UDP, &[(0, true)]), Some(CONN_UDP));
+    }
+
+    #[test]
+    fn expiry_survives_wrapping_ticks() {
+        assert!(!expired(100, 95, 10));
+        assert!(expired(100, 80, 10));
+        assert!(!expired(3, u32::MAX - 2, 10));
+    }
+}
 
 #[cfg(feature = "user")]
 mod pod {

@@ -11,7 +11,9 @@ use std::{
 use lb_common::abi::{DEFAULT_CONNTRACK_MAX, PROTO_TCP, PROTO_UDP};
 use serde::Deserialize;
 
-use crate::model::{Backend, Dataplane, HealthCheck, Probe, Protocol, Scheduler, Service, XdpMode};
+use crate::model::{
+    Backend, Dataplane, HealthCheck, Probe, Protocol, Scheduler, Service, Timeouts, XdpMode,
+};
 
 /// A validated config file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,6 +84,11 @@ struct RawDataplane {
     conntrack_max: i64,
     #[serde(default = "default_pin_path")]
     pin_path: String,
+    tcp_syn_timeout: Option<i64>,
+    tcp_established_timeout: Option<i64>,
+    tcp_closing_timeout: Option<i64>,
+    tcp_closed_timeout: Option<i64>,
+    udp_timeout: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -195,6 +202,9 @@ fn default_on_no_backend() -> String {
 fn default_weight() -> i64 {
     1
 }
+
+/// Longest connection timeout: a week.
+const MAX_TIMEOUT_S: i64 = 7 * 24 * 3600;
 
 /// Largest backend weight: keeps Maglev's per-round arithmetic far from overflow.
 pub const MAX_WEIGHT: u32 = 65_535;
@@ -325,7 +335,30 @@ fn validate_dataplane(raw: RawDataplane, problems: &mut Problems) -> Dataplane {
     if !pin_path.is_absolute() {
         problems.add("dataplane.pin_path", format!("{:?} is not an absolute path", raw.pin_path));
     }
-    Dataplane { interfaces: raw.interfaces, xdp_mode, conntrack_max, pin_path }
+    let defaults = Timeouts::default();
+    let mut timeout = |key: &str, value: Option<i64>, default: Duration| match value {
+        None => default,
+        Some(s) if (1..=MAX_TIMEOUT_S).contains(&s) => Duration::from_secs(s.unsigned_abs()),
+        Some(s) => {
+            problems.add(
+                format!("dataplane.{key}"),
+                format!("{s} is out of range (1 to {MAX_TIMEOUT_S} seconds)"),
+            );
+            default
+        }
+    };
+    let timeouts = Timeouts {
+        tcp_syn: timeout("tcp_syn_timeout", raw.tcp_syn_timeout, defaults.tcp_syn),
+        tcp_established: timeout(
+            "tcp_established_timeout",
+            raw.tcp_established_timeout,
+            defaults.tcp_established,
+        ),
+        tcp_closing: timeout("tcp_closing_timeout", raw.tcp_closing_timeout, defaults.tcp_closing),
+        tcp_closed: timeout("tcp_closed_timeout", raw.tcp_closed_timeout, defaults.tcp_closed),
+        udp: timeout("udp_timeout", raw.udp_timeout, defaults.udp),
+    };
+    Dataplane { interfaces: raw.interfaces, xdp_mode, conntrack_max, pin_path, timeouts }
 }
 
 fn validate_service(key: &str, raw: RawService, problems: &mut Problems) -> Service {
@@ -789,6 +822,26 @@ protocol = "udp"
                 "no {key} in {p:?}"
             );
         }
+    }
+
+    #[test]
+    fn connection_timeouts_default_like_ipvs_and_are_checked() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.dataplane.timeouts.tcp_established, Duration::from_secs(900));
+        assert_eq!(c.dataplane.timeouts.udp, Duration::from_secs(300));
+        let c =
+            parse(&GOOD.replace("[dataplane]\n", "[dataplane]\ntcp_established_timeout = 3600\n"))
+                .unwrap();
+        assert_eq!(c.dataplane.timeouts.tcp_established, Duration::from_secs(3600));
+        let p = problems(&GOOD.replace(
+            "[dataplane]\n",
+            "[dataplane]\nudp_timeout = 0\ntcp_closing_timeout = 99999999\n",
+        ));
+        assert!(
+            p.iter().any(|x| x.starts_with("dataplane.udp_timeout: 0 is out of range")),
+            "{p:?}"
+        );
+        assert!(p.iter().any(|x| x.starts_with("dataplane.tcp_closing_timeout")), "{p:?}");
     }
 
     #[test]

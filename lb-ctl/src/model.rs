@@ -7,6 +7,29 @@ pub struct Dataplane {
     pub xdp_mode: XdpMode,
     pub conntrack_max: u32,
     pub pin_path: PathBuf,
+    pub timeouts: Timeouts,
+}
+
+/// Idle timeouts of the connection states, like IPVS's (`ipvsadm --set`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tcp_syn: Duration,
+    pub tcp_established: Duration,
+    pub tcp_closing: Duration,
+    pub tcp_closed: Duration,
+    pub udp: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            tcp_syn: Duration::from_secs(60),
+            tcp_established: Duration::from_secs(900),
+            tcp_closing: Duration::from_secs(120),
+            tcp_closed: Duration::from_secs(10),
+            udp: Duration::from_secs(300),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

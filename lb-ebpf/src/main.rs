@@ -90,6 +90,7 @@ fn to_client(ctx: &XdpContext, pkt: &parse::Packet) -> Result<Option<Verdict>, C
         return Ok(None);
     };
     expire_check(pkt)?;
+    select::backend_closes(&pkt.flow, &real, pkt.tcp_flags);
     let target = Target { side: Side::Source, addr: real.vip, port: real.vport };
     let verdict = fwd::forward(ctx, pkt, &target)?;
     select::account(&LB_SVC_STATS, real.service_id, pkt.tot_len, false, false);
@@ -110,7 +111,7 @@ fn expire_check(pkt: &parse::Packet) -> Result<(), Counter> {
 fn to_backend(ctx: &XdpContext, pkt: &parse::Packet) -> Result<Option<Verdict>, Counter> {
     let hash = select::hash(&pkt.flow);
     let tcp = pkt.flow.proto == PROTO_TCP;
-    let (service_id, choice) = match select::established(&pkt.flow, hash) {
+    let (service_id, choice) = match select::established(&pkt.flow, hash, pkt.tcp_flags) {
         Known::Flow(service_id, choice) if choice.backend.flags & BACKEND_DOWN == 0 => {
             expire_check(pkt)?;
             (service_id, choice)
@@ -129,7 +130,7 @@ fn to_backend(ctx: &XdpContext, pkt: &parse::Packet) -> Result<Option<Verdict>, 
             };
             // Before scheduling: an expiring packet must not create a flow.
             expire_check(pkt)?;
-            match select::schedule(&pkt.flow, hash, &service) {
+            match select::schedule(&pkt.flow, hash, pkt.tcp_flags, &service) {
                 Ok(choice) => (service.id, choice),
                 Err(Counter::DropNoBackend) if service.flags & SVC_REJECT != 0 => {
                     return reject::no_backend(ctx, pkt).map(Some);

@@ -6,9 +6,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::abi::{
-    ADDR_FILTER_SIZE, Backend, Conn, DEFAULT_CONNTRACK_MAX, Endpoint, FLOW_CACHE_SLOTS, Flow,
-    FlowCacheEntry, MAX_BACKENDS, MAX_SERVICES, MAX_TX_PORTS, MaglevTable, Meta, NEXTHOP_SLOTS,
-    NextHop, REAL_SLOTS, Real, Service, Traffic,
+    ADDR_FILTER_SIZE, Backend, CONN_STATES, Conn, DEFAULT_CONNTRACK_MAX, Endpoint,
+    FLOW_CACHE_SLOTS, Flow, FlowCacheEntry, MAX_BACKENDS, MAX_SERVICES, MAX_TX_PORTS, MaglevTable,
+    Meta, NEXTHOP_SLOTS, NextHop, REAL_SLOTS, Real, Service, Traffic,
 };
 use lb_common::counter::Counter;
 
@@ -25,6 +25,10 @@ pub static LB_MAGLEV: Array<MaglevTable, { MAX_SERVICES as usize }> = Array::new
 /// by every CPU (atomic), so the rotation holds whatever CPU a SYN lands on.
 #[btf_map(name = "lb_rr")]
 pub static LB_RR: Array<u64, { MAX_SERVICES as usize }> = Array::new();
+
+/// Idle timeout of each connection state (`CONN_*`), in epoch ticks.
+#[btf_map(name = "lb_timeouts")]
+pub static LB_TIMEOUTS: Array<u32, { CONN_STATES as usize }> = Array::new();
 
 /// Backend id -> backend address and port.
 #[btf_map(name = "lb_backends")]

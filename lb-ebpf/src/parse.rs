@@ -52,6 +52,8 @@ pub struct Packet {
     pub tot_len: u16,
     pub ttl: u8,
     pub fragment: bool,
+    /// TCP flags (0 for UDP).
+    pub tcp_flags: u8,
 }
 
 /// `Ok(pointer)` when `size_of::<T>()` bytes at `offset` are inside the frame.
@@ -107,17 +109,21 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Counter> {
             tot_len,
             ttl,
             fragment,
+            tcp_flags: 0,
         });
     }
     let l4 = ETH_LEN + ihl;
     // Both pointers derive from one bounds check, so the verifier sees them
     // inside it (separate checks get merged by the compiler and lose that).
+    let mut tcp_flags = 0;
     let (ports, l4_check): (*mut Ports, *mut [u8; 2]) = if proto == PROTO_TCP {
         if usize::from(tot_len) < ihl + 20 {
             return Err(Counter::PassMalformed);
         }
         // The checksum is at offset 16 of a header at least 20 bytes long.
         let tcp: *mut [u8; 20] = ptr_at(ctx, l4)?;
+        // SAFETY: ptr_at checked the 20 bytes.
+        tcp_flags = unsafe { (*tcp)[13] };
         (tcp.cast(), tcp.cast::<u8>().wrapping_add(16).cast())
     } else {
         if usize::from(tot_len) < ihl + 8 {
@@ -137,5 +143,5 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Counter> {
         flow.sport = u16::from_be_bytes((*ports).src);
         flow.dport = u16::from_be_bytes((*ports).dst);
     }
-    Ok(Packet { eth, ip, ports, l4_check, flow, tot_len, ttl, fragment })
+    Ok(Packet { eth, ip, ports, l4_check, flow, tot_len, ttl, fragment, tcp_flags })
 }

@@ -4,9 +4,10 @@
 use aya_ebpf::btf_maps::PerCpuArray;
 use lb_common::{
     abi::{
-        ADDR_VIP, BACKEND_DOWN, BACKEND_IN_USE, Backend, Conn, Endpoint, FLOW_CACHE_SLOTS, Flow,
-        FlowCacheEntry, NO_BACKEND, REAL_SLOT_SHARED, SCHED_MASK, SCHED_RR, SCHED_SH, SCHED_WRR,
-        Service, Traffic, addr_slot, real_slot, source_hash,
+        ADDR_VIP, BACKEND_DOWN, BACKEND_IN_USE, Backend, CONN_ESTABLISHED, CONN_SYN, CONN_UDP,
+        Conn, Endpoint, FLOW_CACHE_SLOTS, Flow, FlowCacheEntry, NO_BACKEND, PROTO_TCP,
+        REAL_SLOT_SHARED, SCHED_MASK, SCHED_RR, SCHED_SH, SCHED_WRR, Service, TCP_FIN, TCP_RST,
+        TCP_SYN, Traffic, addr_slot, expired, next_state, real_slot, source_hash,
     },
     counter::Counter,
     hash::{flow_hash, maglev_slot},
@@ -14,7 +15,7 @@ use lb_common::{
 
 use crate::maps::{
     LB_ADDRS, LB_BACKENDS, LB_CONNTRACK, LB_EPOCH, LB_FLOW_CACHE, LB_MAGLEV, LB_REAL_SLOTS,
-    LB_REALS, LB_RR, LB_SERVICES,
+    LB_REALS, LB_RR, LB_SERVICES, LB_TIMEOUTS,
 };
 
 /// The backend chosen for a packet.
@@ -102,11 +103,23 @@ pub enum Known {
     Unknown,
 }
 
+/// The current epoch tick: the data plane's clock (see `NEXTHOP_REFRESH_MS`).
 #[inline(always)]
-pub fn established(flow: &Flow, hash: u32) -> Known {
-    let epoch = LB_EPOCH.get(0).copied().unwrap_or(0);
+pub fn now() -> u64 {
+    LB_EPOCH.get(0).copied().unwrap_or(0)
+}
+
+/// What the connection table knows of a client packet's flow, with the
+/// packet folded into the flow's state. A packet that may change the state
+/// (SYN, FIN, RST), and each flow once an epoch, go to the connection table;
+/// the rest is answered by this CPU's flow cache.
+#[inline(always)]
+pub fn established(flow: &Flow, hash: u32, tcp_flags: u8) -> Known {
+    let epoch = now();
     let cached = LB_FLOW_CACHE.get_ptr_mut(hash & (FLOW_CACHE_SLOTS - 1));
-    if let Some(entry) = cached {
+    if tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0
+        && let Some(entry) = cached
+    {
         // SAFETY: a per-CPU slot, only touched by this CPU; XDP does not nest.
         let entry = unsafe { &*entry };
         if entry.flow == *flow
@@ -117,10 +130,25 @@ pub fn established(flow: &Flow, hash: u32) -> Known {
             return Known::Flow(entry.conn.service_id, choice);
         }
     }
-    // SAFETY: copied out at once; LRU entries can be evicted under us.
-    let Some(conn) = (unsafe { LB_CONNTRACK.get(flow).copied() }) else {
+    let Some(conn) = LB_CONNTRACK.get_ptr_mut(flow) else {
         return Known::Unknown;
     };
+    // SAFETY: a pointer into the map's value; LRU entries can be evicted
+    // under us, which at worst loses this update.
+    let conn = unsafe { &mut *conn };
+    let tick = epoch as u32;
+    let timeout = LB_TIMEOUTS.get(u32::from(conn.state)).copied().unwrap_or(0);
+    if expired(tick, conn.last_seen, timeout) {
+        return Known::Unknown;
+    }
+    let Some(state) = next_state(conn.state, tcp_flags, true) else {
+        return Known::Unknown;
+    };
+    if state != conn.state || conn.last_seen != tick {
+        conn.state = state;
+        conn.last_seen = tick;
+    }
+    let conn = *conn;
     let Some(backend) = live_backend(conn.backend_id, conn.service_id, flow) else {
         return Known::Gone;
     };
@@ -131,10 +159,39 @@ pub fn established(flow: &Flow, hash: u32) -> Known {
     Known::Flow(conn.service_id, Choice { id: conn.backend_id, backend, new_flow: false })
 }
 
+/// A backend's FIN or RST moves its connection's state (the client's
+/// packets do the rest); the entry is found by the flow as the client sent it.
+#[inline(always)]
+pub fn backend_closes(reply: &Flow, real: &Reply, tcp_flags: u8) {
+    if tcp_flags & (TCP_FIN | TCP_RST) == 0 {
+        return;
+    }
+    let flow = Flow {
+        src: reply.dst,
+        dst: real.vip,
+        sport: reply.dport,
+        dport: real.vport,
+        proto: reply.proto,
+        _pad: [0; 3],
+    };
+    if let Some(conn) = LB_CONNTRACK.get_ptr_mut(&flow) {
+        // SAFETY: a pointer into the map's value, as above.
+        let conn = unsafe { &mut *conn };
+        if let Some(state) = next_state(conn.state, tcp_flags, false) {
+            conn.state = state;
+        }
+    }
+}
+
 /// Places a flow the connection table does not know with the service's
 /// Maglev table, and remembers it.
 #[inline(always)]
-pub fn schedule(flow: &Flow, hash: u32, service: &Service) -> Result<Choice, Counter> {
+pub fn schedule(
+    flow: &Flow,
+    hash: u32,
+    tcp_flags: u8,
+    service: &Service,
+) -> Result<Choice, Counter> {
     let table = LB_MAGLEV.get(service.id).ok_or(Counter::DropNoBackend)?;
     let slot = match service.flags & SCHED_MASK {
         SCHED_RR | SCHED_WRR => next_in_rotation(service)?,
@@ -149,7 +206,19 @@ pub fn schedule(flow: &Flow, hash: u32, service: &Service) -> Result<Choice, Cou
     let backend = live_backend(id, service.id, flow)
         .filter(|b| b.flags & BACKEND_DOWN == 0)
         .ok_or(Counter::DropNoBackend)?;
-    let conn = Conn { backend_id: id, service_id: service.id };
+    // A TCP flow met mid-way (its entry was evicted) is taken as established.
+    let state = match flow.proto {
+        PROTO_TCP if tcp_flags & TCP_SYN != 0 => CONN_SYN,
+        PROTO_TCP => CONN_ESTABLISHED,
+        _ => CONN_UDP,
+    };
+    let conn = Conn {
+        backend_id: id,
+        service_id: service.id,
+        last_seen: now() as u32,
+        state,
+        _pad: [0; 3],
+    };
     // A full table evicts its least recently used entry; insert cannot fail for want of room.
     let _ = LB_CONNTRACK.insert(flow, conn, 0);
     // Not copied into the flow cache yet: the flow's next packet does that

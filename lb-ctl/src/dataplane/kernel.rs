@@ -5,6 +5,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use aya::{
@@ -12,12 +13,15 @@ use aya::{
     maps::{Array, DevMap, HashMap, MapData},
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode, tc},
 };
-use lb_common::abi::{ABI_VERSION, Endpoint, MAGLEV_SIZE, MAX_TX_PORTS, Meta, NO_BACKEND};
+use lb_common::abi::{
+    ABI_VERSION, CONN_CLOSED, CONN_CLOSING, CONN_ESTABLISHED, CONN_SYN, CONN_UDP, Endpoint,
+    MAGLEV_SIZE, MAX_TX_PORTS, Meta, NEXTHOP_REFRESH_MS, NO_BACKEND,
+};
 use tracing::{info, warn};
 
 use super::{DataplaneError, Maps};
 use crate::{
-    model::{Dataplane, XdpMode},
+    model::{Dataplane, Timeouts, XdpMode},
     netdev,
     plan::Op,
 };
@@ -37,6 +41,7 @@ pub struct KernelMaps {
     addrs: Array<MapData, u8>,
     real_slots: Array<MapData, u32>,
     epoch: Array<MapData, u64>,
+    timeouts: Array<MapData, u32>,
     epoch_value: u64,
     /// The programs (and the links that attach them) and the maps only the
     /// kernel writes: dropping it detaches everything.
@@ -67,7 +72,9 @@ impl KernelMaps {
         conntrack_max: u32,
         interfaces: &[String],
     ) -> Result<Self, DataplaneError> {
-        Self::open(load_object(object, conntrack_max)?, interfaces, None)
+        let mut maps = Self::open(load_object(object, conntrack_max)?, interfaces, None)?;
+        maps.set_timeouts(&Timeouts::default())?;
+        Ok(maps)
     }
 
     /// Loads, attaches and pins. On error nothing stays attached.
@@ -76,12 +83,14 @@ impl KernelMaps {
         attach_xdp(&mut ebpf, &dataplane.interfaces, dataplane.xdp_mode)?;
         attach_tc(&mut ebpf, &dataplane.interfaces)?;
         pin_all(&ebpf, &dataplane.pin_path)?;
-        Self::open(ebpf, &dataplane.interfaces, Some(dataplane.pin_path.clone())).inspect_err(
-            |_| {
+        let mut maps = Self::open(ebpf, &dataplane.interfaces, Some(dataplane.pin_path.clone()))
+            .inspect_err(|_| {
                 // No KernelMaps exists to clean up on drop: do it here.
                 remove_pins(&dataplane.pin_path);
-            },
-        )
+            })?;
+        // Before any service exists, so no packet sees a zero timeout.
+        maps.set_timeouts(&dataplane.timeouts)?;
+        Ok(maps)
     }
 
     /// Fills the redirect targets and the ABI version, and takes the maps the
@@ -124,9 +133,30 @@ impl KernelMaps {
             real_slots: typed(&mut ebpf, "lb_real_slots")?,
             epoch,
             epoch_value: 1,
+            timeouts: typed(&mut ebpf, "lb_timeouts")?,
             ebpf,
             pin_dir,
         })
+    }
+
+    /// Sets the idle timeout of each connection state, in the data plane's
+    /// ticks (`NEXTHOP_REFRESH_MS`).
+    pub fn set_timeouts(&mut self, t: &Timeouts) -> Result<(), DataplaneError> {
+        let ticks = |d: Duration| {
+            u32::try_from(d.as_millis() / u128::from(NEXTHOP_REFRESH_MS)).unwrap_or(u32::MAX)
+        };
+        for (state, timeout) in [
+            (CONN_SYN, t.tcp_syn),
+            (CONN_ESTABLISHED, t.tcp_established),
+            (CONN_CLOSING, t.tcp_closing),
+            (CONN_CLOSED, t.tcp_closed),
+            (CONN_UDP, t.udp),
+        ] {
+            self.timeouts
+                .set(u32::from(state), ticks(timeout), 0)
+                .map_err(err("writing lb_timeouts"))?;
+        }
+        Ok(())
     }
 
     /// The loaded object: its programs and the kernel-written maps
