@@ -827,12 +827,12 @@ protocol = "udp"
     #[test]
     fn connection_timeouts_default_like_ipvs_and_are_checked() {
         let c = parse(GOOD).unwrap();
-        assert_eq!(c.dataplane.timeouts.tcp_established, Duration::from_secs(900));
-        assert_eq!(c.dataplane.timeouts.udp, Duration::from_secs(300));
+        assert_eq!(c.dataplane.timeouts.tcp_established, Duration::from_mins(15));
+        assert_eq!(c.dataplane.timeouts.udp, Duration::from_mins(5));
         let c =
             parse(&GOOD.replace("[dataplane]\n", "[dataplane]\ntcp_established_timeout = 3600\n"))
                 .unwrap();
-        assert_eq!(c.dataplane.timeouts.tcp_established, Duration::from_secs(3600));
+        assert_eq!(c.dataplane.timeouts.tcp_established, Duration::from_hours(1));
         let p = problems(&GOOD.replace(
             "[dataplane]\n",
             "[dataplane]\nudp_timeout = 0\ntcp_closing_timeout = 99999999\n",

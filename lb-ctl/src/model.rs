@@ -23,11 +23,11 @@ pub struct Timeouts {
 impl Default for Timeouts {
     fn default() -> Self {
         Self {
-            tcp_syn: Duration::from_secs(60),
-            tcp_established: Duration::from_secs(900),
-            tcp_closing: Duration::from_secs(120),
+            tcp_syn: Duration::from_mins(1),
+            tcp_established: Duration::from_mins(15),
+            tcp_closing: Duration::from_mins(2),
             tcp_closed: Duration::from_secs(10),
-            udp: Duration::from_secs(300),
+            udp: Duration::from_mins(5),
         }
     }
 }
