@@ -7,7 +7,7 @@
 
 /// Bumped whenever a map layout below changes; stored in `lb_meta` so that a
 /// controller can tell whether pinned maps were written by a compatible build.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// Capacity of the service table (and of each per-service array).
 pub const MAX_SERVICES: u32 = 64;
@@ -52,6 +52,9 @@ pub const SCHED_RR: u32 = 1;
 pub const SCHED_WRR: u32 = 2;
 /// Source hashing: the Maglev table, indexed by a hash of the client address only.
 pub const SCHED_SH: u32 = 3;
+/// Weighted least connections: the table lists the backends; the one with
+/// the least `active * 256 + inactive` per unit of weight wins (IPVS `wlc`).
+pub const SCHED_LC: u32 = 4;
 /// `Service::flags`: with no usable backend, answer (TCP reset, ICMP port
 /// unreachable) instead of dropping.
 pub const SVC_REJECT: u32 = 1 << 8;
@@ -92,8 +95,25 @@ pub struct Backend {
     pub vport: u16,
     pub proto: u8,
     pub _pad: u8,
+    /// The configured weight (used by `lc`).
+    pub weight: u32,
 }
-const _: () = assert!(size_of::<Backend>() == 20);
+const _: () = assert!(size_of::<Backend>() == 24);
+
+/// Value of `lb_be_conns`, indexed by backend id: connections as IPVS
+/// counts them (ActiveConn: established; InActConn: every other state).
+/// The controller recounts them from the connection table every second; the
+/// data plane adds each flow `lc` places at once, so a burst spreads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendConns {
+    pub active: u32,
+    pub inactive: u32,
+}
+const _: () = assert!(size_of::<BackendConns>() == 8);
+
+/// Most backends an `lc` service considers (its table lists them first).
+pub const LC_MAX_BACKENDS: u32 = 64;
 
 /// `Backend::flags`: the slot holds a live backend. A connection entry that
 /// points at a slot without it is rescheduled.
@@ -373,8 +393,8 @@ mod tests {
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        Backend, Conn, Endpoint, Flow, FlowCacheEntry, MaglevTable, Meta, NextHop, Real, Service,
-        Traffic,
+        Backend, BackendConns, Conn, Endpoint, Flow, FlowCacheEntry, MaglevTable, Meta, NextHop,
+        Real, Service, Traffic,
     };
 
     macro_rules! pod {
@@ -387,6 +407,7 @@ mod pod {
         Endpoint,
         Service,
         Backend,
+        BackendConns,
         FlowCacheEntry,
         NextHop,
         Real,

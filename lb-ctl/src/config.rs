@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use lb_common::abi::{DEFAULT_CONNTRACK_MAX, PROTO_TCP, PROTO_UDP};
+use lb_common::abi::{DEFAULT_CONNTRACK_MAX, LC_MAX_BACKENDS, PROTO_TCP, PROTO_UDP};
 use serde::Deserialize;
 
 use crate::model::{
@@ -385,13 +385,7 @@ fn validate_service(key: &str, raw: RawService, problems: &mut Problems) -> Serv
         "rr" => Scheduler::RoundRobin,
         "wrr" => Scheduler::WeightedRoundRobin,
         "sh" => Scheduler::SourceHash,
-        "lc" => {
-            problems.add(
-                format!("{key}.scheduler"),
-                "\"lc\" is not implemented yet; use maglev, rr, wrr or sh",
-            );
-            Scheduler::Maglev
-        }
+        "lc" => Scheduler::LeastConnections,
         other => {
             problems.add(
                 format!("{key}.scheduler"),
@@ -436,6 +430,15 @@ fn validate_service(key: &str, raw: RawService, problems: &mut Problems) -> Serv
                 format!("{}:{} is already listed as backend[{first}]", b.address, b.port),
             );
         }
+    }
+    if scheduler == Scheduler::LeastConnections && backends.len() > LC_MAX_BACKENDS as usize {
+        problems.add(
+            format!("{key}.backend"),
+            format!(
+                "lc considers at most {LC_MAX_BACKENDS} backends; this service has {}",
+                backends.len()
+            ),
+        );
     }
     Service { health, name: raw.name, vip, port, protocol, scheduler, reject, backends }
 }
@@ -740,14 +743,8 @@ protocol = "udp"
 
     #[test]
     fn features_of_later_issues_are_refused_clearly() {
-        let p = problems(
-            &GOOD.replace("port = 53", "port = 53\nforwarding = \"dsr\"\nscheduler = \"lc\""),
-        );
+        let p = problems(&GOOD.replace("port = 53", "port = 53\nforwarding = \"dsr\""));
         assert!(p.iter().any(|x| x.starts_with("service[1].forwarding")), "{p:?}");
-        assert!(
-            p.iter().any(|x| x.starts_with("service[1].scheduler: \"lc\" is not implemented")),
-            "{p:?}"
-        );
     }
 
     #[test]

@@ -82,6 +82,8 @@ pub enum Scheduler {
     WeightedRoundRobin,
     /// `sh`: Maglev on the client address alone.
     SourceHash,
+    /// `lc`: the fewest connections per unit of weight (IPVS `wlc`).
+    LeastConnections,
 }
 
 /// `[service.health]`: how and how often each backend is probed.

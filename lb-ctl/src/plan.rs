@@ -9,8 +9,8 @@ use std::{
 
 use lb_common::abi::{
     self, ADDR_VIP, BACKEND_DOWN, BACKEND_IN_USE, Endpoint, MAGLEV_SIZE, MAX_BACKENDS,
-    MAX_SERVICES, NO_BACKEND, REAL_SLOT_SHARED, SCHED_MAGLEV, SCHED_RR, SCHED_SH, SCHED_WRR,
-    SVC_REJECT, addr_slot, real_slot,
+    MAX_SERVICES, NO_BACKEND, REAL_SLOT_SHARED, SCHED_LC, SCHED_MAGLEV, SCHED_RR, SCHED_SH,
+    SCHED_WRR, SVC_REJECT, addr_slot, real_slot,
 };
 
 use crate::{
@@ -222,6 +222,7 @@ pub fn image(services: &[Service], ids: &Ids, down: &BTreeSet<BackendKey>) -> Im
                     vport: key.port,
                     proto: key.proto,
                     _pad: 0,
+                    weight: b.weight,
                 },
             );
             let slot = real_slot(bkey.addr, bkey.port, bkey.proto);
@@ -260,6 +261,8 @@ fn scheduler_table(scheduler: Scheduler, entries: &[maglev::Entry]) -> (Vec<u32>
         }
         Scheduler::RoundRobin => (rotation::round_robin(entries), SCHED_RR),
         Scheduler::WeightedRoundRobin => (rotation::smooth_weighted(entries, size), SCHED_WRR),
+        // The data plane compares the live backends' connections at each new flow.
+        Scheduler::LeastConnections => (rotation::round_robin(entries), SCHED_LC),
     };
     let used = sequence.len() as u32;
     let mut table = sequence;
@@ -454,7 +457,12 @@ mod tests {
         let (ids, before) = plan(&Ids::default(), &[service("web", 80, &[(11, 1), (12, 1)])]);
         let (ids, drained) = plan(&ids, &[service("web", 80, &[(11, 1), (12, 0)])]);
         let ops = diff(&before, &drained);
-        assert!(matches!(ops.as_slice(), [Op::PutMaglev(0, _)]), "{ops:?}");
+        // The backend's weight (read by lc) and the table: nothing else.
+        assert!(
+            matches!(ops.as_slice(), [Op::PutBackend(1, _), Op::PutMaglev(0, _)]),
+            "{} ops",
+            ops.len()
+        );
         let (_, gone) = plan(&ids, &[]);
         let ops = diff(&drained, &gone);
         assert!(

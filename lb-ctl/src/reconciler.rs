@@ -1,7 +1,9 @@
 //! The one writer of kernel state. Config reloads (and, later, API calls and
 //! health changes) become commands to one task; it plans the new image with
 //! pure code, writes only the difference, and answers once the kernel holds it.
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+
+use lb_common::abi::BackendConns;
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::info;
@@ -97,6 +99,11 @@ impl<M: Maps> Reconciler<M> {
         Ok(self.maps.advance_nexthop_epoch()?)
     }
 
+    /// Recounts every backend's connections (see `Maps::recount_connections`).
+    pub fn recount_connections(&mut self) -> Result<BTreeMap<u32, BackendConns>, ReconcileError> {
+        Ok(self.maps.recount_connections()?)
+    }
+
     /// The maps, for tests and benchmarks that also drive the program.
     pub fn maps_mut(&mut self) -> &mut M {
         &mut self.maps
@@ -109,6 +116,7 @@ impl<M: Maps> Reconciler<M> {
 }
 
 enum Command {
+    Recount { reply: oneshot::Sender<Result<BTreeMap<u32, BackendConns>, ReconcileError>> },
     SetDown { down: BTreeSet<BackendKey>, reply: oneshot::Sender<Result<Applied, ReconcileError>> },
     RefreshNextHops { reply: oneshot::Sender<Result<(), ReconcileError>> },
     Apply { services: Vec<Service>, reply: oneshot::Sender<Result<Applied, ReconcileError>> },
@@ -121,6 +129,13 @@ pub struct Handle {
 }
 
 impl Handle {
+    /// Recounts the connections per backend, dropping expired entries.
+    pub async fn recount_connections(&self) -> Result<BTreeMap<u32, BackendConns>, ReconcileError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Recount { reply }).await.map_err(|_| ReconcileError::Stopped)?;
+        rx.await.map_err(|_| ReconcileError::Stopped)?
+    }
+
     /// Takes the backends in `down` out of rotation (health checks).
     pub async fn set_down(&self, down: BTreeSet<BackendKey>) -> Result<Applied, ReconcileError> {
         let (reply, rx) = oneshot::channel();
@@ -161,6 +176,9 @@ pub fn spawn<M: Maps + 'static>(
     let task = tokio::spawn(async move {
         while let Some(command) = rx.recv().await {
             match command {
+                Command::Recount { reply } => {
+                    let _ = reply.send(reconciler.recount_connections());
+                }
                 Command::SetDown { down, reply } => {
                     let _ = reply.send(reconciler.set_down(down));
                 }

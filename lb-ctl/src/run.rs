@@ -20,6 +20,9 @@ use crate::{
     reconciler::{self, Reconciler},
 };
 
+/// How often the connection table is recounted (and expired entries removed).
+const RECOUNT_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Command-line overrides of the `[dataplane]` section.
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
@@ -79,8 +82,16 @@ pub async fn run(path: PathBuf, overrides: Overrides) -> anyhow::Result<()> {
         // The data plane caches FIB answers until the epoch moves on.
         let mut next_hops = tokio::time::interval(Duration::from_millis(NEXTHOP_REFRESH_MS));
         next_hops.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Active/inactive connections per backend (lc, the operator), and expiry.
+        let mut recount = tokio::time::interval(RECOUNT_INTERVAL);
+        recount.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = recount.tick() => {
+                    if let Err(e) = handle.recount_connections().await {
+                        warn!(error = %e, "cannot recount connections");
+                    }
+                }
                 _ = next_hops.tick() => {
                     if let Err(e) = handle.refresh_next_hops().await {
                         warn!(error = %e, "cannot refresh the next-hop cache");

@@ -6,7 +6,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::abi::{
-    ADDR_FILTER_SIZE, Backend, CONN_STATES, Conn, DEFAULT_CONNTRACK_MAX, Endpoint,
+    ADDR_FILTER_SIZE, Backend, BackendConns, CONN_STATES, Conn, DEFAULT_CONNTRACK_MAX, Endpoint,
     FLOW_CACHE_SLOTS, Flow, FlowCacheEntry, MAX_BACKENDS, MAX_SERVICES, MAX_TX_PORTS, MaglevTable,
     Meta, NEXTHOP_SLOTS, NextHop, REAL_SLOTS, Real, Service, Traffic,
 };
@@ -29,6 +29,10 @@ pub static LB_RR: Array<u64, { MAX_SERVICES as usize }> = Array::new();
 /// Idle timeout of each connection state (`CONN_*`), in epoch ticks.
 #[btf_map(name = "lb_timeouts")]
 pub static LB_TIMEOUTS: Array<u32, { CONN_STATES as usize }> = Array::new();
+
+/// Backend id -> its active and inactive connections (`lc`, and the operator).
+#[btf_map(name = "lb_be_conns")]
+pub static LB_BE_CONNS: Array<BackendConns, { MAX_BACKENDS as usize }> = Array::new();
 
 /// Backend id -> backend address and port.
 #[btf_map(name = "lb_backends")]

@@ -5,17 +5,17 @@ use aya_ebpf::btf_maps::PerCpuArray;
 use lb_common::{
     abi::{
         ADDR_VIP, BACKEND_DOWN, BACKEND_IN_USE, Backend, CONN_ESTABLISHED, CONN_SYN, CONN_UDP,
-        Conn, Endpoint, FLOW_CACHE_SLOTS, Flow, FlowCacheEntry, NO_BACKEND, PROTO_TCP,
-        REAL_SLOT_SHARED, SCHED_MASK, SCHED_RR, SCHED_SH, SCHED_WRR, Service, TCP_FIN, TCP_RST,
-        TCP_SYN, Traffic, addr_slot, expired, next_state, real_slot, source_hash,
+        Conn, Endpoint, FLOW_CACHE_SLOTS, Flow, FlowCacheEntry, LC_MAX_BACKENDS, NO_BACKEND,
+        PROTO_TCP, REAL_SLOT_SHARED, SCHED_LC, SCHED_MASK, SCHED_RR, SCHED_SH, SCHED_WRR, Service,
+        TCP_FIN, TCP_RST, TCP_SYN, Traffic, addr_slot, expired, next_state, real_slot, source_hash,
     },
     counter::Counter,
     hash::{flow_hash, maglev_slot},
 };
 
 use crate::maps::{
-    LB_ADDRS, LB_BACKENDS, LB_CONNTRACK, LB_EPOCH, LB_FLOW_CACHE, LB_MAGLEV, LB_REAL_SLOTS,
-    LB_REALS, LB_RR, LB_SERVICES, LB_TIMEOUTS,
+    LB_ADDRS, LB_BACKENDS, LB_BE_CONNS, LB_CONNTRACK, LB_EPOCH, LB_FLOW_CACHE, LB_MAGLEV,
+    LB_REAL_SLOTS, LB_REALS, LB_RR, LB_SERVICES, LB_TIMEOUTS,
 };
 
 /// The backend chosen for a packet.
@@ -174,7 +174,7 @@ pub fn backend_closes(reply: &Flow, real: &Reply, tcp_flags: u8) {
         proto: reply.proto,
         _pad: [0; 3],
     };
-    if let Some(conn) = LB_CONNTRACK.get_ptr_mut(&flow) {
+    if let Some(conn) = LB_CONNTRACK.get_ptr_mut(flow) {
         // SAFETY: a pointer into the map's value, as above.
         let conn = unsafe { &mut *conn };
         if let Some(state) = next_state(conn.state, tcp_flags, false) {
@@ -192,14 +192,18 @@ pub fn schedule(
     tcp_flags: u8,
     service: &Service,
 ) -> Result<Choice, Counter> {
-    let table = LB_MAGLEV.get(service.id).ok_or(Counter::DropNoBackend)?;
-    let slot = match service.flags & SCHED_MASK {
-        SCHED_RR | SCHED_WRR => next_in_rotation(service)?,
-        SCHED_SH => maglev_slot(source_hash(flow.src), service.ring_size),
-        _ => maglev_slot(hash, service.ring_size),
+    let id = if service.flags & SCHED_MASK == SCHED_LC {
+        lb_least_connections(service.id, service.ring_size)
+    } else {
+        let table = LB_MAGLEV.get(service.id).ok_or(Counter::DropNoBackend)?;
+        let slot = match service.flags & SCHED_MASK {
+            SCHED_RR | SCHED_WRR => next_in_rotation(service)?,
+            SCHED_SH => maglev_slot(source_hash(flow.src), service.ring_size),
+            _ => maglev_slot(hash, service.ring_size),
+        };
+        let slot = slot.ok_or(Counter::DropNoBackend)? as usize;
+        *table.slots.get(slot).ok_or(Counter::DropNoBackend)?
     };
-    let slot = slot.ok_or(Counter::DropNoBackend)? as usize;
-    let id = *table.slots.get(slot).ok_or(Counter::DropNoBackend)?;
     if id == NO_BACKEND {
         return Err(Counter::DropNoBackend);
     }
@@ -245,6 +249,55 @@ fn next_in_rotation(service: &Service) -> Result<Option<u32>, Counter> {
         );
     }
     Ok(turn.checked_rem(u64::from(service.ring_size)).map(|s| s as u32))
+}
+
+/// `lc`: the backend, among the service's list (the first `count` slots of
+/// its table), with the least `active * 256 + inactive` per unit of weight
+/// (IPVS `wlc`); ties go to the first; `NO_BACKEND` if none is usable. The
+/// pick is counted at once as an inactive connection, so a burst of SYNs
+/// spreads before the controller's next recount.
+///
+/// A global BPF function: the verifier checks it once, on its own, instead
+/// of once per path through the program (inlined, the loop made the program
+/// too complex to verify).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn lb_least_connections(service_id: u32, count: u32) -> u32 {
+    let Some(table) = LB_MAGLEV.get(service_id) else { return NO_BACKEND };
+    let mut best_id = NO_BACKEND;
+    let mut best_overhead = 0_u64;
+    let mut best_weight = 0_u64;
+    let count = count.min(LC_MAX_BACKENDS);
+    let mut position = 0;
+    while position < count {
+        let id = table.slots.get(position as usize).copied().unwrap_or(NO_BACKEND);
+        position += 1;
+        let Some(backend) = LB_BACKENDS.get(id) else { continue };
+        let weight = u64::from(backend.weight);
+        if backend.flags & BACKEND_DOWN != 0 || weight == 0 {
+            continue;
+        }
+        let conns = LB_BE_CONNS.get(id).copied().unwrap_or_default();
+        let overhead = u64::from(conns.active) * 256 + u64::from(conns.inactive);
+        // overhead / weight < best_overhead / best_weight, without division.
+        if best_id == NO_BACKEND || overhead * best_weight < best_overhead * weight {
+            best_id = id;
+            best_overhead = overhead;
+            best_weight = weight;
+        }
+    }
+    if let Some(conns) = LB_BE_CONNS.get_ptr_mut(best_id) {
+        // SAFETY: a valid, aligned u32 in an array map; updated atomically
+        // (BPF_XADD, whose result is not used, exists on every BPF cpu).
+        unsafe {
+            core::arch::asm!(
+                "lock *(u32 *)({counter} + 4) += {one}",
+                counter = in(reg) conns,
+                one = in(reg) 1_u32,
+            );
+        }
+    }
+    best_id
 }
 
 /// The flow hash, shared by the flow cache and Maglev.

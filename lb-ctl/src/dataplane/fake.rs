@@ -14,6 +14,12 @@ pub struct FakeMaps {
 }
 
 impl Maps for FakeMaps {
+    fn recount_connections(
+        &mut self,
+    ) -> Result<std::collections::BTreeMap<u32, lb_common::abi::BackendConns>, DataplaneError> {
+        Ok(std::collections::BTreeMap::new())
+    }
+
     fn advance_nexthop_epoch(&mut self) -> Result<(), DataplaneError> {
         *self.nexthop_epoch.lock().unwrap() += 1;
         Ok(())

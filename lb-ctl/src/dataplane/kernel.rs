@@ -3,6 +3,7 @@
 //! `pin_path` for bpftool, and writes map ops. Dropping it detaches the
 //! programs and removes the pins.
 use std::{
+    collections::{BTreeMap, BTreeSet},
     fs,
     path::{Path, PathBuf},
     time::Duration,
@@ -14,8 +15,9 @@ use aya::{
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode, tc},
 };
 use lb_common::abi::{
-    ABI_VERSION, CONN_CLOSED, CONN_CLOSING, CONN_ESTABLISHED, CONN_SYN, CONN_UDP, Endpoint,
-    MAGLEV_SIZE, MAX_TX_PORTS, Meta, NEXTHOP_REFRESH_MS, NO_BACKEND,
+    ABI_VERSION, BackendConns, CONN_CLOSED, CONN_CLOSING, CONN_ESTABLISHED, CONN_STATES, CONN_SYN,
+    CONN_UDP, Conn, Endpoint, Flow, MAGLEV_SIZE, MAX_TX_PORTS, Meta, NEXTHOP_REFRESH_MS,
+    NO_BACKEND, expired,
 };
 use tracing::{info, warn};
 
@@ -42,6 +44,11 @@ pub struct KernelMaps {
     real_slots: Array<MapData, u32>,
     epoch: Array<MapData, u64>,
     timeouts: Array<MapData, u32>,
+    /// The timeouts last written, in ticks, indexed by state.
+    timeout_ticks: [u32; CONN_STATES as usize],
+    be_conns: Array<MapData, BackendConns>,
+    /// Backends whose counts were last published non-zero.
+    counted: BTreeSet<u32>,
     epoch_value: u64,
     /// The programs (and the links that attach them) and the maps only the
     /// kernel writes: dropping it detaches everything.
@@ -134,6 +141,9 @@ impl KernelMaps {
             epoch,
             epoch_value: 1,
             timeouts: typed(&mut ebpf, "lb_timeouts")?,
+            timeout_ticks: [0; CONN_STATES as usize],
+            be_conns: typed(&mut ebpf, "lb_be_conns")?,
+            counted: BTreeSet::new(),
             ebpf,
             pin_dir,
         })
@@ -155,6 +165,7 @@ impl KernelMaps {
             self.timeouts
                 .set(u32::from(state), ticks(timeout), 0)
                 .map_err(err("writing lb_timeouts"))?;
+            self.timeout_ticks[usize::from(state)] = ticks(timeout);
         }
         Ok(())
     }
@@ -340,6 +351,46 @@ impl KernelMaps {
 }
 
 impl Maps for KernelMaps {
+    fn recount_connections(&mut self) -> Result<BTreeMap<u32, BackendConns>, DataplaneError> {
+        let now = self.epoch_value as u32;
+        let mut counts: BTreeMap<u32, BackendConns> = BTreeMap::new();
+        let mut expired_flows = Vec::new();
+        {
+            let map = self
+                .ebpf
+                .map_mut("lb_conntrack")
+                .ok_or_else(|| DataplaneError::kernel("lb_conntrack", "missing from the object"))?;
+            let mut table: HashMap<&mut MapData, Flow, Conn> =
+                HashMap::try_from(map).map_err(err("opening lb_conntrack"))?;
+            for (flow, conn) in table.iter().filter_map(Result::ok) {
+                let timeout = self.timeout_ticks.get(usize::from(conn.state)).copied().unwrap_or(0);
+                if expired(now, conn.last_seen, timeout) {
+                    expired_flows.push(flow);
+                    continue;
+                }
+                let entry = counts.entry(conn.backend_id).or_default();
+                if conn.state == CONN_ESTABLISHED {
+                    entry.active += 1;
+                } else {
+                    entry.inactive += 1;
+                }
+            }
+            for flow in &expired_flows {
+                let _ = table.remove(flow);
+            }
+        }
+        for id in self.counted.iter().filter(|id| !counts.contains_key(id)) {
+            self.be_conns
+                .set(*id, BackendConns::default(), 0)
+                .map_err(err("writing lb_be_conns"))?;
+        }
+        for (id, c) in &counts {
+            self.be_conns.set(*id, c, 0).map_err(err("writing lb_be_conns"))?;
+        }
+        self.counted = counts.keys().copied().collect();
+        Ok(counts)
+    }
+
     fn advance_nexthop_epoch(&mut self) -> Result<(), DataplaneError> {
         self.epoch_value += 1;
         self.epoch.set(0, self.epoch_value, 0).map_err(err("writing lb_epoch"))

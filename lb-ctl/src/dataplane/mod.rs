@@ -3,6 +3,10 @@
 pub mod fake;
 pub mod kernel;
 
+use std::collections::BTreeMap;
+
+use lb_common::abi::BackendConns;
+
 use crate::plan::Op;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,4 +37,9 @@ pub trait Maps: Send {
     /// Advances the next-hop epoch: every cached FIB answer becomes stale
     /// and is looked up again by the next packet that needs it.
     fn advance_nexthop_epoch(&mut self) -> Result<(), DataplaneError>;
+
+    /// Counts each backend's active (established) and inactive connections
+    /// in the connection table, removes expired entries, and publishes the
+    /// counts to the data plane (`lc`) and the caller.
+    fn recount_connections(&mut self) -> Result<BTreeMap<u32, BackendConns>, DataplaneError>;
 }
