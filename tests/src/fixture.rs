@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use aya::maps::{HashMap as AyaHashMap, MapData, PerCpuArray};
 use lb_common::{
-    abi::{Conn, Flow, PROTO_UDP, real_slot},
+    abi::{BackendConns, Conn, Flow, PROTO_UDP, real_slot},
     counter::Counter,
 };
 use lb_ctl::{EBPF_OBJECT, config, dataplane::kernel::KernelMaps, netdev, reconciler::Reconciler};
@@ -180,6 +180,21 @@ scheduler = "wrr"
   port = 83
 
 [[service]]
+name = "lc"
+vip = "10.77.1.104"
+port = 84
+scheduler = "lc"
+  [[service.backend]]
+  address = "10.77.2.11"
+  port = 85
+  [[service.backend]]
+  address = "10.77.2.12"
+  port = 85
+  [[service.backend]]
+  address = "10.77.2.13"
+  port = 85
+
+[[service]]
 name = "sh"
 vip = "10.77.1.104"
 port = 83
@@ -348,6 +363,36 @@ impl Loaded {
             self.reconciler.maps_mut().ebpf_mut().map_mut("lb_conntrack").expect("lb_conntrack"),
         )
         .expect("lb_conntrack type")
+    }
+
+    /// One flow's connection entry.
+    pub fn conn(&mut self, flow: &Flow) -> Option<Conn> {
+        self.conntrack().get(flow, 0).ok()
+    }
+
+    /// Sets a backend's connection counts, as the controller's recount would.
+    pub fn set_conns(&mut self, backend_id: u32, conns: BackendConns) {
+        self.reconciler
+            .maps_mut()
+            .backend_conns_mut()
+            .set(backend_id, conns, 0)
+            .expect("writing lb_be_conns");
+    }
+
+    /// The id the controller gave the backend `address:port` of the service on `vip:vport`.
+    pub fn backend_id(&self, vip: Ipv4Addr, vport: u16, address: Ipv4Addr, port: u16) -> u32 {
+        let image = self.reconciler.applied();
+        image
+            .backends
+            .iter()
+            .find(|(_, b)| {
+                b.vip == vip.octets()
+                    && b.vport == vport
+                    && b.addr == address.octets()
+                    && b.port == port
+            })
+            .map(|(id, _)| *id)
+            .expect("backend in the applied image")
     }
 
     /// Deletes one flow's connection entry.

@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 
 use lb_common::{
-    abi::{NEIGH_META_MAGIC, PROTO_TCP},
+    abi::{BackendConns, NEIGH_META_MAGIC, PROTO_TCP},
     counter::Counter,
     hash::{flow_hash, maglev_slot},
 };
@@ -946,5 +946,108 @@ fn schedulers_place_new_flows_as_documented() {
             destinations(&loaded, 83, (0..30).map(|i| (Ipv4Addr::new(10, 77, 1, 150 + i), 40_000)));
         let spread: std::collections::BTreeSet<u8> = clients.iter().copied().collect();
         assert_eq!(spread.len(), 3, "{clients:?}");
+    });
+}
+
+fn flow_of(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), proto: u8) -> lb_common::abi::Flow {
+    lb_common::abi::Flow {
+        src: src.0.octets(),
+        dst: dst.0.octets(),
+        sport: src.1,
+        dport: dst.1,
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+/// The connection table follows a TCP connection from both directions:
+/// SYN, the client's ACK (established), the backend's FIN (closing), a RST
+/// (closed), and a new SYN on the same ports starts over.
+#[test]
+fn connection_states_follow_both_directions() {
+    use lb_common::abi::{CONN_CLOSED, CONN_CLOSING, CONN_ESTABLISHED, CONN_SYN};
+    let ns = FixtureNs::create("lbt-fix");
+    in_ns(&ns.name, || {
+        let mut loaded = Loaded::new(4096);
+        let client = (CLIENT, 44_000);
+        let flow = flow_of(client, (VIP, 80), PROTO_TCP);
+        let state = |loaded: &mut Loaded| loaded.conn(&flow).map(|c| c.state);
+        let send = |loaded: &mut Loaded, flags: u8| {
+            let out =
+                loaded.run(&from_client(&Ipv4::tcp(client, (VIP, 80), flags, b"")), IF_CLIENT);
+            assert_eq!(out.action, XDP_REDIRECT);
+        };
+        send(&mut loaded, TCP_SYN);
+        assert_eq!(state(&mut loaded), Some(CONN_SYN));
+        let syn_ack = Ipv4::tcp((WEB1, 8080), client, TCP_SYN | TCP_ACK, b"");
+        assert_eq!(loaded.run(&from_web1(&syn_ack), IF_BACKEND).action, XDP_REDIRECT);
+        assert_eq!(state(&mut loaded), Some(CONN_SYN), "the backend's SYN-ACK");
+        send(&mut loaded, TCP_ACK);
+        assert_eq!(state(&mut loaded), Some(CONN_ESTABLISHED), "the client's ACK");
+        send(&mut loaded, TCP_ACK | TCP_PSH);
+        assert_eq!(state(&mut loaded), Some(CONN_ESTABLISHED));
+        let fin = Ipv4::tcp((WEB1, 8080), client, packet::TCP_FIN | TCP_ACK, b"");
+        assert_eq!(loaded.run(&from_web1(&fin), IF_BACKEND).action, XDP_REDIRECT);
+        assert_eq!(state(&mut loaded), Some(CONN_CLOSING), "the backend's FIN");
+        send(&mut loaded, packet::TCP_RST);
+        assert_eq!(state(&mut loaded), Some(CONN_CLOSED), "a RST");
+        send(&mut loaded, TCP_SYN);
+        assert_eq!(state(&mut loaded), Some(CONN_SYN), "a new connection on the same ports");
+    });
+}
+
+/// An expired entry counts as absent: a flow on a drained backend keeps it
+/// while its entry lives, and is placed anew once the entry has expired; the
+/// controller's recount removes expired entries.
+#[test]
+fn expired_connections_count_as_absent() {
+    let ns = FixtureNs::create("lbt-fix");
+    in_ns(&ns.name, || {
+        let mut loaded = Loaded::new(4096);
+        let timeouts = lb_ctl::model::Timeouts {
+            tcp_established: std::time::Duration::from_millis(200), // 2 ticks
+            ..lb_ctl::model::Timeouts::default()
+        };
+        loaded.reconciler.maps_mut().set_timeouts(&timeouts).expect("timeouts");
+        let services = lb_ctl::config::parse(&config()).unwrap().services;
+        // A flow of the rr service, established on web1 (the first in turn).
+        let client = (CLIENT, 45_000);
+        let syn = Ipv4::tcp(client, (VIP_SCHEDULERS, 81), TCP_SYN, b"");
+        let ack = Ipv4::tcp(client, (VIP_SCHEDULERS, 81), TCP_ACK, b"");
+        let first = loaded.run(&from_client(&syn), IF_CLIENT).frame[33];
+        assert_eq!(loaded.run(&from_client(&ack), IF_CLIENT).frame[33], first);
+        // Drain that backend: the live entry keeps the flow on it.
+        let mut drained = services.clone();
+        let rr = drained.iter_mut().find(|s| s.name == "rr").unwrap();
+        rr.backends.iter_mut().find(|b| b.address.octets()[3] == first).unwrap().weight = 0;
+        loaded.reconciler.apply(&drained).expect("drain");
+        assert_eq!(loaded.run(&from_client(&ack), IF_CLIENT).frame[33], first, "kept while live");
+        // Three ticks later the entry has expired: the flow is placed anew.
+        for _ in 0..3 {
+            loaded.reconciler.refresh_next_hops().expect("tick");
+        }
+        let counts = loaded.reconciler.recount_connections().expect("recount");
+        assert!(counts.is_empty(), "the expired entry is not counted: {counts:?}");
+        assert_eq!(loaded.conntrack_len(), 0, "and is removed");
+        assert_ne!(loaded.run(&from_client(&ack), IF_CLIENT).frame[33], first, "placed anew");
+    });
+}
+
+/// `lc`: the backend with the fewest connections per unit of weight; each
+/// pick counts at once, so a burst spreads.
+#[test]
+fn lc_picks_the_least_loaded_backend() {
+    let ns = FixtureNs::create("lbt-fix");
+    in_ns(&ns.name, || {
+        let mut loaded = Loaded::new(4096);
+        let [web1, web2, web3] =
+            [WEB1, WEB2, WEB3].map(|addr| loaded.backend_id(VIP_SCHEDULERS, 84, addr, 85));
+        loaded.set_conns(web1, BackendConns { active: 5, inactive: 0 });
+        loaded.set_conns(web2, BackendConns { active: 1, inactive: 0 });
+        loaded.set_conns(web3, BackendConns { active: 0, inactive: 0 });
+        let picks = destinations(&loaded, 84, (0..3).map(|i| (CLIENT, 33_000 + i)));
+        assert_eq!(picks, [13, 13, 13], "web3 has no connections; each pick adds one inactive");
+        loaded.set_conns(web3, BackendConns { active: 10, inactive: 0 });
+        assert_eq!(destinations(&loaded, 84, std::iter::once((CLIENT, 33_100))), [12]);
     });
 }

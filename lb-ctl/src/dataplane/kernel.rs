@@ -170,6 +170,12 @@ impl KernelMaps {
         Ok(())
     }
 
+    /// The connection counts `lc` reads (the recount writes them), for tests
+    /// that set a load by hand.
+    pub fn backend_conns_mut(&mut self) -> &mut Array<MapData, BackendConns> {
+        &mut self.be_conns
+    }
+
     /// The loaded object: its programs and the kernel-written maps
     /// (connection table, counters), for tests and benchmarks.
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
