@@ -37,3 +37,29 @@ pub fn backend_traffic(pin_dir: &str, backend_id: u32) -> Traffic {
     }
     total
 }
+
+/// The connection counts of backend `address:port` (as `lb_be_conns` holds
+/// them after the controller's last recount).
+pub fn backend_conns(
+    pin_dir: &str,
+    address: std::net::Ipv4Addr,
+    port: u16,
+) -> lb_common::abi::BackendConns {
+    use aya::maps::Array;
+    let open = |name: &str| {
+        let path = format!("{pin_dir}/{name}");
+        MapData::from_pin(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"))
+    };
+    let backends: Array<MapData, lb_common::abi::Backend> =
+        Array::try_from(Map::Array(open("lb_backends"))).expect("lb_backends");
+    let id = (0..lb_common::abi::MAX_BACKENDS)
+        .find(|i| {
+            backends
+                .get(i, 0)
+                .is_ok_and(|b| b.addr == address.octets() && b.port == port && b.flags != 0)
+        })
+        .unwrap_or_else(|| panic!("no backend {address}:{port}"));
+    let conns: Array<MapData, lb_common::abi::BackendConns> =
+        Array::try_from(Map::Array(open("lb_be_conns"))).expect("lb_be_conns");
+    conns.get(&id, 0).unwrap_or_default()
+}

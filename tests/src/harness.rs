@@ -54,6 +54,8 @@ pub struct Setup {
     pub checks: Option<&'static Checks>,
     /// Extra keys of the web service (`scheduler = "rr"`…).
     pub web: &'static str,
+    /// Extra keys of the echo service.
+    pub echo: &'static str,
 }
 
 /// Config for the end-to-end tests: HTTP on 80, a line echo on 9000 (for
@@ -69,8 +71,10 @@ pub fn config(pin_dir: &str, weights: [Option<u32>; 3], setup: Setup) -> String 
             text,
             "\n[[service]]\nname = \"{name}\"\nvip = \"{VIP}\"\nport = {port}\nprotocol = \"{protocol}\"\n"
         );
-        if name == "web" {
-            text.push_str(setup.web);
+        match name {
+            "web" => text.push_str(setup.web),
+            "echo" => text.push_str(setup.echo),
+            _ => {}
         }
         let health = match (setup.checks, name) {
             (Some(c), "web") => Some(c.web),

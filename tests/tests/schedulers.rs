@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use lb_tests::{
-    harness::{Lab, Setup, backend_of, http_get},
+    harness::{EchoConn, Lab, Setup, backend_of, http_get},
     netns::{in_ns, ns_sh},
     topology::{CLIENT_ADDR, FRESH_CLIENT_ADDRS, VIP},
 };
@@ -112,4 +112,68 @@ fn with_every_backend_out_clients_are_refused_at_once() {
         socket.recv(&mut [0_u8; 64]).expect_err("no answer but an ICMP error")
     });
     assert_eq!(udp.kind(), std::io::ErrorKind::ConnectionRefused, "{udp}");
+}
+
+fn echo_backend(conn: &mut EchoConn) -> String {
+    conn.exchange("who").expect("echo exchange")
+}
+
+/// `lc`: connections held open on web1 push new ones to web2 and web3.
+#[test]
+fn lc_sends_new_connections_away_from_a_loaded_backend() {
+    let setup = Setup { echo: "scheduler = \"lc\"\n", ..Setup::default() };
+    let mut lab = Lab::start_with("lbt15", setup, [Some(1), Some(0), Some(0)]);
+    let client = lab.topo.client();
+    // Four connections held open, all on web1 (the others are drained).
+    let held: Vec<EchoConn> = in_ns(&client, || {
+        (0..4)
+            .map(|_| {
+                let mut c = EchoConn::open().expect("connection");
+                assert_eq!(echo_backend(&mut c), "web1");
+                c
+            })
+            .collect()
+    });
+    lab.reload([Some(1); 3]);
+    // The controller recounts every second: web1 now has 4 active.
+    std::thread::sleep(Duration::from_millis(1500));
+    let web1 = lb_tests::counters::backend_conns(&lab.pin_dir, "10.77.2.11".parse().unwrap(), 9000);
+    assert_eq!(web1.active, 4, "{web1:?}");
+    let new: Vec<String> = in_ns(&client, || {
+        (0..4).map(|_| echo_backend(&mut EchoConn::open().expect("connection"))).collect()
+    });
+    eprintln!("lc with web1 holding 4 connections: new ones went to {new:?}");
+    assert!(!new.contains(&"web1".to_string()), "{new:?}");
+    assert_eq!(new.iter().filter(|n| *n == "web2").count(), 2, "{new:?}");
+    drop(held);
+}
+
+/// Drain to the end: a drained backend keeps its connections, and its
+/// active count falls to 0 as they close.
+#[test]
+fn a_drained_backend_counts_down_to_zero_as_its_connections_close() {
+    let mut lab = Lab::start_with("lbt16", Setup::default(), [Some(1), Some(0), Some(0)]);
+    let client = lab.topo.client();
+    let mut held: Vec<EchoConn> =
+        in_ns(&client, || (0..3).map(|_| EchoConn::open().expect("connection")).collect());
+    for c in &mut held {
+        assert_eq!(echo_backend(c), "web1");
+    }
+    lab.reload([Some(0), Some(1), Some(1)]);
+    let web1 = "10.77.2.11".parse().unwrap();
+    let active = || lb_tests::counters::backend_conns(&lab.pin_dir, web1, 9000).active;
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut seen = vec![active()];
+    while let Some(mut conn) = held.pop() {
+        assert_eq!(
+            echo_backend(&mut conn),
+            "web1",
+            "the drained backend still serves its connections"
+        );
+        drop(conn);
+        std::thread::sleep(Duration::from_millis(1500));
+        seen.push(active());
+    }
+    eprintln!("web1's active connections while they close: {seen:?}");
+    assert_eq!(seen, [3, 2, 1, 0]);
 }
