@@ -1051,3 +1051,28 @@ fn lc_picks_the_least_loaded_backend() {
         assert_eq!(destinations(&loaded, 84, std::iter::once((CLIENT, 33_100))), [12]);
     });
 }
+
+/// A flow whose backend was removed from the config (not drained): its next
+/// TCP packet gets a reset; a UDP flow is placed anew.
+#[test]
+fn a_removed_backend_resets_its_tcp_flows() {
+    let ns = FixtureNs::create("lbt-fix");
+    in_ns(&ns.name, || {
+        let mut loaded = Loaded::new(4096);
+        let mut services = lb_ctl::config::parse(&config()).unwrap().services;
+        let mut data = Ipv4::tcp((CLIENT, 46_000), (VIP, 80), TCP_ACK | TCP_PSH, b"more");
+        if let L4::Tcp { ack, .. } = &mut data.l4 {
+            *ack = 7000;
+        }
+        assert_eq!(loaded.run(&from_client(&data), IF_CLIENT).action, XDP_REDIRECT);
+        services.iter_mut().find(|s| s.name == "web").unwrap().backends.clear();
+        loaded.reconciler.apply(&services).expect("remove web1:8080");
+        let before = loaded.counter(Counter::RstBackendGone);
+        let out = loaded.run(&from_client(&data), IF_CLIENT);
+        assert_eq!(
+            (out.action, out.frame),
+            (XDP_TX, reset_frame(VIP, 46_000, packet::TCP_RST, 7000, 0))
+        );
+        assert_eq!(loaded.counter(Counter::RstBackendGone), before + 1);
+    });
+}

@@ -27,7 +27,7 @@ struct Scenario {
     expected_action: u32,
 }
 
-const SCENARIOS: [Scenario; 8] = [
+const SCENARIOS: [Scenario; 9] = [
     Scenario {
         name: "new flow, a fresh 5-tuple per sample",
         target_ns: 100,
@@ -50,10 +50,11 @@ const SCENARIOS: [Scenario; 8] = [
     Scenario { name: "new flow, scheduler rr", target_ns: 120, expected_action: XDP_REDIRECT },
     Scenario { name: "new flow, scheduler wrr", target_ns: 120, expected_action: XDP_REDIRECT },
     Scenario { name: "new flow, scheduler sh", target_ns: 120, expected_action: XDP_REDIRECT },
+    Scenario { name: "new flow, scheduler lc", target_ns: 120, expected_action: XDP_REDIRECT },
 ];
 
-/// The port of the fixture service with each scheduler (rr, wrr, sh).
-const SCHEDULER_PORTS: [u16; 3] = [81, 82, 83];
+/// The port of the fixture service with each scheduler (rr, wrr, sh, lc).
+const SCHEDULER_PORTS: [u16; 4] = [81, 82, 83, 84];
 
 fn median(values: &mut [u32]) -> u32 {
     values.sort_unstable();
