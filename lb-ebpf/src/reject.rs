@@ -8,7 +8,11 @@ use aya_ebpf::{
     helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use lb_common::{abi::PROTO_TCP, counter::Counter, csum};
+use lb_common::{
+    abi::{PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    counter::Counter,
+    csum,
+};
 
 use crate::{
     Verdict,
@@ -16,10 +20,6 @@ use crate::{
 };
 
 const PROTO_ICMP: u8 = 1;
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 const IP_LEN: usize = 20;
 const TCP_LEN: usize = 20;
 /// The reset's frame: Ethernet, a 20-byte IPv4 header, a 20-byte TCP header.
