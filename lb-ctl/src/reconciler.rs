@@ -75,12 +75,14 @@ impl<M: Maps> Reconciler<M> {
         let ids = self.ids.assign(services)?;
         let image = plan::image(services, &ids, &down);
         let ops = plan::diff(&self.applied, &image);
-        self.services = services.to_vec();
-        self.down = down;
         for op in &ops {
             self.maps.apply(op)?;
             self.applied.apply(op);
         }
+        // Only now: after a failed apply, the desired state stays the one the
+        // caller still runs (`applied` records the partial writes to undo).
+        self.services = services.to_vec();
+        self.down = down;
         let applied = Applied {
             writes: ops.len(),
             services: image.services.len(),
@@ -101,7 +103,7 @@ impl<M: Maps> Reconciler<M> {
 
     /// Recounts every backend's connections (see `Maps::recount_connections`).
     pub fn recount_connections(&mut self) -> Result<BTreeMap<u32, BackendConns>, ReconcileError> {
-        Ok(self.maps.recount_connections()?)
+        Ok(self.maps.recount_connections(&self.applied.backends)?)
     }
 
     /// The maps, for tests and benchmarks that also drive the program.

@@ -79,6 +79,8 @@ pub async fn run(path: PathBuf, overrides: Overrides) -> anyhow::Result<()> {
         let mut health = health::Monitor::default();
         health.sync(&config.services);
         let mut running = config;
+        // A health change the reconciler could not apply yet.
+        let mut health_pending = false;
         // The data plane caches FIB answers until the epoch moves on.
         let mut next_hops = tokio::time::interval(Duration::from_millis(NEXTHOP_REFRESH_MS));
         next_hops.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -91,17 +93,20 @@ pub async fn run(path: PathBuf, overrides: Overrides) -> anyhow::Result<()> {
                     if let Err(e) = handle.recount_connections().await {
                         warn!(error = %e, "cannot recount connections");
                     }
+                    if health_pending {
+                        health_pending = !apply_health(&health, &handle).await;
+                    }
                 }
                 _ = next_hops.tick() => {
                     if let Err(e) = handle.refresh_next_hops().await {
                         warn!(error = %e, "cannot refresh the next-hop cache");
                     }
                 }
-                _ = health.next_transition() => apply_health(&health, &handle).await,
+                _ = health.next_transition() => health_pending = !apply_health(&health, &handle).await,
                 _ = hangup.recv() => {
                     running = reload(&path, &overrides, running, &handle).await;
                     health.sync(&running.services);
-                    apply_health(&health, &handle).await;
+                    health_pending = !apply_health(&health, &handle).await;
                 }
                 _ = terminate.recv() => { info!("SIGTERM: shutting down"); break }
                 _ = interrupt.recv() => { info!("SIGINT: shutting down"); break }
@@ -119,15 +124,20 @@ pub async fn run(path: PathBuf, overrides: Overrides) -> anyhow::Result<()> {
 
 /// Health changed: DOWN backends leave the scheduler's tables (only their
 /// own Maglev slots move), and come back when UP again.
-async fn apply_health(health: &health::Monitor, handle: &reconciler::Handle) {
+async fn apply_health(health: &health::Monitor, handle: &reconciler::Handle) -> bool {
     let down = health.down();
     let count = down.len();
     match handle.set_down(down).await {
-        Ok(applied) if applied.writes > 0 => {
-            info!(down = count, writes = applied.writes, "health applied");
+        Ok(applied) => {
+            if applied.writes > 0 {
+                info!(down = count, writes = applied.writes, "health applied");
+            }
+            true
         }
-        Ok(_) => {}
-        Err(e) => error!(error = %e, "applying health states failed; the next change retries"),
+        Err(e) => {
+            error!(error = %e, "applying health states failed; retrying within a second");
+            false
+        }
     }
 }
 

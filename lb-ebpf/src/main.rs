@@ -20,7 +20,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use lb_common::{
-    abi::{BACKEND_DOWN, NEIGH_META_MAGIC, NeighMeta, PROTO_TCP, SVC_REJECT},
+    abi::{BACKEND_DOWN, NEIGH_META_MAGIC, NeighMeta, PROTO_TCP, SVC_REJECT, TCP_ACK, TCP_SYN},
     counter::Counter,
 };
 
@@ -111,17 +111,19 @@ fn expire_check(pkt: &parse::Packet) -> Result<(), Counter> {
 fn to_backend(ctx: &XdpContext, pkt: &parse::Packet) -> Result<Option<Verdict>, Counter> {
     let hash = select::hash(&pkt.flow);
     let tcp = pkt.flow.proto == PROTO_TCP;
+    let opening = tcp && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let (service_id, choice) = match select::established(&pkt.flow, hash, pkt.tcp_flags) {
         Known::Flow(service_id, choice) if choice.backend.flags & BACKEND_DOWN == 0 => {
             expire_check(pkt)?;
             (service_id, choice)
         }
         // Its backend is DOWN or gone: a TCP client learns at once (its
-        // connection cannot go on elsewhere); a UDP flow moves.
-        Known::Flow(..) if tcp => {
+        // connection cannot go on elsewhere); a UDP flow, or a SYN opening a
+        // new connection, is placed anew.
+        Known::Flow(..) if tcp && !opening => {
             return reject::tcp_reset(ctx, pkt, Counter::RstBackendDown).map(Some);
         }
-        Known::Gone if tcp => {
+        Known::Gone if tcp && !opening => {
             return reject::tcp_reset(ctx, pkt, Counter::RstBackendGone).map(Some);
         }
         Known::Flow(..) | Known::Gone | Known::Unknown => {

@@ -59,6 +59,10 @@ pub fn tcp_reset(ctx: &XdpContext, pkt: &Packet, counter: Counter) -> Result<Ver
     let ack = u32::from_be_bytes([tcp_in[8], tcp_in[9], tcp_in[10], tcp_in[11]]);
     let data_offset = u32::from(tcp_in[12] >> 4) * 4;
     let flags = tcp_in[13];
+    // A reset is never answered (RFC 793).
+    if flags & TCP_RST != 0 {
+        return Err(counter_for_silence(counter));
+    }
     let payload = u32::from(pkt.tot_len).saturating_sub(IP_LEN as u32 + data_offset);
     let (reset_seq, reset_ack, reset_flags) = if flags & TCP_ACK != 0 {
         (ack, 0, TCP_RST)
@@ -191,4 +195,13 @@ fn port_unreachable(ctx: &XdpContext, pkt: &Packet) -> Result<Verdict, Counter> 
     // SAFETY: bounds-checked just above.
     unsafe { *out = frame };
     Ok(Verdict { action: xdp_action::XDP_TX, counter: Counter::RejectUdp })
+}
+
+/// The drop counter of a reset that is not sent (the packet was a reset).
+#[inline(always)]
+const fn counter_for_silence(counter: Counter) -> Counter {
+    match counter {
+        Counter::RejectTcp => Counter::DropNoBackend,
+        _ => Counter::DropBackendDown,
+    }
 }

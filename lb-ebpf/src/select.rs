@@ -4,10 +4,11 @@
 use aya_ebpf::btf_maps::PerCpuArray;
 use lb_common::{
     abi::{
-        ADDR_VIP, BACKEND_DOWN, BACKEND_IN_USE, Backend, CONN_ESTABLISHED, CONN_SYN, CONN_UDP,
-        Conn, Endpoint, FLOW_CACHE_SLOTS, Flow, FlowCacheEntry, LC_MAX_BACKENDS, NO_BACKEND,
-        PROTO_TCP, REAL_SLOT_SHARED, SCHED_LC, SCHED_MASK, SCHED_RR, SCHED_SH, SCHED_WRR, Service,
-        TCP_FIN, TCP_RST, TCP_SYN, Traffic, addr_slot, expired, next_state, real_slot, source_hash,
+        ADDR_VIP, BACKEND_DOWN, BACKEND_IN_USE, Backend, CONN_CLOSING, CONN_ESTABLISHED, CONN_SYN,
+        CONN_UDP, Conn, Endpoint, FLOW_CACHE_SLOTS, Flow, FlowCacheEntry, LC_MAX_BACKENDS,
+        NO_BACKEND, PROTO_TCP, REAL_SLOT_SHARED, SCHED_LC, SCHED_MASK, SCHED_RR, SCHED_SH,
+        SCHED_WRR, Service, TCP_FIN, TCP_RST, TCP_SYN, Traffic, addr_slot, expired, next_state,
+        real_slot, source_hash,
     },
     counter::Counter,
     hash::{flow_hash, maglev_slot},
@@ -111,8 +112,9 @@ pub fn now() -> u64 {
 
 /// What the connection table knows of a client packet's flow, with the
 /// packet folded into the flow's state. A packet that may change the state
-/// (SYN, FIN, RST), and each flow once an epoch, go to the connection table;
-/// the rest is answered by this CPU's flow cache.
+/// (SYN, FIN, RST), a flow not yet established, and each flow once an
+/// epoch, go to the connection table; the rest is answered by this CPU's
+/// flow cache.
 #[inline(always)]
 pub fn established(flow: &Flow, hash: u32, tcp_flags: u8) -> Known {
     let epoch = now();
@@ -122,8 +124,12 @@ pub fn established(flow: &Flow, hash: u32, tcp_flags: u8) -> Known {
     {
         // SAFETY: a per-CPU slot, only touched by this CPU; XDP does not nest.
         let entry = unsafe { &*entry };
+        // Only settled flows are served from the cache: a flow still in its
+        // handshake (or closing) takes the table, where its state moves.
+        let settled = entry.conn.state == CONN_ESTABLISHED || entry.conn.state == CONN_UDP;
         if entry.flow == *flow
             && entry.epoch == epoch
+            && settled
             && let Some(backend) = live_backend(entry.conn.backend_id, entry.conn.service_id, flow)
         {
             let choice = Choice { id: entry.conn.backend_id, backend, new_flow: false };
@@ -179,6 +185,8 @@ pub fn backend_closes(reply: &Flow, real: &Reply, tcp_flags: u8) {
         let conn = unsafe { &mut *conn };
         if let Some(state) = next_state(conn.state, tcp_flags, false) {
             conn.state = state;
+            // The closing state's (shorter) timeout counts from now.
+            conn.last_seen = now() as u32;
         }
     }
 }
@@ -210,9 +218,14 @@ pub fn schedule(
     let backend = live_backend(id, service.id, flow)
         .filter(|b| b.flags & BACKEND_DOWN == 0)
         .ok_or(Counter::DropNoBackend)?;
-    // A TCP flow met mid-way (its entry was evicted) is taken as established.
+    // A TCP flow met mid-way (its entry was evicted) is taken as established,
+    // or closing on a FIN; a RST is forwarded without creating an entry.
     let state = match flow.proto {
+        PROTO_TCP if tcp_flags & TCP_RST != 0 => {
+            return Ok(Choice { id, backend, new_flow: false });
+        }
         PROTO_TCP if tcp_flags & TCP_SYN != 0 => CONN_SYN,
+        PROTO_TCP if tcp_flags & TCP_FIN != 0 => CONN_CLOSING,
         PROTO_TCP => CONN_ESTABLISHED,
         _ => CONN_UDP,
     };
@@ -225,9 +238,13 @@ pub fn schedule(
     };
     // A full table evicts its least recently used entry; insert cannot fail for want of room.
     let _ = LB_CONNTRACK.insert(flow, conn, 0);
-    // Not copied into the flow cache yet: the flow's next packet does that
-    // (on its way through the connection table), which keeps a SYN flood from
-    // also churning the cache.
+    // This CPU's flow cache may still hold the flow's previous placement (a
+    // new connection on the same ports, a UDP flow moved off a DOWN backend):
+    // the new one replaces it.
+    if let Some(slot) = LB_FLOW_CACHE.get_ptr_mut(hash & (FLOW_CACHE_SLOTS - 1)) {
+        // SAFETY: a per-CPU slot, only touched by this CPU; XDP does not nest.
+        unsafe { *slot = FlowCacheEntry { flow: *flow, conn, epoch: now() } };
+    }
     Ok(Choice { id, backend, new_flow: true })
 }
 

@@ -16,6 +16,7 @@ pub struct FakeMaps {
 impl Maps for FakeMaps {
     fn recount_connections(
         &mut self,
+        _backends: &std::collections::BTreeMap<u32, lb_common::abi::Backend>,
     ) -> Result<std::collections::BTreeMap<u32, lb_common::abi::BackendConns>, DataplaneError> {
         Ok(std::collections::BTreeMap::new())
     }

@@ -3,7 +3,7 @@
 //! `pin_path` for bpftool, and writes map ops. Dropping it detaches the
 //! programs and removes the pins.
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     fs,
     path::{Path, PathBuf},
     time::Duration,
@@ -357,43 +357,55 @@ impl KernelMaps {
 }
 
 impl Maps for KernelMaps {
-    fn recount_connections(&mut self) -> Result<BTreeMap<u32, BackendConns>, DataplaneError> {
+    fn recount_connections(
+        &mut self,
+        backends: &BTreeMap<u32, lb_common::abi::Backend>,
+    ) -> Result<BTreeMap<u32, BackendConns>, DataplaneError> {
         let now = self.epoch_value as u32;
         let mut counts: BTreeMap<u32, BackendConns> = BTreeMap::new();
+        let mut seen = HashSet::new();
         let mut expired_flows = Vec::new();
-        {
-            let map = self
-                .ebpf
-                .map_mut("lb_conntrack")
-                .ok_or_else(|| DataplaneError::kernel("lb_conntrack", "missing from the object"))?;
-            let mut table: HashMap<&mut MapData, Flow, Conn> =
-                HashMap::try_from(map).map_err(err("opening lb_conntrack"))?;
-            for (flow, conn) in table.iter().filter_map(Result::ok) {
-                let timeout = self.timeout_ticks.get(usize::from(conn.state)).copied().unwrap_or(0);
-                if expired(now, conn.last_seen, timeout) {
-                    expired_flows.push(flow);
-                    continue;
-                }
-                let entry = counts.entry(conn.backend_id).or_default();
-                if conn.state == CONN_ESTABLISHED {
-                    entry.active += 1;
-                } else {
-                    entry.inactive += 1;
-                }
+        let map = self
+            .ebpf
+            .map_mut("lb_conntrack")
+            .ok_or_else(|| DataplaneError::kernel("lb_conntrack", "missing from the object"))?;
+        let mut table: HashMap<&mut MapData, Flow, Conn> =
+            HashMap::try_from(map).map_err(err("opening lb_conntrack"))?;
+        // get_next_key restarts from the first bucket when the current key is
+        // evicted under it: count each flow once.
+        for (flow, conn) in table.iter().filter_map(Result::ok) {
+            if !seen.insert(flow) {
+                continue;
             }
-            for flow in &expired_flows {
+            let timeout = self.timeout_ticks.get(usize::from(conn.state)).copied().unwrap_or(0);
+            if expired(now, conn.last_seen, timeout) {
+                expired_flows.push((flow, conn));
+                continue;
+            }
+            // An entry made for an earlier holder of a reused id is not this backend's.
+            if backends.get(&conn.backend_id).is_none_or(|b| b.service_id != conn.service_id) {
+                continue;
+            }
+            let entry = counts.entry(conn.backend_id).or_default();
+            if conn.state == CONN_ESTABLISHED {
+                entry.active += 1;
+            } else {
+                entry.inactive += 1;
+            }
+        }
+        for (flow, conn) in &expired_flows {
+            // Only if untouched since: the data plane may have placed the flow anew.
+            if table.get(flow, 0).is_ok_and(|now_conn| now_conn == *conn) {
                 let _ = table.remove(flow);
             }
         }
-        for id in self.counted.iter().filter(|id| !counts.contains_key(id)) {
-            self.be_conns
-                .set(*id, BackendConns::default(), 0)
-                .map_err(err("writing lb_be_conns"))?;
-        }
-        for (id, c) in &counts {
+        // Every backend in use gets its count, zero included: this also clears
+        // the picks `lc` added for flows that did not stay.
+        for id in backends.keys().chain(self.counted.iter()) {
+            let c = counts.get(id).copied().unwrap_or_default();
             self.be_conns.set(*id, c, 0).map_err(err("writing lb_be_conns"))?;
         }
-        self.counted = counts.keys().copied().collect();
+        self.counted = backends.keys().copied().collect();
         Ok(counts)
     }
 

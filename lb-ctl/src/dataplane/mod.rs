@@ -5,7 +5,7 @@ pub mod kernel;
 
 use std::collections::BTreeMap;
 
-use lb_common::abi::BackendConns;
+use lb_common::abi::{Backend, BackendConns};
 
 use crate::plan::Op;
 
@@ -41,5 +41,9 @@ pub trait Maps: Send {
     /// Counts each backend's active (established) and inactive connections
     /// in the connection table, removes expired entries, and publishes the
     /// counts to the data plane (`lc`) and the caller.
-    fn recount_connections(&mut self) -> Result<BTreeMap<u32, BackendConns>, DataplaneError>;
+    /// `backends`: the backends in use (the applied image's).
+    fn recount_connections(
+        &mut self,
+        backends: &BTreeMap<u32, Backend>,
+    ) -> Result<BTreeMap<u32, BackendConns>, DataplaneError>;
 }

@@ -72,8 +72,15 @@ impl Monitor {
                 }
             }
         }
+        // A backend whose check changed is probed anew, but a DOWN one stays
+        // DOWN until its new check says otherwise.
+        let mut was_down = BTreeSet::new();
         self.checked.retain(|key, checked| {
-            wanted.get(key).is_some_and(|(_, check)| **check == checked.check)
+            let keep = wanted.get(key).is_some_and(|(_, check)| **check == checked.check);
+            if !keep && checked.tracker.status() == Status::Down {
+                was_down.insert(*key);
+            }
+            keep
         });
         for (key, (addr, check)) in wanted {
             if self.checked.contains_key(&key) {
@@ -81,14 +88,11 @@ impl Monitor {
             }
             let task =
                 tokio::spawn(probe_forever(key, addr, check.clone(), self.results_tx.clone()));
-            self.checked.insert(
-                key,
-                Checked {
-                    check: check.clone(),
-                    tracker: Tracker::new(check.rise, check.fall),
-                    task,
-                },
-            );
+            let mut tracker = Tracker::new(check.rise, check.fall);
+            if was_down.contains(&key) {
+                tracker = tracker.starting_down();
+            }
+            self.checked.insert(key, Checked { check: check.clone(), tracker, task });
         }
     }
 

@@ -74,6 +74,14 @@ impl Tracker {
         }
     }
 
+    /// A tracker for a backend known to be DOWN (its check was replaced):
+    /// it takes `rise` successes, not one, to come back.
+    #[must_use]
+    pub fn starting_down(mut self) -> Self {
+        self.status = Status::Down;
+        self
+    }
+
     pub fn status(&self) -> Status {
         self.status
     }
@@ -153,6 +161,13 @@ mod tests {
         let mut t = Tracker::new(2, 2);
         let seen = statuses(&mut t, "--+-+-+-+-+-+-");
         assert!(seen.chars().all(|c| c == 'D'), "{seen}");
+    }
+
+    #[test]
+    fn a_replaced_check_of_a_down_backend_needs_rise_successes() {
+        let mut t = Tracker::new(2, 3).starting_down();
+        assert!(!t.status().is_usable());
+        assert_eq!(statuses(&mut t, "++"), "DU");
     }
 
     #[test]
