@@ -72,14 +72,15 @@ pub fn build(entries: &[Entry], size: u32) -> Vec<u32> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::HashMap;
 
     use lb_common::abi::MAGLEV_SIZE;
 
     use super::*;
 
-    fn entries(weights: &[u32]) -> Vec<Entry> {
+    /// Backends 10.77.2.11, .12, ... on port 80 with these weights; ids 0, 1, ...
+    pub(crate) fn entries(weights: &[u32]) -> Vec<Entry> {
         weights
             .iter()
             .enumerate()

@@ -59,22 +59,8 @@ fn gcd(a: i64, b: i64) -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
-
     use super::*;
-
-    fn entries(weights: &[u32]) -> Vec<Entry> {
-        weights
-            .iter()
-            .enumerate()
-            .map(|(i, &weight)| Entry {
-                address: Ipv4Addr::new(10, 77, 2, 11 + i as u8),
-                port: 80,
-                weight,
-                id: i as u32,
-            })
-            .collect()
-    }
+    use crate::maglev::tests::entries;
 
     #[test]
     fn round_robin_visits_each_live_backend_once_in_address_order() {
