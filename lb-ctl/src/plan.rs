@@ -341,11 +341,12 @@ pub fn diff(old: &Image, new: &Image) -> Vec<Op> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::{Backend, Protocol};
 
-    fn service(name: &str, port: u16, backends: &[(u8, u32)]) -> Service {
+    /// A Maglev TCP service on 10.77.1.100:`port`; backends are (last octet of 10.77.2.x, weight).
+    pub(crate) fn service(name: &str, port: u16, backends: &[(u8, u32)]) -> Service {
         Service {
             name: name.into(),
             vip: Ipv4Addr::new(10, 77, 1, 100),

@@ -208,32 +208,11 @@ pub fn spawn<M: Maps + 'static>(
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
-
     use super::*;
-    use crate::{
-        dataplane::fake::FakeMaps,
-        model::{Backend, Protocol},
-    };
+    use crate::dataplane::fake::FakeMaps;
 
     fn web(backends: &[(u8, u32)]) -> Service {
-        Service {
-            name: "web".into(),
-            vip: Ipv4Addr::new(10, 77, 1, 100),
-            port: 80,
-            protocol: Protocol::Tcp,
-            scheduler: crate::model::Scheduler::Maglev,
-            reject: false,
-            health: None,
-            backends: backends
-                .iter()
-                .map(|&(last, weight)| Backend {
-                    address: Ipv4Addr::new(10, 77, 2, last),
-                    port: 80,
-                    weight,
-                })
-                .collect(),
-        }
+        plan::tests::service("web", 80, backends)
     }
 
     #[test]
