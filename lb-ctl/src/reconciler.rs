@@ -118,10 +118,10 @@ impl<M: Maps> Reconciler<M> {
 }
 
 enum Command {
-    Recount { reply: oneshot::Sender<Result<BTreeMap<u32, BackendConns>, ReconcileError>> },
-    SetDown { down: BTreeSet<BackendKey>, reply: oneshot::Sender<Result<Applied, ReconcileError>> },
-    RefreshNextHops { reply: oneshot::Sender<Result<(), ReconcileError>> },
-    Apply { services: Vec<Service>, reply: oneshot::Sender<Result<Applied, ReconcileError>> },
+    Recount { reply: Reply<BTreeMap<u32, BackendConns>> },
+    SetDown { down: BTreeSet<BackendKey>, reply: Reply<Applied> },
+    RefreshNextHops { reply: Reply<()> },
+    Apply { services: Vec<Service>, reply: Reply<Applied> },
 }
 
 /// A cloneable way to send commands to the reconciler task.
@@ -130,41 +130,34 @@ pub struct Handle {
     tx: mpsc::Sender<Command>,
 }
 
+/// Where a command's result comes back.
+type Reply<T> = oneshot::Sender<Result<T, ReconcileError>>;
+
 impl Handle {
     /// Recounts the connections per backend, dropping expired entries.
     pub async fn recount_connections(&self) -> Result<BTreeMap<u32, BackendConns>, ReconcileError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Recount { reply }).await.map_err(|_| ReconcileError::Stopped)?;
-        rx.await.map_err(|_| ReconcileError::Stopped)?
+        self.call(|reply| Command::Recount { reply }).await
     }
 
     /// Takes the backends in `down` out of rotation (health checks).
     pub async fn set_down(&self, down: BTreeSet<BackendKey>) -> Result<Applied, ReconcileError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::SetDown { down, reply })
-            .await
-            .map_err(|_| ReconcileError::Stopped)?;
-        rx.await.map_err(|_| ReconcileError::Stopped)?
+        self.call(|reply| Command::SetDown { down, reply }).await
     }
 
     /// Invalidates the data plane's next-hop cache.
     pub async fn refresh_next_hops(&self) -> Result<(), ReconcileError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::RefreshNextHops { reply })
-            .await
-            .map_err(|_| ReconcileError::Stopped)?;
-        rx.await.map_err(|_| ReconcileError::Stopped)?
+        self.call(|reply| Command::RefreshNextHops { reply }).await
     }
 
     /// Applies `services`; returns once the kernel maps hold them.
     pub async fn apply(&self, services: Vec<Service>) -> Result<Applied, ReconcileError> {
+        self.call(|reply| Command::Apply { services, reply }).await
+    }
+
+    /// Sends the command `make` builds around a reply channel and waits for its result.
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, ReconcileError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Apply { services, reply })
-            .await
-            .map_err(|_| ReconcileError::Stopped)?;
+        self.tx.send(make(reply)).await.map_err(|_| ReconcileError::Stopped)?;
         rx.await.map_err(|_| ReconcileError::Stopped)?
     }
 }
