@@ -132,6 +132,11 @@ impl Lab {
         lab
     }
 
+    /// `who_answers` from the client namespace.
+    pub fn who_answers(&self, requests: usize) -> Vec<String> {
+        crate::netns::in_ns(&self.topo.client(), move || who_answers(requests))
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("lb-ctl.log")
     }
@@ -304,4 +309,12 @@ pub fn udp_query(payload: &str) -> std::io::Result<String> {
 /// The backend name in an HTTP body (`Bienvenue sur WEB2` -> `web2`).
 pub fn backend_of(body: &str) -> String {
     body.trim().rsplit(' ').next().unwrap_or_default().to_lowercase()
+}
+
+/// The backends that answer `requests` HTTP GETs in a row, in order.
+/// Call from a thread inside the client namespace.
+pub fn who_answers(requests: usize) -> Vec<String> {
+    (0..requests)
+        .map(|i| backend_of(&http_get().unwrap_or_else(|e| panic!("request {i} failed: {e}"))))
+        .collect()
 }

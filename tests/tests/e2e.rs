@@ -11,7 +11,7 @@ use std::{
 use lb_common::counter::Counter;
 use lb_tests::{
     counters,
-    harness::{EchoConn, Lab, backend_of, http_get, lb_ctl_bin, udp_query},
+    harness::{EchoConn, Lab, backend_of, http_get, lb_ctl_bin, udp_query, who_answers},
     netns::{in_ns, ns_sh, ns_try, output},
     topology::{FRESH_CLIENT_ADDRS, LB_CLIENT_SIDE, Topology, VIP},
 };
@@ -28,9 +28,7 @@ fn tally(names: impl IntoIterator<Item = String>) -> BTreeMap<String, usize> {
 fn tcp_and_udp_are_spread_over_all_three_backends() {
     let lab = Lab::start("lbt1");
     let (http, udp) = in_ns(&lab.topo.client(), || {
-        let http: Vec<String> = (0..100)
-            .map(|i| backend_of(&http_get().unwrap_or_else(|e| panic!("request {i} failed: {e}"))))
-            .collect();
+        let http = who_answers(100);
         let udp: Vec<String> = (0..30)
             .map(|i| udp_query(&format!("q{i}")).unwrap_or_else(|e| panic!("UDP query {i}: {e}")))
             .collect();

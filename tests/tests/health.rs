@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use lb_tests::{
-    harness::{EchoConn, FAST_CHECKS, Lab, backend_of, http_get},
+    harness::{EchoConn, FAST_CHECKS, Lab, http_get},
     netns::{in_ns, ns_sh},
     server::HealthMode,
     topology::BACKENDS,
@@ -45,14 +45,6 @@ fn address(name: &str) -> &'static str {
     BACKENDS.iter().find(|(n, _)| *n == name).map(|(_, a)| *a).unwrap()
 }
 
-fn who_answers(lab: &Lab, requests: usize) -> Vec<String> {
-    in_ns(&lab.topo.client(), move || {
-        (0..requests)
-            .map(|i| backend_of(&http_get().unwrap_or_else(|e| panic!("request {i}: {e}"))))
-            .collect()
-    })
-}
-
 #[test]
 fn a_blocked_backend_goes_down_within_the_bound_and_comes_back() {
     let lab = start("lbt7");
@@ -67,14 +59,14 @@ fn a_blocked_backend_goes_down_within_the_bound_and_comes_back() {
     assert!(took <= DETECTION_BOUND + MARGIN, "took {took:?}");
     // The log line comes first; the map write follows within milliseconds.
     lab.wait_lines(&["health applied", "down=1"], 1, Duration::from_secs(5));
-    let answers = who_answers(&lab, 40);
+    let answers = lab.who_answers(40);
     assert!(!answers.contains(&"web2".to_string()), "a DOWN backend got new flows: {answers:?}");
 
     unblock(&lab, "web2");
     let back = lab.wait_lines(&["backend is UP", &web2], 2, Duration::from_secs(10));
     eprintln!("web2 UP again {} ms after the unblock", back.as_millis());
     lab.wait_lines(&["health applied", "down=0"], 1, Duration::from_secs(5));
-    let answers = who_answers(&lab, 60);
+    let answers = lab.who_answers(60);
     assert!(answers.contains(&"web2".to_string()), "web2 should serve again: {answers:?}");
 }
 

@@ -8,14 +8,6 @@ use lb_tests::{
     topology::{CLIENT_ADDR, FRESH_CLIENT_ADDRS, VIP},
 };
 
-fn answers(lab: &Lab, requests: usize) -> Vec<String> {
-    in_ns(&lab.topo.client(), move || {
-        (0..requests)
-            .map(|i| backend_of(&http_get().unwrap_or_else(|e| panic!("request {i}: {e}"))))
-            .collect()
-    })
-}
-
 #[test]
 fn rr_rotates_whatever_cpu_the_packets_land_on() {
     let lab = Lab::start_with(
@@ -23,7 +15,7 @@ fn rr_rotates_whatever_cpu_the_packets_land_on() {
         Setup { web: "scheduler = \"rr\"\n", ..Setup::default() },
         [Some(1); 3],
     );
-    let seen = answers(&lab, 9);
+    let seen = lab.who_answers(9);
     eprintln!("rr: {seen:?}");
     assert_eq!(seen, ["web1", "web2", "web3", "web1", "web2", "web3", "web1", "web2", "web3"]);
 }
@@ -35,7 +27,7 @@ fn wrr_3_1_1_interleaves_exactly() {
         Setup { web: "scheduler = \"wrr\"\n", ..Setup::default() },
         [Some(3), Some(1), Some(1)],
     );
-    let seen = answers(&lab, 10);
+    let seen = lab.who_answers(10);
     eprintln!("wrr: {seen:?}");
     assert_eq!(
         seen,
