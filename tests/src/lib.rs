@@ -21,3 +21,17 @@ pub fn raise_fd_limit() {
         }
     }
 }
+
+/// Writes a benchmark's JSON report to `$env_var`, or `default_path` when it
+/// is unset, and says where; a failed write is reported, not fatal (the
+/// figures were already printed).
+pub fn write_bench_report(env_var: &str, default_path: &str, json: &str) {
+    let out = std::env::var(env_var).unwrap_or_else(|_| default_path.into());
+    if let Some(dir) = std::path::Path::new(&out).parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match std::fs::write(&out, json) {
+        Ok(()) => println!("JSON: {out}"),
+        Err(e) => eprintln!("cannot write {out}: {e}"),
+    }
+}

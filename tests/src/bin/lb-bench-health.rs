@@ -61,15 +61,7 @@ fn main() {
         capacity.core_fraction() * 100.0,
         capacity.cpu_per_probe_us()
     );
-    let out =
-        std::env::var("LB_BENCH_HEALTH_OUT").unwrap_or_else(|_| "target/bench/health.json".into());
-    if let Some(dir) = std::path::Path::new(&out).parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    match std::fs::write(&out, json) {
-        Ok(()) => println!("  JSON: {out}"),
-        Err(e) => eprintln!("cannot write {out}: {e}"),
-    }
+    lb_tests::write_bench_report("LB_BENCH_HEALTH_OUT", "target/bench/health.json", &json);
 }
 
 /// Blocks web2 with an nftables rule and times how long until its entry in

@@ -204,13 +204,5 @@ fn report(results: &[(u32, u32)]) {
         "Data plane cost per packet (BPF_PROG_TEST_RUN, repeat = 1; median of {ROUNDS} rounds, each the 98% trimmed mean of {SAMPLES} samples)\n"
     );
     print!("{table}");
-    let out =
-        std::env::var("LB_BENCH_OUT").unwrap_or_else(|_| "target/bench/dataplane.json".into());
-    if let Some(dir) = std::path::Path::new(&out).parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    match std::fs::write(&out, json) {
-        Ok(()) => println!("\nJSON: {out}"),
-        Err(e) => eprintln!("cannot write {out}: {e}"),
-    }
+    lb_tests::write_bench_report("LB_BENCH_OUT", "target/bench/dataplane.json", &json);
 }
