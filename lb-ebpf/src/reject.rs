@@ -27,14 +27,39 @@ const RESET_LEN: usize = ETH_LEN + IP_LEN + TCP_LEN;
 
 /// Sum of big-endian 16-bit words, for a checksum.
 #[inline(always)]
-fn word_sum(bytes: &[u8; 20]) -> u32 {
+fn word_sum<const N: usize>(bytes: &[u8; N]) -> u32 {
     let mut sum = 0_u32;
     let mut i = 0;
-    while i < 20 {
+    while i + 1 < N {
         sum += u32::from(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
         i += 2;
     }
     sum
+}
+
+/// The IPv4 header of an answer from `src` (the VIP) to `dst` (the client),
+/// TTL 64, checksum filled in.
+#[inline(always)]
+fn answer_ip_header(
+    payload_len: usize,
+    proto: u8,
+    dont_fragment: bool,
+    src: [u8; 4],
+    dst: [u8; 4],
+) -> [u8; IP_LEN] {
+    let mut ip = [0_u8; IP_LEN];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((IP_LEN + payload_len) as u16).to_be_bytes());
+    if dont_fragment {
+        ip[6] = 0x40;
+    }
+    ip[8] = 64;
+    ip[9] = proto;
+    ip[12..16].copy_from_slice(&src);
+    ip[16..20].copy_from_slice(&dst);
+    let check = !csum::fold(word_sum(&ip));
+    ip[10..12].copy_from_slice(&check.to_be_bytes());
+    ip
 }
 
 /// Replaces a client's TCP packet with the reset the VIP would send
@@ -71,16 +96,7 @@ pub fn tcp_reset(ctx: &XdpContext, pkt: &Packet, counter: Counter) -> Result<Ver
         (0, seq.wrapping_add(occupied), TCP_RST | TCP_ACK)
     };
 
-    let mut ip = [0_u8; IP_LEN];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&((IP_LEN + TCP_LEN) as u16).to_be_bytes());
-    ip[6] = 0x40; // don't fragment
-    ip[8] = 64;
-    ip[9] = PROTO_TCP;
-    ip[12..16].copy_from_slice(&pkt.flow.dst);
-    ip[16..20].copy_from_slice(&pkt.flow.src);
-    let ip_check = !csum::fold(word_sum(&ip));
-    ip[10..12].copy_from_slice(&ip_check.to_be_bytes());
+    let ip = answer_ip_header(TCP_LEN, PROTO_TCP, true, pkt.flow.dst, pkt.flow.src);
 
     let mut tcp = [0_u8; TCP_LEN];
     tcp[0..2].copy_from_slice(&pkt.flow.dport.to_be_bytes());
@@ -89,12 +105,8 @@ pub fn tcp_reset(ctx: &XdpContext, pkt: &Packet, counter: Counter) -> Result<Ver
     tcp[8..12].copy_from_slice(&reset_ack.to_be_bytes());
     tcp[12] = 5 << 4;
     tcp[13] = reset_flags;
-    let pseudo = u32::from(u16::from_be_bytes([ip[12], ip[13]]))
-        + u32::from(u16::from_be_bytes([ip[14], ip[15]]))
-        + u32::from(u16::from_be_bytes([ip[16], ip[17]]))
-        + u32::from(u16::from_be_bytes([ip[18], ip[19]]))
-        + u32::from(PROTO_TCP)
-        + TCP_LEN as u32;
+    let pseudo =
+        word_sum(&pkt.flow.dst) + word_sum(&pkt.flow.src) + u32::from(PROTO_TCP) + TCP_LEN as u32;
     let tcp_check = !csum::fold(pseudo + word_sum(&tcp));
     tcp[16..18].copy_from_slice(&tcp_check.to_be_bytes());
 
@@ -152,27 +164,15 @@ fn port_unreachable(ctx: &XdpContext, pkt: &Packet) -> Result<Verdict, Counter> 
     frame[0..6].copy_from_slice(&client_mac);
     frame[6..12].copy_from_slice(&our_mac);
     frame[12..14].copy_from_slice(&[0x08, 0x00]);
-    let mut ip = [0_u8; IP_LEN];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&((IP_LEN + ICMP_LEN + QUOTE_LEN) as u16).to_be_bytes());
-    ip[8] = 64;
-    ip[9] = PROTO_ICMP;
-    ip[12..16].copy_from_slice(&pkt.flow.dst);
-    ip[16..20].copy_from_slice(&pkt.flow.src);
-    let ip_check = !csum::fold(word_sum(&ip));
-    ip[10..12].copy_from_slice(&ip_check.to_be_bytes());
+    let ip = answer_ip_header(ICMP_LEN + QUOTE_LEN, PROTO_ICMP, false, pkt.flow.dst, pkt.flow.src);
     frame[ETH_LEN..ETH_LEN + IP_LEN].copy_from_slice(&ip);
-    let icmp_at = ETH_LEN + IP_LEN;
-    frame[icmp_at] = 3; // destination unreachable
-    frame[icmp_at + 1] = 3; // port unreachable
-    frame[icmp_at + ICMP_LEN..].copy_from_slice(&quote);
-    let mut sum = 0_u32;
-    let mut i = icmp_at;
-    while i < UNREACHABLE_LEN {
-        sum += u32::from(u16::from_be_bytes([frame[i], frame[i + 1]]));
-        i += 2;
-    }
-    frame[icmp_at + 2..icmp_at + 4].copy_from_slice(&(!csum::fold(sum)).to_be_bytes());
+    let mut icmp = [0_u8; ICMP_LEN + QUOTE_LEN];
+    icmp[0] = 3; // destination unreachable
+    icmp[1] = 3; // port unreachable
+    icmp[ICMP_LEN..].copy_from_slice(&quote);
+    let icmp_check = !csum::fold(word_sum(&icmp));
+    icmp[2..4].copy_from_slice(&icmp_check.to_be_bytes());
+    frame[ETH_LEN + IP_LEN..].copy_from_slice(&icmp);
 
     // Resize to the answer: grow at the head (XDP guarantees headroom), or
     // shrink at the tail; the original bytes were copied out above.
