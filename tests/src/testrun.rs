@@ -6,6 +6,17 @@ use aya::{Ebpf, programs::Xdp};
 
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 
+/// The bpf(2) syscall with `attr`, a `union bpf_attr` prefix, and its size.
+///
+/// # Safety
+/// `attr` must be a valid attribute struct for `cmd` whose pointers stay
+/// live for the call; for commands the kernel writes back to, `attr` must
+/// come from a mutable place (`&raw mut`).
+unsafe fn sys_bpf<T>(cmd: libc::c_long, attr: *const T) -> libc::c_long {
+    // SAFETY: upheld by the caller.
+    unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size_of::<T>() as u32) }
+}
+
 /// The `test` member of `union bpf_attr` (include/uapi/linux/bpf.h).
 #[repr(C)]
 #[derive(Default)]
@@ -101,14 +112,7 @@ pub fn run(prog_fd: RawFd, frame: &[u8], ingress_ifindex: u32, repeat: u32) -> O
         ..TestRunAttr::default()
     };
     // SAFETY: attr points at live buffers of the sizes it states, for the duration of the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &raw mut attr,
-            size_of::<TestRunAttr>() as u32,
-        )
-    };
+    let rc = unsafe { sys_bpf(BPF_PROG_TEST_RUN, &raw mut attr) };
     assert_eq!(rc, 0, "BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
     out.truncate(attr.data_size_out as usize);
     // The output starts with the metadata; ctx_out.data is its length.
@@ -150,14 +154,7 @@ pub fn load_trivial_pass() -> std::os::fd::OwnedFd {
         ..ProgLoadAttr::default()
     };
     // SAFETY: attr points at live instruction and license buffers.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_LOAD,
-            &raw const attr,
-            size_of::<ProgLoadAttr>() as u32,
-        )
-    };
+    let fd = unsafe { sys_bpf(BPF_PROG_LOAD, &raw const attr) };
     assert!(fd >= 0, "loading the trivial XDP program: {}", std::io::Error::last_os_error());
     // SAFETY: the kernel just returned this fd to us.
     unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }
@@ -197,14 +194,7 @@ pub fn attach_pass_pinned(ifindex: u32, pin: &std::path::Path) {
         flags: 0,
     };
     // SAFETY: attr is a valid, correctly sized prefix of union bpf_attr.
-    let link = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_CREATE,
-            &raw const attr,
-            size_of::<LinkCreateAttr>() as u32,
-        )
-    };
+    let link = unsafe { sys_bpf(BPF_LINK_CREATE, &raw const attr) };
     assert!(
         link >= 0,
         "attaching XDP_PASS to ifindex {ifindex}: {}",
@@ -217,9 +207,7 @@ pub fn attach_pass_pinned(ifindex: u32, pin: &std::path::Path) {
         file_flags: 0,
     };
     // SAFETY: as above; the path outlives the call.
-    let rc = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, &raw const attr, size_of::<ObjPinAttr>() as u32)
-    };
+    let rc = unsafe { sys_bpf(BPF_OBJ_PIN, &raw const attr) };
     assert_eq!(
         rc,
         0,
