@@ -3,7 +3,7 @@
 use std::{
     collections::{BTreeSet, HashMap},
     fmt,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr, ToSocketAddrs},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -12,7 +12,8 @@ use lb_common::abi::{DEFAULT_CONNTRACK_MAX, LC_MAX_BACKENDS, PROTO_TCP, PROTO_UD
 use serde::Deserialize;
 
 use crate::model::{
-    Backend, Dataplane, HealthCheck, Probe, Protocol, Scheduler, Service, Timeouts, XdpMode,
+    AdminState, Backend, Dataplane, HealthCheck, Probe, Protocol, Scheduler, Service, Timeouts,
+    XdpMode,
 };
 
 /// A validated config file.
@@ -20,14 +21,24 @@ use crate::model::{
 pub struct Config {
     pub dataplane: Dataplane,
     pub admin: Admin,
+    pub log: Log,
     pub services: Vec<Service>,
 }
 
-/// `[admin]`: parsed and checked now, served by the admin API.
+/// `[admin]`: where the admin API listens and who may use it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Admin {
-    pub listen: String,
+    pub listen: SocketAddr,
     pub token_file: Option<PathBuf>,
+    /// Where runtime changes (API) are kept; `None`: next to the config file.
+    pub state_file: Option<PathBuf>,
+}
+
+/// `[log]`: where logs go besides stderr.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Log {
+    /// RFC 5424 syslog over UDP (`syslog = "host:514"`).
+    pub syslog: Option<SocketAddr>,
 }
 
 /// One thing wrong with a config, named by its key (`service[1].backend[0].port`).
@@ -69,6 +80,8 @@ struct RawConfig {
     dataplane: RawDataplane,
     #[serde(default)]
     admin: RawAdmin,
+    #[serde(default)]
+    log: RawLog,
     #[serde(default, rename = "service")]
     services: Vec<RawService>,
 }
@@ -97,17 +110,25 @@ struct RawAdmin {
     #[serde(default = "default_listen")]
     listen: String,
     token_file: Option<String>,
+    state_file: Option<String>,
 }
 
 impl Default for RawAdmin {
     fn default() -> Self {
-        Self { listen: default_listen(), token_file: None }
+        Self { listen: default_listen(), token_file: None, state_file: None }
     }
 }
 
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    syslog: Option<String>,
+}
+
+/// A service as the config file and the API's JSON bodies write it.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawService {
+pub struct RawService {
     name: String,
     vip: String,
     port: i64,
@@ -120,7 +141,7 @@ struct RawService {
     #[serde(default = "default_on_no_backend")]
     on_no_backend: String,
     health: Option<RawHealth>,
-    #[serde(default, rename = "backend")]
+    #[serde(default, rename = "backend", alias = "backends")]
     backends: Vec<RawBackend>,
 }
 
@@ -166,13 +187,15 @@ fn default_fall() -> i64 {
     3
 }
 
+/// A backend as the config file and the API's JSON bodies write it.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawBackend {
+pub struct RawBackend {
     address: String,
     port: i64,
     #[serde(default = "default_weight")]
     weight: i64,
+    state: Option<String>,
 }
 
 fn default_xdp_mode() -> String {
@@ -284,11 +307,16 @@ impl Problems {
 
 fn validate(raw: RawConfig, problems: &mut Problems) -> Config {
     let dataplane = validate_dataplane(raw.dataplane, problems);
-    let admin =
-        Admin { listen: raw.admin.listen, token_file: raw.admin.token_file.map(PathBuf::from) };
-    if admin.listen.parse::<std::net::SocketAddr>().is_err() {
-        problems.add("admin.listen", format!("{:?} is not an address:port", admin.listen));
-    }
+    let listen = raw.admin.listen.parse::<SocketAddr>().unwrap_or_else(|_| {
+        problems.add("admin.listen", format!("{:?} is not an address:port", raw.admin.listen));
+        SocketAddr::from(([127, 0, 0, 1], 9100))
+    });
+    let admin = Admin {
+        listen,
+        token_file: raw.admin.token_file.map(PathBuf::from),
+        state_file: raw.admin.state_file.map(PathBuf::from),
+    };
+    let log = Log { syslog: raw.log.syslog.and_then(|s| syslog_address(&s, problems)) };
     let services: Vec<Service> = raw
         .services
         .into_iter()
@@ -296,7 +324,21 @@ fn validate(raw: RawConfig, problems: &mut Problems) -> Config {
         .map(|(i, s)| validate_service(&format!("service[{i}]"), s, problems))
         .collect();
     check_unique_services(&services, problems);
-    Config { dataplane, admin, services }
+    Config { dataplane, admin, log, services }
+}
+
+/// `host:port` of a syslog receiver, resolved once at load.
+fn syslog_address(text: &str, problems: &mut Problems) -> Option<SocketAddr> {
+    if let Ok(addr) = text.parse() {
+        return Some(addr);
+    }
+    match text.to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(addr)) => Some(addr),
+        Ok(None) | Err(_) => {
+            problems.add("log.syslog", format!("{text:?} is not a reachable host:port"));
+            None
+        }
+    }
 }
 
 fn validate_dataplane(raw: RawDataplane, problems: &mut Problems) -> Dataplane {
@@ -363,11 +405,15 @@ fn validate_dataplane(raw: RawDataplane, problems: &mut Problems) -> Dataplane {
 
 fn validate_service(key: &str, raw: RawService, problems: &mut Problems) -> Service {
     if raw.name.is_empty()
+        || raw.name.starts_with('.')
         || !raw.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     {
         problems.add(
             format!("{key}.name"),
-            format!("{:?} must be non-empty letters, digits, '-', '_' or '.'", raw.name),
+            format!(
+                "{:?} must be letters, digits, '-', '_' or '.', not starting with '.'",
+                raw.name
+            ),
         );
     }
     let vip = parse_addr(&format!("{key}.vip"), &raw.vip, problems);
@@ -535,7 +581,19 @@ fn validate_backend(key: &str, raw: &RawBackend, problems: &mut Problems) -> Bac
             1
         }
     };
-    Backend { address, port, weight }
+    let state = match raw.state.as_deref() {
+        None | Some("active") => AdminState::Active,
+        Some("drain") => AdminState::Drain,
+        Some("maint") => AdminState::Maint,
+        Some(other) => {
+            problems.add(
+                format!("{key}.state"),
+                format!("{other:?} is not one of active, drain, maint"),
+            );
+            AdminState::Active
+        }
+    };
+    Backend { address, port, weight, state }
 }
 
 fn parse_addr(key: &str, text: &str, problems: &mut Problems) -> Ipv4Addr {
@@ -601,6 +659,103 @@ fn check_unique_services(services: &[Service], problems: &mut Problems) {
             problems.add(format!("service[{i}]"), "a backend cannot be the service's own VIP:port");
         }
     }
+}
+
+/// Problems with a whole set of services (what the API checks before a change):
+/// unique names, endpoints and backends.
+pub fn check_services(services: &[Service]) -> Vec<Problem> {
+    let mut problems = Problems::default();
+    check_unique_services(services, &mut problems);
+    problems.0
+}
+
+/// A service from an API body (the config file's keys, in JSON).
+pub fn service_from_json(body: &[u8]) -> Result<Service, Vec<Problem>> {
+    let raw: RawService = from_json(body)?;
+    let mut problems = Problems::default();
+    let service = validate_service("", raw, &mut problems);
+    check_unique_services(std::slice::from_ref(&service), &mut problems);
+    finish_json(service, problems)
+}
+
+/// A backend from an API body (`{"address", "port", "weight", "state"}`).
+pub fn backend_from_json(body: &[u8]) -> Result<Backend, Vec<Problem>> {
+    let raw: RawBackend = from_json(body)?;
+    let mut problems = Problems::default();
+    let backend = validate_backend("", &raw, &mut problems);
+    finish_json(backend, problems)
+}
+
+/// A service as the API shows it and the state file keeps it: the config
+/// file's keys, so that `service_from_json` reads it back unchanged.
+pub fn service_to_json(s: &Service) -> serde_json::Value {
+    use serde_json::json;
+    let health = s.health.as_ref().map(|h| {
+        let mut v = json!({
+            "interval_ms": h.interval.as_millis() as u64,
+            "timeout_ms": h.timeout.as_millis() as u64,
+            "rise": h.rise,
+            "fall": h.fall,
+        });
+        match &h.probe {
+            Probe::Tcp => v["check"] = json!("tcp"),
+            Probe::Http { path, expect_status, expect_body } => {
+                v["check"] = json!("http");
+                v["path"] = json!(path);
+                v["expect_status"] = json!(expect_status);
+                if let Some(body) = expect_body {
+                    v["expect_body"] = json!(body);
+                }
+            }
+        }
+        v
+    });
+    let mut v = json!({
+        "name": s.name,
+        "vip": s.vip.to_string(),
+        "port": s.port,
+        "protocol": s.protocol.to_string(),
+        "scheduler": s.scheduler.name(),
+        "forwarding": "nat",
+        "on_no_backend": if s.reject { "reject" } else { "drop" },
+        "backends": s.backends.iter().map(backend_to_json).collect::<Vec<_>>(),
+    });
+    if let Some(h) = health {
+        v["health"] = h;
+    }
+    v
+}
+
+/// A backend as the API shows it; `backend_from_json` reads it back.
+pub fn backend_to_json(b: &Backend) -> serde_json::Value {
+    serde_json::json!({
+        "address": b.address.to_string(),
+        "port": b.port,
+        "weight": b.weight,
+        "state": b.state.name(),
+    })
+}
+
+/// Deserializes JSON, naming the field a type error is about.
+pub fn from_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Vec<Problem>> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let key = if path == "." { "body".to_owned() } else { path };
+        vec![Problem { key, message: e.into_inner().to_string() }]
+    })
+}
+
+/// Keys of JSON problems name fields from the body's top (`port`, not `.port`).
+fn finish_json<T>(value: T, problems: Problems) -> Result<T, Vec<Problem>> {
+    if problems.0.is_empty() {
+        return Ok(value);
+    }
+    Err(problems
+        .0
+        .into_iter()
+        .map(|p| Problem { key: p.key.trim_start_matches('.').to_owned(), ..p })
+        .collect())
 }
 
 /// Problems with interfaces that do not exist on this host. Kept apart from
@@ -670,7 +825,7 @@ protocol = "udp"
         assert_eq!(c.services[0].backends[0].weight, 1);
         assert_eq!(c.services[0].backends[1].weight, 0);
         assert_eq!(c.services[1].protocol, Protocol::Udp);
-        assert_eq!(c.admin.listen, "127.0.0.1:9100");
+        assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9100");
     }
 
     #[test]

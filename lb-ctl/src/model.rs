@@ -86,6 +86,19 @@ pub enum Scheduler {
     LeastConnections,
 }
 
+impl Scheduler {
+    /// The config file's name for it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Maglev => "maglev",
+            Self::RoundRobin => "rr",
+            Self::WeightedRoundRobin => "wrr",
+            Self::SourceHash => "sh",
+            Self::LeastConnections => "lc",
+        }
+    }
+}
+
 /// `[service.health]`: how and how often each backend is probed.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct HealthCheck {
@@ -113,4 +126,47 @@ pub struct Backend {
     pub port: u16,
     /// 0 = drain: no new flows, existing flows continue.
     pub weight: u32,
+    /// What the operator says, on top of the weight and the health checks.
+    pub state: AdminState,
+}
+
+/// The operator's word on a backend (HAProxy's `set server state`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminState {
+    /// In rotation with its weight (when health checks say UP).
+    #[default]
+    Active,
+    /// No new flows; its open flows continue (like weight 0, keeping the weight).
+    Drain,
+    /// Out of rotation at once, open flows included; health checks continue.
+    Maint,
+}
+
+impl AdminState {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Drain => "drain",
+            Self::Maint => "maint",
+        }
+    }
+}
+
+impl fmt::Display for AdminState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Backend {
+    /// The weight the schedulers use: 0 unless active.
+    pub const fn effective_weight(&self) -> u32 {
+        match self.state {
+            AdminState::Active => self.weight,
+            AdminState::Drain | AdminState::Maint => 0,
+        }
+    }
 }

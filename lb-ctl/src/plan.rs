@@ -15,7 +15,7 @@ use lb_common::abi::{
 
 use crate::{
     maglev,
-    model::{Scheduler, Service},
+    model::{AdminState, Scheduler, Service},
     rotation,
 };
 
@@ -210,7 +210,9 @@ pub fn image(services: &[Service], ids: &Ids, down: &BTreeSet<BackendKey>) -> Im
         for b in &s.backends {
             let bkey = backend_endpoint(b.address, b.port, s);
             let id = ids.backends[&(key, bkey)];
-            let is_down = down.contains(&(key, bkey));
+            // Maintenance cuts the backend off like a failed health check.
+            let is_down = down.contains(&(key, bkey)) || b.state == AdminState::Maint;
+            let weight = if is_down { 0 } else { b.effective_weight() };
             image.backends.insert(
                 id,
                 abi::Backend {
@@ -222,7 +224,7 @@ pub fn image(services: &[Service], ids: &Ids, down: &BTreeSet<BackendKey>) -> Im
                     vport: key.port,
                     proto: key.proto,
                     _pad: 0,
-                    weight: b.weight,
+                    weight,
                 },
             );
             let slot = real_slot(bkey.addr, bkey.port, bkey.proto);
@@ -231,12 +233,7 @@ pub fn image(services: &[Service], ids: &Ids, down: &BTreeSet<BackendKey>) -> Im
                 bkey,
                 abi::Real { vip: key.addr, vport: key.port, _pad: 0, service_id, backend_id: id },
             );
-            entries.push(maglev::Entry {
-                address: b.address,
-                port: b.port,
-                weight: if is_down { 0 } else { b.weight },
-                id,
-            });
+            entries.push(maglev::Entry { address: b.address, port: b.port, weight, id });
         }
         let (table, ring_size, scheduler) = scheduler_table(s.scheduler, &entries);
         let flags = scheduler | if s.reject { SVC_REJECT } else { 0 };
@@ -361,6 +358,7 @@ pub(crate) mod tests {
                     address: Ipv4Addr::new(10, 77, 2, last),
                     port,
                     weight,
+                    state: AdminState::Active,
                 })
                 .collect(),
         }
@@ -437,8 +435,8 @@ pub(crate) mod tests {
             .expect("some endpoint shares the slot");
         let mut web = service("web", 80, &[]);
         web.backends = vec![
-            Backend { address: first.0, port: first.1, weight: 1 },
-            Backend { address: second.0, port: second.1, weight: 1 },
+            Backend { address: first.0, port: first.1, weight: 1, state: AdminState::Active },
+            Backend { address: second.0, port: second.1, weight: 1, state: AdminState::Active },
         ];
         let (_, image) = plan(&Ids::default(), &[web]);
         assert_eq!(image.real_slots[&target], REAL_SLOT_SHARED);
