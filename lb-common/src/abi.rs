@@ -7,12 +7,12 @@
 
 /// Bumped whenever a map layout below changes; stored in `lb_meta` so that a
 /// controller can tell whether pinned maps were written by a compatible build.
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// Capacity of the service table (and of each per-service array).
-pub const MAX_SERVICES: u32 = 64;
+pub const MAX_SERVICES: u32 = 256;
 /// Capacity of the backend table (backend ids are indexes into it).
-pub const MAX_BACKENDS: u32 = 4096;
+pub const MAX_BACKENDS: u32 = 16_384;
 /// Size of every Maglev lookup table: a prime, as Maglev requires.
 pub const MAGLEV_SIZE: u32 = 65_537;
 /// A Maglev slot that points at no backend (the service has no usable backend).

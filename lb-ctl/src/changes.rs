@@ -6,7 +6,6 @@
 //! services at every start and every reload (SIGHUP): the file says what
 //! the services are, the API's later word on a service or backend wins.
 use std::{
-    collections::BTreeMap,
     fs,
     io::Write as _,
     net::{Ipv4Addr, SocketAddrV4},
@@ -184,22 +183,29 @@ fn check(services: &[Service], changed: &str) -> Result<(), ChangeError> {
     if problems.is_empty() { Ok(()) } else { Err(ChangeError::Invalid(problems)) }
 }
 
-/// The last word of the API on each service and backend.
+/// The last word of the API on each service and backend, in the order the
+/// words were said. Replaying them in that order over the config file's
+/// services gives what the API left, also when a change depended on an
+/// earlier one (a backend moved from one service to another, a service
+/// removed and its VIP:port given to a new one).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changes {
-    services: BTreeMap<String, ServiceChange>,
-    backends: BTreeMap<String, BTreeMap<SocketAddrV4, BackendChange>>,
+    words: Vec<Word>,
+}
+
+/// The last word on one service, or on one backend of a service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Word {
+    service: String,
+    /// `None`: the word is about the whole service.
+    backend: Option<SocketAddrV4>,
+    said: Said,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum ServiceChange {
-    Put(Service),
-    Removed,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum BackendChange {
-    Put(Backend),
+enum Said {
+    Service(Service),
+    Backend(Backend),
     Removed,
 }
 
@@ -212,93 +218,78 @@ pub struct Skipped {
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.services.is_empty() && self.backends.is_empty()
+        self.words.is_empty()
     }
 
     /// How many services and backends carry a runtime word.
     pub fn len(&self) -> (usize, usize) {
-        (self.services.len(), self.backends.values().map(BTreeMap::len).sum())
+        let services = self.words.iter().filter(|w| w.backend.is_none()).count();
+        (services, self.words.len() - services)
     }
 
-    /// Records `change`, which turned services into `after` (from `apply`).
+    /// Records `change`, which turned services into `after` (from `apply`),
+    /// as the last word on what it changed.
     pub fn record(&mut self, change: &Change, after: &[Service]) {
         let service = change.service().to_owned();
-        match change {
-            Change::AddService(s) | Change::PutService(s) => {
-                // The service's backends come with it: older words on them are void.
-                self.backends.remove(&s.name);
-                self.services.insert(service, ServiceChange::Put(s.clone()));
-            }
-            Change::RemoveService(_) => {
-                self.backends.remove(&service);
-                self.services.insert(service, ServiceChange::Removed);
-            }
+        let (backend, said) = match change {
+            Change::AddService(s) | Change::PutService(s) => (None, Said::Service(s.clone())),
+            Change::RemoveService(_) => (None, Said::Removed),
             Change::AddBackend { backend, .. } | Change::PutBackend { backend, .. } => {
-                let at = SocketAddrV4::new(backend.address, backend.port);
-                self.backends.entry(service).or_default().insert(at, BackendChange::Put(*backend));
+                (Some(SocketAddrV4::new(backend.address, backend.port)), Said::Backend(*backend))
             }
             Change::SetBackend { backend: at, .. } => {
                 let now = after
                     .iter()
                     .find(|s| s.name == service)
                     .and_then(|s| find_backend(s, *at).map(|j| s.backends[j]));
-                if let Some(b) = now {
-                    self.backends.entry(service).or_default().insert(*at, BackendChange::Put(b));
-                }
+                let Some(b) = now else { return };
+                (Some(*at), Said::Backend(b))
             }
-            Change::RemoveBackend { backend: at, .. } => {
-                self.backends.entry(service).or_default().insert(*at, BackendChange::Removed);
-            }
-        }
+            Change::RemoveBackend { backend: at, .. } => (Some(*at), Said::Removed),
+        };
+        // A word on a whole service says what its backends are: older words
+        // on them are void.
+        self.words.retain(|w| w.service != service || (backend.is_some() && w.backend != backend));
+        self.words.push(Word { service, backend, said });
     }
 
-    /// The config file's `base` services with every recorded word applied,
-    /// services first, then backends, each in name order. A word that no
-    /// longer fits (its service is gone from the file, or the file gave its
-    /// backend to another service) is skipped and reported.
+    /// The config file's `base` services with every word applied in order.
+    /// A word that no longer fits (its service is gone from the file, or the
+    /// file gave its backend to another service) is skipped and reported.
     pub fn replay(&self, base: &[Service]) -> (Vec<Service>, Vec<Skipped>) {
         let mut services = base.to_vec();
         let mut skipped = Vec::new();
-        let mut step = |services: &mut Vec<Service>, change: Change, what: String| {
-            match apply(services, &change) {
-                Ok(next) => *services = next,
+        for word in &self.words {
+            let change = word.change();
+            match apply(&services, &change) {
+                Ok(next) => services = next,
                 // Removing what the file no longer has is already done.
-                Err(ChangeError::NotFound(_))
-                    if matches!(
-                        change,
-                        Change::RemoveService(_) | Change::RemoveBackend { .. }
-                    ) => {}
-                Err(e) => skipped.push(Skipped { what, why: e.to_string() }),
-            }
-        };
-        for (name, change) in &self.services {
-            let (change, what) = match change {
-                ServiceChange::Put(s) => {
-                    (Change::PutService(s.clone()), format!("service {name:?}"))
-                }
-                ServiceChange::Removed => {
-                    (Change::RemoveService(name.clone()), format!("removal of service {name:?}"))
-                }
-            };
-            step(&mut services, change, what);
-        }
-        for (service, backends) in &self.backends {
-            for (at, change) in backends {
-                let service = service.clone();
-                let (change, what) = match change {
-                    BackendChange::Put(b) => (
-                        Change::PutBackend { service: service.clone(), backend: *b },
-                        format!("backend {at} of {service:?}"),
-                    ),
-                    BackendChange::Removed => (
-                        Change::RemoveBackend { service: service.clone(), backend: *at },
-                        format!("removal of backend {at} of {service:?}"),
-                    ),
-                };
-                step(&mut services, change, what);
+                Err(ChangeError::NotFound(_)) if word.said == Said::Removed => {}
+                Err(e) => skipped.push(Skipped { what: word.describe(), why: e.to_string() }),
             }
         }
         (services, skipped)
+    }
+}
+
+impl Word {
+    /// The change that says this word again.
+    fn change(&self) -> Change {
+        let service = self.service.clone();
+        match (&self.said, self.backend) {
+            (Said::Service(s), _) => Change::PutService(s.clone()),
+            (Said::Backend(b), _) => Change::PutBackend { service, backend: *b },
+            (Said::Removed, None) => Change::RemoveService(service),
+            (Said::Removed, Some(backend)) => Change::RemoveBackend { service, backend },
+        }
+    }
+
+    fn describe(&self) -> String {
+        let what = match self.backend {
+            None => format!("service {:?}", self.service),
+            Some(at) => format!("backend {at} of {:?}", self.service),
+        };
+        if self.said == Said::Removed { format!("removal of {what}") } else { what }
     }
 }
 
@@ -311,10 +302,23 @@ const STATE_VERSION: u32 = 1;
 #[serde(deny_unknown_fields)]
 struct StateFile {
     version: u32,
-    /// Service name -> the service as the API shows it, or `null` if removed.
-    services: BTreeMap<String, Option<serde_json::Value>>,
-    /// Service name -> "address:port" -> the backend, or `null` if removed.
-    backends: BTreeMap<String, BTreeMap<String, Option<serde_json::Value>>>,
+    /// The words, oldest first.
+    changes: Vec<StoredWord>,
+}
+
+/// `{"service": "web", "set": {…}}`, `{"service": "web", "backend":
+/// "10.77.2.11:80", "set": {…}}`, or either with `"removed": true`.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredWord {
+    service: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    backend: Option<String>,
+    /// The service or backend as the API shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    set: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    removed: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -347,82 +351,38 @@ impl Changes {
     }
 
     fn from_json(text: &[u8]) -> Result<Self, String> {
-        let file: StateFile = config::from_json(text)
-            .map_err(|p| p.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))?;
+        let file: StateFile = config::from_json(text).map_err(|e| e.to_string())?;
         if file.version != STATE_VERSION {
             return Err(format!(
                 "version {} (this lb-ctl reads version {STATE_VERSION})",
                 file.version
             ));
         }
-        let mut changes = Self::default();
-        let problems = |key: String| {
-            move |p: Vec<Problem>| {
-                format!(
-                    "{key}: {}",
-                    p.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
-                )
-            }
-        };
-        for (name, value) in file.services {
-            let change = match value {
-                None => ServiceChange::Removed,
-                Some(v) => ServiceChange::Put(
-                    config::service_from_json(v.to_string().as_bytes())
-                        .map_err(problems(format!("services.{name}")))?,
-                ),
-            };
-            changes.services.insert(name, change);
-        }
-        for (service, backends) in file.backends {
-            let entry = changes.backends.entry(service.clone()).or_default();
-            for (at, value) in backends {
-                let key = format!("backends.{service}.{at}");
-                let addr: SocketAddrV4 =
-                    at.parse().map_err(|_| format!("{key}: not an IPv4 address:port"))?;
-                let change = match value {
-                    None => BackendChange::Removed,
-                    Some(v) => BackendChange::Put(
-                        config::backend_from_json(v.to_string().as_bytes())
-                            .map_err(problems(key))?,
-                    ),
-                };
-                entry.insert(addr, change);
-            }
-        }
-        Ok(changes)
+        let words = file
+            .changes
+            .into_iter()
+            .enumerate()
+            .map(|(i, stored)| stored.read().map_err(|e| format!("changes[{i}]: {e}")))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { words })
     }
 
     fn to_json(&self) -> StateFile {
-        let services = self
-            .services
+        let changes = self
+            .words
             .iter()
-            .map(|(name, c)| {
-                let v = match c {
-                    ServiceChange::Put(s) => Some(config::service_to_json(s)),
-                    ServiceChange::Removed => None,
-                };
-                (name.clone(), v)
+            .map(|w| StoredWord {
+                service: w.service.clone(),
+                backend: w.backend.map(|at| at.to_string()),
+                set: match &w.said {
+                    Said::Service(s) => Some(config::service_to_json(s)),
+                    Said::Backend(b) => Some(config::backend_to_json(b)),
+                    Said::Removed => None,
+                },
+                removed: w.said == Said::Removed,
             })
             .collect();
-        let backends = self
-            .backends
-            .iter()
-            .map(|(service, bs)| {
-                let bs = bs
-                    .iter()
-                    .map(|(at, c)| {
-                        let v = match c {
-                            BackendChange::Put(b) => Some(config::backend_to_json(b)),
-                            BackendChange::Removed => None,
-                        };
-                        (at.to_string(), v)
-                    })
-                    .collect();
-                (service.clone(), bs)
-            })
-            .collect();
-        StateFile { version: STATE_VERSION, services, backends }
+        StateFile { version: STATE_VERSION, changes }
     }
 
     /// Writes the state file atomically: a reader (or a crash) sees the old
@@ -447,6 +407,30 @@ impl Changes {
             let _ = fs::remove_file(&tmp);
             failed(e)
         })
+    }
+}
+
+impl StoredWord {
+    fn read(self) -> Result<Word, String> {
+        let backend = self
+            .backend
+            .as_deref()
+            .map(|at| {
+                parse_backend_address(at)
+                    .ok_or(format!("backend {at:?} is not an IPv4 address:port"))
+            })
+            .transpose()?;
+        let said = match (self.set, self.removed, backend) {
+            (None, true, _) => Said::Removed,
+            (Some(v), false, None) => Said::Service(
+                config::service_from_json(v.to_string().as_bytes()).map_err(|e| e.to_string())?,
+            ),
+            (Some(v), false, Some(_)) => Said::Backend(
+                config::backend_from_json(v.to_string().as_bytes()).map_err(|e| e.to_string())?,
+            ),
+            _ => return Err("needs exactly one of \"set\" and \"removed\": true".into()),
+        };
+        Ok(Word { service: self.service, backend, said })
     }
 }
 
@@ -543,6 +527,32 @@ mod tests {
     }
 
     #[test]
+    fn moves_between_services_replay_in_the_order_they_were_made() {
+        let base = vec![service("web", 80, &[(11, 1)]), service("dns", 53, &[])];
+        let mut moved = backend(11, 1);
+        moved.port = 80;
+        let mut services = base.clone();
+        let mut changes = Changes::default();
+        let mut a_dns = service("a-dns", 53, &[]);
+        a_dns.protocol = crate::model::Protocol::Tcp;
+        for c in [
+            // 10.77.2.11:80 moves from web to a new service on another port...
+            Change::RemoveBackend { service: "web".into(), backend: at(11) },
+            Change::AddService(service("api", 81, &[])),
+            Change::AddBackend { service: "api".into(), backend: moved },
+            // ...and dns's VIP:port goes to a new service that sorts before it.
+            Change::RemoveService("dns".into()),
+            Change::AddService(a_dns),
+        ] {
+            services = apply(&services, &c).unwrap();
+            changes.record(&c, &services);
+        }
+        let (replayed, skipped) = changes.replay(&base);
+        assert!(skipped.is_empty(), "{skipped:?}");
+        assert_eq!(replayed, services);
+    }
+
+    #[test]
     fn replay_skips_what_the_file_no_longer_allows_and_says_so() {
         let mut changes = Changes::default();
         let add = Change::AddBackend { service: "web".into(), backend: backend(13, 1) };
@@ -568,16 +578,19 @@ mod tests {
         changes.save(&path).unwrap();
         assert_eq!(Changes::load(&path).unwrap(), changes);
         assert!(!path.with_extension("json.tmp").exists());
-        fs::write(&path, b"{\"version\": 9, \"services\": {}, \"backends\": {}}").unwrap();
+        fs::write(&path, b"{\"version\": 9, \"changes\": []}").unwrap();
         let e = Changes::load(&path).unwrap_err().to_string();
         assert!(e.contains("version 9"), "{e}");
         fs::write(
             &path,
-            b"{\"version\": 1, \"services\": {\"x\": {\"port\": 1}}, \"backends\": {}}",
+            b"{\"version\": 1, \"changes\": [{\"service\": \"x\", \"set\": {\"port\": 1}}]}",
         )
         .unwrap();
         let e = Changes::load(&path).unwrap_err().to_string();
-        assert!(e.contains("services.x"), "{e}");
+        assert!(e.contains("changes[0]"), "{e}");
+        fs::write(&path, b"{\"version\": 1, \"changes\": [{\"service\": \"x\"}]}").unwrap();
+        let e = Changes::load(&path).unwrap_err().to_string();
+        assert!(e.contains("exactly one of"), "{e}");
         fs::remove_dir_all(&dir).unwrap();
     }
 

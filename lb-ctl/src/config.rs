@@ -126,7 +126,7 @@ struct RawLog {
 }
 
 /// A service as the config file and the API's JSON bodies write it.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawService {
     name: String,
@@ -145,9 +145,9 @@ pub struct RawService {
     backends: Vec<RawBackend>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RawHealth {
+pub struct RawHealth {
     #[serde(default = "default_check")]
     check: String,
     #[serde(default = "default_path")]
@@ -188,7 +188,7 @@ fn default_fall() -> i64 {
 }
 
 /// A backend as the config file and the API's JSON bodies write it.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawBackend {
     address: String,
@@ -332,13 +332,11 @@ fn syslog_address(text: &str, problems: &mut Problems) -> Option<SocketAddr> {
     if let Ok(addr) = text.parse() {
         return Some(addr);
     }
-    match text.to_socket_addrs().map(|mut a| a.next()) {
-        Ok(Some(addr)) => Some(addr),
-        Ok(None) | Err(_) => {
-            problems.add("log.syslog", format!("{text:?} is not a reachable host:port"));
-            None
-        }
+    if let Ok(Some(addr)) = text.to_socket_addrs().map(|mut a| a.next()) {
+        return Some(addr);
     }
+    problems.add("log.syslog", format!("{text:?} is not a reachable host:port"));
+    None
 }
 
 fn validate_dataplane(raw: RawDataplane, problems: &mut Problems) -> Dataplane {
@@ -669,8 +667,34 @@ pub fn check_services(services: &[Service]) -> Vec<Problem> {
     problems.0
 }
 
+/// Why a JSON body was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BodyError {
+    /// Not JSON, or not of the expected shape (a wrong type, an unknown or
+    /// missing field): the one problem the parser stopped at.
+    Malformed(Problem),
+    /// Well-formed, with wrong values: every problem found.
+    Invalid(Vec<Problem>),
+}
+
+impl BodyError {
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            Self::Malformed(p) => std::slice::from_ref(p),
+            Self::Invalid(problems) => problems,
+        }
+    }
+}
+
+impl fmt::Display for BodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let problems: Vec<String> = self.problems().iter().map(ToString::to_string).collect();
+        f.write_str(&problems.join("; "))
+    }
+}
+
 /// A service from an API body (the config file's keys, in JSON).
-pub fn service_from_json(body: &[u8]) -> Result<Service, Vec<Problem>> {
+pub fn service_from_json(body: &[u8]) -> Result<Service, BodyError> {
     let raw: RawService = from_json(body)?;
     let mut problems = Problems::default();
     let service = validate_service("", raw, &mut problems);
@@ -679,7 +703,7 @@ pub fn service_from_json(body: &[u8]) -> Result<Service, Vec<Problem>> {
 }
 
 /// A backend from an API body (`{"address", "port", "weight", "state"}`).
-pub fn backend_from_json(body: &[u8]) -> Result<Backend, Vec<Problem>> {
+pub fn backend_from_json(body: &[u8]) -> Result<Backend, BodyError> {
     let raw: RawBackend = from_json(body)?;
     let mut problems = Problems::default();
     let backend = validate_backend("", &raw, &mut problems);
@@ -736,26 +760,33 @@ pub fn backend_to_json(b: &Backend) -> serde_json::Value {
     })
 }
 
-/// Deserializes JSON, naming the field a type error is about.
-pub fn from_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Vec<Problem>> {
+/// Deserializes one JSON value (nothing may follow it), naming the field a
+/// type error is about.
+pub fn from_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, BodyError> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let key = if path == "." { "body".to_owned() } else { path };
-        vec![Problem { key, message: e.into_inner().to_string() }]
-    })
+    let malformed = |path: String, message: String| {
+        // serde_path_to_error says "." for the top and "?" where it lost track.
+        let key = if path == "." || path.contains('?') { "body".to_owned() } else { path };
+        BodyError::Malformed(Problem { key, message })
+    };
+    let value = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| malformed(e.path().to_string(), e.into_inner().to_string()))?;
+    de.end().map_err(|e| malformed(".".into(), e.to_string()))?;
+    Ok(value)
 }
 
 /// Keys of JSON problems name fields from the body's top (`port`, not `.port`).
-fn finish_json<T>(value: T, problems: Problems) -> Result<T, Vec<Problem>> {
+fn finish_json<T>(value: T, problems: Problems) -> Result<T, BodyError> {
     if problems.0.is_empty() {
         return Ok(value);
     }
-    Err(problems
-        .0
-        .into_iter()
-        .map(|p| Problem { key: p.key.trim_start_matches('.').to_owned(), ..p })
-        .collect())
+    Err(BodyError::Invalid(
+        problems
+            .0
+            .into_iter()
+            .map(|p| Problem { key: p.key.trim_start_matches('.').to_owned(), ..p })
+            .collect(),
+    ))
 }
 
 /// Problems with interfaces that do not exist on this host. Kept apart from

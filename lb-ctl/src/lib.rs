@@ -1,7 +1,13 @@
 //! `lb-ctl`: the controller of the XDP load balancer, and the operator's CLI.
+pub mod api;
+pub mod changes;
+pub mod cli;
+pub mod client;
 pub mod config;
+pub mod controller;
 pub mod dataplane;
 pub mod health;
+pub mod logging;
 pub mod maglev;
 pub mod model;
 pub mod netdev;

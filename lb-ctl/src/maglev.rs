@@ -12,7 +12,7 @@ const SKIP_SEED: u64 = 0x6d61_676c_6576_0002;
 
 /// A backend as Maglev sees it: an identity to hash, a weight, and the id the
 /// table will hold.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Entry {
     pub address: Ipv4Addr,
     pub port: u16,

@@ -1,8 +1,10 @@
-//! `lb-ctl`: `run` is the controller daemon; `check` validates a config.
+//! `lb-ctl`: `run` is the controller daemon; `check` validates a config; the
+//! other subcommands are the operator's CLI, a client of the admin API.
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use lb_ctl::{
+    logging::{self, LogFormat},
     model::XdpMode,
     run::{self, Overrides, Refused},
 };
@@ -12,6 +14,8 @@ use lb_ctl::{
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    target: lb_ctl::cli::Target,
 }
 
 #[derive(Subcommand)]
@@ -27,38 +31,54 @@ enum Command {
         /// Overrides dataplane.xdp_mode.
         #[arg(long, value_enum)]
         xdp_mode: Option<XdpMode>,
+        /// Logs on stderr as text or as one JSON object per line.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Validate a config file: exit 0 with a summary, or 1 with every problem.
     Check {
         #[arg(long)]
         config: PathBuf,
     },
+    #[command(flatten)]
+    Operator(lb_ctl::cli::Operator),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Run { config, interfaces, xdp_mode } => {
-            init_logging();
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("lb-ctl: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(run::run(config, Overrides { interfaces, xdp_mode })) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    if let Some(refused) = e.downcast_ref::<Refused>() {
-                        eprintln!("lb-ctl: {refused}");
-                    } else {
-                        eprintln!("lb-ctl: {e:#}");
-                    }
-                    ExitCode::FAILURE
-                }
-            }
+        Command::Run { config, interfaces, xdp_mode, log_format } => {
+            run_controller(config, Overrides { interfaces, xdp_mode }, log_format)
+        }
+        Command::Operator(op) => lb_ctl::cli::run(op, cli.target),
+    }
+}
+
+fn run_controller(path: PathBuf, overrides: Overrides, log_format: LogFormat) -> ExitCode {
+    let config = match run::load(&path, &overrides) {
+        Ok(config) => config,
+        Err(refused) => {
+            eprintln!("lb-ctl: {}: {refused}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = logging::init(log_format, config.log.syslog) {
+        eprintln!("lb-ctl: cannot set up logging: {e}");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lb-ctl: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run::run(path, overrides, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lb-ctl: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -84,14 +104,4 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
 }

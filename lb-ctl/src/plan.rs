@@ -2,7 +2,7 @@
 //! the writes that turn one image into another, in an order that never lets
 //! the data plane see a half-built service.
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::Ipv4Addr,
     sync::Arc,
 };
@@ -155,6 +155,7 @@ impl Ids {
                 }
             }
         }
+        let mut used: BTreeSet<u32> = next.backends.values().copied().collect();
         for s in services {
             let key = service_endpoint(s);
             if !next.services.contains_key(&key) {
@@ -171,7 +172,8 @@ impl Ids {
             for b in &s.backends {
                 let bkey = (key, backend_endpoint(b.address, b.port, s));
                 if !next.backends.contains_key(&bkey) {
-                    let id = next.free_backend_id()?;
+                    let id = next.free_backend_id(&used)?;
+                    used.insert(id);
                     next.backends.insert(bkey, id);
                 }
             }
@@ -179,8 +181,8 @@ impl Ids {
         Ok(next)
     }
 
-    fn free_backend_id(&mut self) -> Result<u32, PlanError> {
-        let used: BTreeSet<u32> = self.backends.values().copied().collect();
+    /// The first id not in `used` from where the last search stopped.
+    fn free_backend_id(&mut self, used: &BTreeSet<u32>) -> Result<u32, PlanError> {
         let id = (0..MAX_BACKENDS)
             .map(|i| (self.next_backend + i) % MAX_BACKENDS)
             .find(|id| !used.contains(id))
@@ -198,10 +200,30 @@ impl Ids {
     }
 }
 
+/// Scheduler tables already built, by what they were built from: a change
+/// to one service rebuilds that service's table only (a Maglev table of
+/// 65537 slots takes a millisecond or more).
+#[derive(Clone, Debug, Default)]
+pub struct Tables(HashMap<(Scheduler, Vec<maglev::Entry>), SchedulerTable>);
+
+type SchedulerTable = (Arc<Vec<u32>>, u32, u32);
+
 /// The image for `services` under `ids` (from `Ids::assign` on the same services).
 /// Backends in `down` (health checks) get no Maglev slot and carry
 /// `BACKEND_DOWN`, as if drained but also cut off from their open flows.
 pub fn image(services: &[Service], ids: &Ids, down: &BTreeSet<BackendKey>) -> Image {
+    image_cached(services, ids, down, &mut Tables::default())
+}
+
+/// `image`, reusing the tables of `tables` and leaving there the ones this
+/// image uses.
+pub fn image_cached(
+    services: &[Service],
+    ids: &Ids,
+    down: &BTreeSet<BackendKey>,
+    tables: &mut Tables,
+) -> Image {
+    let mut built = Tables::default();
     let mut image = Image::default();
     for s in services {
         let key = service_endpoint(s);
@@ -235,13 +257,19 @@ pub fn image(services: &[Service], ids: &Ids, down: &BTreeSet<BackendKey>) -> Im
             );
             entries.push(maglev::Entry { address: b.address, port: b.port, weight, id });
         }
-        let (table, ring_size, scheduler) = scheduler_table(s.scheduler, &entries);
+        let inputs = (s.scheduler, entries);
+        let (table, ring_size, scheduler) = tables.0.remove(&inputs).unwrap_or_else(|| {
+            let (table, ring_size, scheduler) = scheduler_table(s.scheduler, &inputs.1);
+            (Arc::new(table), ring_size, scheduler)
+        });
+        built.0.insert(inputs, (Arc::clone(&table), ring_size, scheduler));
         let flags = scheduler | if s.reject { SVC_REJECT } else { 0 };
-        image.maglev.insert(service_id, Arc::new(table));
+        image.maglev.insert(service_id, table);
         image.services.insert(key, abi::Service { id: service_id, ring_size, flags, _pad: 0 });
         *image.vips.entry(key.addr).or_insert(0) += 1;
         *image.addrs.entry(addr_slot(key.addr)).or_insert(0) |= ADDR_VIP;
     }
+    *tables = built;
     image
 }
 

@@ -3,13 +3,13 @@
 //! pure code, writes only the difference, and answers once the kernel holds it.
 use std::collections::{BTreeMap, BTreeSet};
 
-use lb_common::abi::BackendConns;
+use lb_common::abi::{BackendConns, Endpoint, Traffic};
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::info;
 
 use crate::{
-    dataplane::{DataplaneError, Maps},
+    dataplane::{ConnEntry, DataplaneError, Maps},
     model::Service,
     plan::{self, BackendKey, Ids, Image, PlanError},
 };
@@ -32,6 +32,26 @@ pub struct Applied {
     pub backends: usize,
 }
 
+/// What the data plane counted for the applied services, by key (ids are
+/// the reconciler's business).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sample {
+    /// Packet outcomes, indexed like `lb_common::counter::Counter::ALL`.
+    pub outcomes: Vec<u64>,
+    pub services: BTreeMap<Endpoint, Traffic>,
+    pub backends: BTreeMap<BackendKey, (Traffic, BackendConns)>,
+    /// Live entries of the connection table.
+    pub tracked: u64,
+}
+
+/// A connection table entry with the backend it goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Connection {
+    pub entry: ConnEntry,
+    /// `None`: its backend has been removed since.
+    pub backend: Option<Endpoint>,
+}
+
 pub struct Reconciler<M: Maps> {
     maps: M,
     ids: Ids,
@@ -40,6 +60,8 @@ pub struct Reconciler<M: Maps> {
     /// The desired state: the services, and the backends health checks say are down.
     services: Vec<Service>,
     down: BTreeSet<BackendKey>,
+    /// The scheduler tables of `applied`, reused when a service is unchanged.
+    tables: plan::Tables,
 }
 
 impl<M: Maps> Reconciler<M> {
@@ -50,6 +72,7 @@ impl<M: Maps> Reconciler<M> {
             applied: Image::default(),
             services: Vec::new(),
             down: BTreeSet::new(),
+            tables: plan::Tables::default(),
         }
     }
 
@@ -73,7 +96,7 @@ impl<M: Maps> Reconciler<M> {
         down: BTreeSet<BackendKey>,
     ) -> Result<Applied, ReconcileError> {
         let ids = self.ids.assign(services)?;
-        let image = plan::image(services, &ids, &down);
+        let image = plan::image_cached(services, &ids, &down, &mut self.tables);
         let ops = plan::diff(&self.applied, &image);
         for op in &ops {
             self.maps.apply(op)?;
@@ -106,6 +129,57 @@ impl<M: Maps> Reconciler<M> {
         Ok(self.maps.recount_connections(&self.applied.backends)?)
     }
 
+    /// Recounts the connections and reads the traffic counters.
+    pub fn sample(&mut self) -> Result<Sample, ReconcileError> {
+        let conns = self.recount_connections()?;
+        let service_ids: Vec<u32> = self.applied.services.values().map(|s| s.id).collect();
+        let backend_ids: Vec<u32> = self.applied.backends.keys().copied().collect();
+        let counts = self.maps.read_counts(&service_ids, &backend_ids)?;
+        let services = self
+            .applied
+            .services
+            .iter()
+            .map(|(key, s)| (*key, counts.services.get(&s.id).copied().unwrap_or_default()))
+            .collect();
+        let backends = self
+            .applied
+            .backends
+            .iter()
+            .map(|(id, b)| {
+                let key = (
+                    Endpoint::new(b.vip, b.vport, b.proto),
+                    Endpoint::new(b.addr, b.port, b.proto),
+                );
+                let traffic = counts.backends.get(id).copied().unwrap_or_default();
+                (key, (traffic, conns.get(id).copied().unwrap_or_default()))
+            })
+            .collect();
+        let tracked = conns.values().map(|c| u64::from(c.active) + u64::from(c.inactive)).sum();
+        Ok(Sample { outcomes: counts.outcomes, services, backends, tracked })
+    }
+
+    /// Up to `limit` live connections (to the VIP `to`, if given), and how many there are.
+    pub fn connections(
+        &mut self,
+        limit: usize,
+        to: Option<Endpoint>,
+    ) -> Result<(Vec<Connection>, usize), ReconcileError> {
+        let (entries, live) = self.maps.connections(limit, to)?;
+        let listed = entries
+            .into_iter()
+            .map(|entry| {
+                let backend = self
+                    .applied
+                    .backends
+                    .get(&entry.conn.backend_id)
+                    .filter(|b| b.service_id == entry.conn.service_id)
+                    .map(|b| Endpoint::new(b.addr, b.port, b.proto));
+                Connection { entry, backend }
+            })
+            .collect();
+        Ok((listed, live))
+    }
+
     /// The maps, for tests and benchmarks that also drive the program.
     pub fn maps_mut(&mut self) -> &mut M {
         &mut self.maps
@@ -118,7 +192,8 @@ impl<M: Maps> Reconciler<M> {
 }
 
 enum Command {
-    Recount { reply: Reply<BTreeMap<u32, BackendConns>> },
+    Sample { reply: Reply<Sample> },
+    Connections { limit: usize, to: Option<Endpoint>, reply: Reply<(Vec<Connection>, usize)> },
     SetDown { down: BTreeSet<BackendKey>, reply: Reply<Applied> },
     RefreshNextHops { reply: Reply<()> },
     Apply { services: Vec<Service>, reply: Reply<Applied> },
@@ -134,9 +209,19 @@ pub struct Handle {
 type Reply<T> = oneshot::Sender<Result<T, ReconcileError>>;
 
 impl Handle {
-    /// Recounts the connections per backend, dropping expired entries.
-    pub async fn recount_connections(&self) -> Result<BTreeMap<u32, BackendConns>, ReconcileError> {
-        self.call(|reply| Command::Recount { reply }).await
+    /// Recounts the connections per backend (dropping expired entries) and
+    /// reads the traffic counters.
+    pub async fn sample(&self) -> Result<Sample, ReconcileError> {
+        self.call(|reply| Command::Sample { reply }).await
+    }
+
+    /// Up to `limit` live connections (to the VIP `to`, if given), and how many there are.
+    pub async fn connections(
+        &self,
+        limit: usize,
+        to: Option<Endpoint>,
+    ) -> Result<(Vec<Connection>, usize), ReconcileError> {
+        self.call(|reply| Command::Connections { limit, to, reply }).await
     }
 
     /// Takes the backends in `down` out of rotation (health checks).
@@ -171,8 +256,11 @@ pub fn spawn<M: Maps + 'static>(
     let task = tokio::spawn(async move {
         while let Some(command) = rx.recv().await {
             match command {
-                Command::Recount { reply } => {
-                    let _ = reply.send(reconciler.recount_connections());
+                Command::Sample { reply } => {
+                    let _ = reply.send(reconciler.sample());
+                }
+                Command::Connections { limit, to, reply } => {
+                    let _ = reply.send(reconciler.connections(limit, to));
                 }
                 Command::SetDown { down, reply } => {
                     let _ = reply.send(reconciler.set_down(down));

@@ -7,21 +7,25 @@ use std::{
 
 use anyhow::Context as _;
 use lb_common::abi::NEXTHOP_REFRESH_MS;
-use tokio::signal::unix::{SignalKind, signal};
-use tracing::{error, info, warn};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+use tracing::{info, warn};
 
 use crate::{
-    EBPF_OBJECT,
+    EBPF_OBJECT, api,
     config::{self, Config},
+    controller::Controller,
     dataplane::kernel::KernelMaps,
-    health,
     model::XdpMode,
     netdev,
     reconciler::{self, Reconciler},
 };
 
-/// How often the connection table is recounted (and expired entries removed).
-const RECOUNT_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the counters are read and the connection table recounted
+/// (and expired entries removed).
+const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Command-line overrides of the `[dataplane]` section.
 #[derive(Clone, Debug, Default)]
@@ -54,13 +58,16 @@ pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, Refused> {
     if problems.is_empty() { Ok(config) } else { Err(Refused(problems)) }
 }
 
-pub async fn run(path: PathBuf, overrides: Overrides) -> anyhow::Result<()> {
-    let config = load(&path, &overrides)?;
+/// Runs the controller on `config` (loaded from `path` by `load`) until SIGTERM.
+pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow::Result<()> {
     let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
+    // Refuse an unusable admin setup before touching the data plane.
+    let token = config.admin.token_file.as_deref().map(api::read_token).transpose()?;
+    let listener = api::bind(config.admin.listen, token.as_ref()).await?;
     for name in &config.dataplane.interfaces {
         if netdev::ipv4_forwarding(name) == Some(false) {
             warn!(
@@ -74,44 +81,44 @@ pub async fn run(path: PathBuf, overrides: Overrides) -> anyhow::Result<()> {
         KernelMaps::start(&config.dataplane, EBPF_OBJECT).context("starting the data plane")?;
     let (handle, task) = reconciler::spawn(Reconciler::new(maps));
     let outcome = async {
-        handle.apply(config.services.clone()).await.context("applying the configuration")?;
-        info!(config = %path.display(), services = config.services.len(), "load balancer running");
-        let mut health = health::Monitor::default();
-        health.sync(&config.services);
-        let mut running = config;
-        // A health change the reconciler could not apply yet.
-        let mut health_pending = false;
+        let services = config.services.len();
+        let (mut controller, stats) =
+            Controller::start(path.clone(), overrides, config, handle.clone())
+                .await
+                .context("applying the configuration")?;
+        let (requests_tx, mut requests) = mpsc::channel(64);
+        let app = api::app(
+            api::ApiState { requests: requests_tx, stats, reconciler: handle.clone() },
+            token,
+        );
+        let admin = listener.local_addr().context("the admin listener")?;
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        info!(config = %path.display(), services, %admin, "load balancer running");
         // The data plane caches FIB answers until the epoch moves on.
         let mut next_hops = tokio::time::interval(Duration::from_millis(NEXTHOP_REFRESH_MS));
         next_hops.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Active/inactive connections per backend (lc, the operator), and expiry.
-        let mut recount = tokio::time::interval(RECOUNT_INTERVAL);
-        recount.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Counters, connections per backend (lc, the operator), and expiry.
+        let mut sample = tokio::time::interval(SAMPLE_INTERVAL);
+        sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = recount.tick() => {
-                    if let Err(e) = handle.recount_connections().await {
-                        warn!(error = %e, "cannot recount connections");
-                    }
-                    if health_pending {
-                        health_pending = !apply_health(&health, &handle).await;
-                    }
-                }
+                _ = sample.tick() => controller.sample().await,
                 _ = next_hops.tick() => {
                     if let Err(e) = handle.refresh_next_hops().await {
                         warn!(error = %e, "cannot refresh the next-hop cache");
                     }
                 }
-                _ = health.next_transition() => health_pending = !apply_health(&health, &handle).await,
-                _ = hangup.recv() => {
-                    running = reload(&path, &overrides, running, &handle).await;
-                    health.sync(&running.services);
-                    health_pending = !apply_health(&health, &handle).await;
+                () = controller.next_health_change() => {}
+                Some(request) = requests.recv() => {
+                    let answer = controller.change(request.change).await;
+                    let _ = request.reply.send(answer);
                 }
+                _ = hangup.recv() => controller.reload().await,
                 _ = terminate.recv() => { info!("SIGTERM: shutting down"); break }
                 _ = interrupt.recv() => { info!("SIGINT: shutting down"); break }
             }
         }
+        server.abort();
         anyhow::Ok(())
     }
     .await;
@@ -120,53 +127,4 @@ pub async fn run(path: PathBuf, overrides: Overrides) -> anyhow::Result<()> {
     drop(task.await.context("the reconciler task failed")?);
     info!("data plane detached");
     outcome
-}
-
-/// Health changed: DOWN backends leave the scheduler's tables (only their
-/// own Maglev slots move), and come back when UP again.
-async fn apply_health(health: &health::Monitor, handle: &reconciler::Handle) -> bool {
-    let down = health.down();
-    let count = down.len();
-    match handle.set_down(down).await {
-        Ok(applied) => {
-            if applied.writes > 0 {
-                info!(down = count, writes = applied.writes, "health applied");
-            }
-            true
-        }
-        Err(e) => {
-            error!(error = %e, "applying health states failed; retrying within a second");
-            false
-        }
-    }
-}
-
-/// SIGHUP: apply the file's services if it is valid; otherwise keep running
-/// what runs and say why.
-async fn reload(
-    path: &Path,
-    overrides: &Overrides,
-    running: Config,
-    handle: &reconciler::Handle,
-) -> Config {
-    let next = match load(path, overrides) {
-        Ok(next) => next,
-        Err(refused) => {
-            error!(problems = ?refused.0, "reload refused; keeping the running configuration");
-            return running;
-        }
-    };
-    if next.dataplane != running.dataplane {
-        warn!("[dataplane] changes take effect at the next start; applying services only");
-    }
-    match handle.apply(next.services.clone()).await {
-        Ok(applied) => {
-            info!(writes = applied.writes, "configuration reloaded");
-            Config { dataplane: running.dataplane, ..next }
-        }
-        Err(e) => {
-            error!(error = %e, "reload failed midway; the next reload (SIGHUP) completes or undoes it");
-            running
-        }
-    }
 }

@@ -56,6 +56,8 @@ pub struct Setup {
     pub web: &'static str,
     /// Extra keys of the echo service.
     pub echo: &'static str,
+    /// Extra tables at the end of the file (`[admin]`, `[log]`).
+    pub tables: &'static str,
 }
 
 /// Config for the end-to-end tests: HTTP on 80, a line echo on 9000 (for
@@ -93,6 +95,7 @@ pub fn config(pin_dir: &str, weights: [Option<u32>; 3], setup: Setup) -> String 
             }
         }
     }
+    text.push_str(setup.tables);
     text
 }
 
@@ -191,6 +194,44 @@ impl Lab {
             std::thread::sleep(Duration::from_millis(10));
         }
         panic!("no {count} log line(s) with {parts:?} within {limit:?}:\n{}", self.log());
+    }
+
+    /// Runs `lb-ctl ARGS` (the operator's CLI) in the load balancer's
+    /// namespace, where the admin API listens on its loopback.
+    pub fn ctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", self.topo.lb()))
+            .arg(lb_ctl_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running the lb-ctl CLI")
+    }
+
+    /// `ctl`, which must succeed; its standard output.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "`lb-ctl {}` failed ({}): {}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Stops `lb-ctl run` (SIGTERM) and starts it again on the same files;
+    /// returns once it runs.
+    pub fn restart(&mut self) {
+        let status = self.stop();
+        assert!(status.success(), "lb-ctl exited with {status}:\n{}", self.log());
+        let before = self.log();
+        self.spawn_ctl();
+        // spawn_ctl truncates the log: keep the first run's for failures.
+        let _ = std::fs::write(self.dir.join("lb-ctl.first.log"), before);
+        self.wait_log("load balancer running", 1);
     }
 
     /// Rewrites the config and sends SIGHUP; returns once it is applied.
@@ -304,6 +345,37 @@ pub fn udp_query(payload: &str) -> std::io::Result<String> {
         return Err(std::io::Error::other(format!("udp echo mismatch: {reply:?}")));
     }
     Ok(name.to_owned())
+}
+
+/// `METHOD path` on `addr` with an optional JSON body and `Authorization`
+/// header; returns the status and the body. Call from a thread inside the
+/// right namespace.
+pub fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    authorization: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    let auth = authorization.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+    let body = body.unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: lb\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The status of `GET path` on `addr` (0 if there was no answer).
+pub fn http_status(addr: &str, path: &str, authorization: Option<&str>) -> u16 {
+    http_request(addr, "GET", path, None, authorization).map_or(0, |(status, _)| status)
 }
 
 /// The backend name in an HTTP body (`Bienvenue sur WEB2` -> `web2`).

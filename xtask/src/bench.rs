@@ -1,6 +1,7 @@
-//! `cargo xtask bench`: the data plane's cost per packet (`lb-bench`) and the
-//! health checks' detection time and probing capacity (`lb-bench-health`,
-//! built with optimisations: it measures the controller's own CPU time).
+//! `cargo xtask bench`: the data plane's cost per packet (`lb-bench`), the
+//! health checks' detection time and probing capacity (`lb-bench-health`),
+//! and the admin API's latency and the controller's memory (`lb-bench-api`);
+//! the last two are built with optimisations, as the controller ships.
 use std::process::Command;
 
 use anyhow::Result;
@@ -19,9 +20,15 @@ pub fn run() -> Result<()> {
         "build",
         "--release",
         "-p",
+        "lb-ctl",
+        "-p",
         "lb-tests",
         "--bin",
+        "lb-ctl",
+        "--bin",
         "lb-bench-health",
+        "--bin",
+        "lb-bench-api",
         "--bin",
         "lb-lab",
     ])?;
@@ -30,6 +37,15 @@ pub fn run() -> Result<()> {
         Command::new(root().join("target/release/lb-bench-health"))
             .env("LB_BENCH_HEALTH_OUT", &out)
             .env("LB_CTL", bin("lb-ctl"))
+            .current_dir(root()),
+    )?;
+
+    step("admin API: backend add latency, first packet, memory with 100 x 100 (release build)");
+    let out = root().join("target/bench/api.json");
+    run_status(
+        Command::new(root().join("target/release/lb-bench-api"))
+            .env("LB_BENCH_API_OUT", &out)
+            .env("LB_CTL", root().join("target/release/lb-ctl"))
             .current_dir(root()),
     )
 }

@@ -24,6 +24,13 @@ fn pid_file() -> PathBuf {
     state_dir().join("lb-ctl.pid")
 }
 
+fn forwarder_pid_file() -> PathBuf {
+    state_dir().join("admin-forward.pid")
+}
+
+/// Where the host reaches the admin API (forwarded into the namespace).
+const ADMIN: &str = "127.0.0.1:9100";
+
 fn client(args: &[&str]) -> Command {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &format!("{PREFIX}-client")]).args(args);
@@ -59,11 +66,16 @@ pub fn up(keep: bool) -> Result<()> {
     fs::write(pid_file(), child.id().to_string())?;
     wait_running(&log_path)?;
     eprintln!("lb-ctl is running: config {}, log {}", config.display(), log_path.display());
+    forward_admin()?;
 
     step("a round of requests from the client to the VIP");
     demo_round()?;
     step("what the data plane counted (lb_counters, non-zero)");
     run_status(Command::new(bin("lb-lab")).args(["counters", "/sys/fs/bpf/lb"]))?;
+    // The counters and connections are sampled every second.
+    thread::sleep(Duration::from_millis(1100));
+    step("the operator's view: lb-ctl list (like ipvsadm -Ln), through the admin API");
+    run_status(Command::new(bin("lb-ctl")).arg("list"))?;
 
     if keep {
         print_next_steps(&config);
@@ -132,6 +144,16 @@ The lab is up. Try:
   bpftool map dump pinned /sys/fs/bpf/lb/lb_counters
   # the outcome counters, named and summed over CPUs
   target/debug/lb-lab counters /sys/fs/bpf/lb
+  # the operator's CLI, through the admin API (forwarded to {admin})
+  target/debug/lb-ctl list                  # like ipvsadm -Ln
+  target/debug/lb-ctl conns                 # like ipvsadm -Lnc
+  target/debug/lb-ctl stats
+  target/debug/lb-ctl backend drain web 10.77.2.11:80
+  target/debug/lb-ctl backend weight web 10.77.2.12:80 3
+  curl -s http://{admin}/api/v1/services
+  curl -s http://{admin}/metrics | grep lb_backend_up
+  # the stats page (refreshes itself every 2 s): open http://{admin}/ in a browser
+  # API changes survive a restart: they are kept in {state}
   # health checks: block web2 and watch it go DOWN, then come back
   ip netns exec lb-web2 nft add table inet demo
   ip netns exec lb-web2 nft add chain inet demo input '{{ type filter hook input priority 0; }}'
@@ -146,18 +168,51 @@ The lab is up. Try:
   # remove everything
   cargo xtask lab down",
         config = config.display(),
+        state = config.with_file_name("lb.state.json").display(),
+        admin = ADMIN,
         pid = pid.display(),
         log = log.display(),
     );
 }
 
-/// Stops the lab's controller (SIGTERM, so it detaches cleanly) if one runs.
+/// The admin API listens on the load balancer namespace's loopback; a socat
+/// on the host's 127.0.0.1:9100 forwards to it, so `lb-ctl list`, curl and a
+/// browser on the host reach it as they would on a real load balancer.
+fn forward_admin() -> Result<()> {
+    let escaped = ADMIN.replace(':', "\\:");
+    let inner = format!("EXEC:ip netns exec {PREFIX}-lb socat STDIO TCP\\:{escaped}");
+    let child = Command::new("setsid")
+        .args(["socat", "TCP-LISTEN:9100,bind=127.0.0.1,reuseaddr,fork", &inner])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting socat to forward the admin API")?;
+    fs::write(forwarder_pid_file(), child.id().to_string())?;
+    // The listener is up within a few milliseconds; the API answers through it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(ADMIN).is_ok() {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    bail!("the admin API forwarder did not listen on {ADMIN} (is the port taken?)")
+}
+
+/// Stops the lab's controller (SIGTERM, so it detaches cleanly) and the
+/// admin forwarder, if they run.
 fn stop_controller() {
-    let Ok(pid) = fs::read_to_string(pid_file()) else {
+    stop_pid_file(&forwarder_pid_file());
+    stop_pid_file(&pid_file());
+}
+
+fn stop_pid_file(file: &std::path::Path) {
+    let Ok(pid) = fs::read_to_string(file) else {
         return;
     };
     let pid = pid.trim().to_owned();
-    let _ = fs::remove_file(pid_file());
+    let _ = fs::remove_file(file);
     if Command::new("kill").args(["-TERM", &pid]).output().is_ok_and(|o| o.status.success()) {
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline && PathBuf::from(format!("/proc/{pid}")).exists() {

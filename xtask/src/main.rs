@@ -9,6 +9,7 @@ use anyhow::{Result, bail};
 
 const USAGE: &str = "usage: cargo xtask <command>
   setup              install what is missing (rust-src, bpf-linker, Debian packages, bpffs)
+                     (`test` also installs chromium, for the stats page test)
   lab [--keep]       build, create the demo topology, start lb-ctl, show traffic being spread
   lab down           remove the lab
   run -- ARGS        build, then run `lb-ctl run ARGS` as root
@@ -49,7 +50,7 @@ fn dispatch(args: &[String]) -> Result<()> {
             util::run_status(&mut cmd)
         }
         ["test"] => {
-            setup::ensure()?;
+            setup::ensure_for_tests()?;
             test()
         }
         ["bench"] => {

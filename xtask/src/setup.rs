@@ -14,10 +14,14 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const PACKAGES: &[&str] =
     &["iproute2", "bpftool", "ethtool", "curl", "socat", "procps", "iputils-ping", "nftables"];
 
+/// The browser the stats-page test loads the page in, and a font for its
+/// screenshot: only `cargo xtask test` needs them (about 100 MB).
+const TEST_PACKAGES: &[&str] = &["chromium", "fonts-dejavu-core"];
+
 pub fn ensure() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
-    debian_packages()?;
+    debian_packages(PACKAGES)?;
     bpffs()?;
     eprintln!(
         "setup: rust-src, bpf-linker {BPF_LINKER_VERSION}, {} and bpffs are ready",
@@ -110,8 +114,14 @@ fn bpf_linker() -> Result<()> {
     )
 }
 
-fn debian_packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
+/// What `cargo xtask test` needs on top of `ensure`.
+pub fn ensure_for_tests() -> Result<()> {
+    ensure()?;
+    debian_packages(TEST_PACKAGES)
+}
+
+fn debian_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {

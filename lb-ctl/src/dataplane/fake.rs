@@ -1,7 +1,7 @@
 //! In-memory maps: what the kernel would hold, for tests of the reconciler.
 use std::sync::{Arc, Mutex};
 
-use super::{DataplaneError, Maps};
+use super::{ConnEntry, Counts, DataplaneError, Maps};
 use crate::plan::{Image, Op};
 
 /// Applies ops to an `Image`; `fail_after` makes the n-th op fail, to test
@@ -19,6 +19,26 @@ impl Maps for FakeMaps {
         _backends: &std::collections::BTreeMap<u32, lb_common::abi::Backend>,
     ) -> Result<std::collections::BTreeMap<u32, lb_common::abi::BackendConns>, DataplaneError> {
         Ok(std::collections::BTreeMap::new())
+    }
+
+    fn read_counts(
+        &mut self,
+        services: &[u32],
+        backends: &[u32],
+    ) -> Result<Counts, DataplaneError> {
+        Ok(Counts {
+            outcomes: vec![0; lb_common::counter::Counter::ALL.len()],
+            services: services.iter().map(|id| (*id, lb_common::abi::Traffic::default())).collect(),
+            backends: backends.iter().map(|id| (*id, lb_common::abi::Traffic::default())).collect(),
+        })
+    }
+
+    fn connections(
+        &mut self,
+        _limit: usize,
+        _to: Option<lb_common::abi::Endpoint>,
+    ) -> Result<(Vec<ConnEntry>, usize), DataplaneError> {
+        Ok((Vec::new(), 0))
     }
 
     fn advance_nexthop_epoch(&mut self) -> Result<(), DataplaneError> {

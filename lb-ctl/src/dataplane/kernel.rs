@@ -11,17 +11,17 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMap, HashMap, MapData},
+    maps::{Array, DevMap, HashMap, MapData, PerCpuArray},
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode, tc},
 };
 use lb_common::abi::{
     ABI_VERSION, BackendConns, CONN_CLOSED, CONN_CLOSING, CONN_ESTABLISHED, CONN_STATES, CONN_SYN,
     CONN_UDP, Conn, Endpoint, Flow, MAGLEV_SIZE, MAX_TX_PORTS, Meta, NEXTHOP_REFRESH_MS,
-    NO_BACKEND, expired,
+    NO_BACKEND, Traffic, expired,
 };
 use tracing::{info, warn};
 
-use super::{DataplaneError, Maps};
+use super::{ConnEntry, Counts, DataplaneError, Maps};
 use crate::{
     model::{Dataplane, Timeouts, XdpMode},
     netdev,
@@ -356,7 +356,89 @@ impl KernelMaps {
     }
 }
 
+/// Sums the per-CPU values of `ids` in the per-CPU array `name`.
+fn per_cpu_sums<T: aya::Pod + Default>(
+    ebpf: &Ebpf,
+    name: &str,
+    ids: &[u32],
+    mut add: impl FnMut(&mut T, &T),
+) -> Result<BTreeMap<u32, T>, DataplaneError> {
+    let map = ebpf
+        .map(name)
+        .ok_or_else(|| DataplaneError::kernel(name.to_owned(), "missing from the object"))?;
+    let array: PerCpuArray<&MapData, T> =
+        PerCpuArray::try_from(map).map_err(err(format!("opening {name}")))?;
+    ids.iter()
+        .map(|id| {
+            let values = array.get(id, 0).map_err(err(format!("reading {name}")))?;
+            let mut sum = T::default();
+            for v in values.iter() {
+                add(&mut sum, v);
+            }
+            Ok((*id, sum))
+        })
+        .collect()
+}
+
+impl KernelMaps {
+    /// The conntrack map: written by the kernel, read and pruned by the recount.
+    fn conntrack(&mut self) -> Result<HashMap<&mut MapData, Flow, Conn>, DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut("lb_conntrack")
+            .ok_or_else(|| DataplaneError::kernel("lb_conntrack", "missing from the object"))?;
+        HashMap::try_from(map).map_err(err("opening lb_conntrack"))
+    }
+}
+
 impl Maps for KernelMaps {
+    fn read_counts(
+        &mut self,
+        services: &[u32],
+        backends: &[u32],
+    ) -> Result<Counts, DataplaneError> {
+        let all: Vec<u32> = (0..lb_common::counter::Counter::COUNT).collect();
+        let outcomes = per_cpu_sums::<u64>(&self.ebpf, "lb_counters", &all, |s, v| *s += v)?;
+        Ok(Counts {
+            outcomes: outcomes.into_values().collect(),
+            services: per_cpu_sums(&self.ebpf, "lb_svc_stats", services, Traffic::add)?,
+            backends: per_cpu_sums(&self.ebpf, "lb_be_stats", backends, Traffic::add)?,
+        })
+    }
+
+    fn connections(
+        &mut self,
+        limit: usize,
+        to: Option<Endpoint>,
+    ) -> Result<(Vec<ConnEntry>, usize), DataplaneError> {
+        let now = self.epoch_value as u32;
+        let ticks = self.timeout_ticks;
+        let tick = Duration::from_millis(NEXTHOP_REFRESH_MS);
+        let table = self.conntrack()?;
+        let mut seen = HashSet::new();
+        let mut entries = Vec::new();
+        let mut live = 0;
+        for (flow, conn) in table.iter().filter_map(Result::ok) {
+            let timeout = ticks.get(usize::from(conn.state)).copied().unwrap_or(0);
+            let wanted =
+                to.is_none_or(|t| (t.addr, t.port, t.proto) == (flow.dst, flow.dport, flow.proto));
+            if !wanted || !seen.insert(flow) || expired(now, conn.last_seen, timeout) {
+                continue;
+            }
+            live += 1;
+            if entries.len() < limit {
+                let idle = now.wrapping_sub(conn.last_seen);
+                entries.push(ConnEntry {
+                    flow,
+                    conn,
+                    idle: tick * idle,
+                    expires_in: tick * timeout.saturating_sub(idle),
+                });
+            }
+        }
+        Ok((entries, live))
+    }
+
     fn recount_connections(
         &mut self,
         backends: &BTreeMap<u32, lb_common::abi::Backend>,
@@ -365,19 +447,15 @@ impl Maps for KernelMaps {
         let mut counts: BTreeMap<u32, BackendConns> = BTreeMap::new();
         let mut seen = HashSet::new();
         let mut expired_flows = Vec::new();
-        let map = self
-            .ebpf
-            .map_mut("lb_conntrack")
-            .ok_or_else(|| DataplaneError::kernel("lb_conntrack", "missing from the object"))?;
-        let mut table: HashMap<&mut MapData, Flow, Conn> =
-            HashMap::try_from(map).map_err(err("opening lb_conntrack"))?;
+        let timeout_ticks = self.timeout_ticks;
+        let mut table = self.conntrack()?;
         // get_next_key restarts from the first bucket when the current key is
         // evicted under it: count each flow once.
         for (flow, conn) in table.iter().filter_map(Result::ok) {
             if !seen.insert(flow) {
                 continue;
             }
-            let timeout = self.timeout_ticks.get(usize::from(conn.state)).copied().unwrap_or(0);
+            let timeout = timeout_ticks.get(usize::from(conn.state)).copied().unwrap_or(0);
             if expired(now, conn.last_seen, timeout) {
                 expired_flows.push((flow, conn));
                 continue;

@@ -3,9 +3,9 @@
 pub mod fake;
 pub mod kernel;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
-use lb_common::abi::{Backend, BackendConns};
+use lb_common::abi::{Backend, BackendConns, Conn, Endpoint, Flow, Traffic};
 
 use crate::plan::Op;
 
@@ -28,6 +28,28 @@ impl DataplaneError {
     }
 }
 
+/// What the data plane counted, summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Packet outcomes, indexed like `lb_common::counter::Counter::ALL`.
+    pub outcomes: Vec<u64>,
+    /// By service id.
+    pub services: BTreeMap<u32, Traffic>,
+    /// By backend id.
+    pub backends: BTreeMap<u32, Traffic>,
+}
+
+/// One entry of the connection table, as `ipvsadm -Lnc` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnEntry {
+    pub flow: Flow,
+    pub conn: Conn,
+    /// Since the flow's last client packet.
+    pub idle: Duration,
+    /// Until the entry expires if the flow stays idle.
+    pub expires_in: Duration,
+}
+
 /// Writes to the data plane's maps. Every write is idempotent (a put of what
 /// is there, a delete of what is gone, succeed), so a failed apply can be
 /// retried from the last image known to be in place.
@@ -46,4 +68,17 @@ pub trait Maps: Send {
         &mut self,
         backends: &BTreeMap<u32, Backend>,
     ) -> Result<BTreeMap<u32, BackendConns>, DataplaneError>;
+
+    /// Reads the packet counters and the traffic of the given services and
+    /// backends (by id).
+    fn read_counts(&mut self, services: &[u32], backends: &[u32])
+    -> Result<Counts, DataplaneError>;
+
+    /// Up to `limit` live entries of the connection table (only those to
+    /// the VIP `to`, if given), and how many such entries it holds.
+    fn connections(
+        &mut self,
+        limit: usize,
+        to: Option<Endpoint>,
+    ) -> Result<(Vec<ConnEntry>, usize), DataplaneError>;
 }

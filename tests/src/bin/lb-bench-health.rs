@@ -10,7 +10,7 @@ use aya::maps::{Array, Map, MapData};
 use lb_common::abi::{BACKEND_DOWN, Backend, MAX_BACKENDS};
 use lb_ctl::{
     health::Monitor,
-    model::{Backend as BackendSpec, HealthCheck, Probe, Protocol, Service},
+    model::{AdminState, Backend as BackendSpec, HealthCheck, Probe, Protocol, Service},
 };
 use lb_tests::{
     harness::{FAST_CHECKS, Lab, built_bin},
@@ -193,6 +193,7 @@ fn capacity() -> Capacity {
                         address: Ipv4Addr::LOCALHOST,
                         port: 20000 + i,
                         weight: 1,
+                        state: AdminState::Active,
                     })
                     .collect(),
             };

@@ -1,0 +1,162 @@
+//! The admin API (SPEC "Admin API"): JSON over HTTP, the stats page, the
+//! metrics. Reads are served from the view the controller publishes;
+//! changes are sent to the controller, which answers once the kernel maps
+//! hold them.
+pub mod auth;
+pub mod error;
+pub mod metrics;
+pub mod page;
+pub mod routes;
+pub mod view;
+
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use axum::{
+    Json, Router,
+    extract::{DefaultBodyLimit, Request},
+    http::StatusCode,
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use tokio::sync::{mpsc, watch};
+use utoipa::{
+    Modify, OpenApi,
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use self::{error::ApiError, view::Stats};
+use crate::{controller, reconciler};
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub requests: mpsc::Sender<controller::Request>,
+    pub stats: watch::Receiver<Arc<Stats>>,
+    pub reconciler: reconciler::Handle,
+}
+
+/// Largest request body: a service with a few thousand backends fits.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// A request (body included) that takes longer is answered 408.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "lb-ctl admin API", description = "Services, backends, stats and connections of the XDP load balancer. Changes answer once the kernel maps hold them, and survive a restart."),
+    modifiers(&BearerAuth),
+    security(("bearer" = []), ("basic" = [])),
+    tags(
+        (name = "services", description = "Services (IPVS virtual services)"),
+        (name = "backends", description = "A service's backends (IPVS real servers)"),
+        (name = "stats", description = "Counters and the connection table"),
+        (name = "monitoring", description = "Probes, metrics and the stats page; /healthz, /readyz and /metrics need no token"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "basic",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Basic).build()),
+        );
+    }
+}
+
+/// Every route and its OpenAPI document, from the same list.
+pub fn routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(routes::list_services, routes::add_service))
+        .routes(routes!(routes::get_service, routes::put_service, routes::delete_service))
+        .routes(routes!(routes::add_backend))
+        .routes(routes!(routes::patch_backend, routes::delete_backend))
+        .routes(routes!(routes::get_stats))
+        .routes(routes!(routes::list_conns))
+        .routes(routes!(routes::get_metrics))
+        .routes(routes!(routes::healthz))
+        .routes(routes!(routes::readyz))
+        .routes(routes!(routes::stats_page))
+        .split_for_parts()
+}
+
+/// The whole application: routes, the document, auth, limits, JSON errors.
+pub fn app(state: ApiState, token: Option<Arc<str>>) -> Router {
+    let (router, openapi) = routes();
+    let openapi = Arc::new(openapi);
+    router
+        .route("/api/v1/openapi.json", get(move || async move { Json(openapi.as_ref().clone()) }))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(time_limit))
+        .layer(middleware::from_fn_with_state(token, auth::require_token))
+        .with_state(state)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no route {}", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+/// Bounds the time a request may take, reading its body included.
+async fn time_limit(request: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            ApiError::new(StatusCode::REQUEST_TIMEOUT, "the request took too long").into_response()
+        }
+    }
+}
+
+/// Why the API will not listen.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error(
+        "admin.listen = {0}: without admin.token_file the API only listens on loopback (127.0.0.1 or ::1); set a token to listen elsewhere"
+    )]
+    NeedsToken(SocketAddr),
+    #[error("admin.token_file {path}: {why}")]
+    Token { path: String, why: String },
+    #[error("admin.listen = {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// The token in `path` (surrounding whitespace ignored; empty is refused).
+pub fn read_token(path: &Path) -> Result<Arc<str>, ListenError> {
+    let failed = |why: String| ListenError::Token { path: path.display().to_string(), why };
+    let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(failed("the file is empty".into()));
+    }
+    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(failed("the token contains spaces or control characters".into()));
+    }
+    Ok(Arc::from(token))
+}
+
+/// Binds the listener, refusing a non-loopback address without a token.
+pub async fn bind(
+    addr: SocketAddr,
+    token: Option<&Arc<str>>,
+) -> Result<tokio::net::TcpListener, ListenError> {
+    if token.is_none() && !addr.ip().is_loopback() {
+        return Err(ListenError::NeedsToken(addr));
+    }
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| ListenError::Bind { addr, source })
+}

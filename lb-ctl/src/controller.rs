@@ -1,0 +1,313 @@
+//! The controller's state and its every move: the config file, the runtime
+//! changes on top of it, the health of each backend, the counters. One task
+//! owns it (`run`); the admin API asks it for changes and reads what it
+//! publishes.
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Instant,
+};
+
+use tokio::sync::{oneshot, watch};
+use tracing::{error, info, warn};
+
+use crate::{
+    api::view::{self, ConntrackView, HealthLookup, RuntimeChanges, Samples, Stats},
+    changes::{self, Change, ChangeError, Changes},
+    config::Config,
+    health::{
+        self,
+        state::{CheckResult, Status},
+    },
+    model::{AdminState, Service},
+    plan::{BackendKey, PlanError},
+    reconciler::{self, ReconcileError},
+    run::{self, Overrides},
+};
+
+/// Why a change through the API was not made; nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Refused(#[from] ChangeError),
+    #[error("the change does not fit: {0}")]
+    DoesNotFit(PlanError),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A change asked by the API, answered once the kernel holds it.
+pub struct Request {
+    pub change: Change,
+    pub reply: oneshot::Sender<Result<Arc<Stats>, ControlError>>,
+}
+
+pub struct Controller {
+    config_path: PathBuf,
+    overrides: Overrides,
+    /// The config file as last loaded.
+    config: Config,
+    changes: Changes,
+    state_path: PathBuf,
+    /// What runs: the file's services with the runtime changes applied.
+    services: Vec<Service>,
+    health: health::Monitor,
+    reconciler: reconciler::Handle,
+    samples: Samples,
+    started: Instant,
+    published: watch::Sender<Arc<Stats>>,
+    /// A health change the reconciler could not apply yet.
+    health_pending: bool,
+    /// The maps may hold part of a failed change (see `restore`).
+    restore_pending: bool,
+}
+
+impl HealthLookup for health::Monitor {
+    fn status(&self, key: &BackendKey) -> Option<(Status, Option<&CheckResult>)> {
+        health::Monitor::status(self, key)
+    }
+
+    fn is_down(&self, key: &BackendKey) -> bool {
+        self.status(key).is_some_and(|(s, _)| !s.is_usable())
+    }
+}
+
+impl Controller {
+    /// Restores the runtime changes over `config`, applies the result and
+    /// starts the health checks.
+    pub async fn start(
+        config_path: PathBuf,
+        overrides: Overrides,
+        config: Config,
+        reconciler: reconciler::Handle,
+    ) -> anyhow::Result<(Self, watch::Receiver<Arc<Stats>>)> {
+        let state_path = config
+            .admin
+            .state_file
+            .clone()
+            .unwrap_or_else(|| changes::default_state_path(&config_path));
+        let changes = Changes::load(&state_path)?;
+        let services = replay(&changes, &config.services, &state_path);
+        reconciler.apply(services.clone()).await?;
+        let mut health = health::Monitor::default();
+        health.sync(&services);
+        let (published, view) = watch::channel(Arc::new(Stats::default()));
+        let controller = Self {
+            config_path,
+            overrides,
+            config,
+            changes,
+            state_path,
+            services,
+            health,
+            reconciler,
+            samples: Samples::default(),
+            started: Instant::now(),
+            published,
+            health_pending: false,
+            restore_pending: false,
+        };
+        controller.publish();
+        Ok((controller, view))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn services(&self) -> &[Service] {
+        &self.services
+    }
+
+    /// Makes `change`, keeps it in the state file, and answers with the new
+    /// view. The kernel holds the change before the answer; if the state
+    /// file cannot be written, the change is undone.
+    pub async fn change(&mut self, change: Change) -> Result<Arc<Stats>, ControlError> {
+        let next = changes::apply(&self.services, &change)?;
+        if let Err(e) = self.reconciler.apply(next.clone()).await {
+            // A plan that does not fit wrote nothing; a failed write may
+            // have left part of the change in the maps.
+            if matches!(e, ReconcileError::Dataplane(_)) {
+                error!(error = %e, "undoing the change: writing it failed midway");
+                self.restore().await;
+            }
+            return Err(reconcile_error(e));
+        }
+        let mut recorded = self.changes.clone();
+        recorded.record(&change, &next);
+        if let Err(e) = recorded.save(&self.state_path) {
+            error!(error = %e, "undoing the change: it could not be kept");
+            self.restore().await;
+            return Err(ControlError::Failed(e.to_string()));
+        }
+        log_change(&change);
+        self.changes = recorded;
+        self.services = next;
+        self.health.sync(&self.services);
+        self.apply_health().await;
+        Ok(self.publish())
+    }
+
+    /// Makes the maps hold what runs again, after a change that failed; if
+    /// that fails too, every sample retries until it works.
+    async fn restore(&mut self) {
+        match self.reconciler.apply(self.services.clone()).await {
+            Ok(_) => self.restore_pending = false,
+            Err(e) => {
+                error!(error = %e, "restoring the running state failed; retrying every second");
+                self.restore_pending = true;
+            }
+        }
+    }
+
+    /// SIGHUP: the file's services, with the runtime changes on top, if
+    /// the file is valid; otherwise keep running what runs and say why.
+    pub async fn reload(&mut self) {
+        let next = match run::load(&self.config_path, &self.overrides) {
+            Ok(next) => next,
+            Err(refused) => {
+                error!(problems = ?refused.0, "reload refused; keeping the running configuration");
+                return;
+            }
+        };
+        if next.dataplane != self.config.dataplane
+            || next.admin != self.config.admin
+            || next.log != self.config.log
+        {
+            warn!(
+                "[dataplane], [admin] and [log] changes take effect at the next start; applying services only"
+            );
+        }
+        let services = replay(&self.changes, &next.services, &self.state_path);
+        match self.reconciler.apply(services.clone()).await {
+            Ok(applied) => {
+                info!(writes = applied.writes, "configuration reloaded");
+                self.config = Config {
+                    dataplane: self.config.dataplane.clone(),
+                    admin: self.config.admin.clone(),
+                    log: self.config.log.clone(),
+                    ..next
+                };
+                self.services = services;
+                self.health.sync(&self.services);
+                self.apply_health().await;
+                self.publish();
+            }
+            Err(e) => {
+                error!(error = %e, "reload failed midway; the next reload (SIGHUP) completes or undoes it");
+            }
+        }
+    }
+
+    /// Reads the counters (and recounts connections), then publishes.
+    pub async fn sample(&mut self) {
+        match self.reconciler.sample().await {
+            Ok(sample) => self.samples.push(sample),
+            Err(e) => warn!(error = %e, "cannot read the data plane's counters"),
+        }
+        if self.restore_pending {
+            self.restore().await;
+        }
+        if self.health_pending {
+            self.apply_health().await;
+        }
+        self.publish();
+    }
+
+    /// Waits for a backend's health to change, and applies it.
+    pub async fn next_health_change(&mut self) {
+        self.health.next_transition().await;
+        self.apply_health().await;
+        self.publish();
+    }
+
+    /// DOWN backends leave the scheduler's tables (only their own Maglev
+    /// slots move), and come back when UP again.
+    async fn apply_health(&mut self) {
+        let down = self.health.down();
+        let count = down.len();
+        match self.reconciler.set_down(down).await {
+            Ok(applied) => {
+                if applied.writes > 0 {
+                    info!(down = count, writes = applied.writes, "health applied");
+                }
+                self.health_pending = false;
+            }
+            Err(e) => {
+                error!(error = %e, "applying health states failed; retrying within a second");
+                self.health_pending = true;
+            }
+        }
+    }
+
+    /// The view of everything, for the API's readers.
+    fn publish(&self) -> Arc<Stats> {
+        let (services, backends) = self.changes.len();
+        let last = self.samples.last.as_ref();
+        let stats = Arc::new(Stats {
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_s: self.started.elapsed().as_secs(),
+            services: view::services(&self.services, &self.health, &self.samples),
+            packets: view::packets(&self.samples),
+            conntrack: ConntrackView {
+                entries: last.map_or(0, |(_, s)| s.tracked),
+                capacity: u64::from(self.config.dataplane.conntrack_max),
+            },
+            runtime_changes: RuntimeChanges {
+                services,
+                backends,
+                state_file: Some(self.state_path.display().to_string()),
+            },
+            published: Some(Instant::now()),
+        });
+        self.published.send_replace(Arc::clone(&stats));
+        stats
+    }
+}
+
+fn reconcile_error(e: ReconcileError) -> ControlError {
+    match e {
+        ReconcileError::Plan(p) => ControlError::DoesNotFit(p),
+        other => ControlError::Failed(other.to_string()),
+    }
+}
+
+/// The file's services with the runtime changes on top; says what it
+/// restored and what no longer fits.
+fn replay(changes: &Changes, base: &[Service], state_path: &Path) -> Vec<Service> {
+    let (services, skipped) = changes.replay(base);
+    if !changes.is_empty() {
+        let (s, b) = changes.len();
+        info!(
+            state_file = %state_path.display(),
+            services = s,
+            backends = b,
+            "runtime changes restored over the config file"
+        );
+    }
+    for s in skipped {
+        warn!(change = %s.what, reason = %s.why, "runtime change no longer applies; skipped");
+    }
+    services
+}
+
+/// Every admin action is logged (and so reaches syslog).
+fn log_change(change: &Change) {
+    let service = change.service();
+    match change {
+        Change::AddService(s) => {
+            info!(service, vip = %s.vip, port = s.port, "admin: service added");
+        }
+        Change::PutService(s) => {
+            info!(service, vip = %s.vip, port = s.port, "admin: service replaced");
+        }
+        Change::RemoveService(_) => info!(service, "admin: service removed"),
+        Change::AddBackend { backend: b, .. } | Change::PutBackend { backend: b, .. } => {
+            info!(service, backend = %format!("{}:{}", b.address, b.port), weight = b.weight, state = %b.state, "admin: backend added");
+        }
+        Change::SetBackend { backend, weight, state, .. } => {
+            info!(service, %backend, weight = ?weight, state = ?state.map(AdminState::name), "admin: backend changed");
+        }
+        Change::RemoveBackend { backend, .. } => info!(service, %backend, "admin: backend removed"),
+    }
+}

@@ -1,0 +1,1430 @@
+//! The admin API's contract (SPEC "Admin API"), end to end in-process: a
+//! controller over in-memory maps (`FakeMaps`, the image the kernel would
+//! hold), its loop wired as `lb-ctl run` wires it (minus signals and the
+//! kernel), and `api::app` driven with `tower::ServiceExt::oneshot`.
+//!
+//! Every error answer is checked for its status and its JSON shape
+//! (`{"error": …, "detail": …}`); every refused request for leaving the
+//! services, the kernel maps and the state file exactly as they were.
+#![allow(clippy::too_many_lines)]
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::Body,
+    http::{HeaderMap, Method, Request, StatusCode, header},
+};
+use base64::Engine as _;
+use lb_common::abi::{BACKEND_DOWN, BACKEND_IN_USE, PROTO_UDP};
+use lb_ctl::{
+    api::{self, ApiState},
+    config,
+    controller::{self, Controller},
+    dataplane::fake::FakeMaps,
+    plan::Image,
+    reconciler::{self, Reconciler},
+    run::Overrides,
+};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tower::ServiceExt as _;
+
+/// How often the test controller samples (`lb-ctl run`: every second).
+const SAMPLE_INTERVAL: Duration = Duration::from_millis(200);
+
+const TOKEN: &str = "s3cret";
+
+/// The config every test starts from.
+fn config_text(state_file: &Path) -> String {
+    format!(
+        r#"
+[dataplane]
+interfaces = ["lb-test0"]
+
+[admin]
+state_file = "{}"
+
+[[service]]
+name = "web"
+vip = "10.77.1.100"
+port = 80
+protocol = "tcp"
+scheduler = "maglev"
+
+  [[service.backend]]
+  address = "10.77.2.11"
+  port = 80
+
+  [[service.backend]]
+  address = "10.77.2.12"
+  port = 80
+
+[[service]]
+name = "dns"
+vip = "10.77.1.100"
+port = 53
+protocol = "udp"
+
+  [[service.backend]]
+  address = "10.77.2.21"
+  port = 53
+"#,
+        state_file.display()
+    )
+}
+
+/// A fresh directory under the system's temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(test: &str) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("lb-ctl-api-{}-{test}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// An answer: status, headers, body text.
+#[derive(Debug)]
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    text: String,
+}
+
+impl Reply {
+    /// The body as JSON, or the text as a JSON string if it is not JSON.
+    fn value(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|_| Value::String(self.text.clone()))
+    }
+
+    fn content_type(&self) -> &str {
+        self.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default()
+    }
+}
+
+/// What the fake kernel maps hold, by name rather than by id.
+#[derive(Debug, PartialEq, Eq)]
+struct Kernel {
+    /// `vip:port/proto`.
+    services: BTreeSet<String>,
+    /// `vip:port/proto` -> `address:port` -> (weight, flags).
+    backends: BTreeMap<String, BTreeMap<String, (u32, u16)>>,
+}
+
+fn endpoint(addr: [u8; 4], port: u16, proto: u8) -> String {
+    let proto = if proto == PROTO_UDP { "udp" } else { "tcp" };
+    format!("{}:{port}/{proto}", std::net::Ipv4Addr::from(addr))
+}
+
+/// Everything a refused request must leave as it was.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    services: Value,
+    image: Image,
+    state_file: Option<Vec<u8>>,
+}
+
+/// A controller over fake maps, its loop, and the API in front of it.
+struct Lb {
+    app: Router,
+    fake: FakeMaps,
+    state_file: PathBuf,
+    /// What the harness's own reads present (the token's bearer, if any).
+    admin_auth: Option<String>,
+    controller: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Lb {
+    fn drop(&mut self) {
+        self.controller.abort();
+    }
+}
+
+impl Lb {
+    /// `lb-ctl run`'s wiring over `dir` (config and state file there).
+    async fn start(dir: &Path, token: Option<&str>) -> Self {
+        let state_file = dir.join("lb.state.json");
+        let config_path = dir.join("lb.toml");
+        let text = config_text(&state_file);
+        fs::write(&config_path, &text).unwrap();
+        let config = config::parse(&text).expect("the test config is valid");
+        let fake = FakeMaps::default();
+        let (handle, _reconciler) = reconciler::spawn(Reconciler::new(fake.clone()));
+        let (mut controller, stats) =
+            Controller::start(config_path, Overrides::default(), config, handle.clone())
+                .await
+                .expect("the controller starts");
+        let (requests_tx, mut requests) = mpsc::channel::<controller::Request>(64);
+        let controller = tokio::spawn(async move {
+            let mut sample = tokio::time::interval(SAMPLE_INTERVAL);
+            sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = sample.tick() => controller.sample().await,
+                    () = controller.next_health_change() => {}
+                    request = requests.recv() => {
+                        let Some(request) = request else { break };
+                        let answer = controller.change(request.change).await;
+                        let _ = request.reply.send(answer);
+                    }
+                }
+            }
+        });
+        let api_state = ApiState { requests: requests_tx, stats, reconciler: handle };
+        let app = api::app(api_state, token.map(Arc::from));
+        let admin_auth = token.map(|t| format!("Bearer {t}"));
+        Self { app, fake, state_file, admin_auth, controller }
+    }
+
+    async fn send(&self, method: Method, path: &str, body: Body, auth: Option<&str>) -> Reply {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(auth) = auth {
+            request = request.header(header::AUTHORIZATION, auth);
+        }
+        let request = request.header(header::CONTENT_TYPE, "application/json").body(body).unwrap();
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        Reply { status, headers, text: String::from_utf8_lossy(&bytes).into_owned() }
+    }
+
+    /// One request; the answer's status and body (JSON, or text as a JSON string).
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&str>,
+        auth: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let body = body.map_or_else(Body::empty, |b| Body::from(b.to_owned()));
+        let reply = self.send(method, path, body, auth).await;
+        (reply.status, reply.value())
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, None, None).await
+    }
+
+    /// `GET /api/v1/services`, which must answer.
+    async fn services(&self) -> Value {
+        let auth = self.admin_auth.as_deref();
+        let (status, body) = self.call(Method::GET, "/api/v1/services", None, auth).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    fn image(&self) -> Image {
+        self.fake.state.lock().unwrap().clone()
+    }
+
+    fn kernel(&self) -> Kernel {
+        let image = self.image();
+        let services = image.services.keys().map(|k| endpoint(k.addr, k.port, k.proto)).collect();
+        let mut backends: BTreeMap<String, BTreeMap<String, (u32, u16)>> = BTreeMap::new();
+        for b in image.backends.values() {
+            backends.entry(endpoint(b.vip, b.vport, b.proto)).or_default().insert(
+                format!("{}:{}", std::net::Ipv4Addr::from(b.addr), b.port),
+                (b.weight, b.flags),
+            );
+        }
+        Kernel { services, backends }
+    }
+
+    /// The backends the kernel holds for `service` (`vip:port/proto`).
+    fn kernel_backends(&self, service: &str) -> BTreeMap<String, (u32, u16)> {
+        self.kernel().backends.remove(service).unwrap_or_default()
+    }
+
+    async fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            services: self.services().await,
+            image: self.image(),
+            state_file: fs::read(&self.state_file).ok(),
+        }
+    }
+
+    /// Sends a request that must be refused with `status`, and checks it
+    /// changed nothing; returns the error body.
+    async fn refused(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&str>,
+        status: StatusCode,
+    ) -> Value {
+        self.check_refused(method, path, body, status).await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `refused`, telling what went wrong instead of panicking.
+    async fn check_refused(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&str>,
+        status: StatusCode,
+    ) -> Result<Value, String> {
+        let before = self.snapshot().await;
+        let (got, answer) = self.call(method.clone(), path, body, None).await;
+        let what = format!("{method} {path} {}", body.map_or("", |b| truncate(b)));
+        if got != status {
+            let answer = answer.to_string();
+            return Err(format!("{what}: {got} (want {status}): {}", truncate(&answer)));
+        }
+        if let Err(e) = error_shape(&answer) {
+            return Err(format!("{what}: {e}"));
+        }
+        if before != self.snapshot().await {
+            return Err(format!("{what}: the refused request changed the state"));
+        }
+        Ok(answer)
+    }
+}
+
+fn truncate(text: &str) -> &str {
+    let end = text.char_indices().nth(200).map_or(text.len(), |(i, _)| i);
+    &text[..end]
+}
+
+/// `status`, and the API's one error shape: `{"error": "<what>", "detail": …}`.
+#[track_caller]
+fn assert_error(got: StatusCode, body: &Value, status: StatusCode, what: &str) {
+    assert_eq!(got, status, "{what}: {body}");
+    assert_error_shape(body, what);
+}
+
+#[track_caller]
+fn assert_error_shape(body: &Value, what: &str) {
+    if let Err(e) = error_shape(body) {
+        panic!("{what}: {e}");
+    }
+}
+
+fn error_shape(body: &Value) -> Result<(), String> {
+    let Some(object) = body.as_object() else {
+        return Err(format!("not a JSON object: {body}"));
+    };
+    let error = object.get("error").and_then(Value::as_str);
+    if error.is_none_or(str::is_empty) {
+        return Err(format!("no \"error\" sentence: {body}"));
+    }
+    if !object.contains_key("detail") || object.len() != 2 {
+        return Err(format!("not {{\"error\", \"detail\"}}: {body}"));
+    }
+    Ok(())
+}
+
+/// Whether an error body names `field`: a problem whose key is the field
+/// (or ends with it: `backend[0].address`), or a message that quotes it.
+fn names(body: &Value, field: &str) -> bool {
+    let keyed = body["detail"].as_array().is_some_and(|problems| {
+        problems.iter().any(|p| {
+            let key = p["key"].as_str().unwrap_or_default();
+            key == field || key.ends_with(&format!(".{field}"))
+        })
+    });
+    let quoted = [format!("`{field}`"), format!("\"{field}\""), format!("{field}:")]
+        .iter()
+        .any(|q| body["error"].as_str().unwrap_or_default().contains(q.as_str()));
+    keyed || quoted
+}
+
+#[track_caller]
+fn assert_names(body: &Value, field: &str) {
+    assert!(names(body, field), "the error should name {field:?}: {body}");
+}
+
+fn service<'a>(list: &'a Value, name: &str) -> Option<&'a Value> {
+    list.as_array().unwrap().iter().find(|s| s["name"] == name)
+}
+
+fn backend<'a>(service: &'a Value, at: &str) -> Option<&'a Value> {
+    service["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| format!("{}:{}", b["address"].as_str().unwrap(), b["port"]) == at)
+}
+
+/// A service's settings: its view without the live numbers, its services
+/// and backends in name order.
+fn settings(services: &Value) -> Value {
+    let mut services = services.as_array().unwrap().clone();
+    services.sort_by_key(|s| s["name"].as_str().unwrap().to_owned());
+    for s in &mut services {
+        let s = s.as_object_mut().unwrap();
+        for live in ["traffic", "rates"] {
+            s.remove(live);
+        }
+        let backends = s.get_mut("backends").unwrap().as_array_mut().unwrap();
+        backends.sort_by_key(|b| format!("{}:{}", b["address"].as_str().unwrap(), b["port"]));
+        for b in backends {
+            let b = b.as_object_mut().unwrap();
+            for live in ["traffic", "rates", "conns", "health"] {
+                b.remove(live);
+            }
+        }
+    }
+    Value::Array(services)
+}
+
+const WEB: &str = "10.77.1.100:80/tcp";
+const DNS: &str = "10.77.1.100:53/udp";
+
+// ---- Reads ----
+
+#[tokio::test]
+async fn reads_answer_the_running_state() {
+    let dir = TempDir::new("reads");
+    let lb = Lb::start(&dir.0, None).await;
+
+    let services = lb.services().await;
+    assert_eq!(services.as_array().unwrap().len(), 2, "{services}");
+    let web = service(&services, "web").expect("web is listed");
+    assert_eq!(web["vip"], "10.77.1.100");
+    assert_eq!(web["port"], 80);
+    assert_eq!(web["protocol"], "tcp");
+    assert_eq!(web["scheduler"], "maglev");
+    assert_eq!(web["backends_in_rotation"], 2);
+    let b = backend(web, "10.77.2.11:80").expect("10.77.2.11:80 is listed");
+    assert_eq!(b["weight"], 1);
+    assert_eq!(b["state"], "active");
+    assert_eq!(b["in_rotation"], true);
+    assert_eq!(b["health"]["status"], "UNCHECKED");
+    let dns = service(&services, "dns").expect("dns is listed");
+    assert_eq!(dns["protocol"], "udp");
+    assert_eq!(dns["backends"].as_array().unwrap().len(), 1);
+
+    let (status, one) = lb.get("/api/v1/services/web").await;
+    assert_eq!(status, StatusCode::OK, "{one}");
+    assert_eq!(&one, web);
+    let (status, body) = lb.get("/api/v1/services/nope").await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "GET /api/v1/services/nope");
+
+    let (status, overview) = lb.get("/api/v1/stats").await;
+    assert_eq!(status, StatusCode::OK, "{overview}");
+    assert_eq!(overview["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(overview["services"], services);
+    assert!(overview["packets"].as_object().is_some_and(|p| !p.is_empty()), "{overview}");
+    assert!(overview["conntrack"]["capacity"].as_u64().is_some_and(|c| c > 0), "{overview}");
+    assert_eq!(overview["runtime_changes"]["services"], 0);
+    assert_eq!(overview["runtime_changes"]["backends"], 0);
+    assert_eq!(
+        overview["runtime_changes"]["state_file"].as_str(),
+        Some(lb.state_file.display().to_string().as_str())
+    );
+
+    // The kernel holds the config's services.
+    let kernel = lb.kernel();
+    assert_eq!(kernel.services, BTreeSet::from([WEB.to_owned(), DNS.to_owned()]));
+    assert_eq!(kernel.backends[WEB].keys().collect::<Vec<_>>(), ["10.77.2.11:80", "10.77.2.12:80"]);
+}
+
+#[tokio::test]
+async fn the_connection_table_is_listed_and_filtered() {
+    let dir = TempDir::new("conns");
+    let lb = Lb::start(&dir.0, None).await;
+
+    let (status, conns) = lb.get("/api/v1/conns").await;
+    assert_eq!(status, StatusCode::OK, "{conns}");
+    assert_eq!(conns, json!({"total": 0, "truncated": false, "conns": []}));
+    let (status, conns) = lb.get("/api/v1/conns?service=web&limit=10").await;
+    assert_eq!(status, StatusCode::OK, "{conns}");
+    assert_eq!(conns["total"], 0);
+
+    let (status, body) = lb.get("/api/v1/conns?service=nope").await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "?service=nope");
+    for query in ["limit=abc", "limit=-1", "colour=red"] {
+        let (status, body) = lb.get(&format!("/api/v1/conns?{query}")).await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, query);
+    }
+}
+
+#[tokio::test]
+async fn probes_metrics_and_the_page_answer() {
+    let dir = TempDir::new("monitoring");
+    let lb = Lb::start(&dir.0, None).await;
+
+    let metrics = lb.send(Method::GET, "/metrics", Body::empty(), None).await;
+    assert_eq!(metrics.status, StatusCode::OK, "{}", metrics.text);
+    assert!(
+        metrics.content_type().starts_with("application/openmetrics-text"),
+        "{}",
+        metrics.content_type()
+    );
+    assert!(metrics.text.trim_end().ends_with("# EOF"), "OpenMetrics ends with # EOF");
+    assert!(metrics.text.contains("web"), "the metrics name the services");
+
+    for (path, text) in [("/healthz", "ok"), ("/readyz", "ready")] {
+        let reply = lb.send(Method::GET, path, Body::empty(), None).await;
+        assert_eq!(reply.status, StatusCode::OK, "{path}: {}", reply.text);
+        assert_eq!(reply.text.trim(), text, "{path}");
+    }
+
+    let page = lb.send(Method::GET, "/", Body::empty(), None).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    assert!(page.content_type().starts_with("text/html"), "{}", page.content_type());
+    assert!(page.text.to_ascii_lowercase().contains("<html"), "an HTML page");
+    assert!(page.text.contains("web") && page.text.contains("dns"), "the page lists the services");
+
+    let (status, doc) = lb.get("/api/v1/openapi.json").await;
+    assert_eq!(status, StatusCode::OK, "{doc}");
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with('3')), "{doc}");
+    assert!(doc["paths"].as_object().is_some_and(|p| !p.is_empty()));
+}
+
+// ---- Services ----
+
+#[tokio::test]
+async fn services_are_added_replaced_and_removed() {
+    let dir = TempDir::new("services");
+    let lb = Lb::start(&dir.0, None).await;
+    let api = r#"{"name": "api", "vip": "10.77.1.101", "port": 443,
+        "backends": [{"address": "10.77.2.31", "port": 8443, "weight": 3}]}"#;
+
+    // POST: 201, and the kernel holds it once answered.
+    let services_before = lb.kernel().services.len();
+    let (status, created) = lb.call(Method::POST, "/api/v1/services", Some(api), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["name"], "api");
+    assert_eq!(created["scheduler"], "maglev", "defaults apply");
+    assert_eq!(created["backends"][0]["weight"], 3);
+    let kernel = lb.kernel();
+    assert_eq!(kernel.services.len(), services_before + 1);
+    assert!(kernel.services.contains("10.77.1.101:443/tcp"), "{kernel:?}");
+    assert_eq!(
+        kernel.backends["10.77.1.101:443/tcp"]["10.77.2.31:8443"],
+        (3, BACKEND_IN_USE),
+        "{kernel:?}"
+    );
+    let (status, got) = lb.get("/api/v1/services/api").await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    assert_eq!(got, created);
+
+    // Conflicts: the name, the VIP:port/proto, a backend of another service.
+    let body = lb.refused(Method::POST, "/api/v1/services", Some(api), StatusCode::CONFLICT).await;
+    assert!(body["error"].as_str().unwrap().contains("api"), "{body}");
+    let same_vip = r#"{"name": "web2", "vip": "10.77.1.100", "port": 80, "protocol": "tcp"}"#;
+    lb.refused(Method::POST, "/api/v1/services", Some(same_vip), StatusCode::CONFLICT).await;
+    let taken_backend = r#"{"name": "web3", "vip": "10.77.1.102", "port": 80,
+        "backends": [{"address": "10.77.2.11", "port": 80}]}"#;
+    let body = lb
+        .refused(Method::POST, "/api/v1/services", Some(taken_backend), StatusCode::CONFLICT)
+        .await;
+    assert!(body["error"].as_str().unwrap().contains("10.77.2.11:80"), "{body}");
+    // The same VIP and port over UDP is another service.
+    let web_udp = r#"{"name": "web-udp", "vip": "10.77.1.100", "port": 80, "protocol": "udp"}"#;
+    let (status, body) = lb.call(Method::POST, "/api/v1/services", Some(web_udp), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert!(lb.kernel().services.contains("10.77.1.100:80/udp"));
+
+    // PUT replaces: the kernel holds the new backends only.
+    let web = r#"{"name": "web", "vip": "10.77.1.100", "port": 80, "scheduler": "wrr",
+        "backends": [{"address": "10.77.2.13", "port": 80, "weight": 2}]}"#;
+    let (status, replaced) = lb.call(Method::PUT, "/api/v1/services/web", Some(web), None).await;
+    assert_eq!(status, StatusCode::OK, "{replaced}");
+    assert_eq!(replaced["scheduler"], "wrr");
+    assert_eq!(replaced["backends"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        lb.kernel_backends(WEB),
+        BTreeMap::from([("10.77.2.13:80".into(), (2, BACKEND_IN_USE))])
+    );
+
+    // The body's name must be the path's.
+    let other = web.replace(r#""name": "web""#, r#""name": "other""#);
+    let body = lb
+        .refused(
+            Method::PUT,
+            "/api/v1/services/web",
+            Some(&other),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+    assert_names(&body, "name");
+    // PUT conflicts like POST.
+    let onto_dns = r#"{"name": "web", "vip": "10.77.1.100", "port": 53, "protocol": "udp"}"#;
+    lb.refused(Method::PUT, "/api/v1/services/web", Some(onto_dns), StatusCode::CONFLICT).await;
+
+    // PUT of a new name creates it.
+    let new = r#"{"name": "new", "vip": "10.77.1.103", "port": 25,
+        "backends": [{"address": "10.77.2.51", "port": 25}]}"#;
+    let (status, body) = lb.call(Method::PUT, "/api/v1/services/new", Some(new), None).await;
+    assert!(status.is_success(), "{status}: {body}");
+    assert_eq!(body["name"], "new");
+    assert!(lb.kernel_backends("10.77.1.103:25/tcp").contains_key("10.77.2.51:25"));
+    assert!(service(&lb.services().await, "new").is_some());
+
+    // DELETE: 204 with no body, gone from the kernel; again: 404.
+    let reply = lb.send(Method::DELETE, "/api/v1/services/dns", Body::empty(), None).await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text);
+    assert!(reply.text.is_empty(), "{}", reply.text);
+    let kernel = lb.kernel();
+    assert!(!kernel.services.contains(DNS), "{kernel:?}");
+    assert!(!kernel.backends.contains_key(DNS), "{kernel:?}");
+    assert!(service(&lb.services().await, "dns").is_none());
+    let body =
+        lb.refused(Method::DELETE, "/api/v1/services/dns", None, StatusCode::NOT_FOUND).await;
+    assert!(body["error"].as_str().unwrap().contains("dns"), "{body}");
+    lb.refused(Method::GET, "/api/v1/services/dns", None, StatusCode::NOT_FOUND).await;
+}
+
+// ---- Backends ----
+
+#[tokio::test]
+async fn backends_are_added_changed_and_removed() {
+    let dir = TempDir::new("backends");
+    let lb = Lb::start(&dir.0, None).await;
+    let backends = "/api/v1/services/web/backends";
+
+    // POST: 201 with the service, its backends include the new one; in the kernel.
+    let new = r#"{"address": "10.77.2.13", "port": 80, "weight": 5}"#;
+    let (status, web) = lb.call(Method::POST, backends, Some(new), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{web}");
+    assert_eq!(web["name"], "web");
+    let b = backend(&web, "10.77.2.13:80").expect("the answer lists the new backend");
+    assert_eq!(b["weight"], 5);
+    assert_eq!(b["state"], "active");
+    assert_eq!(lb.kernel_backends(WEB).get("10.77.2.13:80"), Some(&(5, BACKEND_IN_USE)));
+
+    // Defaults: weight 1, active; a state may be given.
+    let drained = r#"{"address": "10.77.2.14", "port": 80, "state": "drain"}"#;
+    let (status, web) = lb.call(Method::POST, backends, Some(drained), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{web}");
+    let b = backend(&web, "10.77.2.14:80").unwrap();
+    assert_eq!((b["weight"].clone(), b["state"].clone()), (json!(1), json!("drain")));
+    assert_eq!(b["in_rotation"], false);
+
+    // Refused: already there, owned by another service, unknown service.
+    lb.refused(Method::POST, backends, Some(new), StatusCode::CONFLICT).await;
+    let api = r#"{"name": "api", "vip": "10.77.1.101", "port": 80}"#;
+    let (status, body) = lb.call(Method::POST, "/api/v1/services", Some(api), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let body = lb
+        .refused(
+            Method::POST,
+            "/api/v1/services/api/backends",
+            Some(r#"{"address": "10.77.2.11", "port": 80}"#),
+            StatusCode::CONFLICT,
+        )
+        .await;
+    assert!(body["error"].as_str().unwrap().contains("web"), "names the owner: {body}");
+    lb.refused(Method::POST, "/api/v1/services/nope/backends", Some(new), StatusCode::NOT_FOUND)
+        .await;
+    // A backend at the service's own VIP:port.
+    lb.refused(
+        Method::POST,
+        backends,
+        Some(r#"{"address": "10.77.1.100", "port": 80}"#),
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+
+    // PATCH the weight: 200 with the new weight, in the kernel.
+    let one = "/api/v1/services/web/backends/10.77.2.11:80";
+    let (status, web) = lb.call(Method::PATCH, one, Some(r#"{"weight": 7}"#), None).await;
+    assert_eq!(status, StatusCode::OK, "{web}");
+    assert_eq!(backend(&web, "10.77.2.11:80").unwrap()["weight"], 7);
+    assert_eq!(lb.kernel_backends(WEB)["10.77.2.11:80"], (7, BACKEND_IN_USE));
+
+    // Drain: out of rotation, weight kept; in the kernel, weight 0 but not down.
+    let (status, web) = lb.call(Method::PATCH, one, Some(r#"{"state": "drain"}"#), None).await;
+    assert_eq!(status, StatusCode::OK, "{web}");
+    let b = backend(&web, "10.77.2.11:80").unwrap();
+    assert_eq!(b["state"], "drain");
+    assert_eq!(b["in_rotation"], false);
+    assert_eq!(b["weight"], 7, "draining keeps the weight");
+    assert_eq!(lb.kernel_backends(WEB)["10.77.2.11:80"], (0, BACKEND_IN_USE));
+
+    // Maint: out at once (down in the kernel).
+    let (status, web) = lb.call(Method::PATCH, one, Some(r#"{"state": "maint"}"#), None).await;
+    assert_eq!(status, StatusCode::OK, "{web}");
+    let b = backend(&web, "10.77.2.11:80").unwrap();
+    assert_eq!((b["state"].clone(), b["in_rotation"].clone()), (json!("maint"), json!(false)));
+    assert_eq!(lb.kernel_backends(WEB)["10.77.2.11:80"], (0, BACKEND_IN_USE | BACKEND_DOWN));
+
+    // Both at once, back to active.
+    let both = r#"{"weight": 2, "state": "active"}"#;
+    let (status, web) = lb.call(Method::PATCH, one, Some(both), None).await;
+    assert_eq!(status, StatusCode::OK, "{web}");
+    let b = backend(&web, "10.77.2.11:80").unwrap();
+    assert_eq!((b["weight"].clone(), b["in_rotation"].clone()), (json!(2), json!(true)));
+    assert_eq!(lb.kernel_backends(WEB)["10.77.2.11:80"], (2, BACKEND_IN_USE));
+
+    // Refused PATCHes.
+    let body = lb.refused(Method::PATCH, one, Some("{}"), StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert!(body["error"].as_str().unwrap().contains("weight"), "says what may change: {body}");
+    let body = lb
+        .refused(Method::PATCH, one, Some(r#"{"weight": 70000}"#), StatusCode::UNPROCESSABLE_ENTITY)
+        .await;
+    assert_names(&body, "weight");
+    let body = lb
+        .refused(Method::PATCH, one, Some(r#"{"weight": -1}"#), StatusCode::UNPROCESSABLE_ENTITY)
+        .await;
+    assert_names(&body, "weight");
+    let body = lb
+        .refused(
+            Method::PATCH,
+            one,
+            Some(r#"{"state": "sleepy"}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+    assert_names(&body, "state");
+    let body =
+        lb.refused(Method::PATCH, one, Some(r#"{"weight": "3"}"#), StatusCode::BAD_REQUEST).await;
+    assert_names(&body, "weight");
+    let body = lb
+        .refused(
+            Method::PATCH,
+            one,
+            Some(r#"{"weight": 3, "colour": "red"}"#),
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+    assert!(body.to_string().contains("colour"), "{body}");
+    lb.refused(
+        Method::PATCH,
+        "/api/v1/services/web/backends/10.77.2.99:80",
+        Some(r#"{"weight": 3}"#),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    lb.refused(
+        Method::PATCH,
+        "/api/v1/services/nope/backends/10.77.2.11:80",
+        Some(r#"{"weight": 3}"#),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    // A backend of another service is not this one's.
+    lb.refused(
+        Method::PATCH,
+        "/api/v1/services/web/backends/10.77.2.21:53",
+        Some(r#"{"weight": 3}"#),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    for bad in ["10.77.2.300:80", "10.77.2.11", "10.77.2.11:0", "10.77.2.11:65536", "web"] {
+        let path = format!("/api/v1/services/web/backends/{bad}");
+        let body = lb
+            .refused(Method::PATCH, &path, Some(r#"{"weight": 3}"#), StatusCode::BAD_REQUEST)
+            .await;
+        assert_names(&body, "backend");
+    }
+
+    // DELETE: 200 with the remaining backends, gone from the kernel; again: 404.
+    let (status, web) = lb.call(Method::DELETE, one, None, None).await;
+    assert_eq!(status, StatusCode::OK, "{web}");
+    assert!(backend(&web, "10.77.2.11:80").is_none(), "{web}");
+    assert!(backend(&web, "10.77.2.12:80").is_some(), "{web}");
+    assert!(!lb.kernel_backends(WEB).contains_key("10.77.2.11:80"));
+    lb.refused(Method::DELETE, one, None, StatusCode::NOT_FOUND).await;
+    let body = lb
+        .refused(
+            Method::DELETE,
+            "/api/v1/services/web/backends/10.77.2.300:80",
+            None,
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+    assert_names(&body, "backend");
+    lb.refused(
+        Method::DELETE,
+        "/api/v1/services/nope/backends/10.77.2.12:80",
+        None,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+}
+
+/// Concurrent requests for the same change: one wins, the others are told
+/// it is taken, and the kernel holds it once.
+#[tokio::test]
+async fn concurrent_changes_are_serialized() {
+    let dir = TempDir::new("concurrent");
+    let lb = Lb::start(&dir.0, None).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let app = lb.app.clone();
+        tasks.spawn(async move {
+            let request = Request::post("/api/v1/services/web/backends")
+                .body(Body::from(r#"{"address": "10.77.2.13", "port": 80}"#))
+                .unwrap();
+            app.oneshot(request).await.unwrap().status()
+        });
+    }
+    let mut statuses = Vec::new();
+    while let Some(status) = tasks.join_next().await {
+        statuses.push(status.unwrap());
+    }
+    let created = statuses.iter().filter(|s| **s == StatusCode::CREATED).count();
+    let conflicts = statuses.iter().filter(|s| **s == StatusCode::CONFLICT).count();
+    assert_eq!((created, conflicts), (1, 15), "{statuses:?}");
+    assert_eq!(lb.kernel_backends(WEB).len(), 3);
+    let (_, web) = lb.get("/api/v1/services/web").await;
+    assert_eq!(web["backends"].as_array().unwrap().len(), 3);
+}
+
+// ---- Bad input ----
+
+/// Every refusal names its field and changes nothing.
+#[tokio::test]
+async fn bad_bodies_are_refused_and_change_nothing() {
+    let dir = TempDir::new("bad-bodies");
+    let lb = Lb::start(&dir.0, None).await;
+    // A change first, so that the state file exists and must stay as it is.
+    let (status, body) = lb
+        .call(
+            Method::POST,
+            "/api/v1/services/web/backends",
+            Some(r#"{"address": "10.77.2.13", "port": 80}"#),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert!(lb.state_file.exists());
+
+    let backends = "/api/v1/services/web/backends";
+    let bad_400 = StatusCode::BAD_REQUEST;
+    let bad_422 = StatusCode::UNPROCESSABLE_ENTITY;
+    // (body, status, field named)
+    let cases: &[(&str, StatusCode, &str)] = &[
+        (r#"{"address": "10.77.2.14", "port": 80, "colour": "red"}"#, bad_400, "colour"),
+        (r#"{"address": "10.77.2.14", "port": "80"}"#, bad_400, "port"),
+        (r#"{"address": 10, "port": 80}"#, bad_400, "address"),
+        (r#"{"address": "10.77.2.14", "port": 80, "weight": 1.5}"#, bad_400, "weight"),
+        (r#"{"port": 80}"#, bad_400, "address"),
+        (r#"{"address": "10.77.2.300", "port": 80}"#, bad_422, "address"),
+        (r#"{"address": "::1", "port": 80}"#, bad_422, "address"),
+        (r#"{"address": "0.0.0.0", "port": 80}"#, bad_422, "address"),
+        (r#"{"address": "10.77.2.14", "port": 0}"#, bad_422, "port"),
+        (r#"{"address": "10.77.2.14", "port": 65536}"#, bad_422, "port"),
+        (r#"{"address": "10.77.2.14", "port": -80}"#, bad_422, "port"),
+        (r#"{"address": "10.77.2.14", "port": 80, "weight": 65536}"#, bad_422, "weight"),
+        (r#"{"address": "10.77.2.14", "port": 80, "weight": -1}"#, bad_422, "weight"),
+        (r#"{"address": "10.77.2.14", "port": 80, "state": "sleepy"}"#, bad_422, "state"),
+    ];
+    for (body, status, field) in cases {
+        let answer = lb.refused(Method::POST, backends, Some(body), *status).await;
+        assert_names(&answer, field);
+    }
+    for body in [
+        "address=10.77.2.14&port=80",
+        "",
+        "{",
+        "[]",
+        "null",
+        r#"{"address": "10.77.2.14", "port": 80"#,
+    ] {
+        lb.refused(Method::POST, backends, Some(body), bad_400).await;
+    }
+
+    // A whole service: the same rules, nested keys named from the body's top.
+    let services = "/api/v1/services";
+    let cases: &[(&str, StatusCode, &str)] = &[
+        (
+            r#"{"name": "api", "vip": "10.77.1.101", "port": 80, "colour": "red"}"#,
+            bad_400,
+            "colour",
+        ),
+        (r#"{"name": "api", "vip": "10.77.1.101", "port": "80"}"#, bad_400, "port"),
+        (r#"{"name": "api", "vip": "::1", "port": 80}"#, bad_422, "vip"),
+        (r#"{"name": "api", "vip": "10.77.1.101", "port": 0}"#, bad_422, "port"),
+        (
+            r#"{"name": "api", "vip": "10.77.1.101", "port": 80, "protocol": "sctp"}"#,
+            bad_422,
+            "protocol",
+        ),
+        (
+            r#"{"name": "api", "vip": "10.77.1.101", "port": 80, "scheduler": "random"}"#,
+            bad_422,
+            "scheduler",
+        ),
+        (r#"{"name": "a/b", "vip": "10.77.1.101", "port": 80}"#, bad_422, "name"),
+        (r#"{"name": "..", "vip": "10.77.1.101", "port": 80}"#, bad_422, "name"),
+        (
+            r#"{"name": "api", "vip": "10.77.1.101", "port": 80, "backends": [{"address": "10.77.2.300", "port": 80}]}"#,
+            bad_422,
+            "address",
+        ),
+        (
+            r#"{"name": "api", "vip": "10.77.1.101", "port": 80, "backends": [{"address": "10.77.2.41", "port": 80, "weight": 65536}]}"#,
+            bad_422,
+            "weight",
+        ),
+        (
+            r#"{"name": "api", "vip": "10.77.1.101", "port": 80, "backends": [{"address": "10.77.2.41", "port": 80}, {"address": "10.77.2.41", "port": 80}]}"#,
+            bad_422,
+            "backend[1]",
+        ),
+        (
+            r#"{"name": "api", "vip": "10.77.1.101", "port": 80, "health": {"check": "http", "interval_ms": 100, "timeout_ms": 500}}"#,
+            bad_422,
+            "timeout_ms",
+        ),
+    ];
+    for (body, status, field) in cases {
+        let answer = lb.refused(Method::POST, services, Some(body), *status).await;
+        assert_names(&answer, field);
+        let put = body.replace(r#""name": "api""#, r#""name": "web""#);
+        let answer = lb.refused(Method::PUT, "/api/v1/services/web", Some(&put), *status).await;
+        assert_names(&answer, field);
+    }
+    lb.refused(Method::POST, services, Some("name=api"), bad_400).await;
+    lb.refused(Method::PUT, "/api/v1/services/web", Some("name=web"), bad_400).await;
+    lb.refused(
+        Method::PATCH,
+        "/api/v1/services/web/backends/10.77.2.11:80",
+        Some("weight=3"),
+        bad_400,
+    )
+    .await;
+
+    // Too large: 413, in JSON, on every route that takes a body.
+    let huge =
+        format!(r#"{{"address": "10.77.2.14", "port": 80, "pad": "{}"}}"#, "x".repeat(10 << 20));
+    for (method, path) in [
+        (Method::POST, backends),
+        (Method::POST, services),
+        (Method::PUT, "/api/v1/services/web"),
+        (Method::PATCH, "/api/v1/services/web/backends/10.77.2.11:80"),
+    ] {
+        lb.refused(method, path, Some(&huge), StatusCode::PAYLOAD_TOO_LARGE).await;
+    }
+}
+
+/// Bodies that are not JSON (or not of the right shape) are the client's
+/// syntax error: 400 (and no change), whatever the parser's complaint.
+#[tokio::test]
+async fn bodies_that_are_not_json_are_400() {
+    let dir = TempDir::new("not-json");
+    let lb = Lb::start(&dir.0, None).await;
+    let backends = "/api/v1/services/web/backends";
+    let mut wrong = Vec::new();
+    for body in [
+        // Trailing garbage after a valid object.
+        r#"{"address": "10.77.2.14", "port": 80} x"#,
+        r#"{"address": "10.77.2.15", "port": 80}{"address": "10.77.2.16", "port": 80}"#,
+        // A trailing comma.
+        r#"{"address": "10.77.2.17", "port": 80,}"#,
+        // A key that is not a string.
+        r"{1: 2}",
+        // An invalid escape.
+        r#"{"address": "10.77.2.\q", "port": 80}"#,
+        // A raw control character inside a string.
+        "{\"address\": \"10.77.2.18\n\", \"port\": 80}",
+        // Not a number.
+        r#"{"address": "10.77.2.19", "port": 08}"#,
+        // JSON, but not of the right shape: a key given twice.
+        r#"{"address": "10.77.2.20", "address": "10.77.2.21", "port": 80}"#,
+    ] {
+        if let Err(e) =
+            lb.check_refused(Method::POST, backends, Some(body), StatusCode::BAD_REQUEST).await
+        {
+            wrong.push(e);
+        }
+    }
+    // The same through PATCH and PUT.
+    for (method, path, body) in [
+        (Method::PATCH, "/api/v1/services/web/backends/10.77.2.11:80", r#"{"weight": 5} x"#),
+        (
+            Method::PUT,
+            "/api/v1/services/web",
+            r#"{"name": "web", "vip": "10.77.1.100", "port": 80} x"#,
+        ),
+        (
+            Method::POST,
+            "/api/v1/services",
+            r#"{"name": "api", "vip": "10.77.1.101", "port": 80} x"#,
+        ),
+    ] {
+        if let Err(e) = lb.check_refused(method, path, Some(body), StatusCode::BAD_REQUEST).await {
+            wrong.push(e);
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} bodies that are not JSON were not refused with 400:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+}
+
+/// A wrong value is 422 whatever its text: the status must not depend on
+/// the words a value happens to contain.
+#[tokio::test]
+async fn wrong_values_are_422_whatever_they_say() {
+    let dir = TempDir::new("wrong-values");
+    let lb = Lb::start(&dir.0, None).await;
+    let mut wrong = Vec::new();
+    for (path, body, field) in [
+        ("/api/v1/services/web/backends", r#"{"address": "expected", "port": 80}"#, "address"),
+        (
+            "/api/v1/services/web/backends",
+            r#"{"address": "10.77.2.14", "port": 80, "state": "EOF"}"#,
+            "state",
+        ),
+        (
+            "/api/v1/services",
+            r#"{"name": "unexpected name", "vip": "10.77.1.101", "port": 80}"#,
+            "name",
+        ),
+        (
+            "/api/v1/services",
+            r#"{"name": "api", "vip": "10.77.1.101", "port": 80, "scheduler": "missing field"}"#,
+            "scheduler",
+        ),
+        ("/api/v1/services/web/backends/10.77.2.11:80", r#"{"state": "invalid type"}"#, "state"),
+    ] {
+        let method = if path.contains(':') { Method::PATCH } else { Method::POST };
+        match lb.check_refused(method, path, Some(body), StatusCode::UNPROCESSABLE_ENTITY).await {
+            Ok(answer) if names(&answer, field) => {}
+            Ok(answer) => wrong.push(format!("{path} {body}: does not name {field}: {answer}")),
+            Err(e) => wrong.push(e),
+        }
+    }
+    assert!(wrong.is_empty(), "{} wrong values were not 422:\n{}", wrong.len(), wrong.join("\n"));
+}
+
+/// Odd paths: 4xx in JSON, never 5xx, never a change.
+#[tokio::test]
+async fn odd_paths_are_refused_in_json() {
+    let dir = TempDir::new("paths");
+    let lb = Lb::start(&dir.0, None).await;
+    let patch = Some(r#"{"weight": 3}"#);
+    let backend_body = Some(r#"{"address": "10.77.2.14", "port": 80}"#);
+    let web_body = Some(r#"{"name": "web", "vip": "10.77.1.100", "port": 80}"#);
+    for (method, path, body) in [
+        (Method::GET, "/api/v1/services/..", None),
+        (Method::GET, "/api/v1/services/.", None),
+        (Method::DELETE, "/api/v1/services/..", None),
+        (Method::PUT, "/api/v1/services/..", web_body),
+        (Method::POST, "/api/v1/services/../backends", backend_body),
+        (Method::GET, "/api/v1/services/%00%ff", None),
+        (Method::DELETE, "/api/v1/services/%00%ff", None),
+        (Method::PUT, "/api/v1/services/%00%ff", web_body),
+        (Method::POST, "/api/v1/services/%00%ff/backends", backend_body),
+        (Method::GET, "/api/v1/services/%2e%2e", None),
+        (Method::GET, "/api/v1/services/we%2Fb", None),
+        (Method::GET, "/api/v1/services/%C3%A9", None),
+        (Method::PATCH, "/api/v1/services/web/backends/%2e%2e", patch),
+        (Method::DELETE, "/api/v1/services/web/backends/%2e%2e", None),
+        (Method::PATCH, "/api/v1/services/web/backends/%00%ff", patch),
+        (Method::DELETE, "/api/v1/services/web/backends/10.77.2.11%3A80%00", None),
+        (Method::PATCH, "/api/v1/services/%00/backends/10.77.2.11:80", patch),
+        (Method::GET, "/api/v1/services/web/backends/10.77.2.11:80/..", None),
+        (Method::GET, "/api/v1/../v1/services", None),
+        (Method::GET, "/api/v1/conns?service=%ff", None),
+        (Method::GET, "/api/v1/conns?limit=99999999999999999999999", None),
+    ] {
+        let before = lb.snapshot().await;
+        let what = format!("{method} {path}");
+        let (status, answer) = lb.call(method, path, body, None).await;
+        assert!(status.is_client_error(), "{what}: {status} {answer}");
+        assert_error_shape(&answer, &what);
+        assert!(before == lb.snapshot().await, "{what} changed the state");
+    }
+
+    // Unknown routes: 404; known routes, wrong method: 405; both in JSON.
+    for path in ["/api/v2/services", "/api/v1/nothing", "/api/v1/services/web/nothing", "/nothing"]
+    {
+        let body = lb.refused(Method::GET, path, None, StatusCode::NOT_FOUND).await;
+        assert!(body["error"].as_str().unwrap().contains("no route"), "{path}: {body}");
+    }
+    for (method, path) in [
+        (Method::DELETE, "/api/v1/stats"),
+        (Method::POST, "/healthz"),
+        (Method::DELETE, "/api/v1/services"),
+        (Method::PATCH, "/api/v1/services/web"),
+        (Method::GET, "/api/v1/services/web/backends"),
+        (Method::GET, "/api/v1/services/web/backends/10.77.2.11:80"),
+        (Method::POST, "/api/v1/openapi.json"),
+    ] {
+        lb.refused(method, path, None, StatusCode::METHOD_NOT_ALLOWED).await;
+    }
+}
+
+// ---- Auth ----
+
+#[tokio::test]
+async fn a_token_guards_everything_but_probes_and_metrics() {
+    let dir = TempDir::new("auth");
+    let lb = Lb::start(&dir.0, Some(TOKEN)).await;
+    let bearer = format!("Bearer {TOKEN}");
+    let basic = |user: &str, password: &str| {
+        let credentials =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        format!("Basic {credentials}")
+    };
+
+    for path in ["/api/v1/services", "/api/v1/stats", "/api/v1/conns", "/", "/api/v1/openapi.json"]
+    {
+        let reply = lb.send(Method::GET, path, Body::empty(), None).await;
+        assert_error(reply.status, &reply.value(), StatusCode::UNAUTHORIZED, path);
+        assert!(
+            reply.headers.contains_key(header::WWW_AUTHENTICATE),
+            "{path}: {:?}",
+            reply.headers
+        );
+        for wrong in ["Bearer wrong", "Bearer s3cre", "Bearer s3cret2", "s3cret", "Token s3cret"] {
+            let reply = lb.send(Method::GET, path, Body::empty(), Some(wrong)).await;
+            assert_error(reply.status, &reply.value(), StatusCode::UNAUTHORIZED, wrong);
+        }
+        let reply = lb.send(Method::GET, path, Body::empty(), Some(&basic("admin", "wrong"))).await;
+        assert_error(
+            reply.status,
+            &reply.value(),
+            StatusCode::UNAUTHORIZED,
+            "wrong Basic password",
+        );
+        let (status, body) = lb.call(Method::GET, path, None, Some(&bearer)).await;
+        assert_eq!(status, StatusCode::OK, "{path} with the token: {body}");
+    }
+    // The page takes HTTP Basic with the token as password.
+    let page = lb.send(Method::GET, "/", Body::empty(), Some(&basic("admin", TOKEN))).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    assert!(page.content_type().starts_with("text/html"));
+
+    // Probes and metrics need no token.
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let reply = lb.send(Method::GET, path, Body::empty(), None).await;
+        assert_eq!(reply.status, StatusCode::OK, "{path}: {}", reply.text);
+    }
+
+    // A change without the token is refused and changes nothing.
+    let new = r#"{"address": "10.77.2.13", "port": 80}"#;
+    lb.refused(Method::POST, "/api/v1/services/web/backends", Some(new), StatusCode::UNAUTHORIZED)
+        .await;
+    lb.refused(Method::DELETE, "/api/v1/services/web", None, StatusCode::UNAUTHORIZED).await;
+    let (status, body) =
+        lb.call(Method::POST, "/api/v1/services/web/backends", Some(new), Some(&bearer)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert!(lb.kernel_backends(WEB).contains_key("10.77.2.13:80"));
+
+    // Without it, not even whether a route exists.
+    let (status, body) = lb.call(Method::GET, "/api/v1/nothing", None, None).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unknown route without the token");
+
+    // With the token, errors are the routes' own.
+    let (status, body) = lb.call(Method::GET, "/api/v1/nothing", None, Some(&bearer)).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "unknown route with the token");
+}
+
+// ---- The OpenAPI document against the routes ----
+
+/// The routes of SPEC.md "Admin API".
+const SPEC_ROUTES: &[(&str, &str)] = &[
+    ("get", "/api/v1/services"),
+    ("post", "/api/v1/services"),
+    ("get", "/api/v1/services/{name}"),
+    ("put", "/api/v1/services/{name}"),
+    ("delete", "/api/v1/services/{name}"),
+    ("post", "/api/v1/services/{name}/backends"),
+    ("patch", "/api/v1/services/{name}/backends/{backend}"),
+    ("delete", "/api/v1/services/{name}/backends/{backend}"),
+    ("get", "/api/v1/stats"),
+    ("get", "/api/v1/conns"),
+    ("get", "/metrics"),
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/"),
+];
+
+const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+
+#[tokio::test]
+async fn the_openapi_document_matches_the_routes() {
+    let dir = TempDir::new("openapi");
+    let lb = Lb::start(&dir.0, None).await;
+    let (status, doc) = lb.get("/api/v1/openapi.json").await;
+    assert_eq!(status, StatusCode::OK, "{doc}");
+    let paths = doc["paths"].as_object().expect("the document has paths");
+
+    let mut operations = Vec::new();
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().unwrap() {
+            if !METHODS.contains(&method.as_str()) {
+                continue;
+            }
+            let responses = operation["responses"].as_object();
+            assert!(
+                responses.is_some_and(|r| !r.is_empty()),
+                "{method} {path} documents no response"
+            );
+            operations.push((method.clone(), path.clone()));
+        }
+    }
+    for (method, path) in SPEC_ROUTES {
+        assert!(
+            operations.iter().any(|(m, p)| m == method && p == path),
+            "{method} {path} (SPEC.md) is not in the document; it has {operations:?}"
+        );
+    }
+
+    // Every documented operation is a route: valid calls, deletions last
+    // (backend before its service).
+    operations.sort_by_key(|(m, p)| (m == "delete", std::cmp::Reverse(p.len())));
+    for (method, path) in &operations {
+        let concrete = path.replace("{name}", "web").replace("{backend}", "10.77.2.11:80");
+        let body = match (method.as_str(), path.as_str()) {
+            ("post", "/api/v1/services") => Some(
+                r#"{"name": "extra", "vip": "10.77.1.101", "port": 8080,
+                    "backends": [{"address": "10.77.2.41", "port": 8080}]}"#,
+            ),
+            ("put", "/api/v1/services/{name}") => Some(
+                r#"{"name": "web", "vip": "10.77.1.100", "port": 80,
+                    "backends": [{"address": "10.77.2.11", "port": 80}, {"address": "10.77.2.12", "port": 80}]}"#,
+            ),
+            ("post", "/api/v1/services/{name}/backends") => {
+                Some(r#"{"address": "10.77.2.14", "port": 80}"#)
+            }
+            ("patch", _) => Some(r#"{"weight": 2}"#),
+            _ => None,
+        };
+        let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes()).unwrap();
+        let what = format!("{method} {concrete} (documented as {path})");
+        let reply = lb
+            .send(
+                method,
+                &concrete,
+                body.map_or_else(Body::empty, |b| Body::from(b.to_owned())),
+                None,
+            )
+            .await;
+        assert_ne!(reply.status, StatusCode::METHOD_NOT_ALLOWED, "{what}: {}", reply.text);
+        let no_route = reply.status == StatusCode::NOT_FOUND
+            && reply.value()["error"].as_str().is_some_and(|e| e.starts_with("no route"));
+        assert!(!no_route, "{what}: {}", reply.text);
+        assert!(reply.status.is_success(), "{what}: {} {}", reply.status, reply.text);
+    }
+}
+
+// ---- Failures inside the controller ----
+
+/// The state file cannot be written: the change is undone in the kernel and
+/// the answer is a JSON 500; the next change, once the file is writable, works.
+#[tokio::test]
+async fn a_change_that_cannot_be_kept_is_undone() {
+    let dir = TempDir::new("state-unwritable");
+    let lb = Lb::start(&dir.0, None).await;
+    // A directory where the state file goes: the rename over it fails.
+    fs::create_dir_all(&lb.state_file).unwrap();
+    let before = (lb.services().await, lb.image());
+    let new = r#"{"address": "10.77.2.13", "port": 80}"#;
+    let (status, body) =
+        lb.call(Method::POST, "/api/v1/services/web/backends", Some(new), None).await;
+    assert_error(status, &body, StatusCode::INTERNAL_SERVER_ERROR, "state file unwritable");
+    assert!(before == (lb.services().await, lb.image()), "the refused change was left in place");
+    let leftovers: Vec<_> = fs::read_dir(&dir.0).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(!leftovers.iter().any(|n| n.to_string_lossy().ends_with(".tmp")), "{leftovers:?}");
+
+    fs::remove_dir(&lb.state_file).unwrap();
+    let (status, body) =
+        lb.call(Method::POST, "/api/v1/services/web/backends", Some(new), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert!(lb.kernel_backends(WEB).contains_key("10.77.2.13:80"));
+}
+
+/// A kernel map write fails midway: the answer is a JSON 500 and the maps
+/// hold what they held (SPEC: "never a half-applied change"), also after a
+/// few rounds of the controller's loop.
+#[tokio::test]
+async fn a_failed_kernel_write_leaves_no_half_applied_change() {
+    let dir = TempDir::new("kernel-failure");
+    let lb = Lb::start(&dir.0, None).await;
+    let mut half_applied = Vec::new();
+    for (method, path, body, fail_after) in [
+        // The new backend's entry is written, then a write fails.
+        (
+            Method::POST,
+            "/api/v1/services/web/backends",
+            Some(r#"{"address": "10.77.2.13", "port": 80}"#),
+            1,
+        ),
+        // The service entry is removed, then a write fails.
+        (Method::DELETE, "/api/v1/services/dns", None, 2),
+    ] {
+        let what = format!("{method} {path} failing after {fail_after} writes");
+        let before = (lb.services().await, lb.kernel());
+        *lb.fake.fail_after.lock().unwrap() = Some(fail_after);
+        let (status, answer) = lb.call(method, path, body, None).await;
+        *lb.fake.fail_after.lock().unwrap() = None;
+        assert_error(status, &answer, StatusCode::INTERNAL_SERVER_ERROR, &what);
+        assert_eq!(before.0, lb.services().await, "{what}: the API shows what it refused");
+        tokio::time::sleep(SAMPLE_INTERVAL * 3).await;
+        let kernel = lb.kernel();
+        if kernel != before.1 {
+            half_applied.push(format!("{what}:\n  before {:?}\n  after  {kernel:?}", before.1));
+        }
+    }
+    assert!(
+        half_applied.is_empty(),
+        "after the 500, the kernel maps hold part of the refused change (the API still shows the old state):\n{}",
+        half_applied.join("\n")
+    );
+}
+
+// ---- Persistence ----
+
+/// Changes made through the API survive a restart: a second controller over
+/// the same config and state file serves the same services and programs the
+/// same backends into its (new) maps.
+#[tokio::test]
+async fn changes_survive_a_restart() {
+    let dir = TempDir::new("restart");
+    let (services, kernel) = {
+        let lb = Lb::start(&dir.0, None).await;
+        assert!(!lb.state_file.exists(), "no change yet, no state file");
+        for (method, path, body, status) in [
+            (
+                Method::POST,
+                "/api/v1/services/web/backends",
+                Some(r#"{"address": "10.77.2.13", "port": 80, "weight": 3}"#),
+                StatusCode::CREATED,
+            ),
+            (
+                Method::PATCH,
+                "/api/v1/services/web/backends/10.77.2.11:80",
+                Some(r#"{"weight": 9, "state": "drain"}"#),
+                StatusCode::OK,
+            ),
+            (Method::DELETE, "/api/v1/services/web/backends/10.77.2.12:80", None, StatusCode::OK),
+            (
+                Method::POST,
+                "/api/v1/services",
+                Some(
+                    r#"{"name": "api", "vip": "10.77.1.101", "port": 443, "scheduler": "rr",
+                    "backends": [{"address": "10.77.2.31", "port": 443, "state": "maint"}]}"#,
+                ),
+                StatusCode::CREATED,
+            ),
+            (Method::DELETE, "/api/v1/services/dns", None, StatusCode::NO_CONTENT),
+        ] {
+            let (got, answer) = lb.call(method.clone(), path, body, None).await;
+            assert_eq!(got, status, "{method} {path}: {answer}");
+        }
+        assert!(lb.state_file.exists(), "the changes are kept in the state file");
+        let stored: Value = serde_json::from_slice(&fs::read(&lb.state_file).unwrap()).unwrap();
+        assert!(stored.is_object(), "{stored}");
+        let (_, overview) = lb.get("/api/v1/stats").await;
+        assert!(overview["runtime_changes"]["services"].as_u64().unwrap() >= 2, "{overview}");
+        (lb.services().await, lb.kernel())
+    };
+
+    let lb = Lb::start(&dir.0, None).await;
+    let again = lb.services().await;
+    assert_eq!(settings(&again), settings(&services));
+    let web = service(&again, "web").unwrap();
+    let b11 = backend(web, "10.77.2.11:80").unwrap();
+    assert_eq!((b11["weight"].clone(), b11["state"].clone()), (json!(9), json!("drain")));
+    assert!(backend(web, "10.77.2.12:80").is_none());
+    assert_eq!(backend(web, "10.77.2.13:80").unwrap()["weight"], 3);
+    assert!(service(&again, "dns").is_none());
+    assert_eq!(service(&again, "api").unwrap()["scheduler"], "rr");
+
+    let restored = lb.kernel();
+    assert_eq!(restored, kernel, "the new maps hold the same services and backends");
+    assert!(!restored.services.contains(DNS));
+    assert_eq!(
+        restored.backends[WEB],
+        BTreeMap::from([
+            ("10.77.2.11:80".into(), (0, BACKEND_IN_USE)),
+            ("10.77.2.13:80".into(), (3, BACKEND_IN_USE)),
+        ])
+    );
+    assert_eq!(
+        restored.backends["10.77.1.101:443/tcp"]["10.77.2.31:443"],
+        (0, BACKEND_IN_USE | BACKEND_DOWN)
+    );
+}
+
+/// What moves between services survives a restart too: a backend moved
+/// from one service to another, and a service re-created under a new name
+/// on the same VIP:port. (The state file keeps the last word per service and
+/// backend; replaying them in name order must not trip over the words that
+/// freed what a later one takes.)
+#[tokio::test]
+async fn moves_survive_a_restart() {
+    let dir = TempDir::new("moves");
+    let (services, kernel) = {
+        let lb = Lb::start(&dir.0, None).await;
+        for (method, path, body, status) in [
+            (
+                Method::POST,
+                "/api/v1/services",
+                Some(r#"{"name": "api", "vip": "10.77.1.101", "port": 80}"#),
+                StatusCode::CREATED,
+            ),
+            // 10.77.2.11:80 moves from web to api.
+            (Method::DELETE, "/api/v1/services/web/backends/10.77.2.11:80", None, StatusCode::OK),
+            (
+                Method::POST,
+                "/api/v1/services/api/backends",
+                Some(r#"{"address": "10.77.2.11", "port": 80}"#),
+                StatusCode::CREATED,
+            ),
+            // dns becomes a-dns, same VIP:port/udp and backend.
+            (Method::DELETE, "/api/v1/services/dns", None, StatusCode::NO_CONTENT),
+            (
+                Method::POST,
+                "/api/v1/services",
+                Some(
+                    r#"{"name": "a-dns", "vip": "10.77.1.100", "port": 53, "protocol": "udp",
+                    "backends": [{"address": "10.77.2.21", "port": 53}]}"#,
+                ),
+                StatusCode::CREATED,
+            ),
+        ] {
+            let (got, answer) = lb.call(method.clone(), path, body, None).await;
+            assert_eq!(got, status, "{method} {path}: {answer}");
+        }
+        (lb.services().await, lb.kernel())
+    };
+    let names = |v: &Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_owned())
+            .collect::<BTreeSet<_>>()
+    };
+    assert_eq!(names(&services), BTreeSet::from(["a-dns".into(), "api".into(), "web".into()]));
+
+    let lb = Lb::start(&dir.0, None).await;
+    let again = lb.services().await;
+    let mut lost = Vec::new();
+    if service(&again, "a-dns").is_none() {
+        lost.push("service a-dns (10.77.1.100:53/udp, re-created under a new name)".to_owned());
+    }
+    if service(&again, "api").and_then(|api| backend(api, "10.77.2.11:80")).is_none() {
+        lost.push("backend 10.77.2.11:80 of api (moved from web)".to_owned());
+    }
+    assert!(
+        lost.is_empty(),
+        "after a restart, lost: {}; services now {:?}",
+        lost.join(", "),
+        names(&again)
+    );
+    assert_eq!(settings(&again), settings(&services));
+    assert_eq!(lb.kernel(), kernel);
+}
