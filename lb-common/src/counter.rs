@@ -47,6 +47,9 @@ counters! {
     /// answered with ICMP time exceeded; a client's packet to a VIP is
     /// delivered locally (the VIP is a local address) and answered as such.
     PassTtlExpired = "pass_ttl_expired",
+    /// The destination is this host (e.g. a backend answering the
+    /// controller's health check): left to the kernel untouched.
+    PassLocal = "pass_local",
     /// The FIB has no usable route (unreachable, forwarding disabled, MTU...).
     PassFibFailed = "pass_fib_failed",
     /// A fragment addressed to a VIP (not supported yet).

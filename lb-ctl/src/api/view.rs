@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::{
-    config,
     health::state::{CheckResult, Status},
     model::{Probe, Service},
     plan::{backend_key, service_endpoint},
@@ -229,16 +228,14 @@ fn service(s: &Service, health: &impl HealthLookup, samples: &Samples) -> Servic
             }
         })
         .collect();
-    let settings = config::service_to_json(s);
-    let text = |k: &str| settings[k].as_str().unwrap_or_default().to_owned();
     ServiceView {
         name: s.name.clone(),
         vip: s.vip.to_string(),
         port: s.port,
         protocol: s.protocol.to_string(),
         scheduler: s.scheduler.name().into(),
-        forwarding: text("forwarding"),
-        on_no_backend: text("on_no_backend"),
+        forwarding: "nat".into(),
+        on_no_backend: if s.reject { "reject" } else { "drop" }.into(),
         health: s.health.as_ref().map(|h| {
             let (check, path, expect_status, expect_body) = match &h.probe {
                 Probe::Tcp => ("tcp", None, None, None),
