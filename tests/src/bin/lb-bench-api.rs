@@ -52,7 +52,7 @@ fn main() {
         "    target: p99 < 5 ms. The answer waits for the map writes and an fsync of the state file."
     );
     println!(
-        "  answer -> first reply from the new backend (UDP queries every 100 us): median {:.0} us, max {:.0} us over {FIRST_PACKET_ROUNDS} rounds; a query's round trip: median {:.0} us",
+        "  answer -> first reply from the new backend (UDP queries every 100 us), over {FIRST_PACKET_ROUNDS} rounds: median {} us, max {} us (negative: the reply came before the answer was read); a query's round trip: median {:.0} us",
         first.gap_median, first.gap_max, first.rtt_median
     );
     println!(
@@ -67,7 +67,7 @@ fn main() {
     let _ = writeln!(json, "  \"add_100x100\": {},", large.json());
     let _ = writeln!(
         json,
-        "  \"first_packet_us\": {{\"median\": {:.0}, \"max\": {:.0}, \"rtt_median\": {:.0}}},",
+        "  \"first_packet_us\": {{\"median\": {}, \"max\": {}, \"rtt_median\": {:.0}}},",
         first.gap_median, first.gap_max, first.rtt_median
     );
     let _ = writeln!(
@@ -132,10 +132,11 @@ fn add_latency(admin: &str, service: &str, calls: usize) -> Latencies {
     Latencies(times)
 }
 
-/// Microseconds: from the API's answer to the first reply, and a round trip.
+/// Microseconds: from the API's answer to the first reply from the new
+/// backend (negative when the reply came first), and a query's round trip.
 struct FirstPacket {
-    gap_median: f64,
-    gap_max: f64,
+    gap_median: i64,
+    gap_max: i64,
     rtt_median: f64,
 }
 
@@ -191,7 +192,8 @@ fn first_packet(lab: &Lab) -> FirstPacket {
             stop.store(true, Ordering::Relaxed);
             panic!("round {round}: no reply within 5 s of the add")
         });
-        gaps.push(got.saturating_duration_since(answered));
+        let micros = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+        gaps.push(if got >= answered { micros(got - answered) } else { -micros(answered - got) });
         rtts.push(rtt);
         in_ns(&lb, || {
             let path = "/api/v1/services/fresh/backends/10.77.2.11:5353";
@@ -199,9 +201,13 @@ fn first_packet(lab: &Lab) -> FirstPacket {
             assert_eq!(status, 200, "{answer}");
         });
     }
-    let us = |l: &Latencies, permille| l.percentile(permille).as_secs_f64() * 1e6;
-    let (gaps, rtts) = (Latencies(gaps), Latencies(rtts));
-    FirstPacket { gap_median: us(&gaps, 500), gap_max: us(&gaps, 1000), rtt_median: us(&rtts, 500) }
+    gaps.sort_unstable();
+    let rtts = Latencies(rtts);
+    FirstPacket {
+        gap_median: gaps[gaps.len() / 2],
+        gap_max: gaps[gaps.len() - 1],
+        rtt_median: rtts.percentile(500).as_secs_f64() * 1e6,
+    }
 }
 
 /// A second `lb-ctl run`, in a namespace of its own, with 100 services of
