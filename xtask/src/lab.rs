@@ -66,7 +66,13 @@ pub fn up(keep: bool) -> Result<()> {
     fs::write(pid_file(), child.id().to_string())?;
     wait_running(&log_path)?;
     eprintln!("lb-ctl is running: config {}, log {}", config.display(), log_path.display());
-    forward_admin()?;
+    let forwarded = match forward_admin() {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("warning: {e:#}; use `ip netns exec {PREFIX}-lb target/debug/lb-ctl ...`");
+            false
+        }
+    };
 
     step("a round of requests from the client to the VIP");
     demo_round()?;
@@ -75,7 +81,14 @@ pub fn up(keep: bool) -> Result<()> {
     // The counters and connections are sampled every second.
     thread::sleep(Duration::from_millis(1100));
     step("the operator's view: lb-ctl list (like ipvsadm -Ln), through the admin API");
-    run_status(Command::new(bin("lb-ctl")).arg("list"))?;
+    let mut list = if forwarded {
+        Command::new(bin("lb-ctl"))
+    } else {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &format!("{PREFIX}-lb")]).arg(bin("lb-ctl"));
+        cmd
+    };
+    run_status(list.arg("list"))?;
 
     if keep {
         print_next_steps(&config);
