@@ -6,7 +6,7 @@ use std::process::Command;
 
 use anyhow::Result;
 
-use crate::util::{bin, build, cargo, require_root, root, run_status, step};
+use crate::util::{bin, build, cargo, require_root, root, run_status, step, target_dir};
 
 pub fn run() -> Result<()> {
     build()?;
@@ -34,7 +34,7 @@ pub fn run() -> Result<()> {
     ])?;
     let out = root().join("target/bench/health.json");
     run_status(
-        Command::new(root().join("target/release/lb-bench-health"))
+        Command::new(target_dir().join("release/lb-bench-health"))
             .env("LB_BENCH_HEALTH_OUT", &out)
             .env("LB_CTL", bin("lb-ctl"))
             .current_dir(root()),
@@ -43,9 +43,9 @@ pub fn run() -> Result<()> {
     step("admin API: backend add latency, first packet, memory with 100 x 100 (release build)");
     let out = root().join("target/bench/api.json");
     run_status(
-        Command::new(root().join("target/release/lb-bench-api"))
+        Command::new(target_dir().join("release/lb-bench-api"))
             .env("LB_BENCH_API_OUT", &out)
-            .env("LB_CTL", root().join("target/release/lb-ctl"))
+            .env("LB_CTL", target_dir().join("release/lb-ctl"))
             .current_dir(root()),
     )
 }

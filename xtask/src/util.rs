@@ -12,8 +12,13 @@ pub fn root() -> PathBuf {
 }
 
 /// A binary of the workspace's debug build.
+/// Cargo's build directory: `$CARGO_TARGET_DIR`, else `target` in the workspace.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)
+}
+
 pub fn bin(name: &str) -> PathBuf {
-    root().join("target/debug").join(name)
+    target_dir().join("debug").join(name)
 }
 
 pub fn step(what: &str) {
