@@ -21,6 +21,8 @@ use lb_tests::{
 
 const CALLS: usize = 1000;
 const FIRST_PACKET_ROUNDS: usize = 20;
+/// How often the first-packet client sends a query.
+const QUERY_EVERY: Duration = Duration::from_micros(100);
 const ADMIN: &str = "127.0.0.1:9100";
 /// The big controller's namespace (a veth pair of its own to attach to) and
 /// admin address.
@@ -162,16 +164,21 @@ fn first_packet(lab: &Lab) -> FirstPacket {
             move || {
                 lb_tests::netns::enter(&ns);
                 let socket = UdpSocket::bind("0.0.0.0:0").expect("client socket");
-                socket.set_read_timeout(Some(Duration::from_micros(100))).expect("timeout");
+                // Polled, not a receive timeout: socket timeouts round up to
+                // a jiffy (milliseconds), far coarser than what is measured.
+                socket.set_nonblocking(true).expect("non-blocking");
                 ready_tx.send(()).expect("ready");
                 let deadline = Instant::now() + Duration::from_secs(5);
                 let mut buf = [0_u8; 256];
                 while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                     let sent = Instant::now();
                     socket.send_to(b"first?", (VIP, 6000)).expect("send");
-                    if socket.recv(&mut buf).is_ok() {
-                        let got = Instant::now();
-                        return Some((got, got - sent));
+                    while sent.elapsed() < QUERY_EVERY {
+                        if socket.recv(&mut buf).is_ok() {
+                            let got = Instant::now();
+                            return Some((got, got - sent));
+                        }
+                        std::hint::spin_loop();
                     }
                 }
                 None
