@@ -3,7 +3,7 @@
 //! pure code, writes only the difference, and answers once the kernel holds it.
 use std::collections::{BTreeMap, BTreeSet};
 
-use lb_common::abi::{BackendConns, Endpoint, Traffic};
+use lb_common::abi::{BackendConns, Endpoint, SCHED_LC, SCHED_MASK, Traffic};
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::info;
@@ -126,7 +126,14 @@ impl<M: Maps> Reconciler<M> {
 
     /// Recounts every backend's connections (see `Maps::recount_connections`).
     pub fn recount_connections(&mut self) -> Result<BTreeMap<u32, BackendConns>, ReconcileError> {
-        Ok(self.maps.recount_connections(&self.applied.backends)?)
+        let lc_services = self
+            .applied
+            .services
+            .values()
+            .filter(|s| s.flags & SCHED_MASK == SCHED_LC)
+            .map(|s| s.id)
+            .collect();
+        Ok(self.maps.recount_connections(&self.applied.backends, &lc_services)?)
     }
 
     /// Recounts the connections and reads the traffic counters.

@@ -47,8 +47,8 @@ pub struct KernelMaps {
     /// The timeouts last written, in ticks, indexed by state.
     timeout_ticks: [u32; CONN_STATES as usize],
     be_conns: Array<MapData, BackendConns>,
-    /// Backends whose counts were last published non-zero.
-    counted: BTreeSet<u32>,
+    /// The counts last written to `lb_be_conns`, by backend id.
+    published: BTreeMap<u32, BackendConns>,
     epoch_value: u64,
     /// The programs (and the links that attach them) and the maps only the
     /// kernel writes: dropping it detaches everything.
@@ -143,7 +143,7 @@ impl KernelMaps {
             timeouts: typed(&mut ebpf, "lb_timeouts")?,
             timeout_ticks: [0; CONN_STATES as usize],
             be_conns: typed(&mut ebpf, "lb_be_conns")?,
-            counted: BTreeSet::new(),
+            published: BTreeMap::new(),
             ebpf,
             pin_dir,
         })
@@ -442,6 +442,7 @@ impl Maps for KernelMaps {
     fn recount_connections(
         &mut self,
         backends: &BTreeMap<u32, lb_common::abi::Backend>,
+        lc_services: &BTreeSet<u32>,
     ) -> Result<BTreeMap<u32, BackendConns>, DataplaneError> {
         let now = self.epoch_value as u32;
         let mut counts: BTreeMap<u32, BackendConns> = BTreeMap::new();
@@ -477,13 +478,26 @@ impl Maps for KernelMaps {
                 let _ = table.remove(flow);
             }
         }
-        // Every backend in use gets its count, zero included: this also clears
-        // the picks `lc` added for flows that did not stay.
-        for id in backends.keys().chain(self.counted.iter()) {
+        // Every backend in use gets its count, zero included. An `lc`
+        // backend's is always rewritten (this clears the picks the data
+        // plane added for flows that did not stay); the others' only when it
+        // changed: with thousands of backends, a write each is most of the cost.
+        let mut published = BTreeMap::new();
+        for (id, b) in backends {
             let c = counts.get(id).copied().unwrap_or_default();
-            self.be_conns.set(*id, c, 0).map_err(err("writing lb_be_conns"))?;
+            let moved_by_kernel = lc_services.contains(&b.service_id);
+            if moved_by_kernel || self.published.get(id) != Some(&c) {
+                self.be_conns.set(*id, c, 0).map_err(err("writing lb_be_conns"))?;
+            }
+            published.insert(*id, c);
         }
-        self.counted = backends.keys().copied().collect();
+        // Backends gone since the last recount are cleared once.
+        for id in self.published.keys().filter(|id| !backends.contains_key(id)) {
+            self.be_conns
+                .set(*id, BackendConns::default(), 0)
+                .map_err(err("clearing lb_be_conns"))?;
+        }
+        self.published = published;
         Ok(counts)
     }
 

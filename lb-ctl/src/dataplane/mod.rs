@@ -3,7 +3,10 @@
 pub mod fake;
 pub mod kernel;
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use lb_common::abi::{Backend, BackendConns, Conn, Endpoint, Flow, Traffic};
 
@@ -63,10 +66,13 @@ pub trait Maps: Send {
     /// Counts each backend's active (established) and inactive connections
     /// in the connection table, removes expired entries, and publishes the
     /// counts to the data plane (`lc`) and the caller.
-    /// `backends`: the backends in use (the applied image's).
+    /// `backends`: the backends in use (the applied image's); `lc_services`:
+    /// the services whose backends' counts the data plane also moves (each
+    /// `lc` pick counts at once), so theirs are always rewritten.
     fn recount_connections(
         &mut self,
         backends: &BTreeMap<u32, Backend>,
+        lc_services: &BTreeSet<u32>,
     ) -> Result<BTreeMap<u32, BackendConns>, DataplaneError>;
 
     /// Reads the packet counters and the traffic of the given services and
