@@ -81,11 +81,7 @@ impl Controller {
         config: Config,
         reconciler: reconciler::Handle,
     ) -> anyhow::Result<(Self, watch::Receiver<Arc<Stats>>)> {
-        let state_path = config
-            .admin
-            .state_file
-            .clone()
-            .unwrap_or_else(|| changes::default_state_path(&config_path));
+        let state_path = state_path(&config_path, &config);
         let changes = Changes::load(&state_path)?;
         let services = replay(&changes, &config.services, &state_path);
         reconciler.apply(services.clone()).await?;
@@ -263,6 +259,17 @@ impl Controller {
         self.published.send_replace(Arc::clone(&stats));
         stats
     }
+}
+
+/// Where `config`'s runtime changes are kept.
+pub fn state_path(config_path: &Path, config: &Config) -> PathBuf {
+    config.admin.state_file.clone().unwrap_or_else(|| changes::default_state_path(config_path))
+}
+
+/// Reads the state file `start` will read, so that `run` refuses an
+/// unusable one before it touches the data plane.
+pub fn check_state_file(config_path: &Path, config: &Config) -> Result<(), changes::StateError> {
+    Changes::load(&state_path(config_path, config)).map(drop)
 }
 
 fn reconcile_error(e: ReconcileError) -> ControlError {

@@ -31,6 +31,10 @@ enum Command {
         /// Overrides dataplane.xdp_mode.
         #[arg(long, value_enum)]
         xdp_mode: Option<XdpMode>,
+        /// At SIGTERM, detach the data plane and remove its pins (by default
+        /// it keeps forwarding, for the next `lb-ctl run` to adopt).
+        #[arg(long)]
+        cleanup_on_exit: bool,
         /// Logs on stderr as text or as one JSON object per line.
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
@@ -40,6 +44,15 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Remove a data plane left running: detach its programs and unpin its
+    /// maps (open connections are reset). Refused while `lb-ctl run` runs on it.
+    Down {
+        /// The config whose dataplane.pin_path to clean.
+        #[arg(long, conflicts_with = "pin_path", required_unless_present = "pin_path")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        pin_path: Option<PathBuf>,
+    },
     #[command(flatten)]
     Operator(lb_ctl::cli::Operator),
 }
@@ -48,9 +61,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Run { config, interfaces, xdp_mode, log_format } => {
-            run_controller(config, Overrides { interfaces, xdp_mode }, log_format)
+        Command::Run { config, interfaces, xdp_mode, cleanup_on_exit, log_format } => {
+            run_controller(config, Overrides { interfaces, xdp_mode, cleanup_on_exit }, log_format)
         }
+        Command::Down { config, pin_path } => down(config.as_deref(), pin_path),
         Command::Operator(op) => lb_ctl::cli::run(op, cli.target),
     }
 }
@@ -78,6 +92,34 @@ fn run_controller(path: PathBuf, overrides: Overrides, log_format: LogFormat) ->
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lb-ctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn down(config: Option<&std::path::Path>, pin_path: Option<PathBuf>) -> ExitCode {
+    let pin_path = match (config, pin_path) {
+        (_, Some(path)) => path,
+        (Some(config), None) => match lb_ctl::config::load(config) {
+            Ok(c) => c.dataplane.pin_path,
+            Err(e) => {
+                eprintln!("lb-ctl: {}: {e}", config.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        (None, None) => unreachable!("clap requires --config or --pin-path"),
+    };
+    match lb_ctl::dataplane::pins::remove_all(&pin_path) {
+        Ok(0) => {
+            println!("nothing pinned at {}", pin_path.display());
+            ExitCode::SUCCESS
+        }
+        Ok(n) => {
+            println!("removed the data plane at {} ({n} pins)", pin_path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("lb-ctl: {e}");
             ExitCode::FAILURE
         }
     }

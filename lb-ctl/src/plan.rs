@@ -127,6 +127,11 @@ impl Image {
 /// A backend as the health checks and the reconciler name it: (service, backend).
 pub type BackendKey = (Endpoint, Endpoint);
 
+/// The key of a backend as the maps hold it (its entry names its service).
+pub fn held_backend_key(b: &abi::Backend) -> BackendKey {
+    (Endpoint::new(b.vip, b.vport, b.proto), Endpoint::new(b.addr, b.port, b.proto))
+}
+
 pub fn backend_key(s: &Service, address: Ipv4Addr, port: u16) -> BackendKey {
     (service_endpoint(s), backend_endpoint(address, port, s))
 }
@@ -191,6 +196,16 @@ impl Ids {
             .ok_or(PlanError::TooManyBackends)?;
         self.next_backend = (id + 1) % MAX_BACKENDS;
         Ok(id)
+    }
+
+    /// The ids an image was built with: an adopted data plane's, so that
+    /// its flows keep meaning the same backends.
+    pub fn from_image(image: &Image) -> Self {
+        let services = image.services.iter().map(|(key, s)| (*key, s.id)).collect();
+        let backends: FxHashMap<_, _> =
+            image.backends.iter().map(|(id, b)| (held_backend_key(b), *id)).collect();
+        let next_backend = image.backends.keys().max().map_or(0, |id| (id + 1) % MAX_BACKENDS);
+        Self { services, backends, next_backend }
     }
 
     pub fn service(&self, s: &Service) -> Option<u32> {
@@ -419,6 +434,24 @@ pub(crate) mod tests {
         let ids = ids.assign(services).unwrap();
         let image = image(services, &ids, &BTreeSet::new());
         (ids, image)
+    }
+
+    #[test]
+    fn ids_read_back_from_an_image_keep_every_backend_on_its_id() {
+        let services = [service("web", 80, &[(11, 1), (12, 1)]), service("api", 81, &[(21, 1)])];
+        // Ids that are not simply 0, 1, 2: a removal happened before.
+        let (ids, _) = plan(&Ids::default(), &[service("web", 80, &[(10, 1)])]);
+        let (ids, held) = plan(&ids, &services);
+        let adopted = Ids::from_image(&held);
+        let (again, image) = plan(&adopted, &services);
+        assert_eq!(image, held, "a controller adopting the maps writes nothing");
+        for s in &services {
+            assert_eq!(again.service(s), ids.service(s));
+            for b in &s.backends {
+                assert_eq!(again.backend(s, b.address, b.port), ids.backend(s, b.address, b.port));
+            }
+        }
+        assert!(diff(&held, &image).is_empty());
     }
 
     #[test]

@@ -76,6 +76,19 @@ impl<M: Maps> Reconciler<M> {
         }
     }
 
+    /// A reconciler for maps that may already hold a previous controller's
+    /// state: it starts from what they hold and from its ids, so the first
+    /// apply writes only the difference and open flows keep their backends.
+    pub fn adopt(mut maps: M) -> Result<Self, ReconcileError> {
+        let held = maps.read_image()?;
+        let mut reconciler = Self::new(maps);
+        if let Some(image) = held {
+            reconciler.ids = Ids::from_image(&image);
+            reconciler.applied = image;
+        }
+        Ok(reconciler)
+    }
+
     /// Makes the maps hold `services` (with the current health view).
     pub fn apply(&mut self, services: &[Service]) -> Result<Applied, ReconcileError> {
         self.reconcile(services, self.down.clone())
@@ -153,10 +166,7 @@ impl<M: Maps> Reconciler<M> {
             .backends
             .iter()
             .map(|(id, b)| {
-                let key = (
-                    Endpoint::new(b.vip, b.vport, b.proto),
-                    Endpoint::new(b.addr, b.port, b.proto),
-                );
+                let key = plan::held_backend_key(b);
                 let traffic = counts.backends.get(id).copied().unwrap_or_default();
                 (key, (traffic, conns.get(id).copied().unwrap_or_default()))
             })

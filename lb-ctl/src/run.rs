@@ -32,6 +32,9 @@ const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 pub struct Overrides {
     pub interfaces: Vec<String>,
     pub xdp_mode: Option<XdpMode>,
+    /// `--cleanup-on-exit`: detach and unpin at SIGTERM instead of leaving
+    /// the data plane running for the next controller.
+    pub cleanup_on_exit: bool,
 }
 
 /// Why `run` refused to start: every problem, for exit code 1.
@@ -65,7 +68,8 @@ pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow:
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
-    // Refuse an unusable admin setup before touching the data plane.
+    // Refuse an unusable state file or admin setup before touching the data plane.
+    crate::controller::check_state_file(&path, &config)?;
     let token = config.admin.token_file.as_deref().map(api::read_token).transpose()?;
     let listener = api::bind(config.admin.listen, token.as_ref()).await?;
     for name in &config.dataplane.interfaces {
@@ -79,7 +83,9 @@ pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow:
     }
     let maps =
         KernelMaps::start(&config.dataplane, EBPF_OBJECT).context("starting the data plane")?;
-    let (handle, task) = reconciler::spawn(Reconciler::new(maps));
+    let cleanup_on_exit = overrides.cleanup_on_exit;
+    let (handle, task) =
+        reconciler::spawn(Reconciler::adopt(maps).context("reading the adopted data plane")?);
     let outcome = async {
         let services = config.services.len();
         let (mut controller, stats) =
@@ -123,8 +129,13 @@ pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow:
     }
     .await;
     drop(handle);
-    // Dropping the maps detaches the programs and removes the pins.
-    drop(task.await.context("the reconciler task failed")?);
-    info!("data plane detached");
+    let maps = task.await.context("the reconciler task failed")?;
+    // A data plane this run created and could not set up goes too.
+    if cleanup_on_exit || (outcome.is_err() && !maps.adopted()) {
+        maps.remove();
+        info!("data plane detached and unpinned");
+    } else {
+        info!("controller stopped; the data plane keeps forwarding (lb-ctl down removes it)");
+    }
     outcome
 }

@@ -227,6 +227,20 @@ impl Lab {
     pub fn restart(&mut self) {
         let status = self.stop();
         assert!(status.success(), "lb-ctl exited with {status}:\n{}", self.log());
+        self.start_again();
+    }
+
+    /// Kills `lb-ctl run` (SIGKILL: no chance to clean up) and starts it
+    /// again on the same files; returns once it runs.
+    pub fn kill_and_restart(&mut self, pause: Duration) {
+        let mut child = self.ctl.take().expect("lb-ctl runs");
+        let _ = child.kill();
+        let _ = child.wait();
+        std::thread::sleep(pause);
+        self.start_again();
+    }
+
+    fn start_again(&mut self) {
         let before = self.log();
         self.spawn_ctl();
         // spawn_ctl truncates the log: keep the first run's for failures.

@@ -193,24 +193,98 @@ fn the_load_balancers_own_addresses_still_work_while_attached() {
     assert!(ns_try(&lab.topo.client(), &["ping", "-c", "2", "-W", "2", VIP]), "ping the VIP");
 }
 
+/// SIGTERM stops the controller, not the data plane: it keeps forwarding
+/// (the next `lb-ctl run` adopts it); `lb-ctl down` removes it.
 #[test]
-fn sigterm_exits_cleanly_and_detaches_everything() {
+fn sigterm_leaves_the_data_plane_running_and_down_removes_it() {
     let mut lab = Lab::start("lbt5");
     let lb = lab.topo.lb();
-    let links = ns_sh(&lb, &["ip", "link", "show", "lb-c"]);
-    assert!(links.contains("xdp"), "XDP attached while running: {links}");
+    let attached = |dev: &str| ns_sh(&lb, &["ip", "link", "show", dev]).contains("xdp");
+    assert!(attached("lb-c"), "XDP attached while running");
     assert!(std::path::Path::new(&format!("{}/lb_services", lab.pin_dir)).exists());
     let status = lab.stop();
     assert!(status.success(), "exit status {status}:\n{}", lab.log());
+    assert!(lab.log().contains("the data plane keeps forwarding"), "{}", lab.log());
+    assert!(attached("lb-c") && attached("lb-b"), "XDP stays attached after SIGTERM");
+    let body = in_ns(&lab.topo.client(), http_get).expect("the VIP answers without a controller");
+    assert!(body.contains("Bienvenue"), "{body}");
+
+    let ctl = lb_ctl_bin();
+    let out = output(&[&ctl.to_string_lossy(), "down", "--pin-path", &lab.pin_dir]);
+    assert!(out.status.success(), "lb-ctl down: {out:?}");
     for dev in ["lb-c", "lb-b"] {
-        let links = ns_sh(&lb, &["ip", "link", "show", dev]);
-        assert!(!links.contains("xdp"), "XDP still attached to {dev} after SIGTERM: {links}");
-        let tc = ns_sh(&lb, &["tc", "filter", "show", "dev", dev, "ingress"]);
-        assert!(tc.trim().is_empty(), "tc program still on {dev}: {tc}");
+        assert!(!attached(dev), "XDP still attached to {dev} after lb-ctl down");
+        let progs = ns_sh(&lb, &["bpftool", "net", "show", "dev", dev]);
+        assert!(!progs.contains("lb_neigh"), "tc program still on {dev}: {progs}");
     }
     assert!(!std::path::Path::new(&lab.pin_dir).exists(), "pins removed");
     // With the data plane gone, the VIP is just a local address again.
     assert!(in_ns(&lab.topo.client(), http_get).is_err(), "nothing should answer on the VIP");
+}
+
+/// `lb-ctl run` killed (SIGKILL) and started again while long-lived
+/// connections exchange data every few milliseconds and a client keeps
+/// opening new ones: the new controller adopts the pinned data plane, and
+/// not one request fails nor one connection breaks.
+#[test]
+fn a_killed_controller_restarts_without_breaking_a_connection() {
+    let mut lab = Lab::start("lbt22");
+    let client = lab.topo.client();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = |work: fn(&std::sync::atomic::AtomicBool) -> (usize, Vec<String>)| {
+        let (client, stop) = (client.clone(), std::sync::Arc::clone(&stop));
+        std::thread::spawn(move || in_ns(&client, move || work(&stop)))
+    };
+    // Three long-lived connections, a line each every 5 ms.
+    let echoes: Vec<_> = (0..3)
+        .map(|_| {
+            load(|stop| {
+                let mut conn = EchoConn::open().expect("echo connection");
+                let (mut lines, mut errors) = (0, Vec::new());
+                let deadline = std::time::Instant::now() + Duration::from_secs(20);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                    && std::time::Instant::now() < deadline
+                {
+                    match conn.exchange(&format!("line {lines}")) {
+                        Ok(_) => lines += 1,
+                        Err(e) => {
+                            errors.push(e.to_string());
+                            break;
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                (lines, errors)
+            })
+        })
+        .collect();
+    // New connections throughout, bounded in count.
+    let requests = load(|stop| {
+        let (mut done, mut errors) = (0, Vec::new());
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) && done < 2000 {
+            if let Err(e) = http_get() {
+                errors.push(e.to_string());
+            }
+            done += 1;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (done, errors)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    lab.kill_and_restart(Duration::from_millis(500));
+    assert!(lab.log().contains("adopted the pinned data plane"), "{}", lab.log());
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (done, failed) = requests.join().expect("client load");
+    eprintln!("new connections: {done}, failed: {failed:?}");
+    assert!(done > 100, "only {done} requests were made");
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    for (i, echo) in echoes.into_iter().enumerate() {
+        let (lines, errors) = echo.join().expect("echo connection");
+        eprintln!("connection {i}: {lines} lines, errors {errors:?}");
+        assert!(errors.is_empty(), "connection {i} broke: {errors:?}");
+        assert!(lines > 100, "connection {i} exchanged only {lines} lines");
+    }
 }
 
 #[test]

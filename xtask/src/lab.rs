@@ -41,6 +41,7 @@ pub fn up(keep: bool) -> Result<()> {
     build()?;
     require_root("the lab")?;
     stop_controller();
+    remove_data_plane();
     step("creating the topology: client, load balancer, switch, web1..web3 (namespaces lb-*)");
     run_status(Command::new(bin("lb-lab")).args(["up", PREFIX]))?;
 
@@ -49,6 +50,8 @@ pub fn up(keep: bool) -> Result<()> {
     // A copy: the operator may edit it and reload (SIGHUP) without touching the repository.
     let config = state_dir().join("lb.toml");
     fs::copy(root().join("examples/lab.toml"), &config).context("copying examples/lab.toml")?;
+    // A new lab starts from the file alone: no runtime changes of an earlier one.
+    let _ = fs::remove_file(state_dir().join("lb.state.json"));
     let log_path = state_dir().join("lb-ctl.log");
     let log = fs::File::create(&log_path)?;
     // nsenter (not `ip netns exec`) keeps the host's /sys/fs/bpf, where the maps are pinned.
@@ -234,9 +237,21 @@ fn stop_pid_file(file: &std::path::Path) {
     }
 }
 
+/// The lab's controller leaves its data plane pinned when it stops (for the
+/// next controller to adopt); the lab removes it.
+fn remove_data_plane() {
+    if bin("lb-ctl").exists() {
+        let _ = Command::new(bin("lb-ctl"))
+            .args(["down", "--pin-path", "/sys/fs/bpf/lb"])
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
 pub fn down() -> Result<()> {
     require_root("removing the lab")?;
     stop_controller();
+    remove_data_plane();
     let lab = bin("lb-lab");
     if lab.exists() {
         run_status(Command::new(lab).args(["down", PREFIX]))?;

@@ -22,6 +22,10 @@ impl Maps for FakeMaps {
         Ok(std::collections::BTreeMap::new())
     }
 
+    fn read_image(&mut self) -> Result<Option<Image>, DataplaneError> {
+        Ok(None)
+    }
+
     fn read_counts(
         &mut self,
         services: &[u32],

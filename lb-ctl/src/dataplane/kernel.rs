@@ -1,38 +1,36 @@
-//! The real data plane: loads the XDP object, attaches it (XDP on every
-//! interface, plus the tc neighbour slow path), pins the maps under
-//! `pin_path` for bpftool, and writes map ops. Dropping it detaches the
-//! programs and removes the pins.
+//! The real data plane: loads the XDP object over maps pinned under
+//! `pin_path`, attaches it through pinned links (XDP on every interface,
+//! plus the tc neighbour slow path), and writes map ops. The data plane
+//! outlives the controller; a later one adopts it (see `pins`).
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
-    fs,
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::Duration,
 };
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, DevMap, HashMap, MapData, PerCpuArray},
-    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode, tc},
+    programs::{SchedClassifier, Xdp},
 };
 use lb_common::abi::{
-    ABI_VERSION, BackendConns, CONN_CLOSED, CONN_CLOSING, CONN_ESTABLISHED, CONN_STATES, CONN_SYN,
-    CONN_UDP, Conn, Endpoint, Flow, MAGLEV_SIZE, MAX_TX_PORTS, Meta, NEXTHOP_REFRESH_MS,
-    NO_BACKEND, Traffic, expired,
+    ABI_VERSION, BACKEND_IN_USE, BackendConns, CONN_CLOSED, CONN_CLOSING, CONN_ESTABLISHED,
+    CONN_STATES, CONN_SYN, CONN_UDP, Conn, Endpoint, Flow, MAGLEV_SIZE, MAX_TX_PORTS, Meta,
+    NEXTHOP_REFRESH_MS, NO_BACKEND, Traffic, expired,
 };
-use tracing::{info, warn};
+use tracing::info;
 
-use super::{ConnEntry, Counts, DataplaneError, Maps};
+use super::{
+    ConnEntry, Counts, DataplaneError, Maps, attach,
+    pins::{self, PinDir},
+};
 use crate::{
-    model::{Dataplane, Timeouts, XdpMode},
+    model::{Dataplane, Timeouts},
     netdev,
-    plan::Op,
+    plan::{Image, Op},
 };
 
 type Table = [u32; MAGLEV_SIZE as usize];
-
-/// Every map of the object is named `lb_*` (SPEC: "names starting lb_"):
-/// what this prefix names under `pin_path` is ours to pin and to remove.
-const MAP_PREFIX: &str = "lb_";
 
 pub struct KernelMaps {
     services: HashMap<MapData, Endpoint, lb_common::abi::Service>,
@@ -53,8 +51,10 @@ pub struct KernelMaps {
     /// The programs (and the links that attach them) and the maps only the
     /// kernel writes: dropping it detaches everything.
     ebpf: Ebpf,
-    /// Where the maps are pinned, if they are.
-    pin_dir: Option<PathBuf>,
+    /// The locked pin directory, when the data plane is attached and pinned.
+    pins: Option<PinDir>,
+    /// Whether the maps and links were a previous controller's.
+    adopted: bool,
 }
 
 fn err(what: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
@@ -79,34 +79,91 @@ impl KernelMaps {
         conntrack_max: u32,
         interfaces: &[String],
     ) -> Result<Self, DataplaneError> {
-        let mut maps = Self::open(load_object(object, conntrack_max)?, interfaces, None)?;
+        let mut maps = Self::open(load_object(object, conntrack_max)?, interfaces, false)?;
         maps.set_timeouts(&Timeouts::default())?;
         Ok(maps)
     }
 
-    /// Loads, attaches and pins. On error nothing stays attached.
+    /// Loads the object over the maps pinned under `pin_path` (creating and
+    /// pinning them on a first start), and attaches its programs through
+    /// pinned links: the data plane then outlives this process. A data
+    /// plane already pinned there is adopted: its maps keep their flows and
+    /// counters, its links get this object's programs, atomically. On a
+    /// first start that fails nothing stays; a failed adoption leaves the
+    /// running data plane as it was.
     pub fn start(dataplane: &Dataplane, object: &[u8]) -> Result<Self, DataplaneError> {
-        let mut ebpf = load_object(object, dataplane.conntrack_max)?;
-        attach_xdp(&mut ebpf, &dataplane.interfaces, dataplane.xdp_mode)?;
-        attach_tc(&mut ebpf, &dataplane.interfaces)?;
-        pin_all(&ebpf, &dataplane.pin_path)?;
-        let mut maps = Self::open(ebpf, &dataplane.interfaces, Some(dataplane.pin_path.clone()))
-            .inspect_err(|_| {
-                // No KernelMaps exists to clean up on drop: do it here.
-                remove_pins(&dataplane.pin_path);
-            })?;
+        let pins = PinDir::lock(&dataplane.pin_path)?;
+        let expected = pins::object_maps(object, dataplane.conntrack_max)?;
+        let adopting = pins.has_maps();
+        if adopting {
+            pins.check_layout(&expected)?;
+        }
+        let started = Self::start_on(&pins, &expected, dataplane, object, adopting);
+        match started {
+            Ok(mut maps) => {
+                maps.pins = Some(pins);
+                maps.adopted = adopting;
+                if adopting {
+                    info!(pin_path = %dataplane.pin_path.display(), "adopted the pinned data plane: its flows and counters go on");
+                } else {
+                    info!(pin_path = %dataplane.pin_path.display(), "data plane pinned");
+                }
+                Ok(maps)
+            }
+            Err(e) => {
+                if !adopting {
+                    pins.remove_pins();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn start_on(
+        pins: &PinDir,
+        expected: &BTreeMap<String, pins::MapShape>,
+        dataplane: &Dataplane,
+        object: &[u8],
+        adopting: bool,
+    ) -> Result<Self, DataplaneError> {
+        let paths: Vec<(&str, PathBuf)> =
+            expected.keys().map(|name| (name.as_str(), pins.map(name))).collect();
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries("lb_conntrack", dataplane.conntrack_max);
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf =
+            loader.load(object).map_err(|e| DataplaneError::kernel("loading the XDP object", e))?;
+        load_program::<Xdp>(&mut ebpf, "lb_xdp")?;
+        load_program::<SchedClassifier>(&mut ebpf, "lb_neigh")?;
+        attach::xdp(
+            program(&mut ebpf, "lb_xdp")?,
+            pins,
+            &dataplane.interfaces,
+            dataplane.xdp_mode,
+        )?;
+        attach::tc(program(&mut ebpf, "lb_neigh")?, pins, &dataplane.interfaces)?;
+        let mut maps = Self::open(ebpf, &dataplane.interfaces, adopting)?;
         // Before any service exists, so no packet sees a zero timeout.
         maps.set_timeouts(&dataplane.timeouts)?;
         Ok(maps)
     }
 
+    /// Whether the maps were a previous controller's (see `start`).
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// Detaches the programs and removes every pin (`lb-ctl run
+    /// --cleanup-on-exit`); otherwise the data plane outlives the controller.
+    pub fn remove(mut self) -> usize {
+        self.pins.take().map_or(0, PinDir::remove_pins)
+    }
+
     /// Fills the redirect targets and the ABI version, and takes the maps the
     /// reconciler writes out of `ebpf`.
-    fn open(
-        mut ebpf: Ebpf,
-        interfaces: &[String],
-        pin_dir: Option<PathBuf>,
-    ) -> Result<Self, DataplaneError> {
+    fn open(mut ebpf: Ebpf, interfaces: &[String], adopting: bool) -> Result<Self, DataplaneError> {
         if interfaces.len() > MAX_TX_PORTS as usize {
             return Err(DataplaneError::kernel(
                 "dataplane.interfaces",
@@ -124,9 +181,12 @@ impl KernelMaps {
                 .map_err(|e| DataplaneError::kernel(format!("adding {name} to lb_tx_ports"), e))?;
             tx_slots.insert(index, slot, 0).map_err(err("writing lb_tx_slots"))?;
         }
-        // Epoch 0 is what an empty cache entry holds: start at 1.
+        // Epoch 0 is what an empty cache entry holds: start at 1. An adopted
+        // data plane's epoch goes on: connection entries are stamped with it.
         let mut epoch: Array<MapData, u64> = typed(&mut ebpf, "lb_epoch")?;
-        epoch.set(0, 1, 0).map_err(err("writing lb_epoch"))?;
+        let epoch_value =
+            if adopting { epoch.get(&0, 0).map_err(err("reading lb_epoch"))?.max(1) } else { 1 };
+        epoch.set(0, epoch_value, 0).map_err(err("writing lb_epoch"))?;
         let mut meta: Array<MapData, Meta> = typed(&mut ebpf, "lb_meta")?;
         meta.set(0, Meta { abi_version: ABI_VERSION, _pad: 0 }, 0)
             .map_err(err("writing lb_meta"))?;
@@ -139,13 +199,14 @@ impl KernelMaps {
             addrs: typed(&mut ebpf, "lb_addrs")?,
             real_slots: typed(&mut ebpf, "lb_real_slots")?,
             epoch,
-            epoch_value: 1,
+            epoch_value,
             timeouts: typed(&mut ebpf, "lb_timeouts")?,
             timeout_ticks: [0; CONN_STATES as usize],
             be_conns: typed(&mut ebpf, "lb_be_conns")?,
             published: BTreeMap::new(),
             ebpf,
-            pin_dir,
+            pins: None,
+            adopted: false,
         })
     }
 
@@ -191,28 +252,6 @@ fn load_object(object: &[u8], conntrack_max: u32) -> Result<Ebpf, DataplaneError
     load_program::<Xdp>(&mut ebpf, "lb_xdp")?;
     load_program::<SchedClassifier>(&mut ebpf, "lb_neigh")?;
     Ok(ebpf)
-}
-
-/// Pins every map under `dir` (what bpftool and `lb-lab counters` read).
-fn pin_all(ebpf: &Ebpf, dir: &Path) -> Result<(), DataplaneError> {
-    check_bpffs(dir)?;
-    let stale = remove_pins(dir);
-    if stale > 0 {
-        warn!(pin_dir = %dir.display(), stale, "removed pins left by an earlier run");
-    }
-    fs::create_dir_all(dir)
-        .map_err(|e| DataplaneError::kernel(format!("creating {}", dir.display()), e))?;
-    for (name, map) in ebpf.maps() {
-        if !name.starts_with(MAP_PREFIX) {
-            return Err(DataplaneError::kernel(
-                format!("map {name}"),
-                format!("is not named {MAP_PREFIX}*"),
-            ));
-        }
-        pin(dir, name, |p| map.pin(p))?;
-    }
-    info!(pin_dir = %dir.display(), "maps pinned");
-    Ok(())
 }
 
 /// A program of the object, by name and type.
@@ -265,88 +304,6 @@ fn typed<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     T::try_from(take(ebpf, name)?).map_err(err(format!("opening {name}")))
 }
 
-fn pin(
-    dir: &Path,
-    name: &str,
-    f: impl FnOnce(&Path) -> Result<(), aya::pin::PinError>,
-) -> Result<(), DataplaneError> {
-    let path = dir.join(name);
-    f(&path).map_err(|e| DataplaneError::kernel(format!("pinning {}", path.display()), e))
-}
-
-/// Pins need a bpf filesystem; say so plainly instead of a bare ENOENT/EPERM.
-fn check_bpffs(pin_dir: &Path) -> Result<(), DataplaneError> {
-    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-    let parent = pin_dir.parent().unwrap_or(pin_dir);
-    let path = std::ffi::CString::new(parent.as_os_str().as_encoded_bytes())
-        .map_err(|e| DataplaneError::kernel("dataplane.pin_path", e))?;
-    // SAFETY: statfs fills the zeroed struct; the path is NUL-terminated.
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let rc = unsafe { libc::statfs(path.as_ptr(), &raw mut stat) };
-    if rc != 0 || stat.f_type != BPF_FS_MAGIC {
-        return Err(DataplaneError::kernel(
-            format!("dataplane.pin_path {}", pin_dir.display()),
-            format!(
-                "{} is not a bpf filesystem (mount -t bpf bpf {})",
-                parent.display(),
-                parent.display()
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Removes the pins a previous run left (a crash, a kill -9). Until
-/// controller restarts adopt them, a new run starts from fresh maps.
-fn remove_pins(dir: &Path) -> usize {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return 0;
-    };
-    let mut removed = 0;
-    for path in entries.filter_map(Result::ok).map(|e| e.path()) {
-        if !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with(MAP_PREFIX)) {
-            continue;
-        }
-        match fs::remove_file(&path) {
-            Ok(()) => removed += 1,
-            Err(e) => warn!(path = %path.display(), error = %e, "cannot remove pin"),
-        }
-    }
-    removed
-}
-
-fn attach_xdp(ebpf: &mut Ebpf, interfaces: &[String], mode: XdpMode) -> Result<(), DataplaneError> {
-    let program: &mut Xdp = program(ebpf, "lb_xdp")?;
-    for name in interfaces {
-        let attached = match mode {
-            XdpMode::Driver => program.attach(name, AyaXdpMode::Driver).map(|_| "driver"),
-            XdpMode::Skb => program.attach(name, AyaXdpMode::Skb).map(|_| "skb"),
-            XdpMode::Auto => {
-                program.attach(name, AyaXdpMode::Driver).map(|_| "driver").or_else(|e| {
-                    warn!(interface = %name, error = %e, "driver mode XDP refused, using skb mode");
-                    program.attach(name, AyaXdpMode::Skb).map(|_| "skb")
-                })
-            }
-        }
-        .map_err(|e| DataplaneError::kernel(format!("attaching XDP to {name}"), e))?;
-        info!(interface = %name, mode = attached, "XDP attached");
-    }
-    Ok(())
-}
-
-fn attach_tc(ebpf: &mut Ebpf, interfaces: &[String]) -> Result<(), DataplaneError> {
-    let program: &mut SchedClassifier = program(ebpf, "lb_neigh")?;
-    for name in interfaces {
-        // Needed only where tcx links are unavailable; "exists" is fine.
-        let _ = tc::qdisc_add_clsact(name);
-        program
-            .attach(name, TcAttachType::Ingress)
-            .map_err(|e| DataplaneError::kernel(format!("attaching tc ingress to {name}"), e))?;
-    }
-    Ok(())
-}
-
 impl KernelMaps {
     fn put_maglev(&mut self, id: u32, slots: &[u32]) -> Result<(), DataplaneError> {
         let table: &Table = slots
@@ -392,6 +349,46 @@ impl KernelMaps {
 }
 
 impl Maps for KernelMaps {
+    fn read_image(&mut self) -> Result<Option<Image>, DataplaneError> {
+        if !self.adopted {
+            return Ok(None);
+        }
+        let mut image = Image::default();
+        for entry in &self.services {
+            let (key, service) = entry.map_err(err("reading lb_services"))?;
+            let table = self.maglev.get(&service.id, 0).map_err(err("reading lb_maglev"))?;
+            image.maglev.insert(service.id, std::sync::Arc::new(table.to_vec()));
+            image.services.insert(key, service);
+        }
+        for (id, backend) in (0..).zip(self.backends.iter()) {
+            let backend = backend.map_err(err("reading lb_backends"))?;
+            if backend.flags & BACKEND_IN_USE != 0 {
+                image.backends.insert(id, backend);
+            }
+        }
+        for entry in &self.reals {
+            let (key, real) = entry.map_err(err("reading lb_reals"))?;
+            image.reals.insert(key, real);
+        }
+        for entry in &self.vips {
+            let (vip, count) = entry.map_err(err("reading lb_vips"))?;
+            image.vips.insert(vip, count);
+        }
+        for (slot, flags) in (0..).zip(self.addrs.iter()) {
+            let flags = flags.map_err(err("reading lb_addrs"))?;
+            if flags != 0 {
+                image.addrs.insert(slot, flags);
+            }
+        }
+        for (slot, value) in (0..).zip(self.real_slots.iter()) {
+            let value = value.map_err(err("reading lb_real_slots"))?;
+            if value != 0 {
+                image.real_slots.insert(slot, value);
+            }
+        }
+        Ok(Some(image))
+    }
+
     fn read_counts(
         &mut self,
         services: &[u32],
@@ -531,15 +528,6 @@ impl Maps for KernelMaps {
                 self.services.insert(k, s, 0).map_err(err("writing lb_services"))
             }
             Op::DelService(k) => deleted(self.services.remove(k), "deleting from lb_services"),
-        }
-    }
-}
-
-impl Drop for KernelMaps {
-    fn drop(&mut self) {
-        if let Some(dir) = &self.pin_dir {
-            remove_pins(dir);
-            let _ = fs::remove_dir(dir);
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The kernel maps behind a trait, so the reconciler can be tested against an
 //! in-memory copy (`fake`) and run against the real thing (`kernel`).
+pub mod attach;
 pub mod fake;
 pub mod kernel;
+pub mod pins;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -10,7 +12,7 @@ use std::{
 
 use lb_common::abi::{Backend, BackendConns, Conn, Endpoint, Flow, Traffic};
 
-use crate::plan::Op;
+use crate::plan::{Image, Op};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -74,6 +76,10 @@ pub trait Maps: Send {
         backends: &BTreeMap<u32, Backend>,
         lc_services: &BTreeSet<u32>,
     ) -> Result<BTreeMap<u32, BackendConns>, DataplaneError>;
+
+    /// What the maps hold, when they were a previous controller's (an
+    /// adopted data plane); `None` for maps this process created.
+    fn read_image(&mut self) -> Result<Option<Image>, DataplaneError>;
 
     /// Reads the packet counters and the traffic of the given services and
     /// backends (by id).

@@ -1,0 +1,245 @@
+//! What outlives a controller: the maps and the links that attach the
+//! programs, pinned under `pin_path`. A controller locks the directory (one
+//! writer at a time), checks that pinned maps have the layout its object
+//! expects, and then either creates everything or adopts what is there:
+//! the same maps (flows, counters) and the same links, whose program it
+//! swaps atomically for its own.
+//!
+//! Layout: `<pin_path>/lb_*` the maps (what bpftool and the tests read),
+//! `<pin_path>/links/{xdp,tc}_<interface>` the links.
+use std::{
+    collections::BTreeMap,
+    fs::{self, File},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+};
+
+use aya::maps::MapData;
+use lb_common::abi::{ABI_VERSION, Meta};
+use tracing::{info, warn};
+
+use super::DataplaneError;
+
+/// Every map of the object is named `lb_*` (SPEC: "names starting lb_"):
+/// what this prefix names under `pin_path` is ours.
+pub const MAP_PREFIX: &str = "lb_";
+const LINKS: &str = "links";
+/// `BPF_F_RDONLY_PROG`: set by the kernel on some maps (devmaps) it creates.
+const BPF_F_RDONLY_PROG: u32 = 1 << 7;
+
+/// A map as the object defines it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapShape {
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub flags: u32,
+}
+
+/// The locked pin directory.
+#[derive(Debug)]
+pub struct PinDir {
+    path: PathBuf,
+    /// Holds the lock (flock) for as long as the controller runs.
+    _lock: File,
+}
+
+impl PinDir {
+    /// Creates the directory if needed and takes its lock; refuses if
+    /// another controller holds it.
+    pub fn lock(path: &Path) -> Result<Self, DataplaneError> {
+        check_bpffs(path)?;
+        fs::create_dir_all(path.join(LINKS)).map_err(|e| {
+            DataplaneError::kernel(format!("creating {}", path.join(LINKS).display()), e)
+        })?;
+        let dir = File::open(path)
+            .map_err(|e| DataplaneError::kernel(format!("opening {}", path.display()), e))?;
+        // SAFETY: flock on a file descriptor we own.
+        let rc = unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            return Err(DataplaneError::kernel(
+                format!("dataplane.pin_path {}", path.display()),
+                "another lb-ctl run is using it (one controller per data plane; stop it first)",
+            ));
+        }
+        Ok(Self { path: path.to_owned(), _lock: dir })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    pub fn link(&self, kind: &str, interface: &str) -> PathBuf {
+        self.path.join(LINKS).join(format!("{kind}_{interface}"))
+    }
+
+    /// Whether a data plane is pinned here (a previous controller's).
+    pub fn has_maps(&self) -> bool {
+        self.map("lb_meta").exists()
+    }
+
+    /// Interfaces that have a pinned link of `kind`.
+    pub fn linked_interfaces(&self, kind: &str) -> Vec<String> {
+        let prefix = format!("{kind}_");
+        fs::read_dir(self.path.join(LINKS))
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter_map(|e| e.file_name().to_str()?.strip_prefix(&prefix).map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Refuses pinned maps a controller of this build cannot use: another
+    /// ABI version, or a map whose sizes differ from the object's (aya
+    /// would reuse it blindly, and the program or the controller would then
+    /// read past its values).
+    pub fn check_layout(
+        &self,
+        expected: &BTreeMap<String, MapShape>,
+    ) -> Result<(), DataplaneError> {
+        let refuse = |what: String| {
+            DataplaneError::kernel(
+                format!("pinned data plane in {}", self.path.display()),
+                format!(
+                    "{what}; this lb-ctl cannot adopt it. `lb-ctl down --pin-path {}` removes it (open connections are then reset)",
+                    self.path.display()
+                ),
+            )
+        };
+        for (name, want) in expected {
+            let path = self.map(name);
+            if !path.exists() {
+                continue; // A map new in this build: created at load.
+            }
+            let info = MapData::from_pin(&path)
+                .and_then(|m| m.info())
+                .map_err(|e| DataplaneError::kernel(format!("reading {}", path.display()), e))?;
+            let have = MapShape {
+                key_size: info.key_size(),
+                value_size: info.value_size(),
+                max_entries: info.max_entries(),
+                // The kernel adds this one itself to a devmap.
+                flags: info.map_flags() & !BPF_F_RDONLY_PROG,
+            };
+            if have != *want {
+                return Err(refuse(format!("map {name} is {have:?}, this build needs {want:?}")));
+            }
+        }
+        let version = read_abi_version(&self.map("lb_meta"))?;
+        if version != ABI_VERSION {
+            return Err(refuse(format!(
+                "its layout is version {version}, this build's is {ABI_VERSION}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The ABI version written in the pinned `lb_meta`.
+fn read_abi_version(path: &Path) -> Result<u32, DataplaneError> {
+    let failed =
+        |e: aya::maps::MapError| DataplaneError::kernel(format!("reading {}", path.display()), e);
+    let map = MapData::from_pin(path).map_err(failed)?;
+    let array: aya::maps::Array<MapData, Meta> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(map)).map_err(failed)?;
+    Ok(array.get(&0, 0).map_err(failed)?.abi_version)
+}
+
+/// The maps `object` defines, with the connection table at `conntrack_max`.
+pub fn object_maps(
+    object: &[u8],
+    conntrack_max: u32,
+) -> Result<BTreeMap<String, MapShape>, DataplaneError> {
+    let parsed = aya_obj::Object::parse(object)
+        .map_err(|e| DataplaneError::kernel("parsing the XDP object", e))?;
+    let mut maps = BTreeMap::new();
+    for (name, map) in &parsed.maps {
+        if !name.starts_with(MAP_PREFIX) {
+            return Err(DataplaneError::kernel(
+                format!("map {name}"),
+                format!("is not named {MAP_PREFIX}*"),
+            ));
+        }
+        let max_entries = if name == "lb_conntrack" { conntrack_max } else { map.max_entries() };
+        maps.insert(
+            name.clone(),
+            MapShape {
+                key_size: map.key_size(),
+                value_size: map.value_size(),
+                max_entries,
+                flags: map.map_flags(),
+            },
+        );
+    }
+    Ok(maps)
+}
+
+/// Removes a data plane pinned at `path` (`lb-ctl down`); refuses while a
+/// controller runs on it. Returns how many pins were removed.
+pub fn remove_all(path: &Path) -> Result<usize, DataplaneError> {
+    if !path.exists() {
+        return Ok(0);
+    }
+    Ok(PinDir::lock(path)?.remove_pins())
+}
+
+impl PinDir {
+    /// Removes the links (which detaches the programs once no process
+    /// holds them) and the maps, then the directory. Returns how many pins
+    /// were removed.
+    pub fn remove_pins(self) -> usize {
+        let mut removed = 0;
+        let links = self.path.join(LINKS);
+        for dir in [&links, &self.path] {
+            let Ok(entries) = fs::read_dir(dir) else { continue };
+            for path in entries.filter_map(Result::ok).map(|e| e.path()) {
+                let ours = *dir == links
+                    || path
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(MAP_PREFIX));
+                if !ours || path.is_dir() {
+                    continue;
+                }
+                match fs::remove_file(&path) {
+                    Ok(()) => removed += 1,
+                    Err(e) => warn!(path = %path.display(), error = %e, "cannot remove pin"),
+                }
+            }
+        }
+        let _ = fs::remove_dir(&links);
+        let path = self.path.clone();
+        drop(self);
+        let _ = fs::remove_dir(&path);
+        info!(pin_path = %path.display(), removed, "data plane removed");
+        removed
+    }
+}
+
+/// Pins need a bpf filesystem; say so plainly instead of a bare ENOENT/EPERM.
+fn check_bpffs(pin_dir: &Path) -> Result<(), DataplaneError> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let parent = pin_dir.parent().unwrap_or(pin_dir);
+    let path = std::ffi::CString::new(parent.as_os_str().as_encoded_bytes())
+        .map_err(|e| DataplaneError::kernel("dataplane.pin_path", e))?;
+    // SAFETY: statfs fills the zeroed struct; the path is NUL-terminated.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let rc = unsafe { libc::statfs(path.as_ptr(), &raw mut stat) };
+    if rc != 0 || stat.f_type != BPF_FS_MAGIC {
+        return Err(DataplaneError::kernel(
+            format!("dataplane.pin_path {}", pin_dir.display()),
+            format!(
+                "{} is not a bpf filesystem (mount -t bpf bpf {})",
+                parent.display(),
+                parent.display()
+            ),
+        ));
+    }
+    Ok(())
+}
