@@ -84,9 +84,13 @@ impl Controller {
         let state_path = state_path(&config_path, &config);
         let changes = Changes::load(&state_path)?;
         let services = replay(&changes, &config.services, &state_path);
+        // An adopted data plane's DOWN backends (maintenance included) stay
+        // out until their probes bring them back.
+        let held_down = reconciler.down().await?;
         reconciler.apply(services.clone()).await?;
         let mut health = health::Monitor::default();
         health.sync(&services);
+        health.assume_down(&held_down);
         let (published, view) = watch::channel(Arc::new(Stats::default()));
         let controller = Self {
             config_path,

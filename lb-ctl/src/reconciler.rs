@@ -3,7 +3,7 @@
 //! pure code, writes only the difference, and answers once the kernel holds it.
 use std::collections::{BTreeMap, BTreeSet};
 
-use lb_common::abi::{BackendConns, Endpoint, SCHED_LC, SCHED_MASK, Traffic};
+use lb_common::abi::{BACKEND_DOWN, BackendConns, Endpoint, SCHED_LC, SCHED_MASK, Traffic};
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::info;
@@ -84,9 +84,21 @@ impl<M: Maps> Reconciler<M> {
         let mut reconciler = Self::new(maps);
         if let Some(image) = held {
             reconciler.ids = Ids::from_image(&image);
+            reconciler.down = image
+                .backends
+                .values()
+                .filter(|b| b.flags & BACKEND_DOWN != 0)
+                .map(plan::held_backend_key)
+                .collect();
             reconciler.applied = image;
         }
         Ok(reconciler)
+    }
+
+    /// The backends held out of rotation by health (an adopted data plane's
+    /// until the first health change is applied).
+    pub fn down(&self) -> &BTreeSet<BackendKey> {
+        &self.down
     }
 
     /// Makes the maps hold `services` (with the current health view).
@@ -210,6 +222,7 @@ impl<M: Maps> Reconciler<M> {
 
 enum Command {
     Sample { reply: Reply<Sample> },
+    Down { reply: Reply<BTreeSet<BackendKey>> },
     Connections { limit: usize, to: Option<Endpoint>, reply: Reply<(Vec<Connection>, usize)> },
     SetDown { down: BTreeSet<BackendKey>, reply: Reply<Applied> },
     RefreshNextHops { reply: Reply<()> },
@@ -226,6 +239,11 @@ pub struct Handle {
 type Reply<T> = oneshot::Sender<Result<T, ReconcileError>>;
 
 impl Handle {
+    /// The backends held DOWN (see `Reconciler::down`).
+    pub async fn down(&self) -> Result<BTreeSet<BackendKey>, ReconcileError> {
+        self.call(|reply| Command::Down { reply }).await
+    }
+
     /// Recounts the connections per backend (dropping expired entries) and
     /// reads the traffic counters.
     pub async fn sample(&self) -> Result<Sample, ReconcileError> {
@@ -273,6 +291,9 @@ pub fn spawn<M: Maps + 'static>(
     let task = tokio::spawn(async move {
         while let Some(command) = rx.recv().await {
             match command {
+                Command::Down { reply } => {
+                    let _ = reply.send(Ok(reconciler.down().clone()));
+                }
                 Command::Sample { reply } => {
                     let _ = reply.send(reconciler.sample());
                 }

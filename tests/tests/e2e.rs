@@ -222,6 +222,53 @@ fn sigterm_leaves_the_data_plane_running_and_down_removes_it() {
     assert!(in_ns(&lab.topo.client(), http_get).is_err(), "nothing should answer on the VIP");
 }
 
+/// The id of the program on the pinned XDP link of lb-c.
+fn xdp_link_program(lab: &Lab) -> String {
+    let link = format!("{}/links/xdp_lb-c", lab.pin_dir);
+    let json = String::from_utf8_lossy(
+        &output(&["bpftool", "-j", "link", "show", "pinned", &link]).stdout,
+    )
+    .into_owned();
+    json.split("\"prog_id\":")
+        .nth(1)
+        .and_then(|r| r.split([',', '}']).next())
+        .unwrap_or_else(|| panic!("no prog_id in {json:?}"))
+        .to_owned()
+}
+
+/// One controller per pinned data plane; pins it cannot use (another
+/// layout, a path off bpffs) are refused with a clear message, and the
+/// running data plane is left as it was.
+#[test]
+fn a_second_controller_and_unusable_pins_are_refused() {
+    let mut lab = Lab::start("lbt23");
+    let ctl = lb_ctl_bin().to_string_lossy().into_owned();
+    let ns = format!("--net=/var/run/netns/{}", lab.topo.lb());
+    let config = std::fs::read_to_string(&lab.config_path).expect("config");
+    let (dir, pin_dir) = (lab.dir.clone(), lab.pin_dir.clone());
+    let run_with = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("config");
+        let out = output(&["nsenter", &ns, &ctl, "run", "--config", &path.to_string_lossy()]);
+        assert_eq!(out.status.code(), Some(1), "lb-ctl run with {name} should be refused");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let other_admin = format!("{config}\n[admin]\nlisten = \"127.0.0.1:9101\"\n");
+    let err = run_with("second.toml", other_admin.clone());
+    assert!(err.contains("another lb-ctl run is using it"), "{err}");
+
+    assert!(lab.stop().success());
+    let bigger = other_admin.replace("conntrack_max = 65536", "conntrack_max = 131072");
+    let err = run_with("bigger.toml", bigger);
+    assert!(err.contains("lb_conntrack") && err.contains("lb-ctl down"), "{err}");
+    let off_bpffs = other_admin.replace(&pin_dir, "/tmp/lbt23-not-bpffs/lb");
+    let err = run_with("elsewhere.toml", off_bpffs);
+    assert!(err.contains("is not a bpf filesystem"), "{err}");
+    // The refused runs touched nothing: the data plane still forwards.
+    let body = in_ns(&lab.topo.client(), http_get).expect("the VIP still answers");
+    assert!(body.contains("Bienvenue"), "{body}");
+}
+
 /// `lb-ctl run` killed (SIGKILL) and started again while long-lived
 /// connections exchange data every few milliseconds and a client keeps
 /// opening new ones: the new controller adopts the pinned data plane, and
@@ -271,8 +318,12 @@ fn a_killed_controller_restarts_without_breaking_a_connection() {
         (done, errors)
     });
     std::thread::sleep(Duration::from_millis(500));
+    let program_before = xdp_link_program(&lab);
     lab.kill_and_restart(Duration::from_millis(500));
     assert!(lab.log().contains("adopted the pinned data plane"), "{}", lab.log());
+    // The new controller's program replaced the old one on the same link.
+    let program_after = xdp_link_program(&lab);
+    assert_ne!(program_before, program_after, "the link runs the new program");
     std::thread::sleep(Duration::from_millis(1500));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (done, failed) = requests.join().expect("client load");

@@ -96,6 +96,17 @@ impl Monitor {
         }
     }
 
+    /// Backends an adopted data plane held DOWN stay DOWN until `rise`
+    /// probes say otherwise, rather than taking flows until their first probe.
+    pub fn assume_down(&mut self, keys: &BTreeSet<BackendKey>) {
+        for (key, checked) in &mut self.checked {
+            if keys.contains(key) {
+                checked.tracker =
+                    Tracker::new(checked.check.rise, checked.check.fall).starting_down();
+            }
+        }
+    }
+
     /// Waits for the next change of status, logging it with its cause.
     pub async fn next_transition(&mut self) -> (BackendKey, Transition) {
         loop {
