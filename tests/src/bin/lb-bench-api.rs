@@ -41,6 +41,8 @@ fn main() {
     let large = in_ns(BIG_NS, || add_latency(BIG_ADMIN, "s0", CALLS));
     let (rss_kib, hwm_kib) = big.memory();
     let ready = big.ready;
+    let mut big = big;
+    let adopted = big.restart();
     drop(big);
     drop(lab);
 
@@ -58,10 +60,11 @@ fn main() {
         first.gap_median, first.gap_max, first.rtt_median
     );
     println!(
-        "  lb-ctl run with 100 services x 100 backends: RSS {:.1} MiB (peak {:.1} MiB; target < 50 MB); start -> ready {} ms",
+        "  lb-ctl run with 100 services x 100 backends: RSS {:.1} MiB (peak {:.1} MiB; target < 50 MB); start -> ready {} ms; restart adopting the pinned data plane -> ready {} ms",
         rss_kib as f64 / 1024.0,
         hwm_kib as f64 / 1024.0,
-        ready.as_millis()
+        ready.as_millis(),
+        adopted.as_millis()
     );
 
     let mut json = String::from("{\n");
@@ -74,8 +77,9 @@ fn main() {
     );
     let _ = writeln!(
         json,
-        "  \"rss_100x100_kib\": {rss_kib},\n  \"rss_peak_100x100_kib\": {hwm_kib},\n  \"ready_100x100_ms\": {}\n}}",
-        ready.as_millis()
+        "  \"rss_100x100_kib\": {rss_kib},\n  \"rss_peak_100x100_kib\": {hwm_kib},\n  \"ready_100x100_ms\": {},\n  \"restart_adopting_100x100_ms\": {}\n}}",
+        ready.as_millis(),
+        adopted.as_millis()
     );
     lb_tests::write_bench_report("LB_BENCH_API_OUT", "target/bench/api.json", &json);
 }
@@ -224,6 +228,7 @@ struct BigController {
     dir: std::path::PathBuf,
     pin_dir: String,
     ready: Duration,
+    path: std::path::PathBuf,
 }
 
 impl BigController {
@@ -258,13 +263,21 @@ impl BigController {
         }
         let path = dir.join("big.toml");
         std::fs::write(&path, config).expect("config");
+        let (child, ready) = Self::spawn(&dir, &path);
+        // A few samples of the counters, as in steady state.
+        std::thread::sleep(Duration::from_secs(3));
+        Self { child, dir, pin_dir, ready, path }
+    }
+
+    /// Starts `lb-ctl run` on `path`; returns it and how long it took to be ready.
+    fn spawn(dir: &std::path::Path, path: &std::path::Path) -> (Child, Duration) {
         let log = std::fs::File::create(dir.join("lb-ctl.log")).expect("log");
         let started = Instant::now();
         let child = Command::new("nsenter")
             .arg(format!("--net=/var/run/netns/{BIG_NS}"))
             .arg(lb_ctl_bin())
             .args(["run", "--config"])
-            .arg(&path)
+            .arg(path)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -282,9 +295,26 @@ impl BigController {
             }
             panic!("the big controller was not ready within 60 s");
         });
-        // A few samples of the counters, as in steady state.
-        std::thread::sleep(Duration::from_secs(3));
-        Self { child, dir, pin_dir, ready }
+        (child, ready)
+    }
+
+    /// Stops the controller (SIGTERM: the data plane stays) and starts it
+    /// again, adopting it; returns how long the new one took to be ready.
+    fn restart(&mut self) -> Duration {
+        self.stop();
+        let (child, ready) = Self::spawn(&self.dir, &self.path);
+        self.child = child;
+        ready
+    }
+
+    fn stop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && self.child.try_wait().ok().flatten().is_none() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// VmRSS and VmHWM in KiB.
@@ -305,13 +335,7 @@ impl BigController {
 
 impl Drop for BigController {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline && self.child.try_wait().ok().flatten().is_none() {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
         let _ = std::fs::remove_dir_all(&self.pin_dir);
         let _ = std::fs::remove_dir_all(&self.dir);
         let _ = output(&["ip", "netns", "del", BIG_NS]);
