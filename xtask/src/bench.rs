@@ -1,14 +1,29 @@
 //! `cargo xtask bench`: the data plane's cost per packet (`lb-bench`), the
 //! health checks' detection time and probing capacity (`lb-bench-health`),
 //! and the admin API's latency and the controller's memory (`lb-bench-api`);
-//! the last two are built with optimisations, as the controller ships.
+//! the last two are built with optimisations, as the controller ships;
+//! and the controller's Maglev tables (`lb-bench-control`, also alone as
+//! `cargo xtask bench control`: no root needed).
 use std::process::Command;
 
 use anyhow::Result;
 
 use crate::util::{bin, build, cargo, require_root, root, run_status, step, target_dir};
 
+/// `cargo xtask bench control`: Maglev build time and disruption.
+pub fn control() -> Result<()> {
+    step("control plane: Maglev table build time and slots moved (release build)");
+    cargo(&["build", "--release", "-p", "lb-tests", "--bin", "lb-bench-control"])?;
+    let out = root().join("target/bench/control.json");
+    run_status(
+        Command::new(target_dir().join("release/lb-bench-control"))
+            .env("LB_BENCH_CONTROL_OUT", &out)
+            .current_dir(root()),
+    )
+}
+
 pub fn run() -> Result<()> {
+    control()?;
     build()?;
     require_root("the benchmarks")?;
     step("data plane: cost per packet");

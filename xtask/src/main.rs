@@ -14,7 +14,8 @@ const USAGE: &str = "usage: cargo xtask <command>
   lab down           remove the lab
   run -- ARGS        build, then run `lb-ctl run ARGS` as root
   test               host unit tests, then privileged tests (root)
-  bench              data-plane cost per packet (BPF_PROG_TEST_RUN), table + JSON";
+  bench              every benchmark: data plane, health checks, admin API, Maglev; tables + JSON
+  bench control      Maglev table build time and slots moved (no root)";
 
 fn main() -> std::process::ExitCode {
     match dispatch(&std::env::args().skip(1).collect::<Vec<_>>()) {
@@ -56,6 +57,10 @@ fn dispatch(args: &[String]) -> Result<()> {
         ["bench"] => {
             setup::ensure()?;
             bench::run()
+        }
+        ["bench", "control"] => {
+            setup::ensure()?;
+            bench::control()
         }
         _ => bail!("{USAGE}"),
     }
