@@ -31,17 +31,18 @@ pub fn build(entries: &[Entry], size: u32) -> Vec<u32> {
     }
     backends.sort_by_key(|e| (e.address, e.port));
     let size64 = u64::from(size);
-    // Backend i's permutation is offset, offset + skip, offset + 2 skip...
-    // (mod size); pos[i] is where it stands, advanced by an addition and a
-    // conditional subtraction rather than a division per probe.
-    let mut pos = Vec::with_capacity(backends.len());
-    let mut skips = Vec::with_capacity(backends.len());
-    for e in &backends {
-        let octets = e.address.octets();
-        pos.push(backend_hash(octets, e.port, OFFSET_SEED) % size64);
-        skips.push(backend_hash(octets, e.port, SKIP_SEED) % (size64 - 1) + 1);
-    }
+    let perms: Vec<(u64, u64)> = backends
+        .iter()
+        .map(|e| {
+            let octets = e.address.octets();
+            let offset = backend_hash(octets, e.port, OFFSET_SEED) % size64;
+            let skip = backend_hash(octets, e.port, SKIP_SEED) % (size64 - 1) + 1;
+            (offset, skip)
+        })
+        .collect();
     let max_weight = u64::from(backends.iter().map(|e| e.weight).max().unwrap_or(1));
+    // next[i]: how far backend i has walked its permutation.
+    let mut next = vec![0_u64; backends.len()];
     // credit[i]: accumulated weight; a turn costs max_weight.
     let mut credit = vec![0_u64; backends.len()];
     let mut filled = 0_u32;
@@ -52,12 +53,10 @@ pub fn build(entries: &[Entry], size: u32) -> Vec<u32> {
                 continue;
             }
             credit[i] -= max_weight;
+            let (offset, skip) = perms[i];
             loop {
-                let slot = pos[i] as usize;
-                pos[i] += skips[i];
-                if pos[i] >= size64 {
-                    pos[i] -= size64;
-                }
+                let slot = ((offset + next[i] * skip) % size64) as usize;
+                next[i] += 1;
                 if table[slot] == NO_BACKEND {
                     table[slot] = backend.id;
                     filled += 1;
