@@ -214,9 +214,15 @@ impl Controller {
         self.publish();
     }
 
-    /// Waits for a backend's health to change, and applies it.
+    /// Waits for a backend's health to change. Cancel-safe (a `select!`
+    /// branch): the change is recorded when this returns, and applied by
+    /// `health_changed`, which must not be cancelled.
     pub async fn next_health_change(&mut self) {
         self.health.next_transition().await;
+    }
+
+    /// Applies the health change `next_health_change` saw.
+    pub async fn health_changed(&mut self) {
         self.apply_health().await;
         self.publish();
     }

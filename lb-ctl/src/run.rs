@@ -114,7 +114,7 @@ pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow:
                         warn!(error = %e, "cannot refresh the next-hop cache");
                     }
                 }
-                () = controller.next_health_change() => {}
+                () = controller.next_health_change() => controller.health_changed().await,
                 Some(request) = requests.recv() => {
                     let answer = controller.change(request.change).await;
                     let _ = request.reply.send(answer);

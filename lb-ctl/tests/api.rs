@@ -182,7 +182,7 @@ impl Lb {
             loop {
                 tokio::select! {
                     _ = sample.tick() => controller.sample().await,
-                    () = controller.next_health_change() => {}
+                    () = controller.next_health_change() => controller.health_changed().await,
                     request = requests.recv() => {
                         let Some(request) = request else { break };
                         let answer = controller.change(request.change).await;
