@@ -10,7 +10,12 @@ use lb_ctl::{
 };
 
 #[derive(Parser)]
-#[command(name = "lb-ctl", version, about = "XDP layer-4 load balancer: controller and CLI")]
+#[command(
+    name = "lb-ctl",
+    version,
+    about = "XDP layer-4 load balancer: controller and CLI",
+    after_help = lb_ctl::cli::EXIT_CODES
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -50,6 +55,7 @@ enum Command {
         /// The config whose dataplane.pin_path to clean.
         #[arg(long, conflicts_with = "pin_path", required_unless_present = "pin_path")]
         config: Option<PathBuf>,
+        /// The pin directory itself (dataplane.pin_path).
         #[arg(long)]
         pin_path: Option<PathBuf>,
     },
