@@ -92,7 +92,7 @@ impl Controller {
         health.sync(&services);
         health.assume_down(&held_down);
         let (published, view) = watch::channel(Arc::new(Stats::default()));
-        let controller = Self {
+        let mut controller = Self {
             config_path,
             overrides,
             config,
@@ -107,6 +107,9 @@ impl Controller {
             health_pending: false,
             restore_pending: false,
         };
+        // The health view replaces whatever an adopted data plane held
+        // (a backend DOWN before may have lost its checks since).
+        controller.apply_health().await;
         controller.publish();
         Ok((controller, view))
     }

@@ -133,3 +133,31 @@ fn a_tcp_connection_on_a_down_backend_is_reset_at_once() {
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
     assert!(started.elapsed() < Duration::from_secs(1));
 }
+
+/// A backend that is DOWN when the controller restarts stays out of
+/// rotation from the first moment of the new controller: it does not get
+/// flows until its own probes bring it back.
+#[test]
+fn a_down_backend_stays_out_across_a_controller_restart() {
+    let mut lab = start("lbt24");
+    let web2 = format!("backend={}:80", address("web2"));
+    lab.topo.set_health_mode("web2", HealthMode::Error);
+    lab.wait_lines(&["backend is DOWN", &web2], 1, Duration::from_secs(10));
+    lab.wait_lines(&["health applied", "down=1"], 1, Duration::from_secs(5));
+    lab.restart();
+    // Straight after the restart, before any probe of the new controller
+    // could have answered: the view and the traffic both leave web2 out.
+    let list = lab.ctl_ok(&["list", "web"]);
+    let line =
+        list.lines().find(|l| l.contains(&format!("{}:80", address("web2")))).unwrap_or_default();
+    assert!(line.contains("DOWN"), "web2 is DOWN at once after the restart:\n{list}");
+    let seen = in_ns(&lab.topo.client(), || {
+        (0..30)
+            .map(|i| http_get().unwrap_or_else(|e| panic!("request {i}: {e}")))
+            .collect::<Vec<_>>()
+    });
+    assert!(seen.iter().all(|body| !body.contains("WEB2")), "web2 answered: {seen:?}");
+    // Healthy again, it comes back after `rise` probes.
+    lab.topo.set_health_mode("web2", HealthMode::Ok);
+    lab.wait_lines(&["backend is UP", &web2], 1, Duration::from_secs(10));
+}
