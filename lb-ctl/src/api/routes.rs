@@ -76,8 +76,9 @@ fn service_name(path: Result<Path<String>, PathRejection>) -> ApiResult<String> 
 
 #[utoipa::path(get, path = "/api/v1/services", tag = "services",
     responses((status = 200, description = "Every service with its backends, live", body = [ServiceView])))]
-pub async fn list_services(State(api): State<ApiState>) -> Json<Vec<ServiceView>> {
-    Json(stats(&api).services.clone())
+pub async fn list_services(State(api): State<ApiState>) -> Response {
+    // Serialized from the shared view: no copy of every backend per request.
+    Json(&stats(&api).services).into_response()
 }
 
 #[utoipa::path(post, path = "/api/v1/services", tag = "services",
@@ -267,8 +268,8 @@ pub async fn delete_backend(
 
 #[utoipa::path(get, path = "/api/v1/stats", tag = "stats",
     responses((status = 200, description = "Services, backends, packet outcomes, connection table", body = Stats)))]
-pub async fn get_stats(State(api): State<ApiState>) -> Json<Stats> {
-    Json(stats(&api).as_ref().clone())
+pub async fn get_stats(State(api): State<ApiState>) -> Response {
+    Json(stats(&api).as_ref()).into_response()
 }
 
 /// Most connections one answer lists.
