@@ -7,7 +7,7 @@
 
 /// Bumped whenever a map layout below changes; stored in `lb_meta` so that a
 /// controller can tell whether pinned maps were written by a compatible build.
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 /// Capacity of the service table (and of each per-service array).
 pub const MAX_SERVICES: u32 = 256;
@@ -121,6 +121,10 @@ pub const BACKEND_IN_USE: u16 = 1;
 /// `Backend::flags`: health checks say DOWN. The backend has no Maglev slot;
 /// a TCP flow still on it is answered with a reset, a UDP flow rescheduled.
 pub const BACKEND_DOWN: u16 = 2;
+/// `Backend::flags`: its service forwards by direct routing (`dsr`, IPVS
+/// `-g`): the frame goes to the backend's MAC with the IP packet unchanged,
+/// and the backend answers the client itself.
+pub const BACKEND_DSR: u16 = 4;
 
 /// Value of `lb_reals`, keyed by the backend's `Endpoint`: lets a reply be
 /// rewritten back to the VIP without any connection state.
@@ -295,7 +299,10 @@ pub struct NextHop {
     pub _pad: u16,
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
-    pub _pad2: [u8; 4],
+    /// The next hop itself: `addr` when it is on one of our links, else the
+    /// gateway the FIB routes it through. Direct routing needs the former
+    /// (its IP packet still says the VIP, which a gateway would route back).
+    pub via: [u8; 4],
     /// The `lb_epoch` value the entry was filled in; another epoch means stale.
     pub epoch: u64,
 }
@@ -350,9 +357,14 @@ const _: () = assert!(size_of::<Meta>() == 8);
 pub struct NeighMeta {
     pub magic: u32,
     pub ifindex: u32,
+    /// The next hop the FIB chose (the destination itself, or a gateway):
+    /// given to `bpf_redirect_neigh()`, which then does not route the packet
+    /// by its destination (with direct routing that is the VIP, not the
+    /// backend).
+    pub nexthop: [u8; 4],
 }
-const _: () = assert!(size_of::<NeighMeta>() == 8);
-pub const NEIGH_META_MAGIC: u32 = 0x4c42_4e31; // "LBN1"
+const _: () = assert!(size_of::<NeighMeta>() == 12);
+pub const NEIGH_META_MAGIC: u32 = 0x4c42_4e32; // "LBN2"
 
 #[cfg(test)]
 mod tests {

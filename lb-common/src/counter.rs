@@ -63,6 +63,9 @@ counters! {
     DropTooBig = "drop_too_big",
     /// The slow path could not attach its metadata to the packet.
     DropNoMetadata = "drop_no_metadata",
+    /// Direct routing to a backend the FIB reaches only through a gateway
+    /// (a `dsr` backend must share a link with the load balancer).
+    DropDsrNotOnLink = "drop_dsr_not_on_link",
 }
 
 impl Counter {

@@ -12,8 +12,8 @@ use lb_common::abi::{DEFAULT_CONNTRACK_MAX, LC_MAX_BACKENDS, PROTO_TCP, PROTO_UD
 use serde::Deserialize;
 
 use crate::model::{
-    AdminState, Backend, Dataplane, HealthCheck, Probe, Protocol, Scheduler, Service, Timeouts,
-    XdpMode,
+    AdminState, Backend, Dataplane, Forwarding, HealthCheck, Probe, Protocol, Scheduler, Service,
+    Timeouts, XdpMode,
 };
 
 /// A validated config file.
@@ -323,7 +323,7 @@ fn validate(raw: RawConfig, problems: &mut Problems) -> Config {
         .enumerate()
         .map(|(i, s)| validate_service(&format!("service[{i}]"), s, problems))
         .collect();
-    check_unique_services(&services, problems);
+    check_service_set(&services, problems);
     Config { dataplane, admin, log, services }
 }
 
@@ -438,16 +438,14 @@ fn validate_service(key: &str, raw: RawService, problems: &mut Problems) -> Serv
             Scheduler::Maglev
         }
     };
-    match raw.forwarding.as_str() {
-        "nat" => {}
-        "dsr" => {
-            problems
-                .add(format!("{key}.forwarding"), "\"dsr\" is not implemented yet; use \"nat\"");
-        }
+    let forwarding = match raw.forwarding.as_str() {
+        "nat" => Forwarding::Nat,
+        "dsr" => Forwarding::Dsr,
         other => {
             problems.add(format!("{key}.forwarding"), format!("{other:?} is not one of nat, dsr"));
+            Forwarding::Nat
         }
-    }
+    };
     let reject = match raw.on_no_backend.as_str() {
         "reject" => true,
         "drop" => false,
@@ -484,7 +482,7 @@ fn validate_service(key: &str, raw: RawService, problems: &mut Problems) -> Serv
             ),
         );
     }
-    Service { health, name: raw.name, vip, port, protocol, scheduler, reject, backends }
+    Service { health, name: raw.name, vip, port, protocol, scheduler, forwarding, reject, backends }
 }
 
 /// Longest health-check interval: an hour.
@@ -659,11 +657,33 @@ fn check_unique_services(services: &[Service], problems: &mut Problems) {
     }
 }
 
-/// Problems with a whole set of services (what the API checks before a change):
-/// unique names, endpoints and backends.
+/// Direct routing cannot translate ports: the packet reaches the backend
+/// as the client sent it, so the backend listens on the service's port.
+fn check_direct_routing(services: &[Service], problems: &mut Problems) {
+    for (i, s) in services.iter().enumerate().filter(|(_, s)| s.forwarding == Forwarding::Dsr) {
+        for (j, b) in s.backends.iter().enumerate().filter(|(_, b)| b.port != s.port) {
+            problems.add(
+                format!("service[{i}].backend[{j}].port"),
+                format!(
+                    "{} differs from the service's port {}: with forwarding = \"dsr\" the backend receives the packet unchanged",
+                    b.port, s.port
+                ),
+            );
+        }
+    }
+}
+
+/// Problems with a set of services taken together: unique names, endpoints
+/// and backends; direct routing's ports.
+fn check_service_set(services: &[Service], problems: &mut Problems) {
+    check_unique_services(services, problems);
+    check_direct_routing(services, problems);
+}
+
+/// Problems with a whole set of services (what the API checks before a change).
 pub fn check_services(services: &[Service]) -> Vec<Problem> {
     let mut problems = Problems::default();
-    check_unique_services(services, &mut problems);
+    check_service_set(services, &mut problems);
     problems.0
 }
 
@@ -698,7 +718,7 @@ pub fn service_from_json(body: &[u8]) -> Result<Service, BodyError> {
     let raw: RawService = from_json(body)?;
     let mut problems = Problems::default();
     let service = validate_service("", raw, &mut problems);
-    check_unique_services(std::slice::from_ref(&service), &mut problems);
+    check_service_set(std::slice::from_ref(&service), &mut problems);
     finish_json(service, problems)
 }
 
@@ -740,7 +760,7 @@ pub fn service_to_json(s: &Service) -> serde_json::Value {
         "port": s.port,
         "protocol": s.protocol.to_string(),
         "scheduler": s.scheduler.name(),
-        "forwarding": "nat",
+        "forwarding": s.forwarding.name(),
         "on_no_backend": if s.reject { "reject" } else { "drop" },
         "backends": s.backends.iter().map(backend_to_json).collect::<Vec<_>>(),
     });
@@ -928,8 +948,17 @@ protocol = "udp"
     }
 
     #[test]
-    fn features_of_later_issues_are_refused_clearly() {
-        let p = problems(&GOOD.replace("port = 53", "port = 53\nforwarding = \"dsr\""));
+    fn direct_routing_keeps_the_service_port() {
+        let dsr = GOOD.replacen("\nport = 80\n", "\nport = 80\nforwarding = \"dsr\"\n", 1);
+        let c = parse(&dsr).unwrap();
+        assert_eq!(c.services[0].forwarding, Forwarding::Dsr);
+        assert_eq!(c.services[1].forwarding, Forwarding::Nat, "the default");
+        let p =
+            problems(&dsr.replacen("  port = 80\n  weight = 0", "  port = 8080\n  weight = 0", 1));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("service[0].backend[1].port"), "{p:?}");
+        assert!(p[0].contains("8080 differs from the service's port 80"), "{p:?}");
+        let p = problems(&GOOD.replace("port = 53", "port = 53\nforwarding = \"tun\""));
         assert!(p.iter().any(|x| x.starts_with("service[1].forwarding")), "{p:?}");
     }
 

@@ -62,6 +62,7 @@ pub struct Service {
     pub port: u16,
     pub protocol: Protocol,
     pub scheduler: Scheduler,
+    pub forwarding: Forwarding,
     /// `on_no_backend = "reject"`: with no usable backend, answer (TCP reset,
     /// ICMP port unreachable) rather than drop.
     pub reject: bool,
@@ -95,6 +96,30 @@ impl Scheduler {
             Self::WeightedRoundRobin => "wrr",
             Self::SourceHash => "sh",
             Self::LeastConnections => "lc",
+        }
+    }
+}
+
+/// How a packet reaches the backend (IPVS's forwarding methods).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Forwarding {
+    /// `nat` (IPVS `-m`, masquerading): the destination becomes the backend;
+    /// replies come back through the load balancer, which puts the VIP back.
+    #[default]
+    Nat,
+    /// `dsr` (IPVS `-g`, direct routing): the frame goes to the backend's MAC
+    /// with the IP packet unchanged; the backend holds the VIP on a
+    /// non-ARPing interface and answers the client directly. Backends share
+    /// a link with the load balancer and listen on the service's port.
+    Dsr,
+}
+
+impl Forwarding {
+    /// The config file's name for it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Nat => "nat",
+            Self::Dsr => "dsr",
         }
     }
 }

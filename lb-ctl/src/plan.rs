@@ -8,7 +8,7 @@ use std::{
 };
 
 use lb_common::abi::{
-    self, ADDR_VIP, BACKEND_DOWN, BACKEND_IN_USE, Endpoint, MAGLEV_SIZE, MAX_BACKENDS,
+    self, ADDR_VIP, BACKEND_DOWN, BACKEND_DSR, BACKEND_IN_USE, Endpoint, MAGLEV_SIZE, MAX_BACKENDS,
     MAX_SERVICES, NO_BACKEND, REAL_SLOT_SHARED, SCHED_LC, SCHED_MAGLEV, SCHED_RR, SCHED_SH,
     SCHED_WRR, SVC_REJECT, addr_slot, real_slot,
 };
@@ -16,7 +16,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::{
     maglev,
-    model::{AdminState, Scheduler, Service},
+    model::{AdminState, Forwarding, Scheduler, Service},
     rotation,
 };
 
@@ -251,6 +251,7 @@ pub fn image_cached(
     for s in services {
         let key = service_endpoint(s);
         let service_id = ids.services[&key];
+        let dsr = s.forwarding == Forwarding::Dsr;
         let mut entries = Vec::with_capacity(s.backends.len());
         for b in &s.backends {
             let bkey = backend_endpoint(b.address, b.port, s);
@@ -258,12 +259,19 @@ pub fn image_cached(
             // Maintenance cuts the backend off like a failed health check.
             let is_down = down.contains(&(key, bkey)) || b.state == AdminState::Maint;
             let weight = if is_down { 0 } else { b.effective_weight() };
+            let mut flags = BACKEND_IN_USE;
+            if is_down {
+                flags |= BACKEND_DOWN;
+            }
+            if dsr {
+                flags |= BACKEND_DSR;
+            }
             backends.push((
                 id,
                 abi::Backend {
                     addr: b.address.octets(),
                     port: b.port,
-                    flags: if is_down { BACKEND_IN_USE | BACKEND_DOWN } else { BACKEND_IN_USE },
+                    flags,
                     service_id,
                     vip: key.addr,
                     vport: key.port,
@@ -272,11 +280,21 @@ pub fn image_cached(
                     weight,
                 },
             ));
-            slots.push((real_slot(bkey.addr, bkey.port, bkey.proto), id + 1));
-            reals.push((
-                bkey,
-                abi::Real { vip: key.addr, vport: key.port, _pad: 0, service_id, backend_id: id },
-            ));
+            // A direct-routing backend answers the client itself: nothing
+            // comes back to rewrite.
+            if !dsr {
+                slots.push((real_slot(bkey.addr, bkey.port, bkey.proto), id + 1));
+                reals.push((
+                    bkey,
+                    abi::Real {
+                        vip: key.addr,
+                        vport: key.port,
+                        _pad: 0,
+                        service_id,
+                        backend_id: id,
+                    },
+                ));
+            }
             entries.push(maglev::Entry { address: b.address, port: b.port, weight, id });
         }
         let inputs = (s.scheduler, entries);
@@ -416,6 +434,7 @@ pub(crate) mod tests {
             port,
             protocol: Protocol::Tcp,
             scheduler: Scheduler::Maglev,
+            forwarding: Forwarding::Nat,
             reject: false,
             health: None,
             backends: backends
@@ -434,6 +453,18 @@ pub(crate) mod tests {
         let ids = ids.assign(services).unwrap();
         let image = image(services, &ids, &BTreeSet::new());
         (ids, image)
+    }
+
+    #[test]
+    fn direct_routing_backends_are_flagged_and_never_taken_for_replies() {
+        let nat = service("api", 81, &[(21, 1)]);
+        let dsr =
+            Service { forwarding: Forwarding::Dsr, ..service("web", 80, &[(11, 1), (12, 1)]) };
+        let (_, image) = plan(&Ids::default(), &[dsr, nat]);
+        let flagged = image.backends.values().filter(|b| b.flags & BACKEND_DSR != 0).count();
+        assert_eq!(flagged, 2, "only the dsr service's backends");
+        assert_eq!(image.reals.len(), 1, "only the NAT backend's replies are rewritten");
+        assert_eq!(image.real_slots.len(), 1);
     }
 
     #[test]

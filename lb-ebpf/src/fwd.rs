@@ -23,11 +23,13 @@ use crate::{
     parse::Packet,
 };
 
-const AF_INET: u8 = 2;
+pub const AF_INET: u8 = 2;
 
-/// Where the packet goes after the rewrite.
+/// Where the packet goes: to `addr`, rewritten on `rewrite`'s side to
+/// `addr:port` (NAT), or not rewritten at all (`None`: direct routing, the
+/// frame goes to `addr`, which must be on one of our links).
 pub struct Target {
-    pub side: Side,
+    pub rewrite: Option<Side>,
     pub addr: [u8; 4],
     pub port: u16,
 }
@@ -39,12 +41,14 @@ pub struct Target {
 pub fn forward(ctx: &XdpContext, pkt: &Packet, target: &Target) -> Result<Verdict, Counter> {
     let ingress = ctx.ingress_ifindex() as u32;
     let hop = next_hop(ctx, pkt, target, ingress)?;
-    // SAFETY: pkt comes from parse on this frame, is not a fragment, and
-    // nothing has resized the frame since.
-    unsafe { nat::rewrite(pkt, target.side, target.addr, target.port) };
+    if let Some(side) = target.rewrite {
+        // SAFETY: pkt comes from parse on this frame, is not a fragment, and
+        // nothing has resized the frame since.
+        unsafe { nat::rewrite(pkt, side, target.addr, target.port) };
+    }
     let hop = match hop {
         Hop::Resolved(hop) => hop,
-        Hop::NoNeighbour { ifindex } => return slow_path(ctx, ifindex),
+        Hop::NoNeighbour { ifindex, nexthop } => return slow_path(ctx, ifindex, nexthop),
     };
     // SAFETY: pkt.eth was bounds-checked by parse.
     unsafe {
@@ -57,15 +61,17 @@ pub fn forward(ctx: &XdpContext, pkt: &Packet, target: &Target) -> Result<Verdic
     match LB_TX_PORTS.redirect(hop.tx_slot, 0) {
         Ok(action) => Ok(Verdict { action, counter: Counter::Redirect }),
         // The egress interface is not one of ours: let tc send it.
-        Err(_) => slow_path(ctx, hop.ifindex),
+        Err(_) => slow_path(ctx, hop.ifindex, hop.via),
     }
 }
 
 enum Hop {
     Resolved(NextHop),
-    /// The route is known but the kernel has no neighbour entry yet.
+    /// The route is known but the kernel has no neighbour entry yet for
+    /// `nexthop` (the destination or its gateway).
     NoNeighbour {
         ifindex: u32,
+        nexthop: [u8; 4],
     },
 }
 
@@ -77,10 +83,11 @@ enum Hop {
 /// one ECMP path per destination while an entry lives).
 #[inline(always)]
 fn next_hop(ctx: &XdpContext, pkt: &Packet, target: &Target, ingress: u32) -> Result<Hop, Counter> {
-    let (src, dst, sport, dport) = match target.side {
-        Side::Destination => (pkt.flow.src, target.addr, pkt.flow.sport, target.port),
-        Side::Source => (target.addr, pkt.flow.dst, target.port, pkt.flow.dport),
+    let (src, dst, sport, dport) = match target.rewrite {
+        Some(Side::Destination) | None => (pkt.flow.src, target.addr, pkt.flow.sport, target.port),
+        Some(Side::Source) => (target.addr, pkt.flow.dst, target.port, pkt.flow.dport),
     };
+    let direct = target.rewrite.is_none();
     let epoch = LB_EPOCH.get(0).copied().unwrap_or(0);
     let cached = LB_NEXTHOPS.get_ptr_mut(nexthop_slot(dst));
     // The largest length the FIB already accepted for this destination.
@@ -90,7 +97,7 @@ fn next_hop(ctx: &XdpContext, pkt: &Packet, target: &Target, ingress: u32) -> Re
         let entry = unsafe { &*entry };
         if entry.addr == dst && entry.epoch == epoch {
             if pkt.tot_len <= entry.max_len {
-                return Ok(Hop::Resolved(*entry));
+                return resolved(*entry, direct);
             }
             max_len = entry.max_len;
         }
@@ -112,6 +119,8 @@ fn next_hop(ctx: &XdpContext, pkt: &Packet, target: &Target, ingress: u32) -> Re
     let rc =
         unsafe { bpf_fib_lookup(ctx.as_ptr(), &raw mut params, size_of::<FibParams>() as i32, 0) }
             as u32;
+    // SAFETY: the union's IPv4 member, which the FIB sets to the next hop.
+    let nexthop = unsafe { params.__bindgen_anon_4.ipv4_dst }.to_ne_bytes();
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {
             // SAFETY: copied out at once.
@@ -124,21 +133,22 @@ fn next_hop(ctx: &XdpContext, pkt: &Packet, target: &Target, ingress: u32) -> Re
                 _pad: 0,
                 smac: params.smac,
                 dmac: params.dmac,
-                _pad2: [0; 4],
+                via: nexthop,
                 epoch,
             };
             if let Some(entry) = cached {
                 // SAFETY: as above.
                 unsafe { *entry = hop };
             }
-            Ok(Hop::Resolved(hop))
+            resolved(hop, direct)
         }
-        BPF_FIB_LKUP_RET_NO_NEIGH => Ok(Hop::NoNeighbour { ifindex: params.ifindex }),
+        BPF_FIB_LKUP_RET_NO_NEIGH if direct && nexthop != dst => Err(Counter::DropDsrNotOnLink),
+        BPF_FIB_LKUP_RET_NO_NEIGH => Ok(Hop::NoNeighbour { ifindex: params.ifindex, nexthop }),
         // Too big for the egress link. A client's packet handed to the
         // stack would be delivered to the local VIP and answered with a
         // reset; a backend's reply is forwarded by the kernel, which tells
         // the backend (ICMP fragmentation needed).
-        BPF_FIB_LKUP_RET_FRAG_NEEDED if matches!(target.side, Side::Destination) => {
+        BPF_FIB_LKUP_RET_FRAG_NEEDED if !matches!(target.rewrite, Some(Side::Source)) => {
             Err(Counter::DropTooBig)
         }
         BPF_FIB_LKUP_RET_NOT_FWDED => Err(Counter::PassLocal),
@@ -146,10 +156,21 @@ fn next_hop(ctx: &XdpContext, pkt: &Packet, target: &Target, ingress: u32) -> Re
     }
 }
 
-/// Hands a rewritten packet to tc ingress (`lb_neigh`) with metadata naming
-/// the egress interface; `bpf_redirect_neigh()` there resolves the next hop.
+/// A resolved next hop, unless direct routing would send the frame to a
+/// gateway.
 #[inline(always)]
-fn slow_path(ctx: &XdpContext, ifindex: u32) -> Result<Verdict, Counter> {
+fn resolved(hop: NextHop, direct: bool) -> Result<Hop, Counter> {
+    if direct && hop.via != hop.addr {
+        return Err(Counter::DropDsrNotOnLink);
+    }
+    Ok(Hop::Resolved(hop))
+}
+
+/// Hands a rewritten packet to tc ingress (`lb_neigh`) with metadata naming
+/// the egress interface and next hop; `bpf_redirect_neigh()` there resolves
+/// the neighbour.
+#[inline(always)]
+fn slow_path(ctx: &XdpContext, ifindex: u32, nexthop: [u8; 4]) -> Result<Verdict, Counter> {
     let delta = size_of::<NeighMeta>() as i32;
     // SAFETY: grows the metadata area in front of the frame; pointers are re-derived below.
     if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -delta) } != 0 {
@@ -161,7 +182,11 @@ fn slow_path(ctx: &XdpContext, ifindex: u32) -> Result<Verdict, Counter> {
     }
     // SAFETY: bounds checked just above.
     unsafe {
-        (meta as *mut NeighMeta).write_unaligned(NeighMeta { magic: NEIGH_META_MAGIC, ifindex })
+        (meta as *mut NeighMeta).write_unaligned(NeighMeta {
+            magic: NEIGH_META_MAGIC,
+            ifindex,
+            nexthop,
+        });
     };
     Ok(Verdict { action: xdp_action::XDP_PASS, counter: Counter::SlowPathNeigh })
 }

@@ -14,13 +14,19 @@ mod reject;
 mod select;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
+    bindings::{
+        TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_redir_neigh,
+        bpf_redir_neigh__bindgen_ty_1, xdp_action,
+    },
     helpers::generated::bpf_redirect_neigh,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 use lb_common::{
-    abi::{BACKEND_DOWN, NEIGH_META_MAGIC, NeighMeta, PROTO_TCP, SVC_REJECT, TCP_ACK, TCP_SYN},
+    abi::{
+        BACKEND_DOWN, BACKEND_DSR, NEIGH_META_MAGIC, NeighMeta, PROTO_TCP, SVC_REJECT, TCP_ACK,
+        TCP_SYN,
+    },
     counter::Counter,
 };
 
@@ -45,7 +51,8 @@ impl Verdict {
             | Counter::DropNoBackend
             | Counter::DropTooBig
             | Counter::DropBackendDown
-            | Counter::DropNoMetadata => xdp_action::XDP_DROP,
+            | Counter::DropNoMetadata
+            | Counter::DropDsrNotOnLink => xdp_action::XDP_DROP,
             _ => xdp_action::XDP_PASS,
         };
         Self { action, counter }
@@ -91,7 +98,7 @@ fn to_client(ctx: &XdpContext, pkt: &parse::Packet) -> Result<Option<Verdict>, C
     };
     expire_check(pkt)?;
     select::backend_closes(&pkt.flow, &real, pkt.tcp_flags);
-    let target = Target { side: Side::Source, addr: real.vip, port: real.vport };
+    let target = Target { rewrite: Some(Side::Source), addr: real.vip, port: real.vport };
     let verdict = fwd::forward(ctx, pkt, &target)?;
     select::account(&LB_SVC_STATS, real.service_id, pkt.tot_len, false, false);
     select::account(&LB_BE_STATS, real.backend_id, pkt.tot_len, false, false);
@@ -141,8 +148,14 @@ fn to_backend(ctx: &XdpContext, pkt: &parse::Packet) -> Result<Option<Verdict>, 
             }
         }
     };
-    let target =
-        Target { side: Side::Destination, addr: choice.backend.addr, port: choice.backend.port };
+    // Direct routing leaves the IP packet as it is: only the frame goes to
+    // the backend, which holds the VIP itself and answers the client.
+    let dsr = choice.backend.flags & BACKEND_DSR != 0;
+    let target = Target {
+        rewrite: (!dsr).then_some(Side::Destination),
+        addr: choice.backend.addr,
+        port: choice.backend.port,
+    };
     let verdict = fwd::forward(ctx, pkt, &target)?;
     select::account(&LB_SVC_STATS, service_id, pkt.tot_len, true, choice.new_flow);
     select::account(&LB_BE_STATS, choice.id, pkt.tot_len, true, choice.new_flow);
@@ -163,8 +176,18 @@ pub fn lb_neigh(ctx: TcContext) -> i32 {
     if tag.magic != NEIGH_META_MAGIC {
         return TC_ACT_UNSPEC;
     }
-    // SAFETY: no parameters: the helper looks up the route and neighbour itself.
-    let rc = unsafe { bpf_redirect_neigh(tag.ifindex, core::ptr::null_mut(), 0, 0) };
+    // The next hop XDP's FIB lookup chose, not the packet's destination: with
+    // direct routing that is the VIP, which would route back to us.
+    let mut params = bpf_redir_neigh {
+        nh_family: u32::from(fwd::AF_INET),
+        __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
+            ipv4_nh: u32::from_ne_bytes(tag.nexthop),
+        },
+    };
+    // SAFETY: params is a live, correctly sized bpf_redir_neigh.
+    let rc = unsafe {
+        bpf_redirect_neigh(tag.ifindex, &raw mut params, size_of::<bpf_redir_neigh>() as i32, 0)
+    };
     // On failure drop: the packet is already rewritten (a reply with the
     // VIP as source), so the stack would only drop it as a martian or route
     // it again with its TTL decremented twice.

@@ -148,6 +148,33 @@ vip = "10.77.1.103"
 port = 53
 protocol = "udp"
 
+[[service]]            # direct routing: only the frame goes to the backend
+name = "dsr"
+vip = "10.77.1.105"
+port = 80
+forwarding = "dsr"
+  [[service.backend]]
+  address = "10.77.2.12"
+  port = 80
+
+[[service]]            # direct routing to a backend behind a gateway: dropped
+name = "dsr-routed"
+vip = "10.77.1.105"
+port = 81
+forwarding = "dsr"
+  [[service.backend]]
+  address = "10.77.5.7"
+  port = 81
+
+[[service]]            # direct routing, no neighbour entry yet: slow path
+name = "dsr-noneigh"
+vip = "10.77.1.105"
+port = 82
+forwarding = "dsr"
+  [[service.backend]]
+  address = "10.77.2.51"
+  port = 82
+
 [[service]]            # the schedulers, each over web1..web3
 name = "rr"
 vip = "10.77.1.104"
@@ -211,6 +238,11 @@ scheduler = "sh"
 "#;
 
 pub const VIP_REJECTING: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 103);
+/// Direct routing (`forwarding = "dsr"`): port 80 to `WEB2`, 81 to a backend
+/// behind a gateway (refused), 82 to an on-link backend without a neighbour.
+pub const VIP_DSR: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 105);
+/// An on-link backend with no neighbour entry (direct routing's slow path).
+pub const DSR_NO_NEIGH_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 51);
 pub const VIP_SCHEDULERS: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 104);
 
 /// The namespace, removed on drop (also when a test panics).
@@ -278,6 +310,8 @@ fn add_neighbours(n: &str) {
     // The backend that shares an index slot lives behind the backend side too.
     let (collider, _) = slot_sharing_backend();
     ns_sh(n, &["ip", "route", "add", "10.77.4.0/24", "dev", IF_BACKEND]);
+    // Direct routing's backend 10.77.5.7 is behind a gateway (web3).
+    ns_sh(n, &["ip", "route", "add", "10.77.5.0/24", "via", &WEB3.to_string()]);
     ns_sh(
         n,
         &[

@@ -311,7 +311,12 @@ fn connect(port: u16) -> std::io::Result<TcpStream> {
 /// One HTTP GET to the VIP; returns the body (`Bienvenue sur WEB2\n`).
 /// Call from a thread inside the client namespace.
 pub fn http_get() -> std::io::Result<String> {
-    let mut stream = connect(80)?;
+    http_get_port(80)
+}
+
+/// `GET /` on the VIP's `port`; the body.
+pub fn http_get_port(port: u16) -> std::io::Result<String> {
+    let mut stream = connect(port)?;
     stream.write_all(b"GET / HTTP/1.1\r\nHost: vip\r\nConnection: close\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;

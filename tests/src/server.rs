@@ -16,6 +16,9 @@ use std::{
 pub const HTTP_PORT: u16 = 80;
 pub const ECHO_PORT: u16 = 9000;
 pub const UDP_PORT: u16 = 5353;
+/// HTTP again, on every address (the VIP too): for direct routing, where the
+/// packet arrives addressed to the VIP and the port cannot be translated.
+pub const DSR_HTTP_PORT: u16 = 8080;
 
 /// The body a backend answers HTTP with.
 pub fn greeting(name: &str) -> String {
@@ -30,9 +33,12 @@ pub fn serve(name: &str, addr: &str, health_control: Option<PathBuf>) -> std::io
     let http = TcpListener::bind((addr, HTTP_PORT))?;
     let echo = TcpListener::bind((addr, ECHO_PORT))?;
     let udp = UdpSocket::bind((addr, UDP_PORT))?;
+    let dsr_http = TcpListener::bind(("0.0.0.0", DSR_HTTP_PORT))?;
     let body = greeting(name);
     let prefix = name.to_owned();
     let health = Arc::new(Health { control: health_control, flap: AtomicBool::new(false) });
+    let (dsr_body, dsr_health) = (body.clone(), Arc::clone(&health));
+    thread::spawn(move || accept(&dsr_http, move |s| answer_http(s, &dsr_body, &dsr_health)));
     thread::spawn(move || accept(&http, move |s| answer_http(s, &body, &health)));
     thread::spawn(move || accept(&echo, move |s| echo_lines(s, &prefix)));
     let mut buf = [0_u8; 2048];

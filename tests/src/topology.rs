@@ -7,6 +7,11 @@
 //! ```
 //!
 //! The backends' default route goes through the load balancer (NAT mode).
+//! For direct routing (`forwarding = "dsr"`) the backends also hold the VIP
+//! on `lo` (not answering ARP for it) and send what they answer from the VIP
+//! straight to the client, over a second link of the client's on the
+//! backends' LAN (`c1`, standing in for the client's router): those replies
+//! never cross the load balancer.
 //! Every namespace name starts with a prefix, so the lab (`lb`) and the tests
 //! (`lbt`) never collide. Dropping a `Topology` removes it unless `keep` is set.
 use crate::netns::{exists, in_ns, ns_sh, ns_try, output, sh};
@@ -17,6 +22,12 @@ pub const CLIENT_ADDR: &str = "10.77.1.10";
 pub const FRESH_CLIENT_ADDRS: [&str; 4] = ["10.77.1.20", "10.77.1.21", "10.77.1.22", "10.77.1.23"];
 pub const LB_CLIENT_SIDE: &str = "10.77.1.1";
 pub const LB_BACKEND_SIDE: &str = "10.77.2.1";
+/// The client's leg on the backends' LAN (`c1`, a /32: nothing is routed
+/// over it from the client's side), the backends' next hop for replies from
+/// the VIP (direct routing).
+pub const CLIENT_BYPASS: &str = "10.77.2.100";
+/// The client's interface that direct-routing replies arrive on.
+pub const CLIENT_BYPASS_IFACE: &str = "c1";
 pub const BACKENDS: [(&str, &str); 3] =
     [("web1", "10.77.2.11"), ("web2", "10.77.2.12"), ("web3", "10.77.2.13")];
 /// The load balancer's interfaces (inside its namespace).
@@ -93,6 +104,14 @@ impl Topology {
         }
         ns_sh(&client, &["ip", "route", "add", "default", "via", LB_CLIENT_SIDE]);
         endpoint_offloads(&client, "c0");
+        // Replies from the VIP arrive on c1 while the route to the VIP goes
+        // through c0: no reverse-path filter.
+        veth(&client, CLIENT_BYPASS_IFACE, &sw, "sw-c1");
+        bridge_port(&sw, "sw-c1");
+        addr(&client, CLIENT_BYPASS_IFACE, &format!("{CLIENT_BYPASS}/32"));
+        for conf in ["all", "default", "c0", CLIENT_BYPASS_IFACE] {
+            ns_sh(&client, &["sysctl", "-qw", &format!("net.ipv4.conf.{conf}.rp_filter=0")]);
+        }
 
         // The load balancer routes between its two sides and holds the VIP.
         addr(&lb, "lb-c", &format!("{LB_CLIENT_SIDE}/24"));
@@ -108,6 +127,7 @@ impl Topology {
             addr(&web, "eth0", &format!("{address}/24"));
             ns_sh(&web, &["ip", "route", "add", "default", "via", LB_BACKEND_SIDE]);
             endpoint_offloads(&web, "eth0");
+            direct_routing_backend(&web);
         }
         // A veth delivers the frames an XDP program sends to its peer (XDP_TX
         // or XDP_REDIRECT) only if the peer runs NAPI, and for XDP_TX only if
@@ -195,6 +215,22 @@ fn veth(ns_a: &str, a: &str, ns_b: &str, b: &str) {
 
 fn bridge_port(sw: &str, port: &str) {
     ns_sh(sw, &["ip", "link", "set", port, "master", "br0"]);
+}
+
+/// What IPVS's direct routing asks of a real server: the VIP on `lo`, never
+/// announced or answered in ARP (only the load balancer may draw the VIP's
+/// traffic), and answers from the VIP sent to the client's side directly
+/// (policy routing by source: NAT replies keep going through the load
+/// balancer).
+fn direct_routing_backend(web: &str) {
+    addr(web, "lo", &format!("{VIP}/32"));
+    for (key, value) in [("arp_ignore", "1"), ("arp_announce", "2")] {
+        for conf in ["all", "eth0"] {
+            ns_sh(web, &["sysctl", "-qw", &format!("net.ipv4.conf.{conf}.{key}={value}")]);
+        }
+    }
+    ns_sh(web, &["ip", "rule", "add", "from", &format!("{VIP}/32"), "lookup", "100"]);
+    ns_sh(web, &["ip", "route", "add", "default", "via", CLIENT_BYPASS, "table", "100"]);
 }
 
 fn addr(ns: &str, dev: &str, cidr: &str) {

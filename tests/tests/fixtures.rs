@@ -23,8 +23,8 @@ enum Expect {
     /// The frame leaves as these bytes.
     Frame(Vec<u8>),
     /// Rewritten but handed to tc for neighbour resolution: these bytes, plus
-    /// metadata naming the egress interface.
-    SlowPath { frame: Vec<u8>, egress: &'static str },
+    /// metadata naming the egress interface and the next hop.
+    SlowPath { frame: Vec<u8>, egress: &'static str, nexthop: Ipv4Addr },
 }
 
 struct Case {
@@ -57,6 +57,10 @@ fn from_client(p: &Ipv4) -> Vec<u8> {
 
 fn from_web1(p: &Ipv4) -> Vec<u8> {
     p.frame(IF_BACKEND_MAC, WEB_MACS[0])
+}
+
+fn from_web2(p: &Ipv4) -> Vec<u8> {
+    p.frame(IF_BACKEND_MAC, WEB_MACS[1])
 }
 
 /// `p` as the load balancer forwards it: one hop later, new addresses.
@@ -140,6 +144,13 @@ fn cases() -> Vec<Case> {
         &vec![0x42; usize::from(BACKEND_SIDE_MTU) - 40 + 1],
     );
     let shared_reply = Ipv4::udp((WEB3, 7000), (CLIENT, 40_100), b"from web3");
+    let dsr_data = Ipv4::tcp(
+        (CLIENT, CLIENT_PORT),
+        (VIP_DSR, 80),
+        TCP_ACK | TCP_PSH,
+        b"GET / HTTP/1.1\r\n\r\n",
+    );
+    let dsr_backend_own = Ipv4::tcp((WEB2, 80), (CLIENT, CLIENT_PORT), TCP_SYN | TCP_ACK, b"");
     let shared_other = Ipv4::udp(slot_sharing_backend(), (CLIENT, 40_100), b"from its neighbour");
 
     vec![
@@ -340,6 +351,51 @@ fn cases() -> Vec<Case> {
                     CLIENT_MAC,
                 ),
                 egress: IF_BACKEND,
+                nexthop: NO_NEIGH_BACKEND,
+            },
+        ),
+        case(
+            "direct routing: the frame goes to the backend's MAC, the IP packet unchanged",
+            IF_CLIENT,
+            from_client(&syn((VIP_DSR, 80))),
+            XDP_REDIRECT,
+            Counter::Redirect,
+            Expect::Frame(syn((VIP_DSR, 80)).frame(WEB_MACS[1], IF_BACKEND_MAC)),
+        ),
+        case(
+            "direct routing: a later packet of the flow goes the same way",
+            IF_CLIENT,
+            from_client(&dsr_data),
+            XDP_REDIRECT,
+            Counter::Redirect,
+            Expect::Frame(dsr_data.frame(WEB_MACS[1], IF_BACKEND_MAC)),
+        ),
+        case(
+            "direct routing: the backend's own traffic is not taken for a reply",
+            IF_BACKEND,
+            from_web2(&dsr_backend_own),
+            XDP_PASS,
+            Counter::PassNotService,
+            Expect::Unchanged,
+        ),
+        case(
+            "direct routing to a backend behind a gateway is dropped",
+            IF_CLIENT,
+            from_client(&syn((VIP_DSR, 81))),
+            XDP_DROP,
+            Counter::DropDsrNotOnLink,
+            Expect::Unchanged,
+        ),
+        case(
+            "direct routing without a neighbour entry: tc resolves the backend, not the VIP",
+            IF_CLIENT,
+            from_client(&syn((VIP_DSR, 82))),
+            XDP_PASS,
+            Counter::SlowPathNeigh,
+            Expect::SlowPath {
+                frame: from_client(&syn((VIP_DSR, 82))),
+                egress: IF_BACKEND,
+                nexthop: DSR_NO_NEIGH_BACKEND,
             },
         ),
         case(
@@ -362,6 +418,7 @@ fn cases() -> Vec<Case> {
                     WEB_MACS[0],
                 ),
                 egress: IF_CLIENT,
+                nexthop: UNSEEN_CLIENT,
             },
         ),
         case(
@@ -641,9 +698,10 @@ fn check_case(loaded: &mut Loaded, c: &Case) -> Result<(), String> {
     let (want_frame, want_meta) = match &c.expect {
         Expect::Unchanged => (c.input.clone(), Vec::new()),
         Expect::Frame(f) => (f.clone(), Vec::new()),
-        Expect::SlowPath { frame, egress } => {
+        Expect::SlowPath { frame, egress, nexthop } => {
             let mut meta = NEIGH_META_MAGIC.to_ne_bytes().to_vec();
             meta.extend_from_slice(&Loaded::ifindex(egress).to_ne_bytes());
+            meta.extend_from_slice(&nexthop.octets());
             (frame.clone(), meta)
         }
     };

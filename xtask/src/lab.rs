@@ -15,6 +15,8 @@ use crate::util::{bin, build, output, require_root, root, run_status, step};
 
 const PREFIX: &str = "lb";
 const VIP: &str = "10.77.1.100";
+/// The client's second link, on the backends' LAN: direct-routing replies arrive there.
+const CLIENT_BYPASS_IFACE: &str = "c1";
 
 fn state_dir() -> PathBuf {
     root().join("target/lab")
@@ -135,6 +137,20 @@ fn demo_round() -> Result<()> {
             .unwrap_or_else(|e| format!("FAILED: {e}"));
         eprintln!("  UDP {i:>2}: \"hello {i}\" to {VIP}:5353  ->  {}", answer.trim());
     }
+    // Direct routing: the answers come back over the client's other link.
+    let bypass = format!("/sys/class/net/{CLIENT_BYPASS_IFACE}/statistics/rx_packets");
+    let before = output(&mut client(&["cat", &bypass]))?;
+    for i in 1..=3 {
+        let url = format!("http://{VIP}:8080/");
+        let body = output(&mut client(&["curl", "-s", "-m", "3", &url]))
+            .unwrap_or_else(|e| format!("FAILED: {e}"));
+        eprintln!("  DSR {i:>2}: curl {url}  ->  {}", body.trim());
+    }
+    let after = output(&mut client(&["cat", &bypass]))?;
+    let arrived = after.trim().parse::<u64>()? - before.trim().parse::<u64>()?;
+    eprintln!(
+        "  => {arrived} packets came back to the client over {CLIENT_BYPASS_IFACE}, not through the load balancer"
+    );
     Ok(())
 }
 
@@ -153,6 +169,8 @@ The lab is up. Try:
   # a backend answers with its name; UDP echoes name the backend too
   ip netns exec lb-client curl http://{VIP}/
   echo hi | ip netns exec lb-client socat - UDP:{VIP}:5353
+  # direct routing (web-dsr): the reply skips the load balancer
+  ip netns exec lb-client curl http://{VIP}:8080/
   # the kernel maps, with field names (addresses print as [10,77,1,100])
   bpftool map dump name lb_services
   bpftool map dump name lb_backends | head -40

@@ -234,7 +234,7 @@ fn service(s: &Service, health: &impl HealthLookup, samples: &Samples) -> Servic
         port: s.port,
         protocol: s.protocol.to_string(),
         scheduler: s.scheduler.name().into(),
-        forwarding: "nat".into(),
+        forwarding: s.forwarding.name().into(),
         on_no_backend: if s.reject { "reject" } else { "drop" }.into(),
         health: s.health.as_ref().map(|h| {
             let (check, path, expect_status, expect_body) = match &h.probe {

@@ -180,6 +180,7 @@ fn capacity() -> Capacity {
                 port: 80,
                 protocol: Protocol::Tcp,
                 scheduler: lb_ctl::model::Scheduler::Maglev,
+                forwarding: lb_ctl::model::Forwarding::Nat,
                 reject: false,
                 health: Some(HealthCheck {
                     probe: Probe::Tcp,
