@@ -267,6 +267,7 @@ impl Controller {
                 backends,
                 state_file: Some(self.state_path.display().to_string()),
             },
+            dataplane_problems: last.map_or_else(Vec::new, |(_, s)| s.attachment.clone()),
             published: Some(Instant::now()),
         });
         self.published.send_replace(Arc::clone(&stats));

@@ -42,6 +42,8 @@ pub struct Sample {
     pub backends: BTreeMap<BackendKey, (Traffic, BackendConns)>,
     /// Live entries of the connection table.
     pub tracked: u64,
+    /// What is wrong with the programs' attachment (empty: nothing).
+    pub attachment: Vec<String>,
 }
 
 /// A connection table entry with the backend it goes to.
@@ -184,7 +186,8 @@ impl<M: Maps> Reconciler<M> {
             })
             .collect();
         let tracked = conns.values().map(|c| u64::from(c.active) + u64::from(c.inactive)).sum();
-        Ok(Sample { outcomes: counts.outcomes, services, backends, tracked })
+        let attachment = self.maps.attachment_problems();
+        Ok(Sample { outcomes: counts.outcomes, services, backends, tracked, attachment })
     }
 
     /// Up to `limit` live connections (to the VIP `to`, if given), and how many there are.

@@ -99,13 +99,26 @@ pub fn config(pin_dir: &str, weights: [Option<u32>; 3], setup: Setup) -> String 
     text
 }
 
+/// The lab topology with one controller on its load balancer; derefs to
+/// the controller.
 pub struct Lab {
+    // Declared first, dropped first: the controller stops before the
+    // namespaces go.
+    controller: Controller,
     pub topo: Topology,
-    pub dir: PathBuf,
-    pub config_path: PathBuf,
-    pub pin_dir: String,
-    setup: Setup,
-    ctl: Option<Child>,
+}
+
+impl std::ops::Deref for Lab {
+    type Target = Controller;
+    fn deref(&self) -> &Controller {
+        &self.controller
+    }
+}
+
+impl std::ops::DerefMut for Lab {
+    fn deref_mut(&mut self) -> &mut Controller {
+        &mut self.controller
+    }
 }
 
 impl Lab {
@@ -123,21 +136,49 @@ impl Lab {
     pub fn start_with(prefix: &str, setup: Setup, weights: [Option<u32>; 3]) -> Self {
         let mut topo = Topology::create(prefix);
         topo.start_backends(&built_bin("lb-lab").to_string_lossy());
-        let dir = std::env::temp_dir().join(format!("{prefix}-e2e"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("test directory");
-        let pin_dir = format!("/sys/fs/bpf/{prefix}-e2e");
-        let config_path = dir.join("lb.toml");
-        std::fs::write(&config_path, config(&pin_dir, weights, setup)).expect("writing config");
-        let mut lab = Self { topo, dir, config_path, pin_dir, setup, ctl: None };
-        lab.spawn_ctl();
-        lab.wait_log("load balancer running", 1);
-        lab
+        let controller = Controller::start(&topo.lb(), &format!("{prefix}-e2e"), setup, weights);
+        Self { controller, topo }
     }
 
     /// `who_answers` from the client namespace.
     pub fn who_answers(&self, requests: usize) -> Vec<String> {
         crate::netns::in_ns(&self.topo.client(), move || who_answers(requests))
+    }
+}
+
+/// `lb-ctl run` in namespace `ns`, on a config written by `config(..)`, with
+/// its files in a temporary directory and its pins in `/sys/fs/bpf/NAME`;
+/// stopped and its pins removed on drop.
+pub struct Controller {
+    pub ns: String,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    pub pin_dir: String,
+    setup: Setup,
+    ctl: Option<Child>,
+}
+
+impl Controller {
+    /// Writes the config and starts `lb-ctl run`; returns once it runs.
+    pub fn start(ns: &str, name: &str, setup: Setup, weights: [Option<u32>; 3]) -> Self {
+        let dir = std::env::temp_dir().join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("test directory");
+        let pin_dir = format!("/sys/fs/bpf/{name}");
+        // A crashed earlier run's data plane is not this test's to adopt.
+        let _ = std::fs::remove_dir_all(&pin_dir);
+        let config_path = dir.join("lb.toml");
+        std::fs::write(&config_path, config(&pin_dir, weights, setup)).expect("writing config");
+        let mut controller =
+            Self { ns: ns.to_owned(), dir, config_path, pin_dir, setup, ctl: None };
+        controller.spawn_ctl();
+        controller.wait_log("load balancer running", 1);
+        controller
+    }
+
+    /// The process id of `lb-ctl run`.
+    pub fn pid(&self) -> u32 {
+        self.ctl.as_ref().expect("lb-ctl runs").id()
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -151,7 +192,7 @@ impl Lab {
     fn spawn_ctl(&mut self) {
         let log = std::fs::File::create(self.log_path()).expect("log file");
         let child = Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{}", self.topo.lb()))
+            .arg(format!("--net=/var/run/netns/{}", self.ns))
             .arg(lb_ctl_bin())
             .args(["run", "--config"])
             .arg(&self.config_path)
@@ -200,7 +241,7 @@ impl Lab {
     /// namespace, where the admin API listens on its loopback.
     pub fn ctl(&self, args: &[&str]) -> std::process::Output {
         Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{}", self.topo.lb()))
+            .arg(format!("--net=/var/run/netns/{}", self.ns))
             .arg(lb_ctl_bin())
             .args(args)
             .stdin(Stdio::null())
@@ -280,7 +321,7 @@ impl Lab {
     }
 }
 
-impl Drop for Lab {
+impl Drop for Controller {
     fn drop(&mut self) {
         if let Some(mut child) = self.ctl.take() {
             let _ = output(&["kill", "-TERM", &child.id().to_string()]);

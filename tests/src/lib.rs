@@ -3,12 +3,14 @@
 //! builder and a BPF_PROG_TEST_RUN wrapper.
 pub mod counters;
 pub mod fixture;
+pub mod ha;
 pub mod harness;
 pub mod netns;
 pub mod packet;
 pub mod server;
 pub mod testrun;
 pub mod topology;
+pub mod traffic;
 
 /// Raises the open-file limit to its hard maximum (thousands of sockets).
 pub fn raise_fd_limit() {

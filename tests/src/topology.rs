@@ -207,13 +207,13 @@ impl Drop for Topology {
     }
 }
 
-fn veth(ns_a: &str, a: &str, ns_b: &str, b: &str) {
+pub(crate) fn veth(ns_a: &str, a: &str, ns_b: &str, b: &str) {
     sh(&["ip", "link", "add", a, "netns", ns_a, "type", "veth", "peer", "name", b, "netns", ns_b]);
     ns_sh(ns_a, &["ip", "link", "set", a, "up"]);
     ns_sh(ns_b, &["ip", "link", "set", b, "up"]);
 }
 
-fn bridge_port(sw: &str, port: &str) {
+pub(crate) fn bridge_port(sw: &str, port: &str) {
     ns_sh(sw, &["ip", "link", "set", port, "master", "br0"]);
 }
 
@@ -233,7 +233,7 @@ fn direct_routing_backend(web: &str) {
     ns_sh(web, &["ip", "route", "add", "default", "via", CLIENT_BYPASS, "table", "100"]);
 }
 
-fn addr(ns: &str, dev: &str, cidr: &str) {
+pub(crate) fn addr(ns: &str, dev: &str, cidr: &str) {
     ns_sh(ns, &["ip", "addr", "add", cidr, "dev", dev]);
 }
 
@@ -241,6 +241,6 @@ fn addr(ns: &str, dev: &str, cidr: &str) {
 /// on the wire: a veth's default TX checksum offload leaves them partial, and
 /// an XDP frame has no skb to carry that state across a redirect (real NICs
 /// receive complete checksums from the wire).
-fn endpoint_offloads(ns: &str, dev: &str) {
+pub(crate) fn endpoint_offloads(ns: &str, dev: &str) {
     ns_sh(ns, &["ethtool", "-K", dev, "tx", "off"]);
 }

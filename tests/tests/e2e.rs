@@ -14,6 +14,7 @@ use lb_tests::{
     harness::{EchoConn, Lab, backend_of, http_get, lb_ctl_bin, udp_query, who_answers},
     netns::{in_ns, ns_sh, ns_try, output},
     topology::{FRESH_CLIENT_ADDRS, LB_CLIENT_SIDE, Topology, VIP},
+    traffic::{self, Traffic},
 };
 
 fn tally(names: impl IntoIterator<Item = String>) -> BTreeMap<String, usize> {
@@ -276,47 +277,7 @@ fn a_second_controller_and_unusable_pins_are_refused() {
 #[test]
 fn a_killed_controller_restarts_without_breaking_a_connection() {
     let mut lab = Lab::start("lbt22");
-    let client = lab.topo.client();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = |work: fn(&std::sync::atomic::AtomicBool) -> (usize, Vec<String>)| {
-        let (client, stop) = (client.clone(), std::sync::Arc::clone(&stop));
-        std::thread::spawn(move || in_ns(&client, move || work(&stop)))
-    };
-    // Three long-lived connections, a line each every 5 ms.
-    let echoes: Vec<_> = (0..3)
-        .map(|_| {
-            load(|stop| {
-                let mut conn = EchoConn::open().expect("echo connection");
-                let (mut lines, mut errors) = (0, Vec::new());
-                let deadline = std::time::Instant::now() + Duration::from_secs(20);
-                while !stop.load(std::sync::atomic::Ordering::Relaxed)
-                    && std::time::Instant::now() < deadline
-                {
-                    match conn.exchange(&format!("line {lines}")) {
-                        Ok(_) => lines += 1,
-                        Err(e) => {
-                            errors.push(e.to_string());
-                            break;
-                        }
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                (lines, errors)
-            })
-        })
-        .collect();
-    // New connections throughout, bounded in count.
-    let requests = load(|stop| {
-        let (mut done, mut errors) = (0, Vec::new());
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) && done < 2000 {
-            if let Err(e) = http_get() {
-                errors.push(e.to_string());
-            }
-            done += 1;
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        (done, errors)
-    });
+    let traffic = Traffic::start(&lab.topo.client(), 3);
     std::thread::sleep(Duration::from_millis(500));
     let program_before = xdp_link_program(&lab);
     lab.kill_and_restart(Duration::from_millis(500));
@@ -325,17 +286,11 @@ fn a_killed_controller_restarts_without_breaking_a_connection() {
     let program_after = xdp_link_program(&lab);
     assert_ne!(program_before, program_after, "the link runs the new program");
     std::thread::sleep(Duration::from_millis(1500));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (done, failed) = requests.join().expect("client load");
-    eprintln!("new connections: {done}, failed: {failed:?}");
-    assert!(done > 100, "only {done} requests were made");
-    assert!(failed.is_empty(), "failed requests: {failed:?}");
-    for (i, echo) in echoes.into_iter().enumerate() {
-        let (lines, errors) = echo.join().expect("echo connection");
-        eprintln!("connection {i}: {lines} lines, errors {errors:?}");
-        assert!(errors.is_empty(), "connection {i} broke: {errors:?}");
-        assert!(lines > 100, "connection {i} exchanged only {lines} lines");
-    }
+    let (requests, echoes) = traffic.finish();
+    eprintln!("new connections: {requests:?}");
+    assert!(requests.done > 100, "only {} requests were made", requests.done);
+    assert!(requests.failed.is_empty(), "failed requests: {:?}", requests.failed);
+    traffic::assert_connections_whole(&echoes, 100);
 }
 
 #[test]

@@ -16,7 +16,7 @@ const PACKAGES: &[&str] =
 
 /// The browser the stats-page test loads the page in, and a font for its
 /// screenshot: only `cargo xtask test` needs them (about 100 MB).
-const TEST_PACKAGES: &[&str] = &["chromium", "fonts-dejavu-core"];
+const TEST_PACKAGES: &[&str] = &["chromium", "fonts-dejavu-core", "keepalived"];
 
 pub fn ensure() -> Result<()> {
     rust_src()?;

@@ -350,18 +350,19 @@ pub async fn healthz() -> &'static str {
 const READY_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[utoipa::path(get, path = "/readyz", tag = "monitoring",
-    responses((status = 200, description = "The data plane is attached and the controller's loop is live", body = String),
+    responses((status = 200, description = "The data plane is attached on every interface and the controller's loop is live (keepalived's track_script runs `lb-ctl health`, which asks this)", body = String),
               (status = 503, description = "Not ready", body = ErrorBody)))]
 pub async fn readyz(State(api): State<ApiState>) -> Response {
-    let age = stats(&api).published.map_or(READY_MAX_AGE, |t| t.elapsed());
-    if age < READY_MAX_AGE {
-        "ready\n".into_response()
+    let stats = stats(&api);
+    let age = stats.published.map_or(READY_MAX_AGE, |t| t.elapsed());
+    let unavailable = |message| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message);
+    if age >= READY_MAX_AGE {
+        unavailable(format!("the controller has published nothing for {} ms", age.as_millis()))
+            .into_response()
+    } else if !stats.dataplane_problems.is_empty() {
+        unavailable(stats.dataplane_problems.join("; ")).into_response()
     } else {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the controller has published nothing for {} ms", age.as_millis()),
-        )
-        .into_response()
+        "ready\n".into_response()
     }
 }
 

@@ -28,6 +28,10 @@ pub struct Stats {
     pub conntrack: ConntrackView,
     /// Services and backends that carry a change made through the API.
     pub runtime_changes: RuntimeChanges,
+    /// What is wrong with the data plane's attachment (an interface no
+    /// longer running the XDP program); empty when all is well. `/readyz`
+    /// answers 503 while it is not empty.
+    pub dataplane_problems: Vec<String>,
     /// When the controller published it (`/readyz` checks it is recent).
     #[serde(skip)]
     pub published: Option<std::time::Instant>,

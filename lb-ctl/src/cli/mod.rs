@@ -110,6 +110,11 @@ pub enum Operator {
         #[arg(long)]
         json: bool,
     },
+    /// Whether the controller is live and the XDP program attached on every
+    /// interface (`GET /readyz`): exit 0 if so. For keepalived's
+    /// `track_script` (see examples/keepalived/).
+    #[command(after_help = EXIT_CODES)]
+    Health,
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,6 +137,10 @@ pub enum ServiceCmd {
         /// sh = source-IP hash. [default: maglev]
         #[arg(long, value_parser = ["maglev", "rr", "wrr", "lc", "sh"])]
         scheduler: Option<String>,
+        /// nat (IPVS -m) or dsr (IPVS -g: backends hold the VIP and answer
+        /// clients directly). [default: nat]
+        #[arg(long, value_parser = ["nat", "dsr"])]
+        forwarding: Option<String>,
         /// What a client gets when no backend can take it: a TCP reset / ICMP
         /// port unreachable, or nothing. [default: reject]
         #[arg(long, value_parser = ["reject", "drop"])]
@@ -439,12 +448,16 @@ async fn execute(op: Operator, client: &Client) -> Result<String, ClientError> {
             port,
             protocol,
             scheduler,
+            forwarding,
             on_no_backend,
         }) => {
             let mut body = json!({"name": name, "vip": vip.to_string(), "port": port});
-            for (key, value) in
-                [("protocol", protocol), ("scheduler", scheduler), ("on_no_backend", on_no_backend)]
-            {
+            for (key, value) in [
+                ("protocol", protocol),
+                ("scheduler", scheduler),
+                ("forwarding", forwarding),
+                ("on_no_backend", on_no_backend),
+            ] {
                 if let Some(value) = value {
                     body[key] = Value::String(value);
                 }
@@ -462,6 +475,10 @@ async fn execute(op: Operator, client: &Client) -> Result<String, ClientError> {
             Ok(format!("{name}: removed, with its backends\n"))
         }
         Operator::Backend(cmd) => backend(cmd, client).await,
+        Operator::Health => {
+            client.request(Method::GET, "/readyz", None).await?;
+            Ok("ready: the controller is live and the data plane attached\n".into())
+        }
         Operator::Stats { json } => {
             let path = "/api/v1/stats";
             if json {

@@ -129,3 +129,87 @@ fn unlink_unconfigured(pins: &PinDir, kind: &str, interfaces: &[String]) {
         }
     }
 }
+
+/// What is wrong with the XDP attachment of `interfaces`: one line per
+/// interface that no longer runs the program (its link gone or detached, the
+/// interface removed or recreated). Empty when every interface has it.
+pub fn problems(pins: &PinDir, interfaces: &[String]) -> Vec<String> {
+    interfaces
+        .iter()
+        .filter_map(|name| {
+            let pin = pins.link("xdp", name);
+            let Some(index) = crate::netdev::ifindex(name) else {
+                return Some(format!("interface {name} does not exist"));
+            };
+            match xdp_link_ifindex(&pin) {
+                Ok(attached) if attached == index => None,
+                Ok(0) => Some(format!(
+                    "the XDP link of {name} is detached (interface removed?); restart lb-ctl run to attach anew"
+                )),
+                Ok(_) => Some(format!(
+                    "the XDP link of {name} is on an interface since removed (recreated with the same name?); restart lb-ctl run to attach anew"
+                )),
+                Err(e) => Some(format!("no XDP link for {name} at {}: {e}", pin.display())),
+            }
+        })
+        .collect()
+}
+
+/// The interface a pinned XDP link is attached to (0 once the interface is
+/// gone): `bpf_link_info.xdp.ifindex`, which aya's `LinkInfo` does not expose.
+fn xdp_link_ifindex(pin: &std::path::Path) -> std::io::Result<u32> {
+    use std::os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    };
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    const BPF_LINK_TYPE_XDP: u32 = 6;
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let path = std::ffi::CString::new(pin.as_os_str().as_bytes())?;
+    let get = ObjGet { pathname: path.as_ptr() as u64, bpf_fd: 0, file_flags: 0 };
+    // SAFETY: a bpf(2) call with a correctly sized attribute whose pointer
+    // outlives the call.
+    let fd =
+        unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &raw const get, size_of::<ObjGet>()) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // bpf_link_info: type, id, prog_id, then a union aligned to 8 whose
+    // `xdp` member starts with the ifindex (u32 index 4).
+    let mut info = [0_u32; 16];
+    let by_fd = InfoByFd {
+        bpf_fd: fd.as_raw_fd().cast_unsigned(),
+        info_len: size_of_val(&info) as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: as above; `info` is writable for `info_len` bytes.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &raw const by_fd,
+            size_of::<InfoByFd>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if info[0] != BPF_LINK_TYPE_XDP {
+        return Err(std::io::Error::other(format!("not an XDP link (type {})", info[0])));
+    }
+    Ok(info[4])
+}

@@ -55,6 +55,8 @@ pub struct KernelMaps {
     pins: Option<PinDir>,
     /// Whether the maps and links were a previous controller's.
     adopted: bool,
+    /// The interfaces the programs are attached to.
+    interfaces: Vec<String>,
 }
 
 fn err(what: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
@@ -207,6 +209,7 @@ impl KernelMaps {
             ebpf,
             pins: None,
             adopted: false,
+            interfaces: interfaces.to_vec(),
         })
     }
 
@@ -401,6 +404,10 @@ impl Maps for KernelMaps {
             services: per_cpu_sums(&self.ebpf, "lb_svc_stats", services, Traffic::add)?,
             backends: per_cpu_sums(&self.ebpf, "lb_be_stats", backends, Traffic::add)?,
         })
+    }
+
+    fn attachment_problems(&self) -> Vec<String> {
+        self.pins.as_ref().map_or_else(Vec::new, |pins| attach::problems(pins, &self.interfaces))
     }
 
     fn connections(

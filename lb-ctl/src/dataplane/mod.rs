@@ -93,4 +93,11 @@ pub trait Maps: Send {
         limit: usize,
         to: Option<Endpoint>,
     ) -> Result<(Vec<ConnEntry>, usize), DataplaneError>;
+
+    /// What is wrong with the programs' attachment (an interface that no
+    /// longer runs the XDP program); empty when all is well, or when the
+    /// maps are not attached anywhere.
+    fn attachment_problems(&self) -> Vec<String> {
+        Vec::new()
+    }
 }

@@ -1,0 +1,356 @@
+//! Two load balancer nodes side by side, in network namespaces:
+//!
+//! ```text
+//!  client 10.77.0.10 ── router ── front LAN ──┬─ lb1 10.77.1.2 ──┬── back LAN ── web1 10.77.2.11
+//!          10.77.0.1 ┘  10.77.1.1   (bridge)  └─ lb2 10.77.1.3 ──┘   (bridge)  ├─ web2 10.77.2.12
+//!                                                  10.77.2.2/.3                 └─ web3 10.77.2.13
+//! ```
+//!
+//! Both nodes run `lb-ctl run` with the same config (services on the VIP
+//! 10.77.1.100). Who gets the VIP's traffic, and who routes the backends'
+//! replies, is the mode's business:
+//! - `Vrrp`: keepalived moves the VIP (front) and the backends' gateway
+//!   10.77.2.1 (back) between the nodes, as one sync group;
+//! - `Ecmp`: the router spreads the VIP over both nodes with an
+//!   equal-cost multipath route (layer-4 hash), the backends their replies
+//!   likewise; each node holds the VIP on `lo`.
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    harness::{Controller, Setup},
+    netns::{exists, in_ns, ns_sh, output, sh},
+    topology::{BACKENDS, Topology, VIP, addr, bridge_port, endpoint_offloads, veth},
+};
+
+pub const CLIENT_ADDR: &str = "10.77.0.10";
+const ROUTER_CLIENT_SIDE: &str = "10.77.0.1";
+const ROUTER_FRONT: &str = "10.77.1.1";
+/// The nodes' own addresses: front LAN, back LAN.
+pub const NODES: [(&str, &str, &str); 2] =
+    [("lb1", "10.77.1.2", "10.77.2.2"), ("lb2", "10.77.1.3", "10.77.2.3")];
+/// The backends' gateway, which floats with the VIP (`Vrrp`).
+pub const BACKEND_GATEWAY: &str = "10.77.2.1";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Vrrp,
+    Ecmp,
+}
+
+pub struct Ha {
+    pub prefix: String,
+    /// The controllers, by node (`NODES` order). Declared before the
+    /// namespaces: dropped (stopped) first.
+    pub nodes: Vec<Controller>,
+    keepalived: Vec<Option<Child>>,
+    /// The backends' servers and their namespaces' names.
+    backends: Topology,
+}
+
+impl Ha {
+    pub fn client(&self) -> String {
+        format!("{}-client", self.prefix)
+    }
+    pub fn router(&self) -> String {
+        format!("{}-router", self.prefix)
+    }
+    pub fn node(&self, i: usize) -> String {
+        format!("{}-{}", self.prefix, NODES[i].0)
+    }
+    fn front(&self) -> String {
+        format!("{}-front", self.prefix)
+    }
+    fn back(&self) -> String {
+        format!("{}-back", self.prefix)
+    }
+    fn namespaces(&self) -> Vec<String> {
+        let mut all = vec![self.client(), self.router(), self.front(), self.back()];
+        all.extend((0..NODES.len()).map(|i| self.node(i)));
+        all.extend(BACKENDS.iter().map(|(name, _)| self.backends.web(name)));
+        all
+    }
+    fn link_pin_dir(&self) -> PathBuf {
+        PathBuf::from(format!("/sys/fs/bpf/{}-ha-links", self.prefix))
+    }
+    fn keepalived_dir(&self, i: usize) -> PathBuf {
+        std::env::temp_dir().join(format!("{}-keepalived-{}", self.prefix, NODES[i].0))
+    }
+
+    /// Builds the topology, starts the backends and a controller on each
+    /// node (same config), and in `Vrrp` mode keepalived on each node (lb1
+    /// MASTER); returns once lb1 holds the VIP (`Vrrp`) or both nodes run.
+    pub fn start(prefix: &str, mode: Mode) -> Self {
+        let mut ha = Self {
+            prefix: prefix.to_owned(),
+            nodes: Vec::new(),
+            keepalived: Vec::new(),
+            backends: Topology::named(prefix),
+        };
+        ha.destroy();
+        ha.build(mode);
+        ha.backends.start_backends(&crate::harness::built_bin("lb-lab").to_string_lossy());
+        for i in 0..NODES.len() {
+            let name = format!("{prefix}-{}", NODES[i].0);
+            ha.nodes.push(Controller::start(&ha.node(i), &name, Setup::default(), [Some(1); 3]));
+        }
+        if mode == Mode::Vrrp {
+            for i in 0..NODES.len() {
+                ha.keepalived.push(None);
+                ha.start_keepalived(i);
+            }
+            ha.wait_vip_on(0, Duration::from_secs(10));
+        }
+        ha
+    }
+
+    fn build(&self, mode: Mode) {
+        for ns in self.namespaces() {
+            sh(&["ip", "netns", "add", &ns]);
+            ns_sh(&ns, &["ip", "link", "set", "lo", "up"]);
+        }
+        let (client, router, front, back) =
+            (self.client(), self.router(), self.front(), self.back());
+        for (ns, bridge) in [(&front, "br0"), (&back, "br0")] {
+            ns_sh(ns, &["ip", "link", "add", bridge, "type", "bridge"]);
+            ns_sh(ns, &["ip", "link", "set", bridge, "up"]);
+        }
+        veth(&client, "c0", &router, "r-c");
+        addr(&client, "c0", &format!("{CLIENT_ADDR}/24"));
+        ns_sh(&client, &["ip", "route", "add", "default", "via", ROUTER_CLIENT_SIDE]);
+        endpoint_offloads(&client, "c0");
+
+        veth(&router, "r-f", &front, "f-r");
+        bridge_port(&front, "f-r");
+        addr(&router, "r-c", &format!("{ROUTER_CLIENT_SIDE}/24"));
+        addr(&router, "r-f", &format!("{ROUTER_FRONT}/24"));
+        ns_sh(&router, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+
+        let pins = self.link_pin_dir();
+        std::fs::create_dir_all(&pins).expect("creating the link pin directory");
+        for (i, (name, front_addr, back_addr)) in NODES.iter().enumerate() {
+            let node = self.node(i);
+            let (front_port, back_port) = (format!("f-{name}"), format!("b-{name}"));
+            veth(&node, "lb-c", &front, &front_port);
+            veth(&node, "lb-b", &back, &back_port);
+            bridge_port(&front, &front_port);
+            bridge_port(&back, &back_port);
+            addr(&node, "lb-c", &format!("{front_addr}/24"));
+            addr(&node, "lb-b", &format!("{back_addr}/24"));
+            ns_sh(&node, &["ip", "route", "add", "default", "via", ROUTER_FRONT]);
+            ns_sh(&node, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+            if mode == Mode::Ecmp {
+                addr(&node, "lo", &format!("{VIP}/32"));
+            }
+            // The bridge ports facing a node must run XDP themselves for
+            // the node's XDP_TX/XDP_REDIRECT frames to arrive (see topology.rs).
+            for (ns, dev) in [(front.clone(), front_port), (back.clone(), back_port)] {
+                let pin = pins.join(&dev);
+                in_ns(&ns, move || {
+                    let ifindex = lb_ctl::netdev::ifindex(&dev).expect("bridge port");
+                    crate::testrun::attach_pass_pinned(ifindex, &pin);
+                });
+            }
+        }
+        let ecmp = |ns: &str, prefix: &str, hops: &[&str]| {
+            let mut args = vec!["ip", "route", "replace", prefix];
+            for hop in hops {
+                args.extend(["nexthop", "via", hop]);
+            }
+            ns_sh(ns, &["sysctl", "-qw", "net.ipv4.fib_multipath_hash_policy=1"]);
+            ns_sh(ns, &args);
+        };
+        if mode == Mode::Ecmp {
+            ecmp(&router, &format!("{VIP}/32"), &[NODES[0].1, NODES[1].1]);
+        }
+        for (name, address) in BACKENDS {
+            let web = self.backends.web(name);
+            let port = format!("b-{name}");
+            veth(&web, "eth0", &back, &port);
+            bridge_port(&back, &port);
+            addr(&web, "eth0", &format!("{address}/24"));
+            endpoint_offloads(&web, "eth0");
+            match mode {
+                Mode::Vrrp => {
+                    ns_sh(&web, &["ip", "route", "add", "default", "via", BACKEND_GATEWAY]);
+                }
+                Mode::Ecmp => ecmp(&web, "default", &[NODES[0].2, NODES[1].2]),
+            };
+        }
+    }
+
+    /// Starts keepalived on node `i` (lb1 MASTER, priority 150; lb2 BACKUP, 100).
+    pub fn start_keepalived(&mut self, i: usize) {
+        let dir = self.keepalived_dir(i);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("keepalived directory");
+        let conf = dir.join("keepalived.conf");
+        std::fs::write(&conf, keepalived_config(i)).expect("keepalived config");
+        let log = std::fs::File::create(dir.join("keepalived.log")).expect("keepalived log");
+        let pid = |name: &str| dir.join(name).to_string_lossy().into_owned();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.node(i), "keepalived", "--dont-fork", "--log-console"])
+            .args(["--log-detail", "--use-file"])
+            .arg(&conf)
+            .args(["--pid", &pid("keepalived.pid"), "--vrrp_pid", &pid("vrrp.pid")])
+            .args(["--checkers_pid", &pid("checkers.pid")])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("starting keepalived (apt-get install keepalived)");
+        self.keepalived[i] = Some(child);
+    }
+
+    /// Stops keepalived on node `i` (SIGTERM: it gives the VIP up at once,
+    /// advertising priority 0).
+    pub fn stop_keepalived(&mut self, i: usize) {
+        if let Some(mut child) = self.keepalived[i].take() {
+            let _ = output(&["kill", "-TERM", &child.id().to_string()]);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && child.try_wait().ok().flatten().is_none() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn keepalived_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.keepalived_dir(i).join("keepalived.log")).unwrap_or_default()
+    }
+
+    /// Whether node `i` holds the VIP (keepalived put it on lb-c).
+    pub fn holds_vip(&self, i: usize) -> bool {
+        ns_sh(&self.node(i), &["ip", "-4", "addr", "show", "dev", "lb-c"])
+            .contains(&format!("{VIP}/32"))
+    }
+
+    /// Waits until node `i` holds the VIP and the other does not; how long it took.
+    pub fn wait_vip_on(&self, i: usize, limit: Duration) -> Duration {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if self.holds_vip(i) && !self.holds_vip(1 - i) {
+                return start.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!(
+            "node {} did not take the VIP within {limit:?}\nkeepalived lb1:\n{}\nkeepalived lb2:\n{}",
+            NODES[i].0,
+            self.keepalived_log(0),
+            self.keepalived_log(1)
+        );
+    }
+
+    /// `ip route replace` on the router: the VIP's nexthops are now `nodes`.
+    pub fn route_vip_to(&self, nodes: &[usize]) {
+        let mut args = vec!["ip".to_owned(), "route".into(), "replace".into(), format!("{VIP}/32")];
+        for &i in nodes {
+            args.extend(["nexthop".into(), "via".into(), NODES[i].1.to_owned()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ns_sh(&self.router(), &args);
+    }
+
+    /// Packets node `i`'s data plane sent on (redirected or bounced).
+    pub fn forwarded_by(&self, i: usize) -> u64 {
+        let pins = &self.nodes[i].pin_dir;
+        crate::counters::get(pins, lb_common::counter::Counter::Redirect)
+            + crate::counters::get(pins, lb_common::counter::Counter::Tx)
+    }
+
+    fn destroy(&mut self) {
+        for i in 0..self.keepalived.len() {
+            self.stop_keepalived(i);
+        }
+        self.nodes.clear();
+        for ns in self.namespaces() {
+            if !exists(&ns) {
+                continue;
+            }
+            let pids = output(&["ip", "netns", "pids", &ns]);
+            for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                let _ = output(&["kill", "-9", pid]);
+            }
+            let _ = output(&["ip", "netns", "del", &ns]);
+        }
+        let _ = std::fs::remove_dir_all(self.link_pin_dir());
+        for i in 0..NODES.len() {
+            let _ = std::fs::remove_dir_all(self.keepalived_dir(i));
+        }
+    }
+}
+
+impl Drop for Ha {
+    fn drop(&mut self) {
+        self.destroy();
+        // The backends' namespaces are gone; `backends` reaps its servers.
+    }
+}
+
+/// keepalived's config for node `i`, from the shipped example
+/// (examples/keepalived/keepalived.conf) with the lab's addresses, fast
+/// adverts (VRRPv3, 100 ms) and this node's `lb-ctl health` command.
+fn keepalived_config(i: usize) -> String {
+    let (state, priority) = if i == 0 { ("MASTER", 150) } else { ("BACKUP", 100) };
+    let health =
+        format!("{} health --admin http://127.0.0.1:9100", crate::harness::lb_ctl_bin().display());
+    format!(
+        r#"global_defs {{
+  router_id {name}
+  script_user root
+  vrrp_version 3
+  vrrp_garp_master_delay 1
+  vrrp_garp_master_repeat 3
+}}
+
+vrrp_script lb_health {{
+  script "{health}"
+  interval 1
+  timeout 2
+  fall 2
+  rise 2
+}}
+
+vrrp_sync_group LB {{
+  group {{
+    FRONT
+    BACK
+  }}
+}}
+
+vrrp_instance FRONT {{
+  state {state}
+  interface lb-c
+  virtual_router_id 51
+  priority {priority}
+  advert_int 0.1
+  virtual_ipaddress {{
+    {VIP}/32 dev lb-c
+  }}
+  track_script {{
+    lb_health
+  }}
+}}
+
+vrrp_instance BACK {{
+  state {state}
+  interface lb-b
+  virtual_router_id 52
+  priority {priority}
+  advert_int 0.1
+  virtual_ipaddress {{
+    {BACKEND_GATEWAY}/24 dev lb-b
+  }}
+  track_script {{
+    lb_health
+  }}
+}}
+"#,
+        name = NODES[i].0
+    )
+}

@@ -1,0 +1,103 @@
+//! Two load balancer nodes with the same config: established connections
+//! survive the VIP moving between them (keepalived, VRRP) and the router
+//! moving flows between them (ECMP), without any state shared between the
+//! nodes: Maglev gives both the same backend for every flow, and the reply
+//! path needs no connection state.
+use std::time::Duration;
+
+use lb_tests::{
+    ha::{Ha, Mode, NODES},
+    netns::output,
+    traffic::{self, RequestReport, Traffic},
+};
+
+/// Lets the load run for `pause`.
+fn run_for(pause: Duration) {
+    std::thread::sleep(pause);
+}
+
+fn report(requests: &RequestReport) {
+    eprintln!(
+        "new connections: {} made, {} failed {:?}, longest gap between successes {:?}",
+        requests.done,
+        requests.failed.len(),
+        requests.failed,
+        requests.longest_gap
+    );
+}
+
+/// keepalived moves the VIP and the backends' gateway to lb2 and back,
+/// twice: once because the MASTER's keepalived stops, once because its
+/// `track_script` (`lb-ctl health`) fails while the controller is frozen.
+/// Every long-lived connection goes on, on its backend.
+#[test]
+fn established_connections_survive_keepalived_failovers() {
+    let mut ha = Ha::start("lbt26", Mode::Vrrp);
+    let traffic = Traffic::start(&ha.client(), 3);
+    run_for(Duration::from_millis(500));
+
+    // 1. The MASTER's keepalived stops: lb2 takes the VIP at once.
+    let before = ha.forwarded_by(1);
+    ha.stop_keepalived(0);
+    let switch = ha.wait_vip_on(1, Duration::from_secs(5));
+    run_for(Duration::from_millis(1500));
+    let carried = ha.forwarded_by(1) - before;
+    eprintln!("keepalived stopped on lb1: lb2 held the VIP after {switch:?}, forwarded {carried}");
+    assert!(carried > 100, "lb2 carries the traffic after the switch ({carried} packets)");
+
+    // 2. It comes back and, with the higher priority, takes the VIP back.
+    ha.start_keepalived(0);
+    let back = ha.wait_vip_on(0, Duration::from_secs(10));
+    eprintln!("keepalived restarted on lb1: VIP back after {back:?}");
+    run_for(Duration::from_millis(1500));
+
+    // 3. lb1's controller stops answering (frozen): `lb-ctl health` fails,
+    //    keepalived gives the VIP up; lb1's data plane forwards meanwhile.
+    let pid = ha.nodes[0].pid().to_string();
+    assert!(output(&["kill", "-STOP", &pid]).status.success());
+    let fault = ha.wait_vip_on(1, Duration::from_secs(15));
+    eprintln!("lb1's controller frozen: lb2 held the VIP after {fault:?}");
+    assert!(
+        ha.keepalived_log(0).contains("lb_health"),
+        "the track_script is what moved it:\n{}",
+        ha.keepalived_log(0)
+    );
+    run_for(Duration::from_millis(1000));
+    assert!(output(&["kill", "-CONT", &pid]).status.success());
+    let recovered = ha.wait_vip_on(0, Duration::from_secs(15));
+    eprintln!("lb1's controller thawed: VIP back after {recovered:?}");
+    run_for(Duration::from_millis(1000));
+
+    let (requests, echoes) = traffic.finish();
+    report(&requests);
+    traffic::assert_connections_whole(&echoes, 500);
+    // New connections opened in the instant of a switch may need their SYN
+    // retransmitted (1 s) but do not fail.
+    assert!(requests.failed.is_empty(), "failed requests: {:?}", requests.failed);
+}
+
+/// The router spreads the VIP over both nodes (ECMP, layer-4 hash); a
+/// nexthop removed and added back moves flows between the nodes mid-connection.
+#[test]
+fn established_connections_survive_ecmp_nexthop_changes() {
+    let ha = Ha::start("lbt27", Mode::Ecmp);
+    let traffic = Traffic::start(&ha.client(), 8);
+    run_for(Duration::from_millis(1000));
+    let spread: Vec<u64> = (0..NODES.len()).map(|i| ha.forwarded_by(i)).collect();
+    eprintln!("both nexthops: forwarded {spread:?}");
+    assert!(spread.iter().all(|&n| n > 0), "ECMP spreads flows over both nodes: {spread:?}");
+
+    for (alone, label) in [(1, "lb1 removed"), (0, "lb2 removed")] {
+        let before = ha.forwarded_by(alone);
+        ha.route_vip_to(&[alone]);
+        run_for(Duration::from_millis(1000));
+        eprintln!("{label}: {} forwarded {}", NODES[alone].0, ha.forwarded_by(alone) - before);
+        ha.route_vip_to(&[0, 1]);
+        run_for(Duration::from_millis(1000));
+    }
+
+    let (requests, echoes) = traffic.finish();
+    report(&requests);
+    traffic::assert_connections_whole(&echoes, 500);
+    assert!(requests.failed.is_empty(), "failed requests: {:?}", requests.failed);
+}
