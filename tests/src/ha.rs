@@ -292,65 +292,26 @@ impl Drop for Ha {
     }
 }
 
-/// keepalived's config for node `i`, from the shipped example
-/// (examples/keepalived/keepalived.conf) with the lab's addresses, fast
-/// adverts (VRRPv3, 100 ms) and this node's `lb-ctl health` command.
+/// The shipped keepalived example, which the two-node lab and tests run.
+const KEEPALIVED_EXAMPLE: &str =
+    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/keepalived/keepalived.conf"));
+
+/// keepalived's config for node `i`: the shipped example, made lb2's as its
+/// comment says, with faster adverts (VRRPv3, 100 ms) and this build's
+/// `lb-ctl` (under target/, which script security would refuse).
 fn keepalived_config(i: usize) -> String {
-    let (state, priority) = if i == 0 { ("MASTER", 150) } else { ("BACKUP", 100) };
-    let health =
-        format!("{} health --admin http://127.0.0.1:9100", crate::harness::lb_ctl_bin().display());
-    format!(
-        r#"global_defs {{
-  router_id {name}
-  script_user root
-  vrrp_version 3
-  vrrp_garp_master_delay 1
-  vrrp_garp_master_repeat 3
-}}
-
-vrrp_script lb_health {{
-  script "{health}"
-  interval 1
-  timeout 2
-  fall 2
-  rise 2
-}}
-
-vrrp_sync_group LB {{
-  group {{
-    FRONT
-    BACK
-  }}
-}}
-
-vrrp_instance FRONT {{
-  state {state}
-  interface lb-c
-  virtual_router_id 51
-  priority {priority}
-  advert_int 0.1
-  virtual_ipaddress {{
-    {VIP}/32 dev lb-c
-  }}
-  track_script {{
-    lb_health
-  }}
-}}
-
-vrrp_instance BACK {{
-  state {state}
-  interface lb-b
-  virtual_router_id 52
-  priority {priority}
-  advert_int 0.1
-  virtual_ipaddress {{
-    {BACKEND_GATEWAY}/24 dev lb-b
-  }}
-  track_script {{
-    lb_health
-  }}
-}}
-"#,
-        name = NODES[i].0
-    )
+    let mut text = KEEPALIVED_EXAMPLE
+        .replace("advert_int 1\n", "advert_int 0.1\n")
+        .replace("  enable_script_security\n", "")
+        .replace("/usr/local/sbin/lb-ctl", &crate::harness::lb_ctl_bin().to_string_lossy());
+    if i == 1 {
+        text = text
+            .replace("router_id lb1", "router_id lb2")
+            .replace("state MASTER", "state BACKUP")
+            .replace("priority 150", "priority 100");
+    }
+    for (wanted, what) in [("advert_int 0.1", "advert_int"), ("lb-ctl health", "script")] {
+        assert!(text.contains(wanted), "examples/keepalived/keepalived.conf: no {what} to adapt");
+    }
+    text
 }

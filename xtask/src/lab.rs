@@ -282,3 +282,10 @@ pub fn down() -> Result<()> {
     eprintln!("lab removed");
     Ok(())
 }
+
+/// `cargo xtask lab ha`: the two-node demo (`lb-lab ha`), removed at the end.
+pub fn ha() -> Result<()> {
+    build()?;
+    require_root("the lab")?;
+    run_status(Command::new(bin("lb-lab")).arg("ha"))
+}

@@ -12,6 +12,7 @@ const USAGE: &str = "usage: cargo xtask <command>
                      (`test` also installs chromium, for the stats page test)
   lab [--keep]       build, create the demo topology, start lb-ctl, show traffic being spread
   lab down           remove the lab
+  lab ha             two load balancers with keepalived: the VIP moves under a live connection
   run -- ARGS        build, then run `lb-ctl run ARGS` as root
   test               host unit tests, then privileged tests (root)
   bench              every benchmark: data plane, health checks, admin API, Maglev; tables + JSON
@@ -32,6 +33,10 @@ fn dispatch(args: &[String]) -> Result<()> {
     match args.as_slice() {
         ["setup"] => setup::ensure(),
         ["lab", "down"] => lab::down(),
+        ["lab", "ha"] => {
+            setup::ensure()?;
+            lab::ha()
+        }
         ["lab", rest @ ..] => {
             let keep = match rest {
                 [] => false,

@@ -10,13 +10,23 @@ use crate::util::{is_root, output, run_status};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages: `ip`, `bpftool`, `ethtool` for the lab's veths, `curl` and
-/// `socat` for the client side, `procps` for sysctl, `iputils-ping` and `nftables` for the tests.
-const PACKAGES: &[&str] =
-    &["iproute2", "bpftool", "ethtool", "curl", "socat", "procps", "iputils-ping", "nftables"];
+/// `socat` for the client side, `procps` for sysctl, `iputils-ping` and `nftables` for the tests,
+/// `keepalived` for the two-node lab and the failover tests.
+const PACKAGES: &[&str] = &[
+    "iproute2",
+    "bpftool",
+    "ethtool",
+    "curl",
+    "socat",
+    "procps",
+    "iputils-ping",
+    "nftables",
+    "keepalived",
+];
 
 /// The browser the stats-page test loads the page in, and a font for its
 /// screenshot: only `cargo xtask test` needs them (about 100 MB).
-const TEST_PACKAGES: &[&str] = &["chromium", "fonts-dejavu-core", "keepalived"];
+const TEST_PACKAGES: &[&str] = &["chromium", "fonts-dejavu-core"];
 
 pub fn ensure() -> Result<()> {
     rust_src()?;

@@ -1,7 +1,9 @@
 //! The lab's plumbing, as a command: `lb-lab up PREFIX LB_LAB_BIN` builds the
 //! topology and starts the backends, `lb-lab down PREFIX` removes it, and
 //! `lb-lab serve NAME ADDR` is a backend's server process, and
-//! `lb-lab counters PIN_DIR` prints the data plane's outcome counters.
+//! `lb-lab counters PIN_DIR` prints the data plane's outcome counters, and
+//! `lb-lab ha` shows two load balancers with keepalived moving the VIP under
+//! a live connection (then removes them).
 use std::process::ExitCode;
 
 use lb_tests::{server, topology::Topology};
@@ -14,6 +16,10 @@ fn main() -> ExitCode {
             let me = std::env::current_exe().expect("path of lb-lab");
             topo.start_backends(&me.to_string_lossy());
             topo.keep = true;
+            ExitCode::SUCCESS
+        }
+        ["ha"] => {
+            ha_demo();
             ExitCode::SUCCESS
         }
         ["down", prefix] => {
@@ -40,7 +46,7 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: lb-lab up PREFIX | down PREFIX | listen ADDR FIRST_PORT COUNT | serve NAME ADDR [HEALTH_CONTROL_FILE] | counters PIN_DIR"
+                "usage: lb-lab up PREFIX | down PREFIX | ha | listen ADDR FIRST_PORT COUNT | serve NAME ADDR [HEALTH_CONTROL_FILE] | counters PIN_DIR"
             );
             ExitCode::from(2)
         }
@@ -70,4 +76,49 @@ fn listen(addr: &str, first_port: &str, count: &str) -> ExitCode {
     loop {
         std::thread::park();
     }
+}
+
+/// Two nodes, lb1 MASTER and lb2 BACKUP, each with `lb-ctl run` and
+/// keepalived (examples/keepalived/); a long-lived connection and a stream
+/// of requests run while lb1's keepalived stops and starts again.
+fn ha_demo() {
+    use std::time::Duration;
+
+    use lb_tests::{
+        ha::{Ha, Mode, NODES},
+        traffic::Traffic,
+    };
+    let step = |text: &str| eprintln!("\n==> {text}");
+    step("two load balancers (namespaces lbha-lb1, lbha-lb2) with keepalived, same lb-ctl config");
+    let mut ha = Ha::start("lbha", Mode::Vrrp);
+    let holder = |ha: &Ha| if ha.holds_vip(0) { NODES[0].0 } else { NODES[1].0 };
+    eprintln!("  the VIP and the backends' gateway are on {}", holder(&ha));
+    step("a long-lived connection (a line every 5 ms) and a new connection every 10 ms");
+    let traffic = Traffic::start(&ha.client(), 1);
+    std::thread::sleep(Duration::from_secs(1));
+    step("keepalived stops on lb1 (as in a maintenance): lb2 takes the VIP");
+    ha.stop_keepalived(0);
+    let took = ha.wait_vip_on(1, Duration::from_secs(5));
+    eprintln!("  the VIP is on {} after {took:?}", holder(&ha));
+    std::thread::sleep(Duration::from_secs(1));
+    step("keepalived starts again on lb1: with the higher priority, it takes the VIP back");
+    ha.start_keepalived(0);
+    let took = ha.wait_vip_on(0, Duration::from_secs(10));
+    eprintln!("  the VIP is on {} after {took:?}", holder(&ha));
+    std::thread::sleep(Duration::from_secs(1));
+    let (requests, echoes) = traffic.finish();
+    let echo = &echoes[0];
+    eprintln!(
+        "  the long-lived connection: {} lines, all answered by {:?}, error: {}",
+        echo.lines,
+        echo.backends,
+        echo.error.as_deref().unwrap_or("none")
+    );
+    eprintln!(
+        "  new connections: {} made, {} failed, longest wait between two successes {:?}",
+        requests.done,
+        requests.failed.len(),
+        requests.longest_gap
+    );
+    eprintln!("\n(the two-node lab is removed now)");
 }
