@@ -43,6 +43,12 @@ enum Command {
         /// Logs on stderr as text or as one JSON object per line.
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
+        /// Load the data plane from this XDP object instead of the one built
+        /// into lb-ctl (an upgrade or a fix of the data plane alone). Its maps
+        /// must match the pinned ones; its programs replace the running ones
+        /// on the same links.
+        #[arg(long, value_name = "FILE")]
+        object: Option<PathBuf>,
     },
     /// Validate a config file: exit 0 with a summary, or 1 with every problem.
     Check {
@@ -67,8 +73,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Run { config, interfaces, xdp_mode, cleanup_on_exit, log_format } => {
-            run_controller(config, Overrides { interfaces, xdp_mode, cleanup_on_exit }, log_format)
+        Command::Run { config, interfaces, xdp_mode, cleanup_on_exit, log_format, object } => {
+            let overrides = Overrides { interfaces, xdp_mode, cleanup_on_exit, object };
+            run_controller(config, overrides, log_format)
         }
         Command::Down { config, pin_path } => down(config.as_deref(), pin_path),
         Command::Operator(op) => lb_ctl::cli::run(op, cli.target),

@@ -35,6 +35,8 @@ pub struct Overrides {
     /// `--cleanup-on-exit`: detach and unpin at SIGTERM instead of leaving
     /// the data plane running for the next controller.
     pub cleanup_on_exit: bool,
+    /// `--object`: the XDP object to load instead of the built-in one.
+    pub object: Option<PathBuf>,
 }
 
 /// Why `run` refused to start: every problem, for exit code 1.
@@ -81,8 +83,16 @@ pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow:
             );
         }
     }
-    let maps =
-        KernelMaps::start(&config.dataplane, EBPF_OBJECT).context("starting the data plane")?;
+    let object = match &overrides.object {
+        Some(file) => {
+            let bytes = std::fs::read(file)
+                .with_context(|| format!("reading the XDP object {}", file.display()))?;
+            info!(object = %file.display(), "XDP object from file, not the built-in one");
+            std::borrow::Cow::Owned(bytes)
+        }
+        None => std::borrow::Cow::Borrowed(EBPF_OBJECT),
+    };
+    let maps = KernelMaps::start(&config.dataplane, &object).context("starting the data plane")?;
     let cleanup_on_exit = overrides.cleanup_on_exit;
     let (handle, task) =
         reconciler::spawn(Reconciler::adopt(maps).context("reading the adopted data plane")?);

@@ -61,6 +61,11 @@ impl Verdict {
 
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    #[cfg(feature = "upgrade-marker")]
+    // SAFETY: writes a scratch register and nothing else.
+    unsafe {
+        core::arch::asm!("{0} = 0", out(reg) _);
+    }
     let verdict = process(&ctx).unwrap_or_else(Verdict::stopped);
     if let Some(count) = LB_COUNTERS.get_ptr_mut(verdict.counter as u32) {
         // SAFETY: per-CPU slot, XDP does not nest on a CPU.

@@ -155,6 +155,8 @@ pub struct Controller {
     pub config_path: PathBuf,
     pub pin_dir: String,
     setup: Setup,
+    /// Arguments of `lb-ctl run` after `--config FILE`.
+    run_args: Vec<String>,
     ctl: Option<Child>,
 }
 
@@ -169,8 +171,15 @@ impl Controller {
         let _ = std::fs::remove_dir_all(&pin_dir);
         let config_path = dir.join("lb.toml");
         std::fs::write(&config_path, config(&pin_dir, weights, setup)).expect("writing config");
-        let mut controller =
-            Self { ns: ns.to_owned(), dir, config_path, pin_dir, setup, ctl: None };
+        let mut controller = Self {
+            ns: ns.to_owned(),
+            dir,
+            config_path,
+            pin_dir,
+            setup,
+            run_args: Vec::new(),
+            ctl: None,
+        };
         controller.spawn_ctl();
         controller.wait_log("load balancer running", 1);
         controller
@@ -196,6 +205,7 @@ impl Controller {
             .arg(lb_ctl_bin())
             .args(["run", "--config"])
             .arg(&self.config_path)
+            .args(&self.run_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
@@ -269,6 +279,12 @@ impl Controller {
         let status = self.stop();
         assert!(status.success(), "lb-ctl exited with {status}:\n{}", self.log());
         self.start_again();
+    }
+
+    /// As `restart`, the new `lb-ctl run` with `args` after its config.
+    pub fn restart_with(&mut self, args: &[&str]) {
+        self.run_args = args.iter().map(|a| (*a).to_owned()).collect();
+        self.restart();
     }
 
     /// Kills `lb-ctl run` (SIGKILL: no chance to clean up) and starts it

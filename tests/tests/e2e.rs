@@ -237,6 +237,47 @@ fn xdp_link_program(lab: &Lab) -> String {
         .to_owned()
 }
 
+/// The tag (a hash of its instructions) of the program on lb-c's XDP link.
+fn xdp_link_tag(lab: &Lab) -> String {
+    let id = xdp_link_program(lab);
+    let json =
+        String::from_utf8_lossy(&output(&["bpftool", "-j", "prog", "show", "id", &id]).stdout)
+            .into_owned();
+    json.split("\"tag\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("no tag in {json:?}"))
+        .to_owned()
+}
+
+/// The data plane upgraded under traffic: a controller started with
+/// another build of the XDP object (`--object`; one harmless extra
+/// instruction) swaps its program in on the same links, keeps the maps and
+/// so every connection; then back to the built-in program.
+#[test]
+fn an_upgraded_program_replaces_the_running_one_without_breaking_a_connection() {
+    let object = std::env::var("LB_UPGRADE_OBJECT")
+        .expect("LB_UPGRADE_OBJECT: the variant XDP object, which `cargo xtask test` builds");
+    let mut lab = Lab::start("lbt28");
+    let traffic = Traffic::start(&lab.topo.client(), 3);
+    let built_in = xdp_link_tag(&lab);
+    lab.restart_with(&["--object", &object]);
+    let log = lab.log();
+    assert!(log.contains("XDP object from file"), "{log}");
+    assert!(log.contains("adopted the pinned data plane"), "{log}");
+    let upgraded = xdp_link_tag(&lab);
+    eprintln!("program tag: built-in {built_in}, upgraded {upgraded}");
+    assert_ne!(built_in, upgraded, "the link runs the upgraded program");
+    std::thread::sleep(Duration::from_millis(1000));
+    lab.restart_with(&[]);
+    assert_eq!(xdp_link_tag(&lab), built_in, "and the built-in one again");
+    std::thread::sleep(Duration::from_millis(1000));
+    let (requests, echoes) = traffic.finish();
+    eprintln!("new connections: {requests:?}");
+    assert!(requests.failed.is_empty(), "failed requests: {:?}", requests.failed);
+    traffic::assert_connections_whole(&echoes, 300);
+}
+
 /// One controller per pinned data plane; pins it cannot use (another
 /// layout, a path off bpffs) are refused with a clear message, and the
 /// running data plane is left as it was.

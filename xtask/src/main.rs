@@ -78,10 +78,11 @@ fn test() -> Result<()> {
     util::step("host unit tests");
     util::cargo(&["test", "-p", "lb-common", "-p", "lb-ctl"])?;
     util::require_root("the privileged tests")?;
+    let upgrade_object = util::build_upgrade_object()?;
     util::step(
         "privileged tests: packet fixtures (BPF_PROG_TEST_RUN) and end to end in namespaces",
     );
     let mut cmd = util::cargo_cmd(&["test", "-p", "lb-tests", "--", "--test-threads=1"]);
-    cmd.env("LB_CTL", util::bin("lb-ctl"));
+    cmd.env("LB_CTL", util::bin("lb-ctl")).env("LB_UPGRADE_OBJECT", upgrade_object);
     util::run_status(&mut cmd)
 }

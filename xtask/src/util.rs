@@ -43,6 +43,34 @@ pub fn build() -> Result<()> {
     cargo(&["build", "-p", "lb-ctl", "-p", "lb-tests", "--bins"])
 }
 
+/// Builds the XDP object again with the `upgrade-marker` feature (one
+/// harmless extra instruction), as lb-ctl's build script builds the real one
+/// (aya-build's flags); the upgrade test loads it over a running data plane.
+pub fn build_upgrade_object() -> Result<PathBuf> {
+    step("building a variant of the XDP object (the upgrade test's)");
+    let dir = target_dir().join("ebpf-variant");
+    let mut cmd = Command::new("cargo");
+    cmd.args(["+nightly", "build", "-q", "-p", "lb-ebpf", "--bins", "--release"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(["--features", "upgrade-marker", "--target-dir"])
+        .arg(&dir)
+        .current_dir(root().join("lb-ebpf"))
+        .env("PATH", crate::setup::path_with_cargo_bin())
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            [
+                &format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
+                "-Cdebuginfo=2",
+                "-Clink-arg=--btf",
+            ]
+            .join("\x1f"),
+        )
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER");
+    run_status(&mut cmd)?;
+    Ok(dir.join("bpfel-unknown-none/release/lb-ebpf"))
+}
+
 pub fn run_status(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
     if !status.success() {
