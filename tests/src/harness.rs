@@ -307,11 +307,22 @@ impl Controller {
 
     /// Rewrites the config and sends SIGHUP; returns once it is applied.
     pub fn reload(&mut self, weights: [Option<u32>; 3]) {
-        let before = self.log().matches("configuration reloaded").count();
-        std::fs::write(&self.config_path, config(&self.pin_dir, weights, self.setup))
-            .expect("writing config");
+        let text = config(&self.pin_dir, weights, self.setup);
+        self.reload_text(&text, "configuration reloaded");
+    }
+
+    /// Writes `text` as the config file and sends SIGHUP; returns once the
+    /// log says `outcome` once more.
+    pub fn reload_text(&mut self, text: &str, outcome: &str) {
+        let before = self.log().matches(outcome).count();
+        std::fs::write(&self.config_path, text).expect("writing config");
         self.signal("-HUP");
-        self.wait_log("configuration reloaded", before + 1);
+        self.wait_log(outcome, before + 1);
+    }
+
+    /// The config file this controller was started with, for `weights`.
+    pub fn config_text(&self, weights: [Option<u32>; 3]) -> String {
+        config(&self.pin_dir, weights, self.setup)
     }
 
     fn signal(&self, sig: &str) {

@@ -278,6 +278,34 @@ fn an_upgraded_program_replaces_the_running_one_without_breaking_a_connection() 
     traffic::assert_connections_whole(&echoes, 300);
 }
 
+/// Reloads under traffic: one the validation refuses changes nothing and
+/// says why; a good one (a backend drained) breaks no connection.
+#[test]
+fn a_refused_reload_changes_nothing_and_a_good_one_breaks_nothing() {
+    let mut lab = Lab::start("lbt29");
+    let traffic = Traffic::start(&lab.topo.client(), 3);
+    // Services, backends, forwarding and weights (not the live counts).
+    let settings = |lab: &Lab| -> Vec<String> {
+        let list = lab.ctl_ok(&["list"]);
+        list.lines().map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).collect()
+    };
+    let listed = settings(&lab);
+    let good = lab.config_text([Some(1); 3]);
+    let bad = good.replacen("weight = 1", "weight = -3", 1).replacen("port = 80", "port = 0", 1);
+    lab.reload_text(&bad, "reload refused");
+    let refusal =
+        lab.log().lines().rfind(|l| l.contains("reload refused")).unwrap_or_default().to_owned();
+    assert!(refusal.contains("service[0].backend[0].weight"), "{refusal}");
+    assert!(refusal.contains("service[0].port"), "{refusal}");
+    assert_eq!(settings(&lab), listed, "a refused reload changes nothing");
+    lab.reload([Some(1), Some(1), Some(0)]);
+    std::thread::sleep(Duration::from_millis(500));
+    let (requests, echoes) = traffic.finish();
+    eprintln!("new connections: {requests:?}");
+    assert!(requests.failed.is_empty(), "failed requests: {:?}", requests.failed);
+    traffic::assert_connections_whole(&echoes, 100);
+}
+
 /// One controller per pinned data plane; pins it cannot use (another
 /// layout, a path off bpffs) are refused with a clear message, and the
 /// running data plane is left as it was.
