@@ -1,6 +1,7 @@
 //! Shared by the privileged tests, the lab (`lb-lab`) and the benchmarks:
 //! network namespace plumbing, the demo topology, backend servers, a packet
 //! builder and a BPF_PROG_TEST_RUN wrapper.
+pub mod bench_dataplane;
 pub mod counters;
 pub mod fixture;
 pub mod ha;

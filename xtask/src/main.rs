@@ -16,6 +16,7 @@ const USAGE: &str = "usage: cargo xtask <command>
   run -- ARGS        build, then run `lb-ctl run ARGS` as root
   test               host unit tests, then privileged tests (root)
   bench              every benchmark: data plane, health checks, admin API, Maglev; tables + JSON
+  bench dataplane    cost per packet (also with 1M flows, 256 x 64 services), Mpps through veth (root)
   bench control      Maglev table build time and slots moved (no root)";
 
 fn main() -> std::process::ExitCode {
@@ -62,6 +63,10 @@ fn dispatch(args: &[String]) -> Result<()> {
         ["bench"] => {
             setup::ensure()?;
             bench::run()
+        }
+        ["bench", "dataplane"] => {
+            setup::ensure()?;
+            bench::dataplane()
         }
         ["bench", "control"] => {
             setup::ensure()?;

@@ -1,0 +1,244 @@
+//! A connection table of 1M live flows against a near-empty one, in the same
+//! rounds: two instances of the program, each with its own `lb_conntrack`
+//! of the same capacity (`CAPACITY`), one filled from user space.
+//!
+//! Established packets pick a different flow each sample, at random, so
+//! that the entry is cold (not in the CPU's caches) in the full table. Each
+//! is measured twice: as it comes (a flow of the near-empty table is then
+//! answered by the per-CPU flow cache, which a flow among 1M almost never
+//! is), and with the flow's cache slot emptied first, so that both go to the
+//! LRU hash: the first delta is what an operator sees, the second the table
+//! alone.
+use std::{
+    fmt::Write as _,
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{HashMap as AyaHashMap, MapData};
+use lb_common::abi::{CONN_ESTABLISHED, Conn, Endpoint, Flow, PROTO_TCP};
+
+use super::{
+    Baseline, Part, Rng, Row, clear_flow_cache, fresh_client, live_client, measure, new_flows,
+    rows, rows_json, table,
+};
+use crate::{
+    fixture::{CLIENT_MAC, IF_CLIENT, IF_CLIENT_MAC, Loaded, VIP, WEB1},
+    packet::{Ipv4, TCP_ACK, TCP_SYN},
+    testrun::{self, XDP_REDIRECT},
+};
+
+/// Live flows in the full table.
+pub const LIVE_FLOWS: u32 = 1_000_000;
+/// Live flows in the near-empty table.
+const FEW_FLOWS: u32 = 1_000;
+/// `conntrack_max` of both instances: 1 Mi, the default, leaves 48 576
+/// entries of headroom above the live flows.
+pub const CAPACITY: u32 = 1 << 20;
+/// The epoch a freshly loaded data plane starts at (`KernelMaps::open`):
+/// entries stamped with it are live (not expired) for the whole run.
+const START_EPOCH: u32 = 1;
+
+const NAMES: [&str; 6] = [
+    "established, near-empty table (flow cache warm)",
+    "established, near-empty table, flow cache emptied",
+    "new flow, near-empty table",
+    "established, 1M flows, random cold entry",
+    "established, 1M flows, flow cache emptied",
+    "new flow, 1M flows, table full (evicts)",
+];
+const TARGETS: [Option<u32>; 6] = [Some(45), Some(45), Some(100), Some(45), Some(45), Some(100)];
+
+/// Live flow `i` of the web service (VIP:80).
+fn live_flow(i: u32) -> Flow {
+    flow_from(live_client(i))
+}
+
+/// Filler `i`: the entries that take the headroom, inserted before the live
+/// flows so that a full table's LRU evicts them first (clients 10.77.96.x).
+fn filler_flow(i: u32) -> Flow {
+    flow_from((Ipv4Addr::new(10, 77, 96, (i / 50_000) as u8 + 1), 10_000 + (i % 50_000) as u16))
+}
+
+fn flow_from(client: (Ipv4Addr, u16)) -> Flow {
+    Flow {
+        src: client.0.octets(),
+        dst: VIP.octets(),
+        sport: client.1,
+        dport: 80,
+        proto: PROTO_TCP,
+        _pad: [0; 3],
+    }
+}
+
+fn frame(flow: &Flow, flags: u8) -> Vec<u8> {
+    Ipv4::tcp((flow.src.into(), flow.sport), (flow.dst.into(), flow.dport), flags, b"")
+        .frame(IF_CLIENT_MAC, CLIENT_MAC)
+}
+
+fn conntrack(loaded: &mut Loaded) -> AyaHashMap<&mut MapData, Flow, Conn> {
+    let ebpf = loaded.reconciler.maps_mut().ebpf_mut();
+    AyaHashMap::try_from(ebpf.map_mut("lb_conntrack").expect("lb_conntrack"))
+        .expect("lb_conntrack type")
+}
+
+/// One instance of the program and what is known of its table.
+struct Table {
+    loaded: Loaded,
+    live: u32,
+    /// New flows are deleted after their sample (keeps the table near-empty).
+    forget_new: bool,
+    service_id: u32,
+    conn: Conn,
+    ifindex: u32,
+    fresh: usize,
+}
+
+impl Table {
+    fn new(live: u32, forget_new: bool) -> Self {
+        let loaded = Loaded::new(CAPACITY);
+        let service_id = loaded
+            .reconciler
+            .applied()
+            .services
+            .get(&Endpoint::new(VIP.octets(), 80, PROTO_TCP))
+            .expect("the web service in the applied image")
+            .id;
+        let conn = Conn {
+            backend_id: loaded.backend_id(VIP, 80, WEB1, 8080),
+            service_id,
+            last_seen: START_EPOCH,
+            state: CONN_ESTABLISHED,
+            _pad: [0; 3],
+        };
+        Self {
+            loaded,
+            live,
+            forget_new,
+            service_id,
+            conn,
+            ifindex: Loaded::ifindex(IF_CLIENT),
+            fresh: 0,
+        }
+    }
+
+    /// Writes `count` entries from user space, one update each (aya 0.14
+    /// has no batch update), and returns how long that took.
+    fn fill(&mut self, count: u32, flow: fn(u32) -> Flow) -> Duration {
+        let conn = self.conn;
+        let mut table = conntrack(&mut self.loaded);
+        let start = Instant::now();
+        for i in 0..count {
+            table.insert(flow(i), conn, 0).unwrap_or_else(|e| panic!("filling lb_conntrack: {e}"));
+        }
+        start.elapsed()
+    }
+
+    fn established(&mut self, rng: &mut Rng, empty_cache: bool) -> u32 {
+        let flow = live_flow(rng.below(self.live));
+        if empty_cache {
+            clear_flow_cache(&mut self.loaded, &flow);
+        }
+        let out = testrun::run(self.loaded.prog_fd, &frame(&flow, TCP_ACK), self.ifindex, 1);
+        assert_eq!(out.action, XDP_REDIRECT, "an established flow of the table is forwarded");
+        out.duration_ns
+    }
+
+    fn new_flow(&mut self) -> u32 {
+        self.fresh += 1;
+        let flow = flow_from(fresh_client(self.fresh));
+        let out = testrun::run(self.loaded.prog_fd, &frame(&flow, TCP_SYN), self.ifindex, 1);
+        assert_eq!(out.action, XDP_REDIRECT, "a new flow is forwarded");
+        if self.forget_new {
+            let _ = conntrack(&mut self.loaded).remove(&flow);
+        }
+        out.duration_ns
+    }
+}
+
+/// What the 1M-flow part saw besides the figures.
+struct Facts {
+    fill_live: Duration,
+    fill_fillers: Duration,
+    entries_after_fill: usize,
+    misses: u64,
+}
+
+/// Must run on a thread inside the fixture namespace, pinned to one CPU.
+pub fn run() -> Part {
+    let mut few = Table::new(FEW_FLOWS, true);
+    few.fill(FEW_FLOWS, live_flow);
+    let mut full = Table::new(LIVE_FLOWS, false);
+    eprintln!("filling lb_conntrack with {LIVE_FLOWS} live flows...");
+    let fill_fillers = full.fill(CAPACITY - LIVE_FLOWS, filler_flow);
+    let fill_live = full.fill(LIVE_FLOWS, live_flow);
+    let entries_after_fill = conntrack(&mut full.loaded).keys().count();
+
+    let baseline = Baseline::new(frame(&live_flow(0), TCP_ACK), few.ifindex);
+    let mut rng = Rng::new(0x6c62_6431);
+    // An evicted live flow would be placed anew and time a new flow: the
+    // data plane's count of new flows, less the new-flow samples, tells.
+    let counted_before = new_flows(&mut full.loaded, full.service_id);
+    let measured = measure(&baseline, NAMES.len(), |i| match i {
+        0 => few.established(&mut rng, false),
+        1 => few.established(&mut rng, true),
+        2 => few.new_flow(),
+        3 => full.established(&mut rng, false),
+        4 => full.established(&mut rng, true),
+        _ => full.new_flow(),
+    });
+    let counted = new_flows(&mut full.loaded, full.service_id) - counted_before;
+    let misses = counted - full.fresh as u64;
+    let rows = rows(&measured, &NAMES, &TARGETS);
+    let facts = Facts { fill_live, fill_fillers, entries_after_fill, misses };
+    report(&rows, &facts)
+}
+
+fn report(rows: &[Row], facts: &Facts) -> Part {
+    let delta = |full: usize, few: usize| i64::from(rows[full].net()) - i64::from(rows[few].net());
+    let deltas = [
+        ("established, as it comes", delta(3, 0)),
+        ("established, flow cache emptied (the LRU hash alone)", delta(4, 1)),
+        ("new flow", delta(5, 2)),
+    ];
+    let mut text = table(rows);
+    let _ = writeln!(text, "\n1M-flow table minus near-empty table (target <= 30 ns):");
+    for (name, d) in deltas {
+        let verdict = if d <= 30 { "ok" } else { "OVER TARGET" };
+        let _ = writeln!(text, "  {name:<54} {d:>+5} ns  {verdict}");
+    }
+    let per_entry = facts.fill_live.as_nanos() / u128::from(LIVE_FLOWS);
+    let _ = writeln!(
+        text,
+        "\nfill: {LIVE_FLOWS} live flows in {:.2} s ({per_entry} ns per update, one syscall each: aya 0.14 has no batch update), \
+         {} fillers first in {:.2} s; {} entries after the fill (capacity {CAPACITY}); \
+         live flows missed while measuring (evicted): {}",
+        facts.fill_live.as_secs_f64(),
+        CAPACITY - LIVE_FLOWS,
+        facts.fill_fillers.as_secs_f64(),
+        facts.entries_after_fill,
+        facts.misses,
+    );
+    let deltas_json: Vec<String> = deltas
+        .iter()
+        .map(|(n, d)| format!("{{\"name\": {}, \"delta_ns\": {d}}}", super::json_str(n)))
+        .collect();
+    let json = format!(
+        "{{\n    \"capacity\": {CAPACITY},\n    \"live_flows\": {LIVE_FLOWS},\n    \"near_empty_flows\": {FEW_FLOWS},\n    \
+         \"fill_live_s\": {:.3},\n    \"fill_ns_per_update\": {per_entry},\n    \"entries_after_fill\": {},\n    \
+         \"live_flows_missed\": {},\n    \"delta_target_ns\": 30,\n    \"deltas\": [{}],\n    \"scenarios\": {}\n  }}",
+        facts.fill_live.as_secs_f64(),
+        facts.entries_after_fill,
+        facts.misses,
+        deltas_json.join(", "),
+        rows_json(rows, "    "),
+    );
+    Part {
+        title: format!(
+            "Connection table: {LIVE_FLOWS} live flows vs {FEW_FLOWS} (capacity {CAPACITY}, same rounds)"
+        ),
+        text,
+        key: "conntrack_1m",
+        json,
+    }
+}

@@ -1,0 +1,287 @@
+//! The parts of `cargo xtask bench dataplane` beyond the per-packet table of
+//! `lb-bench`: a connection table of 1M live flows (`conntrack`), 256
+//! services of 64 backends (`services`), and packets per second forwarded
+//! through veth in driver mode (`forward`, with `rawbpf` for the traffic
+//! generator and the sink). Shared here: how a figure is made from samples.
+pub mod conntrack;
+pub mod forward;
+pub mod rawbpf;
+pub mod services;
+
+use std::{
+    fmt::Write as _,
+    net::Ipv4Addr,
+    os::fd::{AsRawFd as _, OwnedFd},
+};
+
+use aya::maps::{MapData, PerCpuArray, PerCpuValues};
+use lb_common::abi::{FLOW_CACHE_SLOTS, Flow, FlowCacheEntry, Traffic};
+use lb_ctl::{EBPF_OBJECT, dataplane::kernel::KernelMaps, model::Service, reconciler::Reconciler};
+
+use crate::{fixture::Loaded, testrun};
+
+/// Rounds per figure (the figure is their median).
+pub const ROUNDS: usize = 7;
+/// `repeat = 1` runs per round and scenario.
+pub const SAMPLES: usize = 3000;
+
+/// The fixture namespace of the data plane benchmark: its own name, apart
+/// from the privileged tests' `lbt*` and the e2e benchmark's `lbe*`.
+pub const BENCH_NS: &str = "lbd-bench";
+
+pub fn median(values: &mut [u32]) -> u32 {
+    values.sort_unstable();
+    values[values.len() / 2]
+}
+
+/// A round's figure: the mean of its samples without the slowest 2% (runs
+/// hit by an interrupt). The kernel's clock ticks in coarse steps here, so a
+/// mean resolves finer than any single sample or a median of them.
+pub fn round_figure(samples: &mut [u32]) -> u32 {
+    samples.sort_unstable();
+    let kept = &samples[..samples.len() * 98 / 100];
+    (kept.iter().map(|&s| u64::from(s)).sum::<u64>() / kept.len() as u64) as u32
+}
+
+/// Runs the calling thread on one CPU: per-CPU maps and caches then behave
+/// the same in every sample.
+pub fn pin_to_cpu(cpu: usize) {
+    pin_task_to_cpu(0, cpu);
+}
+
+/// Pins task `tid` (0: the calling thread) to `cpu`; false if the kernel refused.
+pub fn pin_task_to_cpu(tid: i32, cpu: usize) -> bool {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET and sched_setaffinity get valid pointers.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(tid, size_of::<libc::cpu_set_t>(), &raw const set) == 0
+    }
+}
+
+/// Ports per client address of the live flows (`live_client`).
+pub const LIVE_PORTS: u32 = 50_000;
+/// The first port of each client address of the live flows.
+pub const LIVE_PORT_BASE: u16 = 10_000;
+
+/// The client of live flow `i`: 10.77.64.(1 + i / 50 000), port
+/// 10 000 + i % 50 000. The 1M-flow table and the forwarding generator's
+/// mix number their flows alike, so the generator can send to the flows
+/// the table holds.
+pub fn live_client(i: u32) -> (Ipv4Addr, u16) {
+    (
+        Ipv4Addr::new(10, 77, 64, (i / LIVE_PORTS) as u8 + 1),
+        LIVE_PORT_BASE + (i % LIVE_PORTS) as u16,
+    )
+}
+
+/// A client address and port unique to `n`: a flow never seen before.
+pub fn fresh_client(n: usize) -> (Ipv4Addr, u16) {
+    let host = (n / 50_000) as u8;
+    (Ipv4Addr::new(10, 77, 3, host.wrapping_add(1)), 10_000 + (n % 50_000) as u16)
+}
+
+/// splitmix64: random picks without a dependency; the sequence only has to
+/// defeat caches and branch predictors, not be unpredictable.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform enough in `0..n` for n far below 2^32.
+    pub fn below(&mut self, n: u32) -> u32 {
+        (((self.next_u64() >> 32) * u64::from(n)) >> 32) as u32
+    }
+}
+
+/// The trivial XDP_PASS program every figure is taken net of: what remains
+/// is the program's own cost, not BPF_PROG_TEST_RUN's.
+pub struct Baseline {
+    fd: OwnedFd,
+    frame: Vec<u8>,
+    ifindex: u32,
+}
+
+impl Baseline {
+    pub fn new(frame: Vec<u8>, ifindex: u32) -> Self {
+        Self { fd: testrun::load_trivial_pass(), frame, ifindex }
+    }
+
+    pub fn sample(&self) -> u32 {
+        testrun::run(self.fd.as_raw_fd(), &self.frame, self.ifindex, 1).duration_ns
+    }
+}
+
+/// Per scenario, the median over rounds of its round figures; and the
+/// baseline's, measured in the same rounds.
+pub struct Measured {
+    pub gross: Vec<u32>,
+    pub baseline: u32,
+}
+
+/// Runs `ROUNDS` rounds; each measures the baseline, then every scenario
+/// (`sample(i)` runs scenario i once and returns its ns), `SAMPLES` times
+/// each. Rounds interleave the scenarios, so that a slow phase of the
+/// machine touches them all alike.
+pub fn measure(
+    baseline: &Baseline,
+    scenarios: usize,
+    mut sample: impl FnMut(usize) -> u32,
+) -> Measured {
+    let mut gross: Vec<Vec<u32>> = vec![Vec::new(); scenarios];
+    let mut base = Vec::new();
+    let mut samples = vec![0_u32; SAMPLES];
+    for _ in 0..ROUNDS {
+        for s in &mut samples {
+            *s = baseline.sample();
+        }
+        base.push(round_figure(&mut samples));
+        for (i, figures) in gross.iter_mut().enumerate() {
+            for s in &mut samples {
+                *s = sample(i);
+            }
+            figures.push(round_figure(&mut samples));
+        }
+    }
+    Measured { gross: gross.iter_mut().map(|g| median(g)).collect(), baseline: median(&mut base) }
+}
+
+/// One line of a result table.
+pub struct Row {
+    pub name: String,
+    pub gross: u32,
+    pub baseline: u32,
+    pub target: Option<u32>,
+}
+
+impl Row {
+    pub fn net(&self) -> u32 {
+        self.gross.saturating_sub(self.baseline)
+    }
+}
+
+/// Rows of a `Measured`, named in order.
+pub fn rows(measured: &Measured, names: &[&str], targets: &[Option<u32>]) -> Vec<Row> {
+    names
+        .iter()
+        .zip(targets)
+        .zip(&measured.gross)
+        .map(|((name, target), gross)| Row {
+            name: (*name).to_owned(),
+            gross: *gross,
+            baseline: measured.baseline,
+            target: *target,
+        })
+        .collect()
+}
+
+pub fn table(rows: &[Row]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "{:<56} {:>8} {:>9} {:>6} {:>7}",
+        "scenario", "gross", "baseline", "net", "target"
+    );
+    for r in rows {
+        let (target, verdict) = match r.target {
+            Some(t) if r.net() <= t => (format!("{t}ns"), "ok"),
+            Some(t) => (format!("{t}ns"), "OVER TARGET"),
+            None => ("-".to_owned(), ""),
+        };
+        let _ = writeln!(
+            t,
+            "{:<56} {:>6}ns {:>7}ns {:>4}ns {:>7}  {verdict}",
+            r.name,
+            r.gross,
+            r.baseline,
+            r.net(),
+            target
+        );
+    }
+    t
+}
+
+/// The rows as a JSON array (the per-packet table's shape).
+pub fn rows_json(rows: &[Row], indent: &str) -> String {
+    let items: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let target = r.target.map_or_else(|| "null".to_owned(), |t| t.to_string());
+            format!(
+                "{indent}  {{\"name\": {}, \"gross_ns\": {}, \"baseline_ns\": {}, \"net_ns\": {}, \"target_ns\": {target}}}",
+                json_str(&r.name),
+                r.gross,
+                r.baseline,
+                r.net()
+            )
+        })
+        .collect();
+    format!("[\n{}\n{indent}]", items.join(",\n"))
+}
+
+/// A JSON string literal (the names here hold no control characters).
+pub fn json_str(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// `/proc/loadavg`'s three load averages.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").map_or_else(
+        |_| "unknown".into(),
+        |s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+    )
+}
+
+/// What a part of the benchmark prints and records.
+pub struct Part {
+    pub title: String,
+    pub text: String,
+    /// The JSON key and value it adds to `dataplane.json`.
+    pub key: &'static str,
+    pub json: String,
+}
+
+/// The program loaded (not attached) in the calling thread's namespace,
+/// redirecting to `interfaces`, with `services` applied by lb-ctl's
+/// reconciler, as the controller would.
+pub fn load_services(conntrack_max: u32, interfaces: &[&str], services: &[Service]) -> Loaded {
+    let interfaces: Vec<String> = interfaces.iter().map(|&i| i.to_owned()).collect();
+    let maps = KernelMaps::load(EBPF_OBJECT, conntrack_max, &interfaces)
+        .unwrap_or_else(|e| panic!("loading the program: {e}"));
+    let mut reconciler = Reconciler::new(maps);
+    reconciler.apply(services).unwrap_or_else(|e| panic!("applying the services: {e}"));
+    let prog_fd = testrun::program_fd(reconciler.maps_mut().ebpf_mut(), "lb_xdp");
+    Loaded { reconciler, prog_fd }
+}
+
+/// Empties `flow`'s slot of the per-CPU flow cache on every CPU, so that
+/// the next packet of the flow goes to the connection table.
+pub fn clear_flow_cache(loaded: &mut Loaded, flow: &Flow) {
+    let ebpf = loaded.reconciler.maps_mut().ebpf_mut();
+    let mut cache: PerCpuArray<&mut MapData, FlowCacheEntry> =
+        PerCpuArray::try_from(ebpf.map_mut("lb_flow_cache").expect("lb_flow_cache"))
+            .expect("lb_flow_cache type");
+    let slot = lb_common::hash::flow_hash(flow.src, flow.dst, flow.sport, flow.dport, flow.proto)
+        & (FLOW_CACHE_SLOTS - 1);
+    let cpus = aya::util::nr_cpus().expect("number of CPUs");
+    let empty = PerCpuValues::try_from(vec![FlowCacheEntry::default(); cpus]).expect("values");
+    cache.set(slot, empty, 0).expect("clearing a flow cache slot");
+}
+
+/// New flows the data plane has counted for service `id`, all CPUs.
+pub fn new_flows(loaded: &mut Loaded, id: u32) -> u64 {
+    let ebpf = loaded.reconciler.maps_mut().ebpf_mut();
+    let stats: PerCpuArray<&MapData, Traffic> =
+        PerCpuArray::try_from(ebpf.map("lb_svc_stats").expect("lb_svc_stats")).expect("type");
+    stats.get(&id, 0).map_or(0, |v| v.iter().map(|t| t.new_flows).sum())
+}

@@ -1,0 +1,301 @@
+//! The two tiny XDP programs of the forwarding benchmark, written as BPF
+//! instructions (no second eBPF crate to build), and the bpf(2) calls that
+//! load, attach and run them: the traffic generator (BPF_PROG_TEST_RUN in
+//! live-frames mode) and the sink (XDP_DROP).
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+
+use super::{LIVE_PORT_BASE, LIVE_PORTS};
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_PROG_TYPE_XDP: u32 = 6;
+const BPF_XDP: u32 = 37;
+/// `XDP_FLAGS_DRV_MODE`: native (driver) XDP, refused where unsupported.
+const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+/// `BPF_F_TEST_XDP_LIVE_FRAMES` (kernel 5.18, commit b530e9e1063e): frames
+/// the program returns XDP_TX or XDP_REDIRECT for are really sent.
+const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
+const XDP_DROP: i32 = 1;
+const XDP_TX: i32 = 3;
+/// `bpf_get_prandom_u32()`.
+const HELPER_PRANDOM: i32 = 7;
+
+/// The bpf(2) syscall.
+///
+/// # Safety
+/// `attr` must be a valid prefix of `union bpf_attr` for `cmd`, with every
+/// pointer in it live for the call.
+unsafe fn sys_bpf<T>(cmd: libc::c_long, attr: *mut T) -> libc::c_long {
+    // SAFETY: upheld by the caller.
+    unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size_of::<T>() as u32) }
+}
+
+/// One BPF instruction: opcode, registers, offset, immediate.
+const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
+    code as u64
+        | ((dst | (src << 4)) as u64) << 8
+        | (off.cast_unsigned() as u64) << 16
+        | (imm.cast_unsigned() as u64) << 32
+}
+
+// Opcodes (include/uapi/linux/bpf.h): class | op | source.
+const LDX_W: u8 = 0x61;
+const STX_H: u8 = 0x6b;
+const ST_W: u8 = 0x62;
+const ST_H: u8 = 0x6a;
+const MOV_X: u8 = 0xbf;
+const MOV_K: u8 = 0xb7;
+const ADD_K: u8 = 0x07;
+const ADD_X: u8 = 0x0f;
+const AND_K: u8 = 0x57;
+const RSH_K: u8 = 0x77;
+const LSH_K: u8 = 0x67;
+const OR_K: u8 = 0x47;
+const MUL_K: u8 = 0x27;
+const DIV_K: u8 = 0x37;
+const MOD_K: u8 = 0x97;
+const XOR_K: u8 = 0xa7;
+const JGT_X: u8 = 0x2d;
+const CALL: u8 = 0x85;
+const EXIT: u8 = 0x95;
+/// BPF_ALU | BPF_END | BPF_TO_BE: to network order (imm = width).
+const TO_BE: u8 = 0xdc;
+
+/// Offsets in an Ethernet + IPv4 (no options) + TCP frame.
+const IP_CHECK: usize = 24;
+/// The last two bytes of the source address.
+const IP_SRC_LO: usize = 28;
+const TCP_SPORT: usize = 34;
+const TCP_CHECK: usize = 50;
+const TCP_END: usize = 54;
+
+/// An offset (or a jump) as an instruction's 16-bit field.
+fn off(at: usize) -> i16 {
+    i16::try_from(at).expect("a 16-bit offset")
+}
+
+/// The generator: sends the template frame (XDP_TX) as live flow
+/// `random(0..flows)` (see `super::live_client`: the source address's last
+/// byte and the source port vary), so that the load balancer sees `flows`
+/// different 5-tuples. Live-frames mode recycles pages without restoring
+/// their contents, and the load balancer rewrites the frames it forwards
+/// in place (addresses, ports, checksums): so the program writes the whole
+/// template back first, then the address, the port and both checksums,
+/// derived from the template's (RFC 1624, eqn. 3).
+///
+/// `template` is live flow 0 as an Ethernet + IPv4 (no options) + TCP frame
+/// of exactly `TCP_END` bytes.
+pub fn generator_insns(template: &[u8], flows: u32) -> Vec<u64> {
+    assert_eq!(template.len(), TCP_END, "a bare Ethernet/IPv4/TCP template");
+    assert_eq!(&template[28..30], &[64, 1], "the template is live flow 0 (10.77.64.1)");
+    assert!(flows <= 254 * LIVE_PORTS, "at most 254 client addresses");
+    // The template's 16-bit words as the program's loads see them (little
+    // endian): one's-complement sums do not depend on byte order (RFC 1071,
+    // 2.B), so all the arithmetic stays in that order.
+    let le = |at: usize| i32::from(u16::from_le_bytes([template[at], template[at + 1]]));
+    let not = |at: usize| le(at) ^ 0xffff;
+    // ~check + ~old words: what the new words are added to.
+    let ip_base = not(IP_CHECK) + not(IP_SRC_LO);
+    let tcp_base = not(TCP_CHECK) + not(TCP_SPORT) + not(IP_SRC_LO);
+    let mut insns = vec![
+        insn(LDX_W, 7, 1, 0, 0),                       // r7 = ctx->data
+        insn(LDX_W, 3, 1, 4, 0),                       // r3 = ctx->data_end
+        insn(MOV_X, 4, 7, 0, 0),                       // r4 = r7
+        insn(ADD_K, 4, 0, 0, i32::from(off(TCP_END))), // r4 += headers
+        insn(JGT_X, 4, 3, 0, 0),                       // too short: drop (offset patched below)
+    ];
+    let check_at = insns.len() - 1;
+    for (i, word) in template.chunks(4).enumerate() {
+        let at = off(i * 4);
+        insns.push(match *word {
+            [a, b, c, d] => insn(ST_W, 7, 0, at, i32::from_le_bytes([a, b, c, d])),
+            [a, b] => insn(ST_H, 7, 0, at, i32::from(u16::from_le_bytes([a, b]))),
+            _ => unreachable!("54 bytes: 13 words and a half-word"),
+        });
+    }
+    insns.extend([
+        insn(CALL, 0, 0, 0, HELPER_PRANDOM),       // r0 = random u32
+        insn(MUL_K, 0, 0, 0, flows.cast_signed()), // flow = r0 * flows >> 32
+        insn(RSH_K, 0, 0, 0, 32),
+        insn(MOV_X, 6, 0, 0, 0), // r6 = flow / ports: the host
+        insn(DIV_K, 6, 0, 0, LIVE_PORTS.cast_signed()),
+        insn(MOD_K, 0, 0, 0, LIVE_PORTS.cast_signed()), // r0 = the port
+        insn(ADD_K, 0, 0, 0, i32::from(LIVE_PORT_BASE)),
+        insn(TO_BE, 0, 0, 0, 16),
+        insn(STX_H, 7, 0, off(TCP_SPORT), 0),
+        insn(ADD_K, 6, 0, 0, 1), // r6 = 64, host + 1: the
+        insn(LSH_K, 6, 0, 0, 8), // address's last two bytes
+        insn(OR_K, 6, 0, 0, 64),
+        insn(STX_H, 7, 6, off(IP_SRC_LO), 0),
+        insn(MOV_X, 8, 6, 0, 0), // IP: ~check + ~old + new
+        insn(ADD_K, 8, 0, 0, ip_base),
+    ]);
+    insns.extend(fold_and_complement(8));
+    insns.extend([
+        insn(STX_H, 7, 8, off(IP_CHECK), 0),
+        insn(ADD_X, 0, 6, 0, 0), // TCP: the port and the address (pseudo-header)
+        insn(ADD_K, 0, 0, 0, tcp_base),
+    ]);
+    insns.extend(fold_and_complement(0));
+    insns.extend([
+        insn(STX_H, 7, 0, off(TCP_CHECK), 0),
+        insn(MOV_K, 0, 0, 0, XDP_TX),
+        insn(EXIT, 0, 0, 0, 0),
+    ]);
+    let drop_at = insns.len();
+    insns[check_at] = insn(JGT_X, 4, 3, off(drop_at - check_at - 1), 0);
+    insns.extend([insn(MOV_K, 0, 0, 0, XDP_DROP), insn(EXIT, 0, 0, 0, 0)]);
+    insns
+}
+
+/// `reg = ~fold(reg)`: the carries folded into 16 bits twice (enough for a
+/// sum of a few 16-bit words), then complemented; r9 is scratch.
+fn fold_and_complement(reg: u8) -> [u64; 9] {
+    [
+        insn(MOV_X, 9, reg, 0, 0),
+        insn(RSH_K, 9, 0, 0, 16),
+        insn(AND_K, reg, 0, 0, 0xffff),
+        insn(ADD_X, reg, 9, 0, 0),
+        insn(MOV_X, 9, reg, 0, 0),
+        insn(RSH_K, 9, 0, 0, 16),
+        insn(AND_K, reg, 0, 0, 0xffff),
+        insn(ADD_X, reg, 9, 0, 0),
+        insn(XOR_K, reg, 0, 0, 0xffff),
+    ]
+}
+
+/// The sink: drops every frame (the interface counts them).
+pub fn drop_insns() -> Vec<u64> {
+    vec![insn(MOV_K, 0, 0, 0, XDP_DROP), insn(EXIT, 0, 0, 0, 0)]
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+}
+
+/// Loads an XDP program; panics with the verifier's log if it is refused.
+pub fn load_xdp(name: &str, insns: &[u64]) -> OwnedFd {
+    let mut log = vec![0_u8; 64 * 1024];
+    let mut prog_name = [0_u8; 16];
+    prog_name[..name.len().min(15)].copy_from_slice(&name.as_bytes()[..name.len().min(15)]);
+    let license = c"GPL";
+    let mut attr = ProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_XDP,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 1,
+        log_size: log.len() as u32,
+        log_buf: log.as_mut_ptr() as u64,
+        prog_name,
+        ..ProgLoadAttr::default()
+    };
+    // SAFETY: attr points at live instruction, license and log buffers.
+    let fd = unsafe { sys_bpf(BPF_PROG_LOAD, &raw mut attr) };
+    assert!(
+        fd >= 0,
+        "loading XDP program {name}: {}\n{}",
+        std::io::Error::last_os_error(),
+        String::from_utf8_lossy(&log).trim_end_matches('\0')
+    );
+    // SAFETY: the kernel just returned this fd to us.
+    unsafe { OwnedFd::from_raw_fd(fd as i32) }
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_ifindex: u32,
+    attach_type: u32,
+    flags: u32,
+}
+
+/// Attaches `prog` to `ifindex` (in the calling thread's namespace) in
+/// driver mode through a BPF link, which lives as long as the returned fd:
+/// nothing stays behind when the benchmark exits, however it exits.
+pub fn attach_driver(prog: &OwnedFd, ifindex: u32) -> OwnedFd {
+    let mut attr = LinkCreateAttr {
+        prog_fd: prog.as_raw_fd().cast_unsigned(),
+        target_ifindex: ifindex,
+        attach_type: BPF_XDP,
+        flags: XDP_FLAGS_DRV_MODE,
+    };
+    // SAFETY: attr is a valid, correctly sized prefix of union bpf_attr.
+    let fd = unsafe { sys_bpf(BPF_LINK_CREATE, &raw mut attr) };
+    assert!(
+        fd >= 0,
+        "attaching XDP in driver mode to ifindex {ifindex}: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: the kernel just returned this fd to us.
+    unsafe { OwnedFd::from_raw_fd(fd as i32) }
+}
+
+/// The `test` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+/// `struct xdp_md`.
+#[repr(C)]
+#[derive(Default)]
+struct XdpMd {
+    data: u32,
+    data_end: u32,
+    data_meta: u32,
+    ingress_ifindex: u32,
+    rx_queue_index: u32,
+    egress_ifindex: u32,
+}
+
+/// Runs `prog` `repeat` times over `frame` in live-frames mode, as if
+/// received on `ifindex` (the calling thread's namespace): each XDP_TX
+/// really leaves through `ifindex`. Returns the kernel's ns per run.
+pub fn run_live(prog: &OwnedFd, frame: &[u8], ifindex: u32, repeat: u32) -> u32 {
+    let mut ctx =
+        XdpMd { data_end: frame.len() as u32, ingress_ifindex: ifindex, ..XdpMd::default() };
+    let mut attr = TestRunAttr {
+        prog_fd: prog.as_raw_fd().cast_unsigned(),
+        data_size_in: frame.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        repeat,
+        ctx_size_in: size_of::<XdpMd>() as u32,
+        ctx_in: (&raw mut ctx) as u64,
+        flags: BPF_F_TEST_XDP_LIVE_FRAMES,
+        ..TestRunAttr::default()
+    };
+    // SAFETY: attr points at the live frame and context for the call.
+    let rc = unsafe { sys_bpf(BPF_PROG_TEST_RUN, &raw mut attr) };
+    assert_eq!(rc, 0, "BPF_PROG_TEST_RUN (live frames): {}", std::io::Error::last_os_error());
+    attr.duration
+}
