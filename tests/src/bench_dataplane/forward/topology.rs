@@ -26,6 +26,8 @@ const SINK_MAC: Mac = [0x02, 0, 0, 0, 0x0c, 0x02];
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 11, 100);
 pub const VIP_PORT: u16 = 80;
 const BACKENDS: u8 = 8;
+/// The sink program's name (the BPF statistics find it by name).
+pub const SINK_PROG: &str = "lbd_sink";
 
 fn backend(b: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 77, 12, 11 + b)
@@ -139,7 +141,7 @@ pub fn lb_program(lb: &mut Loaded) -> &mut Xdp {
 /// only takes redirected frames if its peer runs NAPI, which XDP turns on.
 pub fn start_sink() -> OwnedFd {
     in_ns(SINK_NS, || {
-        let prog = rawbpf::load_xdp("lbd_sink", &rawbpf::drop_insns());
+        let prog = rawbpf::load_xdp(SINK_PROG, &rawbpf::drop_insns());
         let ifindex = netdev::ifindex(SINK_IF).expect("the sink interface");
         rawbpf::attach_driver(&prog, ifindex)
     })
