@@ -93,8 +93,8 @@ impl Ha {
         ha.destroy();
         ha.build(mode);
         ha.backends.start_backends(&crate::harness::built_bin("lb-lab").to_string_lossy());
-        for i in 0..NODES.len() {
-            let name = format!("{prefix}-{}", NODES[i].0);
+        for (i, (node, ..)) in NODES.iter().enumerate() {
+            let name = format!("{prefix}-{node}");
             ha.nodes.push(Controller::start(&ha.node(i), &name, Setup::default(), [Some(1); 3]));
         }
         if mode == Mode::Vrrp {
@@ -178,7 +178,7 @@ impl Ha {
                     ns_sh(&web, &["ip", "route", "add", "default", "via", BACKEND_GATEWAY]);
                 }
                 Mode::Ecmp => ecmp(&web, "default", &[NODES[0].2, NODES[1].2]),
-            };
+            }
         }
     }
 

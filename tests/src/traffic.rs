@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// No run lasts longer than this, whatever the test does.
-const MAX_RUN: Duration = Duration::from_secs(60);
+const MAX_RUN: Duration = Duration::from_mins(1);
 const ECHO_EVERY: Duration = Duration::from_millis(5);
 const REQUEST_EVERY: Duration = Duration::from_millis(10);
 const MAX_REQUESTS: usize = 5000;

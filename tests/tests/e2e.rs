@@ -268,10 +268,10 @@ fn an_upgraded_program_replaces_the_running_one_without_breaking_a_connection() 
     let upgraded = xdp_link_tag(&lab);
     eprintln!("program tag: built-in {built_in}, upgraded {upgraded}");
     assert_ne!(built_in, upgraded, "the link runs the upgraded program");
-    std::thread::sleep(Duration::from_millis(1000));
+    std::thread::sleep(Duration::from_secs(1));
     lab.restart_with(&[]);
     assert_eq!(xdp_link_tag(&lab), built_in, "and the built-in one again");
-    std::thread::sleep(Duration::from_millis(1000));
+    std::thread::sleep(Duration::from_secs(1));
     let (requests, echoes) = traffic.finish();
     eprintln!("new connections: {requests:?}");
     assert!(requests.failed.is_empty(), "failed requests: {:?}", requests.failed);

@@ -62,11 +62,11 @@ fn established_connections_survive_keepalived_failovers() {
         "the track_script is what moved it:\n{}",
         ha.keepalived_log(0)
     );
-    run_for(Duration::from_millis(1000));
+    run_for(Duration::from_secs(1));
     assert!(output(&["kill", "-CONT", &pid]).status.success());
     let recovered = ha.wait_vip_on(0, Duration::from_secs(15));
     eprintln!("lb1's controller thawed: VIP back after {recovered:?}");
-    run_for(Duration::from_millis(1000));
+    run_for(Duration::from_secs(1));
 
     let (requests, echoes) = traffic.finish();
     report(&requests);
@@ -82,7 +82,7 @@ fn established_connections_survive_keepalived_failovers() {
 fn established_connections_survive_ecmp_nexthop_changes() {
     let ha = Ha::start("lbt27", Mode::Ecmp);
     let traffic = Traffic::start(&ha.client(), 8);
-    run_for(Duration::from_millis(1000));
+    run_for(Duration::from_secs(1));
     let spread: Vec<u64> = (0..NODES.len()).map(|i| ha.forwarded_by(i)).collect();
     eprintln!("both nexthops: forwarded {spread:?}");
     assert!(spread.iter().all(|&n| n > 0), "ECMP spreads flows over both nodes: {spread:?}");
@@ -90,10 +90,10 @@ fn established_connections_survive_ecmp_nexthop_changes() {
     for (alone, label) in [(1, "lb1 removed"), (0, "lb2 removed")] {
         let before = ha.forwarded_by(alone);
         ha.route_vip_to(&[alone]);
-        run_for(Duration::from_millis(1000));
+        run_for(Duration::from_secs(1));
         eprintln!("{label}: {} forwarded {}", NODES[alone].0, ha.forwarded_by(alone) - before);
         ha.route_vip_to(&[0, 1]);
-        run_for(Duration::from_millis(1000));
+        run_for(Duration::from_secs(1));
     }
 
     let (requests, echoes) = traffic.finish();
