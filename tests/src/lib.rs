@@ -2,6 +2,7 @@
 //! network namespace plumbing, the demo topology, backend servers, a packet
 //! builder and a BPF_PROG_TEST_RUN wrapper.
 pub mod bench_dataplane;
+pub mod bench_e2e;
 pub mod counters;
 pub mod fixture;
 pub mod ha;

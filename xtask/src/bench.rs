@@ -3,7 +3,8 @@
 //! and the admin API's latency and the controller's memory (`lb-bench-api`);
 //! the last two are built with optimisations, as the controller ships;
 //! and the controller's Maglev tables (`lb-bench-control`, also alone as
-//! `cargo xtask bench control`: no root needed).
+//! `cargo xtask bench control`: no root needed); and end to end against
+//! HAProxy and nftables (`lb-bench-e2e`, also alone as `cargo xtask bench e2e`).
 use std::process::Command;
 
 use anyhow::Result;
@@ -18,6 +19,33 @@ pub fn control() -> Result<()> {
     run_status(
         Command::new(target_dir().join("release/lb-bench-control"))
             .env("LB_BENCH_CONTROL_OUT", &out)
+            .current_dir(root()),
+    )
+}
+
+/// `cargo xtask bench e2e`: the load balancer end to end against one
+/// backend directly, HAProxy and nftables DNAT (wrk, nginx, a UDP client),
+/// with the release `lb-ctl`. Needs root and `setup::ensure_for_bench`.
+pub fn e2e() -> Result<()> {
+    require_root("the end-to-end benchmark")?;
+    step("end to end: direct vs lb vs HAProxy vs nftables (release build, a few minutes)");
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "lb-ctl",
+        "-p",
+        "lb-tests",
+        "--bin",
+        "lb-ctl",
+        "--bin",
+        "lb-bench-e2e",
+    ])?;
+    let out = root().join("target/bench/e2e.json");
+    run_status(
+        Command::new(target_dir().join("release/lb-bench-e2e"))
+            .env("LB_BENCH_E2E_OUT", &out)
+            .env("LB_CTL", target_dir().join("release/lb-ctl"))
             .current_dir(root()),
     )
 }
@@ -69,5 +97,6 @@ pub fn run() -> Result<()> {
             .env("LB_BENCH_API_OUT", &out)
             .env("LB_CTL", target_dir().join("release/lb-ctl"))
             .current_dir(root()),
-    )
+    )?;
+    e2e()
 }

@@ -17,7 +17,9 @@ const USAGE: &str = "usage: cargo xtask <command>
   test               host unit tests, then privileged tests (root)
   bench              every benchmark: data plane, health checks, admin API, Maglev; tables + JSON
   bench dataplane    cost per packet (also with 1M flows, 256 x 64 services), Mpps through veth (root)
-  bench control      Maglev table build time and slots moved (no root)";
+  bench control      Maglev table build time and slots moved (no root)
+  bench e2e          end to end: lb vs one backend directly, HAProxy, nftables DNAT (wrk, nginx;
+                     installs haproxy nginx-light wrk)";
 
 fn main() -> std::process::ExitCode {
     match dispatch(&std::env::args().skip(1).collect::<Vec<_>>()) {
@@ -61,8 +63,12 @@ fn dispatch(args: &[String]) -> Result<()> {
             test()
         }
         ["bench"] => {
-            setup::ensure()?;
+            setup::ensure_for_bench()?;
             bench::run()
+        }
+        ["bench", "e2e"] => {
+            setup::ensure_for_bench()?;
+            bench::e2e()
         }
         ["bench", "dataplane"] => {
             setup::ensure()?;

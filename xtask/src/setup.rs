@@ -124,6 +124,16 @@ fn bpf_linker() -> Result<()> {
     )
 }
 
+/// What the end-to-end benchmark compares against and drives: HAProxy,
+/// nginx on the backends, wrk on the client (not needed by the tests).
+const BENCH_PACKAGES: &[&str] = &["haproxy", "nginx-light", "wrk"];
+
+/// What `cargo xtask bench` needs on top of `ensure`.
+pub fn ensure_for_bench() -> Result<()> {
+    ensure()?;
+    debian_packages(BENCH_PACKAGES)
+}
+
 /// What `cargo xtask test` needs on top of `ensure`.
 pub fn ensure_for_tests() -> Result<()> {
     ensure()?;
