@@ -253,12 +253,18 @@ const _: () = assert!(size_of::<MaglevTable>() == 4 * MAGLEV_SIZE as usize);
 pub const ADDR_FILTER_SIZE: u32 = 1 << 16;
 /// `lb_addrs` flag: some VIP falls in this slot.
 pub const ADDR_VIP: u8 = 1;
+/// `lb_addrs` flag: some backend whose replies are rewritten (NAT) falls in
+/// this slot. A packet whose destination is no VIP and whose source is no
+/// such backend is passed after the IPv4 header, two array reads.
+pub const ADDR_REAL: u8 = 2;
 
 /// The `lb_addrs` slot of an IPv4 address: both halves folded together, so
-/// addresses that differ only in their network part still spread.
+/// addresses that differ only in their network part still spread. Read in
+/// native order (the data plane loads the address as one word; the
+/// controller computes slots on the same host).
 #[inline(always)]
 pub const fn addr_slot(addr: [u8; 4]) -> u32 {
-    let a = u32::from_be_bytes(addr);
+    let a = u32::from_ne_bytes(addr);
     (a ^ (a >> 16)) & (ADDR_FILTER_SIZE - 1)
 }
 

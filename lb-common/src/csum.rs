@@ -24,11 +24,19 @@ pub const fn replace_u16(check: u16, old: u16, new: u16) -> u16 {
 /// New checksum after a 4-byte field (an IPv4 address) changed.
 #[inline(always)]
 pub const fn replace_addr(check: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
+    replace_u32(check, u32::from_ne_bytes(old), u32::from_ne_bytes(new))
+}
+
+/// New checksum after a 4-byte field changed, the field read as one native
+/// word (its two 16-bit halves are the words the sum covers, in either byte
+/// order).
+#[inline(always)]
+pub const fn replace_u32(check: u16, old: u32, new: u32) -> u16 {
     let sum = !check as u32
-        + !u16::from_ne_bytes([old[0], old[1]]) as u32
-        + !u16::from_ne_bytes([old[2], old[3]]) as u32
-        + u16::from_ne_bytes([new[0], new[1]]) as u32
-        + u16::from_ne_bytes([new[2], new[3]]) as u32;
+        + !(old as u16) as u32
+        + !((old >> 16) as u16) as u32
+        + (new as u16) as u32
+        + ((new >> 16) as u16) as u32;
     !fold(sum)
 }
 

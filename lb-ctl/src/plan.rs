@@ -8,9 +8,9 @@ use std::{
 };
 
 use lb_common::abi::{
-    self, ADDR_VIP, BACKEND_DOWN, BACKEND_DSR, BACKEND_IN_USE, Endpoint, MAGLEV_SIZE, MAX_BACKENDS,
-    MAX_SERVICES, NO_BACKEND, REAL_SLOT_SHARED, SCHED_LC, SCHED_MAGLEV, SCHED_RR, SCHED_SH,
-    SCHED_WRR, SVC_REJECT, addr_slot, real_slot,
+    self, ADDR_REAL, ADDR_VIP, BACKEND_DOWN, BACKEND_DSR, BACKEND_IN_USE, Endpoint, MAGLEV_SIZE,
+    MAX_BACKENDS, MAX_SERVICES, NO_BACKEND, REAL_SLOT_SHARED, SCHED_LC, SCHED_MAGLEV, SCHED_RR,
+    SCHED_SH, SCHED_WRR, SVC_REJECT, addr_slot, real_slot,
 };
 use rustc_hash::{FxHashMap, FxHashSet};
 
@@ -283,6 +283,7 @@ pub fn image_cached(
             // A direct-routing backend answers the client itself: nothing
             // comes back to rewrite.
             if !dsr {
+                *image.addrs.entry(addr_slot(bkey.addr)).or_insert(0) |= ADDR_REAL;
                 slots.push((real_slot(bkey.addr, bkey.port, bkey.proto), id + 1));
                 reals.push((
                     bkey,
@@ -465,6 +466,9 @@ pub(crate) mod tests {
         assert_eq!(flagged, 2, "only the dsr service's backends");
         assert_eq!(image.reals.len(), 1, "only the NAT backend's replies are rewritten");
         assert_eq!(image.real_slots.len(), 1);
+        let flags = |last| image.addrs.get(&addr_slot([10, 77, 2, last])).copied().unwrap_or(0);
+        assert_eq!(flags(21) & ADDR_REAL, ADDR_REAL, "the pre-filter lets NAT replies in");
+        assert_eq!(flags(11) & ADDR_REAL, 0, "and not the direct-routing backends' traffic");
     }
 
     #[test]

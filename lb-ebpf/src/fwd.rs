@@ -19,6 +19,7 @@ use lb_common::{
 use crate::{
     Verdict,
     maps::{LB_EPOCH, LB_NEXTHOPS, LB_TX_PORTS, LB_TX_SLOTS},
+    mem,
     nat::{self, Side},
     parse::Packet,
 };
@@ -51,10 +52,7 @@ pub fn forward(ctx: &XdpContext, pkt: &Packet, target: &Target) -> Result<Verdic
         Hop::NoNeighbour { ifindex, nexthop } => return slow_path(ctx, ifindex, nexthop),
     };
     // SAFETY: pkt.eth was bounds-checked by parse.
-    unsafe {
-        (*pkt.eth).src = hop.smac;
-        (*pkt.eth).dst = hop.dmac;
-    }
+    unsafe { write_macs(pkt.eth.cast(), &hop) };
     if hop.ifindex == ingress {
         return Ok(Verdict { action: xdp_action::XDP_TX, counter: Counter::Tx });
     }
@@ -153,6 +151,24 @@ fn next_hop(ctx: &XdpContext, pkt: &Packet, target: &Target, ingress: u32) -> Re
         }
         BPF_FIB_LKUP_RET_NOT_FWDED => Err(Counter::PassLocal),
         _ => Err(Counter::PassFibFailed),
+    }
+}
+
+/// The next hop's MAC addresses into the Ethernet header, as four word
+/// stores instead of twelve byte stores.
+///
+/// # Safety
+/// `eth` points at a bounds-checked Ethernet header.
+#[inline(always)]
+unsafe fn write_macs(eth: *mut u8, hop: &NextHop) {
+    let [d0, d1, d2, d3, d4, d5] = hop.dmac;
+    let [s0, s1, s2, s3, s4, s5] = hop.smac;
+    // SAFETY: the caller guarantees the 14 bytes.
+    unsafe {
+        mem::store32::<0>(eth, u32::from_ne_bytes([d0, d1, d2, d3]));
+        mem::store16::<4>(eth, u16::from_ne_bytes([d4, d5]));
+        mem::store16::<6>(eth, u16::from_ne_bytes([s0, s1]));
+        mem::store32::<8>(eth, u32::from_ne_bytes([s2, s3, s4, s5]));
     }
 }
 

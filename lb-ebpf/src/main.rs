@@ -8,6 +8,7 @@
 
 mod fwd;
 mod maps;
+mod mem;
 mod nat;
 mod parse;
 mod reject;
@@ -24,8 +25,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     abi::{
-        BACKEND_DOWN, BACKEND_DSR, NEIGH_META_MAGIC, NeighMeta, PROTO_TCP, SVC_REJECT, TCP_ACK,
-        TCP_SYN,
+        ADDR_REAL, ADDR_VIP, BACKEND_DOWN, BACKEND_DSR, NEIGH_META_MAGIC, NeighMeta, PROTO_TCP,
+        SVC_REJECT, TCP_ACK, TCP_SYN,
     },
     counter::Counter,
 };
@@ -76,19 +77,23 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn process(ctx: &XdpContext) -> Result<Verdict, Counter> {
-    let pkt = parse::parse(ctx)?;
+    let ip = parse::ipv4(ctx)?;
+    // Most packets that are not ours leave here, before the ports are read.
+    let to_vip = select::addr_flags(ip.dst) & ADDR_VIP != 0;
+    let from_real = select::addr_flags(ip.src) & ADDR_REAL != 0;
+    if !to_vip && !from_real {
+        return Err(Counter::PassNotService);
+    }
+    let pkt = parse::transport(ctx, &ip)?;
     if pkt.fragment {
         // SAFETY: the value is not read.
-        let to_vip =
-            select::may_be_vip(pkt.flow.dst) && unsafe { LB_VIPS.get(pkt.flow.dst).is_some() };
+        let to_vip = to_vip && unsafe { LB_VIPS.get(pkt.flow.dst).is_some() };
         return Err(if to_vip { Counter::DropFragment } else { Counter::PassNotService });
     }
-    if select::may_be_vip(pkt.flow.dst)
-        && let Some(verdict) = to_backend(ctx, &pkt)?
-    {
+    if to_vip && let Some(verdict) = to_backend(ctx, &pkt)? {
         return Ok(verdict);
     }
-    if let Some(verdict) = to_client(ctx, &pkt)? {
+    if from_real && let Some(verdict) = to_client(ctx, &pkt)? {
         return Ok(verdict);
     }
     Err(Counter::PassNotService)

@@ -2,7 +2,7 @@
 //! is never summed again.
 use lb_common::{abi::PROTO_UDP, csum};
 
-use crate::parse::Packet;
+use crate::{mem, parse::Packet};
 
 /// Which end of the packet a rewrite changes.
 #[derive(Clone, Copy)]
@@ -13,50 +13,57 @@ pub enum Side {
     Source,
 }
 
-#[inline(always)]
-fn word(bytes: [u8; 2]) -> u16 {
-    u16::from_ne_bytes(bytes)
-}
-
 /// Rewrites one endpoint (address and port) and decrements the TTL, keeping
 /// the IPv4 and TCP/UDP checksums right. A UDP checksum of 0 means "none" and
-/// stays 0 (RFC 768); a computed 0 is sent as 0xffff.
+/// stays 0 (RFC 768); a computed 0 is sent as 0xffff. Every field is read and
+/// written as a native word (see `mem`); the checksum arithmetic does not
+/// mind the byte order.
 ///
 /// # Safety
 /// `pkt` must come from `parse` on the current frame, not a fragment, with no
 /// packet-resizing helper called since.
 #[inline(always)]
 pub unsafe fn rewrite(pkt: &Packet, side: Side, addr: [u8; 4], port: u16) {
-    // SAFETY: the caller guarantees the pointers are the bounds-checked ones from parse.
+    let ip = pkt.ip.cast::<u8>();
+    let l4 = pkt.ports.cast::<u8>();
+    let check_at = pkt.l4_check.cast::<u8>();
+    let new_addr = u32::from_ne_bytes(addr);
+    let new_port = u16::from_ne_bytes(port.to_be_bytes());
+    // SAFETY: the caller guarantees the pointers are the bounds-checked ones
+    // from parse: the 20-byte IPv4 header, the ports, the L4 checksum.
     unsafe {
-        let ip = &mut *pkt.ip;
-        let ports = &mut *pkt.ports;
-        let (addr_field, port_field) = match side {
-            Side::Destination => (&mut ip.dst, &mut ports.dst),
-            Side::Source => (&mut ip.src, &mut ports.src),
+        let (old_addr, old_port) = match side {
+            Side::Destination => (mem::load32::<16>(ip), mem::load16::<2>(l4)),
+            Side::Source => (mem::load32::<12>(ip), mem::load16::<0>(l4)),
         };
-        let old_addr = *addr_field;
-        let old_port = *port_field;
-        let new_port = port.to_be_bytes();
+        // TTL and protocol make one checksummed word.
+        let ttl_proto = mem::load16::<8>(ip);
+        let [ttl, proto] = ttl_proto.to_ne_bytes();
+        let new_ttl_proto = u16::from_ne_bytes([ttl - 1, proto]);
+        let mut ip_check = csum::replace_u32(mem::load16::<10>(ip), old_addr, new_addr);
+        ip_check = csum::replace_u16(ip_check, ttl_proto, new_ttl_proto);
+        mem::store16::<8>(ip, new_ttl_proto);
+        mem::store16::<10>(ip, ip_check);
 
-        let old_ttl_word = word([ip.ttl, ip.proto]);
-        let new_ttl = ip.ttl - 1;
-        let mut ip_check = csum::replace_addr(word(ip.check), old_addr, addr);
-        ip_check = csum::replace_u16(ip_check, old_ttl_word, word([new_ttl, ip.proto]));
-        ip.check = ip_check.to_ne_bytes();
-        ip.ttl = new_ttl;
-
-        let l4_check = &mut *pkt.l4_check;
-        let udp_without_checksum = ip.proto == PROTO_UDP && word(*l4_check) == 0;
-        if !udp_without_checksum {
-            let mut check = csum::replace_addr(word(*l4_check), old_addr, addr);
-            check = csum::replace_u16(check, word(old_port), word(new_port));
-            if check == 0 && ip.proto == PROTO_UDP {
+        let l4_check = mem::load16::<0>(check_at);
+        let udp = proto == PROTO_UDP;
+        if !(udp && l4_check == 0) {
+            let mut check = csum::replace_u32(l4_check, old_addr, new_addr);
+            check = csum::replace_u16(check, old_port, new_port);
+            if check == 0 && udp {
                 check = 0xffff;
             }
-            *l4_check = check.to_ne_bytes();
+            mem::store16::<0>(check_at, check);
         }
-        *addr_field = addr;
-        *port_field = new_port;
+        match side {
+            Side::Destination => {
+                mem::store32::<16>(ip, new_addr);
+                mem::store16::<2>(l4, new_port);
+            }
+            Side::Source => {
+                mem::store32::<12>(ip, new_addr);
+                mem::store16::<0>(l4, new_port);
+            }
+        }
     }
 }

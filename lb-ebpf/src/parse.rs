@@ -6,6 +6,8 @@ use lb_common::{
     counter::Counter,
 };
 
+use crate::mem;
+
 pub const ETH_LEN: usize = 14;
 const ETH_P_IPV4: u16 = 0x0800;
 /// More-fragments flag and fragment offset, in the host-order frag_off word.
@@ -67,42 +69,73 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Counter> {
     Ok((start + offset) as *mut T)
 }
 
-/// Parses Ethernet / IPv4 (any IHL) / TCP or UDP. `Err` says why the packet is
-/// not ours to touch.
+/// The Ethernet and IPv4 headers of a TCP or UDP packet, before the rest
+/// is read: enough to tell whether the packet can be ours.
+#[derive(Clone, Copy)]
+pub struct Ipv4 {
+    eth: *mut EthHdr,
+    ip: *mut Ipv4Hdr,
+    /// IPv4 header length, bytes.
+    ihl: usize,
+    proto: u8,
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+}
+
+/// The EtherType of IPv4 as it lies in the frame, read natively.
+const ETH_P_IPV4_WIRE: u16 = u16::from_ne_bytes(ETH_P_IPV4.to_be_bytes());
+
+/// Parses Ethernet / IPv4 (any IHL) of a TCP or UDP packet, as far as the
+/// addresses. `Err` says why the packet is not ours to touch.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Packet, Counter> {
+pub fn ipv4(ctx: &XdpContext) -> Result<Ipv4, Counter> {
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: ptr_at checked that the Ethernet header is inside the frame.
-    if u16::from_be_bytes(unsafe { (*eth).proto }) != ETH_P_IPV4 {
+    if unsafe { mem::load16::<12>(eth.cast()) } != ETH_P_IPV4_WIRE {
         return Err(Counter::PassNotIpv4);
     }
     let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_LEN)?;
     // SAFETY: ptr_at checked the 20-byte fixed IPv4 header.
-    let (version_ihl, frag_off, proto, tot_len, ttl, src, dst) = unsafe {
+    let (version_ihl, proto, src, dst) = unsafe {
         (
             (*ip).version_ihl,
-            u16::from_be_bytes((*ip).frag_off),
             (*ip).proto,
-            u16::from_be_bytes((*ip).tot_len),
-            (*ip).ttl,
-            (*ip).src,
-            (*ip).dst,
+            mem::load32::<12>(ip.cast()).to_ne_bytes(),
+            mem::load32::<16>(ip.cast()).to_ne_bytes(),
         )
     };
     let ihl = usize::from(version_ihl & 0x0f) * 4;
-    if version_ihl >> 4 != 4 || ihl < 20 || usize::from(tot_len) < ihl {
+    if version_ihl >> 4 != 4 || ihl < 20 {
         return Err(Counter::PassMalformed);
     }
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return Err(Counter::PassNotTcpUdp);
     }
-    let mut flow = Flow { src, dst, proto, ..Flow::default() };
+    Ok(Ipv4 { eth, ip, ihl, proto, src, dst })
+}
+
+/// Reads the TCP or UDP header after `ip`'s: the packet with its flow.
+#[inline(always)]
+pub fn transport(ctx: &XdpContext, ip: &Ipv4) -> Result<Packet, Counter> {
+    let Ipv4 { eth, ihl, proto, src, dst, .. } = *ip;
+    // SAFETY: `ipv4` checked the 20-byte fixed header.
+    let (tot_len, frag_off, ttl) = unsafe {
+        (
+            u16::from_be(mem::load16::<2>(ip.ip.cast())),
+            u16::from_be(mem::load16::<6>(ip.ip.cast())),
+            (*ip.ip).ttl,
+        )
+    };
+    if usize::from(tot_len) < ihl {
+        return Err(Counter::PassMalformed);
+    }
     let fragment = frag_off & IP_MF_OFFSET != 0;
+    let mut flow = Flow { src, dst, proto, ..Flow::default() };
     if fragment {
         // No ports to read; the caller decides whether the fragment is ours.
         return Ok(Packet {
             eth,
-            ip,
+            ip: ip.ip,
             ports: core::ptr::null_mut(),
             l4_check: core::ptr::null_mut(),
             flow,
@@ -140,8 +173,8 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Counter> {
     }
     // SAFETY: ptr_at checked the ports.
     unsafe {
-        flow.sport = u16::from_be_bytes((*ports).src);
-        flow.dport = u16::from_be_bytes((*ports).dst);
+        flow.sport = u16::from_be(mem::load16::<0>(ports.cast()));
+        flow.dport = u16::from_be(mem::load16::<2>(ports.cast()));
     }
-    Ok(Packet { eth, ip, ports, l4_check, flow, tot_len, ttl, fragment, tcp_flags })
+    Ok(Packet { eth, ip: ip.ip, ports, l4_check, flow, tot_len, ttl, fragment, tcp_flags })
 }

@@ -4,11 +4,10 @@
 use aya_ebpf::btf_maps::PerCpuArray;
 use lb_common::{
     abi::{
-        ADDR_VIP, BACKEND_DOWN, BACKEND_IN_USE, Backend, CONN_CLOSING, CONN_ESTABLISHED, CONN_SYN,
-        CONN_UDP, Conn, Endpoint, FLOW_CACHE_SLOTS, Flow, FlowCacheEntry, LC_MAX_BACKENDS,
-        NO_BACKEND, PROTO_TCP, REAL_SLOT_SHARED, SCHED_LC, SCHED_MASK, SCHED_RR, SCHED_SH,
-        SCHED_WRR, Service, TCP_FIN, TCP_RST, TCP_SYN, Traffic, addr_slot, expired, next_state,
-        real_slot, source_hash,
+        BACKEND_DOWN, BACKEND_IN_USE, Backend, CONN_CLOSING, CONN_ESTABLISHED, CONN_SYN, CONN_UDP,
+        Conn, Endpoint, FLOW_CACHE_SLOTS, Flow, FlowCacheEntry, LC_MAX_BACKENDS, NO_BACKEND,
+        PROTO_TCP, REAL_SLOT_SHARED, SCHED_LC, SCHED_MASK, SCHED_RR, SCHED_SH, SCHED_WRR, Service,
+        TCP_FIN, TCP_RST, TCP_SYN, Traffic, addr_slot, expired, next_state, real_slot, source_hash,
     },
     counter::Counter,
     hash::{flow_hash, maglev_slot},
@@ -85,11 +84,11 @@ fn live_backend(id: u32, service_id: u32, flow: &Flow) -> Option<Backend> {
     serves.then_some(*b)
 }
 
-/// Whether `addr` may be a VIP: a false positive only costs the exact
-/// lookup that follows.
+/// The address pre-filter's flags of `addr` (`ADDR_VIP`, `ADDR_REAL`): a
+/// false positive only costs the exact lookups that follow.
 #[inline(always)]
-pub fn may_be_vip(addr: [u8; 4]) -> bool {
-    LB_ADDRS.get(addr_slot(addr)).is_some_and(|flags| flags & ADDR_VIP != 0)
+pub fn addr_flags(addr: [u8; 4]) -> u8 {
+    LB_ADDRS.get(addr_slot(addr)).copied().unwrap_or(0)
 }
 
 /// What the flow cache and the connection table know of a flow.
