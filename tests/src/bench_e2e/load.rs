@@ -98,9 +98,10 @@ fn duration_us(text: &str) -> Option<f64> {
 /// spread by the target like separate clients), each with one request
 /// outstanding at a time; a socket sends its next request when the answer
 /// to the previous one arrives (or it is lost). One thread, poll(2).
-pub fn udp(ns: &str, addr: &str, inflight: usize, secs: u64) -> Load {
-    let addr = addr.to_owned();
-    in_ns(ns, move || UdpClient::new(&addr, inflight).run(Duration::from_secs(secs)))
+/// Socket i talks to `addrs[i % addrs.len()]`.
+pub fn udp(ns: &str, addrs: &[&str], inflight: usize, secs: u64) -> Load {
+    let addrs: Vec<String> = addrs.iter().map(|a| (*a).to_owned()).collect();
+    in_ns(ns, move || UdpClient::new(&addrs, inflight).run(Duration::from_secs(secs)))
 }
 
 struct UdpClient {
@@ -113,10 +114,11 @@ struct UdpClient {
 }
 
 impl UdpClient {
-    fn new(addr: &str, inflight: usize) -> Self {
+    fn new(addrs: &[String], inflight: usize) -> Self {
         let sockets = (0..inflight)
-            .map(|_| {
+            .map(|i| {
                 let s = UdpSocket::bind("0.0.0.0:0").expect("UDP client socket");
+                let addr = addrs[i % addrs.len()].as_str();
                 s.connect((addr, UDP_PORT)).expect("connecting the UDP socket");
                 s.set_nonblocking(true).expect("non-blocking");
                 s

@@ -29,6 +29,7 @@ const NFT_TABLE: &str = "lbe_bench";
 /// servers first, the namespaces last.
 pub struct Env {
     pub dir: PathBuf,
+    pub ksoftirqd: Vec<u32>,
     pub echo: EchoServers,
     pub nginx: Vec<Nginx>,
     pub topo: Topology,
@@ -55,12 +56,13 @@ impl Env {
         let nginx =
             BACKENDS.iter().map(|(name, addr)| Nginx::start(&topo, dir, name, addr)).collect();
         let echo = EchoServers::start(&topo);
-        Self { dir: dir.to_owned(), echo, nginx, topo }
+        let ksoftirqd = super::sample::ksoftirqd_pids();
+        Self { dir: dir.to_owned(), ksoftirqd, echo, nginx, topo }
     }
 
     pub fn start(&self, target: Target) -> Running {
         match target {
-            Target::Direct => Running::Plain,
+            Target::Direct | Target::Direct3 => Running::Plain,
             Target::Lb => Running::Lb(LbCtl::start(self)),
             Target::Haproxy => Running::Haproxy(Haproxy::start(self)),
             Target::Nftables => {
@@ -79,14 +81,20 @@ impl Env {
         let expected: Vec<String> =
             BACKENDS[..target.backends()].iter().map(|(name, _)| (*name).to_owned()).collect();
         let client = self.topo.client();
-        let mut seen = load::http_names(&client, target.address(), 30);
-        seen.sort();
-        seen.dedup();
-        assert_eq!(seen, expected, "{}: HTTP answered by {seen:?}", target.name());
-        if target.workloads().contains(&super::Workload::Udp) {
-            let mut seen = load::udp_names(&client, target.address(), 30);
+        let names = |f: fn(&str, &str, usize) -> Vec<String>| {
+            let mut seen: Vec<String> =
+                target.addresses().into_iter().flat_map(|a| f(&client, a, 30)).collect();
             seen.sort();
             seen.dedup();
+            seen
+        };
+        let workloads = target.workloads();
+        if workloads.iter().any(|w| *w != super::Workload::Udp) {
+            let seen = names(load::http_names);
+            assert_eq!(seen, expected, "{}: HTTP answered by {seen:?}", target.name());
+        }
+        if workloads.contains(&super::Workload::Udp) {
+            let seen = names(load::udp_names);
             assert_eq!(seen, expected, "{}: UDP answered by {seen:?}", target.name());
         }
     }

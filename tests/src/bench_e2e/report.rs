@@ -13,12 +13,28 @@ impl Results {
         self.samples.push((target, workload, sample));
     }
 
-    fn of(&self, target: Target, workload: Workload) -> Vec<&Sample> {
+    fn all(&self, target: Target, workload: Workload) -> Vec<&Sample> {
         self.samples
             .iter()
             .filter(|(t, w, _)| *t == target && *w == workload)
             .map(|(_, _, s)| s)
             .collect()
+    }
+
+    /// The samples the medians are taken over: those no other work
+    /// disturbed, or all of them when every one was disturbed.
+    fn of(&self, target: Target, workload: Workload) -> Vec<&Sample> {
+        let all = self.all(target, workload);
+        let clean: Vec<&Sample> = all.iter().copied().filter(|s| !s.contended()).collect();
+        if clean.is_empty() { all } else { clean }
+    }
+
+    /// (max - min) / median of req/s over the samples used, in percent.
+    fn spread(&self, target: Target, workload: Workload) -> f64 {
+        let rps: Vec<f64> = self.of(target, workload).iter().map(|s| s.rps).collect();
+        let (min, max) =
+            rps.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        (max - min) / self.median(target, workload, |s| Some(s.rps)) * 100.0
     }
 
     /// The median over rounds of one figure (NaN without samples).
@@ -79,51 +95,32 @@ pub fn print(results: &Results, run: &RunInfo) {
     );
     for workload in Workload::ALL {
         println!("\n{}", heading(workload, s));
-        println!(
-            "  {:<9} {:>7} {:>7} {:>7} {:>6} {:>7} {:>15} {:>6} {:>5} {:>5} {:>8} {:>7} {:>5} {:>7}",
+        let header = [
             "target",
             "req/s",
+            "spread",
             "p50 us",
             "p99 us",
             "errors",
             "CPU us",
-            "usr/sys/irq us",
+            "usr/sys/irq",
+            "ksoftirqd",
             "proc",
-            "busy",
-            "bg",
             "conn/req",
             "top be",
             "be CPU",
-            "xdp pkt"
-        );
-        for target in Target::ALL.into_iter().filter(|t| t.workloads().contains(&workload)) {
-            let m = |f: fn(&Sample) -> Option<f64>| results.median(target, workload, f);
-            let errors: u64 = results.of(target, workload).iter().map(|s| s.load.errors).sum();
-            let split: Vec<String> = (0..3)
-                .map(|i| opt(results.median(target, workload, |s| Some(s.cpu_split_us[i])), 0))
-                .collect();
-            let backend_cpu = m(|s| s.busiest_backend_cpu.map(|c| c * 100.0));
-            println!(
-                "  {:<9} {:>7} {:>7} {:>7} {:>6} {:>7} {:>15} {:>6} {:>5} {:>5} {:>8} {:>7} {:>5} {:>7}",
-                target.name(),
-                opt(m(|s| Some(s.rps)), 0),
-                opt(m(|s| Some(s.load.p50_us)), 0),
-                opt(m(|s| Some(s.load.p99_us)), 0),
-                errors,
-                opt(m(|s| Some(s.cpu_us_per_req)), 1),
-                split.join("/"),
-                opt(m(|s| s.process_us_per_req), 1),
-                opt(m(|s| Some(s.busy_cpus)), 2),
-                opt(m(|s| Some(s.background_cpus)), 2),
-                opt(m(|s| s.backend_conns_per_req), 3),
-                opt(m(|s| Some(s.busiest_backend_rps)), 0),
-                if backend_cpu.is_nan() { "-".into() } else { format!("{backend_cpu:.0}%") },
-                opt(m(|s| s.xdp_fwd_per_req), 1),
-            );
+            "xdp pkt",
+            "clean",
+        ];
+        print_row(&header.map(str::to_owned));
+        for target in Target::ALL {
+            if !results.all(target, workload).is_empty() {
+                print_row(&row(results, target, workload));
+            }
         }
     }
     println!(
-        "\n  errors: summed over rounds. CPU us: machine CPU per request (all CPUs, all but idle/iowait), split into user,\n  system and irq+softirq; proc: of it, the target's own process (lb-ctl's controller, HAProxy). busy: CPUs busy\n  while measuring (of 2); bg: busy in the 0.5 s before, nothing of ours running (other work on the machine).\n  conn/req: connections the backends accepted per request. top be: the busiest backend's req/s, be CPU: its\n  nginx's CPU (share of one core). xdp pkt: packets the XDP program forwarded itself per request."
+        "\n  spread: (max - min) / median of req/s over the rounds used. errors: summed. CPU us: machine CPU per request\n  (all CPUs, all but idle/iowait) and its split into user, system and irq+softirq; ksoftirqd: the part run by\n  the softirq threads (deferred softirq work, inside system/irq); proc: the target's own process (lb-ctl's\n  controller, HAProxy). conn/req: connections the backends accepted per request. top be: the busiest backend's\n  req/s, be CPU: its nginx's CPU (share of one core). xdp pkt: packets the XDP program forwarded per request.\n  clean: rounds without other work on the machine next to the measurement (0.5 s before and after, < 0.3 CPUs\n  busy); the medians are over those (over all rounds if none was clean)."
     );
     print_lb_counters(results);
     println!("\nTargets");
@@ -134,17 +131,109 @@ pub fn print(results: &Results, run: &RunInfo) {
             opt(t.value, 2),
             t.op,
             t.threshold,
-            if t.met { "met" } else { "NOT met" }
+            if t.value.is_nan() {
+                "not measured"
+            } else if t.met {
+                "met"
+            } else {
+                "NOT met"
+            }
         );
     }
+    println!("\nContext");
+    for (_, what, value) in context(results) {
+        println!("  {what:<62} {:>8}", opt(value, 2));
+    }
     print_bottleneck(results);
+}
+
+/// Figures that explain the targets: the middlebox's own CPU per
+/// connection (over going direct) and the UDP rate against three backends
+/// without any load balancer.
+fn context(r: &Results) -> Vec<(&'static str, &'static str, f64)> {
+    let rps = |t, w| r.median(t, w, |s| Some(s.rps));
+    let cpu = |t| r.median(t, Workload::Close, |s| Some(s.cpu_us_per_req));
+    let direct = cpu(Target::Direct);
+    let udp = Workload::Udp;
+    vec![
+        (
+            "added_cpu_per_conn_lb_us",
+            "CPU per connection over direct (us), LB",
+            cpu(Target::Lb) - direct,
+        ),
+        (
+            "added_cpu_per_conn_haproxy_us",
+            "CPU per connection over direct (us), HAProxy",
+            cpu(Target::Haproxy) - direct,
+        ),
+        (
+            "added_cpu_per_conn_nftables_us",
+            "CPU per connection over direct (us), nftables",
+            cpu(Target::Nftables) - direct,
+        ),
+        (
+            "udp_lb_over_direct",
+            "UDP req/s, LB / direct (one backend)",
+            rps(Target::Lb, udp) / rps(Target::Direct, udp),
+        ),
+        (
+            "udp_lb_over_direct3",
+            "UDP req/s, LB / direct3 (three backends, no LB)",
+            rps(Target::Lb, udp) / rps(Target::Direct3, udp),
+        ),
+        (
+            "udp_lb_over_nftables",
+            "UDP req/s, LB / nftables",
+            rps(Target::Lb, udp) / rps(Target::Nftables, udp),
+        ),
+    ]
+}
+
+const WIDTHS: [usize; 15] = [9, 7, 6, 7, 7, 6, 7, 12, 9, 6, 8, 7, 6, 7, 5];
+
+fn print_row(cells: &[String; 15]) {
+    let mut line = String::from(" ");
+    for (i, (cell, width)) in cells.iter().zip(WIDTHS).enumerate() {
+        if i == 0 {
+            let _ = write!(line, " {cell:<width$}");
+        } else {
+            let _ = write!(line, " {cell:>width$}");
+        }
+    }
+    println!("{line}");
+}
+
+fn row(r: &Results, target: Target, workload: Workload) -> [String; 15] {
+    let m = |f: fn(&Sample) -> Option<f64>| r.median(target, workload, f);
+    let split: Vec<String> =
+        (0..3).map(|i| opt(r.median(target, workload, |s| Some(s.cpu_split_us[i])), 0)).collect();
+    let backend_cpu = m(|s| s.busiest_backend_cpu.map(|c| c * 100.0));
+    let all = r.all(target, workload);
+    let clean = all.iter().filter(|s| !s.contended()).count();
+    [
+        target.name().to_owned(),
+        opt(m(|s| Some(s.rps)), 0),
+        format!("{}%", opt(r.spread(target, workload), 0)),
+        opt(m(|s| Some(s.load.p50_us)), 0),
+        opt(m(|s| Some(s.load.p99_us)), 0),
+        all.iter().map(|s| s.load.errors).sum::<u64>().to_string(),
+        opt(m(|s| Some(s.cpu_us_per_req)), 1),
+        split.join("/"),
+        opt(m(|s| Some(s.ksoftirqd_us_per_req)), 1),
+        opt(m(|s| s.process_us_per_req), 1),
+        opt(m(|s| s.backend_conns_per_req), 3),
+        opt(m(|s| Some(s.busiest_backend_rps)), 0),
+        if backend_cpu.is_nan() { "-".into() } else { format!("{backend_cpu:.0}%") },
+        opt(m(|s| s.xdp_fwd_per_req), 1),
+        format!("{clean}/{}", all.len()),
+    ]
 }
 
 /// What the data plane counted besides forwarding, summed over rounds.
 fn print_lb_counters(results: &Results) {
     for workload in Workload::ALL {
         let mut totals: Vec<(&str, u64)> = Vec::new();
-        for s in results.of(Target::Lb, workload) {
+        for s in results.all(Target::Lb, workload) {
             for (name, n) in &s.xdp_other {
                 match totals.iter_mut().find(|(t, _)| t == name) {
                     Some((_, total)) => *total += n,
@@ -226,33 +315,34 @@ fn print_bottleneck(r: &Results) {
         "\nBackends as a bottleneck (medians: direct = web1 alone; else the busiest of three)"
     );
     for workload in Workload::ALL {
+        if r.all(Target::Direct, workload).is_empty() {
+            continue;
+        }
         let ceiling = r.median(Target::Direct, workload, |s| Some(s.busiest_backend_rps));
-        let ceiling_cpu = r.median(Target::Direct, workload, |s| s.busiest_backend_cpu);
         let mut line = format!(
-            "  {:<15} direct: {} req/s ({}% CPU);",
+            "  {:<15} direct: {} req/s{};",
             workload.name(),
             opt(ceiling, 0),
-            opt(ceiling_cpu * 100.0, 0)
+            percent(r.median(Target::Direct, workload, |s| s.busiest_backend_cpu))
         );
         let mut below = true;
         for target in [Target::Lb, Target::Haproxy, Target::Nftables] {
-            if target.workloads().contains(&workload) {
+            if !r.all(target, workload).is_empty() {
                 let top = r.median(target, workload, |s| Some(s.busiest_backend_rps));
-                let top_cpu = r.median(target, workload, |s| s.busiest_backend_cpu);
                 below &= top < ceiling;
-                let _ = write!(
-                    line,
-                    " {} {} ({}%)",
-                    target.name(),
-                    opt(top, 0),
-                    opt(top_cpu * 100.0, 0)
-                );
+                let cpu = percent(r.median(target, workload, |s| s.busiest_backend_cpu));
+                let _ = write!(line, " {} {}{cpu}", target.name(), opt(top, 0));
             }
         }
         let verdict =
             if below { "below the ceiling: not the bottleneck" } else { "NOT below the ceiling" };
         println!("{line} -> {verdict}");
     }
+}
+
+/// ` (42% CPU)`, or nothing when unknown (the UDP echo).
+fn percent(share: f64) -> String {
+    if share.is_nan() { String::new() } else { format!(" ({:.0}% CPU)", share * 100.0) }
 }
 
 pub fn json(results: &Results, run: &RunInfo) -> String {
@@ -276,7 +366,7 @@ pub fn json(results: &Results, run: &RunInfo) -> String {
         let mut workloads = Vec::new();
         for &workload in target.workloads() {
             let rounds: Vec<String> =
-                results.of(target, workload).iter().map(|s| sample_json(s)).collect();
+                results.all(target, workload).iter().map(|s| sample_json(s)).collect();
             let m = |f: fn(&Sample) -> Option<f64>| num(results.median(target, workload, f));
             workloads.push(format!(
                 "      \"{}\": {{\"median\": {{\"rps\": {}, \"p50_us\": {}, \"p99_us\": {}, \"cpu_us_per_req\": {}, \"busy_cpus\": {}, \"background_cpus\": {}}},\n        \"rounds\": [\n          {}\n        ]}}",
@@ -312,7 +402,11 @@ pub fn json(results: &Results, run: &RunInfo) -> String {
         })
         .collect();
     out.push_str(&checks.join(",\n"));
-    out.push_str("\n  ]\n}\n");
+    out.push_str("\n  ],\n  \"context\": {");
+    let context: Vec<String> =
+        context(results).iter().map(|(key, _, v)| format!("\"{key}\": {}", num(*v))).collect();
+    out.push_str(&context.join(", "));
+    out.push_str("}\n}\n");
     out
 }
 
@@ -327,7 +421,7 @@ fn opt_num(v: Option<f64>) -> String {
 fn sample_json(s: &Sample) -> String {
     let other: Vec<String> = s.xdp_other.iter().map(|(n, v)| format!("\"{n}\": {v}")).collect();
     format!(
-        "{{\"requests\": {}, \"secs\": {}, \"rps\": {}, \"p50_us\": {}, \"p99_us\": {}, \"errors\": {}, \"cpu_us_per_req\": {}, \"cpu_user_sys_irq_us_per_req\": [{}, {}, {}], \"process_us_per_req\": {}, \"busy_cpus\": {}, \"background_cpus\": {}, \"client_conns_per_req\": {}, \"backend_conns_per_req\": {}, \"busiest_backend_rps\": {}, \"busiest_backend_cpu\": {}, \"xdp_fwd_per_req\": {}, \"xdp_other\": {{{}}}}}",
+        "{{\"requests\": {}, \"secs\": {}, \"rps\": {}, \"p50_us\": {}, \"p99_us\": {}, \"errors\": {}, \"cpu_us_per_req\": {}, \"cpu_user_sys_irq_us_per_req\": [{}, {}, {}], \"process_us_per_req\": {}, \"ksoftirqd_us_per_req\": {}, \"busy_cpus\": {}, \"background_cpus\": {}, \"background_after_cpus\": {}, \"contended\": {}, \"client_conns_per_req\": {}, \"backend_conns_per_req\": {}, \"busiest_backend_rps\": {}, \"busiest_backend_cpu\": {}, \"xdp_fwd_per_req\": {}, \"xdp_other\": {{{}}}}}",
         s.load.requests,
         num(s.load.secs),
         num(s.rps),
@@ -339,8 +433,11 @@ fn sample_json(s: &Sample) -> String {
         num(s.cpu_split_us[1]),
         num(s.cpu_split_us[2]),
         opt_num(s.process_us_per_req),
+        num(s.ksoftirqd_us_per_req),
         num(s.busy_cpus),
         num(s.background_cpus),
+        num(s.background_after_cpus),
+        s.contended(),
         opt_num(s.client_conns_per_req),
         opt_num(s.backend_conns_per_req),
         num(s.busiest_backend_rps),

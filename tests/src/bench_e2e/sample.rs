@@ -32,6 +32,11 @@ pub struct Sample {
     /// CPUs busy on average in the half second before, with nothing of the
     /// benchmark running: the machine's other load (see `wait_quiet`).
     pub background_cpus: f64,
+    /// The same in the half second after.
+    pub background_after_cpus: f64,
+    /// The kernel's softirq threads (ksoftirqd/N): softirq work deferred
+    /// from interrupt exit, CPU per request.
+    pub ksoftirqd_us_per_req: f64,
     /// TCP connections the client opened per request (HTTP).
     pub client_conns_per_req: Option<f64>,
     /// Connections the backends accepted per request (HTTP).
@@ -45,19 +50,28 @@ pub struct Sample {
     pub xdp_other: Vec<(&'static str, u64)>,
 }
 
+/// Other work using more than this many CPUs next to a measurement makes
+/// it contended.
+const CONTENDED_ABOVE: f64 = 0.3;
+
 impl Sample {
+    pub fn contended(&self) -> bool {
+        self.background_cpus > CONTENDED_ABOVE || self.background_after_cpus > CONTENDED_ABOVE
+    }
+
     pub fn brief(&self) -> String {
         let conns =
             self.backend_conns_per_req.map_or(String::new(), |c| format!(" conn/req {c:.3}"));
         format!(
-            "{:>8.0} req/s p50 {:.0} us p99 {:.0} us errors {} CPU {:.1} us/req busy {:.2} CPUs (background {:.2}){conns}",
+            "{:>8.0} req/s p50 {:.0} us p99 {:.0} us errors {} CPU {:.1} us/req busy {:.2} CPUs (other work {:.2} before, {:.2} after){conns}",
             self.rps,
             self.load.p50_us,
             self.load.p99_us,
             self.load.errors,
             self.cpu_us_per_req,
             self.busy_cpus,
-            self.background_cpus
+            self.background_cpus,
+            self.background_after_cpus
         )
     }
 }
@@ -71,18 +85,22 @@ pub fn measure(
 ) -> Sample {
     let background = wait_quiet();
     let process_before = running.pid().map(process_ticks);
+    let softirqd_before: u64 = env.ksoftirqd.iter().map(|&p| process_ticks(p)).sum();
     let before = Counters::take(env, target);
     let (cpu, wall) = (CpuTimes::now(), Instant::now());
-    let (client, addr) = (env.topo.client(), target.address());
+    let (client, addrs) = (env.topo.client(), target.addresses());
     let load = match workload {
-        Workload::KeepAlive => load::wrk(&client, addr, settings.connections, settings.secs, false),
-        Workload::Close => load::wrk(&client, addr, settings.connections, settings.secs, true),
-        Workload::Udp => load::udp(&client, addr, settings.udp_inflight, settings.secs),
+        Workload::KeepAlive => {
+            load::wrk(&client, addrs[0], settings.connections, settings.secs, false)
+        }
+        Workload::Close => load::wrk(&client, addrs[0], settings.connections, settings.secs, true),
+        Workload::Udp => load::udp(&client, &addrs, settings.udp_inflight, settings.secs),
     };
     let cpu = CpuTimes::now().since(&cpu);
     let wall = wall.elapsed().as_secs_f64();
     let after = Counters::take(env, target);
     let process = running.pid().map(process_ticks).zip(process_before).map(|(a, b)| a - b);
+    let softirqd = env.ksoftirqd.iter().map(|&p| process_ticks(p)).sum::<u64>() - softirqd_before;
     let requests = load.requests.max(1) as f64;
     let us_per_req = |ticks: u64| ticks as f64 / clock_ticks() * 1e6 / requests;
     let busy = cpu.busy() as f64 / clock_ticks();
@@ -94,6 +112,8 @@ pub fn measure(
         process_us_per_req: process.map(us_per_req),
         busy_cpus: busy / wall,
         background_cpus: background,
+        background_after_cpus: idle_machine_busy(),
+        ksoftirqd_us_per_req: us_per_req(softirqd),
         ..Sample::default()
     };
     let n = target.backends();
@@ -135,18 +155,35 @@ pub fn measure(
 /// request: waits, for a bounded time, for a half second in which the
 /// machine is nearly idle. Returns the CPUs busy in the last half second.
 fn wait_quiet() -> f64 {
-    const WINDOW: Duration = Duration::from_millis(500);
-    const QUIET_BELOW: f64 = 0.2;
     const PATIENCE: Duration = Duration::from_secs(10);
     let start = Instant::now();
     loop {
-        let before = CpuTimes::now();
-        std::thread::sleep(WINDOW);
-        let busy = CpuTimes::now().busy_secs_since(&before) / WINDOW.as_secs_f64();
-        if busy < QUIET_BELOW || start.elapsed() > PATIENCE {
+        let busy = idle_machine_busy();
+        if busy < CONTENDED_ABOVE || start.elapsed() > PATIENCE {
             return busy;
         }
     }
+}
+
+/// CPUs busy over half a second in which the benchmark sends nothing.
+fn idle_machine_busy() -> f64 {
+    const WINDOW: Duration = Duration::from_millis(500);
+    let before = CpuTimes::now();
+    std::thread::sleep(WINDOW);
+    CpuTimes::now().busy_secs_since(&before) / WINDOW.as_secs_f64()
+}
+
+/// The kernel threads that run softirqs deferred from interrupt exit.
+pub fn ksoftirqd_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .expect("listing /proc")
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.starts_with("ksoftirqd/"))
+        })
+        .collect()
 }
 
 /// The counters read before and after a measurement.
