@@ -3,7 +3,7 @@
 //! plus the tc neighbour slow path), and writes map ops. The data plane
 //! outlives the controller; a later one adopts it (see `pins`).
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet},
     path::PathBuf,
     time::Duration,
 };
@@ -349,6 +349,15 @@ impl KernelMaps {
             .ok_or_else(|| DataplaneError::kernel("lb_conntrack", "missing from the object"))?;
         HashMap::try_from(map).map_err(err("opening lb_conntrack"))
     }
+
+    /// Every entry of the connection table, read in batches.
+    fn conntrack_entries(&self) -> Result<Vec<(Flow, Conn)>, DataplaneError> {
+        let Some(aya::maps::Map::LruHashMap(data)) = self.ebpf.map("lb_conntrack") else {
+            return Err(DataplaneError::kernel("lb_conntrack", "missing from the object"));
+        };
+        super::batch::read_all(std::os::fd::AsFd::as_fd(data.fd()))
+            .map_err(|e| DataplaneError::kernel("reading lb_conntrack", e))
+    }
 }
 
 impl Maps for KernelMaps {
@@ -418,15 +427,13 @@ impl Maps for KernelMaps {
         let now = self.epoch_value as u32;
         let ticks = self.timeout_ticks;
         let tick = Duration::from_millis(NEXTHOP_REFRESH_MS);
-        let table = self.conntrack()?;
-        let mut seen = HashSet::new();
         let mut entries = Vec::new();
         let mut live = 0;
-        for (flow, conn) in table.iter().filter_map(Result::ok) {
+        for (flow, conn) in self.conntrack_entries()? {
             let timeout = ticks.get(usize::from(conn.state)).copied().unwrap_or(0);
             let wanted =
                 to.is_none_or(|t| (t.addr, t.port, t.proto) == (flow.dst, flow.dport, flow.proto));
-            if !wanted || !seen.insert(flow) || expired(now, conn.last_seen, timeout) {
+            if !wanted || expired(now, conn.last_seen, timeout) {
                 continue;
             }
             live += 1;
@@ -450,16 +457,9 @@ impl Maps for KernelMaps {
     ) -> Result<BTreeMap<u32, BackendConns>, DataplaneError> {
         let now = self.epoch_value as u32;
         let mut counts: BTreeMap<u32, BackendConns> = BTreeMap::new();
-        let mut seen = HashSet::new();
         let mut expired_flows = Vec::new();
         let timeout_ticks = self.timeout_ticks;
-        let mut table = self.conntrack()?;
-        // get_next_key restarts from the first bucket when the current key is
-        // evicted under it: count each flow once.
-        for (flow, conn) in table.iter().filter_map(Result::ok) {
-            if !seen.insert(flow) {
-                continue;
-            }
+        for (flow, conn) in self.conntrack_entries()? {
             let timeout = timeout_ticks.get(usize::from(conn.state)).copied().unwrap_or(0);
             if expired(now, conn.last_seen, timeout) {
                 expired_flows.push((flow, conn));
@@ -476,6 +476,7 @@ impl Maps for KernelMaps {
                 entry.inactive += 1;
             }
         }
+        let mut table = self.conntrack()?;
         for (flow, conn) in &expired_flows {
             // Only if untouched since: the data plane may have placed the flow anew.
             if table.get(flow, 0).is_ok_and(|now_conn| now_conn == *conn) {

@@ -1,6 +1,7 @@
 //! The kernel maps behind a trait, so the reconciler can be tested against an
 //! in-memory copy (`fake`) and run against the real thing (`kernel`).
 pub mod attach;
+mod batch;
 pub mod fake;
 pub mod kernel;
 pub mod pins;
