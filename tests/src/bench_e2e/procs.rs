@@ -146,8 +146,11 @@ impl Running {
 }
 
 fn lb_config() -> String {
+    // `LB_BENCH_E2E_XDP_MODE=skb` compares generic XDP (the default is
+    // driver mode, which veth supports).
+    let mode = std::env::var("LB_BENCH_E2E_XDP_MODE").unwrap_or_else(|_| "auto".into());
     let mut text = format!(
-        "[dataplane]\ninterfaces = [\"lb-c\", \"lb-b\"]\nconntrack_max = 262144\npin_path = \"{PIN_PATH}\"\n"
+        "[dataplane]\ninterfaces = [\"lb-c\", \"lb-b\"]\nxdp_mode = \"{mode}\"\nconntrack_max = 262144\npin_path = \"{PIN_PATH}\"\n"
     );
     for (name, port, protocol) in [("web", HTTP_PORT, "tcp"), ("udp", UDP_PORT, "udp")] {
         let _ = write!(
