@@ -551,6 +551,9 @@ pub(crate) mod tests {
                 "real slot",
                 "real slot",
                 "maglev",
+                // The VIP's and both backends' pre-filter slots.
+                "addrs",
+                "addrs",
                 "addrs",
                 "vip",
                 "service"
@@ -612,6 +615,9 @@ pub(crate) mod tests {
                     Op::PutRealSlot(_, 0),
                     Op::ClearBackend(0),
                     Op::ClearBackend(1),
+                    // The VIP's and both backends' pre-filter slots.
+                    Op::PutAddrFlags(_, 0),
+                    Op::PutAddrFlags(_, 0),
                     Op::PutAddrFlags(_, 0),
                 ]
             ),
