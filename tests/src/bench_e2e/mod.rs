@@ -85,7 +85,11 @@ impl Target {
 
     /// The backends (indexes into BACKENDS) this target spreads over.
     fn backends(self) -> usize {
-        if self == Self::Direct { 1 } else { BACKENDS.len() }
+        match self {
+            Self::Direct => 1,
+            Self::Lb => procs::lb_backends(),
+            _ => BACKENDS.len(),
+        }
     }
 }
 

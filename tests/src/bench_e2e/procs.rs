@@ -157,12 +157,23 @@ fn lb_config() -> String {
             text,
             "\n[[service]]\nname = \"{name}\"\nvip = \"{VIP}\"\nport = {port}\nprotocol = \"{protocol}\"\nscheduler = \"maglev\"\n"
         );
-        for (_, address) in BACKENDS {
+        for (_, address) in BACKENDS.iter().take(lb_backends()) {
             let _ =
                 write!(text, "  [[service.backend]]\n  address = \"{address}\"\n  port = {port}\n");
         }
     }
     text
+}
+
+/// How many of the backends the load balancer spreads over:
+/// `LB_BENCH_E2E_LB_BACKENDS=1` puts it in front of web1 alone, the same
+/// box as `direct`, which tells the data plane's cost from the cost of
+/// three servers sharing two CPUs.
+pub(super) fn lb_backends() -> usize {
+    std::env::var("LB_BENCH_E2E_LB_BACKENDS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .map_or(BACKENDS.len(), |n| n.clamp(1, BACKENDS.len()))
 }
 
 fn haproxy_config() -> String {
