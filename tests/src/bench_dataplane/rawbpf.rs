@@ -5,6 +5,7 @@
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 
 use super::{LIVE_PORT_BASE, LIVE_PORTS};
+use crate::testrun::{TestRunAttr, XdpMd};
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
@@ -242,40 +243,6 @@ pub fn attach_driver(prog: &OwnedFd, ifindex: u32) -> OwnedFd {
     );
     // SAFETY: the kernel just returned this fd to us.
     unsafe { OwnedFd::from_raw_fd(fd as i32) }
-}
-
-/// The `test` member of `union bpf_attr`.
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
-
-/// `struct xdp_md`.
-#[repr(C)]
-#[derive(Default)]
-struct XdpMd {
-    data: u32,
-    data_end: u32,
-    data_meta: u32,
-    ingress_ifindex: u32,
-    rx_queue_index: u32,
-    egress_ifindex: u32,
 }
 
 /// Runs `prog` `repeat` times over `frame` in live-frames mode, as if
