@@ -11,6 +11,26 @@ use anyhow::Result;
 
 use crate::util::{bin, build, cargo, require_root, root, run_status, step, target_dir};
 
+/// Builds the release `lb-ctl` and these benchmark binaries of lb-tests.
+fn build_release(bins: &[&str]) -> Result<()> {
+    let mut args = vec!["build", "--release", "-p", "lb-ctl", "-p", "lb-tests", "--bin", "lb-ctl"];
+    for name in bins {
+        args.extend(["--bin", name]);
+    }
+    cargo(&args)
+}
+
+/// Runs the release benchmark `name` with its JSON report at
+/// `target/bench/JSON`, named by `out_var`, and the release `lb-ctl`.
+fn run_release(name: &str, out_var: &str, json: &str) -> Result<()> {
+    run_status(
+        Command::new(target_dir().join("release").join(name))
+            .env(out_var, root().join("target/bench").join(json))
+            .env("LB_CTL", target_dir().join("release/lb-ctl"))
+            .current_dir(root()),
+    )
+}
+
 /// `cargo xtask bench control`: Maglev build time and disruption.
 pub fn control() -> Result<()> {
     step("control plane: Maglev table build time and slots moved (release build)");
@@ -29,25 +49,8 @@ pub fn control() -> Result<()> {
 pub fn e2e() -> Result<()> {
     require_root("the end-to-end benchmark")?;
     step("end to end: direct vs lb vs HAProxy vs nftables (release build, a few minutes)");
-    cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "lb-ctl",
-        "-p",
-        "lb-tests",
-        "--bin",
-        "lb-ctl",
-        "--bin",
-        "lb-bench-e2e",
-    ])?;
-    let out = root().join("target/bench/e2e.json");
-    run_status(
-        Command::new(target_dir().join("release/lb-bench-e2e"))
-            .env("LB_BENCH_E2E_OUT", &out)
-            .env("LB_CTL", target_dir().join("release/lb-ctl"))
-            .current_dir(root()),
-    )
+    build_release(&["lb-bench-e2e"])?;
+    run_release("lb-bench-e2e", "LB_BENCH_E2E_OUT", "e2e.json")
 }
 
 /// `cargo xtask bench dataplane`: the data plane's cost per packet (also
@@ -66,37 +69,10 @@ pub fn run() -> Result<()> {
     dataplane()?;
 
     step("health checks: detection time and probing capacity (release build)");
-    cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "lb-ctl",
-        "-p",
-        "lb-tests",
-        "--bin",
-        "lb-ctl",
-        "--bin",
-        "lb-bench-health",
-        "--bin",
-        "lb-bench-api",
-        "--bin",
-        "lb-lab",
-    ])?;
-    let out = root().join("target/bench/health.json");
-    run_status(
-        Command::new(target_dir().join("release/lb-bench-health"))
-            .env("LB_BENCH_HEALTH_OUT", &out)
-            .env("LB_CTL", bin("lb-ctl"))
-            .current_dir(root()),
-    )?;
+    build_release(&["lb-bench-health", "lb-bench-api", "lb-lab"])?;
+    run_release("lb-bench-health", "LB_BENCH_HEALTH_OUT", "health.json")?;
 
     step("admin API: backend add latency, first packet, memory with 100 x 100 (release build)");
-    let out = root().join("target/bench/api.json");
-    run_status(
-        Command::new(target_dir().join("release/lb-bench-api"))
-            .env("LB_BENCH_API_OUT", &out)
-            .env("LB_CTL", target_dir().join("release/lb-ctl"))
-            .current_dir(root()),
-    )?;
+    run_release("lb-bench-api", "LB_BENCH_API_OUT", "api.json")?;
     e2e()
 }
