@@ -248,6 +248,7 @@ pub fn image_cached(
     let mut backends = Vec::with_capacity(backend_count);
     let mut reals = Vec::with_capacity(backend_count);
     let mut slots = Vec::with_capacity(backend_count);
+    let mut addrs: Vec<(u32, u8)> = Vec::with_capacity(backend_count + services.len());
     for s in services {
         let key = service_endpoint(s);
         let service_id = ids.services[&key];
@@ -283,7 +284,7 @@ pub fn image_cached(
             // A direct-routing backend answers the client itself: nothing
             // comes back to rewrite.
             if !dsr {
-                *image.addrs.entry(addr_slot(bkey.addr)).or_insert(0) |= ADDR_REAL;
+                addrs.push((addr_slot(bkey.addr), ADDR_REAL));
                 slots.push((real_slot(bkey.addr, bkey.port, bkey.proto), id + 1));
                 reals.push((
                     bkey,
@@ -308,7 +309,7 @@ pub fn image_cached(
         image.maglev.insert(service_id, table);
         image.services.insert(key, abi::Service { id: service_id, ring_size, flags, _pad: 0 });
         *image.vips.entry(key.addr).or_insert(0) += 1;
-        *image.addrs.entry(addr_slot(key.addr)).or_insert(0) |= ADDR_VIP;
+        addrs.push((addr_slot(key.addr), ADDR_VIP));
     }
     image.backends = backends.into_iter().collect();
     image.reals = reals.into_iter().collect();
@@ -322,6 +323,16 @@ pub fn image_cached(
         }
     }
     image.real_slots = real_slots.into_iter().collect();
+    // The pre-filter's flags of each slot: VIPs and backends that share a slot combine.
+    addrs.sort_unstable();
+    let mut merged: Vec<(u32, u8)> = Vec::with_capacity(addrs.len());
+    for (slot, flags) in addrs {
+        match merged.last_mut() {
+            Some(last) if last.0 == slot => last.1 |= flags,
+            _ => merged.push((slot, flags)),
+        }
+    }
+    image.addrs = merged.into_iter().collect();
     *tables = built;
     image
 }
