@@ -248,7 +248,6 @@ pub fn image_cached(
     let mut backends = Vec::with_capacity(backend_count);
     let mut reals = Vec::with_capacity(backend_count);
     let mut slots = Vec::with_capacity(backend_count);
-    let mut addrs: Vec<(u32, u8)> = Vec::with_capacity(backend_count + services.len());
     for s in services {
         let key = service_endpoint(s);
         let service_id = ids.services[&key];
@@ -284,7 +283,7 @@ pub fn image_cached(
             // A direct-routing backend answers the client itself: nothing
             // comes back to rewrite.
             if !dsr {
-                addrs.push((addr_slot(bkey.addr), ADDR_REAL));
+                *image.addrs.entry(addr_slot(bkey.addr)).or_insert(0) |= ADDR_REAL;
                 slots.push((real_slot(bkey.addr, bkey.port, bkey.proto), id + 1));
                 reals.push((
                     bkey,
@@ -309,7 +308,7 @@ pub fn image_cached(
         image.maglev.insert(service_id, table);
         image.services.insert(key, abi::Service { id: service_id, ring_size, flags, _pad: 0 });
         *image.vips.entry(key.addr).or_insert(0) += 1;
-        addrs.push((addr_slot(key.addr), ADDR_VIP));
+        *image.addrs.entry(addr_slot(key.addr)).or_insert(0) |= ADDR_VIP;
     }
     image.backends = backends.into_iter().collect();
     image.reals = reals.into_iter().collect();
@@ -323,16 +322,6 @@ pub fn image_cached(
         }
     }
     image.real_slots = real_slots.into_iter().collect();
-    // The pre-filter's flags of each slot: VIPs and backends that share a slot combine.
-    addrs.sort_unstable();
-    let mut merged: Vec<(u32, u8)> = Vec::with_capacity(addrs.len());
-    for (slot, flags) in addrs {
-        match merged.last_mut() {
-            Some(last) if last.0 == slot => last.1 |= flags,
-            _ => merged.push((slot, flags)),
-        }
-    }
-    image.addrs = merged.into_iter().collect();
     *tables = built;
     image
 }

@@ -47,9 +47,10 @@ pub static LB_REALS: HashMap<Endpoint, Real, { 2 * MAX_BACKENDS as usize }> = Ha
 pub static LB_FLOW_CACHE: PerCpuArray<FlowCacheEntry, { FLOW_CACHE_SLOTS as usize }> =
     PerCpuArray::new();
 
-/// Address pre-filter: `addr_slot(addr)` -> ADDR_VIP. An array
-/// lookup (inlined by the verifier) that lets most packets that are not ours
-/// pass without a single hash lookup; a hit is confirmed by the exact maps.
+/// Address pre-filter: `addr_slot(addr)` -> `ADDR_VIP` | `ADDR_REAL`. An
+/// array lookup (inlined by the verifier) for each of the destination and
+/// the source lets most packets that are not ours pass without a single
+/// hash lookup; a hit is confirmed by the exact maps.
 #[btf_map(name = "lb_addrs")]
 pub static LB_ADDRS: Array<u8, { ADDR_FILTER_SIZE as usize }> = Array::new();
 

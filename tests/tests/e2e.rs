@@ -287,7 +287,7 @@ fn a_refused_reload_changes_nothing_and_a_good_one_breaks_nothing() {
     // Services, backends, forwarding and weights (not the live counts).
     let settings = |lab: &Lab| -> Vec<String> {
         let list = lab.ctl_ok(&["list"]);
-        list.lines().map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).collect()
+        list.lines().map(|l| l.split_whitespace().take(4).collect::<Vec<_>>().join(" ")).collect()
     };
     let listed = settings(&lab);
     let good = lab.config_text([Some(1); 3]);
@@ -299,6 +299,11 @@ fn a_refused_reload_changes_nothing_and_a_good_one_breaks_nothing() {
     assert!(refusal.contains("service[0].port"), "{refusal}");
     assert_eq!(settings(&lab), listed, "a refused reload changes nothing");
     lab.reload([Some(1), Some(1), Some(0)]);
+    let drained = settings(&lab);
+    assert!(
+        drained.iter().any(|l| l.starts_with("-> 10.77.2.13:80 Masq 0")),
+        "the good reload drained web3: {drained:?}"
+    );
     std::thread::sleep(Duration::from_millis(500));
     let (requests, echoes) = traffic.finish();
     eprintln!("new connections: {requests:?}");
