@@ -54,6 +54,8 @@ pub struct Controller {
     health: health::Monitor,
     reconciler: reconciler::Handle,
     samples: Samples,
+    /// What the last sample found wrong with the data plane (`/readyz`).
+    dataplane_problems: Vec<String>,
     started: Instant,
     published: watch::Sender<Arc<Stats>>,
     /// A health change the reconciler could not apply yet.
@@ -102,6 +104,7 @@ impl Controller {
             health,
             reconciler,
             samples: Samples::default(),
+            dataplane_problems: Vec::new(),
             started: Instant::now(),
             published,
             health_pending: false,
@@ -202,12 +205,22 @@ impl Controller {
         }
     }
 
-    /// Reads the counters (and recounts connections), then publishes.
+    /// Checks the programs' attachment, reads the counters (and recounts
+    /// connections), then publishes. Either failing makes `/readyz` say so.
     pub async fn sample(&mut self) {
+        let mut problems = self
+            .reconciler
+            .attachment_problems()
+            .await
+            .unwrap_or_else(|e| vec![format!("cannot check the data plane's attachment: {e}")]);
         match self.reconciler.sample().await {
             Ok(sample) => self.samples.push(sample),
-            Err(e) => warn!(error = %e, "cannot read the data plane's counters"),
+            Err(e) => {
+                warn!(error = %e, "cannot read the data plane's counters");
+                problems.push(format!("cannot read the data plane's counters: {e}"));
+            }
         }
+        self.dataplane_problems = problems;
         if self.restore_pending {
             self.restore().await;
         }
@@ -267,7 +280,7 @@ impl Controller {
                 backends,
                 state_file: Some(self.state_path.display().to_string()),
             },
-            dataplane_problems: last.map_or_else(Vec::new, |(_, s)| s.attachment.clone()),
+            dataplane_problems: self.dataplane_problems.clone(),
             published: Some(Instant::now()),
         });
         self.published.send_replace(Arc::clone(&stats));

@@ -42,8 +42,6 @@ pub struct Sample {
     pub backends: BTreeMap<BackendKey, (Traffic, BackendConns)>,
     /// Live entries of the connection table.
     pub tracked: u64,
-    /// What is wrong with the programs' attachment (empty: nothing).
-    pub attachment: Vec<String>,
 }
 
 /// A connection table entry with the backend it goes to.
@@ -186,8 +184,7 @@ impl<M: Maps> Reconciler<M> {
             })
             .collect();
         let tracked = conns.values().map(|c| u64::from(c.active) + u64::from(c.inactive)).sum();
-        let attachment = self.maps.attachment_problems();
-        Ok(Sample { outcomes: counts.outcomes, services, backends, tracked, attachment })
+        Ok(Sample { outcomes: counts.outcomes, services, backends, tracked })
     }
 
     /// Up to `limit` live connections (to the VIP `to`, if given), and how many there are.
@@ -225,6 +222,7 @@ impl<M: Maps> Reconciler<M> {
 
 enum Command {
     Sample { reply: Reply<Sample> },
+    Attachment { reply: Reply<Vec<String>> },
     Down { reply: Reply<BTreeSet<BackendKey>> },
     Connections { limit: usize, to: Option<Endpoint>, reply: Reply<(Vec<Connection>, usize)> },
     SetDown { down: BTreeSet<BackendKey>, reply: Reply<Applied> },
@@ -251,6 +249,11 @@ impl Handle {
     /// reads the traffic counters.
     pub async fn sample(&self) -> Result<Sample, ReconcileError> {
         self.call(|reply| Command::Sample { reply }).await
+    }
+
+    /// What is wrong with the programs' attachment (empty: nothing).
+    pub async fn attachment_problems(&self) -> Result<Vec<String>, ReconcileError> {
+        self.call(|reply| Command::Attachment { reply }).await
     }
 
     /// Up to `limit` live connections (to the VIP `to`, if given), and how many there are.
@@ -299,6 +302,9 @@ pub fn spawn<M: Maps + 'static>(
                 }
                 Command::Sample { reply } => {
                     let _ = reply.send(reconciler.sample());
+                }
+                Command::Attachment { reply } => {
+                    let _ = reply.send(Ok(reconciler.maps.attachment_problems()));
                 }
                 Command::Connections { limit, to, reply } => {
                     let _ = reply.send(reconciler.connections(limit, to));

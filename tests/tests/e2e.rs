@@ -311,6 +311,27 @@ fn a_refused_reload_changes_nothing_and_a_good_one_breaks_nothing() {
     traffic::assert_connections_whole(&echoes, 100);
 }
 
+/// `lb-ctl health` (keepalived's track_script) answers 0 while XDP runs on
+/// every interface, and 1 naming the interface once a link is gone.
+#[test]
+fn health_names_an_interface_that_lost_its_program() {
+    let lab = Lab::start("lbt30");
+    let out = lab.ctl(&["health"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    // The pin is the link's only holder: removing it detaches XDP from lb-c.
+    std::fs::remove_file(format!("{}/links/xdp_lb-c", lab.pin_dir)).expect("the XDP link pin");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let stderr = loop {
+        let out = lab.ctl(&["health"]);
+        if out.status.code() == Some(1) {
+            break String::from_utf8_lossy(&out.stderr).into_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "lb-ctl health still says ready");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(stderr.contains("no XDP link for lb-c"), "{stderr}");
+}
+
 /// One controller per pinned data plane; pins it cannot use (another
 /// layout, a path off bpffs) are refused with a clear message, and the
 /// running data plane is left as it was.

@@ -130,41 +130,48 @@ fn unlink_unconfigured(pins: &PinDir, kind: &str, interfaces: &[String]) {
     }
 }
 
-/// What is wrong with the XDP attachment of `interfaces`: one line per
-/// interface that no longer runs the program (its link gone or detached, the
-/// interface removed or recreated). Empty when every interface has it.
+/// The links a data plane has on each interface: the pin's name and the
+/// link's type (`bpf_link_type`).
+const LINK_KINDS: [(&str, &str, u32); 2] = [("xdp", "XDP", 6), ("tc", "tcx (tc ingress)", 11)];
+
+/// What is wrong with the attachment of `interfaces`: one line per program
+/// an interface no longer runs (its link gone or detached, the interface
+/// removed or recreated). Empty when every interface runs both programs.
 pub fn problems(pins: &PinDir, interfaces: &[String]) -> Vec<String> {
-    interfaces
-        .iter()
-        .filter_map(|name| {
-            let pin = pins.link("xdp", name);
-            let Some(index) = crate::netdev::ifindex(name) else {
-                return Some(format!("interface {name} does not exist"));
+    let mut problems = Vec::new();
+    for name in interfaces {
+        let Some(index) = crate::netdev::ifindex(name) else {
+            problems.push(format!("interface {name} does not exist"));
+            continue;
+        };
+        for (kind, what, link_type) in LINK_KINDS {
+            let pin = pins.link(kind, name);
+            let problem = match link_ifindex(&pin, link_type) {
+                Ok(attached) if attached == index => continue,
+                Ok(0) => format!(
+                    "the {what} link of {name} is detached (interface removed?); restart lb-ctl run to attach anew"
+                ),
+                Ok(_) => format!(
+                    "the {what} link of {name} is on an interface since removed (recreated with the same name?); restart lb-ctl run to attach anew"
+                ),
+                Err(e) => format!("no {what} link for {name} at {}: {e}", pin.display()),
             };
-            match xdp_link_ifindex(&pin) {
-                Ok(attached) if attached == index => None,
-                Ok(0) => Some(format!(
-                    "the XDP link of {name} is detached (interface removed?); restart lb-ctl run to attach anew"
-                )),
-                Ok(_) => Some(format!(
-                    "the XDP link of {name} is on an interface since removed (recreated with the same name?); restart lb-ctl run to attach anew"
-                )),
-                Err(e) => Some(format!("no XDP link for {name} at {}: {e}", pin.display())),
-            }
-        })
-        .collect()
+            problems.push(problem);
+        }
+    }
+    problems
 }
 
-/// The interface a pinned XDP link is attached to (0 once the interface is
-/// gone): `bpf_link_info.xdp.ifindex`, which aya's `LinkInfo` does not expose.
-fn xdp_link_ifindex(pin: &std::path::Path) -> std::io::Result<u32> {
+/// The interface a pinned link of type `link_type` is attached to (0 once
+/// the interface is gone): the ifindex that `bpf_link_info`'s `xdp` and
+/// `tcx` members both start with, which aya's `LinkInfo` does not expose.
+fn link_ifindex(pin: &std::path::Path, link_type: u32) -> std::io::Result<u32> {
     use std::os::{
         fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
         unix::ffi::OsStrExt as _,
     };
     const BPF_OBJ_GET: libc::c_long = 7;
     const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-    const BPF_LINK_TYPE_XDP: u32 = 6;
     #[repr(C)]
     struct ObjGet {
         pathname: u64,
@@ -189,7 +196,7 @@ fn xdp_link_ifindex(pin: &std::path::Path) -> std::io::Result<u32> {
     // SAFETY: the kernel just returned this descriptor to us.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     // bpf_link_info: type, id, prog_id, then a union aligned to 8 whose
-    // `xdp` member starts with the ifindex (u32 index 4).
+    // `xdp` and `tcx` members start with the ifindex (u32 index 4).
     let mut info = [0_u32; 16];
     let by_fd = InfoByFd {
         bpf_fd: fd.as_raw_fd().cast_unsigned(),
@@ -208,8 +215,8 @@ fn xdp_link_ifindex(pin: &std::path::Path) -> std::io::Result<u32> {
     if rc < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    if info[0] != BPF_LINK_TYPE_XDP {
-        return Err(std::io::Error::other(format!("not an XDP link (type {})", info[0])));
+    if info[0] != link_type {
+        return Err(std::io::Error::other(format!("a link of type {}, not {link_type}", info[0])));
     }
     Ok(info[4])
 }

@@ -350,12 +350,12 @@ impl KernelMaps {
         HashMap::try_from(map).map_err(err("opening lb_conntrack"))
     }
 
-    /// Every entry of the connection table, read in batches.
-    fn conntrack_entries(&self) -> Result<Vec<(Flow, Conn)>, DataplaneError> {
+    /// Calls `each` with every entry of the connection table, read in batches.
+    fn for_each_conn(&self, each: impl FnMut(Flow, Conn)) -> Result<(), DataplaneError> {
         let Some(aya::maps::Map::LruHashMap(data)) = self.ebpf.map("lb_conntrack") else {
             return Err(DataplaneError::kernel("lb_conntrack", "missing from the object"));
         };
-        super::batch::read_all(std::os::fd::AsFd::as_fd(data.fd()))
+        super::batch::for_each(data, each)
             .map_err(|e| DataplaneError::kernel("reading lb_conntrack", e))
     }
 }
@@ -429,12 +429,12 @@ impl Maps for KernelMaps {
         let tick = Duration::from_millis(NEXTHOP_REFRESH_MS);
         let mut entries = Vec::new();
         let mut live = 0;
-        for (flow, conn) in self.conntrack_entries()? {
+        self.for_each_conn(|flow, conn| {
             let timeout = ticks.get(usize::from(conn.state)).copied().unwrap_or(0);
             let wanted =
                 to.is_none_or(|t| (t.addr, t.port, t.proto) == (flow.dst, flow.dport, flow.proto));
             if !wanted || expired(now, conn.last_seen, timeout) {
-                continue;
+                return;
             }
             live += 1;
             if entries.len() < limit {
@@ -446,7 +446,7 @@ impl Maps for KernelMaps {
                     expires_in: tick * timeout.saturating_sub(idle),
                 });
             }
-        }
+        })?;
         Ok((entries, live))
     }
 
@@ -459,15 +459,15 @@ impl Maps for KernelMaps {
         let mut counts: BTreeMap<u32, BackendConns> = BTreeMap::new();
         let mut expired_flows = Vec::new();
         let timeout_ticks = self.timeout_ticks;
-        for (flow, conn) in self.conntrack_entries()? {
+        self.for_each_conn(|flow, conn| {
             let timeout = timeout_ticks.get(usize::from(conn.state)).copied().unwrap_or(0);
             if expired(now, conn.last_seen, timeout) {
                 expired_flows.push((flow, conn));
-                continue;
+                return;
             }
             // An entry made for an earlier holder of a reused id is not this backend's.
             if backends.get(&conn.backend_id).is_none_or(|b| b.service_id != conn.service_id) {
-                continue;
+                return;
             }
             let entry = counts.entry(conn.backend_id).or_default();
             if conn.state == CONN_ESTABLISHED {
@@ -475,7 +475,7 @@ impl Maps for KernelMaps {
             } else {
                 entry.inactive += 1;
             }
-        }
+        })?;
         let mut table = self.conntrack()?;
         for (flow, conn) in &expired_flows {
             // Only if untouched since: the data plane may have placed the flow anew.
