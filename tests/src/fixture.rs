@@ -166,6 +166,15 @@ forwarding = "dsr"
   address = "10.77.5.7"
   port = 81
 
+[[service]]            # direct routing to a gateway with no neighbour entry: dropped
+name = "dsr-routed-noneigh"
+vip = "10.77.1.105"
+port = 83
+forwarding = "dsr"
+  [[service.backend]]
+  address = "10.77.6.7"
+  port = 83
+
 [[service]]            # direct routing, no neighbour entry yet: slow path
 name = "dsr-noneigh"
 vip = "10.77.1.105"
@@ -239,7 +248,8 @@ scheduler = "sh"
 
 pub const VIP_REJECTING: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 103);
 /// Direct routing (`forwarding = "dsr"`): port 80 to `WEB2`, 81 to a backend
-/// behind a gateway (refused), 82 to an on-link backend without a neighbour.
+/// behind a gateway (refused), 82 to an on-link backend without a neighbour,
+/// 83 to a backend behind a gateway without a neighbour (refused).
 pub const VIP_DSR: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 105);
 /// An on-link backend with no neighbour entry (direct routing's slow path).
 pub const DSR_NO_NEIGH_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 51);
@@ -310,8 +320,10 @@ fn add_neighbours(n: &str) {
     // The backend that shares an index slot lives behind the backend side too.
     let (collider, _) = slot_sharing_backend();
     ns_sh(n, &["ip", "route", "add", "10.77.4.0/24", "dev", IF_BACKEND]);
-    // Direct routing's backend 10.77.5.7 is behind a gateway (web3).
+    // Direct routing's backend 10.77.5.7 is behind a gateway (web3), and
+    // 10.77.6.7 behind one whose neighbour entry is missing.
     ns_sh(n, &["ip", "route", "add", "10.77.5.0/24", "via", &WEB3.to_string()]);
+    ns_sh(n, &["ip", "route", "add", "10.77.6.0/24", "via", "10.77.2.52"]);
     ns_sh(
         n,
         &[

@@ -36,6 +36,12 @@ fn established_connections_survive_keepalived_failovers() {
     let traffic = Traffic::start(&ha.client(), 3);
     run_for(Duration::from_millis(500));
 
+    // 0. The MASTER's controller restarts (SIGKILL): its data plane goes on
+    //    forwarding and the track_script's two-failure margin keeps the VIP.
+    ha.nodes[0].kill_and_restart(Duration::from_millis(100));
+    run_for(Duration::from_secs(3));
+    assert!(ha.holds_vip(0), "a controller restart does not move the VIP");
+
     // 1. The MASTER's keepalived stops: lb2 takes the VIP at once.
     let before = ha.forwarded_by(1);
     ha.stop_keepalived(0);

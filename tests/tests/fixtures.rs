@@ -387,6 +387,14 @@ fn cases() -> Vec<Case> {
             Expect::Unchanged,
         ),
         case(
+            "direct routing to a backend behind a gateway not yet resolved is dropped",
+            IF_CLIENT,
+            from_client(&syn((VIP_DSR, 83))),
+            XDP_DROP,
+            Counter::DropDsrNotOnLink,
+            Expect::Unchanged,
+        ),
+        case(
             "direct routing without a neighbour entry: tc resolves the backend, not the VIP",
             IF_CLIENT,
             from_client(&syn((VIP_DSR, 82))),
