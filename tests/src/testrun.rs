@@ -1,6 +1,6 @@
 //! BPF_PROG_TEST_RUN on a loaded XDP program (aya 0.14 has no wrapper): runs
 //! the real program over one frame and returns its verdict and output bytes.
-use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
+use std::os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
 
 use aya::{Ebpf, programs::Xdp};
 
@@ -12,7 +12,7 @@ const BPF_PROG_TEST_RUN: libc::c_long = 10;
 /// `attr` must be a valid attribute struct for `cmd` whose pointers stay
 /// live for the call; for commands the kernel writes back to, `attr` must
 /// come from a mutable place (`&raw mut`).
-unsafe fn sys_bpf<T>(cmd: libc::c_long, attr: *const T) -> libc::c_long {
+pub(crate) unsafe fn sys_bpf<T>(cmd: libc::c_long, attr: *const T) -> libc::c_long {
     // SAFETY: upheld by the caller.
     unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size_of::<T>() as u32) }
 }
@@ -137,27 +137,45 @@ struct ProgLoadAttr {
     log_buf: u64,
     kern_version: u32,
     prog_flags: u32,
+    prog_name: [u8; 16],
+}
+
+/// Loads an XDP program from raw instructions (GPL); panics with the
+/// verifier's log if it is refused.
+pub fn load_xdp(name: &str, insns: &[u64]) -> OwnedFd {
+    let mut log = vec![0_u8; 64 * 1024];
+    let mut prog_name = [0_u8; 16];
+    let len = name.len().min(15);
+    prog_name[..len].copy_from_slice(&name.as_bytes()[..len]);
+    let license = c"GPL";
+    let attr = ProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_XDP,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 1,
+        log_size: log.len() as u32,
+        log_buf: log.as_mut_ptr() as u64,
+        prog_name,
+        ..ProgLoadAttr::default()
+    };
+    // SAFETY: attr points at live instruction, license and log buffers.
+    let fd = unsafe { sys_bpf(BPF_PROG_LOAD, &raw const attr) };
+    assert!(
+        fd >= 0,
+        "loading XDP program {name}: {}\n{}",
+        std::io::Error::last_os_error(),
+        String::from_utf8_lossy(&log).trim_end_matches('\0')
+    );
+    // SAFETY: the kernel just returned this fd to us.
+    unsafe { OwnedFd::from_raw_fd(fd as i32) }
 }
 
 /// Loads `r0 = XDP_PASS; exit`: the baseline a benchmark subtracts, so that
 /// what remains is the program's own cost, not BPF_PROG_TEST_RUN's.
-pub fn load_trivial_pass() -> std::os::fd::OwnedFd {
-    use std::os::fd::FromRawFd as _;
+pub fn load_trivial_pass() -> OwnedFd {
     // BPF_MOV64_IMM(BPF_REG_0, XDP_PASS): opcode 0xb7, dst r0, imm 2; BPF_EXIT_INSN: 0x95.
-    let insns: [u64; 2] = [0xb7 | (u64::from(XDP_PASS) << 32), 0x95];
-    let license = c"GPL";
-    let attr = ProgLoadAttr {
-        prog_type: BPF_PROG_TYPE_XDP,
-        insn_cnt: 2,
-        insns: insns.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        ..ProgLoadAttr::default()
-    };
-    // SAFETY: attr points at live instruction and license buffers.
-    let fd = unsafe { sys_bpf(BPF_PROG_LOAD, &raw const attr) };
-    assert!(fd >= 0, "loading the trivial XDP program: {}", std::io::Error::last_os_error());
-    // SAFETY: the kernel just returned this fd to us.
-    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }
+    load_xdp("lb_pass", &[0xb7 | (u64::from(XDP_PASS) << 32), 0x95])
 }
 
 const BPF_OBJ_PIN: libc::c_long = 6;
@@ -181,32 +199,40 @@ struct ObjPinAttr {
     file_flags: u32,
 }
 
+/// Attaches `prog` to `ifindex` (in the calling thread's namespace) with a
+/// BPF link (`flags`: the XDP mode, 0 for the kernel's choice), which lives
+/// as long as the returned fd or a pin of it.
+pub fn link_xdp(prog: &OwnedFd, ifindex: u32, flags: u32) -> OwnedFd {
+    let attr = LinkCreateAttr {
+        prog_fd: prog.as_raw_fd().cast_unsigned(),
+        target_ifindex: ifindex,
+        attach_type: BPF_XDP,
+        flags,
+    };
+    // SAFETY: attr is a valid, correctly sized prefix of union bpf_attr.
+    let fd = unsafe { sys_bpf(BPF_LINK_CREATE, &raw const attr) };
+    assert!(
+        fd >= 0,
+        "attaching XDP (flags {flags}) to ifindex {ifindex}: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: the kernel just returned this fd to us.
+    unsafe { OwnedFd::from_raw_fd(fd as i32) }
+}
+
 /// Attaches the trivial XDP_PASS program to `ifindex` (in the calling
 /// thread's network namespace) with a BPF link pinned at `pin`, so that it
 /// stays attached after this process exits; removing the pin (or the
 /// interface) detaches it.
 pub fn attach_pass_pinned(ifindex: u32, pin: &std::path::Path) {
-    let prog = load_trivial_pass();
-    let attr = LinkCreateAttr {
-        prog_fd: prog.as_raw_fd().cast_unsigned(),
-        target_ifindex: ifindex,
-        attach_type: BPF_XDP,
-        flags: 0,
-    };
-    // SAFETY: attr is a valid, correctly sized prefix of union bpf_attr.
-    let link = unsafe { sys_bpf(BPF_LINK_CREATE, &raw const attr) };
-    assert!(
-        link >= 0,
-        "attaching XDP_PASS to ifindex {ifindex}: {}",
-        std::io::Error::last_os_error()
-    );
+    let link = link_xdp(&load_trivial_pass(), ifindex, 0);
     let path = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes()).expect("pin path");
     let attr = ObjPinAttr {
         pathname: path.as_ptr() as u64,
-        bpf_fd: u32::try_from(link).expect("an fd"),
+        bpf_fd: link.as_raw_fd().cast_unsigned(),
         file_flags: 0,
     };
-    // SAFETY: as above; the path outlives the call.
+    // SAFETY: attr is a valid prefix of union bpf_attr; the path outlives the call.
     let rc = unsafe { sys_bpf(BPF_OBJ_PIN, &raw const attr) };
     assert_eq!(
         rc,
@@ -215,6 +241,5 @@ pub fn attach_pass_pinned(ifindex: u32, pin: &std::path::Path) {
         pin.display(),
         std::io::Error::last_os_error()
     );
-    // SAFETY: the link fd is ours; the pin keeps the link alive.
-    unsafe { libc::close(link as i32) };
+    // Dropping `link` closes this process's handle; the pin keeps the link.
 }

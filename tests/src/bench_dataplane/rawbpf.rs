@@ -2,16 +2,13 @@
 //! instructions (no second eBPF crate to build), and the bpf(2) calls that
 //! load, attach and run them: the traffic generator (BPF_PROG_TEST_RUN in
 //! live-frames mode) and the sink (XDP_DROP).
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::os::fd::{AsRawFd as _, OwnedFd};
 
 use super::{LIVE_PORT_BASE, LIVE_PORTS};
-use crate::testrun::{TestRunAttr, XdpMd};
+pub use crate::testrun::load_xdp;
+use crate::testrun::{TestRunAttr, XdpMd, sys_bpf};
 
-const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
-const BPF_LINK_CREATE: libc::c_long = 28;
-const BPF_PROG_TYPE_XDP: u32 = 6;
-const BPF_XDP: u32 = 37;
 /// `XDP_FLAGS_DRV_MODE`: native (driver) XDP, refused where unsupported.
 const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 /// `BPF_F_TEST_XDP_LIVE_FRAMES` (kernel 5.18, commit b530e9e1063e): frames
@@ -21,16 +18,6 @@ const XDP_DROP: i32 = 1;
 const XDP_TX: i32 = 3;
 /// `bpf_get_prandom_u32()`.
 const HELPER_PRANDOM: i32 = 7;
-
-/// The bpf(2) syscall.
-///
-/// # Safety
-/// `attr` must be a valid prefix of `union bpf_attr` for `cmd`, with every
-/// pointer in it live for the call.
-unsafe fn sys_bpf<T>(cmd: libc::c_long, attr: *mut T) -> libc::c_long {
-    // SAFETY: upheld by the caller.
-    unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size_of::<T>() as u32) }
-}
 
 /// One BPF instruction: opcode, registers, offset, immediate.
 const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
@@ -171,78 +158,11 @@ pub fn drop_insns() -> Vec<u64> {
     vec![insn(MOV_K, 0, 0, 0, XDP_DROP), insn(EXIT, 0, 0, 0, 0)]
 }
 
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-}
-
-/// Loads an XDP program; panics with the verifier's log if it is refused.
-pub fn load_xdp(name: &str, insns: &[u64]) -> OwnedFd {
-    let mut log = vec![0_u8; 64 * 1024];
-    let mut prog_name = [0_u8; 16];
-    prog_name[..name.len().min(15)].copy_from_slice(&name.as_bytes()[..name.len().min(15)]);
-    let license = c"GPL";
-    let mut attr = ProgLoadAttr {
-        prog_type: BPF_PROG_TYPE_XDP,
-        insn_cnt: insns.len() as u32,
-        insns: insns.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        log_level: 1,
-        log_size: log.len() as u32,
-        log_buf: log.as_mut_ptr() as u64,
-        prog_name,
-        ..ProgLoadAttr::default()
-    };
-    // SAFETY: attr points at live instruction, license and log buffers.
-    let fd = unsafe { sys_bpf(BPF_PROG_LOAD, &raw mut attr) };
-    assert!(
-        fd >= 0,
-        "loading XDP program {name}: {}\n{}",
-        std::io::Error::last_os_error(),
-        String::from_utf8_lossy(&log).trim_end_matches('\0')
-    );
-    // SAFETY: the kernel just returned this fd to us.
-    unsafe { OwnedFd::from_raw_fd(fd as i32) }
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct LinkCreateAttr {
-    prog_fd: u32,
-    target_ifindex: u32,
-    attach_type: u32,
-    flags: u32,
-}
-
 /// Attaches `prog` to `ifindex` (in the calling thread's namespace) in
 /// driver mode through a BPF link, which lives as long as the returned fd:
 /// nothing stays behind when the benchmark exits, however it exits.
 pub fn attach_driver(prog: &OwnedFd, ifindex: u32) -> OwnedFd {
-    let mut attr = LinkCreateAttr {
-        prog_fd: prog.as_raw_fd().cast_unsigned(),
-        target_ifindex: ifindex,
-        attach_type: BPF_XDP,
-        flags: XDP_FLAGS_DRV_MODE,
-    };
-    // SAFETY: attr is a valid, correctly sized prefix of union bpf_attr.
-    let fd = unsafe { sys_bpf(BPF_LINK_CREATE, &raw mut attr) };
-    assert!(
-        fd >= 0,
-        "attaching XDP in driver mode to ifindex {ifindex}: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: the kernel just returned this fd to us.
-    unsafe { OwnedFd::from_raw_fd(fd as i32) }
+    crate::testrun::link_xdp(prog, ifindex, XDP_FLAGS_DRV_MODE)
 }
 
 /// Runs `prog` `repeat` times over `frame` in live-frames mode, as if
