@@ -22,7 +22,7 @@ use std::{
 
 use crate::{
     harness::{Controller, Setup},
-    netns::{exists, in_ns, ns_sh, output, sh},
+    netns::{in_ns, ns_sh, sh},
     topology::{BACKENDS, Topology, VIP, addr, bridge_port, endpoint_offloads, veth},
 };
 
@@ -208,14 +208,8 @@ impl Ha {
     /// Stops keepalived on node `i` (SIGTERM: it gives the VIP up at once,
     /// advertising priority 0).
     pub fn stop_keepalived(&mut self, i: usize) {
-        if let Some(mut child) = self.keepalived[i].take() {
-            let _ = output(&["kill", "-TERM", &child.id().to_string()]);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline && child.try_wait().ok().flatten().is_none() {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.keepalived[i].take() {
+            crate::netns::terminate(child);
         }
     }
 
@@ -269,14 +263,7 @@ impl Ha {
         }
         self.nodes.clear();
         for ns in self.namespaces() {
-            if !exists(&ns) {
-                continue;
-            }
-            let pids = output(&["ip", "netns", "pids", &ns]);
-            for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
-                let _ = output(&["kill", "-9", pid]);
-            }
-            let _ = output(&["ip", "netns", "del", &ns]);
+            crate::netns::remove(&ns);
         }
         let _ = std::fs::remove_dir_all(self.link_pin_dir());
         for i in 0..NODES.len() {

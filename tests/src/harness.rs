@@ -350,14 +350,8 @@ impl Controller {
 
 impl Drop for Controller {
     fn drop(&mut self) {
-        if let Some(mut child) = self.ctl.take() {
-            let _ = output(&["kill", "-TERM", &child.id().to_string()]);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline && child.try_wait().ok().flatten().is_none() {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.ctl.take() {
+            crate::netns::terminate(child);
         }
         let _ = std::fs::remove_dir_all(Path::new(&self.pin_dir));
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -65,3 +65,26 @@ pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static
 pub fn exists(ns: &str) -> bool {
     std::path::Path::new(&format!("/var/run/netns/{ns}")).exists()
 }
+
+/// Kills every process in namespace `ns` and removes it, if it exists.
+pub fn remove(ns: &str) {
+    if !exists(ns) {
+        return;
+    }
+    let pids = output(&["ip", "netns", "pids", ns]);
+    for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+        let _ = output(&["kill", "-9", pid]);
+    }
+    let _ = output(&["ip", "netns", "del", ns]);
+}
+
+/// Stops `child` with SIGTERM, and SIGKILL if it is still there after 5 s.
+pub fn terminate(mut child: std::process::Child) {
+    let _ = output(&["kill", "-TERM", &child.id().to_string()]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline && child.try_wait().ok().flatten().is_none() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

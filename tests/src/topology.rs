@@ -14,7 +14,7 @@
 //! never cross the load balancer.
 //! Every namespace name starts with a prefix, so the lab (`lb`) and the tests
 //! (`lbt`) never collide. Dropping a `Topology` removes it unless `keep` is set.
-use crate::netns::{exists, in_ns, ns_sh, ns_try, output, sh};
+use crate::netns::{in_ns, ns_sh, ns_try, sh};
 
 pub const VIP: &str = "10.77.1.100";
 pub const CLIENT_ADDR: &str = "10.77.1.10";
@@ -149,14 +149,7 @@ impl Topology {
     /// Removes every namespace of this prefix and the processes inside them.
     pub fn destroy(&mut self) {
         for ns in self.namespaces() {
-            if !exists(&ns) {
-                continue;
-            }
-            let pids = output(&["ip", "netns", "pids", &ns]);
-            for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
-                let _ = output(&["kill", "-9", pid]);
-            }
-            let _ = output(&["ip", "netns", "del", &ns]);
+            crate::netns::remove(&ns);
         }
         for (name, _) in BACKENDS {
             let _ = std::fs::remove_file(self.health_control(name));
