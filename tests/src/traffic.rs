@@ -72,6 +72,24 @@ impl Traffic {
         Self { stop, echoes, requests }
     }
 
+    /// Stops the load and checks what "no dropped connection" means: not
+    /// one request failed, and every long-lived connection stayed whole on
+    /// its backend with at least `min_lines` exchanged. Prints what it saw;
+    /// returns the requests' report for further checks.
+    pub fn finish_unbroken(self, min_lines: usize) -> RequestReport {
+        let (requests, echoes) = self.finish();
+        eprintln!(
+            "new connections: {} made, {} failed {:?}, longest gap between successes {:?}",
+            requests.done,
+            requests.failed.len(),
+            requests.failed,
+            requests.longest_gap
+        );
+        assert_connections_whole(&echoes, min_lines);
+        assert!(requests.failed.is_empty(), "failed requests: {:?}", requests.failed);
+        requests
+    }
+
     /// Stops the load; what it saw.
     pub fn finish(self) -> (RequestReport, Vec<EchoReport>) {
         self.stop.store(true, Ordering::Relaxed);
@@ -130,10 +148,10 @@ fn request_loop(stop: &AtomicBool) -> RequestReport {
     report
 }
 
-/// Prints what the load saw and checks that no long-lived connection broke
+/// Prints what the long-lived connections saw and checks that none broke
 /// or moved to another backend, and that each exchanged at least
 /// `min_lines` lines.
-pub fn assert_connections_whole(echoes: &[EchoReport], min_lines: usize) {
+fn assert_connections_whole(echoes: &[EchoReport], min_lines: usize) {
     for (i, echo) in echoes.iter().enumerate() {
         eprintln!(
             "connection {i}: {} lines, backends {:?}, longest wait {:?}, error {:?}",
