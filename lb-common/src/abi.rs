@@ -7,7 +7,7 @@
 
 /// Bumped whenever a map layout below changes; stored in `lb_meta` so that a
 /// controller can tell whether pinned maps were written by a compatible build.
-pub const ABI_VERSION: u32 = 8;
+pub const ABI_VERSION: u32 = 9;
 
 /// Capacity of the service table (and of each per-service array).
 pub const MAX_SERVICES: u32 = 256;
@@ -278,10 +278,10 @@ pub const REAL_SLOT_SHARED: u32 = u32::MAX;
 #[inline(always)]
 pub const fn real_slot(addr: [u8; 4], port: u16, proto: u8) -> u32 {
     let key = ((u32::from_be_bytes(addr) as u64) << 24) | ((port as u64) << 8) | proto as u64;
-    (crate::hash::mix64(key) as u32) & (REAL_SLOTS - 1)
+    crate::hash::table_index(key, REAL_SLOTS)
 }
 
-/// Entries of the per-CPU next-hop cache (`lb_nexthops`), a power of two.
+/// Entries of the next-hop cache (`lb_nexthops`) for each CPU, a power of two.
 pub const NEXTHOP_SLOTS: u32 = 1 << 13;
 /// How often the controller advances the next-hop epoch (`lb_epoch`), which
 /// invalidates every cached FIB answer: a changed route or neighbour is
@@ -321,13 +321,30 @@ pub const NO_TX_SLOT: u32 = u32::MAX;
 
 #[inline(always)]
 pub const fn nexthop_slot(addr: [u8; 4]) -> u32 {
-    (crate::hash::mix64(u32::from_be_bytes(addr) as u64) as u32) & (NEXTHOP_SLOTS - 1)
+    crate::hash::table_index(u32::from_ne_bytes(addr) as u64, NEXTHOP_SLOTS)
 }
 
-/// Entries of the per-CPU flow cache (`lb_flow_cache`), a power of two.
+/// Where `slot` of `cpu`'s region lies in a cache of `slots_per_cpu` (a
+/// power of two) entries for each CPU: `lb_flow_cache`, `lb_nexthops`.
+#[inline(always)]
+pub const fn cpu_slot(cpu: u32, slots_per_cpu: u32, slot: u32) -> u32 {
+    cpu.wrapping_mul(slots_per_cpu) | slot
+}
+
+/// Entries of the flow cache (`lb_flow_cache`) for each CPU, a power of two.
 pub const FLOW_CACHE_SLOTS: u32 = 1 << 14;
 
-/// One entry of the per-CPU flow cache: a copy of a connection-table entry,
+/// The flow cache slot of a flow: one multiply, not the Maglev flow hash
+/// (two rounds of `mix64`), which only a new flow needs. Addresses are read
+/// natively, as the data plane holds them.
+#[inline(always)]
+pub const fn flow_cache_slot(flow: &Flow) -> u32 {
+    let addrs = ((u32::from_ne_bytes(flow.src) as u64) << 32) | u32::from_ne_bytes(flow.dst) as u64;
+    let rest = ((flow.sport as u64) << 24) | ((flow.dport as u64) << 8) | flow.proto as u64;
+    crate::hash::table_index(addrs ^ rest, FLOW_CACHE_SLOTS)
+}
+
+/// One entry of a CPU's flow cache: a copy of a connection-table entry,
 /// direct mapped by flow hash, so that a busy flow is found with an array
 /// read instead of a hash-table lookup. The connection table stays the
 /// truth: a miss, an entry whose backend is gone, or an entry of an older

@@ -24,6 +24,16 @@ pub const fn flow_hash(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto
     mix64(addrs ^ mix64(rest ^ FLOW_SEED)) as u32
 }
 
+/// Fibonacci hashing (Knuth): the top bits of `key · 2^64/φ`, as an index
+/// into a table of `slots` entries (a power of two). One multiply, and every
+/// bit of the key reaches the index; enough for the direct-mapped tables
+/// whose entries carry their own tag (flow cache, next-hop cache,
+/// `lb_real_slots`), where a collision costs a lookup, not a wrong answer.
+#[inline(always)]
+pub const fn table_index(key: u64, slots: u32) -> u32 {
+    (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - slots.trailing_zeros())) as u32
+}
+
 /// Maglev slot of a flow hash in a table of `size` slots; `None` for an
 /// empty table. Never panics: the BPF program cannot unwind.
 #[inline(always)]

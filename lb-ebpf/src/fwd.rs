@@ -8,11 +8,16 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED,
         BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action,
     },
-    helpers::generated::{bpf_fib_lookup, bpf_xdp_adjust_meta},
+    helpers::{
+        bpf_get_smp_processor_id,
+        generated::{bpf_fib_lookup, bpf_xdp_adjust_meta},
+    },
     programs::XdpContext,
 };
 use lb_common::{
-    abi::{NEIGH_META_MAGIC, NO_TX_SLOT, NeighMeta, NextHop, nexthop_slot},
+    abi::{
+        NEIGH_META_MAGIC, NEXTHOP_SLOTS, NO_TX_SLOT, NeighMeta, NextHop, cpu_slot, nexthop_slot,
+    },
     counter::Counter,
 };
 
@@ -87,11 +92,13 @@ fn next_hop(ctx: &XdpContext, pkt: &Packet, target: &Target, ingress: u32) -> Re
     };
     let direct = target.rewrite.is_none();
     let epoch = LB_EPOCH.get(0).copied().unwrap_or(0);
-    let cached = LB_NEXTHOPS.get_ptr_mut(nexthop_slot(dst));
+    // SAFETY: a helper without arguments (inlined by the verifier).
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let cached = LB_NEXTHOPS.get_ptr_mut(cpu_slot(cpu, NEXTHOP_SLOTS, nexthop_slot(dst)));
     // The largest length the FIB already accepted for this destination.
     let mut max_len = 0;
     if let Some(entry) = cached {
-        // SAFETY: a per-CPU slot, only touched by this CPU; XDP does not nest.
+        // SAFETY: this CPU's slot, only touched by this CPU; XDP does not nest.
         let entry = unsafe { &*entry };
         if entry.addr == dst && entry.epoch == epoch {
             if pkt.tot_len <= entry.max_len {

@@ -126,10 +126,9 @@ fn expire_check(pkt: &parse::Packet) -> Result<(), Counter> {
 /// the destination is not a service after all.
 #[inline(always)]
 fn to_backend(ctx: &XdpContext, pkt: &parse::Packet) -> Result<Option<Verdict>, Counter> {
-    let hash = select::hash(&pkt.flow);
     let tcp = pkt.flow.proto == PROTO_TCP;
     let opening = tcp && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    let (service_id, choice) = match select::established(&pkt.flow, hash, pkt.tcp_flags) {
+    let (service_id, choice) = match select::established(&pkt.flow, pkt.tcp_flags) {
         Known::Flow(service_id, choice) if choice.backend.flags & BACKEND_DOWN == 0 => {
             expire_check(pkt)?;
             (service_id, choice)
@@ -149,7 +148,7 @@ fn to_backend(ctx: &XdpContext, pkt: &parse::Packet) -> Result<Option<Verdict>, 
             };
             // Before scheduling: an expiring packet must not create a flow.
             expire_check(pkt)?;
-            match select::schedule(&pkt.flow, hash, pkt.tcp_flags, &service) {
+            match select::schedule(&pkt.flow, pkt.tcp_flags, &service) {
                 Ok(choice) => (service.id, choice),
                 Err(Counter::DropNoBackend) if service.flags & SVC_REJECT != 0 => {
                     return reject::no_backend(ctx, pkt).map(Some);

@@ -42,10 +42,13 @@ pub static LB_BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new()
 #[btf_map(name = "lb_reals")]
 pub static LB_REALS: HashMap<Endpoint, Real, { 2 * MAX_BACKENDS as usize }> = HashMap::new();
 
-/// Per-CPU, direct-mapped copies of connection-table entries by flow hash.
+/// Direct-mapped copies of connection-table entries, one region of
+/// `FLOW_CACHE_SLOTS` per CPU (`lb-ctl` sizes the map for the machine's
+/// CPUs). A plain array indexed by CPU rather than a per-CPU array: one
+/// memory access per lookup instead of two (the per-CPU pointer table was a
+/// second cold cache line for every new flow).
 #[btf_map(name = "lb_flow_cache")]
-pub static LB_FLOW_CACHE: PerCpuArray<FlowCacheEntry, { FLOW_CACHE_SLOTS as usize }> =
-    PerCpuArray::new();
+pub static LB_FLOW_CACHE: Array<FlowCacheEntry, { FLOW_CACHE_SLOTS as usize }> = Array::new();
 
 /// Address pre-filter: `addr_slot(addr)` -> `ADDR_VIP` | `ADDR_REAL`. An
 /// array lookup (inlined by the verifier) for each of the destination and
@@ -59,9 +62,10 @@ pub static LB_ADDRS: Array<u8, { ADDR_FILTER_SIZE as usize }> = Array::new();
 #[btf_map(name = "lb_real_slots")]
 pub static LB_REAL_SLOTS: Array<u32, { REAL_SLOTS as usize }> = Array::new();
 
-/// Per-CPU, direct-mapped cache of FIB answers by destination address.
+/// Direct-mapped cache of FIB answers by destination address, one region
+/// of `NEXTHOP_SLOTS` per CPU, like `lb_flow_cache` (and sized the same way).
 #[btf_map(name = "lb_nexthops")]
-pub static LB_NEXTHOPS: PerCpuArray<NextHop, { NEXTHOP_SLOTS as usize }> = PerCpuArray::new();
+pub static LB_NEXTHOPS: Array<NextHop, { NEXTHOP_SLOTS as usize }> = Array::new();
 
 /// Slot 0: the next-hop epoch, advanced by the controller every
 /// `NEXTHOP_REFRESH_MS`; cache entries of another epoch are stale.

@@ -1,13 +1,14 @@
 //! Whose packet is this, and where does it go: the address pre-filter, the
 //! flow cache and the connection table, the service's Maglev table, the
 //! backend index for replies.
-use aya_ebpf::btf_maps::PerCpuArray;
+use aya_ebpf::{btf_maps::PerCpuArray, helpers::bpf_get_smp_processor_id};
 use lb_common::{
     abi::{
         BACKEND_DOWN, BACKEND_IN_USE, Backend, CONN_CLOSING, CONN_ESTABLISHED, CONN_SYN, CONN_UDP,
         Conn, Endpoint, FLOW_CACHE_SLOTS, Flow, FlowCacheEntry, LC_MAX_BACKENDS, NO_BACKEND,
         PROTO_TCP, REAL_SLOT_SHARED, SCHED_LC, SCHED_MASK, SCHED_RR, SCHED_SH, SCHED_WRR, Service,
-        TCP_FIN, TCP_RST, TCP_SYN, Traffic, addr_slot, expired, next_state, real_slot, source_hash,
+        TCP_FIN, TCP_RST, TCP_SYN, Traffic, addr_slot, cpu_slot, expired, flow_cache_slot,
+        next_state, real_slot, source_hash,
     },
     counter::Counter,
     hash::{flow_hash, maglev_slot},
@@ -109,19 +110,28 @@ pub fn now() -> u64 {
     LB_EPOCH.get(0).copied().unwrap_or(0)
 }
 
+/// This CPU's flow cache entry for `flow`: `None` on a CPU the map was not
+/// sized for (the flow then goes to the connection table every time).
+#[inline(always)]
+fn flow_cache_entry(flow: &Flow) -> Option<*mut FlowCacheEntry> {
+    // SAFETY: a helper without arguments (inlined by the verifier).
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    LB_FLOW_CACHE.get_ptr_mut(cpu_slot(cpu, FLOW_CACHE_SLOTS, flow_cache_slot(flow)))
+}
+
 /// What the connection table knows of a client packet's flow, with the
 /// packet folded into the flow's state. A packet that may change the state
 /// (SYN, FIN, RST), a flow not yet established, and each flow once an
 /// epoch, go to the connection table; the rest is answered by this CPU's
 /// flow cache.
 #[inline(always)]
-pub fn established(flow: &Flow, hash: u32, tcp_flags: u8) -> Known {
+pub fn established(flow: &Flow, tcp_flags: u8) -> Known {
     let epoch = now();
-    let cached = LB_FLOW_CACHE.get_ptr_mut(hash & (FLOW_CACHE_SLOTS - 1));
+    let cached = flow_cache_entry(flow);
     if tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0
         && let Some(entry) = cached
     {
-        // SAFETY: a per-CPU slot, only touched by this CPU; XDP does not nest.
+        // SAFETY: this CPU's slot, only touched by this CPU; XDP does not nest.
         let entry = unsafe { &*entry };
         // Only settled flows are served from the cache: a flow still in its
         // handshake (or closing) takes the table, where its state moves.
@@ -158,7 +168,7 @@ pub fn established(flow: &Flow, hash: u32, tcp_flags: u8) -> Known {
         return Known::Gone;
     };
     if let Some(slot) = cached {
-        // SAFETY: a per-CPU slot, only touched by this CPU; XDP does not nest.
+        // SAFETY: this CPU's slot, only touched by this CPU; XDP does not nest.
         unsafe { *slot = FlowCacheEntry { flow: *flow, conn, epoch } };
     }
     Known::Flow(conn.service_id, Choice { id: conn.backend_id, backend, new_flow: false })
@@ -193,12 +203,7 @@ pub fn backend_closes(reply: &Flow, real: &Reply, tcp_flags: u8) {
 /// Places a flow the connection table does not know with the service's
 /// Maglev table, and remembers it.
 #[inline(always)]
-pub fn schedule(
-    flow: &Flow,
-    hash: u32,
-    tcp_flags: u8,
-    service: &Service,
-) -> Result<Choice, Counter> {
+pub fn schedule(flow: &Flow, tcp_flags: u8, service: &Service) -> Result<Choice, Counter> {
     let id = if service.flags & SCHED_MASK == SCHED_LC {
         lb_least_connections(service.id, service.ring_size)
     } else {
@@ -206,7 +211,7 @@ pub fn schedule(
         let slot = match service.flags & SCHED_MASK {
             SCHED_RR | SCHED_WRR => next_in_rotation(service)?,
             SCHED_SH => maglev_slot(source_hash(flow.src), service.ring_size),
-            _ => maglev_slot(hash, service.ring_size),
+            _ => maglev_slot(hash(flow), service.ring_size),
         };
         let slot = slot.ok_or(Counter::DropNoBackend)? as usize;
         *table.slots.get(slot).ok_or(Counter::DropNoBackend)?
@@ -240,8 +245,8 @@ pub fn schedule(
     // This CPU's flow cache may still hold the flow's previous placement (a
     // new connection on the same ports, a UDP flow moved off a DOWN backend):
     // the new one replaces it.
-    if let Some(slot) = LB_FLOW_CACHE.get_ptr_mut(hash & (FLOW_CACHE_SLOTS - 1)) {
-        // SAFETY: a per-CPU slot, only touched by this CPU; XDP does not nest.
+    if let Some(slot) = flow_cache_entry(flow) {
+        // SAFETY: this CPU's slot, only touched by this CPU; XDP does not nest.
         unsafe { *slot = FlowCacheEntry { flow: *flow, conn, epoch: now() } };
     }
     Ok(Choice { id, backend, new_flow: true })
@@ -316,9 +321,9 @@ pub extern "C" fn lb_least_connections(service_id: u32, count: u32) -> u32 {
     best_id
 }
 
-/// The flow hash, shared by the flow cache and Maglev.
+/// The flow hash that places a new flow in the Maglev table.
 #[inline(always)]
-pub fn hash(flow: &Flow) -> u32 {
+fn hash(flow: &Flow) -> u32 {
     flow_hash(flow.src, flow.dst, flow.sport, flow.dport, flow.proto)
 }
 

@@ -131,7 +131,9 @@ impl KernelMaps {
         let paths: Vec<(&str, PathBuf)> =
             expected.keys().map(|name| (name.as_str(), pins.map(name))).collect();
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries("lb_conntrack", dataplane.conntrack_max);
+        for (name, entries) in pins::load_time_sizes(dataplane.conntrack_max)? {
+            loader.map_max_entries(name, entries);
+        }
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -248,10 +250,12 @@ impl KernelMaps {
 }
 
 fn load_object(object: &[u8], conntrack_max: u32) -> Result<Ebpf, DataplaneError> {
-    let mut ebpf = EbpfLoader::new()
-        .map_max_entries("lb_conntrack", conntrack_max)
-        .load(object)
-        .map_err(|e| DataplaneError::kernel("loading the XDP object", e))?;
+    let mut loader = EbpfLoader::new();
+    for (name, entries) in pins::load_time_sizes(conntrack_max)? {
+        loader.map_max_entries(name, entries);
+    }
+    let mut ebpf =
+        loader.load(object).map_err(|e| DataplaneError::kernel("loading the XDP object", e))?;
     load_program::<Xdp>(&mut ebpf, "lb_xdp")?;
     load_program::<SchedClassifier>(&mut ebpf, "lb_neigh")?;
     Ok(ebpf)

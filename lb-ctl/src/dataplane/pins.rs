@@ -15,7 +15,7 @@ use std::{
 };
 
 use aya::maps::MapData;
-use lb_common::abi::{ABI_VERSION, Meta};
+use lb_common::abi::{ABI_VERSION, FLOW_CACHE_SLOTS, Meta, NEXTHOP_SLOTS};
 use tracing::{info, warn};
 
 use super::DataplaneError;
@@ -151,13 +151,28 @@ fn read_abi_version(path: &Path) -> Result<u32, DataplaneError> {
     Ok(array.get(&0, 0).map_err(failed)?.abi_version)
 }
 
-/// The maps `object` defines, with the connection table at `conntrack_max`.
+/// The maps whose size is decided at load time, not in the object: the
+/// connection table (`conntrack_max`, from the config), and the flow and
+/// next-hop caches (a region for each CPU the kernel may run XDP on).
+pub fn load_time_sizes(conntrack_max: u32) -> Result<[(&'static str, u32); 3], DataplaneError> {
+    let cpus = aya::util::nr_cpus()
+        .map_err(|(path, e)| DataplaneError::kernel(format!("reading {path}"), e))?;
+    let cpus = u32::try_from(cpus).unwrap_or(u32::MAX);
+    Ok([
+        ("lb_conntrack", conntrack_max),
+        ("lb_flow_cache", FLOW_CACHE_SLOTS.saturating_mul(cpus)),
+        ("lb_nexthops", NEXTHOP_SLOTS.saturating_mul(cpus)),
+    ])
+}
+
+/// The maps `object` defines, with the sizes of `load_time_sizes`.
 pub fn object_maps(
     object: &[u8],
     conntrack_max: u32,
 ) -> Result<BTreeMap<String, MapShape>, DataplaneError> {
     let parsed = aya_obj::Object::parse(object)
         .map_err(|e| DataplaneError::kernel("parsing the XDP object", e))?;
+    let sizes = load_time_sizes(conntrack_max)?;
     let mut maps = BTreeMap::new();
     for (name, map) in &parsed.maps {
         if !name.starts_with(MAP_PREFIX) {
@@ -166,7 +181,10 @@ pub fn object_maps(
                 format!("is not named {MAP_PREFIX}*"),
             ));
         }
-        let max_entries = if name == "lb_conntrack" { conntrack_max } else { map.max_entries() };
+        let max_entries = sizes
+            .iter()
+            .find(|(sized, _)| sized == name)
+            .map_or_else(|| map.max_entries(), |(_, entries)| *entries);
         maps.insert(
             name.clone(),
             MapShape {

@@ -14,8 +14,8 @@ use std::{
     os::fd::{AsRawFd as _, OwnedFd},
 };
 
-use aya::maps::{MapData, PerCpuArray, PerCpuValues};
-use lb_common::abi::{FLOW_CACHE_SLOTS, Flow, FlowCacheEntry, Traffic};
+use aya::maps::{Array, MapData, PerCpuArray};
+use lb_common::abi::{FLOW_CACHE_SLOTS, Flow, FlowCacheEntry, Traffic, cpu_slot};
 use lb_ctl::{EBPF_OBJECT, dataplane::kernel::KernelMaps, model::Service, reconciler::Reconciler};
 
 use crate::{fixture::Loaded, testrun};
@@ -264,18 +264,19 @@ pub fn load_services(conntrack_max: u32, interfaces: &[&str], services: &[Servic
     Loaded { reconciler, prog_fd }
 }
 
-/// Empties `flow`'s slot of the per-CPU flow cache on every CPU, so that
-/// the next packet of the flow goes to the connection table.
+/// Empties `flow`'s slot of the flow cache on every CPU, so that the next
+/// packet of the flow goes to the connection table.
 pub fn clear_flow_cache(loaded: &mut Loaded, flow: &Flow) {
     let ebpf = loaded.reconciler.maps_mut().ebpf_mut();
-    let mut cache: PerCpuArray<&mut MapData, FlowCacheEntry> =
-        PerCpuArray::try_from(ebpf.map_mut("lb_flow_cache").expect("lb_flow_cache"))
+    let mut cache: Array<&mut MapData, FlowCacheEntry> =
+        Array::try_from(ebpf.map_mut("lb_flow_cache").expect("lb_flow_cache"))
             .expect("lb_flow_cache type");
-    let slot = lb_common::hash::flow_hash(flow.src, flow.dst, flow.sport, flow.dport, flow.proto)
-        & (FLOW_CACHE_SLOTS - 1);
-    let cpus = aya::util::nr_cpus().expect("number of CPUs");
-    let empty = PerCpuValues::try_from(vec![FlowCacheEntry::default(); cpus]).expect("values");
-    cache.set(slot, empty, 0).expect("clearing a flow cache slot");
+    let slot = lb_common::abi::flow_cache_slot(flow);
+    let cpus = aya::util::nr_cpus().expect("number of CPUs") as u32;
+    for cpu in 0..cpus {
+        let index = cpu_slot(cpu, FLOW_CACHE_SLOTS, slot);
+        cache.set(index, FlowCacheEntry::default(), 0).expect("clearing the flow cache");
+    }
 }
 
 /// New flows the data plane has counted for service `id`, all CPUs.
