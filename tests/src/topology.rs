@@ -91,8 +91,8 @@ impl Topology {
             ns_sh(&ns, &["ip", "link", "set", "lo", "up"]);
         }
         let (client, lb, sw) = (topo.client(), topo.lb(), topo.switch());
-        veth(&client, "c0", &lb, "lb-c");
-        veth(&lb, "lb-b", &sw, "sw-lb");
+        multiqueue_veth(&client, "c0", &lb, "lb-c");
+        multiqueue_veth(&lb, "lb-b", &sw, "sw-lb");
         ns_sh(&sw, &["ip", "link", "add", "br0", "type", "bridge"]);
         ns_sh(&sw, &["ip", "link", "set", "br0", "up"]);
         bridge_port(&sw, "sw-lb");
@@ -201,7 +201,26 @@ impl Drop for Topology {
 }
 
 pub(crate) fn veth(ns_a: &str, a: &str, ns_b: &str, b: &str) {
-    sh(&["ip", "link", "add", a, "netns", ns_a, "type", "veth", "peer", "name", b, "netns", ns_b]);
+    veth_pair(ns_a, a, ns_b, b, 1);
+}
+
+/// A veth pair with a queue per CPU on both ends, like a NIC with RSS: the
+/// load balancer's links, so that its XDP program runs on every CPU at once
+/// (a veth polls each receive queue with one NAPI, on one CPU at a time;
+/// with one queue, a busy load balancer's work piles onto one CPU and into
+/// ksoftirqd while the other idles).
+pub(crate) fn multiqueue_veth(ns_a: &str, a: &str, ns_b: &str, b: &str) {
+    veth_pair(ns_a, a, ns_b, b, std::thread::available_parallelism().map_or(1, usize::from));
+}
+
+fn veth_pair(ns_a: &str, a: &str, ns_b: &str, b: &str, queues: usize) {
+    let queues = queues.to_string();
+    let q = ["numtxqueues", &queues, "numrxqueues", &queues];
+    let mut args = vec!["ip", "link", "add", a, "netns", ns_a];
+    args.extend(q);
+    args.extend(["type", "veth", "peer", "name", b, "netns", ns_b]);
+    args.extend(q);
+    sh(&args);
     ns_sh(ns_a, &["ip", "link", "set", a, "up"]);
     ns_sh(ns_b, &["ip", "link", "set", b, "up"]);
 }

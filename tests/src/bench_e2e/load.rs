@@ -25,15 +25,25 @@ pub struct Load {
     pub errors: u64,
 }
 
-/// `wrk -t1 -cN -dS --latency` against `http://addr/`, with
+/// How hard wrk pushes: its threads (`-t`), open connections (`-c`) and
+/// duration (`-d`).
+#[derive(Clone, Copy, Debug)]
+pub struct Wrk {
+    pub threads: u32,
+    pub connections: u32,
+    pub secs: u64,
+}
+
+/// `wrk -tT -cN -dS --latency` against `http://addr/`, with
 /// `Connection: close` when `close` (nginx then closes after each answer
 /// and wrk reconnects: one connection per request; counted by the caller).
 /// wrk's latency starts when a request is written, so it leaves out the
 /// connection setup.
-pub fn wrk(ns: &str, addr: &str, connections: u32, secs: u64, close: bool) -> Load {
+pub fn wrk(ns: &str, addr: &str, shape: Wrk, close: bool) -> Load {
+    let Wrk { threads, connections, secs } = shape;
     let url = format!("http://{addr}:{HTTP_PORT}/");
-    let (c, d) = (format!("-c{connections}"), format!("-d{secs}s"));
-    let mut args = vec!["netns", "exec", ns, "wrk", "--latency", "-t1", &c, &d, "--timeout", "2s"];
+    let (t, c, d) = (format!("-t{threads}"), format!("-c{connections}"), format!("-d{secs}s"));
+    let mut args = vec!["netns", "exec", ns, "wrk", "--latency", &t, &c, &d, "--timeout", "2s"];
     if close {
         args.extend(["-H", "Connection: close"]);
     }

@@ -113,12 +113,15 @@ impl Workload {
 }
 
 /// Run settings, from the environment (`LB_BENCH_E2E_ROUNDS`,
-/// `LB_BENCH_E2E_SECS`), bounded so a typo cannot run for hours.
+/// `LB_BENCH_E2E_SECS`, `LB_BENCH_E2E_THREADS`, `LB_BENCH_E2E_CONNECTIONS`),
+/// bounded so a typo cannot run for hours.
 #[derive(Clone, Copy, Debug)]
 struct Settings {
     rounds: usize,
     secs: u64,
-    /// wrk's open connections (`-c`), one wrk thread.
+    /// wrk's threads (`-t`), one per CPU by default.
+    threads: u32,
+    /// wrk's open connections (`-c`), over all its threads.
     connections: u32,
     /// UDP requests in flight, one socket (one flow) each.
     udp_inflight: usize,
@@ -130,6 +133,10 @@ struct Settings {
 
 impl Settings {
     fn from_env() -> Self {
+        // One wrk thread per CPU: a single thread caps the connection rate
+        // on its own (one core of connect/close churn) before any target
+        // does; 128 connections keep every target busy.
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
         let num = |key: &str, default: u64, max: u64| {
             std::env::var(key)
                 .ok()
@@ -140,7 +147,8 @@ impl Settings {
         Self {
             rounds: usize::try_from(num("LB_BENCH_E2E_ROUNDS", 5, 20)).unwrap_or(5),
             secs: num("LB_BENCH_E2E_SECS", 5, 30),
-            connections: 32,
+            threads: u32::try_from(num("LB_BENCH_E2E_THREADS", cpus, 8)).unwrap_or(1),
+            connections: u32::try_from(num("LB_BENCH_E2E_CONNECTIONS", 128, 1024)).unwrap_or(128),
             udp_inflight: 16,
             targets: std::env::var("LB_BENCH_E2E_TARGETS").map_or([true; 5], |list| {
                 Target::ALL.map(|t| list.split(',').any(|name| name.trim() == t.name()))
@@ -149,6 +157,10 @@ impl Settings {
                 Workload::ALL.map(|w| list.split(',').any(|name| name.trim() == w.name()))
             }),
         }
+    }
+
+    fn wrk(&self) -> load::Wrk {
+        load::Wrk { threads: self.threads, connections: self.connections, secs: self.secs }
     }
 
     fn runs(&self, target: Target) -> bool {

@@ -64,11 +64,11 @@ pub struct RunInfo {
 fn heading(workload: Workload, s: &Settings) -> String {
     match workload {
         Workload::KeepAlive => {
-            format!("HTTP keep-alive (wrk -t1 -c{}, {} s)", s.connections, s.secs)
+            format!("HTTP keep-alive (wrk -t{} -c{}, {} s)", s.threads, s.connections, s.secs)
         }
         Workload::Close => format!(
-            "HTTP, a new TCP connection per request (wrk -t1 -c{} -H 'Connection: close', {} s)",
-            s.connections, s.secs
+            "HTTP, a new TCP connection per request (wrk -t{} -c{} -H 'Connection: close', {} s)",
+            s.threads, s.connections, s.secs
         ),
         Workload::Udp => format!(
             "UDP request/response ({} sockets, one request in flight each, {} s)",
@@ -350,8 +350,8 @@ pub fn json(results: &Results, run: &RunInfo) -> String {
     let mut out = String::from("{\n");
     let _ = writeln!(
         out,
-        "  \"settings\": {{\"rounds\": {}, \"secs\": {}, \"wrk_connections\": {}, \"wrk_threads\": 1, \"udp_inflight\": {}}},",
-        s.rounds, s.secs, s.connections, s.udp_inflight
+        "  \"settings\": {{\"rounds\": {}, \"secs\": {}, \"wrk_connections\": {}, \"wrk_threads\": {}, \"udp_inflight\": {}}},",
+        s.rounds, s.secs, s.connections, s.threads, s.udp_inflight
     );
     let _ = writeln!(
         out,

@@ -90,10 +90,8 @@ pub fn measure(
     let (cpu, wall) = (CpuTimes::now(), Instant::now());
     let (client, addrs) = (env.topo.client(), target.addresses());
     let load = match workload {
-        Workload::KeepAlive => {
-            load::wrk(&client, addrs[0], settings.connections, settings.secs, false)
-        }
-        Workload::Close => load::wrk(&client, addrs[0], settings.connections, settings.secs, true),
+        Workload::KeepAlive => load::wrk(&client, addrs[0], settings.wrk(), false),
+        Workload::Close => load::wrk(&client, addrs[0], settings.wrk(), true),
         Workload::Udp => load::udp(&client, &addrs, settings.udp_inflight, settings.secs),
     };
     let cpu = CpuTimes::now().since(&cpu);
