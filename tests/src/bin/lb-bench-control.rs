@@ -19,8 +19,8 @@ const CHANGES: u32 = 10;
 fn main() {
     println!("Maglev tables (M = {MAGLEV_SIZE}), release build");
     println!(
-        "{:>9}  {:>12}  {:>22}  {:>22}  {:>8}",
-        "backends", "build", "moved on removal", "moved on addition", "target"
+        "{:>9}  {:>12}  {:>22}  {:>22}  {:>13}  {:>8}",
+        "backends", "build", "moved on removal", "moved on addition", "busiest/mean", "target"
     );
     let mut json = String::from("{\n  \"table_size\": 65537,\n  \"sizes\": [\n");
     for (i, n) in SIZES.into_iter().enumerate() {
@@ -28,10 +28,11 @@ fn main() {
         let build_time = median_build(&backends);
         let removal = moved_fraction(&backends, Change::Remove);
         let addition = moved_fraction(&backends, Change::Add);
+        let peak = busiest_over_mean(&backends);
         let ideal = 1.0 / f64::from(n);
         let ideal_add = 1.0 / f64::from(n + 1);
         println!(
-            "{n:>9}  {:>9.2} ms  {:>8.4} = {:>4.2} x 1/N  {:>8.4} = {:>4.2} x 1/(N+1)  {:>8}",
+            "{n:>9}  {:>9.2} ms  {:>8.4} = {:>4.2} x 1/N  {:>8.4} = {:>4.2} x 1/(N+1)  {peak:>13.3}  {:>8}",
             build_time.as_secs_f64() * 1000.0,
             removal,
             removal / ideal,
@@ -41,7 +42,7 @@ fn main() {
         );
         let _ = writeln!(
             json,
-            "    {{\"backends\": {n}, \"build_ms\": {:.3}, \"moved_on_removal\": {removal:.5}, \"removal_vs_ideal\": {:.3}, \"moved_on_addition\": {addition:.5}, \"addition_vs_ideal\": {:.3}}}{}",
+            "    {{\"backends\": {n}, \"build_ms\": {:.3}, \"moved_on_removal\": {removal:.5}, \"removal_vs_ideal\": {:.3}, \"moved_on_addition\": {addition:.5}, \"addition_vs_ideal\": {:.3}, \"busiest_over_mean\": {peak:.4}}}{}",
             build_time.as_secs_f64() * 1000.0,
             removal / ideal,
             addition / ideal_add,
@@ -49,7 +50,7 @@ fn main() {
         );
     }
     println!(
-        "build: median of {BUILDS}; moved: mean over {CHANGES} single removals (additions) of the share of slots whose backend changed"
+        "build: median of {BUILDS}; moved: mean over {CHANGES} single removals (additions) of the share of slots whose backend changed;\nbusiest/mean: the slots of the backend with the most, over the mean (1.0: every backend gets its share)"
     );
     json.push_str("  ]\n}\n");
     lb_tests::write_bench_report("LB_BENCH_CONTROL_OUT", "target/bench/control.json", &json);
@@ -79,6 +80,18 @@ fn median_build(backends: &[Entry]) -> Duration {
         .collect();
     times.sort();
     times[BUILDS / 2]
+}
+
+/// The slots of the backend that got the most, over the mean: how evenly
+/// the table spreads flows (Maglev's answer to the disruption it accepts).
+fn busiest_over_mean(backends: &[Entry]) -> f64 {
+    let table = build(backends, MAGLEV_SIZE);
+    let mut slots = std::collections::HashMap::<u32, u32>::new();
+    for id in table {
+        *slots.entry(id).or_default() += 1;
+    }
+    let busiest = slots.values().copied().max().unwrap_or(0);
+    f64::from(busiest) * backends.len() as f64 / f64::from(MAGLEV_SIZE)
 }
 
 #[derive(Clone, Copy)]
