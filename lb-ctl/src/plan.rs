@@ -71,6 +71,11 @@ pub enum Op {
     ClearMaglev(u32),
     DelReal(Endpoint),
     ClearBackend(u32),
+    /// Zeroes a service id's traffic counters before the id serves a new
+    /// service: an id is reused, its counters must not be.
+    ResetServiceTraffic(u32),
+    /// The same for a backend id.
+    ResetBackendTraffic(u32),
 }
 
 impl Image {
@@ -120,6 +125,8 @@ impl Image {
             Op::ClearBackend(id) => {
                 let _ = self.backends.remove(id);
             }
+            // Counters are not part of the image.
+            Op::ResetServiceTraffic(_) | Op::ResetBackendTraffic(_) => {}
         }
     }
 }
@@ -393,6 +400,18 @@ fn gone<'a, K: Ord + Copy, V>(
 /// reachable); removals go top-down, so no packet finds a dangling reference.
 pub fn diff(old: &Image, new: &Image) -> Vec<Op> {
     let mut ops = Vec::new();
+    // An id that starts to serve another service or backend starts its
+    // counters from zero, before anything can reach it.
+    for (key, s) in &new.services {
+        if old.services.get(key).map(|o| o.id) != Some(s.id) {
+            ops.push(Op::ResetServiceTraffic(s.id));
+        }
+    }
+    for (id, b) in &new.backends {
+        if old.backends.get(id).map(held_backend_key) != Some(held_backend_key(b)) {
+            ops.push(Op::ResetBackendTraffic(*id));
+        }
+    }
     ops.extend(puts(&old.backends, &new.backends).map(|(id, b)| Op::PutBackend(id, *b)));
     ops.extend(puts(&old.reals, &new.reals).map(|(key, r)| Op::PutReal(key, *r)));
     ops.extend(puts(&old.real_slots, &new.real_slots).map(|(slot, v)| Op::PutRealSlot(slot, *v)));
@@ -524,6 +543,37 @@ pub(crate) mod tests {
         assert_eq!(ids.service(&moved), Some(1), "id 0 was freed in the same apply");
     }
 
+    /// A service that takes a removed one's id, and a backend that takes a
+    /// removed one's, start from zero; ids that keep their holder keep
+    /// their counters.
+    #[test]
+    fn reused_ids_get_their_counters_zeroed_and_kept_ids_do_not() {
+        let web = service("web", 80, &[(11, 1), (12, 1)]);
+        let (ids, before) = plan(&Ids::default(), std::slice::from_ref(&web));
+        // Another service on another port gets web's ids in the next apply.
+        let (ids, gone) = plan(&ids, &[]);
+        let api = service("api", 81, &[(21, 1), (22, 1)]);
+        let (_, after) = plan(&ids, &[api]);
+        assert_eq!(
+            after.services.values().next().unwrap().id,
+            before.services.values().next().unwrap().id
+        );
+        let resets = |ops: Vec<Op>| -> Vec<Op> {
+            ops.into_iter()
+                .filter(|op| matches!(op, Op::ResetServiceTraffic(_) | Op::ResetBackendTraffic(_)))
+                .collect()
+        };
+        let service_id = after.services.values().next().unwrap().id;
+        let mut expected = vec![Op::ResetServiceTraffic(service_id)];
+        expected.extend(after.backends.keys().map(|id| Op::ResetBackendTraffic(*id)));
+        assert_eq!(resets(diff(&gone, &after)), expected);
+        // A change that keeps every holder (a weight) resets nothing.
+        let heavier = service("web", 80, &[(11, 3), (12, 1)]);
+        let (ids, same) = plan(&Ids::default(), &[web]);
+        let (_, reweighted) = plan(&ids, &[heavier]);
+        assert_eq!(resets(diff(&same, &reweighted)), []);
+    }
+
     #[test]
     fn first_apply_writes_bottom_up() {
         let (_, image) = plan(&Ids::default(), &[service("web", 80, &[(11, 1), (12, 1)])]);
@@ -538,12 +588,17 @@ pub(crate) mod tests {
                 Op::PutAddrFlags(..) => "addrs",
                 Op::PutRealSlot(..) => "real slot",
                 Op::PutService(..) => "service",
+                Op::ResetServiceTraffic(..) | Op::ResetBackendTraffic(..) => "reset",
                 _ => "other",
             })
             .collect();
         assert_eq!(
             kinds,
             [
+                // The new ids' counters, before anything reaches them.
+                "reset",
+                "reset",
+                "reset",
                 "backend",
                 "backend",
                 "real",

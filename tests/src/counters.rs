@@ -28,14 +28,33 @@ pub fn get(pin_dir: &str, counter: Counter) -> u64 {
 
 /// Traffic of one backend id, summed over CPUs.
 pub fn backend_traffic(pin_dir: &str, backend_id: u32) -> Traffic {
-    let map = per_cpu::<Traffic>(pin_dir, "lb_be_stats");
+    traffic(pin_dir, "lb_be_stats", backend_id)
+}
+
+/// Traffic of one service id, summed over CPUs.
+pub fn service_traffic(pin_dir: &str, service_id: u32) -> Traffic {
+    traffic(pin_dir, "lb_svc_stats", service_id)
+}
+
+fn traffic(pin_dir: &str, map: &str, id: u32) -> Traffic {
+    let map = per_cpu::<Traffic>(pin_dir, map);
     let mut total = Traffic::default();
-    if let Ok(values) = map.get(&backend_id, 0) {
+    if let Ok(values) = map.get(&id, 0) {
         for v in values.iter() {
             total.add(v);
         }
     }
     total
+}
+
+/// The id of the service on `vip:port` (TCP) in the pinned `lb_services`.
+pub fn service_id(pin_dir: &str, vip: std::net::Ipv4Addr, port: u16) -> Option<u32> {
+    let path = format!("{pin_dir}/lb_services");
+    let data = MapData::from_pin(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+    let map: aya::maps::HashMap<MapData, lb_common::abi::Endpoint, lb_common::abi::Service> =
+        aya::maps::HashMap::try_from(Map::HashMap(data)).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let key = lb_common::abi::Endpoint::new(vip.octets(), port, lb_common::abi::PROTO_TCP);
+    map.get(&key, 0).ok().map(|s| s.id)
 }
 
 /// The connection counts of backend `address:port` (as `lb_be_conns` holds

@@ -11,6 +11,7 @@ use std::{
 };
 
 use lb_tests::{
+    counters,
     harness::{EchoConn, FAST_CHECKS, Lab, Setup, who_answers},
     netns::in_ns,
     server::HealthMode,
@@ -109,6 +110,17 @@ fn cli_reads_the_live_state_and_fails_clearly() {
     let stats = lab.ctl_ok(&["stats"]);
     eprintln!("{stats}");
     assert!(stats.contains("web"), "{stats}");
+
+    // A service that takes a deleted one's id starts its counters at zero.
+    let vip = std::net::Ipv4Addr::new(10, 77, 1, 100);
+    let freed = counters::service_id(&lab.pin_dir, vip, 80).expect("web's id");
+    assert!(counters::service_traffic(&lab.pin_dir, freed).in_packets > 0);
+    lab.ctl_ok(&["service", "delete", "web"]);
+    lab.ctl_ok(&["service", "add", "--name", "web2", "--vip", "10.77.1.100", "--port", "81"]);
+    let reused = counters::service_id(&lab.pin_dir, vip, 81).expect("web2's id");
+    assert_eq!(reused, freed, "the new service reuses the freed id");
+    let fresh = counters::service_traffic(&lab.pin_dir, reused);
+    assert_eq!(fresh, lb_common::abi::Traffic::default(), "web2 inherited web's counters");
 
     // Refused by the controller: exit 1 with the reason.
     let out = lab.ctl(&["backend", "add", "nope", "10.77.2.11:80"]);

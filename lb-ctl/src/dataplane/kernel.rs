@@ -10,7 +10,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMap, HashMap, MapData, PerCpuArray},
+    maps::{Array, DevMap, HashMap, MapData, PerCpuArray, PerCpuValues},
     programs::{SchedClassifier, Xdp},
 };
 use lb_common::abi::{
@@ -345,6 +345,21 @@ fn per_cpu_sums<T: aya::Pod + Default>(
 }
 
 impl KernelMaps {
+    /// Zeroes slot `id` of the per-CPU traffic map `name` on every CPU.
+    fn reset_traffic(&mut self, name: &str, id: u32) -> Result<(), DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or_else(|| DataplaneError::kernel(name.to_owned(), "missing from the object"))?;
+        let mut array: PerCpuArray<&mut MapData, Traffic> =
+            PerCpuArray::try_from(map).map_err(err(format!("opening {name}")))?;
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(path, e)| DataplaneError::kernel(format!("reading {path}"), e))?;
+        let zeros = PerCpuValues::try_from(vec![Traffic::default(); cpus])
+            .map_err(|e| DataplaneError::kernel(format!("zeroing {name}"), e))?;
+        array.set(id, zeros, 0).map_err(err(format!("zeroing {name}")))
+    }
+
     /// The conntrack map: written by the kernel, read and pruned by the recount.
     fn conntrack(&mut self) -> Result<HashMap<&mut MapData, Flow, Conn>, DataplaneError> {
         let map = self
@@ -540,6 +555,8 @@ impl Maps for KernelMaps {
                 self.services.insert(k, s, 0).map_err(err("writing lb_services"))
             }
             Op::DelService(k) => deleted(self.services.remove(k), "deleting from lb_services"),
+            Op::ResetServiceTraffic(id) => self.reset_traffic("lb_svc_stats", *id),
+            Op::ResetBackendTraffic(id) => self.reset_traffic("lb_be_stats", *id),
         }
     }
 }
