@@ -14,7 +14,9 @@ JIT addresses to source lines. Prints the lines that took the most samples.
 
 Needs root, perf and bpftool. A sample is charged to the last line record
 at or before its address, so a hot load often shows as the line just
-before the one that uses the value.
+before the one that uses the value. Only lb_xdp's own image is counted:
+time in the `lb_least_connections` subprogram (the `lc` scheduler) and in
+kernel helpers does not show.
 """
 import bisect
 import collections
@@ -24,6 +26,7 @@ import re
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 
 BPF_PROG_GET_FD_BY_ID = 13
@@ -112,7 +115,8 @@ def new_lb_xdp(seen, deadline):
 def profile_one_load(command, seconds, seen, counts, by_insn):
     """Runs `command` once, samples its lb_xdp for `seconds`, adds to `counts`."""
     run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    data = "/tmp/xdp-line-profile.data"
+    handle, data = tempfile.mkstemp(prefix="xdp-line-profile-", suffix=".data")
+    os.close(handle)
     try:
         prog_id = new_lb_xdp(seen, time.time() + 30)
         seen.add(prog_id)

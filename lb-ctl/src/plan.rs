@@ -401,7 +401,10 @@ fn gone<'a, K: Ord + Copy, V>(
 pub fn diff(old: &Image, new: &Image) -> Vec<Op> {
     let mut ops = Vec::new();
     // An id that starts to serve another service or backend starts its
-    // counters from zero, before anything can reach it.
+    // counters from zero, before anything can reach it. (An id freed and
+    // taken again in the same apply, which `Ids` avoids until every other
+    // id is taken, is zeroed while its old holder may still count a few
+    // packets into it.)
     for (key, s) in &new.services {
         if old.services.get(key).map(|o| o.id) != Some(s.id) {
             ops.push(Op::ResetServiceTraffic(s.id));
@@ -543,14 +546,15 @@ pub(crate) mod tests {
         assert_eq!(ids.service(&moved), Some(1), "id 0 was freed in the same apply");
     }
 
-    /// A service that takes a removed one's id, and a backend that takes a
-    /// removed one's, start from zero; ids that keep their holder keep
-    /// their counters.
+    /// A service that takes a removed one's id, and backends on ids never
+    /// used or used by another backend, start from zero; ids that keep
+    /// their holder keep their counters.
     #[test]
     fn reused_ids_get_their_counters_zeroed_and_kept_ids_do_not() {
         let web = service("web", 80, &[(11, 1), (12, 1)]);
         let (ids, before) = plan(&Ids::default(), std::slice::from_ref(&web));
-        // Another service on another port gets web's ids in the next apply.
+        // Another service on another port gets web's service id in the next
+        // apply (its backends get fresh ids: freed ones are reused last).
         let (ids, gone) = plan(&ids, &[]);
         let api = service("api", 81, &[(21, 1), (22, 1)]);
         let (_, after) = plan(&ids, &[api]);
@@ -572,6 +576,11 @@ pub(crate) mod tests {
         let (ids, same) = plan(&Ids::default(), &[web]);
         let (_, reweighted) = plan(&ids, &[heavier]);
         assert_eq!(resets(diff(&same, &reweighted)), []);
+        // A backend id that passes to another backend (after the ids wrap).
+        let mut moved = same.clone();
+        let (&id, held) = same.backends.iter().next().unwrap();
+        moved.backends.insert(id, abi::Backend { addr: [10, 77, 2, 99], ..*held });
+        assert_eq!(resets(diff(&same, &moved)), [Op::ResetBackendTraffic(id)]);
     }
 
     #[test]

@@ -361,9 +361,15 @@ mod tests {
         let mut r = Reconciler::new(fake.clone());
         r.apply(&[web(&[(11, 1)])]).unwrap();
         let next = [web(&[(12, 1), (13, 1)])];
-        for fail_after in 0..12 {
+        // Fail at every write in turn, until the apply has fewer writes
+        // than the failure point.
+        for fail_after in 0..64 {
             *fake.fail_after.lock().unwrap() = Some(fail_after);
             let failed = r.apply(&next).is_err();
+            if !failed {
+                assert!(fail_after > 10, "an apply of a dozen writes succeeded at {fail_after}");
+                break;
+            }
             *fake.fail_after.lock().unwrap() = None;
             r.apply(&next).unwrap();
             assert_eq!(
@@ -382,8 +388,11 @@ mod tests {
         let fake = FakeMaps::default();
         let mut r = Reconciler::new(fake.clone());
         r.apply(&[web(&[(11, 1)])]).unwrap();
-        *fake.fail_after.lock().unwrap() = Some(1);
+        // Past the two new backends' counter resets: one backend entry is
+        // written, then the apply fails.
+        *fake.fail_after.lock().unwrap() = Some(3);
         assert!(r.apply(&[web(&[(11, 1), (12, 1), (13, 1)])]).is_err());
+        assert_eq!(fake.state.lock().unwrap().backends.len(), 2, "a leftover backend entry");
         // The operator gives up on the change: the leftovers must go.
         *fake.fail_after.lock().unwrap() = None;
         r.apply(&[web(&[(11, 1)])]).unwrap();

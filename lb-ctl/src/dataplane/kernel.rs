@@ -18,6 +18,7 @@ use lb_common::abi::{
     CONN_STATES, CONN_SYN, CONN_UDP, Conn, Endpoint, Flow, MAGLEV_SIZE, MAX_TX_PORTS, Meta,
     NEXTHOP_REFRESH_MS, NO_BACKEND, Traffic, expired,
 };
+use rustc_hash::FxHashSet;
 use tracing::info;
 
 use super::{
@@ -55,8 +56,19 @@ pub struct KernelMaps {
     pins: Option<PinDir>,
     /// Whether the maps and links were a previous controller's.
     adopted: bool,
+    /// Service and backend ids given to an entry since these maps were
+    /// created: on maps this process created, any other id's counters are
+    /// still zero and need no reset (unknown for adopted maps: all may).
+    counted_ids: FxHashSet<(CounterKind, u32)>,
     /// The interfaces the programs are attached to.
     interfaces: Vec<String>,
+}
+
+/// The two kinds of traffic counters, by service id and by backend id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum CounterKind {
+    Service,
+    Backend,
 }
 
 fn err(what: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
@@ -130,10 +142,7 @@ impl KernelMaps {
     ) -> Result<Self, DataplaneError> {
         let paths: Vec<(&str, PathBuf)> =
             expected.keys().map(|name| (name.as_str(), pins.map(name))).collect();
-        let mut loader = EbpfLoader::new();
-        for (name, entries) in pins::load_time_sizes(dataplane.conntrack_max)? {
-            loader.map_max_entries(name, entries);
-        }
+        let mut loader = sized_loader(dataplane.conntrack_max)?;
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -211,6 +220,7 @@ impl KernelMaps {
             ebpf,
             pins: None,
             adopted: false,
+            counted_ids: FxHashSet::default(),
             interfaces: interfaces.to_vec(),
         })
     }
@@ -249,13 +259,19 @@ impl KernelMaps {
     }
 }
 
-fn load_object(object: &[u8], conntrack_max: u32) -> Result<Ebpf, DataplaneError> {
+/// A loader with the maps sized at load time (`pins::load_time_sizes`).
+fn sized_loader(conntrack_max: u32) -> Result<EbpfLoader<'static>, DataplaneError> {
     let mut loader = EbpfLoader::new();
     for (name, entries) in pins::load_time_sizes(conntrack_max)? {
         loader.map_max_entries(name, entries);
     }
-    let mut ebpf =
-        loader.load(object).map_err(|e| DataplaneError::kernel("loading the XDP object", e))?;
+    Ok(loader)
+}
+
+fn load_object(object: &[u8], conntrack_max: u32) -> Result<Ebpf, DataplaneError> {
+    let mut ebpf = sized_loader(conntrack_max)?
+        .load(object)
+        .map_err(|e| DataplaneError::kernel("loading the XDP object", e))?;
     load_program::<Xdp>(&mut ebpf, "lb_xdp")?;
     load_program::<SchedClassifier>(&mut ebpf, "lb_neigh")?;
     Ok(ebpf)
@@ -345,8 +361,16 @@ fn per_cpu_sums<T: aya::Pod + Default>(
 }
 
 impl KernelMaps {
-    /// Zeroes slot `id` of the per-CPU traffic map `name` on every CPU.
-    fn reset_traffic(&mut self, name: &str, id: u32) -> Result<(), DataplaneError> {
+    /// Zeroes the traffic counters of service or backend `id` on every CPU,
+    /// unless the maps are this process's and no entry has had the id.
+    fn reset_traffic(&mut self, kind: CounterKind, id: u32) -> Result<(), DataplaneError> {
+        if !self.adopted && !self.counted_ids.contains(&(kind, id)) {
+            return Ok(());
+        }
+        let name = match kind {
+            CounterKind::Service => "lb_svc_stats",
+            CounterKind::Backend => "lb_be_stats",
+        };
         let map = self
             .ebpf
             .map_mut(name)
@@ -532,6 +556,15 @@ impl Maps for KernelMaps {
 
     fn apply(&mut self, op: &Op) -> Result<(), DataplaneError> {
         match op {
+            Op::PutService(_, svc) => {
+                self.counted_ids.insert((CounterKind::Service, svc.id));
+            }
+            Op::PutBackend(id, _) => {
+                self.counted_ids.insert((CounterKind::Backend, *id));
+            }
+            _ => {}
+        }
+        match op {
             Op::PutBackend(id, b) => {
                 self.backends.set(*id, b, 0).map_err(err("writing lb_backends"))
             }
@@ -555,8 +588,8 @@ impl Maps for KernelMaps {
                 self.services.insert(k, s, 0).map_err(err("writing lb_services"))
             }
             Op::DelService(k) => deleted(self.services.remove(k), "deleting from lb_services"),
-            Op::ResetServiceTraffic(id) => self.reset_traffic("lb_svc_stats", *id),
-            Op::ResetBackendTraffic(id) => self.reset_traffic("lb_be_stats", *id),
+            Op::ResetServiceTraffic(id) => self.reset_traffic(CounterKind::Service, *id),
+            Op::ResetBackendTraffic(id) => self.reset_traffic(CounterKind::Backend, *id),
         }
     }
 }

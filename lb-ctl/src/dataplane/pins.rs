@@ -155,14 +155,26 @@ fn read_abi_version(path: &Path) -> Result<u32, DataplaneError> {
 /// connection table (`conntrack_max`, from the config), and the flow and
 /// next-hop caches (a region for each CPU the kernel may run XDP on).
 pub fn load_time_sizes(conntrack_max: u32) -> Result<[(&'static str, u32); 3], DataplaneError> {
-    let cpus = aya::util::nr_cpus()
-        .map_err(|(path, e)| DataplaneError::kernel(format!("reading {path}"), e))?;
-    let cpus = u32::try_from(cpus).unwrap_or(u32::MAX);
+    let cpus = u32::try_from(cpu_regions()?).unwrap_or(u32::MAX);
     Ok([
         ("lb_conntrack", conntrack_max),
         ("lb_flow_cache", FLOW_CACHE_SLOTS.saturating_mul(cpus)),
         ("lb_nexthops", NEXTHOP_SLOTS.saturating_mul(cpus)),
     ])
+}
+
+/// One more than the highest CPU id the kernel may run on: the regions the
+/// per-CPU caches need, indexed by `bpf_get_smp_processor_id()` (with a
+/// gap in the possible CPUs, more than their count).
+fn cpu_regions() -> Result<usize, DataplaneError> {
+    const POSSIBLE: &str = "/sys/devices/system/cpu/possible";
+    let text = fs::read_to_string(POSSIBLE)
+        .map_err(|e| DataplaneError::kernel(format!("reading {POSSIBLE}"), e))?;
+    // Ranges like "0-3,8-11": the last number is the highest id.
+    let last = text.trim().rsplit([',', '-']).next().and_then(|n| n.parse::<usize>().ok());
+    last.map(|id| id + 1).ok_or_else(|| {
+        DataplaneError::kernel(format!("reading {POSSIBLE}"), format!("cannot parse {text:?}"))
+    })
 }
 
 /// The maps `object` defines, with the sizes of `load_time_sizes`.

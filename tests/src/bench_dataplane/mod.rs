@@ -272,8 +272,8 @@ pub fn clear_flow_cache(loaded: &mut Loaded, flow: &Flow) {
         Array::try_from(ebpf.map_mut("lb_flow_cache").expect("lb_flow_cache"))
             .expect("lb_flow_cache type");
     let slot = lb_common::abi::flow_cache_slot(flow);
-    let cpus = aya::util::nr_cpus().expect("number of CPUs") as u32;
-    for cpu in 0..cpus {
+    // However many regions lb-ctl sized the map for.
+    for cpu in 0..cache.len() / FLOW_CACHE_SLOTS {
         let index = cpu_slot(cpu, FLOW_CACHE_SLOTS, slot);
         cache.set(index, FlowCacheEntry::default(), 0).expect("clearing the flow cache");
     }

@@ -119,7 +119,7 @@ impl Workload {
 struct Settings {
     rounds: usize,
     secs: u64,
-    /// wrk's threads (`-t`), one per CPU by default.
+    /// wrk's threads (`-t`), one per CPU by default (at most 8).
     threads: u32,
     /// wrk's open connections (`-c`), over all its threads.
     connections: u32,
@@ -144,11 +144,15 @@ impl Settings {
                 .unwrap_or(default)
                 .clamp(1, max)
         };
+        let threads = u32::try_from(num("LB_BENCH_E2E_THREADS", cpus, 8)).unwrap_or(1);
         Self {
             rounds: usize::try_from(num("LB_BENCH_E2E_ROUNDS", 5, 20)).unwrap_or(5),
             secs: num("LB_BENCH_E2E_SECS", 5, 30),
-            threads: u32::try_from(num("LB_BENCH_E2E_THREADS", cpus, 8)).unwrap_or(1),
-            connections: u32::try_from(num("LB_BENCH_E2E_CONNECTIONS", 128, 1024)).unwrap_or(128),
+            threads,
+            // wrk wants at least one connection per thread.
+            connections: u32::try_from(num("LB_BENCH_E2E_CONNECTIONS", 128, 1024))
+                .unwrap_or(128)
+                .max(threads),
             udp_inflight: 16,
             targets: std::env::var("LB_BENCH_E2E_TARGETS").map_or([true; 5], |list| {
                 Target::ALL.map(|t| list.split(',').any(|name| name.trim() == t.name()))
