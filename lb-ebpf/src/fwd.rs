@@ -8,10 +8,7 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED,
         BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action,
     },
-    helpers::{
-        bpf_get_smp_processor_id,
-        generated::{bpf_fib_lookup, bpf_xdp_adjust_meta},
-    },
+    helpers::generated::{bpf_fib_lookup, bpf_xdp_adjust_meta},
     programs::XdpContext,
 };
 use lb_common::{
@@ -23,10 +20,11 @@ use lb_common::{
 
 use crate::{
     Verdict,
-    maps::{LB_EPOCH, LB_NEXTHOPS, LB_TX_PORTS, LB_TX_SLOTS},
+    maps::{LB_NEXTHOPS, LB_TX_PORTS, LB_TX_SLOTS},
     mem,
     nat::{self, Side},
     parse::Packet,
+    select::Here,
 };
 
 pub const AF_INET: u8 = 2;
@@ -44,9 +42,14 @@ pub struct Target {
 /// up for the packet as it will be after the rewrite, and before rewriting
 /// it: a packet the FIB cannot forward is passed untouched.
 #[inline(always)]
-pub fn forward(ctx: &XdpContext, pkt: &Packet, target: &Target) -> Result<Verdict, Counter> {
+pub fn forward(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    target: &Target,
+    here: Here,
+) -> Result<Verdict, Counter> {
     let ingress = ctx.ingress_ifindex() as u32;
-    let hop = next_hop(ctx, pkt, target, ingress)?;
+    let hop = next_hop(ctx, pkt, target, ingress, here)?;
     if let Some(side) = target.rewrite {
         // SAFETY: pkt comes from parse on this frame, is not a fragment, and
         // nothing has resized the frame since.
@@ -85,16 +88,20 @@ enum Hop {
 /// the route does not depend on the source, ports or TOS (no policy routing,
 /// one ECMP path per destination while an entry lives).
 #[inline(always)]
-fn next_hop(ctx: &XdpContext, pkt: &Packet, target: &Target, ingress: u32) -> Result<Hop, Counter> {
+fn next_hop(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    target: &Target,
+    ingress: u32,
+    here: Here,
+) -> Result<Hop, Counter> {
     let (src, dst, sport, dport) = match target.rewrite {
         Some(Side::Destination) | None => (pkt.flow.src, target.addr, pkt.flow.sport, target.port),
         Some(Side::Source) => (target.addr, pkt.flow.dst, target.port, pkt.flow.dport),
     };
     let direct = target.rewrite.is_none();
-    let epoch = LB_EPOCH.get(0).copied().unwrap_or(0);
-    // SAFETY: a helper without arguments (inlined by the verifier).
-    let cpu = unsafe { bpf_get_smp_processor_id() };
-    let cached = LB_NEXTHOPS.get_ptr_mut(cpu_slot(cpu, NEXTHOP_SLOTS, nexthop_slot(dst)));
+    let epoch = here.epoch;
+    let cached = LB_NEXTHOPS.get_ptr_mut(cpu_slot(here.cpu, NEXTHOP_SLOTS, nexthop_slot(dst)));
     // The largest length the FIB already accepted for this destination.
     let mut max_len = 0;
     if let Some(entry) = cached {

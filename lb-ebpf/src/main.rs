@@ -35,7 +35,7 @@ use crate::{
     fwd::Target,
     maps::{LB_BE_STATS, LB_COUNTERS, LB_SVC_STATS, LB_VIPS},
     nat::Side,
-    select::Known,
+    select::{Here, Known},
 };
 
 /// What the program answers, and the counter that says why.
@@ -90,10 +90,11 @@ fn process(ctx: &XdpContext) -> Result<Verdict, Counter> {
         let to_vip = to_vip && unsafe { LB_VIPS.get(pkt.flow.dst).is_some() };
         return Err(if to_vip { Counter::DropFragment } else { Counter::PassNotService });
     }
-    if to_vip && let Some(verdict) = to_backend(ctx, &pkt)? {
+    let here = select::Here::read();
+    if to_vip && let Some(verdict) = to_backend(ctx, &pkt, here)? {
         return Ok(verdict);
     }
-    if from_real && let Some(verdict) = to_client(ctx, &pkt)? {
+    if from_real && let Some(verdict) = to_client(ctx, &pkt, here)? {
         return Ok(verdict);
     }
     Err(Counter::PassNotService)
@@ -102,14 +103,18 @@ fn process(ctx: &XdpContext) -> Result<Verdict, Counter> {
 /// A backend's reply: the source goes back to the VIP. `Ok(None)` when the
 /// source is not a backend.
 #[inline(always)]
-fn to_client(ctx: &XdpContext, pkt: &parse::Packet) -> Result<Option<Verdict>, Counter> {
+fn to_client(
+    ctx: &XdpContext,
+    pkt: &parse::Packet,
+    here: Here,
+) -> Result<Option<Verdict>, Counter> {
     let Some(real) = select::real(&pkt.flow) else {
         return Ok(None);
     };
     expire_check(pkt)?;
-    select::backend_closes(&pkt.flow, &real, pkt.tcp_flags);
+    select::backend_closes(&pkt.flow, &real, pkt.tcp_flags, here);
     let target = Target { rewrite: Some(Side::Source), addr: real.vip, port: real.vport };
-    let verdict = fwd::forward(ctx, pkt, &target)?;
+    let verdict = fwd::forward(ctx, pkt, &target, here)?;
     select::account(&LB_SVC_STATS, real.service_id, pkt.tot_len, false, false);
     select::account(&LB_BE_STATS, real.backend_id, pkt.tot_len, false, false);
     Ok(Some(verdict))
@@ -125,10 +130,17 @@ fn expire_check(pkt: &parse::Packet) -> Result<(), Counter> {
 /// needs nothing else), then the service and its scheduler. `Ok(None)` when
 /// the destination is not a service after all.
 #[inline(always)]
-fn to_backend(ctx: &XdpContext, pkt: &parse::Packet) -> Result<Option<Verdict>, Counter> {
+fn to_backend(
+    ctx: &XdpContext,
+    pkt: &parse::Packet,
+    here: Here,
+) -> Result<Option<Verdict>, Counter> {
     let tcp = pkt.flow.proto == PROTO_TCP;
     let opening = tcp && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    let (service_id, choice) = match select::established(&pkt.flow, pkt.tcp_flags) {
+    // The flow's slot in this CPU's flow cache: read by the lookup, written
+    // by the scheduler for a new flow.
+    let cached = select::flow_cache_entry(&pkt.flow, here);
+    let (service_id, choice) = match select::established(&pkt.flow, pkt.tcp_flags, here, cached) {
         Known::Flow(service_id, choice) if choice.backend.flags & BACKEND_DOWN == 0 => {
             expire_check(pkt)?;
             (service_id, choice)
@@ -148,7 +160,7 @@ fn to_backend(ctx: &XdpContext, pkt: &parse::Packet) -> Result<Option<Verdict>, 
             };
             // Before scheduling: an expiring packet must not create a flow.
             expire_check(pkt)?;
-            match select::schedule(&pkt.flow, pkt.tcp_flags, &service) {
+            match select::schedule(&pkt.flow, pkt.tcp_flags, &service, here, cached) {
                 Ok(choice) => (service.id, choice),
                 Err(Counter::DropNoBackend) if service.flags & SVC_REJECT != 0 => {
                     return reject::no_backend(ctx, pkt).map(Some);
@@ -165,7 +177,7 @@ fn to_backend(ctx: &XdpContext, pkt: &parse::Packet) -> Result<Option<Verdict>, 
         addr: choice.backend.addr,
         port: choice.backend.port,
     };
-    let verdict = fwd::forward(ctx, pkt, &target)?;
+    let verdict = fwd::forward(ctx, pkt, &target, here)?;
     select::account(&LB_SVC_STATS, service_id, pkt.tot_len, true, choice.new_flow);
     select::account(&LB_BE_STATS, choice.id, pkt.tot_len, true, choice.new_flow);
     Ok(Some(verdict))

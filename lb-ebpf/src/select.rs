@@ -104,30 +104,44 @@ pub enum Known {
     Unknown,
 }
 
-/// The current epoch tick: the data plane's clock (see `NEXTHOP_REFRESH_MS`).
-#[inline(always)]
-pub fn now() -> u64 {
-    LB_EPOCH.get(0).copied().unwrap_or(0)
+/// Where and when a packet runs, read once per packet: this CPU (whose
+/// region of the flow and next-hop caches it uses) and the current epoch
+/// tick, the data plane's clock (see `NEXTHOP_REFRESH_MS`).
+#[derive(Clone, Copy)]
+pub struct Here {
+    pub cpu: u32,
+    pub epoch: u64,
+}
+
+impl Here {
+    #[inline(always)]
+    pub fn read() -> Self {
+        // SAFETY: a helper without arguments (inlined by the verifier).
+        let cpu = unsafe { bpf_get_smp_processor_id() };
+        Self { cpu, epoch: LB_EPOCH.get(0).copied().unwrap_or(0) }
+    }
 }
 
 /// This CPU's flow cache entry for `flow`: `None` on a CPU the map was not
 /// sized for (the flow then goes to the connection table every time).
 #[inline(always)]
-fn flow_cache_entry(flow: &Flow) -> Option<*mut FlowCacheEntry> {
-    // SAFETY: a helper without arguments (inlined by the verifier).
-    let cpu = unsafe { bpf_get_smp_processor_id() };
-    LB_FLOW_CACHE.get_ptr_mut(cpu_slot(cpu, FLOW_CACHE_SLOTS, flow_cache_slot(flow)))
+pub fn flow_cache_entry(flow: &Flow, here: Here) -> Option<*mut FlowCacheEntry> {
+    LB_FLOW_CACHE.get_ptr_mut(cpu_slot(here.cpu, FLOW_CACHE_SLOTS, flow_cache_slot(flow)))
 }
 
 /// What the connection table knows of a client packet's flow, with the
 /// packet folded into the flow's state. A packet that may change the state
 /// (SYN, FIN, RST), a flow not yet established, and each flow once an
 /// epoch, go to the connection table; the rest is answered by this CPU's
-/// flow cache.
+/// flow cache (`cached`, the flow's slot there).
 #[inline(always)]
-pub fn established(flow: &Flow, tcp_flags: u8) -> Known {
-    let epoch = now();
-    let cached = flow_cache_entry(flow);
+pub fn established(
+    flow: &Flow,
+    tcp_flags: u8,
+    here: Here,
+    cached: Option<*mut FlowCacheEntry>,
+) -> Known {
+    let epoch = here.epoch;
     if tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0
         && let Some(entry) = cached
     {
@@ -177,7 +191,7 @@ pub fn established(flow: &Flow, tcp_flags: u8) -> Known {
 /// A backend's FIN or RST moves its connection's state (the client's
 /// packets do the rest); the entry is found by the flow as the client sent it.
 #[inline(always)]
-pub fn backend_closes(reply: &Flow, real: &Reply, tcp_flags: u8) {
+pub fn backend_closes(reply: &Flow, real: &Reply, tcp_flags: u8, here: Here) {
     if tcp_flags & (TCP_FIN | TCP_RST) == 0 {
         return;
     }
@@ -195,7 +209,7 @@ pub fn backend_closes(reply: &Flow, real: &Reply, tcp_flags: u8) {
         if let Some(state) = next_state(conn.state, tcp_flags, false) {
             conn.state = state;
             // The closing state's (shorter) timeout counts from now.
-            conn.last_seen = now() as u32;
+            conn.last_seen = here.epoch as u32;
         }
     }
 }
@@ -203,7 +217,13 @@ pub fn backend_closes(reply: &Flow, real: &Reply, tcp_flags: u8) {
 /// Places a flow the connection table does not know with the service's
 /// Maglev table, and remembers it.
 #[inline(always)]
-pub fn schedule(flow: &Flow, tcp_flags: u8, service: &Service) -> Result<Choice, Counter> {
+pub fn schedule(
+    flow: &Flow,
+    tcp_flags: u8,
+    service: &Service,
+    here: Here,
+    cached: Option<*mut FlowCacheEntry>,
+) -> Result<Choice, Counter> {
     let id = if service.flags & SCHED_MASK == SCHED_LC {
         lb_least_connections(service.id, service.ring_size)
     } else {
@@ -236,7 +256,7 @@ pub fn schedule(flow: &Flow, tcp_flags: u8, service: &Service) -> Result<Choice,
     let conn = Conn {
         backend_id: id,
         service_id: service.id,
-        last_seen: now() as u32,
+        last_seen: here.epoch as u32,
         state,
         _pad: [0; 3],
     };
@@ -245,9 +265,9 @@ pub fn schedule(flow: &Flow, tcp_flags: u8, service: &Service) -> Result<Choice,
     // This CPU's flow cache may still hold the flow's previous placement (a
     // new connection on the same ports, a UDP flow moved off a DOWN backend):
     // the new one replaces it.
-    if let Some(slot) = flow_cache_entry(flow) {
+    if let Some(slot) = cached {
         // SAFETY: this CPU's slot, only touched by this CPU; XDP does not nest.
-        unsafe { *slot = FlowCacheEntry { flow: *flow, conn, epoch: now() } };
+        unsafe { *slot = FlowCacheEntry { flow: *flow, conn, epoch: here.epoch } };
     }
     Ok(Choice { id, backend, new_flow: true })
 }

@@ -264,6 +264,14 @@ fn targets(r: &Results) -> Vec<Check> {
         let value = a / b;
         Check { key, what, value, op: ">=", threshold: format!("{min}"), met: value >= min }
     };
+    let below = |key, what, a: f64, b: f64| Check {
+        key,
+        what,
+        value: a / b,
+        op: "<",
+        threshold: "1".into(),
+        met: a < b,
+    };
     let close = Workload::Close;
     let (lb, ha, nft) = (cpu(Target::Lb), cpu(Target::Haproxy), cpu(Target::Nftables));
     vec![
@@ -281,22 +289,8 @@ fn targets(r: &Results) -> Vec<Check> {
             rps(Target::Nftables, close),
             1.2,
         ),
-        Check {
-            key: "cpu_per_conn_lb_over_haproxy",
-            what: "CPU per connection, LB / HAProxy",
-            value: lb / ha,
-            op: "<",
-            threshold: "1".into(),
-            met: lb < ha,
-        },
-        Check {
-            key: "cpu_per_conn_lb_over_nftables",
-            what: "CPU per connection, LB / nftables",
-            value: lb / nft,
-            op: "<",
-            threshold: "1".into(),
-            met: lb < nft,
-        },
+        below("cpu_per_conn_lb_over_haproxy", "CPU per connection, LB / HAProxy", lb, ha),
+        below("cpu_per_conn_lb_over_nftables", "CPU per connection, LB / nftables", lb, nft),
         ratio(
             "keepalive_lb_over_direct",
             "keep-alive req/s, LB / direct (ceiling)",
