@@ -7,7 +7,7 @@
 
 /// Bumped whenever a map layout below changes; stored in `lb_meta` so that a
 /// controller can tell whether pinned maps were written by a compatible build.
-pub const ABI_VERSION: u32 = 9;
+pub const ABI_VERSION: u32 = 10;
 
 /// Capacity of the service table (and of each per-service array).
 pub const MAX_SERVICES: u32 = 256;
@@ -369,15 +369,25 @@ pub struct Meta {
 }
 const _: () = assert!(size_of::<Meta>() == 8);
 
-/// XDP metadata placed in front of a packet that XDP has fully rewritten but
-/// could not transmit because the kernel has no neighbour entry for the next
-/// hop yet. The tc ingress program (`lb_neigh`) finds it and finishes the job
-/// with `bpf_redirect_neigh()`, which resolves the neighbour; handing such a
-/// packet to the IP stack instead would drop a rewritten reply as a martian
-/// (its source, the VIP, is a local address).
+/// The mark written over the two MAC addresses (the first 12 bytes) of a
+/// packet that XDP has fully rewritten but could not transmit because the
+/// kernel has no neighbour entry for the next hop yet. The tc ingress program
+/// (`lb_neigh`) finds it and finishes the job with `bpf_redirect_neigh()`,
+/// which resolves the neighbour and writes real addresses in its place;
+/// handing such a packet to the IP stack instead would drop a rewritten reply
+/// as a martian (its source, the VIP, is a local address).
+///
+/// The frame itself carries the mark, not XDP metadata in front of it: some
+/// kernels refuse `bpf_xdp_adjust_meta` to XDP programs (seen on
+/// 6.18.44-fc: "program of this type cannot use helper"), and the MAC
+/// addresses are overwritten on the way out anyway. Read as a destination
+/// MAC, the magic starts `32:4e:42:4c`, a locally administered unicast
+/// address, so a frame with the mark that reaches the IP stack is dropped as
+/// addressed to another host. `lb_xdp` drops every frame that *arrives* with
+/// the mark (`drop_forged_mark`): only it may hand one to `lb_neigh`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NeighMeta {
+pub struct NeighMark {
     pub magic: u32,
     pub ifindex: u32,
     /// The next hop the FIB chose (the destination itself, or a gateway):
@@ -386,8 +396,21 @@ pub struct NeighMeta {
     /// backend).
     pub nexthop: [u8; 4],
 }
-const _: () = assert!(size_of::<NeighMeta>() == 12);
-pub const NEIGH_META_MAGIC: u32 = 0x4c42_4e32; // "LBN2"
+const _: () = assert!(size_of::<NeighMark>() == 12);
+pub const NEIGH_MARK_MAGIC: u32 = 0x4c42_4e32; // "2NBL" in memory
+// The magic's first byte as a destination MAC: unicast, locally administered.
+const _: () = assert!(NEIGH_MARK_MAGIC.to_ne_bytes()[0] & 0b11 == 0b10);
+
+impl NeighMark {
+    /// The 12 bytes that replace the frame's destination and source MACs.
+    pub fn to_bytes(self) -> [u8; 12] {
+        let mut out = [0; 12];
+        out[..4].copy_from_slice(&self.magic.to_ne_bytes());
+        out[4..8].copy_from_slice(&self.ifindex.to_ne_bytes());
+        out[8..].copy_from_slice(&self.nexthop);
+        out
+    }
+}
 
 #[cfg(test)]
 mod tests {

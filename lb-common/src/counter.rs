@@ -61,8 +61,10 @@ counters! {
     DropBackendDown = "drop_backend_down",
     /// A client packet too big for the backend's link (the FIB's MTU check).
     DropTooBig = "drop_too_big",
-    /// The slow path could not attach its metadata to the packet.
-    DropNoMetadata = "drop_no_metadata",
+    /// A frame that arrived carrying the slow path's mark in its MAC
+    /// addresses (`abi::NeighMark`): only `lb_xdp` may hand such a frame to
+    /// `lb_neigh`, so this one is forged.
+    DropForgedMark = "drop_forged_mark",
     /// Direct routing to a backend the FIB reaches only through a gateway
     /// (a `dsr` backend must share a link with the load balancer).
     DropDsrNotOnLink = "drop_dsr_not_on_link",

@@ -8,13 +8,11 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED,
         BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action,
     },
-    helpers::generated::{bpf_fib_lookup, bpf_xdp_adjust_meta},
+    helpers::generated::bpf_fib_lookup,
     programs::XdpContext,
 };
 use lb_common::{
-    abi::{
-        NEIGH_META_MAGIC, NEXTHOP_SLOTS, NO_TX_SLOT, NeighMeta, NextHop, cpu_slot, nexthop_slot,
-    },
+    abi::{NEIGH_MARK_MAGIC, NEXTHOP_SLOTS, NO_TX_SLOT, NextHop, cpu_slot, nexthop_slot},
     counter::Counter,
 };
 
@@ -57,7 +55,10 @@ pub fn forward(
     }
     let hop = match hop {
         Hop::Resolved(hop) => hop,
-        Hop::NoNeighbour { ifindex, nexthop } => return slow_path(ctx, ifindex, nexthop),
+        // SAFETY: pkt.eth was bounds-checked by parse.
+        Hop::NoNeighbour { ifindex, nexthop } => {
+            return Ok(unsafe { slow_path(pkt, ifindex, nexthop) });
+        }
     };
     // SAFETY: pkt.eth was bounds-checked by parse.
     unsafe { write_macs(pkt.eth.cast(), &hop) };
@@ -67,7 +68,8 @@ pub fn forward(
     match LB_TX_PORTS.redirect(hop.tx_slot, 0) {
         Ok(action) => Ok(Verdict { action, counter: Counter::Redirect }),
         // The egress interface is not one of ours: let tc send it.
-        Err(_) => slow_path(ctx, hop.ifindex, hop.via),
+        // SAFETY: as for write_macs.
+        Err(_) => Ok(unsafe { slow_path(pkt, hop.ifindex, hop.via) }),
     }
 }
 
@@ -196,27 +198,21 @@ fn resolved(hop: NextHop, direct: bool) -> Result<Hop, Counter> {
     Ok(Hop::Resolved(hop))
 }
 
-/// Hands a rewritten packet to tc ingress (`lb_neigh`) with metadata naming
-/// the egress interface and next hop; `bpf_redirect_neigh()` there resolves
-/// the neighbour.
+/// Hands a rewritten packet to tc ingress (`lb_neigh`), marked in place of
+/// its MAC addresses with the egress interface and next hop
+/// (`abi::NeighMark`); `bpf_redirect_neigh()` there resolves the neighbour
+/// and writes the real addresses.
+///
+/// # Safety
+/// `pkt.eth` points at a bounds-checked Ethernet header.
 #[inline(always)]
-fn slow_path(ctx: &XdpContext, ifindex: u32, nexthop: [u8; 4]) -> Result<Verdict, Counter> {
-    let delta = size_of::<NeighMeta>() as i32;
-    // SAFETY: grows the metadata area in front of the frame; pointers are re-derived below.
-    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -delta) } != 0 {
-        return Err(Counter::DropNoMetadata);
-    }
-    let meta = ctx.metadata();
-    if meta + size_of::<NeighMeta>() > ctx.data() {
-        return Err(Counter::DropNoMetadata);
-    }
-    // SAFETY: bounds checked just above.
+unsafe fn slow_path(pkt: &Packet, ifindex: u32, nexthop: [u8; 4]) -> Verdict {
+    let eth = pkt.eth.cast::<u8>();
+    // SAFETY: the caller guarantees the 14 bytes; the mark takes 12.
     unsafe {
-        (meta as *mut NeighMeta).write_unaligned(NeighMeta {
-            magic: NEIGH_META_MAGIC,
-            ifindex,
-            nexthop,
-        });
-    };
-    Ok(Verdict { action: xdp_action::XDP_PASS, counter: Counter::SlowPathNeigh })
+        mem::store32::<0>(eth, NEIGH_MARK_MAGIC);
+        mem::store32::<4>(eth, ifindex);
+        mem::store32::<8>(eth, u32::from_ne_bytes(nexthop));
+    }
+    Verdict { action: xdp_action::XDP_PASS, counter: Counter::SlowPathNeigh }
 }

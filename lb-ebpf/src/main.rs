@@ -25,7 +25,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     abi::{
-        ADDR_REAL, ADDR_VIP, BACKEND_DOWN, BACKEND_DSR, NEIGH_META_MAGIC, NeighMeta, PROTO_TCP,
+        ADDR_REAL, ADDR_VIP, BACKEND_DOWN, BACKEND_DSR, NEIGH_MARK_MAGIC, NeighMark, PROTO_TCP,
         SVC_REJECT, TCP_ACK, TCP_SYN,
     },
     counter::Counter,
@@ -52,7 +52,7 @@ impl Verdict {
             | Counter::DropNoBackend
             | Counter::DropTooBig
             | Counter::DropBackendDown
-            | Counter::DropNoMetadata
+            | Counter::DropForgedMark
             | Counter::DropDsrNotOnLink => xdp_action::XDP_DROP,
             _ => xdp_action::XDP_PASS,
         };
@@ -187,14 +187,14 @@ fn to_backend(
 /// want of a neighbour entry. Everything else goes on untouched.
 #[classifier]
 pub fn lb_neigh(ctx: TcContext) -> i32 {
-    // SAFETY: reading two fields of the context the kernel handed us.
-    let (meta, data) = unsafe { ((*ctx.skb.skb).data_meta as usize, (*ctx.skb.skb).data as usize) };
-    if meta + size_of::<NeighMeta>() > data {
+    // tc runs with the Ethernet header pushed back in front of `data`.
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + size_of::<NeighMark>() > end {
         return TC_ACT_UNSPEC;
     }
     // SAFETY: bounds checked just above.
-    let tag = unsafe { (meta as *const NeighMeta).read_unaligned() };
-    if tag.magic != NEIGH_META_MAGIC {
+    let tag = unsafe { (data as *const NeighMark).read_unaligned() };
+    if tag.magic != NEIGH_MARK_MAGIC {
         return TC_ACT_UNSPEC;
     }
     // The next hop XDP's FIB lookup chose, not the packet's destination: with

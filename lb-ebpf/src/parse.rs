@@ -2,7 +2,7 @@
 //! `ptr_at`, which proves to the verifier (and to us) that it is in bounds.
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    abi::{Flow, PROTO_TCP, PROTO_UDP},
+    abi::{Flow, NEIGH_MARK_MAGIC, PROTO_TCP, PROTO_UDP},
     counter::Counter,
 };
 
@@ -90,7 +90,14 @@ const ETH_P_IPV4_WIRE: u16 = u16::from_ne_bytes(ETH_P_IPV4.to_be_bytes());
 #[inline(always)]
 pub fn ipv4(ctx: &XdpContext) -> Result<Ipv4, Counter> {
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+    // Only this program may mark a frame for `lb_neigh`, which would send it
+    // wherever the mark says: one that arrives marked is forged, whatever
+    // its EtherType.
     // SAFETY: ptr_at checked that the Ethernet header is inside the frame.
+    if unsafe { mem::load32::<0>(eth.cast()) } == NEIGH_MARK_MAGIC {
+        return Err(Counter::DropForgedMark);
+    }
+    // SAFETY: as above.
     if unsafe { mem::load16::<12>(eth.cast()) } != ETH_P_IPV4_WIRE {
         return Err(Counter::PassNotIpv4);
     }

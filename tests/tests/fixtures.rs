@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 
 use lb_common::{
-    abi::{BackendConns, NEIGH_META_MAGIC, PROTO_TCP},
+    abi::{BackendConns, NEIGH_MARK_MAGIC, NeighMark, PROTO_TCP},
     counter::Counter,
     hash::{flow_hash, maglev_slot},
 };
@@ -22,8 +22,9 @@ enum Expect {
     Unchanged,
     /// The frame leaves as these bytes.
     Frame(Vec<u8>),
-    /// Rewritten but handed to tc for neighbour resolution: these bytes, plus
-    /// metadata naming the egress interface and the next hop.
+    /// Rewritten but handed to tc for neighbour resolution: these bytes with
+    /// the mark naming the egress interface and the next hop in place of
+    /// the MAC addresses.
     SlowPath { frame: Vec<u8>, egress: &'static str, nexthop: Ipv4Addr },
 }
 
@@ -83,6 +84,14 @@ fn forwarded(
         L4::Raw { .. } => unreachable!("only TCP and UDP are rewritten"),
     }
     out.frame(dst_mac, src_mac)
+}
+
+/// `frame` with the slow path's mark in place of its MAC addresses, as a
+/// forger on the link would send it (any interface index, any next hop).
+fn forged_mark(mut frame: Vec<u8>) -> Vec<u8> {
+    let mark = NeighMark { magic: NEIGH_MARK_MAGIC, ifindex: 2, nexthop: WEB1.octets() };
+    frame[..12].copy_from_slice(&mark.to_bytes());
+    frame
 }
 
 fn syn(dst: (Ipv4Addr, u16)) -> Ipv4 {
@@ -536,6 +545,22 @@ fn cases() -> Vec<Case> {
             Expect::Unchanged,
         ),
         case(
+            "a frame that arrives with the slow path's mark is dropped (forged)",
+            IF_CLIENT,
+            forged_mark(from_client(&to_web)),
+            XDP_DROP,
+            Counter::DropForgedMark,
+            Expect::Unchanged,
+        ),
+        case(
+            "a marked frame is dropped whatever its EtherType (ARP)",
+            IF_BACKEND,
+            forged_mark(packet::arp_request(WEB_MACS[0], WEB1, Ipv4Addr::new(10, 77, 2, 1))),
+            XDP_DROP,
+            Counter::DropForgedMark,
+            Expect::Unchanged,
+        ),
+        case(
             "IPv6 passes untouched",
             IF_CLIENT,
             packet::ipv6_frame(IF_CLIENT_MAC, CLIENT_MAC),
@@ -703,14 +728,18 @@ fn check_case(loaded: &mut Loaded, c: &Case) -> Result<(), String> {
     if after != before + 1 {
         problems.push(format!("counter {} went {before} -> {after} (want +1)", c.counter.name()));
     }
-    let (want_frame, want_meta) = match &c.expect {
-        Expect::Unchanged => (c.input.clone(), Vec::new()),
-        Expect::Frame(f) => (f.clone(), Vec::new()),
+    let want_frame = match &c.expect {
+        Expect::Unchanged => c.input.clone(),
+        Expect::Frame(f) => f.clone(),
         Expect::SlowPath { frame, egress, nexthop } => {
-            let mut meta = NEIGH_META_MAGIC.to_ne_bytes().to_vec();
-            meta.extend_from_slice(&Loaded::ifindex(egress).to_ne_bytes());
-            meta.extend_from_slice(&nexthop.octets());
-            (frame.clone(), meta)
+            let mark = NeighMark {
+                magic: NEIGH_MARK_MAGIC,
+                ifindex: Loaded::ifindex(egress),
+                nexthop: nexthop.octets(),
+            };
+            let mut marked = frame.clone();
+            marked[..12].copy_from_slice(&mark.to_bytes());
+            marked
         }
     };
     if out.frame != want_frame {
@@ -720,8 +749,9 @@ fn check_case(loaded: &mut Loaded, c: &Case) -> Result<(), String> {
             hex(&want_frame)
         ));
     }
-    if out.meta != want_meta {
-        problems.push(format!("metadata {:?} (want {:?})", out.meta, want_meta));
+    // The program never uses XDP metadata (see `abi::NeighMark`).
+    if !out.meta.is_empty() {
+        problems.push(format!("metadata {:?} (want none)", out.meta));
     }
     if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
 }
@@ -806,15 +836,16 @@ fn random_frames_never_abort_or_forward_garbage() {
             }
             let out = loaded.run(&frame, IF_CLIENT);
             assert_ne!(out.action, 0, "XDP_ABORTED on {}", hex(&frame));
-            if matches!(out.action, XDP_REDIRECT | XDP_TX) {
-                // Forwarded: the incremental update neither repairs nor breaks
+            let marked = out.frame.get(..4) == Some(&NEIGH_MARK_MAGIC.to_ne_bytes()[..]);
+            if matches!(out.action, XDP_REDIRECT | XDP_TX) || (out.action == XDP_PASS && marked) {
+                // Forwarded (or marked for tc): the incremental update neither repairs nor breaks
                 // the IP header checksum (a corrupted one stays corrupted, and
                 // the receiver drops it, as it would without us).
                 let ihl = usize::from(out.frame[14] & 0x0f) * 4;
                 let valid_out = packet::internet_checksum(&out.frame[14..14 + ihl]) == 0;
                 let valid_in = packet::internet_checksum(&frame[14..14 + ihl]) == 0;
                 assert_eq!(valid_out, valid_in, "IP checksum validity changed for {}", hex(&frame));
-            } else if out.action != XDP_DROP && out.meta.is_empty() {
+            } else if out.action != XDP_DROP {
                 assert_eq!(out.frame, frame, "a passed frame was modified");
             }
         }

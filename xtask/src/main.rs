@@ -83,17 +83,30 @@ fn dispatch(args: &[String]) -> Result<()> {
 }
 
 /// Host unit tests first (no privileges), then the privileged tests one at a
-/// time (they share kernel state: namespaces, XDP attachments, pins).
+/// time (they share kernel state: namespaces, XDP attachments, pins). Every
+/// test binary runs even when an earlier one failed (`--no-fail-fast`), so
+/// one failure does not hide the others; the command still fails if any did.
 fn test() -> Result<()> {
     util::build()?;
     util::step("host unit tests");
-    util::cargo(&["test", "-p", "lb-common", "-p", "lb-ctl"])?;
+    let unit = util::cargo(&["test", "--no-fail-fast", "-p", "lb-common", "-p", "lb-ctl"]);
     util::require_root("the privileged tests")?;
     let upgrade_object = util::build_upgrade_object()?;
     util::step(
         "privileged tests: packet fixtures (BPF_PROG_TEST_RUN) and end to end in namespaces",
     );
-    let mut cmd = util::cargo_cmd(&["test", "-p", "lb-tests", "--", "--test-threads=1"]);
+    let mut cmd =
+        util::cargo_cmd(&["test", "--no-fail-fast", "-p", "lb-tests", "--", "--test-threads=1"]);
     cmd.env("LB_CTL", util::bin("lb-ctl")).env("LB_UPGRADE_OBJECT", upgrade_object);
-    util::run_status(&mut cmd)
+    let privileged = util::run_status(&mut cmd);
+    match (unit, privileged) {
+        (Ok(()), Ok(())) => Ok(()),
+        (unit, privileged) => {
+            let failed: Vec<&str> = [("host unit tests", unit), ("privileged tests", privileged)]
+                .into_iter()
+                .filter_map(|(name, result)| result.is_err().then_some(name))
+                .collect();
+            bail!("failed: {} (see above)", failed.join(", "))
+        }
+    }
 }
