@@ -250,6 +250,23 @@ impl Ha {
         ns_sh(&self.router(), &args);
     }
 
+    /// Client packets node `i`'s data plane sent to a backend, over the
+    /// TCP services the test traffic uses (HTTP on 80, the echo on 9000):
+    /// replies are not counted, so this tells which node the router sends
+    /// the VIP's traffic to.
+    pub fn client_packets_via(&self, i: usize) -> u64 {
+        let pins = &self.nodes[i].pin_dir;
+        let vip = VIP.parse().expect("VIP");
+        [80, 9000]
+            .into_iter()
+            .map(|port| {
+                let id = crate::counters::service_id(pins, vip, port)
+                    .unwrap_or_else(|| panic!("no service on {VIP}:{port} on {}", NODES[i].0));
+                crate::counters::service_traffic(pins, id).in_packets
+            })
+            .sum()
+    }
+
     /// Packets node `i`'s data plane sent on (redirected or bounced).
     pub fn forwarded_by(&self, i: usize) -> u64 {
         let pins = &self.nodes[i].pin_dir;

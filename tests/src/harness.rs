@@ -273,6 +273,21 @@ impl Controller {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `lb-ctl list --json`: every service as the API shows it.
+    pub fn services(&self) -> Vec<lb_ctl::api::view::ServiceView> {
+        let json = self.ctl_ok(&["list", "--json"]);
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("list --json: {e}\n{json}"))
+    }
+
+    /// The backend `address:port` as `lb-ctl list --json` shows it.
+    pub fn backend_view(&self, address: &str, port: u16) -> lb_ctl::api::view::BackendView {
+        self.services()
+            .into_iter()
+            .flat_map(|s| s.backends)
+            .find(|b| b.address == address && b.port == port)
+            .unwrap_or_else(|| panic!("no backend {address}:{port} in lb-ctl list --json"))
+    }
+
     /// Stops `lb-ctl run` (SIGTERM) and starts it again on the same files;
     /// returns once it runs.
     pub fn restart(&mut self) {
@@ -464,10 +479,42 @@ pub fn backend_of(body: &str) -> String {
     body.trim().rsplit(' ').next().unwrap_or_default().to_lowercase()
 }
 
-/// The backends that answer `requests` HTTP GETs in a row, in order.
-/// Call from a thread inside the client namespace.
+/// The backend named by an HTTP body, if it names one of the lab's
+/// backends: an empty or foreign answer is no answer.
+pub fn answering_backend(body: &str) -> Option<String> {
+    let name = backend_of(body);
+    BACKENDS.iter().any(|(n, _)| *n == name).then_some(name)
+}
+
+/// The backends that answer `requests` HTTP GETs in a row, in order; each
+/// answer must name one of them. Call from a thread inside the client
+/// namespace.
 pub fn who_answers(requests: usize) -> Vec<String> {
     (0..requests)
-        .map(|i| backend_of(&http_get().unwrap_or_else(|e| panic!("request {i} failed: {e}"))))
+        .map(|i| {
+            let body = http_get().unwrap_or_else(|e| panic!("request {i} failed: {e}"));
+            answering_backend(&body)
+                .unwrap_or_else(|| panic!("request {i} was not answered by a backend: {body:?}"))
+        })
         .collect()
+}
+
+/// Calls `probe` every 50 ms until it returns `Some`, for at most `limit`;
+/// panics naming `what` and the last value seen otherwise. For state that
+/// the controller updates on its own clock (the once-a-second recount).
+pub fn wait_for<T, L: std::fmt::Debug>(
+    what: &str,
+    limit: Duration,
+    mut probe: impl FnMut() -> Result<T, L>,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        match probe() {
+            Ok(value) => return value,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("{what}: not within {limit:?}; last seen {last:?}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
 }

@@ -97,6 +97,26 @@ struct Health {
     flap: AtomicBool,
 }
 
+impl Health {
+    /// Appends how a `GET /health` was answered (`HealthMode::as_str`) to
+    /// the answers file next to the control file: what the tests read to
+    /// know which probes arrived and what each got.
+    fn record(&self, mode: HealthMode) {
+        let Some(control) = &self.control else { return };
+        let line = format!("{}\n", mode.as_str());
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(answers_path(control))
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+    }
+}
+
+/// Where a backend with health control file `control` records its answers.
+pub fn answers_path(control: &std::path::Path) -> PathBuf {
+    control.with_extension("answers")
+}
+
 fn answer_http(mut stream: TcpStream, body: &str, health: &Health) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let mut request = Vec::new();
@@ -113,6 +133,7 @@ fn answer_http(mut stream: TcpStream, body: &str, health: &Health) {
             HealthMode::Flap => HealthMode::Ok,
             other => other,
         };
+        health.record(mode);
         match mode {
             HealthMode::Error => ("500 Internal Server Error", "oops\n"),
             HealthMode::WrongBody => ("200 OK", "It works\n"),

@@ -70,6 +70,13 @@ impl Topology {
         std::env::temp_dir().join(format!("{}-{name}.health", self.prefix))
     }
 
+    /// How backend `name` has answered its health checks so far, in order
+    /// (`HealthMode::as_str` of each answer: `ok`, `500`...).
+    pub fn health_answers(&self, name: &str) -> Vec<String> {
+        let path = crate::server::answers_path(&self.health_control(name));
+        std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect()
+    }
+
     /// Makes backend `name` answer its health checks as `mode` says.
     pub fn set_health_mode(&self, name: &str, mode: crate::server::HealthMode) {
         std::fs::write(self.health_control(name), mode.as_str())
@@ -152,7 +159,9 @@ impl Topology {
             crate::netns::remove(&ns);
         }
         for (name, _) in BACKENDS {
-            let _ = std::fs::remove_file(self.health_control(name));
+            let control = self.health_control(name);
+            let _ = std::fs::remove_file(crate::server::answers_path(&control));
+            let _ = std::fs::remove_file(control);
         }
         let _ = std::fs::remove_dir_all(self.link_pin_dir());
         for mut server in self.servers.drain(..) {
@@ -166,6 +175,8 @@ impl Topology {
     pub fn start_backends(&mut self, lb_lab: &str) {
         for (name, address) in BACKENDS {
             let ns = self.web(name);
+            // A crashed earlier run's answers are not this run's.
+            let _ = std::fs::remove_file(crate::server::answers_path(&self.health_control(name)));
             let server = std::process::Command::new("ip")
                 .args(["netns", "exec", &ns, lb_lab, "serve", name, address])
                 .arg(self.health_control(name))

@@ -13,7 +13,7 @@ use std::{
 };
 
 use crate::{
-    harness::{EchoConn, http_get},
+    harness::{EchoConn, answering_backend, http_get},
     netns::in_ns,
 };
 
@@ -135,7 +135,10 @@ fn request_loop(stop: &AtomicBool) -> RequestReport {
     let mut report = RequestReport { done: 0, failed: Vec::new(), longest_gap: Duration::ZERO };
     let mut last_success = Instant::now();
     while !stop.load(Ordering::Relaxed) && report.done < MAX_REQUESTS && start.elapsed() < MAX_RUN {
-        match http_get() {
+        match http_get().and_then(|body| {
+            answering_backend(&body)
+                .ok_or_else(|| std::io::Error::other(format!("not a backend's answer: {body:?}")))
+        }) {
             Ok(_) => {
                 report.longest_gap = report.longest_gap.max(last_success.elapsed());
                 last_success = Instant::now();

@@ -10,9 +10,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lb_common::counter::Counter;
 use lb_tests::{
     counters,
-    harness::{EchoConn, FAST_CHECKS, Lab, Setup, who_answers},
+    harness::{EchoConn, FAST_CHECKS, Lab, Setup, wait_for, who_answers},
     netns::in_ns,
     server::HealthMode,
 };
@@ -91,22 +92,39 @@ fn cli_reads_the_live_state_and_fails_clearly() {
     });
     let backend = ready_rx.recv_timeout(Duration::from_secs(10)).expect("echo connection open");
     in_ns(&client, || who_answers(10));
-    // The counters are sampled every second.
-    std::thread::sleep(Duration::from_millis(1500));
+    // ipvsadm -Ln: the backend holding the connection has one active, the
+    // others none. The controller recounts every second.
+    let holder_addr = format!("10.77.2.1{}", &backend[3..]);
+    let echo_conns = |lab: &Lab| -> Vec<(String, u32)> {
+        let services = lab.services();
+        let echo = services.into_iter().find(|s| s.name == "echo").expect("echo service");
+        echo.backends.into_iter().map(|b| (b.address, b.conns.active)).collect()
+    };
+    let counted = wait_for("the held connection counted as active", Duration::from_secs(5), || {
+        let conns = echo_conns(&lab);
+        let holder = conns.iter().find(|(a, _)| *a == holder_addr).map(|(_, n)| *n);
+        if holder == Some(1) { Ok(conns) } else { Err(conns) }
+    });
+    assert!(
+        counted.iter().all(|(a, n)| *a == holder_addr || *n == 0),
+        "only {holder_addr} holds a connection: {counted:?}"
+    );
 
     let conns = lab.ctl_ok(&["conns", "--service", "echo"]);
     eprintln!("{conns}");
     assert!(conns.contains("ESTABLISHED"), "{conns}");
     assert!(conns.contains("10.77.1.100:9000"), "{conns}");
+    // The text listing shows the same count in its ActiveConn column.
     let list = lab.ctl_ok(&["list"]);
     eprintln!("{list}");
-    // ipvsadm -Ln: the backend holding the connection has one active.
+    let header = list.lines().find(|l| l.contains("ActiveConn")).expect("a header line");
+    let column = header.split_whitespace().position(|w| w == "ActiveConn").expect("column");
     let line = list
         .lines()
         .skip_while(|l| !l.contains(":9000"))
-        .find(|l| l.contains(&format!("10.77.2.1{}:9000", &backend[3..])))
+        .find(|l| l.contains(&format!("{holder_addr}:9000")))
         .unwrap_or_else(|| panic!("no line for {backend} in\n{list}"));
-    assert!(line.split_whitespace().any(|w| w == "1"), "one active connection: {line}");
+    assert_eq!(line.split_whitespace().nth(column), Some("1"), "ActiveConn of {line}\n{header}");
     let stats = lab.ctl_ok(&["stats"]);
     eprintln!("{stats}");
     assert!(stats.contains("web"), "{stats}");
@@ -240,7 +258,15 @@ fn stats_page_renders_in_a_real_browser() {
     lab.topo.set_health_mode("web3", HealthMode::Error);
     lab.ctl_ok(&["backend", "drain", "web", "10.77.2.12:80"]);
     lab.wait_lines(&["backend is DOWN", "10.77.2.13:80"], 1, Duration::from_secs(10));
-    std::thread::sleep(Duration::from_millis(1200));
+    // The page renders the controller's published view: wait until it shows both.
+    wait_for("the view shows web3 DOWN and web2 drained", Duration::from_secs(5), || {
+        let (web2, web3) = (lab.backend_view("10.77.2.12", 80), lab.backend_view("10.77.2.13", 80));
+        if web3.health.status == "DOWN" && web2.state == "drain" {
+            Ok(())
+        } else {
+            Err((web2, web3))
+        }
+    });
 
     let artifacts = artifacts_dir();
     let screenshot = artifacts.join("stats-page.png");
@@ -291,4 +317,42 @@ fn artifacts_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
     std::fs::create_dir_all(&dir).expect("artifacts directory");
     dir
+}
+
+/// `maint` takes a backend out at once, open flows included: its TCP
+/// connection gets a reset on its next packet and new connections go
+/// elsewhere. The health checks of a backend in `maint` or `drain` go on,
+/// so its status is current when it comes back.
+#[test]
+fn maint_resets_open_flows_and_probes_go_on_in_maint_and_drain() {
+    let lab = Lab::start_with_checks("lbt31", Some(&FAST_CHECKS));
+    lab.wait_lines(&["backend is UP"], 6, Duration::from_secs(10));
+    let client = lab.topo.client();
+    let (backend, mut conn) = in_ns(&client, || {
+        let mut conn = EchoConn::open().expect("echo connection");
+        (conn.exchange("hello").expect("first exchange"), conn)
+    });
+    let at = format!("10.77.2.1{}:9000", &backend[3..]);
+    let resets_before = counters::get(&lab.pin_dir, Counter::RstBackendDown);
+    lab.ctl_ok(&["backend", "maint", "echo", &at]);
+    let err = conn.exchange("still there?").expect_err("maint resets the open connection");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    let resets = counters::get(&lab.pin_dir, Counter::RstBackendDown) - resets_before;
+    assert_eq!(resets, 1, "the reset came from the data plane (rst_backend_down)");
+    let others: Vec<String> = in_ns(&client, || {
+        (0..6)
+            .map(|_| EchoConn::open().and_then(|mut c| c.exchange("who")).expect("new connection"))
+            .collect()
+    });
+    assert!(!others.contains(&backend), "a backend in maint got a new connection: {others:?}");
+
+    lab.ctl_ok(&["backend", "maint", "web", "10.77.2.11:80"]);
+    lab.ctl_ok(&["backend", "drain", "web", "10.77.2.12:80"]);
+    let answered = |name: &str| lab.topo.health_answers(name).len();
+    let before = [answered("web1"), answered("web2")];
+    // Five intervals of 200 ms: at least three probes each.
+    wait_for("probes of web1 (maint) and web2 (drain)", Duration::from_secs(5), || {
+        let grown = [answered("web1") - before[0], answered("web2") - before[1]];
+        if grown.iter().all(|&n| n >= 3) { Ok(()) } else { Err(grown) }
+    });
 }

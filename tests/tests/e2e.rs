@@ -223,23 +223,32 @@ fn sigterm_leaves_the_data_plane_running_and_down_removes_it() {
     assert!(in_ns(&lab.topo.client(), http_get).is_err(), "nothing should answer on the VIP");
 }
 
-/// The id of the program on the pinned XDP link of lb-c.
-fn xdp_link_program(lab: &Lab) -> String {
+/// The pinned XDP link of lb-c: its id and the id of the program it runs.
+#[derive(Debug, PartialEq, Eq)]
+struct XdpLink {
+    id: String,
+    prog_id: String,
+}
+
+fn xdp_link(lab: &Lab) -> XdpLink {
     let link = format!("{}/links/xdp_lb-c", lab.pin_dir);
     let json = String::from_utf8_lossy(
         &output(&["bpftool", "-j", "link", "show", "pinned", &link]).stdout,
     )
     .into_owned();
-    json.split("\"prog_id\":")
-        .nth(1)
-        .and_then(|r| r.split([',', '}']).next())
-        .unwrap_or_else(|| panic!("no prog_id in {json:?}"))
-        .to_owned()
+    let field = |name: &str| {
+        json.split(&format!("\"{name}\":"))
+            .nth(1)
+            .and_then(|r| r.split([',', '}']).next())
+            .unwrap_or_else(|| panic!("no {name} in {json:?}"))
+            .to_owned()
+    };
+    XdpLink { id: field("id"), prog_id: field("prog_id") }
 }
 
 /// The tag (a hash of its instructions) of the program on lb-c's XDP link.
 fn xdp_link_tag(lab: &Lab) -> String {
-    let id = xdp_link_program(lab);
+    let id = xdp_link(lab).prog_id;
     let json =
         String::from_utf8_lossy(&output(&["bpftool", "-j", "prog", "show", "id", &id]).stdout)
             .into_owned();
@@ -261,6 +270,7 @@ fn an_upgraded_program_replaces_the_running_one_without_breaking_a_connection() 
     let mut lab = Lab::start("lbt28");
     let traffic = Traffic::start(&lab.topo.client(), 3);
     let built_in = xdp_link_tag(&lab);
+    let link = xdp_link(&lab).id;
     lab.restart_with(&["--object", &object]);
     let log = lab.log();
     assert!(log.contains("XDP object from file"), "{log}");
@@ -268,9 +278,11 @@ fn an_upgraded_program_replaces_the_running_one_without_breaking_a_connection() 
     let upgraded = xdp_link_tag(&lab);
     eprintln!("program tag: built-in {built_in}, upgraded {upgraded}");
     assert_ne!(built_in, upgraded, "the link runs the upgraded program");
+    assert_eq!(xdp_link(&lab).id, link, "swapped into the same link, not a new attachment");
     std::thread::sleep(Duration::from_secs(1));
     lab.restart_with(&[]);
     assert_eq!(xdp_link_tag(&lab), built_in, "and the built-in one again");
+    assert_eq!(xdp_link(&lab).id, link, "still on the same link");
     std::thread::sleep(Duration::from_secs(1));
     traffic.finish_unbroken(300);
 }
@@ -368,12 +380,13 @@ fn a_killed_controller_restarts_without_breaking_a_connection() {
     let mut lab = Lab::start("lbt22");
     let traffic = Traffic::start(&lab.topo.client(), 3);
     std::thread::sleep(Duration::from_millis(500));
-    let program_before = xdp_link_program(&lab);
+    let before = xdp_link(&lab);
     lab.kill_and_restart(Duration::from_millis(500));
     assert!(lab.log().contains("adopted the pinned data plane"), "{}", lab.log());
     // The new controller's program replaced the old one on the same link.
-    let program_after = xdp_link_program(&lab);
-    assert_ne!(program_before, program_after, "the link runs the new program");
+    let after = xdp_link(&lab);
+    assert_ne!(before.prog_id, after.prog_id, "the link runs the new program");
+    assert_eq!(before.id, after.id, "on the same link");
     std::thread::sleep(Duration::from_millis(1500));
     let requests = traffic.finish_unbroken(100);
     assert!(requests.done > 100, "only {} requests were made", requests.done);
@@ -428,4 +441,26 @@ scheduler = "fastest"
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("dataplane.interfaces[1]: no interface named \"nope0\""), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `lb-ctl run --cleanup-on-exit`: at SIGTERM the controller detaches both
+/// programs and removes its pins, where a plain SIGTERM leaves the data
+/// plane forwarding.
+#[test]
+fn cleanup_on_exit_removes_the_data_plane_at_sigterm() {
+    let mut lab = Lab::start("lbt32");
+    let lb = lab.topo.lb();
+    let attached = |dev: &str| ns_sh(&lb, &["bpftool", "net", "show", "dev", dev]);
+    lab.restart_with(&["--cleanup-on-exit"]);
+    assert!(attached("lb-c").contains("lb_xdp"), "running: {}", attached("lb-c"));
+    let body = in_ns(&lab.topo.client(), http_get).expect("the VIP answers");
+    assert!(body.contains("Bienvenue"), "{body}");
+    let status = lab.stop();
+    assert!(status.success(), "exit status {status}:\n{}", lab.log());
+    for dev in ["lb-c", "lb-b"] {
+        let progs = attached(dev);
+        assert!(!progs.contains("lb_xdp") && !progs.contains("lb_neigh"), "{dev}: {progs}");
+    }
+    assert!(!std::path::Path::new(&lab.pin_dir).exists(), "pins removed");
+    assert!(in_ns(&lab.topo.client(), http_get).is_err(), "nothing answers on the VIP");
 }
