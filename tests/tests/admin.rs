@@ -261,11 +261,8 @@ fn stats_page_renders_in_a_real_browser() {
     // The page renders the controller's published view: wait until it shows both.
     wait_for("the view shows web3 DOWN and web2 drained", Duration::from_secs(5), || {
         let (web2, web3) = (lab.backend_view("10.77.2.12", 80), lab.backend_view("10.77.2.13", 80));
-        if web3.health.status == "DOWN" && web2.state == "drain" {
-            Ok(())
-        } else {
-            Err((web2, web3))
-        }
+        let seen = (web2.state, web3.health.status);
+        if seen.0 == "drain" && seen.1 == "DOWN" { Ok(()) } else { Err(seen) }
     });
 
     let artifacts = artifacts_dir();

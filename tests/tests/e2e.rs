@@ -11,7 +11,7 @@ use std::{
 use lb_common::counter::Counter;
 use lb_tests::{
     counters,
-    harness::{EchoConn, Lab, backend_of, http_get, lb_ctl_bin, udp_query, who_answers},
+    harness::{EchoConn, Lab, backend_of, http_get, lb_ctl_bin, udp_query, wait_for, who_answers},
     netns::{in_ns, ns_sh, ns_try, output},
     topology::{FRESH_CLIENT_ADDRS, LB_CLIENT_SIDE, Topology, VIP},
     traffic::Traffic,
@@ -211,27 +211,28 @@ fn sigterm_leaves_the_data_plane_running_and_down_removes_it() {
     assert!(body.contains("Bienvenue"), "{body}");
 
     let ctl = lb_ctl_bin();
+    let programs = attached_programs(&lab);
     let out = output(&[&ctl.to_string_lossy(), "down", "--pin-path", &lab.pin_dir]);
     assert!(out.status.success(), "lb-ctl down: {out:?}");
     for dev in ["lb-c", "lb-b"] {
         assert!(!attached(dev), "XDP still attached to {dev} after lb-ctl down");
-        let progs = ns_sh(&lb, &["bpftool", "net", "show", "dev", dev]);
-        assert!(!progs.contains("lb_neigh"), "tc program still on {dev}: {progs}");
     }
+    wait_programs_freed(&programs);
     assert!(!std::path::Path::new(&lab.pin_dir).exists(), "pins removed");
     // With the data plane gone, the VIP is just a local address again.
     assert!(in_ns(&lab.topo.client(), http_get).is_err(), "nothing should answer on the VIP");
 }
 
-/// The pinned XDP link of lb-c: its id and the id of the program it runs.
+/// A pinned link: its id and the id of the program it runs.
 #[derive(Debug, PartialEq, Eq)]
-struct XdpLink {
+struct PinnedLink {
     id: String,
     prog_id: String,
 }
 
-fn xdp_link(lab: &Lab) -> XdpLink {
-    let link = format!("{}/links/xdp_lb-c", lab.pin_dir);
+/// The link pinned as `links/{kind}_{dev}` (`xdp`, or `tc`: tcx ingress).
+fn pinned_link(lab: &Lab, kind: &str, dev: &str) -> PinnedLink {
+    let link = format!("{}/links/{kind}_{dev}", lab.pin_dir);
     let json = String::from_utf8_lossy(
         &output(&["bpftool", "-j", "link", "show", "pinned", &link]).stdout,
     )
@@ -243,7 +244,39 @@ fn xdp_link(lab: &Lab) -> XdpLink {
             .unwrap_or_else(|| panic!("no {name} in {json:?}"))
             .to_owned()
     };
-    XdpLink { id: field("id"), prog_id: field("prog_id") }
+    PinnedLink { id: field("id"), prog_id: field("prog_id") }
+}
+
+/// The pinned XDP link of lb-c.
+fn xdp_link(lab: &Lab) -> PinnedLink {
+    pinned_link(lab, "xdp", "lb-c")
+}
+
+/// The programs attached to the load balancer's interfaces (XDP and tcx,
+/// both links), by id.
+fn attached_programs(lab: &Lab) -> Vec<String> {
+    ["lb-c", "lb-b"]
+        .into_iter()
+        .flat_map(|dev| ["xdp", "tc"].map(|kind| pinned_link(lab, kind, dev).prog_id))
+        .collect()
+}
+
+/// Waits until none of the programs `ids` is loaded any more: what
+/// detaching them and dropping every pin and descriptor leaves (the
+/// kernel frees them after an RCU grace period). This bpftool (7.1) lists
+/// neither tcx links nor, by interface, their programs.
+fn wait_programs_freed(ids: &[String]) {
+    wait_for("the data plane's programs freed", Duration::from_secs(5), || {
+        let loaded: Vec<&String> = ids
+            .iter()
+            .filter(|id| output(&["bpftool", "prog", "show", "id", id]).status.success())
+            .collect();
+        if loaded.is_empty() {
+            Ok(())
+        } else {
+            Err(loaded.into_iter().cloned().collect::<Vec<_>>())
+        }
+    });
 }
 
 /// The tag (a hash of its instructions) of the program on lb-c's XDP link.
@@ -449,18 +482,18 @@ scheduler = "fastest"
 #[test]
 fn cleanup_on_exit_removes_the_data_plane_at_sigterm() {
     let mut lab = Lab::start("lbt32");
-    let lb = lab.topo.lb();
-    let attached = |dev: &str| ns_sh(&lb, &["bpftool", "net", "show", "dev", dev]);
     lab.restart_with(&["--cleanup-on-exit"]);
-    assert!(attached("lb-c").contains("lb_xdp"), "running: {}", attached("lb-c"));
+    let programs = attached_programs(&lab);
     let body = in_ns(&lab.topo.client(), http_get).expect("the VIP answers");
     assert!(body.contains("Bienvenue"), "{body}");
     let status = lab.stop();
     assert!(status.success(), "exit status {status}:\n{}", lab.log());
+    let lb = lab.topo.lb();
     for dev in ["lb-c", "lb-b"] {
-        let progs = attached(dev);
-        assert!(!progs.contains("lb_xdp") && !progs.contains("lb_neigh"), "{dev}: {progs}");
+        let link = ns_sh(&lb, &["ip", "link", "show", dev]);
+        assert!(!link.contains("xdp"), "XDP still attached to {dev}: {link}");
     }
+    wait_programs_freed(&programs);
     assert!(!std::path::Path::new(&lab.pin_dir).exists(), "pins removed");
     assert!(in_ns(&lab.topo.client(), http_get).is_err(), "nothing answers on the VIP");
 }
