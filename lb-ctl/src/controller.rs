@@ -345,3 +345,124 @@ fn log_change(change: &Change) {
         Change::RemoveBackend { backend, .. } => info!(service, %backend, "admin: backend removed"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
+
+    use lb_common::abi::BACKEND_DOWN;
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::{
+        config,
+        dataplane::fake::FakeMaps,
+        plan::backend_key,
+        reconciler::{Reconciler, spawn},
+    };
+
+    /// A directory under the system's temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(test: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("lb-ctl-{}-{test}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// The DOWN flag of each backend the maps hold, by port (all on 127.0.0.1).
+    fn down_flags(fake: &FakeMaps) -> BTreeSet<(u16, bool)> {
+        let image = fake.state.lock().unwrap();
+        image.backends.values().map(|b| (b.port, b.flags & BACKEND_DOWN != 0)).collect()
+    }
+
+    /// A backend DOWN in the data plane a new controller adopts stays DOWN
+    /// in its first image, although its probes now pass: it comes back
+    /// after `rise` of them, not at its first as a new backend would.
+    #[tokio::test]
+    async fn a_backend_held_down_stays_down_across_a_restart_until_rise_probes_pass() {
+        let dir = TempDir::new("held-down");
+        // Both backends accept connections: every TCP probe passes.
+        let held = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let other = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (held_port, other_port) =
+            (held.local_addr().unwrap().port(), other.local_addr().unwrap().port());
+        let text = format!(
+            r#"
+[dataplane]
+interfaces = ["lb-test0"]
+
+[admin]
+state_file = "{}"
+
+[[service]]
+name = "web"
+vip = "10.77.1.100"
+port = 80
+
+  [service.health]
+  check = "tcp"
+  interval_ms = 50
+  timeout_ms = 40
+  rise = 2
+  fall = 1
+
+  [[service.backend]]
+  address = "127.0.0.1"
+  port = {held_port}
+
+  [[service.backend]]
+  address = "127.0.0.1"
+  port = {other_port}
+"#,
+            dir.0.join("lb.state.json").display()
+        );
+        let config_path = dir.0.join("lb.toml");
+        std::fs::write(&config_path, &text).unwrap();
+        let config = config::parse(&text).unwrap();
+        let held_key = backend_key(&config.services[0], Ipv4Addr::LOCALHOST, held_port);
+
+        // What the previous controller left in the maps: `held` DOWN.
+        let fake = FakeMaps::default();
+        let mut previous = Reconciler::new(fake.clone());
+        previous.apply(&config.services).unwrap();
+        previous.set_down(BTreeSet::from([held_key])).unwrap();
+        drop(previous);
+        let left = BTreeSet::from([(held_port, true), (other_port, false)]);
+        assert_eq!(down_flags(&fake), left, "the previous controller's image");
+
+        let (handle, _task) = spawn(Reconciler::adopt(fake.clone()).unwrap());
+        let (mut controller, view) =
+            Controller::start(config_path, Overrides::default(), config, handle).await.unwrap();
+        // The first image and view, before any probe result is taken in.
+        assert_eq!(down_flags(&fake), left, "the new controller's first image");
+        let stats = view.borrow().clone();
+        let backend = stats.services[0].backends.iter().find(|b| b.port == held_port).unwrap();
+        assert_eq!(backend.health.status, "DOWN", "{backend:?}");
+        assert!(!backend.in_rotation, "{backend:?}");
+
+        // Its probes pass; it takes `rise` (2) of them, from DOWN, to bring it back.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let (key, transition) =
+                tokio::time::timeout_at(deadline, controller.health.next_transition())
+                    .await
+                    .expect("the held backend back UP within 5 s");
+            controller.health_changed().await;
+            if key == held_key {
+                assert_eq!((transition.from, transition.to), (Status::Down, Status::Up));
+                break;
+            }
+        }
+        assert_eq!(down_flags(&fake), BTreeSet::from([(held_port, false), (other_port, false)]));
+    }
+}

@@ -16,7 +16,9 @@ use tracing::{
 use tracing_subscriber::{
     EnvFilter, Layer,
     filter::LevelFilter,
+    fmt::MakeWriter,
     layer::{Context, SubscriberExt as _},
+    registry::LookupSpan,
     util::SubscriberInitExt as _,
 };
 
@@ -36,15 +38,7 @@ pub enum LogFormat {
 pub fn init(format: LogFormat, syslog: Option<SocketAddr>) -> io::Result<()> {
     let filter =
         EnvFilter::builder().with_default_directive(LevelFilter::INFO.into()).from_env_lossy();
-    let stderr = match format {
-        LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_writer(io::stderr)
-            .with_ansi(io::stderr().is_terminal())
-            .boxed(),
-        LogFormat::Json => {
-            tracing_subscriber::fmt::layer().json().with_writer(io::stderr).with_ansi(false).boxed()
-        }
-    };
+    let stderr = stderr_layer(format, io::stderr, io::stderr().is_terminal());
     // Each output has its own filter: RUST_LOG=warn quiets the terminal, not the collector.
     // The syslog filter is also its interest, so DEBUG callsites stay disabled when both agree.
     let syslog =
@@ -54,6 +48,22 @@ pub fn init(format: LogFormat, syslog: Option<SocketAddr>) -> io::Result<()> {
         .with(syslog)
         .try_init()
         .map_err(io::Error::other)
+}
+
+/// The stderr output in `format`, written to `writer` (ANSI colours in text if `ansi`).
+fn stderr_layer<S, W>(format: LogFormat, writer: W, ansi: bool) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    match format {
+        LogFormat::Text => {
+            tracing_subscriber::fmt::layer().with_writer(writer).with_ansi(ansi).boxed()
+        }
+        LogFormat::Json => {
+            tracing_subscriber::fmt::layer().json().with_writer(writer).with_ansi(false).boxed()
+        }
+    }
 }
 
 /// Facility "daemon" (RFC 5424 §6.2.1): PRI = facility * 8 + severity.
@@ -260,11 +270,117 @@ impl Visit for Fields {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
+    use std::{
+        sync::{Arc, Mutex},
+        time::Instant,
+    };
 
     use tracing_subscriber::layer::SubscriberExt as _;
 
     use super::*;
+
+    /// What a writer was given, kept for the test to read.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl MakeWriter<'_> for Captured {
+        type Writer = Self;
+
+        fn make_writer(&self) -> Self {
+            self.clone()
+        }
+    }
+
+    /// What the stderr output in `format` writes for events like the
+    /// controller's: a state change, an admin action, an error whose text
+    /// spans two lines.
+    fn stderr_output(format: LogFormat) -> String {
+        let captured = Captured::default();
+        let subscriber =
+            tracing_subscriber::registry().with(stderr_layer(format, captured.clone(), false));
+        tracing::subscriber::with_default(subscriber, || {
+            let took: u128 = 3;
+            tracing::warn!(
+                service = %"10.77.1.100:80",
+                backend = %"10.77.2.12:80",
+                from = %"UP",
+                reason = %"status 500 (expected 200)",
+                took_ms = took,
+                "backend is DOWN"
+            );
+            tracing::info!(service = "web", backend = %"10.77.2.13:80", weight = 1, "admin: backend added");
+            let err = io::Error::other(
+                "lb.toml: invalid configuration:\n  service[0].port: 0 is not a port",
+            );
+            tracing::error!(error = %err, "reload refused; keeping the running configuration");
+        });
+        let bytes = captured.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn json_logs_are_one_object_per_line_with_time_level_message_and_fields() {
+        let out = stderr_output(LogFormat::Json);
+        let lines: Vec<serde_json::Value> = out
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {line:?}"))
+            })
+            .collect();
+        assert_eq!(lines.len(), 3, "one line per event: {out}");
+        for line in &lines {
+            let ts = line["timestamp"].as_str().unwrap_or_else(|| panic!("no timestamp: {line}"));
+            // RFC 3339 in UTC: 2026-11-22T04:23:46.005977Z
+            assert!(ts.len() >= 20 && ts.as_bytes()[10] == b'T' && ts.ends_with('Z'), "{ts}");
+            assert!(line["target"].is_string(), "no target: {line}");
+            assert!(line["fields"]["message"].is_string(), "no fields.message: {line}");
+        }
+        let down = &lines[0];
+        assert_eq!(down["level"], "WARN");
+        assert_eq!(down["fields"]["message"], "backend is DOWN");
+        assert_eq!(down["fields"]["service"], "10.77.1.100:80");
+        assert_eq!(down["fields"]["backend"], "10.77.2.12:80");
+        assert_eq!(down["fields"]["from"], "UP");
+        assert_eq!(down["fields"]["reason"], "status 500 (expected 200)");
+        assert!(!down["fields"]["took_ms"].is_null(), "{down}");
+        assert_eq!(lines[1]["level"], "INFO");
+        assert_eq!(lines[1]["fields"]["message"], "admin: backend added");
+        assert_eq!(lines[1]["fields"]["weight"], 1, "numbers stay numbers");
+        assert_eq!(lines[2]["level"], "ERROR");
+        assert_eq!(
+            lines[2]["fields"]["error"],
+            "lb.toml: invalid configuration:\n  service[0].port: 0 is not a port",
+            "a value with a newline stays on its line"
+        );
+    }
+
+    #[test]
+    fn text_logs_are_lines_for_people_not_json() {
+        let out = stderr_output(LogFormat::Text);
+        assert!(!out.contains('\x1b'), "no colours when asked for none: {out:?}");
+        let first = out.lines().next().unwrap();
+        assert!(serde_json::from_str::<serde_json::Value>(first).is_err(), "{first}");
+        assert!(first.contains(" WARN "), "{first}");
+        assert!(
+            first.ends_with(
+                "backend is DOWN service=10.77.1.100:80 backend=10.77.2.12:80 from=UP reason=status 500 (expected 200) took_ms=3"
+            ),
+            "{first}"
+        );
+        assert!(out.lines().all(|l| !l.trim_start().starts_with('{')), "{out}");
+    }
 
     #[test]
     fn timestamps_are_rfc3339_utc_with_microseconds() {

@@ -1,7 +1,9 @@
 //! The admin API's contract (SPEC "Admin API"), end to end in-process: a
 //! controller over in-memory maps (`FakeMaps`, the image the kernel would
 //! hold), its loop wired as `lb-ctl run` wires it (minus signals and the
-//! kernel), and `api::app` driven with `tower::ServiceExt::oneshot`.
+//! kernel), and `api::app` driven with `tower::ServiceExt::oneshot` (or,
+//! where the socket matters, served on a loopback listener as `lb-ctl run`
+//! serves it).
 //!
 //! Every error answer is checked for its status and its JSON shape
 //! (`{"error": …, "detail": …}`); every refused request for leaving the
@@ -11,6 +13,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
+    net::SocketAddr,
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -36,7 +39,11 @@ use lb_ctl::{
     run::Overrides,
 };
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+    sync::mpsc,
+};
 use tower::ServiceExt as _;
 
 /// How often the test controller samples (`lb-ctl run`: every second).
@@ -197,6 +204,15 @@ impl Lb {
         Self { app, fake, state_file, admin_auth, controller }
     }
 
+    /// The app on a real loopback listener, served as `lb-ctl run` serves it.
+    async fn serve(&self) -> Served {
+        let listener = api::bind(SocketAddr::from(([127, 0, 0, 1], 0)), None).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = self.app.clone();
+        let task = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Served { addr, task }
+    }
+
     async fn send(&self, method: Method, path: &str, body: Body, auth: Option<&str>) -> Reply {
         let mut request = Request::builder().method(method).uri(path);
         if let Some(auth) = auth {
@@ -299,6 +315,44 @@ impl Lb {
             return Err(format!("{what}: the refused request changed the state"));
         }
         Ok(answer)
+    }
+}
+
+/// `Lb::serve`'s listener, stopped on drop.
+struct Served {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads one HTTP/1.1 answer: its status and body (JSON, or text as a JSON string).
+async fn read_answer(stream: &mut TcpStream) -> (StatusCode, Value) {
+    let mut got = Vec::new();
+    let mut buf = [0_u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).into_owned();
+            let status = head.split(' ').nth(1).and_then(|s| s.parse::<u16>().ok());
+            let status = status.unwrap_or_else(|| panic!("not an HTTP answer: {head:?}"));
+            let length = head.lines().find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length").then(|| value.trim().parse().unwrap())
+            });
+            let length: usize = length.unwrap_or_else(|| panic!("no Content-Length: {head:?}"));
+            if got.len() >= end + 4 + length {
+                let text = String::from_utf8_lossy(&got[end + 4..end + 4 + length]).into_owned();
+                let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+                return (StatusCode::from_u16(status).unwrap(), body);
+            }
+        }
+        let n = stream.read(&mut buf).await.expect("reading the answer");
+        assert!(n > 0, "closed before a whole answer: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
     }
 }
 
@@ -911,6 +965,79 @@ async fn bad_bodies_are_refused_and_change_nothing() {
         (Method::PATCH, "/api/v1/services/web/backends/10.77.2.11:80"),
     ] {
         lb.refused(method, path, Some(&huge), StatusCode::PAYLOAD_TOO_LARGE).await;
+    }
+}
+
+/// The body limit is 1 MiB exactly: a body of that size is read whole, one
+/// byte more is 413 in JSON and changes nothing.
+#[tokio::test]
+async fn a_body_of_exactly_the_limit_is_read_and_one_byte_more_is_413() {
+    // The README's limit, not `api::MAX_BODY_BYTES`: a test that read the
+    // constant would follow it wherever it went.
+    const LIMIT: usize = 1 << 20;
+    let dir = TempDir::new("body-limit");
+    let lb = Lb::start(&dir.0, None).await;
+    let backends = "/api/v1/services/web/backends";
+    // A valid new backend, padded with spaces (JSON whitespace) to `len` bytes.
+    let padded = |len: usize| {
+        let json = r#"{"address": "10.77.2.14", "port": 80"#;
+        let body = format!("{json}{}}}", " ".repeat(len - json.len() - 1));
+        assert_eq!(body.len(), len);
+        body
+    };
+
+    let answer = lb
+        .refused(Method::POST, backends, Some(&padded(LIMIT + 1)), StatusCode::PAYLOAD_TOO_LARGE)
+        .await;
+    assert!(answer["error"].as_str().unwrap().contains("limit"), "{answer}");
+    // At the limit, a body that is not JSON is refused for what it says.
+    lb.refused(Method::POST, backends, Some(&"x".repeat(LIMIT)), StatusCode::BAD_REQUEST).await;
+    // And a valid one is read and made.
+    let (status, body) = lb.call(Method::POST, backends, Some(&padded(LIMIT)), None).await;
+    assert_eq!(status, StatusCode::CREATED, "a body of exactly {LIMIT} bytes: {body}");
+    assert!(lb.kernel_backends(WEB).contains_key("10.77.2.14:80"), "{:?}", lb.kernel());
+}
+
+/// A client that sends its headers and then stalls is answered 408 after
+/// 10 s (not before), in JSON, and nothing changes. Over a real listener
+/// (the timeout bounds reading the body off the socket), on tokio's paused
+/// clock: it skips ahead to the next timer whenever every task waits.
+#[tokio::test(start_paused = true)]
+async fn a_stalled_request_is_answered_408_after_the_request_timeout() {
+    // The README's timeout, not `api::REQUEST_TIMEOUT` (see the body limit).
+    const TIMEOUT: Duration = Duration::from_secs(10);
+    let dir = TempDir::new("stalled");
+    let lb = Lb::start(&dir.0, None).await;
+    let served = lb.serve().await;
+    let before = lb.snapshot().await;
+    let body = r#"{"address": "10.77.2.14", "port": 80}"#;
+    let head = |framing: String| {
+        format!(
+            "POST /api/v1/services/web/backends HTTP/1.1\r\nHost: lb\r\nContent-Type: application/json\r\n{framing}\r\n\r\n"
+        )
+    };
+    let announced = head(format!("Content-Length: {}", body.len()));
+    for (what, sent) in [
+        ("a body announced but not sent", announced.clone()),
+        ("half the body announced", format!("{announced}{}", &body[..body.len() / 2])),
+        (
+            "a chunked body never ended",
+            format!("{}{:x}\r\n{body}\r\n", head("Transfer-Encoding: chunked".into()), body.len()),
+        ),
+    ] {
+        let mut stream = TcpStream::connect(served.addr).await.unwrap();
+        stream.write_all(sent.as_bytes()).await.unwrap();
+        let sent_at = tokio::time::Instant::now();
+        let (status, answer) = tokio::time::timeout(2 * TIMEOUT, read_answer(&mut stream))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: no answer within {:?}", 2 * TIMEOUT));
+        let waited = sent_at.elapsed();
+        assert_error(status, &answer, StatusCode::REQUEST_TIMEOUT, what);
+        assert!(
+            waited >= TIMEOUT && waited < TIMEOUT + Duration::from_secs(1),
+            "{what}: answered after {waited:?}"
+        );
+        assert_eq!(before, lb.snapshot().await, "{what}: the stalled request changed the state");
     }
 }
 

@@ -160,3 +160,41 @@ pub async fn bind(
     }
     tokio::net::TcpListener::bind(addr).await.map_err(|source| ListenError::Bind { addr, source })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().unwrap()
+    }
+
+    /// Without a token the API listens on loopback only, and says which key
+    /// to change otherwise; a token lets it listen anywhere.
+    #[tokio::test]
+    async fn without_a_token_only_loopback_is_listened_on() {
+        for loopback in ["127.0.0.1:0", "127.3.2.1:0"] {
+            let listener = bind(addr(loopback), None)
+                .await
+                .unwrap_or_else(|e| panic!("{loopback} without a token: {e}"));
+            assert_eq!(listener.local_addr().unwrap().ip(), addr(loopback).ip());
+        }
+        for elsewhere in ["192.0.2.1:9100", "[2001:db8::1]:9100", "0.0.0.0:9100", "[::]:9100"] {
+            let refused = bind(addr(elsewhere), None).await;
+            let Err(e @ ListenError::NeedsToken(at)) = refused else {
+                panic!("{elsewhere} without a token: {refused:?}, not refused for want of a token");
+            };
+            assert_eq!(at, addr(elsewhere));
+            let message = e.to_string();
+            assert!(message.starts_with(&format!("admin.listen = {elsewhere}: ")), "{message}");
+            assert!(message.contains("admin.token_file"), "{message}");
+        }
+        // With a token the address is tried: 192.0.2.1 (TEST-NET-1) is no
+        // address of this host, so binding fails, but not for the token.
+        let token: Arc<str> = Arc::from("s3cret");
+        match bind(addr("192.0.2.1:9100"), Some(&token)).await {
+            Err(ListenError::Bind { addr: at, .. }) => assert_eq!(at, addr("192.0.2.1:9100")),
+            other => panic!("192.0.2.1:9100 with a token: {other:?}"),
+        }
+    }
+}

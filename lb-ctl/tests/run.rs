@@ -1,0 +1,109 @@
+//! `lb-ctl run` seen from outside (the real binary, its exit status and
+//! stderr) on what it must decide before it touches the data plane. No
+//! run here gets as far as loading anything: the pin path is a plain
+//! directory, which the data plane refuses (not a bpf filesystem) before it
+//! loads or attaches a program, so these tests need no privileges.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::atomic::{AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
+
+/// A fresh directory under the system's temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(test: &str) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("lb-ctl-run-{}-{test}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What the data plane's start says about a pin path off bpffs: seeing it
+/// means the run got past the admin checks.
+const DATA_PLANE_REACHED: &str = "starting the data plane";
+
+/// `lb-ctl run --config` on a config with `admin` in its `[admin]` section;
+/// its exit code and stderr. Bounded: killed after 30 s.
+fn run(dir: &Path, admin: &str) -> (Option<i32>, String) {
+    let config = dir.join("lb.toml");
+    let text = format!(
+        "[dataplane]\ninterfaces = [\"lo\"]\npin_path = \"{}\"\n\n[admin]\nstate_file = \"{}\"\n{admin}\n",
+        dir.join("pins").display(),
+        dir.join("lb.state.json").display(),
+    );
+    fs::write(&config, text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lb-ctl"))
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("lb-ctl run still running after 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(!dir.join("pins").exists(), "nothing may be pinned");
+    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+/// Without a token the API listens on loopback only: anything else is
+/// refused, naming the key, before the data plane is touched.
+#[test]
+fn a_non_loopback_listen_without_a_token_is_refused_before_anything_is_loaded() {
+    let dir = TempDir::new("no-token");
+    for listen in ["0.0.0.0:9100", "192.0.2.1:9100"] {
+        let (code, stderr) = run(&dir.0, &format!("listen = \"{listen}\""));
+        assert_eq!(code, Some(1), "{listen}: {stderr}");
+        let refusal = format!(
+            "lb-ctl: admin.listen = {listen}: without admin.token_file the API only listens on loopback"
+        );
+        assert!(stderr.contains(&refusal), "{listen}: wanted {refusal:?} in {stderr:?}");
+        assert!(!stderr.contains(DATA_PLANE_REACHED), "{listen}: went on: {stderr}");
+    }
+}
+
+/// Loopback needs no token; another address does with one. Both get past
+/// the admin checks (and stop at the data plane, which is refused here).
+#[test]
+fn loopback_without_a_token_or_elsewhere_with_one_is_accepted() {
+    let dir = TempDir::new("accepted");
+    let (code, stderr) = run(&dir.0, "listen = \"127.0.0.1:0\"");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains(DATA_PLANE_REACHED), "loopback without a token: {stderr}");
+    assert!(!stderr.contains("admin."), "loopback without a token: {stderr}");
+
+    // 192.0.2.1 (TEST-NET-1) is no address of this host: with a token the
+    // listener is tried, and only binding it fails.
+    let token = dir.0.join("token");
+    fs::write(&token, "s3cret\n").unwrap();
+    let admin = format!("listen = \"192.0.2.1:9100\"\ntoken_file = \"{}\"", token.display());
+    let (code, stderr) = run(&dir.0, &admin);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("lb-ctl: admin.listen = 192.0.2.1:9100: "), "{stderr}");
+    assert!(!stderr.contains("token_file"), "refused for the token: {stderr}");
+    assert!(stderr.contains("Cannot assign requested address"), "{stderr}");
+}
