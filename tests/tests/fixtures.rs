@@ -994,6 +994,15 @@ fn destinations(
         .collect()
 }
 
+/// The backend a client frame is sent to (its new destination address),
+/// once the frame is known to be forwarded: a passed or dropped frame
+/// still carries the VIP, which differs from every backend too.
+fn sent_to(loaded: &Loaded, frame: &[u8]) -> Ipv4Addr {
+    let out = loaded.run(frame, IF_CLIENT);
+    assert_eq!(action_name(out.action), action_name(XDP_REDIRECT), "forwarded to a backend");
+    Ipv4Addr::new(out.frame[30], out.frame[31], out.frame[32], out.frame[33])
+}
+
 #[test]
 fn schedulers_place_new_flows_as_documented() {
     let ns = FixtureNs::create("lbt-fix");
@@ -1078,16 +1087,16 @@ fn expired_connections_count_as_absent() {
         let services = lb_ctl::config::parse(&config()).unwrap().services;
         // A flow of the rr service, established on web1 (the first in turn).
         let client = (CLIENT, 45_000);
-        let syn = Ipv4::tcp(client, (VIP_SCHEDULERS, 81), TCP_SYN, b"");
-        let ack = Ipv4::tcp(client, (VIP_SCHEDULERS, 81), TCP_ACK, b"");
-        let first = loaded.run(&from_client(&syn), IF_CLIENT).frame[33];
-        assert_eq!(loaded.run(&from_client(&ack), IF_CLIENT).frame[33], first);
+        let syn = from_client(&Ipv4::tcp(client, (VIP_SCHEDULERS, 81), TCP_SYN, b""));
+        let ack = from_client(&Ipv4::tcp(client, (VIP_SCHEDULERS, 81), TCP_ACK, b""));
+        assert_eq!(sent_to(&loaded, &syn), WEB1, "the first in turn");
+        assert_eq!(sent_to(&loaded, &ack), WEB1);
         // Drain that backend: the live entry keeps the flow on it.
         let mut drained = services.clone();
         let rr = drained.iter_mut().find(|s| s.name == "rr").unwrap();
-        rr.backends.iter_mut().find(|b| b.address.octets()[3] == first).unwrap().weight = 0;
+        rr.backends.iter_mut().find(|b| b.address == WEB1).unwrap().weight = 0;
         loaded.reconciler.apply(&drained).expect("drain");
-        assert_eq!(loaded.run(&from_client(&ack), IF_CLIENT).frame[33], first, "kept while live");
+        assert_eq!(sent_to(&loaded, &ack), WEB1, "kept while live");
         // Three ticks later the entry has expired: the flow is placed anew.
         for _ in 0..3 {
             loaded.reconciler.refresh_next_hops().expect("tick");
@@ -1095,12 +1104,14 @@ fn expired_connections_count_as_absent() {
         let counts = loaded.reconciler.recount_connections().expect("recount");
         assert!(counts.is_empty(), "the expired entry is not counted: {counts:?}");
         assert_eq!(loaded.conntrack_len(), 0, "and is removed");
-        assert_ne!(loaded.run(&from_client(&ack), IF_CLIENT).frame[33], first, "placed anew");
+        let anew = sent_to(&loaded, &ack);
+        assert!([WEB2, WEB3].contains(&anew), "placed anew on an undrained backend, not {anew}");
     });
 }
 
-/// `lc`: the backend with the fewest connections per unit of weight; each
-/// pick counts at once, so a burst spreads.
+/// `lc`: the backend with the least `active * 256 + inactive` connections
+/// per unit of weight, ties to the first in the list; each pick counts at
+/// once as an inactive connection, so a burst spreads.
 #[test]
 fn lc_picks_the_least_loaded_backend() {
     let ns = FixtureNs::create("lbt-fix");
