@@ -1119,11 +1119,16 @@ fn lc_picks_the_least_loaded_backend() {
         let mut loaded = Loaded::new(4096);
         let [web1, web2, web3] =
             [WEB1, WEB2, WEB3].map(|addr| loaded.backend_id(VIP_SCHEDULERS, 84, addr, 85));
-        loaded.set_conns(web1, BackendConns { active: 5, inactive: 0 });
-        loaded.set_conns(web2, BackendConns { active: 1, inactive: 0 });
+        // Scores 256, 1, 0. With each pick adding one inactive connection:
+        // web3 (0), web2 (1, tied with web3 and first in the list), web3
+        // (1 against 2), web2 (2, tied). Not counted, all four would go to
+        // web3; counted as active (+256), the third would go to web1.
+        loaded.set_conns(web1, BackendConns { active: 1, inactive: 0 });
+        loaded.set_conns(web2, BackendConns { active: 0, inactive: 1 });
         loaded.set_conns(web3, BackendConns { active: 0, inactive: 0 });
-        let picks = destinations(&loaded, 84, (0..3).map(|i| (CLIENT, 33_000 + i)));
-        assert_eq!(picks, [13, 13, 13], "web3 has no connections; each pick adds one inactive");
+        let picks = destinations(&loaded, 84, (0..4).map(|i| (CLIENT, 33_000 + i)));
+        assert_eq!(picks, [13, 12, 13, 12], "each pick adds one inactive connection");
+        // web2 now counts 3 inactive connections, web1 one active (256).
         loaded.set_conns(web3, BackendConns { active: 10, inactive: 0 });
         assert_eq!(destinations(&loaded, 84, std::iter::once((CLIENT, 33_100))), [12]);
     });
