@@ -50,6 +50,8 @@ fn case(
 }
 
 const CLIENT_PORT: u16 = 40_000;
+/// IPv4 options: NOPs and a router alert.
+const IP_OPTIONS: [u8; 8] = [0x01, 0x01, 0x01, 0x01, 0x94, 0x04, 0x00, 0x00];
 
 fn from_client(p: &Ipv4) -> Vec<u8> {
     p.frame(IF_CLIENT_MAC, CLIENT_MAC)
@@ -106,11 +108,18 @@ fn cases() -> Vec<Case> {
     let dns_reply = Ipv4::udp((WEB2, 5353), (CLIENT, 40_053), b"answer");
 
     let mut with_options = syn((VIP, 80));
-    with_options.options = vec![0x01, 0x01, 0x01, 0x01, 0x94, 0x04, 0x00, 0x00]; // NOPs + router alert
+    with_options.options = IP_OPTIONS.to_vec();
     let mut ttl1 = syn((VIP, 80));
     ttl1.ttl = 1;
     let mut ttl2 = syn((VIP, 80));
     ttl2.ttl = 2;
+    let mut reply_ttl1 = reply_data.clone();
+    reply_ttl1.ttl = 1;
+    // The FIB looks up the reply as it would leave (from the VIP), before
+    // anything is rewritten: a destination it will not forward to is left
+    // to the kernel as it came.
+    let reply_to_lb = Ipv4::tcp(web_backend, (LB_BACKEND_SIDE, 45_000), TCP_SYN | TCP_ACK, b"");
+    let reply_unreachable = Ipv4::tcp(web_backend, (UNREACHABLE_CLIENT, CLIENT_PORT), TCP_ACK, b"");
     let mut first_fragment = Ipv4::udp((CLIENT, 40_053), (VIP, 53), &[7; 64]);
     first_fragment.frag_off = packet::IP_MF;
     let mut later_fragment = Ipv4::udp((CLIENT, 40_053), (VIP, 53), &[7; 64]);
@@ -543,6 +552,30 @@ fn cases() -> Vec<Case> {
             Expect::Unchanged,
         ),
         case(
+            "a backend's reply with TTL 1 passes untouched so the kernel answers",
+            IF_BACKEND,
+            from_web1(&reply_ttl1),
+            XDP_PASS,
+            Counter::PassTtlExpired,
+            Expect::Unchanged,
+        ),
+        case(
+            "a backend's reply to this host (a health check's answer) passes untouched",
+            IF_BACKEND,
+            from_web1(&reply_to_lb),
+            XDP_PASS,
+            Counter::PassLocal,
+            Expect::Unchanged,
+        ),
+        case(
+            "a backend's reply to a client the FIB cannot reach passes untouched",
+            IF_BACKEND,
+            from_web1(&reply_unreachable),
+            XDP_PASS,
+            Counter::PassFibFailed,
+            Expect::Unchanged,
+        ),
+        case(
             "a first fragment to the VIP is dropped and counted",
             IF_CLIENT,
             from_client(&first_fragment),
@@ -713,7 +746,8 @@ fn check_case(loaded: &mut Loaded, c: &Case) -> Result<(), String> {
 fn packet_fixtures() {
     let ns = FixtureNs::create("lbt-fix");
     let cases = cases();
-    assert!(cases.len() >= 25);
+    // Exact, so that a case lost in an edit (a bad merge, a deleted line) is noticed.
+    assert_eq!(cases.len(), 47, "fixture cases in the table");
     let failures = in_ns(&ns.name, move || {
         let mut loaded = Loaded::new(4096);
         let mut failures = Vec::new();
