@@ -13,7 +13,7 @@ use lb_tests::{
     fixture::*,
     netns::in_ns,
     packet::{self, Ipv4, L4, Mac, TCP_ACK, TCP_PSH, TCP_SYN},
-    testrun::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, action_name},
+    testrun::{Outcome, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, action_name},
 };
 
 /// What the output must be.
@@ -935,10 +935,7 @@ fn a_down_backend_resets_tcp_flows_and_moves_udp_flows() {
         let find = |name: &str| services.iter().find(|s| s.name == name).unwrap().clone();
 
         // A TCP flow and a UDP flow, both established.
-        let mut data = Ipv4::tcp((CLIENT, CLIENT_PORT), (VIP, 80), TCP_ACK | TCP_PSH, b"more");
-        if let L4::Tcp { ack, .. } = &mut data.l4 {
-            *ack = 5000;
-        }
+        let data = data_acking(CLIENT_PORT, 5000);
         assert_eq!(loaded.run(&from_client(&data), IF_CLIENT).action, XDP_REDIRECT);
         let udp_port = (41_000..42_000_u16)
             .find(|&p| {
@@ -959,21 +956,23 @@ fn a_down_backend_resets_tcp_flows_and_moves_udp_flows() {
 
         // The TCP flow's next packet (it acknowledges 5000): RST, seq 5000.
         let reset = reset_frame(VIP, CLIENT_PORT, packet::TCP_RST, 5000, 0);
-        let out = loaded.run(&from_client(&data), IF_CLIENT);
-        assert_eq!((out.action, out.frame.clone()), (XDP_TX, reset), "reset");
+        let out = run_counting(&mut loaded, &from_client(&data), Counter::RstBackendDown);
+        assert_eq!((out.action, out.frame), (XDP_TX, reset), "reset");
 
-        // A segment without ACK (a retransmitted SYN) gets RST|ACK acknowledging it.
-        let syn_again = syn((VIP, 80));
-        let reset_ack = reset_frame(VIP, CLIENT_PORT, packet::TCP_RST | TCP_ACK, 0, 1001);
-        let out = loaded.run(&from_client(&syn_again), IF_CLIENT);
+        // A segment without ACK (a FIN) gets RST|ACK acknowledging what it
+        // occupied: its 4 bytes and the FIN.
+        let fin = Ipv4::tcp((CLIENT, CLIENT_PORT), (VIP, 80), packet::TCP_FIN, b"more");
+        let reset_ack = reset_frame(VIP, CLIENT_PORT, packet::TCP_RST | TCP_ACK, 0, 1005);
+        let out = run_counting(&mut loaded, &from_client(&fin), Counter::RstBackendDown);
         assert_eq!((out.action, out.frame), (XDP_TX, reset_ack), "reset+ack");
 
-        // A new flow to the service: its only backend is DOWN.
-        let fresh = Ipv4::tcp((CLIENT, 50_000), (VIP, 80), TCP_SYN, b"");
-        // A new flow: its only backend is DOWN, and the service rejects.
-        let out = loaded.run(&from_client(&fresh), IF_CLIENT);
-        let refused = reset_frame(VIP, 50_000, packet::TCP_RST | TCP_ACK, 0, 1001);
-        assert_eq!((out.action, out.frame), (XDP_TX, refused), "no usable backend");
+        // A SYN opens a new connection (on the same ports, or here on
+        // new ones): the service's only backend is DOWN, and it rejects.
+        for port in [CLIENT_PORT, 50_000] {
+            let out = run_counting(&mut loaded, &from_client(&syn_from(port)), Counter::RejectTcp);
+            let refused = reset_frame(VIP, port, packet::TCP_RST | TCP_ACK, 0, 1001);
+            assert_eq!((out.action, out.frame), (XDP_TX, refused), "no usable backend");
+        }
 
         // The UDP flow moves to the other backend of its service.
         let (collider, collider_port) = slot_sharing_backend();
@@ -990,8 +989,65 @@ fn a_down_backend_resets_tcp_flows_and_moves_udp_flows() {
 
         // Back UP: new flows reach web1 again.
         loaded.reconciler.set_down(std::collections::BTreeSet::new()).expect("set up");
-        assert_eq!(loaded.run(&from_client(&fresh), IF_CLIENT).action, XDP_REDIRECT);
+        let fresh = syn_from(50_000);
+        let out = run_counting(&mut loaded, &from_client(&fresh), Counter::Redirect);
+        let to_web1 =
+            forwarded(&fresh, (CLIENT, 50_000), (WEB1, 8080), WEB_MACS[0], IF_BACKEND_MAC);
+        assert_eq!((out.action, hex(&out.frame)), (XDP_REDIRECT, hex(&to_web1)), "on web1 again");
     });
+}
+
+/// A packet of a TCP flow whose backend is DOWN that no reset can answer
+/// is dropped: one with IPv4 options (only plain headers are answered), and
+/// a reset (never answered, RFC 793).
+#[test]
+fn a_down_backends_tcp_packet_no_reset_answers_is_dropped() {
+    let ns = FixtureNs::create("lbt-fix");
+    in_ns(&ns.name, || {
+        let mut loaded = Loaded::new(4096);
+        let services = lb_ctl::config::parse(&config()).unwrap().services;
+        let web = services.iter().find(|s| s.name == "web").unwrap();
+        let data = data_acking(CLIENT_PORT, 5000);
+        assert_eq!(loaded.run(&from_client(&data), IF_CLIENT).action, XDP_REDIRECT);
+        let down = lb_ctl::plan::backend_key(web, WEB1, 8080);
+        loaded.reconciler.set_down([down].into_iter().collect()).expect("set down");
+
+        let mut with_options = data.clone();
+        with_options.options = IP_OPTIONS.to_vec();
+        let mut reset = data.clone();
+        if let L4::Tcp { flags, .. } = &mut reset.l4 {
+            *flags = packet::TCP_RST | TCP_ACK;
+        }
+        for (what, p) in [("IPv4 options", with_options), ("a reset", reset)] {
+            let frame = from_client(&p);
+            let out = run_counting(&mut loaded, &frame, Counter::DropBackendDown);
+            assert_eq!(action_name(out.action), action_name(XDP_DROP), "{what}");
+            assert_eq!(hex(&out.frame), hex(&frame), "{what}: dropped as it came");
+        }
+    });
+}
+
+/// Runs a client frame and checks that it bumped `counter` by exactly one.
+fn run_counting(loaded: &mut Loaded, frame: &[u8], counter: Counter) -> Outcome {
+    let before = loaded.counter(counter);
+    let out = loaded.run(frame, IF_CLIENT);
+    assert_eq!(loaded.counter(counter), before + 1, "counter {}", counter.name());
+    out
+}
+
+/// A data segment of the client's flow from `port` to the web service,
+/// acknowledging `ack`.
+fn data_acking(port: u16, ack: u32) -> Ipv4 {
+    let mut data = Ipv4::tcp((CLIENT, port), (VIP, 80), TCP_ACK | TCP_PSH, b"more");
+    if let L4::Tcp { ack: a, .. } = &mut data.l4 {
+        *a = ack;
+    }
+    data
+}
+
+/// A SYN from the client's `port` to the web service.
+fn syn_from(port: u16) -> Ipv4 {
+    Ipv4::tcp((CLIENT, port), (VIP, 80), TCP_SYN, b"")
 }
 
 /// The reset the VIP (port 80) sends the client: a frame built by the
