@@ -701,6 +701,14 @@ fn hex(bytes: &[u8]) -> String {
         .join("\n    ")
 }
 
+/// The metadata the slow path leaves in front of a frame for tc (`NeighMeta`).
+fn neigh_meta(egress: &str, nexthop: Ipv4Addr) -> Vec<u8> {
+    let mut meta = NEIGH_META_MAGIC.to_ne_bytes().to_vec();
+    meta.extend_from_slice(&Loaded::ifindex(egress).to_ne_bytes());
+    meta.extend_from_slice(&nexthop.octets());
+    meta
+}
+
 fn check_case(loaded: &mut Loaded, c: &Case) -> Result<(), String> {
     if c.flush_conntrack {
         loaded.flush_conntrack();
@@ -723,10 +731,7 @@ fn check_case(loaded: &mut Loaded, c: &Case) -> Result<(), String> {
         Expect::Unchanged => (c.input.clone(), Vec::new()),
         Expect::Frame(f) => (f.clone(), Vec::new()),
         Expect::SlowPath { frame, egress, nexthop } => {
-            let mut meta = NEIGH_META_MAGIC.to_ne_bytes().to_vec();
-            meta.extend_from_slice(&Loaded::ifindex(egress).to_ne_bytes());
-            meta.extend_from_slice(&nexthop.octets());
-            (frame.clone(), meta)
+            (frame.clone(), neigh_meta(egress, *nexthop))
         }
     };
     if out.frame != want_frame {
@@ -846,6 +851,31 @@ fn a_forgotten_flow_is_placed_by_the_maglev_table() {
 fn web_mac(addr: Ipv4Addr) -> Mac {
     let i = [WEB1, WEB2, WEB3].iter().position(|&w| w == addr);
     WEB_MACS[i.unwrap_or_else(|| panic!("{addr} is not a web backend"))]
+}
+
+/// The slow path puts its 12-byte tag in the XDP metadata area for tc.
+/// The kernel caps that area at 32 bytes (`xdp_metalen_invalid`); with 24
+/// already used (as a program before ours could leave it), the tag does not
+/// fit and the packet is dropped: passed without it, tc could not send it.
+#[test]
+fn the_slow_path_drops_a_packet_it_cannot_tag() {
+    let ns = FixtureNs::create("lbt-fix");
+    in_ns(&ns.name, || {
+        let mut loaded = Loaded::new(4096);
+        let frame = from_client(&syn((VIP_NO_NEIGH, 80)));
+        let tag = neigh_meta(IF_BACKEND, NO_NEIGH_BACKEND);
+
+        // 20 + 12 bytes fit: the tag goes in front of what was there.
+        let out = loaded.run_after_meta(&[0xaa; 20], &frame, IF_CLIENT);
+        assert_eq!(action_name(out.action), action_name(XDP_PASS), "room for the tag");
+        assert_eq!(out.meta, [tag, vec![0xaa; 20]].concat(), "tagged");
+
+        let before = loaded.counter(Counter::DropNoMetadata);
+        let out = loaded.run_after_meta(&[0xaa; 24], &frame, IF_CLIENT);
+        assert_eq!(action_name(out.action), action_name(XDP_DROP), "no room for the tag");
+        assert_eq!(loaded.counter(Counter::DropNoMetadata), before + 1, "drop_no_metadata");
+        assert_eq!(out.meta, [0xaa; 24], "the metadata there is left alone");
+    });
 }
 
 /// Whatever bytes arrive, the program never aborts and never forwards a
