@@ -1062,6 +1062,7 @@ fn a_down_backends_tcp_packet_no_reset_answers_is_dropped() {
 }
 
 /// Runs a client frame and checks that it bumped `counter` by exactly one.
+#[track_caller]
 fn run_counting(loaded: &mut Loaded, frame: &[u8], counter: Counter) -> Outcome {
     let before = loaded.counter(counter);
     let out = loaded.run(frame, IF_CLIENT);
@@ -1113,7 +1114,7 @@ fn with_no_usable_backend_the_vip_rejects() {
 
         // A datagram longer than the answer (the frame shrinks at the
         // tail), and one shorter (it grows at the head).
-        let query = Ipv4::udp((CLIENT, 40_053), (VIP_REJECTING, 53), b"a query with some payload");
+        let query = Ipv4::udp((CLIENT, 40_053), (VIP_REJECTING, 53), &[b'q'; 64]);
         let short = Ipv4::udp((CLIENT, 40_054), (VIP_REJECTING, 53), b"");
         for datagram in [query, short] {
             let out = run_counting(&mut loaded, &from_client(&datagram), Counter::RejectUdp);
@@ -1157,6 +1158,7 @@ fn destinations(
 /// The backend a client frame is sent to (its new destination address),
 /// once the frame is known to be forwarded: a passed or dropped frame
 /// still carries the VIP, which differs from every backend too.
+#[track_caller]
 fn sent_to(loaded: &Loaded, frame: &[u8]) -> Ipv4Addr {
     let out = loaded.run(frame, IF_CLIENT);
     assert_eq!(action_name(out.action), action_name(XDP_REDIRECT), "forwarded to a backend");
