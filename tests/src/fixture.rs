@@ -4,9 +4,12 @@
 //! packet fixtures and the benchmarks.
 use std::net::Ipv4Addr;
 
-use aya::maps::{HashMap as AyaHashMap, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap as AyaHashMap, MapData, PerCpuArray};
 use lb_common::{
-    abi::{BackendConns, Conn, Flow, PROTO_UDP, real_slot},
+    abi::{
+        BackendConns, Conn, FLOW_CACHE_SLOTS, Flow, FlowCacheEntry, PROTO_UDP, cpu_slot,
+        flow_cache_slot, real_slot,
+    },
     counter::Counter,
 };
 use lb_ctl::{EBPF_OBJECT, config, dataplane::kernel::KernelMaps, netdev, reconciler::Reconciler};
@@ -21,10 +24,15 @@ pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 10);
 pub const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x0a];
 /// A client with no neighbour entry on the load balancer.
 pub const UNSEEN_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 99);
+/// A client in a network the load balancer's FIB declares unreachable.
+pub const UNREACHABLE_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 77, 9, 9);
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 100);
 pub const VIP_NO_NEIGH: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 101);
 pub const VIP_DRAINED: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 102);
 pub const LB_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 1);
+/// The load balancer's own address on the backend side (where its health
+/// checks come from).
+pub const LB_BACKEND_SIDE: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 1);
 pub const HAIRPIN: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 50);
 pub const HAIRPIN_MAC: Mac = [0x02, 0, 0, 0, 0x01, 0x32];
 pub const WEB1: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 11);
@@ -293,7 +301,7 @@ impl FixtureNs {
         }
         ns_sh(n, &["ip", "addr", "add", &format!("{LB_CLIENT_SIDE}/24"), "dev", IF_CLIENT]);
         ns_sh(n, &["ip", "addr", "add", &format!("{VIP}/32"), "dev", IF_CLIENT]);
-        ns_sh(n, &["ip", "addr", "add", "10.77.2.1/24", "dev", IF_BACKEND]);
+        ns_sh(n, &["ip", "addr", "add", &format!("{LB_BACKEND_SIDE}/24"), "dev", IF_BACKEND]);
         ns_sh(n, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         // A smaller MTU on the backend side, for the "too big" case.
         ns_sh(n, &["ip", "link", "set", IF_BACKEND, "mtu", &BACKEND_SIDE_MTU.to_string()]);
@@ -320,6 +328,9 @@ fn add_neighbours(n: &str) {
     // The backend that shares an index slot lives behind the backend side too.
     let (collider, _) = slot_sharing_backend();
     ns_sh(n, &["ip", "route", "add", "10.77.4.0/24", "dev", IF_BACKEND]);
+    // A network with an unreachable route: the FIB answers "unreachable"
+    // (a missing route would read as "not forwarded", like a local address).
+    ns_sh(n, &["ip", "route", "add", "unreachable", "10.77.9.0/24"]);
     // Direct routing's backend 10.77.5.7 is behind a gateway (web3), and
     // 10.77.6.7 behind one whose neighbour entry is missing.
     ns_sh(n, &["ip", "route", "add", "10.77.5.0/24", "via", &WEB3.to_string()]);
@@ -396,6 +407,12 @@ impl Loaded {
         testrun::run(self.prog_fd, frame, Self::ifindex(ingress), 1)
     }
 
+    /// Runs one frame received on `ingress` with `meta` already in its
+    /// XDP metadata area.
+    pub fn run_after_meta(&self, meta: &[u8], frame: &[u8], ingress: &str) -> Outcome {
+        testrun::run_after_meta(self.prog_fd, meta, frame, Self::ifindex(ingress), 1)
+    }
+
     pub fn counter(&mut self, counter: Counter) -> u64 {
         let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
             self.reconciler.maps_mut().ebpf_mut().map("lb_counters").expect("lb_counters"),
@@ -452,6 +469,21 @@ impl Loaded {
         let keys: Vec<Flow> = table.keys().filter_map(Result::ok).collect();
         for key in keys {
             let _ = table.remove(&key);
+        }
+    }
+
+    /// Empties `flow`'s slot of every CPU's flow cache, which would
+    /// otherwise keep answering for a flow whose connection entry is gone.
+    pub fn clear_flow_cache(&mut self, flow: &Flow) {
+        let ebpf = self.reconciler.maps_mut().ebpf_mut();
+        let mut cache: Array<&mut MapData, FlowCacheEntry> =
+            Array::try_from(ebpf.map_mut("lb_flow_cache").expect("lb_flow_cache"))
+                .expect("lb_flow_cache type");
+        let slot = flow_cache_slot(flow);
+        // However many regions lb-ctl sized the map for.
+        for cpu in 0..cache.len() / FLOW_CACHE_SLOTS {
+            let index = cpu_slot(cpu, FLOW_CACHE_SLOTS, slot);
+            cache.set(index, FlowCacheEntry::default(), 0).expect("clearing the flow cache");
         }
     }
 

@@ -95,14 +95,34 @@ pub fn program_fd(ebpf: &Ebpf, name: &str) -> RawFd {
 /// `ingress_ifindex` (in the calling thread's network namespace). With
 /// `repeat > 1` the kernel reruns the program on its own output.
 pub fn run(prog_fd: RawFd, frame: &[u8], ingress_ifindex: u32, repeat: u32) -> Outcome {
-    let mut out = vec![0_u8; frame.len() + 256];
-    let ctx_in = XdpMd { data_end: frame.len() as u32, ingress_ifindex, ..XdpMd::default() };
+    run_after_meta(prog_fd, &[], frame, ingress_ifindex, repeat)
+}
+
+/// Like `run`, with `meta` already in the XDP metadata area in front of
+/// the frame (as an earlier program could leave it). The kernel takes it
+/// from the head of the input, `ctx_in.data` bytes long, and caps it at 32
+/// bytes, a multiple of 4 (`xdp_metalen_invalid`, net/bpf/test_run.c).
+pub fn run_after_meta(
+    prog_fd: RawFd,
+    meta: &[u8],
+    frame: &[u8],
+    ingress_ifindex: u32,
+    repeat: u32,
+) -> Outcome {
+    let input = [meta, frame].concat();
+    let mut out = vec![0_u8; input.len() + 256];
+    let ctx_in = XdpMd {
+        data: meta.len() as u32,
+        data_end: input.len() as u32,
+        ingress_ifindex,
+        ..XdpMd::default()
+    };
     let mut ctx_out = XdpMd::default();
     let mut attr = TestRunAttr {
         prog_fd: prog_fd.cast_unsigned(),
-        data_size_in: frame.len() as u32,
+        data_size_in: input.len() as u32,
         data_size_out: out.len() as u32,
-        data_in: frame.as_ptr() as u64,
+        data_in: input.as_ptr() as u64,
         data_out: out.as_mut_ptr() as u64,
         repeat,
         ctx_size_in: size_of::<XdpMd>() as u32,

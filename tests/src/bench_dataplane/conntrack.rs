@@ -19,8 +19,7 @@ use aya::maps::{HashMap as AyaHashMap, MapData};
 use lb_common::abi::{CONN_ESTABLISHED, Conn, Endpoint, Flow, PROTO_TCP};
 
 use super::{
-    Baseline, Part, Rng, Row, clear_flow_cache, fresh_client, live_client, measure, new_flows,
-    rows, rows_json, table,
+    Baseline, Part, Rng, Row, fresh_client, live_client, measure, new_flows, rows, rows_json, table,
 };
 use crate::{
     fixture::{CLIENT_MAC, IF_CLIENT, IF_CLIENT_MAC, Loaded, VIP, WEB1},
@@ -137,7 +136,7 @@ impl Table {
     fn established(&mut self, rng: &mut Rng, empty_cache: bool) -> u32 {
         let flow = live_flow(rng.below(self.live));
         if empty_cache {
-            clear_flow_cache(&mut self.loaded, &flow);
+            self.loaded.clear_flow_cache(&flow);
         }
         let out = testrun::run(self.loaded.prog_fd, &frame(&flow, TCP_ACK), self.ifindex, 1);
         assert_eq!(out.action, XDP_REDIRECT, "an established flow of the table is forwarded");

@@ -14,8 +14,8 @@ use std::{
     os::fd::{AsRawFd as _, OwnedFd},
 };
 
-use aya::maps::{Array, MapData, PerCpuArray};
-use lb_common::abi::{FLOW_CACHE_SLOTS, Flow, FlowCacheEntry, Traffic, cpu_slot};
+use aya::maps::{MapData, PerCpuArray};
+use lb_common::abi::Traffic;
 use lb_ctl::{EBPF_OBJECT, dataplane::kernel::KernelMaps, model::Service, reconciler::Reconciler};
 
 use crate::{fixture::Loaded, testrun};
@@ -262,21 +262,6 @@ pub fn load_services(conntrack_max: u32, interfaces: &[&str], services: &[Servic
     reconciler.apply(services).unwrap_or_else(|e| panic!("applying the services: {e}"));
     let prog_fd = testrun::program_fd(reconciler.maps_mut().ebpf_mut(), "lb_xdp");
     Loaded { reconciler, prog_fd }
-}
-
-/// Empties `flow`'s slot of the flow cache on every CPU, so that the next
-/// packet of the flow goes to the connection table.
-pub fn clear_flow_cache(loaded: &mut Loaded, flow: &Flow) {
-    let ebpf = loaded.reconciler.maps_mut().ebpf_mut();
-    let mut cache: Array<&mut MapData, FlowCacheEntry> =
-        Array::try_from(ebpf.map_mut("lb_flow_cache").expect("lb_flow_cache"))
-            .expect("lb_flow_cache type");
-    let slot = lb_common::abi::flow_cache_slot(flow);
-    // However many regions lb-ctl sized the map for.
-    for cpu in 0..cache.len() / FLOW_CACHE_SLOTS {
-        let index = cpu_slot(cpu, FLOW_CACHE_SLOTS, slot);
-        cache.set(index, FlowCacheEntry::default(), 0).expect("clearing the flow cache");
-    }
 }
 
 /// New flows the data plane has counted for service `id`, all CPUs.
