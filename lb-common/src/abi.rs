@@ -7,7 +7,7 @@
 
 /// Bumped whenever a map layout below changes; stored in `lb_meta` so that a
 /// controller can tell whether pinned maps were written by a compatible build.
-pub const ABI_VERSION: u32 = 10;
+pub const ABI_VERSION: u32 = 11;
 
 /// Capacity of the service table (and of each per-service array).
 pub const MAX_SERVICES: u32 = 256;
@@ -158,7 +158,7 @@ const _: () = assert!(size_of::<Flow>() == 16);
 pub struct Conn {
     pub backend_id: u32,
     pub service_id: u32,
-    /// The `lb_epoch` tick (every `NEXTHOP_REFRESH_MS`) of the flow's last
+    /// The `lb_epoch` tick (every `EPOCH_TICK_MS`) of the flow's last
     /// client packet, as seen when the flow was last checked.
     pub last_seen: u32,
     /// `CONN_*`: where the connection is in its life.
@@ -283,11 +283,46 @@ pub const fn real_slot(addr: [u8; 4], port: u16, proto: u8) -> u32 {
 
 /// Entries of the next-hop cache (`lb_nexthops`) for each CPU, a power of two.
 pub const NEXTHOP_SLOTS: u32 = 1 << 13;
-/// How often the controller advances the next-hop epoch (`lb_epoch`), which
-/// invalidates every cached FIB answer: a changed route or neighbour is
-/// picked up within this time. An epoch instead of a clock read per packet:
-/// `bpf_ktime_get_coarse_ns()` measured about 30 ns per call here.
-pub const NEXTHOP_REFRESH_MS: u64 = 100;
+/// The data plane's clock ticks every `EPOCH_TICK_MS`: a tick, the epoch,
+/// is what connection entries are stamped with (idle timeouts count in
+/// ticks) and what the flow and next-hop caches are valid for (a changed
+/// route or neighbour is picked up within a tick).
+///
+/// The clock is the kernel's `jiffies`, which `bpf_jiffies64()` reads in one
+/// inlined load (the verifier inlines it on 64-bit JITs), scaled by
+/// `EpochClock`: it runs whether or not a controller does. A clock read per
+/// packet through `bpf_ktime_get_coarse_ns()` measured about 30 ns here.
+pub const EPOCH_TICK_MS: u64 = 100;
+/// The fixed-point shift of `EpochClock::mult`.
+pub const EPOCH_MULT_SHIFT: u32 = 24;
+
+/// `lb_epoch`'s one value: how the data plane turns jiffies into epoch
+/// ticks, `epoch = (jiffies * mult) >> EPOCH_MULT_SHIFT + offset`. The
+/// controller writes `mult` from the kernel's tick length (`epoch_mult`);
+/// bumping `offset` ages every connection entry and cached answer by one
+/// tick at once (tests use it instead of waiting). With `mult` 0 (never
+/// written) the clock stands still at `offset`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EpochClock {
+    pub mult: u64,
+    pub offset: u64,
+}
+const _: () = assert!(size_of::<EpochClock>() == 16);
+
+impl EpochClock {
+    /// The epoch at `jiffies`. The product wraps after about 2^46 jiffies
+    /// at 1000 Hz (2^43 at 100 Hz): thousands of years of uptime.
+    #[inline(always)]
+    pub fn epoch(&self, jiffies: u64) -> u64 {
+        (jiffies.wrapping_mul(self.mult) >> EPOCH_MULT_SHIFT).wrapping_add(self.offset)
+    }
+}
+
+/// `EpochClock::mult` for a kernel whose jiffy lasts `jiffy_ns`.
+pub const fn epoch_mult(jiffy_ns: u64) -> u64 {
+    (jiffy_ns << EPOCH_MULT_SHIFT) / (EPOCH_TICK_MS * 1_000_000)
+}
 
 /// One entry of the next-hop cache: what `bpf_fib_lookup` said for `addr`
 /// (the destination after NAT), so that most packets skip the FIB. Direct
@@ -348,7 +383,7 @@ pub const fn flow_cache_slot(flow: &Flow) -> u32 {
 /// direct mapped by flow hash, so that a busy flow is found with an array
 /// read instead of a hash-table lookup. The connection table stays the
 /// truth: a miss, an entry whose backend is gone, or an entry of an older
-/// `lb_epoch` (every 100 ms) goes there, which also keeps a busy flow recent
+/// `lb_epoch` (every tick) goes there, which also keeps a busy flow recent
 /// in the LRU so that churn does not evict it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -416,6 +451,20 @@ impl NeighMark {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_epoch_ticks_every_100_ms_whatever_the_kernel_hz() {
+        for hz in [100_u64, 250, 300, 1000] {
+            let jiffy_ns = 1_000_000_000 / hz;
+            let clock = EpochClock { mult: epoch_mult(jiffy_ns), offset: 7 };
+            // jiffies start near 2^32 (INITIAL_JIFFIES); a day of uptime later.
+            let start = (1_u64 << 32) + 86_400 * hz;
+            let at = |ms: u64| clock.epoch(start + ms * hz / 1000);
+            let ticks = at(60_000) - at(0);
+            assert!((599..=601).contains(&ticks), "{hz} Hz: {ticks} ticks in 60 s");
+            assert_eq!(EpochClock { mult: 0, offset: 7 }.epoch(start), 7, "stands still");
+        }
+    }
+
     fn walk(start: u8, steps: &[(u8, bool)]) -> Option<u8> {
         steps.iter().try_fold(start, |s, &(flags, from_client)| next_state(s, flags, from_client))
     }
@@ -451,8 +500,8 @@ mod tests {
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        Backend, BackendConns, Conn, Endpoint, Flow, FlowCacheEntry, MaglevTable, Meta, NextHop,
-        Real, Service, Traffic,
+        Backend, BackendConns, Conn, Endpoint, EpochClock, Flow, FlowCacheEntry, MaglevTable, Meta,
+        NextHop, Real, Service, Traffic,
     };
 
     macro_rules! pod {
@@ -473,6 +522,7 @@ mod pod {
         Conn,
         Traffic,
         MaglevTable,
-        Meta
+        Meta,
+        EpochClock
     );
 }

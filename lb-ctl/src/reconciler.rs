@@ -144,7 +144,10 @@ impl<M: Maps> Reconciler<M> {
         &self.applied
     }
 
-    /// Makes the data plane look every next hop up again (see `NEXTHOP_REFRESH_MS`).
+    /// Moves the data plane's clock one tick on at once: every next hop is
+    /// looked up again, and every connection entry is a tick older (the
+    /// clock ticks by itself every `EPOCH_TICK_MS`; tests use this instead
+    /// of waiting).
     pub fn refresh_next_hops(&mut self) -> Result<(), ReconcileError> {
         Ok(self.maps.advance_nexthop_epoch()?)
     }

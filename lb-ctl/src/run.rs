@@ -6,7 +6,6 @@ use std::{
 };
 
 use anyhow::Context as _;
-use lb_common::abi::NEXTHOP_REFRESH_MS;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
@@ -110,20 +109,12 @@ pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow:
         let admin = listener.local_addr().context("the admin listener")?;
         let server = tokio::spawn(async move { axum::serve(listener, app).await });
         info!(config = %path.display(), services, %admin, "load balancer running");
-        // The data plane caches FIB answers until the epoch moves on.
-        let mut next_hops = tokio::time::interval(Duration::from_millis(NEXTHOP_REFRESH_MS));
-        next_hops.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Counters, connections per backend (lc, the operator), and expiry.
         let mut sample = tokio::time::interval(SAMPLE_INTERVAL);
         sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = sample.tick() => controller.sample().await,
-                _ = next_hops.tick() => {
-                    if let Err(e) = handle.refresh_next_hops().await {
-                        warn!(error = %e, "cannot refresh the next-hop cache");
-                    }
-                }
                 () = controller.next_health_change() => controller.health_changed().await,
                 Some(request) = requests.recv() => {
                     let answer = controller.change(request.change).await;

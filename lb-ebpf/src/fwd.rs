@@ -84,8 +84,7 @@ enum Hop {
 }
 
 /// The next hop towards the rewritten packet's destination: from this CPU's
-/// cache while its epoch is current (the controller advances `lb_epoch`
-/// every `NEXTHOP_REFRESH_MS`), else from `bpf_fib_lookup`, whose answer is
+/// cache while its epoch is current (a new epoch every `EPOCH_TICK_MS`), else from `bpf_fib_lookup`, whose answer is
 /// cached. The cache is keyed by destination address, so it assumes
 /// the route does not depend on the source, ports or TOS (no policy routing,
 /// one ECMP path per destination while an entry lives).

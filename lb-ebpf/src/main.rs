@@ -215,6 +215,22 @@ pub fn lb_neigh(ctx: TcContext) -> i32 {
     if rc == i64::from(TC_ACT_REDIRECT) { TC_ACT_REDIRECT } else { TC_ACT_SHOT }
 }
 
+/// The data plane's clock for the controller: never attached, run by
+/// `BPF_PROG_TEST_RUN` on a scratch frame, it writes the current epoch
+/// (`select::epoch_now`, the same code `lb_xdp` runs) into the frame's first
+/// 8 bytes. The controller times connection entries out by it, so the two
+/// can never disagree on what "now" is.
+#[xdp]
+pub fn lb_clock(ctx: XdpContext) -> u32 {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + size_of::<u64>() > end {
+        return xdp_action::XDP_ABORTED;
+    }
+    // SAFETY: bounds checked just above; the frame is the caller's scratch.
+    unsafe { (data as *mut u64).write_unaligned(select::epoch_now()) };
+    xdp_action::XDP_PASS
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use lb_common::abi::{
     ADDR_FILTER_SIZE, Backend, BackendConns, CONN_STATES, Conn, DEFAULT_CONNTRACK_MAX, Endpoint,
-    FLOW_CACHE_SLOTS, Flow, FlowCacheEntry, MAX_BACKENDS, MAX_SERVICES, MAX_TX_PORTS, MaglevTable,
-    Meta, NEXTHOP_SLOTS, NextHop, REAL_SLOTS, Real, Service, Traffic,
+    EpochClock, FLOW_CACHE_SLOTS, Flow, FlowCacheEntry, MAX_BACKENDS, MAX_SERVICES, MAX_TX_PORTS,
+    MaglevTable, Meta, NEXTHOP_SLOTS, NextHop, REAL_SLOTS, Real, Service, Traffic,
 };
 use lb_common::counter::Counter;
 
@@ -67,10 +67,10 @@ pub static LB_REAL_SLOTS: Array<u32, { REAL_SLOTS as usize }> = Array::new();
 #[btf_map(name = "lb_nexthops")]
 pub static LB_NEXTHOPS: Array<NextHop, { NEXTHOP_SLOTS as usize }> = Array::new();
 
-/// Slot 0: the next-hop epoch, advanced by the controller every
-/// `NEXTHOP_REFRESH_MS`; cache entries of another epoch are stale.
+/// Slot 0: how jiffies become epoch ticks (`abi::EpochClock`), written by
+/// the controller at start; cache entries of another epoch are stale.
 #[btf_map(name = "lb_epoch")]
-pub static LB_EPOCH: Array<u64, 1> = Array::new();
+pub static LB_EPOCH: Array<EpochClock, 1> = Array::new();
 
 /// VIP -> number of services on it; tells a fragment addressed to a VIP apart.
 #[btf_map(name = "lb_vips")]

@@ -1,7 +1,10 @@
 //! Whose packet is this, and where does it go: the address pre-filter, the
 //! flow cache and the connection table, the service's Maglev table, the
 //! backend index for replies.
-use aya_ebpf::{btf_maps::PerCpuArray, helpers::bpf_get_smp_processor_id};
+use aya_ebpf::{
+    btf_maps::PerCpuArray,
+    helpers::{bpf_get_smp_processor_id, bpf_jiffies64},
+};
 use lb_common::{
     abi::{
         BACKEND_DOWN, BACKEND_IN_USE, Backend, CONN_CLOSING, CONN_ESTABLISHED, CONN_SYN, CONN_UDP,
@@ -106,7 +109,7 @@ pub enum Known {
 
 /// Where and when a packet runs, read once per packet: this CPU (whose
 /// region of the flow and next-hop caches it uses) and the current epoch
-/// tick, the data plane's clock (see `NEXTHOP_REFRESH_MS`).
+/// tick, the data plane's clock (see `EPOCH_TICK_MS`).
 #[derive(Clone, Copy)]
 pub struct Here {
     pub cpu: u32,
@@ -118,8 +121,16 @@ impl Here {
     pub fn read() -> Self {
         // SAFETY: a helper without arguments (inlined by the verifier).
         let cpu = unsafe { bpf_get_smp_processor_id() };
-        Self { cpu, epoch: LB_EPOCH.get(0).copied().unwrap_or(0) }
+        Self { cpu, epoch: epoch_now() }
     }
+}
+
+/// The data plane's clock: jiffies scaled by `lb_epoch` (see `EpochClock`).
+#[inline(always)]
+pub fn epoch_now() -> u64 {
+    // SAFETY: a helper without arguments (one load, inlined by the verifier).
+    let jiffies = unsafe { bpf_jiffies64() };
+    LB_EPOCH.get(0).map_or(0, |clock| clock.epoch(jiffies))
 }
 
 /// This CPU's flow cache entry for `flow`: `None` on a CPU the map was not

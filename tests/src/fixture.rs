@@ -388,7 +388,17 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// Loaded with the data plane's clock stopped: time moves only when a
+    /// test moves it (`reconciler.refresh_next_hops()`, a tick each), so
+    /// that no tick can fall between two packets of a case.
     pub fn new(conntrack_max: u32) -> Self {
+        let mut loaded = Self::with_running_clock(conntrack_max);
+        loaded.reconciler.maps_mut().stop_clock().expect("stopping the data plane's clock");
+        loaded
+    }
+
+    /// Loaded with the data plane's clock running, as under a controller.
+    pub fn with_running_clock(conntrack_max: u32) -> Self {
         let config = config::parse(&config()).expect("fixture config");
         let maps = KernelMaps::load(EBPF_OBJECT, conntrack_max, &config.dataplane.interfaces)
             .unwrap_or_else(|e| panic!("loading the program: {e}"));

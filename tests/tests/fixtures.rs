@@ -1348,3 +1348,59 @@ fn a_removed_backend_resets_its_tcp_flows() {
         assert_eq!(loaded.counter(Counter::RstBackendGone), before + 1);
     });
 }
+
+/// The data plane keeps its own time (jiffies, scaled by `lb_epoch`): with
+/// no controller advancing anything, a flow's entry is stamped with the
+/// current tick, the controller reads the same tick through `lb_clock`, and
+/// a changed neighbour is picked up within a tick.
+#[test]
+fn the_data_plane_clock_runs_without_a_controller() {
+    let ns = FixtureNs::create("lbt-fix");
+    let ns_name = ns.name.clone();
+    in_ns(&ns.name, move || {
+        let mut loaded = Loaded::with_running_clock(4096);
+        let now = |loaded: &mut Loaded| {
+            loaded.reconciler.maps_mut().epoch_now().expect("the data plane's clock")
+        };
+        let client = (CLIENT, 47_000);
+        let flow = flow_of(client, (VIP, 80), PROTO_TCP);
+        let send = |loaded: &mut Loaded, flags: u8| {
+            loaded.run(&from_client(&Ipv4::tcp(client, (VIP, 80), flags, b"")), IF_CLIENT)
+        };
+        let first = now(&mut loaded);
+        send(&mut loaded, TCP_SYN);
+        // Entries keep the tick's low 32 bits.
+        let stamped = loaded.conn(&flow).expect("an entry").last_seen;
+        assert!(stamped.wrapping_sub(first as u32) <= 1, "{stamped} against {first}");
+        // 450 ms: four or five ticks of 100 ms.
+        std::thread::sleep(std::time::Duration::from_millis(450));
+        let later = now(&mut loaded);
+        assert!((4..=5).contains(&(later - first)), "{} ticks in 450 ms", later - first);
+        send(&mut loaded, TCP_ACK);
+        let restamped = loaded.conn(&flow).expect("an entry").last_seen;
+        assert!(restamped.wrapping_sub(later as u32) <= 1, "{restamped} against {later}");
+
+        // A backend's new MAC, and nobody advances anything: the next-hop
+        // cache is stale one tick later.
+        let frame = from_client(&syn((VIP, 80)));
+        assert_eq!(loaded.run(&frame, IF_CLIENT).frame[..6], WEB_MACS[0]);
+        let new_mac = [0x02, 0, 0, 0, 0x02, 0xef];
+        lb_tests::netns::ns_sh(
+            &ns_name,
+            &[
+                "ip",
+                "neigh",
+                "replace",
+                &WEB1.to_string(),
+                "lladdr",
+                &mac_str(new_mac),
+                "dev",
+                IF_BACKEND,
+                "nud",
+                "permanent",
+            ],
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        assert_eq!(loaded.run(&frame, IF_CLIENT).frame[..6], new_mac, "picked up within a tick");
+    });
+}

@@ -15,14 +15,14 @@ use aya::{
 };
 use lb_common::abi::{
     ABI_VERSION, BACKEND_IN_USE, BackendConns, CONN_CLOSED, CONN_CLOSING, CONN_ESTABLISHED,
-    CONN_STATES, CONN_SYN, CONN_UDP, Conn, Endpoint, Flow, MAGLEV_SIZE, MAX_TX_PORTS, Meta,
-    NEXTHOP_REFRESH_MS, NO_BACKEND, Traffic, expired,
+    CONN_STATES, CONN_SYN, CONN_UDP, Conn, EPOCH_TICK_MS, Endpoint, EpochClock, Flow, MAGLEV_SIZE,
+    MAX_TX_PORTS, Meta, NO_BACKEND, Traffic, epoch_mult, expired,
 };
 use rustc_hash::FxHashSet;
 use tracing::info;
 
 use super::{
-    ConnEntry, Counts, DataplaneError, Maps, attach,
+    ConnEntry, Counts, DataplaneError, Maps, attach, clock,
     pins::{self, PinDir},
 };
 use crate::{
@@ -41,14 +41,15 @@ pub struct KernelMaps {
     vips: HashMap<MapData, [u8; 4], u32>,
     addrs: Array<MapData, u8>,
     real_slots: Array<MapData, u32>,
-    epoch: Array<MapData, u64>,
+    epoch: Array<MapData, EpochClock>,
+    /// What `lb_epoch` holds.
+    clock: EpochClock,
     timeouts: Array<MapData, u32>,
     /// The timeouts last written, in ticks, indexed by state.
     timeout_ticks: [u32; CONN_STATES as usize],
     be_conns: Array<MapData, BackendConns>,
     /// The counts last written to `lb_be_conns`, by backend id.
     published: BTreeMap<u32, BackendConns>,
-    epoch_value: u64,
     /// The programs (and the links that attach them) and the maps only the
     /// kernel writes: dropping it detaches everything.
     ebpf: Ebpf,
@@ -148,8 +149,7 @@ impl KernelMaps {
         }
         let mut ebpf =
             loader.load(object).map_err(|e| DataplaneError::kernel("loading the XDP object", e))?;
-        load_program::<Xdp>(&mut ebpf, "lb_xdp")?;
-        load_program::<SchedClassifier>(&mut ebpf, "lb_neigh")?;
+        load_programs(&mut ebpf)?;
         attach::xdp(
             program(&mut ebpf, "lb_xdp")?,
             pins,
@@ -194,12 +194,18 @@ impl KernelMaps {
                 .map_err(|e| DataplaneError::kernel(format!("adding {name} to lb_tx_ports"), e))?;
             tx_slots.insert(index, slot, 0).map_err(err("writing lb_tx_slots"))?;
         }
-        // Epoch 0 is what an empty cache entry holds: start at 1. An adopted
-        // data plane's epoch goes on: connection entries are stamped with it.
-        let mut epoch: Array<MapData, u64> = typed(&mut ebpf, "lb_epoch")?;
-        let epoch_value =
-            if adopting { epoch.get(&0, 0).map_err(err("reading lb_epoch"))?.max(1) } else { 1 };
-        epoch.set(0, epoch_value, 0).map_err(err("writing lb_epoch"))?;
+        // The clock starts ticking here, and goes on without this process.
+        // An adopted data plane's offset is kept: its connection entries are
+        // stamped in its epochs. (Epoch 0, what an empty cache entry holds,
+        // would take a zero offset and a kernel booted a moment ago.)
+        let mut epoch: Array<MapData, EpochClock> = typed(&mut ebpf, "lb_epoch")?;
+        let offset = if adopting {
+            epoch.get(&0, 0).map_err(err("reading lb_epoch"))?.offset.max(1)
+        } else {
+            1
+        };
+        let clock = EpochClock { mult: epoch_mult(clock::jiffy_ns()?), offset };
+        epoch.set(0, clock, 0).map_err(err("writing lb_epoch"))?;
         let mut meta: Array<MapData, Meta> = typed(&mut ebpf, "lb_meta")?;
         meta.set(0, Meta { abi_version: ABI_VERSION, _pad: 0 }, 0)
             .map_err(err("writing lb_meta"))?;
@@ -212,7 +218,7 @@ impl KernelMaps {
             addrs: typed(&mut ebpf, "lb_addrs")?,
             real_slots: typed(&mut ebpf, "lb_real_slots")?,
             epoch,
-            epoch_value,
+            clock,
             timeouts: typed(&mut ebpf, "lb_timeouts")?,
             timeout_ticks: [0; CONN_STATES as usize],
             be_conns: typed(&mut ebpf, "lb_be_conns")?,
@@ -226,10 +232,10 @@ impl KernelMaps {
     }
 
     /// Sets the idle timeout of each connection state, in the data plane's
-    /// ticks (`NEXTHOP_REFRESH_MS`).
+    /// ticks (`EPOCH_TICK_MS`).
     pub fn set_timeouts(&mut self, t: &Timeouts) -> Result<(), DataplaneError> {
         let ticks = |d: Duration| {
-            u32::try_from(d.as_millis() / u128::from(NEXTHOP_REFRESH_MS)).unwrap_or(u32::MAX)
+            u32::try_from(d.as_millis() / u128::from(EPOCH_TICK_MS)).unwrap_or(u32::MAX)
         };
         for (state, timeout) in [
             (CONN_SYN, t.tcp_syn),
@@ -272,9 +278,16 @@ fn load_object(object: &[u8], conntrack_max: u32) -> Result<Ebpf, DataplaneError
     let mut ebpf = sized_loader(conntrack_max)?
         .load(object)
         .map_err(|e| DataplaneError::kernel("loading the XDP object", e))?;
-    load_program::<Xdp>(&mut ebpf, "lb_xdp")?;
-    load_program::<SchedClassifier>(&mut ebpf, "lb_neigh")?;
+    load_programs(&mut ebpf)?;
     Ok(ebpf)
+}
+
+/// Passes the object's three programs through the verifier: the XDP data
+/// plane, the tc slow path, and the clock the controller reads.
+fn load_programs(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
+    load_program::<Xdp>(ebpf, "lb_xdp")?;
+    load_program::<SchedClassifier>(ebpf, "lb_neigh")?;
+    load_program::<Xdp>(ebpf, "lb_clock")
 }
 
 /// A program of the object, by name and type.
@@ -384,6 +397,25 @@ impl KernelMaps {
         array.set(id, zeros, 0).map_err(err(format!("zeroing {name}")))
     }
 
+    /// Stops the data plane's clock at the epoch it shows now: for tests and
+    /// benchmarks that need time to stand still between packets (they move
+    /// it on by hand, `Maps::advance_nexthop_epoch`).
+    pub fn stop_clock(&mut self) -> Result<(), DataplaneError> {
+        self.clock = EpochClock { mult: 0, offset: self.epoch_now()? };
+        self.epoch.set(0, self.clock, 0).map_err(err("writing lb_epoch"))
+    }
+
+    /// The data plane's epoch now, as `lb_xdp` computes it (see `clock`).
+    pub fn epoch_now(&self) -> Result<u64, DataplaneError> {
+        let program = self
+            .ebpf
+            .program("lb_clock")
+            .ok_or_else(|| DataplaneError::kernel("program lb_clock", "missing from the object"))?;
+        let program: &Xdp =
+            program.try_into().map_err(|e| DataplaneError::kernel("program lb_clock", e))?;
+        clock::read(program)
+    }
+
     /// The conntrack map: written by the kernel, read and pruned by the recount.
     fn conntrack(&mut self) -> Result<HashMap<&mut MapData, Flow, Conn>, DataplaneError> {
         let map = self
@@ -467,9 +499,9 @@ impl Maps for KernelMaps {
         limit: usize,
         to: Option<Endpoint>,
     ) -> Result<(Vec<ConnEntry>, usize), DataplaneError> {
-        let now = self.epoch_value as u32;
+        let now = self.epoch_now()? as u32;
         let ticks = self.timeout_ticks;
-        let tick = Duration::from_millis(NEXTHOP_REFRESH_MS);
+        let tick = Duration::from_millis(EPOCH_TICK_MS);
         let mut entries = Vec::new();
         let mut live = 0;
         self.for_each_conn(|flow, conn| {
@@ -498,7 +530,7 @@ impl Maps for KernelMaps {
         backends: &BTreeMap<u32, lb_common::abi::Backend>,
         lc_services: &BTreeSet<u32>,
     ) -> Result<BTreeMap<u32, BackendConns>, DataplaneError> {
-        let now = self.epoch_value as u32;
+        let now = self.epoch_now()? as u32;
         let mut counts: BTreeMap<u32, BackendConns> = BTreeMap::new();
         let mut expired_flows = Vec::new();
         let timeout_ticks = self.timeout_ticks;
@@ -550,8 +582,8 @@ impl Maps for KernelMaps {
     }
 
     fn advance_nexthop_epoch(&mut self) -> Result<(), DataplaneError> {
-        self.epoch_value += 1;
-        self.epoch.set(0, self.epoch_value, 0).map_err(err("writing lb_epoch"))
+        self.clock.offset += 1;
+        self.epoch.set(0, self.clock, 0).map_err(err("writing lb_epoch"))
     }
 
     fn apply(&mut self, op: &Op) -> Result<(), DataplaneError> {

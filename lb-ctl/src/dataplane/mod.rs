@@ -2,6 +2,7 @@
 //! in-memory copy (`fake`) and run against the real thing (`kernel`).
 pub mod attach;
 mod batch;
+mod clock;
 pub mod fake;
 pub mod kernel;
 pub mod pins;

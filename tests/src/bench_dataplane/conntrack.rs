@@ -34,9 +34,6 @@ const FEW_FLOWS: u32 = 1_000;
 /// `conntrack_max` of both instances: 1 Mi, the default, leaves 48 576
 /// entries of headroom above the live flows.
 pub const CAPACITY: u32 = 1 << 20;
-/// The epoch a freshly loaded data plane starts at (`KernelMaps::open`):
-/// entries stamped with it are live (not expired) for the whole run.
-const START_EPOCH: u32 = 1;
 
 const NAMES: [&str; 6] = [
     "established, near-empty table (flow cache warm)",
@@ -95,7 +92,9 @@ struct Table {
 
 impl Table {
     fn new(live: u32, forget_new: bool) -> Self {
-        let loaded = Loaded::new(CAPACITY);
+        let mut loaded = Loaded::new(CAPACITY);
+        // Entries stamped now are live (not expired) for the whole run.
+        let now = loaded.reconciler.maps_mut().epoch_now().expect("the data plane's clock");
         let service_id = loaded
             .reconciler
             .applied()
@@ -106,7 +105,7 @@ impl Table {
         let conn = Conn {
             backend_id: loaded.backend_id(VIP, 80, WEB1, 8080),
             service_id,
-            last_seen: START_EPOCH,
+            last_seen: now as u32,
             state: CONN_ESTABLISHED,
             _pad: [0; 3],
         };
