@@ -169,7 +169,16 @@ impl Controller {
     /// SIGHUP: the file's services, with the runtime changes on top, if
     /// the file is valid; otherwise keep running what runs and say why.
     pub async fn reload(&mut self) {
-        let next = match run::load(&self.config_path, &self.overrides) {
+        // Reading the file may resolve the syslog host: a DNS server that
+        // drops queries holds that for seconds, which must not hold up the
+        // probes' timers on this thread.
+        let (path, overrides) = (self.config_path.clone(), self.overrides.clone());
+        let loaded = tokio::task::spawn_blocking(move || run::load(&path, &overrides)).await;
+        let Ok(loaded) = loaded else {
+            error!("reload: reading the configuration failed (the reading thread died)");
+            return;
+        };
+        let next = match loaded {
             Ok(next) => next,
             Err(refused) => {
                 error!(problems = ?refused.0, "reload refused; keeping the running configuration");
@@ -440,7 +449,7 @@ port = 80
         let left = BTreeSet::from([(held_port, true), (other_port, false)]);
         assert_eq!(down_flags(&fake), left, "the previous controller's image");
 
-        let (handle, _task) = spawn(Reconciler::adopt(fake.clone()).unwrap());
+        let (handle, _task) = spawn(Reconciler::adopt(fake.clone()).unwrap()).unwrap();
         let (mut controller, view) =
             Controller::start(config_path, Overrides::default(), config, handle).await.unwrap();
         // The first image and view, before any probe result is taken in.

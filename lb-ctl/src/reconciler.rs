@@ -1,15 +1,21 @@
-//! The one writer of kernel state. Config reloads (and, later, API calls and
-//! health changes) become commands to one task; it plans the new image with
-//! pure code, writes only the difference, and answers once the kernel holds it.
-use std::collections::{BTreeMap, BTreeSet};
+//! The one writer of kernel state. Config reloads, API calls and health
+//! changes become commands to one thread; it plans the new image with pure
+//! code, writes only the difference, and answers once the kernel holds it.
+//! It is a thread of its own, not an async task: table builds and map walks
+//! take milliseconds to seconds, and must not hold up the probes' timers
+//! or the API. Reads that need not wait for it go through a `MapReader`.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use lb_common::abi::{BACKEND_DOWN, BackendConns, Endpoint, SCHED_LC, SCHED_MASK, Traffic};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::info;
 
 use crate::{
-    dataplane::{ConnEntry, DataplaneError, Maps},
+    dataplane::{ConnEntry, DataplaneError, MapReader, Maps},
     model::Service,
     plan::{self, BackendKey, Ids, Image, PlanError},
 };
@@ -22,6 +28,8 @@ pub enum ReconcileError {
     Dataplane(#[from] DataplaneError),
     #[error("the reconciler has stopped")]
     Stopped,
+    #[error("cannot start the reconciler thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// What an apply changed.
@@ -190,14 +198,10 @@ impl<M: Maps> Reconciler<M> {
         Ok(Sample { outcomes: counts.outcomes, services, backends, tracked })
     }
 
-    /// Up to `limit` live connections (to the VIP `to`, if given), and how many there are.
-    pub fn connections(
-        &mut self,
-        limit: usize,
-        to: Option<Endpoint>,
-    ) -> Result<(Vec<Connection>, usize), ReconcileError> {
-        let (entries, live) = self.maps.connections(limit, to)?;
-        let listed = entries
+    /// The backend each of `entries` goes to, by the applied image: `None`
+    /// for one removed since (or whose id now serves another service).
+    pub fn owners(&self, entries: Vec<ConnEntry>) -> Vec<Connection> {
+        entries
             .into_iter()
             .map(|entry| {
                 let backend = self
@@ -208,8 +212,7 @@ impl<M: Maps> Reconciler<M> {
                     .map(|b| Endpoint::new(b.addr, b.port, b.proto));
                 Connection { entry, backend }
             })
-            .collect();
-        Ok((listed, live))
+            .collect()
     }
 
     /// The maps, for tests and benchmarks that also drive the program.
@@ -225,18 +228,24 @@ impl<M: Maps> Reconciler<M> {
 
 enum Command {
     Sample { reply: Reply<Sample> },
-    Attachment { reply: Reply<Vec<String>> },
     Down { reply: Reply<BTreeSet<BackendKey>> },
-    Connections { limit: usize, to: Option<Endpoint>, reply: Reply<(Vec<Connection>, usize)> },
+    Owners { entries: Vec<ConnEntry>, reply: Reply<Vec<Connection>> },
     SetDown { down: BTreeSet<BackendKey>, reply: Reply<Applied> },
     RefreshNextHops { reply: Reply<()> },
     Apply { services: Vec<Service>, reply: Reply<Applied> },
 }
 
-/// A cloneable way to send commands to the reconciler task.
+/// Connection-table walks at once: each can take seconds on a full table,
+/// and more at once would only share the same two cores.
+const CONCURRENT_WALKS: usize = 2;
+
+/// A cloneable way to send commands to the reconciler thread, and to read
+/// what needs not wait for it.
 #[derive(Clone)]
 pub struct Handle {
     tx: mpsc::Sender<Command>,
+    reader: Arc<dyn MapReader>,
+    walks: Arc<Semaphore>,
 }
 
 /// Where a command's result comes back.
@@ -254,18 +263,33 @@ impl Handle {
         self.call(|reply| Command::Sample { reply }).await
     }
 
-    /// What is wrong with the programs' attachment (empty: nothing).
+    /// What is wrong with the programs' attachment (empty: nothing), read
+    /// on a blocking thread, whatever the reconciler is busy with.
     pub async fn attachment_problems(&self) -> Result<Vec<String>, ReconcileError> {
-        self.call(|reply| Command::Attachment { reply }).await
+        let reader = Arc::clone(&self.reader);
+        tokio::task::spawn_blocking(move || reader.attachment_problems())
+            .await
+            .map_err(|_| ReconcileError::Stopped)
     }
 
-    /// Up to `limit` live connections (to the VIP `to`, if given), and how many there are.
+    /// Up to `limit` live connections (to the VIP `to`, if given), and how
+    /// many there are. The walk runs on a blocking thread, at most
+    /// `CONCURRENT_WALKS` at once, beside the reconciler; only naming the
+    /// listed entries' backends asks it.
     pub async fn connections(
         &self,
         limit: usize,
         to: Option<Endpoint>,
     ) -> Result<(Vec<Connection>, usize), ReconcileError> {
-        self.call(|reply| Command::Connections { limit, to, reply }).await
+        let (entries, live) = {
+            let _turn = self.walks.acquire().await.map_err(|_| ReconcileError::Stopped)?;
+            let reader = Arc::clone(&self.reader);
+            tokio::task::spawn_blocking(move || reader.connections(limit, to))
+                .await
+                .map_err(|_| ReconcileError::Stopped)??
+        };
+        let listed = self.call(|reply| Command::Owners { entries, reply }).await?;
+        Ok((listed, live))
     }
 
     /// Takes the backends in `down` out of rotation (health checks).
@@ -291,50 +315,59 @@ impl Handle {
     }
 }
 
-/// Runs `reconciler` as a task until every `Handle` is dropped; the task
-/// returns the maps so the caller decides when the data plane goes away.
+/// Runs `reconciler` on a thread of its own until every `Handle` is
+/// dropped; the maps come back through the receiver, so the caller decides
+/// when the data plane goes away.
 pub fn spawn<M: Maps + 'static>(
     mut reconciler: Reconciler<M>,
-) -> (Handle, tokio::task::JoinHandle<M>) {
+) -> Result<(Handle, oneshot::Receiver<M>), ReconcileError> {
+    let reader = reconciler.maps.reader()?;
     let (tx, mut rx) = mpsc::channel::<Command>(16);
-    let task = tokio::spawn(async move {
-        while let Some(command) = rx.recv().await {
-            match command {
-                Command::Down { reply } => {
-                    let _ = reply.send(Ok(reconciler.down().clone()));
+    let (done, maps) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("lb-reconciler".into())
+        .spawn(move || {
+            while let Some(command) = rx.blocking_recv() {
+                reconciler.handle(command);
+            }
+            let _ = done.send(reconciler.into_maps());
+        })
+        .map_err(ReconcileError::Thread)?;
+    Ok((Handle { tx, reader, walks: Arc::new(Semaphore::new(CONCURRENT_WALKS)) }, maps))
+}
+
+impl<M: Maps> Reconciler<M> {
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Down { reply } => {
+                let _ = reply.send(Ok(self.down().clone()));
+            }
+            Command::Sample { reply } => {
+                let _ = reply.send(self.sample());
+            }
+            Command::Owners { entries, reply } => {
+                let _ = reply.send(Ok(self.owners(entries)));
+            }
+            Command::SetDown { down, reply } => {
+                let _ = reply.send(self.set_down(down));
+            }
+            Command::RefreshNextHops { reply } => {
+                let _ = reply.send(self.refresh_next_hops());
+            }
+            Command::Apply { services, reply } => {
+                let result = self.apply(&services);
+                if let Ok(applied) = &result {
+                    info!(
+                        writes = applied.writes,
+                        services = applied.services,
+                        backends = applied.backends,
+                        "state applied"
+                    );
                 }
-                Command::Sample { reply } => {
-                    let _ = reply.send(reconciler.sample());
-                }
-                Command::Attachment { reply } => {
-                    let _ = reply.send(Ok(reconciler.maps.attachment_problems()));
-                }
-                Command::Connections { limit, to, reply } => {
-                    let _ = reply.send(reconciler.connections(limit, to));
-                }
-                Command::SetDown { down, reply } => {
-                    let _ = reply.send(reconciler.set_down(down));
-                }
-                Command::RefreshNextHops { reply } => {
-                    let _ = reply.send(reconciler.refresh_next_hops());
-                }
-                Command::Apply { services, reply } => {
-                    let result = reconciler.apply(&services);
-                    if let Ok(applied) = &result {
-                        info!(
-                            writes = applied.writes,
-                            services = applied.services,
-                            backends = applied.backends,
-                            "state applied"
-                        );
-                    }
-                    let _ = reply.send(result);
-                }
+                let _ = reply.send(result);
             }
         }
-        reconciler.into_maps()
-    });
-    (Handle { tx }, task)
+    }
 }
 
 #[cfg(test)]

@@ -94,7 +94,8 @@ pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow:
     let maps = KernelMaps::start(&config.dataplane, &object).context("starting the data plane")?;
     let cleanup_on_exit = overrides.cleanup_on_exit;
     let (handle, task) =
-        reconciler::spawn(Reconciler::adopt(maps).context("reading the adopted data plane")?);
+        reconciler::spawn(Reconciler::adopt(maps).context("reading the adopted data plane")?)
+            .context("starting the reconciler")?;
     let outcome = async {
         let services = config.services.len();
         let (mut controller, stats) =
@@ -130,7 +131,7 @@ pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow:
     }
     .await;
     drop(handle);
-    let maps = task.await.context("the reconciler task failed")?;
+    let maps = task.await.context("the reconciler thread failed")?;
     // A data plane this run created and could not set up goes too.
     if cleanup_on_exit || (outcome.is_err() && !maps.adopted()) {
         maps.remove();

@@ -177,7 +177,7 @@ impl Lb {
         fs::write(&config_path, &text).unwrap();
         let config = config::parse(&text).expect("the test config is valid");
         let fake = FakeMaps::default();
-        let (handle, _reconciler) = reconciler::spawn(Reconciler::new(fake.clone()));
+        let (handle, _reconciler) = reconciler::spawn(Reconciler::new(fake.clone())).unwrap();
         let (mut controller, stats) =
             Controller::start(config_path, Overrides::default(), config, handle.clone())
                 .await

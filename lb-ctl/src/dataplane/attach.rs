@@ -9,7 +9,10 @@ use aya::programs::{
 };
 use tracing::{info, warn};
 
-use super::{DataplaneError, pins::PinDir};
+use super::{
+    DataplaneError,
+    pins::{LinkPins, PinDir},
+};
 use crate::model::XdpMode;
 
 /// XDP on every interface: the pinned link's program replaced, or a new
@@ -137,7 +140,7 @@ const LINK_KINDS: [(&str, &str, u32); 2] = [("xdp", "XDP", 6), ("tc", "tcx (tc i
 /// What is wrong with the attachment of `interfaces`: one line per program
 /// an interface no longer runs (its link gone or detached, the interface
 /// removed or recreated). Empty when every interface runs both programs.
-pub fn problems(pins: &PinDir, interfaces: &[String]) -> Vec<String> {
+pub fn problems(pins: &LinkPins, interfaces: &[String]) -> Vec<String> {
     let mut problems = Vec::new();
     for name in interfaces {
         let Some(index) = crate::netdev::ifindex(name) else {

@@ -1,7 +1,7 @@
 //! In-memory maps: what the kernel would hold, for tests of the reconciler.
 use std::sync::{Arc, Mutex};
 
-use super::{ConnEntry, Counts, DataplaneError, Maps};
+use super::{ConnEntry, Counts, DataplaneError, MapReader, Maps};
 use crate::plan::{Image, Op};
 
 /// Applies ops to an `Image`; `fail_after` makes the n-th op fail, to test
@@ -40,12 +40,8 @@ impl Maps for FakeMaps {
         })
     }
 
-    fn connections(
-        &mut self,
-        _limit: usize,
-        _to: Option<lb_common::abi::Endpoint>,
-    ) -> Result<(Vec<ConnEntry>, usize), DataplaneError> {
-        Ok((Vec::new(), 0))
+    fn reader(&self) -> Result<Arc<dyn MapReader>, DataplaneError> {
+        Ok(Arc::new(FakeReader))
     }
 
     fn advance_nexthop_epoch(&mut self) -> Result<(), DataplaneError> {
@@ -62,5 +58,22 @@ impl Maps for FakeMaps {
         }
         self.state.lock().unwrap().apply(op);
         Ok(())
+    }
+}
+
+/// The in-memory maps hold no connections and are attached nowhere.
+struct FakeReader;
+
+impl MapReader for FakeReader {
+    fn connections(
+        &self,
+        _limit: usize,
+        _to: Option<lb_common::abi::Endpoint>,
+    ) -> Result<(Vec<ConnEntry>, usize), DataplaneError> {
+        Ok((Vec::new(), 0))
+    }
+
+    fn attachment_problems(&self) -> Vec<String> {
+        Vec::new()
     }
 }

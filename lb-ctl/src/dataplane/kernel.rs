@@ -4,7 +4,9 @@
 //! outlives the controller; a later one adopts it (see `pins`).
 use std::{
     collections::{BTreeMap, BTreeSet},
+    os::fd::{AsFd as _, OwnedFd},
     path::PathBuf,
+    sync::Arc,
     time::Duration,
 };
 
@@ -22,8 +24,8 @@ use rustc_hash::FxHashSet;
 use tracing::info;
 
 use super::{
-    ConnEntry, Counts, DataplaneError, Maps, attach, clock,
-    pins::{self, PinDir},
+    ConnEntry, Counts, DataplaneError, MapReader, Maps, attach, clock,
+    pins::{self, LinkPins, PinDir},
 };
 use crate::{
     model::{Dataplane, Timeouts},
@@ -44,6 +46,8 @@ pub struct KernelMaps {
     epoch: Array<MapData, EpochClock>,
     /// What `lb_epoch` holds.
     clock: EpochClock,
+    /// `lb_clock`, which tells the data plane's epoch (see `clock`).
+    clock_program: OwnedFd,
     timeouts: Array<MapData, u32>,
     /// The timeouts last written, in ticks, indexed by state.
     timeout_ticks: [u32; CONN_STATES as usize],
@@ -206,6 +210,7 @@ impl KernelMaps {
         };
         let clock = EpochClock { mult: epoch_mult(clock::jiffy_ns()?), offset };
         epoch.set(0, clock, 0).map_err(err("writing lb_epoch"))?;
+        let clock_program = program_fd(&ebpf, "lb_clock")?;
         let mut meta: Array<MapData, Meta> = typed(&mut ebpf, "lb_meta")?;
         meta.set(0, Meta { abi_version: ABI_VERSION, _pad: 0 }, 0)
             .map_err(err("writing lb_meta"))?;
@@ -219,6 +224,7 @@ impl KernelMaps {
             real_slots: typed(&mut ebpf, "lb_real_slots")?,
             epoch,
             clock,
+            clock_program,
             timeouts: typed(&mut ebpf, "lb_timeouts")?,
             timeout_ticks: [0; CONN_STATES as usize],
             be_conns: typed(&mut ebpf, "lb_be_conns")?,
@@ -288,6 +294,20 @@ fn load_programs(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
     load_program::<Xdp>(ebpf, "lb_xdp")?;
     load_program::<SchedClassifier>(ebpf, "lb_neigh")?;
     load_program::<Xdp>(ebpf, "lb_clock")
+}
+
+/// A copy of the descriptor of the object's (loaded) program `name`.
+fn program_fd(ebpf: &Ebpf, name: &str) -> Result<OwnedFd, DataplaneError> {
+    let failed = |e: &dyn std::fmt::Display| {
+        DataplaneError::kernel(format!("program {name}"), e.to_string())
+    };
+    let program: &Xdp = ebpf
+        .program(name)
+        .ok_or_else(|| failed(&"missing from the object"))?
+        .try_into()
+        .map_err(|e| failed(&e))?;
+    let fd = program.fd().map_err(|e| failed(&e))?;
+    fd.as_fd().try_clone_to_owned().map_err(|e| failed(&e))
 }
 
 /// A program of the object, by name and type.
@@ -407,13 +427,7 @@ impl KernelMaps {
 
     /// The data plane's epoch now, as `lb_xdp` computes it (see `clock`).
     pub fn epoch_now(&self) -> Result<u64, DataplaneError> {
-        let program = self
-            .ebpf
-            .program("lb_clock")
-            .ok_or_else(|| DataplaneError::kernel("program lb_clock", "missing from the object"))?;
-        let program: &Xdp =
-            program.try_into().map_err(|e| DataplaneError::kernel("program lb_clock", e))?;
-        clock::read(program)
+        clock::read(self.clock_program.as_fd())
     }
 
     /// The conntrack map: written by the kernel, read and pruned by the recount.
@@ -444,7 +458,7 @@ impl Maps for KernelMaps {
         for entry in &self.services {
             let (key, service) = entry.map_err(err("reading lb_services"))?;
             let table = self.maglev.get(&service.id, 0).map_err(err("reading lb_maglev"))?;
-            image.maglev.insert(service.id, std::sync::Arc::new(table.to_vec()));
+            image.maglev.insert(service.id, Arc::new(table.to_vec()));
             image.services.insert(key, service);
         }
         for (id, backend) in (0..).zip(self.backends.iter()) {
@@ -490,39 +504,23 @@ impl Maps for KernelMaps {
         })
     }
 
-    fn attachment_problems(&self) -> Vec<String> {
-        self.pins.as_ref().map_or_else(Vec::new, |pins| attach::problems(pins, &self.interfaces))
-    }
-
-    fn connections(
-        &mut self,
-        limit: usize,
-        to: Option<Endpoint>,
-    ) -> Result<(Vec<ConnEntry>, usize), DataplaneError> {
-        let now = self.epoch_now()? as u32;
-        let ticks = self.timeout_ticks;
-        let tick = Duration::from_millis(EPOCH_TICK_MS);
-        let mut entries = Vec::new();
-        let mut live = 0;
-        self.for_each_conn(|flow, conn| {
-            let timeout = ticks.get(usize::from(conn.state)).copied().unwrap_or(0);
-            let wanted =
-                to.is_none_or(|t| (t.addr, t.port, t.proto) == (flow.dst, flow.dport, flow.proto));
-            if !wanted || expired(now, conn.last_seen, timeout) {
-                return;
-            }
-            live += 1;
-            if entries.len() < limit {
-                let idle = now.wrapping_sub(conn.last_seen);
-                entries.push(ConnEntry {
-                    flow,
-                    conn,
-                    idle: tick * idle,
-                    expires_in: tick * timeout.saturating_sub(idle),
-                });
-            }
-        })?;
-        Ok((entries, live))
+    fn reader(&self) -> Result<Arc<dyn MapReader>, DataplaneError> {
+        let Some(aya::maps::Map::LruHashMap(conntrack)) = self.ebpf.map("lb_conntrack") else {
+            return Err(DataplaneError::kernel("lb_conntrack", "missing from the object"));
+        };
+        let dup = |what: &str, fd: std::os::fd::BorrowedFd<'_>| {
+            fd.try_clone_to_owned()
+                .map_err(|e| DataplaneError::kernel(format!("duplicating {what}"), e))
+        };
+        let conntrack = MapData::from_fd(dup("lb_conntrack", conntrack.fd().as_fd())?)
+            .map_err(err("opening lb_conntrack again"))?;
+        Ok(Arc::new(KernelReader {
+            conntrack,
+            clock_program: dup("lb_clock", self.clock_program.as_fd())?,
+            timeout_ticks: self.timeout_ticks,
+            links: self.pins.as_ref().map(PinDir::link_pins),
+            interfaces: self.interfaces.clone(),
+        }))
     }
 
     fn recount_connections(
@@ -623,5 +621,54 @@ impl Maps for KernelMaps {
             Op::ResetServiceTraffic(id) => self.reset_traffic(CounterKind::Service, *id),
             Op::ResetBackendTraffic(id) => self.reset_traffic(CounterKind::Backend, *id),
         }
+    }
+}
+
+/// The reads of `MapReader`, on descriptors of their own.
+struct KernelReader {
+    conntrack: MapData,
+    clock_program: OwnedFd,
+    /// The timeouts when the reader was taken (they are set at start).
+    timeout_ticks: [u32; CONN_STATES as usize],
+    /// Where the links are pinned; `None` when nothing is attached.
+    links: Option<LinkPins>,
+    interfaces: Vec<String>,
+}
+
+impl MapReader for KernelReader {
+    fn connections(
+        &self,
+        limit: usize,
+        to: Option<Endpoint>,
+    ) -> Result<(Vec<ConnEntry>, usize), DataplaneError> {
+        let now = clock::read(self.clock_program.as_fd())? as u32;
+        let ticks = self.timeout_ticks;
+        let tick = Duration::from_millis(EPOCH_TICK_MS);
+        let mut entries = Vec::new();
+        let mut live = 0;
+        super::batch::for_each(&self.conntrack, |flow: Flow, conn: Conn| {
+            let timeout = ticks.get(usize::from(conn.state)).copied().unwrap_or(0);
+            let wanted =
+                to.is_none_or(|t| (t.addr, t.port, t.proto) == (flow.dst, flow.dport, flow.proto));
+            if !wanted || expired(now, conn.last_seen, timeout) {
+                return;
+            }
+            live += 1;
+            if entries.len() < limit {
+                let idle = now.wrapping_sub(conn.last_seen);
+                entries.push(ConnEntry {
+                    flow,
+                    conn,
+                    idle: tick * idle,
+                    expires_in: tick * timeout.saturating_sub(idle),
+                });
+            }
+        })
+        .map_err(|e| DataplaneError::kernel("reading lb_conntrack", e))?;
+        Ok((entries, live))
+    }
+
+    fn attachment_problems(&self) -> Vec<String> {
+        self.links.as_ref().map_or_else(Vec::new, |links| attach::problems(links, &self.interfaces))
     }
 }

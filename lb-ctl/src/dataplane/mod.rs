@@ -79,6 +79,10 @@ pub trait Maps: Send {
         lc_services: &BTreeSet<u32>,
     ) -> Result<BTreeMap<u32, BackendConns>, DataplaneError>;
 
+    /// A handle for the reads that must not wait behind writes (see
+    /// `MapReader`), taken once the maps are set up.
+    fn reader(&self) -> Result<std::sync::Arc<dyn MapReader>, DataplaneError>;
+
     /// What the maps hold, when they were a previous controller's (an
     /// adopted data plane); `None` for maps this process created.
     fn read_image(&mut self) -> Result<Option<Image>, DataplaneError>;
@@ -87,11 +91,17 @@ pub trait Maps: Send {
     /// backends (by id).
     fn read_counts(&mut self, services: &[u32], backends: &[u32])
     -> Result<Counts, DataplaneError>;
+}
 
+/// Reads of the data plane that need not wait behind the writer: listing
+/// the connection table (a walk of up to millions of entries) and checking
+/// the programs' attachment (what `/readyz` says). Each call blocks: run it
+/// on a blocking thread, never on the async workers.
+pub trait MapReader: Send + Sync {
     /// Up to `limit` live entries of the connection table (only those to
     /// the VIP `to`, if given), and how many such entries it holds.
     fn connections(
-        &mut self,
+        &self,
         limit: usize,
         to: Option<Endpoint>,
     ) -> Result<(Vec<ConnEntry>, usize), DataplaneError>;
@@ -99,7 +109,5 @@ pub trait Maps: Send {
     /// What is wrong with the programs' attachment (an interface that no
     /// longer runs the XDP program); empty when all is well, or when the
     /// maps are not attached anywhere.
-    fn attachment_problems(&self) -> Vec<String> {
-        Vec::new()
-    }
+    fn attachment_problems(&self) -> Vec<String>;
 }

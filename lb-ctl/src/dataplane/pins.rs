@@ -36,6 +36,19 @@ pub struct MapShape {
     pub flags: u32,
 }
 
+/// The directory of a data plane's pinned links.
+#[derive(Clone, Debug)]
+pub struct LinkPins {
+    dir: PathBuf,
+}
+
+impl LinkPins {
+    /// The pin of interface `interface`'s link of `kind` (`xdp`, `tc`).
+    pub fn link(&self, kind: &str, interface: &str) -> PathBuf {
+        self.dir.join(format!("{kind}_{interface}"))
+    }
+}
+
 /// The locked pin directory.
 #[derive(Debug)]
 pub struct PinDir {
@@ -74,7 +87,13 @@ impl PinDir {
     }
 
     pub fn link(&self, kind: &str, interface: &str) -> PathBuf {
-        self.path.join(LINKS).join(format!("{kind}_{interface}"))
+        self.link_pins().link(kind, interface)
+    }
+
+    /// Where the links are pinned, for readers on other threads (the lock
+    /// stays here).
+    pub fn link_pins(&self) -> LinkPins {
+        LinkPins { dir: self.path.join(LINKS) }
     }
 
     /// Whether a data plane is pinned here (a previous controller's).
