@@ -12,6 +12,7 @@ pub mod maglev;
 pub mod model;
 pub mod netdev;
 pub mod plan;
+pub mod private_file;
 pub mod reconciler;
 pub mod rotation;
 pub mod run;
