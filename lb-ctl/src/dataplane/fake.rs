@@ -5,10 +5,13 @@ use super::{ConnEntry, Counts, DataplaneError, Maps};
 use crate::plan::{Image, Op};
 
 /// Applies ops to an `Image`; `fail_after` makes the n-th op fail, to test
-/// that a failed apply is retried correctly.
+/// that a failed apply is retried correctly. `writes` records every op that
+/// went through, in order, so that tests can replay what a reader would
+/// have seen between two writes.
 #[derive(Clone, Default)]
 pub struct FakeMaps {
     pub state: Arc<Mutex<Image>>,
+    pub writes: Arc<Mutex<Vec<Op>>>,
     pub fail_after: Arc<Mutex<Option<usize>>>,
     pub nexthop_epoch: Arc<Mutex<u64>>,
 }
@@ -61,6 +64,7 @@ impl Maps for FakeMaps {
             *n -= 1;
         }
         self.state.lock().unwrap().apply(op);
+        self.writes.lock().unwrap().push(op.clone());
         Ok(())
     }
 }
