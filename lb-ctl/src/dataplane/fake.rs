@@ -13,6 +13,8 @@ pub struct FakeMaps {
     pub state: Arc<Mutex<Image>>,
     pub writes: Arc<Mutex<Vec<Op>>>,
     pub fail_after: Arc<Mutex<Option<usize>>>,
+    /// Like `fail_after`, but only that one write fails (a transient error).
+    pub fail_once_after: Arc<Mutex<Option<usize>>>,
     pub nexthop_epoch: Arc<Mutex<u64>>,
 }
 
@@ -62,6 +64,17 @@ impl Maps for FakeMaps {
                 return Err(DataplaneError::kernel("fake map write", "injected failure"));
             }
             *n -= 1;
+        }
+        {
+            let mut once = self.fail_once_after.lock().unwrap();
+            match once.as_mut() {
+                Some(0) => {
+                    *once = None;
+                    return Err(DataplaneError::kernel("fake map write", "injected failure"));
+                }
+                Some(n) => *n -= 1,
+                None => {}
+            }
         }
         self.state.lock().unwrap().apply(op);
         self.writes.lock().unwrap().push(op.clone());
