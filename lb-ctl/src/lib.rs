@@ -7,6 +7,7 @@ pub mod config;
 pub mod controller;
 pub mod dataplane;
 pub mod health;
+pub mod limits;
 pub mod logging;
 pub mod maglev;
 pub mod model;
