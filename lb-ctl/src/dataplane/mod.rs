@@ -5,6 +5,7 @@ mod batch;
 pub mod fake;
 pub mod kernel;
 pub mod pins;
+mod tx_ports;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
