@@ -406,9 +406,9 @@ mod tests {
                 dir.0.join("lb.state.json").display()
             );
             for last in backends {
-                t.push_str(&format!(
-                    "  [[service.backend]]\n  address = \"10.77.2.{last}\"\n  port = 80\n"
-                ));
+                t.push_str("  [[service.backend]]\n  address = \"10.77.2.");
+                t.push_str(&last.to_string());
+                t.push_str("\"\n  port = 80\n");
             }
             t
         };

@@ -12,7 +12,7 @@ use tracing::warn;
 use super::probe::{LocalCause, LocalFailure};
 
 /// How often a cause that goes on is logged again, with its count.
-pub const REMIND_EVERY: Duration = Duration::from_secs(60);
+pub const REMIND_EVERY: Duration = Duration::from_mins(1);
 
 #[derive(Debug, Default)]
 pub struct LocalFailures {
