@@ -7,7 +7,6 @@
 //! the services are, the API's later word on a service or backend wins.
 use std::{
     fs,
-    io::Write as _,
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
 };
@@ -391,22 +390,8 @@ impl Changes {
         let failed = |source| StateError::Write { path: path.to_owned(), source };
         let mut text = serde_json::to_vec_pretty(&self.to_json()).map_err(|e| failed(e.into()))?;
         text.push(b'\n');
-        let tmp = path.with_extension("json.tmp");
-        let write = || -> std::io::Result<()> {
-            let mut file = fs::File::create(&tmp)?;
-            file.write_all(&text)?;
-            file.sync_all()?;
-            fs::rename(&tmp, path)?;
-            // The rename itself is durable once the directory is.
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        };
-        write().map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            failed(e)
-        })
+        // Private (0600), through a temporary that is never a followed link.
+        crate::private_file::write_atomically(path, &text).map_err(failed)
     }
 }
 

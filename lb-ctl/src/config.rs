@@ -148,8 +148,8 @@ pub struct RawService {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealth {
-    #[serde(default = "default_check")]
-    check: String,
+    /// Absent: `tcp` for a TCP service, `none` for a UDP one (see `validate_health`).
+    check: Option<String>,
     #[serde(default = "default_path")]
     path: String,
     #[serde(default = "default_expect_status")]
@@ -165,9 +165,6 @@ pub struct RawHealth {
     fall: i64,
 }
 
-fn default_check() -> String {
-    "tcp".into()
-}
 fn default_path() -> String {
     "/".into()
 }
@@ -457,7 +454,7 @@ fn validate_service(key: &str, raw: RawService, problems: &mut Problems) -> Serv
             true
         }
     };
-    let health = raw.health.and_then(|h| validate_health(&format!("{key}.health"), h, problems));
+    let health = raw.health.and_then(|h| validate_health(key, &raw.name, protocol, h, problems));
     let backends: Vec<Backend> = raw
         .backends
         .into_iter()
@@ -490,9 +487,37 @@ const MAX_INTERVAL_MS: i64 = 3_600_000;
 /// Most consecutive results `rise` or `fall` may ask for.
 const MAX_RISE_FALL: i64 = 100;
 
-fn validate_health(key: &str, raw: RawHealth, problems: &mut Problems) -> Option<HealthCheck> {
+/// Both checks connect over TCP. A UDP-only backend refuses that
+/// connection, so a TCP check on a UDP service would take every backend
+/// DOWN and reject every datagram: a UDP service has no check unless asked,
+/// and asking for a TCP one is an error.
+fn validate_health(
+    service_key: &str,
+    service: &str,
+    protocol: Protocol,
+    raw: RawHealth,
+    problems: &mut Problems,
+) -> Option<HealthCheck> {
+    let key = format!("{service_key}.health");
     let before = problems.0.len();
-    let probe = match raw.check.as_str() {
+    let check = raw.check.as_deref().unwrap_or(match protocol {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "none",
+    });
+    if protocol == Protocol::Udp && matches!(check, "tcp" | "http") {
+        // In a file, `service[2]` alone hardly says which service it is.
+        let named = if service_key.is_empty() || service.is_empty() {
+            service_key.to_owned()
+        } else {
+            format!("{service_key} ({service})")
+        };
+        problems.add(
+            format!("{named}.health.check"),
+            format!("{check:?} checks a TCP port; a UDP service has no check yet"),
+        );
+        return None;
+    }
+    let probe = match check {
         "none" => None,
         "tcp" => Some(Probe::Tcp),
         "http" => {
@@ -1017,6 +1042,39 @@ protocol = "udp"
         ))
         .unwrap();
         assert_eq!(none.services[0].health, None);
+    }
+
+    /// Both checks connect over TCP, which a UDP-only backend refuses: a
+    /// UDP service is unchecked unless asked, and a TCP check on it is
+    /// refused, in the file and through the API alike.
+    #[test]
+    fn a_udp_service_has_no_check_by_default_and_refuses_a_tcp_one() {
+        let udp_health = |check: &str| {
+            GOOD.replacen(
+                "protocol = \"udp\"\n",
+                &format!("protocol = \"udp\"\n  [service.health]\n{check}  interval_ms = 500\n  timeout_ms = 100\n"),
+                1,
+            )
+        };
+        let c = parse(&udp_health("")).unwrap();
+        assert_eq!(c.services[1].health, None, "a UDP service gets no TCP check by default");
+        let c = parse(&GOOD.replacen("port = 80\n", "port = 80\n  [service.health]\n", 1)).unwrap();
+        assert_eq!(c.services[0].health.as_ref().map(|h| &h.probe), Some(&Probe::Tcp));
+        for check in ["tcp", "http"] {
+            let p = problems(&udp_health(&format!("  check = \"{check}\"\n")));
+            assert_eq!(
+                p,
+                [format!(
+                    "service[1] (dns).health.check: \"{check}\" checks a TCP port; a UDP service has no check yet"
+                )]
+            );
+        }
+        assert!(parse(&udp_health("  check = \"none\"\n")).is_ok());
+        let body = br#"{"name": "dns", "vip": "10.77.1.53", "port": 53, "protocol": "udp", "health": {"check": "tcp"}}"#;
+        let e = service_from_json(body).unwrap_err().to_string();
+        assert_eq!(e, "health.check: \"tcp\" checks a TCP port; a UDP service has no check yet");
+        let body = br#"{"name": "dns", "vip": "10.77.1.53", "port": 53, "protocol": "udp", "health": {"interval_ms": 500, "timeout_ms": 100}}"#;
+        assert_eq!(service_from_json(body).unwrap().health, None);
     }
 
     #[test]

@@ -208,8 +208,16 @@ impl Controller {
                 self.apply_health().await;
                 self.publish();
             }
+            // Undone at once, as a failed API change is: left half-applied,
+            // the next health change would silently revert it (the
+            // reconciler's desired state is still the running one), and
+            // until then the maps would hold a mix of both configurations.
+            Err(e @ ReconcileError::Dataplane(_)) => {
+                error!(error = %e, "reload failed midway and is undone; the running configuration stays, the next reload (SIGHUP) tries again");
+                self.restore().await;
+            }
             Err(e) => {
-                error!(error = %e, "reload failed midway; the next reload (SIGHUP) completes or undoes it");
+                error!(error = %e, "reload refused; keeping the running configuration");
             }
         }
     }
@@ -392,6 +400,55 @@ mod tests {
     fn down_flags(fake: &FakeMaps) -> BTreeSet<(u16, bool)> {
         let image = fake.state.lock().unwrap();
         image.backends.values().map(|b| (b.port, b.flags & BACKEND_DOWN != 0)).collect()
+    }
+
+    /// A reload whose map writes fail midway is undone at once, as the log
+    /// says: the maps hold the running configuration again (not a mix that
+    /// the next health change would revert silently), and the next SIGHUP
+    /// applies the file.
+    #[tokio::test]
+    async fn a_reload_that_fails_midway_is_undone_and_the_next_sighup_retries_it() {
+        let dir = TempDir::new("reload-fails");
+        let text = |backends: &[u8]| {
+            let mut t = format!(
+                "[dataplane]\ninterfaces = [\"lo\"]\n[admin]\nstate_file = \"{}\"\n\n[[service]]\nname = \"web\"\nvip = \"10.77.1.100\"\nport = 80\nscheduler = \"rr\"\n",
+                dir.0.join("lb.state.json").display()
+            );
+            for last in backends {
+                t.push_str("  [[service.backend]]\n  address = \"10.77.2.");
+                t.push_str(&last.to_string());
+                t.push_str("\"\n  port = 80\n");
+            }
+            t
+        };
+        let config_path = dir.0.join("lb.toml");
+        std::fs::write(&config_path, text(&[11, 12])).unwrap();
+        let config = config::parse(&text(&[11, 12])).unwrap();
+        let fake = FakeMaps::default();
+        let (handle, _task) = spawn(Reconciler::new(fake.clone())).unwrap();
+        let (mut controller, _view) =
+            Controller::start(config_path.clone(), Overrides::default(), config, handle)
+                .await
+                .unwrap();
+        let running = fake.state.lock().unwrap().clone();
+
+        std::fs::write(&config_path, text(&[13, 14, 15])).unwrap();
+        // Past the counter resets and one new backend: a partial write.
+        *fake.fail_once_after.lock().unwrap() = Some(4);
+        controller.reload().await;
+        // (Images hold 65537-slot tables: compared, not printed.)
+        assert!(*fake.state.lock().unwrap() == running, "the failed reload is not undone at once");
+        assert_eq!(controller.services()[0].backends.len(), 2, "the running services stay");
+
+        // A health change re-applies what runs: nothing moves.
+        controller.health_changed().await;
+        assert!(*fake.state.lock().unwrap() == running, "a health change moved the maps");
+
+        controller.reload().await;
+        let ports: BTreeSet<[u8; 4]> =
+            fake.state.lock().unwrap().backends.values().map(|b| b.addr).collect();
+        let want: BTreeSet<[u8; 4]> = [13, 14, 15].iter().map(|l| [10, 77, 2, *l]).collect();
+        assert_eq!(ports, want, "the next SIGHUP applies the file");
     }
 
     /// A backend DOWN in the data plane a new controller adopts stays DOWN

@@ -398,6 +398,7 @@ fn gone<'a, K: Ord + Copy, V>(
 /// The writes from `old` to `new`. Additions go bottom-up (backends, reverse
 /// entries, Maglev tables, VIPs, then the service entry that makes them
 /// reachable); removals go top-down, so no packet finds a dangling reference.
+/// A service's ring size never exceeds what its table fills (see below).
 pub fn diff(old: &Image, new: &Image) -> Vec<Op> {
     let mut ops = Vec::new();
     // An id that starts to serve another service or backend starts its
@@ -418,6 +419,22 @@ pub fn diff(old: &Image, new: &Image) -> Vec<Op> {
     ops.extend(puts(&old.backends, &new.backends).map(|(id, b)| Op::PutBackend(id, *b)));
     ops.extend(puts(&old.reals, &new.reals).map(|(key, r)| Op::PutReal(key, *r)));
     ops.extend(puts(&old.real_slots, &new.real_slots).map(|(slot, v)| Op::PutRealSlot(slot, *v)));
+    // The data plane reads slot `hash % ring_size` of a service's table: a
+    // ring size above what the table fills is an empty slot, a reset. A
+    // service whose ring shrinks (an `rr`/`wrr` rotation losing a backend)
+    // gets its smaller ring size before its shorter table, and reads the
+    // front of the old one meanwhile; one whose ring grows gets its table first.
+    let shrinking: BTreeSet<u32> = zip(&old.services, &new.services)
+        .filter_map(|(_, was, now)| {
+            let (was, now) = (was?, now?);
+            (was.id == now.id && now.ring_size < was.ring_size).then_some(now.id)
+        })
+        .collect();
+    ops.extend(
+        puts(&old.services, &new.services)
+            .filter(|(_, s)| shrinking.contains(&s.id))
+            .map(|(key, s)| Op::PutService(key, *s)),
+    );
     ops.extend(puts(&old.maglev, &new.maglev).map(|(id, t)| Op::PutMaglev(id, Arc::clone(t))));
     // Pre-filter slots gain their new bits before anything can need them...
     for (slot, was, now) in zip(&old.addrs, &new.addrs) {
@@ -427,7 +444,11 @@ pub fn diff(old: &Image, new: &Image) -> Vec<Op> {
         }
     }
     ops.extend(puts(&old.vips, &new.vips).map(|(vip, n)| Op::PutVip(vip, *n)));
-    ops.extend(puts(&old.services, &new.services).map(|(key, s)| Op::PutService(key, *s)));
+    ops.extend(
+        puts(&old.services, &new.services)
+            .filter(|(_, s)| !shrinking.contains(&s.id))
+            .map(|(key, s)| Op::PutService(key, *s)),
+    );
     ops.extend(gone(&old.services, &new.services).map(Op::DelService));
     ops.extend(gone(&old.vips, &new.vips).map(Op::DelVip));
     ops.extend(gone(&old.maglev, &new.maglev).map(Op::ClearMaglev));

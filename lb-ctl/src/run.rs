@@ -69,6 +69,11 @@ pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow:
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
+    // Before anything opens a descriptor: each probe in flight holds one.
+    match crate::limits::raise_open_files() {
+        Ok(l) => info!(soft = l.soft, hard = l.hard, was = l.was, "open-file limit"),
+        Err(e) => warn!(error = %e, "cannot raise the open-file limit"),
+    }
     // Refuse an unusable state file or admin setup before touching the data plane.
     crate::controller::check_state_file(&path, &config)?;
     let token = config.admin.token_file.as_deref().map(api::read_token).transpose()?;

@@ -5,11 +5,16 @@ use super::{ConnEntry, Counts, DataplaneError, MapReader, Maps};
 use crate::plan::{Image, Op};
 
 /// Applies ops to an `Image`; `fail_after` makes the n-th op fail, to test
-/// that a failed apply is retried correctly.
+/// that a failed apply is retried correctly. `writes` records every op that
+/// went through, in order, so that tests can replay what a reader would
+/// have seen between two writes.
 #[derive(Clone, Default)]
 pub struct FakeMaps {
     pub state: Arc<Mutex<Image>>,
+    pub writes: Arc<Mutex<Vec<Op>>>,
     pub fail_after: Arc<Mutex<Option<usize>>>,
+    /// Like `fail_after`, but only that one write fails (a transient error).
+    pub fail_once_after: Arc<Mutex<Option<usize>>>,
     pub nexthop_epoch: Arc<Mutex<u64>>,
 }
 
@@ -56,7 +61,19 @@ impl Maps for FakeMaps {
             }
             *n -= 1;
         }
+        {
+            let mut once = self.fail_once_after.lock().unwrap();
+            match once.as_mut() {
+                Some(0) => {
+                    *once = None;
+                    return Err(DataplaneError::kernel("fake map write", "injected failure"));
+                }
+                Some(n) => *n -= 1,
+                None => {}
+            }
+        }
         self.state.lock().unwrap().apply(op);
+        self.writes.lock().unwrap().push(op.clone());
         Ok(())
     }
 }

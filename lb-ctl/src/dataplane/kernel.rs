@@ -26,6 +26,7 @@ use tracing::info;
 use super::{
     ConnEntry, Counts, DataplaneError, MapReader, Maps, attach, clock,
     pins::{self, LinkPins, PinDir},
+    tx_ports,
 };
 use crate::{
     model::{Dataplane, Timeouts},
@@ -113,6 +114,7 @@ impl KernelMaps {
     pub fn start(dataplane: &Dataplane, object: &[u8]) -> Result<Self, DataplaneError> {
         let pins = PinDir::lock(&dataplane.pin_path)?;
         let expected = pins::object_maps(object, dataplane.conntrack_max)?;
+        pins.check_no_strays()?;
         let adopting = pins.has_maps();
         if adopting {
             pins.check_layout(&expected)?;
@@ -189,22 +191,32 @@ impl KernelMaps {
         }
         let mut tx_ports: DevMap<MapData> = typed(&mut ebpf, "lb_tx_ports")?;
         let mut tx_slots: HashMap<MapData, u32, u32> = typed(&mut ebpf, "lb_tx_slots")?;
-        for (slot, name) in (0_u32..).zip(interfaces) {
-            let index = netdev::ifindex(name).ok_or_else(|| {
+        let mut indexes = Vec::with_capacity(interfaces.len());
+        for name in interfaces {
+            indexes.push(netdev::ifindex(name).ok_or_else(|| {
                 DataplaneError::kernel(format!("interface {name}"), "does not exist")
-            })?;
+            })?);
+        }
+        // An adopted data plane's interfaces no longer configured go first:
+        // their slot may now be another interface's, and a packet routed
+        // out of one would leave by that other one.
+        tx_ports::forget_unconfigured(&mut tx_slots, &indexes)?;
+        for ((slot, name), index) in (0_u32..).zip(interfaces).zip(&indexes) {
             tx_ports
-                .set(slot, index, None, 0)
+                .set(slot, *index, None, 0)
                 .map_err(|e| DataplaneError::kernel(format!("adding {name} to lb_tx_ports"), e))?;
             tx_slots.insert(index, slot, 0).map_err(err("writing lb_tx_slots"))?;
         }
+        tx_ports::clear_slots_from(&tx_ports, u32::try_from(interfaces.len()).unwrap_or(u32::MAX))?;
         // The clock starts ticking here, and goes on without this process.
-        // An adopted data plane's offset is kept: its connection entries are
-        // stamped in its epochs. (Epoch 0, what an empty cache entry holds,
-        // would take a zero offset and a kernel booted a moment ago.)
+        // An adopted data plane's offset is kept (its connection entries are
+        // stamped in its epochs), one tick further: every next hop it cached,
+        // with the slot of its egress interface, is looked up again under the
+        // slots above. (Epoch 0, what an empty cache entry holds, would take
+        // a zero offset and a kernel booted a moment ago.)
         let mut epoch: Array<MapData, EpochClock> = typed(&mut ebpf, "lb_epoch")?;
         let offset = if adopting {
-            epoch.get(&0, 0).map_err(err("reading lb_epoch"))?.offset.max(1)
+            epoch.get(&0, 0).map_err(err("reading lb_epoch"))?.offset.saturating_add(1).max(1)
         } else {
             1
         };

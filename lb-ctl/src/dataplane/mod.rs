@@ -6,6 +6,7 @@ mod clock;
 pub mod fake;
 pub mod kernel;
 pub mod pins;
+mod tx_ports;
 
 use std::{
     collections::{BTreeMap, BTreeSet},

@@ -27,9 +27,54 @@ const LINKS: &str = "links";
 /// `BPF_F_RDONLY_PROG`: set by the kernel on some maps (devmaps) it creates.
 const BPF_F_RDONLY_PROG: u32 = 1 << 7;
 
+impl MapShape {
+    /// What differs between `self` (pinned) and `want` (this build's), in words.
+    pub fn differences(&self, want: &Self) -> Vec<String> {
+        let mut differ = Vec::new();
+        if self.map_type != want.map_type {
+            differ.push(format!(
+                "it is a {} map, this build's is a {} map",
+                type_name(self.map_type),
+                type_name(want.map_type)
+            ));
+        }
+        for (what, have, need) in [
+            ("key size", self.key_size, want.key_size),
+            ("value size", self.value_size, want.value_size),
+            ("max_entries", self.max_entries, want.max_entries),
+        ] {
+            if have != need {
+                differ.push(format!("its {what} is {have}, this build's is {need}"));
+            }
+        }
+        if self.flags != want.flags {
+            differ.push(format!(
+                "its flags are {:#x}, this build's are {:#x}",
+                self.flags, want.flags
+            ));
+        }
+        differ
+    }
+}
+
+/// The kernel's name of the map types the object uses (`BPF_MAP_TYPE_*`).
+fn type_name(map_type: u32) -> String {
+    match map_type {
+        1 => "hash".into(),
+        2 => "array".into(),
+        6 => "percpu_array".into(),
+        9 => "lru_hash".into(),
+        14 => "devmap".into(),
+        other => format!("type-{other}"),
+    }
+}
+
 /// A map as the object defines it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapShape {
+    /// `BPF_MAP_TYPE_*`: a hash map pinned where an array is expected has
+    /// the same sizes, and aya would reuse it (lookups by index into a hash).
+    pub map_type: u32,
     pub key_size: u32,
     pub value_size: u32,
     pub max_entries: u32,
@@ -101,6 +146,40 @@ impl PinDir {
         self.map("lb_meta").exists()
     }
 
+    /// The `lb_*` map pins in the directory, by name.
+    pub fn pinned_maps(&self) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(&self.path)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()))
+                    .filter_map(|e| e.file_name().to_str().map(String::from))
+                    .filter(|name| name.starts_with(MAP_PREFIX))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// Refuses `lb_*` pins without `lb_meta`: not a data plane a controller
+    /// left (it pins `lb_meta` with the rest), but leftovers or another
+    /// program's maps, which aya would reuse unchecked.
+    pub fn check_no_strays(&self) -> Result<(), DataplaneError> {
+        let strays = self.pinned_maps();
+        if strays.is_empty() || self.has_maps() {
+            return Ok(());
+        }
+        Err(DataplaneError::kernel(
+            format!("pinned maps in {}", self.path.display()),
+            format!(
+                "{} without lb_meta: not a data plane this lb-ctl can adopt (left by a failed start, or not ours). `lb-ctl down --pin-path {}` removes them (or remove them by hand if they are another program's)",
+                strays.join(", "),
+                self.path.display()
+            ),
+        ))
+    }
+
     /// Interfaces that have a pinned link of `kind`.
     pub fn linked_interfaces(&self, kind: &str) -> Vec<String> {
         let prefix = format!("{kind}_");
@@ -140,14 +219,17 @@ impl PinDir {
                 .and_then(|m| m.info())
                 .map_err(|e| DataplaneError::kernel(format!("reading {}", path.display()), e))?;
             let have = MapShape {
+                // A type aya does not know is no type of ours: 0, unspecified.
+                map_type: info.map_type().map_or(0, |t| t as u32),
                 key_size: info.key_size(),
                 value_size: info.value_size(),
                 max_entries: info.max_entries(),
                 // The kernel adds this one itself to a devmap.
                 flags: info.map_flags() & !BPF_F_RDONLY_PROG,
             };
-            if have != *want {
-                return Err(refuse(format!("map {name} is {have:?}, this build needs {want:?}")));
+            let differ = have.differences(want);
+            if !differ.is_empty() {
+                return Err(refuse(format!("map {name}: {}", differ.join("; "))));
             }
         }
         let version = read_abi_version(&self.map("lb_meta"))?;
@@ -219,6 +301,7 @@ pub fn object_maps(
         maps.insert(
             name.clone(),
             MapShape {
+                map_type: map.map_type(),
                 key_size: map.key_size(),
                 value_size: map.value_size(),
                 max_entries,
@@ -291,4 +374,25 @@ fn check_bpffs(pin_dir: &Path) -> Result<(), DataplaneError> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_difference_is_named() {
+        let want =
+            MapShape { map_type: 1, key_size: 8, value_size: 16, max_entries: 512, flags: 0 };
+        assert!(want.differences(&want).is_empty());
+        let have = MapShape { map_type: 2, max_entries: 256, flags: 1, ..want };
+        assert_eq!(
+            have.differences(&want),
+            [
+                "it is a array map, this build's is a hash map",
+                "its max_entries is 256, this build's is 512",
+                "its flags are 0x1, this build's are 0x0",
+            ]
+        );
+    }
 }

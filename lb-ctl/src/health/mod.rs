@@ -5,13 +5,14 @@
 //! the timeout is below the interval); probes of different backends run
 //! concurrently, each backend starting at its own offset within the interval
 //! so that a thousand backends do not get probed in the same millisecond.
+mod local;
 pub mod probe;
 pub mod state;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::SocketAddr,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use lb_common::{abi::Endpoint, hash::mix64};
@@ -19,7 +20,8 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{info, warn};
 
 use self::{
-    probe::Prober,
+    local::LocalFailures,
+    probe::{Probed, Prober},
     state::{CheckResult, Status, Tracker, Transition},
 };
 use crate::{
@@ -44,16 +46,24 @@ impl Drop for Checked {
 /// `[service.health]` section are not here: they always count as up.
 pub struct Monitor {
     checked: HashMap<BackendKey, Checked>,
-    results_tx: mpsc::Sender<(BackendKey, CheckResult)>,
-    results_rx: mpsc::Receiver<(BackendKey, CheckResult)>,
+    results_tx: mpsc::Sender<(BackendKey, Probed)>,
+    results_rx: mpsc::Receiver<(BackendKey, Probed)>,
     /// Probe results received so far (for the benchmark and the stats).
     results_seen: u64,
+    /// Probes this host could not make: no result, no change of state.
+    local: LocalFailures,
 }
 
 impl Default for Monitor {
     fn default() -> Self {
         let (results_tx, results_rx) = mpsc::channel(1024);
-        Self { checked: HashMap::new(), results_tx, results_rx, results_seen: 0 }
+        Self {
+            checked: HashMap::new(),
+            results_tx,
+            results_rx,
+            results_seen: 0,
+            local: LocalFailures::default(),
+        }
     }
 }
 
@@ -110,10 +120,18 @@ impl Monitor {
     /// Waits for the next change of status, logging it with its cause.
     pub async fn next_transition(&mut self) -> (BackendKey, Transition) {
         loop {
-            let Some((key, result)) = self.results_rx.recv().await else {
+            let Some((key, probed)) = self.results_rx.recv().await else {
                 // The monitor holds a sender itself: the channel never closes.
                 std::future::pending::<()>().await;
                 continue;
+            };
+            let result = match probed {
+                Ok(result) => result,
+                // Neither a success nor a failure: the backend stays as it is.
+                Err(local) => {
+                    self.local.note(&endpoint_text(key.1), &local, Instant::now());
+                    continue;
+                }
             };
             self.results_seen += 1;
             // A result from a prober that was just replaced or removed.
@@ -130,6 +148,11 @@ impl Monitor {
     /// How many probe results have come in.
     pub fn results_seen(&self) -> u64 {
         self.results_seen
+    }
+
+    /// How many probes could not run for a local reason (no result).
+    pub fn local_failures(&self) -> u64 {
+        self.local.total()
     }
 
     /// The backends that must get no new flows.
@@ -174,7 +197,7 @@ async fn probe_forever(
     key: BackendKey,
     addr: SocketAddr,
     check: HealthCheck,
-    results: mpsc::Sender<(BackendKey, CheckResult)>,
+    results: mpsc::Sender<(BackendKey, Probed)>,
 ) {
     let prober = match &check.probe {
         Probe::Tcp => Prober::Tcp,
@@ -321,6 +344,52 @@ mod tests {
         // backend) span more than a quarter of it.
         let span = firsts.iter().max().unwrap().saturating_sub(*firsts.iter().min().unwrap());
         assert!(span > INTERVAL / 4, "first probes within {span:?} of each other: {firsts:?}");
+    }
+
+    /// Probes that could not run for a local reason (here: no file
+    /// descriptor) move no backend, UP or DOWN, however many there are;
+    /// the next real result counts from where the backend was.
+    #[tokio::test]
+    async fn local_failures_change_no_state() {
+        let service = checked(tcp_check(1000, 100), &[]);
+        let up = backend_key(&service, Ipv4Addr::new(10, 77, 2, 11), 80);
+        let down = backend_key(&service, Ipv4Addr::new(10, 77, 2, 12), 80);
+        let mut monitor = Monitor::default();
+        for (key, tracker) in [(up, Tracker::new(1, 2)), (down, Tracker::new(1, 2).starting_down())]
+        {
+            // No prober: the test sends the results.
+            let task = tokio::spawn(async {});
+            monitor.checked.insert(key, Checked { check: tcp_check(1000, 100), tracker, task });
+        }
+        let result = |ok| CheckResult {
+            ok,
+            detail: String::new(),
+            at: std::time::SystemTime::now(),
+            duration: Duration::ZERO,
+        };
+        let tx = monitor.results_tx.clone();
+        tx.send((up, Ok(result(true)))).await.unwrap();
+        let (_, t) = monitor.next_transition().await;
+        assert_eq!(t.to, Status::Up);
+        for _ in 0..100 {
+            for key in [up, down] {
+                let error = io::Error::from_raw_os_error(libc::EMFILE);
+                let local = probe::LocalFailure { cause: probe::LocalCause::NoDescriptors, error };
+                tx.send((key, Err(local))).await.unwrap();
+            }
+        }
+        let moved =
+            tokio::time::timeout(Duration::from_millis(300), monitor.next_transition()).await;
+        assert!(moved.is_err(), "a local failure moved a backend: {moved:?}");
+        assert_eq!(monitor.local_failures(), 200);
+        assert_eq!(monitor.status(&up).map(|(s, _)| s), Some(Status::Up));
+        assert_eq!(monitor.status(&down).map(|(s, _)| s), Some(Status::Down));
+        assert_eq!(monitor.results_seen(), 1);
+        // One real failure after them is the first of `fall` (2), not the 101st.
+        tx.send((up, Ok(result(false)))).await.unwrap();
+        let moved =
+            tokio::time::timeout(Duration::from_millis(300), monitor.next_transition()).await;
+        assert!(moved.is_err(), "one failure took it DOWN: {moved:?}");
     }
 
     /// Offsets are spread evenly over the interval, whatever its length.

@@ -2,6 +2,12 @@
 //! body are checked. Everything a backend sends is bounded: the whole probe
 //! runs under the timeout (a slow trickle times out) and at most
 //! `MAX_RESPONSE` bytes are read (a huge or endless body is cut off).
+//!
+//! A probe that fails for a reason of this host's (no file descriptor, no
+//! buffer, no local port) says nothing about the backend: it is a
+//! `LocalFailure`, not a result, and must never take a backend DOWN (with
+//! every probe of a thousand backends failing at once, every backend would
+//! go, and every connection to them be reset).
 use std::{
     fmt, io,
     net::SocketAddr,
@@ -26,21 +32,68 @@ pub enum Prober {
     Http { request: Vec<u8>, expect_status: u16, expect_body: Option<Regex> },
 }
 
+/// Why this host could not probe (see the module's comment).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LocalCause {
+    /// EMFILE, ENFILE: the process or the system is out of file descriptors.
+    NoDescriptors,
+    /// ENOBUFS, ENOMEM: the kernel has no memory for the socket.
+    NoBuffers,
+    /// EADDRNOTAVAIL: no local port is free for the connection.
+    NoLocalPort,
+}
+
+impl LocalCause {
+    /// The local cause of `e`, if it has one. By errno, not by text: the
+    /// `io::ErrorKind`s of these are not all stable.
+    pub fn of(e: &io::Error) -> Option<Self> {
+        match e.raw_os_error()? {
+            libc::EMFILE | libc::ENFILE => Some(Self::NoDescriptors),
+            libc::ENOBUFS | libc::ENOMEM => Some(Self::NoBuffers),
+            libc::EADDRNOTAVAIL => Some(Self::NoLocalPort),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for LocalCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NoDescriptors => "no file descriptor left (raise the open-file limit)",
+            Self::NoBuffers => "no socket buffer memory",
+            Self::NoLocalPort => "no local port free",
+        })
+    }
+}
+
+/// A probe this host could not run: neither a success nor a failure.
+#[derive(Debug)]
+pub struct LocalFailure {
+    pub cause: LocalCause,
+    pub error: io::Error,
+}
+
 /// Why a probe failed; the wording goes to the log and the last check result.
 #[derive(Debug)]
 pub enum Failure {
+    /// Not the backend's doing: see `LocalFailure`.
+    Local(LocalFailure),
     Timeout(Duration),
     Refused,
     Connect(io::Error),
     Io(io::Error),
     NotHttp,
-    Status { got: u16, want: u16 },
+    Status {
+        got: u16,
+        want: u16,
+    },
     BodyMismatch(String),
 }
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::Local(l) => write!(f, "{}: {}", l.cause, l.error),
             Self::Timeout(t) => write!(f, "timeout after {} ms", t.as_millis()),
             Self::Refused => f.write_str("connection refused"),
             Self::Connect(e) => write!(f, "connect failed: {e}"),
@@ -50,6 +103,40 @@ impl fmt::Display for Failure {
             Self::BodyMismatch(pattern) => write!(f, "body did not match /{pattern}/"),
         }
     }
+}
+
+impl Failure {
+    /// A failed connect: refused by the backend, or not attempted for a
+    /// local reason, or another error.
+    pub fn connect(e: io::Error) -> Self {
+        match (e.kind(), LocalCause::of(&e)) {
+            (_, Some(cause)) => Self::Local(LocalFailure { cause, error: e }),
+            (io::ErrorKind::ConnectionRefused, None) => Self::Refused,
+            (_, None) => Self::Connect(e),
+        }
+    }
+
+    /// A failed read or write on an open connection.
+    pub fn io(e: io::Error) -> Self {
+        match LocalCause::of(&e) {
+            Some(cause) => Self::Local(LocalFailure { cause, error: e }),
+            None => Self::Io(e),
+        }
+    }
+}
+
+/// What a probe says: a result for the backend's rise/fall, or nothing
+/// (`LocalFailure`).
+pub type Probed = Result<CheckResult, LocalFailure>;
+
+/// The result of an attempt that took `duration` from `at`.
+pub fn outcome(attempt: Result<String, Failure>, at: SystemTime, duration: Duration) -> Probed {
+    let (ok, detail) = match attempt {
+        Ok(detail) => (true, detail),
+        Err(Failure::Local(local)) => return Err(local),
+        Err(failure) => (false, failure.to_string()),
+    };
+    Ok(CheckResult { ok, detail, at, duration })
 }
 
 impl Prober {
@@ -70,33 +157,26 @@ impl Prober {
     }
 
     /// Probes `addr` once, within `timeout`.
-    pub async fn run(&self, addr: SocketAddr, timeout: Duration) -> CheckResult {
+    pub async fn run(&self, addr: SocketAddr, timeout: Duration) -> Probed {
         let at = SystemTime::now();
         let started = Instant::now();
-        let outcome = match tokio::time::timeout(timeout, self.attempt(addr)).await {
-            Ok(outcome) => outcome,
+        let attempt = match tokio::time::timeout(timeout, self.attempt(addr)).await {
+            Ok(attempt) => attempt,
             Err(_) => Err(Failure::Timeout(timeout)),
         };
-        let (ok, detail) = match outcome {
-            Ok(detail) => (true, detail),
-            Err(failure) => (false, failure.to_string()),
-        };
-        CheckResult { ok, detail, at, duration: started.elapsed() }
+        outcome(attempt, at, started.elapsed())
     }
 
     async fn attempt(&self, addr: SocketAddr) -> Result<String, Failure> {
-        let mut stream = TcpStream::connect(addr).await.map_err(|e| match e.kind() {
-            io::ErrorKind::ConnectionRefused => Failure::Refused,
-            _ => Failure::Connect(e),
-        })?;
+        let mut stream = TcpStream::connect(addr).await.map_err(Failure::connect)?;
         // Close with a reset, as HAProxy's checks do: thousands of probes a
         // second would otherwise leave as many sockets in TIME_WAIT.
         let _ = stream.set_zero_linger();
         let Self::Http { request, expect_status, expect_body } = self else {
             return Ok("TCP connect".into());
         };
-        stream.write_all(request).await.map_err(Failure::Io)?;
-        let response = read_bounded(&mut stream).await.map_err(Failure::Io)?;
+        stream.write_all(request).await.map_err(Failure::io)?;
+        let response = read_bounded(&mut stream).await.map_err(Failure::io)?;
         let (status, body) = parse_response(&response).ok_or(Failure::NotHttp)?;
         if status != *expect_status {
             return Err(Failure::Status { got: status, want: *expect_status });
@@ -187,7 +267,10 @@ mod tests {
 
     async fn http_probe(behaviour: &'static str) -> CheckResult {
         let addr = server(behaviour).await;
-        Prober::http("/", addr, 200, Some("Bienvenue")).run(addr, Duration::from_millis(300)).await
+        Prober::http("/", addr, 200, Some("Bienvenue"))
+            .run(addr, Duration::from_millis(300))
+            .await
+            .expect("the probe ran")
     }
 
     #[tokio::test]
@@ -215,9 +298,35 @@ mod tests {
     #[tokio::test]
     async fn tcp_probe_and_refused() {
         let addr = server("ok").await;
-        assert!(Prober::Tcp.run(addr, Duration::from_millis(300)).await.ok);
+        assert!(Prober::Tcp.run(addr, Duration::from_millis(300)).await.unwrap().ok);
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let refused = Prober::Tcp.run(closed, Duration::from_millis(300)).await;
+        let refused = Prober::Tcp.run(closed, Duration::from_millis(300)).await.unwrap();
         assert_eq!(refused.detail, "connection refused");
+    }
+
+    /// A probe this host could not make is no result at all; the backend's
+    /// own refusals and errors are failures.
+    #[test]
+    fn local_errors_are_not_results() {
+        let at = SystemTime::UNIX_EPOCH;
+        let d = Duration::from_millis(1);
+        for (errno, cause) in [
+            (libc::EMFILE, LocalCause::NoDescriptors),
+            (libc::ENFILE, LocalCause::NoDescriptors),
+            (libc::ENOBUFS, LocalCause::NoBuffers),
+            (libc::ENOMEM, LocalCause::NoBuffers),
+            (libc::EADDRNOTAVAIL, LocalCause::NoLocalPort),
+        ] {
+            let connect = Failure::connect(io::Error::from_raw_os_error(errno));
+            let local =
+                outcome(Err(connect), at, d).expect_err("a local connect error is no result");
+            assert_eq!(local.cause, cause, "errno {errno}");
+            let io = Failure::io(io::Error::from_raw_os_error(errno));
+            assert!(outcome(Err(io), at, d).is_err(), "errno {errno} on a read is no result");
+        }
+        for errno in [libc::ECONNREFUSED, libc::EHOSTUNREACH, libc::ENETUNREACH, libc::ECONNRESET] {
+            let failed = outcome(Err(Failure::connect(io::Error::from_raw_os_error(errno))), at, d);
+            assert!(failed.is_ok_and(|r| !r.ok), "errno {errno} is the backend's failure");
+        }
     }
 }
