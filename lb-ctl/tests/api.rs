@@ -2063,3 +2063,58 @@ async fn every_bounded_field_is_accepted_at_its_bound_and_refused_past_it() {
     assert_error(status, &answer, StatusCode::NOT_FOUND, "a 5000-character name");
     assert!(answer.to_string().len() < 500, "{answer}");
 }
+
+/// `/metrics` and the stats page at the largest config accepted (256
+/// services of 63-character names, 64 backends each: 16384 in all) stay
+/// under the README's bounds. Prints the sizes and render times.
+#[tokio::test]
+async fn metrics_and_the_page_stay_bounded_at_the_largest_config() {
+    const METRICS_BOUND: usize = 32 << 20; // The README's.
+    const PAGE_BOUND: usize = 12 << 20;
+    use std::fmt::Write as _;
+    let dir = TempDir::new("largest");
+    let state_file = dir.0.join("lb.state.json");
+    let mut text = format!(
+        "[dataplane]\ninterfaces = [\"lb-test0\"]\n\n[admin]\nstate_file = \"{}\"\n",
+        state_file.display()
+    );
+    for s in 0..256_u32 {
+        let name = format!("{s:03}{}", "s".repeat(60));
+        let _ = write!(
+            text,
+            "\n[[service]]\nname = \"{name}\"\nvip = \"10.200.{}.{}\"\nport = 65535\n[service.health]\ncheck = \"tcp\"\ninterval_ms = 3600000\ntimeout_ms = 1000\n",
+            s / 250,
+            s % 250 + 1
+        );
+        for b in 0..64_u32 {
+            let n = s * 64 + b;
+            let _ = write!(
+                text,
+                "[[service.backend]]\naddress = \"10.{}.{}.{}\"\nport = 65535\n",
+                100 + n / 62500,
+                n / 250 % 250,
+                n % 250 + 1
+            );
+        }
+    }
+    let config = config::parse(&text).expect("the largest config is valid");
+    let config_path = dir.0.join("lb.toml");
+    fs::write(&config_path, &text).unwrap();
+    let (handle, _task) = reconciler::spawn(Reconciler::new(FakeMaps::default()));
+    let (_controller, stats) =
+        Controller::start(config_path, Overrides::default(), config, handle).await.unwrap();
+    let stats = stats.borrow().clone();
+    let started = std::time::Instant::now();
+    let metrics = api::metrics::render(&stats);
+    let metrics_time = started.elapsed();
+    let started = std::time::Instant::now();
+    let page = api::page::render(&stats, 0);
+    let page_time = started.elapsed();
+    println!(
+        "largest config: /metrics {} bytes in {metrics_time:?}, page {} bytes in {page_time:?}",
+        metrics.len(),
+        page.len()
+    );
+    assert!(metrics.len() < METRICS_BOUND, "/metrics: {} bytes", metrics.len());
+    assert!(page.len() < PAGE_BOUND, "page: {} bytes", page.len());
+}
