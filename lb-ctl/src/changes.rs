@@ -152,6 +152,16 @@ fn check(services: &[Service], changed: &str) -> Result<(), ChangeError> {
     let Some(s) = services.iter().find(|s| s.name == changed) else {
         return Ok(());
     };
+    if s.backends.len() > config::MAX_SERVICE_BACKENDS {
+        return Err(ChangeError::Invalid(vec![Problem {
+            key: "backends".into(),
+            message: format!(
+                "{} backends; at most {} per service",
+                s.backends.len(),
+                config::MAX_SERVICE_BACKENDS
+            ),
+        }]));
+    }
     if s.scheduler == Scheduler::LeastConnections && s.backends.len() > LC_MAX_BACKENDS as usize {
         return Err(ChangeError::Invalid(vec![Problem {
             key: "backends".into(),

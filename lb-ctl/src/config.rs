@@ -8,7 +8,9 @@ use std::{
     time::Duration,
 };
 
-use lb_common::abi::{DEFAULT_CONNTRACK_MAX, LC_MAX_BACKENDS, PROTO_TCP, PROTO_UDP};
+use lb_common::abi::{
+    DEFAULT_CONNTRACK_MAX, LC_MAX_BACKENDS, MAX_BACKENDS, MAX_SERVICES, PROTO_TCP, PROTO_UDP,
+};
 use serde::Deserialize;
 
 use crate::model::{
@@ -32,6 +34,9 @@ pub struct Admin {
     pub token_file: Option<PathBuf>,
     /// Where runtime changes (API) are kept; `None`: next to the config file.
     pub state_file: Option<PathBuf>,
+    /// Names besides the listen address a request's `Host` may give
+    /// (`lb1.example.net`, reached on the listen port).
+    pub allowed_hosts: Vec<String>,
 }
 
 /// `[log]`: where logs go besides stderr.
@@ -111,11 +116,13 @@ struct RawAdmin {
     listen: String,
     token_file: Option<String>,
     state_file: Option<String>,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
 }
 
 impl Default for RawAdmin {
     fn default() -> Self {
-        Self { listen: default_listen(), token_file: None, state_file: None }
+        Self { listen: default_listen(), token_file: None, state_file: None, allowed_hosts: vec![] }
     }
 }
 
@@ -229,6 +236,26 @@ const MAX_TIMEOUT_S: i64 = 7 * 24 * 3600;
 /// Largest backend weight: keeps Maglev's per-round arithmetic far from overflow.
 pub const MAX_WEIGHT: u32 = 65_535;
 
+// Bounds on every input, the config file's and the API's alike: what one
+// request can make the controller hold, plan, probe and render is bounded.
+
+/// Longest service name: a DNS label's.
+pub const MAX_NAME_LEN: usize = 63;
+/// Longest health-check `path` (a request line HAProxy and nginx accept).
+pub const MAX_HEALTH_PATH_LEN: usize = 1024;
+/// Longest `expect_body` pattern.
+pub const MAX_EXPECT_BODY_LEN: usize = 1024;
+/// Most backends of one service: each still gets 64 slots of the
+/// 65537-slot Maglev table (the README's Maglev bench goes to 1000).
+pub const MAX_SERVICE_BACKENDS: usize = 1024;
+/// Most services: the kernel's `lb_services` map.
+pub const MAX_SERVICE_COUNT: usize = MAX_SERVICES as usize;
+/// Most backends in all: the kernel's `lb_backends` map.
+pub const MAX_BACKEND_COUNT: usize = MAX_BACKENDS as usize;
+/// Most `admin.allowed_hosts` names, and the longest (a DNS name's).
+const MAX_ALLOWED_HOSTS: usize = 16;
+const MAX_HOST_NAME_LEN: usize = 253;
+
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path)
@@ -308,10 +335,12 @@ fn validate(raw: RawConfig, problems: &mut Problems) -> Config {
         problems.add("admin.listen", format!("{:?} is not an address:port", raw.admin.listen));
         SocketAddr::from(([127, 0, 0, 1], 9100))
     });
+    check_allowed_hosts(&raw.admin.allowed_hosts, problems);
     let admin = Admin {
         listen,
         token_file: raw.admin.token_file.map(PathBuf::from),
         state_file: raw.admin.state_file.map(PathBuf::from),
+        allowed_hosts: raw.admin.allowed_hosts,
     };
     let log = Log { syslog: raw.log.syslog.and_then(|s| syslog_address(&s, problems)) };
     let services: Vec<Service> = raw
@@ -322,6 +351,39 @@ fn validate(raw: RawConfig, problems: &mut Problems) -> Config {
         .collect();
     check_service_set(&services, problems);
     Config { dataplane, admin, log, services }
+}
+
+/// Host names without a port: what a `Host` header's name part can be.
+fn check_allowed_hosts(names: &[String], problems: &mut Problems) {
+    if names.len() > MAX_ALLOWED_HOSTS {
+        problems.add(
+            "admin.allowed_hosts",
+            format!("{} names; at most {MAX_ALLOWED_HOSTS}", names.len()),
+        );
+        return;
+    }
+    for (i, name) in names.iter().enumerate() {
+        let valid = !name.is_empty()
+            && name.len() <= MAX_HOST_NAME_LEN
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'));
+        if !valid {
+            problems.add(
+                format!("admin.allowed_hosts[{i}]"),
+                format!(
+                    "{:?} is not a host name (letters, digits, '-', '.'; at most {MAX_HOST_NAME_LEN}; no port: the listen port is implied)",
+                    shorten(name)
+                ),
+            );
+        }
+    }
+}
+
+/// A value as echoed in a problem: bounded, whatever was sent.
+fn shorten(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
 }
 
 /// `host:port` of a syslog receiver, resolved once at load.
@@ -398,11 +460,22 @@ fn validate_dataplane(raw: RawDataplane, problems: &mut Problems) -> Dataplane {
     Dataplane { interfaces: raw.interfaces, xdp_mode, conntrack_max, pin_path, timeouts }
 }
 
+/// Whether `name` can name a service: 1 to 63 letters, digits, '-', '_'
+/// or '.', not starting with '.' (it goes in URL paths, logs, metrics labels).
+pub fn is_service_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
 fn validate_service(key: &str, raw: RawService, problems: &mut Problems) -> Service {
-    if raw.name.is_empty()
-        || raw.name.starts_with('.')
-        || !raw.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
+    if raw.name.len() > MAX_NAME_LEN {
+        problems.add(
+            format!("{key}.name"),
+            format!("{} characters long; at most {MAX_NAME_LEN} (a DNS label's)", raw.name.len()),
+        );
+    } else if !is_service_name(&raw.name) {
         problems.add(
             format!("{key}.name"),
             format!(
@@ -455,6 +528,12 @@ fn validate_service(key: &str, raw: RawService, problems: &mut Problems) -> Serv
         }
     };
     let health = raw.health.and_then(|h| validate_health(key, &raw.name, protocol, h, problems));
+    if raw.backends.len() > MAX_SERVICE_BACKENDS {
+        problems.add(
+            format!("{key}.backend"),
+            format!("{} backends; at most {MAX_SERVICE_BACKENDS} per service", raw.backends.len()),
+        );
+    }
     let backends: Vec<Backend> = raw
         .backends
         .into_iter()
@@ -521,7 +600,12 @@ fn validate_health(
         "none" => None,
         "tcp" => Some(Probe::Tcp),
         "http" => {
-            if !raw.path.starts_with('/')
+            if raw.path.len() > MAX_HEALTH_PATH_LEN {
+                problems.add(
+                    format!("{key}.path"),
+                    format!("{} bytes long; at most {MAX_HEALTH_PATH_LEN}", raw.path.len()),
+                );
+            } else if !raw.path.starts_with('/')
                 || raw.path.chars().any(|c| c.is_ascii_whitespace() || c.is_ascii_control())
             {
                 problems.add(
@@ -538,6 +622,13 @@ fn validate_health(
                 );
             }
             if let Some(pattern) = &raw.expect_body
+                && pattern.len() > MAX_EXPECT_BODY_LEN
+            {
+                problems.add(
+                    format!("{key}.expect_body"),
+                    format!("{} bytes long; at most {MAX_EXPECT_BODY_LEN}", pattern.len()),
+                );
+            } else if let Some(pattern) = &raw.expect_body
                 && let Err(e) = regex_lite::Regex::new(pattern)
             {
                 problems.add(
@@ -699,10 +790,36 @@ fn check_direct_routing(services: &[Service], problems: &mut Problems) {
 }
 
 /// Problems with a set of services taken together: unique names, endpoints
-/// and backends; direct routing's ports.
+/// and backends; direct routing's ports; what the kernel maps can hold.
 fn check_service_set(services: &[Service], problems: &mut Problems) {
     check_unique_services(services, problems);
     check_direct_routing(services, problems);
+    problems.0.extend(capacity_problems(services));
+}
+
+/// Services and backends in all beyond what the kernel maps hold (the
+/// planner would refuse them too, but only once asked to apply).
+pub fn capacity_problems(services: &[Service]) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    if services.len() > MAX_SERVICE_COUNT {
+        problems.push(Problem {
+            key: "service".into(),
+            message: format!(
+                "{} services; at most {MAX_SERVICE_COUNT} (the kernel's lb_services map)",
+                services.len()
+            ),
+        });
+    }
+    let backends: usize = services.iter().map(|s| s.backends.len()).sum();
+    if backends > MAX_BACKEND_COUNT {
+        problems.push(Problem {
+            key: "backend".into(),
+            message: format!(
+                "{backends} backends in all; at most {MAX_BACKEND_COUNT} (the kernel's lb_backends map)"
+            ),
+        });
+    }
+    problems
 }
 
 /// Problems with a whole set of services (what the API checks before a change).

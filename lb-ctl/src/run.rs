@@ -62,6 +62,21 @@ pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, Refused> {
     if problems.is_empty() { Ok(config) } else { Err(Refused(problems)) }
 }
 
+/// The operator's token (`admin.token_file`), or the one generated for
+/// the listen `port` (as bound), made at the first start (see `api::token`).
+fn admin_token(config: &Config, port: u16) -> Result<std::sync::Arc<str>, api::ListenError> {
+    if let Some(path) = &config.admin.token_file {
+        return Ok(api::token::read_configured(path)?);
+    }
+    let (token, path, created) = api::token::generated(&api::token::run_dir(), port)?;
+    if created {
+        info!(token_file = %path.display(), "admin API token generated (no admin.token_file)");
+    } else {
+        info!(token_file = %path.display(), "admin API token read (no admin.token_file)");
+    }
+    Ok(token)
+}
+
 /// Runs the controller on `config` (loaded from `path` by `load`) until SIGTERM.
 pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow::Result<()> {
     let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -76,8 +91,10 @@ pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow:
     }
     // Refuse an unusable state file or admin setup before touching the data plane.
     crate::controller::check_state_file(&path, &config)?;
-    let token = config.admin.token_file.as_deref().map(api::read_token).transpose()?;
-    let listener = api::bind(config.admin.listen, token.as_ref()).await?;
+    // The listen address first: a refused one must not leave a token behind.
+    let listener = api::bind(config.admin.listen, config.admin.token_file.is_some()).await?;
+    let port = listener.local_addr().map_or(config.admin.listen.port(), |a| a.port());
+    let token = admin_token(&config, port)?;
     for name in &config.dataplane.interfaces {
         if netdev::ipv4_forwarding(name) == Some(false) {
             warn!(
@@ -101,6 +118,7 @@ pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow:
     let (handle, task) =
         reconciler::spawn(Reconciler::adopt(maps).context("reading the adopted data plane")?)
             .context("starting the reconciler")?;
+    let config_hosts = config.admin.allowed_hosts.clone();
     let outcome = async {
         let services = config.services.len();
         let (mut controller, stats) =
@@ -108,12 +126,21 @@ pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow:
                 .await
                 .context("applying the configuration")?;
         let (requests_tx, mut requests) = mpsc::channel(64);
+        let admin = listener.local_addr().context("the admin listener")?;
+        let access = api::Access { token, hosts: api::access::Hosts::new(admin, &config_hosts) };
         let app = api::app(
             api::ApiState { requests: requests_tx, stats, reconciler: handle.clone() },
-            token,
+            access,
         );
-        let admin = listener.local_addr().context("the admin listener")?;
-        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let (stop_server, server_stops) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(api::serve::serve(
+            listener,
+            app,
+            api::serve::Limits::default(),
+            async move {
+                let _ = server_stops.await;
+            },
+        ));
         info!(config = %path.display(), services, %admin, "load balancer running");
         // Counters, connections per backend (lc, the operator), and expiry.
         let mut sample = tokio::time::interval(SAMPLE_INTERVAL);
@@ -131,7 +158,11 @@ pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow:
                 _ = interrupt.recv() => { info!("SIGINT: shutting down"); break }
             }
         }
-        server.abort();
+        // Changes still queued are answered 503 ("stopping"), then requests
+        // in progress get the server's grace period.
+        drop(requests);
+        let _ = stop_server.send(());
+        let _ = server.await;
         anyhow::Ok(())
     }
     .await;

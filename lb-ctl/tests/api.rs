@@ -51,6 +51,13 @@ const SAMPLE_INTERVAL: Duration = Duration::from_millis(200);
 
 const TOKEN: &str = "s3cret";
 
+/// The token of a harness started without one: as `lb-ctl run` generates
+/// one, the harness has one, and presents it unless a test says otherwise.
+const HARNESS_TOKEN: &str = "h4rness-t0ken";
+
+/// The address the harness's API believes it listens on: `Host` must name it.
+const LISTEN: &str = "127.0.0.1:9100";
+
 /// The config every test starts from.
 fn config_text(state_file: &Path) -> String {
     format!(
@@ -157,8 +164,13 @@ struct Lb {
     app: Router,
     fake: FakeMaps,
     state_file: PathBuf,
-    /// What the harness's own reads present (the token's bearer, if any).
+    /// What the harness's own reads present (the token's bearer).
     admin_auth: Option<String>,
+    /// What a request of a test presents when it gives no `Authorization`:
+    /// the harness's token, unless the test started it with its own.
+    default_auth: Option<String>,
+    /// The `Host` the harness's requests give: the listen address.
+    host: String,
     controller: tokio::task::JoinHandle<()>,
 }
 
@@ -171,6 +183,19 @@ impl Drop for Lb {
 impl Lb {
     /// `lb-ctl run`'s wiring over `dir` (config and state file there).
     async fn start(dir: &Path, token: Option<&str>) -> Self {
+        Self::start_queue(dir, token, 64, None, LISTEN).await
+    }
+
+    /// `start` with a request queue of `queue` places and, if `gate` is
+    /// given, a controller that takes a request off the queue only when
+    /// the gate lets it (a controller busy elsewhere, held by the test).
+    async fn start_queue(
+        dir: &Path,
+        token: Option<&str>,
+        queue: usize,
+        gate: Option<Arc<tokio::sync::Semaphore>>,
+        listen: &str,
+    ) -> Self {
         let state_file = dir.join("lb.state.json");
         let config_path = dir.join("lb.toml");
         let text = config_text(&state_file);
@@ -182,15 +207,20 @@ impl Lb {
             Controller::start(config_path, Overrides::default(), config, handle.clone())
                 .await
                 .expect("the controller starts");
-        let (requests_tx, mut requests) = mpsc::channel::<controller::Request>(64);
+        let (requests_tx, mut requests) = mpsc::channel::<controller::Request>(queue);
         let controller = tokio::spawn(async move {
             let mut sample = tokio::time::interval(SAMPLE_INTERVAL);
             sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let take = || async {
+                if let Some(gate) = &gate {
+                    gate.acquire().await.expect("the gate stays open").forget();
+                }
+            };
             loop {
                 tokio::select! {
                     _ = sample.tick() => controller.sample().await,
                     () = controller.next_health_change() => controller.health_changed().await,
-                    request = requests.recv() => {
+                    request = async { take().await; requests.recv().await } => {
                         let Some(request) = request else { break };
                         let answer = controller.change(request.change).await;
                         let _ = request.reply.send(answer);
@@ -199,26 +229,63 @@ impl Lb {
             }
         });
         let api_state = ApiState { requests: requests_tx, stats, reconciler: handle };
-        let app = api::app(api_state, token.map(Arc::from));
-        let admin_auth = token.map(|t| format!("Bearer {t}"));
-        Self { app, fake, state_file, admin_auth, controller }
+        let access = api::Access {
+            token: Arc::from(token.unwrap_or(HARNESS_TOKEN)),
+            hosts: api::access::Hosts::new(listen.parse().unwrap(), &[]),
+        };
+        let app = api::app(api_state, access);
+        let admin_auth = Some(format!("Bearer {}", token.unwrap_or(HARNESS_TOKEN)));
+        let default_auth = token.is_none().then(|| format!("Bearer {HARNESS_TOKEN}"));
+        Self {
+            app,
+            fake,
+            state_file,
+            admin_auth,
+            default_auth,
+            host: listen.to_owned(),
+            controller,
+        }
     }
 
     /// The app on a real loopback listener, served as `lb-ctl run` serves it.
     async fn serve(&self) -> Served {
-        let listener = api::bind(SocketAddr::from(([127, 0, 0, 1], 0)), None).await.unwrap();
+        self.serve_with(api::serve::Limits::default()).await
+    }
+
+    async fn serve_with(&self, limits: api::serve::Limits) -> Served {
+        let listener = api::bind(SocketAddr::from(([127, 0, 0, 1], 0)), false).await.unwrap();
+        self.serve_on(listener, limits)
+    }
+
+    fn serve_on(&self, listener: tokio::net::TcpListener, limits: api::serve::Limits) -> Served {
         let addr = listener.local_addr().unwrap();
         let app = self.app.clone();
-        let task = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let task = tokio::spawn(api::serve::serve(listener, app, limits, std::future::pending()));
         Served { addr, task }
     }
 
     async fn send(&self, method: Method, path: &str, body: Body, auth: Option<&str>) -> Reply {
-        let mut request = Request::builder().method(method).uri(path);
-        if let Some(auth) = auth {
-            request = request.header(header::AUTHORIZATION, auth);
+        let mut headers =
+            vec![(header::HOST, self.host.as_str()), (header::CONTENT_TYPE, "application/json")];
+        if let Some(auth) = auth.or(self.default_auth.as_deref()) {
+            headers.push((header::AUTHORIZATION, auth));
         }
-        let request = request.header(header::CONTENT_TYPE, "application/json").body(body).unwrap();
+        self.send_headers(method, path, body, &headers).await
+    }
+
+    /// One request with exactly `headers`.
+    async fn send_headers(
+        &self,
+        method: Method,
+        path: &str,
+        body: Body,
+        headers: &[(header::HeaderName, &str)],
+    ) -> Reply {
+        let mut request = Request::builder().method(method).uri(path);
+        for (name, value) in headers {
+            request = request.header(name, *value);
+        }
+        let request = request.body(body).unwrap();
         let response = self.app.clone().oneshot(request).await.unwrap();
         let status = response.status();
         let headers = response.headers().clone();
@@ -294,6 +361,24 @@ impl Lb {
     }
 
     /// `refused`, telling what went wrong instead of panicking.
+    /// `refused` for a request with exactly `headers`.
+    async fn refused_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(header::HeaderName, &str)],
+        status: StatusCode,
+    ) -> Value {
+        let before = self.snapshot().await;
+        let body_of = body.map_or_else(Body::empty, |b| Body::from(b.to_owned()));
+        let reply = self.send_headers(method.clone(), path, body_of, headers).await;
+        let what = format!("{method} {path} with {headers:?}");
+        assert_error(reply.status, &reply.value(), status, &what);
+        assert_eq!(before, self.snapshot().await, "{what}: the refused request changed the state");
+        reply.value()
+    }
+
     async fn check_refused(
         &self,
         method: Method,
@@ -823,6 +908,9 @@ async fn concurrent_changes_are_serialized() {
         let app = lb.app.clone();
         tasks.spawn(async move {
             let request = Request::post("/api/v1/services/web/backends")
+                .header(header::HOST, LISTEN)
+                .header(header::AUTHORIZATION, format!("Bearer {HARNESS_TOKEN}"))
+                .header(header::CONTENT_TYPE, "application/json")
                 .body(Body::from(r#"{"address": "10.77.2.13", "port": 80}"#))
                 .unwrap();
             app.oneshot(request).await.unwrap().status()
@@ -1013,7 +1101,7 @@ async fn a_stalled_request_is_answered_408_after_the_request_timeout() {
     let body = r#"{"address": "10.77.2.14", "port": 80}"#;
     let head = |framing: String| {
         format!(
-            "POST /api/v1/services/web/backends HTTP/1.1\r\nHost: lb\r\nContent-Type: application/json\r\n{framing}\r\n\r\n"
+            "POST /api/v1/services/web/backends HTTP/1.1\r\nHost: {LISTEN}\r\nAuthorization: Bearer {HARNESS_TOKEN}\r\nContent-Type: application/json\r\n{framing}\r\n\r\n"
         )
     };
     let announced = head(format!("Content-Length: {}", body.len()));
@@ -1554,4 +1642,479 @@ async fn moves_survive_a_restart() {
     );
     assert_eq!(settings(&again), settings(&services));
     assert_eq!(lb.kernel(), kernel);
+}
+
+// ---- Hostile clients ----
+
+/// A web page the operator opens can send requests to the API, with a
+/// rebound DNS name or from its own origin. None of them changes or
+/// reads anything, even with the token (a browser holding Basic
+/// credentials for the page sends them along).
+#[tokio::test]
+async fn web_pages_can_neither_change_nor_read_anything() {
+    let dir = TempDir::new("hostile-browser");
+    let lb = Lb::start(&dir.0, None).await;
+    let bearer = format!("Bearer {HARNESS_TOKEN}");
+    let add = "/api/v1/services/web/backends";
+    let new = r#"{"address": "10.77.2.13", "port": 80}"#;
+    let (host, auth, json, text) = (
+        header::HOST,
+        header::AUTHORIZATION,
+        (header::CONTENT_TYPE, "application/json"),
+        (header::CONTENT_TYPE, "text/plain"),
+    );
+    let origin = |o: &'static str| (header::ORIGIN, o);
+
+    // A cross-origin text/plain POST (no CORS preflight): refused.
+    for headers in [
+        vec![(host.clone(), LISTEN), text.clone(), origin("http://evil.example")],
+        vec![(host.clone(), LISTEN), text.clone(), origin("null")],
+        vec![
+            (host.clone(), LISTEN),
+            (auth.clone(), &bearer),
+            text.clone(),
+            origin("http://evil.example"),
+        ],
+    ] {
+        let answer =
+            lb.refused_with(Method::POST, add, Some(new), &headers, StatusCode::FORBIDDEN).await;
+        assert!(answer["error"].as_str().unwrap().contains("Origin"), "{answer}");
+    }
+    // Same origin but not JSON (a form, text/plain, none): 415.
+    for content_type in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"] {
+        let headers =
+            [(host.clone(), LISTEN), (auth.clone(), &bearer), (header::CONTENT_TYPE, content_type)];
+        let answer = lb
+            .refused_with(
+                Method::POST,
+                add,
+                Some(new),
+                &headers,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            )
+            .await;
+        assert!(answer["error"].as_str().unwrap().contains("application/json"), "{answer}");
+    }
+    for method in [Method::POST, Method::PUT, Method::PATCH] {
+        let headers = [(host.clone(), LISTEN), (auth.clone(), bearer.as_str())];
+        lb.refused_with(method, add, Some(new), &headers, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
+    }
+    let headers = [(host.clone(), LISTEN), (auth.clone(), bearer.as_str()), text.clone()];
+    lb.refused_with(
+        Method::DELETE,
+        "/api/v1/services/web",
+        None,
+        &headers,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+    )
+    .await;
+
+    // A JSON POST from a foreign origin (what a page gets past a preflight
+    // it cannot pass anyway): refused.
+    let headers = [
+        (host.clone(), LISTEN),
+        (auth.clone(), bearer.as_str()),
+        json.clone(),
+        origin("http://evil.example:9100"),
+    ];
+    lb.refused_with(Method::POST, add, Some(new), &headers, StatusCode::FORBIDDEN).await;
+
+    // DNS rebinding: the page's own name in Host. Changes and reads refused,
+    // naming the host.
+    for foreign in ["evil.example:9100", "evil.example", "127.0.0.1:9101", "127.0.0.2:9100"] {
+        let headers = [(host.clone(), foreign), (auth.clone(), bearer.as_str()), json.clone()];
+        let answer =
+            lb.refused_with(Method::POST, add, Some(new), &headers, StatusCode::FORBIDDEN).await;
+        assert!(answer["error"].as_str().unwrap().contains(foreign), "{answer}");
+        lb.refused_with(
+            Method::DELETE,
+            "/api/v1/services/web",
+            None,
+            &headers,
+            StatusCode::FORBIDDEN,
+        )
+        .await;
+        for read in [
+            "/api/v1/services",
+            "/api/v1/stats",
+            "/api/v1/conns",
+            "/",
+            "/api/v1/openapi.json",
+            "/metrics",
+        ] {
+            let reply = lb.send_headers(Method::GET, read, Body::empty(), &headers).await;
+            assert_error(reply.status, &reply.value(), StatusCode::FORBIDDEN, read);
+        }
+    }
+    // No Host at all: 400.
+    let headers = [(auth.clone(), bearer.as_str()), json.clone()];
+    lb.refused_with(Method::POST, add, Some(new), &headers, StatusCode::BAD_REQUEST).await;
+
+    // The API's own origin, its names, JSON, the token: made.
+    for (h, o) in [(LISTEN, "http://127.0.0.1:9100"), ("localhost:9100", "http://localhost:9100")] {
+        let headers = [(host.clone(), h), (auth.clone(), bearer.as_str()), json.clone(), origin(o)];
+        let reply =
+            lb.send_headers(Method::GET, "/api/v1/services/web", Body::empty(), &headers).await;
+        assert_eq!(reply.status, StatusCode::OK, "{h}: {}", reply.text);
+    }
+    let headers = [
+        (host.clone(), LISTEN),
+        (auth.clone(), bearer.as_str()),
+        (header::CONTENT_TYPE, "application/json; charset=utf-8"),
+        origin("http://127.0.0.1:9100"),
+    ];
+    let reply = lb.send_headers(Method::POST, add, Body::from(new), &headers).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+    assert!(lb.kernel_backends(WEB).contains_key("10.77.2.13:80"));
+}
+
+/// With the token `lb-ctl run` generates (no `admin.token_file`), every
+/// request without it is refused but the probes' and Prometheus'; and the
+/// CLI on this machine finds it by itself: `lb-ctl backend drain` just works.
+#[tokio::test]
+async fn the_generated_token_is_required_and_the_cli_finds_it() {
+    let dir = TempDir::new("generated-token");
+    let run_dir = dir.0.join("run");
+    let listener = api::bind(SocketAddr::from(([127, 0, 0, 1], 0)), false).await.unwrap();
+    let listen = listener.local_addr().unwrap();
+    let (token, path, created) = api::token::generated(&run_dir, listen.port()).unwrap();
+    assert!(created, "{}", path.display());
+    let lb = Lb::start_queue(&dir.0, Some(&token), 64, None, &listen.to_string()).await;
+    let _served = lb.serve_on(listener, api::serve::Limits::default());
+    let host = listen.to_string();
+    let json = (header::CONTENT_TYPE, "application/json");
+
+    let new = r#"{"address": "10.77.2.13", "port": 80}"#;
+    let without = [(header::HOST, host.as_str()), json.clone()];
+    lb.refused_with(
+        Method::POST,
+        "/api/v1/services/web/backends",
+        Some(new),
+        &without,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    let wrong = [
+        (header::HOST, host.as_str()),
+        json.clone(),
+        (header::AUTHORIZATION, "Bearer h4rness-t0ken"),
+    ];
+    lb.refused_with(Method::DELETE, "/api/v1/services/web", None, &wrong, StatusCode::UNAUTHORIZED)
+        .await;
+    for read in ["/api/v1/services", "/api/v1/stats", "/api/v1/conns", "/", "/api/v1/openapi.json"]
+    {
+        let reply = lb.send_headers(Method::GET, read, Body::empty(), &without).await;
+        assert_error(reply.status, &reply.value(), StatusCode::UNAUTHORIZED, read);
+    }
+    for open in ["/healthz", "/readyz", "/metrics"] {
+        let reply = lb.send_headers(Method::GET, open, Body::empty(), &without).await;
+        assert_eq!(reply.status, StatusCode::OK, "{open}: {}", reply.text);
+    }
+
+    // The real CLI, told nothing but the address (as keepalived and the
+    // operator call it), over the real listener.
+    let cli = |args: &[&str]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_lb-ctl"));
+        command
+            .arg("--admin")
+            .arg(format!("http://{listen}"))
+            .args(args)
+            .env("LB_RUN_DIR", &run_dir)
+            .env_remove("LB_TOKEN")
+            .env_remove("LB_ADMIN");
+        command
+    };
+    let mut drain = cli(&["backend", "drain", "web", "10.77.2.11:80"]);
+    let out = tokio::task::spawn_blocking(move || drain.output().unwrap()).await.unwrap();
+    assert!(out.status.success(), "lb-ctl backend drain: {out:?}");
+    let services = lb.services().await;
+    let web = service(&services, "web").unwrap();
+    assert_eq!(backend(web, "10.77.2.11:80").unwrap()["state"], "drain", "{web}");
+    // Without the generated file (another machine's run dir), exit 4.
+    let mut list = cli(&["list"]);
+    list.env("LB_RUN_DIR", dir.0.join("elsewhere"));
+    let out = tokio::task::spawn_blocking(move || list.output().unwrap()).await.unwrap();
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+}
+
+/// Raises this process's soft limit on open files to its hard limit (the
+/// flood below holds a few thousand sockets, both ends in this process).
+fn raise_open_file_limit(wanted: u64) {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit read and write the struct given, nothing else.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit), 0);
+        if limit.rlim_cur < wanted {
+            limit.rlim_cur = limit.rlim_max.min(wanted);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit), 0);
+        }
+    }
+    assert!(limit.rlim_cur >= wanted, "the open-file limit {} is below {wanted}", limit.rlim_cur);
+}
+
+/// 2,000 connections that send nothing and a client trickling its headers
+/// do not lock the operator out: `/readyz` and an authenticated change
+/// still answer within seconds, and the server keeps at most 256 of the
+/// idle ones (the others are closed to make room).
+#[tokio::test]
+async fn an_idle_flood_and_a_slow_client_do_not_lock_the_api_out() {
+    const IDLE: usize = 2000;
+    const CAP: usize = 256; // The README's, not `api::serve::MAX_CONNECTIONS`.
+    raise_open_file_limit(2 * IDLE as u64 + 512);
+    let dir = TempDir::new("flood");
+    let lb = Lb::start(&dir.0, None).await;
+    let served = lb.serve().await;
+
+    let mut slow = TcpStream::connect(served.addr).await.unwrap();
+    slow.write_all(b"GET /readyz HTTP/1.1\r\nHo").await.unwrap();
+    let mut idle = Vec::with_capacity(IDLE);
+    for _ in 0..IDLE {
+        idle.push(TcpStream::connect(served.addr).await.expect("connecting"));
+    }
+    let _ = slow.write_all(b"st: 127.0.0.1:9100\r\nX-Slow: 1").await;
+
+    let started = tokio::time::Instant::now();
+    let request = |head: String| async move {
+        let mut stream = TcpStream::connect(served.addr).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        read_answer(&mut stream).await
+    };
+    let ready = format!("GET /readyz HTTP/1.1\r\nHost: {LISTEN}\r\n\r\n");
+    let (status, body) = tokio::time::timeout(Duration::from_secs(3), request(ready))
+        .await
+        .expect("/readyz answered within 3 s");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let new = r#"{"address": "10.77.2.13", "port": 80}"#;
+    let post = format!(
+        "POST /api/v1/services/web/backends HTTP/1.1\r\nHost: {LISTEN}\r\nAuthorization: Bearer {HARNESS_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{new}",
+        new.len()
+    );
+    let (status, body) = tokio::time::timeout(Duration::from_secs(3), request(post))
+        .await
+        .expect("an authenticated POST answered within 3 s");
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+
+    // The server closed all but at most CAP of the idle ones.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut buf = [0_u8; 16];
+    let open = idle
+        .iter()
+        .filter(|s| matches!(s.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock))
+        .count();
+    assert!(open <= CAP, "{open} idle connections still open; at most {CAP} are kept");
+}
+
+/// A client that never finishes its headers, and one that keeps an idle
+/// connection after its answer, are closed after 10 s (not before): on
+/// tokio's paused clock.
+#[tokio::test(start_paused = true)]
+async fn slow_headers_and_idle_keep_alive_are_closed_after_10_s() {
+    const TIMEOUT: Duration = Duration::from_secs(10); // The README's.
+    let dir = TempDir::new("slowloris");
+    let lb = Lb::start(&dir.0, None).await;
+    let served = lb.serve().await;
+    let closed_after = |mut stream: TcpStream| async move {
+        let start = tokio::time::Instant::now();
+        let mut buf = [0_u8; 4096];
+        loop {
+            let read = tokio::time::timeout(3 * TIMEOUT, stream.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("still open after {:?}", 3 * TIMEOUT));
+            if read.is_err() || read.is_ok_and(|n| n == 0) {
+                return start.elapsed();
+            }
+        }
+    };
+    let mut slow = TcpStream::connect(served.addr).await.unwrap();
+    slow.write_all(format!("GET /readyz HTTP/1.1\r\nHost: {LISTEN}\r\nX-Slow:").as_bytes())
+        .await
+        .unwrap();
+    let waited = closed_after(slow).await;
+    assert!(
+        waited >= TIMEOUT && waited < TIMEOUT + Duration::from_secs(1),
+        "slow headers: {waited:?}"
+    );
+
+    let mut kept = TcpStream::connect(served.addr).await.unwrap();
+    kept.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {LISTEN}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (status, _) = read_answer(&mut kept).await;
+    assert_eq!(status, StatusCode::OK);
+    let waited = closed_after(kept).await;
+    assert!(
+        waited >= TIMEOUT && waited < TIMEOUT + Duration::from_secs(1),
+        "idle keep-alive: {waited:?}"
+    );
+}
+
+/// A request that times out changed nothing, ever; one whose change was
+/// handed to the controller gets the controller's real answer, however
+/// late. The controller is held busy for 15 s with a queue of one place:
+/// the first change is queued (handed over), the second cannot be.
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_request_changes_nothing_and_a_handed_over_one_gets_its_answer() {
+    const TIMEOUT: Duration = Duration::from_secs(10); // The README's.
+    let dir = TempDir::new("handover");
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let lb = Lb::start_queue(&dir.0, None, 1, Some(gate.clone()), LISTEN).await;
+    let before = lb.snapshot().await;
+    let post = |address: &'static str| {
+        let app = lb.app.clone();
+        tokio::spawn(async move {
+            let body = format!(r#"{{"address": "{address}", "port": 80}}"#);
+            let request = Request::post("/api/v1/services/web/backends")
+                .header(header::HOST, LISTEN)
+                .header(header::AUTHORIZATION, format!("Bearer {HARNESS_TOKEN}"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body))
+                .unwrap();
+            let started = tokio::time::Instant::now();
+            let status = app.oneshot(request).await.unwrap().status();
+            (status, started.elapsed())
+        })
+    };
+    let queued = post("10.77.2.13");
+    tokio::task::yield_now().await;
+    let not_queued = post("10.77.2.14");
+    let (status, waited) = not_queued.await.unwrap();
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "the change that found no room");
+    assert!(waited >= TIMEOUT && waited < TIMEOUT + Duration::from_secs(1), "{waited:?}");
+    assert_eq!(before, lb.snapshot().await, "nothing changed yet");
+
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    gate.add_permits(1000);
+    let (status, waited) = queued.await.unwrap();
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "the handed-over change answered {status} after {waited:?}"
+    );
+    assert!(waited >= Duration::from_secs(15), "{waited:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let kernel = lb.kernel_backends(WEB);
+    assert!(kernel.contains_key("10.77.2.13:80"), "{kernel:?}");
+    assert!(!kernel.contains_key("10.77.2.14:80"), "the 408'd change was made: {kernel:?}");
+    let state = fs::read_to_string(&lb.state_file).unwrap();
+    assert!(!state.contains("10.77.2.14"), "{state}");
+}
+
+/// Every field with a bound, at the bound and one past it: accepted, then
+/// 422 naming the field and nothing changed. The README's numbers.
+#[tokio::test]
+async fn every_bounded_field_is_accepted_at_its_bound_and_refused_past_it() {
+    let dir = TempDir::new("bounds");
+    let lb = Lb::start(&dir.0, None).await;
+    let mut port = 1000;
+    let mut service = |name: &str, health: Value, backends: usize| {
+        port += 1;
+        let backends: Vec<Value> = (0..backends)
+            .map(|i| json!({"address": format!("10.78.{}.{}", i / 250, i % 250 + 1), "port": port}))
+            .collect();
+        let mut s = json!({"name": name, "vip": "10.77.1.200", "port": port, "backends": backends});
+        if !health.is_null() {
+            s["health"] = health;
+        }
+        s.to_string()
+    };
+    let http = |path: &str, body: &str| json!({"check": "http", "path": path, "expect_body": body});
+    let name_at = "n".repeat(63);
+    let path_at = format!("/{}", "p".repeat(1023));
+    let body_at = "b".repeat(1024);
+    for (what, body, field) in [
+        ("name", service(&"n".repeat(64), Value::Null, 0), "name"),
+        ("path", service("p", http(&format!("{path_at}p"), "ok"), 0), "path"),
+        ("expect_body", service("b", http("/", &format!("{body_at}b")), 0), "expect_body"),
+        ("backends", service("many", Value::Null, 1025), "backend"),
+    ] {
+        let answer = lb
+            .refused(
+                Method::POST,
+                "/api/v1/services",
+                Some(&body),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            )
+            .await;
+        assert_names(&answer, field);
+        assert!(answer.to_string().len() < 2000, "{what}: the answer echoes the value: {answer}");
+    }
+    for (what, body) in [
+        ("name", service(&name_at, Value::Null, 0)),
+        ("path and expect_body", service("pb", http(&path_at, &body_at), 0)),
+        ("backends", service("many", Value::Null, 1024)),
+    ] {
+        let (status, answer) = lb.call(Method::POST, "/api/v1/services", Some(&body), None).await;
+        assert_eq!(status, StatusCode::CREATED, "{what} at its bound: {answer}");
+    }
+    // One more backend to the service at its bound: 422, nothing changed.
+    let answer = lb
+        .refused(
+            Method::POST,
+            "/api/v1/services/many/backends",
+            Some(r#"{"address": "10.79.0.1", "port": 80}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+    assert_names(&answer, "backends");
+    // A name past the bound in a path: 404 without echoing it whole.
+    let long = "n".repeat(5000);
+    let (status, answer) = lb.get(&format!("/api/v1/services/{long}")).await;
+    assert_error(status, &answer, StatusCode::NOT_FOUND, "a 5000-character name");
+    assert!(answer.to_string().len() < 500, "{answer}");
+}
+
+/// `/metrics` and the stats page at the largest config accepted (256
+/// services of 63-character names, 64 backends each: 16384 in all) stay
+/// under the README's bounds. Prints the sizes and render times.
+#[tokio::test]
+async fn metrics_and_the_page_stay_bounded_at_the_largest_config() {
+    const METRICS_BOUND: usize = 32 << 20; // The README's.
+    const PAGE_BOUND: usize = 12 << 20;
+    use std::fmt::Write as _;
+    let dir = TempDir::new("largest");
+    let state_file = dir.0.join("lb.state.json");
+    let mut text = format!(
+        "[dataplane]\ninterfaces = [\"lb-test0\"]\n\n[admin]\nstate_file = \"{}\"\n",
+        state_file.display()
+    );
+    for s in 0..256_u32 {
+        let name = format!("{s:03}{}", "s".repeat(60));
+        let _ = write!(
+            text,
+            "\n[[service]]\nname = \"{name}\"\nvip = \"10.200.{}.{}\"\nport = 65535\n[service.health]\ncheck = \"tcp\"\ninterval_ms = 3600000\ntimeout_ms = 1000\n",
+            s / 250,
+            s % 250 + 1
+        );
+        for b in 0..64_u32 {
+            let n = s * 64 + b;
+            let _ = write!(
+                text,
+                "[[service.backend]]\naddress = \"10.{}.{}.{}\"\nport = 65535\n",
+                100 + n / 62500,
+                n / 250 % 250,
+                n % 250 + 1
+            );
+        }
+    }
+    let config = config::parse(&text).expect("the largest config is valid");
+    let config_path = dir.0.join("lb.toml");
+    fs::write(&config_path, &text).unwrap();
+    let (handle, _task) = reconciler::spawn(Reconciler::new(FakeMaps::default())).unwrap();
+    let (_controller, stats) =
+        Controller::start(config_path, Overrides::default(), config, handle).await.unwrap();
+    let stats = stats.borrow().clone();
+    let started = std::time::Instant::now();
+    let metrics = api::metrics::render(&stats);
+    let metrics_time = started.elapsed();
+    let started = std::time::Instant::now();
+    let page = api::page::render(&stats, 0);
+    let page_time = started.elapsed();
+    println!(
+        "largest config: /metrics {} bytes in {metrics_time:?}, page {} bytes in {page_time:?}",
+        metrics.len(),
+        page.len()
+    );
+    assert!(metrics.len() < METRICS_BOUND, "/metrics: {} bytes", metrics.len());
+    assert!(page.len() < PAGE_BOUND, "page: {} bytes", page.len());
 }

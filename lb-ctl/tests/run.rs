@@ -5,6 +5,7 @@
 //! loads or attaches a program, so these tests need no privileges.
 use std::{
     fs,
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::atomic::{AtomicUsize, Ordering},
@@ -51,6 +52,8 @@ fn run(dir: &Path, admin: &str) -> (Option<i32>, String) {
         .arg("--config")
         .arg(&config)
         .env_remove("RUST_LOG")
+        // The generated token goes here, not to /run/lb-ctl.
+        .env("LB_RUN_DIR", dir.join("run"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -94,16 +97,42 @@ fn loopback_without_a_token_or_elsewhere_with_one_is_accepted() {
     let (code, stderr) = run(&dir.0, "listen = \"127.0.0.1:0\"");
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains(DATA_PLANE_REACHED), "loopback without a token: {stderr}");
-    assert!(!stderr.contains("admin."), "loopback without a token: {stderr}");
+    assert!(!stderr.contains("admin.listen"), "loopback without a token: {stderr}");
+    // ... but never without a token: one is generated, 0600, its path logged.
+    let logged = format!(
+        "admin API token generated (no admin.token_file) token_file={}/admin-",
+        dir.0.join("run").display()
+    );
+    assert!(stderr.contains(&logged), "wanted {logged:?} in {stderr}");
+    let generated: Vec<_> =
+        fs::read_dir(dir.0.join("run")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(generated.len(), 1, "{generated:?}");
+    assert_eq!(fs::metadata(&generated[0]).unwrap().permissions().mode() & 0o777, 0o600);
 
     // 192.0.2.1 (TEST-NET-1) is no address of this host: with a token the
     // listener is tried, and only binding it fails.
     let token = dir.0.join("token");
     fs::write(&token, "s3cret\n").unwrap();
+    fs::set_permissions(&token, fs::Permissions::from_mode(0o600)).unwrap();
     let admin = format!("listen = \"192.0.2.1:9100\"\ntoken_file = \"{}\"", token.display());
     let (code, stderr) = run(&dir.0, &admin);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("lb-ctl: admin.listen = 192.0.2.1:9100: "), "{stderr}");
     assert!(!stderr.contains("token_file"), "refused for the token: {stderr}");
     assert!(stderr.contains("Cannot assign requested address"), "{stderr}");
+}
+
+/// A token file others can read is refused before anything is loaded,
+/// naming the file and the fix.
+#[test]
+fn a_token_file_open_to_others_is_refused_with_the_fix() {
+    let dir = TempDir::new("open-token");
+    let token = dir.0.join("token");
+    fs::write(&token, "s3cret\n").unwrap();
+    fs::set_permissions(&token, fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, stderr) = run(&dir.0, &format!("token_file = \"{}\"", token.display()));
+    assert_eq!(code, Some(1), "{stderr}");
+    let fix = format!("chmod 600 {}", token.display());
+    assert!(stderr.contains(&fix), "wanted {fix:?} in {stderr:?}");
+    assert!(!stderr.contains(DATA_PLANE_REACHED), "went on: {stderr}");
 }

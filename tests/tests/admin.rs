@@ -166,6 +166,9 @@ fn token_is_required_except_for_probes_and_metrics() {
     std::fs::create_dir_all(&dir).expect("token dir");
     let token = dir.join("token");
     std::fs::write(&token, "s3cret-t0ken\n").expect("token");
+    // lb-ctl run refuses a token others can read.
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod 600 token");
     let wrong = dir.join("wrong");
     std::fs::write(&wrong, "guess\n").expect("wrong token");
     let tables: &'static str = Box::leak(
@@ -268,6 +271,10 @@ fn stats_page_renders_in_a_real_browser() {
     let artifacts = artifacts_dir();
     let screenshot = artifacts.join("stats-page.png");
     let _ = std::fs::remove_file(&screenshot);
+    // Without admin.token_file, lb-ctl run generated the token the
+    // operator gives the browser: Basic credentials in the URL.
+    let token_file = lb_ctl::api::token::generated_path(&lb_ctl::api::token::run_dir(), 9100);
+    let token = lb_ctl::api::token::read_any(&token_file).expect("the generated token");
     let browse = |extra: &[&str]| {
         let profile = lab.dir.join("chromium-profile");
         let out = Command::new("nsenter")
@@ -277,7 +284,7 @@ fn stats_page_renders_in_a_real_browser() {
             .arg(format!("--user-data-dir={}", profile.display()))
             .args(["--virtual-time-budget=1000", "--window-size=1400,1000"])
             .args(extra)
-            .arg("http://127.0.0.1:9100/")
+            .arg(format!("http://admin:{token}@127.0.0.1:9100/"))
             .stdin(Stdio::null())
             .output()
             .expect("running chromium");

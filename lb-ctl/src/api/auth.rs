@@ -1,7 +1,8 @@
-//! Who may use the API: with a token configured, every route but the
-//! probes' (`/healthz`, `/readyz`) and Prometheus' (`/metrics`) needs
-//! `Authorization: Bearer TOKEN`, or HTTP Basic with the token as password
-//! (what a browser can send for the stats page).
+//! Who may use the API: every route but the probes' (`/healthz`,
+//! `/readyz`) and Prometheus' (`/metrics`) needs `Authorization: Bearer
+//! TOKEN`, or HTTP Basic with the token as password (what a browser can
+//! send for the stats page). There is always a token: the operator's, or
+//! the one `lb-ctl run` generates (see `token`).
 use std::sync::Arc;
 
 use axum::{
@@ -19,13 +20,10 @@ const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
 /// The middleware: passes the request on, or answers 401.
 pub async fn require_token(
-    State(token): State<Option<Arc<str>>>,
+    State(token): State<Arc<str>>,
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(token) = token else {
-        return next.run(request).await;
-    };
     if OPEN_PATHS.contains(&request.uri().path()) {
         return next.run(request).await;
     }

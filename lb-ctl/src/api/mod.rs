@@ -2,14 +2,24 @@
 //! metrics. Reads are served from the view the controller publishes;
 //! changes are sent to the controller, which answers once the kernel maps
 //! hold them.
+pub mod access;
 pub mod auth;
 pub mod error;
 pub mod metrics;
 pub mod page;
 pub mod routes;
+pub mod serve;
+pub mod token;
 pub mod view;
 
-use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::{
     Json, Router,
@@ -39,8 +49,18 @@ pub struct ApiState {
 
 /// Largest request body: a service with a few thousand backends fits.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
-/// A request (body included) that takes longer is answered 408.
+/// A request (body included) that takes longer is answered 408, unless
+/// its change was already handed to the controller (see `HandedOver`).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Who may use the API and how it is reached.
+#[derive(Clone, Debug)]
+pub struct Access {
+    /// Required on every route but the probes and `/metrics`.
+    pub token: Arc<str>,
+    /// The `Host` values it answers to.
+    pub hosts: access::Hosts,
+}
 
 #[derive(OpenApi)]
 #[openapi(
@@ -88,17 +108,21 @@ pub fn routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
-/// The whole application: routes, the document, auth, limits, JSON errors.
-pub fn app(state: ApiState, token: Option<Arc<str>>) -> Router {
+/// The whole application: routes, the document, where requests may come
+/// from, auth, limits, JSON errors.
+pub fn app(state: ApiState, access: Access) -> Router {
     let (router, openapi) = routes();
     let openapi = Arc::new(openapi);
+    // The last layer sees a request first: Host, Origin and Content-Type,
+    // then the token, then the time limit.
     router
         .route("/api/v1/openapi.json", get(move || async move { Json(openapi.as_ref().clone()) }))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(time_limit))
-        .layer(middleware::from_fn_with_state(token, auth::require_token))
+        .layer(middleware::from_fn_with_state(access.token, auth::require_token))
+        .layer(middleware::from_fn_with_state(Arc::new(access.hosts), access::check))
         .with_state(state)
 }
 
@@ -113,12 +137,42 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
     )
 }
 
-/// Bounds the time a request may take, reading its body included.
-async fn time_limit(request: Request, next: Next) -> Response {
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            ApiError::new(StatusCode::REQUEST_TIMEOUT, "the request took too long").into_response()
+/// Set by a handler the moment its change is in the controller's queue.
+/// From then on the change will be made, so the answer must be the
+/// controller's, never a 408 that would say it was not.
+#[derive(Clone, Debug, Default)]
+pub struct HandedOver(Arc<AtomicBool>);
+
+impl HandedOver {
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// Bounds the time a request may take, reading its body included, up to
+/// the moment its change is handed to the controller: a 408 always means
+/// nothing changed.
+async fn time_limit(mut request: Request, next: Next) -> Response {
+    let handed_over = HandedOver::default();
+    request.extensions_mut().insert(handed_over.clone());
+    let answer = next.run(request);
+    tokio::pin!(answer);
+    tokio::select! {
+        biased;
+        response = &mut answer => response,
+        () = tokio::time::sleep(REQUEST_TIMEOUT) => {
+            if handed_over.is_set() {
+                answer.await
+            } else {
+                // Dropping the handler drops its request before the queue
+                // took it (`Sender::reserve` is cancel-safe).
+                ApiError::new(StatusCode::REQUEST_TIMEOUT, "the request took too long; nothing was changed")
+                    .into_response()
+            }
         }
     }
 }
@@ -130,32 +184,20 @@ pub enum ListenError {
         "admin.listen = {0}: without admin.token_file the API only listens on loopback (127.0.0.1 or ::1); set a token to listen elsewhere"
     )]
     NeedsToken(SocketAddr),
-    #[error("admin.token_file {path}: {why}")]
-    Token { path: String, why: String },
+    #[error("admin token: {0}")]
+    Token(#[from] token::TokenError),
     #[error("admin.listen = {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
 }
 
-/// The token in `path` (surrounding whitespace ignored; empty is refused).
-pub fn read_token(path: &Path) -> Result<Arc<str>, ListenError> {
-    let failed = |why: String| ListenError::Token { path: path.display().to_string(), why };
-    let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
-    let token = text.trim();
-    if token.is_empty() {
-        return Err(failed("the file is empty".into()));
-    }
-    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(failed("the token contains spaces or control characters".into()));
-    }
-    Ok(Arc::from(token))
-}
-
-/// Binds the listener, refusing a non-loopback address without a token.
+/// Binds the listener. Elsewhere than loopback only with a token the
+/// operator configured: a generated one lives on this machine only, and a
+/// remote client would have no way to it but copying it by hand.
 pub async fn bind(
     addr: SocketAddr,
-    token: Option<&Arc<str>>,
+    token_configured: bool,
 ) -> Result<tokio::net::TcpListener, ListenError> {
-    if token.is_none() && !addr.ip().is_loopback() {
+    if !token_configured && !addr.ip().is_loopback() {
         return Err(ListenError::NeedsToken(addr));
     }
     tokio::net::TcpListener::bind(addr).await.map_err(|source| ListenError::Bind { addr, source })
@@ -174,13 +216,13 @@ mod tests {
     #[tokio::test]
     async fn without_a_token_only_loopback_is_listened_on() {
         for loopback in ["127.0.0.1:0", "127.3.2.1:0"] {
-            let listener = bind(addr(loopback), None)
+            let listener = bind(addr(loopback), false)
                 .await
                 .unwrap_or_else(|e| panic!("{loopback} without a token: {e}"));
             assert_eq!(listener.local_addr().unwrap().ip(), addr(loopback).ip());
         }
         for elsewhere in ["192.0.2.1:9100", "[2001:db8::1]:9100", "0.0.0.0:9100", "[::]:9100"] {
-            let refused = bind(addr(elsewhere), None).await;
+            let refused = bind(addr(elsewhere), false).await;
             let Err(e @ ListenError::NeedsToken(at)) = refused else {
                 panic!("{elsewhere} without a token: {refused:?}, not refused for want of a token");
             };
@@ -191,8 +233,7 @@ mod tests {
         }
         // With a token the address is tried: 192.0.2.1 (TEST-NET-1) is no
         // address of this host, so binding fails, but not for the token.
-        let token: Arc<str> = Arc::from("s3cret");
-        match bind(addr("192.0.2.1:9100"), Some(&token)).await {
+        match bind(addr("192.0.2.1:9100"), true).await {
             Err(ListenError::Bind { addr: at, .. }) => assert_eq!(at, addr("192.0.2.1:9100")),
             other => panic!("192.0.2.1:9100 with a token: {other:?}"),
         }

@@ -8,7 +8,7 @@ use axum::{
     Json,
     body::Bytes,
     extract::{
-        Path, Query, State,
+        Extension, Path, Query, State,
         rejection::{BytesRejection, PathRejection, QueryRejection},
     },
     http::{StatusCode, header},
@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
-    ApiState,
+    ApiState, HandedOver,
     error::{ApiError, ErrorBody},
     metrics, page,
     view::{ConnView, ConnsList, ServiceView, Stats, conn_state_name, endpoint_text},
@@ -48,10 +48,16 @@ fn find_service(stats: &Stats, name: &str) -> ApiResult<ServiceView> {
 }
 
 /// Sends `change` to the controller; answers once the kernel holds it.
-async fn change(api: &ApiState, change: Change) -> ApiResult<Arc<Stats>> {
+/// Until the queue takes it, the request may still time out (and nothing
+/// changes); from then on, the answer is the controller's.
+async fn change(api: &ApiState, handed_over: &HandedOver, change: Change) -> ApiResult<Arc<Stats>> {
     let (reply, answer) = oneshot::channel();
     let stopped = || ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the controller is stopping");
-    api.requests.send(Request { change, reply }).await.map_err(|_| stopped())?;
+    // Waiting for room is cancel-safe; the send that follows cannot fail
+    // or wait, so "queued" and "handed over" are one step.
+    let room = api.requests.reserve().await.map_err(|_| stopped())?;
+    handed_over.set();
+    room.send(Request { change, reply });
     Ok(answer.await.map_err(|_| stopped())??)
 }
 
@@ -68,10 +74,14 @@ fn body_problems(e: &BodyError) -> ApiError {
 /// The service named `name` in a path: the config file's rules.
 fn service_name(path: Result<Path<String>, PathRejection>) -> ApiResult<String> {
     let Path(name) = path?;
-    let valid = !name.is_empty()
-        && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if valid { Ok(name) } else { Err(ApiError::not_found(format!("no service named {name:?}"))) }
+    if config::is_service_name(&name) {
+        Ok(name)
+    } else {
+        // No such service can exist. A long name is not echoed back whole.
+        let shown: String = name.chars().take(config::MAX_NAME_LEN).collect();
+        let more = if shown.len() < name.len() { "…" } else { "" };
+        Err(ApiError::not_found(format!("no service named {shown:?}{more}")))
+    }
 }
 
 #[utoipa::path(get, path = "/api/v1/services", tag = "services",
@@ -90,11 +100,12 @@ pub async fn list_services(State(api): State<ApiState>) -> Response {
         (status = 422, description = "A value is wrong; each problem names its field", body = ErrorBody)))]
 pub async fn add_service(
     State(api): State<ApiState>,
+    Extension(handed_over): Extension<HandedOver>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<ServiceView>)> {
     let service = config::service_from_json(&body?).map_err(|p| body_problems(&p))?;
     let name = service.name.clone();
-    let changed = change(&api, Change::AddService(service)).await?;
+    let changed = change(&api, &handed_over, Change::AddService(service)).await?;
     Ok((StatusCode::CREATED, Json(find_service(&changed, &name)?)))
 }
 
@@ -116,6 +127,7 @@ pub async fn get_service(
         (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn put_service(
     State(api): State<ApiState>,
+    Extension(handed_over): Extension<HandedOver>,
     name: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<ServiceView>> {
@@ -130,7 +142,7 @@ pub async fn put_service(
             }],
         ));
     }
-    let changed = change(&api, Change::PutService(service)).await?;
+    let changed = change(&api, &handed_over, Change::PutService(service)).await?;
     Ok(Json(find_service(&changed, &name)?))
 }
 
@@ -139,9 +151,10 @@ pub async fn put_service(
     responses((status = 204, description = "Removed from the kernel maps"), (status = 404, body = ErrorBody)))]
 pub async fn delete_service(
     State(api): State<ApiState>,
+    Extension(handed_over): Extension<HandedOver>,
     name: Result<Path<String>, PathRejection>,
 ) -> ApiResult<StatusCode> {
-    change(&api, Change::RemoveService(service_name(name)?)).await?;
+    change(&api, &handed_over, Change::RemoveService(service_name(name)?)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -155,12 +168,15 @@ pub async fn delete_service(
         (status = 422, body = ErrorBody)))]
 pub async fn add_backend(
     State(api): State<ApiState>,
+    Extension(handed_over): Extension<HandedOver>,
     name: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<ServiceView>)> {
     let service = service_name(name)?;
     let backend = config::backend_from_json(&body?).map_err(|p| body_problems(&p))?;
-    let changed = change(&api, Change::AddBackend { service: service.clone(), backend }).await?;
+    let changed =
+        change(&api, &handed_over, Change::AddBackend { service: service.clone(), backend })
+            .await?;
     Ok((StatusCode::CREATED, Json(find_service(&changed, &service)?)))
 }
 
@@ -240,6 +256,7 @@ fn backend_path(
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn patch_backend(
     State(api): State<ApiState>,
+    Extension(handed_over): Extension<HandedOver>,
     path: Result<Path<(String, String)>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<ServiceView>> {
@@ -247,7 +264,7 @@ pub async fn patch_backend(
     let wanted: BackendPatch = config::from_json(&body?).map_err(|p| body_problems(&p))?;
     let (weight, admin_state) = wanted.validate()?;
     let set = Change::SetBackend { service: service.clone(), backend, weight, state: admin_state };
-    let changed = change(&api, set).await?;
+    let changed = change(&api, &handed_over, set).await?;
     Ok(Json(find_service(&changed, &service)?))
 }
 
@@ -259,10 +276,13 @@ pub async fn patch_backend(
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn delete_backend(
     State(api): State<ApiState>,
+    Extension(handed_over): Extension<HandedOver>,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> ApiResult<Json<ServiceView>> {
     let (service, backend) = backend_path(path)?;
-    let changed = change(&api, Change::RemoveBackend { service: service.clone(), backend }).await?;
+    let changed =
+        change(&api, &handed_over, Change::RemoveBackend { service: service.clone(), backend })
+            .await?;
     Ok(Json(find_service(&changed, &service)?))
 }
 

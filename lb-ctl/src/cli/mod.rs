@@ -20,7 +20,7 @@ use std::{
     fmt::Write as _,
     io::{self, Write as _},
     net::{Ipv4Addr, SocketAddrV4},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::ExitCode,
 };
 
@@ -33,7 +33,10 @@ pub mod render;
 use self::render::{BackendChange, render_backend_change, rotation_summary, service_line};
 pub use self::render::{render_conns, render_list, render_stats};
 use crate::{
-    api::view::{ConnsList, ServiceView, Stats},
+    api::{
+        token,
+        view::{ConnsList, ServiceView, Stats},
+    },
     changes::parse_backend_address,
     client::{Client, ClientError, encode_component},
     config::MAX_WEIGHT,
@@ -213,13 +216,17 @@ enum TokenSource {
     None,
     File(PathBuf),
     Env,
+    /// The one `lb-ctl run` generated on this machine for the admin port.
+    Generated(PathBuf),
+    /// That one exists but could not be read (another user's), and why.
+    Unreadable(PathBuf, String),
 }
 
 impl Target {
     /// The client of the API, and where its token came from.
     fn prepare(self) -> Result<(Client, TokenSource), String> {
         let url = self.admin_url()?;
-        let (token, source) = self.token()?;
+        let (token, source) = self.token(&url, &token::run_dir())?;
         let client = Client::new(&url, token).map_err(|e| e.to_string())?;
         Ok((client, source))
     }
@@ -236,25 +243,52 @@ impl Target {
         }
     }
 
-    /// The token: `--token-file`, else `$LB_TOKEN` (unset or empty: none).
-    fn token(&self) -> Result<(Option<String>, TokenSource), String> {
+    /// The token: `--token-file`, else `$LB_TOKEN`, else (for a controller
+    /// on this machine's loopback) the one `lb-ctl run` generated for the
+    /// URL's port under `run_dir`; else none.
+    fn token(&self, url: &str, run_dir: &Path) -> Result<(Option<String>, TokenSource), String> {
         if let Some(path) = &self.token_file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("--token-file {}: {e}", path.display()))?;
-            let token = text.trim();
-            if token.is_empty() {
-                return Err(format!("--token-file {}: the file is empty", path.display()));
-            }
-            return Ok((Some(token.to_owned()), TokenSource::File(path.clone())));
+            let token = token::read_any(path).map_err(|e| format!("--token-file {e}"))?;
+            return Ok((Some(token), TokenSource::File(path.clone())));
         }
         match std::env::var("LB_TOKEN") {
             Ok(token) if !token.trim().is_empty() => {
-                Ok((Some(token.trim().to_owned()), TokenSource::Env))
+                return Ok((Some(token.trim().to_owned()), TokenSource::Env));
             }
-            Ok(_) | Err(std::env::VarError::NotPresent) => Ok((None, TokenSource::None)),
-            Err(std::env::VarError::NotUnicode(_)) => Err("LB_TOKEN is not valid UTF-8".into()),
+            Ok(_) | Err(std::env::VarError::NotPresent) => {}
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err("LB_TOKEN is not valid UTF-8".into());
+            }
+        }
+        let Some(port) = loopback_port(url) else {
+            return Ok((None, TokenSource::None));
+        };
+        let path = token::generated_path(run_dir, port);
+        match token::read_any(&path) {
+            Ok(token) => Ok((Some(token), TokenSource::Generated(path))),
+            Err(token::TokenError::Io { source, .. })
+                if source.kind() == io::ErrorKind::NotFound =>
+            {
+                Ok((None, TokenSource::None))
+            }
+            // Without it the request may still succeed (`health` needs no
+            // token); a 401 will say why there was none.
+            Err(e) => Ok((None, TokenSource::Unreadable(path, e.to_string()))),
         }
     }
+}
+
+/// The port of an admin URL that names this machine's loopback, where a
+/// generated token may be found.
+fn loopback_port(url: &str) -> Option<u16> {
+    let client = Client::new(url, None).ok()?;
+    let authority = client.url().strip_prefix("http://")?;
+    let authority = authority.split('/').next()?;
+    let (host, port) = authority.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    loopback.then(|| port.parse().ok()).flatten()
 }
 
 /// Runs one operator command against the controller of `target`; the
@@ -333,6 +367,15 @@ fn report(e: &ClientError, source: &TokenSource) -> String {
             ),
             TokenSource::Env => format!(
                 "lb-ctl: authentication failed: the controller refused the token of LB_TOKEN: {message}\n"
+            ),
+            TokenSource::Generated(path) => format!(
+                "lb-ctl: authentication failed: the controller refused the token lb-ctl run generated in {} \
+                 (it uses admin.token_file instead? then pass --token-file): {message}\n",
+                path.display()
+            ),
+            TokenSource::Unreadable(_, why) => format!(
+                "lb-ctl: authentication failed: the token lb-ctl run generated cannot be read ({why}); \
+                 run as its owner, or use --token-file FILE or LB_TOKEN; it says: {message}\n",
             ),
         },
         other => format!("lb-ctl: {other}\n"),
@@ -763,17 +806,43 @@ mod tests {
         let file = dir.join("token");
         std::fs::write(&file, "  s3cret\n").unwrap();
         let target = Target { admin: None, token_file: Some(file.clone()) };
+        let token = |t: &Target| t.token(DEFAULT_ADMIN, &dir);
         assert_eq!(
-            target.token().unwrap(),
+            token(&target).unwrap(),
             (Some("s3cret".into()), TokenSource::File(file.clone()))
         );
         std::fs::write(&file, "\n").unwrap();
-        assert!(target.token().unwrap_err().contains("empty"));
+        assert!(token(&target).unwrap_err().contains("empty"));
         let missing = Target { admin: None, token_file: Some(dir.join("missing")) };
-        assert!(missing.token().unwrap_err().contains("missing"));
+        assert!(token(&missing).unwrap_err().contains("missing"));
         std::fs::remove_dir_all(&dir).unwrap();
         let explicit = Target { admin: Some("http://10.0.0.1:9100".into()), token_file: None };
         assert_eq!(explicit.admin_url().unwrap(), "http://10.0.0.1:9100");
+    }
+
+    /// Without --token-file or LB_TOKEN, the CLI finds the token `lb-ctl
+    /// run` generated for the port of a loopback admin URL, and only there.
+    #[test]
+    fn the_generated_token_is_found_for_a_loopback_controller() {
+        if std::env::var_os("LB_TOKEN").is_some() {
+            return; // The environment's token comes first; nothing to see.
+        }
+        let dir = std::env::temp_dir().join(format!("lb-ctl-cli-gen-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (made, path, _) = token::generated(&dir, 9188).unwrap();
+        let target = Target::default();
+        for url in
+            ["http://127.0.0.1:9188", "localhost:9188", "http://[::1]:9188/", "127.0.0.2:9188"]
+        {
+            let (found, source) = target.token(url, &dir).unwrap();
+            assert_eq!(found.as_deref(), Some(&*made), "{url}");
+            assert_eq!(source, TokenSource::Generated(path.clone()), "{url}");
+        }
+        // Another port, another machine: none.
+        for url in ["http://127.0.0.1:9189", "http://10.0.0.1:9188", "http://lb1:9188"] {
+            assert_eq!(target.token(url, &dir).unwrap(), (None, TokenSource::None), "{url}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
