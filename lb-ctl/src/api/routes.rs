@@ -354,9 +354,26 @@ pub async fn list_conns(
 #[utoipa::path(get, path = "/metrics", tag = "monitoring",
     responses((status = 200, description = "Prometheus/OpenMetrics text format", content_type = "application/openmetrics-text", body = String)))]
 pub async fn get_metrics(State(api): State<ApiState>) -> Response {
-    let body = metrics::render(&stats(&api));
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
-        .into_response()
+    let now = stats(&api);
+    match render_off_thread(move || metrics::render(&now)).await {
+        Ok(body) => (
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            body,
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Renders on a blocking thread: at the largest accepted config the metrics
+/// take about 30 MB and the page 10 MB, which would hold up the probes'
+/// timers on the async thread for as long as they take.
+async fn render_off_thread(
+    render: impl FnOnce() -> String + Send + 'static,
+) -> Result<String, ApiError> {
+    tokio::task::spawn_blocking(render)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("rendering: {e}")))
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "monitoring",
@@ -388,9 +405,10 @@ pub async fn readyz(State(api): State<ApiState>) -> Response {
 
 #[utoipa::path(get, path = "/", tag = "monitoring",
     responses((status = 200, description = "The stats page (HTML, refreshes itself every 2 s)", content_type = "text/html", body = String)))]
-pub async fn stats_page(State(api): State<ApiState>) -> Html<String> {
+pub async fn stats_page(State(api): State<ApiState>) -> ApiResult<Html<String>> {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    Html(page::render(&stats(&api), now))
+    let view = stats(&api);
+    Ok(Html(render_off_thread(move || page::render(&view, now)).await?))
 }

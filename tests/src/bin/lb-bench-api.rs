@@ -118,21 +118,32 @@ impl Latencies {
     }
 }
 
+/// The `Authorization` header for the controller listening on `admin`: the
+/// token `lb-ctl run` generated (no `token_file` in the bench's config).
+fn bearer(admin: &str) -> String {
+    let port = admin.rsplit(':').next().and_then(|p| p.parse().ok()).expect("admin port");
+    let path = lb_ctl::api::token::generated_path(&lb_ctl::api::token::run_dir(), port);
+    let token = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("the generated token {}: {e}", path.display()));
+    format!("Bearer {}", token.trim())
+}
+
 /// `calls` times: add a backend to `service` (timed), then remove it.
 /// Call inside the load balancer's namespace.
 fn add_latency(admin: &str, service: &str, calls: usize) -> Latencies {
     let mut times = Vec::with_capacity(calls);
+    let auth = bearer(admin);
     for i in 0..calls {
         let body = format!(r#"{{"address": "10.77.9.{}", "port": {}}}"#, 1 + i % 200, 8000 + i);
         let path = format!("/api/v1/services/{service}/backends");
         let start = Instant::now();
         let (status, answer) =
-            http_request(admin, "POST", &path, Some(&body), None).expect("adding a backend");
+            http_request(admin, "POST", &path, Some(&body), Some(&auth)).expect("adding a backend");
         times.push(start.elapsed());
         assert_eq!(status, 201, "add {i}: {answer}");
         let backend = format!("{path}/10.77.9.{}:{}", 1 + i % 200, 8000 + i);
-        let (status, answer) =
-            http_request(admin, "DELETE", &backend, None, None).expect("removing the backend");
+        let (status, answer) = http_request(admin, "DELETE", &backend, None, Some(&auth))
+            .expect("removing the backend");
         assert_eq!(status, 200, "delete {i}: {answer}");
     }
     Latencies(times)
@@ -155,7 +166,8 @@ fn first_packet(lab: &Lab) -> FirstPacket {
         r#"{{"name": "fresh", "vip": "{VIP}", "port": 6000, "protocol": "udp", "on_no_backend": "drop"}}"#
     );
     let (status, answer) = in_ns(&lb, move || {
-        http_request(ADMIN, "POST", "/api/v1/services", Some(&service), None).expect("service")
+        http_request(ADMIN, "POST", "/api/v1/services", Some(&service), Some(&bearer(ADMIN)))
+            .expect("service")
     });
     assert_eq!(status, 201, "{answer}");
     let mut gaps = Vec::new();
@@ -192,9 +204,14 @@ fn first_packet(lab: &Lab) -> FirstPacket {
         std::thread::sleep(Duration::from_millis(20));
         let answered = in_ns(&lb, || {
             let body = r#"{"address": "10.77.2.11", "port": 5353}"#;
-            let (status, answer) =
-                http_request(ADMIN, "POST", "/api/v1/services/fresh/backends", Some(body), None)
-                    .expect("add");
+            let (status, answer) = http_request(
+                ADMIN,
+                "POST",
+                "/api/v1/services/fresh/backends",
+                Some(body),
+                Some(&bearer(ADMIN)),
+            )
+            .expect("add");
             let at = Instant::now();
             assert_eq!(status, 201, "{answer}");
             at
@@ -208,7 +225,8 @@ fn first_packet(lab: &Lab) -> FirstPacket {
         rtts.push(rtt);
         in_ns(&lb, || {
             let path = "/api/v1/services/fresh/backends/10.77.2.11:5353";
-            let (status, answer) = http_request(ADMIN, "DELETE", path, None, None).expect("del");
+            let (status, answer) =
+                http_request(ADMIN, "DELETE", path, None, Some(&bearer(ADMIN))).expect("del");
             assert_eq!(status, 200, "{answer}");
         });
     }
