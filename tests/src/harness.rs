@@ -58,6 +58,8 @@ pub struct Setup {
     pub echo: &'static str,
     /// Extra tables at the end of the file (`[admin]`, `[log]`).
     pub tables: &'static str,
+    /// `dataplane.conntrack_max`; 65536 when `None`.
+    pub conntrack_max: Option<u32>,
 }
 
 /// Config for the end-to-end tests: HTTP on 80, a line echo on 9000 (for
@@ -65,7 +67,8 @@ pub struct Setup {
 /// given weights (`None` leaves the backend out).
 pub fn config(pin_dir: &str, weights: [Option<u32>; 3], setup: Setup) -> String {
     let mut text = format!(
-        "[dataplane]\ninterfaces = [\"lb-c\", \"lb-b\"]\nconntrack_max = 65536\npin_path = \"{pin_dir}\"\n"
+        "[dataplane]\ninterfaces = [\"lb-c\", \"lb-b\"]\nconntrack_max = {}\npin_path = \"{pin_dir}\"\n",
+        setup.conntrack_max.unwrap_or(65_536)
     );
     for (name, port, protocol) in [("web", 80, "tcp"), ("echo", 9000, "tcp"), ("udp", 5353, "udp")]
     {
@@ -453,8 +456,20 @@ pub fn http_request(
     body: Option<&str>,
     authorization: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
+    http_request_within(addr, method, path, body, authorization, IO_TIMEOUT)
+}
+
+/// As `http_request`, waiting up to `patience` for the answer.
+pub fn http_request_within(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    authorization: Option<&str>,
+    patience: Duration,
+) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_read_timeout(Some(patience))?;
     let auth = authorization.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
     let body = body.unwrap_or_default();
     let request = format!(
@@ -467,6 +482,16 @@ pub fn http_request(
     let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     Ok((status, body))
+}
+
+/// The `Authorization` header for a controller on port 9100 that was given
+/// no `token_file`: the token `lb-ctl run` generated (which the CLI finds
+/// by itself).
+pub fn generated_bearer() -> String {
+    let path = lb_ctl::api::token::generated_path(&lb_ctl::api::token::run_dir(), 9100);
+    let token = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("the generated token {}: {e}", path.display()));
+    format!("Bearer {}", token.trim())
 }
 
 /// The status of `GET path` on `addr` (0 if there was no answer).

@@ -98,12 +98,16 @@ struct Health {
 }
 
 impl Health {
-    /// Appends how a `GET /health` was answered (`HealthMode::as_str`) to
-    /// the answers file next to the control file: what the tests read to
-    /// know which probes arrived and what each got.
+    /// Appends how a `GET /health` was answered (`HealthMode::as_str`) and
+    /// when (Unix microseconds) to the answers file next to the control
+    /// file: what the tests read to know which probes arrived, when, and
+    /// what each got.
     fn record(&self, mode: HealthMode) {
         let Some(control) = &self.control else { return };
-        let line = format!("{}\n", mode.as_str());
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
+        let line = format!("{} {at}\n", mode.as_str());
         let _ = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

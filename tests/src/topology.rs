@@ -73,8 +73,20 @@ impl Topology {
     /// How backend `name` has answered its health checks so far, in order
     /// (`HealthMode::as_str` of each answer: `ok`, `500`...).
     pub fn health_answers(&self, name: &str) -> Vec<String> {
+        self.health_answer_times(name).into_iter().map(|(answer, _)| answer).collect()
+    }
+
+    /// As `health_answers`, each with when it was given (Unix microseconds).
+    pub fn health_answer_times(&self, name: &str) -> Vec<(String, u128)> {
         let path = crate::server::answers_path(&self.health_control(name));
-        std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect()
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| {
+                let (answer, at) = line.split_once(' ')?;
+                Some((answer.to_owned(), at.parse().ok()?))
+            })
+            .collect()
     }
 
     /// Makes backend `name` answer its health checks as `mode` says.
