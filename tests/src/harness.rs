@@ -60,6 +60,9 @@ pub struct Setup {
     pub tables: &'static str,
     /// `dataplane.conntrack_max`; 65536 when `None`.
     pub conntrack_max: Option<u32>,
+    /// The controller's `/etc/resolv.conf`, when it needs its own (it then
+    /// runs in a mount namespace of its own, with this file bound there).
+    pub resolv_conf: Option<&'static str>,
 }
 
 /// Config for the end-to-end tests: HTTP on 80, a line echo on 9000 (for
@@ -203,7 +206,20 @@ impl Controller {
 
     fn spawn_ctl(&mut self) {
         let log = std::fs::File::create(self.log_path()).expect("log file");
-        let child = Command::new("nsenter")
+        let mut command = match self.setup.resolv_conf {
+            None => Command::new("nsenter"),
+            Some(text) => {
+                let resolv = self.dir.join("resolv.conf");
+                std::fs::write(&resolv, text).expect("writing resolv.conf");
+                // One process all along (unshare and sh exec): signals reach lb-ctl.
+                let mut c = Command::new("unshare");
+                c.args(["--mount", "--propagation", "private", "sh", "-c"])
+                    .arg("mount --bind \"$0\" /etc/resolv.conf && exec nsenter \"$@\"")
+                    .arg(resolv);
+                c
+            }
+        };
+        let child = command
             .arg(format!("--net=/var/run/netns/{}", self.ns))
             .arg(lb_ctl_bin())
             .args(["run", "--config"])

@@ -67,17 +67,15 @@ fn fill(lab: &Lab, like: Conn) -> Duration {
     started.elapsed()
 }
 
-/// Gaps between consecutive probes of `name` answered after `since`
-/// (Unix microseconds), in milliseconds.
+/// Gaps between consecutive probes of `name` that end after `since` (Unix
+/// microseconds), in milliseconds, up to now: the gap from the last probe
+/// before `since` counts, and so does the time since the last probe, so
+/// probes that stopped altogether show as one long gap.
 fn probe_gaps(lab: &Lab, name: &str, since: u128) -> Vec<u128> {
-    let times: Vec<u128> = lab
-        .topo
-        .health_answer_times(name)
-        .into_iter()
-        .map(|(_, at)| at)
-        .filter(|at| *at >= since)
-        .collect();
-    times.windows(2).map(|w| (w[1] - w[0]) / 1000).collect()
+    let mut times: Vec<u128> =
+        lab.topo.health_answer_times(name).into_iter().map(|(_, at)| at).collect();
+    times.push(unix_micros());
+    times.windows(2).filter(|w| w[1] >= since).map(|w| (w[1] - w[0]) / 1000).collect()
 }
 
 fn unix_micros() -> u128 {
@@ -223,4 +221,66 @@ fn a_stopped_controller_does_not_stop_the_data_planes_clock() {
     assert!(lb_tests::netns::output(&["kill", "-CONT", &pid]).status.success());
     let seen = result.unwrap_or_else(|e| std::panic::resume_unwind(e));
     assert!(seen.contains(&"web1".to_owned()), "web1 still answers at its new MAC: {seen:?}");
+}
+
+/// A nameserver on the backends' LAN that nobody holds: queries go
+/// unanswered, and the resolver gives up after 3 s.
+const DEAF_DNS: &str = "nameserver 10.77.2.250\noptions timeout:3 attempts:1\n";
+
+/// `SIGHUP` with a syslog host whose DNS server drops the queries: the
+/// reload waits for the resolver (and is refused, naming the key), while
+/// the probes go on every 200 ms and `/readyz` answers.
+#[test]
+fn a_reload_stuck_on_dns_holds_up_neither_probes_nor_readyz() {
+    let setup = Setup {
+        checks: Some(&FAST_CHECKS),
+        tables: "\n[log]\nsyslog = \"127.0.0.1:5514\"\n",
+        resolv_conf: Some(DEAF_DNS),
+        ..Setup::default()
+    };
+    let mut lab = Lab::start_with("lbt72", setup, [Some(1); 3]);
+    lab.wait_lines(&["backend is UP"], 6, Duration::from_secs(10));
+    let transitions = lab.count_lines(&["backend is"]);
+    let since = unix_micros();
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = std::thread::spawn({
+        let (lb, stop) = (lab.topo.lb(), Arc::clone(&stop));
+        move || {
+            in_ns(&lb, move || {
+                let mut answers = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let asked = Instant::now();
+                    let status =
+                        http_request(ADMIN, "GET", "/readyz", None, None).map_or(0, |(s, _)| s);
+                    answers.push((status, asked.elapsed()));
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                answers
+            })
+        }
+    });
+    let text = lab.config_text([Some(1); 3]).replace("127.0.0.1:5514", "syslog.lbtest.invalid:514");
+    let asked = Instant::now();
+    lab.reload_text(&text, "reload refused");
+    let reload_took = asked.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let readyz = watcher.join().expect("the /readyz watcher");
+    let gaps: Vec<u128> =
+        ["web1", "web2", "web3"].iter().flat_map(|name| probe_gaps(&lab, name, since)).collect();
+    let longest_gap = gaps.iter().copied().max().unwrap_or(0);
+    eprintln!(
+        "the reload was refused after {} ms; /readyz asked {} times; {} probe gaps, longest {longest_gap} ms",
+        reload_took.as_millis(),
+        readyz.len(),
+        gaps.len()
+    );
+    assert!(lab.log().contains("log.syslog"), "the refusal names the key:\n{}", lab.log());
+    assert!(reload_took >= Duration::from_secs(2), "the resolver was asked ({reload_took:?})");
+    assert!(readyz.iter().all(|(s, _)| *s == 200), "/readyz answered {readyz:?}");
+    // keepalived's track script (examples/keepalived) gives it 2 s.
+    let slowest = readyz.iter().map(|(_, t)| *t).max().unwrap_or_default();
+    assert!(slowest < Duration::from_secs(1), "/readyz took {slowest:?} during the reload");
+    assert_eq!(lab.count_lines(&["backend is"]), transitions, "{}", lab.log());
+    // A probe held up for the resolver's 3 s would leave a gap that long.
+    assert!(longest_gap < 1000, "probes stopped for {longest_gap} ms during the reload");
 }
