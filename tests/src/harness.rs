@@ -58,6 +58,8 @@ pub struct Setup {
     pub echo: &'static str,
     /// Extra tables at the end of the file (`[admin]`, `[log]`).
     pub tables: &'static str,
+    /// Extra keys of `[dataplane]` (`tcp_established_timeout = 1`…).
+    pub dataplane: &'static str,
     /// `dataplane.conntrack_max`; 65536 when `None`.
     pub conntrack_max: Option<u32>,
     /// The controller's `/etc/resolv.conf`, when it needs its own (it then
@@ -73,6 +75,7 @@ pub fn config(pin_dir: &str, weights: [Option<u32>; 3], setup: Setup) -> String 
         "[dataplane]\ninterfaces = [\"lb-c\", \"lb-b\"]\nconntrack_max = {}\npin_path = \"{pin_dir}\"\n",
         setup.conntrack_max.unwrap_or(65_536)
     );
+    text.push_str(setup.dataplane);
     for (name, port, protocol) in [("web", 80, "tcp"), ("echo", 9000, "tcp"), ("udp", 5353, "udp")]
     {
         let _ = write!(

@@ -15,7 +15,8 @@ use aya::maps::{HashMap as AyaHashMap, Map, MapData};
 use lb_common::abi::{CONN_ESTABLISHED, Conn, Flow, PROTO_TCP};
 use lb_tests::{
     harness::{
-        FAST_CHECKS, Lab, Setup, generated_bearer, http_get, http_request, http_request_within,
+        EchoConn, FAST_CHECKS, Lab, Setup, generated_bearer, http_get, http_request,
+        http_request_within,
     },
     netns::{in_ns, ns_sh},
     topology::VIP,
@@ -283,4 +284,31 @@ fn a_reload_stuck_on_dns_holds_up_neither_probes_nor_readyz() {
     assert_eq!(lab.count_lines(&["backend is"]), transitions, "{}", lab.log());
     // A probe held up for the resolver's 3 s would leave a gap that long.
     assert!(longest_gap < 1000, "probes stopped for {longest_gap} ms during the reload");
+}
+
+/// `lb-ctl run` frozen, and an idle connection's entry still expires on the
+/// data plane's clock: a connection held on a drained backend keeps it while
+/// its entry lives; idle past `tcp_established_timeout` (1 s here), its next
+/// packet is placed anew by Maglev, which no longer has the drained backend,
+/// and the backend it reaches, which never saw the connection, resets it.
+#[test]
+fn a_stopped_controllers_data_plane_still_expires_idle_entries() {
+    let setup = Setup { dataplane: "tcp_established_timeout = 1\n", ..Setup::default() };
+    let lab = Lab::start_with("lbt73", setup, [Some(1); 3]);
+    let client = lab.topo.client();
+    let (backend, mut conn) = in_ns(&client, || {
+        let mut conn = EchoConn::open().expect("echo connection");
+        (conn.exchange("hello").expect("first exchange"), conn)
+    });
+    let at = format!("10.77.2.1{}:9000", &backend[3..]);
+    lab.ctl_ok(&["backend", "drain", "echo", &at]);
+    assert_eq!(conn.exchange("kept?").expect("drained, kept"), backend, "a live entry is kept");
+    let pid = lab.pid().to_string();
+    assert!(lb_tests::netns::output(&["kill", "-STOP", &pid]).status.success());
+    // Ten ticks make the timeout; twenty pass.
+    std::thread::sleep(Duration::from_secs(2));
+    let after = conn.exchange("still there?");
+    assert!(lb_tests::netns::output(&["kill", "-CONT", &pid]).status.success());
+    let err = after.expect_err("the expired entry's flow was placed anew and reset");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
 }
