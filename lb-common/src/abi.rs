@@ -209,10 +209,17 @@ pub const fn next_state(state: u8, flags: u8, from_client: bool) -> Option<u8> {
 }
 
 /// Whether an entry last seen at `last_seen` has been idle longer than
-/// `timeout` (both in epoch ticks) at `now`; tick counters may wrap.
+/// `timeout` (both in epoch ticks) at `now`; tick counters may wrap. An
+/// entry stamped *after* `now` is live, not 4 billion ticks old: the clock
+/// runs on its own, so the controller's walk of the table, which reads
+/// `now` once, meets entries the data plane stamped a tick later, and one
+/// CPU may stamp a tick another has not reached yet. Timeouts are far
+/// below 2^31 ticks (7 days are 6 million), so the signed difference
+/// tells the two apart.
 #[inline(always)]
 pub const fn expired(now: u32, last_seen: u32, timeout: u32) -> bool {
-    now.wrapping_sub(last_seen) > timeout
+    let idle = now.wrapping_sub(last_seen).cast_signed();
+    idle > 0 && idle.cast_unsigned() > timeout
 }
 
 /// Per-service and per-backend traffic, one copy per CPU.
@@ -494,6 +501,10 @@ mod tests {
         assert!(!expired(100, 95, 10));
         assert!(expired(100, 80, 10));
         assert!(!expired(3, u32::MAX - 2, 10));
+        // Stamped a tick or two after `now` was read: live.
+        assert!(!expired(100, 101, 10));
+        assert!(!expired(u32::MAX, 1, 10));
+        assert!(!expired(100, 100, 0));
     }
 }
 

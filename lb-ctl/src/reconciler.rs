@@ -281,13 +281,18 @@ impl Handle {
         limit: usize,
         to: Option<Endpoint>,
     ) -> Result<(Vec<Connection>, usize), ReconcileError> {
-        let (entries, live) = {
-            let _turn = self.walks.acquire().await.map_err(|_| ReconcileError::Stopped)?;
-            let reader = Arc::clone(&self.reader);
-            tokio::task::spawn_blocking(move || reader.connections(limit, to))
-                .await
-                .map_err(|_| ReconcileError::Stopped)??
-        };
+        // The turn goes with the walk, not with this future: a caller that
+        // gives up (a 408, a closed connection) leaves its walk running, and
+        // the walk keeps its turn until it ends.
+        let turn =
+            Arc::clone(&self.walks).acquire_owned().await.map_err(|_| ReconcileError::Stopped)?;
+        let reader = Arc::clone(&self.reader);
+        let (entries, live) = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            reader.connections(limit, to)
+        })
+        .await
+        .map_err(|_| ReconcileError::Stopped)??;
         let listed = self.call(|reply| Command::Owners { entries, reply }).await?;
         Ok((listed, live))
     }

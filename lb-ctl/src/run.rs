@@ -129,7 +129,12 @@ pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow:
         let admin = listener.local_addr().context("the admin listener")?;
         let access = api::Access { token, hosts: api::access::Hosts::new(admin, &config_hosts) };
         let app = api::app(
-            api::ApiState { requests: requests_tx, stats, reconciler: handle.clone() },
+            api::ApiState {
+                requests: requests_tx,
+                stats,
+                reconciler: handle.clone(),
+                renders: std::sync::Arc::default(),
+            },
             access,
         );
         let (stop_server, server_stops) = tokio::sync::oneshot::channel::<()>();

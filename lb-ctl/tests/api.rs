@@ -228,7 +228,8 @@ impl Lb {
                 }
             }
         });
-        let api_state = ApiState { requests: requests_tx, stats, reconciler: handle };
+        let api_state =
+            ApiState { requests: requests_tx, stats, reconciler: handle, renders: Arc::default() };
         let access = api::Access {
             token: Arc::from(token.unwrap_or(HARNESS_TOKEN)),
             hosts: api::access::Hosts::new(listen.parse().unwrap(), &[]),

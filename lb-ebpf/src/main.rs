@@ -187,14 +187,21 @@ fn to_backend(
 /// want of a neighbour entry. Everything else goes on untouched.
 #[classifier]
 pub fn lb_neigh(ctx: TcContext) -> i32 {
-    // tc runs with the Ethernet header pushed back in front of `data`.
+    // tc runs with the Ethernet header pushed back in front of `data`. Only
+    // whole IPv4 frames: `lb_xdp` marks nothing else, and drops a marked
+    // frame only once it has a whole Ethernet header to look at.
     let (data, end) = (ctx.data(), ctx.data_end());
-    if data + size_of::<NeighMark>() > end {
+    if data + parse::ETH_LEN > end {
         return TC_ACT_UNSPEC;
     }
     // SAFETY: bounds checked just above.
     let tag = unsafe { (data as *const NeighMark).read_unaligned() };
     if tag.magic != NEIGH_MARK_MAGIC {
+        return TC_ACT_UNSPEC;
+    }
+    // SAFETY: as above; the EtherType follows the 12 bytes of the mark.
+    let ethertype = unsafe { ((data + size_of::<NeighMark>()) as *const [u8; 2]).read_unaligned() };
+    if ethertype != [0x08, 0x00] {
         return TC_ACT_UNSPEC;
     }
     // The next hop XDP's FIB lookup chose, not the packet's destination: with

@@ -194,6 +194,23 @@ impl Controller {
         controller
     }
 
+    /// Where this controller keeps what it generates (`LB_RUN_DIR`: its
+    /// admin token), and where its CLI looks: the lab's own, not the host's
+    /// `/run/lb-ctl`, so that no test shares a token with another or leaves
+    /// one behind.
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+
+    /// The `Authorization` header for this controller when it was given no
+    /// `token_file`: the token it generated (which its CLI finds by itself).
+    pub fn bearer(&self) -> String {
+        let path = lb_ctl::api::token::generated_path(&self.run_dir(), 9100);
+        let token = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("the generated token {}: {e}", path.display()));
+        format!("Bearer {}", token.trim())
+    }
+
     /// The process id of `lb-ctl run`.
     pub fn pid(&self) -> u32 {
         self.ctl.as_ref().expect("lb-ctl runs").id()
@@ -223,6 +240,7 @@ impl Controller {
             }
         };
         let child = command
+            .env("LB_RUN_DIR", self.run_dir())
             .arg(format!("--net=/var/run/netns/{}", self.ns))
             .arg(lb_ctl_bin())
             .args(["run", "--config"])
@@ -273,6 +291,7 @@ impl Controller {
     /// namespace, where the admin API listens on its loopback.
     pub fn ctl(&self, args: &[&str]) -> std::process::Output {
         Command::new("nsenter")
+            .env("LB_RUN_DIR", self.run_dir())
             .arg(format!("--net=/var/run/netns/{}", self.ns))
             .arg(lb_ctl_bin())
             .args(args)
@@ -501,16 +520,6 @@ pub fn http_request_within(
     let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     Ok((status, body))
-}
-
-/// The `Authorization` header for a controller on port 9100 that was given
-/// no `token_file`: the token `lb-ctl run` generated (which the CLI finds
-/// by itself).
-pub fn generated_bearer() -> String {
-    let path = lb_ctl::api::token::generated_path(&lb_ctl::api::token::run_dir(), 9100);
-    let token = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("the generated token {}: {e}", path.display()));
-    format!("Bearer {}", token.trim())
 }
 
 /// The status of `GET path` on `addr` (0 if there was no answer).

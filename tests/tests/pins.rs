@@ -15,9 +15,10 @@ fn refused(lab: &Lab, args: &[&str]) -> String {
     let ns = format!("--net=/var/run/netns/{}", lab.topo.lb());
     let ctl = lb_ctl_bin().to_string_lossy().into_owned();
     let config = lab.config_path.to_string_lossy().into_owned();
-    let mut command = vec!["nsenter", &ns, &ctl, "run", "--config", &config];
-    command.extend_from_slice(args);
-    let out = output(&command);
+    let run_dir = lab.run_dir();
+    let mut command = std::process::Command::new("nsenter");
+    command.env("LB_RUN_DIR", &run_dir).args([&ns, &ctl, "run", "--config", &config]).args(args);
+    let out = command.output().expect("running lb-ctl run");
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "lb-ctl run {args:?} should be refused:\n{err}");
     err

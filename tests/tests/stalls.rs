@@ -14,10 +14,7 @@ use std::{
 use aya::maps::{HashMap as AyaHashMap, Map, MapData};
 use lb_common::abi::{CONN_ESTABLISHED, Conn, Flow, PROTO_TCP};
 use lb_tests::{
-    harness::{
-        EchoConn, FAST_CHECKS, Lab, Setup, generated_bearer, http_get, http_request,
-        http_request_within,
-    },
+    harness::{EchoConn, FAST_CHECKS, Lab, Setup, http_get, http_request, http_request_within},
     netns::{in_ns, ns_sh},
     topology::VIP,
 };
@@ -100,7 +97,7 @@ fn listing_a_million_connections_holds_up_neither_probes_nor_readyz() {
     let since = unix_micros();
 
     let stop = Arc::new(AtomicBool::new(false));
-    let auth = generated_bearer();
+    let auth = lab.bearer();
     let listers: Vec<_> = (0..LISTERS)
         .map(|_| {
             let (lb, stop, auth) = (lab.topo.lb(), Arc::clone(&stop), auth.clone());
@@ -143,13 +140,13 @@ fn listing_a_million_connections_holds_up_neither_probes_nor_readyz() {
         }
         answers
     });
-    let change = in_ns(&lb, || {
+    let auth = lab.bearer();
+    let change = in_ns(&lb, move || {
         let asked = Instant::now();
         let body = r#"{"weight": 2}"#;
         let path = "/api/v1/services/web/backends/10.77.2.13:80";
         let (status, answer) =
-            http_request(ADMIN, "PATCH", path, Some(body), Some(&generated_bearer()))
-                .expect("PATCH a backend");
+            http_request(ADMIN, "PATCH", path, Some(body), Some(&auth)).expect("PATCH a backend");
         assert_eq!(status, 200, "{answer}");
         asked.elapsed()
     });

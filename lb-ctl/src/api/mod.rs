@@ -7,6 +7,7 @@ pub mod auth;
 pub mod error;
 pub mod metrics;
 pub mod page;
+pub mod rendered;
 pub mod routes;
 pub mod serve;
 pub mod token;
@@ -45,6 +46,8 @@ pub struct ApiState {
     pub requests: mpsc::Sender<controller::Request>,
     pub stats: watch::Receiver<Arc<Stats>>,
     pub reconciler: reconciler::Handle,
+    /// `/metrics` and the page, once per published view.
+    pub renders: Arc<rendered::Renders>,
 }
 
 /// Largest request body: a service with a few thousand backends fits.

@@ -354,8 +354,7 @@ pub async fn list_conns(
 #[utoipa::path(get, path = "/metrics", tag = "monitoring",
     responses((status = 200, description = "Prometheus/OpenMetrics text format", content_type = "application/openmetrics-text", body = String)))]
 pub async fn get_metrics(State(api): State<ApiState>) -> Response {
-    let now = stats(&api);
-    match render_off_thread(move || metrics::render(&now)).await {
+    match api.renders.metrics.get(stats(&api), metrics::render).await {
         Ok(body) => (
             [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
             body,
@@ -363,17 +362,6 @@ pub async fn get_metrics(State(api): State<ApiState>) -> Response {
             .into_response(),
         Err(e) => e.into_response(),
     }
-}
-
-/// Renders on a blocking thread: at the largest accepted config the metrics
-/// take about 30 MB and the page 10 MB, which would hold up the probes'
-/// timers on the async thread for as long as they take.
-async fn render_off_thread(
-    render: impl FnOnce() -> String + Send + 'static,
-) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(render)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("rendering: {e}")))
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "monitoring",
@@ -405,10 +393,12 @@ pub async fn readyz(State(api): State<ApiState>) -> Response {
 
 #[utoipa::path(get, path = "/", tag = "monitoring",
     responses((status = 200, description = "The stats page (HTML, refreshes itself every 2 s)", content_type = "text/html", body = String)))]
-pub async fn stats_page(State(api): State<ApiState>) -> ApiResult<Html<String>> {
+pub async fn stats_page(State(api): State<ApiState>) -> ApiResult<Html<Bytes>> {
+    // The clock the page shows is its view's render time (the view is a
+    // second old at most).
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let view = stats(&api);
-    Ok(Html(render_off_thread(move || page::render(&view, now)).await?))
+    let page = api.renders.page.get(stats(&api), move |view| page::render(view, now)).await?;
+    Ok(Html(page))
 }

@@ -231,6 +231,15 @@ impl Target {
         Ok((client, source))
     }
 
+    /// The client of the API with no token: for what needs none (`health`,
+    /// which keepalived runs as root every few seconds). Sending the
+    /// generated token there would hand it to whatever listens on the port
+    /// while the controller is down.
+    fn prepare_without_token(self) -> Result<(Client, TokenSource), String> {
+        let client = Client::new(&self.admin_url()?, None).map_err(|e| e.to_string())?;
+        Ok((client, TokenSource::None))
+    }
+
     /// The admin URL: `--admin`, else `$LB_ADMIN`, else the default.
     fn admin_url(&self) -> Result<String, String> {
         if let Some(admin) = &self.admin {
@@ -294,7 +303,10 @@ fn loopback_port(url: &str) -> Option<u16> {
 /// Runs one operator command against the controller of `target`; the
 /// process's exit code (see the module's documentation).
 pub fn run(op: Operator, target: Target) -> ExitCode {
-    let prepared = target.prepare();
+    let prepared = match op {
+        Operator::Health => target.prepare_without_token(),
+        _ => target.prepare(),
+    };
     let (client, source) = match prepared {
         Ok(prepared) => prepared,
         Err(message) => {

@@ -17,7 +17,9 @@ pub fn jiffy_ns() -> Result<u64, DataplaneError> {
     let rc = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &raw mut res) };
     let ns = u64::try_from(res.tv_sec).unwrap_or(0) * 1_000_000_000
         + u64::try_from(res.tv_nsec).unwrap_or(0);
-    if rc != 0 || ns == 0 || ns > 1_000_000_000 {
+    // A jiffy lasts 1 to 10 ms (HZ 100 to 1000); anything far off would
+    // make `epoch_mult` 0 (a clock standing still) or meaningless.
+    if rc != 0 || !(100_000..=100_000_000).contains(&ns) {
         return Err(DataplaneError::kernel(
             "the kernel's tick length (clock_getres CLOCK_MONOTONIC_COARSE)",
             format!("rc {rc}, {ns} ns ({})", std::io::Error::last_os_error()),

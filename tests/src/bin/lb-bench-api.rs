@@ -35,10 +35,12 @@ fn main() {
     let lab = Lab::start_with("lbb-api", Setup::default(), [None, Some(1), Some(1)]);
     let lb = lab.topo.lb();
 
-    let small = in_ns(&lb, || add_latency(ADMIN, "web", CALLS));
+    let lab_run_dir = lab.run_dir();
+    let small = in_ns(&lb, move || add_latency(&lab_run_dir, ADMIN, "web", CALLS));
     let first = first_packet(&lab);
     let big = BigController::start();
-    let large = in_ns(BIG_NS, || add_latency(BIG_ADMIN, "s0", CALLS));
+    let big_run_dir = lb_ctl::api::token::run_dir();
+    let large = in_ns(BIG_NS, move || add_latency(&big_run_dir, BIG_ADMIN, "s0", CALLS));
     let (rss_kib, hwm_kib) = big.memory();
     let ready = big.ready;
     let mut big = big;
@@ -119,10 +121,11 @@ impl Latencies {
 }
 
 /// The `Authorization` header for the controller listening on `admin`: the
-/// token `lb-ctl run` generated (no `token_file` in the bench's config).
-fn bearer(admin: &str) -> String {
+/// token `lb-ctl run` generated under `run_dir` (no `token_file` in the
+/// bench's configs).
+fn bearer(run_dir: &std::path::Path, admin: &str) -> String {
     let port = admin.rsplit(':').next().and_then(|p| p.parse().ok()).expect("admin port");
-    let path = lb_ctl::api::token::generated_path(&lb_ctl::api::token::run_dir(), port);
+    let path = lb_ctl::api::token::generated_path(run_dir, port);
     let token = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("the generated token {}: {e}", path.display()));
     format!("Bearer {}", token.trim())
@@ -130,9 +133,9 @@ fn bearer(admin: &str) -> String {
 
 /// `calls` times: add a backend to `service` (timed), then remove it.
 /// Call inside the load balancer's namespace.
-fn add_latency(admin: &str, service: &str, calls: usize) -> Latencies {
+fn add_latency(run_dir: &std::path::Path, admin: &str, service: &str, calls: usize) -> Latencies {
     let mut times = Vec::with_capacity(calls);
-    let auth = bearer(admin);
+    let auth = bearer(run_dir, admin);
     for i in 0..calls {
         let body = format!(r#"{{"address": "10.77.9.{}", "port": {}}}"#, 1 + i % 200, 8000 + i);
         let path = format!("/api/v1/services/{service}/backends");
@@ -162,11 +165,13 @@ struct FirstPacket {
 /// the first reply from the backend is measured (same clock: one process).
 fn first_packet(lab: &Lab) -> FirstPacket {
     let lb = lab.topo.lb();
+    let auth = bearer(&lab.run_dir(), ADMIN);
     let service = format!(
         r#"{{"name": "fresh", "vip": "{VIP}", "port": 6000, "protocol": "udp", "on_no_backend": "drop"}}"#
     );
+    let service_auth = auth.clone();
     let (status, answer) = in_ns(&lb, move || {
-        http_request(ADMIN, "POST", "/api/v1/services", Some(&service), Some(&bearer(ADMIN)))
+        http_request(ADMIN, "POST", "/api/v1/services", Some(&service), Some(&service_auth))
             .expect("service")
     });
     assert_eq!(status, 201, "{answer}");
@@ -202,14 +207,15 @@ fn first_packet(lab: &Lab) -> FirstPacket {
         });
         ready_rx.recv().expect("client ready");
         std::thread::sleep(Duration::from_millis(20));
-        let answered = in_ns(&lb, || {
+        let add_auth = auth.clone();
+        let answered = in_ns(&lb, move || {
             let body = r#"{"address": "10.77.2.11", "port": 5353}"#;
             let (status, answer) = http_request(
                 ADMIN,
                 "POST",
                 "/api/v1/services/fresh/backends",
                 Some(body),
-                Some(&bearer(ADMIN)),
+                Some(&add_auth),
             )
             .expect("add");
             let at = Instant::now();
@@ -223,10 +229,11 @@ fn first_packet(lab: &Lab) -> FirstPacket {
         let micros = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
         gaps.push(if got >= answered { micros(got - answered) } else { -micros(answered - got) });
         rtts.push(rtt);
-        in_ns(&lb, || {
+        let del_auth = auth.clone();
+        in_ns(&lb, move || {
             let path = "/api/v1/services/fresh/backends/10.77.2.11:5353";
             let (status, answer) =
-                http_request(ADMIN, "DELETE", path, None, Some(&bearer(ADMIN))).expect("del");
+                http_request(ADMIN, "DELETE", path, None, Some(&del_auth)).expect("del");
             assert_eq!(status, 200, "{answer}");
         });
     }
