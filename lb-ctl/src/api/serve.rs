@@ -204,19 +204,28 @@ async fn connection<S>(
     builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
-    let mut closing = false;
+    // Once told to close: how long it may take. A request's handler may be
+    // done while its answer (30 MB of metrics at the largest config) still
+    // waits for a client that does not read: such a connection counts as
+    // idle, and a graceful close would wait for it forever.
+    let mut cut_at: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = conn.as_mut() => return,
             // An idle connection closes at once; one in the middle of a
-            // request (it began after the eviction was decided) finishes it.
-            () = evict.notified(), if !closing => {
+            // request (it began after the eviction was decided) finishes it,
+            // within the grace period.
+            () = evict.notified(), if cut_at.is_none() => {
                 conn.as_mut().graceful_shutdown();
-                closing = true;
+                cut_at = Some(Instant::now() + limits.shutdown_grace);
             }
-            _ = stopping.changed(), if !closing => {
+            _ = stopping.changed(), if cut_at.is_none() => {
                 conn.as_mut().graceful_shutdown();
-                closing = true;
+                cut_at = Some(Instant::now() + limits.shutdown_grace);
+            }
+            () = tokio::time::sleep_until(cut_at.unwrap_or_else(Instant::now)), if cut_at.is_some() => {
+                debug!("admin API: a connection told to close did not within the grace period; cut");
+                return;
             }
         }
     }
