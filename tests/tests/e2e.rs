@@ -384,7 +384,11 @@ fn a_second_controller_and_unusable_pins_are_refused() {
     let run_with = |name: &str, text: String| {
         let path = dir.join(name);
         std::fs::write(&path, text).expect("config");
-        let out = output(&["nsenter", &ns, &ctl, "run", "--config", &path.to_string_lossy()]);
+        let out = std::process::Command::new("nsenter")
+            .env("LB_RUN_DIR", dir.join("run"))
+            .args([ns.as_str(), ctl.as_str(), "run", "--config", &path.to_string_lossy()])
+            .output()
+            .expect("running lb-ctl run");
         assert_eq!(out.status.code(), Some(1), "lb-ctl run with {name} should be refused");
         String::from_utf8_lossy(&out.stderr).into_owned()
     };

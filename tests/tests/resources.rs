@@ -68,6 +68,7 @@ fn probes_short_of_descriptors_take_no_reachable_backend_down() {
     std::fs::write(&config_path, text).expect("config");
     let log = std::fs::File::create(dir.join("lb-ctl.log")).expect("log");
     let child = Command::new("prlimit")
+        .env("LB_RUN_DIR", dir.join("run"))
         .arg("--nofile=256:256")
         .arg("nsenter")
         .arg(format!("--net=/var/run/netns/{}", topo.lb()))
