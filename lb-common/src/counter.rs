@@ -68,6 +68,26 @@ counters! {
     /// Direct routing to a backend the FIB reaches only through a gateway
     /// (a `dsr` backend must share a link with the load balancer).
     DropDsrNotOnLink = "drop_dsr_not_on_link",
+    /// A packet to a VIP or from a backend whose headers do not hold
+    /// together: an IPv4 header length below 20 bytes or past the packet, a
+    /// total length past the frame or short of the headers, a TCP data
+    /// offset below 5 words or past the packet, a UDP length short of its
+    /// header or past the packet. Never forwarded, never an entry.
+    DropMalformed = "drop_malformed",
+    /// A packet to a VIP from a source no client can have: 0.0.0.0/8,
+    /// 127.0.0.0/8, multicast (224.0.0.0/4) or 240.0.0.0/4 (broadcast
+    /// included).
+    DropMartianSource = "drop_martian_source",
+    /// A packet to a VIP whose source is a VIP: forged (the load balancer
+    /// sends nothing from a VIP through itself), the start of a loop between
+    /// services.
+    DropSourceVip = "drop_source_vip",
+    /// A packet to a VIP from a backend's own service address and port: no
+    /// client sends from there (it would be a backend answering a client
+    /// whose address is a VIP, or a forgery). Taken, it would have backends
+    /// answer each other through the load balancer, a loop of
+    /// CVE-2024-2169's class (`src=web1:5353 dst=VIP:5353`).
+    DropBackendPortToVip = "drop_backend_port_to_vip",
 }
 
 impl Counter {

@@ -53,6 +53,10 @@ impl Verdict {
             | Counter::DropTooBig
             | Counter::DropBackendDown
             | Counter::DropForgedMark
+            | Counter::DropMalformed
+            | Counter::DropMartianSource
+            | Counter::DropSourceVip
+            | Counter::DropBackendPortToVip
             | Counter::DropDsrNotOnLink => xdp_action::XDP_DROP,
             _ => xdp_action::XDP_PASS,
         };
@@ -80,9 +84,13 @@ fn process(ctx: &XdpContext) -> Result<Verdict, Counter> {
     let ip = parse::ipv4(ctx)?;
     // Most packets that are not ours leave here, before the ports are read.
     let to_vip = select::addr_flags(ip.dst) & ADDR_VIP != 0;
-    let from_real = select::addr_flags(ip.src) & ADDR_REAL != 0;
+    let src_flags = select::addr_flags(ip.src);
+    let from_real = src_flags & ADDR_REAL != 0;
     if !to_vip && !from_real {
-        return Err(Counter::PassNotService);
+        return Err(if ip.short_header { Counter::PassMalformed } else { Counter::PassNotService });
+    }
+    if to_vip {
+        source_could_be_a_client(ip.src, src_flags)?;
     }
     let pkt = parse::transport(ctx, &ip)?;
     if pkt.fragment {
@@ -91,6 +99,13 @@ fn process(ctx: &XdpContext) -> Result<Verdict, Counter> {
         return Err(if to_vip { Counter::DropFragment } else { Counter::PassNotService });
     }
     let here = select::Here::read();
+    // A backend's own service endpoint sending to a VIP: see the counter.
+    if to_vip && from_real && select::real(&pkt.flow).is_some() {
+        // SAFETY: the value is not read.
+        if unsafe { LB_VIPS.get(pkt.flow.dst).is_some() } {
+            return Err(Counter::DropBackendPortToVip);
+        }
+    }
     if to_vip && let Some(verdict) = to_backend(ctx, &pkt, here)? {
         return Ok(verdict);
     }
@@ -98,6 +113,21 @@ fn process(ctx: &XdpContext) -> Result<Verdict, Counter> {
         return Ok(verdict);
     }
     Err(Counter::PassNotService)
+}
+
+/// Whether `src` could be a client of a VIP: not a martian (RFC 1812's
+/// 0/8, 127/8, and 224/4 and 240/4: multicast, reserved, broadcast), and not
+/// a VIP (the prefilter's flag, confirmed by the exact table).
+#[inline(always)]
+fn source_could_be_a_client(src: [u8; 4], src_flags: u8) -> Result<(), Counter> {
+    if src[0] == 0 || src[0] == 127 || src[0] >= 224 {
+        return Err(Counter::DropMartianSource);
+    }
+    // SAFETY: the value is not read.
+    if src_flags & ADDR_VIP != 0 && unsafe { LB_VIPS.get(src).is_some() } {
+        return Err(Counter::DropSourceVip);
+    }
+    Ok(())
 }
 
 /// A backend's reply: the source goes back to the VIP. `Ok(None)` when the

@@ -80,6 +80,9 @@ pub struct Ipv4 {
     proto: u8,
     pub src: [u8; 4],
     pub dst: [u8; 4],
+    /// The header length is below 20 bytes: the addresses are there, the
+    /// rest is garbage (the caller decides whether the packet is ours).
+    pub short_header: bool,
 }
 
 /// The EtherType of IPv4 as it lies in the frame, read natively.
@@ -112,18 +115,21 @@ pub fn ipv4(ctx: &XdpContext) -> Result<Ipv4, Counter> {
         )
     };
     let ihl = usize::from(version_ihl & 0x0f) * 4;
-    if version_ihl >> 4 != 4 || ihl < 20 {
+    if version_ihl >> 4 != 4 {
         return Err(Counter::PassMalformed);
     }
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return Err(Counter::PassNotTcpUdp);
     }
-    Ok(Ipv4 { eth, ip, ihl, proto, src, dst })
+    Ok(Ipv4 { eth, ip, ihl, proto, src, dst, short_header: ihl < 20 })
 }
 
 /// Reads the TCP or UDP header after `ip`'s: the packet with its flow.
+/// Called for packets that are ours (to a VIP, from a backend): headers that
+/// do not hold together are `DropMalformed`, never forwarded.
 #[inline(always)]
 pub fn transport(ctx: &XdpContext, ip: &Ipv4) -> Result<Packet, Counter> {
+    const BAD: Counter = Counter::DropMalformed;
     let Ipv4 { eth, ihl, proto, src, dst, .. } = *ip;
     // SAFETY: `ipv4` checked the 20-byte fixed header.
     let (tot_len, frag_off, ttl) = unsafe {
@@ -133,8 +139,8 @@ pub fn transport(ctx: &XdpContext, ip: &Ipv4) -> Result<Packet, Counter> {
             (*ip.ip).ttl,
         )
     };
-    if usize::from(tot_len) < ihl {
-        return Err(Counter::PassMalformed);
+    if ip.short_header || usize::from(tot_len) < ihl {
+        return Err(BAD);
     }
     let fragment = frag_off & IP_MF_OFFSET != 0;
     let mut flow = Flow { src, dst, proto, ..Flow::default() };
@@ -158,25 +164,39 @@ pub fn transport(ctx: &XdpContext, ip: &Ipv4) -> Result<Packet, Counter> {
     let mut tcp_flags = 0;
     let (ports, l4_check): (*mut Ports, *mut [u8; 2]) = if proto == PROTO_TCP {
         if usize::from(tot_len) < ihl + 20 {
-            return Err(Counter::PassMalformed);
+            return Err(BAD);
         }
         // The checksum is at offset 16 of a header at least 20 bytes long.
-        let tcp: *mut [u8; 20] = ptr_at(ctx, l4)?;
+        let tcp: *mut [u8; 20] = ptr_at(ctx, l4).map_err(|_| BAD)?;
         // SAFETY: ptr_at checked the 20 bytes.
-        tcp_flags = unsafe { (*tcp)[13] };
+        let (offset_byte, flags) = unsafe { ((*tcp)[12], (*tcp)[13]) };
+        // The data offset: at least the 5 words of the fixed header, and no
+        // further than the packet.
+        let header = usize::from(offset_byte >> 4) * 4;
+        if header < 20 || ihl + header > usize::from(tot_len) {
+            return Err(BAD);
+        }
+        tcp_flags = flags;
         (tcp.cast(), tcp.cast::<u8>().wrapping_add(16).cast())
     } else {
         if usize::from(tot_len) < ihl + 8 {
-            return Err(Counter::PassMalformed);
+            return Err(BAD);
         }
-        let udp: *mut [u8; 8] = ptr_at(ctx, l4)?;
+        let udp: *mut [u8; 8] = ptr_at(ctx, l4).map_err(|_| BAD)?;
+        // SAFETY: ptr_at checked the 8 bytes.
+        let length = usize::from(u16::from_be(unsafe { mem::load16::<4>(udp.cast()) }));
+        // Its own length: at least its header, and no more than the packet
+        // holds (less is trailing padding, which the kernel trims too).
+        if length < 8 || ihl + length > usize::from(tot_len) {
+            return Err(BAD);
+        }
         (udp.cast(), udp.cast::<u8>().wrapping_add(6).cast())
     };
     // The frame must hold everything the IP header claims (trailing padding is
     // fine). Checked after the L4 header on purpose: done first, it lets the
     // compiler drop the L4 bounds check as implied, which the verifier cannot follow.
     if ctx.data() + ETH_LEN + usize::from(tot_len) > ctx.data_end() {
-        return Err(Counter::PassMalformed);
+        return Err(BAD);
     }
     // SAFETY: ptr_at checked the ports.
     unsafe {

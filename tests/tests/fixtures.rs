@@ -146,6 +146,21 @@ fn cases() -> Vec<Case> {
     tot_len_too_big[16..18].copy_from_slice(&2000_u16.to_be_bytes());
     let mut ihl_beyond_frame = from_client(&dns);
     ihl_beyond_frame[14] = 0x4f; // 60-byte header in a 48-byte packet
+    // TCP data offset (the high nibble of byte 12 of the TCP header).
+    let tcp_offset = |words: u8| {
+        let mut frame = full_syn.clone();
+        frame[14 + 20 + 12] = words << 4;
+        frame
+    };
+    let udp_length = |length: u16| {
+        let mut frame = from_client(&dns);
+        frame[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&length.to_be_bytes());
+        frame
+    };
+    let syn_from =
+        |src: Ipv4Addr| from_client(&Ipv4::tcp((src, CLIENT_PORT), (VIP, 80), TCP_SYN, b""));
+    // A backend as a client of a VIP, from an ephemeral port: taken (hairpin).
+    let hairpin_client = Ipv4::tcp((WEB1, 40_100), (VIP, 80), TCP_SYN, b"");
     let mut vlan = full_syn.clone();
     vlan.splice(12..12, [0x81, 0x00, 0x00, 0x64]);
     let mut padded = from_client(&to_web);
@@ -643,44 +658,138 @@ fn cases() -> Vec<Case> {
             Expect::Unchanged,
         ),
         case(
-            "a frame truncated inside the TCP header passes untouched",
+            "a frame truncated inside the TCP header to the VIP is dropped",
             IF_CLIENT,
             full_syn[..14 + 20 + 10].to_vec(),
-            XDP_PASS,
-            Counter::PassMalformed,
+            XDP_DROP,
+            Counter::DropMalformed,
             Expect::Unchanged,
         ),
         case(
-            "a frame truncated inside the UDP header passes untouched",
+            "a frame truncated inside the UDP header to the VIP is dropped",
             IF_CLIENT,
             from_client(&dns)[..14 + 20 + 5].to_vec(),
-            XDP_PASS,
-            Counter::PassMalformed,
+            XDP_DROP,
+            Counter::DropMalformed,
             Expect::Unchanged,
         ),
         case(
-            "an IPv4 header length below 20 bytes passes untouched",
+            "an IPv4 header length below 20 bytes to the VIP is dropped",
             IF_CLIENT,
             ihl_too_small,
-            XDP_PASS,
-            Counter::PassMalformed,
+            XDP_DROP,
+            Counter::DropMalformed,
             Expect::Unchanged,
         ),
         case(
-            "an IPv4 total length beyond the frame passes untouched",
+            "an IPv4 total length beyond the frame to the VIP is dropped",
             IF_CLIENT,
             tot_len_too_big,
-            XDP_PASS,
-            Counter::PassMalformed,
+            XDP_DROP,
+            Counter::DropMalformed,
             Expect::Unchanged,
         ),
         case(
-            "an IPv4 header length beyond the packet passes untouched",
+            "an IPv4 header length beyond the packet to the VIP is dropped",
             IF_CLIENT,
             ihl_beyond_frame,
-            XDP_PASS,
-            Counter::PassMalformed,
+            XDP_DROP,
+            Counter::DropMalformed,
             Expect::Unchanged,
+        ),
+        case(
+            "TCP with a data offset below 5 words to the VIP is dropped",
+            IF_CLIENT,
+            tcp_offset(4),
+            XDP_DROP,
+            Counter::DropMalformed,
+            Expect::Unchanged,
+        ),
+        case(
+            "TCP with a data offset past the packet to the VIP is dropped",
+            IF_CLIENT,
+            tcp_offset(6),
+            XDP_DROP,
+            Counter::DropMalformed,
+            Expect::Unchanged,
+        ),
+        case(
+            "UDP whose length is short of its header is dropped",
+            IF_CLIENT,
+            udp_length(7),
+            XDP_DROP,
+            Counter::DropMalformed,
+            Expect::Unchanged,
+        ),
+        case(
+            "UDP whose length is past the packet is dropped",
+            IF_CLIENT,
+            udp_length(14),
+            XDP_DROP,
+            Counter::DropMalformed,
+            Expect::Unchanged,
+        ),
+        case(
+            "a SYN to the VIP from 127.0.0.1 (martian) is dropped",
+            IF_CLIENT,
+            syn_from(Ipv4Addr::LOCALHOST),
+            XDP_DROP,
+            Counter::DropMartianSource,
+            Expect::Unchanged,
+        ),
+        case(
+            "a SYN to the VIP from 0.1.2.3 (martian) is dropped",
+            IF_CLIENT,
+            syn_from(Ipv4Addr::new(0, 1, 2, 3)),
+            XDP_DROP,
+            Counter::DropMartianSource,
+            Expect::Unchanged,
+        ),
+        case(
+            "a SYN to the VIP from a multicast source is dropped",
+            IF_CLIENT,
+            syn_from(Ipv4Addr::new(224, 0, 0, 5)),
+            XDP_DROP,
+            Counter::DropMartianSource,
+            Expect::Unchanged,
+        ),
+        case(
+            "a SYN to the VIP from the broadcast address is dropped",
+            IF_CLIENT,
+            syn_from(Ipv4Addr::BROADCAST),
+            XDP_DROP,
+            Counter::DropMartianSource,
+            Expect::Unchanged,
+        ),
+        case(
+            "a datagram to the VIP from the VIP itself (forged) is dropped",
+            IF_CLIENT,
+            from_client(&Ipv4::udp((VIP, 5353), (VIP, 53), b"loop")),
+            XDP_DROP,
+            Counter::DropSourceVip,
+            Expect::Unchanged,
+        ),
+        case(
+            "a SYN to the VIP from a backend's service endpoint is dropped (loop)",
+            IF_BACKEND,
+            from_web1(&Ipv4::tcp(web_backend, (VIP, 80), TCP_SYN, b"")),
+            XDP_DROP,
+            Counter::DropBackendPortToVip,
+            Expect::Unchanged,
+        ),
+        case(
+            "a backend as a client of the VIP, from another port, is served (hairpin)",
+            IF_BACKEND,
+            from_web1(&hairpin_client),
+            XDP_TX,
+            Counter::Tx,
+            Expect::Frame(forwarded(
+                &hairpin_client,
+                (WEB1, 40_100),
+                web_backend,
+                WEB_MACS[0],
+                IF_BACKEND_MAC,
+            )),
         ),
     ]
 }
@@ -777,7 +886,7 @@ fn packet_fixtures() {
     let ns = FixtureNs::create("lbt-fix");
     let cases = cases();
     // Exact, so that a case lost in an edit (a bad merge, a deleted line) is noticed.
-    assert_eq!(cases.len(), 49, "fixture cases in the table");
+    assert_eq!(cases.len(), 60, "fixture cases in the table");
     let failures = in_ns(&ns.name, move || {
         let mut loaded = Loaded::new(4096);
         let mut failures = Vec::new();
