@@ -1061,6 +1061,14 @@ fn random_frames_never_abort_or_forward_garbage() {
     });
 }
 
+/// The fixture namespace's neighbour entry for WEB1 now says `mac`, as if
+/// the backend had a new interface.
+fn web1_moves_to(ns: &str, mac: Mac) {
+    let (web1, mac) = (WEB1.to_string(), mac_str(mac));
+    let neigh = ["ip", "neigh", "replace", &web1, "lladdr", &mac, "dev", IF_BACKEND];
+    lb_tests::netns::ns_sh(ns, &[&neigh[..], &["nud", "permanent"]].concat());
+}
+
 /// The next-hop cache keeps a FIB answer until the controller advances the
 /// epoch; then a changed neighbour (a backend's new MAC) is picked up.
 #[test]
@@ -1073,21 +1081,7 @@ fn a_changed_neighbour_is_picked_up_when_the_epoch_advances() {
         let dst_mac = |loaded: &Loaded| loaded.run(&frame, IF_CLIENT).frame[..6].to_vec();
         assert_eq!(dst_mac(&loaded), WEB_MACS[0]);
         let new_mac = [0x02, 0, 0, 0, 0x02, 0xee];
-        lb_tests::netns::ns_sh(
-            &ns_name,
-            &[
-                "ip",
-                "neigh",
-                "replace",
-                &WEB1.to_string(),
-                "lladdr",
-                &mac_str(new_mac),
-                "dev",
-                IF_BACKEND,
-                "nud",
-                "permanent",
-            ],
-        );
+        web1_moves_to(&ns_name, new_mac);
         assert_eq!(dst_mac(&loaded), WEB_MACS[0], "cached until the epoch moves");
         loaded.reconciler.refresh_next_hops().expect("advance the epoch");
         assert_eq!(dst_mac(&loaded), new_mac, "looked up again in the new epoch");
@@ -1494,21 +1488,7 @@ fn the_data_plane_clock_runs_without_a_controller() {
         let frame = from_client(&syn((VIP, 80)));
         assert_eq!(loaded.run(&frame, IF_CLIENT).frame[..6], WEB_MACS[0]);
         let new_mac = [0x02, 0, 0, 0, 0x02, 0xef];
-        lb_tests::netns::ns_sh(
-            &ns_name,
-            &[
-                "ip",
-                "neigh",
-                "replace",
-                &WEB1.to_string(),
-                "lladdr",
-                &mac_str(new_mac),
-                "dev",
-                IF_BACKEND,
-                "nud",
-                "permanent",
-            ],
-        );
+        web1_moves_to(&ns_name, new_mac);
         std::thread::sleep(std::time::Duration::from_millis(250));
         assert_eq!(loaded.run(&frame, IF_CLIENT).frame[..6], new_mac, "picked up within a tick");
     });
