@@ -10,15 +10,14 @@
 //! services, the kernel maps and the state file exactly as they were.
 #![allow(clippy::too_many_lines)]
 
+mod common;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::Arc,
     time::Duration,
 };
 
@@ -45,6 +44,8 @@ use tokio::{
     sync::mpsc,
 };
 use tower::ServiceExt as _;
+
+use common::TempDir;
 
 /// How often the test controller samples (`lb-ctl run`: every second).
 const SAMPLE_INTERVAL: Duration = Duration::from_millis(200);
@@ -95,27 +96,6 @@ protocol = "udp"
 "#,
         state_file.display()
     )
-}
-
-/// A fresh directory under the system's temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(test: &str) -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("lb-ctl-api-{}-{test}-{n}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
 }
 
 /// An answer: status, headers, body text.
