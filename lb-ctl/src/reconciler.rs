@@ -156,8 +156,8 @@ impl<M: Maps> Reconciler<M> {
     /// looked up again, and every connection entry is a tick older (the
     /// clock ticks by itself every `EPOCH_TICK_MS`; tests use this instead
     /// of waiting).
-    pub fn refresh_next_hops(&mut self) -> Result<(), ReconcileError> {
-        Ok(self.maps.advance_nexthop_epoch()?)
+    pub fn advance_clock(&mut self) -> Result<(), ReconcileError> {
+        Ok(self.maps.advance_clock()?)
     }
 
     /// Recounts every backend's connections (see `Maps::recount_connections`).
@@ -231,7 +231,6 @@ enum Command {
     Down { reply: Reply<BTreeSet<BackendKey>> },
     Owners { entries: Vec<ConnEntry>, reply: Reply<Vec<Connection>> },
     SetDown { down: BTreeSet<BackendKey>, reply: Reply<Applied> },
-    RefreshNextHops { reply: Reply<()> },
     Apply { services: Vec<Service>, reply: Reply<Applied> },
 }
 
@@ -302,11 +301,6 @@ impl Handle {
         self.call(|reply| Command::SetDown { down, reply }).await
     }
 
-    /// Invalidates the data plane's next-hop cache.
-    pub async fn refresh_next_hops(&self) -> Result<(), ReconcileError> {
-        self.call(|reply| Command::RefreshNextHops { reply }).await
-    }
-
     /// Applies `services`; returns once the kernel maps hold them.
     pub async fn apply(&self, services: Vec<Service>) -> Result<Applied, ReconcileError> {
         self.call(|reply| Command::Apply { services, reply }).await
@@ -355,9 +349,6 @@ impl<M: Maps> Reconciler<M> {
             }
             Command::SetDown { down, reply } => {
                 let _ = reply.send(self.set_down(down));
-            }
-            Command::RefreshNextHops { reply } => {
-                let _ = reply.send(self.refresh_next_hops());
             }
             Command::Apply { services, reply } => {
                 let result = self.apply(&services);

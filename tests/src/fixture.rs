@@ -389,7 +389,7 @@ pub struct Loaded {
 
 impl Loaded {
     /// Loaded with the data plane's clock stopped: time moves only when a
-    /// test moves it (`reconciler.refresh_next_hops()`, a tick each), so
+    /// test moves it (`reconciler.advance_clock()`, a tick each), so
     /// that no tick can fall between two packets of a case.
     pub fn new(conntrack_max: u32) -> Self {
         let mut loaded = Self::with_running_clock(conntrack_max);

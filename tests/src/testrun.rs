@@ -1,5 +1,7 @@
-//! BPF_PROG_TEST_RUN on a loaded XDP program (aya 0.14 has no wrapper): runs
-//! the real program over one frame and returns its verdict and output bytes.
+//! BPF_PROG_TEST_RUN on a loaded XDP program: runs the real program over
+//! one frame and returns its verdict, output bytes and metadata. A raw
+//! bpf(2) call rather than aya's `TestRun`, to set the ingress interface and
+//! metadata in front of the frame (`ctx_in`) and to time repeated runs.
 use std::os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
 
 use aya::{Ebpf, programs::Xdp};

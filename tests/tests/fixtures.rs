@@ -1083,7 +1083,7 @@ fn a_changed_neighbour_is_picked_up_when_the_epoch_advances() {
         let new_mac = [0x02, 0, 0, 0, 0x02, 0xee];
         web1_moves_to(&ns_name, new_mac);
         assert_eq!(dst_mac(&loaded), WEB_MACS[0], "cached until the epoch moves");
-        loaded.reconciler.refresh_next_hops().expect("advance the epoch");
+        loaded.reconciler.advance_clock().expect("advance the epoch");
         assert_eq!(dst_mac(&loaded), new_mac, "looked up again in the new epoch");
     });
 }
@@ -1392,7 +1392,7 @@ fn expired_connections_count_as_absent() {
         assert_eq!(sent_to(&loaded, &ack), WEB1, "kept while live");
         // Three ticks later the entry has expired: the flow is placed anew.
         for _ in 0..3 {
-            loaded.reconciler.refresh_next_hops().expect("tick");
+            loaded.reconciler.advance_clock().expect("tick");
         }
         let counts = loaded.reconciler.recount_connections().expect("recount");
         assert!(counts.is_empty(), "the expired entry is not counted: {counts:?}");

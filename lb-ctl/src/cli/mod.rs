@@ -300,13 +300,19 @@ fn loopback_port(url: &str) -> Option<u16> {
     loopback.then(|| port.parse().ok()).flatten()
 }
 
+/// The client `op` talks through: with the token for everything but
+/// `health`, whose `/readyz` is open (see `Target::prepare_without_token`).
+fn client_for(op: &Operator, target: Target) -> Result<(Client, TokenSource), String> {
+    match op {
+        Operator::Health => target.prepare_without_token(),
+        _ => target.prepare(),
+    }
+}
+
 /// Runs one operator command against the controller of `target`; the
 /// process's exit code (see the module's documentation).
 pub fn run(op: Operator, target: Target) -> ExitCode {
-    let prepared = match op {
-        Operator::Health => target.prepare_without_token(),
-        _ => target.prepare(),
-    };
+    let prepared = client_for(&op, target);
     let (client, source) = match prepared {
         Ok(prepared) => prepared,
         Err(message) => {
@@ -830,6 +836,24 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         let explicit = Target { admin: Some("http://10.0.0.1:9100".into()), token_file: None };
         assert_eq!(explicit.admin_url().unwrap(), "http://10.0.0.1:9100");
+    }
+
+    /// `health` never carries a token, even one given explicitly: it asks an
+    /// open route, and while the controller is down whatever holds its port
+    /// would be handed the token.
+    #[test]
+    fn health_sends_no_token_and_the_other_commands_do() {
+        let dir = std::env::temp_dir().join(format!("lb-ctl-cli-health-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let target = || Target { admin: None, token_file: Some(file.clone()) };
+        let (health, _) = client_for(&Operator::Health, target()).unwrap();
+        assert!(!health.has_token(), "health carried the token");
+        let list = Operator::List { service: None, json: false };
+        let (listing, _) = client_for(&list, target()).unwrap();
+        assert!(listing.has_token(), "list went without its token");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Without --token-file or LB_TOKEN, the CLI finds the token `lb-ctl

@@ -15,7 +15,8 @@ pub struct FakeMaps {
     pub fail_after: Arc<Mutex<Option<usize>>>,
     /// Like `fail_after`, but only that one write fails (a transient error).
     pub fail_once_after: Arc<Mutex<Option<usize>>>,
-    pub nexthop_epoch: Arc<Mutex<u64>>,
+    /// Ticks moved on by hand (`Maps::advance_clock`).
+    pub ticks: Arc<Mutex<u64>>,
 }
 
 impl Maps for FakeMaps {
@@ -49,8 +50,8 @@ impl Maps for FakeMaps {
         Ok(Arc::new(FakeReader))
     }
 
-    fn advance_nexthop_epoch(&mut self) -> Result<(), DataplaneError> {
-        *self.nexthop_epoch.lock().unwrap() += 1;
+    fn advance_clock(&mut self) -> Result<(), DataplaneError> {
+        *self.ticks.lock().unwrap() += 1;
         Ok(())
     }
 

@@ -431,7 +431,7 @@ impl KernelMaps {
 
     /// Stops the data plane's clock at the epoch it shows now: for tests and
     /// benchmarks that need time to stand still between packets (they move
-    /// it on by hand, `Maps::advance_nexthop_epoch`).
+    /// it on by hand, `Maps::advance_clock`).
     pub fn stop_clock(&mut self) -> Result<(), DataplaneError> {
         self.clock = EpochClock { mult: 0, offset: self.epoch_now()? };
         self.epoch.set(0, self.clock, 0).map_err(err("writing lb_epoch"))
@@ -591,7 +591,7 @@ impl Maps for KernelMaps {
         Ok(counts)
     }
 
-    fn advance_nexthop_epoch(&mut self) -> Result<(), DataplaneError> {
+    fn advance_clock(&mut self) -> Result<(), DataplaneError> {
         self.clock.offset += 1;
         self.epoch.set(0, self.clock, 0).map_err(err("writing lb_epoch"))
     }

@@ -64,9 +64,10 @@ pub struct ConnEntry {
 pub trait Maps: Send {
     fn apply(&mut self, op: &Op) -> Result<(), DataplaneError>;
 
-    /// Advances the next-hop epoch: every cached FIB answer becomes stale
-    /// and is looked up again by the next packet that needs it.
-    fn advance_nexthop_epoch(&mut self) -> Result<(), DataplaneError>;
+    /// Moves the data plane's clock one tick on at once: every cached FIB
+    /// answer is looked up again, and every connection entry is a tick
+    /// older (the clock ticks by itself; tests use this instead of waiting).
+    fn advance_clock(&mut self) -> Result<(), DataplaneError>;
 
     /// Counts each backend's active (established) and inactive connections
     /// in the connection table, removes expired entries, and publishes the
