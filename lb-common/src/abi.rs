@@ -7,7 +7,7 @@
 
 /// Bumped whenever a map layout below changes; stored in `lb_meta` so that a
 /// controller can tell whether pinned maps were written by a compatible build.
-pub const ABI_VERSION: u32 = 12;
+pub const ABI_VERSION: u32 = 13;
 
 /// Capacity of the service table (and of each per-service array).
 pub const MAX_SERVICES: u32 = 256;
@@ -22,6 +22,7 @@ pub const DEFAULT_CONNTRACK_MAX: u32 = 1 << 20;
 
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMP: u8 = 1;
 
 /// An (address, port, protocol) triple: the key of the service table (a VIP)
 /// and of the reverse table (a backend).
@@ -411,6 +412,38 @@ pub struct Meta {
 }
 const _: () = assert!(size_of::<Meta>() == 8);
 
+/// Value of `lb_limits` slot 0: the bounds the controller sets at start.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Answers (TCP resets, ICMP errors) each CPU may send per epoch tick;
+    /// the rest are dropped and counted (`drop_answer_budget`). Zero: none.
+    pub answers_per_tick: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<Limits>() == 8);
+
+/// Value of the per-CPU `lb_answers`: the answers this CPU sent in `epoch`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AnswerBudget {
+    pub epoch: u64,
+    pub sent: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<AnswerBudget>() == 16);
+
+/// The default answer budget, per CPU and second: Linux's
+/// `net.ipv4.icmp_msgs_per_sec` for the whole host.
+pub const DEFAULT_ANSWERS_PER_SECOND: u32 = 1000;
+
+/// Answers per epoch tick for a budget per second (at least one when the
+/// budget is not zero, so a small budget is not rounded to nothing).
+pub const fn answers_per_tick(per_second: u32) -> u32 {
+    let per_tick = per_second as u64 * EPOCH_TICK_MS / 1000;
+    if per_tick == 0 && per_second > 0 { 1 } else { per_tick as u32 }
+}
+
 /// The mark written over the two MAC addresses (the first 12 bytes) of a
 /// packet that XDP has fully rewritten but could not transmit because the
 /// kernel has no neighbour entry for the next hop yet. The tc ingress program
@@ -511,8 +544,8 @@ mod tests {
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        Backend, BackendConns, Conn, Endpoint, EpochClock, Flow, FlowCacheEntry, MaglevTable, Meta,
-        NextHop, Real, Service, Traffic,
+        AnswerBudget, Backend, BackendConns, Conn, Endpoint, EpochClock, Flow, FlowCacheEntry,
+        Limits, MaglevTable, Meta, NextHop, Real, Service, Traffic,
     };
 
     macro_rules! pod {
@@ -534,6 +567,8 @@ mod pod {
         Traffic,
         MaglevTable,
         Meta,
-        EpochClock
+        EpochClock,
+        Limits,
+        AnswerBudget
     );
 }

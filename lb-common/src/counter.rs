@@ -59,7 +59,8 @@ counters! {
     /// A TCP packet of a flow whose backend is DOWN that no reset could answer
     /// (IPv4 options).
     DropBackendDown = "drop_backend_down",
-    /// A client packet too big for the backend's link (the FIB's MTU check).
+    /// A packet too big for its next link, without Don't Fragment: the
+    /// data plane does not fragment (the FIB's MTU check).
     DropTooBig = "drop_too_big",
     /// A frame that arrived carrying the slow path's mark in its MAC
     /// addresses (`abi::NeighMark`): only `lb_xdp` may hand such a frame to
@@ -88,6 +89,29 @@ counters! {
     /// answer each other through the load balancer, a loop of
     /// CVE-2024-2169's class (`src=web1:5353 dst=VIP:5353`).
     DropBackendPortToVip = "drop_backend_port_to_vip",
+    /// An ICMP error (destination unreachable, time exceeded) about a reply
+    /// the load balancer sent from a VIP: translated (outer destination,
+    /// quoted source address and port become the backend's) and sent to
+    /// the backend that owns the flow.
+    IcmpToBackend = "icmp_to_backend",
+    /// An ICMP error about a client's packet, from the backend side
+    /// (the backend or a router before it): translated (quoted destination
+    /// and the outer source become the VIP's) and sent to the client.
+    IcmpToClient = "icmp_to_client",
+    /// An ICMP error that quotes no flow of ours, or that could not be
+    /// translated (IPv4 options, a quote cut short): left to the kernel.
+    PassIcmpNotOurs = "pass_icmp_not_ours",
+    /// A packet with Don't Fragment set, too big for the next link:
+    /// answered with ICMP "fragmentation needed" and the link's MTU, from
+    /// the VIP, to whoever sent it (a client, or a backend for its reply).
+    FragNeeded = "frag_needed",
+    /// An answer (reset, ICMP error) not sent: this CPU has sent its budget
+    /// for this tick (`dataplane.answers_per_second`). The packet is dropped.
+    DropAnswerBudget = "drop_answer_budget",
+    /// An answer not sent because of where it would go: to a backend's
+    /// address, or to a frame sent to a link-layer broadcast or multicast
+    /// address. The packet is dropped.
+    DropAnswerForbidden = "drop_answer_forbidden",
 }
 
 impl Counter {

@@ -9,7 +9,8 @@ use std::{
 };
 
 use lb_common::abi::{
-    DEFAULT_CONNTRACK_MAX, LC_MAX_BACKENDS, MAX_BACKENDS, MAX_SERVICES, PROTO_TCP, PROTO_UDP,
+    DEFAULT_ANSWERS_PER_SECOND, DEFAULT_CONNTRACK_MAX, LC_MAX_BACKENDS, MAX_BACKENDS, MAX_SERVICES,
+    PROTO_TCP, PROTO_UDP,
 };
 use serde::Deserialize;
 
@@ -107,6 +108,8 @@ struct RawDataplane {
     tcp_closing_timeout: Option<i64>,
     tcp_closed_timeout: Option<i64>,
     udp_timeout: Option<i64>,
+    #[serde(default = "default_answers_per_second")]
+    answers_per_second: i64,
 }
 
 #[derive(Deserialize)]
@@ -207,6 +210,9 @@ fn default_xdp_mode() -> String {
 }
 fn default_conntrack_max() -> i64 {
     i64::from(DEFAULT_CONNTRACK_MAX)
+}
+fn default_answers_per_second() -> i64 {
+    i64::from(DEFAULT_ANSWERS_PER_SECOND)
 }
 fn default_pin_path() -> String {
     "/sys/fs/bpf/lb".into()
@@ -457,8 +463,32 @@ fn validate_dataplane(raw: RawDataplane, problems: &mut Problems) -> Dataplane {
         tcp_closed: timeout("tcp_closed_timeout", raw.tcp_closed_timeout, defaults.tcp_closed),
         udp: timeout("udp_timeout", raw.udp_timeout, defaults.udp),
     };
-    Dataplane { interfaces: raw.interfaces, xdp_mode, conntrack_max, pin_path, timeouts }
+    let answers_per_second = match u32::try_from(raw.answers_per_second) {
+        Ok(n) if n <= MAX_ANSWERS_PER_SECOND => n,
+        _ => {
+            problems.add(
+                "dataplane.answers_per_second",
+                format!(
+                    "{} is out of range (0 to {MAX_ANSWERS_PER_SECOND})",
+                    raw.answers_per_second
+                ),
+            );
+            DEFAULT_ANSWERS_PER_SECOND
+        }
+    };
+    Dataplane {
+        interfaces: raw.interfaces,
+        xdp_mode,
+        conntrack_max,
+        pin_path,
+        timeouts,
+        answers_per_second,
+    }
 }
+
+/// The most answers per second and CPU the data plane can be told to send:
+/// past line rate for the smallest answer on a 10 Gb/s link.
+const MAX_ANSWERS_PER_SECOND: u32 = 10_000_000;
 
 /// Whether `name` can name a service: 1 to 63 letters, digits, '-', '_'
 /// or '.', not starting with '.' (it goes in URL paths, logs, metrics labels).
@@ -1208,6 +1238,21 @@ protocol = "udp"
                 p.iter().any(|x| x.starts_with(&format!("service[0].health.{key}"))),
                 "no {key} in {p:?}"
             );
+        }
+    }
+
+    #[test]
+    fn the_answer_budget_defaults_to_linuxs_and_is_checked() {
+        let with = |line: &str| GOOD.replace("[dataplane]\n", &format!("[dataplane]\n{line}\n"));
+        assert_eq!(parse(GOOD).unwrap().dataplane.answers_per_second, 1000);
+        for n in [0, 10_000_000] {
+            let c = parse(&with(&format!("answers_per_second = {n}"))).unwrap();
+            assert_eq!(c.dataplane.answers_per_second, n);
+        }
+        for n in ["-1", "10000001"] {
+            let p = problems(&with(&format!("answers_per_second = {n}")));
+            let want = format!("dataplane.answers_per_second: {n} is out of range (0 to 10000000)");
+            assert!(p.iter().any(|x| x.starts_with(&want)), "{p:?}");
         }
     }
 

@@ -8,6 +8,9 @@ pub struct Dataplane {
     pub conntrack_max: u32,
     pub pin_path: PathBuf,
     pub timeouts: Timeouts,
+    /// Answers (resets, ICMP errors) each CPU may send per second; the rest
+    /// are dropped and counted.
+    pub answers_per_second: u32,
 }
 
 /// Idle timeouts of the connection states, like IPVS's (`ipvsadm --set`).

@@ -22,6 +22,7 @@ use crate::{
     mem,
     nat::{self, Side},
     parse::Packet,
+    reject,
     select::Here,
 };
 
@@ -38,7 +39,8 @@ pub struct Target {
 
 /// Rewrites the packet and sends it to its next hop. The next hop is looked
 /// up for the packet as it will be after the rewrite, and before rewriting
-/// it: a packet the FIB cannot forward is passed untouched.
+/// it: a packet the FIB cannot forward is passed untouched, one too big for
+/// the next link is answered ("fragmentation needed") or dropped.
 #[inline(always)]
 pub fn forward(
     ctx: &XdpContext,
@@ -46,40 +48,84 @@ pub fn forward(
     target: &Target,
     here: Here,
 ) -> Result<Verdict, Counter> {
-    let ingress = ctx.ingress_ifindex() as u32;
-    let hop = next_hop(ctx, pkt, target, ingress, here)?;
+    let (src, dst, sport, dport) = match target.rewrite {
+        Some(Side::Destination) | None => (pkt.flow.src, target.addr, pkt.flow.sport, target.port),
+        Some(Side::Source) => (target.addr, pkt.flow.dst, target.port, pkt.flow.dport),
+    };
+    let query = Query { src, dst, sport, dport, direct: target.rewrite.is_none() };
+    let hop = match next_hop(ctx, pkt, &query, here)? {
+        Hop::TooBig { mtu } => {
+            // From the VIP: the flow's destination, or a reply's new source.
+            let (vip, to) = match target.rewrite {
+                Some(Side::Source) => (target.addr, reject::To::Backend),
+                _ => (pkt.flow.dst, reject::To::Client),
+            };
+            return reject::frag_needed(ctx, pkt, vip, mtu, to, here);
+        }
+        hop => hop,
+    };
     if let Some(side) = target.rewrite {
         // SAFETY: pkt comes from parse on this frame, is not a fragment, and
         // nothing has resized the frame since.
         unsafe { nat::rewrite(pkt, side, target.addr, target.port) };
     }
+    // SAFETY: pkt.eth was bounds-checked by parse.
+    Ok(unsafe { send(ctx, pkt.eth.cast(), hop) })
+}
+
+/// What the FIB is asked: the packet's addresses and ports as it will leave.
+pub struct Query {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport: u16,
+    pub dport: u16,
+    /// Direct routing: the frame must reach `dst` on one of our links.
+    pub direct: bool,
+}
+
+/// Sends a rewritten frame to `hop`: XDP_TX back out of the interface it
+/// came in on, XDP_REDIRECT to another of ours, or tc's slow path.
+///
+/// # Safety
+/// `eth` points at a bounds-checked Ethernet header.
+#[inline(always)]
+pub unsafe fn send(ctx: &XdpContext, eth: *mut u8, hop: Hop) -> Verdict {
+    let ingress = ctx.ingress_ifindex() as u32;
     let hop = match hop {
         Hop::Resolved(hop) => hop,
-        // SAFETY: pkt.eth was bounds-checked by parse.
+        // SAFETY: the caller guarantees the Ethernet header.
         Hop::NoNeighbour { ifindex, nexthop } => {
-            return Ok(unsafe { slow_path(pkt, ifindex, nexthop) });
+            return unsafe { slow_path(eth, ifindex, nexthop) };
+        }
+        // `next_hop`'s callers answer a packet too big before sending.
+        Hop::TooBig { .. } => {
+            return Verdict { action: xdp_action::XDP_DROP, counter: Counter::DropTooBig };
         }
     };
-    // SAFETY: pkt.eth was bounds-checked by parse.
-    unsafe { write_macs(pkt.eth.cast(), &hop) };
+    // SAFETY: the caller guarantees the Ethernet header.
+    unsafe { write_macs(eth, &hop) };
     if hop.ifindex == ingress {
-        return Ok(Verdict { action: xdp_action::XDP_TX, counter: Counter::Tx });
+        return Verdict { action: xdp_action::XDP_TX, counter: Counter::Tx };
     }
     match LB_TX_PORTS.redirect(hop.tx_slot, 0) {
-        Ok(action) => Ok(Verdict { action, counter: Counter::Redirect }),
+        Ok(action) => Verdict { action, counter: Counter::Redirect },
         // The egress interface is not one of ours: let tc send it.
         // SAFETY: as for write_macs.
-        Err(_) => Ok(unsafe { slow_path(pkt, hop.ifindex, hop.via) }),
+        Err(_) => unsafe { slow_path(eth, hop.ifindex, hop.via) },
     }
 }
 
-enum Hop {
+pub enum Hop {
     Resolved(NextHop),
     /// The route is known but the kernel has no neighbour entry yet for
     /// `nexthop` (the destination or its gateway).
     NoNeighbour {
         ifindex: u32,
         nexthop: [u8; 4],
+    },
+    /// The packet is longer than the next link's MTU.
+    TooBig {
+        mtu: u16,
     },
 }
 
@@ -89,18 +135,9 @@ enum Hop {
 /// the route does not depend on the source, ports or TOS (no policy routing,
 /// one ECMP path per destination while an entry lives).
 #[inline(always)]
-fn next_hop(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    target: &Target,
-    ingress: u32,
-    here: Here,
-) -> Result<Hop, Counter> {
-    let (src, dst, sport, dport) = match target.rewrite {
-        Some(Side::Destination) | None => (pkt.flow.src, target.addr, pkt.flow.sport, target.port),
-        Some(Side::Source) => (target.addr, pkt.flow.dst, target.port, pkt.flow.dport),
-    };
-    let direct = target.rewrite.is_none();
+pub fn next_hop(ctx: &XdpContext, pkt: &Packet, query: &Query, here: Here) -> Result<Hop, Counter> {
+    let Query { src, dst, sport, dport, direct } = *query;
+    let ingress = ctx.ingress_ifindex() as u32;
     let epoch = here.epoch;
     let cached = LB_NEXTHOPS.get_ptr_mut(cpu_slot(here.cpu, NEXTHOP_SLOTS, nexthop_slot(dst)));
     // The largest length the FIB already accepted for this destination.
@@ -157,12 +194,9 @@ fn next_hop(
         }
         BPF_FIB_LKUP_RET_NO_NEIGH if direct && nexthop != dst => Err(Counter::DropDsrNotOnLink),
         BPF_FIB_LKUP_RET_NO_NEIGH => Ok(Hop::NoNeighbour { ifindex: params.ifindex, nexthop }),
-        // Too big for the egress link. A client's packet handed to the
-        // stack would be delivered to the local VIP and answered with a
-        // reset; a backend's reply is forwarded by the kernel, which tells
-        // the backend (ICMP fragmentation needed).
-        BPF_FIB_LKUP_RET_FRAG_NEEDED if !matches!(target.rewrite, Some(Side::Source)) => {
-            Err(Counter::DropTooBig)
+        // SAFETY: the union's member the FIB sets on this answer.
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
+            Ok(Hop::TooBig { mtu: unsafe { params.__bindgen_anon_1.mtu_result } })
         }
         BPF_FIB_LKUP_RET_NOT_FWDED => Err(Counter::PassLocal),
         _ => Err(Counter::PassFibFailed),
@@ -203,10 +237,9 @@ fn resolved(hop: NextHop, direct: bool) -> Result<Hop, Counter> {
 /// and writes the real addresses.
 ///
 /// # Safety
-/// `pkt.eth` points at a bounds-checked Ethernet header.
+/// `eth` points at a bounds-checked Ethernet header.
 #[inline(always)]
-unsafe fn slow_path(pkt: &Packet, ifindex: u32, nexthop: [u8; 4]) -> Verdict {
-    let eth = pkt.eth.cast::<u8>();
+unsafe fn slow_path(eth: *mut u8, ifindex: u32, nexthop: [u8; 4]) -> Verdict {
     // SAFETY: the caller guarantees the 14 bytes; the mark takes 12.
     unsafe {
         mem::store32::<0>(eth, NEIGH_MARK_MAGIC);

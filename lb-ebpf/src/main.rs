@@ -7,6 +7,7 @@
 #![feature(asm_experimental_arch)]
 
 mod fwd;
+mod icmp;
 mod maps;
 mod mem;
 mod nat;
@@ -25,8 +26,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     abi::{
-        ADDR_REAL, ADDR_VIP, BACKEND_DOWN, BACKEND_DSR, NEIGH_MARK_MAGIC, NeighMark, PROTO_TCP,
-        SVC_REJECT, TCP_ACK, TCP_SYN,
+        ADDR_REAL, ADDR_VIP, BACKEND_DOWN, BACKEND_DSR, NEIGH_MARK_MAGIC, NeighMark, PROTO_ICMP,
+        PROTO_TCP, SVC_REJECT, TCP_ACK, TCP_SYN,
     },
     counter::Counter,
 };
@@ -57,6 +58,8 @@ impl Verdict {
             | Counter::DropMartianSource
             | Counter::DropSourceVip
             | Counter::DropBackendPortToVip
+            | Counter::DropAnswerBudget
+            | Counter::DropAnswerForbidden
             | Counter::DropDsrNotOnLink => xdp_action::XDP_DROP,
             _ => xdp_action::XDP_PASS,
         };
@@ -85,12 +88,15 @@ fn process(ctx: &XdpContext) -> Result<Verdict, Counter> {
     // Most packets that are not ours leave here, before the ports are read.
     let to_vip = select::addr_flags(ip.dst) & ADDR_VIP != 0;
     let src_flags = select::addr_flags(ip.src);
+    if to_vip {
+        source_could_be_a_client(ip.src, src_flags)?;
+    }
+    if ip.proto == PROTO_ICMP {
+        return icmp::translate(ctx, &ip, to_vip, Here::read());
+    }
     let from_real = src_flags & ADDR_REAL != 0;
     if !to_vip && !from_real {
         return Err(if ip.short_header { Counter::PassMalformed } else { Counter::PassNotService });
-    }
-    if to_vip {
-        source_could_be_a_client(ip.src, src_flags)?;
     }
     let pkt = parse::transport(ctx, &ip)?;
     if pkt.fragment {
@@ -179,10 +185,10 @@ fn to_backend(
         // connection cannot go on elsewhere); a UDP flow, or a SYN opening a
         // new connection, is placed anew.
         Known::Flow(..) if tcp && !opening => {
-            return reject::tcp_reset(ctx, pkt, Counter::RstBackendDown).map(Some);
+            return reject::tcp_reset(ctx, pkt, Counter::RstBackendDown, here).map(Some);
         }
         Known::Gone if tcp && !opening => {
-            return reject::tcp_reset(ctx, pkt, Counter::RstBackendGone).map(Some);
+            return reject::tcp_reset(ctx, pkt, Counter::RstBackendGone, here).map(Some);
         }
         Known::Flow(..) | Known::Gone | Known::Unknown => {
             let Some(service) = select::service(&pkt.flow) else {
@@ -193,7 +199,7 @@ fn to_backend(
             match select::schedule(&pkt.flow, pkt.tcp_flags, &service, here, cached) {
                 Ok(choice) => (service.id, choice),
                 Err(Counter::DropNoBackend) if service.flags & SVC_REJECT != 0 => {
-                    return reject::no_backend(ctx, pkt).map(Some);
+                    return reject::no_backend(ctx, pkt, here).map(Some);
                 }
                 Err(counter) => return Err(counter),
             }

@@ -6,9 +6,10 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::abi::{
-    ADDR_FILTER_SIZE, Backend, BackendConns, CONN_STATES, Conn, DEFAULT_CONNTRACK_MAX, Endpoint,
-    EpochClock, FLOW_CACHE_SLOTS, Flow, FlowCacheEntry, MAX_BACKENDS, MAX_SERVICES, MAX_TX_PORTS,
-    MaglevTable, Meta, NEXTHOP_SLOTS, NextHop, REAL_SLOTS, Real, Service, Traffic,
+    ADDR_FILTER_SIZE, AnswerBudget, Backend, BackendConns, CONN_STATES, Conn,
+    DEFAULT_CONNTRACK_MAX, Endpoint, EpochClock, FLOW_CACHE_SLOTS, Flow, FlowCacheEntry, Limits,
+    MAX_BACKENDS, MAX_SERVICES, MAX_TX_PORTS, MaglevTable, Meta, NEXTHOP_SLOTS, NextHop,
+    REAL_SLOTS, Real, Service, Traffic,
 };
 use lb_common::counter::Counter;
 
@@ -71,6 +72,14 @@ pub static LB_NEXTHOPS: Array<NextHop, { NEXTHOP_SLOTS as usize }> = Array::new(
 /// the controller at start; cache entries of another epoch are stale.
 #[btf_map(name = "lb_epoch")]
 pub static LB_EPOCH: Array<EpochClock, 1> = Array::new();
+
+/// Slot 0: the bounds the controller sets at start (`abi::Limits`).
+#[btf_map(name = "lb_limits")]
+pub static LB_LIMITS: Array<Limits, 1> = Array::new();
+
+/// The answers (resets, ICMP errors) this CPU sent in the current tick.
+#[btf_map(name = "lb_answers")]
+pub static LB_ANSWERS: PerCpuArray<AnswerBudget, 1> = PerCpuArray::new();
 
 /// VIP -> number of services on it; tells a fragment addressed to a VIP apart.
 #[btf_map(name = "lb_vips")]

@@ -2,7 +2,7 @@
 //! `ptr_at`, which proves to the verifier (and to us) that it is in bounds.
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    abi::{Flow, NEIGH_MARK_MAGIC, PROTO_TCP, PROTO_UDP},
+    abi::{Flow, NEIGH_MARK_MAGIC, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
     counter::Counter,
 };
 
@@ -69,15 +69,15 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Counter> {
     Ok((start + offset) as *mut T)
 }
 
-/// The Ethernet and IPv4 headers of a TCP or UDP packet, before the rest
-/// is read: enough to tell whether the packet can be ours.
+/// The Ethernet and IPv4 headers of a TCP, UDP or ICMP packet, before the
+/// rest is read: enough to tell whether the packet can be ours.
 #[derive(Clone, Copy)]
 pub struct Ipv4 {
     eth: *mut EthHdr,
-    ip: *mut Ipv4Hdr,
+    pub ip: *mut Ipv4Hdr,
     /// IPv4 header length, bytes.
     ihl: usize,
-    proto: u8,
+    pub proto: u8,
     pub src: [u8; 4],
     pub dst: [u8; 4],
     /// The header length is below 20 bytes: the addresses are there, the
@@ -85,10 +85,27 @@ pub struct Ipv4 {
     pub short_header: bool,
 }
 
+impl Ipv4 {
+    /// The IPv4 header's length in bytes (from its IHL field).
+    #[inline(always)]
+    pub fn header_len(&self) -> usize {
+        self.ihl
+    }
+
+    /// The Ethernet header.
+    ///
+    /// # Safety
+    /// Nothing has resized the frame since `ipv4` parsed it.
+    #[inline(always)]
+    pub unsafe fn eth(&self) -> *mut EthHdr {
+        self.eth
+    }
+}
+
 /// The EtherType of IPv4 as it lies in the frame, read natively.
 const ETH_P_IPV4_WIRE: u16 = u16::from_ne_bytes(ETH_P_IPV4.to_be_bytes());
 
-/// Parses Ethernet / IPv4 (any IHL) of a TCP or UDP packet, as far as the
+/// Parses Ethernet / IPv4 (any IHL) of a TCP, UDP or ICMP packet, as far as the
 /// addresses. `Err` says why the packet is not ours to touch.
 #[inline(always)]
 pub fn ipv4(ctx: &XdpContext) -> Result<Ipv4, Counter> {
@@ -118,7 +135,7 @@ pub fn ipv4(ctx: &XdpContext) -> Result<Ipv4, Counter> {
     if version_ihl >> 4 != 4 {
         return Err(Counter::PassMalformed);
     }
-    if proto != PROTO_TCP && proto != PROTO_UDP {
+    if proto != PROTO_TCP && proto != PROTO_UDP && proto != PROTO_ICMP {
         return Err(Counter::PassNotTcpUdp);
     }
     Ok(Ipv4 { eth, ip, ihl, proto, src, dst, short_header: ihl < 20 })

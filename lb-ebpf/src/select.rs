@@ -78,7 +78,7 @@ pub fn real(flow: &Flow) -> Option<Reply> {
 /// flow's VIP, port and protocol: an entry made for an earlier holder of a
 /// reused id (service or backend) is not followed.
 #[inline(always)]
-fn live_backend(id: u32, service_id: u32, flow: &Flow) -> Option<Backend> {
+pub fn live_backend(id: u32, service_id: u32, flow: &Flow) -> Option<Backend> {
     let b = LB_BACKENDS.get(id)?;
     let serves = b.flags & BACKEND_IN_USE != 0
         && b.service_id == service_id

@@ -474,12 +474,21 @@ fn cases() -> Vec<Case> {
             )),
         ),
         case(
-            "a client packet too big for the backend side's MTU is dropped and counted",
+            "a client packet too big for the backend side's MTU is answered \"fragmentation needed\"",
             IF_CLIENT,
             from_client(&too_big),
-            XDP_DROP,
-            Counter::DropTooBig,
-            Expect::Unchanged,
+            XDP_TX,
+            Counter::FragNeeded,
+            Expect::Frame(
+                packet::icmp_error(
+                    VIP,
+                    CLIENT,
+                    (packet::ICMP_DEST_UNREACH, 4),
+                    u32::from(BACKEND_SIDE_MTU).to_be_bytes(),
+                    &packet::quote(&too_big),
+                )
+                .frame(CLIENT_MAC, IF_CLIENT_MAC),
+            ),
         ),
         case(
             "a packet that fits still goes through after that",
@@ -1257,15 +1266,14 @@ fn with_no_usable_backend_the_vip_rejects() {
 
 /// The ICMP port unreachable the VIP answers `datagram` with.
 fn port_unreachable(datagram: &Ipv4) -> Vec<u8> {
-    let original = datagram.to_bytes();
-    let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
-    icmp.extend_from_slice(&original[..28]);
-    let check = packet::internet_checksum(&icmp);
-    icmp[2..4].copy_from_slice(&check.to_be_bytes());
-    let mut unreachable = Ipv4::new(datagram.dst, CLIENT, L4::Raw { proto: 1, bytes: icmp });
-    unreachable.id = 0;
-    unreachable.frag_off = 0;
-    unreachable.frame(CLIENT_MAC, IF_CLIENT_MAC)
+    packet::icmp_error(
+        datagram.dst,
+        CLIENT,
+        (packet::ICMP_DEST_UNREACH, 3),
+        [0; 4],
+        &packet::quote(datagram),
+    )
+    .frame(CLIENT_MAC, IF_CLIENT_MAC)
 }
 
 /// The backend each of `n` new flows (SYNs from `sources`) is sent to.

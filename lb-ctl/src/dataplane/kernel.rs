@@ -17,8 +17,9 @@ use aya::{
 };
 use lb_common::abi::{
     ABI_VERSION, BACKEND_IN_USE, BackendConns, CONN_CLOSED, CONN_CLOSING, CONN_ESTABLISHED,
-    CONN_STATES, CONN_SYN, CONN_UDP, Conn, EPOCH_TICK_MS, Endpoint, EpochClock, Flow, MAGLEV_SIZE,
-    MAX_TX_PORTS, Meta, NO_BACKEND, Traffic, epoch_mult, expired,
+    CONN_STATES, CONN_SYN, CONN_UDP, Conn, DEFAULT_ANSWERS_PER_SECOND, EPOCH_TICK_MS, Endpoint,
+    EpochClock, Flow, Limits, MAGLEV_SIZE, MAX_TX_PORTS, Meta, NO_BACKEND, Traffic,
+    answers_per_tick, epoch_mult, expired,
 };
 use rustc_hash::FxHashSet;
 use tracing::info;
@@ -52,6 +53,8 @@ pub struct KernelMaps {
     timeouts: Array<MapData, u32>,
     /// The timeouts last written, in ticks, indexed by state.
     timeout_ticks: [u32; CONN_STATES as usize],
+    /// `lb_limits`: the answer budget.
+    limits: Array<MapData, Limits>,
     be_conns: Array<MapData, BackendConns>,
     /// The counts last written to `lb_be_conns`, by backend id.
     published: BTreeMap<u32, BackendConns>,
@@ -101,6 +104,7 @@ impl KernelMaps {
     ) -> Result<Self, DataplaneError> {
         let mut maps = Self::open(load_object(object, conntrack_max)?, interfaces, false)?;
         maps.set_timeouts(&Timeouts::default())?;
+        maps.set_answers_per_second(DEFAULT_ANSWERS_PER_SECOND)?;
         Ok(maps)
     }
 
@@ -166,6 +170,7 @@ impl KernelMaps {
         let mut maps = Self::open(ebpf, &dataplane.interfaces, adopting)?;
         // Before any service exists, so no packet sees a zero timeout.
         maps.set_timeouts(&dataplane.timeouts)?;
+        maps.set_answers_per_second(dataplane.answers_per_second)?;
         Ok(maps)
     }
 
@@ -238,6 +243,7 @@ impl KernelMaps {
             clock,
             clock_program,
             timeouts: typed(&mut ebpf, "lb_timeouts")?,
+            limits: typed(&mut ebpf, "lb_limits")?,
             timeout_ticks: [0; CONN_STATES as usize],
             be_conns: typed(&mut ebpf, "lb_be_conns")?,
             published: BTreeMap::new(),
@@ -268,6 +274,13 @@ impl KernelMaps {
             self.timeout_ticks[usize::from(state)] = ticks(timeout);
         }
         Ok(())
+    }
+
+    /// Sets how many answers (resets, ICMP errors) each CPU may send per
+    /// second, as a budget per epoch tick.
+    pub fn set_answers_per_second(&mut self, per_second: u32) -> Result<(), DataplaneError> {
+        let limits = Limits { answers_per_tick: answers_per_tick(per_second), _pad: 0 };
+        self.limits.set(0, limits, 0).map_err(err("writing lb_limits"))
     }
 
     /// The connection counts `lc` reads (the recount writes them), for tests
