@@ -400,8 +400,12 @@ pub struct FlowCacheEntry {
     pub conn: Conn,
     /// The `lb_epoch` value the entry was checked against the connection table in.
     pub epoch: u64,
+    /// The interface the flow's packets arrived on when its source passed
+    /// the reverse-path check; a packet from another serves no entry.
+    pub ingress: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<FlowCacheEntry>() == 40);
+const _: () = assert!(size_of::<FlowCacheEntry>() == 48);
 
 /// Value of `lb_meta` slot 0: who wrote the pinned maps.
 #[repr(C)]
@@ -412,16 +416,27 @@ pub struct Meta {
 }
 const _: () = assert!(size_of::<Meta>() == 8);
 
-/// Value of `lb_limits` slot 0: the bounds the controller sets at start.
+/// Value of `lb_policy` slot 0: how the data plane meets the edge, set by
+/// the controller at start.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Limits {
+pub struct Policy {
     /// Answers (TCP resets, ICMP errors) each CPU may send per epoch tick;
     /// the rest are dropped and counted (`drop_answer_budget`). Zero: none.
     pub answers_per_tick: u32,
-    pub _pad: u32,
+    /// `REVERSE_PATH_*`: which sources a packet of ours may have.
+    pub reverse_path: u32,
 }
-const _: () = assert!(size_of::<Limits>() == 8);
+const _: () = assert!(size_of::<Policy>() == 8);
+
+/// The reverse-path check (Linux's `rp_filter`) of packets to a VIP and of
+/// backends' replies. Strict: the route back to the source must leave by
+/// the interface the packet arrived on. Loose: there must be a route back,
+/// by any interface. Both refuse a source that is an address of the load
+/// balancer. Off: no check.
+pub const REVERSE_PATH_STRICT: u32 = 0;
+pub const REVERSE_PATH_LOOSE: u32 = 1;
+pub const REVERSE_PATH_OFF: u32 = 2;
 
 /// Value of the per-CPU `lb_answers`: the answers this CPU sent in `epoch`.
 #[repr(C)]
@@ -545,7 +560,7 @@ mod tests {
 mod pod {
     use super::{
         AnswerBudget, Backend, BackendConns, Conn, Endpoint, EpochClock, Flow, FlowCacheEntry,
-        Limits, MaglevTable, Meta, NextHop, Real, Service, Traffic,
+        MaglevTable, Meta, NextHop, Policy, Real, Service, Traffic,
     };
 
     macro_rules! pod {
@@ -568,7 +583,7 @@ mod pod {
         MaglevTable,
         Meta,
         EpochClock,
-        Limits,
+        Policy,
         AnswerBudget
     );
 }

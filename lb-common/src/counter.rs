@@ -108,6 +108,13 @@ counters! {
     /// An answer (reset, ICMP error) not sent: this CPU has sent its budget
     /// for this tick (`dataplane.answers_per_second`). The packet is dropped.
     DropAnswerBudget = "drop_answer_budget",
+    /// A packet to a VIP or a backend's reply that fails the reverse-path
+    /// check (`dataplane.reverse_path`): the route back to its source leaves
+    /// by another interface than the one it arrived on (strict: a backend's
+    /// address arriving from the client side, a client's from the backend
+    /// side), there is no route back, or the source is an address of the
+    /// load balancer.
+    DropReversePath = "drop_reverse_path",
     /// An answer not sent because of where it would go: to a backend's
     /// address, or to a frame sent to a link-layer broadcast or multicast
     /// address. The packet is dropped.

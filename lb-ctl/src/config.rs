@@ -15,8 +15,8 @@ use lb_common::abi::{
 use serde::Deserialize;
 
 use crate::model::{
-    AdminState, Backend, Dataplane, Forwarding, HealthCheck, Probe, Protocol, Scheduler, Service,
-    Timeouts, XdpMode,
+    AdminState, Backend, Dataplane, Forwarding, HealthCheck, Probe, Protocol, ReversePath,
+    Scheduler, Service, Timeouts, XdpMode,
 };
 
 /// A validated config file.
@@ -110,6 +110,8 @@ struct RawDataplane {
     udp_timeout: Option<i64>,
     #[serde(default = "default_answers_per_second")]
     answers_per_second: i64,
+    #[serde(default = "default_reverse_path")]
+    reverse_path: String,
 }
 
 #[derive(Deserialize)]
@@ -210,6 +212,9 @@ fn default_xdp_mode() -> String {
 }
 fn default_conntrack_max() -> i64 {
     i64::from(DEFAULT_CONNTRACK_MAX)
+}
+fn default_reverse_path() -> String {
+    "strict".into()
 }
 fn default_answers_per_second() -> i64 {
     i64::from(DEFAULT_ANSWERS_PER_SECOND)
@@ -476,6 +481,18 @@ fn validate_dataplane(raw: RawDataplane, problems: &mut Problems) -> Dataplane {
             DEFAULT_ANSWERS_PER_SECOND
         }
     };
+    let reverse_path = match raw.reverse_path.as_str() {
+        "strict" => ReversePath::Strict,
+        "loose" => ReversePath::Loose,
+        "off" => ReversePath::Off,
+        other => {
+            problems.add(
+                "dataplane.reverse_path",
+                format!("{other:?} is not one of strict, loose, off"),
+            );
+            ReversePath::Strict
+        }
+    };
     Dataplane {
         interfaces: raw.interfaces,
         xdp_mode,
@@ -483,6 +500,7 @@ fn validate_dataplane(raw: RawDataplane, problems: &mut Problems) -> Dataplane {
         pin_path,
         timeouts,
         answers_per_second,
+        reverse_path,
     }
 }
 
@@ -1254,6 +1272,23 @@ protocol = "udp"
             let want = format!("dataplane.answers_per_second: {n} is out of range (0 to 10000000)");
             assert!(p.iter().any(|x| x.starts_with(&want)), "{p:?}");
         }
+    }
+
+    #[test]
+    fn the_reverse_path_check_defaults_to_strict_and_is_checked() {
+        let with =
+            |v: &str| GOOD.replace("[dataplane]\n", &format!("[dataplane]\nreverse_path = {v}\n"));
+        assert_eq!(parse(GOOD).unwrap().dataplane.reverse_path, ReversePath::Strict);
+        for (v, want) in [("\"loose\"", ReversePath::Loose), ("\"off\"", ReversePath::Off)] {
+            assert_eq!(parse(&with(v)).unwrap().dataplane.reverse_path, want);
+        }
+        let p = problems(&with("\"Strict\""));
+        assert!(
+            p.iter().any(|x| x.starts_with(
+                "dataplane.reverse_path: \"Strict\" is not one of strict, loose, off"
+            )),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -12,13 +12,16 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    abi::{NEIGH_MARK_MAGIC, NEXTHOP_SLOTS, NO_TX_SLOT, NextHop, cpu_slot, nexthop_slot},
+    abi::{
+        NEIGH_MARK_MAGIC, NEXTHOP_SLOTS, NO_TX_SLOT, NextHop, REVERSE_PATH_OFF,
+        REVERSE_PATH_STRICT, cpu_slot, nexthop_slot,
+    },
     counter::Counter,
 };
 
 use crate::{
     Verdict,
-    maps::{LB_NEXTHOPS, LB_TX_PORTS, LB_TX_SLOTS},
+    maps::{LB_FIB_SCRATCH, LB_NEXTHOPS, LB_POLICY, LB_TX_PORTS, LB_TX_SLOTS},
     mem,
     nat::{self, Side},
     parse::Packet,
@@ -136,8 +139,7 @@ pub enum Hop {
 /// one ECMP path per destination while an entry lives).
 #[inline(always)]
 pub fn next_hop(ctx: &XdpContext, pkt: &Packet, query: &Query, here: Here) -> Result<Hop, Counter> {
-    let Query { src, dst, sport, dport, direct } = *query;
-    let ingress = ctx.ingress_ifindex() as u32;
+    let Query { direct, dst, .. } = *query;
     let epoch = here.epoch;
     let cached = LB_NEXTHOPS.get_ptr_mut(cpu_slot(here.cpu, NEXTHOP_SLOTS, nexthop_slot(dst)));
     // The largest length the FIB already accepted for this destination.
@@ -153,44 +155,12 @@ pub fn next_hop(ctx: &XdpContext, pkt: &Packet, query: &Query, here: Here) -> Re
         }
     }
 
-    // SAFETY: an all-zero bpf_fib_lookup is a valid input.
-    let mut params: FibParams = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
-    params.l4_protocol = pkt.flow.proto;
-    params.sport = sport.to_be();
-    params.dport = dport.to_be();
-    params.__bindgen_anon_1.tot_len = pkt.tot_len;
-    params.ifindex = ingress;
-    // SAFETY: pkt.ip was bounds-checked by parse.
-    params.__bindgen_anon_2.tos = unsafe { (*pkt.ip).tos };
-    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
-    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
-    // SAFETY: params is a live, correctly sized bpf_fib_lookup.
-    let rc =
-        unsafe { bpf_fib_lookup(ctx.as_ptr(), &raw mut params, size_of::<FibParams>() as i32, 0) }
-            as u32;
+    let (rc, params) = fib_lookup(ctx, pkt, query, pkt.tot_len, here)?;
     // SAFETY: the union's IPv4 member, which the FIB sets to the next hop.
     let nexthop = unsafe { params.__bindgen_anon_4.ipv4_dst }.to_ne_bytes();
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {
-            // SAFETY: copied out at once.
-            let tx_slot = unsafe { LB_TX_SLOTS.get(params.ifindex).copied() }.unwrap_or(NO_TX_SLOT);
-            let hop = NextHop {
-                addr: dst,
-                ifindex: params.ifindex,
-                tx_slot,
-                max_len: max_len.max(pkt.tot_len),
-                _pad: 0,
-                smac: params.smac,
-                dmac: params.dmac,
-                via: nexthop,
-                epoch,
-            };
-            if let Some(entry) = cached {
-                // SAFETY: as above.
-                unsafe { *entry = hop };
-            }
-            resolved(hop, direct)
+            resolved(remember(cached, params, dst, max_len.max(pkt.tot_len), epoch), direct)
         }
         BPF_FIB_LKUP_RET_NO_NEIGH if direct && nexthop != dst => Err(Counter::DropDsrNotOnLink),
         BPF_FIB_LKUP_RET_NO_NEIGH => Ok(Hop::NoNeighbour { ifindex: params.ifindex, nexthop }),
@@ -201,6 +171,125 @@ pub fn next_hop(ctx: &XdpContext, pkt: &Packet, query: &Query, here: Here) -> Re
         BPF_FIB_LKUP_RET_NOT_FWDED => Err(Counter::PassLocal),
         _ => Err(Counter::PassFibFailed),
     }
+}
+
+/// Asks the FIB for the route of a packet like `pkt` as `query` describes
+/// it, `tot_len` long (0: no MTU check), arriving here. The parameters
+/// live in this CPU's scratch slot, not on the stack: BPF programs have
+/// 512 bytes of stack, and the answers' buffers take most of it.
+#[inline(always)]
+fn fib_lookup(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    query: &Query,
+    tot_len: u16,
+    here: Here,
+) -> Result<(u32, &'static FibParams), Counter> {
+    let params = LB_FIB_SCRATCH.get_ptr_mut(0).ok_or(Counter::PassFibFailed)?;
+    // SAFETY: this CPU's slot; XDP does not nest on a CPU, and the
+    // reference does not outlive the packet.
+    let params = unsafe { &mut *params };
+    // SAFETY: an all-zero bpf_fib_lookup is a valid input.
+    *params = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = pkt.flow.proto;
+    params.sport = query.sport.to_be();
+    params.dport = query.dport.to_be();
+    params.__bindgen_anon_1.tot_len = tot_len;
+    params.ifindex = here.ingress;
+    // SAFETY: pkt.ip was bounds-checked by parse.
+    params.__bindgen_anon_2.tos = unsafe { (*pkt.ip).tos };
+    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(query.src);
+    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(query.dst);
+    // SAFETY: params is a live, correctly sized bpf_fib_lookup.
+    let rc = unsafe {
+        bpf_fib_lookup(ctx.as_ptr(), core::ptr::from_mut(params), size_of::<FibParams>() as i32, 0)
+    } as u32;
+    Ok((rc, params))
+}
+
+/// A successful FIB answer for `dst`, kept in this CPU's cache slot.
+#[inline(always)]
+fn remember(
+    cached: Option<*mut NextHop>,
+    params: &FibParams,
+    dst: [u8; 4],
+    max_len: u16,
+    epoch: u64,
+) -> NextHop {
+    // SAFETY: copied out at once.
+    let tx_slot = unsafe { LB_TX_SLOTS.get(params.ifindex).copied() }.unwrap_or(NO_TX_SLOT);
+    let hop = NextHop {
+        addr: dst,
+        ifindex: params.ifindex,
+        tx_slot,
+        max_len,
+        _pad: 0,
+        smac: params.smac,
+        dmac: params.dmac,
+        // SAFETY: the union's IPv4 member, which the FIB sets to the next hop.
+        via: unsafe { params.__bindgen_anon_4.ipv4_dst }.to_ne_bytes(),
+        epoch,
+    };
+    if let Some(entry) = cached {
+        // SAFETY: this CPU's slot, only touched by this CPU; XDP does not nest.
+        unsafe { *entry = hop };
+    }
+    hop
+}
+
+/// The reverse-path check (`abi::Policy::reverse_path`, Linux's
+/// `rp_filter`) of a packet from `src` (a client's to a VIP, a backend's
+/// reply): strict, the route back to `src` must leave by the interface the
+/// packet arrived on; loose, there must be a route back. Either way `src`
+/// may not be an address of the load balancer. The route comes from the
+/// next-hop cache (the one replies to `src` use), else from the FIB, whose
+/// answer is cached.
+#[inline(always)]
+pub fn check_source(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    src: [u8; 4],
+    here: Here,
+) -> Result<(), Counter> {
+    let mode = LB_POLICY.get(0).map_or(REVERSE_PATH_STRICT, |p| p.reverse_path);
+    if mode == REVERSE_PATH_OFF {
+        return Ok(());
+    }
+    let cached = LB_NEXTHOPS.get_ptr_mut(cpu_slot(here.cpu, NEXTHOP_SLOTS, nexthop_slot(src)));
+    let mut egress = None;
+    if let Some(entry) = cached {
+        // SAFETY: this CPU's slot, only touched by this CPU; XDP does not nest.
+        let entry = unsafe { &*entry };
+        if entry.addr == src && entry.epoch == here.epoch {
+            egress = Some(entry.ifindex);
+        }
+    }
+    let egress = match egress {
+        Some(ifindex) => ifindex,
+        None => {
+            let back = Query {
+                src: pkt.flow.dst,
+                dst: src,
+                sport: pkt.flow.dport,
+                dport: pkt.flow.sport,
+                direct: false,
+            };
+            // Length 0: no MTU check, and the cached entry promises none.
+            match fib_lookup(ctx, pkt, &back, 0, here)? {
+                (BPF_FIB_LKUP_RET_SUCCESS, params) => {
+                    remember(cached, params, src, 0, here.epoch).ifindex
+                }
+                (BPF_FIB_LKUP_RET_NO_NEIGH, params) => params.ifindex,
+                // Local (NOT_FWDED), unreachable, prohibited, blackhole.
+                _ => return Err(Counter::DropReversePath),
+            }
+        }
+    };
+    if mode == REVERSE_PATH_STRICT && egress != here.ingress {
+        return Err(Counter::DropReversePath);
+    }
+    Ok(())
 }
 
 /// The next hop's MAC addresses into the Ethernet header, as four word

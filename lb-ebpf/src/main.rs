@@ -60,6 +60,7 @@ impl Verdict {
             | Counter::DropBackendPortToVip
             | Counter::DropAnswerBudget
             | Counter::DropAnswerForbidden
+            | Counter::DropReversePath
             | Counter::DropDsrNotOnLink => xdp_action::XDP_DROP,
             _ => xdp_action::XDP_PASS,
         };
@@ -92,7 +93,7 @@ fn process(ctx: &XdpContext) -> Result<Verdict, Counter> {
         source_could_be_a_client(ip.src, src_flags)?;
     }
     if ip.proto == PROTO_ICMP {
-        return icmp::translate(ctx, &ip, to_vip, Here::read());
+        return icmp::translate(ctx, &ip, to_vip, Here::read(ctx));
     }
     let from_real = src_flags & ADDR_REAL != 0;
     if !to_vip && !from_real {
@@ -104,7 +105,7 @@ fn process(ctx: &XdpContext) -> Result<Verdict, Counter> {
         let to_vip = to_vip && unsafe { LB_VIPS.get(pkt.flow.dst).is_some() };
         return Err(if to_vip { Counter::DropFragment } else { Counter::PassNotService });
     }
-    let here = select::Here::read();
+    let here = select::Here::read(ctx);
     // A backend's own service endpoint sending to a VIP: see the counter.
     if to_vip && from_real && select::real(&pkt.flow).is_some() {
         // SAFETY: the value is not read.
@@ -147,6 +148,8 @@ fn to_client(
     let Some(real) = select::real(&pkt.flow) else {
         return Ok(None);
     };
+    // Before the reply may move its connection's state (a forged FIB or RST).
+    fwd::check_source(ctx, pkt, pkt.flow.src, here)?;
     expire_check(pkt)?;
     select::backend_closes(&pkt.flow, &real, pkt.tcp_flags, here);
     let target = Target { rewrite: Some(Side::Source), addr: real.vip, port: real.vport };
@@ -176,7 +179,9 @@ fn to_backend(
     // The flow's slot in this CPU's flow cache: read by the lookup, written
     // by the scheduler for a new flow.
     let cached = select::flow_cache_entry(&pkt.flow, here);
-    let (service_id, choice) = match select::established(&pkt.flow, pkt.tcp_flags, here, cached) {
+    let check_source = || fwd::check_source(ctx, pkt, pkt.flow.src, here);
+    let known = select::established(&pkt.flow, pkt.tcp_flags, here, cached, check_source)?;
+    let (service_id, choice) = match known {
         Known::Flow(service_id, choice) if choice.backend.flags & BACKEND_DOWN == 0 => {
             expire_check(pkt)?;
             (service_id, choice)

@@ -22,7 +22,7 @@ use lb_common::{
 
 use crate::{
     Verdict,
-    maps::{LB_ANSWERS, LB_LIMITS},
+    maps::{LB_ANSWERS, LB_POLICY},
     parse::{ETH_LEN, EthHdr, Packet, ptr_at},
     select::{self, Here},
 };
@@ -95,7 +95,7 @@ pub fn permit(pkt: &Packet, to: To, here: Here) -> Result<(), Counter> {
     if group_mac || martian || ours {
         return Err(Counter::DropAnswerForbidden);
     }
-    let limit = LB_LIMITS.get(0).map_or(0, |l| l.answers_per_tick);
+    let limit = LB_POLICY.get(0).map_or(0, |l| l.answers_per_tick);
     let budget = LB_ANSWERS.get_ptr_mut(0).ok_or(Counter::DropAnswerBudget)?;
     // SAFETY: this CPU's slot; XDP does not nest on a CPU.
     let budget = unsafe { &mut *budget };

@@ -7,6 +7,7 @@
 use std::net::Ipv4Addr;
 
 use lb_common::counter::Counter;
+use lb_ctl::model::ReversePath;
 use lb_tests::{
     fixture::*,
     netns::in_ns,
@@ -394,7 +395,7 @@ fn answers_are_bounded_and_never_reflected() {
     in_ns(&ns.name, || {
         let mut loaded = Loaded::new(4096);
         // 20 a second: 2 a tick.
-        loaded.reconciler.maps_mut().set_answers_per_second(20).expect("the budget");
+        loaded.reconciler.maps_mut().set_policy(20, ReversePath::Strict).expect("the budget");
         let syn = |port: u16| {
             from_client_side(
                 &Ipv4::tcp((CLIENT, port), (VIP_REJECTING, 80), TCP_SYN, b""),
@@ -445,14 +446,14 @@ fn answers_are_bounded_and_never_reflected() {
         );
 
         // A backend as a client (from an ephemeral port) is not answered.
-        let from_backend = from_client_side(
+        let from_backend = from_backend_side(
             &Ipv4::tcp((WEB1, 44_006), (VIP_REJECTING, 80), TCP_SYN, b""),
             WEB_MACS[0],
         );
         check(
             &mut loaded,
             "to a backend",
-            (&from_backend, IF_CLIENT),
+            (&from_backend, IF_BACKEND),
             XDP_DROP,
             Counter::DropAnswerForbidden,
             None,
@@ -470,7 +471,7 @@ fn answers_are_bounded_and_never_reflected() {
         );
 
         // A budget of 0: never.
-        loaded.reconciler.maps_mut().set_answers_per_second(0).expect("no budget");
+        loaded.reconciler.maps_mut().set_policy(0, ReversePath::Strict).expect("no budget");
         loaded.reconciler.advance_clock().expect("a tick");
         check(
             &mut loaded,
@@ -480,6 +481,104 @@ fn answers_are_bounded_and_never_reflected() {
             Counter::DropAnswerBudget,
             None,
         );
+    });
+}
+
+/// A packet to a VIP, and a backend's reply, are taken only from where
+/// their source is: the route back to it leaves by the interface they
+/// arrived on (strict), or at least exists (loose), and it is not one of
+/// the load balancer's own addresses. A forged reply moves no connection's
+/// state; a forged client packet makes no entry, and a flow the cache knows
+/// is not served from it when it arrives by another interface.
+#[test]
+fn sources_must_be_where_their_route_leaves() {
+    let ns = FixtureNs::create("lbt-edge");
+    in_ns(&ns.name, || {
+        let mut loaded = Loaded::new(4096);
+        let client = (CLIENT, 45_000);
+        let flow = lb_common::abi::Flow {
+            src: CLIENT.octets(),
+            dst: VIP.octets(),
+            sport: client.1,
+            dport: 80,
+            proto: 6,
+            _pad: [0; 3],
+        };
+        for flags in [TCP_SYN, TCP_ACK] {
+            let p = from_client_side(&Ipv4::tcp(client, (VIP, 80), flags, b""), CLIENT_MAC);
+            assert_eq!(loaded.run(&p, IF_CLIENT).action, XDP_REDIRECT);
+        }
+        let established = loaded.conn(&flow).expect("an entry").state;
+        let forged_rst = Ipv4::tcp((WEB1, 8080), client, packet::TCP_RST, b"");
+        check(
+            &mut loaded,
+            "web1's reset arriving from the client side",
+            (&from_client_side(&forged_rst, ROUTER_MAC), IF_CLIENT),
+            XDP_DROP,
+            Counter::DropReversePath,
+            None,
+        );
+        assert_eq!(loaded.conn(&flow).expect("an entry").state, established, "state unchanged");
+
+        // Served from the flow cache on the client side; not on the other.
+        let data = Ipv4::tcp(client, (VIP, 80), TCP_ACK, b"more");
+        assert_eq!(
+            loaded.run(&from_client_side(&data, CLIENT_MAC), IF_CLIENT).action,
+            XDP_REDIRECT
+        );
+        check(
+            &mut loaded,
+            "a known flow's packet arriving from the backend side",
+            (&from_backend_side(&data, ROUTER_MAC), IF_BACKEND),
+            XDP_DROP,
+            Counter::DropReversePath,
+            None,
+        );
+
+        let syn_from = |src: Ipv4Addr, port: u16| Ipv4::tcp((src, port), (VIP, 80), TCP_SYN, b"");
+        let refused = [
+            ("web1's address from the client side", syn_from(WEB1, 45_001), IF_CLIENT),
+            ("a client from the backend side", syn_from(CLIENT, 45_002), IF_BACKEND),
+            ("an address of the load balancer", syn_from(LB_CLIENT_SIDE, 45_003), IF_CLIENT),
+            ("a source with no route back", syn_from(UNREACHABLE_CLIENT, 45_004), IF_CLIENT),
+        ];
+        for (what, syn, ingress) in &refused {
+            let before = loaded.conntrack_len();
+            check(
+                &mut loaded,
+                what,
+                (&syn.frame(IF_CLIENT_MAC, ROUTER_MAC), ingress),
+                XDP_DROP,
+                Counter::DropReversePath,
+                None,
+            );
+            assert_eq!(loaded.conntrack_len(), before, "{what}: no entry");
+        }
+        // A client the load balancer has no neighbour entry for is fine.
+        let unseen = syn_from(UNSEEN_CLIENT, 45_005).frame(IF_CLIENT_MAC, ROUTER_MAC);
+        assert_eq!(loaded.run(&unseen, IF_CLIENT).action, XDP_REDIRECT, "an unseen client");
+
+        // Loose: any route back will do, but never a local address.
+        let loose = [
+            // Towards web1, out of the interface it came in on.
+            (&refused[1], XDP_TX, Counter::Tx),
+            (&refused[2], XDP_DROP, Counter::DropReversePath),
+        ];
+        loaded.reconciler.maps_mut().set_policy(1000, ReversePath::Loose).expect("loose");
+        for ((what, syn, ingress), action, counter) in loose {
+            let frame = syn.frame(IF_CLIENT_MAC, ROUTER_MAC);
+            let out = loaded.run(&frame, ingress);
+            assert_eq!(
+                (action_name(out.action), loaded.counter(counter) > 0),
+                (action_name(action), true),
+                "loose: {what}"
+            );
+        }
+        // Off: no check at all.
+        loaded.reconciler.maps_mut().set_policy(1000, ReversePath::Off).expect("off");
+        let (what, syn, ingress) = &refused[2];
+        let frame = syn.frame(IF_CLIENT_MAC, ROUTER_MAC);
+        assert_eq!(loaded.run(&frame, ingress).action, XDP_REDIRECT, "off: {what}");
     });
 }
 

@@ -18,8 +18,8 @@ use aya::{
 use lb_common::abi::{
     ABI_VERSION, BACKEND_IN_USE, BackendConns, CONN_CLOSED, CONN_CLOSING, CONN_ESTABLISHED,
     CONN_STATES, CONN_SYN, CONN_UDP, Conn, DEFAULT_ANSWERS_PER_SECOND, EPOCH_TICK_MS, Endpoint,
-    EpochClock, Flow, Limits, MAGLEV_SIZE, MAX_TX_PORTS, Meta, NO_BACKEND, Traffic,
-    answers_per_tick, epoch_mult, expired,
+    EpochClock, Flow, MAGLEV_SIZE, MAX_TX_PORTS, Meta, NO_BACKEND, Policy, REVERSE_PATH_LOOSE,
+    REVERSE_PATH_OFF, REVERSE_PATH_STRICT, Traffic, answers_per_tick, epoch_mult, expired,
 };
 use rustc_hash::FxHashSet;
 use tracing::info;
@@ -30,7 +30,7 @@ use super::{
     tx_ports,
 };
 use crate::{
-    model::{Dataplane, Timeouts},
+    model::{Dataplane, ReversePath, Timeouts},
     netdev,
     plan::{Image, Op},
 };
@@ -53,8 +53,8 @@ pub struct KernelMaps {
     timeouts: Array<MapData, u32>,
     /// The timeouts last written, in ticks, indexed by state.
     timeout_ticks: [u32; CONN_STATES as usize],
-    /// `lb_limits`: the answer budget.
-    limits: Array<MapData, Limits>,
+    /// `lb_policy`: the answer budget, the reverse-path check.
+    policy: Array<MapData, Policy>,
     be_conns: Array<MapData, BackendConns>,
     /// The counts last written to `lb_be_conns`, by backend id.
     published: BTreeMap<u32, BackendConns>,
@@ -104,7 +104,7 @@ impl KernelMaps {
     ) -> Result<Self, DataplaneError> {
         let mut maps = Self::open(load_object(object, conntrack_max)?, interfaces, false)?;
         maps.set_timeouts(&Timeouts::default())?;
-        maps.set_answers_per_second(DEFAULT_ANSWERS_PER_SECOND)?;
+        maps.set_policy(DEFAULT_ANSWERS_PER_SECOND, ReversePath::Strict)?;
         Ok(maps)
     }
 
@@ -170,7 +170,7 @@ impl KernelMaps {
         let mut maps = Self::open(ebpf, &dataplane.interfaces, adopting)?;
         // Before any service exists, so no packet sees a zero timeout.
         maps.set_timeouts(&dataplane.timeouts)?;
-        maps.set_answers_per_second(dataplane.answers_per_second)?;
+        maps.set_policy(dataplane.answers_per_second, dataplane.reverse_path)?;
         Ok(maps)
     }
 
@@ -243,7 +243,7 @@ impl KernelMaps {
             clock,
             clock_program,
             timeouts: typed(&mut ebpf, "lb_timeouts")?,
-            limits: typed(&mut ebpf, "lb_limits")?,
+            policy: typed(&mut ebpf, "lb_policy")?,
             timeout_ticks: [0; CONN_STATES as usize],
             be_conns: typed(&mut ebpf, "lb_be_conns")?,
             published: BTreeMap::new(),
@@ -277,10 +277,21 @@ impl KernelMaps {
     }
 
     /// Sets how many answers (resets, ICMP errors) each CPU may send per
-    /// second, as a budget per epoch tick.
-    pub fn set_answers_per_second(&mut self, per_second: u32) -> Result<(), DataplaneError> {
-        let limits = Limits { answers_per_tick: answers_per_tick(per_second), _pad: 0 };
-        self.limits.set(0, limits, 0).map_err(err("writing lb_limits"))
+    /// second (a budget per epoch tick), and the reverse-path check.
+    pub fn set_policy(
+        &mut self,
+        answers_per_second: u32,
+        reverse_path: ReversePath,
+    ) -> Result<(), DataplaneError> {
+        let policy = Policy {
+            answers_per_tick: answers_per_tick(answers_per_second),
+            reverse_path: match reverse_path {
+                ReversePath::Strict => REVERSE_PATH_STRICT,
+                ReversePath::Loose => REVERSE_PATH_LOOSE,
+                ReversePath::Off => REVERSE_PATH_OFF,
+            },
+        };
+        self.policy.set(0, policy, 0).map_err(err("writing lb_policy"))
     }
 
     /// The connection counts `lc` reads (the recount writes them), for tests
