@@ -7,7 +7,7 @@
 
 /// Bumped whenever a map layout below changes; stored in `lb_meta` so that a
 /// controller can tell whether pinned maps were written by a compatible build.
-pub const ABI_VERSION: u32 = 13;
+pub const ABI_VERSION: u32 = 14;
 
 /// Capacity of the service table (and of each per-service array).
 pub const MAX_SERVICES: u32 = 256;
@@ -416,6 +416,46 @@ pub struct Meta {
 }
 const _: () = assert!(size_of::<Meta>() == 8);
 
+/// Key of `lb_frags`: what IPv4 says makes fragments one datagram (RFC 791).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragKey {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub id: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<FragKey>() == 12);
+
+/// Value of `lb_frags`: what the first fragment of a datagram decided, for
+/// the fragments after it, which carry no ports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragEntry {
+    /// The address the datagram's fragments now go to (`FRAG_TO_BACKEND`,
+    /// `FRAG_DIRECT`: the backend) or come from (`FRAG_TO_CLIENT`: the VIP).
+    pub addr: [u8; 4],
+    pub kind: u32,
+    pub service_id: u32,
+    pub backend_id: u32,
+    /// The epoch tick of the first fragment: fragments of a datagram arrive
+    /// within moments of each other; an entry `FRAG_TIMEOUT_TICKS` old is stale.
+    pub epoch: u32,
+}
+const _: () = assert!(size_of::<FragEntry>() == 20);
+
+/// A client's datagram to a NAT backend: the destination becomes `addr`.
+pub const FRAG_TO_BACKEND: u32 = 1;
+/// A client's datagram to a direct-routing backend: only the frame goes to `addr`.
+pub const FRAG_DIRECT: u32 = 2;
+/// A backend's reply: the source becomes `addr`, the VIP.
+pub const FRAG_TO_CLIENT: u32 = 3;
+/// How long a datagram's later fragments are matched to its first: 2 s.
+pub const FRAG_TIMEOUT_TICKS: u32 = 20;
+/// Capacity of `lb_frags` (LRU: a flood of first fragments evicts the oldest).
+pub const MAX_FRAGS: u32 = 16_384;
+
 /// Value of `lb_policy` slot 0: how the data plane meets the edge, set by
 /// the controller at start.
 #[repr(C)]
@@ -560,7 +600,7 @@ mod tests {
 mod pod {
     use super::{
         AnswerBudget, Backend, BackendConns, Conn, Endpoint, EpochClock, Flow, FlowCacheEntry,
-        MaglevTable, Meta, NextHop, Policy, Real, Service, Traffic,
+        FragEntry, FragKey, MaglevTable, Meta, NextHop, Policy, Real, Service, Traffic,
     };
 
     macro_rules! pod {
@@ -584,6 +624,8 @@ mod pod {
         Meta,
         EpochClock,
         Policy,
+        FragKey,
+        FragEntry,
         AnswerBudget
     );
 }

@@ -52,7 +52,9 @@ counters! {
     PassLocal = "pass_local",
     /// The FIB has no usable route (unreachable, forwarding disabled, MTU...).
     PassFibFailed = "pass_fib_failed",
-    /// A fragment addressed to a VIP (not supported yet).
+    /// A later fragment to a VIP that finds no decision of its datagram's
+    /// first fragment: it came before its first, or its entry expired
+    /// (2 s) or was evicted. XDP cannot hold it back (see `frag`).
     DropFragment = "drop_fragment",
     /// The service has no usable backend.
     DropNoBackend = "drop_no_backend",

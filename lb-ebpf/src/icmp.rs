@@ -25,7 +25,7 @@ use crate::{
     Verdict,
     fwd::{self, Hop, Query},
     maps::LB_CONNTRACK,
-    parse::{ETH_LEN, Ipv4, Packet, ptr_at},
+    parse::{ETH_LEN, Frag, Ipv4, Packet, ptr_at},
     select::{self, Here},
 };
 
@@ -110,7 +110,8 @@ pub fn translate(
         flow: Flow { src: ip.src, dst: ip.dst, proto: ip.proto, ..Flow::default() },
         tot_len,
         ttl: o[TTL_PROTO],
-        fragment: false,
+        frag: Frag::Whole,
+        id: 0,
         tcp_flags: 0,
     };
     if pkt.ttl <= 1 {

@@ -6,6 +6,7 @@
 // Inline assembly for the atomic fetch-add of the round-robin counter.
 #![feature(asm_experimental_arch)]
 
+mod frag;
 mod fwd;
 mod icmp;
 mod maps;
@@ -36,6 +37,7 @@ use crate::{
     fwd::Target,
     maps::{LB_BE_STATS, LB_COUNTERS, LB_SVC_STATS, LB_VIPS},
     nat::Side,
+    parse::Frag,
     select::{Here, Known},
 };
 
@@ -100,12 +102,10 @@ fn process(ctx: &XdpContext) -> Result<Verdict, Counter> {
         return Err(if ip.short_header { Counter::PassMalformed } else { Counter::PassNotService });
     }
     let pkt = parse::transport(ctx, &ip)?;
-    if pkt.fragment {
-        // SAFETY: the value is not read.
-        let to_vip = to_vip && unsafe { LB_VIPS.get(pkt.flow.dst).is_some() };
-        return Err(if to_vip { Counter::DropFragment } else { Counter::PassNotService });
-    }
     let here = select::Here::read(ctx);
+    if pkt.frag == Frag::Later {
+        return frag::follow(ctx, &pkt, to_vip, here);
+    }
     // A backend's own service endpoint sending to a VIP: see the counter.
     if to_vip && from_real && select::real(&pkt.flow).is_some() {
         // SAFETY: the value is not read.
@@ -154,6 +154,7 @@ fn to_client(
     select::backend_closes(&pkt.flow, &real, pkt.tcp_flags, here);
     let target = Target { rewrite: Some(Side::Source), addr: real.vip, port: real.vport };
     let verdict = fwd::forward(ctx, pkt, &target, here)?;
+    frag::remember(pkt, &target, (real.service_id, real.backend_id), here);
     select::account(&LB_SVC_STATS, real.service_id, pkt.tot_len, false, false);
     select::account(&LB_BE_STATS, real.backend_id, pkt.tot_len, false, false);
     Ok(Some(verdict))
@@ -219,6 +220,7 @@ fn to_backend(
         port: choice.backend.port,
     };
     let verdict = fwd::forward(ctx, pkt, &target, here)?;
+    frag::remember(pkt, &target, (service_id, choice.id), here);
     select::account(&LB_SVC_STATS, service_id, pkt.tot_len, true, choice.new_flow);
     select::account(&LB_BE_STATS, choice.id, pkt.tot_len, true, choice.new_flow);
     Ok(Some(verdict))

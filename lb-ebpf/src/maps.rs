@@ -8,9 +8,9 @@ use aya_ebpf::{
 };
 use lb_common::abi::{
     ADDR_FILTER_SIZE, AnswerBudget, Backend, BackendConns, CONN_STATES, Conn,
-    DEFAULT_CONNTRACK_MAX, Endpoint, EpochClock, FLOW_CACHE_SLOTS, Flow, FlowCacheEntry,
-    MAX_BACKENDS, MAX_SERVICES, MAX_TX_PORTS, MaglevTable, Meta, NEXTHOP_SLOTS, NextHop, Policy,
-    REAL_SLOTS, Real, Service, Traffic,
+    DEFAULT_CONNTRACK_MAX, Endpoint, EpochClock, FLOW_CACHE_SLOTS, Flow, FlowCacheEntry, FragEntry,
+    FragKey, MAX_BACKENDS, MAX_FRAGS, MAX_SERVICES, MAX_TX_PORTS, MaglevTable, Meta, NEXTHOP_SLOTS,
+    NextHop, Policy, REAL_SLOTS, Real, Service, Traffic,
 };
 use lb_common::counter::Counter;
 
@@ -85,6 +85,11 @@ pub static LB_FIB_SCRATCH: PerCpuArray<bpf_fib_lookup, 1> = PerCpuArray::new();
 /// The answers (resets, ICMP errors) this CPU sent in the current tick.
 #[btf_map(name = "lb_answers")]
 pub static LB_ANSWERS: PerCpuArray<AnswerBudget, 1> = PerCpuArray::new();
+
+/// A fragmented datagram's first fragment's decision, for the fragments
+/// after it (see `frag`).
+#[btf_map(name = "lb_frags")]
+pub static LB_FRAGS: LruHashMap<FragKey, FragEntry, { MAX_FRAGS as usize }> = LruHashMap::new();
 
 /// VIP -> number of services on it; tells a fragment addressed to a VIP apart.
 #[btf_map(name = "lb_vips")]

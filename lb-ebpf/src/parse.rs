@@ -12,6 +12,20 @@ pub const ETH_LEN: usize = 14;
 const ETH_P_IPV4: u16 = 0x0800;
 /// More-fragments flag and fragment offset, in the host-order frag_off word.
 const IP_MF_OFFSET: u16 = 0x3fff;
+/// The fragment offset alone (units of 8 bytes).
+const IP_OFFSET: u16 = 0x1fff;
+
+/// Where a packet stands in its datagram.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Frag {
+    /// A whole datagram.
+    Whole,
+    /// The first fragment: it carries the transport header, and the
+    /// transport checksum of the whole datagram.
+    First,
+    /// A later fragment: no transport header, no ports.
+    Later,
+}
 
 #[repr(C)]
 pub struct EthHdr {
@@ -53,7 +67,9 @@ pub struct Packet {
     /// IPv4 total length, host order.
     pub tot_len: u16,
     pub ttl: u8,
-    pub fragment: bool,
+    pub frag: Frag,
+    /// The IPv4 identification, which ties a datagram's fragments together.
+    pub id: u16,
     /// TCP flags (0 for UDP).
     pub tcp_flags: u8,
 }
@@ -149,9 +165,10 @@ pub fn transport(ctx: &XdpContext, ip: &Ipv4) -> Result<Packet, Counter> {
     const BAD: Counter = Counter::DropMalformed;
     let Ipv4 { eth, ihl, proto, src, dst, .. } = *ip;
     // SAFETY: `ipv4` checked the 20-byte fixed header.
-    let (tot_len, frag_off, ttl) = unsafe {
+    let (tot_len, id, frag_off, ttl) = unsafe {
         (
             u16::from_be(mem::load16::<2>(ip.ip.cast())),
+            u16::from_be(mem::load16::<4>(ip.ip.cast())),
             u16::from_be(mem::load16::<6>(ip.ip.cast())),
             (*ip.ip).ttl,
         )
@@ -159,9 +176,21 @@ pub fn transport(ctx: &XdpContext, ip: &Ipv4) -> Result<Packet, Counter> {
     if ip.short_header || usize::from(tot_len) < ihl {
         return Err(BAD);
     }
-    let fragment = frag_off & IP_MF_OFFSET != 0;
+    let frag = match (frag_off & IP_MF_OFFSET, frag_off & IP_OFFSET) {
+        (0, _) => Frag::Whole,
+        (_, 0) => Frag::First,
+        _ => Frag::Later,
+    };
     let mut flow = Flow { src, dst, proto, ..Flow::default() };
-    if fragment {
+    if frag == Frag::Later {
+        // A TCP fragment at offset 8 would rewrite the TCP header's flags
+        // on reassembly (RFC 1858's overlapping fragment attack).
+        if proto == PROTO_TCP && frag_off & IP_OFFSET == 1 {
+            return Err(BAD);
+        }
+        if ctx.data() + ETH_LEN + usize::from(tot_len) > ctx.data_end() {
+            return Err(BAD);
+        }
         // No ports to read; the caller decides whether the fragment is ours.
         return Ok(Packet {
             eth,
@@ -171,7 +200,8 @@ pub fn transport(ctx: &XdpContext, ip: &Ipv4) -> Result<Packet, Counter> {
             flow,
             tot_len,
             ttl,
-            fragment,
+            frag,
+            id,
             tcp_flags: 0,
         });
     }
@@ -203,8 +233,9 @@ pub fn transport(ctx: &XdpContext, ip: &Ipv4) -> Result<Packet, Counter> {
         // SAFETY: ptr_at checked the 8 bytes.
         let length = usize::from(u16::from_be(unsafe { mem::load16::<4>(udp.cast()) }));
         // Its own length: at least its header, and no more than the packet
-        // holds (less is trailing padding, which the kernel trims too).
-        if length < 8 || ihl + length > usize::from(tot_len) {
+        // holds (less is trailing padding, which the kernel trims too); a
+        // first fragment holds only the start of it.
+        if length < 8 || (frag == Frag::Whole && ihl + length > usize::from(tot_len)) {
             return Err(BAD);
         }
         (udp.cast(), udp.cast::<u8>().wrapping_add(6).cast())
@@ -220,5 +251,5 @@ pub fn transport(ctx: &XdpContext, ip: &Ipv4) -> Result<Packet, Counter> {
         flow.sport = u16::from_be(mem::load16::<0>(ports.cast()));
         flow.dport = u16::from_be(mem::load16::<2>(ports.cast()));
     }
-    Ok(Packet { eth, ip: ip.ip, ports, l4_check, flow, tot_len, ttl, fragment, tcp_flags })
+    Ok(Packet { eth, ip: ip.ip, ports, l4_check, flow, tot_len, ttl, frag, id, tcp_flags })
 }

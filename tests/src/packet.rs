@@ -199,6 +199,34 @@ pub fn internet_checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+/// `packet` cut into fragments of at most `chunk` bytes of IP payload each
+/// (a multiple of 8), as the sender's kernel or a router cuts it: each
+/// with the packet's addresses, protocol, TTL and id, More Fragments on all
+/// but the last, its offset in 8-byte units, no options.
+pub fn fragments(packet: &Ipv4, chunk: usize) -> Vec<Ipv4> {
+    assert!(chunk.is_multiple_of(8), "fragments hold multiples of 8 bytes");
+    let bytes = packet.to_bytes();
+    let header = usize::from(bytes[0] & 0x0f) * 4;
+    let payload = &bytes[header..];
+    let count = payload.len().div_ceil(chunk);
+    payload
+        .chunks(chunk)
+        .enumerate()
+        .map(|(i, part)| {
+            let more = if i + 1 < count { IP_MF } else { 0 };
+            let mut fragment = Ipv4::new(
+                packet.src,
+                packet.dst,
+                L4::Raw { proto: packet.proto(), bytes: part.to_vec() },
+            );
+            fragment.ttl = packet.ttl;
+            fragment.id = packet.id;
+            fragment.frag_off = more | (i * chunk / 8) as u16;
+            fragment
+        })
+        .collect()
+}
+
 pub const ICMP_DEST_UNREACH: u8 = 3;
 pub const ICMP_TIME_EXCEEDED: u8 = 11;
 

@@ -625,20 +625,40 @@ fn cases() -> Vec<Case> {
             Expect::Unchanged,
         ),
         case(
-            "a first fragment to the VIP is dropped and counted",
-            IF_CLIENT,
-            from_client(&first_fragment),
-            XDP_DROP,
-            Counter::DropFragment,
-            Expect::Unchanged,
-        ),
-        case(
-            "a later fragment to the VIP is dropped and counted",
+            "a later fragment to the VIP before its first is dropped and counted",
             IF_CLIENT,
             from_client(&later_fragment),
             XDP_DROP,
             Counter::DropFragment,
             Expect::Unchanged,
+        ),
+        case(
+            "a first fragment to the VIP is sent to its backend like a whole datagram",
+            IF_CLIENT,
+            from_client(&first_fragment),
+            XDP_REDIRECT,
+            Counter::Redirect,
+            Expect::Frame(forwarded(
+                &first_fragment,
+                (CLIENT, 40_053),
+                (WEB2, 5353),
+                WEB_MACS[1],
+                IF_BACKEND_MAC,
+            )),
+        ),
+        case(
+            "a later fragment after its first follows it, its address rewritten",
+            IF_CLIENT,
+            from_client(&later_fragment),
+            XDP_REDIRECT,
+            Counter::Redirect,
+            Expect::Frame(forwarded(
+                &later_fragment,
+                (CLIENT, 40_053),
+                (WEB2, 5353),
+                WEB_MACS[1],
+                IF_BACKEND_MAC,
+            )),
         ),
         case(
             "a fragment to another address passes",
@@ -895,7 +915,7 @@ fn packet_fixtures() {
     let ns = FixtureNs::create("lbt-fix");
     let cases = cases();
     // Exact, so that a case lost in an edit (a bad merge, a deleted line) is noticed.
-    assert_eq!(cases.len(), 60, "fixture cases in the table");
+    assert_eq!(cases.len(), 61, "fixture cases in the table");
     let failures = in_ns(&ns.name, move || {
         let mut loaded = Loaded::new(4096);
         let mut failures = Vec::new();
