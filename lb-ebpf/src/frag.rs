@@ -78,7 +78,7 @@ pub fn follow(
         let to_vip = to_vip && unsafe { LB_VIPS.get(pkt.flow.dst).is_some() };
         return Err(if to_vip { Counter::DropFragment } else { Counter::PassNotService });
     };
-    fwd::check_source(ctx, pkt, pkt.flow.src, here)?;
+    fwd::arrived_from(ctx, pkt, pkt.flow.src, here)?;
     if pkt.ttl <= 1 {
         return Err(Counter::PassTtlExpired);
     }

@@ -239,14 +239,15 @@ fn remember(
 }
 
 /// The reverse-path check (`abi::Policy::reverse_path`, Linux's
-/// `rp_filter`) of a packet from `src` (a client's to a VIP, a backend's
-/// reply): strict, the route back to `src` must leave by the interface the
-/// packet arrived on; loose, there must be a route back. Either way `src`
-/// may not be an address of the load balancer. The route comes from the
-/// next-hop cache (the one replies to `src` use), else from the FIB, whose
-/// answer is cached.
+/// `rp_filter`): whether the packet could have come from `src` (its source;
+/// for an ICMP error, the host the quoted packet was going to). Strict: the
+/// route back to `src` must leave by the interface the packet arrived on;
+/// loose: there must be a route back. Either way `src` may not be an
+/// address of the load balancer. The route comes from the next-hop cache
+/// (the one packets to `src` use), else from the FIB, whose answer is
+/// cached.
 #[inline(always)]
-pub fn check_source(
+pub fn arrived_from(
     ctx: &XdpContext,
     pkt: &Packet,
     src: [u8; 4],

@@ -117,13 +117,20 @@ pub fn translate(
     if pkt.ttl <= 1 {
         return Err(Counter::PassTtlExpired);
     }
-    if to_vip && quoted.src == ip.dst {
-        return to_backend(ctx, &pkt, o, m, &quoted, here);
+    let about_reply = to_vip && quoted.src == ip.dst;
+    let about_request = select::addr_flags(quoted.dst) & ADDR_REAL != 0 && quoted.src == ip.dst;
+    if !about_reply && !about_request {
+        return Err(NOT_OURS);
     }
-    if select::addr_flags(quoted.dst) & ADDR_REAL != 0 && quoted.src == ip.dst {
-        return to_client(ctx, &pkt, o, m, &quoted, here);
+    // An error about a packet to X comes from where X is: the route to the
+    // quoted destination leaves by the interface the error arrived on (a
+    // client's forged "port unreachable from web1" is refused).
+    fwd::arrived_from(ctx, &pkt, quoted.dst, here)?;
+    if about_reply {
+        to_backend(ctx, &pkt, o, m, &quoted, here)
+    } else {
+        to_client(ctx, &pkt, o, m, &quoted, here)
     }
-    Err(NOT_OURS)
 }
 
 /// An error about a reply `VIP:vport -> client`: to the backend that owns

@@ -148,8 +148,8 @@ fn to_client(
     let Some(real) = select::real(&pkt.flow) else {
         return Ok(None);
     };
-    // Before the reply may move its connection's state (a forged FIB or RST).
-    fwd::check_source(ctx, pkt, pkt.flow.src, here)?;
+    // Before the reply may move its connection's state (a forged FIN or RST).
+    fwd::arrived_from(ctx, pkt, pkt.flow.src, here)?;
     expire_check(pkt)?;
     select::backend_closes(&pkt.flow, &real, pkt.tcp_flags, here);
     let target = Target { rewrite: Some(Side::Source), addr: real.vip, port: real.vport };
@@ -180,7 +180,7 @@ fn to_backend(
     // The flow's slot in this CPU's flow cache: read by the lookup, written
     // by the scheduler for a new flow.
     let cached = select::flow_cache_entry(&pkt.flow, here);
-    let check_source = || fwd::check_source(ctx, pkt, pkt.flow.src, here);
+    let check_source = || fwd::arrived_from(ctx, pkt, pkt.flow.src, here);
     let known = select::established(&pkt.flow, pkt.tcp_flags, here, cached, check_source)?;
     let (service_id, choice) = match known {
         Known::Flow(service_id, choice) if choice.backend.flags & BACKEND_DOWN == 0 => {

@@ -148,7 +148,7 @@ pub fn flow_cache_entry(flow: &Flow, here: Here) -> Option<*mut FlowCacheEntry> 
 /// (SYN, FIN, RST), a flow not yet established, and each flow once an
 /// epoch, go to the connection table; the rest is answered by this CPU's
 /// flow cache (`cached`, the flow's slot there). Every packet the cache
-/// does not answer must pass `check_source` (the reverse-path check) first:
+/// does not answer must pass `check_source` (`fwd::arrived_from`) first:
 /// an entry is written only for a source that did, on the interface it
 /// records, so the cache serves only packets from that interface.
 #[inline(always)]

@@ -325,6 +325,32 @@ fn errors_about_client_packets_reach_the_client_from_the_vip() {
                 None,
             );
         }
+
+        // Errors come from where the quoted packet was going: web1's port
+        // unreachable arriving from the client side is a client's forgery,
+        // and an error about a reply to the client from the backend side too.
+        let forged =
+            icmp_error(ROUTER_CLIENT_SIDE, CLIENT, PORT_UNREACHABLE, [0; 4], &quote(&tcp_got));
+        check(
+            &mut loaded,
+            "an error about a packet to web1 from the client side",
+            (&from_client_side(&forged, ROUTER_MAC), IF_CLIENT),
+            XDP_DROP,
+            Counter::DropReversePath,
+            None,
+        );
+        let syn = Ipv4::tcp((CLIENT, 42_001), (VIP, 80), TCP_SYN, b"");
+        assert_eq!(loaded.run(&from_client_side(&syn, CLIENT_MAC), IF_CLIENT).action, XDP_REDIRECT);
+        let (_, left) = web_reply((CLIENT, 42_001));
+        let forged = icmp_error(ROUTER_BACKEND_SIDE, VIP, FRAG_NEEDED, MTU_1280, &quote(&left));
+        check(
+            &mut loaded,
+            "an error about a reply to a client from the backend side",
+            (&from_backend_side(&forged, ROUTER_MAC), IF_BACKEND),
+            XDP_DROP,
+            Counter::DropReversePath,
+            None,
+        );
     });
 }
 
