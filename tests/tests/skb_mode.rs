@@ -5,9 +5,10 @@
 //! The kernel skips GRO on a device that has a generic XDP program itself
 //! (`netif_elide_gro`), but not on the devices below it: with the load
 //! balancer's interfaces bridges over veth ports whose GRO is on, the
-//! program would see merged packets of up to 64 KiB, drop the client's as
-//! too big for the backend link (`drop_too_big`), and the upload would
-//! stall. The controller turns GRO off below such an interface, writes down
+//! program would see merged packets of up to 64 KiB: the client's dropped
+//! as too big for the backend link (`drop_too_big`), the backend's replies
+//! passed to the kernel untranslated (`pass_fib_failed`), and both
+//! transfers would stall. The controller turns GRO off below such an interface, writes down
 //! what it turned off, and turns it back on when the data plane is detached.
 use std::{
     net::{Ipv4Addr, SocketAddr, TcpListener},
@@ -67,6 +68,11 @@ fn bridges_over_merging_ports(topo: &Topology) {
         ns_sh(&lb, &["ip", "link", "set", dev, "up"]);
         ns_sh(&lb, &["ethtool", "-K", &port, "gro", "on"]);
     }
+    // A veth hands its peer's NAPI (and GRO) only what it sends with TSO
+    // off (veth_skb_is_eligible_for_gro): the client's c0 has it off, the
+    // switch's port towards the load balancer too now, so the backend's
+    // replies merge as well.
+    ns_sh(&topo.switch(), &["ethtool", "-K", "sw-lb", "tso", "off"]);
 }
 
 /// 16 MB down from and 16 MB up to web1 through the VIP, each compared
