@@ -30,6 +30,7 @@ use super::{
     tx_ports,
 };
 use crate::{
+    gro,
     model::{Dataplane, ReversePath, Timeouts},
     netdev,
     plan::{Image, Op},
@@ -71,6 +72,9 @@ pub struct KernelMaps {
     counted_ids: FxHashSet<(CounterKind, u32)>,
     /// The interfaces the programs are attached to.
     interfaces: Vec<String>,
+    /// Where the devices whose GRO this data plane turned off are written
+    /// down (`gro::record_path`), when it is attached.
+    gro_record: Option<PathBuf>,
 }
 
 /// The two kinds of traffic counters, by service id and by backend id.
@@ -124,9 +128,11 @@ impl KernelMaps {
             pins.check_layout(&expected)?;
         }
         let started = Self::start_on(&pins, &expected, dataplane, object, adopting);
+        let gro_record = gro::record_path(&crate::api::token::run_dir(), &dataplane.pin_path);
         match started {
             Ok(mut maps) => {
                 maps.pins = Some(pins);
+                maps.gro_record = Some(gro_record);
                 maps.adopted = adopting;
                 if adopting {
                     info!(pin_path = %dataplane.pin_path.display(), "adopted the pinned data plane: its flows and counters go on");
@@ -138,6 +144,7 @@ impl KernelMaps {
             Err(e) => {
                 if !adopting {
                     pins.remove_pins();
+                    gro::reconcile(&gro_record, &[]);
                 }
                 Err(e)
             }
@@ -167,6 +174,12 @@ impl KernelMaps {
             dataplane.xdp_mode,
         )?;
         attach::tc(program(&mut ebpf, "lb_neigh")?, pins, &dataplane.interfaces)?;
+        // Whichever interfaces run the program in skb mode now (chosen by
+        // `auto`, or kept by an adopted link), whichever no longer do.
+        gro::reconcile(
+            &gro::record_path(&crate::api::token::run_dir(), &dataplane.pin_path),
+            &dataplane.interfaces,
+        );
         let mut maps = Self::open(ebpf, &dataplane.interfaces, adopting)?;
         // Before any service exists, so no packet sees a zero timeout.
         maps.set_timeouts(&dataplane.timeouts)?;
@@ -182,7 +195,11 @@ impl KernelMaps {
     /// Detaches the programs and removes every pin (`lb-ctl run
     /// --cleanup-on-exit`); otherwise the data plane outlives the controller.
     pub fn remove(mut self) -> usize {
-        self.pins.take().map_or(0, PinDir::remove_pins)
+        let removed = self.pins.take().map_or(0, PinDir::remove_pins);
+        if let Some(record) = self.gro_record.take() {
+            gro::reconcile(&record, &[]);
+        }
+        removed
     }
 
     /// Fills the redirect targets and the ABI version, and takes the maps the
@@ -252,6 +269,7 @@ impl KernelMaps {
             adopted: false,
             counted_ids: FxHashSet::default(),
             interfaces: interfaces.to_vec(),
+            gro_record: None,
         })
     }
 
