@@ -117,9 +117,16 @@ counters! {
     /// side), there is no route back, or the source is an address of the
     /// load balancer.
     DropReversePath = "drop_reverse_path",
+    /// A packet of ours (to a VIP, from a backend) in a frame sent to a
+    /// link-layer broadcast or multicast address: a router forwards only
+    /// frames sent to its own address.
+    DropLinkGroup = "drop_link_group",
+    /// A TCP segment to a VIP or from a backend whose flags no connection
+    /// sends (RFC 9293): SYN with FIN or RST, or neither SYN, RST nor ACK
+    /// (no flags at all). Scans and fingerprinting; never forwarded.
+    DropTcpFlags = "drop_tcp_flags",
     /// An answer not sent because of where it would go: to a backend's
-    /// address, or to a frame sent to a link-layer broadcast or multicast
-    /// address. The packet is dropped.
+    /// address, a martian or a VIP. The packet is dropped.
     DropAnswerForbidden = "drop_answer_forbidden",
 }
 

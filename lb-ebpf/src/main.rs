@@ -63,6 +63,8 @@ impl Verdict {
             | Counter::DropAnswerBudget
             | Counter::DropAnswerForbidden
             | Counter::DropReversePath
+            | Counter::DropLinkGroup
+            | Counter::DropTcpFlags
             | Counter::DropDsrNotOnLink => xdp_action::XDP_DROP,
             _ => xdp_action::XDP_PASS,
         };
@@ -92,7 +94,7 @@ fn process(ctx: &XdpContext) -> Result<Verdict, Counter> {
     let to_vip = select::addr_flags(ip.dst) & ADDR_VIP != 0;
     let src_flags = select::addr_flags(ip.src);
     if to_vip {
-        source_could_be_a_client(ip.src, src_flags)?;
+        source_could_be_a_client(&ip, src_flags)?;
     }
     if ip.proto == PROTO_ICMP {
         return icmp::translate(ctx, &ip, to_vip, Here::read(ctx));
@@ -101,7 +103,11 @@ fn process(ctx: &XdpContext) -> Result<Verdict, Counter> {
     if !to_vip && !from_real {
         return Err(if ip.short_header { Counter::PassMalformed } else { Counter::PassNotService });
     }
-    let pkt = parse::transport(ctx, &ip)?;
+    // SAFETY: nothing has resized the frame.
+    if unsafe { parse::to_link_group(&ip) } {
+        return Err(not_ours_after_all(Counter::DropLinkGroup, &ip, from_real));
+    }
+    let pkt = parse::transport(ctx, &ip).map_err(|c| not_ours_after_all(c, &ip, from_real))?;
     let here = select::Here::read(ctx);
     if pkt.frag == Frag::Later {
         return frag::follow(ctx, &pkt, to_vip, here);
@@ -122,19 +128,45 @@ fn process(ctx: &XdpContext) -> Result<Verdict, Counter> {
     Err(Counter::PassNotService)
 }
 
-/// Whether `src` could be a client of a VIP: not a martian (RFC 1812's
-/// 0/8, 127/8, and 224/4 and 240/4: multicast, reserved, broadcast), and not
-/// a VIP (the prefilter's flag, confirmed by the exact table).
+/// Whether the source of a packet the prefilter takes for one to a VIP
+/// could be a client: not a martian (RFC 1812's 0/8, 127/8, and 224/4 and
+/// 240/4: multicast, reserved, broadcast), and not a VIP (the prefilter's
+/// flag, confirmed by the exact table).
 #[inline(always)]
-fn source_could_be_a_client(src: [u8; 4], src_flags: u8) -> Result<(), Counter> {
+fn source_could_be_a_client(ip: &parse::Ipv4, src_flags: u8) -> Result<(), Counter> {
+    let src = ip.src;
     if src[0] == 0 || src[0] == 127 || src[0] >= 224 {
-        return Err(Counter::DropMartianSource);
+        return Err(not_ours_after_all(Counter::DropMartianSource, ip, false));
     }
     // SAFETY: the value is not read.
     if src_flags & ADDR_VIP != 0 && unsafe { LB_VIPS.get(src).is_some() } {
         return Err(Counter::DropSourceVip);
     }
     Ok(())
+}
+
+/// `drop`, the verdict on a packet the address prefilter took for ours,
+/// when it is: to a VIP (confirmed by the exact table) or from a backend's
+/// address (`from_real`: the prefilter's word, which the ports, unread or
+/// unreadable here, would confirm). Otherwise the packet is someone else's
+/// whose address shares a VIP's slot, and goes to the kernel as it is.
+/// Only refusals pay for the exact lookup.
+#[inline(always)]
+fn not_ours_after_all(drop: Counter, ip: &parse::Ipv4, from_real: bool) -> Counter {
+    if !matches!(
+        drop,
+        Counter::DropMalformed
+            | Counter::DropMartianSource
+            | Counter::DropLinkGroup
+            | Counter::DropTcpFlags
+    ) {
+        return drop;
+    }
+    // SAFETY: the value is not read.
+    if from_real || unsafe { LB_VIPS.get(ip.dst).is_some() } {
+        return drop;
+    }
+    if drop == Counter::DropMalformed { Counter::PassMalformed } else { Counter::PassNotService }
 }
 
 /// A backend's reply: the source goes back to the VIP. `Ok(None)` when the

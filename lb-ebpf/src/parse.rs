@@ -2,7 +2,10 @@
 //! `ptr_at`, which proves to the verifier (and to us) that it is in bounds.
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    abi::{Flow, NEIGH_MARK_MAGIC, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
+    abi::{
+        Flow, NEIGH_MARK_MAGIC, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST,
+        TCP_SYN,
+    },
     counter::Counter,
 };
 
@@ -101,6 +104,17 @@ pub struct Ipv4 {
     pub short_header: bool,
 }
 
+/// Whether the frame carrying `ip` was sent to a link-layer group address
+/// (broadcast, multicast): a router forwards only frames sent to it.
+///
+/// # Safety
+/// Nothing has resized the frame since `ipv4` parsed it.
+#[inline(always)]
+pub unsafe fn to_link_group(ip: &Ipv4) -> bool {
+    // SAFETY: `ipv4` bounds-checked the Ethernet header.
+    unsafe { (*ip.eth).dst[0] & 1 != 0 }
+}
+
 impl Ipv4 {
     /// The IPv4 header's length in bytes (from its IHL field).
     #[inline(always)]
@@ -155,6 +169,15 @@ pub fn ipv4(ctx: &XdpContext) -> Result<Ipv4, Counter> {
         return Err(Counter::PassNotTcpUdp);
     }
     Ok(Ipv4 { eth, ip, ihl, proto, src, dst, short_header: ihl < 20 })
+}
+
+/// Whether TCP `flags` can be one segment of a connection (RFC 9293): a
+/// SYN without FIN or RST, and any segment but a SYN or a RST acknowledges.
+/// SYN+FIN, SYN+RST and no flags at all are scans and stack fingerprinting.
+#[inline(always)]
+const fn tcp_flags_valid(flags: u8) -> bool {
+    let syn = flags & TCP_SYN != 0;
+    if syn { flags & (TCP_FIN | TCP_RST) == 0 } else { flags & (TCP_ACK | TCP_RST) != 0 }
 }
 
 /// Reads the TCP or UDP header after `ip`'s: the packet with its flow.
@@ -222,6 +245,9 @@ pub fn transport(ctx: &XdpContext, ip: &Ipv4) -> Result<Packet, Counter> {
         let header = usize::from(offset_byte >> 4) * 4;
         if header < 20 || ihl + header > usize::from(tot_len) {
             return Err(BAD);
+        }
+        if !tcp_flags_valid(flags) {
+            return Err(Counter::DropTcpFlags);
         }
         tcp_flags = flags;
         (tcp.cast(), tcp.cast::<u8>().wrapping_add(16).cast())

@@ -79,20 +79,17 @@ pub enum To {
 }
 
 /// Whether an answer to `pkt` may be sent, and takes it from this CPU's
-/// budget for the tick. Refused: a frame sent to a link-layer group address
-/// (broadcast, multicast: whole segments would answer), a source that is a
-/// martian or a VIP (never a client), a backend's address when the answer
-/// is for a client (a forged client that is one of ours), and anything past
-/// the budget.
+/// budget for the tick. Refused: a source that is a martian or a VIP (never
+/// a client), a backend's address when the answer is for a client (a forged
+/// client that is one of ours), and anything past the budget. (A frame sent
+/// to a link-layer group address never gets here: `drop_link_group`.)
 #[inline(always)]
 pub fn permit(pkt: &Packet, to: To, here: Here) -> Result<(), Counter> {
-    // SAFETY: parse bounds-checked the Ethernet header.
-    let group_mac = unsafe { (*pkt.eth).dst[0] } & 1 != 0;
     let dst = pkt.flow.src;
     let martian = dst[0] == 0 || dst[0] == 127 || dst[0] >= 224;
     let flags = select::addr_flags(dst);
     let ours = flags & ADDR_VIP != 0 || (to == To::Client && flags & ADDR_REAL != 0);
-    if group_mac || martian || ours {
+    if martian || ours {
         return Err(Counter::DropAnswerForbidden);
     }
     let limit = LB_POLICY.get(0).map_or(0, |l| l.answers_per_tick);

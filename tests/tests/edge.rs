@@ -484,7 +484,8 @@ fn answers_are_bounded_and_never_reflected() {
             Counter::DropAnswerForbidden,
             None,
         );
-        // Nor a frame sent to the link's broadcast address.
+        // Nor a frame sent to the link's broadcast address: a router
+        // forwards only frames sent to it, and answers none of the others.
         let mut broadcast = syn(44_007);
         broadcast[..6].copy_from_slice(&[0xff; 6]);
         check(
@@ -492,7 +493,7 @@ fn answers_are_bounded_and_never_reflected() {
             "a broadcast frame",
             (&broadcast, IF_CLIENT),
             XDP_DROP,
-            Counter::DropAnswerForbidden,
+            Counter::DropLinkGroup,
             None,
         );
 
@@ -605,6 +606,102 @@ fn sources_must_be_where_their_route_leaves() {
         let (what, syn, ingress) = &refused[2];
         let frame = syn.frame(IF_CLIENT_MAC, ROUTER_MAC);
         assert_eq!(loaded.run(&frame, ingress).action, XDP_REDIRECT, "off: {what}");
+    });
+}
+
+/// TCP segments whose flags no connection sends are dropped both ways
+/// (SYN+FIN, SYN+RST, none at all), and make no entry; every flag a
+/// connection does send goes through.
+#[test]
+fn segments_with_impossible_flags_are_dropped() {
+    use packet::{TCP_FIN, TCP_PSH, TCP_RST};
+    let ns = FixtureNs::create("lbt-edge");
+    in_ns(&ns.name, || {
+        let mut loaded = Loaded::new(4096);
+        for (i, flags) in [TCP_SYN | TCP_FIN, TCP_SYN | TCP_RST, 0, TCP_FIN, TCP_PSH, 0xff]
+            .into_iter()
+            .enumerate()
+        {
+            let to_vip = Ipv4::tcp((CLIENT, 48_000 + i as u16), (VIP, 80), flags, b"");
+            let before = loaded.conntrack_len();
+            check(
+                &mut loaded,
+                &format!("flags {flags:#04x} to the VIP"),
+                (&from_client_side(&to_vip, CLIENT_MAC), IF_CLIENT),
+                XDP_DROP,
+                Counter::DropTcpFlags,
+                None,
+            );
+            assert_eq!(loaded.conntrack_len(), before, "flags {flags:#04x}: no entry");
+            let reply = Ipv4::tcp((WEB1, 8080), (CLIENT, 48_000), flags, b"");
+            check(
+                &mut loaded,
+                &format!("flags {flags:#04x} from web1"),
+                (&from_backend_side(&reply, WEB_MACS[0]), IF_BACKEND),
+                XDP_DROP,
+                Counter::DropTcpFlags,
+                None,
+            );
+        }
+        for (i, flags) in
+            [TCP_SYN, TCP_RST, TCP_RST | TCP_ACK, TCP_ACK, TCP_FIN | TCP_ACK, TCP_ACK | TCP_PSH]
+                .into_iter()
+                .enumerate()
+        {
+            let to_vip = Ipv4::tcp((CLIENT, 48_100 + i as u16), (VIP, 80), flags, b"");
+            let out = loaded.run(&from_client_side(&to_vip, CLIENT_MAC), IF_CLIENT);
+            assert_eq!(action_name(out.action), "XDP_REDIRECT", "flags {flags:#04x}");
+        }
+    });
+}
+
+/// The address prefilter is a 64 Ki-slot hash: an address that shares a
+/// VIP's slot is someone else's, and its odd packets go to the kernel as
+/// they are, not dropped as if they were to the VIP.
+#[test]
+fn a_vips_slot_twin_is_not_taken_for_the_vip() {
+    let ns = FixtureNs::create("lbt-edge");
+    in_ns(&ns.name, || {
+        let mut loaded = Loaded::new(4096);
+        let slot = lb_common::abi::addr_slot(VIP.octets());
+        let twin = (1..=254_u8)
+            .flat_map(|a| (0..=255_u8).map(move |b| Ipv4Addr::new(a, b, 10, 77)))
+            .find(|t| *t != VIP && lb_common::abi::addr_slot(t.octets()) == slot)
+            .expect("an address sharing the VIP's slot");
+        let martian = Ipv4::udp((Ipv4Addr::UNSPECIFIED, 68), (twin, 67), b"dhcp");
+        check(
+            &mut loaded,
+            &format!("0.0.0.0 to {twin}"),
+            (&from_client_side(&martian, CLIENT_MAC), IF_CLIENT),
+            XDP_PASS,
+            Counter::PassNotService,
+            None,
+        );
+        let mut short =
+            from_client_side(&Ipv4::tcp((CLIENT, 49_000), (twin, 80), TCP_SYN, b""), CLIENT_MAC);
+        short.truncate(14 + 20 + 10);
+        short[16..18].copy_from_slice(&30_u16.to_be_bytes());
+        check(
+            &mut loaded,
+            &format!("a cut TCP header to {twin}"),
+            (&short, IF_CLIENT),
+            XDP_PASS,
+            Counter::PassMalformed,
+            None,
+        );
+        // The same to the VIP itself is dropped.
+        let mut short_to_vip =
+            from_client_side(&Ipv4::tcp((CLIENT, 49_000), (VIP, 80), TCP_SYN, b""), CLIENT_MAC);
+        short_to_vip.truncate(14 + 20 + 10);
+        short_to_vip[16..18].copy_from_slice(&30_u16.to_be_bytes());
+        check(
+            &mut loaded,
+            "a cut TCP header to the VIP",
+            (&short_to_vip, IF_CLIENT),
+            XDP_DROP,
+            Counter::DropMalformed,
+            None,
+        );
     });
 }
 
