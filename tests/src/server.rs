@@ -1,6 +1,7 @@
 //! The backends' servers: HTTP that names the backend (`Bienvenue sur WEB2`)
-//! or sends a bulk body (`GET /bytes/N`), a line echo that prefixes each line with the backend's name (for
-//! long-lived connections), and a UDP echo that does the same.
+//! or sends a bulk body (`GET /bytes/N`), a line echo that prefixes each
+//! line with the backend's name (for long-lived connections), and a UDP
+//! echo that does the same.
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream, UdpSocket},

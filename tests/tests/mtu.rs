@@ -122,7 +122,8 @@ fn a_download_through_a_narrow_router_finishes() {
         .map(|(name, _)| (*name, cached_mtu(&lab.topo.web(name), ROUTED_CLIENT_ADDR)))
         .collect();
     eprintln!(
-        "download: {} body bytes in {:?} ({}); {}; backends' path MTU towards {ROUTED_CLIENT_ADDR}: {mtus:?}",
+        "download: {} body bytes in {:?} ({}); {}; backends' path MTU towards \
+         {ROUTED_CLIENT_ADDR}: {mtus:?}",
         got.body.len(),
         got.elapsed,
         got.error.as_deref().unwrap_or("complete"),
@@ -376,6 +377,14 @@ fn if_stat(ns: &str, dev: &str, name: &str) -> u64 {
         .expect("a counter")
 }
 
+/// Frames lost between the client and the load balancer's XDP program,
+/// before anything counted them: a veth with XDP has a ring of its own per
+/// queue, and a burst that overflows it is dropped (counted as the
+/// sender's `tx_dropped` or the receiver's `rx_dropped`).
+fn veth_drops(topo: &Topology) -> u64 {
+    if_stat(&topo.client(), "c0", "tx_dropped") + if_stat(&topo.lb(), "lb-c", "rx_dropped")
+}
+
 /// An nftables table `lbt` in namespace `ns` counting, before anything
 /// else sees them, the IPv4 packets that `rule` matches.
 fn nft_count(ns: &str, rule: &str) {
@@ -476,6 +485,7 @@ fn forged_loop_datagrams(prefix: &str, dataplane: &'static str, each: bool) {
     let (drops_before, forwarded_before, (udp_before, tx_before)) =
         (drops(), forwarded(), side.now());
     let lb_c_rx_before = if_stat(&lb, "lb-c", "rx_packets");
+    let lost_before = veth_drops(&lab.topo);
     let start = Instant::now();
     let sent = send_frames(&client, "c0", [vec![from_vip; N], vec![from_web1; N]].concat());
     let took = start.elapsed();
@@ -483,11 +493,13 @@ fn forged_loop_datagrams(prefix: &str, dataplane: &'static str, each: bool) {
     std::thread::sleep(Duration::from_secs(1));
     let (drops_after, forwarded_after, (udp_after, tx_after)) = (drops(), forwarded(), side.now());
     let arrived = if_stat(&lb, "lb-c", "rx_packets") - lb_c_rx_before;
+    let lost = veth_drops(&lab.topo) - lost_before;
     let dropped: Vec<u64> = drops_after.iter().zip(drops_before).map(|(a, b)| a - b).collect();
     let report = format!(
-        "sent {sent} of {} forged datagrams in {took:?}, {arrived} packets arrived on lb-c; \
-         drop_source_vip +{}, drop_backend_port_to_vip +{}, drop_reverse_path +{}; forwarded by \
-         XDP +{}; UDP packets at the backends +{}, lb-b tx_packets +{}; counters now: {}",
+        "sent {sent} of {} forged datagrams in {took:?}, {arrived} packets arrived on lb-c, \
+         {lost} lost in the veth before XDP; drop_source_vip +{}, drop_backend_port_to_vip \
+         +{}, drop_reverse_path +{}; forwarded by XDP +{}; UDP packets at the backends +{}, \
+         lb-b tx_packets +{}; counters now: {}",
         2 * N,
         dropped[0],
         dropped[1],
@@ -504,13 +516,17 @@ fn forged_loop_datagrams(prefix: &str, dataplane: &'static str, each: bool) {
     // be thousands.
     assert!(tx_after - tx_before <= 5, "packets left on the backend side: {report}");
     assert_eq!(forwarded_after - forwarded_before, 0, "XDP forwarded forged datagrams: {report}");
+    assert!(lost <= N as u64 / 10, "too many frames lost to tell: {report}");
     assert_eq!(
-        dropped.iter().sum::<u64>(),
+        dropped.iter().sum::<u64>() + lost,
         2 * N as u64,
         "the drop counters should account for every forged datagram: {report}"
     );
     if each {
-        assert_eq!(dropped[..2], [N as u64; 2], "src=VIP, src=web1:5353: {report}");
+        assert!(
+            dropped[0] + lost >= N as u64 && dropped[1] + lost >= N as u64,
+            "src=VIP, src=web1:5353, each under its own counter: {report}"
+        );
     }
 }
 
@@ -542,6 +558,7 @@ fn a_flood_of_forged_backend_replies_is_dropped_at_the_edge() {
     let forwarded_before =
         counters::get(&lab.pin_dir, Counter::Redirect) + counters::get(&lab.pin_dir, Counter::Tx);
     let (udp_before, tx_before) = side.now();
+    let lost_before = veth_drops(&lab.topo);
     let start = Instant::now();
     let sent = send_frames(&client, "c0", vec![forged; N]);
     let took = start.elapsed();
@@ -551,11 +568,13 @@ fn a_flood_of_forged_backend_replies_is_dropped_at_the_edge() {
         + counters::get(&lab.pin_dir, Counter::Tx)
         - forwarded_before;
     let (udp_after, tx_after) = side.now();
+    let lost = veth_drops(&lab.topo) - lost_before;
     let at_client = nft_counted(&client);
     let mut buf = [0_u8; 64];
     let received = std::iter::from_fn(|| listener.recv(&mut buf).ok()).take(N).count();
     let report = format!(
-        "sent {sent} of {N} in {took:?}; drop_reverse_path +{dropped}; forwarded by XDP \
+        "sent {sent} of {N} in {took:?}, {lost} lost in the veth before XDP; drop_reverse_path \
+         +{dropped}; forwarded by XDP \
          +{forwarded}; UDP at the backends +{}; lb-b tx_packets +{}; from {VIP}:{UDP_PORT} at \
          the client: {at_client} (socket: {received}); counters now: {}",
         udp_after - udp_before,
@@ -569,7 +588,12 @@ fn a_flood_of_forged_backend_replies_is_dropped_at_the_edge() {
     assert_eq!(udp_after - udp_before, 0, "forged replies crossed to the backends: {report}");
     assert!(tx_after - tx_before <= 5, "packets left on the backend side: {report}");
     assert_eq!(forwarded, 0, "{report}");
-    assert_eq!(dropped, N as u64, "drop_reverse_path should count every forged reply: {report}");
+    assert!(lost <= N as u64 / 10, "too many frames lost to tell: {report}");
+    assert_eq!(
+        dropped + lost,
+        N as u64,
+        "drop_reverse_path should count every forged reply: {report}"
+    );
 }
 
 // --- 4. a backend's port unreachable, from the VIP --------------------------
