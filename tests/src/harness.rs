@@ -146,8 +146,9 @@ impl Lab {
         Self::start_prepared(prefix, setup, weights, |_| {})
     }
 
-    /// As `start_with`, with `prepare` run on the topology (backends
-    /// started) before the controller starts.
+    /// As `start_with`, with `prepare` run on the topology before the
+    /// backends and the controller start (a router in front of the
+    /// client, other MTUs, bridges...).
     pub fn start_prepared(
         prefix: &str,
         setup: Setup,
@@ -155,8 +156,8 @@ impl Lab {
         prepare: impl FnOnce(&Topology),
     ) -> Self {
         let mut topo = Topology::create(prefix);
-        topo.start_backends(&built_bin("lb-lab").to_string_lossy());
         prepare(&topo);
+        topo.start_backends(&built_bin("lb-lab").to_string_lossy());
         let controller = Controller::start(&topo.lb(), &format!("{prefix}-e2e"), setup, weights);
         Self { controller, topo }
     }
