@@ -328,6 +328,10 @@ fn add_neighbours(n: &str) {
     // The backend that shares an index slot lives behind the backend side too.
     let (collider, _) = slot_sharing_backend();
     ns_sh(n, &["ip", "route", "add", "10.77.4.0/24", "dev", IF_BACKEND]);
+    // Clients behind a router on the client side (the benchmarks' fresh
+    // clients): their route leaves by the client side, as the reverse-path
+    // check wants.
+    ns_sh(n, &["ip", "route", "add", "10.77.3.0/24", "via", &CLIENT.to_string(), "dev", IF_CLIENT]);
     // A network with an unreachable route: the FIB answers "unreachable"
     // (a missing route would read as "not forwarded", like a local address).
     ns_sh(n, &["ip", "route", "add", "unreachable", "10.77.9.0/24"]);
