@@ -7,7 +7,7 @@
 
 /// Bumped whenever a map layout below changes; stored in `lb_meta` so that a
 /// controller can tell whether pinned maps were written by a compatible build.
-pub const ABI_VERSION: u32 = 14;
+pub const ABI_VERSION: u32 = 15;
 
 /// Capacity of the service table (and of each per-service array).
 pub const MAX_SERVICES: u32 = 256;
@@ -451,6 +451,11 @@ pub const FRAG_TO_BACKEND: u32 = 1;
 pub const FRAG_DIRECT: u32 = 2;
 /// A backend's reply: the source becomes `addr`, the VIP.
 pub const FRAG_TO_CLIENT: u32 = 3;
+/// A client's UDP datagram whose first fragment had not come when a later
+/// one did: every fragment of it goes to the kernel, which reassembles it
+/// and delivers it to the controller's socket on the VIP (the controller
+/// places it and sends it on). `addr` and the ids are unused.
+pub const FRAG_KERNEL: u32 = 4;
 /// How long a datagram's later fragments are matched to its first: 2 s.
 pub const FRAG_TIMEOUT_TICKS: u32 = 20;
 /// Capacity of `lb_frags` (LRU: a flood of first fragments evicts the oldest).

@@ -52,10 +52,17 @@ counters! {
     PassLocal = "pass_local",
     /// The FIB has no usable route (unreachable, forwarding disabled, MTU...).
     PassFibFailed = "pass_fib_failed",
-    /// A later fragment to a VIP that finds no decision of its datagram's
-    /// first fragment: it came before its first, or its entry expired
-    /// (2 s) or was evicted. XDP cannot hold it back (see `frag`).
+    /// A later fragment of a TCP segment to a VIP that finds no decision of
+    /// its datagram's first fragment: it came before its first, or its
+    /// entry expired (2 s) or was evicted. XDP cannot hold it back, and the
+    /// kernel would answer the reassembled segment itself (see `frag`).
     DropFragment = "drop_fragment",
+    /// A fragment of a UDP datagram to a VIP whose first fragment had not
+    /// come when a later one did (the later one, those after it, and the
+    /// first when it comes): passed to the kernel, which reassembles the
+    /// datagram (within `net.ipv4.ipfrag_high_thresh` and `ipfrag_time`)
+    /// for the controller to place and send on (see `frag`).
+    PassFragmentToKernel = "pass_fragment_to_kernel",
     /// The service has no usable backend.
     DropNoBackend = "drop_no_backend",
     /// A TCP packet of a flow whose backend is DOWN that no reset could answer

@@ -7,17 +7,22 @@
 //! address is rewritten (IPv4 checksum only) and they go where the first
 //! went. Cilium's XDP load balancer keeps such a map too.
 //!
-//! A later fragment that arrives before its first finds nothing. XDP cannot
-//! hold a frame back, and handing it to the kernel would not help: the
-//! kernel reassembles for local delivery, and the VIP is a local address,
-//! so the datagram would never reach a backend. It is dropped and counted
-//! (`drop_fragment`); the first fragment and those after it still go
-//! through, and the backend's reassembly drops the incomplete datagram.
+//! A later fragment that arrives before its first finds nothing, and XDP
+//! cannot hold a frame back. For UDP the whole datagram goes to the kernel
+//! instead: the early fragment leaves a `FRAG_KERNEL` entry, so the ones
+//! after it and the first (which looks here before it is placed) follow it
+//! there (`pass_fragment_to_kernel`). The kernel reassembles it (bounded by
+//! its own `ipfrag_high_thresh` and `ipfrag_time`) and, the VIP being a
+//! local address, delivers it to the controller's socket on VIP:port, which
+//! places it as this program would and sends it on (lb-ctl `reassembled`).
+//! A TCP segment cannot take that road: the kernel would answer it with a
+//! reset. Its early fragment is dropped (`drop_fragment`); the rest go
+//! through, and the backend's reassembly drops the incomplete segment.
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     abi::{
-        FRAG_DIRECT, FRAG_TIMEOUT_TICKS, FRAG_TO_BACKEND, FRAG_TO_CLIENT, FragEntry, FragKey,
-        expired,
+        FRAG_DIRECT, FRAG_KERNEL, FRAG_TIMEOUT_TICKS, FRAG_TO_BACKEND, FRAG_TO_CLIENT, FragEntry,
+        FragKey, PROTO_UDP, expired,
     },
     counter::Counter,
 };
@@ -61,6 +66,28 @@ pub fn remember(pkt: &Packet, target: &Target, ids: (u32, u32), here: Here) {
     let _ = LB_FRAGS.insert(key(pkt), entry, 0);
 }
 
+/// `key`'s entry in `lb_frags`, unless it is stale.
+#[inline(always)]
+fn live_entry(key: &FragKey, here: Here) -> Option<FragEntry> {
+    // SAFETY: copied out at once.
+    unsafe { LB_FRAGS.get(key).copied() }
+        .filter(|e| !expired(here.epoch as u32, e.epoch, FRAG_TIMEOUT_TICKS))
+}
+
+/// A first fragment to a VIP, before it is placed: its datagram goes to the
+/// kernel if a later fragment came first (`FRAG_KERNEL`), so the kernel has
+/// every piece to reassemble. Whole packets never get here.
+#[inline(always)]
+pub fn first_to_kernel(pkt: &Packet, here: Here) -> Result<(), Counter> {
+    if pkt.frag != Frag::First || pkt.flow.proto != PROTO_UDP {
+        return Ok(());
+    }
+    match live_entry(&key(pkt), here) {
+        Some(entry) if entry.kind == FRAG_KERNEL => Err(Counter::PassFragmentToKernel),
+        _ => Ok(()),
+    }
+}
+
 /// A later fragment: where its first fragment went, if that was ours.
 #[inline(always)]
 pub fn follow(
@@ -70,14 +97,24 @@ pub fn follow(
     here: Here,
 ) -> Result<Verdict, Counter> {
     let key = key(pkt);
-    // SAFETY: copied out at once.
-    let entry = unsafe { LB_FRAGS.get(key).copied() }
-        .filter(|e| !expired(here.epoch as u32, e.epoch, FRAG_TIMEOUT_TICKS));
-    let Some(entry) = entry else {
+    let Some(entry) = live_entry(&key, here) else {
         // SAFETY: the value is not read.
         let to_vip = to_vip && unsafe { LB_VIPS.get(pkt.flow.dst).is_some() };
-        return Err(if to_vip { Counter::DropFragment } else { Counter::PassNotService });
+        if !to_vip {
+            return Err(Counter::PassNotService);
+        }
+        if pkt.flow.proto != PROTO_UDP {
+            return Err(Counter::DropFragment);
+        }
+        let entry =
+            FragEntry { kind: FRAG_KERNEL, epoch: here.epoch as u32, ..FragEntry::default() };
+        // A full table evicts its least recently used entry.
+        let _ = LB_FRAGS.insert(key, entry, 0);
+        return Err(Counter::PassFragmentToKernel);
     };
+    if entry.kind == FRAG_KERNEL {
+        return Err(Counter::PassFragmentToKernel);
+    }
     fwd::arrived_from(ctx, pkt, pkt.flow.src, here)?;
     if pkt.ttl <= 1 {
         return Err(Counter::PassTtlExpired);

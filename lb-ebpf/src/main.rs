@@ -112,6 +112,9 @@ fn process(ctx: &XdpContext) -> Result<Verdict, Counter> {
     if pkt.frag == Frag::Later {
         return frag::follow(ctx, &pkt, to_vip, here);
     }
+    if to_vip {
+        frag::first_to_kernel(&pkt, here)?;
+    }
     // A backend's own service endpoint sending to a VIP: see the counter.
     if to_vip && from_real && select::real(&pkt.flow).is_some() {
         // SAFETY: the value is not read.

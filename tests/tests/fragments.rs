@@ -15,6 +15,9 @@ use lb_tests::{
     testrun::{XDP_DROP, XDP_PASS, XDP_REDIRECT, action_name},
 };
 
+/// The fixture namespace (one test at a time).
+const NS: &str = "lbt90";
+
 /// 1,200 bytes of payload, cut at 512 bytes of IP payload: three fragments.
 const CHUNK: usize = 512;
 
@@ -66,7 +69,7 @@ fn frames(parts: &[Ipv4], dst: Mac, src: Mac) -> Vec<Vec<u8>> {
 /// fragments comes back from the VIP.
 #[test]
 fn fragments_follow_their_first() {
-    let ns = FixtureNs::create("lbt-frag");
+    let ns = FixtureNs::create(NS);
     in_ns(&ns.name, || {
         let mut loaded = Loaded::new(4096);
         let mut query = Ipv4::udp((CLIENT, 46_053), (VIP, 53), &payload());
@@ -106,31 +109,47 @@ fn fragments_follow_their_first() {
     });
 }
 
-/// A later fragment that comes before its first finds nothing and is
-/// dropped (XDP cannot hold it back); the first, and the ones after it, go
-/// through. A decision lasts 2 s (20 ticks). Fragments not to a VIP are the
-/// kernel's; a TCP fragment at offset 8 (RFC 1858's overlap) is dropped; a
-/// later fragment from the wrong side fails the reverse-path check.
+/// A later fragment of a UDP datagram that comes before its first finds
+/// nothing: it goes to the kernel (XDP cannot hold it back), and so do the
+/// datagram's other fragments, its first included, for the kernel to
+/// reassemble (the controller sends the datagram on, see lb-ctl
+/// `reassembled`). A TCP segment's is dropped (the kernel would answer the
+/// reassembled segment with a reset); its first, and the ones after it, go
+/// through. A decision lasts 2 s (20 ticks): then the datagram's first
+/// fragment is placed again. Fragments not to a VIP are the kernel's; a TCP
+/// fragment at offset 8 (RFC 1858's overlap) is dropped; a later fragment
+/// from the wrong side fails the reverse-path check.
 #[test]
-fn fragments_without_their_first_are_dropped() {
-    let ns = FixtureNs::create("lbt-frag");
+fn fragments_without_their_first() {
+    let ns = FixtureNs::create(NS);
     in_ns(&ns.name, || {
         let mut loaded = Loaded::new(4096);
         let mut query = Ipv4::udp((CLIENT, 47_053), (VIP, 53), &payload());
         query.frag_off = 0;
         let parts = frames(&fragments(&query, CHUNK), IF_CLIENT_MAC, CLIENT_MAC);
         let unchanged = |out: Vec<u8>, frame: &[u8], what: &str| assert_eq!(out, frame, "{what}");
+        let to_kernel = (XDP_PASS, Counter::PassFragmentToKernel);
+        for (i, what) in [(2, "the last fragment first"), (0, "then the first"), (1, "the middle")]
+        {
+            let out = run(&mut loaded, what, &parts[i], IF_CLIENT, to_kernel);
+            unchanged(out, &parts[i], "passed as it came");
+        }
+
+        let mut segment = Ipv4::tcp((CLIENT, 47_080), (VIP, 80), TCP_ACK, &payload());
+        segment.frag_off = 0;
+        let pieces = frames(&fragments(&segment, CHUNK), IF_CLIENT_MAC, CLIENT_MAC);
         let early = (XDP_DROP, Counter::DropFragment);
-        let out = run(&mut loaded, "the last fragment first", &parts[2], IF_CLIENT, early);
-        unchanged(out, &parts[2], "left as it came");
+        let out =
+            run(&mut loaded, "a TCP segment's last fragment first", &pieces[2], IF_CLIENT, early);
+        unchanged(out, &pieces[2], "left as it came");
         let forwarded = (XDP_REDIRECT, Counter::Redirect);
-        run(&mut loaded, "then the first", &parts[0], IF_CLIENT, forwarded);
-        run(&mut loaded, "then the middle one", &parts[1], IF_CLIENT, forwarded);
-        run(&mut loaded, "the last one again", &parts[2], IF_CLIENT, forwarded);
+        run(&mut loaded, "then its first", &pieces[0], IF_CLIENT, forwarded);
+        run(&mut loaded, "then its middle one", &pieces[1], IF_CLIENT, forwarded);
+        run(&mut loaded, "its last one again", &pieces[2], IF_CLIENT, forwarded);
         run(
             &mut loaded,
             "from the backend side",
-            &parts[1],
+            &pieces[1],
             IF_BACKEND,
             (XDP_DROP, Counter::DropReversePath),
         );
@@ -138,7 +157,11 @@ fn fragments_without_their_first_are_dropped() {
         for _ in 0..21 {
             loaded.reconciler.advance_clock().expect("a tick");
         }
-        run(&mut loaded, "2.1 s later", &parts[1], IF_CLIENT, early);
+        run(&mut loaded, "a TCP fragment 2.1 s later", &pieces[1], IF_CLIENT, early);
+        for (i, part) in parts.iter().enumerate() {
+            let what = format!("2.1 s later, the datagram in order: fragment {i}");
+            run(&mut loaded, &what, part, IF_CLIENT, forwarded);
+        }
 
         let mut elsewhere = query.clone();
         elsewhere.dst = LB_CLIENT_SIDE;
