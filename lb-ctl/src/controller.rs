@@ -12,7 +12,9 @@ use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
 use crate::{
-    api::view::{self, ConntrackView, HealthLookup, RuntimeChanges, Samples, Stats},
+    api::view::{
+        self, ConntrackView, HealthLookup, ReassembledView, RuntimeChanges, Samples, Stats,
+    },
     changes::{self, Change, ChangeError, Changes},
     config::Config,
     health::{
@@ -291,6 +293,13 @@ impl Controller {
             conntrack: ConntrackView {
                 entries: last.map_or(0, |(_, s)| s.tracked),
                 capacity: u64::from(self.config.dataplane.conntrack_max),
+            },
+            reassembled: {
+                let counts = self.reconciler.reassembled();
+                ReassembledView {
+                    forwarded: counts.forwarded.load(std::sync::atomic::Ordering::Relaxed),
+                    dropped: counts.dropped.load(std::sync::atomic::Ordering::Relaxed),
+                }
             },
             runtime_changes: RuntimeChanges {
                 services,

@@ -15,6 +15,7 @@ pub mod model;
 pub mod netdev;
 pub mod plan;
 pub mod private_file;
+pub mod reassembled;
 pub mod reconciler;
 pub mod rotation;
 pub mod run;

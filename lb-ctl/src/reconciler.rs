@@ -11,13 +11,14 @@ use std::{
 
 use lb_common::abi::{BACKEND_DOWN, BackendConns, Endpoint, SCHED_LC, SCHED_MASK, Traffic};
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tracing::info;
 
 use crate::{
     dataplane::{ConnEntry, DataplaneError, MapReader, Maps},
     model::Service,
     plan::{self, BackendKey, Ids, Image, PlanError},
+    reassembled::{self, Placement},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -245,12 +246,31 @@ pub struct Handle {
     tx: mpsc::Sender<Command>,
     reader: Arc<dyn MapReader>,
     walks: Arc<Semaphore>,
+    /// What the maps place flows by, as of the last command that changed them.
+    placements: watch::Receiver<Arc<Placement>>,
+    /// What the reassembly slow path did (it runs beside the reconciler).
+    reassembled: Arc<reassembled::Counts>,
 }
 
 /// Where a command's result comes back.
 type Reply<T> = oneshot::Sender<Result<T, ReconcileError>>;
 
 impl Handle {
+    /// Starts the reassembly slow path (see `crate::reassembled`): its
+    /// sockets follow the applied services, and it ends with the reconciler.
+    pub fn start_reassembly(&self) -> std::io::Result<()> {
+        reassembled::spawn(
+            self.placements.clone(),
+            Arc::clone(&self.reader),
+            Arc::clone(&self.reassembled),
+        )
+    }
+
+    /// What the reassembly slow path did so far.
+    pub fn reassembled(&self) -> &reassembled::Counts {
+        &self.reassembled
+    }
+
     /// The backends held DOWN (see `Reconciler::down`).
     pub async fn down(&self) -> Result<BTreeSet<BackendKey>, ReconcileError> {
         self.call(|reply| Command::Down { reply }).await
@@ -323,32 +343,48 @@ pub fn spawn<M: Maps + 'static>(
     let reader = reconciler.maps.reader()?;
     let (tx, mut rx) = mpsc::channel::<Command>(16);
     let (done, maps) = oneshot::channel();
+    let (publish, placements) = watch::channel(Arc::new(Placement::of(&reconciler.applied)));
     std::thread::Builder::new()
         .name("lb-reconciler".into())
         .spawn(move || {
             while let Some(command) = rx.blocking_recv() {
-                reconciler.handle(command);
+                if reconciler.handle(command) {
+                    // Also after a failed apply: `applied` is what the maps hold.
+                    publish.send_replace(Arc::new(Placement::of(&reconciler.applied)));
+                }
             }
             let _ = done.send(reconciler.into_maps());
         })
         .map_err(ReconcileError::Thread)?;
-    Ok((Handle { tx, reader, walks: Arc::new(Semaphore::new(CONCURRENT_WALKS)) }, maps))
+    let handle = Handle {
+        tx,
+        reader,
+        walks: Arc::new(Semaphore::new(CONCURRENT_WALKS)),
+        placements,
+        reassembled: Arc::default(),
+    };
+    Ok((handle, maps))
 }
 
 impl<M: Maps> Reconciler<M> {
-    fn handle(&mut self, command: Command) {
+    /// Runs `command`; whether it wrote the maps' services or backends.
+    fn handle(&mut self, command: Command) -> bool {
         match command {
             Command::Down { reply } => {
                 let _ = reply.send(Ok(self.down().clone()));
+                false
             }
             Command::Sample { reply } => {
                 let _ = reply.send(self.sample());
+                false
             }
             Command::Owners { entries, reply } => {
                 let _ = reply.send(Ok(self.owners(entries)));
+                false
             }
             Command::SetDown { down, reply } => {
                 let _ = reply.send(self.set_down(down));
+                true
             }
             Command::Apply { services, reply } => {
                 let result = self.apply(&services);
@@ -361,6 +397,7 @@ impl<M: Maps> Reconciler<M> {
                     );
                 }
                 let _ = reply.send(result);
+                true
             }
         }
     }

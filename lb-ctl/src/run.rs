@@ -118,6 +118,8 @@ pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow:
     let (handle, task) =
         reconciler::spawn(Reconciler::adopt(maps).context("reading the adopted data plane")?)
             .context("starting the reconciler")?;
+    // Its sockets open as the services are applied.
+    handle.start_reassembly().context("starting the reassembly slow path")?;
     let config_hosts = config.admin.allowed_hosts.clone();
     let outcome = async {
         let services = config.services.len();

@@ -125,6 +125,7 @@ struct Metrics {
     dropped_packets: Counters<DropLabels>,
     conntrack_entries: Gauge,
     conntrack_capacity: Gauge,
+    reassembled: Counters<OutcomeLabels>,
     /// None without a table (capacity 0): the ratio has no value.
     conntrack_fill: Option<Gauge<f64, AtomicU64>>,
     services: ServiceMetrics,
@@ -203,6 +204,13 @@ impl Metrics {
                     None,
                 )
             }),
+            reassembled: metric(
+                r,
+                "lb_reassembled_datagrams",
+                "UDP datagrams to a VIP whose fragments came out of order, reassembled by the \
+                 kernel and placed by lb-ctl, by outcome (forwarded, dropped)",
+                None,
+            ),
             services: ServiceMetrics::new(r),
             backends: BackendMetrics::new(r),
         }
@@ -224,6 +232,11 @@ impl Metrics {
         let conntrack = stats.conntrack;
         self.conntrack_entries.set(int(conntrack.entries));
         self.conntrack_capacity.set(int(conntrack.capacity));
+        for (outcome, n) in
+            [("forwarded", stats.reassembled.forwarded), ("dropped", stats.reassembled.dropped)]
+        {
+            self.reassembled.get_or_create(&OutcomeLabels { outcome: outcome.into() }).inc_by(n);
+        }
         if let Some(fill) = &self.conntrack_fill {
             fill.set(conntrack.entries as f64 / conntrack.capacity as f64);
         }

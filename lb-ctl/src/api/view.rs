@@ -26,6 +26,10 @@ pub struct Stats {
     /// Packets by outcome since the data plane started (`lb_counters`).
     pub packets: BTreeMap<String, u64>,
     pub conntrack: ConntrackView,
+    /// UDP datagrams to a VIP that came in fragments out of order, which
+    /// the kernel reassembled and the controller sent on (lb-ctl `reassembled`).
+    #[serde(default)]
+    pub reassembled: ReassembledView,
     /// Services and backends that carry a change made through the API.
     pub runtime_changes: RuntimeChanges,
     /// What is wrong with the data plane's attachment (an interface no
@@ -35,6 +39,14 @@ pub struct Stats {
     /// When the controller published it (`/readyz` checks it is recent).
     #[serde(skip)]
     pub published: Option<std::time::Instant>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct ReassembledView {
+    /// Sent on to their backend.
+    pub forwarded: u64,
+    /// Dropped: no usable backend, direct routing, not reassembled, not sent.
+    pub dropped: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, ToSchema)]

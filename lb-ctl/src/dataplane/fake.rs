@@ -94,4 +94,19 @@ impl MapReader for FakeReader {
     fn attachment_problems(&self) -> Vec<String> {
         Vec::new()
     }
+
+    fn flow_entry(
+        &self,
+        _flow: &lb_common::abi::Flow,
+    ) -> Result<(Option<lb_common::abi::Conn>, u32), DataplaneError> {
+        Ok((None, 0))
+    }
+
+    fn place_flow(
+        &self,
+        _flow: &lb_common::abi::Flow,
+        _conn: &lb_common::abi::Conn,
+    ) -> Result<(), DataplaneError> {
+        Ok(())
+    }
 }

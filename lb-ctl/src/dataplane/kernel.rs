@@ -566,10 +566,15 @@ impl Maps for KernelMaps {
             fd.try_clone_to_owned()
                 .map_err(|e| DataplaneError::kernel(format!("duplicating {what}"), e))
         };
-        let conntrack = MapData::from_fd(dup("lb_conntrack", conntrack.fd().as_fd())?)
+        let reopen = || {
+            MapData::from_fd(dup("lb_conntrack", conntrack.fd().as_fd())?)
+                .map_err(err("opening lb_conntrack again"))
+        };
+        let flows = HashMap::try_from(aya::maps::Map::LruHashMap(reopen()?))
             .map_err(err("opening lb_conntrack again"))?;
         Ok(Arc::new(KernelReader {
-            conntrack,
+            conntrack: reopen()?,
+            flows: std::sync::Mutex::new(flows),
             clock_program: dup("lb_clock", self.clock_program.as_fd())?,
             timeout_ticks: self.timeout_ticks,
             links: self.pins.as_ref().map(PinDir::link_pins),
@@ -681,6 +686,8 @@ impl Maps for KernelMaps {
 /// The reads of `MapReader`, on descriptors of their own.
 struct KernelReader {
     conntrack: MapData,
+    /// The same table, for the reassembly slow path's lookups and inserts.
+    flows: std::sync::Mutex<HashMap<MapData, Flow, Conn>>,
     clock_program: OwnedFd,
     /// The timeouts when the reader was taken (they are set at start).
     timeout_ticks: [u32; CONN_STATES as usize],
@@ -724,5 +731,25 @@ impl MapReader for KernelReader {
 
     fn attachment_problems(&self) -> Vec<String> {
         self.links.as_ref().map_or_else(Vec::new, |links| attach::problems(links, &self.interfaces))
+    }
+
+    fn flow_entry(&self, flow: &Flow) -> Result<(Option<Conn>, u32), DataplaneError> {
+        let now = clock::read(self.clock_program.as_fd())? as u32;
+        let flows = self.flows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let conn = match flows.get(flow, 0) {
+            Ok(conn) => Some(conn),
+            Err(aya::maps::MapError::KeyNotFound) => None,
+            Err(e) => return Err(DataplaneError::kernel("reading lb_conntrack", e)),
+        };
+        let live = conn.filter(|c| {
+            let timeout = self.timeout_ticks.get(usize::from(c.state)).copied().unwrap_or(0);
+            !expired(now, c.last_seen, timeout)
+        });
+        Ok((live, now))
+    }
+
+    fn place_flow(&self, flow: &Flow, conn: &Conn) -> Result<(), DataplaneError> {
+        let mut flows = self.flows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        flows.insert(flow, conn, 0).map_err(err("writing lb_conntrack"))
     }
 }

@@ -112,4 +112,14 @@ pub trait MapReader: Send + Sync {
     /// longer runs the XDP program); empty when all is well, or when the
     /// maps are not attached anywhere.
     fn attachment_problems(&self) -> Vec<String>;
+
+    /// The connection table's live entry for `flow` (an expired one counts
+    /// as none), and the data plane's epoch now: for the reassembly slow
+    /// path (`crate::reassembled`), which places a flow as `lb_xdp` would.
+    fn flow_entry(&self, flow: &Flow) -> Result<(Option<Conn>, u32), DataplaneError>;
+
+    /// Writes `conn` for `flow` into the connection table, as `lb_xdp`
+    /// does for a flow it places: per-flow state, not configuration, so it
+    /// does not wait behind the reconciler (which never writes it).
+    fn place_flow(&self, flow: &Flow, conn: &Conn) -> Result<(), DataplaneError>;
 }
