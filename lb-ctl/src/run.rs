@@ -118,8 +118,6 @@ pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow:
     let (handle, task) =
         reconciler::spawn(Reconciler::adopt(maps).context("reading the adopted data plane")?)
             .context("starting the reconciler")?;
-    // Its sockets open as the services are applied.
-    handle.start_reassembly().context("starting the reassembly slow path")?;
     let config_hosts = config.admin.allowed_hosts.clone();
     let outcome = async {
         let services = config.services.len();
@@ -127,6 +125,8 @@ pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow:
             Controller::start(path.clone(), overrides, config, handle.clone())
                 .await
                 .context("applying the configuration")?;
+        // With the services applied: their sockets open before we say we run.
+        handle.start_reassembly().context("starting the reassembly slow path")?;
         let (requests_tx, mut requests) = mpsc::channel(64);
         let admin = listener.local_addr().context("the admin listener")?;
         let access = api::Access { token, hosts: api::access::Hosts::new(admin, &config_hosts) };

@@ -18,7 +18,7 @@ use lb_tests::{
     counters,
     harness::{Lab, Setup},
     netns::{in_ns, ns_sh},
-    packet::{Ipv4, Mac},
+    packet::{Ipv4, Mac, fragments},
     server::{UDP_PORT, bulk_byte},
     topology::{BACKENDS, CLIENT_ADDR, ROUTED_CLIENT_ADDR, Topology, VIP},
 };
@@ -307,6 +307,118 @@ fn a_datagram_larger_than_the_path_is_fragmented_and_echoed_whole() {
          backend: {results:?}; counters: {}",
         counter_line(&lab, &watched)
     );
+}
+
+/// UDP datagrams of 4,000 bytes whose fragments reach the load balancer
+/// (a) in order, cut by the client's kernel for path MTU 1500, and (b) in
+/// reverse, the first fragment last, cut here and sent through a packet
+/// socket: both echoed whole through the VIP. (a) is XDP's alone; in (b)
+/// the early fragments go to the kernel (`pass_fragment_to_kernel`), which
+/// reassembles the datagram for lb-ctl's slow path to place and send on
+/// from the client's address; the echo comes back through XDP from the VIP.
+#[test]
+fn a_datagram_whose_first_fragment_comes_last_is_echoed_whole() {
+    const DATAGRAM: usize = 4000;
+    const CLIENT_PORT: u16 = 41_000;
+    let lab = Lab::start_prepared("lbt92", Setup::default(), [Some(1); 3], |topo| {
+        topo.set_client_link_mtu(3400);
+    });
+    let (client, lb) = (lab.topo.client(), lab.topo.lb());
+    let watched = [Counter::PassFragmentToKernel, Counter::DropFragment, Counter::Redirect];
+    let payload = |i: u8| -> Vec<u8> {
+        (0..DATAGRAM).map(|j| b'a' + ((j * 7 + usize::from(i)) % 26) as u8).collect()
+    };
+    let echoed = |reply: &[u8], sent: &[u8]| reply.len() == sent.len() + 5 && reply.ends_with(sent);
+
+    let in_order = in_ns(&client, move || {
+        let learn = echo_socket(libc::IP_PMTUDISC_DO);
+        let _ = learn.send(&[b'l'; BIG_DATAGRAM]);
+        let mut buf = vec![0_u8; 65_536];
+        let _ = learn.recv(&mut buf);
+        let socket = echo_socket(libc::IP_PMTUDISC_WANT);
+        (0..3_u8)
+            .map(|i| {
+                let sent = payload(i);
+                socket.send(&sent).map_err(|e| format!("send: {e}"))?;
+                let n = socket.recv(&mut buf).map_err(|e| format!("recv: {e}"))?;
+                if echoed(&buf[..n], &sent) {
+                    Ok(n)
+                } else {
+                    Err(format!("{n} bytes, not the echo"))
+                }
+            })
+            .collect::<Vec<Result<usize, String>>>()
+    });
+    eprintln!("in order: {in_order:?}; {}", counter_line(&lab, &watched));
+    assert!(
+        in_order.iter().all(Result::is_ok),
+        "4000-byte datagrams fragmented by the client's kernel should be echoed whole: \
+         {in_order:?}; counters: {}",
+        counter_line(&lab, &watched)
+    );
+
+    let (lb_mac, client_mac) = (mac_of(&lb, "lb-c"), mac_of(&client, "c0"));
+    let client_addr: Ipv4Addr = CLIENT_ADDR.parse().expect("client");
+    let socket = in_ns(&client, || {
+        let socket = UdpSocket::bind((CLIENT_ADDR, CLIENT_PORT)).expect("the client's socket");
+        socket.set_read_timeout(Some(Duration::from_secs(2))).expect("read timeout");
+        socket
+    });
+    let before = counters::get(&lab.pin_dir, Counter::PassFragmentToKernel);
+    let mut results = Vec::new();
+    let mut buf = vec![0_u8; 65_536];
+    for i in 0..3_u8 {
+        let sent = payload(10 + i);
+        let mut datagram = Ipv4::udp((client_addr, CLIENT_PORT), (vip(), UDP_PORT), &sent);
+        datagram.frag_off = 0;
+        datagram.id = 0x7700 + u16::from(i);
+        // 1,480 bytes of IP payload each (the backend side's MTU): three.
+        let mut frames: Vec<Vec<u8>> =
+            fragments(&datagram, 1480).iter().map(|f| f.frame(lb_mac, client_mac)).collect();
+        assert_eq!(frames.len(), 3, "a 4000-byte datagram in three fragments");
+        frames.reverse();
+        let taken = send_frames(&client, "c0", frames);
+        let got = socket.recv(&mut buf).map_err(|e| format!("recv: {e}"));
+        results.push(match got {
+            Ok(n) if echoed(&buf[..n], &sent) => Ok(n),
+            Ok(n) => Err(format!("{n} bytes, not the echo")),
+            Err(e) => Err(format!("{taken} of 3 fragments sent; {e}")),
+        });
+    }
+    let passed = counters::get(&lab.pin_dir, Counter::PassFragmentToKernel) - before;
+    let slow_path = reassembled_forwarded(&lab, 3);
+    let said: Vec<String> =
+        lab.log().lines().filter(|l| l.contains("reassembl")).map(str::to_owned).collect();
+    let report = format!(
+        "first fragment last: {results:?}; pass_fragment_to_kernel +{passed}; sent on by \
+         lb-ctl: {slow_path:?}; counters: {}; \
+         the controller on it: {said:?}",
+        counter_line(&lab, &watched)
+    );
+    eprintln!("{report}");
+    assert!(
+        results.iter().all(Result::is_ok),
+        "4000-byte datagrams whose first fragment comes last should be echoed whole: {report}"
+    );
+    assert_eq!(passed, 9, "every fragment of the three datagrams goes to the kernel: {report}");
+    assert_eq!(slow_path.0, 3, "lb-ctl's stats: every datagram forwarded: {report}");
+}
+
+/// What `lb-ctl stats` says the reassembly slow path did (forwarded,
+/// dropped), once it says `want` forwarded or after 3 s (the controller
+/// publishes its numbers every second).
+fn reassembled_forwarded(lab: &Lab, want: u64) -> (u64, u64) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let json = lab.ctl_ok(&["stats", "--json"]);
+        let stats: lb_ctl::api::view::Stats =
+            serde_json::from_str(&json).unwrap_or_else(|e| panic!("stats --json: {e}\n{json}"));
+        let got = (stats.reassembled.forwarded, stats.reassembled.dropped);
+        if got.0 >= want || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 // --- 3. loops stay bounded --------------------------------------------------

@@ -55,17 +55,20 @@ const POLL_MS: libc::c_int = 200;
 /// not starve the others or the service updates.
 const BATCH: usize = 64;
 
-/// Starts the slow path's thread: sockets follow the services in
-/// `placements` (the reconciler's applied state); the thread ends when the
-/// reconciler does (the channel closes).
+/// Opens the sockets of the services applied now, at once (a datagram
+/// right after the controller says it runs finds them), then starts the
+/// slow path's thread: the sockets follow the services in `placements`
+/// (the reconciler's applied state) within `POLL_MS` of a change; the
+/// thread ends when the reconciler does (the channel closes).
 pub fn spawn(
     placements: watch::Receiver<Arc<Placement>>,
     reader: Arc<dyn MapReader>,
     counts: Arc<Counts>,
 ) -> std::io::Result<()> {
-    std::thread::Builder::new().name("lb-reassembled".into()).spawn(move || {
-        SlowPath { placements, reader, counts, sockets: BTreeMap::new() }.run();
-    })?;
+    let mut path = SlowPath { placements, reader, counts, sockets: BTreeMap::new() };
+    let now = Arc::clone(&path.placements.borrow_and_update());
+    path.follow_services(&now);
+    std::thread::Builder::new().name("lb-reassembled".into()).spawn(move || path.run())?;
     Ok(())
 }
 
@@ -81,12 +84,10 @@ impl SlowPath {
     fn run(mut self) {
         // The largest IPv4 datagram's payload: a reassembled one can be that long.
         let mut buf = vec![0_u8; 65_536];
-        let mut first = true;
         loop {
             // Closed: the reconciler, and so the controller, has stopped.
             let Ok(changed) = self.placements.has_changed() else { break };
-            if changed || first {
-                first = false;
+            if changed {
                 let placement = Arc::clone(&self.placements.borrow_and_update());
                 self.follow_services(&placement);
             }
