@@ -133,6 +133,12 @@ fn cases() -> Vec<Case> {
     first_fragment.frag_off = packet::IP_MF;
     let mut later_fragment = Ipv4::udp((CLIENT, 40_053), (VIP, 53), &[7; 64]);
     later_fragment.frag_off = 8; // offset 64 bytes, last fragment
+    // Another datagram's, before its first: its kernel entry must not touch
+    // the datagram above.
+    let mut early_fragment = later_fragment.clone();
+    early_fragment.id ^= 0x0100;
+    let mut early_tcp_fragment = Ipv4::tcp((CLIENT, 40_080), (VIP, 80), TCP_ACK, &[7; 64]);
+    early_tcp_fragment.frag_off = 8;
     let mut fragment_elsewhere = first_fragment.clone();
     fragment_elsewhere.dst = LB_CLIENT_SIDE;
     let icmp =
@@ -625,9 +631,17 @@ fn cases() -> Vec<Case> {
             Expect::Unchanged,
         ),
         case(
-            "a later fragment to the VIP before its first is dropped and counted",
+            "a UDP datagram's later fragment to the VIP before its first goes to the kernel",
             IF_CLIENT,
-            from_client(&later_fragment),
+            from_client(&early_fragment),
+            XDP_PASS,
+            Counter::PassFragmentToKernel,
+            Expect::Unchanged,
+        ),
+        case(
+            "a TCP segment's later fragment to the VIP before its first is dropped and counted",
+            IF_CLIENT,
+            from_client(&early_tcp_fragment),
             XDP_DROP,
             Counter::DropFragment,
             Expect::Unchanged,
@@ -915,7 +929,7 @@ fn packet_fixtures() {
     let ns = FixtureNs::create("lbt-fix");
     let cases = cases();
     // Exact, so that a case lost in an edit (a bad merge, a deleted line) is noticed.
-    assert_eq!(cases.len(), 61, "fixture cases in the table");
+    assert_eq!(cases.len(), 62, "fixture cases in the table");
     let failures = in_ns(&ns.name, move || {
         let mut loaded = Loaded::new(4096);
         let mut failures = Vec::new();
