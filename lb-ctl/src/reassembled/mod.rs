@@ -84,9 +84,8 @@ impl SlowPath {
     fn run(mut self) {
         // The largest IPv4 datagram's payload: a reassembled one can be that long.
         let mut buf = vec![0_u8; 65_536];
-        loop {
-            // Closed: the reconciler, and so the controller, has stopped.
-            let Ok(changed) = self.placements.has_changed() else { break };
+        // Closed: the reconciler, and so the controller, has stopped.
+        while let Ok(changed) = self.placements.has_changed() {
             if changed {
                 let placement = Arc::clone(&self.placements.borrow_and_update());
                 self.follow_services(&placement);
@@ -148,7 +147,7 @@ impl SlowPath {
                     self.sockets.insert(endpoint, fd);
                 }
                 Err(e) => {
-                    warn!(error = %e, "no slow path for this service's out-of-order fragments")
+                    warn!(error = %e, "no slow path for this service's out-of-order fragments");
                 }
             }
         }

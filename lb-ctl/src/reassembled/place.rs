@@ -86,31 +86,34 @@ pub fn place(p: &Placement, flow: &Flow, conn: Option<Conn>) -> Result<Target, R
     });
     let target = match known {
         Some(target) => target,
-        None => {
-            let service = p
-                .services
-                .get(&Endpoint::new(flow.dst, flow.dport, flow.proto))
-                .ok_or(Refusal::NoService)?;
-            let table = p.maglev.get(&service.id).ok_or(Refusal::NoBackend)?;
-            let hash = match service.flags & SCHED_MASK {
-                SCHED_SH => source_hash(flow.src),
-                _ => flow_hash(flow.src, flow.dst, flow.sport, flow.dport, flow.proto),
-            };
-            // Every scheduler's table holds `ring_size` slots in use (`lc`'s
-            // lists its backends there).
-            let slot = maglev_slot(hash, service.ring_size).ok_or(Refusal::NoBackend)?;
-            let id = *table.get(slot as usize).ok_or(Refusal::NoBackend)?;
-            if id == NO_BACKEND {
-                return Err(Refusal::NoBackend);
-            }
-            let backend = usable(p, id, service.id, flow).ok_or(Refusal::NoBackend)?;
-            Target { service_id: service.id, backend_id: id, backend, new_flow: true }
-        }
+        None => schedule(p, flow)?,
     };
     if target.backend.flags & BACKEND_DSR != 0 {
         return Err(Refusal::DirectRouting);
     }
     Ok(target)
+}
+
+/// A flow the connection table does not know, placed by its service's table.
+fn schedule(p: &Placement, flow: &Flow) -> Result<Target, Refusal> {
+    let service = p
+        .services
+        .get(&Endpoint::new(flow.dst, flow.dport, flow.proto))
+        .ok_or(Refusal::NoService)?;
+    let table = p.maglev.get(&service.id).ok_or(Refusal::NoBackend)?;
+    let hash = match service.flags & SCHED_MASK {
+        SCHED_SH => source_hash(flow.src),
+        _ => flow_hash(flow.src, flow.dst, flow.sport, flow.dport, flow.proto),
+    };
+    // Every scheduler's table holds `ring_size` slots in use (`lc`'s lists
+    // its backends there).
+    let slot = maglev_slot(hash, service.ring_size).ok_or(Refusal::NoBackend)?;
+    let id = *table.get(slot as usize).ok_or(Refusal::NoBackend)?;
+    if id == NO_BACKEND {
+        return Err(Refusal::NoBackend);
+    }
+    let backend = usable(p, id, service.id, flow).ok_or(Refusal::NoBackend)?;
+    Ok(Target { service_id: service.id, backend_id: id, backend, new_flow: true })
 }
 
 #[cfg(test)]
