@@ -4,7 +4,8 @@
 //! to the VIP and must reach the backend), "fragmentation needed" from the
 //! VIP for a client's datagram too big for the backend side, forged
 //! datagrams that would start a loop, and a backend's port unreachable
-//! reaching the client from the VIP. Run as root, one test at a time
+//! reaching the client from the VIP, and UDP datagrams whose first
+//! fragment comes last echoed whole. Run as root, one test at a time
 //! (`cargo xtask test` does both).
 use std::{
     io::{ErrorKind, Read, Write},
@@ -272,7 +273,7 @@ fn a_datagram_too_big_for_the_backend_side_gets_fragmentation_needed() {
 /// 1500 towards the VIP, a socket that lets the kernel fragment
 /// (`IP_PMTUDISC_WANT`) sends 3000-byte datagrams in fragments, and the
 /// backend's echo comes back whole, from the VIP. Needs the data plane to
-/// take fragments to a VIP (dropped today: `drop_fragment`) and to
+/// take fragments to a VIP and to
 /// translate a backend's fragmented reply.
 #[test]
 fn a_datagram_larger_than_the_path_is_fragmented_and_echoed_whole() {
@@ -339,15 +340,16 @@ fn a_datagram_whose_first_fragment_comes_last_is_echoed_whole() {
         (0..3_u8)
             .map(|i| {
                 let sent = payload(i);
+                let start = Instant::now();
                 socket.send(&sent).map_err(|e| format!("send: {e}"))?;
                 let n = socket.recv(&mut buf).map_err(|e| format!("recv: {e}"))?;
                 if echoed(&buf[..n], &sent) {
-                    Ok(n)
+                    Ok((n, start.elapsed()))
                 } else {
                     Err(format!("{n} bytes, not the echo"))
                 }
             })
-            .collect::<Vec<Result<usize, String>>>()
+            .collect::<Vec<Result<(usize, Duration), String>>>()
     });
     eprintln!("in order: {in_order:?}; {}", counter_line(&lab, &watched));
     assert!(
@@ -377,10 +379,12 @@ fn a_datagram_whose_first_fragment_comes_last_is_echoed_whole() {
             fragments(&datagram, 1480).iter().map(|f| f.frame(lb_mac, client_mac)).collect();
         assert_eq!(frames.len(), 3, "a 4000-byte datagram in three fragments");
         frames.reverse();
+        let start = Instant::now();
         let taken = send_frames(&client, "c0", frames);
         let got = socket.recv(&mut buf).map_err(|e| format!("recv: {e}"));
+        let took = start.elapsed();
         results.push(match got {
-            Ok(n) if echoed(&buf[..n], &sent) => Ok(n),
+            Ok(n) if echoed(&buf[..n], &sent) => Ok((n, took)),
             Ok(n) => Err(format!("{n} bytes, not the echo")),
             Err(e) => Err(format!("{taken} of 3 fragments sent; {e}")),
         });
