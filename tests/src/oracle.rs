@@ -300,22 +300,31 @@ impl Oracle {
 
     /// The translations a well-formed input admits (none for anything else).
     pub fn translations(&self, frame: &[u8]) -> Vec<Translation> {
-        let Ok(p) = parse(frame) else { return Vec::new() };
+        self.translations_or_why(frame).unwrap_or_default()
+    }
+
+    /// The translations `frame` admits, or why it admits none.
+    pub fn translations_or_why(&self, frame: &[u8]) -> Result<Vec<Translation>, &'static str> {
+        let p = parse(frame)?;
         // TTL 1 or 0: the kernel answers (time exceeded), nobody forwards.
         if p.ttl <= 1 {
-            return Vec::new();
+            return Err("TTL <= 1");
         }
         let reply_of = self.reply_endpoint(p.src, p.sport, p.proto);
         if self.vips.contains(&p.dst) {
             let first = p.src.octets()[0];
-            let martian = first == 0 || first == 127 || first >= 224;
-            // A backend's service endpoint as a client of a VIP: a loop.
-            if martian || self.vips.contains(&p.src) || reply_of.is_some() {
-                return Vec::new();
+            if first == 0 || first == 127 || first >= 224 {
+                return Err("a martian source to a VIP");
             }
-            let Some(service) = self.service(p.dst, p.dport, p.proto) else {
-                return Vec::new();
-            };
+            if self.vips.contains(&p.src) {
+                return Err("a VIP as the source of a packet to a VIP");
+            }
+            // A backend's service endpoint as a client of a VIP: a loop.
+            if reply_of.is_some() {
+                return Err("a backend's service endpoint sending to a VIP");
+            }
+            let service =
+                self.service(p.dst, p.dport, p.proto).ok_or("no service at that VIP and port")?;
             let usable: Vec<_> = service
                 .backends
                 .iter()
@@ -323,25 +332,36 @@ impl Oracle {
                 .collect();
             if usable.is_empty() {
                 // Answered only from a plain header, and a reset never is.
-                let silent = p.ihl != 20 || p.tcp_flags & TCP_RST != 0;
-                return match (service.reject && !silent, p.proto) {
-                    (false, _) => Vec::new(),
-                    (true, PROTO_TCP) => vec![Translation::Reset],
-                    (true, _) => vec![Translation::PortUnreachable],
+                if !service.reject {
+                    return Err("no usable backend, and the service drops");
+                }
+                if p.ihl != 20 {
+                    return Err("no usable backend, and IPv4 options are not answered");
+                }
+                if p.tcp_flags & TCP_RST != 0 {
+                    return Err("no usable backend, and a reset is not answered");
+                }
+                let answer = if p.proto == PROTO_TCP {
+                    Translation::Reset
+                } else {
+                    Translation::PortUnreachable
                 };
+                return Ok(vec![answer]);
             }
-            return vec![match service.forwarding {
+            return Ok(vec![match service.forwarding {
                 Forwarding::Nat => Translation::ToBackend {
                     backends: usable.iter().map(|b| (b.address, b.port)).collect(),
                 },
                 Forwarding::Dsr => {
                     Translation::Direct { backends: usable.iter().map(|b| b.address).collect() }
                 }
-            }];
+            }]);
         }
         // The ingress interface is not looked at: the program takes a
         // backend's reply from either side today (see the hostile corpus).
-        reply_of.map(|(vip, port)| Translation::FromBackend { vip, port }).into_iter().collect()
+        let (vip, port) =
+            reply_of.ok_or("neither to a VIP nor from a NAT backend's service endpoint")?;
+        Ok(vec![Translation::FromBackend { vip, port }])
     }
 
     /// Checks one run of the program: `output` with `action` for `input`
@@ -362,21 +382,18 @@ impl Oracle {
         if action == XDP_DROP {
             return Err("XDP_DROP with a changed frame".into());
         }
-        let translations = self.translations(input);
+        let translations = self.translations_or_why(input).map_err(|reason| {
+            format!(
+                "{} with a changed frame, but the input admits no translation ({reason})",
+                action_name(action)
+            )
+        })?;
         let mut why = Vec::new();
         for t in &translations {
             match self.matches(t, input, ingress, action, output) {
                 Ok(accepted) => return Ok(accepted),
                 Err(m) => why.push(format!("not {}: {m}", t.name())),
             }
-        }
-        if translations.is_empty() {
-            let reason =
-                parse(input).err().unwrap_or("no service or backend endpoint, or TTL <= 1");
-            return Err(format!(
-                "{} with a changed frame, but the input admits no translation ({reason})",
-                action_name(action)
-            ));
         }
         Err(why.join("; "))
     }
@@ -408,7 +425,14 @@ impl Oracle {
             }
             Translation::ToBackend { backends } => {
                 let mut why = Vec::new();
+                // The backend the output went to, if it is one of them:
+                // only its mismatch is worth reading.
+                let sent_to = output.get(ETH + 16..ETH + 20).map(|a| addr(a, 0));
+                let named = backends.iter().any(|(a, _)| Some(*a) == sent_to);
                 for &(addr, port) in backends {
+                    if named && Some(addr) != sent_to {
+                        continue;
+                    }
                     let mut want = input.to_vec();
                     want[ETH + 8] -= 1;
                     want[ETH + 16..ETH + 20].copy_from_slice(&addr.octets());

@@ -1596,15 +1596,26 @@ fn random_mutations_are_translated_exactly_or_left_alone() {
                 Accepted::Sent(t) => format!("sent: {}", t.name()),
                 Accepted::SlowPath(t) => format!("slow path: {}", t.name()),
             });
-            let verdict = accepted.and_then(|kind| {
-                match forbidden_answer(&oracle, &frame, out.action, &out.frame) {
-                    Some(why) if TOLERATE_ANSWERS_TO_BACKENDS && why.ends_with("(a backend)") => {
-                        Ok(format!("{kind}, to a backend (tolerated, see the constant)"))
-                    }
-                    Some(why) => Err(why),
-                    None => Ok(kind),
+            let forbidden = forbidden_answer(&oracle, &frame, out.action, &out.frame);
+            let verdict = match (accepted, forbidden) {
+                (Ok(kind), Some(why))
+                    if TOLERATE_ANSWERS_TO_BACKENDS && why.ends_with("(a backend)") =>
+                {
+                    Ok(format!("{kind}, to a backend (tolerated, see the constant)"))
                 }
-            });
+                (Ok(_), Some(why)) => Err(why),
+                (Err(oracle), Some(why)) => Err(format!("{why}; and {oracle}")),
+                (accepted, None) => accepted,
+            };
+            // Rewritten despite a header checksum that did not verify:
+            // the "off by the same amount" rule was exercised.
+            if verdict.as_ref().is_ok_and(|k| k.starts_with("sent: to") || k.contains("reply"))
+                && oracle::parse(&frame)
+                    .is_ok_and(|p| packet::internet_checksum(&frame[14..14 + p.ihl]) != 0)
+            {
+                *tally.entry("rewritten with a bad IPv4 checksum kept bad".into()).or_default() +=
+                    1;
+            }
             match verdict {
                 Ok(kind) => *tally.entry(kind).or_default() += 1,
                 Err(why) => failures.push(format!(
@@ -1638,6 +1649,8 @@ fn random_mutations_are_translated_exactly_or_left_alone() {
         ("sent: port unreachable", 100),
         ("slow path: to a backend", 100),
         ("slow path: a backend's reply", 100),
+        ("slow path: direct routing", 100),
+        ("rewritten with a bad IPv4 checksum kept bad", 100),
         ("XDP_PASS unchanged", 10_000),
         ("XDP_DROP unchanged", 10_000),
     ] {
