@@ -13,7 +13,10 @@
 //! comment on each).
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Instant};
 
-use lb_common::{abi::NEIGH_MARK_MAGIC, abi::NeighMark, counter::Counter};
+use lb_common::{
+    abi::{NEIGH_MARK_MAGIC, NeighMark, addr_slot},
+    counter::Counter,
+};
 use lb_tests::{
     fixture::*,
     netns::in_ns,
@@ -238,7 +241,12 @@ fn reset_frame(
 
 /// The ICMP port unreachable the VIP answers `datagram` with.
 fn port_unreachable(datagram: &Ipv4, macs: (Mac, Mac)) -> Vec<u8> {
-    let original = datagram.to_bytes();
+    port_unreachable_quoting(&datagram.to_bytes(), datagram, macs)
+}
+
+/// The ICMP port unreachable the VIP answers `datagram` with, quoting
+/// `original` (its bytes as sent, which may differ from what it says).
+fn port_unreachable_quoting(original: &[u8], datagram: &Ipv4, macs: (Mac, Mac)) -> Vec<u8> {
     let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
     icmp.extend_from_slice(&original[..28]);
     let check = packet::internet_checksum(&icmp);
@@ -1104,6 +1112,80 @@ fn malformed(t: &mut Table) {
         broadcast,
         redirect(to_web1(&p)),
     );
+    // Today's behaviour, questioned: a host discards a segment or datagram
+    // whose checksum fails (RFC 793, RFC 1122 4.1.3.4) and Linux drops an
+    // IPv4 header whose checksum fails, before any answer; the program
+    // answers them.
+    let client = (CLIENT, 43_100);
+    let macs = (CLIENT_MAC, IF_CLIENT_MAC);
+    let refused = syn(client, (VIP_REJECTING, 80));
+    let reset = reset_frame((VIP_REJECTING, 80), client, TCP_RST | TCP_ACK, 0, 1001, macs);
+    for (what, at) in [("TCP", 14 + 20 + 16), ("IPv4", 24)] {
+        let mut f = from_client(&refused);
+        bump(&mut f, at);
+        t.add(
+            format!(
+                "a SYN with a bad {what} checksum to a rejecting service is reset (questioned)"
+            ),
+            IF_CLIENT,
+            f,
+            tx(reset.clone(), Counter::RejectTcp),
+        );
+    }
+    let datagram = Ipv4::udp((CLIENT, 43_153), (VIP_REJECTING, 53), b"q");
+    let mut f = from_client(&datagram);
+    bump(&mut f, 14 + 20 + 6);
+    let answer = port_unreachable_quoting(&f[14..], &datagram, macs);
+    t.add(
+        "a datagram with a bad UDP checksum to a rejecting service gets an ICMP error (questioned)",
+        IF_CLIENT,
+        f,
+        tx(answer, Counter::RejectUdp),
+    );
+    // Today's behaviour, questioned: the edge checks (martian source,
+    // malformed headers) run on the address pre-filter's word, before the
+    // exact tables: a destination that is no VIP but shares a VIP's filter
+    // slot (1.100.10.77 is 10.77.1.100 with its halves swapped), or a
+    // source that shares a backend's (2.11.10.77, web1's), gets them too,
+    // and traffic that is not ours is dropped instead of left to the kernel.
+    let twin_vip = Ipv4Addr::new(1, 100, 10, 77);
+    let twin_web1 = Ipv4Addr::new(2, 11, 10, 77);
+    assert_eq!(addr_slot(twin_vip.octets()), addr_slot(VIP.octets()), "a twin of the VIP's slot");
+    assert_eq!(addr_slot(twin_web1.octets()), addr_slot(WEB1.octets()), "a twin of web1's slot");
+    let dhcp = Ipv4::udp((Ipv4Addr::UNSPECIFIED, 68), (twin_vip, 67), b"discover");
+    t.add(
+        "a datagram from 0.0.0.0 to 1.100.10.77, no VIP but in its filter slot, is dropped (questioned)",
+        IF_CLIENT,
+        from_client(&dhcp),
+        drop(Counter::DropMartianSource),
+    );
+    let elsewhere =
+        Ipv4::udp((Ipv4Addr::UNSPECIFIED, 68), (Ipv4Addr::new(1, 100, 10, 200), 67), b"d");
+    t.add(
+        "the same to 1.100.10.200 passes",
+        IF_CLIENT,
+        from_client(&elsewhere),
+        pass(Counter::PassNotService),
+    );
+    let mut cut = from_client(&syn((CLIENT, 43_200), (twin_vip, 80)));
+    cut.truncate(14 + 20 + 10);
+    t.add(
+        "a TCP header cut short, to 1.100.10.77 (no VIP), is dropped (questioned)",
+        IF_CLIENT,
+        cut,
+        drop(Counter::DropMalformed),
+    );
+    let mut cut = from_client(&syn((twin_web1, 43_200), (CLIENT, 80)));
+    cut.truncate(14 + 20 + 10);
+    t.add(
+        "a TCP header cut short, from 2.11.10.77 (no backend), is dropped (questioned)",
+        IF_CLIENT,
+        cut,
+        drop(Counter::DropMalformed),
+    );
+    let mut cut = from_client(&syn((Ipv4Addr::new(2, 11, 10, 78), 43_200), (CLIENT, 80)));
+    cut.truncate(14 + 20 + 10);
+    t.add("the same from 2.11.10.78 passes", IF_CLIENT, cut, pass(Counter::PassNotService));
     let mark = NeighMark { magic: NEIGH_MARK_MAGIC, ifindex: 1, nexthop: [127, 0, 0, 1] };
     let mut forged = from_client(&query);
     forged[..12].copy_from_slice(&mark.to_bytes());
@@ -1206,10 +1288,10 @@ fn hostile_corpus() {
         (Category::Spoofed, 54),
         (Category::Icmp, 14),
         (Category::Fragment, 17),
-        (Category::Malformed, 25),
+        (Category::Malformed, 33),
     ]);
     assert_eq!(by_category, want, "corpus cases by category");
-    assert_eq!(cases.len(), 444, "corpus cases");
+    assert_eq!(cases.len(), 452, "corpus cases");
     let failures = in_ns(&ns.name, move || {
         let mut loaded = Loaded::new(4096);
         let config = lb_ctl::config::parse(&config()).expect("fixture config");
