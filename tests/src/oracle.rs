@@ -609,9 +609,10 @@ fn route(dst: Ipv4Addr) -> Route {
         )
     };
     match c {
-        // Local addresses and the subnets' broadcasts are not forwarded.
-        1 if d == 0 || d == 255 || dst == LB_CLIENT_SIDE || dst == VIP => Route::Nowhere,
-        2 if d == 0 || d == 255 || dst == LB_BACKEND_SIDE => Route::Nowhere,
+        // Local addresses and the subnets' broadcasts are not forwarded
+        // (the network address is: Linux has no broadcast route for it).
+        1 if d == 255 || dst == LB_CLIENT_SIDE || dst == VIP => Route::Nowhere,
+        2 if d == 255 || dst == LB_BACKEND_SIDE => Route::Nowhere,
         1 => known(IF_CLIENT, &[(CLIENT, CLIENT_MAC), (HAIRPIN, HAIRPIN_MAC)]),
         2 => known(IF_BACKEND, &[(WEB1, WEB_MACS[0]), (WEB2, WEB_MACS[1]), (WEB3, WEB_MACS[2])]),
         4 => known(IF_BACKEND, &[(slot_sharing_backend().0, COLLIDER_MAC)]),

@@ -98,7 +98,7 @@ fn pass(counter: Counter) -> (u32, Counter, Expect) {
     unchanged(XDP_PASS, counter)
 }
 
-fn drop(counter: Counter) -> (u32, Counter, Expect) {
+fn dropped(counter: Counter) -> (u32, Counter, Expect) {
     unchanged(XDP_DROP, counter)
 }
 
@@ -329,7 +329,7 @@ fn cuts(
         } else if len < 34 {
             pass(Counter::PassMalformed)
         } else {
-            drop(Counter::DropMalformed)
+            dropped(Counter::DropMalformed)
         };
         t.add(
             format!("{what} cut to {len} bytes ({where_})"),
@@ -381,7 +381,7 @@ fn truncated(t: &mut Table) {
             format!("a SYN with IPv4 and TCP options whose total length ends {where_} ({len})"),
             IF_CLIENT,
             with_tot_len(full[..len].to_vec(), len - 14),
-            drop(Counter::DropMalformed),
+            dropped(Counter::DropMalformed),
         );
     }
     let full = from_client(&query);
@@ -391,7 +391,7 @@ fn truncated(t: &mut Table) {
             format!("a UDP query whose total length ends {where_} ({len})"),
             IF_CLIENT,
             with_tot_len(full[..len].to_vec(), len - 14),
-            drop(Counter::DropMalformed),
+            dropped(Counter::DropMalformed),
         );
     }
 }
@@ -471,7 +471,7 @@ fn ip_options(t: &mut Table) {
         "a SYN with IPv4 options to a rejecting service gets no reset",
         IF_CLIENT,
         from_client(&refused),
-        drop(Counter::DropNoBackend),
+        dropped(Counter::DropNoBackend),
     );
     let mut datagram = Ipv4::udp((CLIENT, 41_053), (VIP_REJECTING, 53), b"q");
     datagram.options = IP_OPTIONS.to_vec();
@@ -479,7 +479,7 @@ fn ip_options(t: &mut Table) {
         "a datagram with IPv4 options to a rejecting service gets no ICMP",
         IF_CLIENT,
         from_client(&datagram),
-        drop(Counter::DropNoBackend),
+        dropped(Counter::DropNoBackend),
     );
 }
 
@@ -577,13 +577,13 @@ fn tcp_flags(t: &mut Table) {
         "SYN+RST to a rejecting service: no answer",
         IF_CLIENT,
         from_client(&Ipv4::tcp(client, vip, TCP_SYN | TCP_RST, b"")),
-        drop(Counter::DropNoBackend),
+        dropped(Counter::DropNoBackend),
     );
     t.add(
         "every flag to a rejecting service: no answer (RST)",
         IF_CLIENT,
         from_client(&Ipv4::tcp(client, vip, TCP_ALL, b"")),
-        drop(Counter::DropNoBackend),
+        dropped(Counter::DropNoBackend),
     );
     let mut acking = Ipv4::tcp(client, vip, TCP_ACK | TCP_PSH, b"data");
     if let L4::Tcp { ack, .. } = &mut acking.l4 {
@@ -624,7 +624,7 @@ fn spoofed(t: &mut Table) {
                 format!("a SYN to the VIP from {m} on the {side} side is dropped"),
                 ingress,
                 p.frame(ifmac, mac),
-                drop(Counter::DropMartianSource),
+                dropped(Counter::DropMartianSource),
             );
         }
     }
@@ -634,7 +634,7 @@ fn spoofed(t: &mut Table) {
             format!("a datagram to the VIP from {m} is dropped"),
             IF_CLIENT,
             from_client(&p),
-            drop(Counter::DropMartianSource),
+            dropped(Counter::DropMartianSource),
         );
     }
     // Without the checks, these would be answered to a martian.
@@ -643,14 +643,14 @@ fn spoofed(t: &mut Table) {
         "a SYN to a rejecting service from 127.0.0.1 gets no reset",
         IF_CLIENT,
         from_client(&p),
-        drop(Counter::DropMartianSource),
+        dropped(Counter::DropMartianSource),
     );
     let p = Ipv4::udp((Ipv4Addr::BROADCAST, 5353), (VIP_REJECTING, 53), b"q");
     t.add(
         "a datagram to a rejecting service from 255.255.255.255 gets no ICMP",
         IF_CLIENT,
         from_client(&p),
-        drop(Counter::DropMartianSource),
+        dropped(Counter::DropMartianSource),
     );
 
     for vip in VIPS {
@@ -659,7 +659,7 @@ fn spoofed(t: &mut Table) {
             format!("a SYN to the VIP from the VIP {vip} is dropped"),
             IF_CLIENT,
             from_client(&p),
-            drop(Counter::DropSourceVip),
+            dropped(Counter::DropSourceVip),
         );
     }
     let p = syn((VIP, 80), (VIP, 80));
@@ -667,14 +667,14 @@ fn spoofed(t: &mut Table) {
         "a SYN from the VIP to itself on the backend side is dropped",
         IF_BACKEND,
         from_web1(&p),
-        drop(Counter::DropSourceVip),
+        dropped(Counter::DropSourceVip),
     );
     let p = Ipv4::udp((VIP, 53), (VIP_REJECTING, 53), b"q");
     t.add(
         "a datagram to a rejecting service from a VIP gets no ICMP",
         IF_CLIENT,
         from_client(&p),
-        drop(Counter::DropSourceVip),
+        dropped(Counter::DropSourceVip),
     );
 
     // A backend's service endpoint sending to a VIP, from either side.
@@ -698,7 +698,7 @@ fn spoofed(t: &mut Table) {
             format!("{what} is dropped (a loop)"),
             ingress,
             frame,
-            drop(Counter::DropBackendPortToVip),
+            dropped(Counter::DropBackendPortToVip),
         );
     }
 
@@ -923,7 +923,7 @@ fn fragments(t: &mut Table) {
             format!("{what} is dropped"),
             IF_CLIENT,
             from_client(&p),
-            drop(Counter::DropFragment),
+            dropped(Counter::DropFragment),
         );
     }
     for (what, off) in [("first", IP_MF), ("later", 8)] {
@@ -933,7 +933,7 @@ fn fragments(t: &mut Table) {
             format!("a {what} UDP fragment to a rejecting service gets no ICMP"),
             IF_CLIENT,
             from_client(&Ipv4 { dst: VIP_REJECTING, ..p }),
-            drop(Counter::DropFragment),
+            dropped(Counter::DropFragment),
         );
     }
     let mut reply = Ipv4::udp((WEB2, 5353), (CLIENT, 40_053), &[7; 64]);
@@ -950,14 +950,14 @@ fn fragments(t: &mut Table) {
         "a fragment to the VIP from 127.0.0.1 is dropped as martian",
         IF_CLIENT,
         from_client(&martian),
-        drop(Counter::DropMartianSource),
+        dropped(Counter::DropMartianSource),
     );
     let cut = from_client(&fragment(VIP, IP_MF, &tcp_header));
     t.add(
         "a first fragment cut short of its total length is dropped",
         IF_CLIENT,
         cut[..40].to_vec(),
-        drop(Counter::DropFragment),
+        dropped(Counter::DropFragment),
     );
     let mut short_ihl = from_client(&fragment(VIP, IP_MF, &tcp_header));
     short_ihl[14] = 0x44;
@@ -965,7 +965,7 @@ fn fragments(t: &mut Table) {
         "a fragment whose IPv4 header length is 16 is dropped as malformed",
         IF_CLIENT,
         short_ihl,
-        drop(Counter::DropMalformed),
+        dropped(Counter::DropMalformed),
     );
 }
 
@@ -992,7 +992,7 @@ fn malformed(t: &mut Table) {
             format!("an IPv4 header length of {ihl} words to the VIP is dropped"),
             IF_CLIENT,
             f,
-            drop(Counter::DropMalformed),
+            dropped(Counter::DropMalformed),
         );
     }
     let mut to_lb = from_client(&syn((CLIENT, 43_000), (LB_CLIENT_SIDE, 22)));
@@ -1009,14 +1009,14 @@ fn malformed(t: &mut Table) {
         "an IPv4 header length of 15 words in a 40-byte packet is dropped",
         IF_CLIENT,
         f,
-        drop(Counter::DropMalformed),
+        dropped(Counter::DropMalformed),
     );
     for len in [0, 19, 20, 39] {
         t.add(
             format!("an IPv4 total length of {len} is dropped"),
             IF_CLIENT,
             with_tot_len(full.clone(), len),
-            drop(Counter::DropMalformed),
+            dropped(Counter::DropMalformed),
         );
     }
     let mut padded = full.clone();
@@ -1039,7 +1039,7 @@ fn malformed(t: &mut Table) {
             format!("TCP with a data offset of {words} words is dropped"),
             IF_CLIENT,
             f,
-            drop(Counter::DropMalformed),
+            dropped(Counter::DropMalformed),
         );
     }
     let query = Ipv4::udp((CLIENT, 43_053), (VIP, 53), b"query");
@@ -1050,7 +1050,7 @@ fn malformed(t: &mut Table) {
             format!("UDP with length {length} is dropped"),
             IF_CLIENT,
             f,
-            drop(Counter::DropMalformed),
+            dropped(Counter::DropMalformed),
         );
     }
     // A UDP length short of the packet: the rest is padding (no checksum
@@ -1157,7 +1157,7 @@ fn malformed(t: &mut Table) {
         "a datagram from 0.0.0.0 to 1.100.10.77, no VIP but in its filter slot, is dropped (questioned)",
         IF_CLIENT,
         from_client(&dhcp),
-        drop(Counter::DropMartianSource),
+        dropped(Counter::DropMartianSource),
     );
     let elsewhere =
         Ipv4::udp((Ipv4Addr::UNSPECIFIED, 68), (Ipv4Addr::new(1, 100, 10, 200), 67), b"d");
@@ -1173,7 +1173,7 @@ fn malformed(t: &mut Table) {
         "a TCP header cut short, to 1.100.10.77 (no VIP), is dropped (questioned)",
         IF_CLIENT,
         cut,
-        drop(Counter::DropMalformed),
+        dropped(Counter::DropMalformed),
     );
     let mut cut = from_client(&syn((twin_web1, 43_200), (CLIENT, 80)));
     cut.truncate(14 + 20 + 10);
@@ -1181,7 +1181,7 @@ fn malformed(t: &mut Table) {
         "a TCP header cut short, from 2.11.10.77 (no backend), is dropped (questioned)",
         IF_CLIENT,
         cut,
-        drop(Counter::DropMalformed),
+        dropped(Counter::DropMalformed),
     );
     let mut cut = from_client(&syn((Ipv4Addr::new(2, 11, 10, 78), 43_200), (CLIENT, 80)));
     cut.truncate(14 + 20 + 10);
@@ -1193,7 +1193,7 @@ fn malformed(t: &mut Table) {
         "a UDP query carrying the slow path's mark is dropped",
         IF_CLIENT,
         forged,
-        drop(Counter::DropForgedMark),
+        dropped(Counter::DropForgedMark),
     );
 }
 
