@@ -15,9 +15,16 @@
 //! program's arithmetic: a checksum that verified in the input verifies in
 //! the output, and one that did not is off by exactly the same amount (an
 //! incremental update neither repairs nor breaks it, RFC 1624).
-use std::{collections::BTreeSet, fmt, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::Ipv4Addr,
+};
 
-use lb_common::abi::{NEIGH_MARK_MAGIC, NeighMark};
+use lb_common::{
+    abi::{NEIGH_MARK_MAGIC, NeighMark, source_hash},
+    hash::{flow_hash, maglev_slot},
+};
 use lb_ctl::{
     config::Config,
     model::{AdminState, Forwarding, Protocol, Service},
@@ -219,7 +226,21 @@ impl fmt::Display for Mismatch {
     }
 }
 
+/// Where a hashing service (Maglev on the flow, or `sh` on the client
+/// address) places every flow: the controller's table, one backend endpoint
+/// a slot. Told to the oracle (`Oracle::with_tables`), it narrows a
+/// translation to the one backend the table names, whether the flow is new,
+/// known or forgotten; without it, any usable backend is accepted.
+#[derive(Clone, Debug)]
+pub struct HashTable {
+    pub by_source: bool,
+    pub ring_size: u32,
+    pub slots: Vec<(Ipv4Addr, u16)>,
+}
+
 pub struct Oracle {
+    /// By VIP, port and protocol.
+    tables: BTreeMap<(Ipv4Addr, u16, u8), HashTable>,
     services: Vec<Service>,
     vips: BTreeSet<Ipv4Addr>,
     backends: BTreeSet<Ipv4Addr>,
@@ -235,12 +256,32 @@ impl Oracle {
         let vips = services.iter().map(|s| s.vip).collect();
         let backends = services.iter().flat_map(|s| s.backends.iter().map(|b| b.address)).collect();
         Self {
+            tables: BTreeMap::new(),
             services,
             vips,
             backends,
             ifindex_client: Loaded::ifindex(IF_CLIENT),
             ifindex_backend: Loaded::ifindex(IF_BACKEND),
         }
+    }
+
+    /// The hashing services' tables, by VIP, port and protocol.
+    #[must_use]
+    pub fn with_tables(mut self, tables: BTreeMap<(Ipv4Addr, u16, u8), HashTable>) -> Self {
+        self.tables = tables;
+        self
+    }
+
+    /// The backend a hashing service's table names for `p`'s flow.
+    fn placed(&self, p: &Parsed) -> Option<(Ipv4Addr, u16)> {
+        let table = self.tables.get(&(p.dst, p.dport, p.proto))?;
+        let (src, dst) = (p.src.octets(), p.dst.octets());
+        let hash = if table.by_source {
+            source_hash(src)
+        } else {
+            flow_hash(src, dst, p.sport, p.dport, p.proto)
+        };
+        table.slots.get(maglev_slot(hash, table.ring_size)? as usize).copied()
     }
 
     pub fn vips(&self) -> &BTreeSet<Ipv4Addr> {
@@ -325,10 +366,12 @@ impl Oracle {
             }
             let service =
                 self.service(p.dst, p.dport, p.proto).ok_or("no service at that VIP and port")?;
+            let placed = self.placed(&p);
             let usable: Vec<_> = service
                 .backends
                 .iter()
                 .filter(|b| b.weight > 0 && b.state == AdminState::Active)
+                .filter(|b| placed.is_none_or(|at| at == (b.address, b.port)))
                 .collect();
             if usable.is_empty() {
                 // Answered only from a plain header, and a reset never is.
@@ -443,7 +486,11 @@ impl Oracle {
                         Err(m) => why.push(format!("{addr}:{port}: {m}")),
                     }
                 }
-                Err(Mismatch(why.join(", ")))
+                let why = why.join(", ");
+                match sent_to {
+                    Some(to) if !named => Err(Mismatch(format!("sent to {to}, expected {why}"))),
+                    _ => Err(Mismatch(why)),
+                }
             }
             Translation::Direct { backends } => {
                 let mut why = Vec::new();

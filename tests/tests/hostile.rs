@@ -14,13 +14,13 @@
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Instant};
 
 use lb_common::{
-    abi::{NEIGH_MARK_MAGIC, NeighMark, addr_slot},
+    abi::{NEIGH_MARK_MAGIC, NeighMark, SCHED_MAGLEV, SCHED_MASK, SCHED_SH, addr_slot},
     counter::Counter,
 };
 use lb_tests::{
     fixture::*,
     netns::in_ns,
-    oracle::{self, Accepted, Oracle, hex},
+    oracle::{self, Accepted, HashTable, Oracle, hex},
     packet::{self, IP_MF, Ipv4, L4, Mac, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN},
     testrun::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, action_name},
 };
@@ -1295,7 +1295,7 @@ fn hostile_corpus() {
     let failures = in_ns(&ns.name, move || {
         let mut loaded = Loaded::new(4096);
         let config = lb_ctl::config::parse(&config()).expect("fixture config");
-        let oracle = Oracle::new(&config);
+        let oracle = Oracle::new(&config).with_tables(hash_tables(&loaded));
         let mut failures = Vec::new();
         for c in &cases {
             match check_case(&mut loaded, &oracle, c) {
@@ -1309,6 +1309,32 @@ fn hostile_corpus() {
         failures
     });
     assert!(failures.is_empty(), "{} case(s) failed: {failures:#?}", failures.len());
+}
+
+/// The controller's tables of the hashing services (Maglev, `sh`), as
+/// applied: where each of their flows must go.
+fn hash_tables(loaded: &Loaded) -> BTreeMap<(Ipv4Addr, u16, u8), HashTable> {
+    let image = loaded.reconciler.applied();
+    let mut tables = BTreeMap::new();
+    for (key, service) in &image.services {
+        let scheduler = service.flags & SCHED_MASK;
+        if scheduler != SCHED_MAGLEV && scheduler != SCHED_SH {
+            continue;
+        }
+        let slots = image.maglev[&service.id]
+            .iter()
+            .map(|id| {
+                image
+                    .backends
+                    .get(id)
+                    .map_or((Ipv4Addr::UNSPECIFIED, 0), |b| (Ipv4Addr::from(b.addr), b.port))
+            })
+            .collect();
+        let table =
+            HashTable { by_source: scheduler == SCHED_SH, ring_size: service.ring_size, slots };
+        tables.insert((Ipv4Addr::from(key.addr), key.port, key.proto), table);
+    }
+    tables
 }
 
 /// splitmix64: enough to spread mutations, and replayable from its seed.
@@ -1650,7 +1676,7 @@ fn random_mutations_are_translated_exactly_or_left_alone() {
     let (tally, failures, elapsed) = in_ns(&ns.name, move || {
         let mut loaded = Loaded::new(4096);
         let config = lb_ctl::config::parse(&config()).expect("fixture config");
-        let oracle = Oracle::new(&config);
+        let oracle = Oracle::new(&config).with_tables(hash_tables(&loaded));
         let pools = Pools::new(&oracle);
         let bases = bases();
         for (ingress, frame) in &bases {
