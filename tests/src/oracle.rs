@@ -1,7 +1,10 @@
 //! An oracle for the data plane's outputs, written from the services config
 //! and the fixture namespace's links (`fixture.rs`), not from the program's
 //! code: given an input frame, which outputs are a correct translation of
-//! it, byte for byte.
+//! it, byte for byte. Told the controller's tables of the hashing services
+//! (`Oracle::with_tables`), it also holds each of their flows to the one
+//! backend its table names, which checks kernel and controller against
+//! each other.
 //!
 //! It accepts an output only as one of a closed list of translations
 //! ([`Translation`]): a client's packet sent to a backend (NAT or direct
