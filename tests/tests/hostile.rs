@@ -808,67 +808,81 @@ fn icmp(t: &mut Table) {
     let optioned = optioned.to_bytes();
     let router = Ipv4Addr::new(10, 77, 1, 254);
     let cases: [(&str, Ipv4, &'static str); 14] = [
+        // ICMP translation (issue 13 item 2) will change this
         (
             "quoting only an IPv4 header",
             icmp_error(CLIENT, VIP, (3, 3), &dns_reply[..20]),
             IF_CLIENT,
         ),
+        // ICMP translation (issue 13 item 2) will change this
         (
             "quoting an IPv4 header and 4 bytes",
             icmp_error(CLIENT, VIP, (3, 3), &dns_reply[..24]),
             IF_CLIENT,
         ),
+        // ICMP translation (issue 13 item 2) will change this
         ("quoting nothing", icmp_error(CLIENT, VIP, (3, 3), &[]), IF_CLIENT),
+        // ICMP translation (issue 13 item 2) will change this
         (
             "quoting half an IPv4 header",
             icmp_error(CLIENT, VIP, (3, 3), &dns_reply[..10]),
             IF_CLIENT,
         ),
+        // ICMP translation (issue 13 item 2) will change this
         (
             "from a client about our TCP flow (fragmentation needed)",
             icmp_error(CLIENT, VIP, (3, 4), &web_reply[..28]),
             IF_CLIENT,
         ),
+        // ICMP translation (issue 13 item 2) will change this
         (
             "from a client about our UDP flow, whole",
             icmp_error(CLIENT, VIP, (3, 3), &dns_reply),
             IF_CLIENT,
         ),
+        // ICMP translation (issue 13 item 2) will change this
         (
             "from a router about our flow (time exceeded)",
             icmp_error(router, VIP, (11, 0), &web_reply[..28]),
             IF_CLIENT,
         ),
+        // ICMP translation (issue 13 item 2) will change this
         (
             "from a client about our flow, quoting IPv4 options",
             icmp_error(CLIENT, VIP, (3, 4), &optioned[..36]),
             IF_CLIENT,
         ),
+        // ICMP translation (issue 13 item 2) will change this
         (
             "from web1 about our translated flow (port unreachable)",
             icmp_error(WEB1, CLIENT, (3, 3), &to_web1[..28]),
             IF_BACKEND,
         ),
+        // ICMP translation (issue 13 item 2) will change this
         (
             "from web1 about our translated flow (fragmentation needed)",
             icmp_error(WEB1, CLIENT, (3, 4), &to_web1[..28]),
             IF_BACKEND,
         ),
+        // ICMP translation (issue 13 item 2) will change this
         (
             "from web2 about our translated UDP flow",
             icmp_error(WEB2, CLIENT, (3, 3), &to_web2),
             IF_BACKEND,
         ),
+        // ICMP translation (issue 13 item 2) will change this
         (
             "from a client about a foreign flow",
             icmp_error(CLIENT, VIP, (3, 3), &foreign[..28]),
             IF_CLIENT,
         ),
+        // ICMP translation (issue 13 item 2) will change this
         (
             "from web1 about a flow to a port no service uses",
             icmp_error(WEB1, CLIENT, (3, 3), &foreign_backend[..28]),
             IF_BACKEND,
         ),
+        // ICMP translation (issue 13 item 2) will change this
         (
             "from 127.0.0.1 about our flow",
             icmp_error(Ipv4Addr::LOCALHOST, VIP, (3, 4), &web_reply[..28]),
@@ -1445,6 +1459,8 @@ fn bases() -> Vec<(&'static str, Vec<u8>)> {
         from_client(&Ipv4::udp((CLIENT, 40_053), (VIP, 7000), b"query")),
         from_client(&Ipv4::udp((CLIENT, 40_053), (VIP_REJECTING, 53), &[b'q'; 40])),
         from_client(&Ipv4::udp((CLIENT, 40_053), (VIP_REJECTING, 53), b"")),
+        // ICMP translation (issue 13 item 2) will change this: the oracle
+        // then needs its `Translation` variant, or these fail the run.
         from_client(&icmp_error(CLIENT, VIP, (3, 3), &Ipv4::udp((VIP, 53), c, b"a").to_bytes())),
     ];
     let backends = [
@@ -1459,6 +1475,7 @@ fn bases() -> Vec<(&'static str, Vec<u8>)> {
         Ipv4::udp((WEB3, 7000), (CLIENT, 40_100), b"from web3").frame(IF_BACKEND_MAC, WEB_MACS[2]),
         Ipv4::udp((collider, collider_port), (CLIENT, 40_100), b"x")
             .frame(IF_BACKEND_MAC, COLLIDER_MAC),
+        // ICMP translation (issue 13 item 2) will change this (as above).
         from_web1(&icmp_error(
             WEB1,
             CLIENT,
