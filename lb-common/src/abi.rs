@@ -7,7 +7,7 @@
 
 /// Bumped whenever a map layout below changes; stored in `lb_meta` so that a
 /// controller can tell whether pinned maps were written by a compatible build.
-pub const ABI_VERSION: u32 = 12;
+pub const ABI_VERSION: u32 = 14;
 
 /// Capacity of the service table (and of each per-service array).
 pub const MAX_SERVICES: u32 = 256;
@@ -22,6 +22,7 @@ pub const DEFAULT_CONNTRACK_MAX: u32 = 1 << 20;
 
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMP: u8 = 1;
 
 /// An (address, port, protocol) triple: the key of the service table (a VIP)
 /// and of the reverse table (a backend).
@@ -399,8 +400,12 @@ pub struct FlowCacheEntry {
     pub conn: Conn,
     /// The `lb_epoch` value the entry was checked against the connection table in.
     pub epoch: u64,
+    /// The interface the flow's packets arrived on when its source passed
+    /// the reverse-path check; a packet from another serves no entry.
+    pub ingress: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<FlowCacheEntry>() == 40);
+const _: () = assert!(size_of::<FlowCacheEntry>() == 48);
 
 /// Value of `lb_meta` slot 0: who wrote the pinned maps.
 #[repr(C)]
@@ -410,6 +415,89 @@ pub struct Meta {
     pub _pad: u32,
 }
 const _: () = assert!(size_of::<Meta>() == 8);
+
+/// Key of `lb_frags`: what IPv4 says makes fragments one datagram (RFC 791).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragKey {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub id: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<FragKey>() == 12);
+
+/// Value of `lb_frags`: what the first fragment of a datagram decided, for
+/// the fragments after it, which carry no ports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragEntry {
+    /// The address the datagram's fragments now go to (`FRAG_TO_BACKEND`,
+    /// `FRAG_DIRECT`: the backend) or come from (`FRAG_TO_CLIENT`: the VIP).
+    pub addr: [u8; 4],
+    pub kind: u32,
+    pub service_id: u32,
+    pub backend_id: u32,
+    /// The epoch tick of the first fragment: fragments of a datagram arrive
+    /// within moments of each other; an entry `FRAG_TIMEOUT_TICKS` old is stale.
+    pub epoch: u32,
+}
+const _: () = assert!(size_of::<FragEntry>() == 20);
+
+/// A client's datagram to a NAT backend: the destination becomes `addr`.
+pub const FRAG_TO_BACKEND: u32 = 1;
+/// A client's datagram to a direct-routing backend: only the frame goes to `addr`.
+pub const FRAG_DIRECT: u32 = 2;
+/// A backend's reply: the source becomes `addr`, the VIP.
+pub const FRAG_TO_CLIENT: u32 = 3;
+/// How long a datagram's later fragments are matched to its first: 2 s.
+pub const FRAG_TIMEOUT_TICKS: u32 = 20;
+/// Capacity of `lb_frags` (LRU: a flood of first fragments evicts the oldest).
+pub const MAX_FRAGS: u32 = 16_384;
+
+/// Value of `lb_policy` slot 0: how the data plane meets the edge, set by
+/// the controller at start.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Answers (TCP resets, ICMP errors) each CPU may send per epoch tick;
+    /// the rest are dropped and counted (`drop_answer_budget`). Zero: none.
+    pub answers_per_tick: u32,
+    /// `REVERSE_PATH_*`: which sources a packet of ours may have.
+    pub reverse_path: u32,
+}
+const _: () = assert!(size_of::<Policy>() == 8);
+
+/// The reverse-path check (Linux's `rp_filter`) of packets to a VIP and of
+/// backends' replies. Strict: the route back to the source must leave by
+/// the interface the packet arrived on. Loose: there must be a route back,
+/// by any interface. Both refuse a source that is an address of the load
+/// balancer. Off: no check.
+pub const REVERSE_PATH_STRICT: u32 = 0;
+pub const REVERSE_PATH_LOOSE: u32 = 1;
+pub const REVERSE_PATH_OFF: u32 = 2;
+
+/// Value of the per-CPU `lb_answers`: the answers this CPU sent in `epoch`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AnswerBudget {
+    pub epoch: u64,
+    pub sent: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<AnswerBudget>() == 16);
+
+/// The default answer budget, per CPU and second: Linux's
+/// `net.ipv4.icmp_msgs_per_sec` for the whole host.
+pub const DEFAULT_ANSWERS_PER_SECOND: u32 = 1000;
+
+/// Answers per epoch tick for a budget per second (at least one when the
+/// budget is not zero, so a small budget is not rounded to nothing).
+pub const fn answers_per_tick(per_second: u32) -> u32 {
+    let per_tick = per_second as u64 * EPOCH_TICK_MS / 1000;
+    if per_tick == 0 && per_second > 0 { 1 } else { per_tick as u32 }
+}
 
 /// The mark written over the two MAC addresses (the first 12 bytes) of a
 /// packet that XDP has fully rewritten but could not transmit because the
@@ -511,8 +599,8 @@ mod tests {
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        Backend, BackendConns, Conn, Endpoint, EpochClock, Flow, FlowCacheEntry, MaglevTable, Meta,
-        NextHop, Real, Service, Traffic,
+        AnswerBudget, Backend, BackendConns, Conn, Endpoint, EpochClock, Flow, FlowCacheEntry,
+        FragEntry, FragKey, MaglevTable, Meta, NextHop, Policy, Real, Service, Traffic,
     };
 
     macro_rules! pod {
@@ -534,6 +622,10 @@ mod pod {
         Traffic,
         MaglevTable,
         Meta,
-        EpochClock
+        EpochClock,
+        Policy,
+        FragKey,
+        FragEntry,
+        AnswerBudget
     );
 }

@@ -52,14 +52,17 @@ counters! {
     PassLocal = "pass_local",
     /// The FIB has no usable route (unreachable, forwarding disabled, MTU...).
     PassFibFailed = "pass_fib_failed",
-    /// A fragment addressed to a VIP (not supported yet).
+    /// A later fragment to a VIP that finds no decision of its datagram's
+    /// first fragment: it came before its first, or its entry expired
+    /// (2 s) or was evicted. XDP cannot hold it back (see `frag`).
     DropFragment = "drop_fragment",
     /// The service has no usable backend.
     DropNoBackend = "drop_no_backend",
     /// A TCP packet of a flow whose backend is DOWN that no reset could answer
     /// (IPv4 options).
     DropBackendDown = "drop_backend_down",
-    /// A client packet too big for the backend's link (the FIB's MTU check).
+    /// A packet too big for its next link, without Don't Fragment: the
+    /// data plane does not fragment (the FIB's MTU check).
     DropTooBig = "drop_too_big",
     /// A frame that arrived carrying the slow path's mark in its MAC
     /// addresses (`abi::NeighMark`): only `lb_xdp` may hand such a frame to
@@ -88,6 +91,43 @@ counters! {
     /// answer each other through the load balancer, a loop of
     /// CVE-2024-2169's class (`src=web1:5353 dst=VIP:5353`).
     DropBackendPortToVip = "drop_backend_port_to_vip",
+    /// An ICMP error (destination unreachable, time exceeded) about a reply
+    /// the load balancer sent from a VIP: translated (outer destination,
+    /// quoted source address and port become the backend's) and sent to
+    /// the backend that owns the flow.
+    IcmpToBackend = "icmp_to_backend",
+    /// An ICMP error about a client's packet, from the backend side
+    /// (the backend or a router before it): translated (quoted destination
+    /// and the outer source become the VIP's) and sent to the client.
+    IcmpToClient = "icmp_to_client",
+    /// An ICMP error that quotes no flow of ours, or that could not be
+    /// translated (IPv4 options, a quote cut short): left to the kernel.
+    PassIcmpNotOurs = "pass_icmp_not_ours",
+    /// A packet with Don't Fragment set, too big for the next link:
+    /// answered with ICMP "fragmentation needed" and the link's MTU, from
+    /// the VIP, to whoever sent it (a client, or a backend for its reply).
+    FragNeeded = "frag_needed",
+    /// An answer (reset, ICMP error) not sent: this CPU has sent its budget
+    /// for this tick (`dataplane.answers_per_second`). The packet is dropped.
+    DropAnswerBudget = "drop_answer_budget",
+    /// A packet to a VIP or a backend's reply that fails the reverse-path
+    /// check (`dataplane.reverse_path`): the route back to its source leaves
+    /// by another interface than the one it arrived on (strict: a backend's
+    /// address arriving from the client side, a client's from the backend
+    /// side), there is no route back, or the source is an address of the
+    /// load balancer.
+    DropReversePath = "drop_reverse_path",
+    /// A packet of ours (to a VIP, from a backend) in a frame sent to a
+    /// link-layer broadcast or multicast address: a router forwards only
+    /// frames sent to its own address.
+    DropLinkGroup = "drop_link_group",
+    /// A TCP segment to a VIP or from a backend whose flags no connection
+    /// sends (RFC 9293): SYN with FIN or RST, or neither SYN, RST nor ACK
+    /// (no flags at all). Scans and fingerprinting; never forwarded.
+    DropTcpFlags = "drop_tcp_flags",
+    /// An answer not sent because of where it would go: to a backend's
+    /// address, a martian or a VIP. The packet is dropped.
+    DropAnswerForbidden = "drop_answer_forbidden",
 }
 
 impl Counter {

@@ -9,13 +9,14 @@ use std::{
 };
 
 use lb_common::abi::{
-    DEFAULT_CONNTRACK_MAX, LC_MAX_BACKENDS, MAX_BACKENDS, MAX_SERVICES, PROTO_TCP, PROTO_UDP,
+    DEFAULT_ANSWERS_PER_SECOND, DEFAULT_CONNTRACK_MAX, LC_MAX_BACKENDS, MAX_BACKENDS, MAX_SERVICES,
+    PROTO_TCP, PROTO_UDP,
 };
 use serde::Deserialize;
 
 use crate::model::{
-    AdminState, Backend, Dataplane, Forwarding, HealthCheck, Probe, Protocol, Scheduler, Service,
-    Timeouts, XdpMode,
+    AdminState, Backend, Dataplane, Forwarding, HealthCheck, Probe, Protocol, ReversePath,
+    Scheduler, Service, Timeouts, XdpMode,
 };
 
 /// A validated config file.
@@ -107,6 +108,10 @@ struct RawDataplane {
     tcp_closing_timeout: Option<i64>,
     tcp_closed_timeout: Option<i64>,
     udp_timeout: Option<i64>,
+    #[serde(default = "default_answers_per_second")]
+    answers_per_second: i64,
+    #[serde(default = "default_reverse_path")]
+    reverse_path: String,
 }
 
 #[derive(Deserialize)]
@@ -207,6 +212,12 @@ fn default_xdp_mode() -> String {
 }
 fn default_conntrack_max() -> i64 {
     i64::from(DEFAULT_CONNTRACK_MAX)
+}
+fn default_reverse_path() -> String {
+    "strict".into()
+}
+fn default_answers_per_second() -> i64 {
+    i64::from(DEFAULT_ANSWERS_PER_SECOND)
 }
 fn default_pin_path() -> String {
     "/sys/fs/bpf/lb".into()
@@ -457,8 +468,45 @@ fn validate_dataplane(raw: RawDataplane, problems: &mut Problems) -> Dataplane {
         tcp_closed: timeout("tcp_closed_timeout", raw.tcp_closed_timeout, defaults.tcp_closed),
         udp: timeout("udp_timeout", raw.udp_timeout, defaults.udp),
     };
-    Dataplane { interfaces: raw.interfaces, xdp_mode, conntrack_max, pin_path, timeouts }
+    let answers_per_second = match u32::try_from(raw.answers_per_second) {
+        Ok(n) if n <= MAX_ANSWERS_PER_SECOND => n,
+        _ => {
+            problems.add(
+                "dataplane.answers_per_second",
+                format!(
+                    "{} is out of range (0 to {MAX_ANSWERS_PER_SECOND})",
+                    raw.answers_per_second
+                ),
+            );
+            DEFAULT_ANSWERS_PER_SECOND
+        }
+    };
+    let reverse_path = match raw.reverse_path.as_str() {
+        "strict" => ReversePath::Strict,
+        "loose" => ReversePath::Loose,
+        "off" => ReversePath::Off,
+        other => {
+            problems.add(
+                "dataplane.reverse_path",
+                format!("{other:?} is not one of strict, loose, off"),
+            );
+            ReversePath::Strict
+        }
+    };
+    Dataplane {
+        interfaces: raw.interfaces,
+        xdp_mode,
+        conntrack_max,
+        pin_path,
+        timeouts,
+        answers_per_second,
+        reverse_path,
+    }
 }
+
+/// The most answers per second and CPU the data plane can be told to send:
+/// past line rate for the smallest answer on a 10 Gb/s link.
+const MAX_ANSWERS_PER_SECOND: u32 = 10_000_000;
 
 /// Whether `name` can name a service: 1 to 63 letters, digits, '-', '_'
 /// or '.', not starting with '.' (it goes in URL paths, logs, metrics labels).
@@ -1209,6 +1257,38 @@ protocol = "udp"
                 "no {key} in {p:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_answer_budget_defaults_to_linuxs_and_is_checked() {
+        let with = |line: &str| GOOD.replace("[dataplane]\n", &format!("[dataplane]\n{line}\n"));
+        assert_eq!(parse(GOOD).unwrap().dataplane.answers_per_second, 1000);
+        for n in [0, 10_000_000] {
+            let c = parse(&with(&format!("answers_per_second = {n}"))).unwrap();
+            assert_eq!(c.dataplane.answers_per_second, n);
+        }
+        for n in ["-1", "10000001"] {
+            let p = problems(&with(&format!("answers_per_second = {n}")));
+            let want = format!("dataplane.answers_per_second: {n} is out of range (0 to 10000000)");
+            assert!(p.iter().any(|x| x.starts_with(&want)), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn the_reverse_path_check_defaults_to_strict_and_is_checked() {
+        let with =
+            |v: &str| GOOD.replace("[dataplane]\n", &format!("[dataplane]\nreverse_path = {v}\n"));
+        assert_eq!(parse(GOOD).unwrap().dataplane.reverse_path, ReversePath::Strict);
+        for (v, want) in [("\"loose\"", ReversePath::Loose), ("\"off\"", ReversePath::Off)] {
+            assert_eq!(parse(&with(v)).unwrap().dataplane.reverse_path, want);
+        }
+        let p = problems(&with("\"Strict\""));
+        assert!(
+            p.iter().any(|x| x.starts_with(
+                "dataplane.reverse_path: \"Strict\" is not one of strict, loose, off"
+            )),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod client;
 pub mod config;
 pub mod controller;
 pub mod dataplane;
+pub mod gro;
 pub mod health;
 pub mod limits;
 pub mod logging;

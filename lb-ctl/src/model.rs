@@ -8,6 +8,22 @@ pub struct Dataplane {
     pub conntrack_max: u32,
     pub pin_path: PathBuf,
     pub timeouts: Timeouts,
+    /// Answers (resets, ICMP errors) each CPU may send per second; the rest
+    /// are dropped and counted.
+    pub answers_per_second: u32,
+    pub reverse_path: ReversePath,
+}
+
+/// Which sources the data plane takes packets from (see
+/// `abi::REVERSE_PATH_STRICT`), like Linux's `rp_filter`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReversePath {
+    /// The route back to the source leaves by the arriving interface.
+    #[default]
+    Strict,
+    /// There is a route back to the source, by any interface.
+    Loose,
+    Off,
 }
 
 /// Idle timeouts of the connection states, like IPVS's (`ipvsadm --set`).

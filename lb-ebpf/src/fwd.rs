@@ -12,16 +12,20 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    abi::{NEIGH_MARK_MAGIC, NEXTHOP_SLOTS, NO_TX_SLOT, NextHop, cpu_slot, nexthop_slot},
+    abi::{
+        NEIGH_MARK_MAGIC, NEXTHOP_SLOTS, NO_TX_SLOT, NextHop, REVERSE_PATH_OFF,
+        REVERSE_PATH_STRICT, cpu_slot, nexthop_slot,
+    },
     counter::Counter,
 };
 
 use crate::{
     Verdict,
-    maps::{LB_NEXTHOPS, LB_TX_PORTS, LB_TX_SLOTS},
+    maps::{LB_FIB_SCRATCH, LB_NEXTHOPS, LB_POLICY, LB_TX_PORTS, LB_TX_SLOTS},
     mem,
     nat::{self, Side},
     parse::Packet,
+    reject,
     select::Here,
 };
 
@@ -38,7 +42,8 @@ pub struct Target {
 
 /// Rewrites the packet and sends it to its next hop. The next hop is looked
 /// up for the packet as it will be after the rewrite, and before rewriting
-/// it: a packet the FIB cannot forward is passed untouched.
+/// it: a packet the FIB cannot forward is passed untouched, one too big for
+/// the next link is answered ("fragmentation needed") or dropped.
 #[inline(always)]
 pub fn forward(
     ctx: &XdpContext,
@@ -46,40 +51,84 @@ pub fn forward(
     target: &Target,
     here: Here,
 ) -> Result<Verdict, Counter> {
-    let ingress = ctx.ingress_ifindex() as u32;
-    let hop = next_hop(ctx, pkt, target, ingress, here)?;
+    let (src, dst, sport, dport) = match target.rewrite {
+        Some(Side::Destination) | None => (pkt.flow.src, target.addr, pkt.flow.sport, target.port),
+        Some(Side::Source) => (target.addr, pkt.flow.dst, target.port, pkt.flow.dport),
+    };
+    let query = Query { src, dst, sport, dport, direct: target.rewrite.is_none() };
+    let hop = match next_hop(ctx, pkt, &query, here)? {
+        Hop::TooBig { mtu } => {
+            // From the VIP: the flow's destination, or a reply's new source.
+            let (vip, to) = match target.rewrite {
+                Some(Side::Source) => (target.addr, reject::To::Backend),
+                _ => (pkt.flow.dst, reject::To::Client),
+            };
+            return reject::frag_needed(ctx, pkt, vip, mtu, to, here);
+        }
+        hop => hop,
+    };
     if let Some(side) = target.rewrite {
         // SAFETY: pkt comes from parse on this frame, is not a fragment, and
         // nothing has resized the frame since.
         unsafe { nat::rewrite(pkt, side, target.addr, target.port) };
     }
+    // SAFETY: pkt.eth was bounds-checked by parse.
+    Ok(unsafe { send(ctx, pkt.eth.cast(), hop) })
+}
+
+/// What the FIB is asked: the packet's addresses and ports as it will leave.
+pub struct Query {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport: u16,
+    pub dport: u16,
+    /// Direct routing: the frame must reach `dst` on one of our links.
+    pub direct: bool,
+}
+
+/// Sends a rewritten frame to `hop`: XDP_TX back out of the interface it
+/// came in on, XDP_REDIRECT to another of ours, or tc's slow path.
+///
+/// # Safety
+/// `eth` points at a bounds-checked Ethernet header.
+#[inline(always)]
+pub unsafe fn send(ctx: &XdpContext, eth: *mut u8, hop: Hop) -> Verdict {
+    let ingress = ctx.ingress_ifindex() as u32;
     let hop = match hop {
         Hop::Resolved(hop) => hop,
-        // SAFETY: pkt.eth was bounds-checked by parse.
+        // SAFETY: the caller guarantees the Ethernet header.
         Hop::NoNeighbour { ifindex, nexthop } => {
-            return Ok(unsafe { slow_path(pkt, ifindex, nexthop) });
+            return unsafe { slow_path(eth, ifindex, nexthop) };
+        }
+        // `next_hop`'s callers answer a packet too big before sending.
+        Hop::TooBig { .. } => {
+            return Verdict { action: xdp_action::XDP_DROP, counter: Counter::DropTooBig };
         }
     };
-    // SAFETY: pkt.eth was bounds-checked by parse.
-    unsafe { write_macs(pkt.eth.cast(), &hop) };
+    // SAFETY: the caller guarantees the Ethernet header.
+    unsafe { write_macs(eth, &hop) };
     if hop.ifindex == ingress {
-        return Ok(Verdict { action: xdp_action::XDP_TX, counter: Counter::Tx });
+        return Verdict { action: xdp_action::XDP_TX, counter: Counter::Tx };
     }
     match LB_TX_PORTS.redirect(hop.tx_slot, 0) {
-        Ok(action) => Ok(Verdict { action, counter: Counter::Redirect }),
+        Ok(action) => Verdict { action, counter: Counter::Redirect },
         // The egress interface is not one of ours: let tc send it.
         // SAFETY: as for write_macs.
-        Err(_) => Ok(unsafe { slow_path(pkt, hop.ifindex, hop.via) }),
+        Err(_) => unsafe { slow_path(eth, hop.ifindex, hop.via) },
     }
 }
 
-enum Hop {
+pub enum Hop {
     Resolved(NextHop),
     /// The route is known but the kernel has no neighbour entry yet for
     /// `nexthop` (the destination or its gateway).
     NoNeighbour {
         ifindex: u32,
         nexthop: [u8; 4],
+    },
+    /// The packet is longer than the next link's MTU.
+    TooBig {
+        mtu: u16,
     },
 }
 
@@ -89,18 +138,8 @@ enum Hop {
 /// the route does not depend on the source, ports or TOS (no policy routing,
 /// one ECMP path per destination while an entry lives).
 #[inline(always)]
-fn next_hop(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    target: &Target,
-    ingress: u32,
-    here: Here,
-) -> Result<Hop, Counter> {
-    let (src, dst, sport, dport) = match target.rewrite {
-        Some(Side::Destination) | None => (pkt.flow.src, target.addr, pkt.flow.sport, target.port),
-        Some(Side::Source) => (target.addr, pkt.flow.dst, target.port, pkt.flow.dport),
-    };
-    let direct = target.rewrite.is_none();
+pub fn next_hop(ctx: &XdpContext, pkt: &Packet, query: &Query, here: Here) -> Result<Hop, Counter> {
+    let Query { direct, dst, .. } = *query;
     let epoch = here.epoch;
     let cached = LB_NEXTHOPS.get_ptr_mut(cpu_slot(here.cpu, NEXTHOP_SLOTS, nexthop_slot(dst)));
     // The largest length the FIB already accepted for this destination.
@@ -116,57 +155,142 @@ fn next_hop(
         }
     }
 
-    // SAFETY: an all-zero bpf_fib_lookup is a valid input.
-    let mut params: FibParams = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
-    params.l4_protocol = pkt.flow.proto;
-    params.sport = sport.to_be();
-    params.dport = dport.to_be();
-    params.__bindgen_anon_1.tot_len = pkt.tot_len;
-    params.ifindex = ingress;
-    // SAFETY: pkt.ip was bounds-checked by parse.
-    params.__bindgen_anon_2.tos = unsafe { (*pkt.ip).tos };
-    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
-    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
-    // SAFETY: params is a live, correctly sized bpf_fib_lookup.
-    let rc =
-        unsafe { bpf_fib_lookup(ctx.as_ptr(), &raw mut params, size_of::<FibParams>() as i32, 0) }
-            as u32;
+    let (rc, params) = fib_lookup(ctx, pkt, query, pkt.tot_len, here)?;
     // SAFETY: the union's IPv4 member, which the FIB sets to the next hop.
     let nexthop = unsafe { params.__bindgen_anon_4.ipv4_dst }.to_ne_bytes();
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {
-            // SAFETY: copied out at once.
-            let tx_slot = unsafe { LB_TX_SLOTS.get(params.ifindex).copied() }.unwrap_or(NO_TX_SLOT);
-            let hop = NextHop {
-                addr: dst,
-                ifindex: params.ifindex,
-                tx_slot,
-                max_len: max_len.max(pkt.tot_len),
-                _pad: 0,
-                smac: params.smac,
-                dmac: params.dmac,
-                via: nexthop,
-                epoch,
-            };
-            if let Some(entry) = cached {
-                // SAFETY: as above.
-                unsafe { *entry = hop };
-            }
-            resolved(hop, direct)
+            resolved(remember(cached, params, dst, max_len.max(pkt.tot_len), epoch), direct)
         }
         BPF_FIB_LKUP_RET_NO_NEIGH if direct && nexthop != dst => Err(Counter::DropDsrNotOnLink),
         BPF_FIB_LKUP_RET_NO_NEIGH => Ok(Hop::NoNeighbour { ifindex: params.ifindex, nexthop }),
-        // Too big for the egress link. A client's packet handed to the
-        // stack would be delivered to the local VIP and answered with a
-        // reset; a backend's reply is forwarded by the kernel, which tells
-        // the backend (ICMP fragmentation needed).
-        BPF_FIB_LKUP_RET_FRAG_NEEDED if !matches!(target.rewrite, Some(Side::Source)) => {
-            Err(Counter::DropTooBig)
+        // SAFETY: the union's member the FIB sets on this answer.
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
+            Ok(Hop::TooBig { mtu: unsafe { params.__bindgen_anon_1.mtu_result } })
         }
         BPF_FIB_LKUP_RET_NOT_FWDED => Err(Counter::PassLocal),
         _ => Err(Counter::PassFibFailed),
     }
+}
+
+/// Asks the FIB for the route of a packet like `pkt` as `query` describes
+/// it, `tot_len` long (0: no MTU check), arriving here. The parameters
+/// live in this CPU's scratch slot, not on the stack: BPF programs have
+/// 512 bytes of stack, and the answers' buffers take most of it.
+#[inline(always)]
+fn fib_lookup(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    query: &Query,
+    tot_len: u16,
+    here: Here,
+) -> Result<(u32, &'static FibParams), Counter> {
+    let params = LB_FIB_SCRATCH.get_ptr_mut(0).ok_or(Counter::PassFibFailed)?;
+    // SAFETY: this CPU's slot; XDP does not nest on a CPU, and the
+    // reference does not outlive the packet.
+    let params = unsafe { &mut *params };
+    // SAFETY: an all-zero bpf_fib_lookup is a valid input.
+    *params = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = pkt.flow.proto;
+    params.sport = query.sport.to_be();
+    params.dport = query.dport.to_be();
+    params.__bindgen_anon_1.tot_len = tot_len;
+    params.ifindex = here.ingress;
+    // SAFETY: pkt.ip was bounds-checked by parse.
+    params.__bindgen_anon_2.tos = unsafe { (*pkt.ip).tos };
+    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(query.src);
+    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(query.dst);
+    // SAFETY: params is a live, correctly sized bpf_fib_lookup.
+    let rc = unsafe {
+        bpf_fib_lookup(ctx.as_ptr(), core::ptr::from_mut(params), size_of::<FibParams>() as i32, 0)
+    } as u32;
+    Ok((rc, params))
+}
+
+/// A successful FIB answer for `dst`, kept in this CPU's cache slot.
+#[inline(always)]
+fn remember(
+    cached: Option<*mut NextHop>,
+    params: &FibParams,
+    dst: [u8; 4],
+    max_len: u16,
+    epoch: u64,
+) -> NextHop {
+    // SAFETY: copied out at once.
+    let tx_slot = unsafe { LB_TX_SLOTS.get(params.ifindex).copied() }.unwrap_or(NO_TX_SLOT);
+    let hop = NextHop {
+        addr: dst,
+        ifindex: params.ifindex,
+        tx_slot,
+        max_len,
+        _pad: 0,
+        smac: params.smac,
+        dmac: params.dmac,
+        // SAFETY: the union's IPv4 member, which the FIB sets to the next hop.
+        via: unsafe { params.__bindgen_anon_4.ipv4_dst }.to_ne_bytes(),
+        epoch,
+    };
+    if let Some(entry) = cached {
+        // SAFETY: this CPU's slot, only touched by this CPU; XDP does not nest.
+        unsafe { *entry = hop };
+    }
+    hop
+}
+
+/// The reverse-path check (`abi::Policy::reverse_path`, Linux's
+/// `rp_filter`): whether the packet could have come from `src` (its source;
+/// for an ICMP error, the host the quoted packet was going to). Strict: the
+/// route back to `src` must leave by the interface the packet arrived on;
+/// loose: there must be a route back. Either way `src` may not be an
+/// address of the load balancer. The route comes from the next-hop cache
+/// (the one packets to `src` use), else from the FIB, whose answer is
+/// cached.
+#[inline(always)]
+pub fn arrived_from(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    src: [u8; 4],
+    here: Here,
+) -> Result<(), Counter> {
+    let mode = LB_POLICY.get(0).map_or(REVERSE_PATH_STRICT, |p| p.reverse_path);
+    if mode == REVERSE_PATH_OFF {
+        return Ok(());
+    }
+    let cached = LB_NEXTHOPS.get_ptr_mut(cpu_slot(here.cpu, NEXTHOP_SLOTS, nexthop_slot(src)));
+    let mut egress = None;
+    if let Some(entry) = cached {
+        // SAFETY: this CPU's slot, only touched by this CPU; XDP does not nest.
+        let entry = unsafe { &*entry };
+        if entry.addr == src && entry.epoch == here.epoch {
+            egress = Some(entry.ifindex);
+        }
+    }
+    let egress = match egress {
+        Some(ifindex) => ifindex,
+        None => {
+            let back = Query {
+                src: pkt.flow.dst,
+                dst: src,
+                sport: pkt.flow.dport,
+                dport: pkt.flow.sport,
+                direct: false,
+            };
+            // Length 0: no MTU check, and the cached entry promises none.
+            match fib_lookup(ctx, pkt, &back, 0, here)? {
+                (BPF_FIB_LKUP_RET_SUCCESS, params) => {
+                    remember(cached, params, src, 0, here.epoch).ifindex
+                }
+                (BPF_FIB_LKUP_RET_NO_NEIGH, params) => params.ifindex,
+                // Local (NOT_FWDED), unreachable, prohibited, blackhole.
+                _ => return Err(Counter::DropReversePath),
+            }
+        }
+    };
+    if mode == REVERSE_PATH_STRICT && egress != here.ingress {
+        return Err(Counter::DropReversePath);
+    }
+    Ok(())
 }
 
 /// The next hop's MAC addresses into the Ethernet header, as four word
@@ -203,10 +327,9 @@ fn resolved(hop: NextHop, direct: bool) -> Result<Hop, Counter> {
 /// and writes the real addresses.
 ///
 /// # Safety
-/// `pkt.eth` points at a bounds-checked Ethernet header.
+/// `eth` points at a bounds-checked Ethernet header.
 #[inline(always)]
-unsafe fn slow_path(pkt: &Packet, ifindex: u32, nexthop: [u8; 4]) -> Verdict {
-    let eth = pkt.eth.cast::<u8>();
+unsafe fn slow_path(eth: *mut u8, ifindex: u32, nexthop: [u8; 4]) -> Verdict {
     // SAFETY: the caller guarantees the 14 bytes; the mark takes 12.
     unsafe {
         mem::store32::<0>(eth, NEIGH_MARK_MAGIC);

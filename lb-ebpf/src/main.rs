@@ -6,7 +6,9 @@
 // Inline assembly for the atomic fetch-add of the round-robin counter.
 #![feature(asm_experimental_arch)]
 
+mod frag;
 mod fwd;
+mod icmp;
 mod maps;
 mod mem;
 mod nat;
@@ -25,8 +27,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     abi::{
-        ADDR_REAL, ADDR_VIP, BACKEND_DOWN, BACKEND_DSR, NEIGH_MARK_MAGIC, NeighMark, PROTO_TCP,
-        SVC_REJECT, TCP_ACK, TCP_SYN,
+        ADDR_REAL, ADDR_VIP, BACKEND_DOWN, BACKEND_DSR, NEIGH_MARK_MAGIC, NeighMark, PROTO_ICMP,
+        PROTO_TCP, SVC_REJECT, TCP_ACK, TCP_SYN,
     },
     counter::Counter,
 };
@@ -35,6 +37,7 @@ use crate::{
     fwd::Target,
     maps::{LB_BE_STATS, LB_COUNTERS, LB_SVC_STATS, LB_VIPS},
     nat::Side,
+    parse::Frag,
     select::{Here, Known},
 };
 
@@ -57,6 +60,11 @@ impl Verdict {
             | Counter::DropMartianSource
             | Counter::DropSourceVip
             | Counter::DropBackendPortToVip
+            | Counter::DropAnswerBudget
+            | Counter::DropAnswerForbidden
+            | Counter::DropReversePath
+            | Counter::DropLinkGroup
+            | Counter::DropTcpFlags
             | Counter::DropDsrNotOnLink => xdp_action::XDP_DROP,
             _ => xdp_action::XDP_PASS,
         };
@@ -85,20 +93,25 @@ fn process(ctx: &XdpContext) -> Result<Verdict, Counter> {
     // Most packets that are not ours leave here, before the ports are read.
     let to_vip = select::addr_flags(ip.dst) & ADDR_VIP != 0;
     let src_flags = select::addr_flags(ip.src);
+    if to_vip {
+        source_could_be_a_client(&ip, src_flags)?;
+    }
+    if ip.proto == PROTO_ICMP {
+        return icmp::translate(ctx, &ip, to_vip, Here::read(ctx));
+    }
     let from_real = src_flags & ADDR_REAL != 0;
     if !to_vip && !from_real {
         return Err(if ip.short_header { Counter::PassMalformed } else { Counter::PassNotService });
     }
-    if to_vip {
-        source_could_be_a_client(ip.src, src_flags)?;
+    // SAFETY: nothing has resized the frame.
+    if unsafe { parse::to_link_group(&ip) } {
+        return Err(not_ours_after_all(Counter::DropLinkGroup, &ip, from_real));
     }
-    let pkt = parse::transport(ctx, &ip)?;
-    if pkt.fragment {
-        // SAFETY: the value is not read.
-        let to_vip = to_vip && unsafe { LB_VIPS.get(pkt.flow.dst).is_some() };
-        return Err(if to_vip { Counter::DropFragment } else { Counter::PassNotService });
+    let pkt = parse::transport(ctx, &ip).map_err(|c| not_ours_after_all(c, &ip, from_real))?;
+    let here = select::Here::read(ctx);
+    if pkt.frag == Frag::Later {
+        return frag::follow(ctx, &pkt, to_vip, here);
     }
-    let here = select::Here::read();
     // A backend's own service endpoint sending to a VIP: see the counter.
     if to_vip && from_real && select::real(&pkt.flow).is_some() {
         // SAFETY: the value is not read.
@@ -115,19 +128,45 @@ fn process(ctx: &XdpContext) -> Result<Verdict, Counter> {
     Err(Counter::PassNotService)
 }
 
-/// Whether `src` could be a client of a VIP: not a martian (RFC 1812's
-/// 0/8, 127/8, and 224/4 and 240/4: multicast, reserved, broadcast), and not
-/// a VIP (the prefilter's flag, confirmed by the exact table).
+/// Whether the source of a packet the prefilter takes for one to a VIP
+/// could be a client: not a martian (RFC 1812's 0/8, 127/8, and 224/4 and
+/// 240/4: multicast, reserved, broadcast), and not a VIP (the prefilter's
+/// flag, confirmed by the exact table).
 #[inline(always)]
-fn source_could_be_a_client(src: [u8; 4], src_flags: u8) -> Result<(), Counter> {
+fn source_could_be_a_client(ip: &parse::Ipv4, src_flags: u8) -> Result<(), Counter> {
+    let src = ip.src;
     if src[0] == 0 || src[0] == 127 || src[0] >= 224 {
-        return Err(Counter::DropMartianSource);
+        return Err(not_ours_after_all(Counter::DropMartianSource, ip, false));
     }
     // SAFETY: the value is not read.
     if src_flags & ADDR_VIP != 0 && unsafe { LB_VIPS.get(src).is_some() } {
         return Err(Counter::DropSourceVip);
     }
     Ok(())
+}
+
+/// `drop`, the verdict on a packet the address prefilter took for ours,
+/// when it is: to a VIP (confirmed by the exact table) or from a backend's
+/// address (`from_real`: the prefilter's word, which the ports, unread or
+/// unreadable here, would confirm). Otherwise the packet is someone else's
+/// whose address shares a VIP's slot, and goes to the kernel as it is.
+/// Only refusals pay for the exact lookup.
+#[inline(always)]
+fn not_ours_after_all(drop: Counter, ip: &parse::Ipv4, from_real: bool) -> Counter {
+    if !matches!(
+        drop,
+        Counter::DropMalformed
+            | Counter::DropMartianSource
+            | Counter::DropLinkGroup
+            | Counter::DropTcpFlags
+    ) {
+        return drop;
+    }
+    // SAFETY: the value is not read.
+    if from_real || unsafe { LB_VIPS.get(ip.dst).is_some() } {
+        return drop;
+    }
+    if drop == Counter::DropMalformed { Counter::PassMalformed } else { Counter::PassNotService }
 }
 
 /// A backend's reply: the source goes back to the VIP. `Ok(None)` when the
@@ -141,10 +180,13 @@ fn to_client(
     let Some(real) = select::real(&pkt.flow) else {
         return Ok(None);
     };
+    // Before the reply may move its connection's state (a forged FIN or RST).
+    fwd::arrived_from(ctx, pkt, pkt.flow.src, here)?;
     expire_check(pkt)?;
     select::backend_closes(&pkt.flow, &real, pkt.tcp_flags, here);
     let target = Target { rewrite: Some(Side::Source), addr: real.vip, port: real.vport };
     let verdict = fwd::forward(ctx, pkt, &target, here)?;
+    frag::remember(pkt, &target, (real.service_id, real.backend_id), here);
     select::account(&LB_SVC_STATS, real.service_id, pkt.tot_len, false, false);
     select::account(&LB_BE_STATS, real.backend_id, pkt.tot_len, false, false);
     Ok(Some(verdict))
@@ -170,7 +212,9 @@ fn to_backend(
     // The flow's slot in this CPU's flow cache: read by the lookup, written
     // by the scheduler for a new flow.
     let cached = select::flow_cache_entry(&pkt.flow, here);
-    let (service_id, choice) = match select::established(&pkt.flow, pkt.tcp_flags, here, cached) {
+    let check_source = || fwd::arrived_from(ctx, pkt, pkt.flow.src, here);
+    let known = select::established(&pkt.flow, pkt.tcp_flags, here, cached, check_source)?;
+    let (service_id, choice) = match known {
         Known::Flow(service_id, choice) if choice.backend.flags & BACKEND_DOWN == 0 => {
             expire_check(pkt)?;
             (service_id, choice)
@@ -179,10 +223,10 @@ fn to_backend(
         // connection cannot go on elsewhere); a UDP flow, or a SYN opening a
         // new connection, is placed anew.
         Known::Flow(..) if tcp && !opening => {
-            return reject::tcp_reset(ctx, pkt, Counter::RstBackendDown).map(Some);
+            return reject::tcp_reset(ctx, pkt, Counter::RstBackendDown, here).map(Some);
         }
         Known::Gone if tcp && !opening => {
-            return reject::tcp_reset(ctx, pkt, Counter::RstBackendGone).map(Some);
+            return reject::tcp_reset(ctx, pkt, Counter::RstBackendGone, here).map(Some);
         }
         Known::Flow(..) | Known::Gone | Known::Unknown => {
             let Some(service) = select::service(&pkt.flow) else {
@@ -193,7 +237,7 @@ fn to_backend(
             match select::schedule(&pkt.flow, pkt.tcp_flags, &service, here, cached) {
                 Ok(choice) => (service.id, choice),
                 Err(Counter::DropNoBackend) if service.flags & SVC_REJECT != 0 => {
-                    return reject::no_backend(ctx, pkt).map(Some);
+                    return reject::no_backend(ctx, pkt, here).map(Some);
                 }
                 Err(counter) => return Err(counter),
             }
@@ -208,6 +252,7 @@ fn to_backend(
         port: choice.backend.port,
     };
     let verdict = fwd::forward(ctx, pkt, &target, here)?;
+    frag::remember(pkt, &target, (service_id, choice.id), here);
     select::account(&LB_SVC_STATS, service_id, pkt.tot_len, true, choice.new_flow);
     select::account(&LB_BE_STATS, choice.id, pkt.tot_len, true, choice.new_flow);
     Ok(Some(verdict))

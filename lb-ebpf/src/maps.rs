@@ -2,13 +2,15 @@
 //! only the connection table, the next-hop cache and the counters are written
 //! by the kernel.
 use aya_ebpf::{
+    bindings::bpf_fib_lookup,
     btf_maps::{Array, DevMap, HashMap, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use lb_common::abi::{
-    ADDR_FILTER_SIZE, Backend, BackendConns, CONN_STATES, Conn, DEFAULT_CONNTRACK_MAX, Endpoint,
-    EpochClock, FLOW_CACHE_SLOTS, Flow, FlowCacheEntry, MAX_BACKENDS, MAX_SERVICES, MAX_TX_PORTS,
-    MaglevTable, Meta, NEXTHOP_SLOTS, NextHop, REAL_SLOTS, Real, Service, Traffic,
+    ADDR_FILTER_SIZE, AnswerBudget, Backend, BackendConns, CONN_STATES, Conn,
+    DEFAULT_CONNTRACK_MAX, Endpoint, EpochClock, FLOW_CACHE_SLOTS, Flow, FlowCacheEntry, FragEntry,
+    FragKey, MAX_BACKENDS, MAX_FRAGS, MAX_SERVICES, MAX_TX_PORTS, MaglevTable, Meta, NEXTHOP_SLOTS,
+    NextHop, Policy, REAL_SLOTS, Real, Service, Traffic,
 };
 use lb_common::counter::Counter;
 
@@ -71,6 +73,23 @@ pub static LB_NEXTHOPS: Array<NextHop, { NEXTHOP_SLOTS as usize }> = Array::new(
 /// the controller at start; cache entries of another epoch are stale.
 #[btf_map(name = "lb_epoch")]
 pub static LB_EPOCH: Array<EpochClock, 1> = Array::new();
+
+/// Slot 0: how to meet the edge, set by the controller at start (`abi::Policy`).
+#[btf_map(name = "lb_policy")]
+pub static LB_POLICY: Array<Policy, 1> = Array::new();
+
+/// `bpf_fib_lookup`'s parameters, one per CPU, off the program's stack.
+#[btf_map(name = "lb_fib_scratch")]
+pub static LB_FIB_SCRATCH: PerCpuArray<bpf_fib_lookup, 1> = PerCpuArray::new();
+
+/// The answers (resets, ICMP errors) this CPU sent in the current tick.
+#[btf_map(name = "lb_answers")]
+pub static LB_ANSWERS: PerCpuArray<AnswerBudget, 1> = PerCpuArray::new();
+
+/// A fragmented datagram's first fragment's decision, for the fragments
+/// after it (see `frag`).
+#[btf_map(name = "lb_frags")]
+pub static LB_FRAGS: LruHashMap<FragKey, FragEntry, { MAX_FRAGS as usize }> = LruHashMap::new();
 
 /// VIP -> number of services on it; tells a fragment addressed to a VIP apart.
 #[btf_map(name = "lb_vips")]

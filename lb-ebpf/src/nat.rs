@@ -17,34 +17,42 @@ pub enum Side {
 /// the IPv4 and TCP/UDP checksums right. A UDP checksum of 0 means "none" and
 /// stays 0 (RFC 768); a computed 0 is sent as 0xffff. Every field is read and
 /// written as a native word (see `mem`); the checksum arithmetic does not
-/// mind the byte order.
+/// mind the byte order. A first fragment is rewritten like a whole packet
+/// (the transport checksum, in it, covers the whole datagram); a later
+/// fragment has no transport header: only its address changes.
 ///
 /// # Safety
-/// `pkt` must come from `parse` on the current frame, not a fragment, with no
+/// `pkt` must come from `parse` on the current frame, with no
 /// packet-resizing helper called since.
 #[inline(always)]
 pub unsafe fn rewrite(pkt: &Packet, side: Side, addr: [u8; 4], port: u16) {
     let ip = pkt.ip.cast::<u8>();
+    let new_addr = u32::from_ne_bytes(addr);
+    // SAFETY: the caller guarantees the bounds-checked 20-byte IPv4 header.
+    let old_addr = unsafe {
+        match side {
+            Side::Destination => mem::load32::<16>(ip),
+            Side::Source => mem::load32::<12>(ip),
+        }
+    };
+    // SAFETY: as above.
+    let proto = unsafe { rewrite_ip(ip, side, old_addr, new_addr) };
     let l4 = pkt.ports.cast::<u8>();
     let check_at = pkt.l4_check.cast::<u8>();
-    let new_addr = u32::from_ne_bytes(addr);
+    // A later fragment (`Frag::Later`), which parse gives no transport
+    // pointers. Tested on the pointers themselves: the verifier follows a
+    // null pointer, not what the fragment state said about it.
+    if l4.is_null() || check_at.is_null() {
+        return;
+    }
     let new_port = u16::from_ne_bytes(port.to_be_bytes());
     // SAFETY: the caller guarantees the pointers are the bounds-checked ones
-    // from parse: the 20-byte IPv4 header, the ports, the L4 checksum.
+    // from parse: the ports, the L4 checksum (not null: not a later fragment).
     unsafe {
-        let (old_addr, old_port) = match side {
-            Side::Destination => (mem::load32::<16>(ip), mem::load16::<2>(l4)),
-            Side::Source => (mem::load32::<12>(ip), mem::load16::<0>(l4)),
+        let old_port = match side {
+            Side::Destination => mem::load16::<2>(l4),
+            Side::Source => mem::load16::<0>(l4),
         };
-        // TTL and protocol make one checksummed word.
-        let ttl_proto = mem::load16::<8>(ip);
-        let [ttl, proto] = ttl_proto.to_ne_bytes();
-        let new_ttl_proto = u16::from_ne_bytes([ttl - 1, proto]);
-        let mut ip_check = csum::replace_u32(mem::load16::<10>(ip), old_addr, new_addr);
-        ip_check = csum::replace_u16(ip_check, ttl_proto, new_ttl_proto);
-        mem::store16::<8>(ip, new_ttl_proto);
-        mem::store16::<10>(ip, ip_check);
-
         let l4_check = mem::load16::<0>(check_at);
         let udp = proto == PROTO_UDP;
         if !(udp && l4_check == 0) {
@@ -56,14 +64,34 @@ pub unsafe fn rewrite(pkt: &Packet, side: Side, addr: [u8; 4], port: u16) {
             mem::store16::<0>(check_at, check);
         }
         match side {
-            Side::Destination => {
-                mem::store32::<16>(ip, new_addr);
-                mem::store16::<2>(l4, new_port);
-            }
-            Side::Source => {
-                mem::store32::<12>(ip, new_addr);
-                mem::store16::<0>(l4, new_port);
-            }
+            Side::Destination => mem::store16::<2>(l4, new_port),
+            Side::Source => mem::store16::<0>(l4, new_port),
         }
+    }
+}
+
+/// The IPv4 header's address on `side` becomes `new_addr`, one hop later:
+/// the TTL goes down, the header checksum follows. Returns the protocol.
+///
+/// # Safety
+/// `ip` points at a bounds-checked 20-byte IPv4 header whose address on
+/// `side` is `old_addr`.
+#[inline(always)]
+unsafe fn rewrite_ip(ip: *mut u8, side: Side, old_addr: u32, new_addr: u32) -> u8 {
+    // SAFETY: the caller guarantees the 20 bytes.
+    unsafe {
+        // TTL and protocol make one checksummed word.
+        let ttl_proto = mem::load16::<8>(ip);
+        let [ttl, proto] = ttl_proto.to_ne_bytes();
+        let new_ttl_proto = u16::from_ne_bytes([ttl - 1, proto]);
+        let mut ip_check = csum::replace_u32(mem::load16::<10>(ip), old_addr, new_addr);
+        ip_check = csum::replace_u16(ip_check, ttl_proto, new_ttl_proto);
+        mem::store16::<8>(ip, new_ttl_proto);
+        mem::store16::<10>(ip, ip_check);
+        match side {
+            Side::Destination => mem::store32::<16>(ip, new_addr),
+            Side::Source => mem::store32::<12>(ip, new_addr),
+        }
+        proto
     }
 }

@@ -2,7 +2,10 @@
 //! `ptr_at`, which proves to the verifier (and to us) that it is in bounds.
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    abi::{Flow, NEIGH_MARK_MAGIC, PROTO_TCP, PROTO_UDP},
+    abi::{
+        Flow, NEIGH_MARK_MAGIC, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST,
+        TCP_SYN,
+    },
     counter::Counter,
 };
 
@@ -12,6 +15,20 @@ pub const ETH_LEN: usize = 14;
 const ETH_P_IPV4: u16 = 0x0800;
 /// More-fragments flag and fragment offset, in the host-order frag_off word.
 const IP_MF_OFFSET: u16 = 0x3fff;
+/// The fragment offset alone (units of 8 bytes).
+const IP_OFFSET: u16 = 0x1fff;
+
+/// Where a packet stands in its datagram.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Frag {
+    /// A whole datagram.
+    Whole,
+    /// The first fragment: it carries the transport header, and the
+    /// transport checksum of the whole datagram.
+    First,
+    /// A later fragment: no transport header, no ports.
+    Later,
+}
 
 #[repr(C)]
 pub struct EthHdr {
@@ -53,7 +70,9 @@ pub struct Packet {
     /// IPv4 total length, host order.
     pub tot_len: u16,
     pub ttl: u8,
-    pub fragment: bool,
+    pub frag: Frag,
+    /// The IPv4 identification, which ties a datagram's fragments together.
+    pub id: u16,
     /// TCP flags (0 for UDP).
     pub tcp_flags: u8,
 }
@@ -69,15 +88,15 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Counter> {
     Ok((start + offset) as *mut T)
 }
 
-/// The Ethernet and IPv4 headers of a TCP or UDP packet, before the rest
-/// is read: enough to tell whether the packet can be ours.
+/// The Ethernet and IPv4 headers of a TCP, UDP or ICMP packet, before the
+/// rest is read: enough to tell whether the packet can be ours.
 #[derive(Clone, Copy)]
 pub struct Ipv4 {
     eth: *mut EthHdr,
-    ip: *mut Ipv4Hdr,
+    pub ip: *mut Ipv4Hdr,
     /// IPv4 header length, bytes.
     ihl: usize,
-    proto: u8,
+    pub proto: u8,
     pub src: [u8; 4],
     pub dst: [u8; 4],
     /// The header length is below 20 bytes: the addresses are there, the
@@ -85,10 +104,38 @@ pub struct Ipv4 {
     pub short_header: bool,
 }
 
+/// Whether the frame carrying `ip` was sent to a link-layer group address
+/// (broadcast, multicast): a router forwards only frames sent to it.
+///
+/// # Safety
+/// Nothing has resized the frame since `ipv4` parsed it.
+#[inline(always)]
+pub unsafe fn to_link_group(ip: &Ipv4) -> bool {
+    // SAFETY: `ipv4` bounds-checked the Ethernet header.
+    unsafe { (*ip.eth).dst[0] & 1 != 0 }
+}
+
+impl Ipv4 {
+    /// The IPv4 header's length in bytes (from its IHL field).
+    #[inline(always)]
+    pub fn header_len(&self) -> usize {
+        self.ihl
+    }
+
+    /// The Ethernet header.
+    ///
+    /// # Safety
+    /// Nothing has resized the frame since `ipv4` parsed it.
+    #[inline(always)]
+    pub unsafe fn eth(&self) -> *mut EthHdr {
+        self.eth
+    }
+}
+
 /// The EtherType of IPv4 as it lies in the frame, read natively.
 const ETH_P_IPV4_WIRE: u16 = u16::from_ne_bytes(ETH_P_IPV4.to_be_bytes());
 
-/// Parses Ethernet / IPv4 (any IHL) of a TCP or UDP packet, as far as the
+/// Parses Ethernet / IPv4 (any IHL) of a TCP, UDP or ICMP packet, as far as the
 /// addresses. `Err` says why the packet is not ours to touch.
 #[inline(always)]
 pub fn ipv4(ctx: &XdpContext) -> Result<Ipv4, Counter> {
@@ -118,10 +165,19 @@ pub fn ipv4(ctx: &XdpContext) -> Result<Ipv4, Counter> {
     if version_ihl >> 4 != 4 {
         return Err(Counter::PassMalformed);
     }
-    if proto != PROTO_TCP && proto != PROTO_UDP {
+    if proto != PROTO_TCP && proto != PROTO_UDP && proto != PROTO_ICMP {
         return Err(Counter::PassNotTcpUdp);
     }
     Ok(Ipv4 { eth, ip, ihl, proto, src, dst, short_header: ihl < 20 })
+}
+
+/// Whether TCP `flags` can be one segment of a connection (RFC 9293): a
+/// SYN without FIN or RST, and any segment but a SYN or a RST acknowledges.
+/// SYN+FIN, SYN+RST and no flags at all are scans and stack fingerprinting.
+#[inline(always)]
+const fn tcp_flags_valid(flags: u8) -> bool {
+    let syn = flags & TCP_SYN != 0;
+    if syn { flags & (TCP_FIN | TCP_RST) == 0 } else { flags & (TCP_ACK | TCP_RST) != 0 }
 }
 
 /// Reads the TCP or UDP header after `ip`'s: the packet with its flow.
@@ -132,9 +188,10 @@ pub fn transport(ctx: &XdpContext, ip: &Ipv4) -> Result<Packet, Counter> {
     const BAD: Counter = Counter::DropMalformed;
     let Ipv4 { eth, ihl, proto, src, dst, .. } = *ip;
     // SAFETY: `ipv4` checked the 20-byte fixed header.
-    let (tot_len, frag_off, ttl) = unsafe {
+    let (tot_len, id, frag_off, ttl) = unsafe {
         (
             u16::from_be(mem::load16::<2>(ip.ip.cast())),
+            u16::from_be(mem::load16::<4>(ip.ip.cast())),
             u16::from_be(mem::load16::<6>(ip.ip.cast())),
             (*ip.ip).ttl,
         )
@@ -142,9 +199,21 @@ pub fn transport(ctx: &XdpContext, ip: &Ipv4) -> Result<Packet, Counter> {
     if ip.short_header || usize::from(tot_len) < ihl {
         return Err(BAD);
     }
-    let fragment = frag_off & IP_MF_OFFSET != 0;
+    let frag = match (frag_off & IP_MF_OFFSET, frag_off & IP_OFFSET) {
+        (0, _) => Frag::Whole,
+        (_, 0) => Frag::First,
+        _ => Frag::Later,
+    };
     let mut flow = Flow { src, dst, proto, ..Flow::default() };
-    if fragment {
+    if frag == Frag::Later {
+        // A TCP fragment at offset 8 would rewrite the TCP header's flags
+        // on reassembly (RFC 1858's overlapping fragment attack).
+        if proto == PROTO_TCP && frag_off & IP_OFFSET == 1 {
+            return Err(BAD);
+        }
+        if ctx.data() + ETH_LEN + usize::from(tot_len) > ctx.data_end() {
+            return Err(BAD);
+        }
         // No ports to read; the caller decides whether the fragment is ours.
         return Ok(Packet {
             eth,
@@ -154,7 +223,8 @@ pub fn transport(ctx: &XdpContext, ip: &Ipv4) -> Result<Packet, Counter> {
             flow,
             tot_len,
             ttl,
-            fragment,
+            frag,
+            id,
             tcp_flags: 0,
         });
     }
@@ -176,6 +246,9 @@ pub fn transport(ctx: &XdpContext, ip: &Ipv4) -> Result<Packet, Counter> {
         if header < 20 || ihl + header > usize::from(tot_len) {
             return Err(BAD);
         }
+        if !tcp_flags_valid(flags) {
+            return Err(Counter::DropTcpFlags);
+        }
         tcp_flags = flags;
         (tcp.cast(), tcp.cast::<u8>().wrapping_add(16).cast())
     } else {
@@ -186,8 +259,9 @@ pub fn transport(ctx: &XdpContext, ip: &Ipv4) -> Result<Packet, Counter> {
         // SAFETY: ptr_at checked the 8 bytes.
         let length = usize::from(u16::from_be(unsafe { mem::load16::<4>(udp.cast()) }));
         // Its own length: at least its header, and no more than the packet
-        // holds (less is trailing padding, which the kernel trims too).
-        if length < 8 || ihl + length > usize::from(tot_len) {
+        // holds (less is trailing padding, which the kernel trims too); a
+        // first fragment holds only the start of it.
+        if length < 8 || (frag == Frag::Whole && ihl + length > usize::from(tot_len)) {
             return Err(BAD);
         }
         (udp.cast(), udp.cast::<u8>().wrapping_add(6).cast())
@@ -203,5 +277,5 @@ pub fn transport(ctx: &XdpContext, ip: &Ipv4) -> Result<Packet, Counter> {
         flow.sport = u16::from_be(mem::load16::<0>(ports.cast()));
         flow.dport = u16::from_be(mem::load16::<2>(ports.cast()));
     }
-    Ok(Packet { eth, ip: ip.ip, ports, l4_check, flow, tot_len, ttl, fragment, tcp_flags })
+    Ok(Packet { eth, ip: ip.ip, ports, l4_check, flow, tot_len, ttl, frag, id, tcp_flags })
 }

@@ -1,25 +1,32 @@
 //! Answers built in place and sent back with XDP_TX: a TCP reset for a
-//! client whose connection cannot go on (its backend is DOWN or gone), and a
+//! client whose connection cannot go on (its backend is DOWN or gone), a
 //! reset or an ICMP port unreachable when a service has no usable backend
 //! (`on_no_backend = "reject"`), so the client fails at once instead of
-//! retransmitting into nothing.
+//! retransmitting into nothing, and ICMP "fragmentation needed" for a
+//! packet too big for its next link.
+//!
+//! Every answer passes `permit` first: an answer goes to whoever the packet
+//! says sent it, which anyone can forge, so answers are never sent where a
+//! reflector's would land (a backend, a link-layer broadcast) and each CPU
+//! sends at most its budget per tick.
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
 use lb_common::{
-    abi::{PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    abi::{ADDR_REAL, ADDR_VIP, PROTO_ICMP, PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     counter::Counter,
     csum,
 };
 
 use crate::{
     Verdict,
+    maps::{LB_ANSWERS, LB_POLICY},
     parse::{ETH_LEN, EthHdr, Packet, ptr_at},
+    select::{self, Here},
 };
 
-const PROTO_ICMP: u8 = 1;
 const IP_LEN: usize = 20;
 const TCP_LEN: usize = 20;
 /// The reset's frame: Ethernet, a 20-byte IPv4 header, a 20-byte TCP header.
@@ -62,13 +69,63 @@ fn answer_ip_header(
     ip
 }
 
+/// Who may be answered: the answer would go to `pkt`'s source.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum To {
+    /// A client: never a backend's address.
+    Client,
+    /// The backend whose reply this is ("fragmentation needed").
+    Backend,
+}
+
+/// Whether an answer to `pkt` may be sent, and takes it from this CPU's
+/// budget for the tick. Refused: a source that is a martian or a VIP (never
+/// a client), a backend's address when the answer is for a client (a forged
+/// client that is one of ours), and anything past the budget. (A frame sent
+/// to a link-layer group address never gets here: `drop_link_group`.)
+#[inline(always)]
+pub fn permit(pkt: &Packet, to: To, here: Here) -> Result<(), Counter> {
+    let dst = pkt.flow.src;
+    let martian = dst[0] == 0 || dst[0] == 127 || dst[0] >= 224;
+    let flags = select::addr_flags(dst);
+    let ours = flags & ADDR_VIP != 0 || (to == To::Client && flags & ADDR_REAL != 0);
+    if martian || ours {
+        return Err(Counter::DropAnswerForbidden);
+    }
+    let limit = LB_POLICY.get(0).map_or(0, |l| l.answers_per_tick);
+    let budget = LB_ANSWERS.get_ptr_mut(0).ok_or(Counter::DropAnswerBudget)?;
+    // SAFETY: this CPU's slot; XDP does not nest on a CPU.
+    let budget = unsafe { &mut *budget };
+    if budget.epoch != here.epoch {
+        budget.epoch = here.epoch;
+        budget.sent = 0;
+    }
+    if budget.sent >= limit {
+        return Err(Counter::DropAnswerBudget);
+    }
+    budget.sent += 1;
+    Ok(())
+}
+
+/// Whether `counter` says an answer was refused by `permit` (kept as the
+/// packet's outcome instead of the caller's fallback).
+#[inline(always)]
+const fn refused(counter: Counter) -> bool {
+    matches!(counter, Counter::DropAnswerBudget | Counter::DropAnswerForbidden)
+}
+
 /// Replaces a client's TCP packet with the reset the VIP would send
 /// (RFC 793, "Reset Generation"): if the packet acknowledged something, the
 /// reset carries that number as its sequence; otherwise it acknowledges
 /// everything the packet occupied. Only plain 20-byte IPv4 headers are
 /// answered; anything else is dropped.
 #[inline(always)]
-pub fn tcp_reset(ctx: &XdpContext, pkt: &Packet, counter: Counter) -> Result<Verdict, Counter> {
+pub fn tcp_reset(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    counter: Counter,
+    here: Here,
+) -> Result<Verdict, Counter> {
     // SAFETY: parse bounds-checked the IPv4 header.
     if unsafe { (*pkt.ip).version_ihl } != 0x45 || pkt.flow.proto != PROTO_TCP {
         return Err(Counter::DropBackendDown);
@@ -88,6 +145,7 @@ pub fn tcp_reset(ctx: &XdpContext, pkt: &Packet, counter: Counter) -> Result<Ver
     if flags & TCP_RST != 0 {
         return Err(counter_for_silence(counter));
     }
+    permit(pkt, To::Client, here)?;
     let payload = u32::from(pkt.tot_len).saturating_sub(IP_LEN as u32 + data_offset);
     let (reset_seq, reset_ack, reset_flags) = if flags & TCP_ACK != 0 {
         (ack, 0, TCP_RST)
@@ -132,43 +190,91 @@ pub fn tcp_reset(ctx: &XdpContext, pkt: &Packet, counter: Counter) -> Result<Ver
 /// `on_no_backend = "reject"`: a TCP packet gets a reset, a UDP datagram an
 /// ICMP port unreachable, both from the VIP, so the client fails at once.
 #[inline(always)]
-pub fn no_backend(ctx: &XdpContext, pkt: &Packet) -> Result<Verdict, Counter> {
-    if pkt.flow.proto == PROTO_TCP {
-        tcp_reset(ctx, pkt, Counter::RejectTcp).map_err(|_| Counter::DropNoBackend)
+pub fn no_backend(ctx: &XdpContext, pkt: &Packet, here: Here) -> Result<Verdict, Counter> {
+    let answered = if pkt.flow.proto == PROTO_TCP {
+        tcp_reset(ctx, pkt, Counter::RejectTcp, here)
     } else {
-        port_unreachable(ctx, pkt).map_err(|_| Counter::DropNoBackend)
+        permit(pkt, To::Client, here).and_then(|()| {
+            icmp_error(ctx, pkt, pkt.flow.dst, Unreachable::Port, Counter::RejectUdp)
+        })
+    };
+    answered.map_err(|c| if refused(c) { c } else { Counter::DropNoBackend })
+}
+
+/// A packet with Don't Fragment set, too big for its next link (whose MTU
+/// the FIB gave): answered like a router would, with ICMP "fragmentation
+/// needed" from the VIP `vip` to the packet's sender, a client or (for its
+/// reply) a backend. Without DF, or with IPv4 options, it is dropped: the
+/// data plane does not fragment.
+#[inline(always)]
+pub fn frag_needed(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    vip: [u8; 4],
+    mtu: u16,
+    to: To,
+    here: Here,
+) -> Result<Verdict, Counter> {
+    // SAFETY: parse bounds-checked the IPv4 header.
+    let dont_fragment = unsafe { (*pkt.ip).frag_off[0] } & 0x40 != 0;
+    if !dont_fragment {
+        return Err(Counter::DropTooBig);
     }
+    permit(pkt, to, here)?;
+    icmp_error(ctx, pkt, vip, Unreachable::FragNeeded(mtu), Counter::FragNeeded)
+        .map_err(|_| Counter::DropTooBig)
 }
 
 const ICMP_LEN: usize = 8;
 /// What an ICMP error quotes: the datagram's IPv4 header and its first 8
-/// bytes (RFC 792), here a 20-byte header and the UDP header.
+/// bytes (RFC 792), here a 20-byte header and the start of TCP or UDP.
 const QUOTE_LEN: usize = IP_LEN + 8;
 /// The answer's frame: Ethernet, IPv4, ICMP, the quote.
 const UNREACHABLE_LEN: usize = ETH_LEN + IP_LEN + ICMP_LEN + QUOTE_LEN;
+const ICMP_DEST_UNREACH: u8 = 3;
 
-/// Replaces a client's UDP datagram with the ICMP destination unreachable
-/// (port unreachable) the VIP would send, quoting the datagram's header.
-/// Only plain 20-byte IPv4 headers are answered.
+/// The destination-unreachable codes the data plane sends.
+#[derive(Clone, Copy)]
+enum Unreachable {
+    Port,
+    /// Fragmentation needed and DF set, with the next hop's MTU (RFC 1191).
+    FragNeeded(u16),
+}
+
+/// Replaces a packet with the ICMP destination unreachable that `from`
+/// sends its sender, quoting its IPv4 header and 8 bytes. Only plain 20-byte
+/// IPv4 headers are answered.
 #[inline(always)]
-fn port_unreachable(ctx: &XdpContext, pkt: &Packet) -> Result<Verdict, Counter> {
+fn icmp_error(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    from: [u8; 4],
+    what: Unreachable,
+    counter: Counter,
+) -> Result<Verdict, Counter> {
     // SAFETY: parse bounds-checked the IPv4 header.
     if unsafe { (*pkt.ip).version_ihl } != 0x45 {
         return Err(Counter::DropNoBackend);
     }
     let quoted: *const [u8; QUOTE_LEN] = ptr_at(ctx, ETH_LEN)?;
     // SAFETY: bounds-checked just above; parse checked the Ethernet header.
-    let (quote, client_mac, our_mac) = unsafe { (*quoted, (*pkt.eth).src, (*pkt.eth).dst) };
+    let (quote, sender_mac, our_mac) = unsafe { (*quoted, (*pkt.eth).src, (*pkt.eth).dst) };
 
     let mut frame = [0_u8; UNREACHABLE_LEN];
-    frame[0..6].copy_from_slice(&client_mac);
+    frame[0..6].copy_from_slice(&sender_mac);
     frame[6..12].copy_from_slice(&our_mac);
     frame[12..14].copy_from_slice(&[0x08, 0x00]);
-    let ip = answer_ip_header(ICMP_LEN + QUOTE_LEN, PROTO_ICMP, false, pkt.flow.dst, pkt.flow.src);
+    let ip = answer_ip_header(ICMP_LEN + QUOTE_LEN, PROTO_ICMP, false, from, pkt.flow.src);
     frame[ETH_LEN..ETH_LEN + IP_LEN].copy_from_slice(&ip);
     let mut icmp = [0_u8; ICMP_LEN + QUOTE_LEN];
-    icmp[0] = 3; // destination unreachable
-    icmp[1] = 3; // port unreachable
+    icmp[0] = ICMP_DEST_UNREACH;
+    match what {
+        Unreachable::Port => icmp[1] = 3,
+        Unreachable::FragNeeded(mtu) => {
+            icmp[1] = 4;
+            icmp[6..8].copy_from_slice(&mtu.to_be_bytes());
+        }
+    }
     icmp[ICMP_LEN..].copy_from_slice(&quote);
     let icmp_check = !csum::fold(word_sum(&icmp));
     icmp[2..4].copy_from_slice(&icmp_check.to_be_bytes());
@@ -194,7 +300,7 @@ fn port_unreachable(ctx: &XdpContext, pkt: &Packet) -> Result<Verdict, Counter> 
     let out: *mut [u8; UNREACHABLE_LEN] = ptr_at(ctx, 0)?;
     // SAFETY: bounds-checked just above.
     unsafe { *out = frame };
-    Ok(Verdict { action: xdp_action::XDP_TX, counter: Counter::RejectUdp })
+    Ok(Verdict { action: xdp_action::XDP_TX, counter })
 }
 
 /// The drop counter of a reset that is not sent (the packet was a reset).

@@ -4,6 +4,7 @@
 use aya_ebpf::{
     btf_maps::PerCpuArray,
     helpers::{bpf_get_smp_processor_id, bpf_jiffies64},
+    programs::XdpContext,
 };
 use lb_common::{
     abi::{
@@ -78,7 +79,7 @@ pub fn real(flow: &Flow) -> Option<Reply> {
 /// flow's VIP, port and protocol: an entry made for an earlier holder of a
 /// reused id (service or backend) is not followed.
 #[inline(always)]
-fn live_backend(id: u32, service_id: u32, flow: &Flow) -> Option<Backend> {
+pub fn live_backend(id: u32, service_id: u32, flow: &Flow) -> Option<Backend> {
     let b = LB_BACKENDS.get(id)?;
     let serves = b.flags & BACKEND_IN_USE != 0
         && b.service_id == service_id
@@ -107,21 +108,23 @@ pub enum Known {
     Unknown,
 }
 
-/// Where and when a packet runs, read once per packet: this CPU (whose
-/// region of the flow and next-hop caches it uses) and the current epoch
-/// tick, the data plane's clock (see `EPOCH_TICK_MS`).
+/// Where and when a packet runs, read once per packet: the interface it
+/// arrived on, this CPU (whose region of the flow and next-hop caches it
+/// uses) and the current epoch tick, the data plane's clock (see
+/// `EPOCH_TICK_MS`).
 #[derive(Clone, Copy)]
 pub struct Here {
+    pub ingress: u32,
     pub cpu: u32,
     pub epoch: u64,
 }
 
 impl Here {
     #[inline(always)]
-    pub fn read() -> Self {
+    pub fn read(ctx: &XdpContext) -> Self {
         // SAFETY: a helper without arguments (inlined by the verifier).
         let cpu = unsafe { bpf_get_smp_processor_id() };
-        Self { cpu, epoch: epoch_now() }
+        Self { ingress: ctx.ingress_ifindex() as u32, cpu, epoch: epoch_now() }
     }
 }
 
@@ -144,14 +147,18 @@ pub fn flow_cache_entry(flow: &Flow, here: Here) -> Option<*mut FlowCacheEntry> 
 /// packet folded into the flow's state. A packet that may change the state
 /// (SYN, FIN, RST), a flow not yet established, and each flow once an
 /// epoch, go to the connection table; the rest is answered by this CPU's
-/// flow cache (`cached`, the flow's slot there).
+/// flow cache (`cached`, the flow's slot there). Every packet the cache
+/// does not answer must pass `check_source` (`fwd::arrived_from`) first:
+/// an entry is written only for a source that did, on the interface it
+/// records, so the cache serves only packets from that interface.
 #[inline(always)]
 pub fn established(
     flow: &Flow,
     tcp_flags: u8,
     here: Here,
     cached: Option<*mut FlowCacheEntry>,
-) -> Known {
+    check_source: impl FnOnce() -> Result<(), Counter>,
+) -> Result<Known, Counter> {
     let epoch = here.epoch;
     if tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0
         && let Some(entry) = cached
@@ -163,15 +170,17 @@ pub fn established(
         let settled = entry.conn.state == CONN_ESTABLISHED || entry.conn.state == CONN_UDP;
         if entry.flow == *flow
             && entry.epoch == epoch
+            && entry.ingress == here.ingress
             && settled
             && let Some(backend) = live_backend(entry.conn.backend_id, entry.conn.service_id, flow)
         {
             let choice = Choice { id: entry.conn.backend_id, backend, new_flow: false };
-            return Known::Flow(entry.conn.service_id, choice);
+            return Ok(Known::Flow(entry.conn.service_id, choice));
         }
     }
+    check_source()?;
     let Some(conn) = LB_CONNTRACK.get_ptr_mut(flow) else {
-        return Known::Unknown;
+        return Ok(Known::Unknown);
     };
     // SAFETY: a pointer into the map's value; LRU entries can be evicted
     // under us, which at worst loses this update.
@@ -179,10 +188,10 @@ pub fn established(
     let tick = epoch as u32;
     let timeout = LB_TIMEOUTS.get(u32::from(conn.state)).copied().unwrap_or(0);
     if expired(tick, conn.last_seen, timeout) {
-        return Known::Unknown;
+        return Ok(Known::Unknown);
     }
     let Some(state) = next_state(conn.state, tcp_flags, true) else {
-        return Known::Unknown;
+        return Ok(Known::Unknown);
     };
     if state != conn.state || conn.last_seen != tick {
         conn.state = state;
@@ -190,13 +199,13 @@ pub fn established(
     }
     let conn = *conn;
     let Some(backend) = live_backend(conn.backend_id, conn.service_id, flow) else {
-        return Known::Gone;
+        return Ok(Known::Gone);
     };
     if let Some(slot) = cached {
         // SAFETY: this CPU's slot, only touched by this CPU; XDP does not nest.
-        unsafe { *slot = FlowCacheEntry { flow: *flow, conn, epoch } };
+        unsafe { *slot = cache_entry(flow, conn, here) };
     }
-    Known::Flow(conn.service_id, Choice { id: conn.backend_id, backend, new_flow: false })
+    Ok(Known::Flow(conn.service_id, Choice { id: conn.backend_id, backend, new_flow: false }))
 }
 
 /// A backend's FIN or RST moves its connection's state (the client's
@@ -278,9 +287,15 @@ pub fn schedule(
     // the new one replaces it.
     if let Some(slot) = cached {
         // SAFETY: this CPU's slot, only touched by this CPU; XDP does not nest.
-        unsafe { *slot = FlowCacheEntry { flow: *flow, conn, epoch: here.epoch } };
+        unsafe { *slot = cache_entry(flow, conn, here) };
     }
     Ok(Choice { id, backend, new_flow: true })
+}
+
+/// The flow cache's copy of `conn`, checked now, for packets from here.
+#[inline(always)]
+fn cache_entry(flow: &Flow, conn: Conn, here: Here) -> FlowCacheEntry {
+    FlowCacheEntry { flow: *flow, conn, epoch: here.epoch, ingress: here.ingress, _pad: 0 }
 }
 
 /// The next position in an `rr`/`wrr` service's rotation: one atomic

@@ -143,7 +143,20 @@ impl Lab {
 
     /// As `start`, with `setup` and backend weights.
     pub fn start_with(prefix: &str, setup: Setup, weights: [Option<u32>; 3]) -> Self {
+        Self::start_prepared(prefix, setup, weights, |_| {})
+    }
+
+    /// As `start_with`, with `prepare` run on the topology before the
+    /// backends and the controller start (a router in front of the
+    /// client, other MTUs, bridges...).
+    pub fn start_prepared(
+        prefix: &str,
+        setup: Setup,
+        weights: [Option<u32>; 3],
+        prepare: impl FnOnce(&Topology),
+    ) -> Self {
         let mut topo = Topology::create(prefix);
+        prepare(&topo);
         topo.start_backends(&built_bin("lb-lab").to_string_lossy());
         let controller = Controller::start(&topo.lb(), &format!("{prefix}-e2e"), setup, weights);
         Self { controller, topo }

@@ -3,6 +3,7 @@
 //! builder and a BPF_PROG_TEST_RUN wrapper.
 pub mod bench_dataplane;
 pub mod bench_e2e;
+pub mod bulk;
 pub mod counters;
 pub mod fixture;
 pub mod ha;

@@ -199,6 +199,66 @@ pub fn internet_checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+/// `packet` cut into fragments of at most `chunk` bytes of IP payload each
+/// (a multiple of 8), as the sender's kernel or a router cuts it: each
+/// with the packet's addresses, protocol, TTL and id, More Fragments on all
+/// but the last, its offset in 8-byte units, no options.
+pub fn fragments(packet: &Ipv4, chunk: usize) -> Vec<Ipv4> {
+    assert!(chunk.is_multiple_of(8), "fragments hold multiples of 8 bytes");
+    let bytes = packet.to_bytes();
+    let header = usize::from(bytes[0] & 0x0f) * 4;
+    let payload = &bytes[header..];
+    let count = payload.len().div_ceil(chunk);
+    payload
+        .chunks(chunk)
+        .enumerate()
+        .map(|(i, part)| {
+            let more = if i + 1 < count { IP_MF } else { 0 };
+            let mut fragment = Ipv4::new(
+                packet.src,
+                packet.dst,
+                L4::Raw { proto: packet.proto(), bytes: part.to_vec() },
+            );
+            fragment.ttl = packet.ttl;
+            fragment.id = packet.id;
+            fragment.frag_off = more | (i * chunk / 8) as u16;
+            fragment
+        })
+        .collect()
+}
+
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+
+/// An ICMP error from `src` to `dst` (`kind`: type and code; `rest`: the
+/// header's last 4 bytes, e.g. the next-hop MTU of "fragmentation
+/// needed"), quoting `quote`, its checksum computed here from scratch.
+pub fn icmp_error(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    kind: (u8, u8),
+    rest: [u8; 4],
+    quote: &[u8],
+) -> Ipv4 {
+    let mut icmp = vec![kind.0, kind.1, 0, 0];
+    icmp.extend_from_slice(&rest);
+    icmp.extend_from_slice(quote);
+    let check = internet_checksum(&icmp);
+    icmp[2..4].copy_from_slice(&check.to_be_bytes());
+    let mut error = Ipv4::new(src, dst, L4::Raw { proto: 1, bytes: icmp });
+    error.id = 0;
+    error.frag_off = 0;
+    error
+}
+
+/// What an ICMP error quotes of `packet` (RFC 792): its IPv4 header and the
+/// first 8 bytes of what follows.
+pub fn quote(packet: &Ipv4) -> Vec<u8> {
+    let bytes = packet.to_bytes();
+    let header = usize::from(bytes[0] & 0x0f) * 4;
+    bytes[..header + 8].to_vec()
+}
+
 /// An ARP request (who-has `target` tell `sender`).
 pub fn arp_request(src_mac: Mac, sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
     let mut p = vec![0, 1, 8, 0, 6, 4, 0, 1];

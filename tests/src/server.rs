@@ -1,6 +1,7 @@
-//! The backends' servers: HTTP that names the backend (`Bienvenue sur WEB2`),
-//! a line echo that prefixes each line with the backend's name (for
-//! long-lived connections), and a UDP echo that does the same.
+//! The backends' servers: HTTP that names the backend (`Bienvenue sur WEB2`)
+//! or sends a bulk body (`GET /bytes/N`), a line echo that prefixes each
+//! line with the backend's name (for long-lived connections), and a UDP
+//! echo that does the same.
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream, UdpSocket},
@@ -19,6 +20,14 @@ pub const UDP_PORT: u16 = 5353;
 /// HTTP again, on every address (the VIP too): for direct routing, where the
 /// packet arrives addressed to the VIP and the port cannot be translated.
 pub const DSR_HTTP_PORT: u16 = 8080;
+/// The largest body `GET /bytes/N` sends.
+pub const MAX_BULK: usize = 16 << 20;
+
+/// Byte `i` of a `GET /bytes/N` body: a period of 251 (a prime), so a
+/// segment lost, repeated or moved shows at once.
+pub fn bulk_byte(i: usize) -> u8 {
+    (i % 251) as u8
+}
 
 /// The body a backend answers HTTP with.
 pub fn greeting(name: &str) -> String {
@@ -41,7 +50,9 @@ pub fn serve(name: &str, addr: &str, health_control: Option<PathBuf>) -> std::io
     thread::spawn(move || accept(&dsr_http, move |s| answer_http(s, &dsr_body, &dsr_health)));
     thread::spawn(move || accept(&http, move |s| answer_http(s, &body, &health)));
     thread::spawn(move || accept(&echo, move |s| echo_lines(s, &prefix)));
-    let mut buf = [0_u8; 2048];
+    // Room for any datagram (65,507 bytes of payload), so a large one is
+    // echoed whole.
+    let mut buf = vec![0_u8; 65_536];
     loop {
         let (n, peer) = udp.recv_from(&mut buf)?;
         let mut reply = format!("{name} ").into_bytes();
@@ -131,6 +142,10 @@ fn answer_http(mut stream: TcpStream, body: &str, health: &Health) {
             Ok(n) => request.extend_from_slice(&buf[..n]),
         }
     }
+    if let Some(len) = bulk_request(&request) {
+        send_bulk(stream, len);
+        return;
+    }
     let (status, body) = if request.starts_with(b"GET /health ") {
         let mode = match HealthMode::read(health.control.as_ref()) {
             HealthMode::Flap if health.flap.fetch_xor(true, Ordering::Relaxed) => HealthMode::Error,
@@ -155,6 +170,34 @@ fn answer_http(mut stream: TcpStream, body: &str, health: &Health) {
         body.len()
     );
     let _ = stream.write_all(response.as_bytes());
+}
+
+/// `GET /bytes/N` (N at most `MAX_BULK`): a body of N bytes of `bulk_byte`.
+fn bulk_request(request: &[u8]) -> Option<usize> {
+    let rest = request.strip_prefix(b"GET /bytes/")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let len: usize = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    (len <= MAX_BULK).then_some(len)
+}
+
+fn send_bulk(mut stream: TcpStream, len: usize) {
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+    );
+    if stream.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    let mut chunk = Vec::with_capacity(64 * 1024);
+    let mut sent = 0;
+    while sent < len {
+        chunk.clear();
+        chunk.extend((sent..len.min(sent + 64 * 1024)).map(bulk_byte));
+        if stream.write_all(&chunk).is_err() {
+            return;
+        }
+        sent += chunk.len();
+    }
 }
 
 fn echo_lines(stream: TcpStream, name: &str) {

@@ -32,6 +32,11 @@ pub const BACKENDS: [(&str, &str); 3] =
     [("web1", "10.77.2.11"), ("web2", "10.77.2.12"), ("web3", "10.77.2.13")];
 /// The load balancer's interfaces (inside its namespace).
 pub const LB_IFACES: [&str; 2] = ["lb-c", "lb-b"];
+/// With `Topology::insert_router`: the client's address on its own subnet
+/// behind the router, and the router's two addresses.
+pub const ROUTED_CLIENT_ADDR: &str = "10.77.3.10";
+pub const ROUTER_CLIENT_SIDE: &str = "10.77.3.1";
+pub const ROUTER_LB_SIDE: &str = "10.77.1.2";
 
 pub struct Topology {
     pub prefix: String,
@@ -55,6 +60,11 @@ impl Topology {
     }
     pub fn switch(&self) -> String {
         format!("{}-sw", self.prefix)
+    }
+    /// The router between the client and the load balancer, once
+    /// `insert_router` has put it there.
+    pub fn router(&self) -> String {
+        format!("{}-rtr", self.prefix)
     }
     pub fn web(&self, name: &str) -> String {
         format!("{}-{name}", self.prefix)
@@ -95,6 +105,7 @@ impl Topology {
             .expect("writing the health control file");
     }
 
+    /// The namespaces `create` makes (not the router of `insert_router`).
     pub fn namespaces(&self) -> Vec<String> {
         let mut all = vec![self.client(), self.lb(), self.switch()];
         all.extend(BACKENDS.iter().map(|(name, _)| self.web(name)));
@@ -165,9 +176,62 @@ impl Topology {
         topo
     }
 
+    /// Puts a router between the client and the load balancer, before
+    /// the controller starts:
+    ///
+    /// ```text
+    ///  client 10.77.3.10 ── c0 ─── r1 [ router ] r0 ─── lb-c  load balancer
+    ///                         10.77.3.1   10.77.1.2     10.77.1.1, VIP
+    /// ```
+    ///
+    /// The router's link towards the client (`r1`) has MTU
+    /// `mtu_towards_client`; every other link keeps 1500, and nothing clamps
+    /// the TCP MSS: a backend learns of the narrow link only from the
+    /// router's ICMP "fragmentation needed", which goes to the VIP.
+    pub fn insert_router(&self, mtu_towards_client: u32) {
+        let (client, lb, router) = (self.client(), self.lb(), self.router());
+        // Deleting c0 deletes its peer lb-c too; its XDP_PASS link goes with
+        // it, so its pin goes as well.
+        ns_sh(&client, &["ip", "link", "del", "c0"]);
+        let pins = self.link_pin_dir();
+        let _ = std::fs::remove_file(pins.join("c0"));
+        sh(&["ip", "netns", "add", &router]);
+        ns_sh(&router, &["ip", "link", "set", "lo", "up"]);
+        multiqueue_veth(&router, "r0", &lb, "lb-c");
+        veth(&client, "c0", &router, "r1");
+        addr(&lb, "lb-c", &format!("{LB_CLIENT_SIDE}/24"));
+        addr(&lb, "lb-c", &format!("{VIP}/32"));
+        ns_sh(&lb, &["ip", "route", "add", "10.77.3.0/24", "via", ROUTER_LB_SIDE]);
+        addr(&router, "r0", &format!("{ROUTER_LB_SIDE}/24"));
+        addr(&router, "r1", &format!("{ROUTER_CLIENT_SIDE}/24"));
+        let mtu = mtu_towards_client.to_string();
+        ns_sh(&router, &["ip", "link", "set", "r1", "mtu", &mtu]);
+        ns_sh(&router, &["ip", "route", "add", "default", "via", LB_CLIENT_SIDE]);
+        ns_sh(&router, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        endpoint_offloads(&router, "r0");
+        endpoint_offloads(&router, "r1");
+        addr(&client, "c0", &format!("{ROUTED_CLIENT_ADDR}/24"));
+        ns_sh(&client, &["ip", "route", "add", "default", "via", ROUTER_CLIENT_SIDE]);
+        endpoint_offloads(&client, "c0");
+        // r0 receives what lb_xdp redirects or sends back (see `create`).
+        let pin = pins.join("r0");
+        in_ns(&router, move || {
+            let ifindex = lb_ctl::netdev::ifindex("r0").expect("router interface");
+            crate::testrun::attach_pass_pinned(ifindex, &pin);
+        });
+    }
+
+    /// Sets the MTU of the client's link to the load balancer (both ends,
+    /// `c0` and `lb-c`), before the controller attaches.
+    pub fn set_client_link_mtu(&self, mtu: u32) {
+        let mtu = mtu.to_string();
+        ns_sh(&self.client(), &["ip", "link", "set", "c0", "mtu", &mtu]);
+        ns_sh(&self.lb(), &["ip", "link", "set", "lb-c", "mtu", &mtu]);
+    }
+
     /// Removes every namespace of this prefix and the processes inside them.
     pub fn destroy(&mut self) {
-        for ns in self.namespaces() {
+        for ns in self.namespaces().into_iter().chain([self.router()]) {
             crate::netns::remove(&ns);
         }
         for (name, _) in BACKENDS {

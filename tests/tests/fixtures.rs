@@ -474,12 +474,21 @@ fn cases() -> Vec<Case> {
             )),
         ),
         case(
-            "a client packet too big for the backend side's MTU is dropped and counted",
+            "a client packet too big for the backend side's MTU is answered \"fragmentation needed\"",
             IF_CLIENT,
             from_client(&too_big),
-            XDP_DROP,
-            Counter::DropTooBig,
-            Expect::Unchanged,
+            XDP_TX,
+            Counter::FragNeeded,
+            Expect::Frame(
+                packet::icmp_error(
+                    VIP,
+                    CLIENT,
+                    (packet::ICMP_DEST_UNREACH, 4),
+                    u32::from(BACKEND_SIDE_MTU).to_be_bytes(),
+                    &packet::quote(&too_big),
+                )
+                .frame(CLIENT_MAC, IF_CLIENT_MAC),
+            ),
         ),
         case(
             "a packet that fits still goes through after that",
@@ -616,20 +625,40 @@ fn cases() -> Vec<Case> {
             Expect::Unchanged,
         ),
         case(
-            "a first fragment to the VIP is dropped and counted",
-            IF_CLIENT,
-            from_client(&first_fragment),
-            XDP_DROP,
-            Counter::DropFragment,
-            Expect::Unchanged,
-        ),
-        case(
-            "a later fragment to the VIP is dropped and counted",
+            "a later fragment to the VIP before its first is dropped and counted",
             IF_CLIENT,
             from_client(&later_fragment),
             XDP_DROP,
             Counter::DropFragment,
             Expect::Unchanged,
+        ),
+        case(
+            "a first fragment to the VIP is sent to its backend like a whole datagram",
+            IF_CLIENT,
+            from_client(&first_fragment),
+            XDP_REDIRECT,
+            Counter::Redirect,
+            Expect::Frame(forwarded(
+                &first_fragment,
+                (CLIENT, 40_053),
+                (WEB2, 5353),
+                WEB_MACS[1],
+                IF_BACKEND_MAC,
+            )),
+        ),
+        case(
+            "a later fragment after its first follows it, its address rewritten",
+            IF_CLIENT,
+            from_client(&later_fragment),
+            XDP_REDIRECT,
+            Counter::Redirect,
+            Expect::Frame(forwarded(
+                &later_fragment,
+                (CLIENT, 40_053),
+                (WEB2, 5353),
+                WEB_MACS[1],
+                IF_BACKEND_MAC,
+            )),
         ),
         case(
             "a fragment to another address passes",
@@ -886,7 +915,7 @@ fn packet_fixtures() {
     let ns = FixtureNs::create("lbt-fix");
     let cases = cases();
     // Exact, so that a case lost in an edit (a bad merge, a deleted line) is noticed.
-    assert_eq!(cases.len(), 60, "fixture cases in the table");
+    assert_eq!(cases.len(), 61, "fixture cases in the table");
     let failures = in_ns(&ns.name, move || {
         let mut loaded = Loaded::new(4096);
         let mut failures = Vec::new();
@@ -1124,12 +1153,11 @@ fn a_down_backend_resets_tcp_flows_and_moves_udp_flows() {
         let out = run_counting(&mut loaded, &from_client(&data), Counter::RstBackendDown);
         assert_eq!((out.action, out.frame), (XDP_TX, reset), "reset");
 
-        // A segment without ACK (a FIN) gets RST|ACK acknowledging what it
-        // occupied: its 4 bytes and the FIN.
+        // A FIN without ACK is no segment of a connection (a scan): dropped,
+        // not answered.
         let fin = Ipv4::tcp((CLIENT, CLIENT_PORT), (VIP, 80), packet::TCP_FIN, b"more");
-        let reset_ack = reset_frame(VIP, CLIENT_PORT, packet::TCP_RST | TCP_ACK, 0, 1005);
-        let out = run_counting(&mut loaded, &from_client(&fin), Counter::RstBackendDown);
-        assert_eq!((out.action, out.frame), (XDP_TX, reset_ack), "reset+ack");
+        let out = run_counting(&mut loaded, &from_client(&fin), Counter::DropTcpFlags);
+        assert_eq!(out.action, XDP_DROP, "a bare FIN");
 
         // A SYN opens a new connection (on the same ports, or here on
         // new ones): the service's only backend is DOWN, and it rejects.
@@ -1257,15 +1285,14 @@ fn with_no_usable_backend_the_vip_rejects() {
 
 /// The ICMP port unreachable the VIP answers `datagram` with.
 fn port_unreachable(datagram: &Ipv4) -> Vec<u8> {
-    let original = datagram.to_bytes();
-    let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
-    icmp.extend_from_slice(&original[..28]);
-    let check = packet::internet_checksum(&icmp);
-    icmp[2..4].copy_from_slice(&check.to_be_bytes());
-    let mut unreachable = Ipv4::new(datagram.dst, CLIENT, L4::Raw { proto: 1, bytes: icmp });
-    unreachable.id = 0;
-    unreachable.frag_off = 0;
-    unreachable.frame(CLIENT_MAC, IF_CLIENT_MAC)
+    packet::icmp_error(
+        datagram.dst,
+        CLIENT,
+        (packet::ICMP_DEST_UNREACH, 3),
+        [0; 4],
+        &packet::quote(datagram),
+    )
+    .frame(CLIENT_MAC, IF_CLIENT_MAC)
 }
 
 /// The backend each of `n` new flows (SYNs from `sources`) is sent to.

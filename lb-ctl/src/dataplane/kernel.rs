@@ -17,8 +17,9 @@ use aya::{
 };
 use lb_common::abi::{
     ABI_VERSION, BACKEND_IN_USE, BackendConns, CONN_CLOSED, CONN_CLOSING, CONN_ESTABLISHED,
-    CONN_STATES, CONN_SYN, CONN_UDP, Conn, EPOCH_TICK_MS, Endpoint, EpochClock, Flow, MAGLEV_SIZE,
-    MAX_TX_PORTS, Meta, NO_BACKEND, Traffic, epoch_mult, expired,
+    CONN_STATES, CONN_SYN, CONN_UDP, Conn, DEFAULT_ANSWERS_PER_SECOND, EPOCH_TICK_MS, Endpoint,
+    EpochClock, Flow, MAGLEV_SIZE, MAX_TX_PORTS, Meta, NO_BACKEND, Policy, REVERSE_PATH_LOOSE,
+    REVERSE_PATH_OFF, REVERSE_PATH_STRICT, Traffic, answers_per_tick, epoch_mult, expired,
 };
 use rustc_hash::FxHashSet;
 use tracing::info;
@@ -29,7 +30,8 @@ use super::{
     tx_ports,
 };
 use crate::{
-    model::{Dataplane, Timeouts},
+    gro,
+    model::{Dataplane, ReversePath, Timeouts},
     netdev,
     plan::{Image, Op},
 };
@@ -52,6 +54,8 @@ pub struct KernelMaps {
     timeouts: Array<MapData, u32>,
     /// The timeouts last written, in ticks, indexed by state.
     timeout_ticks: [u32; CONN_STATES as usize],
+    /// `lb_policy`: the answer budget, the reverse-path check.
+    policy: Array<MapData, Policy>,
     be_conns: Array<MapData, BackendConns>,
     /// The counts last written to `lb_be_conns`, by backend id.
     published: BTreeMap<u32, BackendConns>,
@@ -68,6 +72,9 @@ pub struct KernelMaps {
     counted_ids: FxHashSet<(CounterKind, u32)>,
     /// The interfaces the programs are attached to.
     interfaces: Vec<String>,
+    /// Where the devices whose GRO this data plane turned off are written
+    /// down (`gro::record_path`), when it is attached.
+    gro_record: Option<PathBuf>,
 }
 
 /// The two kinds of traffic counters, by service id and by backend id.
@@ -101,6 +108,7 @@ impl KernelMaps {
     ) -> Result<Self, DataplaneError> {
         let mut maps = Self::open(load_object(object, conntrack_max)?, interfaces, false)?;
         maps.set_timeouts(&Timeouts::default())?;
+        maps.set_policy(DEFAULT_ANSWERS_PER_SECOND, ReversePath::Strict)?;
         Ok(maps)
     }
 
@@ -120,9 +128,11 @@ impl KernelMaps {
             pins.check_layout(&expected)?;
         }
         let started = Self::start_on(&pins, &expected, dataplane, object, adopting);
+        let gro_record = gro::record_path(&crate::api::token::run_dir(), &dataplane.pin_path);
         match started {
             Ok(mut maps) => {
                 maps.pins = Some(pins);
+                maps.gro_record = Some(gro_record);
                 maps.adopted = adopting;
                 if adopting {
                     info!(pin_path = %dataplane.pin_path.display(), "adopted the pinned data plane: its flows and counters go on");
@@ -134,6 +144,7 @@ impl KernelMaps {
             Err(e) => {
                 if !adopting {
                     pins.remove_pins();
+                    gro::reconcile(&gro_record, &[]);
                 }
                 Err(e)
             }
@@ -163,9 +174,16 @@ impl KernelMaps {
             dataplane.xdp_mode,
         )?;
         attach::tc(program(&mut ebpf, "lb_neigh")?, pins, &dataplane.interfaces)?;
+        // Whichever interfaces run the program in skb mode now (chosen by
+        // `auto`, or kept by an adopted link), whichever no longer do.
+        gro::reconcile(
+            &gro::record_path(&crate::api::token::run_dir(), &dataplane.pin_path),
+            &dataplane.interfaces,
+        );
         let mut maps = Self::open(ebpf, &dataplane.interfaces, adopting)?;
         // Before any service exists, so no packet sees a zero timeout.
         maps.set_timeouts(&dataplane.timeouts)?;
+        maps.set_policy(dataplane.answers_per_second, dataplane.reverse_path)?;
         Ok(maps)
     }
 
@@ -177,7 +195,11 @@ impl KernelMaps {
     /// Detaches the programs and removes every pin (`lb-ctl run
     /// --cleanup-on-exit`); otherwise the data plane outlives the controller.
     pub fn remove(mut self) -> usize {
-        self.pins.take().map_or(0, PinDir::remove_pins)
+        let removed = self.pins.take().map_or(0, PinDir::remove_pins);
+        if let Some(record) = self.gro_record.take() {
+            gro::reconcile(&record, &[]);
+        }
+        removed
     }
 
     /// Fills the redirect targets and the ABI version, and takes the maps the
@@ -238,6 +260,7 @@ impl KernelMaps {
             clock,
             clock_program,
             timeouts: typed(&mut ebpf, "lb_timeouts")?,
+            policy: typed(&mut ebpf, "lb_policy")?,
             timeout_ticks: [0; CONN_STATES as usize],
             be_conns: typed(&mut ebpf, "lb_be_conns")?,
             published: BTreeMap::new(),
@@ -246,6 +269,7 @@ impl KernelMaps {
             adopted: false,
             counted_ids: FxHashSet::default(),
             interfaces: interfaces.to_vec(),
+            gro_record: None,
         })
     }
 
@@ -268,6 +292,24 @@ impl KernelMaps {
             self.timeout_ticks[usize::from(state)] = ticks(timeout);
         }
         Ok(())
+    }
+
+    /// Sets how many answers (resets, ICMP errors) each CPU may send per
+    /// second (a budget per epoch tick), and the reverse-path check.
+    pub fn set_policy(
+        &mut self,
+        answers_per_second: u32,
+        reverse_path: ReversePath,
+    ) -> Result<(), DataplaneError> {
+        let policy = Policy {
+            answers_per_tick: answers_per_tick(answers_per_second),
+            reverse_path: match reverse_path {
+                ReversePath::Strict => REVERSE_PATH_STRICT,
+                ReversePath::Loose => REVERSE_PATH_LOOSE,
+                ReversePath::Off => REVERSE_PATH_OFF,
+            },
+        };
+        self.policy.set(0, policy, 0).map_err(err("writing lb_policy"))
     }
 
     /// The connection counts `lc` reads (the recount writes them), for tests
