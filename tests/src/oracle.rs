@@ -8,17 +8,26 @@
 //!
 //! It accepts an output only as one of a closed list of translations
 //! ([`Translation`]): a client's packet sent to a backend (NAT or direct
-//! routing), a backend's reply sent back from the VIP, or an answer built
-//! by the program (a TCP reset, an ICMP port unreachable). A later
-//! translation, such as an ICMP error about a translated flow (outer and
-//! quoted headers rewritten, issue 13 item 2), is one more variant with its
-//! own `expected` arm; nothing else has to change.
+//! routing), a backend's reply sent back from the VIP, an ICMP error about
+//! one of those translated to the backend or to the client (outer and
+//! quoted headers rewritten), the first fragment of a datagram translated
+//! like a whole packet and its later fragments following it (the oracle
+//! remembers where each first fragment went), or an answer built by the
+//! program (a TCP reset, an ICMP port unreachable, ICMP "fragmentation
+//! needed" with the next link's MTU). Nothing is translated that did not
+//! arrive where its source's route leaves (the strict reverse-path check),
+//! was sent to a link-layer group address, or carries TCP flags no
+//! connection sends; no answer goes to a martian, a VIP or a backend (but
+//! "fragmentation needed" to the backend whose reply was too big).
 //!
 //! Checksums are checked by what they verify to, not by recomputing the
 //! program's arithmetic: a checksum that verified in the input verifies in
 //! the output, and one that did not is off by exactly the same amount (an
-//! incremental update neither repairs nor breaks it, RFC 1624).
+//! incremental update neither repairs nor breaks it, RFC 1624). A first
+//! fragment's transport checksum covers bytes the fragment does not hold:
+//! it must have moved by exactly what the rewritten words moved it.
 use std::{
+    cell::RefCell,
     collections::{BTreeMap, BTreeSet},
     fmt,
     net::Ipv4Addr,
@@ -48,8 +57,19 @@ const PROTO_ICMP: u8 = 1;
 const PROTO_TCP: u8 = 6;
 const PROTO_UDP: u8 = 17;
 
+/// Which part of a datagram a packet is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frag {
+    Whole,
+    /// More Fragments set, offset 0: it carries the transport header.
+    First,
+    /// Offset above 0: no transport header.
+    Later,
+}
+
 /// The fields of a well-formed TCP or UDP over IPv4 frame: every length
-/// consistent with the next and with the frame, not a fragment.
+/// consistent with the next and with the frame (a first fragment's UDP
+/// length may run past it; a later fragment has no transport header).
 #[derive(Clone, Debug)]
 pub struct Parsed {
     pub eth_dst: Mac,
@@ -58,13 +78,18 @@ pub struct Parsed {
     pub ihl: usize,
     /// IPv4 total length.
     pub tot_len: usize,
+    pub id: u16,
+    /// Don't Fragment.
+    pub df: bool,
+    pub frag: Frag,
     pub ttl: u8,
     pub proto: u8,
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
+    /// 0 for a later fragment.
     pub sport: u16,
     pub dport: u16,
-    /// TCP flags; 0 for UDP.
+    /// TCP flags; 0 for UDP and a later fragment.
     pub tcp_flags: u8,
     /// TCP: the header length (data offset); UDP: the UDP length field.
     pub l4_len: usize,
@@ -80,7 +105,15 @@ impl Parsed {
     fn check_at(&self) -> usize {
         self.l4() + if self.proto == PROTO_TCP { 16 } else { 6 }
     }
+
+    /// What ties the datagram's fragments together (`lb_frags`' key).
+    fn frag_key(&self) -> FragKey {
+        (self.src, self.dst, self.proto, self.id)
+    }
 }
+
+/// Source, destination, protocol, IP id.
+type FragKey = (Ipv4Addr, Ipv4Addr, u8, u16);
 
 fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
@@ -90,10 +123,17 @@ fn addr(b: &[u8], at: usize) -> Ipv4Addr {
     Ipv4Addr::new(b[at], b[at + 1], b[at + 2], b[at + 3])
 }
 
-/// Parses `frame` as a well-formed TCP or UDP over IPv4 packet (trailing
-/// bytes after the IPv4 total length are allowed: Ethernet padding), or says
-/// why it is not one.
+/// Parses `frame` as a well-formed, unfragmented TCP or UDP over IPv4
+/// packet, or says why it is not one.
 pub fn parse(frame: &[u8]) -> Result<Parsed, &'static str> {
+    let p = parse_any(frame)?;
+    if p.frag == Frag::Whole { Ok(p) } else { Err("a fragment") }
+}
+
+/// Parses `frame` as a well-formed TCP or UDP over IPv4 packet or fragment
+/// (trailing bytes after the IPv4 total length are allowed: Ethernet
+/// padding), or says why it is not one.
+pub fn parse_any(frame: &[u8]) -> Result<Parsed, &'static str> {
     if frame.len() < ETH + 20 {
         return Err("shorter than Ethernet and a 20-byte IPv4 header");
     }
@@ -118,13 +158,23 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, &'static str> {
     if ETH + tot_len > frame.len() {
         return Err("IPv4 total length past the frame");
     }
-    if be16(ip, 6) & 0x3fff != 0 {
-        return Err("a fragment");
-    }
+    let frag_off = be16(ip, 6);
+    let frag = match (frag_off & 0x2000 != 0, frag_off & 0x1fff) {
+        (false, 0) => Frag::Whole,
+        (true, 0) => Frag::First,
+        _ => Frag::Later,
+    };
     let proto = ip[9];
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return Err("neither TCP nor UDP");
+    }
     let l4 = &ip[ihl..tot_len];
-    let (tcp_flags, l4_len) = match proto {
-        PROTO_TCP => {
+    let (tcp_flags, l4_len, sport, dport) = match (proto, frag) {
+        (PROTO_TCP, Frag::Later) if frag_off & 0x1fff == 1 => {
+            return Err("a TCP fragment at offset 8 (RFC 1858)");
+        }
+        (_, Frag::Later) => (0, 0, 0, 0),
+        (PROTO_TCP, _) => {
             if l4.len() < 20 {
                 return Err("TCP header past the IPv4 total length");
             }
@@ -132,40 +182,61 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, &'static str> {
             if header < 20 || header > l4.len() {
                 return Err("TCP data offset below 5 words or past the packet");
             }
-            (l4[13], header)
+            (l4[13], header, be16(l4, 0), be16(l4, 2))
         }
-        PROTO_UDP => {
+        _ => {
             if l4.len() < 8 {
                 return Err("UDP header past the IPv4 total length");
             }
             let length = usize::from(be16(l4, 4));
-            if length < 8 || length > l4.len() {
+            if length < 8 || (frag == Frag::Whole && length > l4.len()) {
                 return Err("UDP length short of its header or past the packet");
             }
-            (0, length)
+            (0, length, be16(l4, 0), be16(l4, 2))
         }
-        _ => return Err("neither TCP nor UDP"),
     };
     Ok(Parsed {
         eth_dst: frame[..6].try_into().expect("6 bytes"),
         eth_src: frame[6..12].try_into().expect("6 bytes"),
         ihl,
         tot_len,
+        id: be16(ip, 4),
+        df: frag_off & 0x4000 != 0,
+        frag,
         ttl: ip[8],
         proto,
         src: addr(ip, 12),
         dst: addr(ip, 16),
-        sport: be16(l4, 0),
-        dport: be16(l4, 2),
+        sport,
+        dport,
         tcp_flags,
         l4_len,
     })
 }
 
+/// Whether TCP `flags` can be one segment of a connection: a SYN without
+/// FIN or RST; anything else carries ACK or RST.
+pub fn tcp_flags_valid(flags: u8) -> bool {
+    if flags & TCP_SYN != 0 {
+        flags & (TCP_FIN | TCP_RST) == 0
+    } else {
+        flags & (TCP_ACK | TCP_RST) != 0
+    }
+}
+
+/// Where a later fragment goes after its first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Follow {
+    /// Destination rewritten to this backend.
+    ToBackend(Ipv4Addr),
+    /// Direct routing: the IP packet as it came, to this backend.
+    Direct(Ipv4Addr),
+    /// Source rewritten to this VIP (a backend's reply).
+    ToClient(Ipv4Addr),
+}
+
 /// A translation of an input the program may send: what the oracle
-/// accepts, besides the input leaving unchanged. Add a variant (and its arm
-/// in `Oracle::expected`) for a new kind, e.g. an ICMP error about one of
-/// our flows with its outer and quoted headers rewritten.
+/// accepts, besides the input leaving unchanged.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Translation {
     /// A client's packet to a NAT service: the destination becomes one of
@@ -183,6 +254,25 @@ pub enum Translation {
     /// An ICMP port unreachable from the VIP to the client quoting the
     /// datagram's header and first 8 bytes, likewise.
     PortUnreachable,
+    /// ICMP "fragmentation needed" from `vip` to the sender of a packet
+    /// with DF too big for the next link (`mtu`), quoting its IPv4 header
+    /// and 8 bytes; `to_backend`: the sender is the backend whose reply it
+    /// was (the only answer a backend may get).
+    FragNeeded { vip: Ipv4Addr, mtu: u16, to_backend: bool },
+    /// An ICMP error about a reply `VIP:port -> client`, to the backend
+    /// that owns the client's flow (one of these): outer destination and
+    /// quoted source address and port rewritten, TTL - 1; `direct`: a
+    /// direct-routing backend gets the frame as it came.
+    IcmpToBackend { backends: Vec<(Ipv4Addr, u16)>, direct: bool },
+    /// An ICMP error about a client's packet to a backend, from the backend
+    /// side: outer source and quoted destination become the VIP and port.
+    IcmpToClient { vip: Ipv4Addr, port: u16 },
+    /// The first fragment of a datagram, translated like a whole packet;
+    /// its transport checksum moved by exactly the rewrite's delta.
+    FirstFragment(Box<Translation>),
+    /// A later fragment, where its first fragment went (one of these):
+    /// only the IPv4 address rewritten, TTL - 1.
+    LaterFragment { follow: Vec<Follow> },
 }
 
 impl Translation {
@@ -193,6 +283,13 @@ impl Translation {
             Self::FromBackend { .. } => "a backend's reply",
             Self::Reset => "a reset",
             Self::PortUnreachable => "port unreachable",
+            Self::FragNeeded { to_backend: false, .. } => "fragmentation needed",
+            Self::FragNeeded { to_backend: true, .. } => "fragmentation needed to a backend",
+            Self::IcmpToBackend { direct: false, .. } => "an ICMP error to a backend",
+            Self::IcmpToBackend { direct: true, .. } => "an ICMP error to a direct-routing backend",
+            Self::IcmpToClient { .. } => "an ICMP error to a client",
+            Self::FirstFragment(_) => "a first fragment",
+            Self::LaterFragment { .. } => "a later fragment",
         }
     }
 }
@@ -219,6 +316,15 @@ enum Route {
     Nowhere,
 }
 
+impl Route {
+    fn egress(self) -> Option<&'static str> {
+        match self {
+            Self::Neighbour { egress, .. } | Self::NoNeighbour { egress, .. } => Some(egress),
+            Self::Nowhere => None,
+        }
+    }
+}
+
 /// Why an output is not a given translation (for the failure message).
 #[derive(Debug)]
 struct Mismatch(String);
@@ -241,14 +347,40 @@ pub struct HashTable {
     pub slots: Vec<(Ipv4Addr, u16)>,
 }
 
+/// How the checksums of a rewritten output are judged.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sums {
+    /// Not rewritten: byte for byte.
+    None,
+    /// IPv4 and transport checksums verify as in the input.
+    Whole,
+    /// A first fragment: IPv4 as in the input, the transport checksum
+    /// moved by the rewrite's delta.
+    First,
+    /// A later fragment: IPv4 only.
+    Ip,
+    /// An ICMP error: outer IPv4, quoted IPv4 and ICMP checksums verify as
+    /// in the input; the quoted transport checksum is left as it was.
+    Icmp,
+}
+
+/// Offsets in an ICMP error frame (20-byte outer header).
+const ICMP_AT: usize = ETH + 20;
+const QUOTE_AT: usize = ICMP_AT + 8;
+
 pub struct Oracle {
     /// By VIP, port and protocol.
     tables: BTreeMap<(Ipv4Addr, u16, u8), HashTable>,
     services: Vec<Service>,
     vips: BTreeSet<Ipv4Addr>,
     backends: BTreeSet<Ipv4Addr>,
+    /// The backends of NAT services (the program's `ADDR_REAL`).
+    nat_backends: BTreeSet<Ipv4Addr>,
     ifindex_client: u32,
     ifindex_backend: u32,
+    /// Where each first fragment the program sent went (`lb_frags` as the
+    /// oracle saw it filled), so its later fragments are held to it.
+    frags: RefCell<BTreeMap<FragKey, Vec<Follow>>>,
 }
 
 impl Oracle {
@@ -258,13 +390,20 @@ impl Oracle {
         let services = config.services.clone();
         let vips = services.iter().map(|s| s.vip).collect();
         let backends = services.iter().flat_map(|s| s.backends.iter().map(|b| b.address)).collect();
+        let nat_backends = services
+            .iter()
+            .filter(|s| s.forwarding == Forwarding::Nat)
+            .flat_map(|s| s.backends.iter().map(|b| b.address))
+            .collect();
         Self {
             tables: BTreeMap::new(),
             services,
             vips,
             backends,
+            nat_backends,
             ifindex_client: Loaded::ifindex(IF_CLIENT),
             ifindex_backend: Loaded::ifindex(IF_BACKEND),
+            frags: RefCell::new(BTreeMap::new()),
         }
     }
 
@@ -275,14 +414,14 @@ impl Oracle {
         self
     }
 
-    /// The backend a hashing service's table names for `p`'s flow.
-    fn placed(&self, p: &Parsed) -> Option<(Ipv4Addr, u16)> {
-        let table = self.tables.get(&(p.dst, p.dport, p.proto))?;
-        let (src, dst) = (p.src.octets(), p.dst.octets());
+    /// The backend a hashing service's table names for the flow.
+    fn placed(&self, flow: (Ipv4Addr, u16, Ipv4Addr, u16, u8)) -> Option<(Ipv4Addr, u16)> {
+        let (src, sport, dst, dport, proto) = flow;
+        let table = self.tables.get(&(dst, dport, proto))?;
         let hash = if table.by_source {
-            source_hash(src)
+            source_hash(src.octets())
         } else {
-            flow_hash(src, dst, p.sport, p.dport, p.proto)
+            flow_hash(src.octets(), dst.octets(), sport, dport, proto)
         };
         table.slots.get(maglev_slot(hash, table.ring_size)? as usize).copied()
     }
@@ -301,7 +440,8 @@ impl Oracle {
 
     /// Why the program must never send an answer of its own to `dst`, if
     /// it must not: a martian (RFC 1812: 0/8, 127/8, 224/4 multicast,
-    /// 240/4 reserved and broadcast), a VIP, or a backend.
+    /// 240/4 reserved and broadcast), a VIP, or a backend ("a backend" of
+    /// a NAT service; "a direct-routing backend" of direct routing only).
     pub fn forbidden_destination(&self, dst: Ipv4Addr) -> Option<&'static str> {
         let first = dst.octets()[0];
         if first == 0 {
@@ -314,8 +454,10 @@ impl Oracle {
             Some("240.0.0.0/4 (broadcast included)")
         } else if self.vips.contains(&dst) {
             Some("a VIP")
-        } else if self.backends.contains(&dst) {
+        } else if self.nat_backends.contains(&dst) {
             Some("a backend")
+        } else if self.backends.contains(&dst) {
+            Some("a direct-routing backend")
         } else {
             None
         }
@@ -342,20 +484,35 @@ impl Oracle {
             .map(|s| (s.vip, s.port))
     }
 
-    /// The translations a well-formed input admits (none for anything else).
-    pub fn translations(&self, frame: &[u8]) -> Vec<Translation> {
-        self.translations_or_why(frame).unwrap_or_default()
+    /// The strict reverse-path check: whether a packet from `src` may
+    /// arrive on `ingress` (the route back to `src` leaves by it; a local,
+    /// broadcast or unroutable `src` never may).
+    fn arrived_from(src: Ipv4Addr, ingress: &str) -> Result<(), &'static str> {
+        match route(src).egress() {
+            Some(egress) if egress == ingress => Ok(()),
+            Some(_) => Err("arrived where the route back to its source does not leave"),
+            None => Err("a source with no route back (local, broadcast or unroutable)"),
+        }
     }
 
-    /// The translations `frame` admits, or why it admits none.
-    pub fn translations_or_why(&self, frame: &[u8]) -> Result<Vec<Translation>, &'static str> {
-        let p = parse(frame)?;
-        // TTL 1 or 0: the kernel answers (time exceeded), nobody forwards.
-        if p.ttl <= 1 {
-            return Err("TTL <= 1");
+    /// The translations a well-formed input admits (none for anything else).
+    pub fn translations(&self, frame: &[u8], ingress: &str) -> Vec<Translation> {
+        self.translations_or_why(frame, ingress).unwrap_or_default()
+    }
+
+    /// The translations `frame`, received on `ingress`, admits, or why it
+    /// admits none.
+    pub fn translations_or_why(
+        &self,
+        frame: &[u8],
+        ingress: &str,
+    ) -> Result<Vec<Translation>, &'static str> {
+        if frame.len() >= ETH + 20 && be16(frame, 12) == packet::ETH_P_IPV4 && frame[ETH + 9] == 1 {
+            return self.icmp_translations(frame, ingress);
         }
-        let reply_of = self.reply_endpoint(p.src, p.sport, p.proto);
-        if self.vips.contains(&p.dst) {
+        let p = parse_any(frame)?;
+        let to_vip = self.vips.contains(&p.dst);
+        if to_vip {
             let first = p.src.octets()[0];
             if first == 0 || first == 127 || first >= 224 {
                 return Err("a martian source to a VIP");
@@ -363,13 +520,55 @@ impl Oracle {
             if self.vips.contains(&p.src) {
                 return Err("a VIP as the source of a packet to a VIP");
             }
+        }
+        // A router forwards only frames sent to it.
+        if p.eth_dst[0] & 1 != 0 {
+            return Err("sent to a link-layer group address");
+        }
+        if p.proto == PROTO_TCP && p.frag != Frag::Later && !tcp_flags_valid(p.tcp_flags) {
+            return Err("TCP flags no connection sends");
+        }
+        Self::arrived_from(p.src, ingress)?;
+        // TTL 1 or 0: the kernel answers (time exceeded), nobody forwards.
+        if p.ttl <= 1 {
+            return Err("TTL <= 1");
+        }
+        if p.frag == Frag::Later {
+            let follow = self.frags.borrow().get(&p.frag_key()).cloned();
+            let follow = follow.ok_or("a later fragment whose first fragment was not sent")?;
+            return Ok(vec![Translation::LaterFragment { follow }]);
+        }
+        let whole = self.whole_translations(&p, to_vip)?;
+        Ok(if p.frag == Frag::First {
+            whole
+                .into_iter()
+                .map(|t| match t {
+                    // Answers quote the fragment as it came.
+                    Translation::Reset | Translation::PortUnreachable => t,
+                    t => Translation::FirstFragment(Box::new(t)),
+                })
+                .collect()
+        } else {
+            whole
+        })
+    }
+
+    /// What a whole packet (or a first fragment) that passed the edge
+    /// checks admits.
+    fn whole_translations(
+        &self,
+        p: &Parsed,
+        to_vip: bool,
+    ) -> Result<Vec<Translation>, &'static str> {
+        let reply_of = self.reply_endpoint(p.src, p.sport, p.proto);
+        if to_vip {
             // A backend's service endpoint as a client of a VIP: a loop.
             if reply_of.is_some() {
                 return Err("a backend's service endpoint sending to a VIP");
             }
             let service =
                 self.service(p.dst, p.dport, p.proto).ok_or("no service at that VIP and port")?;
-            let placed = self.placed(&p);
+            let placed = self.placed((p.src, p.sport, p.dst, p.dport, p.proto));
             let usable: Vec<_> = service
                 .backends
                 .iter()
@@ -387,6 +586,13 @@ impl Oracle {
                 if p.tcp_flags & TCP_RST != 0 {
                     return Err("no usable backend, and a reset is not answered");
                 }
+                // questioned: DESIGN.md says an answer never goes to a
+                // backend; the program refuses only NAT backends' addresses
+                // (its address filter flags no direct-routing backend), so
+                // a direct-routing backend's address is answered.
+                if self.nat_backends.contains(&p.src) {
+                    return Err("no usable backend, and a backend's address is never answered");
+                }
                 let answer = if p.proto == PROTO_TCP {
                     Translation::Reset
                 } else {
@@ -403,15 +609,87 @@ impl Oracle {
                 }
             }]);
         }
-        // The ingress interface is not looked at: the program takes a
-        // backend's reply from either side today (see the hostile corpus).
         let (vip, port) =
             reply_of.ok_or("neither to a VIP nor from a NAT backend's service endpoint")?;
         Ok(vec![Translation::FromBackend { vip, port }])
     }
 
+    /// What an ICMP packet admits: an error about one of our flows,
+    /// translated to its backend or to its client.
+    fn icmp_translations(
+        &self,
+        frame: &[u8],
+        ingress: &str,
+    ) -> Result<Vec<Translation>, &'static str> {
+        if frame[ETH] != 0x45 {
+            return Err("ICMP with IPv4 options (or not IPv4)");
+        }
+        let (src, dst) = (addr(frame, ETH + 12), addr(frame, ETH + 16));
+        let to_vip = self.vips.contains(&dst);
+        if to_vip {
+            let first = src.octets()[0];
+            if first == 0 || first == 127 || first >= 224 {
+                return Err("a martian source to a VIP");
+            }
+            if self.vips.contains(&src) {
+                return Err("a VIP as the source of a packet to a VIP");
+            }
+        }
+        let kind = (frame.get(ICMP_AT).copied(), frame.get(ICMP_AT + 1).copied());
+        let error = matches!(kind, (Some(3), Some(_)) | (Some(11), Some(0 | 1)));
+        if !error {
+            return Err("ICMP but not an error about a packet");
+        }
+        let tot_len = usize::from(be16(frame, ETH + 2));
+        if tot_len < 20 + 8 + 28 || ETH + tot_len > frame.len() {
+            return Err("an ICMP error cut short of its quote");
+        }
+        if be16(frame, ETH + 6) & 0x3fff != 0 {
+            return Err("an ICMP error in fragments");
+        }
+        let q = &frame[QUOTE_AT..];
+        let q_proto = q[9];
+        if q[0] != 0x45 || !(q_proto == PROTO_TCP || q_proto == PROTO_UDP) {
+            return Err("an ICMP error quoting options or neither TCP nor UDP");
+        }
+        if be16(q, 6) & 0x1fff != 0 {
+            return Err("an ICMP error quoting a later fragment");
+        }
+        if frame[ETH + 8] <= 1 {
+            return Err("TTL <= 1");
+        }
+        let (q_src, q_dst, from_port, to_port) =
+            (addr(q, 12), addr(q, 16), be16(q, 20), be16(q, 22));
+        if q_src != dst {
+            return Err("an ICMP error about a packet its destination did not send");
+        }
+        let about_reply = to_vip;
+        if !about_reply && self.reply_endpoint(q_dst, to_port, q_proto).is_none() {
+            return Err("an ICMP error about no flow of ours");
+        }
+        // It comes from where the quoted packet was going.
+        Self::arrived_from(q_dst, ingress)?;
+        if about_reply {
+            let service = self
+                .service(q_src, from_port, q_proto)
+                .ok_or("an ICMP error about a reply from no service")?;
+            let placed = self.placed((q_dst, to_port, q_src, from_port, q_proto));
+            let backends = service
+                .backends
+                .iter()
+                .map(|b| (b.address, b.port))
+                .filter(|&b| placed.is_none_or(|at| at == b))
+                .collect();
+            let direct = service.forwarding == Forwarding::Dsr;
+            return Ok(vec![Translation::IcmpToBackend { backends, direct }]);
+        }
+        let (vip, port) = self.reply_endpoint(q_dst, to_port, q_proto).expect("checked above");
+        Ok(vec![Translation::IcmpToClient { vip, port }])
+    }
+
     /// Checks one run of the program: `output` with `action` for `input`
-    /// received on `ingress`. `Ok` says how the oracle accepted it.
+    /// received on `ingress`. `Ok` says how the oracle accepted it. A first
+    /// fragment accepted as sent is remembered for its later fragments.
     pub fn check(
         &self,
         input: &[u8],
@@ -428,7 +706,7 @@ impl Oracle {
         if action == XDP_DROP {
             return Err("XDP_DROP with a changed frame".into());
         }
-        let translations = self.translations_or_why(input).map_err(|reason| {
+        let translations = self.translations_or_why(input, ingress).map_err(|reason| {
             format!(
                 "{} with a changed frame, but the input admits no translation ({reason})",
                 action_name(action)
@@ -437,14 +715,46 @@ impl Oracle {
         let mut why = Vec::new();
         for t in &translations {
             match self.matches(t, input, ingress, action, output) {
-                Ok(accepted) => return Ok(accepted),
+                Ok(accepted) => {
+                    self.remember(input, t, &accepted);
+                    return Ok(accepted);
+                }
                 Err(m) => why.push(format!("not {}: {m}", t.name())),
             }
         }
         Err(why.join("; "))
     }
 
-    /// Whether `output` (with `action`) is `t` applied to `input`.
+    /// After a first fragment went out as `accepted` (translation `t`
+    /// offered): where its later fragments must follow.
+    fn remember(&self, input: &[u8], t: &Translation, accepted: &Accepted) {
+        let Ok(p) = parse_any(input) else { return };
+        if p.frag != Frag::First {
+            return;
+        }
+        let (Accepted::Sent(sent) | Accepted::SlowPath(sent)) = accepted else { return };
+        let Translation::FirstFragment(offered) = t else { return };
+        // What was sent names the backend; an answer ("fragmentation
+        // needed") does not, and the decision stands all the same.
+        let inner = match sent {
+            Translation::FirstFragment(inner) => inner.as_ref(),
+            _ => offered.as_ref(),
+        };
+        let follow = match inner {
+            Translation::ToBackend { backends } => {
+                backends.iter().map(|&(a, _)| Follow::ToBackend(a)).collect()
+            }
+            Translation::Direct { backends } => {
+                backends.iter().map(|&a| Follow::Direct(a)).collect()
+            }
+            Translation::FromBackend { vip, .. } => vec![Follow::ToClient(*vip)],
+            _ => return,
+        };
+        self.frags.borrow_mut().insert(p.frag_key(), follow);
+    }
+
+    /// Whether `output` (with `action`) is `t` applied to `input`; the
+    /// translation named in `Ok` holds the one backend it went to.
     fn matches(
         &self,
         t: &Translation,
@@ -453,7 +763,40 @@ impl Oracle {
         action: u32,
         output: &[u8],
     ) -> Result<Accepted, Mismatch> {
-        let p = parse(input).map_err(|e| Mismatch(e.into()))?;
+        match t {
+            Translation::IcmpToBackend { .. } | Translation::IcmpToClient { .. } => {
+                return self.icmp_matches(t, input, ingress, action, output);
+            }
+            Translation::FirstFragment(inner) => {
+                let accepted =
+                    self.forward_matches(inner, Sums::First, input, ingress, action, output)?;
+                return Ok(match accepted {
+                    Accepted::Sent(Translation::FragNeeded { .. }) => accepted,
+                    Accepted::Sent(t) => Accepted::Sent(Translation::FirstFragment(Box::new(t))),
+                    Accepted::SlowPath(t) => {
+                        Accepted::SlowPath(Translation::FirstFragment(Box::new(t)))
+                    }
+                    Accepted::Unchanged => Accepted::Unchanged,
+                });
+            }
+            _ => {}
+        }
+        self.forward_matches(t, Sums::Whole, input, ingress, action, output)
+    }
+
+    /// `t`, a client's packet, a backend's reply, a later fragment or an
+    /// answer, applied to `input`, checked against `output`.
+    #[expect(clippy::too_many_lines, reason = "one arm per translation")]
+    fn forward_matches(
+        &self,
+        t: &Translation,
+        sums: Sums,
+        input: &[u8],
+        ingress: &str,
+        action: u32,
+        output: &[u8],
+    ) -> Result<Accepted, Mismatch> {
+        let p = parse_any(input).map_err(|e| Mismatch(e.into()))?;
         match t {
             Translation::Reset | Translation::PortUnreachable => {
                 let want = if *t == Translation::Reset {
@@ -483,7 +826,10 @@ impl Oracle {
                     want[ETH + 8] -= 1;
                     want[ETH + 16..ETH + 20].copy_from_slice(&addr.octets());
                     want[p.l4() + 2..p.l4() + 4].copy_from_slice(&port.to_be_bytes());
-                    match self.framed(t, &p, addr, addr, want, input, ingress, action, output, true)
+                    let one = Translation::ToBackend { backends: vec![(addr, port)] };
+                    let answer = (p.dst, false);
+                    match self
+                        .framed(&one, &p, addr, answer, want, input, ingress, action, output, sums)
                     {
                         Ok(a) => return Ok(a),
                         Err(m) => why.push(format!("{addr}:{port}: {m}")),
@@ -499,9 +845,20 @@ impl Oracle {
                 let mut why = Vec::new();
                 for &addr in backends {
                     let want = input.to_vec();
-                    match self
-                        .framed(t, &p, addr, addr, want, input, ingress, action, output, false)
-                    {
+                    let one = Translation::Direct { backends: vec![addr] };
+                    let answer = (p.dst, false);
+                    match self.framed(
+                        &one,
+                        &p,
+                        addr,
+                        answer,
+                        want,
+                        input,
+                        ingress,
+                        action,
+                        output,
+                        Sums::None,
+                    ) {
                         Ok(a) => return Ok(a),
                         Err(m) => why.push(format!("{addr}: {m}")),
                     }
@@ -513,37 +870,201 @@ impl Oracle {
                 want[ETH + 8] -= 1;
                 want[ETH + 12..ETH + 16].copy_from_slice(&vip.octets());
                 want[p.l4()..p.l4() + 2].copy_from_slice(&port.to_be_bytes());
-                self.framed(t, &p, p.dst, *vip, want, input, ingress, action, output, true)
+                let answer = (*vip, true);
+                self.framed(t, &p, p.dst, answer, want, input, ingress, action, output, sums)
+            }
+            Translation::LaterFragment { follow } => {
+                let mut why = Vec::new();
+                for &f in follow {
+                    let mut want = input.to_vec();
+                    let (to, answer, sums) = match f {
+                        Follow::Direct(to) => (to, (p.dst, false), Sums::None),
+                        Follow::ToBackend(to) => {
+                            want[ETH + 8] -= 1;
+                            want[ETH + 16..ETH + 20].copy_from_slice(&to.octets());
+                            (to, (p.dst, false), Sums::Ip)
+                        }
+                        Follow::ToClient(vip) => {
+                            want[ETH + 8] -= 1;
+                            want[ETH + 12..ETH + 16].copy_from_slice(&vip.octets());
+                            (p.dst, (vip, true), Sums::Ip)
+                        }
+                    };
+                    let one = Translation::LaterFragment { follow: vec![f] };
+                    match self
+                        .framed(&one, &p, to, answer, want, input, ingress, action, output, sums)
+                    {
+                        Ok(a) => return Ok(a),
+                        Err(m) => why.push(format!("{f:?}: {m}")),
+                    }
+                }
+                Err(Mismatch(why.join(", ")))
+            }
+            Translation::FragNeeded { .. }
+            | Translation::IcmpToBackend { .. }
+            | Translation::IcmpToClient { .. }
+            | Translation::FirstFragment(_) => {
+                Err(Mismatch(format!("{} is not offered for a packet", t.name())))
             }
         }
     }
 
-    /// `want` (the rewritten packet) framed for its next hop towards `to`,
-    /// compared with `output`; with `rewritten`, the checksums are checked
-    /// by what they verify to and the rest byte for byte. `_new_src` is the
-    /// packet's source after the rewrite (kept for an ICMP variant).
+    /// `t`, an ICMP error about one of our flows, applied to `input`.
+    fn icmp_matches(
+        &self,
+        t: &Translation,
+        input: &[u8],
+        ingress: &str,
+        action: u32,
+        output: &[u8],
+    ) -> Result<Accepted, Mismatch> {
+        let tot_len = usize::from(be16(input, ETH + 2));
+        match t {
+            Translation::IcmpToBackend { backends, direct } => {
+                let mut why = Vec::new();
+                for &(addr, port) in backends {
+                    let mut want = input.to_vec();
+                    let sums = if *direct {
+                        Sums::None
+                    } else {
+                        want[ETH + 8] -= 1;
+                        want[ETH + 16..ETH + 20].copy_from_slice(&addr.octets());
+                        want[QUOTE_AT + 12..QUOTE_AT + 16].copy_from_slice(&addr.octets());
+                        want[QUOTE_AT + 20..QUOTE_AT + 22].copy_from_slice(&port.to_be_bytes());
+                        Sums::Icmp
+                    };
+                    let one = Translation::IcmpToBackend {
+                        backends: vec![(addr, port)],
+                        direct: *direct,
+                    };
+                    match self.sent_as(
+                        &one, tot_len, addr, *direct, want, input, ingress, action, output, sums,
+                    ) {
+                        Ok(a) => return Ok(a),
+                        Err(m) => why.push(format!("{addr}:{port}: {m}")),
+                    }
+                }
+                Err(Mismatch(why.join(", ")))
+            }
+            Translation::IcmpToClient { vip, port } => {
+                let mut want = input.to_vec();
+                want[ETH + 8] -= 1;
+                want[ETH + 12..ETH + 16].copy_from_slice(&vip.octets());
+                want[QUOTE_AT + 16..QUOTE_AT + 20].copy_from_slice(&vip.octets());
+                want[QUOTE_AT + 22..QUOTE_AT + 24].copy_from_slice(&port.to_be_bytes());
+                let to = addr(input, ETH + 16);
+                self.sent_as(
+                    t,
+                    tot_len,
+                    to,
+                    false,
+                    want,
+                    input,
+                    ingress,
+                    action,
+                    output,
+                    Sums::Icmp,
+                )
+            }
+            _ => Err(Mismatch(format!("{} is not an ICMP translation", t.name()))),
+        }
+    }
+
+    /// `want` (the rewritten packet `p`) framed for its next hop towards
+    /// `to`, compared with `output`. Too big for the next link, it is
+    /// answered instead: "fragmentation needed" from `answer.0` (`answer.1`:
+    /// to the backend whose reply it was).
     #[expect(clippy::too_many_arguments, reason = "one comparison, spelled out")]
     fn framed(
         &self,
         t: &Translation,
         p: &Parsed,
         to: Ipv4Addr,
-        _new_src: Ipv4Addr,
+        answer: (Ipv4Addr, bool),
+        want: Vec<u8>,
+        input: &[u8],
+        ingress: &str,
+        action: u32,
+        output: &[u8],
+        sums: Sums,
+    ) -> Result<Accepted, Mismatch> {
+        if let Some(egress) = route(to).egress()
+            && p.tot_len > mtu(egress)
+        {
+            return self.frag_needed(p, answer, mtu(egress), input, action, output);
+        }
+        let direct =
+            matches!(t, Translation::Direct { .. } | Translation::LaterFragment { follow: _ })
+                && sums == Sums::None;
+        let accepted =
+            self.sent_as(t, p.tot_len, to, direct, want, input, ingress, action, output, sums)?;
+        if sums == Sums::Whole || sums == Sums::First {
+            l4_checksum_follows(input, output, p, sums)?;
+        }
+        Ok(accepted)
+    }
+
+    /// The answer to a packet with DF too big for its next link, if it may
+    /// have one: ICMP "fragmentation needed" with the link's MTU, from the
+    /// VIP, quoting its IPv4 header and 8 bytes, back where it came from.
+    fn frag_needed(
+        &self,
+        p: &Parsed,
+        (vip, to_backend): (Ipv4Addr, bool),
+        mtu: usize,
+        input: &[u8],
+        action: u32,
+        output: &[u8],
+    ) -> Result<Accepted, Mismatch> {
+        if !p.df {
+            return Err(Mismatch("too big for the next link, without DF".into()));
+        }
+        if p.ihl != 20 {
+            return Err(Mismatch("too big, with IPv4 options: not answered".into()));
+        }
+        // questioned: a direct-routing backend's address is answered (see
+        // `whole_translations`).
+        if let Some(why) = self.forbidden_destination(p.src)
+            && !(to_backend && why == "a backend")
+            && why != "a direct-routing backend"
+        {
+            return Err(Mismatch(format!("too big, and its source is {why}")));
+        }
+        let mtu = mtu as u16;
+        let want = expected_frag_needed(input, p, vip, mtu);
+        if action != XDP_TX {
+            return Err(Mismatch(format!("{} (want XDP_TX)", action_name(action))));
+        }
+        if output != want {
+            return Err(Mismatch(format!("bytes differ from {}", hex(&want))));
+        }
+        Ok(Accepted::Sent(Translation::FragNeeded { vip, mtu, to_backend }))
+    }
+
+    /// `want` framed for its next hop towards `to`, compared with `output`;
+    /// the checksum fields `sums` names are checked by what they verify to
+    /// and the rest byte for byte.
+    #[expect(clippy::too_many_arguments, reason = "one comparison, spelled out")]
+    fn sent_as(
+        &self,
+        t: &Translation,
+        tot_len: usize,
+        to: Ipv4Addr,
+        direct: bool,
         mut want: Vec<u8>,
         input: &[u8],
         ingress: &str,
         action: u32,
         output: &[u8],
-        rewritten: bool,
+        sums: Sums,
     ) -> Result<Accepted, Mismatch> {
-        let direct = matches!(t, Translation::Direct { .. });
         let (want_action, accepted) = match route(to) {
             Route::Nowhere => return Err(Mismatch(format!("{to} is not forwarded by the FIB"))),
             Route::Neighbour { egress, mac, via } => {
                 if direct && via != to {
                     return Err(Mismatch("direct routing through a gateway".into()));
                 }
-                if p.tot_len > mtu(egress) {
+                if tot_len > mtu(egress) {
                     return Err(Mismatch(format!("too big for {egress}")));
                 }
                 want[..6].copy_from_slice(&mac);
@@ -555,7 +1076,7 @@ impl Oracle {
                 if direct && via != to {
                     return Err(Mismatch("direct routing through a gateway".into()));
                 }
-                if p.tot_len > mtu(egress) {
+                if tot_len > mtu(egress) {
                     return Err(Mismatch(format!("too big for {egress}")));
                 }
                 let ifindex =
@@ -575,22 +1096,65 @@ impl Oracle {
         if output.len() != want.len() {
             return Err(Mismatch(format!("{} bytes (want {})", output.len(), want.len())));
         }
-        if rewritten {
-            // The checksum fields are judged below, by what they verify to.
-            let ip_check = ETH + 10;
-            want[ip_check..ip_check + 2].copy_from_slice(&output[ip_check..ip_check + 2]);
-            let at = p.check_at();
+        // The checksum fields are judged below, by what they verify to.
+        let mut fields = Vec::new();
+        if sums != Sums::None {
+            fields.push(ETH + 10);
+        }
+        if sums == Sums::Icmp {
+            fields.extend([ICMP_AT + 2, QUOTE_AT + 10]);
+        }
+        let p = parse_any(input).ok();
+        if matches!(sums, Sums::Whole | Sums::First)
+            && let Some(p) = &p
+        {
+            fields.push(p.check_at());
+        }
+        for at in fields {
             want[at..at + 2].copy_from_slice(&output[at..at + 2]);
         }
         if output != want {
             let at = output.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(0);
             return Err(Mismatch(format!("byte {at} differs from {}", hex(&want))));
         }
-        if rewritten {
-            checksums_follow(input, output, p)?;
+        if sums != Sums::None {
+            let ihl = usize::from(input[ETH] & 0x0f) * 4;
+            same_verification("IPv4", &input[ETH..ETH + ihl], &output[ETH..ETH + ihl])?;
+        }
+        if sums == Sums::Icmp {
+            let end = ETH + tot_len;
+            same_verification(
+                "quoted IPv4",
+                &input[QUOTE_AT..QUOTE_AT + 20],
+                &output[QUOTE_AT..QUOTE_AT + 20],
+            )?;
+            same_verification("ICMP", &input[ICMP_AT..end], &output[ICMP_AT..end])?;
         }
         Ok(accepted)
     }
+}
+
+/// The checksum over `output` verifies to what it did over `input`.
+fn same_verification(what: &str, input: &[u8], output: &[u8]) -> Result<(), Mismatch> {
+    let (v_in, v_out) = (verify(input), verify(output));
+    if v_in == v_out {
+        Ok(())
+    } else {
+        Err(Mismatch(format!(
+            "{what} checksum verifies to {v_out:#06x} (the input's to {v_in:#06x})"
+        )))
+    }
+}
+
+/// The ones' complement sum of the 16-bit words a NAT rewrite changes in
+/// a transport checksum's coverage: the addresses, the ports and the
+/// checksum itself. An incremental update (RFC 1624) keeps it.
+fn rewritten_words_sum(frame: &[u8], p: &Parsed) -> u16 {
+    let mut words = Vec::with_capacity(14);
+    words.extend_from_slice(&frame[ETH + 12..ETH + 20]);
+    words.extend_from_slice(&frame[p.l4()..p.l4() + 4]);
+    words.extend_from_slice(&frame[p.check_at()..p.check_at() + 2]);
+    verify(&words)
 }
 
 /// What the Internet checksum over `data` verifies to: 0 when it holds.
@@ -614,17 +1178,16 @@ fn l4_verify(frame: &[u8], p: &Parsed) -> u16 {
     verify(&pseudo)
 }
 
-/// The IPv4 and transport checksums of a rewritten `output` verify to what
-/// they verified to in `input`; a UDP checksum of 0 ("none") stays 0, and
-/// one that was not 0 does not become 0.
-fn checksums_follow(input: &[u8], output: &[u8], p: &Parsed) -> Result<(), Mismatch> {
-    let header = ETH..ETH + p.ihl;
-    let (ip_in, ip_out) = (verify(&input[header.clone()]), verify(&output[header]));
-    if ip_in != ip_out {
-        return Err(Mismatch(format!(
-            "IPv4 checksum verifies to {ip_out:#06x} (the input's to {ip_in:#06x})"
-        )));
-    }
+/// The transport checksum of a rewritten `output` verifies to what it
+/// verified to in `input` (a first fragment's, which covers bytes it does
+/// not hold: moved by exactly the rewrite's delta); a UDP checksum of 0
+/// ("none") stays 0, and one that was not 0 does not become 0.
+fn l4_checksum_follows(
+    input: &[u8],
+    output: &[u8],
+    p: &Parsed,
+    sums: Sums,
+) -> Result<(), Mismatch> {
     let at = p.check_at();
     if p.proto == PROTO_UDP && be16(input, at) == 0 {
         return if be16(output, at) == 0 {
@@ -636,11 +1199,17 @@ fn checksums_follow(input: &[u8], output: &[u8], p: &Parsed) -> Result<(), Misma
     if p.proto == PROTO_UDP && be16(output, at) == 0 {
         return Err(Mismatch("a UDP checksum became 0 (none)".into()));
     }
-    // The output's lengths are the input's (compared byte for byte already).
-    let (l4_in, l4_out) = (l4_verify(input, p), l4_verify(output, p));
+    let (l4_in, l4_out) = if sums == Sums::First {
+        (rewritten_words_sum(input, p), rewritten_words_sum(output, p))
+    } else {
+        // The output's lengths are the input's (compared byte for byte already).
+        (l4_verify(input, p), l4_verify(output, p))
+    };
     if l4_in != l4_out {
+        let what =
+            if sums == Sums::First { "moved by other than the rewrite's delta: " } else { "" };
         return Err(Mismatch(format!(
-            "transport checksum verifies to {l4_out:#06x} (the input's to {l4_in:#06x})"
+            "transport checksum {what}verifies to {l4_out:#06x} (the input's to {l4_in:#06x})"
         )));
     }
     Ok(())
@@ -711,6 +1280,21 @@ pub fn expected_port_unreachable(frame: &[u8], p: &Parsed) -> Vec<u8> {
     let check = packet::internet_checksum(&icmp);
     icmp[2..4].copy_from_slice(&check.to_be_bytes());
     let mut answer = Ipv4::new(p.dst, p.src, L4::Raw { proto: PROTO_ICMP, bytes: icmp });
+    answer.id = 0;
+    answer.frag_off = 0;
+    answer.frame(p.eth_src, p.eth_dst)
+}
+
+/// The ICMP "fragmentation needed" `vip` sends the sender of `p` (too big
+/// for a link of `mtu`): its IPv4 header and first 8 bytes quoted (RFC 792,
+/// RFC 1191), built here from scratch.
+pub fn expected_frag_needed(frame: &[u8], p: &Parsed, vip: Ipv4Addr, mtu: u16) -> Vec<u8> {
+    let mut icmp = vec![3, 4, 0, 0, 0, 0];
+    icmp.extend_from_slice(&mtu.to_be_bytes());
+    icmp.extend_from_slice(&frame[ETH..ETH + 28]);
+    let check = packet::internet_checksum(&icmp);
+    icmp[2..4].copy_from_slice(&check.to_be_bytes());
+    let mut answer = Ipv4::new(vip, p.src, L4::Raw { proto: PROTO_ICMP, bytes: icmp });
     answer.id = 0;
     answer.frag_off = 0;
     answer.frame(p.eth_src, p.eth_dst)
