@@ -16,8 +16,9 @@
 //! program (a TCP reset, an ICMP port unreachable, ICMP "fragmentation
 //! needed" with the next link's MTU). Nothing is translated that did not
 //! arrive where its source's route leaves (the strict reverse-path check),
-//! was sent to a link-layer group address, or carries TCP flags no
-//! connection sends; no answer goes to a martian, a VIP or a backend (but
+//! was sent to a link-layer group address (TCP and UDP: an ICMP error in
+//! such a frame is translated today, questioned in the corpus), or carries
+//! TCP flags no connection sends; no answer goes to a martian, a VIP or a backend (but
 //! "fragmentation needed" to the backend whose reply was too big).
 //!
 //! Checksums are checked by what they verify to, not by recomputing the
@@ -624,6 +625,8 @@ impl Oracle {
         if frame[ETH] != 0x45 {
             return Err("ICMP with IPv4 options (or not IPv4)");
         }
+        // questioned: no link-layer group check here (the program makes
+        // none for ICMP; see the corpus's broadcast case).
         let (src, dst) = (addr(frame, ETH + 12), addr(frame, ETH + 16));
         let to_vip = self.vips.contains(&dst);
         if to_vip {

@@ -414,16 +414,16 @@ fn ip_options(t: &mut Table) {
         ("end of options only", vec![0, 0, 0, 0]),
         ("four NOPs", vec![1, 1, 1, 1]),
         ("a router alert", vec![0x94, 4, 0, 0]),
-        // Today's behaviour, questioned: a router records its address in a
+        // questioned: a router records its address in a
         // record-route or timestamp option (RFC 791); this one forwards it as it came.
         ("record route", vec![7, 11, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
         ("a timestamp", vec![0x44, 12, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
-        // Today's behaviour, questioned: Linux drops source-routed packets
+        // questioned: Linux drops source-routed packets
         // (accept_source_route = 0); the program sends them to the backend.
         ("loose source route", vec![0x83, 7, 4, 10, 77, 2, 99, 0]),
         ("strict source route", vec![0x89, 7, 4, 10, 77, 2, 99, 0]),
         ("40 bytes of NOPs (IHL 15)", vec![1; 40]),
-        // Today's behaviour, questioned: Linux answers options that do not
+        // questioned: Linux answers options that do not
         // parse with a parameter problem and drops the packet.
         ("an option of length 0", vec![0x44, 0, 0, 0]),
         ("an option longer than the header", vec![7, 40, 4, 0]),
@@ -1519,8 +1519,8 @@ fn malformed(t: &mut Table) {
         redirect(out),
     );
     // Checksums that do not verify are forwarded still off by the same
-    // amount (the receiver drops them, as without us). Today's behaviour,
-    // questioned: Linux drops an IPv4 header whose checksum fails in ip_rcv.
+    // amount (the receiver drops them, as without us). questioned: Linux
+    // drops an IPv4 header whose checksum fails in ip_rcv.
     let mut bad_ip = full.clone();
     bump(&mut bad_ip, 24);
     let mut out = to_web1(&p);
@@ -1573,7 +1573,7 @@ fn malformed(t: &mut Table) {
         reply.frame([0xff; 6], WEB_MACS[0]),
         dropped(Counter::DropLinkGroup),
     );
-    // Today's behaviour, questioned: a host discards a segment or datagram
+    // questioned: a host discards a segment or datagram
     // whose checksum fails (RFC 793, RFC 1122 4.1.3.4) and Linux drops an
     // IPv4 header whose checksum fails, before any answer; the program
     // answers them.
