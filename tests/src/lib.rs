@@ -9,6 +9,7 @@ pub mod fixture;
 pub mod ha;
 pub mod harness;
 pub mod netns;
+pub mod oracle;
 pub mod packet;
 pub mod server;
 pub mod testrun;
