@@ -25,7 +25,7 @@ use crate::{
     Verdict,
     fwd::{self, Hop, Query},
     maps::LB_CONNTRACK,
-    parse::{ETH_LEN, Frag, Ipv4, Packet, ptr_at},
+    parse::{self, ETH_LEN, Frag, Ipv4, Packet, ptr_at},
     select::{self, Here},
 };
 
@@ -121,6 +121,10 @@ pub fn translate(
     let about_request = select::addr_flags(quoted.dst) & ADDR_REAL != 0 && quoted.src == ip.dst;
     if !about_reply && !about_request {
         return Err(NOT_OURS);
+    }
+    // SAFETY: nothing has resized the frame since `ipv4` parsed it.
+    if unsafe { parse::to_link_group(ip) } {
+        return Err(Counter::DropLinkGroup);
     }
     // An error about a packet to X comes from where X is: the route to the
     // quoted destination leaves by the interface the error arrived on (a

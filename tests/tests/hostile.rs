@@ -1123,16 +1123,14 @@ fn icmp(t: &mut Table) {
         from_web1(&e),
         to_client(&e, (VIP, 80)),
     );
-    // questioned: a router forwards only frames sent to it, and the
-    // program drops TCP and UDP in link-layer group frames
-    // (drop_link_group); an ICMP error in a broadcast frame is translated
-    // all the same (icmp::translate runs before the check).
+    // A router forwards only frames sent to it: an ICMP error of ours in a
+    // link-layer broadcast frame is dropped like TCP and UDP.
     let e = icmp_error(CLIENT, VIP, (3, 4), &web_reply[..28]);
     t.add(
-        "an ICMP error about our reply in a broadcast frame goes to web1 (questioned)",
+        "an ICMP error about our reply in a broadcast frame is dropped",
         IF_CLIENT,
         e.frame([0xff; 6], CLIENT_MAC),
-        to_backend(&e, (WEB1, 8080), WEB_MACS[0]),
+        dropped(Counter::DropLinkGroup),
     );
 }
 
@@ -1251,11 +1249,13 @@ fn fragments(t: &mut Table) {
     );
     let mut later = Ipv4::udp((CLIENT, 40_053), (VIP_REJECTING, 53), &[7; 64]);
     later.frag_off = 8;
+    // Before its first: the kernel reassembles it (the controller's slow
+    // path), and nothing is answered here.
     t.add(
-        "a later UDP fragment to a rejecting service gets no ICMP",
+        "a later UDP fragment to a rejecting service before its first goes to the kernel",
         IF_CLIENT,
         from_client(&later),
-        dropped(Counter::DropFragment),
+        unchanged(XDP_PASS, Counter::PassFragmentToKernel),
     );
     let mut reply = Ipv4::udp((WEB2, 5353), (CLIENT, 40_053), &[7; 64]);
     reply.frag_off = IP_MF;
