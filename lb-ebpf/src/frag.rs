@@ -78,22 +78,29 @@ fn live_entry(key: &FragKey, here: Here) -> Option<FragEntry> {
 /// kernel if a later fragment came first (`FRAG_KERNEL`), so the kernel has
 /// every piece to reassemble. Whole packets never get here.
 #[inline(always)]
-pub fn first_to_kernel(pkt: &Packet, here: Here) -> Result<(), Counter> {
+pub fn first_to_kernel(ctx: &XdpContext, pkt: &Packet, here: Here) -> Result<(), Counter> {
     if pkt.frag != Frag::First || pkt.flow.proto != PROTO_UDP {
         return Ok(());
     }
     match live_entry(&key(pkt), here) {
-        Some(entry) if entry.kind == FRAG_KERNEL => Err(Counter::PassFragmentToKernel),
+        Some(entry) if entry.kind == FRAG_KERNEL => {
+            // The kernel's path has no edge checks of its own: they are made here.
+            fwd::arrived_from(ctx, pkt, pkt.flow.src, here)?;
+            Err(Counter::PassFragmentToKernel)
+        }
         _ => Ok(()),
     }
 }
 
 /// A later fragment: where its first fragment went, if that was ours.
+/// Its second argument: the address prefilter's word on the packet (to a
+/// VIP, from a backend's address) and whether its frame went to a
+/// link-layer group address.
 #[inline(always)]
 pub fn follow(
     ctx: &XdpContext,
     pkt: &Packet,
-    to_vip: bool,
+    (to_vip, from_real, link_group): (bool, bool, bool),
     here: Here,
 ) -> Result<Verdict, Counter> {
     let key = key(pkt);
@@ -103,19 +110,31 @@ pub fn follow(
         if !to_vip {
             return Err(Counter::PassNotService);
         }
-        if pkt.flow.proto != PROTO_UDP {
+        if link_group {
+            return Err(Counter::DropLinkGroup);
+        }
+        // Before anything is written: an entry is made only for a source
+        // that could be a client (not a backend's address, which, without
+        // ports to tell its service endpoint from a client's port, could be
+        // the start of a loop) and that arrived where its route leaves.
+        if pkt.flow.proto != PROTO_UDP || from_real {
             return Err(Counter::DropFragment);
         }
+        fwd::arrived_from(ctx, pkt, pkt.flow.src, here)?;
         let entry =
             FragEntry { kind: FRAG_KERNEL, epoch: here.epoch as u32, ..FragEntry::default() };
         // A full table evicts its least recently used entry.
         let _ = LB_FRAGS.insert(key, entry, 0);
         return Err(Counter::PassFragmentToKernel);
     };
+    // Ours (its datagram's first fragment said so): the edge checks.
+    if link_group {
+        return Err(Counter::DropLinkGroup);
+    }
+    fwd::arrived_from(ctx, pkt, pkt.flow.src, here)?;
     if entry.kind == FRAG_KERNEL {
         return Err(Counter::PassFragmentToKernel);
     }
-    fwd::arrived_from(ctx, pkt, pkt.flow.src, here)?;
     if pkt.ttl <= 1 {
         return Err(Counter::PassTtlExpired);
     }

@@ -5,8 +5,9 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED,
-        BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
+        xdp_action,
     },
     helpers::generated::bpf_fib_lookup,
     programs::XdpContext,
@@ -68,8 +69,9 @@ pub fn forward(
         hop => hop,
     };
     if let Some(side) = target.rewrite {
-        // SAFETY: pkt comes from parse on this frame, is not a fragment, and
-        // nothing has resized the frame since.
+        // SAFETY: pkt comes from parse on this frame (a later fragment's
+        // null transport pointers are tested there), and nothing has
+        // resized the frame since.
         unsafe { nat::rewrite(pkt, side, target.addr, target.port) };
     }
     // SAFETY: pkt.eth was bounds-checked by parse.
@@ -282,6 +284,9 @@ pub fn arrived_from(
                     remember(cached, params, src, 0, here.epoch).ifindex
                 }
                 (BPF_FIB_LKUP_RET_NO_NEIGH, params) => params.ifindex,
+                // Forwarding is off on the interface: nothing of ours can
+                // work, and the kernel says why better than a drop would.
+                (BPF_FIB_LKUP_RET_FWD_DISABLED, _) => return Err(Counter::PassFibFailed),
                 // Local (NOT_FWDED), unreachable, prohibited, blackhole.
                 _ => return Err(Counter::DropReversePath),
             }

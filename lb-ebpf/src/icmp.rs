@@ -56,12 +56,7 @@ type Msg = [u8; MSG_LEN];
 /// to the kernel untouched (`pass_icmp_not_ours`), as does every other
 /// ICMP message (echo requests to a VIP are the kernel's to answer).
 #[inline(always)]
-pub fn translate(
-    ctx: &XdpContext,
-    ip: &Ipv4,
-    to_vip: bool,
-    here: Here,
-) -> Result<Verdict, Counter> {
+pub fn translate(ctx: &XdpContext, ip: &Ipv4, to_vip: bool) -> Result<Verdict, Counter> {
     const NOT_OURS: Counter = Counter::PassIcmpNotOurs;
     if ip.header_len() != IP_LEN {
         return Err(Counter::PassNotTcpUdp);
@@ -73,6 +68,7 @@ pub fn translate(
     if !error {
         return Err(Counter::PassNotTcpUdp);
     }
+    let here = Here::read(ctx);
     let msg: *mut Msg = ptr_at(ctx, ETH_LEN + IP_LEN).map_err(|_| NOT_OURS)?;
     // SAFETY: bounds-checked just above.
     let m = unsafe { &mut *msg };
@@ -119,21 +115,12 @@ pub fn translate(
     }
     let about_reply = to_vip && quoted.src == ip.dst;
     let about_request = select::addr_flags(quoted.dst) & ADDR_REAL != 0 && quoted.src == ip.dst;
-    if !about_reply && !about_request {
-        return Err(NOT_OURS);
-    }
-    // SAFETY: nothing has resized the frame since `ipv4` parsed it.
-    if unsafe { parse::to_link_group(ip) } {
-        return Err(Counter::DropLinkGroup);
-    }
-    // An error about a packet to X comes from where X is: the route to the
-    // quoted destination leaves by the interface the error arrived on (a
-    // client's forged "port unreachable from web1" is refused).
-    fwd::arrived_from(ctx, &pkt, quoted.dst, here)?;
     if about_reply {
-        to_backend(ctx, &pkt, o, m, &quoted, here)
+        to_backend(ctx, ip, &pkt, (o, m), &quoted, here)
+    } else if about_request {
+        to_client(ctx, ip, &pkt, (o, m), &quoted, here)
     } else {
-        to_client(ctx, &pkt, o, m, &quoted, here)
+        Err(NOT_OURS)
     }
 }
 
@@ -144,9 +131,9 @@ pub fn translate(
 #[inline(always)]
 fn to_backend(
     ctx: &XdpContext,
+    ip: &Ipv4,
     pkt: &Packet,
-    o: &mut [u8; IP_LEN],
-    m: &mut Msg,
+    (o, m): (&mut [u8; IP_LEN], &mut Msg),
     quoted: &Flow,
     here: Here,
 ) -> Result<Verdict, Counter> {
@@ -163,6 +150,7 @@ fn to_backend(
     let conn = unsafe { LB_CONNTRACK.get(flow).copied() }.ok_or(Counter::PassIcmpNotOurs)?;
     let backend = select::live_backend(conn.backend_id, conn.service_id, &flow)
         .ok_or(Counter::PassIcmpNotOurs)?;
+    refuse_from_elsewhere(ctx, ip, pkt, quoted, here)?;
     let direct = backend.flags & BACKEND_DSR != 0;
     let query = Query { src: pkt.flow.src, dst: backend.addr, sport: 0, dport: 0, direct };
     let hop = route(ctx, pkt, &query, here)?;
@@ -180,9 +168,9 @@ fn to_backend(
 #[inline(always)]
 fn to_client(
     ctx: &XdpContext,
+    ip: &Ipv4,
     pkt: &Packet,
-    o: &mut [u8; IP_LEN],
-    m: &mut Msg,
+    (o, m): (&mut [u8; IP_LEN], &mut Msg),
     quoted: &Flow,
     here: Here,
 ) -> Result<Verdict, Counter> {
@@ -190,6 +178,7 @@ fn to_client(
     let as_reply =
         Flow { src: quoted.dst, sport: quoted.dport, proto: quoted.proto, ..Flow::default() };
     let real = select::real(&as_reply).ok_or(Counter::PassIcmpNotOurs)?;
+    refuse_from_elsewhere(ctx, ip, pkt, quoted, here)?;
     let query = Query { src: real.vip, dst: pkt.flow.dst, sport: 0, dport: 0, direct: false };
     let hop = route(ctx, pkt, &query, here)?;
     rewrite_outer(o, SRC, real.vip);
@@ -197,6 +186,27 @@ fn to_client(
     // SAFETY: parse checked the Ethernet header; nothing resized the frame.
     let sent = unsafe { fwd::send(ctx, pkt.eth.cast(), hop) };
     Ok(Verdict { action: sent.action, counter: Counter::IcmpToClient })
+}
+
+/// The edge checks of an error about one of our flows (made once the flow
+/// is known to be ours: an error this host merely routes goes on). A
+/// router forwards only frames sent to it; and an error about a packet to
+/// X comes from where X is: the route to the quoted destination leaves by
+/// the interface the error arrived on (a client's forged "port unreachable
+/// from web1" is refused).
+#[inline(always)]
+fn refuse_from_elsewhere(
+    ctx: &XdpContext,
+    ip: &Ipv4,
+    pkt: &Packet,
+    quoted: &Flow,
+    here: Here,
+) -> Result<(), Counter> {
+    // SAFETY: nothing has resized the frame since `ipv4` parsed it.
+    if unsafe { parse::to_link_group(ip) } {
+        return Err(Counter::DropLinkGroup);
+    }
+    fwd::arrived_from(ctx, pkt, quoted.dst, here)
 }
 
 /// The next hop of a translated error; one too big for its link (an error

@@ -48,6 +48,13 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// Whether the packet went on (false: answered instead, "fragmentation
+    /// needed"): only then is there traffic to account and a fragment
+    /// decision to remember.
+    fn forwarded(&self) -> bool {
+        self.counter != Counter::FragNeeded
+    }
+
     /// The verdict for a packet that stops at `counter` (not forwarded by us).
     fn stopped(counter: Counter) -> Self {
         let action = match counter {
@@ -100,23 +107,25 @@ fn process(ctx: &XdpContext) -> Result<Verdict, Counter> {
         source_could_be_a_client(&ip, src_flags)?;
     }
     if ip.proto == PROTO_ICMP {
-        return icmp::translate(ctx, &ip, to_vip, Here::read(ctx));
+        return icmp::translate(ctx, &ip, to_vip);
     }
     let from_real = src_flags & ADDR_REAL != 0;
     if !to_vip && !from_real {
         return Err(if ip.short_header { Counter::PassMalformed } else { Counter::PassNotService });
     }
-    // SAFETY: nothing has resized the frame.
-    if unsafe { parse::to_link_group(&ip) } {
-        return Err(not_ours_after_all(Counter::DropLinkGroup, &ip, from_real));
-    }
     let pkt = parse::transport(ctx, &ip).map_err(|c| not_ours_after_all(c, &ip, from_real))?;
+    // A router forwards only frames sent to it, and no connection sends
+    // these flags: refused once the packet is known to be ours (a
+    // backend's own broadcasts, say, are the kernel's).
+    // SAFETY: nothing has resized the frame.
+    let link_group = unsafe { parse::to_link_group(&ip) };
     let here = select::Here::read(ctx);
     if pkt.frag == Frag::Later {
-        return frag::follow(ctx, &pkt, to_vip, here);
+        return frag::follow(ctx, &pkt, (to_vip, from_real, link_group), here);
     }
-    if to_vip {
-        frag::first_to_kernel(&pkt, here)?;
+    let bad_flags = pkt.flow.proto == PROTO_TCP && !parse::tcp_flags_valid(pkt.tcp_flags);
+    if (link_group || bad_flags) && ours(&pkt, to_vip, from_real) {
+        return Err(if link_group { Counter::DropLinkGroup } else { Counter::DropTcpFlags });
     }
     // A backend's own service endpoint sending to a VIP: see the counter.
     if to_vip && from_real && select::real(&pkt.flow).is_some() {
@@ -124,6 +133,9 @@ fn process(ctx: &XdpContext) -> Result<Verdict, Counter> {
         if unsafe { LB_VIPS.get(pkt.flow.dst).is_some() } {
             return Err(Counter::DropBackendPortToVip);
         }
+    }
+    if to_vip {
+        frag::first_to_kernel(ctx, &pkt, here)?;
     }
     if to_vip && let Some(verdict) = to_backend(ctx, &pkt, here)? {
         return Ok(verdict);
@@ -151,6 +163,15 @@ fn source_could_be_a_client(ip: &parse::Ipv4, src_flags: u8) -> Result<(), Count
     Ok(())
 }
 
+/// Whether `pkt` is ours for sure: to a VIP (the exact table) or from a
+/// backend's service endpoint. Only refusals ask.
+#[inline(always)]
+fn ours(pkt: &parse::Packet, to_vip: bool, from_real: bool) -> bool {
+    // SAFETY: the value is not read.
+    (to_vip && unsafe { LB_VIPS.get(pkt.flow.dst).is_some() })
+        || (from_real && select::real(&pkt.flow).is_some())
+}
+
 /// `drop`, the verdict on a packet the address prefilter took for ours,
 /// when it is: to a VIP (confirmed by the exact table) or from a backend's
 /// address (`from_real`: the prefilter's word, which the ports, unread or
@@ -159,13 +180,7 @@ fn source_could_be_a_client(ip: &parse::Ipv4, src_flags: u8) -> Result<(), Count
 /// Only refusals pay for the exact lookup.
 #[inline(always)]
 fn not_ours_after_all(drop: Counter, ip: &parse::Ipv4, from_real: bool) -> Counter {
-    if !matches!(
-        drop,
-        Counter::DropMalformed
-            | Counter::DropMartianSource
-            | Counter::DropLinkGroup
-            | Counter::DropTcpFlags
-    ) {
+    if !matches!(drop, Counter::DropMalformed | Counter::DropMartianSource) {
         return drop;
     }
     // SAFETY: the value is not read.
@@ -192,6 +207,9 @@ fn to_client(
     select::backend_closes(&pkt.flow, &real, pkt.tcp_flags, here);
     let target = Target { rewrite: Some(Side::Source), addr: real.vip, port: real.vport };
     let verdict = fwd::forward(ctx, pkt, &target, here)?;
+    if !verdict.forwarded() {
+        return Ok(Some(verdict));
+    }
     frag::remember(pkt, &target, (real.service_id, real.backend_id), here);
     select::account(&LB_SVC_STATS, real.service_id, pkt.tot_len, false, false);
     select::account(&LB_BE_STATS, real.backend_id, pkt.tot_len, false, false);
@@ -258,6 +276,9 @@ fn to_backend(
         port: choice.backend.port,
     };
     let verdict = fwd::forward(ctx, pkt, &target, here)?;
+    if !verdict.forwarded() {
+        return Ok(Some(verdict));
+    }
     frag::remember(pkt, &target, (service_id, choice.id), here);
     select::account(&LB_SVC_STATS, service_id, pkt.tot_len, true, choice.new_flow);
     select::account(&LB_BE_STATS, choice.id, pkt.tot_len, true, choice.new_flow);

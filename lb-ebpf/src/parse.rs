@@ -175,7 +175,7 @@ pub fn ipv4(ctx: &XdpContext) -> Result<Ipv4, Counter> {
 /// SYN without FIN or RST, and any segment but a SYN or a RST acknowledges.
 /// SYN+FIN, SYN+RST and no flags at all are scans and stack fingerprinting.
 #[inline(always)]
-const fn tcp_flags_valid(flags: u8) -> bool {
+pub const fn tcp_flags_valid(flags: u8) -> bool {
     let syn = flags & TCP_SYN != 0;
     if syn { flags & (TCP_FIN | TCP_RST) == 0 } else { flags & (TCP_ACK | TCP_RST) != 0 }
 }
@@ -245,9 +245,6 @@ pub fn transport(ctx: &XdpContext, ip: &Ipv4) -> Result<Packet, Counter> {
         let header = usize::from(offset_byte >> 4) * 4;
         if header < 20 || ihl + header > usize::from(tot_len) {
             return Err(BAD);
-        }
-        if !tcp_flags_valid(flags) {
-            return Err(Counter::DropTcpFlags);
         }
         tcp_flags = flags;
         (tcp.cast(), tcp.cast::<u8>().wrapping_add(16).cast())

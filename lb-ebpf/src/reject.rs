@@ -193,10 +193,12 @@ pub fn tcp_reset(
 pub fn no_backend(ctx: &XdpContext, pkt: &Packet, here: Here) -> Result<Verdict, Counter> {
     let answered = if pkt.flow.proto == PROTO_TCP {
         tcp_reset(ctx, pkt, Counter::RejectTcp, here)
-    } else {
+    } else if plain_header(pkt) {
         permit(pkt, To::Client, here).and_then(|()| {
             icmp_error(ctx, pkt, pkt.flow.dst, Unreachable::Port, Counter::RejectUdp)
         })
+    } else {
+        Err(Counter::DropNoBackend)
     };
     answered.map_err(|c| if refused(c) { c } else { Counter::DropNoBackend })
 }
@@ -217,7 +219,7 @@ pub fn frag_needed(
 ) -> Result<Verdict, Counter> {
     // SAFETY: parse bounds-checked the IPv4 header.
     let dont_fragment = unsafe { (*pkt.ip).frag_off[0] } & 0x40 != 0;
-    if !dont_fragment {
+    if !dont_fragment || !plain_header(pkt) {
         return Err(Counter::DropTooBig);
     }
     permit(pkt, to, here)?;
@@ -239,6 +241,14 @@ enum Unreachable {
     Port,
     /// Fragmentation needed and DF set, with the next hop's MTU (RFC 1191).
     FragNeeded(u16),
+}
+
+/// Whether `pkt` has a plain 20-byte IPv4 header, the only kind `icmp_error`
+/// answers: checked before an answer takes from the budget.
+#[inline(always)]
+fn plain_header(pkt: &Packet) -> bool {
+    // SAFETY: parse bounds-checked the IPv4 header.
+    unsafe { (*pkt.ip).version_ihl == 0x45 }
 }
 
 /// Replaces a packet with the ICMP destination unreachable that `from`

@@ -380,6 +380,20 @@ fn add_neighbours(n: &str) {
     }
 }
 
+/// Pins the calling thread to the CPU it runs on now.
+fn pin_to_this_cpu() {
+    // SAFETY: sched_getcpu has no arguments; cpu_set_t is plain data,
+    // zeroed then filled by the CPU_* helpers, and outlives the call.
+    unsafe {
+        let cpu = usize::try_from(libc::sched_getcpu())
+            .unwrap_or_else(|_| panic!("sched_getcpu: {}", std::io::Error::last_os_error()));
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let rc = libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set);
+        assert_eq!(rc, 0, "sched_setaffinity: {}", std::io::Error::last_os_error());
+    }
+}
+
 pub fn mac_str(mac: Mac) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
@@ -402,7 +416,12 @@ impl Loaded {
     }
 
     /// Loaded with the data plane's clock running, as under a controller.
+    /// The calling thread stays on the CPU it is on from here: the flow
+    /// cache, next-hop cache and answer budget are per CPU, and a test that
+    /// fills one with a packet and reads it with the next must not see the
+    /// scheduler move it to another CPU in between.
     pub fn with_running_clock(conntrack_max: u32) -> Self {
+        pin_to_this_cpu();
         let config = config::parse(&config()).expect("fixture config");
         let maps = KernelMaps::load(EBPF_OBJECT, conntrack_max, &config.dataplane.interfaces)
             .unwrap_or_else(|e| panic!("loading the program: {e}"));

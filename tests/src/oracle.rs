@@ -736,13 +736,12 @@ impl Oracle {
             return;
         }
         let (Accepted::Sent(sent) | Accepted::SlowPath(sent)) = accepted else { return };
-        let Translation::FirstFragment(offered) = t else { return };
-        // What was sent names the backend; an answer ("fragmentation
-        // needed") does not, and the decision stands all the same.
-        let inner = match sent {
-            Translation::FirstFragment(inner) => inner.as_ref(),
-            _ => offered.as_ref(),
-        };
+        let Translation::FirstFragment(_) = t else { return };
+        // What was sent names the backend. A first fragment answered
+        // instead ("fragmentation needed": one forged with DF) went
+        // nowhere, and leaves no decision for the fragments after it.
+        let Translation::FirstFragment(inner) = sent else { return };
+        let inner = inner.as_ref();
         let follow = match inner {
             Translation::ToBackend { backends } => {
                 backends.iter().map(|&(a, _)| Follow::ToBackend(a)).collect()

@@ -189,3 +189,57 @@ fn fragments_without_their_first() {
         );
     });
 }
+
+/// The kernel's path for out-of-order fragments has no edge checks of its
+/// own: the data plane makes them before it passes anything. The loop
+/// datagram `web2:5353 -> VIP:53` (web2 is the dns service's backend) in
+/// fragments, its later one first, makes no entry and its first is refused
+/// as any such datagram; a client's address arriving from the backend side
+/// makes no entry either, so the same datagram from the client side later
+/// is placed by XDP, not handed to the kernel.
+#[test]
+fn out_of_order_fragments_pass_the_edge_checks_first() {
+    let ns = FixtureNs::create("lbt-frag");
+    in_ns(&ns.name, || {
+        let mut loaded = Loaded::new(4096);
+        let mut looping = Ipv4::udp((WEB2, 5353), (VIP, 53), &payload());
+        looping.frag_off = 0;
+        let parts = frames(&fragments(&looping, CHUNK), IF_CLIENT_MAC, CLIENT_MAC);
+        let out = run(
+            &mut loaded,
+            "the loop's later fragment",
+            &parts[2],
+            IF_CLIENT,
+            (XDP_DROP, Counter::DropFragment),
+        );
+        assert_eq!(out, parts[2], "left as it came");
+        run(
+            &mut loaded,
+            "the loop's first fragment",
+            &parts[0],
+            IF_CLIENT,
+            (XDP_DROP, Counter::DropBackendPortToVip),
+        );
+
+        let mut query = Ipv4::udp((CLIENT, 48_053), (VIP, 53), &payload());
+        query.frag_off = 0;
+        let from_client = frames(&fragments(&query, CHUNK), IF_CLIENT_MAC, CLIENT_MAC);
+        let from_backend_side = frames(&fragments(&query, CHUNK), IF_BACKEND_MAC, WEB_MACS[0]);
+        run(
+            &mut loaded,
+            "a client's later fragment from the backend side",
+            &from_backend_side[2],
+            IF_BACKEND,
+            (XDP_DROP, Counter::DropReversePath),
+        );
+        let forwarded = (XDP_REDIRECT, Counter::Redirect);
+        run(
+            &mut loaded,
+            "then its first from the client side",
+            &from_client[0],
+            IF_CLIENT,
+            forwarded,
+        );
+        run(&mut loaded, "and its last", &from_client[2], IF_CLIENT, forwarded);
+    });
+}

@@ -281,7 +281,9 @@ fn a_datagram_larger_than_the_path_is_fragmented_and_echoed_whole() {
         topo.set_client_link_mtu(3400);
     });
     let client = lab.topo.client();
-    let watched = [Counter::FragNeeded, Counter::DropFragment, Counter::Redirect];
+    let watched = [Counter::FragNeeded, Counter::PassFragmentToKernel, Counter::Redirect];
+    let count = |c| counters::get(&lab.pin_dir, c);
+    let before = (count(Counter::Redirect), count(Counter::PassFragmentToKernel));
     let results = in_ns(&client, || {
         // Learn the path MTU first, as the test above shows.
         let learn = echo_socket(libc::IP_PMTUDISC_DO);
@@ -307,6 +309,15 @@ fn a_datagram_larger_than_the_path_is_fragmented_and_echoed_whole() {
         "3000-byte datagrams sent in fragments (path MTU 1500) should be echoed whole by the \
          backend: {results:?}; counters: {}",
         counter_line(&lab, &watched)
+    ); // In order, every fragment is XDP's: none went the kernel's way.
+    let after = (count(Counter::Redirect), count(Counter::PassFragmentToKernel));
+    assert!(
+        after.0 >= before.0 + 3 * 3 && after.1 == before.1,
+        "the fragments went through XDP (redirect {} -> {}), none to the kernel ({} -> {})",
+        before.0,
+        after.0,
+        before.1,
+        after.1
     );
 }
 

@@ -52,6 +52,10 @@ pub enum Refusal {
     /// Direct routing: the backend expects the VIP as destination, which
     /// only a frame sent to its MAC address keeps; not done here.
     DirectRouting,
+    /// The source is a VIP or a backend's address: no client sends from
+    /// there (sent on, backends would answer each other, the loop the data
+    /// plane refuses as `drop_backend_port_to_vip` and `drop_source_vip`).
+    OursAsSource,
 }
 
 /// The backend `id` if it is in use, serves `service_id` on the flow's VIP
@@ -75,6 +79,13 @@ fn usable(p: &Placement, id: u32, service_id: u32, flow: &Flow) -> Option<Backen
 /// their backend list): a backend the scheduler would give such a flow too,
 /// in its share, and the flow's later datagrams follow the entry written.
 pub fn place(p: &Placement, flow: &Flow, conn: Option<Conn>) -> Result<Target, Refusal> {
+    // The data plane checked the source before passing the fragments on;
+    // this is the last word before a socket sends from it.
+    let ours = p.services.keys().any(|s| s.addr == flow.src)
+        || p.backends.values().any(|b| b.flags & BACKEND_IN_USE != 0 && b.addr == flow.src);
+    if ours {
+        return Err(Refusal::OursAsSource);
+    }
     let known = conn.and_then(|c| {
         let backend = usable(p, c.backend_id, c.service_id, flow)?;
         Some(Target {
@@ -155,6 +166,15 @@ mod tests {
 
     fn conn(backend_id: u32) -> Conn {
         Conn { backend_id, service_id: 7, last_seen: 0, state: CONN_UDP, _pad: [0; 3] }
+    }
+
+    #[test]
+    fn a_vip_or_a_backend_as_source_is_refused() {
+        let p = placement(SCHED_MAGLEV);
+        for src in [VIP, [10, 77, 2, 11], [10, 77, 2, 12]] {
+            let f = Flow { src, ..flow(5353) };
+            assert_eq!(place(&p, &f, None), Err(Refusal::OursAsSource), "{src:?}");
+        }
     }
 
     #[test]
