@@ -75,7 +75,7 @@ pub fn forward(
         unsafe { nat::rewrite(pkt, side, target.addr, target.port) };
     }
     // SAFETY: pkt.eth was bounds-checked by parse.
-    Ok(unsafe { send(ctx, pkt.eth.cast(), hop) })
+    Ok(unsafe { send(pkt.eth.cast(), hop, here) })
 }
 
 /// What the FIB is asked: the packet's addresses and ports as it will leave.
@@ -94,8 +94,7 @@ pub struct Query {
 /// # Safety
 /// `eth` points at a bounds-checked Ethernet header.
 #[inline(always)]
-pub unsafe fn send(ctx: &XdpContext, eth: *mut u8, hop: Hop) -> Verdict {
-    let ingress = ctx.ingress_ifindex() as u32;
+pub unsafe fn send(eth: *mut u8, hop: Hop, here: Here) -> Verdict {
     let hop = match hop {
         Hop::Resolved(hop) => hop,
         // SAFETY: the caller guarantees the Ethernet header.
@@ -109,7 +108,7 @@ pub unsafe fn send(ctx: &XdpContext, eth: *mut u8, hop: Hop) -> Verdict {
     };
     // SAFETY: the caller guarantees the Ethernet header.
     unsafe { write_macs(eth, &hop) };
-    if hop.ifindex == ingress {
+    if hop.ifindex == here.ingress {
         return Verdict { action: xdp_action::XDP_TX, counter: Counter::Tx };
     }
     match LB_TX_PORTS.redirect(hop.tx_slot, 0) {

@@ -159,7 +159,7 @@ fn to_backend(
         rewrite_quote(m, QUOTE_SRC, QUOTE_SPORT, backend.addr, backend.port);
     }
     // SAFETY: parse checked the Ethernet header; nothing resized the frame.
-    let sent = unsafe { fwd::send(ctx, pkt.eth.cast(), hop) };
+    let sent = unsafe { fwd::send(pkt.eth.cast(), hop, here) };
     Ok(Verdict { action: sent.action, counter: Counter::IcmpToBackend })
 }
 
@@ -184,7 +184,7 @@ fn to_client(
     rewrite_outer(o, SRC, real.vip);
     rewrite_quote(m, QUOTE_DST, QUOTE_DPORT, real.vip, real.vport);
     // SAFETY: parse checked the Ethernet header; nothing resized the frame.
-    let sent = unsafe { fwd::send(ctx, pkt.eth.cast(), hop) };
+    let sent = unsafe { fwd::send(pkt.eth.cast(), hop, here) };
     Ok(Verdict { action: sent.action, counter: Counter::IcmpToClient })
 }
 
