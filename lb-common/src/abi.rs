@@ -7,7 +7,7 @@
 
 /// Bumped whenever a map layout below changes; stored in `lb_meta` so that a
 /// controller can tell whether pinned maps were written by a compatible build.
-pub const ABI_VERSION: u32 = 15;
+pub const ABI_VERSION: u32 = 16;
 
 /// Capacity of the service table (and of each per-service array).
 pub const MAX_SERVICES: u32 = 256;
@@ -265,6 +265,12 @@ pub const ADDR_VIP: u8 = 1;
 /// this slot. A packet whose destination is no VIP and whose source is no
 /// such backend is passed after the IPv4 header, two array reads.
 pub const ADDR_REAL: u8 = 2;
+/// `lb_addrs` flag: some backend, NAT or direct routing, falls in this slot.
+/// Only the rare paths ask (an answer about to be sent, a reply to such an
+/// address), and a hit is confirmed in `lb_backend_addrs`: one array read
+/// tells the common case (no backend in the slot) that no hash lookup is
+/// needed.
+pub const ADDR_BACKEND: u8 = 4;
 
 /// The `lb_addrs` slot of an IPv4 address: both halves folded together, so
 /// addresses that differ only in their network part still spread. Read in

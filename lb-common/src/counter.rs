@@ -135,6 +135,12 @@ counters! {
     /// An answer not sent because of where it would go: to a backend's
     /// address, a martian or a VIP. The packet is dropped.
     DropAnswerForbidden = "drop_answer_forbidden",
+    /// A backend's reply whose destination is a VIP or a backend's address
+    /// (`src=web1:8080 dst=web2:5353`): not rewritten, dropped. Rewritten, it
+    /// would let anyone on the backend side send "from the VIP" to a
+    /// backend, which trusts the VIP's clients' traffic; a backend as a
+    /// client of a VIP gets no reply either.
+    DropReplyToOurs = "drop_reply_to_ours",
 }
 
 impl Counter {

@@ -8,9 +8,9 @@ use std::{
 };
 
 use lb_common::abi::{
-    self, ADDR_REAL, ADDR_VIP, BACKEND_DOWN, BACKEND_DSR, BACKEND_IN_USE, Endpoint, MAGLEV_SIZE,
-    MAX_BACKENDS, MAX_SERVICES, NO_BACKEND, REAL_SLOT_SHARED, SCHED_LC, SCHED_MAGLEV, SCHED_RR,
-    SCHED_SH, SCHED_WRR, SVC_REJECT, addr_slot, real_slot,
+    self, ADDR_BACKEND, ADDR_REAL, ADDR_VIP, BACKEND_DOWN, BACKEND_DSR, BACKEND_IN_USE, Endpoint,
+    MAGLEV_SIZE, MAX_BACKENDS, MAX_SERVICES, NO_BACKEND, REAL_SLOT_SHARED, SCHED_LC, SCHED_MAGLEV,
+    SCHED_RR, SCHED_SH, SCHED_WRR, SVC_REJECT, addr_slot, real_slot,
 };
 use rustc_hash::{FxHashMap, FxHashSet};
 
@@ -48,6 +48,8 @@ pub struct Image {
     pub backends: BTreeMap<u32, abi::Backend>,
     pub reals: BTreeMap<Endpoint, abi::Real>,
     pub vips: BTreeMap<[u8; 4], u32>,
+    /// Backend address -> number of backends on it, NAT and direct routing.
+    pub backend_addrs: BTreeMap<[u8; 4], u32>,
     /// Non-zero slots of the address pre-filter.
     pub addrs: BTreeMap<u32, u8>,
     /// Non-zero slots of the direct-mapped backend index.
@@ -61,6 +63,7 @@ pub enum Op {
     PutReal(Endpoint, abi::Real),
     PutMaglev(u32, Arc<Vec<u32>>),
     PutVip([u8; 4], u32),
+    PutBackendAddr([u8; 4], u32),
     /// Sets a pre-filter slot (0 clears it).
     PutAddrFlags(u32, u8),
     /// Sets a backend index slot (0 clears it).
@@ -68,6 +71,7 @@ pub enum Op {
     PutService(Endpoint, abi::Service),
     DelService(Endpoint),
     DelVip([u8; 4]),
+    DelBackendAddr([u8; 4]),
     ClearMaglev(u32),
     DelReal(Endpoint),
     ClearBackend(u32),
@@ -94,6 +98,12 @@ impl Image {
             }
             Op::PutVip(v, n) => {
                 let _ = self.vips.insert(*v, *n);
+            }
+            Op::PutBackendAddr(a, n) => {
+                let _ = self.backend_addrs.insert(*a, *n);
+            }
+            Op::DelBackendAddr(a) => {
+                let _ = self.backend_addrs.remove(a);
             }
             Op::PutAddrFlags(slot, 0) => {
                 let _ = self.addrs.remove(slot);
@@ -287,6 +297,10 @@ pub fn image_cached(
                     weight,
                 },
             ));
+            // Every backend, whatever its forwarding: never answered, never
+            // the destination of a reply (see `Counter::DropReplyToOurs`).
+            *image.backend_addrs.entry(bkey.addr).or_insert(0) += 1;
+            *image.addrs.entry(addr_slot(bkey.addr)).or_insert(0) |= ADDR_BACKEND;
             // A direct-routing backend answers the client itself: nothing
             // comes back to rewrite.
             if !dsr {
@@ -396,7 +410,7 @@ fn gone<'a, K: Ord + Copy, V>(
 }
 
 /// The writes from `old` to `new`. Additions go bottom-up (backends, reverse
-/// entries, Maglev tables, VIPs, then the service entry that makes them
+/// entries, Maglev tables, backend addresses and VIPs, then the service entry that makes them
 /// reachable); removals go top-down, so no packet finds a dangling reference.
 /// A service's ring size never exceeds what its table fills (see below).
 pub fn diff(old: &Image, new: &Image) -> Vec<Op> {
@@ -443,6 +457,9 @@ pub fn diff(old: &Image, new: &Image) -> Vec<Op> {
             ops.push(Op::PutAddrFlags(slot, now | was));
         }
     }
+    ops.extend(
+        puts(&old.backend_addrs, &new.backend_addrs).map(|(a, n)| Op::PutBackendAddr(a, *n)),
+    );
     ops.extend(puts(&old.vips, &new.vips).map(|(vip, n)| Op::PutVip(vip, *n)));
     ops.extend(
         puts(&old.services, &new.services)
@@ -455,6 +472,8 @@ pub fn diff(old: &Image, new: &Image) -> Vec<Op> {
     ops.extend(gone(&old.reals, &new.reals).map(Op::DelReal));
     ops.extend(gone(&old.real_slots, &new.real_slots).map(|slot| Op::PutRealSlot(slot, 0)));
     ops.extend(gone(&old.backends, &new.backends).map(Op::ClearBackend));
+    // An address stays refused as long as a backend on it can be reached.
+    ops.extend(gone(&old.backend_addrs, &new.backend_addrs).map(Op::DelBackendAddr));
     // ...and lose bits only after what used them is gone.
     for (slot, was, now) in zip(&old.addrs, &new.addrs) {
         let (was, now) = (was.copied().unwrap_or(0), now.copied().unwrap_or(0));
@@ -512,6 +531,31 @@ pub(crate) mod tests {
         let flags = |last| image.addrs.get(&addr_slot([10, 77, 2, last])).copied().unwrap_or(0);
         assert_eq!(flags(21) & ADDR_REAL, ADDR_REAL, "the pre-filter lets NAT replies in");
         assert_eq!(flags(11) & ADDR_REAL, 0, "and not the direct-routing backends' traffic");
+        for last in [11, 12, 21] {
+            assert_eq!(flags(last) & ADDR_BACKEND, ADDR_BACKEND, "every backend may be one");
+            assert_eq!(image.backend_addrs.get(&[10, 77, 2, last]), Some(&1), "and is, exactly");
+        }
+        assert_eq!(image.backend_addrs.len(), 3);
+    }
+
+    /// An address that backs several services is counted once per backend,
+    /// and stays refused until the last of them is gone, after it.
+    #[test]
+    fn a_backend_address_stays_until_its_last_backend_is_gone() {
+        let web = service("web", 80, &[(11, 1)]);
+        let api = service("api", 81, &[(11, 1), (12, 1)]);
+        let (ids, both) = plan(&Ids::default(), &[web.clone(), api]);
+        assert_eq!(both.backend_addrs[&[10, 77, 2, 11]], 2);
+        let (ids, web_only) = plan(&ids, std::slice::from_ref(&web));
+        let ops = diff(&both, &web_only);
+        assert!(ops.contains(&Op::PutBackendAddr([10, 77, 2, 11], 1)), "{ops:?}");
+        let at = |wanted: &dyn Fn(&Op) -> bool| ops.iter().position(wanted).unwrap();
+        let del = at(&|op| *op == Op::DelBackendAddr([10, 77, 2, 12]));
+        assert!(at(&|op| matches!(op, Op::DelService(_))) < del, "after the service is gone");
+        assert!(at(&|op| matches!(op, Op::ClearBackend(_))) < del, "and its backends");
+        let (_, none) = plan(&ids, &[]);
+        assert!(diff(&web_only, &none).contains(&Op::DelBackendAddr([10, 77, 2, 11])));
+        assert!(none.backend_addrs.is_empty());
     }
 
     #[test]
@@ -615,6 +659,7 @@ pub(crate) mod tests {
                 Op::PutReal(..) => "real",
                 Op::PutMaglev(..) => "maglev",
                 Op::PutVip(..) => "vip",
+                Op::PutBackendAddr(..) => "backend addr",
                 Op::PutAddrFlags(..) => "addrs",
                 Op::PutRealSlot(..) => "real slot",
                 Op::PutService(..) => "service",
@@ -640,6 +685,10 @@ pub(crate) mod tests {
                 "addrs",
                 "addrs",
                 "addrs",
+                // Both backends' addresses: refused as answers' and replies'
+                // destinations before the service can reach them.
+                "backend addr",
+                "backend addr",
                 "vip",
                 "service"
             ]
@@ -700,6 +749,8 @@ pub(crate) mod tests {
                     Op::PutRealSlot(_, 0),
                     Op::ClearBackend(0),
                     Op::ClearBackend(1),
+                    Op::DelBackendAddr([10, 77, 2, 11]),
+                    Op::DelBackendAddr([10, 77, 2, 12]),
                     // The VIP's and both backends' pre-filter slots.
                     Op::PutAddrFlags(_, 0),
                     Op::PutAddrFlags(_, 0),

@@ -27,15 +27,15 @@ use aya_ebpf::{
 };
 use lb_common::{
     abi::{
-        ADDR_REAL, ADDR_VIP, BACKEND_DOWN, BACKEND_DSR, NEIGH_MARK_MAGIC, NeighMark, PROTO_ICMP,
-        PROTO_TCP, SVC_REJECT, TCP_ACK, TCP_SYN,
+        ADDR_BACKEND, ADDR_REAL, ADDR_VIP, BACKEND_DOWN, BACKEND_DSR, NEIGH_MARK_MAGIC, NeighMark,
+        PROTO_ICMP, PROTO_TCP, SVC_REJECT, TCP_ACK, TCP_SYN,
     },
     counter::Counter,
 };
 
 use crate::{
     fwd::Target,
-    maps::{LB_BE_STATS, LB_COUNTERS, LB_SVC_STATS, LB_VIPS},
+    maps::{LB_BACKEND_ADDRS, LB_BE_STATS, LB_COUNTERS, LB_SVC_STATS, LB_VIPS},
     nat::Side,
     parse::Frag,
     select::{Here, Known},
@@ -72,7 +72,8 @@ impl Verdict {
             | Counter::DropReversePath
             | Counter::DropLinkGroup
             | Counter::DropTcpFlags
-            | Counter::DropDsrNotOnLink => xdp_action::XDP_DROP,
+            | Counter::DropDsrNotOnLink
+            | Counter::DropReplyToOurs => xdp_action::XDP_DROP,
             _ => xdp_action::XDP_PASS,
         };
         Self { action, counter }
@@ -203,6 +204,7 @@ fn to_client(
     };
     // Before the reply may move its connection's state (a forged FIN or RST).
     fwd::arrived_from(ctx, pkt, pkt.flow.src, here)?;
+    reply_to_ours(pkt)?;
     expire_check(pkt)?;
     select::backend_closes(&pkt.flow, &real, pkt.tcp_flags, here);
     let target = Target { rewrite: Some(Side::Source), addr: real.vip, port: real.vport };
@@ -214,6 +216,29 @@ fn to_client(
     select::account(&LB_SVC_STATS, real.service_id, pkt.tot_len, false, false);
     select::account(&LB_BE_STATS, real.backend_id, pkt.tot_len, false, false);
     Ok(Some(verdict))
+}
+
+/// A backend's reply goes back to a client, never to one of ours: to a
+/// backend's address (NAT or direct routing) it would be rewritten into a
+/// packet "from the VIP" that anyone on the backend side could have a
+/// backend receive. Checked where it arrived from first (a reply on the
+/// wrong side is `drop_reverse_path`), then before it may move any state. An
+/// ordinary reply pays one prefilter array read; only an address flagged
+/// `ADDR_BACKEND` (a direct-routing backend's included: it sends no
+/// replies through us, so its address is rarely a reply's destination)
+/// pays the exact lookup. A VIP never gets here: `process` refuses a
+/// backend's service endpoint sending to a VIP first
+/// (`drop_backend_port_to_vip`), and a destination of the load balancer's
+/// own is the kernel's (`pass_local`).
+#[inline(always)]
+fn reply_to_ours(pkt: &parse::Packet) -> Result<(), Counter> {
+    let dst = pkt.flow.dst;
+    // SAFETY: the value is not read.
+    if select::addr_flags(dst) & ADDR_BACKEND != 0 && unsafe { LB_BACKEND_ADDRS.get(dst).is_some() }
+    {
+        return Err(Counter::DropReplyToOurs);
+    }
+    Ok(())
 }
 
 /// TTL <= 1: the kernel must answer (ICMP time exceeded), not us.

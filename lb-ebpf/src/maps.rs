@@ -52,10 +52,10 @@ pub static LB_REALS: HashMap<Endpoint, Real, { 2 * MAX_BACKENDS as usize }> = Ha
 #[btf_map(name = "lb_flow_cache")]
 pub static LB_FLOW_CACHE: Array<FlowCacheEntry, { FLOW_CACHE_SLOTS as usize }> = Array::new();
 
-/// Address pre-filter: `addr_slot(addr)` -> `ADDR_VIP` | `ADDR_REAL`. An
-/// array lookup (inlined by the verifier) for each of the destination and
-/// the source lets most packets that are not ours pass without a single
-/// hash lookup; a hit is confirmed by the exact maps.
+/// Address pre-filter: `addr_slot(addr)` -> `ADDR_VIP` | `ADDR_REAL` |
+/// `ADDR_BACKEND`. An array lookup (inlined by the verifier) for each of
+/// the destination and the source lets most packets that are not ours pass
+/// without a single hash lookup; a hit is confirmed by the exact maps.
 #[btf_map(name = "lb_addrs")]
 pub static LB_ADDRS: Array<u8, { ADDR_FILTER_SIZE as usize }> = Array::new();
 
@@ -94,6 +94,12 @@ pub static LB_FRAGS: LruHashMap<FragKey, FragEntry, { MAX_FRAGS as usize }> = Lr
 /// VIP -> number of services on it; tells a fragment addressed to a VIP apart.
 #[btf_map(name = "lb_vips")]
 pub static LB_VIPS: HashMap<[u8; 4], u32, { 2 * MAX_SERVICES as usize }> = HashMap::new();
+
+/// Backend address -> number of backends on it (NAT and direct routing, all
+/// services): who is a backend for sure, where the prefilter's
+/// `ADDR_BACKEND` only says who may be. Never answered, never sent a reply.
+#[btf_map(name = "lb_backend_addrs")]
+pub static LB_BACKEND_ADDRS: HashMap<[u8; 4], u32, { 2 * MAX_BACKENDS as usize }> = HashMap::new();
 
 /// The connection table; `lb-ctl` sizes it from `dataplane.conntrack_max`.
 #[btf_map(name = "lb_conntrack")]

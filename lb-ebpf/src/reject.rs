@@ -15,14 +15,14 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    abi::{ADDR_REAL, ADDR_VIP, PROTO_ICMP, PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    abi::{ADDR_BACKEND, ADDR_VIP, PROTO_ICMP, PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     counter::Counter,
     csum,
 };
 
 use crate::{
     Verdict,
-    maps::{LB_ANSWERS, LB_POLICY},
+    maps::{LB_ANSWERS, LB_BACKEND_ADDRS, LB_POLICY, LB_VIPS},
     parse::{ETH_LEN, EthHdr, Packet, ptr_at},
     select::{self, Here},
 };
@@ -80,16 +80,24 @@ pub enum To {
 
 /// Whether an answer to `pkt` may be sent, and takes it from this CPU's
 /// budget for the tick. Refused: a source that is a martian or a VIP (never
-/// a client), a backend's address when the answer is for a client (a forged
-/// client that is one of ours), and anything past the budget. (A frame sent
-/// to a link-layer group address never gets here: `drop_link_group`.)
+/// a client), a backend's address, NAT or direct routing, when the answer
+/// is for a client (a forged client that is one of ours), and anything past
+/// the budget. (A frame sent to a link-layer group address never gets here:
+/// `drop_link_group`.) The prefilter's flags say who may be a VIP or a
+/// backend, the exact maps who is: an address that only shares their slot
+/// is a client like any other, and gets its answer. Only a prefilter hit
+/// pays for a hash lookup, and answers are rare anyway.
 #[inline(always)]
 pub fn permit(pkt: &Packet, to: To, here: Here) -> Result<(), Counter> {
     let dst = pkt.flow.src;
     let martian = dst[0] == 0 || dst[0] == 127 || dst[0] >= 224;
     let flags = select::addr_flags(dst);
-    let ours = flags & ADDR_VIP != 0 || (to == To::Client && flags & ADDR_REAL != 0);
-    if martian || ours {
+    // SAFETY (both): the value is not read.
+    let vip = flags & ADDR_VIP != 0 && unsafe { LB_VIPS.get(dst).is_some() };
+    let backend = to == To::Client
+        && flags & ADDR_BACKEND != 0
+        && unsafe { LB_BACKEND_ADDRS.get(dst).is_some() };
+    if martian || vip || backend {
         return Err(Counter::DropAnswerForbidden);
     }
     let limit = LB_POLICY.get(0).map_or(0, |l| l.answers_per_tick);

@@ -587,11 +587,8 @@ impl Oracle {
                 if p.tcp_flags & TCP_RST != 0 {
                     return Err("no usable backend, and a reset is not answered");
                 }
-                // questioned: DESIGN.md says an answer never goes to a
-                // backend; the program refuses only NAT backends' addresses
-                // (its address filter flags no direct-routing backend), so
-                // a direct-routing backend's address is answered.
-                if self.nat_backends.contains(&p.src) {
+                // An answer never goes to a backend, NAT or direct routing.
+                if self.backends.contains(&p.src) {
                     return Err("no usable backend, and a backend's address is never answered");
                 }
                 let answer = if p.proto == PROTO_TCP {
@@ -612,6 +609,11 @@ impl Oracle {
         }
         let (vip, port) =
             reply_of.ok_or("neither to a VIP nor from a NAT backend's service endpoint")?;
+        // Replies go to clients: one to a backend's address would reach it
+        // "from the VIP" (a VIP as the destination is refused above).
+        if self.backends.contains(&p.dst) {
+            return Err("a backend's reply to a backend's address");
+        }
         Ok(vec![Translation::FromBackend { vip, port }])
     }
 
@@ -1024,11 +1026,11 @@ impl Oracle {
         if p.ihl != 20 {
             return Err(Mismatch("too big, with IPv4 options: not answered".into()));
         }
-        // questioned: a direct-routing backend's address is answered (see
-        // `whole_translations`).
+        // A backend's reply is answered ("fragmentation needed" to the
+        // backend that sent it); a client's packet from any backend's
+        // address, NAT or direct routing, is not.
         if let Some(why) = self.forbidden_destination(p.src)
             && !(to_backend && why == "a backend")
-            && why != "a direct-routing backend"
         {
             return Err(Mismatch(format!("too big, and its source is {why}")));
         }

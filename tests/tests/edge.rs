@@ -10,7 +10,7 @@ use lb_common::counter::Counter;
 use lb_ctl::model::ReversePath;
 use lb_tests::{
     fixture::*,
-    netns::in_ns,
+    netns::{in_ns, ns_sh},
     packet::{
         self, ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED, Ipv4, L4, Mac, TCP_ACK, TCP_SYN, icmp_error,
         quote,
@@ -707,9 +707,15 @@ fn a_vips_slot_twin_is_not_taken_for_the_vip() {
 
 /// The reset `VIP_REJECTING:80` sends a SYN from `CLIENT:port`.
 fn loaded_reset(port: u16) -> Vec<u8> {
+    reset_to(CLIENT, port)
+}
+
+/// The reset `VIP_REJECTING:80` sends a SYN from `client:port` (on the
+/// client side, through `CLIENT_MAC`).
+fn reset_to(client: Ipv4Addr, port: u16) -> Vec<u8> {
     let mut reset = Ipv4::new(
         VIP_REJECTING,
-        CLIENT,
+        client,
         L4::Tcp {
             sport: 80,
             dport: port,
@@ -722,4 +728,102 @@ fn loaded_reset(port: u16) -> Vec<u8> {
     );
     reset.id = 0;
     reset.frame(CLIENT_MAC, IF_CLIENT_MAC)
+}
+
+/// Who is a backend is known exactly (`lb_backend_addrs`), not by the
+/// address prefilter's word: a direct-routing backend's address, which the
+/// prefilter's `ADDR_REAL` does not flag, gets no answer; a client whose
+/// address only shares a backend's prefilter slot gets its reset and its
+/// "fragmentation needed".
+#[test]
+fn answers_know_backends_exactly() {
+    let ns = FixtureNs::create("lbt-edge");
+    // A client behind the client side's router whose address shares web1's
+    // slot in the prefilter.
+    let slot = lb_common::abi::addr_slot(WEB1.octets());
+    let twin = (0..=255_u8)
+        .flat_map(|a| (0..=255_u8).map(move |b| Ipv4Addr::new(10, 88, a, b)))
+        .find(|t| lb_common::abi::addr_slot(t.octets()) == slot)
+        .expect("an address sharing web1's slot");
+    let route = format!("{twin}/32");
+    ns_sh(&ns.name, &["ip", "route", "add", &route, "via", &CLIENT.to_string(), "dev", IF_CLIENT]);
+    in_ns(&ns.name, move || {
+        let mut loaded = Loaded::new(4096);
+        let dsr_mac = [0x02, 0, 0, 0, 0x02, 0x33];
+        let from_dsr_backend =
+            Ipv4::tcp((DSR_NO_NEIGH_BACKEND, 46_000), (VIP_REJECTING, 80), TCP_SYN, b"");
+        check(
+            &mut loaded,
+            "a direct-routing backend's address to a rejecting service",
+            (&from_backend_side(&from_dsr_backend, dsr_mac), IF_BACKEND),
+            XDP_DROP,
+            Counter::DropAnswerForbidden,
+            None,
+        );
+        let syn = Ipv4::tcp((twin, 46_001), (VIP_REJECTING, 80), TCP_SYN, b"");
+        check(
+            &mut loaded,
+            &format!("{twin}, web1's slot twin, to a rejecting service"),
+            (&from_client_side(&syn, CLIENT_MAC), IF_CLIENT),
+            XDP_TX,
+            Counter::RejectTcp,
+            Some(&reset_to(twin, 46_001)),
+        );
+        let big = vec![0x42; usize::from(BACKEND_SIDE_MTU) - 40 + 1];
+        let request = Ipv4::tcp((twin, 46_002), (VIP, 80), TCP_ACK, &big);
+        let mtu = u32::from(BACKEND_SIDE_MTU).to_be_bytes();
+        let expected = icmp_error(VIP, twin, FRAG_NEEDED, mtu, &quote(&request));
+        check(
+            &mut loaded,
+            &format!("{twin}, web1's slot twin, too big for the backend side"),
+            (&from_client_side(&request, CLIENT_MAC), IF_CLIENT),
+            XDP_TX,
+            Counter::FragNeeded,
+            Some(&expected.frame(CLIENT_MAC, IF_CLIENT_MAC)),
+        );
+    });
+}
+
+/// A backend's reply goes to a client, never to one of ours: rewritten,
+/// `web1:8080 -> web2:5353` would reach web2 "from the VIP". Dropped
+/// before it moves any state, to a NAT backend's address and to a
+/// direct-routing one's alike; one to a VIP is a backend's service
+/// endpoint sending to a VIP.
+#[test]
+fn replies_to_our_own_addresses_are_dropped() {
+    let ns = FixtureNs::create("lbt-edge");
+    in_ns(&ns.name, || {
+        let mut loaded = Loaded::new(4096);
+        for (what, dst) in [
+            ("web2:5353, a NAT backend", (WEB2, 5353)),
+            ("10.77.2.51:82, a direct-routing backend only", (DSR_NO_NEIGH_BACKEND, 82)),
+            ("web1 itself", (WEB1, 40_000)),
+        ] {
+            let reply = Ipv4::tcp((WEB1, 8080), dst, TCP_ACK, b"from the VIP?");
+            check(
+                &mut loaded,
+                &format!("web1:8080's reply to {what}"),
+                (&from_backend_side(&reply, WEB_MACS[0]), IF_BACKEND),
+                XDP_DROP,
+                Counter::DropReplyToOurs,
+                None,
+            );
+        }
+        let to_vip = Ipv4::tcp((WEB1, 8080), (VIP, 9999), TCP_ACK, b"from the VIP?");
+        check(
+            &mut loaded,
+            "web1:8080's reply to VIP:9999",
+            (&from_backend_side(&to_vip, WEB_MACS[0]), IF_BACKEND),
+            XDP_DROP,
+            Counter::DropBackendPortToVip,
+            None,
+        );
+        // A client's reply still goes through.
+        let client = (CLIENT, 46_100);
+        let syn = Ipv4::tcp(client, (VIP, 80), TCP_SYN, b"");
+        assert_eq!(loaded.run(&from_client_side(&syn, CLIENT_MAC), IF_CLIENT).action, XDP_REDIRECT);
+        let (sent, _) = web_reply(client);
+        let out = loaded.run(&from_backend_side(&sent, WEB_MACS[0]), IF_BACKEND);
+        assert_eq!(action_name(out.action), "XDP_REDIRECT", "an ordinary reply goes through");
+    });
 }

@@ -44,6 +44,7 @@ pub struct KernelMaps {
     backends: Array<MapData, lb_common::abi::Backend>,
     reals: HashMap<MapData, Endpoint, lb_common::abi::Real>,
     vips: HashMap<MapData, [u8; 4], u32>,
+    backend_addrs: HashMap<MapData, [u8; 4], u32>,
     addrs: Array<MapData, u8>,
     real_slots: Array<MapData, u32>,
     epoch: Array<MapData, EpochClock>,
@@ -254,6 +255,7 @@ impl KernelMaps {
             backends: typed(&mut ebpf, "lb_backends")?,
             reals: typed(&mut ebpf, "lb_reals")?,
             vips: typed(&mut ebpf, "lb_vips")?,
+            backend_addrs: typed(&mut ebpf, "lb_backend_addrs")?,
             addrs: typed(&mut ebpf, "lb_addrs")?,
             real_slots: typed(&mut ebpf, "lb_real_slots")?,
             epoch,
@@ -529,6 +531,10 @@ impl Maps for KernelMaps {
             let (vip, count) = entry.map_err(err("reading lb_vips"))?;
             image.vips.insert(vip, count);
         }
+        for entry in &self.backend_addrs {
+            let (addr, count) = entry.map_err(err("reading lb_backend_addrs"))?;
+            image.backend_addrs.insert(addr, count);
+        }
         for (slot, flags) in (0..).zip(self.addrs.iter()) {
             let flags = flags.map_err(err("reading lb_addrs"))?;
             if flags != 0 {
@@ -673,6 +679,12 @@ impl Maps for KernelMaps {
             }
             Op::PutVip(v, n) => self.vips.insert(v, n, 0).map_err(err("writing lb_vips")),
             Op::DelVip(v) => deleted(self.vips.remove(v), "deleting from lb_vips"),
+            Op::PutBackendAddr(a, n) => {
+                self.backend_addrs.insert(a, n, 0).map_err(err("writing lb_backend_addrs"))
+            }
+            Op::DelBackendAddr(a) => {
+                deleted(self.backend_addrs.remove(a), "deleting from lb_backend_addrs")
+            }
             Op::PutService(k, s) => {
                 self.services.insert(k, s, 0).map_err(err("writing lb_services"))
             }
