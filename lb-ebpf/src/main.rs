@@ -35,7 +35,7 @@ use lb_common::{
 
 use crate::{
     fwd::Target,
-    maps::{LB_BACKEND_ADDRS, LB_BE_STATS, LB_COUNTERS, LB_SVC_STATS, LB_VIPS},
+    maps::{LB_BACKEND_ADDRS, LB_BE_STATS, LB_CONNTRACK, LB_COUNTERS, LB_SVC_STATS, LB_VIPS},
     nat::Side,
     parse::Frag,
     select::{Here, Known},
@@ -204,7 +204,7 @@ fn to_client(
     };
     // Before the reply may move its connection's state (a forged FIN or RST).
     fwd::arrived_from(ctx, pkt, pkt.flow.src, here)?;
-    reply_to_ours(pkt)?;
+    reply_to_ours(pkt, &real)?;
     expire_check(pkt)?;
     select::backend_closes(&pkt.flow, &real, pkt.tcp_flags, here);
     let target = Target { rewrite: Some(Side::Source), addr: real.vip, port: real.vport };
@@ -226,19 +226,34 @@ fn to_client(
 /// ordinary reply pays one prefilter array read; only an address flagged
 /// `ADDR_BACKEND` (a direct-routing backend's included: it sends no
 /// replies through us, so its address is rarely a reply's destination)
-/// pays the exact lookup. A VIP never gets here: `process` refuses a
-/// backend's service endpoint sending to a VIP first
+/// pays the exact lookup. One exception: a backend that is itself a client
+/// of the VIP (from an ephemeral port) gets the replies of the flow it
+/// opened, which the connection table vouches for. A VIP never gets here:
+/// `process` refuses a backend's service endpoint sending to a VIP first
 /// (`drop_backend_port_to_vip`), and a destination of the load balancer's
 /// own is the kernel's (`pass_local`).
 #[inline(always)]
-fn reply_to_ours(pkt: &parse::Packet) -> Result<(), Counter> {
+fn reply_to_ours(pkt: &parse::Packet, real: &select::Reply) -> Result<(), Counter> {
     let dst = pkt.flow.dst;
     // SAFETY: the value is not read.
-    if select::addr_flags(dst) & ADDR_BACKEND != 0 && unsafe { LB_BACKEND_ADDRS.get(dst).is_some() }
+    if select::addr_flags(dst) & ADDR_BACKEND == 0 || unsafe { LB_BACKEND_ADDRS.get(dst).is_none() }
     {
-        return Err(Counter::DropReplyToOurs);
+        return Ok(());
     }
-    Ok(())
+    // The flow as the backend-client sent it, and whether it is on this backend.
+    let opened = lb_common::abi::Flow {
+        src: dst,
+        dst: real.vip,
+        sport: pkt.flow.dport,
+        dport: real.vport,
+        proto: pkt.flow.proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: copied out at once.
+    match unsafe { LB_CONNTRACK.get(opened).copied() } {
+        Some(conn) if conn.backend_id == real.backend_id => Ok(()),
+        _ => Err(Counter::DropReplyToOurs),
+    }
 }
 
 /// TTL <= 1: the kernel must answer (ICMP time exceeded), not us.

@@ -369,6 +369,11 @@ enum Sums {
 const ICMP_AT: usize = ETH + 20;
 const QUOTE_AT: usize = ICMP_AT + 8;
 
+/// An address and port.
+type Endpoint4 = (Ipv4Addr, u16);
+/// A flow as a client sends it: source address and port, VIP, port, protocol.
+type OpenedFlow = (Ipv4Addr, u16, Ipv4Addr, u16, u8);
+
 pub struct Oracle {
     /// By VIP, port and protocol.
     tables: BTreeMap<(Ipv4Addr, u16, u8), HashTable>,
@@ -382,6 +387,12 @@ pub struct Oracle {
     /// Where each first fragment the program sent went (`lb_frags` as the
     /// oracle saw it filled), so its later fragments are held to it.
     frags: RefCell<BTreeMap<FragKey, Vec<Follow>>>,
+    /// Flows a backend opened as a client of a VIP (source address and
+    /// port, VIP, port, protocol), with the backend they were sent to
+    /// (`None`: placed, but the packet was answered "fragmentation needed",
+    /// which names no backend): its replies may go back to that backend's
+    /// address.
+    opened: RefCell<BTreeMap<OpenedFlow, Option<Endpoint4>>>,
 }
 
 impl Oracle {
@@ -405,6 +416,7 @@ impl Oracle {
             ifindex_client: Loaded::ifindex(IF_CLIENT),
             ifindex_backend: Loaded::ifindex(IF_BACKEND),
             frags: RefCell::new(BTreeMap::new()),
+            opened: RefCell::new(BTreeMap::new()),
         }
     }
 
@@ -611,7 +623,13 @@ impl Oracle {
             reply_of.ok_or("neither to a VIP nor from a NAT backend's service endpoint")?;
         // Replies go to clients: one to a backend's address would reach it
         // "from the VIP" (a VIP as the destination is refused above).
-        if self.backends.contains(&p.dst) {
+        // Except a backend that is a client of the VIP: the replies of a
+        // flow it opened, as the program's connection table vouches (the
+        // program may also have lost the entry and drop them: unchanged is
+        // always accepted).
+        let opened = self.opened.borrow().get(&(p.dst, p.dport, vip, port, p.proto)).copied();
+        let vouched = matches!(opened, Some(None)) || opened == Some(Some((p.src, p.sport)));
+        if self.backends.contains(&p.dst) && !vouched {
             return Err("a backend's reply to a backend's address");
         }
         Ok(vec![Translation::FromBackend { vip, port }])
@@ -722,12 +740,75 @@ impl Oracle {
             match self.matches(t, input, ingress, action, output) {
                 Ok(accepted) => {
                     self.remember(input, t, &accepted);
+                    self.remember_opened(input, &accepted);
                     return Ok(accepted);
                 }
                 Err(m) => why.push(format!("not {}: {m}", t.name())),
             }
         }
         Err(why.join("; "))
+    }
+
+    /// For a backend's reply to a backend's address: the flow that backend
+    /// would have opened as a client of the VIP (as the program's
+    /// connection table keys it), the VIP and port, and the replying
+    /// backend. The random run asks the program's table whether the flow is
+    /// there, which the oracle cannot know (a packet placed and then not
+    /// sent, too big or unroutable, leaves an entry too).
+    #[must_use]
+    pub fn reply_to_backend_flow(
+        &self,
+        frame: &[u8],
+    ) -> Option<(lb_common::abi::Flow, Endpoint4, Endpoint4)> {
+        let p = parse_any(frame).ok()?;
+        let (vip, vport) = self.reply_endpoint(p.src, p.sport, p.proto)?;
+        if !self.backends.contains(&p.dst) {
+            return None;
+        }
+        let flow = lb_common::abi::Flow {
+            src: p.dst.octets(),
+            dst: vip.octets(),
+            sport: p.dport,
+            dport: vport,
+            proto: p.proto,
+            _pad: [0; 3],
+        };
+        Some((flow, (vip, vport), (p.src, p.sport)))
+    }
+
+    /// Takes the program's word that `flow` (see `reply_to_backend_flow`) is
+    /// on `backend`.
+    pub fn vouch(&self, flow: &lb_common::abi::Flow, backend: Endpoint4) {
+        let key = (
+            Ipv4Addr::from(flow.src),
+            flow.sport,
+            Ipv4Addr::from(flow.dst),
+            flow.dport,
+            flow.proto,
+        );
+        self.opened.borrow_mut().insert(key, Some(backend));
+    }
+
+    /// After a backend's packet to a VIP went to a backend (it is a client
+    /// of the VIP): the flow it opened, for its replies.
+    fn remember_opened(&self, input: &[u8], accepted: &Accepted) {
+        let Ok(p) = parse_any(input) else { return };
+        if !self.backends.contains(&p.src) || !self.vips.contains(&p.dst) {
+            return;
+        }
+        let to = match accepted {
+            Accepted::Sent(t) | Accepted::SlowPath(t) => match t {
+                Translation::ToBackend { backends } => backends.first().copied(),
+                Translation::FirstFragment(inner) => match inner.as_ref() {
+                    Translation::ToBackend { backends } => backends.first().copied(),
+                    _ => return,
+                },
+                Translation::FragNeeded { to_backend: false, .. } => None,
+                _ => return,
+            },
+            Accepted::Unchanged => return,
+        };
+        self.opened.borrow_mut().insert((p.src, p.sport, p.dst, p.dport, p.proto), to);
     }
 
     /// After a first fragment went out as `accepted` (translation `t`

@@ -825,5 +825,12 @@ fn replies_to_our_own_addresses_are_dropped() {
         let (sent, _) = web_reply(client);
         let out = loaded.run(&from_backend_side(&sent, WEB_MACS[0]), IF_BACKEND);
         assert_eq!(action_name(out.action), "XDP_REDIRECT", "an ordinary reply goes through");
+        // A backend that is a client of the VIP (from an ephemeral port)
+        // gets the replies of the flow it opened: the table vouches for it.
+        let opened = Ipv4::tcp((WEB1, 46_200), (VIP, 80), TCP_SYN, b"");
+        assert_eq!(loaded.run(&from_backend_side(&opened, WEB_MACS[0]), IF_BACKEND).action, XDP_TX);
+        let reply = Ipv4::tcp((WEB1, 8080), (WEB1, 46_200), TCP_SYN | TCP_ACK, b"");
+        let out = loaded.run(&from_backend_side(&reply, WEB_MACS[0]), IF_BACKEND);
+        assert_eq!(action_name(out.action), "XDP_TX", "the reply of a flow a backend opened");
     });
 }

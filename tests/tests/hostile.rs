@@ -2246,6 +2246,15 @@ fn random_mutations_are_translated_exactly_or_left_alone() {
                 (side, _) => side,
             };
             let out = loaded.run(&frame, ingress);
+            // A backend's reply to a backend's address is right only for a
+            // flow that backend opened, which the program's table knows.
+            if let Some((flow, vip, backend)) = oracle.reply_to_backend_flow(&frame) {
+                let on = loaded.conn(&flow).map(|c| c.backend_id);
+                if on.is_some() && on == Some(loaded.backend_id(vip.0, vip.1, backend.0, backend.1))
+                {
+                    oracle.vouch(&flow, backend);
+                }
+            }
             let accepted = oracle.check(&frame, ingress, out.action, &out.frame);
             let forbidden =
                 forbidden_answer(&oracle, &frame, out.action, &out.frame, accepted.as_ref().ok());
