@@ -5,6 +5,7 @@ pub mod bench_dataplane;
 pub mod bench_e2e;
 pub mod bulk;
 pub mod counters;
+pub mod expect;
 pub mod fixture;
 pub mod ha;
 pub mod harness;

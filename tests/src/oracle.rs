@@ -44,6 +44,7 @@ use lb_ctl::{
 };
 
 use crate::{
+    expect::hex,
     fixture::{
         BACKEND_SIDE_MTU, CLIENT, CLIENT_MAC, COLLIDER_MAC, HAIRPIN, HAIRPIN_MAC, IF_BACKEND,
         IF_BACKEND_MAC, IF_CLIENT, IF_CLIENT_MAC, LB_BACKEND_SIDE, LB_CLIENT_SIDE, Loaded, VIP,
@@ -1385,13 +1386,4 @@ pub fn expected_frag_needed(frame: &[u8], p: &Parsed, vip: Ipv4Addr, mtu: u16) -
     answer.id = 0;
     answer.frag_off = 0;
     answer.frame(p.eth_src, p.eth_dst)
-}
-
-/// Bytes as hex, 16 to a line.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes
-        .chunks(16)
-        .map(|c| c.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "))
-        .collect::<Vec<_>>()
-        .join("\n    ")
 }

@@ -10,23 +10,12 @@ use lb_common::{
     hash::{flow_hash, maglev_slot},
 };
 use lb_tests::{
+    expect::{Expect, hex, run_case},
     fixture::*,
     netns::in_ns,
     packet::{self, Ipv4, L4, Mac, TCP_ACK, TCP_PSH, TCP_SYN},
     testrun::{Outcome, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, action_name},
 };
-
-/// What the output must be.
-enum Expect {
-    /// The frame leaves exactly as it came.
-    Unchanged,
-    /// The frame leaves as these bytes.
-    Frame(Vec<u8>),
-    /// Rewritten but handed to tc for neighbour resolution: these bytes with
-    /// the mark naming the egress interface and the next hop in place of
-    /// the MAC addresses.
-    SlowPath { frame: Vec<u8>, egress: &'static str, nexthop: Ipv4Addr },
-}
 
 struct Case {
     name: &'static str,
@@ -870,53 +859,12 @@ fn udp_pseudo_and_segment(ip: &[u8]) -> Vec<u8> {
     v
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes
-        .chunks(16)
-        .map(|c| c.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "))
-        .collect::<Vec<_>>()
-        .join("\n    ")
-}
-
 fn check_case(loaded: &mut Loaded, c: &Case) -> Result<(), String> {
     if c.flush_conntrack {
         loaded.flush_conntrack();
     }
-    let before = loaded.counter(c.counter);
-    let out = loaded.run(&c.input, c.ingress);
-    let after = loaded.counter(c.counter);
-    let mut problems = Vec::new();
-    if out.action != c.action {
-        problems.push(format!(
-            "verdict {} (want {})",
-            action_name(out.action),
-            action_name(c.action)
-        ));
-    }
-    if after != before + 1 {
-        problems.push(format!("counter {} went {before} -> {after} (want +1)", c.counter.name()));
-    }
-    let want_frame = match &c.expect {
-        Expect::Unchanged => c.input.clone(),
-        Expect::Frame(f) => f.clone(),
-        Expect::SlowPath { frame, egress, nexthop } => {
-            let mark = NeighMark {
-                magic: NEIGH_MARK_MAGIC,
-                ifindex: Loaded::ifindex(egress),
-                nexthop: nexthop.octets(),
-            };
-            let mut marked = frame.clone();
-            marked[..12].copy_from_slice(&mark.to_bytes());
-            marked
-        }
-    };
-    if out.frame != want_frame {
-        problems.push(format!(
-            "output bytes differ:\n  got  {}\n  want {}",
-            hex(&out.frame),
-            hex(&want_frame)
-        ));
-    }
+    let (out, mut problems) =
+        run_case(loaded, (&c.input, c.ingress), c.action, c.counter, &c.expect);
     // The program never uses XDP metadata (see `abi::NeighMark`).
     if !out.meta.is_empty() {
         problems.push(format!("metadata {:?} (want none)", out.meta));

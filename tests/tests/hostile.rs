@@ -18,9 +18,10 @@ use lb_common::{
     counter::Counter,
 };
 use lb_tests::{
+    expect::{Expect, hex, run_case},
     fixture::*,
     netns::in_ns,
-    oracle::{self, Accepted, HashTable, Oracle, Translation, hex},
+    oracle::{self, Accepted, HashTable, Oracle, Translation},
     packet::{self, IP_MF, Ipv4, L4, Mac, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN},
     testrun::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, action_name},
 };
@@ -37,18 +38,6 @@ const IP_OPTIONS: [u8; 8] = [0x01, 0x01, 0x01, 0x01, 0x94, 0x04, 0x00, 0x00];
 const NS: &str = "lbt-hos";
 /// A router on the backend side (no neighbour entry needed: it only sends).
 const LB_BACKEND_SIDE_ROUTER: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 254);
-
-/// What the output must be.
-#[derive(Clone)]
-enum Expect {
-    /// The frame leaves exactly as it came.
-    Unchanged,
-    /// The frame leaves as these bytes.
-    Frame(Vec<u8>),
-    /// Rewritten and handed to tc: these bytes with the slow path's mark
-    /// (egress interface, next hop) in place of the MAC addresses.
-    SlowPath { frame: Vec<u8>, egress: &'static str, nexthop: Ipv4Addr },
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Category {
@@ -1689,42 +1678,8 @@ fn cases() -> Vec<Case> {
 }
 
 fn check_case(loaded: &mut Loaded, oracle: &Oracle, c: &Case) -> Result<(), String> {
-    let before = loaded.counter(c.counter);
-    let out = loaded.run(&c.input, c.ingress);
-    let after = loaded.counter(c.counter);
-    let mut problems = Vec::new();
-    if out.action != c.action {
-        problems.push(format!(
-            "verdict {} (want {})",
-            action_name(out.action),
-            action_name(c.action)
-        ));
-    }
-    if after != before + 1 {
-        problems.push(format!("counter {} went {before} -> {after} (want +1)", c.counter.name()));
-    }
-    let want = match &c.expect {
-        Expect::Unchanged => c.input.clone(),
-        Expect::Frame(f) => f.clone(),
-        Expect::SlowPath { frame, egress, nexthop } => {
-            let mark = NeighMark {
-                magic: NEIGH_MARK_MAGIC,
-                ifindex: Loaded::ifindex(egress),
-                nexthop: nexthop.octets(),
-            };
-            let mut marked = frame.clone();
-            marked[..12].copy_from_slice(&mark.to_bytes());
-            marked
-        }
-    };
-    if out.frame != want {
-        problems.push(format!(
-            "output bytes differ:\n  in   {}\n  got  {}\n  want {}",
-            hex(&c.input),
-            hex(&out.frame),
-            hex(&want)
-        ));
-    }
+    let (out, mut problems) =
+        run_case(loaded, (&c.input, c.ingress), c.action, c.counter, &c.expect);
     // The oracle must agree with every hand-written expectation.
     if let Err(why) = oracle.check(&c.input, c.ingress, out.action, &out.frame) {
         problems.push(format!("the oracle refuses the output: {why}"));
