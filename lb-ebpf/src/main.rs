@@ -174,18 +174,21 @@ fn ours(pkt: &parse::Packet, to_vip: bool, from_real: bool) -> bool {
 }
 
 /// `drop`, the verdict on a packet the address prefilter took for ours,
-/// when it is: to a VIP (confirmed by the exact table) or from a backend's
-/// address (`from_real`: the prefilter's word, which the ports, unread or
-/// unreadable here, would confirm). Otherwise the packet is someone else's
-/// whose address shares a VIP's slot, and goes to the kernel as it is.
-/// Only refusals pay for the exact lookup.
+/// when it is: to a VIP or from a backend's address, each confirmed by its
+/// exact table (the ports, unread or unreadable here, cannot say more).
+/// Otherwise the packet is someone else's whose address shares a VIP's or
+/// a backend's slot, and goes to the kernel as it is. Only refusals pay for
+/// the exact lookups.
 #[inline(always)]
 fn not_ours_after_all(drop: Counter, ip: &parse::Ipv4, from_real: bool) -> Counter {
     if !matches!(drop, Counter::DropMalformed | Counter::DropMartianSource) {
         return drop;
     }
-    // SAFETY: the value is not read.
-    if from_real || unsafe { LB_VIPS.get(ip.dst).is_some() } {
+    // SAFETY: the values are not read.
+    let ours = unsafe {
+        LB_VIPS.get(ip.dst).is_some() || (from_real && LB_BACKEND_ADDRS.get(ip.src).is_some())
+    };
+    if ours {
         return drop;
     }
     if drop == Counter::DropMalformed { Counter::PassMalformed } else { Counter::PassNotService }
