@@ -348,10 +348,9 @@ pub fn spawn<M: Maps + 'static>(
         .name("lb-reconciler".into())
         .spawn(move || {
             while let Some(command) = rx.blocking_recv() {
-                if reconciler.handle(command) {
-                    // Also after a failed apply: `applied` is what the maps hold.
-                    publish.send_replace(Arc::new(Placement::of(&reconciler.applied)));
-                }
+                reconciler.handle(command, |applied| {
+                    publish.send_replace(Arc::new(Placement::of(applied)));
+                });
             }
             let _ = done.send(reconciler.into_maps());
         })
@@ -367,24 +366,25 @@ pub fn spawn<M: Maps + 'static>(
 }
 
 impl<M: Maps> Reconciler<M> {
-    /// Runs `command`; whether it wrote the maps' services or backends.
-    fn handle(&mut self, command: Command) -> bool {
+    /// Runs `command`. A command that writes the maps' services or
+    /// backends hands `publish` what the maps hold after it (also after a
+    /// failed write) before it replies: whoever the reply unblocks finds the
+    /// slow path already placing by the new state.
+    fn handle(&mut self, command: Command, publish: impl FnOnce(&Image)) {
         match command {
             Command::Down { reply } => {
                 let _ = reply.send(Ok(self.down().clone()));
-                false
             }
             Command::Sample { reply } => {
                 let _ = reply.send(self.sample());
-                false
             }
             Command::Owners { entries, reply } => {
                 let _ = reply.send(Ok(self.owners(entries)));
-                false
             }
             Command::SetDown { down, reply } => {
-                let _ = reply.send(self.set_down(down));
-                true
+                let result = self.set_down(down);
+                publish(&self.applied);
+                let _ = reply.send(result);
             }
             Command::Apply { services, reply } => {
                 let result = self.apply(&services);
@@ -396,8 +396,8 @@ impl<M: Maps> Reconciler<M> {
                         "state applied"
                     );
                 }
+                publish(&self.applied);
                 let _ = reply.send(result);
-                true
             }
         }
     }
