@@ -430,6 +430,19 @@ pub fn diff(old: &Image, new: &Image) -> Vec<Op> {
             ops.push(Op::ResetBackendTraffic(*id));
         }
     }
+    // Pre-filter slots gain their new bits, and backend addresses their
+    // entries, before anything can need them: a backend's address is
+    // refused answers and replies before the backend can be reached. (A
+    // bit set early only costs the exact lookups that then find nothing.)
+    for (slot, was, now) in zip(&old.addrs, &new.addrs) {
+        let (was, now) = (was.copied().unwrap_or(0), now.copied().unwrap_or(0));
+        if now & !was != 0 {
+            ops.push(Op::PutAddrFlags(slot, now | was));
+        }
+    }
+    ops.extend(
+        puts(&old.backend_addrs, &new.backend_addrs).map(|(a, n)| Op::PutBackendAddr(a, *n)),
+    );
     ops.extend(puts(&old.backends, &new.backends).map(|(id, b)| Op::PutBackend(id, *b)));
     ops.extend(puts(&old.reals, &new.reals).map(|(key, r)| Op::PutReal(key, *r)));
     ops.extend(puts(&old.real_slots, &new.real_slots).map(|(slot, v)| Op::PutRealSlot(slot, *v)));
@@ -450,16 +463,6 @@ pub fn diff(old: &Image, new: &Image) -> Vec<Op> {
             .map(|(key, s)| Op::PutService(key, *s)),
     );
     ops.extend(puts(&old.maglev, &new.maglev).map(|(id, t)| Op::PutMaglev(id, Arc::clone(t))));
-    // Pre-filter slots gain their new bits before anything can need them...
-    for (slot, was, now) in zip(&old.addrs, &new.addrs) {
-        let (was, now) = (was.copied().unwrap_or(0), now.copied().unwrap_or(0));
-        if now & !was != 0 {
-            ops.push(Op::PutAddrFlags(slot, now | was));
-        }
-    }
-    ops.extend(
-        puts(&old.backend_addrs, &new.backend_addrs).map(|(a, n)| Op::PutBackendAddr(a, *n)),
-    );
     ops.extend(puts(&old.vips, &new.vips).map(|(vip, n)| Op::PutVip(vip, *n)));
     ops.extend(
         puts(&old.services, &new.services)
@@ -674,6 +677,14 @@ pub(crate) mod tests {
                 "reset",
                 "reset",
                 "reset",
+                // The VIP's and both backends' pre-filter slots, and both
+                // backends' addresses: refused as answers' and replies'
+                // destinations before anything can reach the backends.
+                "addrs",
+                "addrs",
+                "addrs",
+                "backend addr",
+                "backend addr",
                 "backend",
                 "backend",
                 "real",
@@ -681,18 +692,25 @@ pub(crate) mod tests {
                 "real slot",
                 "real slot",
                 "maglev",
-                // The VIP's and both backends' pre-filter slots.
-                "addrs",
-                "addrs",
-                "addrs",
-                // Both backends' addresses: refused as answers' and replies'
-                // destinations before the service can reach them.
-                "backend addr",
-                "backend addr",
                 "vip",
                 "service"
             ]
         );
+    }
+
+    #[test]
+    fn a_backend_joining_a_service_is_refused_answers_before_it_is_reached() {
+        let (ids, before) = plan(&Ids::default(), &[service("web", 80, &[(11, 1)])]);
+        let (_, after) = plan(&ids, &[service("web", 80, &[(11, 1), (13, 1)])]);
+        let ops = diff(&before, &after);
+        let at = |want: fn(&Op) -> bool| ops.iter().position(want).expect("the op");
+        let addr = at(|op| matches!(op, Op::PutBackendAddr(..)));
+        let reached = [
+            at(|op| matches!(op, Op::PutBackend(..))),
+            at(|op| matches!(op, Op::PutRealSlot(..))),
+            at(|op| matches!(op, Op::PutMaglev(..))),
+        ];
+        assert!(reached.iter().all(|&r| addr < r), "{ops:?}");
     }
 
     /// Two backends whose endpoints hash to the same index slot: the slot

@@ -457,9 +457,9 @@ mod tests {
         let fake = FakeMaps::default();
         let mut r = Reconciler::new(fake.clone());
         r.apply(&[web(&[(11, 1)])]).unwrap();
-        // Past the two new backends' counter resets: one backend entry is
-        // written, then the apply fails.
-        *fake.fail_after.lock().unwrap() = Some(3);
+        // Past the two new backends' counter resets, prefilter bits and
+        // address entries: one backend entry is written, then the apply fails.
+        *fake.fail_after.lock().unwrap() = Some(7);
         assert!(r.apply(&[web(&[(11, 1), (12, 1), (13, 1)])]).is_err());
         assert_eq!(fake.state.lock().unwrap().backends.len(), 2, "a leftover backend entry");
         // The operator gives up on the change: the leftovers must go.

@@ -30,7 +30,7 @@ use lb_common::{
 use crate::{
     Verdict,
     fwd::{self, Target},
-    maps::{LB_BE_STATS, LB_FRAGS, LB_SVC_STATS, LB_VIPS},
+    maps::{LB_BACKEND_ADDRS, LB_BE_STATS, LB_FRAGS, LB_SVC_STATS, LB_VIPS},
     nat::Side,
     parse::{Frag, Packet},
     select::{self, Here},
@@ -117,7 +117,10 @@ pub fn follow(
         // that could be a client (not a backend's address, which, without
         // ports to tell its service endpoint from a client's port, could be
         // the start of a loop) and that arrived where its route leaves.
-        if pkt.flow.proto != PROTO_UDP || from_real {
+        // SAFETY: the value is not read.
+        if pkt.flow.proto != PROTO_UDP
+            || (from_real && unsafe { LB_BACKEND_ADDRS.get(pkt.flow.src).is_some() })
+        {
             return Err(Counter::DropFragment);
         }
         fwd::arrived_from(ctx, pkt, pkt.flow.src, here)?;

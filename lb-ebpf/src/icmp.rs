@@ -147,7 +147,9 @@ fn to_backend(
         _pad: [0; 3],
     };
     // SAFETY: copied out at once.
-    let conn = unsafe { LB_CONNTRACK.get(flow).copied() }.ok_or(Counter::PassIcmpNotOurs)?;
+    let conn = unsafe { LB_CONNTRACK.get(flow).copied() }
+        .filter(|c| !select::conn_expired(c, here))
+        .ok_or(Counter::PassIcmpNotOurs)?;
     let backend = select::live_backend(conn.backend_id, conn.service_id, &flow)
         .ok_or(Counter::PassIcmpNotOurs)?;
     refuse_from_elsewhere(ctx, ip, pkt, quoted, here)?;

@@ -102,7 +102,8 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 fn process(ctx: &XdpContext) -> Result<Verdict, Counter> {
     let ip = parse::ipv4(ctx)?;
     // Most packets that are not ours leave here, before the ports are read.
-    let to_vip = select::addr_flags(ip.dst) & ADDR_VIP != 0;
+    let dst_flags = select::addr_flags(ip.dst);
+    let to_vip = dst_flags & ADDR_VIP != 0;
     let src_flags = select::addr_flags(ip.src);
     if to_vip {
         source_could_be_a_client(&ip, src_flags)?;
@@ -141,7 +142,7 @@ fn process(ctx: &XdpContext) -> Result<Verdict, Counter> {
     if to_vip && let Some(verdict) = to_backend(ctx, &pkt, here)? {
         return Ok(verdict);
     }
-    if from_real && let Some(verdict) = to_client(ctx, &pkt, here)? {
+    if from_real && let Some(verdict) = to_client(ctx, &pkt, dst_flags, here)? {
         return Ok(verdict);
     }
     Err(Counter::PassNotService)
@@ -200,6 +201,7 @@ fn not_ours_after_all(drop: Counter, ip: &parse::Ipv4, from_real: bool) -> Count
 fn to_client(
     ctx: &XdpContext,
     pkt: &parse::Packet,
+    dst_flags: u8,
     here: Here,
 ) -> Result<Option<Verdict>, Counter> {
     let Some(real) = select::real(&pkt.flow) else {
@@ -207,7 +209,7 @@ fn to_client(
     };
     // Before the reply may move its connection's state (a forged FIN or RST).
     fwd::arrived_from(ctx, pkt, pkt.flow.src, here)?;
-    reply_to_ours(pkt, &real)?;
+    reply_to_ours(pkt, dst_flags, &real, here)?;
     expire_check(pkt)?;
     select::backend_closes(&pkt.flow, &real, pkt.tcp_flags, here);
     let target = Target { rewrite: Some(Side::Source), addr: real.vip, port: real.vport };
@@ -236,11 +238,15 @@ fn to_client(
 /// (`drop_backend_port_to_vip`), and a destination of the load balancer's
 /// own is the kernel's (`pass_local`).
 #[inline(always)]
-fn reply_to_ours(pkt: &parse::Packet, real: &select::Reply) -> Result<(), Counter> {
+fn reply_to_ours(
+    pkt: &parse::Packet,
+    dst_flags: u8,
+    real: &select::Reply,
+    here: Here,
+) -> Result<(), Counter> {
     let dst = pkt.flow.dst;
     // SAFETY: the value is not read.
-    if select::addr_flags(dst) & ADDR_BACKEND == 0 || unsafe { LB_BACKEND_ADDRS.get(dst).is_none() }
-    {
+    if dst_flags & ADDR_BACKEND == 0 || unsafe { LB_BACKEND_ADDRS.get(dst).is_none() } {
         return Ok(());
     }
     // The flow as the backend-client sent it, and whether it is on this backend.
@@ -254,7 +260,15 @@ fn reply_to_ours(pkt: &parse::Packet, real: &select::Reply) -> Result<(), Counte
     };
     // SAFETY: copied out at once.
     match unsafe { LB_CONNTRACK.get(opened).copied() } {
-        Some(conn) if conn.backend_id == real.backend_id => Ok(()),
+        // A live entry, as the data plane counts one (an expired entry is
+        // absent), placed on this very backend of this service.
+        Some(conn)
+            if conn.backend_id == real.backend_id
+                && conn.service_id == real.service_id
+                && !select::conn_expired(&conn, here) =>
+        {
+            Ok(())
+        }
         _ => Err(Counter::DropReplyToOurs),
     }
 }

@@ -186,8 +186,7 @@ pub fn established(
     // under us, which at worst loses this update.
     let conn = unsafe { &mut *conn };
     let tick = epoch as u32;
-    let timeout = LB_TIMEOUTS.get(u32::from(conn.state)).copied().unwrap_or(0);
-    if expired(tick, conn.last_seen, timeout) {
+    if conn_expired(conn, here) {
         return Ok(Known::Unknown);
     }
     let Some(state) = next_state(conn.state, tcp_flags, true) else {
@@ -206,6 +205,14 @@ pub fn established(
         unsafe { *slot = cache_entry(flow, conn, here) };
     }
     Ok(Known::Flow(conn.service_id, Choice { id: conn.backend_id, backend, new_flow: false }))
+}
+
+/// Whether `conn` has been idle past its state's timeout: an expired entry
+/// counts as absent, wherever it is read.
+#[inline(always)]
+pub fn conn_expired(conn: &Conn, here: Here) -> bool {
+    let timeout = LB_TIMEOUTS.get(u32::from(conn.state)).copied().unwrap_or(0);
+    expired(here.epoch as u32, conn.last_seen, timeout)
 }
 
 /// A backend's FIN or RST moves its connection's state (the client's

@@ -832,5 +832,61 @@ fn replies_to_our_own_addresses_are_dropped() {
         let reply = Ipv4::tcp((WEB1, 8080), (WEB1, 46_200), TCP_SYN | TCP_ACK, b"");
         let out = loaded.run(&from_backend_side(&reply, WEB_MACS[0]), IF_BACKEND);
         assert_eq!(action_name(out.action), "XDP_TX", "the reply of a flow a backend opened");
+        let mut want = reply.clone();
+        want.ttl -= 1;
+        want.src = VIP;
+        if let L4::Tcp { sport, .. } = &mut want.l4 {
+            *sport = 80;
+        }
+        assert_eq!(out.frame, want.frame(WEB_MACS[0], IF_BACKEND_MAC), "translated like any reply");
+
+        // Only the backend the flow is on: web1 opens a flow to the
+        // three-backend service, and another of its backends "replies" with
+        // a FIN, which would close it. Dropped, the flow's state unchanged.
+        let opened = Ipv4::tcp((WEB1, 46_300), (VIP, 443), TCP_SYN, b"");
+        let out = loaded.run(&from_backend_side(&opened, WEB_MACS[0]), IF_BACKEND);
+        let on = Ipv4Addr::new(out.frame[30], out.frame[31], out.frame[32], out.frame[33]);
+        let other = [WEB1, WEB2, WEB3].into_iter().find(|w| *w != on).expect("another backend");
+        let flow = lb_common::abi::Flow {
+            src: WEB1.octets(),
+            dst: VIP.octets(),
+            sport: 46_300,
+            dport: 443,
+            proto: 6,
+            _pad: [0; 3],
+        };
+        let state = loaded.conn(&flow).expect("the flow's entry").state;
+        let forged = Ipv4::tcp((other, 443), (WEB1, 46_300), packet::TCP_FIN | TCP_ACK, b"");
+        check(
+            &mut loaded,
+            &format!("{other}:443's FIN on a flow placed on {on}"),
+            (&from_backend_side(&forged, WEB_MACS[0]), IF_BACKEND),
+            XDP_DROP,
+            Counter::DropReplyToOurs,
+            None,
+        );
+        assert_eq!(loaded.conn(&flow).expect("the flow's entry").state, state, "state unchanged");
+
+        // An expired entry vouches for nothing: a SYN-state entry idle past
+        // its timeout (200 ms, 2 ticks here).
+        let timeouts = lb_ctl::model::Timeouts {
+            tcp_syn: std::time::Duration::from_millis(200),
+            ..lb_ctl::model::Timeouts::default()
+        };
+        loaded.reconciler.maps_mut().set_timeouts(&timeouts).expect("timeouts");
+        let from_on = Ipv4::tcp((on, 443), (WEB1, 46_300), TCP_SYN | TCP_ACK, b"");
+        let frame = from_backend_side(&from_on, WEB_MACS[0]);
+        assert_eq!(action_name(loaded.run(&frame, IF_BACKEND).action), "XDP_TX", "while live");
+        for _ in 0..3 {
+            loaded.reconciler.advance_clock().expect("a tick");
+        }
+        check(
+            &mut loaded,
+            "the reply of a flow whose entry expired",
+            (&frame, IF_BACKEND),
+            XDP_DROP,
+            Counter::DropReplyToOurs,
+            None,
+        );
     });
 }
