@@ -160,9 +160,7 @@ fn to_backend(
         rewrite_outer(o, DST, backend.addr);
         rewrite_quote(m, QUOTE_SRC, QUOTE_SPORT, backend.addr, backend.port);
     }
-    // SAFETY: parse checked the Ethernet header; nothing resized the frame.
-    let sent = unsafe { fwd::send(pkt.eth.cast(), hop, here) };
-    Ok(Verdict { action: sent.action, counter: Counter::IcmpToBackend })
+    Ok(send(pkt, hop, here, Counter::IcmpToBackend))
 }
 
 /// An error about a client's packet `client -> backend:port`, from the
@@ -185,9 +183,16 @@ fn to_client(
     let hop = route(ctx, pkt, &query, here)?;
     rewrite_outer(o, SRC, real.vip);
     rewrite_quote(m, QUOTE_DST, QUOTE_DPORT, real.vip, real.vport);
+    Ok(send(pkt, hop, here, Counter::IcmpToClient))
+}
+
+/// Sends a translated error to `hop`, counted as `counter` whichever way
+/// it leaves (XDP_TX, XDP_REDIRECT, tc's slow path).
+#[inline(always)]
+fn send(pkt: &Packet, hop: Hop, here: Here, counter: Counter) -> Verdict {
     // SAFETY: parse checked the Ethernet header; nothing resized the frame.
     let sent = unsafe { fwd::send(pkt.eth.cast(), hop, here) };
-    Ok(Verdict { action: sent.action, counter: Counter::IcmpToClient })
+    Verdict { action: sent.action, counter }
 }
 
 /// The edge checks of an error about one of our flows (made once the flow

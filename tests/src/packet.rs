@@ -227,6 +227,30 @@ pub fn fragments(packet: &Ipv4, chunk: usize) -> Vec<Ipv4> {
         .collect()
 }
 
+/// `p` as the load balancer forwards it: one hop later, new endpoints
+/// (`src` and `dst`, address and port), in a frame from `src_mac` to
+/// `dst_mac`. Checksums from scratch.
+pub fn forwarded(
+    p: &Ipv4,
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    dst_mac: Mac,
+    src_mac: Mac,
+) -> Vec<u8> {
+    let mut out = p.clone();
+    out.ttl -= 1;
+    out.src = src.0;
+    out.dst = dst.0;
+    match &mut out.l4 {
+        L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport, .. } => {
+            *sport = src.1;
+            *dport = dst.1;
+        }
+        L4::Raw { .. } => unreachable!("only TCP and UDP are rewritten"),
+    }
+    out.frame(dst_mac, src_mac)
+}
+
 pub const ICMP_DEST_UNREACH: u8 = 3;
 pub const ICMP_TIME_EXCEEDED: u8 = 11;
 

@@ -13,7 +13,7 @@ use lb_tests::{
     expect::{Expect, hex, run_case},
     fixture::*,
     netns::in_ns,
-    packet::{self, Ipv4, L4, Mac, TCP_ACK, TCP_PSH, TCP_SYN},
+    packet::{self, Ipv4, L4, Mac, TCP_ACK, TCP_PSH, TCP_SYN, forwarded},
     testrun::{Outcome, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, action_name},
 };
 
@@ -53,28 +53,6 @@ fn from_web1(p: &Ipv4) -> Vec<u8> {
 
 fn from_web2(p: &Ipv4) -> Vec<u8> {
     p.frame(IF_BACKEND_MAC, WEB_MACS[1])
-}
-
-/// `p` as the load balancer forwards it: one hop later, new addresses.
-fn forwarded(
-    p: &Ipv4,
-    src: (Ipv4Addr, u16),
-    dst: (Ipv4Addr, u16),
-    dst_mac: Mac,
-    src_mac: Mac,
-) -> Vec<u8> {
-    let mut out = p.clone();
-    out.ttl -= 1;
-    out.src = src.0;
-    out.dst = dst.0;
-    match &mut out.l4 {
-        L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport, .. } => {
-            *sport = src.1;
-            *dport = dst.1;
-        }
-        L4::Raw { .. } => unreachable!("only TCP and UDP are rewritten"),
-    }
-    out.frame(dst_mac, src_mac)
 }
 
 /// `frame` with the slow path's mark in place of its MAC addresses, as a

@@ -22,7 +22,7 @@ use lb_tests::{
     fixture::*,
     netns::in_ns,
     oracle::{self, Accepted, HashTable, Oracle, Translation},
-    packet::{self, IP_MF, Ipv4, L4, Mac, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN},
+    packet::{self, IP_MF, Ipv4, L4, Mac, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, forwarded},
     testrun::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, action_name},
 };
 
@@ -187,28 +187,6 @@ impl Seg {
         p.ttl -= 1;
         p.frame(dst_mac, src_mac)
     }
-}
-
-/// `p` as the load balancer forwards it: one hop later, new endpoints.
-fn forwarded(
-    p: &Ipv4,
-    src: (Ipv4Addr, u16),
-    dst: (Ipv4Addr, u16),
-    dst_mac: Mac,
-    src_mac: Mac,
-) -> Vec<u8> {
-    let mut out = p.clone();
-    out.ttl -= 1;
-    out.src = src.0;
-    out.dst = dst.0;
-    match &mut out.l4 {
-        L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport, .. } => {
-            *sport = src.1;
-            *dport = dst.1;
-        }
-        L4::Raw { .. } => unreachable!("only TCP and UDP are rewritten"),
-    }
-    out.frame(dst_mac, src_mac)
 }
 
 /// A client's packet to the web service (VIP:80 -> web1:8080), forwarded.

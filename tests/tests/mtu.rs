@@ -269,12 +269,10 @@ fn a_datagram_too_big_for_the_backend_side_gets_fragmentation_needed() {
     assert!(small.ends_with(" small"), "the echo of a small datagram: {small:?}");
 }
 
-/// The second half of issue 13's MTU case: once the client knows path MTU
-/// 1500 towards the VIP, a socket that lets the kernel fragment
-/// (`IP_PMTUDISC_WANT`) sends 3000-byte datagrams in fragments, and the
-/// backend's echo comes back whole, from the VIP. Needs the data plane to
-/// take fragments to a VIP and to
-/// translate a backend's fragmented reply.
+/// Once the client knows path MTU 1500 towards the VIP, a socket that lets
+/// the kernel fragment (`IP_PMTUDISC_WANT`) sends 3000-byte datagrams in
+/// fragments, and the backend's echo, fragmented too, comes back whole from
+/// the VIP: every fragment both ways through XDP.
 #[test]
 fn a_datagram_larger_than_the_path_is_fragmented_and_echoed_whole() {
     let lab = Lab::start_prepared("lbt82", Setup::default(), [Some(1); 3], |topo| {
