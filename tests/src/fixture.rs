@@ -2,7 +2,7 @@
 //! with a real FIB: two interfaces (client side, backend side), routes, and
 //! permanent neighbour entries for some hosts but not others. Shared by the
 //! packet fixtures and the benchmarks.
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, sync::OnceLock};
 
 use aya::maps::{Array, HashMap as AyaHashMap, MapData, PerCpuArray};
 use lb_common::{
@@ -398,6 +398,37 @@ pub fn mac_str(mac: Mac) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
+/// Names a file to load as the XDP object instead of lb-ctl's embedded
+/// one: `cargo xtask bench ab` runs the current harness over another
+/// version's object this way.
+pub const OBJECT_VAR: &str = "LB_EBPF_OBJECT";
+
+/// The XDP object the fixtures and benchmarks load: the file `OBJECT_VAR`
+/// names, else `lb_ctl::EBPF_OBJECT`. Read once per process.
+pub fn ebpf_object() -> &'static [u8] {
+    static OBJECT: OnceLock<&'static [u8]> = OnceLock::new();
+    OBJECT.get_or_init(|| match std::env::var_os(OBJECT_VAR) {
+        Some(path) => {
+            let bytes = std::fs::read(&path)
+                .unwrap_or_else(|e| panic!("{OBJECT_VAR}={}: {e}", path.display()));
+            eprintln!("XDP object: {} ({OBJECT_VAR}), not the built-in one", path.display());
+            bytes.leak()
+        }
+        None => EBPF_OBJECT,
+    })
+}
+
+/// `ebpf_object()` loaded (not attached) by lb-ctl's loader. An object
+/// that lacks a map the controller writes (an older version's) fails here,
+/// the map named in the message.
+pub fn load_maps(conntrack_max: u32, interfaces: &[String]) -> KernelMaps {
+    KernelMaps::load(ebpf_object(), conntrack_max, interfaces).unwrap_or_else(|e| {
+        let from = std::env::var_os(OBJECT_VAR)
+            .map_or_else(String::new, |p| format!(" {} ({OBJECT_VAR})", p.display()));
+        panic!("loading the XDP object{from}: {e}")
+    })
+}
+
 /// The program loaded (not attached) with the fixture config applied. Must be
 /// created and used on a thread inside the fixture namespace.
 pub struct Loaded {
@@ -423,8 +454,7 @@ impl Loaded {
     pub fn with_running_clock(conntrack_max: u32) -> Self {
         pin_to_this_cpu();
         let config = config::parse(&config()).expect("fixture config");
-        let maps = KernelMaps::load(EBPF_OBJECT, conntrack_max, &config.dataplane.interfaces)
-            .unwrap_or_else(|e| panic!("loading the program: {e}"));
+        let maps = load_maps(conntrack_max, &config.dataplane.interfaces);
         let mut reconciler = Reconciler::new(maps);
         reconciler.apply(&config.services).expect("applying the fixture config");
         let prog_fd = testrun::program_fd(reconciler.maps_mut().ebpf_mut(), "lb_xdp");

@@ -3,8 +3,11 @@
 //! services of 64 backends (`services`), and packets per second forwarded
 //! through veth in driver mode (`forward`, with `rawbpf` for the traffic
 //! generator and the sink). Shared here: how a figure is made from samples.
+pub mod compare;
 pub mod conntrack;
+pub mod flood;
 pub mod forward;
+pub mod handshake;
 pub mod rawbpf;
 pub mod services;
 
@@ -16,9 +19,12 @@ use std::{
 
 use aya::maps::{MapData, PerCpuArray};
 use lb_common::abi::Traffic;
-use lb_ctl::{EBPF_OBJECT, dataplane::kernel::KernelMaps, model::Service, reconciler::Reconciler};
+use lb_ctl::{model::Service, reconciler::Reconciler};
 
-use crate::{fixture::Loaded, testrun};
+use crate::{
+    fixture::{Loaded, load_maps},
+    testrun,
+};
 
 /// Rounds per figure (the figure is their median).
 pub const ROUNDS: usize = 7;
@@ -39,8 +45,46 @@ pub fn median(values: &mut [u32]) -> u32 {
 /// mean resolves finer than any single sample or a median of them.
 pub fn round_figure(samples: &mut [u32]) -> u32 {
     samples.sort_unstable();
-    let kept = &samples[..samples.len() * 98 / 100];
-    (kept.iter().map(|&s| u64::from(s)).sum::<u64>() / kept.len() as u64) as u32
+    mean(&samples[..samples.len() * 98 / 100])
+}
+
+fn mean(samples: &[u32]) -> u32 {
+    (samples.iter().map(|&s| u64::from(s)).sum::<u64>() / samples.len().max(1) as u64) as u32
+}
+
+/// Samples summed up three ways. The trimmed mean is the steady cost; the
+/// untrimmed mean and the 99th percentile keep what the trim hides (the
+/// slow runs a cold cache or an eviction causes, not only interrupts).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// `round_figure`: the mean without the slowest 2%.
+    pub trimmed: u32,
+    pub mean: u32,
+    pub p99: u32,
+}
+
+impl Stats {
+    pub fn of(samples: &mut [u32]) -> Self {
+        let trimmed = round_figure(samples);
+        let p99 = samples[(samples.len() * 99 / 100).min(samples.len() - 1)];
+        Self { trimmed, mean: mean(samples), p99 }
+    }
+
+    /// Each statistic's median over rounds.
+    fn median_of(rounds: &[Self]) -> Self {
+        let pick = |f: fn(&Self) -> u32| median(&mut rounds.iter().map(f).collect::<Vec<_>>());
+        Self { trimmed: pick(|s| s.trimmed), mean: pick(|s| s.mean), p99: pick(|s| s.p99) }
+    }
+
+    /// Each statistic less the same one of `baseline`.
+    #[must_use]
+    pub fn less(self, baseline: Self) -> Self {
+        Self {
+            trimmed: self.trimmed.saturating_sub(baseline.trimmed),
+            mean: self.mean.saturating_sub(baseline.mean),
+            p99: self.p99.saturating_sub(baseline.p99),
+        }
+    }
 }
 
 /// Runs the calling thread on one CPU: per-CPU maps and caches then behave
@@ -120,13 +164,19 @@ impl Baseline {
     pub fn sample(&self) -> u32 {
         testrun::run(self.fd.as_raw_fd(), &self.frame, self.ifindex, 1).duration_ns
     }
+
+    /// `SAMPLES` samples summed up (for a figure measured outside `measure`).
+    pub fn stats(&self) -> Stats {
+        let mut samples: Vec<u32> = (0..SAMPLES).map(|_| self.sample()).collect();
+        Stats::of(&mut samples)
+    }
 }
 
-/// Per scenario, the median over rounds of its round figures; and the
-/// baseline's, measured in the same rounds.
+/// Per row, the median over rounds of each statistic; and the baseline's,
+/// measured in the same rounds.
 pub struct Measured {
-    pub gross: Vec<u32>,
-    pub baseline: u32,
+    pub gross: Vec<Stats>,
+    pub baseline: Stats,
 }
 
 /// Runs `ROUNDS` rounds; each measures the baseline, then every scenario
@@ -138,35 +188,92 @@ pub fn measure(
     scenarios: usize,
     mut sample: impl FnMut(usize) -> u32,
 ) -> Measured {
-    let mut gross: Vec<Vec<u32>> = vec![Vec::new(); scenarios];
+    measure_groups(baseline, &vec![1; scenarios], |i, out| out[0] = sample(i))
+}
+
+/// `measure` for scenarios that time several packets per sample (a
+/// handshake): scenario i fills `widths[i]` figures, one row each, in order.
+pub fn measure_groups(
+    baseline: &Baseline,
+    widths: &[usize],
+    mut sample: impl FnMut(usize, &mut [u32]),
+) -> Measured {
+    let rows: usize = widths.iter().sum();
+    let mut gross: Vec<Vec<Stats>> = vec![Vec::new(); rows];
     let mut base = Vec::new();
-    let mut samples = vec![0_u32; SAMPLES];
+    let mut samples = vec![vec![0_u32; SAMPLES]; widths.iter().copied().max().unwrap_or(1)];
+    let mut one = vec![0_u32; samples.len()];
     for _ in 0..ROUNDS {
-        for s in &mut samples {
+        for s in &mut samples[0] {
             *s = baseline.sample();
         }
-        base.push(round_figure(&mut samples));
-        for (i, figures) in gross.iter_mut().enumerate() {
-            for s in &mut samples {
-                *s = sample(i);
+        base.push(Stats::of(&mut samples[0]));
+        let mut row = 0;
+        for (i, &width) in widths.iter().enumerate() {
+            for n in 0..SAMPLES {
+                sample(i, &mut one[..width]);
+                for (column, &ns) in samples.iter_mut().zip(&one[..width]) {
+                    column[n] = ns;
+                }
             }
-            figures.push(round_figure(&mut samples));
+            for k in 0..width {
+                gross[row + k].push(Stats::of(&mut samples[k]));
+            }
+            row += width;
         }
     }
-    Measured { gross: gross.iter_mut().map(|g| median(g)).collect(), baseline: median(&mut base) }
+    Measured {
+        gross: gross.iter().map(|g| Stats::median_of(g)).collect(),
+        baseline: Stats::median_of(&base),
+    }
 }
 
 /// One line of a result table.
 pub struct Row {
     pub name: String,
-    pub gross: u32,
-    pub baseline: u32,
+    pub gross: Stats,
+    pub baseline: Stats,
     pub target: Option<u32>,
+    /// For a row that also checks where its packets went: in how many of
+    /// its samples they went where they should (`Kept`).
+    pub kept: Option<Kept>,
+}
+
+/// How many samples of a row were forwarded to the backend they should have.
+#[derive(Clone, Copy)]
+pub struct Kept {
+    pub kept: usize,
+    pub samples: usize,
 }
 
 impl Row {
+    /// The trimmed figure, net of the baseline's (what the targets are about).
     pub fn net(&self) -> u32 {
-        self.gross.saturating_sub(self.baseline)
+        self.net_stats().trimmed
+    }
+
+    pub fn net_stats(&self) -> Stats {
+        self.gross.less(self.baseline)
+    }
+
+    /// The target column and its verdict; a row whose packets went astray
+    /// says LOST whatever its time.
+    fn verdict(&self) -> (String, String) {
+        let target = self.target.map_or_else(|| "-".to_owned(), |t| format!("{t}ns"));
+        let verdict = match (self.kept, self.target) {
+            (Some(k), _) if k.kept < k.samples => {
+                format!(
+                    "LOST ({} of {} not forwarded to their backend)",
+                    k.samples - k.kept,
+                    k.samples
+                )
+            }
+            (Some(k), _) => format!("kept ({} of {})", k.kept, k.samples),
+            (None, Some(t)) if self.net() <= t => "ok".to_owned(),
+            (None, Some(_)) => "OVER TARGET".to_owned(),
+            (None, None) => String::new(),
+        };
+        (target, verdict)
     }
 }
 
@@ -181,52 +288,63 @@ pub fn rows(measured: &Measured, names: &[&str], targets: &[Option<u32>]) -> Vec
             gross: *gross,
             baseline: measured.baseline,
             target: *target,
+            kept: None,
         })
         .collect()
 }
+
+/// What the columns of `table` are, for the line above it.
+pub const COLUMNS: &str = "gross and baseline: trimmed means (the slowest 2% of samples left out); \
+net = gross - baseline; mean and p99: the untrimmed mean and the 99th percentile, \
+each net of the XDP_PASS baseline's same statistic";
 
 pub fn table(rows: &[Row]) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "{:<56} {:>8} {:>9} {:>6} {:>7}",
-        "scenario", "gross", "baseline", "net", "target"
+        "{:<56} {:>8} {:>9} {:>7} {:>7} {:>7} {:>7}",
+        "scenario", "gross", "baseline", "net", "target", "mean", "p99"
     );
     for r in rows {
-        let (target, verdict) = match r.target {
-            Some(t) if r.net() <= t => (format!("{t}ns"), "ok"),
-            Some(t) => (format!("{t}ns"), "OVER TARGET"),
-            None => ("-".to_owned(), ""),
-        };
+        let (target, verdict) = r.verdict();
+        let net = r.net_stats();
         let _ = writeln!(
             t,
-            "{:<56} {:>6}ns {:>7}ns {:>4}ns {:>7}  {verdict}",
-            r.name,
-            r.gross,
-            r.baseline,
-            r.net(),
-            target
+            "{:<56} {:>6}ns {:>7}ns {:>5}ns {:>7} {:>5}ns {:>5}ns  {verdict}",
+            r.name, r.gross.trimmed, r.baseline.trimmed, net.trimmed, target, net.mean, net.p99
         );
     }
     t
 }
 
-/// The rows as a JSON array (the per-packet table's shape).
+/// The rows as a JSON array (the per-packet table's shape). `net_ns`,
+/// `mean_ns` and `p99_ns` are net of the baseline's same statistic.
 pub fn rows_json(rows: &[Row], indent: &str) -> String {
-    let items: Vec<String> = rows
-        .iter()
-        .map(|r| {
-            let target = r.target.map_or_else(|| "null".to_owned(), |t| t.to_string());
-            format!(
-                "{indent}  {{\"name\": {}, \"gross_ns\": {}, \"baseline_ns\": {}, \"net_ns\": {}, \"target_ns\": {target}}}",
-                json_str(&r.name),
-                r.gross,
-                r.baseline,
-                r.net()
-            )
-        })
-        .collect();
+    let items: Vec<String> = rows.iter().map(|r| format!("{indent}  {}", row_json(r))).collect();
     format!("[\n{}\n{indent}]", items.join(",\n"))
+}
+
+fn row_json(r: &Row) -> String {
+    let target = r.target.map_or_else(|| "null".to_owned(), |t| t.to_string());
+    let net = r.net_stats();
+    let kept = r.kept.map_or_else(String::new, |k| {
+        format!(", \"samples_kept\": {}, \"samples\": {}", k.kept, k.samples)
+    });
+    format!(
+        "{{\"name\": {}, \"gross_ns\": {}, \"baseline_ns\": {}, \"net_ns\": {}, \"target_ns\": {target}, \
+         \"mean_ns\": {}, \"p99_ns\": {}, \"gross_mean_ns\": {}, \"gross_p99_ns\": {}, \
+         \"baseline_mean_ns\": {}, \"baseline_p99_ns\": {}{kept}}}",
+        json_str(&r.name),
+        r.gross.trimmed,
+        r.baseline.trimmed,
+        net.trimmed,
+        net.mean,
+        net.p99,
+        r.gross.mean,
+        r.gross.p99,
+        r.baseline.mean,
+        r.baseline.p99,
+    )
 }
 
 /// A JSON string literal (the names here hold no control characters).
@@ -256,8 +374,7 @@ pub struct Part {
 /// reconciler, as the controller would.
 pub fn load_services(conntrack_max: u32, interfaces: &[&str], services: &[Service]) -> Loaded {
     let interfaces: Vec<String> = interfaces.iter().map(|&i| i.to_owned()).collect();
-    let maps = KernelMaps::load(EBPF_OBJECT, conntrack_max, &interfaces)
-        .unwrap_or_else(|e| panic!("loading the program: {e}"));
+    let maps = load_maps(conntrack_max, &interfaces);
     let mut reconciler = Reconciler::new(maps);
     reconciler.apply(services).unwrap_or_else(|e| panic!("applying the services: {e}"));
     let prog_fd = testrun::program_fd(reconciler.maps_mut().ebpf_mut(), "lb_xdp");

@@ -144,7 +144,7 @@ pub fn run(ns: &str) -> Part {
         _ => bench.established(true),
     });
     let rows = rows(&measured, &NAMES, &TARGETS);
-    let mut text = table(&rows);
+    let mut text = format!("{}\n{}", super::COLUMNS, table(&rows));
     let spread_cost = |a: usize, b: usize| i64::from(rows[a].net()) - i64::from(rows[b].net());
     let _ = writeln!(
         text,

@@ -5,18 +5,24 @@
 //!
 //! Every sample is one `repeat = 1` run (the program rewrites its buffer, and
 //! with `repeat > 1` the kernel would rerun it on its own output). A round
-//! is the trimmed mean of many samples; each figure is the median of several
-//! rounds, net of a trivial XDP_PASS program measured in the same rounds.
+//! sums its samples up three ways (the mean without the slowest 2%, the
+//! mean, the 99th percentile); each figure is the median of several rounds,
+//! net of the same statistic of a trivial XDP_PASS program measured in the
+//! same rounds.
 //!
 //! `lb-bench [per-packet] [conntrack] [services] [forward]` runs only those
-//! parts (all by default).
+//! parts (all by default). `LB_EBPF_OBJECT=FILE` loads that XDP object
+//! instead of the built-in one (see `fixture::ebpf_object`);
+//! `lb-bench compare --base A.json... --new B.json...` compares runs'
+//! reports (`cargo xtask bench ab`).
 use std::{fmt::Write as _, net::Ipv4Addr};
 
 use lb_common::abi::{Flow, PROTO_TCP};
 use lb_tests::{
     bench_dataplane::{
-        self, BENCH_NS, Baseline, Part, ROUNDS, Row, SAMPLES, conntrack, forward, fresh_client,
-        load_average, measure, pin_to_cpu, rows, rows_json, services, table,
+        self, BENCH_NS, Baseline, COLUMNS, Part, ROUNDS, Row, SAMPLES, conntrack, flood, forward,
+        fresh_client, handshake::Path, load_average, measure_groups, pin_to_cpu, rows, rows_json,
+        services, table,
     },
     fixture::{
         CLIENT, CLIENT_MAC, FixtureNs, IF_BACKEND, IF_BACKEND_MAC, IF_CLIENT, IF_CLIENT_MAC,
@@ -27,7 +33,7 @@ use lb_tests::{
     testrun::{self, XDP_PASS, XDP_REDIRECT},
 };
 
-const NAMES: [&str; 9] = [
+const NAMES: [&str; 17] = [
     "new flow, a fresh 5-tuple per sample",
     "new flow, one SYN, entry deleted between",
     "established flow (connection table hit)",
@@ -39,8 +45,17 @@ const NAMES: [&str; 9] = [
     "new flow, scheduler wrr",
     "new flow, scheduler sh",
     "new flow, scheduler lc",
+    // A handshake per sample (`HANDSHAKES`), each packet timed on its own.
+    "SYN to a maglev service",
+    "backend SYN-ACK, maglev",
+    "first ACK, maglev",
+    "new connection (SYN + first ACK), maglev",
+    "SYN to an rr service",
+    "backend SYN-ACK, rr",
+    "first ACK, rr",
+    "new connection (SYN + first ACK), rr",
 ];
-const TARGETS: [Option<u32>; 9] = [
+const TARGETS: [Option<u32>; 17] = [
     Some(100),
     Some(100),
     Some(45),
@@ -50,7 +65,21 @@ const TARGETS: [Option<u32>; 9] = [
     Some(120),
     Some(120),
     Some(120),
+    None,
+    None,
+    None,
+    None,
+    None,
+    None,
+    None,
+    None,
 ];
+/// The scenarios of the table: one packet each, then the handshakes (four
+/// rows each: `Handshake::figures`).
+const WIDTHS: [usize; 11] = [1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4];
+/// The services of the handshake scenarios: the fixture's Maglev service of
+/// three backends ("multi") and its rr service.
+const HANDSHAKES: [(Ipv4Addr, u16); 2] = [(VIP, 443), (VIP_SCHEDULERS, SCHEDULER_PORTS[0])];
 
 /// The port of the fixture service with each scheduler (rr, wrr, sh, lc).
 const SCHEDULER_PORTS: [u16; 4] = [81, 82, 83, 84];
@@ -59,6 +88,10 @@ const PARTS: [&str; 4] = ["per-packet", "conntrack", "services", "forward"];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "compare") {
+        compare(&args[1..]);
+        return;
+    }
     if let Some(bad) = args.iter().find(|a| !PARTS.contains(&a.as_str())) {
         eprintln!("lb-bench: unknown part {bad}; parts: {}", PARTS.join(" "));
         std::process::exit(2);
@@ -89,6 +122,25 @@ fn main() {
     report(per_packet.as_deref(), &parts, &load_before);
 }
 
+/// `compare --base A.json... --new B.json...` (see `bench_dataplane::compare`).
+fn compare(args: &[String]) {
+    let usage = "usage: lb-bench compare --base A.json... --new B.json...";
+    let (Some(b), Some(n)) =
+        (args.iter().position(|a| a == "--base"), args.iter().position(|a| a == "--new"))
+    else {
+        eprintln!("{usage}");
+        std::process::exit(2);
+    };
+    let side = |from: usize, to: usize| args[from + 1..to.max(from + 1)].to_vec();
+    let (base, new) =
+        if b < n { (side(b, n), side(n, args.len())) } else { (side(b, args.len()), side(n, b)) };
+    if base.is_empty() || new.is_empty() {
+        eprintln!("{usage}");
+        std::process::exit(2);
+    }
+    print!("{}", bench_dataplane::compare::report(&base, &new));
+}
+
 /// The first table: the fixture config, a 1 Mi-entry connection table.
 fn measure_per_packet() -> Vec<Row> {
     let mut loaded = Loaded::new(1 << 20);
@@ -116,8 +168,14 @@ fn measure_per_packet() -> Vec<Row> {
     assert_eq!(testrun::run(loaded.prog_fd, &established, client_if, 1).action, XDP_REDIRECT);
 
     let baseline = Baseline::new(established.clone(), client_if);
+    let path = Path { prog_fd: loaded.prog_fd, client_if, backend_if };
     let mut fresh = 0_usize;
-    let measured = measure(&baseline, NAMES.len(), |i| {
+    let measured = measure_groups(&baseline, &WIDTHS, |i, out| {
+        if i >= 9 {
+            fresh += 1;
+            out.copy_from_slice(&path.handshake(fresh_client(fresh), HANDSHAKES[i - 9]).figures());
+            return;
+        }
         let (frame, ingress) = match i {
             0 => {
                 fresh += 1;
@@ -147,11 +205,15 @@ fn measure_per_packet() -> Vec<Row> {
             }
         };
         let expected = if i == 4 { XDP_PASS } else { XDP_REDIRECT };
-        let out = testrun::run(loaded.prog_fd, &frame, ingress, 1);
-        assert_eq!(out.action, expected, "{}", NAMES[i]);
-        out.duration_ns
+        let run = testrun::run(loaded.prog_fd, &frame, ingress, 1);
+        assert_eq!(run.action, expected, "{}", NAMES[i]);
+        out[0] = run.duration_ns;
     });
-    rows(&measured, &NAMES, &TARGETS)
+    let mut rows = rows(&measured, &NAMES, &TARGETS);
+    // Its own program and table (see `flood`); after the others, whose
+    // rounds it would otherwise lengthen.
+    rows.push(flood::row("SYN flood then established (rr)", HANDSHAKES[1], &baseline, &mut fresh));
+    rows
 }
 
 fn report(per_packet: Option<&[Row]>, parts: &[Part], load_before: &str) {
@@ -169,9 +231,10 @@ fn report(per_packet: Option<&[Row]>, parts: &[Part], load_before: &str) {
     let _ = write!(json, "  \"rounds\": {ROUNDS},\n  \"samples_per_round\": {SAMPLES}");
     if let Some(rows) = per_packet {
         println!(
-            "\nCost per packet (BPF_PROG_TEST_RUN, repeat = 1; median of {ROUNDS} rounds, each the 98% trimmed mean of {SAMPLES} samples)\n"
+            "\nCost per packet (BPF_PROG_TEST_RUN, repeat = 1; each statistic the median of {ROUNDS} rounds of {SAMPLES} samples)\n{COLUMNS}\n"
         );
         print!("{}", table(rows));
+        println!("{}", flood::note());
         let _ = write!(json, ",\n  \"scenarios\": {}", rows_json(rows, "  "));
     }
     for part in parts {
