@@ -5,11 +5,14 @@
 //! and the controller's Maglev tables (`lb-bench-control`, also alone as
 //! `cargo xtask bench control`: no root needed); and end to end against
 //! HAProxy and nftables (`lb-bench-e2e`, also alone as `cargo xtask bench e2e`).
-use std::process::Command;
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
-use crate::util::{bin, build, cargo, require_root, root, run_status, step, target_dir};
+use crate::util::{bin, build, cargo, cargo_cmd, require_root, root, run_status, step, target_dir};
 
 /// Builds the release `lb-ctl` and these benchmark binaries of lb-tests.
 fn build_release(bins: &[&str]) -> Result<()> {
@@ -61,7 +64,10 @@ pub fn dataplane() -> Result<()> {
     require_root("the data plane benchmark")?;
     step("data plane: cost per packet, 1M flows, 256 x 64 services, forwarding rate");
     let out = root().join("target/bench/dataplane.json");
-    run_status(Command::new(bin("lb-bench")).env("LB_BENCH_OUT", &out).current_dir(root()))
+    let ran =
+        run_status(Command::new(bin("lb-bench")).env("LB_BENCH_OUT", &out).current_dir(root()));
+    remove_bench_ns();
+    ran
 }
 
 pub fn run() -> Result<()> {
@@ -75,4 +81,160 @@ pub fn run() -> Result<()> {
     step("admin API: backend add latency, first packet, memory with 100 x 100 (release build)");
     run_release("lb-bench-api", "LB_BENCH_API_OUT", "api.json")?;
     e2e()
+}
+
+/// `cargo xtask bench ab --base REV [--runs N] [parts...]`: the current
+/// `lb-bench` over two XDP objects, REV's and the working tree's, run
+/// alternately (base, new, base, new, ...) so that the machine's slow and
+/// fast phases touch both alike; then `lb-bench compare` over their JSON.
+pub fn ab(args: &[&str]) -> Result<()> {
+    let ab = AbArgs::parse(args)?;
+    require_root("the A/B data plane benchmark")?;
+    let dir = root().join("target/bench/ab");
+    std::fs::create_dir_all(&dir)?;
+    let base_object = dir.join("base-lb-ebpf");
+    build_base_object(ab.base, &base_object)?;
+    step("building the current lb-bench (release)");
+    cargo(&["build", "--release", "-p", "lb-tests", "--bin", "lb-bench"])?;
+    let (mut base_json, mut new_json) = (Vec::new(), Vec::new());
+    for run in 1..=ab.runs {
+        for (side, object, jsons) in
+            [("base", Some(&base_object), &mut base_json), ("new", None, &mut new_json)]
+        {
+            step(&format!("run {run} of {}: {side}", ab.runs));
+            let json = dir.join(format!("{side}-{run}.json"));
+            let ran = run_bench(object.map(PathBuf::as_path), &json, &ab.parts);
+            remove_bench_ns();
+            ran?;
+            jsons.push(json);
+        }
+    }
+    step(&format!("{} (base) against the working tree (new)", ab.base));
+    let mut compare = Command::new(target_dir().join("release/lb-bench"));
+    compare.arg("compare").arg("--base").args(&base_json).arg("--new").args(&new_json);
+    run_status(&mut compare)
+}
+
+/// What `bench ab` was asked.
+struct AbArgs<'a> {
+    base: &'a str,
+    runs: usize,
+    parts: Vec<&'a str>,
+}
+
+impl<'a> AbArgs<'a> {
+    const USAGE: &'static str =
+        "usage: cargo xtask bench ab --base REV [--runs N] [lb-bench parts...]";
+
+    fn parse(args: &[&'a str]) -> Result<Self> {
+        let (mut base, mut runs, mut parts) = (None, 6, Vec::new());
+        let mut args = args.iter();
+        while let Some(&arg) = args.next() {
+            match arg {
+                "--base" => base = args.next().copied(),
+                "--runs" => {
+                    runs = args.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0).ok_or_else(
+                        || anyhow::anyhow!("--runs wants a positive number\n{}", Self::USAGE),
+                    )?;
+                }
+                part => parts.push(part),
+            }
+        }
+        let base = base.ok_or_else(|| anyhow::anyhow!("--base REV is missing\n{}", Self::USAGE))?;
+        Ok(Self { base, runs, parts })
+    }
+}
+
+/// One run of the release `lb-bench` (`object`: the XDP object to load
+/// instead of the built-in one), its JSON at `json` and its tables next to
+/// it (`.txt`): only the comparison is printed.
+fn run_bench(object: Option<&Path>, json: &Path, parts: &[&str]) -> Result<()> {
+    let log = json.with_extension("txt");
+    let mut cmd = Command::new(target_dir().join("release/lb-bench"));
+    cmd.args(parts)
+        .env("LB_BENCH_OUT", json)
+        .stdout(std::fs::File::create(&log)?)
+        .current_dir(root());
+    if let Some(object) = object {
+        cmd.env("LB_EBPF_OBJECT", object);
+    }
+    run_status(&mut cmd).with_context(|| format!("its tables so far: {}", log.display()))
+}
+
+/// lb-bench removes its namespace itself, also when it panics; not when
+/// it is killed. The next run would remove it first, but the last would
+/// leave it.
+fn remove_bench_ns() {
+    if Path::new("/var/run/netns").join(BENCH_NS).exists() {
+        let _ = Command::new("ip").args(["netns", "del", BENCH_NS]).status();
+    }
+}
+
+/// The data plane benchmark's namespace (`lb_tests::bench_dataplane::BENCH_NS`).
+const BENCH_NS: &str = "lbd-bench";
+
+/// Builds REV's XDP object in a worktree of its own (its own target
+/// directory, so ours stays as it is) and copies it to `to`. The worktree
+/// goes when this returns, whatever happened.
+fn build_base_object(rev: &str, to: &Path) -> Result<()> {
+    step(&format!("building the XDP object of {rev} (worktree target/ab-base)"));
+    let worktree = Worktree::add(&root().join("target/ab-base"), rev)?;
+    let target = root().join("target/ab-base-target");
+    // lb-ctl's build script builds the object (TOOLCHAIN.md); `check` runs
+    // build scripts too, and spares lb-ctl's dependencies their codegen.
+    let mut cmd = cargo_cmd(&["check", "--release", "-p", "lb-ctl"]);
+    cmd.current_dir(&worktree.path).env("CARGO_TARGET_DIR", &target);
+    run_status(&mut cmd)?;
+    let object = newest_build_output(&target.join("release/build"), "lb-ctl-", "out/lb-ebpf")?;
+    std::fs::copy(&object, to)
+        .with_context(|| format!("copying {} to {}", object.display(), to.display()))?;
+    Ok(())
+}
+
+/// The newest `DIR/PREFIX*/FILE`: build script outputs of earlier builds
+/// (other revisions) stay beside the one just made.
+fn newest_build_output(dir: &Path, prefix: &str, file: &str) -> Result<PathBuf> {
+    std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        .map(|e| e.path().join(file))
+        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+        .max()
+        .map(|(_, p)| p)
+        .with_context(|| format!("no {prefix}*/{file} under {}", dir.display()))
+}
+
+/// A detached git worktree, removed on drop (also on an early return).
+struct Worktree {
+    path: PathBuf,
+}
+
+impl Worktree {
+    fn add(path: &Path, rev: &str) -> Result<Self> {
+        // A worktree left by an interrupted run would make `add` fail.
+        Self::remove(path);
+        let mut cmd = Command::new("git");
+        cmd.args(["worktree", "add", "--detach", "--quiet"]).arg(path).arg(rev).current_dir(root());
+        run_status(&mut cmd).with_context(|| format!("checking out {rev}"))?;
+        Ok(Self { path: path.to_path_buf() })
+    }
+
+    fn remove(path: &Path) {
+        let git = |args: &[&str]| {
+            let _ = Command::new("git")
+                .args(args)
+                .current_dir(root())
+                .stderr(std::process::Stdio::null())
+                .status();
+        };
+        git(&["worktree", "remove", "--force", &path.to_string_lossy()]);
+        git(&["worktree", "prune"]);
+    }
+}
+
+impl Drop for Worktree {
+    fn drop(&mut self) {
+        Self::remove(&self.path);
+    }
 }

@@ -17,6 +17,9 @@ const USAGE: &str = "usage: cargo xtask <command>
   test               host unit tests, then privileged tests (root)
   bench              every benchmark: data plane, health checks, admin API, Maglev; tables + JSON
   bench dataplane    cost per packet (also with 1M flows, 256 x 64 services), Mpps through veth (root)
+  bench ab --base REV [--runs N] [PARTS]
+                     the per-packet bench over REV's XDP object and the working tree's, alternated
+                     N times (default 6); medians and differences per row (root)
   bench control      Maglev table build time and slots moved (no root)
   bench e2e          end to end: lb vs one backend directly, HAProxy, nftables DNAT (wrk, nginx;
                      installs haproxy nginx-light wrk)";
@@ -73,6 +76,10 @@ fn dispatch(args: &[String]) -> Result<()> {
         ["bench", "dataplane"] => {
             setup::ensure()?;
             bench::dataplane()
+        }
+        ["bench", "ab", rest @ ..] => {
+            setup::ensure()?;
+            bench::ab(rest)
         }
         ["bench", "control"] => {
             setup::ensure()?;
