@@ -212,24 +212,27 @@ struct Worktree {
 
 impl Worktree {
     fn add(path: &Path, rev: &str) -> Result<Self> {
-        // A worktree left by an interrupted run would make `add` fail.
+        // A worktree left by an interrupted run goes first; `--force` also
+        // takes the path if only its registration was left.
         Self::remove(path);
         let mut cmd = Command::new("git");
-        cmd.args(["worktree", "add", "--detach", "--quiet"]).arg(path).arg(rev).current_dir(root());
+        cmd.args(["worktree", "add", "--force", "--detach", "--quiet"])
+            .arg(path)
+            .arg(rev)
+            .current_dir(root());
         run_status(&mut cmd).with_context(|| format!("checking out {rev}"))?;
         Ok(Self { path: path.to_path_buf() })
     }
 
+    /// Removes this one worktree only (not `git worktree prune`: other
+    /// worktrees' records are not ours to touch).
     fn remove(path: &Path) {
-        let git = |args: &[&str]| {
-            let _ = Command::new("git")
-                .args(args)
-                .current_dir(root())
-                .stderr(std::process::Stdio::null())
-                .status();
-        };
-        git(&["worktree", "remove", "--force", &path.to_string_lossy()]);
-        git(&["worktree", "prune"]);
+        let _ = Command::new("git")
+            .args(["worktree", "remove", "--force"])
+            .arg(path)
+            .current_dir(root())
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }
 
