@@ -52,6 +52,15 @@ pub fn find(flow: &Flow, here: Here) -> Option<*mut Handshake> {
     (!expired(here.epoch as u32, born, timeout)).then_some(record)
 }
 
+/// The backend the live record of `flow` placed it on, for the paths that
+/// ask who owns a flow not yet in the table: an ICMP error about a
+/// SYN-ACK, the SYN-ACK to a backend that opened a flow to a VIP.
+#[inline(always)]
+pub fn placed_on(flow: &Flow, here: Here) -> Option<u32> {
+    // SAFETY: as in `find`.
+    find(flow, here).map(|record| unsafe { (*record).backend_id })
+}
+
 /// Places a SYN (or a UDP flow's first datagram) and records where: a
 /// retransmitted SYN finds its record and goes where the first went.
 #[inline(always)]

@@ -238,7 +238,8 @@ fn to_client(
 /// replies through us, so its address is rarely a reply's destination)
 /// pays the exact lookup. One exception: a backend that is itself a client
 /// of the VIP (from an ephemeral port) gets the replies of the flow it
-/// opened, which the connection table vouches for. A VIP never gets here:
+/// opened, which the connection table (or, in the handshake, the flow's
+/// record) vouches for. A VIP never gets here:
 /// `process` refuses a backend's service endpoint sending to a VIP first
 /// (`drop_backend_port_to_vip`), and a destination of the load balancer's
 /// own is the kernel's (`pass_local`).
@@ -274,6 +275,8 @@ fn reply_to_ours(
         {
             Ok(())
         }
+        // A flow still in its handshake (the SYN-ACK itself) has only its record.
+        _ if handshake::placed_on(&opened, here) == Some(real.backend_id) => Ok(()),
         _ => Err(Counter::DropReplyToOurs),
     }
 }
