@@ -429,7 +429,7 @@ fn speak_after_the_flood(mut c: HeldConn) -> Outcome {
 /// The load balancer's counters at one moment.
 struct Snapshot {
     counters: Vec<(&'static str, u64)>,
-    /// Per flooded port: (service id, packets in, flows entered in the table).
+    /// Per flooded port: (service id, packets in, new flows).
     services: BTreeMap<u16, (u32, u64, u64)>,
     veth_drops: u64,
 }
@@ -464,7 +464,7 @@ impl Snapshot {
             let (_, packets_before, flows_before) = before.services[port];
             arrived += packets - packets_before;
             eprintln!(
-                "  service {VIP}:{port} (id {id}): +{} packets in, +{} flows entered the connection table",
+                "  service {VIP}:{port} (id {id}): +{} packets in, +{} new flows",
                 packets - packets_before,
                 flows - flows_before
             );
