@@ -179,8 +179,8 @@ fn udp_records_a_flow_on_its_second_datagram() {
 
 /// A TCP packet of a flow with neither entry nor record (evicted, or met
 /// on another node after a failover) on an `rr` service: placed by its
-/// hash in the same table, so every packet of it goes to one backend, and
-/// recorded nowhere.
+/// hash in the same table, so every packet of it goes to one backend,
+/// without taking a turn of the rotation, and recorded nowhere.
 #[test]
 fn a_flow_met_mid_way_is_placed_by_its_hash_without_state() {
     let ns = FixtureNs::create("lbt-ft");
@@ -198,6 +198,8 @@ fn a_flow_met_mid_way_is_placed_by_its_hash_without_state() {
         }
         assert!(seen.len() >= 2, "spread over the table: {seen:?}");
         assert_eq!(loaded.conntrack_len(), 0, "recorded nowhere");
+        let syn = Ipv4::tcp((CLIENT, 50_520), RR, TCP_SYN, b"");
+        assert_eq!(send(&loaded, &syn).0, WEB1, "they took no turn: a SYN is still the first");
     });
 }
 
