@@ -1,6 +1,6 @@
 //! Every map of the data plane. Written by `lb-ctl`'s reconciler, read here;
-//! only the connection table, the next-hop cache and the counters are written
-//! by the kernel.
+//! only the connection table, the handshake records, the caches and the
+//! counters are written by the kernel.
 use aya_ebpf::{
     bindings::bpf_fib_lookup,
     btf_maps::{Array, DevMap, HashMap, LruHashMap, PerCpuArray},
