@@ -660,7 +660,7 @@ mod tests {
 mod pod {
     use super::{
         AnswerBudget, Backend, BackendConns, Conn, Endpoint, EpochClock, Flow, FlowCacheEntry,
-        FragEntry, FragKey, MaglevTable, Meta, NextHop, Policy, Real, Service, Traffic,
+        FragEntry, FragKey, Handshake, MaglevTable, Meta, NextHop, Policy, Real, Service, Traffic,
     };
 
     macro_rules! pod {
@@ -686,6 +686,7 @@ mod pod {
         Policy,
         FragKey,
         FragEntry,
+        Handshake,
         AnswerBudget
     );
 }
