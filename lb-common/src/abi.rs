@@ -7,7 +7,7 @@
 
 /// Bumped whenever a map layout below changes; stored in `lb_meta` so that a
 /// controller can tell whether pinned maps were written by a compatible build.
-pub const ABI_VERSION: u32 = 16;
+pub const ABI_VERSION: u32 = 17;
 
 /// Capacity of the service table (and of each per-service array).
 pub const MAX_SERVICES: u32 = 256;
@@ -233,7 +233,8 @@ pub struct Traffic {
     /// Backend -> client packets and bytes (reverse NAT).
     pub out_packets: u64,
     pub out_bytes: u64,
-    /// Flows that entered the connection table.
+    /// Flows placed by the scheduler: a TCP SYN (not a retransmitted
+    /// one), a UDP flow's first datagram.
     pub new_flows: u64,
 }
 const _: () = assert!(size_of::<Traffic>() == 40);
@@ -388,9 +389,16 @@ pub const FLOW_CACHE_SLOTS: u32 = 1 << 14;
 /// natively, as the data plane holds them.
 #[inline(always)]
 pub const fn flow_cache_slot(flow: &Flow) -> u32 {
+    crate::hash::table_index(flow_key(flow), FLOW_CACHE_SLOTS)
+}
+
+/// A flow folded into 64 bits for `table_index`: addresses read natively,
+/// as the data plane holds them.
+#[inline(always)]
+const fn flow_key(flow: &Flow) -> u64 {
     let addrs = ((u32::from_ne_bytes(flow.src) as u64) << 32) | u32::from_ne_bytes(flow.dst) as u64;
     let rest = ((flow.sport as u64) << 24) | ((flow.dport as u64) << 8) | flow.proto as u64;
-    crate::hash::table_index(addrs ^ rest, FLOW_CACHE_SLOTS)
+    addrs ^ rest
 }
 
 /// One entry of a CPU's flow cache: a copy of a connection-table entry,
@@ -412,6 +420,47 @@ pub struct FlowCacheEntry {
     pub _pad: u32,
 }
 const _: () = assert!(size_of::<FlowCacheEntry>() == 48);
+
+/// A record of `lb_handshakes`: where a flow not yet in the connection
+/// table was placed, kept until it proves itself or its time runs out. A
+/// TCP SYN (or a UDP flow's first datagram) writes one instead of a
+/// connection-table entry, so a flood of SYNs from forged sources reaches
+/// only this fixed array, never the table its established flows live in.
+/// The client's first ACK (the flow's second datagram) finds the record and
+/// is recorded in the table with the backend the SYN got, if it proves the
+/// client real: in NAT, it acknowledges the backend's SYN-ACK, whose
+/// sequence number a forged source never sees.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Handshake {
+    /// The flow as the client sent it (all zero: no record).
+    pub flow: Flow,
+    pub backend_id: u32,
+    /// The epoch tick the flow was placed in; the record lives for its
+    /// first state's timeout (`tcp_syn_timeout`, or the UDP timeout).
+    pub born: u32,
+    /// What the client's ACK must acknowledge: the backend's SYN-ACK
+    /// sequence number + 1 (valid with `HANDSHAKE_ANSWERED`).
+    pub expect_ack: u32,
+    /// `HANDSHAKE_*`.
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<Handshake>() == 32);
+
+/// `Handshake::flags`: the backend's SYN-ACK passed, `expect_ack` is set.
+pub const HANDSHAKE_ANSWERED: u32 = 1;
+
+/// Records of `lb_handshakes`, a power of two (8 MiB): a flood of `r` SYNs
+/// a second overwrites a given record within a round trip of `t` seconds
+/// with probability about `r·t / HANDSHAKE_SLOTS`.
+pub const HANDSHAKE_SLOTS: u32 = 1 << 18;
+
+/// The `lb_handshakes` slot of a flow (shared by all CPUs: a SYN-ACK may
+/// come in on another CPU than its SYN).
+#[inline(always)]
+pub const fn handshake_slot(flow: &Flow) -> u32 {
+    crate::hash::table_index(flow_key(flow), HANDSHAKE_SLOTS)
+}
 
 /// Value of `lb_meta` slot 0: who wrote the pinned maps.
 #[repr(C)]
@@ -611,7 +660,7 @@ mod tests {
 mod pod {
     use super::{
         AnswerBudget, Backend, BackendConns, Conn, Endpoint, EpochClock, Flow, FlowCacheEntry,
-        FragEntry, FragKey, MaglevTable, Meta, NextHop, Policy, Real, Service, Traffic,
+        FragEntry, FragKey, Handshake, MaglevTable, Meta, NextHop, Policy, Real, Service, Traffic,
     };
 
     macro_rules! pod {
@@ -637,6 +686,7 @@ mod pod {
         Policy,
         FragKey,
         FragEntry,
+        Handshake,
         AnswerBudget
     );
 }

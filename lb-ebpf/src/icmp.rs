@@ -24,7 +24,8 @@ use lb_common::{
 use crate::{
     Verdict,
     fwd::{self, Hop, Query},
-    maps::LB_CONNTRACK,
+    handshake,
+    maps::{LB_BACKENDS, LB_CONNTRACK},
     parse::{self, ETH_LEN, Frag, Ipv4, Packet, ptr_at},
     select::{self, Here},
 };
@@ -147,11 +148,18 @@ fn to_backend(
         _pad: [0; 3],
     };
     // SAFETY: copied out at once.
-    let conn = unsafe { LB_CONNTRACK.get(flow).copied() }
-        .filter(|c| !select::conn_expired(c, here))
-        .ok_or(Counter::PassIcmpNotOurs)?;
-    let backend = select::live_backend(conn.backend_id, conn.service_id, &flow)
-        .ok_or(Counter::PassIcmpNotOurs)?;
+    let conn =
+        unsafe { LB_CONNTRACK.get(flow).copied() }.filter(|c| !select::conn_expired(c, here));
+    // A flow in its handshake (an error about a SYN-ACK) has only its record.
+    let (backend_id, service_id) = match conn {
+        Some(conn) => (conn.backend_id, conn.service_id),
+        None => {
+            let id = handshake::placed_on(&flow, here).ok_or(Counter::PassIcmpNotOurs)?;
+            (id, LB_BACKENDS.get(id).ok_or(Counter::PassIcmpNotOurs)?.service_id)
+        }
+    };
+    let backend =
+        select::live_backend(backend_id, service_id, &flow).ok_or(Counter::PassIcmpNotOurs)?;
     refuse_from_elsewhere(ctx, ip, pkt, quoted, here)?;
     let direct = backend.flags & BACKEND_DSR != 0;
     let query = Query { src: pkt.flow.src, dst: backend.addr, sport: 0, dport: 0, direct };

@@ -8,6 +8,7 @@
 
 mod frag;
 mod fwd;
+mod handshake;
 mod icmp;
 mod maps;
 mod mem;
@@ -212,6 +213,9 @@ fn to_client(
     fwd::arrived_from(ctx, pkt, pkt.flow.src, here)?;
     reply_to_ours(pkt, dst_flags, &real, here)?;
     expire_check(pkt)?;
+    if pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK && pkt.flow.proto == PROTO_TCP {
+        handshake::answered(ctx, pkt, &real, here);
+    }
     select::backend_closes(&pkt.flow, &real, pkt.tcp_flags, here);
     let target = Target { rewrite: Some(Side::Source), addr: real.vip, port: real.vport };
     let verdict = fwd::forward(ctx, pkt, &target, here)?;
@@ -234,7 +238,8 @@ fn to_client(
 /// replies through us, so its address is rarely a reply's destination)
 /// pays the exact lookup. One exception: a backend that is itself a client
 /// of the VIP (from an ephemeral port) gets the replies of the flow it
-/// opened, which the connection table vouches for. A VIP never gets here:
+/// opened, which the connection table (or, in the handshake, the flow's
+/// record) vouches for. A VIP never gets here:
 /// `process` refuses a backend's service endpoint sending to a VIP first
 /// (`drop_backend_port_to_vip`), and a destination of the load balancer's
 /// own is the kernel's (`pass_local`).
@@ -270,6 +275,8 @@ fn reply_to_ours(
         {
             Ok(())
         }
+        // A flow still in its handshake (the SYN-ACK itself) has only its record.
+        _ if handshake::placed_on(&opened, here) == Some(real.backend_id) => Ok(()),
         _ => Err(Counter::DropReplyToOurs),
     }
 }
@@ -292,31 +299,48 @@ fn to_backend(
     let tcp = pkt.flow.proto == PROTO_TCP;
     let opening = tcp && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     // The flow's slot in this CPU's flow cache: read by the lookup, written
-    // by the scheduler for a new flow.
+    // when the flow is recorded.
     let cached = select::flow_cache_entry(&pkt.flow, here);
-    let check_source = || fwd::arrived_from(ctx, pkt, pkt.flow.src, here);
-    let known = select::established(&pkt.flow, pkt.tcp_flags, here, cached, check_source)?;
+    let known = if opening {
+        // A SYN asks no table: it is placed below and leaves a handshake
+        // record, which its ACK turns into an entry (see `handshake`).
+        fwd::arrived_from(ctx, pkt, pkt.flow.src, here)?;
+        Known::Unknown
+    } else {
+        let check_source = || fwd::arrived_from(ctx, pkt, pkt.flow.src, here);
+        match select::established(&pkt.flow, pkt.tcp_flags, here, cached, check_source)? {
+            Known::Unknown => handshake::settle(ctx, pkt, here, cached),
+            known => known,
+        }
+    };
     let (service_id, choice) = match known {
         Known::Flow(service_id, choice) if choice.backend.flags & BACKEND_DOWN == 0 => {
             expire_check(pkt)?;
             (service_id, choice)
         }
         // Its backend is DOWN or gone: a TCP client learns at once (its
-        // connection cannot go on elsewhere); a UDP flow, or a SYN opening a
-        // new connection, is placed anew.
-        Known::Flow(..) if tcp && !opening => {
+        // connection cannot go on elsewhere); a UDP flow is placed anew.
+        Known::Flow(..) if tcp => {
             return reject::tcp_reset(ctx, pkt, Counter::RstBackendDown, here).map(Some);
         }
-        Known::Gone if tcp && !opening => {
+        Known::Gone if tcp => {
             return reject::tcp_reset(ctx, pkt, Counter::RstBackendGone, here).map(Some);
         }
         Known::Flow(..) | Known::Gone | Known::Unknown => {
             let Some(service) = select::service(&pkt.flow) else {
                 return Ok(None);
             };
-            // Before scheduling: an expiring packet must not create a flow.
+            // Before placing: an expiring packet must not create a flow.
             expire_check(pkt)?;
-            match select::schedule(&pkt.flow, pkt.tcp_flags, &service, here, cached) {
+            // A TCP packet that is not a SYN, with neither entry nor record
+            // (its entry evicted or expired, its flow met mid-way on
+            // another node): placed by its hash, recorded nowhere.
+            let placed = if opening || !tcp {
+                handshake::open(&pkt.flow, &service, here)
+            } else {
+                select::pick(&pkt.flow, &service, select::Turn::Hashed)
+            };
+            match placed {
                 Ok(choice) => (service.id, choice),
                 Err(Counter::DropNoBackend) if service.flags & SVC_REJECT != 0 => {
                     return reject::no_backend(ctx, pkt, here).map(Some);

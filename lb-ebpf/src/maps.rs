@@ -1,6 +1,6 @@
 //! Every map of the data plane. Written by `lb-ctl`'s reconciler, read here;
-//! only the connection table, the next-hop cache and the counters are written
-//! by the kernel.
+//! only the connection table, the handshake records, the caches and the
+//! counters are written by the kernel.
 use aya_ebpf::{
     bindings::bpf_fib_lookup,
     btf_maps::{Array, DevMap, HashMap, LruHashMap, PerCpuArray},
@@ -9,8 +9,8 @@ use aya_ebpf::{
 use lb_common::abi::{
     ADDR_FILTER_SIZE, AnswerBudget, Backend, BackendConns, CONN_STATES, Conn,
     DEFAULT_CONNTRACK_MAX, Endpoint, EpochClock, FLOW_CACHE_SLOTS, Flow, FlowCacheEntry, FragEntry,
-    FragKey, MAX_BACKENDS, MAX_FRAGS, MAX_SERVICES, MAX_TX_PORTS, MaglevTable, Meta, NEXTHOP_SLOTS,
-    NextHop, Policy, REAL_SLOTS, Real, Service, Traffic,
+    FragKey, HANDSHAKE_SLOTS, Handshake, MAX_BACKENDS, MAX_FRAGS, MAX_SERVICES, MAX_TX_PORTS,
+    MaglevTable, Meta, NEXTHOP_SLOTS, NextHop, Policy, REAL_SLOTS, Real, Service, Traffic,
 };
 use lb_common::counter::Counter;
 
@@ -100,6 +100,11 @@ pub static LB_VIPS: HashMap<[u8; 4], u32, { 2 * MAX_SERVICES as usize }> = HashM
 /// `ADDR_BACKEND` only says who may be. Never answered, never sent a reply.
 #[btf_map(name = "lb_backend_addrs")]
 pub static LB_BACKEND_ADDRS: HashMap<[u8; 4], u32, { 2 * MAX_BACKENDS as usize }> = HashMap::new();
+
+/// Flows placed but not yet recorded (`abi::Handshake`), direct mapped by
+/// `handshake_slot`: a new record overwrites whatever held its slot.
+#[btf_map(name = "lb_handshakes")]
+pub static LB_HANDSHAKES: Array<Handshake, { HANDSHAKE_SLOTS as usize }> = Array::new();
 
 /// The connection table; `lb-ctl` sizes it from `dataplane.conntrack_max`.
 #[btf_map(name = "lb_conntrack")]

@@ -171,6 +171,25 @@ pub fn ipv4(ctx: &XdpContext) -> Result<Ipv4, Counter> {
     Ok(Ipv4 { eth, ip, ihl, proto, src, dst, short_header: ihl < 20 })
 }
 
+/// A TCP segment's sequence and acknowledgment numbers, host order:
+/// `None` unless `pkt` is TCP with its fixed header (not a later fragment).
+/// Bounds-checked again here: the verifier knows only the range the TCP
+/// and UDP branches of `transport` have in common for `pkt.ports`.
+#[inline(always)]
+pub fn tcp_seq_ack(ctx: &XdpContext, pkt: &Packet) -> Option<(u32, u32)> {
+    let header = pkt.ports.cast::<[u8; 12]>();
+    if pkt.flow.proto != PROTO_TCP || header.is_null() || header as usize + 12 > ctx.data_end() {
+        return None;
+    }
+    // SAFETY: the 12 bytes are in the frame (checked just above).
+    unsafe {
+        Some((
+            u32::from_be(mem::load32::<4>(header.cast())),
+            u32::from_be(mem::load32::<8>(header.cast())),
+        ))
+    }
+}
+
 /// Whether TCP `flags` can be one segment of a connection (RFC 9293): a
 /// SYN without FIN or RST, and any segment but a SYN or a RST acknowledges.
 /// SYN+FIN, SYN+RST and no flags at all are scans and stack fingerprinting.

@@ -8,9 +8,9 @@ use aya_ebpf::{
 };
 use lb_common::{
     abi::{
-        BACKEND_DOWN, BACKEND_IN_USE, Backend, CONN_CLOSING, CONN_ESTABLISHED, CONN_SYN, CONN_UDP,
-        Conn, Endpoint, FLOW_CACHE_SLOTS, Flow, FlowCacheEntry, LC_MAX_BACKENDS, NO_BACKEND,
-        PROTO_TCP, REAL_SLOT_SHARED, SCHED_LC, SCHED_MASK, SCHED_RR, SCHED_SH, SCHED_WRR, Service,
+        BACKEND_DOWN, BACKEND_IN_USE, Backend, CONN_CLOSED, CONN_CLOSING, CONN_ESTABLISHED,
+        CONN_UDP, Conn, Endpoint, FLOW_CACHE_SLOTS, Flow, FlowCacheEntry, LC_MAX_BACKENDS,
+        NO_BACKEND, REAL_SLOT_SHARED, SCHED_LC, SCHED_MASK, SCHED_RR, SCHED_SH, SCHED_WRR, Service,
         TCP_FIN, TCP_RST, TCP_SYN, Traffic, addr_slot, cpu_slot, expired, flow_cache_slot,
         next_state, real_slot, source_hash,
     },
@@ -18,6 +18,7 @@ use lb_common::{
     hash::{flow_hash, maglev_slot},
 };
 
+use crate::handshake;
 use crate::maps::{
     LB_ADDRS, LB_BACKENDS, LB_BE_CONNS, LB_CONNTRACK, LB_EPOCH, LB_FLOW_CACHE, LB_MAGLEV,
     LB_REAL_SLOTS, LB_REALS, LB_RR, LB_SERVICES, LB_TIMEOUTS,
@@ -173,6 +174,7 @@ pub fn established(
             && entry.ingress == here.ingress
             && settled
             && let Some(backend) = live_backend(entry.conn.backend_id, entry.conn.service_id, flow)
+            && backend.flags & BACKEND_DOWN == 0
         {
             let choice = Choice { id: entry.conn.backend_id, backend, new_flow: false };
             return Ok(Known::Flow(entry.conn.service_id, choice));
@@ -192,12 +194,21 @@ pub fn established(
     let Some(state) = next_state(conn.state, tcp_flags, true) else {
         return Ok(Known::Unknown);
     };
+    let backend = live_backend(conn.backend_id, conn.service_id, flow);
+    // An entry that cannot carry the flow on (its backend DOWN or gone, its
+    // connection closing or closed) gives way to a live handshake record:
+    // a new connection on the same ports, placed since.
+    let spent = state == CONN_CLOSING || state == CONN_CLOSED;
+    let usable = backend.is_some_and(|b| b.flags & BACKEND_DOWN == 0);
+    if (spent || !usable) && handshake::find(flow, here).is_some() {
+        return Ok(Known::Unknown);
+    }
     if state != conn.state || conn.last_seen != tick {
         conn.state = state;
         conn.last_seen = tick;
     }
     let conn = *conn;
-    let Some(backend) = live_backend(conn.backend_id, conn.service_id, flow) else {
+    let Some(backend) = backend else {
         return Ok(Known::Gone);
     };
     if let Some(slot) = cached {
@@ -241,22 +252,28 @@ pub fn backend_closes(reply: &Flow, real: &Reply, tcp_flags: u8, here: Here) {
     }
 }
 
-/// Places a flow the connection table does not know with the service's
-/// Maglev table, and remembers it.
+/// How a placement uses an `rr`/`wrr` service's rotation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// A new flow takes the next position (and `lc` counts its pick).
+    Next,
+    /// A packet met mid-way, with nothing recorded: placed by its flow hash
+    /// in the same weighted table, so all its packets go to one backend
+    /// without state.
+    Hashed,
+}
+
+/// The backend the service's scheduler gives `flow`: `maglev` (flow hash)
+/// and `sh` (source hash) from the Maglev table; `rr`/`wrr` from the
+/// rotation; `lc` the least loaded. A backend that is DOWN is never chosen.
 #[inline(always)]
-pub fn schedule(
-    flow: &Flow,
-    tcp_flags: u8,
-    service: &Service,
-    here: Here,
-    cached: Option<*mut FlowCacheEntry>,
-) -> Result<Choice, Counter> {
+pub fn pick(flow: &Flow, service: &Service, turn: Turn) -> Result<Choice, Counter> {
     let id = if service.flags & SCHED_MASK == SCHED_LC {
         lb_least_connections(service.id, service.ring_size)
     } else {
         let table = LB_MAGLEV.get(service.id).ok_or(Counter::DropNoBackend)?;
         let slot = match service.flags & SCHED_MASK {
-            SCHED_RR | SCHED_WRR => next_in_rotation(service)?,
+            SCHED_RR | SCHED_WRR if turn == Turn::Next => next_in_rotation(service)?,
             SCHED_SH => maglev_slot(source_hash(flow.src), service.ring_size),
             _ => maglev_slot(hash(flow), service.ring_size),
         };
@@ -269,34 +286,20 @@ pub fn schedule(
     let backend = live_backend(id, service.id, flow)
         .filter(|b| b.flags & BACKEND_DOWN == 0)
         .ok_or(Counter::DropNoBackend)?;
-    // A TCP flow met mid-way (its entry was evicted) is taken as established,
-    // or closing on a FIN; a RST is forwarded without creating an entry.
-    let state = match flow.proto {
-        PROTO_TCP if tcp_flags & TCP_RST != 0 => {
-            return Ok(Choice { id, backend, new_flow: false });
-        }
-        PROTO_TCP if tcp_flags & TCP_SYN != 0 => CONN_SYN,
-        PROTO_TCP if tcp_flags & TCP_FIN != 0 => CONN_CLOSING,
-        PROTO_TCP => CONN_ESTABLISHED,
-        _ => CONN_UDP,
-    };
-    let conn = Conn {
-        backend_id: id,
-        service_id: service.id,
-        last_seen: here.epoch as u32,
-        state,
-        _pad: [0; 3],
-    };
+    Ok(Choice { id, backend, new_flow: turn == Turn::Next })
+}
+
+/// Writes `conn` to the connection table for `flow`, and to this CPU's
+/// flow cache, which may still hold the flow's previous placement (a new
+/// connection on the same ports, a UDP flow moved off a DOWN backend).
+#[inline(always)]
+pub fn record(flow: &Flow, conn: Conn, here: Here, cached: Option<*mut FlowCacheEntry>) {
     // A full table evicts its least recently used entry; insert cannot fail for want of room.
     let _ = LB_CONNTRACK.insert(flow, conn, 0);
-    // This CPU's flow cache may still hold the flow's previous placement (a
-    // new connection on the same ports, a UDP flow moved off a DOWN backend):
-    // the new one replaces it.
     if let Some(slot) = cached {
         // SAFETY: this CPU's slot, only touched by this CPU; XDP does not nest.
         unsafe { *slot = cache_entry(flow, conn, here) };
     }
-    Ok(Choice { id, backend, new_flow: true })
 }
 
 /// The flow cache's copy of `conn`, checked now, for packets from here.

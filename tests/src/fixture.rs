@@ -16,8 +16,8 @@ use lb_ctl::{EBPF_OBJECT, config, dataplane::kernel::KernelMaps, netdev, reconci
 
 use crate::{
     netns::{exists, ns_sh, output, sh},
-    packet::Mac,
-    testrun::{self, Outcome},
+    packet::{Ipv4, L4, Mac, TCP_ACK, TCP_SYN},
+    testrun::{self, Outcome, XDP_REDIRECT},
 };
 
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 10);
@@ -550,7 +550,49 @@ impl Loaded {
         }
     }
 
+    /// A TCP handshake as a real client and backend make it: the client's
+    /// SYN, the SYN-ACK of the backend it was sent to (sequence number
+    /// `BACKEND_ISN`), and the client's ACK of it. Returns that backend.
+    pub fn handshake(&self, client: (Ipv4Addr, u16), vip: (Ipv4Addr, u16)) -> (Ipv4Addr, u16) {
+        let from_client = |p: &Ipv4| p.frame(IF_CLIENT_MAC, CLIENT_MAC);
+        let syn = Ipv4::tcp(client, vip, TCP_SYN, b"");
+        let out = self.run(&from_client(&syn), IF_CLIENT);
+        assert_eq!(out.action, XDP_REDIRECT, "the SYN of {client:?} is forwarded");
+        let backend = destination(&out.frame);
+        let mut syn_ack = Ipv4::tcp(backend, client, TCP_SYN | TCP_ACK, b"");
+        if let L4::Tcp { seq, ack, .. } = &mut syn_ack.l4 {
+            (*seq, *ack) = (BACKEND_ISN, CLIENT_ISN + 1);
+        }
+        let out = self.run(&syn_ack.frame(IF_BACKEND_MAC, WEB_MACS[0]), IF_BACKEND);
+        assert_eq!(out.action, XDP_REDIRECT, "the SYN-ACK from {backend:?} is forwarded");
+        let ack = handshake_ack(client, vip);
+        let out = self.run(&from_client(&ack), IF_CLIENT);
+        assert_eq!(out.action, XDP_REDIRECT, "the ACK of {client:?} is forwarded");
+        assert_eq!(destination(&out.frame), backend, "the ACK goes where the SYN went");
+        backend
+    }
+
     pub fn conntrack_len(&mut self) -> usize {
         self.conntrack().keys().count()
     }
+}
+
+/// The sequence number a fixture backend's SYN-ACK carries (`Loaded::handshake`).
+pub const BACKEND_ISN: u32 = 0x5eed_0000;
+/// The sequence number of every fixture client's SYN (`packet::Ipv4::tcp`).
+pub const CLIENT_ISN: u32 = 1000;
+
+/// The client's ACK that completes `Loaded::handshake`'s handshake.
+pub fn handshake_ack(client: (Ipv4Addr, u16), vip: (Ipv4Addr, u16)) -> Ipv4 {
+    let mut ack = Ipv4::tcp(client, vip, TCP_ACK, b"");
+    if let L4::Tcp { seq, ack, .. } = &mut ack.l4 {
+        (*seq, *ack) = (CLIENT_ISN + 1, BACKEND_ISN + 1);
+    }
+    ack
+}
+
+/// The destination address and port of a forwarded frame (no IP options).
+pub fn destination(frame: &[u8]) -> (Ipv4Addr, u16) {
+    let addr = Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33]);
+    (addr, u16::from_be_bytes([frame[36], frame[37]]))
 }

@@ -462,7 +462,12 @@ pub struct EchoConn {
 
 impl EchoConn {
     pub fn open() -> std::io::Result<Self> {
-        let writer = connect(9000)?;
+        Self::open_port(crate::server::ECHO_PORT)
+    }
+
+    /// A connection to a line echo service on the VIP's `port`.
+    pub fn open_port(port: u16) -> std::io::Result<Self> {
+        let writer = connect(port)?;
         let reader = BufReader::new(writer.try_clone()?);
         Ok(Self { writer, reader })
     }

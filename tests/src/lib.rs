@@ -16,6 +16,7 @@ pub mod server;
 pub mod testrun;
 pub mod topology;
 pub mod traffic;
+pub mod wire;
 
 /// Raises the open-file limit to its hard maximum (thousands of sockets).
 pub fn raise_fd_limit() {

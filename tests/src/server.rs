@@ -1,7 +1,7 @@
 //! The backends' servers: HTTP that names the backend (`Bienvenue sur WEB2`)
 //! or sends a bulk body (`GET /bytes/N`), a line echo that prefixes each
-//! line with the backend's name (for long-lived connections), and a UDP
-//! echo that does the same.
+//! line with the backend's name (for long-lived connections; on 9000, 9001
+//! and 9002), and a UDP echo that does the same.
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream, UdpSocket},
@@ -16,6 +16,9 @@ use std::{
 
 pub const HTTP_PORT: u16 = 80;
 pub const ECHO_PORT: u16 = 9000;
+/// The line echo on more ports, for tests with several echo services: a
+/// backend address and port belongs to one service.
+pub const MORE_ECHO_PORTS: [u16; 2] = [9001, 9002];
 pub const UDP_PORT: u16 = 5353;
 /// HTTP again, on every address (the VIP too): for direct routing, where the
 /// packet arrives addressed to the VIP and the port cannot be translated.
@@ -41,6 +44,11 @@ pub fn greeting(name: &str) -> String {
 pub fn serve(name: &str, addr: &str, health_control: Option<PathBuf>) -> std::io::Result<()> {
     let http = TcpListener::bind((addr, HTTP_PORT))?;
     let echo = TcpListener::bind((addr, ECHO_PORT))?;
+    for port in MORE_ECHO_PORTS {
+        let listener = TcpListener::bind((addr, port))?;
+        let prefix = name.to_owned();
+        thread::spawn(move || accept(&listener, move |s| echo_lines(s, &prefix)));
+    }
     let udp = UdpSocket::bind((addr, UDP_PORT))?;
     let dsr_http = TcpListener::bind(("0.0.0.0", DSR_HTTP_PORT))?;
     let body = greeting(name);

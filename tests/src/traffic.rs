@@ -100,15 +100,22 @@ impl Traffic {
 }
 
 fn echo_loop(stop: &AtomicBool) -> EchoReport {
+    match EchoConn::open() {
+        Ok(conn) => keep_talking(conn, stop, ECHO_EVERY),
+        Err(e) => EchoReport {
+            lines: 0,
+            backends: Vec::new(),
+            error: Some(format!("opening: {e}")),
+            longest_wait: Duration::ZERO,
+        },
+    }
+}
+
+/// Exchanges a line on `conn` every `every` until `stop` is set (at most
+/// `MAX_RUN`) or the connection fails; what it saw.
+pub fn keep_talking(mut conn: EchoConn, stop: &AtomicBool, every: Duration) -> EchoReport {
     let mut report =
         EchoReport { lines: 0, backends: Vec::new(), error: None, longest_wait: Duration::ZERO };
-    let mut conn = match EchoConn::open() {
-        Ok(conn) => conn,
-        Err(e) => {
-            report.error = Some(format!("opening: {e}"));
-            return report;
-        }
-    };
     let deadline = Instant::now() + MAX_RUN;
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
         let sent = Instant::now();
@@ -125,7 +132,7 @@ fn echo_loop(stop: &AtomicBool) -> EchoReport {
                 break;
             }
         }
-        std::thread::sleep(ECHO_EVERY);
+        std::thread::sleep(every);
     }
     report
 }

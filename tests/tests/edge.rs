@@ -531,10 +531,7 @@ fn sources_must_be_where_their_route_leaves() {
             proto: 6,
             _pad: [0; 3],
         };
-        for flags in [TCP_SYN, TCP_ACK] {
-            let p = from_client_side(&Ipv4::tcp(client, (VIP, 80), flags, b""), CLIENT_MAC);
-            assert_eq!(loaded.run(&p, IF_CLIENT).action, XDP_REDIRECT);
-        }
+        loaded.handshake(client, (VIP, 80));
         let established = loaded.conn(&flow).expect("an entry").state;
         let forged_rst = Ipv4::tcp((WEB1, 8080), client, packet::TCP_RST, b"");
         check(
@@ -842,7 +839,8 @@ fn replies_to_our_own_addresses_are_dropped() {
 
         // Only the backend the flow is on: web1 opens a flow to the
         // three-backend service, and another of its backends "replies" with
-        // a FIN, which would close it. Dropped, the flow's state unchanged.
+        // a FIN, which would close it. Dropped; the flow, in its handshake,
+        // has only its record, which no FIN turns into an entry.
         let opened = Ipv4::tcp((WEB1, 46_300), (VIP, 443), TCP_SYN, b"");
         let out = loaded.run(&from_backend_side(&opened, WEB_MACS[0]), IF_BACKEND);
         let on = Ipv4Addr::new(out.frame[30], out.frame[31], out.frame[32], out.frame[33]);
@@ -855,7 +853,7 @@ fn replies_to_our_own_addresses_are_dropped() {
             proto: 6,
             _pad: [0; 3],
         };
-        let state = loaded.conn(&flow).expect("the flow's entry").state;
+        assert_eq!(loaded.conn(&flow), None, "a SYN leaves no entry");
         let forged = Ipv4::tcp((other, 443), (WEB1, 46_300), packet::TCP_FIN | TCP_ACK, b"");
         check(
             &mut loaded,
@@ -865,10 +863,10 @@ fn replies_to_our_own_addresses_are_dropped() {
             Counter::DropReplyToOurs,
             None,
         );
-        assert_eq!(loaded.conn(&flow).expect("the flow's entry").state, state, "state unchanged");
+        assert_eq!(loaded.conn(&flow), None, "still no entry");
 
-        // An expired entry vouches for nothing: a SYN-state entry idle past
-        // its timeout (200 ms, 2 ticks here).
+        // An expired record vouches for nothing: a handshake record older
+        // than the SYN timeout (200 ms, 2 ticks here).
         let timeouts = lb_ctl::model::Timeouts {
             tcp_syn: std::time::Duration::from_millis(200),
             ..lb_ctl::model::Timeouts::default()
@@ -882,7 +880,7 @@ fn replies_to_our_own_addresses_are_dropped() {
         }
         check(
             &mut loaded,
-            "the reply of a flow whose entry expired",
+            "the reply of a flow whose record expired",
             (&frame, IF_BACKEND),
             XDP_DROP,
             Counter::DropReplyToOurs,

@@ -900,17 +900,17 @@ fn maglev_choice_in_the_kernel_matches_the_controllers_table() {
             seen.insert(backend.addr);
         }
         assert_eq!(seen.len(), 3, "60 flows should reach all three backends");
-        assert_eq!(loaded.conntrack_len(), 60, "each new flow has a connection entry");
+        assert_eq!(loaded.conntrack_len(), 0, "a SYN leaves no entry in the connection table");
     });
 }
 
 /// A mid-flow packet of a flow the load balancer has forgotten (no
-/// connection entry and nothing in the flow cache: a restart, a failover to
-/// another node) is placed by the service's Maglev table, which sends it
-/// where its SYN went, and the flow is taken as established.
+/// connection entry and nothing in the flow cache: evicted, or a failover
+/// to another node) is placed by the service's Maglev table, which sends it
+/// where its SYN went, and recorded nowhere: only a handshake seen here
+/// records a flow, so a flood of forged ACKs reaches no table.
 #[test]
 fn a_forgotten_flow_is_placed_by_the_maglev_table() {
-    use lb_common::abi::CONN_ESTABLISHED;
     let ns = FixtureNs::create("lbt-fix");
     in_ns(&ns.name, || {
         let mut loaded = Loaded::new(4096);
@@ -922,10 +922,7 @@ fn a_forgotten_flow_is_placed_by_the_maglev_table() {
         for sport in 2000..2012_u16 {
             let client = (CLIENT, sport);
             let flow = flow_of(client, (VIP, 443), PROTO_TCP);
-            for flags in [TCP_SYN, TCP_ACK] {
-                let p = from_client(&Ipv4::tcp(client, (VIP, 443), flags, b""));
-                assert_eq!(loaded.run(&p, IF_CLIENT).action, XDP_REDIRECT, "establishing");
-            }
+            loaded.handshake(client, (VIP, 443));
             // Forget the flow: either copy alone would still place it.
             loaded.flush_conntrack();
             loaded.clear_flow_cache(&flow);
@@ -943,7 +940,7 @@ fn a_forgotten_flow_is_placed_by_the_maglev_table() {
             let want =
                 forwarded(&data, client, (addr, backend.port), web_mac(addr), IF_BACKEND_MAC);
             assert_eq!(hex(&out.frame), hex(&want), "source port {sport}: the table's backend");
-            assert_eq!(loaded.conn(&flow).map(|c| c.state), Some(CONN_ESTABLISHED));
+            assert_eq!(loaded.conn(&flow), None, "recorded nowhere");
             seen.insert(addr);
         }
         assert!(seen.len() >= 2, "12 flows should reach several backends: {seen:?}");
@@ -1069,6 +1066,7 @@ fn a_down_backend_resets_tcp_flows_and_moves_udp_flows() {
         let find = |name: &str| services.iter().find(|s| s.name == name).unwrap().clone();
 
         // A TCP flow and a UDP flow, both established.
+        loaded.handshake((CLIENT, CLIENT_PORT), (VIP, 80));
         let data = data_acking(CLIENT_PORT, 5000);
         assert_eq!(loaded.run(&from_client(&data), IF_CLIENT).action, XDP_REDIRECT);
         let udp_port = (41_000..42_000_u16)
@@ -1140,6 +1138,7 @@ fn a_down_backends_tcp_packet_no_reset_answers_is_dropped() {
         let mut loaded = Loaded::new(4096);
         let services = lb_ctl::config::parse(&config()).unwrap().services;
         let web = services.iter().find(|s| s.name == "web").unwrap();
+        loaded.handshake((CLIENT, CLIENT_PORT), (VIP, 80));
         let data = data_acking(CLIENT_PORT, 5000);
         assert_eq!(loaded.run(&from_client(&data), IF_CLIENT).action, XDP_REDIRECT);
         let down = lb_ctl::plan::backend_key(web, WEB1, 8080);
@@ -1295,39 +1294,49 @@ fn flow_of(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), proto: u8) -> lb_common::
     }
 }
 
-/// The connection table follows a TCP connection from both directions:
-/// SYN, the client's ACK (established), the backend's FIN (closing), a RST
-/// (closed), and a new SYN on the same ports starts over.
+/// The connection table follows a TCP connection from both directions: the
+/// SYN and the backend's SYN-ACK leave only a handshake record, the
+/// client's ACK of the SYN-ACK records the flow (established), the
+/// backend's FIN makes it closing, a RST closed, and a new handshake on the
+/// same ports replaces the closed entry.
 #[test]
 fn connection_states_follow_both_directions() {
-    use lb_common::abi::{CONN_CLOSED, CONN_CLOSING, CONN_ESTABLISHED, CONN_SYN};
+    use lb_common::abi::{CONN_CLOSED, CONN_CLOSING, CONN_ESTABLISHED};
     let ns = FixtureNs::create("lbt-fix");
     in_ns(&ns.name, || {
         let mut loaded = Loaded::new(4096);
         let client = (CLIENT, 44_000);
         let flow = flow_of(client, (VIP, 80), PROTO_TCP);
         let state = |loaded: &mut Loaded| loaded.conn(&flow).map(|c| c.state);
-        let send = |loaded: &mut Loaded, flags: u8| {
-            let out =
-                loaded.run(&from_client(&Ipv4::tcp(client, (VIP, 80), flags, b"")), IF_CLIENT);
-            assert_eq!(out.action, XDP_REDIRECT);
+        let send = |loaded: &mut Loaded, p: &Ipv4| {
+            assert_eq!(loaded.run(&from_client(p), IF_CLIENT).action, XDP_REDIRECT);
         };
-        send(&mut loaded, TCP_SYN);
-        assert_eq!(state(&mut loaded), Some(CONN_SYN));
-        let syn_ack = Ipv4::tcp((WEB1, 8080), client, TCP_SYN | TCP_ACK, b"");
+        send(&mut loaded, &Ipv4::tcp(client, (VIP, 80), TCP_SYN, b""));
+        assert_eq!(state(&mut loaded), None, "the SYN");
+        let mut syn_ack = Ipv4::tcp((WEB1, 8080), client, TCP_SYN | TCP_ACK, b"");
+        if let L4::Tcp { seq, ack, .. } = &mut syn_ack.l4 {
+            (*seq, *ack) = (BACKEND_ISN, CLIENT_ISN + 1);
+        }
         assert_eq!(loaded.run(&from_web1(&syn_ack), IF_BACKEND).action, XDP_REDIRECT);
-        assert_eq!(state(&mut loaded), Some(CONN_SYN), "the backend's SYN-ACK");
-        send(&mut loaded, TCP_ACK);
+        assert_eq!(state(&mut loaded), None, "the backend's SYN-ACK");
+        send(&mut loaded, &handshake_ack(client, (VIP, 80)));
         assert_eq!(state(&mut loaded), Some(CONN_ESTABLISHED), "the client's ACK");
-        send(&mut loaded, TCP_ACK | TCP_PSH);
+        send(&mut loaded, &Ipv4::tcp(client, (VIP, 80), TCP_ACK | TCP_PSH, b""));
         assert_eq!(state(&mut loaded), Some(CONN_ESTABLISHED));
         let fin = Ipv4::tcp((WEB1, 8080), client, packet::TCP_FIN | TCP_ACK, b"");
         assert_eq!(loaded.run(&from_web1(&fin), IF_BACKEND).action, XDP_REDIRECT);
         assert_eq!(state(&mut loaded), Some(CONN_CLOSING), "the backend's FIN");
-        send(&mut loaded, packet::TCP_RST);
+        send(&mut loaded, &Ipv4::tcp(client, (VIP, 80), packet::TCP_RST, b""));
         assert_eq!(state(&mut loaded), Some(CONN_CLOSED), "a RST");
-        send(&mut loaded, TCP_SYN);
-        assert_eq!(state(&mut loaded), Some(CONN_SYN), "a new connection on the same ports");
+        send(&mut loaded, &Ipv4::tcp(client, (VIP, 80), TCP_SYN, b""));
+        assert_eq!(state(&mut loaded), Some(CONN_CLOSED), "a new SYN asks no table");
+        // The new connection's handshake replaces the closed entry.
+        loaded.handshake(client, (VIP, 80));
+        assert_eq!(
+            state(&mut loaded),
+            Some(CONN_ESTABLISHED),
+            "a new connection on the same ports"
+        );
     });
 }
 
@@ -1347,10 +1356,8 @@ fn expired_connections_count_as_absent() {
         let services = lb_ctl::config::parse(&config()).unwrap().services;
         // A flow of the rr service, established on web1 (the first in turn).
         let client = (CLIENT, 45_000);
-        let syn = from_client(&Ipv4::tcp(client, (VIP_SCHEDULERS, 81), TCP_SYN, b""));
         let ack = from_client(&Ipv4::tcp(client, (VIP_SCHEDULERS, 81), TCP_ACK, b""));
-        assert_eq!(sent_to(&loaded, &syn), WEB1, "the first in turn");
-        assert_eq!(sent_to(&loaded, &ack), WEB1);
+        assert_eq!(loaded.handshake(client, (VIP_SCHEDULERS, 81)).0, WEB1, "the first in turn");
         // Drain that backend: the live entry keeps the flow on it.
         let mut drained = services.clone();
         let rr = drained.iter_mut().find(|s| s.name == "rr").unwrap();
@@ -1402,6 +1409,7 @@ fn a_removed_backend_resets_its_tcp_flows() {
     in_ns(&ns.name, || {
         let mut loaded = Loaded::new(4096);
         let mut services = lb_ctl::config::parse(&config()).unwrap().services;
+        loaded.handshake((CLIENT, 46_000), (VIP, 80));
         let mut data = Ipv4::tcp((CLIENT, 46_000), (VIP, 80), TCP_ACK | TCP_PSH, b"more");
         if let L4::Tcp { ack, .. } = &mut data.l4 {
             *ack = 7000;
@@ -1438,7 +1446,7 @@ fn the_data_plane_clock_runs_without_a_controller() {
             loaded.run(&from_client(&Ipv4::tcp(client, (VIP, 80), flags, b"")), IF_CLIENT)
         };
         let first = now(&mut loaded);
-        send(&mut loaded, TCP_SYN);
+        loaded.handshake(client, (VIP, 80));
         // Entries keep the tick's low 32 bits.
         let stamped = loaded.conn(&flow).expect("an entry").last_seen;
         assert!(stamped.wrapping_sub(first as u32) <= 1, "{stamped} against {first}");

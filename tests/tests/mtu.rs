@@ -19,9 +19,10 @@ use lb_tests::{
     counters,
     harness::{Lab, Setup},
     netns::{in_ns, ns_sh},
-    packet::{Ipv4, Mac, fragments},
+    packet::{Ipv4, fragments},
     server::{UDP_PORT, bulk_byte},
     topology::{BACKENDS, CLIENT_ADDR, ROUTED_CLIENT_ADDR, Topology, VIP},
+    wire::{if_stat, mac_of, packet_socket, veth_drops},
 };
 
 fn vip() -> Ipv4Addr {
@@ -436,24 +437,6 @@ fn reassembled_forwarded(lab: &Lab, want: u64) -> (u64, u64) {
 
 // --- 3. loops stay bounded --------------------------------------------------
 
-/// A packet socket on `dev` in the calling thread's namespace.
-fn packet_socket(dev: &str) -> (OwnedFd, libc::sockaddr_ll) {
-    // SAFETY: plain socket(2); the descriptor is owned at once.
-    let fd = unsafe {
-        libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from((libc::ETH_P_ALL as u16).to_be()))
-    };
-    assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
-    // SAFETY: fd is a fresh descriptor nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let ifindex = lb_ctl::netdev::ifindex(dev).expect("interface");
-    // SAFETY: all-zero is a valid sockaddr_ll.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_ifindex = ifindex.cast_signed();
-    addr.sll_protocol = (libc::ETH_P_IP as u16).to_be();
-    (fd, addr)
-}
-
 /// Sends each of `frames` out of `dev` in namespace `ns`, as they are,
 /// pausing now and then so that the receiving veth's ring (with XDP, a
 /// NAPI ring of its own) is not what drops them. Returns how many the
@@ -483,30 +466,6 @@ fn send_frames(ns: &str, dev: &'static str, frames: Vec<Vec<u8>>) -> usize {
         }
         sent
     })
-}
-
-/// The MAC address of `dev` in namespace `ns`.
-fn mac_of(ns: &str, dev: &str) -> Mac {
-    let text = ns_sh(ns, &["cat", &format!("/sys/class/net/{dev}/address")]);
-    let bytes: Vec<u8> =
-        text.trim().split(':').map(|b| u8::from_str_radix(b, 16).expect("MAC byte")).collect();
-    bytes.try_into().expect("6 bytes")
-}
-
-/// An interface statistic (`tx_packets`...) of `dev` in namespace `ns`.
-fn if_stat(ns: &str, dev: &str, name: &str) -> u64 {
-    ns_sh(ns, &["cat", &format!("/sys/class/net/{dev}/statistics/{name}")])
-        .trim()
-        .parse()
-        .expect("a counter")
-}
-
-/// Frames lost between the client and the load balancer's XDP program,
-/// before anything counted them: a veth with XDP has a ring of its own per
-/// queue, and a burst that overflows it is dropped (counted as the
-/// sender's `tx_dropped` or the receiver's `rx_dropped`).
-fn veth_drops(topo: &Topology) -> u64 {
-    if_stat(&topo.client(), "c0", "tx_dropped") + if_stat(&topo.lb(), "lb-c", "rx_dropped")
 }
 
 /// An nftables table `lbt` in namespace `ns` counting, before anything

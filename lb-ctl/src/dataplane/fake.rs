@@ -102,6 +102,14 @@ impl MapReader for FakeReader {
         Ok((None, 0))
     }
 
+    fn handshake_backend(
+        &self,
+        _flow: &lb_common::abi::Flow,
+        _now: u32,
+    ) -> Result<Option<u32>, DataplaneError> {
+        Ok(None)
+    }
+
     fn place_flow(
         &self,
         _flow: &lb_common::abi::Flow,

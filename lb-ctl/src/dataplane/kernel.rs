@@ -18,8 +18,9 @@ use aya::{
 use lb_common::abi::{
     ABI_VERSION, BACKEND_IN_USE, BackendConns, CONN_CLOSED, CONN_CLOSING, CONN_ESTABLISHED,
     CONN_STATES, CONN_SYN, CONN_UDP, Conn, DEFAULT_ANSWERS_PER_SECOND, EPOCH_TICK_MS, Endpoint,
-    EpochClock, Flow, MAGLEV_SIZE, MAX_TX_PORTS, Meta, NO_BACKEND, Policy, REVERSE_PATH_LOOSE,
-    REVERSE_PATH_OFF, REVERSE_PATH_STRICT, Traffic, answers_per_tick, epoch_mult, expired,
+    EpochClock, Flow, Handshake, MAGLEV_SIZE, MAX_TX_PORTS, Meta, NO_BACKEND, PROTO_TCP, Policy,
+    REVERSE_PATH_LOOSE, REVERSE_PATH_OFF, REVERSE_PATH_STRICT, Traffic, answers_per_tick,
+    epoch_mult, expired, handshake_slot,
 };
 use rustc_hash::FxHashSet;
 use tracing::info;
@@ -578,9 +579,17 @@ impl Maps for KernelMaps {
         };
         let flows = HashMap::try_from(aya::maps::Map::LruHashMap(reopen()?))
             .map_err(err("opening lb_conntrack again"))?;
+        let Some(aya::maps::Map::Array(handshakes)) = self.ebpf.map("lb_handshakes") else {
+            return Err(DataplaneError::kernel("lb_handshakes", "missing from the object"));
+        };
+        let handshakes = MapData::from_fd(dup("lb_handshakes", handshakes.fd().as_fd())?)
+            .map_err(err("opening lb_handshakes again"))?;
+        let handshakes = Array::try_from(aya::maps::Map::Array(handshakes))
+            .map_err(err("opening lb_handshakes again"))?;
         Ok(Arc::new(KernelReader {
             conntrack: reopen()?,
             flows: std::sync::Mutex::new(flows),
+            handshakes: std::sync::Mutex::new(handshakes),
             clock_program: dup("lb_clock", self.clock_program.as_fd())?,
             timeout_ticks: self.timeout_ticks,
             links: self.pins.as_ref().map(PinDir::link_pins),
@@ -700,6 +709,8 @@ struct KernelReader {
     conntrack: MapData,
     /// The same table, for the reassembly slow path's lookups and inserts.
     flows: std::sync::Mutex<HashMap<MapData, Flow, Conn>>,
+    /// `lb_handshakes`, for the slow path's flows that only have a record.
+    handshakes: std::sync::Mutex<Array<MapData, Handshake>>,
     clock_program: OwnedFd,
     /// The timeouts when the reader was taken (they are set at start).
     timeout_ticks: [u32; CONN_STATES as usize],
@@ -758,6 +769,17 @@ impl MapReader for KernelReader {
             !expired(now, c.last_seen, timeout)
         });
         Ok((live, now))
+    }
+
+    fn handshake_backend(&self, flow: &Flow, now: u32) -> Result<Option<u32>, DataplaneError> {
+        let records = self.handshakes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let record = records
+            .get(&handshake_slot(flow), 0)
+            .map_err(|e| DataplaneError::kernel("reading lb_handshakes", e))?;
+        let state = if flow.proto == PROTO_TCP { CONN_SYN } else { CONN_UDP };
+        let timeout = self.timeout_ticks.get(usize::from(state)).copied().unwrap_or(0);
+        let live = record.flow == *flow && !expired(now, record.born, timeout);
+        Ok(live.then_some(record.backend_id))
     }
 
     fn place_flow(&self, flow: &Flow, conn: &Conn) -> Result<(), DataplaneError> {

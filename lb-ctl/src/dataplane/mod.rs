@@ -118,6 +118,11 @@ pub trait MapReader: Send + Sync {
     /// path (`crate::reassembled`), which places a flow as `lb_xdp` would.
     fn flow_entry(&self, flow: &Flow) -> Result<(Option<Conn>, u32), DataplaneError>;
 
+    /// The backend id in `flow`'s live handshake record (`lb_handshakes`):
+    /// where `lb_xdp` placed the flow's first datagram, which no entry
+    /// records yet. `now` is the epoch `flow_entry` returned.
+    fn handshake_backend(&self, flow: &Flow, now: u32) -> Result<Option<u32>, DataplaneError>;
+
     /// Writes `conn` for `flow` into the connection table, as `lb_xdp`
     /// does for a flow it places: per-flow state, not configuration, so it
     /// does not wait behind the reconciler (which never writes it).

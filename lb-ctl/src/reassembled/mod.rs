@@ -153,6 +153,19 @@ impl SlowPath {
         }
     }
 
+    /// `flow`'s handshake record as the entry it becomes, if it has a live one.
+    fn handshake_conn(&self, placement: &Placement, flow: &Flow, now: u32) -> Option<Conn> {
+        let backend_id = match self.reader.handshake_backend(flow, now) {
+            Ok(found) => found?,
+            Err(e) => {
+                debug!(error = %e, "reading the handshake records");
+                return None;
+            }
+        };
+        let service_id = placement.backends.get(&backend_id)?.service_id;
+        Some(Conn { backend_id, service_id, last_seen: now, state: CONN_UDP, _pad: [0; 3] })
+    }
+
     /// Places and sends on one datagram; whether it was sent.
     fn forward(
         &self,
@@ -184,14 +197,21 @@ impl SlowPath {
                 return false;
             }
         };
-        let target = match place::place(placement, &flow, conn) {
+        // No entry, but a record: the flow's first datagram went through
+        // XDP; this one goes where it went, and records the flow, as its
+        // second datagram would have there.
+        let recorded = match conn {
+            Some(conn) => Some(conn),
+            None => self.handshake_conn(placement, &flow, now),
+        };
+        let target = match place::place(placement, &flow, recorded) {
             Ok(target) => target,
             Err(why) => {
                 debug!(?flow, ?why, "reassembled datagram dropped");
                 return false;
             }
         };
-        if target.new_flow {
+        if target.new_flow || conn.is_none() {
             let conn = Conn {
                 backend_id: target.backend_id,
                 service_id: target.service_id,

@@ -1,0 +1,182 @@
+//! A flow's life before the connection table: a SYN (a UDP flow's first
+//! datagram) is placed by the scheduler and leaves a record in
+//! `lb_handshakes`, a fixed array, instead of a table entry. The flow's
+//! next client packet finds the record, goes to the same backend, and is
+//! recorded in the table only if it proves its client real:
+//!
+//! - TCP to a NAT backend: the ACK acknowledges the backend's SYN-ACK
+//!   (whose sequence number the reply path stores in the record), which a
+//!   forged source never sees. A flood of forged SYNs, each followed by an
+//!   ACK, therefore reaches neither the table nor its idle connections:
+//!   each ACK goes to the backend (which resets it) and is not recorded.
+//! - TCP to a direct-routing backend: the SYN-ACK does not pass here, so
+//!   any ACK of a flow whose SYN was seen is recorded.
+//! - UDP: a second datagram of the flow is recorded; a one-datagram
+//!   exchange (a DNS query) leaves only the record.
+//!
+//! The record keeps the SYN's backend for its ACK whatever changes in
+//! between (the table rebuilt, the backend drained, the next `rr` turn); a
+//! record overwritten first (another flow's SYN in the same slot) leaves
+//! the ACK to be placed again, as a packet met mid-way.
+use aya_ebpf::programs::XdpContext;
+use lb_common::{
+    abi::{
+        BACKEND_DOWN, BACKEND_DSR, CONN_CLOSING, CONN_ESTABLISHED, CONN_SYN, CONN_UDP, Conn, Flow,
+        FlowCacheEntry, HANDSHAKE_ANSWERED, Handshake, PROTO_TCP, Service, TCP_FIN, TCP_RST,
+        expired, handshake_slot,
+    },
+    counter::Counter,
+};
+
+use crate::{
+    maps::{LB_BACKENDS, LB_HANDSHAKES, LB_TIMEOUTS},
+    parse::{self, Packet},
+    select::{self, Choice, Here, Known, Reply, Turn},
+};
+
+/// The live record of `flow`: its slot holds this flow, placed within its
+/// first state's timeout.
+#[inline(always)]
+pub fn find(flow: &Flow, here: Here) -> Option<*mut Handshake> {
+    let record = LB_HANDSHAKES.get_ptr_mut(handshake_slot(flow))?;
+    // SAFETY: a pointer into the array's value. Another CPU may write the
+    // slot at the same time; a torn read at worst mixes two records, which
+    // the backend check of whoever uses it bounds to a wrong backend of
+    // the same service for one handshake.
+    let (held, born) = unsafe { ((*record).flow, (*record).born) };
+    if held != *flow {
+        return None;
+    }
+    let state = if flow.proto == PROTO_TCP { CONN_SYN } else { CONN_UDP };
+    let timeout = LB_TIMEOUTS.get(u32::from(state)).copied().unwrap_or(0);
+    (!expired(here.epoch as u32, born, timeout)).then_some(record)
+}
+
+/// The backend the live record of `flow` placed it on, for the paths that
+/// ask who owns a flow not yet in the table: an ICMP error about a
+/// SYN-ACK, the SYN-ACK to a backend that opened a flow to a VIP.
+#[inline(always)]
+pub fn placed_on(flow: &Flow, here: Here) -> Option<u32> {
+    // SAFETY: as in `find`.
+    find(flow, here).map(|record| unsafe { (*record).backend_id })
+}
+
+/// Places a SYN (or a UDP flow's first datagram) and records where: a
+/// retransmitted SYN finds its record and goes where the first went.
+#[inline(always)]
+pub fn open(flow: &Flow, service: &Service, here: Here) -> Result<Choice, Counter> {
+    if let Some(record) = find(flow, here) {
+        // SAFETY: as in `find`.
+        let id = unsafe { (*record).backend_id };
+        if let Some(backend) = select::live_backend(id, service.id, flow)
+            && backend.flags & BACKEND_DOWN == 0
+        {
+            return Ok(Choice { id, backend, new_flow: false });
+        }
+    }
+    let choice = select::pick(flow, service, Turn::Next)?;
+    if let Some(record) = LB_HANDSHAKES.get_ptr_mut(handshake_slot(flow)) {
+        let placed = Handshake {
+            flow: *flow,
+            backend_id: choice.id,
+            born: here.epoch as u32,
+            expect_ack: 0,
+            flags: 0,
+        };
+        // SAFETY: a pointer into the array's value (see `find`).
+        unsafe { *record = placed };
+    }
+    Ok(choice)
+}
+
+/// A backend's SYN-ACK (NAT): the record of its client's flow learns what
+/// the client's ACK must acknowledge. Only a SYN-ACK pays for this lookup.
+#[inline(always)]
+pub fn answered(ctx: &XdpContext, pkt: &Packet, real: &Reply, here: Here) {
+    let flow = Flow {
+        src: pkt.flow.dst,
+        dst: real.vip,
+        sport: pkt.flow.dport,
+        dport: real.vport,
+        proto: pkt.flow.proto,
+        _pad: [0; 3],
+    };
+    let Some(record) = find(&flow, here) else {
+        return;
+    };
+    let Some((seq, _)) = parse::tcp_seq_ack(ctx, pkt) else {
+        return;
+    };
+    // SAFETY: as in `find`.
+    unsafe {
+        if (*record).backend_id == real.backend_id {
+            (*record).expect_ack = seq.wrapping_add(1);
+            (*record).flags |= HANDSHAKE_ANSWERED;
+        }
+    }
+}
+
+/// A client packet the connection table does not hold (or holds for an
+/// older connection on these ports): the flow's record, if live, says
+/// where it goes (`Known::Flow`, or `Known::Gone` if its backend was
+/// removed since), and the flow is recorded in the table if the packet
+/// proves its client real. `Known::Unknown` without a record.
+#[inline(always)]
+pub fn settle(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    here: Here,
+    cached: Option<*mut FlowCacheEntry>,
+) -> Known {
+    let flow = &pkt.flow;
+    let Some(record) = find(flow, here) else {
+        return Known::Unknown;
+    };
+    // SAFETY: as in `find`; copied out at once.
+    let placed = unsafe { *record };
+    let Some(service_id) = LB_BACKENDS.get(placed.backend_id).map(|b| b.service_id) else {
+        return Known::Gone;
+    };
+    let Some(backend) = select::live_backend(placed.backend_id, service_id, flow) else {
+        return Known::Gone;
+    };
+    let choice = Choice { id: placed.backend_id, backend, new_flow: false };
+    if backend.flags & BACKEND_DOWN != 0 {
+        return Known::Flow(service_id, choice);
+    }
+    let tcp = flow.proto == PROTO_TCP;
+    let state = match pkt.tcp_flags {
+        _ if !tcp => CONN_UDP,
+        // A client giving up its handshake: forwarded, nothing recorded.
+        flags if flags & TCP_RST != 0 => return Known::Flow(service_id, choice),
+        flags if flags & TCP_FIN != 0 => CONN_CLOSING,
+        _ => CONN_ESTABLISHED,
+    };
+    if tcp && !proven(ctx, pkt, &placed, backend.flags) {
+        return Known::Flow(service_id, choice);
+    }
+    let conn = Conn {
+        backend_id: placed.backend_id,
+        service_id,
+        last_seen: here.epoch as u32,
+        state,
+        _pad: [0; 3],
+    };
+    select::record(flow, conn, here, cached);
+    // Spent: the table holds the flow now.
+    // SAFETY: as in `find`.
+    unsafe { *record = Handshake::default() };
+    Known::Flow(service_id, choice)
+}
+
+/// Whether a client's TCP packet after its SYN proves the client real: it
+/// acknowledges the NAT backend's SYN-ACK. Direct routing cannot tell (the
+/// SYN-ACK goes to the client without us).
+#[inline(always)]
+fn proven(ctx: &XdpContext, pkt: &Packet, placed: &Handshake, backend_flags: u16) -> bool {
+    if backend_flags & BACKEND_DSR != 0 {
+        return true;
+    }
+    placed.flags & HANDSHAKE_ANSWERED != 0
+        && parse::tcp_seq_ack(ctx, pkt).is_some_and(|(_, ack)| ack == placed.expect_ack)
+}

@@ -1,0 +1,241 @@
+//! How a flow gets into the connection table, through the real program
+//! (BPF_PROG_TEST_RUN) in the fixture namespace: a SYN leaves only a
+//! handshake record, the client's ACK of the backend's SYN-ACK records the
+//! flow with the backend the SYN got, and nothing a forged source can send
+//! reaches the table.
+use std::net::Ipv4Addr;
+
+use lb_common::abi::{CONN_ESTABLISHED, CONN_UDP, Flow, PROTO_TCP, PROTO_UDP};
+use lb_tests::{
+    fixture::*,
+    netns::in_ns,
+    packet::{Ipv4, L4, TCP_ACK, TCP_PSH, TCP_SYN},
+    testrun::{XDP_REDIRECT, action_name},
+};
+
+const RR: (Ipv4Addr, u16) = (VIP_SCHEDULERS, 81);
+const MAGLEV: (Ipv4Addr, u16) = (VIP, 443);
+const DSR: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 77, 1, 105), 80);
+
+fn flow(client: (Ipv4Addr, u16), vip: (Ipv4Addr, u16), proto: u8) -> Flow {
+    Flow {
+        src: client.0.octets(),
+        dst: vip.0.octets(),
+        sport: client.1,
+        dport: vip.1,
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+fn tcp(client: (Ipv4Addr, u16), vip: (Ipv4Addr, u16), flags: u8, seq: u32, ack: u32) -> Ipv4 {
+    let mut p = Ipv4::tcp(client, vip, flags, b"");
+    if let L4::Tcp { seq: s, ack: a, .. } = &mut p.l4 {
+        (*s, *a) = (seq, ack);
+    }
+    p
+}
+
+/// Sends a client packet; returns where it was forwarded (address, port).
+#[track_caller]
+fn send(loaded: &Loaded, p: &Ipv4) -> (Ipv4Addr, u16) {
+    let out = loaded.run(&p.frame(IF_CLIENT_MAC, CLIENT_MAC), IF_CLIENT);
+    assert_eq!(action_name(out.action), action_name(XDP_REDIRECT), "forwarded");
+    destination(&out.frame)
+}
+
+/// The backend's SYN-ACK to `client`, sequence number `isn`.
+#[track_caller]
+fn syn_ack(loaded: &Loaded, backend: (Ipv4Addr, u16), client: (Ipv4Addr, u16), isn: u32) {
+    let p = tcp(backend, client, TCP_SYN | TCP_ACK, isn, CLIENT_ISN + 1);
+    let out = loaded.run(&p.frame(IF_BACKEND_MAC, WEB_MACS[0]), IF_BACKEND);
+    assert_eq!(action_name(out.action), action_name(XDP_REDIRECT), "the SYN-ACK is forwarded");
+}
+
+/// An `rr` SYN takes its turn and leaves no entry; its retransmission goes
+/// where it went, not to the next turn; its ACK, once it acknowledges the
+/// backend's SYN-ACK, records the flow on that backend, though other SYNs
+/// have moved the rotation on in between.
+#[test]
+fn the_ack_records_the_backend_the_syn_got() {
+    let ns = FixtureNs::create("lbt-ft");
+    in_ns(&ns.name, || {
+        let mut loaded = Loaded::new(4096);
+        let client = (CLIENT, 50_000);
+        let syn = Ipv4::tcp(client, RR, TCP_SYN, b"");
+        let first = send(&loaded, &syn);
+        assert_eq!(first.0, WEB1, "the first in turn");
+        assert_eq!(loaded.conntrack_len(), 0, "a SYN leaves no entry");
+        assert_eq!(send(&loaded, &Ipv4::tcp((CLIENT, 50_001), RR, TCP_SYN, b"")).0, WEB2);
+        assert_eq!(send(&loaded, &syn), first, "a retransmitted SYN goes where the first went");
+        assert_eq!(send(&loaded, &Ipv4::tcp((CLIENT, 50_002), RR, TCP_SYN, b"")).0, WEB3);
+        syn_ack(&loaded, first, client, BACKEND_ISN);
+        assert_eq!(send(&loaded, &handshake_ack(client, RR)), first, "the ACK follows its SYN");
+        let conn = loaded.conn(&flow(client, RR, PROTO_TCP)).expect("the ACK records the flow");
+        assert_eq!(conn.state, CONN_ESTABLISHED);
+        assert_eq!(conn.backend_id, loaded.backend_id(RR.0, RR.1, WEB1, 81));
+        assert_eq!(loaded.conntrack_len(), 1, "only the flow whose handshake completed");
+    });
+}
+
+/// An ACK that does not acknowledge the backend's SYN-ACK (a forged
+/// source cannot see it) goes to the SYN's backend, which resets it, and
+/// is recorded nowhere: sent before the SYN-ACK, with a wrong number, or
+/// acknowledging a SYN-ACK forged from another backend of the service.
+#[test]
+fn an_ack_that_proves_nothing_is_forwarded_but_not_recorded() {
+    let ns = FixtureNs::create("lbt-ft");
+    in_ns(&ns.name, || {
+        let mut loaded = Loaded::new(4096);
+        let client = (CLIENT, 50_100);
+        let placed = send(&loaded, &Ipv4::tcp(client, MAGLEV, TCP_SYN, b""));
+        let recorded = |loaded: &mut Loaded| loaded.conn(&flow(client, MAGLEV, PROTO_TCP));
+        let guess = tcp(client, MAGLEV, TCP_ACK, CLIENT_ISN + 1, 0x1234_5678);
+        assert_eq!(send(&loaded, &guess), placed, "before any SYN-ACK");
+        assert_eq!(recorded(&mut loaded), None, "before any SYN-ACK");
+
+        let other = [WEB1, WEB2, WEB3].into_iter().find(|&w| w != placed.0).unwrap();
+        syn_ack(&loaded, (other, 443), client, 0x0bad_0000);
+        let forged = tcp(client, MAGLEV, TCP_ACK, CLIENT_ISN + 1, 0x0bad_0001);
+        assert_eq!(send(&loaded, &forged), placed);
+        assert_eq!(
+            recorded(&mut loaded),
+            None,
+            "a SYN-ACK from another backend counts for nothing"
+        );
+
+        syn_ack(&loaded, placed, client, BACKEND_ISN);
+        let wrong = tcp(client, MAGLEV, TCP_ACK | TCP_PSH, CLIENT_ISN + 1, BACKEND_ISN + 2);
+        assert_eq!(send(&loaded, &wrong), placed);
+        assert_eq!(recorded(&mut loaded), None, "one past the backend's number");
+
+        assert_eq!(send(&loaded, &handshake_ack(client, MAGLEV)), placed);
+        assert_eq!(recorded(&mut loaded).map(|c| c.state), Some(CONN_ESTABLISHED));
+    });
+}
+
+/// Direct routing: the backend's SYN-ACK goes to the client without us, so
+/// the ACK of a SYN seen here records the flow; a bare ACK does not.
+#[test]
+fn direct_routing_records_the_ack_of_a_syn_seen_here() {
+    let ns = FixtureNs::create("lbt-ft");
+    in_ns(&ns.name, || {
+        let mut loaded = Loaded::new(4096);
+        let client = (CLIENT, 50_200);
+        send(&loaded, &Ipv4::tcp(client, DSR, TCP_SYN, b""));
+        send(&loaded, &tcp(client, DSR, TCP_ACK, CLIENT_ISN + 1, 0x7777_0000));
+        let conn = loaded.conn(&flow(client, DSR, PROTO_TCP));
+        assert_eq!(conn.map(|c| c.state), Some(CONN_ESTABLISHED), "recorded");
+
+        let bare = (CLIENT, 50_201);
+        send(&loaded, &tcp(bare, DSR, TCP_ACK, CLIENT_ISN + 1, 0x7777_0000));
+        assert_eq!(loaded.conn(&flow(bare, DSR, PROTO_TCP)), None, "no SYN seen, nothing recorded");
+    });
+}
+
+/// A backend drained between a SYN and its ACK keeps that connection: the
+/// record holds the backend the SYN got, whatever the new table says.
+#[test]
+fn a_drained_backend_keeps_a_flow_whose_syn_came_just_before_the_drain() {
+    let ns = FixtureNs::create("lbt-ft");
+    in_ns(&ns.name, || {
+        let mut loaded = Loaded::new(4096);
+        let client = (CLIENT, 50_300);
+        let placed = send(&loaded, &Ipv4::tcp(client, RR, TCP_SYN, b""));
+        assert_eq!(placed.0, WEB1);
+        let mut services = lb_ctl::config::parse(&config()).unwrap().services;
+        let rr = services.iter_mut().find(|s| s.name == "rr").unwrap();
+        rr.backends.iter_mut().find(|b| b.address == WEB1).unwrap().weight = 0;
+        loaded.reconciler.apply(&services).expect("drain web1");
+        for port in 50_301..50_304 {
+            let elsewhere = send(&loaded, &Ipv4::tcp((CLIENT, port), RR, TCP_SYN, b""));
+            assert_ne!(elsewhere.0, WEB1, "new connections avoid the drained backend");
+        }
+        syn_ack(&loaded, placed, client, BACKEND_ISN);
+        assert_eq!(send(&loaded, &handshake_ack(client, RR)), placed, "the ACK still goes there");
+        let conn = loaded.conn(&flow(client, RR, PROTO_TCP)).expect("recorded");
+        assert_eq!(conn.backend_id, loaded.backend_id(RR.0, RR.1, WEB1, 81));
+        let data = tcp(client, RR, TCP_ACK | TCP_PSH, CLIENT_ISN + 1, BACKEND_ISN + 1);
+        assert_eq!(send(&loaded, &data), placed, "and so does the rest of the connection");
+    });
+}
+
+/// UDP: a one-datagram exchange (a DNS query) leaves only a record; the
+/// flow's second datagram records it, on the first one's backend.
+#[test]
+fn udp_records_a_flow_on_its_second_datagram() {
+    let ns = FixtureNs::create("lbt-ft");
+    in_ns(&ns.name, || {
+        let mut loaded = Loaded::new(4096);
+        let client = (CLIENT, 50_400);
+        let query = Ipv4::udp(client, (VIP, 53), b"query");
+        let first = send(&loaded, &query);
+        assert_eq!(loaded.conn(&flow(client, (VIP, 53), PROTO_UDP)), None, "one datagram");
+        assert_eq!(send(&loaded, &query), first);
+        let conn = loaded.conn(&flow(client, (VIP, 53), PROTO_UDP)).expect("recorded");
+        assert_eq!(conn.state, CONN_UDP);
+    });
+}
+
+/// A TCP packet of a flow with neither entry nor record (evicted, or met
+/// on another node after a failover) on an `rr` service: placed by its
+/// hash in the same table, so every packet of it goes to one backend,
+/// without taking a turn of the rotation, and recorded nowhere.
+#[test]
+fn a_flow_met_mid_way_is_placed_by_its_hash_without_state() {
+    let ns = FixtureNs::create("lbt-ft");
+    in_ns(&ns.name, || {
+        let mut loaded = Loaded::new(4096);
+        let mut seen = std::collections::BTreeSet::new();
+        for port in 50_500..50_520 {
+            let client = (CLIENT, port);
+            let data = tcp(client, RR, TCP_ACK | TCP_PSH, 5000, 6000);
+            let first = send(&loaded, &data);
+            for _ in 0..3 {
+                assert_eq!(send(&loaded, &data), first, "port {port}: one backend");
+            }
+            seen.insert(first.0);
+        }
+        assert!(seen.len() >= 2, "spread over the table: {seen:?}");
+        assert_eq!(loaded.conntrack_len(), 0, "recorded nowhere");
+        let syn = Ipv4::tcp((CLIENT, 50_520), RR, TCP_SYN, b"");
+        assert_eq!(send(&loaded, &syn).0, WEB1, "they took no turn: a SYN is still the first");
+    });
+}
+
+/// With the smallest table (1024 entries), 10 × 1024 forged handshakes
+/// from random sources (SYN, the backend's SYN-ACK, an ACK guessing its
+/// number) record nothing: the established `rr` and Maglev flows keep their
+/// entries and their backends.
+#[test]
+fn established_flows_survive_a_flood_of_forged_handshakes() {
+    let ns = FixtureNs::create("lbt-ft");
+    in_ns(&ns.name, || {
+        let mut loaded = Loaded::new(1024);
+        let rr_client = (CLIENT, 50_600);
+        let maglev_client = (CLIENT, 50_601);
+        let rr_backend = loaded.handshake(rr_client, RR);
+        let maglev_backend = loaded.handshake(maglev_client, MAGLEV);
+        assert_eq!(loaded.conntrack_len(), 2);
+
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        for i in 0..10 * 1024 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let [a, b, p, q, ..] = seed.to_le_bytes();
+            // 10.77.3.0/24: routed back through the client side.
+            let forger = (Ipv4Addr::new(10, 77, 3, a | 1), u16::from_le_bytes([p, q]) | 1024);
+            let vip = if i % 2 == 0 { RR } else { MAGLEV };
+            let placed = send(&loaded, &Ipv4::tcp(forger, vip, TCP_SYN, b""));
+            syn_ack(&loaded, placed, forger, seed as u32);
+            let guess = u32::from_le_bytes([b, a, q, p]);
+            send(&loaded, &tcp(forger, vip, TCP_ACK, CLIENT_ISN + 1, guess));
+        }
+        assert_eq!(loaded.conntrack_len(), 2, "the flood recorded nothing");
+        let data = |client| tcp(client, RR, TCP_ACK | TCP_PSH, CLIENT_ISN + 1, BACKEND_ISN + 1);
+        assert_eq!(send(&loaded, &data(rr_client)), rr_backend, "the rr flow");
+        let maglev_data = tcp(maglev_client, MAGLEV, TCP_ACK, CLIENT_ISN + 1, BACKEND_ISN + 1);
+        assert_eq!(send(&loaded, &maglev_data), maglev_backend, "the Maglev flow");
+    });
+}
