@@ -332,6 +332,13 @@ fn add_neighbours(n: &str) {
     // clients): their route leaves by the client side, as the reverse-path
     // check wants.
     ns_sh(n, &["ip", "route", "add", "10.77.3.0/24", "via", &CLIENT.to_string(), "dev", IF_CLIENT]);
+    // Likewise the data plane benchmark's many clients (its 1M live flows,
+    // fillers and spread flows: 10.77.64.0/18), whose packets meet the
+    // strict reverse-path check before the connection table.
+    ns_sh(
+        n,
+        &["ip", "route", "add", "10.77.64.0/18", "via", &CLIENT.to_string(), "dev", IF_CLIENT],
+    );
     // A network with an unreachable route: the FIB answers "unreachable"
     // (a missing route would read as "not forwarded", like a local address).
     ns_sh(n, &["ip", "route", "add", "unreachable", "10.77.9.0/24"]);

@@ -7,15 +7,12 @@
 use std::net::Ipv4Addr;
 
 use crate::{
-    fixture::{CLIENT_MAC, IF_BACKEND_MAC, IF_CLIENT_MAC},
+    fixture::{
+        self, BACKEND_ISN, CLIENT_ISN, CLIENT_MAC, IF_BACKEND_MAC, IF_CLIENT_MAC, handshake_ack,
+    },
     packet::{Ipv4, L4, Mac, TCP_ACK, TCP_SYN},
     testrun::{self, XDP_REDIRECT, action_name},
 };
-
-/// The client's initial sequence number.
-const CLIENT_ISN: u32 = 0x0c11_e000;
-/// The backend's initial sequence number (S of the SYN-ACK).
-const BACKEND_ISN: u32 = 0x0bac_0000;
 
 /// Where a run of the program takes its frames from: the program and the
 /// fixture's two interfaces.
@@ -50,43 +47,31 @@ impl Handshake {
     }
 }
 
-/// A TCP segment with its sequence and acknowledgement numbers.
-fn segment(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: u8, seq: u32, ack: u32) -> Ipv4 {
-    let mut p = Ipv4::tcp(src, dst, flags, b"");
-    if let L4::Tcp { seq: s, ack: a, .. } = &mut p.l4 {
-        (*s, *a) = (seq, ack);
-    }
-    p
-}
-
-/// The client's SYN to `service`.
+/// The client's SYN to `service` (sequence number `CLIENT_ISN`).
 pub fn syn(client: (Ipv4Addr, u16), service: (Ipv4Addr, u16)) -> Vec<u8> {
-    segment(client, service, TCP_SYN, CLIENT_ISN, 0).frame(IF_CLIENT_MAC, CLIENT_MAC)
+    Ipv4::tcp(client, service, TCP_SYN, b"").frame(IF_CLIENT_MAC, CLIENT_MAC)
 }
 
 /// The client's ACK of the backend's SYN-ACK (also any later bare ACK of
 /// the flow: no data moves).
 pub fn ack(client: (Ipv4Addr, u16), service: (Ipv4Addr, u16)) -> Vec<u8> {
-    segment(client, service, TCP_ACK, CLIENT_ISN + 1, BACKEND_ISN + 1)
-        .frame(IF_CLIENT_MAC, CLIENT_MAC)
+    handshake_ack(client, service).frame(IF_CLIENT_MAC, CLIENT_MAC)
 }
 
 /// The backend's SYN-ACK to the client, as the backend sends it.
 fn syn_ack(backend: Backend, client: (Ipv4Addr, u16)) -> Vec<u8> {
-    segment((backend.addr, backend.port), client, TCP_SYN | TCP_ACK, BACKEND_ISN, CLIENT_ISN + 1)
-        .frame(IF_BACKEND_MAC, backend.mac)
+    let mut p = Ipv4::tcp((backend.addr, backend.port), client, TCP_SYN | TCP_ACK, b"");
+    if let L4::Tcp { seq, ack, .. } = &mut p.l4 {
+        (*seq, *ack) = (BACKEND_ISN, CLIENT_ISN + 1);
+    }
+    p.frame(IF_BACKEND_MAC, backend.mac)
 }
 
 /// The backend a forwarded frame goes to: its destination MAC, address
 /// and port.
 pub fn destination(frame: &[u8]) -> Backend {
-    let ip = &frame[14..];
-    let l4 = &ip[usize::from(ip[0] & 0x0f) * 4..];
-    Backend {
-        addr: Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
-        port: u16::from_be_bytes([l4[2], l4[3]]),
-        mac: frame[..6].try_into().expect("a MAC address"),
-    }
+    let (addr, port) = fixture::destination(frame);
+    Backend { addr, port, mac: frame[..6].try_into().expect("a MAC address") }
 }
 
 impl Path {
