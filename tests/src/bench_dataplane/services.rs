@@ -7,7 +7,10 @@ use std::{fmt::Write as _, net::Ipv4Addr, time::Instant};
 use lb_common::abi::{MAX_BACKENDS, MAX_SERVICES};
 use lb_ctl::config;
 
-use super::{Baseline, Part, Rng, fresh_client, load_services, measure, rows, rows_json, table};
+use super::{
+    Baseline, Part, Rng, fresh_client, handshake::Path, load_services, measure, rows, rows_json,
+    table,
+};
 use crate::{
     fixture::{CLIENT_MAC, IF_BACKEND, IF_CLIENT, IF_CLIENT_MAC, Loaded, mac_str},
     netns::sh,
@@ -128,12 +131,18 @@ pub fn run(ns: &str) -> Part {
     let apply = start.elapsed();
     let mut bench =
         Bench { loaded, ifindex: Loaded::ifindex(IF_CLIENT), fresh: 0, rng: Rng::new(0x6c62_6432) };
-    // The established flows enter the table as the program makes them: a
-    // first ACK met mid-way is placed by Maglev and taken as established.
+    // The established flows enter the table as real connections do, by a
+    // handshake (a bare ACK met mid-way may be forwarded without being
+    // recorded).
+    let path = Path {
+        prog_fd: bench.loaded.prog_fd,
+        client_if: bench.ifindex,
+        backend_if: Loaded::ifindex(IF_BACKEND),
+    };
     for spread in [false, true] {
         for n in 0..FLOWS {
             let (client, service) = established_flow(n, spread);
-            bench.run(&frame(client, service, TCP_ACK), "a first ACK");
+            path.handshake(client, service_endpoint(service));
         }
     }
     let baseline = Baseline::new(frame(established_flow(0, false).0, 0, TCP_ACK), bench.ifindex);
