@@ -22,8 +22,8 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{
     abi::{
         BACKEND_DOWN, BACKEND_DSR, CONN_CLOSING, CONN_ESTABLISHED, CONN_SYN, CONN_UDP, Conn, Flow,
-        FlowCacheEntry, HANDSHAKE_ANSWERED, Handshake, PROTO_TCP, SCHED_MAGLEV, SCHED_MASK,
-        SCHED_SH, Service, TCP_FIN, TCP_RST, expired, handshake_slot,
+        FlowCacheEntry, HANDSHAKE_ANSWERED, Handshake, PROTO_TCP, Service, TCP_FIN, TCP_RST,
+        expired, handshake_slot,
     },
     counter::Counter,
 };
@@ -61,15 +61,11 @@ pub fn placed_on(flow: &Flow, here: Here) -> Option<u32> {
     find(flow, here).map(|record| unsafe { (*record).backend_id })
 }
 
-/// Places a SYN (or a UDP flow's first datagram) and records where. With
-/// `rr`, `wrr` and `lc` a retransmitted SYN finds its record and goes where
-/// the first went; `maglev` and `sh` place it the same way again (unless
-/// the table changed in between) and only write the record: a store to a
-/// cold line costs less than a read of it.
+/// Places a SYN (or a UDP flow's first datagram) and records where: a
+/// retransmitted SYN finds its record and goes where the first went.
 #[inline(always)]
 pub fn open(flow: &Flow, service: &Service, here: Here) -> Result<Choice, Counter> {
-    let hashed = matches!(service.flags & SCHED_MASK, SCHED_MAGLEV | SCHED_SH);
-    if !hashed && let Some(record) = find(flow, here) {
+    if let Some(record) = find(flow, here) {
         // SAFETY: as in `find`.
         let id = unsafe { (*record).backend_id };
         if let Some(backend) = select::live_backend(id, service.id, flow)
