@@ -22,10 +22,10 @@ use lb_common::{
 };
 
 use crate::{
-    Verdict,
+    Verdict, conntrack,
     fwd::{self, Hop, Query},
     handshake,
-    maps::{LB_BACKENDS, LB_CONNTRACK},
+    maps::LB_BACKENDS,
     parse::{self, ETH_LEN, Frag, Ipv4, Packet, ptr_at},
     select::{self, Here},
 };
@@ -148,8 +148,9 @@ fn to_backend(
         _pad: [0; 3],
     };
     // SAFETY: copied out at once.
-    let conn =
-        unsafe { LB_CONNTRACK.get(flow).copied() }.filter(|c| !select::conn_expired(c, here));
+    let conn = conntrack::find(&flow)
+        .map(|slot| unsafe { (*slot).conn() })
+        .filter(|c| !select::conn_expired(c, here));
     // A flow in its handshake (an error about a SYN-ACK) has only its record.
     let (backend_id, service_id) = match conn {
         Some(conn) => (conn.backend_id, conn.service_id),

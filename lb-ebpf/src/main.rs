@@ -6,6 +6,7 @@
 // Inline assembly for the atomic fetch-add of the round-robin counter.
 #![feature(asm_experimental_arch)]
 
+mod conntrack;
 mod frag;
 mod fwd;
 mod handshake;
@@ -36,7 +37,7 @@ use lb_common::{
 
 use crate::{
     fwd::Target,
-    maps::{LB_BACKEND_ADDRS, LB_BE_STATS, LB_CONNTRACK, LB_COUNTERS, LB_SVC_STATS, LB_VIPS},
+    maps::{LB_BACKEND_ADDRS, LB_BE_STATS, LB_COUNTERS, LB_SVC_STATS, LB_VIPS},
     nat::Side,
     parse::Frag,
     select::{Here, Known},
@@ -265,7 +266,7 @@ fn reply_to_ours(
         _pad: [0; 3],
     };
     // SAFETY: copied out at once.
-    match unsafe { LB_CONNTRACK.get(opened).copied() } {
+    match conntrack::find(&opened).map(|slot| unsafe { (*slot).conn() }) {
         // A live entry, as the data plane counts one (an expired entry is
         // absent), placed on this very backend of this service.
         Some(conn)

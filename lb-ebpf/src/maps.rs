@@ -7,11 +7,12 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::abi::{
-    ADDR_FILTER_SIZE, AnswerBudget, Backend, BackendConns, CONN_STATES, Conn,
-    DEFAULT_CONNTRACK_MAX, Endpoint, EpochClock, FLOW_CACHE_SLOTS, Flow, FlowCacheEntry, FragEntry,
-    FragKey, HANDSHAKE_SLOTS, Handshake, MAX_BACKENDS, MAX_FRAGS, MAX_SERVICES, MAX_TX_PORTS,
-    MaglevTable, Meta, NEXTHOP_SLOTS, NextHop, Policy, REAL_SLOTS, Real, Service, Traffic,
+    ADDR_FILTER_SIZE, AnswerBudget, Backend, BackendConns, CONN_STATES, DEFAULT_CONNTRACK_MAX,
+    Endpoint, EpochClock, FLOW_CACHE_SLOTS, FlowCacheEntry, FragEntry, FragKey, HANDSHAKE_SLOTS,
+    Handshake, MAX_BACKENDS, MAX_FRAGS, MAX_SERVICES, MAX_TX_PORTS, MaglevTable, Meta,
+    NEXTHOP_SLOTS, NextHop, Policy, REAL_SLOTS, Real, Service, Traffic,
 };
+use lb_common::conn_table::{ConnSet, MAP_MMAPABLE};
 use lb_common::counter::Counter;
 
 /// (VIP, port, protocol) -> service. Hash maps hold twice the plan's limit:
@@ -106,10 +107,11 @@ pub static LB_BACKEND_ADDRS: HashMap<[u8; 4], u32, { 2 * MAX_BACKENDS as usize }
 #[btf_map(name = "lb_handshakes")]
 pub static LB_HANDSHAKES: Array<Handshake, { HANDSHAKE_SLOTS as usize }> = Array::new();
 
-/// The connection table; `lb-ctl` sizes it from `dataplane.conntrack_max`.
+/// The connection table (`conntrack`): sets of four entries; `lb-ctl`
+/// sizes it from `dataplane.conntrack_max` and maps it to read it.
 #[btf_map(name = "lb_conntrack")]
-pub static LB_CONNTRACK: LruHashMap<Flow, Conn, { DEFAULT_CONNTRACK_MAX as usize }> =
-    LruHashMap::new();
+pub static LB_CONNTRACK: Array<ConnSet, { DEFAULT_CONNTRACK_MAX as usize }, MAP_MMAPABLE> =
+    Array::new();
 
 /// Egress interfaces for XDP_REDIRECT, by slot: an array, so a redirect
 /// costs an index, not a hash (the slot is kept in the next-hop cache).

@@ -18,11 +18,11 @@ use lb_common::{
     hash::{flow_hash, maglev_slot},
 };
 
-use crate::handshake;
 use crate::maps::{
-    LB_ADDRS, LB_BACKENDS, LB_BE_CONNS, LB_CONNTRACK, LB_EPOCH, LB_FLOW_CACHE, LB_MAGLEV,
-    LB_REAL_SLOTS, LB_REALS, LB_RR, LB_SERVICES, LB_TIMEOUTS,
+    LB_ADDRS, LB_BACKENDS, LB_BE_CONNS, LB_EPOCH, LB_FLOW_CACHE, LB_MAGLEV, LB_REAL_SLOTS,
+    LB_REALS, LB_RR, LB_SERVICES, LB_TIMEOUTS,
 };
+use crate::{conntrack, handshake};
 
 /// The backend chosen for a packet.
 pub struct Choice {
@@ -181,14 +181,15 @@ pub fn established(
         }
     }
     check_source()?;
-    let Some(conn) = LB_CONNTRACK.get_ptr_mut(flow) else {
+    let Some(slot) = conntrack::find(flow) else {
         return Ok(Known::Unknown);
     };
-    // SAFETY: a pointer into the map's value; LRU entries can be evicted
-    // under us, which at worst loses this update.
-    let conn = unsafe { &mut *conn };
+    // SAFETY: a pointer into the map's value; another flow may take the
+    // entry under us, which at worst loses this update.
+    let slot = unsafe { &mut *slot };
+    let conn = slot.conn();
     let tick = epoch as u32;
-    if conn_expired(conn, here) {
+    if conn_expired(&conn, here) {
         return Ok(Known::Unknown);
     }
     let Some(state) = next_state(conn.state, tcp_flags, true) else {
@@ -204,10 +205,10 @@ pub fn established(
         return Ok(Known::Unknown);
     }
     if state != conn.state || conn.last_seen != tick {
-        conn.state = state;
-        conn.last_seen = tick;
+        slot.state = state;
+        slot.last_seen = tick;
     }
-    let conn = *conn;
+    let conn = Conn { state, last_seen: tick, ..conn };
     let Some(backend) = backend else {
         return Ok(Known::Gone);
     };
@@ -241,13 +242,13 @@ pub fn backend_closes(reply: &Flow, real: &Reply, tcp_flags: u8, here: Here) {
         proto: reply.proto,
         _pad: [0; 3],
     };
-    if let Some(conn) = LB_CONNTRACK.get_ptr_mut(flow) {
+    if let Some(slot) = conntrack::find(&flow) {
         // SAFETY: a pointer into the map's value, as above.
-        let conn = unsafe { &mut *conn };
-        if let Some(state) = next_state(conn.state, tcp_flags, false) {
-            conn.state = state;
+        let slot = unsafe { &mut *slot };
+        if let Some(state) = next_state(slot.state, tcp_flags, false) {
+            slot.state = state;
             // The closing state's (shorter) timeout counts from now.
-            conn.last_seen = here.epoch as u32;
+            slot.last_seen = here.epoch as u32;
         }
     }
 }
@@ -294,8 +295,9 @@ pub fn pick(flow: &Flow, service: &Service, turn: Turn) -> Result<Choice, Counte
 /// connection on the same ports, a UDP flow moved off a DOWN backend).
 #[inline(always)]
 pub fn record(flow: &Flow, conn: Conn, here: Here, cached: Option<*mut FlowCacheEntry>) {
-    // A full table evicts its least recently used entry; insert cannot fail for want of room.
-    let _ = LB_CONNTRACK.insert(flow, conn, 0);
+    // A full set gives up its least recently seen entry: recording cannot
+    // fail for want of room.
+    conntrack::record(flow, &conn, here.epoch as u32);
     if let Some(slot) = cached {
         // SAFETY: this CPU's slot, only touched by this CPU; XDP does not nest.
         unsafe { *slot = cache_entry(flow, conn, here) };

@@ -4,7 +4,7 @@
 //! packet fixtures and the benchmarks.
 use std::{net::Ipv4Addr, sync::OnceLock};
 
-use aya::maps::{Array, HashMap as AyaHashMap, MapData, PerCpuArray};
+use aya::maps::{Array, MapData, PerCpuArray};
 use lb_common::{
     abi::{
         BackendConns, Conn, FLOW_CACHE_SLOTS, Flow, FlowCacheEntry, PROTO_UDP, cpu_slot,
@@ -12,7 +12,15 @@ use lb_common::{
     },
     counter::Counter,
 };
-use lb_ctl::{EBPF_OBJECT, config, dataplane::kernel::KernelMaps, netdev, reconciler::Reconciler};
+use lb_ctl::{
+    EBPF_OBJECT, config,
+    dataplane::{
+        conn_table::{At, ConnTable},
+        kernel::KernelMaps,
+    },
+    netdev,
+    reconciler::Reconciler,
+};
 
 use crate::{
     netns::{exists, ns_sh, output, sh},
@@ -491,16 +499,25 @@ impl Loaded {
         map.get(&(counter as u32), 0).map_or(0, |v| v.iter().sum())
     }
 
-    fn conntrack(&mut self) -> AyaHashMap<&mut MapData, Flow, Conn> {
-        AyaHashMap::try_from(
-            self.reconciler.maps_mut().ebpf_mut().map_mut("lb_conntrack").expect("lb_conntrack"),
-        )
-        .expect("lb_conntrack type")
+    fn conntrack(&mut self) -> &ConnTable {
+        self.reconciler.maps_mut().conn_table()
+    }
+
+    /// Where `flow`'s connection entry is, and what it says (the entry of
+    /// the same client and ports whose backend serves the flow's VIP).
+    fn conn_at(&mut self, flow: &Flow) -> Option<(At, Conn)> {
+        let backends = self.reconciler.applied().backends.clone();
+        let serves = |c: &Conn| {
+            backends.get(&c.backend_id).is_none_or(|b| {
+                (b.vip, b.vport, b.proto) == (flow.dst, flow.dport, flow.proto)
+            })
+        };
+        self.conntrack().find(flow, serves)
     }
 
     /// One flow's connection entry.
     pub fn conn(&mut self, flow: &Flow) -> Option<Conn> {
-        self.conntrack().get(flow, 0).ok()
+        self.conn_at(flow).map(|(_, conn)| conn)
     }
 
     /// Sets a backend's connection counts, as the controller's recount would.
@@ -530,16 +547,14 @@ impl Loaded {
 
     /// Deletes one flow's connection entry.
     pub fn forget(&mut self, flow: &Flow) {
-        let _ = self.conntrack().remove(flow);
+        if let Some((at, _)) = self.conn_at(flow) {
+            self.conntrack().remove(at);
+        }
     }
 
     /// Empties the connection table (what a restart or failover does).
     pub fn flush_conntrack(&mut self) {
-        let mut table = self.conntrack();
-        let keys: Vec<Flow> = table.keys().filter_map(Result::ok).collect();
-        for key in keys {
-            let _ = table.remove(&key);
-        }
+        self.conntrack().clear();
     }
 
     /// Empties `flow`'s slot of every CPU's flow cache, which would
@@ -580,7 +595,7 @@ impl Loaded {
     }
 
     pub fn conntrack_len(&mut self) -> usize {
-        self.conntrack().keys().count()
+        self.conntrack().len()
     }
 }
 

@@ -22,11 +22,14 @@ use lb_common::abi::{
     REVERSE_PATH_LOOSE, REVERSE_PATH_OFF, REVERSE_PATH_STRICT, Traffic, answers_per_tick,
     epoch_mult, expired, handshake_slot,
 };
+use lb_common::conn_table::conn_set_bits;
+use aya::maps::IterableMap as _;
 use rustc_hash::FxHashSet;
 use tracing::info;
 
 use super::{
     ConnEntry, Counts, DataplaneError, MapReader, Maps, attach, clock,
+    conn_table::ConnTable,
     pins::{self, LinkPins, PinDir},
     tx_ports,
 };
@@ -59,6 +62,8 @@ pub struct KernelMaps {
     /// `lb_policy`: the answer budget, the reverse-path check.
     policy: Array<MapData, Policy>,
     be_conns: Array<MapData, BackendConns>,
+    /// `lb_conntrack`, mapped into this process.
+    conns: Arc<ConnTable>,
     /// The counts last written to `lb_be_conns`, by backend id.
     published: BTreeMap<u32, BackendConns>,
     /// The programs (and the links that attach them) and the maps only the
@@ -162,7 +167,8 @@ impl KernelMaps {
     ) -> Result<Self, DataplaneError> {
         let paths: Vec<(&str, PathBuf)> =
             expected.keys().map(|name| (name.as_str(), pins.map(name))).collect();
-        let mut loader = sized_loader(dataplane.conntrack_max)?;
+        let set_bits = conn_set_bits(dataplane.conntrack_max);
+        let mut loader = sized_loader(dataplane.conntrack_max, &set_bits)?;
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -247,6 +253,7 @@ impl KernelMaps {
         let clock = EpochClock { mult: epoch_mult(clock::jiffy_ns()?), offset };
         epoch.set(0, clock, 0).map_err(err("writing lb_epoch"))?;
         let clock_program = program_fd(&ebpf, "lb_clock")?;
+        let conns = Arc::new(conn_table(&ebpf)?);
         let mut meta: Array<MapData, Meta> = typed(&mut ebpf, "lb_meta")?;
         meta.set(0, Meta { abi_version: ABI_VERSION, _pad: 0 }, 0)
             .map_err(err("writing lb_meta"))?;
@@ -266,6 +273,7 @@ impl KernelMaps {
             policy: typed(&mut ebpf, "lb_policy")?,
             timeout_ticks: [0; CONN_STATES as usize],
             be_conns: typed(&mut ebpf, "lb_be_conns")?,
+            conns,
             published: BTreeMap::new(),
             ebpf,
             pins: None,
@@ -328,17 +336,21 @@ impl KernelMaps {
     }
 }
 
-/// A loader with the maps sized at load time (`pins::load_time_sizes`).
-fn sized_loader(conntrack_max: u32) -> Result<EbpfLoader<'static>, DataplaneError> {
+/// A loader with the maps sized at load time (`pins::load_time_sizes`),
+/// and the program told the connection table's size (`set_bits`, which
+/// `conn_set_bits` gives for the same `conntrack_max`).
+fn sized_loader(conntrack_max: u32, set_bits: &u32) -> Result<EbpfLoader<'_>, DataplaneError> {
     let mut loader = EbpfLoader::new();
     for (name, entries) in pins::load_time_sizes(conntrack_max)? {
         loader.map_max_entries(name, entries);
     }
+    loader.override_global("LB_CONN_SET_BITS", set_bits, true);
     Ok(loader)
 }
 
 fn load_object(object: &[u8], conntrack_max: u32) -> Result<Ebpf, DataplaneError> {
-    let mut ebpf = sized_loader(conntrack_max)?
+    let set_bits = conn_set_bits(conntrack_max);
+    let mut ebpf = sized_loader(conntrack_max, &set_bits)?
         .load(object)
         .map_err(|e| DataplaneError::kernel("loading the XDP object", e))?;
     load_programs(&mut ebpf)?;
@@ -354,6 +366,16 @@ fn load_programs(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
 }
 
 /// A copy of the descriptor of the object's (loaded) program `name`.
+/// `lb_conntrack` mapped into this process, with the size the map has
+/// (the configured one, or an adopted data plane's, which is the same:
+/// pins of another size are refused before this).
+fn conn_table(ebpf: &Ebpf) -> Result<ConnTable, DataplaneError> {
+    let Some(aya::maps::Map::Array(map)) = ebpf.map("lb_conntrack") else {
+        return Err(DataplaneError::kernel("lb_conntrack", "missing from the object"));
+    };
+    ConnTable::of_map(map).map_err(|e| DataplaneError::kernel("mapping lb_conntrack", e))
+}
+
 fn program_fd(ebpf: &Ebpf, name: &str) -> Result<OwnedFd, DataplaneError> {
     let failed = |e: &dyn std::fmt::Display| {
         DataplaneError::kernel(format!("program {name}"), e.to_string())
@@ -487,22 +509,10 @@ impl KernelMaps {
         clock::read(self.clock_program.as_fd())
     }
 
-    /// The conntrack map: written by the kernel, read and pruned by the recount.
-    fn conntrack(&mut self) -> Result<HashMap<&mut MapData, Flow, Conn>, DataplaneError> {
-        let map = self
-            .ebpf
-            .map_mut("lb_conntrack")
-            .ok_or_else(|| DataplaneError::kernel("lb_conntrack", "missing from the object"))?;
-        HashMap::try_from(map).map_err(err("opening lb_conntrack"))
-    }
-
-    /// Calls `each` with every entry of the connection table, read in batches.
-    fn for_each_conn(&self, each: impl FnMut(Flow, Conn)) -> Result<(), DataplaneError> {
-        let Some(aya::maps::Map::LruHashMap(data)) = self.ebpf.map("lb_conntrack") else {
-            return Err(DataplaneError::kernel("lb_conntrack", "missing from the object"));
-        };
-        super::batch::for_each(data, each)
-            .map_err(|e| DataplaneError::kernel("reading lb_conntrack", e))
+    /// The connection table, as mapped into this process (tests and
+    /// benchmarks fill and inspect it).
+    pub fn conn_table(&self) -> &ConnTable {
+        &self.conns
     }
 }
 
@@ -566,19 +576,14 @@ impl Maps for KernelMaps {
     }
 
     fn reader(&self) -> Result<Arc<dyn MapReader>, DataplaneError> {
-        let Some(aya::maps::Map::LruHashMap(conntrack)) = self.ebpf.map("lb_conntrack") else {
-            return Err(DataplaneError::kernel("lb_conntrack", "missing from the object"));
-        };
         let dup = |what: &str, fd: std::os::fd::BorrowedFd<'_>| {
             fd.try_clone_to_owned()
                 .map_err(|e| DataplaneError::kernel(format!("duplicating {what}"), e))
         };
-        let reopen = || {
-            MapData::from_fd(dup("lb_conntrack", conntrack.fd().as_fd())?)
-                .map_err(err("opening lb_conntrack again"))
-        };
-        let flows = HashMap::try_from(aya::maps::Map::LruHashMap(reopen()?))
-            .map_err(err("opening lb_conntrack again"))?;
+        let backends = MapData::from_fd(dup("lb_backends", self.backends.map().fd().as_fd())?)
+            .map_err(err("opening lb_backends again"))?;
+        let backends = Array::try_from(aya::maps::Map::Array(backends))
+            .map_err(err("opening lb_backends again"))?;
         let Some(aya::maps::Map::Array(handshakes)) = self.ebpf.map("lb_handshakes") else {
             return Err(DataplaneError::kernel("lb_handshakes", "missing from the object"));
         };
@@ -587,8 +592,8 @@ impl Maps for KernelMaps {
         let handshakes = Array::try_from(aya::maps::Map::Array(handshakes))
             .map_err(err("opening lb_handshakes again"))?;
         Ok(Arc::new(KernelReader {
-            conntrack: reopen()?,
-            flows: std::sync::Mutex::new(flows),
+            conns: Arc::clone(&self.conns),
+            backends,
             handshakes: std::sync::Mutex::new(handshakes),
             clock_program: dup("lb_clock", self.clock_program.as_fd())?,
             timeout_ticks: self.timeout_ticks,
@@ -604,12 +609,15 @@ impl Maps for KernelMaps {
     ) -> Result<BTreeMap<u32, BackendConns>, DataplaneError> {
         let now = self.epoch_now()? as u32;
         let mut counts: BTreeMap<u32, BackendConns> = BTreeMap::new();
-        let mut expired_flows = Vec::new();
         let timeout_ticks = self.timeout_ticks;
-        self.for_each_conn(|flow, conn| {
+        let table = Arc::clone(&self.conns);
+        table.for_each(|at, slot| {
+            let conn = slot.conn();
             let timeout = timeout_ticks.get(usize::from(conn.state)).copied().unwrap_or(0);
             if expired(now, conn.last_seen, timeout) {
-                expired_flows.push((flow, conn));
+                // Only if untouched since: the data plane may have refreshed
+                // the entry, or given it to another flow.
+                table.remove_if_unchanged(at, slot);
                 return;
             }
             // An entry made for an earlier holder of a reused id is not this backend's.
@@ -622,14 +630,7 @@ impl Maps for KernelMaps {
             } else {
                 entry.inactive += 1;
             }
-        })?;
-        let mut table = self.conntrack()?;
-        for (flow, conn) in &expired_flows {
-            // Only if untouched since: the data plane may have placed the flow anew.
-            if table.get(flow, 0).is_ok_and(|now_conn| now_conn == *conn) {
-                let _ = table.remove(flow);
-            }
-        }
+        });
         // Every backend in use gets its count, zero included. An `lc`
         // backend's is always rewritten (this clears the picks the data
         // plane added for flows that did not stay); the others' only when it
@@ -706,9 +707,10 @@ impl Maps for KernelMaps {
 
 /// The reads of `MapReader`, on descriptors of their own.
 struct KernelReader {
-    conntrack: MapData,
-    /// The same table, for the reassembly slow path's lookups and inserts.
-    flows: std::sync::Mutex<HashMap<MapData, Flow, Conn>>,
+    conns: Arc<ConnTable>,
+    /// `lb_backends`: an entry holds the client's side of its flow; its
+    /// backend says which VIP and protocol.
+    backends: Array<MapData, lb_common::abi::Backend>,
     /// `lb_handshakes`, for the slow path's flows that only have a record.
     handshakes: std::sync::Mutex<Array<MapData, Handshake>>,
     clock_program: OwnedFd,
@@ -717,6 +719,20 @@ struct KernelReader {
     /// Where the links are pinned; `None` when nothing is attached.
     links: Option<LinkPins>,
     interfaces: Vec<String>,
+}
+
+impl KernelReader {
+    /// The backend `id` if it is in use.
+    fn backend(&self, id: u32) -> Option<lb_common::abi::Backend> {
+        self.backends.get(&id, 0).ok().filter(|b| b.flags & BACKEND_IN_USE != 0)
+    }
+
+    /// Whether `conn`'s backend serves `flow`'s VIP, or is gone (as
+    /// `lb-ebpf/src/conntrack.rs` decides which entry is a flow's).
+    fn serves(&self, conn: &Conn, flow: &Flow) -> bool {
+        self.backend(conn.backend_id)
+            .is_none_or(|b| (b.vip, b.vport, b.proto) == (flow.dst, flow.dport, flow.proto))
+    }
 }
 
 impl MapReader for KernelReader {
@@ -730,11 +746,33 @@ impl MapReader for KernelReader {
         let tick = Duration::from_millis(EPOCH_TICK_MS);
         let mut entries = Vec::new();
         let mut live = 0;
-        super::batch::for_each(&self.conntrack, |flow: Flow, conn: Conn| {
+        // Each backend read once per walk: a million entries share a few.
+        let mut backends: BTreeMap<u32, Option<lb_common::abi::Backend>> = BTreeMap::new();
+        self.conns.for_each(|_, slot| {
+            let conn = slot.conn();
             let timeout = ticks.get(usize::from(conn.state)).copied().unwrap_or(0);
+            if expired(now, conn.last_seen, timeout) {
+                return;
+            }
+            let backend = *backends.entry(conn.backend_id).or_insert_with(|| {
+                self.backend(conn.backend_id).filter(|b| u32::from(slot.service_id) == b.service_id)
+            });
+            // The VIP and protocol are the backend's; an entry whose backend
+            // is gone belongs to no service any more.
+            let Some(backend) = backend else {
+                return;
+            };
+            let flow = Flow {
+                src: slot.src,
+                dst: backend.vip,
+                sport: slot.sport,
+                dport: slot.dport,
+                proto: backend.proto,
+                _pad: [0; 3],
+            };
             let wanted =
                 to.is_none_or(|t| (t.addr, t.port, t.proto) == (flow.dst, flow.dport, flow.proto));
-            if !wanted || expired(now, conn.last_seen, timeout) {
+            if !wanted {
                 return;
             }
             live += 1;
@@ -747,8 +785,7 @@ impl MapReader for KernelReader {
                     expires_in: tick * timeout.saturating_sub(idle),
                 });
             }
-        })
-        .map_err(|e| DataplaneError::kernel("reading lb_conntrack", e))?;
+        });
         Ok((entries, live))
     }
 
@@ -758,13 +795,7 @@ impl MapReader for KernelReader {
 
     fn flow_entry(&self, flow: &Flow) -> Result<(Option<Conn>, u32), DataplaneError> {
         let now = clock::read(self.clock_program.as_fd())? as u32;
-        let flows = self.flows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let conn = match flows.get(flow, 0) {
-            Ok(conn) => Some(conn),
-            Err(aya::maps::MapError::KeyNotFound) => None,
-            Err(e) => return Err(DataplaneError::kernel("reading lb_conntrack", e)),
-        };
-        let live = conn.filter(|c| {
+        let live = self.conns.find(flow, |conn| self.serves(conn, flow)).map(|(_, c)| c).filter(|c| {
             let timeout = self.timeout_ticks.get(usize::from(c.state)).copied().unwrap_or(0);
             !expired(now, c.last_seen, timeout)
         });
@@ -783,7 +814,7 @@ impl MapReader for KernelReader {
     }
 
     fn place_flow(&self, flow: &Flow, conn: &Conn) -> Result<(), DataplaneError> {
-        let mut flows = self.flows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        flows.insert(flow, conn, 0).map_err(err("writing lb_conntrack"))
+        self.conns.record(flow, conn);
+        Ok(())
     }
 }

@@ -1,8 +1,8 @@
 //! The kernel maps behind a trait, so the reconciler can be tested against an
 //! in-memory copy (`fake`) and run against the real thing (`kernel`).
 pub mod attach;
-mod batch;
 mod clock;
+pub mod conn_table;
 pub mod fake;
 pub mod kernel;
 pub mod pins;

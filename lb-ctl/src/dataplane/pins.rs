@@ -15,7 +15,10 @@ use std::{
 };
 
 use aya::maps::MapData;
-use lb_common::abi::{ABI_VERSION, FLOW_CACHE_SLOTS, Meta, NEXTHOP_SLOTS};
+use lb_common::{
+    abi::{ABI_VERSION, FLOW_CACHE_SLOTS, Meta, NEXTHOP_SLOTS},
+    conn_table::conn_set_bits,
+};
 use tracing::{info, warn};
 
 use super::DataplaneError;
@@ -258,7 +261,7 @@ fn read_abi_version(path: &Path) -> Result<u32, DataplaneError> {
 pub fn load_time_sizes(conntrack_max: u32) -> Result<[(&'static str, u32); 3], DataplaneError> {
     let cpus = u32::try_from(cpu_regions()?).unwrap_or(u32::MAX);
     Ok([
-        ("lb_conntrack", conntrack_max),
+        ("lb_conntrack", 1 << conn_set_bits(conntrack_max)),
         ("lb_flow_cache", FLOW_CACHE_SLOTS.saturating_mul(cpus)),
         ("lb_nexthops", NEXTHOP_SLOTS.saturating_mul(cpus)),
     ])

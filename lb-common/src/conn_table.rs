@@ -1,0 +1,212 @@
+//! The connection table (`lb_conntrack`): a set-associative array, a set
+//! of four entries per 64-byte cache line, so that finding a flow, missing
+//! it and recording it each touch one line, with no allocation and no lock.
+//! A flow may live only in its set (by flow hash); a set that is full
+//! gives its least recently seen entry to a new flow. The kernel program
+//! and the controller (the recount, the listing, the reassembly slow path)
+//! use these same rules.
+//!
+//! An entry holds the client's address and port and the service's port;
+//! the service's address and protocol are the backend's, which the reader
+//! checks against the flow (`select::live_backend` in the data plane).
+
+use crate::abi::{Conn, Flow, MAX_BACKENDS, MAX_SERVICES};
+
+/// Entries per set: one cache line of 16-byte entries.
+pub const CONN_WAYS: usize = 4;
+
+/// One entry. All zero: empty (no client has the address 0.0.0.0, a
+/// martian the data plane drops).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnSlot {
+    pub src: [u8; 4],
+    pub sport: u16,
+    pub dport: u16,
+    /// The `lb_epoch` tick of the flow's last client packet, as seen when
+    /// the flow was last checked.
+    pub last_seen: u32,
+    pub backend_id: u16,
+    pub service_id: u8,
+    /// `CONN_*`.
+    pub state: u8,
+}
+const _: () = assert!(size_of::<ConnSlot>() == 16);
+const _: () = assert!(MAX_BACKENDS <= 1 << 16 && MAX_SERVICES <= 1 << 8);
+
+/// One set: a cache line when the array's values are page aligned (the
+/// map is created `BPF_F_MMAPABLE`, which the controller also uses to read
+/// it without a system call per entry).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnSet {
+    pub slots: [ConnSlot; CONN_WAYS],
+}
+const _: () = assert!(size_of::<ConnSet>() == 64);
+
+/// `BPF_F_MMAPABLE`: the array's values start on a page boundary, and
+/// user space may map them.
+pub const MAP_MMAPABLE: usize = 1 << 10;
+
+/// The set count's base-2 logarithm for `conntrack_max` flows: four entries
+/// per flow the operator asked for, so that sets rarely overflow (with
+/// `conntrack_max` live flows spread by a hash, about 0.5 % of them find
+/// their set full and take the place of its least recently seen entry).
+pub const fn conn_set_bits(conntrack_max: u32) -> u32 {
+    let flows = if conntrack_max < 1024 { 1024 } else { conntrack_max };
+    // ceil(log2(flows)): sets = flows rounded up to a power of two.
+    u32::BITS - (flows - 1).leading_zeros()
+}
+
+/// The largest `conntrack_max` (2^26 flows: 4 GiB of sets).
+pub const MAX_CONNTRACK_MAX: u32 = 1 << 26;
+
+/// The set of `flow` in a table of `2^bits` sets (Fibonacci hashing of the
+/// flow's fields, read natively).
+#[inline(always)]
+pub const fn conn_set(flow: &Flow, bits: u32) -> u32 {
+    let addrs = ((u32::from_ne_bytes(flow.src) as u64) << 32) | u32::from_ne_bytes(flow.dst) as u64;
+    let rest = ((flow.sport as u64) << 24) | ((flow.dport as u64) << 8) | flow.proto as u64;
+    // Salted apart from the flow cache's and the handshake records' slots,
+    // which hash the same fields.
+    let key = (addrs ^ rest).wrapping_add(0x632b_e59b_d9b4_e019);
+    (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits)) as u32
+}
+
+impl ConnSlot {
+    /// The entry for `flow` with `conn`.
+    #[inline(always)]
+    pub const fn of(flow: &Flow, conn: &Conn) -> Self {
+        Self {
+            src: flow.src,
+            sport: flow.sport,
+            dport: flow.dport,
+            last_seen: conn.last_seen,
+            backend_id: conn.backend_id as u16,
+            service_id: conn.service_id as u8,
+            state: conn.state,
+        }
+    }
+
+    /// What the entry says of its flow.
+    #[inline(always)]
+    pub const fn conn(&self) -> Conn {
+        Conn {
+            backend_id: self.backend_id as u32,
+            service_id: self.service_id as u32,
+            last_seen: self.last_seen,
+            state: self.state,
+            _pad: [0; 3],
+        }
+    }
+
+    /// Whether the entry is for a flow from `flow`'s client address and
+    /// port to its service port (the VIP is the backend's to confirm).
+    #[inline(always)]
+    pub const fn holds(&self, flow: &Flow) -> bool {
+        u32::from_ne_bytes(self.src) == u32::from_ne_bytes(flow.src)
+            && self.sport == flow.sport
+            && self.dport == flow.dport
+    }
+
+    #[inline(always)]
+    pub const fn is_empty(&self) -> bool {
+        u32::from_ne_bytes(self.src) == 0
+    }
+}
+
+/// Where in `set` a new entry for `flow` goes: the entry it already has,
+/// else an empty one, else the least recently seen (the longest idle at
+/// `now`; ticks may wrap).
+#[inline(always)]
+pub fn victim(set: &ConnSet, flow: &Flow, now: u32) -> usize {
+    let mut chosen = 0;
+    let mut idlest = -1_i64;
+    let mut way = 0;
+    while way < CONN_WAYS {
+        let slot = &set.slots[way];
+        if slot.holds(flow) {
+            return way;
+        }
+        let idle = if slot.is_empty() {
+            i64::MAX
+        } else {
+            i64::from(now.wrapping_sub(slot.last_seen).cast_signed())
+        };
+        if idle > idlest {
+            idlest = idle;
+            chosen = way;
+        }
+        way += 1;
+    }
+    chosen
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), only integer fields, no implicit padding (sizes asserted above).
+unsafe impl aya::Pod for ConnSet {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::abi::{CONN_ESTABLISHED, PROTO_TCP};
+
+    fn flow(port: u16) -> Flow {
+        Flow {
+            src: [10, 77, 1, 10],
+            dst: [10, 77, 1, 100],
+            sport: port,
+            dport: 80,
+            proto: PROTO_TCP,
+            _pad: [0; 3],
+        }
+    }
+
+    fn conn(last_seen: u32) -> Conn {
+        Conn { backend_id: 7, service_id: 3, last_seen, state: CONN_ESTABLISHED, _pad: [0; 3] }
+    }
+
+    #[test]
+    fn four_entries_per_flow_asked_for_rounded_up() {
+        assert_eq!(conn_set_bits(1024), 10);
+        assert_eq!(conn_set_bits(1025), 11);
+        assert_eq!(conn_set_bits(1 << 20), 20);
+        assert_eq!(conn_set_bits(5), 10, "at least 1024 sets");
+        assert_eq!(conn_set_bits(MAX_CONNTRACK_MAX), 26);
+    }
+
+    #[test]
+    fn sets_spread_flows_and_stay_in_range() {
+        let mut counts = [0_u32; 1 << 10];
+        for port in 0..40_960_u16 {
+            let set = conn_set(&flow(port), 10);
+            counts[set as usize] += 1;
+        }
+        let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+        assert!(*min >= 15 && *max <= 70, "uneven: {min}..{max} per set, 40 expected");
+    }
+
+    #[test]
+    fn an_entry_round_trips_and_matches_only_its_flow() {
+        let slot = ConnSlot::of(&flow(1000), &conn(5));
+        assert_eq!(slot.conn(), conn(5));
+        assert!(slot.holds(&flow(1000)));
+        assert!(!slot.holds(&flow(1001)));
+        assert!(ConnSlot::default().is_empty() && !slot.is_empty());
+    }
+
+    #[test]
+    fn the_victim_is_the_flow_itself_then_an_empty_entry_then_the_idlest() {
+        let mut set = ConnSet::default();
+        set.slots[0] = ConnSlot::of(&flow(1), &conn(100));
+        set.slots[2] = ConnSlot::of(&flow(2), &conn(90));
+        assert_eq!(victim(&set, &flow(2), 100), 2, "its own entry");
+        assert_eq!(victim(&set, &flow(3), 100), 1, "the first empty one");
+        set.slots[1] = ConnSlot::of(&flow(4), &conn(95));
+        set.slots[3] = ConnSlot::of(&flow(5), &conn(99));
+        assert_eq!(victim(&set, &flow(3), 100), 2, "the longest idle");
+        // Ticks wrap: seen at u32::MAX is one tick before 0.
+        set.slots[2] = ConnSlot::of(&flow(2), &conn(u32::MAX));
+        assert_eq!(victim(&set, &flow(3), 3), 2);
+    }
+}
