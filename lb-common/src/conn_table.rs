@@ -16,8 +16,9 @@ use crate::abi::{Conn, Flow, MAX_BACKENDS, MAX_SERVICES};
 pub const CONN_WAYS: usize = 4;
 
 /// One entry. All zero: empty (no client has the address 0.0.0.0, a
-/// martian the data plane drops).
-#[repr(C)]
+/// martian the data plane drops). Aligned to 8 bytes: it is written as
+/// two words (state, then key), so no reader sees a key without its state.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnSlot {
     pub src: [u8; 4],

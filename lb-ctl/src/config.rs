@@ -12,6 +12,7 @@ use lb_common::abi::{
     DEFAULT_ANSWERS_PER_SECOND, DEFAULT_CONNTRACK_MAX, LC_MAX_BACKENDS, MAX_BACKENDS, MAX_SERVICES,
     PROTO_TCP, PROTO_UDP,
 };
+use lb_common::conn_table::MAX_CONNTRACK_MAX;
 use serde::Deserialize;
 
 use crate::model::{
@@ -421,11 +422,11 @@ fn validate_dataplane(raw: RawDataplane, problems: &mut Problems) -> Dataplane {
         }
     };
     let conntrack_max = match u32::try_from(raw.conntrack_max) {
-        Ok(n) if n >= 1024 => n,
+        Ok(n) if (1024..=MAX_CONNTRACK_MAX).contains(&n) => n,
         _ => {
             problems.add(
                 "dataplane.conntrack_max",
-                format!("{} is out of range (1024 to {})", raw.conntrack_max, u32::MAX),
+                format!("{} is out of range (1024 to {MAX_CONNTRACK_MAX})", raw.conntrack_max),
             );
             DEFAULT_CONNTRACK_MAX
         }
@@ -1135,6 +1136,25 @@ protocol = "udp"
         for key in ["dataplane.interfaces[1]", "dataplane.xdp_mode", "dataplane.conntrack_max"] {
             assert!(p.iter().any(|x| x.starts_with(key)), "no {key} in {p:?}");
         }
+    }
+
+    #[test]
+    fn the_connection_table_is_at_most_64_mi_flows() {
+        let with = |n: u64| {
+            GOOD.replace(
+                "interfaces = [\"lb-c\", \"lb-b\"]",
+                &format!("interfaces = [\"lb-c\", \"lb-b\"]\nconntrack_max = {n}"),
+            )
+        };
+        let max = u64::from(MAX_CONNTRACK_MAX);
+        assert_eq!(parse(&with(max)).unwrap().dataplane.conntrack_max, MAX_CONNTRACK_MAX);
+        let p = problems(&with(max + 1));
+        assert!(
+            p.iter().any(
+                |x| x == "dataplane.conntrack_max: 67108865 is out of range (1024 to 67108864)"
+            ),
+            "{p:?}"
+        );
     }
 
     #[test]

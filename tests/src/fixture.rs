@@ -508,9 +508,9 @@ impl Loaded {
     fn conn_at(&mut self, flow: &Flow) -> Option<(At, Conn)> {
         let backends = self.reconciler.applied().backends.clone();
         let serves = |c: &Conn| {
-            backends.get(&c.backend_id).is_none_or(|b| {
-                (b.vip, b.vport, b.proto) == (flow.dst, flow.dport, flow.proto)
-            })
+            backends
+                .get(&c.backend_id)
+                .is_none_or(|b| (b.vip, b.vport, b.proto) == (flow.dst, flow.dport, flow.proto))
         };
         self.conntrack().find(flow, serves)
     }

@@ -11,8 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{HashMap as AyaHashMap, Map, MapData};
+use aya::maps::MapData;
 use lb_common::abi::{CONN_ESTABLISHED, Conn, Flow, PROTO_TCP};
+use lb_ctl::dataplane::conn_table::ConnTable;
 use lb_tests::{
     harness::{EchoConn, FAST_CHECKS, Lab, Setup, http_get, http_request, http_request_within},
     netns::{in_ns, ns_sh},
@@ -26,30 +27,31 @@ const FILLER: u32 = 1_000_000;
 const LISTERS: usize = 20;
 const LOAD_FOR: Duration = Duration::from_secs(10);
 
-fn conntrack(pin_dir: &str) -> AyaHashMap<MapData, Flow, Conn> {
+fn conntrack(pin_dir: &str) -> ConnTable {
     let path = format!("{pin_dir}/lb_conntrack");
     let data = MapData::from_pin(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
-    AyaHashMap::try_from(Map::LruHashMap(data)).unwrap_or_else(|e| panic!("{path}: {e}"))
+    ConnTable::of_map(&data).unwrap_or_else(|e| panic!("mapping {path}: {e}"))
 }
 
 /// The connection entry of one real request, to copy: its ids and its
 /// stamp are the data plane's own (the test cannot read its clock).
 fn a_real_entry(lab: &Lab) -> Conn {
-    let vip: Ipv4Addr = VIP.parse().expect("VIP");
     in_ns(&lab.topo.client(), http_get).expect("a request through the VIP");
     let table = conntrack(&lab.pin_dir);
-    let found = table
-        .iter()
-        .filter_map(Result::ok)
-        .find(|(flow, _)| flow.dst == vip.octets() && flow.dport == 80 && flow.proto == PROTO_TCP);
-    found.map(|(_, conn)| conn).expect("the request's connection entry")
+    let mut found = None;
+    table.for_each(|_, slot| {
+        if slot.dport == 80 {
+            found = Some(slot.conn());
+        }
+    });
+    found.expect("the request's connection entry")
 }
 
 /// A million live-looking established entries, as a busy load balancer's
 /// table holds (clients 10.77.128.0/17, every port).
 fn fill(lab: &Lab, like: Conn) -> Duration {
     let started = Instant::now();
-    let mut table = conntrack(&lab.pin_dir);
+    let table = conntrack(&lab.pin_dir);
     let conn = Conn { state: CONN_ESTABLISHED, ..like };
     for i in 0..FILLER {
         let flow = Flow {
@@ -60,7 +62,7 @@ fn fill(lab: &Lab, like: Conn) -> Duration {
             proto: PROTO_TCP,
             _pad: [0; 3],
         };
-        table.insert(flow, conn, 0).unwrap_or_else(|e| panic!("filling lb_conntrack: {e}"));
+        table.record(&flow, &conn);
     }
     started.elapsed()
 }

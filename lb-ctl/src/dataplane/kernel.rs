@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+use aya::maps::IterableMap as _;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, DevMap, HashMap, MapData, PerCpuArray, PerCpuValues},
@@ -23,7 +24,6 @@ use lb_common::abi::{
     epoch_mult, expired, handshake_slot,
 };
 use lb_common::conn_table::conn_set_bits;
-use aya::maps::IterableMap as _;
 use rustc_hash::FxHashSet;
 use tracing::info;
 
@@ -795,10 +795,11 @@ impl MapReader for KernelReader {
 
     fn flow_entry(&self, flow: &Flow) -> Result<(Option<Conn>, u32), DataplaneError> {
         let now = clock::read(self.clock_program.as_fd())? as u32;
-        let live = self.conns.find(flow, |conn| self.serves(conn, flow)).map(|(_, c)| c).filter(|c| {
-            let timeout = self.timeout_ticks.get(usize::from(c.state)).copied().unwrap_or(0);
-            !expired(now, c.last_seen, timeout)
-        });
+        let live =
+            self.conns.find(flow, |conn| self.serves(conn, flow)).map(|(_, c)| c).filter(|c| {
+                let timeout = self.timeout_ticks.get(usize::from(c.state)).copied().unwrap_or(0);
+                !expired(now, c.last_seen, timeout)
+            });
         Ok((live, now))
     }
 

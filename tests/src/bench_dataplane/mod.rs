@@ -17,8 +17,6 @@ use std::{
     os::fd::{AsRawFd as _, OwnedFd},
 };
 
-use aya::maps::{MapData, PerCpuArray};
-use lb_common::abi::Traffic;
 use lb_ctl::{model::Service, reconciler::Reconciler};
 
 use crate::{
@@ -379,12 +377,4 @@ pub fn load_services(conntrack_max: u32, interfaces: &[&str], services: &[Servic
     reconciler.apply(services).unwrap_or_else(|e| panic!("applying the services: {e}"));
     let prog_fd = testrun::program_fd(reconciler.maps_mut().ebpf_mut(), "lb_xdp");
     Loaded { reconciler, prog_fd }
-}
-
-/// New flows the data plane has counted for service `id`, all CPUs.
-pub fn new_flows(loaded: &mut Loaded, id: u32) -> u64 {
-    let ebpf = loaded.reconciler.maps_mut().ebpf_mut();
-    let stats: PerCpuArray<&MapData, Traffic> =
-        PerCpuArray::try_from(ebpf.map("lb_svc_stats").expect("lb_svc_stats")).expect("type");
-    stats.get(&id, 0).map_or(0, |v| v.iter().map(|t| t.new_flows).sum())
 }

@@ -24,7 +24,6 @@ mod topology;
 
 use std::{fmt::Write as _, time::Duration};
 
-use aya::maps::{HashMap as AyaHashMap, MapData};
 use lb_common::{
     abi::{CONN_ESTABLISHED, Conn, Endpoint, Flow, PROTO_TCP},
     counter::Counter,
@@ -123,10 +122,7 @@ fn fill_live_flows(lb: &mut Loaded) {
         .map(|(id, _)| *id)
         .expect("a backend of the service");
     let conn = Conn { backend_id, service_id, last_seen: 1, state: CONN_ESTABLISHED, _pad: [0; 3] };
-    let ebpf = lb.reconciler.maps_mut().ebpf_mut();
-    let mut table: AyaHashMap<&mut MapData, Flow, Conn> =
-        AyaHashMap::try_from(ebpf.map_mut("lb_conntrack").expect("lb_conntrack"))
-            .expect("lb_conntrack type");
+    let table = lb.reconciler.maps_mut().conn_table();
     for i in 0..LIVE_FLOWS {
         let (client, sport) = live_client(i);
         let flow = Flow {
@@ -137,7 +133,7 @@ fn fill_live_flows(lb: &mut Loaded) {
             proto: PROTO_TCP,
             _pad: [0; 3],
         };
-        table.insert(flow, conn, 0).unwrap_or_else(|e| panic!("filling lb_conntrack: {e}"));
+        table.record(&flow, &conn);
     }
 }
 
