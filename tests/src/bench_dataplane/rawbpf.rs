@@ -223,7 +223,8 @@ struct MapCreateAttr {
     map_flags: u32,
 }
 
-/// The `batch` member of `union bpf_attr`.
+/// The `batch` member of `union bpf_attr` (lb-ctl's `dataplane::batch`
+/// mirrors it too, privately: the controller does not export its syscalls).
 #[repr(C)]
 #[derive(Default)]
 struct BatchAttr {
