@@ -57,12 +57,13 @@ pub fn e2e() -> Result<()> {
 }
 
 /// `cargo xtask bench dataplane`: the data plane's cost per packet (also
-/// with 1M live flows and with 256 services x 64 backends) and the packets
-/// per second one core forwards through veth in driver mode (`lb-bench`).
+/// with 1M live flows and with 256 services x 64 backends), the memory
+/// accesses' floor on this machine, and the packets per second one core
+/// forwards through veth in driver mode (`lb-bench`).
 pub fn dataplane() -> Result<()> {
     build()?;
     require_root("the data plane benchmark")?;
-    step("data plane: cost per packet, 1M flows, 256 x 64 services, forwarding rate");
+    step("data plane: cost per packet, 1M flows, 256 x 64 services, memory floor, forwarding rate");
     let out = root().join("target/bench/dataplane.json");
     let ran =
         run_status(Command::new(bin("lb-bench")).env("LB_BENCH_OUT", &out).current_dir(root()));

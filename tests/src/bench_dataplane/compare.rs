@@ -8,10 +8,11 @@ use std::fmt::Write as _;
 use serde_json::Value;
 
 /// The row tables of `dataplane.json`: a title and where its rows are.
-const TABLES: [(&str, &[&str]); 3] = [
+const TABLES: [(&str, &[&str]); 4] = [
     ("Cost per packet", &["scenarios"]),
     ("Connection table, 1M live flows", &["conntrack_1m", "scenarios"]),
     ("256 services x 64 backends", &["services_256x64", "scenarios"]),
+    ("Memory floor", &["floor", "scenarios"]),
 ];
 /// The statistics compared: a column title and the row's JSON key.
 const STATS: [(&str, &str); 3] = [("trimmed", "net_ns"), ("mean", "mean_ns"), ("p99", "p99_ns")];

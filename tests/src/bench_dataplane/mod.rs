@@ -1,11 +1,13 @@
 //! The parts of `cargo xtask bench dataplane` beyond the per-packet table of
 //! `lb-bench`: a connection table of 1M live flows (`conntrack`), 256
-//! services of 64 backends (`services`), and packets per second forwarded
-//! through veth in driver mode (`forward`, with `rawbpf` for the traffic
-//! generator and the sink). Shared here: how a figure is made from samples.
+//! services of 64 backends (`services`), the memory accesses' floor on this
+//! machine (`floor`), and packets per second forwarded through veth in
+//! driver mode (`forward`, with `rawbpf` for the traffic generator and the
+//! sink). Shared here: how a figure is made from samples.
 pub mod compare;
 pub mod conntrack;
 pub mod flood;
+pub mod floor;
 pub mod forward;
 pub mod handshake;
 pub mod rawbpf;

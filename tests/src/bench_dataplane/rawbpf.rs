@@ -1,8 +1,9 @@
 //! The two tiny XDP programs of the forwarding benchmark, written as BPF
 //! instructions (no second eBPF crate to build), and the bpf(2) calls that
 //! load, attach and run them: the traffic generator (BPF_PROG_TEST_RUN in
-//! live-frames mode) and the sink (XDP_DROP).
-use std::os::fd::{AsRawFd as _, OwnedFd};
+//! live-frames mode) and the sink (XDP_DROP). The instruction builder and
+//! the map calls also serve the `floor` part's programs.
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 
 use super::{LIVE_PORT_BASE, LIVE_PORTS};
 pub use crate::testrun::load_xdp;
@@ -14,13 +15,16 @@ const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 /// `BPF_F_TEST_XDP_LIVE_FRAMES` (kernel 5.18, commit b530e9e1063e): frames
 /// the program returns XDP_TX or XDP_REDIRECT for are really sent.
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
-const XDP_DROP: i32 = 1;
+pub(super) const XDP_DROP: i32 = 1;
+pub(super) const XDP_PASS: i32 = 2;
 const XDP_TX: i32 = 3;
 /// `bpf_get_prandom_u32()`.
-const HELPER_PRANDOM: i32 = 7;
+pub(super) const HELPER_PRANDOM: i32 = 7;
+pub(super) const HELPER_MAP_LOOKUP: i32 = 1;
+pub(super) const HELPER_MAP_UPDATE: i32 = 2;
 
 /// One BPF instruction: opcode, registers, offset, immediate.
-const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
+pub(super) const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
     code as u64
         | ((dst | (src << 4)) as u64) << 8
         | (off.cast_unsigned() as u64) << 16
@@ -29,24 +33,35 @@ const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
 
 // Opcodes (include/uapi/linux/bpf.h): class | op | source.
 const LDX_W: u8 = 0x61;
+pub(super) const LDX_DW: u8 = 0x79;
 const STX_H: u8 = 0x6b;
-const ST_W: u8 = 0x62;
+pub(super) const STX_W: u8 = 0x63;
+pub(super) const STX_DW: u8 = 0x7b;
+pub(super) const ST_W: u8 = 0x62;
 const ST_H: u8 = 0x6a;
-const MOV_X: u8 = 0xbf;
-const MOV_K: u8 = 0xb7;
-const ADD_K: u8 = 0x07;
+pub(super) const ST_DW: u8 = 0x7a;
+pub(super) const MOV_X: u8 = 0xbf;
+pub(super) const MOV_K: u8 = 0xb7;
+pub(super) const ADD_K: u8 = 0x07;
 const ADD_X: u8 = 0x0f;
-const AND_K: u8 = 0x57;
-const RSH_K: u8 = 0x77;
+pub(super) const AND_K: u8 = 0x57;
+pub(super) const RSH_K: u8 = 0x77;
 const LSH_K: u8 = 0x67;
 const OR_K: u8 = 0x47;
-const MUL_K: u8 = 0x27;
+pub(super) const MUL_K: u8 = 0x27;
 const DIV_K: u8 = 0x37;
 const MOD_K: u8 = 0x97;
 const XOR_K: u8 = 0xa7;
 const JGT_X: u8 = 0x2d;
-const CALL: u8 = 0x85;
-const EXIT: u8 = 0x95;
+pub(super) const JEQ_K: u8 = 0x15;
+pub(super) const JNE_K: u8 = 0x55;
+pub(super) const CALL: u8 = 0x85;
+pub(super) const EXIT: u8 = 0x95;
+/// BPF_LD | BPF_IMM | BPF_DW: a 64-bit immediate over two instructions.
+const LD_IMM64: u8 = 0x18;
+/// `BPF_PSEUDO_MAP_FD`: LD_IMM64's immediate is a map fd, which the
+/// verifier turns into the map's address.
+const PSEUDO_MAP_FD: u8 = 1;
 /// BPF_ALU | BPF_END | BPF_TO_BE: to network order (imm = width).
 const TO_BE: u8 = 0xdc;
 
@@ -185,4 +200,75 @@ pub fn run_live(prog: &OwnedFd, frame: &[u8], ifindex: u32, repeat: u32) -> u32 
     let rc = unsafe { sys_bpf(BPF_PROG_TEST_RUN, &raw mut attr) };
     assert_eq!(rc, 0, "BPF_PROG_TEST_RUN (live frames): {}", std::io::Error::last_os_error());
     attr.duration
+}
+
+/// `dst = map` (the map's fd, resolved at load): two instruction slots.
+pub(super) fn ld_map(dst: u8, map: &OwnedFd) -> [u64; 2] {
+    [insn(LD_IMM64, dst, PSEUDO_MAP_FD, 0, map.as_raw_fd()), 0]
+}
+
+pub(super) const BPF_MAP_TYPE_ARRAY: u32 = 2;
+pub(super) const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+/// The leading members of `union bpf_attr` for BPF_MAP_CREATE.
+#[repr(C)]
+#[derive(Default)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+}
+
+/// The `batch` member of `union bpf_attr` (lb-ctl's `dataplane::batch`
+/// mirrors it too, privately: the controller does not export its syscalls).
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// A new map, owned by the returned fd (and by the programs that use it).
+pub(super) fn create_map(map_type: u32, key_size: u32, value_size: u32, entries: u32) -> OwnedFd {
+    let attr = MapCreateAttr { map_type, key_size, value_size, max_entries: entries, map_flags: 0 };
+    // SAFETY: attr is a valid, correctly sized prefix of union bpf_attr.
+    let fd = unsafe { sys_bpf(BPF_MAP_CREATE, &raw const attr) };
+    assert!(
+        fd >= 0,
+        "creating a map (type {map_type}, {entries} x {value_size} bytes): {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: the kernel just returned this fd to us.
+    unsafe { OwnedFd::from_raw_fd(fd as i32) }
+}
+
+/// Writes `keys` and `values` (packed, `count` of each) in one system call
+/// (BPF_MAP_UPDATE_BATCH, kernel 5.6): a million single updates would take
+/// a second.
+pub(super) fn update_batch(map: &OwnedFd, keys: &[u8], values: &[u8], count: u32) {
+    let mut attr = BatchAttr {
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count,
+        map_fd: map.as_raw_fd().cast_unsigned(),
+        ..BatchAttr::default()
+    };
+    // SAFETY: attr points at live key and value buffers of `count` entries each.
+    let rc = unsafe { sys_bpf(BPF_MAP_UPDATE_BATCH, &raw mut attr) };
+    assert!(
+        rc == 0 && attr.count == count,
+        "updating {count} map entries in a batch ({} written): {}",
+        attr.count,
+        std::io::Error::last_os_error()
+    );
 }

@@ -1,7 +1,9 @@
 //! `cargo xtask bench dataplane`: the data plane's cost per packet, measured
 //! with BPF_PROG_TEST_RUN in a namespace with a real FIB (the fixtures'
-//! one), then with 1M live flows and with 256 services x 64 backends; and
-//! the packets per second one core forwards through veth in driver mode.
+//! one), then with 1M live flows and with 256 services x 64 backends; the
+//! floor under those figures (a cold memory access, a hash lookup, an LRU
+//! insert, each from a tiny BPF program); and the packets per second one
+//! core forwards through veth in driver mode.
 //!
 //! Every sample is one `repeat = 1` run (the program rewrites its buffer, and
 //! with `repeat > 1` the kernel would rerun it on its own output). A round
@@ -10,9 +12,9 @@
 //! net of the same statistic of a trivial XDP_PASS program measured in the
 //! same rounds.
 //!
-//! `lb-bench [per-packet] [conntrack] [services] [forward]` runs only those
-//! parts (all by default). `LB_EBPF_OBJECT=FILE` loads that XDP object
-//! instead of the built-in one (see `fixture::ebpf_object`);
+//! `lb-bench [per-packet] [conntrack] [services] [floor] [forward]` runs
+//! only those parts (all by default). `LB_EBPF_OBJECT=FILE` loads that XDP
+//! object instead of the built-in one (see `fixture::ebpf_object`);
 //! `lb-bench compare --base A.json... --new B.json...` compares runs'
 //! reports (`cargo xtask bench ab`).
 use std::{fmt::Write as _, net::Ipv4Addr};
@@ -20,8 +22,8 @@ use std::{fmt::Write as _, net::Ipv4Addr};
 use lb_common::abi::{Flow, PROTO_TCP};
 use lb_tests::{
     bench_dataplane::{
-        self, BENCH_NS, Baseline, COLUMNS, Part, ROUNDS, Row, SAMPLES, conntrack, flood, forward,
-        fresh_client,
+        self, BENCH_NS, Baseline, COLUMNS, Part, ROUNDS, Row, SAMPLES, conntrack, flood, floor,
+        forward, fresh_client,
         handshake::{self, Path},
         load_average, measure_groups, pin_to_cpu, rows, rows_json, services, table,
     },
@@ -85,7 +87,7 @@ const HANDSHAKES: [(Ipv4Addr, u16); 2] = [(VIP, 443), (VIP_SCHEDULERS, SCHEDULER
 /// The port of the fixture service with each scheduler (rr, wrr, sh, lc).
 const SCHEDULER_PORTS: [u16; 4] = [81, 82, 83, 84];
 
-const PARTS: [&str; 4] = ["per-packet", "conntrack", "services", "forward"];
+const PARTS: [&str; 5] = ["per-packet", "conntrack", "services", "floor", "forward"];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -116,6 +118,14 @@ fn main() {
         drop(ns);
         per_packet = p;
         parts.extend(conntrack.into_iter().chain(services));
+    }
+    if wanted("floor") {
+        // No namespace: the programs touch no interface.
+        let floor = std::thread::spawn(|| {
+            pin_to_cpu(1);
+            floor::run()
+        });
+        parts.push(floor.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
     }
     if wanted("forward") {
         parts.push(forward::run());
