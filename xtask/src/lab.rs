@@ -174,7 +174,7 @@ The lab is up. Try:
   # the kernel maps, with field names (addresses print as [10,77,1,100])
   bpftool map dump name lb_services
   bpftool map dump name lb_backends | head -40
-  bpftool map dump name lb_conntrack
+  bpftool map show name lb_conntrack         # its sets (lb-ctl conns lists the flows)
   bpftool map dump pinned /sys/fs/bpf/lb/lb_counters
   # the outcome counters, named and summed over CPUs
   target/debug/lb-lab counters /sys/fs/bpf/lb

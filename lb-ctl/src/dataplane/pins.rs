@@ -291,6 +291,11 @@ pub fn object_maps(
     let sizes = load_time_sizes(conntrack_max)?;
     let mut maps = BTreeMap::new();
     for (name, map) in &parsed.maps {
+        // The program's constants (`.rodata`: the connection table's size),
+        // written at each load: the program's own, never pinned or adopted.
+        if name == ".rodata" {
+            continue;
+        }
         if !name.starts_with(MAP_PREFIX) {
             return Err(DataplaneError::kernel(
                 format!("map {name}"),

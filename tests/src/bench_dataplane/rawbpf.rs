@@ -223,8 +223,7 @@ struct MapCreateAttr {
     map_flags: u32,
 }
 
-/// The `batch` member of `union bpf_attr` (lb-ctl's `dataplane::batch`
-/// mirrors it too, privately: the controller does not export its syscalls).
+/// The `batch` member of `union bpf_attr` (aya 0.14 has no batch update).
 #[repr(C)]
 #[derive(Default)]
 struct BatchAttr {
