@@ -1320,8 +1320,9 @@ fn route(dst: Ipv4Addr) -> Route {
         2 if d == 255 || dst == LB_BACKEND_SIDE => Route::Nowhere,
         1 => known(IF_CLIENT, &[(CLIENT, CLIENT_MAC), (HAIRPIN, HAIRPIN_MAC)]),
         2 => known(IF_BACKEND, &[(WEB1, WEB_MACS[0]), (WEB2, WEB_MACS[1]), (WEB3, WEB_MACS[2])]),
-        // Clients behind a router on the client side.
-        3 => Route::Neighbour { egress: IF_CLIENT, mac: CLIENT_MAC, via: CLIENT },
+        // Clients behind a router on the client side (10.77.3.0/24, and
+        // the benchmarks' many clients, 10.77.64.0/18).
+        3 | 64..=127 => Route::Neighbour { egress: IF_CLIENT, mac: CLIENT_MAC, via: CLIENT },
         4 => known(IF_BACKEND, &[(slot_sharing_backend().0, COLLIDER_MAC)]),
         5 => Route::Neighbour { egress: IF_BACKEND, mac: WEB_MACS[2], via: WEB3 },
         6 => Route::NoNeighbour { egress: IF_BACKEND, via: Ipv4Addr::new(10, 77, 2, 52) },
