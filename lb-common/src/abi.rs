@@ -450,6 +450,12 @@ const _: () = assert!(size_of::<Handshake>() == 32);
 /// `Handshake::flags`: the backend's SYN-ACK passed, `expect_ack` is set.
 pub const HANDSHAKE_ANSWERED: u32 = 1;
 
+/// How far past the SYN-ACK's sequence number + 1 a client's ACK may
+/// acknowledge and still prove its client (`expect_ack` up to 64 KiB of
+/// the backend's data later). A forged ACK guesses into it with odds of
+/// 2^16 in 2^32: one in 65,536.
+pub const HANDSHAKE_ACK_WINDOW: u32 = 1 << 16;
+
 /// Records of `lb_handshakes`, a power of two (8 MiB): a flood of `r` SYNs
 /// a second overwrites a given record within a round trip of `t` seconds
 /// with probability about `r·t / HANDSHAKE_SLOTS`.

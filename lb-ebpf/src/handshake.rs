@@ -22,8 +22,8 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{
     abi::{
         BACKEND_DOWN, BACKEND_DSR, CONN_CLOSING, CONN_ESTABLISHED, CONN_SYN, CONN_UDP, Conn, Flow,
-        FlowCacheEntry, HANDSHAKE_ANSWERED, Handshake, PROTO_TCP, Service, TCP_FIN, TCP_RST,
-        expired, handshake_slot,
+        FlowCacheEntry, HANDSHAKE_ACK_WINDOW, HANDSHAKE_ANSWERED, Handshake, PROTO_TCP, Service,
+        TCP_FIN, TCP_RST, expired, handshake_slot,
     },
     counter::Counter,
 };
@@ -117,20 +117,29 @@ pub fn answered(ctx: &XdpContext, pkt: &Packet, real: &Reply, here: Here) {
 }
 
 /// A client packet the connection table does not hold (or holds for an
-/// older connection on these ports): the flow's record, if live, says
+/// older connection on these ports: `entry`, its service id and choice,
+/// `None` inside if its backend is gone): the flow's record, if live, says
 /// where it goes (`Known::Flow`, or `Known::Gone` if its backend was
 /// removed since), and the flow is recorded in the table if the packet
-/// proves its client real. `Known::Unknown` without a record.
+/// proves its client real. A packet that proves nothing keeps to the older
+/// connection's entry: a forged SYN on a closing connection's ports does
+/// not divert it. `Known::Unknown` without a record or entry.
 #[inline(always)]
 pub fn settle(
     ctx: &XdpContext,
     pkt: &Packet,
     here: Here,
     cached: Option<*mut FlowCacheEntry>,
+    entry: Option<Option<(u32, Choice)>>,
 ) -> Known {
     let flow = &pkt.flow;
+    let older = || match entry {
+        Some(Some((service_id, choice))) => Known::Flow(service_id, choice),
+        Some(None) => Known::Gone,
+        None => Known::Unknown,
+    };
     let Some(record) = find(flow, here) else {
-        return Known::Unknown;
+        return older();
     };
     // SAFETY: as in `find`; copied out at once.
     let placed = unsafe { *record };
@@ -153,7 +162,7 @@ pub fn settle(
         _ => CONN_ESTABLISHED,
     };
     if tcp && !proven(ctx, pkt, &placed, backend.flags) {
-        return Known::Flow(service_id, choice);
+        return if entry.is_some() { older() } else { Known::Flow(service_id, choice) };
     }
     let conn = Conn {
         backend_id: placed.backend_id,
@@ -170,13 +179,17 @@ pub fn settle(
 }
 
 /// Whether a client's TCP packet after its SYN proves the client real: it
-/// acknowledges the NAT backend's SYN-ACK. Direct routing cannot tell (the
-/// SYN-ACK goes to the client without us).
+/// acknowledges the NAT backend's SYN-ACK, or data the backend sent after
+/// it (`HANDSHAKE_ACK_WINDOW`: the client's first ACK may be lost, and a
+/// server that speaks first, SSH or SMTP, has its banner acknowledged
+/// next). Direct routing cannot tell (the SYN-ACK goes to the client
+/// without us).
 #[inline(always)]
 fn proven(ctx: &XdpContext, pkt: &Packet, placed: &Handshake, backend_flags: u16) -> bool {
     if backend_flags & BACKEND_DSR != 0 {
         return true;
     }
     placed.flags & HANDSHAKE_ANSWERED != 0
-        && parse::tcp_seq_ack(ctx, pkt).is_some_and(|(_, ack)| ack == placed.expect_ack)
+        && parse::tcp_seq_ack(ctx, pkt)
+            .is_some_and(|(_, ack)| ack.wrapping_sub(placed.expect_ack) < HANDSHAKE_ACK_WINDOW)
 }

@@ -309,8 +309,14 @@ fn to_backend(
         Known::Unknown
     } else {
         let check_source = || fwd::arrived_from(ctx, pkt, pkt.flow.src, here);
-        match select::established(&pkt.flow, pkt.tcp_flags, here, cached, check_source)? {
-            Known::Unknown => handshake::settle(ctx, pkt, here, cached),
+        let known = select::established(&pkt.flow, pkt.tcp_flags, here, cached, check_source)?;
+        if matches!(known, Known::Unknown | Known::Superseded(_)) {
+            // Before a flow may be recorded: an expiring packet must not create one.
+            expire_check(pkt)?;
+        }
+        match known {
+            Known::Unknown => handshake::settle(ctx, pkt, here, cached, None),
+            Known::Superseded(entry) => handshake::settle(ctx, pkt, here, cached, Some(entry)),
             known => known,
         }
     };
@@ -327,7 +333,7 @@ fn to_backend(
         Known::Gone if tcp => {
             return reject::tcp_reset(ctx, pkt, Counter::RstBackendGone, here).map(Some);
         }
-        Known::Flow(..) | Known::Gone | Known::Unknown => {
+        Known::Flow(..) | Known::Gone | Known::Unknown | Known::Superseded(_) => {
             let Some(service) = select::service(&pkt.flow) else {
                 return Ok(None);
             };

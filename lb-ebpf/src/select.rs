@@ -25,6 +25,7 @@ use crate::maps::{
 use crate::{conntrack, handshake};
 
 /// The backend chosen for a packet.
+#[derive(Clone, Copy)]
 pub struct Choice {
     pub id: u32,
     pub backend: Backend,
@@ -105,6 +106,12 @@ pub enum Known {
     Flow(u32, Choice),
     /// It had a backend that has been removed since.
     Gone,
+    /// Its entry cannot carry it on (closing or closed, its backend DOWN
+    /// or gone), and a handshake record of the same flow is live: a new
+    /// connection on the same ports if the packet proves it
+    /// (`handshake::settle`); otherwise the entry's flow, with its service
+    /// id and choice (`None`: its backend is gone).
+    Superseded(Option<(u32, Choice)>),
     /// Nothing (or the entry has expired).
     Unknown,
 }
@@ -202,7 +209,10 @@ pub fn established(
     let spent = state == CONN_CLOSING || state == CONN_CLOSED;
     let usable = backend.is_some_and(|b| b.flags & BACKEND_DOWN == 0);
     if (spent || !usable) && handshake::find(flow, here).is_some() {
-        return Ok(Known::Unknown);
+        let entry = backend.map(|backend| {
+            (conn.service_id, Choice { id: conn.backend_id, backend, new_flow: false })
+        });
+        return Ok(Known::Superseded(entry));
     }
     if state != conn.state || conn.last_seen != tick {
         slot.state = state;
@@ -269,7 +279,9 @@ pub enum Turn {
 /// rotation; `lc` the least loaded. A backend that is DOWN is never chosen.
 #[inline(always)]
 pub fn pick(flow: &Flow, service: &Service, turn: Turn) -> Result<Choice, Counter> {
-    let id = if service.flags & SCHED_MASK == SCHED_LC {
+    // A packet met mid-way takes no pick of `lc` either (each would count
+    // a connection): the flow hash over its list of backends.
+    let id = if service.flags & SCHED_MASK == SCHED_LC && turn == Turn::Next {
         lb_least_connections(service.id, service.ring_size)
     } else {
         let table = LB_MAGLEV.get(service.id).ok_or(Counter::DropNoBackend)?;

@@ -105,12 +105,35 @@ fn an_ack_that_proves_nothing_is_forwarded_but_not_recorded() {
         );
 
         syn_ack(&loaded, placed, client, BACKEND_ISN);
-        let wrong = tcp(client, MAGLEV, TCP_ACK | TCP_PSH, CLIENT_ISN + 1, BACKEND_ISN + 2);
-        assert_eq!(send(&loaded, &wrong), placed);
-        assert_eq!(recorded(&mut loaded), None, "one past the backend's number");
+        for (what, ack) in [
+            ("the backend's own number", BACKEND_ISN),
+            ("64 KiB past it", BACKEND_ISN + 1 + (1 << 16)),
+        ] {
+            let wrong = tcp(client, MAGLEV, TCP_ACK | TCP_PSH, CLIENT_ISN + 1, ack);
+            assert_eq!(send(&loaded, &wrong), placed);
+            assert_eq!(recorded(&mut loaded), None, "{what}");
+        }
 
         assert_eq!(send(&loaded, &handshake_ack(client, MAGLEV)), placed);
         assert_eq!(recorded(&mut loaded).map(|c| c.state), Some(CONN_ESTABLISHED));
+    });
+}
+
+/// A server that speaks first (an SSH or SMTP banner) whose client's first
+/// ACK was lost: the client's next segment acknowledges the banner too,
+/// within 64 KiB of the SYN-ACK's number, and records the flow.
+#[test]
+fn an_ack_of_the_backends_first_data_records_the_flow() {
+    let ns = FixtureNs::create("lbt-ft");
+    in_ns(&ns.name, || {
+        let mut loaded = Loaded::new(4096);
+        let client = (CLIENT, 50_150);
+        let placed = send(&loaded, &Ipv4::tcp(client, RR, TCP_SYN, b""));
+        syn_ack(&loaded, placed, client, BACKEND_ISN);
+        let banner_acked = tcp(client, RR, TCP_ACK | TCP_PSH, CLIENT_ISN + 1, BACKEND_ISN + 1 + 40);
+        assert_eq!(send(&loaded, &banner_acked), placed);
+        let conn = loaded.conn(&flow(client, RR, PROTO_TCP)).expect("recorded");
+        assert_eq!(conn.state, CONN_ESTABLISHED);
     });
 }
 
@@ -219,23 +242,84 @@ fn established_flows_survive_a_flood_of_forged_handshakes() {
         assert_eq!(loaded.conntrack_len(), 2);
 
         let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-        for i in 0..10 * 1024 {
+        let mut random = || {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
-            let [a, b, p, q, ..] = seed.to_le_bytes();
+            seed
+        };
+        // A guess lands in the 64 KiB window past the backend's number
+        // once in 65,536: 10,240 of them, none (p = 0.86) or a few.
+        let mut lucky = 0;
+        for i in 0..10 * 1024 {
+            let [a, _, p, q, ..] = random().to_le_bytes();
             // 10.77.3.0/24: routed back through the client side.
             let forger = (Ipv4Addr::new(10, 77, 3, a | 1), u16::from_le_bytes([p, q]) | 1024);
             let vip = if i % 2 == 0 { RR } else { MAGLEV };
             let placed = send(&loaded, &Ipv4::tcp(forger, vip, TCP_SYN, b""));
-            syn_ack(&loaded, placed, forger, seed as u32);
-            let guess = u32::from_le_bytes([b, a, q, p]);
+            let isn = random() as u32;
+            syn_ack(&loaded, placed, forger, isn);
+            let guess = (random() >> 32) as u32;
+            lucky += u32::from(guess.wrapping_sub(isn.wrapping_add(1)) < 1 << 16);
             send(&loaded, &tcp(forger, vip, TCP_ACK, CLIENT_ISN + 1, guess));
         }
-        assert_eq!(loaded.conntrack_len(), 2, "the flood recorded nothing");
+        let recorded = loaded.conntrack_len();
+        assert_eq!(recorded, 2 + lucky as usize, "the flood recorded only its lucky guesses");
         let data = |client| tcp(client, RR, TCP_ACK | TCP_PSH, CLIENT_ISN + 1, BACKEND_ISN + 1);
         assert_eq!(send(&loaded, &data(rr_client)), rr_backend, "the rr flow");
         let maglev_data = tcp(maglev_client, MAGLEV, TCP_ACK, CLIENT_ISN + 1, BACKEND_ISN + 1);
         assert_eq!(send(&loaded, &maglev_data), maglev_backend, "the Maglev flow");
+    });
+}
+
+/// `lc` too: a packet met mid-way is placed by its hash over the service's
+/// backends, the same for every packet of it, and counts no connection.
+#[test]
+fn an_lc_flow_met_mid_way_takes_no_pick() {
+    let ns = FixtureNs::create("lbt-ft");
+    in_ns(&ns.name, || {
+        let loaded = Loaded::new(4096);
+        let lc = (VIP_SCHEDULERS, 84);
+        let mut seen = std::collections::BTreeSet::new();
+        for port in 50_700..50_720 {
+            let data = tcp((CLIENT, port), lc, TCP_ACK | TCP_PSH, 5000, 6000);
+            let first = send(&loaded, &data);
+            for _ in 0..3 {
+                assert_eq!(send(&loaded, &data), first, "port {port}: one backend");
+            }
+            seen.insert(first.0);
+        }
+        assert!(seen.len() >= 2, "spread over the backends: {seen:?}");
+        // No pick was counted: the three backends tie, and a SYN takes the first.
+        let syn = Ipv4::tcp((CLIENT, 50_720), lc, TCP_SYN, b"");
+        assert_eq!(send(&loaded, &syn).0, WEB1, "no connection counted on any backend");
+    });
+}
+
+/// A forged SYN on the ports of a closing connection leaves a record, but
+/// the connection's next packet, which proves nothing of that record,
+/// keeps to the connection's entry and backend.
+#[test]
+fn a_forged_syn_does_not_divert_a_closing_connection() {
+    let ns = FixtureNs::create("lbt-ft");
+    in_ns(&ns.name, || {
+        let mut loaded = Loaded::new(4096);
+        let client = (CLIENT, 50_800);
+        let backend = loaded.handshake(client, RR);
+        let fin = tcp(
+            backend,
+            client,
+            lb_tests::packet::TCP_FIN | TCP_ACK,
+            BACKEND_ISN + 1,
+            CLIENT_ISN + 1,
+        );
+        let out = loaded.run(&fin.frame(IF_BACKEND_MAC, WEB_MACS[0]), IF_BACKEND);
+        assert_eq!(action_name(out.action), action_name(XDP_REDIRECT), "the backend's FIN");
+        let forged = send(&loaded, &Ipv4::tcp(client, RR, TCP_SYN, b""));
+        assert_ne!(forged, backend, "the forged SYN took the next turn");
+        // A tick later: this CPU's flow cache asks the table again.
+        loaded.reconciler.advance_clock().expect("a tick");
+        let last_ack = tcp(client, RR, TCP_ACK, CLIENT_ISN + 1, BACKEND_ISN + 2);
+        assert_eq!(send(&loaded, &last_ack), backend, "the closing connection keeps its backend");
     });
 }
