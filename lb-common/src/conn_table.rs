@@ -117,25 +117,28 @@ impl ConnSlot {
 }
 
 /// Where in `set` a new entry for `flow` goes: the entry it already has,
-/// else an empty one, else the least recently seen (the longest idle at
-/// `now`; ticks may wrap).
+/// else an empty one, else the one furthest past its state's idle timeout
+/// at `now` (`timeout` of a `CONN_*` state, in ticks): an expired entry
+/// before any live one, and among live ones the closest to expiring (a
+/// closed connection's before an idle established one's). Ticks may wrap.
 #[inline(always)]
-pub fn victim(set: &ConnSet, flow: &Flow, now: u32) -> usize {
+pub fn victim(set: &ConnSet, flow: &Flow, now: u32, timeout: impl Fn(u8) -> u32) -> usize {
     let mut chosen = 0;
-    let mut idlest = -1_i64;
+    let mut most_overdue = i64::MIN;
     let mut way = 0;
     while way < CONN_WAYS {
         let slot = &set.slots[way];
         if slot.holds(flow) {
             return way;
         }
-        let idle = if slot.is_empty() {
+        let overdue = if slot.is_empty() {
             i64::MAX
         } else {
-            i64::from(now.wrapping_sub(slot.last_seen).cast_signed())
+            let idle = i64::from(now.wrapping_sub(slot.last_seen).cast_signed());
+            idle - i64::from(timeout(slot.state))
         };
-        if idle > idlest {
-            idlest = idle;
+        if overdue > most_overdue {
+            most_overdue = overdue;
             chosen = way;
         }
         way += 1;
@@ -150,7 +153,7 @@ unsafe impl aya::Pod for ConnSet {}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::abi::{CONN_ESTABLISHED, PROTO_TCP};
+    use crate::abi::{CONN_CLOSED, CONN_ESTABLISHED, PROTO_TCP};
 
     fn flow(port: u16) -> Flow {
         Flow {
@@ -196,18 +199,29 @@ mod tests {
         assert!(ConnSlot::default().is_empty() && !slot.is_empty());
     }
 
+    /// Established connections time out after 9000 ticks, closed ones after 100.
+    fn timeout(state: u8) -> u32 {
+        if state == CONN_CLOSED { 100 } else { 9000 }
+    }
+
     #[test]
-    fn the_victim_is_the_flow_itself_then_an_empty_entry_then_the_idlest() {
+    fn the_victim_is_the_flow_itself_then_an_empty_entry_then_the_most_overdue() {
         let mut set = ConnSet::default();
         set.slots[0] = ConnSlot::of(&flow(1), &conn(100));
         set.slots[2] = ConnSlot::of(&flow(2), &conn(90));
-        assert_eq!(victim(&set, &flow(2), 100), 2, "its own entry");
-        assert_eq!(victim(&set, &flow(3), 100), 1, "the first empty one");
+        assert_eq!(victim(&set, &flow(2), 100, timeout), 2, "its own entry");
+        assert_eq!(victim(&set, &flow(3), 100, timeout), 1, "the first empty one");
         set.slots[1] = ConnSlot::of(&flow(4), &conn(95));
         set.slots[3] = ConnSlot::of(&flow(5), &conn(99));
-        assert_eq!(victim(&set, &flow(3), 100), 2, "the longest idle");
+        assert_eq!(victim(&set, &flow(3), 100, timeout), 2, "the longest idle, all established");
+        // A closed connection seen a tick ago goes before an established
+        // one idle for 90: it is 99 ticks from expiring, the other 8910.
+        let closed = Conn { state: CONN_CLOSED, ..conn(99) };
+        set.slots[3] = ConnSlot::of(&flow(5), &closed);
+        assert_eq!(victim(&set, &flow(3), 100, timeout), 3, "the closest to expiring");
         // Ticks wrap: seen at u32::MAX is one tick before 0.
+        set.slots[3] = ConnSlot::of(&flow(5), &conn(99));
         set.slots[2] = ConnSlot::of(&flow(2), &conn(u32::MAX));
-        assert_eq!(victim(&set, &flow(3), 3), 2);
+        assert_eq!(victim(&set, &flow(3), 3, timeout), 2);
     }
 }

@@ -6,7 +6,7 @@ use lb_common::{
     conn_table::{CONN_WAYS, ConnSet, ConnSlot, conn_set, conn_set_bits, victim},
 };
 
-use crate::maps::{LB_BACKENDS, LB_CONNTRACK};
+use crate::maps::{LB_BACKENDS, LB_CONNTRACK, LB_TIMEOUTS};
 
 /// The table's size as the base-2 logarithm of its sets, written by the
 /// controller when it loads the program (with the map sized to match):
@@ -56,20 +56,24 @@ fn of_this_vip(id: u16, flow: &Flow) -> bool {
 }
 
 /// Records `conn` for `flow` in its set: over its own entry, an empty one,
-/// or the least recently seen at `now`.
+/// or the one furthest past its state's timeout at `now` (`victim`).
 ///
 /// The entry is written as two words, its state before its key, so that a
-/// reader on another CPU that sees the new key sees the new state too; one
-/// that reads the old key with the new state sends one packet of the flow
-/// that was least recently seen in the set with the new flow's backend,
-/// which its backend check refuses unless both flows are of one service.
+/// reader on another CPU that sees the new key sees the new state too (on
+/// x86, whose stores are seen in order; BPF promises no order on others).
+/// One that reads the old key with the new state sends one packet of the
+/// replaced flow with the new flow's backend, which its backend check
+/// refuses unless both flows are of one service, and may write that
+/// packet's state into the new entry: a race on the one entry of a set
+/// that was the closest to expiring.
 #[inline(always)]
 pub fn record(flow: &Flow, conn: &Conn, now: u32) {
     let Some(set) = set_of(flow) else {
         return;
     };
     // SAFETY: the map's value, read in place.
-    let way = victim(unsafe { &*set }, flow, now);
+    let timeout = |state: u8| LB_TIMEOUTS.get(u32::from(state)).copied().unwrap_or(0);
+    let way = victim(unsafe { &*set }, flow, now, timeout);
     // SAFETY: two plain-old-data words of the same 16 bytes.
     let words: [u64; 2] = unsafe { core::mem::transmute(ConnSlot::of(flow, conn)) };
     // SAFETY: an entry inside the map's value, 8-byte aligned.

@@ -1,6 +1,6 @@
 //! A SYN flood end to end: 200,000 spoofed flows at the VIP's services must
 //! not cost an established connection its place. The connection table is
-//! an LRU of `dataplane.conntrack_max` (here its minimum, 1024) entries; a
+//! sized for `dataplane.conntrack_max` flows (here its minimum, 1024); a
 //! flow that loses its entry is placed again by the scheduler of the day,
 //! which moves it (and the backend it lands on resets it) when its backend
 //! is drained or its service is `rr`. So three connections are held
@@ -70,8 +70,7 @@ const FLOOD_LIMIT: Duration = Duration::from_secs(20);
 /// round, so that they keep coming through a flood of any length up to
 /// `FLOOD_LIMIT` and number at most `MAX_LEGIT`. Each takes an entry of its
 /// own once established: together with the held ones they stay well
-/// within the table (whose LRU starts evicting while up to 128 entries per
-/// CPU are still free).
+/// within the table.
 const LEGIT_EVERY: Duration = Duration::from_millis(5);
 const LEGIT_ROUND: usize = 100;
 const MAX_LEGIT: usize = 500;
@@ -109,21 +108,16 @@ fn idle_connections_survive_a_flood_of_spoofed_syns_and_acks() {
     run("lbtf1", Flood::SynThenAck, Held::Idle);
 }
 
-/// One SYN a flow: each flood entry written once and never read again.
-/// The kernel's LRU (kernel/bpf/bpf_lru_list.c) files an entry not read
-/// since it was written on its inactive list and evicts from there; the
-/// held connections' entries, read since, are on its active list, which it
-/// rotates only once that list outgrows the inactive one. So this flood
-/// evicts none of them even where every SYN writes an entry (seen), unlike
-/// the same SYNs each sent twice (below).
+/// One SYN a flow, nothing more: the flood at the SYN path alone (a SYN
+/// leaves only a handshake record; written into the table, these entries
+/// would take the held connections' places in their sets).
 #[test]
 fn idle_connections_survive_a_flood_of_bare_spoofed_syns() {
     run("lbtf2", Flood::BareSyn, Held::Idle);
 }
 
-/// Bare SYNs again, each sent twice: the second reads the entry the first
-/// wrote (where a SYN writes one), as the ACKs of the first test do, and
-/// so moves it to the LRU's active list, among the held connections'.
+/// Bare SYNs again, each sent twice: a retransmitted SYN finds its record
+/// (`rr` goes where the first went) and records nothing either.
 #[test]
 fn idle_connections_survive_a_flood_of_repeated_spoofed_syns() {
     run("lbtf4", Flood::RepeatedSyn, Held::Idle);

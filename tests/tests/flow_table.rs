@@ -226,7 +226,7 @@ fn a_flow_met_mid_way_is_placed_by_its_hash_without_state() {
     });
 }
 
-/// With the smallest table (1024 entries), 10 × 1024 forged handshakes
+/// With the smallest table (for 1024 flows), 10 × 1024 forged handshakes
 /// from random sources (SYN, the backend's SYN-ACK, an ACK guessing its
 /// number) record nothing: the established `rr` and Maglev flows keep their
 /// entries and their backends.

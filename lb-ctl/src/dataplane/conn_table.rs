@@ -110,10 +110,11 @@ impl ConnTable {
         })
     }
 
-    /// Records `conn` for `flow`, as the data plane does (`victim`).
-    pub fn record(&self, flow: &Flow, conn: &Conn) {
+    /// Records `conn` for `flow`, as the data plane does (`victim`, with
+    /// the timeouts `timeout` gives for each state, in ticks).
+    pub fn record(&self, flow: &Flow, conn: &Conn, timeout: impl Fn(u8) -> u32) {
         let set = conn_set(flow, self.bits);
-        let way = victim(&self.set(set), flow, conn.last_seen);
+        let way = victim(&self.set(set), flow, conn.last_seen, timeout);
         self.write(At { set, way }, ConnSlot::of(flow, conn));
     }
 
@@ -127,16 +128,6 @@ impl ConnTable {
                 }
             }
         }
-    }
-
-    /// Empties the entry at `at` if it still is `seen` (the data plane may
-    /// have refreshed it, or given it to another flow, since).
-    pub fn remove_if_unchanged(&self, at: At, seen: &ConnSlot) -> bool {
-        if self.read(at) != *seen {
-            return false;
-        }
-        self.write(at, ConnSlot::default());
-        true
     }
 
     /// Empties the entry at `at`.

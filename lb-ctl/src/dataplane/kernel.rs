@@ -365,7 +365,6 @@ fn load_programs(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
     load_program::<Xdp>(ebpf, "lb_clock")
 }
 
-/// A copy of the descriptor of the object's (loaded) program `name`.
 /// `lb_conntrack` mapped into this process, with the size the map has
 /// (the configured one, or an adopted data plane's, which is the same:
 /// pins of another size are refused before this).
@@ -376,6 +375,7 @@ fn conn_table(ebpf: &Ebpf) -> Result<ConnTable, DataplaneError> {
     ConnTable::of_map(map).map_err(|e| DataplaneError::kernel("mapping lb_conntrack", e))
 }
 
+/// A copy of the descriptor of the object's (loaded) program `name`.
 fn program_fd(ebpf: &Ebpf, name: &str) -> Result<OwnedFd, DataplaneError> {
     let failed = |e: &dyn std::fmt::Display| {
         DataplaneError::kernel(format!("program {name}"), e.to_string())
@@ -610,14 +610,13 @@ impl Maps for KernelMaps {
         let now = self.epoch_now()? as u32;
         let mut counts: BTreeMap<u32, BackendConns> = BTreeMap::new();
         let timeout_ticks = self.timeout_ticks;
-        let table = Arc::clone(&self.conns);
-        table.for_each(|at, slot| {
+        // Expired entries are left in place: the data plane counts them as
+        // absent and gives their place to the next flow of their set first;
+        // erasing one here could race a flow the data plane records there.
+        self.conns.for_each(|_, slot| {
             let conn = slot.conn();
             let timeout = timeout_ticks.get(usize::from(conn.state)).copied().unwrap_or(0);
             if expired(now, conn.last_seen, timeout) {
-                // Only if untouched since: the data plane may have refreshed
-                // the entry, or given it to another flow.
-                table.remove_if_unchanged(at, slot);
                 return;
             }
             // An entry made for an earlier holder of a reused id is not this backend's.
@@ -754,12 +753,12 @@ impl MapReader for KernelReader {
             if expired(now, conn.last_seen, timeout) {
                 return;
             }
-            let backend = *backends.entry(conn.backend_id).or_insert_with(|| {
-                self.backend(conn.backend_id).filter(|b| u32::from(slot.service_id) == b.service_id)
-            });
+            let backend =
+                *backends.entry(conn.backend_id).or_insert_with(|| self.backend(conn.backend_id));
             // The VIP and protocol are the backend's; an entry whose backend
-            // is gone belongs to no service any more.
-            let Some(backend) = backend else {
+            // is gone (or whose id another service's backend holds now)
+            // belongs to no service any more.
+            let Some(backend) = backend.filter(|b| b.service_id == conn.service_id) else {
                 return;
             };
             let flow = Flow {
@@ -815,7 +814,9 @@ impl MapReader for KernelReader {
     }
 
     fn place_flow(&self, flow: &Flow, conn: &Conn) -> Result<(), DataplaneError> {
-        self.conns.record(flow, conn);
+        let timeouts = self.timeout_ticks;
+        self.conns
+            .record(flow, conn, |state| timeouts.get(usize::from(state)).copied().unwrap_or(0));
         Ok(())
     }
 }

@@ -133,7 +133,7 @@ fn fill_live_flows(lb: &mut Loaded) {
             proto: PROTO_TCP,
             _pad: [0; 3],
         };
-        table.record(&flow, &conn);
+        table.record(&flow, &conn, |_| 0);
     }
 }
 
