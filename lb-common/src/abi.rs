@@ -473,7 +473,10 @@ pub const fn handshake_slot(flow: &Flow) -> u32 {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Meta {
     pub abi_version: u32,
-    pub _pad: u32,
+    /// The connection table's hash key (`conn_table::conn_set`), chosen at
+    /// random when the maps are created and kept with them: an adopted
+    /// table keeps its flows in the sets they are in.
+    pub conn_salt: u32,
 }
 const _: () = assert!(size_of::<Meta>() == 8);
 

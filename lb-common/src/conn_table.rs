@@ -10,7 +10,10 @@
 //! the service's address and protocol are the backend's, which the reader
 //! checks against the flow (`select::live_backend` in the data plane).
 
-use crate::abi::{Conn, Flow, MAX_BACKENDS, MAX_SERVICES};
+use crate::{
+    abi::{Conn, Flow, MAX_BACKENDS, MAX_SERVICES},
+    hash::mix64,
+};
 
 /// Entries per set: one cache line of 16-byte entries.
 pub const CONN_WAYS: usize = 4;
@@ -62,16 +65,17 @@ pub const fn conn_set_bits(conntrack_max: u32) -> u32 {
 /// The largest `conntrack_max` (2^26 flows: 4 GiB of sets).
 pub const MAX_CONNTRACK_MAX: u32 = 1 << 26;
 
-/// The set of `flow` in a table of `2^bits` sets (Fibonacci hashing of the
-/// flow's fields, read natively).
+/// The set of `flow` in a table of `2^bits` sets, keyed by `salt` (the
+/// table's own, random: `abi::Meta::conn_salt`). A keyed mix, not a plain
+/// multiply: where forged flows are recorded (UDP, direct routing), a
+/// sender who could compute sets could fill a chosen one with four flows
+/// and evict a connection on purpose.
 #[inline(always)]
-pub const fn conn_set(flow: &Flow, bits: u32) -> u32 {
+pub const fn conn_set(flow: &Flow, bits: u32, salt: u32) -> u32 {
     let addrs = ((u32::from_ne_bytes(flow.src) as u64) << 32) | u32::from_ne_bytes(flow.dst) as u64;
     let rest = ((flow.sport as u64) << 24) | ((flow.dport as u64) << 8) | flow.proto as u64;
-    // Salted apart from the flow cache's and the handshake records' slots,
-    // which hash the same fields.
-    let key = (addrs ^ rest).wrapping_add(0x632b_e59b_d9b4_e019);
-    (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits)) as u32
+    let key = ((salt as u64) << 32) | salt as u64;
+    (mix64(addrs ^ mix64(rest ^ key)) >> (64 - bits)) as u32
 }
 
 impl ConnSlot {
@@ -183,11 +187,18 @@ mod tests {
     fn sets_spread_flows_and_stay_in_range() {
         let mut counts = [0_u32; 1 << 10];
         for port in 0..40_960_u16 {
-            let set = conn_set(&flow(port), 10);
+            let set = conn_set(&flow(port), 10, 0x5eed);
             counts[set as usize] += 1;
         }
         let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
         assert!(*min >= 15 && *max <= 70, "uneven: {min}..{max} per set, 40 expected");
+    }
+
+    #[test]
+    fn the_salt_decides_the_set() {
+        let moved =
+            (0..64_u16).filter(|&p| conn_set(&flow(p), 20, 1) != conn_set(&flow(p), 20, 2)).count();
+        assert!(moved >= 60, "{moved} of 64 flows in another set under another salt");
     }
 
     #[test]

@@ -14,12 +14,22 @@ use crate::maps::{LB_BACKENDS, LB_CONNTRACK, LB_TIMEOUTS};
 #[unsafe(no_mangle)]
 static LB_CONN_SET_BITS: u32 = conn_set_bits(DEFAULT_CONNTRACK_MAX);
 
+/// The table's hash key (`abi::Meta::conn_salt`), written by the
+/// controller at load like the size.
+#[unsafe(no_mangle)]
+static LB_CONN_SALT: u32 = 0;
+
 #[inline(always)]
 fn set_of(flow: &Flow) -> Option<*mut ConnSet> {
-    // SAFETY: a plain read of a static the loader may have rewritten
-    // (volatile, so the compiler does not fold in the default).
-    let bits = unsafe { core::ptr::read_volatile(&raw const LB_CONN_SET_BITS) };
-    LB_CONNTRACK.get_ptr_mut(conn_set(flow, bits))
+    // SAFETY: plain reads of statics the loader may have rewritten
+    // (volatile, so the compiler does not fold in the defaults).
+    let (bits, salt) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const LB_CONN_SET_BITS),
+            core::ptr::read_volatile(&raw const LB_CONN_SALT),
+        )
+    };
+    LB_CONNTRACK.get_ptr_mut(conn_set(flow, bits, salt))
 }
 
 /// The entry of `flow`, if its set holds one: the client's address and

@@ -11,7 +11,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::MapData;
 use lb_common::abi::{CONN_ESTABLISHED, Conn, Flow, PROTO_TCP};
 use lb_ctl::dataplane::conn_table::ConnTable;
 use lb_tests::{
@@ -28,9 +27,8 @@ const LISTERS: usize = 20;
 const LOAD_FOR: Duration = Duration::from_secs(10);
 
 fn conntrack(pin_dir: &str) -> ConnTable {
-    let path = format!("{pin_dir}/lb_conntrack");
-    let data = MapData::from_pin(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
-    ConnTable::of_map(&data).unwrap_or_else(|e| panic!("mapping {path}: {e}"))
+    ConnTable::pinned(std::path::Path::new(pin_dir))
+        .unwrap_or_else(|e| panic!("mapping {pin_dir}/lb_conntrack: {e}"))
 }
 
 /// The connection entry of one real request, to copy: its ids and its

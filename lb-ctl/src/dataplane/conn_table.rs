@@ -21,6 +21,8 @@ use lb_common::{
 pub struct ConnTable {
     sets: NonNull<ConnSet>,
     bits: u32,
+    /// The table's hash key (`abi::Meta::conn_salt`).
+    salt: u32,
 }
 
 // SAFETY: the mapping is plain shared memory; every access is volatile
@@ -37,8 +39,8 @@ pub struct At {
 }
 
 impl ConnTable {
-    /// Maps the `2^bits` sets of the array map `fd`.
-    pub fn map(fd: BorrowedFd<'_>, bits: u32) -> io::Result<Self> {
+    /// Maps the `2^bits` sets of the array map `fd`, hashed with `salt`.
+    pub fn map(fd: BorrowedFd<'_>, bits: u32, salt: u32) -> io::Result<Self> {
         let len = Self::bytes(bits);
         // SAFETY: a new shared mapping of a BPF array map's values; the
         // kernel checks the length and the map's flags.
@@ -56,16 +58,28 @@ impl ConnTable {
             return Err(io::Error::last_os_error());
         }
         let sets = NonNull::new(base.cast::<ConnSet>()).ok_or_else(io::Error::last_os_error)?;
-        Ok(Self { sets, bits })
+        Ok(Self { sets, bits, salt })
     }
 
-    /// Maps the table `map`, of the size the kernel says it has.
-    pub fn of_map(map: &MapData) -> io::Result<Self> {
+    /// Maps the table `map`, of the size the kernel says it has, hashed
+    /// with `salt`.
+    pub fn of_map(map: &MapData, salt: u32) -> io::Result<Self> {
         let sets = map.info().map_err(io::Error::other)?.max_entries();
         if !sets.is_power_of_two() {
             return Err(io::Error::other(format!("{sets} sets, not a power of two")));
         }
-        Self::map(map.fd().as_fd(), sets.trailing_zeros())
+        Self::map(map.fd().as_fd(), sets.trailing_zeros(), salt)
+    }
+
+    /// The table of the data plane pinned in `pin_dir` (its `lb_conntrack`,
+    /// hashed with the key in its `lb_meta`).
+    pub fn pinned(pin_dir: &std::path::Path) -> io::Result<Self> {
+        let meta = MapData::from_pin(pin_dir.join("lb_meta")).map_err(io::Error::other)?;
+        let meta: aya::maps::Array<MapData, lb_common::abi::Meta> =
+            aya::maps::Array::try_from(aya::maps::Map::Array(meta)).map_err(io::Error::other)?;
+        let salt = meta.get(&0, 0).map_err(io::Error::other)?.conn_salt;
+        let table = MapData::from_pin(pin_dir.join("lb_conntrack")).map_err(io::Error::other)?;
+        Self::of_map(&table, salt)
     }
 
     fn bytes(bits: u32) -> usize {
@@ -102,7 +116,7 @@ impl ConnTable {
     /// Where the entry of `flow` is, if its set holds one for its client
     /// and service port whose backend `serves` (the flow's VIP).
     pub fn find(&self, flow: &Flow, serves: impl Fn(&Conn) -> bool) -> Option<(At, Conn)> {
-        let set = conn_set(flow, self.bits);
+        let set = conn_set(flow, self.bits, self.salt);
         (0..CONN_WAYS).map(|way| At { set, way }).find_map(|at| {
             let slot = self.read(at);
             let conn = slot.conn();
@@ -113,7 +127,7 @@ impl ConnTable {
     /// Records `conn` for `flow`, as the data plane does (`victim`, with
     /// the timeouts `timeout` gives for each state, in ticks).
     pub fn record(&self, flow: &Flow, conn: &Conn, timeout: impl Fn(u8) -> u32) {
-        let set = conn_set(flow, self.bits);
+        let set = conn_set(flow, self.bits, self.salt);
         let way = victim(&self.set(set), flow, conn.last_seen, timeout);
         self.write(At { set, way }, ConnSlot::of(flow, conn));
     }

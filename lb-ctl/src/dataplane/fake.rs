@@ -110,6 +110,15 @@ impl MapReader for FakeReader {
         Ok(None)
     }
 
+    fn place_handshake(
+        &self,
+        _flow: &lb_common::abi::Flow,
+        _backend_id: u32,
+        _now: u32,
+    ) -> Result<(), DataplaneError> {
+        Ok(())
+    }
+
     fn place_flow(
         &self,
         _flow: &lb_common::abi::Flow,

@@ -113,7 +113,9 @@ impl KernelMaps {
         conntrack_max: u32,
         interfaces: &[String],
     ) -> Result<Self, DataplaneError> {
-        let mut maps = Self::open(load_object(object, conntrack_max)?, interfaces, false)?;
+        let salt = random_salt()?;
+        let mut maps =
+            Self::open(load_object(object, conntrack_max, salt)?, interfaces, false, salt)?;
         maps.set_timeouts(&Timeouts::default())?;
         maps.set_policy(DEFAULT_ANSWERS_PER_SECOND, ReversePath::Strict)?;
         Ok(maps)
@@ -134,7 +136,10 @@ impl KernelMaps {
         if adopting {
             pins.check_layout(&expected)?;
         }
-        let started = Self::start_on(&pins, &expected, dataplane, object, adopting);
+        // An adopted table keeps its key: its flows stay in their sets.
+        let salt = if adopting { pins.conn_salt() } else { random_salt() };
+        let started = salt
+            .and_then(|salt| Self::start_on(&pins, &expected, dataplane, object, adopting, salt));
         let gro_record = gro::record_path(&crate::api::token::run_dir(), &dataplane.pin_path);
         match started {
             Ok(mut maps) => {
@@ -164,11 +169,12 @@ impl KernelMaps {
         dataplane: &Dataplane,
         object: &[u8],
         adopting: bool,
+        salt: u32,
     ) -> Result<Self, DataplaneError> {
         let paths: Vec<(&str, PathBuf)> =
             expected.keys().map(|name| (name.as_str(), pins.map(name))).collect();
         let set_bits = conn_set_bits(dataplane.conntrack_max);
-        let mut loader = sized_loader(dataplane.conntrack_max, &set_bits)?;
+        let mut loader = sized_loader(dataplane.conntrack_max, &set_bits, &salt)?;
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -188,7 +194,7 @@ impl KernelMaps {
             &gro::record_path(&crate::api::token::run_dir(), &dataplane.pin_path),
             &dataplane.interfaces,
         );
-        let mut maps = Self::open(ebpf, &dataplane.interfaces, adopting)?;
+        let mut maps = Self::open(ebpf, &dataplane.interfaces, adopting, salt)?;
         // Before any service exists, so no packet sees a zero timeout.
         maps.set_timeouts(&dataplane.timeouts)?;
         maps.set_policy(dataplane.answers_per_second, dataplane.reverse_path)?;
@@ -212,7 +218,12 @@ impl KernelMaps {
 
     /// Fills the redirect targets and the ABI version, and takes the maps the
     /// reconciler writes out of `ebpf`.
-    fn open(mut ebpf: Ebpf, interfaces: &[String], adopting: bool) -> Result<Self, DataplaneError> {
+    fn open(
+        mut ebpf: Ebpf,
+        interfaces: &[String],
+        adopting: bool,
+        salt: u32,
+    ) -> Result<Self, DataplaneError> {
         if interfaces.len() > MAX_TX_PORTS as usize {
             return Err(DataplaneError::kernel(
                 "dataplane.interfaces",
@@ -253,9 +264,9 @@ impl KernelMaps {
         let clock = EpochClock { mult: epoch_mult(clock::jiffy_ns()?), offset };
         epoch.set(0, clock, 0).map_err(err("writing lb_epoch"))?;
         let clock_program = program_fd(&ebpf, "lb_clock")?;
-        let conns = Arc::new(conn_table(&ebpf)?);
+        let conns = Arc::new(conn_table(&ebpf, salt)?);
         let mut meta: Array<MapData, Meta> = typed(&mut ebpf, "lb_meta")?;
-        meta.set(0, Meta { abi_version: ABI_VERSION, _pad: 0 }, 0)
+        meta.set(0, Meta { abi_version: ABI_VERSION, conn_salt: salt }, 0)
             .map_err(err("writing lb_meta"))?;
         Ok(Self {
             services: typed(&mut ebpf, "lb_services")?,
@@ -338,19 +349,34 @@ impl KernelMaps {
 
 /// A loader with the maps sized at load time (`pins::load_time_sizes`),
 /// and the program told the connection table's size (`set_bits`, which
-/// `conn_set_bits` gives for the same `conntrack_max`).
-fn sized_loader(conntrack_max: u32, set_bits: &u32) -> Result<EbpfLoader<'_>, DataplaneError> {
+/// `conn_set_bits` gives for the same `conntrack_max`) and hash key.
+fn sized_loader<'a>(
+    conntrack_max: u32,
+    set_bits: &'a u32,
+    salt: &'a u32,
+) -> Result<EbpfLoader<'a>, DataplaneError> {
     let mut loader = EbpfLoader::new();
     for (name, entries) in pins::load_time_sizes(conntrack_max)? {
         loader.map_max_entries(name, entries);
     }
     loader.override_global("LB_CONN_SET_BITS", set_bits, true);
+    loader.override_global("LB_CONN_SALT", salt, true);
     Ok(loader)
 }
 
-fn load_object(object: &[u8], conntrack_max: u32) -> Result<Ebpf, DataplaneError> {
+/// A new connection table's hash key.
+fn random_salt() -> Result<u32, DataplaneError> {
+    use std::io::Read as _;
+    let mut bytes = [0_u8; 4];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| DataplaneError::kernel("reading /dev/urandom", e))?;
+    Ok(u32::from_ne_bytes(bytes))
+}
+
+fn load_object(object: &[u8], conntrack_max: u32, salt: u32) -> Result<Ebpf, DataplaneError> {
     let set_bits = conn_set_bits(conntrack_max);
-    let mut ebpf = sized_loader(conntrack_max, &set_bits)?
+    let mut ebpf = sized_loader(conntrack_max, &set_bits, &salt)?
         .load(object)
         .map_err(|e| DataplaneError::kernel("loading the XDP object", e))?;
     load_programs(&mut ebpf)?;
@@ -368,11 +394,11 @@ fn load_programs(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
 /// `lb_conntrack` mapped into this process, with the size the map has
 /// (the configured one, or an adopted data plane's, which is the same:
 /// pins of another size are refused before this).
-fn conn_table(ebpf: &Ebpf) -> Result<ConnTable, DataplaneError> {
+fn conn_table(ebpf: &Ebpf, salt: u32) -> Result<ConnTable, DataplaneError> {
     let Some(aya::maps::Map::Array(map)) = ebpf.map("lb_conntrack") else {
         return Err(DataplaneError::kernel("lb_conntrack", "missing from the object"));
     };
-    ConnTable::of_map(map).map_err(|e| DataplaneError::kernel("mapping lb_conntrack", e))
+    ConnTable::of_map(map, salt).map_err(|e| DataplaneError::kernel("mapping lb_conntrack", e))
 }
 
 /// A copy of the descriptor of the object's (loaded) program `name`.
@@ -811,6 +837,17 @@ impl MapReader for KernelReader {
         let timeout = self.timeout_ticks.get(usize::from(state)).copied().unwrap_or(0);
         let live = record.flow == *flow && !expired(now, record.born, timeout);
         Ok(live.then_some(record.backend_id))
+    }
+
+    fn place_handshake(
+        &self,
+        flow: &Flow,
+        backend_id: u32,
+        now: u32,
+    ) -> Result<(), DataplaneError> {
+        let record = Handshake { flow: *flow, backend_id, born: now, expect_ack: 0, flags: 0 };
+        let mut records = self.handshakes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        records.set(handshake_slot(flow), record, 0).map_err(err("writing lb_handshakes"))
     }
 
     fn place_flow(&self, flow: &Flow, conn: &Conn) -> Result<(), DataplaneError> {

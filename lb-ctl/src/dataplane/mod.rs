@@ -123,6 +123,11 @@ pub trait MapReader: Send + Sync {
     /// records yet. `now` is the epoch `flow_entry` returned.
     fn handshake_backend(&self, flow: &Flow, now: u32) -> Result<Option<u32>, DataplaneError>;
 
+    /// Writes `flow`'s handshake record: placed on `backend_id` at `now`,
+    /// as `lb_xdp` does for a flow's first datagram.
+    fn place_handshake(&self, flow: &Flow, backend_id: u32, now: u32)
+    -> Result<(), DataplaneError>;
+
     /// Writes `conn` for `flow` into the connection table, as `lb_xdp`
     /// does for a flow it places: per-flow state, not configuration, so it
     /// does not wait behind the reconciler (which never writes it).

@@ -235,7 +235,7 @@ impl PinDir {
                 return Err(refuse(format!("map {name}: {}", differ.join("; "))));
             }
         }
-        let version = read_abi_version(&self.map("lb_meta"))?;
+        let version = read_meta(&self.map("lb_meta"))?.abi_version;
         if version != ABI_VERSION {
             return Err(refuse(format!(
                 "its layout is version {version}, this build's is {ABI_VERSION}"
@@ -245,14 +245,22 @@ impl PinDir {
     }
 }
 
-/// The ABI version written in the pinned `lb_meta`.
-fn read_abi_version(path: &Path) -> Result<u32, DataplaneError> {
+/// The connection table's hash key of the pinned data plane (`lb_meta`),
+/// which an adopting program must use.
+impl PinDir {
+    pub fn conn_salt(&self) -> Result<u32, DataplaneError> {
+        Ok(read_meta(&self.map("lb_meta"))?.conn_salt)
+    }
+}
+
+/// What the pinned `lb_meta` says: the layout version, the table's key.
+fn read_meta(path: &Path) -> Result<Meta, DataplaneError> {
     let failed =
         |e: aya::maps::MapError| DataplaneError::kernel(format!("reading {}", path.display()), e);
     let map = MapData::from_pin(path).map_err(failed)?;
     let array: aya::maps::Array<MapData, Meta> =
         aya::maps::Array::try_from(aya::maps::Map::Array(map)).map_err(failed)?;
-    Ok(array.get(&0, 0).map_err(failed)?.abi_version)
+    array.get(&0, 0).map_err(failed)
 }
 
 /// The maps whose size is decided at load time, not in the object: the

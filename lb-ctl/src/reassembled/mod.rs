@@ -200,18 +200,21 @@ impl SlowPath {
         // No entry, but a record: the flow's first datagram went through
         // XDP; this one goes where it went, and records the flow, as its
         // second datagram would have there.
-        let recorded = match conn {
-            Some(conn) => Some(conn),
-            None => self.handshake_conn(placement, &flow, now),
-        };
-        let target = match place::place(placement, &flow, recorded) {
+        let record = if conn.is_none() { self.handshake_conn(placement, &flow, now) } else { None };
+        let target = match place::place(placement, &flow, conn.or(record)) {
             Ok(target) => target,
             Err(why) => {
                 debug!(?flow, ?why, "reassembled datagram dropped");
                 return false;
             }
         };
-        if target.new_flow || conn.is_none() {
+        if conn.is_none() && record.is_none() {
+            // The flow's first datagram: a record, as XDP would leave (a
+            // forged one-datagram flow reaches no table).
+            if let Err(e) = self.reader.place_handshake(&flow, target.backend_id, now) {
+                debug!(error = %e, "writing the handshake records");
+            }
+        } else if target.new_flow || conn.is_none() {
             let conn = Conn {
                 backend_id: target.backend_id,
                 service_id: target.service_id,
