@@ -62,8 +62,9 @@ pub const fn conn_set_bits(conntrack_max: u32) -> u32 {
     u32::BITS - (flows - 1).leading_zeros()
 }
 
-/// The largest `conntrack_max` (2^26 flows: 4 GiB of sets).
-pub const MAX_CONNTRACK_MAX: u32 = 1 << 26;
+/// The largest `conntrack_max` (2^24 flows: 1 GiB of sets, which the
+/// controller's recount walks once a second).
+pub const MAX_CONNTRACK_MAX: u32 = 1 << 24;
 
 /// The set of `flow` in a table of `2^bits` sets, keyed by `salt` (the
 /// table's own, random: `abi::Meta::conn_salt`). A keyed mix, not a plain
@@ -180,7 +181,7 @@ mod tests {
         assert_eq!(conn_set_bits(1025), 11);
         assert_eq!(conn_set_bits(1 << 20), 20);
         assert_eq!(conn_set_bits(5), 10, "at least 1024 sets");
-        assert_eq!(conn_set_bits(MAX_CONNTRACK_MAX), 26);
+        assert_eq!(conn_set_bits(MAX_CONNTRACK_MAX), 24);
     }
 
     #[test]

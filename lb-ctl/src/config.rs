@@ -1139,7 +1139,7 @@ protocol = "udp"
     }
 
     #[test]
-    fn the_connection_table_is_at_most_64_mi_flows() {
+    fn the_connection_table_is_at_most_16_mi_flows() {
         let with = |n: u64| {
             GOOD.replace(
                 "interfaces = [\"lb-c\", \"lb-b\"]",
@@ -1151,7 +1151,7 @@ protocol = "udp"
         let p = problems(&with(max + 1));
         assert!(
             p.iter().any(
-                |x| x == "dataplane.conntrack_max: 67108865 is out of range (1024 to 67108864)"
+                |x| x == "dataplane.conntrack_max: 16777217 is out of range (1024 to 16777216)"
             ),
             "{p:?}"
         );
