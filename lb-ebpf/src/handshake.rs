@@ -93,15 +93,7 @@ pub fn open(flow: &Flow, service: &Service, here: Here) -> Result<Choice, Counte
 /// the client's ACK must acknowledge. Only a SYN-ACK pays for this lookup.
 #[inline(always)]
 pub fn answered(ctx: &XdpContext, pkt: &Packet, real: &Reply, here: Here) {
-    let flow = Flow {
-        src: pkt.flow.dst,
-        dst: real.vip,
-        sport: pkt.flow.dport,
-        dport: real.vport,
-        proto: pkt.flow.proto,
-        _pad: [0; 3],
-    };
-    let Some(record) = find(&flow, here) else {
+    let Some(record) = find(&real.client_flow(&pkt.flow), here) else {
         return;
     };
     let Some((seq, _)) = parse::tcp_seq_ack(ctx, pkt) else {

@@ -257,14 +257,7 @@ fn reply_to_ours(
         return Ok(());
     }
     // The flow as the backend-client sent it, and whether it is on this backend.
-    let opened = lb_common::abi::Flow {
-        src: dst,
-        dst: real.vip,
-        sport: pkt.flow.dport,
-        dport: real.vport,
-        proto: pkt.flow.proto,
-        _pad: [0; 3],
-    };
+    let opened = real.client_flow(&pkt.flow);
     // SAFETY: copied out at once.
     match conntrack::find(&opened).map(|slot| unsafe { (*slot).conn() }) {
         // A live entry, as the data plane counts one (an expired entry is

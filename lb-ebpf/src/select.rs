@@ -48,6 +48,21 @@ pub struct Reply {
     pub vport: u16,
 }
 
+impl Reply {
+    /// The flow `reply` answers, as its client sent it (to the VIP).
+    #[inline(always)]
+    pub fn client_flow(&self, reply: &Flow) -> Flow {
+        Flow {
+            src: reply.dst,
+            dst: self.vip,
+            sport: reply.dport,
+            dport: self.vport,
+            proto: reply.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
 /// Whose reply this is, if the source is a backend: array lookups only
 /// (`lb_real_slots`, then `lb_backends` to confirm), except when several
 /// backends share a slot and the exact table `lb_reals` decides.
@@ -244,15 +259,7 @@ pub fn backend_closes(reply: &Flow, real: &Reply, tcp_flags: u8, here: Here) {
     if tcp_flags & (TCP_FIN | TCP_RST) == 0 {
         return;
     }
-    let flow = Flow {
-        src: reply.dst,
-        dst: real.vip,
-        sport: reply.dport,
-        dport: real.vport,
-        proto: reply.proto,
-        _pad: [0; 3],
-    };
-    if let Some(slot) = conntrack::find(&flow) {
+    if let Some(slot) = conntrack::find(&real.client_flow(reply)) {
         // SAFETY: a pointer into the map's value, as above.
         let slot = unsafe { &mut *slot };
         if let Some(state) = next_state(slot.state, tcp_flags, false) {
