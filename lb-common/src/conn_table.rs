@@ -2,7 +2,8 @@
 //! of four entries per 64-byte cache line, so that finding a flow, missing
 //! it and recording it each touch one line, with no allocation and no lock.
 //! A flow may live only in its set (by flow hash); a set that is full
-//! gives its least recently seen entry to a new flow. The kernel program
+//! gives the entry furthest past its idle timeout to a new flow (`victim`).
+//! The kernel program
 //! and the controller (the recount, the listing, the reassembly slow path)
 //! use these same rules.
 //!
@@ -55,7 +56,7 @@ pub const MAP_MMAPABLE: usize = 1 << 10;
 /// The set count's base-2 logarithm for `conntrack_max` flows: four entries
 /// per flow the operator asked for, so that sets rarely overflow (with
 /// `conntrack_max` live flows spread by a hash, about 0.5 % of them find
-/// their set full and take the place of its least recently seen entry).
+/// their set full and take the place of its idlest entry).
 pub const fn conn_set_bits(conntrack_max: u32) -> u32 {
     let flows = if conntrack_max < 1024 { 1024 } else { conntrack_max };
     // ceil(log2(flows)): sets = flows rounded up to a power of two.

@@ -81,8 +81,8 @@ pub fn record(flow: &Flow, conn: &Conn, now: u32) {
     let Some(set) = set_of(flow) else {
         return;
     };
-    // SAFETY: the map's value, read in place.
     let timeout = |state: u8| LB_TIMEOUTS.get(u32::from(state)).copied().unwrap_or(0);
+    // SAFETY: the map's value, read in place.
     let way = victim(unsafe { &*set }, flow, now, timeout);
     // SAFETY: two plain-old-data words of the same 16 bytes.
     let words: [u64; 2] = unsafe { core::mem::transmute(ConnSlot::of(flow, conn)) };

@@ -109,52 +109,52 @@ pub fn answered(ctx: &XdpContext, pkt: &Packet, real: &Reply, here: Here) {
 }
 
 /// A client packet the connection table does not hold (or holds for an
-/// older connection on these ports: `entry`, its service id and choice,
-/// `None` inside if its backend is gone): the flow's record, if live, says
+/// older connection on these ports: `entry`, its service and backend
+/// ids): the flow's record, if live, says
 /// where it goes (`Known::Flow`, or `Known::Gone` if its backend was
 /// removed since), and the flow is recorded in the table if the packet
-/// proves its client real. A packet that proves nothing keeps to the older
-/// connection's entry: a forged SYN on a closing connection's ports does
-/// not divert it. `Known::Unknown` without a record or entry.
+/// proves its client real. A TCP packet that proves nothing keeps to the
+/// older connection's entry: a forged SYN on a closing connection's ports
+/// does not divert it (in NAT; with direct routing any ACK after a SYN
+/// proves). `Known::Unknown` without a record or entry.
 #[inline(always)]
 pub fn settle(
     ctx: &XdpContext,
     pkt: &Packet,
     here: Here,
     cached: Option<*mut FlowCacheEntry>,
-    entry: Option<Option<(u32, Choice)>>,
+    entry: Option<(u32, u32)>,
 ) -> Known {
     let flow = &pkt.flow;
-    let older = || match entry {
-        Some(Some((service_id, choice))) => Known::Flow(service_id, choice),
-        Some(None) => Known::Gone,
-        None => Known::Unknown,
-    };
     let Some(record) = find(flow, here) else {
-        return older();
+        return older(entry, flow);
     };
     // SAFETY: as in `find`; copied out at once.
     let placed = unsafe { *record };
+    let tcp = flow.proto == PROTO_TCP;
+    // What a packet that does not take the record gets: the older
+    // connection's entry if there is one (TCP), else the record's backend.
+    let unrecorded = |known: Known| if tcp && entry.is_some() { older(entry, flow) } else { known };
     let Some(service_id) = LB_BACKENDS.get(placed.backend_id).map(|b| b.service_id) else {
-        return Known::Gone;
+        return unrecorded(Known::Gone);
     };
     let Some(backend) = select::live_backend(placed.backend_id, service_id, flow) else {
-        return Known::Gone;
+        return unrecorded(Known::Gone);
     };
     let choice = Choice { id: placed.backend_id, backend, new_flow: false };
     if backend.flags & BACKEND_DOWN != 0 {
-        return Known::Flow(service_id, choice);
+        return unrecorded(Known::Flow(service_id, choice));
     }
-    let tcp = flow.proto == PROTO_TCP;
     let state = match pkt.tcp_flags {
         _ if !tcp => CONN_UDP,
         // A client giving up its handshake: forwarded, nothing recorded.
-        flags if flags & TCP_RST != 0 => return Known::Flow(service_id, choice),
+        flags if flags & TCP_RST != 0 => return unrecorded(Known::Flow(service_id, choice)),
         flags if flags & TCP_FIN != 0 => CONN_CLOSING,
         _ => CONN_ESTABLISHED,
     };
-    if tcp && !proven(ctx, pkt, &placed, backend.flags) {
-        return if entry.is_some() { older() } else { Known::Flow(service_id, choice) };
+    // An expiring packet records nothing (the caller passes it to the kernel).
+    if pkt.ttl <= 1 || (tcp && !proven(ctx, pkt, &placed, backend.flags)) {
+        return unrecorded(Known::Flow(service_id, choice));
     }
     let conn = Conn {
         backend_id: placed.backend_id,
@@ -168,6 +168,19 @@ pub fn settle(
     // SAFETY: as in `find`.
     unsafe { *record = Handshake::default() };
     Known::Flow(service_id, choice)
+}
+
+/// What the older connection's entry (its service and backend ids) says
+/// of `flow`; `Known::Unknown` without one.
+#[inline(always)]
+fn older(entry: Option<(u32, u32)>, flow: &Flow) -> Known {
+    let Some((service_id, id)) = entry else {
+        return Known::Unknown;
+    };
+    match select::live_backend(id, service_id, flow) {
+        Some(backend) => Known::Flow(service_id, Choice { id, backend, new_flow: false }),
+        None => Known::Gone,
+    }
 }
 
 /// Whether a client's TCP packet after its SYN proves the client real: it

@@ -302,14 +302,11 @@ fn to_backend(
         Known::Unknown
     } else {
         let check_source = || fwd::arrived_from(ctx, pkt, pkt.flow.src, here);
-        let known = select::established(&pkt.flow, pkt.tcp_flags, here, cached, check_source)?;
-        if matches!(known, Known::Unknown | Known::Superseded(_)) {
-            // Before a flow may be recorded: an expiring packet must not create one.
-            expire_check(pkt)?;
-        }
-        match known {
+        match select::established(&pkt.flow, pkt.tcp_flags, here, cached, check_source)? {
             Known::Unknown => handshake::settle(ctx, pkt, here, cached, None),
-            Known::Superseded(entry) => handshake::settle(ctx, pkt, here, cached, Some(entry)),
+            Known::Superseded(service_id, backend_id) => {
+                handshake::settle(ctx, pkt, here, cached, Some((service_id, backend_id)))
+            }
             known => known,
         }
     };
@@ -326,7 +323,7 @@ fn to_backend(
         Known::Gone if tcp => {
             return reject::tcp_reset(ctx, pkt, Counter::RstBackendGone, here).map(Some);
         }
-        Known::Flow(..) | Known::Gone | Known::Unknown | Known::Superseded(_) => {
+        Known::Flow(..) | Known::Gone | Known::Unknown | Known::Superseded(..) => {
             let Some(service) = select::service(&pkt.flow) else {
                 return Ok(None);
             };

@@ -124,9 +124,9 @@ pub enum Known {
     /// Its entry cannot carry it on (closing or closed, its backend DOWN
     /// or gone), and a handshake record of the same flow is live: a new
     /// connection on the same ports if the packet proves it
-    /// (`handshake::settle`); otherwise the entry's flow, with its service
-    /// id and choice (`None`: its backend is gone).
-    Superseded(Option<(u32, Choice)>),
+    /// (`handshake::settle`); otherwise the entry's flow: its service and
+    /// backend ids.
+    Superseded(u32, u32),
     /// Nothing (or the entry has expired).
     Unknown,
 }
@@ -224,10 +224,12 @@ pub fn established(
     let spent = state == CONN_CLOSING || state == CONN_CLOSED;
     let usable = backend.is_some_and(|b| b.flags & BACKEND_DOWN == 0);
     if (spent || !usable) && handshake::find(flow, here).is_some() {
-        let entry = backend.map(|backend| {
-            (conn.service_id, Choice { id: conn.backend_id, backend, new_flow: false })
-        });
-        return Ok(Known::Superseded(entry));
+        // The packet moves the entry's state too: if it proves nothing of
+        // the record, it is the old connection's (and a proving one
+        // replaces the entry anyway).
+        slot.state = state;
+        slot.last_seen = tick;
+        return Ok(Known::Superseded(conn.service_id, conn.backend_id));
     }
     if state != conn.state || conn.last_seen != tick {
         slot.state = state;
@@ -253,7 +255,9 @@ pub fn conn_expired(conn: &Conn, here: Here) -> bool {
 }
 
 /// A backend's FIN or RST moves its connection's state (the client's
-/// packets do the rest); the entry is found by the flow as the client sent it.
+/// packets do the rest); the entry is found by the flow as the client sent
+/// it, and must be this backend's: an expired entry of another backend
+/// (the flow placed elsewhere since) is not brought back to life.
 #[inline(always)]
 pub fn backend_closes(reply: &Flow, real: &Reply, tcp_flags: u8, here: Here) {
     if tcp_flags & (TCP_FIN | TCP_RST) == 0 {
@@ -262,7 +266,9 @@ pub fn backend_closes(reply: &Flow, real: &Reply, tcp_flags: u8, here: Here) {
     if let Some(slot) = conntrack::find(&real.client_flow(reply)) {
         // SAFETY: a pointer into the map's value, as above.
         let slot = unsafe { &mut *slot };
-        if let Some(state) = next_state(slot.state, tcp_flags, false) {
+        let ours = u32::from(slot.backend_id) == real.backend_id
+            && u32::from(slot.service_id) == real.service_id;
+        if ours && let Some(state) = next_state(slot.state, tcp_flags, false) {
             slot.state = state;
             // The closing state's (shorter) timeout counts from now.
             slot.last_seen = here.epoch as u32;
@@ -314,8 +320,8 @@ pub fn pick(flow: &Flow, service: &Service, turn: Turn) -> Result<Choice, Counte
 /// connection on the same ports, a UDP flow moved off a DOWN backend).
 #[inline(always)]
 pub fn record(flow: &Flow, conn: Conn, here: Here, cached: Option<*mut FlowCacheEntry>) {
-    // A full set gives up its least recently seen entry: recording cannot
-    // fail for want of room.
+    // A full set gives up the entry furthest past its timeout: recording
+    // cannot fail for want of room.
     conntrack::record(flow, &conn, here.epoch as u32);
     if let Some(slot) = cached {
         // SAFETY: this CPU's slot, only touched by this CPU; XDP does not nest.

@@ -42,6 +42,11 @@ use crate::{
 
 type Table = [u32; MAGLEV_SIZE as usize];
 
+/// Ticks of idleness after which the recount erases an entry (about 3.4
+/// years): a tick difference reads as negative, "stamped in the future",
+/// past 2^31 (`abi::expired`).
+const STALE_TICKS: u32 = 1 << 30;
+
 pub struct KernelMaps {
     services: HashMap<MapData, Endpoint, lb_common::abi::Service>,
     maglev: Array<MapData, Table>,
@@ -639,8 +644,15 @@ impl Maps for KernelMaps {
         // Expired entries are left in place: the data plane counts them as
         // absent and gives their place to the next flow of their set first;
         // erasing one here could race a flow the data plane records there.
-        self.conns.for_each(|_, slot| {
+        // Only an entry idle for half the tick counter's range is erased,
+        // before wrapping would make it look stamped in the future (live).
+        let table = Arc::clone(&self.conns);
+        table.for_each(|at, slot| {
             let conn = slot.conn();
+            if now.wrapping_sub(conn.last_seen) >= STALE_TICKS {
+                table.remove(at);
+                return;
+            }
             let timeout = timeout_ticks.get(usize::from(conn.state)).copied().unwrap_or(0);
             if expired(now, conn.last_seen, timeout) {
                 return;
