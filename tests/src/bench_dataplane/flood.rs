@@ -10,7 +10,7 @@
 use std::net::Ipv4Addr;
 
 use super::{
-    Baseline, Kept, Row, Stats, fresh_client,
+    Baseline, Kept, Rng, Row, Stats, fresh_client,
     handshake::{self, Path},
 };
 use crate::{
@@ -37,6 +37,7 @@ pub fn row(name: &str, service: (Ipv4Addr, u16), baseline: &Baseline, fresh: &mu
         backend_if: Loaded::ifindex(IF_BACKEND),
     };
     let mut times = Vec::with_capacity(FLOOD_SAMPLES);
+    let mut rng = Rng::new(0x5359_4e66);
     let mut kept = 0;
     eprintln!("SYN flood: {FLOOD_SAMPLES} floods of {FLOOD_SYNS} SYNs...");
     for _ in 0..FLOOD_SAMPLES {
@@ -46,7 +47,7 @@ pub fn row(name: &str, service: (Ipv4Addr, u16), baseline: &Baseline, fresh: &mu
         });
         let backend = path.handshake(recorded, service).backend;
         path.handshake(other, service);
-        flood(&path, service, fresh);
+        flood(&path, service, &mut rng);
         // A flood this size lasts longer than a tick of the data plane's
         // clock, and a tick sends every flow cache entry back to the table.
         loaded.reconciler.advance_clock().expect("advancing the data plane's clock");
@@ -73,11 +74,14 @@ pub fn row(name: &str, service: (Ipv4Addr, u16), baseline: &Baseline, fresh: &mu
     }
 }
 
-/// `FLOOD_SYNS` SYNs to `service`, each from a 5-tuple never seen before.
-fn flood(path: &Path, service: (Ipv4Addr, u16), fresh: &mut usize) {
+/// `FLOOD_SYNS` SYNs to `service` from random sources: addresses in
+/// 10.77.64.0/18 (routed back by the client side, as the reverse-path
+/// check wants) and ports, drawn from `rng`.
+fn flood(path: &Path, service: (Ipv4Addr, u16), rng: &mut Rng) {
     for _ in 0..FLOOD_SYNS {
-        *fresh += 1;
-        path.forward(&handshake::syn(fresh_client(*fresh), service), path.client_if, "a flood SYN");
+        let [a, b, p, q, ..] = rng.next_u64().to_le_bytes();
+        let source = (Ipv4Addr::new(10, 77, 64 | (a & 63), b), u16::from_le_bytes([p, q]) | 1024);
+        path.forward(&handshake::syn(source, service), path.client_if, "a flood SYN");
     }
 }
 
@@ -85,7 +89,7 @@ fn flood(path: &Path, service: (Ipv4Addr, u16), fresh: &mut usize) {
 pub fn note() -> String {
     format!(
         "SYN flood row: {FLOOD_SAMPLES} samples (its statistics are over these, not over rounds), \
-         each a handshake, then {FLOOD_SYNS} SYNs of fresh 5-tuples into a table of \
-         {FLOOD_TABLE} entries, then the recorded flow's ACK, timed; the baseline measured after"
+         each a handshake, then {FLOOD_SYNS} SYNs from random sources into a table sized for \
+         {FLOOD_TABLE} flows, then the recorded flow's ACK, timed; the baseline measured after"
     )
 }
