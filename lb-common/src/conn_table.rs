@@ -55,8 +55,8 @@ pub const MAP_MMAPABLE: usize = 1 << 10;
 
 /// The set count's base-2 logarithm for `conntrack_max` flows: four entries
 /// per flow the operator asked for, so that sets rarely overflow (with
-/// `conntrack_max` live flows spread by a hash, about 0.5 % of them find
-/// their set full and take the place of its idlest entry).
+/// `conntrack_max` live flows spread by a hash, about 0.4 % of them meet
+/// four others in their set, and one of the five loses its entry).
 pub const fn conn_set_bits(conntrack_max: u32) -> u32 {
     let flows = if conntrack_max < 1024 { 1024 } else { conntrack_max };
     // ceil(log2(flows)): sets = flows rounded up to a power of two.
