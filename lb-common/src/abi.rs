@@ -535,8 +535,18 @@ pub struct Policy {
     pub answers_per_tick: u32,
     /// `REVERSE_PATH_*`: which sources a packet of ours may have.
     pub reverse_path: u32,
+    /// `HANDSHAKE_PROOF_*`: what records a NAT service's TCP flow.
+    pub handshake_proof: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<Policy>() == 8);
+const _: () = assert!(size_of::<Policy>() == 16);
+
+/// `Policy::handshake_proof`: the client's ACK of the backend's SYN-ACK,
+/// within `HANDSHAKE_ACK_WINDOW` (the default).
+pub const HANDSHAKE_PROOF_ACK: u32 = 0;
+/// `Policy::handshake_proof`: any ACK after a SYN seen here, as with
+/// direct routing (SYN-ACKs that may return through another node).
+pub const HANDSHAKE_PROOF_SYN_SEEN: u32 = 1;
 
 /// The reverse-path check (Linux's `rp_filter`) of packets to a VIP and of
 /// backends' replies. Strict: the route back to the source must leave by

@@ -16,8 +16,8 @@ use lb_common::conn_table::MAX_CONNTRACK_MAX;
 use serde::Deserialize;
 
 use crate::model::{
-    AdminState, Backend, Dataplane, Forwarding, HealthCheck, Probe, Protocol, ReversePath,
-    Scheduler, Service, Timeouts, XdpMode,
+    AdminState, Backend, Dataplane, Forwarding, HandshakeProof, HealthCheck, Probe, Protocol,
+    ReversePath, Scheduler, Service, Timeouts, XdpMode,
 };
 
 /// A validated config file.
@@ -113,6 +113,8 @@ struct RawDataplane {
     answers_per_second: i64,
     #[serde(default = "default_reverse_path")]
     reverse_path: String,
+    #[serde(default = "default_handshake_proof")]
+    handshake_proof: String,
 }
 
 #[derive(Deserialize)]
@@ -216,6 +218,9 @@ fn default_conntrack_max() -> i64 {
 }
 fn default_reverse_path() -> String {
     "strict".into()
+}
+fn default_handshake_proof() -> String {
+    "ack".into()
 }
 fn default_answers_per_second() -> i64 {
     i64::from(DEFAULT_ANSWERS_PER_SECOND)
@@ -482,7 +487,23 @@ fn validate_dataplane(raw: RawDataplane, problems: &mut Problems) -> Dataplane {
             DEFAULT_ANSWERS_PER_SECOND
         }
     };
-    let reverse_path = match raw.reverse_path.as_str() {
+    let reverse_path = reverse_path(&raw.reverse_path, problems);
+    let handshake_proof = handshake_proof(&raw.handshake_proof, problems);
+    Dataplane {
+        interfaces: raw.interfaces,
+        xdp_mode,
+        conntrack_max,
+        pin_path,
+        timeouts,
+        answers_per_second,
+        reverse_path,
+        handshake_proof,
+    }
+}
+
+/// `dataplane.reverse_path`.
+fn reverse_path(raw: &str, problems: &mut Problems) -> ReversePath {
+    match raw {
         "strict" => ReversePath::Strict,
         "loose" => ReversePath::Loose,
         "off" => ReversePath::Off,
@@ -493,15 +514,19 @@ fn validate_dataplane(raw: RawDataplane, problems: &mut Problems) -> Dataplane {
             );
             ReversePath::Strict
         }
-    };
-    Dataplane {
-        interfaces: raw.interfaces,
-        xdp_mode,
-        conntrack_max,
-        pin_path,
-        timeouts,
-        answers_per_second,
-        reverse_path,
+    }
+}
+
+/// `dataplane.handshake_proof`.
+fn handshake_proof(raw: &str, problems: &mut Problems) -> HandshakeProof {
+    match raw {
+        "ack" => HandshakeProof::Ack,
+        "syn-seen" => HandshakeProof::SynSeen,
+        other => {
+            problems
+                .add("dataplane.handshake_proof", format!("{other:?} is not one of ack, syn-seen"));
+            HandshakeProof::Ack
+        }
     }
 }
 
@@ -1136,6 +1161,22 @@ protocol = "udp"
         for key in ["dataplane.interfaces[1]", "dataplane.xdp_mode", "dataplane.conntrack_max"] {
             assert!(p.iter().any(|x| x.starts_with(key)), "no {key} in {p:?}");
         }
+    }
+
+    #[test]
+    fn the_handshake_proof_defaults_to_ack_and_is_checked() {
+        let with = |v: &str| {
+            GOOD.replace("[dataplane]\n", &format!("[dataplane]\nhandshake_proof = {v}\n"))
+        };
+        assert_eq!(parse(GOOD).unwrap().dataplane.handshake_proof, HandshakeProof::Ack);
+        let seen = parse(&with("\"syn-seen\"")).unwrap().dataplane.handshake_proof;
+        assert_eq!(seen, HandshakeProof::SynSeen);
+        let p = problems(&with("\"never\""));
+        assert!(
+            p.iter()
+                .any(|x| x == "dataplane.handshake_proof: \"never\" is not one of ack, syn-seen"),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub struct Dataplane {
     /// are dropped and counted.
     pub answers_per_second: u32,
     pub reverse_path: ReversePath,
+    pub handshake_proof: HandshakeProof,
 }
 
 /// Which sources the data plane takes packets from (see
@@ -24,6 +25,19 @@ pub enum ReversePath {
     /// There is a route back to the source, by any interface.
     Loose,
     Off,
+}
+
+/// What records a NAT service's TCP flow in the connection table (see
+/// `lb-ebpf/src/handshake.rs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HandshakeProof {
+    /// The client's ACK of the backend's SYN-ACK, which the load balancer
+    /// saw pass: a forged source cannot send it.
+    #[default]
+    Ack,
+    /// Any ACK after a SYN seen here, as with direct routing: for nodes
+    /// whose backends' SYN-ACKs may return through another node (ECMP).
+    SynSeen,
 }
 
 /// Idle timeouts of the connection states, like IPVS's (`ipvsadm --set`).

@@ -22,14 +22,14 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{
     abi::{
         BACKEND_DOWN, BACKEND_DSR, CONN_CLOSING, CONN_ESTABLISHED, CONN_SYN, CONN_UDP, Conn, Flow,
-        FlowCacheEntry, HANDSHAKE_ACK_WINDOW, HANDSHAKE_ANSWERED, Handshake, PROTO_TCP, Service,
-        TCP_FIN, TCP_RST, expired, handshake_slot,
+        FlowCacheEntry, HANDSHAKE_ACK_WINDOW, HANDSHAKE_ANSWERED, HANDSHAKE_PROOF_SYN_SEEN,
+        Handshake, PROTO_TCP, Service, TCP_FIN, TCP_RST, expired, handshake_slot,
     },
     counter::Counter,
 };
 
 use crate::{
-    maps::{LB_BACKENDS, LB_HANDSHAKES, LB_TIMEOUTS},
+    maps::{LB_BACKENDS, LB_HANDSHAKES, LB_POLICY, LB_TIMEOUTS},
     parse::{self, Packet},
     select::{self, Choice, Here, Known, Reply, Turn},
 };
@@ -188,10 +188,12 @@ fn older(entry: Option<(u32, u32)>, flow: &Flow) -> Known {
 /// it (`HANDSHAKE_ACK_WINDOW`: the client's first ACK may be lost, and a
 /// server that speaks first, SSH or SMTP, has its banner acknowledged
 /// next). Direct routing cannot tell (the SYN-ACK goes to the client
-/// without us).
+/// without us), nor a node whose backends' SYN-ACKs may return through
+/// another (`handshake_proof = "syn-seen"`).
 #[inline(always)]
 fn proven(ctx: &XdpContext, pkt: &Packet, placed: &Handshake, backend_flags: u16) -> bool {
-    if backend_flags & BACKEND_DSR != 0 {
+    let syn_seen = LB_POLICY.get(0).is_some_and(|p| p.handshake_proof == HANDSHAKE_PROOF_SYN_SEEN);
+    if backend_flags & BACKEND_DSR != 0 || syn_seen {
         return true;
     }
     placed.flags & HANDSHAKE_ANSWERED != 0

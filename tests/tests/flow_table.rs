@@ -378,3 +378,26 @@ fn another_backends_fin_does_not_revive_an_expired_entry() {
         assert_eq!(state(&mut loaded), Some(CONN_CLOSING), "its own backend's FIN moves it");
     });
 }
+
+/// `handshake_proof = "syn-seen"` (nodes whose backends' SYN-ACKs may
+/// return through another node): on a NAT service too, the first ACK after
+/// a SYN records the flow, without a SYN-ACK seen here.
+#[test]
+fn syn_seen_records_the_ack_of_a_syn_without_its_syn_ack() {
+    let ns = FixtureNs::create("lbt-ft");
+    in_ns(&ns.name, || {
+        let mut loaded = Loaded::new(4096);
+        let maps = loaded.reconciler.maps_mut();
+        maps.set_handshake_proof(lb_ctl::model::HandshakeProof::SynSeen).expect("syn-seen");
+        let client = (CLIENT, 51_100);
+        let placed = send(&loaded, &Ipv4::tcp(client, RR, TCP_SYN, b""));
+        let ack = tcp(client, RR, TCP_ACK, CLIENT_ISN + 1, 0x0bad_cafe);
+        assert_eq!(send(&loaded, &ack), placed);
+        let conn = loaded.conn(&flow(client, RR, PROTO_TCP)).expect("recorded");
+        assert_eq!(conn.state, CONN_ESTABLISHED);
+        // A bare ACK (no SYN seen) still records nothing.
+        let bare = (CLIENT, 51_101);
+        send(&loaded, &tcp(bare, RR, TCP_ACK, CLIENT_ISN + 1, 0x0bad_cafe));
+        assert_eq!(loaded.conn(&flow(bare, RR, PROTO_TCP)), None, "no SYN seen");
+    });
+}

@@ -19,9 +19,9 @@ use aya::{
 use lb_common::abi::{
     ABI_VERSION, BACKEND_IN_USE, BackendConns, CONN_CLOSED, CONN_CLOSING, CONN_ESTABLISHED,
     CONN_STATES, CONN_SYN, CONN_UDP, Conn, DEFAULT_ANSWERS_PER_SECOND, EPOCH_TICK_MS, Endpoint,
-    EpochClock, Flow, Handshake, MAGLEV_SIZE, MAX_TX_PORTS, Meta, NO_BACKEND, PROTO_TCP, Policy,
-    REVERSE_PATH_LOOSE, REVERSE_PATH_OFF, REVERSE_PATH_STRICT, Traffic, answers_per_tick,
-    epoch_mult, expired, handshake_slot,
+    EpochClock, Flow, HANDSHAKE_PROOF_ACK, HANDSHAKE_PROOF_SYN_SEEN, Handshake, MAGLEV_SIZE,
+    MAX_TX_PORTS, Meta, NO_BACKEND, PROTO_TCP, Policy, REVERSE_PATH_LOOSE, REVERSE_PATH_OFF,
+    REVERSE_PATH_STRICT, Traffic, answers_per_tick, epoch_mult, expired, handshake_slot,
 };
 use lb_common::conn_table::conn_set_bits;
 use rustc_hash::FxHashSet;
@@ -35,7 +35,7 @@ use super::{
 };
 use crate::{
     gro,
-    model::{Dataplane, ReversePath, Timeouts},
+    model::{Dataplane, HandshakeProof, ReversePath, Timeouts},
     netdev,
     plan::{Image, Op},
 };
@@ -203,6 +203,7 @@ impl KernelMaps {
         // Before any service exists, so no packet sees a zero timeout.
         maps.set_timeouts(&dataplane.timeouts)?;
         maps.set_policy(dataplane.answers_per_second, dataplane.reverse_path)?;
+        maps.set_handshake_proof(dataplane.handshake_proof)?;
         Ok(maps)
     }
 
@@ -335,6 +336,19 @@ impl KernelMaps {
                 ReversePath::Loose => REVERSE_PATH_LOOSE,
                 ReversePath::Off => REVERSE_PATH_OFF,
             },
+            ..self.policy.get(&0, 0).map_err(err("reading lb_policy"))?
+        };
+        self.policy.set(0, policy, 0).map_err(err("writing lb_policy"))
+    }
+
+    /// Sets what records a NAT service's TCP flow (`handshake_proof`).
+    pub fn set_handshake_proof(&mut self, proof: HandshakeProof) -> Result<(), DataplaneError> {
+        let policy = Policy {
+            handshake_proof: match proof {
+                HandshakeProof::Ack => HANDSHAKE_PROOF_ACK,
+                HandshakeProof::SynSeen => HANDSHAKE_PROOF_SYN_SEEN,
+            },
+            ..self.policy.get(&0, 0).map_err(err("reading lb_policy"))?
         };
         self.policy.set(0, policy, 0).map_err(err("writing lb_policy"))
     }
