@@ -1329,7 +1329,7 @@ async fn a_token_guards_everything_but_probes_and_metrics() {
 
 // ---- The OpenAPI document against the routes ----
 
-/// The routes of SPEC.md "Admin API".
+/// The admin API's routes, as the README's "Operating it" lists them.
 const SPEC_ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/services"),
     ("post", "/api/v1/services"),
@@ -1374,7 +1374,7 @@ async fn the_openapi_document_matches_the_routes() {
     for (method, path) in SPEC_ROUTES {
         assert!(
             operations.iter().any(|(m, p)| m == method && p == path),
-            "{method} {path} (SPEC.md) is not in the document; it has {operations:?}"
+            "{method} {path} (a route the README lists) is not in the document; it has {operations:?}"
         );
     }
 

@@ -181,7 +181,7 @@ fn build_base_object(rev: &str, to: &Path) -> Result<()> {
     step(&format!("building the XDP object of {rev} (worktree target/ab-base)"));
     let worktree = Worktree::add(&root().join("target/ab-base"), rev)?;
     let target = root().join("target/ab-base-target");
-    // lb-ctl's build script builds the object (TOOLCHAIN.md); `check` runs
+    // lb-ctl's build script builds the object (lb-ctl/build.rs); `check` runs
     // build scripts too, and spares lb-ctl's dependencies their codegen.
     let mut cmd = cargo_cmd(&["check", "--release", "-p", "lb-ctl"]);
     cmd.current_dir(&worktree.path).env("CARGO_TARGET_DIR", &target);
