@@ -576,7 +576,6 @@ impl Loaded {
     /// SYN, the SYN-ACK of the backend it was sent to (sequence number
     /// `BACKEND_ISN`), and the client's ACK of it. Returns that backend.
     pub fn handshake(&self, client: (Ipv4Addr, u16), vip: (Ipv4Addr, u16)) -> (Ipv4Addr, u16) {
-        let from_client = |p: &Ipv4| p.frame(IF_CLIENT_MAC, CLIENT_MAC);
         let syn = Ipv4::tcp(client, vip, TCP_SYN, b"");
         let out = self.run(&from_client(&syn), IF_CLIENT);
         assert_eq!(out.action, XDP_REDIRECT, "the SYN of {client:?} is forwarded");
@@ -585,7 +584,7 @@ impl Loaded {
         if let L4::Tcp { seq, ack, .. } = &mut syn_ack.l4 {
             (*seq, *ack) = (BACKEND_ISN, CLIENT_ISN + 1);
         }
-        let out = self.run(&syn_ack.frame(IF_BACKEND_MAC, WEB_MACS[0]), IF_BACKEND);
+        let out = self.run(&from_web1(&syn_ack), IF_BACKEND);
         assert_eq!(out.action, XDP_REDIRECT, "the SYN-ACK from {backend:?} is forwarded");
         let ack = handshake_ack(client, vip);
         let out = self.run(&from_client(&ack), IF_CLIENT);
@@ -597,6 +596,21 @@ impl Loaded {
     pub fn conntrack_len(&mut self) -> usize {
         self.conntrack().len()
     }
+}
+
+/// `p` as the fixture's client sends it to the load balancer.
+pub fn from_client(p: &Ipv4) -> Vec<u8> {
+    p.frame(IF_CLIENT_MAC, CLIENT_MAC)
+}
+
+/// `p` as web1 sends it to the load balancer.
+pub fn from_web1(p: &Ipv4) -> Vec<u8> {
+    p.frame(IF_BACKEND_MAC, WEB_MACS[0])
+}
+
+/// `p` as web2 sends it to the load balancer.
+pub fn from_web2(p: &Ipv4) -> Vec<u8> {
+    p.frame(IF_BACKEND_MAC, WEB_MACS[1])
 }
 
 /// The sequence number a fixture backend's SYN-ACK carries (`Loaded::handshake`).

@@ -43,18 +43,6 @@ const CLIENT_PORT: u16 = 40_000;
 /// IPv4 options: NOPs and a router alert.
 const IP_OPTIONS: [u8; 8] = [0x01, 0x01, 0x01, 0x01, 0x94, 0x04, 0x00, 0x00];
 
-fn from_client(p: &Ipv4) -> Vec<u8> {
-    p.frame(IF_CLIENT_MAC, CLIENT_MAC)
-}
-
-fn from_web1(p: &Ipv4) -> Vec<u8> {
-    p.frame(IF_BACKEND_MAC, WEB_MACS[0])
-}
-
-fn from_web2(p: &Ipv4) -> Vec<u8> {
-    p.frame(IF_BACKEND_MAC, WEB_MACS[1])
-}
-
 /// `frame` with the slow path's mark in place of its MAC addresses, as a
 /// forger on the link would send it (any interface index, any next hop).
 fn forged_mark(mut frame: Vec<u8>) -> Vec<u8> {

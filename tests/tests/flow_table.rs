@@ -42,7 +42,7 @@ fn tcp(client: (Ipv4Addr, u16), vip: (Ipv4Addr, u16), flags: u8, seq: u32, ack: 
 /// Sends a client packet; returns where it was forwarded (address, port).
 #[track_caller]
 fn send(loaded: &Loaded, p: &Ipv4) -> (Ipv4Addr, u16) {
-    let out = loaded.run(&p.frame(IF_CLIENT_MAC, CLIENT_MAC), IF_CLIENT);
+    let out = loaded.run(&from_client(p), IF_CLIENT);
     assert_eq!(action_name(out.action), action_name(XDP_REDIRECT), "forwarded");
     destination(&out.frame)
 }
@@ -51,7 +51,7 @@ fn send(loaded: &Loaded, p: &Ipv4) -> (Ipv4Addr, u16) {
 #[track_caller]
 fn syn_ack(loaded: &Loaded, backend: (Ipv4Addr, u16), client: (Ipv4Addr, u16), isn: u32) {
     let p = tcp(backend, client, TCP_SYN | TCP_ACK, isn, CLIENT_ISN + 1);
-    let out = loaded.run(&p.frame(IF_BACKEND_MAC, WEB_MACS[0]), IF_BACKEND);
+    let out = loaded.run(&from_web1(&p), IF_BACKEND);
     assert_eq!(action_name(out.action), action_name(XDP_REDIRECT), "the SYN-ACK is forwarded");
 }
 
@@ -316,7 +316,7 @@ fn a_forged_syn_does_not_divert_a_closing_connection() {
             BACKEND_ISN + 1,
             CLIENT_ISN + 1,
         );
-        let out = loaded.run(&fin.frame(IF_BACKEND_MAC, WEB_MACS[0]), IF_BACKEND);
+        let out = loaded.run(&from_web1(&fin), IF_BACKEND);
         assert_eq!(action_name(out.action), action_name(XDP_REDIRECT), "the backend's FIN");
         let forged = send(&loaded, &Ipv4::tcp(client, RR, TCP_SYN, b""));
         assert_ne!(forged, backend, "the forged SYN took the next turn");
@@ -340,7 +340,7 @@ fn an_expiring_ack_records_nothing() {
         let mut expiring = handshake_ack(client, RR);
         expiring.ttl = 1;
         let before = loaded.counter(Counter::PassTtlExpired);
-        let out = loaded.run(&expiring.frame(IF_CLIENT_MAC, CLIENT_MAC), IF_CLIENT);
+        let out = loaded.run(&from_client(&expiring), IF_CLIENT);
         assert_eq!(action_name(out.action), action_name(XDP_PASS));
         assert_eq!(loaded.counter(Counter::PassTtlExpired), before + 1);
         assert_eq!(loaded.conn(&flow(client, RR, PROTO_TCP)), None, "TTL 1: nothing recorded");
@@ -369,12 +369,12 @@ fn another_backends_fin_does_not_revive_an_expired_entry() {
         }
         let other = [WEB1, WEB2, WEB3].into_iter().find(|&w| w != placed).unwrap();
         let fin = tcp((other, 81), client, lb_tests::packet::TCP_FIN | TCP_ACK, 7, 7);
-        loaded.run(&fin.frame(IF_BACKEND_MAC, WEB_MACS[0]), IF_BACKEND);
+        loaded.run(&from_web1(&fin), IF_BACKEND);
         let mine = tcp((placed, 81), client, lb_tests::packet::TCP_FIN | TCP_ACK, 7, 7);
         let state =
             |loaded: &mut Loaded| loaded.conn(&flow(client, RR, PROTO_TCP)).map(|c| c.state);
         assert_eq!(state(&mut loaded), Some(CONN_ESTABLISHED), "another backend's FIN: unchanged");
-        loaded.run(&mine.frame(IF_BACKEND_MAC, WEB_MACS[0]), IF_BACKEND);
+        loaded.run(&from_web1(&mine), IF_BACKEND);
         assert_eq!(state(&mut loaded), Some(CONN_CLOSING), "its own backend's FIN moves it");
     });
 }

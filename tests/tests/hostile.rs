@@ -112,18 +112,6 @@ fn tx(frame: Vec<u8>, counter: Counter) -> (u32, Counter, Expect) {
     (XDP_TX, counter, Expect::Frame(frame))
 }
 
-fn from_client(p: &Ipv4) -> Vec<u8> {
-    p.frame(IF_CLIENT_MAC, CLIENT_MAC)
-}
-
-fn from_web1(p: &Ipv4) -> Vec<u8> {
-    p.frame(IF_BACKEND_MAC, WEB_MACS[0])
-}
-
-fn from_web2(p: &Ipv4) -> Vec<u8> {
-    p.frame(IF_BACKEND_MAC, WEB_MACS[1])
-}
-
 fn syn(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Ipv4 {
     Ipv4::tcp(src, dst, TCP_SYN, b"")
 }

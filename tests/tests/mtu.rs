@@ -216,6 +216,17 @@ fn echo_socket(mode: libc::c_int) -> UdpSocket {
     socket
 }
 
+/// An echo socket that lets the kernel fragment (`IP_PMTUDISC_WANT`),
+/// once a datagram too big for the path has taught the client's kernel the
+/// path MTU (the "fragmentation needed" of the test below).
+fn echo_socket_past_the_path_mtu() -> UdpSocket {
+    let learn = echo_socket(libc::IP_PMTUDISC_DO);
+    let _ = learn.send(&[b'l'; BIG_DATAGRAM]);
+    let mut buf = vec![0_u8; 65_536];
+    let _ = learn.recv(&mut buf);
+    echo_socket(libc::IP_PMTUDISC_WANT)
+}
+
 /// The client's link to the load balancer has MTU 3400 (both ends), the
 /// backends' side 1500: a 3000-byte UDP datagram with DF set gets
 /// "fragmentation needed" (MTU 1500) from the VIP, quoting it, and the
@@ -284,12 +295,8 @@ fn a_datagram_larger_than_the_path_is_fragmented_and_echoed_whole() {
     let count = |c| counters::get(&lab.pin_dir, c);
     let before = (count(Counter::Redirect), count(Counter::PassFragmentToKernel));
     let results = in_ns(&client, || {
-        // Learn the path MTU first, as the test above shows.
-        let learn = echo_socket(libc::IP_PMTUDISC_DO);
-        let _ = learn.send(&[b'l'; BIG_DATAGRAM]);
+        let socket = echo_socket_past_the_path_mtu();
         let mut buf = vec![0_u8; 65_536];
-        let _ = learn.recv(&mut buf);
-        let socket = echo_socket(libc::IP_PMTUDISC_WANT);
         (0..3_u8)
             .map(|i| {
                 let payload: Vec<u8> =
@@ -342,11 +349,8 @@ fn a_datagram_whose_first_fragment_comes_last_is_echoed_whole() {
     let echoed = |reply: &[u8], sent: &[u8]| reply.len() == sent.len() + 5 && reply.ends_with(sent);
 
     let in_order = in_ns(&client, move || {
-        let learn = echo_socket(libc::IP_PMTUDISC_DO);
-        let _ = learn.send(&[b'l'; BIG_DATAGRAM]);
+        let socket = echo_socket_past_the_path_mtu();
         let mut buf = vec![0_u8; 65_536];
-        let _ = learn.recv(&mut buf);
-        let socket = echo_socket(libc::IP_PMTUDISC_WANT);
         (0..3_u8)
             .map(|i| {
                 let sent = payload(i);
