@@ -43,7 +43,10 @@ pub fn find(flow: &Flow) -> Option<*mut ConnSlot> {
         // SAFETY: an entry inside the map's value. Another CPU may write it
         // meanwhile: see `record` for why a torn read is harmless.
         let slot = unsafe { &raw mut (*set).slots[way] };
-        if unsafe { (*slot).holds(flow) } && of_this_vip(unsafe { (*slot).backend_id }, flow) {
+        // SAFETY: as above.
+        let holds = unsafe { (*slot).holds(flow) };
+        // SAFETY: as above; read only for an entry of this flow.
+        if holds && of_this_vip(unsafe { (*slot).backend_id }, flow) {
             return Some(slot);
         }
         way += 1;

@@ -117,8 +117,8 @@ pub fn follow(
         // that could be a client (not a backend's address, which, without
         // ports to tell its service endpoint from a client's port, could be
         // the start of a loop) and that arrived where its route leaves.
-        // SAFETY: the value is not read.
         if pkt.flow.proto != PROTO_UDP
+            // SAFETY: the value is not read.
             || (from_real && unsafe { LB_BACKEND_ADDRS.get(pkt.flow.src).is_some() })
         {
             return Err(Counter::DropFragment);

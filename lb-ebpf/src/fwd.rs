@@ -97,8 +97,8 @@ pub struct Query {
 pub unsafe fn send(eth: *mut u8, hop: Hop, here: Here) -> Verdict {
     let hop = match hop {
         Hop::Resolved(hop) => hop,
-        // SAFETY: the caller guarantees the Ethernet header.
         Hop::NoNeighbour { ifindex, nexthop } => {
+            // SAFETY: the caller guarantees the Ethernet header.
             return unsafe { slow_path(eth, ifindex, nexthop) };
         }
         // `next_hop`'s callers answer a packet too big before sending.
@@ -119,6 +119,7 @@ pub unsafe fn send(eth: *mut u8, hop: Hop, here: Here) -> Verdict {
     }
 }
 
+#[derive(Clone, Copy)]
 pub enum Hop {
     Resolved(NextHop),
     /// The route is known but the kernel has no neighbour entry yet for
@@ -165,8 +166,8 @@ pub fn next_hop(ctx: &XdpContext, pkt: &Packet, query: &Query, here: Here) -> Re
         }
         BPF_FIB_LKUP_RET_NO_NEIGH if direct && nexthop != dst => Err(Counter::DropDsrNotOnLink),
         BPF_FIB_LKUP_RET_NO_NEIGH => Ok(Hop::NoNeighbour { ifindex: params.ifindex, nexthop }),
-        // SAFETY: the union's member the FIB sets on this answer.
         BPF_FIB_LKUP_RET_FRAG_NEEDED => {
+            // SAFETY: the union's member the FIB sets on this answer.
             Ok(Hop::TooBig { mtu: unsafe { params.__bindgen_anon_1.mtu_result } })
         }
         BPF_FIB_LKUP_RET_NOT_FWDED => Err(Counter::PassLocal),
@@ -203,6 +204,8 @@ fn fib_lookup(
     params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(query.src);
     params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(query.dst);
     // SAFETY: params is a live, correctly sized bpf_fib_lookup.
+    // A negative errno becomes a value no BPF_FIB_LKUP_RET_* has: a failure.
+    #[allow(clippy::cast_sign_loss)]
     let rc = unsafe {
         bpf_fib_lookup(ctx.as_ptr(), core::ptr::from_mut(params), size_of::<FibParams>() as i32, 0)
     } as u32;
@@ -267,28 +270,27 @@ pub fn arrived_from(
             egress = Some(entry.ifindex);
         }
     }
-    let egress = match egress {
-        Some(ifindex) => ifindex,
-        None => {
-            let back = Query {
-                src: pkt.flow.dst,
-                dst: src,
-                sport: pkt.flow.dport,
-                dport: pkt.flow.sport,
-                direct: false,
-            };
-            // Length 0: no MTU check, and the cached entry promises none.
-            match fib_lookup(ctx, pkt, &back, 0, here)? {
-                (BPF_FIB_LKUP_RET_SUCCESS, params) => {
-                    remember(cached, params, src, 0, here.epoch).ifindex
-                }
-                (BPF_FIB_LKUP_RET_NO_NEIGH, params) => params.ifindex,
-                // Forwarding is off on the interface: nothing of ours can
-                // work, and the kernel says why better than a drop would.
-                (BPF_FIB_LKUP_RET_FWD_DISABLED, _) => return Err(Counter::PassFibFailed),
-                // Local (NOT_FWDED), unreachable, prohibited, blackhole.
-                _ => return Err(Counter::DropReversePath),
+    let egress = if let Some(ifindex) = egress {
+        ifindex
+    } else {
+        let back = Query {
+            src: pkt.flow.dst,
+            dst: src,
+            sport: pkt.flow.dport,
+            dport: pkt.flow.sport,
+            direct: false,
+        };
+        // Length 0: no MTU check, and the cached entry promises none.
+        match fib_lookup(ctx, pkt, &back, 0, here)? {
+            (BPF_FIB_LKUP_RET_SUCCESS, params) => {
+                remember(cached, params, src, 0, here.epoch).ifindex
             }
+            (BPF_FIB_LKUP_RET_NO_NEIGH, params) => params.ifindex,
+            // Forwarding is off on the interface: nothing of ours can
+            // work, and the kernel says why better than a drop would.
+            (BPF_FIB_LKUP_RET_FWD_DISABLED, _) => return Err(Counter::PassFibFailed),
+            // Local (NOT_FWDED), unreachable, prohibited, blackhole.
+            _ => return Err(Counter::DropReversePath),
         }
     };
     if mode == REVERSE_PATH_STRICT && egress != here.ingress {

@@ -98,8 +98,8 @@ pub fn translate(ctx: &XdpContext, ip: &Ipv4, to_vip: bool) -> Result<Verdict, C
         proto: q_proto,
         _pad: [0; 3],
     };
-    // SAFETY: parse checked the Ethernet header.
     let pkt = Packet {
+        // SAFETY: parse checked the Ethernet header.
         eth: unsafe { ip.eth() },
         ip: ip.ip,
         ports: core::ptr::null_mut(),
@@ -152,12 +152,11 @@ fn to_backend(
         .map(|slot| unsafe { (*slot).conn() })
         .filter(|c| !select::conn_expired(c, here));
     // A flow in its handshake (an error about a SYN-ACK) has only its record.
-    let (backend_id, service_id) = match conn {
-        Some(conn) => (conn.backend_id, conn.service_id),
-        None => {
-            let id = handshake::placed_on(&flow, here).ok_or(Counter::PassIcmpNotOurs)?;
-            (id, LB_BACKENDS.get(id).ok_or(Counter::PassIcmpNotOurs)?.service_id)
-        }
+    let (backend_id, service_id) = if let Some(conn) = conn {
+        (conn.backend_id, conn.service_id)
+    } else {
+        let id = handshake::placed_on(&flow, here).ok_or(Counter::PassIcmpNotOurs)?;
+        (id, LB_BACKENDS.get(id).ok_or(Counter::PassIcmpNotOurs)?.service_id)
     };
     let backend =
         select::live_backend(backend_id, service_id, &flow).ok_or(Counter::PassIcmpNotOurs)?;

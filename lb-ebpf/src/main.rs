@@ -5,6 +5,11 @@
 #![no_main]
 // Inline assembly for the atomic fetch-add of the round-robin counter.
 #![feature(asm_experimental_arch)]
+// BPF is a 64-bit target, and every length cast to the helpers' `i32` is a
+// frame's or a header's (under 64 KiB): the 32-bit wrap cannot happen.
+#![allow(clippy::cast_possible_wrap)]
+// A mask is one instruction; the program says which bits it tests.
+#![allow(clippy::verbose_bit_mask)]
 
 mod conntrack;
 mod frag;
@@ -32,7 +37,7 @@ use lb_common::{
         ADDR_BACKEND, ADDR_REAL, ADDR_VIP, BACKEND_DOWN, BACKEND_DSR, NEIGH_MARK_MAGIC, NeighMark,
         PROTO_ICMP, PROTO_TCP, SVC_REJECT, TCP_ACK, TCP_SYN,
     },
-    counter::Counter,
+    counter::{Counter, Kind},
 };
 
 use crate::{
@@ -59,24 +64,9 @@ impl Verdict {
 
     /// The verdict for a packet that stops at `counter` (not forwarded by us).
     fn stopped(counter: Counter) -> Self {
-        let action = match counter {
-            Counter::DropFragment
-            | Counter::DropNoBackend
-            | Counter::DropTooBig
-            | Counter::DropBackendDown
-            | Counter::DropForgedMark
-            | Counter::DropMalformed
-            | Counter::DropMartianSource
-            | Counter::DropSourceVip
-            | Counter::DropBackendPortToVip
-            | Counter::DropAnswerBudget
-            | Counter::DropAnswerForbidden
-            | Counter::DropReversePath
-            | Counter::DropLinkGroup
-            | Counter::DropTcpFlags
-            | Counter::DropDsrNotOnLink
-            | Counter::DropReplyToOurs => xdp_action::XDP_DROP,
-            _ => xdp_action::XDP_PASS,
+        let action = match counter.kind() {
+            Kind::Dropped => xdp_action::XDP_DROP,
+            Kind::Passed | Kind::Forwarded | Kind::Answered => xdp_action::XDP_PASS,
         };
         Self { action, counter }
     }
@@ -87,6 +77,8 @@ impl Verdict {
 // packet, +20 a reply, +9 a packet not ours).
 #[xdp]
 #[inline(always)]
+// The context by value: the signature aya's program macros require.
+#[allow(clippy::needless_pass_by_value)]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
     #[cfg(feature = "upgrade-marker")]
     // SAFETY: writes a scratch register and nothing else.
@@ -124,7 +116,7 @@ fn process(ctx: &XdpContext) -> Result<Verdict, Counter> {
     // backend's own broadcasts, say, are the kernel's).
     // SAFETY: nothing has resized the frame.
     let link_group = unsafe { parse::to_link_group(&ip) };
-    let here = select::Here::read(ctx);
+    let here = Here::read(ctx);
     if pkt.frag == Frag::Later {
         return frag::follow(ctx, &pkt, (to_vip, from_real, link_group), here);
     }
@@ -367,6 +359,8 @@ fn to_backend(
 /// tc ingress: finishes packets that `lb_xdp` rewrote but could not send for
 /// want of a neighbour entry. Everything else goes on untouched.
 #[classifier]
+// The context by value: the signature aya's program macros require.
+#[allow(clippy::needless_pass_by_value)]
 pub fn lb_neigh(ctx: TcContext) -> i32 {
     // tc runs with the Ethernet header pushed back in front of `data`. Only
     // whole IPv4 frames: `lb_xdp` marks nothing else, and drops a marked
@@ -409,6 +403,8 @@ pub fn lb_neigh(ctx: TcContext) -> i32 {
 /// 8 bytes. The controller times connection entries out by it, so the two
 /// can never disagree on what "now" is.
 #[xdp]
+// The context by value: the signature aya's program macros require.
+#[allow(clippy::needless_pass_by_value)]
 pub fn lb_clock(ctx: XdpContext) -> u32 {
     let (data, end) = (ctx.data(), ctx.data_end());
     if data + size_of::<u64>() > end {

@@ -9,6 +9,8 @@
 //! says sent it, which anyone can forge, so answers are never sent where a
 //! reflector's would land (a backend, a link-layer broadcast) and each CPU
 //! sends at most its budget per tick.
+use core::cmp::Ordering;
+
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
@@ -92,10 +94,11 @@ pub fn permit(pkt: &Packet, to: To, here: Here) -> Result<(), Counter> {
     let dst = pkt.flow.src;
     let martian = dst[0] == 0 || dst[0] == 127 || dst[0] >= 224;
     let flags = select::addr_flags(dst);
-    // SAFETY (both): the value is not read.
+    // SAFETY: the value is not read.
     let vip = flags & ADDR_VIP != 0 && unsafe { LB_VIPS.get(dst).is_some() };
     let backend = to == To::Client
         && flags & ADDR_BACKEND != 0
+        // SAFETY: the value is not read.
         && unsafe { LB_BACKEND_ADDRS.get(dst).is_some() };
     if martian || vip || backend {
         return Err(Counter::DropAnswerForbidden);
@@ -304,12 +307,10 @@ fn icmp_error(
     let delta = UNREACHABLE_LEN as i32 - len;
     // SAFETY: resizes the frame; every pointer is derived again below.
     let resized = unsafe {
-        if delta > 0 {
-            bpf_xdp_adjust_head(ctx.ctx, -delta)
-        } else if delta < 0 {
-            bpf_xdp_adjust_tail(ctx.ctx, delta)
-        } else {
-            0
+        match delta.cmp(&0) {
+            Ordering::Greater => bpf_xdp_adjust_head(ctx.ctx, -delta),
+            Ordering::Less => bpf_xdp_adjust_tail(ctx.ctx, delta),
+            Ordering::Equal => 0,
         }
     };
     if resized != 0 {

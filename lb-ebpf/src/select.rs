@@ -8,11 +8,11 @@ use aya_ebpf::{
 };
 use lb_common::{
     abi::{
-        BACKEND_DOWN, BACKEND_IN_USE, Backend, CONN_CLOSED, CONN_CLOSING, CONN_ESTABLISHED,
-        CONN_UDP, Conn, Endpoint, FLOW_CACHE_SLOTS, Flow, FlowCacheEntry, LC_MAX_BACKENDS,
-        NO_BACKEND, REAL_SLOT_SHARED, SCHED_LC, SCHED_MASK, SCHED_RR, SCHED_SH, SCHED_WRR, Service,
-        TCP_FIN, TCP_RST, TCP_SYN, Traffic, addr_slot, cpu_slot, expired, flow_cache_slot,
-        next_state, real_slot, source_hash,
+        BACKEND_DOWN, BACKEND_IN_USE, Backend, BackendConns, CONN_CLOSED, CONN_CLOSING,
+        CONN_ESTABLISHED, CONN_UDP, Conn, Endpoint, FLOW_CACHE_SLOTS, Flow, FlowCacheEntry,
+        LC_MAX_BACKENDS, NO_BACKEND, REAL_SLOT_SHARED, SCHED_LC, SCHED_MASK, SCHED_RR, SCHED_SH,
+        SCHED_WRR, Service, TCP_FIN, TCP_RST, TCP_SYN, Traffic, addr_slot, cpu_slot, expired,
+        flow_cache_slot, next_state, real_slot, source_hash,
     },
     counter::Counter,
     hash::{flow_hash, maglev_slot},
@@ -395,8 +395,9 @@ pub extern "C" fn lb_least_connections(service_id: u32, count: u32) -> u32 {
         // (BPF_XADD, whose result is not used, exists on every BPF cpu).
         unsafe {
             core::arch::asm!(
-                "lock *(u32 *)({counter} + 4) += {one}",
+                "lock *(u32 *)({counter} + {inactive}) += {one}",
                 counter = in(reg) conns,
+                inactive = const core::mem::offset_of!(BackendConns, inactive),
                 one = in(reg) 1_u32,
             );
         }
