@@ -440,7 +440,7 @@ pub fn parse_backend_address(text: &str) -> Option<SocketAddrV4> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::tests::service;
+    use crate::model::testing::service;
 
     fn at(last: u8) -> SocketAddrV4 {
         SocketAddrV4::new(Ipv4Addr::new(10, 77, 2, last), 80)

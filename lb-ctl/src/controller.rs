@@ -22,7 +22,7 @@ use crate::{
         state::{CheckResult, Status},
     },
     model::{AdminState, Service},
-    plan::{BackendKey, PlanError},
+    plan::ids::{BackendKey, PlanError},
     reconciler::{self, ReconcileError},
     run::{self, Overrides},
 };
@@ -383,7 +383,7 @@ mod tests {
     use crate::{
         config,
         dataplane::fake::FakeMaps,
-        plan::backend_key,
+        plan::ids::backend_key,
         reconciler::{Reconciler, spawn},
     };
 

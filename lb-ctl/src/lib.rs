@@ -10,14 +10,12 @@ pub mod gro;
 pub mod health;
 pub mod limits;
 pub mod logging;
-pub mod maglev;
 pub mod model;
 pub mod netdev;
 pub mod plan;
 pub mod private_file;
 pub mod reassembled;
 pub mod reconciler;
-pub mod rotation;
 pub mod run;
 
 /// The compiled XDP object (built by build.rs from `lb-ebpf`).

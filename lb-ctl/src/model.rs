@@ -225,3 +225,34 @@ impl Backend {
         }
     }
 }
+
+/// Services for the tests of the planner, the runtime changes and the reconciler.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::net::Ipv4Addr;
+
+    use super::{AdminState, Backend, Forwarding, Protocol, Scheduler, Service};
+
+    /// A Maglev TCP service on 10.77.1.100:`port`; backends are (last octet of 10.77.2.x, weight).
+    pub(crate) fn service(name: &str, port: u16, backends: &[(u8, u32)]) -> Service {
+        Service {
+            name: name.into(),
+            vip: Ipv4Addr::new(10, 77, 1, 100),
+            port,
+            protocol: Protocol::Tcp,
+            scheduler: Scheduler::Maglev,
+            forwarding: Forwarding::Nat,
+            reject: false,
+            health: None,
+            backends: backends
+                .iter()
+                .map(|&(last, weight)| Backend {
+                    address: Ipv4Addr::new(10, 77, 2, last),
+                    port,
+                    weight,
+                    state: AdminState::Active,
+                })
+                .collect(),
+        }
+    }
+}

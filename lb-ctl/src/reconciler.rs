@@ -17,7 +17,11 @@ use tracing::info;
 use crate::{
     dataplane::{ConnEntry, DataplaneError, MapReader, Maps},
     model::Service,
-    plan::{self, BackendKey, Ids, Image, PlanError},
+    plan::{
+        diff::diff,
+        ids::{BackendKey, Ids, PlanError, held_backend_key},
+        image::{Image, Tables, image_cached},
+    },
     reassembled::{self, Placement},
 };
 
@@ -70,7 +74,7 @@ pub struct Reconciler<M: Maps> {
     services: Vec<Service>,
     down: BTreeSet<BackendKey>,
     /// The scheduler tables of `applied`, reused when a service is unchanged.
-    tables: plan::Tables,
+    tables: Tables,
 }
 
 impl<M: Maps> Reconciler<M> {
@@ -81,7 +85,7 @@ impl<M: Maps> Reconciler<M> {
             applied: Image::default(),
             services: Vec::new(),
             down: BTreeSet::new(),
-            tables: plan::Tables::default(),
+            tables: Tables::default(),
         }
     }
 
@@ -97,7 +101,7 @@ impl<M: Maps> Reconciler<M> {
                 .backends
                 .values()
                 .filter(|b| b.flags & BACKEND_DOWN != 0)
-                .map(plan::held_backend_key)
+                .map(held_backend_key)
                 .collect();
             reconciler.applied = image;
         }
@@ -130,8 +134,8 @@ impl<M: Maps> Reconciler<M> {
         down: BTreeSet<BackendKey>,
     ) -> Result<Applied, ReconcileError> {
         let ids = self.ids.assign(services)?;
-        let image = plan::image_cached(services, &ids, &down, &mut self.tables);
-        let ops = plan::diff(&self.applied, &image);
+        let image = image_cached(services, &ids, &down, &mut self.tables);
+        let ops = diff(&self.applied, &image);
         for op in &ops {
             self.maps.apply(op)?;
             self.applied.apply(op);
@@ -190,7 +194,7 @@ impl<M: Maps> Reconciler<M> {
             .backends
             .iter()
             .map(|(id, b)| {
-                let key = plan::held_backend_key(b);
+                let key = held_backend_key(b);
                 let traffic = counts.backends.get(id).copied().unwrap_or_default();
                 (key, (traffic, conns.get(id).copied().unwrap_or_default()))
             })
@@ -406,10 +410,14 @@ impl<M: Maps> Reconciler<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{dataplane::fake::FakeMaps, model::Scheduler, plan::Op};
+    use crate::{
+        dataplane::fake::FakeMaps,
+        model::{Scheduler, testing::service},
+        plan::{diff::Op, image::image},
+    };
 
     fn web(backends: &[(u8, u32)]) -> Service {
-        plan::tests::service("web", 80, backends)
+        service("web", 80, backends)
     }
 
     #[test]
@@ -446,7 +454,7 @@ mod tests {
                 *r.applied(),
                 "after failing at write {fail_after}"
             );
-            let want = plan::image(&next, &r.ids, &BTreeSet::new());
+            let want = image(&next, &r.ids, &BTreeSet::new());
             assert_eq!(*r.applied(), want, "after failing at write {fail_after} ({failed})");
             r.apply(&[web(&[(11, 1)])]).unwrap();
         }

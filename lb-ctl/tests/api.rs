@@ -33,7 +33,7 @@ use lb_ctl::{
     config,
     controller::{self, Controller},
     dataplane::fake::FakeMaps,
-    plan::Image,
+    plan::image::Image,
     reconciler::{self, Reconciler},
     run::Overrides,
 };

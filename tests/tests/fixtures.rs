@@ -1069,8 +1069,8 @@ fn a_down_backend_resets_tcp_flows_and_moves_udp_flows() {
         let web = find("web");
         let shared = find("shared");
         let down = [
-            lb_ctl::plan::backend_key(&web, WEB1, 8080),
-            lb_ctl::plan::backend_key(&shared, WEB3, 7000),
+            lb_ctl::plan::ids::backend_key(&web, WEB1, 8080),
+            lb_ctl::plan::ids::backend_key(&shared, WEB3, 7000),
         ];
         loaded.reconciler.set_down(down.into_iter().collect()).expect("set down");
 
@@ -1129,7 +1129,7 @@ fn a_down_backends_tcp_packet_no_reset_answers_is_dropped() {
         loaded.handshake((CLIENT, CLIENT_PORT), (VIP, 80));
         let data = data_acking(CLIENT_PORT, 5000);
         assert_eq!(loaded.run(&from_client(&data), IF_CLIENT).action, XDP_REDIRECT);
-        let down = lb_ctl::plan::backend_key(web, WEB1, 8080);
+        let down = lb_ctl::plan::ids::backend_key(web, WEB1, 8080);
         loaded.reconciler.set_down([down].into_iter().collect()).expect("set down");
 
         let mut with_options = data.clone();

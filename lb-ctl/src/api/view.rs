@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 use crate::{
     health::state::{CheckResult, Status},
     model::{Probe, Service},
-    plan::{backend_key, service_endpoint},
+    plan::ids::{BackendKey, backend_key, service_endpoint},
     reconciler::Sample,
 };
 
@@ -205,9 +205,9 @@ impl Samples {
 /// What the view needs to know of a backend's health.
 pub trait HealthLookup {
     /// `None`: the backend is not checked.
-    fn status(&self, key: &crate::plan::BackendKey) -> Option<(Status, Option<&CheckResult>)>;
+    fn status(&self, key: &BackendKey) -> Option<(Status, Option<&CheckResult>)>;
     /// Whether health checks keep it out of rotation.
-    fn is_down(&self, key: &crate::plan::BackendKey) -> bool;
+    fn is_down(&self, key: &BackendKey) -> bool;
 }
 
 /// The view of `services` from their health and the samples.

@@ -2,7 +2,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::{ConnEntry, Counts, DataplaneError, MapReader, Maps};
-use crate::plan::{Image, Op};
+use crate::plan::{diff::Op, image::Image};
 
 /// Applies ops to an `Image`; `fail_after` makes the n-th op fail, to test
 /// that a failed apply is retried correctly. `writes` records every op that

@@ -37,7 +37,7 @@ use crate::{
     gro,
     model::{Dataplane, HandshakeProof, ReversePath, Timeouts},
     netdev,
-    plan::{Image, Op},
+    plan::{diff::Op, image::Image},
 };
 
 type Table = [u32; MAGLEV_SIZE as usize];

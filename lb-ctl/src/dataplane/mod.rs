@@ -15,7 +15,7 @@ use std::{
 
 use lb_common::abi::{Backend, BackendConns, Conn, Endpoint, Flow, Traffic};
 
-use crate::plan::{Image, Op};
+use crate::plan::{diff::Op, image::Image};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {

@@ -26,7 +26,7 @@ use self::{
 };
 use crate::{
     model::{HealthCheck, Probe, Service},
-    plan::{BackendKey, backend_key},
+    plan::ids::{BackendKey, backend_key},
 };
 
 /// A checked backend: its prober task and its state.

@@ -12,7 +12,7 @@ use lb_common::{
     hash::{flow_hash, maglev_slot},
 };
 
-use crate::plan::Image;
+use crate::plan::image::Image;
 
 /// The part of an applied image that places a flow.
 #[derive(Clone, Debug, Default)]

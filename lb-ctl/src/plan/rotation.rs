@@ -1,7 +1,7 @@
 //! The rotation sequences of `rr` and `wrr`: the data plane walks them with
 //! one shared counter, so successive new connections follow the sequence
 //! whatever CPU they arrive on.
-use crate::maglev::Entry;
+use super::maglev::Entry;
 
 /// `rr`: every backend of non-zero weight once, by address and port.
 pub fn round_robin(entries: &[Entry]) -> Vec<u32> {
@@ -60,7 +60,7 @@ fn gcd(a: i64, b: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::maglev::tests::entries;
+    use crate::plan::maglev::tests::entries;
 
     #[test]
     fn round_robin_visits_each_live_backend_once_in_address_order() {
