@@ -1032,7 +1032,7 @@ pub fn missing_interfaces(dataplane: &Dataplane) -> Vec<Problem> {
         .interfaces
         .iter()
         .enumerate()
-        .filter(|(_, name)| crate::netdev::ifindex(name).is_none())
+        .filter(|(_, name)| crate::write::netdev::ifindex(name).is_none())
         .map(|(i, name)| Problem {
             key: format!("dataplane.interfaces[{i}]"),
             message: format!("no interface named {name:?} on this host"),

@@ -23,8 +23,8 @@ use crate::{
     },
     model::{AdminState, Service},
     plan::ids::{BackendKey, PlanError},
-    reconciler::{self, ReconcileError},
     run::{self, Overrides},
+    write::reconciler::{self, ReconcileError},
 };
 
 /// Why a change through the API was not made; nothing changed.
@@ -382,9 +382,11 @@ mod tests {
     use super::*;
     use crate::{
         config,
-        dataplane::fake::FakeMaps,
         plan::ids::backend_key,
-        reconciler::{Reconciler, spawn},
+        write::{
+            dataplane::fake::FakeMaps,
+            reconciler::{Reconciler, spawn},
+        },
     };
 
     /// A directory under the system's temp dir, removed on drop.

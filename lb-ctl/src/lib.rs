@@ -5,18 +5,14 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod controller;
-pub mod dataplane;
-pub mod gro;
 pub mod health;
 pub mod limits;
 pub mod logging;
 pub mod model;
-pub mod netdev;
 pub mod plan;
 pub mod private_file;
-pub mod reassembled;
-pub mod reconciler;
 pub mod run;
+pub mod write;
 
 /// The compiled XDP object (built by build.rs from `lb-ebpf`).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));

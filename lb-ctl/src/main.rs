@@ -122,11 +122,11 @@ fn down(config: Option<&std::path::Path>, pin_path: Option<PathBuf>) -> ExitCode
         },
         (None, None) => unreachable!("clap requires --config or --pin-path"),
     };
-    let removed = lb_ctl::dataplane::pins::remove_all(&pin_path);
+    let removed = lb_ctl::write::dataplane::pins::remove_all(&pin_path);
     if removed.is_ok() {
         // What skb mode turned off (this run's or a killed controller's).
-        let record = lb_ctl::gro::record_path(&lb_ctl::api::token::run_dir(), &pin_path);
-        for entry in lb_ctl::gro::reconcile(&record, &[]) {
+        let record = lb_ctl::write::gro::record_path(&lb_ctl::api::token::run_dir(), &pin_path);
+        for entry in lb_ctl::write::gro::reconcile(&record, &[]) {
             println!("GRO turned back on for {} (below {})", entry.device, entry.interface);
         }
     }

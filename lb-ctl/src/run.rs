@@ -16,10 +16,12 @@ use crate::{
     EBPF_OBJECT, api,
     config::{self, Config},
     controller::Controller,
-    dataplane::kernel::KernelMaps,
     model::XdpMode,
-    netdev,
-    reconciler::{self, Reconciler},
+    write::{
+        dataplane::kernel::KernelMaps,
+        netdev,
+        reconciler::{self, Reconciler},
+    },
 };
 
 /// How often the counters are read and the connection table recounted

@@ -32,10 +32,12 @@ use lb_ctl::{
     api::{self, ApiState},
     config,
     controller::{self, Controller},
-    dataplane::fake::FakeMaps,
     plan::image::Image,
-    reconciler::{self, Reconciler},
     run::Overrides,
+    write::{
+        dataplane::fake::FakeMaps,
+        reconciler::{self, Reconciler},
+    },
 };
 use serde_json::{Value, json};
 use tokio::{

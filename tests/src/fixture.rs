@@ -14,12 +14,14 @@ use lb_common::{
 };
 use lb_ctl::{
     EBPF_OBJECT, config,
-    dataplane::{
-        conn_table::{At, ConnTable},
-        kernel::KernelMaps,
+    write::{
+        dataplane::{
+            conn_table::{At, ConnTable},
+            kernel::KernelMaps,
+        },
+        netdev,
+        reconciler::Reconciler,
     },
-    netdev,
-    reconciler::Reconciler,
 };
 
 use crate::{

@@ -38,7 +38,7 @@ use utoipa::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use self::{error::ApiError, view::Stats};
-use crate::{controller, reconciler};
+use crate::{controller, write::reconciler};
 
 /// What the handlers share.
 #[derive(Clone)]

@@ -13,7 +13,7 @@ use crate::{
     health::state::{CheckResult, Status},
     model::{Probe, Service},
     plan::ids::{BackendKey, backend_key, service_endpoint},
-    reconciler::Sample,
+    write::reconciler::Sample,
 };
 
 /// Everything at once: `GET /api/v1/stats`.

@@ -15,14 +15,16 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tracing::info;
 
 use crate::{
-    dataplane::{ConnEntry, DataplaneError, MapReader, Maps},
     model::Service,
     plan::{
         diff::diff,
         ids::{BackendKey, Ids, PlanError, held_backend_key},
         image::{Image, Tables, image_cached},
     },
-    reassembled::{self, Placement},
+    write::{
+        dataplane::{ConnEntry, DataplaneError, MapReader, Maps},
+        reassembled::{self, Placement},
+    },
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -260,7 +262,7 @@ pub struct Handle {
 type Reply<T> = oneshot::Sender<Result<T, ReconcileError>>;
 
 impl Handle {
-    /// Starts the reassembly slow path (see `crate::reassembled`): its
+    /// Starts the reassembly slow path (see `crate::write::reassembled`): its
     /// sockets follow the applied services, and it ends with the reconciler.
     pub fn start_reassembly(&self) -> std::io::Result<()> {
         reassembled::spawn(
@@ -411,9 +413,9 @@ impl<M: Maps> Reconciler<M> {
 mod tests {
     use super::*;
     use crate::{
-        dataplane::fake::FakeMaps,
         model::{Scheduler, testing::service},
         plan::{diff::Op, image::image},
+        write::dataplane::fake::FakeMaps,
     };
 
     fn web(backends: &[(u8, u32)]) -> Service {

@@ -34,10 +34,9 @@ use super::{
     tx_ports,
 };
 use crate::{
-    gro,
     model::{Dataplane, HandshakeProof, ReversePath, Timeouts},
-    netdev,
     plan::{diff::Op, image::Image},
+    write::{gro, netdev},
 };
 
 type Table = [u32; MAGLEV_SIZE as usize];

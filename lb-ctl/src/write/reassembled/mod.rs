@@ -35,7 +35,7 @@ pub use place::Placement;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::dataplane::MapReader;
+use crate::write::dataplane::MapReader;
 
 /// What the slow path did, since the controller started.
 #[derive(Debug, Default)]

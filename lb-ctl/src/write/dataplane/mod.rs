@@ -115,7 +115,7 @@ pub trait MapReader: Send + Sync {
 
     /// The connection table's live entry for `flow` (an expired one counts
     /// as none), and the data plane's epoch now: for the reassembly slow
-    /// path (`crate::reassembled`), which places a flow as `lb_xdp` would.
+    /// path (`crate::write::reassembled`), which places a flow as `lb_xdp` would.
     fn flow_entry(&self, flow: &Flow) -> Result<(Option<Conn>, u32), DataplaneError>;
 
     /// The backend id in `flow`'s live handshake record (`lb_handshakes`):

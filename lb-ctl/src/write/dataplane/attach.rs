@@ -143,7 +143,7 @@ const LINK_KINDS: [(&str, &str, u32); 2] = [("xdp", "XDP", 6), ("tc", "tcx (tc i
 pub fn problems(pins: &LinkPins, interfaces: &[String]) -> Vec<String> {
     let mut problems = Vec::new();
     for name in interfaces {
-        let Some(index) = crate::netdev::ifindex(name) else {
+        let Some(index) = crate::write::netdev::ifindex(name) else {
             problems.push(format!("interface {name} does not exist"));
             continue;
         };
