@@ -1,14 +1,13 @@
 //! `lb-ctl`: the controller of the XDP load balancer, and the operator's CLI.
 pub mod api;
 pub mod changes;
-pub mod cli;
-pub mod client;
 pub mod config;
 pub mod controller;
 pub mod health;
 pub mod limits;
 pub mod logging;
 pub mod model;
+pub mod operator;
 pub mod plan;
 pub mod private_file;
 pub mod run;

@@ -14,13 +14,13 @@ use lb_ctl::{
     name = "lb-ctl",
     version,
     about = "XDP layer-4 load balancer: controller and CLI",
-    after_help = lb_ctl::cli::EXIT_CODES
+    after_help = lb_ctl::operator::cli::EXIT_CODES
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
     #[command(flatten)]
-    target: lb_ctl::cli::Target,
+    target: lb_ctl::operator::cli::Target,
 }
 
 #[derive(Subcommand)]
@@ -66,7 +66,7 @@ enum Command {
         pin_path: Option<PathBuf>,
     },
     #[command(flatten)]
-    Operator(lb_ctl::cli::Operator),
+    Operator(lb_ctl::operator::cli::Operator),
 }
 
 fn main() -> ExitCode {
@@ -78,7 +78,7 @@ fn main() -> ExitCode {
             run_controller(config, overrides, log_format)
         }
         Command::Down { config, pin_path } => down(config.as_deref(), pin_path),
-        Command::Operator(op) => lb_ctl::cli::run(op, cli.target),
+        Command::Operator(op) => lb_ctl::operator::cli::run(op, cli.target),
     }
 }
 

@@ -15,7 +15,7 @@
 //! - 4: authentication failed (401: no token given, or a wrong one).
 //!
 //! The text output is rendered by pure functions over the API's view types
-//! ([`render`]).
+//! ([`super::render`]).
 use std::{
     fmt::Write as _,
     io::{self, Write as _},
@@ -28,17 +28,19 @@ use clap::{Args, Subcommand};
 use hyper::Method;
 use serde_json::{Value, json};
 
-pub mod render;
-
-use self::render::{BackendChange, render_backend_change, rotation_summary, service_line};
-pub use self::render::{render_conns, render_list, render_stats};
+use super::{
+    client::{Client, ClientError, encode_component},
+    render::{
+        BackendChange, render_backend_change, render_conns, render_list, render_stats,
+        rotation_summary, service_line,
+    },
+};
 use crate::{
     api::{
         token,
         view::{ConnsList, ServiceView, Stats},
     },
     changes::parse_backend_address,
-    client::{Client, ClientError, encode_component},
     config::MAX_WEIGHT,
 };
 
@@ -605,8 +607,11 @@ async fn backend(cmd: BackendCmd, client: &Client) -> Result<String, ClientError
 mod tests {
     use clap::{CommandFactory as _, Parser};
 
-    use super::{render::tests::backend, render::tests::web, *};
-    use crate::client::tests::{answer, serve_once};
+    use super::*;
+    use crate::operator::{
+        client::tests::{answer, serve_once},
+        render::tests::{backend, web},
+    };
 
     /// The way main.rs wires it.
     #[derive(Debug, Parser)]
