@@ -1,16 +1,11 @@
 //! `lb-ctl`: the controller of the XDP load balancer, and the operator's CLI.
-pub mod api;
 pub mod changes;
 pub mod config;
-pub mod controller;
-pub mod health;
-pub mod limits;
-pub mod logging;
+pub mod daemon;
 pub mod model;
 pub mod operator;
 pub mod plan;
 pub mod private_file;
-pub mod run;
 pub mod write;
 
 /// The compiled XDP object (built by build.rs from `lb-ebpf`).

@@ -4,9 +4,11 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use lb_ctl::{
-    logging::{self, LogFormat},
+    daemon::{
+        logging::{self, LogFormat},
+        run::{self, Overrides, Refused},
+    },
     model::XdpMode,
-    run::{self, Overrides, Refused},
 };
 
 #[derive(Parser)]
@@ -125,7 +127,8 @@ fn down(config: Option<&std::path::Path>, pin_path: Option<PathBuf>) -> ExitCode
     let removed = lb_ctl::write::dataplane::pins::remove_all(&pin_path);
     if removed.is_ok() {
         // What skb mode turned off (this run's or a killed controller's).
-        let record = lb_ctl::write::gro::record_path(&lb_ctl::api::token::run_dir(), &pin_path);
+        let record =
+            lb_ctl::write::gro::record_path(&lb_ctl::daemon::api::token::run_dir(), &pin_path);
         for entry in lb_ctl::write::gro::reconcile(&record, &[]) {
             println!("GRO turned back on for {} (below {})", entry.device, entry.interface);
         }

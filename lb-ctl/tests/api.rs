@@ -29,11 +29,13 @@ use axum::{
 use base64::Engine as _;
 use lb_common::abi::{BACKEND_DOWN, BACKEND_IN_USE, PROTO_UDP};
 use lb_ctl::{
-    api::{self, ApiState},
     config,
-    controller::{self, Controller},
+    daemon::{
+        api::{self, ApiState},
+        controller::{self, Controller},
+        run::Overrides,
+    },
     plan::image::Image,
-    run::Overrides,
     write::{
         dataplane::fake::FakeMaps,
         reconciler::{self, Reconciler},

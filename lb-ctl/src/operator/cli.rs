@@ -36,12 +36,12 @@ use super::{
     },
 };
 use crate::{
-    api::{
+    changes::parse_backend_address,
+    config::MAX_WEIGHT,
+    daemon::api::{
         token,
         view::{ConnsList, ServiceView, Stats},
     },
-    changes::parse_backend_address,
-    config::MAX_WEIGHT,
 };
 
 /// Success.

@@ -2,7 +2,7 @@
 //! an IPVS or HAProxy user expects (`ipvsadm -Ln`, `-Lnc`, `--stats`).
 use std::{fmt::Write as _, net::SocketAddrV4};
 
-use crate::api::view::{BackendView, ConnsList, ServiceView, Stats, duration_text};
+use crate::daemon::api::view::{BackendView, ConnsList, ServiceView, Stats, duration_text};
 
 /// What a backend command did, in the words of [`render_backend_change`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -289,7 +289,7 @@ pub(crate) mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::api::view::{
+    use crate::daemon::api::view::{
         CheckView, ConnView, ConnsView, ConntrackView, HealthCheckView, HealthView, RatesView,
         TrafficView,
     };

@@ -9,7 +9,7 @@ use std::{
 use aya::maps::{Array, Map, MapData};
 use lb_common::abi::{BACKEND_DOWN, Backend, MAX_BACKENDS};
 use lb_ctl::{
-    health::Monitor,
+    daemon::health::Monitor,
     model::{AdminState, Backend as BackendSpec, HealthCheck, Probe, Protocol, Service},
 };
 use lb_tests::{

@@ -144,7 +144,8 @@ impl KernelMaps {
         let salt = if adopting { pins.conn_salt() } else { random_salt() };
         let started = salt
             .and_then(|salt| Self::start_on(&pins, &expected, dataplane, object, adopting, salt));
-        let gro_record = gro::record_path(&crate::api::token::run_dir(), &dataplane.pin_path);
+        let gro_record =
+            gro::record_path(&crate::daemon::api::token::run_dir(), &dataplane.pin_path);
         match started {
             Ok(mut maps) => {
                 maps.pins = Some(pins);
@@ -195,7 +196,7 @@ impl KernelMaps {
         // Whichever interfaces run the program in skb mode now (chosen by
         // `auto`, or kept by an adopted link), whichever no longer do.
         gro::reconcile(
-            &gro::record_path(&crate::api::token::run_dir(), &dataplane.pin_path),
+            &gro::record_path(&crate::daemon::api::token::run_dir(), &dataplane.pin_path),
             &dataplane.interfaces,
         );
         let mut maps = Self::open(ebpf, &dataplane.interfaces, adopting, salt)?;

@@ -9,7 +9,7 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::{changes::ChangeError, config::Problem, controller::ControlError};
+use crate::{changes::ChangeError, config::Problem, daemon::controller::ControlError};
 
 #[derive(Debug)]
 pub struct ApiError {

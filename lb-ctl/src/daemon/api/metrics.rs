@@ -422,7 +422,7 @@ mod tests {
     use lb_common::counter::Counter as Outcome;
 
     use super::*;
-    use crate::api::view::{CheckView, ConnsView, ConntrackView, HealthView};
+    use crate::daemon::api::view::{CheckView, ConnsView, ConntrackView, HealthView};
 
     fn traffic(base: u64) -> TrafficView {
         TrafficView {

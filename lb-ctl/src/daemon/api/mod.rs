@@ -38,7 +38,7 @@ use utoipa::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use self::{error::ApiError, view::Stats};
-use crate::{controller, write::reconciler};
+use crate::{daemon::controller, write::reconciler};
 
 /// What the handlers share.
 #[derive(Clone)]

@@ -12,18 +12,20 @@ use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
 use crate::{
-    api::view::{
-        self, ConntrackView, HealthLookup, ReassembledView, RuntimeChanges, Samples, Stats,
-    },
     changes::{self, Change, ChangeError, Changes},
     config::Config,
-    health::{
-        self,
-        state::{CheckResult, Status},
+    daemon::{
+        api::view::{
+            self, ConntrackView, HealthLookup, ReassembledView, RuntimeChanges, Samples, Stats,
+        },
+        health::{
+            self,
+            state::{CheckResult, Status},
+        },
+        run::{self, Overrides},
     },
     model::{AdminState, Service},
     plan::ids::{BackendKey, PlanError},
-    run::{self, Overrides},
     write::reconciler::{self, ReconcileError},
 };
 

@@ -13,9 +13,9 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    EBPF_OBJECT, api,
+    EBPF_OBJECT,
     config::{self, Config},
-    controller::Controller,
+    daemon::{api, controller::Controller},
     model::XdpMode,
     write::{
         dataplane::kernel::KernelMaps,
@@ -87,12 +87,12 @@ pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow:
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
     // Before anything opens a descriptor: each probe in flight holds one.
-    match crate::limits::raise_open_files() {
+    match crate::daemon::limits::raise_open_files() {
         Ok(l) => info!(soft = l.soft, hard = l.hard, was = l.was, "open-file limit"),
         Err(e) => warn!(error = %e, "cannot raise the open-file limit"),
     }
     // Refuse an unusable state file or admin setup before touching the data plane.
-    crate::controller::check_state_file(&path, &config)?;
+    crate::daemon::controller::check_state_file(&path, &config)?;
     // The listen address first: a refused one must not leave a token behind.
     let listener = api::bind(config.admin.listen, config.admin.token_file.is_some()).await?;
     let port = listener.local_addr().map_or(config.admin.listen.port(), |a| a.port());

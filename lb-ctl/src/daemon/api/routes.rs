@@ -27,7 +27,7 @@ use super::{
 use crate::{
     changes::{Change, parse_backend_address},
     config::{self, BodyError, MAX_WEIGHT, Problem, RawBackend, RawService},
-    controller::Request,
+    daemon::controller::Request,
     model::{AdminState, Protocol},
 };
 

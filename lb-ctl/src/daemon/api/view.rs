@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::{
-    health::state::{CheckResult, Status},
+    daemon::health::state::{CheckResult, Status},
     model::{Probe, Service},
     plan::ids::{BackendKey, backend_key, service_endpoint},
     write::reconciler::Sample,

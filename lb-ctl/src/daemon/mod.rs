@@ -1,0 +1,12 @@
+//! The daemon, `lb-ctl run`: it loads the desired state, has it planned and
+//! written, and then keeps it so. One task owns the controller's state
+//! (`controller`) and moves it on at each event of its loop: a change
+//! through the admin API (`api`), a health transition (`health`), a
+//! reload, a sample of the counters. Beside them what a long-running
+//! process needs: its logs, its open-file limit.
+pub mod api;
+pub mod controller;
+pub mod health;
+pub mod limits;
+pub mod logging;
+pub mod run;
