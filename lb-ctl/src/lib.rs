@@ -1,11 +1,8 @@
 //! `lb-ctl`: the controller of the XDP load balancer, and the operator's CLI.
-pub mod changes;
-pub mod config;
 pub mod daemon;
-pub mod model;
+pub mod desired;
 pub mod operator;
 pub mod plan;
-pub mod private_file;
 pub mod write;
 
 /// The compiled XDP object (built by build.rs from `lb-ebpf`).

@@ -8,7 +8,7 @@ use lb_ctl::{
         logging::{self, LogFormat},
         run::{self, Overrides, Refused},
     },
-    model::XdpMode,
+    desired::model::XdpMode,
 };
 
 #[derive(Parser)]
@@ -115,7 +115,7 @@ fn run_controller(path: PathBuf, overrides: Overrides, log_format: LogFormat) ->
 fn down(config: Option<&std::path::Path>, pin_path: Option<PathBuf>) -> ExitCode {
     let pin_path = match (config, pin_path) {
         (_, Some(path)) => path,
-        (Some(config), None) => match lb_ctl::config::load(config) {
+        (Some(config), None) => match lb_ctl::desired::config::load(config) {
             Ok(c) => c.dataplane.pin_path,
             Err(e) => {
                 eprintln!("lb-ctl: {}: {e}", config.display());

@@ -29,12 +29,12 @@ use axum::{
 use base64::Engine as _;
 use lb_common::abi::{BACKEND_DOWN, BACKEND_IN_USE, PROTO_UDP};
 use lb_ctl::{
-    config,
     daemon::{
         api::{self, ApiState},
         controller::{self, Controller},
         run::Overrides,
     },
+    desired::config,
     plan::image::Image,
     write::{
         dataplane::fake::FakeMaps,

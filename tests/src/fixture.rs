@@ -13,7 +13,8 @@ use lb_common::{
     counter::Counter,
 };
 use lb_ctl::{
-    EBPF_OBJECT, config,
+    EBPF_OBJECT,
+    desired::config,
     write::{
         dataplane::{
             conn_table::{At, ConnTable},

@@ -12,8 +12,6 @@ use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
 use crate::{
-    changes::{self, Change, ChangeError, Changes},
-    config::Config,
     daemon::{
         api::view::{
             self, ConntrackView, HealthLookup, ReassembledView, RuntimeChanges, Samples, Stats,
@@ -24,7 +22,12 @@ use crate::{
         },
         run::{self, Overrides},
     },
-    model::{AdminState, Service},
+    desired::{
+        changes::{self, Change, ChangeError, Changes},
+        config::Config,
+        model::{AdminState, Service},
+        names::Named as _,
+    },
     plan::ids::{BackendKey, PlanError},
     write::reconciler::{self, ReconcileError},
 };
@@ -383,7 +386,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        config,
+        desired::config,
         plan::ids::backend_key,
         write::{
             dataplane::fake::FakeMaps,

@@ -14,9 +14,11 @@ use tracing::{info, warn};
 
 use crate::{
     EBPF_OBJECT,
-    config::{self, Config},
     daemon::{api, controller::Controller},
-    model::XdpMode,
+    desired::{
+        config::{self, Config},
+        model::XdpMode,
+    },
     write::{
         dataplane::kernel::KernelMaps,
         netdev,

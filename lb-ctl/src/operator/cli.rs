@@ -36,12 +36,11 @@ use super::{
     },
 };
 use crate::{
-    changes::parse_backend_address,
-    config::MAX_WEIGHT,
     daemon::api::{
         token,
         view::{ConnsList, ServiceView, Stats},
     },
+    desired::{bounds::MAX_WEIGHT, changes::parse_backend_address},
 };
 
 /// Success.

@@ -217,7 +217,7 @@ pub fn diff(old: &Image, new: &Image) -> Vec<Op> {
 mod tests {
     use super::*;
     use crate::{
-        model::testing::service,
+        desired::model::testing::service,
         plan::{ids::Ids, testing::plan},
     };
 

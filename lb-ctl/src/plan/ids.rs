@@ -7,7 +7,7 @@ use lb_common::abi::{self, Endpoint, MAX_BACKENDS, MAX_SERVICES};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::image::Image;
-use crate::model::Service;
+use crate::desired::model::Service;
 
 /// Stable numbering of services and backends across reloads: a service or
 /// backend that stays keeps its id, so its Maglev slots and its flows in the
@@ -126,7 +126,7 @@ impl Ids {
 mod tests {
     use super::*;
     use crate::{
-        model::testing::service,
+        desired::model::testing::service,
         plan::{diff::diff, testing::plan},
     };
 

@@ -17,7 +17,7 @@ use super::{
     ids::{BackendKey, Ids, backend_endpoint, service_endpoint},
     maglev, rotation,
 };
-use crate::model::{AdminState, Forwarding, Scheduler, Service};
+use crate::desired::model::{AdminState, Forwarding, Scheduler, Service};
 
 /// Everything the kernel maps hold for a set of services.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -176,7 +176,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        model::{Backend, testing::service},
+        desired::model::{Backend, testing::service},
         plan::testing::plan,
     };
 

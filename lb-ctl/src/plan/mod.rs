@@ -18,7 +18,7 @@ pub(crate) mod testing {
         ids::Ids,
         image::{Image, image},
     };
-    use crate::model::Service;
+    use crate::desired::model::Service;
 
     /// The ids and the image of `services`, planned after `ids`.
     pub(crate) fn plan(ids: &Ids, services: &[Service]) -> (Ids, Image) {

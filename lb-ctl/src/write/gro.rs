@@ -185,7 +185,7 @@ fn save(path: &Path, record: &[Entry]) -> io::Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     let json = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
-    crate::private_file::write_atomically(path, &json)
+    crate::desired::private_file::write_atomically(path, &json)
 }
 
 /// Brings GRO in line with the data plane: off below every configured

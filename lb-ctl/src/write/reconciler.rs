@@ -15,7 +15,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tracing::info;
 
 use crate::{
-    model::Service,
+    desired::model::Service,
     plan::{
         diff::diff,
         ids::{BackendKey, Ids, PlanError, held_backend_key},
@@ -413,7 +413,7 @@ impl<M: Maps> Reconciler<M> {
 mod tests {
     use super::*;
     use crate::{
-        model::{Scheduler, testing::service},
+        desired::model::{Scheduler, testing::service},
         plan::{diff::Op, image::image},
         write::dataplane::fake::FakeMaps,
     };

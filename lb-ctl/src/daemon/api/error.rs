@@ -9,7 +9,10 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::{changes::ChangeError, config::Problem, daemon::controller::ControlError};
+use crate::{
+    daemon::controller::ControlError,
+    desired::{changes::ChangeError, problem::Problem},
+};
 
 #[derive(Debug)]
 pub struct ApiError {

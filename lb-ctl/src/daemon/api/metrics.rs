@@ -18,7 +18,7 @@ use prometheus_client::{
 };
 
 use super::view::{BackendView, ServiceView, Stats, TrafficView};
-use crate::model::AdminState;
+use crate::desired::{model::AdminState, names::Named as _};
 
 /// The exposition of `stats`, ending with `# EOF`.
 pub fn render(stats: &Stats) -> String {
@@ -386,9 +386,7 @@ impl BackendMetrics {
         self.weight.get_or_create(&labels).set(b.weight.into());
         self.up.get_or_create(&labels).set(flag(b.health.status != "DOWN"));
         self.in_rotation.get_or_create(&labels).set(flag(b.in_rotation));
-        for state in
-            [AdminState::Active, AdminState::Drain, AdminState::Maint].map(AdminState::name)
-        {
+        for state in AdminState::ALL.iter().map(|state| state.name()) {
             let state_labels = BackendStateLabels {
                 service: labels.service.clone(),
                 backend: labels.backend.clone(),

@@ -25,10 +25,16 @@ use super::{
     view::{ConnView, ConnsList, ServiceView, Stats, conn_state_name, endpoint_text},
 };
 use crate::{
-    changes::{Change, parse_backend_address},
-    config::{self, BodyError, MAX_WEIGHT, Problem, RawBackend, RawService},
     daemon::controller::Request,
-    model::{AdminState, Protocol},
+    desired::{
+        bounds::{MAX_NAME_LEN, MAX_WEIGHT},
+        changes::{Change, parse_backend_address},
+        json::{self, BodyError},
+        model::{AdminState, Protocol},
+        problem::Problem,
+        validate::is_service_name,
+        written::{RawBackend, RawService},
+    },
 };
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -74,11 +80,11 @@ fn body_problems(e: &BodyError) -> ApiError {
 /// The service named `name` in a path: the config file's rules.
 fn service_name(path: Result<Path<String>, PathRejection>) -> ApiResult<String> {
     let Path(name) = path?;
-    if config::is_service_name(&name) {
+    if is_service_name(&name) {
         Ok(name)
     } else {
         // No such service can exist. A long name is not echoed back whole.
-        let shown: String = name.chars().take(config::MAX_NAME_LEN).collect();
+        let shown: String = name.chars().take(MAX_NAME_LEN).collect();
         let more = if shown.len() < name.len() { "…" } else { "" };
         Err(ApiError::not_found(format!("no service named {shown:?}{more}")))
     }
@@ -103,7 +109,7 @@ pub async fn add_service(
     Extension(handed_over): Extension<HandedOver>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<ServiceView>)> {
-    let service = config::service_from_json(&body?).map_err(|p| body_problems(&p))?;
+    let service = json::service_from_json(&body?).map_err(|p| body_problems(&p))?;
     let name = service.name.clone();
     let changed = change(&api, &handed_over, Change::AddService(service)).await?;
     Ok((StatusCode::CREATED, Json(find_service(&changed, &name)?)))
@@ -132,7 +138,7 @@ pub async fn put_service(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<ServiceView>> {
     let name = service_name(name)?;
-    let service = config::service_from_json(&body?).map_err(|p| body_problems(&p))?;
+    let service = json::service_from_json(&body?).map_err(|p| body_problems(&p))?;
     if service.name != name {
         return Err(ApiError::problems(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -173,7 +179,7 @@ pub async fn add_backend(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<ServiceView>)> {
     let service = service_name(name)?;
-    let backend = config::backend_from_json(&body?).map_err(|p| body_problems(&p))?;
+    let backend = json::backend_from_json(&body?).map_err(|p| body_problems(&p))?;
     let changed =
         change(&api, &handed_over, Change::AddBackend { service: service.clone(), backend })
             .await?;
@@ -261,7 +267,7 @@ pub async fn patch_backend(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<ServiceView>> {
     let (service, backend) = backend_path(path)?;
-    let wanted: BackendPatch = config::from_json(&body?).map_err(|p| body_problems(&p))?;
+    let wanted: BackendPatch = json::from_json(&body?).map_err(|p| body_problems(&p))?;
     let (weight, admin_state) = wanted.validate()?;
     let set = Change::SetBackend { service: service.clone(), backend, weight, state: admin_state };
     let changed = change(&api, &handed_over, set).await?;

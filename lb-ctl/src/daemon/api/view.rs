@@ -11,7 +11,10 @@ use utoipa::ToSchema;
 
 use crate::{
     daemon::health::state::{CheckResult, Status},
-    model::{Probe, Service},
+    desired::{
+        model::{Probe, Service},
+        names::{Check, Named as _, OnNoBackend},
+    },
     plan::ids::{BackendKey, backend_key, service_endpoint},
     write::reconciler::Sample,
 };
@@ -251,16 +254,16 @@ fn service(s: &Service, health: &impl HealthLookup, samples: &Samples) -> Servic
         protocol: s.protocol.to_string(),
         scheduler: s.scheduler.name().into(),
         forwarding: s.forwarding.name().into(),
-        on_no_backend: if s.reject { "reject" } else { "drop" }.into(),
+        on_no_backend: OnNoBackend::of(s.reject).name().into(),
         health: s.health.as_ref().map(|h| {
-            let (check, path, expect_status, expect_body) = match &h.probe {
-                Probe::Tcp => ("tcp", None, None, None),
+            let (path, expect_status, expect_body) = match &h.probe {
+                Probe::Tcp => (None, None, None),
                 Probe::Http { path, expect_status, expect_body } => {
-                    ("http", Some(path.clone()), Some(*expect_status), expect_body.clone())
+                    (Some(path.clone()), Some(*expect_status), expect_body.clone())
                 }
             };
             HealthCheckView {
-                check: check.into(),
+                check: Check::of(&h.probe).name().into(),
                 path,
                 expect_status,
                 expect_body,

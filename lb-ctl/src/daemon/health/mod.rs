@@ -25,7 +25,7 @@ use self::{
     state::{CheckResult, Status, Tracker, Transition},
 };
 use crate::{
-    model::{HealthCheck, Probe, Service},
+    desired::model::{HealthCheck, Probe, Service},
     plan::ids::{BackendKey, backend_key},
 };
 
@@ -228,7 +228,7 @@ mod tests {
     use tokio::{net::TcpListener, time::Instant};
 
     use super::*;
-    use crate::model::{AdminState, Backend, Forwarding, Protocol, Scheduler};
+    use crate::desired::model::{AdminState, Backend, Forwarding, Protocol, Scheduler};
 
     /// A service on 10.77.1.100:80 checked with `check`, whose backends are
     /// (loopback address, weight, state).

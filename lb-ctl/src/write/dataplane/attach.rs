@@ -13,7 +13,7 @@ use super::{
     DataplaneError,
     pins::{LinkPins, PinDir},
 };
-use crate::model::XdpMode;
+use crate::desired::model::XdpMode;
 
 /// XDP on every interface: the pinned link's program replaced, or a new
 /// link attached and pinned. Links on interfaces no longer configured are

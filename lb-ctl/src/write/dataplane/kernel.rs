@@ -34,7 +34,7 @@ use super::{
     tx_ports,
 };
 use crate::{
-    model::{Dataplane, HandshakeProof, ReversePath, Timeouts},
+    desired::model::{Dataplane, HandshakeProof, ReversePath, Timeouts},
     plan::{diff::Op, image::Image},
     write::{gro, netdev},
 };

@@ -1,5 +1,9 @@
-//! The desired state: plain data, produced by `config`, consumed by `plan`.
-use std::{fmt, net::Ipv4Addr, path::PathBuf, time::Duration};
+//! The desired state: plain data, produced by `config` (and the API's
+//! bodies, `json`), consumed by `plan`. The names each choice is written
+//! with are in `names`.
+use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+
+use lb_common::abi::{PROTO_TCP, PROTO_UDP};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Dataplane {
@@ -76,12 +80,13 @@ pub enum Protocol {
     Udp,
 }
 
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Tcp => "tcp",
-            Self::Udp => "udp",
-        })
+impl Protocol {
+    /// The IP protocol number.
+    pub const fn number(self) -> u8 {
+        match self {
+            Self::Tcp => PROTO_TCP,
+            Self::Udp => PROTO_UDP,
+        }
     }
 }
 
@@ -117,19 +122,6 @@ pub enum Scheduler {
     LeastConnections,
 }
 
-impl Scheduler {
-    /// The config file's name for it.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Maglev => "maglev",
-            Self::RoundRobin => "rr",
-            Self::WeightedRoundRobin => "wrr",
-            Self::SourceHash => "sh",
-            Self::LeastConnections => "lc",
-        }
-    }
-}
-
 /// How a packet reaches the backend (IPVS's forwarding methods).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Forwarding {
@@ -142,16 +134,6 @@ pub enum Forwarding {
     /// non-ARPing interface and answers the client directly. Backends share
     /// a link with the load balancer and listen on the service's port.
     Dsr,
-}
-
-impl Forwarding {
-    /// The config file's name for it.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Nat => "nat",
-            Self::Dsr => "dsr",
-        }
-    }
 }
 
 /// `[service.health]`: how and how often each backend is probed.
@@ -198,22 +180,6 @@ pub enum AdminState {
     Drain,
     /// Out of rotation at once, open flows included; health checks continue.
     Maint,
-}
-
-impl AdminState {
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Active => "active",
-            Self::Drain => "drain",
-            Self::Maint => "maint",
-        }
-    }
-}
-
-impl fmt::Display for AdminState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
 }
 
 impl Backend {

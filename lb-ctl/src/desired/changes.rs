@@ -14,9 +14,12 @@ use std::{
 use lb_common::abi::LC_MAX_BACKENDS;
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    config::{self, Problem},
+use super::{
+    bounds::MAX_SERVICE_BACKENDS,
+    json::{backend_from_json, backend_to_json, from_json, service_from_json, service_to_json},
     model::{AdminState, Backend, Scheduler, Service},
+    problem::Problem,
+    validate::check_services,
 };
 
 /// One change asked through the API.
@@ -152,13 +155,13 @@ fn check(services: &[Service], changed: &str) -> Result<(), ChangeError> {
     let Some(s) = services.iter().find(|s| s.name == changed) else {
         return Ok(());
     };
-    if s.backends.len() > config::MAX_SERVICE_BACKENDS {
+    if s.backends.len() > MAX_SERVICE_BACKENDS {
         return Err(ChangeError::Invalid(vec![Problem {
             key: "backends".into(),
             message: format!(
                 "{} backends; at most {} per service",
                 s.backends.len(),
-                config::MAX_SERVICE_BACKENDS
+                MAX_SERVICE_BACKENDS
             ),
         }]));
     }
@@ -188,7 +191,7 @@ fn check(services: &[Service], changed: &str) -> Result<(), ChangeError> {
         }
     }
     // Anything else the config file would refuse (a backend at the VIP...).
-    let problems = config::check_services(services);
+    let problems = check_services(services);
     if problems.is_empty() { Ok(()) } else { Err(ChangeError::Invalid(problems)) }
 }
 
@@ -360,7 +363,7 @@ impl Changes {
     }
 
     fn from_json(text: &[u8]) -> Result<Self, String> {
-        let file: StateFile = config::from_json(text).map_err(|e| e.to_string())?;
+        let file: StateFile = from_json(text).map_err(|e| e.to_string())?;
         if file.version != STATE_VERSION {
             return Err(format!(
                 "version {} (this lb-ctl reads version {STATE_VERSION})",
@@ -384,8 +387,8 @@ impl Changes {
                 service: w.service.clone(),
                 backend: w.backend.map(|at| at.to_string()),
                 set: match &w.said {
-                    Said::Service(s) => Some(config::service_to_json(s)),
-                    Said::Backend(b) => Some(config::backend_to_json(b)),
+                    Said::Service(s) => Some(service_to_json(s)),
+                    Said::Backend(b) => Some(backend_to_json(b)),
                     Said::Removed => None,
                 },
                 removed: w.said == Said::Removed,
@@ -401,7 +404,7 @@ impl Changes {
         let mut text = serde_json::to_vec_pretty(&self.to_json()).map_err(|e| failed(e.into()))?;
         text.push(b'\n');
         // Private (0600), through a temporary that is never a followed link.
-        crate::private_file::write_atomically(path, &text).map_err(failed)
+        crate::desired::private_file::write_atomically(path, &text).map_err(failed)
     }
 }
 
@@ -418,10 +421,10 @@ impl StoredWord {
         let said = match (self.set, self.removed, backend) {
             (None, true, _) => Said::Removed,
             (Some(v), false, None) => Said::Service(
-                config::service_from_json(v.to_string().as_bytes()).map_err(|e| e.to_string())?,
+                service_from_json(v.to_string().as_bytes()).map_err(|e| e.to_string())?,
             ),
             (Some(v), false, Some(_)) => Said::Backend(
-                config::backend_from_json(v.to_string().as_bytes()).map_err(|e| e.to_string())?,
+                backend_from_json(v.to_string().as_bytes()).map_err(|e| e.to_string())?,
             ),
             _ => return Err("needs exactly one of \"set\" and \"removed\": true".into()),
         };
@@ -440,7 +443,7 @@ pub fn parse_backend_address(text: &str) -> Option<SocketAddrV4> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::testing::service;
+    use crate::desired::model::testing::service;
 
     fn at(last: u8) -> SocketAddrV4 {
         SocketAddrV4::new(Ipv4Addr::new(10, 77, 2, last), 80)
@@ -529,7 +532,7 @@ mod tests {
         let mut services = base.clone();
         let mut changes = Changes::default();
         let mut a_dns = service("a-dns", 53, &[]);
-        a_dns.protocol = crate::model::Protocol::Tcp;
+        a_dns.protocol = crate::desired::model::Protocol::Tcp;
         for c in [
             // 10.77.2.11:80 moves from web to a new service on another port...
             Change::RemoveBackend { service: "web".into(), backend: at(11) },
