@@ -1,5 +1,5 @@
-//! The operator's CLI (SPEC "Commands"): `lb-ctl list`, `service`, `backend`,
-//! `stats` and `conns`, each a request to the admin API of `lb-ctl run`
+//! The operator's CLI: `lb-ctl list`, `service`, `backend`, `stats` and
+//! `conns`, each a request to the admin API of `lb-ctl run`
 //! (`--admin URL`, else `$LB_ADMIN`, else `http://127.0.0.1:9100`; the token
 //! from `--token-file FILE`, else `$LB_TOKEN`).
 //!

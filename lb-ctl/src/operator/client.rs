@@ -1,4 +1,4 @@
-//! The CLI's HTTP/1.1 client of the admin API (SPEC "Admin API"): one
+//! The CLI's HTTP/1.1 client of the admin API (`daemon::api`): one
 //! connection per request, JSON in and out, a bearer token when one is set,
 //! and every failure sorted into what the operator can do about it:
 //! start the controller ([`ClientError::Unreachable`]), fix the token

@@ -1,7 +1,7 @@
-//! The admin API (SPEC "Admin API"): JSON over HTTP, the stats page, the
-//! metrics. Reads are served from the view the controller publishes;
-//! changes are sent to the controller, which answers once the kernel maps
-//! hold them.
+//! The admin API: JSON over HTTP (`routes`, described by the OpenAPI
+//! document it serves), the stats page, the metrics. Reads are served from
+//! the view the controller publishes; changes are sent to the controller,
+//! which answers once the kernel maps hold them.
 pub mod access;
 pub mod auth;
 pub mod error;

@@ -23,8 +23,8 @@ use tracing::{info, warn};
 
 use super::DataplaneError;
 
-/// Every map of the object is named `lb_*` (SPEC: "names starting lb_"):
-/// what this prefix names under `pin_path` is ours.
+/// Every map of the object is named `lb_*` (`lb-ebpf/src/maps.rs` names
+/// them so): what this prefix names under `pin_path` is ours.
 pub const MAP_PREFIX: &str = "lb_";
 const LINKS: &str = "links";
 /// `BPF_F_RDONLY_PROG`: set by the kernel on some maps (devmaps) it creates.
