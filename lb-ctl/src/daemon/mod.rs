@@ -5,6 +5,7 @@
 //! reload, a sample of the counters. Beside them what a long-running
 //! process needs: its logs, its open-file limit.
 pub mod api;
+pub mod control_loop;
 pub mod controller;
 pub mod health;
 pub mod limits;

@@ -7,14 +7,18 @@ use std::{
 
 use anyhow::Context as _;
 use tokio::{
-    signal::unix::{SignalKind, signal},
+    signal::unix::{self, SignalKind},
     sync::mpsc,
 };
 use tracing::{info, warn};
 
 use crate::{
     EBPF_OBJECT,
-    daemon::{api, controller::Controller},
+    daemon::{
+        api,
+        control_loop::{self, Signal, Signals},
+        controller::Controller,
+    },
     desired::{
         config::{self, Config},
         model::XdpMode,
@@ -81,12 +85,45 @@ fn admin_token(config: &Config, port: u16) -> Result<std::sync::Arc<str>, api::L
     Ok(token)
 }
 
+/// SIGHUP reloads the config file; SIGTERM and SIGINT stop the controller.
+struct UnixSignals {
+    hangup: unix::Signal,
+    terminate: unix::Signal,
+    interrupt: unix::Signal,
+}
+
+impl UnixSignals {
+    fn install() -> anyhow::Result<Self> {
+        let signal = |kind, name| {
+            unix::signal(kind).with_context(|| format!("installing the {name} handler"))
+        };
+        Ok(Self {
+            hangup: signal(SignalKind::hangup(), "SIGHUP")?,
+            terminate: signal(SignalKind::terminate(), "SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt(), "SIGINT")?,
+        })
+    }
+}
+
+impl Signals for UnixSignals {
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.hangup.recv() => Signal::Reload,
+            _ = self.terminate.recv() => {
+                info!("SIGTERM: shutting down");
+                Signal::Stop
+            }
+            _ = self.interrupt.recv() => {
+                info!("SIGINT: shutting down");
+                Signal::Stop
+            }
+        }
+    }
+}
+
 /// Runs the controller on `config` (loaded from `path` by `load`) until SIGTERM.
 pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow::Result<()> {
-    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let mut terminate =
-        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut signals = UnixSignals::install()?;
 
     // Before anything opens a descriptor: each probe in flight holds one.
     match crate::daemon::limits::raise_open_files() {
@@ -153,22 +190,7 @@ pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow:
             },
         ));
         info!(config = %path.display(), services, %admin, "load balancer running");
-        // Counters, connections per backend (lc, the operator), and expiry.
-        let mut sample = tokio::time::interval(SAMPLE_INTERVAL);
-        sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = sample.tick() => controller.sample().await,
-                () = controller.next_health_change() => controller.health_changed().await,
-                Some(request) = requests.recv() => {
-                    let answer = controller.change(request.change).await;
-                    let _ = request.reply.send(answer);
-                }
-                _ = hangup.recv() => controller.reload().await,
-                _ = terminate.recv() => { info!("SIGTERM: shutting down"); break }
-                _ = interrupt.recv() => { info!("SIGINT: shutting down"); break }
-            }
-        }
+        control_loop::run(&mut controller, &mut requests, &mut signals, SAMPLE_INTERVAL).await;
         // Changes still queued are answered 503 ("stopping"), then requests
         // in progress get the server's grace period.
         drop(requests);
