@@ -1,6 +1,6 @@
 //! The controller's state and its every move: the config file, the runtime
 //! changes on top of it, the health of each backend, the counters. One task
-//! owns it (`run`); the admin API asks it for changes and reads what it
+//! owns it (`control_loop`); the admin API asks it for changes and reads what it
 //! publishes.
 use std::{
     path::{Path, PathBuf},
