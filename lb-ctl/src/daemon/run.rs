@@ -17,7 +17,8 @@ use crate::{
     daemon::{
         api,
         control_loop::{self, Signal, Signals},
-        controller::Controller,
+        controller::{self, Controller},
+        limits,
     },
     desired::{
         config::{self, Config},
@@ -126,12 +127,12 @@ pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow:
     let mut signals = UnixSignals::install()?;
 
     // Before anything opens a descriptor: each probe in flight holds one.
-    match crate::daemon::limits::raise_open_files() {
+    match limits::raise_open_files() {
         Ok(l) => info!(soft = l.soft, hard = l.hard, was = l.was, "open-file limit"),
         Err(e) => warn!(error = %e, "cannot raise the open-file limit"),
     }
     // Refuse an unusable state file or admin setup before touching the data plane.
-    crate::daemon::controller::check_state_file(&path, &config)?;
+    controller::check_state_file(&path, &config)?;
     // The listen address first: a refused one must not leave a token behind.
     let listener = api::bind(config.admin.listen, config.admin.token_file.is_some()).await?;
     let port = listener.local_addr().map_or(config.admin.listen.port(), |a| a.port());
