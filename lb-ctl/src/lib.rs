@@ -1,24 +1,22 @@
 //! `lb-ctl`: the controller of the XDP load balancer, and the operator's CLI.
-pub mod api;
-pub mod changes;
-pub mod cli;
-pub mod client;
-pub mod config;
-pub mod controller;
-pub mod dataplane;
-pub mod gro;
-pub mod health;
-pub mod limits;
-pub mod logging;
-pub mod maglev;
-pub mod model;
-pub mod netdev;
+//!
+//! Its modules follow the path of a change, from what is asked to what the
+//! kernel holds:
+//!
+//! - `desired`: what is desired (the config file, the API's changes on top
+//!   of it), checked into plain data;
+//! - `plan`: how it is planned, in pure code (stable ids, the image the
+//!   kernel maps should hold, the ordered writes between two images);
+//! - `write`: how it is written (the reconciler, the data plane's maps and
+//!   programs, the host's interface settings);
+//! - `daemon`: `lb-ctl run`, which keeps the data plane as desired (its
+//!   loop, the health checks, the admin API);
+//! - `operator`: the operator's side (the CLI, a client of the admin API).
+pub mod daemon;
+pub mod desired;
+pub mod operator;
 pub mod plan;
-pub mod private_file;
-pub mod reassembled;
-pub mod reconciler;
-pub mod rotation;
-pub mod run;
+pub mod write;
 
 /// The compiled XDP object (built by build.rs from `lb-ebpf`).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));

@@ -4,9 +4,11 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use lb_ctl::{
-    logging::{self, LogFormat},
-    model::XdpMode,
-    run::{self, Overrides, Refused},
+    daemon::{
+        logging::{self, LogFormat},
+        run::{self, Overrides, Refused},
+    },
+    desired::model::XdpMode,
 };
 
 #[derive(Parser)]
@@ -14,13 +16,13 @@ use lb_ctl::{
     name = "lb-ctl",
     version,
     about = "XDP layer-4 load balancer: controller and CLI",
-    after_help = lb_ctl::cli::EXIT_CODES
+    after_help = lb_ctl::operator::cli::EXIT_CODES
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
     #[command(flatten)]
-    target: lb_ctl::cli::Target,
+    target: lb_ctl::operator::cli::Target,
 }
 
 #[derive(Subcommand)]
@@ -66,7 +68,7 @@ enum Command {
         pin_path: Option<PathBuf>,
     },
     #[command(flatten)]
-    Operator(lb_ctl::cli::Operator),
+    Operator(lb_ctl::operator::cli::Operator),
 }
 
 fn main() -> ExitCode {
@@ -78,7 +80,7 @@ fn main() -> ExitCode {
             run_controller(config, overrides, log_format)
         }
         Command::Down { config, pin_path } => down(config.as_deref(), pin_path),
-        Command::Operator(op) => lb_ctl::cli::run(op, cli.target),
+        Command::Operator(op) => lb_ctl::operator::cli::run(op, cli.target),
     }
 }
 
@@ -113,7 +115,7 @@ fn run_controller(path: PathBuf, overrides: Overrides, log_format: LogFormat) ->
 fn down(config: Option<&std::path::Path>, pin_path: Option<PathBuf>) -> ExitCode {
     let pin_path = match (config, pin_path) {
         (_, Some(path)) => path,
-        (Some(config), None) => match lb_ctl::config::load(config) {
+        (Some(config), None) => match lb_ctl::desired::config::load(config) {
             Ok(c) => c.dataplane.pin_path,
             Err(e) => {
                 eprintln!("lb-ctl: {}: {e}", config.display());
@@ -122,11 +124,12 @@ fn down(config: Option<&std::path::Path>, pin_path: Option<PathBuf>) -> ExitCode
         },
         (None, None) => unreachable!("clap requires --config or --pin-path"),
     };
-    let removed = lb_ctl::dataplane::pins::remove_all(&pin_path);
+    let removed = lb_ctl::write::dataplane::pins::remove_all(&pin_path);
     if removed.is_ok() {
         // What skb mode turned off (this run's or a killed controller's).
-        let record = lb_ctl::gro::record_path(&lb_ctl::api::token::run_dir(), &pin_path);
-        for entry in lb_ctl::gro::reconcile(&record, &[]) {
+        let record =
+            lb_ctl::write::gro::record_path(&lb_ctl::daemon::api::token::run_dir(), &pin_path);
+        for entry in lb_ctl::write::gro::reconcile(&record, &[]) {
             println!("GRO turned back on for {} (below {})", entry.device, entry.interface);
         }
     }

@@ -1,7 +1,7 @@
-//! The admin API's contract (SPEC "Admin API"), end to end in-process: a
-//! controller over in-memory maps (`FakeMaps`, the image the kernel would
-//! hold), its loop wired as `lb-ctl run` wires it (minus signals and the
-//! kernel), and `api::app` driven with `tower::ServiceExt::oneshot` (or,
+//! The admin API's contract, end to end in-process: a controller over
+//! in-memory maps (`FakeMaps`, the image the kernel would hold), run by the
+//! loop `lb-ctl run` runs it with (`control_loop::run`, with no signals and
+//! no kernel), and `api::app` driven with `tower::ServiceExt::oneshot` (or,
 //! where the socket matters, served on a loopback listener as `lb-ctl run`
 //! serves it).
 //!
@@ -29,13 +29,18 @@ use axum::{
 use base64::Engine as _;
 use lb_common::abi::{BACKEND_DOWN, BACKEND_IN_USE, PROTO_UDP};
 use lb_ctl::{
-    api::{self, ApiState},
-    config,
-    controller::{self, Controller},
-    dataplane::fake::FakeMaps,
-    plan::Image,
-    reconciler::{self, Reconciler},
-    run::Overrides,
+    daemon::{
+        api::{self, ApiState},
+        control_loop::{self, Signal, Signals},
+        controller::{self, Controller},
+        run::Overrides,
+    },
+    desired::config,
+    plan::image::Image,
+    write::{
+        dataplane::fake::FakeMaps,
+        reconciler::{self, Reconciler},
+    },
 };
 use serde_json::{Value, json};
 use tokio::{
@@ -139,6 +144,34 @@ struct Snapshot {
     state_file: Option<Vec<u8>>,
 }
 
+/// The harness sends no signals: its loop runs until the harness is dropped.
+struct NoSignals;
+
+impl Signals for NoSignals {
+    async fn next(&mut self) -> Signal {
+        std::future::pending().await
+    }
+}
+
+/// The requests of `queue` as a controller busy elsewhere takes them: each
+/// only once `gate` lets it, the others waiting in the API's queue.
+fn gated(
+    mut queue: mpsc::Receiver<controller::Request>,
+    gate: Arc<tokio::sync::Semaphore>,
+) -> mpsc::Receiver<controller::Request> {
+    let (taken, requests) = mpsc::channel(1);
+    tokio::spawn(async move {
+        loop {
+            gate.acquire().await.expect("the gate stays open").forget();
+            let Some(request) = queue.recv().await else { break };
+            if taken.send(request).await.is_err() {
+                break;
+            }
+        }
+    });
+    requests
+}
+
 /// A controller over fake maps, its loop, and the API in front of it.
 struct Lb {
     app: Router,
@@ -187,26 +220,14 @@ impl Lb {
             Controller::start(config_path, Overrides::default(), config, handle.clone())
                 .await
                 .expect("the controller starts");
-        let (requests_tx, mut requests) = mpsc::channel::<controller::Request>(queue);
+        let (requests_tx, requests) = mpsc::channel::<controller::Request>(queue);
+        let mut requests = match gate {
+            Some(gate) => gated(requests, gate),
+            None => requests,
+        };
         let controller = tokio::spawn(async move {
-            let mut sample = tokio::time::interval(SAMPLE_INTERVAL);
-            sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let take = || async {
-                if let Some(gate) = &gate {
-                    gate.acquire().await.expect("the gate stays open").forget();
-                }
-            };
-            loop {
-                tokio::select! {
-                    _ = sample.tick() => controller.sample().await,
-                    () = controller.next_health_change() => controller.health_changed().await,
-                    request = async { take().await; requests.recv().await } => {
-                        let Some(request) = request else { break };
-                        let answer = controller.change(request.change).await;
-                        let _ = request.reply.send(answer);
-                    }
-                }
-            }
+            control_loop::run(&mut controller, &mut requests, &mut NoSignals, SAMPLE_INTERVAL)
+                .await;
         });
         let api_state =
             ApiState { requests: requests_tx, stats, reconciler: handle, renders: Arc::default() };
@@ -1330,7 +1351,7 @@ async fn a_token_guards_everything_but_probes_and_metrics() {
 // ---- The OpenAPI document against the routes ----
 
 /// The admin API's routes, as the README's "Operating it" lists them.
-const SPEC_ROUTES: &[(&str, &str)] = &[
+const DOCUMENTED_ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/services"),
     ("post", "/api/v1/services"),
     ("get", "/api/v1/services/{name}"),
@@ -1371,7 +1392,7 @@ async fn the_openapi_document_matches_the_routes() {
             operations.push((method.clone(), path.clone()));
         }
     }
-    for (method, path) in SPEC_ROUTES {
+    for (method, path) in DOCUMENTED_ROUTES {
         assert!(
             operations.iter().any(|(m, p)| m == method && p == path),
             "{method} {path} (a route the README lists) is not in the document; it has {operations:?}"
@@ -1443,7 +1464,7 @@ async fn a_change_that_cannot_be_kept_is_undone() {
 }
 
 /// A kernel map write fails midway: the answer is a JSON 500 and the maps
-/// hold what they held (SPEC: "never a half-applied change"), also after a
+/// hold what they held (never a half-applied change), also after a
 /// few rounds of the controller's loop.
 #[tokio::test]
 async fn a_failed_kernel_write_leaves_no_half_applied_change() {

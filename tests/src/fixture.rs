@@ -13,13 +13,16 @@ use lb_common::{
     counter::Counter,
 };
 use lb_ctl::{
-    EBPF_OBJECT, config,
-    dataplane::{
-        conn_table::{At, ConnTable},
-        kernel::KernelMaps,
+    EBPF_OBJECT,
+    desired::config,
+    write::{
+        dataplane::{
+            conn_table::{At, ConnTable},
+            kernel::KernelMaps,
+        },
+        netdev,
+        reconciler::Reconciler,
     },
-    netdev,
-    reconciler::Reconciler,
 };
 
 use crate::{

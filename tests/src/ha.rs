@@ -150,7 +150,7 @@ impl Ha {
             for (ns, dev) in [(front.clone(), front_port), (back.clone(), back_port)] {
                 let pin = pins.join(&dev);
                 in_ns(&ns, move || {
-                    let ifindex = lb_ctl::netdev::ifindex(&dev).expect("bridge port");
+                    let ifindex = lb_ctl::write::netdev::ifindex(&dev).expect("bridge port");
                     crate::testrun::attach_pass_pinned(ifindex, &pin);
                 });
             }

@@ -218,7 +218,7 @@ impl Controller {
     /// The `Authorization` header for this controller when it was given no
     /// `token_file`: the token it generated (which its CLI finds by itself).
     pub fn bearer(&self) -> String {
-        let path = lb_ctl::api::token::generated_path(&self.run_dir(), 9100);
+        let path = lb_ctl::daemon::api::token::generated_path(&self.run_dir(), 9100);
         let token = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("the generated token {}: {e}", path.display()));
         format!("Bearer {}", token.trim())
@@ -328,13 +328,13 @@ impl Controller {
     }
 
     /// `lb-ctl list --json`: every service as the API shows it.
-    pub fn services(&self) -> Vec<lb_ctl::api::view::ServiceView> {
+    pub fn services(&self) -> Vec<lb_ctl::daemon::api::view::ServiceView> {
         let json = self.ctl_ok(&["list", "--json"]);
         serde_json::from_str(&json).unwrap_or_else(|e| panic!("list --json: {e}\n{json}"))
     }
 
     /// The backend `address:port` as `lb-ctl list --json` shows it.
-    pub fn backend_view(&self, address: &str, port: u16) -> lb_ctl::api::view::BackendView {
+    pub fn backend_view(&self, address: &str, port: u16) -> lb_ctl::daemon::api::view::BackendView {
         self.services()
             .into_iter()
             .flat_map(|s| s.backends)

@@ -38,7 +38,7 @@ use lb_common::{
     abi::{NEIGH_MARK_MAGIC, NeighMark, source_hash},
     hash::{flow_hash, maglev_slot},
 };
-use lb_ctl::{
+use lb_ctl::desired::{
     config::Config,
     model::{AdminState, Forwarding, Protocol, Service},
 };

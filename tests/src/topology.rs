@@ -169,7 +169,7 @@ impl Topology {
         for (ns, dev) in [(client.clone(), "c0"), (sw.clone(), "sw-lb")] {
             let pin = pins.join(dev);
             in_ns(&ns, move || {
-                let ifindex = lb_ctl::netdev::ifindex(dev).expect("peer interface");
+                let ifindex = lb_ctl::write::netdev::ifindex(dev).expect("peer interface");
                 crate::testrun::attach_pass_pinned(ifindex, &pin);
             });
         }
@@ -216,7 +216,7 @@ impl Topology {
         // r0 receives what lb_xdp redirects or sends back (see `create`).
         let pin = pins.join("r0");
         in_ns(&router, move || {
-            let ifindex = lb_ctl::netdev::ifindex("r0").expect("router interface");
+            let ifindex = lb_ctl::write::netdev::ifindex("r0").expect("router interface");
             crate::testrun::attach_pass_pinned(ifindex, &pin);
         });
     }

@@ -18,7 +18,7 @@ pub fn packet_socket(dev: &str) -> (OwnedFd, libc::sockaddr_ll) {
     assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
     // SAFETY: fd is a fresh descriptor nobody else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let ifindex = lb_ctl::netdev::ifindex(dev).expect("interface");
+    let ifindex = lb_ctl::write::netdev::ifindex(dev).expect("interface");
     // SAFETY: all-zero is a valid sockaddr_ll.
     let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     addr.sll_family = libc::AF_PACKET as u16;

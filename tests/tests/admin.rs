@@ -273,8 +273,8 @@ fn stats_page_renders_in_a_real_browser() {
     let _ = std::fs::remove_file(&screenshot);
     // Without admin.token_file, lb-ctl run generated the token the
     // operator gives the browser: Basic credentials in the URL.
-    let token_file = lb_ctl::api::token::generated_path(&lab.run_dir(), 9100);
-    let token = lb_ctl::api::token::read_any(&token_file).expect("the generated token");
+    let token_file = lb_ctl::daemon::api::token::generated_path(&lab.run_dir(), 9100);
+    let token = lb_ctl::daemon::api::token::read_any(&token_file).expect("the generated token");
     let browse = |extra: &[&str]| {
         let profile = lab.dir.join("chromium-profile");
         let out = Command::new("nsenter")

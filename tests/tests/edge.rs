@@ -7,7 +7,7 @@
 use std::net::Ipv4Addr;
 
 use lb_common::counter::Counter;
-use lb_ctl::model::ReversePath;
+use lb_ctl::desired::model::ReversePath;
 use lb_tests::{
     fixture::*,
     netns::{in_ns, ns_sh},
@@ -867,9 +867,9 @@ fn replies_to_our_own_addresses_are_dropped() {
 
         // An expired record vouches for nothing: a handshake record older
         // than the SYN timeout (200 ms, 2 ticks here).
-        let timeouts = lb_ctl::model::Timeouts {
+        let timeouts = lb_ctl::desired::model::Timeouts {
             tcp_syn: std::time::Duration::from_millis(200),
-            ..lb_ctl::model::Timeouts::default()
+            ..lb_ctl::desired::model::Timeouts::default()
         };
         loaded.reconciler.maps_mut().set_timeouts(&timeouts).expect("timeouts");
         let from_on = Ipv4::tcp((on, 443), (WEB1, 46_300), TCP_SYN | TCP_ACK, b"");

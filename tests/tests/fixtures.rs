@@ -1050,7 +1050,7 @@ fn a_down_backend_resets_tcp_flows_and_moves_udp_flows() {
     let ns = FixtureNs::create("lbt-fix");
     in_ns(&ns.name, || {
         let mut loaded = Loaded::new(4096);
-        let services = lb_ctl::config::parse(&config()).unwrap().services;
+        let services = lb_ctl::desired::config::parse(&config()).unwrap().services;
         let find = |name: &str| services.iter().find(|s| s.name == name).unwrap().clone();
 
         // A TCP flow and a UDP flow, both established.
@@ -1069,8 +1069,8 @@ fn a_down_backend_resets_tcp_flows_and_moves_udp_flows() {
         let web = find("web");
         let shared = find("shared");
         let down = [
-            lb_ctl::plan::backend_key(&web, WEB1, 8080),
-            lb_ctl::plan::backend_key(&shared, WEB3, 7000),
+            lb_ctl::plan::ids::backend_key(&web, WEB1, 8080),
+            lb_ctl::plan::ids::backend_key(&shared, WEB3, 7000),
         ];
         loaded.reconciler.set_down(down.into_iter().collect()).expect("set down");
 
@@ -1124,12 +1124,12 @@ fn a_down_backends_tcp_packet_no_reset_answers_is_dropped() {
     let ns = FixtureNs::create("lbt-fix");
     in_ns(&ns.name, || {
         let mut loaded = Loaded::new(4096);
-        let services = lb_ctl::config::parse(&config()).unwrap().services;
+        let services = lb_ctl::desired::config::parse(&config()).unwrap().services;
         let web = services.iter().find(|s| s.name == "web").unwrap();
         loaded.handshake((CLIENT, CLIENT_PORT), (VIP, 80));
         let data = data_acking(CLIENT_PORT, 5000);
         assert_eq!(loaded.run(&from_client(&data), IF_CLIENT).action, XDP_REDIRECT);
-        let down = lb_ctl::plan::backend_key(web, WEB1, 8080);
+        let down = lb_ctl::plan::ids::backend_key(web, WEB1, 8080);
         loaded.reconciler.set_down([down].into_iter().collect()).expect("set down");
 
         let mut with_options = data.clone();
@@ -1337,12 +1337,12 @@ fn expired_connections_count_as_absent() {
     let ns = FixtureNs::create("lbt-fix");
     in_ns(&ns.name, || {
         let mut loaded = Loaded::new(4096);
-        let timeouts = lb_ctl::model::Timeouts {
+        let timeouts = lb_ctl::desired::model::Timeouts {
             tcp_established: std::time::Duration::from_millis(200), // 2 ticks
-            ..lb_ctl::model::Timeouts::default()
+            ..lb_ctl::desired::model::Timeouts::default()
         };
         loaded.reconciler.maps_mut().set_timeouts(&timeouts).expect("timeouts");
-        let services = lb_ctl::config::parse(&config()).unwrap().services;
+        let services = lb_ctl::desired::config::parse(&config()).unwrap().services;
         // A flow of the rr service, established on web1 (the first in turn).
         let client = (CLIENT, 45_000);
         let ack = from_client(&Ipv4::tcp(client, (VIP_SCHEDULERS, 81), TCP_ACK, b""));
@@ -1397,7 +1397,7 @@ fn a_removed_backend_resets_its_tcp_flows() {
     let ns = FixtureNs::create("lbt-fix");
     in_ns(&ns.name, || {
         let mut loaded = Loaded::new(4096);
-        let mut services = lb_ctl::config::parse(&config()).unwrap().services;
+        let mut services = lb_ctl::desired::config::parse(&config()).unwrap().services;
         loaded.handshake((CLIENT, 46_000), (VIP, 80));
         let mut data = Ipv4::tcp((CLIENT, 46_000), (VIP, 80), TCP_ACK | TCP_PSH, b"more");
         if let L4::Tcp { ack, .. } = &mut data.l4 {

@@ -464,7 +464,7 @@ impl Snapshot {
             );
         }
         let json = lab.ctl_ok(&["stats", "--json"]);
-        let stats: lb_ctl::api::view::Stats =
+        let stats: lb_ctl::daemon::api::view::Stats =
             serde_json::from_str(&json).unwrap_or_else(|e| panic!("stats --json: {e}\n{json}"));
         eprintln!(
             "  connection table (lb-ctl stats, as last published): {} of {} entries live; frames lost at the veth before XDP: {}",

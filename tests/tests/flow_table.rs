@@ -169,7 +169,7 @@ fn a_drained_backend_keeps_a_flow_whose_syn_came_just_before_the_drain() {
         let client = (CLIENT, 50_300);
         let placed = send(&loaded, &Ipv4::tcp(client, RR, TCP_SYN, b""));
         assert_eq!(placed.0, WEB1);
-        let mut services = lb_ctl::config::parse(&config()).unwrap().services;
+        let mut services = lb_ctl::desired::config::parse(&config()).unwrap().services;
         let rr = services.iter_mut().find(|s| s.name == "rr").unwrap();
         rr.backends.iter_mut().find(|b| b.address == WEB1).unwrap().weight = 0;
         loaded.reconciler.apply(&services).expect("drain web1");
@@ -357,9 +357,9 @@ fn another_backends_fin_does_not_revive_an_expired_entry() {
     let ns = FixtureNs::create("lbt-ft");
     in_ns(&ns.name, || {
         let mut loaded = Loaded::new(4096);
-        let timeouts = lb_ctl::model::Timeouts {
+        let timeouts = lb_ctl::desired::model::Timeouts {
             tcp_established: std::time::Duration::from_millis(200), // 2 ticks
-            ..lb_ctl::model::Timeouts::default()
+            ..lb_ctl::desired::model::Timeouts::default()
         };
         loaded.reconciler.maps_mut().set_timeouts(&timeouts).expect("timeouts");
         let client = (CLIENT, 51_000);
@@ -388,7 +388,8 @@ fn syn_seen_records_the_ack_of_a_syn_without_its_syn_ack() {
     in_ns(&ns.name, || {
         let mut loaded = Loaded::new(4096);
         let maps = loaded.reconciler.maps_mut();
-        maps.set_handshake_proof(lb_ctl::model::HandshakeProof::SynSeen).expect("syn-seen");
+        maps.set_handshake_proof(lb_ctl::desired::model::HandshakeProof::SynSeen)
+            .expect("syn-seen");
         let client = (CLIENT, 51_100);
         let placed = send(&loaded, &Ipv4::tcp(client, RR, TCP_SYN, b""));
         let ack = tcp(client, RR, TCP_ACK, CLIENT_ISN + 1, 0x0bad_cafe);

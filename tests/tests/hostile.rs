@@ -1678,7 +1678,7 @@ fn hostile_corpus() {
     assert_eq!(cases.len(), 496, "corpus cases");
     let failures = in_ns(&ns.name, move || {
         let mut loaded = Loaded::new(4096);
-        let config = lb_ctl::config::parse(&config()).expect("fixture config");
+        let config = lb_ctl::desired::config::parse(&config()).expect("fixture config");
         let oracle = Oracle::new(&config).with_tables(hash_tables(&loaded));
         let mut failures = Vec::new();
         for c in &cases {
@@ -2141,9 +2141,9 @@ fn random_mutations_are_translated_exactly_or_left_alone() {
         loaded
             .reconciler
             .maps_mut()
-            .set_policy(1_000_000_000, lb_ctl::model::ReversePath::Strict)
+            .set_policy(1_000_000_000, lb_ctl::desired::model::ReversePath::Strict)
             .expect("raising the answer budget");
-        let config = lb_ctl::config::parse(&config()).expect("fixture config");
+        let config = lb_ctl::desired::config::parse(&config()).expect("fixture config");
         let oracle = Oracle::new(&config).with_tables(hash_tables(&loaded));
         let pools = Pools::new(&oracle);
         let bases = bases();

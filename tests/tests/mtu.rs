@@ -429,7 +429,7 @@ fn reassembled_forwarded(lab: &Lab, want: u64) -> (u64, u64) {
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         let json = lab.ctl_ok(&["stats", "--json"]);
-        let stats: lb_ctl::api::view::Stats =
+        let stats: lb_ctl::daemon::api::view::Stats =
             serde_json::from_str(&json).unwrap_or_else(|e| panic!("stats --json: {e}\n{json}"));
         let got = (stats.reassembled.forwarded, stats.reassembled.dropped);
         if got.0 >= want || Instant::now() > deadline {

@@ -12,7 +12,7 @@ use std::{
 };
 
 use lb_common::abi::{CONN_ESTABLISHED, Conn, Flow, PROTO_TCP};
-use lb_ctl::dataplane::conn_table::ConnTable;
+use lb_ctl::write::dataplane::conn_table::ConnTable;
 use lb_tests::{
     harness::{EchoConn, FAST_CHECKS, Lab, Setup, http_get, http_request, http_request_within},
     netns::{in_ns, ns_sh},

@@ -19,7 +19,7 @@ use std::{
     os::fd::{AsRawFd as _, OwnedFd},
 };
 
-use lb_ctl::{model::Service, reconciler::Reconciler};
+use lb_ctl::{desired::model::Service, write::reconciler::Reconciler};
 
 use crate::{
     fixture::{Loaded, load_maps},

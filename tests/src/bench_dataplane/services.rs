@@ -5,7 +5,7 @@
 use std::{fmt::Write as _, net::Ipv4Addr, time::Instant};
 
 use lb_common::abi::{MAX_BACKENDS, MAX_SERVICES};
-use lb_ctl::config;
+use lb_ctl::desired::config;
 
 use super::{
     Baseline, Part, Rng, fresh_client, handshake::Path, load_services, measure, rows, rows_json,

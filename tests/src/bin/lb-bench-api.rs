@@ -39,7 +39,7 @@ fn main() {
     let small = in_ns(&lb, move || add_latency(&lab_run_dir, ADMIN, "web", CALLS));
     let first = first_packet(&lab);
     let big = BigController::start();
-    let big_run_dir = lb_ctl::api::token::run_dir();
+    let big_run_dir = lb_ctl::daemon::api::token::run_dir();
     let large = in_ns(BIG_NS, move || add_latency(&big_run_dir, BIG_ADMIN, "s0", CALLS));
     let (rss_kib, hwm_kib) = big.memory();
     let ready = big.ready;
@@ -125,7 +125,7 @@ impl Latencies {
 /// bench's configs).
 fn bearer(run_dir: &std::path::Path, admin: &str) -> String {
     let port = admin.rsplit(':').next().and_then(|p| p.parse().ok()).expect("admin port");
-    let path = lb_ctl::api::token::generated_path(run_dir, port);
+    let path = lb_ctl::daemon::api::token::generated_path(run_dir, port);
     let token = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("the generated token {}: {e}", path.display()));
     format!("Bearer {}", token.trim())

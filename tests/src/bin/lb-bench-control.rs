@@ -9,7 +9,7 @@ use std::{
 };
 
 use lb_common::abi::MAGLEV_SIZE;
-use lb_ctl::maglev::{Entry, build};
+use lb_ctl::plan::maglev::{Entry, build};
 
 const SIZES: [u32; 3] = [10, 100, 1000];
 const BUILDS: usize = 15;

@@ -9,8 +9,8 @@ use std::{
 use aya::maps::{Array, Map, MapData};
 use lb_common::abi::{BACKEND_DOWN, Backend, MAX_BACKENDS};
 use lb_ctl::{
-    health::Monitor,
-    model::{AdminState, Backend as BackendSpec, HealthCheck, Probe, Protocol, Service},
+    daemon::health::Monitor,
+    desired::model::{AdminState, Backend as BackendSpec, HealthCheck, Probe, Protocol, Service},
 };
 use lb_tests::{
     harness::{FAST_CHECKS, Lab, built_bin},
@@ -179,8 +179,8 @@ fn capacity() -> Capacity {
                 vip: Ipv4Addr::new(10, 77, 9, 100),
                 port: 80,
                 protocol: Protocol::Tcp,
-                scheduler: lb_ctl::model::Scheduler::Maglev,
-                forwarding: lb_ctl::model::Forwarding::Nat,
+                scheduler: lb_ctl::desired::model::Scheduler::Maglev,
+                forwarding: lb_ctl::desired::model::Forwarding::Nat,
                 reject: false,
                 health: Some(HealthCheck {
                     probe: Probe::Tcp,

@@ -10,7 +10,7 @@ use std::{
     thread::JoinHandle,
 };
 
-use lb_ctl::netdev;
+use lb_ctl::write::netdev;
 
 use super::{
     GEN_CPU,

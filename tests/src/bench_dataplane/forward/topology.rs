@@ -3,7 +3,7 @@
 use std::{fmt::Write as _, net::Ipv4Addr, os::fd::OwnedFd};
 
 use aya::programs::{Xdp, XdpMode};
-use lb_ctl::{config, netdev};
+use lb_ctl::{desired::config, write::netdev};
 
 use super::super::{load_services, pin_task_to_cpu, rawbpf};
 use crate::{

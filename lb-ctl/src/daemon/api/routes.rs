@@ -1,0 +1,410 @@
+//! The admin API's routes (README, "Operating it"). Each handler is also its OpenAPI entry (the
+//! `#[utoipa::path]` above it), so the document cannot drift from the code.
+// utoipa's expansion of `params(ConnsQuery)` qualifies paths it need not.
+#![allow(unused_qualifications)]
+use std::{sync::Arc, time::SystemTime};
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{
+        Extension, Path, Query, State,
+        rejection::{BytesRejection, PathRejection, QueryRejection},
+    },
+    http::{StatusCode, header},
+    response::{Html, IntoResponse, Response},
+};
+use serde::Deserialize;
+use tokio::sync::oneshot;
+use utoipa::{IntoParams, ToSchema};
+
+use super::{
+    ApiState, HandedOver,
+    error::{ApiError, ErrorBody},
+    metrics, page,
+    view::{ConnView, ConnsList, ServiceView, Stats, conn_state_name, endpoint_text},
+};
+use crate::{
+    daemon::controller::Request,
+    desired::{
+        bounds::{MAX_NAME_LEN, MAX_WEIGHT},
+        changes::{Change, parse_backend_address},
+        json::{self, BodyError},
+        model::{AdminState, Protocol},
+        problem::Problem,
+        validate::is_service_name,
+        written::{RawBackend, RawService},
+    },
+};
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The newest view the controller published.
+fn stats(api: &ApiState) -> Arc<Stats> {
+    api.stats.borrow().clone()
+}
+
+fn find_service(stats: &Stats, name: &str) -> ApiResult<ServiceView> {
+    stats
+        .services
+        .iter()
+        .find(|s| s.name == name)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("no service named {name:?}")))
+}
+
+/// Sends `change` to the controller; answers once the kernel holds it.
+/// Until the queue takes it, the request may still time out (and nothing
+/// changes); from then on, the answer is the controller's.
+async fn change(api: &ApiState, handed_over: &HandedOver, change: Change) -> ApiResult<Arc<Stats>> {
+    let (reply, answer) = oneshot::channel();
+    let stopped = || ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the controller is stopping");
+    // Waiting for room is cancel-safe; the send that follows cannot fail
+    // or wait, so "queued" and "handed over" are one step.
+    let room = api.requests.reserve().await.map_err(|_| stopped())?;
+    handed_over.set();
+    room.send(Request { change, reply });
+    Ok(answer.await.map_err(|_| stopped())??)
+}
+
+/// A body that is not JSON of the right shape is the client's syntax error
+/// (400); a well-formed body with wrong values is 422.
+fn body_problems(e: &BodyError) -> ApiError {
+    let status = match e {
+        BodyError::Malformed(_) => StatusCode::BAD_REQUEST,
+        BodyError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    ApiError::problems(status, e.problems())
+}
+
+/// The service named `name` in a path: the config file's rules.
+fn service_name(path: Result<Path<String>, PathRejection>) -> ApiResult<String> {
+    let Path(name) = path?;
+    if is_service_name(&name) {
+        Ok(name)
+    } else {
+        // No such service can exist. A long name is not echoed back whole.
+        let shown: String = name.chars().take(MAX_NAME_LEN).collect();
+        let more = if shown.len() < name.len() { "…" } else { "" };
+        Err(ApiError::not_found(format!("no service named {shown:?}{more}")))
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/services", tag = "services",
+    responses((status = 200, description = "Every service with its backends, live", body = [ServiceView])))]
+pub async fn list_services(State(api): State<ApiState>) -> Response {
+    // Serialized from the shared view: no copy of every backend per request.
+    Json(&stats(&api).services).into_response()
+}
+
+#[utoipa::path(post, path = "/api/v1/services", tag = "services",
+    request_body(content = RawService, description = "The config file's `[[service]]` keys, in JSON; `backends` may be empty"),
+    responses(
+        (status = 201, description = "Created and in the kernel maps", body = ServiceView),
+        (status = 400, description = "Not JSON, a wrong type or an unknown field", body = ErrorBody),
+        (status = 409, description = "The name, VIP:port or a backend is taken", body = ErrorBody),
+        (status = 422, description = "A value is wrong; each problem names its field", body = ErrorBody)))]
+pub async fn add_service(
+    State(api): State<ApiState>,
+    Extension(handed_over): Extension<HandedOver>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<ServiceView>)> {
+    let service = json::service_from_json(&body?).map_err(|p| body_problems(&p))?;
+    let name = service.name.clone();
+    let changed = change(&api, &handed_over, Change::AddService(service)).await?;
+    Ok((StatusCode::CREATED, Json(find_service(&changed, &name)?)))
+}
+
+#[utoipa::path(get, path = "/api/v1/services/{name}", tag = "services",
+    params(("name" = String, Path, description = "The service's name")),
+    responses((status = 200, body = ServiceView), (status = 404, body = ErrorBody)))]
+pub async fn get_service(
+    State(api): State<ApiState>,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<ServiceView>> {
+    Ok(Json(find_service(&stats(&api), &service_name(name)?)?))
+}
+
+#[utoipa::path(put, path = "/api/v1/services/{name}", tag = "services",
+    params(("name" = String, Path, description = "The service's name")),
+    request_body(content = RawService, description = "The whole service; its `name` must be the path's"),
+    responses(
+        (status = 200, description = "Created or replaced, and in the kernel maps", body = ServiceView),
+        (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn put_service(
+    State(api): State<ApiState>,
+    Extension(handed_over): Extension<HandedOver>,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<ServiceView>> {
+    let name = service_name(name)?;
+    let service = json::service_from_json(&body?).map_err(|p| body_problems(&p))?;
+    if service.name != name {
+        return Err(ApiError::problems(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &[Problem {
+                key: "name".into(),
+                message: format!("{:?} differs from the path's {name:?}", service.name),
+            }],
+        ));
+    }
+    let changed = change(&api, &handed_over, Change::PutService(service)).await?;
+    Ok(Json(find_service(&changed, &name)?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/services/{name}", tag = "services",
+    params(("name" = String, Path, description = "The service's name")),
+    responses((status = 204, description = "Removed from the kernel maps"), (status = 404, body = ErrorBody)))]
+pub async fn delete_service(
+    State(api): State<ApiState>,
+    Extension(handed_over): Extension<HandedOver>,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult<StatusCode> {
+    change(&api, &handed_over, Change::RemoveService(service_name(name)?)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/api/v1/services/{name}/backends", tag = "backends",
+    params(("name" = String, Path, description = "The service's name")),
+    request_body(content = RawBackend, description = "`address` and `port`; `weight` (default 1) and `state` (default active) optional"),
+    responses(
+        (status = 201, description = "Added and in the kernel maps: the service with its backends", body = ServiceView),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "Already a backend of this or another service", body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+pub async fn add_backend(
+    State(api): State<ApiState>,
+    Extension(handed_over): Extension<HandedOver>,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<ServiceView>)> {
+    let service = service_name(name)?;
+    let backend = json::backend_from_json(&body?).map_err(|p| body_problems(&p))?;
+    let changed =
+        change(&api, &handed_over, Change::AddBackend { service: service.clone(), backend })
+            .await?;
+    Ok((StatusCode::CREATED, Json(find_service(&changed, &service)?)))
+}
+
+/// `PATCH` body: what to change on a backend.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackendPatch {
+    /// 0 to 65535; 0 drains.
+    weight: Option<i64>,
+    /// `active`, `drain` (no new flows) or `maint` (out at once, probes continue).
+    state: Option<String>,
+}
+
+impl BackendPatch {
+    fn validate(self) -> ApiResult<(Option<u32>, Option<AdminState>)> {
+        let mut problems = Vec::new();
+        let weight = self.weight.and_then(|w| match u32::try_from(w) {
+            Ok(w) if w <= MAX_WEIGHT => Some(w),
+            _ => {
+                problems.push(Problem {
+                    key: "weight".into(),
+                    message: format!("{w} is out of range (0 to {MAX_WEIGHT})"),
+                });
+                None
+            }
+        });
+        let state = self.state.and_then(|s| match s.as_str() {
+            "active" => Some(AdminState::Active),
+            "drain" => Some(AdminState::Drain),
+            "maint" => Some(AdminState::Maint),
+            other => {
+                problems.push(Problem {
+                    key: "state".into(),
+                    message: format!("{other:?} is not one of active, drain, maint"),
+                });
+                None
+            }
+        });
+        if problems.is_empty() && weight.is_none() && state.is_none() {
+            problems.push(Problem {
+                key: "body".into(),
+                message: "nothing to change: give \"weight\" and/or \"state\"".into(),
+            });
+        }
+        if problems.is_empty() {
+            Ok((weight, state))
+        } else {
+            Err(ApiError::problems(StatusCode::UNPROCESSABLE_ENTITY, &problems))
+        }
+    }
+}
+
+/// The `{name}` and `{backend}` (`address:port`) of a backend's path.
+fn backend_path(
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult<(String, std::net::SocketAddrV4)> {
+    let Path((name, backend)) = path?;
+    let name = service_name(Ok(Path(name)))?;
+    let at = parse_backend_address(&backend).ok_or_else(|| {
+        ApiError::problems(
+            StatusCode::BAD_REQUEST,
+            &[Problem {
+                key: "backend".into(),
+                message: format!("{backend:?} is not an IPv4 address:port"),
+            }],
+        )
+    })?;
+    Ok((name, at))
+}
+
+#[utoipa::path(patch, path = "/api/v1/services/{name}/backends/{backend}", tag = "backends",
+    params(("name" = String, Path, description = "The service's name"),
+           ("backend" = String, Path, description = "`address:port`, e.g. 10.77.2.11:80")),
+    request_body(content = BackendPatch),
+    responses(
+        (status = 200, description = "Changed and in the kernel maps: the service with its backends", body = ServiceView),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn patch_backend(
+    State(api): State<ApiState>,
+    Extension(handed_over): Extension<HandedOver>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<ServiceView>> {
+    let (service, backend) = backend_path(path)?;
+    let wanted: BackendPatch = json::from_json(&body?).map_err(|p| body_problems(&p))?;
+    let (weight, admin_state) = wanted.validate()?;
+    let set = Change::SetBackend { service: service.clone(), backend, weight, state: admin_state };
+    let changed = change(&api, &handed_over, set).await?;
+    Ok(Json(find_service(&changed, &service)?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/services/{name}/backends/{backend}", tag = "backends",
+    params(("name" = String, Path, description = "The service's name"),
+           ("backend" = String, Path, description = "`address:port`")),
+    responses(
+        (status = 200, description = "Removed from the kernel maps: the service with its remaining backends", body = ServiceView),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn delete_backend(
+    State(api): State<ApiState>,
+    Extension(handed_over): Extension<HandedOver>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult<Json<ServiceView>> {
+    let (service, backend) = backend_path(path)?;
+    let changed =
+        change(&api, &handed_over, Change::RemoveBackend { service: service.clone(), backend })
+            .await?;
+    Ok(Json(find_service(&changed, &service)?))
+}
+
+#[utoipa::path(get, path = "/api/v1/stats", tag = "stats",
+    responses((status = 200, description = "Services, backends, packet outcomes, connection table", body = Stats)))]
+pub async fn get_stats(State(api): State<ApiState>) -> Response {
+    Json(stats(&api).as_ref()).into_response()
+}
+
+/// Most connections one answer lists.
+const MAX_CONNS_LIMIT: usize = 100_000;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ConnsQuery {
+    /// Only this service's connections.
+    service: Option<String>,
+    /// At most this many entries (default 1000, at most 100000).
+    limit: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/api/v1/conns", tag = "stats", params(ConnsQuery),
+    responses(
+        (status = 200, description = "The connection table, like `ipvsadm -Lnc`", body = ConnsList),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list_conns(
+    State(api): State<ApiState>,
+    query: Result<Query<ConnsQuery>, QueryRejection>,
+) -> ApiResult<Json<ConnsList>> {
+    let Query(query) = query?;
+    let limit = query.limit.unwrap_or(1000).min(MAX_CONNS_LIMIT);
+    let now = stats(&api);
+    let only = query.service.as_deref().map(|name| find_service(&now, name)).transpose()?;
+    let vip_of = |s: &ServiceView| format!("{}:{}/{}", s.vip, s.port, s.protocol);
+    let filter = only.as_ref().map(|s| {
+        let protocol = if s.protocol == "udp" { Protocol::Udp } else { Protocol::Tcp };
+        let vip: std::net::Ipv4Addr = s.vip.parse().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+        lb_common::abi::Endpoint::new(vip.octets(), s.port, protocol.number())
+    });
+    let (listed, total) = api
+        .reconciler
+        .connections(limit, filter)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let by_vip: std::collections::HashMap<String, &str> =
+        now.services.iter().map(|s| (vip_of(s), s.name.as_str())).collect();
+    let conns: Vec<ConnView> = listed
+        .iter()
+        .map(|c| {
+            let f = c.entry.flow;
+            let protocol = if f.proto == lb_common::abi::PROTO_UDP { "udp" } else { "tcp" };
+            let vip = endpoint_text(f.dst, f.dport);
+            ConnView {
+                protocol: protocol.into(),
+                client: endpoint_text(f.src, f.sport),
+                service: by_vip.get(&format!("{vip}/{protocol}")).map(|s| (*s).to_owned()),
+                vip,
+                backend: c.backend.map(|b| endpoint_text(b.addr, b.port)),
+                state: conn_state_name(c.entry.conn.state).into(),
+                idle_ms: c.entry.idle.as_millis() as u64,
+                expires_in_ms: c.entry.expires_in.as_millis() as u64,
+            }
+        })
+        .collect();
+    Ok(Json(ConnsList { total, truncated: total > conns.len(), conns }))
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "monitoring",
+    responses((status = 200, description = "Prometheus/OpenMetrics text format", content_type = "application/openmetrics-text", body = String)))]
+pub async fn get_metrics(State(api): State<ApiState>) -> Response {
+    match api.renders.metrics.get(stats(&api), metrics::render).await {
+        Ok(body) => (
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            body,
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "monitoring",
+    responses((status = 200, description = "The controller answers", body = String)))]
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// The controller publishes a view every second; an older one means its
+/// loop is stuck.
+const READY_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(5);
+
+#[utoipa::path(get, path = "/readyz", tag = "monitoring",
+    responses((status = 200, description = "The data plane is attached on every interface and the controller's loop is live (keepalived's track_script runs `lb-ctl health`, which asks this)", body = String),
+              (status = 503, description = "Not ready", body = ErrorBody)))]
+pub async fn readyz(State(api): State<ApiState>) -> Response {
+    let stats = stats(&api);
+    let age = stats.published.map_or(READY_MAX_AGE, |t| t.elapsed());
+    let unavailable = |message| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message);
+    if age >= READY_MAX_AGE {
+        unavailable(format!("the controller has published nothing for {} ms", age.as_millis()))
+            .into_response()
+    } else if !stats.dataplane_problems.is_empty() {
+        unavailable(stats.dataplane_problems.join("; ")).into_response()
+    } else {
+        "ready\n".into_response()
+    }
+}
+
+#[utoipa::path(get, path = "/", tag = "monitoring",
+    responses((status = 200, description = "The stats page (HTML, refreshes itself every 2 s)", content_type = "text/html", body = String)))]
+pub async fn stats_page(State(api): State<ApiState>) -> ApiResult<Html<Bytes>> {
+    // The clock the page shows is its view's render time (the view is a
+    // second old at most).
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let page = api.renders.page.get(stats(&api), move |view| page::render(view, now)).await?;
+    Ok(Html(page))
+}

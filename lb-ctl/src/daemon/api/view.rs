@@ -1,0 +1,382 @@
+//! What the API answers: the live view of every service and backend. The
+//! same types are the CLI's, the stats page's and the metrics' input.
+use std::{collections::BTreeMap, net::Ipv4Addr, time::SystemTime};
+
+use lb_common::{
+    abi::{BackendConns, Traffic},
+    counter::Counter,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::{
+    daemon::health::state::{CheckResult, Status},
+    desired::{
+        model::{Probe, Service},
+        names::{Check, Named as _, OnNoBackend},
+    },
+    plan::ids::{BackendKey, backend_key, service_endpoint},
+    write::reconciler::Sample,
+};
+
+/// Everything at once: `GET /api/v1/stats`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct Stats {
+    /// `lb-ctl`'s version.
+    pub version: String,
+    pub uptime_s: u64,
+    pub services: Vec<ServiceView>,
+    /// Packets by outcome since the data plane started (`lb_counters`).
+    pub packets: BTreeMap<String, u64>,
+    pub conntrack: ConntrackView,
+    /// UDP datagrams to a VIP that came in fragments out of order, which
+    /// the kernel reassembled and the controller sent on (lb-ctl `reassembled`).
+    #[serde(default)]
+    pub reassembled: ReassembledView,
+    /// Services and backends that carry a change made through the API.
+    pub runtime_changes: RuntimeChanges,
+    /// What is wrong with the data plane's attachment (an interface no
+    /// longer running the XDP program); empty when all is well. `/readyz`
+    /// answers 503 while it is not empty.
+    pub dataplane_problems: Vec<String>,
+    /// When the controller published it (`/readyz` checks it is recent).
+    #[serde(skip)]
+    pub published: Option<std::time::Instant>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct ReassembledView {
+    /// Sent on to their backend.
+    pub forwarded: u64,
+    /// Dropped: no usable backend, direct routing, not reassembled, not sent.
+    pub dropped: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct ConntrackView {
+    /// Live (not expired) entries.
+    pub entries: u64,
+    pub capacity: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct RuntimeChanges {
+    pub services: usize,
+    pub backends: usize,
+    /// Where they are kept.
+    pub state_file: Option<String>,
+}
+
+/// A service: its settings (the config file's keys) and its live numbers.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct ServiceView {
+    pub name: String,
+    pub vip: String,
+    pub port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// `maglev`, `rr`, `wrr`, `lc` or `sh`.
+    pub scheduler: String,
+    /// `nat`.
+    pub forwarding: String,
+    /// `reject` or `drop`.
+    pub on_no_backend: String,
+    pub health: Option<HealthCheckView>,
+    pub traffic: TrafficView,
+    pub rates: RatesView,
+    /// Backends that take new flows now.
+    pub backends_in_rotation: usize,
+    pub backends: Vec<BackendView>,
+}
+
+/// `[service.health]`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct HealthCheckView {
+    /// `tcp` or `http`.
+    pub check: String,
+    pub path: Option<String>,
+    pub expect_status: Option<u16>,
+    pub expect_body: Option<String>,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct BackendView {
+    pub address: String,
+    pub port: u16,
+    pub weight: u32,
+    /// The operator's word: `active`, `drain` or `maint`.
+    pub state: String,
+    /// Whether new flows may go to it (active, weight > 0, not DOWN).
+    pub in_rotation: bool,
+    pub health: HealthView,
+    pub conns: ConnsView,
+    pub traffic: TrafficView,
+    pub rates: RatesView,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct HealthView {
+    /// `UP`, `DOWN`, `UNKNOWN` (not probed yet) or `UNCHECKED` (no health checks).
+    pub status: String,
+    pub last_check: Option<CheckView>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct CheckView {
+    pub ok: bool,
+    /// `HTTP 200`, `connection refused`, `timeout after 1000 ms`…
+    pub detail: String,
+    pub duration_ms: f64,
+    /// Unix time of the check, in milliseconds.
+    pub at_unix_ms: u64,
+}
+
+/// IPVS's ActiveConn (established) and InActConn (every other state).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct ConnsView {
+    pub active: u32,
+    pub inactive: u32,
+}
+
+/// Counted since the data plane started.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct TrafficView {
+    /// Client -> backend.
+    pub in_packets: u64,
+    pub in_bytes: u64,
+    /// Backend -> client.
+    pub out_packets: u64,
+    pub out_bytes: u64,
+    pub new_flows: u64,
+}
+
+/// Per second, over the last sampling interval (about a second).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct RatesView {
+    pub in_packets: f64,
+    pub in_bytes: f64,
+    pub out_packets: f64,
+    pub out_bytes: f64,
+    pub new_flows: f64,
+}
+
+/// One entry of the connection table, like a line of `ipvsadm -Lnc`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct ConnView {
+    pub protocol: String,
+    pub client: String,
+    pub vip: String,
+    /// `None` when the backend has been removed since.
+    pub backend: Option<String>,
+    pub service: Option<String>,
+    /// `SYN`, `ESTABLISHED`, `CLOSING`, `CLOSED` or `UDP`.
+    pub state: String,
+    /// Since the client's last packet.
+    pub idle_ms: u64,
+    /// Until the entry expires if the flow stays idle.
+    pub expires_in_ms: u64,
+}
+
+/// `GET /api/v1/conns`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct ConnsList {
+    /// Live entries in the table (all services).
+    pub total: usize,
+    /// Whether `conns` stops at the limit.
+    pub truncated: bool,
+    pub conns: Vec<ConnView>,
+}
+
+/// The last two samples of the data plane's counters, for totals and rates.
+#[derive(Clone, Debug, Default)]
+pub struct Samples {
+    pub last: Option<(std::time::Instant, Sample)>,
+    pub previous: Option<(std::time::Instant, Sample)>,
+}
+
+impl Samples {
+    pub fn push(&mut self, sample: Sample) {
+        self.previous = self.last.take();
+        self.last = Some((std::time::Instant::now(), sample));
+    }
+}
+
+/// What the view needs to know of a backend's health.
+pub trait HealthLookup {
+    /// `None`: the backend is not checked.
+    fn status(&self, key: &BackendKey) -> Option<(Status, Option<&CheckResult>)>;
+    /// Whether health checks keep it out of rotation.
+    fn is_down(&self, key: &BackendKey) -> bool;
+}
+
+/// The view of `services` from their health and the samples.
+pub fn services(
+    services: &[Service],
+    health: &impl HealthLookup,
+    samples: &Samples,
+) -> Vec<ServiceView> {
+    services.iter().map(|s| service(s, health, samples)).collect()
+}
+
+fn service(s: &Service, health: &impl HealthLookup, samples: &Samples) -> ServiceView {
+    let key = service_endpoint(s);
+    let traffic = |sample: &Sample| sample.services.get(&key).copied();
+    let backends: Vec<BackendView> = s
+        .backends
+        .iter()
+        .map(|b| {
+            let bkey = backend_key(s, b.address, b.port);
+            let status = health.status(&bkey);
+            let in_rotation = b.effective_weight() > 0 && !health.is_down(&bkey);
+            let live = |sample: &Sample| sample.backends.get(&bkey).copied();
+            let (t, conns) = latest(samples, live).unwrap_or_default();
+            BackendView {
+                address: b.address.to_string(),
+                port: b.port,
+                weight: b.weight,
+                state: b.state.name().into(),
+                in_rotation,
+                health: health_view(status),
+                conns: conns_view(conns),
+                traffic: traffic_view(&t),
+                rates: rates(samples, |sample| live(sample).map(|(t, _)| t)),
+            }
+        })
+        .collect();
+    ServiceView {
+        name: s.name.clone(),
+        vip: s.vip.to_string(),
+        port: s.port,
+        protocol: s.protocol.to_string(),
+        scheduler: s.scheduler.name().into(),
+        forwarding: s.forwarding.name().into(),
+        on_no_backend: OnNoBackend::of(s.reject).name().into(),
+        health: s.health.as_ref().map(|h| {
+            let (path, expect_status, expect_body) = match &h.probe {
+                Probe::Tcp => (None, None, None),
+                Probe::Http { path, expect_status, expect_body } => {
+                    (Some(path.clone()), Some(*expect_status), expect_body.clone())
+                }
+            };
+            HealthCheckView {
+                check: Check::of(&h.probe).name().into(),
+                path,
+                expect_status,
+                expect_body,
+                interval_ms: h.interval.as_millis() as u64,
+                timeout_ms: h.timeout.as_millis() as u64,
+                rise: h.rise,
+                fall: h.fall,
+            }
+        }),
+        traffic: traffic_view(&latest(samples, traffic).unwrap_or_default()),
+        rates: rates(samples, traffic),
+        backends_in_rotation: backends.iter().filter(|b| b.in_rotation).count(),
+        backends,
+    }
+}
+
+fn latest<T>(samples: &Samples, get: impl Fn(&Sample) -> Option<T>) -> Option<T> {
+    samples.last.as_ref().and_then(|(_, s)| get(s))
+}
+
+fn health_view(status: Option<(Status, Option<&CheckResult>)>) -> HealthView {
+    let Some((status, last)) = status else {
+        return HealthView { status: "UNCHECKED".into(), last_check: None };
+    };
+    HealthView {
+        status: status.to_string(),
+        last_check: last.map(|r| CheckView {
+            ok: r.ok,
+            detail: r.detail.clone(),
+            duration_ms: r.duration.as_secs_f64() * 1000.0,
+            at_unix_ms: r
+                .at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        }),
+    }
+}
+
+fn conns_view(c: BackendConns) -> ConnsView {
+    ConnsView { active: c.active, inactive: c.inactive }
+}
+
+fn traffic_view(t: &Traffic) -> TrafficView {
+    TrafficView {
+        in_packets: t.in_packets,
+        in_bytes: t.in_bytes,
+        out_packets: t.out_packets,
+        out_bytes: t.out_bytes,
+        new_flows: t.new_flows,
+    }
+}
+
+/// Per-second rates between the last two samples (zero until there are two).
+fn rates(samples: &Samples, get: impl Fn(&Sample) -> Option<Traffic>) -> RatesView {
+    let (Some((t1, s1)), Some((t0, s0))) = (&samples.last, &samples.previous) else {
+        return RatesView::default();
+    };
+    let (Some(now), Some(before)) = (get(s1), get(s0)) else {
+        return RatesView::default();
+    };
+    let seconds = t1.duration_since(*t0).as_secs_f64();
+    if seconds <= 0.0 {
+        return RatesView::default();
+    }
+    // A counter that went backwards (a backend id reused) has no rate.
+    let per_second = |a: u64, b: u64| a.saturating_sub(b) as f64 / seconds;
+    RatesView {
+        in_packets: per_second(now.in_packets, before.in_packets),
+        in_bytes: per_second(now.in_bytes, before.in_bytes),
+        out_packets: per_second(now.out_packets, before.out_packets),
+        out_bytes: per_second(now.out_bytes, before.out_bytes),
+        new_flows: per_second(now.new_flows, before.new_flows),
+    }
+}
+
+/// Packet outcomes by their counter names.
+pub fn packets(samples: &Samples) -> BTreeMap<String, u64> {
+    let outcomes = latest(samples, |s| Some(s.outcomes.clone())).unwrap_or_default();
+    Counter::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name().to_owned(), outcomes.get(i).copied().unwrap_or(0)))
+        .collect()
+}
+
+/// The name of a connection state, as `ipvsadm -Lnc` writes it.
+pub fn conn_state_name(state: u8) -> &'static str {
+    use lb_common::abi::{CONN_CLOSED, CONN_CLOSING, CONN_ESTABLISHED, CONN_SYN, CONN_UDP};
+    match state {
+        CONN_SYN => "SYN",
+        CONN_ESTABLISHED => "ESTABLISHED",
+        CONN_CLOSING => "CLOSING",
+        CONN_CLOSED => "CLOSED",
+        CONN_UDP => "UDP",
+        _ => "UNKNOWN",
+    }
+}
+
+/// `a.b.c.d:port`.
+pub fn endpoint_text(addr: [u8; 4], port: u16) -> String {
+    format!("{}:{port}", Ipv4Addr::from(addr))
+}
+
+/// `3d 4h 5m 6s`, leading zero units left out.
+pub fn duration_text(s: u64) -> String {
+    let (d, h, m, s) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    if d > 0 {
+        format!("{d}d {h}h {m}m {s}s")
+    } else if h > 0 {
+        format!("{h}h {m}m {s}s")
+    } else if m > 0 {
+        format!("{m}m {s}s")
+    } else {
+        format!("{s}s")
+    }
+}

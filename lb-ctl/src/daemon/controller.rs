@@ -1,0 +1,550 @@
+//! The controller's state and its every move: the config file, the runtime
+//! changes on top of it, the health of each backend, the counters. One task
+//! owns it (`control_loop`); the admin API asks it for changes and reads what it
+//! publishes.
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Instant,
+};
+
+use tokio::sync::{oneshot, watch};
+use tracing::{error, info, warn};
+
+use crate::{
+    daemon::{
+        api::view::{
+            self, ConntrackView, HealthLookup, ReassembledView, RuntimeChanges, Samples, Stats,
+        },
+        health::{
+            self,
+            state::{CheckResult, Status},
+        },
+        run::{self, Overrides},
+    },
+    desired::{
+        changes::{self, Change, ChangeError, Changes},
+        config::Config,
+        model::{AdminState, Service},
+        names::Named as _,
+    },
+    plan::ids::{BackendKey, PlanError},
+    write::reconciler::{self, ReconcileError},
+};
+
+/// Why a change through the API was not made; nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Refused(#[from] ChangeError),
+    #[error("the change does not fit: {0}")]
+    DoesNotFit(PlanError),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A change asked by the API, answered once the kernel holds it.
+pub struct Request {
+    pub change: Change,
+    pub reply: oneshot::Sender<Result<Arc<Stats>, ControlError>>,
+}
+
+pub struct Controller {
+    config_path: PathBuf,
+    overrides: Overrides,
+    /// The config file as last loaded.
+    config: Config,
+    changes: Changes,
+    state_path: PathBuf,
+    /// What runs: the file's services with the runtime changes applied.
+    services: Vec<Service>,
+    health: health::Monitor,
+    reconciler: reconciler::Handle,
+    samples: Samples,
+    /// What the last sample found wrong with the data plane (`/readyz`).
+    dataplane_problems: Vec<String>,
+    started: Instant,
+    published: watch::Sender<Arc<Stats>>,
+    /// A health change the reconciler could not apply yet.
+    health_pending: bool,
+    /// The maps may hold part of a failed change (see `restore`).
+    restore_pending: bool,
+}
+
+impl HealthLookup for health::Monitor {
+    fn status(&self, key: &BackendKey) -> Option<(Status, Option<&CheckResult>)> {
+        health::Monitor::status(self, key)
+    }
+
+    fn is_down(&self, key: &BackendKey) -> bool {
+        self.status(key).is_some_and(|(s, _)| !s.is_usable())
+    }
+}
+
+impl Controller {
+    /// Restores the runtime changes over `config`, applies the result and
+    /// starts the health checks.
+    pub async fn start(
+        config_path: PathBuf,
+        overrides: Overrides,
+        config: Config,
+        reconciler: reconciler::Handle,
+    ) -> anyhow::Result<(Self, watch::Receiver<Arc<Stats>>)> {
+        let state_path = state_path(&config_path, &config);
+        let changes = Changes::load(&state_path)?;
+        let services = replay(&changes, &config.services, &state_path);
+        // An adopted data plane's DOWN backends (maintenance included) stay
+        // out until their probes bring them back.
+        let held_down = reconciler.down().await?;
+        reconciler.apply(services.clone()).await?;
+        let mut health = health::Monitor::default();
+        health.sync(&services);
+        health.assume_down(&held_down);
+        let (published, view) = watch::channel(Arc::new(Stats::default()));
+        let mut controller = Self {
+            config_path,
+            overrides,
+            config,
+            changes,
+            state_path,
+            services,
+            health,
+            reconciler,
+            samples: Samples::default(),
+            dataplane_problems: Vec::new(),
+            started: Instant::now(),
+            published,
+            health_pending: false,
+            restore_pending: false,
+        };
+        // The health view replaces whatever an adopted data plane held
+        // (a backend DOWN before may have lost its checks since).
+        controller.apply_health().await;
+        controller.publish();
+        Ok((controller, view))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn services(&self) -> &[Service] {
+        &self.services
+    }
+
+    /// Makes `change`, keeps it in the state file, and answers with the new
+    /// view. The kernel holds the change before the answer; if the state
+    /// file cannot be written, the change is undone.
+    pub async fn change(&mut self, change: Change) -> Result<Arc<Stats>, ControlError> {
+        let next = changes::apply(&self.services, &change)?;
+        if let Err(e) = self.reconciler.apply(next.clone()).await {
+            // A plan that does not fit wrote nothing; a failed write may
+            // have left part of the change in the maps.
+            if matches!(e, ReconcileError::Dataplane(_)) {
+                error!(error = %e, "undoing the change: writing it failed midway");
+                self.restore().await;
+            }
+            return Err(reconcile_error(e));
+        }
+        let mut recorded = self.changes.clone();
+        recorded.record(&change, &next);
+        if let Err(e) = recorded.save(&self.state_path) {
+            error!(error = %e, "undoing the change: it could not be kept");
+            self.restore().await;
+            return Err(ControlError::Failed(e.to_string()));
+        }
+        log_change(&change);
+        self.changes = recorded;
+        self.services = next;
+        self.health.sync(&self.services);
+        self.apply_health().await;
+        Ok(self.publish())
+    }
+
+    /// Makes the maps hold what runs again, after a change that failed; if
+    /// that fails too, every sample retries until it works.
+    async fn restore(&mut self) {
+        match self.reconciler.apply(self.services.clone()).await {
+            Ok(_) => self.restore_pending = false,
+            Err(e) => {
+                error!(error = %e, "restoring the running state failed; retrying every second");
+                self.restore_pending = true;
+            }
+        }
+    }
+
+    /// SIGHUP: the file's services, with the runtime changes on top, if
+    /// the file is valid; otherwise keep running what runs and say why.
+    pub async fn reload(&mut self) {
+        // Reading the file may resolve the syslog host: a DNS server that
+        // drops queries holds that for seconds, which must not hold up the
+        // probes' timers on this thread.
+        let (path, overrides) = (self.config_path.clone(), self.overrides.clone());
+        let loaded = tokio::task::spawn_blocking(move || run::load(&path, &overrides)).await;
+        let Ok(loaded) = loaded else {
+            error!("reload: reading the configuration failed (the reading thread died)");
+            return;
+        };
+        let next = match loaded {
+            Ok(next) => next,
+            Err(refused) => {
+                error!(problems = ?refused.0, "reload refused; keeping the running configuration");
+                return;
+            }
+        };
+        if next.dataplane != self.config.dataplane
+            || next.admin != self.config.admin
+            || next.log != self.config.log
+        {
+            warn!(
+                "[dataplane], [admin] and [log] changes take effect at the next start; applying services only"
+            );
+        }
+        let services = replay(&self.changes, &next.services, &self.state_path);
+        match self.reconciler.apply(services.clone()).await {
+            Ok(applied) => {
+                info!(writes = applied.writes, "configuration reloaded");
+                self.config = Config {
+                    dataplane: self.config.dataplane.clone(),
+                    admin: self.config.admin.clone(),
+                    log: self.config.log.clone(),
+                    ..next
+                };
+                self.services = services;
+                self.health.sync(&self.services);
+                self.apply_health().await;
+                self.publish();
+            }
+            // Undone at once, as a failed API change is: left half-applied,
+            // the next health change would silently revert it (the
+            // reconciler's desired state is still the running one), and
+            // until then the maps would hold a mix of both configurations.
+            Err(e @ ReconcileError::Dataplane(_)) => {
+                error!(error = %e, "reload failed midway and is undone; the running configuration stays, the next reload (SIGHUP) tries again");
+                self.restore().await;
+            }
+            Err(e) => {
+                error!(error = %e, "reload refused; keeping the running configuration");
+            }
+        }
+    }
+
+    /// Checks the programs' attachment, reads the counters (and recounts
+    /// connections), then publishes. Either failing makes `/readyz` say so.
+    pub async fn sample(&mut self) {
+        let mut problems = self
+            .reconciler
+            .attachment_problems()
+            .await
+            .unwrap_or_else(|e| vec![format!("cannot check the data plane's attachment: {e}")]);
+        match self.reconciler.sample().await {
+            Ok(sample) => self.samples.push(sample),
+            Err(e) => {
+                warn!(error = %e, "cannot read the data plane's counters");
+                problems.push(format!("cannot read the data plane's counters: {e}"));
+            }
+        }
+        self.dataplane_problems = problems;
+        if self.restore_pending {
+            self.restore().await;
+        }
+        if self.health_pending {
+            self.apply_health().await;
+        }
+        self.publish();
+    }
+
+    /// Waits for a backend's health to change. Cancel-safe (a `select!`
+    /// branch): the change is recorded when this returns, and applied by
+    /// `health_changed`, which must not be cancelled.
+    pub async fn next_health_change(&mut self) {
+        self.health.next_transition().await;
+    }
+
+    /// Applies the health change `next_health_change` saw.
+    pub async fn health_changed(&mut self) {
+        self.apply_health().await;
+        self.publish();
+    }
+
+    /// DOWN backends leave the scheduler's tables (only their own Maglev
+    /// slots move), and come back when UP again.
+    async fn apply_health(&mut self) {
+        let down = self.health.down();
+        let count = down.len();
+        match self.reconciler.set_down(down).await {
+            Ok(applied) => {
+                if applied.writes > 0 {
+                    info!(down = count, writes = applied.writes, "health applied");
+                }
+                self.health_pending = false;
+            }
+            Err(e) => {
+                error!(error = %e, "applying health states failed; retrying within a second");
+                self.health_pending = true;
+            }
+        }
+    }
+
+    /// The view of everything, for the API's readers.
+    fn publish(&self) -> Arc<Stats> {
+        let (services, backends) = self.changes.len();
+        let last = self.samples.last.as_ref();
+        let stats = Arc::new(Stats {
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_s: self.started.elapsed().as_secs(),
+            services: view::services(&self.services, &self.health, &self.samples),
+            packets: view::packets(&self.samples),
+            conntrack: ConntrackView {
+                entries: last.map_or(0, |(_, s)| s.tracked),
+                capacity: u64::from(self.config.dataplane.conntrack_max),
+            },
+            reassembled: {
+                let counts = self.reconciler.reassembled();
+                ReassembledView {
+                    forwarded: counts.forwarded.load(std::sync::atomic::Ordering::Relaxed),
+                    dropped: counts.dropped.load(std::sync::atomic::Ordering::Relaxed),
+                }
+            },
+            runtime_changes: RuntimeChanges {
+                services,
+                backends,
+                state_file: Some(self.state_path.display().to_string()),
+            },
+            dataplane_problems: self.dataplane_problems.clone(),
+            published: Some(Instant::now()),
+        });
+        self.published.send_replace(Arc::clone(&stats));
+        stats
+    }
+}
+
+/// Where `config`'s runtime changes are kept.
+pub fn state_path(config_path: &Path, config: &Config) -> PathBuf {
+    config.admin.state_file.clone().unwrap_or_else(|| changes::default_state_path(config_path))
+}
+
+/// Reads the state file `start` will read, so that `run` refuses an
+/// unusable one before it touches the data plane.
+pub fn check_state_file(config_path: &Path, config: &Config) -> Result<(), changes::StateError> {
+    Changes::load(&state_path(config_path, config)).map(drop)
+}
+
+fn reconcile_error(e: ReconcileError) -> ControlError {
+    match e {
+        ReconcileError::Plan(p) => ControlError::DoesNotFit(p),
+        other => ControlError::Failed(other.to_string()),
+    }
+}
+
+/// The file's services with the runtime changes on top; says what it
+/// restored and what no longer fits.
+fn replay(changes: &Changes, base: &[Service], state_path: &Path) -> Vec<Service> {
+    let (services, skipped) = changes.replay(base);
+    if !changes.is_empty() {
+        let (s, b) = changes.len();
+        info!(
+            state_file = %state_path.display(),
+            services = s,
+            backends = b,
+            "runtime changes restored over the config file"
+        );
+    }
+    for s in skipped {
+        warn!(change = %s.what, reason = %s.why, "runtime change no longer applies; skipped");
+    }
+    services
+}
+
+/// Every admin action is logged (and so reaches syslog).
+fn log_change(change: &Change) {
+    let service = change.service();
+    match change {
+        Change::AddService(s) => {
+            info!(service, vip = %s.vip, port = s.port, "admin: service added");
+        }
+        Change::PutService(s) => {
+            info!(service, vip = %s.vip, port = s.port, "admin: service replaced");
+        }
+        Change::RemoveService(_) => info!(service, "admin: service removed"),
+        Change::AddBackend { backend: b, .. } | Change::PutBackend { backend: b, .. } => {
+            info!(service, backend = %format!("{}:{}", b.address, b.port), weight = b.weight, state = %b.state, "admin: backend added");
+        }
+        Change::SetBackend { backend, weight, state, .. } => {
+            info!(service, %backend, weight = ?weight, state = ?state.map(AdminState::name), "admin: backend changed");
+        }
+        Change::RemoveBackend { backend, .. } => info!(service, %backend, "admin: backend removed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
+
+    use lb_common::abi::BACKEND_DOWN;
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::{
+        desired::config,
+        plan::ids::backend_key,
+        write::{
+            dataplane::fake::FakeMaps,
+            reconciler::{Reconciler, spawn},
+        },
+    };
+
+    /// A directory under the system's temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(test: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("lb-ctl-{}-{test}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// The DOWN flag of each backend the maps hold, by port (all on 127.0.0.1).
+    fn down_flags(fake: &FakeMaps) -> BTreeSet<(u16, bool)> {
+        let image = fake.state.lock().unwrap();
+        image.backends.values().map(|b| (b.port, b.flags & BACKEND_DOWN != 0)).collect()
+    }
+
+    /// A reload whose map writes fail midway is undone at once, as the log
+    /// says: the maps hold the running configuration again (not a mix that
+    /// the next health change would revert silently), and the next SIGHUP
+    /// applies the file.
+    #[tokio::test]
+    async fn a_reload_that_fails_midway_is_undone_and_the_next_sighup_retries_it() {
+        let dir = TempDir::new("reload-fails");
+        let text = |backends: &[u8]| {
+            let mut t = format!(
+                "[dataplane]\ninterfaces = [\"lo\"]\n[admin]\nstate_file = \"{}\"\n\n[[service]]\nname = \"web\"\nvip = \"10.77.1.100\"\nport = 80\nscheduler = \"rr\"\n",
+                dir.0.join("lb.state.json").display()
+            );
+            for last in backends {
+                t.push_str("  [[service.backend]]\n  address = \"10.77.2.");
+                t.push_str(&last.to_string());
+                t.push_str("\"\n  port = 80\n");
+            }
+            t
+        };
+        let config_path = dir.0.join("lb.toml");
+        std::fs::write(&config_path, text(&[11, 12])).unwrap();
+        let config = config::parse(&text(&[11, 12])).unwrap();
+        let fake = FakeMaps::default();
+        let (handle, _task) = spawn(Reconciler::new(fake.clone())).unwrap();
+        let (mut controller, _view) =
+            Controller::start(config_path.clone(), Overrides::default(), config, handle)
+                .await
+                .unwrap();
+        let running = fake.state.lock().unwrap().clone();
+
+        std::fs::write(&config_path, text(&[13, 14, 15])).unwrap();
+        // Past the counter resets and one new backend: a partial write.
+        *fake.fail_once_after.lock().unwrap() = Some(4);
+        controller.reload().await;
+        // (Images hold 65537-slot tables: compared, not printed.)
+        assert!(*fake.state.lock().unwrap() == running, "the failed reload is not undone at once");
+        assert_eq!(controller.services()[0].backends.len(), 2, "the running services stay");
+
+        // A health change re-applies what runs: nothing moves.
+        controller.health_changed().await;
+        assert!(*fake.state.lock().unwrap() == running, "a health change moved the maps");
+
+        controller.reload().await;
+        let ports: BTreeSet<[u8; 4]> =
+            fake.state.lock().unwrap().backends.values().map(|b| b.addr).collect();
+        let want: BTreeSet<[u8; 4]> = [13, 14, 15].iter().map(|l| [10, 77, 2, *l]).collect();
+        assert_eq!(ports, want, "the next SIGHUP applies the file");
+    }
+
+    /// A backend DOWN in the data plane a new controller adopts stays DOWN
+    /// in its first image, although its probes now pass: it comes back
+    /// after `rise` of them, not at its first as a new backend would.
+    #[tokio::test]
+    async fn a_backend_held_down_stays_down_across_a_restart_until_rise_probes_pass() {
+        let dir = TempDir::new("held-down");
+        // Both backends accept connections: every TCP probe passes.
+        let held = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let other = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (held_port, other_port) =
+            (held.local_addr().unwrap().port(), other.local_addr().unwrap().port());
+        let text = format!(
+            r#"
+[dataplane]
+interfaces = ["lb-test0"]
+
+[admin]
+state_file = "{}"
+
+[[service]]
+name = "web"
+vip = "10.77.1.100"
+port = 80
+
+  [service.health]
+  check = "tcp"
+  interval_ms = 50
+  timeout_ms = 40
+  rise = 2
+  fall = 1
+
+  [[service.backend]]
+  address = "127.0.0.1"
+  port = {held_port}
+
+  [[service.backend]]
+  address = "127.0.0.1"
+  port = {other_port}
+"#,
+            dir.0.join("lb.state.json").display()
+        );
+        let config_path = dir.0.join("lb.toml");
+        std::fs::write(&config_path, &text).unwrap();
+        let config = config::parse(&text).unwrap();
+        let held_key = backend_key(&config.services[0], Ipv4Addr::LOCALHOST, held_port);
+
+        // What the previous controller left in the maps: `held` DOWN.
+        let fake = FakeMaps::default();
+        let mut previous = Reconciler::new(fake.clone());
+        previous.apply(&config.services).unwrap();
+        previous.set_down(BTreeSet::from([held_key])).unwrap();
+        drop(previous);
+        let left = BTreeSet::from([(held_port, true), (other_port, false)]);
+        assert_eq!(down_flags(&fake), left, "the previous controller's image");
+
+        let (handle, _task) = spawn(Reconciler::adopt(fake.clone()).unwrap()).unwrap();
+        let (mut controller, view) =
+            Controller::start(config_path, Overrides::default(), config, handle).await.unwrap();
+        // The first image and view, before any probe result is taken in.
+        assert_eq!(down_flags(&fake), left, "the new controller's first image");
+        let stats = view.borrow().clone();
+        let backend = stats.services[0].backends.iter().find(|b| b.port == held_port).unwrap();
+        assert_eq!(backend.health.status, "DOWN", "{backend:?}");
+        assert!(!backend.in_rotation, "{backend:?}");
+
+        // Its probes pass; it takes `rise` (2) of them, from DOWN, to bring it back.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let (key, transition) =
+                tokio::time::timeout_at(deadline, controller.health.next_transition())
+                    .await
+                    .expect("the held backend back UP within 5 s");
+            controller.health_changed().await;
+            if key == held_key {
+                assert_eq!((transition.from, transition.to), (Status::Down, Status::Up));
+                break;
+            }
+        }
+        assert_eq!(down_flags(&fake), BTreeSet::from([(held_port, false), (other_port, false)]));
+    }
+}

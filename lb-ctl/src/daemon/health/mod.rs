@@ -1,0 +1,565 @@
+//! Health checks: one prober task per checked backend, and a monitor that
+//! folds their results into each backend's rise/fall state.
+//!
+//! Probes of one backend run one after the other (never overlapping, since
+//! the timeout is below the interval); probes of different backends run
+//! concurrently, each backend starting at its own offset within the interval
+//! so that a thousand backends do not get probed in the same millisecond.
+mod local;
+pub mod probe;
+pub mod state;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use lb_common::{abi::Endpoint, hash::mix64};
+use tokio::{sync::mpsc, task::JoinHandle};
+use tracing::{info, warn};
+
+use self::{
+    local::LocalFailures,
+    probe::{Probed, Prober},
+    state::{CheckResult, Status, Tracker, Transition},
+};
+use crate::{
+    desired::model::{HealthCheck, Probe, Service},
+    plan::ids::{BackendKey, backend_key},
+};
+
+/// A checked backend: its prober task and its state.
+struct Checked {
+    check: HealthCheck,
+    tracker: Tracker,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Checked {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The health of every checked backend. Backends of services without a
+/// `[service.health]` section are not here: they always count as up.
+pub struct Monitor {
+    checked: HashMap<BackendKey, Checked>,
+    results_tx: mpsc::Sender<(BackendKey, Probed)>,
+    results_rx: mpsc::Receiver<(BackendKey, Probed)>,
+    /// Probe results received so far (for the benchmark and the stats).
+    results_seen: u64,
+    /// Probes this host could not make: no result, no change of state.
+    local: LocalFailures,
+}
+
+impl Default for Monitor {
+    fn default() -> Self {
+        let (results_tx, results_rx) = mpsc::channel(1024);
+        Self {
+            checked: HashMap::new(),
+            results_tx,
+            results_rx,
+            results_seen: 0,
+            local: LocalFailures::default(),
+        }
+    }
+}
+
+impl Monitor {
+    /// Starts probing new backends, stops probing removed ones, and restarts
+    /// those whose check changed. A backend whose check stays keeps its state.
+    pub fn sync(&mut self, services: &[Service]) {
+        let mut wanted = BTreeMap::new();
+        for s in services {
+            if let Some(check) = &s.health {
+                for b in &s.backends {
+                    wanted.insert(
+                        backend_key(s, b.address, b.port),
+                        (SocketAddr::from((b.address, b.port)), check),
+                    );
+                }
+            }
+        }
+        // A backend whose check changed is probed anew, but a DOWN one stays
+        // DOWN until its new check says otherwise.
+        let mut was_down = BTreeSet::new();
+        self.checked.retain(|key, checked| {
+            let keep = wanted.get(key).is_some_and(|(_, check)| **check == checked.check);
+            if !keep && checked.tracker.status() == Status::Down {
+                was_down.insert(*key);
+            }
+            keep
+        });
+        for (key, (addr, check)) in wanted {
+            if self.checked.contains_key(&key) {
+                continue;
+            }
+            let task =
+                tokio::spawn(probe_forever(key, addr, check.clone(), self.results_tx.clone()));
+            let mut tracker = Tracker::new(check.rise, check.fall);
+            if was_down.contains(&key) {
+                tracker = tracker.starting_down();
+            }
+            self.checked.insert(key, Checked { check: check.clone(), tracker, task });
+        }
+    }
+
+    /// Backends an adopted data plane held DOWN stay DOWN until `rise`
+    /// probes say otherwise, rather than taking flows until their first probe.
+    pub fn assume_down(&mut self, keys: &BTreeSet<BackendKey>) {
+        for (key, checked) in &mut self.checked {
+            if keys.contains(key) {
+                checked.tracker =
+                    Tracker::new(checked.check.rise, checked.check.fall).starting_down();
+            }
+        }
+    }
+
+    /// Waits for the next change of status, logging it with its cause.
+    pub async fn next_transition(&mut self) -> (BackendKey, Transition) {
+        loop {
+            let Some((key, probed)) = self.results_rx.recv().await else {
+                // The monitor holds a sender itself: the channel never closes.
+                std::future::pending::<()>().await;
+                continue;
+            };
+            let result = match probed {
+                Ok(result) => result,
+                // Neither a success nor a failure: the backend stays as it is.
+                Err(local) => {
+                    self.local.note(&endpoint_text(key.1), &local, Instant::now());
+                    continue;
+                }
+            };
+            self.results_seen += 1;
+            // A result from a prober that was just replaced or removed.
+            let Some(checked) = self.checked.get_mut(&key) else {
+                continue;
+            };
+            if let Some(transition) = checked.tracker.record(result) {
+                log(&key, &transition);
+                return (key, transition);
+            }
+        }
+    }
+
+    /// How many probe results have come in.
+    pub fn results_seen(&self) -> u64 {
+        self.results_seen
+    }
+
+    /// How many probes could not run for a local reason (no result).
+    pub fn local_failures(&self) -> u64 {
+        self.local.total()
+    }
+
+    /// The backends that must get no new flows.
+    pub fn down(&self) -> BTreeSet<BackendKey> {
+        self.checked
+            .iter()
+            .filter(|(_, c)| !c.tracker.status().is_usable())
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
+    /// A checked backend's status and last result.
+    pub fn status(&self, key: &BackendKey) -> Option<(Status, Option<&CheckResult>)> {
+        self.checked.get(key).map(|c| (c.tracker.status(), c.tracker.last()))
+    }
+}
+
+fn log(key: &BackendKey, t: &Transition) {
+    let backend = endpoint_text(key.1);
+    let service = endpoint_text(key.0);
+    let took = t.cause.duration.as_millis();
+    if t.to == Status::Down {
+        warn!(%service, %backend, from = %t.from, reason = %t.cause.detail, took_ms = took, "backend is DOWN");
+    } else {
+        info!(%service, %backend, from = %t.from, reason = %t.cause.detail, took_ms = took, "backend is UP");
+    }
+}
+
+fn endpoint_text(e: Endpoint) -> String {
+    format!("{}:{}", std::net::Ipv4Addr::from(e.addr), e.port)
+}
+
+/// Where in the interval a backend's probes fall: spread by a hash of the
+/// backend, so that probes of many backends do not come in bursts.
+pub fn start_offset(key: &BackendKey, interval: Duration) -> Duration {
+    let h = mix64(u64::from(u32::from_be_bytes(key.1.addr)) << 16 | u64::from(key.1.port));
+    let millis = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX).max(1);
+    Duration::from_millis(h % millis)
+}
+
+async fn probe_forever(
+    key: BackendKey,
+    addr: SocketAddr,
+    check: HealthCheck,
+    results: mpsc::Sender<(BackendKey, Probed)>,
+) {
+    let prober = match &check.probe {
+        Probe::Tcp => Prober::Tcp,
+        Probe::Http { path, expect_status, expect_body } => {
+            Prober::http(path, addr, *expect_status, expect_body.as_deref())
+        }
+    };
+    tokio::time::sleep(start_offset(&key, check.interval)).await;
+    let mut ticks = tokio::time::interval(check.interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let result = prober.run(addr, check.timeout).await;
+        if results.send((key, result)).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{self, Read as _},
+        net::Ipv4Addr,
+        sync::{Arc, Mutex},
+    };
+
+    use tokio::{net::TcpListener, time::Instant};
+
+    use super::*;
+    use crate::desired::model::{AdminState, Backend, Forwarding, Protocol, Scheduler};
+
+    /// A service on 10.77.1.100:80 checked with `check`, whose backends are
+    /// (loopback address, weight, state).
+    fn checked(check: HealthCheck, backends: &[(SocketAddr, u32, AdminState)]) -> Service {
+        Service {
+            name: "web".into(),
+            vip: Ipv4Addr::new(10, 77, 1, 100),
+            port: 80,
+            protocol: Protocol::Tcp,
+            scheduler: Scheduler::Maglev,
+            forwarding: Forwarding::Nat,
+            reject: true,
+            health: Some(check),
+            backends: backends
+                .iter()
+                .map(|&(addr, weight, state)| Backend {
+                    address: v4(addr),
+                    port: addr.port(),
+                    weight,
+                    state,
+                })
+                .collect(),
+        }
+    }
+
+    fn v4(addr: SocketAddr) -> Ipv4Addr {
+        match addr {
+            SocketAddr::V4(a) => *a.ip(),
+            SocketAddr::V6(a) => panic!("{a} is not IPv4"),
+        }
+    }
+
+    fn tcp_check(interval_ms: u64, timeout_ms: u64) -> HealthCheck {
+        HealthCheck {
+            probe: Probe::Tcp,
+            interval: Duration::from_millis(interval_ms),
+            timeout: Duration::from_millis(timeout_ms),
+            rise: 1,
+            fall: 1,
+        }
+    }
+
+    /// A loopback listener that records when it accepts each connection.
+    struct Recorder {
+        addr: SocketAddr,
+        accepts: Arc<Mutex<Vec<Instant>>>,
+        task: JoinHandle<()>,
+    }
+
+    impl Recorder {
+        async fn start() -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let accepts = Arc::new(Mutex::new(Vec::new()));
+            let seen = Arc::clone(&accepts);
+            let task = tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    seen.lock().unwrap().push(Instant::now());
+                    drop(stream);
+                }
+            });
+            Self { addr, accepts, task }
+        }
+
+        fn first(&self) -> Option<Instant> {
+            self.accepts.lock().unwrap().first().copied()
+        }
+    }
+
+    impl Drop for Recorder {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    /// The first probe of each backend comes at that backend's own offset
+    /// in the interval (`start_offset`), so that backends are not probed in
+    /// one burst when the controller starts.
+    #[tokio::test]
+    async fn first_probes_come_at_each_backends_own_offset_in_the_interval() {
+        const INTERVAL: Duration = Duration::from_secs(2);
+        // How late a probe may be seen on a busy machine (timers never fire early).
+        const LATE: Duration = Duration::from_millis(400);
+        let mut servers = Vec::new();
+        for _ in 0..16 {
+            servers.push(Recorder::start().await);
+        }
+        let backends: Vec<_> = servers.iter().map(|s| (s.addr, 1, AdminState::Active)).collect();
+        let service = checked(tcp_check(2000, 100), &backends);
+        let start = Instant::now();
+        let mut monitor = Monitor::default();
+        monitor.sync(std::slice::from_ref(&service));
+
+        let deadline = start + INTERVAL + LATE + Duration::from_secs(2);
+        while servers.iter().any(|s| s.first().is_none()) {
+            assert!(Instant::now() < deadline, "a backend was not probed within {deadline:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut firsts = Vec::new();
+        for s in &servers {
+            let key = backend_key(&service, v4(s.addr), s.addr.port());
+            let want = start_offset(&key, INTERVAL);
+            assert!(want < INTERVAL, "{}: offset {want:?} beyond the interval", s.addr);
+            let got = s.first().unwrap() - start;
+            assert!(
+                got >= want && got <= want + LATE,
+                "{}: first probe after {got:?}, its offset in the interval is {want:?}",
+                s.addr
+            );
+            firsts.push(got);
+        }
+        // Not all at once: 16 offsets spread over the interval (a hash of each
+        // backend) span more than a quarter of it.
+        let span = firsts.iter().max().unwrap().saturating_sub(*firsts.iter().min().unwrap());
+        assert!(span > INTERVAL / 4, "first probes within {span:?} of each other: {firsts:?}");
+    }
+
+    /// Probes that could not run for a local reason (here: no file
+    /// descriptor) move no backend, UP or DOWN, however many there are;
+    /// the next real result counts from where the backend was.
+    #[tokio::test]
+    async fn local_failures_change_no_state() {
+        let service = checked(tcp_check(1000, 100), &[]);
+        let up = backend_key(&service, Ipv4Addr::new(10, 77, 2, 11), 80);
+        let down = backend_key(&service, Ipv4Addr::new(10, 77, 2, 12), 80);
+        let mut monitor = Monitor::default();
+        for (key, tracker) in [(up, Tracker::new(1, 2)), (down, Tracker::new(1, 2).starting_down())]
+        {
+            // No prober: the test sends the results.
+            let task = tokio::spawn(async {});
+            monitor.checked.insert(key, Checked { check: tcp_check(1000, 100), tracker, task });
+        }
+        let result = |ok| CheckResult {
+            ok,
+            detail: String::new(),
+            at: std::time::SystemTime::now(),
+            duration: Duration::ZERO,
+        };
+        let tx = monitor.results_tx.clone();
+        tx.send((up, Ok(result(true)))).await.unwrap();
+        let (_, t) = monitor.next_transition().await;
+        assert_eq!(t.to, Status::Up);
+        for _ in 0..100 {
+            for key in [up, down] {
+                let error = io::Error::from_raw_os_error(libc::EMFILE);
+                let local = probe::LocalFailure { cause: probe::LocalCause::NoDescriptors, error };
+                tx.send((key, Err(local))).await.unwrap();
+            }
+        }
+        let moved =
+            tokio::time::timeout(Duration::from_millis(300), monitor.next_transition()).await;
+        assert!(moved.is_err(), "a local failure moved a backend: {moved:?}");
+        assert_eq!(monitor.local_failures(), 200);
+        assert_eq!(monitor.status(&up).map(|(s, _)| s), Some(Status::Up));
+        assert_eq!(monitor.status(&down).map(|(s, _)| s), Some(Status::Down));
+        assert_eq!(monitor.results_seen(), 1);
+        // One real failure after them is the first of `fall` (2), not the 101st.
+        tx.send((up, Ok(result(false)))).await.unwrap();
+        let moved =
+            tokio::time::timeout(Duration::from_millis(300), monitor.next_transition()).await;
+        assert!(moved.is_err(), "one failure took it DOWN: {moved:?}");
+    }
+
+    /// Offsets are spread evenly over the interval, whatever its length.
+    #[test]
+    fn start_offsets_are_spread_evenly_over_the_interval() {
+        let service = checked(tcp_check(1000, 100), &[]);
+        for interval_ms in [10_u64, 1000, 2000, 3_600_000] {
+            let interval = Duration::from_millis(interval_ms);
+            let mut tenths = [0_u32; 10];
+            for i in 0..2000_u32 {
+                let [_, _, c, d] = (0x0a4d_0000 + i).to_be_bytes();
+                let key = backend_key(&service, Ipv4Addr::new(10, 77, c, d), 80);
+                let offset = start_offset(&key, interval);
+                assert!(offset < interval, "{offset:?} beyond {interval:?}");
+                tenths[(offset.as_millis() * 10 / interval.as_millis()) as usize] += 1;
+            }
+            // 200 expected in each tenth.
+            assert!(
+                tenths.iter().all(|n| (140..=260).contains(n)),
+                "interval {interval:?}: offsets per tenth {tenths:?}"
+            );
+        }
+    }
+
+    /// A silent HTTP server (it reads the request and never answers) that
+    /// records, at each connection it accepts, how many of its earlier
+    /// connections the prober still held open.
+    struct Silent {
+        addr: SocketAddr,
+        /// (accepted at, earlier connections still open then).
+        accepts: Arc<Mutex<Vec<(Instant, usize)>>>,
+        task: JoinHandle<()>,
+    }
+
+    impl Silent {
+        async fn start() -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let accepts = Arc::new(Mutex::new(Vec::new()));
+            let seen = Arc::clone(&accepts);
+            let task = tokio::spawn(async move {
+                let mut held: Vec<std::net::TcpStream> = Vec::new();
+                while let Ok((stream, _)) = listener.accept().await {
+                    let at = Instant::now();
+                    // The previous probe's reset is sent before the next
+                    // connect; give it a moment to land all the same.
+                    let grace = at + Duration::from_millis(20);
+                    loop {
+                        held.retain(is_open);
+                        if held.is_empty() || Instant::now() >= grace {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    seen.lock().unwrap().push((at, held.len()));
+                    // Plain reads on a non-blocking socket: tokio's `try_read`
+                    // would answer from its cached readiness instead.
+                    held.push(stream.into_std().unwrap());
+                }
+            });
+            Self { addr, accepts, task }
+        }
+    }
+
+    impl Drop for Silent {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    /// Whether the peer still holds `stream` open (the request it sent is
+    /// read and ignored).
+    fn is_open(stream: &std::net::TcpStream) -> bool {
+        let mut buf = [0_u8; 1024];
+        loop {
+            match (&*stream).read(&mut buf) {
+                Ok(0) => return false,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// A backend whose probe takes longer than the interval does not get a
+    /// second probe while the first one runs: the next starts when it ends.
+    #[tokio::test]
+    async fn probes_of_a_backend_never_overlap() {
+        let server = Silent::start().await;
+        let timeout = Duration::from_millis(200);
+        // The config refuses a timeout at or above the interval; this check
+        // has one, so that only the prober's own scheduling keeps probes apart.
+        let check = HealthCheck {
+            probe: Probe::Http { path: "/".into(), expect_status: 200, expect_body: None },
+            interval: Duration::from_millis(50),
+            timeout,
+            rise: 1,
+            fall: 1,
+        };
+        let mut monitor = Monitor::default();
+        monitor.sync(&[checked(check, &[(server.addr, 1, AdminState::Active)])]);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while server.accepts.lock().unwrap().len() < 5 {
+            assert!(Instant::now() < deadline, "fewer than 5 probes in 5 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(monitor);
+        let accepts = server.accepts.lock().unwrap().clone();
+        for (i, (_, open)) in accepts.iter().enumerate() {
+            assert_eq!(*open, 0, "probe {i} began while {open} earlier probe(s) were open");
+        }
+        for (i, pair) in accepts.windows(2).enumerate() {
+            let gap = pair[1].0 - pair[0].0;
+            // Each probe runs its whole timeout against a silent server.
+            assert!(
+                gap >= timeout.saturating_sub(Duration::from_millis(20)),
+                "probe {} began {gap:?} after probe {i}, which runs for {timeout:?}",
+                i + 1
+            );
+        }
+    }
+
+    /// A drained backend (weight 0, or state drain) and one in maintenance
+    /// get no new flows, but their health checks go on: their status
+    /// follows their probes.
+    #[tokio::test]
+    async fn drained_and_maintained_backends_are_still_probed() {
+        let mut listeners = Vec::new();
+        for _ in 0..3 {
+            // The kernel completes the handshakes: TCP probes pass.
+            listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+        let service = checked(
+            tcp_check(50, 40),
+            &[
+                (addrs[0], 0, AdminState::Active),
+                (addrs[1], 3, AdminState::Drain),
+                (addrs[2], 3, AdminState::Maint),
+            ],
+        );
+        let ordered: Vec<BackendKey> =
+            addrs.iter().map(|a| backend_key(&service, v4(*a), a.port())).collect();
+        let keys: BTreeSet<BackendKey> = ordered.iter().copied().collect();
+        let mut monitor = Monitor::default();
+        monitor.sync(std::slice::from_ref(&service));
+        for (key, what) in ordered.iter().zip(["weight 0", "drain", "maint"]) {
+            let status = monitor.status(key).map(|(s, _)| s);
+            assert_eq!(status, Some(Status::Unknown), "the {what} backend is not checked");
+        }
+
+        // Every status follows the probes: UP while they pass, DOWN once refused.
+        let await_all = async |monitor: &mut Monitor, to: Status| {
+            let mut pending = keys.clone();
+            while !pending.is_empty() {
+                let (key, t) =
+                    tokio::time::timeout(Duration::from_secs(5), monitor.next_transition())
+                        .await
+                        .unwrap_or_else(|_| panic!("still not {to} after 5 s: {pending:?}"));
+                assert_eq!(t.to, to, "{key:?}: {t:?}");
+                pending.remove(&key);
+            }
+        };
+        await_all(&mut monitor, Status::Up).await;
+        drop(listeners);
+        await_all(&mut monitor, Status::Down).await;
+        assert_eq!(monitor.down(), keys);
+        for key in &keys {
+            let last = monitor.status(key).and_then(|(_, last)| last.cloned());
+            assert_eq!(last.map(|r| r.detail).as_deref(), Some("connection refused"));
+        }
+    }
+}

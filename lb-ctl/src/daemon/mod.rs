@@ -1,0 +1,14 @@
+//! The daemon, `lb-ctl run` (`run`): it loads the desired state, has it
+//! planned and written, and then keeps it so. One task owns the
+//! controller's state (`controller`) and moves it on at each event of its
+//! loop (`control_loop`): a change through the admin API (`api`), a health
+//! transition (`health`), a reload, a sample of the counters. Beside them
+//! what a long-running process needs: its logs (`logging`), its open-file
+//! limit (`limits`).
+pub mod api;
+pub mod control_loop;
+pub mod controller;
+pub mod health;
+pub mod limits;
+pub mod logging;
+pub mod run;

@@ -1,0 +1,213 @@
+//! `lb-ctl run`: load and attach the data plane, apply the config, reload it
+//! on SIGHUP, detach everything on SIGTERM/SIGINT.
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use tokio::{
+    signal::unix::{self, SignalKind},
+    sync::mpsc,
+};
+use tracing::{info, warn};
+
+use crate::{
+    EBPF_OBJECT,
+    daemon::{
+        api,
+        control_loop::{self, Signal, Signals},
+        controller::{self, Controller},
+        limits,
+    },
+    desired::{
+        config::{self, Config},
+        model::XdpMode,
+    },
+    write::{
+        dataplane::kernel::KernelMaps,
+        netdev,
+        reconciler::{self, Reconciler},
+    },
+};
+
+/// How often the counters are read and the connection table recounted
+/// (and expired entries removed).
+const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Command-line overrides of the `[dataplane]` section.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub interfaces: Vec<String>,
+    pub xdp_mode: Option<XdpMode>,
+    /// `--cleanup-on-exit`: detach and unpin at SIGTERM instead of leaving
+    /// the data plane running for the next controller.
+    pub cleanup_on_exit: bool,
+    /// `--object`: the XDP object to load instead of the built-in one.
+    pub object: Option<PathBuf>,
+}
+
+/// Why `run` refused to start: every problem, for exit code 1.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  {}", .0.join("\n  "))]
+pub struct Refused(pub Vec<String>);
+
+/// Loads `path`, applies overrides and checks the interfaces exist.
+pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, Refused> {
+    let mut config = config::load(path).map_err(|e| Refused(e.problems()))?;
+    if !overrides.interfaces.is_empty() {
+        config.dataplane.interfaces.clone_from(&overrides.interfaces);
+    }
+    if let Some(mode) = overrides.xdp_mode {
+        config.dataplane.xdp_mode = mode;
+    }
+    let mut problems: Vec<String> =
+        config::missing_interfaces(&config.dataplane).iter().map(ToString::to_string).collect();
+    if config.dataplane.interfaces.is_empty() {
+        problems.push(
+            "dataplane.interfaces: no interface to attach to (set it or pass --iface)".into(),
+        );
+    }
+    if problems.is_empty() { Ok(config) } else { Err(Refused(problems)) }
+}
+
+/// The operator's token (`admin.token_file`), or the one generated for
+/// the listen `port` (as bound), made at the first start (see `api::token`).
+fn admin_token(config: &Config, port: u16) -> Result<std::sync::Arc<str>, api::ListenError> {
+    if let Some(path) = &config.admin.token_file {
+        return Ok(api::token::read_configured(path)?);
+    }
+    let (token, path, created) = api::token::generated(&api::token::run_dir(), port)?;
+    if created {
+        info!(token_file = %path.display(), "admin API token generated (no admin.token_file)");
+    } else {
+        info!(token_file = %path.display(), "admin API token read (no admin.token_file)");
+    }
+    Ok(token)
+}
+
+/// SIGHUP reloads the config file; SIGTERM and SIGINT stop the controller.
+struct UnixSignals {
+    hangup: unix::Signal,
+    terminate: unix::Signal,
+    interrupt: unix::Signal,
+}
+
+impl UnixSignals {
+    fn install() -> anyhow::Result<Self> {
+        let signal = |kind, name| {
+            unix::signal(kind).with_context(|| format!("installing the {name} handler"))
+        };
+        Ok(Self {
+            hangup: signal(SignalKind::hangup(), "SIGHUP")?,
+            terminate: signal(SignalKind::terminate(), "SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt(), "SIGINT")?,
+        })
+    }
+}
+
+impl Signals for UnixSignals {
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.hangup.recv() => Signal::Reload,
+            _ = self.terminate.recv() => {
+                info!("SIGTERM: shutting down");
+                Signal::Stop
+            }
+            _ = self.interrupt.recv() => {
+                info!("SIGINT: shutting down");
+                Signal::Stop
+            }
+        }
+    }
+}
+
+/// Runs the controller on `config` (loaded from `path` by `load`) until SIGTERM.
+pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow::Result<()> {
+    let mut signals = UnixSignals::install()?;
+
+    // Before anything opens a descriptor: each probe in flight holds one.
+    match limits::raise_open_files() {
+        Ok(l) => info!(soft = l.soft, hard = l.hard, was = l.was, "open-file limit"),
+        Err(e) => warn!(error = %e, "cannot raise the open-file limit"),
+    }
+    // Refuse an unusable state file or admin setup before touching the data plane.
+    controller::check_state_file(&path, &config)?;
+    // The listen address first: a refused one must not leave a token behind.
+    let listener = api::bind(config.admin.listen, config.admin.token_file.is_some()).await?;
+    let port = listener.local_addr().map_or(config.admin.listen.port(), |a| a.port());
+    let token = admin_token(&config, port)?;
+    for name in &config.dataplane.interfaces {
+        if netdev::ipv4_forwarding(name) == Some(false) {
+            warn!(
+                interface = %name,
+                "IPv4 forwarding is off: nothing will be load balanced \
+                 (sysctl -w net.ipv4.conf.all.forwarding=1, as for IPVS NAT)"
+            );
+        }
+    }
+    let object = match &overrides.object {
+        Some(file) => {
+            let bytes = std::fs::read(file)
+                .with_context(|| format!("reading the XDP object {}", file.display()))?;
+            info!(object = %file.display(), "XDP object from file, not the built-in one");
+            std::borrow::Cow::Owned(bytes)
+        }
+        None => std::borrow::Cow::Borrowed(EBPF_OBJECT),
+    };
+    let maps = KernelMaps::start(&config.dataplane, &object).context("starting the data plane")?;
+    let cleanup_on_exit = overrides.cleanup_on_exit;
+    let (handle, task) =
+        reconciler::spawn(Reconciler::adopt(maps).context("reading the adopted data plane")?)
+            .context("starting the reconciler")?;
+    let config_hosts = config.admin.allowed_hosts.clone();
+    let outcome = async {
+        let services = config.services.len();
+        let (mut controller, stats) =
+            Controller::start(path.clone(), overrides, config, handle.clone())
+                .await
+                .context("applying the configuration")?;
+        // With the services applied: their sockets open before we say we run.
+        handle.start_reassembly().context("starting the reassembly slow path")?;
+        let (requests_tx, mut requests) = mpsc::channel(64);
+        let admin = listener.local_addr().context("the admin listener")?;
+        let access = api::Access { token, hosts: api::access::Hosts::new(admin, &config_hosts) };
+        let app = api::app(
+            api::ApiState {
+                requests: requests_tx,
+                stats,
+                reconciler: handle.clone(),
+                renders: std::sync::Arc::default(),
+            },
+            access,
+        );
+        let (stop_server, server_stops) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(api::serve::serve(
+            listener,
+            app,
+            api::serve::Limits::default(),
+            async move {
+                let _ = server_stops.await;
+            },
+        ));
+        info!(config = %path.display(), services, %admin, "load balancer running");
+        control_loop::run(&mut controller, &mut requests, &mut signals, SAMPLE_INTERVAL).await;
+        // Changes still queued are answered 503 ("stopping"), then requests
+        // in progress get the server's grace period.
+        drop(requests);
+        let _ = stop_server.send(());
+        let _ = server.await;
+        anyhow::Ok(())
+    }
+    .await;
+    drop(handle);
+    let maps = task.await.context("the reconciler thread failed")?;
+    // A data plane this run created and could not set up goes too.
+    if cleanup_on_exit || (outcome.is_err() && !maps.adopted()) {
+        maps.remove();
+        info!("data plane detached and unpinned");
+    } else {
+        info!("controller stopped; the data plane keeps forwarding (lb-ctl down removes it)");
+    }
+    outcome
+}

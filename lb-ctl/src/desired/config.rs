@@ -1,0 +1,630 @@
+//! The config file: TOML in, a validated `Config` out. Reading the file is
+//! the only I/O; every problem is reported at once, each named by its key.
+//! The file's `[dataplane]`, `[admin]` and `[log]` are checked here, its
+//! services as the API's are (`validate`).
+use std::{
+    collections::BTreeSet,
+    net::{SocketAddr, ToSocketAddrs},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use lb_common::{
+    abi::{DEFAULT_ANSWERS_PER_SECOND, DEFAULT_CONNTRACK_MAX},
+    conn_table::MAX_CONNTRACK_MAX,
+};
+
+use super::{
+    bounds::{MAX_ALLOWED_HOSTS, MAX_ANSWERS_PER_SECOND, MAX_HOST_NAME_LEN, MAX_TIMEOUT_S},
+    model::{Dataplane, HandshakeProof, ReversePath, Service, Timeouts, XdpMode},
+    problem::{Problem, Problems},
+    validate::{check_service_set, named, validate_service},
+    written::{RawConfig, RawDataplane},
+};
+
+/// A validated config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub dataplane: Dataplane,
+    pub admin: Admin,
+    pub log: Log,
+    pub services: Vec<Service>,
+}
+
+/// `[admin]`: where the admin API listens and who may use it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    pub token_file: Option<PathBuf>,
+    /// Where runtime changes (API) are kept; `None`: next to the config file.
+    pub state_file: Option<PathBuf>,
+    /// Names besides the listen address a request's `Host` may give
+    /// (`lb1.example.net`, reached on the listen port).
+    pub allowed_hosts: Vec<String>,
+}
+
+/// `[log]`: where logs go besides stderr.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Log {
+    /// RFC 5424 syslog over UDP (`syslog = "host:514"`).
+    pub syslog: Option<SocketAddr>,
+}
+
+/// Why a config was refused: every problem found.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+impl ConfigError {
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            Self::Read { .. } => vec![self.to_string()],
+            Self::Invalid(problems) => problems.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    parse(&text)
+}
+
+/// Parses and validates config text.
+pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        ConfigError::Invalid(vec![Problem {
+            key: toml_error_key(text, &e),
+            message: toml_error_message(&e),
+        }])
+    })?;
+    let mut problems = Problems::default();
+    let config = validate(raw, &mut problems);
+    if problems.0.is_empty() { Ok(config) } else { Err(ConfigError::Invalid(problems.0)) }
+}
+
+/// Names the key a TOML error is about, from its position: the enclosing
+/// table (`service[1].backend[0]`), the key on that line, and the line
+/// number. The serde layer only knows a byte offset.
+fn toml_error_key(text: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else {
+        return "config".into();
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line_no = before.matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or_default().trim();
+    let mut table = String::new();
+    let (mut services, mut backends) = (0_usize, 0_usize);
+    for header in before.lines().map(str::trim).filter(|l| l.starts_with('[')) {
+        let name = header.split('#').next().unwrap_or_default().trim();
+        table = match name {
+            "[[service]]" => {
+                services += 1;
+                backends = 0;
+                format!("service[{}]", services - 1)
+            }
+            "[[service.backend]]" => {
+                backends += 1;
+                format!("service[{}].backend[{}]", services.saturating_sub(1), backends - 1)
+            }
+            "[service.health]" => format!("service[{}].health", services.saturating_sub(1)),
+            other => other.trim_matches(['[', ']']).to_owned(),
+        };
+    }
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty() && !line.starts_with('['));
+    match (table.is_empty(), key) {
+        (false, Some(key)) => format!("{table}.{key} (line {line_no})"),
+        (true, Some(key)) => format!("{key} (line {line_no})"),
+        (false, None) => format!("{table} (line {line_no})"),
+        (true, None) => format!("line {line_no}"),
+    }
+}
+
+fn toml_error_message(e: &toml::de::Error) -> String {
+    e.message().trim().to_string()
+}
+
+fn validate(raw: RawConfig, problems: &mut Problems) -> Config {
+    let dataplane = validate_dataplane(raw.dataplane, problems);
+    let listen = raw.admin.listen.parse::<SocketAddr>().unwrap_or_else(|_| {
+        problems.add("admin.listen", format!("{:?} is not an address:port", raw.admin.listen));
+        SocketAddr::from(([127, 0, 0, 1], 9100))
+    });
+    check_allowed_hosts(&raw.admin.allowed_hosts, problems);
+    let admin = Admin {
+        listen,
+        token_file: raw.admin.token_file.map(PathBuf::from),
+        state_file: raw.admin.state_file.map(PathBuf::from),
+        allowed_hosts: raw.admin.allowed_hosts,
+    };
+    let log = Log { syslog: raw.log.syslog.and_then(|s| syslog_address(&s, problems)) };
+    let services: Vec<Service> = raw
+        .services
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| validate_service(&format!("service[{i}]"), s, problems))
+        .collect();
+    check_service_set(&services, problems);
+    Config { dataplane, admin, log, services }
+}
+
+/// Host names without a port: what a `Host` header's name part can be.
+fn check_allowed_hosts(names: &[String], problems: &mut Problems) {
+    if names.len() > MAX_ALLOWED_HOSTS {
+        problems.add(
+            "admin.allowed_hosts",
+            format!("{} names; at most {MAX_ALLOWED_HOSTS}", names.len()),
+        );
+        return;
+    }
+    for (i, name) in names.iter().enumerate() {
+        let valid = !name.is_empty()
+            && name.len() <= MAX_HOST_NAME_LEN
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'));
+        if !valid {
+            problems.add(
+                format!("admin.allowed_hosts[{i}]"),
+                format!(
+                    "{:?} is not a host name (letters, digits, '-', '.'; at most {MAX_HOST_NAME_LEN}; no port: the listen port is implied)",
+                    shorten(name)
+                ),
+            );
+        }
+    }
+}
+
+/// A value as echoed in a problem: bounded, whatever was sent.
+fn shorten(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+/// `host:port` of a syslog receiver, resolved once at load.
+fn syslog_address(text: &str, problems: &mut Problems) -> Option<SocketAddr> {
+    if let Ok(addr) = text.parse() {
+        return Some(addr);
+    }
+    if let Ok(Some(addr)) = text.to_socket_addrs().map(|mut a| a.next()) {
+        return Some(addr);
+    }
+    problems.add("log.syslog", format!("{text:?} is not a reachable host:port"));
+    None
+}
+
+fn validate_dataplane(raw: RawDataplane, problems: &mut Problems) -> Dataplane {
+    let xdp_mode = named("dataplane.xdp_mode", &raw.xdp_mode, XdpMode::Auto, problems);
+    let conntrack_max = match u32::try_from(raw.conntrack_max) {
+        Ok(n) if (1024..=MAX_CONNTRACK_MAX).contains(&n) => n,
+        _ => {
+            problems.add(
+                "dataplane.conntrack_max",
+                format!("{} is out of range (1024 to {MAX_CONNTRACK_MAX})", raw.conntrack_max),
+            );
+            DEFAULT_CONNTRACK_MAX
+        }
+    };
+    let mut seen = BTreeSet::new();
+    for (i, name) in raw.interfaces.iter().enumerate() {
+        if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
+            problems.add(
+                format!("dataplane.interfaces[{i}]"),
+                format!("{name:?} is not an interface name"),
+            );
+        } else if !seen.insert(name) {
+            problems.add(format!("dataplane.interfaces[{i}]"), format!("{name:?} is listed twice"));
+        }
+    }
+    let pin_path = PathBuf::from(&raw.pin_path);
+    if !pin_path.is_absolute() {
+        problems.add("dataplane.pin_path", format!("{:?} is not an absolute path", raw.pin_path));
+    }
+    let defaults = Timeouts::default();
+    let mut timeout = |key: &str, value: Option<i64>, default: Duration| match value {
+        None => default,
+        Some(s) if (1..=MAX_TIMEOUT_S).contains(&s) => Duration::from_secs(s.unsigned_abs()),
+        Some(s) => {
+            problems.add(
+                format!("dataplane.{key}"),
+                format!("{s} is out of range (1 to {MAX_TIMEOUT_S} seconds)"),
+            );
+            default
+        }
+    };
+    let timeouts = Timeouts {
+        tcp_syn: timeout("tcp_syn_timeout", raw.tcp_syn_timeout, defaults.tcp_syn),
+        tcp_established: timeout(
+            "tcp_established_timeout",
+            raw.tcp_established_timeout,
+            defaults.tcp_established,
+        ),
+        tcp_closing: timeout("tcp_closing_timeout", raw.tcp_closing_timeout, defaults.tcp_closing),
+        tcp_closed: timeout("tcp_closed_timeout", raw.tcp_closed_timeout, defaults.tcp_closed),
+        udp: timeout("udp_timeout", raw.udp_timeout, defaults.udp),
+    };
+    let answers_per_second = match u32::try_from(raw.answers_per_second) {
+        Ok(n) if n <= MAX_ANSWERS_PER_SECOND => n,
+        _ => {
+            problems.add(
+                "dataplane.answers_per_second",
+                format!(
+                    "{} is out of range (0 to {MAX_ANSWERS_PER_SECOND})",
+                    raw.answers_per_second
+                ),
+            );
+            DEFAULT_ANSWERS_PER_SECOND
+        }
+    };
+    let reverse_path =
+        named("dataplane.reverse_path", &raw.reverse_path, ReversePath::Strict, problems);
+    let handshake_proof =
+        named("dataplane.handshake_proof", &raw.handshake_proof, HandshakeProof::Ack, problems);
+    Dataplane {
+        interfaces: raw.interfaces,
+        xdp_mode,
+        conntrack_max,
+        pin_path,
+        timeouts,
+        answers_per_second,
+        reverse_path,
+        handshake_proof,
+    }
+}
+
+/// Problems with interfaces that do not exist on this host. Kept apart from
+/// `parse` because it looks at the machine, not the file.
+pub fn missing_interfaces(dataplane: &Dataplane) -> Vec<Problem> {
+    dataplane
+        .interfaces
+        .iter()
+        .enumerate()
+        .filter(|(_, name)| crate::write::netdev::ifindex(name).is_none())
+        .map(|(i, name)| Problem {
+            key: format!("dataplane.interfaces[{i}]"),
+            message: format!("no interface named {name:?} on this host"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::{
+        json::service_from_json,
+        model::{Forwarding, Probe, Protocol, Scheduler},
+    };
+
+    const GOOD: &str = r#"
+[dataplane]
+interfaces = ["lb-c", "lb-b"]
+
+[[service]]
+name = "web"
+vip = "10.77.1.100"
+port = 80
+
+  [[service.backend]]
+  address = "10.77.2.11"
+  port = 80
+
+  [[service.backend]]
+  address = "10.77.2.12"
+  port = 80
+  weight = 0
+
+[[service]]
+name = "dns"
+vip = "10.77.1.100"
+port = 53
+protocol = "udp"
+"#;
+
+    fn problems(text: &str) -> Vec<String> {
+        parse(text).expect_err("config should be refused").problems()
+    }
+
+    #[test]
+    fn accepts_a_good_config_with_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.dataplane.conntrack_max, DEFAULT_CONNTRACK_MAX);
+        assert_eq!(c.dataplane.xdp_mode, XdpMode::Auto);
+        assert_eq!(c.dataplane.pin_path, PathBuf::from("/sys/fs/bpf/lb"));
+        assert_eq!(c.services.len(), 2);
+        assert_eq!(c.services[0].backends[0].weight, 1);
+        assert_eq!(c.services[0].backends[1].weight, 0);
+        assert_eq!(c.services[1].protocol, Protocol::Udp);
+        assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9100");
+    }
+
+    #[test]
+    fn syntax_and_type_errors_name_the_key_and_line() {
+        let p = problems(&GOOD.replace("  address = \"10.77.2.12\"", "  address = 12"));
+        assert!(p[0].starts_with("service[0].backend[1].address (line 15)"), "{p:?}");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let p = problems(&GOOD.replace("port = 53", "port = 53\ncolour = \"blue\""));
+        assert!(p[0].contains("colour"), "{p:?}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let text = GOOD
+            .replace(
+                "vip = \"10.77.1.100\"\nport = 80",
+                "vip = \"10.77.1.300\"\nport = 0\nscheduler = \"fastest\"",
+            )
+            .replace("address = \"10.77.2.12\"", "address = \"10.77.2.11\"");
+        let p = problems(&text);
+        let has = |needle: &str| {
+            assert!(p.iter().any(|x| x.contains(needle)), "no {needle:?} in {p:?}");
+        };
+        has("service[0].vip: \"10.77.1.300\" is not an IPv4 address");
+        has("service[0].port: 0 is not a port");
+        has("service[0].scheduler: \"fastest\" is not one of");
+        has("service[0].backend[1]: 10.77.2.11:80 is already listed as backend[0]");
+    }
+
+    #[test]
+    fn duplicate_service_endpoint_and_shared_backend_are_refused() {
+        let text = format!(
+            "{GOOD}\n[[service]]\nname = \"web2\"\nvip = \"10.77.1.100\"\nport = 80\n\n  [[service.backend]]\n  address = \"10.77.2.11\"\n  port = 80\n"
+        );
+        let p = problems(&text);
+        assert!(
+            p.iter().any(|x| x.starts_with("service[2]: 10.77.1.100:80/tcp is already service[0]")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter().any(|x| x.starts_with(
+                "service[2].backend[0]: 10.77.2.11:80/tcp is already a backend of service[0]"
+            )),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_refused() {
+        let p = problems(
+            &GOOD.replace("weight = 0", "weight = -1").replace("port = 53", "port = 70000"),
+        );
+        assert!(p.iter().any(|x| x.starts_with("service[0].backend[1].weight")), "{p:?}");
+        assert!(p.iter().any(|x| x.starts_with("service[1].port: 70000")), "{p:?}");
+    }
+
+    #[test]
+    fn bad_modes_and_sizes_are_refused() {
+        let p = problems(&GOOD.replace(
+            "interfaces = [\"lb-c\", \"lb-b\"]",
+            "interfaces = [\"lb-c\", \"lb-c\"]\nxdp_mode = \"turbo\"\nconntrack_max = 5",
+        ));
+        for key in ["dataplane.interfaces[1]", "dataplane.xdp_mode", "dataplane.conntrack_max"] {
+            assert!(p.iter().any(|x| x.starts_with(key)), "no {key} in {p:?}");
+        }
+    }
+
+    #[test]
+    fn the_handshake_proof_defaults_to_ack_and_is_checked() {
+        let with = |v: &str| {
+            GOOD.replace("[dataplane]\n", &format!("[dataplane]\nhandshake_proof = {v}\n"))
+        };
+        assert_eq!(parse(GOOD).unwrap().dataplane.handshake_proof, HandshakeProof::Ack);
+        let seen = parse(&with("\"syn-seen\"")).unwrap().dataplane.handshake_proof;
+        assert_eq!(seen, HandshakeProof::SynSeen);
+        let p = problems(&with("\"never\""));
+        assert!(
+            p.iter()
+                .any(|x| x == "dataplane.handshake_proof: \"never\" is not one of ack, syn-seen"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn the_connection_table_is_at_most_16_mi_flows() {
+        let with = |n: u64| {
+            GOOD.replace(
+                "interfaces = [\"lb-c\", \"lb-b\"]",
+                &format!("interfaces = [\"lb-c\", \"lb-b\"]\nconntrack_max = {n}"),
+            )
+        };
+        let max = u64::from(MAX_CONNTRACK_MAX);
+        assert_eq!(parse(&with(max)).unwrap().dataplane.conntrack_max, MAX_CONNTRACK_MAX);
+        let p = problems(&with(max + 1));
+        assert!(
+            p.iter().any(
+                |x| x == "dataplane.conntrack_max: 16777217 is out of range (1024 to 16777216)"
+            ),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn direct_routing_keeps_the_service_port() {
+        let dsr = GOOD.replacen("\nport = 80\n", "\nport = 80\nforwarding = \"dsr\"\n", 1);
+        let c = parse(&dsr).unwrap();
+        assert_eq!(c.services[0].forwarding, Forwarding::Dsr);
+        assert_eq!(c.services[1].forwarding, Forwarding::Nat, "the default");
+        let p =
+            problems(&dsr.replacen("  port = 80\n  weight = 0", "  port = 8080\n  weight = 0", 1));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("service[0].backend[1].port"), "{p:?}");
+        assert!(p[0].contains("8080 differs from the service's port 80"), "{p:?}");
+        let p = problems(&GOOD.replace("port = 53", "port = 53\nforwarding = \"tun\""));
+        assert!(p.iter().any(|x| x.starts_with("service[1].forwarding")), "{p:?}");
+    }
+
+    #[test]
+    fn schedulers_and_no_backend_answers_are_parsed() {
+        let c = parse(
+            &GOOD.replace("port = 53", "port = 53\nscheduler = \"wrr\"\non_no_backend = \"drop\""),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.services[1].scheduler, c.services[1].reject),
+            (Scheduler::WeightedRoundRobin, false)
+        );
+        assert_eq!(
+            (c.services[0].scheduler, c.services[0].reject),
+            (Scheduler::Maglev, true),
+            "defaults"
+        );
+        let p =
+            problems(&GOOD.replace(
+                "port = 53",
+                "port = 53\nscheduler = \"fifo\"\non_no_backend = \"ignore\"",
+            ));
+        assert!(p.iter().any(|x| x.starts_with("service[1].scheduler")), "{p:?}");
+        assert!(p.iter().any(|x| x.starts_with("service[1].on_no_backend")), "{p:?}");
+        let p = problems(&GOOD.replace("weight = 0", "weight = 65536"));
+        assert!(
+            p.iter().any(|x| x
+                .starts_with("service[0].backend[1].weight: 65536 is out of range (0 to 65535)")),
+            "{p:?}"
+        );
+        assert!(parse(&GOOD.replace("weight = 0", "weight = 65535")).is_ok());
+    }
+
+    const HEALTH: &str = "port = 80\n\n  [service.health]\n  check = \"http\"\n  path = \"/\"\n  expect_body = \"Bienvenue\"\n  interval_ms = 2000\n  timeout_ms = 1000\n  rise = 2\n  fall = 3\n";
+
+    #[test]
+    fn a_health_section_is_parsed() {
+        let c = parse(&GOOD.replacen("port = 80\n", HEALTH, 1)).unwrap();
+        let h = c.services[0].health.as_ref().expect("health");
+        assert_eq!(h.interval, Duration::from_secs(2));
+        assert_eq!(h.timeout, Duration::from_secs(1));
+        assert_eq!((h.rise, h.fall), (2, 3));
+        assert_eq!(
+            h.probe,
+            Probe::Http {
+                path: "/".into(),
+                expect_status: 200,
+                expect_body: Some("Bienvenue".into())
+            }
+        );
+        let none = parse(&GOOD.replacen(
+            "port = 80\n",
+            "port = 80\n  [service.health]\n  check = \"none\"\n",
+            1,
+        ))
+        .unwrap();
+        assert_eq!(none.services[0].health, None);
+    }
+
+    /// Both checks connect over TCP, which a UDP-only backend refuses: a
+    /// UDP service is unchecked unless asked, and a TCP check on it is
+    /// refused, in the file and through the API alike.
+    #[test]
+    fn a_udp_service_has_no_check_by_default_and_refuses_a_tcp_one() {
+        let udp_health = |check: &str| {
+            GOOD.replacen(
+                "protocol = \"udp\"\n",
+                &format!("protocol = \"udp\"\n  [service.health]\n{check}  interval_ms = 500\n  timeout_ms = 100\n"),
+                1,
+            )
+        };
+        let c = parse(&udp_health("")).unwrap();
+        assert_eq!(c.services[1].health, None, "a UDP service gets no TCP check by default");
+        let c = parse(&GOOD.replacen("port = 80\n", "port = 80\n  [service.health]\n", 1)).unwrap();
+        assert_eq!(c.services[0].health.as_ref().map(|h| &h.probe), Some(&Probe::Tcp));
+        for check in ["tcp", "http"] {
+            let p = problems(&udp_health(&format!("  check = \"{check}\"\n")));
+            assert_eq!(
+                p,
+                [format!(
+                    "service[1] (dns).health.check: \"{check}\" checks a TCP port; a UDP service has no check yet"
+                )]
+            );
+        }
+        assert!(parse(&udp_health("  check = \"none\"\n")).is_ok());
+        let body = br#"{"name": "dns", "vip": "10.77.1.53", "port": 53, "protocol": "udp", "health": {"check": "tcp"}}"#;
+        let e = service_from_json(body).unwrap_err().to_string();
+        assert_eq!(e, "health.check: \"tcp\" checks a TCP port; a UDP service has no check yet");
+        let body = br#"{"name": "dns", "vip": "10.77.1.53", "port": 53, "protocol": "udp", "health": {"interval_ms": 500, "timeout_ms": 100}}"#;
+        assert_eq!(service_from_json(body).unwrap().health, None);
+    }
+
+    #[test]
+    fn bad_health_settings_are_named() {
+        let bad = HEALTH
+            .replace("rise = 2", "rise = 0")
+            .replace("fall = 3", "fall = 0")
+            .replace("timeout_ms = 1000", "timeout_ms = 2000")
+            .replace("expect_body = \"Bienvenue\"", "expect_body = \"Bien(venue\"")
+            .replace("path = \"/\"", "path = \"index.html\"");
+        let p = problems(&GOOD.replacen("port = 80\n", &bad, 1));
+        for key in ["rise", "fall", "timeout_ms", "expect_body", "path"] {
+            assert!(
+                p.iter().any(|x| x.starts_with(&format!("service[0].health.{key}"))),
+                "no {key} in {p:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_answer_budget_defaults_to_linuxs_and_is_checked() {
+        let with = |line: &str| GOOD.replace("[dataplane]\n", &format!("[dataplane]\n{line}\n"));
+        assert_eq!(parse(GOOD).unwrap().dataplane.answers_per_second, 1000);
+        for n in [0, 10_000_000] {
+            let c = parse(&with(&format!("answers_per_second = {n}"))).unwrap();
+            assert_eq!(c.dataplane.answers_per_second, n);
+        }
+        for n in ["-1", "10000001"] {
+            let p = problems(&with(&format!("answers_per_second = {n}")));
+            let want = format!("dataplane.answers_per_second: {n} is out of range (0 to 10000000)");
+            assert!(p.iter().any(|x| x.starts_with(&want)), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn the_reverse_path_check_defaults_to_strict_and_is_checked() {
+        let with =
+            |v: &str| GOOD.replace("[dataplane]\n", &format!("[dataplane]\nreverse_path = {v}\n"));
+        assert_eq!(parse(GOOD).unwrap().dataplane.reverse_path, ReversePath::Strict);
+        for (v, want) in [("\"loose\"", ReversePath::Loose), ("\"off\"", ReversePath::Off)] {
+            assert_eq!(parse(&with(v)).unwrap().dataplane.reverse_path, want);
+        }
+        let p = problems(&with("\"Strict\""));
+        assert!(
+            p.iter().any(|x| x.starts_with(
+                "dataplane.reverse_path: \"Strict\" is not one of strict, loose, off"
+            )),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn connection_timeouts_default_like_ipvs_and_are_checked() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.dataplane.timeouts.tcp_established, Duration::from_mins(15));
+        assert_eq!(c.dataplane.timeouts.udp, Duration::from_mins(5));
+        let c =
+            parse(&GOOD.replace("[dataplane]\n", "[dataplane]\ntcp_established_timeout = 3600\n"))
+                .unwrap();
+        assert_eq!(c.dataplane.timeouts.tcp_established, Duration::from_hours(1));
+        let p = problems(&GOOD.replace(
+            "[dataplane]\n",
+            "[dataplane]\nudp_timeout = 0\ntcp_closing_timeout = 99999999\n",
+        ));
+        assert!(
+            p.iter().any(|x| x.starts_with("dataplane.udp_timeout: 0 is out of range")),
+            "{p:?}"
+        );
+        assert!(p.iter().any(|x| x.starts_with("dataplane.tcp_closing_timeout")), "{p:?}");
+    }
+
+    #[test]
+    fn missing_dataplane_section_is_named() {
+        let p = problems("[[service]]\nname = \"a\"\nvip = \"10.0.0.1\"\nport = 1\n");
+        assert!(p[0].contains("dataplane"), "{p:?}");
+    }
+}

@@ -1,0 +1,131 @@
+//! Services and backends in JSON: the admin API's bodies and the state
+//! file's records. In, they have the config file's keys (the same written
+//! shapes, the same checks); out, they read back in unchanged.
+use std::fmt;
+
+use super::{
+    model::{Backend, Probe, Service},
+    names::{Check, Named as _, OnNoBackend},
+    problem::{Problem, Problems},
+    validate::{check_service_set, validate_backend, validate_service},
+    written::{RawBackend, RawService},
+};
+
+/// Why a JSON body was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BodyError {
+    /// Not JSON, or not of the expected shape (a wrong type, an unknown or
+    /// missing field): the one problem the parser stopped at.
+    Malformed(Problem),
+    /// Well-formed, with wrong values: every problem found.
+    Invalid(Vec<Problem>),
+}
+
+impl BodyError {
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            Self::Malformed(p) => std::slice::from_ref(p),
+            Self::Invalid(problems) => problems,
+        }
+    }
+}
+
+impl fmt::Display for BodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let problems: Vec<String> = self.problems().iter().map(ToString::to_string).collect();
+        f.write_str(&problems.join("; "))
+    }
+}
+
+/// A service from an API body (the config file's keys, in JSON).
+pub fn service_from_json(body: &[u8]) -> Result<Service, BodyError> {
+    let raw: RawService = from_json(body)?;
+    let mut problems = Problems::default();
+    let service = validate_service("", raw, &mut problems);
+    check_service_set(std::slice::from_ref(&service), &mut problems);
+    finish_json(service, problems)
+}
+
+/// A backend from an API body (`{"address", "port", "weight", "state"}`).
+pub fn backend_from_json(body: &[u8]) -> Result<Backend, BodyError> {
+    let raw: RawBackend = from_json(body)?;
+    let mut problems = Problems::default();
+    let backend = validate_backend("", &raw, &mut problems);
+    finish_json(backend, problems)
+}
+
+/// A service as the API shows it and the state file keeps it: the config
+/// file's keys, so that `service_from_json` reads it back unchanged.
+pub fn service_to_json(s: &Service) -> serde_json::Value {
+    use serde_json::json;
+    let health = s.health.as_ref().map(|h| {
+        let mut v = json!({
+            "interval_ms": h.interval.as_millis() as u64,
+            "timeout_ms": h.timeout.as_millis() as u64,
+            "rise": h.rise,
+            "fall": h.fall,
+        });
+        v["check"] = json!(Check::of(&h.probe).name());
+        if let Probe::Http { path, expect_status, expect_body } = &h.probe {
+            v["path"] = json!(path);
+            v["expect_status"] = json!(expect_status);
+            if let Some(body) = expect_body {
+                v["expect_body"] = json!(body);
+            }
+        }
+        v
+    });
+    let mut v = json!({
+        "name": s.name,
+        "vip": s.vip.to_string(),
+        "port": s.port,
+        "protocol": s.protocol.to_string(),
+        "scheduler": s.scheduler.name(),
+        "forwarding": s.forwarding.name(),
+        "on_no_backend": OnNoBackend::of(s.reject).name(),
+        "backends": s.backends.iter().map(backend_to_json).collect::<Vec<_>>(),
+    });
+    if let Some(h) = health {
+        v["health"] = h;
+    }
+    v
+}
+
+/// A backend as the API shows it; `backend_from_json` reads it back.
+pub fn backend_to_json(b: &Backend) -> serde_json::Value {
+    serde_json::json!({
+        "address": b.address.to_string(),
+        "port": b.port,
+        "weight": b.weight,
+        "state": b.state.name(),
+    })
+}
+
+/// Deserializes one JSON value (nothing may follow it), naming the field a
+/// type error is about.
+pub fn from_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, BodyError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let malformed = |path: String, message: String| {
+        // serde_path_to_error says "." for the top and "?" where it lost track.
+        let key = if path == "." || path.contains('?') { "body".to_owned() } else { path };
+        BodyError::Malformed(Problem { key, message })
+    };
+    let value = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| malformed(e.path().to_string(), e.into_inner().to_string()))?;
+    de.end().map_err(|e| malformed(".".into(), e.to_string()))?;
+    Ok(value)
+}
+
+/// Keys of JSON problems name fields from the body's top (`port`, not `.port`).
+fn finish_json<T>(value: T, problems: Problems) -> Result<T, BodyError> {
+    if problems.0.is_empty() {
+        return Ok(value);
+    }
+    Err(BodyError::Invalid(
+        problems
+            .0
+            .into_iter()
+            .map(|p| Problem { key: p.key.trim_start_matches('.').to_owned(), ..p })
+            .collect(),
+    ))
+}

@@ -1,0 +1,224 @@
+//! The desired state: plain data, produced by `config` (and the API's
+//! bodies, `json`), consumed by `plan`. The names each choice is written
+//! with are in `names`.
+use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+
+use lb_common::abi::{PROTO_TCP, PROTO_UDP};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dataplane {
+    pub interfaces: Vec<String>,
+    pub xdp_mode: XdpMode,
+    pub conntrack_max: u32,
+    pub pin_path: PathBuf,
+    pub timeouts: Timeouts,
+    /// Answers (resets, ICMP errors) each CPU may send per second; the rest
+    /// are dropped and counted.
+    pub answers_per_second: u32,
+    pub reverse_path: ReversePath,
+    pub handshake_proof: HandshakeProof,
+}
+
+/// Which sources the data plane takes packets from (see
+/// `abi::REVERSE_PATH_STRICT`), like Linux's `rp_filter`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReversePath {
+    /// The route back to the source leaves by the arriving interface.
+    #[default]
+    Strict,
+    /// There is a route back to the source, by any interface.
+    Loose,
+    Off,
+}
+
+/// What records a NAT service's TCP flow in the connection table (see
+/// `lb-ebpf/src/handshake.rs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HandshakeProof {
+    /// The client's ACK of the backend's SYN-ACK, which the load balancer
+    /// saw pass: a forged source cannot send it.
+    #[default]
+    Ack,
+    /// Any ACK after a SYN seen here, as with direct routing: for nodes
+    /// whose backends' SYN-ACKs may return through another node (ECMP).
+    SynSeen,
+}
+
+/// Idle timeouts of the connection states, like IPVS's (`ipvsadm --set`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tcp_syn: Duration,
+    pub tcp_established: Duration,
+    pub tcp_closing: Duration,
+    pub tcp_closed: Duration,
+    pub udp: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            tcp_syn: Duration::from_mins(1),
+            tcp_established: Duration::from_mins(15),
+            tcp_closing: Duration::from_mins(2),
+            tcp_closed: Duration::from_secs(10),
+            udp: Duration::from_mins(5),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpMode {
+    /// Driver (native) mode where the interface supports it, else generic (skb) mode.
+    Auto,
+    Driver,
+    Skb,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number.
+    pub const fn number(self) -> u8 {
+        match self {
+            Self::Tcp => PROTO_TCP,
+            Self::Udp => PROTO_UDP,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub scheduler: Scheduler,
+    pub forwarding: Forwarding,
+    /// `on_no_backend = "reject"`: with no usable backend, answer (TCP reset,
+    /// ICMP port unreachable) rather than drop.
+    pub reject: bool,
+    /// `None`: no health checks, every backend counts as up.
+    pub health: Option<HealthCheck>,
+    pub backends: Vec<Backend>,
+}
+
+/// How a service picks the backend of a new flow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Scheduler {
+    /// Weighted Maglev consistent hashing of the 5-tuple (the default).
+    #[default]
+    Maglev,
+    /// `rr`: each new connection to the next backend, in a fixed order.
+    RoundRobin,
+    /// `wrr`: smooth weighted rotation (nginx's), e.g. 3/1/1 -> A B A C A.
+    WeightedRoundRobin,
+    /// `sh`: Maglev on the client address alone.
+    SourceHash,
+    /// `lc`: the fewest connections per unit of weight (IPVS `wlc`).
+    LeastConnections,
+}
+
+/// How a packet reaches the backend (IPVS's forwarding methods).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Forwarding {
+    /// `nat` (IPVS `-m`, masquerading): the destination becomes the backend;
+    /// replies come back through the load balancer, which puts the VIP back.
+    #[default]
+    Nat,
+    /// `dsr` (IPVS `-g`, direct routing): the frame goes to the backend's MAC
+    /// with the IP packet unchanged; the backend holds the VIP on a
+    /// non-ARPing interface and answers the client directly. Backends share
+    /// a link with the load balancer and listen on the service's port.
+    Dsr,
+}
+
+/// `[service.health]`: how and how often each backend is probed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HealthCheck {
+    pub probe: Probe,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes that bring a DOWN backend UP.
+    pub rise: u32,
+    /// Consecutive failures that take an UP backend DOWN.
+    pub fall: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Probe {
+    /// The TCP connection is accepted.
+    Tcp,
+    /// `GET path`: the status equals `expect_status` and, if set, the body
+    /// matches the regular expression `expect_body` (HAProxy `rstring`).
+    Http { path: String, expect_status: u16, expect_body: Option<String> },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backend {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    /// 0 = drain: no new flows, existing flows continue.
+    pub weight: u32,
+    /// What the operator says, on top of the weight and the health checks.
+    pub state: AdminState,
+}
+
+/// The operator's word on a backend (HAProxy's `set server state`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminState {
+    /// In rotation with its weight (when health checks say UP).
+    #[default]
+    Active,
+    /// No new flows; its open flows continue (like weight 0, keeping the weight).
+    Drain,
+    /// Out of rotation at once, open flows included; health checks continue.
+    Maint,
+}
+
+impl Backend {
+    /// The weight the schedulers use: 0 unless active.
+    pub const fn effective_weight(&self) -> u32 {
+        match self.state {
+            AdminState::Active => self.weight,
+            AdminState::Drain | AdminState::Maint => 0,
+        }
+    }
+}
+
+/// Services for the tests of the planner, the runtime changes and the reconciler.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::net::Ipv4Addr;
+
+    use super::{AdminState, Backend, Forwarding, Protocol, Scheduler, Service};
+
+    /// A Maglev TCP service on 10.77.1.100:`port`; backends are (last octet of 10.77.2.x, weight).
+    pub(crate) fn service(name: &str, port: u16, backends: &[(u8, u32)]) -> Service {
+        Service {
+            name: name.into(),
+            vip: Ipv4Addr::new(10, 77, 1, 100),
+            port,
+            protocol: Protocol::Tcp,
+            scheduler: Scheduler::Maglev,
+            forwarding: Forwarding::Nat,
+            reject: false,
+            health: None,
+            backends: backends
+                .iter()
+                .map(|&(last, weight)| Backend {
+                    address: Ipv4Addr::new(10, 77, 2, last),
+                    port,
+                    weight,
+                    state: AdminState::Active,
+                })
+                .collect(),
+        }
+    }
+}

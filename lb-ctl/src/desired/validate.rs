@@ -1,0 +1,345 @@
+//! What was written, checked and made into the model: a service, its
+//! health check and its backends (from the config file or an API body
+//! alike), and the checks over a set of services (unique names, endpoints
+//! and backends; direct routing's ports; what the kernel maps hold).
+use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
+
+use lb_common::abi::LC_MAX_BACKENDS;
+
+use super::{
+    bounds::{
+        MAX_BACKEND_COUNT, MAX_EXPECT_BODY_LEN, MAX_HEALTH_PATH_LEN, MAX_INTERVAL_MS, MAX_NAME_LEN,
+        MAX_RISE_FALL, MAX_SERVICE_BACKENDS, MAX_SERVICE_COUNT, MAX_WEIGHT,
+    },
+    model::{AdminState, Backend, Forwarding, HealthCheck, Probe, Protocol, Scheduler, Service},
+    names::{Check, Named, OnNoBackend},
+    problem::{Problem, Problems},
+    written::{RawBackend, RawHealth, RawService},
+};
+
+/// The value `text` names; where it names none, a problem at `key` and `default`.
+pub(super) fn named<T: Named>(key: &str, text: &str, default: T, problems: &mut Problems) -> T {
+    T::from_name(text).unwrap_or_else(|| {
+        problems.add(key, format!("{text:?} is not one of {}", T::one_of()));
+        default
+    })
+}
+
+/// Whether `name` can name a service: 1 to 63 letters, digits, '-', '_'
+/// or '.', not starting with '.' (it goes in URL paths, logs, metrics labels).
+pub fn is_service_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+pub(super) fn validate_service(key: &str, raw: RawService, problems: &mut Problems) -> Service {
+    if raw.name.len() > MAX_NAME_LEN {
+        problems.add(
+            format!("{key}.name"),
+            format!("{} characters long; at most {MAX_NAME_LEN} (a DNS label's)", raw.name.len()),
+        );
+    } else if !is_service_name(&raw.name) {
+        problems.add(
+            format!("{key}.name"),
+            format!(
+                "{:?} must be letters, digits, '-', '_' or '.', not starting with '.'",
+                raw.name
+            ),
+        );
+    }
+    let vip = parse_addr(&format!("{key}.vip"), &raw.vip, problems);
+    let port = parse_port(&format!("{key}.port"), raw.port, problems);
+    let protocol = named(&format!("{key}.protocol"), &raw.protocol, Protocol::Tcp, problems);
+    let scheduler = named(&format!("{key}.scheduler"), &raw.scheduler, Scheduler::Maglev, problems);
+    let forwarding =
+        named(&format!("{key}.forwarding"), &raw.forwarding, Forwarding::Nat, problems);
+    let on_no_backend =
+        named(&format!("{key}.on_no_backend"), &raw.on_no_backend, OnNoBackend::Reject, problems);
+    let reject = on_no_backend.rejects();
+    let health = raw.health.and_then(|h| validate_health(key, &raw.name, protocol, h, problems));
+    if raw.backends.len() > MAX_SERVICE_BACKENDS {
+        problems.add(
+            format!("{key}.backend"),
+            format!("{} backends; at most {MAX_SERVICE_BACKENDS} per service", raw.backends.len()),
+        );
+    }
+    let backends: Vec<Backend> = raw
+        .backends
+        .into_iter()
+        .enumerate()
+        .map(|(j, b)| validate_backend(&format!("{key}.backend[{j}]"), &b, problems))
+        .collect();
+    let mut seen = HashMap::new();
+    for (j, b) in backends.iter().enumerate() {
+        if let Some(first) = seen.insert((b.address, b.port), j) {
+            problems.add(
+                format!("{key}.backend[{j}]"),
+                format!("{}:{} is already listed as backend[{first}]", b.address, b.port),
+            );
+        }
+    }
+    if scheduler == Scheduler::LeastConnections && backends.len() > LC_MAX_BACKENDS as usize {
+        problems.add(
+            format!("{key}.backend"),
+            format!(
+                "lc considers at most {LC_MAX_BACKENDS} backends; this service has {}",
+                backends.len()
+            ),
+        );
+    }
+    Service { health, name: raw.name, vip, port, protocol, scheduler, forwarding, reject, backends }
+}
+
+/// Both checks connect over TCP. A UDP-only backend refuses that
+/// connection, so a TCP check on a UDP service would take every backend
+/// DOWN and reject every datagram: a UDP service has no check unless asked,
+/// and asking for a TCP one is an error.
+fn validate_health(
+    service_key: &str,
+    service: &str,
+    protocol: Protocol,
+    raw: RawHealth,
+    problems: &mut Problems,
+) -> Option<HealthCheck> {
+    let key = format!("{service_key}.health");
+    let before = problems.0.len();
+    let check = match raw.check.as_deref() {
+        Some(text) => named(&format!("{key}.check"), text, Check::None, problems),
+        None => match protocol {
+            Protocol::Tcp => Check::Tcp,
+            Protocol::Udp => Check::None,
+        },
+    };
+    if protocol == Protocol::Udp && matches!(check, Check::Tcp | Check::Http) {
+        // In a file, `service[2]` alone hardly says which service it is.
+        let which = if service_key.is_empty() || service.is_empty() {
+            service_key.to_owned()
+        } else {
+            format!("{service_key} ({service})")
+        };
+        problems.add(
+            format!("{which}.health.check"),
+            format!("{:?} checks a TCP port; a UDP service has no check yet", check.name()),
+        );
+        return None;
+    }
+    let probe = match check {
+        Check::None => None,
+        Check::Tcp => Some(Probe::Tcp),
+        Check::Http => {
+            if raw.path.len() > MAX_HEALTH_PATH_LEN {
+                problems.add(
+                    format!("{key}.path"),
+                    format!("{} bytes long; at most {MAX_HEALTH_PATH_LEN}", raw.path.len()),
+                );
+            } else if !raw.path.starts_with('/')
+                || raw.path.chars().any(|c| c.is_ascii_whitespace() || c.is_ascii_control())
+            {
+                problems.add(
+                    format!("{key}.path"),
+                    format!("{:?} must start with '/' and contain no spaces", raw.path),
+                );
+            }
+            let expect_status =
+                u16::try_from(raw.expect_status).ok().filter(|s| (100..=599).contains(s));
+            if expect_status.is_none() {
+                problems.add(
+                    format!("{key}.expect_status"),
+                    format!("{} is not an HTTP status (100 to 599)", raw.expect_status),
+                );
+            }
+            if let Some(pattern) = &raw.expect_body
+                && pattern.len() > MAX_EXPECT_BODY_LEN
+            {
+                problems.add(
+                    format!("{key}.expect_body"),
+                    format!("{} bytes long; at most {MAX_EXPECT_BODY_LEN}", pattern.len()),
+                );
+            } else if let Some(pattern) = &raw.expect_body
+                && let Err(e) = regex_lite::Regex::new(pattern)
+            {
+                problems.add(
+                    format!("{key}.expect_body"),
+                    format!("{pattern:?} is not a regular expression: {e}"),
+                );
+            }
+            Some(Probe::Http {
+                path: raw.path,
+                expect_status: expect_status.unwrap_or(200),
+                expect_body: raw.expect_body,
+            })
+        }
+    };
+    if !(10..=MAX_INTERVAL_MS).contains(&raw.interval_ms) {
+        problems.add(
+            format!("{key}.interval_ms"),
+            format!("{} is out of range (10 to {MAX_INTERVAL_MS})", raw.interval_ms),
+        );
+    }
+    if raw.timeout_ms < 1 || raw.timeout_ms >= raw.interval_ms {
+        problems.add(
+            format!("{key}.timeout_ms"),
+            format!("{} must be at least 1 and below interval_ms ({}): probes of a backend never overlap", raw.timeout_ms, raw.interval_ms),
+        );
+    }
+    for (name, value) in [("rise", raw.rise), ("fall", raw.fall)] {
+        if !(1..=MAX_RISE_FALL).contains(&value) {
+            problems.add(
+                format!("{key}.{name}"),
+                format!("{value} is out of range (1 to {MAX_RISE_FALL})"),
+            );
+        }
+    }
+    if problems.0.len() > before {
+        return None;
+    }
+    Some(HealthCheck {
+        probe: probe?,
+        interval: Duration::from_millis(raw.interval_ms.unsigned_abs()),
+        timeout: Duration::from_millis(raw.timeout_ms.unsigned_abs()),
+        rise: u32::try_from(raw.rise).unwrap_or(1),
+        fall: u32::try_from(raw.fall).unwrap_or(1),
+    })
+}
+
+pub(super) fn validate_backend(key: &str, raw: &RawBackend, problems: &mut Problems) -> Backend {
+    let address = parse_addr(&format!("{key}.address"), &raw.address, problems);
+    let port = parse_port(&format!("{key}.port"), raw.port, problems);
+    let weight = match u32::try_from(raw.weight) {
+        Ok(w) if w <= MAX_WEIGHT => w,
+        _ => {
+            problems.add(
+                format!("{key}.weight"),
+                format!("{} is out of range (0 to {MAX_WEIGHT})", raw.weight),
+            );
+            1
+        }
+    };
+    let state = raw.state.as_deref().map_or(AdminState::Active, |text| {
+        named(&format!("{key}.state"), text, AdminState::Active, problems)
+    });
+    Backend { address, port, weight, state }
+}
+
+fn parse_addr(key: &str, text: &str, problems: &mut Problems) -> Ipv4Addr {
+    match text.parse::<Ipv4Addr>() {
+        Ok(a) if a.is_unspecified() || a.is_broadcast() || a.is_multicast() => {
+            problems.add(key, format!("{text} cannot be used as an endpoint address"));
+            a
+        }
+        Ok(a) => a,
+        Err(_) => {
+            problems.add(key, format!("{text:?} is not an IPv4 address"));
+            Ipv4Addr::UNSPECIFIED
+        }
+    }
+}
+
+fn parse_port(key: &str, port: i64, problems: &mut Problems) -> u16 {
+    match u16::try_from(port) {
+        Ok(p) if p != 0 => p,
+        _ => {
+            problems.add(key, format!("{port} is not a port (1 to 65535)"));
+            0
+        }
+    }
+}
+
+/// Service names, VIP:port:protocol triples and backends must each be unique:
+/// a backend address+port belongs to one service, which is what lets a reply
+/// be rewritten without connection state.
+fn check_unique_services(services: &[Service], problems: &mut Problems) {
+    let mut names = HashMap::new();
+    let mut endpoints = HashMap::new();
+    let mut backends = HashMap::new();
+    for (i, s) in services.iter().enumerate() {
+        if let Some(first) = names.insert(s.name.as_str(), i) {
+            problems.add(
+                format!("service[{i}].name"),
+                format!("{:?} is already the name of service[{first}]", s.name),
+            );
+        }
+        if let Some(first) = endpoints.insert((s.vip, s.port, s.protocol), i) {
+            problems.add(
+                format!("service[{i}]"),
+                format!("{}:{}/{} is already service[{first}]", s.vip, s.port, s.protocol),
+            );
+        }
+        for (j, b) in s.backends.iter().enumerate() {
+            if let Some((fi, fj)) = backends.get(&(b.address, b.port, s.protocol)) {
+                if *fi != i {
+                    problems.add(
+                        format!("service[{i}].backend[{j}]"),
+                        format!(
+                            "{}:{}/{} is already a backend of service[{fi}] (backend[{fj}]); a backend belongs to one service",
+                            b.address, b.port, s.protocol
+                        ),
+                    );
+                }
+            } else {
+                backends.insert((b.address, b.port, s.protocol), (i, j));
+            }
+        }
+        if s.backends.iter().any(|b| b.address == s.vip && b.port == s.port) {
+            problems.add(format!("service[{i}]"), "a backend cannot be the service's own VIP:port");
+        }
+    }
+}
+
+/// Direct routing cannot translate ports: the packet reaches the backend
+/// as the client sent it, so the backend listens on the service's port.
+fn check_direct_routing(services: &[Service], problems: &mut Problems) {
+    for (i, s) in services.iter().enumerate().filter(|(_, s)| s.forwarding == Forwarding::Dsr) {
+        for (j, b) in s.backends.iter().enumerate().filter(|(_, b)| b.port != s.port) {
+            problems.add(
+                format!("service[{i}].backend[{j}].port"),
+                format!(
+                    "{} differs from the service's port {}: with forwarding = \"dsr\" the backend receives the packet unchanged",
+                    b.port, s.port
+                ),
+            );
+        }
+    }
+}
+
+/// Problems with a set of services taken together: unique names, endpoints
+/// and backends; direct routing's ports; what the kernel maps can hold.
+pub(super) fn check_service_set(services: &[Service], problems: &mut Problems) {
+    check_unique_services(services, problems);
+    check_direct_routing(services, problems);
+    problems.0.extend(capacity_problems(services));
+}
+
+/// Services and backends in all beyond what the kernel maps hold (the
+/// planner would refuse them too, but only once asked to apply).
+pub fn capacity_problems(services: &[Service]) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    if services.len() > MAX_SERVICE_COUNT {
+        problems.push(Problem {
+            key: "service".into(),
+            message: format!(
+                "{} services; at most {MAX_SERVICE_COUNT} (the kernel's lb_services map)",
+                services.len()
+            ),
+        });
+    }
+    let backends: usize = services.iter().map(|s| s.backends.len()).sum();
+    if backends > MAX_BACKEND_COUNT {
+        problems.push(Problem {
+            key: "backend".into(),
+            message: format!(
+                "{backends} backends in all; at most {MAX_BACKEND_COUNT} (the kernel's lb_backends map)"
+            ),
+        });
+    }
+    problems
+}
+
+/// Problems with a whole set of services (what the API checks before a change).
+pub fn check_services(services: &[Service]) -> Vec<Problem> {
+    let mut problems = Problems::default();
+    check_service_set(services, &mut problems);
+    problems.0
+}

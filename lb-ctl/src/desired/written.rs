@@ -1,0 +1,177 @@
+//! The config file and the API's bodies as written: serde's view of them,
+//! every value as it was given (a name is a string, a number an `i64`), with
+//! the defaults of what may be left out. Unknown keys are an error
+//! (`deny_unknown_fields`); nothing else is checked here (see `validate`).
+use lb_common::abi::{DEFAULT_ANSWERS_PER_SECOND, DEFAULT_CONNTRACK_MAX};
+use serde::Deserialize;
+
+use super::{
+    model::{Forwarding, HandshakeProof, Protocol, ReversePath, Scheduler, XdpMode},
+    names::{Named as _, OnNoBackend},
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub(super) dataplane: RawDataplane,
+    #[serde(default)]
+    pub(super) admin: RawAdmin,
+    #[serde(default)]
+    pub(super) log: RawLog,
+    #[serde(default, rename = "service")]
+    pub(super) services: Vec<RawService>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDataplane {
+    #[serde(default)]
+    pub(super) interfaces: Vec<String>,
+    #[serde(default = "default_xdp_mode")]
+    pub(super) xdp_mode: String,
+    #[serde(default = "default_conntrack_max")]
+    pub(super) conntrack_max: i64,
+    #[serde(default = "default_pin_path")]
+    pub(super) pin_path: String,
+    pub(super) tcp_syn_timeout: Option<i64>,
+    pub(super) tcp_established_timeout: Option<i64>,
+    pub(super) tcp_closing_timeout: Option<i64>,
+    pub(super) tcp_closed_timeout: Option<i64>,
+    pub(super) udp_timeout: Option<i64>,
+    #[serde(default = "default_answers_per_second")]
+    pub(super) answers_per_second: i64,
+    #[serde(default = "default_reverse_path")]
+    pub(super) reverse_path: String,
+    #[serde(default = "default_handshake_proof")]
+    pub(super) handshake_proof: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    #[serde(default = "default_listen")]
+    pub(super) listen: String,
+    pub(super) token_file: Option<String>,
+    pub(super) state_file: Option<String>,
+    #[serde(default)]
+    pub(super) allowed_hosts: Vec<String>,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self { listen: default_listen(), token_file: None, state_file: None, allowed_hosts: vec![] }
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    pub(super) syslog: Option<String>,
+}
+
+/// A service as the config file and the API's JSON bodies write it.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub(super) name: String,
+    pub(super) vip: String,
+    pub(super) port: i64,
+    #[serde(default = "default_protocol")]
+    pub(super) protocol: String,
+    #[serde(default = "default_scheduler")]
+    pub(super) scheduler: String,
+    #[serde(default = "default_forwarding")]
+    pub(super) forwarding: String,
+    #[serde(default = "default_on_no_backend")]
+    pub(super) on_no_backend: String,
+    pub(super) health: Option<RawHealth>,
+    #[serde(default, rename = "backend", alias = "backends")]
+    pub(super) backends: Vec<RawBackend>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    /// Absent: `tcp` for a TCP service, `none` for a UDP one (see `validate_health`).
+    pub(super) check: Option<String>,
+    #[serde(default = "default_path")]
+    pub(super) path: String,
+    #[serde(default = "default_expect_status")]
+    pub(super) expect_status: i64,
+    pub(super) expect_body: Option<String>,
+    #[serde(default = "default_interval_ms")]
+    pub(super) interval_ms: i64,
+    #[serde(default = "default_timeout_ms")]
+    pub(super) timeout_ms: i64,
+    #[serde(default = "default_rise")]
+    pub(super) rise: i64,
+    #[serde(default = "default_fall")]
+    pub(super) fall: i64,
+}
+
+fn default_path() -> String {
+    "/".into()
+}
+fn default_expect_status() -> i64 {
+    200
+}
+fn default_interval_ms() -> i64 {
+    2000
+}
+fn default_timeout_ms() -> i64 {
+    1000
+}
+fn default_rise() -> i64 {
+    2
+}
+fn default_fall() -> i64 {
+    3
+}
+
+/// A backend as the config file and the API's JSON bodies write it.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub(super) address: String,
+    pub(super) port: i64,
+    #[serde(default = "default_weight")]
+    pub(super) weight: i64,
+    pub(super) state: Option<String>,
+}
+
+fn default_xdp_mode() -> String {
+    XdpMode::Auto.name().into()
+}
+fn default_conntrack_max() -> i64 {
+    i64::from(DEFAULT_CONNTRACK_MAX)
+}
+fn default_reverse_path() -> String {
+    ReversePath::Strict.name().into()
+}
+fn default_handshake_proof() -> String {
+    HandshakeProof::Ack.name().into()
+}
+fn default_answers_per_second() -> i64 {
+    i64::from(DEFAULT_ANSWERS_PER_SECOND)
+}
+fn default_pin_path() -> String {
+    "/sys/fs/bpf/lb".into()
+}
+fn default_listen() -> String {
+    "127.0.0.1:9100".into()
+}
+fn default_protocol() -> String {
+    Protocol::Tcp.name().into()
+}
+fn default_scheduler() -> String {
+    Scheduler::Maglev.name().into()
+}
+fn default_forwarding() -> String {
+    Forwarding::Nat.name().into()
+}
+fn default_on_no_backend() -> String {
+    OnNoBackend::Reject.name().into()
+}
+fn default_weight() -> i64 {
+    1
+}

@@ -1,0 +1,935 @@
+//! The operator's CLI: `lb-ctl list`, `service`, `backend`, `stats` and
+//! `conns`, each a request to the admin API of `lb-ctl run`
+//! (`--admin URL`, else `$LB_ADMIN`, else `http://127.0.0.1:9100`; the token
+//! from `--token-file FILE`, else `$LB_TOKEN`).
+//!
+//! Exit codes, for scripts:
+//!
+//! - 0: success;
+//! - 1: the controller refused the request (a 4xx or 5xx answer: `lb-ctl:
+//!   <status>: <error>` on stderr, then each problem as `  key: message`),
+//!   or its answer was not understood;
+//! - 2: usage error (clap's, or a bad `--admin` URL or token file);
+//! - 3: the controller is unreachable (not running, wrong `--admin`, no answer
+//!   within 10 s);
+//! - 4: authentication failed (401: no token given, or a wrong one).
+//!
+//! The text output is rendered by pure functions over the API's view types
+//! ([`super::render`]).
+use std::{
+    fmt::Write as _,
+    io::{self, Write as _},
+    net::{Ipv4Addr, SocketAddrV4},
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use clap::{Args, Subcommand};
+use hyper::Method;
+use serde_json::{Value, json};
+
+use super::{
+    client::{Client, ClientError, encode_component},
+    render::{
+        BackendChange, render_backend_change, render_conns, render_list, render_stats,
+        rotation_summary, service_line,
+    },
+};
+use crate::{
+    daemon::api::{
+        token,
+        view::{ConnsList, ServiceView, Stats},
+    },
+    desired::{bounds::MAX_WEIGHT, changes::parse_backend_address},
+};
+
+/// Success.
+pub const EXIT_OK: u8 = 0;
+/// The controller refused the request (4xx/5xx), or its answer was not understood.
+pub const EXIT_REFUSED: u8 = 1;
+/// Usage error: clap's, or a bad `--admin` URL or token file.
+pub const EXIT_USAGE: u8 = 2;
+/// The controller cannot be reached.
+pub const EXIT_UNREACHABLE: u8 = 3;
+/// Authentication failed (401).
+pub const EXIT_AUTH: u8 = 4;
+
+/// The exit codes, as `--help` shows them (`after_help`).
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  the controller refused the request (4xx/5xx), or its answer was not understood
+  2  usage error (arguments, --admin URL, token file)
+  3  the controller is unreachable (not running, wrong --admin, no answer within 10 s)
+  4  authentication failed (no token given, or a wrong one)";
+
+const DEFAULT_ADMIN: &str = "http://127.0.0.1:9100";
+
+/// Which controller to talk to, and with which token.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Target {
+    /// The admin API of `lb-ctl run` [default: $LB_ADMIN, else http://127.0.0.1:9100]
+    #[arg(long, global = true, value_name = "URL")]
+    pub admin: Option<String>,
+    /// File holding the API token [default: the LB_TOKEN environment variable]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// The operator's commands: clients of the admin API.
+#[derive(Debug, Subcommand)]
+pub enum Operator {
+    /// List services and their backends, like `ipvsadm -Ln`.
+    #[command(after_help = EXIT_CODES)]
+    List {
+        /// Only this service.
+        service: Option<String>,
+        /// Print the API's JSON (`GET /api/v1/services`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add or remove a service.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Service(ServiceCmd),
+    /// Add, remove, drain, weigh a service's backends.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Backend(BackendCmd),
+    /// Traffic per service and backend, rates, packet outcomes, connection table fill.
+    #[command(after_help = EXIT_CODES)]
+    Stats {
+        /// Print the API's JSON (`GET /api/v1/stats`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// The connection table, like `ipvsadm -Lnc`.
+    #[command(after_help = EXIT_CODES)]
+    Conns {
+        /// Only this service's connections.
+        #[arg(long)]
+        service: Option<String>,
+        /// At most this many entries (the controller's default: 1000, at most 100000).
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Print the API's JSON (`GET /api/v1/conns`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Whether the controller is live and the XDP program attached on every
+    /// interface (`GET /readyz`): exit 0 if so. For keepalived's
+    /// `track_script` (see examples/keepalived/).
+    #[command(after_help = EXIT_CODES)]
+    Health,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCmd {
+    /// Add a service, without backends (`backend add` gives it some).
+    #[command(after_help = EXIT_CODES)]
+    Add {
+        /// Letters, digits, '-', '_', '.'.
+        #[arg(long)]
+        name: String,
+        /// The virtual IPv4 address.
+        #[arg(long)]
+        vip: Ipv4Addr,
+        /// 1 to 65535.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        port: u16,
+        /// [default: tcp]
+        #[arg(long, value_parser = ["tcp", "udp"])]
+        protocol: Option<String>,
+        /// sh = source-IP hash. [default: maglev]
+        #[arg(long, value_parser = ["maglev", "rr", "wrr", "lc", "sh"])]
+        scheduler: Option<String>,
+        /// nat (IPVS -m) or dsr (IPVS -g: backends hold the VIP and answer
+        /// clients directly). [default: nat]
+        #[arg(long, value_parser = ["nat", "dsr"])]
+        forwarding: Option<String>,
+        /// What a client gets when no backend can take it: a TCP reset / ICMP
+        /// port unreachable, or nothing. [default: reject]
+        #[arg(long, value_parser = ["reject", "drop"])]
+        on_no_backend: Option<String>,
+    },
+    /// Remove a service and its backends.
+    #[command(visible_alias = "delete", after_help = EXIT_CODES)]
+    Del { name: String },
+}
+
+/// A backend of a service: `SERVICE ADDRESS:PORT`.
+#[derive(Debug, Clone, Args)]
+pub struct BackendAt {
+    /// The service's name.
+    pub service: String,
+    /// The backend, e.g. 10.77.2.11:80.
+    #[arg(value_name = "ADDRESS:PORT", value_parser = parse_backend)]
+    pub backend: SocketAddrV4,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackendCmd {
+    /// Add a backend to a service.
+    #[command(after_help = EXIT_CODES)]
+    Add {
+        #[command(flatten)]
+        at: BackendAt,
+        /// 0 to 65535; 0 takes no new flows. [default: 1]
+        #[arg(long, value_parser = parse_weight)]
+        weight: Option<u32>,
+    },
+    /// Remove a backend; its flows end.
+    #[command(visible_alias = "delete", after_help = EXIT_CODES)]
+    Del(BackendAt),
+    /// No new flows; existing flows continue.
+    #[command(after_help = EXIT_CODES)]
+    Drain(BackendAt),
+    /// Back into rotation after `drain` or `maint`.
+    #[command(after_help = EXIT_CODES)]
+    Undrain(BackendAt),
+    /// Out of rotation at once; health checks continue.
+    #[command(after_help = EXIT_CODES)]
+    Maint(BackendAt),
+    /// Set a backend's weight (0 drains).
+    #[command(after_help = EXIT_CODES)]
+    Weight {
+        #[command(flatten)]
+        at: BackendAt,
+        /// 0 to 65535.
+        #[arg(value_parser = parse_weight)]
+        weight: u32,
+    },
+}
+
+fn parse_backend(text: &str) -> Result<SocketAddrV4, String> {
+    parse_backend_address(text)
+        .ok_or_else(|| format!("{text:?} is not an IPv4 ADDRESS:PORT (e.g. 10.77.2.11:80)"))
+}
+
+fn parse_weight(text: &str) -> Result<u32, String> {
+    text.parse::<u32>()
+        .ok()
+        .filter(|w| *w <= MAX_WEIGHT)
+        .ok_or_else(|| format!("{text:?} is not a weight (0 to {MAX_WEIGHT})"))
+}
+
+/// Where the token came from, for the message of a 401.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TokenSource {
+    None,
+    File(PathBuf),
+    Env,
+    /// The one `lb-ctl run` generated on this machine for the admin port.
+    Generated(PathBuf),
+    /// That one exists but could not be read (another user's), and why.
+    Unreadable(PathBuf, String),
+}
+
+impl Target {
+    /// The client of the API, and where its token came from.
+    fn prepare(self) -> Result<(Client, TokenSource), String> {
+        let url = self.admin_url()?;
+        let (token, source) = self.token(&url, &token::run_dir())?;
+        let client = Client::new(&url, token).map_err(|e| e.to_string())?;
+        Ok((client, source))
+    }
+
+    /// The client of the API with no token: for what needs none (`health`,
+    /// which keepalived runs as root every few seconds). Sending the
+    /// generated token there would hand it to whatever listens on the port
+    /// while the controller is down.
+    fn prepare_without_token(self) -> Result<(Client, TokenSource), String> {
+        let client = Client::new(&self.admin_url()?, None).map_err(|e| e.to_string())?;
+        Ok((client, TokenSource::None))
+    }
+
+    /// The admin URL: `--admin`, else `$LB_ADMIN`, else the default.
+    fn admin_url(&self) -> Result<String, String> {
+        if let Some(admin) = &self.admin {
+            return Ok(admin.clone());
+        }
+        match std::env::var("LB_ADMIN") {
+            Ok(admin) if !admin.trim().is_empty() => Ok(admin),
+            Ok(_) | Err(std::env::VarError::NotPresent) => Ok(DEFAULT_ADMIN.into()),
+            Err(std::env::VarError::NotUnicode(_)) => Err("LB_ADMIN is not valid UTF-8".into()),
+        }
+    }
+
+    /// The token: `--token-file`, else `$LB_TOKEN`, else (for a controller
+    /// on this machine's loopback) the one `lb-ctl run` generated for the
+    /// URL's port under `run_dir`; else none.
+    fn token(&self, url: &str, run_dir: &Path) -> Result<(Option<String>, TokenSource), String> {
+        if let Some(path) = &self.token_file {
+            let token = token::read_any(path).map_err(|e| format!("--token-file {e}"))?;
+            return Ok((Some(token), TokenSource::File(path.clone())));
+        }
+        match std::env::var("LB_TOKEN") {
+            Ok(token) if !token.trim().is_empty() => {
+                return Ok((Some(token.trim().to_owned()), TokenSource::Env));
+            }
+            Ok(_) | Err(std::env::VarError::NotPresent) => {}
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err("LB_TOKEN is not valid UTF-8".into());
+            }
+        }
+        let Some(port) = loopback_port(url) else {
+            return Ok((None, TokenSource::None));
+        };
+        let path = token::generated_path(run_dir, port);
+        match token::read_any(&path) {
+            Ok(token) => Ok((Some(token), TokenSource::Generated(path))),
+            Err(token::TokenError::Io { source, .. })
+                if source.kind() == io::ErrorKind::NotFound =>
+            {
+                Ok((None, TokenSource::None))
+            }
+            // Without it the request may still succeed (`health` needs no
+            // token); a 401 will say why there was none.
+            Err(e) => Ok((None, TokenSource::Unreadable(path, e.to_string()))),
+        }
+    }
+}
+
+/// The port of an admin URL that names this machine's loopback, where a
+/// generated token may be found.
+fn loopback_port(url: &str) -> Option<u16> {
+    let client = Client::new(url, None).ok()?;
+    let authority = client.url().strip_prefix("http://")?;
+    let authority = authority.split('/').next()?;
+    let (host, port) = authority.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    loopback.then(|| port.parse().ok()).flatten()
+}
+
+/// The client `op` talks through: with the token for everything but
+/// `health`, whose `/readyz` is open (see `Target::prepare_without_token`).
+fn client_for(op: &Operator, target: Target) -> Result<(Client, TokenSource), String> {
+    match op {
+        Operator::Health => target.prepare_without_token(),
+        _ => target.prepare(),
+    }
+}
+
+/// Runs one operator command against the controller of `target`; the
+/// process's exit code (see the module's documentation).
+pub fn run(op: Operator, target: Target) -> ExitCode {
+    let prepared = client_for(&op, target);
+    let (client, source) = match prepared {
+        Ok(prepared) => prepared,
+        Err(message) => {
+            write_err(&format!("lb-ctl: {message}\n"));
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            write_err(&format!("lb-ctl: cannot start the runtime: {e}\n"));
+            return ExitCode::from(EXIT_REFUSED);
+        }
+    };
+    match runtime.block_on(execute(op, &client)) {
+        Ok(text) => {
+            write_out(&text);
+            ExitCode::from(EXIT_OK)
+        }
+        Err(e) => {
+            write_err(&report(&e, &source));
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+/// The exit code of a failed request.
+pub fn exit_code(e: &ClientError) -> u8 {
+    match e {
+        ClientError::Refused { .. } | ClientError::Protocol(_) => EXIT_REFUSED,
+        ClientError::Invalid(_) => EXIT_USAGE,
+        ClientError::Unreachable { .. } => EXIT_UNREACHABLE,
+        ClientError::Unauthorized(_) => EXIT_AUTH,
+    }
+}
+
+/// What stderr says of a failed request.
+fn report(e: &ClientError, source: &TokenSource) -> String {
+    match e {
+        ClientError::Refused { status, error, detail } => {
+            let mut text = format!("lb-ctl: {status}: {error}\n");
+            match detail {
+                Value::Null => {}
+                Value::Array(problems) => {
+                    for problem in problems {
+                        match (problem["key"].as_str(), problem["message"].as_str()) {
+                            (Some(key), Some(message)) => {
+                                let _ = writeln!(text, "  {key}: {message}");
+                            }
+                            _ => {
+                                let _ = writeln!(text, "  {problem}");
+                            }
+                        }
+                    }
+                }
+                other => {
+                    let _ = writeln!(text, "  {other}");
+                }
+            }
+            text
+        }
+        ClientError::Unauthorized(message) => match source {
+            TokenSource::None => format!(
+                "lb-ctl: authentication failed: no token was given, and the controller needs one \
+                 (use --token-file FILE or set LB_TOKEN); it says: {message}\n"
+            ),
+            TokenSource::File(path) => format!(
+                "lb-ctl: authentication failed: the controller refused the token of --token-file {}: {message}\n",
+                path.display()
+            ),
+            TokenSource::Env => format!(
+                "lb-ctl: authentication failed: the controller refused the token of LB_TOKEN: {message}\n"
+            ),
+            TokenSource::Generated(path) => format!(
+                "lb-ctl: authentication failed: the controller refused the token lb-ctl run generated in {} \
+                 (it uses admin.token_file instead? then pass --token-file): {message}\n",
+                path.display()
+            ),
+            TokenSource::Unreadable(_, why) => format!(
+                "lb-ctl: authentication failed: the token lb-ctl run generated cannot be read ({why}); \
+                 run as its owner, or use --token-file FILE or LB_TOKEN; it says: {message}\n",
+            ),
+        },
+        other => format!("lb-ctl: {other}\n"),
+    }
+}
+
+/// Writes to stdout; a closed pipe (`lb-ctl conns | head`) is not an error.
+fn write_out(text: &str) {
+    let mut out = io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+fn write_err(text: &str) {
+    let _ = io::stderr().lock().write_all(text.as_bytes());
+}
+
+const SERVICES: &str = "/api/v1/services";
+
+fn service_path(name: &str) -> String {
+    format!("{SERVICES}/{}", encode_component(name))
+}
+
+fn backend_path(at: &BackendAt) -> String {
+    format!("{}/backends/{}", service_path(&at.service), at.backend)
+}
+
+/// The API's JSON answer to `GET path`, indented, its keys in the API's order.
+async fn get_pretty(client: &Client, path: &str) -> Result<String, ClientError> {
+    let (_, bytes) = client.request(Method::GET, path, None).await?;
+    let not_understood = |why: &dyn std::fmt::Display| {
+        ClientError::Protocol(format!(
+            "GET {path}: the answer of the controller at {} is not understood: {why}",
+            client.url()
+        ))
+    };
+    serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| not_understood(&e))?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| not_understood(&e))?;
+    Ok(indent_json(text))
+}
+
+/// Valid JSON `text` indented by two spaces, like `serde_json::to_string_pretty`
+/// but keeping the keys in their order; with a final newline.
+fn indent_json(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 2);
+    let mut depth = 0_usize;
+    let (mut in_string, mut escaped) = (false, false);
+    let mut chars = text.chars().peekable();
+    let newline = |out: &mut String, depth: usize| {
+        out.push('\n');
+        out.push_str(&"  ".repeat(depth));
+    };
+    while let Some(c) = chars.next() {
+        if in_string {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_string = true;
+                out.push(c);
+            }
+            '{' | '[' => {
+                out.push(c);
+                while chars.next_if(char::is_ascii_whitespace).is_some() {}
+                if let Some(close) = chars.next_if(|n| matches!((c, n), ('{', '}') | ('[', ']'))) {
+                    out.push(close);
+                } else {
+                    depth += 1;
+                    newline(&mut out, depth);
+                }
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                newline(&mut out, depth);
+                out.push(c);
+            }
+            ',' => {
+                out.push(c);
+                newline(&mut out, depth);
+            }
+            ':' => out.push_str(": "),
+            c if c.is_ascii_whitespace() => {}
+            c => out.push(c),
+        }
+    }
+    out.push('\n');
+    out
+}
+
+/// Sends the request of `op`; what to print on stdout.
+async fn execute(op: Operator, client: &Client) -> Result<String, ClientError> {
+    match op {
+        Operator::List { service, json } => {
+            let path = service.as_deref().map_or_else(|| SERVICES.to_owned(), service_path);
+            if json {
+                return get_pretty(client, &path).await;
+            }
+            let services = match service {
+                None => client.get_json::<Vec<ServiceView>>(&path).await?,
+                Some(_) => vec![client.get_json::<ServiceView>(&path).await?],
+            };
+            Ok(render_list(&services))
+        }
+        Operator::Service(ServiceCmd::Add {
+            name,
+            vip,
+            port,
+            protocol,
+            scheduler,
+            forwarding,
+            on_no_backend,
+        }) => {
+            let mut body = json!({"name": name, "vip": vip.to_string(), "port": port});
+            for (key, value) in [
+                ("protocol", protocol),
+                ("scheduler", scheduler),
+                ("forwarding", forwarding),
+                ("on_no_backend", on_no_backend),
+            ] {
+                if let Some(value) = value {
+                    body[key] = Value::String(value);
+                }
+            }
+            let view: ServiceView = client.send_json(Method::POST, SERVICES, Some(body)).await?;
+            Ok(format!(
+                "{}: added: {}; {}\n",
+                view.name,
+                service_line(&view),
+                rotation_summary(&view)
+            ))
+        }
+        Operator::Service(ServiceCmd::Del { name }) => {
+            client.request(Method::DELETE, &service_path(&name), None).await?;
+            Ok(format!("{name}: removed, with its backends\n"))
+        }
+        Operator::Backend(cmd) => backend(cmd, client).await,
+        Operator::Health => {
+            client.request(Method::GET, "/readyz", None).await?;
+            Ok("ready: the controller is live and the data plane attached\n".into())
+        }
+        Operator::Stats { json } => {
+            let path = "/api/v1/stats";
+            if json {
+                return get_pretty(client, path).await;
+            }
+            Ok(render_stats(&client.get_json::<Stats>(path).await?))
+        }
+        Operator::Conns { service, limit, json } => {
+            let mut query = Vec::new();
+            if let Some(name) = &service {
+                query.push(format!("service={}", encode_component(name)));
+            }
+            if let Some(limit) = limit {
+                query.push(format!("limit={limit}"));
+            }
+            let path = if query.is_empty() {
+                "/api/v1/conns".to_owned()
+            } else {
+                format!("/api/v1/conns?{}", query.join("&"))
+            };
+            if json {
+                return get_pretty(client, &path).await;
+            }
+            Ok(render_conns(&client.get_json::<ConnsList>(&path).await?))
+        }
+    }
+}
+
+async fn backend(cmd: BackendCmd, client: &Client) -> Result<String, ClientError> {
+    let set = |at: BackendAt, body: Value, change| async move {
+        let view: ServiceView =
+            client.send_json(Method::PATCH, &backend_path(&at), Some(body)).await?;
+        Ok(render_backend_change(&view, at.backend, change))
+    };
+    match cmd {
+        BackendCmd::Add { at, weight } => {
+            let mut body =
+                json!({"address": at.backend.ip().to_string(), "port": at.backend.port()});
+            if let Some(weight) = weight {
+                body["weight"] = json!(weight);
+            }
+            let path = format!("{}/backends", service_path(&at.service));
+            let view: ServiceView = client.send_json(Method::POST, &path, Some(body)).await?;
+            Ok(render_backend_change(&view, at.backend, BackendChange::Added))
+        }
+        BackendCmd::Del(at) => {
+            let view: ServiceView =
+                client.send_json(Method::DELETE, &backend_path(&at), None).await?;
+            Ok(render_backend_change(&view, at.backend, BackendChange::Removed))
+        }
+        BackendCmd::Drain(at) => set(at, json!({"state": "drain"}), BackendChange::Drained).await,
+        BackendCmd::Undrain(at) => {
+            set(at, json!({"state": "active"}), BackendChange::Undrained).await
+        }
+        BackendCmd::Maint(at) => set(at, json!({"state": "maint"}), BackendChange::Maint).await,
+        BackendCmd::Weight { at, weight } => {
+            set(at, json!({"weight": weight}), BackendChange::Weight(weight)).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser};
+
+    use super::*;
+    use crate::operator::{
+        client::tests::{answer, serve_once},
+        render::tests::{backend, web},
+    };
+
+    /// The way main.rs wires it.
+    #[derive(Debug, Parser)]
+    #[command(name = "lb-ctl")]
+    struct Cli {
+        #[command(subcommand)]
+        command: Command,
+        #[command(flatten)]
+        target: Target,
+    }
+
+    #[derive(Debug, clap::Subcommand)]
+    enum Command {
+        Run {
+            #[arg(long)]
+            config: PathBuf,
+        },
+        Check {
+            #[arg(long)]
+            config: PathBuf,
+        },
+        #[command(flatten)]
+        Operator(Operator),
+    }
+
+    #[derive(Debug)]
+    struct Parsed {
+        op: Operator,
+        target: Target,
+    }
+
+    fn parse(args: &[&str]) -> Result<Parsed, clap::Error> {
+        let cli = Cli::try_parse_from(std::iter::once("lb-ctl").chain(args.iter().copied()))?;
+        match cli.command {
+            Command::Operator(op) => Ok(Parsed { op, target: cli.target }),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        Cli::command().debug_assert();
+        let mut cli = Cli::command();
+        cli.build();
+        for path in
+            [&["list"][..], &["service"], &["service", "add"], &["backend", "weight"], &["conns"]]
+        {
+            let mut command = &mut cli;
+            for name in path {
+                command = command.find_subcommand_mut(name).unwrap();
+            }
+            let help = command.render_long_help().to_string();
+            assert!(help.contains("4  authentication failed"), "{path:?}: {help}");
+            assert!(help.contains("--admin <URL>"), "{path:?}: {help}");
+        }
+        let run = Cli::try_parse_from(["lb-ctl", "run", "--config", "/c"]).unwrap();
+        assert!(matches!(run.command, Command::Run { .. }));
+    }
+
+    #[test]
+    fn commands_parse() {
+        let cli =
+            parse(&["backend", "add", "web", "10.77.2.14:80", "--weight", "3", "--admin", "x:1"])
+                .unwrap();
+        assert_eq!(cli.target.admin.as_deref(), Some("x:1"));
+        let Operator::Backend(BackendCmd::Add { at, weight }) = cli.op else { panic!() };
+        assert_eq!(
+            (at.service.as_str(), at.backend.to_string(), weight),
+            ("web", "10.77.2.14:80".into(), Some(3))
+        );
+
+        let cli = parse(&["--token-file", "/t", "backend", "weight", "web", "10.77.2.14:80", "0"])
+            .unwrap();
+        assert_eq!(cli.target.token_file, Some(PathBuf::from("/t")));
+        assert!(matches!(cli.op, Operator::Backend(BackendCmd::Weight { weight: 0, .. })));
+
+        let cli = parse(&[
+            "service",
+            "add",
+            "--name",
+            "dns",
+            "--vip",
+            "10.77.1.53",
+            "--port",
+            "53",
+            "--protocol",
+            "udp",
+            "--on-no-backend",
+            "drop",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.op,
+            Operator::Service(ServiceCmd::Add { port: 53, ref protocol, scheduler: None, .. })
+                if protocol.as_deref() == Some("udp")
+        ));
+        assert!(matches!(
+            parse(&["conns", "--service", "web", "--limit", "5", "--json"]).unwrap().op,
+            Operator::Conns { limit: Some(5), json: true, .. }
+        ));
+        assert!(matches!(
+            parse(&["service", "delete", "web"]).unwrap().op,
+            Operator::Service(ServiceCmd::Del { .. })
+        ));
+    }
+
+    #[test]
+    fn bad_arguments_are_usage_errors_naming_the_value() {
+        for (args, named) in [
+            (&["backend", "add", "web", "junk"][..], "junk"),
+            (&["backend", "drain", "web", "10.77.2.14"], "10.77.2.14"),
+            (&["backend", "del", "web", "10.77.2.14:0"], "10.77.2.14:0"),
+            (&["backend", "maint", "web", "::1:80"], "::1:80"),
+            (&["backend", "weight", "web", "10.77.2.14:80", "65536"], "65536"),
+            (&["backend", "weight", "web", "10.77.2.14:80", "-1"], "-1"),
+            (
+                &["service", "add", "--name", "w", "--vip", "10.0.0.300", "--port", "80"],
+                "10.0.0.300",
+            ),
+            (&["service", "add", "--name", "w", "--vip", "10.0.0.1", "--port", "0"], "0"),
+            (
+                &[
+                    "service",
+                    "add",
+                    "--name",
+                    "w",
+                    "--vip",
+                    "10.0.0.1",
+                    "--port",
+                    "80",
+                    "--scheduler",
+                    "x",
+                ],
+                "x",
+            ),
+            (&["conns", "--limit", "many"], "many"),
+        ] {
+            let e = parse(args).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+            assert!(e.to_string().contains(named), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn json_is_indented_in_the_api_order() {
+        let raw = r#"{"name":"web","port":80,"backends":[],"health":{},"x":["a\\\"{,:",{"k":[1, 2]}],"n":null}"#;
+        let text = indent_json(raw);
+        let expected = r#"{
+  "name": "web",
+  "port": 80,
+  "backends": [],
+  "health": {},
+  "x": [
+    "a\\\"{,:",
+    {
+      "k": [
+        1,
+        2
+      ]
+    }
+  ],
+  "n": null
+}
+"#;
+        assert_eq!(text, expected);
+        let value: Value = serde_json::from_str(raw).unwrap();
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), value);
+        // The same layout as serde_json's (which sorts the keys).
+        let sorted: Value = serde_json::from_str(r#"{"a":[1,{"b":[]}],"c":{}}"#).unwrap();
+        assert_eq!(
+            indent_json(&sorted.to_string()),
+            format!("{}\n", serde_json::to_string_pretty(&sorted).unwrap())
+        );
+        assert_eq!(indent_json("[ ]"), "[]\n");
+        assert_eq!(indent_json("3"), "3\n");
+    }
+
+    #[test]
+    fn failures_are_reported_with_their_exit_code() {
+        let refused = ClientError::Refused {
+            status: hyper::StatusCode::UNPROCESSABLE_ENTITY,
+            error: "port: 0 is out of range; vip: \"x\" is not an IPv4 address".into(),
+            detail: json!([{"key": "port", "message": "0 is out of range"}, {"key": "vip", "message": "\"x\" is not an IPv4 address"}]),
+        };
+        assert_eq!(exit_code(&refused), 1);
+        assert_eq!(
+            report(&refused, &TokenSource::None),
+            "lb-ctl: 422 Unprocessable Entity: port: 0 is out of range; vip: \"x\" is not an IPv4 address\n  \
+             port: 0 is out of range\n  vip: \"x\" is not an IPv4 address\n"
+        );
+        let unauthorized = ClientError::Unauthorized("wrong token".into());
+        assert_eq!(exit_code(&unauthorized), 4);
+        assert!(
+            report(&unauthorized, &TokenSource::Env)
+                .contains("refused the token of LB_TOKEN: wrong token")
+        );
+        assert!(report(&unauthorized, &TokenSource::None).contains("no token was given"));
+        let unreachable = ClientError::Unreachable {
+            url: "http://127.0.0.1:9100".into(),
+            source: io::Error::from(io::ErrorKind::ConnectionRefused),
+        };
+        assert_eq!(exit_code(&unreachable), 3);
+        assert_eq!(
+            report(&unreachable, &TokenSource::None),
+            "lb-ctl: cannot reach the controller at http://127.0.0.1:9100: connection refused — is `lb-ctl run` running?\n"
+        );
+        assert_eq!(exit_code(&ClientError::Protocol(String::new())), 1);
+        assert_eq!(exit_code(&ClientError::Invalid(String::new())), 2);
+    }
+
+    #[test]
+    fn a_token_file_is_read_and_checked() {
+        let dir = std::env::temp_dir().join(format!("lb-ctl-cli-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "  s3cret\n").unwrap();
+        let target = Target { admin: None, token_file: Some(file.clone()) };
+        let token = |t: &Target| t.token(DEFAULT_ADMIN, &dir);
+        assert_eq!(
+            token(&target).unwrap(),
+            (Some("s3cret".into()), TokenSource::File(file.clone()))
+        );
+        std::fs::write(&file, "\n").unwrap();
+        assert!(token(&target).unwrap_err().contains("empty"));
+        let missing = Target { admin: None, token_file: Some(dir.join("missing")) };
+        assert!(token(&missing).unwrap_err().contains("missing"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        let explicit = Target { admin: Some("http://10.0.0.1:9100".into()), token_file: None };
+        assert_eq!(explicit.admin_url().unwrap(), "http://10.0.0.1:9100");
+    }
+
+    /// `health` never carries a token, even one given explicitly: it asks an
+    /// open route, and while the controller is down whatever holds its port
+    /// would be handed the token.
+    #[test]
+    fn health_sends_no_token_and_the_other_commands_do() {
+        let dir = std::env::temp_dir().join(format!("lb-ctl-cli-health-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let target = || Target { admin: None, token_file: Some(file.clone()) };
+        let (health, _) = client_for(&Operator::Health, target()).unwrap();
+        assert!(!health.has_token(), "health carried the token");
+        let list = Operator::List { service: None, json: false };
+        let (listing, _) = client_for(&list, target()).unwrap();
+        assert!(listing.has_token(), "list went without its token");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Without --token-file or LB_TOKEN, the CLI finds the token `lb-ctl
+    /// run` generated for the port of a loopback admin URL, and only there.
+    #[test]
+    fn the_generated_token_is_found_for_a_loopback_controller() {
+        if std::env::var_os("LB_TOKEN").is_some() {
+            return; // The environment's token comes first; nothing to see.
+        }
+        let dir = std::env::temp_dir().join(format!("lb-ctl-cli-gen-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (made, path, _) = token::generated(&dir, 9188).unwrap();
+        let target = Target::default();
+        for url in
+            ["http://127.0.0.1:9188", "localhost:9188", "http://[::1]:9188/", "127.0.0.2:9188"]
+        {
+            let (found, source) = target.token(url, &dir).unwrap();
+            assert_eq!(found.as_deref(), Some(&*made), "{url}");
+            assert_eq!(source, TokenSource::Generated(path.clone()), "{url}");
+        }
+        // Another port, another machine: none.
+        for url in ["http://127.0.0.1:9189", "http://10.0.0.1:9188", "http://lb1:9188"] {
+            assert_eq!(target.token(url, &dir).unwrap(), (None, TokenSource::None), "{url}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn backend_add_posts_the_backend_and_says_what_happened() {
+        let mut s = web();
+        s.health = None;
+        s.backends = vec![backend(14, 3, "active", "UNCHECKED", 0)];
+        s.backends_in_rotation = 1;
+        let (url, server) =
+            serve_once(answer("201 Created", &serde_json::to_string(&s).unwrap())).await;
+        let client = Client::new(&url, None).unwrap();
+        let op = parse(&["backend", "add", "web", "10.77.2.14:80", "--weight", "3"]).unwrap().op;
+        let text = execute(op, &client).await.unwrap();
+        assert_eq!(text, "web: 10.77.2.14:80 added (weight 3); 1 backend, 1 in rotation\n");
+        let seen = server.await.unwrap();
+        assert!(seen.head.starts_with("POST /api/v1/services/web/backends HTTP/1.1\r\n"));
+        let body: Value = serde_json::from_str(&seen.body).unwrap();
+        assert_eq!(body, json!({"address": "10.77.2.14", "port": 80, "weight": 3}));
+    }
+
+    #[tokio::test]
+    async fn paths_and_queries_are_encoded() {
+        let body = r#"{"total":0,"truncated":false,"conns":[]}"#;
+        let (url, server) = serve_once(answer("200 OK", body)).await;
+        let client = Client::new(&url, None).unwrap();
+        let op = parse(&["conns", "--service", "a b/c", "--limit", "10"]).unwrap().op;
+        execute(op, &client).await.unwrap();
+        let seen = server.await.unwrap();
+        assert!(
+            seen.head.starts_with("GET /api/v1/conns?service=a%20b%2Fc&limit=10 HTTP/1.1\r\n"),
+            "{}",
+            seen.head
+        );
+    }
+
+    #[tokio::test]
+    async fn drain_patches_the_state() {
+        let (url, server) =
+            serve_once(answer("200 OK", &serde_json::to_string(&web()).unwrap())).await;
+        let client = Client::new(&url, None).unwrap();
+        let op = parse(&["backend", "drain", "web", "10.77.2.12:80"]).unwrap().op;
+        let text = execute(op, &client).await.unwrap();
+        assert!(text.starts_with("web: 10.77.2.12:80 draining"), "{text}");
+        let seen = server.await.unwrap();
+        assert!(
+            seen.head.starts_with("PATCH /api/v1/services/web/backends/10.77.2.12:80 HTTP/1.1\r\n")
+        );
+        assert_eq!(serde_json::from_str::<Value>(&seen.body).unwrap(), json!({"state": "drain"}));
+    }
+}

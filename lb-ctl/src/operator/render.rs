@@ -1,0 +1,554 @@
+//! The CLI's text: pure functions from the API's view types to the tables
+//! an IPVS or HAProxy user expects (`ipvsadm -Ln`, `-Lnc`, `--stats`).
+use std::{fmt::Write as _, net::SocketAddrV4};
+
+use crate::daemon::api::view::{BackendView, ConnsList, ServiceView, Stats, duration_text};
+
+/// What a backend command did, in the words of [`render_backend_change`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BackendChange {
+    Added,
+    Removed,
+    Drained,
+    Undrained,
+    Maint,
+    Weight(u32),
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// `4 backends, 3 in rotation`.
+pub(super) fn rotation_summary(view: &ServiceView) -> String {
+    format!(
+        "{}, {} in rotation",
+        plural(view.backends.len(), "backend", "backends"),
+        view.backends_in_rotation
+    )
+}
+
+/// One line saying what is now true of the backend `at` of `view`:
+/// `web: 10.77.2.14:80 added (weight 1); 4 backends, 4 in rotation`.
+pub(super) fn render_backend_change(
+    view: &ServiceView,
+    at: SocketAddrV4,
+    change: BackendChange,
+) -> String {
+    let what = match change {
+        BackendChange::Added => "added".to_owned(),
+        BackendChange::Removed => "removed".to_owned(),
+        BackendChange::Drained => "draining: no new flows, existing flows continue".to_owned(),
+        BackendChange::Undrained => "active".to_owned(),
+        BackendChange::Maint => {
+            "in maintenance: out of rotation, health checks continue".to_owned()
+        }
+        BackendChange::Weight(0) => {
+            "weight set to 0: no new flows, existing flows continue".to_owned()
+        }
+        BackendChange::Weight(w) => format!("weight set to {w}"),
+    };
+    let address = at.ip().to_string();
+    let found = view.backends.iter().find(|b| b.address == address && b.port == at.port());
+    let state = match (change, found) {
+        (BackendChange::Removed, _) | (_, None) => String::new(),
+        (_, Some(b)) => format!(" ({})", backend_state(b)),
+    };
+    format!("{}: {at} {what}{state}; {}\n", view.name, rotation_summary(view))
+}
+
+/// `weight 1`, then whatever keeps it from being a plain active backend in
+/// rotation: `weight 1, drain, health DOWN, out of rotation`.
+fn backend_state(b: &BackendView) -> String {
+    let mut parts = vec![format!("weight {}", b.weight)];
+    if b.state != "active" {
+        parts.push(b.state.clone());
+    }
+    if b.health.status != "UNCHECKED" {
+        parts.push(format!("health {}", b.health.status));
+    }
+    if !b.in_rotation {
+        parts.push("out of rotation".into());
+    }
+    parts.join(", ")
+}
+
+/// IPVS's name of a forwarding method.
+fn forward_name(forwarding: &str) -> &str {
+    match forwarding {
+        "nat" => "Masq",
+        "dsr" => "Route",
+        "tunnel" => "Tunnel",
+        other => other,
+    }
+}
+
+/// `TCP  10.77.1.100:80 maglev reject check=http (web)`.
+pub(super) fn service_line(s: &ServiceView) -> String {
+    let mut flags = String::new();
+    if !s.on_no_backend.is_empty() {
+        flags = format!(" {}", s.on_no_backend);
+    }
+    if let Some(health) = &s.health {
+        let _ = write!(flags, " check={}", health.check);
+    }
+    format!(
+        "{:<4} {}:{} {}{flags} ({})",
+        s.protocol.to_uppercase(),
+        s.vip,
+        s.port,
+        s.scheduler,
+        s.name
+    )
+}
+
+/// `lb-ctl list`: like `ipvsadm -Ln`, with the backends' state and health.
+pub fn render_list(services: &[ServiceView]) -> String {
+    let row = |addr: &str,
+               fwd: &str,
+               weight: &str,
+               active: &str,
+               inact: &str,
+               state: &str,
+               health: &str| {
+        format!(
+            "  -> {addr:<28} {fwd:<7} {weight:<6} {active:<10} {inact:<9} {state:<6} {health}\n"
+        )
+    };
+    let mut text = String::from("Prot LocalAddress:Port Scheduler Flags\n");
+    text.push_str(&row(
+        "RemoteAddress:Port",
+        "Forward",
+        "Weight",
+        "ActiveConn",
+        "InActConn",
+        "State",
+        "Health",
+    ));
+    for s in services {
+        text.push_str(&service_line(s));
+        text.push('\n');
+        for b in &s.backends {
+            let mut health = b.health.status.clone();
+            if b.health.status == "DOWN"
+                && let Some(check) = &b.health.last_check
+            {
+                let _ = write!(health, " ({})", check.detail);
+            }
+            text.push_str(&row(
+                &format!("{}:{}", b.address, b.port),
+                forward_name(&s.forwarding),
+                &b.weight.to_string(),
+                &b.conns.active.to_string(),
+                &b.conns.inactive.to_string(),
+                &b.state,
+                &health,
+            ));
+        }
+    }
+    text
+}
+
+/// A counter in at most 8 characters, as `ipvsadm --stats` prints it.
+fn large(n: u64) -> String {
+    match n {
+        0..100_000_000 => n.to_string(),
+        100_000_000..100_000_000_000 => format!("{}K", n / 1_000),
+        100_000_000_000..100_000_000_000_000 => format!("{}M", n / 1_000_000),
+        100_000_000_000_000..100_000_000_000_000_000 => format!("{}G", n / 1_000_000_000),
+        _ => format!("{}T", n / 1_000_000_000_000),
+    }
+}
+
+/// A per-second rate, rounded, as a counter.
+#[allow(clippy::cast_sign_loss)]
+fn rate(r: f64) -> String {
+    // `as` saturates: NaN and negatives give 0.
+    large(r.round() as u64)
+}
+
+/// `lb-ctl stats`: a summary line, the totals and the rates per service and
+/// backend (like `ipvsadm -Ln --stats` and `--rate`), the packet outcomes.
+pub fn render_stats(stats: &Stats) -> String {
+    let mut text = format!("lb-ctl {}, up {}; ", stats.version, duration_text(stats.uptime_s));
+    let ct = stats.conntrack;
+    if ct.capacity > 0 {
+        let fill = ct.entries as f64 * 100.0 / ct.capacity as f64;
+        let _ =
+            writeln!(text, "conntrack {} of {} entries ({fill:.1}% full)", ct.entries, ct.capacity);
+    } else {
+        let _ = writeln!(text, "conntrack {} entries", ct.entries);
+    }
+    let changes = &stats.runtime_changes;
+    if changes.services + changes.backends > 0 {
+        let _ = write!(
+            text,
+            "changed through the API: {}, {}",
+            plural(changes.services, "service", "services"),
+            plural(changes.backends, "backend", "backends")
+        );
+        if let Some(file) = &changes.state_file {
+            let _ = write!(text, " (kept in {file})");
+        }
+        text.push('\n');
+    }
+
+    // (label, totals, rates) per row.
+    let mut rows: Vec<(String, [u64; 5], [f64; 5])> = Vec::new();
+    for s in &stats.services {
+        let (t, r) = (s.traffic, s.rates);
+        rows.push((
+            format!("{:<4} {}:{} ({})", s.protocol.to_uppercase(), s.vip, s.port, s.name),
+            [t.new_flows, t.in_packets, t.out_packets, t.in_bytes, t.out_bytes],
+            [r.new_flows, r.in_packets, r.out_packets, r.in_bytes, r.out_bytes],
+        ));
+        for b in &s.backends {
+            let (t, r) = (b.traffic, b.rates);
+            rows.push((
+                format!("  -> {}:{}", b.address, b.port),
+                [t.new_flows, t.in_packets, t.out_packets, t.in_bytes, t.out_bytes],
+                [r.new_flows, r.in_packets, r.out_packets, r.in_bytes, r.out_bytes],
+            ));
+        }
+    }
+    let first = "Prot LocalAddress:Port";
+    let width = rows.iter().map(|(l, ..)| l.chars().count()).max().unwrap_or(0).max(28);
+    let table = |heads: [&str; 5], cells: &dyn Fn(usize) -> [String; 5]| {
+        let mut t = format!("\n{first:<width$}");
+        for h in heads {
+            let _ = write!(t, " {h:>8}");
+        }
+        t.push_str("\n  -> RemoteAddress:Port\n");
+        for (i, (label, ..)) in rows.iter().enumerate() {
+            let _ = write!(t, "{label:<width$}");
+            for c in cells(i) {
+                let _ = write!(t, " {c:>8}");
+            }
+            t.push('\n');
+        }
+        t
+    };
+    text.push_str(&table(["Conns", "InPkts", "OutPkts", "InBytes", "OutBytes"], &|i| {
+        rows[i].1.map(large)
+    }));
+    text.push_str(&table(["CPS", "InPPS", "OutPPS", "InBPS", "OutBPS"], &|i| rows[i].2.map(rate)));
+
+    // The outcomes in the data plane's order, then any this build does not know.
+    let known = lb_common::counter::Counter::ALL.iter().map(|c| c.name());
+    let mut outcomes: Vec<(&str, u64)> =
+        known.filter_map(|n| stats.packets.get(n).map(|v| (n, *v))).collect();
+    for (name, count) in &stats.packets {
+        if !outcomes.iter().any(|(n, _)| n == name) {
+            outcomes.push((name, *count));
+        }
+    }
+    outcomes.retain(|(_, count)| *count > 0);
+    if outcomes.is_empty() {
+        text.push_str("\nPacket outcomes: none yet\n");
+    } else {
+        text.push_str("\nPacket outcomes since the data plane started:\n");
+        let width = outcomes.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+        for (name, count) in outcomes {
+            let _ = writeln!(text, "  {name:<width$} {count:>14}");
+        }
+    }
+    text
+}
+
+/// `mm:ss` of a number of milliseconds (minutes past 99 widen it).
+fn expire(ms: u64) -> String {
+    let s = ms / 1000;
+    format!("{:02}:{:02}", s / 60, s % 60)
+}
+
+/// `lb-ctl conns`: like `ipvsadm -Lnc`, then `N of M connections` when
+/// the answer stopped at the limit.
+pub fn render_conns(list: &ConnsList) -> String {
+    let row = |pro: &str, expire: &str, state: &str, source: &str, virt: &str, dest: &str| {
+        format!("{pro:<3} {expire:<6} {state:<11} {source:<21} {virt:<21} {dest}\n")
+    };
+    let mut text = row("pro", "expire", "state", "source", "virtual", "destination");
+    for c in &list.conns {
+        text.push_str(&row(
+            &c.protocol.to_uppercase(),
+            &expire(c.expires_in_ms),
+            &c.state,
+            &c.client,
+            &c.vip,
+            c.backend.as_deref().unwrap_or("-"),
+        ));
+    }
+    if list.truncated {
+        let _ = writeln!(text, "{} of {} connections", list.conns.len(), list.total);
+    }
+    text
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::daemon::api::view::{
+        CheckView, ConnView, ConnsView, ConntrackView, HealthCheckView, HealthView, RatesView,
+        TrafficView,
+    };
+
+    pub(crate) fn backend(
+        last: u8,
+        weight: u32,
+        state: &str,
+        health: &str,
+        active: u32,
+    ) -> BackendView {
+        BackendView {
+            address: format!("10.77.2.{last}"),
+            port: 80,
+            weight,
+            state: state.into(),
+            in_rotation: weight > 0 && state == "active" && health != "DOWN",
+            health: HealthView { status: health.into(), last_check: None },
+            conns: ConnsView { active, inactive: 0 },
+            traffic: TrafficView::default(),
+            rates: RatesView::default(),
+        }
+    }
+
+    pub(crate) fn web() -> ServiceView {
+        let backends = vec![
+            backend(11, 1, "active", "UP", 3),
+            backend(12, 10, "drain", "UP", 12345),
+            backend(13, 1, "maint", "DOWN", 0),
+        ];
+        ServiceView {
+            name: "web".into(),
+            vip: "10.77.1.100".into(),
+            port: 80,
+            protocol: "tcp".into(),
+            scheduler: "maglev".into(),
+            forwarding: "nat".into(),
+            on_no_backend: "reject".into(),
+            health: Some(HealthCheckView {
+                check: "http".into(),
+                path: Some("/".into()),
+                expect_status: Some(200),
+                interval_ms: 2000,
+                timeout_ms: 1000,
+                rise: 2,
+                fall: 3,
+                ..HealthCheckView::default()
+            }),
+            backends_in_rotation: 1,
+            backends,
+            ..ServiceView::default()
+        }
+    }
+
+    pub(crate) fn dns() -> ServiceView {
+        ServiceView {
+            name: "dns".into(),
+            vip: "10.77.1.53".into(),
+            port: 53,
+            protocol: "udp".into(),
+            scheduler: "sh".into(),
+            forwarding: "nat".into(),
+            on_no_backend: "drop".into(),
+            backends_in_rotation: 1,
+            backends: vec![BackendView {
+                address: "10.77.2.21".into(),
+                port: 53,
+                weight: 1,
+                state: "active".into(),
+                in_rotation: true,
+                health: HealthView { status: "UNCHECKED".into(), last_check: None },
+                ..BackendView::default()
+            }],
+            ..ServiceView::default()
+        }
+    }
+
+    #[test]
+    fn the_list_is_aligned_like_ipvsadm() {
+        let text = render_list(&[web(), dns()]);
+        let expected = "\
+Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn State  Health
+TCP  10.77.1.100:80 maglev reject check=http (web)
+  -> 10.77.2.11:80                Masq    1      3          0         active UP
+  -> 10.77.2.12:80                Masq    10     12345      0         drain  UP
+  -> 10.77.2.13:80                Masq    1      0          0         maint  DOWN
+UDP  10.77.1.53:53 sh drop (dns)
+  -> 10.77.2.21:53                Masq    1      0          0         active UNCHECKED
+";
+        assert_eq!(text, expected, "\n{text}");
+    }
+
+    #[test]
+    fn a_down_backend_shows_its_last_check() {
+        let mut s = web();
+        s.backends[2].health.last_check = Some(CheckView {
+            ok: false,
+            detail: "connection refused".into(),
+            ..CheckView::default()
+        });
+        assert!(render_list(&[s]).contains(" maint  DOWN (connection refused)\n"));
+    }
+
+    #[test]
+    fn no_services_is_the_headers_alone() {
+        assert_eq!(
+            render_list(&[]),
+            "Prot LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn State  Health\n"
+        );
+        let stats = render_stats(&Stats { version: "0.1.0".into(), ..Stats::default() });
+        assert!(stats.starts_with("lb-ctl 0.1.0, up 0s; conntrack 0 entries\n"), "{stats}");
+        assert!(stats.ends_with("Packet outcomes: none yet\n"), "{stats}");
+        assert_eq!(
+            render_conns(&ConnsList::default()),
+            "pro expire state       source                virtual               destination\n"
+        );
+    }
+
+    #[test]
+    fn conns_are_listed_like_ipvsadm_lnc() {
+        let conn =
+            |protocol: &str, client: &str, backend: Option<&str>, state: &str, ms| ConnView {
+                protocol: protocol.into(),
+                client: client.into(),
+                vip: "10.77.1.100:80".into(),
+                backend: backend.map(Into::into),
+                service: Some("web".into()),
+                state: state.into(),
+                idle_ms: 0,
+                expires_in_ms: ms,
+            };
+        let list = ConnsList {
+            total: 5000,
+            truncated: true,
+            conns: vec![
+                conn("tcp", "10.77.0.2:53211", Some("10.77.2.11:80"), "ESTABLISHED", 899_999),
+                conn("udp", "10.77.0.2:5353", None, "UDP", 1_500),
+                conn("tcp", "255.255.255.255:65535", Some("10.77.2.12:80"), "SYN", 7_200_000),
+            ],
+        };
+        let expected = "\
+pro expire state       source                virtual               destination
+TCP 14:59  ESTABLISHED 10.77.0.2:53211       10.77.1.100:80        10.77.2.11:80
+UDP 00:01  UDP         10.77.0.2:5353        10.77.1.100:80        -
+TCP 120:00 SYN         255.255.255.255:65535 10.77.1.100:80        10.77.2.12:80
+3 of 5000 connections
+";
+        assert_eq!(render_conns(&list), expected);
+        let whole = ConnsList { truncated: false, total: 3, ..list };
+        assert!(!render_conns(&whole).contains("connections"));
+        assert_eq!(expire(0), "00:00");
+        assert_eq!(expire(60_000), "01:00");
+    }
+
+    #[test]
+    fn stats_show_totals_rates_and_outcomes() {
+        let mut s = web();
+        s.traffic = TrafficView {
+            in_packets: 1_000,
+            in_bytes: 123_456_789_012,
+            out_packets: 900,
+            out_bytes: 64_000,
+            new_flows: 10,
+        };
+        s.rates = RatesView {
+            in_packets: 12.4,
+            in_bytes: 2000.6,
+            new_flows: f64::NAN,
+            ..RatesView::default()
+        };
+        s.backends[0].traffic.in_packets = 7;
+        let stats = Stats {
+            version: "0.1.0".into(),
+            uptime_s: 2 * 86_400 + 3 * 3600 + 4 * 60 + 5,
+            services: vec![s, dns()],
+            packets: [("tx", 12_345), ("pass_not_ipv4", 0), ("drop_no_backend", 2), ("future", 1)]
+                .into_iter()
+                .map(|(n, c)| (n.to_owned(), c))
+                .collect(),
+            conntrack: ConntrackView { entries: 1234, capacity: 1_048_576 },
+            ..Stats::default()
+        };
+        let text = render_stats(&stats);
+        let expected = "\
+lb-ctl 0.1.0, up 2d 3h 4m 5s; conntrack 1234 of 1048576 entries (0.1% full)
+
+Prot LocalAddress:Port          Conns   InPkts  OutPkts  InBytes OutBytes
+  -> RemoteAddress:Port
+TCP  10.77.1.100:80 (web)          10     1000      900  123456M    64000
+  -> 10.77.2.11:80                  0        7        0        0        0
+  -> 10.77.2.12:80                  0        0        0        0        0
+  -> 10.77.2.13:80                  0        0        0        0        0
+UDP  10.77.1.53:53 (dns)            0        0        0        0        0
+  -> 10.77.2.21:53                  0        0        0        0        0
+
+Prot LocalAddress:Port            CPS    InPPS   OutPPS    InBPS   OutBPS
+  -> RemoteAddress:Port
+TCP  10.77.1.100:80 (web)           0       12        0     2001        0
+  -> 10.77.2.11:80                  0        0        0        0        0
+  -> 10.77.2.12:80                  0        0        0        0        0
+  -> 10.77.2.13:80                  0        0        0        0        0
+UDP  10.77.1.53:53 (dns)            0        0        0        0        0
+  -> 10.77.2.21:53                  0        0        0        0        0
+
+Packet outcomes since the data plane started:
+  tx                       12345
+  drop_no_backend              2
+  future                       1
+";
+        assert_eq!(text, expected, "\n{text}");
+    }
+
+    #[test]
+    fn a_long_service_name_widens_the_stats_labels() {
+        let mut s = dns();
+        s.name = "a-rather-long-service-name".into();
+        let text = render_stats(&Stats { services: vec![s], ..Stats::default() });
+        let label = "UDP  10.77.1.53:53 (a-rather-long-service-name)";
+        let row = format!("{label}{}", "        0".repeat(5));
+        let head = format!(
+            "{:<47}    Conns   InPkts  OutPkts  InBytes OutBytes",
+            "Prot LocalAddress:Port"
+        );
+        assert_eq!(label.len(), 47);
+        assert!(text.contains(&format!("\n{head}\n  -> RemoteAddress:Port\n{row}\n")), "{text}");
+    }
+
+    #[test]
+    fn large_numbers_fit_eight_columns() {
+        assert_eq!(large(99_999_999), "99999999");
+        assert_eq!(large(100_000_000), "100000K");
+        assert_eq!(large(123_456_789_012), "123456M");
+        assert_eq!(large(u64::MAX), "18446744T");
+    }
+
+    #[test]
+    fn a_change_says_what_is_now_true() {
+        let mut s = web();
+        s.health = None;
+        s.backends = vec![
+            backend(11, 1, "active", "UNCHECKED", 0),
+            backend(14, 1, "active", "UNCHECKED", 0),
+        ];
+        s.backends_in_rotation = 2;
+        let at = |last| SocketAddrV4::new(Ipv4Addr::new(10, 77, 2, last), 80);
+        assert_eq!(
+            render_backend_change(&s, at(14), BackendChange::Added),
+            "web: 10.77.2.14:80 added (weight 1); 2 backends, 2 in rotation\n"
+        );
+        assert_eq!(
+            render_backend_change(&s, at(15), BackendChange::Removed),
+            "web: 10.77.2.15:80 removed; 2 backends, 2 in rotation\n"
+        );
+        let s = web();
+        assert_eq!(
+            render_backend_change(&s, at(12), BackendChange::Drained),
+            "web: 10.77.2.12:80 draining: no new flows, existing flows continue \
+             (weight 10, drain, health UP, out of rotation); 3 backends, 1 in rotation\n"
+        );
+    }
+}

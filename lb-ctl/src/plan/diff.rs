@@ -1,0 +1,388 @@
+//! The writes that turn one image into another, in an order that never
+//! lets the data plane see a half-built service, and what each write does
+//! to an image.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
+
+use lb_common::abi::{self, Endpoint};
+
+use super::{ids::held_backend_key, image::Image};
+
+/// One write to the kernel maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    PutBackend(u32, abi::Backend),
+    PutReal(Endpoint, abi::Real),
+    PutMaglev(u32, Arc<Vec<u32>>),
+    PutVip([u8; 4], u32),
+    PutBackendAddr([u8; 4], u32),
+    /// Sets a pre-filter slot (0 clears it).
+    PutAddrFlags(u32, u8),
+    /// Sets a backend index slot (0 clears it).
+    PutRealSlot(u32, u32),
+    PutService(Endpoint, abi::Service),
+    DelService(Endpoint),
+    DelVip([u8; 4]),
+    DelBackendAddr([u8; 4]),
+    ClearMaglev(u32),
+    DelReal(Endpoint),
+    ClearBackend(u32),
+    /// Zeroes a service id's traffic counters before the id serves a new
+    /// service: an id is reused, its counters must not be.
+    ResetServiceTraffic(u32),
+    /// The same for a backend id.
+    ResetBackendTraffic(u32),
+}
+
+impl Image {
+    /// What the maps hold after `op`: the model of one map write, used to
+    /// know exactly what a half-done apply left behind.
+    pub fn apply(&mut self, op: &Op) {
+        match op {
+            Op::PutBackend(id, b) => {
+                let _ = self.backends.insert(*id, *b);
+            }
+            Op::PutReal(k, r) => {
+                let _ = self.reals.insert(*k, *r);
+            }
+            Op::PutMaglev(id, t) => {
+                let _ = self.maglev.insert(*id, Arc::clone(t));
+            }
+            Op::PutVip(v, n) => {
+                let _ = self.vips.insert(*v, *n);
+            }
+            Op::PutBackendAddr(a, n) => {
+                let _ = self.backend_addrs.insert(*a, *n);
+            }
+            Op::DelBackendAddr(a) => {
+                let _ = self.backend_addrs.remove(a);
+            }
+            Op::PutAddrFlags(slot, 0) => {
+                let _ = self.addrs.remove(slot);
+            }
+            Op::PutAddrFlags(slot, flags) => {
+                let _ = self.addrs.insert(*slot, *flags);
+            }
+            Op::PutRealSlot(slot, 0) => {
+                let _ = self.real_slots.remove(slot);
+            }
+            Op::PutRealSlot(slot, value) => {
+                let _ = self.real_slots.insert(*slot, *value);
+            }
+            Op::PutService(k, s) => {
+                let _ = self.services.insert(*k, *s);
+            }
+            Op::DelService(k) => {
+                let _ = self.services.remove(k);
+            }
+            Op::DelVip(v) => {
+                let _ = self.vips.remove(v);
+            }
+            Op::ClearMaglev(id) => {
+                let _ = self.maglev.remove(id);
+            }
+            Op::DelReal(k) => {
+                let _ = self.reals.remove(k);
+            }
+            Op::ClearBackend(id) => {
+                let _ = self.backends.remove(id);
+            }
+            // Counters are not part of the image.
+            Op::ResetServiceTraffic(_) | Op::ResetBackendTraffic(_) => {}
+        }
+    }
+}
+
+/// Both maps' entries in key order, in one pass over each: (key, old
+/// value, new value). Far cheaper than a lookup per key when the maps hold
+/// thousands of entries and only a few change.
+fn zip<'a, K: Ord + Copy, V>(
+    old: &'a BTreeMap<K, V>,
+    new: &'a BTreeMap<K, V>,
+) -> impl Iterator<Item = (K, Option<&'a V>, Option<&'a V>)> {
+    let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (None, None) => None,
+        (Some(_), None) => a.next().map(|(k, v)| (*k, Some(v), None)),
+        (None, Some(_)) => b.next().map(|(k, v)| (*k, None, Some(v))),
+        (Some((ka, _)), Some((kb, _))) => match ka.cmp(kb) {
+            std::cmp::Ordering::Less => a.next().map(|(k, v)| (*k, Some(v), None)),
+            std::cmp::Ordering::Greater => b.next().map(|(k, v)| (*k, None, Some(v))),
+            std::cmp::Ordering::Equal => {
+                let (k, va) = a.next()?;
+                let (_, vb) = b.next()?;
+                Some((*k, Some(va), Some(vb)))
+            }
+        },
+    })
+}
+
+/// Keys whose value is new or changed, with the new value.
+fn puts<'a, K: Ord + Copy, V: PartialEq>(
+    old: &'a BTreeMap<K, V>,
+    new: &'a BTreeMap<K, V>,
+) -> impl Iterator<Item = (K, &'a V)> {
+    zip(old, new).filter_map(|(k, o, n)| n.filter(|n| o != Some(*n)).map(|n| (k, n)))
+}
+
+/// Keys only `old` has.
+fn gone<'a, K: Ord + Copy, V>(
+    old: &'a BTreeMap<K, V>,
+    new: &'a BTreeMap<K, V>,
+) -> impl Iterator<Item = K> {
+    zip(old, new).filter_map(|(k, _, n)| n.is_none().then_some(k))
+}
+
+/// The writes from `old` to `new`. Additions go bottom-up (backends, reverse
+/// entries, Maglev tables, backend addresses and VIPs, then the service entry that makes them
+/// reachable); removals go top-down, so no packet finds a dangling reference.
+/// A service's ring size never exceeds what its table fills (see below).
+pub fn diff(old: &Image, new: &Image) -> Vec<Op> {
+    let mut ops = Vec::new();
+    // An id that starts to serve another service or backend starts its
+    // counters from zero, before anything can reach it. (An id freed and
+    // taken again in the same apply, which `Ids` avoids until every other
+    // id is taken, is zeroed while its old holder may still count a few
+    // packets into it.)
+    for (key, s) in &new.services {
+        if old.services.get(key).map(|o| o.id) != Some(s.id) {
+            ops.push(Op::ResetServiceTraffic(s.id));
+        }
+    }
+    for (id, b) in &new.backends {
+        if old.backends.get(id).map(held_backend_key) != Some(held_backend_key(b)) {
+            ops.push(Op::ResetBackendTraffic(*id));
+        }
+    }
+    // Pre-filter slots gain their new bits, and backend addresses their
+    // entries, before anything can need them: a backend's address is
+    // refused answers and replies before the backend can be reached. (A
+    // bit set early only costs the exact lookups that then find nothing.)
+    for (slot, was, now) in zip(&old.addrs, &new.addrs) {
+        let (was, now) = (was.copied().unwrap_or(0), now.copied().unwrap_or(0));
+        if now & !was != 0 {
+            ops.push(Op::PutAddrFlags(slot, now | was));
+        }
+    }
+    ops.extend(
+        puts(&old.backend_addrs, &new.backend_addrs).map(|(a, n)| Op::PutBackendAddr(a, *n)),
+    );
+    ops.extend(puts(&old.backends, &new.backends).map(|(id, b)| Op::PutBackend(id, *b)));
+    ops.extend(puts(&old.reals, &new.reals).map(|(key, r)| Op::PutReal(key, *r)));
+    ops.extend(puts(&old.real_slots, &new.real_slots).map(|(slot, v)| Op::PutRealSlot(slot, *v)));
+    // The data plane reads slot `hash % ring_size` of a service's table: a
+    // ring size above what the table fills is an empty slot, a reset. A
+    // service whose ring shrinks (an `rr`/`wrr` rotation losing a backend)
+    // gets its smaller ring size before its shorter table, and reads the
+    // front of the old one meanwhile; one whose ring grows gets its table first.
+    let shrinking: BTreeSet<u32> = zip(&old.services, &new.services)
+        .filter_map(|(_, was, now)| {
+            let (was, now) = (was?, now?);
+            (was.id == now.id && now.ring_size < was.ring_size).then_some(now.id)
+        })
+        .collect();
+    ops.extend(
+        puts(&old.services, &new.services)
+            .filter(|(_, s)| shrinking.contains(&s.id))
+            .map(|(key, s)| Op::PutService(key, *s)),
+    );
+    ops.extend(puts(&old.maglev, &new.maglev).map(|(id, t)| Op::PutMaglev(id, Arc::clone(t))));
+    ops.extend(puts(&old.vips, &new.vips).map(|(vip, n)| Op::PutVip(vip, *n)));
+    ops.extend(
+        puts(&old.services, &new.services)
+            .filter(|(_, s)| !shrinking.contains(&s.id))
+            .map(|(key, s)| Op::PutService(key, *s)),
+    );
+    ops.extend(gone(&old.services, &new.services).map(Op::DelService));
+    ops.extend(gone(&old.vips, &new.vips).map(Op::DelVip));
+    ops.extend(gone(&old.maglev, &new.maglev).map(Op::ClearMaglev));
+    ops.extend(gone(&old.reals, &new.reals).map(Op::DelReal));
+    ops.extend(gone(&old.real_slots, &new.real_slots).map(|slot| Op::PutRealSlot(slot, 0)));
+    ops.extend(gone(&old.backends, &new.backends).map(Op::ClearBackend));
+    // An address stays refused as long as a backend on it can be reached.
+    ops.extend(gone(&old.backend_addrs, &new.backend_addrs).map(Op::DelBackendAddr));
+    // ...and lose bits only after what used them is gone.
+    for (slot, was, now) in zip(&old.addrs, &new.addrs) {
+        let (was, now) = (was.copied().unwrap_or(0), now.copied().unwrap_or(0));
+        if was & !now != 0 {
+            ops.push(Op::PutAddrFlags(slot, now));
+        }
+    }
+    ops
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        desired::model::testing::service,
+        plan::{ids::Ids, testing::plan},
+    };
+
+    /// An address that backs several services is counted once per backend,
+    /// and stays refused until the last of them is gone, after it.
+    #[test]
+    fn a_backend_address_stays_until_its_last_backend_is_gone() {
+        let web = service("web", 80, &[(11, 1)]);
+        let api = service("api", 81, &[(11, 1), (12, 1)]);
+        let (ids, both) = plan(&Ids::default(), &[web.clone(), api]);
+        assert_eq!(both.backend_addrs[&[10, 77, 2, 11]], 2);
+        let (ids, web_only) = plan(&ids, std::slice::from_ref(&web));
+        let ops = diff(&both, &web_only);
+        assert!(ops.contains(&Op::PutBackendAddr([10, 77, 2, 11], 1)), "{ops:?}");
+        let at = |wanted: &dyn Fn(&Op) -> bool| ops.iter().position(wanted).unwrap();
+        let del = at(&|op| *op == Op::DelBackendAddr([10, 77, 2, 12]));
+        assert!(at(&|op| matches!(op, Op::DelService(_))) < del, "after the service is gone");
+        assert!(at(&|op| matches!(op, Op::ClearBackend(_))) < del, "and its backends");
+        let (_, none) = plan(&ids, &[]);
+        assert!(diff(&web_only, &none).contains(&Op::DelBackendAddr([10, 77, 2, 11])));
+        assert!(none.backend_addrs.is_empty());
+    }
+
+    /// A service that takes a removed one's id, and backends on ids never
+    /// used or used by another backend, start from zero; ids that keep
+    /// their holder keep their counters.
+    #[test]
+    fn reused_ids_get_their_counters_zeroed_and_kept_ids_do_not() {
+        let web = service("web", 80, &[(11, 1), (12, 1)]);
+        let (ids, before) = plan(&Ids::default(), std::slice::from_ref(&web));
+        // Another service on another port gets web's service id in the next
+        // apply (its backends get fresh ids: freed ones are reused last).
+        let (ids, gone) = plan(&ids, &[]);
+        let api = service("api", 81, &[(21, 1), (22, 1)]);
+        let (_, after) = plan(&ids, &[api]);
+        assert_eq!(
+            after.services.values().next().unwrap().id,
+            before.services.values().next().unwrap().id
+        );
+        let resets = |ops: Vec<Op>| -> Vec<Op> {
+            ops.into_iter()
+                .filter(|op| matches!(op, Op::ResetServiceTraffic(_) | Op::ResetBackendTraffic(_)))
+                .collect()
+        };
+        let service_id = after.services.values().next().unwrap().id;
+        let mut expected = vec![Op::ResetServiceTraffic(service_id)];
+        expected.extend(after.backends.keys().map(|id| Op::ResetBackendTraffic(*id)));
+        assert_eq!(resets(diff(&gone, &after)), expected);
+        // A change that keeps every holder (a weight) resets nothing.
+        let heavier = service("web", 80, &[(11, 3), (12, 1)]);
+        let (ids, same) = plan(&Ids::default(), &[web]);
+        let (_, reweighted) = plan(&ids, &[heavier]);
+        assert_eq!(resets(diff(&same, &reweighted)), []);
+        // A backend id that passes to another backend (after the ids wrap).
+        let mut moved = same.clone();
+        let (&id, held) = same.backends.iter().next().unwrap();
+        moved.backends.insert(id, abi::Backend { addr: [10, 77, 2, 99], ..*held });
+        assert_eq!(resets(diff(&same, &moved)), [Op::ResetBackendTraffic(id)]);
+    }
+
+    #[test]
+    fn first_apply_writes_bottom_up() {
+        let (_, image) = plan(&Ids::default(), &[service("web", 80, &[(11, 1), (12, 1)])]);
+        let ops = diff(&Image::default(), &image);
+        let kinds: Vec<&str> = ops
+            .iter()
+            .map(|op| match op {
+                Op::PutBackend(..) => "backend",
+                Op::PutReal(..) => "real",
+                Op::PutMaglev(..) => "maglev",
+                Op::PutVip(..) => "vip",
+                Op::PutBackendAddr(..) => "backend addr",
+                Op::PutAddrFlags(..) => "addrs",
+                Op::PutRealSlot(..) => "real slot",
+                Op::PutService(..) => "service",
+                Op::ResetServiceTraffic(..) | Op::ResetBackendTraffic(..) => "reset",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                // The new ids' counters, before anything reaches them.
+                "reset",
+                "reset",
+                "reset",
+                // The VIP's and both backends' pre-filter slots, and both
+                // backends' addresses: refused as answers' and replies'
+                // destinations before anything can reach the backends.
+                "addrs",
+                "addrs",
+                "addrs",
+                "backend addr",
+                "backend addr",
+                "backend",
+                "backend",
+                "real",
+                "real",
+                "real slot",
+                "real slot",
+                "maglev",
+                "vip",
+                "service"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_backend_joining_a_service_is_refused_answers_before_it_is_reached() {
+        let (ids, before) = plan(&Ids::default(), &[service("web", 80, &[(11, 1)])]);
+        let (_, after) = plan(&ids, &[service("web", 80, &[(11, 1), (13, 1)])]);
+        let ops = diff(&before, &after);
+        let at = |want: fn(&Op) -> bool| ops.iter().position(want).expect("the op");
+        let addr = at(|op| matches!(op, Op::PutBackendAddr(..)));
+        let reached = [
+            at(|op| matches!(op, Op::PutBackend(..))),
+            at(|op| matches!(op, Op::PutRealSlot(..))),
+            at(|op| matches!(op, Op::PutMaglev(..))),
+        ];
+        assert!(reached.iter().all(|&r| addr < r), "{ops:?}");
+    }
+
+    #[test]
+    fn same_config_twice_writes_nothing() {
+        let services = [service("web", 80, &[(11, 1), (12, 2)]), service("dns", 53, &[(21, 1)])];
+        let (ids, image) = plan(&Ids::default(), &services);
+        let (_, again) = plan(&ids, &services);
+        assert!(diff(&image, &again).is_empty());
+    }
+
+    #[test]
+    fn drain_rewrites_only_the_table_and_removal_goes_top_down() {
+        let (ids, before) = plan(&Ids::default(), &[service("web", 80, &[(11, 1), (12, 1)])]);
+        let (ids, drained) = plan(&ids, &[service("web", 80, &[(11, 1), (12, 0)])]);
+        let ops = diff(&before, &drained);
+        // The backend's weight (read by lc) and the table: nothing else.
+        assert!(
+            matches!(ops.as_slice(), [Op::PutBackend(1, _), Op::PutMaglev(0, _)]),
+            "{} ops",
+            ops.len()
+        );
+        let (_, gone) = plan(&ids, &[]);
+        let ops = diff(&drained, &gone);
+        assert!(
+            matches!(
+                ops.as_slice(),
+                [
+                    Op::DelService(_),
+                    Op::DelVip(_),
+                    Op::ClearMaglev(0),
+                    Op::DelReal(_),
+                    Op::DelReal(_),
+                    Op::PutRealSlot(_, 0),
+                    Op::PutRealSlot(_, 0),
+                    Op::ClearBackend(0),
+                    Op::ClearBackend(1),
+                    Op::DelBackendAddr([10, 77, 2, 11]),
+                    Op::DelBackendAddr([10, 77, 2, 12]),
+                    // The VIP's and both backends' pre-filter slots.
+                    Op::PutAddrFlags(_, 0),
+                    Op::PutAddrFlags(_, 0),
+                    Op::PutAddrFlags(_, 0),
+                ]
+            ),
+            "{ops:?}"
+        );
+    }
+}

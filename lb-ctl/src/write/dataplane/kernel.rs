@@ -1,0 +1,885 @@
+//! The real data plane: loads the XDP object over maps pinned under
+//! `pin_path`, attaches it through pinned links (XDP on every interface,
+//! plus the tc neighbour slow path), and writes map ops. The data plane
+//! outlives the controller; a later one adopts it (see `pins`).
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    os::fd::{AsFd as _, OwnedFd},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
+
+use aya::maps::IterableMap as _;
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, DevMap, HashMap, MapData, PerCpuArray, PerCpuValues},
+    programs::{SchedClassifier, Xdp},
+};
+use lb_common::abi::{
+    ABI_VERSION, BACKEND_IN_USE, BackendConns, CONN_CLOSED, CONN_CLOSING, CONN_ESTABLISHED,
+    CONN_STATES, CONN_SYN, CONN_UDP, Conn, DEFAULT_ANSWERS_PER_SECOND, EPOCH_TICK_MS, Endpoint,
+    EpochClock, Flow, HANDSHAKE_PROOF_ACK, HANDSHAKE_PROOF_SYN_SEEN, Handshake, MAGLEV_SIZE,
+    MAX_TX_PORTS, Meta, NO_BACKEND, PROTO_TCP, Policy, REVERSE_PATH_LOOSE, REVERSE_PATH_OFF,
+    REVERSE_PATH_STRICT, Traffic, answers_per_tick, epoch_mult, expired, handshake_slot,
+};
+use lb_common::conn_table::conn_set_bits;
+use rustc_hash::FxHashSet;
+use tracing::info;
+
+use super::{
+    ConnEntry, Counts, DataplaneError, MapReader, Maps, attach, clock,
+    conn_table::ConnTable,
+    pins::{self, LinkPins, PinDir},
+    tx_ports,
+};
+use crate::{
+    desired::model::{Dataplane, HandshakeProof, ReversePath, Timeouts},
+    plan::{diff::Op, image::Image},
+    write::{gro, netdev},
+};
+
+type Table = [u32; MAGLEV_SIZE as usize];
+
+/// Ticks of idleness after which the recount erases an entry (about 3.4
+/// years): a tick difference reads as negative, "stamped in the future",
+/// past 2^31 (`abi::expired`).
+const STALE_TICKS: u32 = 1 << 30;
+
+pub struct KernelMaps {
+    services: HashMap<MapData, Endpoint, lb_common::abi::Service>,
+    maglev: Array<MapData, Table>,
+    backends: Array<MapData, lb_common::abi::Backend>,
+    reals: HashMap<MapData, Endpoint, lb_common::abi::Real>,
+    vips: HashMap<MapData, [u8; 4], u32>,
+    backend_addrs: HashMap<MapData, [u8; 4], u32>,
+    addrs: Array<MapData, u8>,
+    real_slots: Array<MapData, u32>,
+    epoch: Array<MapData, EpochClock>,
+    /// What `lb_epoch` holds.
+    clock: EpochClock,
+    /// `lb_clock`, which tells the data plane's epoch (see `clock`).
+    clock_program: OwnedFd,
+    timeouts: Array<MapData, u32>,
+    /// The timeouts last written, in ticks, indexed by state.
+    timeout_ticks: [u32; CONN_STATES as usize],
+    /// `lb_policy`: the answer budget, the reverse-path check.
+    policy: Array<MapData, Policy>,
+    be_conns: Array<MapData, BackendConns>,
+    /// `lb_conntrack`, mapped into this process.
+    conns: Arc<ConnTable>,
+    /// The counts last written to `lb_be_conns`, by backend id.
+    published: BTreeMap<u32, BackendConns>,
+    /// The programs (and the links that attach them) and the maps only the
+    /// kernel writes: dropping it detaches everything.
+    ebpf: Ebpf,
+    /// The locked pin directory, when the data plane is attached and pinned.
+    pins: Option<PinDir>,
+    /// Whether the maps and links were a previous controller's.
+    adopted: bool,
+    /// Service and backend ids given to an entry since these maps were
+    /// created: on maps this process created, any other id's counters are
+    /// still zero and need no reset (unknown for adopted maps: all may).
+    counted_ids: FxHashSet<(CounterKind, u32)>,
+    /// The interfaces the programs are attached to.
+    interfaces: Vec<String>,
+    /// Where the devices whose GRO this data plane turned off are written
+    /// down (`gro::record_path`), when it is attached.
+    gro_record: Option<PathBuf>,
+}
+
+/// The two kinds of traffic counters, by service id and by backend id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum CounterKind {
+    Service,
+    Backend,
+}
+
+fn err(what: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
+    let what = what.into();
+    move |e| DataplaneError::kernel(what, e)
+}
+
+/// Ignores "no such entry" on deletes: applies must be idempotent.
+fn deleted(result: Result<(), aya::maps::MapError>, what: &str) -> Result<(), DataplaneError> {
+    match result {
+        Err(aya::maps::MapError::KeyNotFound) | Ok(()) => Ok(()),
+        Err(e) => Err(DataplaneError::kernel(what, e)),
+    }
+}
+
+impl KernelMaps {
+    /// Loads the object and passes both programs through the verifier,
+    /// without attaching or pinning anything; `interfaces` (in the current
+    /// network namespace) become redirect targets. The tests use this directly.
+    pub fn load(
+        object: &[u8],
+        conntrack_max: u32,
+        interfaces: &[String],
+    ) -> Result<Self, DataplaneError> {
+        let salt = random_salt()?;
+        let mut maps =
+            Self::open(load_object(object, conntrack_max, salt)?, interfaces, false, salt)?;
+        maps.set_timeouts(&Timeouts::default())?;
+        maps.set_policy(DEFAULT_ANSWERS_PER_SECOND, ReversePath::Strict)?;
+        Ok(maps)
+    }
+
+    /// Loads the object over the maps pinned under `pin_path` (creating and
+    /// pinning them on a first start), and attaches its programs through
+    /// pinned links: the data plane then outlives this process. A data
+    /// plane already pinned there is adopted: its maps keep their flows and
+    /// counters, its links get this object's programs, atomically. On a
+    /// first start that fails nothing stays; a failed adoption leaves the
+    /// running data plane as it was.
+    pub fn start(dataplane: &Dataplane, object: &[u8]) -> Result<Self, DataplaneError> {
+        let pins = PinDir::lock(&dataplane.pin_path)?;
+        let expected = pins::object_maps(object, dataplane.conntrack_max)?;
+        pins.check_no_strays()?;
+        let adopting = pins.has_maps();
+        if adopting {
+            pins.check_layout(&expected)?;
+        }
+        // An adopted table keeps its key: its flows stay in their sets.
+        let salt = if adopting { pins.conn_salt() } else { random_salt() };
+        let started = salt
+            .and_then(|salt| Self::start_on(&pins, &expected, dataplane, object, adopting, salt));
+        let gro_record =
+            gro::record_path(&crate::daemon::api::token::run_dir(), &dataplane.pin_path);
+        match started {
+            Ok(mut maps) => {
+                maps.pins = Some(pins);
+                maps.gro_record = Some(gro_record);
+                maps.adopted = adopting;
+                if adopting {
+                    info!(pin_path = %dataplane.pin_path.display(), "adopted the pinned data plane: its flows and counters go on");
+                } else {
+                    info!(pin_path = %dataplane.pin_path.display(), "data plane pinned");
+                }
+                Ok(maps)
+            }
+            Err(e) => {
+                if !adopting {
+                    pins.remove_pins();
+                    gro::reconcile(&gro_record, &[]);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn start_on(
+        pins: &PinDir,
+        expected: &BTreeMap<String, pins::MapShape>,
+        dataplane: &Dataplane,
+        object: &[u8],
+        adopting: bool,
+        salt: u32,
+    ) -> Result<Self, DataplaneError> {
+        let paths: Vec<(&str, PathBuf)> =
+            expected.keys().map(|name| (name.as_str(), pins.map(name))).collect();
+        let set_bits = conn_set_bits(dataplane.conntrack_max);
+        let mut loader = sized_loader(dataplane.conntrack_max, &set_bits, &salt)?;
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf =
+            loader.load(object).map_err(|e| DataplaneError::kernel("loading the XDP object", e))?;
+        load_programs(&mut ebpf)?;
+        attach::xdp(
+            program(&mut ebpf, "lb_xdp")?,
+            pins,
+            &dataplane.interfaces,
+            dataplane.xdp_mode,
+        )?;
+        attach::tc(program(&mut ebpf, "lb_neigh")?, pins, &dataplane.interfaces)?;
+        // Whichever interfaces run the program in skb mode now (chosen by
+        // `auto`, or kept by an adopted link), whichever no longer do.
+        gro::reconcile(
+            &gro::record_path(&crate::daemon::api::token::run_dir(), &dataplane.pin_path),
+            &dataplane.interfaces,
+        );
+        let mut maps = Self::open(ebpf, &dataplane.interfaces, adopting, salt)?;
+        // Before any service exists, so no packet sees a zero timeout.
+        maps.set_timeouts(&dataplane.timeouts)?;
+        maps.set_policy(dataplane.answers_per_second, dataplane.reverse_path)?;
+        maps.set_handshake_proof(dataplane.handshake_proof)?;
+        Ok(maps)
+    }
+
+    /// Whether the maps were a previous controller's (see `start`).
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// Detaches the programs and removes every pin (`lb-ctl run
+    /// --cleanup-on-exit`); otherwise the data plane outlives the controller.
+    pub fn remove(mut self) -> usize {
+        let removed = self.pins.take().map_or(0, PinDir::remove_pins);
+        if let Some(record) = self.gro_record.take() {
+            gro::reconcile(&record, &[]);
+        }
+        removed
+    }
+
+    /// Fills the redirect targets and the ABI version, and takes the maps the
+    /// reconciler writes out of `ebpf`.
+    fn open(
+        mut ebpf: Ebpf,
+        interfaces: &[String],
+        adopting: bool,
+        salt: u32,
+    ) -> Result<Self, DataplaneError> {
+        if interfaces.len() > MAX_TX_PORTS as usize {
+            return Err(DataplaneError::kernel(
+                "dataplane.interfaces",
+                format!("at most {MAX_TX_PORTS}"),
+            ));
+        }
+        let mut tx_ports: DevMap<MapData> = typed(&mut ebpf, "lb_tx_ports")?;
+        let mut tx_slots: HashMap<MapData, u32, u32> = typed(&mut ebpf, "lb_tx_slots")?;
+        let mut indexes = Vec::with_capacity(interfaces.len());
+        for name in interfaces {
+            indexes.push(netdev::ifindex(name).ok_or_else(|| {
+                DataplaneError::kernel(format!("interface {name}"), "does not exist")
+            })?);
+        }
+        // An adopted data plane's interfaces no longer configured go first:
+        // their slot may now be another interface's, and a packet routed
+        // out of one would leave by that other one.
+        tx_ports::forget_unconfigured(&mut tx_slots, &indexes)?;
+        for ((slot, name), index) in (0_u32..).zip(interfaces).zip(&indexes) {
+            tx_ports
+                .set(slot, *index, None, 0)
+                .map_err(|e| DataplaneError::kernel(format!("adding {name} to lb_tx_ports"), e))?;
+            tx_slots.insert(index, slot, 0).map_err(err("writing lb_tx_slots"))?;
+        }
+        tx_ports::clear_slots_from(&tx_ports, u32::try_from(interfaces.len()).unwrap_or(u32::MAX))?;
+        // The clock starts ticking here, and goes on without this process.
+        // An adopted data plane's offset is kept (its connection entries are
+        // stamped in its epochs), one tick further: every next hop it cached,
+        // with the slot of its egress interface, is looked up again under the
+        // slots above. (Epoch 0, what an empty cache entry holds, would take
+        // a zero offset and a kernel booted a moment ago.)
+        let mut epoch: Array<MapData, EpochClock> = typed(&mut ebpf, "lb_epoch")?;
+        let offset = if adopting {
+            epoch.get(&0, 0).map_err(err("reading lb_epoch"))?.offset.saturating_add(1).max(1)
+        } else {
+            1
+        };
+        let clock = EpochClock { mult: epoch_mult(clock::jiffy_ns()?), offset };
+        epoch.set(0, clock, 0).map_err(err("writing lb_epoch"))?;
+        let clock_program = program_fd(&ebpf, "lb_clock")?;
+        let conns = Arc::new(conn_table(&ebpf, salt)?);
+        let mut meta: Array<MapData, Meta> = typed(&mut ebpf, "lb_meta")?;
+        meta.set(0, Meta { abi_version: ABI_VERSION, conn_salt: salt }, 0)
+            .map_err(err("writing lb_meta"))?;
+        Ok(Self {
+            services: typed(&mut ebpf, "lb_services")?,
+            maglev: typed(&mut ebpf, "lb_maglev")?,
+            backends: typed(&mut ebpf, "lb_backends")?,
+            reals: typed(&mut ebpf, "lb_reals")?,
+            vips: typed(&mut ebpf, "lb_vips")?,
+            backend_addrs: typed(&mut ebpf, "lb_backend_addrs")?,
+            addrs: typed(&mut ebpf, "lb_addrs")?,
+            real_slots: typed(&mut ebpf, "lb_real_slots")?,
+            epoch,
+            clock,
+            clock_program,
+            timeouts: typed(&mut ebpf, "lb_timeouts")?,
+            policy: typed(&mut ebpf, "lb_policy")?,
+            timeout_ticks: [0; CONN_STATES as usize],
+            be_conns: typed(&mut ebpf, "lb_be_conns")?,
+            conns,
+            published: BTreeMap::new(),
+            ebpf,
+            pins: None,
+            adopted: false,
+            counted_ids: FxHashSet::default(),
+            interfaces: interfaces.to_vec(),
+            gro_record: None,
+        })
+    }
+
+    /// Sets the idle timeout of each connection state, in the data plane's
+    /// ticks (`EPOCH_TICK_MS`).
+    pub fn set_timeouts(&mut self, t: &Timeouts) -> Result<(), DataplaneError> {
+        let ticks = |d: Duration| {
+            u32::try_from(d.as_millis() / u128::from(EPOCH_TICK_MS)).unwrap_or(u32::MAX)
+        };
+        for (state, timeout) in [
+            (CONN_SYN, t.tcp_syn),
+            (CONN_ESTABLISHED, t.tcp_established),
+            (CONN_CLOSING, t.tcp_closing),
+            (CONN_CLOSED, t.tcp_closed),
+            (CONN_UDP, t.udp),
+        ] {
+            self.timeouts
+                .set(u32::from(state), ticks(timeout), 0)
+                .map_err(err("writing lb_timeouts"))?;
+            self.timeout_ticks[usize::from(state)] = ticks(timeout);
+        }
+        Ok(())
+    }
+
+    /// Sets how many answers (resets, ICMP errors) each CPU may send per
+    /// second (a budget per epoch tick), and the reverse-path check.
+    pub fn set_policy(
+        &mut self,
+        answers_per_second: u32,
+        reverse_path: ReversePath,
+    ) -> Result<(), DataplaneError> {
+        let policy = Policy {
+            answers_per_tick: answers_per_tick(answers_per_second),
+            reverse_path: match reverse_path {
+                ReversePath::Strict => REVERSE_PATH_STRICT,
+                ReversePath::Loose => REVERSE_PATH_LOOSE,
+                ReversePath::Off => REVERSE_PATH_OFF,
+            },
+            ..self.policy.get(&0, 0).map_err(err("reading lb_policy"))?
+        };
+        self.policy.set(0, policy, 0).map_err(err("writing lb_policy"))
+    }
+
+    /// Sets what records a NAT service's TCP flow (`handshake_proof`).
+    pub fn set_handshake_proof(&mut self, proof: HandshakeProof) -> Result<(), DataplaneError> {
+        let policy = Policy {
+            handshake_proof: match proof {
+                HandshakeProof::Ack => HANDSHAKE_PROOF_ACK,
+                HandshakeProof::SynSeen => HANDSHAKE_PROOF_SYN_SEEN,
+            },
+            ..self.policy.get(&0, 0).map_err(err("reading lb_policy"))?
+        };
+        self.policy.set(0, policy, 0).map_err(err("writing lb_policy"))
+    }
+
+    /// The connection counts `lc` reads (the recount writes them), for tests
+    /// that set a load by hand.
+    pub fn backend_conns_mut(&mut self) -> &mut Array<MapData, BackendConns> {
+        &mut self.be_conns
+    }
+
+    /// The loaded object: its programs and the kernel-written maps
+    /// (connection table, counters), for tests and benchmarks.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+}
+
+/// A loader with the maps sized at load time (`pins::load_time_sizes`),
+/// and the program told the connection table's size (`set_bits`, which
+/// `conn_set_bits` gives for the same `conntrack_max`) and hash key.
+fn sized_loader<'a>(
+    conntrack_max: u32,
+    set_bits: &'a u32,
+    salt: &'a u32,
+) -> Result<EbpfLoader<'a>, DataplaneError> {
+    let mut loader = EbpfLoader::new();
+    for (name, entries) in pins::load_time_sizes(conntrack_max)? {
+        loader.map_max_entries(name, entries);
+    }
+    loader.override_global("LB_CONN_SET_BITS", set_bits, true);
+    loader.override_global("LB_CONN_SALT", salt, true);
+    Ok(loader)
+}
+
+/// A new connection table's hash key.
+fn random_salt() -> Result<u32, DataplaneError> {
+    use std::io::Read as _;
+    let mut bytes = [0_u8; 4];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| DataplaneError::kernel("reading /dev/urandom", e))?;
+    Ok(u32::from_ne_bytes(bytes))
+}
+
+fn load_object(object: &[u8], conntrack_max: u32, salt: u32) -> Result<Ebpf, DataplaneError> {
+    let set_bits = conn_set_bits(conntrack_max);
+    let mut ebpf = sized_loader(conntrack_max, &set_bits, &salt)?
+        .load(object)
+        .map_err(|e| DataplaneError::kernel("loading the XDP object", e))?;
+    load_programs(&mut ebpf)?;
+    Ok(ebpf)
+}
+
+/// Passes the object's three programs through the verifier: the XDP data
+/// plane, the tc slow path, and the clock the controller reads.
+fn load_programs(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
+    load_program::<Xdp>(ebpf, "lb_xdp")?;
+    load_program::<SchedClassifier>(ebpf, "lb_neigh")?;
+    load_program::<Xdp>(ebpf, "lb_clock")
+}
+
+/// `lb_conntrack` mapped into this process, with the size the map has
+/// (the configured one, or an adopted data plane's, which is the same:
+/// pins of another size are refused before this).
+fn conn_table(ebpf: &Ebpf, salt: u32) -> Result<ConnTable, DataplaneError> {
+    let Some(aya::maps::Map::Array(map)) = ebpf.map("lb_conntrack") else {
+        return Err(DataplaneError::kernel("lb_conntrack", "missing from the object"));
+    };
+    ConnTable::of_map(map, salt).map_err(|e| DataplaneError::kernel("mapping lb_conntrack", e))
+}
+
+/// A copy of the descriptor of the object's (loaded) program `name`.
+fn program_fd(ebpf: &Ebpf, name: &str) -> Result<OwnedFd, DataplaneError> {
+    let failed = |e: &dyn std::fmt::Display| {
+        DataplaneError::kernel(format!("program {name}"), e.to_string())
+    };
+    let program: &Xdp = ebpf
+        .program(name)
+        .ok_or_else(|| failed(&"missing from the object"))?
+        .try_into()
+        .map_err(|e| failed(&e))?;
+    let fd = program.fd().map_err(|e| failed(&e))?;
+    fd.as_fd().try_clone_to_owned().map_err(|e| failed(&e))
+}
+
+/// A program of the object, by name and type.
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, DataplaneError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| {
+            DataplaneError::kernel(format!("program {name}"), "missing from the object")
+        })?
+        .try_into()
+        .map_err(|e| DataplaneError::kernel(format!("program {name}"), e))
+}
+
+fn load_program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<(), DataplaneError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    P: LoadableProgram + 'a,
+{
+    program::<P>(ebpf, name)?
+        .load_program()
+        .map_err(|e| DataplaneError::kernel(format!("loading {name} (verifier)"), e))
+}
+
+/// aya's programs have inherent `load` methods, not a trait; this gives the two we use one.
+trait LoadableProgram {
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError>;
+}
+impl LoadableProgram for Xdp {
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
+        self.load()
+    }
+}
+impl LoadableProgram for SchedClassifier {
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
+        self.load()
+    }
+}
+
+fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map, DataplaneError> {
+    ebpf.take_map(name)
+        .ok_or_else(|| DataplaneError::kernel(format!("map {name}"), "missing from the object"))
+}
+
+fn typed<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &str,
+) -> Result<T, DataplaneError> {
+    T::try_from(take(ebpf, name)?).map_err(err(format!("opening {name}")))
+}
+
+impl KernelMaps {
+    fn put_maglev(&mut self, id: u32, slots: &[u32]) -> Result<(), DataplaneError> {
+        let table: &Table = slots
+            .try_into()
+            .map_err(|_| DataplaneError::kernel("writing lb_maglev", "table of the wrong size"))?;
+        self.maglev.set(id, table, 0).map_err(err("writing lb_maglev"))
+    }
+}
+
+/// Sums the per-CPU values of `ids` in the per-CPU array `name`.
+fn per_cpu_sums<T: aya::Pod + Default>(
+    ebpf: &Ebpf,
+    name: &str,
+    ids: &[u32],
+    mut add: impl FnMut(&mut T, &T),
+) -> Result<BTreeMap<u32, T>, DataplaneError> {
+    let map = ebpf
+        .map(name)
+        .ok_or_else(|| DataplaneError::kernel(name.to_owned(), "missing from the object"))?;
+    let array: PerCpuArray<&MapData, T> =
+        PerCpuArray::try_from(map).map_err(err(format!("opening {name}")))?;
+    ids.iter()
+        .map(|id| {
+            let values = array.get(id, 0).map_err(err(format!("reading {name}")))?;
+            let mut sum = T::default();
+            for v in values.iter() {
+                add(&mut sum, v);
+            }
+            Ok((*id, sum))
+        })
+        .collect()
+}
+
+impl KernelMaps {
+    /// Zeroes the traffic counters of service or backend `id` on every CPU,
+    /// unless the maps are this process's and no entry has had the id.
+    fn reset_traffic(&mut self, kind: CounterKind, id: u32) -> Result<(), DataplaneError> {
+        if !self.adopted && !self.counted_ids.contains(&(kind, id)) {
+            return Ok(());
+        }
+        let name = match kind {
+            CounterKind::Service => "lb_svc_stats",
+            CounterKind::Backend => "lb_be_stats",
+        };
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or_else(|| DataplaneError::kernel(name.to_owned(), "missing from the object"))?;
+        let mut array: PerCpuArray<&mut MapData, Traffic> =
+            PerCpuArray::try_from(map).map_err(err(format!("opening {name}")))?;
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(path, e)| DataplaneError::kernel(format!("reading {path}"), e))?;
+        let zeros = PerCpuValues::try_from(vec![Traffic::default(); cpus])
+            .map_err(|e| DataplaneError::kernel(format!("zeroing {name}"), e))?;
+        array.set(id, zeros, 0).map_err(err(format!("zeroing {name}")))
+    }
+
+    /// Stops the data plane's clock at the epoch it shows now: for tests and
+    /// benchmarks that need time to stand still between packets (they move
+    /// it on by hand, `Maps::advance_clock`).
+    pub fn stop_clock(&mut self) -> Result<(), DataplaneError> {
+        self.clock = EpochClock { mult: 0, offset: self.epoch_now()? };
+        self.epoch.set(0, self.clock, 0).map_err(err("writing lb_epoch"))
+    }
+
+    /// The data plane's epoch now, as `lb_xdp` computes it (see `clock`).
+    pub fn epoch_now(&self) -> Result<u64, DataplaneError> {
+        clock::read(self.clock_program.as_fd())
+    }
+
+    /// The connection table, as mapped into this process (tests and
+    /// benchmarks fill and inspect it).
+    pub fn conn_table(&self) -> &ConnTable {
+        &self.conns
+    }
+}
+
+impl Maps for KernelMaps {
+    fn read_image(&mut self) -> Result<Option<Image>, DataplaneError> {
+        if !self.adopted {
+            return Ok(None);
+        }
+        let mut image = Image::default();
+        for entry in &self.services {
+            let (key, service) = entry.map_err(err("reading lb_services"))?;
+            let table = self.maglev.get(&service.id, 0).map_err(err("reading lb_maglev"))?;
+            image.maglev.insert(service.id, Arc::new(table.to_vec()));
+            image.services.insert(key, service);
+        }
+        for (id, backend) in (0..).zip(self.backends.iter()) {
+            let backend = backend.map_err(err("reading lb_backends"))?;
+            if backend.flags & BACKEND_IN_USE != 0 {
+                image.backends.insert(id, backend);
+            }
+        }
+        for entry in &self.reals {
+            let (key, real) = entry.map_err(err("reading lb_reals"))?;
+            image.reals.insert(key, real);
+        }
+        for entry in &self.vips {
+            let (vip, count) = entry.map_err(err("reading lb_vips"))?;
+            image.vips.insert(vip, count);
+        }
+        for entry in &self.backend_addrs {
+            let (addr, count) = entry.map_err(err("reading lb_backend_addrs"))?;
+            image.backend_addrs.insert(addr, count);
+        }
+        for (slot, flags) in (0..).zip(self.addrs.iter()) {
+            let flags = flags.map_err(err("reading lb_addrs"))?;
+            if flags != 0 {
+                image.addrs.insert(slot, flags);
+            }
+        }
+        for (slot, value) in (0..).zip(self.real_slots.iter()) {
+            let value = value.map_err(err("reading lb_real_slots"))?;
+            if value != 0 {
+                image.real_slots.insert(slot, value);
+            }
+        }
+        Ok(Some(image))
+    }
+
+    fn read_counts(
+        &mut self,
+        services: &[u32],
+        backends: &[u32],
+    ) -> Result<Counts, DataplaneError> {
+        let all: Vec<u32> = (0..lb_common::counter::Counter::COUNT).collect();
+        let outcomes = per_cpu_sums::<u64>(&self.ebpf, "lb_counters", &all, |s, v| *s += v)?;
+        Ok(Counts {
+            outcomes: outcomes.into_values().collect(),
+            services: per_cpu_sums(&self.ebpf, "lb_svc_stats", services, Traffic::add)?,
+            backends: per_cpu_sums(&self.ebpf, "lb_be_stats", backends, Traffic::add)?,
+        })
+    }
+
+    fn reader(&self) -> Result<Arc<dyn MapReader>, DataplaneError> {
+        let dup = |what: &str, fd: std::os::fd::BorrowedFd<'_>| {
+            fd.try_clone_to_owned()
+                .map_err(|e| DataplaneError::kernel(format!("duplicating {what}"), e))
+        };
+        let backends = MapData::from_fd(dup("lb_backends", self.backends.map().fd().as_fd())?)
+            .map_err(err("opening lb_backends again"))?;
+        let backends = Array::try_from(aya::maps::Map::Array(backends))
+            .map_err(err("opening lb_backends again"))?;
+        let Some(aya::maps::Map::Array(handshakes)) = self.ebpf.map("lb_handshakes") else {
+            return Err(DataplaneError::kernel("lb_handshakes", "missing from the object"));
+        };
+        let handshakes = MapData::from_fd(dup("lb_handshakes", handshakes.fd().as_fd())?)
+            .map_err(err("opening lb_handshakes again"))?;
+        let handshakes = Array::try_from(aya::maps::Map::Array(handshakes))
+            .map_err(err("opening lb_handshakes again"))?;
+        Ok(Arc::new(KernelReader {
+            conns: Arc::clone(&self.conns),
+            backends,
+            handshakes: std::sync::Mutex::new(handshakes),
+            clock_program: dup("lb_clock", self.clock_program.as_fd())?,
+            timeout_ticks: self.timeout_ticks,
+            links: self.pins.as_ref().map(PinDir::link_pins),
+            interfaces: self.interfaces.clone(),
+        }))
+    }
+
+    fn recount_connections(
+        &mut self,
+        backends: &BTreeMap<u32, lb_common::abi::Backend>,
+        lc_services: &BTreeSet<u32>,
+    ) -> Result<BTreeMap<u32, BackendConns>, DataplaneError> {
+        let now = self.epoch_now()? as u32;
+        let mut counts: BTreeMap<u32, BackendConns> = BTreeMap::new();
+        let timeout_ticks = self.timeout_ticks;
+        // Expired entries are left in place: the data plane counts them as
+        // absent and gives their place to the next flow of their set first;
+        // erasing one here could race a flow the data plane records there.
+        // Only an entry idle for half the tick counter's range is erased,
+        // before wrapping would make it look stamped in the future (live).
+        let table = Arc::clone(&self.conns);
+        table.for_each(|at, slot| {
+            let conn = slot.conn();
+            if now.wrapping_sub(conn.last_seen) >= STALE_TICKS {
+                table.remove(at);
+                return;
+            }
+            let timeout = timeout_ticks.get(usize::from(conn.state)).copied().unwrap_or(0);
+            if expired(now, conn.last_seen, timeout) {
+                return;
+            }
+            // An entry made for an earlier holder of a reused id is not this backend's.
+            if backends.get(&conn.backend_id).is_none_or(|b| b.service_id != conn.service_id) {
+                return;
+            }
+            let entry = counts.entry(conn.backend_id).or_default();
+            if conn.state == CONN_ESTABLISHED {
+                entry.active += 1;
+            } else {
+                entry.inactive += 1;
+            }
+        });
+        // Every backend in use gets its count, zero included. An `lc`
+        // backend's is always rewritten (this clears the picks the data
+        // plane added for flows that did not stay); the others' only when it
+        // changed: with thousands of backends, a write each is most of the cost.
+        let mut published = BTreeMap::new();
+        for (id, b) in backends {
+            let c = counts.get(id).copied().unwrap_or_default();
+            let moved_by_kernel = lc_services.contains(&b.service_id);
+            if moved_by_kernel || self.published.get(id) != Some(&c) {
+                self.be_conns.set(*id, c, 0).map_err(err("writing lb_be_conns"))?;
+            }
+            published.insert(*id, c);
+        }
+        // Backends gone since the last recount are cleared once.
+        for id in self.published.keys().filter(|id| !backends.contains_key(id)) {
+            self.be_conns
+                .set(*id, BackendConns::default(), 0)
+                .map_err(err("clearing lb_be_conns"))?;
+        }
+        self.published = published;
+        Ok(counts)
+    }
+
+    fn advance_clock(&mut self) -> Result<(), DataplaneError> {
+        self.clock.offset += 1;
+        self.epoch.set(0, self.clock, 0).map_err(err("writing lb_epoch"))
+    }
+
+    fn apply(&mut self, op: &Op) -> Result<(), DataplaneError> {
+        match op {
+            Op::PutService(_, svc) => {
+                self.counted_ids.insert((CounterKind::Service, svc.id));
+            }
+            Op::PutBackend(id, _) => {
+                self.counted_ids.insert((CounterKind::Backend, *id));
+            }
+            _ => {}
+        }
+        match op {
+            Op::PutBackend(id, b) => {
+                self.backends.set(*id, b, 0).map_err(err("writing lb_backends"))
+            }
+            Op::ClearBackend(id) => self
+                .backends
+                .set(*id, lb_common::abi::Backend::default(), 0)
+                .map_err(err("clearing lb_backends")),
+            Op::PutReal(k, r) => self.reals.insert(k, r, 0).map_err(err("writing lb_reals")),
+            Op::DelReal(k) => deleted(self.reals.remove(k), "deleting from lb_reals"),
+            Op::PutMaglev(id, slots) => self.put_maglev(*id, slots),
+            Op::ClearMaglev(id) => self.put_maglev(*id, &vec![NO_BACKEND; MAGLEV_SIZE as usize]),
+            Op::PutAddrFlags(slot, flags) => {
+                self.addrs.set(*slot, flags, 0).map_err(err("writing lb_addrs"))
+            }
+            Op::PutRealSlot(slot, value) => {
+                self.real_slots.set(*slot, value, 0).map_err(err("writing lb_real_slots"))
+            }
+            Op::PutVip(v, n) => self.vips.insert(v, n, 0).map_err(err("writing lb_vips")),
+            Op::DelVip(v) => deleted(self.vips.remove(v), "deleting from lb_vips"),
+            Op::PutBackendAddr(a, n) => {
+                self.backend_addrs.insert(a, n, 0).map_err(err("writing lb_backend_addrs"))
+            }
+            Op::DelBackendAddr(a) => {
+                deleted(self.backend_addrs.remove(a), "deleting from lb_backend_addrs")
+            }
+            Op::PutService(k, s) => {
+                self.services.insert(k, s, 0).map_err(err("writing lb_services"))
+            }
+            Op::DelService(k) => deleted(self.services.remove(k), "deleting from lb_services"),
+            Op::ResetServiceTraffic(id) => self.reset_traffic(CounterKind::Service, *id),
+            Op::ResetBackendTraffic(id) => self.reset_traffic(CounterKind::Backend, *id),
+        }
+    }
+}
+
+/// The reads of `MapReader`, on descriptors of their own.
+struct KernelReader {
+    conns: Arc<ConnTable>,
+    /// `lb_backends`: an entry holds the client's side of its flow; its
+    /// backend says which VIP and protocol.
+    backends: Array<MapData, lb_common::abi::Backend>,
+    /// `lb_handshakes`, for the slow path's flows that only have a record.
+    handshakes: std::sync::Mutex<Array<MapData, Handshake>>,
+    clock_program: OwnedFd,
+    /// The timeouts when the reader was taken (they are set at start).
+    timeout_ticks: [u32; CONN_STATES as usize],
+    /// Where the links are pinned; `None` when nothing is attached.
+    links: Option<LinkPins>,
+    interfaces: Vec<String>,
+}
+
+impl KernelReader {
+    /// The backend `id` if it is in use.
+    fn backend(&self, id: u32) -> Option<lb_common::abi::Backend> {
+        self.backends.get(&id, 0).ok().filter(|b| b.flags & BACKEND_IN_USE != 0)
+    }
+
+    /// Whether `conn`'s backend serves `flow`'s VIP, or is gone (as
+    /// `lb-ebpf/src/conntrack.rs` decides which entry is a flow's).
+    fn serves(&self, conn: &Conn, flow: &Flow) -> bool {
+        self.backend(conn.backend_id)
+            .is_none_or(|b| (b.vip, b.vport, b.proto) == (flow.dst, flow.dport, flow.proto))
+    }
+}
+
+impl MapReader for KernelReader {
+    fn connections(
+        &self,
+        limit: usize,
+        to: Option<Endpoint>,
+    ) -> Result<(Vec<ConnEntry>, usize), DataplaneError> {
+        let now = clock::read(self.clock_program.as_fd())? as u32;
+        let ticks = self.timeout_ticks;
+        let tick = Duration::from_millis(EPOCH_TICK_MS);
+        let mut entries = Vec::new();
+        let mut live = 0;
+        // Each backend read once per walk: a million entries share a few.
+        let mut backends: BTreeMap<u32, Option<lb_common::abi::Backend>> = BTreeMap::new();
+        self.conns.for_each(|_, slot| {
+            let conn = slot.conn();
+            let timeout = ticks.get(usize::from(conn.state)).copied().unwrap_or(0);
+            if expired(now, conn.last_seen, timeout) {
+                return;
+            }
+            let backend =
+                *backends.entry(conn.backend_id).or_insert_with(|| self.backend(conn.backend_id));
+            // The VIP and protocol are the backend's; an entry whose backend
+            // is gone (or whose id another service's backend holds now)
+            // belongs to no service any more.
+            let Some(backend) = backend.filter(|b| b.service_id == conn.service_id) else {
+                return;
+            };
+            let flow = Flow {
+                src: slot.src,
+                dst: backend.vip,
+                sport: slot.sport,
+                dport: slot.dport,
+                proto: backend.proto,
+                _pad: [0; 3],
+            };
+            let wanted =
+                to.is_none_or(|t| (t.addr, t.port, t.proto) == (flow.dst, flow.dport, flow.proto));
+            if !wanted {
+                return;
+            }
+            live += 1;
+            if entries.len() < limit {
+                let idle = now.wrapping_sub(conn.last_seen);
+                entries.push(ConnEntry {
+                    flow,
+                    conn,
+                    idle: tick * idle,
+                    expires_in: tick * timeout.saturating_sub(idle),
+                });
+            }
+        });
+        Ok((entries, live))
+    }
+
+    fn attachment_problems(&self) -> Vec<String> {
+        self.links.as_ref().map_or_else(Vec::new, |links| attach::problems(links, &self.interfaces))
+    }
+
+    fn flow_entry(&self, flow: &Flow) -> Result<(Option<Conn>, u32), DataplaneError> {
+        let now = clock::read(self.clock_program.as_fd())? as u32;
+        let live =
+            self.conns.find(flow, |conn| self.serves(conn, flow)).map(|(_, c)| c).filter(|c| {
+                let timeout = self.timeout_ticks.get(usize::from(c.state)).copied().unwrap_or(0);
+                !expired(now, c.last_seen, timeout)
+            });
+        Ok((live, now))
+    }
+
+    fn handshake_backend(&self, flow: &Flow, now: u32) -> Result<Option<u32>, DataplaneError> {
+        let records = self.handshakes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let record = records
+            .get(&handshake_slot(flow), 0)
+            .map_err(|e| DataplaneError::kernel("reading lb_handshakes", e))?;
+        let state = if flow.proto == PROTO_TCP { CONN_SYN } else { CONN_UDP };
+        let timeout = self.timeout_ticks.get(usize::from(state)).copied().unwrap_or(0);
+        let live = record.flow == *flow && !expired(now, record.born, timeout);
+        Ok(live.then_some(record.backend_id))
+    }
+
+    fn place_handshake(
+        &self,
+        flow: &Flow,
+        backend_id: u32,
+        now: u32,
+    ) -> Result<(), DataplaneError> {
+        let record = Handshake { flow: *flow, backend_id, born: now, expect_ack: 0, flags: 0 };
+        let mut records = self.handshakes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        records.set(handshake_slot(flow), record, 0).map_err(err("writing lb_handshakes"))
+    }
+
+    fn place_flow(&self, flow: &Flow, conn: &Conn) -> Result<(), DataplaneError> {
+        let timeouts = self.timeout_ticks;
+        self.conns
+            .record(flow, conn, |state| timeouts.get(usize::from(state)).copied().unwrap_or(0));
+        Ok(())
+    }
+}

@@ -1,0 +1,135 @@
+//! The kernel maps behind a trait, so the reconciler can be tested against an
+//! in-memory copy (`fake`) and run against the real thing (`kernel`).
+pub mod attach;
+mod clock;
+pub mod conn_table;
+pub mod fake;
+pub mod kernel;
+pub mod pins;
+mod tx_ports;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
+
+use lb_common::abi::{Backend, BackendConns, Conn, Endpoint, Flow, Traffic};
+
+use crate::plan::{diff::Op, image::Image};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("{what}: {source}")]
+    Kernel {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl DataplaneError {
+    pub fn kernel(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Kernel { what: what.into(), source: source.into() }
+    }
+}
+
+/// What the data plane counted, summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Packet outcomes, indexed like `lb_common::counter::Counter::ALL`.
+    pub outcomes: Vec<u64>,
+    /// By service id.
+    pub services: BTreeMap<u32, Traffic>,
+    /// By backend id.
+    pub backends: BTreeMap<u32, Traffic>,
+}
+
+/// One entry of the connection table, as `ipvsadm -Lnc` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnEntry {
+    pub flow: Flow,
+    pub conn: Conn,
+    /// Since the flow's last client packet.
+    pub idle: Duration,
+    /// Until the entry expires if the flow stays idle.
+    pub expires_in: Duration,
+}
+
+/// Writes to the data plane's maps. Every write is idempotent (a put of what
+/// is there, a delete of what is gone, succeed), so a failed apply can be
+/// retried from the last image known to be in place.
+pub trait Maps: Send {
+    fn apply(&mut self, op: &Op) -> Result<(), DataplaneError>;
+
+    /// Moves the data plane's clock one tick on at once: every cached FIB
+    /// answer is looked up again, and every connection entry is a tick
+    /// older (the clock ticks by itself; tests use this instead of waiting).
+    fn advance_clock(&mut self) -> Result<(), DataplaneError>;
+
+    /// Counts each backend's active (established) and inactive connections
+    /// in the connection table, removes expired entries, and publishes the
+    /// counts to the data plane (`lc`) and the caller.
+    /// `backends`: the backends in use (the applied image's); `lc_services`:
+    /// the services whose backends' counts the data plane also moves (each
+    /// `lc` pick counts at once), so theirs are always rewritten.
+    fn recount_connections(
+        &mut self,
+        backends: &BTreeMap<u32, Backend>,
+        lc_services: &BTreeSet<u32>,
+    ) -> Result<BTreeMap<u32, BackendConns>, DataplaneError>;
+
+    /// A handle for the reads that must not wait behind writes (see
+    /// `MapReader`), taken once the maps are set up.
+    fn reader(&self) -> Result<std::sync::Arc<dyn MapReader>, DataplaneError>;
+
+    /// What the maps hold, when they were a previous controller's (an
+    /// adopted data plane); `None` for maps this process created.
+    fn read_image(&mut self) -> Result<Option<Image>, DataplaneError>;
+
+    /// Reads the packet counters and the traffic of the given services and
+    /// backends (by id).
+    fn read_counts(&mut self, services: &[u32], backends: &[u32])
+    -> Result<Counts, DataplaneError>;
+}
+
+/// Reads of the data plane that need not wait behind the writer: listing
+/// the connection table (a walk of up to millions of entries) and checking
+/// the programs' attachment (what `/readyz` says). Each call blocks: run it
+/// on a blocking thread, never on the async workers.
+pub trait MapReader: Send + Sync {
+    /// Up to `limit` live entries of the connection table (only those to
+    /// the VIP `to`, if given), and how many such entries it holds.
+    fn connections(
+        &self,
+        limit: usize,
+        to: Option<Endpoint>,
+    ) -> Result<(Vec<ConnEntry>, usize), DataplaneError>;
+
+    /// What is wrong with the programs' attachment (an interface that no
+    /// longer runs the XDP program); empty when all is well, or when the
+    /// maps are not attached anywhere.
+    fn attachment_problems(&self) -> Vec<String>;
+
+    /// The connection table's live entry for `flow` (an expired one counts
+    /// as none), and the data plane's epoch now: for the reassembly slow
+    /// path (`crate::write::reassembled`), which places a flow as `lb_xdp` would.
+    fn flow_entry(&self, flow: &Flow) -> Result<(Option<Conn>, u32), DataplaneError>;
+
+    /// The backend id in `flow`'s live handshake record (`lb_handshakes`):
+    /// where `lb_xdp` placed the flow's first datagram, which no entry
+    /// records yet. `now` is the epoch `flow_entry` returned.
+    fn handshake_backend(&self, flow: &Flow, now: u32) -> Result<Option<u32>, DataplaneError>;
+
+    /// Writes `flow`'s handshake record: placed on `backend_id` at `now`,
+    /// as `lb_xdp` does for a flow's first datagram.
+    fn place_handshake(&self, flow: &Flow, backend_id: u32, now: u32)
+    -> Result<(), DataplaneError>;
+
+    /// Writes `conn` for `flow` into the connection table, as `lb_xdp`
+    /// does for a flow it places: per-flow state, not configuration, so it
+    /// does not wait behind the reconciler (which never writes it).
+    fn place_flow(&self, flow: &Flow, conn: &Conn) -> Result<(), DataplaneError>;
+}

@@ -1,0 +1,238 @@
+//! The slow path of UDP datagrams whose fragments came out of order. XDP
+//! cannot hold a fragment back, so it passes such a datagram's fragments to
+//! the kernel (`pass_fragment_to_kernel`, lb-ebpf `frag`), which reassembles
+//! it and, the VIP being a local address, delivers it here: a socket on each
+//! UDP service's VIP:port (the only datagrams the kernel gets for it, XDP
+//! forwarding all others). Each is placed as the data plane would place it
+//! (`place`), its flow written to the connection table so that the flow's
+//! next datagrams follow in XDP, and sent to the backend from the client's
+//! address (`socket::send_as`); the backend's answer goes back through
+//! XDP's reverse NAT like any other.
+//!
+//! One thread of its own: every step blocks (a map lookup and insert, a
+//! clock read through `BPF_PROG_TEST_RUN`, half a dozen socket calls), and
+//! a flood of such datagrams must cost one core at most, never the API's
+//! or the probes' executor. The flood is bounded before it gets here: by
+//! the kernel's reassembly memory (`net.ipv4.ipfrag_high_thresh`) and time
+//! (`ipfrag_time`), then by each socket's receive buffer (what overflows
+//! is dropped and counted by the kernel, `Udp: RcvbufErrors`).
+mod place;
+mod socket;
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddrV4},
+    os::fd::{AsRawFd as _, OwnedFd},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use lb_common::abi::{CONN_UDP, Conn, Endpoint, Flow, PROTO_UDP};
+pub use place::Placement;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use crate::write::dataplane::MapReader;
+
+/// What the slow path did, since the controller started.
+#[derive(Debug, Default)]
+pub struct Counts {
+    /// Datagrams sent on to their backend.
+    pub forwarded: AtomicU64,
+    /// Datagrams dropped: no service or usable backend, a direct-routing
+    /// backend, not reassembled (a packet the data plane passed for
+    /// another reason, e.g. TTL 1), truncated, or a failed send.
+    pub dropped: AtomicU64,
+}
+
+/// How long the thread waits for datagrams before it looks for changed
+/// services (and whether the controller is stopping).
+const POLL_MS: libc::c_int = 200;
+/// Datagrams taken from one socket in a row, so that one busy service does
+/// not starve the others or the service updates.
+const BATCH: usize = 64;
+
+/// Opens the sockets of the services applied now, at once (a datagram
+/// right after the controller says it runs finds them), then starts the
+/// slow path's thread: the sockets follow the services in `placements`
+/// (the reconciler's applied state) within `POLL_MS` of a change; the
+/// thread ends when the reconciler does (the channel closes).
+pub fn spawn(
+    placements: watch::Receiver<Arc<Placement>>,
+    reader: Arc<dyn MapReader>,
+    counts: Arc<Counts>,
+) -> std::io::Result<()> {
+    let mut path = SlowPath { placements, reader, counts, sockets: BTreeMap::new() };
+    let now = Arc::clone(&path.placements.borrow_and_update());
+    path.follow_services(&now);
+    std::thread::Builder::new().name("lb-reassembled".into()).spawn(move || path.run())?;
+    Ok(())
+}
+
+struct SlowPath {
+    placements: watch::Receiver<Arc<Placement>>,
+    reader: Arc<dyn MapReader>,
+    counts: Arc<Counts>,
+    /// One socket per UDP service endpoint.
+    sockets: BTreeMap<Endpoint, OwnedFd>,
+}
+
+impl SlowPath {
+    fn run(mut self) {
+        // The largest IPv4 datagram's payload: a reassembled one can be that long.
+        let mut buf = vec![0_u8; 65_536];
+        // Closed: the reconciler, and so the controller, has stopped.
+        while let Ok(changed) = self.placements.has_changed() {
+            if changed {
+                let placement = Arc::clone(&self.placements.borrow_and_update());
+                self.follow_services(&placement);
+            }
+            let mut polled: Vec<libc::pollfd> = self
+                .sockets
+                .values()
+                .map(|fd| libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+                .collect();
+            if polled.is_empty() {
+                std::thread::sleep(Duration::from_millis(POLL_MS as u64));
+                continue;
+            }
+            // SAFETY: a valid array of pollfd of the length given.
+            let ready =
+                unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, POLL_MS) };
+            if ready <= 0 {
+                continue;
+            }
+            let placement = Arc::clone(&self.placements.borrow());
+            for (endpoint, fd) in &self.sockets {
+                if !polled.iter().any(|p| p.fd == fd.as_raw_fd() && p.revents & libc::POLLIN != 0) {
+                    continue;
+                }
+                for _ in 0..BATCH {
+                    match socket::receive(fd, &mut buf) {
+                        Ok(Some(got)) => {
+                            let ok = self.forward(&placement, *endpoint, &got, &buf);
+                            let count =
+                                if ok { &self.counts.forwarded } else { &self.counts.dropped };
+                            count.fetch_add(1, Relaxed);
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            debug!(service = ?endpoint, error = %e, "reassembly socket");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        debug!("reassembly slow path stopped");
+    }
+
+    /// Opens a socket for each UDP service that has none, closes those of
+    /// services gone. A socket that cannot be opened is tried again at the
+    /// next change (its datagrams meanwhile get the kernel's port
+    /// unreachable, as before this path existed).
+    fn follow_services(&mut self, placement: &Placement) {
+        let wanted: Vec<Endpoint> =
+            placement.services.keys().filter(|e| e.proto == PROTO_UDP).copied().collect();
+        self.sockets.retain(|e, _| wanted.contains(e));
+        for endpoint in wanted {
+            if self.sockets.contains_key(&endpoint) {
+                continue;
+            }
+            match socket::service(SocketAddrV4::new(Ipv4Addr::from(endpoint.addr), endpoint.port)) {
+                Ok(fd) => {
+                    self.sockets.insert(endpoint, fd);
+                }
+                Err(e) => {
+                    warn!(error = %e, "no slow path for this service's out-of-order fragments");
+                }
+            }
+        }
+    }
+
+    /// `flow`'s handshake record as the entry it becomes, if it has a live one.
+    fn handshake_conn(&self, placement: &Placement, flow: &Flow, now: u32) -> Option<Conn> {
+        let backend_id = match self.reader.handshake_backend(flow, now) {
+            Ok(found) => found?,
+            Err(e) => {
+                debug!(error = %e, "reading the handshake records");
+                return None;
+            }
+        };
+        let service_id = placement.backends.get(&backend_id)?.service_id;
+        Some(Conn { backend_id, service_id, last_seen: now, state: CONN_UDP, _pad: [0; 3] })
+    }
+
+    /// Places and sends on one datagram; whether it was sent.
+    fn forward(
+        &self,
+        placement: &Placement,
+        vip: Endpoint,
+        got: &socket::Received,
+        buf: &[u8],
+    ) -> bool {
+        let Some(payload) = buf.get(..got.len) else {
+            return false;
+        };
+        // Only what the kernel reassembled: anything else the data plane
+        // passed to the VIP (TTL 1, no route) is the kernel's to answer.
+        if !got.reassembled || got.ttl <= 1 {
+            return false;
+        }
+        let flow = Flow {
+            src: got.from.ip().octets(),
+            dst: vip.addr,
+            sport: got.from.port(),
+            dport: vip.port,
+            proto: PROTO_UDP,
+            _pad: [0; 3],
+        };
+        let (conn, now) = match self.reader.flow_entry(&flow) {
+            Ok(found) => found,
+            Err(e) => {
+                debug!(error = %e, "reading the connection table");
+                return false;
+            }
+        };
+        // No entry, but a record: the flow's first datagram went through
+        // XDP; this one goes where it went, and records the flow, as its
+        // second datagram would have there.
+        let record = if conn.is_none() { self.handshake_conn(placement, &flow, now) } else { None };
+        let target = match place::place(placement, &flow, conn.or(record)) {
+            Ok(target) => target,
+            Err(why) => {
+                debug!(?flow, ?why, "reassembled datagram dropped");
+                return false;
+            }
+        };
+        if conn.is_none() && record.is_none() {
+            // The flow's first datagram: a record, as XDP would leave (a
+            // forged one-datagram flow reaches no table).
+            if let Err(e) = self.reader.place_handshake(&flow, target.backend_id, now) {
+                debug!(error = %e, "writing the handshake records");
+            }
+        } else if target.new_flow || conn.is_none() {
+            let conn = Conn {
+                backend_id: target.backend_id,
+                service_id: target.service_id,
+                last_seen: now,
+                state: CONN_UDP,
+                _pad: [0; 3],
+            };
+            if let Err(e) = self.reader.place_flow(&flow, &conn) {
+                debug!(error = %e, "writing the connection table");
+            }
+        }
+        let to = SocketAddrV4::new(Ipv4Addr::from(target.backend.addr), target.backend.port);
+        match socket::send_as(got.from, to, got.ttl - 1, payload) {
+            Ok(()) => true,
+            Err(e) => {
+                debug!(error = %e, "reassembled datagram not sent");
+                false
+            }
+        }
+    }
+}

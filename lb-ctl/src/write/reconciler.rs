@@ -1,0 +1,567 @@
+//! The one writer of kernel state. Config reloads, API calls and health
+//! changes become commands to one thread; it plans the new image with pure
+//! code, writes only the difference, and answers once the kernel holds it.
+//! It is a thread of its own, not an async task: table builds and map walks
+//! take milliseconds to seconds, and must not hold up the probes' timers
+//! or the API. Reads that need not wait for it go through a `MapReader`.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
+
+use lb_common::abi::{BACKEND_DOWN, BackendConns, Endpoint, SCHED_LC, SCHED_MASK, Traffic};
+
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tracing::info;
+
+use crate::{
+    desired::model::Service,
+    plan::{
+        diff::diff,
+        ids::{BackendKey, Ids, PlanError, held_backend_key},
+        image::{Image, Tables, image_cached},
+    },
+    write::{
+        dataplane::{ConnEntry, DataplaneError, MapReader, Maps},
+        reassembled::{self, Placement},
+    },
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("the new state does not fit: {0}")]
+    Plan(#[from] PlanError),
+    #[error("writing the kernel maps failed: {0}")]
+    Dataplane(#[from] DataplaneError),
+    #[error("the reconciler has stopped")]
+    Stopped,
+    #[error("cannot start the reconciler thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// What an apply changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub writes: usize,
+    pub services: usize,
+    pub backends: usize,
+}
+
+/// What the data plane counted for the applied services, by key (ids are
+/// the reconciler's business).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sample {
+    /// Packet outcomes, indexed like `lb_common::counter::Counter::ALL`.
+    pub outcomes: Vec<u64>,
+    pub services: BTreeMap<Endpoint, Traffic>,
+    pub backends: BTreeMap<BackendKey, (Traffic, BackendConns)>,
+    /// Live entries of the connection table.
+    pub tracked: u64,
+}
+
+/// A connection table entry with the backend it goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Connection {
+    pub entry: ConnEntry,
+    /// `None`: its backend has been removed since.
+    pub backend: Option<Endpoint>,
+}
+
+pub struct Reconciler<M: Maps> {
+    maps: M,
+    ids: Ids,
+    /// What the maps are known to hold.
+    applied: Image,
+    /// The desired state: the services, and the backends health checks say are down.
+    services: Vec<Service>,
+    down: BTreeSet<BackendKey>,
+    /// The scheduler tables of `applied`, reused when a service is unchanged.
+    tables: Tables,
+}
+
+impl<M: Maps> Reconciler<M> {
+    pub fn new(maps: M) -> Self {
+        Self {
+            maps,
+            ids: Ids::default(),
+            applied: Image::default(),
+            services: Vec::new(),
+            down: BTreeSet::new(),
+            tables: Tables::default(),
+        }
+    }
+
+    /// A reconciler for maps that may already hold a previous controller's
+    /// state: it starts from what they hold and from its ids, so the first
+    /// apply writes only the difference and open flows keep their backends.
+    pub fn adopt(mut maps: M) -> Result<Self, ReconcileError> {
+        let held = maps.read_image()?;
+        let mut reconciler = Self::new(maps);
+        if let Some(image) = held {
+            reconciler.ids = Ids::from_image(&image);
+            reconciler.down = image
+                .backends
+                .values()
+                .filter(|b| b.flags & BACKEND_DOWN != 0)
+                .map(held_backend_key)
+                .collect();
+            reconciler.applied = image;
+        }
+        Ok(reconciler)
+    }
+
+    /// The backends held out of rotation by health (an adopted data plane's
+    /// until the first health change is applied).
+    pub fn down(&self) -> &BTreeSet<BackendKey> {
+        &self.down
+    }
+
+    /// Makes the maps hold `services` (with the current health view).
+    pub fn apply(&mut self, services: &[Service]) -> Result<Applied, ReconcileError> {
+        self.reconcile(services, self.down.clone())
+    }
+
+    /// Takes the backends in `down` out of rotation, and puts back the others.
+    pub fn set_down(&mut self, down: BTreeSet<BackendKey>) -> Result<Applied, ReconcileError> {
+        self.reconcile(&self.services.clone(), down)
+    }
+
+    /// A plan that does not fit changes nothing. If a write fails midway,
+    /// `applied` records exactly the writes that went through (a failed map
+    /// update leaves its entry as it was), so the next reconcile, of this
+    /// state or another, writes what is missing and removes what is left over.
+    fn reconcile(
+        &mut self,
+        services: &[Service],
+        down: BTreeSet<BackendKey>,
+    ) -> Result<Applied, ReconcileError> {
+        let ids = self.ids.assign(services)?;
+        let image = image_cached(services, &ids, &down, &mut self.tables);
+        let ops = diff(&self.applied, &image);
+        for op in &ops {
+            self.maps.apply(op)?;
+            self.applied.apply(op);
+        }
+        // Only now: after a failed apply, the desired state stays the one the
+        // caller still runs (`applied` records the partial writes to undo).
+        self.services = services.to_vec();
+        self.down = down;
+        let applied = Applied {
+            writes: ops.len(),
+            services: image.services.len(),
+            backends: image.backends.len(),
+        };
+        self.ids = ids;
+        Ok(applied)
+    }
+
+    pub fn applied(&self) -> &Image {
+        &self.applied
+    }
+
+    /// Moves the data plane's clock one tick on at once: every next hop is
+    /// looked up again, and every connection entry is a tick older (the
+    /// clock ticks by itself every `EPOCH_TICK_MS`; tests use this instead
+    /// of waiting).
+    pub fn advance_clock(&mut self) -> Result<(), ReconcileError> {
+        Ok(self.maps.advance_clock()?)
+    }
+
+    /// Recounts every backend's connections (see `Maps::recount_connections`).
+    pub fn recount_connections(&mut self) -> Result<BTreeMap<u32, BackendConns>, ReconcileError> {
+        let lc_services = self
+            .applied
+            .services
+            .values()
+            .filter(|s| s.flags & SCHED_MASK == SCHED_LC)
+            .map(|s| s.id)
+            .collect();
+        Ok(self.maps.recount_connections(&self.applied.backends, &lc_services)?)
+    }
+
+    /// Recounts the connections and reads the traffic counters.
+    pub fn sample(&mut self) -> Result<Sample, ReconcileError> {
+        let conns = self.recount_connections()?;
+        let service_ids: Vec<u32> = self.applied.services.values().map(|s| s.id).collect();
+        let backend_ids: Vec<u32> = self.applied.backends.keys().copied().collect();
+        let counts = self.maps.read_counts(&service_ids, &backend_ids)?;
+        let services = self
+            .applied
+            .services
+            .iter()
+            .map(|(key, s)| (*key, counts.services.get(&s.id).copied().unwrap_or_default()))
+            .collect();
+        let backends = self
+            .applied
+            .backends
+            .iter()
+            .map(|(id, b)| {
+                let key = held_backend_key(b);
+                let traffic = counts.backends.get(id).copied().unwrap_or_default();
+                (key, (traffic, conns.get(id).copied().unwrap_or_default()))
+            })
+            .collect();
+        let tracked = conns.values().map(|c| u64::from(c.active) + u64::from(c.inactive)).sum();
+        Ok(Sample { outcomes: counts.outcomes, services, backends, tracked })
+    }
+
+    /// The backend each of `entries` goes to, by the applied image: `None`
+    /// for one removed since (or whose id now serves another service).
+    pub fn owners(&self, entries: Vec<ConnEntry>) -> Vec<Connection> {
+        entries
+            .into_iter()
+            .map(|entry| {
+                let backend = self
+                    .applied
+                    .backends
+                    .get(&entry.conn.backend_id)
+                    .filter(|b| b.service_id == entry.conn.service_id)
+                    .map(|b| Endpoint::new(b.addr, b.port, b.proto));
+                Connection { entry, backend }
+            })
+            .collect()
+    }
+
+    /// The maps, for tests and benchmarks that also drive the program.
+    pub fn maps_mut(&mut self) -> &mut M {
+        &mut self.maps
+    }
+
+    /// Hands the maps back (dropping a kernel data plane detaches it).
+    pub fn into_maps(self) -> M {
+        self.maps
+    }
+}
+
+enum Command {
+    Sample { reply: Reply<Sample> },
+    Down { reply: Reply<BTreeSet<BackendKey>> },
+    Owners { entries: Vec<ConnEntry>, reply: Reply<Vec<Connection>> },
+    SetDown { down: BTreeSet<BackendKey>, reply: Reply<Applied> },
+    Apply { services: Vec<Service>, reply: Reply<Applied> },
+}
+
+/// Connection-table walks at once: each can take seconds on a full table,
+/// and more at once would only share the same two cores.
+const CONCURRENT_WALKS: usize = 2;
+
+/// A cloneable way to send commands to the reconciler thread, and to read
+/// what needs not wait for it.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Command>,
+    reader: Arc<dyn MapReader>,
+    walks: Arc<Semaphore>,
+    /// What the maps place flows by, as of the last command that changed them.
+    placements: watch::Receiver<Arc<Placement>>,
+    /// What the reassembly slow path did (it runs beside the reconciler).
+    reassembled: Arc<reassembled::Counts>,
+}
+
+/// Where a command's result comes back.
+type Reply<T> = oneshot::Sender<Result<T, ReconcileError>>;
+
+impl Handle {
+    /// Starts the reassembly slow path (see `crate::write::reassembled`): its
+    /// sockets follow the applied services, and it ends with the reconciler.
+    pub fn start_reassembly(&self) -> std::io::Result<()> {
+        reassembled::spawn(
+            self.placements.clone(),
+            Arc::clone(&self.reader),
+            Arc::clone(&self.reassembled),
+        )
+    }
+
+    /// What the reassembly slow path did so far.
+    pub fn reassembled(&self) -> &reassembled::Counts {
+        &self.reassembled
+    }
+
+    /// The backends held DOWN (see `Reconciler::down`).
+    pub async fn down(&self) -> Result<BTreeSet<BackendKey>, ReconcileError> {
+        self.call(|reply| Command::Down { reply }).await
+    }
+
+    /// Recounts the connections per backend (dropping expired entries) and
+    /// reads the traffic counters.
+    pub async fn sample(&self) -> Result<Sample, ReconcileError> {
+        self.call(|reply| Command::Sample { reply }).await
+    }
+
+    /// What is wrong with the programs' attachment (empty: nothing), read
+    /// on a blocking thread, whatever the reconciler is busy with.
+    pub async fn attachment_problems(&self) -> Result<Vec<String>, ReconcileError> {
+        let reader = Arc::clone(&self.reader);
+        tokio::task::spawn_blocking(move || reader.attachment_problems())
+            .await
+            .map_err(|_| ReconcileError::Stopped)
+    }
+
+    /// Up to `limit` live connections (to the VIP `to`, if given), and how
+    /// many there are. The walk runs on a blocking thread, at most
+    /// `CONCURRENT_WALKS` at once, beside the reconciler; only naming the
+    /// listed entries' backends asks it.
+    pub async fn connections(
+        &self,
+        limit: usize,
+        to: Option<Endpoint>,
+    ) -> Result<(Vec<Connection>, usize), ReconcileError> {
+        // The turn goes with the walk, not with this future: a caller that
+        // gives up (a 408, a closed connection) leaves its walk running, and
+        // the walk keeps its turn until it ends.
+        let turn =
+            Arc::clone(&self.walks).acquire_owned().await.map_err(|_| ReconcileError::Stopped)?;
+        let reader = Arc::clone(&self.reader);
+        let (entries, live) = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            reader.connections(limit, to)
+        })
+        .await
+        .map_err(|_| ReconcileError::Stopped)??;
+        let listed = self.call(|reply| Command::Owners { entries, reply }).await?;
+        Ok((listed, live))
+    }
+
+    /// Takes the backends in `down` out of rotation (health checks).
+    pub async fn set_down(&self, down: BTreeSet<BackendKey>) -> Result<Applied, ReconcileError> {
+        self.call(|reply| Command::SetDown { down, reply }).await
+    }
+
+    /// Applies `services`; returns once the kernel maps hold them.
+    pub async fn apply(&self, services: Vec<Service>) -> Result<Applied, ReconcileError> {
+        self.call(|reply| Command::Apply { services, reply }).await
+    }
+
+    /// Sends the command `make` builds around a reply channel and waits for its result.
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, ReconcileError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.map_err(|_| ReconcileError::Stopped)?;
+        rx.await.map_err(|_| ReconcileError::Stopped)?
+    }
+}
+
+/// Runs `reconciler` on a thread of its own until every `Handle` is
+/// dropped; the maps come back through the receiver, so the caller decides
+/// when the data plane goes away.
+pub fn spawn<M: Maps + 'static>(
+    mut reconciler: Reconciler<M>,
+) -> Result<(Handle, oneshot::Receiver<M>), ReconcileError> {
+    let reader = reconciler.maps.reader()?;
+    let (tx, mut rx) = mpsc::channel::<Command>(16);
+    let (done, maps) = oneshot::channel();
+    let (publish, placements) = watch::channel(Arc::new(Placement::of(&reconciler.applied)));
+    std::thread::Builder::new()
+        .name("lb-reconciler".into())
+        .spawn(move || {
+            while let Some(command) = rx.blocking_recv() {
+                reconciler.handle(command, |applied| {
+                    publish.send_replace(Arc::new(Placement::of(applied)));
+                });
+            }
+            let _ = done.send(reconciler.into_maps());
+        })
+        .map_err(ReconcileError::Thread)?;
+    let handle = Handle {
+        tx,
+        reader,
+        walks: Arc::new(Semaphore::new(CONCURRENT_WALKS)),
+        placements,
+        reassembled: Arc::default(),
+    };
+    Ok((handle, maps))
+}
+
+impl<M: Maps> Reconciler<M> {
+    /// Runs `command`. A command that writes the maps' services or
+    /// backends hands `publish` what the maps hold after it (also after a
+    /// failed write) before it replies: whoever the reply unblocks finds the
+    /// slow path already placing by the new state.
+    fn handle(&mut self, command: Command, publish: impl FnOnce(&Image)) {
+        match command {
+            Command::Down { reply } => {
+                let _ = reply.send(Ok(self.down().clone()));
+            }
+            Command::Sample { reply } => {
+                let _ = reply.send(self.sample());
+            }
+            Command::Owners { entries, reply } => {
+                let _ = reply.send(Ok(self.owners(entries)));
+            }
+            Command::SetDown { down, reply } => {
+                let result = self.set_down(down);
+                publish(&self.applied);
+                let _ = reply.send(result);
+            }
+            Command::Apply { services, reply } => {
+                let result = self.apply(&services);
+                if let Ok(applied) = &result {
+                    info!(
+                        writes = applied.writes,
+                        services = applied.services,
+                        backends = applied.backends,
+                        "state applied"
+                    );
+                }
+                publish(&self.applied);
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        desired::model::{Scheduler, testing::service},
+        plan::{diff::Op, image::image},
+        write::dataplane::fake::FakeMaps,
+    };
+
+    fn web(backends: &[(u8, u32)]) -> Service {
+        service("web", 80, backends)
+    }
+
+    #[test]
+    fn maps_hold_exactly_the_applied_image() {
+        let fake = FakeMaps::default();
+        let mut r = Reconciler::new(fake.clone());
+        r.apply(&[web(&[(11, 1), (12, 1)])]).unwrap();
+        assert_eq!(*fake.state.lock().unwrap(), *r.applied());
+        let applied = r.apply(&[web(&[(11, 1), (12, 1)])]).unwrap();
+        assert_eq!(applied.writes, 0, "an unchanged config writes nothing");
+        r.apply(&[]).unwrap();
+        assert_eq!(*fake.state.lock().unwrap(), Image::default());
+    }
+
+    #[test]
+    fn retrying_a_failed_apply_of_the_same_config_completes_it() {
+        let fake = FakeMaps::default();
+        let mut r = Reconciler::new(fake.clone());
+        r.apply(&[web(&[(11, 1)])]).unwrap();
+        let next = [web(&[(12, 1), (13, 1)])];
+        // Fail at every write in turn, until the apply has fewer writes
+        // than the failure point.
+        for fail_after in 0..64 {
+            *fake.fail_after.lock().unwrap() = Some(fail_after);
+            let failed = r.apply(&next).is_err();
+            if !failed {
+                assert!(fail_after > 10, "an apply of a dozen writes succeeded at {fail_after}");
+                break;
+            }
+            *fake.fail_after.lock().unwrap() = None;
+            r.apply(&next).unwrap();
+            assert_eq!(
+                *fake.state.lock().unwrap(),
+                *r.applied(),
+                "after failing at write {fail_after}"
+            );
+            let want = image(&next, &r.ids, &BTreeSet::new());
+            assert_eq!(*r.applied(), want, "after failing at write {fail_after} ({failed})");
+            r.apply(&[web(&[(11, 1)])]).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_failed_write_is_repaired_by_the_next_apply() {
+        let fake = FakeMaps::default();
+        let mut r = Reconciler::new(fake.clone());
+        r.apply(&[web(&[(11, 1)])]).unwrap();
+        // Past the two new backends' counter resets, prefilter bits and
+        // address entries: one backend entry is written, then the apply fails.
+        *fake.fail_after.lock().unwrap() = Some(7);
+        assert!(r.apply(&[web(&[(11, 1), (12, 1), (13, 1)])]).is_err());
+        assert_eq!(fake.state.lock().unwrap().backends.len(), 2, "a leftover backend entry");
+        // The operator gives up on the change: the leftovers must go.
+        *fake.fail_after.lock().unwrap() = None;
+        r.apply(&[web(&[(11, 1)])]).unwrap();
+        assert_eq!(*fake.state.lock().unwrap(), *r.applied());
+        assert_eq!(r.applied().backends.len(), 1);
+    }
+
+    /// What a packet could find between two writes: for every service, each
+    /// slot below its ring size names a backend in use. A slot past the end
+    /// of a rotation (NO_BACKEND) would drop or reset a new flow.
+    fn unreadable_slots(image: &Image) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (key, s) in &image.services {
+            let Some(table) = image.maglev.get(&s.id) else {
+                problems.push(format!("{key:?}: no table"));
+                continue;
+            };
+            for (slot, id) in table.iter().take(s.ring_size as usize).enumerate() {
+                if !image.backends.contains_key(id) {
+                    problems.push(format!(
+                        "{key:?}: slot {slot} of ring size {} holds {id:#x}",
+                        s.ring_size
+                    ));
+                    break;
+                }
+            }
+        }
+        problems
+    }
+
+    /// Replays the writes from `before` to `after`, checking every image in between.
+    fn check_every_step(before: &[Service], after: &[Service]) {
+        let fake = FakeMaps::default();
+        let mut r = Reconciler::new(fake.clone());
+        r.apply(before).unwrap();
+        let mut seen = fake.state.lock().unwrap().clone();
+        fake.writes.lock().unwrap().clear();
+        r.apply(after).unwrap();
+        let writes = fake.writes.lock().unwrap().clone();
+        assert!(!writes.is_empty());
+        for (i, op) in writes.iter().enumerate() {
+            seen.apply(op);
+            let problems = unreadable_slots(&seen);
+            // A table is 65537 slots: name it, do not print it.
+            let op = match op {
+                Op::PutMaglev(id, _) => format!("PutMaglev({id}, ..)"),
+                other => format!("{other:?}"),
+            };
+            assert!(problems.is_empty(), "after write {i} ({op}): {problems:?}");
+        }
+    }
+
+    fn rotation(scheduler: Scheduler, backends: &[(u8, u32)]) -> Service {
+        Service { scheduler, ..web(backends) }
+    }
+
+    /// An `rr`/`wrr` rotation that shrinks gets its smaller ring size before
+    /// its shorter table (a SYN in between would read an empty slot), one
+    /// that grows its longer table first; a switch of scheduler as well.
+    #[test]
+    fn no_write_order_lets_a_ring_size_exceed_its_table() {
+        use Scheduler::{Maglev, RoundRobin as Rr, WeightedRoundRobin as Wrr};
+        let (three, two) = (&[(11, 1), (12, 1), (13, 1)][..], &[(11, 1), (12, 1)][..]);
+        for scheduler in [Rr, Wrr] {
+            let big = rotation(scheduler, three);
+            let small = rotation(scheduler, two);
+            check_every_step(std::slice::from_ref(&big), std::slice::from_ref(&small));
+            check_every_step(std::slice::from_ref(&small), std::slice::from_ref(&big));
+            // A backend drained (weight 0) leaves the rotation too.
+            let drained = rotation(scheduler, &[(11, 1), (12, 1), (13, 0)]);
+            check_every_step(std::slice::from_ref(&big), std::slice::from_ref(&drained));
+            check_every_step(&[rotation(Maglev, two)], std::slice::from_ref(&small));
+            check_every_step(std::slice::from_ref(&small), &[rotation(Maglev, three)]);
+        }
+        check_every_step(
+            &[rotation(Wrr, &[(11, 3), (12, 1)])],
+            &[rotation(Wrr, &[(11, 1), (12, 1)])],
+        );
+    }
+
+    #[test]
+    fn a_plan_that_does_not_fit_writes_nothing() {
+        let fake = FakeMaps::default();
+        let mut r = Reconciler::new(fake.clone());
+        r.apply(&[web(&[(11, 1)])]).unwrap();
+        let too_many: Vec<Service> = (0..=lb_common::abi::MAX_SERVICES as u16)
+            .map(|i| Service { name: format!("s{i}"), port: 1000 + i, ..web(&[]) })
+            .collect();
+        assert!(matches!(r.apply(&too_many), Err(ReconcileError::Plan(_))));
+        assert_eq!(*fake.state.lock().unwrap(), *r.applied());
+        assert_eq!(r.applied().services.len(), 1);
+    }
+}
