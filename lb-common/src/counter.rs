@@ -165,6 +165,11 @@ counters! {
 
 impl Counter {
     pub const COUNT: u32 = Counter::ALL.len() as u32;
+
+    /// The counter named `name` (as `name` spells it).
+    pub fn from_name(name: &str) -> Option<Counter> {
+        Counter::ALL.iter().copied().find(|c| c.name() == name)
+    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,8 @@ use prometheus_client::{
     registry::{Metric, Registry, Unit},
 };
 
+use lb_common::counter::{Counter as Outcome, Kind};
+
 use super::view::{BackendView, ServiceView, Stats, TrafficView};
 use crate::desired::{model::AdminState, names::Named as _};
 
@@ -225,7 +227,7 @@ impl Metrics {
             self.packets
                 .get_or_create(&OutcomeLabels { outcome: outcome.as_str().into() })
                 .inc_by(n);
-            if let Some(reason) = outcome.strip_prefix("drop_") {
+            if let Some(reason) = drop_reason(outcome) {
                 self.dropped_packets.get_or_create(&DropLabels { reason: reason.into() }).inc_by(n);
             }
         }
@@ -415,10 +417,15 @@ fn flag(b: bool) -> i64 {
     i64::from(b)
 }
 
+/// A dropped outcome's reason, the label of `lb_dropped_packets`: its name
+/// without the `drop_` every dropped counter's name starts with.
+fn drop_reason(outcome: &str) -> Option<&str> {
+    let dropped = Outcome::from_name(outcome).is_some_and(|c| c.kind() == Kind::Dropped);
+    if dropped { outcome.strip_prefix("drop_") } else { None }
+}
+
 #[cfg(test)]
 mod tests {
-    use lb_common::counter::Counter as Outcome;
-
     use super::*;
     use crate::daemon::api::view::{CheckView, ConnsView, ConntrackView, HealthView};
 
@@ -575,8 +582,8 @@ mod tests {
         ] {
             has(&out, line);
         }
-        // Only the drop_* outcomes are drops.
-        let drops = Outcome::ALL.iter().filter(|c| c.name().starts_with("drop_")).count();
+        // Only the dropped kind's outcomes are drops.
+        let drops = Outcome::ALL.iter().filter(|c| c.kind() == Kind::Dropped).count();
         assert_eq!(
             out.lines().filter(|l| l.starts_with("lb_dropped_packets_total{")).count(),
             drops

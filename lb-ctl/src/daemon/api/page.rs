@@ -5,6 +5,8 @@
 //! through [`esc`].
 use std::fmt::Write as _;
 
+use lb_common::counter::{Counter, Kind};
+
 use super::view::{
     BackendView, HealthCheckView, RatesView, ServiceView, Stats, TrafficView, duration_text,
 };
@@ -38,7 +40,7 @@ ul.legend li { padding: 2px 8px; border: 1px solid #bbb; border-radius: 3px; }
 ul.outcomes li { padding: 3px 8px; border: 1px solid #ccc; border-radius: 3px; background: #fff; }
 ul.outcomes li b { margin-left: 4px; }
 ul.outcomes li.drop { background: #ffd0d0; border-color: #d04040; color: #900; }
-ul.outcomes li.reject { background: #ffe8c8; border-color: #d09040; }
+ul.outcomes li.answered { background: #ffe8c8; border-color: #d09040; }
 table.service { border-collapse: collapse; margin: 14px 0 6px; background: #fff; min-width: 60%; }
 table.service caption { text-align: left; padding: 6px 8px; background: #3b4a6b; color: #fff; border-radius: 4px 4px 0 0; }
 caption .name { font-size: 15px; font-weight: 700; margin-right: 8px; }
@@ -166,7 +168,8 @@ fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
-/// The non-zero packet outcomes; drops in red, resets and rejects in orange.
+/// The non-zero packet outcomes; drops in red, the data plane's own answers
+/// (resets, rejects, "fragmentation needed") in orange.
 fn outcomes(out: &mut String, stats: &Stats) {
     out.push_str("<section id=\"packets\">\n<h2>Packet outcomes</h2>\n");
     let nonzero: Vec<_> = stats.packets.iter().filter(|&(_, &n)| n > 0).collect();
@@ -175,12 +178,10 @@ fn outcomes(out: &mut String, stats: &Stats) {
     } else {
         out.push_str("<ul class=\"outcomes\">\n");
         for (name, &n) in nonzero {
-            let class = if name.starts_with("drop") {
-                "drop"
-            } else if name.starts_with("rst") || name.starts_with("reject") {
-                "reject"
-            } else {
-                ""
+            let class = match Counter::from_name(name).map(Counter::kind) {
+                Some(Kind::Dropped) => "drop",
+                Some(Kind::Answered) => "answered",
+                _ => "",
             };
             w!(
                 out,
@@ -706,7 +707,7 @@ mod tests {
     fn outcomes_show_non_zero_counters_with_drops_highlighted() {
         let page = render(&sample(), NOW);
         assert!(page.contains("<li class=\"drop\" title=\"42\">drop_no_backend<b>42</b></li>"));
-        assert!(page.contains("<li class=\"reject\" title=\"7\">rst_backend_down<b>7</b></li>"));
+        assert!(page.contains("<li class=\"answered\" title=\"7\">rst_backend_down<b>7</b></li>"));
         assert!(page.contains("<li title=\"123456\">tx<b>123 k</b></li>"));
         assert!(!page.contains("pass_not_ipv4"));
     }
