@@ -7,8 +7,7 @@ use lb_common::{
     abi::{NEIGH_MARK_MAGIC, NeighMark},
     counter::Counter,
 };
-
-use crate::{
+use lb_testbed::{
     fixture::Loaded,
     testrun::{Outcome, action_name},
 };

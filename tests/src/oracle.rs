@@ -42,9 +42,7 @@ use lb_ctl::desired::{
     config::Config,
     model::{AdminState, Forwarding, Protocol, Service},
 };
-
-use crate::{
-    expect::hex,
+use lb_testbed::{
     fixture::{
         BACKEND_SIDE_MTU, CLIENT, CLIENT_MAC, COLLIDER_MAC, HAIRPIN, HAIRPIN_MAC, IF_BACKEND,
         IF_BACKEND_MAC, IF_CLIENT, IF_CLIENT_MAC, LB_BACKEND_SIDE, LB_CLIENT_SIDE, Loaded, VIP,
@@ -53,6 +51,8 @@ use crate::{
     packet::{self, Ipv4, L4, Mac, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     testrun::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, action_name},
 };
+
+use crate::expect::hex;
 
 const ETH: usize = 14;
 const PROTO_ICMP: u8 = 1;

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{netns::ns_sh, packet::Mac, topology::Topology};
+use lb_testbed::{netns::ns_sh, packet::Mac, topology::Topology};
 
 /// A packet socket on `dev` in the calling thread's namespace, and the
 /// address that sends out of it.

@@ -11,7 +11,7 @@ use std::{
 };
 
 use lb_common::counter::Counter;
-use lb_tests::{
+use lb_testbed::{
     counters,
     harness::{EchoConn, FAST_CHECKS, Lab, Setup, wait_for, who_answers},
     netns::in_ns,
@@ -185,7 +185,7 @@ fn token_is_required_except_for_probes_and_metrics() {
     // Raw HTTP: the probes and /metrics need no token, the rest does.
     let lb = lab.topo.lb();
     let status = |path: &'static str, auth: Option<&'static str>| {
-        in_ns(&lb, move || lb_tests::harness::http_status("127.0.0.1:9100", path, auth))
+        in_ns(&lb, move || lb_testbed::harness::http_status("127.0.0.1:9100", path, auth))
     };
     assert_eq!(status("/healthz", None), 200);
     assert_eq!(status("/readyz", None), 200);
@@ -213,7 +213,7 @@ fn state_changes_and_admin_actions_reach_syslog() {
     let (bound_tx, bound_rx) = std::sync::mpsc::channel();
     let lb_ns = lab.topo.lb();
     std::thread::spawn(move || {
-        lb_tests::netns::enter(&lb_ns);
+        lb_testbed::netns::enter(&lb_ns);
         let socket = UdpSocket::bind("127.0.0.1:5514").expect("syslog socket");
         socket.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
         bound_tx.send(()).expect("bound");

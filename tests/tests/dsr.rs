@@ -4,7 +4,7 @@
 //! client's second link (`c1`), never through the load balancer.
 use std::collections::BTreeSet;
 
-use lb_tests::{
+use lb_testbed::{
     counters,
     harness::{Lab, Setup, backend_of, http_get_port},
     netns::{in_ns, output},

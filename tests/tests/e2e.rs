@@ -9,7 +9,7 @@ use std::{
 };
 
 use lb_common::counter::Counter;
-use lb_tests::{
+use lb_testbed::{
     counters,
     harness::{EchoConn, Lab, backend_of, http_get, lb_ctl_bin, udp_query, wait_for, who_answers},
     netns::{in_ns, ns_sh, ns_try, output},
@@ -65,7 +65,7 @@ fn drain_by_reload_keeps_established_flows_and_removal_takes_a_backend_out() {
     let long_lived = std::thread::spawn({
         let client = client.clone();
         move || {
-            lb_tests::netns::enter(&client);
+            lb_testbed::netns::enter(&client);
             let mut conn = EchoConn::open().expect("long-lived connection");
             let backend = conn.exchange("hello").expect("first exchange");
             done_tx.send(Ok(backend.clone())).unwrap();

@@ -3,12 +3,12 @@
 //! needed" for packets too big for their next link, and the bounds on every
 //! answer the program sends (a budget per CPU and tick; never to a backend
 //! or a link-layer group address). Expected frames are built independently
-//! by `lb_tests::packet`, checksums computed from scratch.
+//! by `lb_testbed::packet`, checksums computed from scratch.
 use std::net::Ipv4Addr;
 
 use lb_common::counter::Counter;
 use lb_ctl::desired::model::ReversePath;
-use lb_tests::{
+use lb_testbed::{
     fixture::*,
     netns::{in_ns, ns_sh},
     packet::{

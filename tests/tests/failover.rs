@@ -5,7 +5,7 @@
 //! path needs no connection state.
 use std::time::{Duration, Instant};
 
-use lb_tests::{
+use lb_testbed::{
     ha::{Ha, Mode, NODES},
     netns::output,
     traffic::Traffic,

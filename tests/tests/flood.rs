@@ -21,17 +21,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_tests::{
-    bench_dataplane::Rng,
+use lb_testbed::{
     counters,
     harness::{EchoConn, Lab, Setup},
     netns::{in_ns, ns_sh},
     packet::{Ipv4, L4, Mac, TCP_ACK, TCP_SYN},
+    rng::Rng,
     server::{ECHO_PORT, HTTP_PORT, MORE_ECHO_PORTS},
     topology::{BACKENDS, CLIENT_ADDR, VIP},
     traffic::{EchoReport, keep_talking},
-    wire::{Blast, blast, mac_of, veth_drops},
 };
+use lb_tests::wire::{Blast, blast, mac_of, veth_drops};
 
 /// A line echo service on the VIP.
 #[derive(Clone, Copy, Debug)]

@@ -9,7 +9,7 @@ use lb_common::{
     abi::{CONN_ESTABLISHED, CONN_UDP, Flow, PROTO_TCP, PROTO_UDP},
     counter::Counter,
 };
-use lb_tests::{
+use lb_testbed::{
     fixture::*,
     netns::in_ns,
     packet::{Ipv4, L4, TCP_ACK, TCP_PSH, TCP_SYN},
@@ -312,7 +312,7 @@ fn a_forged_syn_does_not_divert_a_closing_connection() {
         let fin = tcp(
             backend,
             client,
-            lb_tests::packet::TCP_FIN | TCP_ACK,
+            lb_testbed::packet::TCP_FIN | TCP_ACK,
             BACKEND_ISN + 1,
             CLIENT_ISN + 1,
         );
@@ -368,9 +368,9 @@ fn another_backends_fin_does_not_revive_an_expired_entry() {
             loaded.reconciler.advance_clock().expect("a tick");
         }
         let other = [WEB1, WEB2, WEB3].into_iter().find(|&w| w != placed).unwrap();
-        let fin = tcp((other, 81), client, lb_tests::packet::TCP_FIN | TCP_ACK, 7, 7);
+        let fin = tcp((other, 81), client, lb_testbed::packet::TCP_FIN | TCP_ACK, 7, 7);
         loaded.run(&from_web1(&fin), IF_BACKEND);
-        let mine = tcp((placed, 81), client, lb_tests::packet::TCP_FIN | TCP_ACK, 7, 7);
+        let mine = tcp((placed, 81), client, lb_testbed::packet::TCP_FIN | TCP_ACK, 7, 7);
         let state =
             |loaded: &mut Loaded| loaded.conn(&flow(client, RR, PROTO_TCP)).map(|c| c.state);
         assert_eq!(state(&mut loaded), Some(CONN_ESTABLISHED), "another backend's FIN: unchanged");

@@ -8,7 +8,7 @@
 use std::net::Ipv4Addr;
 
 use lb_common::counter::Counter;
-use lb_tests::{
+use lb_testbed::{
     fixture::*,
     netns::in_ns,
     packet::{Ipv4, L4, Mac, TCP_ACK, fragments},

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_tests::{
+use lb_testbed::{
     harness::{Checks, EchoConn, FAST_CHECKS, Lab, http_get, wait_for},
     netns::{in_ns, ns_sh},
     server::HealthMode,
@@ -156,7 +156,7 @@ fn a_tcp_connection_on_a_down_backend_is_reset_at_once() {
     let started = Instant::now();
     let result = conn.exchange("still there?");
     let counters: Vec<_> =
-        lb_tests::counters::read(&lab.pin_dir).into_iter().filter(|(_, v)| *v > 0).collect();
+        lb_testbed::counters::read(&lab.pin_dir).into_iter().filter(|(_, v)| *v > 0).collect();
     let err = result
         .expect_err(&format!("the load balancer resets the connection; counters {counters:?}"));
     eprintln!("reset after {} ms: {err}", started.elapsed().as_millis());

@@ -2,7 +2,7 @@
 //! host could send, each fed to the real XDP program through
 //! BPF_PROG_TEST_RUN in a namespace with a real FIB, with its expected
 //! verdict, counter and output bytes (built independently by
-//! `lb_tests::packet`); every case's output is also checked by the oracle
+//! `lb_testbed::packet`); every case's output is also checked by the oracle
 //! (`lb_tests::oracle`). Then a seeded random run: 100,000 mutations of
 //! valid frames, each output checked by the oracle alone.
 //!
@@ -17,13 +17,15 @@ use lb_common::{
     abi::{NEIGH_MARK_MAGIC, NeighMark, SCHED_MAGLEV, SCHED_MASK, SCHED_SH, addr_slot},
     counter::Counter,
 };
-use lb_tests::{
-    expect::{Expect, hex, run_case},
+use lb_testbed::{
     fixture::*,
     netns::in_ns,
-    oracle::{self, Accepted, HashTable, Oracle, Translation},
     packet::{self, IP_MF, Ipv4, L4, Mac, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, forwarded},
     testrun::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, action_name},
+};
+use lb_tests::{
+    expect::{Expect, hex, run_case},
+    oracle::{self, Accepted, HashTable, Oracle, Translation},
 };
 
 const TCP_URG: u8 = 0x20;

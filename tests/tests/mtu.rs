@@ -15,15 +15,15 @@ use std::{
 };
 
 use lb_common::counter::Counter;
-use lb_tests::{
+use lb_testbed::{
     counters,
     harness::{Lab, Setup},
     netns::{in_ns, ns_sh},
     packet::{Ipv4, fragments},
     server::{UDP_PORT, bulk_byte},
     topology::{BACKENDS, CLIENT_ADDR, ROUTED_CLIENT_ADDR, Topology, VIP},
-    wire::{if_stat, mac_of, packet_socket, veth_drops},
 };
+use lb_tests::wire::{if_stat, mac_of, packet_socket, veth_drops};
 
 fn vip() -> Ipv4Addr {
     VIP.parse().expect("VIP")
@@ -541,7 +541,7 @@ fn forged_loop_datagrams(prefix: &str, dataplane: &'static str, each: bool) {
     // Something legitimate first: the UDP service works, and the backend
     // side is seen to count.
     let side = BackendSide::watch(&lab.topo);
-    let echo = in_ns(&client, || lb_tests::harness::udp_query("before"));
+    let echo = in_ns(&client, || lb_testbed::harness::udp_query("before"));
     let (udp_start, _) = side.now();
     assert!(echo.is_ok() && udp_start >= 1, "a real query first: {echo:?}, counted {udp_start}");
 

@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, path::Path};
 
 use aya::maps::{DevMap, HashMap, Map, MapData};
-use lb_tests::{
+use lb_testbed::{
     harness::{Lab, lb_ctl_bin},
     netns::{ns_sh, output},
 };
@@ -113,7 +113,7 @@ fn an_interface_removed_between_runs_leaves_the_redirect_maps() {
     lab.restart_with(&["--iface", "lb-c", "--iface", "lb-b"]);
     let two = tx_targets(&lab.pin_dir);
     assert_eq!(two, (BTreeMap::from([(c, 0), (b, 1)]), BTreeMap::from([(0, c), (1, b)])));
-    let body = lb_tests::netns::in_ns(&lab.topo.client(), lb_tests::harness::http_get)
+    let body = lb_testbed::netns::in_ns(&lab.topo.client(), lb_testbed::harness::http_get)
         .expect("the VIP still answers");
     assert!(body.contains("Bienvenue"), "{body}");
 }

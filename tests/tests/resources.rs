@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_tests::{
+use lb_testbed::{
     harness::{FAST_CHECKS, Setup, built_bin, config, lb_ctl_bin},
     netns::terminate,
     topology::{BACKENDS, Topology, VIP},

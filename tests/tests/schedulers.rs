@@ -2,7 +2,7 @@
 //! and HAProxy users check them: a loop of requests from the client.
 use std::time::{Duration, Instant};
 
-use lb_tests::{
+use lb_testbed::{
     harness::{EchoConn, Lab, Setup, backend_of, http_get, wait_for},
     netns::{in_ns, ns_sh},
     topology::{CLIENT_ADDR, FRESH_CLIENT_ADDRS, VIP},
@@ -132,7 +132,7 @@ fn lc_sends_new_connections_away_from_a_loaded_backend() {
     // The controller recounts every second: web1 now has 4 active.
     let web1_addr = "10.77.2.11".parse().unwrap();
     wait_for("web1 counted with 4 active", Duration::from_secs(5), || {
-        let web1 = lb_tests::counters::backend_conns(&lab.pin_dir, web1_addr, 9000);
+        let web1 = lb_testbed::counters::backend_conns(&lab.pin_dir, web1_addr, 9000);
         if web1.active == 4 { Ok(()) } else { Err(web1) }
     });
     let new: Vec<String> = in_ns(&client, || {
@@ -157,7 +157,7 @@ fn a_drained_backend_counts_down_to_zero_as_its_connections_close() {
     }
     lab.reload([Some(0), Some(1), Some(1)]);
     let web1 = "10.77.2.11".parse().unwrap();
-    let active = || lb_tests::counters::backend_conns(&lab.pin_dir, web1, 9000).active;
+    let active = || lb_testbed::counters::backend_conns(&lab.pin_dir, web1, 9000).active;
     // The recount runs every second: each count must show up in turn.
     let count_reaches = |n: u32| {
         wait_for(&format!("web1 counted with {n} active"), Duration::from_secs(5), || {

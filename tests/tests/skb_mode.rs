@@ -16,12 +16,13 @@ use std::{
 };
 
 use lb_common::counter::Counter;
-use lb_tests::{
-    bulk, counters,
+use lb_testbed::{
+    counters,
     harness::{Lab, Setup},
     netns::{in_ns, ns_sh},
     topology::{BACKENDS, LB_BACKEND_SIDE, LB_CLIENT_SIDE, LB_IFACES, Topology, VIP},
 };
+use lb_tests::bulk;
 
 const BULK_PORT: u16 = 9100;
 /// A fourth service, VIP:9100 -> web1:9100, served by `bulk::serve`.

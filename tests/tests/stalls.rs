@@ -13,7 +13,7 @@ use std::{
 
 use lb_common::abi::{CONN_ESTABLISHED, Conn, Flow, PROTO_TCP};
 use lb_ctl::write::dataplane::conn_table::ConnTable;
-use lb_tests::{
+use lb_testbed::{
     harness::{EchoConn, FAST_CHECKS, Lab, Setup, http_get, http_request, http_request_within},
     netns::{in_ns, ns_sh},
     topology::VIP,
@@ -193,7 +193,7 @@ fn a_stopped_controller_does_not_stop_the_data_planes_clock() {
     let seen = lab.who_answers(30);
     assert!(seen.contains(&"web1".to_owned()), "web1 answers: {seen:?}");
     let pid = lab.pid().to_string();
-    assert!(lb_tests::netns::output(&["kill", "-STOP", &pid]).status.success());
+    assert!(lb_testbed::netns::output(&["kill", "-STOP", &pid]).status.success());
     let result = std::panic::catch_unwind(|| {
         let new_mac = "02:00:00:00:77:11";
         ns_sh(&web1, &["ip", "link", "set", "dev", "eth0", "address", new_mac]);
@@ -216,7 +216,7 @@ fn a_stopped_controller_does_not_stop_the_data_planes_clock() {
         std::thread::sleep(Duration::from_millis(300));
         lab.who_answers(30)
     });
-    assert!(lb_tests::netns::output(&["kill", "-CONT", &pid]).status.success());
+    assert!(lb_testbed::netns::output(&["kill", "-CONT", &pid]).status.success());
     let seen = result.unwrap_or_else(|e| std::panic::resume_unwind(e));
     assert!(seen.contains(&"web1".to_owned()), "web1 still answers at its new MAC: {seen:?}");
 }
@@ -301,11 +301,11 @@ fn a_stopped_controllers_data_plane_still_expires_idle_entries() {
     lab.ctl_ok(&["backend", "drain", "echo", &at]);
     assert_eq!(conn.exchange("kept?").expect("drained, kept"), backend, "a live entry is kept");
     let pid = lab.pid().to_string();
-    assert!(lb_tests::netns::output(&["kill", "-STOP", &pid]).status.success());
+    assert!(lb_testbed::netns::output(&["kill", "-STOP", &pid]).status.success());
     // Ten ticks make the timeout; twenty pass.
     std::thread::sleep(Duration::from_secs(2));
     let after = conn.exchange("still there?");
-    assert!(lb_tests::netns::output(&["kill", "-CONT", &pid]).status.success());
+    assert!(lb_testbed::netns::output(&["kill", "-CONT", &pid]).status.success());
     let err = after.expect_err("the expired entry's flow was placed anew and reset");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
 }

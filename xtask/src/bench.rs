@@ -12,13 +12,15 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::util::{bin, build, cargo, cargo_cmd, require_root, root, run_status, step, target_dir};
+use crate::util::{bin, cargo, cargo_cmd, require_root, root, run_status, step, target_dir};
 
-/// Builds the release `lb-ctl` and these benchmark binaries of lb-tests.
+/// Builds the release `lb-ctl` and these binaries: benchmarks of lb-bench,
+/// and `lb-lab` (the health-check benchmark's synthetic backends).
 fn build_release(bins: &[&str]) -> Result<()> {
-    let mut args = vec!["build", "--release", "-p", "lb-ctl", "-p", "lb-tests", "--bin", "lb-ctl"];
+    let mut args = vec!["build", "--release", "-p", "lb-ctl", "--bin", "lb-ctl"];
     for name in bins {
-        args.extend(["--bin", name]);
+        let package = if *name == "lb-lab" { "lb-lab" } else { "lb-bench" };
+        args.extend(["-p", package, "--bin", name]);
     }
     cargo(&args)
 }
@@ -37,7 +39,7 @@ fn run_release(name: &str, out_var: &str, json: &str) -> Result<()> {
 /// `cargo xtask bench control`: Maglev build time and disruption.
 pub fn control() -> Result<()> {
     step("control plane: Maglev table build time and slots moved (release build)");
-    cargo(&["build", "--release", "-p", "lb-tests", "--bin", "lb-bench-control"])?;
+    cargo(&["build", "--release", "-p", "lb-bench", "--bin", "lb-bench-control"])?;
     let out = root().join("target/bench/control.json");
     run_status(
         Command::new(target_dir().join("release/lb-bench-control"))
@@ -61,7 +63,8 @@ pub fn e2e() -> Result<()> {
 /// accesses' floor on this machine, and the packets per second one core
 /// forwards through veth in driver mode (`lb-bench`).
 pub fn dataplane() -> Result<()> {
-    build()?;
+    step("building lb-bench (and the XDP object)");
+    cargo(&["build", "-p", "lb-bench", "--bin", "lb-bench"])?;
     require_root("the data plane benchmark")?;
     step("data plane: cost per packet, 1M flows, 256 x 64 services, memory floor, forwarding rate");
     let out = root().join("target/bench/dataplane.json");
@@ -96,7 +99,7 @@ pub fn ab(args: &[&str]) -> Result<()> {
     let base_object = dir.join("base-lb-ebpf");
     build_base_object(ab.base, &base_object)?;
     step("building the current lb-bench (release)");
-    cargo(&["build", "--release", "-p", "lb-tests", "--bin", "lb-bench"])?;
+    cargo(&["build", "--release", "-p", "lb-bench", "--bin", "lb-bench"])?;
     let (mut base_json, mut new_json) = (Vec::new(), Vec::new());
     for run in 1..=ab.runs {
         for (side, object, jsons) in
@@ -171,7 +174,7 @@ fn remove_bench_ns() {
     }
 }
 
-/// The data plane benchmark's namespace (`lb_tests::bench_dataplane::BENCH_NS`).
+/// The data plane benchmark's namespace (`lb_bench::dataplane::BENCH_NS`).
 const BENCH_NS: &str = "lbd-bench";
 
 /// Builds REV's XDP object in a worktree of its own (its own target

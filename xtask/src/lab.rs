@@ -1,5 +1,5 @@
 //! `cargo xtask lab`: the demo of a classic IPVS/HAProxy workshop, in network
-//! namespaces (topology in `tests/src/topology.rs`), with the real controller
+//! namespaces (topology in `testbed/src/topology.rs`), with the real controller
 //! and XDP program, and a round of requests to show the spreading.
 use std::{
     fs,

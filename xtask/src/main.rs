@@ -89,6 +89,10 @@ fn dispatch(args: &[String]) -> Result<()> {
     }
 }
 
+/// The packages whose tests need no privileges: the controller's and its
+/// ABI's, and the unit tests of the test bed, the lab and the benchmarks.
+const HOST_TESTED: [&str; 5] = ["lb-common", "lb-ctl", "lb-testbed", "lb-lab", "lb-bench"];
+
 /// Host unit tests first (no privileges), then the privileged tests one at a
 /// time (they share kernel state: namespaces, XDP attachments, pins). Every
 /// test binary runs even when an earlier one failed (`--no-fail-fast`), so
@@ -96,7 +100,11 @@ fn dispatch(args: &[String]) -> Result<()> {
 fn test() -> Result<()> {
     util::build()?;
     util::step("host unit tests");
-    let unit = util::cargo(&["test", "--no-fail-fast", "-p", "lb-common", "-p", "lb-ctl"]);
+    let mut unit_args = vec!["test", "--no-fail-fast"];
+    for package in HOST_TESTED {
+        unit_args.extend(["-p", package]);
+    }
+    let unit = util::cargo(&unit_args);
     util::require_root("the privileged tests")?;
     let upgrade_object = util::build_upgrade_object()?;
     util::step(

@@ -1,0 +1,223 @@
+//! `cargo xtask bench`, health checks: how fast a blocked backend leaves the
+//! data plane, and how many backends one controller can probe.
+use std::{
+    fmt::Write as _,
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{Array, Map, MapData};
+use lb_common::abi::{BACKEND_DOWN, Backend, MAX_BACKENDS};
+use lb_ctl::{
+    daemon::health::Monitor,
+    desired::model::{AdminState, Backend as BackendSpec, HealthCheck, Probe, Protocol, Service},
+};
+use lb_testbed::{
+    harness::{FAST_CHECKS, Lab, built_bin},
+    netns::{exists, in_ns, ns_sh, output, sh},
+};
+
+const DETECTION_RUNS: usize = 7;
+/// fall x interval + timeout of FAST_CHECKS.
+const DETECTION_BOUND: Duration = Duration::from_millis(500);
+const SYNTHETIC_BACKENDS: u16 = 5000;
+const MEASURE: Duration = Duration::from_secs(10);
+
+fn main() {
+    lb_testbed::raise_fd_limit();
+    let (detections, median) = detection();
+    let capacity = capacity();
+    let mut json = String::from("{\n");
+    let _ = writeln!(
+        json,
+        "  \"detection_ms\": {:?},\n  \"detection_median_ms\": {},\n  \"detection_bound_ms\": {},",
+        detections.iter().map(Duration::as_millis).collect::<Vec<_>>(),
+        median.as_millis(),
+        DETECTION_BOUND.as_millis()
+    );
+    let _ = writeln!(
+        json,
+        "  \"probed_backends\": {},\n  \"interval_ms\": 1000,\n  \"probes\": {},\n  \"cpu_ms\": {},\n  \"wall_ms\": {},\n  \"core_fraction\": {:.4},\n  \"cpu_us_per_probe\": {:.2}\n}}",
+        SYNTHETIC_BACKENDS,
+        capacity.probes,
+        capacity.cpu.as_millis(),
+        capacity.wall.as_millis(),
+        capacity.core_fraction(),
+        capacity.cpu_per_probe_us()
+    );
+    println!("\nHealth checks");
+    println!(
+        "  block -> data plane stops choosing the backend: median {} ms over {DETECTION_RUNS} runs {:?} ms (bound fall x interval + timeout = {} ms)",
+        median.as_millis(),
+        detections.iter().map(Duration::as_millis).collect::<Vec<_>>(),
+        DETECTION_BOUND.as_millis()
+    );
+    println!(
+        "  {} backends probed (TCP) every 1 s: {} probes in {} ms using {} ms of CPU = {:.1}% of one core (target 25%), {:.1} us of CPU per probe",
+        SYNTHETIC_BACKENDS,
+        capacity.probes,
+        capacity.wall.as_millis(),
+        capacity.cpu.as_millis(),
+        capacity.core_fraction() * 100.0,
+        capacity.cpu_per_probe_us()
+    );
+    lb_bench::write_report("LB_BENCH_HEALTH_OUT", "target/bench/health.json", &json);
+}
+
+/// Blocks web2 with an nftables rule and times how long until its entry in
+/// `lb_backends` carries BACKEND_DOWN (the data plane no longer picks it).
+fn detection() -> (Vec<Duration>, Duration) {
+    let lab = Lab::start_with_checks("lbb", Some(&FAST_CHECKS));
+    lab.wait_lines(&["backend is UP"], 6, Duration::from_secs(10));
+    let backends = open_array::<Backend>(&format!("{}/lb_backends", lab.pin_dir));
+    let web2 = Ipv4Addr::new(10, 77, 2, 12).octets();
+    let id = (0..MAX_BACKENDS)
+        .find(|i| backends.get(i, 0).is_ok_and(|b| b.addr == web2 && b.port == 80))
+        .expect("web2:80 in lb_backends");
+    let is_down = || backends.get(&id, 0).is_ok_and(|b| b.flags & BACKEND_DOWN != 0);
+    let ns = lab.topo.web("web2");
+    let mut runs = Vec::new();
+    for run in 0..DETECTION_RUNS {
+        // Vary where in the probe interval the block lands.
+        std::thread::sleep(Duration::from_millis(37 * run as u64 % 200));
+        ns_sh(&ns, &["nft", "add", "table", "inet", "lbbench"]);
+        ns_sh(
+            &ns,
+            &[
+                "nft", "add", "chain", "inet", "lbbench", "input", "{", "type", "filter", "hook",
+                "input", "priority", "0", ";", "policy", "accept", ";", "}",
+            ],
+        );
+        ns_sh(
+            &ns,
+            &["nft", "add", "rule", "inet", "lbbench", "input", "tcp", "dport", "80", "drop"],
+        );
+        let blocked = Instant::now();
+        while !is_down() {
+            assert!(blocked.elapsed() < Duration::from_secs(10), "web2 never went DOWN");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        runs.push(blocked.elapsed());
+        ns_sh(&ns, &["nft", "delete", "table", "inet", "lbbench"]);
+        let unblocked = Instant::now();
+        while is_down() {
+            assert!(unblocked.elapsed() < Duration::from_secs(10), "web2 never came back");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let mut sorted = runs.clone();
+    sorted.sort();
+    (runs, sorted[sorted.len() / 2])
+}
+
+fn open_array<V: aya::Pod>(path: &str) -> Array<MapData, V> {
+    let data = MapData::from_pin(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    Array::try_from(Map::Array(data)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+struct Capacity {
+    probes: u64,
+    cpu: Duration,
+    wall: Duration,
+}
+
+impl Capacity {
+    fn core_fraction(&self) -> f64 {
+        self.cpu.as_secs_f64() / self.wall.as_secs_f64()
+    }
+    fn cpu_per_probe_us(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.probes.max(1) as f64
+    }
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    // SAFETY: getrusage fills a zeroed struct.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_THREAD, &raw mut usage);
+        usage
+    };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.cast_unsigned())
+            + Duration::from_micros(t.tv_usec.cast_unsigned())
+    };
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// `SYNTHETIC_BACKENDS` listeners in a namespace, probed over TCP every
+/// second by lb-ctl's monitor on one thread; that thread's CPU time is
+/// measured over `MEASURE`.
+fn capacity() -> Capacity {
+    const NS: &str = "lbb-synth";
+    if exists(NS) {
+        let _ = output(&["ip", "netns", "del", NS]);
+    }
+    sh(&["ip", "netns", "add", NS]);
+    ns_sh(NS, &["ip", "link", "set", "lo", "up"]);
+    let mut listeners = std::process::Command::new("ip")
+        .args(["netns", "exec", NS])
+        .arg(built_bin("lb-lab"))
+        .args(["listen", "127.0.0.1", "20000", &SYNTHETIC_BACKENDS.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the synthetic backends");
+    // Wait until every port listens.
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(listeners.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("synthetic backends");
+    let result = in_ns(NS, || {
+        lb_testbed::raise_fd_limit();
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async {
+            let service = Service {
+                name: "synthetic".into(),
+                vip: Ipv4Addr::new(10, 77, 9, 100),
+                port: 80,
+                protocol: Protocol::Tcp,
+                scheduler: lb_ctl::desired::model::Scheduler::Maglev,
+                forwarding: lb_ctl::desired::model::Forwarding::Nat,
+                reject: false,
+                health: Some(HealthCheck {
+                    probe: Probe::Tcp,
+                    interval: Duration::from_secs(1),
+                    timeout: Duration::from_millis(500),
+                    rise: 2,
+                    fall: 3,
+                }),
+                backends: (0..SYNTHETIC_BACKENDS)
+                    .map(|i| BackendSpec {
+                        address: Ipv4Addr::LOCALHOST,
+                        port: 20000 + i,
+                        weight: 1,
+                        state: AdminState::Active,
+                    })
+                    .collect(),
+            };
+            let mut monitor = Monitor::default();
+            monitor.sync(std::slice::from_ref(&service));
+            // Warm up (every backend probed once or twice), then measure.
+            let _ = tokio::time::timeout(Duration::from_secs(3), drain(&mut monitor)).await;
+            let (seen, cpu, wall) = (monitor.results_seen(), thread_cpu(), Instant::now());
+            let _ = tokio::time::timeout(MEASURE, drain(&mut monitor)).await;
+            let probes = monitor.results_seen() - seen;
+            let down = monitor.down().len();
+            assert_eq!(down, 0, "{down} synthetic backends failed their probes");
+            Capacity { probes, cpu: thread_cpu().saturating_sub(cpu), wall: wall.elapsed() }
+        })
+    });
+    let _ = listeners.kill();
+    let _ = listeners.wait();
+    let _ = output(&["ip", "netns", "del", NS]);
+    result
+}
+
+async fn drain(monitor: &mut Monitor) {
+    loop {
+        monitor.next_transition().await;
+    }
+}

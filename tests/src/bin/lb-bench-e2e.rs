@@ -1,8 +1,0 @@
-//! `cargo xtask bench e2e`: the load balancer against one backend directly
-//! (the ceiling), HAProxy and nftables DNAT, end to end in network
-//! namespaces (see `lb_tests::bench_e2e`). Runs the release `lb-ctl` given
-//! in `$LB_CTL`; needs root, wrk, nginx and haproxy
-//! (`cargo xtask bench e2e` installs them).
-fn main() {
-    lb_tests::bench_e2e::run();
-}
