@@ -3,6 +3,7 @@
 //! builder and a BPF_PROG_TEST_RUN wrapper.
 pub mod bench_dataplane;
 pub mod bench_e2e;
+pub mod bench_report;
 pub mod bulk;
 pub mod counters;
 pub mod expect;
@@ -31,9 +32,11 @@ pub fn raise_fd_limit() {
 }
 
 /// Writes a benchmark's JSON report to `$env_var`, or `default_path` when it
-/// is unset, and says where; a failed write is reported, not fatal (the
-/// figures were already printed).
+/// is unset, stamped with the run's date, commit and machine
+/// (`bench_report::stamp`), and says where; a failed write is reported, not
+/// fatal (the figures were already printed).
 pub fn write_bench_report(env_var: &str, default_path: &str, json: &str) {
+    let json = &bench_report::stamp(json);
     let out = std::env::var(env_var).unwrap_or_else(|_| default_path.into());
     if let Some(dir) = std::path::Path::new(&out).parent() {
         let _ = std::fs::create_dir_all(dir);
