@@ -178,19 +178,9 @@ pub fn stamp(report: &str) -> String {
     format!("{}\n  \"run\": {run},{}", &report[..=open], &report[open + 1..])
 }
 
-/// `YYYY-MM-DD` of a Unix time, UTC (the civil-from-days algorithm of
-/// Howard Hinnant's `chrono`-compatible date library; no dependency).
+/// `YYYY-MM-DD` of a Unix time, UTC.
 fn utc_date(secs: u64) -> String {
-    let days = i64::try_from(secs / 86_400).unwrap_or(0) + 719_468;
-    let era = days.div_euclid(146_097);
-    let day_of_era = days.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let mp = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = lb_ctl::logging::civil_from_days(secs / 86_400);
     format!("{year:04}-{month:02}-{day:02}")
 }
 
@@ -199,19 +189,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dates_are_civil() {
-        assert_eq!(utc_date(0), "1970-01-01");
-        assert_eq!(utc_date(951_782_400), "2000-02-29");
-        assert_eq!(utc_date(1_765_065_600), "2025-12-07");
-    }
-
-    #[test]
     fn a_stamped_report_is_still_json_with_its_members() {
         let stamped = stamp("{\n  \"unit\": \"ns\",\n  \"rows\": [1, 2]\n}\n");
         let v: Value = serde_json::from_str(&stamped).expect("JSON");
         assert_eq!(v["unit"], "ns");
         assert_eq!(v["rows"][1], 2);
-        assert!(v["run"]["date"].as_str().is_some_and(|d| d.len() == 10));
+        assert!(v["run"]["date"].as_str().is_some_and(|d| d.len() == 10 && d.starts_with("20")));
         assert!(v["run"]["cpus"].as_u64().is_some_and(|n| n > 0));
     }
 }
