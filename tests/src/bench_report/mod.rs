@@ -180,7 +180,7 @@ pub fn stamp(report: &str) -> String {
 
 /// `YYYY-MM-DD` of a Unix time, UTC.
 fn utc_date(secs: u64) -> String {
-    let (year, month, day) = lb_ctl::logging::civil_from_days(secs / 86_400);
+    let (year, month, day) = lb_ctl::daemon::logging::civil_from_days(secs / 86_400);
     format!("{year:04}-{month:02}-{day:02}")
 }
 
