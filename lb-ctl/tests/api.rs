@@ -1062,7 +1062,7 @@ async fn bad_bodies_are_refused_and_change_nothing() {
 /// byte more is 413 in JSON and changes nothing.
 #[tokio::test]
 async fn a_body_of_exactly_the_limit_is_read_and_one_byte_more_is_413() {
-    // The README's limit, not `api::MAX_BODY_BYTES`: a test that read the
+    // docs/api.md's limit, not `api::MAX_BODY_BYTES`: a test that read the
     // constant would follow it wherever it went.
     const LIMIT: usize = 1 << 20;
     let dir = TempDir::new("body-limit");
@@ -1094,7 +1094,7 @@ async fn a_body_of_exactly_the_limit_is_read_and_one_byte_more_is_413() {
 /// clock: it skips ahead to the next timer whenever every task waits.
 #[tokio::test(start_paused = true)]
 async fn a_stalled_request_is_answered_408_after_the_request_timeout() {
-    // The README's timeout, not `api::REQUEST_TIMEOUT` (see the body limit).
+    // docs/api.md's timeout, not `api::REQUEST_TIMEOUT` (see the body limit).
     const TIMEOUT: Duration = Duration::from_secs(10);
     let dir = TempDir::new("stalled");
     let lb = Lb::start(&dir.0, None).await;
@@ -1350,7 +1350,7 @@ async fn a_token_guards_everything_but_probes_and_metrics() {
 
 // ---- The OpenAPI document against the routes ----
 
-/// The admin API's routes, as the README's "Operating it" lists them.
+/// The admin API's routes, as docs/api.md's route table lists them.
 const DOCUMENTED_ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/services"),
     ("post", "/api/v1/services"),
@@ -1395,7 +1395,7 @@ async fn the_openapi_document_matches_the_routes() {
     for (method, path) in DOCUMENTED_ROUTES {
         assert!(
             operations.iter().any(|(m, p)| m == method && p == path),
-            "{method} {path} (a route the README lists) is not in the document; it has {operations:?}"
+            "{method} {path} (a route docs/api.md lists) is not in the document; it has {operations:?}"
         );
     }
 
@@ -1861,7 +1861,7 @@ fn raise_open_file_limit(wanted: u64) {
 #[tokio::test]
 async fn an_idle_flood_and_a_slow_client_do_not_lock_the_api_out() {
     const IDLE: usize = 2000;
-    const CAP: usize = 256; // The README's, not `api::serve::MAX_CONNECTIONS`.
+    const CAP: usize = 256; // docs/api.md's, not `api::serve::MAX_CONNECTIONS`.
     raise_open_file_limit(2 * IDLE as u64 + 512);
     let dir = TempDir::new("flood");
     let lb = Lb::start(&dir.0, None).await;
@@ -1912,7 +1912,7 @@ async fn an_idle_flood_and_a_slow_client_do_not_lock_the_api_out() {
 /// tokio's paused clock.
 #[tokio::test(start_paused = true)]
 async fn slow_headers_and_idle_keep_alive_are_closed_after_10_s() {
-    const TIMEOUT: Duration = Duration::from_secs(10); // The README's.
+    const TIMEOUT: Duration = Duration::from_secs(10); // docs/api.md's.
     let dir = TempDir::new("slowloris");
     let lb = Lb::start(&dir.0, None).await;
     let served = lb.serve().await;
@@ -1957,7 +1957,7 @@ async fn slow_headers_and_idle_keep_alive_are_closed_after_10_s() {
 /// the first change is queued (handed over), the second cannot be.
 #[tokio::test(start_paused = true)]
 async fn a_timed_out_request_changes_nothing_and_a_handed_over_one_gets_its_answer() {
-    const TIMEOUT: Duration = Duration::from_secs(10); // The README's.
+    const TIMEOUT: Duration = Duration::from_secs(10); // docs/api.md's.
     let dir = TempDir::new("handover");
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let lb = Lb::start_queue(&dir.0, None, 1, Some(gate.clone()), LISTEN).await;
@@ -2003,7 +2003,7 @@ async fn a_timed_out_request_changes_nothing_and_a_handed_over_one_gets_its_answ
 }
 
 /// Every field with a bound, at the bound and one past it: accepted, then
-/// 422 naming the field and nothing changed. The README's numbers.
+/// 422 naming the field and nothing changed. docs/configuration.md's numbers.
 #[tokio::test]
 async fn every_bounded_field_is_accepted_at_its_bound_and_refused_past_it() {
     let dir = TempDir::new("bounds");
@@ -2068,10 +2068,10 @@ async fn every_bounded_field_is_accepted_at_its_bound_and_refused_past_it() {
 
 /// `/metrics` and the stats page at the largest config accepted (256
 /// services of 63-character names, 64 backends each: 16384 in all) stay
-/// under the README's bounds. Prints the sizes and render times.
+/// under docs/api.md's bounds. Prints the sizes and render times.
 #[tokio::test]
 async fn metrics_and_the_page_stay_bounded_at_the_largest_config() {
-    const METRICS_BOUND: usize = 32 << 20; // The README's.
+    const METRICS_BOUND: usize = 32 << 20; // docs/api.md's.
     const PAGE_BOUND: usize = 12 << 20;
     use std::fmt::Write as _;
     let dir = TempDir::new("largest");

@@ -766,8 +766,8 @@ fn spoofed(t: &mut Table) {
         from_client(&p),
         dropped(Counter::DropReversePath),
     );
-    // An answer of the program's own never goes to a backend (README, "Odd
-    // and hostile packets": `drop_answer_forbidden`),
+    // An answer of the program's own never goes to a backend
+    // (docs/architecture.md, "Odd and hostile packets": `drop_answer_forbidden`),
     // even as a client of a rejecting service.
     let p = syn((WEB1, 40_100), (VIP_REJECTING, 80));
     t.add(

@@ -5,6 +5,8 @@
 //! and the controller's Maglev tables (`lb-bench-control`, also alone as
 //! `cargo xtask bench control`: no root needed); and end to end against
 //! HAProxy and nftables (`lb-bench-e2e`, also alone as `cargo xtask bench e2e`).
+//! Each run ends with `report`: the tables of `docs/benchmarks.md` rendered
+//! again from the JSON the benchmarks left under `target/bench/`.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -12,7 +14,10 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::util::{bin, cargo, cargo_cmd, require_root, root, run_status, step, target_dir};
+use crate::{
+    bench_tables,
+    util::{bin, cargo, cargo_cmd, output, require_root, root, run_status, step, target_dir},
+};
 
 /// Builds the release `lb-ctl` and these binaries: benchmarks of lb-bench,
 /// and `lb-lab` (the health-check benchmark's synthetic backends).
@@ -85,6 +90,29 @@ pub fn run() -> Result<()> {
     step("admin API: backend add latency, first packet, memory with 100 x 100 (release build)");
     run_release("lb-bench-api", "LB_BENCH_API_OUT", "api.json")?;
     e2e()
+}
+
+/// `cargo xtask bench report`, and the end of every `cargo xtask bench
+/// [KIND]`: `lb-bench-report` renders the tables from `target/bench/*.json`,
+/// and each goes in place of its region of `docs/benchmarks.md` (see
+/// `bench_tables`). Regions whose JSON is absent stay as they are.
+pub fn report() -> Result<()> {
+    step("docs/benchmarks.md: the tables from target/bench/*.json");
+    cargo(&["build", "-p", "lb-bench", "--bin", "lb-bench-report"])?;
+    let generated = output(
+        Command::new(bin("lb-bench-report")).arg(root().join("target/bench")).current_dir(root()),
+    )?;
+    let path = root().join("docs/benchmarks.md");
+    let doc =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let (doc, names) = bench_tables::splice(&doc, &generated)?;
+    if names.is_empty() {
+        eprintln!("no benchmark report under target/bench: the tables stay as they are");
+        return Ok(());
+    }
+    std::fs::write(&path, doc).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("{}: rendered {}", path.display(), names.join(", "));
+    Ok(())
 }
 
 /// `cargo xtask bench ab --base REV [--runs N] [parts...]`: the current

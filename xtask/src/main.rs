@@ -1,6 +1,7 @@
 //! `cargo xtask setup | lab | run | test | bench`: every command first makes
 //! sure the machine has what it needs (see `setup`).
 mod bench;
+mod bench_tables;
 mod lab;
 mod setup;
 mod util;
@@ -16,13 +17,15 @@ const USAGE: &str = "usage: cargo xtask <command>
   run -- ARGS        build, then run `lb-ctl run ARGS` as root
   test               host unit tests, then privileged tests (root)
   bench              every benchmark: data plane, health checks, admin API, Maglev; tables + JSON
+                     (every `bench` and `bench KIND` ends with `bench report`)
   bench dataplane    cost per packet (also with 1M flows, 256 x 64 services), Mpps through veth (root)
   bench ab --base REV [--runs N] [PARTS]
                      the per-packet bench over REV's XDP object and the working tree's, alternated
                      N times (default 6); medians and differences per row (root)
   bench control      Maglev table build time and slots moved (no root)
   bench e2e          end to end: lb vs one backend directly, HAProxy, nftables DNAT (wrk, nginx;
-                     installs haproxy nginx-light wrk)";
+                     installs haproxy nginx-light wrk)
+  bench report       the tables of docs/benchmarks.md, rendered again from target/bench/*.json";
 
 fn main() -> std::process::ExitCode {
     match dispatch(&std::env::args().skip(1).collect::<Vec<_>>()) {
@@ -67,15 +70,18 @@ fn dispatch(args: &[String]) -> Result<()> {
         }
         ["bench"] => {
             setup::ensure_for_bench()?;
-            bench::run()
+            bench::run()?;
+            bench::report()
         }
         ["bench", "e2e"] => {
             setup::ensure_for_bench()?;
-            bench::e2e()
+            bench::e2e()?;
+            bench::report()
         }
         ["bench", "dataplane"] => {
             setup::ensure()?;
-            bench::dataplane()
+            bench::dataplane()?;
+            bench::report()
         }
         ["bench", "ab", rest @ ..] => {
             setup::ensure()?;
@@ -83,7 +89,12 @@ fn dispatch(args: &[String]) -> Result<()> {
         }
         ["bench", "control"] => {
             setup::ensure()?;
-            bench::control()
+            bench::control()?;
+            bench::report()
+        }
+        ["bench", "report"] => {
+            setup::ensure()?;
+            bench::report()
         }
         _ => bail!("{USAGE}"),
     }
@@ -91,7 +102,7 @@ fn dispatch(args: &[String]) -> Result<()> {
 
 /// The packages whose tests need no privileges: the controller's and its
 /// ABI's, and the unit tests of the test bed, the lab and the benchmarks.
-const HOST_TESTED: [&str; 5] = ["lb-common", "lb-ctl", "lb-testbed", "lb-lab", "lb-bench"];
+const HOST_TESTED: [&str; 6] = ["lb-common", "lb-ctl", "lb-testbed", "lb-lab", "lb-bench", "xtask"];
 
 /// Host unit tests first (no privileges), then the privileged tests one at a
 /// time (they share kernel state: namespaces, XDP attachments, pins). Every

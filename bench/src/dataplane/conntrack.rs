@@ -271,10 +271,11 @@ fn report(rows: &[Row], facts: &Facts) -> Part {
     let json = format!(
         "{{\n    \"capacity\": {CAPACITY},\n    \"live_flows\": {LIVE_FLOWS},\n    \"near_empty_flows\": {FEW_FLOWS},\n    \
          \"fill_live_s\": {:.3},\n    \"fill_ns_per_update\": {per_entry},\n    \"entries_after_fill\": {},\n    \
-         \"live_flows_missed\": {},\n    \"delta_target_ns\": 30,\n    \"deltas\": [{}],\n    \"scenarios\": {}\n  }}",
+         \"live_flows_missed\": {},\n    \"recount_ms\": {:.1},\n    \"delta_target_ns\": 30,\n    \"deltas\": [{}],\n    \"scenarios\": {}\n  }}",
         facts.fill_live.as_secs_f64(),
         facts.entries_after_fill,
         facts.misses,
+        facts.recount.as_secs_f64() * 1000.0,
         deltas_json.join(", "),
         rows_json(rows, "    "),
     );

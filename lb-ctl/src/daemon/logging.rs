@@ -184,7 +184,8 @@ fn timestamp(since_epoch: Duration) -> String {
 /// (year, month, day) of the day `days` after 1970-01-01: Howard Hinnant's `civil_from_days`
 /// (<https://howardhinnant.github.io/date_algorithms.html>), unsigned as we never go before 1970.
 /// It counts in 400-year eras starting on March 1st, so that the leap day ends a year.
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
+/// Also the benchmarks' dates (`lb_tests::bench_report`).
+pub fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468; // Days from 0000-03-01 to 1970-01-01.
     let era = z / 146_097;
     let day_of_era = z % 146_097;

@@ -15,7 +15,7 @@ pub const MAX_HEALTH_PATH_LEN: usize = 1024;
 /// Longest `expect_body` pattern.
 pub const MAX_EXPECT_BODY_LEN: usize = 1024;
 /// Most backends of one service: each still gets 64 slots of the
-/// 65537-slot Maglev table (the README's Maglev bench goes to 1000).
+/// 65537-slot Maglev table (docs/benchmarks.md's Maglev bench goes to 1000).
 pub const MAX_SERVICE_BACKENDS: usize = 1024;
 /// Most services: the kernel's `lb_services` map.
 pub const MAX_SERVICE_COUNT: usize = MAX_SERVICES as usize;

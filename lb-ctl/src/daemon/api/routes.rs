@@ -1,4 +1,4 @@
-//! The admin API's routes (README, "Operating it"). Each handler is also its OpenAPI entry (the
+//! The admin API's routes (docs/api.md). Each handler is also its OpenAPI entry (the
 //! `#[utoipa::path]` above it), so the document cannot drift from the code.
 // utoipa's expansion of `params(ConnsQuery)` qualifies paths it need not.
 #![allow(unused_qualifications)]
