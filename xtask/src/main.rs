@@ -101,7 +101,7 @@ fn dispatch(args: &[String]) -> Result<()> {
 }
 
 /// The packages whose tests need no privileges: the controller's and its
-/// ABI's, and the unit tests of the test bed, the lab and the benchmarks.
+/// ABI's, the unit tests of the test bed, the lab and the benchmarks, and xtask's own.
 const HOST_TESTED: [&str; 6] = ["lb-common", "lb-ctl", "lb-testbed", "lb-lab", "lb-bench", "xtask"];
 
 /// Host unit tests first (no privileges), then the privileged tests one at a
