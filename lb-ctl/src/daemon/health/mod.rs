@@ -280,7 +280,11 @@ mod tests {
 
     impl Recorder {
         async fn start() -> Self {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            // A loopback address of its own: the other tests of this process
+            // listen on 127.0.0.1, and a prober of theirs still running could
+            // otherwise reach a port the kernel gave again to a recorder,
+            // whose first probe would then come before its offset.
+            let listener = TcpListener::bind("127.77.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             let accepts = Arc::new(Mutex::new(Vec::new()));
             let seen = Arc::clone(&accepts);
@@ -426,7 +430,11 @@ mod tests {
 
     impl Silent {
         async fn start() -> Self {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            // A loopback address of its own: the other tests of this process
+            // listen on 127.0.0.1, and a prober of theirs still running could
+            // otherwise reach a port the kernel gave again to a recorder,
+            // whose first probe would then come before its offset.
+            let listener = TcpListener::bind("127.77.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             let accepts = Arc::new(Mutex::new(Vec::new()));
             let seen = Arc::clone(&accepts);
