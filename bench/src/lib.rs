@@ -3,9 +3,11 @@
 //! against HAProxy and nftables (`e2e`, run by `lb-bench-e2e`). The other
 //! benchmark binaries (`lb-bench-api`, `lb-bench-control`,
 //! `lb-bench-health`) are whole in their own files; `report` renders every
-//! report as the tables of `docs/benchmarks.md` (`lb-bench-report`).
+//! report as the tables of `docs/benchmarks.md` (`lb-bench-report`);
+//! `machine_load` reads the CPU time and load averages both benchmarks report.
 pub mod dataplane;
 pub mod e2e;
+pub mod machine_load;
 pub mod report;
 
 /// Writes a benchmark's JSON report to `$env_var`, or `default_path` when it

@@ -323,16 +323,16 @@ fn row_json(r: &Row) -> String {
     )
 }
 
-/// A JSON string literal (the names here hold no control characters).
+/// `s` as a JSON string literal, quoted and escaped.
 pub fn json_str(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+    serde_json::Value::from(s).to_string()
 }
 
-/// `/proc/loadavg`'s three load averages.
+/// `/proc/loadavg`'s three load averages, as it writes them: `0.52 0.40 1.05`.
 pub fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg").map_or_else(
-        |_| "unknown".into(),
-        |s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+    crate::machine_load::load_averages().map_or_else(
+        || "unknown".into(),
+        |[one, five, fifteen]| format!("{one:.2} {five:.2} {fifteen:.2}"),
     )
 }
 
@@ -355,4 +355,22 @@ pub fn load_services(conntrack_max: u32, interfaces: &[&str], services: &[Servic
     reconciler.apply(services).unwrap_or_else(|e| panic!("applying the services: {e}"));
     let prog_fd = testrun::program_fd(reconciler.maps_mut().ebpf_mut(), "lb_xdp");
     Loaded { reconciler, prog_fd }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_and_load_averages_are_written_as_the_report_wants() {
+        assert_eq!(json_str("lb \"x\"\\y\n"), r#""lb \"x\"\\y\n""#);
+        // As /proc/loadavg writes them: two decimals each.
+        let load = load_average();
+        let fields: Vec<&str> = load.split(' ').collect();
+        assert_eq!(fields.len(), 3, "{load}");
+        assert!(
+            fields.iter().all(|f| f.split_once('.').is_some_and(|(_, d)| d.len() == 2)),
+            "{load}"
+        );
+    }
 }

@@ -29,6 +29,8 @@ use std::{
 
 use lb_testbed::topology::{BACKENDS, VIP};
 
+use crate::machine_load;
+
 const PREFIX: &str = "lbe";
 /// Where `lb-ctl run` pins its data plane (never under the tests' `lbt-*`).
 const PIN_PATH: &str = "/sys/fs/bpf/lbe-bench";
@@ -180,7 +182,7 @@ impl Settings {
 pub fn run() {
     lb_testbed::raise_fd_limit();
     let settings = Settings::from_env();
-    let load_before = sample::loadavg();
+    let load_before = machine_load::load_averages().unwrap_or_default();
     let started = Instant::now();
     let mut results = report::Results::default();
     {
@@ -195,7 +197,7 @@ pub fn run() {
             }
         }
     }
-    let load_after = sample::loadavg();
+    let load_after = machine_load::load_averages().unwrap_or_default();
     let run = report::RunInfo { settings, load_before, load_after, elapsed: started.elapsed() };
     report::print(&results, &run);
     crate::write_report("LB_BENCH_E2E_OUT", "target/bench/e2e.json", &report::json(&results, &run));

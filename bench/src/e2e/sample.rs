@@ -11,6 +11,8 @@ use std::{
 
 use lb_testbed::netns::in_ns;
 
+use crate::machine_load::CpuTicks;
+
 use super::{
     PIN_PATH, Settings, Target, Workload,
     load::{self, Load},
@@ -228,13 +230,8 @@ struct CpuTimes {
 
 impl CpuTimes {
     fn now() -> Self {
-        let stat = std::fs::read_to_string("/proc/stat").expect("reading /proc/stat");
-        let line = stat.lines().next().expect("the cpu line of /proc/stat");
-        // cpu user nice system idle iowait irq softirq steal guest guest_nice;
-        // guest time is already in user.
-        let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
-        assert!(v.len() >= 8, "unexpected /proc/stat: {line}");
-        Self { user: v[0] + v[1], system: v[2], soft: v[5] + v[6] + v[7] }
+        let t = CpuTicks::now(None);
+        Self { user: t.user + t.nice, system: t.system, soft: t.irq + t.softirq + t.steal }
     }
 
     fn since(&self, earlier: &Self) -> Self {
@@ -301,11 +298,4 @@ fn tcp_active_opens(ns: &str) -> u64 {
             .and_then(|(_, v)| v.parse().ok())
             .expect("ActiveOpens in snmp")
     })
-}
-
-/// The three load averages from /proc/loadavg.
-pub fn loadavg() -> [f64; 3] {
-    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let mut v = text.split_whitespace().map(|f| f.parse().unwrap_or(0.0));
-    [v.next().unwrap_or(0.0), v.next().unwrap_or(0.0), v.next().unwrap_or(0.0)]
 }

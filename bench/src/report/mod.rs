@@ -23,7 +23,12 @@ mod controller;
 mod dataplane;
 mod e2e;
 
-use std::{fmt::Write as _, path::Path, process::Command, time::SystemTime};
+use std::{
+    fmt::Write as _,
+    path::Path,
+    process::Command,
+    time::{Duration, SystemTime},
+};
 
 use serde_json::Value;
 
@@ -180,8 +185,13 @@ pub fn stamp(report: &str) -> String {
 
 /// `YYYY-MM-DD` of a Unix time, UTC.
 fn utc_date(secs: u64) -> String {
-    let (year, month, day) = lb_ctl::daemon::logging::civil_from_days(secs / 86_400);
-    format!("{year:04}-{month:02}-{day:02}")
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+    // 2026-11-22T04:20:00Z; an error past the year 9999.
+    let mut rfc3339 = String::with_capacity(20);
+    match write!(rfc3339, "{}", humantime::format_rfc3339_seconds(at)) {
+        Ok(()) => rfc3339[..10].to_owned(),
+        Err(_) => "after 9999".into(),
+    }
 }
 
 #[cfg(test)]
@@ -196,5 +206,14 @@ mod tests {
         assert_eq!(v["rows"][1], 2);
         assert!(v["run"]["date"].as_str().is_some_and(|d| d.len() == 10 && d.starts_with("20")));
         assert!(v["run"]["cpus"].as_u64().is_some_and(|n| n > 0));
+    }
+
+    #[test]
+    fn dates_are_utc_days() {
+        assert_eq!(utc_date(0), "1970-01-01");
+        assert_eq!(utc_date(1_709_251_199), "2024-02-29");
+        assert_eq!(utc_date(1_709_251_200), "2024-03-01");
+        assert_eq!(utc_date(253_402_300_799), "9999-12-31");
+        assert_eq!(utc_date(253_402_300_800), "after 9999");
     }
 }

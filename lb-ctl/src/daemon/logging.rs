@@ -167,36 +167,15 @@ fn pri(level: Level) -> u8 {
     FACILITY_DAEMON * 8 + severity
 }
 
-/// `since_epoch` as RFC 3339 in UTC with microseconds, e.g. `2026-11-22T04:20:00.123456Z`.
+/// `since_epoch` as RFC 3339 in UTC with microseconds, e.g. `2026-11-22T04:20:00.123456Z` (RFC
+/// 5424's TIMESTAMP takes six digits of fraction at most); `-`, its NILVALUE, past the year 9999.
 fn timestamp(since_epoch: Duration) -> String {
-    let secs = since_epoch.as_secs();
-    let (year, month, day) = civil_from_days(secs / 86_400);
-    let time = secs % 86_400;
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        time / 3600,
-        time / 60 % 60,
-        time % 60,
-        since_epoch.subsec_micros()
-    )
-}
-
-/// (year, month, day) of the day `days` after 1970-01-01: Howard Hinnant's `civil_from_days`
-/// (<https://howardhinnant.github.io/date_algorithms.html>), unsigned as we never go before 1970.
-/// It counts in 400-year eras starting on March 1st, so that the leap day ends a year.
-/// Also the benchmarks' dates (`lb_tests::bench_report`).
-pub fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468; // Days from 0000-03-01 to 1970-01-01.
-    let era = z / 146_097;
-    let day_of_era = z % 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_from_march = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-    let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 };
-    let year = era * 400 + year_of_era + u64::from(month <= 2);
-    (year, month, day)
+    let mut text = String::with_capacity(27);
+    match write!(text, "{}", humantime::format_rfc3339_micros(SystemTime::UNIX_EPOCH + since_epoch))
+    {
+        Ok(()) => text,
+        Err(fmt::Error) => "-".into(),
+    }
 }
 
 /// Cuts `s` to at most `max` bytes without splitting a character.
@@ -398,15 +377,18 @@ mod tests {
     }
 
     #[test]
-    fn civil_from_days_handles_leap_years() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(59), (1970, 3, 1)); // 1970 is not a leap year.
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29)); // Divisible by 400: leap.
-        assert_eq!(civil_from_days(11_017), (2000, 3, 1));
-        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
-        assert_eq!(civil_from_days(19_783), (2024, 3, 1));
-        assert_eq!(civil_from_days(47_541), (2100, 3, 1)); // Divisible by 100 only: no Feb 29.
-        assert_eq!(civil_from_days(20_818), (2026, 12, 31));
+    fn timestamps_follow_leap_years_and_stop_at_the_year_9999() {
+        let day = |days: u64| timestamp(Duration::from_secs(days * 86_400))[..10].to_owned();
+        assert_eq!(day(59), "1970-03-01"); // 1970 is not a leap year.
+        assert_eq!(day(11_016), "2000-02-29"); // Divisible by 400: leap.
+        assert_eq!(day(11_017), "2000-03-01");
+        assert_eq!(day(19_782), "2024-02-29");
+        assert_eq!(day(19_783), "2024-03-01");
+        assert_eq!(day(47_541), "2100-03-01"); // Divisible by 100 only: no Feb 29.
+        assert_eq!(day(20_818), "2026-12-31");
+        let last_second = Duration::from_secs(253_402_300_799);
+        assert_eq!(timestamp(last_second), "9999-12-31T23:59:59.000000Z");
+        assert_eq!(timestamp(last_second + Duration::from_secs(1)), "-");
     }
 
     #[test]

@@ -29,7 +29,7 @@ use hyper::Method;
 use serde_json::{Value, json};
 
 use super::{
-    client::{Client, ClientError, encode_component},
+    client::{Client, ClientError, encode_component, parse_admin_url},
     render::{
         BackendChange, render_backend_change, render_conns, render_list, render_stats,
         rotation_summary, service_line,
@@ -291,14 +291,10 @@ impl Target {
 /// The port of an admin URL that names this machine's loopback, where a
 /// generated token may be found.
 fn loopback_port(url: &str) -> Option<u16> {
-    let client = Client::new(url, None).ok()?;
-    let authority = client.url().strip_prefix("http://")?;
-    let authority = authority.split('/').next()?;
-    let (host, port) = authority.rsplit_once(':')?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let (host, port, _) = parse_admin_url(url).ok()?;
     let loopback = host.eq_ignore_ascii_case("localhost")
         || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    loopback.then(|| port.parse().ok()).flatten()
+    loopback.then_some(port)
 }
 
 /// The client `op` talks through: with the token for everything but
@@ -424,70 +420,24 @@ fn backend_path(at: &BackendAt) -> String {
 /// The API's JSON answer to `GET path`, indented, its keys in the API's order.
 async fn get_pretty(client: &Client, path: &str) -> Result<String, ClientError> {
     let (_, bytes) = client.request(Method::GET, path, None).await?;
-    let not_understood = |why: &dyn std::fmt::Display| {
+    indent_json(&bytes).map_err(|e| {
         ClientError::Protocol(format!(
-            "GET {path}: the answer of the controller at {} is not understood: {why}",
+            "GET {path}: the answer of the controller at {} is not understood: {e}",
             client.url()
         ))
-    };
-    serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| not_understood(&e))?;
-    let text = std::str::from_utf8(&bytes).map_err(|e| not_understood(&e))?;
-    Ok(indent_json(text))
+    })
 }
 
-/// Valid JSON `text` indented by two spaces, like `serde_json::to_string_pretty`
-/// but keeping the keys in their order; with a final newline.
-fn indent_json(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() * 2);
-    let mut depth = 0_usize;
-    let (mut in_string, mut escaped) = (false, false);
-    let mut chars = text.chars().peekable();
-    let newline = |out: &mut String, depth: usize| {
-        out.push('\n');
-        out.push_str(&"  ".repeat(depth));
-    };
-    while let Some(c) = chars.next() {
-        if in_string {
-            out.push(c);
-            match (escaped, c) {
-                (true, _) => escaped = false,
-                (false, '\\') => escaped = true,
-                (false, '"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match c {
-            '"' => {
-                in_string = true;
-                out.push(c);
-            }
-            '{' | '[' => {
-                out.push(c);
-                while chars.next_if(char::is_ascii_whitespace).is_some() {}
-                if let Some(close) = chars.next_if(|n| matches!((c, n), ('{', '}') | ('[', ']'))) {
-                    out.push(close);
-                } else {
-                    depth += 1;
-                    newline(&mut out, depth);
-                }
-            }
-            '}' | ']' => {
-                depth = depth.saturating_sub(1);
-                newline(&mut out, depth);
-                out.push(c);
-            }
-            ',' => {
-                out.push(c);
-                newline(&mut out, depth);
-            }
-            ':' => out.push_str(": "),
-            c if c.is_ascii_whitespace() => {}
-            c => out.push(c),
-        }
-    }
-    out.push('\n');
-    out
+/// The JSON `text` indented by two spaces, as `serde_json::to_string_pretty`
+/// does, but streamed from the text so that objects keep their keys in the
+/// order they came in (a `Value` would sort them); with a final newline.
+fn indent_json(text: &[u8]) -> Result<String, serde_json::Error> {
+    let mut from = serde_json::Deserializer::from_slice(text);
+    let mut out = Vec::with_capacity(text.len() * 2);
+    serde_transcode::transcode(&mut from, &mut serde_json::Serializer::pretty(&mut out))?;
+    from.end()?;
+    out.push(b'\n');
+    Ok(String::from_utf8(out).expect("serde_json writes UTF-8"))
 }
 
 /// Sends the request of `op`; what to print on stdout.
@@ -757,7 +707,7 @@ mod tests {
     #[test]
     fn json_is_indented_in_the_api_order() {
         let raw = r#"{"name":"web","port":80,"backends":[],"health":{},"x":["a\\\"{,:",{"k":[1, 2]}],"n":null}"#;
-        let text = indent_json(raw);
+        let text = indent_json(raw.as_bytes()).unwrap();
         let expected = r#"{
   "name": "web",
   "port": 80,
@@ -781,11 +731,32 @@ mod tests {
         // The same layout as serde_json's (which sorts the keys).
         let sorted: Value = serde_json::from_str(r#"{"a":[1,{"b":[]}],"c":{}}"#).unwrap();
         assert_eq!(
-            indent_json(&sorted.to_string()),
+            indent_json(sorted.to_string().as_bytes()).unwrap(),
             format!("{}\n", serde_json::to_string_pretty(&sorted).unwrap())
         );
-        assert_eq!(indent_json("[ ]"), "[]\n");
-        assert_eq!(indent_json("3"), "3\n");
+        assert_eq!(indent_json(b"[ ]").unwrap(), "[]\n");
+        assert_eq!(indent_json(b"3").unwrap(), "3\n");
+    }
+
+    #[test]
+    fn indented_json_keeps_the_api_digits_and_refuses_what_is_not_json() {
+        // The rates of `stats`: a float read back must print as it was written.
+        let mut bits = 0x1234_5678_9abc_def1_u64;
+        for _ in 0..10_000 {
+            bits ^= bits << 13;
+            bits ^= bits >> 7;
+            bits ^= bits << 17;
+            let rate = f64::from_bits(bits >> 2); // Positive and finite.
+            let raw = serde_json::to_string(&json!({ "rate": rate })).unwrap();
+            let number = &raw["{\"rate\":".len()..raw.len() - 1];
+            assert_eq!(
+                indent_json(raw.as_bytes()).unwrap(),
+                format!("{{\n  \"rate\": {number}\n}}\n")
+            );
+        }
+        for bad in [&b""[..], b"{", b"{} {}", b"[1,]", b"<html>", b"\"\xff\""] {
+            assert!(indent_json(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

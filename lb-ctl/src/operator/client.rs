@@ -3,11 +3,7 @@
 //! and every failure sorted into what the operator can do about it:
 //! start the controller ([`ClientError::Unreachable`]), fix the token
 //! ([`ClientError::Unauthorized`]), fix the request ([`ClientError::Refused`]).
-use std::{
-    fmt::{self, Write as _},
-    io,
-    time::Duration,
-};
+use std::{fmt, io, time::Duration};
 
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::{
@@ -16,6 +12,7 @@ use hyper::{
     header::{self, HeaderValue},
 };
 use hyper_util::rt::TokioIo;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
 
@@ -284,10 +281,17 @@ fn error_body(status: StatusCode, bytes: &[u8]) -> (String, serde_json::Value) {
     (error, serde_json::Value::Null)
 }
 
-/// `http://host[:port][/prefix]` or `host:port`: the host to connect to,
-/// the port (80 by default) and the path prefix (`""` or `/…` without a
-/// trailing `/`).
-fn parse_admin_url(text: &str) -> Result<(String, u16, String), String> {
+/// `http://host[:port][/prefix]` or `host:port`: the host to connect to
+/// (an IPv6 address without its brackets), the port (80 by default) and the
+/// path prefix (`""` or `/…` without a trailing `/`).
+///
+/// Hand-written on purpose, for its refusals. `http::Uri` (here through
+/// hyper) takes `http://:9100`, port 0, `user:pw@` and `[nope]`, reads
+/// `host:99999` as "no port", drops a `#fragment` silently and refuses
+/// `host:9100/`; the `url` crate would bring IDNA's Unicode tables for one
+/// command-line flag, and reads `localhost:9100` as scheme `localhost`.
+/// Here each refusal says what is wrong in the operator's terms.
+pub(crate) fn parse_admin_url(text: &str) -> Result<(String, u16, String), String> {
     let text = text.trim();
     let rest = match text.split_once("://") {
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
@@ -347,18 +351,14 @@ fn parse_admin_url(text: &str) -> Result<(String, u16, String), String> {
     Ok((host.to_owned(), port, prefix.to_owned()))
 }
 
+/// RFC 3986's unreserved characters: all that a component keeps as it is.
+const NOT_UNRESERVED: &AsciiSet =
+    &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
 /// `text` as one path segment or query value: everything but RFC 3986's
 /// unreserved characters percent-encoded.
 pub fn encode_component(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            let _ = write!(out, "%{byte:02X}");
-        }
-    }
-    out
+    utf8_percent_encode(text, NOT_UNRESERVED).to_string()
 }
 
 #[cfg(test)]
@@ -626,5 +626,11 @@ pub(crate) mod tests {
         assert_eq!(encode_component("web-1.a_b~"), "web-1.a_b~");
         assert_eq!(encode_component("a/b c?d"), "a%2Fb%20c%3Fd");
         assert_eq!(encode_component("é"), "%C3%A9");
+        for byte in 0..=127_u8 {
+            let unreserved = byte.is_ascii_alphanumeric() || b"-._~".contains(&byte);
+            let expected =
+                if unreserved { char::from(byte).to_string() } else { format!("%{byte:02X}") };
+            assert_eq!(encode_component(&char::from(byte).to_string()), expected);
+        }
     }
 }

@@ -4,6 +4,8 @@ use std::{collections::HashMap, time::Instant};
 
 use lb_testbed::netns::ns_sh;
 
+use crate::machine_load::CpuTicks;
+
 use super::{
     GEN_CPU, LB_CPU,
     generator::Generator,
@@ -29,31 +31,6 @@ fn run_ns(pid: i32, tid: i32) -> u64 {
         .unwrap_or(0)
 }
 
-/// One CPU's line of /proc/stat, in USER_HZ ticks.
-#[derive(Clone, Copy, Default)]
-struct CpuTicks {
-    busy: u64,
-    system: u64,
-    softirq: u64,
-    total: u64,
-}
-
-fn cpu_ticks(cpu: usize) -> CpuTicks {
-    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
-    let label = format!("cpu{cpu}");
-    let fields: Vec<u64> = stat
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(label.as_str()))
-        .expect("the CPU in /proc/stat")
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal (guest time is in user)
-    let total: u64 = fields.iter().take(8).sum();
-    CpuTicks { busy: total - fields[3] - fields[4], system: fields[2], softirq: fields[6], total }
-}
-
 /// Everything read at one end of a window.
 pub struct Snapshot {
     at: Instant,
@@ -75,8 +52,8 @@ impl Snapshot {
             lb_in: ethtool_stats(LB_NS, LB_IN),
             lb_out: ethtool_stats(LB_NS, LB_OUT),
             sink: ethtool_stats(SINK_NS, SINK_IF),
-            lb_cpu: cpu_ticks(LB_CPU),
-            gen_cpu: cpu_ticks(GEN_CPU),
+            lb_cpu: CpuTicks::now(Some(LB_CPU)),
+            gen_cpu: CpuTicks::now(Some(GEN_CPU)),
             lb_napi_ns: lb_napi.map_or(0, |pid| run_ns(pid, pid)),
             gen_ns: run_ns(generator.task.0, generator.task.1),
         }
@@ -112,7 +89,7 @@ impl Window {
         };
         let share = |x: u64, t: u64| if t == 0 { 0.0 } else { 100.0 * x as f64 / t as f64 };
         let (la, lb) = (a.lb_cpu, b.lb_cpu);
-        let lb_total = lb.total - la.total;
+        let lb_total = lb.total() - la.total();
         Self {
             secs: (b.at - a.at).as_secs_f64(),
             offered: d("tx_queue_0_xdp_xmit", |s| &s.generator)
@@ -125,11 +102,14 @@ impl Window {
             lb_napi_ns: b.lb_napi_ns - a.lb_napi_ns,
             gen_ns: b.gen_ns - a.gen_ns,
             lb_cpu: [
-                share(lb.busy - la.busy, lb_total),
+                share(lb.busy() - la.busy(), lb_total),
                 share(lb.system - la.system, lb_total),
                 share(lb.softirq - la.softirq, lb_total),
             ],
-            gen_cpu_busy: share(b.gen_cpu.busy - a.gen_cpu.busy, b.gen_cpu.total - a.gen_cpu.total),
+            gen_cpu_busy: share(
+                b.gen_cpu.busy() - a.gen_cpu.busy(),
+                b.gen_cpu.total() - a.gen_cpu.total(),
+            ),
         }
     }
 

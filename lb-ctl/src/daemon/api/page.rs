@@ -3,7 +3,10 @@
 //! it reloads itself every 2 s through `<meta http-equiv="refresh">`, which
 //! works with JavaScript disabled. Every text taken from the stats goes
 //! through [`esc`].
-use std::fmt::Write as _;
+use std::{
+    fmt::{self, Write as _},
+    time::{Duration, UNIX_EPOCH},
+};
 
 use lb_common::counter::{Counter, Kind};
 
@@ -450,27 +453,15 @@ fn age_text(now_unix_ms: u64, at_unix_ms: u64) -> String {
     }
 }
 
-/// `2023-11-14 22:13:20 UTC`.
+/// `2023-11-14 22:13:20 UTC`; `after 9999` past the year 9999.
 fn utc_text(unix_ms: u64) -> String {
-    let secs = unix_ms / 1000;
-    let (y, m, d) = civil_from_days(secs / 86_400);
-    let t = secs % 86_400;
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", t / 3600, t / 60 % 60, t % 60)
-}
-
-/// (year, month, day) of a day counted from 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`, for days after the epoch only).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    (y, m, d)
+    let at = UNIX_EPOCH + Duration::from_millis(unix_ms);
+    // 2023-11-14T22:13:20Z
+    let mut rfc3339 = String::with_capacity(20);
+    match write!(rfc3339, "{}", humantime::format_rfc3339_seconds(at)) {
+        Ok(()) => format!("{} {} UTC", &rfc3339[..10], &rfc3339[11..19]),
+        Err(fmt::Error) => "after 9999".into(),
+    }
 }
 
 #[cfg(test)]
@@ -840,5 +831,7 @@ mod tests {
         assert_eq!(utc_text(951_782_400_000), "2000-02-29 00:00:00 UTC");
         assert_eq!(utc_text(1_709_251_199_000), "2024-02-29 23:59:59 UTC");
         assert_eq!(utc_text(NOW), "2023-11-14 22:13:20 UTC");
+        assert_eq!(utc_text(253_402_300_799_999), "9999-12-31 23:59:59 UTC");
+        assert_eq!(utc_text(253_402_300_800_000), "after 9999");
     }
 }
