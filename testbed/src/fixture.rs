@@ -4,7 +4,10 @@
 //! packet fixtures and the benchmarks.
 use std::{net::Ipv4Addr, sync::OnceLock};
 
-use aya::maps::{Array, MapData, PerCpuArray};
+use aya::{
+    maps::{Array, MapData, PerCpuArray},
+    programs::Xdp,
+};
 use lb_common::{
     abi::{
         BackendConns, Conn, FLOW_CACHE_SLOTS, Flow, FlowCacheEntry, PROTO_UDP, cpu_slot,
@@ -451,7 +454,8 @@ pub fn load_maps(conntrack_max: u32, interfaces: &[String]) -> KernelMaps {
 /// created and used on a thread inside the fixture namespace.
 pub struct Loaded {
     pub reconciler: Reconciler<KernelMaps>,
-    pub prog_fd: i32,
+    /// `lb_xdp`, a handle of its own (the reconciler holds the object).
+    pub program: Xdp,
 }
 
 impl Loaded {
@@ -475,8 +479,8 @@ impl Loaded {
         let maps = load_maps(conntrack_max, &config.dataplane.interfaces);
         let mut reconciler = Reconciler::new(maps);
         reconciler.apply(&config.services).expect("applying the fixture config");
-        let prog_fd = testrun::program_fd(reconciler.maps_mut().ebpf_mut(), "lb_xdp");
-        Self { reconciler, prog_fd }
+        let program = testrun::program(reconciler.maps_mut().ebpf_mut(), "lb_xdp");
+        Self { reconciler, program }
     }
 
     pub fn ifindex(name: &str) -> u32 {
@@ -485,13 +489,13 @@ impl Loaded {
 
     /// Runs one frame received on `ingress`.
     pub fn run(&self, frame: &[u8], ingress: &str) -> Outcome {
-        testrun::run(self.prog_fd, frame, Self::ifindex(ingress), 1)
+        testrun::run(&self.program, frame, Self::ifindex(ingress), 1)
     }
 
     /// Runs one frame received on `ingress` with `meta` already in its
     /// XDP metadata area.
     pub fn run_after_meta(&self, meta: &[u8], frame: &[u8], ingress: &str) -> Outcome {
-        testrun::run_after_meta(self.prog_fd, meta, frame, Self::ifindex(ingress), 1)
+        testrun::run_after_meta(&self.program, meta, frame, Self::ifindex(ingress), 1)
     }
 
     pub fn counter(&mut self, counter: Counter) -> u64 {

@@ -1,48 +1,19 @@
-//! BPF_PROG_TEST_RUN on a loaded XDP program: runs the real program over
-//! one frame and returns its verdict, output bytes and metadata. A raw
-//! bpf(2) call rather than aya's `TestRun`, to set the ingress interface and
-//! metadata in front of the frame (`ctx_in`) and to time repeated runs.
-use std::os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
+//! BPF_PROG_TEST_RUN on a loaded XDP program, through aya's `TestRun`:
+//! runs the real program over one frame, as if received on a given
+//! interface and after given metadata (`ctx_in`), and returns its verdict,
+//! output bytes, metadata and the kernel's time. Also the trivial XDP_PASS
+//! program the benchmarks subtract and the topologies attach, loaded from
+//! raw instructions (`lb_ctl::write::dataplane::sys`).
+use std::path::Path;
 
-use aya::{Ebpf, programs::Xdp};
+use aya::{
+    Ebpf,
+    programs::{TestRun as _, TestRunOptions, Xdp, XdpMode, links::FdLink},
+};
+use lb_ctl::write::dataplane::sys;
 
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-
-/// The bpf(2) syscall with `attr`, a `union bpf_attr` prefix, and its size.
-///
-/// # Safety
-/// `attr` must be a valid attribute struct for `cmd` whose pointers stay
-/// live for the call; for commands the kernel writes back to, `attr` must
-/// come from a mutable place (`&raw mut`).
-pub unsafe fn sys_bpf<T>(cmd: libc::c_long, attr: *const T) -> libc::c_long {
-    // SAFETY: upheld by the caller.
-    unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size_of::<T>() as u32) }
-}
-
-/// The `test` member of `union bpf_attr` (include/uapi/linux/bpf.h).
-#[repr(C)]
-#[derive(Default)]
-pub struct TestRunAttr {
-    pub prog_fd: u32,
-    pub retval: u32,
-    pub data_size_in: u32,
-    pub data_size_out: u32,
-    pub data_in: u64,
-    pub data_out: u64,
-    pub repeat: u32,
-    pub duration: u32,
-    pub ctx_size_in: u32,
-    pub ctx_size_out: u32,
-    pub ctx_in: u64,
-    pub ctx_out: u64,
-    pub flags: u32,
-    pub cpu: u32,
-    pub batch_size: u32,
-    pub _pad: u32,
-}
-
-/// `struct xdp_md`, the context of an XDP program.
-#[repr(C)]
+/// `struct xdp_md`, the context of an XDP program, as BPF_PROG_TEST_RUN
+/// takes it in (`ctx_in`) and gives it back (`ctx_out`).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct XdpMd {
     pub data: u32,
@@ -51,6 +22,54 @@ pub struct XdpMd {
     pub ingress_ifindex: u32,
     pub rx_queue_index: u32,
     pub egress_ifindex: u32,
+}
+
+impl XdpMd {
+    /// Its size in the kernel: six u32 fields.
+    pub const SIZE: usize = 24;
+
+    /// The bytes the kernel reads.
+    pub fn to_bytes(self) -> [u8; Self::SIZE] {
+        let fields = [
+            self.data,
+            self.data_end,
+            self.data_meta,
+            self.ingress_ifindex,
+            self.rx_queue_index,
+            self.egress_ifindex,
+        ];
+        let mut bytes = [0; Self::SIZE];
+        for (at, field) in bytes.chunks_exact_mut(4).zip(fields) {
+            at.copy_from_slice(&field.to_ne_bytes());
+        }
+        bytes
+    }
+
+    /// What the kernel wrote back.
+    pub fn from_bytes(bytes: &[u8; Self::SIZE]) -> Self {
+        let field =
+            |i: usize| u32::from_ne_bytes(bytes[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
+        Self {
+            data: field(0),
+            data_end: field(1),
+            data_meta: field(2),
+            ingress_ifindex: field(3),
+            rx_queue_index: field(4),
+            egress_ifindex: field(5),
+        }
+    }
+}
+
+/// `e` and its causes, one after the other: aya's errors name the call
+/// that failed, their causes say why.
+pub fn describe(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(e) = cause {
+        text = format!("{text}: {e}");
+        cause = e.source();
+    }
+    text
 }
 
 /// What one run of the program did.
@@ -83,21 +102,22 @@ pub fn action_name(action: u32) -> &'static str {
     }
 }
 
-/// The fd of a loaded program of `ebpf`.
-pub fn program_fd(ebpf: &Ebpf, name: &str) -> RawFd {
+/// A handle of its own on the loaded XDP program `name` of `ebpf`, to run
+/// it while `ebpf` is lent out (to the reconciler).
+pub fn program(ebpf: &Ebpf, name: &str) -> Xdp {
     let program: &Xdp = ebpf
         .program(name)
         .unwrap_or_else(|| panic!("no program {name}"))
         .try_into()
         .unwrap_or_else(|e| panic!("{name}: {e}"));
-    program.fd().unwrap_or_else(|e| panic!("{name} is not loaded: {e}")).as_fd().as_raw_fd()
+    sys::xdp_handle(program).unwrap_or_else(|e| panic!("{name}: {}", describe(&e)))
 }
 
 /// Runs the program `repeat` times over `frame`, as if received on
 /// `ingress_ifindex` (in the calling thread's network namespace). With
 /// `repeat > 1` the kernel reruns the program on its own output.
-pub fn run(prog_fd: RawFd, frame: &[u8], ingress_ifindex: u32, repeat: u32) -> Outcome {
-    run_after_meta(prog_fd, &[], frame, ingress_ifindex, repeat)
+pub fn run(program: &Xdp, frame: &[u8], ingress_ifindex: u32, repeat: u32) -> Outcome {
+    run_after_meta(program, &[], frame, ingress_ifindex, repeat)
 }
 
 /// Like `run`, with `meta` already in the XDP metadata area in front of
@@ -105,7 +125,7 @@ pub fn run(prog_fd: RawFd, frame: &[u8], ingress_ifindex: u32, repeat: u32) -> O
 /// from the head of the input, `ctx_in.data` bytes long, and caps it at 32
 /// bytes, a multiple of 4 (`xdp_metalen_invalid`, net/bpf/test_run.c).
 pub fn run_after_meta(
-    prog_fd: RawFd,
+    program: &Xdp,
     meta: &[u8],
     frame: &[u8],
     ingress_ifindex: u32,
@@ -119,149 +139,63 @@ pub fn run_after_meta(
         ingress_ifindex,
         ..XdpMd::default()
     };
-    let mut ctx_out = XdpMd::default();
-    let mut attr = TestRunAttr {
-        prog_fd: prog_fd.cast_unsigned(),
-        data_size_in: input.len() as u32,
-        data_size_out: out.len() as u32,
-        data_in: input.as_ptr() as u64,
-        data_out: out.as_mut_ptr() as u64,
-        repeat,
-        ctx_size_in: size_of::<XdpMd>() as u32,
-        ctx_size_out: size_of::<XdpMd>() as u32,
-        ctx_in: (&raw const ctx_in) as u64,
-        ctx_out: (&raw mut ctx_out) as u64,
-        ..TestRunAttr::default()
-    };
-    // SAFETY: attr points at live buffers of the sizes it states, for the duration of the call.
-    let rc = unsafe { sys_bpf(BPF_PROG_TEST_RUN, &raw mut attr) };
-    assert_eq!(rc, 0, "BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
-    out.truncate(attr.data_size_out as usize);
+    let mut ctx_out = [0; XdpMd::SIZE];
+    let run = program
+        .test_run(TestRunOptions {
+            data_in: Some(&input),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx_in.to_bytes()),
+            ctx_out: Some(&mut ctx_out),
+            repeat,
+            ..TestRunOptions::new()
+        })
+        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {}", describe(&e)));
+    out.truncate(run.data_size_out as usize);
     // The output starts with the metadata; ctx_out.data is its length.
-    let meta_len = (ctx_out.data as usize).min(out.len());
+    let meta_len = (XdpMd::from_bytes(&ctx_out).data as usize).min(out.len());
     let frame = out.split_off(meta_len);
-    Outcome { action: attr.retval, frame, meta: out, duration_ns: attr.duration }
-}
-
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_TYPE_XDP: u32 = 6;
-
-/// The leading members of `union bpf_attr` for BPF_PROG_LOAD.
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
+    Outcome {
+        action: run.return_value,
+        frame,
+        meta: out,
+        duration_ns: u32::try_from(run.duration.as_nanos()).unwrap_or(u32::MAX),
+    }
 }
 
 /// Loads an XDP program from raw instructions (GPL); panics with the
 /// verifier's log if it is refused.
-pub fn load_xdp(name: &str, insns: &[u64]) -> OwnedFd {
-    let mut log = vec![0_u8; 64 * 1024];
-    let mut prog_name = [0_u8; 16];
-    let len = name.len().min(15);
-    prog_name[..len].copy_from_slice(&name.as_bytes()[..len]);
-    let license = c"GPL";
-    let attr = ProgLoadAttr {
-        prog_type: BPF_PROG_TYPE_XDP,
-        insn_cnt: insns.len() as u32,
-        insns: insns.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        log_level: 1,
-        log_size: log.len() as u32,
-        log_buf: log.as_mut_ptr() as u64,
-        prog_name,
-        ..ProgLoadAttr::default()
-    };
-    // SAFETY: attr points at live instruction, license and log buffers.
-    let fd = unsafe { sys_bpf(BPF_PROG_LOAD, &raw const attr) };
-    assert!(
-        fd >= 0,
-        "loading XDP program {name}: {}\n{}",
-        std::io::Error::last_os_error(),
-        String::from_utf8_lossy(&log).trim_end_matches('\0')
-    );
-    // SAFETY: the kernel just returned this fd to us.
-    unsafe { OwnedFd::from_raw_fd(fd as i32) }
+pub fn load_xdp(name: &str, insns: &[u64]) -> Xdp {
+    sys::load_xdp(name, insns).unwrap_or_else(|e| panic!("loading XDP program {name}: {e}"))
 }
 
 /// Loads `r0 = XDP_PASS; exit`: the baseline a benchmark subtracts, so that
 /// what remains is the program's own cost, not BPF_PROG_TEST_RUN's.
-pub fn load_trivial_pass() -> OwnedFd {
+pub fn load_trivial_pass() -> Xdp {
     // BPF_MOV64_IMM(BPF_REG_0, XDP_PASS): opcode 0xb7, dst r0, imm 2; BPF_EXIT_INSN: 0x95.
     load_xdp("lb_pass", &[0xb7 | (u64::from(XDP_PASS) << 32), 0x95])
 }
 
-const BPF_OBJ_PIN: libc::c_long = 6;
-const BPF_LINK_CREATE: libc::c_long = 28;
-const BPF_XDP: u32 = 37;
-
-#[repr(C)]
-#[derive(Default)]
-struct LinkCreateAttr {
-    prog_fd: u32,
-    target_ifindex: u32,
-    attach_type: u32,
-    flags: u32,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct ObjPinAttr {
-    pathname: u64,
-    bpf_fd: u32,
-    file_flags: u32,
-}
-
-/// Attaches `prog` to `ifindex` (in the calling thread's namespace) with a
-/// BPF link (`flags`: the XDP mode, 0 for the kernel's choice), which lives
-/// as long as the returned fd or a pin of it.
-pub fn link_xdp(prog: &OwnedFd, ifindex: u32, flags: u32) -> OwnedFd {
-    let attr = LinkCreateAttr {
-        prog_fd: prog.as_raw_fd().cast_unsigned(),
-        target_ifindex: ifindex,
-        attach_type: BPF_XDP,
-        flags,
+/// Attaches `program` to `ifindex` (in the calling thread's namespace)
+/// in `mode` with a BPF link, which lives as long as the returned link or
+/// a pin of it.
+pub fn link_xdp(program: &mut Xdp, ifindex: u32, mode: XdpMode) -> FdLink {
+    let failed = |e: &dyn std::error::Error| {
+        format!("attaching XDP ({mode:?} mode) to ifindex {ifindex}: {}", describe(e))
     };
-    // SAFETY: attr is a valid, correctly sized prefix of union bpf_attr.
-    let fd = unsafe { sys_bpf(BPF_LINK_CREATE, &raw const attr) };
-    assert!(
-        fd >= 0,
-        "attaching XDP (flags {flags}) to ifindex {ifindex}: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: the kernel just returned this fd to us.
-    unsafe { OwnedFd::from_raw_fd(fd as i32) }
+    let id = program.attach_to_if_index(ifindex, mode).unwrap_or_else(|e| panic!("{}", failed(&e)));
+    let link = program.take_link(id).unwrap_or_else(|e| panic!("{}", failed(&e)));
+    // aya falls back to netlink where the kernel has no XDP links.
+    FdLink::try_from(link).unwrap_or_else(|e| panic!("{}", failed(&e)))
 }
 
 /// Attaches the trivial XDP_PASS program to `ifindex` (in the calling
 /// thread's network namespace) with a BPF link pinned at `pin`, so that it
 /// stays attached after this process exits; removing the pin (or the
 /// interface) detaches it.
-pub fn attach_pass_pinned(ifindex: u32, pin: &std::path::Path) {
-    let link = link_xdp(&load_trivial_pass(), ifindex, 0);
-    let path = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes()).expect("pin path");
-    let attr = ObjPinAttr {
-        pathname: path.as_ptr() as u64,
-        bpf_fd: link.as_raw_fd().cast_unsigned(),
-        file_flags: 0,
-    };
-    // SAFETY: attr is a valid prefix of union bpf_attr; the path outlives the call.
-    let rc = unsafe { sys_bpf(BPF_OBJ_PIN, &raw const attr) };
-    assert_eq!(
-        rc,
-        0,
-        "pinning the XDP_PASS link at {}: {}",
-        pin.display(),
-        std::io::Error::last_os_error()
-    );
-    // Dropping `link` closes this process's handle; the pin keeps the link.
+pub fn attach_pass_pinned(ifindex: u32, pin: &Path) {
+    let link = link_xdp(&mut load_trivial_pass(), ifindex, XdpMode::Default);
+    link.pin(pin).unwrap_or_else(|e| {
+        panic!("pinning the XDP_PASS link at {}: {}", pin.display(), describe(&e))
+    });
+    // Dropping the pinned link closes this process's handle; the pin keeps the link.
 }

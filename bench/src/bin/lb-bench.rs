@@ -158,7 +158,6 @@ fn measure_per_packet() -> Vec<Row> {
     let client_if = Loaded::ifindex(IF_CLIENT);
     let backend_if = Loaded::ifindex(IF_BACKEND);
 
-    let path = Path { prog_fd: loaded.prog_fd, client_if, backend_if };
     let established = handshake::ack((CLIENT, 40_000), (VIP, 80));
     let reply = Ipv4::tcp((WEB1, 8080), (Ipv4Addr::new(10, 77, 1, 10), 40_000), TCP_ACK, b"")
         .frame(IF_BACKEND_MAC, WEB_MACS[0]);
@@ -177,13 +176,15 @@ fn measure_per_packet() -> Vec<Row> {
     };
     // The established flow enters the table as a real connection does (a
     // bare ACK met mid-way may be forwarded without being recorded).
-    path.handshake((CLIENT, 40_000), (VIP, 80));
+    Path { program: &loaded.program, client_if, backend_if }.handshake((CLIENT, 40_000), (VIP, 80));
 
     let baseline = Baseline::new(established.clone(), client_if);
     let mut fresh = 0_usize;
     let measured = measure_groups(&baseline, &WIDTHS, |i, out| {
         if i >= 9 {
             fresh += 1;
+            // Made here, not once outside: `loaded.forget` below borrows `loaded` mutably.
+            let path = Path { program: &loaded.program, client_if, backend_if };
             out.copy_from_slice(&path.handshake(fresh_client(fresh), HANDSHAKES[i - 9]).figures());
             return;
         }
@@ -216,7 +217,7 @@ fn measure_per_packet() -> Vec<Row> {
             }
         };
         let expected = if i == 4 { XDP_PASS } else { XDP_REDIRECT };
-        let run = testrun::run(loaded.prog_fd, &frame, ingress, 1);
+        let run = testrun::run(&loaded.program, &frame, ingress, 1);
         assert_eq!(run.action, expected, "{}", NAMES[i]);
         out[0] = run.duration_ns;
     });

@@ -137,7 +137,7 @@ impl Table {
         if empty_cache {
             self.loaded.clear_flow_cache(&flow);
         }
-        let out = testrun::run(self.loaded.prog_fd, &frame(&flow, TCP_ACK), self.ifindex, 1);
+        let out = testrun::run(&self.loaded.program, &frame(&flow, TCP_ACK), self.ifindex, 1);
         assert_eq!(out.action, XDP_REDIRECT, "an established flow of the table is forwarded");
         out.duration_ns
     }
@@ -145,7 +145,7 @@ impl Table {
     fn new_flow(&mut self) -> u32 {
         self.fresh += 1;
         let flow = flow_from(fresh_client(self.fresh));
-        let out = testrun::run(self.loaded.prog_fd, &frame(&flow, TCP_SYN), self.ifindex, 1);
+        let out = testrun::run(&self.loaded.program, &frame(&flow, TCP_SYN), self.ifindex, 1);
         assert_eq!(out.action, XDP_REDIRECT, "a new flow is forwarded");
         self.forget(&flow);
         out.duration_ns
@@ -156,7 +156,7 @@ impl Table {
         self.fresh += 1;
         let client = fresh_client(self.fresh);
         let path = Path {
-            prog_fd: self.loaded.prog_fd,
+            program: &self.loaded.program,
             client_if: self.ifindex,
             backend_if: Loaded::ifindex(IF_BACKEND),
         };

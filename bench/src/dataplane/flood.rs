@@ -34,7 +34,7 @@ pub const FLOOD_SAMPLES: usize = 15;
 pub fn row(name: &str, service: (Ipv4Addr, u16), baseline: &Baseline, fresh: &mut usize) -> Row {
     let mut loaded = Loaded::new(FLOOD_TABLE);
     let path = Path {
-        prog_fd: loaded.prog_fd,
+        program: &loaded.program,
         client_if: Loaded::ifindex(IF_CLIENT),
         backend_if: Loaded::ifindex(IF_BACKEND),
     };
@@ -57,7 +57,7 @@ pub fn row(name: &str, service: (Ipv4Addr, u16), baseline: &Baseline, fresh: &mu
         // CPU's (5 to 10 us seen here, whatever the flow), which is not
         // this row's subject: another flow's packet pays it.
         let ack = |client| {
-            testrun::run(path.prog_fd, &handshake::ack(client, service), path.client_if, 1)
+            testrun::run(path.program, &handshake::ack(client, service), path.client_if, 1)
         };
         ack(other);
         // Not forwarded, or forwarded elsewhere: the row says LOST.

@@ -13,8 +13,7 @@
 //! whole. A store's line is not waited for (it drains from the store
 //! buffer), but its address must be translated before it retires: the
 //! write row is about the TLB miss alone.
-use std::os::fd::{AsRawFd as _, OwnedFd};
-
+use aya::{maps::MapData, programs::Xdp};
 use lb_testbed::testrun;
 
 use super::{
@@ -73,7 +72,7 @@ pub fn run() -> Part {
     ];
     let baseline = Baseline::new(FRAME.to_vec(), 0);
     let measured = measure(&baseline, programs.len(), |i| {
-        let out = testrun::run(programs[i].as_raw_fd(), &FRAME, 0, 1);
+        let out = testrun::run(&programs[i], &FRAME, 0, 1);
         // XDP_DROP: a hit that missed, a miss that hit, a failed insert.
         assert_eq!(out.action, testrun::XDP_PASS, "{}: not what the program expected", NAMES[i]);
         out.duration_ns
@@ -111,7 +110,7 @@ fn entries(mib: u32) -> u32 {
 
 /// An LRU hash of the connection table's shape with keys 0..`present`
 /// (the key's first 8 bytes; the last 8 are 0).
-fn filled_table(present: u32) -> OwnedFd {
+fn filled_table(present: u32) -> MapData {
     let table = create_map(BPF_MAP_TYPE_LRU_HASH, 16, 16, CAPACITY);
     if present > 0 {
         let keys: Vec<u8> =
@@ -132,7 +131,7 @@ fn random_index(mask: u32, at: i16) -> [u64; 3] {
 }
 
 /// `r0 = helper(map, fp-key)`, with `r3 = fp-value` for an update.
-fn map_call(helper: i32, map: &OwnedFd, key: i16, value: Option<i16>) -> Vec<u64> {
+fn map_call(helper: i32, map: &MapData, key: i16, value: Option<i16>) -> Vec<u64> {
     let mut insns = ld_map(1, map).to_vec();
     insns.extend([insn(MOV_X, 2, 10, 0, 0), insn(ADD_K, 2, 0, 0, (-key).into())]);
     if let Some(value) = value {
@@ -167,19 +166,19 @@ fn read() -> u64 {
 }
 
 /// The program, loaded: it holds its map, so the map's fd can go.
-fn load(insns: &[u64]) -> OwnedFd {
+fn load(insns: &[u64]) -> Xdp {
     load_xdp("lb_floor", insns)
 }
 
 /// An array of `entries` 64-byte values (a power of two) of its own.
-fn array(entries: u32) -> OwnedFd {
+fn array(entries: u32) -> MapData {
     create_map(BPF_MAP_TYPE_ARRAY, 4, LINE, entries)
 }
 
 /// One access (`access`, on the value's address in r0) to a random value
 /// of an array of `entries`. Array lookups are inlined by the verifier:
 /// what the row adds to the warm one is the memory, not code.
-fn one_value(entries: u32, access: u64) -> OwnedFd {
+fn one_value(entries: u32, access: u64) -> Xdp {
     let array = array(entries);
     let mut insns = random_index(entries - 1, 4).to_vec();
     insns.extend(map_call(HELPER_MAP_LOOKUP, &array, 4, None));
@@ -189,7 +188,7 @@ fn one_value(entries: u32, access: u64) -> OwnedFd {
 
 /// Two random values, both read, the loads back to back: a CPU that
 /// overlaps the misses pays about one, one that does not pays two.
-fn two_values(entries: u32) -> OwnedFd {
+fn two_values(entries: u32) -> Xdp {
     let array = array(entries);
     let mut insns = random_index(entries - 1, 4).to_vec();
     insns.extend(random_index(entries - 1, 8));
@@ -228,7 +227,7 @@ fn hit_key() -> Vec<u64> {
 /// Looks a random present key (`hit`) or a missing one up in a table of
 /// `PRESENT` keys; XDP_DROP if it is not found or found; a hit reads 8
 /// bytes of the value.
-fn hash_lookup(hit: bool) -> OwnedFd {
+fn hash_lookup(hit: bool) -> Xdp {
     let table = filled_table(PRESENT);
     let mut insns = if hit { hit_key() } else { miss_key() };
     insns.extend(map_call(HELPER_MAP_LOOKUP, &table, 16, None));
@@ -239,7 +238,7 @@ fn hash_lookup(hit: bool) -> OwnedFd {
 /// Inserts a fresh key (64 random bits, the last 8 bytes 1: never a filled
 /// key) with a zero value into a table of `filled` keys; XDP_DROP if the
 /// update fails.
-fn hash_insert(filled: u32) -> OwnedFd {
+fn hash_insert(filled: u32) -> Xdp {
     let table = filled_table(filled);
     let mut insns = vec![
         insn(CALL, 0, 0, 0, HELPER_PRANDOM),

@@ -6,6 +6,7 @@
 //! at the SYN sees the same packets.
 use std::net::Ipv4Addr;
 
+use aya::programs::Xdp;
 use lb_testbed::{
     fixture::{
         self, BACKEND_ISN, CLIENT_ISN, CLIENT_MAC, IF_BACKEND_MAC, IF_CLIENT_MAC, handshake_ack,
@@ -17,8 +18,8 @@ use lb_testbed::{
 /// Where a run of the program takes its frames from: the program and the
 /// fixture's two interfaces.
 #[derive(Clone, Copy)]
-pub struct Path {
-    pub prog_fd: i32,
+pub struct Path<'a> {
+    pub program: &'a Xdp,
     pub client_if: u32,
     pub backend_if: u32,
 }
@@ -74,10 +75,10 @@ pub fn destination(frame: &[u8]) -> Backend {
     Backend { addr, port, mac: frame[..6].try_into().expect("a MAC address") }
 }
 
-impl Path {
+impl Path<'_> {
     /// Runs `frame` from `ingress`; panics unless the program forwards it.
     pub fn forward(&self, frame: &[u8], ingress: u32, what: &str) -> testrun::Outcome {
-        let out = testrun::run(self.prog_fd, frame, ingress, 1);
+        let out = testrun::run(self.program, frame, ingress, 1);
         assert_eq!(
             out.action,
             XDP_REDIRECT,

@@ -13,12 +13,9 @@ pub mod handshake;
 pub mod rawbpf;
 pub mod services;
 
-use std::{
-    fmt::Write as _,
-    net::Ipv4Addr,
-    os::fd::{AsRawFd as _, OwnedFd},
-};
+use std::{fmt::Write as _, net::Ipv4Addr};
 
+use aya::programs::Xdp;
 use lb_ctl::{desired::model::Service, write::reconciler::Reconciler};
 use lb_testbed::{
     fixture::{Loaded, load_maps},
@@ -127,18 +124,18 @@ pub fn fresh_client(n: usize) -> (Ipv4Addr, u16) {
 /// The trivial XDP_PASS program every figure is taken net of: what remains
 /// is the program's own cost, not BPF_PROG_TEST_RUN's.
 pub struct Baseline {
-    fd: OwnedFd,
+    program: Xdp,
     frame: Vec<u8>,
     ifindex: u32,
 }
 
 impl Baseline {
     pub fn new(frame: Vec<u8>, ifindex: u32) -> Self {
-        Self { fd: testrun::load_trivial_pass(), frame, ifindex }
+        Self { program: testrun::load_trivial_pass(), frame, ifindex }
     }
 
     pub fn sample(&self) -> u32 {
-        testrun::run(self.fd.as_raw_fd(), &self.frame, self.ifindex, 1).duration_ns
+        testrun::run(&self.program, &self.frame, self.ifindex, 1).duration_ns
     }
 
     /// `SAMPLES` samples summed up (for a figure measured outside `measure`).
@@ -353,8 +350,8 @@ pub fn load_services(conntrack_max: u32, interfaces: &[&str], services: &[Servic
     let maps = load_maps(conntrack_max, &interfaces);
     let mut reconciler = Reconciler::new(maps);
     reconciler.apply(services).unwrap_or_else(|e| panic!("applying the services: {e}"));
-    let prog_fd = testrun::program_fd(reconciler.maps_mut().ebpf_mut(), "lb_xdp");
-    Loaded { reconciler, prog_fd }
+    let program = testrun::program(reconciler.maps_mut().ebpf_mut(), "lb_xdp");
+    Loaded { reconciler, program }
 }
 
 #[cfg(test)]

@@ -1,28 +1,35 @@
 //! The two tiny XDP programs of the forwarding benchmark, written as BPF
-//! instructions (no second eBPF crate to build), and the bpf(2) calls that
-//! load, attach and run them: the traffic generator (BPF_PROG_TEST_RUN in
-//! live-frames mode) and the sink (XDP_DROP). The instruction builder and
-//! the map calls also serve the `floor` part's programs.
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+//! instructions (no second eBPF crate to build), and what loads, attaches
+//! and runs them: the traffic generator (BPF_PROG_TEST_RUN in live-frames
+//! mode) and the sink (XDP_DROP). The instruction builder and the maps
+//! also serve the `floor` part's programs. aya does all of it but the
+//! loading from instructions and the batch update, which are raw bpf(2)
+//! calls of `lb_ctl::write::dataplane::sys`.
+use std::os::fd::{AsFd as _, AsRawFd as _};
 
+use aya::{
+    maps::MapData,
+    programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode, links::FdLink},
+};
+use aya_obj::generated::{
+    BPF_ADD, BPF_ALU, BPF_ALU64, BPF_AND, BPF_CALL, BPF_DIV, BPF_DW, BPF_END, BPF_EXIT, BPF_H,
+    BPF_IMM, BPF_JEQ, BPF_JGT, BPF_JMP, BPF_JNE, BPF_K, BPF_LD, BPF_LDX, BPF_LSH, BPF_MEM, BPF_MOD,
+    BPF_MOV, BPF_MUL, BPF_OR, BPF_PSEUDO_MAP_FD, BPF_RSH, BPF_ST, BPF_STX, BPF_TO_BE, BPF_W, BPF_X,
+    BPF_XOR, bpf_func_id, bpf_map_type,
+};
+use lb_ctl::write::dataplane::sys;
 pub use lb_testbed::testrun::load_xdp;
-use lb_testbed::testrun::{TestRunAttr, XdpMd, sys_bpf};
+use lb_testbed::testrun::{XdpMd, describe};
 
 use super::{LIVE_PORT_BASE, LIVE_PORTS};
 
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-/// `XDP_FLAGS_DRV_MODE`: native (driver) XDP, refused where unsupported.
-const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
-/// `BPF_F_TEST_XDP_LIVE_FRAMES` (kernel 5.18, commit b530e9e1063e): frames
-/// the program returns XDP_TX or XDP_REDIRECT for are really sent.
-const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 pub(super) const XDP_DROP: i32 = 1;
 pub(super) const XDP_PASS: i32 = 2;
 const XDP_TX: i32 = 3;
 /// `bpf_get_prandom_u32()`.
-pub(super) const HELPER_PRANDOM: i32 = 7;
-pub(super) const HELPER_MAP_LOOKUP: i32 = 1;
-pub(super) const HELPER_MAP_UPDATE: i32 = 2;
+pub(super) const HELPER_PRANDOM: i32 = bpf_func_id::BPF_FUNC_get_prandom_u32 as i32;
+pub(super) const HELPER_MAP_LOOKUP: i32 = bpf_func_id::BPF_FUNC_map_lookup_elem as i32;
+pub(super) const HELPER_MAP_UPDATE: i32 = bpf_func_id::BPF_FUNC_map_update_elem as i32;
 
 /// One BPF instruction: opcode, registers, offset, immediate.
 pub(super) const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
@@ -32,39 +39,47 @@ pub(super) const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 
         | (imm.cast_unsigned() as u64) << 32
 }
 
-// Opcodes (include/uapi/linux/bpf.h): class | op | source.
-const LDX_W: u8 = 0x61;
-pub(super) const LDX_DW: u8 = 0x79;
-const STX_H: u8 = 0x6b;
-pub(super) const STX_W: u8 = 0x63;
-pub(super) const STX_DW: u8 = 0x7b;
-pub(super) const ST_W: u8 = 0x62;
-const ST_H: u8 = 0x6a;
-pub(super) const ST_DW: u8 = 0x7a;
-pub(super) const MOV_X: u8 = 0xbf;
-pub(super) const MOV_K: u8 = 0xb7;
-pub(super) const ADD_K: u8 = 0x07;
-const ADD_X: u8 = 0x0f;
-pub(super) const AND_K: u8 = 0x57;
-pub(super) const RSH_K: u8 = 0x77;
-const LSH_K: u8 = 0x67;
-const OR_K: u8 = 0x47;
-pub(super) const MUL_K: u8 = 0x27;
-const DIV_K: u8 = 0x37;
-const MOD_K: u8 = 0x97;
-const XOR_K: u8 = 0xa7;
-const JGT_X: u8 = 0x2d;
-pub(super) const JEQ_K: u8 = 0x15;
-pub(super) const JNE_K: u8 = 0x55;
-pub(super) const CALL: u8 = 0x85;
-pub(super) const EXIT: u8 = 0x95;
-/// BPF_LD | BPF_IMM | BPF_DW: a 64-bit immediate over two instructions.
-const LD_IMM64: u8 = 0x18;
-/// `BPF_PSEUDO_MAP_FD`: LD_IMM64's immediate is a map fd, which the
-/// verifier turns into the map's address.
-const PSEUDO_MAP_FD: u8 = 1;
-/// BPF_ALU | BPF_END | BPF_TO_BE: to network order (imm = width).
-const TO_BE: u8 = 0xdc;
+/// An opcode: class | operation or mode | source or size (the kernel's
+/// 8-bit field).
+const fn op(class: u32, operation: u32, source: u32) -> u8 {
+    (class | operation | source) as u8
+}
+
+// Opcodes: loads and stores of 64-bit words (DW), words (W), half-words (H).
+const LDX_W: u8 = op(BPF_LDX, BPF_MEM, BPF_W);
+pub(super) const LDX_DW: u8 = op(BPF_LDX, BPF_MEM, BPF_DW);
+const STX_H: u8 = op(BPF_STX, BPF_MEM, BPF_H);
+pub(super) const STX_W: u8 = op(BPF_STX, BPF_MEM, BPF_W);
+pub(super) const STX_DW: u8 = op(BPF_STX, BPF_MEM, BPF_DW);
+pub(super) const ST_W: u8 = op(BPF_ST, BPF_MEM, BPF_W);
+const ST_H: u8 = op(BPF_ST, BPF_MEM, BPF_H);
+pub(super) const ST_DW: u8 = op(BPF_ST, BPF_MEM, BPF_DW);
+// 64-bit arithmetic with a register (X) or an immediate (K).
+pub(super) const MOV_X: u8 = op(BPF_ALU64, BPF_MOV, BPF_X);
+pub(super) const MOV_K: u8 = op(BPF_ALU64, BPF_MOV, BPF_K);
+pub(super) const ADD_K: u8 = op(BPF_ALU64, BPF_ADD, BPF_K);
+const ADD_X: u8 = op(BPF_ALU64, BPF_ADD, BPF_X);
+pub(super) const AND_K: u8 = op(BPF_ALU64, BPF_AND, BPF_K);
+pub(super) const RSH_K: u8 = op(BPF_ALU64, BPF_RSH, BPF_K);
+const LSH_K: u8 = op(BPF_ALU64, BPF_LSH, BPF_K);
+const OR_K: u8 = op(BPF_ALU64, BPF_OR, BPF_K);
+pub(super) const MUL_K: u8 = op(BPF_ALU64, BPF_MUL, BPF_K);
+const DIV_K: u8 = op(BPF_ALU64, BPF_DIV, BPF_K);
+const MOD_K: u8 = op(BPF_ALU64, BPF_MOD, BPF_K);
+const XOR_K: u8 = op(BPF_ALU64, BPF_XOR, BPF_K);
+// Jumps, calls.
+const JGT_X: u8 = op(BPF_JMP, BPF_JGT, BPF_X);
+pub(super) const JEQ_K: u8 = op(BPF_JMP, BPF_JEQ, BPF_K);
+pub(super) const JNE_K: u8 = op(BPF_JMP, BPF_JNE, BPF_K);
+pub(super) const CALL: u8 = op(BPF_JMP, BPF_CALL, BPF_K);
+pub(super) const EXIT: u8 = op(BPF_JMP, BPF_EXIT, BPF_K);
+/// A 64-bit immediate over two instructions.
+const LD_IMM64: u8 = op(BPF_LD, BPF_IMM, BPF_DW);
+/// LD_IMM64's immediate is a map fd, which the verifier turns into the
+/// map's address.
+const PSEUDO_MAP_FD: u8 = BPF_PSEUDO_MAP_FD as u8;
+/// To network order (imm = width).
+const TO_BE: u8 = op(BPF_ALU, BPF_END, BPF_TO_BE);
 
 /// Offsets in an Ethernet + IPv4 (no options) + TCP frame.
 const IP_CHECK: usize = 24;
@@ -175,100 +190,52 @@ pub fn drop_insns() -> Vec<u64> {
 }
 
 /// Attaches `prog` to `ifindex` (in the calling thread's namespace) in
-/// driver mode through a BPF link, which lives as long as the returned fd:
-/// nothing stays behind when the benchmark exits, however it exits.
-pub fn attach_driver(prog: &OwnedFd, ifindex: u32) -> OwnedFd {
-    lb_testbed::testrun::link_xdp(prog, ifindex, XDP_FLAGS_DRV_MODE)
+/// driver mode through a BPF link, which lives as long as the returned
+/// link: nothing stays behind when the benchmark exits, however it exits.
+pub fn attach_driver(prog: &mut Xdp, ifindex: u32) -> FdLink {
+    lb_testbed::testrun::link_xdp(prog, ifindex, XdpMode::Driver)
 }
 
-/// Runs `prog` `repeat` times over `frame` in live-frames mode, as if
-/// received on `ifindex` (the calling thread's namespace): each XDP_TX
-/// really leaves through `ifindex`. Returns the kernel's ns per run.
-pub fn run_live(prog: &OwnedFd, frame: &[u8], ifindex: u32, repeat: u32) -> u32 {
-    let mut ctx =
-        XdpMd { data_end: frame.len() as u32, ingress_ifindex: ifindex, ..XdpMd::default() };
-    let mut attr = TestRunAttr {
-        prog_fd: prog.as_raw_fd().cast_unsigned(),
-        data_size_in: frame.len() as u32,
-        data_in: frame.as_ptr() as u64,
-        repeat,
-        ctx_size_in: size_of::<XdpMd>() as u32,
-        ctx_in: (&raw mut ctx) as u64,
-        flags: BPF_F_TEST_XDP_LIVE_FRAMES,
-        ..TestRunAttr::default()
-    };
-    // SAFETY: attr points at the live frame and context for the call.
-    let rc = unsafe { sys_bpf(BPF_PROG_TEST_RUN, &raw mut attr) };
-    assert_eq!(rc, 0, "BPF_PROG_TEST_RUN (live frames): {}", std::io::Error::last_os_error());
-    attr.duration
+/// Runs `prog` `repeat` times over `frame` in live-frames mode (kernel
+/// 5.18: frames the program returns XDP_TX or XDP_REDIRECT for are really
+/// sent, in batches of the kernel's default size), as if received on
+/// `ifindex` (the calling thread's namespace): each XDP_TX really leaves
+/// through `ifindex`. Returns the kernel's ns per run.
+pub fn run_live(prog: &Xdp, frame: &[u8], ifindex: u32, repeat: u32) -> u32 {
+    let ctx = XdpMd { data_end: frame.len() as u32, ingress_ifindex: ifindex, ..XdpMd::default() };
+    let run = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx.to_bytes()),
+            repeat,
+            attrs: TestRunAttrs::new().xdp_live_frames(0),
+            ..TestRunOptions::new()
+        })
+        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN (live frames): {}", describe(&e)));
+    u32::try_from(run.duration.as_nanos()).unwrap_or(u32::MAX)
 }
 
 /// `dst = map` (the map's fd, resolved at load): two instruction slots.
-pub(super) fn ld_map(dst: u8, map: &OwnedFd) -> [u64; 2] {
-    [insn(LD_IMM64, dst, PSEUDO_MAP_FD, 0, map.as_raw_fd()), 0]
+pub(super) fn ld_map(dst: u8, map: &MapData) -> [u64; 2] {
+    [insn(LD_IMM64, dst, PSEUDO_MAP_FD, 0, map.fd().as_fd().as_raw_fd()), 0]
 }
 
-pub(super) const BPF_MAP_TYPE_ARRAY: u32 = 2;
-pub(super) const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
-const BPF_MAP_CREATE: libc::c_long = 0;
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+pub(super) const BPF_MAP_TYPE_ARRAY: u32 = bpf_map_type::BPF_MAP_TYPE_ARRAY as u32;
+pub(super) const BPF_MAP_TYPE_LRU_HASH: u32 = bpf_map_type::BPF_MAP_TYPE_LRU_HASH as u32;
 
-/// The leading members of `union bpf_attr` for BPF_MAP_CREATE.
-#[repr(C)]
-#[derive(Default)]
-struct MapCreateAttr {
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-    map_flags: u32,
-}
-
-/// The `batch` member of `union bpf_attr` (aya 0.14 has no batch update).
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-/// A new map, owned by the returned fd (and by the programs that use it).
-pub(super) fn create_map(map_type: u32, key_size: u32, value_size: u32, entries: u32) -> OwnedFd {
-    let attr = MapCreateAttr { map_type, key_size, value_size, max_entries: entries, map_flags: 0 };
-    // SAFETY: attr is a valid, correctly sized prefix of union bpf_attr.
-    let fd = unsafe { sys_bpf(BPF_MAP_CREATE, &raw const attr) };
-    assert!(
-        fd >= 0,
-        "creating a map (type {map_type}, {entries} x {value_size} bytes): {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: the kernel just returned this fd to us.
-    unsafe { OwnedFd::from_raw_fd(fd as i32) }
+/// A new map, owned by the returned handle (and by the programs that use it).
+pub(super) fn create_map(map_type: u32, key_size: u32, value_size: u32, entries: u32) -> MapData {
+    let def = aya_obj::Map::new_from_params(map_type, key_size, value_size, entries, 0);
+    MapData::create(def, "lb_floor", None).unwrap_or_else(|e| {
+        panic!("creating a map (type {map_type}, {entries} x {value_size} bytes): {}", describe(&e))
+    })
 }
 
 /// Writes `keys` and `values` (packed, `count` of each) in one system call
 /// (BPF_MAP_UPDATE_BATCH, kernel 5.6): a million single updates would take
 /// a second.
-pub(super) fn update_batch(map: &OwnedFd, keys: &[u8], values: &[u8], count: u32) {
-    let mut attr = BatchAttr {
-        keys: keys.as_ptr() as u64,
-        values: values.as_ptr() as u64,
-        count,
-        map_fd: map.as_raw_fd().cast_unsigned(),
-        ..BatchAttr::default()
-    };
-    // SAFETY: attr points at live key and value buffers of `count` entries each.
-    let rc = unsafe { sys_bpf(BPF_MAP_UPDATE_BATCH, &raw mut attr) };
-    assert!(
-        rc == 0 && attr.count == count,
-        "updating {count} map entries in a batch ({} written): {}",
-        attr.count,
-        std::io::Error::last_os_error()
-    );
+pub(super) fn update_batch(map: &MapData, keys: &[u8], values: &[u8], count: u32) {
+    let written = sys::update_batch(map, keys, values)
+        .unwrap_or_else(|e| panic!("updating {count} map entries in a batch: {e}"));
+    assert_eq!(written, count, "updating {count} map entries in a batch ({written} written)");
 }

@@ -105,7 +105,7 @@ struct Bench {
 
 impl Bench {
     fn run(&self, frame: &[u8], what: &str) -> u32 {
-        let out = testrun::run(self.loaded.prog_fd, frame, self.ifindex, 1);
+        let out = testrun::run(&self.loaded.program, frame, self.ifindex, 1);
         assert_eq!(out.action, XDP_REDIRECT, "{what} is forwarded");
         out.duration_ns
     }
@@ -135,7 +135,7 @@ pub fn run(ns: &str) -> Part {
     // handshake (a bare ACK met mid-way may be forwarded without being
     // recorded).
     let path = Path {
-        prog_fd: bench.loaded.prog_fd,
+        program: &bench.loaded.program,
         client_if: bench.ifindex,
         backend_if: Loaded::ifindex(IF_BACKEND),
     };

@@ -1,7 +1,6 @@
 //! The traffic generator: BPF_PROG_TEST_RUN in live-frames mode from
 //! `lbd-gen`, each frame a TCP ACK of one of the live flows to the VIP.
 use std::{
-    os::fd::{AsRawFd as _, OwnedFd},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -10,6 +9,7 @@ use std::{
     thread::JoinHandle,
 };
 
+use aya::programs::Xdp;
 use lb_ctl::write::netdev;
 use lb_testbed::{
     packet::{Ipv4, TCP_ACK, internet_checksum},
@@ -84,13 +84,13 @@ fn checksums_ok(frame: &[u8]) -> bool {
 
 /// Loads the generator and checks, with ordinary test runs over a frame the
 /// load balancer has rewritten, that it sends valid frames of the mix.
-fn program(template: &[u8], ifindex: u32, flows: u32) -> OwnedFd {
+fn program(template: &[u8], ifindex: u32, flows: u32) -> Xdp {
     let prog = rawbpf::load_xdp("lbd_gen", &rawbpf::generator_insns(template, flows));
     let mut recycled = template.to_vec();
     recycled[..12].fill(0xee); // MACs
     recycled[24..38].fill(0xee); // IP checksum, addresses, ports
     for _ in 0..16 {
-        let out = testrun::run(prog.as_raw_fd(), &recycled, ifindex, 1);
+        let out = testrun::run(&prog, &recycled, ifindex, 1);
         assert_eq!(out.action, XDP_TX, "the generator sends its frame");
         let f = &out.frame;
         let host = u32::from(f[29]) - 1;

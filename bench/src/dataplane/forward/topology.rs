@@ -1,8 +1,8 @@
 //! The forwarding benchmark's namespaces and what runs in them: the load
 //! balancer attached in driver mode, the sink, threaded NAPI.
-use std::{fmt::Write as _, net::Ipv4Addr, os::fd::OwnedFd};
+use std::{fmt::Write as _, net::Ipv4Addr};
 
-use aya::programs::{Xdp, XdpMode};
+use aya::programs::{Xdp, XdpMode, links::FdLink};
 use lb_ctl::{desired::config, write::netdev};
 use lb_testbed::{
     fixture::{Loaded, mac_str},
@@ -139,11 +139,11 @@ pub fn lb_program(lb: &mut Loaded) -> &mut Xdp {
 
 /// The sink's XDP_DROP program, attached in driver mode to `lbd-s0`: a veth
 /// only takes redirected frames if its peer runs NAPI, which XDP turns on.
-pub fn start_sink() -> OwnedFd {
+pub fn start_sink() -> FdLink {
     in_ns(SINK_NS, || {
-        let prog = rawbpf::load_xdp(SINK_PROG, &rawbpf::drop_insns());
+        let mut prog = rawbpf::load_xdp(SINK_PROG, &rawbpf::drop_insns());
         let ifindex = netdev::ifindex(SINK_IF).expect("the sink interface");
-        rawbpf::attach_driver(&prog, ifindex)
+        rawbpf::attach_driver(&mut prog, ifindex)
     })
 }
 

@@ -7,11 +7,13 @@ use aya::programs::{
     tc::{SchedClassifierLink, TcAttachOptions},
     xdp::XdpLink,
 };
+use aya_obj::generated::bpf_link_type;
 use tracing::{info, warn};
 
 use super::{
     DataplaneError,
     pins::{LinkPins, PinDir},
+    sys,
 };
 use crate::desired::model::XdpMode;
 
@@ -134,8 +136,11 @@ fn unlink_unconfigured(pins: &PinDir, kind: &str, interfaces: &[String]) {
 }
 
 /// The links a data plane has on each interface: the pin's name and the
-/// link's type (`bpf_link_type`).
-const LINK_KINDS: [(&str, &str, u32); 2] = [("xdp", "XDP", 6), ("tc", "tcx (tc ingress)", 11)];
+/// link's type.
+const LINK_KINDS: [(&str, &str, bpf_link_type); 2] = [
+    ("xdp", "XDP", bpf_link_type::BPF_LINK_TYPE_XDP),
+    ("tc", "tcx (tc ingress)", bpf_link_type::BPF_LINK_TYPE_TCX),
+];
 
 /// What is wrong with the attachment of `interfaces`: one line per program
 /// an interface no longer runs (its link gone or detached, the interface
@@ -166,60 +171,12 @@ pub fn problems(pins: &LinkPins, interfaces: &[String]) -> Vec<String> {
 }
 
 /// The interface a pinned link of type `link_type` is attached to (0 once
-/// the interface is gone): the ifindex that `bpf_link_info`'s `xdp` and
-/// `tcx` members both start with, which aya's `LinkInfo` does not expose.
-fn link_ifindex(pin: &std::path::Path, link_type: u32) -> std::io::Result<u32> {
-    use std::os::{
-        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-        unix::ffi::OsStrExt as _,
-    };
-    const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-    #[repr(C)]
-    struct ObjGet {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
+/// the interface is gone).
+fn link_ifindex(pin: &std::path::Path, link_type: bpf_link_type) -> std::io::Result<u32> {
+    let link = sys::pinned_link(pin)?;
+    let want = link_type as u32;
+    match link.ifindex {
+        Some(index) if link.link_type == want => Ok(index),
+        _ => Err(std::io::Error::other(format!("a link of type {}, not {want}", link.link_type))),
     }
-    #[repr(C)]
-    struct InfoByFd {
-        bpf_fd: u32,
-        info_len: u32,
-        info: u64,
-    }
-    let path = std::ffi::CString::new(pin.as_os_str().as_bytes())?;
-    let get = ObjGet { pathname: path.as_ptr() as u64, bpf_fd: 0, file_flags: 0 };
-    // SAFETY: a bpf(2) call with a correctly sized attribute whose pointer
-    // outlives the call.
-    let fd =
-        unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &raw const get, size_of::<ObjGet>()) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this descriptor to us.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    // bpf_link_info: type, id, prog_id, then a union aligned to 8 whose
-    // `xdp` and `tcx` members start with the ifindex (u32 index 4).
-    let mut info = [0_u32; 16];
-    let by_fd = InfoByFd {
-        bpf_fd: fd.as_raw_fd().cast_unsigned(),
-        info_len: size_of_val(&info) as u32,
-        info: info.as_mut_ptr() as u64,
-    };
-    // SAFETY: as above; `info` is writable for `info_len` bytes.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            &raw const by_fd,
-            size_of::<InfoByFd>(),
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if info[0] != link_type {
-        return Err(std::io::Error::other(format!("a link of type {}, not {link_type}", info[0])));
-    }
-    Ok(info[4])
 }

@@ -4,7 +4,7 @@
 //! outlives the controller; a later one adopts it (see `pins`).
 use std::{
     collections::{BTreeMap, BTreeSet},
-    os::fd::{AsFd as _, OwnedFd},
+    os::fd::AsFd as _,
     path::PathBuf,
     sync::Arc,
     time::Duration,
@@ -31,7 +31,7 @@ use super::{
     ConnEntry, Counts, DataplaneError, MapReader, Maps, attach, clock,
     conn_table::ConnTable,
     pins::{self, LinkPins, PinDir},
-    tx_ports,
+    sys, tx_ports,
 };
 use crate::{
     desired::model::{Dataplane, HandshakeProof, ReversePath, Timeouts},
@@ -59,7 +59,7 @@ pub struct KernelMaps {
     /// What `lb_epoch` holds.
     clock: EpochClock,
     /// `lb_clock`, which tells the data plane's epoch (see `clock`).
-    clock_program: OwnedFd,
+    clock_program: Xdp,
     timeouts: Array<MapData, u32>,
     /// The timeouts last written, in ticks, indexed by state.
     timeout_ticks: [u32; CONN_STATES as usize],
@@ -269,7 +269,7 @@ impl KernelMaps {
         };
         let clock = EpochClock { mult: epoch_mult(clock::jiffy_ns()?), offset };
         epoch.set(0, clock, 0).map_err(err("writing lb_epoch"))?;
-        let clock_program = program_fd(&ebpf, "lb_clock")?;
+        let clock_program = program_handle(&ebpf, "lb_clock")?;
         let conns = Arc::new(conn_table(&ebpf, salt)?);
         let mut meta: Array<MapData, Meta> = typed(&mut ebpf, "lb_meta")?;
         meta.set(0, Meta { abi_version: ABI_VERSION, conn_salt: salt }, 0)
@@ -420,8 +420,8 @@ fn conn_table(ebpf: &Ebpf, salt: u32) -> Result<ConnTable, DataplaneError> {
     ConnTable::of_map(map, salt).map_err(|e| DataplaneError::kernel("mapping lb_conntrack", e))
 }
 
-/// A copy of the descriptor of the object's (loaded) program `name`.
-fn program_fd(ebpf: &Ebpf, name: &str) -> Result<OwnedFd, DataplaneError> {
+/// A handle of its own on the object's (loaded) XDP program `name`.
+fn program_handle(ebpf: &Ebpf, name: &str) -> Result<Xdp, DataplaneError> {
     let failed = |e: &dyn std::fmt::Display| {
         DataplaneError::kernel(format!("program {name}"), e.to_string())
     };
@@ -430,8 +430,7 @@ fn program_fd(ebpf: &Ebpf, name: &str) -> Result<OwnedFd, DataplaneError> {
         .ok_or_else(|| failed(&"missing from the object"))?
         .try_into()
         .map_err(|e| failed(&e))?;
-    let fd = program.fd().map_err(|e| failed(&e))?;
-    fd.as_fd().try_clone_to_owned().map_err(|e| failed(&e))
+    sys::xdp_handle(program).map_err(|e| failed(&e))
 }
 
 /// A program of the object, by name and type.
@@ -551,7 +550,7 @@ impl KernelMaps {
 
     /// The data plane's epoch now, as `lb_xdp` computes it (see `clock`).
     pub fn epoch_now(&self) -> Result<u64, DataplaneError> {
-        clock::read(self.clock_program.as_fd())
+        clock::read(&self.clock_program)
     }
 
     /// The connection table, as mapped into this process (tests and
@@ -640,7 +639,8 @@ impl Maps for KernelMaps {
             conns: Arc::clone(&self.conns),
             backends,
             handshakes: std::sync::Mutex::new(handshakes),
-            clock_program: dup("lb_clock", self.clock_program.as_fd())?,
+            clock_program: sys::xdp_handle(&self.clock_program)
+                .map_err(|e| DataplaneError::kernel("duplicating lb_clock", e))?,
             timeout_ticks: self.timeout_ticks,
             links: self.pins.as_ref().map(PinDir::link_pins),
             interfaces: self.interfaces.clone(),
@@ -764,7 +764,7 @@ struct KernelReader {
     backends: Array<MapData, lb_common::abi::Backend>,
     /// `lb_handshakes`, for the slow path's flows that only have a record.
     handshakes: std::sync::Mutex<Array<MapData, Handshake>>,
-    clock_program: OwnedFd,
+    clock_program: Xdp,
     /// The timeouts when the reader was taken (they are set at start).
     timeout_ticks: [u32; CONN_STATES as usize],
     /// Where the links are pinned; `None` when nothing is attached.
@@ -792,7 +792,7 @@ impl MapReader for KernelReader {
         limit: usize,
         to: Option<Endpoint>,
     ) -> Result<(Vec<ConnEntry>, usize), DataplaneError> {
-        let now = clock::read(self.clock_program.as_fd())? as u32;
+        let now = clock::read(&self.clock_program)? as u32;
         let ticks = self.timeout_ticks;
         let tick = Duration::from_millis(EPOCH_TICK_MS);
         let mut entries = Vec::new();
@@ -845,7 +845,7 @@ impl MapReader for KernelReader {
     }
 
     fn flow_entry(&self, flow: &Flow) -> Result<(Option<Conn>, u32), DataplaneError> {
-        let now = clock::read(self.clock_program.as_fd())? as u32;
+        let now = clock::read(&self.clock_program)? as u32;
         let live =
             self.conns.find(flow, |conn| self.serves(conn, flow)).map(|(_, c)| c).filter(|c| {
                 let timeout = self.timeout_ticks.get(usize::from(c.state)).copied().unwrap_or(0);

@@ -6,6 +6,7 @@ pub mod conn_table;
 pub mod fake;
 pub mod kernel;
 pub mod pins;
+pub mod sys;
 mod tx_ports;
 
 use std::{

@@ -15,6 +15,7 @@ use std::{
 };
 
 use aya::maps::MapData;
+use aya_obj::generated::{BPF_F_RDONLY_PROG, bpf_map_type};
 use lb_common::{
     abi::{ABI_VERSION, FLOW_CACHE_SLOTS, Meta, NEXTHOP_SLOTS},
     conn_table::conn_set_bits,
@@ -27,8 +28,6 @@ use super::DataplaneError;
 /// them so): what this prefix names under `pin_path` is ours.
 pub const MAP_PREFIX: &str = "lb_";
 const LINKS: &str = "links";
-/// `BPF_F_RDONLY_PROG`: set by the kernel on some maps (devmaps) it creates.
-const BPF_F_RDONLY_PROG: u32 = 1 << 7;
 
 impl MapShape {
     /// What differs between `self` (pinned) and `want` (this build's), in words.
@@ -62,13 +61,17 @@ impl MapShape {
 
 /// The kernel's name of the map types the object uses (`BPF_MAP_TYPE_*`).
 fn type_name(map_type: u32) -> String {
-    match map_type {
-        1 => "hash".into(),
-        2 => "array".into(),
-        6 => "percpu_array".into(),
-        9 => "lru_hash".into(),
-        14 => "devmap".into(),
-        other => format!("type-{other}"),
+    use bpf_map_type::{
+        BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_DEVMAP, BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH,
+        BPF_MAP_TYPE_PERCPU_ARRAY,
+    };
+    match bpf_map_type::try_from(map_type) {
+        Ok(BPF_MAP_TYPE_HASH) => "hash".into(),
+        Ok(BPF_MAP_TYPE_ARRAY) => "array".into(),
+        Ok(BPF_MAP_TYPE_PERCPU_ARRAY) => "percpu_array".into(),
+        Ok(BPF_MAP_TYPE_LRU_HASH) => "lru_hash".into(),
+        Ok(BPF_MAP_TYPE_DEVMAP) => "devmap".into(),
+        _ => format!("type-{map_type}"),
     }
 }
 
@@ -371,7 +374,6 @@ impl PinDir {
 
 /// Pins need a bpf filesystem; say so plainly instead of a bare ENOENT/EPERM.
 fn check_bpffs(pin_dir: &Path) -> Result<(), DataplaneError> {
-    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
     let parent = pin_dir.parent().unwrap_or(pin_dir);
     let path = std::ffi::CString::new(parent.as_os_str().as_encoded_bytes())
         .map_err(|e| DataplaneError::kernel("dataplane.pin_path", e))?;
@@ -379,7 +381,7 @@ fn check_bpffs(pin_dir: &Path) -> Result<(), DataplaneError> {
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
     let rc = unsafe { libc::statfs(path.as_ptr(), &raw mut stat) };
-    if rc != 0 || stat.f_type != BPF_FS_MAGIC {
+    if rc != 0 || stat.f_type != libc::BPF_FS_MAGIC {
         return Err(DataplaneError::kernel(
             format!("dataplane.pin_path {}", pin_dir.display()),
             format!(
