@@ -20,6 +20,7 @@ use crate::{
         diff::diff,
         ids::{BackendKey, Ids, PlanError, held_backend_key},
         image::{Image, Tables, image_cached},
+        settings::Settings,
     },
     write::{
         dataplane::{ConnEntry, DataplaneError, MapReader, Maps},
@@ -72,9 +73,11 @@ pub struct Reconciler<M: Maps> {
     ids: Ids,
     /// What the maps are known to hold.
     applied: Image,
-    /// The desired state: the services, and the backends health checks say are down.
+    /// The desired state: the services, the backends health checks say
+    /// are down, and the data plane's own settings (the maps').
     services: Vec<Service>,
     down: BTreeSet<BackendKey>,
+    settings: Settings,
     /// The scheduler tables of `applied`, reused when a service is unchanged.
     tables: Tables,
 }
@@ -82,6 +85,7 @@ pub struct Reconciler<M: Maps> {
 impl<M: Maps> Reconciler<M> {
     pub fn new(maps: M) -> Self {
         Self {
+            settings: maps.settings().clone(),
             maps,
             ids: Ids::default(),
             applied: Image::default(),
@@ -136,7 +140,10 @@ impl<M: Maps> Reconciler<M> {
         down: BTreeSet<BackendKey>,
     ) -> Result<Applied, ReconcileError> {
         let ids = self.ids.assign(services)?;
-        let image = image_cached(services, &ids, &down, &mut self.tables);
+        let image = Image {
+            settings: self.settings.clone(),
+            ..image_cached(services, &ids, &down, &mut self.tables)
+        };
         let ops = diff(&self.applied, &image);
         for op in &ops {
             self.maps.apply(op)?;

@@ -2,7 +2,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::{ConnEntry, Counts, DataplaneError, MapReader, Maps};
-use crate::plan::{diff::Op, image::Image};
+use crate::plan::{diff::Op, image::Image, settings::Settings};
 
 /// Applies ops to an `Image`; `fail_after` makes the n-th op fail, to test
 /// that a failed apply is retried correctly. `writes` records every op that
@@ -17,9 +17,15 @@ pub struct FakeMaps {
     pub fail_once_after: Arc<Mutex<Option<usize>>>,
     /// Ticks moved on by hand (`Maps::advance_clock`).
     pub ticks: Arc<Mutex<u64>>,
+    /// What the maps' settings should be (`Maps::settings`): none by default.
+    pub settings: Settings,
 }
 
 impl Maps for FakeMaps {
+    fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     fn recount_connections(
         &mut self,
         _backends: &std::collections::BTreeMap<u32, lb_common::abi::Backend>,

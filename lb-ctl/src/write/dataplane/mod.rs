@@ -15,7 +15,7 @@ use std::{
 
 use lb_common::abi::{Backend, BackendConns, Conn, Endpoint, Flow, Traffic};
 
-use crate::plan::{diff::Op, image::Image};
+use crate::plan::{diff::Op, image::Image, settings::Settings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -63,6 +63,12 @@ pub struct ConnEntry {
 /// retried from the last image known to be in place.
 pub trait Maps: Send {
     fn apply(&mut self, op: &Op) -> Result<(), DataplaneError>;
+
+    /// What the data plane's own maps should hold (its interfaces,
+    /// timeouts, policy, meta), planned when it was opened for its
+    /// `[dataplane]` section, which a reload does not change. The
+    /// reconciler writes them with the services.
+    fn settings(&self) -> &Settings;
 
     /// Moves the data plane's clock one tick on at once: every cached FIB
     /// answer is looked up again, and every connection entry is a tick

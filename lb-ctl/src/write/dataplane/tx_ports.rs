@@ -1,51 +1,44 @@
-//! The redirect targets, `lb_tx_ports` (slot -> interface) and
-//! `lb_tx_slots` (ifindex -> slot): slots follow the configured order, so
-//! after a restart with fewer or other interfaces an adopted data plane's
-//! entries of the interfaces that went must go too.
-use std::os::fd::{AsFd as _, AsRawFd as _};
+//! The redirect targets' devmap, `lb_tx_ports` (slot -> interface): what
+//! aya 0.14's `DevMap` does not do for the reconciler, reading the slots
+//! that hold an interface (what an adopted data plane redirects to) and
+//! emptying a slot (the kernel can: `dev_map_delete_elem`).
+use std::{
+    collections::BTreeMap,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
 
-use aya::maps::{DevMap, HashMap, IterableMap as _, MapData};
+use aya::maps::{DevMap, IterableMap as _, MapData, MapError};
 use lb_common::abi::MAX_TX_PORTS;
 
 use super::DataplaneError;
 
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 
-/// Removes from `lb_tx_slots` every interface not in `configured`
-/// (ifindexes): the data plane then hands its packets to tc (`NO_TX_SLOT`)
-/// instead of redirecting them by a slot that is now another interface's.
-pub fn forget_unconfigured(
-    tx_slots: &mut HashMap<MapData, u32, u32>,
-    configured: &[u32],
-) -> Result<(), DataplaneError> {
-    let held: Vec<u32> = tx_slots
-        .keys()
-        .collect::<Result<_, _>>()
-        .map_err(|e| DataplaneError::kernel("reading lb_tx_slots", e))?;
-    for index in held.iter().filter(|i| !configured.contains(i)) {
-        match tx_slots.remove(index) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+/// The slots that hold an interface, with its ifindex.
+pub fn read(tx_ports: &DevMap<MapData>) -> Result<BTreeMap<u32, u32>, DataplaneError> {
+    let mut ports = BTreeMap::new();
+    for slot in 0..MAX_TX_PORTS {
+        match tx_ports.get(slot, 0) {
+            Ok(port) => {
+                ports.insert(slot, port.if_index);
+            }
+            Err(MapError::KeyNotFound) => {}
             Err(e) => {
                 return Err(DataplaneError::kernel(
-                    format!("removing ifindex {index} from lb_tx_slots"),
+                    format!("reading slot {slot} of lb_tx_ports"),
                     e,
                 ));
             }
         }
     }
-    Ok(())
+    Ok(ports)
 }
 
-/// Empties the slots of `lb_tx_ports` from `first` on (aya 0.14's `DevMap`
-/// cannot delete, the kernel can: `dev_map_delete_elem`).
-pub fn clear_slots_from(tx_ports: &DevMap<MapData>, first: u32) -> Result<(), DataplaneError> {
+/// Empties `slot` (an empty slot stays so).
+pub fn delete(tx_ports: &DevMap<MapData>, slot: u32) -> Result<(), DataplaneError> {
     let fd = tx_ports.map().fd().as_fd().as_raw_fd();
-    for slot in first..MAX_TX_PORTS {
-        delete(fd, slot).map_err(|e| {
-            DataplaneError::kernel(format!("clearing slot {slot} of lb_tx_ports"), e)
-        })?;
-    }
-    Ok(())
+    delete_elem(fd, slot)
+        .map_err(|e| DataplaneError::kernel(format!("clearing slot {slot} of lb_tx_ports"), e))
 }
 
 /// `union bpf_attr`'s element member, as BPF_MAP_DELETE_ELEM reads it.
@@ -58,7 +51,7 @@ struct ElemAttr {
     flags: u64,
 }
 
-fn delete(fd: i32, slot: u32) -> std::io::Result<()> {
+fn delete_elem(fd: i32, slot: u32) -> std::io::Result<()> {
     let mut attr = ElemAttr {
         map_fd: fd.cast_unsigned(),
         _pad: 0,
