@@ -1,7 +1,10 @@
 //! The real data plane: loads the XDP object over maps pinned under
 //! `pin_path`, attaches it through pinned links (XDP on every interface,
 //! plus the tc neighbour slow path), and writes map ops. The data plane
-//! outlives the controller; a later one adopts it (see `pins`).
+//! outlives the controller; a later one adopts it (see `pins`). The
+//! handles other threads read and place flows through are in `handles`.
+mod handles;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     os::fd::{AsFd as _, OwnedFd},
@@ -10,29 +13,28 @@ use std::{
         Arc,
         atomic::{AtomicU32, Ordering::Relaxed},
     },
-    time::Duration,
 };
 
-use aya::maps::IterableMap as _;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, DevMap, HashMap, MapData, PerCpuArray, PerCpuValues},
     programs::{SchedClassifier, Xdp},
 };
 use lb_common::abi::{
-    BACKEND_IN_USE, BackendConns, CONN_ESTABLISHED, CONN_STATES, CONN_SYN, CONN_UDP, Conn,
-    DEFAULT_ANSWERS_PER_SECOND, EPOCH_TICK_MS, Endpoint, EpochClock, Flow, Handshake, MAGLEV_SIZE,
-    MAX_TX_PORTS, Meta, NO_BACKEND, PROTO_TCP, Policy, Traffic, epoch_mult, expired,
-    handshake_slot,
+    BACKEND_IN_USE, BackendConns, CONN_ESTABLISHED, CONN_STATES, DEFAULT_ANSWERS_PER_SECOND,
+    Endpoint, EpochClock, MAGLEV_SIZE, MAX_TX_PORTS, Meta, NO_BACKEND, Policy, Traffic, epoch_mult,
+    expired,
 };
 use lb_common::conn_table::conn_set_bits;
 use rustc_hash::FxHashSet;
 use tracing::info;
 
+use handles::{KernelFlows, KernelReader};
+
 use super::{
-    ConnEntry, Counts, DataplaneError, MapReader, Maps, attach, clock,
+    DataplaneError, FlowWriter, MapReader, Maps, attach, clock,
     conn_table::ConnTable,
-    pins::{self, LinkPins, PinDir},
+    pins::{self, PinDir},
     tx_ports,
 };
 use crate::{
@@ -522,30 +524,6 @@ impl KernelMaps {
     }
 }
 
-/// Sums the per-CPU values of `ids` in the per-CPU array `name`.
-fn per_cpu_sums<T: aya::Pod + Default>(
-    ebpf: &Ebpf,
-    name: &str,
-    ids: &[u32],
-    mut add: impl FnMut(&mut T, &T),
-) -> Result<BTreeMap<u32, T>, DataplaneError> {
-    let map = ebpf
-        .map(name)
-        .ok_or_else(|| DataplaneError::kernel(name.to_owned(), "missing from the object"))?;
-    let array: PerCpuArray<&MapData, T> =
-        PerCpuArray::try_from(map).map_err(err(format!("opening {name}")))?;
-    ids.iter()
-        .map(|id| {
-            let values = array.get(id, 0).map_err(err(format!("reading {name}")))?;
-            let mut sum = T::default();
-            for v in values.iter() {
-                add(&mut sum, v);
-            }
-            Ok((*id, sum))
-        })
-        .collect()
-}
-
 impl KernelMaps {
     /// Zeroes the traffic counters of service or backend `id` on every CPU,
     /// unless the maps are this process's and no entry has had the id.
@@ -667,45 +645,12 @@ impl Maps for KernelMaps {
         Ok(Some(image))
     }
 
-    fn read_counts(
-        &mut self,
-        services: &[u32],
-        backends: &[u32],
-    ) -> Result<Counts, DataplaneError> {
-        let all: Vec<u32> = (0..lb_common::counter::Counter::COUNT).collect();
-        let outcomes = per_cpu_sums::<u64>(&self.ebpf, "lb_counters", &all, |s, v| *s += v)?;
-        Ok(Counts {
-            outcomes: outcomes.into_values().collect(),
-            services: per_cpu_sums(&self.ebpf, "lb_svc_stats", services, Traffic::add)?,
-            backends: per_cpu_sums(&self.ebpf, "lb_be_stats", backends, Traffic::add)?,
-        })
+    fn reader(&self) -> Result<Arc<dyn MapReader>, DataplaneError> {
+        Ok(Arc::new(KernelReader::of(self)?))
     }
 
-    fn reader(&self) -> Result<Arc<dyn MapReader>, DataplaneError> {
-        let dup = |what: &str, fd: std::os::fd::BorrowedFd<'_>| {
-            fd.try_clone_to_owned()
-                .map_err(|e| DataplaneError::kernel(format!("duplicating {what}"), e))
-        };
-        let backends = MapData::from_fd(dup("lb_backends", self.backends.map().fd().as_fd())?)
-            .map_err(err("opening lb_backends again"))?;
-        let backends = Array::try_from(aya::maps::Map::Array(backends))
-            .map_err(err("opening lb_backends again"))?;
-        let Some(aya::maps::Map::Array(handshakes)) = self.ebpf.map("lb_handshakes") else {
-            return Err(DataplaneError::kernel("lb_handshakes", "missing from the object"));
-        };
-        let handshakes = MapData::from_fd(dup("lb_handshakes", handshakes.fd().as_fd())?)
-            .map_err(err("opening lb_handshakes again"))?;
-        let handshakes = Array::try_from(aya::maps::Map::Array(handshakes))
-            .map_err(err("opening lb_handshakes again"))?;
-        Ok(Arc::new(KernelReader {
-            conns: Arc::clone(&self.conns),
-            backends,
-            handshakes: std::sync::Mutex::new(handshakes),
-            clock_program: dup("lb_clock", self.clock_program.as_fd())?,
-            timeouts: Arc::clone(&self.held_timeouts),
-            links: self.pins.as_ref().map(PinDir::link_pins),
-            interfaces: self.interfaces.clone(),
-        }))
+    fn flow_writer(&self) -> Result<Arc<dyn FlowWriter>, DataplaneError> {
+        Ok(Arc::new(KernelFlows::of(self)?))
     }
 
     fn recount_connections(
@@ -838,128 +783,5 @@ impl Maps for KernelMaps {
             }
             Op::ForgetNextHops => self.advance_clock(),
         }
-    }
-}
-
-/// The reads of `MapReader`, on descriptors of their own.
-struct KernelReader {
-    conns: Arc<ConnTable>,
-    /// `lb_backends`: an entry holds the client's side of its flow; its
-    /// backend says which VIP and protocol.
-    backends: Array<MapData, lb_common::abi::Backend>,
-    /// `lb_handshakes`, for the slow path's flows that only have a record.
-    handshakes: std::sync::Mutex<Array<MapData, Handshake>>,
-    clock_program: OwnedFd,
-    timeouts: Arc<HeldTimeouts>,
-    /// Where the links are pinned; `None` when nothing is attached.
-    links: Option<LinkPins>,
-    interfaces: Vec<String>,
-}
-
-impl KernelReader {
-    /// The backend `id` if it is in use.
-    fn backend(&self, id: u32) -> Option<lb_common::abi::Backend> {
-        self.backends.get(&id, 0).ok().filter(|b| b.flags & BACKEND_IN_USE != 0)
-    }
-
-    /// Whether `conn`'s backend serves `flow`'s VIP, or is gone (as
-    /// `lb-ebpf/src/conntrack.rs` decides which entry is a flow's).
-    fn serves(&self, conn: &Conn, flow: &Flow) -> bool {
-        self.backend(conn.backend_id)
-            .is_none_or(|b| (b.vip, b.vport, b.proto) == (flow.dst, flow.dport, flow.proto))
-    }
-}
-
-impl MapReader for KernelReader {
-    fn connections(
-        &self,
-        limit: usize,
-        to: Option<Endpoint>,
-    ) -> Result<(Vec<ConnEntry>, usize), DataplaneError> {
-        let now = clock::read(self.clock_program.as_fd())? as u32;
-        let tick = Duration::from_millis(EPOCH_TICK_MS);
-        let mut entries = Vec::new();
-        let mut live = 0;
-        // Each backend read once per walk: a million entries share a few.
-        let mut backends: BTreeMap<u32, Option<lb_common::abi::Backend>> = BTreeMap::new();
-        self.conns.for_each(|_, slot| {
-            let conn = slot.conn();
-            let timeout = self.timeouts.get(conn.state);
-            if expired(now, conn.last_seen, timeout) {
-                return;
-            }
-            let backend =
-                *backends.entry(conn.backend_id).or_insert_with(|| self.backend(conn.backend_id));
-            // The VIP and protocol are the backend's; an entry whose backend
-            // is gone (or whose id another service's backend holds now)
-            // belongs to no service any more.
-            let Some(backend) = backend.filter(|b| b.service_id == conn.service_id) else {
-                return;
-            };
-            let flow = Flow {
-                src: slot.src,
-                dst: backend.vip,
-                sport: slot.sport,
-                dport: slot.dport,
-                proto: backend.proto,
-                _pad: [0; 3],
-            };
-            let wanted =
-                to.is_none_or(|t| (t.addr, t.port, t.proto) == (flow.dst, flow.dport, flow.proto));
-            if !wanted {
-                return;
-            }
-            live += 1;
-            if entries.len() < limit {
-                let idle = now.wrapping_sub(conn.last_seen);
-                entries.push(ConnEntry {
-                    flow,
-                    conn,
-                    idle: tick * idle,
-                    expires_in: tick * timeout.saturating_sub(idle),
-                });
-            }
-        });
-        Ok((entries, live))
-    }
-
-    fn attachment_problems(&self) -> Vec<String> {
-        self.links.as_ref().map_or_else(Vec::new, |links| attach::problems(links, &self.interfaces))
-    }
-
-    fn flow_entry(&self, flow: &Flow) -> Result<(Option<Conn>, u32), DataplaneError> {
-        let now = clock::read(self.clock_program.as_fd())? as u32;
-        let live = self
-            .conns
-            .find(flow, |conn| self.serves(conn, flow))
-            .map(|(_, c)| c)
-            .filter(|c| !expired(now, c.last_seen, self.timeouts.get(c.state)));
-        Ok((live, now))
-    }
-
-    fn handshake_backend(&self, flow: &Flow, now: u32) -> Result<Option<u32>, DataplaneError> {
-        let records = self.handshakes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let record = records
-            .get(&handshake_slot(flow), 0)
-            .map_err(|e| DataplaneError::kernel("reading lb_handshakes", e))?;
-        let state = if flow.proto == PROTO_TCP { CONN_SYN } else { CONN_UDP };
-        let live = record.flow == *flow && !expired(now, record.born, self.timeouts.get(state));
-        Ok(live.then_some(record.backend_id))
-    }
-
-    fn place_handshake(
-        &self,
-        flow: &Flow,
-        backend_id: u32,
-        now: u32,
-    ) -> Result<(), DataplaneError> {
-        let record = Handshake { flow: *flow, backend_id, born: now, expect_ack: 0, flags: 0 };
-        let mut records = self.handshakes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        records.set(handshake_slot(flow), record, 0).map_err(err("writing lb_handshakes"))
-    }
-
-    fn place_flow(&self, flow: &Flow, conn: &Conn) -> Result<(), DataplaneError> {
-        self.conns.record(flow, conn, |state| self.timeouts.get(state));
-        Ok(())
     }
 }
