@@ -375,6 +375,54 @@ mod tests {
         assert!(reached.iter().all(|&r| addr < r), "{ops:?}");
     }
 
+    /// The settings are written before anything can reach a service, and
+    /// applying the writes to the old image gives the new one, settings and
+    /// all, both ways.
+    #[test]
+    fn settings_come_first_and_the_writes_make_the_new_image() {
+        use crate::{
+            desired::model::{HandshakeProof, ReversePath, Timeouts},
+            plan::settings::{Settings, policy},
+        };
+        let (ids, services) = plan(&Ids::default(), &[service("web", 80, &[(11, 1), (12, 1)])]);
+        let on = |ifindexes: &[u32]| {
+            let policy = policy(1000, ReversePath::Strict, HandshakeProof::Ack);
+            Settings::new(ifindexes, &Timeouts::default(), policy, 7)
+        };
+        let first = Image { settings: on(&[3, 4]), ..services.clone() };
+        let (_, fewer) = plan(&ids, &[service("web", 80, &[(11, 1)])]);
+        let second = Image { settings: on(&[4]), ..fewer };
+        let is_setting = |op: &Op| {
+            matches!(
+                op,
+                Op::PutMeta(_)
+                    | Op::PutTimeout(..)
+                    | Op::PutPolicy(_)
+                    | Op::PutTxPort(..)
+                    | Op::DelTxPort(_)
+                    | Op::PutTxSlot(..)
+                    | Op::DelTxSlot(_)
+                    | Op::ForgetNextHops
+            )
+        };
+        for (old, new) in [
+            (&Image::default(), &first),
+            (&first, &second),
+            (&second, &first),
+            (&first, &Image::default()),
+        ] {
+            let ops = diff(old, new);
+            let settings = ops.iter().take_while(|op| is_setting(op)).count();
+            assert!(settings > 0, "{ops:?}");
+            assert!(ops[settings..].iter().all(|op| !is_setting(op)), "{ops:?}");
+            let mut image = old.clone();
+            for op in &ops {
+                image.apply(op);
+            }
+            assert!(image == *new, "the writes make the new image");
+        }
+    }
+
     #[test]
     fn same_config_twice_writes_nothing() {
         let services = [service("web", 80, &[(11, 1), (12, 2)]), service("dns", 53, &[(21, 1)])];

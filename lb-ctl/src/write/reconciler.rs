@@ -571,6 +571,77 @@ mod tests {
         );
     }
 
+    /// Settings on the interfaces `ifindexes` (the default timeouts and policy).
+    fn settings_on(ifindexes: &[u32]) -> Settings {
+        use crate::{
+            desired::model::{HandshakeProof, ReversePath, Timeouts},
+            plan::settings::policy,
+        };
+        let policy = policy(1000, ReversePath::Strict, HandshakeProof::Ack);
+        Settings::new(ifindexes, &Timeouts::default(), policy, 7)
+    }
+
+    /// New maps get the data plane's settings with the first apply, before
+    /// any service; failing at any of its writes, the retry completes it.
+    #[test]
+    fn a_first_apply_failing_at_any_write_of_the_settings_is_completed_by_the_retry() {
+        let services = [web(&[(11, 1)])];
+        for fail_after in 0.. {
+            let fake = FakeMaps { settings: settings_on(&[4, 9]), ..FakeMaps::default() };
+            let mut r = Reconciler::new(fake.clone());
+            *fake.fail_after.lock().unwrap() = Some(fail_after);
+            let failed = r.apply(&services).is_err();
+            assert_eq!(*fake.state.lock().unwrap(), *r.applied(), "failing at write {fail_after}");
+            *fake.fail_after.lock().unwrap() = None;
+            r.apply(&services).unwrap();
+            let held = fake.state.lock().unwrap().clone();
+            assert_eq!(held.settings, fake.settings, "after failing at write {fail_after}");
+            assert_eq!(held, *r.applied());
+            if !failed {
+                // The meta, five timeouts, the policy, two ports, two slots.
+                assert!(fail_after >= 11, "the settings alone are 11 writes: {fail_after}");
+                break;
+            }
+        }
+    }
+
+    /// A data plane adopted with an interface no longer configured
+    /// (`[3, 4, 5]`, now `[3, 5]`): 4's entries are deleted, 5 moves to its
+    /// slot, once the cached next hops are forgotten, and nothing else is
+    /// written; failing at any write, the retry completes it.
+    #[test]
+    fn adopting_a_data_plane_deletes_the_entries_of_an_interface_no_longer_configured() {
+        let services = [web(&[(11, 1)])];
+        for fail_after in 0.. {
+            let before = FakeMaps { settings: settings_on(&[3, 4, 5]), ..FakeMaps::default() };
+            Reconciler::new(before.clone()).apply(&services).unwrap();
+            let fake = FakeMaps { settings: settings_on(&[3, 5]), ..before };
+            fake.writes.lock().unwrap().clear();
+            let mut r = Reconciler::adopt(fake.clone()).unwrap();
+            *fake.fail_after.lock().unwrap() = Some(fail_after);
+            let failed = r.apply(&services).is_err();
+            *fake.fail_after.lock().unwrap() = None;
+            r.apply(&services).unwrap();
+            let held = fake.state.lock().unwrap().clone();
+            assert_eq!(held.settings, fake.settings, "after failing at write {fail_after}");
+            assert_eq!(held, *r.applied());
+            if !failed {
+                assert_eq!(
+                    *fake.writes.lock().unwrap(),
+                    [
+                        Op::DelTxSlot(4),
+                        Op::DelTxSlot(5),
+                        Op::ForgetNextHops,
+                        Op::DelTxPort(2),
+                        Op::PutTxPort(1, 5),
+                        Op::PutTxSlot(5, 1),
+                    ]
+                );
+                break;
+            }
+        }
+    }
+
     #[test]
     fn a_plan_that_does_not_fit_writes_nothing() {
         let fake = FakeMaps::default();
