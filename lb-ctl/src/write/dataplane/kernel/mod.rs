@@ -262,14 +262,14 @@ impl KernelMaps {
         settings: Settings,
         adopting: bool,
     ) -> Result<Self, DataplaneError> {
-        // The clock is runtime state, not configuration (not part of the
-        // image): it starts ticking here, and goes on without this process.
+        // The clock is runtime state, not configuration, so not part of the
+        // image: it starts ticking here, and goes on without this process.
         // An adopted data plane's offset is kept (its connection entries are
         // stamped in its epochs), one tick further: every next hop it cached
-        // is looked up again by the programs just attached. (Epoch 0, what an
-        // empty cache entry holds, would take a zero offset and a kernel
-        // booted a moment ago.) Redirect slots that change hands make the
-        // cache forget its hops again (`Op::ForgetNextHops`).
+        // is looked up again. (Epoch 0, what an empty cache entry holds,
+        // would take a zero offset and a kernel booted a moment ago.) The
+        // reconciler's writes forget them again where it matters, when a
+        // redirect slot changes hands (`Op::ForgetNextHops`).
         let mut epoch: Array<MapData, EpochClock> = typed(&mut ebpf, "lb_epoch")?;
         let offset = if adopting {
             epoch.get(&0, 0).map_err(err("reading lb_epoch"))?.offset.saturating_add(1).max(1)
