@@ -1,6 +1,6 @@
 //! The writes that turn one image into another, in an order that never
-//! lets the data plane see a half-built service, and what each write does
-//! to an image.
+//! lets the data plane see a half-built service (or send a packet out of an
+//! interface it no longer means), and what each write does to an image.
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::Arc,
@@ -8,7 +8,7 @@ use std::{
 
 use lb_common::abi::{self, Endpoint};
 
-use super::{ids::held_backend_key, image::Image};
+use super::{ids::held_backend_key, image::Image, settings};
 
 /// One write to the kernel maps.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +34,20 @@ pub enum Op {
     ResetServiceTraffic(u32),
     /// The same for a backend id.
     ResetBackendTraffic(u32),
+    /// Sets who wrote the maps (`lb_meta`).
+    PutMeta(abi::Meta),
+    /// Sets a connection state's idle timeout, in ticks (`lb_timeouts`).
+    PutTimeout(u8, u32),
+    PutPolicy(abi::Policy),
+    /// Points a slot of `lb_tx_ports` at an interface (ifindex).
+    PutTxPort(u32, u32),
+    DelTxPort(u32),
+    /// Gives an interface (ifindex) its slot in `lb_tx_ports` (`lb_tx_slots`).
+    PutTxSlot(u32, u32),
+    DelTxSlot(u32),
+    /// Makes the data plane look every next hop up again: its cache keeps
+    /// each hop's slot in `lb_tx_ports`, which is about to change hands.
+    ForgetNextHops,
 }
 
 impl Image {
@@ -89,8 +103,27 @@ impl Image {
             Op::ClearBackend(id) => {
                 let _ = self.backends.remove(id);
             }
-            // Counters are not part of the image.
-            Op::ResetServiceTraffic(_) | Op::ResetBackendTraffic(_) => {}
+            Op::PutMeta(meta) => self.settings.meta = *meta,
+            Op::PutTimeout(state, ticks) => {
+                if let Some(timeout) = self.settings.timeouts.get_mut(usize::from(*state)) {
+                    *timeout = *ticks;
+                }
+            }
+            Op::PutPolicy(policy) => self.settings.policy = *policy,
+            Op::PutTxPort(slot, ifindex) => {
+                let _ = self.settings.tx_ports.insert(*slot, *ifindex);
+            }
+            Op::DelTxPort(slot) => {
+                let _ = self.settings.tx_ports.remove(slot);
+            }
+            Op::PutTxSlot(ifindex, slot) => {
+                let _ = self.settings.tx_slots.insert(*ifindex, *slot);
+            }
+            Op::DelTxSlot(ifindex) => {
+                let _ = self.settings.tx_slots.remove(ifindex);
+            }
+            // Counters and the next-hop cache are not part of the image.
+            Op::ResetServiceTraffic(_) | Op::ResetBackendTraffic(_) | Op::ForgetNextHops => {}
         }
     }
 }
@@ -120,7 +153,7 @@ fn zip<'a, K: Ord + Copy, V>(
 }
 
 /// Keys whose value is new or changed, with the new value.
-fn puts<'a, K: Ord + Copy, V: PartialEq>(
+pub(super) fn puts<'a, K: Ord + Copy, V: PartialEq>(
     old: &'a BTreeMap<K, V>,
     new: &'a BTreeMap<K, V>,
 ) -> impl Iterator<Item = (K, &'a V)> {
@@ -128,19 +161,21 @@ fn puts<'a, K: Ord + Copy, V: PartialEq>(
 }
 
 /// Keys only `old` has.
-fn gone<'a, K: Ord + Copy, V>(
+pub(super) fn gone<'a, K: Ord + Copy, V>(
     old: &'a BTreeMap<K, V>,
     new: &'a BTreeMap<K, V>,
 ) -> impl Iterator<Item = K> {
     zip(old, new).filter_map(|(k, _, n)| n.is_none().then_some(k))
 }
 
-/// The writes from `old` to `new`. Additions go bottom-up (backends, reverse
+/// The writes from `old` to `new`. The data plane's own settings come
+/// first (see `settings::diff`). Then additions go bottom-up (backends, reverse
 /// entries, Maglev tables, backend addresses and VIPs, then the service entry that makes them
 /// reachable); removals go top-down, so no packet finds a dangling reference.
 /// A service's ring size never exceeds what its table fills (see below).
 pub fn diff(old: &Image, new: &Image) -> Vec<Op> {
     let mut ops = Vec::new();
+    settings::diff(&old.settings, &new.settings, &mut ops);
     // An id that starts to serve another service or backend starts its
     // counters from zero, before anything can reach it. (An id freed and
     // taken again in the same apply, which `Ids` avoids until every other
@@ -338,6 +373,54 @@ mod tests {
             at(|op| matches!(op, Op::PutMaglev(..))),
         ];
         assert!(reached.iter().all(|&r| addr < r), "{ops:?}");
+    }
+
+    /// The settings are written before anything can reach a service, and
+    /// applying the writes to the old image gives the new one, settings and
+    /// all, both ways.
+    #[test]
+    fn settings_come_first_and_the_writes_make_the_new_image() {
+        use crate::{
+            desired::model::{HandshakeProof, ReversePath, Timeouts},
+            plan::settings::{Settings, policy},
+        };
+        let (ids, services) = plan(&Ids::default(), &[service("web", 80, &[(11, 1), (12, 1)])]);
+        let on = |ifindexes: &[u32]| {
+            let policy = policy(1000, ReversePath::Strict, HandshakeProof::Ack);
+            Settings::new(ifindexes, &Timeouts::default(), policy, 7)
+        };
+        let first = Image { settings: on(&[3, 4]), ..services.clone() };
+        let (_, fewer) = plan(&ids, &[service("web", 80, &[(11, 1)])]);
+        let second = Image { settings: on(&[4]), ..fewer };
+        let is_setting = |op: &Op| {
+            matches!(
+                op,
+                Op::PutMeta(_)
+                    | Op::PutTimeout(..)
+                    | Op::PutPolicy(_)
+                    | Op::PutTxPort(..)
+                    | Op::DelTxPort(_)
+                    | Op::PutTxSlot(..)
+                    | Op::DelTxSlot(_)
+                    | Op::ForgetNextHops
+            )
+        };
+        for (old, new) in [
+            (&Image::default(), &first),
+            (&first, &second),
+            (&second, &first),
+            (&first, &Image::default()),
+        ] {
+            let ops = diff(old, new);
+            let settings = ops.iter().take_while(|op| is_setting(op)).count();
+            assert!(settings > 0, "{ops:?}");
+            assert!(ops[settings..].iter().all(|op| !is_setting(op)), "{ops:?}");
+            let mut image = old.clone();
+            for op in &ops {
+                image.apply(op);
+            }
+            assert!(image == *new, "the writes make the new image");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The image: everything the kernel maps should hold for a set of services
 //! under their ids, each service's scheduler table built (and reused while
-//! what it was built from stays the same).
+//! what it was built from stays the same), and the data plane's own
+//! settings (`settings`).
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::Arc,
@@ -16,12 +17,16 @@ use rustc_hash::FxHashMap;
 use super::{
     ids::{BackendKey, Ids, backend_endpoint, service_endpoint},
     maglev, rotation,
+    settings::Settings,
 };
 use crate::desired::model::{AdminState, Forwarding, Scheduler, Service};
 
-/// Everything the kernel maps hold for a set of services.
+/// Everything the kernel maps hold for a set of services, and the data
+/// plane's own settings. The default is what new maps hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Image {
+    /// The data plane's own settings: its interfaces, timeouts, policy, meta.
+    pub settings: Settings,
     pub services: BTreeMap<Endpoint, abi::Service>,
     pub maglev: BTreeMap<u32, Arc<Vec<u32>>>,
     pub backends: BTreeMap<u32, abi::Backend>,
@@ -43,7 +48,8 @@ pub struct Tables(FxHashMap<(Scheduler, Vec<maglev::Entry>), SchedulerTable>);
 
 type SchedulerTable = (Arc<Vec<u32>>, u32, u32);
 
-/// The image for `services` under `ids` (from `Ids::assign` on the same services).
+/// The image for `services` under `ids` (from `Ids::assign` on the same
+/// services), with default settings (see `Image::settings`).
 /// Backends in `down` (health checks) get no Maglev slot and carry
 /// `BACKEND_DOWN`, as if drained but also cut off from their open flows.
 pub fn image(services: &[Service], ids: &Ids, down: &BTreeSet<BackendKey>) -> Image {

@@ -1,13 +1,14 @@
 //! How the desired state is planned, in pure code: the services get stable
 //! ids (`ids`), become the image the kernel maps should hold (`image`, with
-//! each service's `maglev` or `rotation` table), and the difference between
-//! two images becomes the ordered writes that turn one into the other
-//! (`diff`). Nothing here touches the kernel.
+//! each service's `maglev` or `rotation` table, and the data plane's own
+//! `settings`), and the difference between two images becomes the ordered
+//! writes that turn one into the other (`diff`). Nothing here touches the kernel.
 pub mod diff;
 pub mod ids;
 pub mod image;
 pub mod maglev;
 pub mod rotation;
+pub mod settings;
 
 /// What the planner's tests share.
 #[cfg(test)]

@@ -3,13 +3,17 @@
 //! code, writes only the difference, and answers once the kernel holds it.
 //! It is a thread of its own, not an async task: table builds and map walks
 //! take milliseconds to seconds, and must not hold up the probes' timers
-//! or the API. Reads that need not wait for it go through a `MapReader`.
+//! or the API. Reads never go through it: the counters and the connection
+//! table through a read-only handle (`MapReader`), named by the applied
+//! image it publishes after each change.
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::Arc,
 };
 
-use lb_common::abi::{BACKEND_DOWN, BackendConns, Endpoint, SCHED_LC, SCHED_MASK, Traffic};
+use lb_common::abi::{
+    BACKEND_DOWN, Backend, BackendConns, Endpoint, SCHED_LC, SCHED_MASK, Traffic,
+};
 
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tracing::info;
@@ -20,9 +24,10 @@ use crate::{
         diff::diff,
         ids::{BackendKey, Ids, PlanError, held_backend_key},
         image::{Image, Tables, image_cached},
+        settings::Settings,
     },
     write::{
-        dataplane::{ConnEntry, DataplaneError, MapReader, Maps},
+        dataplane::{ConnEntry, Counts, DataplaneError, FlowWriter, MapReader, Maps},
         reassembled::{self, Placement},
     },
 };
@@ -72,9 +77,11 @@ pub struct Reconciler<M: Maps> {
     ids: Ids,
     /// What the maps are known to hold.
     applied: Image,
-    /// The desired state: the services, and the backends health checks say are down.
+    /// The desired state: the services, the backends health checks say
+    /// are down, and the data plane's own settings (the maps').
     services: Vec<Service>,
     down: BTreeSet<BackendKey>,
+    settings: Settings,
     /// The scheduler tables of `applied`, reused when a service is unchanged.
     tables: Tables,
 }
@@ -82,6 +89,7 @@ pub struct Reconciler<M: Maps> {
 impl<M: Maps> Reconciler<M> {
     pub fn new(maps: M) -> Self {
         Self {
+            settings: maps.settings().clone(),
             maps,
             ids: Ids::default(),
             applied: Image::default(),
@@ -136,7 +144,10 @@ impl<M: Maps> Reconciler<M> {
         down: BTreeSet<BackendKey>,
     ) -> Result<Applied, ReconcileError> {
         let ids = self.ids.assign(services)?;
-        let image = image_cached(services, &ids, &down, &mut self.tables);
+        let image = Image {
+            settings: self.settings.clone(),
+            ..image_cached(services, &ids, &down, &mut self.tables)
+        };
         let ops = diff(&self.applied, &image);
         for op in &ops {
             self.maps.apply(op)?;
@@ -179,49 +190,6 @@ impl<M: Maps> Reconciler<M> {
         Ok(self.maps.recount_connections(&self.applied.backends, &lc_services)?)
     }
 
-    /// Recounts the connections and reads the traffic counters.
-    pub fn sample(&mut self) -> Result<Sample, ReconcileError> {
-        let conns = self.recount_connections()?;
-        let service_ids: Vec<u32> = self.applied.services.values().map(|s| s.id).collect();
-        let backend_ids: Vec<u32> = self.applied.backends.keys().copied().collect();
-        let counts = self.maps.read_counts(&service_ids, &backend_ids)?;
-        let services = self
-            .applied
-            .services
-            .iter()
-            .map(|(key, s)| (*key, counts.services.get(&s.id).copied().unwrap_or_default()))
-            .collect();
-        let backends = self
-            .applied
-            .backends
-            .iter()
-            .map(|(id, b)| {
-                let key = held_backend_key(b);
-                let traffic = counts.backends.get(id).copied().unwrap_or_default();
-                (key, (traffic, conns.get(id).copied().unwrap_or_default()))
-            })
-            .collect();
-        let tracked = conns.values().map(|c| u64::from(c.active) + u64::from(c.inactive)).sum();
-        Ok(Sample { outcomes: counts.outcomes, services, backends, tracked })
-    }
-
-    /// The backend each of `entries` goes to, by the applied image: `None`
-    /// for one removed since (or whose id now serves another service).
-    pub fn owners(&self, entries: Vec<ConnEntry>) -> Vec<Connection> {
-        entries
-            .into_iter()
-            .map(|entry| {
-                let backend = self
-                    .applied
-                    .backends
-                    .get(&entry.conn.backend_id)
-                    .filter(|b| b.service_id == entry.conn.service_id)
-                    .map(|b| Endpoint::new(b.addr, b.port, b.proto));
-                Connection { entry, backend }
-            })
-            .collect()
-    }
-
     /// The maps, for tests and benchmarks that also drive the program.
     pub fn maps_mut(&mut self) -> &mut M {
         &mut self.maps
@@ -233,10 +201,46 @@ impl<M: Maps> Reconciler<M> {
     }
 }
 
+/// What `sample` makes of a recount and the counters, by the applied
+/// image's `placement` (ids are the reconciler's business).
+fn sample(placement: &Placement, counts: Counts, conns: &BTreeMap<u32, BackendConns>) -> Sample {
+    let services = placement
+        .services
+        .iter()
+        .map(|(key, s)| (*key, counts.services.get(&s.id).copied().unwrap_or_default()))
+        .collect();
+    let backends = placement
+        .backends
+        .iter()
+        .map(|(id, b)| {
+            let key = held_backend_key(b);
+            let traffic = counts.backends.get(id).copied().unwrap_or_default();
+            (key, (traffic, conns.get(id).copied().unwrap_or_default()))
+        })
+        .collect();
+    let tracked = conns.values().map(|c| u64::from(c.active) + u64::from(c.inactive)).sum();
+    Sample { outcomes: counts.outcomes, services, backends, tracked }
+}
+
+/// The backend each of `entries` goes to, by the applied image's
+/// `backends`: `None` for one removed since (or whose id now serves
+/// another service).
+fn owners(backends: &BTreeMap<u32, Backend>, entries: Vec<ConnEntry>) -> Vec<Connection> {
+    entries
+        .into_iter()
+        .map(|entry| {
+            let backend = backends
+                .get(&entry.conn.backend_id)
+                .filter(|b| b.service_id == entry.conn.service_id)
+                .map(|b| Endpoint::new(b.addr, b.port, b.proto));
+            Connection { entry, backend }
+        })
+        .collect()
+}
+
 enum Command {
-    Sample { reply: Reply<Sample> },
+    Recount { reply: Reply<BTreeMap<u32, BackendConns>> },
     Down { reply: Reply<BTreeSet<BackendKey>> },
-    Owners { entries: Vec<ConnEntry>, reply: Reply<Vec<Connection>> },
     SetDown { down: BTreeSet<BackendKey>, reply: Reply<Applied> },
     Apply { services: Vec<Service>, reply: Reply<Applied> },
 }
@@ -246,13 +250,16 @@ enum Command {
 const CONCURRENT_WALKS: usize = 2;
 
 /// A cloneable way to send commands to the reconciler thread, and to read
-/// what needs not wait for it.
+/// the data plane without it.
 #[derive(Clone)]
 pub struct Handle {
     tx: mpsc::Sender<Command>,
     reader: Arc<dyn MapReader>,
+    /// The reassembly slow path's per-flow writes.
+    flows: Arc<dyn FlowWriter>,
     walks: Arc<Semaphore>,
-    /// What the maps place flows by, as of the last command that changed them.
+    /// What the maps place flows by, as of the last command that changed
+    /// them: the slow path places by it, the reads name ids by it.
     placements: watch::Receiver<Arc<Placement>>,
     /// What the reassembly slow path did (it runs beside the reconciler).
     reassembled: Arc<reassembled::Counts>,
@@ -268,6 +275,7 @@ impl Handle {
         reassembled::spawn(
             self.placements.clone(),
             Arc::clone(&self.reader),
+            Arc::clone(&self.flows),
             Arc::clone(&self.reassembled),
         )
     }
@@ -282,10 +290,22 @@ impl Handle {
         self.call(|reply| Command::Down { reply }).await
     }
 
-    /// Recounts the connections per backend (dropping expired entries) and
-    /// reads the traffic counters.
+    /// Recounts the connections per backend (a write of the reconciler's:
+    /// it publishes the counts to the data plane and drops stale entries),
+    /// then reads the traffic counters through the read handle, on a
+    /// blocking thread.
     pub async fn sample(&self) -> Result<Sample, ReconcileError> {
-        self.call(|reply| Command::Sample { reply }).await
+        let conns = self.call(|reply| Command::Recount { reply }).await?;
+        let placement = Arc::clone(&self.placements.borrow());
+        let reader = Arc::clone(&self.reader);
+        tokio::task::spawn_blocking(move || {
+            let services: Vec<u32> = placement.services.values().map(|s| s.id).collect();
+            let backends: Vec<u32> = placement.backends.keys().copied().collect();
+            let counts = reader.counts(&services, &backends)?;
+            Ok(sample(&placement, counts, &conns))
+        })
+        .await
+        .map_err(|_| ReconcileError::Stopped)?
     }
 
     /// What is wrong with the programs' attachment (empty: nothing), read
@@ -299,8 +319,8 @@ impl Handle {
 
     /// Up to `limit` live connections (to the VIP `to`, if given), and how
     /// many there are. The walk runs on a blocking thread, at most
-    /// `CONCURRENT_WALKS` at once, beside the reconciler; only naming the
-    /// listed entries' backends asks it.
+    /// `CONCURRENT_WALKS` at once, beside the reconciler; the listed
+    /// entries' backends are named by the applied image it last published.
     pub async fn connections(
         &self,
         limit: usize,
@@ -318,7 +338,7 @@ impl Handle {
         })
         .await
         .map_err(|_| ReconcileError::Stopped)??;
-        let listed = self.call(|reply| Command::Owners { entries, reply }).await?;
+        let listed = owners(&self.placements.borrow().backends, entries);
         Ok((listed, live))
     }
 
@@ -347,6 +367,7 @@ pub fn spawn<M: Maps + 'static>(
     mut reconciler: Reconciler<M>,
 ) -> Result<(Handle, oneshot::Receiver<M>), ReconcileError> {
     let reader = reconciler.maps.reader()?;
+    let flows = reconciler.maps.flow_writer()?;
     let (tx, mut rx) = mpsc::channel::<Command>(16);
     let (done, maps) = oneshot::channel();
     let (publish, placements) = watch::channel(Arc::new(Placement::of(&reconciler.applied)));
@@ -364,6 +385,7 @@ pub fn spawn<M: Maps + 'static>(
     let handle = Handle {
         tx,
         reader,
+        flows,
         walks: Arc::new(Semaphore::new(CONCURRENT_WALKS)),
         placements,
         reassembled: Arc::default(),
@@ -381,11 +403,8 @@ impl<M: Maps> Reconciler<M> {
             Command::Down { reply } => {
                 let _ = reply.send(Ok(self.down().clone()));
             }
-            Command::Sample { reply } => {
-                let _ = reply.send(self.sample());
-            }
-            Command::Owners { entries, reply } => {
-                let _ = reply.send(Ok(self.owners(entries)));
+            Command::Recount { reply } => {
+                let _ = reply.send(self.recount_connections());
             }
             Command::SetDown { down, reply } => {
                 let result = self.set_down(down);
@@ -550,6 +569,77 @@ mod tests {
             &[rotation(Wrr, &[(11, 3), (12, 1)])],
             &[rotation(Wrr, &[(11, 1), (12, 1)])],
         );
+    }
+
+    /// Settings on the interfaces `ifindexes` (the default timeouts and policy).
+    fn settings_on(ifindexes: &[u32]) -> Settings {
+        use crate::{
+            desired::model::{HandshakeProof, ReversePath, Timeouts},
+            plan::settings::policy,
+        };
+        let policy = policy(1000, ReversePath::Strict, HandshakeProof::Ack);
+        Settings::new(ifindexes, &Timeouts::default(), policy, 7)
+    }
+
+    /// New maps get the data plane's settings with the first apply, before
+    /// any service; failing at any of its writes, the retry completes it.
+    #[test]
+    fn a_first_apply_failing_at_any_write_of_the_settings_is_completed_by_the_retry() {
+        let services = [web(&[(11, 1)])];
+        for fail_after in 0.. {
+            let fake = FakeMaps { settings: settings_on(&[4, 9]), ..FakeMaps::default() };
+            let mut r = Reconciler::new(fake.clone());
+            *fake.fail_after.lock().unwrap() = Some(fail_after);
+            let failed = r.apply(&services).is_err();
+            assert_eq!(*fake.state.lock().unwrap(), *r.applied(), "failing at write {fail_after}");
+            *fake.fail_after.lock().unwrap() = None;
+            r.apply(&services).unwrap();
+            let held = fake.state.lock().unwrap().clone();
+            assert_eq!(held.settings, fake.settings, "after failing at write {fail_after}");
+            assert_eq!(held, *r.applied());
+            if !failed {
+                // The meta, five timeouts, the policy, two ports, two slots.
+                assert!(fail_after >= 11, "the settings alone are 11 writes: {fail_after}");
+                break;
+            }
+        }
+    }
+
+    /// A data plane adopted with an interface no longer configured
+    /// (`[3, 4, 5]`, now `[3, 5]`): 4's entries are deleted, 5 moves to its
+    /// slot, once the cached next hops are forgotten, and nothing else is
+    /// written; failing at any write, the retry completes it.
+    #[test]
+    fn adopting_a_data_plane_deletes_the_entries_of_an_interface_no_longer_configured() {
+        let services = [web(&[(11, 1)])];
+        for fail_after in 0.. {
+            let before = FakeMaps { settings: settings_on(&[3, 4, 5]), ..FakeMaps::default() };
+            Reconciler::new(before.clone()).apply(&services).unwrap();
+            let fake = FakeMaps { settings: settings_on(&[3, 5]), ..before };
+            fake.writes.lock().unwrap().clear();
+            let mut r = Reconciler::adopt(fake.clone()).unwrap();
+            *fake.fail_after.lock().unwrap() = Some(fail_after);
+            let failed = r.apply(&services).is_err();
+            *fake.fail_after.lock().unwrap() = None;
+            r.apply(&services).unwrap();
+            let held = fake.state.lock().unwrap().clone();
+            assert_eq!(held.settings, fake.settings, "after failing at write {fail_after}");
+            assert_eq!(held, *r.applied());
+            if !failed {
+                assert_eq!(
+                    *fake.writes.lock().unwrap(),
+                    [
+                        Op::DelTxSlot(4),
+                        Op::DelTxSlot(5),
+                        Op::ForgetNextHops,
+                        Op::DelTxPort(2),
+                        Op::PutTxPort(1, 5),
+                        Op::PutTxSlot(5, 1),
+                    ]
+                );
+                break;
+            }
+        }
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! In-memory maps: what the kernel would hold, for tests of the reconciler.
 use std::sync::{Arc, Mutex};
 
-use super::{ConnEntry, Counts, DataplaneError, MapReader, Maps};
-use crate::plan::{diff::Op, image::Image};
+use super::{ConnEntry, Counts, DataplaneError, FlowWriter, MapReader, Maps};
+use crate::plan::{diff::Op, image::Image, settings::Settings};
 
 /// Applies ops to an `Image`; `fail_after` makes the n-th op fail, to test
 /// that a failed apply is retried correctly. `writes` records every op that
@@ -17,9 +17,15 @@ pub struct FakeMaps {
     pub fail_once_after: Arc<Mutex<Option<usize>>>,
     /// Ticks moved on by hand (`Maps::advance_clock`).
     pub ticks: Arc<Mutex<u64>>,
+    /// What the maps' settings should be (`Maps::settings`): none by default.
+    pub settings: Settings,
 }
 
 impl Maps for FakeMaps {
+    fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     fn recount_connections(
         &mut self,
         _backends: &std::collections::BTreeMap<u32, lb_common::abi::Backend>,
@@ -34,20 +40,12 @@ impl Maps for FakeMaps {
         Ok((*image != Image::default()).then(|| image.clone()))
     }
 
-    fn read_counts(
-        &mut self,
-        services: &[u32],
-        backends: &[u32],
-    ) -> Result<Counts, DataplaneError> {
-        Ok(Counts {
-            outcomes: vec![0; lb_common::counter::Counter::ALL.len()],
-            services: services.iter().map(|id| (*id, lb_common::abi::Traffic::default())).collect(),
-            backends: backends.iter().map(|id| (*id, lb_common::abi::Traffic::default())).collect(),
-        })
+    fn reader(&self) -> Result<Arc<dyn MapReader>, DataplaneError> {
+        Ok(Arc::new(FakeHandles))
     }
 
-    fn reader(&self) -> Result<Arc<dyn MapReader>, DataplaneError> {
-        Ok(Arc::new(FakeReader))
+    fn flow_writer(&self) -> Result<Arc<dyn FlowWriter>, DataplaneError> {
+        Ok(Arc::new(FakeHandles))
     }
 
     fn advance_clock(&mut self) -> Result<(), DataplaneError> {
@@ -79,10 +77,19 @@ impl Maps for FakeMaps {
     }
 }
 
-/// The in-memory maps hold no connections and are attached nowhere.
-struct FakeReader;
+/// The in-memory maps count nothing, hold no connections (placing one
+/// keeps nothing) and are attached nowhere.
+struct FakeHandles;
 
-impl MapReader for FakeReader {
+impl MapReader for FakeHandles {
+    fn counts(&self, services: &[u32], backends: &[u32]) -> Result<Counts, DataplaneError> {
+        Ok(Counts {
+            outcomes: vec![0; lb_common::counter::Counter::ALL.len()],
+            services: services.iter().map(|id| (*id, lb_common::abi::Traffic::default())).collect(),
+            backends: backends.iter().map(|id| (*id, lb_common::abi::Traffic::default())).collect(),
+        })
+    }
+
     fn connections(
         &self,
         _limit: usize,
@@ -109,7 +116,9 @@ impl MapReader for FakeReader {
     ) -> Result<Option<u32>, DataplaneError> {
         Ok(None)
     }
+}
 
+impl FlowWriter for FakeHandles {
     fn place_handshake(
         &self,
         _flow: &lb_common::abi::Flow,

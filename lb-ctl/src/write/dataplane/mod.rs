@@ -1,5 +1,8 @@
-//! The kernel maps behind a trait, so the reconciler can be tested against an
-//! in-memory copy (`fake`) and run against the real thing (`kernel`).
+//! The kernel maps behind traits, so the reconciler can be tested against an
+//! in-memory copy (`fake`) and run against the real thing (`kernel`): the
+//! writer's (`Maps`, the reconciler's alone), the read-only handle
+//! (`MapReader`: counters, connections, attachment, for the API and the
+//! metrics), and the reassembly slow path's per-flow writes (`FlowWriter`).
 pub mod attach;
 mod clock;
 pub mod conn_table;
@@ -16,7 +19,7 @@ use std::{
 
 use lb_common::abi::{Backend, BackendConns, Conn, Endpoint, Flow, Traffic};
 
-use crate::plan::{diff::Op, image::Image};
+use crate::plan::{diff::Op, image::Image, settings::Settings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -65,6 +68,12 @@ pub struct ConnEntry {
 pub trait Maps: Send {
     fn apply(&mut self, op: &Op) -> Result<(), DataplaneError>;
 
+    /// What the data plane's own maps should hold (its interfaces,
+    /// timeouts, policy, meta), planned when it was opened for its
+    /// `[dataplane]` section, which a reload does not change. The
+    /// reconciler writes them with the services.
+    fn settings(&self) -> &Settings;
+
     /// Moves the data plane's clock one tick on at once: every cached FIB
     /// answer is looked up again, and every connection entry is a tick
     /// older (the clock ticks by itself; tests use this instead of waiting).
@@ -82,25 +91,29 @@ pub trait Maps: Send {
         lc_services: &BTreeSet<u32>,
     ) -> Result<BTreeMap<u32, BackendConns>, DataplaneError>;
 
-    /// A handle for the reads that must not wait behind writes (see
+    /// A handle for the reads, which must not wait behind writes (see
     /// `MapReader`), taken once the maps are set up.
     fn reader(&self) -> Result<std::sync::Arc<dyn MapReader>, DataplaneError>;
 
-    /// What the maps hold, when they were a previous controller's (an
-    /// adopted data plane); `None` for maps this process created.
-    fn read_image(&mut self) -> Result<Option<Image>, DataplaneError>;
+    /// A handle for the reassembly slow path's per-flow writes (see `FlowWriter`).
+    fn flow_writer(&self) -> Result<std::sync::Arc<dyn FlowWriter>, DataplaneError>;
 
-    /// Reads the packet counters and the traffic of the given services and
-    /// backends (by id).
-    fn read_counts(&mut self, services: &[u32], backends: &[u32])
-    -> Result<Counts, DataplaneError>;
+    /// What the maps hold, when they were a previous controller's (an
+    /// adopted data plane); `None` for maps this process created. The
+    /// writer's own read: where its first apply starts from.
+    fn read_image(&mut self) -> Result<Option<Image>, DataplaneError>;
 }
 
-/// Reads of the data plane that need not wait behind the writer: listing
-/// the connection table (a walk of up to millions of entries) and checking
-/// the programs' attachment (what `/readyz` says). Each call blocks: run it
-/// on a blocking thread, never on the async workers.
+/// Reads of the data plane, which never wait behind the writer and never
+/// write: the counters, listing the connection table (a walk of up to
+/// millions of entries), checking the programs' attachment (what `/readyz`
+/// says), a flow's entry. Each call blocks: run it on a blocking thread,
+/// never on the async workers.
 pub trait MapReader: Send + Sync {
+    /// Reads the packet counters and the traffic of the given services and
+    /// backends (by id).
+    fn counts(&self, services: &[u32], backends: &[u32]) -> Result<Counts, DataplaneError>;
+
     /// Up to `limit` live entries of the connection table (only those to
     /// the VIP `to`, if given), and how many such entries it holds.
     fn connections(
@@ -123,14 +136,19 @@ pub trait MapReader: Send + Sync {
     /// where `lb_xdp` placed the flow's first datagram, which no entry
     /// records yet. `now` is the epoch `flow_entry` returned.
     fn handshake_backend(&self, flow: &Flow, now: u32) -> Result<Option<u32>, DataplaneError>;
+}
 
+/// The reassembly slow path's writes (`crate::write::reassembled`): it
+/// places a flow as `lb_xdp` would, and records it as `lb_xdp` does.
+/// Per-flow state, not configuration, so they do not wait behind the
+/// reconciler (which never writes it).
+pub trait FlowWriter: Send + Sync {
     /// Writes `flow`'s handshake record: placed on `backend_id` at `now`,
     /// as `lb_xdp` does for a flow's first datagram.
     fn place_handshake(&self, flow: &Flow, backend_id: u32, now: u32)
     -> Result<(), DataplaneError>;
 
     /// Writes `conn` for `flow` into the connection table, as `lb_xdp`
-    /// does for a flow it places: per-flow state, not configuration, so it
-    /// does not wait behind the reconciler (which never writes it).
+    /// does for a flow it places.
     fn place_flow(&self, flow: &Flow, conn: &Conn) -> Result<(), DataplaneError>;
 }

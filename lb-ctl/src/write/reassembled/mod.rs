@@ -35,7 +35,7 @@ pub use place::Placement;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::write::dataplane::MapReader;
+use crate::write::dataplane::{FlowWriter, MapReader};
 
 /// What the slow path did, since the controller started.
 #[derive(Debug, Default)]
@@ -59,13 +59,15 @@ const BATCH: usize = 64;
 /// right after the controller says it runs finds them), then starts the
 /// slow path's thread: the sockets follow the services in `placements`
 /// (the reconciler's applied state) within `POLL_MS` of a change; the
-/// thread ends when the reconciler does (the channel closes).
+/// thread ends when the reconciler does (the channel closes). It looks
+/// flows up through `reader` and records them through `flows`.
 pub fn spawn(
     placements: watch::Receiver<Arc<Placement>>,
     reader: Arc<dyn MapReader>,
+    flows: Arc<dyn FlowWriter>,
     counts: Arc<Counts>,
 ) -> std::io::Result<()> {
-    let mut path = SlowPath { placements, reader, counts, sockets: BTreeMap::new() };
+    let mut path = SlowPath { placements, reader, flows, counts, sockets: BTreeMap::new() };
     let now = Arc::clone(&path.placements.borrow_and_update());
     path.follow_services(&now);
     std::thread::Builder::new().name("lb-reassembled".into()).spawn(move || path.run())?;
@@ -75,6 +77,7 @@ pub fn spawn(
 struct SlowPath {
     placements: watch::Receiver<Arc<Placement>>,
     reader: Arc<dyn MapReader>,
+    flows: Arc<dyn FlowWriter>,
     counts: Arc<Counts>,
     /// One socket per UDP service endpoint.
     sockets: BTreeMap<Endpoint, OwnedFd>,
@@ -211,7 +214,7 @@ impl SlowPath {
         if conn.is_none() && record.is_none() {
             // The flow's first datagram: a record, as XDP would leave (a
             // forged one-datagram flow reaches no table).
-            if let Err(e) = self.reader.place_handshake(&flow, target.backend_id, now) {
+            if let Err(e) = self.flows.place_handshake(&flow, target.backend_id, now) {
                 debug!(error = %e, "writing the handshake records");
             }
         } else if target.new_flow || conn.is_none() {
@@ -222,7 +225,7 @@ impl SlowPath {
                 state: CONN_UDP,
                 _pad: [0; 3],
             };
-            if let Err(e) = self.reader.place_flow(&flow, &conn) {
+            if let Err(e) = self.flows.place_flow(&flow, &conn) {
                 debug!(error = %e, "writing the connection table");
             }
         }

@@ -14,7 +14,8 @@ use lb_common::{
 
 use crate::plan::image::Image;
 
-/// The part of an applied image that places a flow.
+/// The part of an applied image that places a flow (the reconciler's
+/// handle also names by it the ids its reads find: counters, connections).
 #[derive(Clone, Debug, Default)]
 pub struct Placement {
     pub services: BTreeMap<Endpoint, Service>,

@@ -1,41 +1,48 @@
 //! The real data plane: loads the XDP object over maps pinned under
 //! `pin_path`, attaches it through pinned links (XDP on every interface,
 //! plus the tc neighbour slow path), and writes map ops. The data plane
-//! outlives the controller; a later one adopts it (see `pins`).
+//! outlives the controller; a later one adopts it (see `pins`). The
+//! handles other threads read and place flows through are in `handles`.
+mod handles;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
-    os::fd::AsFd as _,
     path::PathBuf,
-    sync::Arc,
-    time::Duration,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering::Relaxed},
+    },
 };
 
-use aya::maps::IterableMap as _;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, DevMap, HashMap, MapData, PerCpuArray, PerCpuValues},
     programs::{SchedClassifier, Xdp},
 };
 use lb_common::abi::{
-    ABI_VERSION, BACKEND_IN_USE, BackendConns, CONN_CLOSED, CONN_CLOSING, CONN_ESTABLISHED,
-    CONN_STATES, CONN_SYN, CONN_UDP, Conn, DEFAULT_ANSWERS_PER_SECOND, EPOCH_TICK_MS, Endpoint,
-    EpochClock, Flow, HANDSHAKE_PROOF_ACK, HANDSHAKE_PROOF_SYN_SEEN, Handshake, MAGLEV_SIZE,
-    MAX_TX_PORTS, Meta, NO_BACKEND, PROTO_TCP, Policy, REVERSE_PATH_LOOSE, REVERSE_PATH_OFF,
-    REVERSE_PATH_STRICT, Traffic, answers_per_tick, epoch_mult, expired, handshake_slot,
+    BACKEND_IN_USE, BackendConns, CONN_ESTABLISHED, CONN_STATES, DEFAULT_ANSWERS_PER_SECOND,
+    Endpoint, EpochClock, MAGLEV_SIZE, MAX_TX_PORTS, Meta, NO_BACKEND, Policy, Traffic, epoch_mult,
+    expired,
 };
 use lb_common::conn_table::conn_set_bits;
 use rustc_hash::FxHashSet;
 use tracing::info;
 
+use handles::{KernelFlows, KernelReader};
+
 use super::{
-    ConnEntry, Counts, DataplaneError, MapReader, Maps, attach, clock,
+    DataplaneError, FlowWriter, MapReader, Maps, attach, clock,
     conn_table::ConnTable,
-    pins::{self, LinkPins, PinDir},
+    pins::{self, PinDir},
     sys, tx_ports,
 };
 use crate::{
     desired::model::{Dataplane, HandshakeProof, ReversePath, Timeouts},
-    plan::{diff::Op, image::Image},
+    plan::{
+        diff::Op,
+        image::Image,
+        settings::{self, Settings},
+    },
     write::{gro, netdev},
 };
 
@@ -60,11 +67,18 @@ pub struct KernelMaps {
     clock: EpochClock,
     /// `lb_clock`, which tells the data plane's epoch (see `clock`).
     clock_program: Xdp,
+    /// The data plane's own settings (see `plan::settings`), as planned
+    /// when the maps were opened; the reconciler writes them.
+    settings: Settings,
     timeouts: Array<MapData, u32>,
-    /// The timeouts last written, in ticks, indexed by state.
-    timeout_ticks: [u32; CONN_STATES as usize],
+    /// What `lb_timeouts` holds, for the connection-table walks here and
+    /// on the read handles' threads.
+    held_timeouts: Arc<HeldTimeouts>,
     /// `lb_policy`: the answer budget, the reverse-path check.
     policy: Array<MapData, Policy>,
+    meta: Array<MapData, Meta>,
+    tx_ports: DevMap<MapData>,
+    tx_slots: HashMap<MapData, u32, u32>,
     be_conns: Array<MapData, BackendConns>,
     /// `lb_conntrack`, mapped into this process.
     conns: Arc<ConnTable>,
@@ -86,6 +100,24 @@ pub struct KernelMaps {
     /// Where the devices whose GRO this data plane turned off are written
     /// down (`gro::record_path`), when it is attached.
     gro_record: Option<PathBuf>,
+}
+
+/// The idle timeout of each connection state, in ticks, as `lb_timeouts`
+/// holds it: the writer updates it with each write of the map, the
+/// connection-table walks (recount, listing, slow path) read it.
+#[derive(Debug, Default)]
+struct HeldTimeouts([AtomicU32; CONN_STATES as usize]);
+
+impl HeldTimeouts {
+    fn get(&self, state: u8) -> u32 {
+        self.0.get(usize::from(state)).map_or(0, |t| t.load(Relaxed))
+    }
+
+    fn set(&self, state: u8, ticks: u32) {
+        if let Some(t) = self.0.get(usize::from(state)) {
+            t.store(ticks, Relaxed);
+        }
+    }
 }
 
 /// The two kinds of traffic counters, by service id and by backend id.
@@ -112,17 +144,19 @@ impl KernelMaps {
     /// Loads the object and passes both programs through the verifier,
     /// without attaching or pinning anything; `interfaces` (in the current
     /// network namespace) become redirect targets. The tests use this directly.
+    /// The maps' settings (written by the reconciler's first apply, like
+    /// the services) are the default timeouts and policy.
     pub fn load(
         object: &[u8],
         conntrack_max: u32,
         interfaces: &[String],
     ) -> Result<Self, DataplaneError> {
         let salt = random_salt()?;
-        let mut maps =
-            Self::open(load_object(object, conntrack_max, salt)?, interfaces, false, salt)?;
-        maps.set_timeouts(&Timeouts::default())?;
-        maps.set_policy(DEFAULT_ANSWERS_PER_SECOND, ReversePath::Strict)?;
-        Ok(maps)
+        let ebpf = load_object(object, conntrack_max, salt)?;
+        let policy =
+            settings::policy(DEFAULT_ANSWERS_PER_SECOND, ReversePath::Strict, HandshakeProof::Ack);
+        let settings = Settings::new(&ifindexes(interfaces)?, &Timeouts::default(), policy, salt);
+        Self::open(ebpf, interfaces, settings, false)
     }
 
     /// Loads the object over the maps pinned under `pin_path` (creating and
@@ -199,12 +233,8 @@ impl KernelMaps {
             &gro::record_path(&crate::daemon::api::token::run_dir(), &dataplane.pin_path),
             &dataplane.interfaces,
         );
-        let mut maps = Self::open(ebpf, &dataplane.interfaces, adopting, salt)?;
-        // Before any service exists, so no packet sees a zero timeout.
-        maps.set_timeouts(&dataplane.timeouts)?;
-        maps.set_policy(dataplane.answers_per_second, dataplane.reverse_path)?;
-        maps.set_handshake_proof(dataplane.handshake_proof)?;
-        Ok(maps)
+        let settings = Settings::of(dataplane, &ifindexes(&dataplane.interfaces)?, salt);
+        Self::open(ebpf, &dataplane.interfaces, settings, adopting)
     }
 
     /// Whether the maps were a previous controller's (see `start`).
@@ -222,45 +252,23 @@ impl KernelMaps {
         removed
     }
 
-    /// Fills the redirect targets and the ABI version, and takes the maps the
-    /// reconciler writes out of `ebpf`.
+    /// Takes the maps the reconciler writes out of `ebpf`, and starts the
+    /// data plane's clock. What the maps should hold, `settings` included,
+    /// is the reconciler's to write.
     fn open(
         mut ebpf: Ebpf,
         interfaces: &[String],
+        settings: Settings,
         adopting: bool,
-        salt: u32,
     ) -> Result<Self, DataplaneError> {
-        if interfaces.len() > MAX_TX_PORTS as usize {
-            return Err(DataplaneError::kernel(
-                "dataplane.interfaces",
-                format!("at most {MAX_TX_PORTS}"),
-            ));
-        }
-        let mut tx_ports: DevMap<MapData> = typed(&mut ebpf, "lb_tx_ports")?;
-        let mut tx_slots: HashMap<MapData, u32, u32> = typed(&mut ebpf, "lb_tx_slots")?;
-        let mut indexes = Vec::with_capacity(interfaces.len());
-        for name in interfaces {
-            indexes.push(netdev::ifindex(name).ok_or_else(|| {
-                DataplaneError::kernel(format!("interface {name}"), "does not exist")
-            })?);
-        }
-        // An adopted data plane's interfaces no longer configured go first:
-        // their slot may now be another interface's, and a packet routed
-        // out of one would leave by that other one.
-        tx_ports::forget_unconfigured(&mut tx_slots, &indexes)?;
-        for ((slot, name), index) in (0_u32..).zip(interfaces).zip(&indexes) {
-            tx_ports
-                .set(slot, *index, None, 0)
-                .map_err(|e| DataplaneError::kernel(format!("adding {name} to lb_tx_ports"), e))?;
-            tx_slots.insert(index, slot, 0).map_err(err("writing lb_tx_slots"))?;
-        }
-        tx_ports::clear_slots_from(&tx_ports, u32::try_from(interfaces.len()).unwrap_or(u32::MAX))?;
-        // The clock starts ticking here, and goes on without this process.
+        // The clock is runtime state, not configuration, so not part of the
+        // image: it starts ticking here, and goes on without this process.
         // An adopted data plane's offset is kept (its connection entries are
-        // stamped in its epochs), one tick further: every next hop it cached,
-        // with the slot of its egress interface, is looked up again under the
-        // slots above. (Epoch 0, what an empty cache entry holds, would take
-        // a zero offset and a kernel booted a moment ago.)
+        // stamped in its epochs), one tick further: every next hop it cached
+        // is looked up again. (Epoch 0, what an empty cache entry holds,
+        // would take a zero offset and a kernel booted a moment ago.) The
+        // reconciler's writes forget them again where it matters, when a
+        // redirect slot changes hands (`Op::ForgetNextHops`).
         let mut epoch: Array<MapData, EpochClock> = typed(&mut ebpf, "lb_epoch")?;
         let offset = if adopting {
             epoch.get(&0, 0).map_err(err("reading lb_epoch"))?.offset.saturating_add(1).max(1)
@@ -270,10 +278,14 @@ impl KernelMaps {
         let clock = EpochClock { mult: epoch_mult(clock::jiffy_ns()?), offset };
         epoch.set(0, clock, 0).map_err(err("writing lb_epoch"))?;
         let clock_program = program_handle(&ebpf, "lb_clock")?;
-        let conns = Arc::new(conn_table(&ebpf, salt)?);
-        let mut meta: Array<MapData, Meta> = typed(&mut ebpf, "lb_meta")?;
-        meta.set(0, Meta { abi_version: ABI_VERSION, conn_salt: salt }, 0)
-            .map_err(err("writing lb_meta"))?;
+        let conns = Arc::new(conn_table(&ebpf, settings.meta.conn_salt)?);
+        let timeouts: Array<MapData, u32> = typed(&mut ebpf, "lb_timeouts")?;
+        // What an adopted data plane's entries expire by until the
+        // reconciler writes this one's (zero in new maps).
+        let held_timeouts = Arc::new(HeldTimeouts::default());
+        for (state, ticks) in (0..).zip(read_timeouts(&timeouts)?) {
+            held_timeouts.set(state, ticks);
+        }
         Ok(Self {
             services: typed(&mut ebpf, "lb_services")?,
             maglev: typed(&mut ebpf, "lb_maglev")?,
@@ -286,9 +298,13 @@ impl KernelMaps {
             epoch,
             clock,
             clock_program,
-            timeouts: typed(&mut ebpf, "lb_timeouts")?,
+            settings,
+            timeouts,
+            held_timeouts,
             policy: typed(&mut ebpf, "lb_policy")?,
-            timeout_ticks: [0; CONN_STATES as usize],
+            meta: typed(&mut ebpf, "lb_meta")?,
+            tx_ports: typed(&mut ebpf, "lb_tx_ports")?,
+            tx_slots: typed(&mut ebpf, "lb_tx_slots")?,
             be_conns: typed(&mut ebpf, "lb_be_conns")?,
             conns,
             published: BTreeMap::new(),
@@ -301,56 +317,42 @@ impl KernelMaps {
         })
     }
 
-    /// Sets the idle timeout of each connection state, in the data plane's
-    /// ticks (`EPOCH_TICK_MS`).
+    /// Sets the idle timeout of each connection state, for tests that
+    /// change it behind the reconciler (which writes the settings it
+    /// planned only where they differ from what it applied: it leaves this be).
     pub fn set_timeouts(&mut self, t: &Timeouts) -> Result<(), DataplaneError> {
-        let ticks = |d: Duration| {
-            u32::try_from(d.as_millis() / u128::from(EPOCH_TICK_MS)).unwrap_or(u32::MAX)
-        };
-        for (state, timeout) in [
-            (CONN_SYN, t.tcp_syn),
-            (CONN_ESTABLISHED, t.tcp_established),
-            (CONN_CLOSING, t.tcp_closing),
-            (CONN_CLOSED, t.tcp_closed),
-            (CONN_UDP, t.udp),
-        ] {
-            self.timeouts
-                .set(u32::from(state), ticks(timeout), 0)
-                .map_err(err("writing lb_timeouts"))?;
-            self.timeout_ticks[usize::from(state)] = ticks(timeout);
+        for (state, ticks) in (0..).zip(settings::timeout_ticks(t)) {
+            self.apply(&Op::PutTimeout(state, ticks))?;
         }
         Ok(())
     }
 
     /// Sets how many answers (resets, ICMP errors) each CPU may send per
-    /// second (a budget per epoch tick), and the reverse-path check.
+    /// second (a budget per epoch tick), and the reverse-path check, for
+    /// tests (as `set_timeouts`).
     pub fn set_policy(
         &mut self,
         answers_per_second: u32,
         reverse_path: ReversePath,
     ) -> Result<(), DataplaneError> {
+        let planned = settings::policy(answers_per_second, reverse_path, HandshakeProof::Ack);
         let policy = Policy {
-            answers_per_tick: answers_per_tick(answers_per_second),
-            reverse_path: match reverse_path {
-                ReversePath::Strict => REVERSE_PATH_STRICT,
-                ReversePath::Loose => REVERSE_PATH_LOOSE,
-                ReversePath::Off => REVERSE_PATH_OFF,
-            },
+            answers_per_tick: planned.answers_per_tick,
+            reverse_path: planned.reverse_path,
             ..self.policy.get(&0, 0).map_err(err("reading lb_policy"))?
         };
-        self.policy.set(0, policy, 0).map_err(err("writing lb_policy"))
+        self.apply(&Op::PutPolicy(policy))
     }
 
-    /// Sets what records a NAT service's TCP flow (`handshake_proof`).
+    /// Sets what records a NAT service's TCP flow (`handshake_proof`), for
+    /// tests (as `set_timeouts`).
     pub fn set_handshake_proof(&mut self, proof: HandshakeProof) -> Result<(), DataplaneError> {
+        let planned = settings::policy(0, ReversePath::Strict, proof);
         let policy = Policy {
-            handshake_proof: match proof {
-                HandshakeProof::Ack => HANDSHAKE_PROOF_ACK,
-                HandshakeProof::SynSeen => HANDSHAKE_PROOF_SYN_SEEN,
-            },
+            handshake_proof: planned.handshake_proof,
             ..self.policy.get(&0, 0).map_err(err("reading lb_policy"))?
         };
-        self.policy.set(0, policy, 0).map_err(err("writing lb_policy"))
+        self.apply(&Op::PutPolicy(policy))
     }
 
     /// The connection counts `lc` reads (the recount writes them), for tests
@@ -381,6 +383,34 @@ fn sized_loader<'a>(
     loader.override_global("LB_CONN_SET_BITS", set_bits, true);
     loader.override_global("LB_CONN_SALT", salt, true);
     Ok(loader)
+}
+
+/// The ifindexes of `interfaces` (in the current network namespace), in
+/// order: the redirect targets' slots.
+fn ifindexes(interfaces: &[String]) -> Result<Vec<u32>, DataplaneError> {
+    if interfaces.len() > MAX_TX_PORTS as usize {
+        return Err(DataplaneError::kernel(
+            "dataplane.interfaces",
+            format!("at most {MAX_TX_PORTS}"),
+        ));
+    }
+    interfaces
+        .iter()
+        .map(|name| {
+            netdev::ifindex(name).ok_or_else(|| {
+                DataplaneError::kernel(format!("interface {name}"), "does not exist")
+            })
+        })
+        .collect()
+}
+
+/// What `lb_timeouts` holds, by state.
+fn read_timeouts(timeouts: &Array<MapData, u32>) -> Result<settings::TimeoutTicks, DataplaneError> {
+    let mut ticks = [0; CONN_STATES as usize];
+    for (state, held) in (0..).zip(ticks.iter_mut()) {
+        *held = timeouts.get(&state, 0).map_err(err("reading lb_timeouts"))?;
+    }
+    Ok(ticks)
 }
 
 /// A new connection table's hash key.
@@ -492,30 +522,6 @@ impl KernelMaps {
     }
 }
 
-/// Sums the per-CPU values of `ids` in the per-CPU array `name`.
-fn per_cpu_sums<T: aya::Pod + Default>(
-    ebpf: &Ebpf,
-    name: &str,
-    ids: &[u32],
-    mut add: impl FnMut(&mut T, &T),
-) -> Result<BTreeMap<u32, T>, DataplaneError> {
-    let map = ebpf
-        .map(name)
-        .ok_or_else(|| DataplaneError::kernel(name.to_owned(), "missing from the object"))?;
-    let array: PerCpuArray<&MapData, T> =
-        PerCpuArray::try_from(map).map_err(err(format!("opening {name}")))?;
-    ids.iter()
-        .map(|id| {
-            let values = array.get(id, 0).map_err(err(format!("reading {name}")))?;
-            let mut sum = T::default();
-            for v in values.iter() {
-                add(&mut sum, v);
-            }
-            Ok((*id, sum))
-        })
-        .collect()
-}
-
 impl KernelMaps {
     /// Zeroes the traffic counters of service or backend `id` on every CPU,
     /// unless the maps are this process's and no entry has had the id.
@@ -560,12 +566,44 @@ impl KernelMaps {
     }
 }
 
+impl KernelMaps {
+    /// The data plane's own settings as its maps hold them.
+    fn read_settings(&self) -> Result<Settings, DataplaneError> {
+        let mut tx_slots = BTreeMap::new();
+        for entry in &self.tx_slots {
+            let (ifindex, slot) = entry.map_err(err("reading lb_tx_slots"))?;
+            tx_slots.insert(ifindex, slot);
+        }
+        Ok(Settings {
+            tx_ports: tx_ports::read(&self.tx_ports)?,
+            tx_slots,
+            timeouts: read_timeouts(&self.timeouts)?,
+            policy: self.policy.get(&0, 0).map_err(err("reading lb_policy"))?,
+            meta: self.meta.get(&0, 0).map_err(err("reading lb_meta"))?,
+        })
+    }
+
+    /// How an error names interface `ifindex`: by its name too when it is
+    /// one of the configured ones.
+    fn interface(&self, ifindex: u32) -> String {
+        let slot = self.settings.tx_slots.get(&ifindex).and_then(|s| usize::try_from(*s).ok());
+        match slot.and_then(|s| self.interfaces.get(s)) {
+            Some(name) => format!("{name} (ifindex {ifindex})"),
+            None => format!("ifindex {ifindex}"),
+        }
+    }
+}
+
 impl Maps for KernelMaps {
+    fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     fn read_image(&mut self) -> Result<Option<Image>, DataplaneError> {
         if !self.adopted {
             return Ok(None);
         }
-        let mut image = Image::default();
+        let mut image = Image { settings: self.read_settings()?, ..Image::default() };
         for entry in &self.services {
             let (key, service) = entry.map_err(err("reading lb_services"))?;
             let table = self.maglev.get(&service.id, 0).map_err(err("reading lb_maglev"))?;
@@ -605,46 +643,12 @@ impl Maps for KernelMaps {
         Ok(Some(image))
     }
 
-    fn read_counts(
-        &mut self,
-        services: &[u32],
-        backends: &[u32],
-    ) -> Result<Counts, DataplaneError> {
-        let all: Vec<u32> = (0..lb_common::counter::Counter::COUNT).collect();
-        let outcomes = per_cpu_sums::<u64>(&self.ebpf, "lb_counters", &all, |s, v| *s += v)?;
-        Ok(Counts {
-            outcomes: outcomes.into_values().collect(),
-            services: per_cpu_sums(&self.ebpf, "lb_svc_stats", services, Traffic::add)?,
-            backends: per_cpu_sums(&self.ebpf, "lb_be_stats", backends, Traffic::add)?,
-        })
+    fn reader(&self) -> Result<Arc<dyn MapReader>, DataplaneError> {
+        Ok(Arc::new(KernelReader::of(self)?))
     }
 
-    fn reader(&self) -> Result<Arc<dyn MapReader>, DataplaneError> {
-        let dup = |what: &str, fd: std::os::fd::BorrowedFd<'_>| {
-            fd.try_clone_to_owned()
-                .map_err(|e| DataplaneError::kernel(format!("duplicating {what}"), e))
-        };
-        let backends = MapData::from_fd(dup("lb_backends", self.backends.map().fd().as_fd())?)
-            .map_err(err("opening lb_backends again"))?;
-        let backends = Array::try_from(aya::maps::Map::Array(backends))
-            .map_err(err("opening lb_backends again"))?;
-        let Some(aya::maps::Map::Array(handshakes)) = self.ebpf.map("lb_handshakes") else {
-            return Err(DataplaneError::kernel("lb_handshakes", "missing from the object"));
-        };
-        let handshakes = MapData::from_fd(dup("lb_handshakes", handshakes.fd().as_fd())?)
-            .map_err(err("opening lb_handshakes again"))?;
-        let handshakes = Array::try_from(aya::maps::Map::Array(handshakes))
-            .map_err(err("opening lb_handshakes again"))?;
-        Ok(Arc::new(KernelReader {
-            conns: Arc::clone(&self.conns),
-            backends,
-            handshakes: std::sync::Mutex::new(handshakes),
-            clock_program: sys::xdp_handle(&self.clock_program)
-                .map_err(|e| DataplaneError::kernel("duplicating lb_clock", e))?,
-            timeout_ticks: self.timeout_ticks,
-            links: self.pins.as_ref().map(PinDir::link_pins),
-            interfaces: self.interfaces.clone(),
-        }))
+    fn flow_writer(&self) -> Result<Arc<dyn FlowWriter>, DataplaneError> {
+        Ok(Arc::new(KernelFlows::of(self)?))
     }
 
     fn recount_connections(
@@ -654,7 +658,7 @@ impl Maps for KernelMaps {
     ) -> Result<BTreeMap<u32, BackendConns>, DataplaneError> {
         let now = self.epoch_now()? as u32;
         let mut counts: BTreeMap<u32, BackendConns> = BTreeMap::new();
-        let timeout_ticks = self.timeout_ticks;
+        let timeouts = Arc::clone(&self.held_timeouts);
         // Expired entries are left in place: the data plane counts them as
         // absent and gives their place to the next flow of their set first;
         // erasing one here could race a flow the data plane records there.
@@ -667,8 +671,7 @@ impl Maps for KernelMaps {
                 table.remove(at);
                 return;
             }
-            let timeout = timeout_ticks.get(usize::from(conn.state)).copied().unwrap_or(0);
-            if expired(now, conn.last_seen, timeout) {
+            if expired(now, conn.last_seen, timeouts.get(conn.state)) {
                 return;
             }
             // An entry made for an earlier holder of a reused id is not this backend's.
@@ -752,134 +755,31 @@ impl Maps for KernelMaps {
             Op::DelService(k) => deleted(self.services.remove(k), "deleting from lb_services"),
             Op::ResetServiceTraffic(id) => self.reset_traffic(CounterKind::Service, *id),
             Op::ResetBackendTraffic(id) => self.reset_traffic(CounterKind::Backend, *id),
+            Op::PutMeta(meta) => self.meta.set(0, meta, 0).map_err(err("writing lb_meta")),
+            Op::PutTimeout(state, ticks) => {
+                self.timeouts
+                    .set(u32::from(*state), ticks, 0)
+                    .map_err(err("writing lb_timeouts"))?;
+                self.held_timeouts.set(*state, *ticks);
+                Ok(())
+            }
+            Op::PutPolicy(policy) => {
+                self.policy.set(0, policy, 0).map_err(err("writing lb_policy"))
+            }
+            Op::PutTxPort(slot, ifindex) => {
+                self.tx_ports.set(*slot, *ifindex, None, 0).map_err(|e| {
+                    let what = format!("adding {} to lb_tx_ports", self.interface(*ifindex));
+                    DataplaneError::kernel(what, e)
+                })
+            }
+            Op::DelTxPort(slot) => tx_ports::delete(&self.tx_ports, *slot),
+            Op::PutTxSlot(ifindex, slot) => {
+                self.tx_slots.insert(ifindex, slot, 0).map_err(err("writing lb_tx_slots"))
+            }
+            Op::DelTxSlot(ifindex) => {
+                deleted(self.tx_slots.remove(ifindex), "deleting from lb_tx_slots")
+            }
+            Op::ForgetNextHops => self.advance_clock(),
         }
-    }
-}
-
-/// The reads of `MapReader`, on descriptors of their own.
-struct KernelReader {
-    conns: Arc<ConnTable>,
-    /// `lb_backends`: an entry holds the client's side of its flow; its
-    /// backend says which VIP and protocol.
-    backends: Array<MapData, lb_common::abi::Backend>,
-    /// `lb_handshakes`, for the slow path's flows that only have a record.
-    handshakes: std::sync::Mutex<Array<MapData, Handshake>>,
-    clock_program: Xdp,
-    /// The timeouts when the reader was taken (they are set at start).
-    timeout_ticks: [u32; CONN_STATES as usize],
-    /// Where the links are pinned; `None` when nothing is attached.
-    links: Option<LinkPins>,
-    interfaces: Vec<String>,
-}
-
-impl KernelReader {
-    /// The backend `id` if it is in use.
-    fn backend(&self, id: u32) -> Option<lb_common::abi::Backend> {
-        self.backends.get(&id, 0).ok().filter(|b| b.flags & BACKEND_IN_USE != 0)
-    }
-
-    /// Whether `conn`'s backend serves `flow`'s VIP, or is gone (as
-    /// `lb-ebpf/src/conntrack.rs` decides which entry is a flow's).
-    fn serves(&self, conn: &Conn, flow: &Flow) -> bool {
-        self.backend(conn.backend_id)
-            .is_none_or(|b| (b.vip, b.vport, b.proto) == (flow.dst, flow.dport, flow.proto))
-    }
-}
-
-impl MapReader for KernelReader {
-    fn connections(
-        &self,
-        limit: usize,
-        to: Option<Endpoint>,
-    ) -> Result<(Vec<ConnEntry>, usize), DataplaneError> {
-        let now = clock::read(&self.clock_program)? as u32;
-        let ticks = self.timeout_ticks;
-        let tick = Duration::from_millis(EPOCH_TICK_MS);
-        let mut entries = Vec::new();
-        let mut live = 0;
-        // Each backend read once per walk: a million entries share a few.
-        let mut backends: BTreeMap<u32, Option<lb_common::abi::Backend>> = BTreeMap::new();
-        self.conns.for_each(|_, slot| {
-            let conn = slot.conn();
-            let timeout = ticks.get(usize::from(conn.state)).copied().unwrap_or(0);
-            if expired(now, conn.last_seen, timeout) {
-                return;
-            }
-            let backend =
-                *backends.entry(conn.backend_id).or_insert_with(|| self.backend(conn.backend_id));
-            // The VIP and protocol are the backend's; an entry whose backend
-            // is gone (or whose id another service's backend holds now)
-            // belongs to no service any more.
-            let Some(backend) = backend.filter(|b| b.service_id == conn.service_id) else {
-                return;
-            };
-            let flow = Flow {
-                src: slot.src,
-                dst: backend.vip,
-                sport: slot.sport,
-                dport: slot.dport,
-                proto: backend.proto,
-                _pad: [0; 3],
-            };
-            let wanted =
-                to.is_none_or(|t| (t.addr, t.port, t.proto) == (flow.dst, flow.dport, flow.proto));
-            if !wanted {
-                return;
-            }
-            live += 1;
-            if entries.len() < limit {
-                let idle = now.wrapping_sub(conn.last_seen);
-                entries.push(ConnEntry {
-                    flow,
-                    conn,
-                    idle: tick * idle,
-                    expires_in: tick * timeout.saturating_sub(idle),
-                });
-            }
-        });
-        Ok((entries, live))
-    }
-
-    fn attachment_problems(&self) -> Vec<String> {
-        self.links.as_ref().map_or_else(Vec::new, |links| attach::problems(links, &self.interfaces))
-    }
-
-    fn flow_entry(&self, flow: &Flow) -> Result<(Option<Conn>, u32), DataplaneError> {
-        let now = clock::read(&self.clock_program)? as u32;
-        let live =
-            self.conns.find(flow, |conn| self.serves(conn, flow)).map(|(_, c)| c).filter(|c| {
-                let timeout = self.timeout_ticks.get(usize::from(c.state)).copied().unwrap_or(0);
-                !expired(now, c.last_seen, timeout)
-            });
-        Ok((live, now))
-    }
-
-    fn handshake_backend(&self, flow: &Flow, now: u32) -> Result<Option<u32>, DataplaneError> {
-        let records = self.handshakes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let record = records
-            .get(&handshake_slot(flow), 0)
-            .map_err(|e| DataplaneError::kernel("reading lb_handshakes", e))?;
-        let state = if flow.proto == PROTO_TCP { CONN_SYN } else { CONN_UDP };
-        let timeout = self.timeout_ticks.get(usize::from(state)).copied().unwrap_or(0);
-        let live = record.flow == *flow && !expired(now, record.born, timeout);
-        Ok(live.then_some(record.backend_id))
-    }
-
-    fn place_handshake(
-        &self,
-        flow: &Flow,
-        backend_id: u32,
-        now: u32,
-    ) -> Result<(), DataplaneError> {
-        let record = Handshake { flow: *flow, backend_id, born: now, expect_ack: 0, flags: 0 };
-        let mut records = self.handshakes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        records.set(handshake_slot(flow), record, 0).map_err(err("writing lb_handshakes"))
-    }
-
-    fn place_flow(&self, flow: &Flow, conn: &Conn) -> Result<(), DataplaneError> {
-        let timeouts = self.timeout_ticks;
-        self.conns
-            .record(flow, conn, |state| timeouts.get(usize::from(state)).copied().unwrap_or(0));
-        Ok(())
     }
 }

@@ -1,0 +1,244 @@
+//! The handles that other threads use beside the writer (`KernelMaps`), each
+//! on descriptors of its own, so that none waits for the writer or writes
+//! configuration: the read handle (`KernelReader`, a `MapReader`: the
+//! counters, the connection table's listing, the programs' attachment, a
+//! flow's entry), and the reassembly slow path's flow writer (`KernelFlows`,
+//! a `FlowWriter`: per-flow state, which the reconciler never writes).
+use std::{
+    collections::BTreeMap,
+    os::fd::{AsFd as _, BorrowedFd},
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use aya::{
+    maps::{Array, IterableMap as _, Map, MapData, MapError, PerCpuArray},
+    programs::Xdp,
+};
+use lb_common::abi::{
+    BACKEND_IN_USE, Backend, CONN_SYN, CONN_UDP, Conn, EPOCH_TICK_MS, Endpoint, Flow, Handshake,
+    PROTO_TCP, Traffic, expired, handshake_slot,
+};
+
+use super::{HeldTimeouts, KernelMaps, err};
+use crate::write::dataplane::{
+    ConnEntry, Counts, DataplaneError, FlowWriter, MapReader, attach, clock,
+    conn_table::ConnTable,
+    pins::{LinkPins, PinDir},
+    sys,
+};
+
+/// The reads of `MapReader`.
+pub(super) struct KernelReader {
+    conns: Arc<ConnTable>,
+    /// `lb_backends`: an entry holds the client's side of its flow; its
+    /// backend says which VIP and protocol.
+    backends: Array<MapData, Backend>,
+    /// `lb_handshakes`, for the slow path's flows that only have a record.
+    handshakes: Array<MapData, Handshake>,
+    /// `lb_counters`, `lb_svc_stats`, `lb_be_stats`.
+    counters: PerCpuArray<MapData, u64>,
+    service_traffic: PerCpuArray<MapData, Traffic>,
+    backend_traffic: PerCpuArray<MapData, Traffic>,
+    clock_program: Xdp,
+    timeouts: Arc<HeldTimeouts>,
+    /// Where the links are pinned; `None` when nothing is attached.
+    links: Option<LinkPins>,
+    interfaces: Vec<String>,
+}
+
+impl KernelReader {
+    pub(super) fn of(maps: &KernelMaps) -> Result<Self, DataplaneError> {
+        Ok(Self {
+            conns: Arc::clone(&maps.conns),
+            backends: reopen("lb_backends", maps.backends.map().fd().as_fd())?,
+            handshakes: reopen("lb_handshakes", object_map(maps, "lb_handshakes")?)?,
+            counters: reopen("lb_counters", object_map(maps, "lb_counters")?)?,
+            service_traffic: reopen("lb_svc_stats", object_map(maps, "lb_svc_stats")?)?,
+            backend_traffic: reopen("lb_be_stats", object_map(maps, "lb_be_stats")?)?,
+            clock_program: sys::xdp_handle(&maps.clock_program)
+                .map_err(|e| DataplaneError::kernel("duplicating lb_clock", e))?,
+            timeouts: Arc::clone(&maps.held_timeouts),
+            links: maps.pins.as_ref().map(PinDir::link_pins),
+            interfaces: maps.interfaces.clone(),
+        })
+    }
+
+    /// The backend `id` if it is in use.
+    fn backend(&self, id: u32) -> Option<Backend> {
+        self.backends.get(&id, 0).ok().filter(|b| b.flags & BACKEND_IN_USE != 0)
+    }
+
+    /// Whether `conn`'s backend serves `flow`'s VIP, or is gone (as
+    /// `lb-ebpf/src/conntrack.rs` decides which entry is a flow's).
+    fn serves(&self, conn: &Conn, flow: &Flow) -> bool {
+        self.backend(conn.backend_id)
+            .is_none_or(|b| (b.vip, b.vport, b.proto) == (flow.dst, flow.dport, flow.proto))
+    }
+}
+
+impl MapReader for KernelReader {
+    fn counts(&self, services: &[u32], backends: &[u32]) -> Result<Counts, DataplaneError> {
+        let all: Vec<u32> = (0..lb_common::counter::Counter::COUNT).collect();
+        let outcomes = per_cpu_sums(&self.counters, "lb_counters", &all, |s, v| *s += v)?;
+        Ok(Counts {
+            outcomes: outcomes.into_values().collect(),
+            services: per_cpu_sums(&self.service_traffic, "lb_svc_stats", services, Traffic::add)?,
+            backends: per_cpu_sums(&self.backend_traffic, "lb_be_stats", backends, Traffic::add)?,
+        })
+    }
+
+    fn connections(
+        &self,
+        limit: usize,
+        to: Option<Endpoint>,
+    ) -> Result<(Vec<ConnEntry>, usize), DataplaneError> {
+        let now = clock::read(&self.clock_program)? as u32;
+        let tick = Duration::from_millis(EPOCH_TICK_MS);
+        let mut entries = Vec::new();
+        let mut live = 0;
+        // Each backend read once per walk: a million entries share a few.
+        let mut backends: BTreeMap<u32, Option<Backend>> = BTreeMap::new();
+        self.conns.for_each(|_, slot| {
+            let conn = slot.conn();
+            let timeout = self.timeouts.get(conn.state);
+            if expired(now, conn.last_seen, timeout) {
+                return;
+            }
+            let backend =
+                *backends.entry(conn.backend_id).or_insert_with(|| self.backend(conn.backend_id));
+            // The VIP and protocol are the backend's; an entry whose backend
+            // is gone (or whose id another service's backend holds now)
+            // belongs to no service any more.
+            let Some(backend) = backend.filter(|b| b.service_id == conn.service_id) else {
+                return;
+            };
+            let flow = Flow {
+                src: slot.src,
+                dst: backend.vip,
+                sport: slot.sport,
+                dport: slot.dport,
+                proto: backend.proto,
+                _pad: [0; 3],
+            };
+            let wanted =
+                to.is_none_or(|t| (t.addr, t.port, t.proto) == (flow.dst, flow.dport, flow.proto));
+            if !wanted {
+                return;
+            }
+            live += 1;
+            if entries.len() < limit {
+                let idle = now.wrapping_sub(conn.last_seen);
+                entries.push(ConnEntry {
+                    flow,
+                    conn,
+                    idle: tick * idle,
+                    expires_in: tick * timeout.saturating_sub(idle),
+                });
+            }
+        });
+        Ok((entries, live))
+    }
+
+    fn attachment_problems(&self) -> Vec<String> {
+        self.links.as_ref().map_or_else(Vec::new, |links| attach::problems(links, &self.interfaces))
+    }
+
+    fn flow_entry(&self, flow: &Flow) -> Result<(Option<Conn>, u32), DataplaneError> {
+        let now = clock::read(&self.clock_program)? as u32;
+        let live = self
+            .conns
+            .find(flow, |conn| self.serves(conn, flow))
+            .map(|(_, c)| c)
+            .filter(|c| !expired(now, c.last_seen, self.timeouts.get(c.state)));
+        Ok((live, now))
+    }
+
+    fn handshake_backend(&self, flow: &Flow, now: u32) -> Result<Option<u32>, DataplaneError> {
+        let record = self
+            .handshakes
+            .get(&handshake_slot(flow), 0)
+            .map_err(|e| DataplaneError::kernel("reading lb_handshakes", e))?;
+        let state = if flow.proto == PROTO_TCP { CONN_SYN } else { CONN_UDP };
+        let live = record.flow == *flow && !expired(now, record.born, self.timeouts.get(state));
+        Ok(live.then_some(record.backend_id))
+    }
+}
+
+/// The writes of `FlowWriter`.
+pub(super) struct KernelFlows {
+    conns: Arc<ConnTable>,
+    /// `lb_handshakes`.
+    handshakes: Mutex<Array<MapData, Handshake>>,
+    timeouts: Arc<HeldTimeouts>,
+}
+
+impl KernelFlows {
+    pub(super) fn of(maps: &KernelMaps) -> Result<Self, DataplaneError> {
+        Ok(Self {
+            conns: Arc::clone(&maps.conns),
+            handshakes: Mutex::new(reopen("lb_handshakes", object_map(maps, "lb_handshakes")?)?),
+            timeouts: Arc::clone(&maps.held_timeouts),
+        })
+    }
+}
+
+impl FlowWriter for KernelFlows {
+    fn place_handshake(
+        &self,
+        flow: &Flow,
+        backend_id: u32,
+        now: u32,
+    ) -> Result<(), DataplaneError> {
+        let record = Handshake { flow: *flow, backend_id, born: now, expect_ack: 0, flags: 0 };
+        let mut records = self.handshakes.lock().unwrap_or_else(PoisonError::into_inner);
+        records.set(handshake_slot(flow), record, 0).map_err(err("writing lb_handshakes"))
+    }
+
+    fn place_flow(&self, flow: &Flow, conn: &Conn) -> Result<(), DataplaneError> {
+        self.conns.record(flow, conn, |state| self.timeouts.get(state));
+        Ok(())
+    }
+}
+
+/// The descriptor of the map `name` that stays in the loaded object (the
+/// kernel-written ones: the counters, the handshake records).
+fn object_map<'a>(maps: &'a KernelMaps, name: &str) -> Result<BorrowedFd<'a>, DataplaneError> {
+    match maps.ebpf.map(name) {
+        Some(Map::Array(data) | Map::PerCpuArray(data)) => Ok(data.fd().as_fd()),
+        Some(_) => Err(DataplaneError::kernel(name.to_owned(), "not an array")),
+        None => Err(DataplaneError::kernel(name.to_owned(), "missing from the object")),
+    }
+}
+
+/// The map behind `fd`, opened again on a descriptor of its own.
+fn reopen<T>(name: &str, fd: BorrowedFd<'_>) -> Result<T, DataplaneError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let fd = fd
+        .try_clone_to_owned()
+        .map_err(|e| DataplaneError::kernel(format!("duplicating {name}"), e))?;
+    let again = || err(format!("opening {name} again"));
+    let map = MapData::from_fd(fd).and_then(Map::from_map_data).map_err(again())?;
+    T::try_from(map).map_err(again())
+}
+
+/// Sums the per-CPU values of `ids` in the per-CPU array `array` (`name`).
+fn per_cpu_sums<T: aya::Pod + Default>(
+    array: &PerCpuArray<MapData, T>,
+    name: &str,
+    ids: &[u32],
+    mut add: impl FnMut(&mut T, &T),
+) -> Result<BTreeMap<u32, T>, DataplaneError> {
+    ids.iter()
+        .map(|id| {
+            let values = array.get(id, 0).map_err(err(format!("reading {name}")))?;
+            let mut sum = T::default();
+            for v in values.iter() {
+                add(&mut sum, v);
+            }
+            Ok((*id, sum))
+        })
+        .collect()
+}
