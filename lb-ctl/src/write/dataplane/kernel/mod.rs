@@ -279,6 +279,15 @@ impl KernelMaps {
         epoch.set(0, clock, 0).map_err(err("writing lb_epoch"))?;
         let clock_program = program_handle(&ebpf, "lb_clock")?;
         let conns = Arc::new(conn_table(&ebpf, settings.meta.conn_salt)?);
+        // New maps say at once what they are (the layout, and the salt the
+        // program was loaded with), before anything can stop this process:
+        // a next start adopts them by `lb_meta`, and must not find a zero
+        // there for maps that are ours. The image's `PutMeta` then rewrites
+        // the same value, as for adopted maps.
+        let mut meta: Array<MapData, Meta> = typed(&mut ebpf, "lb_meta")?;
+        if !adopting {
+            meta.set(0, settings.meta, 0).map_err(err("writing lb_meta"))?;
+        }
         let timeouts: Array<MapData, u32> = typed(&mut ebpf, "lb_timeouts")?;
         // What an adopted data plane's entries expire by until the
         // reconciler writes this one's (zero in new maps).
@@ -302,7 +311,7 @@ impl KernelMaps {
             timeouts,
             held_timeouts,
             policy: typed(&mut ebpf, "lb_policy")?,
-            meta: typed(&mut ebpf, "lb_meta")?,
+            meta,
             tx_ports: typed(&mut ebpf, "lb_tx_ports")?,
             tx_slots: typed(&mut ebpf, "lb_tx_slots")?,
             be_conns: typed(&mut ebpf, "lb_be_conns")?,
