@@ -23,7 +23,7 @@ use lb_bench::dataplane::{
     self, BENCH_NS, Baseline, COLUMNS, Part, ROUNDS, Row, SAMPLES, conntrack, flood, floor,
     forward, fresh_client,
     handshake::{self, Path},
-    load_average, measure_groups, pin_to_cpu, rows, rows_json, services, table,
+    load_average, measure_groups, pin_to_cpu, rawbpf, rows, rows_json, services, table,
 };
 use lb_common::abi::{Flow, PROTO_TCP};
 use lb_testbed::{
@@ -128,7 +128,13 @@ fn main() {
         parts.push(floor.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
     }
     if wanted("forward") {
-        parts.push(forward::run());
+        match rawbpf::live_frames_permitted() {
+            Ok(()) => parts.push(forward::run()),
+            Err(e) => eprintln!(
+                "forward: not run: this kernel refuses BPF_PROG_TEST_RUN in live-frames mode \
+                 ({e}), which the forwarding benchmark sends its traffic with"
+            ),
+        }
     }
     report(per_packet.as_deref(), &parts, &load_before);
 }

@@ -215,6 +215,25 @@ pub fn run_live(prog: &Xdp, frame: &[u8], ifindex: u32, repeat: u32) -> u32 {
     u32::try_from(run.duration.as_nanos()).unwrap_or(u32::MAX)
 }
 
+/// Whether this kernel runs programs in live-frames mode: some refuse it
+/// (EPERM for every program, in every namespace: seen in a Firecracker
+/// VM's kernel whatever the capabilities), and the forwarding benchmark
+/// cannot run there. `Err` says what the kernel answered.
+pub fn live_frames_permitted() -> Result<(), String> {
+    let pass = lb_testbed::testrun::load_trivial_pass();
+    let frame = [0_u8; 64];
+    let ctx = XdpMd { data_end: frame.len() as u32, ..XdpMd::default() };
+    pass.test_run(TestRunOptions {
+        data_in: Some(&frame),
+        ctx_in: Some(&ctx.to_bytes()),
+        repeat: 1,
+        attrs: TestRunAttrs::new().xdp_live_frames(0),
+        ..TestRunOptions::new()
+    })
+    .map(drop)
+    .map_err(|e| describe(&e))
+}
+
 /// `dst = map` (the map's fd, resolved at load): two instruction slots.
 pub(super) fn ld_map(dst: u8, map: &MapData) -> [u64; 2] {
     [insn(LD_IMM64, dst, PSEUDO_MAP_FD, 0, map.fd().as_fd().as_raw_fd()), 0]
