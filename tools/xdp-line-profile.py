@@ -4,7 +4,7 @@
     sudo tools/xdp-line-profile.py [RUNS] [-- COMMAND ...]
 
 Runs COMMAND (default: `target/release/lb-bench per-packet`, built by
-`cargo xtask bench dataplane`) RUNS times (default 5). Each time it waits
+`cargo build --release -p lb-bench --bin lb-bench`) RUNS times (default 5). Each time it waits
 for the command to load a program named lb_xdp, samples every CPU with
 `perf record` for 0.4 s, and charges each sample that landed in that
 load's JITed program to the BTF line
