@@ -239,10 +239,22 @@ fn owners(backends: &BTreeMap<u32, Backend>, entries: Vec<ConnEntry>) -> Vec<Con
 }
 
 enum Command {
-    Recount { reply: Reply<BTreeMap<u32, BackendConns>> },
-    Down { reply: Reply<BTreeSet<BackendKey>> },
-    SetDown { down: BTreeSet<BackendKey>, reply: Reply<Applied> },
-    Apply { services: Vec<Service>, reply: Reply<Applied> },
+    /// Answers with the placement the counts are of: an apply that lands
+    /// before the caller reads the traffic must not rename their ids.
+    Recount {
+        reply: Reply<(BTreeMap<u32, BackendConns>, Arc<Placement>)>,
+    },
+    Down {
+        reply: Reply<BTreeSet<BackendKey>>,
+    },
+    SetDown {
+        down: BTreeSet<BackendKey>,
+        reply: Reply<Applied>,
+    },
+    Apply {
+        services: Vec<Service>,
+        reply: Reply<Applied>,
+    },
 }
 
 /// Connection-table walks at once: each can take seconds on a full table,
@@ -295,8 +307,7 @@ impl Handle {
     /// then reads the traffic counters through the read handle, on a
     /// blocking thread.
     pub async fn sample(&self) -> Result<Sample, ReconcileError> {
-        let conns = self.call(|reply| Command::Recount { reply }).await?;
-        let placement = Arc::clone(&self.placements.borrow());
+        let (conns, placement) = self.call(|reply| Command::Recount { reply }).await?;
         let reader = Arc::clone(&self.reader);
         tokio::task::spawn_blocking(move || {
             let services: Vec<u32> = placement.services.values().map(|s| s.id).collect();
@@ -375,7 +386,9 @@ pub fn spawn<M: Maps + 'static>(
         .name("lb-reconciler".into())
         .spawn(move || {
             while let Some(command) = rx.blocking_recv() {
-                reconciler.handle(command, |applied| {
+                // What `applied` is now: this thread publishes every change.
+                let current = Arc::clone(&publish.borrow());
+                reconciler.handle(command, current, |applied| {
                     publish.send_replace(Arc::new(Placement::of(applied)));
                 });
             }
@@ -398,13 +411,14 @@ impl<M: Maps> Reconciler<M> {
     /// backends hands `publish` what the maps hold after it (also after a
     /// failed write) before it replies: whoever the reply unblocks finds the
     /// slow path already placing by the new state.
-    fn handle(&mut self, command: Command, publish: impl FnOnce(&Image)) {
+    /// `current` is the placement of `applied` as it is before `command`.
+    fn handle(&mut self, command: Command, current: Arc<Placement>, publish: impl FnOnce(&Image)) {
         match command {
             Command::Down { reply } => {
                 let _ = reply.send(Ok(self.down().clone()));
             }
             Command::Recount { reply } => {
-                let _ = reply.send(self.recount_connections());
+                let _ = reply.send(self.recount_connections().map(|conns| (conns, current)));
             }
             Command::SetDown { down, reply } => {
                 let result = self.set_down(down);
