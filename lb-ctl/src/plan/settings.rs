@@ -27,7 +27,10 @@ use crate::desired::model::{Dataplane, HandshakeProof, ReversePath, Timeouts};
 pub type TimeoutTicks = [u32; CONN_STATES as usize];
 
 /// What the data plane's own maps hold. The default is what new maps
-/// hold: no interface, every timeout and the whole policy zero, no meta.
+/// hold when created: no interface, every timeout and the whole policy
+/// zero, no meta. (`KernelMaps` writes new maps' meta as it opens them, so
+/// that a start stopped before its first apply leaves adoptable maps; the
+/// first apply's `PutMeta` writes the same value again.)
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
     /// `lb_tx_ports`: slot -> ifindex, the configured interfaces in order.

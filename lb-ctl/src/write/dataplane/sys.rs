@@ -21,7 +21,7 @@ use std::{
 };
 
 use aya::{
-    maps::{DevMap, IterableMap as _, MapData},
+    maps::{DevMap, IterableMap as _, MapData, MapType},
     programs::{ProgramError, ProgramInfo, Xdp, loaded_programs},
 };
 use aya_obj::{
@@ -197,6 +197,18 @@ fn xdp_of(info: ProgramInfo, name: String) -> Result<Xdp, ProgramError> {
 /// the kernel wrote.
 pub fn update_batch(map: &MapData, keys: &[u8], values: &[u8]) -> io::Result<u32> {
     let info = map.info().map_err(io::Error::other)?;
+    // A per-CPU map's entry holds a value per possible CPU, each rounded up
+    // to 8 bytes: the lengths below would not bound what the kernel reads.
+    let per_cpu = matches!(
+        info.map_type(),
+        Ok(MapType::PerCpuArray
+            | MapType::PerCpuHash
+            | MapType::LruPerCpuHash
+            | MapType::PerCpuCgroupStorage)
+    );
+    if per_cpu {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "a per-CPU map"));
+    }
     let (key_size, value_size) = (info.key_size() as usize, info.value_size() as usize);
     let count = keys.len() / key_size.max(1);
     if keys.len() != count * key_size || values.len() != count * value_size {
