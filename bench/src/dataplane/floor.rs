@@ -21,7 +21,7 @@ use super::{
     rawbpf::{
         ADD_K, AND_K, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_LRU_HASH, CALL, EXIT, HELPER_MAP_LOOKUP,
         HELPER_MAP_UPDATE, HELPER_PRANDOM, JEQ_K, JNE_K, LDX_DW, MOV_K, MOV_X, MUL_K, RSH_K, ST_DW,
-        ST_W, STX_DW, STX_W, XDP_DROP, XDP_PASS, create_map, insn, ld_map, load_xdp, update_batch,
+        ST_W, STX_DW, STX_W, XDP_DROP, XDP_PASS, create_map, insn, ld_map, update_batch,
     },
     rows, rows_json, table,
 };
@@ -167,7 +167,7 @@ fn read() -> u64 {
 
 /// The program, loaded: it holds its map, so the map's fd can go.
 fn load(insns: &[u64]) -> Xdp {
-    load_xdp("lb_floor", insns)
+    testrun::load_xdp("lb_floor", insns)
 }
 
 /// An array of `entries` 64-byte values (a power of two) of its own.

@@ -18,7 +18,6 @@ use aya_obj::generated::{
     BPF_XOR, bpf_func_id, bpf_map_type,
 };
 use lb_ctl::write::dataplane::sys;
-pub use lb_testbed::testrun::load_xdp;
 use lb_testbed::testrun::{XdpMd, describe};
 
 use super::{LIVE_PORT_BASE, LIVE_PORTS};

@@ -149,9 +149,15 @@ pub fn table(header: &[&str], align: &str, rows: &[Vec<String>]) -> String {
 /// `report` (a JSON object's text, as a benchmark writes it) with a
 /// `"run"` member first: the date (UTC), the commit (`git describe
 /// --always --dirty` in the current directory, which xtask makes the
-/// workspace), the CPUs, their model and the kernel.
+/// workspace), the CPUs, their model and the kernel. The member goes in as
+/// text, so the report keeps its own layout and order; a report that is
+/// not a JSON object, or is stamped already, is returned as it is.
 pub fn stamp(report: &str) -> String {
-    let Some(open) = report.find('{') else {
+    let object = serde_json::from_str::<Value>(report);
+    let Ok(Value::Object(members)) = object else {
+        return report.to_owned();
+    };
+    let Some(open) = report.find('{').filter(|_| !members.contains_key("run")) else {
         return report.to_owned();
     };
     let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -180,7 +186,8 @@ pub fn stamp(report: &str) -> String {
         "cpu": cpu,
         "kernel": kernel,
     });
-    format!("{}\n  \"run\": {run},{}", &report[..=open], &report[open + 1..])
+    let comma = if members.is_empty() { "" } else { "," };
+    format!("{}\n  \"run\": {run}{comma}{}", &report[..=open], &report[open + 1..])
 }
 
 /// `YYYY-MM-DD` of a Unix time, UTC.
@@ -206,6 +213,19 @@ mod tests {
         assert_eq!(v["rows"][1], 2);
         assert!(v["run"]["date"].as_str().is_some_and(|d| d.len() == 10 && d.starts_with("20")));
         assert!(v["run"]["cpus"].as_u64().is_some_and(|n| n > 0));
+    }
+
+    /// An empty report gets its stamp and stays JSON; a stamped one, or one
+    /// that is not a JSON object, is left as it is (no second `run`).
+    #[test]
+    fn odd_reports_are_stamped_once_or_left_alone() {
+        let empty: Value = serde_json::from_str(&stamp("{}")).expect("JSON");
+        assert!(empty["run"]["date"].is_string());
+        let once = stamp("{\"unit\": \"ns\"}");
+        assert_eq!(stamp(&once), once);
+        for text in ["[1, 2]", "not json", "{\"cut\": "] {
+            assert_eq!(stamp(text), text);
+        }
     }
 
     #[test]

@@ -85,7 +85,7 @@ fn checksums_ok(frame: &[u8]) -> bool {
 /// Loads the generator and checks, with ordinary test runs over a frame the
 /// load balancer has rewritten, that it sends valid frames of the mix.
 fn program(template: &[u8], ifindex: u32, flows: u32) -> Xdp {
-    let prog = rawbpf::load_xdp("lbd_gen", &rawbpf::generator_insns(template, flows));
+    let prog = testrun::load_xdp("lbd_gen", &rawbpf::generator_insns(template, flows));
     let mut recycled = template.to_vec();
     recycled[..12].fill(0xee); // MACs
     recycled[24..38].fill(0xee); // IP checksum, addresses, ports

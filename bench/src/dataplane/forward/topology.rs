@@ -141,7 +141,7 @@ pub fn lb_program(lb: &mut Loaded) -> &mut Xdp {
 /// only takes redirected frames if its peer runs NAPI, which XDP turns on.
 pub fn start_sink() -> FdLink {
     in_ns(SINK_NS, || {
-        let mut prog = rawbpf::load_xdp(SINK_PROG, &rawbpf::drop_insns());
+        let mut prog = lb_testbed::testrun::load_xdp(SINK_PROG, &rawbpf::drop_insns());
         let ifindex = netdev::ifindex(SINK_IF).expect("the sink interface");
         rawbpf::attach_driver(&mut prog, ifindex)
     })
