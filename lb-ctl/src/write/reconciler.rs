@@ -114,8 +114,22 @@ impl<M: Maps> Reconciler<M> {
                 .map(held_backend_key)
                 .collect();
             reconciler.applied = image;
+            reconciler.write_settings()?;
         }
         Ok(reconciler)
+    }
+
+    /// Writes the data plane's own settings (interfaces, timeouts, policy)
+    /// where an adopted data plane holds others, at once: they need no
+    /// plan of the services, and a removed interface's redirect slot must
+    /// not wait for the first apply (which may take seconds to plan, or fail).
+    fn write_settings(&mut self) -> Result<(), ReconcileError> {
+        let settled = Image { settings: self.settings.clone(), ..self.applied.clone() };
+        for op in diff(&self.applied, &settled) {
+            self.maps.apply(&op)?;
+            self.applied.apply(&op);
+        }
+        Ok(())
     }
 
     /// The backends held out of rotation by health (an adopted data plane's
@@ -620,9 +634,11 @@ mod tests {
     }
 
     /// A data plane adopted with an interface no longer configured
-    /// (`[3, 4, 5]`, now `[3, 5]`): 4's entries are deleted, 5 moves to its
-    /// slot, once the cached next hops are forgotten, and nothing else is
-    /// written; failing at any write, the retry completes it.
+    /// (`[3, 4, 5]`, now `[3, 5]`): the adoption itself, before any apply,
+    /// deletes 4's entries and moves 5 to its slot, once the cached next
+    /// hops are forgotten, and writes nothing else; failing at any of those
+    /// writes, the adoption fails and the next one (the next start)
+    /// completes it. The first apply then has no setting left to write.
     #[test]
     fn adopting_a_data_plane_deletes_the_entries_of_an_interface_no_longer_configured() {
         let services = [web(&[(11, 1)])];
@@ -631,11 +647,10 @@ mod tests {
             Reconciler::new(before.clone()).apply(&services).unwrap();
             let fake = FakeMaps { settings: settings_on(&[3, 5]), ..before };
             fake.writes.lock().unwrap().clear();
-            let mut r = Reconciler::adopt(fake.clone()).unwrap();
             *fake.fail_after.lock().unwrap() = Some(fail_after);
-            let failed = r.apply(&services).is_err();
+            let failed = Reconciler::adopt(fake.clone()).is_err();
             *fake.fail_after.lock().unwrap() = None;
-            r.apply(&services).unwrap();
+            let mut r = Reconciler::adopt(fake.clone()).unwrap();
             let held = fake.state.lock().unwrap().clone();
             assert_eq!(held.settings, fake.settings, "after failing at write {fail_after}");
             assert_eq!(held, *r.applied());
@@ -651,6 +666,7 @@ mod tests {
                         Op::PutTxSlot(5, 1),
                     ]
                 );
+                assert_eq!(r.apply(&services).unwrap().writes, 0);
                 break;
             }
         }
