@@ -32,6 +32,9 @@ use crate::{
 /// A checked backend: its prober task and its state.
 struct Checked {
     check: HealthCheck,
+    /// Where its probes connect: its own address and port unless a
+    /// `check_address` / `check_port` says otherwise.
+    target: SocketAddr,
     tracker: Tracker,
     task: JoinHandle<()>,
 }
@@ -75,34 +78,36 @@ impl Monitor {
         for s in services {
             if let Some(check) = &s.health {
                 for b in &s.backends {
-                    wanted.insert(
-                        backend_key(s, b.address, b.port),
-                        (SocketAddr::from((b.address, b.port)), check),
-                    );
+                    let own = SocketAddr::from((b.address, b.port));
+                    let target = SocketAddr::from(check.target_of(b));
+                    wanted.insert(backend_key(s, b.address, b.port), (own, target, check));
                 }
             }
         }
-        // A backend whose check changed is probed anew, but a DOWN one stays
-        // DOWN until its new check says otherwise.
+        // A backend whose check or target changed is probed anew, but a DOWN
+        // one stays DOWN until its new check says otherwise.
         let mut was_down = BTreeSet::new();
         self.checked.retain(|key, checked| {
-            let keep = wanted.get(key).is_some_and(|(_, check)| **check == checked.check);
+            let keep = wanted.get(key).is_some_and(|(_, target, check)| {
+                **check == checked.check && *target == checked.target
+            });
             if !keep && checked.tracker.status() == Status::Down {
                 was_down.insert(*key);
             }
             keep
         });
-        for (key, (addr, check)) in wanted {
+        for (key, (own, target, check)) in wanted {
             if self.checked.contains_key(&key) {
                 continue;
             }
+            let endpoints = Endpoints { own, target };
             let task =
-                tokio::spawn(probe_forever(key, addr, check.clone(), self.results_tx.clone()));
+                tokio::spawn(probe_forever(key, endpoints, check.clone(), self.results_tx.clone()));
             let mut tracker = Tracker::new(check.rise, check.fall);
             if was_down.contains(&key) {
                 tracker = tracker.starting_down();
             }
-            self.checked.insert(key, Checked { check: check.clone(), tracker, task });
+            self.checked.insert(key, Checked { check: check.clone(), target, tracker, task });
         }
     }
 
@@ -193,16 +198,24 @@ pub fn start_offset(key: &BackendKey, interval: Duration) -> Duration {
     Duration::from_millis(h % millis)
 }
 
+/// A backend's own endpoint and the one its probes connect to.
+#[derive(Clone, Copy)]
+struct Endpoints {
+    /// What an HTTP check's `Host` names, wherever the probe connects.
+    own: SocketAddr,
+    target: SocketAddr,
+}
+
 async fn probe_forever(
     key: BackendKey,
-    addr: SocketAddr,
+    at: Endpoints,
     check: HealthCheck,
     results: mpsc::Sender<(BackendKey, Probed)>,
 ) {
     let prober = match &check.probe {
         Probe::Tcp => Prober::Tcp,
         Probe::Http { path, expect_status, expect_body } => {
-            Prober::http(path, addr, *expect_status, expect_body.as_deref())
+            Prober::http(path, at.own, *expect_status, expect_body.as_deref())
         }
     };
     tokio::time::sleep(start_offset(&key, check.interval)).await;
@@ -210,7 +223,7 @@ async fn probe_forever(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let result = prober.run(addr, check.timeout).await;
+        let result = prober.run(at.target, check.timeout).await;
         if results.send((key, result)).await.is_err() {
             return;
         }
@@ -228,7 +241,9 @@ mod tests {
     use tokio::{net::TcpListener, time::Instant};
 
     use super::*;
-    use crate::desired::model::{AdminState, Backend, Forwarding, Protocol, Scheduler};
+    use crate::desired::model::{
+        AdminState, Backend, CheckTarget, Forwarding, Protocol, Scheduler,
+    };
 
     /// A service on 10.77.1.100:80 checked with `check`, whose backends are
     /// (loopback address, weight, state).
@@ -249,6 +264,7 @@ mod tests {
                     port: addr.port(),
                     weight,
                     state,
+                    check: CheckTarget::default(),
                 })
                 .collect(),
         }
@@ -268,6 +284,7 @@ mod tests {
             timeout: Duration::from_millis(timeout_ms),
             rise: 1,
             fall: 1,
+            target: CheckTarget::default(),
         }
     }
 
@@ -363,7 +380,10 @@ mod tests {
         {
             // No prober: the test sends the results.
             let task = tokio::spawn(async {});
-            monitor.checked.insert(key, Checked { check: tcp_check(1000, 100), tracker, task });
+            let target = SocketAddr::from((Ipv4Addr::from(key.1.addr), key.1.port));
+            monitor
+                .checked
+                .insert(key, Checked { check: tcp_check(1000, 100), target, tracker, task });
         }
         let result = |ok| CheckResult {
             ok,
@@ -496,6 +516,7 @@ mod tests {
             timeout,
             rise: 1,
             fall: 1,
+            target: CheckTarget::default(),
         };
         let mut monitor = Monitor::default();
         monitor.sync(&[checked(check, &[(server.addr, 1, AdminState::Active)])]);
