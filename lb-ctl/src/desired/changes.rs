@@ -504,6 +504,33 @@ mod tests {
         assert_eq!(base[0].backends.len(), 1, "apply is pure");
     }
 
+    /// A backend added with a `check_*` to a service that checks nothing
+    /// is refused, naming the field.
+    #[test]
+    fn a_check_target_needs_a_checked_service() {
+        let web = service("web", 80, &[(11, 1)]);
+        let mut redirected = backend(12, 1);
+        redirected.check.port = Some(8081);
+        let add = Change::AddBackend { service: "web".into(), backend: redirected };
+        let Err(ChangeError::Invalid(problems)) = apply(std::slice::from_ref(&web), &add) else {
+            panic!("a check_port on an unchecked service was taken");
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "check_port");
+        assert!(problems[0].message.starts_with("no health check to redirect"), "{problems:?}");
+        let mut checked = web;
+        checked.health = Some(crate::desired::model::HealthCheck {
+            probe: crate::desired::model::Probe::Tcp,
+            interval: std::time::Duration::from_secs(2),
+            timeout: std::time::Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+            target: CheckTarget::default(),
+        });
+        let next = apply(&[checked], &add).expect("taken by a checked service");
+        assert_eq!(next[0].backends[1].check.port, Some(8081));
+    }
+
     #[test]
     fn replay_gives_the_same_services_as_the_changes_did() {
         let base = vec![service("web", 80, &[(11, 1), (12, 1)]), service("api", 81, &[(21, 1)])];

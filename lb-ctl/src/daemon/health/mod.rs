@@ -541,6 +541,84 @@ mod tests {
         }
     }
 
+    /// A port on 127.77.0.2 that nothing listens on.
+    fn closed_port() -> u16 {
+        std::net::TcpListener::bind("127.77.0.2:0").unwrap().local_addr().unwrap().port()
+    }
+
+    /// The next transition within 5 s.
+    async fn next_within_5_s(monitor: &mut Monitor) -> (BackendKey, Transition) {
+        tokio::time::timeout(Duration::from_secs(5), monitor.next_transition())
+            .await
+            .expect("a transition within 5 s")
+    }
+
+    /// Backends whose own ports are closed, probed where the service's
+    /// `check_port` (or the backend's own, which wins) says: they come UP
+    /// under their own keys, and go DOWN when that port closes.
+    #[tokio::test]
+    async fn a_check_port_moves_the_probe_not_the_backends_state() {
+        // 127.77.0.2: no other test listens there (see `Recorder::start`).
+        let service_port = TcpListener::bind("127.77.0.2:0").await.unwrap();
+        let own_port = TcpListener::bind("127.77.0.2:0").await.unwrap();
+        let at = |l: &TcpListener| l.local_addr().unwrap().port();
+        let (first, second) = (closed_port(), closed_port());
+        let address = Ipv4Addr::new(127, 77, 0, 2);
+        let mut check = tcp_check(50, 40);
+        check.target.port = Some(at(&service_port));
+        let mut service = checked(
+            check,
+            &[
+                ((address, first).into(), 1, AdminState::Active),
+                ((address, second).into(), 1, AdminState::Active),
+            ],
+        );
+        service.backends[1].check.port = Some(at(&own_port));
+        let keys = [backend_key(&service, address, first), backend_key(&service, address, second)];
+        let mut monitor = Monitor::default();
+        monitor.sync(std::slice::from_ref(&service));
+        let mut up = BTreeSet::new();
+        while up.len() < 2 {
+            let (key, t) = next_within_5_s(&mut monitor).await;
+            assert_eq!(t.to, Status::Up, "{key:?}: {t:?}");
+            up.insert(key);
+        }
+        assert_eq!(up, keys.into_iter().collect(), "the states are the backends' own");
+
+        // The second backend's own check port closes: it alone goes DOWN.
+        drop(own_port);
+        let (key, t) = next_within_5_s(&mut monitor).await;
+        assert_eq!((key, t.to), (keys[1], Status::Down));
+        assert_eq!(t.cause.detail, "connection refused");
+        assert_eq!(monitor.down(), BTreeSet::from([keys[1]]));
+
+        // Without its own, it is probed on the service's again: UP.
+        service.backends[1].check.port = None;
+        monitor.sync(std::slice::from_ref(&service));
+        let (key, t) = next_within_5_s(&mut monitor).await;
+        assert_eq!((key, t.to), (keys[1], Status::Up));
+        assert!(monitor.down().is_empty());
+    }
+
+    /// An HTTP check sent elsewhere still names the backend in its `Host`.
+    #[tokio::test]
+    async fn an_http_check_elsewhere_names_the_backend_as_host() {
+        let health = TcpListener::bind("127.77.0.2:0").await.unwrap();
+        let mut check = tcp_check(50, 40);
+        check.probe = Probe::Http { path: "/health".into(), expect_status: 200, expect_body: None };
+        check.target.port = Some(health.local_addr().unwrap().port());
+        let own: SocketAddr = (Ipv4Addr::new(127, 77, 0, 2), closed_port()).into();
+        let mut monitor = Monitor::default();
+        monitor.sync(&[checked(check, &[(own, 1, AdminState::Active)])]);
+        let (mut stream, _) =
+            tokio::time::timeout(Duration::from_secs(5), health.accept()).await.unwrap().unwrap();
+        let mut request = vec![0_u8; 1024];
+        let n = tokio::io::AsyncReadExt::read(&mut stream, &mut request).await.unwrap();
+        let request = String::from_utf8_lossy(&request[..n]);
+        assert!(request.starts_with("GET /health HTTP/1.0\r\n"), "{request}");
+        assert!(request.contains(&format!("\r\nHost: {own}\r\n")), "{request}");
+    }
+
     /// A drained backend (weight 0, or state drain) and one in maintenance
     /// get no new flows, but their health checks go on: their status
     /// follows their probes.
