@@ -1576,6 +1576,73 @@ async fn changes_survive_a_restart() {
     );
 }
 
+/// `check_address` / `check_port` of a service and of a backend: shown as
+/// written, bounded (a port at 65535 and 1, one past refused naming the
+/// field), refused where nothing is checked, and kept across a restart.
+#[tokio::test]
+async fn check_targets_round_trip_are_bounded_and_survive_a_restart() {
+    let dir = TempDir::new("check-target");
+    let services = {
+        let lb = Lb::start(&dir.0, None).await;
+        let api = r#"{"name": "api", "vip": "10.77.1.101", "port": 443,
+            "health": {"check": "http", "path": "/health", "check_port": 65535, "check_address": "10.77.3.1"},
+            "backends": [{"address": "10.77.2.31", "port": 443, "check_port": 1}]}"#;
+        let (status, answer) = lb.call(Method::POST, "/api/v1/services", Some(api), None).await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+        let added = r#"{"address": "10.77.2.32", "port": 443, "check_address": "10.77.3.32", "check_port": 8081}"#;
+        let path = "/api/v1/services/api/backends";
+        let (status, answer) = lb.call(Method::POST, path, Some(added), None).await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+        let (_, view) = lb.get("/api/v1/services/api").await;
+        assert_eq!(view["health"]["check_port"], 65535, "{view}");
+        assert_eq!(view["health"]["check_address"], "10.77.3.1", "{view}");
+        let b32 = backend(&view, "10.77.2.32:443").unwrap();
+        assert_eq!(
+            (b32["check_address"].clone(), b32["check_port"].clone()),
+            (json!("10.77.3.32"), json!(8081))
+        );
+        assert_eq!(backend(&view, "10.77.2.31:443").unwrap()["check_port"], 1);
+        assert!(backend(&view, "10.77.2.31:443").unwrap()["check_address"].is_null());
+
+        for (path, body, field) in [
+            (path, r#"{"address": "10.77.2.33", "port": 443, "check_port": 65536}"#, "check_port"),
+            (path, r#"{"address": "10.77.2.33", "port": 443, "check_port": 0}"#, "check_port"),
+            (
+                path,
+                r#"{"address": "10.77.2.33", "port": 443, "check_address": "::1"}"#,
+                "check_address",
+            ),
+            // The web service has no [service.health]: nothing to redirect.
+            (
+                "/api/v1/services/web/backends",
+                r#"{"address": "10.77.2.13", "port": 80, "check_port": 8081}"#,
+                "check_port",
+            ),
+            (
+                "/api/v1/services",
+                r#"{"name": "x", "vip": "10.77.1.102", "port": 80, "health": {"check": "none", "check_port": 8081}}"#,
+                "health.check_port",
+            ),
+        ] {
+            let answer =
+                lb.refused(Method::POST, path, Some(body), StatusCode::UNPROCESSABLE_ENTITY).await;
+            assert_names(&answer, field);
+        }
+        let stored = fs::read_to_string(&lb.state_file).unwrap();
+        assert!(stored.contains("10.77.3.32"), "the state file keeps the check_address: {stored}");
+        lb.services().await
+    };
+
+    let lb = Lb::start(&dir.0, None).await;
+    let again = lb.services().await;
+    assert_eq!(settings(&again), settings(&services));
+    let b32 = backend(service(&again, "api").unwrap(), "10.77.2.32:443").unwrap();
+    assert_eq!(
+        (b32["check_address"].clone(), b32["check_port"].clone()),
+        (json!("10.77.3.32"), json!(8081))
+    );
+}
+
 /// What moves between services survives a restart too: a backend moved
 /// from one service to another, and a service re-created under a new name
 /// on the same VIP:port. (The state file keeps the last word per service and

@@ -10,7 +10,9 @@ use aya::maps::{Array, Map, MapData};
 use lb_common::abi::{BACKEND_DOWN, Backend, MAX_BACKENDS};
 use lb_ctl::{
     daemon::health::Monitor,
-    desired::model::{AdminState, Backend as BackendSpec, HealthCheck, Probe, Protocol, Service},
+    desired::model::{
+        AdminState, Backend as BackendSpec, CheckTarget, HealthCheck, Probe, Protocol, Service,
+    },
 };
 use lb_testbed::{
     harness::{FAST_CHECKS, Lab, built_bin},
@@ -188,6 +190,7 @@ fn capacity() -> Capacity {
                     timeout: Duration::from_millis(500),
                     rise: 2,
                     fall: 3,
+                    target: CheckTarget::default(),
                 }),
                 backends: (0..SYNTHETIC_BACKENDS)
                     .map(|i| BackendSpec {
@@ -195,6 +198,7 @@ fn capacity() -> Capacity {
                         port: 20000 + i,
                         weight: 1,
                         state: AdminState::Active,
+                        check: CheckTarget::default(),
                     })
                     .collect(),
             };

@@ -18,8 +18,8 @@ use super::{
     bounds::MAX_SERVICE_BACKENDS,
     json::{backend_from_json, backend_to_json, from_json, service_from_json, service_to_json},
     model::{AdminState, Backend, Scheduler, Service},
-    problem::Problem,
-    validate::check_services,
+    problem::{Problem, Problems},
+    validate::{check_services, refuse_unchecked_target},
 };
 
 /// One change asked through the API.
@@ -170,6 +170,22 @@ fn check(services: &[Service], changed: &str) -> Result<(), ChangeError> {
             key: "backends".into(),
             message: format!("lc considers at most {LC_MAX_BACKENDS} backends"),
         }]));
+    }
+    if s.health.is_none() {
+        // A backend added with a `check_*` to a service that checks nothing.
+        let mut problems = Problems::default();
+        for b in &s.backends {
+            refuse_unchecked_target("", b.check, &mut problems);
+        }
+        if !problems.0.is_empty() {
+            return Err(ChangeError::Invalid(
+                problems
+                    .0
+                    .into_iter()
+                    .map(|p| Problem { key: p.key.trim_start_matches('.').to_owned(), ..p })
+                    .collect(),
+            ));
+        }
     }
     for other in services.iter().filter(|o| o.name != s.name) {
         if (other.vip, other.port, other.protocol) == (s.vip, s.port, s.protocol) {
@@ -443,14 +459,20 @@ pub fn parse_backend_address(text: &str) -> Option<SocketAddrV4> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::model::testing::service;
+    use crate::desired::model::{CheckTarget, testing::service};
 
     fn at(last: u8) -> SocketAddrV4 {
         SocketAddrV4::new(Ipv4Addr::new(10, 77, 2, last), 80)
     }
 
     fn backend(last: u8, weight: u32) -> Backend {
-        Backend { address: *at(last).ip(), port: 80, weight, state: AdminState::Active }
+        Backend {
+            address: *at(last).ip(),
+            port: 80,
+            weight,
+            state: AdminState::Active,
+            check: CheckTarget::default(),
+        }
     }
 
     #[test]
@@ -480,6 +502,33 @@ mod tests {
         let next = apply(&base, &add("web", 12)).unwrap();
         assert_eq!(next[0].backends.len(), 2);
         assert_eq!(base[0].backends.len(), 1, "apply is pure");
+    }
+
+    /// A backend added with a `check_*` to a service that checks nothing
+    /// is refused, naming the field.
+    #[test]
+    fn a_check_target_needs_a_checked_service() {
+        let web = service("web", 80, &[(11, 1)]);
+        let mut redirected = backend(12, 1);
+        redirected.check.port = Some(8081);
+        let add = Change::AddBackend { service: "web".into(), backend: redirected };
+        let Err(ChangeError::Invalid(problems)) = apply(std::slice::from_ref(&web), &add) else {
+            panic!("a check_port on an unchecked service was taken");
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "check_port");
+        assert!(problems[0].message.starts_with("no health check to redirect"), "{problems:?}");
+        let mut checked = web;
+        checked.health = Some(crate::desired::model::HealthCheck {
+            probe: crate::desired::model::Probe::Tcp,
+            interval: std::time::Duration::from_secs(2),
+            timeout: std::time::Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+            target: CheckTarget::default(),
+        });
+        let next = apply(&[checked], &add).expect("taken by a checked service");
+        assert_eq!(next[0].backends[1].check.port, Some(8081));
     }
 
     #[test]

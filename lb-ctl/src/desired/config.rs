@@ -300,7 +300,7 @@ mod tests {
     use super::*;
     use crate::desired::{
         json::service_from_json,
-        model::{Forwarding, Probe, Protocol, Scheduler},
+        model::{CheckTarget, Forwarding, Probe, Protocol, Scheduler},
     };
 
     const GOOD: &str = r#"
@@ -568,6 +568,118 @@ protocol = "udp"
                 "no {key} in {p:?}"
             );
         }
+    }
+
+    /// `check_address` / `check_port`: the backend's over the service's
+    /// over the backend's own, each of the two on its own.
+    #[test]
+    fn check_targets_are_parsed_with_the_backends_over_the_services() {
+        let text = GOOD
+            .replacen("port = 80\n", "port = 80\n  [service.health]\n  check_port = 8081\n", 1)
+            .replacen(
+                "  address = \"10.77.2.12\"\n  port = 80\n",
+                "  address = \"10.77.2.12\"\n  port = 80\n  check_address = \"10.77.3.12\"\n  check_port = 9000\n",
+                1,
+            );
+        let c = parse(&text).unwrap();
+        let web = &c.services[0];
+        let h = web.health.as_ref().expect("checked");
+        assert_eq!(h.target, CheckTarget { address: None, port: Some(8081) });
+        let at = |b: usize| h.target_of(&web.backends[b]).to_string();
+        assert_eq!(at(0), "10.77.2.11:8081", "the service's port, the backend's own address");
+        assert_eq!(at(1), "10.77.3.12:9000", "the backend's own check_* win");
+        let text = GOOD.replacen(
+            "port = 80\n",
+            "port = 80\n  [service.health]\n  check_address = \"10.77.9.9\"\n",
+            1,
+        );
+        let c = parse(&text).unwrap();
+        let web = &c.services[0];
+        let h = web.health.as_ref().unwrap();
+        assert_eq!(h.target_of(&web.backends[1]).to_string(), "10.77.9.9:80");
+        // Unset: the backend's own address and port, as before.
+        let c = parse(&GOOD.replacen("port = 80\n", "port = 80\n  [service.health]\n", 1)).unwrap();
+        let web = &c.services[0];
+        let h = web.health.as_ref().unwrap();
+        assert_eq!(h.target_of(&web.backends[0]).to_string(), "10.77.2.11:80");
+    }
+
+    #[test]
+    fn check_ports_and_addresses_are_bounded_and_named() {
+        let with = |health: &str, backend: &str| {
+            GOOD.replacen("port = 80\n", &format!("port = 80\n  [service.health]\n{health}"), 1)
+                .replacen(
+                    "  address = \"10.77.2.11\"\n  port = 80\n",
+                    &format!("  address = \"10.77.2.11\"\n  port = 80\n{backend}"),
+                    1,
+                )
+        };
+        for port in [1, 65535] {
+            let c = parse(&with(&format!("  check_port = {port}\n"), "")).unwrap();
+            assert_eq!(c.services[0].health.as_ref().unwrap().target.port, Some(port));
+            let c = parse(&with("", &format!("  check_port = {port}\n"))).unwrap();
+            assert_eq!(c.services[0].backends[0].check.port, Some(port));
+        }
+        for port in [0, 65536] {
+            let p = problems(&with(&format!("  check_port = {port}\n"), ""));
+            assert_eq!(
+                p,
+                [format!("service[0].health.check_port: {port} is not a port (1 to 65535)")]
+            );
+            let p = problems(&with("", &format!("  check_port = {port}\n")));
+            assert_eq!(
+                p,
+                [format!("service[0].backend[0].check_port: {port} is not a port (1 to 65535)")]
+            );
+        }
+        for (address, why) in [
+            ("::1", "\"::1\" is not an IPv4 address"),
+            ("web1", "\"web1\" is not an IPv4 address"),
+            ("0.0.0.0", "0.0.0.0 cannot be used as an endpoint address"),
+        ] {
+            let p = problems(&with(&format!("  check_address = \"{address}\"\n"), ""));
+            assert_eq!(p, [format!("service[0].health.check_address: {why}")]);
+            let p = problems(&with("", &format!("  check_address = \"{address}\"\n")));
+            assert_eq!(p, [format!("service[0].backend[0].check_address: {why}")]);
+        }
+    }
+
+    /// A `check_*` where nothing is probed is an error naming it, not ignored.
+    #[test]
+    fn a_check_target_without_a_check_is_refused() {
+        let none = "no health check to redirect: the service's check is \"none\" or it has no [service.health]";
+        // check = "none", said or a UDP service's default.
+        let p = problems(&GOOD.replacen(
+            "port = 80\n",
+            "port = 80\n  [service.health]\n  check = \"none\"\n  check_port = 8081\n",
+            1,
+        ));
+        assert_eq!(p, [format!("service[0].health.check_port: {none}")]);
+        let p = problems(&GOOD.replacen(
+            "protocol = \"udp\"\n",
+            "protocol = \"udp\"\n  [service.health]\n  check_address = \"10.77.3.1\"\n",
+            1,
+        ));
+        assert_eq!(p, [format!("service[1].health.check_address: {none}")]);
+        // A backend's, in a service without [service.health].
+        let p = problems(&GOOD.replacen(
+            "  address = \"10.77.2.12\"\n  port = 80\n",
+            "  address = \"10.77.2.12\"\n  port = 80\n  check_port = 8081\n",
+            1,
+        ));
+        assert_eq!(p, [format!("service[0].backend[1].check_port: {none}")]);
+        // Not where the check was refused for its own reason.
+        let p = problems(&GOOD.replacen(
+            "port = 80\n",
+            "port = 80\n  [service.health]\n  rise = 0\n\n  [[service.backend]]\n  address = \"10.77.2.13\"\n  port = 80\n  check_port = 8081\n",
+            1,
+        ));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("service[0].health.rise"), "{p:?}");
+        // Through the API alike.
+        let body = br#"{"name": "dns", "vip": "10.77.1.53", "port": 53, "protocol": "udp", "health": {"check_port": 5353}}"#;
+        let e = service_from_json(body).unwrap_err().to_string();
+        assert_eq!(e, format!("health.check_port: {none}"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::fmt;
 
 use super::{
-    model::{Backend, Probe, Service},
+    model::{Backend, CheckTarget, Probe, Service},
     names::{Check, Named as _, OnNoBackend},
     problem::{Problem, Problems},
     validate::{check_service_set, validate_backend, validate_service},
@@ -73,6 +73,7 @@ pub fn service_to_json(s: &Service) -> serde_json::Value {
                 v["expect_body"] = json!(body);
             }
         }
+        add_check_target(&mut v, h.target);
         v
     });
     let mut v = json!({
@@ -93,12 +94,24 @@ pub fn service_to_json(s: &Service) -> serde_json::Value {
 
 /// A backend as the API shows it; `backend_from_json` reads it back.
 pub fn backend_to_json(b: &Backend) -> serde_json::Value {
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "address": b.address.to_string(),
         "port": b.port,
         "weight": b.weight,
         "state": b.state.name(),
-    })
+    });
+    add_check_target(&mut v, b.check);
+    v
+}
+
+/// `check_address` and `check_port`, where set (absent: not overridden).
+fn add_check_target(v: &mut serde_json::Value, target: CheckTarget) {
+    if let Some(address) = target.address {
+        v["check_address"] = serde_json::json!(address.to_string());
+    }
+    if let Some(port) = target.port {
+        v["check_port"] = serde_json::json!(port);
+    }
 }
 
 /// Deserializes one JSON value (nothing may follow it), naming the field a

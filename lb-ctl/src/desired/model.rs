@@ -1,7 +1,11 @@
 //! The desired state: plain data, produced by `config` (and the API's
 //! bodies, `json`), consumed by `plan`. The names each choice is written
 //! with are in `names`.
-use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+    time::Duration,
+};
 
 use lb_common::abi::{PROTO_TCP, PROTO_UDP};
 
@@ -146,6 +150,52 @@ pub struct HealthCheck {
     pub rise: u32,
     /// Consecutive failures that take an UP backend DOWN.
     pub fall: u32,
+    /// Where every backend of the service is probed, unless the backend
+    /// says otherwise.
+    pub target: CheckTarget,
+}
+
+impl HealthCheck {
+    /// Where `backend` is probed: each of the address and the port is the
+    /// backend's `check_*` if set, else the service's, else the backend's own.
+    pub fn target_of(&self, backend: &Backend) -> SocketAddrV4 {
+        let target = backend.check.or(self.target);
+        SocketAddrV4::new(
+            target.address.unwrap_or(backend.address),
+            target.port.unwrap_or(backend.port),
+        )
+    }
+}
+
+/// `check_address` / `check_port`: where a health check connects instead
+/// of the backend's own address and port (HAProxy's `addr` and `port` on a
+/// server, keepalived's `connect_ip` and `connect_port`). The health state
+/// stays the backend's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CheckTarget {
+    pub address: Option<Ipv4Addr>,
+    pub port: Option<u16>,
+}
+
+impl CheckTarget {
+    /// Each of `self`'s values, else `fallback`'s.
+    #[must_use]
+    pub const fn or(self, fallback: Self) -> Self {
+        Self {
+            address: match self.address {
+                Some(a) => Some(a),
+                None => fallback.address,
+            },
+            port: match self.port {
+                Some(p) => Some(p),
+                None => fallback.port,
+            },
+        }
+    }
+
+    pub const fn is_set(&self) -> bool {
+        self.address.is_some() || self.port.is_some()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -165,6 +215,8 @@ pub struct Backend {
     pub weight: u32,
     /// What the operator says, on top of the weight and the health checks.
     pub state: AdminState,
+    /// Where its health check connects, over the service's `[service.health]`.
+    pub check: CheckTarget,
 }
 
 /// The operator's word on a backend (HAProxy's `set server state`).
@@ -197,7 +249,7 @@ impl Backend {
 pub(crate) mod testing {
     use std::net::Ipv4Addr;
 
-    use super::{AdminState, Backend, Forwarding, Protocol, Scheduler, Service};
+    use super::{AdminState, Backend, CheckTarget, Forwarding, Protocol, Scheduler, Service};
 
     /// A Maglev TCP service on 10.77.1.100:`port`; backends are (last octet of 10.77.2.x, weight).
     pub(crate) fn service(name: &str, port: u16, backends: &[(u8, u32)]) -> Service {
@@ -217,6 +269,7 @@ pub(crate) mod testing {
                     port,
                     weight,
                     state: AdminState::Active,
+                    check: CheckTarget::default(),
                 })
                 .collect(),
         }

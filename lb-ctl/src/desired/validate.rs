@@ -11,7 +11,10 @@ use super::{
         MAX_BACKEND_COUNT, MAX_EXPECT_BODY_LEN, MAX_HEALTH_PATH_LEN, MAX_INTERVAL_MS, MAX_NAME_LEN,
         MAX_RISE_FALL, MAX_SERVICE_BACKENDS, MAX_SERVICE_COUNT, MAX_WEIGHT,
     },
-    model::{AdminState, Backend, Forwarding, HealthCheck, Probe, Protocol, Scheduler, Service},
+    model::{
+        AdminState, Backend, CheckTarget, Forwarding, HealthCheck, Probe, Protocol, Scheduler,
+        Service,
+    },
     names::{Check, Named, OnNoBackend},
     problem::{Problem, Problems},
     written::{RawBackend, RawHealth, RawService},
@@ -58,7 +61,11 @@ pub(super) fn validate_service(key: &str, raw: RawService, problems: &mut Proble
     let on_no_backend =
         named(&format!("{key}.on_no_backend"), &raw.on_no_backend, OnNoBackend::Reject, problems);
     let reject = on_no_backend.rejects();
+    let before_health = problems.0.len();
     let health = raw.health.and_then(|h| validate_health(key, &raw.name, protocol, h, problems));
+    // Only where the service has no check at all: not where its check was
+    // refused for another reason, already named.
+    let unchecked = health.is_none() && problems.0.len() == before_health;
     if raw.backends.len() > MAX_SERVICE_BACKENDS {
         problems.add(
             format!("{key}.backend"),
@@ -71,6 +78,11 @@ pub(super) fn validate_service(key: &str, raw: RawService, problems: &mut Proble
         .enumerate()
         .map(|(j, b)| validate_backend(&format!("{key}.backend[{j}]"), &b, problems))
         .collect();
+    if unchecked {
+        for (j, b) in backends.iter().enumerate() {
+            refuse_unchecked_target(&format!("{key}.backend[{j}]"), b.check, problems);
+        }
+    }
     let mut seen = HashMap::new();
     for (j, b) in backends.iter().enumerate() {
         if let Some(first) = seen.insert((b.address, b.port), j) {
@@ -125,51 +137,16 @@ fn validate_health(
         );
         return None;
     }
+    let target =
+        validate_check_target(&key, raw.check_address.as_deref(), raw.check_port, problems);
+    if check == Check::None {
+        refuse_unchecked_target(&key, target, problems);
+    }
     let probe = match check {
         Check::None => None,
         Check::Tcp => Some(Probe::Tcp),
         Check::Http => {
-            if raw.path.len() > MAX_HEALTH_PATH_LEN {
-                problems.add(
-                    format!("{key}.path"),
-                    format!("{} bytes long; at most {MAX_HEALTH_PATH_LEN}", raw.path.len()),
-                );
-            } else if !raw.path.starts_with('/')
-                || raw.path.chars().any(|c| c.is_ascii_whitespace() || c.is_ascii_control())
-            {
-                problems.add(
-                    format!("{key}.path"),
-                    format!("{:?} must start with '/' and contain no spaces", raw.path),
-                );
-            }
-            let expect_status =
-                u16::try_from(raw.expect_status).ok().filter(|s| (100..=599).contains(s));
-            if expect_status.is_none() {
-                problems.add(
-                    format!("{key}.expect_status"),
-                    format!("{} is not an HTTP status (100 to 599)", raw.expect_status),
-                );
-            }
-            if let Some(pattern) = &raw.expect_body
-                && pattern.len() > MAX_EXPECT_BODY_LEN
-            {
-                problems.add(
-                    format!("{key}.expect_body"),
-                    format!("{} bytes long; at most {MAX_EXPECT_BODY_LEN}", pattern.len()),
-                );
-            } else if let Some(pattern) = &raw.expect_body
-                && let Err(e) = regex_lite::Regex::new(pattern)
-            {
-                problems.add(
-                    format!("{key}.expect_body"),
-                    format!("{pattern:?} is not a regular expression: {e}"),
-                );
-            }
-            Some(Probe::Http {
-                path: raw.path,
-                expect_status: expect_status.unwrap_or(200),
-                expect_body: raw.expect_body,
-            })
+            Some(validate_http(&key, raw.path, raw.expect_status, raw.expect_body, problems))
         }
     };
     if !(10..=MAX_INTERVAL_MS).contains(&raw.interval_ms) {
@@ -201,7 +178,82 @@ fn validate_health(
         timeout: Duration::from_millis(raw.timeout_ms.unsigned_abs()),
         rise: u32::try_from(raw.rise).unwrap_or(1),
         fall: u32::try_from(raw.fall).unwrap_or(1),
+        target,
     })
+}
+
+/// `check = "http"`'s `path`, `expect_status` and `expect_body`.
+fn validate_http(
+    key: &str,
+    path: String,
+    expect_status: i64,
+    expect_body: Option<String>,
+    problems: &mut Problems,
+) -> Probe {
+    if path.len() > MAX_HEALTH_PATH_LEN {
+        problems.add(
+            format!("{key}.path"),
+            format!("{} bytes long; at most {MAX_HEALTH_PATH_LEN}", path.len()),
+        );
+    } else if !path.starts_with('/')
+        || path.chars().any(|c| c.is_ascii_whitespace() || c.is_ascii_control())
+    {
+        problems.add(
+            format!("{key}.path"),
+            format!("{path:?} must start with '/' and contain no spaces"),
+        );
+    }
+    let status = u16::try_from(expect_status).ok().filter(|s| (100..=599).contains(s));
+    if status.is_none() {
+        problems.add(
+            format!("{key}.expect_status"),
+            format!("{expect_status} is not an HTTP status (100 to 599)"),
+        );
+    }
+    if let Some(pattern) = &expect_body
+        && pattern.len() > MAX_EXPECT_BODY_LEN
+    {
+        problems.add(
+            format!("{key}.expect_body"),
+            format!("{} bytes long; at most {MAX_EXPECT_BODY_LEN}", pattern.len()),
+        );
+    } else if let Some(pattern) = &expect_body
+        && let Err(e) = regex_lite::Regex::new(pattern)
+    {
+        problems.add(
+            format!("{key}.expect_body"),
+            format!("{pattern:?} is not a regular expression: {e}"),
+        );
+    }
+    Probe::Http { path, expect_status: status.unwrap_or(200), expect_body }
+}
+
+/// `check_address` and `check_port` under `key`: an endpoint address and a port.
+fn validate_check_target(
+    key: &str,
+    address: Option<&str>,
+    port: Option<i64>,
+    problems: &mut Problems,
+) -> CheckTarget {
+    CheckTarget {
+        address: address.map(|a| parse_addr(&format!("{key}.check_address"), a, problems)),
+        port: port.map(|p| parse_port(&format!("{key}.check_port"), p, problems)),
+    }
+}
+
+/// A `check_address` or `check_port` where nothing is probed is refused
+/// rather than ignored: it says the operator expects a check that is not there.
+pub(super) fn refuse_unchecked_target(key: &str, target: CheckTarget, problems: &mut Problems) {
+    for (name, set) in
+        [("check_address", target.address.is_some()), ("check_port", target.port.is_some())]
+    {
+        if set {
+            problems.add(
+                format!("{key}.{name}"),
+                "no health check to redirect: the service's check is \"none\" or it has no [service.health]",
+            );
+        }
+    }
 }
 
 pub(super) fn validate_backend(key: &str, raw: &RawBackend, problems: &mut Problems) -> Backend {
@@ -220,7 +272,8 @@ pub(super) fn validate_backend(key: &str, raw: &RawBackend, problems: &mut Probl
     let state = raw.state.as_deref().map_or(AdminState::Active, |text| {
         named(&format!("{key}.state"), text, AdminState::Active, problems)
     });
-    Backend { address, port, weight, state }
+    let check = validate_check_target(key, raw.check_address.as_deref(), raw.check_port, problems);
+    Backend { address, port, weight, state, check }
 }
 
 fn parse_addr(key: &str, text: &str, problems: &mut Problems) -> Ipv4Addr {

@@ -107,6 +107,10 @@ pub struct RawHealth {
     pub(super) rise: i64,
     #[serde(default = "default_fall")]
     pub(super) fall: i64,
+    /// Probe every backend at this IPv4 address instead of its own.
+    pub(super) check_address: Option<String>,
+    /// Probe every backend on this port instead of its own.
+    pub(super) check_port: Option<i64>,
 }
 
 fn default_path() -> String {
@@ -137,6 +141,10 @@ pub struct RawBackend {
     #[serde(default = "default_weight")]
     pub(super) weight: i64,
     pub(super) state: Option<String>,
+    /// Probe this backend at this IPv4 address (over the service's `health.check_address`).
+    pub(super) check_address: Option<String>,
+    /// Probe this backend on this port (over the service's `health.check_port`).
+    pub(super) check_port: Option<i64>,
 }
 
 fn default_xdp_mode() -> String {

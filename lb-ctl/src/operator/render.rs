@@ -306,6 +306,8 @@ pub(crate) mod tests {
             port: 80,
             weight,
             state: state.into(),
+            check_address: None,
+            check_port: None,
             in_rotation: weight > 0 && state == "active" && health != "DOWN",
             health: HealthView { status: health.into(), last_check: None },
             conns: ConnsView { active, inactive: 0 },

@@ -232,10 +232,11 @@ mod tests {
             .flat_map(|last| (1..=u16::MAX).map(move |port| (Ipv4Addr::new(10, 77, 3, last), port)))
             .find(|(a, p)| real_slot(a.octets(), *p, 6) == target)
             .expect("some endpoint shares the slot");
-        let mut web = service("web", 80, &[]);
+        let mut web = service("web", 80, &[(1, 1)]);
+        let template = web.backends[0];
         web.backends = vec![
-            Backend { address: first.0, port: first.1, weight: 1, state: AdminState::Active },
-            Backend { address: second.0, port: second.1, weight: 1, state: AdminState::Active },
+            Backend { address: first.0, port: first.1, ..template },
+            Backend { address: second.0, port: second.1, ..template },
         ];
         let (_, image) = plan(&Ids::default(), &[web]);
         assert_eq!(image.real_slots[&target], REAL_SLOT_SHARED);

@@ -496,6 +496,8 @@ mod tests {
             port: 8080,
             weight,
             state: state.into(),
+            check_address: None,
+            check_port: None,
             in_rotation,
             health: HealthView { status: status.into(), last_check },
             conns: ConnsView { active: 12, inactive: 3 },
@@ -534,6 +536,8 @@ mod tests {
                 timeout_ms: 1000,
                 rise: 2,
                 fall: 3,
+                check_address: None,
+                check_port: None,
             }),
             traffic: TrafficView {
                 in_packets: 17_000,

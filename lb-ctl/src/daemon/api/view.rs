@@ -101,6 +101,10 @@ pub struct HealthCheckView {
     pub timeout_ms: u64,
     pub rise: u32,
     pub fall: u32,
+    /// Where every backend is probed instead of its own address (unless it says otherwise).
+    pub check_address: Option<String>,
+    /// Where every backend is probed instead of its own port (unless it says otherwise).
+    pub check_port: Option<u16>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
@@ -110,6 +114,10 @@ pub struct BackendView {
     pub weight: u32,
     /// The operator's word: `active`, `drain` or `maint`.
     pub state: String,
+    /// Where it is probed instead of its own address (over the service's `check_address`).
+    pub check_address: Option<String>,
+    /// Where it is probed instead of its own port (over the service's `check_port`).
+    pub check_port: Option<u16>,
     /// Whether new flows may go to it (active, weight > 0, not DOWN).
     pub in_rotation: bool,
     pub health: HealthView,
@@ -239,6 +247,8 @@ fn service(s: &Service, health: &impl HealthLookup, samples: &Samples) -> Servic
                 port: b.port,
                 weight: b.weight,
                 state: b.state.name().into(),
+                check_address: b.check.address.map(|a| a.to_string()),
+                check_port: b.check.port,
                 in_rotation,
                 health: health_view(status),
                 conns: conns_view(conns),
@@ -271,6 +281,8 @@ fn service(s: &Service, health: &impl HealthLookup, samples: &Samples) -> Servic
                 timeout_ms: h.timeout.as_millis() as u64,
                 rise: h.rise,
                 fall: h.fall,
+                check_address: h.target.address.map(|a| a.to_string()),
+                check_port: h.target.port,
             }
         }),
         traffic: traffic_view(&latest(samples, traffic).unwrap_or_default()),

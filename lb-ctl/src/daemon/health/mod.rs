@@ -32,6 +32,9 @@ use crate::{
 /// A checked backend: its prober task and its state.
 struct Checked {
     check: HealthCheck,
+    /// Where its probes connect: its own address and port unless a
+    /// `check_address` / `check_port` says otherwise.
+    target: SocketAddr,
     tracker: Tracker,
     task: JoinHandle<()>,
 }
@@ -75,34 +78,36 @@ impl Monitor {
         for s in services {
             if let Some(check) = &s.health {
                 for b in &s.backends {
-                    wanted.insert(
-                        backend_key(s, b.address, b.port),
-                        (SocketAddr::from((b.address, b.port)), check),
-                    );
+                    let own = SocketAddr::from((b.address, b.port));
+                    let target = SocketAddr::from(check.target_of(b));
+                    wanted.insert(backend_key(s, b.address, b.port), (own, target, check));
                 }
             }
         }
-        // A backend whose check changed is probed anew, but a DOWN one stays
-        // DOWN until its new check says otherwise.
+        // A backend whose check or target changed is probed anew, but a DOWN
+        // one stays DOWN until its new check says otherwise.
         let mut was_down = BTreeSet::new();
         self.checked.retain(|key, checked| {
-            let keep = wanted.get(key).is_some_and(|(_, check)| **check == checked.check);
+            let keep = wanted.get(key).is_some_and(|(_, target, check)| {
+                **check == checked.check && *target == checked.target
+            });
             if !keep && checked.tracker.status() == Status::Down {
                 was_down.insert(*key);
             }
             keep
         });
-        for (key, (addr, check)) in wanted {
+        for (key, (own, target, check)) in wanted {
             if self.checked.contains_key(&key) {
                 continue;
             }
+            let endpoints = Endpoints { own, target };
             let task =
-                tokio::spawn(probe_forever(key, addr, check.clone(), self.results_tx.clone()));
+                tokio::spawn(probe_forever(key, endpoints, check.clone(), self.results_tx.clone()));
             let mut tracker = Tracker::new(check.rise, check.fall);
             if was_down.contains(&key) {
                 tracker = tracker.starting_down();
             }
-            self.checked.insert(key, Checked { check: check.clone(), tracker, task });
+            self.checked.insert(key, Checked { check: check.clone(), target, tracker, task });
         }
     }
 
@@ -193,16 +198,24 @@ pub fn start_offset(key: &BackendKey, interval: Duration) -> Duration {
     Duration::from_millis(h % millis)
 }
 
+/// A backend's own endpoint and the one its probes connect to.
+#[derive(Clone, Copy)]
+struct Endpoints {
+    /// What an HTTP check's `Host` names, wherever the probe connects.
+    own: SocketAddr,
+    target: SocketAddr,
+}
+
 async fn probe_forever(
     key: BackendKey,
-    addr: SocketAddr,
+    at: Endpoints,
     check: HealthCheck,
     results: mpsc::Sender<(BackendKey, Probed)>,
 ) {
     let prober = match &check.probe {
         Probe::Tcp => Prober::Tcp,
         Probe::Http { path, expect_status, expect_body } => {
-            Prober::http(path, addr, *expect_status, expect_body.as_deref())
+            Prober::http(path, at.own, *expect_status, expect_body.as_deref())
         }
     };
     tokio::time::sleep(start_offset(&key, check.interval)).await;
@@ -210,7 +223,7 @@ async fn probe_forever(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let result = prober.run(addr, check.timeout).await;
+        let result = prober.run(at.target, check.timeout).await;
         if results.send((key, result)).await.is_err() {
             return;
         }
@@ -228,7 +241,9 @@ mod tests {
     use tokio::{net::TcpListener, time::Instant};
 
     use super::*;
-    use crate::desired::model::{AdminState, Backend, Forwarding, Protocol, Scheduler};
+    use crate::desired::model::{
+        AdminState, Backend, CheckTarget, Forwarding, Protocol, Scheduler,
+    };
 
     /// A service on 10.77.1.100:80 checked with `check`, whose backends are
     /// (loopback address, weight, state).
@@ -249,6 +264,7 @@ mod tests {
                     port: addr.port(),
                     weight,
                     state,
+                    check: CheckTarget::default(),
                 })
                 .collect(),
         }
@@ -268,6 +284,7 @@ mod tests {
             timeout: Duration::from_millis(timeout_ms),
             rise: 1,
             fall: 1,
+            target: CheckTarget::default(),
         }
     }
 
@@ -363,7 +380,10 @@ mod tests {
         {
             // No prober: the test sends the results.
             let task = tokio::spawn(async {});
-            monitor.checked.insert(key, Checked { check: tcp_check(1000, 100), tracker, task });
+            let target = SocketAddr::from((Ipv4Addr::from(key.1.addr), key.1.port));
+            monitor
+                .checked
+                .insert(key, Checked { check: tcp_check(1000, 100), target, tracker, task });
         }
         let result = |ok| CheckResult {
             ok,
@@ -496,6 +516,7 @@ mod tests {
             timeout,
             rise: 1,
             fall: 1,
+            target: CheckTarget::default(),
         };
         let mut monitor = Monitor::default();
         monitor.sync(&[checked(check, &[(server.addr, 1, AdminState::Active)])]);
@@ -518,6 +539,84 @@ mod tests {
                 i + 1
             );
         }
+    }
+
+    /// A port on 127.77.0.2 that nothing listens on.
+    fn closed_port() -> u16 {
+        std::net::TcpListener::bind("127.77.0.2:0").unwrap().local_addr().unwrap().port()
+    }
+
+    /// The next transition within 5 s.
+    async fn next_within_5_s(monitor: &mut Monitor) -> (BackendKey, Transition) {
+        tokio::time::timeout(Duration::from_secs(5), monitor.next_transition())
+            .await
+            .expect("a transition within 5 s")
+    }
+
+    /// Backends whose own ports are closed, probed where the service's
+    /// `check_port` (or the backend's own, which wins) says: they come UP
+    /// under their own keys, and go DOWN when that port closes.
+    #[tokio::test]
+    async fn a_check_port_moves_the_probe_not_the_backends_state() {
+        // 127.77.0.2: no other test listens there (see `Recorder::start`).
+        let service_port = TcpListener::bind("127.77.0.2:0").await.unwrap();
+        let own_port = TcpListener::bind("127.77.0.2:0").await.unwrap();
+        let at = |l: &TcpListener| l.local_addr().unwrap().port();
+        let (first, second) = (closed_port(), closed_port());
+        let address = Ipv4Addr::new(127, 77, 0, 2);
+        let mut check = tcp_check(50, 40);
+        check.target.port = Some(at(&service_port));
+        let mut service = checked(
+            check,
+            &[
+                ((address, first).into(), 1, AdminState::Active),
+                ((address, second).into(), 1, AdminState::Active),
+            ],
+        );
+        service.backends[1].check.port = Some(at(&own_port));
+        let keys = [backend_key(&service, address, first), backend_key(&service, address, second)];
+        let mut monitor = Monitor::default();
+        monitor.sync(std::slice::from_ref(&service));
+        let mut up = BTreeSet::new();
+        while up.len() < 2 {
+            let (key, t) = next_within_5_s(&mut monitor).await;
+            assert_eq!(t.to, Status::Up, "{key:?}: {t:?}");
+            up.insert(key);
+        }
+        assert_eq!(up, keys.into_iter().collect(), "the states are the backends' own");
+
+        // The second backend's own check port closes: it alone goes DOWN.
+        drop(own_port);
+        let (key, t) = next_within_5_s(&mut monitor).await;
+        assert_eq!((key, t.to), (keys[1], Status::Down));
+        assert_eq!(t.cause.detail, "connection refused");
+        assert_eq!(monitor.down(), BTreeSet::from([keys[1]]));
+
+        // Without its own, it is probed on the service's again: UP.
+        service.backends[1].check.port = None;
+        monitor.sync(std::slice::from_ref(&service));
+        let (key, t) = next_within_5_s(&mut monitor).await;
+        assert_eq!((key, t.to), (keys[1], Status::Up));
+        assert!(monitor.down().is_empty());
+    }
+
+    /// An HTTP check sent elsewhere still names the backend in its `Host`.
+    #[tokio::test]
+    async fn an_http_check_elsewhere_names_the_backend_as_host() {
+        let health = TcpListener::bind("127.77.0.2:0").await.unwrap();
+        let mut check = tcp_check(50, 40);
+        check.probe = Probe::Http { path: "/health".into(), expect_status: 200, expect_body: None };
+        check.target.port = Some(health.local_addr().unwrap().port());
+        let own: SocketAddr = (Ipv4Addr::new(127, 77, 0, 2), closed_port()).into();
+        let mut monitor = Monitor::default();
+        monitor.sync(&[checked(check, &[(own, 1, AdminState::Active)])]);
+        let (mut stream, _) =
+            tokio::time::timeout(Duration::from_secs(5), health.accept()).await.unwrap().unwrap();
+        let mut request = vec![0_u8; 1024];
+        let n = tokio::io::AsyncReadExt::read(&mut stream, &mut request).await.unwrap();
+        let request = String::from_utf8_lossy(&request[..n]);
+        assert!(request.starts_with("GET /health HTTP/1.0\r\n"), "{request}");
+        assert!(request.contains(&format!("\r\nHost: {own}\r\n")), "{request}");
     }
 
     /// A drained backend (weight 0, or state drain) and one in maintenance
