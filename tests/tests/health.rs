@@ -8,7 +8,7 @@ use std::{
 
 use lb_testbed::{
     harness::{Checks, EchoConn, FAST_CHECKS, Lab, http_get, wait_for},
-    netns::{in_ns, ns_sh},
+    netns::{in_ns, ns_sh, ns_try},
     server::HealthMode,
     topology::BACKENDS,
 };
@@ -209,4 +209,35 @@ fn a_down_backend_stays_out_across_a_controller_restart() {
     // may have been answered before that count was taken.
     let probes = lab.topo.health_answers("web2").len() - answered_at_restart;
     assert!(probes >= SLOW_RISE_COUNT - 1, "UP again after {probes} probes");
+}
+
+/// web's backends probed on their echo port (9000), not on 80: HAProxy's
+/// `check port`, keepalived's `connect_port`.
+const ON_THE_ECHO_PORT: Checks = Checks {
+    web: "check = \"tcp\"\ncheck_port = 9000\ninterval_ms = 200\ntimeout_ms = 100\nrise = 2\nfall = 2\n",
+    echo: FAST_CHECKS.echo,
+};
+
+/// `check_port`: blocking only the port the checks go to takes web2 out of
+/// the web service, though its port 80 still answers; the state is web2:80's
+/// own; unblocking brings it back.
+#[test]
+fn check_port_probes_another_port_for_the_backend() {
+    let lab = Lab::start_with_checks("lbt34", Some(&ON_THE_ECHO_PORT));
+    lab.wait_lines(&["backend is UP"], 6, Duration::from_secs(10));
+    let web2 = format!("backend={}:80", address("web2"));
+    block(&lab, "web2", &["tcp", "dport", "9000", "drop"]);
+    lab.wait_lines(&["backend is DOWN", &web2], 1, Duration::from_secs(10));
+    // web2:80 and, through echo's own check, web2:9000.
+    lab.wait_lines(&["health applied", "down=2"], 1, Duration::from_secs(5));
+    let port_80 = format!("exec 3<>/dev/tcp/{}/80", address("web2"));
+    assert!(ns_try(&lab.topo.lb(), &["bash", "-c", &port_80]), "web2's port 80 still answers");
+    let answers = lab.who_answers(40);
+    assert!(!answers.contains(&"web2".to_string()), "web2 got new flows: {answers:?}");
+
+    unblock(&lab, "web2");
+    lab.wait_lines(&["backend is UP", &web2], 2, Duration::from_secs(10));
+    lab.wait_lines(&["health applied", "down=0"], 1, Duration::from_secs(5));
+    let answers = lab.who_answers(60);
+    assert!(answers.contains(&"web2".to_string()), "web2 should serve again: {answers:?}");
 }
