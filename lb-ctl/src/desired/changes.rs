@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     bounds::MAX_SERVICE_BACKENDS,
     json::{backend_from_json, backend_to_json, from_json, service_from_json, service_to_json},
-    model::{AdminState, Backend, Scheduler, Service},
+    model::{AdminState, Backend, CheckTarget, Scheduler, Service},
     problem::{Problem, Problems},
     validate::{check_services, refuse_unchecked_target},
 };
@@ -284,13 +284,25 @@ impl Changes {
     /// The config file's `base` services with every word applied in order.
     /// A word that no longer fits (its service is gone from the file, or the
     /// file gave its backend to another service) is skipped and reported.
+    /// A word on a backend whose service the file no longer checks keeps
+    /// its weight and state, and loses its check target (reported too):
+    /// dropping a health check must not put a drained backend back.
     pub fn replay(&self, base: &[Service]) -> (Vec<Service>, Vec<Skipped>) {
         let mut services = base.to_vec();
         let mut skipped = Vec::new();
         for word in &self.words {
-            let change = word.change();
+            let mut change = word.change();
+            let untargeted = drop_unchecked_target(&services, &mut change);
             match apply(&services, &change) {
-                Ok(next) => services = next,
+                Ok(next) => {
+                    services = next;
+                    if untargeted {
+                        skipped.push(Skipped {
+                            what: format!("{}: its check_address and check_port", word.describe()),
+                            why: "the service checks nothing now".into(),
+                        });
+                    }
+                }
                 // Removing what the file no longer has is already done.
                 Err(ChangeError::NotFound(_)) if word.said == Said::Removed => {}
                 Err(e) => skipped.push(Skipped { what: word.describe(), why: e.to_string() }),
@@ -298,6 +310,18 @@ impl Changes {
         }
         (services, skipped)
     }
+}
+
+/// Clears the check target of `change`'s backend when its service in
+/// `services` has no health check; whether it did.
+fn drop_unchecked_target(services: &[Service], change: &mut Change) -> bool {
+    let Change::PutBackend { service, backend } = change else { return false };
+    let unchecked = services.iter().any(|s| s.name == *service && s.health.is_none());
+    if !unchecked || backend.check == CheckTarget::default() {
+        return false;
+    }
+    backend.check = CheckTarget::default();
+    true
 }
 
 impl Word {
@@ -459,7 +483,7 @@ pub fn parse_backend_address(text: &str) -> Option<SocketAddrV4> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::model::{CheckTarget, testing::service};
+    use crate::desired::model::testing::service;
 
     fn at(last: u8) -> SocketAddrV4 {
         SocketAddrV4::new(Ipv4Addr::new(10, 77, 2, last), 80)
@@ -529,6 +553,41 @@ mod tests {
         });
         let next = apply(&[checked], &add).expect("taken by a checked service");
         assert_eq!(next[0].backends[1].check.port, Some(8081));
+    }
+
+    /// A backend drained through the API, whose check went to another port,
+    /// stays drained when the file stops checking its service; only its
+    /// check target goes, and the replay says so.
+    #[test]
+    fn a_file_that_stops_checking_keeps_a_drained_backend_drained() {
+        let mut checked = service("web", 80, &[(11, 1)]);
+        checked.health = Some(crate::desired::model::HealthCheck {
+            probe: crate::desired::model::Probe::Tcp,
+            interval: std::time::Duration::from_secs(2),
+            timeout: std::time::Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+            target: CheckTarget::default(),
+        });
+        checked.backends[0].check.port = Some(8081);
+        let drain = Change::SetBackend {
+            service: "web".into(),
+            backend: at(11),
+            weight: None,
+            state: Some(AdminState::Drain),
+        };
+        let mut changes = Changes::default();
+        changes.record(&drain, &apply(std::slice::from_ref(&checked), &drain).unwrap());
+        let unchecked = service("web", 80, &[(11, 1)]);
+        let (services, skipped) = changes.replay(std::slice::from_ref(&unchecked));
+        assert_eq!(services[0].backends[0].state, AdminState::Drain);
+        assert_eq!(services[0].backends[0].check, CheckTarget::default());
+        assert_eq!(skipped.len(), 1, "{skipped:?}");
+        assert!(skipped[0].why.contains("checks nothing"), "{skipped:?}");
+        // Still checked: the word replays whole, target included.
+        let (services, skipped) = changes.replay(std::slice::from_ref(&checked));
+        assert_eq!(services[0].backends[0].check.port, Some(8081));
+        assert!(skipped.is_empty(), "{skipped:?}");
     }
 
     #[test]

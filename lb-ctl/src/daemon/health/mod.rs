@@ -25,7 +25,7 @@ use self::{
     state::{CheckResult, Status, Tracker, Transition},
 };
 use crate::{
-    desired::model::{HealthCheck, Probe, Service},
+    desired::model::{CheckTarget, HealthCheck, Probe, Service},
     plan::ids::{BackendKey, backend_key},
 };
 
@@ -88,8 +88,13 @@ impl Monitor {
         // one stays DOWN until its new check says otherwise.
         let mut was_down = BTreeSet::new();
         self.checked.retain(|key, checked| {
+            // The service's `target` is in the check, but what counts is each
+            // backend's own resolved target: an override that still wins
+            // leaves its prober (and its rise/fall count) as it is.
             let keep = wanted.get(key).is_some_and(|(_, target, check)| {
-                **check == checked.check && *target == checked.target
+                let untargeted =
+                    |c: &HealthCheck| HealthCheck { target: CheckTarget::default(), ..c.clone() };
+                untargeted(check) == untargeted(&checked.check) && *target == checked.target
             });
             if !keep && checked.tracker.status() == Status::Down {
                 was_down.insert(*key);
