@@ -655,6 +655,14 @@ protocol = "udp"
             1,
         ));
         assert_eq!(p, [format!("service[0].health.check_port: {none}")]);
+        // A value refused for itself is named once, for that.
+        let p = problems(&GOOD.replacen(
+            "port = 80\n",
+            "port = 80\n  [service.health]\n  check = \"none\"\n  check_port = 0\n",
+            1,
+        ));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("service[0].health.check_port: 0 is"), "{p:?}");
         let p = problems(&GOOD.replacen(
             "protocol = \"udp\"\n",
             "protocol = \"udp\"\n  [service.health]\n  check_address = \"10.77.3.1\"\n",

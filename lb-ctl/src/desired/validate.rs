@@ -243,13 +243,15 @@ fn validate_check_target(
 
 /// A `check_address` or `check_port` where nothing is probed is refused
 /// rather than ignored: it says the operator expects a check that is not there.
+/// A key already refused for its value is not named twice.
 pub(super) fn refuse_unchecked_target(key: &str, target: CheckTarget, problems: &mut Problems) {
     for (name, set) in
         [("check_address", target.address.is_some()), ("check_port", target.port.is_some())]
     {
-        if set {
+        let field = format!("{key}.{name}");
+        if set && !problems.0.iter().any(|p| p.key == field) {
             problems.add(
-                format!("{key}.{name}"),
+                field,
                 "no health check to redirect: the service's check is \"none\" or it has no [service.health]",
             );
         }
