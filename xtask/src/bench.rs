@@ -69,8 +69,9 @@ pub fn e2e() -> Result<()> {
 /// forwards through veth in driver mode (`lb-bench`).
 pub fn dataplane() -> Result<()> {
     // Optimised like the controller: a debug harness between the runs
-    // evicts more of the program's cache lines and adds about 20 ns to every
-    // row (measured side by side).
+    // leaves fewer of the program's cache lines warm; measured side by side
+    // with one object, it added 9 to 19 ns a row (established 98-101
+    // against 82, non-VIP 18-21 against 12).
     step("building lb-bench (release, and the XDP object)");
     cargo(&["build", "--release", "-p", "lb-bench", "--bin", "lb-bench"])?;
     require_root("the data plane benchmark")?;

@@ -165,6 +165,15 @@ impl HealthCheck {
             target.port.unwrap_or(backend.port),
         )
     }
+
+    /// Whether `self` and `other` probe alike but for the service's
+    /// target, which each backend resolves on its own (`target_of`).
+    /// Every field is named, so a new one cannot be forgotten here.
+    pub fn probes_like(&self, other: &Self) -> bool {
+        let Self { probe, interval, timeout, rise, fall, target: _ } = self;
+        (probe, interval, timeout, rise, fall)
+            == (&other.probe, &other.interval, &other.timeout, &other.rise, &other.fall)
+    }
 }
 
 /// `check_address` / `check_port`: where a health check connects instead
@@ -273,5 +282,36 @@ pub(crate) mod testing {
                 })
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{CheckTarget, HealthCheck, Probe};
+
+    /// A service's new check target leaves a check alike (each backend
+    /// resolves its own), anything else does not.
+    #[test]
+    fn checks_probe_alike_whatever_the_services_target() {
+        let check = HealthCheck {
+            probe: Probe::Tcp,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+            target: CheckTarget::default(),
+        };
+        let moved = HealthCheck {
+            target: CheckTarget { address: None, port: Some(8081) },
+            ..check.clone()
+        };
+        assert!(check.probes_like(&moved));
+        assert!(!check.probes_like(&HealthCheck { rise: 3, ..check.clone() }));
+        assert!(
+            !check
+                .probes_like(&HealthCheck { timeout: Duration::from_millis(900), ..check.clone() })
+        );
     }
 }

@@ -21,7 +21,7 @@ use tracing::info;
 use crate::{
     desired::model::Service,
     plan::{
-        diff::diff,
+        diff::{Op, diff},
         ids::{BackendKey, Ids, PlanError, held_backend_key},
         image::{Image, Tables, image_cached},
         settings::Settings,
@@ -125,9 +125,15 @@ impl<M: Maps> Reconciler<M> {
     /// not wait for the first apply (which may take seconds to plan, or fail).
     fn write_settings(&mut self) -> Result<(), ReconcileError> {
         let settled = Image { settings: self.settings.clone(), ..self.applied.clone() };
-        for op in diff(&self.applied, &settled) {
-            self.maps.apply(&op)?;
-            self.applied.apply(&op);
+        self.write(&diff(&self.applied, &settled))
+    }
+
+    /// Writes `ops` in order, `applied` following each write that went
+    /// through (a failed one leaves its entry as it was, and stops here).
+    fn write(&mut self, ops: &[Op]) -> Result<(), ReconcileError> {
+        for op in ops {
+            self.maps.apply(op)?;
+            self.applied.apply(op);
         }
         Ok(())
     }
@@ -163,10 +169,7 @@ impl<M: Maps> Reconciler<M> {
             ..image_cached(services, &ids, &down, &mut self.tables)
         };
         let ops = diff(&self.applied, &image);
-        for op in &ops {
-            self.maps.apply(op)?;
-            self.applied.apply(op);
-        }
+        self.write(&ops)?;
         // Only now: after a failed apply, the desired state stays the one the
         // caller still runs (`applied` records the partial writes to undo).
         self.services = services.to_vec();
@@ -461,7 +464,7 @@ mod tests {
     use super::*;
     use crate::{
         desired::model::{Scheduler, testing::service},
-        plan::{diff::Op, image::image},
+        plan::image::image,
         write::dataplane::fake::FakeMaps,
     };
 

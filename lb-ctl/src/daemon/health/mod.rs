@@ -25,7 +25,7 @@ use self::{
     state::{CheckResult, Status, Tracker, Transition},
 };
 use crate::{
-    desired::model::{CheckTarget, HealthCheck, Probe, Service},
+    desired::model::{HealthCheck, Probe, Service},
     plan::ids::{BackendKey, backend_key},
 };
 
@@ -92,9 +92,7 @@ impl Monitor {
             // backend's own resolved target: an override that still wins
             // leaves its prober (and its rise/fall count) as it is.
             let keep = wanted.get(key).is_some_and(|(_, target, check)| {
-                let untargeted =
-                    |c: &HealthCheck| HealthCheck { target: CheckTarget::default(), ..c.clone() };
-                untargeted(check) == untargeted(&checked.check) && *target == checked.target
+                check.probes_like(&checked.check) && *target == checked.target
             });
             if !keep && checked.tracker.status() == Status::Down {
                 was_down.insert(*key);
