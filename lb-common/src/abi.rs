@@ -2,8 +2,13 @@
 //! `Option`, sizes pinned by compile-time assertions: the kernel program and the
 //! controller must agree on these bytes exactly.
 //!
-//! IPv4 addresses are `[u8; 4]` in network order, so `bpftool map dump` prints
-//! `[10,77,1,100]`; ports are host-order integers.
+//! Addresses are `[u8; 4]` (IPv4) or `[u8; 16]` (IPv6) in network order, so
+//! `bpftool map dump` prints `[10,77,1,100]`; ports are host-order integers.
+//! A type that holds an address is generic over `Addr` and means IPv4
+//! unless told otherwise: the IPv4 maps keep their layout, and each IPv6
+//! map (`lb_*6`) has the same type over `[u8; 16]`.
+
+use crate::addr::Addr;
 
 /// Bumped whenever a map layout below changes; stored in `lb_meta` so that a
 /// controller can tell whether pinned maps were written by a compatible build.
@@ -28,16 +33,17 @@ pub const PROTO_ICMP: u8 = 1;
 /// and of the reverse table (a backend).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Endpoint {
-    pub addr: [u8; 4],
+pub struct Endpoint<A = [u8; 4]> {
+    pub addr: A,
     pub port: u16,
     pub proto: u8,
     pub _pad: u8,
 }
 const _: () = assert!(size_of::<Endpoint>() == 8);
+const _: () = assert!(size_of::<Endpoint<[u8; 16]>>() == 20);
 
-impl Endpoint {
-    pub const fn new(addr: [u8; 4], port: u16, proto: u8) -> Self {
+impl<A> Endpoint<A> {
+    pub const fn new(addr: A, port: u16, proto: u8) -> Self {
         Self { addr, port, proto, _pad: 0 }
     }
 }
@@ -62,8 +68,8 @@ pub const SVC_REJECT: u32 = 1 << 8;
 
 /// The hash `sh` places a client by: its address alone.
 #[inline(always)]
-pub const fn source_hash(src: [u8; 4]) -> u32 {
-    crate::hash::mix64(u32::from_be_bytes(src) as u64 ^ 0x5348_5348) as u32
+pub fn source_hash<A: Addr>(src: A) -> u32 {
+    crate::hash::mix64(src.wire_fold() ^ 0x5348_5348) as u32
 }
 
 /// Value of `lb_services`: where the service's Maglev table and counters live.
@@ -86,13 +92,13 @@ const _: () = assert!(size_of::<Service>() == 16);
 /// so that a reply found through `lb_real_slots` needs no other lookup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Backend {
-    pub addr: [u8; 4],
+pub struct Backend<A = [u8; 4]> {
+    pub addr: A,
     pub port: u16,
     /// `BACKEND_IN_USE` when the slot holds a configured backend.
     pub flags: u16,
     pub service_id: u32,
-    pub vip: [u8; 4],
+    pub vip: A,
     pub vport: u16,
     pub proto: u8,
     pub _pad: u8,
@@ -100,6 +106,7 @@ pub struct Backend {
     pub weight: u32,
 }
 const _: () = assert!(size_of::<Backend>() == 24);
+const _: () = assert!(size_of::<Backend<[u8; 16]>>() == 48);
 
 /// Value of `lb_be_conns`, indexed by backend id: connections as IPVS
 /// counts them (ActiveConn: established; InActConn: every other state).
@@ -131,27 +138,29 @@ pub const BACKEND_DSR: u16 = 4;
 /// rewritten back to the VIP without any connection state.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Real {
-    pub vip: [u8; 4],
+pub struct Real<A = [u8; 4]> {
+    pub vip: A,
     pub vport: u16,
     pub _pad: u16,
     pub service_id: u32,
     pub backend_id: u32,
 }
 const _: () = assert!(size_of::<Real>() == 16);
+const _: () = assert!(size_of::<Real<[u8; 16]>>() == 28);
 
 /// Key of the connection table: the flow as the client sent it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Flow {
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
+pub struct Flow<A = [u8; 4]> {
+    pub src: A,
+    pub dst: A,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
     pub _pad: [u8; 3],
 }
 const _: () = assert!(size_of::<Flow>() == 16);
+const _: () = assert!(size_of::<Flow<[u8; 16]>>() == 40);
 
 /// Value of the connection table.
 #[repr(C)]
@@ -273,13 +282,15 @@ pub const ADDR_REAL: u8 = 2;
 /// needed.
 pub const ADDR_BACKEND: u8 = 4;
 
-/// The `lb_addrs` slot of an IPv4 address: both halves folded together, so
-/// addresses that differ only in their network part still spread. Read in
-/// native order (the data plane loads the address as one word; the
-/// controller computes slots on the same host).
+/// The `lb_addrs` (`lb_addrs6`) slot of an address: its fold's halves
+/// folded together, so addresses that differ only in their network part
+/// still spread. Read in native order (the data plane loads the address as
+/// words; the controller computes slots on the same host).
 #[inline(always)]
-pub const fn addr_slot(addr: [u8; 4]) -> u32 {
-    let a = u32::from_ne_bytes(addr);
+pub fn addr_slot<A: Addr>(addr: A) -> u32 {
+    let folded = addr.fold();
+    // For IPv4 the fold is the address itself, and the high half is zero.
+    let a = (folded ^ (folded >> 32)) as u32;
     (a ^ (a >> 16)) & (ADDR_FILTER_SIZE - 1)
 }
 
@@ -291,8 +302,8 @@ pub const REAL_SLOT_SHARED: u32 = u32::MAX;
 /// The `lb_real_slots` slot of a backend endpoint. Its value is the backend
 /// id + 1 (0: none), so a reply finds its backend with array lookups only.
 #[inline(always)]
-pub const fn real_slot(addr: [u8; 4], port: u16, proto: u8) -> u32 {
-    let key = ((u32::from_be_bytes(addr) as u64) << 24) | ((port as u64) << 8) | proto as u64;
+pub fn real_slot<A: Addr>(addr: A, port: u16, proto: u8) -> u32 {
+    let key = A::raise(addr.wire_fold(), 24) | (u64::from(port) << 8) | u64::from(proto);
     crate::hash::table_index(key, REAL_SLOTS)
 }
 
@@ -344,8 +355,8 @@ pub const fn epoch_mult(jiffy_ns: u64) -> u64 {
 /// mapped by `nexthop_slot(addr)`; the address is the tag.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NextHop {
-    pub addr: [u8; 4],
+pub struct NextHop<A = [u8; 4]> {
+    pub addr: A,
     pub ifindex: u32,
     /// The egress interface's slot in `lb_tx_ports`, or `NO_TX_SLOT`.
     pub tx_slot: u32,
@@ -358,11 +369,12 @@ pub struct NextHop {
     /// The next hop itself: `addr` when it is on one of our links, else the
     /// gateway the FIB routes it through. Direct routing needs the former
     /// (its IP packet still says the VIP, which a gateway would route back).
-    pub via: [u8; 4],
+    pub via: A,
     /// The `lb_epoch` value the entry was filled in; another epoch means stale.
     pub epoch: u64,
 }
 const _: () = assert!(size_of::<NextHop>() == 40);
+const _: () = assert!(size_of::<NextHop<[u8; 16]>>() == 64);
 
 /// Capacity of `lb_tx_ports` (interfaces XDP can redirect to).
 pub const MAX_TX_PORTS: u32 = 64;
@@ -370,8 +382,8 @@ pub const MAX_TX_PORTS: u32 = 64;
 pub const NO_TX_SLOT: u32 = u32::MAX;
 
 #[inline(always)]
-pub const fn nexthop_slot(addr: [u8; 4]) -> u32 {
-    crate::hash::table_index(u32::from_ne_bytes(addr) as u64, NEXTHOP_SLOTS)
+pub fn nexthop_slot<A: Addr>(addr: A) -> u32 {
+    crate::hash::table_index(addr.fold(), NEXTHOP_SLOTS)
 }
 
 /// Where `slot` of `cpu`'s region lies in a cache of `slots_per_cpu` (a
@@ -388,17 +400,23 @@ pub const FLOW_CACHE_SLOTS: u32 = 1 << 14;
 /// (two rounds of `mix64`), which only a new flow needs. Addresses are read
 /// natively, as the data plane holds them.
 #[inline(always)]
-pub const fn flow_cache_slot(flow: &Flow) -> u32 {
+pub fn flow_cache_slot<A: Addr>(flow: &Flow<A>) -> u32 {
     crate::hash::table_index(flow_key(flow), FLOW_CACHE_SLOTS)
 }
 
 /// A flow folded into 64 bits for `table_index`: addresses read natively,
 /// as the data plane holds them.
 #[inline(always)]
-const fn flow_key(flow: &Flow) -> u64 {
-    let addrs = ((u32::from_ne_bytes(flow.src) as u64) << 32) | u32::from_ne_bytes(flow.dst) as u64;
-    let rest = ((flow.sport as u64) << 24) | ((flow.dport as u64) << 8) | flow.proto as u64;
-    addrs ^ rest
+fn flow_key<A: Addr>(flow: &Flow<A>) -> u64 {
+    let rest = (u64::from(flow.sport) << 24) | (u64::from(flow.dport) << 8) | u64::from(flow.proto);
+    addr_pair(&flow.src, &flow.dst, A::fold) ^ rest
+}
+
+/// Two addresses as one word: for IPv4 the source above the destination,
+/// as they always were. `fold` is the family's native or wire fold.
+#[inline(always)]
+pub fn addr_pair<A: Addr>(src: &A, dst: &A, fold: fn(&A) -> u64) -> u64 {
+    A::raise(fold(src), 32) ^ fold(dst)
 }
 
 /// One entry of a CPU's flow cache: a copy of a connection-table entry,
@@ -409,8 +427,8 @@ const fn flow_key(flow: &Flow) -> u64 {
 /// in the LRU so that churn does not evict it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowCacheEntry {
-    pub flow: Flow,
+pub struct FlowCacheEntry<A = [u8; 4]> {
+    pub flow: Flow<A>,
     pub conn: Conn,
     /// The `lb_epoch` value the entry was checked against the connection table in.
     pub epoch: u64,
@@ -420,6 +438,7 @@ pub struct FlowCacheEntry {
     pub _pad: u32,
 }
 const _: () = assert!(size_of::<FlowCacheEntry>() == 48);
+const _: () = assert!(size_of::<FlowCacheEntry<[u8; 16]>>() == 72);
 
 /// A record of `lb_handshakes`: where a flow not yet in the connection
 /// table was placed, kept until it proves itself or its time runs out. A
@@ -432,9 +451,9 @@ const _: () = assert!(size_of::<FlowCacheEntry>() == 48);
 /// sequence number a forged source never sees.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Handshake {
+pub struct Handshake<A = [u8; 4]> {
     /// The flow as the client sent it (all zero: no record).
-    pub flow: Flow,
+    pub flow: Flow<A>,
     pub backend_id: u32,
     /// The epoch tick the flow was placed in; the record lives for its
     /// first state's timeout (`tcp_syn_timeout`, or the UDP timeout).
@@ -446,6 +465,7 @@ pub struct Handshake {
     pub flags: u32,
 }
 const _: () = assert!(size_of::<Handshake>() == 32);
+const _: () = assert!(size_of::<Handshake<[u8; 16]>>() == 56);
 
 /// `Handshake::flags`: the backend's SYN-ACK passed, `expect_ack` is set.
 pub const HANDSHAKE_ANSWERED: u32 = 1;
@@ -464,7 +484,7 @@ pub const HANDSHAKE_SLOTS: u32 = 1 << 18;
 /// The `lb_handshakes` slot of a flow (shared by all CPUs: a SYN-ACK may
 /// come in on another CPU than its SYN).
 #[inline(always)]
-pub const fn handshake_slot(flow: &Flow) -> u32 {
+pub fn handshake_slot<A: Addr>(flow: &Flow<A>) -> u32 {
     crate::hash::table_index(flow_key(flow), HANDSHAKE_SLOTS)
 }
 
@@ -492,14 +512,27 @@ pub struct FragKey {
 }
 const _: () = assert!(size_of::<FragKey>() == 12);
 
+/// Key of `lb_frags6`: what IPv6 says makes fragments one datagram (RFC
+/// 8200: the addresses and the fragment header's 32-bit identification).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragKey6 {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub id: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<FragKey6>() == 40);
+
 /// Value of `lb_frags`: what the first fragment of a datagram decided, for
 /// the fragments after it, which carry no ports.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FragEntry {
+pub struct FragEntry<A = [u8; 4]> {
     /// The address the datagram's fragments now go to (`FRAG_TO_BACKEND`,
     /// `FRAG_DIRECT`: the backend) or come from (`FRAG_TO_CLIENT`: the VIP).
-    pub addr: [u8; 4],
+    pub addr: A,
     pub kind: u32,
     pub service_id: u32,
     pub backend_id: u32,
@@ -508,6 +541,7 @@ pub struct FragEntry {
     pub epoch: u32,
 }
 const _: () = assert!(size_of::<FragEntry>() == 20);
+const _: () = assert!(size_of::<FragEntry<[u8; 16]>>() == 32);
 
 /// A client's datagram to a NAT backend: the destination becomes `addr`.
 pub const FRAG_TO_BACKEND: u32 = 1;
@@ -679,8 +713,10 @@ mod tests {
 mod pod {
     use super::{
         AnswerBudget, Backend, BackendConns, Conn, Endpoint, EpochClock, Flow, FlowCacheEntry,
-        FragEntry, FragKey, Handshake, MaglevTable, Meta, NextHop, Policy, Real, Service, Traffic,
+        FragEntry, FragKey, FragKey6, Handshake, MaglevTable, Meta, NextHop, Policy, Real, Service,
+        Traffic,
     };
+    use crate::addr::Addr;
 
     macro_rules! pod {
         ($($t:ty),*) => {$(
@@ -689,14 +725,8 @@ mod pod {
         )*};
     }
     pod!(
-        Endpoint,
         Service,
-        Backend,
         BackendConns,
-        FlowCacheEntry,
-        NextHop,
-        Real,
-        Flow,
         Conn,
         Traffic,
         MaglevTable,
@@ -704,8 +734,16 @@ mod pod {
         EpochClock,
         Policy,
         FragKey,
-        FragEntry,
-        Handshake,
+        FragKey6,
         AnswerBudget
     );
+
+    macro_rules! pod_of_addr {
+        ($($t:ident),*) => {$(
+            // SAFETY: repr(C), only integer fields, no implicit padding for
+            // either address type (sizes asserted above).
+            unsafe impl<A: Addr> aya::Pod for $t<A> {}
+        )*};
+    }
+    pod_of_addr!(Endpoint, Backend, FlowCacheEntry, NextHop, Real, Flow, FragEntry, Handshake);
 }

@@ -10,22 +10,27 @@
 //! An entry holds the client's address and port and the service's port;
 //! the service's address and protocol are the backend's, which the reader
 //! checks against the flow (`select::live_backend` in the data plane).
+//!
+//! IPv6 flows have their own table (`lb_conntrack6`) of the same sets over
+//! 32-byte entries: a set is two cache lines there.
 
 use crate::{
-    abi::{Conn, Flow, MAX_BACKENDS, MAX_SERVICES},
+    abi::{Conn, Flow, MAX_BACKENDS, MAX_SERVICES, addr_pair},
+    addr::Addr,
     hash::mix64,
 };
 
-/// Entries per set: one cache line of 16-byte entries.
+/// Entries per set: one cache line of 16-byte (IPv4) entries.
 pub const CONN_WAYS: usize = 4;
 
-/// One entry. All zero: empty (no client has the address 0.0.0.0, a
+/// One entry. All zero: empty (no client has the unspecified address, a
 /// martian the data plane drops). Aligned to 8 bytes: it is written as
-/// two words (state, then key), so no reader sees a key without its state.
+/// words, its state before its key, so no reader sees a key without its
+/// state.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ConnSlot {
-    pub src: [u8; 4],
+pub struct ConnSlot<A = [u8; 4]> {
+    pub src: A,
     pub sport: u16,
     pub dport: u16,
     /// The `lb_epoch` tick of the flow's last client packet, as seen when
@@ -37,17 +42,25 @@ pub struct ConnSlot {
     pub state: u8,
 }
 const _: () = assert!(size_of::<ConnSlot>() == 16);
+const _: () = assert!(size_of::<ConnSlot<[u8; 16]>>() == 32);
 const _: () = assert!(MAX_BACKENDS <= 1 << 16 && MAX_SERVICES <= 1 << 8);
 
 /// One set: a cache line when the array's values are page aligned (the
 /// map is created `BPF_F_MMAPABLE`, which the controller also uses to read
 /// it without a system call per entry).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ConnSet {
-    pub slots: [ConnSlot; CONN_WAYS],
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnSet<A = [u8; 4]> {
+    pub slots: [ConnSlot<A>; CONN_WAYS],
 }
 const _: () = assert!(size_of::<ConnSet>() == 64);
+const _: () = assert!(size_of::<ConnSet<[u8; 16]>>() == 128);
+
+impl<A: Addr> Default for ConnSet<A> {
+    fn default() -> Self {
+        Self { slots: [ConnSlot::default(); CONN_WAYS] }
+    }
+}
 
 /// `BPF_F_MMAPABLE`: the array's values start on a page boundary, and
 /// user space may map them.
@@ -73,17 +86,17 @@ pub const MAX_CONNTRACK_MAX: u32 = 1 << 24;
 /// sender who could compute sets could fill a chosen one with four flows
 /// and evict a connection on purpose.
 #[inline(always)]
-pub const fn conn_set(flow: &Flow, bits: u32, salt: u32) -> u32 {
-    let addrs = ((u32::from_ne_bytes(flow.src) as u64) << 32) | u32::from_ne_bytes(flow.dst) as u64;
-    let rest = ((flow.sport as u64) << 24) | ((flow.dport as u64) << 8) | flow.proto as u64;
-    let key = ((salt as u64) << 32) | salt as u64;
+pub fn conn_set<A: Addr>(flow: &Flow<A>, bits: u32, salt: u32) -> u32 {
+    let addrs = addr_pair(&flow.src, &flow.dst, A::fold);
+    let rest = (u64::from(flow.sport) << 24) | (u64::from(flow.dport) << 8) | u64::from(flow.proto);
+    let key = (u64::from(salt) << 32) | u64::from(salt);
     (mix64(addrs ^ mix64(rest ^ key)) >> (64 - bits)) as u32
 }
 
-impl ConnSlot {
+impl<A: Addr> ConnSlot<A> {
     /// The entry for `flow` with `conn`.
     #[inline(always)]
-    pub const fn of(flow: &Flow, conn: &Conn) -> Self {
+    pub const fn of(flow: &Flow<A>, conn: &Conn) -> Self {
         Self {
             src: flow.src,
             sport: flow.sport,
@@ -110,15 +123,13 @@ impl ConnSlot {
     /// Whether the entry is for a flow from `flow`'s client address and
     /// port to its service port (the VIP is the backend's to confirm).
     #[inline(always)]
-    pub const fn holds(&self, flow: &Flow) -> bool {
-        u32::from_ne_bytes(self.src) == u32::from_ne_bytes(flow.src)
-            && self.sport == flow.sport
-            && self.dport == flow.dport
+    pub fn holds(&self, flow: &Flow<A>) -> bool {
+        self.src.same(&flow.src) && self.sport == flow.sport && self.dport == flow.dport
     }
 
     #[inline(always)]
-    pub const fn is_empty(&self) -> bool {
-        u32::from_ne_bytes(self.src) == 0
+    pub fn is_empty(&self) -> bool {
+        self.src.is_zero()
     }
 }
 
@@ -128,7 +139,12 @@ impl ConnSlot {
 /// before any live one, and among live ones the closest to expiring (a
 /// closed connection's before an idle established one's). Ticks may wrap.
 #[inline(always)]
-pub fn victim(set: &ConnSet, flow: &Flow, now: u32, timeout: impl Fn(u8) -> u32) -> usize {
+pub fn victim<A: Addr>(
+    set: &ConnSet<A>,
+    flow: &Flow<A>,
+    now: u32,
+    timeout: impl Fn(u8) -> u32,
+) -> usize {
     let mut chosen = 0;
     let mut most_overdue = i64::MIN;
     let mut way = 0;
@@ -153,8 +169,9 @@ pub fn victim(set: &ConnSet, flow: &Flow, now: u32, timeout: impl Fn(u8) -> u32)
 }
 
 #[cfg(feature = "user")]
-// SAFETY: repr(C), only integer fields, no implicit padding (sizes asserted above).
-unsafe impl aya::Pod for ConnSet {}
+// SAFETY: repr(C), only integer fields, no implicit padding for either
+// address type (sizes asserted above).
+unsafe impl<A: Addr> aya::Pod for ConnSet<A> {}
 
 #[cfg(test)]
 mod tests {
@@ -209,7 +226,7 @@ mod tests {
         assert_eq!(slot.conn(), conn(5));
         assert!(slot.holds(&flow(1000)));
         assert!(!slot.holds(&flow(1001)));
-        assert!(ConnSlot::default().is_empty() && !slot.is_empty());
+        assert!(<ConnSlot>::default().is_empty() && !slot.is_empty());
     }
 
     /// Established connections time out after 9000 ticks, closed ones after 100.

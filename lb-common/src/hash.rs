@@ -2,6 +2,8 @@
 //! controller's table builder and the tests all call these, so a flow lands
 //! on the same slot everywhere (and on every load balancer node).
 
+use crate::{abi::addr_pair, addr::Addr};
+
 /// A strong 64-bit finaliser (MurmurHash3 `fmix64`): cheap in BPF (two
 /// multiplies, no loops, no tables) and well distributed.
 #[inline(always)]
@@ -18,9 +20,9 @@ const FLOW_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// Hash of a flow's 5-tuple, as the client sent it.
 #[inline(always)]
-pub const fn flow_hash(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8) -> u32 {
-    let addrs = ((u32::from_be_bytes(src) as u64) << 32) | u32::from_be_bytes(dst) as u64;
-    let rest = ((sport as u64) << 32) | ((dport as u64) << 16) | proto as u64;
+pub fn flow_hash<A: Addr>(src: A, dst: A, sport: u16, dport: u16, proto: u8) -> u32 {
+    let addrs = addr_pair(&src, &dst, A::wire_fold);
+    let rest = (u64::from(sport) << 32) | (u64::from(dport) << 16) | u64::from(proto);
     mix64(addrs ^ mix64(rest ^ FLOW_SEED)) as u32
 }
 
@@ -44,8 +46,8 @@ pub const fn maglev_slot(hash: u32, size: u32) -> Option<u32> {
 /// Hash of a backend's identity (address and port), with a seed, for the
 /// Maglev permutation. Identity, not id: two nodes with the same config build
 /// the same table even if they numbered backends differently.
-pub const fn backend_hash(addr: [u8; 4], port: u16, seed: u64) -> u64 {
-    mix64(((u32::from_be_bytes(addr) as u64) << 16 | port as u64) ^ seed)
+pub fn backend_hash<A: Addr>(addr: A, port: u16, seed: u64) -> u64 {
+    mix64((A::raise(addr.wire_fold(), 16) | u64::from(port)) ^ seed)
 }
 
 #[cfg(test)]

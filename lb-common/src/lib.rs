@@ -3,6 +3,7 @@
 #![no_std]
 
 pub mod abi;
+pub mod addr;
 pub mod conn_table;
 pub mod counter;
 pub mod csum;

@@ -29,16 +29,17 @@ use lb_common::{
 
 use crate::{
     Verdict,
+    family::{Family, V4},
     fwd::{self, Target},
-    maps::{LB_BACKEND_ADDRS, LB_BE_STATS, LB_FRAGS, LB_SVC_STATS, LB_VIPS},
+    maps::{LB_BE_STATS, LB_SVC_STATS},
     nat::Side,
     parse::{Frag, Packet},
     select::{self, Here},
 };
 
-/// What ties `pkt`'s fragments together.
+/// What ties an IPv4 packet's fragments together.
 #[inline(always)]
-fn key(pkt: &Packet) -> FragKey {
+pub fn key_v4(pkt: &Packet<V4>) -> FragKey {
     FragKey { src: pkt.flow.src, dst: pkt.flow.dst, id: pkt.id, proto: pkt.flow.proto, _pad: 0 }
 }
 
@@ -46,7 +47,7 @@ fn key(pkt: &Packet) -> FragKey {
 /// `ids`): the datagram's later fragments follow it. Nothing for a whole
 /// packet.
 #[inline(always)]
-pub fn remember(pkt: &Packet, target: &Target, ids: (u32, u32), here: Here) {
+pub fn remember<F: Family>(pkt: &Packet<F>, target: &Target<F::Addr>, ids: (u32, u32), here: Here) {
     if pkt.frag != Frag::First {
         return;
     }
@@ -63,14 +64,14 @@ pub fn remember(pkt: &Packet, target: &Target, ids: (u32, u32), here: Here) {
         epoch: here.epoch as u32,
     };
     // A full table evicts its least recently used entry.
-    let _ = LB_FRAGS.insert(key(pkt), entry, 0);
+    let _ = F::frags().insert(F::frag_key(pkt), entry, 0);
 }
 
 /// `key`'s entry in `lb_frags`, unless it is stale.
 #[inline(always)]
-fn live_entry(key: &FragKey, here: Here) -> Option<FragEntry> {
+fn live_entry<F: Family>(key: &F::FragKey, here: Here) -> Option<FragEntry<F::Addr>> {
     // SAFETY: copied out at once.
-    unsafe { LB_FRAGS.get(key).copied() }
+    unsafe { F::frags().get(key).copied() }
         .filter(|e| !expired(here.epoch as u32, e.epoch, FRAG_TIMEOUT_TICKS))
 }
 
@@ -78,11 +79,15 @@ fn live_entry(key: &FragKey, here: Here) -> Option<FragEntry> {
 /// kernel if a later fragment came first (`FRAG_KERNEL`), so the kernel has
 /// every piece to reassemble. Whole packets never get here.
 #[inline(always)]
-pub fn first_to_kernel(ctx: &XdpContext, pkt: &Packet, here: Here) -> Result<(), Counter> {
+pub fn first_to_kernel<F: Family>(
+    ctx: &XdpContext,
+    pkt: &Packet<F>,
+    here: Here,
+) -> Result<(), Counter> {
     if pkt.frag != Frag::First || pkt.flow.proto != PROTO_UDP {
         return Ok(());
     }
-    match live_entry(&key(pkt), here) {
+    match live_entry::<F>(&F::frag_key(pkt), here) {
         Some(entry) if entry.kind == FRAG_KERNEL => {
             // The kernel's path has no edge checks of its own: they are made here.
             fwd::arrived_from(ctx, pkt, pkt.flow.src, here)?;
@@ -97,16 +102,16 @@ pub fn first_to_kernel(ctx: &XdpContext, pkt: &Packet, here: Here) -> Result<(),
 /// VIP, from a backend's address) and whether its frame went to a
 /// link-layer group address.
 #[inline(always)]
-pub fn follow(
+pub fn follow<F: Family>(
     ctx: &XdpContext,
-    pkt: &Packet,
+    pkt: &Packet<F>,
     (to_vip, from_real, link_group): (bool, bool, bool),
     here: Here,
 ) -> Result<Verdict, Counter> {
-    let key = key(pkt);
-    let Some(entry) = live_entry(&key, here) else {
+    let key = F::frag_key(pkt);
+    let Some(entry) = live_entry::<F>(&key, here) else {
         // SAFETY: the value is not read.
-        let to_vip = to_vip && unsafe { LB_VIPS.get(pkt.flow.dst).is_some() };
+        let to_vip = to_vip && unsafe { F::vips().get(pkt.flow.dst).is_some() };
         if !to_vip {
             return Err(Counter::PassNotService);
         }
@@ -119,7 +124,7 @@ pub fn follow(
         // the start of a loop) and that arrived where its route leaves.
         if pkt.flow.proto != PROTO_UDP
             // SAFETY: the value is not read.
-            || (from_real && unsafe { LB_BACKEND_ADDRS.get(pkt.flow.src).is_some() })
+            || (from_real && unsafe { F::backend_addrs().get(pkt.flow.src).is_some() })
         {
             return Err(Counter::DropFragment);
         }
@@ -127,7 +132,7 @@ pub fn follow(
         let entry =
             FragEntry { kind: FRAG_KERNEL, epoch: here.epoch as u32, ..FragEntry::default() };
         // A full table evicts its least recently used entry.
-        let _ = LB_FRAGS.insert(key, entry, 0);
+        let _ = F::frags().insert(key, entry, 0);
         return Err(Counter::PassFragmentToKernel);
     };
     // Ours (its datagram's first fragment said so): the edge checks.

@@ -17,14 +17,16 @@ use lb_common::{
         NEIGH_MARK_MAGIC, NEXTHOP_SLOTS, NO_TX_SLOT, NextHop, REVERSE_PATH_OFF,
         REVERSE_PATH_STRICT, cpu_slot, nexthop_slot,
     },
+    addr::Addr,
     counter::Counter,
 };
 
 use crate::{
     Verdict,
-    maps::{LB_FIB_SCRATCH, LB_NEXTHOPS, LB_POLICY, LB_TX_PORTS, LB_TX_SLOTS},
+    family::Family,
+    maps::{LB_FIB_SCRATCH, LB_POLICY, LB_TX_PORTS, LB_TX_SLOTS},
     mem,
-    nat::{self, Side},
+    nat::Side,
     parse::Packet,
     reject,
     select::Here,
@@ -35,9 +37,9 @@ pub const AF_INET: u8 = 2;
 /// Where the packet goes: to `addr`, rewritten on `rewrite`'s side to
 /// `addr:port` (NAT), or not rewritten at all (`None`: direct routing, the
 /// frame goes to `addr`, which must be on one of our links).
-pub struct Target {
+pub struct Target<A> {
     pub rewrite: Option<Side>,
-    pub addr: [u8; 4],
+    pub addr: A,
     pub port: u16,
 }
 
@@ -46,10 +48,10 @@ pub struct Target {
 /// it: a packet the FIB cannot forward is passed untouched, one too big for
 /// the next link is answered ("fragmentation needed") or dropped.
 #[inline(always)]
-pub fn forward(
+pub fn forward<F: Family>(
     ctx: &XdpContext,
-    pkt: &Packet,
-    target: &Target,
+    pkt: &Packet<F>,
+    target: &Target<F::Addr>,
     here: Here,
 ) -> Result<Verdict, Counter> {
     let (src, dst, sport, dport) = match target.rewrite {
@@ -64,7 +66,7 @@ pub fn forward(
                 Some(Side::Source) => (target.addr, reject::To::Backend),
                 _ => (pkt.flow.dst, reject::To::Client),
             };
-            return reject::frag_needed(ctx, pkt, vip, mtu, to, here);
+            return F::too_big(ctx, pkt, vip, mtu, to, here);
         }
         hop => hop,
     };
@@ -72,16 +74,16 @@ pub fn forward(
         // SAFETY: pkt comes from parse on this frame (a later fragment's
         // null transport pointers are tested there), and nothing has
         // resized the frame since.
-        unsafe { nat::rewrite(pkt, side, target.addr, target.port) };
+        unsafe { F::rewrite(pkt, side, target.addr, target.port) };
     }
     // SAFETY: pkt.eth was bounds-checked by parse.
-    Ok(unsafe { send(pkt.eth.cast(), hop, here) })
+    Ok(unsafe { send::<F>(pkt.eth.cast(), hop, here) })
 }
 
 /// What the FIB is asked: the packet's addresses and ports as it will leave.
-pub struct Query {
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
+pub struct Query<A = [u8; 4]> {
+    pub src: A,
+    pub dst: A,
     pub sport: u16,
     pub dport: u16,
     /// Direct routing: the frame must reach `dst` on one of our links.
@@ -94,12 +96,12 @@ pub struct Query {
 /// # Safety
 /// `eth` points at a bounds-checked Ethernet header.
 #[inline(always)]
-pub unsafe fn send(eth: *mut u8, hop: Hop, here: Here) -> Verdict {
+pub unsafe fn send<F: Family>(eth: *mut u8, hop: Hop<F::Addr>, here: Here) -> Verdict {
     let hop = match hop {
         Hop::Resolved(hop) => hop,
         Hop::NoNeighbour { ifindex, nexthop } => {
             // SAFETY: the caller guarantees the Ethernet header.
-            return unsafe { slow_path(eth, ifindex, nexthop) };
+            return unsafe { F::slow_path(eth, ifindex, nexthop) };
         }
         // `next_hop`'s callers answer a packet too big before sending.
         Hop::TooBig { .. } => {
@@ -115,18 +117,18 @@ pub unsafe fn send(eth: *mut u8, hop: Hop, here: Here) -> Verdict {
         Ok(action) => Verdict { action, counter: Counter::Redirect },
         // The egress interface is not one of ours: let tc send it.
         // SAFETY: as for write_macs.
-        Err(_) => unsafe { slow_path(eth, hop.ifindex, hop.via) },
+        Err(_) => unsafe { F::slow_path(eth, hop.ifindex, hop.via) },
     }
 }
 
 #[derive(Clone, Copy)]
-pub enum Hop {
-    Resolved(NextHop),
+pub enum Hop<A = [u8; 4]> {
+    Resolved(NextHop<A>),
     /// The route is known but the kernel has no neighbour entry yet for
     /// `nexthop` (the destination or its gateway).
     NoNeighbour {
         ifindex: u32,
-        nexthop: [u8; 4],
+        nexthop: A,
     },
     /// The packet is longer than the next link's MTU.
     TooBig {
@@ -140,16 +142,21 @@ pub enum Hop {
 /// the route does not depend on the source, ports or TOS (no policy routing,
 /// one ECMP path per destination while an entry lives).
 #[inline(always)]
-pub fn next_hop(ctx: &XdpContext, pkt: &Packet, query: &Query, here: Here) -> Result<Hop, Counter> {
-    let Query { direct, dst, .. } = *query;
+pub fn next_hop<F: Family>(
+    ctx: &XdpContext,
+    pkt: &Packet<F>,
+    query: &Query<F::Addr>,
+    here: Here,
+) -> Result<Hop<F::Addr>, Counter> {
+    let (direct, dst) = (query.direct, query.dst);
     let epoch = here.epoch;
-    let cached = LB_NEXTHOPS.get_ptr_mut(cpu_slot(here.cpu, NEXTHOP_SLOTS, nexthop_slot(dst)));
+    let cached = F::nexthops().get_ptr_mut(cpu_slot(here.cpu, NEXTHOP_SLOTS, nexthop_slot(dst)));
     // The largest length the FIB already accepted for this destination.
     let mut max_len = 0;
     if let Some(entry) = cached {
         // SAFETY: this CPU's slot, only touched by this CPU; XDP does not nest.
         let entry = unsafe { &*entry };
-        if entry.addr == dst && entry.epoch == epoch {
+        if entry.addr.same(&dst) && entry.epoch == epoch {
             if pkt.tot_len <= entry.max_len {
                 return resolved(*entry, direct);
             }
@@ -158,13 +165,14 @@ pub fn next_hop(ctx: &XdpContext, pkt: &Packet, query: &Query, here: Here) -> Re
     }
 
     let (rc, params) = fib_lookup(ctx, pkt, query, pkt.tot_len, here)?;
-    // SAFETY: the union's IPv4 member, which the FIB sets to the next hop.
-    let nexthop = unsafe { params.__bindgen_anon_4.ipv4_dst }.to_ne_bytes();
+    let nexthop = F::fib_nexthop(params);
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {
-            resolved(remember(cached, params, dst, max_len.max(pkt.tot_len), epoch), direct)
+            resolved(remember::<F>(cached, params, dst, max_len.max(pkt.tot_len), epoch), direct)
         }
-        BPF_FIB_LKUP_RET_NO_NEIGH if direct && nexthop != dst => Err(Counter::DropDsrNotOnLink),
+        BPF_FIB_LKUP_RET_NO_NEIGH if direct && !nexthop.same(&dst) => {
+            Err(Counter::DropDsrNotOnLink)
+        }
         BPF_FIB_LKUP_RET_NO_NEIGH => Ok(Hop::NoNeighbour { ifindex: params.ifindex, nexthop }),
         BPF_FIB_LKUP_RET_FRAG_NEEDED => {
             // SAFETY: the union's member the FIB sets on this answer.
@@ -180,10 +188,10 @@ pub fn next_hop(ctx: &XdpContext, pkt: &Packet, query: &Query, here: Here) -> Re
 /// live in this CPU's scratch slot, not on the stack: BPF programs have
 /// 512 bytes of stack, and the answers' buffers take most of it.
 #[inline(always)]
-fn fib_lookup(
+fn fib_lookup<F: Family>(
     ctx: &XdpContext,
-    pkt: &Packet,
-    query: &Query,
+    pkt: &Packet<F>,
+    query: &Query<F::Addr>,
     tot_len: u16,
     here: Here,
 ) -> Result<(u32, &'static FibParams), Counter> {
@@ -193,16 +201,12 @@ fn fib_lookup(
     let params = unsafe { &mut *params };
     // SAFETY: an all-zero bpf_fib_lookup is a valid input.
     *params = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
     params.l4_protocol = pkt.flow.proto;
     params.sport = query.sport.to_be();
     params.dport = query.dport.to_be();
     params.__bindgen_anon_1.tot_len = tot_len;
     params.ifindex = here.ingress;
-    // SAFETY: pkt.ip was bounds-checked by parse.
-    params.__bindgen_anon_2.tos = unsafe { (*pkt.ip).tos };
-    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(query.src);
-    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(query.dst);
+    F::fib_query(params, pkt, query);
     // SAFETY: params is a live, correctly sized bpf_fib_lookup.
     // A negative errno becomes a value no BPF_FIB_LKUP_RET_* has: a failure.
     #[allow(clippy::cast_sign_loss)]
@@ -214,13 +218,13 @@ fn fib_lookup(
 
 /// A successful FIB answer for `dst`, kept in this CPU's cache slot.
 #[inline(always)]
-fn remember(
-    cached: Option<*mut NextHop>,
+fn remember<F: Family>(
+    cached: Option<*mut NextHop<F::Addr>>,
     params: &FibParams,
-    dst: [u8; 4],
+    dst: F::Addr,
     max_len: u16,
     epoch: u64,
-) -> NextHop {
+) -> NextHop<F::Addr> {
     // SAFETY: copied out at once.
     let tx_slot = unsafe { LB_TX_SLOTS.get(params.ifindex).copied() }.unwrap_or(NO_TX_SLOT);
     let hop = NextHop {
@@ -231,8 +235,7 @@ fn remember(
         _pad: 0,
         smac: params.smac,
         dmac: params.dmac,
-        // SAFETY: the union's IPv4 member, which the FIB sets to the next hop.
-        via: unsafe { params.__bindgen_anon_4.ipv4_dst }.to_ne_bytes(),
+        via: F::fib_nexthop(params),
         epoch,
     };
     if let Some(entry) = cached {
@@ -251,22 +254,22 @@ fn remember(
 /// (the one packets to `src` use), else from the FIB, whose answer is
 /// cached.
 #[inline(always)]
-pub fn arrived_from(
+pub fn arrived_from<F: Family>(
     ctx: &XdpContext,
-    pkt: &Packet,
-    src: [u8; 4],
+    pkt: &Packet<F>,
+    src: F::Addr,
     here: Here,
 ) -> Result<(), Counter> {
     let mode = LB_POLICY.get(0).map_or(REVERSE_PATH_STRICT, |p| p.reverse_path);
     if mode == REVERSE_PATH_OFF {
         return Ok(());
     }
-    let cached = LB_NEXTHOPS.get_ptr_mut(cpu_slot(here.cpu, NEXTHOP_SLOTS, nexthop_slot(src)));
+    let cached = F::nexthops().get_ptr_mut(cpu_slot(here.cpu, NEXTHOP_SLOTS, nexthop_slot(src)));
     let mut egress = None;
     if let Some(entry) = cached {
         // SAFETY: this CPU's slot, only touched by this CPU; XDP does not nest.
         let entry = unsafe { &*entry };
-        if entry.addr == src && entry.epoch == here.epoch {
+        if entry.addr.same(&src) && entry.epoch == here.epoch {
             egress = Some(entry.ifindex);
         }
     }
@@ -283,7 +286,7 @@ pub fn arrived_from(
         // Length 0: no MTU check, and the cached entry promises none.
         match fib_lookup(ctx, pkt, &back, 0, here)? {
             (BPF_FIB_LKUP_RET_SUCCESS, params) => {
-                remember(cached, params, src, 0, here.epoch).ifindex
+                remember::<F>(cached, params, src, 0, here.epoch).ifindex
             }
             (BPF_FIB_LKUP_RET_NO_NEIGH, params) => params.ifindex,
             // Forwarding is off on the interface: nothing of ours can
@@ -305,7 +308,7 @@ pub fn arrived_from(
 /// # Safety
 /// `eth` points at a bounds-checked Ethernet header.
 #[inline(always)]
-unsafe fn write_macs(eth: *mut u8, hop: &NextHop) {
+unsafe fn write_macs<A>(eth: *mut u8, hop: &NextHop<A>) {
     let [d0, d1, d2, d3, d4, d5] = hop.dmac;
     let [s0, s1, s2, s3, s4, s5] = hop.smac;
     // SAFETY: the caller guarantees the 14 bytes.
@@ -320,8 +323,8 @@ unsafe fn write_macs(eth: *mut u8, hop: &NextHop) {
 /// A resolved next hop, unless direct routing would send the frame to a
 /// gateway.
 #[inline(always)]
-fn resolved(hop: NextHop, direct: bool) -> Result<Hop, Counter> {
-    if direct && hop.via != hop.addr {
+fn resolved<A: Addr>(hop: NextHop<A>, direct: bool) -> Result<Hop<A>, Counter> {
+    if direct && !hop.via.same(&hop.addr) {
         return Err(Counter::DropDsrNotOnLink);
     }
     Ok(Hop::Resolved(hop))
@@ -335,7 +338,7 @@ fn resolved(hop: NextHop, direct: bool) -> Result<Hop, Counter> {
 /// # Safety
 /// `eth` points at a bounds-checked Ethernet header.
 #[inline(always)]
-unsafe fn slow_path(eth: *mut u8, ifindex: u32, nexthop: [u8; 4]) -> Verdict {
+pub unsafe fn slow_path_v4(eth: *mut u8, ifindex: u32, nexthop: [u8; 4]) -> Verdict {
     // SAFETY: the caller guarantees the 14 bytes; the mark takes 12.
     unsafe {
         mem::store32::<0>(eth, NEIGH_MARK_MAGIC);

@@ -29,7 +29,8 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{LB_BACKENDS, LB_HANDSHAKES, LB_POLICY, LB_TIMEOUTS},
+    family::Family,
+    maps::{LB_POLICY, LB_TIMEOUTS},
     parse::{self, Packet},
     select::{self, Choice, Here, Known, Reply, Turn},
 };
@@ -37,8 +38,8 @@ use crate::{
 /// The live record of `flow`: its slot holds this flow, placed within its
 /// first state's timeout.
 #[inline(always)]
-pub fn find(flow: &Flow, here: Here) -> Option<*mut Handshake> {
-    let record = LB_HANDSHAKES.get_ptr_mut(handshake_slot(flow))?;
+pub fn find<F: Family>(flow: &Flow<F::Addr>, here: Here) -> Option<*mut Handshake<F::Addr>> {
+    let record = F::handshakes().get_ptr_mut(handshake_slot(flow))?;
     // SAFETY: a pointer into the array's value. Another CPU may write the
     // slot at the same time; a torn read at worst mixes two records, which
     // the backend check of whoever uses it bounds to a wrong backend of
@@ -56,26 +57,30 @@ pub fn find(flow: &Flow, here: Here) -> Option<*mut Handshake> {
 /// ask who owns a flow not yet in the table: an ICMP error about a
 /// SYN-ACK, the SYN-ACK to a backend that opened a flow to a VIP.
 #[inline(always)]
-pub fn placed_on(flow: &Flow, here: Here) -> Option<u32> {
+pub fn placed_on<F: Family>(flow: &Flow<F::Addr>, here: Here) -> Option<u32> {
     // SAFETY: as in `find`.
-    find(flow, here).map(|record| unsafe { (*record).backend_id })
+    find::<F>(flow, here).map(|record| unsafe { (*record).backend_id })
 }
 
 /// Places a SYN (or a UDP flow's first datagram) and records where: a
 /// retransmitted SYN finds its record and goes where the first went.
 #[inline(always)]
-pub fn open(flow: &Flow, service: &Service, here: Here) -> Result<Choice, Counter> {
-    if let Some(record) = find(flow, here) {
+pub fn open<F: Family>(
+    flow: &Flow<F::Addr>,
+    service: &Service,
+    here: Here,
+) -> Result<Choice<F>, Counter> {
+    if let Some(record) = find::<F>(flow, here) {
         // SAFETY: as in `find`.
         let id = unsafe { (*record).backend_id };
-        if let Some(backend) = select::live_backend(id, service.id, flow)
+        if let Some(backend) = select::live_backend::<F>(id, service.id, flow)
             && backend.flags & BACKEND_DOWN == 0
         {
             return Ok(Choice { id, backend, new_flow: false });
         }
     }
-    let choice = select::pick(flow, service, Turn::Next)?;
-    if let Some(record) = LB_HANDSHAKES.get_ptr_mut(handshake_slot(flow)) {
+    let choice = select::pick::<F>(flow, service, Turn::Next)?;
+    if let Some(record) = F::handshakes().get_ptr_mut(handshake_slot(flow)) {
         let placed = Handshake {
             flow: *flow,
             backend_id: choice.id,
@@ -92,8 +97,8 @@ pub fn open(flow: &Flow, service: &Service, here: Here) -> Result<Choice, Counte
 /// A backend's SYN-ACK (NAT): the record of its client's flow learns what
 /// the client's ACK must acknowledge. Only a SYN-ACK pays for this lookup.
 #[inline(always)]
-pub fn answered(ctx: &XdpContext, pkt: &Packet, real: &Reply, here: Here) {
-    let Some(record) = find(&real.client_flow(&pkt.flow), here) else {
+pub fn answered<F: Family>(ctx: &XdpContext, pkt: &Packet<F>, real: &Reply<F::Addr>, here: Here) {
+    let Some(record) = find::<F>(&real.client_flow(&pkt.flow), here) else {
         return;
     };
     let Some((seq, _)) = parse::tcp_seq_ack(ctx, pkt) else {
@@ -118,15 +123,15 @@ pub fn answered(ctx: &XdpContext, pkt: &Packet, real: &Reply, here: Here) {
 /// does not divert it (in NAT; with direct routing any ACK after a SYN
 /// proves). `Known::Unknown` without a record or entry.
 #[inline(always)]
-pub fn settle(
+pub fn settle<F: Family>(
     ctx: &XdpContext,
-    pkt: &Packet,
+    pkt: &Packet<F>,
     here: Here,
-    cached: Option<*mut FlowCacheEntry>,
+    cached: Option<*mut FlowCacheEntry<F::Addr>>,
     entry: Option<(u32, u32)>,
-) -> Known {
+) -> Known<F> {
     let flow = &pkt.flow;
-    let Some(record) = find(flow, here) else {
+    let Some(record) = find::<F>(flow, here) else {
         return older(entry, flow);
     };
     // SAFETY: as in `find`; copied out at once.
@@ -134,11 +139,12 @@ pub fn settle(
     let tcp = flow.proto == PROTO_TCP;
     // What a packet that does not take the record gets: the older
     // connection's entry if there is one (TCP), else the record's backend.
-    let unrecorded = |known: Known| if tcp && entry.is_some() { older(entry, flow) } else { known };
-    let Some(service_id) = LB_BACKENDS.get(placed.backend_id).map(|b| b.service_id) else {
+    let unrecorded =
+        |known: Known<F>| if tcp && entry.is_some() { older(entry, flow) } else { known };
+    let Some(service_id) = F::backends().get(placed.backend_id).map(|b| b.service_id) else {
         return unrecorded(Known::Gone);
     };
-    let Some(backend) = select::live_backend(placed.backend_id, service_id, flow) else {
+    let Some(backend) = select::live_backend::<F>(placed.backend_id, service_id, flow) else {
         return unrecorded(Known::Gone);
     };
     let choice = Choice { id: placed.backend_id, backend, new_flow: false };
@@ -163,7 +169,7 @@ pub fn settle(
         state,
         _pad: [0; 3],
     };
-    select::record(flow, conn, here, cached);
+    select::record::<F>(flow, conn, here, cached);
     // Spent: the table holds the flow now.
     // SAFETY: as in `find`.
     unsafe { *record = Handshake::default() };
@@ -173,11 +179,11 @@ pub fn settle(
 /// What the older connection's entry (its service and backend ids) says
 /// of `flow`; `Known::Unknown` without one.
 #[inline(always)]
-fn older(entry: Option<(u32, u32)>, flow: &Flow) -> Known {
+fn older<F: Family>(entry: Option<(u32, u32)>, flow: &Flow<F::Addr>) -> Known<F> {
     let Some((service_id, id)) = entry else {
         return Known::Unknown;
     };
-    match select::live_backend(id, service_id, flow) {
+    match select::live_backend::<F>(id, service_id, flow) {
         Some(backend) => Known::Flow(service_id, Choice { id, backend, new_flow: false }),
         None => Known::Gone,
     }
@@ -191,7 +197,12 @@ fn older(entry: Option<(u32, u32)>, flow: &Flow) -> Known {
 /// without us), nor a node whose backends' SYN-ACKs may return through
 /// another (`handshake_proof = "syn-seen"`).
 #[inline(always)]
-fn proven(ctx: &XdpContext, pkt: &Packet, placed: &Handshake, backend_flags: u16) -> bool {
+fn proven<F: Family>(
+    ctx: &XdpContext,
+    pkt: &Packet<F>,
+    placed: &Handshake<F::Addr>,
+    backend_flags: u16,
+) -> bool {
     let syn_seen = LB_POLICY.get(0).is_some_and(|p| p.handshake_proof == HANDSHAKE_PROOF_SYN_SEEN);
     if backend_flags & BACKEND_DSR != 0 || syn_seen {
         return true;

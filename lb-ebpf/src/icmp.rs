@@ -23,6 +23,7 @@ use lb_common::{
 
 use crate::{
     Verdict, conntrack,
+    family::V4,
     fwd::{self, Hop, Query},
     handshake,
     maps::LB_BACKENDS,
@@ -115,7 +116,8 @@ pub fn translate(ctx: &XdpContext, ip: &Ipv4, to_vip: bool) -> Result<Verdict, C
         return Err(Counter::PassTtlExpired);
     }
     let about_reply = to_vip && quoted.src == ip.dst;
-    let about_request = select::addr_flags(quoted.dst) & ADDR_REAL != 0 && quoted.src == ip.dst;
+    let about_request =
+        select::addr_flags::<V4>(quoted.dst) & ADDR_REAL != 0 && quoted.src == ip.dst;
     if about_reply {
         to_backend(ctx, ip, &pkt, (o, m), &quoted, here)
     } else if about_request {
@@ -148,18 +150,18 @@ fn to_backend(
         _pad: [0; 3],
     };
     // SAFETY: copied out at once.
-    let conn = conntrack::find(&flow)
+    let conn = conntrack::find::<V4>(&flow)
         .map(|slot| unsafe { (*slot).conn() })
         .filter(|c| !select::conn_expired(c, here));
     // A flow in its handshake (an error about a SYN-ACK) has only its record.
     let (backend_id, service_id) = if let Some(conn) = conn {
         (conn.backend_id, conn.service_id)
     } else {
-        let id = handshake::placed_on(&flow, here).ok_or(Counter::PassIcmpNotOurs)?;
+        let id = handshake::placed_on::<V4>(&flow, here).ok_or(Counter::PassIcmpNotOurs)?;
         (id, LB_BACKENDS.get(id).ok_or(Counter::PassIcmpNotOurs)?.service_id)
     };
-    let backend =
-        select::live_backend(backend_id, service_id, &flow).ok_or(Counter::PassIcmpNotOurs)?;
+    let backend = select::live_backend::<V4>(backend_id, service_id, &flow)
+        .ok_or(Counter::PassIcmpNotOurs)?;
     refuse_from_elsewhere(ctx, ip, pkt, quoted, here)?;
     let direct = backend.flags & BACKEND_DSR != 0;
     let query = Query { src: pkt.flow.src, dst: backend.addr, sport: 0, dport: 0, direct };
@@ -185,7 +187,7 @@ fn to_client(
     // `real` reads the backend endpoint from a reply's source.
     let as_reply =
         Flow { src: quoted.dst, sport: quoted.dport, proto: quoted.proto, ..Flow::default() };
-    let real = select::real(&as_reply).ok_or(Counter::PassIcmpNotOurs)?;
+    let real = select::real::<V4>(&as_reply).ok_or(Counter::PassIcmpNotOurs)?;
     refuse_from_elsewhere(ctx, ip, pkt, quoted, here)?;
     let query = Query { src: real.vip, dst: pkt.flow.dst, sport: 0, dport: 0, direct: false };
     let hop = route(ctx, pkt, &query, here)?;
@@ -199,7 +201,7 @@ fn to_client(
 #[inline(always)]
 fn send(pkt: &Packet, hop: Hop, here: Here, counter: Counter) -> Verdict {
     // SAFETY: parse checked the Ethernet header; nothing resized the frame.
-    let sent = unsafe { fwd::send(pkt.eth.cast(), hop, here) };
+    let sent = unsafe { fwd::send::<V4>(pkt.eth.cast(), hop, here) };
     Verdict { action: sent.action, counter }
 }
 
@@ -221,14 +223,14 @@ fn refuse_from_elsewhere(
     if unsafe { parse::to_link_group(ip) } {
         return Err(Counter::DropLinkGroup);
     }
-    fwd::arrived_from(ctx, pkt, quoted.dst, here)
+    fwd::arrived_from::<V4>(ctx, pkt, quoted.dst, here)
 }
 
 /// The next hop of a translated error; one too big for its link (an error
 /// is at most 576 bytes, so hardly ever) is dropped.
 #[inline(always)]
 fn route(ctx: &XdpContext, pkt: &Packet, query: &Query, here: Here) -> Result<Hop, Counter> {
-    match fwd::next_hop(ctx, pkt, query, here)? {
+    match fwd::next_hop::<V4>(ctx, pkt, query, here)? {
         Hop::TooBig { .. } => Err(Counter::DropTooBig),
         hop => Ok(hop),
     }

@@ -12,6 +12,7 @@
 #![allow(clippy::verbose_bit_mask)]
 
 mod conntrack;
+mod family;
 mod frag;
 mod fwd;
 mod handshake;
@@ -41,10 +42,11 @@ use lb_common::{
 };
 
 use crate::{
+    family::{Family, V4},
     fwd::Target,
-    maps::{LB_BACKEND_ADDRS, LB_BE_STATS, LB_COUNTERS, LB_SVC_STATS, LB_VIPS},
+    maps::{LB_BE_STATS, LB_COUNTERS, LB_SVC_STATS},
     nat::Side,
-    parse::Frag,
+    parse::{Frag, Headers, Packet},
     select::{Here, Known},
 };
 
@@ -85,7 +87,7 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
     unsafe {
         core::arch::asm!("{0} = 0", out(reg) _);
     }
-    let verdict = process(&ctx).unwrap_or_else(Verdict::stopped);
+    let verdict = process::<V4>(&ctx).unwrap_or_else(Verdict::stopped);
     if let Some(count) = LB_COUNTERS.get_ptr_mut(verdict.counter as u32) {
         // SAFETY: per-CPU slot, XDP does not nest on a CPU.
         unsafe { *count += 1 };
@@ -94,23 +96,23 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn process(ctx: &XdpContext) -> Result<Verdict, Counter> {
-    let ip = parse::ipv4(ctx)?;
+fn process<F: Family>(ctx: &XdpContext) -> Result<Verdict, Counter> {
+    let ip = F::ip(ctx)?;
     // Most packets that are not ours leave here, before the ports are read.
-    let dst_flags = select::addr_flags(ip.dst);
+    let dst_flags = select::addr_flags::<F>(ip.dst);
     let to_vip = dst_flags & ADDR_VIP != 0;
-    let src_flags = select::addr_flags(ip.src);
+    let src_flags = select::addr_flags::<F>(ip.src);
     if to_vip {
         source_could_be_a_client(&ip, src_flags)?;
     }
     if ip.proto == PROTO_ICMP {
-        return icmp::translate(ctx, &ip, to_vip);
+        return F::icmp(ctx, &ip, to_vip);
     }
     let from_real = src_flags & ADDR_REAL != 0;
     if !to_vip && !from_real {
         return Err(if ip.short_header { Counter::PassMalformed } else { Counter::PassNotService });
     }
-    let pkt = parse::transport(ctx, &ip).map_err(|c| not_ours_after_all(c, &ip, from_real))?;
+    let pkt = F::transport(ctx, &ip).map_err(|c| not_ours_after_all(c, &ip, from_real))?;
     // A router forwards only frames sent to it, and no connection sends
     // these flags: refused once the packet is known to be ours (a
     // backend's own broadcasts, say, are the kernel's).
@@ -125,9 +127,9 @@ fn process(ctx: &XdpContext) -> Result<Verdict, Counter> {
         return Err(if link_group { Counter::DropLinkGroup } else { Counter::DropTcpFlags });
     }
     // A backend's own service endpoint sending to a VIP: see the counter.
-    if to_vip && from_real && select::real(&pkt.flow).is_some() {
+    if to_vip && from_real && select::real::<F>(&pkt.flow).is_some() {
         // SAFETY: the value is not read.
-        if unsafe { LB_VIPS.get(pkt.flow.dst).is_some() } {
+        if unsafe { F::vips().get(pkt.flow.dst).is_some() } {
             return Err(Counter::DropBackendPortToVip);
         }
     }
@@ -148,13 +150,13 @@ fn process(ctx: &XdpContext) -> Result<Verdict, Counter> {
 /// 240/4: multicast, reserved, broadcast), and not a VIP (the prefilter's
 /// flag, confirmed by the exact table).
 #[inline(always)]
-fn source_could_be_a_client(ip: &parse::Ipv4, src_flags: u8) -> Result<(), Counter> {
+fn source_could_be_a_client<F: Family>(ip: &Headers<F>, src_flags: u8) -> Result<(), Counter> {
     let src = ip.src;
-    if src[0] == 0 || src[0] == 127 || src[0] >= 224 {
+    if F::martian(&src) {
         return Err(not_ours_after_all(Counter::DropMartianSource, ip, false));
     }
     // SAFETY: the value is not read.
-    if src_flags & ADDR_VIP != 0 && unsafe { LB_VIPS.get(src).is_some() } {
+    if src_flags & ADDR_VIP != 0 && unsafe { F::vips().get(src).is_some() } {
         return Err(Counter::DropSourceVip);
     }
     Ok(())
@@ -163,10 +165,10 @@ fn source_could_be_a_client(ip: &parse::Ipv4, src_flags: u8) -> Result<(), Count
 /// Whether `pkt` is ours for sure: to a VIP (the exact table) or from a
 /// backend's service endpoint. Only refusals ask.
 #[inline(always)]
-fn ours(pkt: &parse::Packet, to_vip: bool, from_real: bool) -> bool {
+fn ours<F: Family>(pkt: &Packet<F>, to_vip: bool, from_real: bool) -> bool {
     // SAFETY: the value is not read.
-    (to_vip && unsafe { LB_VIPS.get(pkt.flow.dst).is_some() })
-        || (from_real && select::real(&pkt.flow).is_some())
+    (to_vip && unsafe { F::vips().get(pkt.flow.dst).is_some() })
+        || (from_real && select::real::<F>(&pkt.flow).is_some())
 }
 
 /// `drop`, the verdict on a packet the address prefilter took for ours,
@@ -176,13 +178,13 @@ fn ours(pkt: &parse::Packet, to_vip: bool, from_real: bool) -> bool {
 /// a backend's slot, and goes to the kernel as it is. Only refusals pay for
 /// the exact lookups.
 #[inline(always)]
-fn not_ours_after_all(drop: Counter, ip: &parse::Ipv4, from_real: bool) -> Counter {
+fn not_ours_after_all<F: Family>(drop: Counter, ip: &Headers<F>, from_real: bool) -> Counter {
     if !matches!(drop, Counter::DropMalformed | Counter::DropMartianSource) {
         return drop;
     }
     // SAFETY: the values are not read.
     let ours = unsafe {
-        LB_VIPS.get(ip.dst).is_some() || (from_real && LB_BACKEND_ADDRS.get(ip.src).is_some())
+        F::vips().get(ip.dst).is_some() || (from_real && F::backend_addrs().get(ip.src).is_some())
     };
     if ours {
         return drop;
@@ -193,13 +195,13 @@ fn not_ours_after_all(drop: Counter, ip: &parse::Ipv4, from_real: bool) -> Count
 /// A backend's reply: the source goes back to the VIP. `Ok(None)` when the
 /// source is not a backend.
 #[inline(always)]
-fn to_client(
+fn to_client<F: Family>(
     ctx: &XdpContext,
-    pkt: &parse::Packet,
+    pkt: &Packet<F>,
     dst_flags: u8,
     here: Here,
 ) -> Result<Option<Verdict>, Counter> {
-    let Some(real) = select::real(&pkt.flow) else {
+    let Some(real) = select::real::<F>(&pkt.flow) else {
         return Ok(None);
     };
     // Before the reply may move its connection's state (a forged FIN or RST).
@@ -209,7 +211,7 @@ fn to_client(
     if pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK && pkt.flow.proto == PROTO_TCP {
         handshake::answered(ctx, pkt, &real, here);
     }
-    select::backend_closes(&pkt.flow, &real, pkt.tcp_flags, here);
+    select::backend_closes::<F>(&pkt.flow, &real, pkt.tcp_flags, here);
     let target = Target { rewrite: Some(Side::Source), addr: real.vip, port: real.vport };
     let verdict = fwd::forward(ctx, pkt, &target, here)?;
     if !verdict.forwarded() {
@@ -237,21 +239,21 @@ fn to_client(
 /// (`drop_backend_port_to_vip`), and a destination of the load balancer's
 /// own is the kernel's (`pass_local`).
 #[inline(always)]
-fn reply_to_ours(
-    pkt: &parse::Packet,
+fn reply_to_ours<F: Family>(
+    pkt: &Packet<F>,
     dst_flags: u8,
-    real: &select::Reply,
+    real: &select::Reply<F::Addr>,
     here: Here,
 ) -> Result<(), Counter> {
     let dst = pkt.flow.dst;
     // SAFETY: the value is not read.
-    if dst_flags & ADDR_BACKEND == 0 || unsafe { LB_BACKEND_ADDRS.get(dst).is_none() } {
+    if dst_flags & ADDR_BACKEND == 0 || unsafe { F::backend_addrs().get(dst).is_none() } {
         return Ok(());
     }
     // The flow as the backend-client sent it, and whether it is on this backend.
     let opened = real.client_flow(&pkt.flow);
     // SAFETY: copied out at once.
-    match conntrack::find(&opened).map(|slot| unsafe { (*slot).conn() }) {
+    match conntrack::find::<F>(&opened).map(|slot| unsafe { (*slot).conn() }) {
         // A live entry, as the data plane counts one (an expired entry is
         // absent), placed on this very backend of this service.
         Some(conn)
@@ -262,14 +264,14 @@ fn reply_to_ours(
             Ok(())
         }
         // A flow still in its handshake (the SYN-ACK itself) has only its record.
-        _ if handshake::placed_on(&opened, here) == Some(real.backend_id) => Ok(()),
+        _ if handshake::placed_on::<F>(&opened, here) == Some(real.backend_id) => Ok(()),
         _ => Err(Counter::DropReplyToOurs),
     }
 }
 
 /// TTL <= 1: the kernel must answer (ICMP time exceeded), not us.
 #[inline(always)]
-fn expire_check(pkt: &parse::Packet) -> Result<(), Counter> {
+fn expire_check<F: Family>(pkt: &Packet<F>) -> Result<(), Counter> {
     if pkt.ttl <= 1 { Err(Counter::PassTtlExpired) } else { Ok(()) }
 }
 
@@ -277,16 +279,16 @@ fn expire_check(pkt: &parse::Packet) -> Result<(), Counter> {
 /// needs nothing else), then the service and its scheduler. `Ok(None)` when
 /// the destination is not a service after all.
 #[inline(always)]
-fn to_backend(
+fn to_backend<F: Family>(
     ctx: &XdpContext,
-    pkt: &parse::Packet,
+    pkt: &Packet<F>,
     here: Here,
 ) -> Result<Option<Verdict>, Counter> {
     let tcp = pkt.flow.proto == PROTO_TCP;
     let opening = tcp && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     // The flow's slot in this CPU's flow cache: read by the lookup, written
     // when the flow is recorded.
-    let cached = select::flow_cache_entry(&pkt.flow, here);
+    let cached = select::flow_cache_entry::<F>(&pkt.flow, here);
     let known = if opening {
         // A SYN asks no table: it is placed below and leaves a handshake
         // record, which its ACK turns into an entry (see `handshake`).
@@ -310,13 +312,13 @@ fn to_backend(
         // Its backend is DOWN or gone: a TCP client learns at once (its
         // connection cannot go on elsewhere); a UDP flow is placed anew.
         Known::Flow(..) if tcp => {
-            return reject::tcp_reset(ctx, pkt, Counter::RstBackendDown, here).map(Some);
+            return F::tcp_reset(ctx, pkt, Counter::RstBackendDown, here).map(Some);
         }
         Known::Gone if tcp => {
-            return reject::tcp_reset(ctx, pkt, Counter::RstBackendGone, here).map(Some);
+            return F::tcp_reset(ctx, pkt, Counter::RstBackendGone, here).map(Some);
         }
         Known::Flow(..) | Known::Gone | Known::Unknown | Known::Superseded(..) => {
-            let Some(service) = select::service(&pkt.flow) else {
+            let Some(service) = select::service::<F>(&pkt.flow) else {
                 return Ok(None);
             };
             // Before placing: an expiring packet must not create a flow.
@@ -327,12 +329,12 @@ fn to_backend(
             let placed = if opening || !tcp {
                 handshake::open(&pkt.flow, &service, here)
             } else {
-                select::pick(&pkt.flow, &service, select::Turn::Hashed)
+                select::pick::<F>(&pkt.flow, &service, select::Turn::Hashed)
             };
             match placed {
                 Ok(choice) => (service.id, choice),
                 Err(Counter::DropNoBackend) if service.flags & SVC_REJECT != 0 => {
-                    return reject::no_backend(ctx, pkt, here).map(Some);
+                    return F::no_backend(ctx, pkt, here).map(Some);
                 }
                 Err(counter) => return Err(counter),
             }

@@ -9,7 +9,10 @@ use lb_common::{
     counter::Counter,
 };
 
-use crate::mem;
+use crate::{
+    family::{Family, V4},
+    mem,
+};
 
 pub const ETH_LEN: usize = 14;
 const ETH_P_IPV4: u16 = 0x0800;
@@ -58,21 +61,23 @@ pub struct Ports {
     pub dst: [u8; 2],
 }
 
-/// A parsed TCP or UDP over IPv4 packet: pointers into the frame, all
+/// A parsed TCP or UDP packet: pointers into the frame, all
 /// bounds-checked, plus the flow as the sender wrote it.
-pub struct Packet {
+pub struct Packet<F: Family = V4> {
     pub eth: *mut EthHdr,
-    pub ip: *mut Ipv4Hdr,
+    pub ip: *mut F::IpHdr,
     pub ports: *mut Ports,
     /// The L4 checksum field.
     pub l4_check: *mut [u8; 2],
-    pub flow: Flow,
-    /// IPv4 total length, host order.
+    pub flow: Flow<F::Addr>,
+    /// The IP packet's length, host order (IPv6: its payload's plus the
+    /// fixed header's 40 bytes).
     pub tot_len: u16,
+    /// The TTL (IPv6: the hop limit).
     pub ttl: u8,
     pub frag: Frag,
-    /// The IPv4 identification, which ties a datagram's fragments together.
-    pub id: u16,
+    /// The identification that ties a datagram's fragments together.
+    pub id: F::FragId,
     /// TCP flags (0 for UDP).
     pub tcp_flags: u8,
 }
@@ -88,21 +93,25 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Counter> {
     Ok((start + offset) as *mut T)
 }
 
-/// The Ethernet and IPv4 headers of a TCP, UDP or ICMP packet, before the
+/// The Ethernet and IP headers of a TCP, UDP or ICMP packet, before the
 /// rest is read: enough to tell whether the packet can be ours.
 #[derive(Clone, Copy)]
-pub struct Ipv4 {
-    eth: *mut EthHdr,
-    pub ip: *mut Ipv4Hdr,
-    /// IPv4 header length, bytes.
-    ihl: usize,
+pub struct Headers<F: Family = V4> {
+    pub(crate) eth: *mut EthHdr,
+    pub ip: *mut F::IpHdr,
+    /// From the IP header to the transport header, bytes (IPv4: the IHL;
+    /// IPv6: the fixed header and the extension headers).
+    pub(crate) ihl: usize,
     pub proto: u8,
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
+    pub src: F::Addr,
+    pub dst: F::Addr,
     /// The header length is below 20 bytes: the addresses are there, the
     /// rest is garbage (the caller decides whether the packet is ours).
     pub short_header: bool,
 }
+
+/// The IPv4 headers (see `Headers`).
+pub type Ipv4 = Headers<V4>;
 
 /// Whether the frame carrying `ip` was sent to a link-layer group address
 /// (broadcast, multicast): a router forwards only frames sent to it.
@@ -110,13 +119,13 @@ pub struct Ipv4 {
 /// # Safety
 /// Nothing has resized the frame since `ipv4` parsed it.
 #[inline(always)]
-pub unsafe fn to_link_group(ip: &Ipv4) -> bool {
+pub unsafe fn to_link_group<F: Family>(ip: &Headers<F>) -> bool {
     // SAFETY: `ipv4` bounds-checked the Ethernet header.
     unsafe { (*ip.eth).dst[0] & 1 != 0 }
 }
 
-impl Ipv4 {
-    /// The IPv4 header's length in bytes (from its IHL field).
+impl<F: Family> Headers<F> {
+    /// The IP header's length in bytes (IPv4: from its IHL field).
     #[inline(always)]
     pub fn header_len(&self) -> usize {
         self.ihl
@@ -176,7 +185,7 @@ pub fn ipv4(ctx: &XdpContext) -> Result<Ipv4, Counter> {
 /// Bounds-checked again here: the verifier knows only the range the TCP
 /// and UDP branches of `transport` have in common for `pkt.ports`.
 #[inline(always)]
-pub fn tcp_seq_ack(ctx: &XdpContext, pkt: &Packet) -> Option<(u32, u32)> {
+pub fn tcp_seq_ack<F: Family>(ctx: &XdpContext, pkt: &Packet<F>) -> Option<(u32, u32)> {
     let header = pkt.ports.cast::<[u8; 12]>();
     if pkt.flow.proto != PROTO_TCP || header.is_null() || header as usize + 12 > ctx.data_end() {
         return None;

@@ -24,6 +24,7 @@ use lb_common::{
 
 use crate::{
     Verdict,
+    family::V4,
     maps::{LB_ANSWERS, LB_BACKEND_ADDRS, LB_POLICY, LB_VIPS},
     parse::{ETH_LEN, EthHdr, Packet, ptr_at},
     select::{self, Here},
@@ -93,7 +94,7 @@ pub enum To {
 pub fn permit(pkt: &Packet, to: To, here: Here) -> Result<(), Counter> {
     let dst = pkt.flow.src;
     let martian = dst[0] == 0 || dst[0] == 127 || dst[0] >= 224;
-    let flags = select::addr_flags(dst);
+    let flags = select::addr_flags::<V4>(dst);
     // SAFETY: the value is not read.
     let vip = flags & ADDR_VIP != 0 && unsafe { LB_VIPS.get(dst).is_some() };
     let backend = to == To::Client

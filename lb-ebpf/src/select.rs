@@ -14,44 +14,42 @@ use lb_common::{
         SCHED_WRR, Service, TCP_FIN, TCP_RST, TCP_SYN, Traffic, addr_slot, cpu_slot, expired,
         flow_cache_slot, next_state, real_slot, source_hash,
     },
+    addr::Addr,
     counter::Counter,
     hash::{flow_hash, maglev_slot},
 };
 
-use crate::maps::{
-    LB_ADDRS, LB_BACKENDS, LB_BE_CONNS, LB_EPOCH, LB_FLOW_CACHE, LB_MAGLEV, LB_REAL_SLOTS,
-    LB_REALS, LB_RR, LB_SERVICES, LB_TIMEOUTS,
-};
-use crate::{conntrack, handshake};
+use crate::maps::{LB_BE_CONNS, LB_EPOCH, LB_MAGLEV, LB_RR, LB_TIMEOUTS};
+use crate::{conntrack, family::Family, handshake};
 
 /// The backend chosen for a packet.
 #[derive(Clone, Copy)]
-pub struct Choice {
+pub struct Choice<F: Family> {
     pub id: u32,
-    pub backend: Backend,
+    pub backend: Backend<F::Addr>,
     /// The flow was not in the connection table.
     pub new_flow: bool,
 }
 
 #[inline(always)]
-pub fn service(flow: &Flow) -> Option<Service> {
+pub fn service<F: Family>(flow: &Flow<F::Addr>) -> Option<Service> {
     let key = Endpoint::new(flow.dst, flow.dport, flow.proto);
     // SAFETY: the value is copied out at once; the controller may replace it any time.
-    unsafe { LB_SERVICES.get(key).copied() }
+    unsafe { F::services().get(key).copied() }
 }
 
 /// The service side of a backend's reply.
-pub struct Reply {
+pub struct Reply<A> {
     pub backend_id: u32,
     pub service_id: u32,
-    pub vip: [u8; 4],
+    pub vip: A,
     pub vport: u16,
 }
 
-impl Reply {
+impl<A: Addr> Reply<A> {
     /// The flow `reply` answers, as its client sent it (to the VIP).
     #[inline(always)]
-    pub fn client_flow(&self, reply: &Flow) -> Flow {
+    pub fn client_flow(&self, reply: &Flow<A>) -> Flow<A> {
         Flow {
             src: reply.dst,
             dst: self.vip,
@@ -67,15 +65,15 @@ impl Reply {
 /// (`lb_real_slots`, then `lb_backends` to confirm), except when several
 /// backends share a slot and the exact table `lb_reals` decides.
 #[inline(always)]
-pub fn real(flow: &Flow) -> Option<Reply> {
-    let slot = *LB_REAL_SLOTS.get(real_slot(flow.src, flow.sport, flow.proto))?;
+pub fn real<F: Family>(flow: &Flow<F::Addr>) -> Option<Reply<F::Addr>> {
+    let slot = *F::real_slots().get(real_slot(flow.src, flow.sport, flow.proto))?;
     if slot == 0 {
         return None;
     }
     if slot == REAL_SLOT_SHARED {
         let key = Endpoint::new(flow.src, flow.sport, flow.proto);
         // SAFETY: copied out at once; the controller may replace it any time.
-        let real = unsafe { LB_REALS.get(key).copied() }?;
+        let real = unsafe { F::reals().get(key).copied() }?;
         return Some(Reply {
             backend_id: real.backend_id,
             service_id: real.service_id,
@@ -84,9 +82,9 @@ pub fn real(flow: &Flow) -> Option<Reply> {
         });
     }
     let id = slot - 1;
-    let b = LB_BACKENDS.get(id)?;
+    let b = F::backends().get(id)?;
     let mine = b.flags & BACKEND_IN_USE != 0
-        && b.addr == flow.src
+        && b.addr.same(&flow.src)
         && b.port == flow.sport
         && b.proto == flow.proto;
     mine.then_some(Reply { backend_id: id, service_id: b.service_id, vip: b.vip, vport: b.vport })
@@ -96,11 +94,15 @@ pub fn real(flow: &Flow) -> Option<Reply> {
 /// flow's VIP, port and protocol: an entry made for an earlier holder of a
 /// reused id (service or backend) is not followed.
 #[inline(always)]
-pub fn live_backend(id: u32, service_id: u32, flow: &Flow) -> Option<Backend> {
-    let b = LB_BACKENDS.get(id)?;
+pub fn live_backend<F: Family>(
+    id: u32,
+    service_id: u32,
+    flow: &Flow<F::Addr>,
+) -> Option<Backend<F::Addr>> {
+    let b = F::backends().get(id)?;
     let serves = b.flags & BACKEND_IN_USE != 0
         && b.service_id == service_id
-        && b.vip == flow.dst
+        && b.vip.same(&flow.dst)
         && b.vport == flow.dport
         && b.proto == flow.proto;
     serves.then_some(*b)
@@ -109,16 +111,16 @@ pub fn live_backend(id: u32, service_id: u32, flow: &Flow) -> Option<Backend> {
 /// The address pre-filter's flags of `addr` (`ADDR_VIP`, `ADDR_REAL`): a
 /// false positive only costs the exact lookups that follow.
 #[inline(always)]
-pub fn addr_flags(addr: [u8; 4]) -> u8 {
-    LB_ADDRS.get(addr_slot(addr)).copied().unwrap_or(0)
+pub fn addr_flags<F: Family>(addr: F::Addr) -> u8 {
+    F::addrs().get(addr_slot(addr)).copied().unwrap_or(0)
 }
 
 /// What the flow cache and the connection table know of a flow.
-pub enum Known {
+pub enum Known<F: Family> {
     /// Its backend, which still exists (a drained backend, weight 0, keeps
     /// its flows), with the service id: an established flow needs no
     /// service lookup.
-    Flow(u32, Choice),
+    Flow(u32, Choice<F>),
     /// It had a backend that has been removed since.
     Gone,
     /// Its entry cannot carry it on (closing or closed, its backend DOWN
@@ -162,8 +164,11 @@ pub fn epoch_now() -> u64 {
 /// This CPU's flow cache entry for `flow`: `None` on a CPU the map was not
 /// sized for (the flow then goes to the connection table every time).
 #[inline(always)]
-pub fn flow_cache_entry(flow: &Flow, here: Here) -> Option<*mut FlowCacheEntry> {
-    LB_FLOW_CACHE.get_ptr_mut(cpu_slot(here.cpu, FLOW_CACHE_SLOTS, flow_cache_slot(flow)))
+pub fn flow_cache_entry<F: Family>(
+    flow: &Flow<F::Addr>,
+    here: Here,
+) -> Option<*mut FlowCacheEntry<F::Addr>> {
+    F::flow_cache().get_ptr_mut(cpu_slot(here.cpu, FLOW_CACHE_SLOTS, flow_cache_slot(flow)))
 }
 
 /// What the connection table knows of a client packet's flow, with the
@@ -175,13 +180,13 @@ pub fn flow_cache_entry(flow: &Flow, here: Here) -> Option<*mut FlowCacheEntry> 
 /// an entry is written only for a source that did, on the interface it
 /// records, so the cache serves only packets from that interface.
 #[inline(always)]
-pub fn established(
-    flow: &Flow,
+pub fn established<F: Family>(
+    flow: &Flow<F::Addr>,
     tcp_flags: u8,
     here: Here,
-    cached: Option<*mut FlowCacheEntry>,
+    cached: Option<*mut FlowCacheEntry<F::Addr>>,
     check_source: impl FnOnce() -> Result<(), Counter>,
-) -> Result<Known, Counter> {
+) -> Result<Known<F>, Counter> {
     let epoch = here.epoch;
     if tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0
         && let Some(entry) = cached
@@ -195,7 +200,8 @@ pub fn established(
             && entry.epoch == epoch
             && entry.ingress == here.ingress
             && settled
-            && let Some(backend) = live_backend(entry.conn.backend_id, entry.conn.service_id, flow)
+            && let Some(backend) =
+                live_backend::<F>(entry.conn.backend_id, entry.conn.service_id, flow)
             && backend.flags & BACKEND_DOWN == 0
         {
             let choice = Choice { id: entry.conn.backend_id, backend, new_flow: false };
@@ -203,7 +209,7 @@ pub fn established(
         }
     }
     check_source()?;
-    let Some(slot) = conntrack::find(flow) else {
+    let Some(slot) = conntrack::find::<F>(flow) else {
         return Ok(Known::Unknown);
     };
     // SAFETY: a pointer into the map's value; another flow may take the
@@ -217,13 +223,13 @@ pub fn established(
     let Some(state) = next_state(conn.state, tcp_flags, true) else {
         return Ok(Known::Unknown);
     };
-    let backend = live_backend(conn.backend_id, conn.service_id, flow);
+    let backend = live_backend::<F>(conn.backend_id, conn.service_id, flow);
     // An entry that cannot carry the flow on (its backend DOWN or gone, its
     // connection closing or closed) gives way to a live handshake record:
     // a new connection on the same ports, placed since.
     let spent = state == CONN_CLOSING || state == CONN_CLOSED;
     let usable = backend.is_some_and(|b| b.flags & BACKEND_DOWN == 0);
-    if (spent || !usable) && handshake::find(flow, here).is_some() {
+    if (spent || !usable) && handshake::find::<F>(flow, here).is_some() {
         // The packet moves the entry's state too: if it proves nothing of
         // the record, it is the old connection's (and a proving one
         // replaces the entry anyway).
@@ -259,11 +265,16 @@ pub fn conn_expired(conn: &Conn, here: Here) -> bool {
 /// it, and must be this backend's: an expired entry of another backend
 /// (the flow placed elsewhere since) is not brought back to life.
 #[inline(always)]
-pub fn backend_closes(reply: &Flow, real: &Reply, tcp_flags: u8, here: Here) {
+pub fn backend_closes<F: Family>(
+    reply: &Flow<F::Addr>,
+    real: &Reply<F::Addr>,
+    tcp_flags: u8,
+    here: Here,
+) {
     if tcp_flags & (TCP_FIN | TCP_RST) == 0 {
         return;
     }
-    if let Some(slot) = conntrack::find(&real.client_flow(reply)) {
+    if let Some(slot) = conntrack::find::<F>(&real.client_flow(reply)) {
         // SAFETY: a pointer into the map's value, as above.
         let slot = unsafe { &mut *slot };
         let ours = u32::from(slot.backend_id) == real.backend_id
@@ -291,11 +302,15 @@ pub enum Turn {
 /// and `sh` (source hash) from the Maglev table; `rr`/`wrr` from the
 /// rotation; `lc` the least loaded. A backend that is DOWN is never chosen.
 #[inline(always)]
-pub fn pick(flow: &Flow, service: &Service, turn: Turn) -> Result<Choice, Counter> {
+pub fn pick<F: Family>(
+    flow: &Flow<F::Addr>,
+    service: &Service,
+    turn: Turn,
+) -> Result<Choice<F>, Counter> {
     // A packet met mid-way takes no pick of `lc` either (each would count
     // a connection): the flow hash over its list of backends.
     let id = if service.flags & SCHED_MASK == SCHED_LC && turn == Turn::Next {
-        lb_least_connections(service.id, service.ring_size)
+        F::least_connections(service.id, service.ring_size)
     } else {
         let table = LB_MAGLEV.get(service.id).ok_or(Counter::DropNoBackend)?;
         let slot = match service.flags & SCHED_MASK {
@@ -309,7 +324,7 @@ pub fn pick(flow: &Flow, service: &Service, turn: Turn) -> Result<Choice, Counte
     if id == NO_BACKEND {
         return Err(Counter::DropNoBackend);
     }
-    let backend = live_backend(id, service.id, flow)
+    let backend = live_backend::<F>(id, service.id, flow)
         .filter(|b| b.flags & BACKEND_DOWN == 0)
         .ok_or(Counter::DropNoBackend)?;
     Ok(Choice { id, backend, new_flow: turn == Turn::Next })
@@ -319,10 +334,15 @@ pub fn pick(flow: &Flow, service: &Service, turn: Turn) -> Result<Choice, Counte
 /// flow cache, which may still hold the flow's previous placement (a new
 /// connection on the same ports, a UDP flow moved off a DOWN backend).
 #[inline(always)]
-pub fn record(flow: &Flow, conn: Conn, here: Here, cached: Option<*mut FlowCacheEntry>) {
+pub fn record<F: Family>(
+    flow: &Flow<F::Addr>,
+    conn: Conn,
+    here: Here,
+    cached: Option<*mut FlowCacheEntry<F::Addr>>,
+) {
     // A full set gives up the entry furthest past its timeout: recording
     // cannot fail for want of room.
-    conntrack::record(flow, &conn, here.epoch as u32);
+    conntrack::record::<F>(flow, &conn, here.epoch as u32);
     if let Some(slot) = cached {
         // SAFETY: this CPU's slot, only touched by this CPU; XDP does not nest.
         unsafe { *slot = cache_entry(flow, conn, here) };
@@ -331,7 +351,7 @@ pub fn record(flow: &Flow, conn: Conn, here: Here, cached: Option<*mut FlowCache
 
 /// The flow cache's copy of `conn`, checked now, for packets from here.
 #[inline(always)]
-fn cache_entry(flow: &Flow, conn: Conn, here: Here) -> FlowCacheEntry {
+fn cache_entry<A: Addr>(flow: &Flow<A>, conn: Conn, here: Here) -> FlowCacheEntry<A> {
     FlowCacheEntry { flow: *flow, conn, epoch: here.epoch, ingress: here.ingress, _pad: 0 }
 }
 
@@ -361,12 +381,12 @@ fn next_in_rotation(service: &Service) -> Result<Option<u32>, Counter> {
 /// pick is counted at once as an inactive connection, so a burst of SYNs
 /// spreads before the controller's next recount.
 ///
-/// A global BPF function: the verifier checks it once, on its own, instead
-/// of once per path through the program (inlined, the loop made the program
-/// too complex to verify).
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn lb_least_connections(service_id: u32, count: u32) -> u32 {
+/// Each family calls it from a global BPF function of its own
+/// (`lb_least_connections`, `lb_least_connections6`): the verifier checks
+/// such a function once, on its own, instead of once per path through the
+/// program (inlined, the loop made the program too complex to verify).
+#[inline(always)]
+pub fn least_connections<F: Family>(service_id: u32, count: u32) -> u32 {
     let Some(table) = LB_MAGLEV.get(service_id) else { return NO_BACKEND };
     let mut best_id = NO_BACKEND;
     let mut best_overhead = 0_u64;
@@ -376,7 +396,7 @@ pub extern "C" fn lb_least_connections(service_id: u32, count: u32) -> u32 {
     while position < count {
         let id = table.slots.get(position as usize).copied().unwrap_or(NO_BACKEND);
         position += 1;
-        let Some(backend) = LB_BACKENDS.get(id) else { continue };
+        let Some(backend) = F::backends().get(id) else { continue };
         let weight = u64::from(backend.weight);
         if backend.flags & BACKEND_DOWN != 0 || weight == 0 {
             continue;
@@ -407,7 +427,7 @@ pub extern "C" fn lb_least_connections(service_id: u32, count: u32) -> u32 {
 
 /// The flow hash that places a new flow in the Maglev table.
 #[inline(always)]
-fn hash(flow: &Flow) -> u32 {
+fn hash<A: Addr>(flow: &Flow<A>) -> u32 {
     flow_hash(flow.src, flow.dst, flow.sport, flow.dport, flow.proto)
 }
 

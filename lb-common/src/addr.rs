@@ -1,0 +1,138 @@
+//! The two address families as the maps hold them: an IPv4 address is 4
+//! bytes, an IPv6 address 16, both in network order (`bpftool map dump`
+//! prints them byte by byte). Every key and value that holds an address is
+//! generic over `Addr` and defaults to IPv4, so the IPv4 maps keep their
+//! layout and the IPv6 ones have their own (`lb_*6`).
+//!
+//! What differs between the families is how an address folds into the 64
+//! bits the hashes and direct-mapped indexes work on: IPv4's fold is the
+//! address itself, as it always was; IPv6's mixes its two halves, because
+//! a client chooses the low half of its address freely and a plain XOR of
+//! the halves would let it pick its own collisions.
+
+use crate::hash::mix64;
+
+/// An address as a map holds it: network order, `[u8; 4]` or `[u8; 16]`.
+pub trait Addr: Copy + Default + Eq + core::hash::Hash + core::fmt::Debug + 'static {
+    /// Its length in bytes.
+    const LEN: usize;
+
+    /// The address folded into 64 bits, read natively (the data plane
+    /// loads addresses as words): the key of the direct-mapped indexes,
+    /// whose entries carry their own tag, so a collision costs a lookup.
+    fn fold(&self) -> u64;
+
+    /// The address folded into 64 bits in network order: the input of the
+    /// flow hash and the source hash, which must be the same on every node.
+    fn wire_fold(&self) -> u64;
+
+    /// All zero: the unspecified address, never a client's.
+    fn is_zero(&self) -> bool;
+
+    /// `folded` (this family's fold) placed `by` bits up in a 64-bit key
+    /// whose low bits hold other fields: IPv4's 32 bits shift there whole,
+    /// IPv6's 64 rotate.
+    fn raise(folded: u64, by: u32) -> u64;
+
+    /// Equality as word compares: a byte array's `==` becomes a load and a
+    /// compare per byte in BPF.
+    fn same(&self, other: &Self) -> bool;
+}
+
+impl Addr for [u8; 4] {
+    const LEN: usize = 4;
+
+    #[inline(always)]
+    fn fold(&self) -> u64 {
+        u64::from(u32::from_ne_bytes(*self))
+    }
+
+    #[inline(always)]
+    fn wire_fold(&self) -> u64 {
+        u64::from(u32::from_be_bytes(*self))
+    }
+
+    #[inline(always)]
+    fn is_zero(&self) -> bool {
+        u32::from_ne_bytes(*self) == 0
+    }
+
+    #[inline(always)]
+    fn same(&self, other: &Self) -> bool {
+        u32::from_ne_bytes(*self) == u32::from_ne_bytes(*other)
+    }
+
+    #[inline(always)]
+    fn raise(folded: u64, by: u32) -> u64 {
+        folded << by
+    }
+}
+
+/// The two 64-bit halves of an IPv6 address, read with `read`.
+#[inline(always)]
+fn halves(addr: &[u8; 16], read: fn([u8; 8]) -> u64) -> (u64, u64) {
+    let [a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, b2, b3, b4, b5, b6, b7] = *addr;
+    (read([a0, a1, a2, a3, a4, a5, a6, a7]), read([b0, b1, b2, b3, b4, b5, b6, b7]))
+}
+
+impl Addr for [u8; 16] {
+    const LEN: usize = 16;
+
+    #[inline(always)]
+    fn fold(&self) -> u64 {
+        let (high, low) = halves(self, u64::from_ne_bytes);
+        high ^ mix64(low)
+    }
+
+    #[inline(always)]
+    fn wire_fold(&self) -> u64 {
+        let (high, low) = halves(self, u64::from_be_bytes);
+        high ^ mix64(low)
+    }
+
+    #[inline(always)]
+    fn is_zero(&self) -> bool {
+        let (high, low) = halves(self, u64::from_ne_bytes);
+        high | low == 0
+    }
+
+    #[inline(always)]
+    fn same(&self, other: &Self) -> bool {
+        halves(self, u64::from_ne_bytes) == halves(other, u64::from_ne_bytes)
+    }
+
+    #[inline(always)]
+    fn raise(folded: u64, by: u32) -> u64 {
+        folded.rotate_left(by)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_folds_to_itself() {
+        let a = [10, 77, 1, 100];
+        assert_eq!(a.wire_fold(), 0x0a4d_0164);
+        assert_eq!(a.fold(), u64::from(u32::from_ne_bytes(a)));
+        assert!([0_u8; 4].is_zero() && !a.is_zero());
+    }
+
+    #[test]
+    fn ipv6_addresses_of_one_network_fold_apart() {
+        let mut seen = [0_u64; 256];
+        for (i, slot) in seen.iter_mut().enumerate() {
+            let mut a = [0xfd, 0x77, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0];
+            a[15] = i as u8;
+            *slot = a.wire_fold();
+        }
+        seen.sort_unstable();
+        assert!(seen.windows(2).all(|w| w[0] != w[1]), "distinct folds");
+        // The low half is mixed: a client cannot cancel its high half by
+        // choosing its low half equal to it.
+        let mirrored = [1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8];
+        assert_ne!(mirrored.wire_fold(), 0);
+        assert!([0_u8; 16].is_zero() && !mirrored.is_zero());
+    }
+}
