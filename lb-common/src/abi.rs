@@ -12,7 +12,7 @@ use crate::addr::Addr;
 
 /// Bumped whenever a map layout below changes; stored in `lb_meta` so that a
 /// controller can tell whether pinned maps were written by a compatible build.
-pub const ABI_VERSION: u32 = 18;
+pub const ABI_VERSION: u32 = 19;
 
 /// Capacity of the service table (and of each per-service array).
 pub const MAX_SERVICES: u32 = 256;
@@ -641,8 +641,26 @@ pub struct NeighMark {
 }
 const _: () = assert!(size_of::<NeighMark>() == 12);
 pub const NEIGH_MARK_MAGIC: u32 = 0x4c42_4e32; // "2NBL" in memory
-// The magic's first byte as a destination MAC: unicast, locally administered.
+/// The mark of an IPv6 frame. Its `nexthop` cannot hold an IPv6 address:
+/// it holds the next hop's `neigh6_tag`, and `lb_neigh6` holds the
+/// address at the tag's slot, where tc checks the tag again (two frames
+/// whose next hops share a slot, handed over at once, lose the second to a
+/// drop rather than send it to the first's next hop).
+pub const NEIGH_MARK6_MAGIC: u32 = 0x4c42_4e36; // "6NBL" in memory
+// Each magic's first byte as a destination MAC: unicast, locally administered.
 const _: () = assert!(NEIGH_MARK_MAGIC.to_ne_bytes()[0] & 0b11 == 0b10);
+const _: () = assert!(NEIGH_MARK6_MAGIC.to_ne_bytes()[0] & 0b11 == 0b10);
+
+/// Slots of `lb_neigh6`, a power of two.
+pub const NEIGH6_SLOTS: u32 = 1 << 16;
+
+/// The tag of an IPv6 next hop in its frame's mark; its low bits are its
+/// slot in `lb_neigh6`.
+#[inline(always)]
+pub fn neigh6_tag(addr: &[u8; 16]) -> u32 {
+    let folded = addr.fold();
+    (folded ^ (folded >> 32)) as u32
+}
 
 impl NeighMark {
     /// The 12 bytes that replace the frame's destination and source MACs.

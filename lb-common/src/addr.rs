@@ -68,11 +68,12 @@ impl Addr for [u8; 4] {
     }
 }
 
-/// The two 64-bit halves of an IPv6 address, read with `read`.
+/// The two 64-bit halves of an IPv6 address, read natively: one load
+/// each (byte by byte, BPF would shift and or sixteen bytes together).
 #[inline(always)]
-fn halves(addr: &[u8; 16], read: fn([u8; 8]) -> u64) -> (u64, u64) {
-    let [a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, b2, b3, b4, b5, b6, b7] = *addr;
-    (read([a0, a1, a2, a3, a4, a5, a6, a7]), read([b0, b1, b2, b3, b4, b5, b6, b7]))
+fn halves(addr: &[u8; 16]) -> [u64; 2] {
+    // SAFETY: sixteen bytes are two words, in memory order.
+    unsafe { core::mem::transmute::<[u8; 16], [u64; 2]>(*addr) }
 }
 
 impl Addr for [u8; 16] {
@@ -80,25 +81,26 @@ impl Addr for [u8; 16] {
 
     #[inline(always)]
     fn fold(&self) -> u64 {
-        let (high, low) = halves(self, u64::from_ne_bytes);
+        let [high, low] = halves(self);
         high ^ mix64(low)
     }
 
     #[inline(always)]
     fn wire_fold(&self) -> u64 {
-        let (high, low) = halves(self, u64::from_be_bytes);
-        high ^ mix64(low)
+        let [high, low] = halves(self);
+        u64::from_be(high) ^ mix64(u64::from_be(low))
     }
 
     #[inline(always)]
     fn is_zero(&self) -> bool {
-        let (high, low) = halves(self, u64::from_ne_bytes);
+        let [high, low] = halves(self);
         high | low == 0
     }
 
     #[inline(always)]
     fn same(&self, other: &Self) -> bool {
-        halves(self, u64::from_ne_bytes) == halves(other, u64::from_ne_bytes)
+        let ([a, b], [c, d]) = (halves(self), halves(other));
+        a == c && b == d
     }
 
     #[inline(always)]

@@ -76,6 +76,14 @@ pub const fn conn_set_bits(conntrack_max: u32) -> u32 {
     u32::BITS - (flows - 1).leading_zeros()
 }
 
+/// The IPv6 table's set count's base-2 logarithm for `conntrack_max`: a
+/// quarter of the IPv4 table's sets (at least 1024), each twice the
+/// size, so half the memory: most traffic is IPv4 still.
+pub const fn conn6_set_bits(conntrack_max: u32) -> u32 {
+    let bits = conn_set_bits(conntrack_max);
+    if bits >= 12 { bits - 2 } else { 10 }
+}
+
 /// The largest `conntrack_max` (2^24 flows: 1 GiB of sets, which the
 /// controller's recount walks once a second).
 pub const MAX_CONNTRACK_MAX: u32 = 1 << 24;
@@ -200,6 +208,9 @@ mod tests {
         assert_eq!(conn_set_bits(1 << 20), 20);
         assert_eq!(conn_set_bits(5), 10, "at least 1024 sets");
         assert_eq!(conn_set_bits(MAX_CONNTRACK_MAX), 24);
+        assert_eq!(conn6_set_bits(1 << 20), 18, "a quarter of the sets");
+        assert_eq!(conn6_set_bits(1024), 10, "at least 1024 sets");
+        assert_eq!(conn6_set_bits(4096), 10);
     }
 
     #[test]

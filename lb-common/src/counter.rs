@@ -55,9 +55,12 @@ counters! {
     RejectUdp = "reject_udp" => Answered,
     /// Rewritten, handed to tc to resolve the next hop's neighbour entry.
     SlowPathNeigh = "slow_path_neigh" => Forwarded,
-    /// Not IPv4 (ARP, IPv6, VLAN...): left to the kernel.
+    /// Neither IPv4 nor IPv6 (ARP, VLAN...): left to the kernel. (IPv6
+    /// is counted here too if `lb_xdp6` is not in `lb_progs`.)
     PassNotIpv4 = "pass_not_ipv4" => Passed,
-    /// IPv4 but neither TCP nor UDP (ICMP...): left to the kernel.
+    /// IP but neither TCP nor UDP, nor an ICMP error about one of our
+    /// flows (ICMPv6: none yet; an extension header the IPv6 parse does
+    /// not step over): left to the kernel.
     PassNotTcpUdp = "pass_not_tcp_udp" => Passed,
     /// TCP/UDP that is neither for a service nor a reply from a backend.
     PassNotService = "pass_not_service" => Passed,

@@ -40,6 +40,26 @@ pub const fn replace_u32(check: u16, old: u32, new: u32) -> u16 {
     !fold(sum)
 }
 
+/// New checksum after a 16-byte field (an IPv6 address) changed, both
+/// read as two native words: its eight 16-bit words leave the sum and the
+/// new ones enter it, folded once.
+#[inline(always)]
+pub const fn replace_addr6(check: u16, old: [u64; 2], new: [u64; 2]) -> u16 {
+    let mut sum = !check as u64;
+    let mut i = 0;
+    while i < 2 {
+        let (o, n) = (old[i], new[i]);
+        let mut shift = 0;
+        while shift < 64 {
+            sum += !((o >> shift) as u16) as u64 + ((n >> shift) as u16) as u64;
+            shift += 16;
+        }
+        i += 1;
+    }
+    // 17 words of 16 bits: the sum fits 21 bits, one fold of the top half first.
+    !fold(((sum & 0xffff_ffff) + (sum >> 32)) as u32)
+}
+
 /// Full checksum of `data` read as native-endian words (odd tail zero-padded);
 /// `initial` carries a pseudo-header sum. For tests and packet builders.
 pub fn checksum(initial: u32, data: &[u8]) -> u16 {
@@ -142,6 +162,32 @@ mod tests {
             let updated = replace_u16(check, old, new);
             header[10..12].copy_from_slice(&updated.to_ne_bytes());
             assert!(matches!(checksum(0, &header), 0 | 0xffff), "header no longer verifies");
+        }
+    }
+
+    #[test]
+    fn an_ipv6_address_replaced_keeps_the_checksum_right() {
+        let mut rng = Rng(0x6666);
+        for _ in 0..20_000 {
+            let (old, new): ([u8; 16], [u8; 16]) = (rng.bytes(), rng.bytes());
+            let rest: [u8; 24] = rng.bytes();
+            let sum_with = |addr: [u8; 16]| {
+                let mut data = [0_u8; 40];
+                data[..16].copy_from_slice(&addr);
+                data[16..].copy_from_slice(&rest);
+                checksum(0, &data)
+            };
+            let words = |a: [u8; 16]| {
+                let (h, l) = a.split_at(8);
+                [
+                    u64::from_ne_bytes(h.try_into().unwrap()),
+                    u64::from_ne_bytes(l.try_into().unwrap()),
+                ]
+            };
+            let updated = replace_addr6(sum_with(old), words(old), words(new));
+            // 0 and 0xffff are the same sum in ones' complement.
+            let full = sum_with(new);
+            assert!(updated == full || updated ^ full == 0xffff, "{updated:#x} vs {full:#x}");
         }
     }
 

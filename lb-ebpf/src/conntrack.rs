@@ -9,11 +9,15 @@ use lb_common::{
 
 use crate::{family::Family, maps::LB_TIMEOUTS};
 
-/// The table's size as the base-2 logarithm of its sets, written by
+/// The IPv4 table's size as the base-2 logarithm of its sets, written by
 /// the controller when it loads the program (with the map sized to
 /// match): a constant to the verifier.
 #[unsafe(no_mangle)]
 static LB_CONN_SET_BITS: u32 = conn_set_bits(DEFAULT_CONNTRACK_MAX);
+
+/// The IPv6 table's (`lb_conntrack6`), likewise.
+#[unsafe(no_mangle)]
+static LB_CONN6_SET_BITS: u32 = conn_set_bits(DEFAULT_CONNTRACK_MAX);
 
 /// The table's size (`LB_CONN_SET_BITS`).
 #[inline(always)]
@@ -21,6 +25,13 @@ pub fn set_bits_v4() -> u32 {
     // SAFETY: a plain read of a static the loader may have rewritten
     // (volatile, so the compiler does not fold in the default).
     unsafe { core::ptr::read_volatile(&raw const LB_CONN_SET_BITS) }
+}
+
+/// The IPv6 table's size (`LB_CONN6_SET_BITS`).
+#[inline(always)]
+pub fn set_bits_v6() -> u32 {
+    // SAFETY: as in `set_bits_v4`.
+    unsafe { core::ptr::read_volatile(&raw const LB_CONN6_SET_BITS) }
 }
 
 /// The table's hash key (`abi::Meta::conn_salt`), written by the

@@ -53,10 +53,14 @@ pub trait Family: Sized + Copy + 'static {
     type Addr: Addr;
     /// The fixed IP header.
     type IpHdr;
+    /// What the IP layer's parse learns of fragmentation (`Headers::frag`).
+    type IpFrag: Copy;
     /// What ties a datagram's fragments together, as the packet carries it.
     type FragId: Copy;
     /// The key of the family's fragment map.
     type FragKey: Copy;
+    /// The family's ICMP protocol number.
+    const ICMP: u8;
 
     /// VIP -> services on it.
     fn vips() -> &'static HashMap<Self::Addr, u32, SERVICES>;
@@ -137,8 +141,10 @@ pub struct V4;
 impl Family for V4 {
     type Addr = [u8; 4];
     type IpHdr = parse::Ipv4Hdr;
+    type IpFrag = ();
     type FragId = u16;
     type FragKey = FragKey;
+    const ICMP: u8 = lb_common::abi::PROTO_ICMP;
 
     #[inline(always)]
     fn vips() -> &'static HashMap<[u8; 4], u32, SERVICES> {

@@ -98,7 +98,8 @@ pub struct Query<A = [u8; 4]> {
 #[inline(always)]
 pub unsafe fn send<F: Family>(eth: *mut u8, hop: Hop<F::Addr>, here: Here) -> Verdict {
     let hop = match hop {
-        Hop::Resolved(hop) => hop,
+        // SAFETY: this CPU's cache entry, written for this packet (see `Hop`).
+        Hop::Resolved(hop) => unsafe { &*hop },
         Hop::NoNeighbour { ifindex, nexthop } => {
             // SAFETY: the caller guarantees the Ethernet header.
             return unsafe { F::slow_path(eth, ifindex, nexthop) };
@@ -109,7 +110,7 @@ pub unsafe fn send<F: Family>(eth: *mut u8, hop: Hop<F::Addr>, here: Here) -> Ve
         }
     };
     // SAFETY: the caller guarantees the Ethernet header.
-    unsafe { write_macs(eth, &hop) };
+    unsafe { write_macs(eth, hop) };
     if hop.ifindex == here.ingress {
         return Verdict { action: xdp_action::XDP_TX, counter: Counter::Tx };
     }
@@ -123,24 +124,26 @@ pub unsafe fn send<F: Family>(eth: *mut u8, hop: Hop<F::Addr>, here: Here) -> Ve
 
 #[derive(Clone, Copy)]
 pub enum Hop<A = [u8; 4]> {
-    Resolved(NextHop<A>),
+    /// This CPU's next-hop cache entry that holds the route: only this CPU
+    /// touches it, and XDP does not nest, so it stays as read for the
+    /// packet. Pointed at rather than copied: a copy's many fields spill
+    /// to the stack, and an IPv6 next hop's exceeded the program's 512 bytes.
+    Resolved(*const NextHop<A>),
     /// The route is known but the kernel has no neighbour entry yet for
     /// `nexthop` (the destination or its gateway).
-    NoNeighbour {
-        ifindex: u32,
-        nexthop: A,
-    },
+    NoNeighbour { ifindex: u32, nexthop: A },
     /// The packet is longer than the next link's MTU.
-    TooBig {
-        mtu: u16,
-    },
+    TooBig { mtu: u16 },
 }
 
 /// The next hop towards the rewritten packet's destination: from this CPU's
-/// cache while its epoch is current (a new epoch every `EPOCH_TICK_MS`), else from `bpf_fib_lookup`, whose answer is
-/// cached. The cache is keyed by destination address, so it assumes
-/// the route does not depend on the source, ports or TOS (no policy routing,
-/// one ECMP path per destination while an entry lives).
+/// cache while its epoch is current (a new epoch every `EPOCH_TICK_MS`),
+/// else from `bpf_fib_lookup`, whose answer is cached. The cache is keyed
+/// by destination address, so it assumes the route does not depend on the
+/// source, ports or TOS (no policy routing, one ECMP path per destination
+/// while an entry lives). The controller sizes the cache for every CPU the
+/// machine can have: a CPU without an entry (`pass_fib_failed`) would mean
+/// a map sized for another machine.
 #[inline(always)]
 pub fn next_hop<F: Family>(
     ctx: &XdpContext,
@@ -150,25 +153,26 @@ pub fn next_hop<F: Family>(
 ) -> Result<Hop<F::Addr>, Counter> {
     let (direct, dst) = (query.direct, query.dst);
     let epoch = here.epoch;
-    let cached = F::nexthops().get_ptr_mut(cpu_slot(here.cpu, NEXTHOP_SLOTS, nexthop_slot(dst)));
+    let cached = F::nexthops()
+        .get_ptr_mut(cpu_slot(here.cpu, NEXTHOP_SLOTS, nexthop_slot(dst)))
+        .ok_or(Counter::PassFibFailed)?;
     // The largest length the FIB already accepted for this destination.
     let mut max_len = 0;
-    if let Some(entry) = cached {
-        // SAFETY: this CPU's slot, only touched by this CPU; XDP does not nest.
-        let entry = unsafe { &*entry };
-        if entry.addr.same(&dst) && entry.epoch == epoch {
-            if pkt.tot_len <= entry.max_len {
-                return resolved(*entry, direct);
-            }
-            max_len = entry.max_len;
+    // SAFETY: this CPU's slot, only touched by this CPU; XDP does not nest.
+    let entry = unsafe { &*cached };
+    if entry.addr.same(&dst) && entry.epoch == epoch {
+        if pkt.tot_len <= entry.max_len {
+            return resolved(cached, direct);
         }
+        max_len = entry.max_len;
     }
 
     let (rc, params) = fib_lookup(ctx, pkt, query, pkt.tot_len, here)?;
     let nexthop = F::fib_nexthop(params);
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {
-            resolved(remember::<F>(cached, params, dst, max_len.max(pkt.tot_len), epoch), direct)
+            remember::<F>(cached, params, dst, max_len.max(pkt.tot_len), epoch);
+            resolved(cached, direct)
         }
         BPF_FIB_LKUP_RET_NO_NEIGH if direct && !nexthop.same(&dst) => {
             Err(Counter::DropDsrNotOnLink)
@@ -219,30 +223,28 @@ fn fib_lookup<F: Family>(
 /// A successful FIB answer for `dst`, kept in this CPU's cache slot.
 #[inline(always)]
 fn remember<F: Family>(
-    cached: Option<*mut NextHop<F::Addr>>,
+    cached: *mut NextHop<F::Addr>,
     params: &FibParams,
     dst: F::Addr,
     max_len: u16,
     epoch: u64,
-) -> NextHop<F::Addr> {
+) {
     // SAFETY: copied out at once.
     let tx_slot = unsafe { LB_TX_SLOTS.get(params.ifindex).copied() }.unwrap_or(NO_TX_SLOT);
-    let hop = NextHop {
-        addr: dst,
-        ifindex: params.ifindex,
-        tx_slot,
-        max_len,
-        _pad: 0,
-        smac: params.smac,
-        dmac: params.dmac,
-        via: F::fib_nexthop(params),
-        epoch,
-    };
-    if let Some(entry) = cached {
-        // SAFETY: this CPU's slot, only touched by this CPU; XDP does not nest.
-        unsafe { *entry = hop };
+    // SAFETY: this CPU's slot, only touched by this CPU; XDP does not nest.
+    unsafe {
+        *cached = NextHop {
+            addr: dst,
+            ifindex: params.ifindex,
+            tx_slot,
+            max_len,
+            _pad: 0,
+            smac: params.smac,
+            dmac: params.dmac,
+            via: F::fib_nexthop(params),
+            epoch,
+        };
     }
-    hop
 }
 
 /// The reverse-path check (`abi::Policy::reverse_path`, Linux's
@@ -286,7 +288,10 @@ pub fn arrived_from<F: Family>(
         // Length 0: no MTU check, and the cached entry promises none.
         match fib_lookup(ctx, pkt, &back, 0, here)? {
             (BPF_FIB_LKUP_RET_SUCCESS, params) => {
-                remember::<F>(cached, params, src, 0, here.epoch).ifindex
+                if let Some(entry) = cached {
+                    remember::<F>(entry, params, src, 0, here.epoch);
+                }
+                params.ifindex
             }
             (BPF_FIB_LKUP_RET_NO_NEIGH, params) => params.ifindex,
             // Forwarding is off on the interface: nothing of ours can
@@ -323,8 +328,9 @@ unsafe fn write_macs<A>(eth: *mut u8, hop: &NextHop<A>) {
 /// A resolved next hop, unless direct routing would send the frame to a
 /// gateway.
 #[inline(always)]
-fn resolved<A: Addr>(hop: NextHop<A>, direct: bool) -> Result<Hop<A>, Counter> {
-    if direct && !hop.via.same(&hop.addr) {
+fn resolved<A: Addr>(hop: *const NextHop<A>, direct: bool) -> Result<Hop<A>, Counter> {
+    // SAFETY: this CPU's cache entry (see `Hop`).
+    if direct && unsafe { !(*hop).via.same(&(*hop).addr) } {
         return Err(Counter::DropDsrNotOnLink);
     }
     Ok(Hop::Resolved(hop))

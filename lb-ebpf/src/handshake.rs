@@ -76,7 +76,7 @@ pub fn open<F: Family>(
         if let Some(backend) = select::live_backend::<F>(id, service.id, flow)
             && backend.flags & BACKEND_DOWN == 0
         {
-            return Ok(Choice { id, backend, new_flow: false });
+            return Ok(Choice::of(id, backend, false));
         }
     }
     let choice = select::pick::<F>(flow, service, Turn::Next)?;
@@ -147,7 +147,7 @@ pub fn settle<F: Family>(
     let Some(backend) = select::live_backend::<F>(placed.backend_id, service_id, flow) else {
         return unrecorded(Known::Gone);
     };
-    let choice = Choice { id: placed.backend_id, backend, new_flow: false };
+    let choice = Choice::of(placed.backend_id, backend, false);
     if backend.flags & BACKEND_DOWN != 0 {
         return unrecorded(Known::Flow(service_id, choice));
     }
@@ -184,7 +184,7 @@ fn older<F: Family>(entry: Option<(u32, u32)>, flow: &Flow<F::Addr>) -> Known<F>
         return Known::Unknown;
     };
     match select::live_backend::<F>(id, service_id, flow) {
-        Some(backend) => Known::Flow(service_id, Choice { id, backend, new_flow: false }),
+        Some(backend) => Known::Flow(service_id, Choice::of(id, backend, false)),
         None => Known::Gone,
     }
 }

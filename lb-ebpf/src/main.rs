@@ -23,6 +23,7 @@ mod nat;
 mod parse;
 mod reject;
 mod select;
+mod v6;
 
 use aya_ebpf::{
     bindings::{
@@ -35,8 +36,9 @@ use aya_ebpf::{
 };
 use lb_common::{
     abi::{
-        ADDR_BACKEND, ADDR_REAL, ADDR_VIP, BACKEND_DOWN, BACKEND_DSR, NEIGH_MARK_MAGIC, NeighMark,
-        PROTO_ICMP, PROTO_TCP, SVC_REJECT, TCP_ACK, TCP_SYN,
+        ADDR_BACKEND, ADDR_REAL, ADDR_VIP, BACKEND_DOWN, BACKEND_DSR, NEIGH_MARK_MAGIC,
+        NEIGH_MARK6_MAGIC, NEIGH6_SLOTS, NeighMark, PROTO_TCP, SVC_REJECT, TCP_ACK, TCP_SYN,
+        neigh6_tag,
     },
     counter::{Counter, Kind},
 };
@@ -44,10 +46,11 @@ use lb_common::{
 use crate::{
     family::{Family, V4},
     fwd::Target,
-    maps::{LB_BE_STATS, LB_COUNTERS, LB_SVC_STATS},
+    maps::{LB_BE_STATS, LB_COUNTERS, LB_NEIGH6, LB_PROGS, LB_SVC_STATS},
     nat::Side,
     parse::{Frag, Headers, Packet},
     select::{Here, Known},
+    v6::V6,
 };
 
 /// What the program answers, and the counter that says why.
@@ -88,6 +91,27 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
         core::arch::asm!("{0} = 0", out(reg) _);
     }
     let verdict = process::<V4>(&ctx).unwrap_or_else(Verdict::stopped);
+    if verdict.counter == Counter::PassNotIpv4 && parse::is_ipv6(&ctx) {
+        // SAFETY: the context is this program's; the call does not return
+        // unless `lb_progs` holds no program (IPv6 then goes to the kernel).
+        unsafe { LB_PROGS.tail_call(&ctx, 0) };
+    }
+    count(&verdict)
+}
+
+/// IPv6, tail called by `lb_xdp` (its own program: its own stack and its
+/// own verification, and nothing added to an IPv4 packet's path).
+#[xdp]
+#[inline(always)]
+// The context by value: the signature aya's program macros require.
+#[allow(clippy::needless_pass_by_value)]
+pub fn lb_xdp6(ctx: XdpContext) -> u32 {
+    count(&process::<V6>(&ctx).unwrap_or_else(Verdict::stopped))
+}
+
+/// Counts the verdict's counter and answers its action.
+#[inline(always)]
+fn count(verdict: &Verdict) -> u32 {
     if let Some(count) = LB_COUNTERS.get_ptr_mut(verdict.counter as u32) {
         // SAFETY: per-CPU slot, XDP does not nest on a CPU.
         unsafe { *count += 1 };
@@ -105,7 +129,7 @@ fn process<F: Family>(ctx: &XdpContext) -> Result<Verdict, Counter> {
     if to_vip {
         source_could_be_a_client(&ip, src_flags)?;
     }
-    if ip.proto == PROTO_ICMP {
+    if ip.proto == F::ICMP {
         return F::icmp(ctx, &ip, to_vip);
     }
     let from_real = src_flags & ADDR_REAL != 0;
@@ -305,7 +329,9 @@ fn to_backend<F: Family>(
         }
     };
     let (service_id, choice) = match known {
-        Known::Flow(service_id, choice) if choice.backend.flags & BACKEND_DOWN == 0 => {
+        Known::Flow(service_id, choice)
+            if choice.backend().is_some_and(|b| b.flags & BACKEND_DOWN == 0) =>
+        {
             expire_check(pkt)?;
             (service_id, choice)
         }
@@ -342,11 +368,12 @@ fn to_backend<F: Family>(
     };
     // Direct routing leaves the IP packet as it is: only the frame goes to
     // the backend, which holds the VIP itself and answers the client.
-    let dsr = choice.backend.flags & BACKEND_DSR != 0;
+    let backend = choice.backend().ok_or(Counter::DropNoBackend)?;
+    let dsr = backend.flags & BACKEND_DSR != 0;
     let target = Target {
         rewrite: (!dsr).then_some(Side::Destination),
-        addr: choice.backend.addr,
-        port: choice.backend.port,
+        addr: backend.addr,
+        port: backend.port,
     };
     let verdict = fwd::forward(ctx, pkt, &target, here)?;
     if !verdict.forwarded() {
@@ -358,36 +385,51 @@ fn to_backend<F: Family>(
     Ok(Some(verdict))
 }
 
-/// tc ingress: finishes packets that `lb_xdp` rewrote but could not send for
-/// want of a neighbour entry. Everything else goes on untouched.
+/// tc ingress: finishes packets that `lb_xdp` (`lb_xdp6`) rewrote but could
+/// not send for want of a neighbour entry. Everything else goes on untouched.
 #[classifier]
 // The context by value: the signature aya's program macros require.
 #[allow(clippy::needless_pass_by_value)]
 pub fn lb_neigh(ctx: TcContext) -> i32 {
     // tc runs with the Ethernet header pushed back in front of `data`. Only
-    // whole IPv4 frames: `lb_xdp` marks nothing else, and drops a marked
-    // frame only once it has a whole Ethernet header to look at.
+    // whole IP frames: the XDP programs mark nothing else, and drop a marked
+    // frame only once they have a whole Ethernet header to look at.
     let (data, end) = (ctx.data(), ctx.data_end());
     if data + parse::ETH_LEN > end {
         return TC_ACT_UNSPEC;
     }
     // SAFETY: bounds checked just above.
     let tag = unsafe { (data as *const NeighMark).read_unaligned() };
-    if tag.magic != NEIGH_MARK_MAGIC {
-        return TC_ACT_UNSPEC;
-    }
     // SAFETY: as above; the EtherType follows the 12 bytes of the mark.
     let ethertype = unsafe { ((data + size_of::<NeighMark>()) as *const [u8; 2]).read_unaligned() };
-    if ethertype != [0x08, 0x00] {
-        return TC_ACT_UNSPEC;
-    }
     // The next hop XDP's FIB lookup chose, not the packet's destination: with
     // direct routing that is the VIP, which would route back to us.
-    let mut params = bpf_redir_neigh {
-        nh_family: u32::from(fwd::AF_INET),
-        __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
-            ipv4_nh: u32::from_ne_bytes(tag.nexthop),
+    let mut params = match (tag.magic, ethertype) {
+        (NEIGH_MARK_MAGIC, [0x08, 0x00]) => bpf_redir_neigh {
+            nh_family: u32::from(fwd::AF_INET),
+            __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
+                ipv4_nh: u32::from_ne_bytes(tag.nexthop),
+            },
         },
+        (NEIGH_MARK6_MAGIC, [0x86, 0xdd]) => {
+            let tag = u32::from_ne_bytes(tag.nexthop);
+            let Some(nexthop) = LB_NEIGH6.get(tag & (NEIGH6_SLOTS - 1)).copied() else {
+                return TC_ACT_SHOT;
+            };
+            // Another frame's next hop took the slot since: dropped, as
+            // below, rather than sent where it does not belong.
+            if neigh6_tag(&nexthop) != tag {
+                return TC_ACT_SHOT;
+            }
+            bpf_redir_neigh {
+                nh_family: u32::from(v6::AF_INET6),
+                __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
+                    // SAFETY: sixteen bytes are four words, in memory order.
+                    ipv6_nh: unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(nexthop) },
+                },
+            }
+        }
+        _ => return TC_ACT_UNSPEC,
     };
     // SAFETY: params is a live, correctly sized bpf_redir_neigh.
     let rc = unsafe {

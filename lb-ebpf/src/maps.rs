@@ -3,14 +3,18 @@
 //! counters are written by the kernel.
 use aya_ebpf::{
     bindings::bpf_fib_lookup,
-    btf_maps::{Array, DevMap, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, DevMap, HashMap, LruHashMap, PerCpuArray, ProgramArray},
     macros::btf_map,
 };
 use lb_common::abi::{
     ADDR_FILTER_SIZE, AnswerBudget, Backend, BackendConns, CONN_STATES, DEFAULT_CONNTRACK_MAX,
-    Endpoint, EpochClock, FLOW_CACHE_SLOTS, FlowCacheEntry, FragEntry, FragKey, HANDSHAKE_SLOTS,
-    Handshake, MAX_BACKENDS, MAX_FRAGS, MAX_SERVICES, MAX_TX_PORTS, MaglevTable, Meta,
-    NEXTHOP_SLOTS, NextHop, Policy, REAL_SLOTS, Real, Service, Traffic,
+    Endpoint, EpochClock, FLOW_CACHE_SLOTS, FlowCacheEntry, FragEntry, FragKey, FragKey6,
+    HANDSHAKE_SLOTS, Handshake, MAX_BACKENDS, MAX_FRAGS, MAX_SERVICES, MAX_TX_PORTS, MaglevTable,
+    Meta, NEIGH6_SLOTS, NEXTHOP_SLOTS, NextHop, Policy, REAL_SLOTS, Real, Service, Traffic,
+};
+
+use crate::family::{
+    ADDRS, BACKENDS, CACHE, CONNS, FRAGS, HANDSHAKES, HOPS, REALS, SERVICES, SLOTS,
 };
 use lb_common::conn_table::{ConnSet, MAP_MMAPABLE};
 use lb_common::counter::Counter;
@@ -137,3 +141,58 @@ pub static LB_BE_STATS: PerCpuArray<Traffic, { MAX_BACKENDS as usize }> = PerCpu
 /// Slot 0: the ABI version of whoever created these maps.
 #[btf_map(name = "lb_meta")]
 pub static LB_META: Array<Meta, 1> = Array::new();
+
+// IPv6: the maps keyed by address, over `[u8; 16]`, each the counterpart of
+// the IPv4 map of the same name without the 6 (names stay under the
+// kernel's 15 characters). Maps indexed by service or backend id are
+// shared: the ids are one space across both families.
+
+#[btf_map(name = "lb_services6")]
+pub static LB_SERVICES6: HashMap<Endpoint<[u8; 16]>, Service, SERVICES> = HashMap::new();
+
+#[btf_map(name = "lb_backends6")]
+pub static LB_BACKENDS6: Array<Backend<[u8; 16]>, BACKENDS> = Array::new();
+
+#[btf_map(name = "lb_reals6")]
+pub static LB_REALS6: HashMap<Endpoint<[u8; 16]>, Real<[u8; 16]>, REALS> = HashMap::new();
+
+#[btf_map(name = "lb_real_slots6")]
+pub static LB_REAL_SLOTS6: Array<u32, SLOTS> = Array::new();
+
+#[btf_map(name = "lb_addrs6")]
+pub static LB_ADDRS6: Array<u8, ADDRS> = Array::new();
+
+#[btf_map(name = "lb_be_addrs6")]
+pub static LB_BACKEND_ADDRS6: HashMap<[u8; 16], u32, REALS> = HashMap::new();
+
+#[btf_map(name = "lb_vips6")]
+pub static LB_VIPS6: HashMap<[u8; 16], u32, SERVICES> = HashMap::new();
+
+#[btf_map(name = "lb_flow_cache6")]
+pub static LB_FLOW_CACHE6: Array<FlowCacheEntry<[u8; 16]>, CACHE> = Array::new();
+
+#[btf_map(name = "lb_nexthops6")]
+pub static LB_NEXTHOPS6: Array<NextHop<[u8; 16]>, HOPS> = Array::new();
+
+#[btf_map(name = "lb_handshakes6")]
+pub static LB_HANDSHAKES6: Array<Handshake<[u8; 16]>, HANDSHAKES> = Array::new();
+
+#[btf_map(name = "lb_frags6")]
+pub static LB_FRAGS6: LruHashMap<FragKey6, FragEntry<[u8; 16]>, FRAGS> = LruHashMap::new();
+
+/// The IPv6 connection table: the same sets over 32-byte entries; `lb-ctl`
+/// sizes it from `dataplane.conntrack_max` like the IPv4 one.
+#[btf_map(name = "lb_conntrack6")]
+pub static LB_CONNTRACK6: Array<ConnSet<[u8; 16]>, CONNS, MAP_MMAPABLE> = Array::new();
+
+/// The next hops of IPv6 frames handed to tc (`lb_neigh`), which the mark
+/// in place of their MAC addresses has no room for: slot
+/// `NeighMark::nexthop` & `NEIGH6_SLOTS - 1` holds the address whose
+/// `neigh6_tag` the mark carries (see `abi::NeighMark`).
+#[btf_map(name = "lb_neigh6")]
+pub static LB_NEIGH6: Array<[u8; 16], { NEIGH6_SLOTS as usize }> = Array::new();
+
+/// Slot 0: `lb_xdp6`, which `lb_xdp` tail calls for an IPv6 frame (empty:
+/// IPv6 goes to the kernel untouched, counted `pass_not_ipv4`).
+#[btf_map(name = "lb_progs")]
+pub static LB_PROGS: ProgramArray<1> = ProgramArray::new();

@@ -84,3 +84,50 @@ pub unsafe fn store32<const OFF: usize>(base: *mut u8, value: u32) {
         );
     }
 }
+
+/// The 16-byte address at `base + OFF`, as two word loads.
+///
+/// # Safety
+/// As `load16`, for sixteen bytes.
+#[inline(always)]
+pub unsafe fn load_addr6<const OFF: usize>(base: *const u8) -> [u8; 16] {
+    let (high, low): (u64, u64);
+    // SAFETY: as in `load16`.
+    unsafe {
+        core::arch::asm!(
+            "{h} = *(u64 *)({p} + {off})",
+            "{l} = *(u64 *)({p} + {off2})",
+            h = out(reg) high,
+            l = out(reg) low,
+            p = in(reg) base,
+            off = const OFF,
+            off2 = const OFF + 8,
+            options(pure, readonly, nostack, preserves_flags),
+        );
+    }
+    // SAFETY: two words are sixteen bytes, in memory order.
+    unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([high, low]) }
+}
+
+/// Writes the 16-byte address `addr` at `base + OFF`, as two word stores.
+///
+/// # Safety
+/// As `store16`, for sixteen bytes.
+#[inline(always)]
+pub unsafe fn store_addr6<const OFF: usize>(base: *mut u8, addr: [u8; 16]) {
+    // SAFETY: sixteen bytes are two words, in memory order.
+    let [high, low] = unsafe { core::mem::transmute::<[u8; 16], [u64; 2]>(addr) };
+    // SAFETY: as in `store16`.
+    unsafe {
+        core::arch::asm!(
+            "*(u64 *)({p} + {off}) = {h}",
+            "*(u64 *)({p} + {off2}) = {l}",
+            h = in(reg) high,
+            l = in(reg) low,
+            p = in(reg) base,
+            off = const OFF,
+            off2 = const OFF + 8,
+            options(nostack, preserves_flags),
+        );
+    }
+}

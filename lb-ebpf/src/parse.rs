@@ -3,8 +3,8 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     abi::{
-        Flow, NEIGH_MARK_MAGIC, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST,
-        TCP_SYN,
+        Flow, NEIGH_MARK_MAGIC, NEIGH_MARK6_MAGIC, PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_ACK,
+        TCP_FIN, TCP_RST, TCP_SYN,
     },
     counter::Counter,
 };
@@ -108,6 +108,9 @@ pub struct Headers<F: Family = V4> {
     /// The header length is below 20 bytes: the addresses are there, the
     /// rest is garbage (the caller decides whether the packet is ours).
     pub short_header: bool,
+    /// What the family's IP layer says of fragmentation (IPv6: its
+    /// fragment header; IPv4 reads its header's fields later).
+    pub frag: F::IpFrag,
 }
 
 /// The IPv4 headers (see `Headers`).
@@ -141,6 +144,20 @@ impl<F: Family> Headers<F> {
     }
 }
 
+/// The bit in which the IPv4 and IPv6 marks' magics differ.
+const MARK_BIT: u32 = NEIGH_MARK_MAGIC ^ NEIGH_MARK6_MAGIC;
+const _: () = assert!(MARK_BIT.is_power_of_two() && NEIGH_MARK6_MAGIC & MARK_BIT != 0);
+
+/// Whether the frame is IPv6, read again for a frame `ipv4` passed.
+#[inline(always)]
+pub fn is_ipv6(ctx: &XdpContext) -> bool {
+    let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return false;
+    };
+    // SAFETY: ptr_at checked the Ethernet header.
+    unsafe { mem::load16::<12>(eth.cast()) == crate::v6::parse::ETH_P_IPV6_WIRE }
+}
+
 /// The EtherType of IPv4 as it lies in the frame, read natively.
 const ETH_P_IPV4_WIRE: u16 = u16::from_ne_bytes(ETH_P_IPV4.to_be_bytes());
 
@@ -153,7 +170,8 @@ pub fn ipv4(ctx: &XdpContext) -> Result<Ipv4, Counter> {
     // wherever the mark says: one that arrives marked is forged, whatever
     // its EtherType.
     // SAFETY: ptr_at checked that the Ethernet header is inside the frame.
-    if unsafe { mem::load32::<0>(eth.cast()) } == NEIGH_MARK_MAGIC {
+    // Either mark (the two magics differ in one bit: one compare).
+    if unsafe { mem::load32::<0>(eth.cast()) } | MARK_BIT == NEIGH_MARK6_MAGIC {
         return Err(Counter::DropForgedMark);
     }
     // SAFETY: as above.
@@ -177,7 +195,7 @@ pub fn ipv4(ctx: &XdpContext) -> Result<Ipv4, Counter> {
     if proto != PROTO_TCP && proto != PROTO_UDP && proto != PROTO_ICMP {
         return Err(Counter::PassNotTcpUdp);
     }
-    Ok(Ipv4 { eth, ip, ihl, proto, src, dst, short_header: ihl < 20 })
+    Ok(Ipv4 { eth, ip, ihl, proto, src, dst, short_header: ihl < 20, frag: () })
 }
 
 /// A TCP segment's sequence and acknowledgment numbers, host order:

@@ -22,13 +22,31 @@ use lb_common::{
 use crate::maps::{LB_BE_CONNS, LB_EPOCH, LB_MAGLEV, LB_RR, LB_TIMEOUTS};
 use crate::{conntrack, family::Family, handshake};
 
-/// The backend chosen for a packet.
+/// The backend chosen for a packet: its id, which `live_backend` checked.
+/// Its entry is read again where it is used (an array lookup, which the
+/// verifier inlines) rather than carried: a copy of an IPv6 backend is 48
+/// bytes the stack cannot spare, and a carried pointer into the map gets
+/// copied in halves, which the verifier refuses.
 #[derive(Clone, Copy)]
 pub struct Choice<F: Family> {
     pub id: u32,
-    pub backend: Backend<F::Addr>,
     /// The flow was not in the connection table.
     pub new_flow: bool,
+    family: core::marker::PhantomData<F>,
+}
+
+impl<F: Family> Choice<F> {
+    #[inline(always)]
+    pub fn of(id: u32, _checked: &Backend<F::Addr>, new_flow: bool) -> Self {
+        Self { id, new_flow, family: core::marker::PhantomData }
+    }
+
+    /// The backend's entry (`None` only if the id is out of range, which
+    /// `live_backend` refused).
+    #[inline(always)]
+    pub fn backend(self) -> Option<&'static Backend<F::Addr>> {
+        F::backends().get(self.id)
+    }
 }
 
 #[inline(always)]
@@ -92,20 +110,22 @@ pub fn real<F: Family>(flow: &Flow<F::Addr>) -> Option<Reply<F::Addr>> {
 
 /// The backend `id` if it is in use, belongs to `service_id` and serves the
 /// flow's VIP, port and protocol: an entry made for an earlier holder of a
-/// reused id (service or backend) is not followed.
+/// reused id (service or backend) is not followed. The map's value itself,
+/// not a copy (an IPv6 backend is 48 bytes the stack cannot spare): the
+/// controller may rewrite it meanwhile, as it could during a copy.
 #[inline(always)]
 pub fn live_backend<F: Family>(
     id: u32,
     service_id: u32,
     flow: &Flow<F::Addr>,
-) -> Option<Backend<F::Addr>> {
+) -> Option<&'static Backend<F::Addr>> {
     let b = F::backends().get(id)?;
     let serves = b.flags & BACKEND_IN_USE != 0
         && b.service_id == service_id
         && b.vip.same(&flow.dst)
         && b.vport == flow.dport
         && b.proto == flow.proto;
-    serves.then_some(*b)
+    serves.then_some(b)
 }
 
 /// The address pre-filter's flags of `addr` (`ADDR_VIP`, `ADDR_REAL`): a
@@ -204,7 +224,7 @@ pub fn established<F: Family>(
                 live_backend::<F>(entry.conn.backend_id, entry.conn.service_id, flow)
             && backend.flags & BACKEND_DOWN == 0
         {
-            let choice = Choice { id: entry.conn.backend_id, backend, new_flow: false };
+            let choice = Choice::of(entry.conn.backend_id, backend, false);
             return Ok(Known::Flow(entry.conn.service_id, choice));
         }
     }
@@ -249,7 +269,7 @@ pub fn established<F: Family>(
         // SAFETY: this CPU's slot, only touched by this CPU; XDP does not nest.
         unsafe { *slot = cache_entry(flow, conn, here) };
     }
-    Ok(Known::Flow(conn.service_id, Choice { id: conn.backend_id, backend, new_flow: false }))
+    Ok(Known::Flow(conn.service_id, Choice::of(conn.backend_id, backend, false)))
 }
 
 /// Whether `conn` has been idle past its state's timeout: an expired entry
@@ -327,7 +347,7 @@ pub fn pick<F: Family>(
     let backend = live_backend::<F>(id, service.id, flow)
         .filter(|b| b.flags & BACKEND_DOWN == 0)
         .ok_or(Counter::DropNoBackend)?;
-    Ok(Choice { id, backend, new_flow: turn == Turn::Next })
+    Ok(Choice::of(id, backend, turn == Turn::Next))
 }
 
 /// Writes `conn` to the connection table for `flow`, and to this CPU's

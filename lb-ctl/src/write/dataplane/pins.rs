@@ -18,7 +18,7 @@ use aya::maps::MapData;
 use aya_obj::generated::{BPF_F_RDONLY_PROG, bpf_map_type};
 use lb_common::{
     abi::{ABI_VERSION, FLOW_CACHE_SLOTS, Meta, NEXTHOP_SLOTS},
-    conn_table::conn_set_bits,
+    conn_table::{conn_set_bits, conn6_set_bits},
 };
 use tracing::{info, warn};
 
@@ -267,14 +267,18 @@ fn read_meta(path: &Path) -> Result<Meta, DataplaneError> {
 }
 
 /// The maps whose size is decided at load time, not in the object: the
-/// connection table (`conntrack_max`, from the config), and the flow and
-/// next-hop caches (a region for each CPU the kernel may run XDP on).
-pub fn load_time_sizes(conntrack_max: u32) -> Result<[(&'static str, u32); 3], DataplaneError> {
+/// connection tables (`conntrack_max`, from the config), and the flow and
+/// next-hop caches (a region for each CPU the kernel may run XDP on), of
+/// each address family.
+pub fn load_time_sizes(conntrack_max: u32) -> Result<[(&'static str, u32); 6], DataplaneError> {
     let cpus = u32::try_from(cpu_regions()?).unwrap_or(u32::MAX);
     Ok([
         ("lb_conntrack", 1 << conn_set_bits(conntrack_max)),
         ("lb_flow_cache", FLOW_CACHE_SLOTS.saturating_mul(cpus)),
         ("lb_nexthops", NEXTHOP_SLOTS.saturating_mul(cpus)),
+        ("lb_conntrack6", 1 << conn6_set_bits(conntrack_max)),
+        ("lb_flow_cache6", FLOW_CACHE_SLOTS.saturating_mul(cpus)),
+        ("lb_nexthops6", NEXTHOP_SLOTS.saturating_mul(cpus)),
     ])
 }
 

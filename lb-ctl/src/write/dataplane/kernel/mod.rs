@@ -16,7 +16,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMap, HashMap, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, DevMap, HashMap, MapData, PerCpuArray, PerCpuValues, ProgramArray},
     programs::{SchedClassifier, Xdp},
 };
 use lb_common::abi::{
@@ -24,7 +24,7 @@ use lb_common::abi::{
     Endpoint, EpochClock, MAGLEV_SIZE, MAX_TX_PORTS, Meta, NO_BACKEND, Policy, Traffic, epoch_mult,
     expired,
 };
-use lb_common::conn_table::conn_set_bits;
+use lb_common::conn_table::{conn_set_bits, conn6_set_bits};
 use rustc_hash::FxHashSet;
 use tracing::info;
 
@@ -212,7 +212,7 @@ impl KernelMaps {
     ) -> Result<Self, DataplaneError> {
         let paths: Vec<(&str, PathBuf)> =
             expected.keys().map(|name| (name.as_str(), pins.map(name))).collect();
-        let set_bits = conn_set_bits(dataplane.conntrack_max);
+        let set_bits = SetBits::of(dataplane.conntrack_max);
         let mut loader = sized_loader(dataplane.conntrack_max, &set_bits, &salt)?;
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
@@ -377,19 +377,33 @@ impl KernelMaps {
     }
 }
 
+/// The connection tables' sizes (base-2 logarithms of their sets) for a
+/// `conntrack_max`, as the program is told them.
+struct SetBits {
+    v4: u32,
+    v6: u32,
+}
+
+impl SetBits {
+    fn of(conntrack_max: u32) -> Self {
+        Self { v4: conn_set_bits(conntrack_max), v6: conn6_set_bits(conntrack_max) }
+    }
+}
+
 /// A loader with the maps sized at load time (`pins::load_time_sizes`),
-/// and the program told the connection table's size (`set_bits`, which
-/// `conn_set_bits` gives for the same `conntrack_max`) and hash key.
+/// and the program told the connection tables' sizes (`set_bits`, for the
+/// same `conntrack_max`) and hash key.
 fn sized_loader<'a>(
     conntrack_max: u32,
-    set_bits: &'a u32,
+    set_bits: &'a SetBits,
     salt: &'a u32,
 ) -> Result<EbpfLoader<'a>, DataplaneError> {
     let mut loader = EbpfLoader::new();
     for (name, entries) in pins::load_time_sizes(conntrack_max)? {
         loader.map_max_entries(name, entries);
     }
-    loader.override_global("LB_CONN_SET_BITS", set_bits, true);
+    loader.override_global("LB_CONN_SET_BITS", &set_bits.v4, true);
+    loader.override_global("LB_CONN6_SET_BITS", &set_bits.v6, true);
     loader.override_global("LB_CONN_SALT", salt, true);
     Ok(loader)
 }
@@ -433,7 +447,7 @@ fn random_salt() -> Result<u32, DataplaneError> {
 }
 
 fn load_object(object: &[u8], conntrack_max: u32, salt: u32) -> Result<Ebpf, DataplaneError> {
-    let set_bits = conn_set_bits(conntrack_max);
+    let set_bits = SetBits::of(conntrack_max);
     let mut ebpf = sized_loader(conntrack_max, &set_bits, &salt)?
         .load(object)
         .map_err(|e| DataplaneError::kernel("loading the XDP object", e))?;
@@ -441,12 +455,29 @@ fn load_object(object: &[u8], conntrack_max: u32, salt: u32) -> Result<Ebpf, Dat
     Ok(ebpf)
 }
 
-/// Passes the object's three programs through the verifier: the XDP data
-/// plane, the tc slow path, and the clock the controller reads.
+/// Passes the object's programs through the verifier: the XDP data plane
+/// (IPv4, and IPv6, which it tail calls through `lb_progs`), the tc slow
+/// path, and the clock the controller reads.
 fn load_programs(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
     load_program::<Xdp>(ebpf, "lb_xdp")?;
+    load_program::<Xdp>(ebpf, "lb_xdp6")?;
     load_program::<SchedClassifier>(ebpf, "lb_neigh")?;
-    load_program::<Xdp>(ebpf, "lb_clock")
+    load_program::<Xdp>(ebpf, "lb_clock")?;
+    let failed =
+        |e: &dyn std::fmt::Display| DataplaneError::kernel("program lb_xdp6", e.to_string());
+    let ipv6 = program::<Xdp>(ebpf, "lb_xdp6")?
+        .fd()
+        .map_err(|e| failed(&e))?
+        .try_clone()
+        .map_err(|e| failed(&e))?;
+    // Borrowed, not taken: the object keeps its handle, as a prog array
+    // loses its entries when its last user reference closes (unpinned, in
+    // the tests' data planes).
+    let map = ebpf
+        .map_mut("lb_progs")
+        .ok_or_else(|| DataplaneError::kernel("lb_progs", "missing from the object"))?;
+    let mut progs = ProgramArray::try_from(map).map_err(err("opening lb_progs"))?;
+    progs.set(0, &ipv6, 0).map_err(err("writing lb_progs"))
 }
 
 /// `lb_conntrack` mapped into this process, with the size the map has

@@ -1,0 +1,240 @@
+//! IPv6: its headers (`parse`), its rewrites (`nat`), its maps, and the
+//! `Family` the shared decisions run over in `lb_xdp6`.
+//!
+//! Not yet translated or answered here, and said by the counters: ICMPv6
+//! goes to the kernel untouched (`pass_not_tcp_udp`: neighbour discovery
+//! is the kernel's, and errors about our flows are not translated yet); a
+//! flow whose backend is DOWN or gone is dropped (`drop_backend_down`)
+//! instead of reset; `on_no_backend = "reject"` drops (`drop_no_backend`);
+//! a packet too big for its next link is dropped (`drop_too_big`).
+pub mod nat;
+pub mod parse;
+
+use aya_ebpf::{
+    bindings::bpf_fib_lookup as FibParams,
+    btf_maps::{Array, HashMap, LruHashMap},
+    programs::XdpContext,
+};
+use lb_common::{
+    abi::{
+        Backend, Endpoint, FlowCacheEntry, FragEntry, FragKey6, Handshake, NEIGH_MARK6_MAGIC,
+        NEIGH6_SLOTS, NextHop, Real, Service, neigh6_tag,
+    },
+    conn_table::{ConnSet, ConnSlot, MAP_MMAPABLE},
+    counter::Counter,
+};
+
+use crate::{
+    Verdict, conntrack,
+    family::{
+        ADDRS, BACKENDS, CACHE, CONNS, FRAGS, Family, HANDSHAKES, HOPS, REALS, SERVICES, SLOTS,
+    },
+    fwd::Query,
+    maps, mem,
+    nat::Side,
+    parse::{Headers, Packet},
+    reject::To,
+    select::{self, Here},
+};
+
+/// IPv6, in `lb_xdp6`.
+#[derive(Clone, Copy)]
+pub struct V6;
+
+pub const AF_INET6: u8 = 10;
+
+impl Family for V6 {
+    type Addr = [u8; 16];
+    type IpHdr = parse::Ipv6Hdr;
+    type IpFrag = parse::FragInfo;
+    type FragId = u32;
+    type FragKey = FragKey6;
+    const ICMP: u8 = parse::PROTO_ICMPV6;
+
+    #[inline(always)]
+    fn vips() -> &'static HashMap<[u8; 16], u32, SERVICES> {
+        &maps::LB_VIPS6
+    }
+    #[inline(always)]
+    fn services() -> &'static HashMap<Endpoint<[u8; 16]>, Service, SERVICES> {
+        &maps::LB_SERVICES6
+    }
+    #[inline(always)]
+    fn backends() -> &'static Array<Backend<[u8; 16]>, BACKENDS> {
+        &maps::LB_BACKENDS6
+    }
+    #[inline(always)]
+    fn reals() -> &'static HashMap<Endpoint<[u8; 16]>, Real<[u8; 16]>, REALS> {
+        &maps::LB_REALS6
+    }
+    #[inline(always)]
+    fn real_slots() -> &'static Array<u32, SLOTS> {
+        &maps::LB_REAL_SLOTS6
+    }
+    #[inline(always)]
+    fn addrs() -> &'static Array<u8, ADDRS> {
+        &maps::LB_ADDRS6
+    }
+    #[inline(always)]
+    fn backend_addrs() -> &'static HashMap<[u8; 16], u32, REALS> {
+        &maps::LB_BACKEND_ADDRS6
+    }
+    #[inline(always)]
+    fn flow_cache() -> &'static Array<FlowCacheEntry<[u8; 16]>, CACHE> {
+        &maps::LB_FLOW_CACHE6
+    }
+    #[inline(always)]
+    fn nexthops() -> &'static Array<NextHop<[u8; 16]>, HOPS> {
+        &maps::LB_NEXTHOPS6
+    }
+    #[inline(always)]
+    fn handshakes() -> &'static Array<Handshake<[u8; 16]>, HANDSHAKES> {
+        &maps::LB_HANDSHAKES6
+    }
+    #[inline(always)]
+    fn frags() -> &'static LruHashMap<FragKey6, FragEntry<[u8; 16]>, FRAGS> {
+        &maps::LB_FRAGS6
+    }
+    #[inline(always)]
+    fn conntrack() -> &'static Array<ConnSet<[u8; 16]>, CONNS, MAP_MMAPABLE> {
+        &maps::LB_CONNTRACK6
+    }
+    #[inline(always)]
+    fn conn_set_bits() -> u32 {
+        conntrack::set_bits_v6()
+    }
+    #[inline(always)]
+    unsafe fn store_conn(slot: *mut ConnSlot<[u8; 16]>, entry: ConnSlot<[u8; 16]>) {
+        // SAFETY: four plain-old-data words of the same 32 bytes; the
+        // caller guarantees the slot.
+        unsafe {
+            conntrack::store_words(
+                slot.cast(),
+                core::mem::transmute::<ConnSlot<[u8; 16]>, [u64; 4]>(entry),
+            );
+        }
+    }
+
+    #[inline(always)]
+    fn ip(ctx: &XdpContext) -> Result<Headers<Self>, Counter> {
+        parse::headers(ctx)
+    }
+    #[inline(always)]
+    fn transport(ctx: &XdpContext, ip: &Headers<Self>) -> Result<Packet<Self>, Counter> {
+        parse::transport(ctx, ip)
+    }
+    /// The unspecified and loopback addresses, IPv4-mapped ones (an IPv4
+    /// client has its own family), link-local (never forwarded, RFC 4291)
+    /// and multicast.
+    #[inline(always)]
+    fn martian(src: &[u8; 16]) -> bool {
+        let [b0, b1, ..] = *src;
+        let high =
+            u64::from_be_bytes([src[0], src[1], src[2], src[3], src[4], src[5], src[6], src[7]]);
+        let low = u64::from_be_bytes([
+            src[8], src[9], src[10], src[11], src[12], src[13], src[14], src[15],
+        ]);
+        (high == 0 && (low <= 1 || low >> 32 == 0xffff))
+            || b0 == 0xff
+            || (b0 == 0xfe && b1 & 0xc0 == 0x80)
+    }
+    #[inline(always)]
+    fn frag_key(pkt: &Packet<Self>) -> FragKey6 {
+        FragKey6 {
+            src: pkt.flow.src,
+            dst: pkt.flow.dst,
+            id: pkt.id,
+            proto: pkt.flow.proto,
+            _pad: [0; 3],
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn rewrite(pkt: &Packet<Self>, side: Side, addr: [u8; 16], port: u16) {
+        // SAFETY: the caller's guarantee.
+        unsafe { nat::rewrite(pkt, side, addr, port) }
+    }
+    #[inline(always)]
+    fn fib_query(params: &mut FibParams, pkt: &Packet<Self>, query: &Query<[u8; 16]>) {
+        params.family = AF_INET6;
+        // SAFETY: pkt.ip was bounds-checked by parse: the traffic class
+        // and flow label, as the first word holds them (version masked).
+        params.__bindgen_anon_2.flowinfo =
+            unsafe { mem::load32::<0>(pkt.ip.cast()) } & u32::from_be(0x0fff_ffff);
+        let words = |a: [u8; 16]| {
+            // SAFETY: sixteen bytes are four words, in memory order.
+            unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(a) }
+        };
+        params.__bindgen_anon_3.ipv6_src = words(query.src);
+        params.__bindgen_anon_4.ipv6_dst = words(query.dst);
+    }
+    #[inline(always)]
+    fn fib_nexthop(params: &FibParams) -> [u8; 16] {
+        // SAFETY: the union's IPv6 member, which the FIB sets to the next
+        // hop; four words are sixteen bytes.
+        unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(params.__bindgen_anon_4.ipv6_dst) }
+    }
+    /// The mark has room for a tag, not an address: the address goes to
+    /// its slot of `lb_neigh6` (see `abi::NEIGH_MARK6_MAGIC`).
+    #[inline(always)]
+    unsafe fn slow_path(eth: *mut u8, ifindex: u32, nexthop: [u8; 16]) -> Verdict {
+        let tag = neigh6_tag(&nexthop);
+        let Some(slot) = maps::LB_NEIGH6.get_ptr_mut(tag & (NEIGH6_SLOTS - 1)) else {
+            return Verdict::stopped(Counter::PassFibFailed);
+        };
+        // SAFETY: a slot of the array (a concurrent writer at worst makes
+        // tc's tag check fail); the caller guarantees the Ethernet header,
+        // of which the mark takes 12 bytes.
+        unsafe {
+            *slot = nexthop;
+            mem::store32::<0>(eth, NEIGH_MARK6_MAGIC);
+            mem::store32::<4>(eth, ifindex);
+            mem::store32::<8>(eth, tag);
+        }
+        Verdict {
+            action: aya_ebpf::bindings::xdp_action::XDP_PASS,
+            counter: Counter::SlowPathNeigh,
+        }
+    }
+
+    #[inline(always)]
+    fn icmp(_ctx: &XdpContext, _ip: &Headers<Self>, _to_vip: bool) -> Result<Verdict, Counter> {
+        Err(Counter::PassNotTcpUdp)
+    }
+    #[inline(always)]
+    fn tcp_reset(
+        _ctx: &XdpContext,
+        _pkt: &Packet<Self>,
+        _counter: Counter,
+        _here: Here,
+    ) -> Result<Verdict, Counter> {
+        Err(Counter::DropBackendDown)
+    }
+    #[inline(always)]
+    fn no_backend(_ctx: &XdpContext, _pkt: &Packet<Self>, _here: Here) -> Result<Verdict, Counter> {
+        Err(Counter::DropNoBackend)
+    }
+    #[inline(always)]
+    fn too_big(
+        _ctx: &XdpContext,
+        _pkt: &Packet<Self>,
+        _vip: [u8; 16],
+        _mtu: u16,
+        _to: To,
+        _here: Here,
+    ) -> Result<Verdict, Counter> {
+        Err(Counter::DropTooBig)
+    }
+    #[inline(always)]
+    fn least_connections(service_id: u32, count: u32) -> u32 {
+        lb_least_connections6(service_id, count)
+    }
+}
+
+/// `lc`'s pick for an IPv6 service: a global BPF function (see
+/// `select::least_connections`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn lb_least_connections6(service_id: u32, count: u32) -> u32 {
+    select::least_connections::<V6>(service_id, count)
+}
