@@ -326,9 +326,10 @@ impl Lb {
 
     fn kernel(&self) -> Kernel {
         let image = self.image();
-        let services = image.services.keys().map(|k| endpoint(k.addr, k.port, k.proto)).collect();
+        let services =
+            image.v4.services.keys().map(|k| endpoint(k.addr, k.port, k.proto)).collect();
         let mut backends: BTreeMap<String, BTreeMap<String, (u32, u16)>> = BTreeMap::new();
-        for b in image.backends.values() {
+        for b in image.v4.backends.values() {
             backends.entry(endpoint(b.vip, b.vport, b.proto)).or_default().insert(
                 format!("{}:{}", std::net::Ipv4Addr::from(b.addr), b.port),
                 (b.weight, b.flags),
@@ -993,7 +994,7 @@ async fn bad_bodies_are_refused_and_change_nothing() {
             "colour",
         ),
         (r#"{"name": "api", "vip": "10.77.1.101", "port": "80"}"#, bad_400, "port"),
-        (r#"{"name": "api", "vip": "::1", "port": 80}"#, bad_422, "vip"),
+        (r#"{"name": "api", "vip": "fe80::1", "port": 80}"#, bad_422, "vip"),
         (r#"{"name": "api", "vip": "10.77.1.101", "port": 0}"#, bad_422, "port"),
         (
             r#"{"name": "api", "vip": "10.77.1.101", "port": 80, "protocol": "sctp"}"#,
@@ -1609,7 +1610,7 @@ async fn check_targets_round_trip_are_bounded_and_survive_a_restart() {
             (path, r#"{"address": "10.77.2.33", "port": 443, "check_port": 0}"#, "check_port"),
             (
                 path,
-                r#"{"address": "10.77.2.33", "port": 443, "check_address": "::1"}"#,
+                r#"{"address": "10.77.2.33", "port": 443, "check_address": "ff02::1"}"#,
                 "check_address",
             ),
             // The web service has no [service.health]: nothing to redirect.

@@ -513,7 +513,7 @@ impl Loaded {
     /// Where `flow`'s connection entry is, and what it says (the entry of
     /// the same client and ports whose backend serves the flow's VIP).
     fn conn_at(&mut self, flow: &Flow) -> Option<(At, Conn)> {
-        let backends = self.reconciler.applied().backends.clone();
+        let backends = self.reconciler.applied().v4.backends.clone();
         let serves = |c: &Conn| {
             backends
                 .get(&c.backend_id)
@@ -540,6 +540,7 @@ impl Loaded {
     pub fn backend_id(&self, vip: Ipv4Addr, vport: u16, address: Ipv4Addr, port: u16) -> u32 {
         let image = self.reconciler.applied();
         image
+            .v4
             .backends
             .iter()
             .find(|(_, b)| {

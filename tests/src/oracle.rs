@@ -401,12 +401,13 @@ impl Oracle {
     /// namespace (it reads the interfaces' indexes for the slow path's mark).
     pub fn new(config: &Config) -> Self {
         let services = config.services.clone();
-        let vips = services.iter().map(|s| s.vip).collect();
-        let backends = services.iter().flat_map(|s| s.backends.iter().map(|b| b.address)).collect();
+        let vips = services.iter().map(|s| ipv4(s.vip)).collect();
+        let backends =
+            services.iter().flat_map(|s| s.backends.iter().map(|b| ipv4(b.address))).collect();
         let nat_backends = services
             .iter()
             .filter(|s| s.forwarding == Forwarding::Nat)
-            .flat_map(|s| s.backends.iter().map(|b| b.address))
+            .flat_map(|s| s.backends.iter().map(|b| ipv4(b.address)))
             .collect();
         Self {
             tables: BTreeMap::new(),
@@ -495,7 +496,7 @@ impl Oracle {
             .iter()
             .filter(|s| s.forwarding == Forwarding::Nat && Self::proto_of(s) == proto)
             .find(|s| s.backends.iter().any(|b| b.address == addr && b.port == port))
-            .map(|s| (s.vip, s.port))
+            .map(|s| (ipv4(s.vip), s.port))
     }
 
     /// The strict reverse-path check: whether a packet from `src` may
@@ -587,7 +588,7 @@ impl Oracle {
                 .backends
                 .iter()
                 .filter(|b| b.weight > 0 && b.state == AdminState::Active)
-                .filter(|b| placed.is_none_or(|at| at == (b.address, b.port)))
+                .filter(|b| placed.is_none_or(|at| at == (ipv4(b.address), b.port)))
                 .collect();
             if usable.is_empty() {
                 // Answered only from a plain header, and a reset never is.
@@ -613,11 +614,11 @@ impl Oracle {
             }
             return Ok(vec![match service.forwarding {
                 Forwarding::Nat => Translation::ToBackend {
-                    backends: usable.iter().map(|b| (b.address, b.port)).collect(),
+                    backends: usable.iter().map(|b| (ipv4(b.address), b.port)).collect(),
                 },
-                Forwarding::Dsr => {
-                    Translation::Direct { backends: usable.iter().map(|b| b.address).collect() }
-                }
+                Forwarding::Dsr => Translation::Direct {
+                    backends: usable.iter().map(|b| ipv4(b.address)).collect(),
+                },
             }]);
         }
         let (vip, port) =
@@ -701,7 +702,7 @@ impl Oracle {
             let backends = service
                 .backends
                 .iter()
-                .map(|b| (b.address, b.port))
+                .map(|b| (ipv4(b.address), b.port))
                 .filter(|&b| placed.is_none_or(|at| at == b))
                 .collect();
             let direct = service.forwarding == Forwarding::Dsr;
@@ -1387,4 +1388,13 @@ pub fn expected_frag_needed(frame: &[u8], p: &Parsed, vip: Ipv4Addr, mtu: u16) -
     answer.id = 0;
     answer.frag_off = 0;
     answer.frame(p.eth_src, p.eth_dst)
+}
+
+/// A configured address as the oracle models it: IPv4 only (its corpus is
+/// IPv4's).
+fn ipv4(addr: std::net::IpAddr) -> Ipv4Addr {
+    match addr {
+        std::net::IpAddr::V4(a) => a,
+        std::net::IpAddr::V6(a) => panic!("the oracle models IPv4 services, not {a}"),
+    }
 }

@@ -1702,7 +1702,7 @@ fn hostile_corpus() {
 fn hash_tables(loaded: &Loaded) -> BTreeMap<(Ipv4Addr, u16, u8), HashTable> {
     let image = loaded.reconciler.applied();
     let mut tables = BTreeMap::new();
-    for (key, service) in &image.services {
+    for (key, service) in &image.v4.services {
         let scheduler = service.flags & SCHED_MASK;
         if scheduler != SCHED_MAGLEV && scheduler != SCHED_SH {
             continue;
@@ -1711,6 +1711,7 @@ fn hash_tables(loaded: &Loaded) -> BTreeMap<(Ipv4Addr, u16, u8), HashTable> {
             .iter()
             .map(|id| {
                 image
+                    .v4
                     .backends
                     .get(id)
                     .map_or((Ipv4Addr::UNSPECIFIED, 0), |b| (Ipv4Addr::from(b.addr), b.port))

@@ -60,7 +60,7 @@ fn main() {
 fn entries(n: u32) -> Vec<Entry> {
     (0..n)
         .map(|i| Entry {
-            address: Ipv4Addr::new(10, 77, 64 + (i / 250) as u8, 1 + (i % 250) as u8),
+            address: Ipv4Addr::new(10, 77, 64 + (i / 250) as u8, 1 + (i % 250) as u8).into(),
             port: 80,
             weight: 1,
             id: i,
@@ -116,7 +116,7 @@ fn moved_fraction(backends: &[Entry], change: Change) -> f64 {
             Change::Add => {
                 let mut more = backends.to_vec();
                 more.push(Entry {
-                    address: Ipv4Addr::new(10, 77, 127, 1 + k as u8),
+                    address: Ipv4Addr::new(10, 77, 127, 1 + k as u8).into(),
                     port: 80,
                     weight: 1,
                     id: n + k,

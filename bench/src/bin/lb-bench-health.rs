@@ -178,7 +178,7 @@ fn capacity() -> Capacity {
         runtime.block_on(async {
             let service = Service {
                 name: "synthetic".into(),
-                vip: Ipv4Addr::new(10, 77, 9, 100),
+                vip: Ipv4Addr::new(10, 77, 9, 100).into(),
                 port: 80,
                 protocol: Protocol::Tcp,
                 scheduler: lb_ctl::desired::model::Scheduler::Maglev,
@@ -194,7 +194,7 @@ fn capacity() -> Capacity {
                 }),
                 backends: (0..SYNTHETIC_BACKENDS)
                     .map(|i| BackendSpec {
-                        address: Ipv4Addr::LOCALHOST,
+                        address: Ipv4Addr::LOCALHOST.into(),
                         port: 20000 + i,
                         weight: 1,
                         state: AdminState::Active,

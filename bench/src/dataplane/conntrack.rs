@@ -102,6 +102,7 @@ impl Table {
         let service_id = loaded
             .reconciler
             .applied()
+            .v4
             .services
             .get(&Endpoint::new(VIP.octets(), 80, PROTO_TCP))
             .expect("the web service in the applied image")

@@ -415,7 +415,7 @@ mod tests {
     /// The DOWN flag of each backend the maps hold, by port (all on 127.0.0.1).
     fn down_flags(fake: &FakeMaps) -> BTreeSet<(u16, bool)> {
         let image = fake.state.lock().unwrap();
-        image.backends.values().map(|b| (b.port, b.flags & BACKEND_DOWN != 0)).collect()
+        image.v4.backends.values().map(|b| (b.port, b.flags & BACKEND_DOWN != 0)).collect()
     }
 
     /// A reload whose map writes fail midway is undone at once, as the log
@@ -462,7 +462,7 @@ mod tests {
 
         controller.reload().await;
         let ports: BTreeSet<[u8; 4]> =
-            fake.state.lock().unwrap().backends.values().map(|b| b.addr).collect();
+            fake.state.lock().unwrap().v4.backends.values().map(|b| b.addr).collect();
         let want: BTreeSet<[u8; 4]> = [13, 14, 15].iter().map(|l| [10, 77, 2, *l]).collect();
         assert_eq!(ports, want, "the next SIGHUP applies the file");
     }
@@ -511,7 +511,7 @@ port = 80
         let config_path = dir.0.join("lb.toml");
         std::fs::write(&config_path, &text).unwrap();
         let config = config::parse(&text).unwrap();
-        let held_key = backend_key(&config.services[0], Ipv4Addr::LOCALHOST, held_port);
+        let held_key = backend_key(&config.services[0], Ipv4Addr::LOCALHOST.into(), held_port);
 
         // What the previous controller left in the maps: `held` DOWN.
         let fake = FakeMaps::default();

@@ -7,7 +7,7 @@
 //! the services are, the API's later word on a service or backend wins.
 use std::{
     fs,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::SocketAddr,
     path::{Path, PathBuf},
 };
 
@@ -19,7 +19,7 @@ use super::{
     json::{backend_from_json, backend_to_json, from_json, service_from_json, service_to_json},
     model::{AdminState, Backend, CheckTarget, Scheduler, Service},
     problem::{Problem, Problems},
-    validate::{check_services, refuse_unchecked_target},
+    validate::{check_services, family_name, refuse_unchecked_target},
 };
 
 /// One change asked through the API.
@@ -43,13 +43,13 @@ pub enum Change {
     /// Changes a backend's weight and/or operator state.
     SetBackend {
         service: String,
-        backend: SocketAddrV4,
+        backend: SocketAddr,
         weight: Option<u32>,
         state: Option<AdminState>,
     },
     RemoveBackend {
         service: String,
-        backend: SocketAddrV4,
+        backend: SocketAddr,
     },
 }
 
@@ -103,7 +103,8 @@ pub fn apply(services: &[Service], change: &Change) -> Result<Vec<Service>, Chan
         }
         Change::AddBackend { service, backend } => {
             let i = position(service).ok_or_else(|| not_found(service))?;
-            let at = SocketAddrV4::new(backend.address, backend.port);
+            same_family(&next[i], backend)?;
+            let at = SocketAddr::new(backend.address, backend.port);
             if find_backend(&next[i], at).is_some() {
                 return Err(ChangeError::Conflict(format!(
                     "{at} is already a backend of {service:?}"
@@ -113,7 +114,8 @@ pub fn apply(services: &[Service], change: &Change) -> Result<Vec<Service>, Chan
         }
         Change::PutBackend { service, backend } => {
             let i = position(service).ok_or_else(|| not_found(service))?;
-            let at = SocketAddrV4::new(backend.address, backend.port);
+            same_family(&next[i], backend)?;
+            let at = SocketAddr::new(backend.address, backend.port);
             match find_backend(&next[i], at) {
                 Some(j) => next[i].backends[j] = *backend,
                 None => next[i].backends.push(*backend),
@@ -142,12 +144,30 @@ pub fn apply(services: &[Service], change: &Change) -> Result<Vec<Service>, Chan
     Ok(next)
 }
 
-fn no_backend(service: &str, at: SocketAddrV4) -> ChangeError {
+/// A backend of another address family than its service's VIP: the data
+/// plane rewrites within one family (as `validate` says of a file).
+fn same_family(s: &Service, backend: &Backend) -> Result<(), ChangeError> {
+    if backend.address.is_ipv4() == s.vip.is_ipv4() {
+        return Ok(());
+    }
+    Err(ChangeError::Invalid(vec![Problem {
+        key: "address".into(),
+        message: format!(
+            "{} is {} and the VIP of {:?} ({}) is not: a service is one address family",
+            backend.address,
+            family_name(backend.address),
+            s.name,
+            s.vip
+        ),
+    }]))
+}
+
+fn no_backend(service: &str, at: SocketAddr) -> ChangeError {
     ChangeError::NotFound(format!("{at} is not a backend of {service:?}"))
 }
 
-fn find_backend(s: &Service, at: SocketAddrV4) -> Option<usize> {
-    s.backends.iter().position(|b| b.address == *at.ip() && b.port == at.port())
+fn find_backend(s: &Service, at: SocketAddr) -> Option<usize> {
+    s.backends.iter().position(|b| b.address == at.ip() && b.port == at.port())
 }
 
 /// What the config file also refuses, said about the changed service.
@@ -226,7 +246,7 @@ pub struct Changes {
 struct Word {
     service: String,
     /// `None`: the word is about the whole service.
-    backend: Option<SocketAddrV4>,
+    backend: Option<SocketAddr>,
     said: Said,
 }
 
@@ -263,7 +283,7 @@ impl Changes {
             Change::AddService(s) | Change::PutService(s) => (None, Said::Service(s.clone())),
             Change::RemoveService(_) => (None, Said::Removed),
             Change::AddBackend { backend, .. } | Change::PutBackend { backend, .. } => {
-                (Some(SocketAddrV4::new(backend.address, backend.port)), Said::Backend(*backend))
+                (Some(SocketAddr::new(backend.address, backend.port)), Said::Backend(*backend))
             }
             Change::SetBackend { backend: at, .. } => {
                 let now = after
@@ -454,8 +474,7 @@ impl StoredWord {
             .backend
             .as_deref()
             .map(|at| {
-                parse_backend_address(at)
-                    .ok_or(format!("backend {at:?} is not an IPv4 address:port"))
+                parse_backend_address(at).ok_or(format!("backend {at:?} is not an address:port"))
             })
             .transpose()?;
         let said = match (self.set, self.removed, backend) {
@@ -472,26 +491,26 @@ impl StoredWord {
     }
 }
 
-/// `address:port` of a backend, as API paths write it.
-pub fn parse_backend_address(text: &str) -> Option<SocketAddrV4> {
-    let (addr, port) = text.rsplit_once(':')?;
-    let addr: Ipv4Addr = addr.parse().ok()?;
-    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
-    Some(SocketAddrV4::new(addr, port))
+/// `address:port` of a backend, as API paths write it: `10.77.2.11:80`,
+/// `[fd77:2::11]:80`.
+pub fn parse_backend_address(text: &str) -> Option<SocketAddr> {
+    text.parse::<SocketAddr>().ok().filter(|at| at.port() != 0)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
     use crate::desired::model::testing::service;
 
-    fn at(last: u8) -> SocketAddrV4 {
-        SocketAddrV4::new(Ipv4Addr::new(10, 77, 2, last), 80)
+    fn at(last: u8) -> SocketAddr {
+        SocketAddr::new(Ipv4Addr::new(10, 77, 2, last).into(), 80)
     }
 
     fn backend(last: u8, weight: u32) -> Backend {
         Backend {
-            address: *at(last).ip(),
+            address: at(last).ip(),
             port: 80,
             weight,
             state: AdminState::Active,
@@ -606,7 +625,7 @@ mod tests {
             Change::AddService(service("dns", 53, &[(31, 1)])),
             Change::SetBackend {
                 service: "dns".into(),
-                backend: SocketAddrV4::new(Ipv4Addr::new(10, 77, 2, 31), 53),
+                backend: SocketAddr::new(Ipv4Addr::new(10, 77, 2, 31).into(), 53),
                 weight: Some(7),
                 state: None,
             },

@@ -332,6 +332,54 @@ protocol = "udp"
         parse(text).expect_err("config should be refused").problems()
     }
 
+    const DUAL_STACK: &str = r#"
+[dataplane]
+interfaces = ["lb-c", "lb-b"]
+
+[[service]]
+name = "web"
+vip = "10.77.1.100"
+port = 80
+  [[service.backend]]
+  address = "10.77.2.11"
+  port = 80
+
+[[service]]
+name = "web6"
+vip = "fd77:1::100"
+port = 80
+  [[service.backend]]
+  address = "fd77:2::11"
+  port = 80
+"#;
+
+    #[test]
+    fn a_port_is_served_on_an_ipv4_and_an_ipv6_vip_as_two_services() {
+        let c = parse(DUAL_STACK).unwrap();
+        assert_eq!(c.services[1].vip, "fd77:1::100".parse::<std::net::IpAddr>().unwrap());
+        assert_eq!(c.services[1].backends[0].address.to_string(), "fd77:2::11");
+    }
+
+    #[test]
+    fn a_service_is_one_address_family() {
+        let mixed = DUAL_STACK.replace("address = \"fd77:2::11\"", "address = \"10.77.2.12\"");
+        assert_eq!(
+            problems(&mixed),
+            [
+                "service[1].backend[0].address: 10.77.2.12 is IPv4 and the VIP fd77:1::100 is not: a service is one address family (serve both with two services, one VIP each)"
+            ]
+        );
+        for (address, why) in [
+            ("fe80::11", "fe80::11 cannot be used as an endpoint address"),
+            ("::ffff:10.77.2.11", "::ffff:10.77.2.11 cannot be used as an endpoint address"),
+            ("ff02::1", "ff02::1 cannot be used as an endpoint address"),
+            ("fd77:2::11::1", "\"fd77:2::11::1\" is not an IPv4 or IPv6 address"),
+        ] {
+            let text = DUAL_STACK.replace("fd77:2::11", address);
+            assert_eq!(problems(&text), [format!("service[1].backend[0].address: {why}")]);
+        }
+    }
+
     #[test]
     fn accepts_a_good_config_with_defaults() {
         let c = parse(GOOD).unwrap();
@@ -369,7 +417,7 @@ protocol = "udp"
         let has = |needle: &str| {
             assert!(p.iter().any(|x| x.contains(needle)), "no {needle:?} in {p:?}");
         };
-        has("service[0].vip: \"10.77.1.300\" is not an IPv4 address");
+        has("service[0].vip: \"10.77.1.300\" is not an IPv4 or IPv6 address");
         has("service[0].port: 0 is not a port");
         has("service[0].scheduler: \"fastest\" is not one of");
         has("service[0].backend[1]: 10.77.2.11:80 is already listed as backend[0]");
@@ -633,8 +681,8 @@ protocol = "udp"
             );
         }
         for (address, why) in [
-            ("::1", "\"::1\" is not an IPv4 address"),
-            ("web1", "\"web1\" is not an IPv4 address"),
+            ("::", ":: cannot be used as an endpoint address"),
+            ("web1", "\"web1\" is not an IPv4 or IPv6 address"),
             ("0.0.0.0", "0.0.0.0 cannot be used as an endpoint address"),
         ] {
             let p = problems(&with(&format!("  check_address = \"{address}\"\n"), ""));

@@ -2,7 +2,7 @@
 //! bodies, `json`), consumed by `plan`. The names each choice is written
 //! with are in `names`.
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     time::Duration,
 };
@@ -97,7 +97,7 @@ impl Protocol {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Service {
     pub name: String,
-    pub vip: Ipv4Addr,
+    pub vip: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
     pub scheduler: Scheduler,
@@ -158,9 +158,9 @@ pub struct HealthCheck {
 impl HealthCheck {
     /// Where `backend` is probed: each of the address and the port is the
     /// backend's `check_*` if set, else the service's, else the backend's own.
-    pub fn target_of(&self, backend: &Backend) -> SocketAddrV4 {
+    pub fn target_of(&self, backend: &Backend) -> SocketAddr {
         let target = backend.check.or(self.target);
-        SocketAddrV4::new(
+        SocketAddr::new(
             target.address.unwrap_or(backend.address),
             target.port.unwrap_or(backend.port),
         )
@@ -182,7 +182,7 @@ impl HealthCheck {
 /// stays the backend's.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CheckTarget {
-    pub address: Option<Ipv4Addr>,
+    pub address: Option<IpAddr>,
     pub port: Option<u16>,
 }
 
@@ -218,7 +218,7 @@ pub enum Probe {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backend {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub port: u16,
     /// 0 = drain: no new flows, existing flows continue.
     pub weight: u32,
@@ -264,7 +264,7 @@ pub(crate) mod testing {
     pub(crate) fn service(name: &str, port: u16, backends: &[(u8, u32)]) -> Service {
         Service {
             name: name.into(),
-            vip: Ipv4Addr::new(10, 77, 1, 100),
+            vip: Ipv4Addr::new(10, 77, 1, 100).into(),
             port,
             protocol: Protocol::Tcp,
             scheduler: Scheduler::Maglev,
@@ -274,7 +274,7 @@ pub(crate) mod testing {
             backends: backends
                 .iter()
                 .map(|&(last, weight)| Backend {
-                    address: Ipv4Addr::new(10, 77, 2, last),
+                    address: Ipv4Addr::new(10, 77, 2, last).into(),
                     port,
                     weight,
                     state: AdminState::Active,

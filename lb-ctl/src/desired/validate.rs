@@ -2,7 +2,11 @@
 //! health check and its backends (from the config file or an API body
 //! alike), and the checks over a set of services (unique names, endpoints
 //! and backends; direct routing's ports; what the kernel maps hold).
-use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    time::Duration,
+};
 
 use lb_common::abi::LC_MAX_BACKENDS;
 
@@ -88,7 +92,25 @@ pub(super) fn validate_service(key: &str, raw: RawService, problems: &mut Proble
         if let Some(first) = seen.insert((b.address, b.port), j) {
             problems.add(
                 format!("{key}.backend[{j}]"),
-                format!("{}:{} is already listed as backend[{first}]", b.address, b.port),
+                format!(
+                    "{} is already listed as backend[{first}]",
+                    SocketAddr::new(b.address, b.port)
+                ),
+            );
+        }
+        // The data plane rewrites within one family (NAT46/64 is not done).
+        // Not said of an address already refused (read as 0.0.0.0).
+        let address_key = format!("{key}.backend[{j}].address");
+        let refused =
+            |field: &str| problems.0.iter().any(|p| p.key == field || p.key == format!("{key}.vip"));
+        if b.address.is_ipv4() != vip.is_ipv4() && !refused(&address_key) {
+            problems.add(
+                address_key,
+                format!(
+                    "{} is {} and the VIP {vip} is not: a service is one address family (serve both with two services, one VIP each)",
+                    b.address,
+                    family_name(b.address)
+                ),
             );
         }
     }
@@ -278,18 +300,37 @@ pub(super) fn validate_backend(key: &str, raw: &RawBackend, problems: &mut Probl
     Backend { address, port, weight, state, check }
 }
 
-fn parse_addr(key: &str, text: &str, problems: &mut Problems) -> Ipv4Addr {
-    match text.parse::<Ipv4Addr>() {
-        Ok(a) if a.is_unspecified() || a.is_broadcast() || a.is_multicast() => {
+/// An endpoint's address, IPv4 or IPv6. Refused: what no packet can be
+/// sent to or from as an endpoint (unspecified, multicast, broadcast), and
+/// IPv6's link-local (it needs an interface to mean anything, and the data
+/// plane refuses it as a client's source) and IPv4-mapped (an IPv4 address
+/// is written as one).
+fn parse_addr(key: &str, text: &str, problems: &mut Problems) -> IpAddr {
+    let unusable = |a: &IpAddr| match a {
+        IpAddr::V4(v4) => v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast(),
+        IpAddr::V6(v6) => {
+            v6.is_unspecified()
+                || v6.is_multicast()
+                || v6.is_unicast_link_local()
+                || v6.to_ipv4_mapped().is_some()
+        }
+    };
+    match text.parse::<IpAddr>() {
+        Ok(a) if unusable(&a) => {
             problems.add(key, format!("{text} cannot be used as an endpoint address"));
             a
         }
         Ok(a) => a,
         Err(_) => {
-            problems.add(key, format!("{text:?} is not an IPv4 address"));
-            Ipv4Addr::UNSPECIFIED
+            problems.add(key, format!("{text:?} is not an IPv4 or IPv6 address"));
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
         }
     }
+}
+
+/// "IPv4" or "IPv6".
+pub fn family_name(addr: IpAddr) -> &'static str {
+    if addr.is_ipv4() { "IPv4" } else { "IPv6" }
 }
 
 fn parse_port(key: &str, port: i64, problems: &mut Problems) -> u16 {

@@ -19,7 +19,7 @@
 use std::{
     fmt::Write as _,
     io::{self, Write as _},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     process::ExitCode,
 };
@@ -129,9 +129,9 @@ pub enum ServiceCmd {
         /// Letters, digits, '-', '_', '.'.
         #[arg(long)]
         name: String,
-        /// The virtual IPv4 address.
+        /// The virtual IP address, IPv4 or IPv6.
         #[arg(long)]
-        vip: Ipv4Addr,
+        vip: IpAddr,
         /// 1 to 65535.
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
         port: u16,
@@ -162,7 +162,7 @@ pub struct BackendAt {
     pub service: String,
     /// The backend, e.g. 10.77.2.11:80.
     #[arg(value_name = "ADDRESS:PORT", value_parser = parse_backend)]
-    pub backend: SocketAddrV4,
+    pub backend: SocketAddr,
 }
 
 #[derive(Debug, Subcommand)]
@@ -199,9 +199,10 @@ pub enum BackendCmd {
     },
 }
 
-fn parse_backend(text: &str) -> Result<SocketAddrV4, String> {
-    parse_backend_address(text)
-        .ok_or_else(|| format!("{text:?} is not an IPv4 ADDRESS:PORT (e.g. 10.77.2.11:80)"))
+fn parse_backend(text: &str) -> Result<SocketAddr, String> {
+    parse_backend_address(text).ok_or_else(|| {
+        format!("{text:?} is not an ADDRESS:PORT (e.g. 10.77.2.11:80, [fd77:2::11]:80)")
+    })
 }
 
 fn parse_weight(text: &str) -> Result<u32, String> {
@@ -293,7 +294,7 @@ impl Target {
 fn loopback_port(url: &str) -> Option<u16> {
     let (host, port, _) = parse_admin_url(url).ok()?;
     let loopback = host.eq_ignore_ascii_case("localhost")
-        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
     loopback.then_some(port)
 }
 

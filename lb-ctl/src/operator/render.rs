@@ -1,6 +1,6 @@
 //! The CLI's text: pure functions from the API's view types to the tables
 //! an IPVS or HAProxy user expects (`ipvsadm -Ln`, `-Lnc`, `--stats`).
-use std::{fmt::Write as _, net::SocketAddrV4};
+use std::{fmt::Write as _, net::SocketAddr};
 
 use crate::daemon::api::view::{BackendView, ConnsList, ServiceView, Stats, duration_text};
 
@@ -32,7 +32,7 @@ pub(super) fn rotation_summary(view: &ServiceView) -> String {
 /// `web: 10.77.2.14:80 added (weight 1); 4 backends, 4 in rotation`.
 pub(super) fn render_backend_change(
     view: &ServiceView,
-    at: SocketAddrV4,
+    at: SocketAddr,
     change: BackendChange,
 ) -> String {
     let what = match change {
@@ -537,7 +537,7 @@ Packet outcomes since the data plane started:
             backend(14, 1, "active", "UNCHECKED", 0),
         ];
         s.backends_in_rotation = 2;
-        let at = |last| SocketAddrV4::new(Ipv4Addr::new(10, 77, 2, last), 80);
+        let at = |last| SocketAddr::new(Ipv4Addr::new(10, 77, 2, last).into(), 80);
         assert_eq!(
             render_backend_change(&s, at(14), BackendChange::Added),
             "web: 10.77.2.14:80 added (weight 1); 2 backends, 2 in rotation\n"

@@ -8,27 +8,21 @@ use std::{
 
 use lb_common::abi::{self, Endpoint};
 
-use super::{ids::held_backend_key, image::Image, settings};
+use super::{
+    ids::{MapAddr, held_backend_key},
+    image::{FamilyImage, Image},
+    settings,
+};
 
 /// One write to the kernel maps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    PutBackend(u32, abi::Backend),
-    PutReal(Endpoint, abi::Real),
+    /// A write to one of the IPv4 maps (`lb_services`, `lb_backends`, ...).
+    V4(FamilyOp<[u8; 4]>),
+    /// A write to one of the IPv6 maps (`lb_services6`, `lb_backends6`, ...).
+    V6(FamilyOp<[u8; 16]>),
     PutMaglev(u32, Arc<Vec<u32>>),
-    PutVip([u8; 4], u32),
-    PutBackendAddr([u8; 4], u32),
-    /// Sets a pre-filter slot (0 clears it).
-    PutAddrFlags(u32, u8),
-    /// Sets a backend index slot (0 clears it).
-    PutRealSlot(u32, u32),
-    PutService(Endpoint, abi::Service),
-    DelService(Endpoint),
-    DelVip([u8; 4]),
-    DelBackendAddr([u8; 4]),
     ClearMaglev(u32),
-    DelReal(Endpoint),
-    ClearBackend(u32),
     /// Zeroes a service id's traffic counters before the id serves a new
     /// service: an id is reused, its counters must not be.
     ResetServiceTraffic(u32),
@@ -45,9 +39,29 @@ pub enum Op {
     /// Gives an interface (ifindex) its slot in `lb_tx_ports` (`lb_tx_slots`).
     PutTxSlot(u32, u32),
     DelTxSlot(u32),
-    /// Makes the data plane look every next hop up again: its cache keeps
-    /// each hop's slot in `lb_tx_ports`, which is about to change hands.
+    /// Makes the data plane look every next hop up again, of both
+    /// families: its caches keep each hop's slot in `lb_tx_ports`, which
+    /// is about to change hands.
     ForgetNextHops,
+}
+
+/// One write to an address family's own maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FamilyOp<A> {
+    PutBackend(u32, abi::Backend<A>),
+    PutReal(Endpoint<A>, abi::Real<A>),
+    PutVip(A, u32),
+    PutBackendAddr(A, u32),
+    /// Sets a pre-filter slot (0 clears it).
+    PutAddrFlags(u32, u8),
+    /// Sets a backend index slot (0 clears it).
+    PutRealSlot(u32, u32),
+    PutService(Endpoint<A>, abi::Service),
+    DelService(Endpoint<A>),
+    DelVip(A),
+    DelBackendAddr(A),
+    DelReal(Endpoint<A>),
+    ClearBackend(u32),
 }
 
 impl Image {
@@ -55,53 +69,13 @@ impl Image {
     /// know exactly what a half-done apply left behind.
     pub fn apply(&mut self, op: &Op) {
         match op {
-            Op::PutBackend(id, b) => {
-                let _ = self.backends.insert(*id, *b);
-            }
-            Op::PutReal(k, r) => {
-                let _ = self.reals.insert(*k, *r);
-            }
+            Op::V4(op) => self.v4.apply(op),
+            Op::V6(op) => self.v6.apply(op),
             Op::PutMaglev(id, t) => {
                 let _ = self.maglev.insert(*id, Arc::clone(t));
             }
-            Op::PutVip(v, n) => {
-                let _ = self.vips.insert(*v, *n);
-            }
-            Op::PutBackendAddr(a, n) => {
-                let _ = self.backend_addrs.insert(*a, *n);
-            }
-            Op::DelBackendAddr(a) => {
-                let _ = self.backend_addrs.remove(a);
-            }
-            Op::PutAddrFlags(slot, 0) => {
-                let _ = self.addrs.remove(slot);
-            }
-            Op::PutAddrFlags(slot, flags) => {
-                let _ = self.addrs.insert(*slot, *flags);
-            }
-            Op::PutRealSlot(slot, 0) => {
-                let _ = self.real_slots.remove(slot);
-            }
-            Op::PutRealSlot(slot, value) => {
-                let _ = self.real_slots.insert(*slot, *value);
-            }
-            Op::PutService(k, s) => {
-                let _ = self.services.insert(*k, *s);
-            }
-            Op::DelService(k) => {
-                let _ = self.services.remove(k);
-            }
-            Op::DelVip(v) => {
-                let _ = self.vips.remove(v);
-            }
             Op::ClearMaglev(id) => {
                 let _ = self.maglev.remove(id);
-            }
-            Op::DelReal(k) => {
-                let _ = self.reals.remove(k);
-            }
-            Op::ClearBackend(id) => {
-                let _ = self.backends.remove(id);
             }
             Op::PutMeta(meta) => self.settings.meta = *meta,
             Op::PutTimeout(state, ticks) => {
@@ -124,6 +98,56 @@ impl Image {
             }
             // Counters and the next-hop cache are not part of the image.
             Op::ResetServiceTraffic(_) | Op::ResetBackendTraffic(_) | Op::ForgetNextHops => {}
+        }
+    }
+}
+
+impl<A: MapAddr> FamilyImage<A> {
+    /// What the family's maps hold after `op`.
+    pub fn apply(&mut self, op: &FamilyOp<A>) {
+        match op {
+            FamilyOp::PutBackend(id, b) => {
+                let _ = self.backends.insert(*id, *b);
+            }
+            FamilyOp::PutReal(k, r) => {
+                let _ = self.reals.insert(*k, *r);
+            }
+            FamilyOp::PutVip(v, n) => {
+                let _ = self.vips.insert(*v, *n);
+            }
+            FamilyOp::PutBackendAddr(a, n) => {
+                let _ = self.backend_addrs.insert(*a, *n);
+            }
+            FamilyOp::DelBackendAddr(a) => {
+                let _ = self.backend_addrs.remove(a);
+            }
+            FamilyOp::PutAddrFlags(slot, 0) => {
+                let _ = self.addrs.remove(slot);
+            }
+            FamilyOp::PutAddrFlags(slot, flags) => {
+                let _ = self.addrs.insert(*slot, *flags);
+            }
+            FamilyOp::PutRealSlot(slot, 0) => {
+                let _ = self.real_slots.remove(slot);
+            }
+            FamilyOp::PutRealSlot(slot, value) => {
+                let _ = self.real_slots.insert(*slot, *value);
+            }
+            FamilyOp::PutService(k, s) => {
+                let _ = self.services.insert(*k, *s);
+            }
+            FamilyOp::DelService(k) => {
+                let _ = self.services.remove(k);
+            }
+            FamilyOp::DelVip(v) => {
+                let _ = self.vips.remove(v);
+            }
+            FamilyOp::DelReal(k) => {
+                let _ = self.reals.remove(k);
+            }
+            FamilyOp::ClearBackend(id) => {
+                let _ = self.backends.remove(id);
+            }
         }
     }
 }
@@ -173,79 +197,155 @@ pub(super) fn gone<'a, K: Ord + Copy, V>(
 /// entries, Maglev tables, backend addresses and VIPs, then the service entry that makes them
 /// reachable); removals go top-down, so no packet finds a dangling reference.
 /// A service's ring size never exceeds what its table fills (see below).
+/// Each step is taken for both address families before the next.
 pub fn diff(old: &Image, new: &Image) -> Vec<Op> {
     let mut ops = Vec::new();
     settings::diff(&old.settings, &new.settings, &mut ops);
+    let v4 = Family { old: &old.v4, new: &new.v4, wrap: Op::V4 };
+    let v6 = Family { old: &old.v6, new: &new.v6, wrap: Op::V6 };
     // An id that starts to serve another service or backend starts its
     // counters from zero, before anything can reach it. (An id freed and
     // taken again in the same apply, which `Ids` avoids until every other
     // id is taken, is zeroed while its old holder may still count a few
-    // packets into it.)
-    for (key, s) in &new.services {
-        if old.services.get(key).map(|o| o.id) != Some(s.id) {
-            ops.push(Op::ResetServiceTraffic(s.id));
-        }
-    }
-    for (id, b) in &new.backends {
-        if old.backends.get(id).map(held_backend_key) != Some(held_backend_key(b)) {
-            ops.push(Op::ResetBackendTraffic(*id));
-        }
-    }
-    // Pre-filter slots gain their new bits, and backend addresses their
-    // entries, before anything can need them: a backend's address is
-    // refused answers and replies before the backend can be reached. (A
-    // bit set early only costs the exact lookups that then find nothing.)
-    for (slot, was, now) in zip(&old.addrs, &new.addrs) {
-        let (was, now) = (was.copied().unwrap_or(0), now.copied().unwrap_or(0));
-        if now & !was != 0 {
-            ops.push(Op::PutAddrFlags(slot, now | was));
-        }
-    }
-    ops.extend(
-        puts(&old.backend_addrs, &new.backend_addrs).map(|(a, n)| Op::PutBackendAddr(a, *n)),
-    );
-    ops.extend(puts(&old.backends, &new.backends).map(|(id, b)| Op::PutBackend(id, *b)));
-    ops.extend(puts(&old.reals, &new.reals).map(|(key, r)| Op::PutReal(key, *r)));
-    ops.extend(puts(&old.real_slots, &new.real_slots).map(|(slot, v)| Op::PutRealSlot(slot, *v)));
+    // packets into it.) Ids are one space across the families: an id that
+    // moves from one family to the other is new to both.
+    v4.reset_services(&old.v6, &mut ops);
+    v6.reset_services(&old.v4, &mut ops);
+    v4.reset_backends(&old.v6, &mut ops);
+    v6.reset_backends(&old.v4, &mut ops);
+    v4.additions(&mut ops);
+    v6.additions(&mut ops);
     // The data plane reads slot `hash % ring_size` of a service's table: a
     // ring size above what the table fills is an empty slot, a reset. A
     // service whose ring shrinks (an `rr`/`wrr` rotation losing a backend)
     // gets its smaller ring size before its shorter table, and reads the
     // front of the old one meanwhile; one whose ring grows gets its table first.
-    let shrinking: BTreeSet<u32> = zip(&old.services, &new.services)
-        .filter_map(|(_, was, now)| {
+    let shrinking: BTreeSet<u32> = v4.shrinking().chain(v6.shrinking()).collect();
+    v4.services(&shrinking, true, &mut ops);
+    v6.services(&shrinking, true, &mut ops);
+    ops.extend(puts(&old.maglev, &new.maglev).map(|(id, t)| Op::PutMaglev(id, Arc::clone(t))));
+    v4.vips(&mut ops);
+    v6.vips(&mut ops);
+    v4.services(&shrinking, false, &mut ops);
+    v6.services(&shrinking, false, &mut ops);
+    v4.unreachable(&mut ops);
+    v6.unreachable(&mut ops);
+    ops.extend(gone(&old.maglev, &new.maglev).map(Op::ClearMaglev));
+    v4.removals(&mut ops);
+    v6.removals(&mut ops);
+    ops
+}
+
+/// One address family's part of a diff.
+struct Family<'a, A> {
+    old: &'a FamilyImage<A>,
+    new: &'a FamilyImage<A>,
+    wrap: fn(FamilyOp<A>) -> Op,
+}
+
+impl<A: MapAddr> Family<'_, A> {
+    /// Services whose id now serves another service (or one of the other
+    /// family, `other_old`).
+    fn reset_services<B: MapAddr>(&self, other_old: &FamilyImage<B>, ops: &mut Vec<Op>) {
+        for (key, s) in &self.new.services {
+            let same = self.old.services.get(key).is_some_and(|o| o.id == s.id);
+            if !same {
+                ops.push(Op::ResetServiceTraffic(s.id));
+            }
+        }
+        let _ = other_old;
+    }
+
+    /// Backends whose id now serves another backend.
+    fn reset_backends<B: MapAddr>(&self, other_old: &FamilyImage<B>, ops: &mut Vec<Op>) {
+        for (id, b) in &self.new.backends {
+            let was = self.old.backends.get(id).map(held_backend_key);
+            if was != Some(held_backend_key(b)) || other_old.backends.contains_key(id) {
+                ops.push(Op::ResetBackendTraffic(*id));
+            }
+        }
+    }
+
+    /// Pre-filter slots gain their new bits, and backend addresses their
+    /// entries, before anything can need them: a backend's address is
+    /// refused answers and replies before the backend can be reached. (A
+    /// bit set early only costs the exact lookups that then find nothing.)
+    /// Then the backends and their reverse entries.
+    fn additions(&self, ops: &mut Vec<Op>) {
+        let (old, new, wrap) = (self.old, self.new, self.wrap);
+        for (slot, was, now) in zip(&old.addrs, &new.addrs) {
+            let (was, now) = (was.copied().unwrap_or(0), now.copied().unwrap_or(0));
+            if now & !was != 0 {
+                ops.push(wrap(FamilyOp::PutAddrFlags(slot, now | was)));
+            }
+        }
+        ops.extend(
+            puts(&old.backend_addrs, &new.backend_addrs)
+                .map(|(a, n)| wrap(FamilyOp::PutBackendAddr(a, *n))),
+        );
+        ops.extend(
+            puts(&old.backends, &new.backends).map(|(id, b)| wrap(FamilyOp::PutBackend(id, *b))),
+        );
+        ops.extend(puts(&old.reals, &new.reals).map(|(key, r)| wrap(FamilyOp::PutReal(key, *r))));
+        ops.extend(
+            puts(&old.real_slots, &new.real_slots)
+                .map(|(slot, v)| wrap(FamilyOp::PutRealSlot(slot, *v))),
+        );
+    }
+
+    /// The ids of services whose ring shrinks.
+    fn shrinking(&self) -> impl Iterator<Item = u32> + '_ {
+        zip(&self.old.services, &self.new.services).filter_map(|(_, was, now)| {
             let (was, now) = (was?, now?);
             (was.id == now.id && now.ring_size < was.ring_size).then_some(now.id)
         })
-        .collect();
-    ops.extend(
-        puts(&old.services, &new.services)
-            .filter(|(_, s)| shrinking.contains(&s.id))
-            .map(|(key, s)| Op::PutService(key, *s)),
-    );
-    ops.extend(puts(&old.maglev, &new.maglev).map(|(id, t)| Op::PutMaglev(id, Arc::clone(t))));
-    ops.extend(puts(&old.vips, &new.vips).map(|(vip, n)| Op::PutVip(vip, *n)));
-    ops.extend(
-        puts(&old.services, &new.services)
-            .filter(|(_, s)| !shrinking.contains(&s.id))
-            .map(|(key, s)| Op::PutService(key, *s)),
-    );
-    ops.extend(gone(&old.services, &new.services).map(Op::DelService));
-    ops.extend(gone(&old.vips, &new.vips).map(Op::DelVip));
-    ops.extend(gone(&old.maglev, &new.maglev).map(Op::ClearMaglev));
-    ops.extend(gone(&old.reals, &new.reals).map(Op::DelReal));
-    ops.extend(gone(&old.real_slots, &new.real_slots).map(|slot| Op::PutRealSlot(slot, 0)));
-    ops.extend(gone(&old.backends, &new.backends).map(Op::ClearBackend));
-    // An address stays refused as long as a backend on it can be reached.
-    ops.extend(gone(&old.backend_addrs, &new.backend_addrs).map(Op::DelBackendAddr));
-    // ...and lose bits only after what used them is gone.
-    for (slot, was, now) in zip(&old.addrs, &new.addrs) {
-        let (was, now) = (was.copied().unwrap_or(0), now.copied().unwrap_or(0));
-        if was & !now != 0 {
-            ops.push(Op::PutAddrFlags(slot, now));
+    }
+
+    /// The service entries that are new or changed, of the shrinking
+    /// services or of the others.
+    fn services(&self, shrinking: &BTreeSet<u32>, of_shrinking: bool, ops: &mut Vec<Op>) {
+        ops.extend(
+            puts(&self.old.services, &self.new.services)
+                .filter(|(_, s)| shrinking.contains(&s.id) == of_shrinking)
+                .map(|(key, s)| (self.wrap)(FamilyOp::PutService(key, *s))),
+        );
+    }
+
+    fn vips(&self, ops: &mut Vec<Op>) {
+        ops.extend(
+            puts(&self.old.vips, &self.new.vips)
+                .map(|(vip, n)| (self.wrap)(FamilyOp::PutVip(vip, *n))),
+        );
+    }
+
+    /// Services gone, and their VIPs: nothing reaches their tables after.
+    fn unreachable(&self, ops: &mut Vec<Op>) {
+        let (old, new, wrap) = (self.old, self.new, self.wrap);
+        ops.extend(gone(&old.services, &new.services).map(|k| wrap(FamilyOp::DelService(k))));
+        ops.extend(gone(&old.vips, &new.vips).map(|v| wrap(FamilyOp::DelVip(v))));
+    }
+
+    /// What nothing reaches any more: reverse entries, backends, then the
+    /// addresses' refusals and pre-filter bits.
+    fn removals(&self, ops: &mut Vec<Op>) {
+        let (old, new, wrap) = (self.old, self.new, self.wrap);
+        ops.extend(gone(&old.reals, &new.reals).map(|k| wrap(FamilyOp::DelReal(k))));
+        ops.extend(
+            gone(&old.real_slots, &new.real_slots).map(|slot| wrap(FamilyOp::PutRealSlot(slot, 0))),
+        );
+        ops.extend(gone(&old.backends, &new.backends).map(|id| wrap(FamilyOp::ClearBackend(id))));
+        // An address stays refused as long as a backend on it can be reached.
+        ops.extend(
+            gone(&old.backend_addrs, &new.backend_addrs).map(|a| wrap(FamilyOp::DelBackendAddr(a))),
+        );
+        // ...and lose bits only after what used them is gone.
+        for (slot, was, now) in zip(&old.addrs, &new.addrs) {
+            let (was, now) = (was.copied().unwrap_or(0), now.copied().unwrap_or(0));
+            if was & !now != 0 {
+                ops.push(wrap(FamilyOp::PutAddrFlags(slot, now)));
+            }
         }
     }
-    ops
 }
 
 #[cfg(test)]
@@ -263,17 +363,25 @@ mod tests {
         let web = service("web", 80, &[(11, 1)]);
         let api = service("api", 81, &[(11, 1), (12, 1)]);
         let (ids, both) = plan(&Ids::default(), &[web.clone(), api]);
-        assert_eq!(both.backend_addrs[&[10, 77, 2, 11]], 2);
+        assert_eq!(both.v4.backend_addrs[&[10, 77, 2, 11]], 2);
         let (ids, web_only) = plan(&ids, std::slice::from_ref(&web));
         let ops = diff(&both, &web_only);
-        assert!(ops.contains(&Op::PutBackendAddr([10, 77, 2, 11], 1)), "{ops:?}");
+        assert!(ops.contains(&Op::V4(FamilyOp::PutBackendAddr([10, 77, 2, 11], 1))), "{ops:?}");
         let at = |wanted: &dyn Fn(&Op) -> bool| ops.iter().position(wanted).unwrap();
-        let del = at(&|op| *op == Op::DelBackendAddr([10, 77, 2, 12]));
-        assert!(at(&|op| matches!(op, Op::DelService(_))) < del, "after the service is gone");
-        assert!(at(&|op| matches!(op, Op::ClearBackend(_))) < del, "and its backends");
+        let del = at(&|op| *op == Op::V4(FamilyOp::DelBackendAddr([10, 77, 2, 12])));
+        assert!(
+            at(&|op| matches!(op, Op::V4(FamilyOp::DelService(_)))) < del,
+            "after the service is gone"
+        );
+        assert!(
+            at(&|op| matches!(op, Op::V4(FamilyOp::ClearBackend(_)))) < del,
+            "and its backends"
+        );
         let (_, none) = plan(&ids, &[]);
-        assert!(diff(&web_only, &none).contains(&Op::DelBackendAddr([10, 77, 2, 11])));
-        assert!(none.backend_addrs.is_empty());
+        assert!(
+            diff(&web_only, &none).contains(&Op::V4(FamilyOp::DelBackendAddr([10, 77, 2, 11])))
+        );
+        assert!(none.v4.backend_addrs.is_empty());
     }
 
     /// A service that takes a removed one's id, and backends on ids never
@@ -289,17 +397,17 @@ mod tests {
         let api = service("api", 81, &[(21, 1), (22, 1)]);
         let (_, after) = plan(&ids, &[api]);
         assert_eq!(
-            after.services.values().next().unwrap().id,
-            before.services.values().next().unwrap().id
+            after.v4.services.values().next().unwrap().id,
+            before.v4.services.values().next().unwrap().id
         );
         let resets = |ops: Vec<Op>| -> Vec<Op> {
             ops.into_iter()
                 .filter(|op| matches!(op, Op::ResetServiceTraffic(_) | Op::ResetBackendTraffic(_)))
                 .collect()
         };
-        let service_id = after.services.values().next().unwrap().id;
+        let service_id = after.v4.services.values().next().unwrap().id;
         let mut expected = vec![Op::ResetServiceTraffic(service_id)];
-        expected.extend(after.backends.keys().map(|id| Op::ResetBackendTraffic(*id)));
+        expected.extend(after.v4.backends.keys().map(|id| Op::ResetBackendTraffic(*id)));
         assert_eq!(resets(diff(&gone, &after)), expected);
         // A change that keeps every holder (a weight) resets nothing.
         let heavier = service("web", 80, &[(11, 3), (12, 1)]);
@@ -308,8 +416,8 @@ mod tests {
         assert_eq!(resets(diff(&same, &reweighted)), []);
         // A backend id that passes to another backend (after the ids wrap).
         let mut moved = same.clone();
-        let (&id, held) = same.backends.iter().next().unwrap();
-        moved.backends.insert(id, abi::Backend { addr: [10, 77, 2, 99], ..*held });
+        let (&id, held) = same.v4.backends.iter().next().unwrap();
+        moved.v4.backends.insert(id, abi::Backend { addr: [10, 77, 2, 99], ..*held });
         assert_eq!(resets(diff(&same, &moved)), [Op::ResetBackendTraffic(id)]);
     }
 
@@ -320,14 +428,14 @@ mod tests {
         let kinds: Vec<&str> = ops
             .iter()
             .map(|op| match op {
-                Op::PutBackend(..) => "backend",
-                Op::PutReal(..) => "real",
+                Op::V4(FamilyOp::PutBackend(..)) => "backend",
+                Op::V4(FamilyOp::PutReal(..)) => "real",
                 Op::PutMaglev(..) => "maglev",
-                Op::PutVip(..) => "vip",
-                Op::PutBackendAddr(..) => "backend addr",
-                Op::PutAddrFlags(..) => "addrs",
-                Op::PutRealSlot(..) => "real slot",
-                Op::PutService(..) => "service",
+                Op::V4(FamilyOp::PutVip(..)) => "vip",
+                Op::V4(FamilyOp::PutBackendAddr(..)) => "backend addr",
+                Op::V4(FamilyOp::PutAddrFlags(..)) => "addrs",
+                Op::V4(FamilyOp::PutRealSlot(..)) => "real slot",
+                Op::V4(FamilyOp::PutService(..)) => "service",
                 Op::ResetServiceTraffic(..) | Op::ResetBackendTraffic(..) => "reset",
                 _ => "other",
             })
@@ -366,10 +474,10 @@ mod tests {
         let (_, after) = plan(&ids, &[service("web", 80, &[(11, 1), (13, 1)])]);
         let ops = diff(&before, &after);
         let at = |want: fn(&Op) -> bool| ops.iter().position(want).expect("the op");
-        let addr = at(|op| matches!(op, Op::PutBackendAddr(..)));
+        let addr = at(|op| matches!(op, Op::V4(FamilyOp::PutBackendAddr(..))));
         let reached = [
-            at(|op| matches!(op, Op::PutBackend(..))),
-            at(|op| matches!(op, Op::PutRealSlot(..))),
+            at(|op| matches!(op, Op::V4(FamilyOp::PutBackend(..)))),
+            at(|op| matches!(op, Op::V4(FamilyOp::PutRealSlot(..)))),
             at(|op| matches!(op, Op::PutMaglev(..))),
         ];
         assert!(reached.iter().all(|&r| addr < r), "{ops:?}");
@@ -438,7 +546,7 @@ mod tests {
         let ops = diff(&before, &drained);
         // The backend's weight (read by lc) and the table: nothing else.
         assert!(
-            matches!(ops.as_slice(), [Op::PutBackend(1, _), Op::PutMaglev(0, _)]),
+            matches!(ops.as_slice(), [Op::V4(FamilyOp::PutBackend(1, _)), Op::PutMaglev(0, _)]),
             "{} ops",
             ops.len()
         );
@@ -448,21 +556,21 @@ mod tests {
             matches!(
                 ops.as_slice(),
                 [
-                    Op::DelService(_),
-                    Op::DelVip(_),
+                    Op::V4(FamilyOp::DelService(_)),
+                    Op::V4(FamilyOp::DelVip(_)),
                     Op::ClearMaglev(0),
-                    Op::DelReal(_),
-                    Op::DelReal(_),
-                    Op::PutRealSlot(_, 0),
-                    Op::PutRealSlot(_, 0),
-                    Op::ClearBackend(0),
-                    Op::ClearBackend(1),
-                    Op::DelBackendAddr([10, 77, 2, 11]),
-                    Op::DelBackendAddr([10, 77, 2, 12]),
+                    Op::V4(FamilyOp::DelReal(_)),
+                    Op::V4(FamilyOp::DelReal(_)),
+                    Op::V4(FamilyOp::PutRealSlot(_, 0)),
+                    Op::V4(FamilyOp::PutRealSlot(_, 0)),
+                    Op::V4(FamilyOp::ClearBackend(0)),
+                    Op::V4(FamilyOp::ClearBackend(1)),
+                    Op::V4(FamilyOp::DelBackendAddr([10, 77, 2, 11])),
+                    Op::V4(FamilyOp::DelBackendAddr([10, 77, 2, 12])),
                     // The VIP's and both backends' pre-filter slots.
-                    Op::PutAddrFlags(_, 0),
-                    Op::PutAddrFlags(_, 0),
-                    Op::PutAddrFlags(_, 0),
+                    Op::V4(FamilyOp::PutAddrFlags(_, 0)),
+                    Op::V4(FamilyOp::PutAddrFlags(_, 0)),
+                    Op::V4(FamilyOp::PutAddrFlags(_, 0)),
                 ]
             ),
             "{ops:?}"

@@ -1,9 +1,9 @@
 //! How the planner names services and backends: by endpoint (`BackendKey`,
 //! what the health checks and the API know them by), and by the stable ids
 //! the kernel maps index (`Ids`), kept across reloads.
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use lb_common::abi::{self, Endpoint, MAX_BACKENDS, MAX_SERVICES};
+use lb_common::abi::{self, MAX_BACKENDS, MAX_SERVICES};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::image::Image;
@@ -14,8 +14,8 @@ use crate::desired::model::Service;
 /// connection table stay valid.
 #[derive(Clone, Debug, Default)]
 pub struct Ids {
-    pub(super) services: FxHashMap<Endpoint, u32>,
-    pub(super) backends: FxHashMap<(Endpoint, Endpoint), u32>,
+    pub(super) services: FxHashMap<Key, u32>,
+    pub(super) backends: FxHashMap<(Key, Key), u32>,
     /// Where the search for a free backend id starts: ids freed by a removal
     /// are reused last, so stale connection entries rarely meet a new backend.
     next_backend: u32,
@@ -29,24 +29,75 @@ pub enum PlanError {
     TooManyBackends,
 }
 
-/// A backend as the health checks and the reconciler name it: (service, backend).
-pub type BackendKey = (Endpoint, Endpoint);
-
-/// The key of a backend as the maps hold it (its entry names its service).
-pub fn held_backend_key(b: &abi::Backend) -> BackendKey {
-    (Endpoint::new(b.vip, b.vport, b.proto), Endpoint::new(b.addr, b.port, b.proto))
+/// An endpoint as the planner names it, of either address family: a VIP
+/// (a service), or a backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub proto: u8,
 }
 
-pub fn backend_key(s: &Service, address: Ipv4Addr, port: u16) -> BackendKey {
+impl Key {
+    pub const fn new(addr: IpAddr, port: u16, proto: u8) -> Self {
+        Self { addr, port, proto }
+    }
+
+    /// Address and port (`[2001:db8::1]:80` when printed).
+    pub const fn socket(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.addr, self.port)
+    }
+}
+
+/// A backend as the health checks and the reconciler name it: (service, backend).
+pub type BackendKey = (Key, Key);
+
+/// An address as an IPv4 or IPv6 map holds it.
+pub trait MapAddr: lb_common::addr::Addr + Ord {
+    fn ip(self) -> IpAddr;
+    /// `ip` as this family's map holds it; `None` for the other family.
+    fn of(ip: IpAddr) -> Option<Self>;
+}
+
+impl MapAddr for [u8; 4] {
+    fn ip(self) -> IpAddr {
+        Ipv4Addr::from(self).into()
+    }
+    fn of(ip: IpAddr) -> Option<Self> {
+        match ip {
+            IpAddr::V4(v4) => Some(v4.octets()),
+            IpAddr::V6(_) => None,
+        }
+    }
+}
+
+impl MapAddr for [u8; 16] {
+    fn ip(self) -> IpAddr {
+        Ipv6Addr::from(self).into()
+    }
+    fn of(ip: IpAddr) -> Option<Self> {
+        match ip {
+            IpAddr::V6(v6) => Some(v6.octets()),
+            IpAddr::V4(_) => None,
+        }
+    }
+}
+
+/// The key of a backend as the maps hold it (its entry names its service).
+pub fn held_backend_key<A: MapAddr>(b: &abi::Backend<A>) -> BackendKey {
+    (Key::new(b.vip.ip(), b.vport, b.proto), Key::new(b.addr.ip(), b.port, b.proto))
+}
+
+pub fn backend_key(s: &Service, address: IpAddr, port: u16) -> BackendKey {
     (service_endpoint(s), backend_endpoint(address, port, s))
 }
 
-pub fn service_endpoint(s: &Service) -> Endpoint {
-    Endpoint::new(s.vip.octets(), s.port, s.protocol.number())
+pub fn service_endpoint(s: &Service) -> Key {
+    Key::new(s.vip, s.port, s.protocol.number())
 }
 
-pub(super) fn backend_endpoint(address: Ipv4Addr, port: u16, service: &Service) -> Endpoint {
-    Endpoint::new(address.octets(), port, service.protocol.number())
+pub(super) fn backend_endpoint(address: IpAddr, port: u16, service: &Service) -> Key {
+    Key::new(address, port, service.protocol.number())
 }
 
 impl Ids {
@@ -106,10 +157,21 @@ impl Ids {
     /// The ids an image was built with: an adopted data plane's, so that
     /// its flows keep meaning the same backends.
     pub fn from_image(image: &Image) -> Self {
-        let services = image.services.iter().map(|(key, s)| (*key, s.id)).collect();
+        let services = (image
+            .v4
+            .services
+            .iter()
+            .map(|(k, s)| (Key::new(k.addr.ip(), k.port, k.proto), s.id)))
+        .chain(
+            image.v6.services.iter().map(|(k, s)| (Key::new(k.addr.ip(), k.port, k.proto), s.id)),
+        )
+        .collect();
         let backends: FxHashMap<_, _> =
-            image.backends.iter().map(|(id, b)| (held_backend_key(b), *id)).collect();
-        let next_backend = image.backends.keys().max().map_or(0, |id| (id + 1) % MAX_BACKENDS);
+            (image.v4.backends.iter().map(|(id, b)| (held_backend_key(b), *id)))
+                .chain(image.v6.backends.iter().map(|(id, b)| (held_backend_key(b), *id)))
+                .collect();
+        let highest = image.v4.backends.keys().chain(image.v6.backends.keys()).max();
+        let next_backend = highest.map_or(0, |id| (id + 1) % MAX_BACKENDS);
         Self { services, backends, next_backend }
     }
 
@@ -117,7 +179,7 @@ impl Ids {
         self.services.get(&service_endpoint(s)).copied()
     }
 
-    pub fn backend(&self, s: &Service, address: Ipv4Addr, port: u16) -> Option<u32> {
+    pub fn backend(&self, s: &Service, address: IpAddr, port: u16) -> Option<u32> {
         self.backends.get(&(service_endpoint(s), backend_endpoint(address, port, s))).copied()
     }
 }
@@ -153,10 +215,10 @@ mod tests {
         let (ids, _) = plan(&Ids::default(), &[service("web", 80, &[(11, 1), (12, 1), (13, 1)])]);
         let web = service("web", 80, &[(11, 1), (13, 1), (14, 1)]);
         let (ids2, _) = plan(&ids, std::slice::from_ref(&web));
-        assert_eq!(ids2.backend(&web, Ipv4Addr::new(10, 77, 2, 11), 80), Some(0));
-        assert_eq!(ids2.backend(&web, Ipv4Addr::new(10, 77, 2, 13), 80), Some(2));
+        assert_eq!(ids2.backend(&web, Ipv4Addr::new(10, 77, 2, 11).into(), 80), Some(0));
+        assert_eq!(ids2.backend(&web, Ipv4Addr::new(10, 77, 2, 13).into(), 80), Some(2));
         // 12 had id 1; the newcomer does not get it.
-        assert_eq!(ids2.backend(&web, Ipv4Addr::new(10, 77, 2, 14), 80), Some(3));
+        assert_eq!(ids2.backend(&web, Ipv4Addr::new(10, 77, 2, 14).into(), 80), Some(3));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use lb_common::abi::{
 use rustc_hash::FxHashMap;
 
 use super::{
-    ids::{BackendKey, Ids, backend_endpoint, service_endpoint},
+    ids::{BackendKey, Ids, MapAddr, backend_endpoint, service_endpoint},
     maglev, rotation,
     settings::Settings,
 };
@@ -27,13 +27,23 @@ use crate::desired::model::{AdminState, Forwarding, Scheduler, Service};
 pub struct Image {
     /// The data plane's own settings: its interfaces, timeouts, policy, meta.
     pub settings: Settings,
-    pub services: BTreeMap<Endpoint, abi::Service>,
+    /// By service id, whatever the service's family (ids are one space).
     pub maglev: BTreeMap<u32, Arc<Vec<u32>>>,
-    pub backends: BTreeMap<u32, abi::Backend>,
-    pub reals: BTreeMap<Endpoint, abi::Real>,
-    pub vips: BTreeMap<[u8; 4], u32>,
+    /// The IPv4 services' maps (`lb_services`, `lb_backends`, ...).
+    pub v4: FamilyImage<[u8; 4]>,
+    /// The IPv6 services' maps (`lb_services6`, `lb_backends6`, ...).
+    pub v6: FamilyImage<[u8; 16]>,
+}
+
+/// What one address family's maps hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FamilyImage<A> {
+    pub services: BTreeMap<Endpoint<A>, abi::Service>,
+    pub backends: BTreeMap<u32, abi::Backend<A>>,
+    pub reals: BTreeMap<Endpoint<A>, abi::Real<A>>,
+    pub vips: BTreeMap<A, u32>,
     /// Backend address -> number of backends on it, NAT and direct routing.
-    pub backend_addrs: BTreeMap<[u8; 4], u32>,
+    pub backend_addrs: BTreeMap<A, u32>,
     /// Non-zero slots of the address pre-filter.
     pub addrs: BTreeMap<u32, u8>,
     /// Non-zero slots of the direct-mapped backend index.
@@ -66,66 +76,15 @@ pub fn image_cached(
 ) -> Image {
     let mut built = Tables::default();
     let mut image = Image::default();
-    // Collected, then built in bulk: a BTreeMap built from sorted pairs
-    // costs far less than as many inserts (10 000 backends and more).
-    let backend_count: usize = services.iter().map(|s| s.backends.len()).sum();
-    let mut backends = Vec::with_capacity(backend_count);
-    let mut reals = Vec::with_capacity(backend_count);
-    let mut slots = Vec::with_capacity(backend_count);
+    let (mut v4, mut v6) = (Builder::default(), Builder::default());
     for s in services {
         let key = service_endpoint(s);
         let service_id = ids.services[&key];
-        let dsr = s.forwarding == Forwarding::Dsr;
-        let mut entries = Vec::with_capacity(s.backends.len());
-        for b in &s.backends {
-            let bkey = backend_endpoint(b.address, b.port, s);
-            let id = ids.backends[&(key, bkey)];
-            // Maintenance cuts the backend off like a failed health check.
-            let is_down = down.contains(&(key, bkey)) || b.state == AdminState::Maint;
-            let weight = if is_down { 0 } else { b.effective_weight() };
-            let mut flags = BACKEND_IN_USE;
-            if is_down {
-                flags |= BACKEND_DOWN;
-            }
-            if dsr {
-                flags |= BACKEND_DSR;
-            }
-            backends.push((
-                id,
-                abi::Backend {
-                    addr: b.address.octets(),
-                    port: b.port,
-                    flags,
-                    service_id,
-                    vip: key.addr,
-                    vport: key.port,
-                    proto: key.proto,
-                    _pad: 0,
-                    weight,
-                },
-            ));
-            // Every backend, whatever its forwarding: never answered, never
-            // the destination of a reply (see `Counter::DropReplyToOurs`).
-            *image.backend_addrs.entry(bkey.addr).or_insert(0) += 1;
-            *image.addrs.entry(addr_slot(bkey.addr)).or_insert(0) |= ADDR_BACKEND;
-            // A direct-routing backend answers the client itself: nothing
-            // comes back to rewrite.
-            if !dsr {
-                *image.addrs.entry(addr_slot(bkey.addr)).or_insert(0) |= ADDR_REAL;
-                slots.push((real_slot(bkey.addr, bkey.port, bkey.proto), id + 1));
-                reals.push((
-                    bkey,
-                    abi::Real {
-                        vip: key.addr,
-                        vport: key.port,
-                        _pad: 0,
-                        service_id,
-                        backend_id: id,
-                    },
-                ));
-            }
-            entries.push(maglev::Entry { address: b.address, port: b.port, weight, id });
-        }
+        let entries = if s.vip.is_ipv4() {
+            v4.service(s, service_id, ids, down)
+        } else {
+            v6.service(s, service_id, ids, down)
+        };
         let inputs = (s.scheduler, entries);
         let (table, ring_size, scheduler) = tables.0.remove(&inputs).unwrap_or_else(|| {
             let (table, ring_size, scheduler) = scheduler_table(s.scheduler, &inputs.1);
@@ -134,24 +93,130 @@ pub fn image_cached(
         built.0.insert(inputs, (Arc::clone(&table), ring_size, scheduler));
         let flags = scheduler | if s.reject { SVC_REJECT } else { 0 };
         image.maglev.insert(service_id, table);
-        image.services.insert(key, abi::Service { id: service_id, ring_size, flags, _pad: 0 });
-        *image.vips.entry(key.addr).or_insert(0) += 1;
-        *image.addrs.entry(addr_slot(key.addr)).or_insert(0) |= ADDR_VIP;
-    }
-    image.backends = backends.into_iter().collect();
-    image.reals = reals.into_iter().collect();
-    // A slot two backends hash to is marked shared (the exact table decides).
-    slots.sort_unstable();
-    let mut real_slots: Vec<(u32, u32)> = Vec::with_capacity(slots.len());
-    for (slot, value) in slots {
-        match real_slots.last_mut() {
-            Some(last) if last.0 == slot => last.1 = REAL_SLOT_SHARED,
-            _ => real_slots.push((slot, value)),
+        let service = abi::Service { id: service_id, ring_size, flags, _pad: 0 };
+        if s.vip.is_ipv4() {
+            v4.put_service(s, service);
+        } else {
+            v6.put_service(s, service);
         }
     }
-    image.real_slots = real_slots.into_iter().collect();
+    image.v4 = v4.finish();
+    image.v6 = v6.finish();
     *tables = built;
     image
+}
+
+/// One family's image as its services are added: collected, then built
+/// in bulk (a `BTreeMap` built from sorted pairs costs far less than as
+/// many inserts, with 10 000 backends and more).
+struct Builder<A> {
+    image: FamilyImage<A>,
+    backends: Vec<(u32, abi::Backend<A>)>,
+    reals: Vec<(Endpoint<A>, abi::Real<A>)>,
+    slots: Vec<(u32, u32)>,
+}
+
+impl<A: MapAddr> Default for Builder<A> {
+    fn default() -> Self {
+        Self {
+            image: FamilyImage::default(),
+            backends: Vec::new(),
+            reals: Vec::new(),
+            slots: Vec::new(),
+        }
+    }
+}
+
+impl<A: MapAddr + Ord> Builder<A> {
+    /// Adds `s`'s backends (`s` is of this family: validation saw to it);
+    /// returns the entries its scheduler table is built from.
+    fn service(
+        &mut self,
+        s: &Service,
+        service_id: u32,
+        ids: &Ids,
+        down: &BTreeSet<BackendKey>,
+    ) -> Vec<maglev::Entry> {
+        let key = service_endpoint(s);
+        let vip = A::of(key.addr);
+        let dsr = s.forwarding == Forwarding::Dsr;
+        let mut entries = Vec::with_capacity(s.backends.len());
+        for b in &s.backends {
+            let bkey = backend_endpoint(b.address, b.port, s);
+            let id = ids.backends[&(key, bkey)];
+            // Maintenance cuts the backend off like a failed health check.
+            let is_down = down.contains(&(key, bkey)) || b.state == AdminState::Maint;
+            let weight = if is_down { 0 } else { b.effective_weight() };
+            entries.push(maglev::Entry { address: b.address, port: b.port, weight, id });
+            let (Some(vip), Some(addr)) = (vip, A::of(b.address)) else {
+                continue;
+            };
+            let mut flags = BACKEND_IN_USE;
+            if is_down {
+                flags |= BACKEND_DOWN;
+            }
+            if dsr {
+                flags |= BACKEND_DSR;
+            }
+            self.backends.push((
+                id,
+                abi::Backend {
+                    addr,
+                    port: b.port,
+                    flags,
+                    service_id,
+                    vip,
+                    vport: key.port,
+                    proto: key.proto,
+                    _pad: 0,
+                    weight,
+                },
+            ));
+            let image = &mut self.image;
+            // Every backend, whatever its forwarding: never answered, never
+            // the destination of a reply (see `Counter::DropReplyToOurs`).
+            *image.backend_addrs.entry(addr).or_insert(0) += 1;
+            *image.addrs.entry(addr_slot(addr)).or_insert(0) |= ADDR_BACKEND;
+            // A direct-routing backend answers the client itself: nothing
+            // comes back to rewrite.
+            if !dsr {
+                *image.addrs.entry(addr_slot(addr)).or_insert(0) |= ADDR_REAL;
+                self.slots.push((real_slot(addr, b.port, key.proto), id + 1));
+                self.reals.push((
+                    Endpoint::new(addr, b.port, key.proto),
+                    abi::Real { vip, vport: key.port, _pad: 0, service_id, backend_id: id },
+                ));
+            }
+        }
+        entries
+    }
+
+    fn put_service(&mut self, s: &Service, service: abi::Service) {
+        let key = service_endpoint(s);
+        let Some(vip) = A::of(key.addr) else {
+            return;
+        };
+        let image = &mut self.image;
+        image.services.insert(Endpoint::new(vip, key.port, key.proto), service);
+        *image.vips.entry(vip).or_insert(0) += 1;
+        *image.addrs.entry(addr_slot(vip)).or_insert(0) |= ADDR_VIP;
+    }
+
+    fn finish(mut self) -> FamilyImage<A> {
+        self.image.backends = self.backends.into_iter().collect();
+        self.image.reals = self.reals.into_iter().collect();
+        // A slot two backends hash to is marked shared (the exact table decides).
+        self.slots.sort_unstable();
+        let mut real_slots: Vec<(u32, u32)> = Vec::with_capacity(self.slots.len());
+        for (slot, value) in self.slots {
+            match real_slots.last_mut() {
+                Some(last) if last.0 == slot => last.1 = REAL_SLOT_SHARED,
+                _ => real_slots.push((slot, value)),
+            }
+        }
+        self.image.real_slots = real_slots.into_iter().collect();
+        self.image
+    }
 }
 
 /// A service's table (always `MAGLEV_SIZE` slots), how many of its slots
@@ -192,18 +257,45 @@ mod tests {
         let dsr =
             Service { forwarding: Forwarding::Dsr, ..service("web", 80, &[(11, 1), (12, 1)]) };
         let (_, image) = plan(&Ids::default(), &[dsr, nat]);
-        let flagged = image.backends.values().filter(|b| b.flags & BACKEND_DSR != 0).count();
+        let flagged = image.v4.backends.values().filter(|b| b.flags & BACKEND_DSR != 0).count();
         assert_eq!(flagged, 2, "only the dsr service's backends");
-        assert_eq!(image.reals.len(), 1, "only the NAT backend's replies are rewritten");
-        assert_eq!(image.real_slots.len(), 1);
-        let flags = |last| image.addrs.get(&addr_slot([10, 77, 2, last])).copied().unwrap_or(0);
+        assert_eq!(image.v4.reals.len(), 1, "only the NAT backend's replies are rewritten");
+        assert_eq!(image.v4.real_slots.len(), 1);
+        let flags = |last| image.v4.addrs.get(&addr_slot([10, 77, 2, last])).copied().unwrap_or(0);
         assert_eq!(flags(21) & ADDR_REAL, ADDR_REAL, "the pre-filter lets NAT replies in");
         assert_eq!(flags(11) & ADDR_REAL, 0, "and not the direct-routing backends' traffic");
         for last in [11, 12, 21] {
             assert_eq!(flags(last) & ADDR_BACKEND, ADDR_BACKEND, "every backend may be one");
-            assert_eq!(image.backend_addrs.get(&[10, 77, 2, last]), Some(&1), "and is, exactly");
+            assert_eq!(image.v4.backend_addrs.get(&[10, 77, 2, last]), Some(&1), "and is, exactly");
         }
-        assert_eq!(image.backend_addrs.len(), 3);
+        assert_eq!(image.v4.backend_addrs.len(), 3);
+    }
+
+    #[test]
+    fn an_ipv6_service_fills_the_ipv6_maps_under_the_shared_ids() {
+        let v4 = service("web", 80, &[(11, 1)]);
+        let mut v6 = service("web6", 80, &[(11, 1), (12, 1)]);
+        v6.vip = "fd77:1::100".parse().unwrap();
+        for (b, last) in v6.backends.iter_mut().zip([0x11_u8, 0x12]) {
+            b.address = format!("fd77:2::{last:x}").parse().unwrap();
+        }
+        let (ids, image) = plan(&Ids::default(), &[v4, v6.clone()]);
+        assert_eq!((image.v4.services.len(), image.v6.services.len()), (1, 1));
+        assert_eq!((image.v4.backends.len(), image.v6.backends.len()), (1, 2));
+        let vip: [u8; 16] = "fd77:1::100".parse::<std::net::Ipv6Addr>().unwrap().octets();
+        let service = image.v6.services[&Endpoint::new(vip, 80, 6)];
+        assert_eq!(Some(service.id), ids.service(&v6));
+        assert!(image.maglev.contains_key(&service.id), "its table among the shared ones");
+        // Backend ids are one space: the IPv6 backends take ids the IPv4 one does not.
+        let mut all: Vec<u32> =
+            image.v4.backends.keys().chain(image.v6.backends.keys()).copied().collect();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 3);
+        assert_eq!(image.v6.reals.len(), 2);
+        assert_eq!(image.v6.vips.get(&vip), Some(&1));
+        let flags = image.v6.addrs.get(&addr_slot(vip)).copied().unwrap_or(0);
+        assert_eq!(flags & ADDR_VIP, ADDR_VIP);
     }
 
     #[test]
@@ -235,11 +327,11 @@ mod tests {
         let mut web = service("web", 80, &[(1, 1)]);
         let template = web.backends[0];
         web.backends = vec![
-            Backend { address: first.0, port: first.1, ..template },
-            Backend { address: second.0, port: second.1, ..template },
+            Backend { address: first.0.into(), port: first.1, ..template },
+            Backend { address: second.0.into(), port: second.1, ..template },
         ];
         let (_, image) = plan(&Ids::default(), &[web]);
-        assert_eq!(image.real_slots[&target], REAL_SLOT_SHARED);
-        assert_eq!(image.reals.len(), 2, "both stay in the exact table");
+        assert_eq!(image.v4.real_slots[&target], REAL_SLOT_SHARED);
+        assert_eq!(image.v4.reals.len(), 2, "both stay in the exact table");
     }
 }

@@ -3,7 +3,7 @@
 //! one, in turns. Weights change how often a backend gets a turn, so its share
 //! of slots follows its share of the weight; removing a backend frees only
 //! its slots plus a small disturbance elsewhere.
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use lb_common::{abi::NO_BACKEND, hash::backend_hash};
 
@@ -14,7 +14,7 @@ const SKIP_SEED: u64 = 0x6d61_676c_6576_0002;
 /// table will hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Entry {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub port: u16,
     pub weight: u32,
     pub id: u32,
@@ -34,10 +34,11 @@ pub fn build(entries: &[Entry], size: u32) -> Vec<u32> {
     let perms: Vec<(u64, u64)> = backends
         .iter()
         .map(|e| {
-            let octets = e.address.octets();
-            let offset = backend_hash(octets, e.port, OFFSET_SEED) % size64;
-            let skip = backend_hash(octets, e.port, SKIP_SEED) % (size64 - 1) + 1;
-            (offset, skip)
+            let hash = |seed| match e.address {
+                IpAddr::V4(a) => backend_hash(a.octets(), e.port, seed),
+                IpAddr::V6(a) => backend_hash(a.octets(), e.port, seed),
+            };
+            (hash(OFFSET_SEED) % size64, hash(SKIP_SEED) % (size64 - 1) + 1)
         })
         .collect();
     let max_weight = u64::from(backends.iter().map(|e| e.weight).max().unwrap_or(1));
@@ -75,6 +76,8 @@ pub fn build(entries: &[Entry], size: u32) -> Vec<u32> {
 pub(crate) mod tests {
     use std::collections::HashMap;
 
+    use std::net::Ipv4Addr;
+
     use lb_common::abi::MAGLEV_SIZE;
 
     use super::*;
@@ -85,7 +88,7 @@ pub(crate) mod tests {
             .iter()
             .enumerate()
             .map(|(i, &weight)| Entry {
-                address: Ipv4Addr::new(10, 77, 2, 11 + i as u8),
+                address: Ipv4Addr::new(10, 77, 2, 11 + i as u8).into(),
                 port: 80,
                 weight,
                 id: i as u32,

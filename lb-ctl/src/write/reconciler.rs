@@ -22,7 +22,7 @@ use crate::{
     desired::model::Service,
     plan::{
         diff::{Op, diff},
-        ids::{BackendKey, Ids, PlanError, held_backend_key},
+        ids::{BackendKey, Ids, Key, MapAddr as _, PlanError, held_backend_key},
         image::{Image, Tables, image_cached},
         settings::Settings,
     },
@@ -58,7 +58,7 @@ pub struct Applied {
 pub struct Sample {
     /// Packet outcomes, indexed like `lb_common::counter::Counter::ALL`.
     pub outcomes: Vec<u64>,
-    pub services: BTreeMap<Endpoint, Traffic>,
+    pub services: BTreeMap<Key, Traffic>,
     pub backends: BTreeMap<BackendKey, (Traffic, BackendConns)>,
     /// Live entries of the connection table.
     pub tracked: u64,
@@ -107,12 +107,9 @@ impl<M: Maps> Reconciler<M> {
         let mut reconciler = Self::new(maps);
         if let Some(image) = held {
             reconciler.ids = Ids::from_image(&image);
-            reconciler.down = image
-                .backends
-                .values()
-                .filter(|b| b.flags & BACKEND_DOWN != 0)
-                .map(held_backend_key)
-                .collect();
+            let v4 = image.v4.backends.values().filter(|b| b.flags & BACKEND_DOWN != 0);
+            let v6 = image.v6.backends.values().filter(|b| b.flags & BACKEND_DOWN != 0);
+            reconciler.down = v4.map(held_backend_key).chain(v6.map(held_backend_key)).collect();
             reconciler.applied = image;
             reconciler.write_settings()?;
         }
@@ -176,8 +173,8 @@ impl<M: Maps> Reconciler<M> {
         self.down = down;
         let applied = Applied {
             writes: ops.len(),
-            services: image.services.len(),
-            backends: image.backends.len(),
+            services: image.v4.services.len() + image.v6.services.len(),
+            backends: image.v4.backends.len() + image.v6.backends.len(),
         };
         self.ids = ids;
         Ok(applied)
@@ -197,14 +194,15 @@ impl<M: Maps> Reconciler<M> {
 
     /// Recounts every backend's connections (see `Maps::recount_connections`).
     pub fn recount_connections(&mut self) -> Result<BTreeMap<u32, BackendConns>, ReconcileError> {
-        let lc_services = self
-            .applied
-            .services
-            .values()
+        let (v4, v6) = (&self.applied.v4, &self.applied.v6);
+        let lc_services = (v4.services.values().chain(v6.services.values()))
             .filter(|s| s.flags & SCHED_MASK == SCHED_LC)
             .map(|s| s.id)
             .collect();
-        Ok(self.maps.recount_connections(&self.applied.backends, &lc_services)?)
+        let backends = (v4.backends.iter().map(|(id, b)| (*id, b.service_id)))
+            .chain(v6.backends.iter().map(|(id, b)| (*id, b.service_id)))
+            .collect();
+        Ok(self.maps.recount_connections(&backends, &lc_services)?)
     }
 
     /// The maps, for tests and benchmarks that also drive the program.
@@ -221,20 +219,18 @@ impl<M: Maps> Reconciler<M> {
 /// What `sample` makes of a recount and the counters, by the applied
 /// image's `placement` (ids are the reconciler's business).
 fn sample(placement: &Placement, counts: Counts, conns: &BTreeMap<u32, BackendConns>) -> Sample {
-    let services = placement
-        .services
-        .iter()
-        .map(|(key, s)| (*key, counts.services.get(&s.id).copied().unwrap_or_default()))
-        .collect();
-    let backends = placement
-        .backends
-        .iter()
-        .map(|(id, b)| {
-            let key = held_backend_key(b);
-            let traffic = counts.backends.get(id).copied().unwrap_or_default();
-            (key, (traffic, conns.get(id).copied().unwrap_or_default()))
-        })
-        .collect();
+    let traffic = |id: u32| counts.services.get(&id).copied().unwrap_or_default();
+    let v4 = placement.services.iter().map(|(k, s)| (Key::new(k.addr.ip(), k.port, k.proto), s.id));
+    let v6 =
+        placement.services6.iter().map(|(k, s)| (Key::new(k.addr.ip(), k.port, k.proto), s.id));
+    let services = v4.chain(v6).map(|(key, id)| (key, traffic(id))).collect();
+    let held = |(id, key): (u32, BackendKey)| {
+        let traffic = counts.backends.get(&id).copied().unwrap_or_default();
+        (key, (traffic, conns.get(&id).copied().unwrap_or_default()))
+    };
+    let v4 = placement.backends.iter().map(|(id, b)| (*id, held_backend_key(b)));
+    let v6 = placement.backends6.iter().map(|(id, b)| (*id, held_backend_key(b)));
+    let backends = v4.chain(v6).map(held).collect();
     let tracked = conns.values().map(|c| u64::from(c.active) + u64::from(c.inactive)).sum();
     Sample { outcomes: counts.outcomes, services, backends, tracked }
 }
@@ -521,12 +517,12 @@ mod tests {
         // address entries: one backend entry is written, then the apply fails.
         *fake.fail_after.lock().unwrap() = Some(7);
         assert!(r.apply(&[web(&[(11, 1), (12, 1), (13, 1)])]).is_err());
-        assert_eq!(fake.state.lock().unwrap().backends.len(), 2, "a leftover backend entry");
+        assert_eq!(fake.state.lock().unwrap().v4.backends.len(), 2, "a leftover backend entry");
         // The operator gives up on the change: the leftovers must go.
         *fake.fail_after.lock().unwrap() = None;
         r.apply(&[web(&[(11, 1)])]).unwrap();
         assert_eq!(*fake.state.lock().unwrap(), *r.applied());
-        assert_eq!(r.applied().backends.len(), 1);
+        assert_eq!(r.applied().v4.backends.len(), 1);
     }
 
     /// What a packet could find between two writes: for every service, each
@@ -534,13 +530,13 @@ mod tests {
     /// of a rotation (NO_BACKEND) would drop or reset a new flow.
     fn unreadable_slots(image: &Image) -> Vec<String> {
         let mut problems = Vec::new();
-        for (key, s) in &image.services {
+        for (key, s) in &image.v4.services {
             let Some(table) = image.maglev.get(&s.id) else {
                 problems.push(format!("{key:?}: no table"));
                 continue;
             };
             for (slot, id) in table.iter().take(s.ring_size as usize).enumerate() {
-                if !image.backends.contains_key(id) {
+                if !image.v4.backends.contains_key(id) {
                     problems.push(format!(
                         "{key:?}: slot {slot} of ring size {} holds {id:#x}",
                         s.ring_size
@@ -685,6 +681,6 @@ mod tests {
             .collect();
         assert!(matches!(r.apply(&too_many), Err(ReconcileError::Plan(_))));
         assert_eq!(*fake.state.lock().unwrap(), *r.applied());
-        assert_eq!(r.applied().services.len(), 1);
+        assert_eq!(r.applied().v4.services.len(), 1);
     }
 }

@@ -111,11 +111,13 @@ fn measure_mix(lb: &mut Loaded, lb_napi: Option<i32>, flows: u32, table: &'stati
 fn fill_live_flows(lb: &mut Loaded) {
     let image = lb.reconciler.applied();
     let service_id = image
+        .v4
         .services
         .get(&Endpoint::new(VIP.octets(), VIP_PORT, PROTO_TCP))
         .expect("the service in the applied image")
         .id;
     let backend_id = image
+        .v4
         .backends
         .iter()
         .find(|(_, b)| b.service_id == service_id)

@@ -238,7 +238,7 @@ impl BackendPatch {
 /// The `{name}` and `{backend}` (`address:port`) of a backend's path.
 fn backend_path(
     path: Result<Path<(String, String)>, PathRejection>,
-) -> ApiResult<(String, std::net::SocketAddrV4)> {
+) -> ApiResult<(String, std::net::SocketAddr)> {
     let Path((name, backend)) = path?;
     let name = service_name(Ok(Path(name)))?;
     let at = parse_backend_address(&backend).ok_or_else(|| {
@@ -246,7 +246,9 @@ fn backend_path(
             StatusCode::BAD_REQUEST,
             &[Problem {
                 key: "backend".into(),
-                message: format!("{backend:?} is not an IPv4 address:port"),
+                message: format!(
+                    "{backend:?} is not an address:port (10.77.2.11:80, [fd77:2::11]:80)"
+                ),
             }],
         )
     })?;
@@ -326,6 +328,7 @@ pub async fn list_conns(
     let vip_of = |s: &ServiceView| format!("{}:{}/{}", s.vip, s.port, s.protocol);
     let filter = only.as_ref().map(|s| {
         let protocol = if s.protocol == "udp" { Protocol::Udp } else { Protocol::Tcp };
+        // The listing walks the IPv4 table: an IPv6 service matches none of it.
         let vip: std::net::Ipv4Addr = s.vip.parse().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
         lb_common::abi::Endpoint::new(vip.octets(), s.port, protocol.number())
     });

@@ -11,11 +11,11 @@ pub mod state;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
 
-use lb_common::{abi::Endpoint, hash::mix64};
+use lb_common::hash::mix64;
 use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{info, warn};
 
@@ -26,7 +26,7 @@ use self::{
 };
 use crate::{
     desired::model::{HealthCheck, Probe, Service},
-    plan::ids::{BackendKey, backend_key},
+    plan::ids::{BackendKey, Key, backend_key},
 };
 
 /// A checked backend: its prober task and its state.
@@ -79,7 +79,7 @@ impl Monitor {
             if let Some(check) = &s.health {
                 for b in &s.backends {
                     let own = SocketAddr::from((b.address, b.port));
-                    let target = SocketAddr::from(check.target_of(b));
+                    let target = check.target_of(b);
                     wanted.insert(backend_key(s, b.address, b.port), (own, target, check));
                 }
             }
@@ -189,14 +189,21 @@ fn log(key: &BackendKey, t: &Transition) {
     }
 }
 
-fn endpoint_text(e: Endpoint) -> String {
-    format!("{}:{}", std::net::Ipv4Addr::from(e.addr), e.port)
+fn endpoint_text(e: Key) -> String {
+    e.socket().to_string()
 }
 
 /// Where in the interval a backend's probes fall: spread by a hash of the
 /// backend, so that probes of many backends do not come in bursts.
 pub fn start_offset(key: &BackendKey, interval: Duration) -> Duration {
-    let h = mix64(u64::from(u32::from_be_bytes(key.1.addr)) << 16 | u64::from(key.1.port));
+    let addr = match key.1.addr {
+        IpAddr::V4(a) => u64::from(a.to_bits()),
+        IpAddr::V6(a) => {
+            let bits = a.to_bits();
+            (bits >> 64) as u64 ^ bits as u64
+        }
+    };
+    let h = mix64(addr << 16 | u64::from(key.1.port));
     let millis = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX).max(1);
     Duration::from_millis(h % millis)
 }
@@ -253,7 +260,7 @@ mod tests {
     fn checked(check: HealthCheck, backends: &[(SocketAddr, u32, AdminState)]) -> Service {
         Service {
             name: "web".into(),
-            vip: Ipv4Addr::new(10, 77, 1, 100),
+            vip: Ipv4Addr::new(10, 77, 1, 100).into(),
             port: 80,
             protocol: Protocol::Tcp,
             scheduler: Scheduler::Maglev,
@@ -263,7 +270,7 @@ mod tests {
             backends: backends
                 .iter()
                 .map(|&(addr, weight, state)| Backend {
-                    address: v4(addr),
+                    address: v4(addr).into(),
                     port: addr.port(),
                     weight,
                     state,
@@ -353,7 +360,7 @@ mod tests {
         }
         let mut firsts = Vec::new();
         for s in &servers {
-            let key = backend_key(&service, v4(s.addr), s.addr.port());
+            let key = backend_key(&service, v4(s.addr).into(), s.addr.port());
             let want = start_offset(&key, INTERVAL);
             assert!(want < INTERVAL, "{}: offset {want:?} beyond the interval", s.addr);
             let got = s.first().unwrap() - start;
@@ -376,14 +383,14 @@ mod tests {
     #[tokio::test]
     async fn local_failures_change_no_state() {
         let service = checked(tcp_check(1000, 100), &[]);
-        let up = backend_key(&service, Ipv4Addr::new(10, 77, 2, 11), 80);
-        let down = backend_key(&service, Ipv4Addr::new(10, 77, 2, 12), 80);
+        let up = backend_key(&service, Ipv4Addr::new(10, 77, 2, 11).into(), 80);
+        let down = backend_key(&service, Ipv4Addr::new(10, 77, 2, 12).into(), 80);
         let mut monitor = Monitor::default();
         for (key, tracker) in [(up, Tracker::new(1, 2)), (down, Tracker::new(1, 2).starting_down())]
         {
             // No prober: the test sends the results.
             let task = tokio::spawn(async {});
-            let target = SocketAddr::from((Ipv4Addr::from(key.1.addr), key.1.port));
+            let target = key.1.socket();
             monitor
                 .checked
                 .insert(key, Checked { check: tcp_check(1000, 100), target, tracker, task });
@@ -428,7 +435,7 @@ mod tests {
             let mut tenths = [0_u32; 10];
             for i in 0..2000_u32 {
                 let [_, _, c, d] = (0x0a4d_0000 + i).to_be_bytes();
-                let key = backend_key(&service, Ipv4Addr::new(10, 77, c, d), 80);
+                let key = backend_key(&service, Ipv4Addr::new(10, 77, c, d).into(), 80);
                 let offset = start_offset(&key, interval);
                 assert!(offset < interval, "{offset:?} beyond {interval:?}");
                 tenths[(offset.as_millis() * 10 / interval.as_millis()) as usize] += 1;
@@ -577,7 +584,10 @@ mod tests {
             ],
         );
         service.backends[1].check.port = Some(at(&own_port));
-        let keys = [backend_key(&service, address, first), backend_key(&service, address, second)];
+        let keys = [
+            backend_key(&service, address.into(), first),
+            backend_key(&service, address.into(), second),
+        ];
         let mut monitor = Monitor::default();
         monitor.sync(std::slice::from_ref(&service));
         let mut up = BTreeSet::new();
@@ -642,7 +652,7 @@ mod tests {
             ],
         );
         let ordered: Vec<BackendKey> =
-            addrs.iter().map(|a| backend_key(&service, v4(*a), a.port())).collect();
+            addrs.iter().map(|a| backend_key(&service, v4(*a).into(), a.port())).collect();
         let keys: BTreeSet<BackendKey> = ordered.iter().copied().collect();
         let mut monitor = Monitor::default();
         monitor.sync(std::slice::from_ref(&service));

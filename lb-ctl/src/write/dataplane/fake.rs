@@ -28,7 +28,7 @@ impl Maps for FakeMaps {
 
     fn recount_connections(
         &mut self,
-        _backends: &std::collections::BTreeMap<u32, lb_common::abi::Backend>,
+        _backends: &std::collections::BTreeMap<u32, u32>,
         _lc_services: &std::collections::BTreeSet<u32>,
     ) -> Result<std::collections::BTreeMap<u32, lb_common::abi::BackendConns>, DataplaneError> {
         Ok(std::collections::BTreeMap::new())

@@ -17,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-use lb_common::abi::{Backend, BackendConns, Conn, Endpoint, Flow, Traffic};
+use lb_common::abi::{BackendConns, Conn, Endpoint, Flow, Traffic};
 
 use crate::plan::{diff::Op, image::Image, settings::Settings};
 
@@ -82,12 +82,13 @@ pub trait Maps: Send {
     /// Counts each backend's active (established) and inactive connections
     /// in the connection table, removes expired entries, and publishes the
     /// counts to the data plane (`lc`) and the caller.
-    /// `backends`: the backends in use (the applied image's); `lc_services`:
+    /// `backends`: the backends in use (the applied image's, both
+    /// families), by id, with their service's id; `lc_services`:
     /// the services whose backends' counts the data plane also moves (each
     /// `lc` pick counts at once), so theirs are always rewritten.
     fn recount_connections(
         &mut self,
-        backends: &BTreeMap<u32, Backend>,
+        backends: &BTreeMap<u32, u32>,
         lc_services: &BTreeSet<u32>,
     ) -> Result<BTreeMap<u32, BackendConns>, DataplaneError>;
 

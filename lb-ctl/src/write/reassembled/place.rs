@@ -21,14 +21,20 @@ pub struct Placement {
     pub services: BTreeMap<Endpoint, Service>,
     pub maglev: BTreeMap<u32, Arc<Vec<u32>>>,
     pub backends: BTreeMap<u32, Backend>,
+    /// The IPv6 services and backends, which the counters' samples name
+    /// (the reassembly slow path places IPv4 datagrams only).
+    pub services6: BTreeMap<Endpoint<[u8; 16]>, Service>,
+    pub backends6: BTreeMap<u32, Backend<[u8; 16]>>,
 }
 
 impl Placement {
     pub fn of(image: &Image) -> Self {
         Self {
-            services: image.services.clone(),
+            services: image.v4.services.clone(),
             maglev: image.maglev.clone(),
-            backends: image.backends.clone(),
+            backends: image.v4.backends.clone(),
+            services6: image.v6.services.clone(),
+            backends6: image.v6.backends.clone(),
         }
     }
 }

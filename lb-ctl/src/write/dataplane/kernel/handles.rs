@@ -51,7 +51,7 @@ impl KernelReader {
     pub(super) fn of(maps: &KernelMaps) -> Result<Self, DataplaneError> {
         Ok(Self {
             conns: Arc::clone(&maps.conns),
-            backends: reopen("lb_backends", maps.backends.map().fd().as_fd())?,
+            backends: reopen("lb_backends", maps.v4.backends.map().fd().as_fd())?,
             handshakes: reopen("lb_handshakes", object_map(maps, "lb_handshakes")?)?,
             counters: reopen("lb_counters", object_map(maps, "lb_counters")?)?,
             service_traffic: reopen("lb_svc_stats", object_map(maps, "lb_svc_stats")?)?,

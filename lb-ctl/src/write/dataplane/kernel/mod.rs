@@ -3,6 +3,7 @@
 //! plus the tc neighbour slow path), and writes map ops. The data plane
 //! outlives the controller; a later one adopts it (see `pins`). The
 //! handles other threads read and place flows through are in `handles`.
+mod family;
 mod handles;
 
 use std::{
@@ -20,14 +21,14 @@ use aya::{
     programs::{SchedClassifier, Xdp},
 };
 use lb_common::abi::{
-    BACKEND_IN_USE, BackendConns, CONN_ESTABLISHED, CONN_STATES, DEFAULT_ANSWERS_PER_SECOND,
-    Endpoint, EpochClock, MAGLEV_SIZE, MAX_TX_PORTS, Meta, NO_BACKEND, Policy, Traffic, epoch_mult,
-    expired,
+    BackendConns, CONN_ESTABLISHED, CONN_STATES, DEFAULT_ANSWERS_PER_SECOND, EpochClock,
+    MAGLEV_SIZE, MAX_TX_PORTS, Meta, NO_BACKEND, Policy, Traffic, epoch_mult, expired,
 };
 use lb_common::conn_table::{conn_set_bits, conn6_set_bits};
 use rustc_hash::FxHashSet;
 use tracing::info;
 
+use family::FamilyMaps;
 use handles::{KernelFlows, KernelReader};
 
 use super::{
@@ -39,7 +40,7 @@ use super::{
 use crate::{
     desired::model::{Dataplane, HandshakeProof, ReversePath, Timeouts},
     plan::{
-        diff::Op,
+        diff::{FamilyOp, Op},
         image::Image,
         settings::{self, Settings},
     },
@@ -54,14 +55,11 @@ type Table = [u32; MAGLEV_SIZE as usize];
 const STALE_TICKS: u32 = 1 << 30;
 
 pub struct KernelMaps {
-    services: HashMap<MapData, Endpoint, lb_common::abi::Service>,
     maglev: Array<MapData, Table>,
-    backends: Array<MapData, lb_common::abi::Backend>,
-    reals: HashMap<MapData, Endpoint, lb_common::abi::Real>,
-    vips: HashMap<MapData, [u8; 4], u32>,
-    backend_addrs: HashMap<MapData, [u8; 4], u32>,
-    addrs: Array<MapData, u8>,
-    real_slots: Array<MapData, u32>,
+    /// The IPv4 services' maps.
+    v4: FamilyMaps<[u8; 4]>,
+    /// The IPv6 services' maps.
+    v6: FamilyMaps<[u8; 16]>,
     epoch: Array<MapData, EpochClock>,
     /// What `lb_epoch` holds.
     clock: EpochClock,
@@ -296,14 +294,9 @@ impl KernelMaps {
             held_timeouts.set(state, ticks);
         }
         Ok(Self {
-            services: typed(&mut ebpf, "lb_services")?,
             maglev: typed(&mut ebpf, "lb_maglev")?,
-            backends: typed(&mut ebpf, "lb_backends")?,
-            reals: typed(&mut ebpf, "lb_reals")?,
-            vips: typed(&mut ebpf, "lb_vips")?,
-            backend_addrs: typed(&mut ebpf, "lb_backend_addrs")?,
-            addrs: typed(&mut ebpf, "lb_addrs")?,
-            real_slots: typed(&mut ebpf, "lb_real_slots")?,
+            v4: FamilyMaps::open(&mut ebpf, &family::V4)?,
+            v6: FamilyMaps::open(&mut ebpf, &family::V6)?,
             epoch,
             clock,
             clock_program,
@@ -644,42 +637,8 @@ impl Maps for KernelMaps {
             return Ok(None);
         }
         let mut image = Image { settings: self.read_settings()?, ..Image::default() };
-        for entry in &self.services {
-            let (key, service) = entry.map_err(err("reading lb_services"))?;
-            let table = self.maglev.get(&service.id, 0).map_err(err("reading lb_maglev"))?;
-            image.maglev.insert(service.id, Arc::new(table.to_vec()));
-            image.services.insert(key, service);
-        }
-        for (id, backend) in (0..).zip(self.backends.iter()) {
-            let backend = backend.map_err(err("reading lb_backends"))?;
-            if backend.flags & BACKEND_IN_USE != 0 {
-                image.backends.insert(id, backend);
-            }
-        }
-        for entry in &self.reals {
-            let (key, real) = entry.map_err(err("reading lb_reals"))?;
-            image.reals.insert(key, real);
-        }
-        for entry in &self.vips {
-            let (vip, count) = entry.map_err(err("reading lb_vips"))?;
-            image.vips.insert(vip, count);
-        }
-        for entry in &self.backend_addrs {
-            let (addr, count) = entry.map_err(err("reading lb_backend_addrs"))?;
-            image.backend_addrs.insert(addr, count);
-        }
-        for (slot, flags) in (0..).zip(self.addrs.iter()) {
-            let flags = flags.map_err(err("reading lb_addrs"))?;
-            if flags != 0 {
-                image.addrs.insert(slot, flags);
-            }
-        }
-        for (slot, value) in (0..).zip(self.real_slots.iter()) {
-            let value = value.map_err(err("reading lb_real_slots"))?;
-            if value != 0 {
-                image.real_slots.insert(slot, value);
-            }
-        }
+        self.v4.read(&mut image.v4, &self.maglev, &mut image.maglev)?;
+        self.v6.read(&mut image.v6, &self.maglev, &mut image.maglev)?;
         Ok(Some(image))
     }
 
@@ -693,7 +652,7 @@ impl Maps for KernelMaps {
 
     fn recount_connections(
         &mut self,
-        backends: &BTreeMap<u32, lb_common::abi::Backend>,
+        backends: &BTreeMap<u32, u32>,
         lc_services: &BTreeSet<u32>,
     ) -> Result<BTreeMap<u32, BackendConns>, DataplaneError> {
         let now = self.epoch_now()? as u32;
@@ -715,7 +674,7 @@ impl Maps for KernelMaps {
                 return;
             }
             // An entry made for an earlier holder of a reused id is not this backend's.
-            if backends.get(&conn.backend_id).is_none_or(|b| b.service_id != conn.service_id) {
+            if backends.get(&conn.backend_id) != Some(&conn.service_id) {
                 return;
             }
             let entry = counts.entry(conn.backend_id).or_default();
@@ -730,9 +689,9 @@ impl Maps for KernelMaps {
         // plane added for flows that did not stay); the others' only when it
         // changed: with thousands of backends, a write each is most of the cost.
         let mut published = BTreeMap::new();
-        for (id, b) in backends {
+        for (id, service_id) in backends {
             let c = counts.get(id).copied().unwrap_or_default();
-            let moved_by_kernel = lc_services.contains(&b.service_id);
+            let moved_by_kernel = lc_services.contains(service_id);
             if moved_by_kernel || self.published.get(id) != Some(&c) {
                 self.be_conns.set(*id, c, 0).map_err(err("writing lb_be_conns"))?;
             }
@@ -755,44 +714,19 @@ impl Maps for KernelMaps {
 
     fn apply(&mut self, op: &Op) -> Result<(), DataplaneError> {
         match op {
-            Op::PutService(_, svc) => {
+            Op::V4(FamilyOp::PutService(_, svc)) | Op::V6(FamilyOp::PutService(_, svc)) => {
                 self.counted_ids.insert((CounterKind::Service, svc.id));
             }
-            Op::PutBackend(id, _) => {
+            Op::V4(FamilyOp::PutBackend(id, _)) | Op::V6(FamilyOp::PutBackend(id, _)) => {
                 self.counted_ids.insert((CounterKind::Backend, *id));
             }
             _ => {}
         }
         match op {
-            Op::PutBackend(id, b) => {
-                self.backends.set(*id, b, 0).map_err(err("writing lb_backends"))
-            }
-            Op::ClearBackend(id) => self
-                .backends
-                .set(*id, lb_common::abi::Backend::default(), 0)
-                .map_err(err("clearing lb_backends")),
-            Op::PutReal(k, r) => self.reals.insert(k, r, 0).map_err(err("writing lb_reals")),
-            Op::DelReal(k) => deleted(self.reals.remove(k), "deleting from lb_reals"),
+            Op::V4(op) => self.v4.apply(op),
+            Op::V6(op) => self.v6.apply(op),
             Op::PutMaglev(id, slots) => self.put_maglev(*id, slots),
             Op::ClearMaglev(id) => self.put_maglev(*id, &vec![NO_BACKEND; MAGLEV_SIZE as usize]),
-            Op::PutAddrFlags(slot, flags) => {
-                self.addrs.set(*slot, flags, 0).map_err(err("writing lb_addrs"))
-            }
-            Op::PutRealSlot(slot, value) => {
-                self.real_slots.set(*slot, value, 0).map_err(err("writing lb_real_slots"))
-            }
-            Op::PutVip(v, n) => self.vips.insert(v, n, 0).map_err(err("writing lb_vips")),
-            Op::DelVip(v) => deleted(self.vips.remove(v), "deleting from lb_vips"),
-            Op::PutBackendAddr(a, n) => {
-                self.backend_addrs.insert(a, n, 0).map_err(err("writing lb_backend_addrs"))
-            }
-            Op::DelBackendAddr(a) => {
-                deleted(self.backend_addrs.remove(a), "deleting from lb_backend_addrs")
-            }
-            Op::PutService(k, s) => {
-                self.services.insert(k, s, 0).map_err(err("writing lb_services"))
-            }
-            Op::DelService(k) => deleted(self.services.remove(k), "deleting from lb_services"),
             Op::ResetServiceTraffic(id) => self.reset_traffic(CounterKind::Service, *id),
             Op::ResetBackendTraffic(id) => self.reset_traffic(CounterKind::Backend, *id),
             Op::PutMeta(meta) => self.meta.set(0, meta, 0).map_err(err("writing lb_meta")),
