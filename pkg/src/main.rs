@@ -41,3 +41,48 @@ fn completions(dir: &Path) -> Result<usize> {
     }
     Ok(3)
 }
+
+/// The package's files agree with each other: the shipped config pins where
+/// the unit prepares the pin directory, keeps its state where the unit lets
+/// the service write, and parses; the example service in its comments is a
+/// valid one once uncommented.
+#[cfg(test)]
+mod tests {
+    const UNIT: &str = include_str!("../debian/lb-ctl.service");
+    const CONFIG: &str = include_str!("../debian/lb.toml");
+
+    fn unit_value(key: &str) -> &'static str {
+        let prefix = format!("{key}=");
+        UNIT.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap_or_else(|| panic!("no {key}="))
+    }
+
+    #[test]
+    fn the_shipped_config_fits_the_unit() {
+        let config = lb_ctl::desired::config::parse(CONFIG).unwrap();
+        let pins = config.dataplane.pin_path.display().to_string();
+        assert!(
+            UNIT.lines().any(|l| l.starts_with("ExecStartPre=+/usr/bin/install -d -o lb -g lb")
+                && l.ends_with(&format!(" {pins}"))),
+            "the unit prepares {pins} for the lb user"
+        );
+        let state = config.admin.state_file.expect("admin.state_file is set");
+        let writable = format!("/var/lib/{}/", unit_value("StateDirectory"));
+        assert!(state.starts_with(&writable), "{} is not under {writable}", state.display());
+        assert_eq!(unit_value("RuntimeDirectory"), "lb-ctl", "LB_RUN_DIR's default, /run/lb-ctl");
+        assert!(unit_value("ExecStart").ends_with("run --config /etc/lb/lb.toml"));
+        assert!(config.services.is_empty(), "no service runs until the operator writes one");
+
+        let uncommented: String = CONFIG
+            .lines()
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|r| r.trim_start().starts_with('[') || r.contains(" = "))
+            })
+            .map(|l| l.map_or(String::new(), |r| format!("{r}\n")))
+            .collect();
+        let with_service = format!("{CONFIG}\n{uncommented}");
+        let example = lb_ctl::desired::config::parse(&with_service).unwrap();
+        assert_eq!(example.services.len(), 1);
+        assert_eq!(example.services[0].backends.len(), 2);
+    }
+}

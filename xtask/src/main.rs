@@ -113,8 +113,10 @@ fn dispatch(args: &[String]) -> Result<()> {
 }
 
 /// The packages whose tests need no privileges: the controller's and its
-/// ABI's, the unit tests of the test bed, the lab and the benchmarks, and xtask's own.
-const HOST_TESTED: [&str; 6] = ["lb-common", "lb-ctl", "lb-testbed", "lb-lab", "lb-bench", "xtask"];
+/// ABI's, the unit tests of the test bed, the lab and the benchmarks, the
+/// package's files (lb-pkg), and xtask's own.
+const HOST_TESTED: [&str; 7] =
+    ["lb-common", "lb-ctl", "lb-testbed", "lb-lab", "lb-bench", "lb-pkg", "xtask"];
 
 /// Host unit tests first (no privileges), then the privileged tests one at a
 /// time (they share kernel state: namespaces, XDP attachments, pins). Every
