@@ -60,6 +60,7 @@ fn the_package_installs_where_debian_wants_and_leaves_only_its_conffile() {
         "/usr/share/doc/lb/copyright",
         "/usr/share/doc/lb/configuration.md.gz",
         "/usr/share/doc/lb/examples/keepalived/keepalived.conf",
+        "/usr/share/doc/lb/examples/grafana/lb.json",
         // What the postinst made: the lb user (systemd-sysusers --root).
         "/etc/passwd",
         "/etc/group",

@@ -6,8 +6,8 @@
 //! its user, `/etc/lb/lb.toml` (a conffile), the man pages and bash, zsh
 //! and fish completions generated from lb-ctl's own command line
 //! (`lb-pkg`, a crate of its own so that lb-ctl's builds never compile the
-//! generators), the keepalived example and the configuration reference
-//! under `/usr/share/doc/lb/`, and the maintainer scripts of `pkg/debian/`.
+//! generators), the keepalived example, the Grafana dashboard and the
+//! configuration reference under `/usr/share/doc/lb/`, and the maintainer scripts of `pkg/debian/`.
 use std::{
     fmt::Write as _,
     fs,
@@ -33,12 +33,13 @@ pub enum Profile {
 
 /// What a package holds, from the repository to its path in the package
 /// (mode 0644).
-const FILES: [(&str, &str); 5] = [
+const FILES: [(&str, &str); 6] = [
     ("pkg/debian/lb-ctl.service", "lib/systemd/system/lb-ctl.service"),
     ("pkg/debian/lb-ctl.sysusers", "usr/lib/sysusers.d/lb-ctl.conf"),
     ("pkg/debian/lb.toml", "etc/lb/lb.toml"),
     ("pkg/debian/copyright", "usr/share/doc/lb/copyright"),
     ("examples/keepalived/keepalived.conf", "usr/share/doc/lb/examples/keepalived/keepalived.conf"),
+    ("examples/grafana/lb.json", "usr/share/doc/lb/examples/grafana/lb.json"),
 ];
 
 /// Documents compressed into `/usr/share/doc/lb/` (Debian's convention).
