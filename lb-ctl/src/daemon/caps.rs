@@ -39,9 +39,14 @@ impl fmt::Display for Missing {
         let names: Vec<&str> = self.0.iter().map(|n| n.name).collect();
         let noun = if names.len() == 1 { "capability" } else { "capabilities" };
         write!(f, "missing {noun} {} (", names.join(", "))?;
-        for (i, needed) in self.0.iter().enumerate() {
-            let sep = if i == 0 { "" } else { "; " };
-            write!(f, "{sep}{}: {}", needed.name, needed.why)?;
+        match self.0.as_slice() {
+            [one] => f.write_str(one.why)?,
+            several => {
+                for (i, needed) in several.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { "; " };
+                    write!(f, "{sep}{}: {}", needed.name, needed.why)?;
+                }
+            }
         }
         let all: Vec<&str> = NEEDED.iter().map(|n| n.name).collect();
         write!(
@@ -107,11 +112,13 @@ mod tests {
             assert_eq!(err.0, vec![needed]);
             let text = err.to_string();
             assert!(text.starts_with(&format!("missing capability {} (", needed.name)), "{text}");
-            assert!(text.contains(needed.why), "{text}");
+            let why = format!("missing capability {} ({}); nothing", needed.name, needed.why);
+            assert!(text.starts_with(&why), "{text}");
             assert!(text.contains("CAP_BPF CAP_NET_ADMIN CAP_PERFMON"), "the fix: {text}");
         }
         let none = missing(0).unwrap_err();
         assert_eq!(none.0, NEEDED.to_vec());
+        assert!(none.to_string().contains("(CAP_BPF: creating the BPF maps"), "{none}");
         assert!(
             none.to_string()
                 .starts_with("missing capabilities CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON ("),

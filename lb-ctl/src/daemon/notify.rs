@@ -107,15 +107,24 @@ impl Notifier {
     /// `/readyz` answer 200 (see `api::routes::not_ready`); returns then, or
     /// when the controller stops publishing.
     pub async fn when_ready(self, mut views: watch::Receiver<Arc<Stats>>, status: String) {
+        if self.socket.is_none() {
+            return;
+        }
+        // Said once per distinct reason, not at every view (once a second).
+        let mut said = None;
         loop {
             let problem = super::api::routes::not_ready(&views.borrow_and_update());
             match problem {
                 None => {
-                    info!("ready (systemd notified when it started lb-ctl)");
+                    info!("ready: READY=1 sent to systemd");
                     self.ready(&status);
                     return;
                 }
-                Some(problem) => info!(%problem, "not ready yet"),
+                Some(problem) if said.as_ref() != Some(&problem) => {
+                    info!(%problem, "not ready yet: systemd not told READY=1");
+                    said = Some(problem);
+                }
+                Some(_) => {}
             }
             if views.changed().await.is_err() {
                 return;
