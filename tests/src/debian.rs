@@ -132,20 +132,38 @@ pub fn unit_values(unit: &str, key: &str) -> Vec<String> {
 /// (a tmpfs over `/mnt` there: overlayfs refuses a layer inside another).
 /// Its output (empty when the unit is clean) and whether it passed.
 pub fn verify_unit(root: &Path, name: &str) -> (bool, String) {
+    analyze(root, name, "verify")
+}
+
+/// `systemd-analyze security --offline=true` of the unit `name` (as
+/// `verify_unit` sees it): its overall exposure (0 to 10, lower is safer).
+pub fn exposure(root: &Path, name: &str) -> f64 {
+    let (_, text) = analyze(root, name, "security --offline=true");
+    let line = text
+        .lines()
+        .find_map(|l| l.split_once("Overall exposure level for ").map(|(_, rest)| rest.to_owned()))
+        .unwrap_or_else(|| panic!("no overall exposure in:\n{text}"));
+    let score = line.split_whitespace().nth(1).and_then(|n| n.parse().ok());
+    score.unwrap_or_else(|| panic!("no score in {line:?}"))
+}
+
+/// `systemd-analyze COMMAND UNIT` over the root and the host overlaid.
+fn analyze(root: &Path, name: &str, command: &str) -> (bool, String) {
     let script = r#"set -e
 view=/mnt
 mount -t tmpfs tmpfs "$view"
 mkdir "$view/root" "$view/all"
 cp -a "$0/." "$view/root/"
 mount -t overlay overlay -o lowerdir="$view/root":/ "$view/all"
-MANPATH="$view/all/usr/share/man" systemd-analyze verify --root="$view/all" "$1" 2>&1
+MANPATH="$view/all/usr/share/man" systemd-analyze $2 --root="$view/all" "$1" 2>&1
 "#;
     let out = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c", script])
         .arg(root)
         .arg(name)
+        .arg(command)
         .output()
-        .expect("running systemd-analyze verify");
+        .expect("running systemd-analyze");
     let text =
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)

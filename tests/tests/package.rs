@@ -21,7 +21,7 @@ use lb_testbed::{
     netns::{in_ns, ns_sh, output},
     topology::Topology,
 };
-use lb_tests::debian::{ScratchRoot, unit_values, verify_unit};
+use lb_tests::debian::{ScratchRoot, exposure, unit_values, verify_unit};
 
 const UNIT: &str = "/lib/systemd/system/lb-ctl.service";
 
@@ -101,6 +101,9 @@ fn the_package_installs_where_debian_wants_and_leaves_only_its_conffile() {
 
     let (clean, said) = verify_unit(&root.dir, "lb-ctl.service");
     assert!(clean && said.trim().is_empty(), "systemd-analyze verify:\n{said}");
+    // docs/operations.md says 3.9: a weaker sandbox scores higher.
+    let score = exposure(&root.dir, "lb-ctl.service");
+    assert!(score <= 3.9, "systemd-analyze security: exposure {score}");
 
     // The shipped config is valid where its interface exists.
     let ns = "lbp-pkg-check";
