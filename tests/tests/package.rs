@@ -142,10 +142,17 @@ fn the_package_installs_where_debian_wants_and_leaves_only_its_conffile() {
 /// `lb` user; the scratch root's is not the host's).
 const NOBODY: u32 = 65534;
 
-/// `lb-ctl run` of `ctl` in namespace `ns` as [`NOBODY`] with exactly
+/// `lb-ctl run ARGS` of `ctl` in namespace `ns` as [`NOBODY`] with exactly
 /// `caps` (`CAP_BPF`…), as the unit's `User=`, `CapabilityBoundingSet=`,
 /// `AmbientCapabilities=` and `NoNewPrivileges=` make it.
-fn run_as_nobody(ns: &str, ctl: &Path, caps: &[String], dir: &Path, notify: &Path) -> Child {
+fn run_as_nobody(
+    ns: &str,
+    ctl: &Path,
+    caps: &[String],
+    dir: &Path,
+    notify: &Path,
+    args: &[&str],
+) -> Child {
     let set: Vec<String> =
         caps.iter().map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase())).collect();
     let set = format!("-all,{}", set.join(","));
@@ -159,6 +166,7 @@ fn run_as_nobody(ns: &str, ctl: &Path, caps: &[String], dir: &Path, notify: &Pat
         .arg(ctl)
         .args(["run", "--config"])
         .arg(dir.join("lb.toml"))
+        .args(args)
         .env("NOTIFY_SOCKET", notify)
         .env("LB_RUN_DIR", dir.join("run"))
         .stdin(Stdio::null())
@@ -168,11 +176,14 @@ fn run_as_nobody(ns: &str, ctl: &Path, caps: &[String], dir: &Path, notify: &Pat
         .expect("starting lb-ctl run under setpriv")
 }
 
-/// The next datagram on the notify socket, within `limit`.
-fn notified(socket: &UnixDatagram, limit: Duration) -> String {
+/// The next datagram on the notify socket, within `limit`; else a panic
+/// with the controller's log.
+fn notified(socket: &UnixDatagram, limit: Duration, files: &RunFiles) -> String {
     socket.set_read_timeout(Some(limit)).unwrap();
     let mut buf = [0_u8; 512];
-    let n = socket.recv(&mut buf).unwrap_or_else(|e| panic!("no sd_notify within {limit:?}: {e}"));
+    let n = socket.recv(&mut buf).unwrap_or_else(|e| {
+        panic!("no sd_notify within {limit:?} ({e}); lb-ctl's log:\n{}", files.log())
+    });
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
@@ -263,7 +274,7 @@ fn the_installed_lb_ctl_runs_unprivileged_with_exactly_the_units_capabilities() 
     // Each capability left out: refused, naming it, with nothing loaded.
     for left_out in &caps {
         let fewer: Vec<String> = caps.iter().filter(|c| c != &left_out).cloned().collect();
-        let mut child = run_as_nobody(&topo.lb(), &ctl, &fewer, &files.dir, &notify_path);
+        let mut child = run_as_nobody(&topo.lb(), &ctl, &fewer, &files.dir, &notify_path, &[]);
         let status = wait_exit(&mut child, Duration::from_secs(20));
         let log = files.log();
         assert_eq!(status.code(), Some(1), "without {left_out}:\n{log}");
@@ -275,11 +286,20 @@ fn the_installed_lb_ctl_runs_unprivileged_with_exactly_the_units_capabilities() 
     }
 
     // All of them: READY=1 when /readyz says ready, and it forwards.
-    let mut child = run_as_nobody(&topo.lb(), &ctl, &caps, &files.dir, &notify_path);
-    let ready = notified(&notify, Duration::from_secs(20));
-    assert!(ready.starts_with("READY=1\nSTATUS=load balancing 3 service(s)"), "{ready:?}");
-    let readyz = in_ns(&topo.lb(), || http_status("127.0.0.1:9100", "/readyz", None));
-    assert_eq!(readyz, 200, "READY=1 came before /readyz said ready:\n{}", files.log());
+    let start = |args: &[&str]| {
+        let child = run_as_nobody(&topo.lb(), &ctl, &caps, &files.dir, &notify_path, args);
+        let ready = notified(&notify, Duration::from_secs(20), &files);
+        assert!(ready.starts_with("READY=1\nSTATUS=load balancing 3 service(s)"), "{ready:?}");
+        let readyz = in_ns(&topo.lb(), || http_status("127.0.0.1:9100", "/readyz", None));
+        assert_eq!(readyz, 200, "READY=1 came before /readyz said ready:\n{}", files.log());
+        child
+    };
+    let stop = |mut child: Child| {
+        assert!(output(&["kill", "-TERM", &child.id().to_string()]).status.success());
+        assert_eq!(notified(&notify, Duration::from_secs(10), &files), "STOPPING=1");
+        assert!(wait_exit(&mut child, Duration::from_secs(10)).success(), "{}", files.log());
+    };
+    let child = start(&[]);
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
     let field = |key: &str| {
         status.lines().find_map(|l| l.strip_prefix(key)).map(str::trim).unwrap_or_default()
@@ -296,25 +316,28 @@ fn the_installed_lb_ctl_runs_unprivileged_with_exactly_the_units_capabilities() 
 
     // A reload: RELOADING=1, then READY=1 once done.
     assert!(output(&["kill", "-HUP", &child.id().to_string()]).status.success());
-    let reloading = notified(&notify, Duration::from_secs(10));
+    let reloading = notified(&notify, Duration::from_secs(10), &files);
     assert!(reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{reloading:?}");
-    assert_eq!(notified(&notify, Duration::from_secs(10)), "READY=1");
+    assert_eq!(notified(&notify, Duration::from_secs(10), &files), "READY=1");
     assert!(files.log().contains("configuration reloaded"), "{}", files.log());
 
     // A stop: STOPPING=1, exit 0, the data plane left for the next start.
-    assert!(output(&["kill", "-TERM", &child.id().to_string()]).status.success());
-    assert_eq!(notified(&notify, Duration::from_secs(10)), "STOPPING=1");
-    assert!(wait_exit(&mut child, Duration::from_secs(10)).success(), "{}", files.log());
+    stop(child);
     assert!(files.pinned() > 0, "the pins stay for the next start");
-    let down = output(&[
-        "ip",
-        "netns",
-        "exec",
-        &topo.lb(),
-        &ctl.to_string_lossy(),
-        "down",
-        "--pin-path",
-        &pin_dir,
-    ]);
-    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+
+    // The next start adopts it, and removes it at its stop; then one in
+    // skb mode (GRO's netlink requests): all as the same user.
+    let runs = [
+        (&["--cleanup-on-exit"][..], "adopted the pinned data plane"),
+        (&["--xdp-mode", "skb", "--cleanup-on-exit"], r#"XDP attached interface=lb-c mode="skb""#),
+    ];
+    for (args, said) in runs {
+        let child = start(args);
+        let log = files.log();
+        assert!(log.contains(said), "{args:?}: no {said:?} in:\n{log}");
+        let answers = in_ns(&topo.client(), || who_answers(10));
+        assert_eq!(answers.len(), 10, "{args:?}: every request answered by a backend");
+        stop(child);
+        assert_eq!(files.pinned(), 0, "{args:?}: the pins removed at the stop");
+    }
 }
