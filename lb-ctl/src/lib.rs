@@ -11,7 +11,9 @@
 //!   programs, the host's interface settings);
 //! - `daemon`: `lb-ctl run`, which keeps the data plane as desired (its
 //!   loop, the health checks, the admin API);
-//! - `operator`: the operator's side (the CLI, a client of the admin API).
+//! - `operator`: the operator's side (the CLI, a client of the admin API);
+//! - `command`: the command line of them all.
+pub mod command;
 pub mod daemon;
 pub mod desired;
 pub mod operator;

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_tables;
 mod lab;
+mod package;
 mod setup;
 mod util;
 
@@ -15,7 +16,9 @@ const USAGE: &str = "usage: cargo xtask <command>
   lab down           remove the lab
   lab ha             two load balancers with keepalived: the VIP moves under a live connection
   run -- ARGS        build, then run `lb-ctl run ARGS` as root
-  test               host unit tests, then privileged tests (root)
+  package [--debug]  the Debian package lb (target/debian/lb_VERSION_ARCH.deb), from the release
+                     build (--debug: from the debug build, stripped, as `test` builds it)
+  test               host unit tests, the package, then privileged tests (root)
   bench              every benchmark: data plane, health checks, admin API, Maglev; tables + JSON
                      (every `bench` and `bench KIND` ends with `bench report`)
   bench dataplane    cost per packet (also with 1M flows, 256 x 64 services), Mpps through veth (root)
@@ -64,6 +67,15 @@ fn dispatch(args: &[String]) -> Result<()> {
             cmd.arg("run").args(rest);
             util::run_status(&mut cmd)
         }
+        ["package", rest @ ..] => {
+            let profile = match rest {
+                [] => package::Profile::Release,
+                ["--debug"] => package::Profile::Debug,
+                _ => bail!("{USAGE}"),
+            };
+            setup::ensure()?;
+            package::build(profile).map(drop)
+        }
         ["test"] => {
             setup::ensure_for_tests()?;
             test()
@@ -101,8 +113,10 @@ fn dispatch(args: &[String]) -> Result<()> {
 }
 
 /// The packages whose tests need no privileges: the controller's and its
-/// ABI's, the unit tests of the test bed, the lab and the benchmarks, and xtask's own.
-const HOST_TESTED: [&str; 6] = ["lb-common", "lb-ctl", "lb-testbed", "lb-lab", "lb-bench", "xtask"];
+/// ABI's, the unit tests of the test bed, the lab and the benchmarks, the
+/// package's files (lb-pkg), and xtask's own.
+const HOST_TESTED: [&str; 7] =
+    ["lb-common", "lb-ctl", "lb-testbed", "lb-lab", "lb-bench", "lb-pkg", "xtask"];
 
 /// Host unit tests first (no privileges), then the privileged tests one at a
 /// time (they share kernel state: namespaces, XDP attachments, pins). Every
@@ -118,12 +132,16 @@ fn test() -> Result<()> {
     let unit = util::cargo(&unit_args);
     util::require_root("the privileged tests")?;
     let upgrade_object = util::build_upgrade_object()?;
+    // The package's test (tests/tests/package.rs) installs this one.
+    let deb = package::build(package::Profile::Debug)?;
     util::step(
         "privileged tests: packet fixtures (BPF_PROG_TEST_RUN) and end to end in namespaces",
     );
     let mut cmd =
         util::cargo_cmd(&["test", "--no-fail-fast", "-p", "lb-tests", "--", "--test-threads=1"]);
-    cmd.env("LB_CTL", util::bin("lb-ctl")).env("LB_UPGRADE_OBJECT", upgrade_object);
+    cmd.env("LB_CTL", util::bin("lb-ctl"))
+        .env("LB_UPGRADE_OBJECT", upgrade_object)
+        .env("LB_DEB", deb);
     let privileged = util::run_status(&mut cmd);
     match (unit, privileged) {
         (Ok(()), Ok(())) => Ok(()),

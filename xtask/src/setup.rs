@@ -25,8 +25,11 @@ const PACKAGES: &[&str] = &[
 ];
 
 /// The browser the stats-page test loads the page in, and a font for its
-/// screenshot: only `cargo xtask test` needs them (about 100 MB).
-const TEST_PACKAGES: &[&str] = &["chromium", "fonts-dejavu-core"];
+/// screenshot (about 100 MB), and `systemd-analyze` (package `systemd`,
+/// which works offline, with no systemd running) with `man` (which it runs
+/// for the unit's `Documentation=man:` pages) for the package's test to
+/// verify the unit: only `cargo xtask test` needs them.
+const TEST_PACKAGES: &[&str] = &["chromium", "fonts-dejavu-core", "systemd", "man-db"];
 
 pub fn ensure() -> Result<()> {
     rust_src()?;

@@ -24,6 +24,10 @@ pub trait Signals {
     /// The next signal. Cancel-safe: when another event comes first, the
     /// loop drops this future and asks again, and no signal may be lost.
     fn next(&mut self) -> impl Future<Output = Signal>;
+
+    /// The reload the last `Signal::Reload` asked for is done (applied or
+    /// refused): `lb-ctl run` tells systemd it is ready again.
+    fn reloaded(&mut self) {}
 }
 
 /// Runs `controller` until `signals` says stop: samples every
@@ -47,7 +51,10 @@ pub async fn run(
                 let _ = request.reply.send(answer);
             }
             signal = signals.next() => match signal {
-                Signal::Reload => controller.reload().await,
+                Signal::Reload => {
+                    controller.reload().await;
+                    signals.reloaded();
+                }
                 Signal::Stop => break,
             },
         }

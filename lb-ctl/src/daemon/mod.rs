@@ -4,11 +4,14 @@
 //! loop (`control_loop`): a change through the admin API (`api`), a health
 //! transition (`health`), a reload, a sample of the counters. Beside them
 //! what a long-running process needs: its logs (`logging`), its open-file
-//! limit (`limits`).
+//! limit (`limits`), its capabilities (`caps`), and telling systemd how it
+//! is doing (`notify`).
 pub mod api;
+pub mod caps;
 pub mod control_loop;
 pub mod controller;
 pub mod health;
 pub mod limits;
 pub mod logging;
+pub mod notify;
 pub mod run;

@@ -15,10 +15,11 @@ use tracing::{info, warn};
 use crate::{
     EBPF_OBJECT,
     daemon::{
-        api,
+        api, caps,
         control_loop::{self, Signal, Signals},
         controller::{self, Controller},
         limits,
+        notify::Notifier,
     },
     desired::{
         config::{self, Config},
@@ -87,14 +88,16 @@ fn admin_token(config: &Config, port: u16) -> Result<std::sync::Arc<str>, api::L
 }
 
 /// SIGHUP reloads the config file; SIGTERM and SIGINT stop the controller.
+/// systemd hears of each (`RELOADING=1`, then `READY=1`; `STOPPING=1`).
 struct UnixSignals {
     hangup: unix::Signal,
     terminate: unix::Signal,
     interrupt: unix::Signal,
+    notifier: Notifier,
 }
 
 impl UnixSignals {
-    fn install() -> anyhow::Result<Self> {
+    fn install(notifier: Notifier) -> anyhow::Result<Self> {
         let signal = |kind, name| {
             unix::signal(kind).with_context(|| format!("installing the {name} handler"))
         };
@@ -102,13 +105,14 @@ impl UnixSignals {
             hangup: signal(SignalKind::hangup(), "SIGHUP")?,
             terminate: signal(SignalKind::terminate(), "SIGTERM")?,
             interrupt: signal(SignalKind::interrupt(), "SIGINT")?,
+            notifier,
         })
     }
 }
 
 impl Signals for UnixSignals {
     async fn next(&mut self) -> Signal {
-        tokio::select! {
+        let signal = tokio::select! {
             _ = self.hangup.recv() => Signal::Reload,
             _ = self.terminate.recv() => {
                 info!("SIGTERM: shutting down");
@@ -118,13 +122,23 @@ impl Signals for UnixSignals {
                 info!("SIGINT: shutting down");
                 Signal::Stop
             }
+        };
+        match signal {
+            Signal::Reload => self.notifier.reloading(),
+            Signal::Stop => self.notifier.stopping(),
         }
+        signal
+    }
+
+    fn reloaded(&mut self) {
+        self.notifier.reloaded();
     }
 }
 
 /// Runs the controller on `config` (loaded from `path` by `load`) until SIGTERM.
 pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow::Result<()> {
-    let mut signals = UnixSignals::install()?;
+    let notifier = Notifier::from_env();
+    let mut signals = UnixSignals::install(notifier.clone())?;
 
     // Before anything opens a descriptor: each probe in flight holds one.
     match limits::raise_open_files() {
@@ -137,6 +151,9 @@ pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow:
     let listener = api::bind(config.admin.listen, config.admin.token_file.is_some()).await?;
     let port = listener.local_addr().map_or(config.admin.listen.port(), |a| a.port());
     let token = admin_token(&config, port)?;
+    // Before the data plane is touched: without one of these the kernel
+    // would refuse it halfway (maps made, programs not loaded or attached).
+    caps::check()?;
     for name in &config.dataplane.interfaces {
         if netdev::ipv4_forwarding(name) == Some(false) {
             warn!(
@@ -175,7 +192,7 @@ pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow:
         let app = api::app(
             api::ApiState {
                 requests: requests_tx,
-                stats,
+                stats: stats.clone(),
                 reconciler: handle.clone(),
                 renders: std::sync::Arc::default(),
             },
@@ -191,7 +208,12 @@ pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow:
             },
         ));
         info!(config = %path.display(), services, %admin, "load balancer running");
+        let ready = tokio::spawn(notifier.clone().when_ready(
+            stats,
+            format!("load balancing {services} service(s); admin API on {admin}"),
+        ));
         control_loop::run(&mut controller, &mut requests, &mut signals, SAMPLE_INTERVAL).await;
+        ready.abort();
         // Changes still queued are answered 503 ("stopping"), then requests
         // in progress get the server's grace period.
         drop(requests);

@@ -425,6 +425,9 @@ fn drop_reason(outcome: &str) -> Option<&str> {
 }
 
 #[cfg(test)]
+mod dashboard;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::daemon::api::view::{CheckView, ConnsView, ConntrackView, HealthView};
@@ -451,8 +454,9 @@ mod tests {
         }
     }
 
-    /// Two services, three backends: one DOWN with a failed check, one in drain.
-    fn stats() -> Stats {
+    /// Two services, three backends: one DOWN with a failed check, one in
+    /// drain; every outcome counted (the dashboard's check reads it too).
+    pub(super) fn stats() -> Stats {
         let up = BackendView {
             weight: 3,
             conns: ConnsView { active: 7, inactive: 2 },

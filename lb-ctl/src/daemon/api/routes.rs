@@ -387,16 +387,22 @@ const READY_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(5);
     responses((status = 200, description = "The data plane is attached on every interface and the controller's loop is live (keepalived's track_script runs `lb-ctl health`, which asks this)", body = String),
               (status = 503, description = "Not ready", body = ErrorBody)))]
 pub async fn readyz(State(api): State<ApiState>) -> Response {
-    let stats = stats(&api);
+    match not_ready(&stats(&api)) {
+        Some(problem) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, problem).into_response(),
+        None => "ready\n".into_response(),
+    }
+}
+
+/// Why `/readyz` would answer 503 for the view `stats`, if it would: the
+/// same test tells systemd `READY=1` (`daemon::notify`).
+pub fn not_ready(stats: &Stats) -> Option<String> {
     let age = stats.published.map_or(READY_MAX_AGE, |t| t.elapsed());
-    let unavailable = |message| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message);
     if age >= READY_MAX_AGE {
-        unavailable(format!("the controller has published nothing for {} ms", age.as_millis()))
-            .into_response()
+        Some(format!("the controller has published nothing for {} ms", age.as_millis()))
     } else if !stats.dataplane_problems.is_empty() {
-        unavailable(stats.dataplane_problems.join("; ")).into_response()
+        Some(stats.dataplane_problems.join("; "))
     } else {
-        "ready\n".into_response()
+        None
     }
 }
 

@@ -3,12 +3,11 @@
 //! the controller needs the same "now" to tell expired connection entries,
 //! so it asks the program itself: `lb_clock`, run once through
 //! `BPF_PROG_TEST_RUN`, writes the epoch it computes into a scratch frame.
-use aya::{
-    programs::{ProgramError, TestRun as _, TestRunOptions, Xdp},
-    sys::SyscallError,
-};
+use std::os::fd::AsFd as _;
 
-use super::DataplaneError;
+use aya::programs::ProgramFd;
+
+use super::{DataplaneError, sys};
 
 const XDP_PASS: u32 = 2;
 
@@ -32,26 +31,16 @@ pub fn jiffy_ns() -> Result<u64, DataplaneError> {
 }
 
 /// The epoch `lb_xdp` would stamp a packet with now, from `lb_clock` (a
-/// handle of its own, so that any thread holding one can ask).
-pub fn read(lb_clock: &Xdp) -> Result<u64, DataplaneError> {
+/// descriptor of its own, so that any thread holding one can ask).
+pub fn read(lb_clock: &ProgramFd) -> Result<u64, DataplaneError> {
     let scratch = [0_u8; 64];
     let mut out = [0_u8; 64];
     let failed =
         |why: String| DataplaneError::kernel("reading the data plane's clock (lb_clock)", why);
-    let run = lb_clock
-        .test_run(TestRunOptions {
-            data_in: Some(&scratch),
-            data_out: Some(&mut out),
-            ..TestRunOptions::new()
-        })
-        .map_err(|e| match e {
-            ProgramError::SyscallError(SyscallError { io_error, .. }) => {
-                failed(io_error.to_string())
-            }
-            other => failed(other.to_string()),
-        })?;
-    if run.return_value != XDP_PASS {
-        return Err(failed(format!("the program answered {}", run.return_value)));
+    let verdict =
+        sys::test_run(lb_clock.as_fd(), &scratch, &mut out).map_err(|e| failed(e.to_string()))?;
+    if verdict != XDP_PASS {
+        return Err(failed(format!("the program answered {verdict}")));
     }
     let mut epoch = [0_u8; 8];
     epoch.copy_from_slice(&out[..8]);

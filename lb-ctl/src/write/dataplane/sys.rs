@@ -3,10 +3,12 @@
 //! around bpf(2) is here. Everything else (loading the object, maps,
 //! links, pins, `BPF_PROG_TEST_RUN` through `aya::programs::TestRun`) goes
 //! through aya, and each call here says what aya lacks. The controller
-//! needs two of them (clearing a devmap slot, the interface a pinned link
-//! is on); the test bed and the benchmarks, which run hand-written
-//! programs, the others. Beside them, the handles aya's `TestRun` needs
-//! (`xdp_handle`), which a program loaded here also becomes. The module is
+//! needs three of them (clearing a devmap slot, the interface a pinned
+//! link is on, running `lb_clock` on a copy of its descriptor); the test
+//! bed and the benchmarks, which run hand-written programs, the others.
+//! Beside them, the handles aya's `TestRun` needs (`xdp_handle`, which
+//! needs CAP_SYS_ADMIN: tests only), which a program loaded here also
+//! becomes. The module is
 //! lb-ctl's because the test bed and the benchmarks depend on lb-ctl
 //! already.
 use std::{
@@ -70,6 +72,26 @@ pub fn devmap_delete(map: &DevMap<MapData>, slot: u32) -> io::Result<()> {
     attr.__bindgen_anon_2.key = (&raw const slot) as u64;
     // SAFETY: the key is a u32, a devmap's key size, and outlives the call.
     unsafe { bpf(bpf_cmd::BPF_MAP_DELETE_ELEM, &mut attr) }.map(drop)
+}
+
+/// Runs the program `prog` once over `data_in` (BPF_PROG_TEST_RUN), its
+/// output frame into `data_out`; returns the program's verdict. aya's
+/// `TestRun` runs only an aya program handle, and aya 0.14 makes a second
+/// handle of a loaded program only through its id (BPF_PROG_GET_FD_BY_ID),
+/// which needs CAP_SYS_ADMIN: the controller, which runs without it, runs
+/// `lb_clock` from other threads on a copy of its descriptor instead.
+pub fn test_run(prog: BorrowedFd<'_>, data_in: &[u8], data_out: &mut [u8]) -> io::Result<u32> {
+    let mut attr = zeroed_attr();
+    attr.test.prog_fd = prog.as_raw_fd().cast_unsigned();
+    attr.test.data_in = data_in.as_ptr() as u64;
+    attr.test.data_size_in = data_in.len() as u32;
+    attr.test.data_out = data_out.as_mut_ptr() as u64;
+    attr.test.data_size_out = data_out.len() as u32;
+    // SAFETY: the input frame is readable and the output frame writable
+    // for the sizes given, and both outlive the call.
+    unsafe { bpf(bpf_cmd::BPF_PROG_TEST_RUN, &mut attr) }?;
+    // SAFETY: the kernel filled the `test` member the call was made with.
+    Ok(unsafe { attr.test.retval })
 }
 
 /// What a pinned link says of its attachment.

@@ -13,7 +13,7 @@ use std::{
 
 use aya::{
     maps::{Array, IterableMap as _, Map, MapData, MapError, PerCpuArray},
-    programs::Xdp,
+    programs::ProgramFd,
 };
 use lb_common::abi::{
     BACKEND_IN_USE, Backend, CONN_SYN, CONN_UDP, Conn, EPOCH_TICK_MS, Endpoint, Flow, Handshake,
@@ -25,7 +25,6 @@ use crate::write::dataplane::{
     ConnEntry, Counts, DataplaneError, FlowWriter, MapReader, attach, clock,
     conn_table::ConnTable,
     pins::{LinkPins, PinDir},
-    sys,
 };
 
 /// The reads of `MapReader`.
@@ -40,7 +39,7 @@ pub(super) struct KernelReader {
     counters: PerCpuArray<MapData, u64>,
     service_traffic: PerCpuArray<MapData, Traffic>,
     backend_traffic: PerCpuArray<MapData, Traffic>,
-    clock_program: Xdp,
+    clock_program: ProgramFd,
     timeouts: Arc<HeldTimeouts>,
     /// Where the links are pinned; `None` when nothing is attached.
     links: Option<LinkPins>,
@@ -56,7 +55,9 @@ impl KernelReader {
             counters: reopen("lb_counters", object_map(maps, "lb_counters")?)?,
             service_traffic: reopen("lb_svc_stats", object_map(maps, "lb_svc_stats")?)?,
             backend_traffic: reopen("lb_be_stats", object_map(maps, "lb_be_stats")?)?,
-            clock_program: sys::xdp_handle(&maps.clock_program)
+            clock_program: maps
+                .clock_program
+                .try_clone()
                 .map_err(|e| DataplaneError::kernel("duplicating lb_clock", e))?,
             timeouts: Arc::clone(&maps.held_timeouts),
             links: maps.pins.as_ref().map(PinDir::link_pins),

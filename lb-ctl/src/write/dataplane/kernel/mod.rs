@@ -18,7 +18,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, DevMap, HashMap, MapData, PerCpuArray, PerCpuValues, ProgramArray},
-    programs::{SchedClassifier, Xdp},
+    programs::{ProgramFd, SchedClassifier, Xdp},
 };
 use lb_common::abi::{
     BackendConns, CONN_ESTABLISHED, CONN_STATES, DEFAULT_ANSWERS_PER_SECOND, EpochClock,
@@ -35,7 +35,7 @@ use super::{
     DataplaneError, FlowWriter, MapReader, Maps, attach, clock,
     conn_table::ConnTable,
     pins::{self, PinDir},
-    sys, tx_ports,
+    tx_ports,
 };
 use crate::{
     desired::model::{Dataplane, HandshakeProof, ReversePath, Timeouts},
@@ -64,7 +64,7 @@ pub struct KernelMaps {
     /// What `lb_epoch` holds.
     clock: EpochClock,
     /// `lb_clock`, which tells the data plane's epoch (see `clock`).
-    clock_program: Xdp,
+    clock_program: ProgramFd,
     /// The data plane's own settings (see `plan::settings`), as planned
     /// when the maps were opened; the reconciler writes them.
     settings: Settings,
@@ -483,8 +483,8 @@ fn conn_table(ebpf: &Ebpf, salt: u32) -> Result<ConnTable, DataplaneError> {
     ConnTable::of_map(map, salt).map_err(|e| DataplaneError::kernel("mapping lb_conntrack", e))
 }
 
-/// A handle of its own on the object's (loaded) XDP program `name`.
-fn program_handle(ebpf: &Ebpf, name: &str) -> Result<Xdp, DataplaneError> {
+/// A descriptor of its own on the object's (loaded) XDP program `name`.
+fn program_handle(ebpf: &Ebpf, name: &str) -> Result<ProgramFd, DataplaneError> {
     let failed = |e: &dyn std::fmt::Display| {
         DataplaneError::kernel(format!("program {name}"), e.to_string())
     };
@@ -493,7 +493,10 @@ fn program_handle(ebpf: &Ebpf, name: &str) -> Result<Xdp, DataplaneError> {
         .ok_or_else(|| failed(&"missing from the object"))?
         .try_into()
         .map_err(|e| failed(&e))?;
-    sys::xdp_handle(program).map_err(|e| failed(&e))
+    program
+        .fd()
+        .and_then(|fd| fd.try_clone().map_err(aya::programs::ProgramError::from))
+        .map_err(|e| failed(&e))
 }
 
 /// A program of the object, by name and type.
