@@ -2,7 +2,10 @@
 //! with a real FIB: two interfaces (client side, backend side), routes, and
 //! permanent neighbour entries for some hosts but not others. Shared by the
 //! packet fixtures and the benchmarks.
-use std::{net::Ipv4Addr, sync::OnceLock};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    sync::OnceLock,
+};
 
 use aya::{
     maps::{Array, MapData, PerCpuArray},
@@ -57,6 +60,19 @@ pub const WEB_MACS: [Mac; 3] =
 /// A backend with no neighbour entry.
 pub const NO_NEIGH_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 50);
 pub const BACKEND_SIDE_MTU: u16 = 1400;
+
+/// The IPv6 side of the same hosts: `fd77:1::/64` on the client side,
+/// `fd77:2::/64` on the backend side, the VIP `fd77:1::100`.
+pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd77, 1, 0, 0, 0, 0, 0, 0x10);
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd77, 1, 0, 0, 0, 0, 0, 0x100);
+pub const LB_CLIENT_SIDE6: Ipv6Addr = Ipv6Addr::new(0xfd77, 1, 0, 0, 0, 0, 0, 1);
+pub const LB_BACKEND_SIDE6: Ipv6Addr = Ipv6Addr::new(0xfd77, 2, 0, 0, 0, 0, 0, 1);
+pub const WEB1_6: Ipv6Addr = Ipv6Addr::new(0xfd77, 2, 0, 0, 0, 0, 0, 0x11);
+pub const WEB2_6: Ipv6Addr = Ipv6Addr::new(0xfd77, 2, 0, 0, 0, 0, 0, 0x12);
+/// An IPv6 backend with no neighbour entry.
+pub const NO_NEIGH_BACKEND6: Ipv6Addr = Ipv6Addr::new(0xfd77, 2, 0, 0, 0, 0, 0, 0x50);
+/// The IPv6 VIP whose service's backend has no neighbour entry.
+pub const VIP6_NO_NEIGH: Ipv6Addr = Ipv6Addr::new(0xfd77, 1, 0, 0, 0, 0, 0, 0x101);
 pub const COLLIDER_MAC: Mac = [0x02, 0, 0, 0, 0x04, 0x01];
 pub const IF_CLIENT: &str = "fx-c";
 pub const IF_BACKEND: &str = "fx-b";
@@ -206,6 +222,31 @@ forwarding = "dsr"
   address = "10.77.2.51"
   port = 82
 
+[[service]]            # IPv6: one backend, another port, as "web"
+name = "web6"
+vip = "fd77:1::100"
+port = 80
+  [[service.backend]]
+  address = "fd77:2::11"
+  port = 8080
+
+[[service]]
+name = "dns6"
+vip = "fd77:1::100"
+port = 53
+protocol = "udp"
+  [[service.backend]]
+  address = "fd77:2::12"
+  port = 5353
+
+[[service]]            # IPv6 backend without a neighbour entry: slow path
+name = "noneigh6"
+vip = "fd77:1::101"
+port = 80
+  [[service.backend]]
+  address = "fd77:2::50"
+  port = 80
+
 [[service]]            # the schedulers, each over web1..web3
 name = "rr"
 vip = "10.77.1.104"
@@ -317,6 +358,16 @@ impl FixtureNs {
         ns_sh(n, &["ip", "addr", "add", &format!("{VIP}/32"), "dev", IF_CLIENT]);
         ns_sh(n, &["ip", "addr", "add", &format!("{LB_BACKEND_SIDE}/24"), "dev", IF_BACKEND]);
         ns_sh(n, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        ns_sh(n, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+        // `nodad`: usable at once, not tentative for a second.
+        for (addr, dev) in [
+            (format!("{LB_CLIENT_SIDE6}/64"), IF_CLIENT),
+            (format!("{VIP6}/128"), IF_CLIENT),
+            (format!("{VIP6_NO_NEIGH}/128"), IF_CLIENT),
+            (format!("{LB_BACKEND_SIDE6}/64"), IF_BACKEND),
+        ] {
+            ns_sh(n, &["ip", "-6", "addr", "add", &addr, "dev", dev, "nodad"]);
+        }
         // A smaller MTU on the backend side, for the "too big" case.
         ns_sh(n, &["ip", "link", "set", IF_BACKEND, "mtu", &BACKEND_SIDE_MTU.to_string()]);
         add_neighbours(n);
@@ -375,12 +426,15 @@ fn add_neighbours(n: &str) {
             "permanent",
         ],
     );
-    let neighbours = [
-        (CLIENT, CLIENT_MAC, IF_CLIENT),
-        (HAIRPIN, HAIRPIN_MAC, IF_CLIENT),
-        (WEB1, WEB_MACS[0], IF_BACKEND),
-        (WEB2, WEB_MACS[1], IF_BACKEND),
-        (WEB3, WEB_MACS[2], IF_BACKEND),
+    let neighbours: [(std::net::IpAddr, Mac, &str); 8] = [
+        (CLIENT.into(), CLIENT_MAC, IF_CLIENT),
+        (HAIRPIN.into(), HAIRPIN_MAC, IF_CLIENT),
+        (WEB1.into(), WEB_MACS[0], IF_BACKEND),
+        (WEB2.into(), WEB_MACS[1], IF_BACKEND),
+        (WEB3.into(), WEB_MACS[2], IF_BACKEND),
+        (CLIENT6.into(), CLIENT_MAC, IF_CLIENT),
+        (WEB1_6.into(), WEB_MACS[0], IF_BACKEND),
+        (WEB2_6.into(), WEB_MACS[1], IF_BACKEND),
     ];
     for (addr, mac, dev) in neighbours {
         ns_sh(

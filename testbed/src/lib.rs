@@ -9,6 +9,7 @@ pub mod ha;
 pub mod harness;
 pub mod netns;
 pub mod packet;
+pub mod packet6;
 pub mod rng;
 pub mod server;
 pub mod testrun;

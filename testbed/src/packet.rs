@@ -44,6 +44,59 @@ pub enum L4 {
     },
 }
 
+impl L4 {
+    /// The protocol number.
+    pub fn proto(&self) -> u8 {
+        match self {
+            L4::Tcp { .. } => 6,
+            L4::Udp { .. } => 17,
+            L4::Raw { proto, .. } => *proto,
+        }
+    }
+
+    /// The transport header and payload, its checksum computed over
+    /// `addrs` (the pseudo-header's addresses) and the rest of the
+    /// pseudo-header `tail` gives for the transport length: IPv4 and IPv6
+    /// differ only there.
+    pub fn bytes(&self, addrs: &[u8], tail: impl Fn(usize) -> Vec<u8>) -> Vec<u8> {
+        let (mut bytes, check_at) = match self {
+            L4::Tcp { sport, dport, flags, seq, ack, window, payload } => {
+                let mut b = Vec::with_capacity(20 + payload.len());
+                b.extend_from_slice(&sport.to_be_bytes());
+                b.extend_from_slice(&dport.to_be_bytes());
+                b.extend_from_slice(&seq.to_be_bytes());
+                b.extend_from_slice(&ack.to_be_bytes());
+                b.extend_from_slice(&[5 << 4, *flags]);
+                b.extend_from_slice(&window.to_be_bytes());
+                b.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
+                b.extend_from_slice(payload);
+                (b, Some(16))
+            }
+            L4::Udp { sport, dport, payload, checksum } => {
+                let mut b = Vec::with_capacity(8 + payload.len());
+                b.extend_from_slice(&sport.to_be_bytes());
+                b.extend_from_slice(&dport.to_be_bytes());
+                b.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+                b.extend_from_slice(&[0, 0]);
+                b.extend_from_slice(payload);
+                (b, checksum.then_some(6))
+            }
+            L4::Raw { bytes, .. } => (bytes.clone(), None),
+        };
+        if let Some(at) = check_at {
+            let mut pseudo = addrs.to_vec();
+            pseudo.extend_from_slice(&tail(bytes.len()));
+            pseudo.extend_from_slice(&bytes);
+            let mut sum = internet_checksum(&pseudo);
+            if sum == 0 && self.proto() == 17 {
+                sum = 0xffff; // RFC 768: a computed 0 is sent as all ones
+            }
+            bytes[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+        }
+        bytes
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Ipv4 {
     pub src: Ipv4Addr,
@@ -88,53 +141,15 @@ impl Ipv4 {
     }
 
     pub fn proto(&self) -> u8 {
-        match &self.l4 {
-            L4::Tcp { .. } => 6,
-            L4::Udp { .. } => 17,
-            L4::Raw { proto, .. } => *proto,
-        }
+        self.l4.proto()
     }
 
     /// The transport header and payload, checksum filled in.
     fn l4_bytes(&self) -> Vec<u8> {
-        let (mut bytes, check_at) = match &self.l4 {
-            L4::Tcp { sport, dport, flags, seq, ack, window, payload } => {
-                let mut b = Vec::with_capacity(20 + payload.len());
-                b.extend_from_slice(&sport.to_be_bytes());
-                b.extend_from_slice(&dport.to_be_bytes());
-                b.extend_from_slice(&seq.to_be_bytes());
-                b.extend_from_slice(&ack.to_be_bytes());
-                b.extend_from_slice(&[5 << 4, *flags]);
-                b.extend_from_slice(&window.to_be_bytes());
-                b.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
-                b.extend_from_slice(payload);
-                (b, Some(16))
-            }
-            L4::Udp { sport, dport, payload, checksum } => {
-                let mut b = Vec::with_capacity(8 + payload.len());
-                b.extend_from_slice(&sport.to_be_bytes());
-                b.extend_from_slice(&dport.to_be_bytes());
-                b.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-                b.extend_from_slice(&[0, 0]);
-                b.extend_from_slice(payload);
-                (b, checksum.then_some(6))
-            }
-            L4::Raw { bytes, .. } => (bytes.clone(), None),
-        };
-        if let Some(at) = check_at {
-            let mut pseudo = Vec::with_capacity(12 + bytes.len());
-            pseudo.extend_from_slice(&self.src.octets());
-            pseudo.extend_from_slice(&self.dst.octets());
-            pseudo.extend_from_slice(&[0, self.proto()]);
-            pseudo.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
-            pseudo.extend_from_slice(&bytes);
-            let mut sum = internet_checksum(&pseudo);
-            if sum == 0 && self.proto() == 17 {
-                sum = 0xffff; // RFC 768: a computed 0 is sent as all ones
-            }
-            bytes[at..at + 2].copy_from_slice(&sum.to_be_bytes());
-        }
-        bytes
+        let mut pseudo = Vec::with_capacity(12);
+        pseudo.extend_from_slice(&self.src.octets());
+        pseudo.extend_from_slice(&self.dst.octets());
+        self.l4.bytes(&pseudo, |len| [0, self.proto(), (len >> 8) as u8, len as u8].to_vec())
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {

@@ -1,10 +1,10 @@
 //! What a packet case expects of the program, and the checks the fixture
 //! table and the hostile corpus both make: the verdict, the counter that
 //! says why (up by one), and the output byte for byte.
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use lb_common::{
-    abi::{NEIGH_MARK_MAGIC, NeighMark},
+    abi::{NEIGH_MARK_MAGIC, NEIGH_MARK6_MAGIC, NeighMark, neigh6_tag},
     counter::Counter,
 };
 use lb_testbed::{
@@ -23,6 +23,9 @@ pub enum Expect {
     /// the mark naming the egress interface and the next hop in place of
     /// the MAC addresses.
     SlowPath { frame: Vec<u8>, egress: &'static str, nexthop: Ipv4Addr },
+    /// The same for IPv6, whose mark carries the next hop's tag (its
+    /// address waits in `lb_neigh6`).
+    SlowPath6 { frame: Vec<u8>, egress: &'static str, nexthop: Ipv6Addr },
 }
 
 impl Expect {
@@ -36,6 +39,16 @@ impl Expect {
                     magic: NEIGH_MARK_MAGIC,
                     ifindex: Loaded::ifindex(egress),
                     nexthop: nexthop.octets(),
+                };
+                let mut marked = frame.clone();
+                marked[..12].copy_from_slice(&mark.to_bytes());
+                marked
+            }
+            Self::SlowPath6 { frame, egress, nexthop } => {
+                let mark = NeighMark {
+                    magic: NEIGH_MARK6_MAGIC,
+                    ifindex: Loaded::ifindex(egress),
+                    nexthop: neigh6_tag(&nexthop.octets()).to_ne_bytes(),
                 };
                 let mut marked = frame.clone();
                 marked[..12].copy_from_slice(&mark.to_bytes());

@@ -101,8 +101,9 @@ pub(super) fn validate_service(key: &str, raw: RawService, problems: &mut Proble
         // The data plane rewrites within one family (NAT46/64 is not done).
         // Not said of an address already refused (read as 0.0.0.0).
         let address_key = format!("{key}.backend[{j}].address");
-        let refused =
-            |field: &str| problems.0.iter().any(|p| p.key == field || p.key == format!("{key}.vip"));
+        let refused = |field: &str| {
+            problems.0.iter().any(|p| p.key == field || p.key == format!("{key}.vip"))
+        };
         if b.address.is_ipv4() != vip.is_ipv4() && !refused(&address_key) {
             problems.add(
                 address_key,
