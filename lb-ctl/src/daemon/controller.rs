@@ -195,9 +195,10 @@ impl Controller {
         if next.dataplane != self.config.dataplane
             || next.admin != self.config.admin
             || next.log != self.config.log
+            || next.bgp != self.config.bgp
         {
             warn!(
-                "[dataplane], [admin] and [log] changes take effect at the next start; applying services only"
+                "[dataplane], [admin], [log] and [bgp] changes take effect at the next start; applying services only"
             );
         }
         let services = replay(&self.changes, &next.services, &self.state_path);
@@ -208,6 +209,7 @@ impl Controller {
                     dataplane: self.config.dataplane.clone(),
                     admin: self.config.admin.clone(),
                     log: self.config.log.clone(),
+                    bgp: self.config.bgp.clone(),
                     ..next
                 };
                 self.services = services;

@@ -2,10 +2,12 @@
 //! planned and written, and then keeps it so. One task owns the
 //! controller's state (`controller`) and moves it on at each event of its
 //! loop (`control_loop`): a change through the admin API (`api`), a health
-//! transition (`health`), a reload, a sample of the counters. Beside them
+//! transition (`health`), a reload, a sample of the counters; the VIPs it
+//! can serve are announced through BIRD (`bgp`). Beside them
 //! what a long-running process needs: its logs (`logging`), its open-file
 //! limit (`limits`).
 pub mod api;
+pub mod bgp;
 pub mod control_loop;
 pub mod controller;
 pub mod health;
