@@ -368,7 +368,16 @@ impl Controller {
         self.start_again();
     }
 
-    fn start_again(&mut self) {
+    /// Kills `lb-ctl run` (SIGKILL) and leaves it dead (`start_again`
+    /// starts it).
+    pub fn kill(&mut self) {
+        let mut child = self.ctl.take().expect("lb-ctl runs");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts `lb-ctl run` again after `kill` or `stop`; returns once it runs.
+    pub fn start_again(&mut self) {
         let before = self.log();
         self.spawn_ctl();
         // spawn_ctl truncates the log: keep the first run's for failures.

@@ -34,6 +34,5 @@ pub(super) const MAX_INTERVAL_MS: i64 = 3_600_000;
 /// Most consecutive results `rise` or `fall` may ask for.
 pub(super) const MAX_RISE_FALL: i64 = 100;
 
-/// Longest wait between withdrawing the VIPs' routes and detaching
-/// (`bgp.withdraw_delay_ms`): a minute.
-pub(super) const MAX_WITHDRAW_DELAY_MS: i64 = 60_000;
+/// Longest `bgp.withdraw_delay_ms` and `bgp.announce_delay_ms`: a minute.
+pub(super) const MAX_BGP_DELAY_MS: i64 = 60_000;

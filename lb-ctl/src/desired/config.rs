@@ -16,8 +16,8 @@ use lb_common::{
 
 use super::{
     bounds::{
-        MAX_ALLOWED_HOSTS, MAX_ANSWERS_PER_SECOND, MAX_HOST_NAME_LEN, MAX_TIMEOUT_S,
-        MAX_WITHDRAW_DELAY_MS,
+        MAX_ALLOWED_HOSTS, MAX_ANSWERS_PER_SECOND, MAX_BGP_DELAY_MS, MAX_HOST_NAME_LEN,
+        MAX_TIMEOUT_S,
     },
     model::{Dataplane, HandshakeProof, ReversePath, Service, Timeouts, XdpMode},
     problem::{Problem, Problems},
@@ -45,9 +45,13 @@ pub struct Bgp {
     pub table: u32,
     /// The device the routes point at, which lives as long as the controller.
     pub device: String,
-    /// SIGTERM with `--cleanup-on-exit`: how long to wait between the
-    /// withdrawal and detaching, for the routers to move the flows away.
+    /// How long the routers get to move a withdrawn VIP's flows away:
+    /// before DOWN backends' flows are reset, before detaching at SIGTERM
+    /// with `--cleanup-on-exit`.
     pub withdraw_delay: Duration,
+    /// How long a VIP must stay servable before it is announced (again):
+    /// the health checks of every backend settle first.
+    pub announce_delay: Duration,
 }
 
 /// `[admin]`: where the admin API listens and who may use it.
@@ -204,17 +208,19 @@ fn validate_bgp(raw: RawBgp, dataplane: &Dataplane, problems: &mut Problems) -> 
             ),
         );
     }
-    let withdraw_delay = match u64::try_from(raw.withdraw_delay_ms) {
-        Ok(ms) if raw.withdraw_delay_ms <= MAX_WITHDRAW_DELAY_MS => Duration::from_millis(ms),
+    let mut delay = |key: &str, ms: i64| match u64::try_from(ms) {
+        Ok(n) if ms <= MAX_BGP_DELAY_MS => Duration::from_millis(n),
         _ => {
             problems.add(
-                "bgp.withdraw_delay_ms",
-                format!("{} is out of range (0 to {MAX_WITHDRAW_DELAY_MS})", raw.withdraw_delay_ms),
+                format!("bgp.{key}"),
+                format!("{ms} is out of range (0 to {MAX_BGP_DELAY_MS})"),
             );
             Duration::ZERO
         }
     };
-    Bgp { table, device: raw.device, withdraw_delay }
+    let withdraw_delay = delay("withdraw_delay_ms", raw.withdraw_delay_ms);
+    let announce_delay = delay("announce_delay_ms", raw.announce_delay_ms);
+    Bgp { table, device: raw.device, withdraw_delay, announce_delay }
 }
 
 /// What Linux takes as a device name (`dev_valid_name`): 1 to 15 bytes, no
@@ -832,14 +838,16 @@ protocol = "udp"
         let bgp = parse(&with("")).unwrap().bgp.unwrap();
         assert_eq!((bgp.table, bgp.device.as_str()), (4077, "lb-vips"));
         assert_eq!(bgp.withdraw_delay, Duration::from_secs(2));
+        assert_eq!(bgp.announce_delay, Duration::from_secs(5));
         let limits = parse(&with(
-            "table = 4294967295\ndevice = \"abcdefghijklmno\"\nwithdraw_delay_ms = 60000",
+            "table = 4294967295\ndevice = \"abcdefghijklmno\"\nwithdraw_delay_ms = 60000\nannounce_delay_ms = 0",
         ))
         .unwrap()
         .bgp
         .unwrap();
         assert_eq!((limits.table, limits.device.len()), (u32::MAX, 15));
         assert_eq!(limits.withdraw_delay, Duration::from_mins(1));
+        assert_eq!(limits.announce_delay, Duration::ZERO);
         for (keys, key, message) in [
             ("table = 254", "bgp.table", "254 is not a table of its own"),
             ("table = 0", "bgp.table", "0 is not a table of its own"),
@@ -851,6 +859,7 @@ protocol = "udp"
             ("device = \"lb-c\"", "bgp.device", "is in dataplane.interfaces"),
             ("withdraw_delay_ms = 60001", "bgp.withdraw_delay_ms", "60001 is out of range"),
             ("withdraw_delay_ms = -1", "bgp.withdraw_delay_ms", "-1 is out of range"),
+            ("announce_delay_ms = 60001", "bgp.announce_delay_ms", "60001 is out of range"),
             ("table = \"main\"", "bgp.table (line", "invalid type"),
             ("asn = 65001", "bgp.asn (line", "unknown field `asn`"),
         ] {

@@ -81,6 +81,8 @@ pub(super) struct RawBgp {
     pub(super) device: String,
     #[serde(default = "default_withdraw_delay_ms")]
     pub(super) withdraw_delay_ms: i64,
+    #[serde(default = "default_announce_delay_ms")]
+    pub(super) announce_delay_ms: i64,
 }
 
 /// A service as the config file and the API's JSON bodies write it.
@@ -187,6 +189,9 @@ fn default_bgp_device() -> String {
 }
 fn default_withdraw_delay_ms() -> i64 {
     2000
+}
+fn default_announce_delay_ms() -> i64 {
+    5000
 }
 fn default_listen() -> String {
     "127.0.0.1:9100".into()

@@ -522,10 +522,14 @@ async fn execute(op: Operator, client: &Client) -> Result<String, ClientError> {
                 None if json => return get_pretty(client, NODE).await,
                 None => client.get_json(NODE).await?,
                 Some(NodeCmd::Drain) => {
-                    client.send_json(Method::POST, &format!("{NODE}/drain"), None).await?
+                    client
+                        .send_json(Method::POST, &format!("{NODE}/drain"), Some(json!({})))
+                        .await?
                 }
                 Some(NodeCmd::Undrain) => {
-                    client.send_json(Method::POST, &format!("{NODE}/undrain"), None).await?
+                    client
+                        .send_json(Method::POST, &format!("{NODE}/undrain"), Some(json!({})))
+                        .await?
                 }
             };
             if json {

@@ -145,10 +145,12 @@ pub fn list(table: u32) -> io::Result<Vec<TableRoute>> {
         .stdin(Stdio::null())
         .output()?;
     if !out.status.success() {
-        return Err(io::Error::other(format!(
-            "ip route show table {table}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        let said = String::from_utf8_lossy(&out.stderr);
+        // A table the kernel never held a route in does not exist yet.
+        if said.contains("table does not exist") {
+            return Ok(Vec::new());
+        }
+        return Err(io::Error::other(format!("ip route show table {table}: {}", said.trim())));
     }
     parse_list(&out.stdout)
 }

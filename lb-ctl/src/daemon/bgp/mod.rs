@@ -15,6 +15,7 @@
 pub mod wanted;
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
@@ -137,7 +138,17 @@ pub fn start(
     // What the first sync will write, from the first moment the API answers.
     let first = {
         let stats = stats.borrow();
-        let vips = wanted::decide(&stats, drained, bgp.is_some());
+        let mut vips = wanted::decide(&stats, drained, bgp.is_some());
+        if let Some(b) = &bgp {
+            let none = std::collections::BTreeSet::new();
+            wanted::settle(
+                &mut vips,
+                &mut BTreeMap::new(),
+                &none,
+                b.announce_delay,
+                Instant::now(),
+            );
+        }
         node_view(bgp.as_ref(), drained, wanted::fingerprint(&stats), vips, None)
     };
     let (view_tx, view) = watch::channel(first);
@@ -153,6 +164,7 @@ pub fn start(
         checked: Instant::now(),
         error: None,
         logged: Vec::new(),
+        servable_since: BTreeMap::new(),
     };
     let task = tokio::spawn(announcer.run());
     (Handle { commands: commands_tx, view }, task)
@@ -172,6 +184,8 @@ struct Announcer {
     error: Option<String>,
     /// The VIPs as last logged.
     logged: Vec<VipView>,
+    /// When each VIP became servable (`wanted::settle`).
+    servable_since: BTreeMap<String, Instant>,
 }
 
 fn node_view(
@@ -194,8 +208,9 @@ fn node_view(
 
 impl Announcer {
     async fn run(mut self) {
-        // Readiness also ages: re-decided every second without a publication.
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // Readiness ages and announcements settle: re-decided every 100 ms
+        // without a publication (writing only what changed).
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -258,9 +273,17 @@ impl Announcer {
     /// Decides, writes what changed, publishes the view.
     async fn sync(&mut self) {
         let stats = self.stats.borrow().clone();
-        let vips = wanted::decide(&stats, self.drained, self.bgp.is_some());
+        let mut vips = wanted::decide(&stats, self.drained, self.bgp.is_some());
         let fingerprint = wanted::fingerprint(&stats);
         if let (Some(bgp), Some(device)) = (&self.bgp, &self.device) {
+            let announced = self.written.iter().flatten().map(|r| r.dst.clone()).collect();
+            wanted::settle(
+                &mut vips,
+                &mut self.servable_since,
+                &announced,
+                bgp.announce_delay,
+                Instant::now(),
+            );
             let wanted: Vec<TableRoute> = vips
                 .iter()
                 .filter(|v| v.announced)
@@ -271,10 +294,13 @@ impl Announcer {
             if due || self.written.as_ref() != Some(&wanted) {
                 self.write(bgp.table, wanted).await;
             }
-            for v in &vips {
-                log_change(self.logged.iter().find(|o| o.vip == v.vip), v);
+            // What the table holds is what is logged.
+            if self.error.is_none() {
+                for v in &vips {
+                    log_change(self.logged.iter().find(|o| o.vip == v.vip), v);
+                }
+                self.logged.clone_from(&vips);
             }
-            self.logged.clone_from(&vips);
         }
         let view =
             node_view(self.bgp.as_ref(), self.drained, fingerprint, vips, self.error.clone());

@@ -3,7 +3,12 @@
 //! what `/readyz`, `lb-ctl list` and `lb-ctl node` say come from one place.
 //! And the fingerprint of the services as they run, which tells nodes that
 //! would place flows differently apart.
-use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -23,17 +28,18 @@ pub struct VipView {
 }
 
 /// Every VIP of `stats`, in address order: announced while the node is
-/// ready (`/readyz`'s conditions), not drained, and at least one of the
-/// VIP's services has a backend in rotation (a VIP that carries several
-/// services goes only when none can be served). `bgp` false: none is.
+/// ready (`/readyz`'s conditions), not drained, and every service on the
+/// VIP has a backend in rotation here (a client of any of them sent here
+/// would otherwise be refused while another node may serve it; services
+/// that may fail alone belong on VIPs of their own). `bgp` false: none is.
 pub fn decide(stats: &Stats, drained: bool, bgp: bool) -> Vec<VipView> {
     let mut by_vip: BTreeMap<Ipv4Addr, (Vec<String>, bool)> = BTreeMap::new();
     for s in &stats.services {
         // The view's VIPs are the controller's own addresses, printed.
         let Ok(vip) = s.vip.parse::<Ipv4Addr>() else { continue };
-        let entry = by_vip.entry(vip).or_default();
+        let entry = by_vip.entry(vip).or_insert_with(|| (Vec::new(), true));
         entry.0.push(s.name.clone());
-        entry.1 |= s.backends_in_rotation > 0;
+        entry.1 &= s.backends_in_rotation > 0;
     }
     let not_ready = stats.not_ready();
     by_vip
@@ -53,6 +59,32 @@ pub fn decide(stats: &Stats, drained: bool, bgp: bool) -> Vec<VipView> {
             VipView { vip: vip.to_string(), services, announced: withheld.is_none(), withheld }
         })
         .collect()
+}
+
+/// Holds back the announcement of a VIP that is not announced yet until it
+/// has been servable for `delay` (`bgp.announce_delay_ms`): a node coming
+/// back (a restart, backends UP again, an undrain) takes flows only once
+/// every backend's health has settled, not with a partial view that would
+/// place moved flows elsewhere than the other nodes do. `since` keeps when
+/// each VIP became servable; a VIP in `announced` stays announced.
+pub fn settle(
+    vips: &mut [VipView],
+    since: &mut BTreeMap<String, Instant>,
+    announced: &BTreeSet<String>,
+    delay: Duration,
+    now: Instant,
+) {
+    since.retain(|vip, _| vips.iter().any(|v| v.announced && v.vip == *vip));
+    for v in vips.iter_mut().filter(|v| v.announced) {
+        let from = *since.entry(v.vip.clone()).or_insert(now);
+        if !announced.contains(&v.vip) && now.duration_since(from) < delay {
+            v.announced = false;
+            v.withheld = Some(format!(
+                "settling: announced once servable for {} ms (bgp.announce_delay_ms)",
+                delay.as_millis()
+            ));
+        }
+    }
 }
 
 /// A 32-bit fingerprint of what decides where a flow goes: each service's
@@ -111,22 +143,22 @@ mod tests {
         views.iter().map(|v| (v.vip.as_str(), v.withheld.as_deref())).collect()
     }
 
-    /// A VIP is announced while one of its services has a usable backend;
-    /// one whose every service has none is withheld, alone.
+    /// A VIP is announced while every service on it has a usable
+    /// backend; one service without withholds its VIP, and only its VIP.
     #[test]
-    fn a_vip_goes_when_none_of_its_services_has_a_usable_backend() {
+    fn a_vip_goes_when_one_of_its_services_has_no_usable_backend() {
         let s = stats(vec![
             service("web", "10.77.1.100", 80, 0),
             service("dns", "10.77.1.100", 53, 1),
-            service("mail", "10.77.1.101", 25, 0),
+            service("mail", "10.77.1.101", 25, 2),
         ]);
         let views = decide(&s, false, true);
         assert_eq!(
             why(&views),
-            [("10.77.1.100", None), ("10.77.1.101", Some("no usable backend"))]
+            [("10.77.1.100", Some("no usable backend")), ("10.77.1.101", None)]
         );
         assert_eq!(views[0].services, ["web", "dns"]);
-        assert!(views[0].announced && !views[1].announced);
+        assert!(!views[0].announced && views[1].announced);
     }
 
     /// Not ready, drained, or no `[bgp]`: nothing is announced, and each
@@ -177,5 +209,30 @@ mod tests {
         for other in [weighted, scheduled, drained] {
             assert_ne!(fingerprint(&other), same);
         }
+    }
+
+    /// A VIP newly servable waits out the delay, then goes; one announced
+    /// already stays; one that stops being servable starts over.
+    #[test]
+    fn a_vip_is_announced_once_servable_for_the_delay() {
+        let s = stats(vec![service("web", "10.77.1.100", 80, 1)]);
+        let (delay, t0) = (Duration::from_secs(5), Instant::now());
+        let mut since = BTreeMap::new();
+        let none = BTreeSet::new();
+        let at =
+            |since: &mut BTreeMap<String, Instant>, announced: &BTreeSet<String>, t: Instant| {
+                let mut vips = decide(&s, false, true);
+                settle(&mut vips, since, announced, delay, t);
+                vips[0].announced
+            };
+        assert!(!at(&mut since, &none, t0), "at once");
+        assert!(!at(&mut since, &none, t0 + Duration::from_millis(4999)), "before the delay");
+        assert!(at(&mut since, &none, t0 + delay), "after it");
+        let announced = BTreeSet::from(["10.77.1.100".to_owned()]);
+        assert!(at(&mut BTreeMap::new(), &announced, t0), "announced already: stays");
+        let mut vips = decide(&s, true, true);
+        settle(&mut vips, &mut since, &none, delay, t0 + delay);
+        assert!(since.is_empty(), "drained: the wait starts over");
+        assert_eq!(vips[0].withheld.as_deref(), Some("node drained"));
     }
 }
