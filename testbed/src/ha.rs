@@ -354,7 +354,7 @@ impl Ha {
         let mut hop = String::new();
         for line in text.lines().map(str::trim) {
             if let Some(rest) = line.strip_prefix("via ") {
-                hop = rest.split_whitespace().next().unwrap_or_default().to_owned();
+                rest.split_whitespace().next().unwrap_or_default().clone_into(&mut hop);
             }
             if let Some(community) = line.strip_prefix("BGP.large_community:") {
                 out.push((hop.clone(), community.trim().to_owned()));

@@ -413,6 +413,16 @@ impl Controller {
     /// SIGTERM; returns the exit status.
     pub fn stop(&mut self) -> ExitStatus {
         self.signal("-TERM");
+        self.wait_exit()
+    }
+
+    /// Sends SIGTERM and returns at once (`wait_exit` waits for the exit).
+    pub fn terminate(&self) {
+        self.signal("-TERM");
+    }
+
+    /// Waits (at most 10 s) for `lb-ctl run` to exit after a signal; its status.
+    pub fn wait_exit(&mut self) -> ExitStatus {
         let mut child = self.ctl.take().expect("lb-ctl runs");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
