@@ -5,7 +5,8 @@
 //! long-lived connections and a new connection every 10 ms, each event
 //! that takes lb1 out of the route and back: `lb-ctl node drain`, its
 //! controller killed, every backend DOWN as lb1 sees them, SIGTERM, and
-//! lb1's BIRD killed (the node gone), with BFD and without. Each event is
+//! lb1's front link cut (the node gone: nothing says goodbye, BFD or the
+//! hold time notices), with BFD and without. Each event is
 //! repeated ROUNDS times (default 1); the times are from the event to the
 //! router's route change (polled every 2 ms), the median over the rounds.
 use std::time::{Duration, Instant};
@@ -31,7 +32,7 @@ enum Event {
     Sigkill,
     AllDown,
     Sigterm,
-    BirdKilled,
+    LinkCut,
 }
 
 impl Event {
@@ -41,7 +42,7 @@ impl Event {
             Self::Sigkill => "controller SIGKILL / started again",
             Self::AllDown => "every backend DOWN as lb1 sees them / UP again",
             Self::Sigterm => "controller SIGTERM / started again",
-            Self::BirdKilled => "lb1's BIRD killed (the node gone) / started again",
+            Self::LinkCut => "lb1's front link cut (the node gone) / back",
         }
     }
 
@@ -54,7 +55,9 @@ impl Event {
             Self::Sigkill => ha.nodes[0].kill(),
             Self::AllDown => block_probes_from_lb1(ha, true),
             Self::Sigterm => ha.nodes[0].terminate(),
-            Self::BirdKilled => ha.node_birds[0].kill(),
+            Self::LinkCut => {
+                ns_sh(&ha.node(0), &["ip", "link", "set", "lb-c", "down"]);
+            }
         }
     }
 
@@ -71,7 +74,12 @@ impl Event {
                 assert!(status.success(), "lb-ctl exited {status}");
                 ha.nodes[0].start_again();
             }
-            Self::BirdKilled => ha.node_birds[0].restart(),
+            Self::LinkCut => {
+                let node = ha.node(0);
+                ns_sh(&node, &["ip", "link", "set", "lb-c", "up"]);
+                // The link's routes went with it.
+                ns_sh(&node, &["ip", "route", "replace", "default", "via", "10.77.1.1"]);
+            }
         }
     }
 }
@@ -183,15 +191,15 @@ pub fn demo(rounds: usize) {
         }
         eprintln!("  (65001, 1, N): each node's lb-ctl node fingerprint; equal, the same services");
         let events: &[Event] = if bfd {
-            &[Event::Drain, Event::Sigkill, Event::AllDown, Event::Sigterm, Event::BirdKilled]
+            &[Event::Drain, Event::Sigkill, Event::AllDown, Event::Sigterm, Event::LinkCut]
         } else {
-            &[Event::Sigkill, Event::BirdKilled]
+            &[Event::Sigkill, Event::LinkCut]
         };
         for event in events {
             let mut m = measure(&mut ha, *event, rounds);
             if !bfd {
                 m.label = match event {
-                    Event::BirdKilled => "lb1's BIRD killed, without BFD",
+                    Event::LinkCut => "lb1's front link cut, without BFD",
                     _ => "controller SIGKILL, without BFD",
                 };
             }
@@ -210,9 +218,9 @@ pub fn demo(rounds: usize) {
         eprintln!(
             "  {:<52} {:>10} {:>10} {:>12} {:>7} {:>7}",
             m.label,
-            format!("{:.0?}", m.withdrawn),
-            format!("{:.0?}", m.back),
-            format!("{:.0?}", m.longest_gap),
+            format!("{:.1?}", m.withdrawn),
+            format!("{:.1?}", m.back),
+            format!("{:.1?}", m.longest_gap),
             m.failed,
             m.broken
         );

@@ -97,13 +97,17 @@ impl Drop for Bird {
 }
 
 /// Test timers instead of the shipped ones (hold time 3 s, keepalive 1 s,
-/// reconnect after 1 s), and without BFD when `bfd` is false.
+/// reconnect after 1 s, restart 1 s after a failure), and without BFD when
+/// `bfd` is false.
 fn test_timers(text: &str, bfd: bool) -> String {
     let mut text = text
         .replace("hold time 9;", "hold time 3;")
         .replace("keepalive time 3;", "keepalive time 1;")
-        .replace("connect retry time 5;", "connect retry time 1;");
-    for (wanted, what) in [("hold time 3;", "hold time"), ("bfd on;", "bfd")] {
+        .replace("connect retry time 5;", "connect retry time 1;")
+        .replace("error wait time 5, 60;", "error wait time 1, 5;");
+    for (wanted, what) in
+        [("hold time 3;", "hold time"), ("bfd on;", "bfd"), ("error wait time 1,", "error wait")]
+    {
         assert!(text.contains(wanted), "examples/bird: no {what} to adapt");
     }
     if !bfd {

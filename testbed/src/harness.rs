@@ -416,6 +416,11 @@ impl Controller {
         self.wait_exit()
     }
 
+    /// Whether `lb-ctl run` is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.ctl.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
     /// Sends SIGTERM and returns at once (`wait_exit` waits for the exit).
     pub fn terminate(&self) {
         self.signal("-TERM");

@@ -103,7 +103,8 @@ fn each_unfit_node_is_withdrawn_and_nothing_breaks() {
     unblock_probes(&ha);
     eprintln!("backends UP: back after {:?}", ha.wait_next_hops(&[0, 1], ROUTE_CHANGE));
 
-    // 4. SIGTERM: withdrawn before the controller exits.
+    // 4. SIGTERM: withdrawn by the time the controller exits (before a
+    //    detach: the second test); the data plane forwards on.
     let status = ha.nodes[0].stop();
     assert!(status.success(), "{status}");
     assert_eq!(ha.next_hops(), [1], "withdrawn by the time lb-ctl exited");
@@ -120,7 +121,10 @@ fn each_unfit_node_is_withdrawn_and_nothing_breaks() {
 /// Nodes that run different services would place flows differently: the
 /// router sees each node's fingerprint as a large community on its path,
 /// and `lb-ctl node` shows it. A device name another controller holds is
-/// refused, naming the key, before anything is attached.
+/// refused, naming the key, before anything is attached. `SIGTERM` with
+/// `--cleanup-on-exit` withdraws first and detaches `withdraw_delay_ms`
+/// later (here, with no traffic: a detached node on the backends' way back
+/// would not translate their replies).
 #[test]
 fn a_node_whose_services_differ_is_visible_at_the_router() {
     let mut ha = Ha::start("lbg-b", Mode::Bgp { bfd: false });
@@ -171,8 +175,10 @@ fn a_node_whose_services_differ_is_visible_at_the_router() {
     std::fs::write(&conf, text).expect("config");
     let ns = format!("--net=/var/run/netns/{}", ha.node(1));
     let ctl = lb_testbed::harness::lb_ctl_bin();
-    let out = std::process::Command::new("nsenter")
+    // Bounded: a controller that took the device anyway would run on.
+    let out = std::process::Command::new("timeout")
         .env("LB_RUN_DIR", dir.join("run"))
+        .args(["10", "nsenter"])
         .arg(&ns)
         .arg(ctl)
         .args(["run", "--config"])
@@ -185,4 +191,16 @@ fn a_node_whose_services_differ_is_visible_at_the_router() {
     assert!(stderr.contains("bgp.device = \"lb-vips\""), "{stderr}");
     assert!(!std::path::Path::new(pins).exists(), "it attached something: {pins}");
     assert_eq!(ha.next_hops(), [0, 1], "the first controller's routes stay");
+
+    ha.nodes[0].restart_with(&["--cleanup-on-exit"]);
+    eprintln!("restarted: back after {:?}", ha.wait_next_hops(&[0, 1], Duration::from_secs(10)));
+    ha.nodes[0].terminate();
+    let gone = ha.wait_next_hops(&[1], Duration::from_secs(10));
+    assert!(ha.nodes[0].is_running(), "the route went only with the process");
+    let status = ha.nodes[0].wait_exit();
+    assert!(status.success(), "{status}");
+    let log = ha.nodes[0].log();
+    assert!(log.contains("waiting bgp.withdraw_delay_ms before detaching"), "{log}");
+    assert!(log.contains("data plane detached and unpinned"), "{log}");
+    eprintln!("SIGTERM with --cleanup-on-exit: next hop gone after {gone:?}, then detached");
 }

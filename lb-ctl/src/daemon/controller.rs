@@ -29,7 +29,7 @@ use crate::{
         model::{AdminState, Service},
         names::Named as _,
     },
-    plan::ids::{BackendKey, PlanError, backend_key},
+    plan::ids::{BackendKey, PlanError},
     write::reconciler::{self, ReconcileError},
 };
 
@@ -75,8 +75,6 @@ pub struct Controller {
     /// With `[bgp]`: backends seen DOWN, and when their DOWN flag is due
     /// (see `apply_health`).
     down_due: BTreeMap<BackendKey, Instant>,
-    /// The graced backends the maps hold out of rotation.
-    applied_graced: BTreeSet<BackendKey>,
 }
 
 impl HealthLookup for health::Monitor {
@@ -127,7 +125,6 @@ impl Controller {
             restore_pending: false,
             applied_down: held_down,
             down_due: BTreeMap::new(),
-            applied_graced: BTreeSet::new(),
         };
         // The health view replaces whatever an adopted data plane held
         // (a backend DOWN before may have lost its checks since).
@@ -149,7 +146,7 @@ impl Controller {
     /// file cannot be written, the change is undone.
     pub async fn change(&mut self, change: Change) -> Result<Arc<Stats>, ControlError> {
         let next = changes::apply(&self.services, &change)?;
-        if let Err(e) = self.reconciler.apply(self.in_maps(&next)).await {
+        if let Err(e) = self.reconciler.apply(next.clone()).await {
             // A plan that does not fit wrote nothing; a failed write may
             // have left part of the change in the maps.
             if matches!(e, ReconcileError::Dataplane(_)) {
@@ -176,7 +173,7 @@ impl Controller {
     /// Makes the maps hold what runs again, after a change that failed; if
     /// that fails too, every sample retries until it works.
     async fn restore(&mut self) {
-        match self.reconciler.apply(self.in_maps(&self.services)).await {
+        match self.reconciler.apply(self.services.clone()).await {
             Ok(_) => self.restore_pending = false,
             Err(e) => {
                 error!(error = %e, "restoring the running state failed; retrying every second");
@@ -214,7 +211,7 @@ impl Controller {
             );
         }
         let services = replay(&self.changes, &next.services, &self.state_path);
-        match self.reconciler.apply(self.in_maps(&services)).await {
+        match self.reconciler.apply(services.clone()).await {
             Ok(applied) => {
                 info!(writes = applied.writes, "configuration reloaded");
                 self.config = Config {
@@ -284,53 +281,38 @@ impl Controller {
     /// DOWN backends leave the scheduler's tables (only their own Maglev
     /// slots move), and come back when UP again.
     ///
-    /// With `[bgp]`, a backend that goes DOWN is first only out of rotation
-    /// (as if drained: no new flow, open flows go on), and flagged DOWN
-    /// (its flows reset) `bgp.withdraw_delay` later. When it was a VIP's
-    /// last usable backend here, the view published meanwhile withdraws the
-    /// VIP, and the routers move its flows to nodes that may still reach
-    /// the backend before this node would reset them.
+    /// With `[bgp]`, a backend that goes DOWN stays in the maps as it was
+    /// for `bgp.withdraw_delay` (the view says DOWN at once): when it was
+    /// the last usable backend of a service here, the VIP is withdrawn
+    /// meanwhile, and the routers move its flows to the other nodes before
+    /// this one would reset them or, for flows it forwards without an entry
+    /// (moved here from another node), place them elsewhere than the other
+    /// nodes do.
     async fn apply_health(&mut self) {
         let down = self.health.down();
         let due = self.grace(&down);
         let count = due.len();
-        // DOWN flags first: a backend whose grace ends is drained in the
-        // maps until then, so it never re-enters the tables in between.
         match self.reconciler.set_down(due.clone()).await {
             Ok(applied) => {
                 if applied.writes > 0 {
                     info!(down = count, writes = applied.writes, "health applied");
                 }
+                if due.len() < down.len() && self.applied_down.len() + 1 > due.len() {
+                    info!(
+                        waiting = down.len() - due.len(),
+                        delay_ms = self.withdraw_delay().as_millis() as u64,
+                        "DOWN backends flagged after bgp.withdraw_delay_ms"
+                    );
+                }
                 self.applied_down = due;
-                self.health_pending = false;
+                // Every sample looks again until every DOWN flag is due.
+                self.health_pending = count < down.len();
             }
             Err(e) => {
                 error!(error = %e, "applying health states failed; retrying within a second");
                 self.health_pending = true;
-                return;
             }
         }
-        let graced = self.graced();
-        if graced != self.applied_graced {
-            match self.reconciler.apply(out_of_rotation(&self.services, &graced)).await {
-                Ok(_) => {
-                    if !graced.is_empty() {
-                        warn!(
-                            backends = graced.len(),
-                            delay_ms = self.withdraw_delay().as_millis() as u64,
-                            "DOWN backends out of rotation; their flows are reset after bgp.withdraw_delay_ms"
-                        );
-                    }
-                    self.applied_graced = graced;
-                }
-                Err(e) => {
-                    error!(error = %e, "taking DOWN backends out of rotation failed; retrying within a second");
-                    self.health_pending = true;
-                }
-            }
-        }
-        // Every sample looks again until every grace has ended.
-        self.health_pending |= !self.applied_graced.is_empty();
     }
 
     /// `[bgp]`'s `withdraw_delay`, or zero without `[bgp]`.
@@ -346,44 +328,22 @@ impl Controller {
         let now = Instant::now();
         self.down_due.retain(|k, _| down.contains(k));
         if !delay.is_zero() {
+            let before = self.down_due.len();
             for key in down.difference(&self.applied_down) {
                 self.down_due.entry(*key).or_insert(now + delay);
+            }
+            if self.down_due.len() > before {
+                info!(
+                    backends = self.down_due.len() - before,
+                    delay_ms = delay.as_millis() as u64,
+                    "DOWN: left as they are in the maps until bgp.withdraw_delay_ms has passed"
+                );
             }
         }
         down.iter()
             .filter(|k| self.down_due.get(k).is_none_or(|due| now >= *due))
             .copied()
             .collect()
-    }
-
-    /// The backends DOWN whose flag is not due yet, to take out of
-    /// rotation only: not a service's last usable ones, which stay while
-    /// the withdrawal takes the VIP's traffic away (out, new clients sent
-    /// here before the routers heard would be refused).
-    fn graced(&self) -> BTreeSet<BackendKey> {
-        let now = Instant::now();
-        let graced: BTreeSet<BackendKey> =
-            self.down_due.iter().filter(|(_, due)| now < **due).map(|(k, _)| *k).collect();
-        let mut out = BTreeSet::new();
-        for s in &self.services {
-            let keys = s
-                .backends
-                .iter()
-                .filter(|b| b.effective_weight() > 0)
-                .map(|b| backend_key(s, b.address, b.port));
-            let (mine, others): (Vec<BackendKey>, Vec<BackendKey>) =
-                keys.partition(|k| graced.contains(k));
-            if others.iter().any(|k| !self.applied_down.contains(k)) {
-                out.extend(mine);
-            }
-        }
-        out
-    }
-
-    /// `services` as the maps hold them: with the backends in their grace
-    /// out of rotation.
-    fn in_maps(&self, services: &[Service]) -> Vec<Service> {
-        out_of_rotation(services, &self.applied_graced)
     }
 
     /// The view of everything, for the API's readers.
@@ -417,25 +377,6 @@ impl Controller {
         self.published.send_replace(Arc::clone(&stats));
         stats
     }
-}
-
-/// `services` with the backends of `keys` drained: out of rotation, open
-/// flows going on.
-fn out_of_rotation(services: &[Service], keys: &BTreeSet<BackendKey>) -> Vec<Service> {
-    let mut services = services.to_vec();
-    if keys.is_empty() {
-        return services;
-    }
-    for s in &mut services {
-        let service = s.clone();
-        for b in &mut s.backends {
-            let key = backend_key(&service, b.address, b.port);
-            if keys.contains(&key) && b.state == AdminState::Active {
-                b.state = AdminState::Drain;
-            }
-        }
-    }
-    services
 }
 
 /// Where `config`'s runtime changes are kept.
