@@ -80,7 +80,8 @@ fn each_unfit_node_is_withdrawn_and_nothing_breaks() {
     eprintln!("drain: next hop gone after {:?}", ha.wait_next_hops(&[1], ROUTE_CHANGE));
     assert_only_lb2_carries(&ha, "drained");
     ha.nodes[0].restart();
-    std::thread::sleep(Duration::from_secs(1));
+    // Past bgp.announce_delay_ms (1 s), when it would be back.
+    std::thread::sleep(Duration::from_secs(2));
     assert_eq!(ha.next_hops(), [1], "a restart keeps the node drained");
     let node = ha.nodes[0].ctl_ok(&["node", "undrain"]);
     assert!(node.contains("announced"), "{node}");
@@ -186,10 +187,12 @@ fn a_node_whose_services_differ_is_visible_at_the_router() {
         .output()
         .expect("running lb-ctl");
     let stderr = String::from_utf8_lossy(&out.stderr);
+    let attached = std::path::Path::new(pins).exists();
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(pins);
     assert!(!out.status.success(), "a second controller on lb-vips ran");
     assert!(stderr.contains("bgp.device = \"lb-vips\""), "{stderr}");
-    assert!(!std::path::Path::new(pins).exists(), "it attached something: {pins}");
+    assert!(!attached, "it attached something: {pins}");
     assert_eq!(ha.next_hops(), [0, 1], "the first controller's routes stay");
 
     ha.nodes[0].restart_with(&["--cleanup-on-exit"]);
