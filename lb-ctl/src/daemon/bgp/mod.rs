@@ -36,6 +36,8 @@ use crate::{
 /// How often the table is read back and repaired when nothing changed
 /// (a route removed by hand comes back within this).
 const RECHECK_EVERY: Duration = Duration::from_secs(10);
+/// How often a failed write is tried again.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// What `GET /api/v1/node` answers.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -290,8 +292,10 @@ impl Announcer {
                 .filter_map(|v| v.vip.parse().ok())
                 .map(|vip| vip_routes::route(vip, fingerprint, device.name()))
                 .collect();
-            let due = self.checked.elapsed() >= RECHECK_EVERY;
-            if due || self.written.as_ref() != Some(&wanted) {
+            // A failed write is retried every second, not every tick.
+            let since = self.checked.elapsed();
+            let due = since >= RECHECK_EVERY || (self.error.is_some() && since >= RETRY_EVERY);
+            if due || (self.error.is_none() && self.written.as_ref() != Some(&wanted)) {
                 self.write(bgp.table, wanted).await;
             }
             // What the table holds is what is logged.
