@@ -12,9 +12,8 @@
 use std::time::{Duration, Instant};
 
 use lb_testbed::{
-    ha::{Ha, Mode, NODES},
+    ha::{Ha, Mode},
     netns::ns_sh,
-    topology::BACKENDS,
     traffic::Traffic,
 };
 
@@ -53,7 +52,7 @@ impl Event {
                 ha.nodes[0].ctl_ok(&["node", "drain"]);
             }
             Self::Sigkill => ha.nodes[0].kill(),
-            Self::AllDown => block_probes_from_lb1(ha, true),
+            Self::AllDown => ha.block_probes_from(0, true),
             Self::Sigterm => ha.nodes[0].terminate(),
             Self::LinkCut => {
                 ns_sh(&ha.node(0), &["ip", "link", "set", "lb-c", "down"]);
@@ -68,7 +67,7 @@ impl Event {
                 ha.nodes[0].ctl_ok(&["node", "undrain"]);
             }
             Self::Sigkill => ha.nodes[0].start_again(),
-            Self::AllDown => block_probes_from_lb1(ha, false),
+            Self::AllDown => ha.block_probes_from(0, false),
             Self::Sigterm => {
                 let status = ha.nodes[0].wait_exit();
                 assert!(status.success(), "lb-ctl exited {status}");
@@ -80,29 +79,6 @@ impl Event {
                 // The link's routes went with it.
                 ns_sh(&node, &["ip", "route", "replace", "default", "via", "10.77.1.1"]);
             }
-        }
-    }
-}
-
-/// Drops (or lets through again) lb1's health probes at every backend.
-fn block_probes_from_lb1(ha: &Ha, block: bool) {
-    for (name, _) in BACKENDS {
-        let ns = ha.web(name);
-        if block {
-            ns_sh(&ns, &["nft", "add", "table", "inet", "lbglab"]);
-            ns_sh(
-                &ns,
-                &[
-                    "nft", "add", "chain", "inet", "lbglab", "input", "{", "type", "filter",
-                    "hook", "input", "priority", "0", ";", "policy", "accept", ";", "}",
-                ],
-            );
-            let rule = ["nft", "add", "rule", "inet", "lbglab", "input", "ip", "saddr"];
-            let mut rule = rule.to_vec();
-            rule.extend([NODES[0].2, "drop"]);
-            ns_sh(&ns, &rule);
-        } else {
-            ns_sh(&ns, &["nft", "delete", "table", "inet", "lbglab"]);
         }
     }
 }

@@ -309,6 +309,28 @@ impl Ha {
         ns_sh(&self.router(), &args);
     }
 
+    /// Drops node `i`'s health probes (from its back address) at every
+    /// backend, and nothing else: node `i` alone sees them all DOWN. With
+    /// `block` false, lets them through again.
+    pub fn block_probes_from(&self, i: usize, block: bool) {
+        let table = format!("{}-probes", self.prefix);
+        for (name, _) in BACKENDS {
+            let ns = self.web(name);
+            if !block {
+                ns_sh(&ns, &["nft", "delete", "table", "inet", &table]);
+                continue;
+            }
+            ns_sh(&ns, &["nft", "add", "table", "inet", &table]);
+            let chain = "{ type filter hook input priority 0 ; policy accept ; }";
+            let mut add = vec!["nft", "add", "chain", "inet", &table, "input"];
+            add.extend(chain.split(' '));
+            ns_sh(&ns, &add);
+            let drop =
+                ["nft", "add", "rule", "inet", &table, "input", "ip", "saddr", NODES[i].2, "drop"];
+            ns_sh(&ns, &drop);
+        }
+    }
+
     /// The nodes the router's route to the VIP goes through now (its next
     /// hops, in `NODES` order); empty without a route.
     pub fn next_hops(&self) -> Vec<usize> {

@@ -11,8 +11,6 @@ use std::time::Duration;
 use lb_testbed::{
     ha::{Ha, Mode, NODES},
     harness::config,
-    netns::ns_sh,
-    topology::BACKENDS,
     traffic::Traffic,
 };
 
@@ -29,32 +27,6 @@ fn assert_only_lb2_carries(ha: &Ha, what: &str) {
     eprintln!("{what}: client packets via lb1 {}, via lb2 {}", via[0], via[1]);
     assert_eq!(via[0], 0, "{what}: lb1 is out of the route but got client packets");
     assert!(via[1] > 300, "{what}: lb2 carries every flow alone: {} packets", via[1]);
-}
-
-/// Drops lb1's health probes (from its back address) at every backend,
-/// and nothing else: lb1 alone sees them all DOWN.
-fn block_probes_from_lb1(ha: &Ha) {
-    for (name, _) in BACKENDS {
-        let ns = ha.web(name);
-        ns_sh(&ns, &["nft", "add", "table", "inet", "lbgtest"]);
-        ns_sh(
-            &ns,
-            &[
-                "nft", "add", "chain", "inet", "lbgtest", "input", "{", "type", "filter", "hook",
-                "input", "priority", "0", ";", "policy", "accept", ";", "}",
-            ],
-        );
-        ns_sh(
-            &ns,
-            &["nft", "add", "rule", "inet", "lbgtest", "input", "ip", "saddr", NODES[0].2, "drop"],
-        );
-    }
-}
-
-fn unblock_probes(ha: &Ha) {
-    for (name, _) in BACKENDS {
-        ns_sh(&ha.web(name), &["nft", "delete", "table", "inet", "lbgtest"]);
-    }
 }
 
 /// Each node's next hop goes when the node cannot serve and comes back
@@ -96,12 +68,12 @@ fn each_unfit_node_is_withdrawn_and_nothing_breaks() {
 
     // 3. Every backend DOWN as lb1 sees them (its probes dropped): lb1
     //    withdraws before its DOWN flags would reset the flows it carries.
-    block_probes_from_lb1(&ha);
+    ha.block_probes_from(0, true);
     eprintln!("all DOWN on lb1: next hop gone after {:?}", ha.wait_next_hops(&[1], ROUTE_CHANGE));
     assert_only_lb2_carries(&ha, "all backends DOWN on lb1");
     let node = ha.nodes[0].ctl_ok(&["node"]);
     assert!(node.contains("withdrawn: no usable backend"), "{node}");
-    unblock_probes(&ha);
+    ha.block_probes_from(0, false);
     eprintln!("backends UP: back after {:?}", ha.wait_next_hops(&[0, 1], ROUTE_CHANGE));
 
     // 4. SIGTERM: withdrawn by the time the controller exits (before a
