@@ -249,9 +249,10 @@ impl Announcer {
         }
         let path = self.drained_path.clone();
         let kept = if drained {
-            std::fs::write(
+            // As the state file: a symlink planted at its path is never followed.
+            crate::desired::private_file::write_atomically(
                 &path,
-                "drained by lb-ctl node drain; lb-ctl node undrain removes this file\n",
+                b"drained by lb-ctl node drain; lb-ctl node undrain removes this file\n",
             )
         } else {
             match std::fs::remove_file(&path) {
@@ -363,5 +364,49 @@ fn log_change(before: Option<&VipView>, now: &VipView) {
         None => info!(vip = %now.vip, "BGP: VIP announced"),
         Some(why) if before.is_some() => warn!(vip = %now.vip, reason = %why, "BGP: VIP withdrawn"),
         Some(why) => info!(vip = %now.vip, reason = %why, "BGP: VIP not announced"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bgp() -> Bgp {
+        Bgp {
+            table: 4077,
+            device: "lb-vips".into(),
+            withdraw_delay: Duration::ZERO,
+            announce_delay: Duration::ZERO,
+        }
+    }
+
+    /// A drain is kept in its file before it is answered, an undrain
+    /// removes it; one that cannot be kept changes nothing and says where.
+    /// (No device: nothing is written to the kernel here.)
+    #[tokio::test]
+    async fn a_drain_is_kept_before_it_is_answered_and_a_failed_one_changes_nothing() {
+        let dir = std::env::temp_dir().join(format!("lb-ctl-{}-drain", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = drained_path(&dir.join("lb.state.json"));
+        assert_eq!(path, dir.join("lb.state.drained"));
+        let (_publish, stats) = watch::channel(Arc::new(Stats::default()));
+
+        let (node, _task) = start(Some(bgp()), None, path.clone(), stats.clone());
+        let view = node.drain(true).await.unwrap();
+        assert!(view.drained && path.exists(), "{view:?}");
+        // A new announcer (a restart) starts drained.
+        let (again, _task) = start(Some(bgp()), None, path.clone(), stats.clone());
+        assert!(again.view().drained);
+        assert!(!again.drain(false).await.unwrap().drained);
+        assert!(!path.exists());
+        assert!(!again.drain(false).await.unwrap().drained, "undrain twice is no error");
+
+        let nowhere = dir.join("missing").join("lb.state.drained");
+        let (node, _task) = start(Some(bgp()), None, nowhere.clone(), stats);
+        let refused = node.drain(true).await.unwrap_err();
+        assert!(refused.to_string().contains(&nowhere.display().to_string()), "{refused}");
+        assert!(!node.view().drained, "a drain that was not kept is not made");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
