@@ -167,6 +167,7 @@ pub fn start(
         error: None,
         logged: Vec::new(),
         servable_since: BTreeMap::new(),
+        fingerprint: None,
     };
     let task = tokio::spawn(announcer.run());
     (Handle { commands: commands_tx, view }, task)
@@ -188,6 +189,8 @@ struct Announcer {
     logged: Vec<VipView>,
     /// When each VIP became servable (`wanted::settle`).
     servable_since: BTreeMap<String, Instant>,
+    /// The last view hashed, and its fingerprint.
+    fingerprint: Option<(Arc<Stats>, u32)>,
 }
 
 fn node_view(
@@ -277,7 +280,15 @@ impl Announcer {
     async fn sync(&mut self) {
         let stats = self.stats.borrow().clone();
         let mut vips = wanted::decide(&stats, self.drained, self.bgp.is_some());
-        let fingerprint = wanted::fingerprint(&stats);
+        // Hashed once per publication (a second), not once per tick.
+        let fingerprint = match &self.fingerprint {
+            Some((of, hash)) if Arc::ptr_eq(of, &stats) => *hash,
+            _ => {
+                let hash = wanted::fingerprint(&stats);
+                self.fingerprint = Some((Arc::clone(&stats), hash));
+                hash
+            }
+        };
         if let (Some(bgp), Some(device)) = (&self.bgp, &self.device) {
             let announced = self.written.iter().flatten().map(|r| r.dst.clone()).collect();
             wanted::settle(
