@@ -94,7 +94,8 @@ fn each_unfit_node_is_withdrawn_and_nothing_breaks() {
 /// Nodes that run different services would place flows differently: the
 /// router sees each node's fingerprint as a large community on its path,
 /// and `lb-ctl node` shows it. A device name another controller holds is
-/// refused, naming the key, before anything is attached. `SIGTERM` with
+/// refused, naming the key, before anything is attached. A lost XDP
+/// attachment withdraws the node until a restart attaches again. `SIGTERM` with
 /// `--cleanup-on-exit` withdraws first and detaches `withdraw_delay_ms`
 /// later (here, with no traffic: a detached node on the backends' way back
 /// would not translate their replies).
@@ -166,6 +167,16 @@ fn a_node_whose_services_differ_is_visible_at_the_router() {
     assert!(stderr.contains("bgp.device = \"lb-vips\""), "{stderr}");
     assert!(!attached, "it attached something: {pins}");
     assert_eq!(ha.next_hops(), [0, 1], "the first controller's routes stay");
+
+    // lb2 loses its XDP attachment (its pin is the link's only holder):
+    // not ready, withdrawn at the next sample; a restart attaches again.
+    std::fs::remove_file(format!("{}/links/xdp_lb-c", ha.nodes[1].pin_dir)).expect("XDP pin");
+    let gone = ha.wait_next_hops(&[0], Duration::from_secs(10));
+    let node = ha.nodes[1].ctl_ok(&["node"]);
+    assert!(node.contains("withdrawn: not ready: ") && node.contains("lb-c"), "{node}");
+    eprintln!("XDP link gone on lb2: next hop gone after {gone:?}");
+    ha.nodes[1].restart();
+    eprintln!("restarted: back after {:?}", ha.wait_next_hops(&[0, 1], Duration::from_secs(10)));
 
     ha.nodes[0].restart_with(&["--cleanup-on-exit"]);
     eprintln!("restarted: back after {:?}", ha.wait_next_hops(&[0, 1], Duration::from_secs(10)));
