@@ -3,7 +3,11 @@
 //! `lb-lab serve NAME ADDR` is a backend's server process, and
 //! `lb-lab counters PIN_DIR` prints the data plane's outcome counters, and
 //! `lb-lab ha` shows two load balancers with keepalived moving the VIP under
-//! a live connection (then removes them).
+//! a live connection (then removes them), and `lb-lab bgp [ROUNDS]` two
+//! announcing the VIP by BGP to a router, each event that withdraws one
+//! measured (`bgp`).
+mod bgp;
+
 use std::process::ExitCode;
 
 use lb_testbed::{server, topology::Topology};
@@ -20,6 +24,24 @@ fn main() -> ExitCode {
         }
         ["ha"] => {
             ha_demo();
+            ExitCode::SUCCESS
+        }
+        ["bgp", rest @ ..] => {
+            let rounds = match rest {
+                [] => 1,
+                [n] => match n.parse::<usize>() {
+                    Ok(n) if (1..=20).contains(&n) => n,
+                    _ => {
+                        eprintln!("lb-lab bgp: ROUNDS is 1 to 20, not {n:?}");
+                        return ExitCode::from(2);
+                    }
+                },
+                _ => {
+                    eprintln!("usage: lb-lab bgp [ROUNDS]");
+                    return ExitCode::from(2);
+                }
+            };
+            bgp::demo(rounds);
             ExitCode::SUCCESS
         }
         ["down", prefix] => {
@@ -46,7 +68,7 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: lb-lab up PREFIX | down PREFIX | ha | listen ADDR FIRST_PORT COUNT | serve NAME ADDR [HEALTH_CONTROL_FILE] | counters PIN_DIR"
+                "usage: lb-lab up PREFIX | down PREFIX | ha | bgp [ROUNDS] | listen ADDR FIRST_PORT COUNT | serve NAME ADDR [HEALTH_CONTROL_FILE] | counters PIN_DIR"
             );
             ExitCode::from(2)
         }

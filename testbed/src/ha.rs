@@ -13,7 +13,10 @@
 //!   10.77.2.1 (back) between the nodes, as one sync group;
 //! - `Ecmp`: the router spreads the VIP over both nodes with an
 //!   equal-cost multipath route (layer-4 hash), the backends their replies
-//!   likewise; each node holds the VIP on `lo`.
+//!   likewise; each node holds the VIP on `lo`;
+//! - `Bgp`: the same, but the router's route is BIRD's, merged from what
+//!   each node's BIRD announces of the routes its controller writes
+//!   (`[bgp]`, the shipped `examples/bird/` configs), with or without BFD.
 use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -21,6 +24,7 @@ use std::{
 };
 
 use crate::{
+    bird::{self, Bird},
     harness::{Controller, Setup},
     netns::{in_ns, ns_sh, sh},
     topology::{BACKENDS, Topology, VIP, addr, bridge_port, endpoint_offloads, veth},
@@ -39,7 +43,28 @@ pub const BACKEND_GATEWAY: &str = "10.77.2.1";
 pub enum Mode {
     Vrrp,
     Ecmp,
+    Bgp { bfd: bool },
 }
+
+impl Mode {
+    /// The router spreads the VIP over both nodes, by hand or by BGP.
+    fn multipath(self) -> bool {
+        matches!(self, Self::Ecmp | Self::Bgp { .. })
+    }
+}
+
+/// The controllers' setup in `Bgp` mode: `[bgp]` (a second to withdraw
+/// and to settle, five times the health checks' interval) and fast health
+/// checks.
+const BGP_SETUP: Setup = Setup {
+    checks: Some(&crate::harness::FAST_CHECKS),
+    web: "",
+    echo: "",
+    tables: "\n[bgp]\nwithdraw_delay_ms = 1000\nannounce_delay_ms = 1000\n",
+    dataplane: "",
+    conntrack_max: None,
+    resolv_conf: None,
+};
 
 pub struct Ha {
     pub prefix: String,
@@ -47,6 +72,9 @@ pub struct Ha {
     /// namespaces: dropped (stopped) first.
     pub nodes: Vec<Controller>,
     keepalived: Vec<Option<Child>>,
+    /// `Bgp`: the router's BIRD, then each node's.
+    pub router_bird: Option<Bird>,
+    pub node_birds: Vec<Bird>,
     /// The backends' servers and their namespaces' names.
     backends: Topology,
 }
@@ -60,6 +88,10 @@ impl Ha {
     }
     pub fn node(&self, i: usize) -> String {
         format!("{}-{}", self.prefix, NODES[i].0)
+    }
+    /// The namespace of backend `name` (`web1`…).
+    pub fn web(&self, name: &str) -> String {
+        self.backends.web(name)
     }
     fn front(&self) -> String {
         format!("{}-front", self.prefix)
@@ -88,14 +120,34 @@ impl Ha {
             prefix: prefix.to_owned(),
             nodes: Vec::new(),
             keepalived: Vec::new(),
+            router_bird: None,
+            node_birds: Vec::new(),
             backends: Topology::named(prefix),
         };
         ha.destroy();
         ha.build(mode);
         ha.backends.start_backends(&crate::harness::built_bin("lb-lab").to_string_lossy());
+        let setup = if matches!(mode, Mode::Bgp { .. }) { BGP_SETUP } else { Setup::default() };
         for (i, (node, ..)) in NODES.iter().enumerate() {
             let name = format!("{prefix}-{node}");
-            ha.nodes.push(Controller::start(&ha.node(i), &name, Setup::default(), [Some(1); 3]));
+            ha.nodes.push(Controller::start(&ha.node(i), &name, setup, [Some(1); 3]));
+        }
+        if let Mode::Bgp { bfd } = mode {
+            let router = ha.router();
+            ha.router_bird = Some(Bird::start(
+                &router,
+                &format!("{prefix}-bird-router"),
+                &bird::router_config(bfd),
+            ));
+            for (i, (node, front, _)) in NODES.iter().enumerate() {
+                let config = bird::node_config(front, bfd);
+                ha.node_birds.push(Bird::start(
+                    &ha.node(i),
+                    &format!("{prefix}-bird-{node}"),
+                    &config,
+                ));
+            }
+            ha.wait_next_hops(&[0, 1], Duration::from_secs(20));
         }
         if mode == Mode::Vrrp {
             for i in 0..NODES.len() {
@@ -142,7 +194,7 @@ impl Ha {
             addr(&node, "lb-b", &format!("{back_addr}/24"));
             ns_sh(&node, &["ip", "route", "add", "default", "via", ROUTER_FRONT]);
             ns_sh(&node, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-            if mode == Mode::Ecmp {
+            if mode.multipath() {
                 addr(&node, "lo", &format!("{VIP}/32"));
             }
             // The bridge ports facing a node must run XDP themselves for
@@ -163,8 +215,13 @@ impl Ha {
             ns_sh(ns, &["sysctl", "-qw", "net.ipv4.fib_multipath_hash_policy=1"]);
             ns_sh(ns, &args);
         };
-        if mode == Mode::Ecmp {
-            ecmp(&router, &format!("{VIP}/32"), &[NODES[0].1, NODES[1].1]);
+        match mode {
+            Mode::Ecmp => ecmp(&router, &format!("{VIP}/32"), &[NODES[0].1, NODES[1].1]),
+            // BIRD installs the route; the kernel hashes by layer 4.
+            Mode::Bgp { .. } => {
+                ns_sh(&router, &["sysctl", "-qw", "net.ipv4.fib_multipath_hash_policy=1"]);
+            }
+            Mode::Vrrp => {}
         }
         for (name, address) in BACKENDS {
             let web = self.backends.web(name);
@@ -177,7 +234,9 @@ impl Ha {
                 Mode::Vrrp => {
                     ns_sh(&web, &["ip", "route", "add", "default", "via", BACKEND_GATEWAY]);
                 }
-                Mode::Ecmp => ecmp(&web, "default", &[NODES[0].2, NODES[1].2]),
+                Mode::Ecmp | Mode::Bgp { .. } => {
+                    ecmp(&web, "default", &[NODES[0].2, NODES[1].2]);
+                }
             }
         }
     }
@@ -250,6 +309,82 @@ impl Ha {
         ns_sh(&self.router(), &args);
     }
 
+    /// Drops node `i`'s health probes (from its back address) at every
+    /// backend, and nothing else: node `i` alone sees them all DOWN. With
+    /// `block` false, lets them through again.
+    pub fn block_probes_from(&self, i: usize, block: bool) {
+        let table = format!("{}-probes", self.prefix);
+        for (name, _) in BACKENDS {
+            let ns = self.web(name);
+            if !block {
+                ns_sh(&ns, &["nft", "delete", "table", "inet", &table]);
+                continue;
+            }
+            ns_sh(&ns, &["nft", "add", "table", "inet", &table]);
+            let chain = "{ type filter hook input priority 0 ; policy accept ; }";
+            let mut add = vec!["nft", "add", "chain", "inet", &table, "input"];
+            add.extend(chain.split(' '));
+            ns_sh(&ns, &add);
+            let drop =
+                ["nft", "add", "rule", "inet", &table, "input", "ip", "saddr", NODES[i].2, "drop"];
+            ns_sh(&ns, &drop);
+        }
+    }
+
+    /// The nodes the router's route to the VIP goes through now (its next
+    /// hops, in `NODES` order); empty without a route.
+    pub fn next_hops(&self) -> Vec<usize> {
+        let route = ns_sh(&self.router(), &["ip", "-4", "route", "show", &format!("{VIP}/32")]);
+        let hops: Vec<&str> = route
+            .split_whitespace()
+            .zip(route.split_whitespace().skip(1))
+            .filter(|(word, _)| *word == "via")
+            .map(|(_, hop)| hop)
+            .collect();
+        (0..NODES.len()).filter(|&i| hops.contains(&NODES[i].1)).collect()
+    }
+
+    /// Waits until the router's route to the VIP goes through `nodes`
+    /// exactly; how long it took (polled every 2 ms).
+    pub fn wait_next_hops(&self, nodes: &[usize], limit: Duration) -> Duration {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if self.next_hops() == nodes {
+                return start.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let birds: Vec<String> = std::iter::once(self.router_bird.as_ref())
+            .chain(self.node_birds.iter().map(Some))
+            .flatten()
+            .map(|b| format!("{}:\n{}{}", b.ns, b.birdc(&["show", "protocols"]), b.log()))
+            .collect();
+        panic!(
+            "the router's route to {VIP} did not go through {nodes:?} within {limit:?} (it goes through {:?})\n{}",
+            self.next_hops(),
+            birds.join("\n")
+        );
+    }
+
+    /// What the router's BIRD learnt of the VIP: per announcing node (by
+    /// next hop), the large communities on its route (the fingerprint
+    /// `(65001, 1, N)` of the services it runs).
+    pub fn announced_fingerprints(&self) -> Vec<(String, String)> {
+        let bird = self.router_bird.as_ref().expect("Bgp mode");
+        let text = bird.birdc(&["show", "route", "for", VIP, "all"]);
+        let mut out = Vec::new();
+        let mut hop = String::new();
+        for line in text.lines().map(str::trim) {
+            if let Some(rest) = line.strip_prefix("via ") {
+                rest.split_whitespace().next().unwrap_or_default().clone_into(&mut hop);
+            }
+            if let Some(community) = line.strip_prefix("BGP.large_community:") {
+                out.push((hop.clone(), community.trim().to_owned()));
+            }
+        }
+        out
+    }
+
     /// Client packets node `i`'s data plane sent to a backend, over the
     /// TCP services the test traffic uses (HTTP on 80, the echo on 9000):
     /// replies are not counted, so this tells which node the router sends
@@ -278,6 +413,8 @@ impl Ha {
         for i in 0..self.keepalived.len() {
             self.stop_keepalived(i);
         }
+        self.router_bird = None;
+        self.node_birds.clear();
         self.nodes.clear();
         for ns in self.namespaces() {
             crate::netns::remove(&ns);

@@ -368,7 +368,16 @@ impl Controller {
         self.start_again();
     }
 
-    fn start_again(&mut self) {
+    /// Kills `lb-ctl run` (SIGKILL) and leaves it dead (`start_again`
+    /// starts it).
+    pub fn kill(&mut self) {
+        let mut child = self.ctl.take().expect("lb-ctl runs");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts `lb-ctl run` again after `kill` or `stop`; returns once it runs.
+    pub fn start_again(&mut self) {
         let before = self.log();
         self.spawn_ctl();
         // spawn_ctl truncates the log: keep the first run's for failures.
@@ -404,6 +413,21 @@ impl Controller {
     /// SIGTERM; returns the exit status.
     pub fn stop(&mut self) -> ExitStatus {
         self.signal("-TERM");
+        self.wait_exit()
+    }
+
+    /// Whether `lb-ctl run` is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.ctl.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// Sends SIGTERM and returns at once (`wait_exit` waits for the exit).
+    pub fn terminate(&self) {
+        self.signal("-TERM");
+    }
+
+    /// Waits (at most 10 s) for `lb-ctl run` to exit after a signal; its status.
+    pub fn wait_exit(&mut self) -> ExitStatus {
         let mut child = self.ctl.take().expect("lb-ctl runs");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

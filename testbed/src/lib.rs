@@ -1,8 +1,9 @@
 //! The test bed shared by the privileged tests (`lb-tests`), the lab
 //! (`lb-lab`) and the benchmarks (`lb-bench`): network namespace plumbing,
 //! the demo topology and its backend servers, the real controller run in
-//! it, a packet builder, and the real XDP program under BPF_PROG_TEST_RUN
+//! it, BIRD, a packet builder, and the real XDP program under BPF_PROG_TEST_RUN
 //! in a namespace with a real FIB.
+pub mod bird;
 pub mod counters;
 pub mod fixture;
 pub mod ha;

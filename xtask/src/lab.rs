@@ -289,3 +289,16 @@ pub fn ha() -> Result<()> {
     require_root("the lab")?;
     run_status(Command::new(bin("lb-lab")).arg("ha"))
 }
+
+/// `cargo xtask lab bgp [--rounds N]`: the BGP demo (`lb-lab bgp`), each
+/// event repeated N times (median times), removed at the end.
+pub fn bgp(rounds: Option<&str>) -> Result<()> {
+    build()?;
+    require_root("the lab")?;
+    let mut command = Command::new(bin("lb-lab"));
+    command.arg("bgp");
+    if let Some(rounds) = rounds {
+        command.arg(rounds);
+    }
+    run_status(&mut command)
+}

@@ -15,6 +15,8 @@ const USAGE: &str = "usage: cargo xtask <command>
   lab [--keep]       build, create the demo topology, start lb-ctl, show traffic being spread
   lab down           remove the lab
   lab ha             two load balancers with keepalived: the VIP moves under a live connection
+  lab bgp [--rounds N]  two load balancers announcing the VIP by BGP (BIRD): each event that
+                     withdraws one, timed to the router's route change (median of N)
   run -- ARGS        build, then run `lb-ctl run ARGS` as root
   package [--debug]  the Debian package lb (target/debian/lb_VERSION_ARCH.deb), from the release
                      build (--debug: from the debug build, stripped, as `test` builds it)
@@ -48,6 +50,15 @@ fn dispatch(args: &[String]) -> Result<()> {
         ["lab", "ha"] => {
             setup::ensure()?;
             lab::ha()
+        }
+        ["lab", "bgp", rest @ ..] => {
+            let rounds = match rest {
+                [] => None,
+                ["--rounds", n] => Some(*n),
+                _ => bail!("{USAGE}"),
+            };
+            setup::ensure()?;
+            lab::bgp(rounds)
         }
         ["lab", rest @ ..] => {
             let keep = match rest {

@@ -11,7 +11,8 @@ use crate::util::{is_root, output, run_status};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages: `ip`, `bpftool`, `ethtool` for the lab's veths, `curl` and
 /// `socat` for the client side, `procps` for sysctl, `iputils-ping` and `nftables` for the tests,
-/// `keepalived` for the two-node lab and the failover tests.
+/// `keepalived` for the two-node lab and the failover tests, `bird2` (BIRD 2,
+/// the BGP speaker of `examples/bird/`) for the BGP lab and tests.
 const PACKAGES: &[&str] = &[
     "iproute2",
     "bpftool",
@@ -22,6 +23,7 @@ const PACKAGES: &[&str] = &[
     "iputils-ping",
     "nftables",
     "keepalived",
+    "bird2",
 ];
 
 /// The browser the stats-page test loads the page in, and a font for its

@@ -3,6 +3,7 @@
 //! owns it (`control_loop`); the admin API asks it for changes and reads what it
 //! publishes.
 use std::{
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     sync::Arc,
     time::Instant,
@@ -69,6 +70,11 @@ pub struct Controller {
     health_pending: bool,
     /// The maps may hold part of a failed change (see `restore`).
     restore_pending: bool,
+    /// The DOWN backends the maps flag DOWN.
+    applied_down: BTreeSet<BackendKey>,
+    /// With `[bgp]`: backends seen DOWN, and when their DOWN flag is due
+    /// (see `apply_health`).
+    down_due: BTreeMap<BackendKey, Instant>,
 }
 
 impl HealthLookup for health::Monitor {
@@ -100,6 +106,7 @@ impl Controller {
         let mut health = health::Monitor::default();
         health.sync(&services);
         health.assume_down(&held_down);
+        let held_down = held_down.into_iter().collect();
         let (published, view) = watch::channel(Arc::new(Stats::default()));
         let mut controller = Self {
             config_path,
@@ -116,6 +123,8 @@ impl Controller {
             published,
             health_pending: false,
             restore_pending: false,
+            applied_down: held_down,
+            down_due: BTreeMap::new(),
         };
         // The health view replaces whatever an adopted data plane held
         // (a backend DOWN before may have lost its checks since).
@@ -195,9 +204,10 @@ impl Controller {
         if next.dataplane != self.config.dataplane
             || next.admin != self.config.admin
             || next.log != self.config.log
+            || next.bgp != self.config.bgp
         {
             warn!(
-                "[dataplane], [admin] and [log] changes take effect at the next start; applying services only"
+                "[dataplane], [admin], [log] and [bgp] changes take effect at the next start; applying services only"
             );
         }
         let services = replay(&self.changes, &next.services, &self.state_path);
@@ -208,6 +218,7 @@ impl Controller {
                     dataplane: self.config.dataplane.clone(),
                     admin: self.config.admin.clone(),
                     log: self.config.log.clone(),
+                    bgp: self.config.bgp.clone(),
                     ..next
                 };
                 self.services = services;
@@ -269,21 +280,70 @@ impl Controller {
 
     /// DOWN backends leave the scheduler's tables (only their own Maglev
     /// slots move), and come back when UP again.
+    ///
+    /// With `[bgp]`, a backend that goes DOWN stays in the maps as it was
+    /// for `bgp.withdraw_delay` (the view says DOWN at once): when it was
+    /// the last usable backend of a service here, the VIP is withdrawn
+    /// meanwhile, and the routers move its flows to the other nodes before
+    /// this one would reset them or, for flows it forwards without an entry
+    /// (moved here from another node), place them elsewhere than the other
+    /// nodes do.
     async fn apply_health(&mut self) {
         let down = self.health.down();
-        let count = down.len();
-        match self.reconciler.set_down(down).await {
+        let due = self.grace(&down);
+        let count = due.len();
+        match self.reconciler.set_down(due.clone()).await {
             Ok(applied) => {
                 if applied.writes > 0 {
                     info!(down = count, writes = applied.writes, "health applied");
                 }
-                self.health_pending = false;
+                if due.len() < down.len() && self.applied_down.len() + 1 > due.len() {
+                    info!(
+                        waiting = down.len() - due.len(),
+                        delay_ms = self.withdraw_delay().as_millis() as u64,
+                        "DOWN backends flagged after bgp.withdraw_delay_ms"
+                    );
+                }
+                self.applied_down = due;
+                // Every sample looks again until every DOWN flag is due.
+                self.health_pending = count < down.len();
             }
             Err(e) => {
                 error!(error = %e, "applying health states failed; retrying within a second");
                 self.health_pending = true;
             }
         }
+    }
+
+    /// `[bgp]`'s `withdraw_delay`, or zero without `[bgp]`.
+    fn withdraw_delay(&self) -> std::time::Duration {
+        self.config.bgp.as_ref().map_or(std::time::Duration::ZERO, |b| b.withdraw_delay)
+    }
+
+    /// Of the backends `down`, those whose DOWN flag is due. Under
+    /// `[bgp]`, one not flagged yet is due `withdraw_delay` after it was
+    /// first seen DOWN (`down_due`); without, at once.
+    fn grace(&mut self, down: &BTreeSet<BackendKey>) -> BTreeSet<BackendKey> {
+        let delay = self.withdraw_delay();
+        let now = Instant::now();
+        self.down_due.retain(|k, _| down.contains(k));
+        if !delay.is_zero() {
+            let before = self.down_due.len();
+            for key in down.difference(&self.applied_down) {
+                self.down_due.entry(*key).or_insert(now + delay);
+            }
+            if self.down_due.len() > before {
+                info!(
+                    backends = self.down_due.len() - before,
+                    delay_ms = delay.as_millis() as u64,
+                    "DOWN: left as they are in the maps until bgp.withdraw_delay_ms has passed"
+                );
+            }
+        }
+        down.iter()
+            .filter(|k| self.down_due.get(k).is_none_or(|due| now >= *due))
+            .copied()
+            .collect()
     }
 
     /// The view of everything, for the API's readers.

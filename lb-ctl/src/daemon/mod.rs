@@ -2,11 +2,13 @@
 //! planned and written, and then keeps it so. One task owns the
 //! controller's state (`controller`) and moves it on at each event of its
 //! loop (`control_loop`): a change through the admin API (`api`), a health
-//! transition (`health`), a reload, a sample of the counters. Beside them
+//! transition (`health`), a reload, a sample of the counters; the VIPs it
+//! can serve are announced through BIRD (`bgp`). Beside them
 //! what a long-running process needs: its logs (`logging`), its open-file
 //! limit (`limits`), its capabilities (`caps`), and telling systemd how it
 //! is doing (`notify`).
 pub mod api;
+pub mod bgp;
 pub mod caps;
 pub mod control_loop;
 pub mod controller;

@@ -104,7 +104,7 @@ impl Notifier {
     }
 
     /// Sends `READY=1` as soon as a view published on `views` would make
-    /// `/readyz` answer 200 (see `api::routes::not_ready`); returns then, or
+    /// `/readyz` answer 200 (see `api::view::Stats::not_ready`); returns then, or
     /// when the controller stops publishing.
     pub async fn when_ready(self, mut views: watch::Receiver<Arc<Stats>>, status: String) {
         if self.socket.is_none() {
@@ -113,7 +113,7 @@ impl Notifier {
         // Said once per distinct reason, not at every view (once a second).
         let mut said = None;
         loop {
-            let problem = super::api::routes::not_ready(&views.borrow_and_update());
+            let problem = views.borrow_and_update().not_ready();
             match problem {
                 None => {
                     info!("ready: READY=1 sent to systemd");

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use crate::{
     EBPF_OBJECT,
     daemon::{
-        api, caps,
+        api, bgp, caps,
         control_loop::{self, Signal, Signals},
         controller::{self, Controller},
         limits,
@@ -163,6 +163,9 @@ pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow:
             );
         }
     }
+    // The VIP routes' device, before the data plane: a name taken is
+    // refused with nothing attached.
+    let device = bgp::open_device(config.bgp.as_ref())?;
     let object = match &overrides.object {
         Some(file) => {
             let bytes = std::fs::read(file)
@@ -178,6 +181,8 @@ pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow:
         reconciler::spawn(Reconciler::adopt(maps).context("reading the adopted data plane")?)
             .context("starting the reconciler")?;
     let config_hosts = config.admin.allowed_hosts.clone();
+    let bgp_config = config.bgp.clone();
+    let drained_path = bgp::drained_path(&controller::state_path(&path, &config));
     let outcome = async {
         let services = config.services.len();
         let (mut controller, stats) =
@@ -186,6 +191,9 @@ pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow:
                 .context("applying the configuration")?;
         // With the services applied: their sockets open before we say we run.
         handle.start_reassembly().context("starting the reassembly slow path")?;
+        // The data plane is attached and its maps filled: only now may a
+        // VIP be announced.
+        let (node, announcer) = bgp::start(bgp_config.clone(), device, drained_path, stats.clone());
         let (requests_tx, mut requests) = mpsc::channel(64);
         let admin = listener.local_addr().context("the admin listener")?;
         let access = api::Access { token, hosts: api::access::Hosts::new(admin, &config_hosts) };
@@ -194,6 +202,7 @@ pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow:
                 requests: requests_tx,
                 stats: stats.clone(),
                 reconciler: handle.clone(),
+                node: node.clone(),
                 renders: std::sync::Arc::default(),
             },
             access,
@@ -214,6 +223,17 @@ pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow:
         ));
         control_loop::run(&mut controller, &mut requests, &mut signals, SAMPLE_INTERVAL).await;
         ready.abort();
+        // Withdrawn before anything stops; before a detach, the routers get
+        // time to move the flows away.
+        node.stop().await;
+        let _ = announcer.await;
+        if let Some(bgp) = bgp_config.as_ref().filter(|_| cleanup_on_exit) {
+            info!(
+                delay_ms = bgp.withdraw_delay.as_millis() as u64,
+                "waiting bgp.withdraw_delay_ms before detaching"
+            );
+            tokio::time::sleep(bgp.withdraw_delay).await;
+        }
         // Changes still queued are answered 503 ("stopping"), then requests
         // in progress get the server's grace period.
         drop(requests);

@@ -33,3 +33,6 @@ pub(super) const MAX_ANSWERS_PER_SECOND: u32 = 10_000_000;
 pub(super) const MAX_INTERVAL_MS: i64 = 3_600_000;
 /// Most consecutive results `rise` or `fall` may ask for.
 pub(super) const MAX_RISE_FALL: i64 = 100;
+
+/// Longest `bgp.withdraw_delay_ms` and `bgp.announce_delay_ms`: a minute.
+pub(super) const MAX_BGP_DELAY_MS: i64 = 60_000;

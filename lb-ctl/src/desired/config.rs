@@ -15,11 +15,14 @@ use lb_common::{
 };
 
 use super::{
-    bounds::{MAX_ALLOWED_HOSTS, MAX_ANSWERS_PER_SECOND, MAX_HOST_NAME_LEN, MAX_TIMEOUT_S},
+    bounds::{
+        MAX_ALLOWED_HOSTS, MAX_ANSWERS_PER_SECOND, MAX_BGP_DELAY_MS, MAX_HOST_NAME_LEN,
+        MAX_TIMEOUT_S,
+    },
     model::{Dataplane, HandshakeProof, ReversePath, Service, Timeouts, XdpMode},
     problem::{Problem, Problems},
     validate::{check_service_set, named, validate_service},
-    written::{RawConfig, RawDataplane},
+    written::{RawBgp, RawConfig, RawDataplane},
 };
 
 /// A validated config file.
@@ -28,7 +31,27 @@ pub struct Config {
     pub dataplane: Dataplane,
     pub admin: Admin,
     pub log: Log,
+    /// `[bgp]`, when the VIPs are to be announced.
+    pub bgp: Option<Bgp>,
     pub services: Vec<Service>,
+}
+
+/// `[bgp]`: where the routes of the VIPs this node can serve are written,
+/// for BIRD's `kernel` protocol to read and its BGP sessions to announce
+/// (`daemon::bgp`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bgp {
+    /// The kernel routing table the routes go to; the controller's alone.
+    pub table: u32,
+    /// The device the routes point at, which lives as long as the controller.
+    pub device: String,
+    /// How long the routers get to move a withdrawn VIP's flows away:
+    /// before DOWN backends' flows are reset, before detaching at SIGTERM
+    /// with `--cleanup-on-exit`.
+    pub withdraw_delay: Duration,
+    /// How long a VIP must stay servable before it is announced (again):
+    /// the health checks of every backend settle first.
+    pub announce_delay: Duration,
 }
 
 /// `[admin]`: where the admin API listens and who may use it.
@@ -146,6 +169,7 @@ fn validate(raw: RawConfig, problems: &mut Problems) -> Config {
         allowed_hosts: raw.admin.allowed_hosts,
     };
     let log = Log { syslog: raw.log.syslog.and_then(|s| syslog_address(&s, problems)) };
+    let bgp = raw.bgp.map(|b| validate_bgp(b, &dataplane, problems));
     let services: Vec<Service> = raw
         .services
         .into_iter()
@@ -153,7 +177,59 @@ fn validate(raw: RawConfig, problems: &mut Problems) -> Config {
         .map(|(i, s)| validate_service(&format!("service[{i}]"), s, problems))
         .collect();
     check_service_set(&services, problems);
-    Config { dataplane, admin, log, services }
+    Config { dataplane, admin, log, bgp, services }
+}
+
+/// Routing tables the kernel gives a meaning: unspec, default, main, local.
+const RESERVED_TABLES: [u32; 4] = [0, 253, 254, 255];
+
+fn validate_bgp(raw: RawBgp, dataplane: &Dataplane, problems: &mut Problems) -> Bgp {
+    let table = match u32::try_from(raw.table) {
+        Ok(t) if !RESERVED_TABLES.contains(&t) => t,
+        _ => {
+            problems.add(
+                "bgp.table",
+                format!(
+                    "{} is not a table of its own (1 to 4294967295 but 253 default, 254 main, 255 local: the routes must not route)",
+                    raw.table
+                ),
+            );
+            0
+        }
+    };
+    if !is_interface_name(&raw.device) {
+        problems.add("bgp.device", format!("{:?} is not an interface name", shorten(&raw.device)));
+    } else if dataplane.interfaces.contains(&raw.device) {
+        problems.add(
+            "bgp.device",
+            format!(
+                "{:?} is in dataplane.interfaces; the controller creates this device itself",
+                raw.device
+            ),
+        );
+    }
+    let mut delay = |key: &str, ms: i64| match u64::try_from(ms) {
+        Ok(n) if ms <= MAX_BGP_DELAY_MS => Duration::from_millis(n),
+        _ => {
+            problems.add(
+                format!("bgp.{key}"),
+                format!("{ms} is out of range (0 to {MAX_BGP_DELAY_MS})"),
+            );
+            Duration::ZERO
+        }
+    };
+    let withdraw_delay = delay("withdraw_delay_ms", raw.withdraw_delay_ms);
+    let announce_delay = delay("announce_delay_ms", raw.announce_delay_ms);
+    Bgp { table, device: raw.device, withdraw_delay, announce_delay }
+}
+
+/// What Linux takes as a device name (`dev_valid_name`): 1 to 15 bytes, no
+/// `/`, `:` or white space, neither `.` nor `..`.
+fn is_interface_name(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace())
 }
 
 /// Host names without a port: what a `Host` header's name part can be.
@@ -215,7 +291,7 @@ fn validate_dataplane(raw: RawDataplane, problems: &mut Problems) -> Dataplane {
     };
     let mut seen = BTreeSet::new();
     for (i, name) in raw.interfaces.iter().enumerate() {
-        if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
+        if !is_interface_name(name) {
             problems.add(
                 format!("dataplane.interfaces[{i}]"),
                 format!("{name:?} is not an interface name"),
@@ -794,5 +870,49 @@ port = 80
     fn missing_dataplane_section_is_named() {
         let p = problems("[[service]]\nname = \"a\"\nvip = \"10.0.0.1\"\nport = 1\n");
         assert!(p[0].contains("dataplane"), "{p:?}");
+    }
+
+    /// `[bgp]`: absent, nothing is announced; present, every key has a
+    /// default; each bad value is named by its key, at the limit and past it.
+    #[test]
+    fn the_bgp_section_has_defaults_and_names_each_bad_key() {
+        assert_eq!(parse(GOOD).unwrap().bgp, None);
+        let with = |keys: &str| {
+            GOOD.replace(
+                "[[service]]\nname = \"web\"",
+                &format!("[bgp]\n{keys}\n\n[[service]]\nname = \"web\""),
+            )
+        };
+        let bgp = parse(&with("")).unwrap().bgp.unwrap();
+        assert_eq!((bgp.table, bgp.device.as_str()), (4077, "lb-vips"));
+        assert_eq!(bgp.withdraw_delay, Duration::from_secs(2));
+        assert_eq!(bgp.announce_delay, Duration::from_secs(5));
+        let limits = parse(&with(
+            "table = 4294967295\ndevice = \"abcdefghijklmno\"\nwithdraw_delay_ms = 60000\nannounce_delay_ms = 0",
+        ))
+        .unwrap()
+        .bgp
+        .unwrap();
+        assert_eq!((limits.table, limits.device.len()), (u32::MAX, 15));
+        assert_eq!(limits.withdraw_delay, Duration::from_mins(1));
+        assert_eq!(limits.announce_delay, Duration::ZERO);
+        for (keys, key, message) in [
+            ("table = 254", "bgp.table", "254 is not a table of its own"),
+            ("table = 0", "bgp.table", "0 is not a table of its own"),
+            ("table = 4294967296", "bgp.table", "4294967296 is not a table of its own"),
+            ("table = -1", "bgp.table", "-1 is not a table of its own"),
+            ("device = \"abcdefghijklmnop\"", "bgp.device", "is not an interface name"),
+            ("device = \"\"", "bgp.device", "is not an interface name"),
+            ("device = \"a/b\"", "bgp.device", "is not an interface name"),
+            ("device = \"lb-c\"", "bgp.device", "is in dataplane.interfaces"),
+            ("withdraw_delay_ms = 60001", "bgp.withdraw_delay_ms", "60001 is out of range"),
+            ("withdraw_delay_ms = -1", "bgp.withdraw_delay_ms", "-1 is out of range"),
+            ("announce_delay_ms = 60001", "bgp.announce_delay_ms", "60001 is out of range"),
+            ("table = \"main\"", "bgp.table (line", "invalid type"),
+            ("asn = 65001", "bgp.asn (line", "unknown field `asn`"),
+        ] {
+            let p = problems(&with(keys));
+            assert!(p.iter().any(|x| x.starts_with(key) && x.contains(message)), "{keys}: {p:?}");
+        }
     }
 }

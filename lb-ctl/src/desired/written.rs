@@ -18,6 +18,7 @@ pub(super) struct RawConfig {
     pub(super) admin: RawAdmin,
     #[serde(default)]
     pub(super) log: RawLog,
+    pub(super) bgp: Option<RawBgp>,
     #[serde(default, rename = "service")]
     pub(super) services: Vec<RawService>,
 }
@@ -67,6 +68,21 @@ impl Default for RawAdmin {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawLog {
     pub(super) syslog: Option<String>,
+}
+
+/// `[bgp]`: present, the VIPs this node can serve are written to a kernel
+/// routing table for BIRD to announce.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBgp {
+    #[serde(default = "default_bgp_table")]
+    pub(super) table: i64,
+    #[serde(default = "default_bgp_device")]
+    pub(super) device: String,
+    #[serde(default = "default_withdraw_delay_ms")]
+    pub(super) withdraw_delay_ms: i64,
+    #[serde(default = "default_announce_delay_ms")]
+    pub(super) announce_delay_ms: i64,
 }
 
 /// A service as the config file and the API's JSON bodies write it.
@@ -164,6 +180,18 @@ fn default_answers_per_second() -> i64 {
 }
 fn default_pin_path() -> String {
     "/sys/fs/bpf/lb".into()
+}
+fn default_bgp_table() -> i64 {
+    4077
+}
+fn default_bgp_device() -> String {
+    "lb-vips".into()
+}
+fn default_withdraw_delay_ms() -> i64 {
+    2000
+}
+fn default_announce_delay_ms() -> i64 {
+    5000
 }
 fn default_listen() -> String {
     "127.0.0.1:9100".into()

@@ -31,14 +31,17 @@ use serde_json::{Value, json};
 use super::{
     client::{Client, ClientError, encode_component, parse_admin_url},
     render::{
-        BackendChange, render_backend_change, render_conns, render_list, render_stats,
+        BackendChange, render_backend_change, render_conns, render_list, render_node, render_stats,
         rotation_summary, service_line,
     },
 };
 use crate::{
-    daemon::api::{
-        token,
-        view::{ConnsList, ServiceView, Stats},
+    daemon::{
+        api::{
+            token,
+            view::{ConnsList, ServiceView, Stats},
+        },
+        bgp::NodeView,
     },
     desired::{bounds::MAX_WEIGHT, changes::parse_backend_address},
 };
@@ -119,6 +122,28 @@ pub enum Operator {
     /// `track_script` (see examples/keepalived/).
     #[command(after_help = EXIT_CODES)]
     Health,
+    /// This node's BGP announcements: each VIP, announced or why not, the
+    /// drain, the services' fingerprint (equal on nodes that place flows alike).
+    #[command(after_help = EXIT_CODES)]
+    Node {
+        #[command(subcommand)]
+        action: Option<NodeCmd>,
+        /// Print the API's JSON (`GET /api/v1/node`).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// Withdraw every VIP from this node (maintenance): the routers stop
+    /// sending it new traffic, what still arrives is forwarded. Kept across
+    /// restarts until `node undrain`.
+    #[command(after_help = EXIT_CODES)]
+    Drain,
+    /// Announce again the VIPs this node can serve.
+    #[command(after_help = EXIT_CODES)]
+    Undrain,
 }
 
 #[derive(Debug, Subcommand)]
@@ -409,6 +434,7 @@ fn write_err(text: &str) {
 }
 
 const SERVICES: &str = "/api/v1/services";
+const NODE: &str = "/api/v1/node";
 
 fn service_path(name: &str) -> String {
     format!("{SERVICES}/{}", encode_component(name))
@@ -491,6 +517,29 @@ async fn execute(op: Operator, client: &Client) -> Result<String, ClientError> {
         Operator::Health => {
             client.request(Method::GET, "/readyz", None).await?;
             Ok("ready: the controller is live and the data plane attached\n".into())
+        }
+        Operator::Node { action, json } => {
+            let view: NodeView = match action {
+                None if json => return get_pretty(client, NODE).await,
+                None => client.get_json(NODE).await?,
+                Some(NodeCmd::Drain) => {
+                    client
+                        .send_json(Method::POST, &format!("{NODE}/drain"), Some(json!({})))
+                        .await?
+                }
+                Some(NodeCmd::Undrain) => {
+                    client
+                        .send_json(Method::POST, &format!("{NODE}/undrain"), Some(json!({})))
+                        .await?
+                }
+            };
+            if json {
+                return Ok(format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&view).unwrap_or_default()
+                ));
+            }
+            Ok(render_node(&view))
         }
         Operator::Stats { json } => {
             let path = "/api/v1/stats";

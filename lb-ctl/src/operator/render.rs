@@ -2,7 +2,10 @@
 //! an IPVS or HAProxy user expects (`ipvsadm -Ln`, `-Lnc`, `--stats`).
 use std::{fmt::Write as _, net::SocketAddr};
 
-use crate::daemon::api::view::{BackendView, ConnsList, ServiceView, Stats, duration_text};
+use crate::daemon::{
+    api::view::{BackendView, ConnsList, ServiceView, Stats, duration_text},
+    bgp::NodeView,
+};
 
 /// What a backend command did, in the words of [`render_backend_change`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +168,28 @@ fn large(n: u64) -> String {
 fn rate(r: f64) -> String {
     // `as` saturates: NaN and negatives give 0.
     large(r.round() as u64)
+}
+
+/// `lb-ctl node`: the node's state, then one line per VIP.
+pub fn render_node(view: &NodeView) -> String {
+    let mut out = String::new();
+    let state = if view.drained { "drained" } else { "serving" };
+    let bgp = match (&view.table, &view.device) {
+        (Some(table), Some(device)) => format!("VIP routes in table {table} via {device}"),
+        _ => "no [bgp]: nothing announced".to_owned(),
+    };
+    let _ = writeln!(out, "node {state}; {bgp}; fingerprint {}", view.fingerprint);
+    if let Some(error) = &view.error {
+        let _ = writeln!(out, "error: {error}");
+    }
+    for vip in &view.vips {
+        let status = match &vip.withheld {
+            None => "announced".to_owned(),
+            Some(why) => format!("withdrawn: {why}"),
+        };
+        let _ = writeln!(out, "  {:<15}  {status}  ({})", vip.vip, vip.services.join(", "));
+    }
+    out
 }
 
 /// `lb-ctl stats`: a summary line, the totals and the rates per service and
@@ -551,6 +576,43 @@ Packet outcomes since the data plane started:
             render_backend_change(&s, at(12), BackendChange::Drained),
             "web: 10.77.2.12:80 draining: no new flows, existing flows continue \
              (weight 10, drain, health UP, out of rotation); 3 backends, 1 in rotation\n"
+        );
+    }
+
+    /// `lb-ctl node` says per VIP whether it is announced, and why not.
+    #[test]
+    fn the_node_view_says_each_vips_announcement_and_why_not() {
+        use crate::daemon::bgp::wanted::VipView;
+        let view = NodeView {
+            bgp: true,
+            drained: false,
+            table: Some(4077),
+            device: Some("lb-vips".into()),
+            fingerprint: "0a1b2c3d".into(),
+            vips: vec![
+                VipView {
+                    vip: "10.77.1.100".into(),
+                    services: vec!["web".into(), "echo".into()],
+                    announced: true,
+                    withheld: None,
+                },
+                VipView {
+                    vip: "10.77.1.101".into(),
+                    services: vec!["mail".into()],
+                    announced: false,
+                    withheld: Some("no usable backend".into()),
+                },
+            ],
+            error: None,
+        };
+        assert_eq!(
+            render_node(&view),
+            "node serving; VIP routes in table 4077 via lb-vips; fingerprint 0a1b2c3d\n  10.77.1.100      announced  (web, echo)\n  10.77.1.101      withdrawn: no usable backend  (mail)\n"
+        );
+        let none = NodeView { fingerprint: "0a1b2c3d".into(), ..NodeView::default() };
+        assert_eq!(
+            render_node(&none),
+            "node serving; no [bgp]: nothing announced; fingerprint 0a1b2c3d\n"
         );
     }
 }

@@ -4,9 +4,11 @@
 //! in-memory copy for tests. Beside them, what the data plane needs of the
 //! host's interfaces (`netdev`, `gro`) and the user-space slow path of
 //! reassembled datagrams (`reassembled`), which the reconciler starts and
-//! feeds with each applied image.
+//! feeds with each applied image. And the routes BIRD announces the VIPs
+//! from (`vip_routes`).
 pub mod dataplane;
 pub mod gro;
 pub mod netdev;
 pub mod reassembled;
 pub mod reconciler;
+pub mod vip_routes;

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::{
-    daemon::controller::ControlError,
+    daemon::{bgp::NodeError, controller::ControlError},
     desired::{changes::ChangeError, problem::Problem},
 };
 
@@ -66,6 +66,17 @@ impl From<ControlError> for ApiError {
             e @ ControlError::DoesNotFit(_) => Self::new(StatusCode::CONFLICT, e.to_string()),
             ControlError::Failed(what) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, what),
         }
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        let status = match e {
+            NodeError::NoBgp => StatusCode::CONFLICT,
+            NodeError::Keep { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            NodeError::Stopping => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Self::new(status, e.to_string())
     }
 }
 

@@ -46,6 +46,8 @@ pub struct ApiState {
     pub requests: mpsc::Sender<controller::Request>,
     pub stats: watch::Receiver<Arc<Stats>>,
     pub reconciler: reconciler::Handle,
+    /// The node's announcements (`/api/v1/node`, drain).
+    pub node: crate::daemon::bgp::Handle,
     /// `/metrics` and the page, once per published view.
     pub renders: Arc<rendered::Renders>,
 }
@@ -74,6 +76,7 @@ pub struct Access {
         (name = "services", description = "Services (IPVS virtual services)"),
         (name = "backends", description = "A service's backends (IPVS real servers)"),
         (name = "stats", description = "Counters and the connection table"),
+        (name = "node", description = "This node's BGP announcements and its drain"),
         (name = "monitoring", description = "Probes, metrics and the stats page; /healthz, /readyz and /metrics need no token"),
     )
 )]
@@ -104,6 +107,9 @@ pub fn routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::patch_backend, routes::delete_backend))
         .routes(routes!(routes::get_stats))
         .routes(routes!(routes::list_conns))
+        .routes(routes!(routes::get_node))
+        .routes(routes!(routes::drain_node))
+        .routes(routes!(routes::undrain_node))
         .routes(routes!(routes::get_metrics))
         .routes(routes!(routes::healthz))
         .routes(routes!(routes::readyz))

@@ -25,7 +25,7 @@ use super::{
     view::{ConnView, ConnsList, ServiceView, Stats, conn_state_name, endpoint_text},
 };
 use crate::{
-    daemon::controller::Request,
+    daemon::{bgp::NodeView, controller::Request},
     desired::{
         bounds::{MAX_NAME_LEN, MAX_WEIGHT},
         changes::{Change, parse_backend_address},
@@ -360,6 +360,28 @@ pub async fn list_conns(
     Ok(Json(ConnsList { total, truncated: total > conns.len(), conns }))
 }
 
+#[utoipa::path(get, path = "/api/v1/node", tag = "node",
+    responses((status = 200, description = "Each VIP, whether this node announces it and why not; the drain; the services' fingerprint", body = NodeView)))]
+pub async fn get_node(State(api): State<ApiState>) -> Json<NodeView> {
+    Json(api.node.view())
+}
+
+#[utoipa::path(post, path = "/api/v1/node/drain", tag = "node",
+    responses(
+        (status = 200, description = "Every VIP withdrawn from the routing table BIRD reads (kept across restarts); traffic that still arrives is forwarded", body = NodeView),
+        (status = 409, description = "No [bgp] in the config: nothing is announced", body = ErrorBody)))]
+pub async fn drain_node(State(api): State<ApiState>) -> ApiResult<Json<NodeView>> {
+    Ok(Json(api.node.drain(true).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/node/undrain", tag = "node",
+    responses(
+        (status = 200, description = "The VIPs this node can serve announced again", body = NodeView),
+        (status = 409, description = "No [bgp] in the config: nothing is announced", body = ErrorBody)))]
+pub async fn undrain_node(State(api): State<ApiState>) -> ApiResult<Json<NodeView>> {
+    Ok(Json(api.node.drain(false).await?))
+}
+
 #[utoipa::path(get, path = "/metrics", tag = "monitoring",
     responses((status = 200, description = "Prometheus/OpenMetrics text format", content_type = "application/openmetrics-text", body = String)))]
 pub async fn get_metrics(State(api): State<ApiState>) -> Response {
@@ -379,30 +401,13 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// The controller publishes a view every second; an older one means its
-/// loop is stuck.
-const READY_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(5);
-
 #[utoipa::path(get, path = "/readyz", tag = "monitoring",
     responses((status = 200, description = "The data plane is attached on every interface and the controller's loop is live (keepalived's track_script runs `lb-ctl health`, which asks this)", body = String),
               (status = 503, description = "Not ready", body = ErrorBody)))]
 pub async fn readyz(State(api): State<ApiState>) -> Response {
-    match not_ready(&stats(&api)) {
-        Some(problem) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, problem).into_response(),
+    match stats(&api).not_ready() {
+        Some(why) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
         None => "ready\n".into_response(),
-    }
-}
-
-/// Why `/readyz` would answer 503 for the view `stats`, if it would: the
-/// same test tells systemd `READY=1` (`daemon::notify`).
-pub fn not_ready(stats: &Stats) -> Option<String> {
-    let age = stats.published.map_or(READY_MAX_AGE, |t| t.elapsed());
-    if age >= READY_MAX_AGE {
-        Some(format!("the controller has published nothing for {} ms", age.as_millis()))
-    } else if !stats.dataplane_problems.is_empty() {
-        Some(stats.dataplane_problems.join("; "))
-    } else {
-        None
     }
 }
 

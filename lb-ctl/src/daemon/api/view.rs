@@ -44,6 +44,26 @@ pub struct Stats {
     pub published: Option<std::time::Instant>,
 }
 
+/// The controller publishes a view every second; an older one means its
+/// loop is stuck.
+pub const READY_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Stats {
+    /// Why the node is not ready (`/readyz` answers 503 with it, BGP
+    /// withdraws every VIP), or `None` when it is: the controller's loop
+    /// published within `READY_MAX_AGE`, the data plane is attached.
+    pub fn not_ready(&self) -> Option<String> {
+        let age = self.published.map_or(READY_MAX_AGE, |t| t.elapsed());
+        if age >= READY_MAX_AGE {
+            Some(format!("the controller has published nothing for {} ms", age.as_millis()))
+        } else if !self.dataplane_problems.is_empty() {
+            Some(self.dataplane_problems.join("; "))
+        } else {
+            None
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, ToSchema)]
 pub struct ReassembledView {
     /// Sent on to their backend.
