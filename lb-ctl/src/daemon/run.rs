@@ -136,6 +136,17 @@ impl Signals for UnixSignals {
 }
 
 /// Runs the controller on `config` (loaded from `path` by `load`) until SIGTERM.
+/// The XDP object `--object` names, else the one built in.
+fn xdp_object(overrides: &Overrides) -> anyhow::Result<std::borrow::Cow<'static, [u8]>> {
+    let Some(file) = &overrides.object else {
+        return Ok(std::borrow::Cow::Borrowed(EBPF_OBJECT));
+    };
+    let bytes = std::fs::read(file)
+        .with_context(|| format!("reading the XDP object {}", file.display()))?;
+    info!(object = %file.display(), "XDP object from file, not the built-in one");
+    Ok(std::borrow::Cow::Owned(bytes))
+}
+
 pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow::Result<()> {
     let notifier = Notifier::from_env();
     let mut signals = UnixSignals::install(notifier.clone())?;
@@ -166,15 +177,7 @@ pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow:
     // The VIP routes' device, before the data plane: a name taken is
     // refused with nothing attached.
     let device = bgp::open_device(config.bgp.as_ref())?;
-    let object = match &overrides.object {
-        Some(file) => {
-            let bytes = std::fs::read(file)
-                .with_context(|| format!("reading the XDP object {}", file.display()))?;
-            info!(object = %file.display(), "XDP object from file, not the built-in one");
-            std::borrow::Cow::Owned(bytes)
-        }
-        None => std::borrow::Cow::Borrowed(EBPF_OBJECT),
-    };
+    let object = xdp_object(&overrides)?;
     let maps = KernelMaps::start(&config.dataplane, &object).context("starting the data plane")?;
     let cleanup_on_exit = overrides.cleanup_on_exit;
     let (handle, task) =
