@@ -1,4 +1,4 @@
-//! The routes BIRD announces: one /32 per VIP this node can serve, in a
+//! The routes BIRD announces: one host route (/32, /128) per VIP this node can serve, in a
 //! kernel routing table of their own (`bgp.table`, which no `ip rule`
 //! reads, so they route nothing here), through a tun device (`bgp.device`)
 //! that this process holds open.
@@ -16,7 +16,7 @@
 //! BGP's own pace.
 use std::{
     io::{self, Write as _},
-    net::Ipv4Addr,
+    net::IpAddr,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     process::{Command, Stdio},
 };
@@ -110,7 +110,7 @@ fn set_up(name: &str) -> io::Result<()> {
 /// it is one this controller writes.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct TableRoute {
-    /// `10.77.1.100` (a /32), `10.0.0.0/8`, `default`…
+    /// `10.77.1.100` (a /32), `fd77:1::100` (a /128), `10.0.0.0/8`, `default`…
     pub dst: String,
     pub metric: u32,
     pub dev: Option<String>,
@@ -129,7 +129,7 @@ struct Shown {
 
 /// The wanted route for `vip`: through `device`, with `metric` (the
 /// config's fingerprint, which BIRD passes on as a large community).
-pub fn route(vip: Ipv4Addr, metric: u32, device: &str) -> TableRoute {
+pub fn route(vip: IpAddr, metric: u32, device: &str) -> TableRoute {
     TableRoute {
         dst: vip.to_string(),
         metric,
@@ -138,10 +138,17 @@ pub fn route(vip: Ipv4Addr, metric: u32, device: &str) -> TableRoute {
     }
 }
 
-/// The IPv4 routes of `table`.
+/// The routes of `table`, IPv4 and IPv6.
 pub fn list(table: u32) -> io::Result<Vec<TableRoute>> {
+    let mut routes = list_family("-4", table)?;
+    routes.extend(list_family("-6", table)?);
+    Ok(routes)
+}
+
+/// The routes of `table` of one family (`-4`, `-6`).
+fn list_family(family: &str, table: u32) -> io::Result<Vec<TableRoute>> {
     let out = Command::new("ip")
-        .args(["-4", "-j", "route", "show", "table", &table.to_string()])
+        .args([family, "-j", "route", "show", "table", &table.to_string()])
         .stdin(Stdio::null())
         .output()?;
     if !out.status.success() {
@@ -173,8 +180,10 @@ fn parse_list(json: &[u8]) -> io::Result<Vec<TableRoute>> {
 /// route only changes metric is never without one.
 pub fn batch(table: u32, present: &[TableRoute], wanted: &[TableRoute]) -> Vec<String> {
     let add = wanted.iter().filter(|r| !present.contains(r)).map(|r| {
+        // A host route: /32 for an IPv4 VIP, /128 for an IPv6 one.
+        let host = if r.dst.contains(':') { 128 } else { 32 };
         format!(
-            "route add {}/32 dev {} table {table} proto {PROTOCOL} metric {}",
+            "route add {}/{host} dev {} table {table} proto {PROTOCOL} metric {}",
             r.dst,
             r.dev.as_deref().unwrap_or_default(),
             r.metric
@@ -239,7 +248,9 @@ mod tests {
     /// is there already is left alone.
     #[test]
     fn a_batch_adds_before_it_removes_and_leaves_what_stays() {
-        let vip = |last: u8, metric| route(Ipv4Addr::new(10, 77, 1, last), metric, "lb-vips");
+        let vip = |last: u8, metric| {
+            route(std::net::Ipv4Addr::new(10, 77, 1, last).into(), metric, "lb-vips")
+        };
         let stranger = TableRoute {
             dst: "10.0.0.0/8".into(),
             metric: 0,
@@ -258,5 +269,16 @@ mod tests {
             ]
         );
         assert!(batch(4077, &wanted, &wanted).is_empty());
+    }
+
+    /// An IPv6 VIP gets a /128 host route, and is removed by its address.
+    #[test]
+    fn an_ipv6_vip_gets_a_host_route_of_its_family() {
+        let v6 = route("fd77:1::100".parse().unwrap(), 3, "lb-vips");
+        assert_eq!(
+            batch(4077, &[], std::slice::from_ref(&v6)),
+            ["route add fd77:1::100/128 dev lb-vips table 4077 proto static metric 3"]
+        );
+        assert_eq!(batch(4077, &[v6], &[]), ["route del fd77:1::100 table 4077 metric 3"]);
     }
 }

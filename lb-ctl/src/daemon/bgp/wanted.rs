@@ -6,7 +6,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
-    net::Ipv4Addr,
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
@@ -33,10 +33,10 @@ pub struct VipView {
 /// would otherwise be refused while another node may serve it; services
 /// that may fail alone belong on VIPs of their own). `bgp` false: none is.
 pub fn decide(stats: &Stats, drained: bool, bgp: bool) -> Vec<VipView> {
-    let mut by_vip: BTreeMap<Ipv4Addr, (Vec<String>, bool)> = BTreeMap::new();
+    let mut by_vip: BTreeMap<IpAddr, (Vec<String>, bool)> = BTreeMap::new();
     for s in &stats.services {
         // The view's VIPs are the controller's own addresses, printed.
-        let Ok(vip) = s.vip.parse::<Ipv4Addr>() else { continue };
+        let Ok(vip) = s.vip.parse::<IpAddr>() else { continue };
         let entry = by_vip.entry(vip).or_insert_with(|| (Vec::new(), true));
         entry.0.push(s.name.clone());
         entry.1 &= s.backends_in_rotation > 0;
