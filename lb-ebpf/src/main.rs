@@ -109,6 +109,16 @@ pub fn lb_xdp6(ctx: XdpContext) -> u32 {
     count(&process::<V6>(&ctx).unwrap_or_else(Verdict::stopped))
 }
 
+/// IPv6 answers (resets, ICMPv6 errors), tail called by `lb_xdp6` (see
+/// `v6::answer`).
+#[xdp]
+#[inline(always)]
+// The context by value: the signature aya's program macros require.
+#[allow(clippy::needless_pass_by_value)]
+pub fn lb_answer6(ctx: XdpContext) -> u32 {
+    count(&v6::answer::answer(&ctx).unwrap_or_else(Verdict::stopped))
+}
+
 /// Counts the verdict's counter and answers its action.
 #[inline(always)]
 fn count(verdict: &Verdict) -> u32 {

@@ -24,8 +24,8 @@ use lb_common::{
 
 use crate::{
     Verdict,
-    family::V4,
-    maps::{LB_ANSWERS, LB_BACKEND_ADDRS, LB_POLICY, LB_VIPS},
+    family::Family,
+    maps::{LB_ANSWERS, LB_POLICY},
     parse::{ETH_LEN, EthHdr, Packet, ptr_at},
     select::{self, Here},
 };
@@ -91,16 +91,16 @@ pub enum To {
 /// is a client like any other, and gets its answer. Only a prefilter hit
 /// pays for a hash lookup, and answers are rare anyway.
 #[inline(always)]
-pub fn permit(pkt: &Packet, to: To, here: Here) -> Result<(), Counter> {
+pub fn permit<F: Family>(pkt: &Packet<F>, to: To, here: Here) -> Result<(), Counter> {
     let dst = pkt.flow.src;
-    let martian = dst[0] == 0 || dst[0] == 127 || dst[0] >= 224;
-    let flags = select::addr_flags::<V4>(dst);
+    let martian = F::martian(&dst);
+    let flags = select::addr_flags::<F>(dst);
     // SAFETY: the value is not read.
-    let vip = flags & ADDR_VIP != 0 && unsafe { LB_VIPS.get(dst).is_some() };
+    let vip = flags & ADDR_VIP != 0 && unsafe { F::vips().get(dst).is_some() };
     let backend = to == To::Client
         && flags & ADDR_BACKEND != 0
         // SAFETY: the value is not read.
-        && unsafe { LB_BACKEND_ADDRS.get(dst).is_some() };
+        && unsafe { F::backend_addrs().get(dst).is_some() };
     if martian || vip || backend {
         return Err(Counter::DropAnswerForbidden);
     }
@@ -122,7 +122,7 @@ pub fn permit(pkt: &Packet, to: To, here: Here) -> Result<(), Counter> {
 /// Whether `counter` says an answer was refused by `permit` (kept as the
 /// packet's outcome instead of the caller's fallback).
 #[inline(always)]
-const fn refused(counter: Counter) -> bool {
+pub const fn refused(counter: Counter) -> bool {
     matches!(counter, Counter::DropAnswerBudget | Counter::DropAnswerForbidden)
 }
 
@@ -325,7 +325,7 @@ fn icmp_error(
 
 /// The drop counter of a reset that is not sent (the packet was a reset).
 #[inline(always)]
-const fn counter_for_silence(counter: Counter) -> Counter {
+pub const fn counter_for_silence(counter: Counter) -> Counter {
     match counter {
         Counter::RejectTcp => Counter::DropNoBackend,
         _ => Counter::DropBackendDown,

@@ -71,6 +71,8 @@ pub const WEB1_6: Ipv6Addr = Ipv6Addr::new(0xfd77, 2, 0, 0, 0, 0, 0, 0x11);
 pub const WEB2_6: Ipv6Addr = Ipv6Addr::new(0xfd77, 2, 0, 0, 0, 0, 0, 0x12);
 /// An IPv6 backend with no neighbour entry.
 pub const NO_NEIGH_BACKEND6: Ipv6Addr = Ipv6Addr::new(0xfd77, 2, 0, 0, 0, 0, 0, 0x50);
+/// The IPv6 VIP of services with no usable backend (answered).
+pub const VIP6_REJECTING: Ipv6Addr = Ipv6Addr::new(0xfd77, 1, 0, 0, 0, 0, 0, 0x103);
 /// The IPv6 VIP whose service's backend has no neighbour entry.
 pub const VIP6_NO_NEIGH: Ipv6Addr = Ipv6Addr::new(0xfd77, 1, 0, 0, 0, 0, 0, 0x101);
 pub const COLLIDER_MAC: Mac = [0x02, 0, 0, 0, 0x04, 0x01];
@@ -239,6 +241,21 @@ protocol = "udp"
   address = "fd77:2::12"
   port = 5353
 
+[[service]]            # IPv6, no usable backend: answered
+name = "rejecting6-tcp"
+vip = "fd77:1::103"
+port = 80
+  [[service.backend]]
+  address = "fd77:2::13"
+  port = 81
+  weight = 0
+
+[[service]]
+name = "rejecting6-udp"
+vip = "fd77:1::103"
+port = 53
+protocol = "udp"
+
 [[service]]            # IPv6 backend without a neighbour entry: slow path
 name = "noneigh6"
 vip = "fd77:1::101"
@@ -364,6 +381,7 @@ impl FixtureNs {
             (format!("{LB_CLIENT_SIDE6}/64"), IF_CLIENT),
             (format!("{VIP6}/128"), IF_CLIENT),
             (format!("{VIP6_NO_NEIGH}/128"), IF_CLIENT),
+            (format!("{VIP6_REJECTING}/128"), IF_CLIENT),
             (format!("{LB_BACKEND_SIDE6}/64"), IF_BACKEND),
         ] {
             ns_sh(n, &["ip", "-6", "addr", "add", &addr, "dev", dev, "nodad"]);

@@ -150,6 +150,36 @@ pub fn forwarded6(
     out.frame(dst_mac, src_mac)
 }
 
+/// The reset the VIP sends in place of a client's TCP packet: `from` (the
+/// VIP's endpoint) to `to`, hop limit 64, no flow label.
+pub fn tcp_reset6(
+    from: (Ipv6Addr, u16),
+    to: (Ipv6Addr, u16),
+    seq: u32,
+    ack: u32,
+    flags: u8,
+) -> Ipv6 {
+    let l4 = L4::Tcp { sport: from.1, dport: to.1, flags, seq, ack, window: 0, payload: vec![] };
+    Ipv6 { flow_label: 0, ..Ipv6::new(from.0, to.0, l4) }
+}
+
+/// An ICMPv6 error (`kind`: type and code; `rest`: the header's last
+/// word, e.g. packet too big's MTU) from `src` to `dst` quoting `quote`,
+/// its checksum over the pseudo-header computed here from scratch.
+pub fn icmp6_error(src: Ipv6Addr, dst: Ipv6Addr, kind: (u8, u8), rest: u32, quote: &[u8]) -> Ipv6 {
+    let mut message = vec![kind.0, kind.1, 0, 0];
+    message.extend_from_slice(&rest.to_be_bytes());
+    message.extend_from_slice(quote);
+    let mut pseudo = src.octets().to_vec();
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    pseudo.extend_from_slice(&message);
+    let sum = crate::packet::internet_checksum(&pseudo);
+    message[2..4].copy_from_slice(&sum.to_be_bytes());
+    Ipv6 { flow_label: 0, ..Ipv6::new(src, dst, L4::Raw { proto: 58, bytes: message }) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

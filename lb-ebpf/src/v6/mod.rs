@@ -1,12 +1,11 @@
-//! IPv6: its headers (`parse`), its rewrites (`nat`), its maps, and the
-//! `Family` the shared decisions run over in `lb_xdp6`.
+//! IPv6: its headers (`parse`), its rewrites (`nat`), its answers
+//! (`answer`), its maps, and the `Family` the shared decisions run over in
+//! `lb_xdp6`.
 //!
-//! Not yet translated or answered here, and said by the counters: ICMPv6
-//! goes to the kernel untouched (`pass_not_tcp_udp`: neighbour discovery
-//! is the kernel's, and errors about our flows are not translated yet); a
-//! flow whose backend is DOWN or gone is dropped (`drop_backend_down`)
-//! instead of reset; `on_no_backend = "reject"` drops (`drop_no_backend`);
-//! a packet too big for its next link is dropped (`drop_too_big`).
+//! Not yet translated here, and said by the counters: ICMPv6 goes to the
+//! kernel untouched (`pass_not_tcp_udp`: neighbour discovery is the
+//! kernel's, and errors about our flows are not translated yet).
+pub mod answer;
 pub mod nat;
 pub mod parse;
 
@@ -33,13 +32,22 @@ use crate::{
     maps, mem,
     nat::Side,
     parse::{Headers, Packet},
-    reject::To,
+    reject::{self, To},
     select::{self, Here},
 };
 
 /// IPv6, in `lb_xdp6`.
 #[derive(Clone, Copy)]
 pub struct V6;
+
+/// An answer request's fields that a kind leaves unused.
+const NO_REQUEST: answer::Request = answer::Request {
+    kind: 0,
+    counter: Counter::DropNoBackend,
+    vip: [0; 16],
+    mtu: 0,
+    to_backend: 0,
+};
 
 pub const AF_INET6: u8 = 10;
 
@@ -203,27 +211,39 @@ impl Family for V6 {
     }
     #[inline(always)]
     fn tcp_reset(
-        _ctx: &XdpContext,
-        _pkt: &Packet<Self>,
-        _counter: Counter,
-        _here: Here,
+        ctx: &XdpContext,
+        pkt: &Packet<Self>,
+        counter: Counter,
+        here: Here,
     ) -> Result<Verdict, Counter> {
-        Err(Counter::DropBackendDown)
+        let _ = (pkt, here);
+        let request = answer::Request { kind: answer::RESET, counter, ..NO_REQUEST };
+        answer::request(ctx, request, reject::counter_for_silence(counter))
     }
     #[inline(always)]
-    fn no_backend(_ctx: &XdpContext, _pkt: &Packet<Self>, _here: Here) -> Result<Verdict, Counter> {
-        Err(Counter::DropNoBackend)
+    fn no_backend(ctx: &XdpContext, pkt: &Packet<Self>, here: Here) -> Result<Verdict, Counter> {
+        let _ = (pkt, here);
+        let request = answer::Request { kind: answer::NO_BACKEND, ..NO_REQUEST };
+        answer::request(ctx, request, Counter::DropNoBackend)
     }
     #[inline(always)]
     fn too_big(
-        _ctx: &XdpContext,
-        _pkt: &Packet<Self>,
-        _vip: [u8; 16],
-        _mtu: u16,
-        _to: To,
-        _here: Here,
+        ctx: &XdpContext,
+        pkt: &Packet<Self>,
+        vip: [u8; 16],
+        mtu: u16,
+        to: To,
+        here: Here,
     ) -> Result<Verdict, Counter> {
-        Err(Counter::DropTooBig)
+        let _ = (pkt, here);
+        let request = answer::Request {
+            kind: answer::TOO_BIG,
+            vip,
+            mtu: u32::from(mtu),
+            to_backend: u32::from(to == To::Backend),
+            ..NO_REQUEST
+        };
+        answer::request(ctx, request, Counter::DropTooBig)
     }
     #[inline(always)]
     fn least_connections(service_id: u32, count: u32) -> u32 {

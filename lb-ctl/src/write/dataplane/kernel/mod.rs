@@ -449,20 +449,21 @@ fn load_object(object: &[u8], conntrack_max: u32, salt: u32) -> Result<Ebpf, Dat
 }
 
 /// Passes the object's programs through the verifier: the XDP data plane
-/// (IPv4, and IPv6, which it tail calls through `lb_progs`), the tc slow
-/// path, and the clock the controller reads.
+/// (IPv4, and IPv6 with its answers, which it tail calls through
+/// `lb_progs`), the tc slow path, and the clock the controller reads.
 fn load_programs(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
     load_program::<Xdp>(ebpf, "lb_xdp")?;
     load_program::<Xdp>(ebpf, "lb_xdp6")?;
+    load_program::<Xdp>(ebpf, "lb_answer6")?;
     load_program::<SchedClassifier>(ebpf, "lb_neigh")?;
     load_program::<Xdp>(ebpf, "lb_clock")?;
-    let failed =
-        |e: &dyn std::fmt::Display| DataplaneError::kernel("program lb_xdp6", e.to_string());
-    let ipv6 = program::<Xdp>(ebpf, "lb_xdp6")?
-        .fd()
-        .map_err(|e| failed(&e))?
-        .try_clone()
-        .map_err(|e| failed(&e))?;
+    let tail_called = [(0, "lb_xdp6"), (1, "lb_answer6")].map(|(slot, name)| {
+        let failed = |e: &dyn std::fmt::Display| {
+            DataplaneError::kernel(format!("program {name}"), e.to_string())
+        };
+        let fd = program::<Xdp>(ebpf, name)?.fd().map_err(|e| failed(&e))?;
+        Ok::<_, DataplaneError>((slot, fd.try_clone().map_err(|e| failed(&e))?))
+    });
     // Borrowed, not taken: the object keeps its handle, as a prog array
     // loses its entries when its last user reference closes (unpinned, in
     // the tests' data planes).
@@ -470,7 +471,11 @@ fn load_programs(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
         .map_mut("lb_progs")
         .ok_or_else(|| DataplaneError::kernel("lb_progs", "missing from the object"))?;
     let mut progs = ProgramArray::try_from(map).map_err(err("opening lb_progs"))?;
-    progs.set(0, &ipv6, 0).map_err(err("writing lb_progs"))
+    for called in tail_called {
+        let (slot, fd) = called?;
+        progs.set(slot, &fd, 0).map_err(err("writing lb_progs"))?;
+    }
+    Ok(())
 }
 
 /// `lb_conntrack` mapped into this process, with the size the map has
