@@ -306,9 +306,10 @@ pub fn object_maps(
     let sizes = load_time_sizes(conntrack_max)?;
     let mut maps = BTreeMap::new();
     for (name, map) in &parsed.maps {
-        // The program's constants (`.rodata`: the connection table's size),
-        // written at each load: the program's own, never pinned or adopted.
-        if name == ".rodata" {
+        // The program's constants (`.rodata`: the connection table's size;
+        // `.rodata.cst*`: constants the compiler pooled), written at each
+        // load: the program's own, never pinned or adopted.
+        if name == ".rodata" || name.starts_with(".rodata.") {
             continue;
         }
         if !name.starts_with(MAP_PREFIX) {
