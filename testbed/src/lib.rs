@@ -1,7 +1,7 @@
 //! The test bed shared by the privileged tests (`lb-tests`), the lab
 //! (`lb-lab`) and the benchmarks (`lb-bench`): network namespace plumbing,
 //! the demo topology and its backend servers, the real controller run in
-//! it, a packet builder, and the real XDP program under BPF_PROG_TEST_RUN
+//! it, a packet builder, test certificates (`pki`), and the real XDP program under BPF_PROG_TEST_RUN
 //! in a namespace with a real FIB.
 pub mod counters;
 pub mod fixture;
@@ -9,6 +9,7 @@ pub mod ha;
 pub mod harness;
 pub mod netns;
 pub mod packet;
+pub mod pki;
 pub mod rng;
 pub mod server;
 pub mod testrun;

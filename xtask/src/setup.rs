@@ -11,7 +11,9 @@ use crate::util::{is_root, output, run_status};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages: `ip`, `bpftool`, `ethtool` for the lab's veths, `curl` and
 /// `socat` for the client side, `procps` for sysctl, `iputils-ping` and `nftables` for the tests,
-/// `keepalived` for the two-node lab and the failover tests.
+/// `keepalived` for the two-node lab and the failover tests, `ca-certificates`
+/// for the roots `https` health checks trust by default, `openssl` for the
+/// tests' certificates and TLS servers.
 const PACKAGES: &[&str] = &[
     "iproute2",
     "bpftool",
@@ -22,6 +24,8 @@ const PACKAGES: &[&str] = &[
     "iputils-ping",
     "nftables",
     "keepalived",
+    "ca-certificates",
+    "openssl",
 ];
 
 /// The browser the stats-page test loads the page in, and a font for its

@@ -3,6 +3,7 @@
 //! owns it (`control_loop`); the admin API asks it for changes and reads what it
 //! publishes.
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     sync::Arc,
     time::Instant,
@@ -21,6 +22,7 @@ use crate::{
             state::{CheckResult, Status},
         },
         run::{self, Overrides},
+        weights,
     },
     desired::{
         changes::{self, Change, ChangeError, Changes},
@@ -67,6 +69,9 @@ pub struct Controller {
     published: watch::Sender<Arc<Stats>>,
     /// A health change the reconciler could not apply yet.
     health_pending: bool,
+    /// The weights from checks (`dynamic_weight`) the reconciler's
+    /// services were planned with; `None` after a failed apply of them.
+    planned_weights: Option<BTreeMap<BackendKey, u32>>,
     /// The maps may hold part of a failed change (see `restore`).
     restore_pending: bool,
 }
@@ -78,6 +83,10 @@ impl HealthLookup for health::Monitor {
 
     fn is_down(&self, key: &BackendKey) -> bool {
         self.status(key).is_some_and(|(s, _)| !s.is_usable())
+    }
+
+    fn weight(&self, key: &BackendKey) -> Option<u32> {
+        health::Monitor::weight(self, key)
     }
 }
 
@@ -115,6 +124,7 @@ impl Controller {
             started: Instant::now(),
             published,
             health_pending: false,
+            planned_weights: Some(BTreeMap::new()),
             restore_pending: false,
         };
         // The health view replaces whatever an adopted data plane held
@@ -137,7 +147,8 @@ impl Controller {
     /// file cannot be written, the change is undone.
     pub async fn change(&mut self, change: Change) -> Result<Arc<Stats>, ControlError> {
         let next = changes::apply(&self.services, &change)?;
-        if let Err(e) = self.reconciler.apply(next.clone()).await {
+        let planned = self.planned(&next);
+        if let Err(e) = self.reconciler.apply(planned).await {
             // A plan that does not fit wrote nothing; a failed write may
             // have left part of the change in the maps.
             if matches!(e, ReconcileError::Dataplane(_)) {
@@ -164,7 +175,8 @@ impl Controller {
     /// Makes the maps hold what runs again, after a change that failed; if
     /// that fails too, every sample retries until it works.
     async fn restore(&mut self) {
-        match self.reconciler.apply(self.services.clone()).await {
+        let planned = self.planned(&self.services.clone());
+        match self.reconciler.apply(planned).await {
             Ok(_) => self.restore_pending = false,
             Err(e) => {
                 error!(error = %e, "restoring the running state failed; retrying every second");
@@ -201,7 +213,8 @@ impl Controller {
             );
         }
         let services = replay(&self.changes, &next.services, &self.state_path);
-        match self.reconciler.apply(services.clone()).await {
+        let planned = self.planned(&services);
+        match self.reconciler.apply(planned).await {
             Ok(applied) => {
                 info!(writes = applied.writes, "configuration reloaded");
                 self.config = Config {
@@ -267,9 +280,28 @@ impl Controller {
         self.publish();
     }
 
+    /// `services` with the weights their checks gave (see `weights`),
+    /// which the reconciler is then known to hold.
+    fn planned(&mut self, services: &[Service]) -> Vec<Service> {
+        let weights = self.health.weights();
+        let planned = weights::planned(services, &weights);
+        self.planned_weights = Some(weights);
+        planned
+    }
+
     /// DOWN backends leave the scheduler's tables (only their own Maglev
-    /// slots move), and come back when UP again.
+    /// slots move), and come back when UP again; a weight a check gave
+    /// moves only that backend's share.
     async fn apply_health(&mut self) {
+        if self.planned_weights.as_ref() != Some(&self.health.weights()) {
+            let planned = self.planned(&self.services.clone());
+            if let Err(e) = self.reconciler.apply(planned).await {
+                error!(error = %e, "applying the weights checks gave failed; retrying within a second");
+                self.planned_weights = None;
+                self.health_pending = true;
+                return;
+            }
+        }
         let down = self.health.down();
         let count = down.len();
         match self.reconciler.set_down(down).await {

@@ -2,7 +2,8 @@
 //! planned and written, and then keeps it so. One task owns the
 //! controller's state (`controller`) and moves it on at each event of its
 //! loop (`control_loop`): a change through the admin API (`api`), a health
-//! transition (`health`), a reload, a sample of the counters. Beside them
+//! transition (`health`), a reload, a sample of the counters. The weights
+//! it plans with are the operator's, or a health check's (`weights`). Beside them
 //! what a long-running process needs: its logs (`logging`), its open-file
 //! limit (`limits`).
 pub mod api;
@@ -12,3 +13,4 @@ pub mod health;
 pub mod limits;
 pub mod logging;
 pub mod run;
+pub mod weights;

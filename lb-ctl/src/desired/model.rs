@@ -213,7 +213,27 @@ pub enum Probe {
     Tcp,
     /// `GET path`: the status equals `expect_status` and, if set, the body
     /// matches the regular expression `expect_body` (HAProxy `rstring`).
-    Http { path: String, expect_status: u16, expect_body: Option<String> },
+    /// With `tls`, over TLS (`check = "https"`).
+    Http { path: String, expect_status: u16, expect_body: Option<String>, tls: Option<Tls> },
+    /// A datagram `send` to the backend, and a reply within the timeout
+    /// that matches `expect` if set (keepalived's `UDP_CHECK`).
+    Udp { send: Vec<u8>, expect: Option<String> },
+    /// A program run with the backend's address and port (keepalived's
+    /// `MISC_CHECK`): UP on exit 0; with `dynamic_weight`, an exit status
+    /// 2 to 255 is UP with that weight (`misc_dynamic`).
+    Script { command: Vec<String>, dynamic_weight: bool },
+}
+
+/// `check = "https"`'s TLS settings.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Tls {
+    /// The name sent as SNI and verified in the certificate; `None`: no
+    /// SNI, the certificate must name the probed IP address.
+    pub sni: Option<String>,
+    /// PEM certificates to trust instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// `false`: any certificate is accepted (the handshake still must succeed).
+    pub verify: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

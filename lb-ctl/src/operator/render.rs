@@ -125,10 +125,12 @@ pub fn render_list(services: &[ServiceView]) -> String {
         "State",
         "Health",
     ));
+    let mut set_by_check = false;
     for s in services {
         text.push_str(&service_line(s));
         text.push('\n');
         for b in &s.backends {
+            set_by_check |= b.check_weight.is_some() && b.weight > 0;
             let mut health = b.health.status.clone();
             if b.health.status == "DOWN"
                 && let Some(check) = &b.health.last_check
@@ -138,7 +140,7 @@ pub fn render_list(services: &[ServiceView]) -> String {
             text.push_str(&row(
                 &format!("{}:{}", b.address, b.port),
                 forward_name(&s.forwarding),
-                &b.weight.to_string(),
+                &weight_text(b),
                 &b.conns.active.to_string(),
                 &b.conns.inactive.to_string(),
                 &b.state,
@@ -146,7 +148,19 @@ pub fn render_list(services: &[ServiceView]) -> String {
             ));
         }
     }
+    if set_by_check {
+        text.push_str("* the weight its script check gave (dynamic_weight), not its own\n");
+    }
     text
+}
+
+/// The weight new flows get when the backend is in rotation: its own, or
+/// with a `*` the one its script check gave.
+pub(crate) fn weight_text(b: &BackendView) -> String {
+    match b.check_weight {
+        Some(w) if b.weight > 0 => format!("{w}*"),
+        _ => b.weight.to_string(),
+    }
 }
 
 /// A counter in at most 8 characters, as `ipvsadm --stats` prints it.
@@ -305,6 +319,12 @@ pub(crate) mod tests {
             address: format!("10.77.2.{last}"),
             port: 80,
             weight,
+            check_weight: None,
+            effective_weight: if weight > 0 && state == "active" && health != "DOWN" {
+                weight
+            } else {
+                0
+            },
             state: state.into(),
             check_address: None,
             check_port: None,
@@ -383,6 +403,21 @@ UDP  10.77.1.53:53 sh drop (dns)
   -> 10.77.2.21:53                Masq    1      0          0         active UNCHECKED
 ";
         assert_eq!(text, expected, "\n{text}");
+    }
+
+    /// A weight a script check gave is what the list shows, marked.
+    #[test]
+    fn a_weight_from_a_check_is_shown_marked() {
+        let mut s = web();
+        s.backends[0].check_weight = Some(5);
+        let text = render_list(&[s.clone()]);
+        assert!(text.contains("  -> 10.77.2.11:80                Masq    5*     3 "), "{text}");
+        assert!(
+            text.ends_with("* the weight its script check gave (dynamic_weight), not its own\n")
+        );
+        // A drained backend (weight 0) stays at 0 whatever its check says.
+        s.backends[0].weight = 0;
+        assert!(!render_list(&[s]).contains('*'));
     }
 
     #[test]

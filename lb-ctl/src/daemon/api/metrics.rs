@@ -149,6 +149,7 @@ struct BackendMetrics {
     active: Gauges<BackendLabels>,
     inactive: Gauges<BackendLabels>,
     weight: Gauges<BackendLabels>,
+    effective_weight: Gauges<BackendLabels>,
     up: Gauges<BackendLabels>,
     in_rotation: Gauges<BackendLabels>,
     state: Gauges<BackendStateLabels>,
@@ -335,6 +336,12 @@ impl BackendMetrics {
                 None,
             ),
             weight: metric(r, "lb_backend_weight", "Configured weight of the backend", None),
+            effective_weight: metric(
+                r,
+                "lb_backend_effective_weight",
+                "Weight new flows are spread by now: a script check's dynamic weight, else the configured one; 0 out of rotation",
+                None,
+            ),
             up: metric(
                 r,
                 "lb_backend_up",
@@ -386,6 +393,7 @@ impl BackendMetrics {
         self.active.get_or_create(&labels).set(b.conns.active.into());
         self.inactive.get_or_create(&labels).set(b.conns.inactive.into());
         self.weight.get_or_create(&labels).set(b.weight.into());
+        self.effective_weight.get_or_create(&labels).set(b.effective_weight.into());
         self.up.get_or_create(&labels).set(flag(b.health.status != "DOWN"));
         self.in_rotation.get_or_create(&labels).set(flag(b.in_rotation));
         for state in AdminState::ALL.iter().map(|state| state.name()) {
@@ -455,6 +463,8 @@ mod tests {
     fn stats() -> Stats {
         let up = BackendView {
             weight: 3,
+            check_weight: Some(5),
+            effective_weight: 5,
             conns: ConnsView { active: 7, inactive: 2 },
             traffic: traffic(1000),
             health: HealthView {
@@ -566,6 +576,8 @@ mod tests {
             r#"lb_backend_active_connections{service="web",backend="10.77.2.10:80"} 7"#,
             r#"lb_backend_inactive_connections{service="web",backend="10.77.2.10:80"} 2"#,
             r#"lb_backend_weight{service="web",backend="10.77.2.10:80"} 3"#,
+            r#"lb_backend_effective_weight{service="web",backend="10.77.2.10:80"} 5"#,
+            r#"lb_backend_effective_weight{service="web",backend="10.77.2.11:80"} 0"#,
             r#"lb_backend_up{service="web",backend="10.77.2.10:80"} 1"#,
             r#"lb_backend_up{service="web",backend="10.77.2.11:80"} 0"#,
             r#"lb_backend_up{service="dns",backend="10.77.3.10:53"} 1"#,

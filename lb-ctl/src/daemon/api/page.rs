@@ -285,6 +285,17 @@ fn row_class(b: &BackendView) -> &'static str {
     }
 }
 
+/// The weight, and where it comes from when a script check gave it.
+fn weight_cell(b: &BackendView) -> String {
+    match b.check_weight {
+        Some(w) if b.weight > 0 => format!(
+            "{w} <span class=\"dim\" title=\"set by its script check (dynamic_weight); its own is {}\">(check)</span>",
+            b.weight
+        ),
+        _ => b.weight.to_string(),
+    }
+}
+
 fn backend_row(out: &mut String, service: &str, b: &BackendView, now_unix_ms: u64) {
     let address = esc(&b.address);
     let state = esc(&b.state);
@@ -301,7 +312,7 @@ fn backend_row(out: &mut String, service: &str, b: &BackendView, now_unix_ms: u6
         "<td class=\"mono\">{address}:{}</td><td class=\"n\">{}</td><td>{state}</td><td>{}</td>\
          <td><b>{status}</b></td>",
         b.port,
-        b.weight,
+        weight_cell(b),
         if b.in_rotation { "in" } else { "out" },
     );
     match &b.health.last_check {
@@ -362,6 +373,27 @@ fn health_summary(h: Option<&HealthCheckView>) -> String {
     }
     if let Some(body) = &h.expect_body {
         w!(text, " /{}/", esc(body));
+    }
+    if let Some(sni) = &h.sni {
+        w!(text, " sni {}", esc(sni));
+    }
+    if let Some(ca) = &h.ca_file {
+        w!(text, " ca {}", esc(ca));
+    }
+    if h.verify == Some(false) {
+        text.push_str(" unverified");
+    }
+    if let Some(send) = &h.send_hex {
+        w!(text, " send {}", esc(send));
+    }
+    if let Some(expect) = &h.expect {
+        w!(text, " /{}/", esc(expect));
+    }
+    if let Some(command) = &h.command {
+        w!(text, " run {}", esc(&command.join(" ")));
+    }
+    if h.dynamic_weight == Some(true) {
+        text.push_str(" dynamic weight");
     }
     w!(
         text,
@@ -495,6 +527,8 @@ mod tests {
             address: address.into(),
             port: 8080,
             weight,
+            check_weight: None,
+            effective_weight: if in_rotation { weight } else { 0 },
             state: state.into(),
             check_address: None,
             check_port: None,
@@ -538,6 +572,7 @@ mod tests {
                 fall: 3,
                 check_address: None,
                 check_port: None,
+                ..HealthCheckView::default()
             }),
             traffic: TrafficView {
                 in_packets: 17_000,
@@ -612,6 +647,61 @@ mod tests {
         let start = page.find(&format!("<table class=\"service\" id=\"service-{id}\"")).unwrap();
         let end = start + page[start..].find("</table>").unwrap();
         &page[start..end]
+    }
+
+    /// Each check type's own settings are in the service's line, escaped.
+    #[test]
+    fn the_health_summary_names_each_check_types_settings() {
+        let base = HealthCheckView {
+            interval_ms: 200,
+            timeout_ms: 100,
+            rise: 2,
+            fall: 2,
+            ..HealthCheckView::default()
+        };
+        let https = HealthCheckView {
+            check: "https".into(),
+            path: Some("/".into()),
+            expect_status: Some(200),
+            sni: Some("www.test".into()),
+            ca_file: Some("/etc/lb/<ca>.pem".into()),
+            verify: Some(true),
+            ..base.clone()
+        };
+        assert_eq!(
+            health_summary(Some(&https)),
+            "https GET / expect 200 sni www.test ca /etc/lb/&lt;ca&gt;.pem every 200 ms timeout 100 ms rise 2 fall 2"
+        );
+        let any = HealthCheckView { verify: Some(false), ca_file: None, ..https };
+        assert!(health_summary(Some(&any)).contains(" unverified "));
+        let udp = HealthCheckView {
+            check: "udp".into(),
+            send_hex: Some("70 69 6e 67".into()),
+            expect: Some("^pong".into()),
+            ..base.clone()
+        };
+        assert!(health_summary(Some(&udp)).starts_with("udp send 70 69 6e 67 /^pong/ every"));
+        let script = HealthCheckView {
+            check: "script".into(),
+            command: Some(vec!["/bin/check".into(), "-q".into()]),
+            dynamic_weight: Some(true),
+            ..base
+        };
+        assert!(
+            health_summary(Some(&script))
+                .starts_with("script run /bin/check -q dynamic weight every")
+        );
+    }
+
+    /// A weight a script check gave shows with where it comes from.
+    #[test]
+    fn a_weight_from_a_check_says_so() {
+        let mut b = backend("10.0.0.1", 3, "active", "UP");
+        assert_eq!(weight_cell(&b), "3");
+        b.check_weight = Some(7);
+        assert!(weight_cell(&b).starts_with("7 <span class=\"dim\" title=\"set by its script check (dynamic_weight); its own is 3\">(check)"));
+        b.weight = 0;
+        assert_eq!(weight_cell(&b), "0", "drained stays drained");
     }
 
     #[test]
