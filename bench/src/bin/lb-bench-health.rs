@@ -319,6 +319,7 @@ fn synthetic(probe: Probe, count: u16, check_port: Option<u16>) -> Service {
                 weight: 1,
                 state: AdminState::Active,
                 check: CheckTarget::default(),
+                backup: false,
             })
             .collect(),
     }

@@ -499,6 +499,7 @@ mod tests {
             weight,
             state: AdminState::Active,
             check: CheckTarget::default(),
+            backup: false,
         }
     }
 

@@ -726,6 +726,28 @@ protocol = "udp"
         );
     }
 
+    /// `backup = true` marks a sorry server; a wrong type is named; the
+    /// API's JSON reads it back.
+    #[test]
+    fn a_backup_is_parsed_named_and_read_back() {
+        let text = GOOD.replacen("  weight = 0\n", "  weight = 0\n  backup = true\n", 1);
+        let c = parse(&text).unwrap();
+        let backups: Vec<bool> = c.services[0].backends.iter().map(|b| b.backup).collect();
+        assert_eq!(backups, [false, true]);
+        let json = crate::desired::json::service_to_json(&c.services[0]);
+        assert_eq!(json["backends"][1]["backup"], true);
+        assert!(json["backends"][0].get("backup").is_none(), "a primary says nothing");
+        assert_eq!(service_from_json(json.to_string().as_bytes()).unwrap(), c.services[0]);
+        let p = problems(&GOOD.replacen("  weight = 0\n", "  weight = 0\n  backup = \"yes\"\n", 1));
+        assert!(p[0].starts_with("service[0].backend[1].backup"), "{p:?}");
+        let e = crate::desired::json::backend_from_json(
+            br#"{"address": "10.77.2.14", "port": 80, "backup": 1}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("backup: invalid type"), "{e}");
+    }
+
     #[test]
     fn bad_health_settings_are_named() {
         let bad = HEALTH

@@ -133,6 +133,9 @@ pub fn backend_to_json(b: &Backend) -> serde_json::Value {
         "weight": b.weight,
         "state": b.state.name(),
     });
+    if b.backup {
+        v["backup"] = serde_json::json!(true);
+    }
     add_check_target(&mut v, b.check);
     v
 }

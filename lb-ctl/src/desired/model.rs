@@ -246,6 +246,10 @@ pub struct Backend {
     pub state: AdminState,
     /// Where its health check connects, over the service's `[service.health]`.
     pub check: CheckTarget,
+    /// A sorry server (HAProxy `backup`, keepalived `sorry_server`): it
+    /// takes new flows only while no primary backend of its service is
+    /// usable (`Service::backups_serve`).
+    pub backup: bool,
 }
 
 /// The operator's word on a backend (HAProxy's `set server state`).
@@ -261,6 +265,16 @@ pub enum AdminState {
     Drain,
     /// Out of rotation at once, open flows included; health checks continue.
     Maint,
+}
+
+impl Service {
+    /// Whether the backups take new flows: no primary (non-backup) backend
+    /// is usable, `usable` saying whether a backend's health lets it take
+    /// flows (UP, or not checked). A primary is usable when active, with a
+    /// weight above 0, and `usable`.
+    pub fn backups_serve(&self, usable: impl Fn(&Backend) -> bool) -> bool {
+        !self.backends.iter().any(|b| !b.backup && b.effective_weight() > 0 && usable(b))
+    }
 }
 
 impl Backend {
@@ -299,6 +313,7 @@ pub(crate) mod testing {
                     weight,
                     state: AdminState::Active,
                     check: CheckTarget::default(),
+                    backup: false,
                 })
                 .collect(),
         }

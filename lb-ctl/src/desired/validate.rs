@@ -228,7 +228,7 @@ pub(super) fn validate_backend(key: &str, raw: &RawBackend, problems: &mut Probl
         named(&format!("{key}.state"), text, AdminState::Active, problems)
     });
     let check = validate_check_target(key, raw.check_address.as_deref(), raw.check_port, problems);
-    Backend { address, port, weight, state, check }
+    Backend { address, port, weight, state, check, backup: raw.backup }
 }
 
 fn parse_addr(key: &str, text: &str, problems: &mut Problems) -> Ipv4Addr {

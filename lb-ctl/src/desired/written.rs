@@ -161,6 +161,9 @@ pub struct RawBackend {
     pub(super) check_address: Option<String>,
     /// Probe this backend on this port (over the service's `health.check_port`).
     pub(super) check_port: Option<i64>,
+    /// A sorry server: new flows only while no primary backend is usable.
+    #[serde(default)]
+    pub(super) backup: bool,
 }
 
 fn default_xdp_mode() -> String {

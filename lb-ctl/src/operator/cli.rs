@@ -175,6 +175,10 @@ pub enum BackendCmd {
         /// 0 to 65535; 0 takes no new flows. [default: 1]
         #[arg(long, value_parser = parse_weight)]
         weight: Option<u32>,
+        /// A sorry server: new flows only while no other backend of the
+        /// service is usable (HAProxy `backup`).
+        #[arg(long)]
+        backup: bool,
     },
     /// Remove a backend; its flows end.
     #[command(visible_alias = "delete", after_help = EXIT_CODES)]
@@ -526,11 +530,14 @@ async fn backend(cmd: BackendCmd, client: &Client) -> Result<String, ClientError
         Ok(render_backend_change(&view, at.backend, change))
     };
     match cmd {
-        BackendCmd::Add { at, weight } => {
+        BackendCmd::Add { at, weight, backup } => {
             let mut body =
                 json!({"address": at.backend.ip().to_string(), "port": at.backend.port()});
             if let Some(weight) = weight {
                 body["weight"] = json!(weight);
+            }
+            if backup {
+                body["backup"] = json!(true);
             }
             let path = format!("{}/backends", service_path(&at.service));
             let view: ServiceView = client.send_json(Method::POST, &path, Some(body)).await?;
@@ -626,11 +633,14 @@ mod tests {
             parse(&["backend", "add", "web", "10.77.2.14:80", "--weight", "3", "--admin", "x:1"])
                 .unwrap();
         assert_eq!(cli.target.admin.as_deref(), Some("x:1"));
-        let Operator::Backend(BackendCmd::Add { at, weight }) = cli.op else { panic!() };
+        let Operator::Backend(BackendCmd::Add { at, weight, backup }) = cli.op else { panic!() };
         assert_eq!(
-            (at.service.as_str(), at.backend.to_string(), weight),
-            ("web", "10.77.2.14:80".into(), Some(3))
+            (at.service.as_str(), at.backend.to_string(), weight, backup),
+            ("web", "10.77.2.14:80".into(), Some(3), false)
         );
+        let cli = parse(&["backend", "add", "web", "10.77.2.14:80", "--backup"]).unwrap();
+        let Operator::Backend(BackendCmd::Add { backup, .. }) = cli.op else { panic!() };
+        assert!(backup);
 
         let cli = parse(&["--token-file", "/t", "backend", "weight", "web", "10.77.2.14:80", "0"])
             .unwrap();

@@ -61,6 +61,9 @@ pub(super) fn render_backend_change(
 /// rotation: `weight 1, drain, health DOWN, out of rotation`.
 fn backend_state(b: &BackendView) -> String {
     let mut parts = vec![format!("weight {}", b.weight)];
+    if b.backup {
+        parts.push("backup".into());
+    }
     if b.state != "active" {
         parts.push(b.state.clone());
     }
@@ -129,15 +132,14 @@ pub fn render_list(services: &[ServiceView]) -> String {
     for s in services {
         text.push_str(&service_line(s));
         text.push('\n');
-        for b in &s.backends {
-            set_by_check |= b.check_weight.is_some() && b.weight > 0;
+        let backend_row = |b: &BackendView| {
             let mut health = b.health.status.clone();
             if b.health.status == "DOWN"
                 && let Some(check) = &b.health.last_check
             {
                 let _ = write!(health, " ({})", check.detail);
             }
-            text.push_str(&row(
+            row(
                 &format!("{}:{}", b.address, b.port),
                 forward_name(&s.forwarding),
                 &weight_text(b),
@@ -145,7 +147,23 @@ pub fn render_list(services: &[ServiceView]) -> String {
                 &b.conns.inactive.to_string(),
                 &b.state,
                 &health,
-            ));
+            )
+        };
+        set_by_check |= s.backends.iter().any(|b| b.check_weight.is_some() && b.weight > 0);
+        // The primaries, then the backups apart, saying whether they serve.
+        for b in s.backends.iter().filter(|b| !b.backup) {
+            text.push_str(&backend_row(b));
+        }
+        if s.backends.iter().any(|b| b.backup) {
+            let now = if s.backups_serve {
+                "serving: no primary is usable"
+            } else {
+                "standing by: new flows only while no primary is usable"
+            };
+            let _ = writeln!(text, "  backup ({now})");
+            for b in s.backends.iter().filter(|b| b.backup) {
+                text.push_str(&backend_row(b));
+            }
         }
     }
     if set_by_check {
@@ -320,6 +338,7 @@ pub(crate) mod tests {
             port: 80,
             weight,
             check_weight: None,
+            backup: false,
             effective_weight: if weight > 0 && state == "active" && health != "DOWN" {
                 weight
             } else {
@@ -403,6 +422,24 @@ UDP  10.77.1.53:53 sh drop (dns)
   -> 10.77.2.21:53                Masq    1      0          0         active UNCHECKED
 ";
         assert_eq!(text, expected, "\n{text}");
+    }
+
+    /// Backups are listed apart, after the primaries, saying whether they serve.
+    #[test]
+    fn backups_are_listed_apart() {
+        let mut s = web();
+        let mut sorry = backend(20, 1, "active", "UP", 0);
+        sorry.backup = true;
+        sorry.in_rotation = false;
+        s.backends.insert(0, sorry);
+        let text = render_list(std::slice::from_ref(&s));
+        let lines: Vec<&str> = text.lines().collect();
+        let primaries = lines[3..6].iter().filter(|l| l.contains("-> 10.77.2.1")).count();
+        assert_eq!(primaries, 3, "{text}");
+        assert_eq!(lines[6], "  backup (standing by: new flows only while no primary is usable)");
+        assert!(lines[7].starts_with("  -> 10.77.2.20:80 "), "{text}");
+        s.backups_serve = true;
+        assert!(render_list(&[s]).contains("  backup (serving: no primary is usable)\n"));
     }
 
     /// A weight a script check gave is what the list shows, marked.

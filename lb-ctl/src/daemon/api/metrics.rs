@@ -140,6 +140,7 @@ struct ServiceMetrics {
     new_flows: Counters<ServiceLabels>,
     backends: Gauges<ServiceLabels>,
     in_rotation: Gauges<ServiceLabels>,
+    backups_serve: Gauges<ServiceLabels>,
 }
 
 struct BackendMetrics {
@@ -280,6 +281,12 @@ impl ServiceMetrics {
                 "Backends of the service that take new flows",
                 None,
             ),
+            backups_serve: metric(
+                r,
+                "lb_service_backups_serving",
+                "1 when the service's backups take the new flows (no primary backend is usable), else 0",
+                None,
+            ),
         }
     }
 
@@ -303,6 +310,7 @@ impl ServiceMetrics {
         self.new_flows.get_or_create(&labels).inc_by(s.traffic.new_flows);
         self.backends.get_or_create(&labels).set(int(s.backends.len()));
         self.in_rotation.get_or_create(&labels).set(int(s.backends_in_rotation));
+        self.backups_serve.get_or_create(&labels).set(flag(s.backups_serve));
         labels.service
     }
 }
@@ -351,9 +359,10 @@ impl BackendMetrics {
             in_rotation: metric(
                 r,
                 "lb_backend_in_rotation",
-                "1 when the backend takes new flows (active, weight > 0, not DOWN), else 0",
+                "1 when the backend takes new flows (active, weight > 0, not DOWN; a backup only while no primary is usable), else 0",
                 None,
             ),
+
             state: metric(
                 r,
                 "lb_backend_state",
@@ -494,6 +503,7 @@ mod tests {
         };
         let drain = BackendView {
             state: "drain".into(),
+            backup: true,
             in_rotation: false,
             conns: ConnsView { active: 1, inactive: 0 },
             traffic: traffic(50),
@@ -516,6 +526,7 @@ mod tests {
             protocol: "udp".into(),
             traffic: traffic(50),
             backends_in_rotation: 0,
+            backups_serve: true,
             backends: vec![drain],
             ..ServiceView::default()
         };
@@ -570,6 +581,8 @@ mod tests {
             r#"lb_service_backends{service="web",vip="10.77.1.10:80",protocol="tcp"} 2"#,
             r#"lb_service_backends_in_rotation{service="web",vip="10.77.1.10:80",protocol="tcp"} 1"#,
             r#"lb_service_backends_in_rotation{service="dns",vip="10.77.1.53:53",protocol="udp"} 0"#,
+            r#"lb_service_backups_serving{service="dns",vip="10.77.1.53:53",protocol="udp"} 1"#,
+            r#"lb_service_backups_serving{service="web",vip="10.77.1.10:80",protocol="tcp"} 0"#,
             r#"lb_backend_packets_total{service="web",backend="10.77.2.10:80",direction="in"} 1000"#,
             r#"lb_backend_bytes_total{service="web",backend="10.77.2.11:80",direction="in"} 1000"#,
             r#"lb_backend_new_flows_total{service="web",backend="10.77.2.10:80"} 100"#,

@@ -69,6 +69,7 @@ li.maint { background: #d8c8b4; }
 li.unknown { background: #fff5a0; }
 li.unchecked { background: #ffffff; }
 tfoot td { background: #eef0f6; font-weight: 600; }
+tr.backup-head td { background: #f4f4f4; color: #444; font-style: italic; }
 td.empty { text-align: center; color: #666; font-style: italic; }
 p.empty { font-style: italic; color: #666; }
 ";
@@ -245,8 +246,23 @@ fn service_table(out: &mut String, s: &ServiceView, now_unix_ms: u64) {
     if s.backends.is_empty() {
         w!(out, "<tr><td class=\"empty\" colspan=\"{COLUMNS}\">no backends configured</td></tr>\n");
     }
-    for b in &s.backends {
+    for b in s.backends.iter().filter(|b| !b.backup) {
         backend_row(out, &name, b, now_unix_ms);
+    }
+    // Backups apart, in a body of their own headed by whether they serve.
+    if s.backends.iter().any(|b| b.backup) {
+        let now = if s.backups_serve {
+            "serving: no primary is usable"
+        } else {
+            "standing by: new flows only while no primary is usable"
+        };
+        w!(
+            out,
+            "</tbody>\n<tbody class=\"backups\">\n<tr class=\"backup-head\"><td colspan=\"{COLUMNS}\">backups ({now})</td></tr>\n"
+        );
+        for b in s.backends.iter().filter(|b| b.backup) {
+            backend_row(out, &name, b, now_unix_ms);
+        }
     }
     out.push_str("</tbody>\n<tfoot>\n<tr>");
     let (active, inactive) = s.backends.iter().fold((0u64, 0u64), |(a, i), b| {
@@ -529,6 +545,7 @@ mod tests {
             weight,
             check_weight: None,
             effective_weight: if in_rotation { weight } else { 0 },
+            backup: false,
             state: state.into(),
             check_address: None,
             check_port: None,
@@ -589,6 +606,7 @@ mod tests {
                 new_flows: 12.5,
             },
             backends_in_rotation: 1,
+            backups_serve: false,
             backends: vec![
                 backend("10.0.1.1", 100, "active", "UP"),
                 backend("10.0.1.2", 100, "active", "DOWN"),
@@ -691,6 +709,24 @@ mod tests {
             health_summary(Some(&script))
                 .starts_with("script run /bin/check -q dynamic weight every")
         );
+    }
+
+    /// Backups are rendered after the primaries, under a row that says
+    /// whether they serve.
+    #[test]
+    fn backups_are_shown_apart() {
+        let mut stats = sample();
+        let mut sorry = backend("10.0.0.99", 1, "active", "UP");
+        sorry.backup = true;
+        stats.services[0].backends.insert(0, sorry);
+        let html = render(&stats, NOW);
+        let at = |needle: &str| html.find(needle).unwrap_or_else(|| panic!("no {needle}: {html}"));
+        let head = at("backups (standing by: new flows only while no primary is usable)");
+        let sorry_row = at("id=\"backend-web-10.0.0.99:8080\"");
+        let primary_row = at("id=\"backend-web-10.0.1.1:8080\"");
+        assert!(primary_row < head && head < sorry_row, "{html}");
+        stats.services[0].backups_serve = true;
+        assert!(render(&stats, NOW).contains("backups (serving: no primary is usable)"));
     }
 
     /// A weight a script check gave shows with where it comes from.

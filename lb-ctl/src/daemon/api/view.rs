@@ -90,6 +90,10 @@ pub struct ServiceView {
     pub rates: RatesView,
     /// Backends that take new flows now.
     pub backends_in_rotation: usize,
+    /// Whether its backups take the new flows: it has backups and no
+    /// primary backend is usable.
+    #[serde(default)]
+    pub backups_serve: bool,
     pub backends: Vec<BackendView>,
 }
 
@@ -153,7 +157,12 @@ pub struct BackendView {
     pub check_address: Option<String>,
     /// Where it is probed instead of its own port (over the service's `check_port`).
     pub check_port: Option<u16>,
-    /// Whether new flows may go to it (active, weight > 0, not DOWN).
+    /// A sorry server: new flows only while no primary backend of its
+    /// service is usable (`backups_serve`).
+    #[serde(default)]
+    pub backup: bool,
+    /// Whether new flows may go to it (active, weight > 0, not DOWN; a
+    /// backup only while its service's backups serve).
     pub in_rotation: bool,
     pub health: HealthView,
     pub conns: ConnsView,
@@ -270,13 +279,15 @@ pub fn services(
 fn service(s: &Service, health: &impl HealthLookup, samples: &Samples) -> ServiceView {
     let key = service_endpoint(s);
     let traffic = |sample: &Sample| sample.services.get(&key).copied();
+    let backups_serve = s.backups_serve(|b| !health.is_down(&backend_key(s, b.address, b.port)));
     let backends: Vec<BackendView> = s
         .backends
         .iter()
         .map(|b| {
             let bkey = backend_key(s, b.address, b.port);
             let status = health.status(&bkey);
-            let in_rotation = b.effective_weight() > 0 && !health.is_down(&bkey);
+            let in_rotation =
+                b.effective_weight() > 0 && !health.is_down(&bkey) && (!b.backup || backups_serve);
             let check_weight = health.weight(&bkey);
             let planned = weights::planned_weight(b, check_weight);
             let live = |sample: &Sample| sample.backends.get(&bkey).copied();
@@ -287,6 +298,7 @@ fn service(s: &Service, health: &impl HealthLookup, samples: &Samples) -> Servic
                 weight: b.weight,
                 check_weight,
                 effective_weight: if in_rotation { planned } else { 0 },
+                backup: b.backup,
                 state: b.state.name().into(),
                 check_address: b.check.address.map(|a| a.to_string()),
                 check_port: b.check.port,
@@ -310,6 +322,7 @@ fn service(s: &Service, health: &impl HealthLookup, samples: &Samples) -> Servic
         traffic: traffic_view(&latest(samples, traffic).unwrap_or_default()),
         rates: rates(samples, traffic),
         backends_in_rotation: backends.iter().filter(|b| b.in_rotation).count(),
+        backups_serve: backups_serve && backends.iter().any(|b| b.backup),
         backends,
     }
 }

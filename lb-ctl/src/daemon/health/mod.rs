@@ -323,6 +323,7 @@ mod tests {
                     weight,
                     state,
                     check: CheckTarget::default(),
+                    backup: false,
                 })
                 .collect(),
         }
