@@ -201,12 +201,13 @@ fn a_script_decides_up_down_and_the_weight() {
     set_exit("web2", 0);
     lab.wait_lines(&["backend is UP", &web2], 2, Duration::from_secs(10));
     lab.wait_lines(&["health applied", "down=0"], 1, Duration::from_secs(5));
-    assert_eq!(lab.backend_view(address("web2"), 80).effective_weight, 1);
+    assert!((lab.backend_view(address("web2"), 80).effective_weight - 1.0).abs() < f64::EPSILON);
 
     set_exit("web2", 5);
     lab.wait_lines(&["backend weight set by its check", &web2], 1, Duration::from_secs(10));
-    let view = lab.backend_view(address("web2"), 80);
-    assert_eq!((view.weight, view.check_weight, view.effective_weight), (1, Some(5), 5));
+    // The view is published once the weight is applied, after the log line.
+    let view = weighted(&lab, Some(5));
+    assert_eq!((view.weight, view.check_weight, view.effective_weight), (1, Some(5), 5.0));
     let list = lab.ctl_ok(&["list"]);
     let line = format!("-> {}:80", address("web2"));
     let row = list.lines().find(|l| l.contains(&line)).unwrap_or_else(|| panic!("{list}"));
@@ -224,6 +225,14 @@ fn a_script_decides_up_down_and_the_weight() {
         1,
         Duration::from_secs(10),
     );
-    let view = lab.backend_view(address("web2"), 80);
-    assert_eq!((view.check_weight, view.effective_weight), (None, 1));
+    let view = weighted(&lab, None);
+    assert_eq!((view.check_weight, view.effective_weight), (None, 1.0));
+}
+
+/// web2's view once its check weight is `weight`.
+fn weighted(lab: &Lab, weight: Option<u32>) -> lb_ctl::daemon::api::view::BackendView {
+    lb_testbed::harness::wait_for("web2's weight in the API", Duration::from_secs(2), || {
+        let view = lab.backend_view(address("web2"), 80);
+        if view.check_weight == weight { Ok(view) } else { Err(view.check_weight) }
+    })
 }

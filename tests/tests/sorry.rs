@@ -38,8 +38,8 @@ fn a_backup_serves_only_while_no_primary_is_usable() {
         block_input(&lab.topo.web(name), &["tcp", "dport", "80", "drop"]);
     }
     lab.wait_lines(&["health applied", "down=3"], 1, Duration::from_secs(10));
-    let list = lab.ctl_ok(&["list", "web"]);
-    assert!(list.contains("  backup (serving: no primary is usable)\n"), "{list}");
+    // The view is published once the change is applied, after the log line.
+    listed(&lab, "  backup (serving: no primary is usable)\n");
     let before = new_flows();
     let answers = lab.who_answers(30);
     assert!(answers.iter().all(|a| a == "web1"), "{answers:?}");
@@ -54,6 +54,13 @@ fn a_backup_serves_only_while_no_primary_is_usable() {
     let answers = lab.who_answers(30);
     assert!(answers.iter().all(|a| a == "web2"), "{answers:?}");
     assert_eq!(new_flows(), before, "the backup took new flows once a primary was back");
-    let list = lab.ctl_ok(&["list", "web"]);
-    assert!(list.contains("  backup (standing by"), "{list}");
+    listed(&lab, "  backup (standing by");
+}
+
+/// Waits until `lb-ctl list web` says `text`.
+fn listed(lab: &Lab, text: &str) {
+    lb_testbed::harness::wait_for(text, Duration::from_secs(2), || {
+        let list = lab.ctl_ok(&["list", "web"]);
+        if list.contains(text) { Ok(()) } else { Err(list) }
+    });
 }

@@ -312,6 +312,7 @@ fn synthetic(probe: Probe, count: u16, check_port: Option<u16>) -> Service {
             fall: 3,
             target: CheckTarget { address: None, port: check_port },
         }),
+        slow_start: Duration::ZERO,
         backends: (0..count)
             .map(|i| BackendSpec {
                 address: Ipv4Addr::LOCALHOST,
@@ -320,6 +321,7 @@ fn synthetic(probe: Probe, count: u16, check_port: Option<u16>) -> Service {
                 state: AdminState::Active,
                 check: CheckTarget::default(),
                 backup: false,
+                slow_start: None,
             })
             .collect(),
     }

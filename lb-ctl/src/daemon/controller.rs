@@ -3,7 +3,6 @@
 //! owns it (`control_loop`); the admin API asks it for changes and reads what it
 //! publishes.
 use std::{
-    collections::BTreeMap,
     path::{Path, PathBuf},
     sync::Arc,
     time::Instant,
@@ -69,16 +68,25 @@ pub struct Controller {
     published: watch::Sender<Arc<Stats>>,
     /// A health change the reconciler could not apply yet.
     health_pending: bool,
-    /// The weights from checks (`dynamic_weight`) the reconciler's
-    /// services were planned with; `None` after a failed apply of them.
-    planned_weights: Option<BTreeMap<BackendKey, u32>>,
+    /// The backends in slow start.
+    ramps: weights::Ramps,
+    /// The services as last planned (weights from checks and ramps): what
+    /// the reconciler holds; `None` after a failed apply of them.
+    planned: Option<Vec<Service>>,
     /// The maps may hold part of a failed change (see `restore`).
     restore_pending: bool,
 }
 
-impl HealthLookup for health::Monitor {
+/// What the view needs of the health checks and the ramps, at one moment.
+struct Lookup<'a> {
+    health: &'a health::Monitor,
+    ramps: &'a weights::Ramps,
+    now: Instant,
+}
+
+impl HealthLookup for Lookup<'_> {
     fn status(&self, key: &BackendKey) -> Option<(Status, Option<&CheckResult>)> {
-        health::Monitor::status(self, key)
+        self.health.status(key)
     }
 
     fn is_down(&self, key: &BackendKey) -> bool {
@@ -86,7 +94,11 @@ impl HealthLookup for health::Monitor {
     }
 
     fn weight(&self, key: &BackendKey) -> Option<u32> {
-        health::Monitor::weight(self, key)
+        self.health.weight(key)
+    }
+
+    fn ramp(&self, key: &BackendKey) -> Option<f64> {
+        self.ramps.fraction(key, self.now)
     }
 }
 
@@ -124,7 +136,8 @@ impl Controller {
             started: Instant::now(),
             published,
             health_pending: false,
-            planned_weights: Some(BTreeMap::new()),
+            ramps: weights::Ramps::default(),
+            planned: None,
             restore_pending: false,
         };
         // The health view replaces whatever an adopted data plane held
@@ -261,7 +274,8 @@ impl Controller {
         if self.restore_pending {
             self.restore().await;
         }
-        if self.health_pending {
+        // A ramp moves on every sample (every second) until it ends.
+        if self.health_pending || self.ramps.in_progress() {
             self.apply_health().await;
         }
         self.publish();
@@ -280,27 +294,35 @@ impl Controller {
         self.publish();
     }
 
-    /// `services` with the weights their checks gave (see `weights`),
-    /// which the reconciler is then known to hold.
+    /// `services` with the weights their checks gave and their ramps (see
+    /// `weights`), which the reconciler is then known to hold.
     fn planned(&mut self, services: &[Service]) -> Vec<Service> {
-        let weights = self.health.weights();
-        let planned = weights::planned(services, &weights);
-        self.planned_weights = Some(weights);
+        let planned = self.plan(services);
+        self.planned = Some(planned.clone());
         planned
     }
 
+    /// `services` as `planned` would give them now, the ramps moved on.
+    fn plan(&mut self, services: &[Service]) -> Vec<Service> {
+        let now = Instant::now();
+        let down = self.health.down();
+        self.ramps.follow(services, |key| down.contains(key), now);
+        weights::planned(services, &self.health.weights(), &self.ramps, now)
+    }
+
     /// DOWN backends leave the scheduler's tables (only their own Maglev
-    /// slots move), and come back when UP again; a weight a check gave
-    /// moves only that backend's share.
+    /// slots move), and come back when UP again; a weight a check gave, or
+    /// a ramp's step, moves only that backend's share.
     async fn apply_health(&mut self) {
-        if self.planned_weights.as_ref() != Some(&self.health.weights()) {
-            let planned = self.planned(&self.services.clone());
-            if let Err(e) = self.reconciler.apply(planned).await {
-                error!(error = %e, "applying the weights checks gave failed; retrying within a second");
-                self.planned_weights = None;
+        let planned = self.plan(&self.services.clone());
+        if self.planned.as_ref() != Some(&planned) {
+            if let Err(e) = self.reconciler.apply(planned.clone()).await {
+                error!(error = %e, "applying the planned weights failed; retrying within a second");
+                self.planned = None;
                 self.health_pending = true;
                 return;
             }
+            self.planned = Some(planned);
         }
         let down = self.health.down();
         let count = down.len();
@@ -325,7 +347,11 @@ impl Controller {
         let stats = Arc::new(Stats {
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_s: self.started.elapsed().as_secs(),
-            services: view::services(&self.services, &self.health, &self.samples),
+            services: view::services(
+                &self.services,
+                &Lookup { health: &self.health, ramps: &self.ramps, now: Instant::now() },
+                &self.samples,
+            ),
             packets: view::packets(&self.samples),
             conntrack: ConntrackView {
                 entries: last.map_or(0, |(_, s)| s.tracked),

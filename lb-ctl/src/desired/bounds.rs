@@ -34,6 +34,8 @@ pub(super) const MAX_HOST_NAME_LEN: usize = 253;
 /// past line rate for the smallest answer on a 10 Gb/s link.
 pub(super) const MAX_ANSWERS_PER_SECOND: u32 = 10_000_000;
 
+/// Longest `slow_start_s`: an hour.
+pub const MAX_SLOW_START_S: i64 = 3600;
 /// Longest health-check interval: an hour.
 pub(super) const MAX_INTERVAL_MS: i64 = 3_600_000;
 /// Most consecutive results `rise` or `fall` may ask for.

@@ -500,6 +500,7 @@ mod tests {
             state: AdminState::Active,
             check: CheckTarget::default(),
             backup: false,
+            slow_start: None,
         }
     }
 

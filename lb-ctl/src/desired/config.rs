@@ -748,6 +748,46 @@ protocol = "udp"
         assert!(e.starts_with("backup: invalid type"), "{e}");
     }
 
+    /// `slow_start_s`: the service's, the backend's over it, 0 to 3600, named.
+    #[test]
+    fn slow_starts_are_bounded_named_and_read_back() {
+        let text = GOOD.replacen("port = 80\n", "port = 80\nslow_start_s = 3600\n", 1).replacen(
+            "  weight = 0\n",
+            "  weight = 0\n  slow_start_s = 0\n",
+            1,
+        );
+        let c = parse(&text).unwrap();
+        let web = &c.services[0];
+        assert_eq!(web.slow_start, Duration::from_hours(1));
+        assert_eq!(web.backends[0].slow_start_in(web), Duration::from_hours(1));
+        assert_eq!(web.backends[1].slow_start_in(web), Duration::ZERO, "its own wins");
+        assert_eq!(c.services[1].slow_start, Duration::ZERO, "none by default");
+        let json = crate::desired::json::service_to_json(web);
+        assert_eq!(service_from_json(json.to_string().as_bytes()).unwrap(), *web);
+        for bad in [-1, 3601] {
+            let p = problems(&GOOD.replacen(
+                "port = 80\n",
+                &format!("port = 80\nslow_start_s = {bad}\n"),
+                1,
+            ));
+            assert_eq!(
+                p,
+                [format!("service[0].slow_start_s: {bad} is out of range (0 to 3600 seconds)")]
+            );
+            let p = problems(&GOOD.replacen(
+                "  weight = 0\n",
+                &format!("  weight = 0\n  slow_start_s = {bad}\n"),
+                1,
+            ));
+            assert_eq!(
+                p,
+                [format!(
+                    "service[0].backend[1].slow_start_s: {bad} is out of range (0 to 3600 seconds)"
+                )]
+            );
+        }
+    }
+
     #[test]
     fn bad_health_settings_are_named() {
         let bad = HEALTH

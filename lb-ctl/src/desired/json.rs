@@ -84,6 +84,9 @@ pub fn service_to_json(s: &Service) -> serde_json::Value {
     if let Some(h) = health {
         v["health"] = h;
     }
+    if !s.slow_start.is_zero() {
+        v["slow_start_s"] = json!(s.slow_start.as_secs());
+    }
     v
 }
 
@@ -135,6 +138,9 @@ pub fn backend_to_json(b: &Backend) -> serde_json::Value {
     });
     if b.backup {
         v["backup"] = serde_json::json!(true);
+    }
+    if let Some(slow_start) = b.slow_start {
+        v["slow_start_s"] = serde_json::json!(slow_start.as_secs());
     }
     add_check_target(&mut v, b.check);
     v

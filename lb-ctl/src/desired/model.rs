@@ -107,6 +107,10 @@ pub struct Service {
     pub reject: bool,
     /// `None`: no health checks, every backend counts as up.
     pub health: Option<HealthCheck>,
+    /// `slow_start_s` (HAProxy `slowstart`): a backend that becomes usable
+    /// (comes UP, is added, is undrained) gets its weight ramped up over
+    /// this time; zero: at once. A backend's own wins.
+    pub slow_start: Duration,
     pub backends: Vec<Backend>,
 }
 
@@ -250,6 +254,8 @@ pub struct Backend {
     /// takes new flows only while no primary backend of its service is
     /// usable (`Service::backups_serve`).
     pub backup: bool,
+    /// Its own `slow_start_s`, over its service's.
+    pub slow_start: Option<Duration>,
 }
 
 /// The operator's word on a backend (HAProxy's `set server state`).
@@ -278,6 +284,12 @@ impl Service {
 }
 
 impl Backend {
+    /// How long its weight ramps up when it becomes usable: its own
+    /// `slow_start_s`, else its service's.
+    pub fn slow_start_in(&self, service: &Service) -> Duration {
+        self.slow_start.unwrap_or(service.slow_start)
+    }
+
     /// The weight the schedulers use: 0 unless active.
     pub const fn effective_weight(&self) -> u32 {
         match self.state {
@@ -305,6 +317,7 @@ pub(crate) mod testing {
             forwarding: Forwarding::Nat,
             reject: false,
             health: None,
+            slow_start: std::time::Duration::ZERO,
             backends: backends
                 .iter()
                 .map(|&(last, weight)| Backend {
@@ -314,6 +327,7 @@ pub(crate) mod testing {
                     state: AdminState::Active,
                     check: CheckTarget::default(),
                     backup: false,
+                    slow_start: None,
                 })
                 .collect(),
         }

@@ -9,7 +9,7 @@ use lb_common::abi::LC_MAX_BACKENDS;
 use super::{
     bounds::{
         MAX_BACKEND_COUNT, MAX_INTERVAL_MS, MAX_NAME_LEN, MAX_RISE_FALL, MAX_SERVICE_BACKENDS,
-        MAX_SERVICE_COUNT, MAX_WEIGHT,
+        MAX_SERVICE_COUNT, MAX_SLOW_START_S, MAX_WEIGHT,
     },
     checks,
     model::{
@@ -102,7 +102,20 @@ pub(super) fn validate_service(key: &str, raw: RawService, problems: &mut Proble
             ),
         );
     }
-    Service { health, name: raw.name, vip, port, protocol, scheduler, forwarding, reject, backends }
+    let slow_start = parse_slow_start(&format!("{key}.slow_start_s"), raw.slow_start_s, problems)
+        .unwrap_or_default();
+    Service {
+        health,
+        name: raw.name,
+        vip,
+        port,
+        protocol,
+        scheduler,
+        forwarding,
+        reject,
+        slow_start,
+        backends,
+    }
 }
 
 /// `tcp`, `http` and `https` connect over TCP. A UDP-only backend refuses
@@ -228,7 +241,18 @@ pub(super) fn validate_backend(key: &str, raw: &RawBackend, problems: &mut Probl
         named(&format!("{key}.state"), text, AdminState::Active, problems)
     });
     let check = validate_check_target(key, raw.check_address.as_deref(), raw.check_port, problems);
-    Backend { address, port, weight, state, check, backup: raw.backup }
+    let slow_start = parse_slow_start(&format!("{key}.slow_start_s"), raw.slow_start_s, problems);
+    Backend { address, port, weight, state, check, backup: raw.backup, slow_start }
+}
+
+/// `slow_start_s`: 0 (none) to `MAX_SLOW_START_S` seconds, if given.
+fn parse_slow_start(key: &str, seconds: Option<i64>, problems: &mut Problems) -> Option<Duration> {
+    let seconds = seconds?;
+    if !(0..=MAX_SLOW_START_S).contains(&seconds) {
+        problems.add(key, format!("{seconds} is out of range (0 to {MAX_SLOW_START_S} seconds)"));
+        return None;
+    }
+    Some(Duration::from_secs(seconds.unsigned_abs()))
 }
 
 fn parse_addr(key: &str, text: &str, problems: &mut Problems) -> Ipv4Addr {

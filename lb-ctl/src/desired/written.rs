@@ -85,6 +85,8 @@ pub struct RawService {
     #[serde(default = "default_on_no_backend")]
     pub(super) on_no_backend: String,
     pub(super) health: Option<RawHealth>,
+    /// Seconds a backend's weight ramps up over when it becomes usable.
+    pub(super) slow_start_s: Option<i64>,
     #[serde(default, rename = "backend", alias = "backends")]
     pub(super) backends: Vec<RawBackend>,
 }
@@ -164,6 +166,8 @@ pub struct RawBackend {
     /// A sorry server: new flows only while no primary backend is usable.
     #[serde(default)]
     pub(super) backup: bool,
+    /// Its own `slow_start_s`, over its service's.
+    pub(super) slow_start_s: Option<i64>,
 }
 
 fn default_xdp_mode() -> String {

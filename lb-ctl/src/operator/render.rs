@@ -169,16 +169,29 @@ pub fn render_list(services: &[ServiceView]) -> String {
     if set_by_check {
         text.push_str("* the weight its script check gave (dynamic_weight), not its own\n");
     }
+    if services.iter().flat_map(|s| &s.backends).any(|b| b.ramp.is_some() && b.in_rotation) {
+        text.push_str(
+            "~ in slow start: the part of its weight it gets now, growing over slow_start_s\n",
+        );
+    }
     text
 }
 
-/// The weight new flows get when the backend is in rotation: its own, or
-/// with a `*` the one its script check gave.
+/// The weight new flows get when the backend is in rotation: its own,
+/// with a `*` the one its script check gave, with a `~` the part of it a
+/// backend in slow start gets now.
 pub(crate) fn weight_text(b: &BackendView) -> String {
     match b.check_weight {
+        _ if b.ramp.is_some() && b.in_rotation => format!("{}~", short(b.effective_weight)),
         Some(w) if b.weight > 0 => format!("{w}*"),
         _ => b.weight.to_string(),
     }
+}
+
+/// `0.37`, `12.5`, `3`: two decimals at most, none trailing.
+pub(crate) fn short(x: f64) -> String {
+    let text = format!("{x:.2}");
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
 /// A counter in at most 8 characters, as `ipvsadm --stats` prints it.
@@ -340,10 +353,12 @@ pub(crate) mod tests {
             check_weight: None,
             backup: false,
             effective_weight: if weight > 0 && state == "active" && health != "DOWN" {
-                weight
+                f64::from(weight)
             } else {
-                0
+                0.0
             },
+            ramp: None,
+            slow_start_s: None,
             state: state.into(),
             check_address: None,
             check_port: None,
@@ -440,6 +455,24 @@ UDP  10.77.1.53:53 sh drop (dns)
         assert!(lines[7].starts_with("  -> 10.77.2.20:80 "), "{text}");
         s.backups_serve = true;
         assert!(render_list(&[s]).contains("  backup (serving: no primary is usable)\n"));
+    }
+
+    /// A backend in slow start shows the weight it gets now, marked.
+    #[test]
+    fn a_ramping_weight_is_shown_marked() {
+        let mut s = web();
+        s.backends[0].weight = 3;
+        s.backends[0].ramp = Some(0.125);
+        s.backends[0].effective_weight = 0.375;
+        let text = render_list(&[s.clone()]);
+        assert!(text.contains("  -> 10.77.2.11:80                Masq    0.38~  3 "), "{text}");
+        assert!(text.ends_with(
+            "~ in slow start: the part of its weight it gets now, growing over slow_start_s\n"
+        ));
+        assert_eq!(
+            (short(2.0), short(12.5), short(0.01)),
+            ("2".into(), "12.5".into(), "0.01".into())
+        );
     }
 
     /// A weight a script check gave is what the list shows, marked.

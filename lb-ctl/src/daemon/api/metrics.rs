@@ -150,7 +150,7 @@ struct BackendMetrics {
     active: Gauges<BackendLabels>,
     inactive: Gauges<BackendLabels>,
     weight: Gauges<BackendLabels>,
-    effective_weight: Gauges<BackendLabels>,
+    effective_weight: FloatGauges<BackendLabels>,
     up: Gauges<BackendLabels>,
     in_rotation: Gauges<BackendLabels>,
     state: Gauges<BackendStateLabels>,
@@ -347,7 +347,7 @@ impl BackendMetrics {
             effective_weight: metric(
                 r,
                 "lb_backend_effective_weight",
-                "Weight new flows are spread by now: a script check's dynamic weight, else the configured one; 0 out of rotation",
+                "Weight new flows are spread by now: a script check's dynamic weight, else the configured one, times the ramp in slow start; 0 out of rotation",
                 None,
             ),
             up: metric(
@@ -402,7 +402,7 @@ impl BackendMetrics {
         self.active.get_or_create(&labels).set(b.conns.active.into());
         self.inactive.get_or_create(&labels).set(b.conns.inactive.into());
         self.weight.get_or_create(&labels).set(b.weight.into());
-        self.effective_weight.get_or_create(&labels).set(b.effective_weight.into());
+        self.effective_weight.get_or_create(&labels).set(b.effective_weight);
         self.up.get_or_create(&labels).set(flag(b.health.status != "DOWN"));
         self.in_rotation.get_or_create(&labels).set(flag(b.in_rotation));
         for state in AdminState::ALL.iter().map(|state| state.name()) {
@@ -473,7 +473,7 @@ mod tests {
         let up = BackendView {
             weight: 3,
             check_weight: Some(5),
-            effective_weight: 5,
+            effective_weight: 5.0,
             conns: ConnsView { active: 7, inactive: 2 },
             traffic: traffic(1000),
             health: HealthView {
@@ -589,8 +589,8 @@ mod tests {
             r#"lb_backend_active_connections{service="web",backend="10.77.2.10:80"} 7"#,
             r#"lb_backend_inactive_connections{service="web",backend="10.77.2.10:80"} 2"#,
             r#"lb_backend_weight{service="web",backend="10.77.2.10:80"} 3"#,
-            r#"lb_backend_effective_weight{service="web",backend="10.77.2.10:80"} 5"#,
-            r#"lb_backend_effective_weight{service="web",backend="10.77.2.11:80"} 0"#,
+            r#"lb_backend_effective_weight{service="web",backend="10.77.2.10:80"} 5.0"#,
+            r#"lb_backend_effective_weight{service="web",backend="10.77.2.11:80"} 0.0"#,
             r#"lb_backend_up{service="web",backend="10.77.2.10:80"} 1"#,
             r#"lb_backend_up{service="web",backend="10.77.2.11:80"} 0"#,
             r#"lb_backend_up{service="dns",backend="10.77.3.10:53"} 1"#,

@@ -303,6 +303,13 @@ fn row_class(b: &BackendView) -> &'static str {
 
 /// The weight, and where it comes from when a script check gave it.
 fn weight_cell(b: &BackendView) -> String {
+    if b.ramp.is_some() && b.in_rotation {
+        return format!(
+            "{} <span class=\"dim\" title=\"in slow start: the part of its weight {} it gets now\">(slow start)</span>",
+            crate::operator::render::short(b.effective_weight),
+            b.weight
+        );
+    }
     match b.check_weight {
         Some(w) if b.weight > 0 => format!(
             "{w} <span class=\"dim\" title=\"set by its script check (dynamic_weight); its own is {}\">(check)</span>",
@@ -544,7 +551,9 @@ mod tests {
             port: 8080,
             weight,
             check_weight: None,
-            effective_weight: if in_rotation { weight } else { 0 },
+            effective_weight: if in_rotation { f64::from(weight) } else { 0.0 },
+            ramp: None,
+            slow_start_s: None,
             backup: false,
             state: state.into(),
             check_address: None,
@@ -606,6 +615,7 @@ mod tests {
                 new_flows: 12.5,
             },
             backends_in_rotation: 1,
+            slow_start_s: 0,
             backups_serve: false,
             backends: vec![
                 backend("10.0.1.1", 100, "active", "UP"),
@@ -738,6 +748,9 @@ mod tests {
         assert!(weight_cell(&b).starts_with("7 <span class=\"dim\" title=\"set by its script check (dynamic_weight); its own is 3\">(check)"));
         b.weight = 0;
         assert_eq!(weight_cell(&b), "0", "drained stays drained");
+        let mut ramping = backend("10.0.0.2", 4, "active", "UP");
+        (ramping.ramp, ramping.effective_weight) = (Some(0.25), 1.0);
+        assert!(weight_cell(&ramping).starts_with("1 <span class=\"dim\" title=\"in slow start: the part of its weight 4 it gets now\">(slow start)"));
     }
 
     #[test]

@@ -86,6 +86,9 @@ pub struct ServiceView {
     /// `reject` or `drop`.
     pub on_no_backend: String,
     pub health: Option<HealthCheckView>,
+    /// Seconds a backend's weight ramps up over once usable (0: at once).
+    #[serde(default)]
+    pub slow_start_s: u64,
     pub traffic: TrafficView,
     pub rates: RatesView,
     /// Backends that take new flows now.
@@ -148,9 +151,17 @@ pub struct BackendView {
     #[serde(default)]
     pub check_weight: Option<u32>,
     /// The weight new flows are spread by now: `check_weight` if set
-    /// (unless `weight` is 0), else `weight`; 0 while out of rotation.
+    /// (unless `weight` is 0), else `weight`, times `ramp` in slow start;
+    /// 0 while out of rotation.
     #[serde(default)]
-    pub effective_weight: u32,
+    pub effective_weight: f64,
+    /// In slow start: the fraction of its weight it gets now (0.01 to 1),
+    /// growing over `slow_start_s`; absent otherwise.
+    #[serde(default)]
+    pub ramp: Option<f64>,
+    /// Its own `slow_start_s`, over its service's.
+    #[serde(default)]
+    pub slow_start_s: Option<u64>,
     /// The operator's word: `active`, `drain` or `maint`.
     pub state: String,
     /// Where it is probed instead of its own address (over the service's `check_address`).
@@ -265,6 +276,8 @@ pub trait HealthLookup {
     fn is_down(&self, key: &BackendKey) -> bool;
     /// The weight its script check gave (`dynamic_weight`), if any.
     fn weight(&self, key: &BackendKey) -> Option<u32>;
+    /// The fraction of its weight it gets while in slow start, if it is.
+    fn ramp(&self, key: &BackendKey) -> Option<f64>;
 }
 
 /// The view of `services` from their health and the samples.
@@ -289,7 +302,8 @@ fn service(s: &Service, health: &impl HealthLookup, samples: &Samples) -> Servic
             let in_rotation =
                 b.effective_weight() > 0 && !health.is_down(&bkey) && (!b.backup || backups_serve);
             let check_weight = health.weight(&bkey);
-            let planned = weights::planned_weight(b, check_weight);
+            let ramp = health.ramp(&bkey).filter(|_| in_rotation);
+            let planned = f64::from(weights::planned_weight(b, check_weight)) * ramp.unwrap_or(1.0);
             let live = |sample: &Sample| sample.backends.get(&bkey).copied();
             let (t, conns) = latest(samples, live).unwrap_or_default();
             BackendView {
@@ -297,7 +311,9 @@ fn service(s: &Service, health: &impl HealthLookup, samples: &Samples) -> Servic
                 port: b.port,
                 weight: b.weight,
                 check_weight,
-                effective_weight: if in_rotation { planned } else { 0 },
+                effective_weight: if in_rotation { planned } else { 0.0 },
+                ramp,
+                slow_start_s: b.slow_start.map(|d| d.as_secs()),
                 backup: b.backup,
                 state: b.state.name().into(),
                 check_address: b.check.address.map(|a| a.to_string()),
@@ -319,6 +335,7 @@ fn service(s: &Service, health: &impl HealthLookup, samples: &Samples) -> Servic
         forwarding: s.forwarding.name().into(),
         on_no_backend: OnNoBackend::of(s.reject).name().into(),
         health: s.health.as_ref().map(health_check_view),
+        slow_start_s: s.slow_start.as_secs(),
         traffic: traffic_view(&latest(samples, traffic).unwrap_or_default()),
         rates: rates(samples, traffic),
         backends_in_rotation: backends.iter().filter(|b| b.in_rotation).count(),

@@ -315,6 +315,7 @@ mod tests {
             forwarding: Forwarding::Nat,
             reject: true,
             health: Some(check),
+            slow_start: Duration::ZERO,
             backends: backends
                 .iter()
                 .map(|&(addr, weight, state)| Backend {
@@ -324,6 +325,7 @@ mod tests {
                     state,
                     check: CheckTarget::default(),
                     backup: false,
+                    slow_start: None,
                 })
                 .collect(),
         }
