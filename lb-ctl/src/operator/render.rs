@@ -95,6 +95,9 @@ pub(super) fn service_line(s: &ServiceView) -> String {
     if let Some(health) = &s.health {
         let _ = write!(flags, " check={}", health.check);
     }
+    if s.slow_start_s > 0 {
+        let _ = write!(flags, " slow-start={}s", s.slow_start_s);
+    }
     format!(
         "{:<4} {}:{} {}{flags} ({})",
         s.protocol.to_uppercase(),

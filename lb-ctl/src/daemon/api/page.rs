@@ -215,6 +215,9 @@ fn service_table(out: &mut String, s: &ServiceView, now_unix_ms: u64) {
         w!(out, "<span class=\"meta\">forwarding <b>{}</b></span>\n", esc(&s.forwarding));
     }
     w!(out, "<span class=\"meta\">health <b>{}</b></span>\n", health_summary(s.health.as_ref()));
+    if s.slow_start_s > 0 {
+        w!(out, "<span class=\"meta\">slow start <b>{} s</b></span>\n", s.slow_start_s);
+    }
     w!(
         out,
         "<span class=\"meta\">in rotation <b>{}/{}</b></span>\n",
@@ -737,6 +740,8 @@ mod tests {
         assert!(primary_row < head && head < sorry_row, "{html}");
         stats.services[0].backups_serve = true;
         assert!(render(&stats, NOW).contains("backups (serving: no primary is usable)"));
+        stats.services[0].slow_start_s = 30;
+        assert!(render(&stats, NOW).contains("slow start <b>30 s</b>"));
     }
 
     /// A weight a script check gave shows with where it comes from.
