@@ -98,13 +98,21 @@ impl ScriptProbe {
                 cause: LocalCause::of(&e).unwrap_or(LocalCause::CheckSetup),
                 error: e,
             })?;
-        let pid = child.id();
-        let status = match tokio::time::timeout(timeout, child.wait()).await {
+        // Should this task be aborted (its backend removed) while the
+        // program runs, the guard kills the whole group, not only the
+        // program `kill_on_drop` reaches (the guard drops first: the
+        // program is not reaped yet).
+        let mut group = Group(child.id());
+        let waited = tokio::time::timeout(timeout, child.wait()).await;
+        // Past this point the program may be reaped, and its group's id
+        // free for another: the guard must not signal it any more.
+        let pgid = group.0.take();
+        let status = match waited {
             Ok(Ok(status)) => status,
             Ok(Err(e)) => return Err(LocalFailure { cause: LocalCause::CheckSetup, error: e }),
             Err(_) => {
-                kill_group(pid);
-                // Reaped: the group's leader is gone after SIGKILL.
+                // Not reaped yet (its zombie holds the group's id): safe.
+                kill_group(pgid);
                 let _ = child.wait().await;
                 return outcome(Err(Failure::Timeout(timeout)), at, started.elapsed());
             }
@@ -128,12 +136,22 @@ impl ScriptProbe {
     }
 }
 
+/// A running program's process group, killed when dropped (unless taken).
+struct Group(Option<u32>);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        kill_group(self.0);
+    }
+}
+
 /// SIGKILL to the process group `pid` leads.
 fn kill_group(pid: Option<u32>) {
     let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) else { return };
     // SAFETY: kill(2) with a negative pid signals that process group; no
-    // memory is involved. The group is the child's own (`process_group(0)`),
-    // not yet reaped, so its id cannot have been reused.
+    // memory is involved. Callers pass the group of a child of ours
+    // (`process_group(0)`) that is not reaped yet, so that no other
+    // process can have taken its id.
     unsafe {
         libc::kill(-pid, libc::SIGKILL);
     }
@@ -261,6 +279,35 @@ mod tests {
                 .is_ok_and(|s| s.contains(") Z "))
         {
             assert!(Instant::now() < deadline, "its child {child_pid} still runs");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Whether `pid` is gone or only a zombie (dead, its parent's to reap).
+    fn dead(pid: &str) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "))
+    }
+
+    /// A probe stopped while its program runs (its backend removed: the
+    /// prober task aborted) takes the program and its children with it.
+    #[tokio::test]
+    async fn an_aborted_probe_kills_its_program_and_children() {
+        let dir = Dir::new("abort");
+        let pids = dir.0.join("pids");
+        let script = dir.script("slow", "sleep 30 &\necho \"$$ $!\" > \"$1\"\nwait");
+        let command = vec![script, pids.display().to_string()];
+        let probe = tokio::spawn(async move { run(&command, false, 60_000).await });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !std::fs::read_to_string(&pids).is_ok_and(|p| p.ends_with('\n')) {
+            assert!(Instant::now() < deadline, "the program never started");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        probe.abort();
+        let seen = std::fs::read_to_string(&pids).unwrap();
+        let (program, child) = seen.trim().split_once(' ').unwrap();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !(dead(program) && dead(child)) {
+            assert!(Instant::now() < deadline, "{program} or its child {child} still runs");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
