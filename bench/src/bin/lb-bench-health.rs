@@ -53,7 +53,7 @@ fn main() {
     );
     let _ = writeln!(
         json,
-        "  \"https_backends\": {},\n  \"https_probes\": {},\n  \"https_cpu_ms\": {},\n  \"https_wall_ms\": {},\n  \"https_core_fraction\": {:.4},\n  \"https_cpu_us_per_probe\": {:.2},\n  \"load_before\": {:?}\n}}",
+        "  \"https_backends\": {},\n  \"https_probes\": {},\n  \"https_cpu_ms\": {},\n  \"https_wall_ms\": {},\n  \"https_core_fraction\": {:.4},\n  \"https_cpu_us_per_probe\": {:.2},\n  \"load_average_at_end\": {:?}\n}}",
         HTTPS_BACKENDS,
         https.probes,
         https.cpu.as_millis(),
@@ -218,8 +218,8 @@ fn https_server(dir: &std::path::Path, port: u16) {
         .map(|c| c.expect("a certificate"))
         .collect();
     let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).expect("server.key");
-    #[allow(deprecated)] // ring's provider: see lb-ctl's daemon/health/tls.rs.
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    // The checks' own provider (ring, X25519 first).
+    let provider = lb_ctl::daemon::health::tls::provider();
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("protocol versions")
@@ -337,8 +337,9 @@ async fn measure(service: &Service) -> Capacity {
     let (seen, cpu, wall) = (monitor.results_seen(), thread_cpu(), Instant::now());
     let _ = tokio::time::timeout(MEASURE, drain(&mut monitor)).await;
     let probes = monitor.results_seen() - seen;
-    let down = monitor.down().len();
-    assert_eq!(down, 0, "{down} synthetic backends failed their probes");
+    let down = monitor.down();
+    let why = down.first().and_then(|key| monitor.status(key)).and_then(|(_, last)| last.cloned());
+    assert!(down.is_empty(), "{} synthetic backends failed their probes: {why:?}", down.len());
     Capacity { probes, cpu: thread_cpu().saturating_sub(cpu), wall: wall.elapsed() }
 }
 
