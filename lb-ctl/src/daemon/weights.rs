@@ -210,6 +210,21 @@ mod tests {
         assert!(!ramps.in_progress(), "no slow start, no ramp");
     }
 
+    /// A backup standing by counts as usable: when the primaries go and it
+    /// starts serving, it does not ramp (it serves alone).
+    #[test]
+    fn a_backup_that_starts_serving_does_not_ramp() {
+        let mut web = web();
+        web.backends[2].backup = true;
+        let key = |i: usize| backend_key(&web, web.backends[i].address, web.backends[i].port);
+        let services = [web.clone()];
+        let t0 = Instant::now();
+        let mut ramps = Ramps::default();
+        ramps.follow(&services, |_| false, t0);
+        ramps.follow(&services, |k| *k != key(2), t0 + Duration::from_secs(1));
+        assert!(!ramps.in_progress());
+    }
+
     /// Scaling a whole service leaves its Maglev table as it is; a 10 s
     /// ramp re-planned every second moves, in all, little more than the
     /// slots the ramping backend ends up with.
