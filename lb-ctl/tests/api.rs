@@ -2154,7 +2154,18 @@ async fn every_bounded_field_is_accepted_at_its_bound_and_refused_past_it() {
     let name_at = "n".repeat(63);
     let path_at = format!("/{}", "p".repeat(1023));
     let body_at = "b".repeat(1024);
+    let udp = |send: &str| json!({"check": "udp", "send": send}).to_string();
+    let udp = |n: usize| serde_json::from_str::<Value>(&udp(&"s".repeat(n))).unwrap();
+    let slow = |seconds: i64, service: String| {
+        let mut v: Value = serde_json::from_str(&service).unwrap();
+        v["slow_start_s"] = json!(seconds);
+        v.to_string()
+    };
+    let missing = json!({"check": "script", "command": ["/nonexistent/check"]});
     for (what, body, field) in [
+        ("send", service("s", udp(1025), 0), "send"),
+        ("slow_start_s", slow(3601, service("slow", Value::Null, 0)), "slow_start_s"),
+        ("command", service("c", missing, 0), "command"),
         ("name", service(&"n".repeat(64), Value::Null, 0), "name"),
         ("path", service("p", http(&format!("{path_at}p"), "ok"), 0), "path"),
         ("expect_body", service("b", http("/", &format!("{body_at}b")), 0), "expect_body"),
@@ -2175,6 +2186,8 @@ async fn every_bounded_field_is_accepted_at_its_bound_and_refused_past_it() {
         ("name", service(&name_at, Value::Null, 0)),
         ("path and expect_body", service("pb", http(&path_at, &body_at), 0)),
         ("backends", service("many", Value::Null, 1024)),
+        ("send", service("s", udp(1024), 0)),
+        ("slow_start_s", slow(3600, service("slow", Value::Null, 0))),
     ] {
         let (status, answer) = lb.call(Method::POST, "/api/v1/services", Some(&body), None).await;
         assert_eq!(status, StatusCode::CREATED, "{what} at its bound: {answer}");

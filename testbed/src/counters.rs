@@ -57,6 +57,22 @@ pub fn service_id(pin_dir: &str, vip: std::net::Ipv4Addr, port: u16) -> Option<u
     map.get(&key, 0).ok().map(|s| s.id)
 }
 
+/// The id of backend `address:port` in the pinned `lb_backends`.
+pub fn backend_id(pin_dir: &str, address: std::net::Ipv4Addr, port: u16) -> u32 {
+    use aya::maps::Array;
+    let path = format!("{pin_dir}/lb_backends");
+    let data = MapData::from_pin(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+    let backends: Array<MapData, lb_common::abi::Backend> =
+        Array::try_from(Map::Array(data)).expect("lb_backends");
+    (0..lb_common::abi::MAX_BACKENDS)
+        .find(|i| {
+            backends
+                .get(i, 0)
+                .is_ok_and(|b| b.addr == address.octets() && b.port == port && b.flags != 0)
+        })
+        .unwrap_or_else(|| panic!("no backend {address}:{port}"))
+}
+
 /// The connection counts of backend `address:port` (as `lb_be_conns` holds
 /// them after the controller's last recount).
 pub fn backend_conns(
@@ -65,20 +81,10 @@ pub fn backend_conns(
     port: u16,
 ) -> lb_common::abi::BackendConns {
     use aya::maps::Array;
-    let open = |name: &str| {
-        let path = format!("{pin_dir}/{name}");
-        MapData::from_pin(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"))
-    };
-    let backends: Array<MapData, lb_common::abi::Backend> =
-        Array::try_from(Map::Array(open("lb_backends"))).expect("lb_backends");
-    let id = (0..lb_common::abi::MAX_BACKENDS)
-        .find(|i| {
-            backends
-                .get(i, 0)
-                .is_ok_and(|b| b.addr == address.octets() && b.port == port && b.flags != 0)
-        })
-        .unwrap_or_else(|| panic!("no backend {address}:{port}"));
+    let id = backend_id(pin_dir, address, port);
+    let path = format!("{pin_dir}/lb_be_conns");
+    let data = MapData::from_pin(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
     let conns: Array<MapData, lb_common::abi::BackendConns> =
-        Array::try_from(Map::Array(open("lb_be_conns"))).expect("lb_be_conns");
+        Array::try_from(Map::Array(data)).expect("lb_be_conns");
     conns.get(&id, 0).unwrap_or_default()
 }

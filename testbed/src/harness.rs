@@ -39,15 +39,18 @@ pub fn built_bin(name: &str) -> PathBuf {
 }
 
 /// Health checks of the end-to-end tests, fast so the tests are: HTTP on
-/// `/health` (see `server::HealthMode`) for the web service, TCP for the echo.
+/// `/health` (see `server::HealthMode`) for the web service, TCP for the
+/// echo, none for the UDP echo (`udp` empty: no `[service.health]`).
 pub struct Checks {
     pub web: &'static str,
     pub echo: &'static str,
+    pub udp: &'static str,
 }
 
 pub const FAST_CHECKS: Checks = Checks {
     web: "check = \"http\"\npath = \"/health\"\nexpect_body = \"Bienvenue\"\ninterval_ms = 200\ntimeout_ms = 100\nrise = 2\nfall = 2\n",
     echo: "check = \"tcp\"\ninterval_ms = 200\ntimeout_ms = 100\nrise = 2\nfall = 2\n",
+    udp: "",
 };
 
 /// What an end-to-end lab's config holds beyond its three services.
@@ -92,6 +95,7 @@ pub fn config(pin_dir: &str, weights: [Option<u32>; 3], setup: Setup) -> String 
         let health = match (setup.checks, name) {
             (Some(c), "web") => Some(c.web),
             (Some(c), "echo") => Some(c.echo),
+            (Some(c), "udp") if !c.udp.is_empty() => Some(c.udp),
             _ => None,
         };
         if let Some(health) = health {

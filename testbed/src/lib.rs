@@ -1,7 +1,7 @@
 //! The test bed shared by the privileged tests (`lb-tests`), the lab
 //! (`lb-lab`) and the benchmarks (`lb-bench`): network namespace plumbing,
 //! the demo topology and its backend servers, the real controller run in
-//! it, BIRD, a packet builder, and the real XDP program under BPF_PROG_TEST_RUN
+//! it, BIRD, packet builders, test certificates (`pki`), and the real XDP program under BPF_PROG_TEST_RUN
 //! in a namespace with a real FIB.
 pub mod bird;
 pub mod counters;
@@ -11,6 +11,7 @@ pub mod harness;
 pub mod netns;
 pub mod packet;
 pub mod packet6;
+pub mod pki;
 pub mod rng;
 pub mod server;
 pub mod testrun;

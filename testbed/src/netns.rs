@@ -88,3 +88,24 @@ pub fn terminate(mut child: std::process::Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Drops what nftables `rule` matches on input in namespace `ns` (a table
+/// `lbtest` of its own); `unblock_input` removes it.
+pub fn block_input(ns: &str, rule: &[&str]) {
+    ns_sh(ns, &["nft", "add", "table", "inet", "lbtest"]);
+    ns_sh(
+        ns,
+        &[
+            "nft", "add", "chain", "inet", "lbtest", "input", "{", "type", "filter", "hook",
+            "input", "priority", "0", ";", "policy", "accept", ";", "}",
+        ],
+    );
+    let mut add = vec!["nft", "add", "rule", "inet", "lbtest", "input"];
+    add.extend_from_slice(rule);
+    ns_sh(ns, &add);
+}
+
+/// Removes what `block_input` added in `ns`.
+pub fn unblock_input(ns: &str) {
+    ns_sh(ns, &["nft", "delete", "table", "inet", "lbtest"]);
+}

@@ -8,7 +8,7 @@ use std::{
 
 use lb_testbed::{
     harness::{Checks, EchoConn, FAST_CHECKS, Lab, http_get, wait_for},
-    netns::{in_ns, ns_sh, ns_try},
+    netns::{block_input, in_ns, ns_try, unblock_input},
     server::HealthMode,
     topology::BACKENDS,
 };
@@ -31,22 +31,11 @@ fn start(prefix: &str) -> Lab {
 }
 
 fn block(lab: &Lab, name: &str, rule: &[&str]) {
-    let ns = lab.topo.web(name);
-    ns_sh(&ns, &["nft", "add", "table", "inet", "lbtest"]);
-    ns_sh(
-        &ns,
-        &[
-            "nft", "add", "chain", "inet", "lbtest", "input", "{", "type", "filter", "hook",
-            "input", "priority", "0", ";", "policy", "accept", ";", "}",
-        ],
-    );
-    let mut add = vec!["nft", "add", "rule", "inet", "lbtest", "input"];
-    add.extend_from_slice(rule);
-    ns_sh(&ns, &add);
+    block_input(&lab.topo.web(name), rule);
 }
 
 fn unblock(lab: &Lab, name: &str) {
-    ns_sh(&lab.topo.web(name), &["nft", "delete", "table", "inet", "lbtest"]);
+    unblock_input(&lab.topo.web(name));
 }
 
 fn address(name: &str) -> &'static str {
@@ -170,6 +159,7 @@ fn a_tcp_connection_on_a_down_backend_is_reset_at_once() {
 const SLOW_RISE: Checks = Checks {
     web: "check = \"http\"\npath = \"/health\"\nexpect_body = \"Bienvenue\"\ninterval_ms = 200\ntimeout_ms = 100\nrise = 10\nfall = 2\n",
     echo: FAST_CHECKS.echo,
+    udp: FAST_CHECKS.udp,
 };
 const SLOW_RISE_COUNT: usize = 10;
 
@@ -216,6 +206,7 @@ fn a_down_backend_stays_out_across_a_controller_restart() {
 const ON_THE_ECHO_PORT: Checks = Checks {
     web: "check = \"tcp\"\ncheck_port = 9000\ninterval_ms = 200\ntimeout_ms = 100\nrise = 2\nfall = 2\n",
     echo: FAST_CHECKS.echo,
+    udp: FAST_CHECKS.udp,
 };
 
 /// `check_port`: blocking only the port the checks go to takes web2 out of

@@ -12,7 +12,9 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages: `ip`, `bpftool`, `ethtool` for the lab's veths, `curl` and
 /// `socat` for the client side, `procps` for sysctl, `iputils-ping` and `nftables` for the tests,
 /// `keepalived` for the two-node lab and the failover tests, `bird2` (BIRD 2,
-/// the BGP speaker of `examples/bird/`) for the BGP lab and tests.
+/// the BGP speaker of `examples/bird/`) for the BGP lab and tests,
+/// `ca-certificates` for the roots `https` health checks trust by default,
+/// `openssl` for the tests' certificates and TLS servers.
 const PACKAGES: &[&str] = &[
     "iproute2",
     "bpftool",
@@ -24,6 +26,8 @@ const PACKAGES: &[&str] = &[
     "nftables",
     "keepalived",
     "bird2",
+    "ca-certificates",
+    "openssl",
 ];
 
 /// The browser the stats-page test loads the page in, and a font for its

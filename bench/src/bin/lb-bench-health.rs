@@ -1,5 +1,6 @@
 //! `cargo xtask bench`, health checks: how fast a blocked backend leaves the
-//! data plane, and how many backends one controller can probe.
+//! data plane, how many backends one controller can probe over TCP, and
+//! what 1000 HTTPS checks a second cost it.
 use std::{
     fmt::Write as _,
     net::Ipv4Addr,
@@ -11,7 +12,7 @@ use lb_common::abi::{BACKEND_DOWN, Backend, MAX_BACKENDS};
 use lb_ctl::{
     daemon::health::Monitor,
     desired::model::{
-        AdminState, Backend as BackendSpec, CheckTarget, HealthCheck, Probe, Protocol, Service,
+        AdminState, Backend as BackendSpec, CheckTarget, HealthCheck, Probe, Protocol, Service, Tls,
     },
 };
 use lb_testbed::{
@@ -23,12 +24,15 @@ const DETECTION_RUNS: usize = 7;
 /// fall x interval + timeout of FAST_CHECKS.
 const DETECTION_BOUND: Duration = Duration::from_millis(500);
 const SYNTHETIC_BACKENDS: u16 = 5000;
+/// Backends probed over HTTPS once a second each: 1000 checks a second.
+const HTTPS_BACKENDS: u16 = 1000;
 const MEASURE: Duration = Duration::from_secs(10);
 
 fn main() {
     lb_testbed::raise_fd_limit();
     let (detections, median) = detection();
     let capacity = capacity();
+    let https = https_capacity();
     let mut json = String::from("{\n");
     let _ = writeln!(
         json,
@@ -39,13 +43,24 @@ fn main() {
     );
     let _ = writeln!(
         json,
-        "  \"probed_backends\": {},\n  \"interval_ms\": 1000,\n  \"probes\": {},\n  \"cpu_ms\": {},\n  \"wall_ms\": {},\n  \"core_fraction\": {:.4},\n  \"cpu_us_per_probe\": {:.2}\n}}",
+        "  \"probed_backends\": {},\n  \"interval_ms\": 1000,\n  \"probes\": {},\n  \"cpu_ms\": {},\n  \"wall_ms\": {},\n  \"core_fraction\": {:.4},\n  \"cpu_us_per_probe\": {:.2},",
         SYNTHETIC_BACKENDS,
         capacity.probes,
         capacity.cpu.as_millis(),
         capacity.wall.as_millis(),
         capacity.core_fraction(),
         capacity.cpu_per_probe_us()
+    );
+    let _ = writeln!(
+        json,
+        "  \"https_backends\": {},\n  \"https_probes\": {},\n  \"https_cpu_ms\": {},\n  \"https_wall_ms\": {},\n  \"https_core_fraction\": {:.4},\n  \"https_cpu_us_per_probe\": {:.2},\n  \"load_average_at_end\": {:?}\n}}",
+        HTTPS_BACKENDS,
+        https.probes,
+        https.cpu.as_millis(),
+        https.wall.as_millis(),
+        https.core_fraction(),
+        https.cpu_per_probe_us(),
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
     );
     println!("\nHealth checks");
     println!(
@@ -62,6 +77,15 @@ fn main() {
         capacity.cpu.as_millis(),
         capacity.core_fraction() * 100.0,
         capacity.cpu_per_probe_us()
+    );
+    println!(
+        "  {} backends probed (HTTPS, full handshakes, verified) every 1 s: {} probes in {} ms using {} ms of CPU = {:.1}% of one core (target 50%), {:.1} us of CPU per probe",
+        HTTPS_BACKENDS,
+        https.probes,
+        https.wall.as_millis(),
+        https.cpu.as_millis(),
+        https.core_fraction() * 100.0,
+        https.cpu_per_probe_us()
     );
     lb_bench::write_report("LB_BENCH_HEALTH_OUT", "target/bench/health.json", &json);
 }
@@ -175,49 +199,148 @@ fn capacity() -> Capacity {
         lb_testbed::raise_fd_limit();
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        runtime.block_on(async {
-            let service = Service {
-                name: "synthetic".into(),
-                vip: Ipv4Addr::new(10, 77, 9, 100).into(),
-                port: 80,
-                protocol: Protocol::Tcp,
-                scheduler: lb_ctl::desired::model::Scheduler::Maglev,
-                forwarding: lb_ctl::desired::model::Forwarding::Nat,
-                reject: false,
-                health: Some(HealthCheck {
-                    probe: Probe::Tcp,
-                    interval: Duration::from_secs(1),
-                    timeout: Duration::from_millis(500),
-                    rise: 2,
-                    fall: 3,
-                    target: CheckTarget::default(),
-                }),
-                backends: (0..SYNTHETIC_BACKENDS)
-                    .map(|i| BackendSpec {
-                        address: Ipv4Addr::LOCALHOST.into(),
-                        port: 20000 + i,
-                        weight: 1,
-                        state: AdminState::Active,
-                        check: CheckTarget::default(),
-                    })
-                    .collect(),
-            };
-            let mut monitor = Monitor::default();
-            monitor.sync(std::slice::from_ref(&service));
-            // Warm up (every backend probed once or twice), then measure.
-            let _ = tokio::time::timeout(Duration::from_secs(3), drain(&mut monitor)).await;
-            let (seen, cpu, wall) = (monitor.results_seen(), thread_cpu(), Instant::now());
-            let _ = tokio::time::timeout(MEASURE, drain(&mut monitor)).await;
-            let probes = monitor.results_seen() - seen;
-            let down = monitor.down().len();
-            assert_eq!(down, 0, "{down} synthetic backends failed their probes");
-            Capacity { probes, cpu: thread_cpu().saturating_sub(cpu), wall: wall.elapsed() }
-        })
+        runtime.block_on(async { measure(&synthetic(Probe::Tcp, SYNTHETIC_BACKENDS, None)).await })
     });
     let _ = listeners.kill();
     let _ = listeners.wait();
     let _ = output(&["ip", "netns", "del", NS]);
     result
+}
+
+/// An HTTPS server on 127.0.0.1:`port` on a runtime of its own (other
+/// threads than the measured one): every connection a full handshake (no
+/// session is kept, no ticket issued), then `200 OK`.
+fn https_server(dir: &std::path::Path, port: u16) {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("server.pem"))
+        .expect("server.pem")
+        .map(|c| c.expect("a certificate"))
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).expect("server.key");
+    // The checks' own provider (ring, X25519 first).
+    let provider = lb_ctl::daemon::health::tls::provider();
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server certificate");
+    config.session_storage = std::sync::Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("server runtime");
+        runtime.block_on(async move {
+            let listener =
+                tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("https listener");
+            let _ = ready_tx.send(());
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                    let mut head = [0_u8; 1024];
+                    let _ = tls.read(&mut head).await;
+                    let _ = tls.write_all(b"HTTP/1.0 200 OK\r\n\r\nok\n").await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+    });
+    ready.recv().expect("the https server started");
+}
+
+/// `HTTPS_BACKENDS` backends probed over HTTPS every second, certificate
+/// verified against a CA file, by lb-ctl's monitor on one thread; that
+/// thread's CPU time is measured over `MEASURE`. Every backend's
+/// `check_port` sends its probes to one TLS server, on other threads.
+fn https_capacity() -> Capacity {
+    const NS: &str = "lbb-https";
+    const TLS_PORT: u16 = 8443;
+    if exists(NS) {
+        let _ = output(&["ip", "netns", "del", NS]);
+    }
+    sh(&["ip", "netns", "add", NS]);
+    ns_sh(NS, &["ip", "link", "set", "lo", "up"]);
+    let dir = std::env::temp_dir().join("lb-bench-https");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("certificates directory");
+    lb_testbed::pki::make(&dir, &["127.0.0.1"]);
+    let ca = dir.join("ca.pem");
+    let server_dir = dir.clone();
+    let result = in_ns(NS, move || {
+        lb_testbed::raise_fd_limit();
+        https_server(&server_dir, TLS_PORT);
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async {
+            let probe = Probe::Http {
+                path: "/".into(),
+                expect_status: 200,
+                expect_body: None,
+                tls: Some(Tls { sni: None, ca_file: Some(ca), verify: true }),
+            };
+            measure(&synthetic(probe, HTTPS_BACKENDS, Some(TLS_PORT))).await
+        })
+    });
+    let _ = output(&["ip", "netns", "del", NS]);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// `count` backends on 127.0.0.1 from port 20000, probed with `probe` every
+/// second (on `check_port` if given).
+fn synthetic(probe: Probe, count: u16, check_port: Option<u16>) -> Service {
+    Service {
+        name: "synthetic".into(),
+        vip: Ipv4Addr::new(10, 77, 9, 100).into(),
+        port: 80,
+        protocol: Protocol::Tcp,
+        scheduler: lb_ctl::desired::model::Scheduler::Maglev,
+        forwarding: lb_ctl::desired::model::Forwarding::Nat,
+        reject: false,
+        health: Some(HealthCheck {
+            probe,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            rise: 2,
+            fall: 3,
+            target: CheckTarget { address: None, port: check_port },
+        }),
+        slow_start: Duration::ZERO,
+        backends: (0..count)
+            .map(|i| BackendSpec {
+                address: Ipv4Addr::LOCALHOST.into(),
+                port: 20000 + i,
+                weight: 1,
+                state: AdminState::Active,
+                check: CheckTarget::default(),
+                backup: false,
+                slow_start: None,
+            })
+            .collect(),
+    }
+}
+
+/// `service`'s backends probed by a monitor on this thread: warmed up
+/// (every backend probed once or twice), then this thread's CPU time over
+/// `MEASURE`. Every probe must pass.
+async fn measure(service: &Service) -> Capacity {
+    let mut monitor = Monitor::default();
+    monitor.sync(std::slice::from_ref(service));
+    let _ = tokio::time::timeout(Duration::from_secs(3), drain(&mut monitor)).await;
+    let (seen, cpu, wall) = (monitor.results_seen(), thread_cpu(), Instant::now());
+    let _ = tokio::time::timeout(MEASURE, drain(&mut monitor)).await;
+    let probes = monitor.results_seen() - seen;
+    let down = monitor.down();
+    let why = down.first().and_then(|key| monitor.status(key)).and_then(|(_, last)| last.cloned());
+    assert!(down.is_empty(), "{} synthetic backends failed their probes: {why:?}", down.len());
+    Capacity { probes, cpu: thread_cpu().saturating_sub(cpu), wall: wall.elapsed() }
 }
 
 async fn drain(monitor: &mut Monitor) {

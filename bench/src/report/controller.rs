@@ -34,6 +34,21 @@ pub fn health(report: &Report) -> Region {
             ),
             "≤ 25%".to_owned(),
         ],
+        vec![
+            format!("{} backends over HTTPS every 1000 ms", text(&h["https_backends"])),
+            format!(
+                "{}% of one core ({} probes in {} s, {} µs of CPU per probe)",
+                h["https_core_fraction"]
+                    .as_f64()
+                    .map_or_else(|| "–".to_owned(), |f| format!("{:.1}", f * 100.0)),
+                text(&h["https_probes"]),
+                h["https_wall_ms"]
+                    .as_f64()
+                    .map_or_else(|| "–".to_owned(), |ms| format!("{:.1}", ms / 1000.0)),
+                fixed(&h["https_cpu_us_per_probe"], 1)
+            ),
+            "< 50%".to_owned(),
+        ],
     ];
     let md = report.heading("", &[]) + &table(&["measure", "seen", "target"], "lll", &rows);
     Region { name: "health", markdown: md }

@@ -22,6 +22,7 @@ use crate::{
             state::{CheckResult, Status},
         },
         run::{self, Overrides},
+        weights,
     },
     desired::{
         changes::{self, Change, ChangeError, Changes},
@@ -68,6 +69,11 @@ pub struct Controller {
     published: watch::Sender<Arc<Stats>>,
     /// A health change the reconciler could not apply yet.
     health_pending: bool,
+    /// The backends in slow start.
+    ramps: weights::Ramps,
+    /// The services as last planned (weights from checks and ramps): what
+    /// the reconciler holds; `None` after a failed apply of them.
+    planned: Option<Vec<Service>>,
     /// The maps may hold part of a failed change (see `restore`).
     restore_pending: bool,
     /// The DOWN backends the maps flag DOWN.
@@ -77,13 +83,28 @@ pub struct Controller {
     down_due: BTreeMap<BackendKey, Instant>,
 }
 
-impl HealthLookup for health::Monitor {
+/// What the view needs of the health checks and the ramps, at one moment.
+struct Lookup<'a> {
+    health: &'a health::Monitor,
+    ramps: &'a weights::Ramps,
+    now: Instant,
+}
+
+impl HealthLookup for Lookup<'_> {
     fn status(&self, key: &BackendKey) -> Option<(Status, Option<&CheckResult>)> {
-        health::Monitor::status(self, key)
+        self.health.status(key)
     }
 
     fn is_down(&self, key: &BackendKey) -> bool {
         self.status(key).is_some_and(|(s, _)| !s.is_usable())
+    }
+
+    fn weight(&self, key: &BackendKey) -> Option<u32> {
+        self.health.weight(key)
+    }
+
+    fn ramp(&self, key: &BackendKey) -> Option<f64> {
+        self.ramps.fraction(key, self.now)
     }
 }
 
@@ -122,6 +143,8 @@ impl Controller {
             started: Instant::now(),
             published,
             health_pending: false,
+            ramps: weights::Ramps::default(),
+            planned: None,
             restore_pending: false,
             applied_down: held_down,
             down_due: BTreeMap::new(),
@@ -146,7 +169,8 @@ impl Controller {
     /// file cannot be written, the change is undone.
     pub async fn change(&mut self, change: Change) -> Result<Arc<Stats>, ControlError> {
         let next = changes::apply(&self.services, &change)?;
-        if let Err(e) = self.reconciler.apply(next.clone()).await {
+        let planned = self.planned(&next);
+        if let Err(e) = self.reconciler.apply(planned).await {
             // A plan that does not fit wrote nothing; a failed write may
             // have left part of the change in the maps.
             if matches!(e, ReconcileError::Dataplane(_)) {
@@ -173,7 +197,8 @@ impl Controller {
     /// Makes the maps hold what runs again, after a change that failed; if
     /// that fails too, every sample retries until it works.
     async fn restore(&mut self) {
-        match self.reconciler.apply(self.services.clone()).await {
+        let planned = self.planned(&self.services.clone());
+        match self.reconciler.apply(planned).await {
             Ok(_) => self.restore_pending = false,
             Err(e) => {
                 error!(error = %e, "restoring the running state failed; retrying every second");
@@ -211,7 +236,8 @@ impl Controller {
             );
         }
         let services = replay(&self.changes, &next.services, &self.state_path);
-        match self.reconciler.apply(services.clone()).await {
+        let planned = self.planned(&services);
+        match self.reconciler.apply(planned).await {
             Ok(applied) => {
                 info!(writes = applied.writes, "configuration reloaded");
                 self.config = Config {
@@ -259,7 +285,8 @@ impl Controller {
         if self.restore_pending {
             self.restore().await;
         }
-        if self.health_pending {
+        // A ramp moves on every sample (every second) until it ends.
+        if self.health_pending || self.ramps.in_progress() {
             self.apply_health().await;
         }
         self.publish();
@@ -278,8 +305,25 @@ impl Controller {
         self.publish();
     }
 
+    /// `services` with the weights their checks gave and their ramps (see
+    /// `weights`), which the reconciler is then known to hold.
+    fn planned(&mut self, services: &[Service]) -> Vec<Service> {
+        let planned = self.plan(services);
+        self.planned = Some(planned.clone());
+        planned
+    }
+
+    /// `services` as `planned` would give them now, the ramps moved on.
+    fn plan(&mut self, services: &[Service]) -> Vec<Service> {
+        let now = Instant::now();
+        let down = self.health.down();
+        self.ramps.follow(services, |key| down.contains(key), now);
+        weights::planned(services, &self.health.weights(), &self.ramps, now)
+    }
+
     /// DOWN backends leave the scheduler's tables (only their own Maglev
-    /// slots move), and come back when UP again.
+    /// slots move), and come back when UP again; a weight a check gave, or
+    /// a ramp's step, moves only that backend's share.
     ///
     /// With `[bgp]`, a backend that goes DOWN stays in the maps as it was
     /// for `bgp.withdraw_delay` (the view says DOWN at once): when it was
@@ -289,6 +333,16 @@ impl Controller {
     /// (moved here from another node), place them elsewhere than the other
     /// nodes do.
     async fn apply_health(&mut self) {
+        let planned = self.plan(&self.services.clone());
+        if self.planned.as_ref() != Some(&planned) {
+            if let Err(e) = self.reconciler.apply(planned.clone()).await {
+                error!(error = %e, "applying the planned weights failed; retrying within a second");
+                self.planned = None;
+                self.health_pending = true;
+                return;
+            }
+            self.planned = Some(planned);
+        }
         let down = self.health.down();
         let due = self.grace(&down);
         let count = due.len();
@@ -353,7 +407,11 @@ impl Controller {
         let stats = Arc::new(Stats {
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_s: self.started.elapsed().as_secs(),
-            services: view::services(&self.services, &self.health, &self.samples),
+            services: view::services(
+                &self.services,
+                &Lookup { health: &self.health, ramps: &self.ramps, now: Instant::now() },
+                &self.samples,
+            ),
             packets: view::packets(&self.samples),
             conntrack: ConntrackView {
                 entries: last.map_or(0, |(_, s)| s.tracked),

@@ -14,6 +14,11 @@ pub const MAX_NAME_LEN: usize = 63;
 pub const MAX_HEALTH_PATH_LEN: usize = 1024;
 /// Longest `expect_body` pattern.
 pub const MAX_EXPECT_BODY_LEN: usize = 1024;
+/// Longest `udp` check datagram (`send`, `send_hex`).
+pub const MAX_SEND_LEN: usize = 1024;
+/// Most words of a `script` check's `command`, and the longest word.
+pub const MAX_COMMAND_ARGS: usize = 32;
+pub const MAX_COMMAND_ARG_LEN: usize = 4096;
 /// Most backends of one service: each still gets 64 slots of the
 /// 65537-slot Maglev table (docs/benchmarks.md's Maglev bench goes to 1000).
 pub const MAX_SERVICE_BACKENDS: usize = 1024;
@@ -29,6 +34,8 @@ pub(super) const MAX_HOST_NAME_LEN: usize = 253;
 /// past line rate for the smallest answer on a 10 Gb/s link.
 pub(super) const MAX_ANSWERS_PER_SECOND: u32 = 10_000_000;
 
+/// Longest `slow_start_s`: an hour.
+pub const MAX_SLOW_START_S: i64 = 3600;
 /// Longest health-check interval: an hour.
 pub(super) const MAX_INTERVAL_MS: i64 = 3_600_000;
 /// Most consecutive results `rise` or `fall` may ask for.

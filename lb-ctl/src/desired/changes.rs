@@ -252,7 +252,8 @@ struct Word {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Said {
-    Service(Service),
+    // Boxed: a service is ten times a backend's size.
+    Service(Box<Service>),
     Backend(Backend),
     Removed,
 }
@@ -280,7 +281,9 @@ impl Changes {
     pub fn record(&mut self, change: &Change, after: &[Service]) {
         let service = change.service().to_owned();
         let (backend, said) = match change {
-            Change::AddService(s) | Change::PutService(s) => (None, Said::Service(s.clone())),
+            Change::AddService(s) | Change::PutService(s) => {
+                (None, Said::Service(Box::new(s.clone())))
+            }
             Change::RemoveService(_) => (None, Said::Removed),
             Change::AddBackend { backend, .. } | Change::PutBackend { backend, .. } => {
                 (Some(SocketAddr::new(backend.address, backend.port)), Said::Backend(*backend))
@@ -349,7 +352,7 @@ impl Word {
     fn change(&self) -> Change {
         let service = self.service.clone();
         match (&self.said, self.backend) {
-            (Said::Service(s), _) => Change::PutService(s.clone()),
+            (Said::Service(s), _) => Change::PutService((**s).clone()),
             (Said::Backend(b), _) => Change::PutBackend { service, backend: *b },
             (Said::Removed, None) => Change::RemoveService(service),
             (Said::Removed, Some(backend)) => Change::RemoveBackend { service, backend },
@@ -479,9 +482,9 @@ impl StoredWord {
             .transpose()?;
         let said = match (self.set, self.removed, backend) {
             (None, true, _) => Said::Removed,
-            (Some(v), false, None) => Said::Service(
+            (Some(v), false, None) => Said::Service(Box::new(
                 service_from_json(v.to_string().as_bytes()).map_err(|e| e.to_string())?,
-            ),
+            )),
             (Some(v), false, Some(_)) => Said::Backend(
                 backend_from_json(v.to_string().as_bytes()).map_err(|e| e.to_string())?,
             ),
@@ -515,6 +518,8 @@ mod tests {
             weight,
             state: AdminState::Active,
             check: CheckTarget::default(),
+            backup: false,
+            slow_start: None,
         }
     }
 

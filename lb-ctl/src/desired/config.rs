@@ -632,7 +632,8 @@ port = 80
             Probe::Http {
                 path: "/".into(),
                 expect_status: 200,
-                expect_body: Some("Bienvenue".into())
+                expect_body: Some("Bienvenue".into()),
+                tls: None,
             }
         );
         let none = parse(&GOOD.replacen(
@@ -660,21 +661,255 @@ port = 80
         assert_eq!(c.services[1].health, None, "a UDP service gets no TCP check by default");
         let c = parse(&GOOD.replacen("port = 80\n", "port = 80\n  [service.health]\n", 1)).unwrap();
         assert_eq!(c.services[0].health.as_ref().map(|h| &h.probe), Some(&Probe::Tcp));
-        for check in ["tcp", "http"] {
+        for check in ["tcp", "http", "https"] {
             let p = problems(&udp_health(&format!("  check = \"{check}\"\n")));
             assert_eq!(
                 p,
                 [format!(
-                    "service[1] (dns).health.check: \"{check}\" checks a TCP port; a UDP service has no check yet"
+                    "service[1] (dns).health.check: \"{check}\" checks a TCP port; a UDP service takes \"udp\" or \"script\""
                 )]
             );
         }
         assert!(parse(&udp_health("  check = \"none\"\n")).is_ok());
         let body = br#"{"name": "dns", "vip": "10.77.1.53", "port": 53, "protocol": "udp", "health": {"check": "tcp"}}"#;
         let e = service_from_json(body).unwrap_err().to_string();
-        assert_eq!(e, "health.check: \"tcp\" checks a TCP port; a UDP service has no check yet");
+        assert_eq!(
+            e,
+            "health.check: \"tcp\" checks a TCP port; a UDP service takes \"udp\" or \"script\""
+        );
         let body = br#"{"name": "dns", "vip": "10.77.1.53", "port": 53, "protocol": "udp", "health": {"interval_ms": 500, "timeout_ms": 100}}"#;
         assert_eq!(service_from_json(body).unwrap().health, None);
+    }
+
+    /// `web` checked with `health` (the lines under `[service.health]`).
+    fn web_checked(health: &str) -> String {
+        GOOD.replacen("port = 80\n", &format!("port = 80\n  [service.health]\n{health}"), 1)
+    }
+
+    /// `dns` (UDP) checked with `health`.
+    fn dns_checked(health: &str) -> String {
+        GOOD.replacen(
+            "protocol = \"udp\"\n",
+            &format!("protocol = \"udp\"\n  [service.health]\n{health}"),
+            1,
+        )
+    }
+
+    /// The first service's check, read back through the API's JSON too.
+    fn probe_of(text: &str, service: usize) -> Probe {
+        let c = parse(text).unwrap();
+        let s = &c.services[service];
+        let again =
+            service_from_json(crate::desired::json::service_to_json(s).to_string().as_bytes())
+                .expect("read back");
+        assert_eq!(again.health, s.health, "JSON changed the check");
+        s.health.as_ref().expect("checked").probe.clone()
+    }
+
+    #[test]
+    fn udp_checks_send_text_or_hex_and_expect_a_pattern() {
+        let p = probe_of(
+            &dns_checked("  check = \"udp\"\n  send = \"ping\"\n  expect = \"^pong\"\n"),
+            1,
+        );
+        assert_eq!(p, Probe::Udp { send: b"ping".to_vec(), expect: Some("^pong".into()) });
+        let p = probe_of(&dns_checked("  check = \"udp\"\n  send_hex = \"12 34 01 00\"\n"), 1);
+        assert_eq!(p, Probe::Udp { send: vec![0x12, 0x34, 1, 0], expect: None });
+        // On a TCP service too (a DNS server answers both).
+        let p = probe_of(&web_checked("  check = \"udp\"\n  send = \"x\"\n  check_port = 53\n"), 0);
+        assert!(matches!(p, Probe::Udp { .. }));
+        let at = |health: &str| problems(&dns_checked(&format!("  check = \"udp\"\n{health}")));
+        assert_eq!(
+            at(""),
+            [
+                "service[1].health.send: a udp check needs the datagram it sends: send (text) or send_hex"
+            ]
+        );
+        assert_eq!(
+            at("  send = \"a\"\n  send_hex = \"61\"\n"),
+            ["service[1].health.send: give send or send_hex, not both"]
+        );
+        assert_eq!(
+            at("  send_hex = \"6\"\n"),
+            ["service[1].health.send_hex: \"6\" is not whole bytes: two hex digits each"]
+        );
+        let long = "x".repeat(1025);
+        assert_eq!(
+            at(&format!("  send = \"{long}\"\n")),
+            ["service[1].health.send: 1025 bytes long; at most 1024"]
+        );
+        assert!(
+            parse(&dns_checked(&format!("  check = \"udp\"\n  send = \"{}\"\n", &long[1..])))
+                .is_ok()
+        );
+        assert_eq!(
+            at("  send = \"a\"\n  expect = \"(\"\n")[0].split(':').next(),
+            Some("service[1].health.expect")
+        );
+        // Keys of other check types are refused, not ignored.
+        assert_eq!(
+            at("  send = \"a\"\n  sni = \"x.test\"\n"),
+            ["service[1].health.sni: only for check = \"https\", not \"udp\""]
+        );
+        assert_eq!(
+            problems(&web_checked("  send = \"a\"\n")),
+            ["service[0].health.send: only for check = \"udp\", not \"tcp\""]
+        );
+    }
+
+    #[test]
+    fn https_checks_verify_against_the_system_or_a_ca_file() {
+        use crate::daemon::health::tls::testing::TestPki;
+        let p = probe_of(&web_checked("  check = \"https\"\n  path = \"/health\"\n"), 0);
+        let Probe::Http { path, tls: Some(tls), .. } = p else { panic!("{p:?}") };
+        assert_eq!(path, "/health");
+        assert_eq!((tls.sni, tls.ca_file, tls.verify), (None, None, true));
+        let pki = TestPki::new("config");
+        let ca = pki.path("ca.pem").display().to_string();
+        let text = web_checked(&format!(
+            "  check = \"https\"\n  sni = \"backend.test\"\n  ca_file = \"{ca}\"\n"
+        ));
+        let Probe::Http { tls: Some(tls), .. } = probe_of(&text, 0) else { panic!() };
+        assert_eq!(tls.sni.as_deref(), Some("backend.test"));
+        assert_eq!(tls.ca_file, Some(PathBuf::from(&ca)));
+        let text = web_checked("  check = \"https\"\n  verify = false\n");
+        let Probe::Http { tls: Some(tls), .. } = probe_of(&text, 0) else { panic!() };
+        assert!(!tls.verify);
+
+        let at = |health: &str| problems(&web_checked(&format!("  check = \"https\"\n{health}")));
+        assert_eq!(
+            at("  ca_file = \"/nonexistent/ca.pem\"\n"),
+            [
+                "service[0].health.ca_file: \"/nonexistent/ca.pem\": No such file or directory (os error 2)"
+            ]
+        );
+        let key = pki.path("ca.key").display().to_string();
+        assert_eq!(
+            at(&format!("  ca_file = \"{key}\"\n")),
+            [format!(
+                "service[0].health.ca_file: \"{key}\" holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+            )]
+        );
+        assert_eq!(
+            at(&format!("  ca_file = \"{ca}\"\n  verify = false\n")),
+            ["service[0].health.ca_file: is not used with verify = false: remove one of the two"]
+        );
+        assert_eq!(
+            at("  sni = \"10.77.2.11\"\n"),
+            [
+                "service[0].health.sni: \"10.77.2.11\" is an address: leave sni out to verify the probed address"
+            ]
+        );
+        assert_eq!(
+            problems(&web_checked("  check = \"http\"\n  verify = false\n")),
+            ["service[0].health.verify: only for check = \"https\", not \"http\""]
+        );
+    }
+
+    #[test]
+    fn script_checks_name_a_program_that_runs() {
+        let p = probe_of(
+            &web_checked("  check = \"script\"\n  command = [\"/bin/true\", \"-v\"]\n"),
+            0,
+        );
+        assert_eq!(
+            p,
+            Probe::Script { command: vec!["/bin/true".into(), "-v".into()], dynamic_weight: false }
+        );
+        let p = probe_of(
+            &dns_checked(
+                "  check = \"script\"\n  command = [\"/bin/true\"]\n  dynamic_weight = true\n",
+            ),
+            1,
+        );
+        assert_eq!(p, Probe::Script { command: vec!["/bin/true".into()], dynamic_weight: true });
+        let at = |health: &str| problems(&web_checked(&format!("  check = \"script\"\n{health}")));
+        assert_eq!(
+            at("  command = [\"/nonexistent/check\"]\n"),
+            [
+                "service[0].health.command: \"/nonexistent/check\": No such file or directory (os error 2)"
+            ]
+        );
+        let plain = std::env::temp_dir().join(format!("lb-plain-{}", std::process::id()));
+        std::fs::write(&plain, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&plain, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        let shown = plain.display();
+        assert_eq!(
+            at(&format!("  command = [\"{shown}\"]\n")),
+            [format!("service[0].health.command: \"{shown}\" is not executable (mode 644)")]
+        );
+        std::fs::remove_file(&plain).unwrap();
+        assert!(
+            at("")[0].starts_with("service[0].health.command: a script check needs the program")
+        );
+        assert!(at("  command = \"/bin/true\"\n")[0].contains("command"), "a string is not a list");
+        assert_eq!(
+            problems(&web_checked("  dynamic_weight = true\n")),
+            ["service[0].health.dynamic_weight: only for check = \"script\", not \"tcp\""]
+        );
+    }
+
+    /// `backup = true` marks a sorry server; a wrong type is named; the
+    /// API's JSON reads it back.
+    #[test]
+    fn a_backup_is_parsed_named_and_read_back() {
+        let text = GOOD.replacen("  weight = 0\n", "  weight = 0\n  backup = true\n", 1);
+        let c = parse(&text).unwrap();
+        let backups: Vec<bool> = c.services[0].backends.iter().map(|b| b.backup).collect();
+        assert_eq!(backups, [false, true]);
+        let json = crate::desired::json::service_to_json(&c.services[0]);
+        assert_eq!(json["backends"][1]["backup"], true);
+        assert!(json["backends"][0].get("backup").is_none(), "a primary says nothing");
+        assert_eq!(service_from_json(json.to_string().as_bytes()).unwrap(), c.services[0]);
+        let p = problems(&GOOD.replacen("  weight = 0\n", "  weight = 0\n  backup = \"yes\"\n", 1));
+        assert!(p[0].starts_with("service[0].backend[1].backup"), "{p:?}");
+        let e = crate::desired::json::backend_from_json(
+            br#"{"address": "10.77.2.14", "port": 80, "backup": 1}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("backup: invalid type"), "{e}");
+    }
+
+    /// `slow_start_s`: the service's, the backend's over it, 0 to 3600, named.
+    #[test]
+    fn slow_starts_are_bounded_named_and_read_back() {
+        let text = GOOD.replacen("port = 80\n", "port = 80\nslow_start_s = 3600\n", 1).replacen(
+            "  weight = 0\n",
+            "  weight = 0\n  slow_start_s = 0\n",
+            1,
+        );
+        let c = parse(&text).unwrap();
+        let web = &c.services[0];
+        assert_eq!(web.slow_start, Duration::from_hours(1));
+        assert_eq!(web.backends[0].slow_start_in(web), Duration::from_hours(1));
+        assert_eq!(web.backends[1].slow_start_in(web), Duration::ZERO, "its own wins");
+        assert_eq!(c.services[1].slow_start, Duration::ZERO, "none by default");
+        let json = crate::desired::json::service_to_json(web);
+        assert_eq!(service_from_json(json.to_string().as_bytes()).unwrap(), *web);
+        for bad in [-1, 3601] {
+            let p = problems(&GOOD.replacen(
+                "port = 80\n",
+                &format!("port = 80\nslow_start_s = {bad}\n"),
+                1,
+            ));
+            assert_eq!(
+                p,
+                [format!("service[0].slow_start_s: {bad} is out of range (0 to 3600 seconds)")]
+            );
+            let p = problems(&GOOD.replacen(
+                "  weight = 0\n",
+                &format!("  weight = 0\n  slow_start_s = {bad}\n"),
+                1,
+            ));
+            assert_eq!(
+                p,
+                [format!(
+                    "service[0].backend[1].slow_start_s: {bad} is out of range (0 to 3600 seconds)"
+                )]
+            );
+        }
     }
 
     #[test]

@@ -4,7 +4,8 @@
 use std::fmt;
 
 use super::{
-    model::{Backend, CheckTarget, Probe, Service},
+    checks::to_hex,
+    model::{Backend, CheckTarget, Probe, Service, Tls},
     names::{Check, Named as _, OnNoBackend},
     problem::{Problem, Problems},
     validate::{check_service_set, validate_backend, validate_service},
@@ -66,13 +67,7 @@ pub fn service_to_json(s: &Service) -> serde_json::Value {
             "fall": h.fall,
         });
         v["check"] = json!(Check::of(&h.probe).name());
-        if let Probe::Http { path, expect_status, expect_body } = &h.probe {
-            v["path"] = json!(path);
-            v["expect_status"] = json!(expect_status);
-            if let Some(body) = expect_body {
-                v["expect_body"] = json!(body);
-            }
-        }
+        add_probe(&mut v, &h.probe);
         add_check_target(&mut v, h.target);
         v
     });
@@ -89,7 +84,48 @@ pub fn service_to_json(s: &Service) -> serde_json::Value {
     if let Some(h) = health {
         v["health"] = h;
     }
+    if !s.slow_start.is_zero() {
+        v["slow_start_s"] = json!(s.slow_start.as_secs());
+    }
     v
+}
+
+/// Each check type's own keys, as `checks` reads them.
+fn add_probe(v: &mut serde_json::Value, probe: &Probe) {
+    use serde_json::json;
+    match probe {
+        Probe::Tcp => {}
+        Probe::Http { path, expect_status, expect_body, tls } => {
+            v["path"] = json!(path);
+            v["expect_status"] = json!(expect_status);
+            if let Some(body) = expect_body {
+                v["expect_body"] = json!(body);
+            }
+            if let Some(Tls { sni, ca_file, verify }) = tls {
+                if let Some(sni) = sni {
+                    v["sni"] = json!(sni);
+                }
+                if let Some(ca_file) = ca_file {
+                    v["ca_file"] = json!(ca_file.display().to_string());
+                }
+                v["verify"] = json!(verify);
+            }
+        }
+        Probe::Udp { send, expect } => {
+            // Text where it is text, so that it reads as it was written.
+            match std::str::from_utf8(send) {
+                Ok(text) if !text.contains(|c: char| c.is_control()) => v["send"] = json!(text),
+                _ => v["send_hex"] = json!(to_hex(send)),
+            }
+            if let Some(expect) = expect {
+                v["expect"] = json!(expect);
+            }
+        }
+        Probe::Script { command, dynamic_weight } => {
+            v["command"] = json!(command);
+            v["dynamic_weight"] = json!(dynamic_weight);
+        }
+    }
 }
 
 /// A backend as the API shows it; `backend_from_json` reads it back.
@@ -100,6 +136,12 @@ pub fn backend_to_json(b: &Backend) -> serde_json::Value {
         "weight": b.weight,
         "state": b.state.name(),
     });
+    if b.backup {
+        v["backup"] = serde_json::json!(true);
+    }
+    if let Some(slow_start) = b.slow_start {
+        v["slow_start_s"] = serde_json::json!(slow_start.as_secs());
+    }
     add_check_target(&mut v, b.check);
     v
 }

@@ -6,13 +6,14 @@
 //! - `config`: the config file, from its text to a `Config`;
 //! - `json`: services and backends in JSON (the API's bodies, the state
 //!   file's records);
-//! - `written`, `validate`, `names`, `bounds`, `problem`: what both read
-//!   (the shapes as written, their checks, the name of every choice, the
+//! - `written`, `validate`, `checks`, `names`, `bounds`, `problem`: what both read
+//!   (the shapes as written, their checks (`checks`: each health check type's keys), the name of every choice, the
 //!   bounds on every value, and how a problem is named);
 //! - `changes`: the API's changes on top of the config file, kept in the
 //!   state file (`private_file`).
 pub mod bounds;
 pub mod changes;
+pub mod checks;
 pub mod config;
 pub mod json;
 pub mod model;

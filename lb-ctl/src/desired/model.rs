@@ -107,6 +107,10 @@ pub struct Service {
     pub reject: bool,
     /// `None`: no health checks, every backend counts as up.
     pub health: Option<HealthCheck>,
+    /// `slow_start_s` (HAProxy `slowstart`): a backend that becomes usable
+    /// (comes UP, is added, is undrained) gets its weight ramped up over
+    /// this time; zero: at once. A backend's own wins.
+    pub slow_start: Duration,
     pub backends: Vec<Backend>,
 }
 
@@ -213,7 +217,27 @@ pub enum Probe {
     Tcp,
     /// `GET path`: the status equals `expect_status` and, if set, the body
     /// matches the regular expression `expect_body` (HAProxy `rstring`).
-    Http { path: String, expect_status: u16, expect_body: Option<String> },
+    /// With `tls`, over TLS (`check = "https"`).
+    Http { path: String, expect_status: u16, expect_body: Option<String>, tls: Option<Tls> },
+    /// A datagram `send` to the backend, and a reply within the timeout
+    /// that matches `expect` if set (keepalived's `UDP_CHECK`).
+    Udp { send: Vec<u8>, expect: Option<String> },
+    /// A program run with the backend's address and port (keepalived's
+    /// `MISC_CHECK`): UP on exit 0; with `dynamic_weight`, an exit status
+    /// 2 to 255 is UP with that weight (`misc_dynamic`).
+    Script { command: Vec<String>, dynamic_weight: bool },
+}
+
+/// `check = "https"`'s TLS settings.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Tls {
+    /// The name sent as SNI and verified in the certificate; `None`: no
+    /// SNI, the certificate must name the probed IP address.
+    pub sni: Option<String>,
+    /// PEM certificates to trust instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// `false`: any certificate is accepted (the handshake still must succeed).
+    pub verify: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -226,6 +250,12 @@ pub struct Backend {
     pub state: AdminState,
     /// Where its health check connects, over the service's `[service.health]`.
     pub check: CheckTarget,
+    /// A sorry server (HAProxy `backup`, keepalived `sorry_server`): it
+    /// takes new flows only while no primary backend of its service is
+    /// usable (`Service::backups_serve`).
+    pub backup: bool,
+    /// Its own `slow_start_s`, over its service's.
+    pub slow_start: Option<Duration>,
 }
 
 /// The operator's word on a backend (HAProxy's `set server state`).
@@ -243,7 +273,23 @@ pub enum AdminState {
     Maint,
 }
 
+impl Service {
+    /// Whether the backups take new flows: no primary (non-backup) backend
+    /// is usable, `usable` saying whether a backend's health lets it take
+    /// flows (UP, or not checked). A primary is usable when active, with a
+    /// weight above 0, and `usable`.
+    pub fn backups_serve(&self, usable: impl Fn(&Backend) -> bool) -> bool {
+        !self.backends.iter().any(|b| !b.backup && b.effective_weight() > 0 && usable(b))
+    }
+}
+
 impl Backend {
+    /// How long its weight ramps up when it becomes usable: its own
+    /// `slow_start_s`, else its service's.
+    pub fn slow_start_in(&self, service: &Service) -> Duration {
+        self.slow_start.unwrap_or(service.slow_start)
+    }
+
     /// The weight the schedulers use: 0 unless active.
     pub const fn effective_weight(&self) -> u32 {
         match self.state {
@@ -271,6 +317,7 @@ pub(crate) mod testing {
             forwarding: Forwarding::Nat,
             reject: false,
             health: None,
+            slow_start: std::time::Duration::ZERO,
             backends: backends
                 .iter()
                 .map(|&(last, weight)| Backend {
@@ -279,6 +326,8 @@ pub(crate) mod testing {
                     weight,
                     state: AdminState::Active,
                     check: CheckTarget::default(),
+                    backup: false,
+                    slow_start: None,
                 })
                 .collect(),
         }

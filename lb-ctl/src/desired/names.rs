@@ -155,6 +155,9 @@ pub enum Check {
     None,
     Tcp,
     Http,
+    Https,
+    Udp,
+    Script,
 }
 
 impl Check {
@@ -162,19 +165,26 @@ impl Check {
     pub const fn of(probe: &Probe) -> Self {
         match probe {
             Probe::Tcp => Self::Tcp,
-            Probe::Http { .. } => Self::Http,
+            Probe::Http { tls: None, .. } => Self::Http,
+            Probe::Http { tls: Some(_), .. } => Self::Https,
+            Probe::Udp { .. } => Self::Udp,
+            Probe::Script { .. } => Self::Script,
         }
     }
 }
 
 impl Named for Check {
-    const ALL: &'static [Self] = &[Self::None, Self::Tcp, Self::Http];
+    const ALL: &'static [Self] =
+        &[Self::None, Self::Tcp, Self::Http, Self::Https, Self::Udp, Self::Script];
 
     fn name(self) -> &'static str {
         match self {
             Self::None => "none",
             Self::Tcp => "tcp",
             Self::Http => "http",
+            Self::Https => "https",
+            Self::Udp => "udp",
+            Self::Script => "script",
         }
     }
 }

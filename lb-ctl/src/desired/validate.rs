@@ -12,12 +12,12 @@ use lb_common::abi::LC_MAX_BACKENDS;
 
 use super::{
     bounds::{
-        MAX_BACKEND_COUNT, MAX_EXPECT_BODY_LEN, MAX_HEALTH_PATH_LEN, MAX_INTERVAL_MS, MAX_NAME_LEN,
-        MAX_RISE_FALL, MAX_SERVICE_BACKENDS, MAX_SERVICE_COUNT, MAX_WEIGHT,
+        MAX_BACKEND_COUNT, MAX_INTERVAL_MS, MAX_NAME_LEN, MAX_RISE_FALL, MAX_SERVICE_BACKENDS,
+        MAX_SERVICE_COUNT, MAX_SLOW_START_S, MAX_WEIGHT,
     },
+    checks,
     model::{
-        AdminState, Backend, CheckTarget, Forwarding, HealthCheck, Probe, Protocol, Scheduler,
-        Service,
+        AdminState, Backend, CheckTarget, Forwarding, HealthCheck, Protocol, Scheduler, Service,
     },
     names::{Check, Named, OnNoBackend},
     problem::{Problem, Problems},
@@ -66,7 +66,8 @@ pub(super) fn validate_service(key: &str, raw: RawService, problems: &mut Proble
         named(&format!("{key}.on_no_backend"), &raw.on_no_backend, OnNoBackend::Reject, problems);
     let reject = on_no_backend.rejects();
     let before_health = problems.0.len();
-    let health = raw.health.and_then(|h| validate_health(key, &raw.name, protocol, h, problems));
+    let health =
+        raw.health.as_ref().and_then(|h| validate_health(key, &raw.name, protocol, h, problems));
     // Only where the service has no check at all: not where its check was
     // refused for another reason, already named.
     let unchecked = health.is_none() && problems.0.len() == before_health;
@@ -124,18 +125,32 @@ pub(super) fn validate_service(key: &str, raw: RawService, problems: &mut Proble
             ),
         );
     }
-    Service { health, name: raw.name, vip, port, protocol, scheduler, forwarding, reject, backends }
+    let slow_start = parse_slow_start(&format!("{key}.slow_start_s"), raw.slow_start_s, problems)
+        .unwrap_or_default();
+    Service {
+        health,
+        name: raw.name,
+        vip,
+        port,
+        protocol,
+        scheduler,
+        forwarding,
+        reject,
+        slow_start,
+        backends,
+    }
 }
 
-/// Both checks connect over TCP. A UDP-only backend refuses that
-/// connection, so a TCP check on a UDP service would take every backend
-/// DOWN and reject every datagram: a UDP service has no check unless asked,
-/// and asking for a TCP one is an error.
+/// `tcp`, `http` and `https` connect over TCP. A UDP-only backend refuses
+/// that connection, so such a check on a UDP service would take every
+/// backend DOWN and reject every datagram: it is an error. A UDP service
+/// has no check unless asked (no datagram is an answer every UDP protocol
+/// gives: a DNS server ignores junk, a syslog receiver never answers).
 fn validate_health(
     service_key: &str,
     service: &str,
     protocol: Protocol,
-    raw: RawHealth,
+    raw: &RawHealth,
     problems: &mut Problems,
 ) -> Option<HealthCheck> {
     let key = format!("{service_key}.health");
@@ -147,7 +162,7 @@ fn validate_health(
             Protocol::Udp => Check::None,
         },
     };
-    if protocol == Protocol::Udp && matches!(check, Check::Tcp | Check::Http) {
+    if protocol == Protocol::Udp && matches!(check, Check::Tcp | Check::Http | Check::Https) {
         // In a file, `service[2]` alone hardly says which service it is.
         let which = if service_key.is_empty() || service.is_empty() {
             service_key.to_owned()
@@ -156,7 +171,10 @@ fn validate_health(
         };
         problems.add(
             format!("{which}.health.check"),
-            format!("{:?} checks a TCP port; a UDP service has no check yet", check.name()),
+            format!(
+                "{:?} checks a TCP port; a UDP service takes \"udp\" or \"script\"",
+                check.name()
+            ),
         );
         return None;
     }
@@ -165,13 +183,7 @@ fn validate_health(
     if check == Check::None {
         refuse_unchecked_target(&key, target, problems);
     }
-    let probe = match check {
-        Check::None => None,
-        Check::Tcp => Some(Probe::Tcp),
-        Check::Http => {
-            Some(validate_http(&key, raw.path, raw.expect_status, raw.expect_body, problems))
-        }
-    };
+    let probe = checks::probe_of(&key, check, raw, problems);
     if !(10..=MAX_INTERVAL_MS).contains(&raw.interval_ms) {
         problems.add(
             format!("{key}.interval_ms"),
@@ -203,52 +215,6 @@ fn validate_health(
         fall: u32::try_from(raw.fall).unwrap_or(1),
         target,
     })
-}
-
-/// `check = "http"`'s `path`, `expect_status` and `expect_body`.
-fn validate_http(
-    key: &str,
-    path: String,
-    expect_status: i64,
-    expect_body: Option<String>,
-    problems: &mut Problems,
-) -> Probe {
-    if path.len() > MAX_HEALTH_PATH_LEN {
-        problems.add(
-            format!("{key}.path"),
-            format!("{} bytes long; at most {MAX_HEALTH_PATH_LEN}", path.len()),
-        );
-    } else if !path.starts_with('/')
-        || path.chars().any(|c| c.is_ascii_whitespace() || c.is_ascii_control())
-    {
-        problems.add(
-            format!("{key}.path"),
-            format!("{path:?} must start with '/' and contain no spaces"),
-        );
-    }
-    let status = u16::try_from(expect_status).ok().filter(|s| (100..=599).contains(s));
-    if status.is_none() {
-        problems.add(
-            format!("{key}.expect_status"),
-            format!("{expect_status} is not an HTTP status (100 to 599)"),
-        );
-    }
-    if let Some(pattern) = &expect_body
-        && pattern.len() > MAX_EXPECT_BODY_LEN
-    {
-        problems.add(
-            format!("{key}.expect_body"),
-            format!("{} bytes long; at most {MAX_EXPECT_BODY_LEN}", pattern.len()),
-        );
-    } else if let Some(pattern) = &expect_body
-        && let Err(e) = regex_lite::Regex::new(pattern)
-    {
-        problems.add(
-            format!("{key}.expect_body"),
-            format!("{pattern:?} is not a regular expression: {e}"),
-        );
-    }
-    Probe::Http { path, expect_status: status.unwrap_or(200), expect_body }
 }
 
 /// `check_address` and `check_port` under `key`: an endpoint address and a port.
@@ -298,7 +264,18 @@ pub(super) fn validate_backend(key: &str, raw: &RawBackend, problems: &mut Probl
         named(&format!("{key}.state"), text, AdminState::Active, problems)
     });
     let check = validate_check_target(key, raw.check_address.as_deref(), raw.check_port, problems);
-    Backend { address, port, weight, state, check }
+    let slow_start = parse_slow_start(&format!("{key}.slow_start_s"), raw.slow_start_s, problems);
+    Backend { address, port, weight, state, check, backup: raw.backup, slow_start }
+}
+
+/// `slow_start_s`: 0 (none) to `MAX_SLOW_START_S` seconds, if given.
+fn parse_slow_start(key: &str, seconds: Option<i64>, problems: &mut Problems) -> Option<Duration> {
+    let seconds = seconds?;
+    if !(0..=MAX_SLOW_START_S).contains(&seconds) {
+        problems.add(key, format!("{seconds} is out of range (0 to {MAX_SLOW_START_S} seconds)"));
+        return None;
+    }
+    Some(Duration::from_secs(seconds.unsigned_abs()))
 }
 
 /// An endpoint's address, IPv4 or IPv6. Refused: what no packet can be

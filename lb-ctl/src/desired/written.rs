@@ -101,6 +101,8 @@ pub struct RawService {
     #[serde(default = "default_on_no_backend")]
     pub(super) on_no_backend: String,
     pub(super) health: Option<RawHealth>,
+    /// Seconds a backend's weight ramps up over when it becomes usable.
+    pub(super) slow_start_s: Option<i64>,
     #[serde(default, rename = "backend", alias = "backends")]
     pub(super) backends: Vec<RawBackend>,
 }
@@ -127,6 +129,22 @@ pub struct RawHealth {
     pub(super) check_address: Option<String>,
     /// Probe every backend on this port instead of its own.
     pub(super) check_port: Option<i64>,
+    /// `https`: the name sent as SNI and verified (absent: the probed address).
+    pub(super) sni: Option<String>,
+    /// `https`: PEM certificates to trust instead of the system's roots.
+    pub(super) ca_file: Option<String>,
+    /// `https`: `false` accepts any certificate (absent: `true`).
+    pub(super) verify: Option<bool>,
+    /// `udp`: the datagram sent, as text.
+    pub(super) send: Option<String>,
+    /// `udp`: the datagram sent, as hex digits (spaces allowed between bytes).
+    pub(super) send_hex: Option<String>,
+    /// `udp`: a regular expression the reply must match (absent: any reply).
+    pub(super) expect: Option<String>,
+    /// `script`: the program and its first arguments (no shell).
+    pub(super) command: Option<Vec<String>>,
+    /// `script`: an exit status 2 to 255 sets the backend's weight.
+    pub(super) dynamic_weight: Option<bool>,
 }
 
 fn default_path() -> String {
@@ -161,6 +179,11 @@ pub struct RawBackend {
     pub(super) check_address: Option<String>,
     /// Probe this backend on this port (over the service's `health.check_port`).
     pub(super) check_port: Option<i64>,
+    /// A sorry server: new flows only while no primary backend is usable.
+    #[serde(default)]
+    pub(super) backup: bool,
+    /// Its own `slow_start_s`, over its service's.
+    pub(super) slow_start_s: Option<i64>,
 }
 
 fn default_xdp_mode() -> String {

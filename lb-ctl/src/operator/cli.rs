@@ -174,6 +174,10 @@ pub enum ServiceCmd {
         /// port unreachable, or nothing. [default: reject]
         #[arg(long, value_parser = ["reject", "drop"])]
         on_no_backend: Option<String>,
+        /// Seconds a backend's weight ramps up over once it is usable
+        /// (comes UP, is added, is undrained), 0 to 3600. [default: 0]
+        #[arg(long, value_parser = clap::value_parser!(u16).range(..=3600))]
+        slow_start: Option<u16>,
     },
     /// Remove a service and its backends.
     #[command(visible_alias = "delete", after_help = EXIT_CODES)]
@@ -200,6 +204,13 @@ pub enum BackendCmd {
         /// 0 to 65535; 0 takes no new flows. [default: 1]
         #[arg(long, value_parser = parse_weight)]
         weight: Option<u32>,
+        /// A sorry server: new flows only while no other backend of the
+        /// service is usable (HAProxy `backup`).
+        #[arg(long)]
+        backup: bool,
+        /// Its own slow start in seconds, over the service's, 0 to 3600.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(..=3600))]
+        slow_start: Option<u16>,
     },
     /// Remove a backend; its flows end.
     #[command(visible_alias = "delete", after_help = EXIT_CODES)]
@@ -489,8 +500,12 @@ async fn execute(op: Operator, client: &Client) -> Result<String, ClientError> {
             scheduler,
             forwarding,
             on_no_backend,
+            slow_start,
         }) => {
             let mut body = json!({"name": name, "vip": vip.to_string(), "port": port});
+            if let Some(seconds) = slow_start {
+                body["slow_start_s"] = json!(seconds);
+            }
             for (key, value) in [
                 ("protocol", protocol),
                 ("scheduler", scheduler),
@@ -518,29 +533,7 @@ async fn execute(op: Operator, client: &Client) -> Result<String, ClientError> {
             client.request(Method::GET, "/readyz", None).await?;
             Ok("ready: the controller is live and the data plane attached\n".into())
         }
-        Operator::Node { action, json } => {
-            let view: NodeView = match action {
-                None if json => return get_pretty(client, NODE).await,
-                None => client.get_json(NODE).await?,
-                Some(NodeCmd::Drain) => {
-                    client
-                        .send_json(Method::POST, &format!("{NODE}/drain"), Some(json!({})))
-                        .await?
-                }
-                Some(NodeCmd::Undrain) => {
-                    client
-                        .send_json(Method::POST, &format!("{NODE}/undrain"), Some(json!({})))
-                        .await?
-                }
-            };
-            if json {
-                return Ok(format!(
-                    "{}\n",
-                    serde_json::to_string_pretty(&view).unwrap_or_default()
-                ));
-            }
-            Ok(render_node(&view))
-        }
+        Operator::Node { action, json } => node(action, json, client).await,
         Operator::Stats { json } => {
             let path = "/api/v1/stats";
             if json {
@@ -569,6 +562,24 @@ async fn execute(op: Operator, client: &Client) -> Result<String, ClientError> {
     }
 }
 
+/// `lb-ctl node [drain | undrain]`.
+async fn node(action: Option<NodeCmd>, json: bool, client: &Client) -> Result<String, ClientError> {
+    let view: NodeView = match action {
+        None if json => return get_pretty(client, NODE).await,
+        None => client.get_json(NODE).await?,
+        Some(NodeCmd::Drain) => {
+            client.send_json(Method::POST, &format!("{NODE}/drain"), Some(json!({}))).await?
+        }
+        Some(NodeCmd::Undrain) => {
+            client.send_json(Method::POST, &format!("{NODE}/undrain"), Some(json!({}))).await?
+        }
+    };
+    if json {
+        return Ok(format!("{}\n", serde_json::to_string_pretty(&view).unwrap_or_default()));
+    }
+    Ok(render_node(&view))
+}
+
 async fn backend(cmd: BackendCmd, client: &Client) -> Result<String, ClientError> {
     let set = |at: BackendAt, body: Value, change| async move {
         let view: ServiceView =
@@ -576,11 +587,17 @@ async fn backend(cmd: BackendCmd, client: &Client) -> Result<String, ClientError
         Ok(render_backend_change(&view, at.backend, change))
     };
     match cmd {
-        BackendCmd::Add { at, weight } => {
+        BackendCmd::Add { at, weight, backup, slow_start } => {
             let mut body =
                 json!({"address": at.backend.ip().to_string(), "port": at.backend.port()});
             if let Some(weight) = weight {
                 body["weight"] = json!(weight);
+            }
+            if backup {
+                body["backup"] = json!(true);
+            }
+            if let Some(seconds) = slow_start {
+                body["slow_start_s"] = json!(seconds);
             }
             let path = format!("{}/backends", service_path(&at.service));
             let view: ServiceView = client.send_json(Method::POST, &path, Some(body)).await?;
@@ -676,11 +693,21 @@ mod tests {
             parse(&["backend", "add", "web", "10.77.2.14:80", "--weight", "3", "--admin", "x:1"])
                 .unwrap();
         assert_eq!(cli.target.admin.as_deref(), Some("x:1"));
-        let Operator::Backend(BackendCmd::Add { at, weight }) = cli.op else { panic!() };
+        let Operator::Backend(BackendCmd::Add { at, weight, backup, .. }) = cli.op else {
+            panic!()
+        };
         assert_eq!(
-            (at.service.as_str(), at.backend.to_string(), weight),
-            ("web", "10.77.2.14:80".into(), Some(3))
+            (at.service.as_str(), at.backend.to_string(), weight, backup),
+            ("web", "10.77.2.14:80".into(), Some(3), false)
         );
+        let cli =
+            parse(&["backend", "add", "web", "10.77.2.14:80", "--backup", "--slow-start", "30"])
+                .unwrap();
+        let Operator::Backend(BackendCmd::Add { backup, slow_start, .. }) = cli.op else {
+            panic!()
+        };
+        assert!(backup);
+        assert_eq!(slow_start, Some(30));
 
         let cli = parse(&["--token-file", "/t", "backend", "weight", "web", "10.77.2.14:80", "0"])
             .unwrap();
@@ -726,6 +753,7 @@ mod tests {
             (&["backend", "maint", "web", "::1:80"], "::1:80"),
             (&["backend", "weight", "web", "10.77.2.14:80", "65536"], "65536"),
             (&["backend", "weight", "web", "10.77.2.14:80", "-1"], "-1"),
+            (&["backend", "add", "web", "10.77.2.14:80", "--slow-start", "3601"], "3601"),
             (
                 &["service", "add", "--name", "w", "--vip", "10.0.0.300", "--port", "80"],
                 "10.0.0.300",

@@ -64,6 +64,9 @@ pub(super) fn render_backend_change(
 /// rotation: `weight 1, drain, health DOWN, out of rotation`.
 fn backend_state(b: &BackendView) -> String {
     let mut parts = vec![format!("weight {}", b.weight)];
+    if b.backup {
+        parts.push("backup".into());
+    }
     if b.state != "active" {
         parts.push(b.state.clone());
     }
@@ -94,6 +97,9 @@ pub(super) fn service_line(s: &ServiceView) -> String {
     }
     if let Some(health) = &s.health {
         let _ = write!(flags, " check={}", health.check);
+    }
+    if s.slow_start_s > 0 {
+        let _ = write!(flags, " slow-start={}s", s.slow_start_s);
     }
     format!(
         "{:<4} {}:{} {}{flags} ({})",
@@ -128,28 +134,70 @@ pub fn render_list(services: &[ServiceView]) -> String {
         "State",
         "Health",
     ));
+    let mut set_by_check = false;
     for s in services {
         text.push_str(&service_line(s));
         text.push('\n');
-        for b in &s.backends {
+        let backend_row = |b: &BackendView| {
             let mut health = b.health.status.clone();
             if b.health.status == "DOWN"
                 && let Some(check) = &b.health.last_check
             {
                 let _ = write!(health, " ({})", check.detail);
             }
-            text.push_str(&row(
+            row(
                 &format!("{}:{}", b.address, b.port),
                 forward_name(&s.forwarding),
-                &b.weight.to_string(),
+                &weight_text(b),
                 &b.conns.active.to_string(),
                 &b.conns.inactive.to_string(),
                 &b.state,
                 &health,
-            ));
+            )
+        };
+        set_by_check |= s.backends.iter().any(|b| b.check_weight.is_some() && b.weight > 0);
+        // The primaries, then the backups apart, saying whether they serve.
+        for b in s.backends.iter().filter(|b| !b.backup) {
+            text.push_str(&backend_row(b));
+        }
+        if s.backends.iter().any(|b| b.backup) {
+            let now = if s.backups_serve {
+                "serving: no primary is usable"
+            } else {
+                "standing by: new flows only while no primary is usable"
+            };
+            let _ = writeln!(text, "  backup ({now})");
+            for b in s.backends.iter().filter(|b| b.backup) {
+                text.push_str(&backend_row(b));
+            }
         }
     }
+    if set_by_check {
+        text.push_str("* the weight its script check gave (dynamic_weight), not its own\n");
+    }
+    if services.iter().flat_map(|s| &s.backends).any(|b| b.ramp.is_some() && b.in_rotation) {
+        text.push_str(
+            "~ in slow start: the part of its weight it gets now, growing over slow_start_s\n",
+        );
+    }
     text
+}
+
+/// The weight new flows get when the backend is in rotation: its own,
+/// with a `*` the one its script check gave, with a `~` the part of it a
+/// backend in slow start gets now.
+pub(crate) fn weight_text(b: &BackendView) -> String {
+    match b.check_weight {
+        _ if b.ramp.is_some() && b.in_rotation => format!("{}~", short(b.effective_weight)),
+        Some(w) if b.weight > 0 => format!("{w}*"),
+        _ => b.weight.to_string(),
+    }
+}
+
+/// `0.37`, `12.5`, `3`: two decimals at most, none trailing.
+pub(crate) fn short(x: f64) -> String {
+    let text = format!("{x:.2}");
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
 /// A counter in at most 8 characters, as `ipvsadm --stats` prints it.
@@ -330,6 +378,15 @@ pub(crate) mod tests {
             address: format!("10.77.2.{last}"),
             port: 80,
             weight,
+            check_weight: None,
+            backup: false,
+            effective_weight: if weight > 0 && state == "active" && health != "DOWN" {
+                f64::from(weight)
+            } else {
+                0.0
+            },
+            ramp: None,
+            slow_start_s: None,
             state: state.into(),
             check_address: None,
             check_port: None,
@@ -408,6 +465,57 @@ UDP  10.77.1.53:53 sh drop (dns)
   -> 10.77.2.21:53                Masq    1      0          0         active UNCHECKED
 ";
         assert_eq!(text, expected, "\n{text}");
+    }
+
+    /// Backups are listed apart, after the primaries, saying whether they serve.
+    #[test]
+    fn backups_are_listed_apart() {
+        let mut s = web();
+        let mut sorry = backend(20, 1, "active", "UP", 0);
+        sorry.backup = true;
+        sorry.in_rotation = false;
+        s.backends.insert(0, sorry);
+        let text = render_list(std::slice::from_ref(&s));
+        let lines: Vec<&str> = text.lines().collect();
+        let primaries = lines[3..6].iter().filter(|l| l.contains("-> 10.77.2.1")).count();
+        assert_eq!(primaries, 3, "{text}");
+        assert_eq!(lines[6], "  backup (standing by: new flows only while no primary is usable)");
+        assert!(lines[7].starts_with("  -> 10.77.2.20:80 "), "{text}");
+        s.backups_serve = true;
+        assert!(render_list(&[s]).contains("  backup (serving: no primary is usable)\n"));
+    }
+
+    /// A backend in slow start shows the weight it gets now, marked.
+    #[test]
+    fn a_ramping_weight_is_shown_marked() {
+        let mut s = web();
+        s.backends[0].weight = 3;
+        s.backends[0].ramp = Some(0.125);
+        s.backends[0].effective_weight = 0.375;
+        let text = render_list(&[s.clone()]);
+        assert!(text.contains("  -> 10.77.2.11:80                Masq    0.38~  3 "), "{text}");
+        assert!(text.ends_with(
+            "~ in slow start: the part of its weight it gets now, growing over slow_start_s\n"
+        ));
+        assert_eq!(
+            (short(2.0), short(12.5), short(0.01)),
+            ("2".into(), "12.5".into(), "0.01".into())
+        );
+    }
+
+    /// A weight a script check gave is what the list shows, marked.
+    #[test]
+    fn a_weight_from_a_check_is_shown_marked() {
+        let mut s = web();
+        s.backends[0].check_weight = Some(5);
+        let text = render_list(&[s.clone()]);
+        assert!(text.contains("  -> 10.77.2.11:80                Masq    5*     3 "), "{text}");
+        assert!(
+            text.ends_with("* the weight its script check gave (dynamic_weight), not its own\n")
+        );
+        // A drained backend (weight 0) stays at 0 whatever its check says.
+        s.backends[0].weight = 0;
+        assert!(!render_list(&[s]).contains('*'));
     }
 
     #[test]

@@ -80,10 +80,14 @@ pub fn image_cached(
     for s in services {
         let key = service_endpoint(s);
         let service_id = ids.services[&key];
+        // Backups take new flows only while no primary can: otherwise they
+        // are drained (weight 0: no slot, their open flows go on).
+        let backups_serve =
+            s.backups_serve(|b| !down.contains(&(key, backend_endpoint(b.address, b.port, s))));
         let entries = if s.vip.is_ipv4() {
-            v4.service(s, service_id, ids, down)
+            v4.service(s, service_id, (ids, down), backups_serve)
         } else {
-            v6.service(s, service_id, ids, down)
+            v6.service(s, service_id, (ids, down), backups_serve)
         };
         let inputs = (s.scheduler, entries);
         let (table, ring_size, scheduler) = tables.0.remove(&inputs).unwrap_or_else(|| {
@@ -134,8 +138,8 @@ impl<A: MapAddr + Ord> Builder<A> {
         &mut self,
         s: &Service,
         service_id: u32,
-        ids: &Ids,
-        down: &BTreeSet<BackendKey>,
+        (ids, down): (&Ids, &BTreeSet<BackendKey>),
+        backups_serve: bool,
     ) -> Vec<maglev::Entry> {
         let key = service_endpoint(s);
         let vip = A::of(key.addr);
@@ -146,7 +150,8 @@ impl<A: MapAddr + Ord> Builder<A> {
             let id = ids.backends[&(key, bkey)];
             // Maintenance cuts the backend off like a failed health check.
             let is_down = down.contains(&(key, bkey)) || b.state == AdminState::Maint;
-            let weight = if is_down { 0 } else { b.effective_weight() };
+            let standing_by = b.backup && !backups_serve;
+            let weight = if is_down || standing_by { 0 } else { b.effective_weight() };
             entries.push(maglev::Entry { address: b.address, port: b.port, weight, id });
             let (Some(vip), Some(addr)) = (vip, A::of(b.address)) else {
                 continue;
@@ -248,7 +253,7 @@ mod tests {
     use super::*;
     use crate::{
         desired::model::{Backend, testing::service},
-        plan::testing::plan,
+        plan::{ids::backend_key, testing::plan},
     };
 
     #[test]
@@ -333,5 +338,41 @@ mod tests {
         let (_, image) = plan(&Ids::default(), &[web]);
         assert_eq!(image.v4.real_slots[&target], REAL_SLOT_SHARED);
         assert_eq!(image.v4.reals.len(), 2, "both stay in the exact table");
+    }
+
+    /// A backup gets no slot while one primary is usable (UP, active,
+    /// weight > 0), and every slot once none is; its entry stays, so its
+    /// open flows go on, as with a drain.
+    #[test]
+    fn backups_take_the_table_only_while_no_primary_is_usable() {
+        let mut web = service("web", 80, &[(11, 1), (12, 1), (13, 2), (14, 1)]);
+        web.backends[3].backup = true;
+        let services = [web.clone()];
+        let ids = Ids::default().assign(&services).unwrap();
+        let sid = ids.service(&web).unwrap();
+        let key = |i: usize| backend_key(&web, web.backends[i].address, web.backends[i].port);
+        let id = |i: usize| ids.backends[&key(i)];
+        let holders = |down: &[usize], services: &[Service]| {
+            let down: BTreeSet<BackendKey> = down.iter().map(|&i| key(i)).collect();
+            let image = image(services, &ids, &down);
+            let holders: BTreeSet<u32> = image.maglev[&sid].iter().copied().collect();
+            (holders, image.v4.backends[&id(3)].weight)
+        };
+        let primaries: BTreeSet<u32> = (0..3).map(id).collect();
+        assert_eq!(holders(&[], &services), (primaries, 0), "standing by");
+        assert_eq!(holders(&[0, 1], &services).0, BTreeSet::from([id(2)]));
+        assert_eq!(holders(&[0, 1, 2], &services), (BTreeSet::from([id(3)]), 1), "serving");
+        // Drained, in maintenance or at weight 0, a primary is not usable either.
+        let mut out = services.clone();
+        out[0].backends[0].state = AdminState::Drain;
+        out[0].backends[1].state = AdminState::Maint;
+        out[0].backends[2].weight = 0;
+        assert_eq!(holders(&[], &out).0, BTreeSet::from([id(3)]));
+        // One primary back: the backup loses every slot, keeps its entry.
+        out[0].backends[2].weight = 1;
+        let (held, weight) = holders(&[], &out);
+        assert_eq!((held, weight), (BTreeSet::from([id(2)]), 0));
+        // A DOWN backup serves nothing, and no backup means the usual refusal.
+        assert_eq!(holders(&[0, 1, 2, 3], &services).0, BTreeSet::from([NO_BACKEND]));
     }
 }

@@ -140,6 +140,7 @@ struct ServiceMetrics {
     new_flows: Counters<ServiceLabels>,
     backends: Gauges<ServiceLabels>,
     in_rotation: Gauges<ServiceLabels>,
+    backups_serve: Gauges<ServiceLabels>,
 }
 
 struct BackendMetrics {
@@ -149,6 +150,7 @@ struct BackendMetrics {
     active: Gauges<BackendLabels>,
     inactive: Gauges<BackendLabels>,
     weight: Gauges<BackendLabels>,
+    effective_weight: FloatGauges<BackendLabels>,
     up: Gauges<BackendLabels>,
     in_rotation: Gauges<BackendLabels>,
     state: Gauges<BackendStateLabels>,
@@ -279,6 +281,12 @@ impl ServiceMetrics {
                 "Backends of the service that take new flows",
                 None,
             ),
+            backups_serve: metric(
+                r,
+                "lb_service_backups_serving",
+                "1 when the service's backups take the new flows (no primary backend is usable), else 0",
+                None,
+            ),
         }
     }
 
@@ -302,6 +310,7 @@ impl ServiceMetrics {
         self.new_flows.get_or_create(&labels).inc_by(s.traffic.new_flows);
         self.backends.get_or_create(&labels).set(int(s.backends.len()));
         self.in_rotation.get_or_create(&labels).set(int(s.backends_in_rotation));
+        self.backups_serve.get_or_create(&labels).set(flag(s.backups_serve));
         labels.service
     }
 }
@@ -335,6 +344,12 @@ impl BackendMetrics {
                 None,
             ),
             weight: metric(r, "lb_backend_weight", "Configured weight of the backend", None),
+            effective_weight: metric(
+                r,
+                "lb_backend_effective_weight",
+                "Weight new flows are spread by now: a script check's dynamic weight, else the configured one, times the ramp in slow start; 0 out of rotation",
+                None,
+            ),
             up: metric(
                 r,
                 "lb_backend_up",
@@ -344,9 +359,10 @@ impl BackendMetrics {
             in_rotation: metric(
                 r,
                 "lb_backend_in_rotation",
-                "1 when the backend takes new flows (active, weight > 0, not DOWN), else 0",
+                "1 when the backend takes new flows (active, weight > 0, not DOWN; a backup only while no primary is usable), else 0",
                 None,
             ),
+
             state: metric(
                 r,
                 "lb_backend_state",
@@ -386,6 +402,7 @@ impl BackendMetrics {
         self.active.get_or_create(&labels).set(b.conns.active.into());
         self.inactive.get_or_create(&labels).set(b.conns.inactive.into());
         self.weight.get_or_create(&labels).set(b.weight.into());
+        self.effective_weight.get_or_create(&labels).set(b.effective_weight);
         self.up.get_or_create(&labels).set(flag(b.health.status != "DOWN"));
         self.in_rotation.get_or_create(&labels).set(flag(b.in_rotation));
         for state in AdminState::ALL.iter().map(|state| state.name()) {
@@ -459,6 +476,8 @@ mod tests {
     pub(super) fn stats() -> Stats {
         let up = BackendView {
             weight: 3,
+            check_weight: Some(5),
+            effective_weight: 5.0,
             conns: ConnsView { active: 7, inactive: 2 },
             traffic: traffic(1000),
             health: HealthView {
@@ -488,6 +507,7 @@ mod tests {
         };
         let drain = BackendView {
             state: "drain".into(),
+            backup: true,
             in_rotation: false,
             conns: ConnsView { active: 1, inactive: 0 },
             traffic: traffic(50),
@@ -510,6 +530,7 @@ mod tests {
             protocol: "udp".into(),
             traffic: traffic(50),
             backends_in_rotation: 0,
+            backups_serve: true,
             backends: vec![drain],
             ..ServiceView::default()
         };
@@ -564,12 +585,16 @@ mod tests {
             r#"lb_service_backends{service="web",vip="10.77.1.10:80",protocol="tcp"} 2"#,
             r#"lb_service_backends_in_rotation{service="web",vip="10.77.1.10:80",protocol="tcp"} 1"#,
             r#"lb_service_backends_in_rotation{service="dns",vip="10.77.1.53:53",protocol="udp"} 0"#,
+            r#"lb_service_backups_serving{service="dns",vip="10.77.1.53:53",protocol="udp"} 1"#,
+            r#"lb_service_backups_serving{service="web",vip="10.77.1.10:80",protocol="tcp"} 0"#,
             r#"lb_backend_packets_total{service="web",backend="10.77.2.10:80",direction="in"} 1000"#,
             r#"lb_backend_bytes_total{service="web",backend="10.77.2.11:80",direction="in"} 1000"#,
             r#"lb_backend_new_flows_total{service="web",backend="10.77.2.10:80"} 100"#,
             r#"lb_backend_active_connections{service="web",backend="10.77.2.10:80"} 7"#,
             r#"lb_backend_inactive_connections{service="web",backend="10.77.2.10:80"} 2"#,
             r#"lb_backend_weight{service="web",backend="10.77.2.10:80"} 3"#,
+            r#"lb_backend_effective_weight{service="web",backend="10.77.2.10:80"} 5.0"#,
+            r#"lb_backend_effective_weight{service="web",backend="10.77.2.11:80"} 0.0"#,
             r#"lb_backend_up{service="web",backend="10.77.2.10:80"} 1"#,
             r#"lb_backend_up{service="web",backend="10.77.2.11:80"} 0"#,
             r#"lb_backend_up{service="dns",backend="10.77.3.10:53"} 1"#,

@@ -69,6 +69,7 @@ li.maint { background: #d8c8b4; }
 li.unknown { background: #fff5a0; }
 li.unchecked { background: #ffffff; }
 tfoot td { background: #eef0f6; font-weight: 600; }
+tr.backup-head td { background: #f4f4f4; color: #444; font-style: italic; }
 td.empty { text-align: center; color: #666; font-style: italic; }
 p.empty { font-style: italic; color: #666; }
 ";
@@ -214,6 +215,9 @@ fn service_table(out: &mut String, s: &ServiceView, now_unix_ms: u64) {
         w!(out, "<span class=\"meta\">forwarding <b>{}</b></span>\n", esc(&s.forwarding));
     }
     w!(out, "<span class=\"meta\">health <b>{}</b></span>\n", health_summary(s.health.as_ref()));
+    if s.slow_start_s > 0 {
+        w!(out, "<span class=\"meta\">slow start <b>{} s</b></span>\n", s.slow_start_s);
+    }
     w!(
         out,
         "<span class=\"meta\">in rotation <b>{}/{}</b></span>\n",
@@ -245,8 +249,23 @@ fn service_table(out: &mut String, s: &ServiceView, now_unix_ms: u64) {
     if s.backends.is_empty() {
         w!(out, "<tr><td class=\"empty\" colspan=\"{COLUMNS}\">no backends configured</td></tr>\n");
     }
-    for b in &s.backends {
+    for b in s.backends.iter().filter(|b| !b.backup) {
         backend_row(out, &name, b, now_unix_ms);
+    }
+    // Backups apart, in a body of their own headed by whether they serve.
+    if s.backends.iter().any(|b| b.backup) {
+        let now = if s.backups_serve {
+            "serving: no primary is usable"
+        } else {
+            "standing by: new flows only while no primary is usable"
+        };
+        w!(
+            out,
+            "</tbody>\n<tbody class=\"backups\">\n<tr class=\"backup-head\"><td colspan=\"{COLUMNS}\">backups ({now})</td></tr>\n"
+        );
+        for b in s.backends.iter().filter(|b| b.backup) {
+            backend_row(out, &name, b, now_unix_ms);
+        }
     }
     out.push_str("</tbody>\n<tfoot>\n<tr>");
     let (active, inactive) = s.backends.iter().fold((0u64, 0u64), |(a, i), b| {
@@ -285,6 +304,24 @@ fn row_class(b: &BackendView) -> &'static str {
     }
 }
 
+/// The weight, and where it comes from when a script check gave it.
+fn weight_cell(b: &BackendView) -> String {
+    if b.ramp.is_some() && b.in_rotation {
+        return format!(
+            "{} <span class=\"dim\" title=\"in slow start: the part of its weight {} it gets now\">(slow start)</span>",
+            crate::operator::render::short(b.effective_weight),
+            b.weight
+        );
+    }
+    match b.check_weight {
+        Some(w) if b.weight > 0 => format!(
+            "{w} <span class=\"dim\" title=\"set by its script check (dynamic_weight); its own is {}\">(check)</span>",
+            b.weight
+        ),
+        _ => b.weight.to_string(),
+    }
+}
+
 fn backend_row(out: &mut String, service: &str, b: &BackendView, now_unix_ms: u64) {
     let address = esc(&b.address);
     let state = esc(&b.state);
@@ -301,7 +338,7 @@ fn backend_row(out: &mut String, service: &str, b: &BackendView, now_unix_ms: u6
         "<td class=\"mono\">{address}:{}</td><td class=\"n\">{}</td><td>{state}</td><td>{}</td>\
          <td><b>{status}</b></td>",
         b.port,
-        b.weight,
+        weight_cell(b),
         if b.in_rotation { "in" } else { "out" },
     );
     match &b.health.last_check {
@@ -362,6 +399,27 @@ fn health_summary(h: Option<&HealthCheckView>) -> String {
     }
     if let Some(body) = &h.expect_body {
         w!(text, " /{}/", esc(body));
+    }
+    if let Some(sni) = &h.sni {
+        w!(text, " sni {}", esc(sni));
+    }
+    if let Some(ca) = &h.ca_file {
+        w!(text, " ca {}", esc(ca));
+    }
+    if h.verify == Some(false) {
+        text.push_str(" unverified");
+    }
+    if let Some(send) = &h.send_hex {
+        w!(text, " send {}", esc(send));
+    }
+    if let Some(expect) = &h.expect {
+        w!(text, " /{}/", esc(expect));
+    }
+    if let Some(command) = &h.command {
+        w!(text, " run {}", esc(&command.join(" ")));
+    }
+    if h.dynamic_weight == Some(true) {
+        text.push_str(" dynamic weight");
     }
     w!(
         text,
@@ -495,6 +553,11 @@ mod tests {
             address: address.into(),
             port: 8080,
             weight,
+            check_weight: None,
+            effective_weight: if in_rotation { f64::from(weight) } else { 0.0 },
+            ramp: None,
+            slow_start_s: None,
+            backup: false,
             state: state.into(),
             check_address: None,
             check_port: None,
@@ -538,6 +601,7 @@ mod tests {
                 fall: 3,
                 check_address: None,
                 check_port: None,
+                ..HealthCheckView::default()
             }),
             traffic: TrafficView {
                 in_packets: 17_000,
@@ -554,6 +618,8 @@ mod tests {
                 new_flows: 12.5,
             },
             backends_in_rotation: 1,
+            slow_start_s: 0,
+            backups_serve: false,
             backends: vec![
                 backend("10.0.1.1", 100, "active", "UP"),
                 backend("10.0.1.2", 100, "active", "DOWN"),
@@ -612,6 +678,84 @@ mod tests {
         let start = page.find(&format!("<table class=\"service\" id=\"service-{id}\"")).unwrap();
         let end = start + page[start..].find("</table>").unwrap();
         &page[start..end]
+    }
+
+    /// Each check type's own settings are in the service's line, escaped.
+    #[test]
+    fn the_health_summary_names_each_check_types_settings() {
+        let base = HealthCheckView {
+            interval_ms: 200,
+            timeout_ms: 100,
+            rise: 2,
+            fall: 2,
+            ..HealthCheckView::default()
+        };
+        let https = HealthCheckView {
+            check: "https".into(),
+            path: Some("/".into()),
+            expect_status: Some(200),
+            sni: Some("www.test".into()),
+            ca_file: Some("/etc/lb/<ca>.pem".into()),
+            verify: Some(true),
+            ..base.clone()
+        };
+        assert_eq!(
+            health_summary(Some(&https)),
+            "https GET / expect 200 sni www.test ca /etc/lb/&lt;ca&gt;.pem every 200 ms timeout 100 ms rise 2 fall 2"
+        );
+        let any = HealthCheckView { verify: Some(false), ca_file: None, ..https };
+        assert!(health_summary(Some(&any)).contains(" unverified "));
+        let udp = HealthCheckView {
+            check: "udp".into(),
+            send_hex: Some("70 69 6e 67".into()),
+            expect: Some("^pong".into()),
+            ..base.clone()
+        };
+        assert!(health_summary(Some(&udp)).starts_with("udp send 70 69 6e 67 /^pong/ every"));
+        let script = HealthCheckView {
+            check: "script".into(),
+            command: Some(vec!["/bin/check".into(), "-q".into()]),
+            dynamic_weight: Some(true),
+            ..base
+        };
+        assert!(
+            health_summary(Some(&script))
+                .starts_with("script run /bin/check -q dynamic weight every")
+        );
+    }
+
+    /// Backups are rendered after the primaries, under a row that says
+    /// whether they serve.
+    #[test]
+    fn backups_are_shown_apart() {
+        let mut stats = sample();
+        let mut sorry = backend("10.0.0.99", 1, "active", "UP");
+        sorry.backup = true;
+        stats.services[0].backends.insert(0, sorry);
+        let html = render(&stats, NOW);
+        let at = |needle: &str| html.find(needle).unwrap_or_else(|| panic!("no {needle}: {html}"));
+        let head = at("backups (standing by: new flows only while no primary is usable)");
+        let sorry_row = at("id=\"backend-web-10.0.0.99:8080\"");
+        let primary_row = at("id=\"backend-web-10.0.1.1:8080\"");
+        assert!(primary_row < head && head < sorry_row, "{html}");
+        stats.services[0].backups_serve = true;
+        assert!(render(&stats, NOW).contains("backups (serving: no primary is usable)"));
+        stats.services[0].slow_start_s = 30;
+        assert!(render(&stats, NOW).contains("slow start <b>30 s</b>"));
+    }
+
+    /// A weight a script check gave shows with where it comes from.
+    #[test]
+    fn a_weight_from_a_check_says_so() {
+        let mut b = backend("10.0.0.1", 3, "active", "UP");
+        assert_eq!(weight_cell(&b), "3");
+        b.check_weight = Some(7);
+        assert!(weight_cell(&b).starts_with("7 <span class=\"dim\" title=\"set by its script check (dynamic_weight); its own is 3\">(check)"));
+        b.weight = 0;
+        assert_eq!(weight_cell(&b), "0", "drained stays drained");
+        let mut ramping = backend("10.0.0.2", 4, "active", "UP");
+        (ramping.ramp, ramping.effective_weight) = (Some(0.25), 1.0);
+        assert!(weight_cell(&ramping).starts_with("1 <span class=\"dim\" title=\"in slow start: the part of its weight 4 it gets now\">(slow start)"));
     }
 
     #[test]

@@ -10,9 +10,13 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::{
-    daemon::health::state::{CheckResult, Status},
+    daemon::{
+        health::state::{CheckResult, Status},
+        weights,
+    },
     desired::{
-        model::{Probe, Service},
+        checks::to_hex,
+        model::{HealthCheck, Probe, Service},
         names::{Check, Named as _, OnNoBackend},
     },
     plan::ids::{BackendKey, backend_key, service_endpoint},
@@ -102,21 +106,50 @@ pub struct ServiceView {
     /// `reject` or `drop`.
     pub on_no_backend: String,
     pub health: Option<HealthCheckView>,
+    /// Seconds a backend's weight ramps up over once usable (0: at once).
+    #[serde(default)]
+    pub slow_start_s: u64,
     pub traffic: TrafficView,
     pub rates: RatesView,
     /// Backends that take new flows now.
     pub backends_in_rotation: usize,
+    /// Whether its backups take the new flows: it has backups and no
+    /// primary backend is usable.
+    #[serde(default)]
+    pub backups_serve: bool,
     pub backends: Vec<BackendView>,
 }
 
 /// `[service.health]`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 pub struct HealthCheckView {
-    /// `tcp` or `http`.
+    /// `tcp`, `http`, `https`, `udp` or `script`.
     pub check: String,
+    /// `http`, `https`.
     pub path: Option<String>,
     pub expect_status: Option<u16>,
     pub expect_body: Option<String>,
+    /// `https`: the name sent and verified (absent: the probed address).
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// `https`: the certificates trusted instead of the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// `https`: whether the certificate is verified.
+    #[serde(default)]
+    pub verify: Option<bool>,
+    /// `udp`: the datagram sent, in hex (`00 01 ff`).
+    #[serde(default)]
+    pub send_hex: Option<String>,
+    /// `udp`: the pattern the reply must match.
+    #[serde(default)]
+    pub expect: Option<String>,
+    /// `script`: the program and its first arguments.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// `script`: whether an exit status 2 to 255 sets the weight.
+    #[serde(default)]
+    pub dynamic_weight: Option<bool>,
     pub interval_ms: u64,
     pub timeout_ms: u64,
     pub rise: u32,
@@ -131,14 +164,36 @@ pub struct HealthCheckView {
 pub struct BackendView {
     pub address: String,
     pub port: u16,
+    /// The operator's weight (the file's, or the API's).
     pub weight: u32,
+    /// The weight its script check's last success gave (`dynamic_weight`:
+    /// the exit status, 2 to 255); absent: none, the backend's own counts.
+    #[serde(default)]
+    pub check_weight: Option<u32>,
+    /// The weight new flows are spread by now: `check_weight` if set
+    /// (unless `weight` is 0), else `weight`, times `ramp` in slow start;
+    /// 0 while out of rotation.
+    #[serde(default)]
+    pub effective_weight: f64,
+    /// In slow start: the fraction of its weight it gets now (0.01 to 1),
+    /// growing over `slow_start_s`; absent otherwise.
+    #[serde(default)]
+    pub ramp: Option<f64>,
+    /// Its own `slow_start_s`, over its service's.
+    #[serde(default)]
+    pub slow_start_s: Option<u64>,
     /// The operator's word: `active`, `drain` or `maint`.
     pub state: String,
     /// Where it is probed instead of its own address (over the service's `check_address`).
     pub check_address: Option<String>,
     /// Where it is probed instead of its own port (over the service's `check_port`).
     pub check_port: Option<u16>,
-    /// Whether new flows may go to it (active, weight > 0, not DOWN).
+    /// A sorry server: new flows only while no primary backend of its
+    /// service is usable (`backups_serve`).
+    #[serde(default)]
+    pub backup: bool,
+    /// Whether new flows may go to it (active, weight > 0, not DOWN; a
+    /// backup only while its service's backups serve).
     pub in_rotation: bool,
     pub health: HealthView,
     pub conns: ConnsView,
@@ -239,6 +294,10 @@ pub trait HealthLookup {
     fn status(&self, key: &BackendKey) -> Option<(Status, Option<&CheckResult>)>;
     /// Whether health checks keep it out of rotation.
     fn is_down(&self, key: &BackendKey) -> bool;
+    /// The weight its script check gave (`dynamic_weight`), if any.
+    fn weight(&self, key: &BackendKey) -> Option<u32>;
+    /// The fraction of its weight it gets while in slow start, if it is.
+    fn ramp(&self, key: &BackendKey) -> Option<f64>;
 }
 
 /// The view of `services` from their health and the samples.
@@ -253,19 +312,29 @@ pub fn services(
 fn service(s: &Service, health: &impl HealthLookup, samples: &Samples) -> ServiceView {
     let key = service_endpoint(s);
     let traffic = |sample: &Sample| sample.services.get(&key).copied();
+    let backups_serve = s.backups_serve(|b| !health.is_down(&backend_key(s, b.address, b.port)));
     let backends: Vec<BackendView> = s
         .backends
         .iter()
         .map(|b| {
             let bkey = backend_key(s, b.address, b.port);
             let status = health.status(&bkey);
-            let in_rotation = b.effective_weight() > 0 && !health.is_down(&bkey);
+            let in_rotation =
+                b.effective_weight() > 0 && !health.is_down(&bkey) && (!b.backup || backups_serve);
+            let check_weight = health.weight(&bkey);
+            let ramp = health.ramp(&bkey).filter(|_| in_rotation);
+            let planned = f64::from(weights::planned_weight(b, check_weight)) * ramp.unwrap_or(1.0);
             let live = |sample: &Sample| sample.backends.get(&bkey).copied();
             let (t, conns) = latest(samples, live).unwrap_or_default();
             BackendView {
                 address: b.address.to_string(),
                 port: b.port,
                 weight: b.weight,
+                check_weight,
+                effective_weight: if in_rotation { planned } else { 0.0 },
+                ramp,
+                slow_start_s: b.slow_start.map(|d| d.as_secs()),
+                backup: b.backup,
                 state: b.state.name().into(),
                 check_address: b.check.address.map(|a| a.to_string()),
                 check_port: b.check.port,
@@ -285,31 +354,49 @@ fn service(s: &Service, health: &impl HealthLookup, samples: &Samples) -> Servic
         scheduler: s.scheduler.name().into(),
         forwarding: s.forwarding.name().into(),
         on_no_backend: OnNoBackend::of(s.reject).name().into(),
-        health: s.health.as_ref().map(|h| {
-            let (path, expect_status, expect_body) = match &h.probe {
-                Probe::Tcp => (None, None, None),
-                Probe::Http { path, expect_status, expect_body } => {
-                    (Some(path.clone()), Some(*expect_status), expect_body.clone())
-                }
-            };
-            HealthCheckView {
-                check: Check::of(&h.probe).name().into(),
-                path,
-                expect_status,
-                expect_body,
-                interval_ms: h.interval.as_millis() as u64,
-                timeout_ms: h.timeout.as_millis() as u64,
-                rise: h.rise,
-                fall: h.fall,
-                check_address: h.target.address.map(|a| a.to_string()),
-                check_port: h.target.port,
-            }
-        }),
+        health: s.health.as_ref().map(health_check_view),
+        slow_start_s: s.slow_start.as_secs(),
         traffic: traffic_view(&latest(samples, traffic).unwrap_or_default()),
         rates: rates(samples, traffic),
         backends_in_rotation: backends.iter().filter(|b| b.in_rotation).count(),
+        backups_serve: backups_serve && backends.iter().any(|b| b.backup),
         backends,
     }
+}
+
+fn health_check_view(h: &HealthCheck) -> HealthCheckView {
+    let mut view = HealthCheckView {
+        check: Check::of(&h.probe).name().into(),
+        interval_ms: h.interval.as_millis() as u64,
+        timeout_ms: h.timeout.as_millis() as u64,
+        rise: h.rise,
+        fall: h.fall,
+        check_address: h.target.address.map(|a| a.to_string()),
+        check_port: h.target.port,
+        ..HealthCheckView::default()
+    };
+    match &h.probe {
+        Probe::Tcp => {}
+        Probe::Http { path, expect_status, expect_body, tls } => {
+            view.path = Some(path.clone());
+            view.expect_status = Some(*expect_status);
+            view.expect_body.clone_from(expect_body);
+            if let Some(tls) = tls {
+                view.sni.clone_from(&tls.sni);
+                view.ca_file = tls.ca_file.as_ref().map(|p| p.display().to_string());
+                view.verify = Some(tls.verify);
+            }
+        }
+        Probe::Udp { send, expect } => {
+            view.send_hex = Some(to_hex(send));
+            view.expect.clone_from(expect);
+        }
+        Probe::Script { command, dynamic_weight } => {
+            view.command = Some(command.clone());
+            view.dynamic_weight = Some(*dynamic_weight);
+        }
+    }
+    view
 }
 
 fn latest<T>(samples: &Samples, get: impl Fn(&Sample) -> Option<T>) -> Option<T> {

@@ -1,5 +1,6 @@
 //! Health checks: one prober task per checked backend, and a monitor that
-//! folds their results into each backend's rise/fall state.
+//! folds their results into each backend's rise/fall state (and, for a
+//! script check with `dynamic_weight`, the weight its last success gave).
 //!
 //! Probes of one backend run one after the other (never overlapping, since
 //! the timeout is below the interval); probes of different backends run
@@ -7,7 +8,10 @@
 //! so that a thousand backends do not get probed in the same millisecond.
 mod local;
 pub mod probe;
+pub mod script;
 pub mod state;
+pub mod tls;
+pub mod udp;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -21,8 +25,10 @@ use tracing::{info, warn};
 
 use self::{
     local::LocalFailures,
-    probe::{Probed, Prober},
+    probe::{HttpProbe, Probed, Prober, TlsProbe},
+    script::{ScriptProbe, Where},
     state::{CheckResult, Status, Tracker, Transition},
+    udp::UdpProbe,
 };
 use crate::{
     desired::model::{HealthCheck, Probe, Service},
@@ -36,6 +42,8 @@ struct Checked {
     /// `check_address` / `check_port` says otherwise.
     target: SocketAddr,
     tracker: Tracker,
+    /// The weight a script check's last success gave (`dynamic_weight`).
+    weight: Option<u32>,
     task: JoinHandle<()>,
 }
 
@@ -80,7 +88,9 @@ impl Monitor {
                 for b in &s.backends {
                     let own = SocketAddr::from((b.address, b.port));
                     let target = check.target_of(b);
-                    wanted.insert(backend_key(s, b.address, b.port), (own, target, check));
+                    let service = SocketAddr::new(s.vip, s.port);
+                    let at = Endpoints { own, target, service };
+                    wanted.insert(backend_key(s, b.address, b.port), (at, check));
                 }
             }
         }
@@ -91,26 +101,26 @@ impl Monitor {
             // The service's `target` is in the check, but what counts is each
             // backend's own resolved target: an override that still wins
             // leaves its prober (and its rise/fall count) as it is.
-            let keep = wanted.get(key).is_some_and(|(_, target, check)| {
-                check.probes_like(&checked.check) && *target == checked.target
+            let keep = wanted.get(key).is_some_and(|(at, check)| {
+                check.probes_like(&checked.check) && at.target == checked.target
             });
             if !keep && checked.tracker.status() == Status::Down {
                 was_down.insert(*key);
             }
             keep
         });
-        for (key, (own, target, check)) in wanted {
+        for (key, (at, check)) in wanted {
             if self.checked.contains_key(&key) {
                 continue;
             }
-            let endpoints = Endpoints { own, target };
-            let task =
-                tokio::spawn(probe_forever(key, endpoints, check.clone(), self.results_tx.clone()));
+            let target = at.target;
+            let task = tokio::spawn(probe_forever(key, at, check.clone(), self.results_tx.clone()));
             let mut tracker = Tracker::new(check.rise, check.fall);
             if was_down.contains(&key) {
                 tracker = tracker.starting_down();
             }
-            self.checked.insert(key, Checked { check: check.clone(), target, tracker, task });
+            let checked = Checked { check: check.clone(), target, tracker, weight: None, task };
+            self.checked.insert(key, checked);
         }
     }
 
@@ -125,7 +135,8 @@ impl Monitor {
         }
     }
 
-    /// Waits for the next change of status, logging it with its cause.
+    /// Waits for the next change of status, or of the weight a script
+    /// check gives (then `from` and `to` are the same), logging it with its cause.
     pub async fn next_transition(&mut self) -> (BackendKey, Transition) {
         loop {
             let Some((key, probed)) = self.results_rx.recv().await else {
@@ -146,9 +157,20 @@ impl Monitor {
             let Some(checked) = self.checked.get_mut(&key) else {
                 continue;
             };
-            if let Some(transition) = checked.tracker.record(result) {
+            // A failure leaves the weight: it counts again once UP.
+            let reweighted = result.ok && result.weight != checked.weight;
+            if reweighted {
+                checked.weight = result.weight;
+            }
+            if let Some(transition) = checked.tracker.record(result.clone()) {
                 log(&key, &transition);
                 return (key, transition);
+            }
+            if reweighted {
+                let status = checked.tracker.status();
+                let weight = checked.weight.map_or_else(|| "its own".to_owned(), |w| w.to_string());
+                info!(service = %endpoint_text(key.0), backend = %endpoint_text(key.1), %weight, reason = %result.detail, "backend weight set by its check");
+                return (key, Transition { from: status, to: status, cause: result });
             }
         }
     }
@@ -170,6 +192,16 @@ impl Monitor {
             .filter(|(_, c)| !c.tracker.status().is_usable())
             .map(|(k, _)| *k)
             .collect()
+    }
+
+    /// The weights script checks gave (`dynamic_weight`), by backend.
+    pub fn weights(&self) -> BTreeMap<BackendKey, u32> {
+        self.checked.iter().filter_map(|(k, c)| Some((*k, c.weight?))).collect()
+    }
+
+    /// The weight a checked backend's script gave, if any.
+    pub fn weight(&self, key: &BackendKey) -> Option<u32> {
+        self.checked.get(key).and_then(|c| c.weight)
     }
 
     /// A checked backend's status and last result.
@@ -208,12 +240,40 @@ pub fn start_offset(key: &BackendKey, interval: Duration) -> Duration {
     Duration::from_millis(h % millis)
 }
 
-/// A backend's own endpoint and the one its probes connect to.
+/// A backend's own endpoint, the one its probes connect to, and its service's.
 #[derive(Clone, Copy)]
 struct Endpoints {
     /// What an HTTP check's `Host` names, wherever the probe connects.
     own: SocketAddr,
     target: SocketAddr,
+    service: SocketAddr,
+}
+
+/// The prober of `probe` for a backend at `at`.
+fn prober(probe: &Probe, at: Endpoints) -> Prober {
+    match probe {
+        Probe::Tcp => Prober::Tcp,
+        Probe::Http { path, expect_status, expect_body, tls } => {
+            // With a name to send, the request names it too (a virtual
+            // host's server would answer another host's 421 or 404).
+            let host = tls.as_ref().and_then(|t| t.sni.clone()).unwrap_or(at.own.to_string());
+            let tls = match tls.as_ref().map(|t| (t, tls::connector(t))) {
+                None => None,
+                Some((_, Err(why))) => return Prober::Unusable(why),
+                Some((t, Ok(connector))) => Some(TlsProbe {
+                    connector,
+                    name: t.sni.as_deref().and_then(|n| tls::server_name(n).ok()),
+                }),
+            };
+            let http = HttpProbe::new(path, &host, *expect_status, expect_body.as_deref(), tls);
+            Prober::Http(http)
+        }
+        Probe::Udp { send, expect } => Prober::Udp(UdpProbe::new(send.clone(), expect.as_deref())),
+        Probe::Script { command, dynamic_weight } => {
+            let at = Where { backend: at.own, target: at.target, service: at.service };
+            Prober::Script(ScriptProbe::new(command, *dynamic_weight, at))
+        }
+    }
 }
 
 async fn probe_forever(
@@ -222,12 +282,7 @@ async fn probe_forever(
     check: HealthCheck,
     results: mpsc::Sender<(BackendKey, Probed)>,
 ) {
-    let prober = match &check.probe {
-        Probe::Tcp => Prober::Tcp,
-        Probe::Http { path, expect_status, expect_body } => {
-            Prober::http(path, at.own, *expect_status, expect_body.as_deref())
-        }
-    };
+    let prober = prober(&check.probe, at);
     tokio::time::sleep(start_offset(&key, check.interval)).await;
     let mut ticks = tokio::time::interval(check.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -267,6 +322,7 @@ mod tests {
             forwarding: Forwarding::Nat,
             reject: true,
             health: Some(check),
+            slow_start: Duration::ZERO,
             backends: backends
                 .iter()
                 .map(|&(addr, weight, state)| Backend {
@@ -275,6 +331,8 @@ mod tests {
                     weight,
                     state,
                     check: CheckTarget::default(),
+                    backup: false,
+                    slow_start: None,
                 })
                 .collect(),
         }
@@ -391,15 +449,17 @@ mod tests {
             // No prober: the test sends the results.
             let task = tokio::spawn(async {});
             let target = key.1.socket();
-            monitor
-                .checked
-                .insert(key, Checked { check: tcp_check(1000, 100), target, tracker, task });
+            monitor.checked.insert(
+                key,
+                Checked { check: tcp_check(1000, 100), target, tracker, weight: None, task },
+            );
         }
         let result = |ok| CheckResult {
             ok,
             detail: String::new(),
             at: std::time::SystemTime::now(),
             duration: Duration::ZERO,
+            weight: None,
         };
         let tx = monitor.results_tx.clone();
         tx.send((up, Ok(result(true)))).await.unwrap();
@@ -521,7 +581,12 @@ mod tests {
         // The config refuses a timeout at or above the interval; this check
         // has one, so that only the prober's own scheduling keeps probes apart.
         let check = HealthCheck {
-            probe: Probe::Http { path: "/".into(), expect_status: 200, expect_body: None },
+            probe: Probe::Http {
+                path: "/".into(),
+                expect_status: 200,
+                expect_body: None,
+                tls: None,
+            },
             interval: Duration::from_millis(50),
             timeout,
             rise: 1,
@@ -618,7 +683,12 @@ mod tests {
     async fn an_http_check_elsewhere_names_the_backend_as_host() {
         let health = TcpListener::bind("127.77.0.2:0").await.unwrap();
         let mut check = tcp_check(50, 40);
-        check.probe = Probe::Http { path: "/health".into(), expect_status: 200, expect_body: None };
+        check.probe = Probe::Http {
+            path: "/health".into(),
+            expect_status: 200,
+            expect_body: None,
+            tls: None,
+        };
         check.target.port = Some(health.local_addr().unwrap().port());
         let own: SocketAddr = (Ipv4Addr::new(127, 77, 0, 2), closed_port()).into();
         let mut monitor = Monitor::default();

@@ -1,7 +1,8 @@
-//! One probe of one backend: a TCP connect, or an HTTP GET whose status and
-//! body are checked. Everything a backend sends is bounded: the whole probe
-//! runs under the timeout (a slow trickle times out) and at most
-//! `MAX_RESPONSE` bytes are read (a huge or endless body is cut off).
+//! One probe of one backend: a TCP connect, an HTTP GET (over TCP or TLS)
+//! whose status and body are checked, a UDP datagram and its reply, or a
+//! program run (`udp`, `script`). Everything a backend sends is bounded:
+//! the whole probe runs under the timeout (a slow trickle times out) and at
+//! most `MAX_RESPONSE` bytes are read (a huge or endless body is cut off).
 //!
 //! A probe that fails for a reason of this host's (no file descriptor, no
 //! buffer, no local port) says nothing about the backend: it is a
@@ -15,21 +16,48 @@ use std::{
 };
 
 use regex_lite::Regex;
+use rustls::pki_types::ServerName;
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::TcpStream,
 };
+use tokio_rustls::TlsConnector;
 
-use super::state::CheckResult;
+use super::{script::ScriptProbe, state::CheckResult, udp::UdpProbe};
 
 /// Most bytes of an HTTP response that are read (and searched).
 pub const MAX_RESPONSE: usize = 64 * 1024;
 
-/// A probe, ready to run: the body pattern is compiled once.
-#[derive(Clone, Debug)]
+/// A probe, ready to run: patterns compiled, TLS set up, once per prober.
 pub enum Prober {
     Tcp,
-    Http { request: Vec<u8>, expect_status: u16, expect_body: Option<Regex> },
+    Http(HttpProbe),
+    Udp(UdpProbe),
+    Script(ScriptProbe),
+    /// A check this host cannot set up now (its `ca_file` became
+    /// unreadable since the config was loaded): every probe is a
+    /// `LocalFailure`, and the backends keep their states.
+    Unusable(String),
+}
+
+/// `GET`, its expectations, and TLS if `https`.
+pub struct HttpProbe {
+    request: Vec<u8>,
+    expect_status: u16,
+    expect_body: Option<Regex>,
+    tls: Option<TlsProbe>,
+}
+
+/// How an `https` probe starts TLS: its connector, and the name it sends
+/// and verifies (`None`: the probed address, verified without SNI).
+pub struct TlsProbe {
+    pub connector: TlsConnector,
+    pub name: Option<ServerName<'static>>,
+}
+
+/// A pattern the config validated; if one were invalid, nothing would match.
+pub fn compiled(pattern: Option<&str>) -> Option<Regex> {
+    pattern.map(|p| Regex::new(p).unwrap_or_else(|_| Regex::new("$^").expect("valid")))
 }
 
 /// Why this host could not probe (see the module's comment).
@@ -41,6 +69,11 @@ pub enum LocalCause {
     NoBuffers,
     /// EADDRNOTAVAIL: no local port is free for the connection.
     NoLocalPort,
+    /// Every script slot is taken (`script::MAX_SCRIPTS` at once).
+    ScriptSlots,
+    /// The check cannot be set up: its `ca_file` or its program is gone
+    /// or unreadable since the config was loaded.
+    CheckSetup,
 }
 
 impl LocalCause {
@@ -62,6 +95,8 @@ impl fmt::Display for LocalCause {
             Self::NoDescriptors => "no file descriptor left (raise the open-file limit)",
             Self::NoBuffers => "no socket buffer memory",
             Self::NoLocalPort => "no local port free",
+            Self::ScriptSlots => "every script slot is taken",
+            Self::CheckSetup => "the check cannot be set up",
         })
     }
 }
@@ -83,6 +118,18 @@ pub enum Failure {
     Connect(io::Error),
     Io(io::Error),
     NotHttp,
+    /// The TLS handshake failed: a certificate not trusted, for another
+    /// name, or no TLS at all.
+    Tls(io::Error),
+    /// A UDP check's datagram got an ICMP port unreachable.
+    PortUnreachable,
+    /// A UDP check's reply did not match `expect`.
+    ReplyMismatch(String),
+    /// A script check's program exited with this status (not 0, or not
+    /// a weight).
+    Exit(i32),
+    /// ... or was killed by this signal (not by us).
+    Signal(i32),
     Status {
         got: u16,
         want: u16,
@@ -99,6 +146,11 @@ impl fmt::Display for Failure {
             Self::Connect(e) => write!(f, "connect failed: {e}"),
             Self::Io(e) => write!(f, "read/write failed: {e}"),
             Self::NotHttp => f.write_str("the answer is not HTTP"),
+            Self::Tls(e) => write!(f, "TLS handshake failed: {e}"),
+            Self::PortUnreachable => f.write_str("port unreachable"),
+            Self::ReplyMismatch(pattern) => write!(f, "reply did not match /{pattern}/"),
+            Self::Exit(code) => write!(f, "exit status {code}"),
+            Self::Signal(signal) => write!(f, "killed by signal {signal}"),
             Self::Status { got, want } => write!(f, "status {got} (expected {want})"),
             Self::BodyMismatch(pattern) => write!(f, "body did not match /{pattern}/"),
         }
@@ -136,52 +188,56 @@ pub fn outcome(attempt: Result<String, Failure>, at: SystemTime, duration: Durat
         Err(Failure::Local(local)) => return Err(local),
         Err(failure) => (false, failure.to_string()),
     };
-    Ok(CheckResult { ok, detail, at, duration })
+    Ok(CheckResult { ok, detail, at, duration, weight: None })
 }
 
-impl Prober {
-    /// `expect_body` must be a valid pattern (the config validated it).
-    pub fn http(
+/// A failure of this host's for `why`.
+pub fn local(cause: LocalCause, why: impl Into<String>) -> LocalFailure {
+    LocalFailure { cause, error: io::Error::other(why.into()) }
+}
+
+impl HttpProbe {
+    /// `GET path` naming `host`; `expect_body` must be a valid pattern (the
+    /// config validated it).
+    pub fn new(
         path: &str,
-        host: SocketAddr,
+        host: &str,
         expect_status: u16,
         expect_body: Option<&str>,
+        tls: Option<TlsProbe>,
     ) -> Self {
         let request =
             format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: lb-ctl health check\r\nConnection: close\r\n\r\n")
                 .into_bytes();
-        // An invalid pattern cannot get here; if it did, nothing would match.
-        let expect_body =
-            expect_body.map(|p| Regex::new(p).unwrap_or_else(|_| Regex::new("$^").expect("valid")));
-        Self::Http { request, expect_status, expect_body }
-    }
-
-    /// Probes `addr` once, within `timeout`.
-    pub async fn run(&self, addr: SocketAddr, timeout: Duration) -> Probed {
-        let at = SystemTime::now();
-        let started = Instant::now();
-        let attempt = match tokio::time::timeout(timeout, self.attempt(addr)).await {
-            Ok(attempt) => attempt,
-            Err(_) => Err(Failure::Timeout(timeout)),
-        };
-        outcome(attempt, at, started.elapsed())
+        Self { request, expect_status, expect_body: compiled(expect_body), tls }
     }
 
     async fn attempt(&self, addr: SocketAddr) -> Result<String, Failure> {
-        let mut stream = TcpStream::connect(addr).await.map_err(Failure::connect)?;
-        // Close with a reset, as HAProxy's checks do: thousands of probes a
-        // second would otherwise leave as many sockets in TIME_WAIT.
-        let _ = stream.set_zero_linger();
-        let Self::Http { request, expect_status, expect_body } = self else {
-            return Ok("TCP connect".into());
+        let stream = connect(addr).await?;
+        let Some(tls) = &self.tls else {
+            return self.exchange(stream).await;
         };
-        stream.write_all(request).await.map_err(Failure::io)?;
+        let name = tls.name.clone().unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+        let stream =
+            tls.connector.connect(name, stream).await.map_err(|e| match LocalCause::of(&e) {
+                Some(cause) => Failure::Local(LocalFailure { cause, error: e }),
+                None => Failure::Tls(e),
+            })?;
+        self.exchange(stream).await
+    }
+
+    /// The request and its answer, over TCP or TLS alike.
+    async fn exchange(
+        &self,
+        mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    ) -> Result<String, Failure> {
+        stream.write_all(&self.request).await.map_err(Failure::io)?;
         let response = read_bounded(&mut stream).await.map_err(Failure::io)?;
         let (status, body) = parse_response(&response).ok_or(Failure::NotHttp)?;
-        if status != *expect_status {
-            return Err(Failure::Status { got: status, want: *expect_status });
+        if status != self.expect_status {
+            return Err(Failure::Status { got: status, want: self.expect_status });
         }
-        if let Some(pattern) = expect_body
+        if let Some(pattern) = &self.expect_body
             && !pattern.is_match(&String::from_utf8_lossy(body))
         {
             return Err(Failure::BodyMismatch(pattern.as_str().to_owned()));
@@ -190,12 +246,57 @@ impl Prober {
     }
 }
 
-/// Reads until the peer closes or `MAX_RESPONSE` bytes have arrived.
-async fn read_bounded(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
+/// A TCP connection to `addr`, closed with a reset when dropped, as
+/// HAProxy's checks do: thousands of probes a second would otherwise
+/// leave as many sockets in TIME_WAIT.
+async fn connect(addr: SocketAddr) -> Result<TcpStream, Failure> {
+    let stream = TcpStream::connect(addr).await.map_err(Failure::connect)?;
+    let _ = stream.set_zero_linger();
+    Ok(stream)
+}
+
+impl Prober {
+    /// An `http` prober without TLS, naming `host`.
+    pub fn http(
+        path: &str,
+        host: SocketAddr,
+        expect_status: u16,
+        expect_body: Option<&str>,
+    ) -> Self {
+        Self::Http(HttpProbe::new(path, &host.to_string(), expect_status, expect_body, None))
+    }
+
+    /// Probes `addr` once, within `timeout`.
+    pub async fn run(&self, addr: SocketAddr, timeout: Duration) -> Probed {
+        let at = SystemTime::now();
+        let started = Instant::now();
+        let attempt = match self {
+            // A script kills its own program at the timeout (and waits for it).
+            Self::Script(script) => return script.run(addr, timeout).await,
+            Self::Unusable(why) => return Err(local(LocalCause::CheckSetup, why.clone())),
+            Self::Tcp => tokio::time::timeout(timeout, connect(addr))
+                .await
+                .map(|c| c.map(|_| "TCP connect".to_owned())),
+            Self::Http(http) => tokio::time::timeout(timeout, http.attempt(addr)).await,
+            Self::Udp(udp) => tokio::time::timeout(timeout, udp.attempt(addr)).await,
+        };
+        let attempt = attempt.unwrap_or(Err(Failure::Timeout(timeout)));
+        outcome(attempt, at, started.elapsed())
+    }
+}
+
+/// Reads until the peer closes or `MAX_RESPONSE` bytes have arrived. A TLS
+/// peer that closes without `close_notify` ends the answer too (many
+/// servers do, after `Connection: close`; the length is not checked anyway).
+async fn read_bounded(stream: &mut (impl AsyncRead + Unpin)) -> io::Result<Vec<u8>> {
     let mut response = Vec::with_capacity(4096);
     let mut buf = [0_u8; 8192];
     while response.len() < MAX_RESPONSE {
-        let n = stream.read(&mut buf).await?;
+        let n = match stream.read(&mut buf).await {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
+            Err(e) => return Err(e),
+        };
         if n == 0 {
             break;
         }

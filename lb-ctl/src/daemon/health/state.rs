@@ -42,6 +42,9 @@ pub struct CheckResult {
     pub detail: String,
     pub at: SystemTime,
     pub duration: Duration,
+    /// A script check's `dynamic_weight`: the weight its exit status gave
+    /// (2 to 255); `None`: the backend's own weight.
+    pub weight: Option<u32>,
 }
 
 /// A change of status, with the result that caused it.
@@ -123,6 +126,7 @@ mod tests {
             detail: if ok { "HTTP 200".into() } else { "timeout".into() },
             at: SystemTime::UNIX_EPOCH,
             duration: Duration::from_millis(1),
+            weight: None,
         }
     }
 
