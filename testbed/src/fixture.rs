@@ -71,6 +71,8 @@ pub const WEB1_6: Ipv6Addr = Ipv6Addr::new(0xfd77, 2, 0, 0, 0, 0, 0, 0x11);
 pub const WEB2_6: Ipv6Addr = Ipv6Addr::new(0xfd77, 2, 0, 0, 0, 0, 0, 0x12);
 /// An IPv6 backend with no neighbour entry.
 pub const NO_NEIGH_BACKEND6: Ipv6Addr = Ipv6Addr::new(0xfd77, 2, 0, 0, 0, 0, 0, 0x50);
+/// The IPv6 VIP of a direct-routing service (to `WEB2_6`).
+pub const VIP6_DSR: Ipv6Addr = Ipv6Addr::new(0xfd77, 1, 0, 0, 0, 0, 0, 0x105);
 /// The IPv6 VIP of services with no usable backend (answered).
 pub const VIP6_REJECTING: Ipv6Addr = Ipv6Addr::new(0xfd77, 1, 0, 0, 0, 0, 0, 0x103);
 /// The IPv6 VIP whose service's backend has no neighbour entry.
@@ -241,6 +243,15 @@ protocol = "udp"
   address = "fd77:2::12"
   port = 5353
 
+[[service]]            # IPv6 direct routing: only the frame goes to the backend
+name = "dsr6"
+vip = "fd77:1::105"
+port = 80
+forwarding = "dsr"
+  [[service.backend]]
+  address = "fd77:2::12"
+  port = 80
+
 [[service]]            # IPv6, no usable backend: answered
 name = "rejecting6-tcp"
 vip = "fd77:1::103"
@@ -382,6 +393,7 @@ impl FixtureNs {
             (format!("{VIP6}/128"), IF_CLIENT),
             (format!("{VIP6_NO_NEIGH}/128"), IF_CLIENT),
             (format!("{VIP6_REJECTING}/128"), IF_CLIENT),
+            (format!("{VIP6_DSR}/128"), IF_CLIENT),
             (format!("{LB_BACKEND_SIDE6}/64"), IF_BACKEND),
         ] {
             ns_sh(n, &["ip", "-6", "addr", "add", &addr, "dev", dev, "nodad"]);
@@ -421,6 +433,11 @@ fn add_neighbours(n: &str) {
     ns_sh(
         n,
         &["ip", "route", "add", "10.77.64.0/18", "via", &CLIENT.to_string(), "dev", IF_CLIENT],
+    );
+    // The IPv6 benchmark's fresh clients, likewise behind the client.
+    ns_sh(
+        n,
+        &["ip", "-6", "route", "add", "fd77:3::/64", "via", &CLIENT6.to_string(), "dev", IF_CLIENT],
     );
     // A network with an unreachable route: the FIB answers "unreachable"
     // (a missing route would read as "not forwarded", like a local address).

@@ -136,6 +136,11 @@ pub fn forwarded6(
     dst_mac: Mac,
     src_mac: Mac,
 ) -> Vec<u8> {
+    rewritten6(p, src, dst).frame(dst_mac, src_mac)
+}
+
+/// `p` one hop later with new endpoints (address and port).
+pub fn rewritten6(p: &Ipv6, src: (Ipv6Addr, u16), dst: (Ipv6Addr, u16)) -> Ipv6 {
     let mut out = p.clone();
     out.hop_limit -= 1;
     out.src = src.0;
@@ -147,7 +152,32 @@ pub fn forwarded6(
         }
         L4::Raw { .. } => unreachable!("only TCP and UDP are rewritten"),
     }
-    out.frame(dst_mac, src_mac)
+    out
+}
+
+/// `packet` (without extension headers) cut into fragments of at most
+/// `chunk` bytes (a multiple of 8) after a fragment header each, as its
+/// sender cuts it (IPv6 routers never do): the packet's addresses and hop
+/// limit, identification `id`, More Fragments on all but the last.
+pub fn fragments6(packet: &Ipv6, chunk: usize, id: u32) -> Vec<Ipv6> {
+    assert!(chunk.is_multiple_of(8), "fragments hold multiples of 8 bytes");
+    assert!(packet.ext.is_empty(), "fragments of a packet without extension headers");
+    let bytes = packet.to_bytes();
+    let payload = &bytes[40..];
+    let count = payload.len().div_ceil(chunk);
+    payload
+        .chunks(chunk)
+        .enumerate()
+        .map(|(i, part)| {
+            let offset = (i * chunk / 8) as u16;
+            let raw = L4::Raw { proto: packet.l4.proto(), bytes: part.to_vec() };
+            Ipv6 {
+                ext: vec![Ext::Fragment { offset, more: i + 1 < count, id }],
+                l4: raw,
+                ..packet.clone()
+            }
+        })
+        .collect()
 }
 
 /// The reset the VIP sends in place of a client's TCP packet: `from` (the

@@ -36,7 +36,7 @@ use lb_testbed::{
     testrun::{self, XDP_PASS, XDP_REDIRECT},
 };
 
-const NAMES: [&str; 17] = [
+const NAMES: [&str; 21] = [
     "new flow, a fresh 5-tuple per sample",
     "new flow, one SYN, entry deleted between",
     "established flow (connection table hit)",
@@ -57,8 +57,14 @@ const NAMES: [&str; 17] = [
     "backend SYN-ACK, rr",
     "first ACK, rr",
     "new connection (SYN + first ACK), rr",
+    // IPv6 (`lb_xdp6`, tail called): the bar is the IPv4 row of
+    // the same run + 10 ns.
+    "IPv6 new flow, a fresh 5-tuple per sample",
+    "IPv6 established flow (connection table hit)",
+    "IPv6 backend reply (reverse NAT)",
+    "IPv6 non-VIP packet (passed)",
 ];
-const TARGETS: [Option<u32>; 17] = [
+const TARGETS: [Option<u32>; 21] = [
     Some(100),
     Some(100),
     Some(45),
@@ -76,10 +82,16 @@ const TARGETS: [Option<u32>; 17] = [
     None,
     None,
     None,
+    None,
+    None,
+    None,
+    None,
 ];
 /// The scenarios of the table: one packet each, then the handshakes (four
-/// rows each: `Handshake::figures`).
-const WIDTHS: [usize; 11] = [1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4];
+/// rows each: `Handshake::figures`), then IPv6's, one packet each.
+const WIDTHS: [usize; 15] = [1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4, 1, 1, 1, 1];
+/// The scenarios that are handshakes.
+const HANDSHAKE_SCENARIOS: std::ops::Range<usize> = 9..11;
 /// The services of the handshake scenarios: the fixture's Maglev service of
 /// three backends ("multi") and its rr service.
 const HANDSHAKES: [(Ipv4Addr, u16); 2] = [(VIP, 443), (VIP_SCHEDULERS, SCHEDULER_PORTS[0])];
@@ -186,8 +198,9 @@ fn measure_per_packet() -> Vec<Row> {
 
     let baseline = Baseline::new(established.clone(), client_if);
     let mut fresh = 0_usize;
+    let ipv6 = ipv6::Frames::set_up(&loaded.program, client_if, backend_if);
     let measured = measure_groups(&baseline, &WIDTHS, |i, out| {
-        if i >= 9 {
+        if HANDSHAKE_SCENARIOS.contains(&i) {
             fresh += 1;
             // Made here, not once outside: `loaded.forget` below borrows `loaded` mutably.
             let path = Path { program: &loaded.program, client_if, backend_if };
@@ -212,6 +225,13 @@ fn measure_per_packet() -> Vec<Row> {
             2 => (established.clone(), client_if),
             3 => (reply.clone(), backend_if),
             4 => (non_vip.clone(), client_if),
+            11 => {
+                fresh += 1;
+                (ipv6::fresh_syn(fresh), client_if)
+            }
+            12 => (ipv6.established.clone(), client_if),
+            13 => (ipv6.reply.clone(), backend_if),
+            14 => (ipv6.non_vip.clone(), client_if),
             other => {
                 fresh += 1;
                 let port = SCHEDULER_PORTS[other - 5];
@@ -222,7 +242,7 @@ fn measure_per_packet() -> Vec<Row> {
                 )
             }
         };
-        let expected = if i == 4 { XDP_PASS } else { XDP_REDIRECT };
+        let expected = if i == 4 || i == 14 { XDP_PASS } else { XDP_REDIRECT };
         let run = testrun::run(&loaded.program, &frame, ingress, 1);
         assert_eq!(run.action, expected, "{}", NAMES[i]);
         out[0] = run.duration_ns;
@@ -263,4 +283,75 @@ fn report(per_packet: Option<&[Row]>, parts: &[Part], load_before: &str) {
     json.push_str("\n}\n");
     println!();
     lb_bench::write_report("LB_BENCH_OUT", "target/bench/dataplane.json", &json);
+}
+
+/// The IPv6 rows' packets.
+mod ipv6 {
+    use std::net::Ipv6Addr;
+
+    use aya::programs::Xdp;
+    use lb_testbed::{
+        fixture::{
+            CLIENT_MAC, CLIENT6, IF_BACKEND_MAC, IF_CLIENT_MAC, LB_CLIENT_SIDE6, VIP6, WEB_MACS,
+            WEB1_6,
+        },
+        packet::{L4, TCP_ACK, TCP_SYN},
+        packet6::Ipv6,
+        testrun::{self, XDP_REDIRECT},
+    };
+
+    pub struct Frames {
+        pub established: Vec<u8>,
+        pub reply: Vec<u8>,
+        pub non_vip: Vec<u8>,
+    }
+
+    /// A TCP segment of `flags` with these sequence numbers.
+    fn segment(from: (Ipv6Addr, u16), to: (Ipv6Addr, u16), flags: u8, seq: u32, ack: u32) -> Ipv6 {
+        let mut p = Ipv6::tcp(from, to, flags, b"");
+        if let L4::Tcp { seq: s, ack: a, .. } = &mut p.l4 {
+            (*s, *a) = (seq, ack);
+        }
+        p
+    }
+
+    impl Frames {
+        /// The frames, with the established flow's handshake run first (it
+        /// enters the table as a real connection does).
+        pub fn set_up(program: &Xdp, client_if: u32, backend_if: u32) -> Self {
+            let (client, vip, web) = ((CLIENT6, 40_000), (VIP6, 80), (WEB1_6, 8080));
+            let handshake = [
+                (
+                    segment(client, vip, TCP_SYN, 1000, 0).frame(IF_CLIENT_MAC, CLIENT_MAC),
+                    client_if,
+                ),
+                (
+                    segment(web, client, TCP_SYN | TCP_ACK, 5000, 1001)
+                        .frame(IF_BACKEND_MAC, WEB_MACS[0]),
+                    backend_if,
+                ),
+                (
+                    segment(client, vip, TCP_ACK, 1001, 5001).frame(IF_CLIENT_MAC, CLIENT_MAC),
+                    client_if,
+                ),
+            ];
+            for (frame, ingress) in &handshake {
+                let out = testrun::run(program, frame, *ingress, 1);
+                assert_eq!(out.action, XDP_REDIRECT, "the IPv6 handshake");
+            }
+            Self {
+                established: handshake[2].0.clone(),
+                reply: segment(web, client, TCP_ACK, 5001, 1001).frame(IF_BACKEND_MAC, WEB_MACS[0]),
+                non_vip: segment(client, (LB_CLIENT_SIDE6, 22), TCP_SYN, 1000, 0)
+                    .frame(IF_CLIENT_MAC, CLIENT_MAC),
+            }
+        }
+    }
+
+    /// A SYN from the `n`th fresh IPv6 client (`fd77:3::/64`, routed back
+    /// through the client side as the reverse-path check wants).
+    pub fn fresh_syn(n: usize) -> Vec<u8> {
+        let host = Ipv6Addr::new(0xfd77, 3, 0, 0, 0, 0, (n >> 16) as u16, n as u16);
+        segment((host, 40_000), (VIP6, 80), TCP_SYN, 1000, 0).frame(IF_CLIENT_MAC, CLIENT_MAC)
+    }
 }
