@@ -2,7 +2,9 @@
 //! an IPVS or HAProxy user expects (`ipvsadm -Ln`, `-Lnc`, `--stats`).
 use std::{fmt::Write as _, net::SocketAddr};
 
-use crate::daemon::api::view::{BackendView, ConnsList, ServiceView, Stats, duration_text};
+use crate::daemon::api::view::{
+    BackendView, ConnsList, ServiceView, Stats, duration_text, endpoint_text,
+};
 
 /// What a backend command did, in the words of [`render_backend_change`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,10 +95,9 @@ pub(super) fn service_line(s: &ServiceView) -> String {
         let _ = write!(flags, " check={}", health.check);
     }
     format!(
-        "{:<4} {}:{} {}{flags} ({})",
+        "{:<4} {} {}{flags} ({})",
         s.protocol.to_uppercase(),
-        s.vip,
-        s.port,
+        endpoint_text(&s.vip, s.port),
         s.scheduler,
         s.name
     )
@@ -136,7 +137,7 @@ pub fn render_list(services: &[ServiceView]) -> String {
                 let _ = write!(health, " ({})", check.detail);
             }
             text.push_str(&row(
-                &format!("{}:{}", b.address, b.port),
+                &endpoint_text(&b.address, b.port),
                 forward_name(&s.forwarding),
                 &b.weight.to_string(),
                 &b.conns.active.to_string(),
@@ -198,14 +199,19 @@ pub fn render_stats(stats: &Stats) -> String {
     for s in &stats.services {
         let (t, r) = (s.traffic, s.rates);
         rows.push((
-            format!("{:<4} {}:{} ({})", s.protocol.to_uppercase(), s.vip, s.port, s.name),
+            format!(
+                "{:<4} {} ({})",
+                s.protocol.to_uppercase(),
+                endpoint_text(&s.vip, s.port),
+                s.name
+            ),
             [t.new_flows, t.in_packets, t.out_packets, t.in_bytes, t.out_bytes],
             [r.new_flows, r.in_packets, r.out_packets, r.in_bytes, r.out_bytes],
         ));
         for b in &s.backends {
             let (t, r) = (b.traffic, b.rates);
             rows.push((
-                format!("  -> {}:{}", b.address, b.port),
+                format!("  -> {}", endpoint_text(&b.address, b.port)),
                 [t.new_flows, t.in_packets, t.out_packets, t.in_bytes, t.out_bytes],
                 [r.new_flows, r.in_packets, r.out_packets, r.in_bytes, r.out_bytes],
             ));
@@ -383,6 +389,40 @@ UDP  10.77.1.53:53 sh drop (dns)
   -> 10.77.2.21:53                Masq    1      0          0         active UNCHECKED
 ";
         assert_eq!(text, expected, "\n{text}");
+    }
+
+    /// `web` moved to IPv6: fd77:1::100, backends fd77:2::11..13.
+    pub(crate) fn web6() -> ServiceView {
+        let mut s = web();
+        s.name = "web6".into();
+        s.vip = "fd77:1::100".into();
+        for (b, last) in s.backends.iter_mut().zip(11..) {
+            b.address = format!("fd77:2::{last}");
+        }
+        s
+    }
+
+    #[test]
+    fn ipv6_endpoints_are_bracketed_like_ipvsadm() {
+        let text = render_list(&[web6()]);
+        let expected = "\
+Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn State  Health
+TCP  [fd77:1::100]:80 maglev reject check=http (web6)
+  -> [fd77:2::11]:80              Masq    1      3          0         active UP
+  -> [fd77:2::12]:80              Masq    10     12345      0         drain  UP
+  -> [fd77:2::13]:80              Masq    1      0          0         maint  DOWN
+";
+        assert_eq!(text, expected, "\n{text}");
+        let stats = render_stats(&Stats { services: vec![web6()], ..Stats::default() });
+        assert!(stats.contains("\nTCP  [fd77:1::100]:80 (web6) "), "{stats}");
+        assert!(stats.contains("\n  -> [fd77:2::12]:80 "), "{stats}");
+        let at: SocketAddr = "[fd77:2::12]:80".parse().unwrap();
+        assert_eq!(
+            render_backend_change(&web6(), at, BackendChange::Weight(3)),
+            "web6: [fd77:2::12]:80 weight set to 3 (weight 10, drain, health UP, out of \
+             rotation); 3 backends, 1 in rotation\n"
+        );
     }
 
     #[test]
