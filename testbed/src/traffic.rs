@@ -84,6 +84,15 @@ impl Traffic {
     /// returns the requests' report for further checks.
     pub fn finish_unbroken(self, min_lines: usize) -> RequestReport {
         let (requests, echoes) = self.finish();
+        Self::check_unbroken(requests, &echoes, min_lines)
+    }
+
+    /// What `finish_unbroken` checks, of what `finish` returned.
+    pub fn check_unbroken(
+        requests: RequestReport,
+        echoes: &[EchoReport],
+        min_lines: usize,
+    ) -> RequestReport {
         eprintln!(
             "new connections: {} made, {} failed {:?}, longest gap between successes {:?}",
             requests.done,
@@ -91,7 +100,7 @@ impl Traffic {
             requests.failed,
             requests.longest_gap
         );
-        assert_connections_whole(&echoes, min_lines);
+        assert_connections_whole(echoes, min_lines);
         assert!(requests.failed.is_empty(), "failed requests: {:?}", requests.failed);
         requests
     }
