@@ -788,6 +788,78 @@ async fn services_are_added_replaced_and_removed() {
     lb.refused(Method::GET, "/api/v1/services/dns", None, StatusCode::NOT_FOUND).await;
 }
 
+#[tokio::test]
+async fn an_ipv6_service_is_served_like_any() {
+    let dir = TempDir::new("ipv6");
+    let lb = Lb::start(&dir.0, None).await;
+    let web6 = r#"{"name": "web6", "vip": "fd77:1::100", "port": 80,
+        "backends": [{"address": "fd77:2::11", "port": 80}, {"address": "fd77:2::12", "port": 80}]}"#;
+    let (status, created) = lb.call(Method::POST, "/api/v1/services", Some(web6), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    // Address fields are the address alone, as `IpAddr` prints it.
+    assert_eq!(created["vip"], "fd77:1::100");
+    assert!(backend(&created, "fd77:2::11:80").is_some(), "{created}");
+    let image = lb.image();
+    assert_eq!((image.v6.services.len(), image.v6.backends.len()), (1, 2), "{image:?}");
+
+    // A backend path is `[address]:port`, also percent-encoded; the bare
+    // form is not an address:port.
+    let (status, web) = lb
+        .call(
+            Method::PATCH,
+            "/api/v1/services/web6/backends/[fd77:2::11]:80",
+            Some(r#"{"weight": 4}"#),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{web}");
+    let encoded = "/api/v1/services/web6/backends/%5Bfd77:2::12%5D:80";
+    let (status, web) = lb.call(Method::PATCH, encoded, Some(r#"{"state": "drain"}"#), None).await;
+    assert_eq!(status, StatusCode::OK, "{web}");
+    let weights: Vec<(u32, &str)> = web["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["weight"].as_u64().unwrap() as u32, b["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(weights, [(4, "active"), (1, "drain")], "{web}");
+    let body = lb
+        .refused(
+            Method::PATCH,
+            "/api/v1/services/web6/backends/fd77:2::11:80",
+            Some(r#"{"weight": 5}"#),
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+    assert!(body["error"].as_str().unwrap().contains("[fd77:2::11]:80"), "{body}");
+    // One family per service: an IPv4 backend of an IPv6 service is refused.
+    let body = lb
+        .refused(
+            Method::POST,
+            "/api/v1/services/web6/backends",
+            Some(r#"{"address": "10.77.2.19", "port": 80}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+    assert!(body.to_string().contains("10.77.2.19"), "{body}");
+
+    // The connection listing filters by an IPv6 service (the fake maps hold none).
+    let (status, conns) = lb.get("/api/v1/conns?service=web6").await;
+    assert_eq!(status, StatusCode::OK, "{conns}");
+    assert_eq!(conns["total"], 0);
+
+    // The metrics and the page bracket IPv6 endpoints.
+    let metrics = lb.send(Method::GET, "/metrics", Body::empty(), None).await;
+    assert!(metrics.text.contains(r#"vip="[fd77:1::100]:80""#), "{}", metrics.text);
+    assert!(metrics.text.contains(r#"backend="[fd77:2::11]:80""#), "{}", metrics.text);
+    let page = lb.send(Method::GET, "/", Body::empty(), None).await;
+    assert!(page.text.contains("[fd77:1::100]:80/tcp"), "{}", page.text);
+
+    let reply = lb.send(Method::DELETE, "/api/v1/services/web6", Body::empty(), None).await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text);
+    assert_eq!(lb.image().v6, Image::default().v6, "nothing of it stays");
+}
+
 // ---- Backends ----
 
 #[tokio::test]

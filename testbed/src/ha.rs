@@ -27,7 +27,7 @@ use crate::{
     bird::{self, Bird},
     harness::{Controller, Setup},
     netns::{in_ns, ns_sh, sh},
-    topology::{BACKENDS, Topology, VIP, addr, bridge_port, endpoint_offloads, veth},
+    topology::{BACKENDS, Topology, VIP, VIP6, addr, bridge_port, endpoint_offloads, veth},
 };
 
 pub const CLIENT_ADDR: &str = "10.77.0.10";
@@ -64,6 +64,7 @@ const BGP_SETUP: Setup = Setup {
     dataplane: "",
     conntrack_max: None,
     resolv_conf: None,
+    ipv6: false,
 };
 
 pub struct Ha {
@@ -276,17 +277,23 @@ impl Ha {
         std::fs::read_to_string(self.keepalived_dir(i).join("keepalived.log")).unwrap_or_default()
     }
 
-    /// Whether node `i` holds the VIP (keepalived put it on lb-c).
+    /// Whether node `i` holds the VIP (keepalived put it on lb-c): the
+    /// IPv4 one and, as the example config moves it along, the IPv6 one.
     pub fn holds_vip(&self, i: usize) -> bool {
-        ns_sh(&self.node(i), &["ip", "-4", "addr", "show", "dev", "lb-c"])
-            .contains(&format!("{VIP}/32"))
+        self.vips_held(i) == [true, true]
     }
 
-    /// Waits until node `i` holds the VIP and the other does not; how long it took.
+    /// Which of the IPv4 and the IPv6 VIP node `i` holds on lb-c.
+    fn vips_held(&self, i: usize) -> [bool; 2] {
+        let held = ns_sh(&self.node(i), &["ip", "addr", "show", "dev", "lb-c"]);
+        [held.contains(&format!("{VIP}/32")), held.contains(&format!("{VIP6}/128"))]
+    }
+
+    /// Waits until node `i` holds both VIPs and the other neither; how long it took.
     pub fn wait_vip_on(&self, i: usize, limit: Duration) -> Duration {
         let start = Instant::now();
         while start.elapsed() < limit {
-            if self.holds_vip(i) && !self.holds_vip(1 - i) {
+            if self.holds_vip(i) && self.vips_held(1 - i) == [false, false] {
                 return start.elapsed();
             }
             std::thread::sleep(Duration::from_millis(10));

@@ -4,7 +4,7 @@
 use std::{
     fmt::Write as _,
     io::{BufRead, BufReader, Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     time::{Duration, Instant},
@@ -12,7 +12,7 @@ use std::{
 
 use crate::{
     netns::output,
-    topology::{BACKENDS, Topology, VIP},
+    topology::{BACKENDS, BACKENDS6, Topology, VIP, VIP6},
 };
 
 /// The controller binary: `$LB_CTL` (set by `cargo xtask test`), or the one
@@ -70,6 +70,10 @@ pub struct Setup {
     /// The controller's `/etc/resolv.conf`, when it needs its own (it then
     /// runs in a mount namespace of its own, with this file bound there).
     pub resolv_conf: Option<&'static str>,
+    /// A dual-stack topology (`Topology::create_dual_stack`), and the three
+    /// services again on the IPv6 VIP (`web6`, `echo6`, `udp6`: a service
+    /// is of one family), over the backends' IPv6 addresses.
+    pub ipv6: bool,
 }
 
 /// Config for the end-to-end tests: HTTP on 80, a line echo on 9000 (for
@@ -81,32 +85,40 @@ pub fn config(pin_dir: &str, weights: [Option<u32>; 3], setup: Setup) -> String 
         setup.conntrack_max.unwrap_or(65_536)
     );
     text.push_str(setup.dataplane);
-    for (name, port, protocol) in [("web", 80, "tcp"), ("echo", 9000, "tcp"), ("udp", 5353, "udp")]
-    {
-        let _ = write!(
-            text,
-            "\n[[service]]\nname = \"{name}\"\nvip = \"{VIP}\"\nport = {port}\nprotocol = \"{protocol}\"\n"
-        );
-        match name {
-            "web" => text.push_str(setup.web),
-            "echo" => text.push_str(setup.echo),
-            _ => {}
-        }
-        let health = match (setup.checks, name) {
-            (Some(c), "web") => Some(c.web),
-            (Some(c), "echo") => Some(c.echo),
-            (Some(c), "udp") if !c.udp.is_empty() => Some(c.udp),
-            _ => None,
-        };
-        if let Some(health) = health {
-            let _ = write!(text, "  [service.health]\n{health}");
-        }
-        for ((_, address), weight) in BACKENDS.iter().zip(weights) {
-            if let Some(weight) = weight {
-                let _ = write!(
-                    text,
-                    "  [[service.backend]]\n  address = \"{address}\"\n  port = {port}\n  weight = {weight}\n"
-                );
+    let families = if setup.ipv6 {
+        &[(VIP, "", BACKENDS), (VIP6, "6", BACKENDS6)][..]
+    } else {
+        &[(VIP, "", BACKENDS)][..]
+    };
+    for (vip, suffix, backends) in families {
+        for (name, port, protocol) in
+            [("web", 80, "tcp"), ("echo", 9000, "tcp"), ("udp", 5353, "udp")]
+        {
+            let _ = write!(
+                text,
+                "\n[[service]]\nname = \"{name}{suffix}\"\nvip = \"{vip}\"\nport = {port}\nprotocol = \"{protocol}\"\n"
+            );
+            match name {
+                "web" => text.push_str(setup.web),
+                "echo" => text.push_str(setup.echo),
+                _ => {}
+            }
+            let health = match (setup.checks, name) {
+                (Some(c), "web") => Some(c.web),
+                (Some(c), "echo") => Some(c.echo),
+                (Some(c), "udp") if !c.udp.is_empty() => Some(c.udp),
+                _ => None,
+            };
+            if let Some(health) = health {
+                let _ = write!(text, "  [service.health]\n{health}");
+            }
+            for ((_, address), weight) in backends.iter().zip(weights) {
+                if let Some(weight) = weight {
+                    let _ = write!(
+                        text,
+                        "  [[service.backend]]\n  address = \"{address}\"\n  port = {port}\n  weight = {weight}\n"
+                    );
+                }
             }
         }
     }
@@ -161,7 +173,8 @@ impl Lab {
         weights: [Option<u32>; 3],
         prepare: impl FnOnce(&Topology),
     ) -> Self {
-        let mut topo = Topology::create(prefix);
+        let mut topo =
+            if setup.ipv6 { Topology::create_dual_stack(prefix) } else { Topology::create(prefix) };
         prepare(&topo);
         topo.start_backends(&built_bin("lb-lab").to_string_lossy());
         let controller = Controller::start(&topo.lb(), &format!("{prefix}-e2e"), setup, weights);
@@ -171,6 +184,11 @@ impl Lab {
     /// `who_answers` from the client namespace.
     pub fn who_answers(&self, requests: usize) -> Vec<String> {
         crate::netns::in_ns(&self.topo.client(), move || who_answers(requests))
+    }
+
+    /// `who_answers_at` the IPv6 VIP, from the client namespace.
+    pub fn who_answers6(&self, requests: usize) -> Vec<String> {
+        crate::netns::in_ns(&self.topo.client(), move || who_answers_at(VIP6, requests))
     }
 }
 
@@ -459,11 +477,9 @@ impl Drop for Controller {
 
 const IO_TIMEOUT: Duration = Duration::from_secs(3);
 
-fn connect(port: u16) -> std::io::Result<TcpStream> {
-    let stream = TcpStream::connect_timeout(
-        &SocketAddr::from((VIP.parse::<Ipv4Addr>().expect("VIP"), port)),
-        IO_TIMEOUT,
-    )?;
+fn connect(vip: &str, port: u16) -> std::io::Result<TcpStream> {
+    let vip: IpAddr = vip.parse().map_err(std::io::Error::other)?;
+    let stream = TcpStream::connect_timeout(&SocketAddr::new(vip, port), IO_TIMEOUT)?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     Ok(stream)
@@ -477,7 +493,12 @@ pub fn http_get() -> std::io::Result<String> {
 
 /// `GET /` on the VIP's `port`; the body.
 pub fn http_get_port(port: u16) -> std::io::Result<String> {
-    let mut stream = connect(port)?;
+    http_get_at(VIP, port)
+}
+
+/// `GET /` on `vip` (either family) and `port`; the body.
+pub fn http_get_at(vip: &str, port: u16) -> std::io::Result<String> {
+    let mut stream = connect(vip, port)?;
     stream.write_all(b"GET / HTTP/1.1\r\nHost: vip\r\nConnection: close\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
@@ -497,7 +518,12 @@ impl EchoConn {
 
     /// A connection to a line echo service on the VIP's `port`.
     pub fn open_port(port: u16) -> std::io::Result<Self> {
-        let writer = connect(port)?;
+        Self::open_at(VIP, port)
+    }
+
+    /// A connection to a line echo service on `vip` (either family) and `port`.
+    pub fn open_at(vip: &str, port: u16) -> std::io::Result<Self> {
+        let writer = connect(vip, port)?;
         let reader = BufReader::new(writer.try_clone()?);
         Ok(Self { writer, reader })
     }
@@ -519,9 +545,17 @@ impl EchoConn {
 
 /// One UDP query to the VIP's echo; returns the backend's name.
 pub fn udp_query(payload: &str) -> std::io::Result<String> {
-    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    udp_query_at(VIP, payload)
+}
+
+/// One UDP query to the echo on `vip` (either family); the backend's name.
+pub fn udp_query_at(vip: &str, payload: &str) -> std::io::Result<String> {
+    let vip: IpAddr = vip.parse().map_err(std::io::Error::other)?;
+    let any: IpAddr =
+        if vip.is_ipv6() { Ipv6Addr::UNSPECIFIED.into() } else { Ipv4Addr::UNSPECIFIED.into() };
+    let socket = UdpSocket::bind((any, 0))?;
     socket.set_read_timeout(Some(IO_TIMEOUT))?;
-    socket.send_to(payload.as_bytes(), (VIP, 5353))?;
+    socket.send_to(payload.as_bytes(), (vip, 5353))?;
     let mut buf = [0_u8; 1500];
     let n = socket.recv(&mut buf)?;
     let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
@@ -591,9 +625,14 @@ pub fn answering_backend(body: &str) -> Option<String> {
 /// answer must name one of them. Call from a thread inside the client
 /// namespace.
 pub fn who_answers(requests: usize) -> Vec<String> {
+    who_answers_at(VIP, requests)
+}
+
+/// As `who_answers`, to `vip` (either family).
+pub fn who_answers_at(vip: &str, requests: usize) -> Vec<String> {
     (0..requests)
         .map(|i| {
-            let body = http_get().unwrap_or_else(|e| panic!("request {i} failed: {e}"));
+            let body = http_get_at(vip, 80).unwrap_or_else(|e| panic!("request {i} failed: {e}"));
             answering_backend(&body)
                 .unwrap_or_else(|| panic!("request {i} was not answered by a backend: {body:?}"))
         })

@@ -37,27 +37,49 @@ pub fn greeting(name: &str) -> String {
     format!("Bienvenue sur {}\n", name.to_uppercase())
 }
 
-/// Serves all three protocols on `addr` until the process ends.
+/// Serves all three protocols on each of `addrs` (`10.77.2.11` or
+/// `10.77.2.11,fd77:2::11`) until the process ends; with an IPv6 address,
+/// the direct-routing HTTP listens on both families (`[::]`).
 /// `health_control`: a file whose content sets how `GET /health` is answered
 /// (see `HealthMode`), so tests can make a backend fail its health checks
 /// while it keeps serving everything else.
-pub fn serve(name: &str, addr: &str, health_control: Option<PathBuf>) -> std::io::Result<()> {
-    let http = TcpListener::bind((addr, HTTP_PORT))?;
-    let echo = TcpListener::bind((addr, ECHO_PORT))?;
-    for port in MORE_ECHO_PORTS {
-        let listener = TcpListener::bind((addr, port))?;
+pub fn serve(name: &str, addrs: &str, health_control: Option<PathBuf>) -> std::io::Result<()> {
+    let addrs: Vec<std::net::IpAddr> = addrs
+        .split(',')
+        .map(|a| a.parse().map_err(|e| std::io::Error::other(format!("{a:?}: {e}"))))
+        .collect::<Result<_, _>>()?;
+    let body = greeting(name);
+    let health = Arc::new(Health { control: health_control, flap: AtomicBool::new(false) });
+    let http = |listener: TcpListener| {
+        let (body, health) = (body.clone(), Arc::clone(&health));
+        thread::spawn(move || accept(&listener, move |s| answer_http(s, &body, &health)));
+    };
+    let echo = |listener: TcpListener| {
         let prefix = name.to_owned();
         thread::spawn(move || accept(&listener, move |s| echo_lines(s, &prefix)));
+    };
+    let mut udp = Vec::new();
+    for &addr in &addrs {
+        http(TcpListener::bind((addr, HTTP_PORT))?);
+        for port in [ECHO_PORT].into_iter().chain(MORE_ECHO_PORTS) {
+            echo(TcpListener::bind((addr, port))?);
+        }
+        udp.push(UdpSocket::bind((addr, UDP_PORT))?);
     }
-    let udp = UdpSocket::bind((addr, UDP_PORT))?;
-    let dsr_http = TcpListener::bind(("0.0.0.0", DSR_HTTP_PORT))?;
-    let body = greeting(name);
-    let prefix = name.to_owned();
-    let health = Arc::new(Health { control: health_control, flap: AtomicBool::new(false) });
-    let (dsr_body, dsr_health) = (body.clone(), Arc::clone(&health));
-    thread::spawn(move || accept(&dsr_http, move |s| answer_http(s, &dsr_body, &dsr_health)));
-    thread::spawn(move || accept(&http, move |s| answer_http(s, &body, &health)));
-    thread::spawn(move || accept(&echo, move |s| echo_lines(s, &prefix)));
+    // `[::]` takes IPv4 connections too (as mapped addresses).
+    let any = if addrs.iter().any(std::net::IpAddr::is_ipv6) { "::" } else { "0.0.0.0" };
+    http(TcpListener::bind((any, DSR_HTTP_PORT))?);
+    let last = udp.pop().expect("at least one address");
+    for socket in udp {
+        let name = name.to_owned();
+        thread::spawn(move || echo_datagrams(&socket, &name));
+    }
+    echo_datagrams(&last, name)
+}
+
+/// Answers each datagram on `udp` with `name` and the datagram, until an
+/// error.
+fn echo_datagrams(udp: &UdpSocket, name: &str) -> std::io::Result<()> {
     // Room for any datagram (65,507 bytes of payload), so a large one is
     // echoed whole.
     let mut buf = vec![0_u8; 65_536];

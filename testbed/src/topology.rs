@@ -14,6 +14,13 @@
 //! never cross the load balancer.
 //! Every namespace name starts with a prefix, so the lab (`lb`) and the tests
 //! (`lbt`) never collide. Dropping a `Topology` removes it unless `keep` is set.
+//!
+//! `create_dual_stack` gives every link an IPv6 address too, alike:
+//! fd77:1::/64 on the client's side (the client fd77:1::10, the load
+//! balancer fd77:1::1 and the VIP fd77:1::100), fd77:2::/64 on the
+//! backends' (the load balancer fd77:2::1, web1..3 fd77:2::11..13, the
+//! client's bypass fd77:2::100), each added `nodad`: duplicate address
+//! detection would keep an address tentative, unusable, for a second.
 use crate::netns::{in_ns, ns_sh, ns_try, sh};
 
 pub const VIP: &str = "10.77.1.100";
@@ -38,18 +45,31 @@ pub const ROUTED_CLIENT_ADDR: &str = "10.77.3.10";
 pub const ROUTER_CLIENT_SIDE: &str = "10.77.3.1";
 pub const ROUTER_LB_SIDE: &str = "10.77.1.2";
 
+/// The IPv6 addresses of `create_dual_stack`, as the IPv4 ones above.
+pub const VIP6: &str = "fd77:1::100";
+pub const CLIENT_ADDR6: &str = "fd77:1::10";
+pub const FRESH_CLIENT_ADDRS6: [&str; 4] = ["fd77:1::20", "fd77:1::21", "fd77:1::22", "fd77:1::23"];
+pub const LB_CLIENT_SIDE6: &str = "fd77:1::1";
+pub const LB_BACKEND_SIDE6: &str = "fd77:2::1";
+pub const CLIENT_BYPASS6: &str = "fd77:2::100";
+pub const BACKENDS6: [(&str, &str); 3] =
+    [("web1", "fd77:2::11"), ("web2", "fd77:2::12"), ("web3", "fd77:2::13")];
+
 pub struct Topology {
     pub prefix: String,
     /// Leave everything in place when dropped (the lab's `--keep`).
     pub keep: bool,
     /// The backend server processes started by `start_backends`, reaped on destroy.
     servers: Vec<std::process::Child>,
+    /// Whether the links have IPv6 addresses too (`create_dual_stack`):
+    /// the backends' servers then listen on both.
+    pub ipv6: bool,
 }
 
 impl Topology {
     /// A handle on the topology of `prefix`, without creating anything.
     pub fn named(prefix: &str) -> Self {
-        Self { prefix: prefix.to_owned(), keep: false, servers: Vec::new() }
+        Self { prefix: prefix.to_owned(), keep: false, servers: Vec::new(), ipv6: false }
     }
 
     pub fn client(&self) -> String {
@@ -176,6 +196,75 @@ impl Topology {
         topo
     }
 
+    /// As `create`, every link with its IPv6 address too (see the top of
+    /// this file); returns once no address is tentative any more.
+    pub fn create_dual_stack(prefix: &str) -> Self {
+        let mut topo = Self::create(prefix);
+        topo.add_ipv6();
+        topo
+    }
+
+    fn add_ipv6(&mut self) {
+        let (client, lb) = (self.client(), self.lb());
+        addr6(&client, "c0", &format!("{CLIENT_ADDR6}/64"));
+        // Deprecated (preferred lifetime 0): usable when bound, never the
+        // source the kernel picks (RFC 6724 rule 3), as IPv4's secondaries.
+        for a in FRESH_CLIENT_ADDRS6 {
+            let cidr = format!("{a}/64");
+            ns_sh(
+                &client,
+                &["ip", "-6", "addr", "add", &cidr, "dev", "c0", "nodad", "preferred_lft", "0"],
+            );
+        }
+        ns_sh(&client, &["ip", "-6", "route", "add", "default", "via", LB_CLIENT_SIDE6]);
+        addr6(&client, CLIENT_BYPASS_IFACE, &format!("{CLIENT_BYPASS6}/128"));
+        addr6(&lb, "lb-c", &format!("{LB_CLIENT_SIDE6}/64"));
+        addr6(&lb, "lb-c", &format!("{VIP6}/128"));
+        addr6(&lb, "lb-b", &format!("{LB_BACKEND_SIDE6}/64"));
+        ns_sh(&lb, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+        for (name, address) in BACKENDS6 {
+            let web = self.web(name);
+            addr6(&web, "eth0", &format!("{address}/64"));
+            ns_sh(&web, &["ip", "-6", "route", "add", "default", "via", LB_BACKEND_SIDE6]);
+            // Direct routing: the VIP on lo (IPv6 answers neighbour
+            // solicitations only for the receiving interface's addresses:
+            // no arp_ignore needed), answers from it to the client's bypass.
+            addr6(&web, "lo", &format!("{VIP6}/128"));
+            ns_sh(
+                &web,
+                &["ip", "-6", "rule", "add", "from", &format!("{VIP6}/128"), "lookup", "100"],
+            );
+            ns_sh(
+                &web,
+                &[
+                    "ip",
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    CLIENT_BYPASS6,
+                    "dev",
+                    "eth0",
+                    "table",
+                    "100",
+                ],
+            );
+        }
+        self.ipv6 = true;
+        // The links' own link-local addresses still go through detection.
+        for ns in self.namespaces() {
+            let settled = (0..60).any(|_| {
+                let tentative = ns_sh(&ns, &["ip", "-6", "addr", "show", "tentative"]);
+                if !tentative.trim().is_empty() {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                tentative.trim().is_empty()
+            });
+            assert!(settled, "{ns}: IPv6 addresses still tentative after 3 s");
+        }
+    }
+
     /// Puts a router between the client and the load balancer, before
     /// the controller starts:
     ///
@@ -249,12 +338,14 @@ impl Topology {
     /// Starts the backend servers (HTTP, line echo, UDP echo) as processes of
     /// `lb_lab` (the `lb-lab` binary) inside each backend's namespace.
     pub fn start_backends(&mut self, lb_lab: &str) {
-        for (name, address) in BACKENDS {
+        for ((name, address), (_, address6)) in BACKENDS.iter().zip(BACKENDS6) {
             let ns = self.web(name);
             // A crashed earlier run's answers are not this run's.
             let _ = std::fs::remove_file(crate::server::answers_path(&self.health_control(name)));
+            let addresses =
+                if self.ipv6 { format!("{address},{address6}") } else { (*address).to_owned() };
             let server = std::process::Command::new("ip")
-                .args(["netns", "exec", &ns, lb_lab, "serve", name, address])
+                .args(["netns", "exec", &ns, lb_lab, "serve", name, &addresses])
                 .arg(self.health_control(name))
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
@@ -265,7 +356,8 @@ impl Topology {
                 .unwrap_or_else(|e| panic!("starting the {name} server: {e}"));
             self.servers.push(server);
         }
-        for (name, address) in BACKENDS {
+        let ipv6 = self.ipv6.then_some(BACKENDS6).into_iter().flatten();
+        for (name, address) in BACKENDS.into_iter().chain(ipv6) {
             let ns = self.web(name);
             let ready = (0..100).any(|_| {
                 let up = ns_try(&ns, &["bash", "-c", &format!("exec 3<>/dev/tcp/{address}/80")]);
@@ -334,6 +426,11 @@ fn direct_routing_backend(web: &str) {
 
 pub(crate) fn addr(ns: &str, dev: &str, cidr: &str) {
     ns_sh(ns, &["ip", "addr", "add", cidr, "dev", dev]);
+}
+
+/// An IPv6 address, usable at once (`nodad`).
+pub(crate) fn addr6(ns: &str, dev: &str, cidr: &str) {
+    ns_sh(ns, &["ip", "-6", "addr", "add", cidr, "dev", dev, "nodad"]);
 }
 
 /// Hosts that send through the XDP load balancer must put complete checksums

@@ -13,8 +13,9 @@ use std::{
 };
 
 use crate::{
-    harness::{EchoConn, answering_backend, http_get},
+    harness::{EchoConn, answering_backend, http_get_at},
     netns::in_ns,
+    topology::VIP,
 };
 
 /// No run lasts longer than this, whatever the test does.
@@ -58,15 +59,20 @@ impl Traffic {
     /// Opens `connections` long-lived connections and starts the request
     /// stream, from namespace `client`.
     pub fn start(client: &str, connections: usize) -> Self {
+        Self::start_at(client, connections, VIP)
+    }
+
+    /// As `start`, to the services on `vip` (either family).
+    pub fn start_at(client: &str, connections: usize, vip: &'static str) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let echoes = (0..connections)
             .map(|_| {
                 let (client, stop) = (client.to_owned(), Arc::clone(&stop));
-                std::thread::spawn(move || in_ns(&client, move || echo_loop(&stop)))
+                std::thread::spawn(move || in_ns(&client, move || echo_loop(vip, &stop)))
             })
             .collect();
         let (ns, flag) = (client.to_owned(), Arc::clone(&stop));
-        let requests = std::thread::spawn(move || in_ns(&ns, move || request_loop(&flag)));
+        let requests = std::thread::spawn(move || in_ns(&ns, move || request_loop(vip, &flag)));
         // Let every connection open and exchange a few lines first.
         std::thread::sleep(Duration::from_millis(300));
         Self { stop, echoes, requests }
@@ -78,6 +84,15 @@ impl Traffic {
     /// returns the requests' report for further checks.
     pub fn finish_unbroken(self, min_lines: usize) -> RequestReport {
         let (requests, echoes) = self.finish();
+        Self::check_unbroken(requests, &echoes, min_lines)
+    }
+
+    /// What `finish_unbroken` checks, of what `finish` returned.
+    pub fn check_unbroken(
+        requests: RequestReport,
+        echoes: &[EchoReport],
+        min_lines: usize,
+    ) -> RequestReport {
         eprintln!(
             "new connections: {} made, {} failed {:?}, longest gap between successes {:?}",
             requests.done,
@@ -85,7 +100,7 @@ impl Traffic {
             requests.failed,
             requests.longest_gap
         );
-        assert_connections_whole(&echoes, min_lines);
+        assert_connections_whole(echoes, min_lines);
         assert!(requests.failed.is_empty(), "failed requests: {:?}", requests.failed);
         requests
     }
@@ -99,8 +114,8 @@ impl Traffic {
     }
 }
 
-fn echo_loop(stop: &AtomicBool) -> EchoReport {
-    match EchoConn::open() {
+fn echo_loop(vip: &str, stop: &AtomicBool) -> EchoReport {
+    match EchoConn::open_at(vip, crate::server::ECHO_PORT) {
         Ok(conn) => keep_talking(conn, stop, ECHO_EVERY),
         Err(e) => EchoReport {
             lines: 0,
@@ -137,12 +152,12 @@ pub fn keep_talking(mut conn: EchoConn, stop: &AtomicBool, every: Duration) -> E
     report
 }
 
-fn request_loop(stop: &AtomicBool) -> RequestReport {
+fn request_loop(vip: &str, stop: &AtomicBool) -> RequestReport {
     let start = Instant::now();
     let mut report = RequestReport { done: 0, failed: Vec::new(), longest_gap: Duration::ZERO };
     let mut last_success = Instant::now();
     while !stop.load(Ordering::Relaxed) && report.done < MAX_REQUESTS && start.elapsed() < MAX_RUN {
-        match http_get().and_then(|body| {
+        match http_get_at(vip, 80).and_then(|body| {
             answering_backend(&body)
                 .ok_or_else(|| std::io::Error::other(format!("not a backend's answer: {body:?}")))
         }) {

@@ -15,6 +15,7 @@ use crate::util::{bin, build, output, require_root, root, run_status, step};
 
 const PREFIX: &str = "lb";
 const VIP: &str = "10.77.1.100";
+const VIP6: &str = "fd77:1::100";
 /// The client's second link, on the backends' LAN: direct-routing replies arrive there.
 const CLIENT_BYPASS_IFACE: &str = "c1";
 
@@ -120,17 +121,9 @@ fn wait_running(log: &PathBuf) -> Result<()> {
 }
 
 fn demo_round() -> Result<()> {
-    let mut answered_by = std::collections::BTreeMap::<String, u32>::new();
-    for i in 1..=12 {
-        let url = format!("http://{VIP}/");
-        let body = output(&mut client(&["curl", "-s", "-m", "3", &url]))
-            .unwrap_or_else(|e| format!("FAILED: {e}"));
-        let body = body.trim().to_owned();
-        eprintln!("  TCP {i:>2}: curl {url}  ->  {body}");
-        *answered_by.entry(body).or_default() += 1;
-    }
-    let tally: Vec<String> = answered_by.iter().map(|(who, n)| format!("{n} x {who:?}")).collect();
-    eprintln!("  => {}", tally.join(", "));
+    curl_round("TCP ", &[], &format!("http://{VIP}/"));
+    // The dual-stack web service's IPv6 half (-g: the brackets are no glob).
+    curl_round("TCP6", &["-6", "-g"], &format!("http://[{VIP6}]/"));
     for i in 1..=6 {
         let mut cmd = client(&["socat", "-T", "2", "-", &format!("UDP:{VIP}:5353")]);
         let answer = output(cmd.stdin(stdin_of(&format!("hello {i}\n"))?))
@@ -154,6 +147,23 @@ fn demo_round() -> Result<()> {
     Ok(())
 }
 
+/// Twelve `curl`s from the client to `url`, each answer shown, then who answered how often.
+fn curl_round(label: &str, flags: &[&str], url: &str) {
+    let mut answered_by = std::collections::BTreeMap::<String, u32>::new();
+    for i in 1..=12 {
+        let mut args = vec!["curl", "-s", "-m", "3"];
+        args.extend(flags);
+        args.push(url);
+        let body = output(&mut client(&args)).unwrap_or_else(|e| format!("FAILED: {e}"));
+        let body = body.trim().to_owned();
+        let shown = [flags.join(" "), (*url).to_owned()].join(" ");
+        eprintln!("  {label} {i:>2}: curl {}  ->  {body}", shown.trim_start());
+        *answered_by.entry(body).or_default() += 1;
+    }
+    let tally: Vec<String> = answered_by.iter().map(|(who, n)| format!("{n} x {who:?}")).collect();
+    eprintln!("  => {}", tally.join(", "));
+}
+
 fn stdin_of(text: &str) -> Result<Stdio> {
     let path = state_dir().join("udp-payload");
     fs::write(&path, text)?;
@@ -168,6 +178,7 @@ fn print_next_steps(config: &std::path::Path) {
 The lab is up. Try:
   # a backend answers with its name; UDP echoes name the backend too
   ip netns exec lb-client curl http://{VIP}/
+  ip netns exec lb-client curl -6 -g http://[{VIP6}]/      # the same over IPv6 (web6)
   echo hi | ip netns exec lb-client socat - UDP:{VIP}:5353
   # direct routing (web-dsr): the reply skips the load balancer
   ip netns exec lb-client curl http://{VIP}:8080/
@@ -175,6 +186,7 @@ The lab is up. Try:
   bpftool map dump name lb_services
   bpftool map dump name lb_backends | head -40
   bpftool map show name lb_conntrack         # its sets (lb-ctl conns lists the flows)
+  bpftool map dump name lb_services6         # IPv6 keys: 16 bytes, [253,119,0,1,...]
   bpftool map dump pinned /sys/fs/bpf/lb/lb_counters
   # the outcome counters, named and summed over CPUs
   target/debug/lb-lab counters /sys/fs/bpf/lb
@@ -184,6 +196,7 @@ The lab is up. Try:
   target/debug/lb-ctl stats
   target/debug/lb-ctl backend drain web 10.77.2.11:80
   target/debug/lb-ctl backend weight web 10.77.2.12:80 3
+  target/debug/lb-ctl backend drain web6 [fd77:2::11]:80
   curl -s http://{admin}/api/v1/services
   curl -s http://{admin}/metrics | grep lb_backend_up
   # the stats page (refreshes itself every 2 s): open http://{admin}/ in a browser

@@ -486,7 +486,7 @@ fn log_change(change: &Change) {
         }
         Change::RemoveService(_) => info!(service, "admin: service removed"),
         Change::AddBackend { backend: b, .. } | Change::PutBackend { backend: b, .. } => {
-            info!(service, backend = %format!("{}:{}", b.address, b.port), weight = b.weight, state = %b.state, "admin: backend added");
+            info!(service, backend = %std::net::SocketAddr::new(b.address, b.port), weight = b.weight, state = %b.state, "admin: backend added");
         }
         Change::SetBackend { backend, weight, state, .. } => {
             info!(service, %backend, weight = ?weight, state = ?state.map(AdminState::name), "admin: backend changed");

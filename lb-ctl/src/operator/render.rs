@@ -3,7 +3,7 @@
 use std::{fmt::Write as _, net::SocketAddr};
 
 use crate::daemon::{
-    api::view::{BackendView, ConnsList, ServiceView, Stats, duration_text},
+    api::view::{BackendView, ConnsList, ServiceView, Stats, duration_text, endpoint_text},
     bgp::NodeView,
 };
 
@@ -102,10 +102,9 @@ pub(super) fn service_line(s: &ServiceView) -> String {
         let _ = write!(flags, " slow-start={}s", s.slow_start_s);
     }
     format!(
-        "{:<4} {}:{} {}{flags} ({})",
+        "{:<4} {} {}{flags} ({})",
         s.protocol.to_uppercase(),
-        s.vip,
-        s.port,
+        endpoint_text(&s.vip, s.port),
         s.scheduler,
         s.name
     )
@@ -146,7 +145,7 @@ pub fn render_list(services: &[ServiceView]) -> String {
                 let _ = write!(health, " ({})", check.detail);
             }
             row(
-                &format!("{}:{}", b.address, b.port),
+                &endpoint_text(&b.address, b.port),
                 forward_name(&s.forwarding),
                 &weight_text(b),
                 &b.conns.active.to_string(),
@@ -271,14 +270,19 @@ pub fn render_stats(stats: &Stats) -> String {
     for s in &stats.services {
         let (t, r) = (s.traffic, s.rates);
         rows.push((
-            format!("{:<4} {}:{} ({})", s.protocol.to_uppercase(), s.vip, s.port, s.name),
+            format!(
+                "{:<4} {} ({})",
+                s.protocol.to_uppercase(),
+                endpoint_text(&s.vip, s.port),
+                s.name
+            ),
             [t.new_flows, t.in_packets, t.out_packets, t.in_bytes, t.out_bytes],
             [r.new_flows, r.in_packets, r.out_packets, r.in_bytes, r.out_bytes],
         ));
         for b in &s.backends {
             let (t, r) = (b.traffic, b.rates);
             rows.push((
-                format!("  -> {}:{}", b.address, b.port),
+                format!("  -> {}", endpoint_text(&b.address, b.port)),
                 [t.new_flows, t.in_packets, t.out_packets, t.in_bytes, t.out_bytes],
                 [r.new_flows, r.in_packets, r.out_packets, r.in_bytes, r.out_bytes],
             ));
@@ -516,6 +520,40 @@ UDP  10.77.1.53:53 sh drop (dns)
         // A drained backend (weight 0) stays at 0 whatever its check says.
         s.backends[0].weight = 0;
         assert!(!render_list(&[s]).contains('*'));
+    }
+
+    /// `web` moved to IPv6: fd77:1::100, backends fd77:2::11..13.
+    pub(crate) fn web6() -> ServiceView {
+        let mut s = web();
+        s.name = "web6".into();
+        s.vip = "fd77:1::100".into();
+        for (b, last) in s.backends.iter_mut().zip(11..) {
+            b.address = format!("fd77:2::{last}");
+        }
+        s
+    }
+
+    #[test]
+    fn ipv6_endpoints_are_bracketed_like_ipvsadm() {
+        let text = render_list(&[web6()]);
+        let expected = "\
+Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn State  Health
+TCP  [fd77:1::100]:80 maglev reject check=http (web6)
+  -> [fd77:2::11]:80              Masq    1      3          0         active UP
+  -> [fd77:2::12]:80              Masq    10     12345      0         drain  UP
+  -> [fd77:2::13]:80              Masq    1      0          0         maint  DOWN
+";
+        assert_eq!(text, expected, "\n{text}");
+        let stats = render_stats(&Stats { services: vec![web6()], ..Stats::default() });
+        assert!(stats.contains("\nTCP  [fd77:1::100]:80 (web6) "), "{stats}");
+        assert!(stats.contains("\n  -> [fd77:2::12]:80 "), "{stats}");
+        let at: SocketAddr = "[fd77:2::12]:80".parse().unwrap();
+        assert_eq!(
+            render_backend_change(&web6(), at, BackendChange::Weight(3)),
+            "web6: [fd77:2::12]:80 weight set to 3 (weight 10, drain, health UP, out of \
+             rotation); 3 backends, 1 in rotation\n"
+        );
     }
 
     #[test]

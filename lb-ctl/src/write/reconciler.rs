@@ -11,9 +11,7 @@ use std::{
     sync::Arc,
 };
 
-use lb_common::abi::{
-    BACKEND_DOWN, Backend, BackendConns, Endpoint, SCHED_LC, SCHED_MASK, Traffic,
-};
+use lb_common::abi::{BACKEND_DOWN, Backend, BackendConns, SCHED_LC, SCHED_MASK, Traffic};
 
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tracing::info;
@@ -22,7 +20,7 @@ use crate::{
     desired::model::Service,
     plan::{
         diff::{Op, diff},
-        ids::{BackendKey, Ids, Key, MapAddr as _, PlanError, held_backend_key},
+        ids::{BackendKey, Ids, Key, MapAddr, PlanError, held_backend_key},
         image::{Image, Tables, image_cached},
         settings::Settings,
     },
@@ -69,7 +67,7 @@ pub struct Sample {
 pub struct Connection {
     pub entry: ConnEntry,
     /// `None`: its backend has been removed since.
-    pub backend: Option<Endpoint>,
+    pub backend: Option<Key>,
 }
 
 pub struct Reconciler<M: Maps> {
@@ -235,17 +233,27 @@ fn sample(placement: &Placement, counts: Counts, conns: &BTreeMap<u32, BackendCo
     Sample { outcomes: counts.outcomes, services, backends, tracked }
 }
 
-/// The backend each of `entries` goes to, by the applied image's
-/// `backends`: `None` for one removed since (or whose id now serves
-/// another service).
-fn owners(backends: &BTreeMap<u32, Backend>, entries: Vec<ConnEntry>) -> Vec<Connection> {
+/// The backend each of `entries` goes to, by the applied image's backends
+/// of the entry's family: `None` for one removed since (or whose id now
+/// serves another service).
+fn owners(placement: &Placement, entries: Vec<ConnEntry>) -> Vec<Connection> {
+    fn owner<A: MapAddr>(
+        backends: &BTreeMap<u32, Backend<A>>,
+        conn: &lb_common::abi::Conn,
+    ) -> Option<Key> {
+        backends
+            .get(&conn.backend_id)
+            .filter(|b| b.service_id == conn.service_id)
+            .map(|b| Key::new(b.addr.ip(), b.port, b.proto))
+    }
     entries
         .into_iter()
         .map(|entry| {
-            let backend = backends
-                .get(&entry.conn.backend_id)
-                .filter(|b| b.service_id == entry.conn.service_id)
-                .map(|b| Endpoint::new(b.addr, b.port, b.proto));
+            let backend = if entry.service.addr.is_ipv4() {
+                owner(&placement.backends, &entry.conn)
+            } else {
+                owner(&placement.backends6, &entry.conn)
+            };
             Connection { entry, backend }
         })
         .collect()
@@ -323,8 +331,10 @@ impl Handle {
         let (conns, placement) = self.call(|reply| Command::Recount { reply }).await?;
         let reader = Arc::clone(&self.reader);
         tokio::task::spawn_blocking(move || {
-            let services: Vec<u32> = placement.services.values().map(|s| s.id).collect();
-            let backends: Vec<u32> = placement.backends.keys().copied().collect();
+            let v6 = placement.services6.values();
+            let services: Vec<u32> = placement.services.values().chain(v6).map(|s| s.id).collect();
+            let v6 = placement.backends6.keys();
+            let backends: Vec<u32> = placement.backends.keys().chain(v6).copied().collect();
             let counts = reader.counts(&services, &backends)?;
             Ok(sample(&placement, counts, &conns))
         })
@@ -348,7 +358,7 @@ impl Handle {
     pub async fn connections(
         &self,
         limit: usize,
-        to: Option<Endpoint>,
+        to: Option<Key>,
     ) -> Result<(Vec<Connection>, usize), ReconcileError> {
         // The turn goes with the walk, not with this future: a caller that
         // gives up (a 408, a closed connection) leaves its walk running, and
@@ -362,7 +372,7 @@ impl Handle {
         })
         .await
         .map_err(|_| ReconcileError::Stopped)??;
-        let listed = owners(&self.placements.borrow().backends, entries);
+        let listed = owners(&self.placements.borrow(), entries);
         Ok((listed, live))
     }
 
@@ -466,6 +476,57 @@ mod tests {
 
     fn web(backends: &[(u8, u32)]) -> Service {
         service("web", 80, backends)
+    }
+
+    /// `web` on fd77:1::100, backends fd77:2::(last).
+    fn web6(backends: &[(u8, u32)]) -> Service {
+        let mut s = service("web6", 80, backends);
+        s.vip = "fd77:1::100".parse().unwrap();
+        for (b, (last, _)) in s.backends.iter_mut().zip(backends) {
+            b.address = format!("fd77:2::{last:x}").parse().unwrap();
+        }
+        s
+    }
+
+    #[test]
+    fn connections_are_named_by_their_familys_backends() {
+        let mut r = Reconciler::new(FakeMaps::default());
+        r.apply(&[web(&[(11, 1)]), web6(&[(0x11, 1)])]).unwrap();
+        let placement = Placement::of(r.applied());
+        let (id4, b4) = placement.backends.iter().next().map(|(i, b)| (*i, *b)).unwrap();
+        let (id6, b6) = placement.backends6.iter().next().map(|(i, b)| (*i, *b)).unwrap();
+        assert_ne!(id4, id6, "one id space");
+        let entry = |client: &str, service: Key, backend_id, service_id| ConnEntry {
+            client: client.parse().unwrap(),
+            service,
+            conn: lb_common::abi::Conn {
+                backend_id,
+                service_id,
+                last_seen: 0,
+                state: 0,
+                _pad: [0; 3],
+            },
+            idle: std::time::Duration::ZERO,
+            expires_in: std::time::Duration::ZERO,
+        };
+        let svc4 = Key::new(b4.vip.ip(), 80, b4.proto);
+        let svc6 = Key::new(b6.vip.ip(), 80, b6.proto);
+        let listed = owners(
+            &placement,
+            vec![
+                entry("10.77.1.10:40000", svc4, id4, b4.service_id),
+                entry("[fd77:1::10]:40000", svc6, id6, b6.service_id),
+                // An IPv6 entry naming the IPv4 backend's id: not its backend.
+                entry("[fd77:1::10]:40001", svc6, id4, b4.service_id),
+                entry("[fd77:1::10]:40002", svc6, id6, b6.service_id + 1),
+            ],
+        );
+        let backends: Vec<Option<String>> =
+            listed.iter().map(|c| c.backend.map(|b| b.socket().to_string())).collect();
+        assert_eq!(
+            backends,
+            [Some("10.77.2.11:80".into()), Some("[fd77:2::11]:80".into()), None, None]
+        );
     }
 
     #[test]

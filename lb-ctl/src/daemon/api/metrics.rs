@@ -19,7 +19,7 @@ use prometheus_client::{
 
 use lb_common::counter::{Counter as Outcome, Kind};
 
-use super::view::{BackendView, ServiceView, Stats, TrafficView};
+use super::view::{BackendView, ServiceView, Stats, TrafficView, endpoint_text};
 use crate::desired::{model::AdminState, names::Named as _};
 
 /// The exposition of `stats`, ending with `# EOF`.
@@ -294,7 +294,7 @@ impl ServiceMetrics {
     fn fill(&self, s: &ServiceView) -> Text {
         let labels = ServiceLabels {
             service: s.name.as_str().into(),
-            vip: Text(format!("{}:{}", s.vip, s.port)),
+            vip: Text(endpoint_text(&s.vip, s.port)),
             protocol: s.protocol.as_str().into(),
         };
         let direction = |direction| ServiceDirectionLabels {
@@ -387,7 +387,7 @@ impl BackendMetrics {
     fn fill(&self, service: &Text, b: &BackendView) {
         let labels = BackendLabels {
             service: service.clone(),
-            backend: Text(format!("{}:{}", b.address, b.port)),
+            backend: Text(endpoint_text(&b.address, b.port)),
         };
         let direction = |direction| BackendDirectionLabels {
             service: labels.service.clone(),
@@ -628,6 +628,27 @@ mod tests {
         assert!(!out.contains("_total_total"), "{out}");
         assert!(out.ends_with("# EOF\n"), "{out}");
         assert_eq!(out.matches("# EOF").count(), 1);
+    }
+
+    #[test]
+    fn ipv6_endpoints_are_bracketed_in_labels() {
+        let six = ServiceView {
+            name: "web6".into(),
+            vip: "fd77:1::100".into(),
+            port: 80,
+            protocol: "tcp".into(),
+            backends: vec![backend("fd77:2::11", 80, "UP")],
+            ..ServiceView::default()
+        };
+        let out = render(&Stats { services: vec![six], ..Stats::default() });
+        has(
+            &out,
+            "lb_service_backends{service=\"web6\",vip=\"[fd77:1::100]:80\",protocol=\"tcp\"} 1",
+        );
+        assert!(
+            out.contains("{service=\"web6\",backend=\"[fd77:2::11]:80\",direction=\"in\"}"),
+            "no bracketed backend label in:\n{out}"
+        );
     }
 
     #[test]

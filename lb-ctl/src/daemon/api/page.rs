@@ -12,6 +12,7 @@ use lb_common::counter::{Counter, Kind};
 
 use super::view::{
     BackendView, HealthCheckView, RatesView, ServiceView, Stats, TrafficView, duration_text,
+    endpoint_text,
 };
 
 /// Seconds between reloads.
@@ -205,9 +206,8 @@ fn service_table(out: &mut String, s: &ServiceView, now_unix_ms: u64) {
     w!(out, "<table class=\"service\" id=\"service-{name}\">\n<caption>\n");
     w!(
         out,
-        "<span class=\"name\">{name}</span><code>{}:{}/{}</code>\n",
-        esc(&s.vip),
-        s.port,
+        "<span class=\"name\">{name}</span><code>{}/{}</code>\n",
+        esc(&endpoint_text(&s.vip, s.port)),
         esc(&s.protocol)
     );
     w!(out, "<span class=\"meta\">scheduler <b>{}</b></span>\n", esc(&s.scheduler));
@@ -323,21 +323,19 @@ fn weight_cell(b: &BackendView) -> String {
 }
 
 fn backend_row(out: &mut String, service: &str, b: &BackendView, now_unix_ms: u64) {
-    let address = esc(&b.address);
+    let endpoint = esc(&endpoint_text(&b.address, b.port));
     let state = esc(&b.state);
     let status = esc(&b.health.status);
     w!(
         out,
-        "<tr id=\"backend-{service}-{address}:{port}\" class=\"{class}\" data-status=\"{status}\" \
+        "<tr id=\"backend-{service}-{endpoint}\" class=\"{class}\" data-status=\"{status}\" \
          data-state=\"{state}\">",
-        port = b.port,
         class = row_class(b),
     );
     w!(
         out,
-        "<td class=\"mono\">{address}:{}</td><td class=\"n\">{}</td><td>{state}</td><td>{}</td>\
+        "<td class=\"mono\">{endpoint}</td><td class=\"n\">{}</td><td>{state}</td><td>{}</td>\
          <td><b>{status}</b></td>",
-        b.port,
         weight_cell(b),
         if b.in_rotation { "in" } else { "out" },
     );
@@ -792,6 +790,23 @@ mod tests {
         let tag = start_tag(&page, &format!("backend-{}-10.0.2.2:8080", esc(HOSTILE)));
         assert!(tag.contains("data-state=\"maint\""), "{tag}");
         assert!(page.contains("id=\"service-web\""));
+    }
+
+    #[test]
+    fn an_ipv6_service_shows_bracketed_endpoints() {
+        let six = ServiceView {
+            name: "web6".into(),
+            vip: "fd77:1::100".into(),
+            port: 80,
+            protocol: "tcp".into(),
+            backends: vec![backend("fd77:2::11", 1, "active", "UP")],
+            ..ServiceView::default()
+        };
+        let page = render(&Stats { services: vec![six], ..Stats::default() }, NOW);
+        assert!(table(&page, "web6").contains("<code>[fd77:1::100]:80/tcp</code>"), "{page}");
+        let tag = start_tag(&page, "backend-web6-[fd77:2::11]:8080");
+        assert!(tag.contains("data-status=\"UP\""), "{tag}");
+        assert!(page.contains("<td class=\"mono\">[fd77:2::11]:8080</td>"), "{page}");
     }
 
     #[test]

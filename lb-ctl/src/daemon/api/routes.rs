@@ -22,7 +22,7 @@ use super::{
     ApiState, HandedOver,
     error::{ApiError, ErrorBody},
     metrics, page,
-    view::{ConnView, ConnsList, ServiceView, Stats, conn_state_name, endpoint_text},
+    view::{ConnView, ConnsList, ServiceView, Stats, conn_state_name},
 };
 use crate::{
     daemon::{bgp::NodeView, controller::Request},
@@ -30,11 +30,12 @@ use crate::{
         bounds::{MAX_NAME_LEN, MAX_WEIGHT},
         changes::{Change, parse_backend_address},
         json::{self, BodyError},
-        model::{AdminState, Protocol},
+        model::AdminState,
         problem::Problem,
         validate::is_service_name,
         written::{RawBackend, RawService},
     },
+    plan::ids::Key,
 };
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -325,35 +326,30 @@ pub async fn list_conns(
     let limit = query.limit.unwrap_or(1000).min(MAX_CONNS_LIMIT);
     let now = stats(&api);
     let only = query.service.as_deref().map(|name| find_service(&now, name)).transpose()?;
-    let vip_of = |s: &ServiceView| format!("{}:{}/{}", s.vip, s.port, s.protocol);
-    let filter = only.as_ref().map(|s| {
-        let protocol = if s.protocol == "udp" { Protocol::Udp } else { Protocol::Tcp };
-        // The listing walks the IPv4 table: an IPv6 service matches none of it.
-        let vip: std::net::Ipv4Addr = s.vip.parse().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
-        lb_common::abi::Endpoint::new(vip.octets(), s.port, protocol.number())
-    });
+    // The view's VIP is the model's address printed: it parses back (a
+    // service is of one family: its entries are in its family's table).
+    let filter = only.as_ref().and_then(ServiceView::key);
     let (listed, total) = api
         .reconciler
         .connections(limit, filter)
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let by_vip: std::collections::HashMap<String, &str> =
-        now.services.iter().map(|s| (vip_of(s), s.name.as_str())).collect();
+    let by_key: std::collections::HashMap<Key, &str> =
+        now.services.iter().filter_map(|s| Some((s.key()?, s.name.as_str()))).collect();
     let conns: Vec<ConnView> = listed
         .iter()
         .map(|c| {
-            let f = c.entry.flow;
-            let protocol = if f.proto == lb_common::abi::PROTO_UDP { "udp" } else { "tcp" };
-            let vip = endpoint_text(f.dst, f.dport);
+            let e = c.entry;
+            let protocol = if e.service.proto == lb_common::abi::PROTO_UDP { "udp" } else { "tcp" };
             ConnView {
                 protocol: protocol.into(),
-                client: endpoint_text(f.src, f.sport),
-                service: by_vip.get(&format!("{vip}/{protocol}")).map(|s| (*s).to_owned()),
-                vip,
-                backend: c.backend.map(|b| endpoint_text(b.addr, b.port)),
-                state: conn_state_name(c.entry.conn.state).into(),
-                idle_ms: c.entry.idle.as_millis() as u64,
-                expires_in_ms: c.entry.expires_in.as_millis() as u64,
+                client: e.client.to_string(),
+                service: by_key.get(&e.service).map(|s| (*s).to_owned()),
+                vip: e.service.socket().to_string(),
+                backend: c.backend.map(|b| b.socket().to_string()),
+                state: conn_state_name(e.conn.state).into(),
+                idle_ms: e.idle.as_millis() as u64,
+                expires_in_ms: e.expires_in.as_millis() as u64,
             }
         })
         .collect();

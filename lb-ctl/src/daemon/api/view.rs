@@ -1,6 +1,6 @@
 //! What the API answers: the live view of every service and backend. The
 //! same types are the CLI's, the stats page's and the metrics' input.
-use std::{collections::BTreeMap, net::Ipv4Addr, time::SystemTime};
+use std::{collections::BTreeMap, time::SystemTime};
 
 use lb_common::{
     abi::{BackendConns, Traffic},
@@ -16,10 +16,10 @@ use crate::{
     },
     desired::{
         checks::to_hex,
-        model::{HealthCheck, Probe, Service},
+        model::{HealthCheck, Probe, Protocol, Service},
         names::{Check, Named as _, OnNoBackend},
     },
-    plan::ids::{BackendKey, backend_key, service_endpoint},
+    plan::ids::{BackendKey, Key, backend_key, service_endpoint},
     write::reconciler::Sample,
 };
 
@@ -118,6 +118,15 @@ pub struct ServiceView {
     #[serde(default)]
     pub backups_serve: bool,
     pub backends: Vec<BackendView>,
+}
+
+impl ServiceView {
+    /// The service's endpoint as the planner names it; `None` for a view
+    /// whose VIP does not parse (never one made from the model).
+    pub fn key(&self) -> Option<Key> {
+        let proto = if self.protocol == "udp" { Protocol::Udp } else { Protocol::Tcp };
+        Some(Key::new(self.vip.parse().ok()?, self.port, proto.number()))
+    }
 }
 
 /// `[service.health]`.
@@ -481,9 +490,10 @@ pub fn conn_state_name(state: u8) -> &'static str {
     }
 }
 
-/// `a.b.c.d:port`.
-pub fn endpoint_text(addr: [u8; 4], port: u16) -> String {
-    format!("{}:{port}", Ipv4Addr::from(addr))
+/// `a.b.c.d:port`, or `[v6]:port` for an IPv6 address (as `SocketAddr`
+/// prints, and as `ipvsadm -Ln` shows).
+pub fn endpoint_text(address: &str, port: u16) -> String {
+    if address.contains(':') { format!("[{address}]:{port}") } else { format!("{address}:{port}") }
 }
 
 /// `3d 4h 5m 6s`, leading zero units left out.

@@ -93,7 +93,7 @@ impl MapReader for FakeHandles {
     fn connections(
         &self,
         _limit: usize,
-        _to: Option<lb_common::abi::Endpoint>,
+        _to: Option<crate::plan::ids::Key>,
     ) -> Result<(Vec<ConnEntry>, usize), DataplaneError> {
         Ok((Vec::new(), 0))
     }

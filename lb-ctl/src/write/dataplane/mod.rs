@@ -17,9 +17,9 @@ use std::{
     time::Duration,
 };
 
-use lb_common::abi::{BackendConns, Conn, Endpoint, Flow, Traffic};
+use lb_common::abi::{BackendConns, Conn, Flow, Traffic};
 
-use crate::plan::{diff::Op, image::Image, settings::Settings};
+use crate::plan::{diff::Op, ids::Key, image::Image, settings::Settings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -51,10 +51,14 @@ pub struct Counts {
     pub backends: BTreeMap<u32, Traffic>,
 }
 
-/// One entry of the connection table, as `ipvsadm -Lnc` shows it.
+/// One entry of a connection table (IPv4's or IPv6's), as `ipvsadm -Lnc`
+/// shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnEntry {
-    pub flow: Flow,
+    /// The client's address and port.
+    pub client: std::net::SocketAddr,
+    /// The service it is to: its VIP, port and protocol.
+    pub service: Key,
     pub conn: Conn,
     /// Since the flow's last client packet.
     pub idle: Duration,
@@ -115,12 +119,13 @@ pub trait MapReader: Send + Sync {
     /// backends (by id).
     fn counts(&self, services: &[u32], backends: &[u32]) -> Result<Counts, DataplaneError>;
 
-    /// Up to `limit` live entries of the connection table (only those to
-    /// the VIP `to`, if given), and how many such entries it holds.
+    /// Up to `limit` live entries of the connection tables, IPv4's then
+    /// IPv6's (only those to the service `to`, if given), and how many
+    /// such entries they hold.
     fn connections(
         &self,
         limit: usize,
-        to: Option<Endpoint>,
+        to: Option<Key>,
     ) -> Result<(Vec<ConnEntry>, usize), DataplaneError>;
 
     /// What is wrong with the programs' attachment (an interface that no

@@ -20,8 +20,8 @@ mod place;
 mod socket;
 
 use std::{
-    collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddrV4},
+    collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
     os::fd::{AsRawFd as _, OwnedFd},
     sync::{
         Arc,
@@ -33,7 +33,7 @@ use std::{
 use lb_common::abi::{CONN_UDP, Conn, Endpoint, Flow, PROTO_UDP};
 pub use place::Placement;
 use tokio::sync::watch;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::write::dataplane::{FlowWriter, MapReader};
 
@@ -67,7 +67,14 @@ pub fn spawn(
     flows: Arc<dyn FlowWriter>,
     counts: Arc<Counts>,
 ) -> std::io::Result<()> {
-    let mut path = SlowPath { placements, reader, flows, counts, sockets: BTreeMap::new() };
+    let mut path = SlowPath {
+        placements,
+        reader,
+        flows,
+        counts,
+        sockets: BTreeMap::new(),
+        skipped6: BTreeSet::new(),
+    };
     let now = Arc::clone(&path.placements.borrow_and_update());
     path.follow_services(&now);
     std::thread::Builder::new().name("lb-reassembled".into()).spawn(move || path.run())?;
@@ -81,6 +88,23 @@ struct SlowPath {
     counts: Arc<Counts>,
     /// One socket per UDP service endpoint.
     sockets: BTreeMap<Endpoint, OwnedFd>,
+    /// The IPv6 UDP services this path does not serve, already logged.
+    skipped6: BTreeSet<Endpoint<[u8; 16]>>,
+}
+
+/// The IPv6 UDP services of `placement` not in `known`, which becomes
+/// exactly `placement`'s: this path reassembles IPv4 datagrams only, and
+/// says so once for each such service (again if it comes back).
+fn newly_skipped(
+    known: &mut BTreeSet<Endpoint<[u8; 16]>>,
+    placement: &Placement,
+) -> Vec<SocketAddr> {
+    let now: BTreeSet<Endpoint<[u8; 16]>> =
+        placement.services6.keys().filter(|e| e.proto == PROTO_UDP).copied().collect();
+    let new = now.difference(known).map(|e| SocketAddr::new(Ipv6Addr::from(e.addr).into(), e.port));
+    let new = new.collect();
+    *known = now;
+    new
 }
 
 impl SlowPath {
@@ -138,6 +162,13 @@ impl SlowPath {
     /// next change (its datagrams meanwhile get the kernel's port
     /// unreachable, as before this path existed).
     fn follow_services(&mut self, placement: &Placement) {
+        for service in newly_skipped(&mut self.skipped6, placement) {
+            info!(
+                %service,
+                "an IPv6 UDP service: its datagrams whose fragments come out of order are not \
+                 reassembled by the controller (IPv4 only)"
+            );
+        }
         let wanted: Vec<Endpoint> =
             placement.services.keys().filter(|e| e.proto == PROTO_UDP).copied().collect();
         self.sockets.retain(|e, _| wanted.contains(e));
@@ -237,5 +268,32 @@ impl SlowPath {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::abi::{PROTO_TCP, Service};
+
+    use super::*;
+
+    fn placement(services6: &[(u16, u8)]) -> Placement {
+        let vip: Ipv6Addr = "fd77:1::100".parse().unwrap();
+        let services6 = services6
+            .iter()
+            .map(|&(port, proto)| (Endpoint::new(vip.octets(), port, proto), Service::default()))
+            .collect();
+        Placement { services6, ..Placement::default() }
+    }
+
+    #[test]
+    fn each_ipv6_udp_service_is_said_to_be_skipped_once() {
+        let mut known = BTreeSet::new();
+        let dns6: SocketAddr = "[fd77:1::100]:53".parse().unwrap();
+        let both = placement(&[(53, PROTO_UDP), (80, PROTO_TCP)]);
+        assert_eq!(newly_skipped(&mut known, &both), [dns6], "UDP only");
+        assert_eq!(newly_skipped(&mut known, &both), [], "once");
+        assert_eq!(newly_skipped(&mut known, &placement(&[])), []);
+        assert_eq!(newly_skipped(&mut known, &both), [dns6], "again once it comes back");
     }
 }

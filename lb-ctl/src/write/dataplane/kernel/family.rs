@@ -72,6 +72,11 @@ impl<A: MapAddr + Pod> FamilyMaps<A> {
         })
     }
 
+    /// The maps' names.
+    pub fn names(&self) -> &'static Names {
+        self.names
+    }
+
     /// What the maps hold, into `image`; each service's table is read from
     /// `maglev` into `tables` (the tables are shared by both families).
     pub fn read(

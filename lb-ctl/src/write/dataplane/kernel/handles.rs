@@ -6,6 +6,7 @@
 //! a `FlowWriter`: per-flow state, which the reconciler never writes).
 use std::{
     collections::BTreeMap,
+    net::SocketAddr,
     os::fd::{AsFd as _, BorrowedFd},
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
@@ -16,23 +17,24 @@ use aya::{
     programs::ProgramFd,
 };
 use lb_common::abi::{
-    BACKEND_IN_USE, Backend, CONN_SYN, CONN_UDP, Conn, EPOCH_TICK_MS, Endpoint, Flow, Handshake,
-    PROTO_TCP, Traffic, expired, handshake_slot,
+    BACKEND_IN_USE, Backend, CONN_SYN, CONN_UDP, Conn, EPOCH_TICK_MS, Flow, Handshake, PROTO_TCP,
+    Traffic, expired, handshake_slot,
 };
 
-use super::{HeldTimeouts, KernelMaps, err};
-use crate::write::dataplane::{
-    ConnEntry, Counts, DataplaneError, FlowWriter, MapReader, attach, clock,
-    conn_table::ConnTable,
-    pins::{LinkPins, PinDir},
+use super::{HeldTimeouts, KernelMaps, err, family::FamilyMaps};
+use crate::{
+    plan::ids::{Key, MapAddr},
+    write::dataplane::{
+        ConnEntry, Counts, DataplaneError, FlowWriter, MapReader, attach, clock,
+        conn_table::{ConnTable, TableAddr},
+        pins::{LinkPins, PinDir},
+    },
 };
 
 /// The reads of `MapReader`.
 pub(super) struct KernelReader {
-    conns: Arc<ConnTable>,
-    /// `lb_backends`: an entry holds the client's side of its flow; its
-    /// backend says which VIP and protocol.
-    backends: Array<MapData, Backend>,
+    v4: FamilyReader<[u8; 4]>,
+    v6: FamilyReader<[u8; 16]>,
     /// `lb_handshakes`, for the slow path's flows that only have a record.
     handshakes: Array<MapData, Handshake>,
     /// `lb_counters`, `lb_svc_stats`, `lb_be_stats`.
@@ -46,11 +48,79 @@ pub(super) struct KernelReader {
     interfaces: Vec<String>,
 }
 
+/// One family's connection table and the backends its entries name.
+struct FamilyReader<A: TableAddr + MapAddr + aya::Pod> {
+    conns: Arc<ConnTable<A>>,
+    /// `lb_backends` or `lb_backends6`: an entry holds the client's side
+    /// of its flow; its backend says which VIP and protocol.
+    backends: Array<MapData, Backend<A>>,
+}
+
+impl<A: TableAddr + MapAddr + aya::Pod> FamilyReader<A> {
+    fn of(conns: &Arc<ConnTable<A>>, maps: &FamilyMaps<A>) -> Result<Self, DataplaneError> {
+        let name = maps.names().backends;
+        Ok(Self {
+            conns: Arc::clone(conns),
+            backends: reopen(name, maps.backends.map().fd().as_fd())?,
+        })
+    }
+
+    /// The backend `id` if it is in use.
+    fn backend(&self, id: u32) -> Option<Backend<A>> {
+        self.backends.get(&id, 0).ok().filter(|b| b.flags & BACKEND_IN_USE != 0)
+    }
+
+    /// Walks the table for `Connections::walk`: each live entry whose
+    /// backend still serves its service (and is to `to`, if given).
+    fn walk(&self, now: u32, timeouts: &HeldTimeouts, to: Option<Key>, found: &mut Connections) {
+        let tick = Duration::from_millis(EPOCH_TICK_MS);
+        // Each backend read once per walk: a million entries share a few.
+        let mut backends: BTreeMap<u32, Option<Backend<A>>> = BTreeMap::new();
+        self.conns.for_each(|_, slot| {
+            let conn = slot.conn();
+            let timeout = timeouts.get(conn.state);
+            if expired(now, conn.last_seen, timeout) {
+                return;
+            }
+            let backend =
+                *backends.entry(conn.backend_id).or_insert_with(|| self.backend(conn.backend_id));
+            // The VIP and protocol are the backend's; an entry whose backend
+            // is gone (or whose id another service's backend holds now)
+            // belongs to no service any more.
+            let Some(backend) = backend.filter(|b| b.service_id == conn.service_id) else {
+                return;
+            };
+            let service = Key::new(backend.vip.ip(), slot.dport, backend.proto);
+            if to.is_some_and(|t| t != service) {
+                return;
+            }
+            found.live += 1;
+            if found.entries.len() < found.limit {
+                let idle = now.wrapping_sub(conn.last_seen);
+                found.entries.push(ConnEntry {
+                    client: SocketAddr::new(slot.src.ip(), slot.sport),
+                    service,
+                    conn,
+                    idle: tick * idle,
+                    expires_in: tick * timeout.saturating_sub(idle),
+                });
+            }
+        });
+    }
+}
+
+/// What a listing found so far, over both tables.
+struct Connections {
+    limit: usize,
+    entries: Vec<ConnEntry>,
+    live: usize,
+}
+
 impl KernelReader {
     pub(super) fn of(maps: &KernelMaps) -> Result<Self, DataplaneError> {
         Ok(Self {
-            conns: Arc::clone(&maps.conns),
-            backends: reopen("lb_backends", maps.v4.backends.map().fd().as_fd())?,
+            v4: FamilyReader::of(&maps.conns, &maps.v4)?,
+            v6: FamilyReader::of(&maps.conns6, &maps.v6)?,
             handshakes: reopen("lb_handshakes", object_map(maps, "lb_handshakes")?)?,
             counters: reopen("lb_counters", object_map(maps, "lb_counters")?)?,
             service_traffic: reopen("lb_svc_stats", object_map(maps, "lb_svc_stats")?)?,
@@ -65,15 +135,11 @@ impl KernelReader {
         })
     }
 
-    /// The backend `id` if it is in use.
-    fn backend(&self, id: u32) -> Option<Backend> {
-        self.backends.get(&id, 0).ok().filter(|b| b.flags & BACKEND_IN_USE != 0)
-    }
-
     /// Whether `conn`'s backend serves `flow`'s VIP, or is gone (as
     /// `lb-ebpf/src/conntrack.rs` decides which entry is a flow's).
     fn serves(&self, conn: &Conn, flow: &Flow) -> bool {
-        self.backend(conn.backend_id)
+        self.v4
+            .backend(conn.backend_id)
             .is_none_or(|b| (b.vip, b.vport, b.proto) == (flow.dst, flow.dport, flow.proto))
     }
 }
@@ -92,53 +158,18 @@ impl MapReader for KernelReader {
     fn connections(
         &self,
         limit: usize,
-        to: Option<Endpoint>,
+        to: Option<Key>,
     ) -> Result<(Vec<ConnEntry>, usize), DataplaneError> {
         let now = clock::read(&self.clock_program)? as u32;
-        let tick = Duration::from_millis(EPOCH_TICK_MS);
-        let mut entries = Vec::new();
-        let mut live = 0;
-        // Each backend read once per walk: a million entries share a few.
-        let mut backends: BTreeMap<u32, Option<Backend>> = BTreeMap::new();
-        self.conns.for_each(|_, slot| {
-            let conn = slot.conn();
-            let timeout = self.timeouts.get(conn.state);
-            if expired(now, conn.last_seen, timeout) {
-                return;
-            }
-            let backend =
-                *backends.entry(conn.backend_id).or_insert_with(|| self.backend(conn.backend_id));
-            // The VIP and protocol are the backend's; an entry whose backend
-            // is gone (or whose id another service's backend holds now)
-            // belongs to no service any more.
-            let Some(backend) = backend.filter(|b| b.service_id == conn.service_id) else {
-                return;
-            };
-            let flow = Flow {
-                src: slot.src,
-                dst: backend.vip,
-                sport: slot.sport,
-                dport: slot.dport,
-                proto: backend.proto,
-                _pad: [0; 3],
-            };
-            let wanted =
-                to.is_none_or(|t| (t.addr, t.port, t.proto) == (flow.dst, flow.dport, flow.proto));
-            if !wanted {
-                return;
-            }
-            live += 1;
-            if entries.len() < limit {
-                let idle = now.wrapping_sub(conn.last_seen);
-                entries.push(ConnEntry {
-                    flow,
-                    conn,
-                    idle: tick * idle,
-                    expires_in: tick * timeout.saturating_sub(idle),
-                });
-            }
-        });
-        Ok((entries, live))
+        let mut found = Connections { limit, entries: Vec::new(), live: 0 };
+        // A service is of one family: its entries are all in one table.
+        if to.is_none_or(|t| t.addr.is_ipv4()) {
+            self.v4.walk(now, &self.timeouts, to, &mut found);
+        }
+        if to.is_none_or(|t| t.addr.is_ipv6()) {
+            self.v6.walk(now, &self.timeouts, to, &mut found);
+        }
+        Ok((found.entries, found.live))
     }
 
     fn attachment_problems(&self) -> Vec<String> {
@@ -148,6 +179,7 @@ impl MapReader for KernelReader {
     fn flow_entry(&self, flow: &Flow) -> Result<(Option<Conn>, u32), DataplaneError> {
         let now = clock::read(&self.clock_program)? as u32;
         let live = self
+            .v4
             .conns
             .find(flow, |conn| self.serves(conn, flow))
             .map(|(_, c)| c)

@@ -33,7 +33,7 @@ use handles::{KernelFlows, KernelReader};
 
 use super::{
     DataplaneError, FlowWriter, MapReader, Maps, attach, clock,
-    conn_table::ConnTable,
+    conn_table::{ConnTable, TableAddr},
     pins::{self, PinDir},
     tx_ports,
 };
@@ -78,8 +78,9 @@ pub struct KernelMaps {
     tx_ports: DevMap<MapData>,
     tx_slots: HashMap<MapData, u32, u32>,
     be_conns: Array<MapData, BackendConns>,
-    /// `lb_conntrack`, mapped into this process.
+    /// `lb_conntrack` and `lb_conntrack6`, mapped into this process.
     conns: Arc<ConnTable>,
+    conns6: Arc<ConnTable<[u8; 16]>>,
     /// The counts last written to `lb_be_conns`, by backend id.
     published: BTreeMap<u32, BackendConns>,
     /// The programs (and the links that attach them) and the maps only the
@@ -277,6 +278,7 @@ impl KernelMaps {
         epoch.set(0, clock, 0).map_err(err("writing lb_epoch"))?;
         let clock_program = program_handle(&ebpf, "lb_clock")?;
         let conns = Arc::new(conn_table(&ebpf, settings.meta.conn_salt)?);
+        let conns6 = Arc::new(conn_table(&ebpf, settings.meta.conn_salt)?);
         // New maps say at once what they are (the layout, and the salt the
         // program was loaded with), before anything can stop this process:
         // a next start adopts them by `lb_meta`, and must not find a zero
@@ -309,6 +311,7 @@ impl KernelMaps {
             tx_slots: typed(&mut ebpf, "lb_tx_slots")?,
             be_conns: typed(&mut ebpf, "lb_be_conns")?,
             conns,
+            conns6,
             published: BTreeMap::new(),
             ebpf,
             pins: None,
@@ -478,14 +481,15 @@ fn load_programs(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
     Ok(())
 }
 
-/// `lb_conntrack` mapped into this process, with the size the map has
-/// (the configured one, or an adopted data plane's, which is the same:
-/// pins of another size are refused before this).
-fn conn_table(ebpf: &Ebpf, salt: u32) -> Result<ConnTable, DataplaneError> {
-    let Some(aya::maps::Map::Array(map)) = ebpf.map("lb_conntrack") else {
-        return Err(DataplaneError::kernel("lb_conntrack", "missing from the object"));
+/// `lb_conntrack` or `lb_conntrack6` mapped into this process, with the
+/// size the map has (the configured one, or an adopted data plane's, which
+/// is the same: pins of another size are refused before this).
+fn conn_table<A: TableAddr>(ebpf: &Ebpf, salt: u32) -> Result<ConnTable<A>, DataplaneError> {
+    let Some(aya::maps::Map::Array(map)) = ebpf.map(A::MAP) else {
+        return Err(DataplaneError::kernel(A::MAP, "missing from the object"));
     };
-    ConnTable::of_map(map, salt).map_err(|e| DataplaneError::kernel("mapping lb_conntrack", e))
+    ConnTable::of_map(map, salt)
+        .map_err(|e| DataplaneError::kernel(format!("mapping {}", A::MAP), e))
 }
 
 /// A descriptor of its own on the object's (loaded) XDP program `name`.
@@ -605,6 +609,11 @@ impl KernelMaps {
     pub fn conn_table(&self) -> &ConnTable {
         &self.conns
     }
+
+    /// The IPv6 connection table, as `conn_table`.
+    pub fn conn_table6(&self) -> &ConnTable<[u8; 16]> {
+        &self.conns6
+    }
 }
 
 impl KernelMaps {
@@ -633,6 +642,42 @@ impl KernelMaps {
             None => format!("ifindex {ifindex}"),
         }
     }
+}
+
+/// Adds `table`'s live entries to their backends' `counts` (see
+/// `Maps::recount_connections`), and erases its stale entries.
+fn recount<A: TableAddr>(
+    table: &ConnTable<A>,
+    now: u32,
+    timeouts: &HeldTimeouts,
+    backends: &BTreeMap<u32, u32>,
+    counts: &mut BTreeMap<u32, BackendConns>,
+) {
+    // Expired entries are left in place: the data plane counts them as
+    // absent and gives their place to the next flow of their set first;
+    // erasing one here could race a flow the data plane records there.
+    // Only an entry idle for half the tick counter's range is erased,
+    // before wrapping would make it look stamped in the future (live).
+    table.for_each(|at, slot| {
+        let conn = slot.conn();
+        if now.wrapping_sub(conn.last_seen) >= STALE_TICKS {
+            table.remove(at);
+            return;
+        }
+        if expired(now, conn.last_seen, timeouts.get(conn.state)) {
+            return;
+        }
+        // An entry made for an earlier holder of a reused id is not this backend's.
+        if backends.get(&conn.backend_id) != Some(&conn.service_id) {
+            return;
+        }
+        let entry = counts.entry(conn.backend_id).or_default();
+        if conn.state == CONN_ESTABLISHED {
+            entry.active += 1;
+        } else {
+            entry.inactive += 1;
+        }
+    });
 }
 
 impl Maps for KernelMaps {
@@ -666,32 +711,10 @@ impl Maps for KernelMaps {
         let now = self.epoch_now()? as u32;
         let mut counts: BTreeMap<u32, BackendConns> = BTreeMap::new();
         let timeouts = Arc::clone(&self.held_timeouts);
-        // Expired entries are left in place: the data plane counts them as
-        // absent and gives their place to the next flow of their set first;
-        // erasing one here could race a flow the data plane records there.
-        // Only an entry idle for half the tick counter's range is erased,
-        // before wrapping would make it look stamped in the future (live).
-        let table = Arc::clone(&self.conns);
-        table.for_each(|at, slot| {
-            let conn = slot.conn();
-            if now.wrapping_sub(conn.last_seen) >= STALE_TICKS {
-                table.remove(at);
-                return;
-            }
-            if expired(now, conn.last_seen, timeouts.get(conn.state)) {
-                return;
-            }
-            // An entry made for an earlier holder of a reused id is not this backend's.
-            if backends.get(&conn.backend_id) != Some(&conn.service_id) {
-                return;
-            }
-            let entry = counts.entry(conn.backend_id).or_default();
-            if conn.state == CONN_ESTABLISHED {
-                entry.active += 1;
-            } else {
-                entry.inactive += 1;
-            }
-        });
+        // Ids are one space over both families: a backend's entries are
+        // all in its family's table, and both add to the same counts.
+        recount(&self.conns, now, &timeouts, backends, &mut counts);
+        recount(&self.conns6, now, &timeouts, backends, &mut counts);
         // Every backend in use gets its count, zero included. An `lc`
         // backend's is always rewritten (this clears the picks the data
         // plane added for flows that did not stay); the others' only when it
@@ -763,5 +786,58 @@ impl Maps for KernelMaps {
             }
             Op::ForgetNextHops => self.advance_clock(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::abi::{CONN_SYN, Conn, Flow, PROTO_TCP};
+
+    use super::*;
+
+    fn conn(backend_id: u32, service_id: u32, last_seen: u32, state: u8) -> Conn {
+        Conn { backend_id, service_id, last_seen, state, _pad: [0; 3] }
+    }
+
+    fn flow<A: TableAddr>(src: A, dst: A, sport: u16) -> Flow<A> {
+        Flow { src, dst, sport, dport: 80, proto: PROTO_TCP, _pad: [0; 3] }
+    }
+
+    #[test]
+    fn the_recount_adds_both_tables_and_erases_stale_entries() {
+        let timeouts = HeldTimeouts::default();
+        for state in 0..CONN_STATES {
+            timeouts.set(state as u8, 100);
+        }
+        let now = 1_000;
+        let v4 = ConnTable::<[u8; 4]>::in_memory(10, 1).unwrap();
+        let v6 = ConnTable::<[u8; 16]>::in_memory(10, 1).unwrap();
+        let (c4, vip4) = ([10, 77, 1, 10], [10, 77, 1, 100]);
+        let (mut c6, mut vip6) = ([0_u8; 16], [0_u8; 16]);
+        c6[..2].copy_from_slice(&[0xfd, 0x77]);
+        vip6[..2].copy_from_slice(&[0xfd, 0x77]);
+        (c6[15], vip6[15]) = (10, 100);
+        let record4 = |port, c: Conn| v4.record(&flow(c4, vip4, port), &c, |s| timeouts.get(s));
+        let record6 = |port, c: Conn| v6.record(&flow(c6, vip6, port), &c, |s| timeouts.get(s));
+        // Backend 1 (service 0) is IPv4, backend 2 (service 1) IPv6.
+        record4(1, conn(1, 0, now - 5, CONN_ESTABLISHED));
+        record6(1, conn(2, 1, now - 5, CONN_ESTABLISHED));
+        record6(2, conn(2, 1, now, CONN_SYN));
+        record6(3, conn(2, 1, now - 200, CONN_ESTABLISHED)); // expired: kept, not counted
+        record6(4, conn(2, 0, now, CONN_ESTABLISHED)); // an earlier holder of the id
+        record6(5, conn(2, 1, now.wrapping_sub(STALE_TICKS), CONN_ESTABLISHED)); // stale
+        let backends = BTreeMap::from([(1, 0), (2, 1)]);
+        let mut counts = BTreeMap::new();
+        recount(&v4, now, &timeouts, &backends, &mut counts);
+        recount(&v6, now, &timeouts, &backends, &mut counts);
+        assert_eq!(
+            counts,
+            BTreeMap::from([
+                (1, BackendConns { active: 1, inactive: 0 }),
+                (2, BackendConns { active: 1, inactive: 1 }),
+            ])
+        );
+        assert_eq!(v6.len(), 4, "the stale entry is erased, the expired one kept");
+        assert_eq!(v4.len(), 1);
     }
 }
