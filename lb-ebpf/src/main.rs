@@ -36,9 +36,9 @@ use aya_ebpf::{
 };
 use lb_common::{
     abi::{
-        ADDR_BACKEND, ADDR_REAL, ADDR_VIP, BACKEND_DOWN, BACKEND_DSR, NEIGH_MARK_MAGIC,
-        NEIGH_MARK6_MAGIC, NEIGH6_SLOTS, NeighMark, PROTO_TCP, SVC_REJECT, TCP_ACK, TCP_SYN,
-        neigh6_tag,
+        ADDR_BACKEND, ADDR_REAL, ADDR_VIP, BACKEND_DOWN, BACKEND_DSR, BACKEND_IN_USE,
+        NEIGH_MARK_MAGIC, NEIGH_MARK6_MAGIC, NEIGH6_SLOTS, NeighMark, PROTO_TCP, SVC_REJECT,
+        TCP_ACK, TCP_SYN, neigh6_tag,
     },
     counter::{Counter, Kind},
 };
@@ -119,6 +119,16 @@ pub fn lb_answer6(ctx: XdpContext) -> u32 {
     count(&v6::answer::answer(&ctx).unwrap_or_else(Verdict::stopped))
 }
 
+/// IPv6 errors about our flows, translated; tail called by `lb_xdp6` (see
+/// `v6::icmp`).
+#[xdp]
+#[inline(always)]
+// The context by value: the signature aya's program macros require.
+#[allow(clippy::needless_pass_by_value)]
+pub fn lb_icmp6(ctx: XdpContext) -> u32 {
+    count(&v6::icmp::translate(&ctx).unwrap_or_else(Verdict::stopped))
+}
+
 /// Counts the verdict's counter and answers its action.
 #[inline(always)]
 fn count(verdict: &Verdict) -> u32 {
@@ -136,6 +146,9 @@ fn process<F: Family>(ctx: &XdpContext) -> Result<Verdict, Counter> {
     let dst_flags = select::addr_flags::<F>(ip.dst);
     let to_vip = dst_flags & ADDR_VIP != 0;
     let src_flags = select::addr_flags::<F>(ip.src);
+    if F::ICMP_BEFORE_SOURCE_CHECKS && ip.proto == F::ICMP {
+        return F::icmp(ctx, &ip, to_vip);
+    }
     if to_vip {
         source_could_be_a_client(&ip, src_flags)?;
     }
@@ -378,7 +391,9 @@ fn to_backend<F: Family>(
     };
     // Direct routing leaves the IP packet as it is: only the frame goes to
     // the backend, which holds the VIP itself and answers the client.
-    let backend = choice.backend().ok_or(Counter::DropNoBackend)?;
+    // Read again (see `Choice`): removed since it was chosen, it is no target.
+    let backend =
+        choice.backend().filter(|b| b.flags & BACKEND_IN_USE != 0).ok_or(Counter::DropNoBackend)?;
     let dsr = backend.flags & BACKEND_DSR != 0;
     let target = Target {
         rewrite: (!dsr).then_some(Side::Destination),

@@ -195,8 +195,9 @@ pub static LB_NEIGH6: Array<[u8; 16], { NEIGH6_SLOTS as usize }> = Array::new();
 /// Slot 0: `lb_xdp6`, which `lb_xdp` tail calls for an IPv6 frame (empty:
 /// IPv6 goes to the kernel untouched, counted `pass_not_ipv4`). Slot 1:
 /// `lb_answer6`, which `lb_xdp6` tail calls to answer (see `v6::answer`).
+/// Slot 2: `lb_icmp6`, which it tail calls for an ICMPv6 error (`v6::icmp`).
 #[btf_map(name = "lb_progs")]
-pub static LB_PROGS: ProgramArray<2> = ProgramArray::new();
+pub static LB_PROGS: ProgramArray<3> = ProgramArray::new();
 
 /// What `lb_xdp6` asks `lb_answer6` to answer, one slot per CPU.
 #[btf_map(name = "lb_answer6_req")]

@@ -1,11 +1,12 @@
 //! IPv6: its headers (`parse`), its rewrites (`nat`), its answers
-//! (`answer`), its maps, and the `Family` the shared decisions run over in
-//! `lb_xdp6`.
+//! (`answer`), its error translation (`icmp`), its maps, and the `Family`
+//! the shared decisions run over in `lb_xdp6`.
 //!
-//! Not yet translated here, and said by the counters: ICMPv6 goes to the
-//! kernel untouched (`pass_not_tcp_udp`: neighbour discovery is the
-//! kernel's, and errors about our flows are not translated yet).
+//! ICMPv6 errors about our flows are translated in `lb_icmp6` (`icmp`);
+//! every other ICMPv6 message goes to the kernel (`pass_not_tcp_udp`:
+//! neighbour discovery is the kernel's).
 pub mod answer;
+pub mod icmp;
 pub mod nat;
 pub mod parse;
 
@@ -58,6 +59,8 @@ impl Family for V6 {
     type FragId = u32;
     type FragKey = FragKey6;
     const ICMP: u8 = parse::PROTO_ICMPV6;
+    const ICMP_BEFORE_SOURCE_CHECKS: bool = true;
+    const KERNEL_REASSEMBLY: bool = false;
 
     #[inline(always)]
     fn vips() -> &'static HashMap<[u8; 16], u32, SERVICES> {
@@ -113,13 +116,18 @@ impl Family for V6 {
     }
     #[inline(always)]
     unsafe fn store_conn(slot: *mut ConnSlot<[u8; 16]>, entry: ConnSlot<[u8; 16]>) {
-        // SAFETY: four plain-old-data words of the same 32 bytes; the
-        // caller guarantees the slot.
+        // The entry's 28 bytes into four zeroed words: its 4 bytes of tail
+        // padding are never read.
+        let mut words = [0_u64; 4];
+        // SAFETY: 28 bytes of a live entry into a buffer of 32; the caller
+        // guarantees the slot.
         unsafe {
-            conntrack::store_words(
-                slot.cast(),
-                core::mem::transmute::<ConnSlot<[u8; 16]>, [u64; 4]>(entry),
+            core::ptr::copy_nonoverlapping(
+                (&raw const entry).cast::<u8>(),
+                words.as_mut_ptr().cast::<u8>(),
+                28,
             );
+            conntrack::store_words(slot.cast(), words);
         }
     }
 
@@ -206,8 +214,15 @@ impl Family for V6 {
     }
 
     #[inline(always)]
-    fn icmp(_ctx: &XdpContext, _ip: &Headers<Self>, _to_vip: bool) -> Result<Verdict, Counter> {
-        Err(Counter::PassNotTcpUdp)
+    fn icmp(ctx: &XdpContext, ip: &Headers<Self>, _to_vip: bool) -> Result<Verdict, Counter> {
+        // Neighbour discovery, echo and the rest are the kernel's.
+        if !icmp::is_error(ctx, ip.ihl) {
+            return Err(Counter::PassNotTcpUdp);
+        }
+        // SAFETY: the context is this program's; the call does not return
+        // unless `lb_progs` holds no `lb_icmp6`.
+        unsafe { maps::LB_PROGS.tail_call(ctx, icmp::ICMP_PROG) };
+        Err(Counter::PassIcmpNotOurs)
     }
     #[inline(always)]
     fn tcp_reset(
