@@ -17,6 +17,13 @@ pub trait Addr: Copy + Default + Eq + core::hash::Hash + core::fmt::Debug + 'sta
     /// Its length in bytes.
     const LEN: usize;
 
+    /// The bytes a connection-table entry holding this address needs at
+    /// its end to fill its last word (`conn_table::ConnSlot`), explicit so
+    /// that no byte of an entry is padding, and its words may be copied.
+    type SlotPad: Copy + Default + Eq + core::fmt::Debug + 'static;
+    /// `SlotPad`'s value: zeros.
+    const SLOT_PAD: Self::SlotPad;
+
     /// The address folded into 64 bits, read natively (the data plane
     /// loads addresses as words): the key of the direct-mapped indexes,
     /// whose entries carry their own tag, so a collision costs a lookup.
@@ -41,6 +48,8 @@ pub trait Addr: Copy + Default + Eq + core::hash::Hash + core::fmt::Debug + 'sta
 
 impl Addr for [u8; 4] {
     const LEN: usize = 4;
+    type SlotPad = [u8; 0];
+    const SLOT_PAD: [u8; 0] = [];
 
     #[inline(always)]
     fn fold(&self) -> u64 {
@@ -78,6 +87,8 @@ fn halves(addr: &[u8; 16]) -> [u64; 2] {
 
 impl Addr for [u8; 16] {
     const LEN: usize = 16;
+    type SlotPad = [u8; 4];
+    const SLOT_PAD: [u8; 4] = [0; 4];
 
     #[inline(always)]
     fn fold(&self) -> u64 {

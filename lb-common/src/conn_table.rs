@@ -29,7 +29,7 @@ pub const CONN_WAYS: usize = 4;
 /// state.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ConnSlot<A = [u8; 4]> {
+pub struct ConnSlot<A: Addr = [u8; 4]> {
     pub src: A,
     pub sport: u16,
     pub dport: u16,
@@ -40,6 +40,8 @@ pub struct ConnSlot<A = [u8; 4]> {
     pub service_id: u8,
     /// `CONN_*`.
     pub state: u8,
+    /// Zeros to the entry's last word (none for IPv4, 4 bytes for IPv6).
+    pub _pad: A::SlotPad,
 }
 const _: () = assert!(size_of::<ConnSlot>() == 16);
 const _: () = assert!(size_of::<ConnSlot<[u8; 16]>>() == 32);
@@ -50,7 +52,7 @@ const _: () = assert!(MAX_BACKENDS <= 1 << 16 && MAX_SERVICES <= 1 << 8);
 /// it without a system call per entry).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConnSet<A = [u8; 4]> {
+pub struct ConnSet<A: Addr = [u8; 4]> {
     pub slots: [ConnSlot<A>; CONN_WAYS],
 }
 const _: () = assert!(size_of::<ConnSet>() == 64);
@@ -113,6 +115,7 @@ impl<A: Addr> ConnSlot<A> {
             backend_id: conn.backend_id as u16,
             service_id: conn.service_id as u8,
             state: conn.state,
+            _pad: A::SLOT_PAD,
         }
     }
 

@@ -116,18 +116,13 @@ impl Family for V6 {
     }
     #[inline(always)]
     unsafe fn store_conn(slot: *mut ConnSlot<[u8; 16]>, entry: ConnSlot<[u8; 16]>) {
-        // The entry's 28 bytes into four zeroed words: its 4 bytes of tail
-        // padding are never read.
-        let mut words = [0_u64; 4];
-        // SAFETY: 28 bytes of a live entry into a buffer of 32; the caller
-        // guarantees the slot.
+        // SAFETY: four words of the same 32 bytes, none of them padding
+        // (`ConnSlot::_pad`); the caller guarantees the slot.
         unsafe {
-            core::ptr::copy_nonoverlapping(
-                (&raw const entry).cast::<u8>(),
-                words.as_mut_ptr().cast::<u8>(),
-                28,
+            conntrack::store_words(
+                slot.cast(),
+                core::mem::transmute::<ConnSlot<[u8; 16]>, [u64; 4]>(entry),
             );
-            conntrack::store_words(slot.cast(), words);
         }
     }
 

@@ -117,8 +117,8 @@ impl<A: TableAddr> ConnTable<A> {
 
     fn write(&self, at: At, slot: ConnSlot<A>) {
         // An entry is 2 (IPv4) or 4 (IPv6) words, 8-byte aligned, with no
-        // padding (`lb_common::conn_table` asserts the sizes); its state is
-        // in the last word, its key in the first.
+        // padding (`ConnSlot::_pad` fills IPv6's last word; the sizes are
+        // asserted); its state is in the last word, its key in the first.
         let words = size_of::<ConnSlot<A>>() / 8;
         let from = (&raw const slot).cast::<u64>();
         let to = self.slot_ptr(at).cast::<u64>();
