@@ -22,11 +22,9 @@ use lb_common::{
 };
 
 use crate::{
-    Verdict, conntrack,
+    Verdict,
     family::V4,
     fwd::{self, Hop, Query},
-    handshake,
-    maps::LB_BACKENDS,
     parse::{self, ETH_LEN, Frag, Ipv4, Packet, ptr_at},
     select::{self, Here},
 };
@@ -140,28 +138,7 @@ fn to_backend(
     quoted: &Flow,
     here: Here,
 ) -> Result<Verdict, Counter> {
-    // The client's flow, as the client sent it.
-    let flow = Flow {
-        src: quoted.dst,
-        dst: quoted.src,
-        sport: quoted.dport,
-        dport: quoted.sport,
-        proto: quoted.proto,
-        _pad: [0; 3],
-    };
-    // SAFETY: copied out at once.
-    let conn = conntrack::find::<V4>(&flow)
-        .map(|slot| unsafe { (*slot).conn() })
-        .filter(|c| !select::conn_expired(c, here));
-    // A flow in its handshake (an error about a SYN-ACK) has only its record.
-    let (backend_id, service_id) = if let Some(conn) = conn {
-        (conn.backend_id, conn.service_id)
-    } else {
-        let id = handshake::placed_on::<V4>(&flow, here).ok_or(Counter::PassIcmpNotOurs)?;
-        (id, LB_BACKENDS.get(id).ok_or(Counter::PassIcmpNotOurs)?.service_id)
-    };
-    let backend = select::live_backend::<V4>(backend_id, service_id, &flow)
-        .ok_or(Counter::PassIcmpNotOurs)?;
+    let backend = select::reply_owner::<V4>(quoted, here).ok_or(Counter::PassIcmpNotOurs)?;
     refuse_from_elsewhere(ctx, ip, pkt, quoted, here)?;
     let direct = backend.flags & BACKEND_DSR != 0;
     let query = Query { src: pkt.flow.src, dst: backend.addr, sport: 0, dport: 0, direct };

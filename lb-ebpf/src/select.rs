@@ -128,6 +128,37 @@ pub fn live_backend<F: Family>(
     serves.then_some(b)
 }
 
+/// The backend whose reply `quoted` is (from the VIP to a client, as an
+/// ICMP error quotes it): the one the client's flow is on, from its
+/// connection-table entry, else from its handshake record (an error about
+/// a SYN-ACK); `None` when the flow is not ours (or its backend is gone).
+#[inline(always)]
+pub fn reply_owner<F: Family>(
+    quoted: &Flow<F::Addr>,
+    here: Here,
+) -> Option<&'static Backend<F::Addr>> {
+    // The client's flow, as the client sent it.
+    let flow = Flow {
+        src: quoted.dst,
+        dst: quoted.src,
+        sport: quoted.dport,
+        dport: quoted.sport,
+        proto: quoted.proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: copied out at once.
+    let conn = conntrack::find::<F>(&flow)
+        .map(|slot| unsafe { (*slot).conn() })
+        .filter(|c| !conn_expired(c, here));
+    let (backend_id, service_id) = if let Some(conn) = conn {
+        (conn.backend_id, conn.service_id)
+    } else {
+        let id = handshake::placed_on::<F>(&flow, here)?;
+        (id, F::backends().get(id)?.service_id)
+    };
+    live_backend::<F>(backend_id, service_id, &flow)
+}
+
 /// The address pre-filter's flags of `addr` (`ADDR_VIP`, `ADDR_REAL`): a
 /// false positive only costs the exact lookups that follow.
 #[inline(always)]

@@ -25,10 +25,9 @@ use super::{
     parse::{self, IPV6_LEN, PROTO_ICMPV6},
 };
 use crate::{
-    Verdict, conntrack,
-    family::Family,
+    Verdict,
     fwd::{self, Hop, Query},
-    handshake, mem,
+    mem,
     parse::{ETH_LEN, Frag, Packet, ptr_at},
     select::{self, Here},
 };
@@ -141,27 +140,7 @@ fn to_backend(
     quoted: &Flow<[u8; 16]>,
     here: Here,
 ) -> Result<Verdict, Counter> {
-    let flow = Flow {
-        src: quoted.dst,
-        dst: quoted.src,
-        sport: quoted.dport,
-        dport: quoted.sport,
-        proto: quoted.proto,
-        _pad: [0; 3],
-    };
-    // SAFETY: copied out at once.
-    let conn = conntrack::find::<V6>(&flow)
-        .map(|slot| unsafe { (*slot).conn() })
-        .filter(|c| !select::conn_expired(c, here));
-    // A flow in its handshake (an error about a SYN-ACK) has only its record.
-    let (backend_id, service_id) = if let Some(conn) = conn {
-        (conn.backend_id, conn.service_id)
-    } else {
-        let id = handshake::placed_on::<V6>(&flow, here).ok_or(Counter::PassIcmpNotOurs)?;
-        (id, V6::backends().get(id).ok_or(Counter::PassIcmpNotOurs)?.service_id)
-    };
-    let backend = select::live_backend::<V6>(backend_id, service_id, &flow)
-        .ok_or(Counter::PassIcmpNotOurs)?;
+    let backend = select::reply_owner::<V6>(quoted, here).ok_or(Counter::PassIcmpNotOurs)?;
     let (addr, port, direct) = (backend.addr, backend.port, backend.flags & BACKEND_DSR != 0);
     refuse_from_elsewhere(ctx, pkt, quoted, here)?;
     let query = Query { src: pkt.flow.src, dst: addr, sport: 0, dport: 0, direct };
