@@ -222,30 +222,28 @@ impl Family for V6 {
     #[inline(always)]
     fn tcp_reset(
         ctx: &XdpContext,
-        pkt: &Packet<Self>,
+        _pkt: &Packet<Self>,
         counter: Counter,
-        here: Here,
+        _here: Here,
     ) -> Result<Verdict, Counter> {
-        let _ = (pkt, here);
+        // The frame is `lb_answer6`'s to parse again (see `answer`).
         let request = answer::Request { kind: answer::RESET, counter, ..NO_REQUEST };
         answer::request(ctx, request, reject::counter_for_silence(counter))
     }
     #[inline(always)]
-    fn no_backend(ctx: &XdpContext, pkt: &Packet<Self>, here: Here) -> Result<Verdict, Counter> {
-        let _ = (pkt, here);
+    fn no_backend(ctx: &XdpContext, _pkt: &Packet<Self>, _here: Here) -> Result<Verdict, Counter> {
         let request = answer::Request { kind: answer::NO_BACKEND, ..NO_REQUEST };
         answer::request(ctx, request, Counter::DropNoBackend)
     }
     #[inline(always)]
     fn too_big(
         ctx: &XdpContext,
-        pkt: &Packet<Self>,
+        _pkt: &Packet<Self>,
         vip: [u8; 16],
         mtu: u16,
         to: To,
-        here: Here,
+        _here: Here,
     ) -> Result<Verdict, Counter> {
-        let _ = (pkt, here);
         let request = answer::Request {
             kind: answer::TOO_BIG,
             vip,
