@@ -22,3 +22,56 @@ pub mod write;
 
 /// The compiled XDP object (built by build.rs from `lb-ebpf`).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+#[cfg(test)]
+mod tests {
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _, RelocationTarget};
+
+    /// What compiler_builtins puts in the object for a memory operation
+    /// LLVM did not expand: a byte loop, one call per use.
+    const BYTE_LOOPS: [&str; 5] = ["memset", "memcpy", "memmove", "memcmp", "bcmp"];
+
+    /// No program calls a byte loop (see lb-ebpf's build script): every
+    /// BPF-to-BPF call (`call` with `src_reg` 1) is followed to its
+    /// target, through its relocation or its offset in its own section.
+    #[test]
+    fn the_data_plane_calls_no_byte_loops() {
+        let elf = object::File::parse(super::EBPF_OBJECT).expect("the XDP object parses");
+        let mut calls = 0;
+        for section in elf.sections().filter(|s| s.kind() == object::SectionKind::Text) {
+            let code = section.data().expect("the section's code");
+            let relocated: std::collections::HashMap<u64, String> = section
+                .relocations()
+                .filter_map(|(offset, rel)| match rel.target() {
+                    RelocationTarget::Symbol(i) => {
+                        Some((offset, elf.symbol_by_index(i).ok()?.name().ok()?.to_owned()))
+                    }
+                    _ => None,
+                })
+                .collect();
+            for (i, insn) in code.chunks_exact(8).enumerate() {
+                let offset = 8 * i as u64;
+                // BPF_JMP | BPF_CALL with src_reg BPF_PSEUDO_CALL.
+                if insn[0] != 0x85 || insn[1] >> 4 != 1 {
+                    continue;
+                }
+                calls += 1;
+                let target = relocated.get(&offset).cloned().unwrap_or_else(|| {
+                    let imm = i32::from_le_bytes([insn[4], insn[5], insn[6], insn[7]]);
+                    let at = offset.wrapping_add_signed(8 * (i64::from(imm) + 1));
+                    elf.symbols()
+                        .find(|s| s.section_index() == Some(section.index()) && s.address() == at)
+                        .and_then(|s| s.name().ok().map(str::to_owned))
+                        .unwrap_or_default()
+                });
+                assert!(
+                    !BYTE_LOOPS.contains(&target.as_str()),
+                    "{} calls {target} at offset {offset}",
+                    section.name().unwrap_or("?")
+                );
+            }
+        }
+        // The global functions are called (the scan sees calls at all).
+        assert!(calls >= 3, "{calls} BPF-to-BPF calls found");
+    }
+}

@@ -36,7 +36,7 @@ use lb_testbed::{
     testrun::{self, XDP_PASS, XDP_REDIRECT},
 };
 
-const NAMES: [&str; 21] = [
+const NAMES: [&str; 23] = [
     "new flow, a fresh 5-tuple per sample",
     "new flow, one SYN, entry deleted between",
     "established flow (connection table hit)",
@@ -63,8 +63,13 @@ const NAMES: [&str; 21] = [
     "IPv6 established flow (connection table hit)",
     "IPv6 backend reply (reverse NAT)",
     "IPv6 non-VIP packet (passed)",
+    // A client address never seen before, every sample: the reverse-path
+    // check asks the FIB (its answer is cached per address, so the rows
+    // above, whose address changes every 50,000 flows, seldom do).
+    "new flow from a new client address",
+    "IPv6 new flow from a new client address",
 ];
-const TARGETS: [Option<u32>; 21] = [
+const TARGETS: [Option<u32>; 23] = [
     Some(100),
     Some(100),
     Some(45),
@@ -86,10 +91,13 @@ const TARGETS: [Option<u32>; 21] = [
     None,
     None,
     None,
+    None,
+    None,
 ];
 /// The scenarios of the table: one packet each, then the handshakes (four
-/// rows each: `Handshake::figures`), then IPv6's, one packet each.
-const WIDTHS: [usize; 15] = [1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4, 1, 1, 1, 1];
+/// rows each: `Handshake::figures`), then IPv6's, one packet each, then
+/// both families' new client addresses.
+const WIDTHS: [usize; 17] = [1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4, 1, 1, 1, 1, 1, 1];
 /// The scenarios that are handshakes.
 const HANDSHAKE_SCENARIOS: std::ops::Range<usize> = 9..11;
 /// The services of the handshake scenarios: the fixture's Maglev service of
@@ -232,6 +240,18 @@ fn measure_per_packet() -> Vec<Row> {
             12 => (ipv6.established.clone(), client_if),
             13 => (ipv6.reply.clone(), backend_if),
             14 => (ipv6.non_vip.clone(), client_if),
+            15 => {
+                fresh += 1;
+                (
+                    Ipv4::tcp(new_client_address(fresh), (VIP, 80), TCP_SYN, b"")
+                        .frame(IF_CLIENT_MAC, CLIENT_MAC),
+                    client_if,
+                )
+            }
+            16 => {
+                fresh += 1;
+                (ipv6::new_address_syn(fresh), client_if)
+            }
             other => {
                 fresh += 1;
                 let port = SCHEDULER_PORTS[other - 5];
@@ -252,6 +272,14 @@ fn measure_per_packet() -> Vec<Row> {
     // rounds it would otherwise lengthen.
     rows.push(flood::row("SYN flood then established (rr)", HANDSHAKES[1], &baseline, &mut fresh));
     rows
+}
+
+/// The `n`th of 16,384 client addresses (10.77.64.0/18, routed back through
+/// the client side), taken in turn: an address comes back after 16,384
+/// samples, by when its cached route is from an older epoch.
+fn new_client_address(n: usize) -> (Ipv4Addr, u16) {
+    let [_, _, c, d] = ((n % 16_384) as u32).to_be_bytes();
+    (Ipv4Addr::new(10, 77, 64 + c, d), 40_000)
 }
 
 fn report(per_packet: Option<&[Row]>, parts: &[Part], load_before: &str) {
@@ -348,10 +376,19 @@ mod ipv6 {
         }
     }
 
-    /// A SYN from the `n`th fresh IPv6 client (`fd77:3::/64`, routed back
-    /// through the client side as the reverse-path check wants).
+    /// A SYN of the `n`th fresh IPv6 flow, numbered like IPv4's
+    /// (`dataplane::fresh_client`): 50,000 ports of a client address
+    /// (`fd77:3::/64`, routed back through the client side as the
+    /// reverse-path check wants), then the next address.
     pub fn fresh_syn(n: usize) -> Vec<u8> {
-        let host = Ipv6Addr::new(0xfd77, 3, 0, 0, 0, 0, (n >> 16) as u16, n as u16);
+        let host = Ipv6Addr::new(0xfd77, 3, 0, 0, 0, 0, 0, (n / 50_000) as u16 + 1);
+        let port = 10_000 + (n % 50_000) as u16;
+        segment((host, port), (VIP6, 80), TCP_SYN, 1000, 0).frame(IF_CLIENT_MAC, CLIENT_MAC)
+    }
+
+    /// A SYN from a client address never used before (`fd77:3::1:0:0/96`).
+    pub fn new_address_syn(n: usize) -> Vec<u8> {
+        let host = Ipv6Addr::new(0xfd77, 3, 0, 0, 0, 1, (n >> 16) as u16, n as u16);
         segment((host, 40_000), (VIP6, 80), TCP_SYN, 1000, 0).frame(IF_CLIENT_MAC, CLIENT_MAC)
     }
 }
