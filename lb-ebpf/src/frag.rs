@@ -123,7 +123,6 @@ pub fn follow<F: Family>(
         // ports to tell its service endpoint from a client's port, could be
         // the start of a loop) and that arrived where its route leaves.
         if pkt.flow.proto != PROTO_UDP
-            || !F::KERNEL_REASSEMBLY
             // SAFETY: the value is not read.
             || (from_real && unsafe { F::backend_addrs().get(pkt.flow.src).is_some() })
         {
