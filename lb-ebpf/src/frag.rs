@@ -108,8 +108,7 @@ pub fn follow<F: Family>(
     (to_vip, from_real, link_group): (bool, bool, bool),
     here: Here,
 ) -> Result<Verdict, Counter> {
-    let key = F::frag_key(pkt);
-    let Some(entry) = live_entry::<F>(&key, here) else {
+    let Some(entry) = live_entry::<F>(&F::frag_key(pkt), here) else {
         // SAFETY: the value is not read.
         let to_vip = to_vip && unsafe { F::vips().get(pkt.flow.dst).is_some() };
         if !to_vip {
@@ -131,8 +130,10 @@ pub fn follow<F: Family>(
         fwd::arrived_from(ctx, pkt, pkt.flow.src, here)?;
         let entry =
             FragEntry { kind: FRAG_KERNEL, epoch: here.epoch as u32, ..FragEntry::default() };
-        // A full table evicts its least recently used entry.
-        let _ = F::frags().insert(key, entry, 0);
+        // The key built again, not kept: alive across the reverse-path
+        // check, it took lb_xdp6 40 bytes more stack. A full table evicts
+        // its least recently used entry.
+        let _ = F::frags().insert(F::frag_key(pkt), entry, 0);
         return Err(Counter::PassFragmentToKernel);
     };
     // Ours (its datagram's first fragment said so): the edge checks.
