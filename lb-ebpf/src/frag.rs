@@ -8,13 +8,14 @@
 //! went. Cilium's XDP load balancer keeps such a map too.
 //!
 //! A later fragment that arrives before its first finds nothing, and XDP
-//! cannot hold a frame back. For UDP the whole datagram goes to the kernel
-//! instead: the early fragment leaves a `FRAG_KERNEL` entry, so the ones
-//! after it and the first (which looks here before it is placed) follow it
-//! there (`pass_fragment_to_kernel`). The kernel reassembles it (bounded by
-//! its own `ipfrag_high_thresh` and `ipfrag_time`) and, the VIP being a
-//! local address, delivers it to the controller's socket on VIP:port, which
-//! places it as this program would and sends it on (lb-ctl `reassembled`).
+//! cannot hold a frame back. For UDP (IPv4 and IPv6 alike) the whole
+//! datagram goes to the kernel instead: the early fragment leaves a
+//! `FRAG_KERNEL` entry, so the ones after it and the first (which looks
+//! here before it is placed) follow it there (`pass_fragment_to_kernel`).
+//! The kernel reassembles it (bounded by its own `ipfrag_high_thresh` and
+//! `ipfrag_time`, IPv6's `ip6frag_*`) and, the VIP being a local address,
+//! delivers it to the controller's socket on VIP:port, which places it as
+//! this program would and sends it on (lb-ctl `reassembled`).
 //! A TCP segment cannot take that road: the kernel would answer it with a
 //! reset. Its early fragment is dropped (`drop_fragment`); the rest go
 //! through, and the backend's reassembly drops the incomplete segment.

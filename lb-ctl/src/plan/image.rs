@@ -55,6 +55,7 @@ impl<A: MapAddr + Ord> FamilyImage<A> {
     /// without what followed from them (their VIPs' counts and pre-filter
     /// bits, their backends' addresses, reverse entries and index slots),
     /// built as the planner builds an image.
+    #[must_use]
     pub fn without_services(&self, ids: &BTreeSet<u32>) -> Self {
         let mut builder = Builder::default();
         for (key, service) in self.services.iter().filter(|(_, s)| !ids.contains(&s.id)) {
