@@ -65,10 +65,6 @@ pub trait Family: Sized + Copy + 'static {
     /// neighbour discovery comes from link-local sources, which no client
     /// has, to the VIPs too.
     const ICMP_BEFORE_SOURCE_CHECKS: bool;
-    /// Whether a datagram whose later fragment came first can be left to
-    /// the kernel's reassembly (the controller's socket on the VIP takes
-    /// it: IPv4's only, for now); otherwise it is dropped like TCP's.
-    const KERNEL_REASSEMBLY: bool;
 
     /// VIP -> services on it.
     fn vips() -> &'static HashMap<Self::Addr, u32, SERVICES>;
@@ -154,7 +150,6 @@ impl Family for V4 {
     type FragKey = FragKey;
     const ICMP: u8 = lb_common::abi::PROTO_ICMP;
     const ICMP_BEFORE_SOURCE_CHECKS: bool = false;
-    const KERNEL_REASSEMBLY: bool = true;
 
     #[inline(always)]
     fn vips() -> &'static HashMap<[u8; 4], u32, SERVICES> {

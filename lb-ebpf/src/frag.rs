@@ -8,13 +8,14 @@
 //! went. Cilium's XDP load balancer keeps such a map too.
 //!
 //! A later fragment that arrives before its first finds nothing, and XDP
-//! cannot hold a frame back. For UDP the whole datagram goes to the kernel
-//! instead: the early fragment leaves a `FRAG_KERNEL` entry, so the ones
-//! after it and the first (which looks here before it is placed) follow it
-//! there (`pass_fragment_to_kernel`). The kernel reassembles it (bounded by
-//! its own `ipfrag_high_thresh` and `ipfrag_time`) and, the VIP being a
-//! local address, delivers it to the controller's socket on VIP:port, which
-//! places it as this program would and sends it on (lb-ctl `reassembled`).
+//! cannot hold a frame back. For UDP (IPv4 and IPv6 alike) the whole
+//! datagram goes to the kernel instead: the early fragment leaves a
+//! `FRAG_KERNEL` entry, so the ones after it and the first (which looks
+//! here before it is placed) follow it there (`pass_fragment_to_kernel`).
+//! The kernel reassembles it (bounded by its own `ipfrag_high_thresh` and
+//! `ipfrag_time`, IPv6's `ip6frag_*`) and, the VIP being a local address,
+//! delivers it to the controller's socket on VIP:port, which places it as
+//! this program would and sends it on (lb-ctl `reassembled`).
 //! A TCP segment cannot take that road: the kernel would answer it with a
 //! reset. Its early fragment is dropped (`drop_fragment`); the rest go
 //! through, and the backend's reassembly drops the incomplete segment.
@@ -108,8 +109,7 @@ pub fn follow<F: Family>(
     (to_vip, from_real, link_group): (bool, bool, bool),
     here: Here,
 ) -> Result<Verdict, Counter> {
-    let key = F::frag_key(pkt);
-    let Some(entry) = live_entry::<F>(&key, here) else {
+    let Some(entry) = live_entry::<F>(&F::frag_key(pkt), here) else {
         // SAFETY: the value is not read.
         let to_vip = to_vip && unsafe { F::vips().get(pkt.flow.dst).is_some() };
         if !to_vip {
@@ -123,7 +123,6 @@ pub fn follow<F: Family>(
         // ports to tell its service endpoint from a client's port, could be
         // the start of a loop) and that arrived where its route leaves.
         if pkt.flow.proto != PROTO_UDP
-            || !F::KERNEL_REASSEMBLY
             // SAFETY: the value is not read.
             || (from_real && unsafe { F::backend_addrs().get(pkt.flow.src).is_some() })
         {
@@ -132,8 +131,10 @@ pub fn follow<F: Family>(
         fwd::arrived_from(ctx, pkt, pkt.flow.src, here)?;
         let entry =
             FragEntry { kind: FRAG_KERNEL, epoch: here.epoch as u32, ..FragEntry::default() };
-        // A full table evicts its least recently used entry.
-        let _ = F::frags().insert(key, entry, 0);
+        // The key built again, not kept: alive across the reverse-path
+        // check, it took lb_xdp6 40 bytes more stack. A full table evicts
+        // its least recently used entry.
+        let _ = F::frags().insert(F::frag_key(pkt), entry, 0);
         return Err(Counter::PassFragmentToKernel);
     };
     // Ours (its datagram's first fragment said so): the edge checks.

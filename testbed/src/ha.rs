@@ -17,6 +17,12 @@
 //! - `Bgp`: the same, but the router's route is BIRD's, merged from what
 //!   each node's BIRD announces of the routes its controller writes
 //!   (`[bgp]`, the shipped `examples/bird/` configs), with or without BFD.
+//!
+//! `start_dual_stack` gives every link an IPv6 address too (client side
+//! fd77::/64, front fd77:1::/64 with the router on ::1 and the nodes on
+//! ::2 and ::3, back fd77:2::/64 likewise, the backends on their
+//! `BACKENDS6` addresses) and the services again on the IPv6 VIP
+//! fd77:1::100, held and routed like the IPv4 one.
 use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -27,7 +33,9 @@ use crate::{
     bird::{self, Bird},
     harness::{Controller, Setup},
     netns::{in_ns, ns_sh, sh},
-    topology::{BACKENDS, Topology, VIP, VIP6, addr, bridge_port, endpoint_offloads, veth},
+    topology::{
+        BACKENDS, BACKENDS6, Topology, VIP, VIP6, addr, addr6, bridge_port, endpoint_offloads, veth,
+    },
 };
 
 pub const CLIENT_ADDR: &str = "10.77.0.10";
@@ -36,6 +44,11 @@ const ROUTER_FRONT: &str = "10.77.1.1";
 /// The nodes' own addresses: front LAN, back LAN.
 pub const NODES: [(&str, &str, &str); 2] =
     [("lb1", "10.77.1.2", "10.77.2.2"), ("lb2", "10.77.1.3", "10.77.2.3")];
+/// `start_dual_stack`'s IPv6 addresses, as the IPv4 ones above.
+pub const CLIENT_ADDR6: &str = "fd77::10";
+const ROUTER_CLIENT_SIDE6: &str = "fd77::1";
+const ROUTER_FRONT6: &str = "fd77:1::1";
+pub const NODES6: [(&str, &str); 2] = [("fd77:1::2", "fd77:2::2"), ("fd77:1::3", "fd77:2::3")];
 /// The backends' gateway, which floats with the VIP (`Vrrp`).
 pub const BACKEND_GATEWAY: &str = "10.77.2.1";
 
@@ -117,6 +130,16 @@ impl Ha {
     /// node (same config), and in `Vrrp` mode keepalived on each node (lb1
     /// MASTER); returns once lb1 holds the VIP (`Vrrp`) or both nodes run.
     pub fn start(prefix: &str, mode: Mode) -> Self {
+        Self::start_with(prefix, mode, false)
+    }
+
+    /// `start`, dual stack: the links' IPv6 addresses and the services on
+    /// the IPv6 VIP too (the module's comment).
+    pub fn start_dual_stack(prefix: &str, mode: Mode) -> Self {
+        Self::start_with(prefix, mode, true)
+    }
+
+    fn start_with(prefix: &str, mode: Mode, ipv6: bool) -> Self {
         let mut ha = Self {
             prefix: prefix.to_owned(),
             nodes: Vec::new(),
@@ -127,8 +150,13 @@ impl Ha {
         };
         ha.destroy();
         ha.build(mode);
+        if ipv6 {
+            ha.build_ipv6(mode);
+            ha.backends.ipv6 = true;
+        }
         ha.backends.start_backends(&crate::harness::built_bin("lb-lab").to_string_lossy());
-        let setup = if matches!(mode, Mode::Bgp { .. }) { BGP_SETUP } else { Setup::default() };
+        let mut setup = if matches!(mode, Mode::Bgp { .. }) { BGP_SETUP } else { Setup::default() };
+        setup.ipv6 = ipv6;
         for (i, (node, ..)) in NODES.iter().enumerate() {
             let name = format!("{prefix}-{node}");
             ha.nodes.push(Controller::start(&ha.node(i), &name, setup, [Some(1); 3]));
@@ -242,6 +270,43 @@ impl Ha {
         }
     }
 
+    /// The IPv6 addresses and routes of `start_dual_stack`, beside `build`'s.
+    fn build_ipv6(&self, mode: Mode) {
+        let (client, router) = (self.client(), self.router());
+        addr6(&client, "c0", &format!("{CLIENT_ADDR6}/64"));
+        ns_sh(&client, &["ip", "-6", "route", "add", "default", "via", ROUTER_CLIENT_SIDE6]);
+        addr6(&router, "r-c", &format!("{ROUTER_CLIENT_SIDE6}/64"));
+        addr6(&router, "r-f", &format!("{ROUTER_FRONT6}/64"));
+        ns_sh(&router, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+        ns_sh(&router, &["sysctl", "-qw", "net.ipv6.fib_multipath_hash_policy=1"]);
+        for (i, (front_addr, back_addr)) in NODES6.iter().enumerate() {
+            let node = self.node(i);
+            addr6(&node, "lb-c", &format!("{front_addr}/64"));
+            addr6(&node, "lb-b", &format!("{back_addr}/64"));
+            ns_sh(&node, &["ip", "-6", "route", "add", "default", "via", ROUTER_FRONT6]);
+            ns_sh(&node, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+            if mode.multipath() {
+                addr6(&node, "lo", &format!("{VIP6}/128"));
+            }
+        }
+        if mode == Mode::Ecmp {
+            let mut args = vec!["ip", "-6", "route", "replace", VIP6];
+            for (hop, _) in NODES6 {
+                args.extend(["nexthop", "via", hop]);
+            }
+            ns_sh(&router, &args);
+        }
+        for (name, address) in BACKENDS6 {
+            let web = self.backends.web(name);
+            addr6(&web, "eth0", &format!("{address}/64"));
+            let mut args = vec!["ip", "-6", "route", "replace", "default"];
+            for (_, hop) in NODES6 {
+                args.extend(["nexthop", "via", hop]);
+            }
+            ns_sh(&web, &args);
+        }
+    }
+
     /// Starts keepalived on node `i` (lb1 MASTER, priority 150; lb2 BACKUP, 100).
     pub fn start_keepalived(&mut self, i: usize) {
         let dir = self.keepalived_dir(i);
@@ -349,6 +414,37 @@ impl Ha {
             .map(|(_, hop)| hop)
             .collect();
         (0..NODES.len()).filter(|&i| hops.contains(&NODES[i].1)).collect()
+    }
+
+    /// The nodes the router's route to the IPv6 VIP goes through now (by
+    /// their IPv6 addresses, in `NODES` order); empty without a route.
+    pub fn next_hops6(&self) -> Vec<usize> {
+        let route = ns_sh(&self.router(), &["ip", "-6", "route", "show", &format!("{VIP6}/128")]);
+        let words: Vec<&str> = route.split_whitespace().collect();
+        let hops: Vec<&str> = words.windows(2).filter(|w| w[0] == "via").map(|w| w[1]).collect();
+        (0..NODES6.len()).filter(|&i| hops.contains(&NODES6[i].0)).collect()
+    }
+
+    /// Waits until the router's route to the IPv6 VIP goes through `nodes`
+    /// exactly; how long it took (polled every 10 ms).
+    pub fn wait_next_hops6(&self, nodes: &[usize], limit: Duration) -> Duration {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if self.next_hops6() == nodes {
+                return start.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let birds: Vec<String> = std::iter::once(self.router_bird.as_ref())
+            .chain(self.node_birds.iter().map(Some))
+            .flatten()
+            .map(|b| format!("{}:\n{}{}", b.ns, b.birdc(&["show", "route", "all"]), b.log()))
+            .collect();
+        panic!(
+            "the router's route to {VIP6} did not go through {nodes:?} within {limit:?} (it goes through {:?})\n{}",
+            self.next_hops6(),
+            birds.join("\n")
+        );
     }
 
     /// Waits until the router's route to the VIP goes through `nodes`

@@ -6,11 +6,14 @@
 //! when it clears, while long-lived connections of a `maglev` service and
 //! a new connection every 10 ms go on unbroken. The times from event to
 //! route change are measured by `cargo xtask lab bgp`, not asserted here.
-use std::time::Duration;
+//! IPv6 VIPs go the same way, in the same sessions.
+use std::{collections::BTreeSet, time::Duration};
 
 use lb_testbed::{
-    ha::{Ha, Mode, NODES},
-    harness::config,
+    ha::{Ha, Mode, NODES, NODES6},
+    harness::{backend_of, config, http_get_at},
+    netns::in_ns,
+    topology::VIP6,
     traffic::Traffic,
 };
 
@@ -189,4 +192,47 @@ fn a_node_whose_services_differ_is_visible_at_the_router() {
     assert!(log.contains("waiting bgp.withdraw_delay_ms before detaching"), "{log}");
     assert!(log.contains("data plane detached and unpinned"), "{log}");
     eprintln!("SIGTERM with --cleanup-on-exit: next hop gone after {gone:?}, then detached");
+}
+
+/// IPv6 VIPs travel in the same BGP sessions as IPv4's (the shipped
+/// configs' ipv6 channel): each node's controller writes a /128 for the
+/// IPv6 VIP, its BIRD announces it with the node's IPv6 address as next
+/// hop, and the router installs one ECMP route through both nodes, which
+/// the client's IPv6 requests take to the backends. A drained node leaves
+/// the routes of both families, and comes back to both at undrain.
+#[test]
+fn an_ipv6_vip_is_learned_by_the_router_from_every_node() {
+    let ha = Ha::start_dual_stack("lbv-g", Mode::Bgp { bfd: false });
+    let both = ha.wait_next_hops6(&[0, 1], Duration::from_secs(20));
+    let router = ha.router_bird.as_ref().expect("the router's BIRD");
+    let learnt = router.birdc(&["show", "route", "for", VIP6, "all"]);
+    eprintln!("the IPv6 VIP through both nodes after {both:?}:\n{learnt}");
+    for (front6, _) in NODES6 {
+        assert!(learnt.contains(&format!("via {front6}")), "a path through {front6}:\n{learnt}");
+    }
+    assert_eq!(learnt.matches("BGP.large_community").count(), 2, "one path per node:\n{learnt}");
+
+    let answers: Vec<String> = in_ns(&ha.client(), || {
+        (0..30)
+            .map(|i| {
+                let body = http_get_at(VIP6, 80)
+                    .unwrap_or_else(|e| panic!("request {i} to [{VIP6}]:80: {e}"));
+                backend_of(&body)
+            })
+            .collect()
+    });
+    let served: BTreeSet<&str> = answers.iter().map(String::as_str).collect();
+    eprintln!("IPv6 requests answered by {served:?}");
+    assert!(served.len() >= 2, "IPv6 requests are spread over the backends: {answers:?}");
+
+    let node = ha.nodes[0].ctl_ok(&["node", "drain"]);
+    assert!(node.contains("withdrawn: node drained"), "{node}");
+    let gone6 = ha.wait_next_hops6(&[1], ROUTE_CHANGE);
+    let gone = ha.wait_next_hops(&[1], ROUTE_CHANGE);
+    eprintln!("drain: IPv6 next hop gone after {gone6:?}, IPv4's after {gone:?}");
+    let node = ha.nodes[0].ctl_ok(&["node", "undrain"]);
+    assert!(node.contains("announced"), "{node}");
+    let back6 = ha.wait_next_hops6(&[0, 1], ROUTE_CHANGE);
+    let back = ha.wait_next_hops(&[0, 1], ROUTE_CHANGE);
+    eprintln!("undrain: IPv6 next hop back after {back6:?}, IPv4's after {back:?}");
 }

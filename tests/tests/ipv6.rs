@@ -4,10 +4,13 @@
 //! IPv6 VIP (`web6`, `echo6`, `udp6`) beside the IPv4 ones, through one
 //! load balancer: new connections spread, UDP, the connection listing and
 //! counts, health checks and drain, the neighbour slow path, a 1280-byte
-//! MTU, a controller killed under traffic of both families, direct routing.
+//! MTU, a controller killed under traffic of both families, direct routing,
+//! UDP datagrams whose first fragment comes last (the controller's
+//! reassembly slow path) and floods of incomplete ones.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    time::Duration,
+    net::{Ipv6Addr, UdpSocket},
+    time::{Duration, Instant},
 };
 
 use lb_common::counter::Counter;
@@ -19,10 +22,13 @@ use lb_testbed::{
         udp_query_at, wait_for,
     },
     netns::{in_ns, ns_sh},
-    server::{DSR_HTTP_PORT, ECHO_PORT, bulk_byte},
+    packet::L4,
+    packet6::{Ext, Ipv6, fragments6},
+    server::{DSR_HTTP_PORT, ECHO_PORT, UDP_PORT, bulk_byte},
     topology::{BACKENDS6, CLIENT_ADDR6, CLIENT_BYPASS_IFACE, LB_BACKEND_SIDE6, VIP6},
     traffic::Traffic,
 };
+use lb_tests::wire::{blast, mac_of};
 
 fn dual(prefix: &str, setup: Setup) -> Lab {
     Lab::start_with(prefix, Setup { ipv6: true, ..setup }, [Some(1); 3])
@@ -329,4 +335,241 @@ fn ipv6_direct_routing_replies_bypass_the_load_balancer() {
     assert!(served.len() >= 2, "new connections are spread: {answers:?}");
     assert!(bypass >= 30 * 3, "the replies arrived over the bypass link");
     assert!(lb_back < 30, "replies crossed the load balancer: {lb_back} packets on lb-b");
+}
+
+// --- UDP datagrams whose fragments come out of order ------------------------
+
+/// The size of the datagrams the fragment tests send: three fragments of
+/// at most 1448 bytes each on the way in.
+const DATAGRAM6: usize = 4000;
+/// The bytes each fragment carries: 40 + 8 + 1448 = 1496, under 1500.
+const CHUNK6: usize = 1448;
+
+fn payload6(i: u8) -> Vec<u8> {
+    (0..DATAGRAM6).map(|j| b'a' + ((j * 11 + usize::from(i)) % 26) as u8).collect()
+}
+
+/// The frames of a UDP datagram from `client_port` to `[VIP6]:port`
+/// carrying `payload`, cut into fragments of `CHUNK6` bytes with
+/// identification `id`.
+fn datagram_fragments6(client_port: u16, port: u16, payload: &[u8], id: u32) -> Vec<Ipv6> {
+    let client: Ipv6Addr = CLIENT_ADDR6.parse().unwrap();
+    let vip: Ipv6Addr = VIP6.parse().unwrap();
+    fragments6(&Ipv6::udp((client, client_port), (vip, port), payload), CHUNK6, id)
+}
+
+/// Sends `packets` from the client's `c0`, as they are, to the load
+/// balancer's `lb-c`; how many the kernel took.
+fn send6(lab: &Lab, packets: &[Ipv6]) -> usize {
+    let (lb_mac, client_mac) = (mac_of(&lab.topo.lb(), "lb-c"), mac_of(&lab.topo.client(), "c0"));
+    let frames: Vec<Vec<u8>> = packets.iter().map(|p| p.frame(lb_mac, client_mac)).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    in_ns(&lab.topo.client(), move || blast("c0", &frames, Duration::from_micros(200), deadline))
+        .sent
+}
+
+/// What `lb-ctl stats` says the reassembly slow path did: (forwarded,
+/// dropped), once forwarded reaches `want` or after 3 s (the controller
+/// publishes its numbers every second).
+fn slow_path(lab: &Lab, want: u64) -> (u64, u64) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let json = lab.ctl_ok(&["stats", "--json"]);
+        let stats: lb_ctl::daemon::api::view::Stats =
+            serde_json::from_str(&json).unwrap_or_else(|e| panic!("stats --json: {e}\n{json}"));
+        let got = (stats.reassembled.forwarded, stats.reassembled.dropped);
+        if got.0 >= want || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A counter of the load balancer's IPv6 stack (`/proc/net/snmp6` in its
+/// namespace: `Ip6ReasmFails`...).
+fn snmp6(lab: &Lab, name: &str) -> u64 {
+    let text = ns_sh(&lab.topo.lb(), &["cat", "/proc/net/snmp6"]);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} in /proc/net/snmp6:\n{text}"))
+}
+
+/// The IPv6 reassembly queues of the load balancer's kernel and the
+/// memory they hold (`FRAG6: inuse N memory M` in `/proc/net/sockstat6`).
+fn frag6_memory(lab: &Lab) -> (u64, u64) {
+    let text = ns_sh(&lab.topo.lb(), &["cat", "/proc/net/sockstat6"]);
+    let line = text.lines().find(|l| l.starts_with("FRAG6:")).expect("a FRAG6 line");
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let number = |key: &str| {
+        let at = words.iter().position(|w| *w == key).expect(key);
+        words[at + 1].parse().expect("a number")
+    };
+    (number("inuse"), number("memory"))
+}
+
+/// A client socket on `[CLIENT_ADDR6]:port` that waits 2 s for an answer.
+fn client_socket6(lab: &Lab, port: u16) -> UdpSocket {
+    in_ns(&lab.topo.client(), move || {
+        let socket = UdpSocket::bind((CLIENT_ADDR6, port)).expect("the client's socket");
+        socket.set_read_timeout(Some(Duration::from_secs(2))).expect("read timeout");
+        socket
+    })
+}
+
+/// Sends `payload` as a datagram whose first fragment comes last, and
+/// waits for its echo on `socket`: `Ok` with the reply's length if it came
+/// back whole (`web1 ` and the payload).
+fn echoed_in_reverse(
+    lab: &Lab,
+    socket: &UdpSocket,
+    payload: &[u8],
+    id: u32,
+) -> Result<usize, String> {
+    let port = socket.local_addr().map_err(|e| e.to_string())?.port();
+    let mut fragments = datagram_fragments6(port, UDP_PORT, payload, id);
+    assert_eq!(fragments.len(), 3, "a {DATAGRAM6}-byte datagram in three fragments");
+    fragments.reverse();
+    let taken = send6(lab, &fragments);
+    let mut buf = vec![0_u8; 65_536];
+    match socket.recv(&mut buf) {
+        Ok(n) if n == payload.len() + 5 && buf[..n].ends_with(payload) => Ok(n),
+        Ok(n) => Err(format!("{n} bytes, not the echo")),
+        Err(e) => Err(format!("{taken} of 3 fragments sent; {e}")),
+    }
+}
+
+/// IPv6 UDP datagrams of 4,000 bytes whose first fragment comes last:
+/// `lb_xdp6` passes their fragments to the kernel
+/// (`pass_fragment_to_kernel`), which reassembles each for the
+/// controller's slow path to place and send on from the client's address;
+/// the backend's echo comes back whole through XDP, from the VIP. Beside
+/// them, hostile ones: overlapping fragments (the kernel drops the whole
+/// datagram, RFC 5722: nothing reaches a backend, the slow path never sees
+/// it) and a datagram to a VIP port no service has (the kernel answers it
+/// with port unreachable; no backend sees it).
+#[test]
+fn ipv6_datagrams_whose_first_fragment_comes_last_are_echoed_whole() {
+    let lab = dual("lbv-a", Setup::default());
+    let watched = [Counter::PassFragmentToKernel, Counter::DropFragment];
+    let before = counters::get(&lab.pin_dir, Counter::PassFragmentToKernel);
+    let socket = client_socket6(&lab, 41_006);
+
+    // Overlapping: the first fragment, a piece of it again at byte 1000
+    // (more to come), then the rest; sent last first.
+    let overlap_payload = payload6(1);
+    let pieces = datagram_fragments6(41_006, UDP_PORT, &overlap_payload, 0x0600_0001);
+    let mut overlapping = pieces[0].clone();
+    if let L4::Raw { bytes, .. } = &mut overlapping.l4 {
+        *bytes = bytes[1000..].to_vec();
+    }
+    overlapping.ext = vec![Ext::Fragment { offset: 1000 / 8, more: true, id: 0x0600_0001 }];
+    let fails_before = snmp6(&lab, "Ip6ReasmFails");
+    let taken =
+        send6(&lab, &[pieces[2].clone(), overlapping, pieces[1].clone(), pieces[0].clone()]);
+    let mut buf = vec![0_u8; 65_536];
+    let overlap_echo = socket.recv(&mut buf).map_err(|e| e.kind());
+    let fails = snmp6(&lab, "Ip6ReasmFails") - fails_before;
+    let after_overlap = slow_path(&lab, 0);
+    eprintln!(
+        "overlapping: {taken} of 4 sent, echo {overlap_echo:?}, Ip6ReasmFails +{fails}, \
+         slow path {after_overlap:?}"
+    );
+    assert!(overlap_echo.is_err(), "an overlapping datagram reached a backend: {overlap_echo:?}");
+    assert!(fails >= 1, "the kernel refused the overlapping fragments: Ip6ReasmFails +{fails}");
+    assert_eq!(after_overlap, (0, 0), "the slow path never saw the overlapping datagram");
+
+    // To a port of the VIP no service has: reassembled and answered by the
+    // kernel (port unreachable), not the slow path's.
+    let stray = in_ns(&lab.topo.client(), || {
+        let socket = UdpSocket::bind((CLIENT_ADDR6, 41_007)).expect("a socket");
+        socket.connect((VIP6, UDP_PORT + 1)).expect("connect");
+        socket.set_read_timeout(Some(Duration::from_secs(2))).expect("read timeout");
+        socket
+    });
+    let mut fragments = datagram_fragments6(41_007, UDP_PORT + 1, &payload6(2), 0x0600_0002);
+    fragments.reverse();
+    let taken = send6(&lab, &fragments);
+    let stray_answer = stray.recv(&mut buf).map_err(|e| e.kind());
+    eprintln!("to port {}: {taken} of 3 sent, the client got {stray_answer:?}", UDP_PORT + 1);
+    assert_eq!(
+        stray_answer,
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "the kernel reassembles a datagram to a VIP port with no service and refuses it"
+    );
+    assert_eq!(slow_path(&lab, 0), (0, 0), "nor does the slow path see it");
+
+    let results: Vec<Result<usize, String>> = (0..3_u8)
+        .map(|i| echoed_in_reverse(&lab, &socket, &payload6(10 + i), 0x0600_0100 + u32::from(i)))
+        .collect();
+    let passed = counters::get(&lab.pin_dir, Counter::PassFragmentToKernel) - before;
+    let forwarded = slow_path(&lab, 3);
+    let report = format!(
+        "first fragment last: {results:?}; pass_fragment_to_kernel +{passed}; slow path \
+         {forwarded:?}; {}",
+        watched
+            .iter()
+            .map(|c| format!("{} = {}", c.name(), counters::get(&lab.pin_dir, *c)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    eprintln!("{report}");
+    assert!(results.iter().all(Result::is_ok), "every datagram echoed whole: {report}");
+    assert_eq!(passed, 4 + 3 + 9, "every fragment went to the kernel: {report}");
+    assert_eq!(forwarded, (3, 0), "the slow path sent every datagram on: {report}");
+    // The flow's second and third datagrams recorded it: listed in IPv6's table.
+    let listed = conns(&lab, Some("udp6"));
+    assert!(
+        listed.conns.iter().any(|c| c.client.ends_with(":41006")),
+        "the slow path recorded the flow in the IPv6 connection table: {listed:?}"
+    );
+}
+
+/// A flood of IPv6 datagrams that never complete (a later fragment each,
+/// its first never sent) stays within the kernel's reassembly memory
+/// (`net.ipv6.ip6frag_high_thresh`, set to 256 KiB here), costs the
+/// controller nothing (the slow path sees no datagram), and once the
+/// kernel's queues expire (`ip6frag_time`, 2 s here) a datagram whose
+/// first fragment comes last goes through again.
+#[test]
+fn a_flood_of_incomplete_ipv6_datagrams_stays_bounded() {
+    const FLOOD: u32 = 2000;
+    const HIGH: u64 = 256 * 1024;
+    let lab = dual("lbv-b", Setup::default());
+    let lb = lab.topo.lb();
+    ns_sh(&lb, &["sysctl", "-qw", "net.ipv6.ip6frag_low_thresh=196608"]);
+    ns_sh(&lb, &["sysctl", "-qw", &format!("net.ipv6.ip6frag_high_thresh={HIGH}")]);
+    ns_sh(&lb, &["sysctl", "-qw", "net.ipv6.ip6frag_time=2"]);
+    let before = counters::get(&lab.pin_dir, Counter::PassFragmentToKernel);
+    let payload = payload6(3);
+    let flood: Vec<Ipv6> = (0..FLOOD)
+        .map(|id| datagram_fragments6(42_000, UDP_PORT, &payload, 0x0700_0000 + id)[1].clone())
+        .collect();
+    let taken = send6(&lab, &flood);
+    let passed = counters::get(&lab.pin_dir, Counter::PassFragmentToKernel) - before;
+    let (queues, memory) = frag6_memory(&lab);
+    let seen = slow_path(&lab, 0);
+    eprintln!(
+        "{taken} of {FLOOD} later fragments sent; pass_fragment_to_kernel +{passed}; the kernel \
+         holds {queues} queues in {memory} bytes; slow path {seen:?}"
+    );
+    assert!(taken as u32 >= FLOOD * 9 / 10, "the flood was sent: {taken}");
+    assert!(passed >= u64::from(FLOOD) / 2, "the flood reached the kernel: +{passed}");
+    assert!(
+        memory <= HIGH + 64 * 1024,
+        "the kernel's reassembly memory stays near its limit: {memory} > {HIGH}"
+    );
+    assert!(u64::from(FLOOD) > queues * 2, "most incomplete datagrams were refused: {queues}");
+    assert_eq!(seen, (0, 0), "no incomplete datagram reaches the controller");
+
+    // The queues expire; then a datagram whose first fragment comes last
+    // is reassembled and sent on again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while frag6_memory(&lab).0 > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let socket = client_socket6(&lab, 41_008);
+    let after = echoed_in_reverse(&lab, &socket, &payload6(4), 0x0600_0200);
+    eprintln!("after the flood: {after:?}; FRAG6 {:?}", frag6_memory(&lab));
+    assert!(after.is_ok(), "a datagram after the flood is echoed whole: {after:?}");
+    assert_eq!(slow_path(&lab, 1).0, 1, "sent on by the slow path");
 }

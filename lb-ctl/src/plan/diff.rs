@@ -198,7 +198,47 @@ pub(super) fn gone<'a, K: Ord + Copy, V>(
 /// reachable); removals go top-down, so no packet finds a dangling reference.
 /// A service's ring size never exceeds what its table fills (see below).
 /// Each step is taken for both address families before the next.
+///
+/// A service id that passes from one family to the other (a service
+/// removed as IPv4 and one added as IPv6 on its id: `Ids` gives a removed
+/// service's id again once every other is taken) is taken in two steps,
+/// so that what is indexed by the id alone (its table in `lb_maglev`, its
+/// counters) never serves both holders: its old holder, with its backends,
+/// is removed first (`step_out`), then everything else is written.
 pub fn diff(old: &Image, new: &Image) -> Vec<Op> {
+    let moving = changing_family(old, new);
+    if moving.is_empty() {
+        return in_order(old, new);
+    }
+    let step_out = Image {
+        settings: new.settings.clone(),
+        maglev: old
+            .maglev
+            .iter()
+            .filter(|(id, _)| !moving.contains(id))
+            .map(|(id, t)| (*id, Arc::clone(t)))
+            .collect(),
+        v4: old.v4.without_services(&moving),
+        v6: old.v6.without_services(&moving),
+    };
+    let mut ops = in_order(old, &step_out);
+    ops.extend(in_order(&step_out, new));
+    ops
+}
+
+/// The service ids that one family held in `old` and the other holds in `new`.
+fn changing_family(old: &Image, new: &Image) -> BTreeSet<u32> {
+    let ids = |services: &mut dyn Iterator<Item = &abi::Service>| -> BTreeSet<u32> {
+        services.map(|s| s.id).collect()
+    };
+    let (old4, old6) = (ids(&mut old.v4.services.values()), ids(&mut old.v6.services.values()));
+    let (new4, new6) = (ids(&mut new.v4.services.values()), ids(&mut new.v6.services.values()));
+    old4.intersection(&new6).chain(old6.intersection(&new4)).copied().collect()
+}
+
+/// The writes from `old` to `new`, in the order `diff` describes, for
+/// images where no service id changes family.
+fn in_order(old: &Image, new: &Image) -> Vec<Op> {
     let mut ops = Vec::new();
     settings::diff(&old.settings, &new.settings, &mut ops);
     let v4 = Family { old: &old.v4, new: &new.v4, wrap: Op::V4 };
@@ -575,5 +615,65 @@ mod tests {
             ),
             "{ops:?}"
         );
+    }
+
+    /// `service` on the IPv6 VIP fd77:1::100, its backends on fd77:2::x.
+    fn service6(name: &str, port: u16, backends: &[(u8, u32)]) -> crate::desired::model::Service {
+        let mut s = service(name, port, backends);
+        s.vip = "fd77:1::100".parse().unwrap();
+        for (b, &(last, _)) in s.backends.iter_mut().zip(backends) {
+            b.address = format!("fd77:2::{last:x}").parse().unwrap();
+        }
+        s
+    }
+
+    /// A service deleted as IPv4 and added as IPv6 in one apply, on the
+    /// same service and backend ids (what `Ids` gives once every other id
+    /// is taken, or an adopted data plane's numbering): the shared maps
+    /// indexed by id (`lb_maglev`, the counters) never serve both at once.
+    /// Every write to the IPv4 maps (the service gone first, its VIP, its
+    /// backends, their addresses) comes before the first to the IPv6 ones
+    /// and before the ids' tables and counters are taken over, and nothing
+    /// of the IPv4 service is left behind; and back again.
+    #[test]
+    fn an_id_moving_between_families_leaves_its_old_family_first_and_nothing_behind() {
+        let (_, as_v4) = plan(&Ids::default(), &[service("web", 80, &[(11, 1), (12, 1)])]);
+        let (_, as_v6) = plan(&Ids::default(), &[service6("web", 80, &[(11, 1), (12, 1)])]);
+        let ids = |image: &Image| -> (Vec<u32>, Vec<u32>) {
+            let services = image.v4.services.values().chain(image.v6.services.values());
+            let backends = image.v4.backends.keys().chain(image.v6.backends.keys());
+            (services.map(|s| s.id).collect(), backends.copied().collect())
+        };
+        assert_eq!(ids(&as_v4), ids(&as_v6), "the same ids in both families");
+        for (old, new, leaving_is_v4) in [(&as_v4, &as_v6, true), (&as_v6, &as_v4, false)] {
+            let ops = diff(old, new);
+            let leaving = |op: &Op| match op {
+                Op::V4(_) => leaving_is_v4,
+                Op::V6(_) => !leaving_is_v4,
+                _ => false,
+            };
+            let last_leaving = ops.iter().rposition(leaving).expect("writes to the old family");
+            // What the new holder gets: its family's entries, the id's
+            // table and counters.
+            let arriving = |op: &Op| match op {
+                Op::V4(_) => !leaving_is_v4,
+                Op::V6(_) => leaving_is_v4,
+                Op::PutMaglev(..) | Op::ResetServiceTraffic(_) | Op::ResetBackendTraffic(_) => true,
+                _ => false,
+            };
+            let first_other = ops.iter().position(arriving).expect("writes for the new family");
+            assert!(last_leaving < first_other, "the old family is left first: {ops:#?}");
+            let mut image = old.clone();
+            for op in &ops {
+                image.apply(op);
+            }
+            assert!(image == *new, "the writes make the new image: {ops:#?}");
+            let old_family_empty = if leaving_is_v4 {
+                image.v4 == FamilyImage::default()
+            } else {
+                image.v6 == FamilyImage::default()
+            };
+            assert!(old_family_empty, "nothing left behind in the old family's maps");
+        }
     }
 }

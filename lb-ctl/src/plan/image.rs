@@ -50,6 +50,24 @@ pub struct FamilyImage<A> {
     pub real_slots: BTreeMap<u32, u32>,
 }
 
+impl<A: MapAddr + Ord> FamilyImage<A> {
+    /// This image without the services `ids` and their backends, and
+    /// without what followed from them (their VIPs' counts and pre-filter
+    /// bits, their backends' addresses, reverse entries and index slots),
+    /// built as the planner builds an image.
+    #[must_use]
+    pub fn without_services(&self, ids: &BTreeSet<u32>) -> Self {
+        let mut builder = Builder::default();
+        for (key, service) in self.services.iter().filter(|(_, s)| !ids.contains(&s.id)) {
+            builder.put_service_entry(*key, *service);
+        }
+        for (id, backend) in self.backends.iter().filter(|(_, b)| !ids.contains(&b.service_id)) {
+            builder.put_backend(*id, *backend);
+        }
+        builder.finish()
+    }
+}
+
 /// Scheduler tables already built, by what they were built from: a change
 /// to one service rebuilds that service's table only (a Maglev table of
 /// 65537 slots takes a millisecond or more).
@@ -163,37 +181,46 @@ impl<A: MapAddr + Ord> Builder<A> {
             if dsr {
                 flags |= BACKEND_DSR;
             }
-            self.backends.push((
-                id,
-                abi::Backend {
-                    addr,
-                    port: b.port,
-                    flags,
-                    service_id,
-                    vip,
-                    vport: key.port,
-                    proto: key.proto,
-                    _pad: 0,
-                    weight,
-                },
-            ));
-            let image = &mut self.image;
-            // Every backend, whatever its forwarding: never answered, never
-            // the destination of a reply (see `Counter::DropReplyToOurs`).
-            *image.backend_addrs.entry(addr).or_insert(0) += 1;
-            *image.addrs.entry(addr_slot(addr)).or_insert(0) |= ADDR_BACKEND;
-            // A direct-routing backend answers the client itself: nothing
-            // comes back to rewrite.
-            if !dsr {
-                *image.addrs.entry(addr_slot(addr)).or_insert(0) |= ADDR_REAL;
-                self.slots.push((real_slot(addr, b.port, key.proto), id + 1));
-                self.reals.push((
-                    Endpoint::new(addr, b.port, key.proto),
-                    abi::Real { vip, vport: key.port, _pad: 0, service_id, backend_id: id },
-                ));
-            }
+            let backend = abi::Backend {
+                addr,
+                port: b.port,
+                flags,
+                service_id,
+                vip,
+                vport: key.port,
+                proto: key.proto,
+                _pad: 0,
+                weight,
+            };
+            self.put_backend(id, backend);
         }
         entries
+    }
+
+    /// Adds backend `id`, and what follows from it: its address's count
+    /// and pre-filter bits, and (NAT) its reverse entry and index slot.
+    fn put_backend(&mut self, id: u32, backend: abi::Backend<A>) {
+        let (addr, port, proto) = (backend.addr, backend.port, backend.proto);
+        self.backends.push((id, backend));
+        let image = &mut self.image;
+        // Every backend, whatever its forwarding: never answered, never
+        // the destination of a reply (see `Counter::DropReplyToOurs`).
+        *image.backend_addrs.entry(addr).or_insert(0) += 1;
+        *image.addrs.entry(addr_slot(addr)).or_insert(0) |= ADDR_BACKEND;
+        // A direct-routing backend answers the client itself: nothing
+        // comes back to rewrite.
+        if backend.flags & BACKEND_DSR == 0 {
+            *image.addrs.entry(addr_slot(addr)).or_insert(0) |= ADDR_REAL;
+            self.slots.push((real_slot(addr, port, proto), id + 1));
+            let real = abi::Real {
+                vip: backend.vip,
+                vport: backend.vport,
+                _pad: 0,
+                service_id: backend.service_id,
+                backend_id: id,
+            };
+            self.reals.push((Endpoint::new(addr, port, proto), real));
+        }
     }
 
     fn put_service(&mut self, s: &Service, service: abi::Service) {
@@ -201,10 +228,15 @@ impl<A: MapAddr + Ord> Builder<A> {
         let Some(vip) = A::of(key.addr) else {
             return;
         };
+        self.put_service_entry(Endpoint::new(vip, key.port, key.proto), service);
+    }
+
+    /// Adds the service entry `key`, and its VIP's count and pre-filter bit.
+    fn put_service_entry(&mut self, key: Endpoint<A>, service: abi::Service) {
         let image = &mut self.image;
-        image.services.insert(Endpoint::new(vip, key.port, key.proto), service);
-        *image.vips.entry(vip).or_insert(0) += 1;
-        *image.addrs.entry(addr_slot(vip)).or_insert(0) |= ADDR_VIP;
+        image.services.insert(key, service);
+        *image.vips.entry(key.addr).or_insert(0) += 1;
+        *image.addrs.entry(addr_slot(key.addr)).or_insert(0) |= ADDR_VIP;
     }
 
     fn finish(mut self) -> FamilyImage<A> {
@@ -338,6 +370,30 @@ mod tests {
         let (_, image) = plan(&Ids::default(), &[web]);
         assert_eq!(image.v4.real_slots[&target], REAL_SLOT_SHARED);
         assert_eq!(image.v4.reals.len(), 2, "both stay in the exact table");
+        assert_eq!(image.v4.without_services(&BTreeSet::new()), image.v4, "rebuilt alike");
+    }
+
+    /// An image without some services is the image of the others, under
+    /// the same ids (what `diff` writes first when an id changes family):
+    /// shared VIPs and backend addresses keep the others' counts and bits,
+    /// direct routing and NAT alike.
+    #[test]
+    fn an_image_without_a_service_is_the_image_of_the_others() {
+        let web = service("web", 80, &[(11, 1), (12, 1)]);
+        let api = service("api", 81, &[(11, 1), (13, 1)]);
+        let dsr = Service { forwarding: Forwarding::Dsr, ..service("dsr", 82, &[(14, 1)]) };
+        let mut web6 = service("web6", 80, &[(11, 1)]);
+        web6.vip = "fd77:1::100".parse().unwrap();
+        web6.backends[0].address = "fd77:2::11".parse().unwrap();
+        let all = [web, api.clone(), dsr.clone(), web6];
+        let (ids, image) = plan(&Ids::default(), &all);
+        assert_eq!(image.v4.without_services(&BTreeSet::new()), image.v4);
+        assert_eq!(image.v6.without_services(&BTreeSet::new()), image.v6);
+        let gone: BTreeSet<u32> =
+            [&all[0], &all[3]].iter().map(|s| ids.service(s).unwrap()).collect();
+        let rest = super::image(&[api, dsr], &ids, &BTreeSet::new());
+        assert_eq!(image.v4.without_services(&gone), rest.v4, "web's share taken out");
+        assert_eq!(image.v6.without_services(&gone), FamilyImage::default(), "and web6's");
     }
 
     /// A backup gets no slot while one primary is usable (UP, active,

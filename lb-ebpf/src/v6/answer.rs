@@ -41,13 +41,14 @@ const TCP_LEN: usize = 20;
 /// The reset's frame: Ethernet, the fixed IPv6 header, a 20-byte TCP header.
 const RESET_LEN: usize = ETH_LEN + IPV6_LEN + TCP_LEN;
 const ICMP6_LEN: usize = 8;
-/// What an error quotes: the packet's IPv6 header and the 8 bytes after
-/// it (the ports), enough for its sender to find the flow.
-const QUOTE_LEN: usize = IPV6_LEN + 8;
-/// The error's frame: Ethernet, IPv6, ICMPv6, the quote.
-const ERROR_LEN: usize = ETH_LEN + IPV6_LEN + ICMP6_LEN + QUOTE_LEN;
+/// The most of the invoking packet an error quotes: as much as fits in
+/// an error of the minimum IPv6 MTU, 1280 bytes (RFC 4443, 2.4 (c)).
+const QUOTE_MAX: usize = 1280 - IPV6_LEN - ICMP6_LEN;
 /// Where the quote starts in the error's frame.
 const QUOTE_AT: usize = ETH_LEN + IPV6_LEN + ICMP6_LEN;
+/// The largest piece of the quote one `bpf_csum_diff` sums (the helper's
+/// own limit is 512 bytes).
+const SUM_PIECE: usize = 512;
 
 /// What `lb_xdp6` asks `lb_answer6` to answer (this CPU's slot of
 /// `lb_answer6_req`; XDP does not nest on a CPU, so the slot is this
@@ -308,11 +309,74 @@ pub fn too_big(
         .map_err(|_| Counter::DropTooBig)
 }
 
+/// The sum (as `pseudo_sum`'s, unfolded) of the `N` bytes of the frame
+/// at `at`, a multiple of 4 as `bpf_csum_diff` wants, up to its 512.
+#[inline(always)]
+fn piece_sum<const N: usize>(ctx: &XdpContext, at: usize) -> Result<u64, Counter> {
+    let piece: *mut [u8; N] = ptr_at(ctx, at)?;
+    // SAFETY: `N` bytes of the frame (checked just above).
+    let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, piece.cast(), N as u32, 0) };
+    // A negative value is an error (it never is for these sizes).
+    u64::try_from(sum).map_err(|_| Counter::DropNoBackend)
+}
+
+/// If `left` holds `N` bytes or more: the sum of the `N` at `*at`, which
+/// moves past them (`left` shrinks by them); else nothing.
+#[inline(always)]
+fn sum_if<const N: usize>(
+    ctx: &XdpContext,
+    at: &mut usize,
+    left: &mut usize,
+) -> Result<u64, Counter> {
+    if *left < N {
+        return Ok(0);
+    }
+    let sum = piece_sum::<N>(ctx, *at)?;
+    *at += N;
+    *left -= N;
+    Ok(sum)
+}
+
+/// The sum of the quote: the `len` bytes (at most `QUOTE_MAX`) after the
+/// Ethernet header, in pieces of constant sizes the verifier can check
+/// (two of 512, then one of each power of two down to 4), then the last
+/// two bytes and the last byte, which an odd length pads with a zero
+/// (RFC 4443, 2.3).
+#[inline(always)]
+fn quote_sum(ctx: &XdpContext, len: usize) -> Result<u64, Counter> {
+    let (mut at, mut left) = (ETH_LEN, len);
+    let mut sum = sum_if::<SUM_PIECE>(ctx, &mut at, &mut left)?;
+    sum += sum_if::<SUM_PIECE>(ctx, &mut at, &mut left)?;
+    sum += sum_if::<256>(ctx, &mut at, &mut left)?;
+    sum += sum_if::<128>(ctx, &mut at, &mut left)?;
+    sum += sum_if::<64>(ctx, &mut at, &mut left)?;
+    sum += sum_if::<32>(ctx, &mut at, &mut left)?;
+    sum += sum_if::<16>(ctx, &mut at, &mut left)?;
+    sum += sum_if::<8>(ctx, &mut at, &mut left)?;
+    sum += sum_if::<4>(ctx, &mut at, &mut left)?;
+    if left >= 2 {
+        let word: *mut [u8; 2] = ptr_at(ctx, at)?;
+        // SAFETY: two bytes of the frame (checked just above).
+        sum += u64::from(unsafe { mem::load16::<0>(word.cast()) });
+        at += 2;
+        left -= 2;
+    }
+    if left >= 1 {
+        let byte: *mut u8 = ptr_at(ctx, at)?;
+        // SAFETY: one byte of the frame (checked just above). As the
+        // first byte of a word read natively, padded with a zero.
+        sum += u64::from(u16::from_ne_bytes([unsafe { *byte }, 0]));
+    }
+    Ok(sum)
+}
+
 /// Replaces a packet with the ICMPv6 error (`kind`: type and code; `rest`:
 /// the header's last word, the MTU of packet too big) that `from` sends its
-/// sender, quoting its IPv6 header and the 8 bytes after it. The frame
-/// grows at the head by the quote's shift, so the packet's own bytes land
-/// where the quote goes, and is cut after the quote.
+/// sender, quoting as much of the packet as an error of 1280 bytes holds
+/// (RFC 4443, 2.4 (c)): all of a packet of up to 1232 bytes, the first
+/// 1232 bytes of a longer one. The frame grows at the head by the quote's
+/// shift, so the packet's own bytes land where the quote goes, and is cut
+/// after the quote.
 #[inline(always)]
 fn error(
     ctx: &XdpContext,
@@ -323,16 +387,12 @@ fn error(
     counter: Counter,
 ) -> Result<Verdict, Counter> {
     let to = pkt.flow.src;
-    let quote: *mut [u8; QUOTE_LEN] = ptr_at(ctx, ETH_LEN)?;
-    // SAFETY: parse checked the Ethernet header; `quote` is 48 bytes of
-    // the frame (checked just above), a multiple of 4 as the helper wants.
-    let (macs, quote_sum) = unsafe {
-        let sum = bpf_csum_diff(core::ptr::null_mut(), 0, quote.cast(), QUOTE_LEN as u32, 0);
-        (macs(pkt.eth.cast()), sum)
-    };
-    // A negative value is an error (it never is for these sizes).
-    let quote_sum = u64::try_from(quote_sum).map_err(|_| Counter::DropNoBackend)?;
-    let message_len = (ICMP6_LEN + QUOTE_LEN) as u16;
+    // The packet's length was checked against the frame by parse.
+    let quote_len = usize::from(pkt.tot_len).min(QUOTE_MAX);
+    let quote_sum = quote_sum(ctx, quote_len)?;
+    // SAFETY: parse checked the Ethernet header.
+    let macs = unsafe { macs(pkt.eth.cast()) };
+    let message_len = (ICMP6_LEN + quote_len) as u16;
     let type_code = u16::from_be_bytes([kind.0, kind.1]);
     let sum = pseudo_sum(from, to, message_len, PROTO_ICMPV6)
         + u64::from(wire16(type_code))
@@ -342,7 +402,7 @@ fn error(
 
     let shift = (QUOTE_AT - ETH_LEN) as i32;
     let len = (ctx.data_end() - ctx.data()) as i32;
-    let cut = ERROR_LEN as i32 - (len + shift);
+    let cut = (QUOTE_AT + quote_len) as i32 - (len + shift);
     // SAFETY: resizes the frame; every pointer is derived again below.
     let resized = unsafe {
         bpf_xdp_adjust_head(ctx.ctx, -shift) == 0
@@ -356,9 +416,9 @@ fn error(
     if !resized {
         return Err(Counter::DropNoBackend);
     }
-    let out: *mut [u8; ERROR_LEN] = ptr_at(ctx, 0)?;
+    let out: *mut [u8; QUOTE_AT] = ptr_at(ctx, 0)?;
     let b = out.cast::<u8>();
-    // SAFETY: the 110 bytes were bounds-checked just above.
+    // SAFETY: the 62 bytes of the headers were bounds-checked just above.
     unsafe {
         headers(b, macs, (from, to), message_len, PROTO_ICMPV6);
         mem::store16::<54>(b, wire16(type_code));

@@ -60,7 +60,6 @@ impl Family for V6 {
     type FragKey = FragKey6;
     const ICMP: u8 = parse::PROTO_ICMPV6;
     const ICMP_BEFORE_SOURCE_CHECKS: bool = true;
-    const KERNEL_REASSEMBLY: bool = false;
 
     #[inline(always)]
     fn vips() -> &'static HashMap<[u8; 16], u32, SERVICES> {

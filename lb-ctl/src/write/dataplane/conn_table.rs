@@ -19,18 +19,23 @@ use lb_common::{
     conn_table::{CONN_WAYS, ConnSet, ConnSlot, conn_set, victim},
 };
 
-/// An address family's table: its map's name.
+/// An address family's table: its map's name, and its handshake records'
+/// (the flows placed but not yet in the table).
 pub trait TableAddr: Addr {
     /// The map, as the object (and the pin directory) names it.
     const MAP: &'static str;
+    /// The family's handshake records.
+    const HANDSHAKES: &'static str;
 }
 
 impl TableAddr for [u8; 4] {
     const MAP: &'static str = "lb_conntrack";
+    const HANDSHAKES: &'static str = "lb_handshakes";
 }
 
 impl TableAddr for [u8; 16] {
     const MAP: &'static str = "lb_conntrack6";
+    const HANDSHAKES: &'static str = "lb_handshakes6";
 }
 
 /// A mapping of the table's sets: IPv4's by default, `ConnTable<[u8; 16]>`

@@ -104,14 +104,14 @@ impl MapReader for FakeHandles {
 
     fn flow_entry(
         &self,
-        _flow: &lb_common::abi::Flow,
+        _flow: &super::AnyFlow,
     ) -> Result<(Option<lb_common::abi::Conn>, u32), DataplaneError> {
         Ok((None, 0))
     }
 
     fn handshake_backend(
         &self,
-        _flow: &lb_common::abi::Flow,
+        _flow: &super::AnyFlow,
         _now: u32,
     ) -> Result<Option<u32>, DataplaneError> {
         Ok(None)
@@ -121,7 +121,7 @@ impl MapReader for FakeHandles {
 impl FlowWriter for FakeHandles {
     fn place_handshake(
         &self,
-        _flow: &lb_common::abi::Flow,
+        _flow: &super::AnyFlow,
         _backend_id: u32,
         _now: u32,
     ) -> Result<(), DataplaneError> {
@@ -130,7 +130,7 @@ impl FlowWriter for FakeHandles {
 
     fn place_flow(
         &self,
-        _flow: &lb_common::abi::Flow,
+        _flow: &super::AnyFlow,
         _conn: &lb_common::abi::Conn,
     ) -> Result<(), DataplaneError> {
         Ok(())

@@ -133,15 +133,25 @@ pub trait MapReader: Send + Sync {
     /// maps are not attached anywhere.
     fn attachment_problems(&self) -> Vec<String>;
 
-    /// The connection table's live entry for `flow` (an expired one counts
-    /// as none), and the data plane's epoch now: for the reassembly slow
-    /// path (`crate::write::reassembled`), which places a flow as `lb_xdp` would.
-    fn flow_entry(&self, flow: &Flow) -> Result<(Option<Conn>, u32), DataplaneError>;
+    /// The connection table's live entry for `flow` (IPv4's or IPv6's
+    /// table, by its family; an expired one counts as none), and the data
+    /// plane's epoch now: for the reassembly slow path
+    /// (`crate::write::reassembled`), which places a flow as `lb_xdp` would.
+    fn flow_entry(&self, flow: &AnyFlow) -> Result<(Option<Conn>, u32), DataplaneError>;
 
-    /// The backend id in `flow`'s live handshake record (`lb_handshakes`):
-    /// where `lb_xdp` placed the flow's first datagram, which no entry
-    /// records yet. `now` is the epoch `flow_entry` returned.
-    fn handshake_backend(&self, flow: &Flow, now: u32) -> Result<Option<u32>, DataplaneError>;
+    /// The backend id in `flow`'s live handshake record (`lb_handshakes`
+    /// or `lb_handshakes6`): where the data plane placed the flow's first
+    /// datagram, which no entry records yet. `now` is the epoch
+    /// `flow_entry` returned.
+    fn handshake_backend(&self, flow: &AnyFlow, now: u32) -> Result<Option<u32>, DataplaneError>;
+}
+
+/// A flow of either family: what the reassembly slow path reads and
+/// writes per flow, each family in its own maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AnyFlow {
+    V4(Flow),
+    V6(Flow<[u8; 16]>),
 }
 
 /// The reassembly slow path's writes (`crate::write::reassembled`): it
@@ -151,10 +161,14 @@ pub trait MapReader: Send + Sync {
 pub trait FlowWriter: Send + Sync {
     /// Writes `flow`'s handshake record: placed on `backend_id` at `now`,
     /// as `lb_xdp` does for a flow's first datagram.
-    fn place_handshake(&self, flow: &Flow, backend_id: u32, now: u32)
-    -> Result<(), DataplaneError>;
+    fn place_handshake(
+        &self,
+        flow: &AnyFlow,
+        backend_id: u32,
+        now: u32,
+    ) -> Result<(), DataplaneError>;
 
     /// Writes `conn` for `flow` into the connection table, as `lb_xdp`
     /// does for a flow it places.
-    fn place_flow(&self, flow: &Flow, conn: &Conn) -> Result<(), DataplaneError>;
+    fn place_flow(&self, flow: &AnyFlow, conn: &Conn) -> Result<(), DataplaneError>;
 }

@@ -1,4 +1,5 @@
-//! The slow path of UDP datagrams whose fragments came out of order. XDP
+//! The slow path of UDP datagrams whose fragments came out of order, of
+//! either family (the data plane passes IPv4's and IPv6's alike). XDP
 //! cannot hold a fragment back, so it passes such a datagram's fragments to
 //! the kernel (`pass_fragment_to_kernel`, lb-ebpf `frag`), which reassembles
 //! it and, the VIP being a local address, delivers it here: a socket on each
@@ -13,15 +14,17 @@
 //! clock read through `BPF_PROG_TEST_RUN`, half a dozen socket calls), and
 //! a flood of such datagrams must cost one core at most, never the API's
 //! or the probes' executor. The flood is bounded before it gets here: by
-//! the kernel's reassembly memory (`net.ipv4.ipfrag_high_thresh`) and time
-//! (`ipfrag_time`), then by each socket's receive buffer (what overflows
-//! is dropped and counted by the kernel, `Udp: RcvbufErrors`).
+//! the kernel's reassembly memory (`net.ipv4.ipfrag_high_thresh`,
+//! `net.ipv6.ip6frag_high_thresh`) and time (`ipfrag_time`,
+//! `ip6frag_time`), then by each socket's receive buffer (what overflows
+//! is dropped and counted by the kernel, `Udp: RcvbufErrors`,
+//! `Udp6: RcvbufErrors`).
 mod place;
 mod socket;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
+    collections::BTreeMap,
+    net::SocketAddr,
     os::fd::{AsRawFd as _, OwnedFd},
     sync::{
         Arc,
@@ -30,10 +33,11 @@ use std::{
     time::Duration,
 };
 
-use lb_common::abi::{CONN_UDP, Conn, Endpoint, Flow, PROTO_UDP};
+use lb_common::abi::{CONN_UDP, Conn, Endpoint, Flow, PROTO_UDP, Service};
+use place::FamilyAddr;
 pub use place::Placement;
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::write::dataplane::{FlowWriter, MapReader};
 
@@ -73,7 +77,7 @@ pub fn spawn(
         flows,
         counts,
         sockets: BTreeMap::new(),
-        skipped6: BTreeSet::new(),
+        sockets6: BTreeMap::new(),
     };
     let now = Arc::clone(&path.placements.borrow_and_update());
     path.follow_services(&now);
@@ -86,30 +90,40 @@ struct SlowPath {
     reader: Arc<dyn MapReader>,
     flows: Arc<dyn FlowWriter>,
     counts: Arc<Counts>,
-    /// One socket per UDP service endpoint.
+    /// One socket per UDP service endpoint, of each family.
     sockets: BTreeMap<Endpoint, OwnedFd>,
-    /// The IPv6 UDP services this path does not serve, already logged.
-    skipped6: BTreeSet<Endpoint<[u8; 16]>>,
+    sockets6: BTreeMap<Endpoint<[u8; 16]>, OwnedFd>,
 }
 
-/// The IPv6 UDP services of `placement` not in `known`, which becomes
-/// exactly `placement`'s: this path reassembles IPv4 datagrams only, and
-/// says so once for each such service (again if it comes back).
-fn newly_skipped(
-    known: &mut BTreeSet<Endpoint<[u8; 16]>>,
-    placement: &Placement,
-) -> Vec<SocketAddr> {
-    let now: BTreeSet<Endpoint<[u8; 16]>> =
-        placement.services6.keys().filter(|e| e.proto == PROTO_UDP).copied().collect();
-    let new = now.difference(known).map(|e| SocketAddr::new(Ipv6Addr::from(e.addr).into(), e.port));
-    let new = new.collect();
-    *known = now;
-    new
+/// Opens a socket for each UDP service of `services` that has none in
+/// `sockets`, closes those of services gone. A socket that cannot be
+/// opened is tried again at the next change (its datagrams meanwhile get
+/// the kernel's port unreachable, as before this path existed).
+fn follow<A: FamilyAddr>(
+    sockets: &mut BTreeMap<Endpoint<A>, OwnedFd>,
+    services: &BTreeMap<Endpoint<A>, Service>,
+) {
+    let wanted: Vec<Endpoint<A>> =
+        services.keys().filter(|e| e.proto == PROTO_UDP).copied().collect();
+    sockets.retain(|e, _| wanted.contains(e));
+    for endpoint in wanted {
+        if sockets.contains_key(&endpoint) {
+            continue;
+        }
+        match socket::service(SocketAddr::new(endpoint.addr.ip(), endpoint.port)) {
+            Ok(fd) => {
+                sockets.insert(endpoint, fd);
+            }
+            Err(e) => {
+                warn!(error = %e, "no slow path for this service's out-of-order fragments");
+            }
+        }
+    }
 }
 
 impl SlowPath {
     fn run(mut self) {
-        // The largest IPv4 datagram's payload: a reassembled one can be that long.
+        // The largest datagram's payload: a reassembled one can be that long.
         let mut buf = vec![0_u8; 65_536];
         // Closed: the reconciler, and so the controller, has stopped.
         while let Ok(changed) = self.placements.has_changed() {
@@ -120,6 +134,7 @@ impl SlowPath {
             let mut polled: Vec<libc::pollfd> = self
                 .sockets
                 .values()
+                .chain(self.sockets6.values())
                 .map(|fd| libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 })
                 .collect();
             if polled.is_empty() {
@@ -132,79 +147,74 @@ impl SlowPath {
             if ready <= 0 {
                 continue;
             }
+            let readable = |fd: &OwnedFd| {
+                polled.iter().any(|p| p.fd == fd.as_raw_fd() && p.revents & libc::POLLIN != 0)
+            };
             let placement = Arc::clone(&self.placements.borrow());
-            for (endpoint, fd) in &self.sockets {
-                if !polled.iter().any(|p| p.fd == fd.as_raw_fd() && p.revents & libc::POLLIN != 0) {
-                    continue;
-                }
-                for _ in 0..BATCH {
-                    match socket::receive(fd, &mut buf) {
-                        Ok(Some(got)) => {
-                            let ok = self.forward(&placement, *endpoint, &got, &buf);
-                            let count =
-                                if ok { &self.counts.forwarded } else { &self.counts.dropped };
-                            count.fetch_add(1, Relaxed);
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            debug!(service = ?endpoint, error = %e, "reassembly socket");
-                            break;
-                        }
-                    }
-                }
+            for (endpoint, fd) in self.sockets.iter().filter(|(_, fd)| readable(fd)) {
+                self.drain(&placement, *endpoint, fd, &mut buf);
+            }
+            for (endpoint, fd) in self.sockets6.iter().filter(|(_, fd)| readable(fd)) {
+                self.drain(&placement, *endpoint, fd, &mut buf);
             }
         }
         debug!("reassembly slow path stopped");
     }
 
-    /// Opens a socket for each UDP service that has none, closes those of
-    /// services gone. A socket that cannot be opened is tried again at the
-    /// next change (its datagrams meanwhile get the kernel's port
-    /// unreachable, as before this path existed).
-    fn follow_services(&mut self, placement: &Placement) {
-        for service in newly_skipped(&mut self.skipped6, placement) {
-            info!(
-                %service,
-                "an IPv6 UDP service: its datagrams whose fragments come out of order are not \
-                 reassembled by the controller (IPv4 only)"
-            );
-        }
-        let wanted: Vec<Endpoint> =
-            placement.services.keys().filter(|e| e.proto == PROTO_UDP).copied().collect();
-        self.sockets.retain(|e, _| wanted.contains(e));
-        for endpoint in wanted {
-            if self.sockets.contains_key(&endpoint) {
-                continue;
-            }
-            match socket::service(SocketAddrV4::new(Ipv4Addr::from(endpoint.addr), endpoint.port)) {
-                Ok(fd) => {
-                    self.sockets.insert(endpoint, fd);
+    /// Takes up to `BATCH` datagrams from the socket on `endpoint` and
+    /// sends each on, counting what became of it.
+    fn drain<A: FamilyAddr>(
+        &self,
+        placement: &Placement,
+        endpoint: Endpoint<A>,
+        fd: &OwnedFd,
+        buf: &mut [u8],
+    ) {
+        for _ in 0..BATCH {
+            match socket::receive(fd, buf) {
+                Ok(Some(got)) => {
+                    let ok = self.forward(placement, endpoint, &got, buf);
+                    let count = if ok { &self.counts.forwarded } else { &self.counts.dropped };
+                    count.fetch_add(1, Relaxed);
                 }
+                Ok(None) => break,
                 Err(e) => {
-                    warn!(error = %e, "no slow path for this service's out-of-order fragments");
+                    debug!(service = ?endpoint, error = %e, "reassembly socket");
+                    break;
                 }
             }
         }
     }
 
+    /// Opens and closes sockets to follow the UDP services of both families.
+    fn follow_services(&mut self, placement: &Placement) {
+        follow(&mut self.sockets, &placement.services);
+        follow(&mut self.sockets6, &placement.services6);
+    }
+
     /// `flow`'s handshake record as the entry it becomes, if it has a live one.
-    fn handshake_conn(&self, placement: &Placement, flow: &Flow, now: u32) -> Option<Conn> {
-        let backend_id = match self.reader.handshake_backend(flow, now) {
+    fn handshake_conn<A: FamilyAddr>(
+        &self,
+        placement: &Placement,
+        flow: &Flow<A>,
+        now: u32,
+    ) -> Option<Conn> {
+        let backend_id = match self.reader.handshake_backend(&A::any(*flow), now) {
             Ok(found) => found?,
             Err(e) => {
                 debug!(error = %e, "reading the handshake records");
                 return None;
             }
         };
-        let service_id = placement.backends.get(&backend_id)?.service_id;
+        let service_id = A::backends(placement).get(&backend_id)?.service_id;
         Some(Conn { backend_id, service_id, last_seen: now, state: CONN_UDP, _pad: [0; 3] })
     }
 
     /// Places and sends on one datagram; whether it was sent.
-    fn forward(
+    fn forward<A: FamilyAddr>(
         &self,
         placement: &Placement,
-        vip: Endpoint,
+        vip: Endpoint<A>,
         got: &socket::Received,
         buf: &[u8],
     ) -> bool {
@@ -216,15 +226,20 @@ impl SlowPath {
         if !got.reassembled || got.ttl <= 1 {
             return false;
         }
+        // The socket is of the VIP's family only (`IPV6_V6ONLY`).
+        let Some(src) = A::of(got.from.ip()) else {
+            return false;
+        };
         let flow = Flow {
-            src: got.from.ip().octets(),
+            src,
             dst: vip.addr,
             sport: got.from.port(),
             dport: vip.port,
             proto: PROTO_UDP,
             _pad: [0; 3],
         };
-        let (conn, now) = match self.reader.flow_entry(&flow) {
+        let any = A::any(flow);
+        let (conn, now) = match self.reader.flow_entry(&any) {
             Ok(found) => found,
             Err(e) => {
                 debug!(error = %e, "reading the connection table");
@@ -245,7 +260,7 @@ impl SlowPath {
         if conn.is_none() && record.is_none() {
             // The flow's first datagram: a record, as XDP would leave (a
             // forged one-datagram flow reaches no table).
-            if let Err(e) = self.flows.place_handshake(&flow, target.backend_id, now) {
+            if let Err(e) = self.flows.place_handshake(&any, target.backend_id, now) {
                 debug!(error = %e, "writing the handshake records");
             }
         } else if target.new_flow || conn.is_none() {
@@ -256,11 +271,11 @@ impl SlowPath {
                 state: CONN_UDP,
                 _pad: [0; 3],
             };
-            if let Err(e) = self.flows.place_flow(&flow, &conn) {
+            if let Err(e) = self.flows.place_flow(&any, &conn) {
                 debug!(error = %e, "writing the connection table");
             }
         }
-        let to = SocketAddrV4::new(Ipv4Addr::from(target.backend.addr), target.backend.port);
+        let to = SocketAddr::new(target.backend.addr.ip(), target.backend.port);
         match socket::send_as(got.from, to, got.ttl - 1, payload) {
             Ok(()) => true,
             Err(e) => {
@@ -268,32 +283,5 @@ impl SlowPath {
                 false
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use lb_common::abi::{PROTO_TCP, Service};
-
-    use super::*;
-
-    fn placement(services6: &[(u16, u8)]) -> Placement {
-        let vip: Ipv6Addr = "fd77:1::100".parse().unwrap();
-        let services6 = services6
-            .iter()
-            .map(|&(port, proto)| (Endpoint::new(vip.octets(), port, proto), Service::default()))
-            .collect();
-        Placement { services6, ..Placement::default() }
-    }
-
-    #[test]
-    fn each_ipv6_udp_service_is_said_to_be_skipped_once() {
-        let mut known = BTreeSet::new();
-        let dns6: SocketAddr = "[fd77:1::100]:53".parse().unwrap();
-        let both = placement(&[(53, PROTO_UDP), (80, PROTO_TCP)]);
-        assert_eq!(newly_skipped(&mut known, &both), [dns6], "UDP only");
-        assert_eq!(newly_skipped(&mut known, &both), [], "once");
-        assert_eq!(newly_skipped(&mut known, &placement(&[])), []);
-        assert_eq!(newly_skipped(&mut known, &both), [dns6], "again once it comes back");
     }
 }

@@ -12,7 +12,10 @@ use lb_common::{
     hash::{flow_hash, maglev_slot},
 };
 
-use crate::plan::image::Image;
+use crate::{
+    plan::{ids::MapAddr, image::Image},
+    write::dataplane::AnyFlow,
+};
 
 /// The part of an applied image that places a flow (the reconciler's
 /// handle also names by it the ids its reads find: counters, connections).
@@ -21,8 +24,8 @@ pub struct Placement {
     pub services: BTreeMap<Endpoint, Service>,
     pub maglev: BTreeMap<u32, Arc<Vec<u32>>>,
     pub backends: BTreeMap<u32, Backend>,
-    /// The IPv6 services and backends, which the counters' samples name
-    /// (the reassembly slow path places IPv4 datagrams only).
+    /// The IPv6 services and backends (the tables are shared: ids are one
+    /// space).
     pub services6: BTreeMap<Endpoint<[u8; 16]>, Service>,
     pub backends6: BTreeMap<u32, Backend<[u8; 16]>>,
 }
@@ -39,12 +42,45 @@ impl Placement {
     }
 }
 
+/// An address family, as the slow path places its flows: its services
+/// and backends in a placement, its flows in the data plane's maps.
+pub trait FamilyAddr: MapAddr {
+    fn services(p: &Placement) -> &BTreeMap<Endpoint<Self>, Service>;
+    fn backends(p: &Placement) -> &BTreeMap<u32, Backend<Self>>;
+    /// The flow, for the maps of its family.
+    fn any(flow: Flow<Self>) -> AnyFlow;
+}
+
+impl FamilyAddr for [u8; 4] {
+    fn services(p: &Placement) -> &BTreeMap<Endpoint<Self>, Service> {
+        &p.services
+    }
+    fn backends(p: &Placement) -> &BTreeMap<u32, Backend<Self>> {
+        &p.backends
+    }
+    fn any(flow: Flow<Self>) -> AnyFlow {
+        AnyFlow::V4(flow)
+    }
+}
+
+impl FamilyAddr for [u8; 16] {
+    fn services(p: &Placement) -> &BTreeMap<Endpoint<Self>, Service> {
+        &p.services6
+    }
+    fn backends(p: &Placement) -> &BTreeMap<u32, Backend<Self>> {
+        &p.backends6
+    }
+    fn any(flow: Flow<Self>) -> AnyFlow {
+        AnyFlow::V6(flow)
+    }
+}
+
 /// Where the datagram goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Target {
+pub struct Target<A = [u8; 4]> {
     pub service_id: u32,
     pub backend_id: u32,
-    pub backend: Backend,
+    pub backend: Backend<A>,
     /// The connection table did not hold the flow: the caller writes it.
     pub new_flow: bool,
 }
@@ -67,8 +103,13 @@ pub enum Refusal {
 
 /// The backend `id` if it is in use, serves `service_id` on the flow's VIP
 /// and port, and is not DOWN (`select::live_backend` and the DOWN check).
-fn usable(p: &Placement, id: u32, service_id: u32, flow: &Flow) -> Option<Backend> {
-    let b = p.backends.get(&id)?;
+fn usable<A: FamilyAddr>(
+    p: &Placement,
+    id: u32,
+    service_id: u32,
+    flow: &Flow<A>,
+) -> Option<Backend<A>> {
+    let b = A::backends(p).get(&id)?;
     let serves = b.flags & BACKEND_IN_USE != 0
         && b.flags & BACKEND_DOWN == 0
         && b.service_id == service_id
@@ -85,11 +126,15 @@ fn usable(p: &Placement, id: u32, service_id: u32, flow: &Flow) -> Option<Backen
 /// the flow hash's slot in the service's table (their rotation sequence,
 /// their backend list): a backend the scheduler would give such a flow too,
 /// in its share, and the flow's later datagrams follow the entry written.
-pub fn place(p: &Placement, flow: &Flow, conn: Option<Conn>) -> Result<Target, Refusal> {
+pub fn place<A: FamilyAddr>(
+    p: &Placement,
+    flow: &Flow<A>,
+    conn: Option<Conn>,
+) -> Result<Target<A>, Refusal> {
     // The data plane checked the source before passing the fragments on;
     // this is the last word before a socket sends from it.
-    let ours = p.services.keys().any(|s| s.addr == flow.src)
-        || p.backends.values().any(|b| b.flags & BACKEND_IN_USE != 0 && b.addr == flow.src);
+    let ours = A::services(p).keys().any(|s| s.addr == flow.src)
+        || A::backends(p).values().any(|b| b.flags & BACKEND_IN_USE != 0 && b.addr == flow.src);
     if ours {
         return Err(Refusal::OursAsSource);
     }
@@ -113,9 +158,8 @@ pub fn place(p: &Placement, flow: &Flow, conn: Option<Conn>) -> Result<Target, R
 }
 
 /// A flow the connection table does not know, placed by its service's table.
-fn schedule(p: &Placement, flow: &Flow) -> Result<Target, Refusal> {
-    let service = p
-        .services
+fn schedule<A: FamilyAddr>(p: &Placement, flow: &Flow<A>) -> Result<Target<A>, Refusal> {
+    let service = A::services(p)
         .get(&Endpoint::new(flow.dst, flow.dport, flow.proto))
         .ok_or(Refusal::NoService)?;
     let table = p.maglev.get(&service.id).ok_or(Refusal::NoBackend)?;
@@ -228,5 +272,72 @@ mod tests {
         assert_eq!(place(&p, &flow(1000), None), Err(Refusal::DirectRouting));
         p.maglev.insert(7, Arc::new(vec![NO_BACKEND; 13]));
         assert_eq!(place(&p, &flow(1000), None), Err(Refusal::NoBackend));
+    }
+
+    const VIP6: [u8; 16] = [0xfd, 0x77, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+
+    fn addr6(last: u8) -> [u8; 16] {
+        let mut a = [0xfd, 0x77, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        a[15] = last;
+        a
+    }
+
+    /// `placement`'s IPv4 service, and an IPv6 one (id 8) on VIP6:53 whose
+    /// 13-slot table alternates backends 3 and 4.
+    fn dual(flags: u32) -> Placement {
+        let mut p = placement(flags);
+        let key = Endpoint::new(VIP6, 53, PROTO_UDP);
+        p.services6.insert(key, Service { id: 8, ring_size: 13, flags, _pad: 0 });
+        p.maglev.insert(8, Arc::new((0..13).map(|i| 3 + i % 2).collect()));
+        for (id, last) in [(3, 11), (4, 12)] {
+            let b = Backend {
+                addr: addr6(last),
+                port: 5353,
+                flags: BACKEND_IN_USE,
+                service_id: 8,
+                vip: VIP6,
+                vport: 53,
+                proto: PROTO_UDP,
+                _pad: 0,
+                weight: 1,
+            };
+            p.backends6.insert(id, b);
+        }
+        p
+    }
+
+    fn flow6(sport: u16) -> Flow<[u8; 16]> {
+        let mut src = VIP6;
+        src[15] = 0x10;
+        Flow { src, dst: VIP6, sport, dport: 53, proto: PROTO_UDP, _pad: [0; 3] }
+    }
+
+    #[test]
+    fn an_ipv6_flow_takes_the_maglev_slot_of_its_hash_in_its_own_family() {
+        let p = dual(SCHED_MAGLEV);
+        for sport in 1000..1050 {
+            let f = flow6(sport);
+            let slot = maglev_slot(flow_hash(f.src, f.dst, f.sport, f.dport, f.proto), 13);
+            let want = 3 + slot.unwrap() % 2;
+            let got = place(&p, &f, None).unwrap();
+            assert_eq!((got.backend_id, got.new_flow), (want, true), "port {sport}");
+            assert_eq!(got.backend.addr, addr6(8 + want as u8), "port {sport}");
+        }
+        // The IPv4 service's table and backends are not the IPv6 flow's.
+        let mut v4_only = dual(SCHED_MAGLEV);
+        v4_only.services6.clear();
+        assert_eq!(place(&v4_only, &flow6(1000), None), Err(Refusal::NoService));
+        // An entry naming an IPv4 backend's id is no IPv6 flow's: placed anew.
+        let moved = place(&p, &flow6(1000), Some(conn(1))).unwrap();
+        assert!(moved.new_flow && [3, 4].contains(&moved.backend_id), "{moved:?}");
+    }
+
+    #[test]
+    fn an_ipv6_vip_or_backend_as_source_is_refused() {
+        let p = dual(SCHED_MAGLEV);
+        for src in [VIP6, addr6(11), addr6(12)] {
+            let f = Flow { src, ..flow6(5353) };
+            assert_eq!(place(&p, &f, None), Err(Refusal::OursAsSource), "{src:?}");
+        }
     }
 }

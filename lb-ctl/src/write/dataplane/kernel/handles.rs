@@ -25,7 +25,7 @@ use super::{HeldTimeouts, KernelMaps, err, family::FamilyMaps};
 use crate::{
     plan::ids::{Key, MapAddr},
     write::dataplane::{
-        ConnEntry, Counts, DataplaneError, FlowWriter, MapReader, attach, clock,
+        AnyFlow, ConnEntry, Counts, DataplaneError, FlowWriter, MapReader, attach, clock,
         conn_table::{ConnTable, TableAddr},
         pins::{LinkPins, PinDir},
     },
@@ -35,8 +35,6 @@ use crate::{
 pub(super) struct KernelReader {
     v4: FamilyReader<[u8; 4]>,
     v6: FamilyReader<[u8; 16]>,
-    /// `lb_handshakes`, for the slow path's flows that only have a record.
-    handshakes: Array<MapData, Handshake>,
     /// `lb_counters`, `lb_svc_stats`, `lb_be_stats`.
     counters: PerCpuArray<MapData, u64>,
     service_traffic: PerCpuArray<MapData, Traffic>,
@@ -54,20 +52,58 @@ struct FamilyReader<A: TableAddr + MapAddr + aya::Pod> {
     /// `lb_backends` or `lb_backends6`: an entry holds the client's side
     /// of its flow; its backend says which VIP and protocol.
     backends: Array<MapData, Backend<A>>,
+    /// `lb_handshakes` or `lb_handshakes6`, for the slow path's flows that
+    /// only have a record.
+    handshakes: Array<MapData, Handshake<A>>,
 }
 
 impl<A: TableAddr + MapAddr + aya::Pod> FamilyReader<A> {
-    fn of(conns: &Arc<ConnTable<A>>, maps: &FamilyMaps<A>) -> Result<Self, DataplaneError> {
+    fn of(
+        conns: &Arc<ConnTable<A>>,
+        maps: &FamilyMaps<A>,
+        kernel: &KernelMaps,
+    ) -> Result<Self, DataplaneError> {
         let name = maps.names().backends;
         Ok(Self {
             conns: Arc::clone(conns),
             backends: reopen(name, maps.backends.map().fd().as_fd())?,
+            handshakes: reopen(A::HANDSHAKES, object_map(kernel, A::HANDSHAKES)?)?,
         })
     }
 
     /// The backend `id` if it is in use.
     fn backend(&self, id: u32) -> Option<Backend<A>> {
         self.backends.get(&id, 0).ok().filter(|b| b.flags & BACKEND_IN_USE != 0)
+    }
+
+    /// `flow`'s live entry: one whose backend serves the flow's VIP, port
+    /// and protocol, or is gone (as `lb-ebpf/src/conntrack.rs` decides
+    /// which entry is a flow's), and has not expired.
+    fn live_entry(&self, flow: &Flow<A>, now: u32, timeouts: &HeldTimeouts) -> Option<Conn> {
+        let serves = |conn: &Conn| {
+            self.backend(conn.backend_id)
+                .is_none_or(|b| (b.vip, b.vport, b.proto) == (flow.dst, flow.dport, flow.proto))
+        };
+        self.conns
+            .find(flow, serves)
+            .map(|(_, c)| c)
+            .filter(|c| !expired(now, c.last_seen, timeouts.get(c.state)))
+    }
+
+    /// The backend in `flow`'s live handshake record.
+    fn handshake_backend(
+        &self,
+        flow: &Flow<A>,
+        now: u32,
+        timeouts: &HeldTimeouts,
+    ) -> Result<Option<u32>, DataplaneError> {
+        let record = self
+            .handshakes
+            .get(&handshake_slot(flow), 0)
+            .map_err(|e| DataplaneError::kernel(format!("reading {}", A::HANDSHAKES), e))?;
+        let state = if flow.proto == PROTO_TCP { CONN_SYN } else { CONN_UDP };
+        let live = record.flow == *flow && !expired(now, record.born, timeouts.get(state));
+        Ok(live.then_some(record.backend_id))
     }
 
     /// Walks the table for `Connections::walk`: each live entry whose
@@ -119,9 +155,8 @@ struct Connections {
 impl KernelReader {
     pub(super) fn of(maps: &KernelMaps) -> Result<Self, DataplaneError> {
         Ok(Self {
-            v4: FamilyReader::of(&maps.conns, &maps.v4)?,
-            v6: FamilyReader::of(&maps.conns6, &maps.v6)?,
-            handshakes: reopen("lb_handshakes", object_map(maps, "lb_handshakes")?)?,
+            v4: FamilyReader::of(&maps.conns, &maps.v4, maps)?,
+            v6: FamilyReader::of(&maps.conns6, &maps.v6, maps)?,
             counters: reopen("lb_counters", object_map(maps, "lb_counters")?)?,
             service_traffic: reopen("lb_svc_stats", object_map(maps, "lb_svc_stats")?)?,
             backend_traffic: reopen("lb_be_stats", object_map(maps, "lb_be_stats")?)?,
@@ -133,14 +168,6 @@ impl KernelReader {
             links: maps.pins.as_ref().map(PinDir::link_pins),
             interfaces: maps.interfaces.clone(),
         })
-    }
-
-    /// Whether `conn`'s backend serves `flow`'s VIP, or is gone (as
-    /// `lb-ebpf/src/conntrack.rs` decides which entry is a flow's).
-    fn serves(&self, conn: &Conn, flow: &Flow) -> bool {
-        self.v4
-            .backend(conn.backend_id)
-            .is_none_or(|b| (b.vip, b.vport, b.proto) == (flow.dst, flow.dport, flow.proto))
     }
 }
 
@@ -176,41 +203,65 @@ impl MapReader for KernelReader {
         self.links.as_ref().map_or_else(Vec::new, |links| attach::problems(links, &self.interfaces))
     }
 
-    fn flow_entry(&self, flow: &Flow) -> Result<(Option<Conn>, u32), DataplaneError> {
+    fn flow_entry(&self, flow: &AnyFlow) -> Result<(Option<Conn>, u32), DataplaneError> {
         let now = clock::read(&self.clock_program)? as u32;
-        let live = self
-            .v4
-            .conns
-            .find(flow, |conn| self.serves(conn, flow))
-            .map(|(_, c)| c)
-            .filter(|c| !expired(now, c.last_seen, self.timeouts.get(c.state)));
+        let live = match flow {
+            AnyFlow::V4(flow) => self.v4.live_entry(flow, now, &self.timeouts),
+            AnyFlow::V6(flow) => self.v6.live_entry(flow, now, &self.timeouts),
+        };
         Ok((live, now))
     }
 
-    fn handshake_backend(&self, flow: &Flow, now: u32) -> Result<Option<u32>, DataplaneError> {
-        let record = self
-            .handshakes
-            .get(&handshake_slot(flow), 0)
-            .map_err(|e| DataplaneError::kernel("reading lb_handshakes", e))?;
-        let state = if flow.proto == PROTO_TCP { CONN_SYN } else { CONN_UDP };
-        let live = record.flow == *flow && !expired(now, record.born, self.timeouts.get(state));
-        Ok(live.then_some(record.backend_id))
+    fn handshake_backend(&self, flow: &AnyFlow, now: u32) -> Result<Option<u32>, DataplaneError> {
+        match flow {
+            AnyFlow::V4(flow) => self.v4.handshake_backend(flow, now, &self.timeouts),
+            AnyFlow::V6(flow) => self.v6.handshake_backend(flow, now, &self.timeouts),
+        }
     }
 }
 
 /// The writes of `FlowWriter`.
 pub(super) struct KernelFlows {
-    conns: Arc<ConnTable>,
-    /// `lb_handshakes`.
-    handshakes: Mutex<Array<MapData, Handshake>>,
+    v4: FamilyFlows<[u8; 4]>,
+    v6: FamilyFlows<[u8; 16]>,
     timeouts: Arc<HeldTimeouts>,
+}
+
+/// One family's connection table and handshake records, as the slow path
+/// writes them.
+struct FamilyFlows<A: TableAddr + aya::Pod> {
+    conns: Arc<ConnTable<A>>,
+    /// `lb_handshakes` or `lb_handshakes6`.
+    handshakes: Mutex<Array<MapData, Handshake<A>>>,
+}
+
+impl<A: TableAddr + aya::Pod> FamilyFlows<A> {
+    fn of(conns: &Arc<ConnTable<A>>, maps: &KernelMaps) -> Result<Self, DataplaneError> {
+        Ok(Self {
+            conns: Arc::clone(conns),
+            handshakes: Mutex::new(reopen(A::HANDSHAKES, object_map(maps, A::HANDSHAKES)?)?),
+        })
+    }
+
+    fn place_handshake(
+        &self,
+        flow: &Flow<A>,
+        backend_id: u32,
+        now: u32,
+    ) -> Result<(), DataplaneError> {
+        let record = Handshake { flow: *flow, backend_id, born: now, expect_ack: 0, flags: 0 };
+        let mut records = self.handshakes.lock().unwrap_or_else(PoisonError::into_inner);
+        records
+            .set(handshake_slot(flow), record, 0)
+            .map_err(err(format!("writing {}", A::HANDSHAKES)))
+    }
 }
 
 impl KernelFlows {
     pub(super) fn of(maps: &KernelMaps) -> Result<Self, DataplaneError> {
         Ok(Self {
-            conns: Arc::clone(&maps.conns),
-            handshakes: Mutex::new(reopen("lb_handshakes", object_map(maps, "lb_handshakes")?)?),
+            v4: FamilyFlows::of(&maps.conns, maps)?,
+            v6: FamilyFlows::of(&maps.conns6, maps)?,
             timeouts: Arc::clone(&maps.held_timeouts),
         })
     }
@@ -219,17 +270,22 @@ impl KernelFlows {
 impl FlowWriter for KernelFlows {
     fn place_handshake(
         &self,
-        flow: &Flow,
+        flow: &AnyFlow,
         backend_id: u32,
         now: u32,
     ) -> Result<(), DataplaneError> {
-        let record = Handshake { flow: *flow, backend_id, born: now, expect_ack: 0, flags: 0 };
-        let mut records = self.handshakes.lock().unwrap_or_else(PoisonError::into_inner);
-        records.set(handshake_slot(flow), record, 0).map_err(err("writing lb_handshakes"))
+        match flow {
+            AnyFlow::V4(flow) => self.v4.place_handshake(flow, backend_id, now),
+            AnyFlow::V6(flow) => self.v6.place_handshake(flow, backend_id, now),
+        }
     }
 
-    fn place_flow(&self, flow: &Flow, conn: &Conn) -> Result<(), DataplaneError> {
-        self.conns.record(flow, conn, |state| self.timeouts.get(state));
+    fn place_flow(&self, flow: &AnyFlow, conn: &Conn) -> Result<(), DataplaneError> {
+        let timeout = |state| self.timeouts.get(state);
+        match flow {
+            AnyFlow::V4(flow) => self.v4.conns.record(flow, conn, timeout),
+            AnyFlow::V6(flow) => self.v6.conns.record(flow, conn, timeout),
+        }
         Ok(())
     }
 }
