@@ -2,6 +2,7 @@
 """Where lb_xdp spends its time, by line of Rust source.
 
     sudo tools/xdp-line-profile.py [RUNS] [-- COMMAND ...]
+    LB_PROFILE_PROG=lb_xdp6 LB_PROFILE_SECONDS=8 sudo tools/xdp-line-profile.py 3
 
 Runs COMMAND (default: `target/release/lb-bench per-packet`, built by
 `cargo build --release -p lb-bench --bin lb-bench`) RUNS times (default 5). Each time it waits
@@ -28,6 +29,11 @@ import subprocess
 import sys
 import tempfile
 import time
+
+# The program to profile (`LB_PROFILE_PROG`, default lb_xdp; lb_xdp6 for the
+# IPv6 rows) and how long each run is sampled (`LB_PROFILE_SECONDS`).
+PROG = os.environ.get("LB_PROFILE_PROG", "lb_xdp")
+SECONDS = float(os.environ.get("LB_PROFILE_SECONDS", "0.4"))
 
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
@@ -100,7 +106,7 @@ def source_lines(prog_id):
 
 def lb_xdp_ids():
     out = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True).stdout
-    return {int(l.split(":")[0]) for l in out.splitlines() if " name lb_xdp " in l}
+    return {int(l.split(":")[0]) for l in out.splitlines() if f" name {PROG} " in l}
 
 
 def new_lb_xdp(seen, deadline):
@@ -109,7 +115,7 @@ def new_lb_xdp(seen, deadline):
         if fresh:
             return max(fresh)
         time.sleep(0.02)
-    sys.exit("no new program named lb_xdp appeared within 30 s")
+    sys.exit(f"no new program named {PROG} appeared within 30 s")
 
 
 def profile_one_load(command, seconds, seen, counts, by_insn):
@@ -133,7 +139,7 @@ def profile_one_load(command, seconds, seen, counts, by_insn):
     starts = [r[0] for r in records]
     for line in script.splitlines():
         parts = line.split()
-        if len(parts) < 2 or not parts[1].endswith("_lb_xdp"):
+        if len(parts) < 2 or not parts[1].endswith(f"_{PROG}"):
             continue
         offset = int(parts[0], 16) - base
         if not 0 <= offset < size:
@@ -149,11 +155,11 @@ def main():
     command = args[1:] if args[:1] == ["--"] else ["target/release/lb-bench", "per-packet"]
     counts, by_insn, seen = collections.Counter(), {}, lb_xdp_ids()
     for _ in range(rounds):
-        profile_one_load(command, 0.4, seen, counts, by_insn)
+        profile_one_load(command, SECONDS, seen, counts, by_insn)
     total = sum(counts.values())
     if total == 0:
-        sys.exit("no sample landed in lb_xdp (does the command run it?)")
-    print(f"{total} samples in lb_xdp over {rounds} runs of {' '.join(command)}")
+        sys.exit(f"no sample landed in {PROG} (does the command run it?)")
+    print(f"{total} samples in {PROG} over {rounds} runs of {' '.join(command)}")
     for insn, n in counts.most_common(25):
         print(f"{100 * n / total:5.1f}%  insn {insn:5d}  {(by_insn.get(insn) or '?')[:150]}")
 
