@@ -5,7 +5,7 @@ fn main() {
     // that it calls `memset`, which BPF has not: the object then carries
     // compiler_builtins' byte loop as a BPF-to-BPF call, a store and a
     // branch per byte (measured: the first ACK of a connection paid
-    // about 50 ns for two of them, a FIB lookup about 100 ns for its
+    // about 50 ns for two of them, a FIB lookup about 80 ns for its
     // parameters). Up to 128 stores are always expanded inline;
     // `lb_ctl`'s `the_data_plane_calls_no_byte_loops` test keeps it so.
     println!("cargo:rustc-link-arg-bins=--llvm-args=--max-store-memset=128");

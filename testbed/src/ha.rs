@@ -22,7 +22,8 @@
 //! fd77::/64, front fd77:1::/64 with the router on ::1 and the nodes on
 //! ::2 and ::3, back fd77:2::/64 likewise, the backends on their
 //! `BACKENDS6` addresses) and the services again on the IPv6 VIP
-//! fd77:1::100, held and routed like the IPv4 one.
+//! fd77:1::100, routed like the IPv4 one by BGP (multipath modes only:
+//! keepalived does not carry it).
 use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -136,6 +137,7 @@ impl Ha {
     /// `start`, dual stack: the links' IPv6 addresses and the services on
     /// the IPv6 VIP too (the module's comment).
     pub fn start_dual_stack(prefix: &str, mode: Mode) -> Self {
+        assert!(mode.multipath(), "the IPv6 VIP is routed by BGP only: a multipath mode");
         Self::start_with(prefix, mode, true)
     }
 

@@ -351,6 +351,28 @@ impl Controller {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The reassembly slow path's counters (datagrams forwarded, dropped)
+    /// once `forwarded` reaches `want`, or after 3 s. With `want` 0 (the
+    /// test asserts that nothing reached it), read after one publication
+    /// period of the controller's stats (a second), so the zero is not
+    /// the figure published before the traffic.
+    pub fn reassembled(&self, want: u64) -> (u64, u64) {
+        if want == 0 {
+            std::thread::sleep(Duration::from_millis(1200));
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let json = self.ctl_ok(&["stats", "--json"]);
+            let stats: lb_ctl::daemon::api::view::Stats =
+                serde_json::from_str(&json).unwrap_or_else(|e| panic!("stats --json: {e}\n{json}"));
+            let got = (stats.reassembled.forwarded, stats.reassembled.dropped);
+            if want == 0 || got.0 >= want || Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// `lb-ctl list --json`: every service as the API shows it.
     pub fn services(&self) -> Vec<lb_ctl::daemon::api::view::ServiceView> {
         let json = self.ctl_ok(&["list", "--json"]);

@@ -223,7 +223,8 @@ fn an_ipv6_vip_is_learned_by_the_router_from_every_node() {
     });
     let served: BTreeSet<&str> = answers.iter().map(String::as_str).collect();
     eprintln!("IPv6 requests answered by {served:?}");
-    assert!(served.len() >= 2, "IPv6 requests are spread over the backends: {answers:?}");
+    // 30 flows miss one of three backends with odds of about 2 in 100,000.
+    assert_eq!(served.len(), 3, "IPv6 requests reach every backend: {answers:?}");
 
     let node = ha.nodes[0].ctl_ok(&["node", "drain"]);
     assert!(node.contains("withdrawn: node drained"), "{node}");

@@ -368,23 +368,6 @@ fn send6(lab: &Lab, packets: &[Ipv6]) -> usize {
         .sent
 }
 
-/// What `lb-ctl stats` says the reassembly slow path did: (forwarded,
-/// dropped), once forwarded reaches `want` or after 3 s (the controller
-/// publishes its numbers every second).
-fn slow_path(lab: &Lab, want: u64) -> (u64, u64) {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let json = lab.ctl_ok(&["stats", "--json"]);
-        let stats: lb_ctl::daemon::api::view::Stats =
-            serde_json::from_str(&json).unwrap_or_else(|e| panic!("stats --json: {e}\n{json}"));
-        let got = (stats.reassembled.forwarded, stats.reassembled.dropped);
-        if got.0 >= want || Instant::now() > deadline {
-            return got;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// A counter of the load balancer's IPv6 stack (`/proc/net/snmp6` in its
 /// namespace: `Ip6ReasmFails`...).
 fn snmp6(lab: &Lab, name: &str) -> u64 {
@@ -418,7 +401,7 @@ fn client_socket6(lab: &Lab, port: u16) -> UdpSocket {
 
 /// Sends `payload` as a datagram whose first fragment comes last, and
 /// waits for its echo on `socket`: `Ok` with the reply's length if it came
-/// back whole (`web1 ` and the payload).
+/// back whole (a backend's name, a space and the payload) from the VIP.
 fn echoed_in_reverse(
     lab: &Lab,
     socket: &UdpSocket,
@@ -431,9 +414,13 @@ fn echoed_in_reverse(
     fragments.reverse();
     let taken = send6(lab, &fragments);
     let mut buf = vec![0_u8; 65_536];
-    match socket.recv(&mut buf) {
-        Ok(n) if n == payload.len() + 5 && buf[..n].ends_with(payload) => Ok(n),
-        Ok(n) => Err(format!("{n} bytes, not the echo")),
+    let vip: std::net::SocketAddr =
+        format!("[{VIP6}]:{UDP_PORT}").parse().expect("the VIP's address");
+    match socket.recv_from(&mut buf) {
+        Ok((n, from)) if from == vip && n == payload.len() + 5 && buf[..n].ends_with(payload) => {
+            Ok(n)
+        }
+        Ok((n, from)) => Err(format!("{n} bytes from {from}, not the echo from {vip}")),
         Err(e) => Err(format!("{taken} of 3 fragments sent; {e}")),
     }
 }
@@ -459,9 +446,10 @@ fn ipv6_datagrams_whose_first_fragment_comes_last_are_echoed_whole() {
     let overlap_payload = payload6(1);
     let pieces = datagram_fragments6(41_006, UDP_PORT, &overlap_payload, 0x0600_0001);
     let mut overlapping = pieces[0].clone();
-    if let L4::Raw { bytes, .. } = &mut overlapping.l4 {
-        *bytes = bytes[1000..].to_vec();
-    }
+    let L4::Raw { bytes, .. } = &mut overlapping.l4 else {
+        panic!("a fragment's payload is raw bytes");
+    };
+    *bytes = bytes[1000..].to_vec();
     overlapping.ext = vec![Ext::Fragment { offset: 1000 / 8, more: true, id: 0x0600_0001 }];
     let fails_before = snmp6(&lab, "Ip6ReasmFails");
     let taken =
@@ -469,7 +457,7 @@ fn ipv6_datagrams_whose_first_fragment_comes_last_are_echoed_whole() {
     let mut buf = vec![0_u8; 65_536];
     let overlap_echo = socket.recv(&mut buf).map_err(|e| e.kind());
     let fails = snmp6(&lab, "Ip6ReasmFails") - fails_before;
-    let after_overlap = slow_path(&lab, 0);
+    let after_overlap = lab.reassembled(0);
     eprintln!(
         "overlapping: {taken} of 4 sent, echo {overlap_echo:?}, Ip6ReasmFails +{fails}, \
          slow path {after_overlap:?}"
@@ -496,13 +484,13 @@ fn ipv6_datagrams_whose_first_fragment_comes_last_are_echoed_whole() {
         Err(std::io::ErrorKind::ConnectionRefused),
         "the kernel reassembles a datagram to a VIP port with no service and refuses it"
     );
-    assert_eq!(slow_path(&lab, 0), (0, 0), "nor does the slow path see it");
+    assert_eq!(lab.reassembled(0), (0, 0), "nor does the slow path see it");
 
     let results: Vec<Result<usize, String>> = (0..3_u8)
         .map(|i| echoed_in_reverse(&lab, &socket, &payload6(10 + i), 0x0600_0100 + u32::from(i)))
         .collect();
     let passed = counters::get(&lab.pin_dir, Counter::PassFragmentToKernel) - before;
-    let forwarded = slow_path(&lab, 3);
+    let forwarded = lab.reassembled(3);
     let report = format!(
         "first fragment last: {results:?}; pass_fragment_to_kernel +{passed}; slow path \
          {forwarded:?}; {}",
@@ -547,7 +535,7 @@ fn a_flood_of_incomplete_ipv6_datagrams_stays_bounded() {
     let taken = send6(&lab, &flood);
     let passed = counters::get(&lab.pin_dir, Counter::PassFragmentToKernel) - before;
     let (queues, memory) = frag6_memory(&lab);
-    let seen = slow_path(&lab, 0);
+    let seen = lab.reassembled(0);
     eprintln!(
         "{taken} of {FLOOD} later fragments sent; pass_fragment_to_kernel +{passed}; the kernel \
          holds {queues} queues in {memory} bytes; slow path {seen:?}"
@@ -571,5 +559,5 @@ fn a_flood_of_incomplete_ipv6_datagrams_stays_bounded() {
     let after = echoed_in_reverse(&lab, &socket, &payload6(4), 0x0600_0200);
     eprintln!("after the flood: {after:?}; FRAG6 {:?}", frag6_memory(&lab));
     assert!(after.is_ok(), "a datagram after the flood is echoed whole: {after:?}");
-    assert_eq!(slow_path(&lab, 1).0, 1, "sent on by the slow path");
+    assert_eq!(lab.reassembled(1).0, 1, "sent on by the slow path");
 }

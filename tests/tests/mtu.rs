@@ -404,7 +404,7 @@ fn a_datagram_whose_first_fragment_comes_last_is_echoed_whole() {
         });
     }
     let passed = counters::get(&lab.pin_dir, Counter::PassFragmentToKernel) - before;
-    let slow_path = reassembled_forwarded(&lab, 3);
+    let slow_path = lab.reassembled(3);
     let said: Vec<String> =
         lab.log().lines().filter(|l| l.contains("reassembl")).map(str::to_owned).collect();
     let report = format!(
@@ -420,23 +420,6 @@ fn a_datagram_whose_first_fragment_comes_last_is_echoed_whole() {
     );
     assert_eq!(passed, 9, "every fragment of the three datagrams goes to the kernel: {report}");
     assert_eq!(slow_path.0, 3, "lb-ctl's stats: every datagram forwarded: {report}");
-}
-
-/// What `lb-ctl stats` says the reassembly slow path did (forwarded,
-/// dropped), once it says `want` forwarded or after 3 s (the controller
-/// publishes its numbers every second).
-fn reassembled_forwarded(lab: &Lab, want: u64) -> (u64, u64) {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let json = lab.ctl_ok(&["stats", "--json"]);
-        let stats: lb_ctl::daemon::api::view::Stats =
-            serde_json::from_str(&json).unwrap_or_else(|e| panic!("stats --json: {e}\n{json}"));
-        let got = (stats.reassembled.forwarded, stats.reassembled.dropped);
-        if got.0 >= want || Instant::now() > deadline {
-            return got;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 // --- 3. loops stay bounded --------------------------------------------------

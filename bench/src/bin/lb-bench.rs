@@ -206,6 +206,8 @@ fn measure_per_packet() -> Vec<Row> {
 
     let baseline = Baseline::new(established.clone(), client_if);
     let mut fresh = 0_usize;
+    // The new-address rows' own count: each takes the next address in turn.
+    let mut new_addresses = 0_usize;
     let ipv6 = ipv6::Frames::set_up(&loaded.program, client_if, backend_if);
     let measured = measure_groups(&baseline, &WIDTHS, |i, out| {
         if HANDSHAKE_SCENARIOS.contains(&i) {
@@ -241,16 +243,16 @@ fn measure_per_packet() -> Vec<Row> {
             13 => (ipv6.reply.clone(), backend_if),
             14 => (ipv6.non_vip.clone(), client_if),
             15 => {
-                fresh += 1;
+                new_addresses += 1;
                 (
-                    Ipv4::tcp(new_client_address(fresh), (VIP, 80), TCP_SYN, b"")
+                    Ipv4::tcp(new_client_address(new_addresses), (VIP, 80), TCP_SYN, b"")
                         .frame(IF_CLIENT_MAC, CLIENT_MAC),
                     client_if,
                 )
             }
             16 => {
-                fresh += 1;
-                (ipv6::new_address_syn(fresh), client_if)
+                new_addresses += 1;
+                (ipv6::new_address_syn(new_addresses), client_if)
             }
             other => {
                 fresh += 1;
@@ -276,7 +278,8 @@ fn measure_per_packet() -> Vec<Row> {
 
 /// The `n`th of 16,384 client addresses (10.77.64.0/18, routed back through
 /// the client side), taken in turn: an address comes back after 16,384
-/// samples, by when its cached route is from an older epoch.
+/// samples of its row, each between the other rows' samples (over a
+/// second), when its cached route is from an older epoch (100 ms).
 fn new_client_address(n: usize) -> (Ipv4Addr, u16) {
     let [_, _, c, d] = ((n % 16_384) as u32).to_be_bytes();
     (Ipv4Addr::new(10, 77, 64 + c, d), 40_000)

@@ -221,8 +221,10 @@ impl SlowPath {
         let Some(payload) = buf.get(..got.len) else {
             return false;
         };
-        // Only what the kernel reassembled: anything else the data plane
-        // passed to the VIP (TTL 1, no route) is the kernel's to answer.
+        // Only what the kernel reassembled, with hop limit to spare.
+        // Anything else the data plane passed to the VIP (a whole datagram
+        // at TTL 1, one with no route) reached this socket, not an answer
+        // from the stack: it is dropped here, unanswered.
         if !got.reassembled || got.ttl <= 1 {
             return false;
         }
