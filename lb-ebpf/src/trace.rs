@@ -1,0 +1,212 @@
+//! The packet trace (`lb-ctl trace`). Off, it costs each program one read
+//! of `lb_trace_conf`'s `on` word and a branch. On, the entry program
+//! copies the packet's tuple as it arrived into this CPU's scratch event
+//! (`capture`), before anything rewrites it; the program that decides
+//! (the entry program, or the IPv6 one it tail called) adds the decision
+//! and sends the event through the `lb_trace` ring buffer (`emit`) if it
+//! passes the filter and the CPU's rate limit. Both are global functions:
+//! the verifier checks each once, on its own, and the programs that call
+//! them see one call each, not their paths. The event never touches the
+//! stack: it is built in the per-CPU map and copied from there.
+use aya_ebpf::{
+    bindings::xdp_md,
+    btf_maps::{Array, PerCpuArray, RingBuf},
+    macros::btf_map,
+    programs::XdpContext,
+};
+use lb_common::{
+    abi::PROTO_TCP,
+    counter::Kind,
+    trace::{
+        TRACE_CLIENT, TRACE_DROPS_ONLY, TRACE_NO_ID, TRACE_PORTS, TRACE_RING_BYTES, TraceConf,
+        TraceCpu, TraceEvent, client_matches,
+    },
+};
+
+use crate::{
+    Verdict,
+    parse::{ETH_LEN, ptr_at},
+    select,
+};
+
+/// Slot 0: whether (and what) to trace; the controller writes it.
+#[btf_map(name = "lb_trace_conf")]
+pub static LB_TRACE_CONF: Array<TraceConf, 1> = Array::new();
+
+/// Slot 0, per CPU: the event being built, the rate limit, the losses.
+#[btf_map(name = "lb_trace_cpu")]
+pub static LB_TRACE_CPU: PerCpuArray<TraceCpu, 1> = PerCpuArray::new();
+
+/// The events, to the controller (its only reader).
+#[btf_map(name = "lb_trace")]
+pub static LB_TRACE: RingBuf<TraceEvent, { TRACE_RING_BYTES as usize }> = RingBuf::new();
+
+const ETH_P_IPV4: [u8; 2] = [0x08, 0x00];
+const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
+const IPV6_FRAGMENT: u8 = 44;
+/// `lb_trace_emit`'s `flags`, above the event's own: the packet was dropped.
+const DROPPED: u32 = 1 << 8;
+
+/// Whether the trace is on: the one read of the trace a packet pays for
+/// in each program it runs through.
+#[inline(always)]
+pub fn on() -> bool {
+    LB_TRACE_CONF.get(0).is_some_and(|conf| conf.on != 0)
+}
+
+/// Copies the tuple of the frame in `ctx` into this CPU's event, as it
+/// arrived: the program that decides adds the decision (`emit`).
+#[inline(always)]
+pub fn capture(ctx: &XdpContext) {
+    lb_trace_capture(ctx.ctx);
+}
+
+/// The decision on the packet `capture` saw, sent if the filter and the
+/// rate limit let it.
+#[inline(always)]
+pub fn emit(ctx: &XdpContext, verdict: &Verdict) {
+    let placed = verdict.placed;
+    let dropped = if verdict.counter.kind() == Kind::Dropped { DROPPED } else { 0 };
+    lb_trace_emit(
+        ctx.ctx,
+        verdict.counter as u32,
+        placed.service_id,
+        placed.backend_id,
+        u32::from(placed.flags) | dropped,
+    );
+}
+
+/// `capture`, a global function (see the module's comment).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn lb_trace_capture(ctx: *mut xdp_md) -> u32 {
+    let ctx = XdpContext::new(ctx);
+    let Some(cpu) = LB_TRACE_CPU.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot; XDP does not nest on a CPU.
+    let event = unsafe { &mut (*cpu).event };
+    *event = TraceEvent {
+        service_id: TRACE_NO_ID,
+        backend_id: TRACE_NO_ID,
+        ifindex: ctx.ingress_ifindex() as u32,
+        ..TraceEvent::default()
+    };
+    let Ok(ethertype) = ptr_at::<[u8; 2]>(&ctx, 12) else {
+        return 0;
+    };
+    // SAFETY: bounds checked by ptr_at, here and below.
+    let transport = match unsafe { *ethertype } {
+        ETH_P_IPV4 => ipv4(&ctx, event),
+        ETH_P_IPV6 => ipv6(&ctx, event),
+        _ => None,
+    };
+    if let Some(offset) = transport
+        && let Ok(ports) = ptr_at::<[u8; 4]>(&ctx, offset)
+    {
+        // SAFETY: as above.
+        let [s0, s1, d0, d1] = unsafe { *ports };
+        event.sport = u16::from_be_bytes([s0, s1]);
+        event.dport = u16::from_be_bytes([d0, d1]);
+        event.flags = TRACE_PORTS;
+        if event.proto == PROTO_TCP
+            && let Ok(flags) = ptr_at::<u8>(&ctx, offset + 13)
+        {
+            // SAFETY: as above.
+            event.tcp_flags = unsafe { *flags };
+        }
+    }
+    0
+}
+
+/// The IPv4 header's addresses and protocol; the transport header's offset
+/// when the packet carries one (not a later fragment).
+#[inline(always)]
+fn ipv4(ctx: &XdpContext, event: &mut TraceEvent) -> Option<usize> {
+    let ip = ptr_at::<[u8; 20]>(ctx, ETH_LEN).ok()?;
+    // SAFETY: bounds checked by ptr_at.
+    let ip = unsafe { &*ip };
+    event.family = 4;
+    event.proto = ip[9];
+    event.src[..4].copy_from_slice(&ip[12..16]);
+    event.dst[..4].copy_from_slice(&ip[16..20]);
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let later_fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0;
+    (ihl >= 20 && !later_fragment).then_some(ETH_LEN + ihl)
+}
+
+/// The IPv6 header's addresses and protocol (after a fragment header, the
+/// one extension a client's packet to us plausibly has); the transport
+/// header's offset when it follows at once.
+#[inline(always)]
+fn ipv6(ctx: &XdpContext, event: &mut TraceEvent) -> Option<usize> {
+    let ip = ptr_at::<[u8; 40]>(ctx, ETH_LEN).ok()?;
+    // SAFETY: bounds checked by ptr_at.
+    let ip = unsafe { &*ip };
+    event.family = 6;
+    event.proto = ip[6];
+    event.src.copy_from_slice(&ip[8..24]);
+    event.dst.copy_from_slice(&ip[24..40]);
+    if event.proto != IPV6_FRAGMENT {
+        return Some(ETH_LEN + 40);
+    }
+    let frag = ptr_at::<[u8; 8]>(ctx, ETH_LEN + 40).ok()?;
+    // SAFETY: as above.
+    let frag = unsafe { &*frag };
+    event.proto = frag[0];
+    let later_fragment = u16::from_be_bytes([frag[2], frag[3]]) & 0xfff8 != 0;
+    (!later_fragment).then_some(ETH_LEN + 48)
+}
+
+/// `emit`, a global function (see the module's comment).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn lb_trace_emit(
+    ctx: *mut xdp_md,
+    counter: u32,
+    service_id: u32,
+    backend_id: u32,
+    flags: u32,
+) -> u32 {
+    let ctx = XdpContext::new(ctx);
+    let (Some(conf), Some(cpu)) = (LB_TRACE_CONF.get(0), LB_TRACE_CPU.get_ptr_mut(0)) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot; XDP does not nest on a CPU.
+    let cpu = unsafe { &mut *cpu };
+    let event = &mut cpu.event;
+    // The capture was another packet's (the trace went on between this
+    // packet's programs): nothing to say of this one.
+    if event.ifindex != ctx.ingress_ifindex() as u32 {
+        return 0;
+    }
+    if conf.flags & TRACE_DROPS_ONLY != 0 && flags & DROPPED == 0 {
+        return 0;
+    }
+    if conf.flags & TRACE_CLIENT != 0
+        && !client_matches(conf, event.family, &event.src)
+        && !client_matches(conf, event.family, &event.dst)
+    {
+        return 0;
+    }
+    event.counter = counter;
+    event.service_id = service_id;
+    event.backend_id = backend_id;
+    event.flags |= flags as u8;
+    let now = select::epoch_now();
+    if cpu.epoch != now {
+        cpu.epoch = now;
+        cpu.sent = 0;
+    }
+    if cpu.sent >= conf.events_per_tick {
+        cpu.rate_limited += 1;
+        return 0;
+    }
+    cpu.sent += 1;
+    // Copied from the map by reference: by value it would go through the stack.
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    if LB_TRACE.output(&cpu.event, 0).is_err() {
+        cpu.ring_full += 1;
+    }
+    0
+}
