@@ -232,12 +232,14 @@ impl Lb {
         });
         let drained = state_file.with_extension("drained");
         let (node, _announcer) = bgp::start(None, None, drained, stats.clone());
+        let trace = lb_ctl::daemon::trace::Hub::start(fake.trace_tap().unwrap(), stats.clone());
         let api_state = ApiState {
             requests: requests_tx,
             stats,
             reconciler: handle,
             node,
             renders: Arc::default(),
+            trace,
         };
         let access = api::Access {
             token: Arc::from(token.unwrap_or(HARNESS_TOKEN)),
