@@ -743,7 +743,10 @@ async fn a_trace_streams_the_matching_packets_and_ends_the_trace_with_it() {
     // On, with the client in the kernel's filter.
     let conf = trace_switch(&lb, 1).await;
     assert_eq!(conf.flags, TRACE_CLIENT);
-    assert_eq!((conf.client_family, conf.client_len, &conf.client[..4]), (4, 32, &[10, 77, 1, 10][..]));
+    assert_eq!(
+        (conf.client_family, conf.client_len, &conf.client[..4]),
+        (4, 32, &[10, 77, 1, 10][..])
+    );
     {
         let mut trace = lb.fake.trace.lock().unwrap();
         trace.pending.push_back(traced_syn([10, 77, 1, 10], web1));

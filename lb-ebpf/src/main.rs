@@ -308,11 +308,8 @@ fn to_client<F: Family>(
     if !verdict.forwarded() {
         return Ok(Some(verdict));
     }
-    verdict.placed = Placed {
-        service_id: real.service_id,
-        backend_id: real.backend_id,
-        flags: TRACE_REPLY,
-    };
+    verdict.placed =
+        Placed { service_id: real.service_id, backend_id: real.backend_id, flags: TRACE_REPLY };
     frag::remember(pkt, &target, (real.service_id, real.backend_id), here);
     select::account(&LB_SVC_STATS, real.service_id, pkt.tot_len, false, false);
     select::account(&LB_BE_STATS, real.backend_id, pkt.tot_len, false, false);

@@ -833,6 +833,27 @@ mod tests {
             parse(&["service", "delete", "web"]).unwrap().op,
             Operator::Service(ServiceCmd::Del { .. })
         ));
+        let Operator::Trace { service, client, drops_only, count, json } = parse(&[
+            "trace",
+            "--service",
+            "a b",
+            "--client",
+            "fd77::/16",
+            "--drops-only",
+            "--count",
+            "3",
+        ])
+        .unwrap()
+        .op
+        else {
+            panic!()
+        };
+        assert!(drops_only && !json);
+        assert_eq!(
+            trace_path(service.as_deref(), client, drops_only, count),
+            "/api/v1/trace?service=a%20b&client=fd77%3A%3A%2F16&drops_only=true&count=3"
+        );
+        assert_eq!(trace_path(None, None, false, None), "/api/v1/trace");
     }
 
     #[test]
@@ -866,6 +887,10 @@ mod tests {
                 "x",
             ),
             (&["conns", "--limit", "many"], "many"),
+            (&["trace", "--client", "10.77.1.0/33"], "10.77.1.0/33"),
+            (&["trace", "--client", "somewhere"], "somewhere"),
+            (&["trace", "--count", "0"], "0"),
+            (&["trace", "--count", "1000001"], "1000001"),
         ] {
             let e = parse(args).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{args:?}");

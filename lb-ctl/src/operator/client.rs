@@ -167,7 +167,13 @@ impl Client {
     }
 
     /// The error of a non-2xx answer to `method path`.
-    fn refusal(&self, method: &Method, path: &str, status: StatusCode, bytes: &[u8]) -> ClientError {
+    fn refusal(
+        &self,
+        method: &Method,
+        path: &str,
+        status: StatusCode,
+        bytes: &[u8],
+    ) -> ClientError {
         let (error, detail) = error_body(status, bytes);
         if status == StatusCode::UNAUTHORIZED {
             return ClientError::Unauthorized(error);
@@ -540,6 +546,63 @@ pub(crate) mod tests {
         assert_eq!(seen.header("host"), Some(url.trim_start_matches("http://")));
         assert_eq!(seen.header("content-type"), None);
         assert_eq!(seen.body, "");
+    }
+
+    /// A chunked answer whose lines are cut across chunks reads line by
+    /// line; the reader may stop early.
+    #[tokio::test]
+    async fn a_stream_is_read_line_by_line_and_may_stop_early() {
+        let chunks = ["{\"a\":1}\n{\"a\"", ":2}\n", "{\"a\":3}\n"];
+        let mut body = String::new();
+        for c in chunks {
+            body.push_str(&format!("{:x}\r\n{c}\r\n", c.len()));
+        }
+        body.push_str("0\r\n\r\n");
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n{body}"
+        );
+        let (url, server) = serve_once(response.clone()).await;
+        let client = Client::new(&url, None).unwrap();
+        let mut got = Vec::new();
+        client
+            .stream_lines("/api/v1/trace", |l| {
+                got.push(String::from_utf8_lossy(l).into_owned());
+                true
+            })
+            .await
+            .unwrap();
+        assert_eq!(got, [r#"{"a":1}"#, r#"{"a":2}"#, r#"{"a":3}"#]);
+        server.await.unwrap();
+
+        let (url, server) = serve_once(response).await;
+        let client = Client::new(&url, None).unwrap();
+        let mut seen = 0;
+        client
+            .stream_lines("/api/v1/trace", |_| {
+                seen += 1;
+                seen < 2
+            })
+            .await
+            .unwrap();
+        assert_eq!(seen, 2, "stopped after the second line");
+        server.await.unwrap();
+
+        // Refused: the API's error, as for any request.
+        let (url, _server) = serve_once(answer(
+            "429 Too Many Requests",
+            r#"{"error":"8 traces are running already","detail":null}"#,
+        ))
+        .await;
+        let e = Client::new(&url, None)
+            .unwrap()
+            .stream_lines("/api/v1/trace", |_| true)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, ClientError::Refused { status, error, .. }
+                if *status == StatusCode::TOO_MANY_REQUESTS && error.contains("8 traces")),
+            "{e:?}"
+        );
     }
 
     #[tokio::test]

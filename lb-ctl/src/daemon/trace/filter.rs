@@ -162,11 +162,9 @@ mod tests {
         assert!(six.contains("fd77:1::9".parse().unwrap()));
         assert_eq!(ClientPrefix::parse("::/0").unwrap().len, 0);
         assert_eq!(ClientPrefix::parse("fd77::1").unwrap().len, 128);
-        for bad in ["", "10.0.0", "10.0.0.1/", "10.0.0.1/x", "10.0.0.1/+8", "host", "10.0.0.1/8/8"] {
-            assert!(
-                matches!(ClientPrefix::parse(bad), Err(FilterError::NotAPrefix(_))),
-                "{bad:?}"
-            );
+        for bad in ["", "10.0.0", "10.0.0.1/", "10.0.0.1/x", "10.0.0.1/+8", "host", "10.0.0.1/8/8"]
+        {
+            assert!(matches!(ClientPrefix::parse(bad), Err(FilterError::NotAPrefix(_))), "{bad:?}");
         }
         // At the limit and one past it.
         assert!(ClientPrefix::parse("10.0.0.1/32").is_ok());

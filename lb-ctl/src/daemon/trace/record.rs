@@ -117,7 +117,8 @@ impl Packet {
     pub fn of(event: &TraceEvent, names: &Names<'_>) -> Self {
         let (src, dst) = (addr_of(event.family, &event.src), addr_of(event.family, &event.dst));
         let ports = event.flags & TRACE_PORTS != 0;
-        let (sport, dport) = if ports { (Some(event.sport), Some(event.dport)) } else { (None, None) };
+        let (sport, dport) =
+            if ports { (Some(event.sport), Some(event.dport)) } else { (None, None) };
         let counter = Counter::ALL.get(event.counter as usize).copied();
         let decision = match counter.map(Counter::kind) {
             Some(Kind::Forwarded) => "forwarded",
@@ -131,9 +132,9 @@ impl Packet {
             .flatten();
         let reply = event.flags & TRACE_REPLY != 0;
         // The service: its backend's, else the one the packet is addressed to.
-        let service_key = backend.map(|(service, _)| service).or_else(|| {
-            Some(Key::new(dst?, dport?, event.proto))
-        });
+        let service_key = backend
+            .map(|(service, _)| service)
+            .or_else(|| Some(Key::new(dst?, dport?, event.proto)));
         let flow = if reply {
             Some("reply")
         } else if event.backend_id == TRACE_NO_ID {
@@ -151,7 +152,8 @@ impl Packet {
             dst: endpoint(dst, dport),
             tcp_flags: (ports && event.proto == PROTO_TCP).then(|| tcp_flags(event.tcp_flags)),
             decision: decision.into(),
-            reason: counter.map_or_else(|| format!("counter-{}", event.counter), |c| c.name().into()),
+            reason: counter
+                .map_or_else(|| format!("counter-{}", event.counter), |c| c.name().into()),
             flow: flow.map(Into::into),
             service: service_key.as_ref().and_then(|k| (names.service)(k)),
             backend: backend.map(|(_, b)| b.socket().to_string()),
@@ -167,7 +169,8 @@ impl Packet {
     /// One line of plain text: interface, tuple, flags, decision, and
     /// where it went.
     pub fn plain(&self) -> String {
-        let mut line = format!("{:<8} {:<4} {} > {}", self.interface, self.protocol, self.src, self.dst);
+        let mut line =
+            format!("{:<8} {:<4} {} > {}", self.interface, self.protocol, self.src, self.dst);
         if let Some(flags) = &self.tcp_flags {
             let _ = write!(line, " [{flags}]");
         }

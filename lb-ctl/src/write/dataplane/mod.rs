@@ -130,11 +130,8 @@ pub trait TraceTap: Send {
 
     /// Appends the events the data plane sent, waiting up to `timeout` for
     /// the first.
-    fn read(
-        &mut self,
-        timeout: Duration,
-        into: &mut Vec<TraceEvent>,
-    ) -> Result<(), DataplaneError>;
+    fn read(&mut self, timeout: Duration, into: &mut Vec<TraceEvent>)
+    -> Result<(), DataplaneError>;
 
     /// The events the data plane could not send, over all CPUs: over the
     /// rate limit, and with the ring buffer full.

@@ -87,8 +87,7 @@ impl TraceTap for KernelTrace {
         if into.len() > before {
             return Ok(());
         }
-        let mut poll =
-            libc::pollfd { fd: self.ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut poll = libc::pollfd { fd: self.ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
         // SAFETY: one valid pollfd, for the duration of the call.
         let rc = unsafe { libc::poll(&raw mut poll, 1, ms) };
@@ -106,9 +105,7 @@ impl TraceTap for KernelTrace {
 
     fn lost(&self) -> Result<(u64, u64), DataplaneError> {
         let values = self.cpus.get(&0, 0).map_err(err("reading lb_trace_cpu"))?;
-        Ok(values
-            .iter()
-            .fold((0, 0), |(r, f), cpu| (r + cpu.rate_limited, f + cpu.ring_full)))
+        Ok(values.iter().fold((0, 0), |(r, f), cpu| (r + cpu.rate_limited, f + cpu.ring_full)))
     }
 
     fn backend(&self, family: u8, id: u32) -> Option<BackendKey> {
