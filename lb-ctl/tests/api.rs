@@ -27,6 +27,7 @@ use axum::{
     http::{HeaderMap, Method, Request, StatusCode, header},
 };
 use base64::Engine as _;
+use http_body_util::BodyExt as _;
 use lb_common::{
     abi::{BACKEND_DOWN, BACKEND_IN_USE, PROTO_UDP},
     counter::Counter,
@@ -706,7 +707,6 @@ async fn trace_switch(lb: &Lb, on: u32) -> TraceConf {
 
 /// Reads `n` lines of a streamed answer's body.
 async fn lines(body: &mut Body, n: usize) -> Vec<Value> {
-    use http_body_util::BodyExt as _;
     let mut text = String::new();
     while text.matches('\n').count() < n {
         let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
@@ -771,7 +771,6 @@ async fn a_trace_streams_the_matching_packets_and_ends_the_trace_with_it() {
     assert!(got[1].get("backend").is_none(), "{}", got[1]);
     assert_eq!(got[1]["service"], "web");
     // Two packets asked for: the stream ends, and with it the trace.
-    use http_body_util::BodyExt as _;
     let end = tokio::time::timeout(Duration::from_secs(5), body.frame()).await.unwrap();
     assert!(end.is_none(), "the stream ends after --count packets");
     drop(body);

@@ -552,10 +552,11 @@ pub(crate) mod tests {
     /// line; the reader may stop early.
     #[tokio::test]
     async fn a_stream_is_read_line_by_line_and_may_stop_early() {
+        use std::fmt::Write as _;
         let chunks = ["{\"a\":1}\n{\"a\"", ":2}\n", "{\"a\":3}\n"];
         let mut body = String::new();
         for c in chunks {
-            body.push_str(&format!("{:x}\r\n{c}\r\n", c.len()));
+            let _ = write!(body, "{:x}\r\n{c}\r\n", c.len());
         }
         body.push_str("0\r\n\r\n");
         let response = format!(

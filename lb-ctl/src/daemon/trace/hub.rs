@@ -139,7 +139,7 @@ impl Hub {
     }
 }
 
-fn read_loop(shared: &Shared, mut tap: Box<dyn TraceTap>, stats: &watch::Receiver<Arc<Stats>>) {
+fn read_loop(shared: &Shared, mut tap: Box<dyn TraceTap>, views: &watch::Receiver<Arc<Stats>>) {
     let per_tick = answers_per_tick(EVENTS_PER_SECOND);
     // A previous controller that stopped while tracing left the trace on.
     let off = lb_common::trace::TraceConf::default();
@@ -182,7 +182,7 @@ fn read_loop(shared: &Shared, mut tap: Box<dyn TraceTap>, stats: &watch::Receive
             lost = tap.lost().unwrap_or(lost);
             lost_read = Instant::now();
         }
-        let services = services_by_key(&stats.borrow());
+        let services = services_by_key(&views.borrow());
         let backend = |family: u8, id: u32| -> Option<BackendKey> { tap.backend(family, id) };
         let service = |key: &Key| services.get(key).cloned();
         let names = Names { interface: &netdev::name_of, backend: &backend, service: &service };

@@ -16,6 +16,9 @@ use crate::plan::ids::{BackendKey, Key};
 /// One line of a trace.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
+// A line is built, sent and written once: boxing the packet would be one
+// more allocation for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Line {
     Packet(Packet),
     Lost(Lost),
