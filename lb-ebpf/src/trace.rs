@@ -44,8 +44,9 @@ pub static LB_TRACE: RingBuf<TraceEvent, { TRACE_RING_BYTES as usize }> = RingBu
 const ETH_P_IPV4: [u8; 2] = [0x08, 0x00];
 const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
 const IPV6_FRAGMENT: u8 = 44;
-/// `lb_trace_emit`'s `flags`, above the event's own: the packet was dropped.
-const DROPPED: u32 = 1 << 8;
+/// In `lb_trace_emit`'s `decision`: the counter in the low 16 bits, the
+/// event's flags in the next 8, and this bit: the packet was dropped.
+const DROPPED: u32 = 1 << 24;
 
 /// Whether the trace is on: the one read of the trace a packet pays for
 /// in each program it runs through.
@@ -67,12 +68,12 @@ pub fn capture(ctx: &XdpContext) {
 pub fn emit(ctx: &XdpContext, verdict: &Verdict) {
     let placed = verdict.placed;
     let dropped = if verdict.counter.kind() == Kind::Dropped { DROPPED } else { 0 };
+    // Three arguments, not five: fewer values to keep across its map
+    // lookups, so its frame (which adds to the caller's) stays small.
     lb_trace_emit(
         ctx.ctx,
-        verdict.counter as u32,
-        placed.service_id,
-        placed.backend_id,
-        u32::from(placed.flags) | dropped,
+        u64::from(placed.service_id) << 32 | u64::from(placed.backend_id),
+        verdict.counter as u32 | u32::from(placed.flags) << 16 | dropped,
     );
 }
 
@@ -161,15 +162,9 @@ fn ipv6(ctx: &XdpContext, event: &mut TraceEvent) -> Option<usize> {
 /// `emit`, a global function (see the module's comment).
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn lb_trace_emit(
-    ctx: *mut xdp_md,
-    counter: u32,
-    service_id: u32,
-    backend_id: u32,
-    flags: u32,
-) -> u32 {
-    let ctx = XdpContext::new(ctx);
-    let (Some(conf), Some(cpu)) = (LB_TRACE_CONF.get(0), LB_TRACE_CPU.get_ptr_mut(0)) else {
+pub extern "C" fn lb_trace_emit(ctx: *mut xdp_md, ids: u64, decision: u32) -> u32 {
+    let ifindex = XdpContext::new(ctx).ingress_ifindex() as u32;
+    let Some(cpu) = LB_TRACE_CPU.get_ptr_mut(0) else {
         return 0;
     };
     // SAFETY: this CPU's slot; XDP does not nest on a CPU.
@@ -177,10 +172,20 @@ pub extern "C" fn lb_trace_emit(
     let event = &mut cpu.event;
     // The capture was another packet's (the trace went on between this
     // packet's programs): nothing to say of this one.
-    if event.ifindex != ctx.ingress_ifindex() as u32 {
+    if event.ifindex != ifindex {
         return 0;
     }
-    if conf.flags & TRACE_DROPS_ONLY != 0 && flags & DROPPED == 0 {
+    // Written before the filter looks (a filtered event is never sent, and
+    // the next capture starts afresh): the arguments need not be kept.
+    event.counter = decision & 0xffff;
+    event.service_id = (ids >> 32) as u32;
+    event.backend_id = ids as u32;
+    event.flags |= (decision >> 16) as u8;
+    let dropped = decision & DROPPED != 0;
+    let Some(conf) = LB_TRACE_CONF.get(0) else {
+        return 0;
+    };
+    if conf.flags & TRACE_DROPS_ONLY != 0 && !dropped {
         return 0;
     }
     if conf.flags & TRACE_CLIENT != 0
@@ -189,16 +194,13 @@ pub extern "C" fn lb_trace_emit(
     {
         return 0;
     }
-    event.counter = counter;
-    event.service_id = service_id;
-    event.backend_id = backend_id;
-    event.flags |= flags as u8;
+    let per_tick = conf.events_per_tick;
     let now = select::epoch_now();
     if cpu.epoch != now {
         cpu.epoch = now;
         cpu.sent = 0;
     }
-    if cpu.sent >= conf.events_per_tick {
+    if cpu.sent >= per_tick {
         cpu.rate_limited += 1;
         return 0;
     }
