@@ -806,10 +806,18 @@ async fn a_trace_is_off_once_its_last_reader_leaves_and_readers_are_bounded() {
     // A reader that goes away (its connection dropped, however abruptly)
     // makes room, and the last one turns the trace off.
     open.pop();
+    let written = lb.fake.trace.lock().unwrap().confs.len();
     let again = open_trace(&lb, "").await;
     assert_eq!(again.status(), StatusCode::OK);
     open.push(again);
-    assert_eq!(trace_switch(&lb, 1).await.on, 1);
+    // The reader has written the filter for the readers now, and it is on.
+    for _ in 0..200 {
+        if lb.fake.trace.lock().unwrap().confs.len() > written {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(lb.fake.trace.lock().unwrap().confs.last().map(|c| c.on), Some(1));
     drop(open);
     trace_switch(&lb, 0).await;
 }
