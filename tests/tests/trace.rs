@@ -24,11 +24,11 @@ use lb_testbed::{
 use lb_tests::wire::{mac_of, packet_socket};
 use serde_json::Value;
 
-/// `lb-ctl trace ARGS --json` in the load balancer's namespace, its lines
+/// `lb-ctl trace ARGS` in the load balancer's namespace, its lines
 /// collected as they come; stopped on drop.
 struct Tracing {
     child: Option<Child>,
-    lines: Arc<Mutex<Vec<Value>>>,
+    lines: Arc<Mutex<Vec<String>>>,
 }
 
 impl Tracing {
@@ -39,7 +39,6 @@ impl Tracing {
             .arg(lb_ctl_bin())
             .arg("trace")
             .args(args)
-            .arg("--json")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -50,16 +49,24 @@ impl Tracing {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                let value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("lb-ctl trace --json printed {line:?}: {e}"));
-                sink.lock().unwrap().push(value);
+                sink.lock().unwrap().push(line);
             }
         });
         Self { child: Some(child), lines }
     }
 
+    /// The packet lines of `--json`.
     fn packets(&self) -> Vec<Value> {
-        self.lines.lock().unwrap().iter().filter(|l| l["type"] == "packet").cloned().collect()
+        let lines = self.lines.lock().unwrap();
+        let values = lines.iter().map(|line| {
+            serde_json::from_str::<Value>(line)
+                .unwrap_or_else(|e| panic!("lb-ctl trace --json printed {line:?}: {e}"))
+        });
+        values.filter(|l| l["type"] == "packet").collect()
+    }
+
+    fn text(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
     }
 
     fn stop(&mut self) {
@@ -97,41 +104,9 @@ fn trace_switch(pin_dir: &str) -> u32 {
     conf.get(&0, 0).unwrap().on
 }
 
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-#[test]
-fn a_traced_clients_syns_name_the_backends_that_answered() {
-    let lab = Lab::start("lbtr1");
-    assert_eq!(trace_switch(&lab.pin_dir), 0, "off while nobody traces");
-    let mut tracing = Tracing::start(&lab, &["--client", CLIENT_ADDR]);
-    wait_until("the trace on", Duration::from_secs(5), || trace_switch(&lab.pin_dir) == 1);
-
-    let client = lab.topo.client();
-    let answered = in_ns(&client, || (0..12).map(|_| request()).collect::<Vec<_>>());
-    // Frames put on the client's link as they are: a TCP segment's later
-    // fragment from the traced client (before its first), and SYNs and a
-    // cut frame from another client, which the filter leaves out.
-    let stranger = FRESH_CLIENT_ADDRS[0];
-    let (lb_mac, client_mac) = (mac_of(&lab.ns, "lb-c"), mac_of(&client, "c0"));
-    let vip = VIP.parse().unwrap();
-    let mut fragment =
-        Ipv4::tcp((CLIENT_ADDR.parse().unwrap(), 40_777), (vip, 80), TCP_ACK, &[7; 64]);
-    fragment.frag_off = 8;
-    let mut frames = vec![fragment.frame(lb_mac, client_mac)];
-    for port in 0..5 {
-        let syn = Ipv4::tcp((stranger.parse().unwrap(), 41_000 + port), (vip, 80), TCP_SYN, b"");
-        frames.push(syn.frame(lb_mac, client_mac));
-    }
-    let mut cut = frames[1].clone();
-    cut.truncate(14 + 20 + 10);
-    frames.push(cut);
-    in_ns(&client, move || {
+/// Puts `frames` on the client's link as they are.
+fn send_frames(client: &str, frames: Vec<Vec<u8>>) {
+    in_ns(client, move || {
         let (fd, addr) = packet_socket("c0");
         for frame in frames {
             // SAFETY: a valid socket, buffer and address.
@@ -149,6 +124,44 @@ fn a_traced_clients_syns_name_the_backends_that_answered() {
             std::thread::sleep(Duration::from_millis(5));
         }
     });
+}
+
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_traced_clients_syns_name_the_backends_that_answered() {
+    let lab = Lab::start("lbtr1");
+    assert_eq!(trace_switch(&lab.pin_dir), 0, "off while nobody traces");
+    let mut tracing = Tracing::start(&lab, &["--client", CLIENT_ADDR, "--json"]);
+    wait_until("the trace on", Duration::from_secs(5), || trace_switch(&lab.pin_dir) == 1);
+
+    let client = lab.topo.client();
+    let answered = in_ns(&client, || (0..12).map(|_| request()).collect::<Vec<_>>());
+    // Frames put on the client's link as they are: a TCP segment's later
+    // fragment from the traced client (before its first), and SYNs and a
+    // cut frame from another client, which the filter leaves out.
+    let stranger = FRESH_CLIENT_ADDRS[0];
+    let (lb_mac, client_mac) = (mac_of(&lab.ns, "lb-c"), mac_of(&client, "c0"));
+    let vip = VIP.parse().unwrap();
+    let mut fragment =
+        Ipv4::tcp((CLIENT_ADDR.parse().unwrap(), 40_777), (vip, 80), TCP_ACK, &[7; 64]);
+    fragment.frag_off = 8;
+    let fragment_frame = fragment.frame(lb_mac, client_mac);
+    let mut frames = vec![fragment_frame.clone()];
+    for port in 0..5 {
+        let syn = Ipv4::tcp((stranger.parse().unwrap(), 41_000 + port), (vip, 80), TCP_SYN, b"");
+        frames.push(syn.frame(lb_mac, client_mac));
+    }
+    let mut cut = frames[1].clone();
+    cut.truncate(14 + 20 + 10);
+    frames.push(cut);
+    send_frames(&client, frames);
     let strangers_counted = lb_testbed::counters::get(&lab.pin_dir, Counter::DropMalformed);
     assert!(strangers_counted >= 1, "the stranger's cut frame went through the data plane");
 
@@ -207,34 +220,52 @@ fn a_traced_clients_syns_name_the_backends_that_answered() {
     tracing.stop();
     wait_until("the trace off", Duration::from_secs(5), || trace_switch(&lab.pin_dir) == 0);
 
-    // Plain text, stopping by itself after --count packets: a request's
-    // SYN, the rest of its packets and its replies, one line each.
+    // Plain text: a request, its SYN first, then the fragment again.
+    let mut plain = Tracing::start(&lab, &["--client", CLIENT_ADDR]);
+    wait_until("the trace on again", Duration::from_secs(5), || trace_switch(&lab.pin_dir) == 1);
+    let (port, backend) = in_ns(&client, request);
+    send_frames(&client, vec![fragment_frame.clone()]);
+    let drop_line = format!("{CLIENT_ADDR} > {VIP}: dropped drop_fragment");
+    wait_until("the plain trace of the fragment", Duration::from_secs(5), || {
+        plain.text().iter().any(|l| l.ends_with(&drop_line))
+    });
+    plain.stop();
+    let text = plain.text();
+    eprintln!("lb-ctl trace --client {CLIENT_ADDR}:\n{}", text.join("\n"));
+    let address = BACKENDS.iter().find(|(name, _)| *name == backend).unwrap().1;
+    assert!(
+        text[0].contains(&format!("{CLIENT_ADDR}:{port} > {VIP}:80 [S]: forwarded"))
+            && text[0].contains(&format!("to {address}:80 (new flow) service web")),
+        "the SYN first, to {backend}: {text:?}"
+    );
+    wait_until("the trace off again", Duration::from_secs(5), || trace_switch(&lab.pin_dir) == 0);
+
+    // Drops only, ending by itself after --count packets: the request's
+    // packets are not drops, the fragment is.
     let (ns, run_dir) = (lab.ns.clone(), lab.run_dir());
-    let plain = std::thread::spawn(move || {
+    let counted = std::thread::spawn(move || {
         Command::new("nsenter")
             .env("LB_RUN_DIR", run_dir)
             .arg(format!("--net=/var/run/netns/{ns}"))
             .arg(lb_ctl_bin())
-            .args(["trace", "--client", CLIENT_ADDR, "--count", "6"])
+            .args(["trace", "--client", CLIENT_ADDR, "--drops-only", "--count", "1"])
             .stdin(Stdio::null())
             .output()
             .expect("lb-ctl trace")
     });
-    wait_until("the trace on again", Duration::from_secs(5), || trace_switch(&lab.pin_dir) == 1);
-    let (port, backend) = in_ns(&client, request);
-    let plain = plain.join().unwrap();
-    let text = String::from_utf8_lossy(&plain.stdout);
-    eprintln!("lb-ctl trace --client {CLIENT_ADDR} --count 6:\n{text}");
-    assert!(plain.status.success(), "{}", String::from_utf8_lossy(&plain.stderr));
-    assert_eq!(text.lines().count(), 6, "{text}");
-    let first = text.lines().next().unwrap();
-    let address = BACKENDS.iter().find(|(name, _)| *name == backend).unwrap().1;
-    assert!(
-        first.contains(&format!("{CLIENT_ADDR}:{port} > {VIP}:80 [S]: forwarded"))
-            && first.contains(&format!("to {address}:80 (new flow) service web")),
-        "the SYN first, to {backend}: {first}"
-    );
-    wait_until("the trace off again", Duration::from_secs(5), || trace_switch(&lab.pin_dir) == 0);
+    wait_until("the trace on, drops only", Duration::from_secs(5), || {
+        trace_switch(&lab.pin_dir) == 1
+    });
+    in_ns(&client, request);
+    send_frames(&client, vec![fragment_frame]);
+    let counted = counted.join().unwrap();
+    let out = String::from_utf8_lossy(&counted.stdout);
+    assert!(counted.status.success(), "{}", String::from_utf8_lossy(&counted.stderr));
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.trim_end().ends_with(&drop_line), "{out}");
+    wait_until("the trace off at the count", Duration::from_secs(5), || {
+        trace_switch(&lab.pin_dir) == 0
+    });
 
     let plain = lab.ctl(&["trace", "--client", "10.77.1.10/24"]);
     assert!(!plain.status.success(), "host bits past the length are refused");
