@@ -24,8 +24,8 @@ pub const TRACE_REPLY: u8 = 4;
 /// `TraceEvent::service_id`, `backend_id`: not known for this packet.
 pub const TRACE_NO_ID: u32 = u32::MAX;
 
-/// Slot 0 of `lb_trace_conf`. The data plane reads `on` once per packet;
-/// everything else only when it is set.
+/// Slot 0 of `lb_trace_conf`. The data plane reads `on` where each program
+/// starts and where it counts its verdict; everything else only when it is set.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TraceConf {

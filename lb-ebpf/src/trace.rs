@@ -1,5 +1,7 @@
-//! The packet trace (`lb-ctl trace`). Off, it costs each program one read
-//! of `lb_trace_conf`'s `on` word and a branch. On, the entry program
+//! The packet trace (`lb-ctl trace`). Off, it costs each program a read of
+//! `lb_trace_conf`'s `on` word and a branch where it starts and where it
+//! counts its verdict (see `traced` for why not one kept read). On, the
+//! entry program
 //! copies the packet's tuple as it arrived into this CPU's scratch event
 //! (`capture`), before anything rewrites it; the program that decides
 //! (the entry program, or the IPv6 one it tail called) adds the decision
@@ -48,8 +50,7 @@ const IPV6_FRAGMENT: u8 = 44;
 /// event's flags in the next 8, and this bit: the packet was dropped.
 const DROPPED: u32 = 1 << 24;
 
-/// Whether the trace is on: the one read of the trace a packet pays for
-/// in each program it runs through.
+/// Whether the trace is on: all a packet pays for the trace while it is off.
 #[inline(always)]
 pub fn on() -> bool {
     LB_TRACE_CONF.get(0).is_some_and(|conf| conf.on != 0)
