@@ -93,26 +93,30 @@ pub struct TraceCpu {
 }
 const _: () = assert!(size_of::<TraceCpu>() == 88);
 
-/// Whether `addr` (of `family`) is in the prefix `conf` names.
+/// Whether `addr` (of `family`) is in the prefix `conf` names: two masked
+/// 64-bit compares (the data plane runs this for every packet while a
+/// client is traced).
 #[inline(always)]
 pub fn client_matches(conf: &TraceConf, family: u8, addr: &[u8; 16]) -> bool {
     if family != conf.client_family {
         return false;
     }
     let len = u32::from(conf.client_len);
-    let mut i = 0;
-    while i < 16 {
-        let start = 8 * i as u32;
-        if len > start {
-            let bits = if len - start >= 8 { 8 } else { len - start };
-            let mask = (0xff00u32 >> bits) as u8;
-            if (addr[i] ^ conf.client[i]) & mask != 0 {
-                return false;
-            }
-        }
-        i += 1;
-    }
-    true
+    let high = |a: &[u8; 16]| u64::from_be_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
+    let low =
+        |a: &[u8; 16]| u64::from_be_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]);
+    let mask_high = match len {
+        0 => 0,
+        1..=63 => u64::MAX << (64 - len),
+        _ => u64::MAX,
+    };
+    let mask_low = match len {
+        0..=64 => 0,
+        65..=127 => u64::MAX << (128 - len),
+        _ => u64::MAX,
+    };
+    (high(addr) ^ high(&conf.client)) & mask_high == 0
+        && (low(addr) ^ low(&conf.client)) & mask_low == 0
 }
 
 #[cfg(test)]
@@ -145,6 +149,18 @@ mod tests {
         assert!(!client_matches(&odd, 4, &v4([10, 77, 4, 9])));
         let all = conf([0; 16], 6, 0);
         assert!(client_matches(&all, 6, &[0xfd; 16]));
+        // Across the two words: /64, /65, /127, /128.
+        let mut base = [0u8; 16];
+        base[0] = 0xfd;
+        let mut other = base;
+        other[8] = 0x80;
+        assert!(client_matches(&conf(base, 6, 64), 6, &other));
+        assert!(!client_matches(&conf(base, 6, 65), 6, &other));
+        let mut last = base;
+        last[15] = 1;
+        assert!(client_matches(&conf(base, 6, 127), 6, &last));
+        assert!(!client_matches(&conf(base, 6, 128), 6, &last));
+        assert!(client_matches(&conf(base, 6, 128), 6, &base));
         let mut six = [0u8; 16];
         six[0] = 0xfd;
         six[1] = 0x77;

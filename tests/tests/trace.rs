@@ -135,6 +135,7 @@ fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one story: JSON, plain text, drops only, off")]
 fn a_traced_clients_syns_name_the_backends_that_answered() {
     let lab = Lab::start("lbtr1");
     assert_eq!(trace_switch(&lab.pin_dir), 0, "off while nobody traces");
