@@ -260,8 +260,8 @@ fn measure_per_packet() -> Vec<Row> {
 /// measured. Unset or `off`: off (what a data plane pays when nobody
 /// traces). `other`: on, for a client none of the measured packets has
 /// (what every other packet pays while someone traces one client). `all`:
-/// on for every packet, no rate limit, a thread reading the ring buffer as
-/// the controller would (the worst case).
+/// on for every packet, no rate limit, a thread draining the ring buffer
+/// every millisecond so that every event is sent (the worst case).
 fn trace_as_asked(loaded: &mut Loaded) {
     use lb_common::trace::{TRACE_CLIENT, TraceConf};
     use lb_ctl::write::dataplane::Maps as _;
@@ -285,7 +285,7 @@ fn trace_as_asked(loaded: &mut Loaded) {
             let mut events = Vec::new();
             loop {
                 events.clear();
-                let _ = tap.read(std::time::Duration::from_millis(100), &mut events);
+                let _ = tap.read(std::time::Duration::from_millis(1), &mut events);
             }
         });
     }
