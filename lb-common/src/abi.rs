@@ -12,7 +12,7 @@ use crate::addr::Addr;
 
 /// Bumped whenever a map layout below changes; stored in `lb_meta` so that a
 /// controller can tell whether pinned maps were written by a compatible build.
-pub const ABI_VERSION: u32 = 19;
+pub const ABI_VERSION: u32 = 20;
 
 /// Capacity of the service table (and of each per-service array).
 pub const MAX_SERVICES: u32 = 256;
@@ -753,7 +753,10 @@ mod pod {
         Policy,
         FragKey,
         FragKey6,
-        AnswerBudget
+        AnswerBudget,
+        crate::trace::TraceConf,
+        crate::trace::TraceEvent,
+        crate::trace::TraceCpu
     );
 
     macro_rules! pod_of_addr {

@@ -8,3 +8,4 @@ pub mod conn_table;
 pub mod counter;
 pub mod csum;
 pub mod hash;
+pub mod trace;

@@ -27,7 +27,12 @@ use axum::{
     http::{HeaderMap, Method, Request, StatusCode, header},
 };
 use base64::Engine as _;
-use lb_common::abi::{BACKEND_DOWN, BACKEND_IN_USE, PROTO_UDP};
+use http_body_util::BodyExt as _;
+use lb_common::{
+    abi::{BACKEND_DOWN, BACKEND_IN_USE, PROTO_UDP},
+    counter::Counter,
+    trace::{TRACE_CLIENT, TRACE_DROPS_ONLY, TRACE_NEW_FLOW, TRACE_PORTS, TraceConf, TraceEvent},
+};
 use lb_ctl::{
     daemon::{
         api::{self, ApiState},
@@ -232,12 +237,17 @@ impl Lb {
         });
         let drained = state_file.with_extension("drained");
         let (node, _announcer) = bgp::start(None, None, drained, stats.clone());
+        let trace = lb_ctl::daemon::trace::Hub::start(
+            lb_ctl::write::dataplane::Maps::trace_tap(&fake).unwrap(),
+            stats.clone(),
+        );
         let api_state = ApiState {
             requests: requests_tx,
             stats,
             reconciler: handle,
             node,
             renders: Arc::default(),
+            trace,
         };
         let access = api::Access {
             token: Arc::from(token.unwrap_or(HARNESS_TOKEN)),
@@ -658,6 +668,184 @@ async fn the_connection_table_is_listed_and_filtered() {
         let (status, body) = lb.get(&format!("/api/v1/conns?{query}")).await;
         assert_error(status, &body, StatusCode::BAD_REQUEST, query);
     }
+}
+
+/// An event as the data plane sends it: a SYN from `client` to web's VIP,
+/// placed on backend `backend_id` (or, past the fake's backends, named by nothing).
+fn traced_syn(client: [u8; 4], backend_id: u32) -> TraceEvent {
+    let mut src = [0; 16];
+    src[..4].copy_from_slice(&client);
+    let mut dst = [0; 16];
+    dst[..4].copy_from_slice(&[10, 77, 1, 100]);
+    TraceEvent {
+        src,
+        dst,
+        ifindex: 1,
+        service_id: 0,
+        backend_id,
+        counter: Counter::Redirect as u32,
+        sport: 40_000,
+        dport: 80,
+        family: 4,
+        proto: 6,
+        tcp_flags: 0x02,
+        flags: TRACE_PORTS | TRACE_NEW_FLOW,
+    }
+}
+
+/// Waits (up to 2 s) until the fake data plane's trace switch is `on`.
+async fn trace_switch(lb: &Lb, on: u32) -> TraceConf {
+    for _ in 0..200 {
+        let conf = lb.fake.trace.lock().unwrap().conf;
+        if conf.on == on {
+            return conf;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the trace switch never became {on}");
+}
+
+/// Reads `n` lines of a streamed answer's body.
+async fn lines(body: &mut Body, n: usize) -> Vec<Value> {
+    let mut text = String::new();
+    while text.matches('\n').count() < n {
+        let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .expect("a line within 5 s")
+            .expect("the stream goes on")
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&frame.into_data().unwrap()));
+    }
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+async fn open_trace(lb: &Lb, query: &str) -> axum::response::Response {
+    let request = Request::builder()
+        .uri(format!("/api/v1/trace{query}"))
+        .header(header::HOST, lb.host.as_str())
+        .header(header::AUTHORIZATION, lb.default_auth.clone().unwrap())
+        .body(Body::empty())
+        .unwrap();
+    lb.app.clone().oneshot(request).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_trace_streams_the_matching_packets_and_ends_the_trace_with_it() {
+    let dir = TempDir::new("trace");
+    let lb = Lb::start(&dir.0, None).await;
+    let web1 = {
+        let image = lb.image();
+        *image.v4.backends.iter().find(|(_, b)| b.addr == [10, 77, 2, 11]).unwrap().0
+    };
+    let response = open_trace(&lb, "?client=10.77.1.10&count=2").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()[header::CONTENT_TYPE], "application/x-ndjson");
+    // On, with the client in the kernel's filter.
+    let conf = trace_switch(&lb, 1).await;
+    assert_eq!(conf.flags, TRACE_CLIENT);
+    assert_eq!(
+        (conf.client_family, conf.client_len, &conf.client[..4]),
+        (4, 32, &[10, 77, 1, 10][..])
+    );
+    {
+        let mut trace = lb.fake.trace.lock().unwrap();
+        trace.pending.push_back(traced_syn([10, 77, 1, 10], web1));
+        // Another client: the kernel would not send it; were it sent, the
+        // subscriber's own filter keeps it out.
+        trace.pending.push_back(traced_syn([10, 77, 9, 9], web1));
+        trace.pending.push_back(traced_syn([10, 77, 1, 10], 4242));
+    }
+    let mut body = response.into_body();
+    let got = lines(&mut body, 2).await;
+    assert_eq!(got[0]["type"], "packet");
+    assert_eq!(got[0]["src"], "10.77.1.10:40000");
+    assert_eq!(got[0]["dst"], "10.77.1.100:80");
+    assert_eq!(got[0]["decision"], "forwarded");
+    assert_eq!(got[0]["reason"], "redirect");
+    assert_eq!(got[0]["flow"], "new");
+    assert_eq!(got[0]["backend"], "10.77.2.11:80");
+    assert_eq!(got[0]["service"], "web");
+    assert_eq!(got[0]["tcp_flags"], "S");
+    // A backend id the maps do not hold: no backend named, the service by its VIP.
+    assert_eq!(got[1]["src"], "10.77.1.10:40000");
+    assert!(got[1].get("backend").is_none(), "{}", got[1]);
+    assert_eq!(got[1]["service"], "web");
+    // Two packets asked for: the stream ends, and with it the trace.
+    let end = tokio::time::timeout(Duration::from_secs(5), body.frame()).await.unwrap();
+    assert!(end.is_none(), "the stream ends after --count packets");
+    drop(body);
+    trace_switch(&lb, 0).await;
+}
+
+#[tokio::test]
+async fn a_trace_is_off_once_its_last_reader_leaves_and_readers_are_bounded() {
+    let dir = TempDir::new("trace-bounds");
+    let lb = Lb::start(&dir.0, None).await;
+    let first = open_trace(&lb, "?drops_only=true").await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(trace_switch(&lb, 1).await.flags, TRACE_DROPS_ONLY);
+    // A second reader who wants everything: the kernel filters nothing.
+    let second = open_trace(&lb, "?service=web").await;
+    assert_eq!(second.status(), StatusCode::OK);
+    for _ in 0..200 {
+        if lb.fake.trace.lock().unwrap().conf.flags == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(lb.fake.trace.lock().unwrap().conf.flags, 0);
+    // At the limit, and one past it.
+    let mut open = vec![first, second];
+    while open.len() < lb_ctl::daemon::trace::hub::MAX_SUBSCRIBERS {
+        let r = open_trace(&lb, "").await;
+        assert_eq!(r.status(), StatusCode::OK);
+        open.push(r);
+    }
+    let (status, body) = lb.get("/api/v1/trace").await;
+    assert_error(status, &body, StatusCode::TOO_MANY_REQUESTS, "one trace too many");
+    // A reader that goes away (its connection dropped, however abruptly)
+    // makes room, and the last one turns the trace off.
+    open.pop();
+    let written = lb.fake.trace.lock().unwrap().confs.len();
+    let again = open_trace(&lb, "").await;
+    assert_eq!(again.status(), StatusCode::OK);
+    open.push(again);
+    // The reader has written the filter for the readers now, and it is on.
+    for _ in 0..200 {
+        if lb.fake.trace.lock().unwrap().confs.len() > written {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(lb.fake.trace.lock().unwrap().confs.last().map(|c| c.on), Some(1));
+    drop(open);
+    trace_switch(&lb, 0).await;
+}
+
+#[tokio::test]
+async fn trace_parameters_are_checked_and_named() {
+    let dir = TempDir::new("trace-params");
+    let lb = Lb::start(&dir.0, None).await;
+    for (query, names) in [
+        ("client=somewhere", "client"),
+        ("client=10.77.1.10/33", "client"),
+        ("client=10.77.1.10/24", "client"),
+        ("client=fd77::1/129", "client"),
+        ("count=0", "count"),
+        ("count=1000001", "count"),
+        ("count=-1", "count"),
+        ("drops_only=maybe", "drops_only"),
+        ("colour=red", "colour"),
+    ] {
+        let (status, body) = lb.get(&format!("/api/v1/trace?{query}")).await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, query);
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains(names), "{query}: the error names {names}: {error}");
+    }
+    let (status, body) = lb.get("/api/v1/trace?service=nope").await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "?service=nope");
+    // None of these turned the trace on.
+    assert!(lb.fake.trace.lock().unwrap().confs.iter().all(|c| c.on == 0));
 }
 
 #[tokio::test]
@@ -1492,6 +1680,7 @@ const DOCUMENTED_ROUTES: &[(&str, &str)] = &[
     ("delete", "/api/v1/services/{name}/backends/{backend}"),
     ("get", "/api/v1/stats"),
     ("get", "/api/v1/conns"),
+    ("get", "/api/v1/trace"),
     ("get", "/api/v1/node"),
     ("post", "/api/v1/node/drain"),
     ("post", "/api/v1/node/undrain"),
@@ -1536,7 +1725,12 @@ async fn the_openapi_document_matches_the_routes() {
     // (backend before its service).
     operations.sort_by_key(|(m, p)| (m == "delete", std::cmp::Reverse(p.len())));
     for (method, path) in &operations {
-        let concrete = path.replace("{name}", "web").replace("{backend}", "10.77.2.11:80");
+        let mut concrete = path.replace("{name}", "web").replace("{backend}", "10.77.2.11:80");
+        if path == "/api/v1/trace" {
+            // A stream: one packet, and it ends.
+            lb.fake.trace.lock().unwrap().pending.push_back(traced_syn([10, 77, 1, 10], 1));
+            concrete.push_str("?count=1");
+        }
         let body = match (method.as_str(), path.as_str()) {
             ("post", "/api/v1/services") => Some(
                 r#"{"name": "extra", "vip": "10.77.1.101", "port": 8080,

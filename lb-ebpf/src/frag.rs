@@ -155,7 +155,12 @@ pub fn follow<F: Family>(
         _ => return Err(Counter::PassNotService),
     };
     let target = Target { rewrite, addr: entry.addr, port: 0 };
-    let verdict = fwd::forward(ctx, pkt, &target, here)?;
+    let mut verdict = fwd::forward(ctx, pkt, &target, here)?;
+    verdict.placed = crate::Placed {
+        service_id: entry.service_id,
+        backend_id: entry.backend_id,
+        flags: if to_backend { 0 } else { lb_common::trace::TRACE_REPLY },
+    };
     select::account(&LB_SVC_STATS, entry.service_id, pkt.tot_len, to_backend, false);
     select::account(&LB_BE_STATS, entry.backend_id, pkt.tot_len, to_backend, false);
     Ok(verdict)

@@ -106,16 +106,16 @@ pub unsafe fn send<F: Family>(eth: *mut u8, hop: Hop<F::Addr>, here: Here) -> Ve
         }
         // `next_hop`'s callers answer a packet too big before sending.
         Hop::TooBig { .. } => {
-            return Verdict { action: xdp_action::XDP_DROP, counter: Counter::DropTooBig };
+            return Verdict::new(xdp_action::XDP_DROP, Counter::DropTooBig);
         }
     };
     // SAFETY: the caller guarantees the Ethernet header.
     unsafe { write_macs(eth, hop) };
     if hop.ifindex == here.ingress {
-        return Verdict { action: xdp_action::XDP_TX, counter: Counter::Tx };
+        return Verdict::new(xdp_action::XDP_TX, Counter::Tx);
     }
     match LB_TX_PORTS.redirect(hop.tx_slot, 0) {
-        Ok(action) => Verdict { action, counter: Counter::Redirect },
+        Ok(action) => Verdict::new(action, Counter::Redirect),
         // The egress interface is not one of ours: let tc send it.
         // SAFETY: as for write_macs.
         Err(_) => unsafe { F::slow_path(eth, hop.ifindex, hop.via) },
@@ -351,5 +351,5 @@ pub unsafe fn slow_path_v4(eth: *mut u8, ifindex: u32, nexthop: [u8; 4]) -> Verd
         mem::store32::<4>(eth, ifindex);
         mem::store32::<8>(eth, u32::from_ne_bytes(nexthop));
     }
-    Verdict { action: xdp_action::XDP_PASS, counter: Counter::SlowPathNeigh }
+    Verdict::new(xdp_action::XDP_PASS, Counter::SlowPathNeigh)
 }

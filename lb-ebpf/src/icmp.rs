@@ -179,7 +179,7 @@ fn to_client(
 fn send(pkt: &Packet, hop: Hop, here: Here, counter: Counter) -> Verdict {
     // SAFETY: parse checked the Ethernet header; nothing resized the frame.
     let sent = unsafe { fwd::send::<V4>(pkt.eth.cast(), hop, here) };
-    Verdict { action: sent.action, counter }
+    Verdict::new(sent.action, counter)
 }
 
 /// The edge checks of an error about one of our flows (made once the flow

@@ -23,6 +23,7 @@ mod nat;
 mod parse;
 mod reject;
 mod select;
+mod trace;
 mod v6;
 
 use aya_ebpf::{
@@ -41,6 +42,7 @@ use lb_common::{
         TCP_ACK, TCP_SYN, neigh6_tag,
     },
     counter::{Counter, Kind},
+    trace::{TRACE_NEW_FLOW, TRACE_NO_ID, TRACE_REPLY},
 };
 
 use crate::{
@@ -57,9 +59,29 @@ use crate::{
 pub struct Verdict {
     pub action: u32,
     pub counter: Counter,
+    /// Where the packet went, for the trace (and nothing else).
+    pub placed: Placed,
+}
+
+/// The service and backend a packet was forwarded to or replied from, as
+/// the trace tells it (`lb_common::trace::TraceEvent`).
+#[derive(Clone, Copy)]
+pub struct Placed {
+    pub service_id: u32,
+    pub backend_id: u32,
+    /// `TRACE_NEW_FLOW`, `TRACE_REPLY`.
+    pub flags: u8,
+}
+
+impl Placed {
+    const NOWHERE: Self = Self { service_id: TRACE_NO_ID, backend_id: TRACE_NO_ID, flags: 0 };
 }
 
 impl Verdict {
+    pub const fn new(action: u32, counter: Counter) -> Self {
+        Self { action, counter, placed: Placed::NOWHERE }
+    }
+
     /// Whether the packet went on (false: answered instead, "fragmentation
     /// needed"): only then is there traffic to account and a fragment
     /// decision to remember.
@@ -73,7 +95,7 @@ impl Verdict {
             Kind::Dropped => xdp_action::XDP_DROP,
             Kind::Passed | Kind::Forwarded | Kind::Answered => xdp_action::XDP_PASS,
         };
-        Self { action, counter }
+        Self::new(action, counter)
     }
 }
 
@@ -90,13 +112,16 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
     unsafe {
         core::arch::asm!("{0} = 0", out(reg) _);
     }
+    if trace::on() {
+        trace::capture(&ctx);
+    }
     let verdict = process::<V4>(&ctx).unwrap_or_else(Verdict::stopped);
     if verdict.counter == Counter::PassNotIpv4 && parse::is_ipv6(&ctx) {
         // SAFETY: the context is this program's; the call does not return
         // unless `lb_progs` holds no program (IPv6 then goes to the kernel).
         unsafe { LB_PROGS.tail_call(&ctx, 0) };
     }
-    count(&verdict)
+    traced(&ctx, &verdict)
 }
 
 /// IPv6, tail called by `lb_xdp` (its own program: its own stack and its
@@ -106,7 +131,11 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 // The context by value: the signature aya's program macros require.
 #[allow(clippy::needless_pass_by_value)]
 pub fn lb_xdp6(ctx: XdpContext) -> u32 {
-    count(&process::<V6>(&ctx).unwrap_or_else(Verdict::stopped))
+    // Captured again: `lb_xdp` did only if the trace was on when it ran.
+    if trace::on() {
+        trace::capture(&ctx);
+    }
+    traced(&ctx, &process::<V6>(&ctx).unwrap_or_else(Verdict::stopped))
 }
 
 /// IPv6 answers (resets, ICMPv6 errors), tail called by `lb_xdp6` (see
@@ -116,7 +145,8 @@ pub fn lb_xdp6(ctx: XdpContext) -> u32 {
 // The context by value: the signature aya's program macros require.
 #[allow(clippy::needless_pass_by_value)]
 pub fn lb_answer6(ctx: XdpContext) -> u32 {
-    count(&v6::answer::answer(&ctx).unwrap_or_else(Verdict::stopped))
+    let verdict = v6::answer::answer(&ctx).unwrap_or_else(Verdict::stopped);
+    traced(&ctx, &verdict)
 }
 
 /// IPv6 errors about our flows, translated; tail called by `lb_xdp6` (see
@@ -126,7 +156,21 @@ pub fn lb_answer6(ctx: XdpContext) -> u32 {
 // The context by value: the signature aya's program macros require.
 #[allow(clippy::needless_pass_by_value)]
 pub fn lb_icmp6(ctx: XdpContext) -> u32 {
-    count(&v6::icmp::translate(&ctx).unwrap_or_else(Verdict::stopped))
+    let verdict = v6::icmp::translate(&ctx).unwrap_or_else(Verdict::stopped);
+    traced(&ctx, &verdict)
+}
+
+/// Counts the verdict, tells the trace if it is on, and answers the action.
+/// The trace's word is read again here rather than kept from the capture:
+/// a value kept across `process` splits every state the verifier keeps in
+/// two (measured: `lb_xdp6` then passes its 1M-instruction limit), and a
+/// second read of a hot cache line costs nothing measurable.
+#[inline(always)]
+fn traced(ctx: &XdpContext, verdict: &Verdict) -> u32 {
+    if trace::on() {
+        trace::emit(ctx, verdict);
+    }
+    count(verdict)
 }
 
 /// Counts the verdict's counter and answers its action.
@@ -260,10 +304,12 @@ fn to_client<F: Family>(
     }
     select::backend_closes::<F>(&pkt.flow, &real, pkt.tcp_flags, here);
     let target = Target { rewrite: Some(Side::Source), addr: real.vip, port: real.vport };
-    let verdict = fwd::forward(ctx, pkt, &target, here)?;
+    let mut verdict = fwd::forward(ctx, pkt, &target, here)?;
     if !verdict.forwarded() {
         return Ok(Some(verdict));
     }
+    verdict.placed =
+        Placed { service_id: real.service_id, backend_id: real.backend_id, flags: TRACE_REPLY };
     frag::remember(pkt, &target, (real.service_id, real.backend_id), here);
     select::account(&LB_SVC_STATS, real.service_id, pkt.tot_len, false, false);
     select::account(&LB_BE_STATS, real.backend_id, pkt.tot_len, false, false);
@@ -400,10 +446,15 @@ fn to_backend<F: Family>(
         addr: backend.addr,
         port: backend.port,
     };
-    let verdict = fwd::forward(ctx, pkt, &target, here)?;
+    let mut verdict = fwd::forward(ctx, pkt, &target, here)?;
     if !verdict.forwarded() {
         return Ok(Some(verdict));
     }
+    verdict.placed = Placed {
+        service_id,
+        backend_id: choice.id,
+        flags: if choice.new_flow { TRACE_NEW_FLOW } else { 0 },
+    };
     frag::remember(pkt, &target, (service_id, choice.id), here);
     select::account(&LB_SVC_STATS, service_id, pkt.tot_len, true, choice.new_flow);
     select::account(&LB_BE_STATS, choice.id, pkt.tot_len, true, choice.new_flow);

@@ -196,7 +196,7 @@ pub fn tcp_reset(
         *ip_out = ip;
         *tcp_out = tcp;
     }
-    Ok(Verdict { action: xdp_action::XDP_TX, counter })
+    Ok(Verdict::new(xdp_action::XDP_TX, counter))
 }
 
 /// `on_no_backend = "reject"`: a TCP packet gets a reset, a UDP datagram an
@@ -320,7 +320,7 @@ fn icmp_error(
     let out: *mut [u8; UNREACHABLE_LEN] = ptr_at(ctx, 0)?;
     // SAFETY: bounds-checked just above.
     unsafe { *out = frame };
-    Ok(Verdict { action: xdp_action::XDP_TX, counter })
+    Ok(Verdict::new(xdp_action::XDP_TX, counter))
 }
 
 /// The drop counter of a reset that is not sent (the packet was a reset).

@@ -204,6 +204,8 @@ fn measure_per_packet() -> Vec<Row> {
     // bare ACK met mid-way may be forwarded without being recorded).
     Path { program: &loaded.program, client_if, backend_if }.handshake((CLIENT, 40_000), (VIP, 80));
 
+    trace_as_asked(&mut loaded);
+
     let baseline = Baseline::new(established.clone(), client_if);
     let mut fresh = 0_usize;
     // The new-address rows' own count: each takes the next address in turn.
@@ -283,6 +285,41 @@ fn measure_per_packet() -> Vec<Row> {
 fn new_client_address(n: usize) -> (Ipv4Addr, u16) {
     let [_, _, c, d] = ((n % 16_384) as u32).to_be_bytes();
     (Ipv4Addr::new(10, 77, 64 + c, d), 40_000)
+}
+
+/// `LB_BENCH_TRACE`: the packet trace while the per-packet table is
+/// measured. Unset or `off`: off (what a data plane pays when nobody
+/// traces). `other`: on, for a client none of the measured packets has
+/// (what every other packet pays while someone traces one client). `all`:
+/// on for every packet, no rate limit, a thread draining the ring buffer
+/// every millisecond so that every event is sent (the worst case).
+fn trace_as_asked(loaded: &mut Loaded) {
+    use lb_common::trace::{TRACE_CLIENT, TraceConf};
+    use lb_ctl::write::dataplane::Maps as _;
+    let mode = std::env::var("LB_BENCH_TRACE").unwrap_or_default();
+    let mut conf = TraceConf { on: 1, events_per_tick: u32::MAX, ..TraceConf::default() };
+    match mode.as_str() {
+        "" | "off" => return,
+        "other" => {
+            conf.flags = TRACE_CLIENT;
+            conf.client[..4].copy_from_slice(&[192, 0, 2, 1]);
+            (conf.client_family, conf.client_len) = (4, 32);
+        }
+        "all" => {}
+        other => panic!("LB_BENCH_TRACE={other}: off, other or all"),
+    }
+    let mut tap = loaded.reconciler.maps_mut().trace_tap().expect("the trace's handle");
+    tap.set(&conf).expect("switching the trace on");
+    eprintln!("packet trace on ({mode})");
+    if mode == "all" {
+        std::thread::spawn(move || {
+            let mut events = Vec::new();
+            loop {
+                events.clear();
+                let _ = tap.read(std::time::Duration::from_millis(1), &mut events);
+            }
+        });
+    }
 }
 
 fn report(per_packet: Option<&[Row]>, parts: &[Part], load_before: &str) {

@@ -18,4 +18,5 @@ pub mod limits;
 pub mod logging;
 pub mod notify;
 pub mod run;
+pub mod trace;
 pub mod weights;

@@ -12,6 +12,7 @@ use tokio::{
 };
 use tracing::{info, warn};
 
+use crate::write::dataplane::Maps as _;
 use crate::{
     EBPF_OBJECT,
     daemon::{
@@ -180,6 +181,8 @@ pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow:
     let object = xdp_object(&overrides)?;
     let maps = KernelMaps::start(&config.dataplane, &object).context("starting the data plane")?;
     let cleanup_on_exit = overrides.cleanup_on_exit;
+    // The ring buffer's one reader, before the reconciler takes the maps.
+    let trace_tap = maps.trace_tap().context("opening the packet trace")?;
     let (handle, task) =
         reconciler::spawn(Reconciler::adopt(maps).context("reading the adopted data plane")?)
             .context("starting the reconciler")?;
@@ -198,6 +201,7 @@ pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow:
         // VIP be announced.
         let (node, announcer) = bgp::start(bgp_config.clone(), device, drained_path, stats.clone());
         let (requests_tx, mut requests) = mpsc::channel(64);
+        let trace = crate::daemon::trace::Hub::start(trace_tap, stats.clone());
         let admin = listener.local_addr().context("the admin listener")?;
         let access = api::Access { token, hosts: api::access::Hosts::new(admin, &config_hosts) };
         let app = api::app(
@@ -207,6 +211,7 @@ pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow:
                 reconciler: handle.clone(),
                 node: node.clone(),
                 renders: std::sync::Arc::default(),
+                trace: trace.clone(),
             },
             access,
         );
@@ -240,6 +245,8 @@ pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow:
         // Changes still queued are answered 503 ("stopping"), then requests
         // in progress get the server's grace period.
         drop(requests);
+        // Trace streams end (and the trace goes off) before the server's grace.
+        trace.stop();
         let _ = stop_server.send(());
         let _ = server.await;
         anyhow::Ok(())

@@ -39,9 +39,11 @@ use crate::{
     daemon::{
         api::{
             token,
+            trace_route::MAX_COUNT,
             view::{ConnsList, ServiceView, Stats},
         },
         bgp::NodeView,
+        trace::{ClientPrefix, Line},
     },
     desired::{bounds::MAX_WEIGHT, changes::parse_backend_address},
 };
@@ -114,6 +116,28 @@ pub enum Operator {
         #[arg(long, value_name = "N")]
         limit: Option<usize>,
         /// Print the API's JSON (`GET /api/v1/conns`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stream the data plane's decisions on matching packets as they
+    /// happen, one line each: interface, addresses and ports as they
+    /// arrived, TCP flags, the decision and why, the backend and service
+    /// (`GET /api/v1/trace`). Stop with Ctrl-C, or after --count packets.
+    #[command(after_help = EXIT_CODES)]
+    Trace {
+        /// Only this service's packets.
+        #[arg(long)]
+        service: Option<String>,
+        /// Only packets from or to this client: ADDR or ADDR/LEN.
+        #[arg(long, value_name = "ADDR[/LEN]", value_parser = parse_client)]
+        client: Option<ClientPrefix>,
+        /// Only packets the data plane dropped.
+        #[arg(long)]
+        drops_only: bool,
+        /// Stop after this many packets.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=MAX_COUNT))]
+        count: Option<u64>,
+        /// One JSON object per line, as the API sends them.
         #[arg(long)]
         json: bool,
     },
@@ -541,6 +565,10 @@ async fn execute(op: Operator, client: &Client) -> Result<String, ClientError> {
             }
             Ok(render_stats(&client.get_json::<Stats>(path).await?))
         }
+        Operator::Trace { service, client: prefix, drops_only, count, json } => {
+            let path = trace_path(service.as_deref(), prefix, drops_only, count);
+            trace(client, &path, json).await
+        }
         Operator::Conns { service, limit, json } => {
             let mut query = Vec::new();
             if let Some(name) = &service {
@@ -560,6 +588,69 @@ async fn execute(op: Operator, client: &Client) -> Result<String, ClientError> {
             Ok(render_conns(&client.get_json::<ConnsList>(&path).await?))
         }
     }
+}
+
+/// `GET /api/v1/trace` with the filter as its query.
+fn trace_path(
+    service: Option<&str>,
+    client: Option<ClientPrefix>,
+    drops_only: bool,
+    count: Option<u64>,
+) -> String {
+    let mut query = Vec::new();
+    if let Some(name) = service {
+        query.push(format!("service={}", encode_component(name)));
+    }
+    if let Some(prefix) = client {
+        query.push(format!("client={}", encode_component(&prefix.to_string())));
+    }
+    if drops_only {
+        query.push("drops_only=true".to_owned());
+    }
+    if let Some(n) = count {
+        query.push(format!("count={n}"));
+    }
+    if query.is_empty() {
+        "/api/v1/trace".to_owned()
+    } else {
+        format!("/api/v1/trace?{}", query.join("&"))
+    }
+}
+
+/// Prints each line of the trace as it comes (the API's JSON, or plain).
+async fn trace(client: &Client, path: &str, json: bool) -> Result<String, ClientError> {
+    let mut unreadable = None;
+    client
+        .stream_lines(path, |line| {
+            if json {
+                let mut text = String::from_utf8_lossy(line).into_owned();
+                text.push('\n');
+                write_out(&text);
+                return true;
+            }
+            match serde_json::from_slice::<Line>(line) {
+                Ok(line) => {
+                    write_out(&format!("{}\n", line.plain()));
+                    true
+                }
+                Err(e) => {
+                    unreadable = Some(e.to_string());
+                    false
+                }
+            }
+        })
+        .await?;
+    match unreadable {
+        Some(e) => Err(ClientError::Protocol(format!(
+            "GET {path}: a line of the trace from {} is not understood: {e}",
+            client.url()
+        ))),
+        None => Ok(String::new()),
+    }
+}
+
+fn parse_client(text: &str) -> Result<ClientPrefix, String> {
+    ClientPrefix::parse(text).map_err(|e| e.to_string())
 }
 
 /// `lb-ctl node [drain | undrain]`.
@@ -742,6 +833,27 @@ mod tests {
             parse(&["service", "delete", "web"]).unwrap().op,
             Operator::Service(ServiceCmd::Del { .. })
         ));
+        let Operator::Trace { service, client, drops_only, count, json } = parse(&[
+            "trace",
+            "--service",
+            "a b",
+            "--client",
+            "fd77::/16",
+            "--drops-only",
+            "--count",
+            "3",
+        ])
+        .unwrap()
+        .op
+        else {
+            panic!()
+        };
+        assert!(drops_only && !json);
+        assert_eq!(
+            trace_path(service.as_deref(), client, drops_only, count),
+            "/api/v1/trace?service=a%20b&client=fd77%3A%3A%2F16&drops_only=true&count=3"
+        );
+        assert_eq!(trace_path(None, None, false, None), "/api/v1/trace");
     }
 
     #[test]
@@ -775,6 +887,10 @@ mod tests {
                 "x",
             ),
             (&["conns", "--limit", "many"], "many"),
+            (&["trace", "--client", "10.77.1.0/33"], "10.77.1.0/33"),
+            (&["trace", "--client", "somewhere"], "somewhere"),
+            (&["trace", "--count", "0"], "0"),
+            (&["trace", "--count", "1000001"], "1000001"),
         ] {
             let e = parse(args).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{args:?}");

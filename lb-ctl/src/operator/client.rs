@@ -163,17 +163,82 @@ impl Client {
         if status.is_success() {
             return Ok((status, bytes));
         }
-        let (error, detail) = error_body(status, &bytes);
+        Err(self.refusal(&method, path, status, &bytes))
+    }
+
+    /// The error of a non-2xx answer to `method path`.
+    fn refusal(
+        &self,
+        method: &Method,
+        path: &str,
+        status: StatusCode,
+        bytes: &[u8],
+    ) -> ClientError {
+        let (error, detail) = error_body(status, bytes);
         if status == StatusCode::UNAUTHORIZED {
-            return Err(ClientError::Unauthorized(error));
+            return ClientError::Unauthorized(error);
         }
         if status.is_client_error() || status.is_server_error() {
-            return Err(ClientError::Refused { status, error, detail });
+            return ClientError::Refused { status, error, detail };
         }
-        Err(ClientError::Protocol(format!(
+        ClientError::Protocol(format!(
             "{method} {path}: the controller at {} answered {status}, which lb-ctl does not expect",
             self.url
-        )))
+        ))
+    }
+
+    /// `GET path`, an answer of lines (NDJSON) read as they come: `each`
+    /// gets every line, and says whether to go on. The answer's headers
+    /// must come within the timeout; the lines may take as long as they take.
+    pub async fn stream_lines(
+        &self,
+        path: &str,
+        mut each: impl FnMut(&[u8]) -> bool,
+    ) -> Result<(), ClientError> {
+        let what = format!("GET {path}");
+        let broken = |e: &dyn fmt::Display| {
+            ClientError::Protocol(format!("{what}: the stream from {} broke: {e}", self.url))
+        };
+        let started = self.send(Method::GET, path, None);
+        let (mut response, driver) = match tokio::time::timeout(self.timeout, started).await {
+            Ok(answer) => answer?,
+            Err(_) => {
+                return Err(ClientError::Unreachable {
+                    url: self.url.clone(),
+                    source: io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no answer within {} s", self.timeout.as_secs_f64()),
+                    ),
+                });
+            }
+        };
+        let status = response.status();
+        if !status.is_success() {
+            let bytes = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map_err(|e| broken(&e))?
+                .to_bytes();
+            return Err(self.refusal(&Method::GET, path, status, &bytes));
+        }
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(frame) = response.body_mut().frame().await {
+            let frame = frame.map_err(|e| broken(&e))?;
+            let Ok(data) = frame.into_data() else { continue };
+            pending.extend_from_slice(&data);
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                if !each(&line[..end]) {
+                    drop(driver);
+                    return Ok(());
+                }
+            }
+            if pending.len() > MAX_ANSWER_BYTES {
+                return Err(broken(&"a line longer than the answer limit"));
+            }
+        }
+        drop(driver);
+        Ok(())
     }
 
     /// `GET path`, its JSON answer parsed as `T`.
@@ -205,26 +270,42 @@ impl Client {
         body: Option<serde_json::Value>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
         let what = format!("{method} {path}");
-        let mut request = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.prefix))
-            .header(header::HOST, &self.authority)
-            .header(header::USER_AGENT, concat!("lb-ctl/", env!("CARGO_PKG_VERSION")))
-            .header(header::ACCEPT, "application/json");
-        if let Some(authorization) = &self.authorization {
-            request = request.header(header::AUTHORIZATION, authorization.clone());
-        }
-        let payload = match body {
-            Some(json) => {
-                request = request.header(header::CONTENT_TYPE, "application/json");
-                Bytes::from(json.to_string())
-            }
-            None => Bytes::new(),
+        let request = self.build(&what, method, path, body)?;
+        let (response, driver) = self.connect_and_send(&what, request).await?;
+        let broken = |e: &dyn fmt::Display| {
+            ClientError::Protocol(format!(
+                "{what}: the exchange with {} failed (is it lb-ctl's admin API?): {e}",
+                self.url
+            ))
         };
-        let request = request
-            .body(Full::new(payload))
-            .map_err(|e| ClientError::Invalid(format!("{what}: cannot build the request: {e}")))?;
+        let status = response.status();
+        let bytes = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+            .collect()
+            .await
+            .map_err(|e| broken(&e))?
+            .to_bytes();
+        drop(driver);
+        Ok((status, bytes))
+    }
 
+    /// Sends `method path` on a connection of its own: the answer's head,
+    /// and what drives the connection (the answer's body stops with it).
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(hyper::Response<hyper::body::Incoming>, AbortOnDrop), ClientError> {
+        let what = format!("{method} {path}");
+        let request = self.build(&what, method, path, body)?;
+        self.connect_and_send(&what, request).await
+    }
+
+    async fn connect_and_send(
+        &self,
+        what: &str,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(hyper::Response<hyper::body::Incoming>, AbortOnDrop), ClientError> {
         let stream = TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|source| ClientError::Unreachable { url: self.url.clone(), source })?;
@@ -242,14 +323,36 @@ impl Client {
             let _ = connection.await;
         }));
         let response = sender.send_request(request).await.map_err(|e| broken(&e))?;
-        let status = response.status();
-        let bytes = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-            .collect()
-            .await
-            .map_err(|e| broken(&e))?
-            .to_bytes();
-        drop(driver);
-        Ok((status, bytes))
+        Ok((response, driver))
+    }
+
+    /// The request `method path` with `body` as JSON.
+    fn build(
+        &self,
+        what: &str,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<Request<Full<Bytes>>, ClientError> {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.prefix))
+            .header(header::HOST, &self.authority)
+            .header(header::USER_AGENT, concat!("lb-ctl/", env!("CARGO_PKG_VERSION")))
+            .header(header::ACCEPT, "application/json");
+        if let Some(authorization) = &self.authorization {
+            request = request.header(header::AUTHORIZATION, authorization.clone());
+        }
+        let payload = match body {
+            Some(json) => {
+                request = request.header(header::CONTENT_TYPE, "application/json");
+                Bytes::from(json.to_string())
+            }
+            None => Bytes::new(),
+        };
+        request
+            .body(Full::new(payload))
+            .map_err(|e| ClientError::Invalid(format!("{what}: cannot build the request: {e}")))
     }
 }
 
@@ -443,6 +546,64 @@ pub(crate) mod tests {
         assert_eq!(seen.header("host"), Some(url.trim_start_matches("http://")));
         assert_eq!(seen.header("content-type"), None);
         assert_eq!(seen.body, "");
+    }
+
+    /// A chunked answer whose lines are cut across chunks reads line by
+    /// line; the reader may stop early.
+    #[tokio::test]
+    async fn a_stream_is_read_line_by_line_and_may_stop_early() {
+        use std::fmt::Write as _;
+        let chunks = ["{\"a\":1}\n{\"a\"", ":2}\n", "{\"a\":3}\n"];
+        let mut body = String::new();
+        for c in chunks {
+            let _ = write!(body, "{:x}\r\n{c}\r\n", c.len());
+        }
+        body.push_str("0\r\n\r\n");
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n{body}"
+        );
+        let (url, server) = serve_once(response.clone()).await;
+        let client = Client::new(&url, None).unwrap();
+        let mut got = Vec::new();
+        client
+            .stream_lines("/api/v1/trace", |l| {
+                got.push(String::from_utf8_lossy(l).into_owned());
+                true
+            })
+            .await
+            .unwrap();
+        assert_eq!(got, [r#"{"a":1}"#, r#"{"a":2}"#, r#"{"a":3}"#]);
+        server.await.unwrap();
+
+        let (url, server) = serve_once(response).await;
+        let client = Client::new(&url, None).unwrap();
+        let mut seen = 0;
+        client
+            .stream_lines("/api/v1/trace", |_| {
+                seen += 1;
+                seen < 2
+            })
+            .await
+            .unwrap();
+        assert_eq!(seen, 2, "stopped after the second line");
+        server.await.unwrap();
+
+        // Refused: the API's error, as for any request.
+        let (url, _server) = serve_once(answer(
+            "429 Too Many Requests",
+            r#"{"error":"8 traces are running already","detail":null}"#,
+        ))
+        .await;
+        let e = Client::new(&url, None)
+            .unwrap()
+            .stream_lines("/api/v1/trace", |_| true)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, ClientError::Refused { status, error, .. }
+                if *status == StatusCode::TOO_MANY_REQUESTS && error.contains("8 traces")),
+            "{e:?}"
+        );
     }
 
     #[tokio::test]

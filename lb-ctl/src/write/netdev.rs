@@ -10,6 +10,20 @@ pub fn ifindex(name: &str) -> Option<u32> {
     (index != 0).then_some(index)
 }
 
+/// The name of the interface with index `index` in the current network
+/// namespace, if there is one.
+pub fn name_of(index: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` holds IF_NAMESIZE bytes, what if_indextoname writes at most.
+    let named = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if named.is_null() {
+        return None;
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
+}
+
 /// Whether IPv4 forwarding is on for `name` (in the current network
 /// namespace). Off, `bpf_fib_lookup` refuses to route and every packet for a
 /// service goes to the kernel instead (counted as `pass_fib_failed`).

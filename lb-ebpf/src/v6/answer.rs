@@ -274,7 +274,7 @@ pub fn tcp_reset(
         mem::store16::<70>(b, check);
         mem::store16::<72>(b, 0); // urgent pointer
     }
-    Ok(Verdict { action: xdp_action::XDP_TX, counter })
+    Ok(Verdict::new(xdp_action::XDP_TX, counter))
 }
 
 /// `on_no_backend = "reject"`: a TCP packet gets a reset, a UDP datagram
@@ -425,5 +425,5 @@ fn error(
         mem::store16::<56>(b, check);
         mem::store32::<58>(b, wire32(rest));
     }
-    Ok(Verdict { action: xdp_action::XDP_TX, counter })
+    Ok(Verdict::new(xdp_action::XDP_TX, counter))
 }

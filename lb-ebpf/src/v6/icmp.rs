@@ -269,5 +269,5 @@ fn route(
 fn send(pkt: &Packet<V6>, hop: Hop<[u8; 16]>, here: Here, counter: Counter) -> Verdict {
     // SAFETY: parse checked the Ethernet header; nothing resized the frame.
     let sent = unsafe { fwd::send::<V6>(pkt.eth.cast(), hop, here) };
-    Verdict { action: sent.action, counter }
+    Verdict::new(sent.action, counter)
 }

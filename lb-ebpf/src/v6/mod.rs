@@ -201,10 +201,7 @@ impl Family for V6 {
             mem::store32::<4>(eth, ifindex);
             mem::store32::<8>(eth, tag);
         }
-        Verdict {
-            action: aya_ebpf::bindings::xdp_action::XDP_PASS,
-            counter: Counter::SlowPathNeigh,
-        }
+        Verdict::new(aya_ebpf::bindings::xdp_action::XDP_PASS, Counter::SlowPathNeigh)
     }
 
     #[inline(always)]

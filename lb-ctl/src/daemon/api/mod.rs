@@ -11,6 +11,7 @@ pub mod rendered;
 pub mod routes;
 pub mod serve;
 pub mod token;
+pub mod trace_route;
 pub mod view;
 
 use std::{
@@ -50,6 +51,8 @@ pub struct ApiState {
     pub node: crate::daemon::bgp::Handle,
     /// `/metrics` and the page, once per published view.
     pub renders: Arc<rendered::Renders>,
+    /// The packet trace's subscribers (`/api/v1/trace`).
+    pub trace: crate::daemon::trace::Hub,
 }
 
 /// Largest request body: a service with a few thousand backends fits.
@@ -75,7 +78,7 @@ pub struct Access {
     tags(
         (name = "services", description = "Services (IPVS virtual services)"),
         (name = "backends", description = "A service's backends (IPVS real servers)"),
-        (name = "stats", description = "Counters and the connection table"),
+        (name = "stats", description = "Counters, the connection table and the packet trace"),
         (name = "node", description = "This node's BGP announcements and its drain"),
         (name = "monitoring", description = "Probes, metrics and the stats page; /healthz, /readyz and /metrics need no token"),
     )
@@ -107,6 +110,7 @@ pub fn routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::patch_backend, routes::delete_backend))
         .routes(routes!(routes::get_stats))
         .routes(routes!(routes::list_conns))
+        .routes(routes!(trace_route::trace))
         .routes(routes!(routes::get_node))
         .routes(routes!(routes::drain_node))
         .routes(routes!(routes::undrain_node))

@@ -1,8 +1,17 @@
 //! In-memory maps: what the kernel would hold, for tests of the reconciler.
 use std::sync::{Arc, Mutex};
 
-use super::{ConnEntry, Counts, DataplaneError, FlowWriter, MapReader, Maps};
-use crate::plan::{diff::Op, image::Image, settings::Settings};
+use std::{collections::VecDeque, time::Duration};
+
+use lb_common::trace::{TraceConf, TraceEvent};
+
+use super::{ConnEntry, Counts, DataplaneError, FlowWriter, MapReader, Maps, TraceTap};
+use crate::plan::{
+    diff::Op,
+    ids::{BackendKey, held_backend_key},
+    image::Image,
+    settings::Settings,
+};
 
 /// Applies ops to an `Image`; `fail_after` makes the n-th op fail, to test
 /// that a failed apply is retried correctly. `writes` records every op that
@@ -19,6 +28,64 @@ pub struct FakeMaps {
     pub ticks: Arc<Mutex<u64>>,
     /// What the maps' settings should be (`Maps::settings`): none by default.
     pub settings: Settings,
+    /// The packet trace's kernel side (`FakeTrace`).
+    pub trace: Arc<Mutex<FakeTrace>>,
+}
+
+/// What a test sees of the trace and feeds it: the configuration the
+/// controller wrote last, every one it wrote, and the events the "data
+/// plane" sends once the trace is on (as the kernel would, it sends none
+/// while it is off).
+#[derive(Debug, Default)]
+pub struct FakeTrace {
+    pub conf: TraceConf,
+    pub confs: Vec<TraceConf>,
+    pub pending: VecDeque<TraceEvent>,
+    /// Reported by `lost`.
+    pub lost: (u64, u64),
+}
+
+struct FakeTap {
+    trace: Arc<Mutex<FakeTrace>>,
+    image: Arc<Mutex<Image>>,
+}
+
+impl TraceTap for FakeTap {
+    fn set(&mut self, conf: &TraceConf) -> Result<(), DataplaneError> {
+        let mut trace = self.trace.lock().unwrap();
+        trace.conf = *conf;
+        trace.confs.push(*conf);
+        Ok(())
+    }
+
+    fn read(
+        &mut self,
+        timeout: Duration,
+        into: &mut Vec<TraceEvent>,
+    ) -> Result<(), DataplaneError> {
+        {
+            let mut trace = self.trace.lock().unwrap();
+            if trace.conf.on != 0 && !trace.pending.is_empty() {
+                into.extend(trace.pending.drain(..));
+                return Ok(());
+            }
+        }
+        std::thread::sleep(timeout.min(Duration::from_millis(5)));
+        Ok(())
+    }
+
+    fn lost(&self) -> Result<(u64, u64), DataplaneError> {
+        Ok(self.trace.lock().unwrap().lost)
+    }
+
+    fn backend(&self, family: u8, id: u32) -> Option<BackendKey> {
+        let image = self.image.lock().unwrap();
+        match family {
+            4 => image.v4.backends.get(&id).map(held_backend_key),
+            6 => image.v6.backends.get(&id).map(held_backend_key),
+            _ => None,
+        }
+    }
 }
 
 impl Maps for FakeMaps {
@@ -42,6 +109,10 @@ impl Maps for FakeMaps {
 
     fn reader(&self) -> Result<Arc<dyn MapReader>, DataplaneError> {
         Ok(Arc::new(FakeHandles))
+    }
+
+    fn trace_tap(&self) -> Result<Box<dyn TraceTap>, DataplaneError> {
+        Ok(Box::new(FakeTap { trace: Arc::clone(&self.trace), image: Arc::clone(&self.state) }))
     }
 
     fn flow_writer(&self) -> Result<Arc<dyn FlowWriter>, DataplaneError> {

@@ -17,9 +17,17 @@ use std::{
     time::Duration,
 };
 
-use lb_common::abi::{BackendConns, Conn, Flow, Traffic};
+use lb_common::{
+    abi::{BackendConns, Conn, Flow, Traffic},
+    trace::{TraceConf, TraceEvent},
+};
 
-use crate::plan::{diff::Op, ids::Key, image::Image, settings::Settings};
+use crate::plan::{
+    diff::Op,
+    ids::{BackendKey, Key},
+    image::Image,
+    settings::Settings,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -107,6 +115,31 @@ pub trait Maps: Send {
     /// adopted data plane); `None` for maps this process created. The
     /// writer's own read: where its first apply starts from.
     fn read_image(&mut self) -> Result<Option<Image>, DataplaneError>;
+
+    /// The packet trace's handle (see `TraceTap`), taken once: the ring
+    /// buffer has one reader.
+    fn trace_tap(&self) -> Result<Box<dyn TraceTap>, DataplaneError>;
+}
+
+/// The packet trace's side of the data plane (`daemon::trace` drives it):
+/// its switch and filter, its ring buffer, its losses. One owner, on a
+/// thread of its own: `read` blocks.
+pub trait TraceTap: Send {
+    /// Writes `lb_trace_conf` (`on` zero: the trace is off).
+    fn set(&mut self, conf: &TraceConf) -> Result<(), DataplaneError>;
+
+    /// Appends the events the data plane sent, waiting up to `timeout` for
+    /// the first.
+    fn read(&mut self, timeout: Duration, into: &mut Vec<TraceEvent>)
+    -> Result<(), DataplaneError>;
+
+    /// The events the data plane could not send, over all CPUs: over the
+    /// rate limit, and with the ring buffer full.
+    fn lost(&self) -> Result<(u64, u64), DataplaneError>;
+
+    /// The backend with id `id` of the family `family` (4 or 6): its
+    /// service's endpoint and its own.
+    fn backend(&self, family: u8, id: u32) -> Option<BackendKey>;
 }
 
 /// Reads of the data plane, which never wait behind the writer and never

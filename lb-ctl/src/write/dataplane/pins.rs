@@ -63,7 +63,7 @@ impl MapShape {
 fn type_name(map_type: u32) -> String {
     use bpf_map_type::{
         BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_DEVMAP, BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH,
-        BPF_MAP_TYPE_PERCPU_ARRAY,
+        BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_RINGBUF,
     };
     match bpf_map_type::try_from(map_type) {
         Ok(BPF_MAP_TYPE_HASH) => "hash".into(),
@@ -71,6 +71,7 @@ fn type_name(map_type: u32) -> String {
         Ok(BPF_MAP_TYPE_PERCPU_ARRAY) => "percpu_array".into(),
         Ok(BPF_MAP_TYPE_LRU_HASH) => "lru_hash".into(),
         Ok(BPF_MAP_TYPE_DEVMAP) => "devmap".into(),
+        Ok(BPF_MAP_TYPE_RINGBUF) => "ringbuf".into(),
         _ => format!("type-{map_type}"),
     }
 }

@@ -301,7 +301,7 @@ fn object_map<'a>(maps: &'a KernelMaps, name: &str) -> Result<BorrowedFd<'a>, Da
 }
 
 /// The map behind `fd`, opened again on a descriptor of its own.
-fn reopen<T>(name: &str, fd: BorrowedFd<'_>) -> Result<T, DataplaneError>
+pub(super) fn reopen<T>(name: &str, fd: BorrowedFd<'_>) -> Result<T, DataplaneError>
 where
     T: TryFrom<Map, Error = MapError>,
 {

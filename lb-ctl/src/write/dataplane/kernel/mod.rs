@@ -5,6 +5,7 @@
 //! handles other threads read and place flows through are in `handles`.
 mod family;
 mod handles;
+mod trace;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -703,6 +704,10 @@ impl Maps for KernelMaps {
 
     fn flow_writer(&self) -> Result<Arc<dyn FlowWriter>, DataplaneError> {
         Ok(Arc::new(KernelFlows::of(self)?))
+    }
+
+    fn trace_tap(&self) -> Result<Box<dyn super::TraceTap>, DataplaneError> {
+        Ok(Box::new(trace::KernelTrace::of(self)?))
     }
 
     fn recount_connections(
