@@ -7,7 +7,7 @@ fn main() {
     // branch per byte (measured: the first ACK of a connection paid
     // about 50 ns for two of them, a FIB lookup about 80 ns for its
     // parameters). Up to 128 stores are always expanded inline;
-    // `lb_ctl`'s `the_data_plane_calls_no_byte_loops` test keeps it so.
+    // `lb_ctl`'s `the_data_plane_calls_only_its_global_functions` test keeps it so.
     println!("cargo:rustc-link-arg-bins=--llvm-args=--max-store-memset=128");
     println!("cargo:rerun-if-changed=build.rs");
 }

@@ -32,7 +32,11 @@ macro_rules! counters {
                 match self { $(Counter::$variant => $name),* }
             }
 
-            /// What the data plane did with a packet counted here.
+            /// What the data plane did with a packet counted here. Inlined:
+            /// called from several places, LLVM made it a BPF-to-BPF call
+            /// that every packet passed to the kernel paid (+17 ns IPv4,
+            /// +26 IPv6 in the benchmark).
+            #[inline(always)]
             pub const fn kind(self) -> Kind {
                 match self { $(Counter::$variant => Kind::$kind),* }
             }
