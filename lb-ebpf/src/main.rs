@@ -131,10 +131,8 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 // The context by value: the signature aya's program macros require.
 #[allow(clippy::needless_pass_by_value)]
 pub fn lb_xdp6(ctx: XdpContext) -> u32 {
-    // Captured again: `lb_xdp` did only if the trace was on when it ran.
-    if trace::on() {
-        trace::capture(&ctx);
-    }
+    // `lb_xdp` captured the packet if the trace was on (see `trace::emit`
+    // for a trace that goes on in between).
     traced(&ctx, &process::<V6>(&ctx).unwrap_or_else(Verdict::stopped))
 }
 

@@ -182,11 +182,24 @@ pub extern "C" fn lb_trace_emit(ctx: *mut xdp_md, ids: u64, decision: u32) -> u3
     let cpu = unsafe { &mut *cpu };
     let event = &mut cpu.event;
     // Not claimed by this packet's capture: another client's (interface 0),
-    // or another packet's (the trace went on between this packet's
-    // programs). Nothing to say.
+    // a capture already sent (see below), or another interface's. Nothing
+    // to say.
     if event.ifindex != ifindex {
         return 0;
     }
+    send(cpu, ids, decision);
+    // Consumed: a packet whose programs saw the trace go on between its
+    // capture point and its verdict (`lb_xdp` off, `lb_xdp6` on) finds no
+    // claimed event, rather than the last one captured.
+    cpu.event.ifindex = 0;
+    0
+}
+
+/// The captured event with its decision, to the ring buffer if the
+/// filter and this CPU's rate limit let it.
+#[inline(always)]
+fn send(cpu: &mut TraceCpu, ids: u64, decision: u32) {
+    let event = &mut cpu.event;
     // Written before the filter looks (a filtered event is never sent, and
     // the next capture starts afresh): the arguments need not be kept.
     event.counter = decision & 0xffff;
@@ -195,10 +208,10 @@ pub extern "C" fn lb_trace_emit(ctx: *mut xdp_md, ids: u64, decision: u32) -> u3
     event.flags |= (decision >> 16) as u8;
     let dropped = decision & DROPPED != 0;
     let Some(conf) = LB_TRACE_CONF.get(0) else {
-        return 0;
+        return;
     };
     if conf.flags & TRACE_DROPS_ONLY != 0 && !dropped {
-        return 0;
+        return;
     }
     let per_tick = conf.events_per_tick;
     let now = select::epoch_now();
@@ -208,7 +221,7 @@ pub extern "C" fn lb_trace_emit(ctx: *mut xdp_md, ids: u64, decision: u32) -> u3
     }
     if cpu.sent >= per_tick {
         cpu.rate_limited += 1;
-        return 0;
+        return;
     }
     cpu.sent += 1;
     // Copied from the map by reference: by value it would go through the stack.
@@ -219,5 +232,4 @@ pub extern "C" fn lb_trace_emit(ctx: *mut xdp_md, ids: u64, decision: u32) -> u3
     if LB_TRACE.output(&cpu.event, BPF_RB_NO_WAKEUP).is_err() {
         cpu.ring_full += 1;
     }
-    0
 }
