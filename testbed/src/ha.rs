@@ -405,56 +405,42 @@ impl Ha {
         }
     }
 
-    /// The nodes the router's route to the VIP goes through now (its next
-    /// hops, in `NODES` order); empty without a route.
+    /// The nodes the router's route to the VIP goes through now (by
+    /// their addresses, in `NODES` order); empty without a route.
     pub fn next_hops(&self) -> Vec<usize> {
-        let route = ns_sh(&self.router(), &["ip", "-4", "route", "show", &format!("{VIP}/32")]);
-        let hops: Vec<&str> = route
-            .split_whitespace()
-            .zip(route.split_whitespace().skip(1))
-            .filter(|(word, _)| *word == "via")
-            .map(|(_, hop)| hop)
-            .collect();
-        (0..NODES.len()).filter(|&i| hops.contains(&NODES[i].1)).collect()
+        self.vip_next_hops(false)
     }
 
-    /// The nodes the router's route to the IPv6 VIP goes through now (by
-    /// their IPv6 addresses, in `NODES` order); empty without a route.
+    /// `next_hops` for the IPv6 VIP (the nodes' IPv6 addresses).
     pub fn next_hops6(&self) -> Vec<usize> {
-        let route = ns_sh(&self.router(), &["ip", "-6", "route", "show", &format!("{VIP6}/128")]);
-        let words: Vec<&str> = route.split_whitespace().collect();
-        let hops: Vec<&str> = words.windows(2).filter(|w| w[0] == "via").map(|w| w[1]).collect();
-        (0..NODES6.len()).filter(|&i| hops.contains(&NODES6[i].0)).collect()
-    }
-
-    /// Waits until the router's route to the IPv6 VIP goes through `nodes`
-    /// exactly; how long it took (polled every 10 ms).
-    pub fn wait_next_hops6(&self, nodes: &[usize], limit: Duration) -> Duration {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if self.next_hops6() == nodes {
-                return start.elapsed();
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let birds: Vec<String> = std::iter::once(self.router_bird.as_ref())
-            .chain(self.node_birds.iter().map(Some))
-            .flatten()
-            .map(|b| format!("{}:\n{}{}", b.ns, b.birdc(&["show", "route", "all"]), b.log()))
-            .collect();
-        panic!(
-            "the router's route to {VIP6} did not go through {nodes:?} within {limit:?} (it goes through {:?})\n{}",
-            self.next_hops6(),
-            birds.join("\n")
-        );
+        self.vip_next_hops(true)
     }
 
     /// Waits until the router's route to the VIP goes through `nodes`
     /// exactly; how long it took (polled every 2 ms).
     pub fn wait_next_hops(&self, nodes: &[usize], limit: Duration) -> Duration {
+        self.wait_vip_next_hops(false, nodes, limit)
+    }
+
+    /// `wait_next_hops` for the IPv6 VIP.
+    pub fn wait_next_hops6(&self, nodes: &[usize], limit: Duration) -> Duration {
+        self.wait_vip_next_hops(true, nodes, limit)
+    }
+
+    fn vip_next_hops(&self, ipv6: bool) -> Vec<usize> {
+        let (family, prefix) =
+            if ipv6 { ("-6", format!("{VIP6}/128")) } else { ("-4", format!("{VIP}/32")) };
+        let route = ns_sh(&self.router(), &["ip", family, "route", "show", &prefix]);
+        let words: Vec<&str> = route.split_whitespace().collect();
+        let hops: Vec<&str> = words.windows(2).filter(|w| w[0] == "via").map(|w| w[1]).collect();
+        let address = |i: usize| if ipv6 { NODES6[i].0 } else { NODES[i].1 };
+        (0..NODES.len()).filter(|&i| hops.contains(&address(i))).collect()
+    }
+
+    fn wait_vip_next_hops(&self, ipv6: bool, nodes: &[usize], limit: Duration) -> Duration {
         let start = Instant::now();
         while start.elapsed() < limit {
-            if self.next_hops() == nodes {
+            if self.vip_next_hops(ipv6) == nodes {
                 return start.elapsed();
             }
             std::thread::sleep(Duration::from_millis(2));
@@ -462,11 +448,16 @@ impl Ha {
         let birds: Vec<String> = std::iter::once(self.router_bird.as_ref())
             .chain(self.node_birds.iter().map(Some))
             .flatten()
-            .map(|b| format!("{}:\n{}{}", b.ns, b.birdc(&["show", "protocols"]), b.log()))
+            .map(|b| {
+                let (protocols, routes) =
+                    (b.birdc(&["show", "protocols"]), b.birdc(&["show", "route", "all"]));
+                format!("{}:\n{protocols}{routes}{}", b.ns, b.log())
+            })
             .collect();
         panic!(
-            "the router's route to {VIP} did not go through {nodes:?} within {limit:?} (it goes through {:?})\n{}",
-            self.next_hops(),
+            "the router's route to {} did not go through {nodes:?} within {limit:?} (it goes through {:?})\n{}",
+            if ipv6 { VIP6 } else { VIP },
+            self.vip_next_hops(ipv6),
             birds.join("\n")
         );
     }
