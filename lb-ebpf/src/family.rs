@@ -11,14 +11,15 @@
 //! own 512 bytes of stack, and an IPv4 packet pays nothing for IPv6.
 use aya_ebpf::{
     bindings::bpf_fib_lookup as FibParams,
-    btf_maps::{Array, HashMap, LruHashMap},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap},
     programs::XdpContext,
 };
 use lb_common::{
     abi::{
         ADDR_FILTER_SIZE, Backend, Endpoint, FLOW_CACHE_SLOTS, FlowCacheEntry, FragEntry, FragKey,
-        HANDSHAKE_SLOTS, Handshake, MAX_BACKENDS, MAX_FRAGS, MAX_SERVICES, NEXTHOP_SLOTS, NextHop,
-        REAL_SLOTS, Real, Service,
+        HANDSHAKE_SLOTS, Handshake, MAX_BACKENDS, MAX_FRAGS, MAX_PERSIST, MAX_SERVICES,
+        MAX_SOURCES, NEXTHOP_SLOTS, NextHop, Persist, PersistKey, REAL_SLOTS, Real, Service,
+        SourceKey,
     },
     addr::Addr,
     conn_table::{ConnSet, ConnSlot, MAP_MMAPABLE},
@@ -46,6 +47,8 @@ pub const HOPS: usize = NEXTHOP_SLOTS as usize;
 pub const HANDSHAKES: usize = HANDSHAKE_SLOTS as usize;
 pub const FRAGS: usize = MAX_FRAGS as usize;
 pub const CONNS: usize = lb_common::abi::DEFAULT_CONNTRACK_MAX as usize;
+pub const PERSIST: usize = MAX_PERSIST as usize;
+pub const SOURCES: usize = MAX_SOURCES as usize;
 
 /// An address family: its header, its maps, and the operations on its
 /// packets that the shared decisions call.
@@ -83,6 +86,8 @@ pub trait Family: Sized + Copy + 'static {
     fn handshakes() -> &'static Array<Handshake<Self::Addr>, HANDSHAKES>;
     fn frags() -> &'static LruHashMap<Self::FragKey, FragEntry<Self::Addr>, FRAGS>;
     fn conntrack() -> &'static Array<ConnSet<Self::Addr>, CONNS, MAP_MMAPABLE>;
+    fn persist() -> &'static LruHashMap<PersistKey<Self::Addr>, Persist, PERSIST>;
+    fn sources() -> &'static LpmTrie<SourceKey<Self::Addr>, u32, SOURCES>;
     /// The connection table's size (base-2 logarithm of its sets), as the
     /// loader wrote it.
     fn conn_set_bits() -> u32;
@@ -140,6 +145,9 @@ pub trait Family: Sized + Copy + 'static {
     ) -> Result<Verdict, Counter>;
     /// `lc`'s pick among the service's backends.
     fn least_connections(service_id: u32, count: u32) -> u32;
+    /// The first backend of the service's usable list, from position
+    /// `start`, that is below its `max_conns` (`select::first_free`).
+    fn first_free(service_id: u32, start: u32) -> u32;
 }
 
 /// IPv4, in `lb_xdp`.
@@ -203,6 +211,14 @@ impl Family for V4 {
     #[inline(always)]
     fn conntrack() -> &'static Array<ConnSet, CONNS, MAP_MMAPABLE> {
         &maps::LB_CONNTRACK
+    }
+    #[inline(always)]
+    fn persist() -> &'static LruHashMap<PersistKey, Persist, PERSIST> {
+        &maps::LB_PERSIST
+    }
+    #[inline(always)]
+    fn sources() -> &'static LpmTrie<SourceKey, u32, SOURCES> {
+        &maps::LB_SOURCES
     }
     #[inline(always)]
     fn conn_set_bits() -> u32 {
@@ -290,6 +306,10 @@ impl Family for V4 {
     fn least_connections(service_id: u32, count: u32) -> u32 {
         lb_least_connections(service_id, count)
     }
+    #[inline(always)]
+    fn first_free(service_id: u32, start: u32) -> u32 {
+        lb_first_free(service_id, start)
+    }
 }
 
 /// `lc`'s pick for an IPv4 service: a global BPF function (see
@@ -298,4 +318,12 @@ impl Family for V4 {
 #[inline(never)]
 pub extern "C" fn lb_least_connections(service_id: u32, count: u32) -> u32 {
     select::least_connections::<V4>(service_id, count)
+}
+
+/// A full backend's stand-in for an IPv4 service: a global BPF function
+/// (verified once, like `lb_least_connections`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn lb_first_free(service_id: u32, start: u32) -> u32 {
+    select::first_free::<V4>(service_id, start)
 }

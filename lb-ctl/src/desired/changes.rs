@@ -520,6 +520,7 @@ mod tests {
             check: CheckTarget::default(),
             backup: false,
             slow_start: None,
+            max_conns: 0,
         }
     }
 

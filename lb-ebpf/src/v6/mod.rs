@@ -12,13 +12,13 @@ pub mod parse;
 
 use aya_ebpf::{
     bindings::bpf_fib_lookup as FibParams,
-    btf_maps::{Array, HashMap, LruHashMap},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap},
     programs::XdpContext,
 };
 use lb_common::{
     abi::{
         Backend, Endpoint, FlowCacheEntry, FragEntry, FragKey6, Handshake, NEIGH_MARK6_MAGIC,
-        NEIGH6_SLOTS, NextHop, Real, Service, neigh6_tag,
+        NEIGH6_SLOTS, NextHop, Persist, PersistKey, Real, Service, SourceKey, neigh6_tag,
     },
     conn_table::{ConnSet, ConnSlot, MAP_MMAPABLE},
     counter::Counter,
@@ -27,7 +27,8 @@ use lb_common::{
 use crate::{
     Verdict, conntrack,
     family::{
-        ADDRS, BACKENDS, CACHE, CONNS, FRAGS, Family, HANDSHAKES, HOPS, REALS, SERVICES, SLOTS,
+        ADDRS, BACKENDS, CACHE, CONNS, FRAGS, Family, HANDSHAKES, HOPS, PERSIST, REALS, SERVICES,
+        SLOTS, SOURCES,
     },
     fwd::Query,
     maps, mem,
@@ -105,6 +106,14 @@ impl Family for V6 {
     #[inline(always)]
     fn frags() -> &'static LruHashMap<FragKey6, FragEntry<[u8; 16]>, FRAGS> {
         &maps::LB_FRAGS6
+    }
+    #[inline(always)]
+    fn persist() -> &'static LruHashMap<PersistKey<[u8; 16]>, Persist, PERSIST> {
+        &maps::LB_PERSIST6
+    }
+    #[inline(always)]
+    fn sources() -> &'static LpmTrie<SourceKey<[u8; 16]>, u32, SOURCES> {
+        &maps::LB_SOURCES6
     }
     #[inline(always)]
     fn conntrack() -> &'static Array<ConnSet<[u8; 16]>, CONNS, MAP_MMAPABLE> {
@@ -257,6 +266,10 @@ impl Family for V6 {
     fn least_connections(service_id: u32, count: u32) -> u32 {
         lb_least_connections6(service_id, count)
     }
+    #[inline(always)]
+    fn first_free(service_id: u32, start: u32) -> u32 {
+        lb_first_free6(service_id, start)
+    }
 }
 
 /// `lc`'s pick for an IPv6 service: a global BPF function (see
@@ -265,4 +278,11 @@ impl Family for V6 {
 #[inline(never)]
 pub extern "C" fn lb_least_connections6(service_id: u32, count: u32) -> u32 {
     select::least_connections::<V6>(service_id, count)
+}
+
+/// A full backend's stand-in for an IPv6 service (see `lb_first_free`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn lb_first_free6(service_id: u32, start: u32) -> u32 {
+    select::first_free::<V6>(service_id, start)
 }
