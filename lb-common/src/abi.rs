@@ -148,6 +148,8 @@ const _: () = assert!(size_of::<BackendConns>() == 8);
 
 /// Most backends an `lc` service considers (its table lists them first).
 pub const LC_MAX_BACKENDS: u32 = 64;
+// A power of two: `select::first_free` walks the list by mask.
+const _: () = assert!(LC_MAX_BACKENDS.is_power_of_two());
 
 /// `Backend::flags`: the slot holds a live backend. A connection entry that
 /// points at a slot without it is rescheduled.
@@ -528,7 +530,7 @@ const _: () = assert!(size_of::<FlowCacheEntry<[u8; 16]>>() == 72);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Handshake<A = [u8; 4]> {
-    /// The flow as the client sent it (all zero: no record).
+    /// The flow as the client sent it (a source of all zeros: no record).
     pub flow: Flow<A>,
     pub backend_id: u32,
     /// The epoch tick the flow was placed in; the record lives for its

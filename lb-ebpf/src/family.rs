@@ -72,6 +72,7 @@ pub trait Family: Sized + Copy + 'static {
     /// the kernel's reassembly (the controller's socket on the VIP takes
     /// it: IPv4's only, for now); otherwise it is dropped like TCP's.
     const KERNEL_REASSEMBLY: bool;
+    const SKIP_EXPERIMENT: bool;
 
     /// VIP -> services on it.
     fn vips() -> &'static HashMap<Self::Addr, u32, SERVICES>;
@@ -145,9 +146,12 @@ pub trait Family: Sized + Copy + 'static {
     ) -> Result<Verdict, Counter>;
     /// `lc`'s pick among the service's backends.
     fn least_connections(service_id: u32, count: u32) -> u32;
-    /// The first backend of the service's usable list, from position
-    /// `start`, that is below its `max_conns` (`select::first_free`).
-    fn first_free(service_id: u32, start: u32) -> u32;
+    /// `select::within_limits`, in a global function.
+    fn within_limits(service_id: u32, id: u32, start: u32) -> u32;
+    /// `persist::persisted`, in a global function.
+    fn persisted(service_id: u32, flags: u32, ticks: u32, src: Self::Addr) -> u32;
+    /// `persist::remember`, in a global function.
+    fn remember(service_id: u32, backend_id: u32, flags: u32, src: Self::Addr);
 }
 
 /// IPv4, in `lb_xdp`.
@@ -163,6 +167,7 @@ impl Family for V4 {
     const ICMP: u8 = lb_common::abi::PROTO_ICMP;
     const ICMP_BEFORE_SOURCE_CHECKS: bool = false;
     const KERNEL_REASSEMBLY: bool = true;
+    const SKIP_EXPERIMENT: bool = true;
 
     #[inline(always)]
     fn vips() -> &'static HashMap<[u8; 4], u32, SERVICES> {
@@ -307,8 +312,16 @@ impl Family for V4 {
         lb_least_connections(service_id, count)
     }
     #[inline(always)]
-    fn first_free(service_id: u32, start: u32) -> u32 {
-        lb_first_free(service_id, start)
+    fn within_limits(service_id: u32, id: u32, start: u32) -> u32 {
+        lb_within_limits(service_id, id, start)
+    }
+    #[inline(always)]
+    fn persisted(service_id: u32, flags: u32, ticks: u32, src: [u8; 4]) -> u32 {
+        lb_persisted(service_id, flags, ticks, u32::from_ne_bytes(src))
+    }
+    #[inline(always)]
+    fn remember(service_id: u32, backend_id: u32, flags: u32, src: [u8; 4]) {
+        lb_remember(service_id, backend_id, flags, u32::from_ne_bytes(src));
     }
 }
 
@@ -320,10 +333,25 @@ pub extern "C" fn lb_least_connections(service_id: u32, count: u32) -> u32 {
     select::least_connections::<V4>(service_id, count)
 }
 
-/// A full backend's stand-in for an IPv4 service: a global BPF function
-/// (verified once, like `lb_least_connections`).
+/// `max_conns` for an IPv4 service: a global BPF function (verified
+/// once, like `lb_least_connections`).
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn lb_first_free(service_id: u32, start: u32) -> u32 {
-    select::first_free::<V4>(service_id, start)
+pub extern "C" fn lb_within_limits(service_id: u32, id: u32, start: u32) -> u32 {
+    select::within_limits::<V4>(service_id, id, start)
+}
+
+/// A persistent IPv4 client's backend (`persist::persisted`); the address
+/// as its native word.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn lb_persisted(service_id: u32, flags: u32, ticks: u32, src: u32) -> u32 {
+    crate::persist::persisted::<V4>(service_id, flags, ticks, src.to_ne_bytes())
+}
+
+/// Records a persistent IPv4 client (`persist::remember`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn lb_remember(service_id: u32, backend_id: u32, flags: u32, src: u32) -> u32 {
+    crate::persist::remember::<V4>(service_id, backend_id, flags, src.to_ne_bytes())
 }

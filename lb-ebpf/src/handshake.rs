@@ -82,7 +82,7 @@ pub fn open<F: Family>(
         }
     }
     // A persistent client's backend first; the scheduler if it has none.
-    let choice = match persist::stuck::<F>(flow, service, here) {
+    let choice = match persist::stuck::<F>(flow, service) {
         Some(choice) => choice,
         None => select::pick::<F>(flow, service, Turn::Next)?,
     };
@@ -183,11 +183,13 @@ pub fn settle<F: Family>(
     };
     select::record::<F>(flow, conn, here, cached);
     if placed.flags & HANDSHAKE_PERSIST != 0 {
-        persist::remember::<F>(flow, service_id, placed.backend_id, placed.flags, here);
+        F::remember(service_id, placed.backend_id, placed.flags, flow.src);
     }
-    // Spent: the table holds the flow now.
+    // Spent: the table holds the flow now. A record of no client's source
+    // (the unspecified address) matches no flow; the rest of it is left
+    // (a whole record zeroed was a call of the byte-by-byte `memset`).
     // SAFETY: as in `find`.
-    unsafe { *record = Handshake::default() };
+    unsafe { (*record).flow.src = F::Addr::default() };
     Known::Flow(service_id, choice)
 }
 

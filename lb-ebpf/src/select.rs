@@ -386,25 +386,47 @@ pub fn pick<F: Family>(
     if turn == Turn::Hashed || service.flags & SCHED_MASK == SCHED_LC || backend.max_conns == 0 {
         return Ok(Choice::of(id, backend, turn == Turn::Next));
     }
-    if !full(id, backend.max_conns) {
-        count_conn(id);
-        return Ok(Choice::of(id, backend, true));
+    // The limit's check, counting, and stand-in, in a function verified
+    // once (see `within_limits`).
+    let id = F::within_limits(service.id, id, start);
+    if id == ALL_FULL {
+        return Err(Counter::DropBackendsFull);
     }
-    // At its limit: the first backend of the service's list below its own,
-    // from a position the flow's slot picks (deterministic for a flow).
-    let other = F::first_free(service.id, start);
-    let backend = live_backend::<F>(other, service.id, flow)
+    let backend = live_backend::<F>(id, service.id, flow)
         .filter(|b| b.flags & BACKEND_DOWN == 0)
         .ok_or(Counter::DropBackendsFull)?;
+    Ok(Choice::of(id, backend, true))
+}
+
+/// Backend `id`, chosen for a new flow, if it is below its `max_conns`;
+/// else the first backend of the service's list below its own, from
+/// position `start` (the flow's slot: deterministic for a flow), or
+/// `ALL_FULL`. The backend it answers is counted at once if it has a limit.
+///
+/// Each family calls it from a global BPF function of its own
+/// (`lb_within_limits`, `lb_within_limits6`): verified once, on its own,
+/// like `least_connections`, so that it adds no paths to the program's.
+#[inline(always)]
+pub fn within_limits<F: Family>(service_id: u32, id: u32, start: u32) -> u32 {
+    let Some(backend) = F::backends().get(id) else { return id };
+    if backend.max_conns == 0 {
+        return id;
+    }
+    if !full(id, backend.max_conns) {
+        count_conn(id);
+        return id;
+    }
+    let other = first_free::<F>(service_id, start);
+    let Some(backend) = F::backends().get(other) else { return ALL_FULL };
     if backend.max_conns != 0 {
         count_conn(other);
     }
-    Ok(Choice::of(other, backend, true))
+    other
 }
 
 /// What `least_connections` answers when every usable backend is at its
 /// `max_conns` (`NO_BACKEND`: there is none).
-const ALL_FULL: u32 = NO_BACKEND - 1;
+pub const ALL_FULL: u32 = NO_BACKEND - 1;
 
 /// Whether backend `id` holds `max_conns` connections or more, as
 /// `lb_be_conns` counts them (`BackendConns`).
@@ -439,40 +461,34 @@ pub fn count_conn(id: u32) {
 /// `start` on and around, that takes new flows (not DOWN, weight above 0)
 /// and is below its own limit; `NO_BACKEND` if none is.
 ///
-/// Each family calls it from a global BPF function of its own
-/// (`lb_first_free`, `lb_first_free6`), verified once, like `lc`'s.
 #[inline(always)]
-pub fn first_free<F: Family>(service_id: u32, start: u32) -> u32 {
+fn first_free<F: Family>(service_id: u32, start: u32) -> u32 {
     let Some(table) = LB_MAGLEV.get(service_id) else { return NO_BACKEND };
     let count = table.usable.min(LC_MAX_BACKENDS);
     if count == 0 {
         return NO_BACKEND;
     }
-    // One pass in list order (the verifier bounds an index that counts
-    // up, not one taken modulo): the first free backend at `first` or
-    // after wins, else the first before it.
-    let first = start % count;
-    let mut before_first = NO_BACKEND;
-    let mut position = 0;
-    while position < count {
+    // Positions `start`, `start + 1`, ... around the list's
+    // `LC_MAX_BACKENDS` (a power of two: a mask, which the verifier
+    // bounds, where it cannot bound a remainder); those past its end are
+    // skipped.
+    let mut step = 0;
+    while step < LC_MAX_BACKENDS {
+        let position = start.wrapping_add(step) & (LC_MAX_BACKENDS - 1);
+        step += 1;
+        if position >= count {
+            continue;
+        }
         let id = table.usable_ids.get(position as usize).copied().unwrap_or(NO_BACKEND);
-        let at = position;
-        position += 1;
         let Some(backend) = F::backends().get(id) else { continue };
         if backend.flags & BACKEND_DOWN != 0 || backend.weight == 0 {
             continue;
         }
-        if backend.max_conns != 0 && full(id, backend.max_conns) {
-            continue;
-        }
-        if at >= first {
+        if backend.max_conns == 0 || !full(id, backend.max_conns) {
             return id;
         }
-        if before_first == NO_BACKEND {
-            before_first = id;
-        }
     }
-    before_first
+    NO_BACKEND
 }
 
 /// Writes `conn` to the connection table for `flow`, and to this CPU's

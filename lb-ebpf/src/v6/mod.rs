@@ -62,6 +62,7 @@ impl Family for V6 {
     const ICMP: u8 = parse::PROTO_ICMPV6;
     const ICMP_BEFORE_SOURCE_CHECKS: bool = true;
     const KERNEL_REASSEMBLY: bool = false;
+    const SKIP_EXPERIMENT: bool = false;
 
     #[inline(always)]
     fn vips() -> &'static HashMap<[u8; 16], u32, SERVICES> {
@@ -267,9 +268,33 @@ impl Family for V6 {
         lb_least_connections6(service_id, count)
     }
     #[inline(always)]
-    fn first_free(service_id: u32, start: u32) -> u32 {
-        lb_first_free6(service_id, start)
+    fn within_limits(service_id: u32, id: u32, start: u32) -> u32 {
+        lb_within_limits6(service_id, id, start)
     }
+    #[inline(always)]
+    fn persisted(service_id: u32, flags: u32, ticks: u32, src: [u8; 16]) -> u32 {
+        let [high, low] = words(src);
+        lb_persisted6(service_id, flags, ticks, high, low)
+    }
+    #[inline(always)]
+    fn remember(service_id: u32, backend_id: u32, flags: u32, src: [u8; 16]) {
+        let [high, low] = words(src);
+        lb_remember6(service_id, backend_id, flags, high, low);
+    }
+}
+
+/// An address as two native words (a global function takes scalars).
+#[inline(always)]
+fn words(addr: [u8; 16]) -> [u64; 2] {
+    // SAFETY: sixteen bytes are two words, in memory order.
+    unsafe { core::mem::transmute::<[u8; 16], [u64; 2]>(addr) }
+}
+
+/// The address `words` made.
+#[inline(always)]
+fn address(high: u64, low: u64) -> [u8; 16] {
+    // SAFETY: two words are sixteen bytes, in memory order.
+    unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([high, low]) }
 }
 
 /// `lc`'s pick for an IPv6 service: a global BPF function (see
@@ -280,9 +305,23 @@ pub extern "C" fn lb_least_connections6(service_id: u32, count: u32) -> u32 {
     select::least_connections::<V6>(service_id, count)
 }
 
-/// A full backend's stand-in for an IPv6 service (see `lb_first_free`).
+/// `max_conns` for an IPv6 service (see `lb_within_limits`).
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn lb_first_free6(service_id: u32, start: u32) -> u32 {
-    select::first_free::<V6>(service_id, start)
+pub extern "C" fn lb_within_limits6(service_id: u32, id: u32, start: u32) -> u32 {
+    select::within_limits::<V6>(service_id, id, start)
+}
+
+/// A persistent IPv6 client's backend (see `lb_persisted`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn lb_persisted6(service_id: u32, flags: u32, ticks: u32, high: u64, low: u64) -> u32 {
+    crate::persist::persisted::<V6>(service_id, flags, ticks, address(high, low))
+}
+
+/// Records a persistent IPv6 client (see `lb_remember`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn lb_remember6(service_id: u32, backend_id: u32, flags: u32, high: u64, low: u64) -> u32 {
+    crate::persist::remember::<V6>(service_id, backend_id, flags, address(high, low))
 }

@@ -323,6 +323,8 @@ mod tests {
             reject: true,
             health: Some(check),
             slow_start: Duration::ZERO,
+            persistence: None,
+            allowed_sources: Vec::new(),
             backends: backends
                 .iter()
                 .map(|&(addr, weight, state)| Backend {
@@ -333,6 +335,7 @@ mod tests {
                     check: CheckTarget::default(),
                     backup: false,
                     slow_start: None,
+                    max_conns: 0,
                 })
                 .collect(),
         }

@@ -7,8 +7,9 @@ use std::{collections::BTreeMap, sync::Arc};
 use lb_common::{
     abi::{
         BACKEND_DOWN, BACKEND_DSR, BACKEND_IN_USE, Backend, Conn, Endpoint, Flow, NO_BACKEND,
-        SCHED_MASK, SCHED_SH, Service, source_hash,
+        SCHED_MASK, SCHED_SH, SVC_SOURCES, Service, source_hash,
     },
+    addr::Addr as _,
     hash::{flow_hash, maglev_slot},
 };
 
@@ -25,6 +26,8 @@ pub struct Placement {
     /// (the reassembly slow path places IPv4 datagrams only).
     pub services6: BTreeMap<Endpoint<[u8; 16]>, Service>,
     pub backends6: BTreeMap<u32, Backend<[u8; 16]>>,
+    /// The IPv4 services' allowed sources (`lb_sources`).
+    pub sources: BTreeMap<(u32, [u8; 4], u8), u32>,
 }
 
 impl Placement {
@@ -35,6 +38,7 @@ impl Placement {
             backends: image.v4.backends.clone(),
             services6: image.v6.services.clone(),
             backends6: image.v6.backends.clone(),
+            sources: image.v4.sources.clone(),
         }
     }
 }
@@ -63,6 +67,9 @@ pub enum Refusal {
     /// there (sent on, backends would answer each other, the loop the data
     /// plane refuses as `drop_backend_port_to_vip` and `drop_source_vip`).
     OursAsSource,
+    /// The service has `allowed_sources`, and none holds the source
+    /// (the data plane's `drop_source_not_allowed`).
+    SourceNotAllowed,
 }
 
 /// The backend `id` if it is in use, serves `service_id` on the flow's VIP
@@ -112,12 +119,24 @@ pub fn place(p: &Placement, flow: &Flow, conn: Option<Conn>) -> Result<Target, R
     Ok(target)
 }
 
+/// Whether one of service `service_id`'s allowed prefixes holds `src`.
+fn allowed(p: &Placement, service_id: u32, src: [u8; 4]) -> bool {
+    p.sources
+        .range((service_id, [0; 4], 0)..=(service_id, [255; 4], u8::MAX))
+        .any(|(&(_, network, len), _)| src.masked(u32::from(len)) == network)
+}
+
 /// A flow the connection table does not know, placed by its service's table.
+/// (Persistence and `max_conns` are the data plane's alone: a datagram
+/// placed here goes by the table, as a packet met mid-way does.)
 fn schedule(p: &Placement, flow: &Flow) -> Result<Target, Refusal> {
     let service = p
         .services
         .get(&Endpoint::new(flow.dst, flow.dport, flow.proto))
         .ok_or(Refusal::NoService)?;
+    if service.flags & SVC_SOURCES != 0 && !allowed(p, service.id, flow.src) {
+        return Err(Refusal::SourceNotAllowed);
+    }
     let table = p.maglev.get(&service.id).ok_or(Refusal::NoBackend)?;
     let hash = match service.flags & SCHED_MASK {
         SCHED_SH => source_hash(flow.src),
@@ -153,6 +172,7 @@ mod tests {
             proto: PROTO_UDP,
             _pad: 0,
             weight: 1,
+            max_conns: 0,
         }
     }
 
@@ -160,7 +180,7 @@ mod tests {
     fn placement(flags: u32) -> Placement {
         let mut p = Placement::default();
         let key = Endpoint::new(VIP, 53, PROTO_UDP);
-        p.services.insert(key, Service { id: 7, ring_size: 13, flags, _pad: 0 });
+        p.services.insert(key, Service { id: 7, ring_size: 13, flags, persist_ticks: 0 });
         p.maglev.insert(7, Arc::new((0..13).map(|i| 1 + i % 2).collect()));
         p.backends.insert(1, backend(11, 0));
         p.backends.insert(2, backend(12, 0));
