@@ -72,7 +72,6 @@ pub trait Family: Sized + Copy + 'static {
     /// the kernel's reassembly (the controller's socket on the VIP takes
     /// it: IPv4's only, for now); otherwise it is dropped like TCP's.
     const KERNEL_REASSEMBLY: bool;
-    const SKIP_EXPERIMENT: bool;
 
     /// VIP -> services on it.
     fn vips() -> &'static HashMap<Self::Addr, u32, SERVICES>;
@@ -167,7 +166,6 @@ impl Family for V4 {
     const ICMP: u8 = lb_common::abi::PROTO_ICMP;
     const ICMP_BEFORE_SOURCE_CHECKS: bool = false;
     const KERNEL_REASSEMBLY: bool = true;
-    const SKIP_EXPERIMENT: bool = true;
 
     #[inline(always)]
     fn vips() -> &'static HashMap<[u8; 4], u32, SERVICES> {

@@ -203,12 +203,8 @@ fn fib_lookup<F: Family>(
     // SAFETY: this CPU's slot; XDP does not nest on a CPU, and the
     // reference does not outlive the packet.
     let params = unsafe { &mut *params };
-    // Zeroed word by word: `*params = zeroed()` compiled to a call of the
-    // byte-by-byte `memset`, a loop of 60 stores the CPU ran on every FIB
-    // lookup and the verifier walked on every path to it (most of
-    // `lb_xdp6`'s verification, which new code then pushed past the
-    // kernel's complexity limit).
-    zero_words(core::ptr::from_mut(params).cast::<u64>(), size_of::<FibParams>() / 8);
+    // SAFETY: an all-zero bpf_fib_lookup is a valid input.
+    *params = unsafe { core::mem::zeroed() };
     params.l4_protocol = pkt.flow.proto;
     params.sport = query.sport.to_be();
     params.dport = query.dport.to_be();
@@ -356,16 +352,4 @@ pub unsafe fn slow_path_v4(eth: *mut u8, ifindex: u32, nexthop: [u8; 4]) -> Verd
         mem::store32::<8>(eth, u32::from_ne_bytes(nexthop));
     }
     Verdict { action: xdp_action::XDP_PASS, counter: Counter::SlowPathNeigh }
-}
-
-/// Writes `words` zero words from `at`, each one store.
-#[inline(always)]
-fn zero_words(at: *mut u64, words: usize) {
-    let mut word = 0;
-    while word < words {
-        // SAFETY: the callers' values are map values (8-byte aligned) of
-        // `words` words; an all-zero bpf_fib_lookup is a valid input.
-        unsafe { core::ptr::write_volatile(at.add(word), 0) };
-        word += 1;
-    }
 }

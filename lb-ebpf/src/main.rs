@@ -374,7 +374,7 @@ fn to_backend<F: Family>(
             // Every packet of the service that no entry or record carries:
             // those only hold sources that passed here (their address is
             // their key), so each packet from elsewhere is refused.
-            if F::SKIP_EXPERIMENT && service.flags & SVC_SOURCES != 0 && !persist::allowed::<F>(service.id, pkt.flow.src)
+            if service.flags & SVC_SOURCES != 0 && !persist::allowed::<F>(service.id, pkt.flow.src)
             {
                 return Err(Counter::DropSourceNotAllowed);
             }
@@ -390,9 +390,7 @@ fn to_backend<F: Family>(
             };
             match placed {
                 Ok(choice) => (service.id, choice),
-                Err(Counter::DropNoBackend | Counter::DropBackendsFull)
-                    if service.flags & SVC_REJECT != 0 =>
-                {
+                Err(Counter::DropNoBackend) if service.flags & SVC_REJECT != 0 => {
                     return F::no_backend(ctx, pkt, here).map(Some);
                 }
                 Err(counter) => return Err(counter),

@@ -9,8 +9,8 @@ use aya_ebpf::{
 use lb_common::abi::{
     ADDR_FILTER_SIZE, AnswerBudget, Backend, BackendConns, CONN_STATES, DEFAULT_CONNTRACK_MAX,
     Endpoint, EpochClock, FLOW_CACHE_SLOTS, FlowCacheEntry, FragEntry, FragKey, FragKey6,
-    HANDSHAKE_SLOTS, Handshake, MAX_BACKENDS, MAX_FRAGS, MAX_SERVICES, MAX_TX_PORTS, MaglevTable,
-    MAX_PERSIST, MAX_SOURCES, Meta, NEIGH6_SLOTS, NEXTHOP_SLOTS, NextHop, Persist, PersistKey,
+    HANDSHAKE_SLOTS, Handshake, MAX_BACKENDS, MAX_FRAGS, MAX_PERSIST, MAX_SERVICES, MAX_SOURCES,
+    MAX_TX_PORTS, MaglevTable, Meta, NEIGH6_SLOTS, NEXTHOP_SLOTS, NextHop, Persist, PersistKey,
     Policy, REAL_SLOTS, Real, Service, SourceKey, Traffic,
 };
 

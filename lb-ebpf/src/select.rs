@@ -11,8 +11,8 @@ use lb_common::{
         BACKEND_DOWN, BACKEND_IN_USE, Backend, BackendConns, CONN_CLOSED, CONN_CLOSING,
         CONN_ESTABLISHED, CONN_UDP, Conn, Endpoint, FLOW_CACHE_SLOTS, Flow, FlowCacheEntry,
         LC_MAX_BACKENDS, NO_BACKEND, REAL_SLOT_SHARED, SCHED_LC, SCHED_MASK, SCHED_RR, SCHED_SH,
-        SCHED_WRR, Service, TCP_FIN, TCP_RST, TCP_SYN, Traffic, addr_slot, cpu_slot, expired,
-        flow_cache_slot, next_state, real_slot, source_hash,
+        SCHED_WRR, SVC_REJECT, Service, TCP_FIN, TCP_RST, TCP_SYN, Traffic, addr_slot, cpu_slot,
+        expired, flow_cache_slot, next_state, real_slot, source_hash,
     },
     addr::Addr,
     counter::Counter,
@@ -373,7 +373,7 @@ pub fn pick<F: Family>(
         (*table.slots.get(slot as usize).ok_or(Counter::DropNoBackend)?, slot)
     };
     if id == ALL_FULL {
-        return Err(Counter::DropBackendsFull);
+        return Err(all_full(service));
     }
     if id == NO_BACKEND {
         return Err(Counter::DropNoBackend);
@@ -390,12 +390,27 @@ pub fn pick<F: Family>(
     // once (see `within_limits`).
     let id = F::within_limits(service.id, id, start);
     if id == ALL_FULL {
-        return Err(Counter::DropBackendsFull);
+        return Err(all_full(service));
     }
     let backend = live_backend::<F>(id, service.id, flow)
         .filter(|b| b.flags & BACKEND_DOWN == 0)
-        .ok_or(Counter::DropBackendsFull)?;
+        .ok_or(Counter::DropNoBackend)?;
     Ok(Choice::of(id, backend, true))
+}
+
+/// What every usable backend at its `max_conns` comes to: with
+/// `on_no_backend = "reject"`, the no-backend answer (`drop_no_backend`
+/// is what the caller answers; `reject_*` counts it), else a drop counted
+/// `drop_backends_full`. Decided here, each counter a constant on its own
+/// path: a caller matching either of two counters had the verifier lose
+/// which one it held, and walk every counter's path after it (past its
+/// complexity limit).
+#[inline(always)]
+fn all_full(service: &Service) -> Counter {
+    if service.flags & SVC_REJECT != 0 {
+        return Counter::DropNoBackend;
+    }
+    Counter::DropBackendsFull
 }
 
 /// Backend `id`, chosen for a new flow, if it is below its `max_conns`;

@@ -888,10 +888,22 @@ port = 80
         assert_eq!(parse(&with("persistence_s = 0\n")).unwrap().services[0].persistence, None);
         assert_eq!(c.services[1].persistence, None, "none by default");
         for (keys, want) in [
-            ("persistence_s = -1\n", "service[0].persistence_s: -1 is out of range (0, none, to 604800 seconds)"),
-            ("persistence_s = 604801\n", "service[0].persistence_s: 604801 is out of range (0, none, to 604800 seconds)"),
-            ("persistence_s = 5\npersistence_netmask = 33\n", "service[0].persistence_netmask: 33 is out of range (a prefix length, 0 to 32 for an IPv4 VIP)"),
-            ("persistence_netmask = 24\n", "service[0].persistence_netmask: 24 without persistence_s: clients are grouped only for persistence"),
+            (
+                "persistence_s = -1\n",
+                "service[0].persistence_s: -1 is out of range (0, none, to 604800 seconds)",
+            ),
+            (
+                "persistence_s = 604801\n",
+                "service[0].persistence_s: 604801 is out of range (0, none, to 604800 seconds)",
+            ),
+            (
+                "persistence_s = 5\npersistence_netmask = 33\n",
+                "service[0].persistence_netmask: 33 is out of range (a prefix length, 0 to 32 for an IPv4 VIP)",
+            ),
+            (
+                "persistence_netmask = 24\n",
+                "service[0].persistence_netmask: 24 without persistence_s: clients are grouped only for persistence",
+            ),
         ] {
             assert_eq!(problems(&with(keys)), [want], "{keys}");
         }
@@ -904,7 +916,9 @@ port = 80
         let v6 = v6.replace("persistence_netmask = 64", "persistence_netmask = 129");
         assert_eq!(
             problems(&v6),
-            ["service[1].persistence_netmask: 129 is out of range (a prefix length, 0 to 128 for an IPv6 VIP)"]
+            [
+                "service[1].persistence_netmask: 129 is out of range (a prefix length, 0 to 128 for an IPv6 VIP)"
+            ]
         );
     }
 
@@ -923,11 +937,26 @@ port = 80
         assert_eq!(service_from_json(json.to_string().as_bytes()).unwrap(), *web);
         assert!(parse(&with("")).unwrap().services[0].allowed_sources.is_empty());
         for (list, want) in [
-            ("\"10.0.0.1/8\"", "service[0].allowed_sources[0]: \"10.0.0.1/8\": bits are set past the prefix length (the network is 10.0.0.0/8)"),
-            ("\"10.0.0.0/33\"", "service[0].allowed_sources[0]: \"10.0.0.0/33\": the prefix length must be 0 to 32"),
-            ("\"10.0.0.0/8\", \"nowhere\"", "service[0].allowed_sources[1]: \"nowhere\": not an address or a prefix (10.0.0.0/8, fd00::/8)"),
-            ("\"fd00::/8\"", "service[0].allowed_sources[0]: fd00::/8 is IPv6 and the VIP 10.77.1.100 is not: a service's sources are of its family"),
-            ("\"10.0.0.0/8\", \"10.0.0.0/8\"", "service[0].allowed_sources[1]: 10.0.0.0/8 is already listed"),
+            (
+                "\"10.0.0.1/8\"",
+                "service[0].allowed_sources[0]: \"10.0.0.1/8\": bits are set past the prefix length (the network is 10.0.0.0/8)",
+            ),
+            (
+                "\"10.0.0.0/33\"",
+                "service[0].allowed_sources[0]: \"10.0.0.0/33\": the prefix length must be 0 to 32",
+            ),
+            (
+                "\"10.0.0.0/8\", \"nowhere\"",
+                "service[0].allowed_sources[1]: \"nowhere\": not an address or a prefix (10.0.0.0/8, fd00::/8)",
+            ),
+            (
+                "\"fd00::/8\"",
+                "service[0].allowed_sources[0]: fd00::/8 is IPv6 and the VIP 10.77.1.100 is not: a service's sources are of its family",
+            ),
+            (
+                "\"10.0.0.0/8\", \"10.0.0.0/8\"",
+                "service[0].allowed_sources[1]: 10.0.0.0/8 is already listed",
+            ),
         ] {
             assert_eq!(problems(&with(list)), [want], "{list}");
         }
@@ -948,10 +977,13 @@ port = 80
         let json = crate::desired::json::service_to_json(&c.services[0]);
         assert_eq!(service_from_json(json.to_string().as_bytes()).unwrap(), c.services[0]);
         for bad in ["-1", "1073741825"] {
-            let text = GOOD.replacen("  weight = 0\n", &format!("  weight = 0\n  max_conns = {bad}\n"), 1);
+            let text =
+                GOOD.replacen("  weight = 0\n", &format!("  weight = 0\n  max_conns = {bad}\n"), 1);
             assert_eq!(
                 problems(&text),
-                [format!("service[0].backend[1].max_conns: {bad} is out of range (0, no limit, to 1073741824)")]
+                [format!(
+                    "service[0].backend[1].max_conns: {bad} is out of range (0, no limit, to 1073741824)"
+                )]
             );
         }
     }

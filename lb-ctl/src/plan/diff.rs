@@ -301,9 +301,7 @@ impl<A: MapAddr> Family<'_, A> {
                 .map(|(slot, v)| wrap(FamilyOp::PutRealSlot(slot, *v))),
         );
         // A service's allowed sources before its entry says it has them.
-        ops.extend(
-            puts(&old.sources, &new.sources).map(|(key, _)| wrap(FamilyOp::PutSource(key))),
-        );
+        ops.extend(puts(&old.sources, &new.sources).map(|(key, _)| wrap(FamilyOp::PutSource(key))));
     }
 
     /// The ids of services whose ring shrinks.

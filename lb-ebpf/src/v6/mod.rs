@@ -62,7 +62,6 @@ impl Family for V6 {
     const ICMP: u8 = parse::PROTO_ICMPV6;
     const ICMP_BEFORE_SOURCE_CHECKS: bool = true;
     const KERNEL_REASSEMBLY: bool = false;
-    const SKIP_EXPERIMENT: bool = false;
 
     #[inline(always)]
     fn vips() -> &'static HashMap<[u8; 16], u32, SERVICES> {
@@ -315,13 +314,25 @@ pub extern "C" fn lb_within_limits6(service_id: u32, id: u32, start: u32) -> u32
 /// A persistent IPv6 client's backend (see `lb_persisted`).
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn lb_persisted6(service_id: u32, flags: u32, ticks: u32, high: u64, low: u64) -> u32 {
+pub extern "C" fn lb_persisted6(
+    service_id: u32,
+    flags: u32,
+    ticks: u32,
+    high: u64,
+    low: u64,
+) -> u32 {
     crate::persist::persisted::<V6>(service_id, flags, ticks, address(high, low))
 }
 
 /// Records a persistent IPv6 client (see `lb_remember`).
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn lb_remember6(service_id: u32, backend_id: u32, flags: u32, high: u64, low: u64) -> u32 {
+pub extern "C" fn lb_remember6(
+    service_id: u32,
+    backend_id: u32,
+    flags: u32,
+    high: u64,
+    low: u64,
+) -> u32 {
     crate::persist::remember::<V6>(service_id, backend_id, flags, address(high, low))
 }

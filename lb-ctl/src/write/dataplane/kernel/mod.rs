@@ -22,7 +22,7 @@ use aya::{
 };
 use lb_common::abi::{
     BackendConns, CONN_ESTABLISHED, CONN_STATES, DEFAULT_ANSWERS_PER_SECOND, EpochClock,
-    MAGLEV_SIZE, MAX_TX_PORTS, TABLE_WORDS, Meta, NO_BACKEND, Policy, Traffic, epoch_mult, expired,
+    MAGLEV_SIZE, MAX_TX_PORTS, Meta, NO_BACKEND, Policy, TABLE_WORDS, Traffic, epoch_mult, expired,
 };
 use lb_common::conn_table::{conn_set_bits, conn6_set_bits};
 use rustc_hash::FxHashSet;
