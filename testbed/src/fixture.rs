@@ -435,6 +435,38 @@ allowed_sources = ["10.77.1.0/28", "192.0.2.0/24"]
   address = "10.77.2.11"
   port = 96
 
+[[service]]            # the benchmarks' rows: a limit far off (each SYN counts)
+name = "bench-limited"
+vip = "10.77.1.109"
+port = 80
+  [[service.backend]]
+  address = "10.77.2.11"
+  port = 97
+  max_conns = 1000000000
+  [[service.backend]]
+  address = "10.77.2.12"
+  port = 97
+  max_conns = 1000000000
+  [[service.backend]]
+  address = "10.77.2.13"
+  port = 97
+  max_conns = 1000000000
+
+[[service]]            # ... and allowed sources that hold their fresh clients
+name = "bench-guarded"
+vip = "10.77.1.109"
+port = 81
+allowed_sources = ["10.77.1.0/28", "10.77.3.0/24", "192.0.2.0/24", "198.51.100.0/24"]
+  [[service.backend]]
+  address = "10.77.2.11"
+  port = 98
+  [[service.backend]]
+  address = "10.77.2.12"
+  port = 98
+  [[service.backend]]
+  address = "10.77.2.13"
+  port = 98
+
 [[service]]            # IPv6 persistence (UDP: its second datagram records)
 name = "persist6"
 vip = "fd77:1::100"
@@ -480,6 +512,9 @@ pub const VIP_PERSIST: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 106);
 pub const VIP_LIMITED: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 107);
 /// `allowed_sources = ["10.77.1.0/28", "192.0.2.0/24"]`, port 80.
 pub const VIP_GUARDED: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 108);
+/// The benchmarks' rows: port 80 Maglev with `max_conns` far off, 81
+/// Maglev with `allowed_sources` that hold `10.77.3.0/24`.
+pub const VIP_BENCH: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 109);
 
 pub const VIP_REJECTING: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 103);
 /// Direct routing (`forwarding = "dsr"`): port 80 to `WEB2`, 81 to a backend

@@ -29,14 +29,14 @@ use lb_common::abi::{Flow, PROTO_TCP};
 use lb_testbed::{
     fixture::{
         CLIENT, CLIENT_MAC, FixtureNs, IF_BACKEND, IF_BACKEND_MAC, IF_CLIENT, IF_CLIENT_MAC,
-        LB_CLIENT_SIDE, Loaded, VIP, VIP_SCHEDULERS, WEB_MACS, WEB1,
+        LB_CLIENT_SIDE, Loaded, VIP, VIP_BENCH, VIP_PERSIST, VIP_SCHEDULERS, WEB_MACS, WEB1,
     },
     netns::in_ns,
     packet::{Ipv4, TCP_ACK, TCP_SYN},
     testrun::{self, XDP_PASS, XDP_REDIRECT},
 };
 
-const NAMES: [&str; 21] = [
+const NAMES: [&str; 25] = [
     "new flow, a fresh 5-tuple per sample",
     "new flow, one SYN, entry deleted between",
     "established flow (connection table hit)",
@@ -63,8 +63,15 @@ const NAMES: [&str; 21] = [
     "IPv6 established flow (connection table hit)",
     "IPv6 backend reply (reverse NAT)",
     "IPv6 non-VIP packet (passed)",
+    // Maglev services of three backends, fresh 5-tuples like the first
+    // row; the bars: persistence + 40 ns, max_conns + 20 ns,
+    // allowed_sources + 10 ns over the first row.
+    "new flow, persistence on, client unknown",
+    "new flow, persistence on, client's network known (/24)",
+    "new flow, max_conns on (below the limit)",
+    "new flow, allowed_sources on (4 prefixes, allowed)",
 ];
-const TARGETS: [Option<u32>; 21] = [
+const TARGETS: [Option<u32>; 25] = [
     Some(100),
     Some(100),
     Some(45),
@@ -86,15 +93,26 @@ const TARGETS: [Option<u32>; 21] = [
     None,
     None,
     None,
+    Some(140),
+    Some(140),
+    Some(120),
+    Some(110),
 ];
 /// The scenarios of the table: one packet each, then the handshakes (four
 /// rows each: `Handshake::figures`), then IPv6's, one packet each.
-const WIDTHS: [usize; 15] = [1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4, 1, 1, 1, 1];
+const WIDTHS: [usize; 19] = [1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4, 1, 1, 1, 1, 1, 1, 1, 1];
 /// The scenarios that are handshakes.
 const HANDSHAKE_SCENARIOS: std::ops::Range<usize> = 9..11;
 /// The services of the handshake scenarios: the fixture's Maglev service of
 /// three backends ("multi") and its rr service.
 const HANDSHAKES: [(Ipv4Addr, u16); 2] = [(VIP, 443), (VIP_SCHEDULERS, SCHEDULER_PORTS[0])];
+
+/// A fresh 5-tuple from a host of 10.77.1.20-89 (the client side's
+/// network, whose persistence entry the known-network row finds).
+fn known_network_client(n: usize) -> (Ipv4Addr, u16) {
+    let host = 20 + (n % 70) as u8;
+    (Ipv4Addr::new(10, 77, 1, host), 10_000 + (n / 70 % 50_000) as u16)
+}
 
 /// The port of the fixture service with each scheduler (rr, wrr, sh, lc).
 const SCHEDULER_PORTS: [u16; 4] = [81, 82, 83, 84];
@@ -196,6 +214,10 @@ fn measure_per_packet() -> Vec<Row> {
     // bare ACK met mid-way may be forwarded without being recorded).
     Path { program: &loaded.program, client_if, backend_if }.handshake((CLIENT, 40_000), (VIP, 80));
 
+    // The persistent /24 of the known-network row: one connection of it.
+    Path { program: &loaded.program, client_if, backend_if }
+        .handshake((CLIENT, 41_000), (VIP_PERSIST, 82));
+
     let baseline = Baseline::new(established.clone(), client_if);
     let mut fresh = 0_usize;
     let ipv6 = ipv6::Frames::set_up(&loaded.program, client_if, backend_if);
@@ -232,6 +254,17 @@ fn measure_per_packet() -> Vec<Row> {
             12 => (ipv6.established.clone(), client_if),
             13 => (ipv6.reply.clone(), backend_if),
             14 => (ipv6.non_vip.clone(), client_if),
+            15..=18 => {
+                fresh += 1;
+                let (client, vip) = match i {
+                    15 => (fresh_client(fresh), (VIP_PERSIST, 80)),
+                    // Hosts of 10.77.1.0/24 whose network a connection recorded.
+                    16 => (known_network_client(fresh), (VIP_PERSIST, 82)),
+                    17 => (fresh_client(fresh), (VIP_BENCH, 80)),
+                    _ => (fresh_client(fresh), (VIP_BENCH, 81)),
+                };
+                (Ipv4::tcp(client, vip, TCP_SYN, b"").frame(IF_CLIENT_MAC, CLIENT_MAC), client_if)
+            }
             other => {
                 fresh += 1;
                 let port = SCHEDULER_PORTS[other - 5];
