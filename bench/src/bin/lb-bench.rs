@@ -107,13 +107,6 @@ const HANDSHAKE_SCENARIOS: std::ops::Range<usize> = 9..11;
 /// three backends ("multi") and its rr service.
 const HANDSHAKES: [(Ipv4Addr, u16); 2] = [(VIP, 443), (VIP_SCHEDULERS, SCHEDULER_PORTS[0])];
 
-/// A fresh 5-tuple from a host of 10.77.1.20-89 (the client side's
-/// network, whose persistence entry the known-network row finds).
-fn known_network_client(n: usize) -> (Ipv4Addr, u16) {
-    let host = 20 + (n % 70) as u8;
-    (Ipv4Addr::new(10, 77, 1, host), 10_000 + (n / 70 % 50_000) as u16)
-}
-
 /// The port of the fixture service with each scheduler (rr, wrr, sh, lc).
 const SCHEDULER_PORTS: [u16; 4] = [81, 82, 83, 84];
 
@@ -214,9 +207,10 @@ fn measure_per_packet() -> Vec<Row> {
     // bare ACK met mid-way may be forwarded without being recorded).
     Path { program: &loaded.program, client_if, backend_if }.handshake((CLIENT, 40_000), (VIP, 80));
 
-    // The persistent /24 of the known-network row: one connection of it.
+    // The persistent /24 of the known-network row: one connection of it
+    // (the fresh clients are 10.77.3.x, routed through the client side).
     Path { program: &loaded.program, client_if, backend_if }
-        .handshake((CLIENT, 41_000), (VIP_PERSIST, 82));
+        .handshake((Ipv4Addr::new(10, 77, 3, 250), 41_000), (VIP_PERSIST, 82));
 
     let baseline = Baseline::new(established.clone(), client_if);
     let mut fresh = 0_usize;
@@ -258,8 +252,8 @@ fn measure_per_packet() -> Vec<Row> {
                 fresh += 1;
                 let (client, vip) = match i {
                     15 => (fresh_client(fresh), (VIP_PERSIST, 80)),
-                    // Hosts of 10.77.1.0/24 whose network a connection recorded.
-                    16 => (known_network_client(fresh), (VIP_PERSIST, 82)),
+                    // Fresh clients of 10.77.3.0/24, whose network a connection recorded.
+                    16 => (fresh_client(fresh), (VIP_PERSIST, 82)),
                     17 => (fresh_client(fresh), (VIP_BENCH, 80)),
                     _ => (fresh_client(fresh), (VIP_BENCH, 81)),
                 };
