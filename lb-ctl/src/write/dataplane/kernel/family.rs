@@ -130,7 +130,7 @@ impl<A: MapAddr + Pod> FamilyMaps<A> {
                 image.real_slots.insert(slot, value);
             }
         }
-        for entry in self.sources.iter() {
+        for entry in &self.sources {
             let (key, value) = entry.map_err(reading(self.names.sources))?;
             let data = key.data();
             let len = key.prefix_len().saturating_sub(32);
