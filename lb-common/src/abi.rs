@@ -65,6 +65,25 @@ pub const SCHED_LC: u32 = 4;
 /// `Service::flags`: with no usable backend, answer (TCP reset, ICMP port
 /// unreachable) instead of dropping.
 pub const SVC_REJECT: u32 = 1 << 8;
+/// `Service::flags`: persistence (`persistence_s`, IPVS `-p`): a new flow
+/// of a client (or of its network, `SVC_PERSIST_PREFIX_*`) seen within
+/// `Service::persist_ticks` goes to the backend of its last flow
+/// (`lb_persist`). Without it, the service pays nothing for persistence.
+pub const SVC_PERSIST: u32 = 1 << 9;
+/// `Service::flags`: the service takes packets only from its
+/// `allowed_sources` (`lb_sources`); without it, no lookup is made.
+pub const SVC_SOURCES: u32 = 1 << 10;
+/// `Service::flags` bits 16..24: the prefix length persistence groups
+/// clients by (`persistence_netmask`: 32 for IPv4 and 128 for IPv6, one
+/// client each, unless told otherwise).
+pub const SVC_PERSIST_PREFIX_SHIFT: u32 = 16;
+pub const SVC_PERSIST_PREFIX_MASK: u32 = 0xff << SVC_PERSIST_PREFIX_SHIFT;
+
+/// The prefix length of a persistent service's clients (`SVC_PERSIST_PREFIX_*`).
+#[inline(always)]
+pub const fn persist_prefix(flags: u32) -> u32 {
+    (flags & SVC_PERSIST_PREFIX_MASK) >> SVC_PERSIST_PREFIX_SHIFT
+}
 
 /// The hash `sh` places a client by: its address alone.
 #[inline(always)]
@@ -82,9 +101,12 @@ pub struct Service {
     /// A runtime value on purpose: the kernel's bounds check on the slot
     /// index must survive the compiler, which would drop it for a constant.
     pub ring_size: u32,
-    /// The scheduler (`SCHED_*`) and options (`SVC_REJECT`).
+    /// The scheduler (`SCHED_*`) and options (`SVC_REJECT`, `SVC_PERSIST`
+    /// and its prefix, `SVC_SOURCES`).
     pub flags: u32,
-    pub _pad: u32,
+    /// With `SVC_PERSIST`: how long, in epoch ticks, a client keeps its
+    /// backend after its last recorded flow.
+    pub persist_ticks: u32,
 }
 const _: () = assert!(size_of::<Service>() == 16);
 
@@ -104,14 +126,18 @@ pub struct Backend<A = [u8; 4]> {
     pub _pad: u8,
     /// The configured weight (used by `lc`).
     pub weight: u32,
+    /// `max_conns` (IPVS `-x`): at `active + inactive` connections
+    /// (`lb_be_conns`) it takes no new flow. 0: no limit.
+    pub max_conns: u32,
 }
-const _: () = assert!(size_of::<Backend>() == 24);
-const _: () = assert!(size_of::<Backend<[u8; 16]>>() == 48);
+const _: () = assert!(size_of::<Backend>() == 28);
+const _: () = assert!(size_of::<Backend<[u8; 16]>>() == 52);
 
 /// Value of `lb_be_conns`, indexed by backend id: connections as IPVS
 /// counts them (ActiveConn: established; InActConn: every other state).
 /// The controller recounts them from the connection table every second; the
-/// data plane adds each flow `lc` places at once, so a burst spreads.
+/// data plane adds each flow `lc` places, and each flow placed on a backend
+/// with a `max_conns`, at once, so a burst spreads (and stops at the limit).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BackendConns {
@@ -122,6 +148,8 @@ const _: () = assert!(size_of::<BackendConns>() == 8);
 
 /// Most backends an `lc` service considers (its table lists them first).
 pub const LC_MAX_BACKENDS: u32 = 64;
+// A power of two: `select::first_free` walks the list by mask.
+const _: () = assert!(LC_MAX_BACKENDS.is_power_of_two());
 
 /// `Backend::flags`: the slot holds a live backend. A connection entry that
 /// points at a slot without it is rescheduled.
@@ -259,13 +287,63 @@ impl Traffic {
     }
 }
 
-/// One Maglev lookup table: slot -> backend id (or `NO_BACKEND`).
+/// One service's table: its scheduler's slots (slot -> backend id, or
+/// `NO_BACKEND`), then the backends that hold slots, which a new flow
+/// whose backend is at its `max_conns` walks for another (`usable` of the
+/// first `LC_MAX_BACKENDS`). The controller writes it as `TABLE_WORDS`
+/// words: the slots, the count, the ids.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct MaglevTable {
     pub slots: [u32; MAGLEV_SIZE as usize],
+    pub usable: u32,
+    pub usable_ids: [u32; LC_MAX_BACKENDS as usize],
 }
-const _: () = assert!(size_of::<MaglevTable>() == 4 * MAGLEV_SIZE as usize);
+/// The words of a `MaglevTable`.
+pub const TABLE_WORDS: usize = MAGLEV_SIZE as usize + 1 + LC_MAX_BACKENDS as usize;
+const _: () = assert!(size_of::<MaglevTable>() == 4 * TABLE_WORDS);
+
+/// Key of `lb_persist` (`lb_persist6`): a persistent service's client,
+/// masked by its `persistence_netmask`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PersistKey<A = [u8; 4]> {
+    pub service_id: u32,
+    pub client: A,
+}
+const _: () = assert!(size_of::<PersistKey>() == 8);
+const _: () = assert!(size_of::<PersistKey<[u8; 16]>>() == 20);
+
+/// Value of `lb_persist`: the backend of the client's last recorded flow,
+/// and when (the epoch tick) it was recorded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Persist {
+    pub backend_id: u32,
+    pub last_seen: u32,
+}
+const _: () = assert!(size_of::<Persist>() == 8);
+
+/// Capacity of each family's `lb_persist` (an LRU hash: when full, the
+/// client seen least recently loses its entry, and its next flow is
+/// scheduled afresh).
+pub const MAX_PERSIST: u32 = 1 << 18;
+
+/// The data of an `lb_sources` (`lb_sources6`) key, an LPM trie: the
+/// service id (big endian, so that its 32 bits are the key's first) and a
+/// client address. An allowed prefix of `n` bits is stored with prefix
+/// length `32 + n`; a lookup asks with the whole address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceKey<A = [u8; 4]> {
+    pub service_be: [u8; 4],
+    pub addr: A,
+}
+const _: () = assert!(size_of::<SourceKey>() == 8);
+const _: () = assert!(size_of::<SourceKey<[u8; 16]>>() == 20);
+
+/// Capacity of each family's `lb_sources`.
+pub const MAX_SOURCES: u32 = 16_384;
 
 /// Size of `lb_addrs`, the address pre-filter (one byte per 16-bit slot).
 pub const ADDR_FILTER_SIZE: u32 = 1 << 16;
@@ -452,7 +530,7 @@ const _: () = assert!(size_of::<FlowCacheEntry<[u8; 16]>>() == 72);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Handshake<A = [u8; 4]> {
-    /// The flow as the client sent it (all zero: no record).
+    /// The flow as the client sent it (a source of all zeros: no record).
     pub flow: Flow<A>,
     pub backend_id: u32,
     /// The epoch tick the flow was placed in; the record lives for its
@@ -469,6 +547,10 @@ const _: () = assert!(size_of::<Handshake<[u8; 16]>>() == 56);
 
 /// `Handshake::flags`: the backend's SYN-ACK passed, `expect_ack` is set.
 pub const HANDSHAKE_ANSWERED: u32 = 1;
+/// `Handshake::flags`: the flow's service is persistent; the packet that
+/// records the flow also records its client in `lb_persist`, under the
+/// prefix in bits `SVC_PERSIST_PREFIX_SHIFT..` (as in `Service::flags`).
+pub const HANDSHAKE_PERSIST: u32 = 2;
 
 /// How far past the SYN-ACK's sequence number + 1 a client's ACK may
 /// acknowledge and still prove its client (`expect_ack` up to 64 KiB of
@@ -731,8 +813,8 @@ mod tests {
 mod pod {
     use super::{
         AnswerBudget, Backend, BackendConns, Conn, Endpoint, EpochClock, Flow, FlowCacheEntry,
-        FragEntry, FragKey, FragKey6, Handshake, MaglevTable, Meta, NextHop, Policy, Real, Service,
-        Traffic,
+        FragEntry, FragKey, FragKey6, Handshake, MaglevTable, Meta, NextHop, Persist, PersistKey,
+        Policy, Real, Service, SourceKey, Traffic,
     };
     use crate::addr::Addr;
 
@@ -756,7 +838,8 @@ mod pod {
         AnswerBudget,
         crate::trace::TraceConf,
         crate::trace::TraceEvent,
-        crate::trace::TraceCpu
+        crate::trace::TraceCpu,
+        Persist
     );
 
     macro_rules! pod_of_addr {
@@ -766,5 +849,16 @@ mod pod {
             unsafe impl<A: Addr> aya::Pod for $t<A> {}
         )*};
     }
-    pod_of_addr!(Endpoint, Backend, FlowCacheEntry, NextHop, Real, Flow, FragEntry, Handshake);
+    pod_of_addr!(
+        Endpoint,
+        Backend,
+        FlowCacheEntry,
+        NextHop,
+        Real,
+        Flow,
+        FragEntry,
+        Handshake,
+        PersistKey,
+        SourceKey
+    );
 }

@@ -44,6 +44,12 @@ pub trait Addr: Copy + Default + Eq + core::hash::Hash + core::fmt::Debug + 'sta
     /// Equality as word compares: a byte array's `==` becomes a load and a
     /// compare per byte in BPF.
     fn same(&self, other: &Self) -> bool;
+
+    /// The address's first `prefix` bits, the rest zero (its network, as
+    /// `persistence_netmask` groups clients); a prefix past the address's
+    /// length keeps it whole.
+    #[must_use]
+    fn masked(&self, prefix: u32) -> Self;
 }
 
 impl Addr for [u8; 4] {
@@ -75,6 +81,23 @@ impl Addr for [u8; 4] {
     fn raise(folded: u64, by: u32) -> u64 {
         folded << by
     }
+
+    #[inline(always)]
+    fn masked(&self, prefix: u32) -> Self {
+        (u32::from_be_bytes(*self) & prefix_mask32(prefix)).to_be_bytes()
+    }
+}
+
+/// The 32-bit mask of a prefix of `prefix` bits (0 to 32 and beyond).
+#[inline(always)]
+const fn prefix_mask32(prefix: u32) -> u32 {
+    if prefix == 0 { 0 } else { u32::MAX << (32 - if prefix > 32 { 32 } else { prefix }) }
+}
+
+/// The 64-bit mask of a prefix of `prefix` bits (0 to 64 and beyond).
+#[inline(always)]
+const fn prefix_mask64(prefix: u32) -> u64 {
+    if prefix == 0 { 0 } else { u64::MAX << (64 - if prefix > 64 { 64 } else { prefix }) }
 }
 
 /// The two 64-bit halves of an IPv6 address, read natively: one load
@@ -117,6 +140,15 @@ impl Addr for [u8; 16] {
     #[inline(always)]
     fn raise(folded: u64, by: u32) -> u64 {
         folded.rotate_left(by)
+    }
+
+    #[inline(always)]
+    fn masked(&self, prefix: u32) -> Self {
+        let [high, low] = halves(self);
+        let high = u64::from_be(high) & prefix_mask64(prefix);
+        let low = u64::from_be(low) & prefix_mask64(prefix.saturating_sub(64));
+        // SAFETY: two words are sixteen bytes, in memory order.
+        unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([high.to_be(), low.to_be()]) }
     }
 }
 
@@ -165,5 +197,24 @@ mod tests {
         let shared = slots.windows(2).filter(|w| w[0] == w[1]).count();
         // 128 random slots of 65,536 share about 0.12.
         assert!(shared <= 2, "{shared} of 128 hosts share a slot");
+    }
+
+    #[test]
+    fn masks_keep_the_network() {
+        let a = [10, 77, 1, 200];
+        assert_eq!(a.masked(32), a);
+        assert_eq!(a.masked(24), [10, 77, 1, 0]);
+        assert_eq!(a.masked(20), [10, 77, 0, 0]);
+        assert_eq!(a.masked(0), [0; 4]);
+        assert_eq!(a.masked(33), a);
+        let b: [u8; 16] = [0xfd, 0x77, 0, 1, 0, 2, 0, 3, 0xff, 0xee, 0, 0, 0, 0, 0x12, 0x34];
+        assert_eq!(b.masked(128), b);
+        assert_eq!(b.masked(0), [0; 16]);
+        let mut net = [0_u8; 16];
+        net[..8].copy_from_slice(&b[..8]);
+        assert_eq!(b.masked(64), net);
+        net[8] = 0xf0;
+        assert_eq!(b.masked(68), net);
+        assert_eq!(b.masked(16), [0xfd, 0x77, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
     }
 }

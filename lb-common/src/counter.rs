@@ -168,6 +168,13 @@ counters! {
     /// backend, which trusts the VIP's clients' traffic; a backend as a
     /// client of a VIP gets no reply either.
     DropReplyToOurs = "drop_reply_to_ours" => Dropped,
+    /// A new flow to a service whose every usable backend is at its
+    /// `max_conns`, `on_no_backend = "drop"` (with `"reject"` it is
+    /// answered and counted `reject_tcp`/`reject_udp`).
+    DropBackendsFull = "drop_backends_full" => Dropped,
+    /// A packet to a service with `allowed_sources` from a source none of
+    /// them holds.
+    DropSourceNotAllowed = "drop_source_not_allowed" => Dropped,
 }
 
 impl Counter {

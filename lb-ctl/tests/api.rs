@@ -1972,6 +1972,110 @@ async fn check_targets_round_trip_are_bounded_and_survive_a_restart() {
     );
 }
 
+/// Persistence, allowed sources and connection limits go in as the file
+/// writes them, come back in the views, are refused by name, and survive
+/// a restart (the state file keeps them, a backend added over the API too).
+#[tokio::test]
+async fn persistence_sources_and_limits_round_trip_and_survive_a_restart() {
+    let dir = TempDir::new("persist");
+    let services = {
+        let lb = Lb::start(&dir.0, None).await;
+        let api = r#"{"name": "api", "vip": "10.77.1.101", "port": 443,
+            "persistence_s": 300, "persistence_netmask": 24,
+            "allowed_sources": ["10.77.0.0/16", "192.0.2.7"],
+            "backends": [{"address": "10.77.2.31", "port": 443, "max_conns": 100}]}"#;
+        let (status, answer) = lb.call(Method::POST, "/api/v1/services", Some(api), None).await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+        let added = r#"{"address": "10.77.2.32", "port": 443, "max_conns": 2}"#;
+        let path = "/api/v1/services/api/backends";
+        let (status, answer) = lb.call(Method::POST, path, Some(added), None).await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+        let (_, view) = lb.get("/api/v1/services/api").await;
+        assert_eq!(
+            (view["persistence_s"].clone(), view["persistence_netmask"].clone()),
+            (json!(300), json!(24))
+        );
+        assert_eq!(view["allowed_sources"], json!(["10.77.0.0/16", "192.0.2.7/32"]), "{view}");
+        assert_eq!(backend(&view, "10.77.2.32:443").unwrap()["max_conns"], 2);
+        assert_eq!(backend(&view, "10.77.2.31:443").unwrap()["max_conns"], 100);
+        for (path, body, field) in [
+            (path, r#"{"address": "10.77.2.33", "port": 443, "max_conns": -1}"#, "max_conns"),
+            (
+                "/api/v1/services",
+                r#"{"name": "x", "vip": "10.77.1.102", "port": 80, "allowed_sources": ["10.0.0.0/8", "fd00::/8"]}"#,
+                "allowed_sources[1]",
+            ),
+            (
+                "/api/v1/services",
+                r#"{"name": "x", "vip": "10.77.1.102", "port": 80, "persistence_netmask": 24}"#,
+                "persistence_netmask",
+            ),
+        ] {
+            let answer =
+                lb.refused(Method::POST, path, Some(body), StatusCode::UNPROCESSABLE_ENTITY).await;
+            assert_names(&answer, field);
+        }
+        lb.services().await
+    };
+    let lb = Lb::start(&dir.0, None).await;
+    let again = lb.services().await;
+    assert_eq!(settings(&again), settings(&services));
+    let api = service(&again, "api").unwrap();
+    assert_eq!(api["allowed_sources"], json!(["10.77.0.0/16", "192.0.2.7/32"]));
+    assert_eq!(backend(api, "10.77.2.32:443").unwrap()["max_conns"], 2);
+}
+
+/// PATCH changes a backend's role, limit and check target in place (not
+/// only its weight and state); each is checked as in a body, and a check
+/// target where nothing is probed is refused; the change survives a restart.
+#[tokio::test]
+async fn patch_changes_backup_limit_and_check_target_in_place() {
+    let dir = TempDir::new("patch");
+    {
+        let lb = Lb::start(&dir.0, None).await;
+        let api = r#"{"name": "api", "vip": "10.77.1.101", "port": 443, "health": {"check": "tcp"},
+            "backends": [{"address": "10.77.2.31", "port": 443}, {"address": "10.77.2.32", "port": 443}]}"#;
+        let (status, answer) = lb.call(Method::POST, "/api/v1/services", Some(api), None).await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+        let path = "/api/v1/services/api/backends/10.77.2.32:443";
+        let body = r#"{"backup": true, "max_conns": 50, "check_port": 8081}"#;
+        let (status, view) = lb.call(Method::PATCH, path, Some(body), None).await;
+        assert_eq!(status, StatusCode::OK, "{view}");
+        let b = backend(&view, "10.77.2.32:443").unwrap();
+        assert_eq!(
+            (b["backup"].clone(), b["max_conns"].clone(), b["check_port"].clone()),
+            (json!(true), json!(50), json!(8081))
+        );
+        let (status, view) = lb.call(Method::PATCH, path, Some(r#"{"backup": false}"#), None).await;
+        assert_eq!(status, StatusCode::OK, "{view}");
+        let b = backend(&view, "10.77.2.32:443").unwrap();
+        assert_eq!((b["backup"].clone(), b["max_conns"].clone()), (json!(false), json!(50)));
+        for (body, field) in
+            [(r#"{"max_conns": -1}"#, "max_conns"), (r#"{"check_port": 0}"#, "check_port")]
+        {
+            let answer =
+                lb.refused(Method::PATCH, path, Some(body), StatusCode::UNPROCESSABLE_ENTITY).await;
+            assert_names(&answer, field);
+        }
+        let answer = lb
+            .refused(
+                Method::PATCH,
+                "/api/v1/services/web/backends/10.77.2.11:80",
+                Some(r#"{"check_port": 8081}"#),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            )
+            .await;
+        assert_names(&answer, "check_port");
+    }
+    let lb = Lb::start(&dir.0, None).await;
+    let again = lb.services().await;
+    let b = backend(service(&again, "api").unwrap(), "10.77.2.32:443").unwrap().clone();
+    assert_eq!(
+        (b["backup"].clone(), b["max_conns"].clone(), b["check_port"].clone()),
+        (json!(false), json!(50), json!(8081))
+    );
+}
+
 /// What moves between services survives a restart too: a backend moved
 /// from one service to another, and a service re-created under a new name
 /// on the same VIP:port. (The state file keeps the last word per service and

@@ -11,14 +11,15 @@
 //! own 512 bytes of stack, and an IPv4 packet pays nothing for IPv6.
 use aya_ebpf::{
     bindings::bpf_fib_lookup as FibParams,
-    btf_maps::{Array, HashMap, LruHashMap},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap},
     programs::XdpContext,
 };
 use lb_common::{
     abi::{
         ADDR_FILTER_SIZE, Backend, Endpoint, FLOW_CACHE_SLOTS, FlowCacheEntry, FragEntry, FragKey,
-        HANDSHAKE_SLOTS, Handshake, MAX_BACKENDS, MAX_FRAGS, MAX_SERVICES, NEXTHOP_SLOTS, NextHop,
-        REAL_SLOTS, Real, Service,
+        HANDSHAKE_SLOTS, Handshake, MAX_BACKENDS, MAX_FRAGS, MAX_PERSIST, MAX_SERVICES,
+        MAX_SOURCES, NEXTHOP_SLOTS, NextHop, Persist, PersistKey, REAL_SLOTS, Real, Service,
+        SourceKey,
     },
     addr::Addr,
     conn_table::{ConnSet, ConnSlot, MAP_MMAPABLE},
@@ -46,6 +47,8 @@ pub const HOPS: usize = NEXTHOP_SLOTS as usize;
 pub const HANDSHAKES: usize = HANDSHAKE_SLOTS as usize;
 pub const FRAGS: usize = MAX_FRAGS as usize;
 pub const CONNS: usize = lb_common::abi::DEFAULT_CONNTRACK_MAX as usize;
+pub const PERSIST: usize = MAX_PERSIST as usize;
+pub const SOURCES: usize = MAX_SOURCES as usize;
 
 /// An address family: its header, its maps, and the operations on its
 /// packets that the shared decisions call.
@@ -79,6 +82,8 @@ pub trait Family: Sized + Copy + 'static {
     fn handshakes() -> &'static Array<Handshake<Self::Addr>, HANDSHAKES>;
     fn frags() -> &'static LruHashMap<Self::FragKey, FragEntry<Self::Addr>, FRAGS>;
     fn conntrack() -> &'static Array<ConnSet<Self::Addr>, CONNS, MAP_MMAPABLE>;
+    fn persist() -> &'static LruHashMap<PersistKey<Self::Addr>, Persist, PERSIST>;
+    fn sources() -> &'static LpmTrie<SourceKey<Self::Addr>, u32, SOURCES>;
     /// The connection table's size (base-2 logarithm of its sets), as the
     /// loader wrote it.
     fn conn_set_bits() -> u32;
@@ -136,6 +141,12 @@ pub trait Family: Sized + Copy + 'static {
     ) -> Result<Verdict, Counter>;
     /// `lc`'s pick among the service's backends.
     fn least_connections(service_id: u32, count: u32) -> u32;
+    /// `select::within_limits`, in a global function.
+    fn within_limits(service_id: u32, id: u32, start: u32) -> u32;
+    /// `persist::persisted`, in a global function.
+    fn persisted(service_id: u32, flags: u32, ticks: u32, src: Self::Addr) -> u32;
+    /// `persist::remember`, in a global function.
+    fn remember(service_id: u32, backend_id: u32, flags: u32, src: Self::Addr);
 }
 
 /// IPv4, in `lb_xdp`.
@@ -198,6 +209,14 @@ impl Family for V4 {
     #[inline(always)]
     fn conntrack() -> &'static Array<ConnSet, CONNS, MAP_MMAPABLE> {
         &maps::LB_CONNTRACK
+    }
+    #[inline(always)]
+    fn persist() -> &'static LruHashMap<PersistKey, Persist, PERSIST> {
+        &maps::LB_PERSIST
+    }
+    #[inline(always)]
+    fn sources() -> &'static LpmTrie<SourceKey, u32, SOURCES> {
+        &maps::LB_SOURCES
     }
     #[inline(always)]
     fn conn_set_bits() -> u32 {
@@ -285,6 +304,18 @@ impl Family for V4 {
     fn least_connections(service_id: u32, count: u32) -> u32 {
         lb_least_connections(service_id, count)
     }
+    #[inline(always)]
+    fn within_limits(service_id: u32, id: u32, start: u32) -> u32 {
+        lb_within_limits(service_id, id, start)
+    }
+    #[inline(always)]
+    fn persisted(service_id: u32, flags: u32, ticks: u32, src: [u8; 4]) -> u32 {
+        lb_persisted(service_id, flags, ticks, u32::from_ne_bytes(src))
+    }
+    #[inline(always)]
+    fn remember(service_id: u32, backend_id: u32, flags: u32, src: [u8; 4]) {
+        lb_remember(service_id, backend_id, flags, u32::from_ne_bytes(src));
+    }
 }
 
 /// `lc`'s pick for an IPv4 service: a global BPF function (see
@@ -293,4 +324,27 @@ impl Family for V4 {
 #[inline(never)]
 pub extern "C" fn lb_least_connections(service_id: u32, count: u32) -> u32 {
     select::least_connections::<V4>(service_id, count)
+}
+
+/// `max_conns` for an IPv4 service: a global BPF function (verified
+/// once, like `lb_least_connections`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn lb_within_limits(service_id: u32, id: u32, start: u32) -> u32 {
+    select::within_limits::<V4>(service_id, id, start)
+}
+
+/// A persistent IPv4 client's backend (`persist::persisted`); the address
+/// as its native word.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn lb_persisted(service_id: u32, flags: u32, ticks: u32, src: u32) -> u32 {
+    crate::persist::persisted::<V4>(service_id, flags, ticks, src.to_ne_bytes())
+}
+
+/// Records a persistent IPv4 client (`persist::remember`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn lb_remember(service_id: u32, backend_id: u32, flags: u32, src: u32) -> u32 {
+    crate::persist::remember::<V4>(service_id, backend_id, flags, src.to_ne_bytes())
 }

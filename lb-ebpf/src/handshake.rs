@@ -22,8 +22,9 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{
     abi::{
         BACKEND_DOWN, BACKEND_DSR, CONN_CLOSING, CONN_ESTABLISHED, CONN_SYN, CONN_UDP, Conn, Flow,
-        FlowCacheEntry, HANDSHAKE_ACK_WINDOW, HANDSHAKE_ANSWERED, HANDSHAKE_PROOF_SYN_SEEN,
-        Handshake, PROTO_TCP, Service, TCP_FIN, TCP_RST, expired, handshake_slot,
+        FlowCacheEntry, HANDSHAKE_ACK_WINDOW, HANDSHAKE_ANSWERED, HANDSHAKE_PERSIST,
+        HANDSHAKE_PROOF_SYN_SEEN, Handshake, PROTO_TCP, SVC_PERSIST, SVC_PERSIST_PREFIX_MASK,
+        Service, TCP_FIN, TCP_RST, expired, handshake_slot,
     },
     counter::Counter,
 };
@@ -32,6 +33,7 @@ use crate::{
     family::Family,
     maps::{LB_POLICY, LB_TIMEOUTS},
     parse::{self, Packet},
+    persist,
     select::{self, Choice, Here, Known, Reply, Turn},
 };
 
@@ -79,14 +81,24 @@ pub fn open<F: Family>(
             return Ok(Choice::of(id, backend, false));
         }
     }
-    let choice = select::pick::<F>(flow, service, Turn::Next)?;
+    // A persistent client's backend first; the scheduler if it has none.
+    let choice = match persist::stuck::<F>(flow, service) {
+        Some(choice) => choice,
+        None => select::pick::<F>(flow, service, Turn::Next)?,
+    };
     if let Some(record) = F::handshakes().get_ptr_mut(handshake_slot(flow)) {
+        // The flow's recording records its client too (`settle`).
+        let flags = if service.flags & SVC_PERSIST != 0 {
+            HANDSHAKE_PERSIST | (service.flags & SVC_PERSIST_PREFIX_MASK)
+        } else {
+            0
+        };
         let placed = Handshake {
             flow: *flow,
             backend_id: choice.id,
             born: here.epoch as u32,
             expect_ack: 0,
-            flags: 0,
+            flags,
         };
         // SAFETY: a pointer into the array's value (see `find`).
         unsafe { *record = placed };
@@ -170,9 +182,14 @@ pub fn settle<F: Family>(
         _pad: [0; 3],
     };
     select::record::<F>(flow, conn, here, cached);
-    // Spent: the table holds the flow now.
+    if placed.flags & HANDSHAKE_PERSIST != 0 {
+        F::remember(service_id, placed.backend_id, placed.flags, flow.src);
+    }
+    // Spent: the table holds the flow now. A record of no client's source
+    // (the unspecified address) matches no flow; the rest of it is left
+    // (a whole record zeroed was a call of the byte-by-byte `memset`).
     // SAFETY: as in `find`.
-    unsafe { *record = Handshake::default() };
+    unsafe { (*record).flow.src = F::Addr::default() };
     Known::Flow(service_id, choice)
 }
 

@@ -21,6 +21,7 @@ mod maps;
 mod mem;
 mod nat;
 mod parse;
+mod persist;
 mod reject;
 mod select;
 mod trace;
@@ -39,7 +40,7 @@ use lb_common::{
     abi::{
         ADDR_BACKEND, ADDR_REAL, ADDR_VIP, BACKEND_DOWN, BACKEND_DSR, BACKEND_IN_USE,
         NEIGH_MARK_MAGIC, NEIGH_MARK6_MAGIC, NEIGH6_SLOTS, NeighMark, PROTO_TCP, SVC_REJECT,
-        TCP_ACK, TCP_SYN, neigh6_tag,
+        SVC_SOURCES, TCP_ACK, TCP_SYN, neigh6_tag,
     },
     counter::{Counter, Kind},
     trace::{TRACE_NEW_FLOW, TRACE_NO_ID, TRACE_REPLY},
@@ -414,6 +415,13 @@ fn to_backend<F: Family>(
             let Some(service) = select::service::<F>(&pkt.flow) else {
                 return Ok(None);
             };
+            // Every packet of the service that no entry or record carries:
+            // those only hold sources that passed here (their address is
+            // their key), so each packet from elsewhere is refused.
+            if service.flags & SVC_SOURCES != 0 && !persist::allowed::<F>(service.id, pkt.flow.src)
+            {
+                return Err(Counter::DropSourceNotAllowed);
+            }
             // Before placing: an expiring packet must not create a flow.
             expire_check(pkt)?;
             // A TCP packet that is not a SYN, with neither entry nor record

@@ -3,14 +3,15 @@
 //! counters are written by the kernel.
 use aya_ebpf::{
     bindings::bpf_fib_lookup,
-    btf_maps::{Array, DevMap, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    btf_maps::{Array, DevMap, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
     macros::btf_map,
 };
 use lb_common::abi::{
     ADDR_FILTER_SIZE, AnswerBudget, Backend, BackendConns, CONN_STATES, DEFAULT_CONNTRACK_MAX,
     Endpoint, EpochClock, FLOW_CACHE_SLOTS, FlowCacheEntry, FragEntry, FragKey, FragKey6,
-    HANDSHAKE_SLOTS, Handshake, MAX_BACKENDS, MAX_FRAGS, MAX_SERVICES, MAX_TX_PORTS, MaglevTable,
-    Meta, NEIGH6_SLOTS, NEXTHOP_SLOTS, NextHop, Policy, REAL_SLOTS, Real, Service, Traffic,
+    HANDSHAKE_SLOTS, Handshake, MAX_BACKENDS, MAX_FRAGS, MAX_PERSIST, MAX_SERVICES, MAX_SOURCES,
+    MAX_TX_PORTS, MaglevTable, Meta, NEIGH6_SLOTS, NEXTHOP_SLOTS, NextHop, Persist, PersistKey,
+    Policy, REAL_SLOTS, Real, Service, SourceKey, Traffic,
 };
 
 use crate::family::{
@@ -117,6 +118,18 @@ pub static LB_HANDSHAKES: Array<Handshake, { HANDSHAKE_SLOTS as usize }> = Array
 pub static LB_CONNTRACK: Array<ConnSet, { DEFAULT_CONNTRACK_MAX as usize }, MAP_MMAPABLE> =
     Array::new();
 
+/// (persistent service, client network) -> the backend of the client's
+/// last recorded flow (`persist`). An LRU hash: bounded, and a full map
+/// gives up the client seen least recently.
+#[btf_map(name = "lb_persist")]
+pub static LB_PERSIST: LruHashMap<PersistKey, Persist, { MAX_PERSIST as usize }> =
+    LruHashMap::new();
+
+/// (service id, allowed prefix) of the services with `allowed_sources`
+/// (`SVC_SOURCES`), longest match; the value is unused (1).
+#[btf_map(name = "lb_sources")]
+pub static LB_SOURCES: LpmTrie<SourceKey, u32, { MAX_SOURCES as usize }> = LpmTrie::new();
+
 /// Egress interfaces for XDP_REDIRECT, by slot: an array, so a redirect
 /// costs an index, not a hash (the slot is kept in the next-hop cache).
 #[btf_map(name = "lb_tx_ports")]
@@ -179,6 +192,14 @@ pub static LB_HANDSHAKES6: Array<Handshake<[u8; 16]>, HANDSHAKES> = Array::new()
 
 #[btf_map(name = "lb_frags6")]
 pub static LB_FRAGS6: LruHashMap<FragKey6, FragEntry<[u8; 16]>, FRAGS> = LruHashMap::new();
+
+#[btf_map(name = "lb_persist6")]
+pub static LB_PERSIST6: LruHashMap<PersistKey<[u8; 16]>, Persist, { MAX_PERSIST as usize }> =
+    LruHashMap::new();
+
+#[btf_map(name = "lb_sources6")]
+pub static LB_SOURCES6: LpmTrie<SourceKey<[u8; 16]>, u32, { MAX_SOURCES as usize }> =
+    LpmTrie::new();
 
 /// The IPv6 connection table: the same sets over 32-byte entries; `lb-ctl`
 /// sizes it from `dataplane.conntrack_max` like the IPv4 one.

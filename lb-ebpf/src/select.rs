@@ -11,8 +11,8 @@ use lb_common::{
         BACKEND_DOWN, BACKEND_IN_USE, Backend, BackendConns, CONN_CLOSED, CONN_CLOSING,
         CONN_ESTABLISHED, CONN_UDP, Conn, Endpoint, FLOW_CACHE_SLOTS, Flow, FlowCacheEntry,
         LC_MAX_BACKENDS, NO_BACKEND, REAL_SLOT_SHARED, SCHED_LC, SCHED_MASK, SCHED_RR, SCHED_SH,
-        SCHED_WRR, Service, TCP_FIN, TCP_RST, TCP_SYN, Traffic, addr_slot, cpu_slot, expired,
-        flow_cache_slot, next_state, real_slot, source_hash,
+        SCHED_WRR, SVC_REJECT, Service, TCP_FIN, TCP_RST, TCP_SYN, Traffic, addr_slot, cpu_slot,
+        expired, flow_cache_slot, next_state, real_slot, source_hash,
     },
     addr::Addr,
     counter::Counter,
@@ -360,8 +360,8 @@ pub fn pick<F: Family>(
 ) -> Result<Choice<F>, Counter> {
     // A packet met mid-way takes no pick of `lc` either (each would count
     // a connection): the flow hash over its list of backends.
-    let id = if service.flags & SCHED_MASK == SCHED_LC && turn == Turn::Next {
-        F::least_connections(service.id, service.ring_size)
+    let (id, start) = if service.flags & SCHED_MASK == SCHED_LC && turn == Turn::Next {
+        (F::least_connections(service.id, service.ring_size), 0)
     } else {
         let table = LB_MAGLEV.get(service.id).ok_or(Counter::DropNoBackend)?;
         let slot = match service.flags & SCHED_MASK {
@@ -369,16 +369,141 @@ pub fn pick<F: Family>(
             SCHED_SH => maglev_slot(source_hash(flow.src), service.ring_size),
             _ => maglev_slot(hash(flow), service.ring_size),
         };
-        let slot = slot.ok_or(Counter::DropNoBackend)? as usize;
-        *table.slots.get(slot).ok_or(Counter::DropNoBackend)?
+        let slot = slot.ok_or(Counter::DropNoBackend)?;
+        (*table.slots.get(slot as usize).ok_or(Counter::DropNoBackend)?, slot)
     };
+    if id == ALL_FULL {
+        return Err(all_full(service));
+    }
     if id == NO_BACKEND {
         return Err(Counter::DropNoBackend);
     }
     let backend = live_backend::<F>(id, service.id, flow)
         .filter(|b| b.flags & BACKEND_DOWN == 0)
         .ok_or(Counter::DropNoBackend)?;
-    Ok(Choice::of(id, backend, turn == Turn::Next))
+    // `lc` skipped the full backends and counted its pick itself; a packet
+    // met mid-way belongs to a connection already open somewhere.
+    if turn == Turn::Hashed || service.flags & SCHED_MASK == SCHED_LC || backend.max_conns == 0 {
+        return Ok(Choice::of(id, backend, turn == Turn::Next));
+    }
+    // The limit's check, counting, and stand-in, in a function verified
+    // once (see `within_limits`).
+    let id = F::within_limits(service.id, id, start);
+    if id == ALL_FULL {
+        return Err(all_full(service));
+    }
+    let backend = live_backend::<F>(id, service.id, flow)
+        .filter(|b| b.flags & BACKEND_DOWN == 0)
+        .ok_or(Counter::DropNoBackend)?;
+    Ok(Choice::of(id, backend, true))
+}
+
+/// What every usable backend at its `max_conns` comes to: with
+/// `on_no_backend = "reject"`, the no-backend answer (`drop_no_backend`
+/// is what the caller answers; `reject_*` counts it), else a drop counted
+/// `drop_backends_full`. Decided here, each counter a constant on its own
+/// path: a caller matching either of two counters had the verifier lose
+/// which one it held, and walk every counter's path after it (past its
+/// complexity limit).
+#[inline(always)]
+fn all_full(service: &Service) -> Counter {
+    if service.flags & SVC_REJECT != 0 {
+        return Counter::DropNoBackend;
+    }
+    Counter::DropBackendsFull
+}
+
+/// Backend `id`, chosen for a new flow, if it is below its `max_conns`;
+/// else the first backend of the service's list below its own, from
+/// position `start` (the flow's slot: deterministic for a flow), or
+/// `ALL_FULL`. The backend it answers is counted at once if it has a limit.
+///
+/// Each family calls it from a global BPF function of its own
+/// (`lb_within_limits`, `lb_within_limits6`): verified once, on its own,
+/// like `least_connections`, so that it adds no paths to the program's.
+#[inline(always)]
+pub fn within_limits<F: Family>(service_id: u32, id: u32, start: u32) -> u32 {
+    let Some(backend) = F::backends().get(id) else { return id };
+    if backend.max_conns == 0 {
+        return id;
+    }
+    if !full(id, backend.max_conns) {
+        count_conn(id);
+        return id;
+    }
+    let other = first_free::<F>(service_id, start);
+    let Some(backend) = F::backends().get(other) else { return ALL_FULL };
+    if backend.max_conns != 0 {
+        count_conn(other);
+    }
+    other
+}
+
+/// What `least_connections` answers when every usable backend is at its
+/// `max_conns` (`NO_BACKEND`: there is none).
+pub const ALL_FULL: u32 = NO_BACKEND - 1;
+
+/// Whether backend `id` holds `max_conns` connections or more, as
+/// `lb_be_conns` counts them (`BackendConns`).
+#[inline(always)]
+pub fn full(id: u32, max_conns: u32) -> bool {
+    LB_BE_CONNS
+        .get(id)
+        .is_some_and(|c| u64::from(c.active) + u64::from(c.inactive) >= u64::from(max_conns))
+}
+
+/// Counts a new flow on backend `id` at once, as an inactive connection
+/// (the controller's recount replaces it with what the connection table
+/// holds): `lc`'s picks, and every flow placed on a backend with a limit.
+#[inline(always)]
+pub fn count_conn(id: u32) {
+    if let Some(conns) = LB_BE_CONNS.get_ptr_mut(id) {
+        // SAFETY: a valid, aligned u32 in an array map; updated atomically
+        // (BPF_XADD, whose result is not used, exists on every BPF cpu).
+        unsafe {
+            core::arch::asm!(
+                "lock *(u32 *)({counter} + {inactive}) += {one}",
+                counter = in(reg) conns,
+                inactive = const core::mem::offset_of!(BackendConns, inactive),
+                one = in(reg) 1_u32,
+            );
+        }
+    }
+}
+
+/// A stand-in for a backend at its `max_conns`: the first backend of the
+/// service's usable list (`MaglevTable::usable_ids`), from position
+/// `start` on and around, that takes new flows (not DOWN, weight above 0)
+/// and is below its own limit; `NO_BACKEND` if none is.
+///
+#[inline(always)]
+fn first_free<F: Family>(service_id: u32, start: u32) -> u32 {
+    let Some(table) = LB_MAGLEV.get(service_id) else { return NO_BACKEND };
+    let count = table.usable.min(LC_MAX_BACKENDS);
+    if count == 0 {
+        return NO_BACKEND;
+    }
+    // Positions `start`, `start + 1`, ... around the list's
+    // `LC_MAX_BACKENDS` (a power of two: a mask, which the verifier
+    // bounds, where it cannot bound a remainder); those past its end are
+    // skipped.
+    let mut step = 0;
+    while step < LC_MAX_BACKENDS {
+        let position = start.wrapping_add(step) & (LC_MAX_BACKENDS - 1);
+        step += 1;
+        if position >= count {
+            continue;
+        }
+        let id = table.usable_ids.get(position as usize).copied().unwrap_or(NO_BACKEND);
+        let Some(backend) = F::backends().get(id) else { continue };
+        if backend.flags & BACKEND_DOWN != 0 || backend.weight == 0 {
+            continue;
+        }
+        if backend.max_conns == 0 || !full(id, backend.max_conns) {
+            return id;
+        }
+    }
+    NO_BACKEND
 }
 
 /// Writes `conn` to the connection table for `flow`, and to this CPU's
@@ -428,7 +553,9 @@ fn next_in_rotation(service: &Service) -> Result<Option<u32>, Counter> {
 
 /// `lc`: the backend, among the service's list (the first `count` slots of
 /// its table), with the least `active * 256 + inactive` per unit of weight
-/// (IPVS `wlc`); ties go to the first; `NO_BACKEND` if none is usable. The
+/// (IPVS `wlc`); ties go to the first; a backend at its `max_conns` is
+/// passed over; `NO_BACKEND` if none is usable (`ALL_FULL` if the usable
+/// ones are all full). The
 /// pick is counted at once as an inactive connection, so a burst of SYNs
 /// spreads before the controller's next recount.
 ///
@@ -442,6 +569,7 @@ pub fn least_connections<F: Family>(service_id: u32, count: u32) -> u32 {
     let mut best_id = NO_BACKEND;
     let mut best_overhead = 0_u64;
     let mut best_weight = 0_u64;
+    let mut saw_full = false;
     let count = count.min(LC_MAX_BACKENDS);
     let mut position = 0;
     while position < count {
@@ -453,6 +581,11 @@ pub fn least_connections<F: Family>(service_id: u32, count: u32) -> u32 {
             continue;
         }
         let conns = LB_BE_CONNS.get(id).copied().unwrap_or_default();
+        let max_conns = u64::from(backend.max_conns);
+        if max_conns != 0 && u64::from(conns.active) + u64::from(conns.inactive) >= max_conns {
+            saw_full = true;
+            continue;
+        }
         let overhead = u64::from(conns.active) * 256 + u64::from(conns.inactive);
         // overhead / weight < best_overhead / best_weight, without division.
         if best_id == NO_BACKEND || overhead * best_weight < best_overhead * weight {
@@ -461,18 +594,10 @@ pub fn least_connections<F: Family>(service_id: u32, count: u32) -> u32 {
             best_weight = weight;
         }
     }
-    if let Some(conns) = LB_BE_CONNS.get_ptr_mut(best_id) {
-        // SAFETY: a valid, aligned u32 in an array map; updated atomically
-        // (BPF_XADD, whose result is not used, exists on every BPF cpu).
-        unsafe {
-            core::arch::asm!(
-                "lock *(u32 *)({counter} + {inactive}) += {one}",
-                counter = in(reg) conns,
-                inactive = const core::mem::offset_of!(BackendConns, inactive),
-                one = in(reg) 1_u32,
-            );
-        }
+    if best_id == NO_BACKEND && saw_full {
+        return ALL_FULL;
     }
+    count_conn(best_id);
     best_id
 }
 

@@ -335,7 +335,186 @@ scheduler = "sh"
   [[service.backend]]
   address = "10.77.2.13"
   port = 84
+
+[[service]]            # persistence: a client keeps its backend 10 s
+name = "persist"
+vip = "10.77.1.106"
+port = 80
+persistence_s = 10
+  [[service.backend]]
+  address = "10.77.2.11"
+  port = 90
+  [[service.backend]]
+  address = "10.77.2.12"
+  port = 90
+  [[service.backend]]
+  address = "10.77.2.13"
+  port = 90
+
+[[service]]
+name = "persist-rr"
+vip = "10.77.1.106"
+port = 81
+scheduler = "rr"
+persistence_s = 10
+  [[service.backend]]
+  address = "10.77.2.11"
+  port = 91
+  [[service.backend]]
+  address = "10.77.2.12"
+  port = 91
+  [[service.backend]]
+  address = "10.77.2.13"
+  port = 91
+
+[[service]]            # persistence by the client's /24
+name = "persist-net"
+vip = "10.77.1.106"
+port = 82
+persistence_s = 10
+persistence_netmask = 24
+  [[service.backend]]
+  address = "10.77.2.11"
+  port = 92
+  [[service.backend]]
+  address = "10.77.2.12"
+  port = 92
+  [[service.backend]]
+  address = "10.77.2.13"
+  port = 92
+
+[[service]]            # connection limits, full: dropped
+name = "limited"
+vip = "10.77.1.107"
+port = 80
+on_no_backend = "drop"
+  [[service.backend]]
+  address = "10.77.2.11"
+  port = 93
+  max_conns = 2
+  [[service.backend]]
+  address = "10.77.2.12"
+  port = 93
+  max_conns = 1
+
+[[service]]            # connection limits, full: answered
+name = "limited-reject"
+vip = "10.77.1.107"
+port = 81
+scheduler = "rr"
+  [[service.backend]]
+  address = "10.77.2.11"
+  port = 94
+  max_conns = 1
+  [[service.backend]]
+  address = "10.77.2.12"
+  port = 94
+  max_conns = 1
+
+[[service]]
+name = "limited-lc"
+vip = "10.77.1.107"
+port = 82
+scheduler = "lc"
+on_no_backend = "drop"
+  [[service.backend]]
+  address = "10.77.2.11"
+  port = 95
+  max_conns = 1
+  [[service.backend]]
+  address = "10.77.2.12"
+  port = 95
+  max_conns = 1
+
+[[service]]            # only 10.77.1.0/28 may connect
+name = "guarded"
+vip = "10.77.1.108"
+port = 80
+allowed_sources = ["10.77.1.0/28", "192.0.2.0/24"]
+  [[service.backend]]
+  address = "10.77.2.11"
+  port = 96
+
+[[service]]            # the benchmarks' rows: a limit far off (each SYN counts)
+name = "bench-limited"
+vip = "10.77.1.109"
+port = 80
+  [[service.backend]]
+  address = "10.77.2.11"
+  port = 97
+  max_conns = 1000000000
+  [[service.backend]]
+  address = "10.77.2.12"
+  port = 97
+  max_conns = 1000000000
+  [[service.backend]]
+  address = "10.77.2.13"
+  port = 97
+  max_conns = 1000000000
+
+[[service]]            # ... and allowed sources that hold their fresh clients
+name = "bench-guarded"
+vip = "10.77.1.109"
+port = 81
+allowed_sources = ["10.77.1.0/28", "10.77.3.0/24", "192.0.2.0/24", "198.51.100.0/24"]
+  [[service.backend]]
+  address = "10.77.2.11"
+  port = 98
+  [[service.backend]]
+  address = "10.77.2.12"
+  port = 98
+  [[service.backend]]
+  address = "10.77.2.13"
+  port = 98
+
+[[service]]            # IPv6 persistence (UDP: its second datagram records)
+name = "persist6"
+vip = "fd77:1::100"
+port = 5000
+protocol = "udp"
+persistence_s = 10
+  [[service.backend]]
+  address = "fd77:2::11"
+  port = 5000
+  [[service.backend]]
+  address = "fd77:2::12"
+  port = 5000
+
+[[service]]            # IPv6 connection limits
+name = "limited6"
+vip = "fd77:1::100"
+port = 5001
+protocol = "udp"
+on_no_backend = "drop"
+  [[service.backend]]
+  address = "fd77:2::11"
+  port = 5001
+  max_conns = 1
+  [[service.backend]]
+  address = "fd77:2::12"
+  port = 5001
+  max_conns = 1
+
+[[service]]            # IPv6: only fd77:1::/120 may connect
+name = "guarded6"
+vip = "fd77:1::100"
+port = 88
+allowed_sources = ["fd77:1::/120"]
+  [[service.backend]]
+  address = "fd77:2::11"
+  port = 96
 "#;
+
+/// Persistence (`persistence_s = 10`): port 80 Maglev, 81 rr, 82 by /24.
+pub const VIP_PERSIST: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 106);
+/// Connection limits (`max_conns`): port 80 Maglev (web1 2, web2 1,
+/// dropped when full), 81 rr (1 each, answered), 82 lc (1 each, dropped).
+pub const VIP_LIMITED: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 107);
+/// `allowed_sources = ["10.77.1.0/28", "192.0.2.0/24"]`, port 80.
+pub const VIP_GUARDED: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 108);
+/// The benchmarks' rows: port 80 Maglev with `max_conns` far off, 81
+/// Maglev with `allowed_sources` that hold `10.77.3.0/24`.
+pub const VIP_BENCH: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 109);
 
 pub const VIP_REJECTING: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 103);
 /// Direct routing (`forwarding = "dsr"`): port 80 to `WEB2`, 81 to a backend

@@ -313,6 +313,8 @@ fn synthetic(probe: Probe, count: u16, check_port: Option<u16>) -> Service {
             target: CheckTarget { address: None, port: check_port },
         }),
         slow_start: Duration::ZERO,
+        persistence: None,
+        allowed_sources: Vec::new(),
         backends: (0..count)
             .map(|i| BackendSpec {
                 address: Ipv4Addr::LOCALHOST.into(),
@@ -322,6 +324,7 @@ fn synthetic(probe: Probe, count: u16, check_port: Option<u16>) -> Service {
                 check: CheckTarget::default(),
                 backup: false,
                 slow_start: None,
+                max_conns: 0,
             })
             .collect(),
     }

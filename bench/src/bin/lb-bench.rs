@@ -29,14 +29,14 @@ use lb_common::abi::{Flow, PROTO_TCP};
 use lb_testbed::{
     fixture::{
         CLIENT, CLIENT_MAC, FixtureNs, IF_BACKEND, IF_BACKEND_MAC, IF_CLIENT, IF_CLIENT_MAC,
-        LB_CLIENT_SIDE, Loaded, VIP, VIP_SCHEDULERS, WEB_MACS, WEB1,
+        LB_CLIENT_SIDE, Loaded, VIP, VIP_BENCH, VIP_PERSIST, VIP_SCHEDULERS, WEB_MACS, WEB1,
     },
     netns::in_ns,
     packet::{Ipv4, TCP_ACK, TCP_SYN},
     testrun::{self, XDP_PASS, XDP_REDIRECT},
 };
 
-const NAMES: [&str; 23] = [
+const NAMES: [&str; 27] = [
     "new flow, a fresh 5-tuple per sample",
     "new flow, one SYN, entry deleted between",
     "established flow (connection table hit)",
@@ -68,8 +68,15 @@ const NAMES: [&str; 23] = [
     // above, whose address changes every 50,000 flows, seldom do).
     "new flow from a new client address",
     "IPv6 new flow from a new client address",
+    // Maglev services of three backends, fresh 5-tuples like the first
+    // row; the bars: persistence + 40 ns, max_conns + 20 ns,
+    // allowed_sources + 10 ns over the first row.
+    "new flow, persistence on, client unknown",
+    "new flow, persistence on, client's network known (/24)",
+    "new flow, max_conns on (below the limit)",
+    "new flow, allowed_sources on (4 prefixes, allowed)",
 ];
-const TARGETS: [Option<u32>; 23] = [
+const TARGETS: [Option<u32>; 27] = [
     Some(100),
     Some(100),
     Some(45),
@@ -93,11 +100,15 @@ const TARGETS: [Option<u32>; 23] = [
     None,
     None,
     None,
+    Some(140),
+    Some(140),
+    Some(120),
+    Some(110),
 ];
 /// The scenarios of the table: one packet each, then the handshakes (four
 /// rows each: `Handshake::figures`), then IPv6's, one packet each, then
-/// both families' new client addresses.
-const WIDTHS: [usize; 17] = [1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4, 1, 1, 1, 1, 1, 1];
+/// both families' new client addresses, then the per-service options'.
+const WIDTHS: [usize; 21] = [1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1];
 /// The scenarios that are handshakes.
 const HANDSHAKE_SCENARIOS: std::ops::Range<usize> = 9..11;
 /// The services of the handshake scenarios: the fixture's Maglev service of
@@ -205,6 +216,10 @@ fn measure_per_packet() -> Vec<Row> {
     Path { program: &loaded.program, client_if, backend_if }.handshake((CLIENT, 40_000), (VIP, 80));
 
     trace_as_asked(&mut loaded);
+    // The persistent /24 of the known-network row: one connection of it
+    // (the fresh clients are 10.77.3.x, routed through the client side).
+    Path { program: &loaded.program, client_if, backend_if }
+        .handshake((Ipv4Addr::new(10, 77, 3, 250), 41_000), (VIP_PERSIST, 82));
 
     let baseline = Baseline::new(established.clone(), client_if);
     let mut fresh = 0_usize;
@@ -255,6 +270,17 @@ fn measure_per_packet() -> Vec<Row> {
             16 => {
                 new_addresses += 1;
                 (ipv6::new_address_syn(new_addresses), client_if)
+            }
+            17..=20 => {
+                fresh += 1;
+                let (client, vip) = match i {
+                    17 => (fresh_client(fresh), (VIP_PERSIST, 80)),
+                    // Fresh clients of 10.77.3.0/24, whose network a connection recorded.
+                    18 => (fresh_client(fresh), (VIP_PERSIST, 82)),
+                    19 => (fresh_client(fresh), (VIP_BENCH, 80)),
+                    _ => (fresh_client(fresh), (VIP_BENCH, 81)),
+                };
+                (Ipv4::tcp(client, vip, TCP_SYN, b"").frame(IF_CLIENT_MAC, CLIENT_MAC), client_if)
             }
             other => {
                 fresh += 1;

@@ -488,8 +488,8 @@ fn log_change(change: &Change) {
         Change::AddBackend { backend: b, .. } | Change::PutBackend { backend: b, .. } => {
             info!(service, backend = %std::net::SocketAddr::new(b.address, b.port), weight = b.weight, state = %b.state, "admin: backend added");
         }
-        Change::SetBackend { backend, weight, state, .. } => {
-            info!(service, %backend, weight = ?weight, state = ?state.map(AdminState::name), "admin: backend changed");
+        Change::SetBackend { backend, weight, state, edit, .. } => {
+            info!(service, %backend, weight = ?weight, state = ?state.map(AdminState::name), backup = ?edit.backup, max_conns = ?edit.max_conns, check = ?edit.check, "admin: backend changed");
         }
         Change::RemoveBackend { backend, .. } => info!(service, %backend, "admin: backend removed"),
     }

@@ -43,3 +43,12 @@ pub(super) const MAX_RISE_FALL: i64 = 100;
 
 /// Longest `bgp.withdraw_delay_ms` and `bgp.announce_delay_ms`: a minute.
 pub(super) const MAX_BGP_DELAY_MS: i64 = 60_000;
+
+/// Longest `persistence_s`: a week (IPVS sets no bound; a week of ticks is
+/// far inside the data plane's 32-bit clock arithmetic).
+pub const MAX_PERSISTENCE_S: i64 = 7 * 24 * 3600;
+/// Most `allowed_sources` per service: every service at its most fits the
+/// data plane's `lb_sources` (`MAX_SOURCES`).
+pub const MAX_ALLOWED_SOURCES: usize = (lb_common::abi::MAX_SOURCES / MAX_SERVICES) as usize;
+/// Largest `max_conns`.
+pub const MAX_MAX_CONNS: i64 = 1 << 30;

@@ -40,17 +40,29 @@ pub enum Change {
         service: String,
         backend: Backend,
     },
-    /// Changes a backend's weight and/or operator state.
+    /// Changes a backend's weight, operator state, role (`backup`),
+    /// connection limit and/or where it is probed: what is `Some` (set).
     SetBackend {
         service: String,
         backend: SocketAddr,
         weight: Option<u32>,
         state: Option<AdminState>,
+        edit: BackendEdit,
     },
     RemoveBackend {
         service: String,
         backend: SocketAddr,
     },
+}
+
+/// What a `SetBackend` changes besides the weight and state: each field
+/// that is set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendEdit {
+    pub backup: Option<bool>,
+    pub max_conns: Option<u32>,
+    /// `check_address` / `check_port`, each over the backend's own if set.
+    pub check: CheckTarget,
 }
 
 /// Why a change was refused; nothing was changed.
@@ -121,10 +133,17 @@ pub fn apply(services: &[Service], change: &Change) -> Result<Vec<Service>, Chan
                 None => next[i].backends.push(*backend),
             }
         }
-        Change::SetBackend { service, backend, weight, state } => {
+        Change::SetBackend { service, backend, weight, state, edit } => {
             let i = position(service).ok_or_else(|| not_found(service))?;
             let j =
                 find_backend(&next[i], *backend).ok_or_else(|| no_backend(service, *backend))?;
+            if edit.check.is_set() && next[i].health.is_none() {
+                let key = if edit.check.port.is_some() { "check_port" } else { "check_address" };
+                return Err(ChangeError::Invalid(vec![Problem {
+                    key: key.into(),
+                    message: "no health check to redirect: the service's check is \"none\" or it has no [service.health]".into(),
+                }]));
+            }
             let b = &mut next[i].backends[j];
             if let Some(w) = weight {
                 b.weight = *w;
@@ -132,6 +151,13 @@ pub fn apply(services: &[Service], change: &Change) -> Result<Vec<Service>, Chan
             if let Some(s) = state {
                 b.state = *s;
             }
+            if let Some(backup) = edit.backup {
+                b.backup = backup;
+            }
+            if let Some(max_conns) = edit.max_conns {
+                b.max_conns = max_conns;
+            }
+            b.check = edit.check.or(b.check);
         }
         Change::RemoveBackend { service, backend } => {
             let i = position(service).ok_or_else(|| not_found(service))?;
@@ -520,6 +546,7 @@ mod tests {
             check: CheckTarget::default(),
             backup: false,
             slow_start: None,
+            max_conns: 0,
         }
     }
 
@@ -545,6 +572,7 @@ mod tests {
             backend: at(99),
             weight: Some(2),
             state: None,
+            edit: BackendEdit::default(),
         };
         assert!(matches!(apply(&base, &set), Err(ChangeError::NotFound(_))));
         let next = apply(&base, &add("web", 12)).unwrap();
@@ -599,6 +627,7 @@ mod tests {
             backend: at(11),
             weight: None,
             state: Some(AdminState::Drain),
+            edit: BackendEdit::default(),
         };
         let mut changes = Changes::default();
         changes.record(&drain, &apply(std::slice::from_ref(&checked), &drain).unwrap());
@@ -624,6 +653,7 @@ mod tests {
                 backend: at(11),
                 weight: None,
                 state: Some(AdminState::Drain),
+                edit: BackendEdit::default(),
             },
             Change::RemoveBackend { service: "web".into(), backend: at(12) },
             Change::RemoveService("api".into()),
@@ -633,6 +663,7 @@ mod tests {
                 backend: SocketAddr::new(Ipv4Addr::new(10, 77, 2, 31).into(), 53),
                 weight: Some(7),
                 state: None,
+                edit: BackendEdit::default(),
             },
         ];
         let mut services = base.clone();

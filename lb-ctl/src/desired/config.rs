@@ -872,6 +872,122 @@ port = 80
         assert!(e.starts_with("backup: invalid type"), "{e}");
     }
 
+    /// `persistence_s` and `persistence_netmask`: parsed, bounded by the
+    /// VIP's family, named, read back through JSON.
+    #[test]
+    fn persistence_is_parsed_bounded_and_read_back() {
+        let with = |keys: &str| GOOD.replacen("port = 80\n", &format!("port = 80\n{keys}"), 1);
+        let c = parse(&with("persistence_s = 300\npersistence_netmask = 24\n")).unwrap();
+        let web = &c.services[0];
+        let p = web.persistence.expect("persistent");
+        assert_eq!((p.timeout, p.netmask), (Duration::from_mins(5), 24));
+        let json = crate::desired::json::service_to_json(web);
+        assert_eq!(service_from_json(json.to_string().as_bytes()).unwrap(), *web);
+        let one = parse(&with("persistence_s = 10\n")).unwrap();
+        assert_eq!(one.services[0].persistence.unwrap().netmask, 32, "each client alone");
+        assert_eq!(parse(&with("persistence_s = 0\n")).unwrap().services[0].persistence, None);
+        assert_eq!(c.services[1].persistence, None, "none by default");
+        for (keys, want) in [
+            (
+                "persistence_s = -1\n",
+                "service[0].persistence_s: -1 is out of range (0, none, to 604800 seconds)",
+            ),
+            (
+                "persistence_s = 604801\n",
+                "service[0].persistence_s: 604801 is out of range (0, none, to 604800 seconds)",
+            ),
+            (
+                "persistence_s = 5\npersistence_netmask = 33\n",
+                "service[0].persistence_netmask: 33 is out of range (a prefix length, 0 to 32 for an IPv4 VIP)",
+            ),
+            (
+                "persistence_netmask = 24\n",
+                "service[0].persistence_netmask: 24 without persistence_s: clients are grouped only for persistence",
+            ),
+        ] {
+            assert_eq!(problems(&with(keys)), [want], "{keys}");
+        }
+        let v6 = DUAL_STACK.replacen(
+            "vip = \"fd77:1::100\"\n",
+            "vip = \"fd77:1::100\"\npersistence_s = 5\npersistence_netmask = 64\n",
+            1,
+        );
+        assert_eq!(parse(&v6).unwrap().services[1].persistence.unwrap().netmask, 64);
+        let v6 = v6.replace("persistence_netmask = 64", "persistence_netmask = 129");
+        assert_eq!(
+            problems(&v6),
+            [
+                "service[1].persistence_netmask: 129 is out of range (a prefix length, 0 to 128 for an IPv6 VIP)"
+            ]
+        );
+    }
+
+    /// `allowed_sources`: prefixes of the VIP's family, each refusal naming
+    /// its entry; read back through JSON.
+    #[test]
+    fn allowed_sources_are_prefixes_of_the_services_family() {
+        let with = |list: &str| {
+            GOOD.replacen("port = 80\n", &format!("port = 80\nallowed_sources = [{list}]\n"), 1)
+        };
+        let c = parse(&with("\"10.0.0.0/8\", \"192.0.2.7\"")).unwrap();
+        let web = &c.services[0];
+        let shown: Vec<String> = web.allowed_sources.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["10.0.0.0/8", "192.0.2.7/32"]);
+        let json = crate::desired::json::service_to_json(web);
+        assert_eq!(service_from_json(json.to_string().as_bytes()).unwrap(), *web);
+        assert!(parse(&with("")).unwrap().services[0].allowed_sources.is_empty());
+        for (list, want) in [
+            (
+                "\"10.0.0.1/8\"",
+                "service[0].allowed_sources[0]: \"10.0.0.1/8\": bits are set past the prefix length (the network is 10.0.0.0/8)",
+            ),
+            (
+                "\"10.0.0.0/33\"",
+                "service[0].allowed_sources[0]: \"10.0.0.0/33\": the prefix length must be 0 to 32",
+            ),
+            (
+                "\"10.0.0.0/8\", \"nowhere\"",
+                "service[0].allowed_sources[1]: \"nowhere\": not an address or a prefix (10.0.0.0/8, fd00::/8)",
+            ),
+            (
+                "\"fd00::/8\"",
+                "service[0].allowed_sources[0]: fd00::/8 is IPv6 and the VIP 10.77.1.100 is not: a service's sources are of its family",
+            ),
+            (
+                "\"10.0.0.0/8\", \"10.0.0.0/8\"",
+                "service[0].allowed_sources[1]: 10.0.0.0/8 is already listed",
+            ),
+        ] {
+            assert_eq!(problems(&with(list)), [want], "{list}");
+        }
+        let many: Vec<String> = (0..65).map(|i| format!("\"10.0.{i}.0/24\"")).collect();
+        assert_eq!(
+            problems(&with(&many.join(", "))),
+            ["service[0].allowed_sources: 65 prefixes; at most 64 per service"]
+        );
+    }
+
+    /// `max_conns`: 0 (no limit) to 2^30, named; read back through JSON.
+    #[test]
+    fn max_conns_is_bounded_named_and_read_back() {
+        let text = GOOD.replacen("  weight = 0\n", "  weight = 0\n  max_conns = 100\n", 1);
+        let c = parse(&text).unwrap();
+        assert_eq!(c.services[0].backends[1].max_conns, 100);
+        assert_eq!(c.services[0].backends[0].max_conns, 0, "no limit by default");
+        let json = crate::desired::json::service_to_json(&c.services[0]);
+        assert_eq!(service_from_json(json.to_string().as_bytes()).unwrap(), c.services[0]);
+        for bad in ["-1", "1073741825"] {
+            let text =
+                GOOD.replacen("  weight = 0\n", &format!("  weight = 0\n  max_conns = {bad}\n"), 1);
+            assert_eq!(
+                problems(&text),
+                [format!(
+                    "service[0].backend[1].max_conns: {bad} is out of range (0, no limit, to 1073741824)"
+                )]
+            );
+        }
+    }
+
     /// `slow_start_s`: the service's, the backend's over it, 0 to 3600, named.
     #[test]
     fn slow_starts_are_bounded_named_and_read_back() {

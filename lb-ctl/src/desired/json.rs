@@ -87,6 +87,14 @@ pub fn service_to_json(s: &Service) -> serde_json::Value {
     if !s.slow_start.is_zero() {
         v["slow_start_s"] = json!(s.slow_start.as_secs());
     }
+    if let Some(p) = s.persistence {
+        v["persistence_s"] = json!(p.timeout.as_secs());
+        v["persistence_netmask"] = json!(p.netmask);
+    }
+    if !s.allowed_sources.is_empty() {
+        v["allowed_sources"] =
+            json!(s.allowed_sources.iter().map(ToString::to_string).collect::<Vec<_>>());
+    }
     v
 }
 
@@ -141,6 +149,9 @@ pub fn backend_to_json(b: &Backend) -> serde_json::Value {
     }
     if let Some(slow_start) = b.slow_start {
         v["slow_start_s"] = serde_json::json!(slow_start.as_secs());
+    }
+    if b.max_conns != 0 {
+        v["max_conns"] = serde_json::json!(b.max_conns);
     }
     add_check_target(&mut v, b.check);
     v

@@ -111,7 +111,36 @@ pub struct Service {
     /// (comes UP, is added, is undrained) gets its weight ramped up over
     /// this time; zero: at once. A backend's own wins.
     pub slow_start: Duration,
+    /// `persistence_s` and `persistence_netmask` (IPVS `-p` and `-M`):
+    /// `None`, each new flow is the scheduler's.
+    pub persistence: Option<Persistence>,
+    /// `allowed_sources` (Kubernetes' `loadBalancerSourceRanges`): empty,
+    /// every source; otherwise only these networks reach the service.
+    pub allowed_sources: Vec<Prefix>,
     pub backends: Vec<Backend>,
+}
+
+/// A client (or its network) keeps the backend of its last flow for
+/// `timeout` after it, whatever the scheduler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Persistence {
+    pub timeout: Duration,
+    /// The prefix length clients are grouped by: 32 (IPv4) or 128 (IPv6)
+    /// is each client alone.
+    pub netmask: u8,
+}
+
+/// A network: an address whose bits past `len` are zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Prefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl std::fmt::Display for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
 }
 
 /// How a service picks the backend of a new flow.
@@ -256,6 +285,9 @@ pub struct Backend {
     pub backup: bool,
     /// Its own `slow_start_s`, over its service's.
     pub slow_start: Option<Duration>,
+    /// `max_conns` (IPVS `-x`, HAProxy `maxconn`): at this many
+    /// connections it takes no new flow; 0, no limit.
+    pub max_conns: u32,
 }
 
 /// The operator's word on a backend (HAProxy's `set server state`).
@@ -318,6 +350,8 @@ pub(crate) mod testing {
             reject: false,
             health: None,
             slow_start: std::time::Duration::ZERO,
+            persistence: None,
+            allowed_sources: Vec::new(),
             backends: backends
                 .iter()
                 .map(|&(last, weight)| Backend {
@@ -328,6 +362,7 @@ pub(crate) mod testing {
                     check: CheckTarget::default(),
                     backup: false,
                     slow_start: None,
+                    max_conns: 0,
                 })
                 .collect(),
         }

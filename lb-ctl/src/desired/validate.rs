@@ -12,12 +12,14 @@ use lb_common::abi::LC_MAX_BACKENDS;
 
 use super::{
     bounds::{
-        MAX_BACKEND_COUNT, MAX_INTERVAL_MS, MAX_NAME_LEN, MAX_RISE_FALL, MAX_SERVICE_BACKENDS,
-        MAX_SERVICE_COUNT, MAX_SLOW_START_S, MAX_WEIGHT,
+        MAX_ALLOWED_SOURCES, MAX_BACKEND_COUNT, MAX_INTERVAL_MS, MAX_MAX_CONNS, MAX_NAME_LEN,
+        MAX_PERSISTENCE_S, MAX_RISE_FALL, MAX_SERVICE_BACKENDS, MAX_SERVICE_COUNT,
+        MAX_SLOW_START_S, MAX_WEIGHT,
     },
     checks,
     model::{
-        AdminState, Backend, CheckTarget, Forwarding, HealthCheck, Protocol, Scheduler, Service,
+        AdminState, Backend, CheckTarget, Forwarding, HealthCheck, Persistence, Prefix, Protocol,
+        Scheduler, Service,
     },
     names::{Check, Named, OnNoBackend},
     problem::{Problem, Problems},
@@ -127,7 +129,12 @@ pub(super) fn validate_service(key: &str, raw: RawService, problems: &mut Proble
     }
     let slow_start = parse_slow_start(&format!("{key}.slow_start_s"), raw.slow_start_s, problems)
         .unwrap_or_default();
+    let persistence =
+        parse_persistence(key, (raw.persistence_s, raw.persistence_netmask), vip, problems);
+    let allowed_sources = parse_allowed_sources(key, &raw.allowed_sources, vip, problems);
     Service {
+        persistence,
+        allowed_sources,
         health,
         name: raw.name,
         vip,
@@ -265,7 +272,136 @@ pub(super) fn validate_backend(key: &str, raw: &RawBackend, problems: &mut Probl
     });
     let check = validate_check_target(key, raw.check_address.as_deref(), raw.check_port, problems);
     let slow_start = parse_slow_start(&format!("{key}.slow_start_s"), raw.slow_start_s, problems);
-    Backend { address, port, weight, state, check, backup: raw.backup, slow_start }
+    let max_conns = match u32::try_from(raw.max_conns) {
+        Ok(n) if i64::from(n) <= MAX_MAX_CONNS => n,
+        _ => {
+            problems.add(
+                format!("{key}.max_conns"),
+                format!("{} is out of range (0, no limit, to {MAX_MAX_CONNS})", raw.max_conns),
+            );
+            0
+        }
+    };
+    Backend { address, port, weight, state, check, backup: raw.backup, slow_start, max_conns }
+}
+
+/// `persistence_s` (0 or absent: none) and `persistence_netmask` (a
+/// prefix length of the VIP's family; absent: the whole address).
+fn parse_persistence(
+    key: &str,
+    (seconds, netmask): (Option<i64>, Option<i64>),
+    vip: IpAddr,
+    problems: &mut Problems,
+) -> Option<Persistence> {
+    let bits: i64 = if vip.is_ipv4() { 32 } else { 128 };
+    let netmask = match netmask {
+        Some(len) if !(0..=bits).contains(&len) => {
+            problems.add(
+                format!("{key}.persistence_netmask"),
+                format!(
+                    "{len} is out of range (a prefix length, 0 to {bits} for an {} VIP)",
+                    family_name(vip)
+                ),
+            );
+            return None;
+        }
+        Some(len) if seconds.unwrap_or(0) == 0 => {
+            problems.add(
+                format!("{key}.persistence_netmask"),
+                format!("{len} without persistence_s: clients are grouped only for persistence"),
+            );
+            return None;
+        }
+        Some(len) => len,
+        None => bits,
+    };
+    let seconds = seconds?;
+    if !(0..=MAX_PERSISTENCE_S).contains(&seconds) {
+        problems.add(
+            format!("{key}.persistence_s"),
+            format!("{seconds} is out of range (0, none, to {MAX_PERSISTENCE_S} seconds)"),
+        );
+        return None;
+    }
+    (seconds > 0).then(|| Persistence {
+        timeout: Duration::from_secs(seconds.unsigned_abs()),
+        netmask: u8::try_from(netmask).unwrap_or(0),
+    })
+}
+
+/// `allowed_sources`: prefixes of the VIP's family, each named by its
+/// index where it is refused.
+fn parse_allowed_sources(
+    key: &str,
+    texts: &[String],
+    vip: IpAddr,
+    problems: &mut Problems,
+) -> Vec<Prefix> {
+    if texts.len() > MAX_ALLOWED_SOURCES {
+        problems.add(
+            format!("{key}.allowed_sources"),
+            format!("{} prefixes; at most {MAX_ALLOWED_SOURCES} per service", texts.len()),
+        );
+        return Vec::new();
+    }
+    let mut prefixes = Vec::with_capacity(texts.len());
+    for (i, text) in texts.iter().enumerate() {
+        let entry = format!("{key}.allowed_sources[{i}]");
+        match parse_prefix(text) {
+            Err(message) => problems.add(entry, format!("{text:?}: {message}")),
+            Ok(p) if p.addr.is_ipv4() != vip.is_ipv4() => problems.add(
+                entry,
+                format!(
+                    "{p} is {} and the VIP {vip} is not: a service's sources are of its family",
+                    family_name(p.addr)
+                ),
+            ),
+            Ok(p) if prefixes.contains(&p) => {
+                problems.add(entry, format!("{p} is already listed"));
+            }
+            Ok(p) => prefixes.push(p),
+        }
+    }
+    prefixes
+}
+
+/// `addr/len`, or an address alone (the whole address); the bits past
+/// `len` must be zero, so that the prefix reads as what it matches.
+pub fn parse_prefix(text: &str) -> Result<Prefix, String> {
+    let (addr, len) = match text.split_once('/') {
+        Some((addr, len)) => (addr, Some(len)),
+        None => (text, None),
+    };
+    let addr: IpAddr =
+        addr.parse().map_err(|_| "not an address or a prefix (10.0.0.0/8, fd00::/8)".to_owned())?;
+    let bits = if addr.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        None => bits,
+        Some(len) => len
+            .parse::<u8>()
+            .ok()
+            .filter(|&l| l <= bits)
+            .ok_or_else(|| format!("the prefix length must be 0 to {bits}"))?,
+    };
+    let masked = mask(addr, len);
+    if masked != addr {
+        return Err(format!("bits are set past the prefix length (the network is {masked}/{len})"));
+    }
+    Ok(Prefix { addr, len })
+}
+
+/// `addr`'s first `len` bits, the rest zero.
+pub fn mask(addr: IpAddr, len: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => {
+            let m = u32::MAX.checked_shl(32 - u32::from(len.min(32))).unwrap_or(0);
+            IpAddr::V4((u32::from(a) & m).into())
+        }
+        IpAddr::V6(a) => {
+            let m = u128::MAX.checked_shl(128 - u32::from(len.min(128))).unwrap_or(0);
+            IpAddr::V6((u128::from(a) & m).into())
+        }
+    }
 }
 
 /// `slow_start_s`: 0 (none) to `MAX_SLOW_START_S` seconds, if given.

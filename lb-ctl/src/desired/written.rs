@@ -103,6 +103,14 @@ pub struct RawService {
     pub(super) health: Option<RawHealth>,
     /// Seconds a backend's weight ramps up over when it becomes usable.
     pub(super) slow_start_s: Option<i64>,
+    /// Seconds a client keeps the backend of its last flow (absent or 0: no persistence).
+    pub(super) persistence_s: Option<i64>,
+    /// The prefix length persistence groups clients by (absent: 32 for IPv4, 128 for IPv6).
+    pub(super) persistence_netmask: Option<i64>,
+    /// The networks that may reach the service, as prefixes (`10.0.0.0/8`);
+    /// absent or empty: every source.
+    #[serde(default)]
+    pub(super) allowed_sources: Vec<String>,
     #[serde(default, rename = "backend", alias = "backends")]
     pub(super) backends: Vec<RawBackend>,
 }
@@ -184,6 +192,9 @@ pub struct RawBackend {
     pub(super) backup: bool,
     /// Its own `slow_start_s`, over its service's.
     pub(super) slow_start_s: Option<i64>,
+    /// At this many connections it takes no new flow (absent or 0: no limit).
+    #[serde(default)]
+    pub(super) max_conns: i64,
 }
 
 fn default_xdp_mode() -> String {

@@ -202,6 +202,18 @@ pub enum ServiceCmd {
         /// (comes UP, is added, is undrained), 0 to 3600. [default: 0]
         #[arg(long, value_parser = clap::value_parser!(u16).range(..=3600))]
         slow_start: Option<u16>,
+        /// Seconds a client keeps the backend of its last flow (IPVS -p).
+        /// [default: none]
+        #[arg(long, value_name = "SECONDS")]
+        persistence: Option<u32>,
+        /// The prefix length persistence groups clients by (IPVS -M).
+        /// [default: 32, IPv6 128]
+        #[arg(long, value_name = "LEN")]
+        persistence_netmask: Option<u8>,
+        /// A network that may connect (repeat for more; Kubernetes'
+        /// loadBalancerSourceRanges). [default: anyone]
+        #[arg(long = "allow", value_name = "PREFIX")]
+        allowed_sources: Vec<String>,
     },
     /// Remove a service and its backends.
     #[command(visible_alias = "delete", after_help = EXIT_CODES)]
@@ -235,6 +247,9 @@ pub enum BackendCmd {
         /// Its own slow start in seconds, over the service's, 0 to 3600.
         #[arg(long, value_parser = clap::value_parser!(u16).range(..=3600))]
         slow_start: Option<u16>,
+        /// At this many connections it takes no new flow (IPVS -x). [default: no limit]
+        #[arg(long, value_name = "N")]
+        max_conns: Option<u32>,
     },
     /// Remove a backend; its flows end.
     #[command(visible_alias = "delete", after_help = EXIT_CODES)]
@@ -525,10 +540,22 @@ async fn execute(op: Operator, client: &Client) -> Result<String, ClientError> {
             forwarding,
             on_no_backend,
             slow_start,
+            persistence,
+            persistence_netmask,
+            allowed_sources,
         }) => {
             let mut body = json!({"name": name, "vip": vip.to_string(), "port": port});
             if let Some(seconds) = slow_start {
                 body["slow_start_s"] = json!(seconds);
+            }
+            if let Some(seconds) = persistence {
+                body["persistence_s"] = json!(seconds);
+            }
+            if let Some(len) = persistence_netmask {
+                body["persistence_netmask"] = json!(len);
+            }
+            if !allowed_sources.is_empty() {
+                body["allowed_sources"] = json!(allowed_sources);
             }
             for (key, value) in [
                 ("protocol", protocol),
@@ -678,7 +705,7 @@ async fn backend(cmd: BackendCmd, client: &Client) -> Result<String, ClientError
         Ok(render_backend_change(&view, at.backend, change))
     };
     match cmd {
-        BackendCmd::Add { at, weight, backup, slow_start } => {
+        BackendCmd::Add { at, weight, backup, slow_start, max_conns } => {
             let mut body =
                 json!({"address": at.backend.ip().to_string(), "port": at.backend.port()});
             if let Some(weight) = weight {
@@ -689,6 +716,9 @@ async fn backend(cmd: BackendCmd, client: &Client) -> Result<String, ClientError
             }
             if let Some(seconds) = slow_start {
                 body["slow_start_s"] = json!(seconds);
+            }
+            if let Some(n) = max_conns {
+                body["max_conns"] = json!(n);
             }
             let path = format!("{}/backends", service_path(&at.service));
             let view: ServiceView = client.send_json(Method::POST, &path, Some(body)).await?;
@@ -799,6 +829,39 @@ mod tests {
         };
         assert!(backup);
         assert_eq!(slow_start, Some(30));
+        let cli = parse(&["backend", "add", "web", "10.77.2.14:80", "--max-conns", "100"]).unwrap();
+        let Operator::Backend(BackendCmd::Add { max_conns, .. }) = cli.op else { panic!() };
+        assert_eq!(max_conns, Some(100));
+        let cli = parse(&[
+            "service",
+            "add",
+            "--name",
+            "api",
+            "--vip",
+            "10.77.1.101",
+            "--port",
+            "443",
+            "--persistence",
+            "300",
+            "--persistence-netmask",
+            "24",
+            "--allow",
+            "10.0.0.0/8",
+            "--allow",
+            "192.0.2.0/24",
+        ])
+        .unwrap();
+        let Operator::Service(ServiceCmd::Add {
+            persistence,
+            persistence_netmask,
+            allowed_sources,
+            ..
+        }) = cli.op
+        else {
+            panic!()
+        };
+        assert_eq!((persistence, persistence_netmask), (Some(300), Some(24)));
+        assert_eq!(allowed_sources, ["10.0.0.0/8", "192.0.2.0/24"]);
 
         let cli = parse(&["--token-file", "/t", "backend", "weight", "web", "10.77.2.14:80", "0"])
             .unwrap();
@@ -833,6 +896,10 @@ mod tests {
             parse(&["service", "delete", "web"]).unwrap().op,
             Operator::Service(ServiceCmd::Del { .. })
         ));
+    }
+
+    #[test]
+    fn trace_parses_into_its_api_path() {
         let Operator::Trace { service, client, drops_only, count, json } = parse(&[
             "trace",
             "--service",

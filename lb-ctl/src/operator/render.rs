@@ -67,6 +67,9 @@ fn backend_state(b: &BackendView) -> String {
     if b.backup {
         parts.push("backup".into());
     }
+    if b.max_conns > 0 {
+        parts.push(format!("max {} conns", b.max_conns));
+    }
     if b.state != "active" {
         parts.push(b.state.clone());
     }
@@ -100,6 +103,19 @@ pub(super) fn service_line(s: &ServiceView) -> String {
     }
     if s.slow_start_s > 0 {
         let _ = write!(flags, " slow-start={}s", s.slow_start_s);
+    }
+    // ipvsadm's `persistent 300` (and `mask`), loxilb's allowed sources.
+    if let Some(seconds) = s.persistence_s {
+        let _ = write!(flags, " persistent={seconds}s");
+        if let Some(mask) = s.persistence_netmask.filter(|&m| {
+            let whole = if s.vip.contains(':') { 128 } else { 32 };
+            m != whole
+        }) {
+            let _ = write!(flags, "/{mask}");
+        }
+    }
+    if !s.allowed_sources.is_empty() {
+        let _ = write!(flags, " from={}", s.allowed_sources.join(","));
     }
     format!(
         "{:<4} {} {}{flags} ({})",
@@ -143,6 +159,10 @@ pub fn render_list(services: &[ServiceView]) -> String {
                 && let Some(check) = &b.health.last_check
             {
                 let _ = write!(health, " ({})", check.detail);
+            }
+            // IPVS's upper threshold (`ipvsadm -Ln --thresholds`).
+            if b.max_conns > 0 {
+                let _ = write!(health, " max_conns={}", b.max_conns);
             }
             row(
                 &endpoint_text(&b.address, b.port),
@@ -384,6 +404,7 @@ pub(crate) mod tests {
             weight,
             check_weight: None,
             backup: false,
+            max_conns: 0,
             effective_weight: if weight > 0 && state == "active" && health != "DOWN" {
                 f64::from(weight)
             } else {
@@ -472,6 +493,27 @@ UDP  10.77.1.53:53 sh drop (dns)
     }
 
     /// Backups are listed apart, after the primaries, saying whether they serve.
+    /// Persistence and allowed sources on the service's line (the mask
+    /// only where it groups clients), a connection limit on its backend's.
+    #[test]
+    fn persistence_sources_and_limits_are_listed() {
+        let mut s = web();
+        s.persistence_s = Some(300);
+        s.persistence_netmask = Some(32);
+        s.allowed_sources = vec!["10.0.0.0/8".into(), "192.0.2.0/24".into()];
+        s.backends[0].max_conns = 100;
+        let text = render_list(&[s.clone()]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[2],
+            "TCP  10.77.1.100:80 maglev reject check=http persistent=300s from=10.0.0.0/8,192.0.2.0/24 (web)"
+        );
+        assert!(lines[3].ends_with("UP max_conns=100"), "{}", lines[3]);
+        assert!(!lines[4].contains("max_conns"), "{}", lines[4]);
+        s.persistence_netmask = Some(24);
+        assert!(render_list(&[s]).contains(" persistent=300s/24 "));
+    }
+
     #[test]
     fn backups_are_listed_apart() {
         let mut s = web();

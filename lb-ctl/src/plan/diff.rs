@@ -62,6 +62,9 @@ pub enum FamilyOp<A> {
     DelBackendAddr(A),
     DelReal(Endpoint<A>),
     ClearBackend(u32),
+    /// Allows a network to reach a service: (service id, network, prefix length).
+    PutSource((u32, A, u8)),
+    DelSource((u32, A, u8)),
 }
 
 impl Image {
@@ -147,6 +150,12 @@ impl<A: MapAddr> FamilyImage<A> {
             }
             FamilyOp::ClearBackend(id) => {
                 let _ = self.backends.remove(id);
+            }
+            FamilyOp::PutSource(key) => {
+                let _ = self.sources.insert(*key, 1);
+            }
+            FamilyOp::DelSource(key) => {
+                let _ = self.sources.remove(key);
             }
         }
     }
@@ -331,6 +340,8 @@ impl<A: MapAddr> Family<'_, A> {
             puts(&old.real_slots, &new.real_slots)
                 .map(|(slot, v)| wrap(FamilyOp::PutRealSlot(slot, *v))),
         );
+        // A service's allowed sources before its entry says it has them.
+        ops.extend(puts(&old.sources, &new.sources).map(|(key, _)| wrap(FamilyOp::PutSource(key))));
     }
 
     /// The ids of services whose ring shrinks.
@@ -369,6 +380,8 @@ impl<A: MapAddr> Family<'_, A> {
     /// addresses' refusals and pre-filter bits.
     fn removals(&self, ops: &mut Vec<Op>) {
         let (old, new, wrap) = (self.old, self.new, self.wrap);
+        // A source is refused only after its service's entry has its new list.
+        ops.extend(gone(&old.sources, &new.sources).map(|k| wrap(FamilyOp::DelSource(k))));
         ops.extend(gone(&old.reals, &new.reals).map(|k| wrap(FamilyOp::DelReal(k))));
         ops.extend(
             gone(&old.real_slots, &new.real_slots).map(|slot| wrap(FamilyOp::PutRealSlot(slot, 0))),

@@ -8,9 +8,10 @@ use std::{
 };
 
 use lb_common::abi::{
-    self, ADDR_BACKEND, ADDR_REAL, ADDR_VIP, BACKEND_DOWN, BACKEND_DSR, BACKEND_IN_USE, Endpoint,
-    MAGLEV_SIZE, NO_BACKEND, REAL_SLOT_SHARED, SCHED_LC, SCHED_MAGLEV, SCHED_RR, SCHED_SH,
-    SCHED_WRR, SVC_REJECT, addr_slot, real_slot,
+    self, ADDR_BACKEND, ADDR_REAL, ADDR_VIP, BACKEND_DOWN, BACKEND_DSR, BACKEND_IN_USE,
+    EPOCH_TICK_MS, Endpoint, LC_MAX_BACKENDS, MAGLEV_SIZE, NO_BACKEND, REAL_SLOT_SHARED, SCHED_LC,
+    SCHED_MAGLEV, SCHED_RR, SCHED_SH, SCHED_WRR, SVC_PERSIST, SVC_PERSIST_PREFIX_SHIFT, SVC_REJECT,
+    SVC_SOURCES, TABLE_WORDS, addr_slot, real_slot,
 };
 use rustc_hash::FxHashMap;
 
@@ -48,6 +49,9 @@ pub struct FamilyImage<A> {
     pub addrs: BTreeMap<u32, u8>,
     /// Non-zero slots of the direct-mapped backend index.
     pub real_slots: BTreeMap<u32, u32>,
+    /// `lb_sources`: (service id, network, prefix length) of each allowed
+    /// source, valued 1.
+    pub sources: BTreeMap<(u32, A, u8), u32>,
 }
 
 impl<A: MapAddr + Ord> FamilyImage<A> {
@@ -64,6 +68,12 @@ impl<A: MapAddr + Ord> FamilyImage<A> {
         for (id, backend) in self.backends.iter().filter(|(_, b)| !ids.contains(&b.service_id)) {
             builder.put_backend(*id, *backend);
         }
+        builder.image.sources = self
+            .sources
+            .iter()
+            .filter(|((id, ..), _)| !ids.contains(id))
+            .map(|(k, v)| (*k, *v))
+            .collect();
         builder.finish()
     }
 }
@@ -113,9 +123,8 @@ pub fn image_cached(
             (Arc::new(table), ring_size, scheduler)
         });
         built.0.insert(inputs, (Arc::clone(&table), ring_size, scheduler));
-        let flags = scheduler | if s.reject { SVC_REJECT } else { 0 };
         image.maglev.insert(service_id, table);
-        let service = abi::Service { id: service_id, ring_size, flags, _pad: 0 };
+        let service = service_entry(s, service_id, ring_size, scheduler);
         if s.vip.is_ipv4() {
             v4.put_service(s, service);
         } else {
@@ -126,6 +135,22 @@ pub fn image_cached(
     image.v6 = v6.finish();
     *tables = built;
     image
+}
+
+/// The service's entry in `lb_services` (`lb_services6`): its table's
+/// ring size, its scheduler and its options.
+fn service_entry(s: &Service, id: u32, ring_size: u32, scheduler: u32) -> abi::Service {
+    let mut flags = scheduler | if s.reject { SVC_REJECT } else { 0 };
+    let mut persist_ticks = 0;
+    if let Some(p) = s.persistence {
+        flags |= SVC_PERSIST | (u32::from(p.netmask) << SVC_PERSIST_PREFIX_SHIFT);
+        persist_ticks =
+            u32::try_from(p.timeout.as_millis() / u128::from(EPOCH_TICK_MS)).unwrap_or(u32::MAX);
+    }
+    if !s.allowed_sources.is_empty() {
+        flags |= SVC_SOURCES;
+    }
+    abi::Service { id, ring_size, flags, persist_ticks }
 }
 
 /// One family's image as its services are added: collected, then built
@@ -191,6 +216,7 @@ impl<A: MapAddr + Ord> Builder<A> {
                 proto: key.proto,
                 _pad: 0,
                 weight,
+                max_conns: b.max_conns,
             };
             self.put_backend(id, backend);
         }
@@ -228,6 +254,11 @@ impl<A: MapAddr + Ord> Builder<A> {
         let Some(vip) = A::of(key.addr) else {
             return;
         };
+        for p in &s.allowed_sources {
+            if let Some(addr) = A::of(p.addr) {
+                self.image.sources.insert((service.id, addr, p.len), 1);
+            }
+        }
         self.put_service_entry(Endpoint::new(vip, key.port, key.proto), service);
     }
 
@@ -256,17 +287,14 @@ impl<A: MapAddr + Ord> Builder<A> {
     }
 }
 
-/// A service's table (always `MAGLEV_SIZE` slots), how many of its slots
-/// are in use, and the scheduler's code for the data plane.
+/// A service's table (`TABLE_WORDS`: `MAGLEV_SIZE` slots, then the list
+/// of the backends that hold slots, see `abi::MaglevTable`), how many of
+/// its slots are in use, and the scheduler's code for the data plane.
 fn scheduler_table(scheduler: Scheduler, entries: &[maglev::Entry]) -> (Vec<u32>, u32, u32) {
     let size = MAGLEV_SIZE as usize;
     let (sequence, code) = match scheduler {
-        Scheduler::Maglev => {
-            return (maglev::build(entries, MAGLEV_SIZE), MAGLEV_SIZE, SCHED_MAGLEV);
-        }
-        Scheduler::SourceHash => {
-            return (maglev::build(entries, MAGLEV_SIZE), MAGLEV_SIZE, SCHED_SH);
-        }
+        Scheduler::Maglev => (maglev::build(entries, MAGLEV_SIZE), SCHED_MAGLEV),
+        Scheduler::SourceHash => (maglev::build(entries, MAGLEV_SIZE), SCHED_SH),
         Scheduler::RoundRobin => (rotation::round_robin(entries), SCHED_RR),
         Scheduler::WeightedRoundRobin => (rotation::smooth_weighted(entries, size), SCHED_WRR),
         // The data plane compares the live backends' connections at each new flow.
@@ -275,6 +303,16 @@ fn scheduler_table(scheduler: Scheduler, entries: &[maglev::Entry]) -> (Vec<u32>
     let used = sequence.len() as u32;
     let mut table = sequence;
     table.resize(size, NO_BACKEND);
+    // Where a new flow whose backend is at its `max_conns` looks for another.
+    let usable: Vec<u32> = entries
+        .iter()
+        .filter(|e| e.weight > 0)
+        .map(|e| e.id)
+        .take(LC_MAX_BACKENDS as usize)
+        .collect();
+    table.push(usable.len() as u32);
+    table.extend(&usable);
+    table.resize(TABLE_WORDS, NO_BACKEND);
     (table, used, code)
 }
 
@@ -411,7 +449,8 @@ mod tests {
         let holders = |down: &[usize], services: &[Service]| {
             let down: BTreeSet<BackendKey> = down.iter().map(|&i| key(i)).collect();
             let image = image(services, &ids, &down);
-            let holders: BTreeSet<u32> = image.maglev[&sid].iter().copied().collect();
+            let slots = &image.maglev[&sid][..MAGLEV_SIZE as usize];
+            let holders: BTreeSet<u32> = slots.iter().copied().collect();
             (holders, image.v4.backends[&id(3)].weight)
         };
         let primaries: BTreeSet<u32> = (0..3).map(id).collect();

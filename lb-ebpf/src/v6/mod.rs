@@ -12,13 +12,13 @@ pub mod parse;
 
 use aya_ebpf::{
     bindings::bpf_fib_lookup as FibParams,
-    btf_maps::{Array, HashMap, LruHashMap},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap},
     programs::XdpContext,
 };
 use lb_common::{
     abi::{
         Backend, Endpoint, FlowCacheEntry, FragEntry, FragKey6, Handshake, NEIGH_MARK6_MAGIC,
-        NEIGH6_SLOTS, NextHop, Real, Service, neigh6_tag,
+        NEIGH6_SLOTS, NextHop, Persist, PersistKey, Real, Service, SourceKey, neigh6_tag,
     },
     conn_table::{ConnSet, ConnSlot, MAP_MMAPABLE},
     counter::Counter,
@@ -27,7 +27,8 @@ use lb_common::{
 use crate::{
     Verdict, conntrack,
     family::{
-        ADDRS, BACKENDS, CACHE, CONNS, FRAGS, Family, HANDSHAKES, HOPS, REALS, SERVICES, SLOTS,
+        ADDRS, BACKENDS, CACHE, CONNS, FRAGS, Family, HANDSHAKES, HOPS, PERSIST, REALS, SERVICES,
+        SLOTS, SOURCES,
     },
     fwd::Query,
     maps, mem,
@@ -104,6 +105,14 @@ impl Family for V6 {
     #[inline(always)]
     fn frags() -> &'static LruHashMap<FragKey6, FragEntry<[u8; 16]>, FRAGS> {
         &maps::LB_FRAGS6
+    }
+    #[inline(always)]
+    fn persist() -> &'static LruHashMap<PersistKey<[u8; 16]>, Persist, PERSIST> {
+        &maps::LB_PERSIST6
+    }
+    #[inline(always)]
+    fn sources() -> &'static LpmTrie<SourceKey<[u8; 16]>, u32, SOURCES> {
+        &maps::LB_SOURCES6
     }
     #[inline(always)]
     fn conntrack() -> &'static Array<ConnSet<[u8; 16]>, CONNS, MAP_MMAPABLE> {
@@ -253,6 +262,34 @@ impl Family for V6 {
     fn least_connections(service_id: u32, count: u32) -> u32 {
         lb_least_connections6(service_id, count)
     }
+    #[inline(always)]
+    fn within_limits(service_id: u32, id: u32, start: u32) -> u32 {
+        lb_within_limits6(service_id, id, start)
+    }
+    #[inline(always)]
+    fn persisted(service_id: u32, flags: u32, ticks: u32, src: [u8; 16]) -> u32 {
+        let [high, low] = words(src);
+        lb_persisted6(service_id, flags, ticks, high, low)
+    }
+    #[inline(always)]
+    fn remember(service_id: u32, backend_id: u32, flags: u32, src: [u8; 16]) {
+        let [high, low] = words(src);
+        lb_remember6(service_id, backend_id, flags, high, low);
+    }
+}
+
+/// An address as two native words (a global function takes scalars).
+#[inline(always)]
+fn words(addr: [u8; 16]) -> [u64; 2] {
+    // SAFETY: sixteen bytes are two words, in memory order.
+    unsafe { core::mem::transmute::<[u8; 16], [u64; 2]>(addr) }
+}
+
+/// The address `words` made.
+#[inline(always)]
+fn address(high: u64, low: u64) -> [u8; 16] {
+    // SAFETY: two words are sixteen bytes, in memory order.
+    unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([high, low]) }
 }
 
 /// `lc`'s pick for an IPv6 service: a global BPF function (see
@@ -261,4 +298,37 @@ impl Family for V6 {
 #[inline(never)]
 pub extern "C" fn lb_least_connections6(service_id: u32, count: u32) -> u32 {
     select::least_connections::<V6>(service_id, count)
+}
+
+/// `max_conns` for an IPv6 service (see `lb_within_limits`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn lb_within_limits6(service_id: u32, id: u32, start: u32) -> u32 {
+    select::within_limits::<V6>(service_id, id, start)
+}
+
+/// A persistent IPv6 client's backend (see `lb_persisted`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn lb_persisted6(
+    service_id: u32,
+    flags: u32,
+    ticks: u32,
+    high: u64,
+    low: u64,
+) -> u32 {
+    crate::persist::persisted::<V6>(service_id, flags, ticks, address(high, low))
+}
+
+/// Records a persistent IPv6 client (see `lb_remember`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn lb_remember6(
+    service_id: u32,
+    backend_id: u32,
+    flags: u32,
+    high: u64,
+    low: u64,
+) -> u32 {
+    crate::persist::remember::<V6>(service_id, backend_id, flags, address(high, low))
 }

@@ -556,6 +556,7 @@ mod tests {
             ramp: None,
             slow_start_s: None,
             backup: false,
+            max_conns: 0,
             state: state.into(),
             check_address: None,
             check_port: None,
@@ -617,6 +618,9 @@ mod tests {
             },
             backends_in_rotation: 1,
             slow_start_s: 0,
+            persistence_s: None,
+            persistence_netmask: None,
+            allowed_sources: Vec::new(),
             backups_serve: false,
             backends: vec![
                 backend("10.0.1.1", 100, "active", "UP"),

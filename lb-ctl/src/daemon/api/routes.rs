@@ -28,7 +28,7 @@ use crate::{
     daemon::{bgp::NodeView, controller::Request},
     desired::{
         bounds::{MAX_NAME_LEN, MAX_WEIGHT},
-        changes::{Change, parse_backend_address},
+        changes::{BackendEdit, Change, parse_backend_address},
         json::{self, BodyError},
         model::AdminState,
         problem::Problem,
@@ -195,11 +195,40 @@ pub struct BackendPatch {
     weight: Option<i64>,
     /// `active`, `drain` (no new flows) or `maint` (out at once, probes continue).
     state: Option<String>,
+    /// `true`: a sorry server, new flows only while no primary is usable.
+    backup: Option<bool>,
+    /// At this many connections it takes no new flow (0: no limit).
+    max_conns: Option<i64>,
+    /// Probe it at this address instead of its own (its service has a check).
+    check_address: Option<String>,
+    /// Probe it on this port instead of its own (its service has a check).
+    check_port: Option<i64>,
 }
 
 impl BackendPatch {
-    fn validate(self) -> ApiResult<(Option<u32>, Option<AdminState>)> {
+    fn validate(self) -> ApiResult<(Option<u32>, Option<AdminState>, BackendEdit)> {
         let mut problems = Vec::new();
+        // The backend's own keys, checked as a body of them would be.
+        let mut edit = BackendEdit { backup: self.backup, ..BackendEdit::default() };
+        if self.max_conns.is_some() || self.check_address.is_some() || self.check_port.is_some() {
+            let mut raw = serde_json::json!({"address": "192.0.2.1", "port": 1});
+            if let Some(n) = self.max_conns {
+                raw["max_conns"] = n.into();
+            }
+            if let Some(a) = &self.check_address {
+                raw["check_address"] = a.clone().into();
+            }
+            if let Some(p) = self.check_port {
+                raw["check_port"] = p.into();
+            }
+            match json::backend_from_json(raw.to_string().as_bytes()) {
+                Ok(b) => {
+                    edit.max_conns = self.max_conns.map(|_| b.max_conns);
+                    edit.check = b.check;
+                }
+                Err(e) => problems.extend(e.problems().iter().cloned()),
+            }
+        }
         let weight = self.weight.and_then(|w| match u32::try_from(w) {
             Ok(w) if w <= MAX_WEIGHT => Some(w),
             _ => {
@@ -222,14 +251,18 @@ impl BackendPatch {
                 None
             }
         });
-        if problems.is_empty() && weight.is_none() && state.is_none() {
+        if problems.is_empty()
+            && weight.is_none()
+            && state.is_none()
+            && edit == BackendEdit::default()
+        {
             problems.push(Problem {
                 key: "body".into(),
-                message: "nothing to change: give \"weight\" and/or \"state\"".into(),
+                message: "nothing to change: give \"weight\", \"state\", \"backup\", \"max_conns\", \"check_address\" or \"check_port\"".into(),
             });
         }
         if problems.is_empty() {
-            Ok((weight, state))
+            Ok((weight, state, edit))
         } else {
             Err(ApiError::problems(StatusCode::UNPROCESSABLE_ENTITY, &problems))
         }
@@ -271,8 +304,9 @@ pub async fn patch_backend(
 ) -> ApiResult<Json<ServiceView>> {
     let (service, backend) = backend_path(path)?;
     let wanted: BackendPatch = json::from_json(&body?).map_err(|p| body_problems(&p))?;
-    let (weight, admin_state) = wanted.validate()?;
-    let set = Change::SetBackend { service: service.clone(), backend, weight, state: admin_state };
+    let (weight, admin_state, edit) = wanted.validate()?;
+    let set =
+        Change::SetBackend { service: service.clone(), backend, weight, state: admin_state, edit };
     let changed = change(&api, &handed_over, set).await?;
     Ok(Json(find_service(&changed, &service)?))
 }

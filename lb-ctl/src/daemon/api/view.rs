@@ -109,6 +109,15 @@ pub struct ServiceView {
     /// Seconds a backend's weight ramps up over once usable (0: at once).
     #[serde(default)]
     pub slow_start_s: u64,
+    /// Seconds a client keeps the backend of its last flow (absent: no persistence).
+    #[serde(default)]
+    pub persistence_s: Option<u64>,
+    /// The prefix length persistence groups clients by (absent: no persistence).
+    #[serde(default)]
+    pub persistence_netmask: Option<u8>,
+    /// The networks that may reach the service (empty: every source).
+    #[serde(default)]
+    pub allowed_sources: Vec<String>,
     pub traffic: TrafficView,
     pub rates: RatesView,
     /// Backends that take new flows now.
@@ -201,6 +210,9 @@ pub struct BackendView {
     /// service is usable (`backups_serve`).
     #[serde(default)]
     pub backup: bool,
+    /// At this many connections it takes no new flow (0: no limit).
+    #[serde(default)]
+    pub max_conns: u32,
     /// Whether new flows may go to it (active, weight > 0, not DOWN; a
     /// backup only while its service's backups serve).
     pub in_rotation: bool,
@@ -344,6 +356,7 @@ fn service(s: &Service, health: &impl HealthLookup, samples: &Samples) -> Servic
                 ramp,
                 slow_start_s: b.slow_start.map(|d| d.as_secs()),
                 backup: b.backup,
+                max_conns: b.max_conns,
                 state: b.state.name().into(),
                 check_address: b.check.address.map(|a| a.to_string()),
                 check_port: b.check.port,
@@ -365,6 +378,9 @@ fn service(s: &Service, health: &impl HealthLookup, samples: &Samples) -> Servic
         on_no_backend: OnNoBackend::of(s.reject).name().into(),
         health: s.health.as_ref().map(health_check_view),
         slow_start_s: s.slow_start.as_secs(),
+        persistence_s: s.persistence.map(|p| p.timeout.as_secs()),
+        persistence_netmask: s.persistence.map(|p| p.netmask),
+        allowed_sources: s.allowed_sources.iter().map(ToString::to_string).collect(),
         traffic: traffic_view(&latest(samples, traffic).unwrap_or_default()),
         rates: rates(samples, traffic),
         backends_in_rotation: backends.iter().filter(|b| b.in_rotation).count(),

@@ -44,6 +44,9 @@ struct Checked {
     tracker: Tracker,
     /// The weight a script check's last success gave (`dynamic_weight`).
     weight: Option<u32>,
+    /// Which prober of the backend this is: a result a replaced prober
+    /// had already queued carries the old one's, and counts for nothing.
+    generation: u64,
     task: JoinHandle<()>,
 }
 
@@ -57,8 +60,10 @@ impl Drop for Checked {
 /// `[service.health]` section are not here: they always count as up.
 pub struct Monitor {
     checked: HashMap<BackendKey, Checked>,
-    results_tx: mpsc::Sender<(BackendKey, Probed)>,
-    results_rx: mpsc::Receiver<(BackendKey, Probed)>,
+    results_tx: mpsc::Sender<(BackendKey, u64, Probed)>,
+    results_rx: mpsc::Receiver<(BackendKey, u64, Probed)>,
+    /// The generation the next prober started gets.
+    next_generation: u64,
     /// Probe results received so far (for the benchmark and the stats).
     results_seen: u64,
     /// Probes this host could not make: no result, no change of state.
@@ -72,6 +77,7 @@ impl Default for Monitor {
             checked: HashMap::new(),
             results_tx,
             results_rx,
+            next_generation: 0,
             results_seen: 0,
             local: LocalFailures::default(),
         }
@@ -114,12 +120,16 @@ impl Monitor {
                 continue;
             }
             let target = at.target;
-            let task = tokio::spawn(probe_forever(key, at, check.clone(), self.results_tx.clone()));
+            let generation = self.next_generation;
+            self.next_generation += 1;
+            let results = (self.results_tx.clone(), generation);
+            let task = tokio::spawn(probe_forever(key, at, check.clone(), results));
             let mut tracker = Tracker::new(check.rise, check.fall);
             if was_down.contains(&key) {
                 tracker = tracker.starting_down();
             }
-            let checked = Checked { check: check.clone(), target, tracker, weight: None, task };
+            let checked =
+                Checked { check: check.clone(), target, tracker, weight: None, generation, task };
             self.checked.insert(key, checked);
         }
     }
@@ -139,7 +149,7 @@ impl Monitor {
     /// check gives (then `from` and `to` are the same), logging it with its cause.
     pub async fn next_transition(&mut self) -> (BackendKey, Transition) {
         loop {
-            let Some((key, probed)) = self.results_rx.recv().await else {
+            let Some((key, generation, probed)) = self.results_rx.recv().await else {
                 // The monitor holds a sender itself: the channel never closes.
                 std::future::pending::<()>().await;
                 continue;
@@ -153,8 +163,10 @@ impl Monitor {
                 }
             };
             self.results_seen += 1;
-            // A result from a prober that was just replaced or removed.
-            let Some(checked) = self.checked.get_mut(&key) else {
+            // A result from a prober that was just replaced or removed: its
+            // probe ran the old check (or at the old target).
+            let Some(checked) = self.checked.get_mut(&key).filter(|c| c.generation == generation)
+            else {
                 continue;
             };
             // A failure leaves the weight: it counts again once UP.
@@ -280,7 +292,7 @@ async fn probe_forever(
     key: BackendKey,
     at: Endpoints,
     check: HealthCheck,
-    results: mpsc::Sender<(BackendKey, Probed)>,
+    (results, generation): (mpsc::Sender<(BackendKey, u64, Probed)>, u64),
 ) {
     let prober = prober(&check.probe, at);
     tokio::time::sleep(start_offset(&key, check.interval)).await;
@@ -289,7 +301,7 @@ async fn probe_forever(
     loop {
         ticks.tick().await;
         let result = prober.run(at.target, check.timeout).await;
-        if results.send((key, result)).await.is_err() {
+        if results.send((key, generation, result)).await.is_err() {
             return;
         }
     }
@@ -323,6 +335,8 @@ mod tests {
             reject: true,
             health: Some(check),
             slow_start: Duration::ZERO,
+            persistence: None,
+            allowed_sources: Vec::new(),
             backends: backends
                 .iter()
                 .map(|&(addr, weight, state)| Backend {
@@ -333,6 +347,7 @@ mod tests {
                     check: CheckTarget::default(),
                     backup: false,
                     slow_start: None,
+                    max_conns: 0,
                 })
                 .collect(),
         }
@@ -449,10 +464,9 @@ mod tests {
             // No prober: the test sends the results.
             let task = tokio::spawn(async {});
             let target = key.1.socket();
-            monitor.checked.insert(
-                key,
-                Checked { check: tcp_check(1000, 100), target, tracker, weight: None, task },
-            );
+            let check = tcp_check(1000, 100);
+            let checked = Checked { check, target, tracker, weight: None, generation: 0, task };
+            monitor.checked.insert(key, checked);
         }
         let result = |ok| CheckResult {
             ok,
@@ -462,14 +476,14 @@ mod tests {
             weight: None,
         };
         let tx = monitor.results_tx.clone();
-        tx.send((up, Ok(result(true)))).await.unwrap();
+        tx.send((up, 0, Ok(result(true)))).await.unwrap();
         let (_, t) = monitor.next_transition().await;
         assert_eq!(t.to, Status::Up);
         for _ in 0..100 {
             for key in [up, down] {
                 let error = io::Error::from_raw_os_error(libc::EMFILE);
                 let local = probe::LocalFailure { cause: probe::LocalCause::NoDescriptors, error };
-                tx.send((key, Err(local))).await.unwrap();
+                tx.send((key, 0, Err(local))).await.unwrap();
             }
         }
         let moved =
@@ -480,10 +494,39 @@ mod tests {
         assert_eq!(monitor.status(&down).map(|(s, _)| s), Some(Status::Down));
         assert_eq!(monitor.results_seen(), 1);
         // One real failure after them is the first of `fall` (2), not the 101st.
-        tx.send((up, Ok(result(false)))).await.unwrap();
+        tx.send((up, 0, Ok(result(false)))).await.unwrap();
         let moved =
             tokio::time::timeout(Duration::from_millis(300), monitor.next_transition()).await;
         assert!(moved.is_err(), "one failure took it DOWN: {moved:?}");
+    }
+
+    /// A result a replaced prober had already queued (the old check's)
+    /// counts neither toward the new prober's first state nor at all.
+    #[tokio::test]
+    async fn a_replaced_probers_queued_result_does_not_count() {
+        let service = checked(tcp_check(1000, 100), &[]);
+        let key = backend_key(&service, Ipv4Addr::new(10, 77, 2, 11).into(), 80);
+        let mut monitor = Monitor::default();
+        let task = tokio::spawn(async {});
+        let (check, target) = (tcp_check(1000, 100), key.1.socket());
+        let tracker = Tracker::new(1, 1);
+        let checked = Checked { check, target, tracker, weight: None, generation: 7, task };
+        monitor.checked.insert(key, checked);
+        let result = CheckResult {
+            ok: true,
+            detail: String::new(),
+            at: std::time::SystemTime::now(),
+            duration: Duration::ZERO,
+            weight: None,
+        };
+        let tx = monitor.results_tx.clone();
+        tx.send((key, 6, Ok(result.clone()))).await.unwrap();
+        let moved =
+            tokio::time::timeout(Duration::from_millis(200), monitor.next_transition()).await;
+        assert!(moved.is_err(), "the old prober's result counted: {moved:?}");
+        tx.send((key, 7, Ok(result))).await.unwrap();
+        let (_, t) = monitor.next_transition().await;
+        assert_eq!(t.to, Status::Up, "the current prober's does");
     }
 
     /// Offsets are spread evenly over the interval, whatever its length.

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, sync::Arc};
 use lb_common::{
     abi::{
         BACKEND_DOWN, BACKEND_DSR, BACKEND_IN_USE, Backend, Conn, Endpoint, Flow, NO_BACKEND,
-        SCHED_MASK, SCHED_SH, Service, source_hash,
+        SCHED_MASK, SCHED_SH, SVC_SOURCES, Service, source_hash,
     },
     hash::{flow_hash, maglev_slot},
 };
@@ -28,6 +28,9 @@ pub struct Placement {
     /// space).
     pub services6: BTreeMap<Endpoint<[u8; 16]>, Service>,
     pub backends6: BTreeMap<u32, Backend<[u8; 16]>>,
+    /// Each family's allowed sources (`lb_sources`, `lb_sources6`).
+    pub sources: BTreeMap<(u32, [u8; 4], u8), u32>,
+    pub sources6: BTreeMap<(u32, [u8; 16], u8), u32>,
 }
 
 impl Placement {
@@ -38,6 +41,8 @@ impl Placement {
             backends: image.v4.backends.clone(),
             services6: image.v6.services.clone(),
             backends6: image.v6.backends.clone(),
+            sources: image.v4.sources.clone(),
+            sources6: image.v6.sources.clone(),
         }
     }
 }
@@ -47,6 +52,8 @@ impl Placement {
 pub trait FamilyAddr: MapAddr {
     fn services(p: &Placement) -> &BTreeMap<Endpoint<Self>, Service>;
     fn backends(p: &Placement) -> &BTreeMap<u32, Backend<Self>>;
+    /// Its services' allowed sources: (service id, network, length).
+    fn sources(p: &Placement) -> &BTreeMap<(u32, Self, u8), u32>;
     /// The flow, for the maps of its family.
     fn any(flow: Flow<Self>) -> AnyFlow;
 }
@@ -57,6 +64,9 @@ impl FamilyAddr for [u8; 4] {
     }
     fn backends(p: &Placement) -> &BTreeMap<u32, Backend<Self>> {
         &p.backends
+    }
+    fn sources(p: &Placement) -> &BTreeMap<(u32, Self, u8), u32> {
+        &p.sources
     }
     fn any(flow: Flow<Self>) -> AnyFlow {
         AnyFlow::V4(flow)
@@ -69,6 +79,9 @@ impl FamilyAddr for [u8; 16] {
     }
     fn backends(p: &Placement) -> &BTreeMap<u32, Backend<Self>> {
         &p.backends6
+    }
+    fn sources(p: &Placement) -> &BTreeMap<(u32, Self, u8), u32> {
+        &p.sources6
     }
     fn any(flow: Flow<Self>) -> AnyFlow {
         AnyFlow::V6(flow)
@@ -99,6 +112,9 @@ pub enum Refusal {
     /// there (sent on, backends would answer each other, the loop the data
     /// plane refuses as `drop_backend_port_to_vip` and `drop_source_vip`).
     OursAsSource,
+    /// The service has `allowed_sources`, and none holds the source
+    /// (the data plane's `drop_source_not_allowed`).
+    SourceNotAllowed,
 }
 
 /// The backend `id` if it is in use, serves `service_id` on the flow's VIP
@@ -157,11 +173,24 @@ pub fn place<A: FamilyAddr>(
     Ok(target)
 }
 
+/// Whether one of service `service_id`'s allowed prefixes holds `src`.
+fn allowed<A: FamilyAddr>(p: &Placement, service_id: u32, src: A) -> bool {
+    A::sources(p)
+        .range((service_id, A::default(), 0)..)
+        .take_while(|((id, ..), _)| *id == service_id)
+        .any(|(&(_, network, len), _)| src.masked(u32::from(len)) == network)
+}
+
 /// A flow the connection table does not know, placed by its service's table.
+/// (Persistence and `max_conns` are the data plane's alone: a datagram
+/// placed here goes by the table, as a packet met mid-way does.)
 fn schedule<A: FamilyAddr>(p: &Placement, flow: &Flow<A>) -> Result<Target<A>, Refusal> {
     let service = A::services(p)
         .get(&Endpoint::new(flow.dst, flow.dport, flow.proto))
         .ok_or(Refusal::NoService)?;
+    if service.flags & SVC_SOURCES != 0 && !allowed(p, service.id, flow.src) {
+        return Err(Refusal::SourceNotAllowed);
+    }
     let table = p.maglev.get(&service.id).ok_or(Refusal::NoBackend)?;
     let hash = match service.flags & SCHED_MASK {
         SCHED_SH => source_hash(flow.src),
@@ -197,6 +226,7 @@ mod tests {
             proto: PROTO_UDP,
             _pad: 0,
             weight: 1,
+            max_conns: 0,
         }
     }
 
@@ -204,7 +234,7 @@ mod tests {
     fn placement(flags: u32) -> Placement {
         let mut p = Placement::default();
         let key = Endpoint::new(VIP, 53, PROTO_UDP);
-        p.services.insert(key, Service { id: 7, ring_size: 13, flags, _pad: 0 });
+        p.services.insert(key, Service { id: 7, ring_size: 13, flags, persist_ticks: 0 });
         p.maglev.insert(7, Arc::new((0..13).map(|i| 1 + i % 2).collect()));
         p.backends.insert(1, backend(11, 0));
         p.backends.insert(2, backend(12, 0));
@@ -287,7 +317,7 @@ mod tests {
     fn dual(flags: u32) -> Placement {
         let mut p = placement(flags);
         let key = Endpoint::new(VIP6, 53, PROTO_UDP);
-        p.services6.insert(key, Service { id: 8, ring_size: 13, flags, _pad: 0 });
+        p.services6.insert(key, Service { id: 8, ring_size: 13, flags, persist_ticks: 0 });
         p.maglev.insert(8, Arc::new((0..13).map(|i| 3 + i % 2).collect()));
         for (id, last) in [(3, 11), (4, 12)] {
             let b = Backend {
@@ -300,6 +330,7 @@ mod tests {
                 proto: PROTO_UDP,
                 _pad: 0,
                 weight: 1,
+                max_conns: 0,
             };
             p.backends6.insert(id, b);
         }

@@ -4,9 +4,12 @@ use std::sync::Arc;
 
 use aya::{
     Ebpf, Pod,
-    maps::{Array, HashMap, MapData},
+    maps::{
+        Array, HashMap, MapData,
+        lpm_trie::{Key, LpmTrie},
+    },
 };
-use lb_common::abi::{BACKEND_IN_USE, Backend, Endpoint, Real, Service};
+use lb_common::abi::{BACKEND_IN_USE, Backend, Endpoint, Real, Service, SourceKey};
 
 use super::{deleted, err, typed};
 use crate::{
@@ -23,6 +26,7 @@ pub struct Names {
     pub backend_addrs: &'static str,
     pub addrs: &'static str,
     pub real_slots: &'static str,
+    pub sources: &'static str,
 }
 
 pub const V4: Names = Names {
@@ -33,6 +37,7 @@ pub const V4: Names = Names {
     backend_addrs: "lb_backend_addrs",
     addrs: "lb_addrs",
     real_slots: "lb_real_slots",
+    sources: "lb_sources",
 };
 
 pub const V6: Names = Names {
@@ -43,6 +48,7 @@ pub const V6: Names = Names {
     backend_addrs: "lb_be_addrs6",
     addrs: "lb_addrs6",
     real_slots: "lb_real_slots6",
+    sources: "lb_sources6",
 };
 
 /// A family's maps, as the reconciler writes them.
@@ -55,6 +61,7 @@ pub struct FamilyMaps<A: MapAddr + Pod> {
     backend_addrs: HashMap<MapData, A, u32>,
     addrs: Array<MapData, u8>,
     real_slots: Array<MapData, u32>,
+    sources: LpmTrie<MapData, SourceKey<A>, u32>,
 }
 
 impl<A: MapAddr + Pod> FamilyMaps<A> {
@@ -69,6 +76,7 @@ impl<A: MapAddr + Pod> FamilyMaps<A> {
             backend_addrs: typed(ebpf, names.backend_addrs)?,
             addrs: typed(ebpf, names.addrs)?,
             real_slots: typed(ebpf, names.real_slots)?,
+            sources: typed(ebpf, names.sources)?,
         })
     }
 
@@ -122,6 +130,13 @@ impl<A: MapAddr + Pod> FamilyMaps<A> {
                 image.real_slots.insert(slot, value);
             }
         }
+        for entry in &self.sources {
+            let (key, value) = entry.map_err(reading(self.names.sources))?;
+            let data = key.data();
+            let len = key.prefix_len().saturating_sub(32);
+            let service_id = u32::from_be_bytes(data.service_be);
+            image.sources.insert((service_id, data.addr, u8::try_from(len).unwrap_or(0)), value);
+        }
         Ok(())
     }
 
@@ -158,6 +173,18 @@ impl<A: MapAddr + Pod> FamilyMaps<A> {
                 self.services.insert(k, s, 0).map_err(writing(n.services))
             }
             FamilyOp::DelService(k) => deleted(self.services.remove(k), &deleting(n.services)),
+            FamilyOp::PutSource(key) => {
+                self.sources.insert(&source_key(*key), 1, 0).map_err(writing(n.sources))
+            }
+            FamilyOp::DelSource(key) => {
+                deleted(self.sources.remove(&source_key(*key)), &deleting(n.sources))
+            }
         }
     }
+}
+
+/// The `lb_sources` key of (service id, network, prefix length): the
+/// service id's 32 bits come first in the matched prefix.
+fn source_key<A: MapAddr + Pod>((service_id, addr, len): (u32, A, u8)) -> Key<SourceKey<A>> {
+    Key::new(32 + u32::from(len), SourceKey { service_be: service_id.to_be_bytes(), addr })
 }

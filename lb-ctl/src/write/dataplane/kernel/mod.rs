@@ -23,7 +23,7 @@ use aya::{
 };
 use lb_common::abi::{
     BackendConns, CONN_ESTABLISHED, CONN_STATES, DEFAULT_ANSWERS_PER_SECOND, EpochClock,
-    MAGLEV_SIZE, MAX_TX_PORTS, Meta, NO_BACKEND, Policy, Traffic, epoch_mult, expired,
+    MAGLEV_SIZE, MAX_TX_PORTS, Meta, NO_BACKEND, Policy, TABLE_WORDS, Traffic, epoch_mult, expired,
 };
 use lb_common::conn_table::{conn_set_bits, conn6_set_bits};
 use rustc_hash::FxHashSet;
@@ -48,7 +48,7 @@ use crate::{
     write::{gro, netdev},
 };
 
-type Table = [u32; MAGLEV_SIZE as usize];
+type Table = [u32; TABLE_WORDS];
 
 /// Ticks of idleness after which the recount erases an entry (about 3.4
 /// years): a tick difference reads as negative, "stamped in the future",
@@ -561,6 +561,13 @@ fn typed<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     T::try_from(take(ebpf, name)?).map_err(err(format!("opening {name}")))
 }
 
+/// What a table no service uses holds: no slot, no usable backend.
+fn empty_table() -> Vec<u32> {
+    let mut table = vec![NO_BACKEND; TABLE_WORDS];
+    table[MAGLEV_SIZE as usize] = 0;
+    table
+}
+
 impl KernelMaps {
     fn put_maglev(&mut self, id: u32, slots: &[u32]) -> Result<(), DataplaneError> {
         let table: &Table = slots
@@ -764,7 +771,7 @@ impl Maps for KernelMaps {
             Op::V4(op) => self.v4.apply(op),
             Op::V6(op) => self.v6.apply(op),
             Op::PutMaglev(id, slots) => self.put_maglev(*id, slots),
-            Op::ClearMaglev(id) => self.put_maglev(*id, &vec![NO_BACKEND; MAGLEV_SIZE as usize]),
+            Op::ClearMaglev(id) => self.put_maglev(*id, &empty_table()),
             Op::ResetServiceTraffic(id) => self.reset_traffic(CounterKind::Service, *id),
             Op::ResetBackendTraffic(id) => self.reset_traffic(CounterKind::Backend, *id),
             Op::PutMeta(meta) => self.meta.set(0, meta, 0).map_err(err("writing lb_meta")),
