@@ -193,14 +193,22 @@ impl<M: Maps> Reconciler<M> {
     /// Recounts every backend's connections (see `Maps::recount_connections`).
     pub fn recount_connections(&mut self) -> Result<BTreeMap<u32, BackendConns>, ReconcileError> {
         let (v4, v6) = (&self.applied.v4, &self.applied.v6);
-        let lc_services = (v4.services.values().chain(v6.services.values()))
+        let lc_services: BTreeSet<u32> = (v4.services.values().chain(v6.services.values()))
             .filter(|s| s.flags & SCHED_MASK == SCHED_LC)
             .map(|s| s.id)
             .collect();
-        let backends = (v4.backends.iter().map(|(id, b)| (*id, b.service_id)))
-            .chain(v6.backends.iter().map(|(id, b)| (*id, b.service_id)))
-            .collect();
-        Ok(self.maps.recount_connections(&backends, &lc_services)?)
+        // (id, service id, max_conns) of every backend in use.
+        let all = (v4.backends.iter().map(|(id, b)| (*id, b.service_id, b.max_conns)))
+            .chain(v6.backends.iter().map(|(id, b)| (*id, b.service_id, b.max_conns)));
+        let mut backends = BTreeMap::new();
+        let mut moved_by_kernel = BTreeSet::new();
+        for (id, service_id, max_conns) in all {
+            backends.insert(id, service_id);
+            if max_conns != 0 || lc_services.contains(&service_id) {
+                moved_by_kernel.insert(id);
+            }
+        }
+        Ok(self.maps.recount_connections(&backends, &moved_by_kernel)?)
     }
 
     /// The maps, for tests and benchmarks that also drive the program.

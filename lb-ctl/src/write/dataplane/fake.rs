@@ -96,7 +96,7 @@ impl Maps for FakeMaps {
     fn recount_connections(
         &mut self,
         _backends: &std::collections::BTreeMap<u32, u32>,
-        _lc_services: &std::collections::BTreeSet<u32>,
+        _moved_by_kernel: &std::collections::BTreeSet<u32>,
     ) -> Result<std::collections::BTreeMap<u32, lb_common::abi::BackendConns>, DataplaneError> {
         Ok(std::collections::BTreeMap::new())
     }

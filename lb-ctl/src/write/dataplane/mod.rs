@@ -95,13 +95,15 @@ pub trait Maps: Send {
     /// in the connection table, removes expired entries, and publishes the
     /// counts to the data plane (`lc`) and the caller.
     /// `backends`: the backends in use (the applied image's, both
-    /// families), by id, with their service's id; `lc_services`:
-    /// the services whose backends' counts the data plane also moves (each
-    /// `lc` pick counts at once), so theirs are always rewritten.
+    /// families), by id, with their service's id; `moved_by_kernel`: the
+    /// backends whose counts the data plane also moves (each `lc` pick and
+    /// each new flow on a backend with `max_conns` counts at once, also
+    /// for a flow that never reaches the table), so theirs are always
+    /// rewritten.
     fn recount_connections(
         &mut self,
         backends: &BTreeMap<u32, u32>,
-        lc_services: &BTreeSet<u32>,
+        moved_by_kernel: &BTreeSet<u32>,
     ) -> Result<BTreeMap<u32, BackendConns>, DataplaneError>;
 
     /// A handle for the reads, which must not wait behind writes (see

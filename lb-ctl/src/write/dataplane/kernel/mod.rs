@@ -720,7 +720,7 @@ impl Maps for KernelMaps {
     fn recount_connections(
         &mut self,
         backends: &BTreeMap<u32, u32>,
-        lc_services: &BTreeSet<u32>,
+        moved_by_kernel: &BTreeSet<u32>,
     ) -> Result<BTreeMap<u32, BackendConns>, DataplaneError> {
         let now = self.epoch_now()? as u32;
         let mut counts: BTreeMap<u32, BackendConns> = BTreeMap::new();
@@ -729,15 +729,15 @@ impl Maps for KernelMaps {
         // all in its family's table, and both add to the same counts.
         recount(&self.conns, now, &timeouts, backends, &mut counts);
         recount(&self.conns6, now, &timeouts, backends, &mut counts);
-        // Every backend in use gets its count, zero included. An `lc`
-        // backend's is always rewritten (this clears the picks the data
-        // plane added for flows that did not stay); the others' only when it
-        // changed: with thousands of backends, a write each is most of the cost.
+        // Every backend in use gets its count, zero included. One whose
+        // count the data plane moves is always rewritten (this clears what
+        // it added for flows that did not stay: a SYN never answered, a
+        // one-datagram exchange); the others' only when it changed: with
+        // thousands of backends, a write each is most of the cost.
         let mut published = BTreeMap::new();
-        for (id, service_id) in backends {
+        for id in backends.keys() {
             let c = counts.get(id).copied().unwrap_or_default();
-            let moved_by_kernel = lc_services.contains(service_id);
-            if moved_by_kernel || self.published.get(id) != Some(&c) {
+            if moved_by_kernel.contains(id) || self.published.get(id) != Some(&c) {
                 self.be_conns.set(*id, c, 0).map_err(err("writing lb_be_conns"))?;
             }
             published.insert(*id, c);
