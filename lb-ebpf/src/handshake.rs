@@ -186,10 +186,13 @@ pub fn settle<F: Family>(
         F::remember(service_id, placed.backend_id, placed.flags, flow.src);
     }
     // Spent: the table holds the flow now. A record of no client's source
-    // (the unspecified address) matches no flow; the rest of it is left
-    // (a whole record zeroed was a call of the byte-by-byte `memset`).
+    // (the unspecified address, refused as martian before any lookup) and
+    // port 0 matches no flow; the rest of it is left.
     // SAFETY: as in `find`.
-    unsafe { (*record).flow.src = F::Addr::default() };
+    unsafe {
+        (*record).flow.src = F::Addr::default();
+        (*record).flow.dport = 0;
+    }
     Known::Flow(service_id, choice)
 }
 

@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    abi::PROTO_TCP,
+    abi::{PROTO_TCP, PROTO_UDP},
     counter::Kind,
     trace::{
         TRACE_CLIENT, TRACE_DROPS_ONLY, TRACE_PORTS, TRACE_RING_BYTES, TraceConf, TraceCpu,
@@ -96,6 +96,7 @@ pub extern "C" fn lb_trace_capture(ctx: *mut xdp_md) -> u32 {
     event.ifindex = 0;
     event.family = 0;
     event.flags = 0;
+    event.proto = 0;
     (event.sport, event.dport, event.tcp_flags) = (0, 0, 0);
     let Ok(ethertype) = ptr_at::<[u8; 2]>(&ctx, 12) else {
         return 0;
@@ -113,7 +114,10 @@ pub extern "C" fn lb_trace_capture(ctx: *mut xdp_md) -> u32 {
         return 0;
     }
     event.ifindex = ctx.ingress_ifindex() as u32;
+    // Ports only where there are ports: ICMP's first words are its type,
+    // code and checksum.
     if let Some(offset) = transport
+        && (event.proto == PROTO_TCP || event.proto == PROTO_UDP)
         && let Ok(ports) = ptr_at::<[u8; 4]>(&ctx, offset)
     {
         // SAFETY: as above.

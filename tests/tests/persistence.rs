@@ -10,7 +10,9 @@ use lb_testbed::{
 };
 
 /// `persistence_s = 10`: twenty connections of one client land on one
-/// backend; past the 10 s, with that backend drained, they land elsewhere.
+/// backend, and stay there when the weights turn against it (1 against
+/// 100 each: the table gives it about 1 slot in 200); past the 10 s since
+/// its last connection, the client is scheduled afresh and lands elsewhere.
 #[test]
 fn a_persistent_client_keeps_its_backend_until_the_time_runs_out() {
     let mut lab = Lab::start_with(
@@ -22,24 +24,28 @@ fn a_persistent_client_keeps_its_backend_until_the_time_runs_out() {
     eprintln!("persistent: {seen:?}");
     assert!(seen.iter().all(|b| *b == seen[0]), "one client, one backend: {seen:?}");
     let kept = seen[0].clone();
-    std::thread::sleep(Duration::from_secs(11));
-    let mut weights = [Some(1); 3];
-    weights[["web1", "web2", "web3"].iter().position(|n| *n == kept).unwrap()] = Some(0);
+    let mut weights = [Some(100); 3];
+    weights[["web1", "web2", "web3"].iter().position(|n| *n == kept).unwrap()] = Some(1);
     lab.reload(weights);
+    let held = lab.who_answers(5);
+    assert!(held.iter().all(|b| *b == kept), "kept against the weights: {held:?}");
+    std::thread::sleep(Duration::from_secs(11));
     let after = lab.who_answers(20);
-    eprintln!("after 11 s, {kept} drained: {after:?}");
-    assert!(after.iter().all(|b| *b != kept), "{after:?}");
+    eprintln!("after 11 s: {after:?}");
+    assert!(after.iter().all(|b| *b != kept), "scheduled afresh, by the weights: {after:?}");
     assert!(after.iter().all(|b| *b == after[0]), "sticky again, elsewhere: {after:?}");
 }
 
-/// `max_conns = 2` on one backend of the line echo, six connections held
-/// at once: all six open, at most two on the limited backend.
+/// `max_conns = 2` on one backend of the line echo, weighted so that the
+/// table gives it most flows (10 against 1 and 1), twelve connections held
+/// at once: all twelve open, exactly two on the limited backend (without
+/// the limit, about ten would be).
 #[test]
 fn a_backend_at_max_conns_takes_no_more() {
     let mut lab = Lab::start("lbp2");
     let text = lab.config_text([Some(1); 3]).replacen(
         "address = \"10.77.2.11\"\n  port = 9000\n  weight = 1\n",
-        "address = \"10.77.2.11\"\n  port = 9000\n  weight = 1\n  max_conns = 2\n",
+        "address = \"10.77.2.11\"\n  port = 9000\n  weight = 10\n  max_conns = 2\n",
         1,
     );
     assert!(text.contains("max_conns = 2"), "the echo's web1 in the config:\n{text}");
@@ -47,7 +53,7 @@ fn a_backend_at_max_conns_takes_no_more() {
     let on = in_ns(&lab.topo.client(), || {
         let mut held = Vec::new();
         let mut on = Vec::new();
-        for i in 0..6 {
+        for i in 0..12 {
             let mut conn = EchoConn::open().unwrap_or_else(|e| panic!("connection {i}: {e}"));
             on.push(conn.exchange("hello").unwrap_or_else(|e| panic!("connection {i}: {e}")));
             held.push(conn);
@@ -58,10 +64,10 @@ fn a_backend_at_max_conns_takes_no_more() {
         }
         on
     });
-    eprintln!("six held connections on {on:?}");
+    eprintln!("twelve held connections on {on:?}");
     let limited = on.iter().filter(|b| *b == "web1").count();
-    assert!(limited <= 2, "{limited} connections on the backend limited to 2: {on:?}");
-    assert_eq!(on.len(), 6);
+    assert_eq!(limited, 2, "connections on the backend limited to 2: {on:?}");
+    assert_eq!(on.len(), 12);
 }
 
 /// `allowed_sources = ["10.77.1.10/32"]`: the client is served, a client

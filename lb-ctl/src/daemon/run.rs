@@ -245,8 +245,10 @@ pub async fn run(path: PathBuf, overrides: Overrides, config: Config) -> anyhow:
         // Changes still queued are answered 503 ("stopping"), then requests
         // in progress get the server's grace period.
         drop(requests);
-        // Trace streams end (and the trace goes off) before the server's grace.
-        trace.stop();
+        // Trace streams end (and the trace goes off) before the server's
+        // grace; the wait for the reader is a blocking one (a second at most).
+        let stopping = trace.clone();
+        let _ = tokio::task::spawn_blocking(move || stopping.stop()).await;
         let _ = stop_server.send(());
         let _ = server.await;
         anyhow::Ok(())

@@ -36,6 +36,8 @@ pub const EVENTS_PER_SECOND: u32 = 2000;
 const READ_WAIT: Duration = Duration::from_millis(100);
 /// How often the kernel's loss counters are read while tracing.
 const LOSS_READ: Duration = Duration::from_secs(1);
+/// How long `Hub::stop` waits for the reader to switch the trace off.
+const STOP_WAIT: Duration = Duration::from_secs(1);
 
 /// The trace's fan-out (cloned into the API's state).
 #[derive(Clone)]
@@ -55,6 +57,8 @@ struct State {
     /// Moves on with each change of `subscribers`.
     generation: u64,
     stopped: bool,
+    /// The reader has returned, the trace switched off (or it could not be).
+    reader_done: bool,
 }
 
 struct Subscriber {
@@ -102,7 +106,11 @@ impl Hub {
         let reader = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("lb-trace".into())
-            .spawn(move || read_loop(&reader, tap, &stats))
+            .spawn(move || {
+                read_loop(&reader, tap, &stats);
+                reader.lock().reader_done = true;
+                reader.changed.notify_all();
+            })
             .expect("spawning the trace reader");
         Self { shared }
     }
@@ -130,12 +138,27 @@ impl Hub {
         self.shared.lock().subscribers.len()
     }
 
-    /// Turns the trace off and stops the reader (the controller stops).
+    /// Turns the trace off and stops the reader (the controller stops),
+    /// waiting for it (at most `STOP_WAIT`): the data plane outlives the
+    /// controller, and a trace left on costs every packet its capture.
     pub fn stop(&self) {
         let mut state = self.shared.lock();
         state.stopped = true;
         state.subscribers.clear();
         self.shared.changed.notify_all();
+        let deadline = Instant::now() + STOP_WAIT;
+        while !state.reader_done {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                warn!("the packet trace's reader did not stop in time: the trace may be left on");
+                return;
+            };
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
     }
 }
 
@@ -161,12 +184,19 @@ fn read_loop(shared: &Shared, mut tap: Box<dyn TraceTap>, views: &watch::Receive
                 return;
             }
             if state.generation != applied || state.stopped {
-                applied = state.generation;
+                let generation = state.generation;
                 let conf = kernel_conf(state.subscribers.values().map(|s| &s.filter), per_tick);
                 drop(state);
                 match tap.set(&conf) {
-                    Ok(()) => on = conf.on != 0,
-                    Err(e) => warn!(error = %e, "cannot write the packet trace's filter"),
+                    Ok(()) => (applied, on) = (generation, conf.on != 0),
+                    // Tried again, not taken as done: a trace left on costs
+                    // every packet, one never switched on leaves its
+                    // readers waiting.
+                    Err(e) => {
+                        warn!(error = %e, "cannot write the packet trace's filter");
+                        std::thread::sleep(READ_WAIT);
+                        continue;
+                    }
                 }
                 if !on {
                     continue;
