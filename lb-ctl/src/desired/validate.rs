@@ -377,9 +377,10 @@ pub fn parse_prefix(text: &str) -> Result<Prefix, String> {
     let bits = if addr.is_ipv4() { 32 } else { 128 };
     let len = match len {
         None => bits,
-        Some(len) => len
-            .parse::<u8>()
-            .ok()
+        // Digits only: `u8`'s parse also takes a sign ("+8").
+        Some(len) => Some(len)
+            .filter(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|l| l.parse::<u8>().ok())
             .filter(|&l| l <= bits)
             .ok_or_else(|| format!("the prefix length must be 0 to {bits}"))?,
     };
