@@ -593,7 +593,8 @@ impl Oracle {
                 .filter(|b| b.weight > 0 && b.state == AdminState::Active)
                 .filter(|b| placed.is_none_or(|at| at == (ipv4(b.address), b.port)))
                 .collect();
-            if usable.is_empty() {
+            // The answer for no usable backend, if this packet gets one.
+            let answer = || {
                 // Answered only from a plain header, and a reset never is.
                 if !service.reject {
                     return Err("no usable backend, and the service drops");
@@ -608,21 +609,32 @@ impl Oracle {
                 if self.backends.contains(&p.src) {
                     return Err("no usable backend, and a backend's address is never answered");
                 }
-                let answer = if p.proto == PROTO_TCP {
+                Ok(if p.proto == PROTO_TCP {
                     Translation::Reset
                 } else {
                     Translation::PortUnreachable
-                };
-                return Ok(vec![answer]);
+                })
+            };
+            if usable.is_empty() {
+                return Ok(vec![answer()?]);
             }
-            return Ok(vec![match service.forwarding {
+            let forwarded = match service.forwarding {
                 Forwarding::Nat => Translation::ToBackend {
                     backends: usable.iter().map(|b| (ipv4(b.address), b.port)).collect(),
                 },
                 Forwarding::Dsr => Translation::Direct {
                     backends: usable.iter().map(|b| ipv4(b.address)).collect(),
                 },
-            }]);
+            };
+            // Every usable backend with a `max_conns`: the new flows the
+            // corpus sends before a recount may have filled them all, and
+            // then the flow is answered as no usable backend is.
+            if usable.iter().all(|b| b.max_conns > 0)
+                && let Ok(answer) = answer()
+            {
+                return Ok(vec![forwarded, answer]);
+            }
+            return Ok(vec![forwarded]);
         }
         let (vip, port) =
             reply_of.ok_or("neither to a VIP nor from a NAT backend's service endpoint")?;
