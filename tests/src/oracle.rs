@@ -586,7 +586,12 @@ impl Oracle {
             }
             let service =
                 self.service(p.dst, p.dport, p.proto).ok_or("no service at that VIP and port")?;
-            let placed = self.placed((p.src, p.sport, p.dst, p.dport, p.proto));
+            // Where the flow went before binds it, unless a backend has a
+            // `max_conns`: a flow placed again (its record overwritten)
+            // skips a backend that has filled since.
+            let limited = service.backends.iter().any(|b| b.max_conns > 0);
+            let placed =
+                self.placed((p.src, p.sport, p.dst, p.dport, p.proto)).filter(|_| !limited);
             let usable: Vec<_> = service
                 .backends
                 .iter()
