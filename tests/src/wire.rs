@@ -27,6 +27,23 @@ pub fn packet_socket(dev: &str) -> (OwnedFd, libc::sockaddr_ll) {
     (fd, addr)
 }
 
+/// Sends `frame` as it is through a packet socket of `packet_socket`;
+/// whether the kernel took all of it.
+pub fn send_frame(fd: &OwnedFd, addr: &libc::sockaddr_ll, frame: &[u8]) -> bool {
+    // SAFETY: a valid socket, buffer and address.
+    let rc = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            std::ptr::from_ref(addr).cast(),
+            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    usize::try_from(rc) == Ok(frame.len())
+}
+
 /// The MAC address of `dev` in namespace `ns`.
 pub fn mac_of(ns: &str, dev: &str) -> Mac {
     let text = ns_sh(ns, &["cat", &format!("/sys/class/net/{dev}/address")]);

@@ -23,7 +23,7 @@ use lb_testbed::{
     server::{UDP_PORT, bulk_byte},
     topology::{BACKENDS, CLIENT_ADDR, ROUTED_CLIENT_ADDR, Topology, VIP},
 };
-use lb_tests::wire::{if_stat, mac_of, packet_socket, veth_drops};
+use lb_tests::wire::{if_stat, mac_of, packet_socket, send_frame, veth_drops};
 
 fn vip() -> Ipv4Addr {
     VIP.parse().expect("VIP")
@@ -433,18 +433,7 @@ fn send_frames(ns: &str, dev: &'static str, frames: Vec<Vec<u8>>) -> usize {
         let (fd, addr) = packet_socket(dev);
         let mut sent = 0;
         for (i, frame) in frames.iter().enumerate() {
-            // SAFETY: a valid socket, buffer and address.
-            let rc = unsafe {
-                libc::sendto(
-                    fd.as_raw_fd(),
-                    frame.as_ptr().cast(),
-                    frame.len(),
-                    0,
-                    (&raw const addr).cast(),
-                    size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-                )
-            };
-            if usize::try_from(rc) == Ok(frame.len()) {
+            if send_frame(&fd, &addr, frame) {
                 sent += 1;
             }
             if i % 64 == 63 {

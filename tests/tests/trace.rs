@@ -7,7 +7,6 @@
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpStream},
-    os::fd::AsRawFd as _,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -21,7 +20,7 @@ use lb_testbed::{
     packet::{Ipv4, TCP_ACK, TCP_SYN},
     topology::{BACKENDS, CLIENT_ADDR, FRESH_CLIENT_ADDRS, VIP},
 };
-use lb_tests::wire::{mac_of, packet_socket};
+use lb_tests::wire::{mac_of, packet_socket, send_frame};
 use serde_json::Value;
 
 /// `lb-ctl trace ARGS` in the load balancer's namespace, its lines
@@ -109,18 +108,7 @@ fn send_frames(client: &str, frames: Vec<Vec<u8>>) {
     in_ns(client, move || {
         let (fd, addr) = packet_socket("c0");
         for frame in frames {
-            // SAFETY: a valid socket, buffer and address.
-            let sent = unsafe {
-                libc::sendto(
-                    fd.as_raw_fd(),
-                    frame.as_ptr().cast(),
-                    frame.len(),
-                    0,
-                    (&raw const addr).cast(),
-                    size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-                )
-            };
-            assert_eq!(usize::try_from(sent).ok(), Some(frame.len()), "a frame is sent");
+            assert!(send_frame(&fd, &addr, &frame), "a frame is sent");
             std::thread::sleep(Duration::from_millis(5));
         }
     });

@@ -226,6 +226,10 @@ fn measure_per_packet() -> Vec<Row> {
     // The new-address rows' own count: each takes the next address in turn.
     let mut new_addresses = 0_usize;
     let ipv6 = ipv6::Frames::set_up(&loaded.program, client_if, backend_if);
+    // A client's SYN to `vip`, on the client side.
+    let syn = |client: (Ipv4Addr, u16), vip: (Ipv4Addr, u16)| {
+        (Ipv4::tcp(client, vip, TCP_SYN, b"").frame(IF_CLIENT_MAC, CLIENT_MAC), client_if)
+    };
     let measured = measure_groups(&baseline, &WIDTHS, |i, out| {
         if HANDSHAKE_SCENARIOS.contains(&i) {
             fresh += 1;
@@ -237,11 +241,7 @@ fn measure_per_packet() -> Vec<Row> {
         let (frame, ingress) = match i {
             0 => {
                 fresh += 1;
-                (
-                    Ipv4::tcp(fresh_client(fresh), (VIP, 80), TCP_SYN, b"")
-                        .frame(IF_CLIENT_MAC, CLIENT_MAC),
-                    client_if,
-                )
+                syn(fresh_client(fresh), (VIP, 80))
             }
             1 => {
                 // Outside the timed part: the SYN's entry goes, so each
@@ -261,11 +261,7 @@ fn measure_per_packet() -> Vec<Row> {
             14 => (ipv6.non_vip.clone(), client_if),
             15 => {
                 new_addresses += 1;
-                (
-                    Ipv4::tcp(new_client_address(new_addresses), (VIP, 80), TCP_SYN, b"")
-                        .frame(IF_CLIENT_MAC, CLIENT_MAC),
-                    client_if,
-                )
+                syn(new_client_address(new_addresses), (VIP, 80))
             }
             16 => {
                 new_addresses += 1;
@@ -273,23 +269,18 @@ fn measure_per_packet() -> Vec<Row> {
             }
             17..=20 => {
                 fresh += 1;
-                let (client, vip) = match i {
-                    17 => (fresh_client(fresh), (VIP_PERSIST, 80)),
+                let vip = match i {
+                    17 => (VIP_PERSIST, 80),
                     // Fresh clients of 10.77.3.0/24, whose network a connection recorded.
-                    18 => (fresh_client(fresh), (VIP_PERSIST, 82)),
-                    19 => (fresh_client(fresh), (VIP_BENCH, 80)),
-                    _ => (fresh_client(fresh), (VIP_BENCH, 81)),
+                    18 => (VIP_PERSIST, 82),
+                    19 => (VIP_BENCH, 80),
+                    _ => (VIP_BENCH, 81),
                 };
-                (Ipv4::tcp(client, vip, TCP_SYN, b"").frame(IF_CLIENT_MAC, CLIENT_MAC), client_if)
+                syn(fresh_client(fresh), vip)
             }
             other => {
                 fresh += 1;
-                let port = SCHEDULER_PORTS[other - 5];
-                (
-                    Ipv4::tcp(fresh_client(fresh), (VIP_SCHEDULERS, port), TCP_SYN, b"")
-                        .frame(IF_CLIENT_MAC, CLIENT_MAC),
-                    client_if,
-                )
+                syn(fresh_client(fresh), (VIP_SCHEDULERS, SCHEDULER_PORTS[other - 5]))
             }
         };
         let expected = if i == 4 || i == 14 { XDP_PASS } else { XDP_REDIRECT };
