@@ -12,7 +12,7 @@ use crate::addr::Addr;
 
 /// Bumped whenever a map layout below changes; stored in `lb_meta` so that a
 /// controller can tell whether pinned maps were written by a compatible build.
-pub const ABI_VERSION: u32 = 20;
+pub const ABI_VERSION: u32 = 21;
 
 /// Capacity of the service table (and of each per-service array).
 pub const MAX_SERVICES: u32 = 256;
@@ -161,6 +161,10 @@ pub const BACKEND_DOWN: u16 = 2;
 /// `-g`): the frame goes to the backend's MAC with the IP packet unchanged,
 /// and the backend answers the client itself.
 pub const BACKEND_DSR: u16 = 4;
+/// `Backend::flags`: its service forwards by full NAT (`fullnat`): the
+/// source becomes an address and port of the service's SNAT pool too, and
+/// the backend's replies to it are translated back (`fullnat`).
+pub const BACKEND_FULLNAT: u16 = 8;
 
 /// Value of `lb_reals`, keyed by the backend's `Endpoint`: lets a reply be
 /// rewritten back to the VIP without any connection state.

@@ -175,6 +175,18 @@ counters! {
     /// A packet to a service with `allowed_sources` from a source none of
     /// them holds.
     DropSourceNotAllowed = "drop_source_not_allowed" => Dropped,
+    /// A full-NAT service's new flow found no free port in its pool (every
+    /// port tried is held, or the mapping maps are full), and the service
+    /// drops rather than rejects (`on_no_backend`).
+    DropSnatExhausted = "drop_snat_exhausted" => Dropped,
+    /// From a full-NAT backend to an address and port no mapping of it
+    /// holds: not a translated flow (the load balancer's own connections,
+    /// its health checks among them, share the pool addresses), the kernel's.
+    PassFullnatUnknown = "pass_fullnat_unknown" => Passed,
+    /// A TCP segment other than a SYN of a full-NAT flow that has no
+    /// mapping (expired, or the flow met mid-way): the backend never had
+    /// this connection from us, so the client is reset.
+    RstFullnatUnknown = "rst_fullnat_unknown" => Answered,
 }
 
 impl Counter {

@@ -7,5 +7,6 @@ pub mod addr;
 pub mod conn_table;
 pub mod counter;
 pub mod csum;
+pub mod fullnat;
 pub mod hash;
 pub mod trace;

@@ -11,23 +11,24 @@
 //! own 512 bytes of stack, and an IPv4 packet pays nothing for IPv6.
 use aya_ebpf::{
     bindings::bpf_fib_lookup as FibParams,
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use lb_common::{
     abi::{
-        ADDR_FILTER_SIZE, Backend, Endpoint, FLOW_CACHE_SLOTS, FlowCacheEntry, FragEntry, FragKey,
-        HANDSHAKE_SLOTS, Handshake, MAX_BACKENDS, MAX_FRAGS, MAX_PERSIST, MAX_SERVICES,
+        ADDR_FILTER_SIZE, Backend, Endpoint, FLOW_CACHE_SLOTS, Flow, FlowCacheEntry, FragEntry,
+        FragKey, HANDSHAKE_SLOTS, Handshake, MAX_BACKENDS, MAX_FRAGS, MAX_PERSIST, MAX_SERVICES,
         MAX_SOURCES, NEXTHOP_SLOTS, NextHop, Persist, PersistKey, REAL_SLOTS, Real, Service,
         SourceKey,
     },
     addr::Addr,
     conn_table::{ConnSet, ConnSlot, MAP_MMAPABLE},
     counter::Counter,
+    fullnat::{FNAT_MAX, FnatFlow, FnatKey, FnatRev, SnatPool},
 };
 
 use crate::{
-    Verdict, conntrack, frag,
+    Verdict, conntrack, frag, fullnat,
     fwd::{self, Query},
     icmp, maps,
     nat::{self, Side},
@@ -49,6 +50,8 @@ pub const FRAGS: usize = MAX_FRAGS as usize;
 pub const CONNS: usize = lb_common::abi::DEFAULT_CONNTRACK_MAX as usize;
 pub const PERSIST: usize = MAX_PERSIST as usize;
 pub const SOURCES: usize = MAX_SOURCES as usize;
+pub const POOLS: usize = MAX_SERVICES as usize;
+pub const FNATS: usize = FNAT_MAX as usize;
 
 /// An address family: its header, its maps, and the operations on its
 /// packets that the shared decisions call.
@@ -68,6 +71,8 @@ pub trait Family: Sized + Copy + 'static {
     /// neighbour discovery comes from link-local sources, which no client
     /// has, to the VIPs too.
     const ICMP_BEFORE_SOURCE_CHECKS: bool;
+    /// The slot of the family's full-NAT program in `lb_progs`.
+    const FULLNAT_PROG: u32;
 
     /// VIP -> services on it.
     fn vips() -> &'static HashMap<Self::Addr, u32, SERVICES>;
@@ -84,6 +89,12 @@ pub trait Family: Sized + Copy + 'static {
     fn conntrack() -> &'static Array<ConnSet<Self::Addr>, CONNS, MAP_MMAPABLE>;
     fn persist() -> &'static LruHashMap<PersistKey<Self::Addr>, Persist, PERSIST>;
     fn sources() -> &'static LpmTrie<SourceKey<Self::Addr>, u32, SOURCES>;
+    /// Full NAT: the services' SNAT pools, the flows' mappings, and the
+    /// reverse mappings (`lb_common::fullnat`).
+    fn snat_pools() -> &'static Array<SnatPool<Self::Addr>, POOLS>;
+    fn fnat() -> &'static HashMap<Flow<Self::Addr>, FnatFlow<Self::Addr>, FNATS>;
+    fn fnat_rev() -> &'static HashMap<FnatKey<Self::Addr>, FnatRev<Self::Addr>, FNATS>;
+    fn fnat_work() -> &'static PerCpuArray<fullnat::Work<Self::Addr>, 1>;
     /// The connection table's size (base-2 logarithm of its sets), as the
     /// loader wrote it.
     fn conn_set_bits() -> u32;
@@ -109,6 +120,11 @@ pub trait Family: Sized + Copy + 'static {
     /// `pkt` comes from `transport` on the current frame, with no
     /// packet-resizing helper called since.
     unsafe fn rewrite(pkt: &Packet<Self>, side: Side, addr: Self::Addr, port: u16);
+    /// Rewrites both endpoints of `pkt` (full NAT) and counts one hop.
+    ///
+    /// # Safety
+    /// As `rewrite`'s; `pkt` is a whole packet.
+    unsafe fn rewrite_both(pkt: &Packet<Self>, src: (Self::Addr, u16), dst: (Self::Addr, u16));
     /// Fills the FIB's parameters for `query` (family and addresses).
     fn fib_query(params: &mut FibParams, pkt: &Packet<Self>, query: &Query<Self::Addr>);
     /// The next hop the FIB answered.
@@ -139,6 +155,18 @@ pub trait Family: Sized + Copy + 'static {
         to: To,
         here: Here,
     ) -> Result<Verdict, Counter>;
+    /// An answer (`reject::RESET`, `NO_BACKEND`, `TOO_BIG` from `vip`
+    /// with `mtu` to `to`, counted as `counter`) built by the family's
+    /// answer program, with a stack of its own (`reject::Request`): for
+    /// a program that has none to spare.
+    fn answer_apart(
+        ctx: &XdpContext,
+        kind: u32,
+        counter: Counter,
+        vip: Self::Addr,
+        mtu: u16,
+        to: To,
+    ) -> Result<Verdict, Counter>;
     /// `lc`'s pick among the service's backends.
     fn least_connections(service_id: u32, count: u32) -> u32;
     /// `select::within_limits`, in a global function.
@@ -147,6 +175,10 @@ pub trait Family: Sized + Copy + 'static {
     fn persisted(service_id: u32, flags: u32, ticks: u32, src: Self::Addr) -> u32;
     /// `persist::remember`, in a global function.
     fn remember(service_id: u32, backend_id: u32, flags: u32, src: Self::Addr);
+    /// `fullnat::map_out`, in a global function.
+    fn fnat_out(tcp_flags: u8, opening: bool) -> u32;
+    /// `fullnat::map_back`, in a global function.
+    fn fnat_back(tcp_flags: u8, seq: Option<u32>) -> u32;
 }
 
 /// IPv4, in `lb_xdp`.
@@ -161,6 +193,7 @@ impl Family for V4 {
     type FragKey = FragKey;
     const ICMP: u8 = lb_common::abi::PROTO_ICMP;
     const ICMP_BEFORE_SOURCE_CHECKS: bool = false;
+    const FULLNAT_PROG: u32 = fullnat::FULLNAT_PROG;
 
     #[inline(always)]
     fn vips() -> &'static HashMap<[u8; 4], u32, SERVICES> {
@@ -219,6 +252,22 @@ impl Family for V4 {
         &maps::LB_SOURCES
     }
     #[inline(always)]
+    fn snat_pools() -> &'static Array<SnatPool, POOLS> {
+        &maps::LB_SNAT
+    }
+    #[inline(always)]
+    fn fnat() -> &'static HashMap<Flow, FnatFlow, FNATS> {
+        &maps::LB_FNAT
+    }
+    #[inline(always)]
+    fn fnat_rev() -> &'static HashMap<FnatKey, FnatRev, FNATS> {
+        &maps::LB_FNAT_REV
+    }
+    #[inline(always)]
+    fn fnat_work() -> &'static PerCpuArray<fullnat::Work<[u8; 4]>, 1> {
+        &maps::LB_FNAT_WORK
+    }
+    #[inline(always)]
     fn conn_set_bits() -> u32 {
         conntrack::set_bits_v4()
     }
@@ -252,6 +301,11 @@ impl Family for V4 {
     unsafe fn rewrite(pkt: &Packet<Self>, side: Side, addr: [u8; 4], port: u16) {
         // SAFETY: the caller's guarantee.
         unsafe { nat::rewrite(pkt, side, addr, port) }
+    }
+    #[inline(always)]
+    unsafe fn rewrite_both(pkt: &Packet<Self>, src: ([u8; 4], u16), dst: ([u8; 4], u16)) {
+        // SAFETY: the caller's guarantee.
+        unsafe { nat::rewrite_both(pkt, src, dst) }
     }
     #[inline(always)]
     fn fib_query(params: &mut FibParams, pkt: &Packet<Self>, query: &Query<[u8; 4]>) {
@@ -301,6 +355,25 @@ impl Family for V4 {
         reject::frag_needed(ctx, pkt, vip, mtu, to, here)
     }
     #[inline(always)]
+    fn answer_apart(
+        ctx: &XdpContext,
+        kind: u32,
+        counter: Counter,
+        vip: [u8; 4],
+        mtu: u16,
+        to: To,
+    ) -> Result<Verdict, Counter> {
+        let [a, b, c, d] = vip;
+        let request = reject::Request {
+            kind,
+            counter,
+            vip: [a, b, c, d, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            mtu: u32::from(mtu),
+            to_backend: u32::from(to == To::Backend),
+        };
+        reject::request(ctx, request, reject::ANSWER_PROG, reject::failed_answer(kind, counter))
+    }
+    #[inline(always)]
     fn least_connections(service_id: u32, count: u32) -> u32 {
         lb_least_connections(service_id, count)
     }
@@ -315,6 +388,14 @@ impl Family for V4 {
     #[inline(always)]
     fn remember(service_id: u32, backend_id: u32, flags: u32, src: [u8; 4]) {
         lb_remember(service_id, backend_id, flags, u32::from_ne_bytes(src));
+    }
+    #[inline(always)]
+    fn fnat_out(tcp_flags: u8, opening: bool) -> u32 {
+        lb_fnat_out(u32::from(tcp_flags), u32::from(opening))
+    }
+    #[inline(always)]
+    fn fnat_back(tcp_flags: u8, seq: Option<u32>) -> u32 {
+        lb_fnat_back(u32::from(tcp_flags), u32::from(seq.is_some()), seq.unwrap_or(0))
     }
 }
 
@@ -347,4 +428,19 @@ pub extern "C" fn lb_persisted(service_id: u32, flags: u32, ticks: u32, src: u32
 #[inline(never)]
 pub extern "C" fn lb_remember(service_id: u32, backend_id: u32, flags: u32, src: u32) -> u32 {
     crate::persist::remember::<V4>(service_id, backend_id, flags, src.to_ne_bytes())
+}
+
+/// An IPv4 full-NAT client's mapping (`fullnat::map_out`): a global BPF
+/// function, verified once.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn lb_fnat_out(tcp_flags: u32, opening: u32) -> u32 {
+    fullnat::map_out::<V4>(tcp_flags as u8, opening != 0)
+}
+
+/// An IPv4 full-NAT backend's reply's mapping (`fullnat::map_back`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn lb_fnat_back(tcp_flags: u32, has_seq: u32, seq: u32) -> u32 {
+    fullnat::map_back::<V4>(tcp_flags as u8, (has_seq != 0).then_some(seq))
 }

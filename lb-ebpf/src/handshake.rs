@@ -116,9 +116,26 @@ pub fn answered<F: Family>(ctx: &XdpContext, pkt: &Packet<F>, real: &Reply<F::Ad
     let Some((seq, _)) = parse::tcp_seq_ack(ctx, pkt) else {
         return;
     };
+    expect_ack(record, real.backend_id, seq);
+}
+
+/// `answered`, for the SYN-ACK (sequence number `seq`) of backend
+/// `backend_id` to the client's `flow` (full NAT, whose reply does not
+/// name the client).
+#[inline(always)]
+pub fn record_answer<F: Family>(flow: &Flow<F::Addr>, backend_id: u32, seq: u32, here: Here) {
+    if let Some(record) = find::<F>(flow, here) {
+        expect_ack(record, backend_id, seq);
+    }
+}
+
+/// The record learns that backend `backend_id` answered with `seq`, if
+/// the record placed its flow there.
+#[inline(always)]
+fn expect_ack<A>(record: *mut Handshake<A>, backend_id: u32, seq: u32) {
     // SAFETY: as in `find`.
     unsafe {
-        if (*record).backend_id == real.backend_id {
+        if (*record).backend_id == backend_id {
             (*record).expect_ack = seq.wrapping_add(1);
             (*record).flags |= HANDSHAKE_ANSWERED;
         }

@@ -14,6 +14,7 @@
 mod conntrack;
 mod family;
 mod frag;
+mod fullnat;
 mod fwd;
 mod handshake;
 mod icmp;
@@ -38,9 +39,9 @@ use aya_ebpf::{
 };
 use lb_common::{
     abi::{
-        ADDR_BACKEND, ADDR_REAL, ADDR_VIP, BACKEND_DOWN, BACKEND_DSR, BACKEND_IN_USE,
-        NEIGH_MARK_MAGIC, NEIGH_MARK6_MAGIC, NEIGH6_SLOTS, NeighMark, PROTO_TCP, SVC_REJECT,
-        SVC_SOURCES, TCP_ACK, TCP_SYN, neigh6_tag,
+        ADDR_BACKEND, ADDR_REAL, ADDR_VIP, BACKEND_DOWN, BACKEND_DSR, BACKEND_FULLNAT,
+        BACKEND_IN_USE, NEIGH_MARK_MAGIC, NEIGH_MARK6_MAGIC, NEIGH6_SLOTS, NeighMark, PROTO_TCP,
+        SVC_REJECT, SVC_SOURCES, TCP_ACK, TCP_SYN, neigh6_tag,
     },
     counter::{Counter, Kind},
     trace::{TRACE_NEW_FLOW, TRACE_NO_ID, TRACE_REPLY},
@@ -157,6 +158,35 @@ pub fn lb_answer6(ctx: XdpContext) -> u32 {
 pub fn lb_icmp6(ctx: XdpContext) -> u32 {
     let verdict = v6::icmp::translate(&ctx).unwrap_or_else(Verdict::stopped);
     traced(&ctx, &verdict)
+}
+
+/// IPv4 answers for `lb_fnat`, which has no stack to spare for them (see
+/// `reject::Request`).
+#[xdp]
+#[inline(always)]
+// The context by value: the signature aya's program macros require.
+#[allow(clippy::needless_pass_by_value)]
+pub fn lb_answer(ctx: XdpContext) -> u32 {
+    traced(&ctx, &reject::answer(&ctx).unwrap_or_else(Verdict::stopped))
+}
+
+/// Full NAT, tail called by `lb_xdp` for a full-NAT backend's packets
+/// (see `fullnat`).
+#[xdp]
+#[inline(always)]
+// The context by value: the signature aya's program macros require.
+#[allow(clippy::needless_pass_by_value)]
+pub fn lb_fnat(ctx: XdpContext) -> u32 {
+    traced(&ctx, &fullnat::run::<V4>(&ctx).unwrap_or_else(Verdict::stopped))
+}
+
+/// Full NAT for IPv6, tail called by `lb_xdp6`.
+#[xdp]
+#[inline(always)]
+// The context by value: the signature aya's program macros require.
+#[allow(clippy::needless_pass_by_value)]
+pub fn lb_fnat6(ctx: XdpContext) -> u32 {
+    traced(&ctx, &fullnat::run::<V6>(&ctx).unwrap_or_else(Verdict::stopped))
 }
 
 /// Counts the verdict, tells the trace if it is on, and answers the action.
@@ -296,6 +326,15 @@ fn to_client<F: Family>(
     };
     // Before the reply may move its connection's state (a forged FIN or RST).
     fwd::arrived_from(ctx, pkt, pkt.flow.src, here)?;
+    if F::backends().get(real.backend_id).is_some_and(|b| b.flags & BACKEND_FULLNAT != 0) {
+        let request = fullnat::Request {
+            to_backend: 0,
+            service_id: real.service_id,
+            backend_id: real.backend_id,
+            new_flow: 0,
+        };
+        return fullnat::request::<F>(ctx, request).map(Some);
+    }
     reply_to_ours(pkt, dst_flags, &real, here)?;
     expire_check(pkt)?;
     if pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK && pkt.flow.proto == PROTO_TCP {
@@ -446,6 +485,15 @@ fn to_backend<F: Family>(
     // Read again (see `Choice`): removed since it was chosen, it is no target.
     let backend =
         choice.backend().filter(|b| b.flags & BACKEND_IN_USE != 0).ok_or(Counter::DropNoBackend)?;
+    if backend.flags & BACKEND_FULLNAT != 0 {
+        let request = fullnat::Request {
+            to_backend: 1,
+            service_id,
+            backend_id: choice.id,
+            new_flow: u32::from(choice.new_flow),
+        };
+        return fullnat::request::<F>(ctx, request).map(Some);
+    }
     let dsr = backend.flags & BACKEND_DSR != 0;
     let target = Target {
         rewrite: (!dsr).then_some(Side::Destination),

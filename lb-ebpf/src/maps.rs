@@ -15,10 +15,12 @@ use lb_common::abi::{
 };
 
 use crate::family::{
-    ADDRS, BACKENDS, CACHE, CONNS, FRAGS, HANDSHAKES, HOPS, REALS, SERVICES, SLOTS,
+    ADDRS, BACKENDS, CACHE, CONNS, FNATS, FRAGS, HANDSHAKES, HOPS, POOLS, REALS, SERVICES, SLOTS,
 };
+use lb_common::abi::Flow;
 use lb_common::conn_table::{ConnSet, MAP_MMAPABLE};
 use lb_common::counter::Counter;
+use lb_common::fullnat::{FnatFlow, FnatKey, FnatRev, SnatPool};
 
 /// (VIP, port, protocol) -> service. Hash maps hold twice the plan's limit:
 /// a reload writes the new entries before it deletes the old ones.
@@ -217,9 +219,46 @@ pub static LB_NEIGH6: Array<[u8; 16], { NEIGH6_SLOTS as usize }> = Array::new();
 /// IPv6 goes to the kernel untouched, counted `pass_not_ipv4`). Slot 1:
 /// `lb_answer6`, which `lb_xdp6` tail calls to answer (see `v6::answer`).
 /// Slot 2: `lb_icmp6`, which it tail calls for an ICMPv6 error (`v6::icmp`).
+/// Slots 3 and 4: `lb_fnat` and `lb_fnat6`, which `lb_xdp` and `lb_xdp6`
+/// tail call for a full-NAT backend's packets (`fullnat`). Slot 5:
+/// `lb_answer`, IPv4's answers for `lb_fnat` (`reject::answer`).
 #[btf_map(name = "lb_progs")]
-pub static LB_PROGS: ProgramArray<3> = ProgramArray::new();
+pub static LB_PROGS: ProgramArray<6> = ProgramArray::new();
 
-/// What `lb_xdp6` asks `lb_answer6` to answer, one slot per CPU.
-#[btf_map(name = "lb_answer6_req")]
-pub static LB_ANSWER6_REQ: PerCpuArray<crate::v6::answer::Request, 1> = PerCpuArray::new();
+/// What `lb_xdp` (`lb_xdp6`) asks `lb_fnat` (`lb_fnat6`) to do, one slot per CPU.
+#[btf_map(name = "lb_fnat_req")]
+pub static LB_FNAT_REQ: PerCpuArray<crate::fullnat::Request, 1> = PerCpuArray::new();
+
+/// Service id -> its SNAT pool (full NAT; empty for the other services).
+#[btf_map(name = "lb_snat")]
+pub static LB_SNAT: Array<SnatPool, POOLS> = Array::new();
+
+/// A full-NAT client's flow -> its pool address and port and its backend;
+/// written by the data plane, expired by the controller (`lb_common::fullnat`).
+#[btf_map(name = "lb_fnat_fwd")]
+pub static LB_FNAT: HashMap<Flow, FnatFlow, FNATS> = HashMap::new();
+
+/// (backend, pool address and port, protocol) -> the client: the reverse
+/// mapping, which holds the port.
+#[btf_map(name = "lb_fnat_rev")]
+pub static LB_FNAT_REV: HashMap<FnatKey, FnatRev, FNATS> = HashMap::new();
+
+/// What `lb_fnat` and its mapping functions exchange, one slot per CPU.
+#[btf_map(name = "lb_fnat_work")]
+pub static LB_FNAT_WORK: PerCpuArray<crate::fullnat::Work<[u8; 4]>, 1> = PerCpuArray::new();
+
+#[btf_map(name = "lb_fnat_work6")]
+pub static LB_FNAT_WORK6: PerCpuArray<crate::fullnat::Work<[u8; 16]>, 1> = PerCpuArray::new();
+
+#[btf_map(name = "lb_snat6")]
+pub static LB_SNAT6: Array<SnatPool<[u8; 16]>, POOLS> = Array::new();
+
+#[btf_map(name = "lb_fnat_fwd6")]
+pub static LB_FNAT6: HashMap<Flow<[u8; 16]>, FnatFlow<[u8; 16]>, FNATS> = HashMap::new();
+
+#[btf_map(name = "lb_fnat_rev6")]
+pub static LB_FNAT_REV6: HashMap<FnatKey<[u8; 16]>, FnatRev<[u8; 16]>, FNATS> = HashMap::new();
+
+/// What a program asks `lb_answer6` (`lb_answer`) to answer, one slot per CPU.
+#[btf_map(name = "lb_answer_req")]
+pub static LB_ANSWER_REQ: PerCpuArray<crate::reject::Request, 1> = PerCpuArray::new();

@@ -95,3 +95,51 @@ unsafe fn rewrite_ip(ip: *mut u8, side: Side, old_addr: u32, new_addr: u32) -> u
         proto
     }
 }
+
+/// Rewrites both endpoints (full NAT: the source to `src`, the destination
+/// to `dst`, each an address and a port) and decrements the TTL once,
+/// keeping the checksums right as `rewrite` does.
+///
+/// # Safety
+/// As `rewrite`'s; `pkt` is a whole packet (its transport pointers set).
+#[inline(always)]
+pub unsafe fn rewrite_both(pkt: &Packet, src: ([u8; 4], u16), dst: ([u8; 4], u16)) {
+    let ip = pkt.ip.cast::<u8>();
+    let (new_src, new_dst) = (u32::from_ne_bytes(src.0), u32::from_ne_bytes(dst.0));
+    // SAFETY: the caller guarantees the bounds-checked 20-byte IPv4 header.
+    let (old_src, old_dst, proto) = unsafe {
+        let old_src = mem::load32::<12>(ip);
+        let old_dst = mem::load32::<16>(ip);
+        let proto = rewrite_ip(ip, Side::Destination, old_dst, new_dst);
+        // The TTL went down once, above; the source's change alone here.
+        let check = csum::replace_u32(mem::load16::<10>(ip), old_src, new_src);
+        mem::store16::<10>(ip, check);
+        mem::store32::<12>(ip, new_src);
+        (old_src, old_dst, proto)
+    };
+    let l4 = pkt.ports.cast::<u8>();
+    let check_at = pkt.l4_check.cast::<u8>();
+    if l4.is_null() || check_at.is_null() {
+        return;
+    }
+    let wire = |port: u16| u16::from_ne_bytes(port.to_be_bytes());
+    let (src_port, dst_port) = (wire(src.1), wire(dst.1));
+    // SAFETY: parse's bounds-checked transport pointers (not null).
+    unsafe {
+        let (was_src_port, was_dst_port) = (mem::load16::<0>(l4), mem::load16::<2>(l4));
+        let l4_check = mem::load16::<0>(check_at);
+        let udp = proto == PROTO_UDP;
+        if !(udp && l4_check == 0) {
+            let mut check = csum::replace_u32(l4_check, old_src, new_src);
+            check = csum::replace_u32(check, old_dst, new_dst);
+            check = csum::replace_u16(check, was_src_port, src_port);
+            check = csum::replace_u16(check, was_dst_port, dst_port);
+            if check == 0 && udp {
+                check = 0xffff;
+            }
+            mem::store16::<0>(check_at, check);
+        }
+        mem::store16::<0>(l4, src_port);
+        mem::store16::<2>(l4, dst_port);
+    }
+}

@@ -25,10 +25,90 @@ use lb_common::{
 use crate::{
     Verdict,
     family::Family,
-    maps::{LB_ANSWERS, LB_POLICY},
-    parse::{ETH_LEN, EthHdr, Packet, ptr_at},
+    maps::{LB_ANSWER_REQ, LB_ANSWERS, LB_POLICY, LB_PROGS},
+    parse::{self, ETH_LEN, EthHdr, Packet, ptr_at},
     select::{self, Here},
 };
+
+/// What a program asks an answer program to answer, when it has no stack
+/// to spare for building the answer itself: `lb_xdp6` asks `lb_answer6`
+/// (always), `lb_fnat` asks `lb_answer` (IPv4), in this CPU's slot of
+/// `lb_answer_req` (XDP does not nest on a CPU, so the slot is this
+/// packet's between the two programs). The frame is unchanged until
+/// then, and parsed again there.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Request {
+    pub kind: u32,
+    /// The counter of an answer sent (a reset's: why).
+    pub counter: Counter,
+    /// Packet too big: the VIP it comes from (IPv4: its first 4 bytes),
+    /// the next link's MTU, and whether its sender is a backend
+    /// (`To::Backend`).
+    pub vip: [u8; 16],
+    pub mtu: u32,
+    pub to_backend: u32,
+}
+
+/// `Request::kind`.
+pub const RESET: u32 = 1;
+pub const NO_BACKEND: u32 = 2;
+pub const TOO_BIG: u32 = 3;
+
+/// The slot of `lb_answer` in `lb_progs`.
+pub const ANSWER_PROG: u32 = 5;
+
+/// Leaves `request` for the answer program in slot `prog` of `lb_progs`
+/// and tail calls it. Returns only if the call failed (no program in the
+/// slot): `failed` then.
+#[inline(always)]
+pub fn request(
+    ctx: &XdpContext,
+    request: Request,
+    prog: u32,
+    failed: Counter,
+) -> Result<Verdict, Counter> {
+    let Some(slot) = LB_ANSWER_REQ.get_ptr_mut(0) else {
+        return Err(failed);
+    };
+    // SAFETY: this CPU's slot; XDP does not nest on a CPU. The tail call
+    // does not return unless it failed.
+    unsafe {
+        *slot = request;
+        LB_PROGS.tail_call(ctx, prog);
+    }
+    Err(failed)
+}
+
+/// `lb_answer`: the IPv4 answer this CPU's request asks for, to the frame
+/// as the asking program left it.
+#[inline(always)]
+pub fn answer(ctx: &XdpContext) -> Result<Verdict, Counter> {
+    let request = *LB_ANSWER_REQ.get(0).ok_or(Counter::DropNoBackend)?;
+    let ip = parse::ipv4(ctx)?;
+    let pkt = parse::transport(ctx, &ip)?;
+    let here = Here::read(ctx);
+    match request.kind {
+        RESET => tcp_reset(ctx, &pkt, request.counter, here),
+        NO_BACKEND => no_backend(ctx, &pkt, here),
+        TOO_BIG => {
+            let to = if request.to_backend != 0 { To::Backend } else { To::Client };
+            let [a, b, c, d, ..] = request.vip;
+            frag_needed(ctx, &pkt, [a, b, c, d], request.mtu as u16, to, here)
+        }
+        _ => Err(Counter::DropNoBackend),
+    }
+}
+
+/// What an answer the asking program could not have sent counts as.
+#[inline(always)]
+pub fn failed_answer(kind: u32, counter: Counter) -> Counter {
+    match kind {
+        RESET => counter_for_silence(counter),
+        TOO_BIG => Counter::DropTooBig,
+        _ => Counter::DropNoBackend,
+    }
+}
 
 const IP_LEN: usize = 20;
 const TCP_LEN: usize = 20;

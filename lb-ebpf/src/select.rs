@@ -202,6 +202,13 @@ impl Here {
         let cpu = unsafe { bpf_get_smp_processor_id() };
         Self { ingress: ctx.ingress_ifindex() as u32, cpu, epoch: epoch_now() }
     }
+
+    /// The clock alone, for a global function that has no context: its
+    /// `ingress` and `cpu` are 0, for what reads only `epoch`.
+    #[inline(always)]
+    pub fn clock() -> Self {
+        Self { ingress: 0, cpu: 0, epoch: epoch_now() }
+    }
 }
 
 /// The data plane's clock: jiffies scaled by `lb_epoch` (see `EpochClock`).
@@ -325,11 +332,25 @@ pub fn backend_closes<F: Family>(
     if tcp_flags & (TCP_FIN | TCP_RST) == 0 {
         return;
     }
-    if let Some(slot) = conntrack::find::<F>(&real.client_flow(reply)) {
+    closes::<F>(&real.client_flow(reply), real.backend_id, real.service_id, tcp_flags, here);
+}
+
+/// `backend_closes`, for a FIN or RST of backend `backend_id` (of
+/// `service_id`) in the client's `flow` (full NAT, whose reply does not
+/// name the client).
+#[inline(always)]
+pub fn closes<F: Family>(
+    flow: &Flow<F::Addr>,
+    backend_id: u32,
+    service_id: u32,
+    tcp_flags: u8,
+    here: Here,
+) {
+    if let Some(slot) = conntrack::find::<F>(flow) {
         // SAFETY: a pointer into the map's value, as above.
         let slot = unsafe { &mut *slot };
-        let ours = u32::from(slot.backend_id) == real.backend_id
-            && u32::from(slot.service_id) == real.service_id;
+        let ours =
+            u32::from(slot.backend_id) == backend_id && u32::from(slot.service_id) == service_id;
         if ours && let Some(state) = next_state(slot.state, tcp_flags, false) {
             slot.state = state;
             // The closing state's (shorter) timeout counts from now.

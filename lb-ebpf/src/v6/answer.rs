@@ -7,7 +7,7 @@
 //! the per-CPU budget).
 //!
 //! The answers run in a program of their own, `lb_answer6`: `lb_xdp6`
-//! leaves the request in this CPU's slot of `lb_answer6_req` and tail
+//! leaves the request in this CPU's slot of `lb_answer_req` and tail
 //! calls it (`request`), so that their stack is not added to the
 //! forwarding paths' (together they exceeded BPF's 512 bytes). The frame
 //! is unchanged until then, and parsed again there.
@@ -30,10 +30,10 @@ use super::{
 };
 use crate::{
     Verdict,
-    maps::{LB_ANSWER6_REQ, LB_PROGS},
+    maps::LB_ANSWER_REQ,
     mem,
     parse::{self, ETH_LEN, Packet, ptr_at},
-    reject::{self, To, counter_for_silence},
+    reject::{self, NO_BACKEND, RESET, Request, TOO_BIG, To, counter_for_silence},
     select::Here,
 };
 
@@ -50,27 +50,6 @@ const QUOTE_AT: usize = ETH_LEN + IPV6_LEN + ICMP6_LEN;
 /// own limit is 512 bytes).
 const SUM_PIECE: usize = 512;
 
-/// What `lb_xdp6` asks `lb_answer6` to answer (this CPU's slot of
-/// `lb_answer6_req`; XDP does not nest on a CPU, so the slot is this
-/// packet's between the two programs).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Request {
-    pub kind: u32,
-    /// The counter of an answer sent (a reset's: why).
-    pub counter: Counter,
-    /// Packet too big: the VIP it comes from, the next link's MTU, and
-    /// whether its sender is a backend (`To::Backend`).
-    pub vip: [u8; 16],
-    pub mtu: u32,
-    pub to_backend: u32,
-}
-
-/// `Request::kind`.
-pub const RESET: u32 = 1;
-pub const NO_BACKEND: u32 = 2;
-pub const TOO_BIG: u32 = 3;
-
 /// The slot of `lb_answer6` in `lb_progs`.
 pub const ANSWER_PROG: u32 = 1;
 
@@ -78,23 +57,14 @@ pub const ANSWER_PROG: u32 = 1;
 /// the call failed (no program in the slot): `failed` then.
 #[inline(always)]
 pub fn request(ctx: &XdpContext, request: Request, failed: Counter) -> Result<Verdict, Counter> {
-    let Some(slot) = LB_ANSWER6_REQ.get_ptr_mut(0) else {
-        return Err(failed);
-    };
-    // SAFETY: this CPU's slot; XDP does not nest on a CPU. The tail call
-    // does not return unless it failed.
-    unsafe {
-        *slot = request;
-        LB_PROGS.tail_call(ctx, ANSWER_PROG);
-    }
-    Err(failed)
+    reject::request(ctx, request, ANSWER_PROG, failed)
 }
 
 /// `lb_answer6`: the answer this CPU's request asks for, to the frame as
 /// `lb_xdp6` left it.
 #[inline(always)]
 pub fn answer(ctx: &XdpContext) -> Result<Verdict, Counter> {
-    let slot = LB_ANSWER6_REQ.get(0).ok_or(Counter::DropNoBackend)?;
+    let slot = LB_ANSWER_REQ.get(0).ok_or(Counter::DropNoBackend)?;
     let request = *slot;
     let counter = request.counter;
     let ip = parse6::headers(ctx)?;

@@ -12,24 +12,26 @@ pub mod parse;
 
 use aya_ebpf::{
     bindings::bpf_fib_lookup as FibParams,
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use lb_common::{
     abi::{
-        Backend, Endpoint, FlowCacheEntry, FragEntry, FragKey6, Handshake, NEIGH_MARK6_MAGIC,
+        Backend, Endpoint, Flow, FlowCacheEntry, FragEntry, FragKey6, Handshake, NEIGH_MARK6_MAGIC,
         NEIGH6_SLOTS, NextHop, Persist, PersistKey, Real, Service, SourceKey, neigh6_tag,
     },
     conn_table::{ConnSet, ConnSlot, MAP_MMAPABLE},
     counter::Counter,
+    fullnat::{FnatFlow, FnatKey, FnatRev, SnatPool},
 };
 
 use crate::{
     Verdict, conntrack,
     family::{
-        ADDRS, BACKENDS, CACHE, CONNS, FRAGS, Family, HANDSHAKES, HOPS, PERSIST, REALS, SERVICES,
-        SLOTS, SOURCES,
+        ADDRS, BACKENDS, CACHE, CONNS, FNATS, FRAGS, Family, HANDSHAKES, HOPS, PERSIST, POOLS,
+        REALS, SERVICES, SLOTS, SOURCES,
     },
+    fullnat,
     fwd::Query,
     maps, mem,
     nat::Side,
@@ -43,7 +45,7 @@ use crate::{
 pub struct V6;
 
 /// An answer request's fields that a kind leaves unused.
-const NO_REQUEST: answer::Request = answer::Request {
+const NO_REQUEST: reject::Request = reject::Request {
     kind: 0,
     counter: Counter::DropNoBackend,
     vip: [0; 16],
@@ -61,6 +63,7 @@ impl Family for V6 {
     type FragKey = FragKey6;
     const ICMP: u8 = parse::PROTO_ICMPV6;
     const ICMP_BEFORE_SOURCE_CHECKS: bool = true;
+    const FULLNAT_PROG: u32 = fullnat::FULLNAT6_PROG;
 
     #[inline(always)]
     fn vips() -> &'static HashMap<[u8; 16], u32, SERVICES> {
@@ -113,6 +116,22 @@ impl Family for V6 {
     #[inline(always)]
     fn sources() -> &'static LpmTrie<SourceKey<[u8; 16]>, u32, SOURCES> {
         &maps::LB_SOURCES6
+    }
+    #[inline(always)]
+    fn snat_pools() -> &'static Array<SnatPool<[u8; 16]>, POOLS> {
+        &maps::LB_SNAT6
+    }
+    #[inline(always)]
+    fn fnat() -> &'static HashMap<Flow<[u8; 16]>, FnatFlow<[u8; 16]>, FNATS> {
+        &maps::LB_FNAT6
+    }
+    #[inline(always)]
+    fn fnat_rev() -> &'static HashMap<FnatKey<[u8; 16]>, FnatRev<[u8; 16]>, FNATS> {
+        &maps::LB_FNAT_REV6
+    }
+    #[inline(always)]
+    fn fnat_work() -> &'static PerCpuArray<fullnat::Work<[u8; 16]>, 1> {
+        &maps::LB_FNAT_WORK6
     }
     #[inline(always)]
     fn conntrack() -> &'static Array<ConnSet<[u8; 16]>, CONNS, MAP_MMAPABLE> {
@@ -174,6 +193,11 @@ impl Family for V6 {
         unsafe { nat::rewrite(pkt, side, addr, port) }
     }
     #[inline(always)]
+    unsafe fn rewrite_both(pkt: &Packet<Self>, src: ([u8; 16], u16), dst: ([u8; 16], u16)) {
+        // SAFETY: the caller's guarantee.
+        unsafe { nat::rewrite_both(pkt, src, dst) }
+    }
+    #[inline(always)]
     fn fib_query(params: &mut FibParams, pkt: &Packet<Self>, query: &Query<[u8; 16]>) {
         params.family = AF_INET6;
         // SAFETY: pkt.ip was bounds-checked by parse: the traffic class
@@ -232,12 +256,12 @@ impl Family for V6 {
         _here: Here,
     ) -> Result<Verdict, Counter> {
         // The frame is `lb_answer6`'s to parse again (see `answer`).
-        let request = answer::Request { kind: answer::RESET, counter, ..NO_REQUEST };
+        let request = reject::Request { kind: reject::RESET, counter, ..NO_REQUEST };
         answer::request(ctx, request, reject::counter_for_silence(counter))
     }
     #[inline(always)]
     fn no_backend(ctx: &XdpContext, _pkt: &Packet<Self>, _here: Here) -> Result<Verdict, Counter> {
-        let request = answer::Request { kind: answer::NO_BACKEND, ..NO_REQUEST };
+        let request = reject::Request { kind: reject::NO_BACKEND, ..NO_REQUEST };
         answer::request(ctx, request, Counter::DropNoBackend)
     }
     #[inline(always)]
@@ -249,14 +273,27 @@ impl Family for V6 {
         to: To,
         _here: Here,
     ) -> Result<Verdict, Counter> {
-        let request = answer::Request {
-            kind: answer::TOO_BIG,
+        let request = reject::Request {
+            kind: reject::TOO_BIG,
             vip,
             mtu: u32::from(mtu),
             to_backend: u32::from(to == To::Backend),
             ..NO_REQUEST
         };
         answer::request(ctx, request, Counter::DropTooBig)
+    }
+    #[inline(always)]
+    fn answer_apart(
+        ctx: &XdpContext,
+        kind: u32,
+        counter: Counter,
+        vip: [u8; 16],
+        mtu: u16,
+        to: To,
+    ) -> Result<Verdict, Counter> {
+        let to_backend = u32::from(to == To::Backend);
+        let request = reject::Request { kind, counter, vip, mtu: u32::from(mtu), to_backend };
+        answer::request(ctx, request, reject::failed_answer(kind, counter))
     }
     #[inline(always)]
     fn least_connections(service_id: u32, count: u32) -> u32 {
@@ -275,6 +312,14 @@ impl Family for V6 {
     fn remember(service_id: u32, backend_id: u32, flags: u32, src: [u8; 16]) {
         let [high, low] = words(src);
         lb_remember6(service_id, backend_id, flags, high, low);
+    }
+    #[inline(always)]
+    fn fnat_out(tcp_flags: u8, opening: bool) -> u32 {
+        lb_fnat_out6(u32::from(tcp_flags), u32::from(opening))
+    }
+    #[inline(always)]
+    fn fnat_back(tcp_flags: u8, seq: Option<u32>) -> u32 {
+        lb_fnat_back6(u32::from(tcp_flags), u32::from(seq.is_some()), seq.unwrap_or(0))
     }
 }
 
@@ -331,4 +376,18 @@ pub extern "C" fn lb_remember6(
     low: u64,
 ) -> u32 {
     crate::persist::remember::<V6>(service_id, backend_id, flags, address(high, low))
+}
+
+/// An IPv6 full-NAT client's mapping (see `lb_fnat_out`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn lb_fnat_out6(tcp_flags: u32, opening: u32) -> u32 {
+    fullnat::map_out::<V6>(tcp_flags as u8, opening != 0)
+}
+
+/// An IPv6 full-NAT backend's reply's mapping (see `lb_fnat_back`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn lb_fnat_back6(tcp_flags: u32, has_seq: u32, seq: u32) -> u32 {
+    fullnat::map_back::<V6>(tcp_flags as u8, (has_seq != 0).then_some(seq))
 }

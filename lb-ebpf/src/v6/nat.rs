@@ -61,3 +61,44 @@ pub unsafe fn rewrite(pkt: &Packet<V6>, side: Side, addr: [u8; 16], port: u16) {
         }
     }
 }
+
+/// Rewrites both endpoints (full NAT) and decrements the hop limit once,
+/// keeping the transport checksum right as `rewrite` does.
+///
+/// # Safety
+/// As `rewrite`'s; `pkt` is a whole packet (its transport pointers set).
+#[inline(always)]
+pub unsafe fn rewrite_both(pkt: &Packet<V6>, src: ([u8; 16], u16), dst: ([u8; 16], u16)) {
+    let ip = pkt.ip.cast::<u8>();
+    // SAFETY: the caller guarantees the bounds-checked 40-byte header.
+    let (old_src, old_dst) = unsafe {
+        (*pkt.ip).hop_limit -= 1;
+        let old = (mem::load_addr6::<8>(ip), mem::load_addr6::<24>(ip));
+        mem::store_addr6::<8>(ip, src.0);
+        mem::store_addr6::<24>(ip, dst.0);
+        old
+    };
+    let l4 = pkt.ports.cast::<u8>();
+    let check_at = pkt.l4_check.cast::<u8>();
+    if l4.is_null() || check_at.is_null() {
+        return;
+    }
+    let wire = |port: u16| u16::from_ne_bytes(port.to_be_bytes());
+    let (src_port, dst_port) = (wire(src.1), wire(dst.1));
+    // SAFETY: parse's bounds-checked transport pointers (not null).
+    unsafe {
+        let words = |a: [u8; 16]| core::mem::transmute::<[u8; 16], [u64; 2]>(a);
+        let (was_src_port, was_dst_port) = (mem::load16::<0>(l4), mem::load16::<2>(l4));
+        let mut check =
+            csum::replace_addr6(mem::load16::<0>(check_at), words(old_src), words(src.0));
+        check = csum::replace_addr6(check, words(old_dst), words(dst.0));
+        check = csum::replace_u16(check, was_src_port, src_port);
+        check = csum::replace_u16(check, was_dst_port, dst_port);
+        if check == 0 && pkt.flow.proto == PROTO_UDP {
+            check = 0xffff;
+        }
+        mem::store16::<0>(check_at, check);
+        mem::store16::<0>(l4, src_port);
+        mem::store16::<2>(l4, dst_port);
+    }
+}

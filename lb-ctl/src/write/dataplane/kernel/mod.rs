@@ -453,17 +453,23 @@ fn load_object(object: &[u8], conntrack_max: u32, salt: u32) -> Result<Ebpf, Dat
 }
 
 /// Passes the object's programs through the verifier: the XDP data plane
-/// (IPv4, and IPv6 with its answers and its ICMPv6 error translation,
-/// which it tail calls through `lb_progs`), the tc slow path, and the clock
-/// the controller reads.
+/// (IPv4, and IPv6 with its answers and its ICMPv6 error translation, and
+/// full NAT for both with IPv4's answers for it, which it tail calls through
+/// `lb_progs`), the tc slow
+/// path, and the clock the controller reads.
 fn load_programs(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
     load_program::<Xdp>(ebpf, "lb_xdp")?;
     load_program::<Xdp>(ebpf, "lb_xdp6")?;
     load_program::<Xdp>(ebpf, "lb_answer6")?;
     load_program::<Xdp>(ebpf, "lb_icmp6")?;
+    load_program::<Xdp>(ebpf, "lb_fnat")?;
+    load_program::<Xdp>(ebpf, "lb_fnat6")?;
+    load_program::<Xdp>(ebpf, "lb_answer")?;
     load_program::<SchedClassifier>(ebpf, "lb_neigh")?;
     load_program::<Xdp>(ebpf, "lb_clock")?;
-    let tail_called = [(0, "lb_xdp6"), (1, "lb_answer6"), (2, "lb_icmp6")].map(|(slot, name)| {
+    let tail_called =
+        [(0, "lb_xdp6"), (1, "lb_answer6"), (2, "lb_icmp6"), (3, "lb_fnat"), (4, "lb_fnat6")];
+    let tail_called = tail_called.map(|(slot, name)| {
         let failed = |e: &dyn std::fmt::Display| {
             DataplaneError::kernel(format!("program {name}"), e.to_string())
         };

@@ -1,0 +1,484 @@
+//! Full NAT (`lb_common::fullnat`): `lb_xdp` (`lb_xdp6`) places a client's
+//! flow as for NAT (connection table, handshake record, scheduler), and
+//! when its backend is a full-NAT one tail calls `lb_fnat` (`lb_fnat6`),
+//! which finds or takes the flow's pool address and port and rewrites
+//! both ends. A full-NAT backend's reply takes the same road: `lb_xdp`
+//! knows the backend by its source, and `lb_fnat` finds the client by
+//! the destination, the pool address and port.
+//!
+//! A program of its own, like `lb_answer6`: the port search and the
+//! second rewrite add nothing to the stack or the verification of the
+//! NAT paths, which are near BPF's 512 bytes. The mappings themselves
+//! are kept by global functions (`lb_fnat_out`, `lb_fnat_back` and their
+//! IPv6 twins), which exchange the flow and its mapping through this
+//! CPU's `lb_fnat_work` slot: left in one body, the IPv6 program's
+//! registers spilled a packet pointer in halves, which the verifier
+//! refuses.
+use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
+use lb_common::{
+    abi::{
+        BACKEND_DOWN, Backend, CONN_SYN, CONN_UDP, Flow, PROTO_TCP, SVC_REJECT, TCP_ACK, TCP_FIN,
+        TCP_RST, TCP_SYN, next_state,
+    },
+    counter::Counter,
+    fullnat::{
+        FnatFlow, FnatKey, FnatRev, SNAT_ADDRS_MAX, SNAT_PROBES, reclaimable, snat_port,
+        snat_probes, snat_start,
+    },
+    trace::{TRACE_NEW_FLOW, TRACE_REPLY},
+};
+
+use crate::{
+    Placed, Verdict,
+    family::Family,
+    fwd::{self, Hop, Query},
+    handshake,
+    maps::{LB_BE_STATS, LB_FNAT_REQ, LB_PROGS, LB_SVC_STATS},
+    parse::{self, Frag, Packet},
+    reject::{self, To},
+    select::{self, Here},
+};
+
+/// The slots of `lb_fnat` and `lb_fnat6` in `lb_progs`.
+pub const FULLNAT_PROG: u32 = 3;
+pub const FULLNAT6_PROG: u32 = 4;
+
+/// What `lb_xdp` asks `lb_fnat` to do (this CPU's slot of `lb_fnat_req`;
+/// XDP does not nest on a CPU, so the slot is this packet's between the
+/// two programs).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Request {
+    /// 1: a client's packet, placed on `backend_id`; 0: a backend's reply.
+    pub to_backend: u32,
+    pub service_id: u32,
+    pub backend_id: u32,
+    /// The flow was placed by this packet (a client's packet only).
+    pub new_flow: u32,
+}
+
+/// What `lb_fnat` and the mapping functions exchange (this CPU's slot of
+/// `lb_fnat_work`, `lb_fnat_work6`). The keys and values the mapping
+/// functions pass to the map helpers are built here too, not on the
+/// stack: BPF's 512 bytes are shared by `lb_fnat`'s frame (with IPv4's
+/// answers built in it) and theirs.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Work<A> {
+    /// In: the packet's flow as it arrived.
+    pub flow: Flow<A>,
+    /// Out: the packet's new source and destination.
+    pub src: A,
+    pub dst: A,
+    pub sport: u16,
+    pub dport: u16,
+    /// In: the backend the packet is for or from; out: the backend and
+    /// service of its mapping.
+    pub backend_id: u32,
+    pub service_id: u32,
+    /// Scratch: a reverse mapping's key and value, a mapping, and another
+    /// flow (a reply's client's; a port's holder's).
+    pub key: FnatKey<A>,
+    pub rev: FnatRev<A>,
+    pub fwd: FnatFlow<A>,
+    pub other: Flow<A>,
+}
+
+/// What a mapping function answers.
+pub const MAPPED: u32 = 0;
+/// No mapping, and the packet may not open one.
+pub const UNMAPPED: u32 = 1;
+/// No port left (or the maps are full).
+pub const EXHAUSTED: u32 = 2;
+/// The backend cannot take the flow (DOWN, removed).
+pub const NO_BACKEND: u32 = 3;
+
+/// Leaves `request` for `lb_fnat` (`lb_fnat6`) and tail calls it. Returns
+/// only if the call failed (no program in the slot): a full-NAT backend
+/// cannot be reached without it.
+#[inline(always)]
+pub fn request<F: Family>(ctx: &XdpContext, request: Request) -> Result<Verdict, Counter> {
+    let Some(slot) = LB_FNAT_REQ.get_ptr_mut(0) else {
+        return Err(Counter::DropNoBackend);
+    };
+    // SAFETY: this CPU's slot; XDP does not nest on a CPU. The tail call
+    // does not return unless it failed.
+    unsafe {
+        *slot = request;
+        LB_PROGS.tail_call(ctx, F::FULLNAT_PROG);
+    }
+    Err(Counter::DropNoBackend)
+}
+
+/// `lb_fnat`: this CPU's request, on the frame as `lb_xdp` left it.
+#[inline(always)]
+pub fn run<F: Family>(ctx: &XdpContext) -> Result<Verdict, Counter> {
+    let request = *LB_FNAT_REQ.get(0).ok_or(Counter::DropNoBackend)?;
+    let here = Here::read(ctx);
+    let ip = F::ip(ctx)?;
+    let pkt = F::transport(ctx, &ip)?;
+    // A fragment's later pieces carry no ports to translate them by.
+    if pkt.frag != Frag::Whole {
+        return Err(Counter::DropFragment);
+    }
+    let work = F::fnat_work().get_ptr_mut(0).ok_or(Counter::DropNoBackend)?;
+    // SAFETY: this CPU's slot; XDP does not nest on a CPU.
+    unsafe {
+        (*work).flow = pkt.flow;
+        (*work).backend_id = request.backend_id;
+        (*work).service_id = request.service_id;
+    }
+    if request.to_backend != 0 {
+        to_backend(ctx, &pkt, request.new_flow != 0, work, here)
+    } else {
+        to_client(ctx, &pkt, work, here)
+    }
+}
+
+/// A client's packet: to its backend, from its pool address and port.
+#[inline(always)]
+fn to_backend<F: Family>(
+    ctx: &XdpContext,
+    pkt: &Packet<F>,
+    new_flow: bool,
+    work: *mut Work<F::Addr>,
+    here: Here,
+) -> Result<Verdict, Counter> {
+    let tcp = pkt.flow.proto == PROTO_TCP;
+    let opening = !tcp || pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    match F::fnat_out(pkt.tcp_flags, opening) {
+        MAPPED => {}
+        UNMAPPED => {
+            let counter = Counter::RstFullnatUnknown;
+            return F::answer_apart(ctx, reject::RESET, counter, pkt.flow.dst, 0, To::Client);
+        }
+        EXHAUSTED => {
+            // Answered as the service's `on_no_backend` says (looked up
+            // again: only a refusal pays for it).
+            let rejects =
+                select::service::<F>(&pkt.flow).is_some_and(|s| s.flags & SVC_REJECT != 0);
+            if !rejects {
+                return Err(Counter::DropSnatExhausted);
+            }
+            let counter = Counter::RejectTcp;
+            return F::answer_apart(ctx, reject::NO_BACKEND, counter, pkt.flow.dst, 0, To::Client);
+        }
+        _ => return Err(Counter::DropNoBackend),
+    }
+    // SAFETY: this CPU's slot, as `fnat_out` left it.
+    let mapped = unsafe { &*work };
+    let (service_id, backend_id) = (mapped.service_id, mapped.backend_id);
+    let vip = pkt.flow.dst;
+    let mut verdict = send(ctx, pkt, mapped, (vip, To::Client), here)?;
+    verdict.placed =
+        Placed { service_id, backend_id, flags: if new_flow { TRACE_NEW_FLOW } else { 0 } };
+    select::account(&LB_SVC_STATS, service_id, pkt.tot_len, true, new_flow);
+    select::account(&LB_BE_STATS, backend_id, pkt.tot_len, true, new_flow);
+    Ok(verdict)
+}
+
+/// A full-NAT backend's reply: to its client, from the VIP. A packet to a
+/// pool address and port that no mapping of this backend holds is not
+/// ours (the load balancer's own connections, its health checks among
+/// them, use the same addresses): the kernel's.
+#[inline(always)]
+fn to_client<F: Family>(
+    ctx: &XdpContext,
+    pkt: &Packet<F>,
+    work: *mut Work<F::Addr>,
+    here: Here,
+) -> Result<Verdict, Counter> {
+    if pkt.ttl <= 1 {
+        // The kernel answers (time exceeded); nothing of the flow moves.
+        return Err(Counter::PassTtlExpired);
+    }
+    // The SYN-ACK's sequence number, which the client's ACK must
+    // acknowledge (`handshake`).
+    let seq = match parse::tcp_seq_ack(ctx, pkt) {
+        Some((seq, _)) if pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK => Some(seq),
+        _ => None,
+    };
+    if F::fnat_back(pkt.tcp_flags, seq) != MAPPED {
+        return Err(Counter::PassFullnatUnknown);
+    }
+    // SAFETY: this CPU's slot, as `fnat_back` left it.
+    let mapped = unsafe { &*work };
+    let (service_id, backend_id) = (mapped.service_id, mapped.backend_id);
+    let pool = pkt.flow.dst;
+    let mut verdict = send(ctx, pkt, mapped, (pool, To::Backend), here)?;
+    verdict.placed = Placed { service_id, backend_id, flags: TRACE_REPLY };
+    select::account(&LB_SVC_STATS, service_id, pkt.tot_len, false, false);
+    select::account(&LB_BE_STATS, backend_id, pkt.tot_len, false, false);
+    Ok(verdict)
+}
+
+/// Rewrites the packet to `mapped`'s source and destination and sends it
+/// to its next hop; one too big for it is answered from `too_big`'s
+/// address to its sender (`To`).
+#[inline(always)]
+fn send<F: Family>(
+    ctx: &XdpContext,
+    pkt: &Packet<F>,
+    mapped: &Work<F::Addr>,
+    too_big: (F::Addr, To),
+    here: Here,
+) -> Result<Verdict, Counter> {
+    let query = Query {
+        src: mapped.src,
+        dst: mapped.dst,
+        sport: mapped.sport,
+        dport: mapped.dport,
+        direct: false,
+    };
+    let hop = match fwd::next_hop(ctx, pkt, &query, here)? {
+        Hop::TooBig { mtu } => {
+            let counter = Counter::FragNeeded;
+            return F::answer_apart(ctx, reject::TOO_BIG, counter, too_big.0, mtu, too_big.1);
+        }
+        hop => hop,
+    };
+    // SAFETY: pkt comes from parse on this frame, a whole packet, and
+    // nothing has resized the frame since.
+    unsafe {
+        F::rewrite_both(pkt, (mapped.src, mapped.sport), (mapped.dst, mapped.dport));
+        Ok(fwd::send::<F>(pkt.eth.cast(), hop, here))
+    }
+}
+
+/// The mapping of the client's flow in this CPU's `Work` (placed on its
+/// `backend_id`), found or taken; a TCP packet with `tcp_flags` that
+/// moves its state. `opening`: the packet may take a mapping (a SYN, any
+/// UDP datagram). Writes the packet's new ends into the `Work`. Each
+/// family calls it from a global function (`lb_fnat_out`, `lb_fnat_out6`).
+#[inline(always)]
+// The map helpers get pointers into the `Work` slot: a copy would go to the stack.
+#[allow(clippy::needless_borrows_for_generic_args)]
+pub fn map_out<F: Family>(tcp_flags: u8, opening: bool) -> u32 {
+    let Some(work) = F::fnat_work().get_ptr_mut(0) else {
+        return NO_BACKEND;
+    };
+    // SAFETY: this CPU's slot; XDP does not nest on a CPU.
+    let work = unsafe { &mut *work };
+    let (service_id, mut backend_id) = (work.service_id, work.backend_id);
+    let tcp = work.flow.proto == PROTO_TCP;
+    let now = select::epoch_now() as u32;
+    let mut mapped = false;
+    if let Some(entry) = F::fnat().get_ptr_mut(&work.flow) {
+        // SAFETY: a pointer into the map's value, read in place.
+        let held = unsafe { &mut *entry };
+        // A TCP flow keeps the backend its port is on while that backend
+        // can have it: its connection is there (the connection table may
+        // have lost the flow, and the scheduler placed it elsewhere).
+        if held.backend_id != backend_id
+            && tcp
+            && !opening
+            && usable::<F>(held.backend_id, service_id, &work.flow).is_some()
+        {
+            backend_id = held.backend_id;
+        }
+        if held.backend_id == backend_id {
+            held.state = next_state(held.state, tcp_flags, true).unwrap_or(CONN_SYN);
+            held.last_seen = now;
+            work.src = held.pool;
+            work.sport = held.pool_port;
+            mapped = true;
+        } else {
+            // Its backend changed (a UDP flow placed again, its backend
+            // DOWN or gone): the old port is given back at once.
+            work.key = held.reverse_key(work.flow.proto);
+            let _ = F::fnat_rev().remove(&work.key);
+            let _ = F::fnat().remove(&work.flow);
+        }
+    }
+    let Some(backend) = usable::<F>(backend_id, service_id, &work.flow) else {
+        return NO_BACKEND;
+    };
+    if !mapped {
+        // Without a mapping only a flow's first packet opens one: any
+        // other TCP segment belongs to a connection the backend never had
+        // from us (expired, or met mid-way), which it would reset anyway.
+        if !opening {
+            return UNMAPPED;
+        }
+        if !take_port::<F>(work, backend, backend_id, now) {
+            return EXHAUSTED;
+        }
+    }
+    work.dst = backend.addr;
+    work.dport = backend.port;
+    work.backend_id = backend_id;
+    MAPPED
+}
+
+/// The backend `id` if it serves the flow's service and is not DOWN.
+#[inline(always)]
+fn usable<F: Family>(
+    id: u32,
+    service_id: u32,
+    flow: &Flow<F::Addr>,
+) -> Option<&'static Backend<F::Addr>> {
+    select::live_backend::<F>(id, service_id, flow).filter(|b| b.flags & BACKEND_DOWN == 0)
+}
+
+/// Takes a pool address and port for the new flow in `work` on `backend`
+/// (into `work.src`, `work.sport`): the first port from the flow's hash
+/// that no mapping of the same pool address, backend and protocol holds
+/// (or whose mapping never got past its SYN, `reclaimable`), up to
+/// `SNAT_PROBES` tries. False when every port tried is taken or the maps
+/// are full.
+#[inline(always)]
+#[allow(clippy::needless_borrows_for_generic_args)]
+fn take_port<F: Family>(
+    work: &mut Work<F::Addr>,
+    backend: &Backend<F::Addr>,
+    backend_id: u32,
+    now: u32,
+) -> bool {
+    let service_id = work.service_id;
+    let Some(pool) = F::snat_pools().get(service_id) else {
+        return false;
+    };
+    if pool.count == 0 {
+        return false;
+    }
+    let (index, start) = snat_start(&work.flow, pool);
+    let Some(&addr) = pool.addrs.get(index as usize & (SNAT_ADDRS_MAX - 1)) else {
+        return false;
+    };
+    let proto = work.flow.proto;
+    work.key = FnatKey {
+        backend: backend.addr,
+        pool: addr,
+        backend_port: backend.port,
+        pool_port: 0,
+        proto,
+        _pad: [0; 3],
+    };
+    work.rev = FnatRev {
+        client: work.flow.src,
+        vip: work.flow.dst,
+        client_port: work.flow.sport,
+        vport: work.flow.dport,
+        backend_id,
+        service_id,
+        last_seen: now,
+    };
+    let probes = snat_probes(pool);
+    let mut probe = 0;
+    let mut taken = false;
+    while probe < SNAT_PROBES && probe < probes {
+        work.key.pool_port = snat_port(pool, start, probe);
+        if F::fnat_rev().insert(&work.key, &work.rev, u64::from(BPF_NOEXIST)).is_ok()
+            || reclaim::<F>(work, now)
+        {
+            taken = true;
+            break;
+        }
+        probe += 1;
+    }
+    if !taken {
+        return false;
+    }
+    work.fwd = FnatFlow {
+        pool: addr,
+        backend: backend.addr,
+        pool_port: work.key.pool_port,
+        backend_port: backend.port,
+        backend_id,
+        last_seen: now,
+        state: if proto == PROTO_TCP { CONN_SYN } else { CONN_UDP },
+        _pad: [0; 3],
+    };
+    if F::fnat().insert(&work.flow, &work.fwd, 0).is_err() {
+        // The flow map is full: the port goes back.
+        let _ = F::fnat_rev().remove(&work.key);
+        return false;
+    }
+    work.src = addr;
+    work.sport = work.key.pool_port;
+    true
+}
+
+/// Takes `work.key`'s port from the flow that holds it if that flow never
+/// got past its SYN long enough ago (`lb_common::fullnat::reclaimable`):
+/// its mapping is removed and `work.rev` written in its place.
+#[inline(always)]
+#[allow(clippy::needless_borrows_for_generic_args)]
+fn reclaim<F: Family>(work: &mut Work<F::Addr>, now: u32) -> bool {
+    let Some(holder) = F::fnat_rev().get_ptr(&work.key) else {
+        return false;
+    };
+    // SAFETY: a pointer into the map's value, read in place.
+    let holder = unsafe { &*holder };
+    work.other = holder.client_flow(work.key.proto);
+    let stale = match F::fnat().get_ptr(&work.other) {
+        // SAFETY: as above.
+        Some(m) => unsafe {
+            reclaimable((*m).state, (*m).last_seen, now) && (*m).pool_port == work.key.pool_port
+        },
+        // Its flow's mapping is gone (being removed): the port is free.
+        None => reclaimable(CONN_SYN, holder.last_seen, now),
+    };
+    if !stale {
+        return false;
+    }
+    let _ = F::fnat().remove(&work.other);
+    F::fnat_rev().insert(&work.key, &work.rev, 0).is_ok()
+}
+
+/// The client of the reply in this CPU's `Work` (from backend
+/// `backend_id`, to a pool address and port), if a mapping of that
+/// backend holds it: its state moves with `tcp_flags`, a SYN-ACK's
+/// sequence number `seq` goes to the flow's handshake record, and the
+/// packet's new ends go into the `Work`. Each family calls it from a
+/// global function (`lb_fnat_back`, `lb_fnat_back6`).
+#[inline(always)]
+#[allow(clippy::needless_borrows_for_generic_args)]
+pub fn map_back<F: Family>(tcp_flags: u8, seq: Option<u32>) -> u32 {
+    let Some(work) = F::fnat_work().get_ptr_mut(0) else {
+        return UNMAPPED;
+    };
+    // SAFETY: this CPU's slot; XDP does not nest on a CPU.
+    let work = unsafe { &mut *work };
+    let proto = work.flow.proto;
+    work.key = FnatKey {
+        backend: work.flow.src,
+        pool: work.flow.dst,
+        backend_port: work.flow.sport,
+        pool_port: work.flow.dport,
+        proto,
+        _pad: [0; 3],
+    };
+    let Some(entry) = F::fnat_rev().get_ptr_mut(&work.key) else {
+        return UNMAPPED;
+    };
+    // SAFETY: a pointer into the map's value, read in place.
+    let mapping = unsafe { &mut *entry };
+    if mapping.backend_id != work.backend_id {
+        return UNMAPPED;
+    }
+    let here = Here::clock();
+    mapping.last_seen = here.epoch as u32;
+    work.other = mapping.client_flow(proto);
+    let (backend_id, service_id) = (mapping.backend_id, mapping.service_id);
+    if let Some(seq) = seq {
+        handshake::record_answer::<F>(&work.other, backend_id, seq, here);
+    }
+    if proto == PROTO_TCP && tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        select::closes::<F>(&work.other, backend_id, service_id, tcp_flags, here);
+        if let Some(forward) = F::fnat().get_ptr_mut(&work.other) {
+            // SAFETY: a pointer into the map's value.
+            let forward = unsafe { &mut *forward };
+            if let Some(state) = next_state(forward.state, tcp_flags, false) {
+                forward.state = state;
+                forward.last_seen = here.epoch as u32;
+            }
+        }
+    }
+    work.src = mapping.vip;
+    work.sport = mapping.vport;
+    work.dst = mapping.client;
+    work.dport = mapping.client_port;
+    work.service_id = service_id;
+    MAPPED
+}
