@@ -192,6 +192,21 @@ pub fn mapping_expired(
     expired(now, last, timeout)
 }
 
+#[cfg(feature = "user")]
+mod pod {
+    use super::{FnatFlow, FnatKey, FnatRev, SnatPool};
+    use crate::addr::Addr;
+
+    macro_rules! pod_of_addr {
+        ($($t:ident),*) => {$(
+            // SAFETY: repr(C), only integer fields, no implicit padding for
+            // either address type (sizes asserted above).
+            unsafe impl<A: Addr> aya::Pod for $t<A> {}
+        )*};
+    }
+    pod_of_addr!(SnatPool, FnatKey, FnatFlow, FnatRev);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -120,6 +120,9 @@ pub trait Family: Sized + Copy + 'static {
     /// `pkt` comes from `transport` on the current frame, with no
     /// packet-resizing helper called since.
     unsafe fn rewrite(pkt: &Packet<Self>, side: Side, addr: Self::Addr, port: u16);
+    /// Copies an address between two map values as words: a plain copy
+    /// of a 16-byte array there is a call of `memmove`, which BPF has not.
+    fn copy_addr(dst: &mut Self::Addr, src: &Self::Addr);
     /// Rewrites both endpoints of `pkt` (full NAT) and counts one hop.
     ///
     /// # Safety
@@ -301,6 +304,10 @@ impl Family for V4 {
     unsafe fn rewrite(pkt: &Packet<Self>, side: Side, addr: [u8; 4], port: u16) {
         // SAFETY: the caller's guarantee.
         unsafe { nat::rewrite(pkt, side, addr, port) }
+    }
+    #[inline(always)]
+    fn copy_addr(dst: &mut [u8; 4], src: &[u8; 4]) {
+        *dst = *src;
     }
     #[inline(always)]
     unsafe fn rewrite_both(pkt: &Packet<Self>, src: ([u8; 4], u16), dst: ([u8; 4], u16)) {

@@ -279,13 +279,18 @@ pub fn map_out<F: Family>(tcp_flags: u8, opening: bool) -> u32 {
         if held.backend_id == backend_id {
             held.state = next_state(held.state, tcp_flags, true).unwrap_or(CONN_SYN);
             held.last_seen = now;
-            work.src = held.pool;
+            F::copy_addr(&mut work.src, &held.pool);
             work.sport = held.pool_port;
             mapped = true;
         } else {
             // Its backend changed (a UDP flow placed again, its backend
             // DOWN or gone): the old port is given back at once.
-            work.key = held.reverse_key(work.flow.proto);
+            set_key::<F>(
+                &mut work.key,
+                (&held.backend, held.backend_port),
+                (&held.pool, held.pool_port),
+            );
+            work.key.proto = work.flow.proto;
             let _ = F::fnat_rev().remove(&work.key);
             let _ = F::fnat().remove(&work.flow);
         }
@@ -304,7 +309,7 @@ pub fn map_out<F: Family>(tcp_flags: u8, opening: bool) -> u32 {
             return EXHAUSTED;
         }
     }
-    work.dst = backend.addr;
+    F::copy_addr(&mut work.dst, &backend.addr);
     work.dport = backend.port;
     work.backend_id = backend_id;
     MAPPED
@@ -346,23 +351,15 @@ fn take_port<F: Family>(
         return false;
     };
     let proto = work.flow.proto;
-    work.key = FnatKey {
-        backend: backend.addr,
-        pool: addr,
-        backend_port: backend.port,
-        pool_port: 0,
-        proto,
-        _pad: [0; 3],
-    };
-    work.rev = FnatRev {
-        client: work.flow.src,
-        vip: work.flow.dst,
-        client_port: work.flow.sport,
-        vport: work.flow.dport,
-        backend_id,
-        service_id,
-        last_seen: now,
-    };
+    set_key::<F>(&mut work.key, (&backend.addr, backend.port), (&addr, 0));
+    work.key.proto = proto;
+    F::copy_addr(&mut work.rev.client, &work.flow.src);
+    F::copy_addr(&mut work.rev.vip, &work.flow.dst);
+    work.rev.client_port = work.flow.sport;
+    work.rev.vport = work.flow.dport;
+    work.rev.backend_id = backend_id;
+    work.rev.service_id = service_id;
+    work.rev.last_seen = now;
     let probes = snat_probes(pool);
     let mut probe = 0;
     let mut taken = false;
@@ -379,16 +376,13 @@ fn take_port<F: Family>(
     if !taken {
         return false;
     }
-    work.fwd = FnatFlow {
-        pool: addr,
-        backend: backend.addr,
-        pool_port: work.key.pool_port,
-        backend_port: backend.port,
-        backend_id,
-        last_seen: now,
-        state: if proto == PROTO_TCP { CONN_SYN } else { CONN_UDP },
-        _pad: [0; 3],
-    };
+    work.fwd.pool = addr;
+    F::copy_addr(&mut work.fwd.backend, &backend.addr);
+    work.fwd.pool_port = work.key.pool_port;
+    work.fwd.backend_port = backend.port;
+    work.fwd.backend_id = backend_id;
+    work.fwd.last_seen = now;
+    work.fwd.state = if proto == PROTO_TCP { CONN_SYN } else { CONN_UDP };
     if F::fnat().insert(&work.flow, &work.fwd, 0).is_err() {
         // The flow map is full: the port goes back.
         let _ = F::fnat_rev().remove(&work.key);
@@ -410,7 +404,7 @@ fn reclaim<F: Family>(work: &mut Work<F::Addr>, now: u32) -> bool {
     };
     // SAFETY: a pointer into the map's value, read in place.
     let holder = unsafe { &*holder };
-    work.other = holder.client_flow(work.key.proto);
+    set_flow::<F>(&mut work.other, holder, work.key.proto);
     let stale = match F::fnat().get_ptr(&work.other) {
         // SAFETY: as above.
         Some(m) => unsafe {
@@ -441,14 +435,9 @@ pub fn map_back<F: Family>(tcp_flags: u8, seq: Option<u32>) -> u32 {
     // SAFETY: this CPU's slot; XDP does not nest on a CPU.
     let work = unsafe { &mut *work };
     let proto = work.flow.proto;
-    work.key = FnatKey {
-        backend: work.flow.src,
-        pool: work.flow.dst,
-        backend_port: work.flow.sport,
-        pool_port: work.flow.dport,
-        proto,
-        _pad: [0; 3],
-    };
+    let flow = &work.flow;
+    set_key::<F>(&mut work.key, (&flow.src, flow.sport), (&flow.dst, flow.dport));
+    work.key.proto = proto;
     let Some(entry) = F::fnat_rev().get_ptr_mut(&work.key) else {
         return UNMAPPED;
     };
@@ -459,7 +448,7 @@ pub fn map_back<F: Family>(tcp_flags: u8, seq: Option<u32>) -> u32 {
     }
     let here = Here::clock();
     mapping.last_seen = here.epoch as u32;
-    work.other = mapping.client_flow(proto);
+    set_flow::<F>(&mut work.other, mapping, proto);
     let (backend_id, service_id) = (mapping.backend_id, mapping.service_id);
     if let Some(seq) = seq {
         handshake::record_answer::<F>(&work.other, backend_id, seq, here);
@@ -475,10 +464,33 @@ pub fn map_back<F: Family>(tcp_flags: u8, seq: Option<u32>) -> u32 {
             }
         }
     }
-    work.src = mapping.vip;
+    F::copy_addr(&mut work.src, &mapping.vip);
     work.sport = mapping.vport;
-    work.dst = mapping.client;
+    F::copy_addr(&mut work.dst, &mapping.client);
     work.dport = mapping.client_port;
     work.service_id = service_id;
     MAPPED
+}
+
+/// Writes a reverse key's ends field by field, each address as words
+/// (`Family::copy_addr`): between two map values (this CPU's `Work` and
+/// a mapping, or the `Work` itself) a whole copy is a call of `memmove`,
+/// which BPF has not.
+#[inline(always)]
+fn set_key<F: Family>(key: &mut FnatKey<F::Addr>, backend: (&F::Addr, u16), pool: (&F::Addr, u16)) {
+    F::copy_addr(&mut key.backend, backend.0);
+    key.backend_port = backend.1;
+    F::copy_addr(&mut key.pool, pool.0);
+    key.pool_port = pool.1;
+}
+
+/// Writes the client's flow of `mapping` (of protocol `proto`) into
+/// `flow`, as `set_key` does.
+#[inline(always)]
+fn set_flow<F: Family>(flow: &mut Flow<F::Addr>, mapping: &FnatRev<F::Addr>, proto: u8) {
+    flow.proto = proto;
+    F::copy_addr(&mut flow.src, &mapping.client);
+    flow.sport = mapping.client_port;
+    F::copy_addr(&mut flow.dst, &mapping.vip);
+    flow.dport = mapping.vport;
 }

@@ -503,7 +503,58 @@ allowed_sources = ["fd77:1::/120"]
   [[service.backend]]
   address = "fd77:2::11"
   port = 96
+
+[[service]]            # full NAT: from the load balancer's address, 4 ports
+name = "fullnat"
+vip = "10.77.1.110"
+port = 80
+forwarding = "fullnat"
+snat_addresses = ["10.77.2.1"]
+snat_ports = "40000-40003"
+  [[service.backend]]
+  address = "10.77.2.11"
+  port = 8090
+
+[[service]]            # full NAT, one port, dropped when it is taken
+name = "fullnat-one"
+vip = "10.77.1.110"
+port = 81
+protocol = "udp"
+forwarding = "fullnat"
+on_no_backend = "drop"
+snat_addresses = ["10.77.2.1"]
+snat_ports = "41000"
+  [[service.backend]]
+  address = "10.77.2.12"
+  port = 8091
+
+[[service]]            # full NAT from the route's own source (no pool named)
+name = "fullnat-default"
+vip = "10.77.1.110"
+port = 82
+forwarding = "fullnat"
+  [[service.backend]]
+  address = "10.77.2.13"
+  port = 8092
+
+[[service]]            # IPv6 full NAT
+name = "fullnat6"
+vip = "fd77:1::100"
+port = 90
+forwarding = "fullnat"
+snat_addresses = ["fd77:2::1"]
+snat_ports = "40000-40001"
+  [[service.backend]]
+  address = "fd77:2::11"
+  port = 8090
 "#;
+
+/// Full NAT (`forwarding = "fullnat"`): port 80 TCP to `WEB1`:8090 from
+/// `LB_BACKEND_SIDE`:40000-40003; 81 UDP to `WEB2`:8091 from one port
+/// (41000), dropped when it is taken; 82 TCP to `WEB3`:8092 from the
+/// default pool (the route's source, `LB_BACKEND_SIDE`). IPv6: `VIP6`
+/// port 90 to `WEB1_6`:8090 from `LB_BACKEND_SIDE6`:40000-40001.
+pub const VIP_FULLNAT: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 110);
 
 /// Persistence (`persistence_s = 10`): port 80 Maglev, 81 rr, 82 by /24.
 pub const VIP_PERSIST: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 106);

@@ -1901,7 +1901,28 @@ fn bases() -> Vec<(&'static str, Vec<u8>)> {
     ];
     let client_side = clients.into_iter().chain(client_fragments).map(|f| (IF_CLIENT, f));
     let backend_side = backends.into_iter().chain(backend_fragments).map(|f| (IF_BACKEND, f));
-    client_side.chain(backend_side).collect()
+    client_side.chain(backend_side).chain(full_nat_bases()).collect()
+}
+
+/// Full NAT's bases: clients of a pool of four ports (TCP) and of one
+/// (UDP, dropped when taken), and backends' packets to pool ports a flow
+/// may hold, or not.
+fn full_nat_bases() -> impl Iterator<Item = (&'static str, Vec<u8>)> {
+    let c = (CLIENT, CLIENT_PORT);
+    let data = Ipv4::tcp(c, (VIP_FULLNAT, 80), TCP_ACK | TCP_PSH, b"GET / HTTP/1.1\r\n\r\n");
+    let clients = [
+        from_client(&syn(c, (VIP_FULLNAT, 80))),
+        from_client(&data),
+        from_client(&Ipv4::udp((CLIENT, 40_053), (VIP_FULLNAT, 81), b"query")),
+    ];
+    let pool = LB_BACKEND_SIDE;
+    let backends = [
+        from_web1(&Ipv4::tcp((WEB1, 8090), (pool, 40_000), TCP_SYN | TCP_ACK, b"")),
+        from_web1(&Ipv4::tcp((WEB1, 8090), (pool, 40_002), TCP_ACK, b"data")),
+        from_web2(&Ipv4::udp((WEB2, 8091), (pool, 41_000), b"answer")),
+    ];
+    let clients = clients.into_iter().map(|f| (IF_CLIENT, f));
+    clients.chain(backends.into_iter().map(|f| (IF_BACKEND, f)))
 }
 
 /// Writes `bytes` at `at` if the frame holds them.
@@ -2088,9 +2109,11 @@ const RANDOM_FRAMES: usize = 100_000;
 /// How often the random run must meet each kind of output, so that it stays
 /// a test of each (the edge's kinds: about a third of the fewest seen over
 /// a dozen seeds).
-const AT_LEAST: [(&str, usize); 20] = [
+const AT_LEAST: [(&str, usize); 22] = [
     ("sent: to a backend", 1000),
     ("sent: a backend's reply", 1000),
+    ("sent: full NAT to a backend", 150),
+    ("sent: a full-NAT backend's reply", 200),
     ("sent: direct routing", 100),
     ("sent: a reset", 100),
     ("sent: port unreachable", 100),

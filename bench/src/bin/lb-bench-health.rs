@@ -315,6 +315,7 @@ fn synthetic(probe: Probe, count: u16, check_port: Option<u16>) -> Service {
         slow_start: Duration::ZERO,
         persistence: None,
         allowed_sources: Vec::new(),
+        snat: lb_ctl::desired::model::Snat::default(),
         backends: (0..count)
             .map(|i| BackendSpec {
                 address: Ipv4Addr::LOCALHOST.into(),

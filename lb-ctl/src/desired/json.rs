@@ -5,7 +5,7 @@ use std::fmt;
 
 use super::{
     checks::to_hex,
-    model::{Backend, CheckTarget, Probe, Service, Tls},
+    model::{Backend, CheckTarget, Forwarding, Probe, Service, Tls},
     names::{Check, Named as _, OnNoBackend},
     problem::{Problem, Problems},
     validate::{check_service_set, validate_backend, validate_service},
@@ -94,6 +94,13 @@ pub fn service_to_json(s: &Service) -> serde_json::Value {
     if !s.allowed_sources.is_empty() {
         v["allowed_sources"] =
             json!(s.allowed_sources.iter().map(ToString::to_string).collect::<Vec<_>>());
+    }
+    if s.forwarding == Forwarding::FullNat {
+        if !s.snat.addresses.is_empty() {
+            v["snat_addresses"] =
+                json!(s.snat.addresses.iter().map(ToString::to_string).collect::<Vec<_>>());
+        }
+        v["snat_ports"] = json!(s.snat.ports.to_string());
     }
     v
 }

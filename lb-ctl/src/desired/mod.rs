@@ -6,8 +6,9 @@
 //! - `config`: the config file, from its text to a `Config`;
 //! - `json`: services and backends in JSON (the API's bodies, the state
 //!   file's records);
-//! - `written`, `validate`, `checks`, `names`, `bounds`, `problem`: what both read
-//!   (the shapes as written, their checks (`checks`: each health check type's keys), the name of every choice, the
+//! - `written`, `validate`, `checks`, `snat`, `names`, `bounds`, `problem`: what both read
+//!   (the shapes as written, their checks (`checks`: each health check type's keys;
+//!   `snat`: a full-NAT service's pool), the name of every choice, the
 //!   bounds on every value, and how a problem is named);
 //! - `changes`: the API's changes on top of the config file, kept in the
 //!   state file (`private_file`).
@@ -20,5 +21,6 @@ pub mod model;
 pub mod names;
 pub mod private_file;
 pub mod problem;
+mod snat;
 pub mod validate;
 pub mod written;

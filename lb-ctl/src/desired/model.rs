@@ -117,7 +117,52 @@ pub struct Service {
     /// `allowed_sources` (Kubernetes' `loadBalancerSourceRanges`): empty,
     /// every source; otherwise only these networks reach the service.
     pub allowed_sources: Vec<Prefix>,
+    /// `forwarding = "fullnat"`'s source pool (`snat_addresses`,
+    /// `snat_ports`); the default for the other modes, which have none.
+    pub snat: Snat,
     pub backends: Vec<Backend>,
+}
+
+/// The addresses and ports a full-NAT service's flows leave from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Snat {
+    /// Empty: the load balancer's own address toward each backend (the
+    /// source the kernel picks for its route), found when the maps are
+    /// written (`plan::snat`).
+    pub addresses: Vec<IpAddr>,
+    pub ports: PortRange,
+}
+
+impl Default for Snat {
+    fn default() -> Self {
+        Self { addresses: Vec::new(), ports: PortRange::SNAT_DEFAULT }
+    }
+}
+
+/// Ports `first..=last`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    /// `snat_ports`' default: above the kernel's own ephemeral ports
+    /// (`ip_local_port_range`, 32768-60999 by default), so that the load
+    /// balancer's own connections (its health checks) from a pool address
+    /// never take a port a flow holds.
+    pub const SNAT_DEFAULT: Self = Self { first: 61_000, last: 65_535 };
+
+    /// How many ports the range holds.
+    pub fn count(self) -> u32 {
+        u32::from(self.last) - u32::from(self.first) + 1
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
 }
 
 /// A client (or its network) keeps the backend of its last flow for
@@ -171,6 +216,10 @@ pub enum Forwarding {
     /// non-ARPing interface and answers the client directly. Backends share
     /// a link with the load balancer and listen on the service's port.
     Dsr,
+    /// `fullnat` (HAProxy in TCP mode, loxilb's `fullnat`): the source
+    /// becomes an address and port of the service's SNAT pool too, so the
+    /// backends answer the load balancer wherever their routes point.
+    FullNat,
 }
 
 /// `[service.health]`: how and how often each backend is probed.
@@ -352,6 +401,7 @@ pub(crate) mod testing {
             slow_start: std::time::Duration::ZERO,
             persistence: None,
             allowed_sources: Vec::new(),
+            snat: super::Snat::default(),
             backends: backends
                 .iter()
                 .map(|&(last, weight)| Backend {

@@ -106,12 +106,13 @@ impl Named for Scheduler {
 
 /// A service's `forwarding`.
 impl Named for Forwarding {
-    const ALL: &'static [Self] = &[Self::Nat, Self::Dsr];
+    const ALL: &'static [Self] = &[Self::Nat, Self::Dsr, Self::FullNat];
 
     fn name(self) -> &'static str {
         match self {
             Self::Nat => "nat",
             Self::Dsr => "dsr",
+            Self::FullNat => "fullnat",
         }
     }
 }

@@ -67,6 +67,7 @@ pub(super) fn validate_service(key: &str, raw: RawService, problems: &mut Proble
     let on_no_backend =
         named(&format!("{key}.on_no_backend"), &raw.on_no_backend, OnNoBackend::Reject, problems);
     let reject = on_no_backend.rejects();
+    let snat = super::snat::parse_snat(key, (forwarding, vip), &raw, problems);
     let before_health = problems.0.len();
     let health =
         raw.health.as_ref().and_then(|h| validate_health(key, &raw.name, protocol, h, problems));
@@ -133,6 +134,7 @@ pub(super) fn validate_service(key: &str, raw: RawService, problems: &mut Proble
         parse_persistence(key, (raw.persistence_s, raw.persistence_netmask), vip, problems);
     let allowed_sources = parse_allowed_sources(key, &raw.allowed_sources, vip, problems);
     Service {
+        snat,
         persistence,
         allowed_sources,
         health,
@@ -420,7 +422,7 @@ fn parse_slow_start(key: &str, seconds: Option<i64>, problems: &mut Problems) ->
 /// IPv6's link-local (it needs an interface to mean anything, and the data
 /// plane refuses it as a client's source) and IPv4-mapped (an IPv4 address
 /// is written as one).
-fn parse_addr(key: &str, text: &str, problems: &mut Problems) -> IpAddr {
+pub(super) fn parse_addr(key: &str, text: &str, problems: &mut Problems) -> IpAddr {
     let unusable = |a: &IpAddr| match a {
         IpAddr::V4(v4) => v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast(),
         IpAddr::V6(v6) => {

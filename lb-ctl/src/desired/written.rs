@@ -111,6 +111,13 @@ pub struct RawService {
     /// absent or empty: every source.
     #[serde(default)]
     pub(super) allowed_sources: Vec<String>,
+    /// `forwarding = "fullnat"`: the addresses flows leave from (absent or
+    /// empty: the load balancer's own address toward each backend).
+    #[serde(default)]
+    pub(super) snat_addresses: Vec<String>,
+    /// `forwarding = "fullnat"`: the source ports, `first-last` (absent:
+    /// 61000-65535).
+    pub(super) snat_ports: Option<String>,
     #[serde(default, rename = "backend", alias = "backends")]
     pub(super) backends: Vec<RawBackend>,
 }

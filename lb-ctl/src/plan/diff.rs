@@ -6,7 +6,10 @@ use std::{
     sync::Arc,
 };
 
-use lb_common::abi::{self, Endpoint};
+use lb_common::{
+    abi::{self, Endpoint},
+    fullnat::SnatPool,
+};
 
 use super::{
     ids::{MapAddr, held_backend_key},
@@ -65,6 +68,9 @@ pub enum FamilyOp<A> {
     /// Allows a network to reach a service: (service id, network, prefix length).
     PutSource((u32, A, u8)),
     DelSource((u32, A, u8)),
+    /// A full-NAT service's pool, by service id (`lb_snat`).
+    PutSnat(u32, SnatPool<A>),
+    ClearSnat(u32),
 }
 
 impl Image {
@@ -156,6 +162,12 @@ impl<A: MapAddr> FamilyImage<A> {
             }
             FamilyOp::DelSource(key) => {
                 let _ = self.sources.remove(key);
+            }
+            FamilyOp::PutSnat(id, pool) => {
+                let _ = self.snat.insert(*id, *pool);
+            }
+            FamilyOp::ClearSnat(id) => {
+                let _ = self.snat.remove(id);
             }
         }
     }
@@ -322,6 +334,8 @@ impl<A: MapAddr> Family<'_, A> {
     /// Then the backends and their reverse entries.
     fn additions(&self, ops: &mut Vec<Op>) {
         let (old, new, wrap) = (self.old, self.new, self.wrap);
+        // A full-NAT service's pool before a backend can need it.
+        ops.extend(puts(&old.snat, &new.snat).map(|(id, pool)| wrap(FamilyOp::PutSnat(id, *pool))));
         for (slot, was, now) in zip(&old.addrs, &new.addrs) {
             let (was, now) = (was.copied().unwrap_or(0), now.copied().unwrap_or(0));
             if now & !was != 0 {
@@ -387,6 +401,8 @@ impl<A: MapAddr> Family<'_, A> {
             gone(&old.real_slots, &new.real_slots).map(|slot| wrap(FamilyOp::PutRealSlot(slot, 0))),
         );
         ops.extend(gone(&old.backends, &new.backends).map(|id| wrap(FamilyOp::ClearBackend(id))));
+        // A pool once no backend of its service can be reached.
+        ops.extend(gone(&old.snat, &new.snat).map(|id| wrap(FamilyOp::ClearSnat(id))));
         // An address stays refused as long as a backend on it can be reached.
         ops.extend(
             gone(&old.backend_addrs, &new.backend_addrs).map(|a| wrap(FamilyOp::DelBackendAddr(a))),

@@ -8,17 +8,19 @@ use std::{
 };
 
 use lb_common::abi::{
-    self, ADDR_BACKEND, ADDR_REAL, ADDR_VIP, BACKEND_DOWN, BACKEND_DSR, BACKEND_IN_USE,
-    EPOCH_TICK_MS, Endpoint, LC_MAX_BACKENDS, MAGLEV_SIZE, NO_BACKEND, REAL_SLOT_SHARED, SCHED_LC,
-    SCHED_MAGLEV, SCHED_RR, SCHED_SH, SCHED_WRR, SVC_PERSIST, SVC_PERSIST_PREFIX_SHIFT, SVC_REJECT,
-    SVC_SOURCES, TABLE_WORDS, addr_slot, real_slot,
+    self, ADDR_BACKEND, ADDR_REAL, ADDR_VIP, BACKEND_DOWN, BACKEND_DSR, BACKEND_FULLNAT,
+    BACKEND_IN_USE, EPOCH_TICK_MS, Endpoint, LC_MAX_BACKENDS, MAGLEV_SIZE, NO_BACKEND,
+    REAL_SLOT_SHARED, SCHED_LC, SCHED_MAGLEV, SCHED_RR, SCHED_SH, SCHED_WRR, SVC_PERSIST,
+    SVC_PERSIST_PREFIX_SHIFT, SVC_REJECT, SVC_SOURCES, TABLE_WORDS, addr_slot, real_slot,
 };
+use lb_common::fullnat::SnatPool;
 use rustc_hash::FxHashMap;
 
 use super::{
     ids::{BackendKey, Ids, MapAddr, backend_endpoint, service_endpoint},
     maglev, rotation,
     settings::Settings,
+    snat,
 };
 use crate::desired::model::{AdminState, Forwarding, Scheduler, Service};
 
@@ -52,6 +54,8 @@ pub struct FamilyImage<A> {
     /// `lb_sources`: (service id, network, prefix length) of each allowed
     /// source, valued 1.
     pub sources: BTreeMap<(u32, A, u8), u32>,
+    /// `lb_snat`: each full-NAT service's pool, by service id.
+    pub snat: BTreeMap<u32, SnatPool<A>>,
 }
 
 impl<A: MapAddr + Ord> FamilyImage<A> {
@@ -74,6 +78,8 @@ impl<A: MapAddr + Ord> FamilyImage<A> {
             .filter(|((id, ..), _)| !ids.contains(id))
             .map(|(k, v)| (*k, *v))
             .collect();
+        builder.image.snat =
+            self.snat.iter().filter(|(id, _)| !ids.contains(id)).map(|(k, v)| (*k, *v)).collect();
         builder.finish()
     }
 }
@@ -187,6 +193,10 @@ impl<A: MapAddr + Ord> Builder<A> {
         let key = service_endpoint(s);
         let vip = A::of(key.addr);
         let dsr = s.forwarding == Forwarding::Dsr;
+        let fullnat = s.forwarding == Forwarding::FullNat;
+        if fullnat {
+            self.image.snat.insert(service_id, snat::pool(s));
+        }
         let mut entries = Vec::with_capacity(s.backends.len());
         for b in &s.backends {
             let bkey = backend_endpoint(b.address, b.port, s);
@@ -205,6 +215,9 @@ impl<A: MapAddr + Ord> Builder<A> {
             }
             if dsr {
                 flags |= BACKEND_DSR;
+            }
+            if fullnat {
+                flags |= BACKEND_FULLNAT;
             }
             let backend = abi::Backend {
                 addr,

@@ -2,13 +2,16 @@
 //! ids (`ids`), become the image the kernel maps should hold (`image`, with
 //! each service's `maglev` or `rotation` table, and the data plane's own
 //! `settings`), and the difference between two images becomes the ordered
-//! writes that turn one into the other (`diff`). Nothing here touches the kernel.
+//! writes that turn one into the other (`diff`). Nothing here touches the
+//! kernel but for one question: the source address of the routes toward a
+//! full-NAT service's backends, its pool's default (`snat`).
 pub mod diff;
 pub mod ids;
 pub mod image;
 pub mod maglev;
 pub mod rotation;
 pub mod settings;
+pub mod snat;
 
 /// What the planner's tests share.
 #[cfg(test)]

@@ -193,6 +193,15 @@ impl Family for V6 {
         unsafe { nat::rewrite(pkt, side, addr, port) }
     }
     #[inline(always)]
+    fn copy_addr(dst: &mut [u8; 16], src: &[u8; 16]) {
+        // SAFETY: both are sixteen valid bytes; the loads and stores are
+        // the compiler's own words, whatever their alignment.
+        unsafe {
+            let words = mem::load_addr6::<0>(core::ptr::from_ref(src).cast());
+            mem::store_addr6::<0>(core::ptr::from_mut(dst).cast(), words);
+        }
+    }
+    #[inline(always)]
     unsafe fn rewrite_both(pkt: &Packet<Self>, src: ([u8; 16], u16), dst: ([u8; 16], u16)) {
         // SAFETY: the caller's guarantee.
         unsafe { nat::rewrite_both(pkt, src, dst) }

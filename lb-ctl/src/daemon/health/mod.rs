@@ -337,6 +337,7 @@ mod tests {
             slow_start: Duration::ZERO,
             persistence: None,
             allowed_sources: Vec::new(),
+            snat: crate::desired::model::Snat::default(),
             backends: backends
                 .iter()
                 .map(|&(addr, weight, state)| Backend {

@@ -9,7 +9,10 @@ use aya::{
         lpm_trie::{Key, LpmTrie},
     },
 };
-use lb_common::abi::{BACKEND_IN_USE, Backend, Endpoint, Real, Service, SourceKey};
+use lb_common::{
+    abi::{BACKEND_IN_USE, Backend, Endpoint, Real, Service, SourceKey},
+    fullnat::SnatPool,
+};
 
 use super::{deleted, err, typed};
 use crate::{
@@ -27,6 +30,7 @@ pub struct Names {
     pub addrs: &'static str,
     pub real_slots: &'static str,
     pub sources: &'static str,
+    pub snat: &'static str,
 }
 
 pub const V4: Names = Names {
@@ -38,6 +42,7 @@ pub const V4: Names = Names {
     addrs: "lb_addrs",
     real_slots: "lb_real_slots",
     sources: "lb_sources",
+    snat: "lb_snat",
 };
 
 pub const V6: Names = Names {
@@ -49,6 +54,7 @@ pub const V6: Names = Names {
     addrs: "lb_addrs6",
     real_slots: "lb_real_slots6",
     sources: "lb_sources6",
+    snat: "lb_snat6",
 };
 
 /// A family's maps, as the reconciler writes them.
@@ -62,6 +68,7 @@ pub struct FamilyMaps<A: MapAddr + Pod> {
     addrs: Array<MapData, u8>,
     real_slots: Array<MapData, u32>,
     sources: LpmTrie<MapData, SourceKey<A>, u32>,
+    snat: Array<MapData, SnatPool<A>>,
 }
 
 impl<A: MapAddr + Pod> FamilyMaps<A> {
@@ -77,6 +84,7 @@ impl<A: MapAddr + Pod> FamilyMaps<A> {
             addrs: typed(ebpf, names.addrs)?,
             real_slots: typed(ebpf, names.real_slots)?,
             sources: typed(ebpf, names.sources)?,
+            snat: typed(ebpf, names.snat)?,
         })
     }
 
@@ -137,6 +145,12 @@ impl<A: MapAddr + Pod> FamilyMaps<A> {
             let service_id = u32::from_be_bytes(data.service_be);
             image.sources.insert((service_id, data.addr, u8::try_from(len).unwrap_or(0)), value);
         }
+        for (id, pool) in (0..).zip(self.snat.iter()) {
+            let pool = pool.map_err(reading(self.names.snat))?;
+            if pool != SnatPool::default() {
+                image.snat.insert(id, pool);
+            }
+        }
         Ok(())
     }
 
@@ -179,6 +193,11 @@ impl<A: MapAddr + Pod> FamilyMaps<A> {
             FamilyOp::DelSource(key) => {
                 deleted(self.sources.remove(&source_key(*key)), &deleting(n.sources))
             }
+            FamilyOp::PutSnat(id, pool) => self.snat.set(*id, pool, 0).map_err(writing(n.snat)),
+            FamilyOp::ClearSnat(id) => self
+                .snat
+                .set(*id, SnatPool::default(), 0)
+                .map_err(err(format!("clearing {}", n.snat))),
         }
     }
 }

@@ -467,8 +467,14 @@ fn load_programs(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
     load_program::<Xdp>(ebpf, "lb_answer")?;
     load_program::<SchedClassifier>(ebpf, "lb_neigh")?;
     load_program::<Xdp>(ebpf, "lb_clock")?;
-    let tail_called =
-        [(0, "lb_xdp6"), (1, "lb_answer6"), (2, "lb_icmp6"), (3, "lb_fnat"), (4, "lb_fnat6")];
+    let tail_called = [
+        (0, "lb_xdp6"),
+        (1, "lb_answer6"),
+        (2, "lb_icmp6"),
+        (3, "lb_fnat"),
+        (4, "lb_fnat6"),
+        (5, "lb_answer"),
+    ];
     let tail_called = tail_called.map(|(slot, name)| {
         let failed = |e: &dyn std::fmt::Display| {
             DataplaneError::kernel(format!("program {name}"), e.to_string())

@@ -54,6 +54,8 @@ use lb_testbed::{
 
 use crate::expect::hex;
 
+mod fullnat;
+
 const ETH: usize = 14;
 const PROTO_ICMP: u8 = 1;
 const PROTO_TCP: u8 = 6;
@@ -250,6 +252,17 @@ pub enum Translation {
     /// A NAT backend's reply: the source becomes the VIP and service port,
     /// TTL - 1.
     FromBackend { vip: Ipv4Addr, port: u16 },
+    /// A client's packet to a full-NAT service: the destination becomes
+    /// one of `backends`, the source an address and port of `pool` (the
+    /// flow's own, `held`, once it has one: (pool, backend)), TTL - 1.
+    FullNat {
+        backends: Vec<(Ipv4Addr, u16)>,
+        pool: fullnat::Pool,
+        held: Option<(Endpoint4, Endpoint4)>,
+    },
+    /// A full-NAT backend's reply to a pool address and port: to the
+    /// client of the flow that holds them, from its VIP and port, TTL - 1.
+    FullNatReply { vip: Endpoint4, client: Endpoint4 },
     /// A TCP reset from the VIP to the client (RFC 793 reset generation),
     /// for a service with no usable backend that rejects.
     Reset,
@@ -283,6 +296,8 @@ impl Translation {
             Self::ToBackend { .. } => "to a backend",
             Self::Direct { .. } => "direct routing",
             Self::FromBackend { .. } => "a backend's reply",
+            Self::FullNat { .. } => "full NAT to a backend",
+            Self::FullNatReply { .. } => "a full-NAT backend's reply",
             Self::Reset => "a reset",
             Self::PortUnreachable => "port unreachable",
             Self::FragNeeded { to_backend: false, .. } => "fragmentation needed",
@@ -381,8 +396,11 @@ pub struct Oracle {
     services: Vec<Service>,
     vips: BTreeSet<Ipv4Addr>,
     backends: BTreeSet<Ipv4Addr>,
-    /// The backends of NAT services (the program's `ADDR_REAL`).
+    /// The backends of NAT and full-NAT services (the program's `ADDR_REAL`).
     nat_backends: BTreeSet<Ipv4Addr>,
+    /// Full NAT: the services' pools, and the mappings the outputs showed.
+    pools: BTreeMap<fullnat::ClientKey, fullnat::Pool>,
+    mappings: fullnat::Mappings,
     ifindex_client: u32,
     ifindex_backend: u32,
     /// Where each first fragment the program sent went (`lb_frags` as the
@@ -409,10 +427,13 @@ impl Oracle {
             services.iter().flat_map(|s| s.backends.iter().map(|b| ipv4(b.address))).collect();
         let nat_backends = services
             .iter()
-            .filter(|s| s.forwarding == Forwarding::Nat)
+            .filter(|s| s.forwarding != Forwarding::Dsr)
             .flat_map(|s| s.backends.iter().map(|b| ipv4(b.address)))
             .collect();
+        let pools = fullnat::pools(&services, Self::proto_of);
         Self {
+            pools,
+            mappings: fullnat::Mappings::default(),
             tables: BTreeMap::new(),
             services,
             vips,
@@ -630,6 +651,7 @@ impl Oracle {
                 Forwarding::Dsr => Translation::Direct {
                     backends: usable.iter().map(|b| ipv4(b.address)).collect(),
                 },
+                Forwarding::FullNat => return Ok(self.full_nat(p, &usable, answer)),
             };
             // Every usable backend with a `max_conns`: the new flows the
             // corpus sends before a recount may have filled them all, and
@@ -640,6 +662,9 @@ impl Oracle {
                 return Ok(vec![forwarded, answer]);
             }
             return Ok(vec![forwarded]);
+        }
+        if let Some(reply) = self.full_nat_reply(p) {
+            return reply;
         }
         let (vip, port) =
             reply_of.ok_or("neither to a VIP nor from a NAT backend's service endpoint")?;
@@ -655,6 +680,51 @@ impl Oracle {
             return Err("a backend's reply to a backend's address");
         }
         Ok(vec![Translation::FromBackend { vip, port }])
+    }
+
+    /// What a client's packet to a full-NAT service admits: full NAT to
+    /// one of its `usable` backends; a flow's first packet (a SYN, any
+    /// datagram) also the service's answer (`answer`: its pool may have no
+    /// port left); any other TCP segment of a flow not seen mapped, a reset
+    /// (the program may have no mapping for it).
+    fn full_nat(
+        &self,
+        p: &Parsed,
+        usable: &[&lb_ctl::desired::model::Backend],
+        answer: impl Fn() -> Result<Translation, &'static str>,
+    ) -> Vec<Translation> {
+        let flow = fullnat::client_flow(p);
+        let held = self.mappings.of_client(flow);
+        let opening = p.proto != PROTO_TCP || p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        let mut backends: Vec<_> = usable.iter().map(|b| (ipv4(b.address), b.port)).collect();
+        if let Some((_, backend)) = held
+            && !opening
+        {
+            // A TCP flow keeps the backend its port is on.
+            backends = vec![backend];
+        }
+        let pool = self.pools.get(&(p.dst, p.dport, p.proto)).cloned();
+        let pool = pool.unwrap_or(fullnat::Pool { addrs: Vec::new(), first: 0, last: 0 });
+        let mut admitted = vec![Translation::FullNat { backends, pool, held }];
+        if opening {
+            admitted.extend(answer());
+        } else if held.is_none()
+            && p.ihl == 20
+            && p.tcp_flags & TCP_RST == 0
+            && !self.backends.contains(&p.src)
+        {
+            admitted.push(Translation::Reset);
+        }
+        admitted
+    }
+
+    /// A packet from a full-NAT backend to a pool address and port a flow
+    /// holds: that flow's reply. `None` when no flow holds them (the
+    /// kernel's: the load balancer's own connections use those addresses).
+    fn full_nat_reply(&self, p: &Parsed) -> Option<Result<Vec<Translation>, &'static str>> {
+        let (client, vip, _) =
+            self.mappings.of_pool(((p.src, p.sport), (p.dst, p.dport), p.proto))?;
+        Some(Ok(vec![Translation::FullNatReply { vip, client }]))
     }
 
     /// What an ICMP packet admits: an error about one of our flows,
@@ -763,6 +833,7 @@ impl Oracle {
                 Ok(accepted) => {
                     self.remember(input, t, &accepted);
                     self.remember_opened(input, &accepted);
+                    self.remember_mapping(input, &accepted);
                     return Ok(accepted);
                 }
                 Err(m) => why.push(format!("not {}: {m}", t.name())),
@@ -831,6 +902,14 @@ impl Oracle {
             Accepted::Unchanged => return,
         };
         self.opened.borrow_mut().insert((p.src, p.sport, p.dst, p.dport, p.proto), to);
+    }
+
+    /// After a client's packet went out by full NAT: its flow's mapping.
+    fn remember_mapping(&self, input: &[u8], accepted: &Accepted) {
+        let (Accepted::Sent(t) | Accepted::SlowPath(t)) = accepted else { return };
+        let Translation::FullNat { held: Some((pool, backend)), .. } = t else { return };
+        let Ok(p) = parse_any(input) else { return };
+        self.mappings.record(fullnat::client_flow(&p), *pool, *backend);
     }
 
     /// After a first fragment went out as `accepted` (translation `t`
@@ -972,6 +1051,20 @@ impl Oracle {
                 }
                 Err(Mismatch(why.join(", ")))
             }
+            Translation::FullNat { backends, pool, held } => {
+                self.full_nat_matches((backends, pool, *held), &p, input, ingress, action, output)
+            }
+            Translation::FullNatReply { vip, client } => {
+                let mut want = input.to_vec();
+                want[ETH + 8] -= 1;
+                want[ETH + 12..ETH + 16].copy_from_slice(&vip.0.octets());
+                want[ETH + 16..ETH + 20].copy_from_slice(&client.0.octets());
+                want[p.l4()..p.l4() + 2].copy_from_slice(&vip.1.to_be_bytes());
+                want[p.l4() + 2..p.l4() + 4].copy_from_slice(&client.1.to_be_bytes());
+                // Too big: answered from the pool address, to the backend.
+                let answer = (p.dst, true);
+                self.framed(t, &p, client.0, answer, want, input, ingress, action, output, sums)
+            }
             Translation::FromBackend { vip, port } => {
                 let mut want = input.to_vec();
                 want[ETH + 8] -= 1;
@@ -1075,6 +1168,56 @@ impl Oracle {
             }
             _ => Err(Mismatch(format!("{} is not an ICMP translation", t.name()))),
         }
+    }
+
+    /// A client's packet sent by full NAT (`Translation::FullNat`): to one
+    /// of `backends`, from an address and port of `pool`, the flow's own
+    /// if it has one (`held`), never another flow's.
+    fn full_nat_matches(
+        &self,
+        (backends, pool, held): (&[Endpoint4], &fullnat::Pool, Option<(Endpoint4, Endpoint4)>),
+        p: &Parsed,
+        input: &[u8],
+        ingress: &str,
+        action: u32,
+        output: &[u8],
+    ) -> Result<Accepted, Mismatch> {
+        if output.len() < p.l4() + 4 {
+            return Err(Mismatch("an output too short to be forwarded".into()));
+        }
+        let from = (addr(output, ETH + 12), be16(output, p.l4()));
+        let to = (addr(output, ETH + 16), be16(output, p.l4() + 2));
+        let sent = backends.contains(&to) && pool.holds(from);
+        if sent {
+            if held.is_some_and(|h| h != (from, to)) {
+                return Err(Mismatch(format!(
+                    "left from {}:{} to {}:{}, not as its flow did ({held:?})",
+                    from.0, from.1, to.0, to.1
+                )));
+            }
+            if !self.mappings.may_take(fullnat::client_flow(p), from, to) {
+                return Err(Mismatch(format!("{}:{} is another flow's port", from.0, from.1)));
+            }
+        }
+        // Not sent as a rewrite (too big, say: answered): any backend and
+        // port of the pool make the packet the answer quotes.
+        let (from, to) = if sent {
+            (from, to)
+        } else {
+            let first = backends.first().copied().ok_or(Mismatch("no usable backend".into()))?;
+            let pool_first = (pool.addrs.first().copied().unwrap_or(p.dst), pool.first);
+            held.unwrap_or((pool_first, first))
+        };
+        let mut want = input.to_vec();
+        want[ETH + 8] -= 1;
+        want[ETH + 12..ETH + 16].copy_from_slice(&from.0.octets());
+        want[ETH + 16..ETH + 20].copy_from_slice(&to.0.octets());
+        want[p.l4()..p.l4() + 2].copy_from_slice(&from.1.to_be_bytes());
+        want[p.l4() + 2..p.l4() + 4].copy_from_slice(&to.1.to_be_bytes());
+        let one =
+            Translation::FullNat { backends: vec![to], pool: pool.clone(), held: Some((from, to)) };
+        let answer = (p.dst, false);
+        self.framed(&one, p, to.0, answer, want, input, ingress, action, output, Sums::Whole)
     }
 
     /// `want` (the rewritten packet `p`) framed for its next hop towards
