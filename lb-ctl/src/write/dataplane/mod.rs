@@ -93,7 +93,8 @@ pub trait Maps: Send {
 
     /// Counts each backend's active (established) and inactive connections
     /// in the connection table, removes expired entries, and publishes the
-    /// counts to the data plane (`lc`) and the caller.
+    /// counts to the data plane (`lc`) and the caller. Expired full-NAT
+    /// mappings are removed too, which frees their ports.
     /// `backends`: the backends in use (the applied image's, both
     /// families), by id, with their service's id; `moved_by_kernel`: the
     /// backends whose counts the data plane also moves (each `lc` pick and

@@ -4,6 +4,7 @@
 //! outlives the controller; a later one adopts it (see `pins`). The
 //! handles other threads read and place flows through are in `handles`.
 mod family;
+mod fullnat;
 mod handles;
 mod trace;
 
@@ -79,6 +80,9 @@ pub struct KernelMaps {
     tx_ports: DevMap<MapData>,
     tx_slots: HashMap<MapData, u32, u32>,
     be_conns: Array<MapData, BackendConns>,
+    /// Full NAT's mappings, which this controller expires.
+    fnat: fullnat::FullNatMaps<[u8; 4]>,
+    fnat6: fullnat::FullNatMaps<[u8; 16]>,
     /// `lb_conntrack` and `lb_conntrack6`, mapped into this process.
     conns: Arc<ConnTable>,
     conns6: Arc<ConnTable<[u8; 16]>>,
@@ -300,6 +304,8 @@ impl KernelMaps {
             maglev: typed(&mut ebpf, "lb_maglev")?,
             v4: FamilyMaps::open(&mut ebpf, &family::V4)?,
             v6: FamilyMaps::open(&mut ebpf, &family::V6)?,
+            fnat: fullnat::FullNatMaps::open(&mut ebpf, fullnat::V4)?,
+            fnat6: fullnat::FullNatMaps::open(&mut ebpf, fullnat::V6)?,
             epoch,
             clock,
             clock_program,
@@ -741,6 +747,9 @@ impl Maps for KernelMaps {
         // all in its family's table, and both add to the same counts.
         recount(&self.conns, now, &timeouts, backends, &mut counts);
         recount(&self.conns6, now, &timeouts, backends, &mut counts);
+        let by_state = std::array::from_fn(|state| timeouts.get(state as u8));
+        self.fnat.expire(now, &by_state)?;
+        self.fnat6.expire(now, &by_state)?;
         // Every backend in use gets its count, zero included. One whose
         // count the data plane moves is always rewritten (this clears what
         // it added for flows that did not stay: a SYN never answered, a

@@ -1,0 +1,108 @@
+//! Full NAT's mappings (`lb_fnat_fwd`, `lb_fnat_rev` and the IPv6 pair,
+//! see `lb_common::fullnat`): the data plane takes a port by writing a
+//! mapping, and only this controller gives it back, once the mapping has
+//! expired. A flow's port is therefore never another flow's while a late
+//! packet of the flow could still arrive: a mapping lives its state's idle
+//! timeout (`lb_timeouts`, the connection table's) after the last packet
+//! of either side, as the kernel's conntrack and IPVS keep a closed
+//! connection for its TIME_WAIT.
+use std::collections::HashSet;
+
+use aya::{
+    Ebpf, Pod,
+    maps::{HashMap, MapData},
+};
+use lb_common::{
+    abi::{CONN_STATES, Flow, expired},
+    addr::Addr,
+    fullnat::{FnatFlow, FnatKey, FnatRev, mapping_expired},
+};
+
+use super::{deleted, typed};
+use crate::write::dataplane::DataplaneError;
+
+/// One family's mapping maps.
+pub struct FullNatMaps<A: Addr + Pod> {
+    names: (&'static str, &'static str),
+    fwd: HashMap<MapData, Flow<A>, FnatFlow<A>>,
+    rev: HashMap<MapData, FnatKey<A>, FnatRev<A>>,
+}
+
+/// The names of each family's maps, as the object has them.
+pub const V4: (&str, &str) = ("lb_fnat_fwd", "lb_fnat_rev");
+pub const V6: (&str, &str) = ("lb_fnat_fwd6", "lb_fnat_rev6");
+
+impl<A: Addr + Pod> FullNatMaps<A> {
+    pub fn open(
+        ebpf: &mut Ebpf,
+        names: (&'static str, &'static str),
+    ) -> Result<Self, DataplaneError> {
+        Ok(Self { names, fwd: typed(ebpf, names.0)?, rev: typed(ebpf, names.1)? })
+    }
+
+    /// Removes the mappings expired at `now` (epoch ticks) under the
+    /// per-state `timeouts`: the flow's entry first (its client's next
+    /// packet, if one comes, takes a new port, or is reset), then the
+    /// reverse entry, which frees the port. A reverse entry whose flow's
+    /// entry is gone (a removal cut short) goes once its backend has been
+    /// quiet for the longest state's timeout. Returns how many ports
+    /// were freed.
+    pub fn expire(
+        &mut self,
+        now: u32,
+        timeouts: &[u32; CONN_STATES as usize],
+    ) -> Result<usize, DataplaneError> {
+        let reading = |name: &str| {
+            let name = name.to_owned();
+            move |e| DataplaneError::kernel(format!("reading {name}"), e)
+        };
+        // Collected first: a BPF hash map's walk restarts when the entry it
+        // stands on is deleted.
+        let mut expired_flows = Vec::new();
+        let mut mapped = HashSet::new();
+        for entry in self.fwd.iter() {
+            let (flow, mapping) = entry.map_err(reading(self.names.0))?;
+            let key = mapping.reverse_key(flow.proto);
+            mapped.insert(key);
+            if self.expired(&mapping, &key, now, timeouts) {
+                expired_flows.push((flow, key));
+            }
+        }
+        let longest = timeouts.iter().copied().max().unwrap_or(0);
+        let mut orphans = Vec::new();
+        for entry in self.rev.iter() {
+            let (key, client) = entry.map_err(reading(self.names.1))?;
+            if !mapped.contains(&key) && expired(now, client.last_seen, longest) {
+                orphans.push(key);
+            }
+        }
+        let mut freed = 0;
+        for (flow, key) in expired_flows {
+            // Read again: a packet since the walk makes the flow live.
+            let Ok(mapping) = self.fwd.get(&flow, 0) else { continue };
+            if !self.expired(&mapping, &key, now, timeouts) {
+                continue;
+            }
+            deleted(self.fwd.remove(&flow), &format!("deleting from {}", self.names.0))?;
+            deleted(self.rev.remove(&key), &format!("deleting from {}", self.names.1))?;
+            freed += 1;
+        }
+        for key in orphans {
+            deleted(self.rev.remove(&key), &format!("deleting from {}", self.names.1))?;
+            freed += 1;
+        }
+        Ok(freed)
+    }
+
+    /// Whether `mapping` (whose reverse entry is `key`) has expired.
+    fn expired(
+        &self,
+        mapping: &FnatFlow<A>,
+        key: &FnatKey<A>,
+        now: u32,
+        timeouts: &[u32; CONN_STATES as usize],
+    ) -> bool {
+        let backend_seen = self.rev.get(key, 0).map_or(mapping.last_seen, |r| r.last_seen);
+        mapping_expired(mapping.state, mapping.last_seen, backend_seen, now, timeouts)
+    }
+}
