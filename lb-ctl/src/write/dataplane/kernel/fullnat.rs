@@ -60,7 +60,7 @@ impl<A: Addr + Pod> FullNatMaps<A> {
         // stands on is deleted.
         let mut expired_flows = Vec::new();
         let mut mapped = HashSet::new();
-        for entry in self.fwd.iter() {
+        for entry in &self.fwd {
             let (flow, mapping) = entry.map_err(reading(self.names.0))?;
             let key = mapping.reverse_key(flow.proto);
             mapped.insert(key);
@@ -70,7 +70,7 @@ impl<A: Addr + Pod> FullNatMaps<A> {
         }
         let longest = timeouts.iter().copied().max().unwrap_or(0);
         let mut orphans = Vec::new();
-        for entry in self.rev.iter() {
+        for entry in &self.rev {
             let (key, client) = entry.map_err(reading(self.names.1))?;
             if !mapped.contains(&key) && expired(now, client.last_seen, longest) {
                 orphans.push(key);
