@@ -2025,6 +2025,67 @@ async fn persistence_sources_and_limits_round_trip_and_survive_a_restart() {
     assert_eq!(backend(api, "10.77.2.32:443").unwrap()["max_conns"], 2);
 }
 
+/// A full-NAT service's pool goes in as the file writes it, comes back in
+/// the view (the ports even when defaulted), is refused by name, and
+/// survives a restart.
+#[tokio::test]
+async fn a_full_nat_pool_round_trips_and_survives_a_restart() {
+    let dir = TempDir::new("fullnat");
+    let services = {
+        let lb = Lb::start(&dir.0, None).await;
+        let pooled = r#"{"name": "pooled", "vip": "10.77.1.101", "port": 443,
+            "forwarding": "fullnat", "snat_addresses": ["10.77.2.1", "10.77.2.2"],
+            "snat_ports": "40000-40063", "backends": [{"address": "10.77.3.31", "port": 443}]}"#;
+        let routed = r#"{"name": "routed", "vip": "10.77.1.101", "port": 80,
+            "forwarding": "fullnat", "backends": [{"address": "10.77.3.31", "port": 80}]}"#;
+        for body in [pooled, routed] {
+            let (status, answer) =
+                lb.call(Method::POST, "/api/v1/services", Some(body), None).await;
+            assert_eq!(status, StatusCode::CREATED, "{answer}");
+        }
+        let (_, view) = lb.get("/api/v1/services/pooled").await;
+        assert_eq!(view["forwarding"], "fullnat");
+        assert_eq!(view["snat_addresses"], json!(["10.77.2.1", "10.77.2.2"]), "{view}");
+        assert_eq!(view["snat_ports"], "40000-40063");
+        let (_, view) = lb.get("/api/v1/services/routed").await;
+        assert_eq!(
+            (view.get("snat_addresses"), &view["snat_ports"]),
+            (None, &json!("61000-65535"))
+        );
+        for (body, field) in [
+            (
+                r#"{"name": "x", "vip": "10.77.1.102", "port": 80, "snat_ports": "1-2"}"#,
+                "snat_ports",
+            ),
+            (
+                r#"{"name": "x", "vip": "10.77.1.102", "port": 80, "forwarding": "fullnat", "snat_addresses": ["fd77::1"]}"#,
+                "snat_addresses[0]",
+            ),
+            (
+                r#"{"name": "x", "vip": "10.77.1.102", "port": 80, "forwarding": "fullnat", "snat_ports": "9-8"}"#,
+                "snat_ports",
+            ),
+        ] {
+            let answer = lb
+                .refused(
+                    Method::POST,
+                    "/api/v1/services",
+                    Some(body),
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                )
+                .await;
+            assert_names(&answer, field);
+        }
+        lb.services().await
+    };
+    let lb = Lb::start(&dir.0, None).await;
+    let again = lb.services().await;
+    assert_eq!(settings(&again), settings(&services));
+    let pooled = service(&again, "pooled").unwrap();
+    assert_eq!(pooled["snat_ports"], "40000-40063");
+    assert_eq!(pooled["snat_addresses"], json!(["10.77.2.1", "10.77.2.2"]));
+}
+
 /// PATCH changes a backend's role, limit and check target in place (not
 /// only its weight and state); each is checked as in a body, and a check
 /// target where nothing is probed is refused; the change survives a restart.

@@ -87,6 +87,7 @@ fn forward_name(forwarding: &str) -> &str {
     match forwarding {
         "nat" => "Masq",
         "dsr" => "Route",
+        "fullnat" => "FullNat",
         "tunnel" => "Tunnel",
         other => other,
     }
@@ -116,6 +117,15 @@ pub(super) fn service_line(s: &ServiceView) -> String {
     }
     if !s.allowed_sources.is_empty() {
         let _ = write!(flags, " from={}", s.allowed_sources.join(","));
+    }
+    // Full NAT's source pool (empty addresses: the route's own source).
+    if let Some(ports) = &s.snat_ports {
+        let addresses = if s.snat_addresses.is_empty() {
+            "route".to_owned()
+        } else {
+            s.snat_addresses.join(",")
+        };
+        let _ = write!(flags, " snat={addresses}:{ports}");
     }
     format!(
         "{:<4} {} {}{flags} ({})",
@@ -512,6 +522,25 @@ UDP  10.77.1.53:53 sh drop (dns)
         assert!(!lines[4].contains("max_conns"), "{}", lines[4]);
         s.persistence_netmask = Some(24);
         assert!(render_list(&[s]).contains(" persistent=300s/24 "));
+    }
+
+    /// A full-NAT service: `FullNat` in the Forward column, its pool on its
+    /// line (`route`: the load balancer's own address toward each backend).
+    #[test]
+    fn full_nat_is_listed_with_its_pool() {
+        let mut s = web();
+        s.forwarding = "fullnat".into();
+        s.snat_ports = Some("61000-65535".into());
+        let text = render_list(&[s.clone()]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[2].ends_with(" snat=route:61000-65535 (web)"), "{}", lines[2]);
+        assert!(
+            lines[3].starts_with("  -> 10.77.2.11:80                FullNat 1 "),
+            "{}",
+            lines[3]
+        );
+        s.snat_addresses = vec!["10.77.2.1".into(), "10.77.2.2".into()];
+        assert!(render_list(&[s]).contains(" snat=10.77.2.1,10.77.2.2:61000-65535 "));
     }
 
     #[test]

@@ -621,6 +621,8 @@ mod tests {
             persistence_s: None,
             persistence_netmask: None,
             allowed_sources: Vec::new(),
+            snat_addresses: Vec::new(),
+            snat_ports: None,
             backups_serve: false,
             backends: vec![
                 backend("10.0.1.1", 100, "active", "UP"),

@@ -16,7 +16,7 @@ use crate::{
     },
     desired::{
         checks::to_hex,
-        model::{HealthCheck, Probe, Protocol, Service},
+        model::{Forwarding, HealthCheck, Probe, Protocol, Service},
         names::{Check, Named as _, OnNoBackend},
     },
     plan::ids::{BackendKey, Key, backend_key, service_endpoint},
@@ -101,7 +101,7 @@ pub struct ServiceView {
     pub protocol: String,
     /// `maglev`, `rr`, `wrr`, `lc` or `sh`.
     pub scheduler: String,
-    /// `nat`.
+    /// `nat`, `dsr` or `fullnat`.
     pub forwarding: String,
     /// `reject` or `drop`.
     pub on_no_backend: String,
@@ -118,6 +118,13 @@ pub struct ServiceView {
     /// The networks that may reach the service (empty: every source).
     #[serde(default)]
     pub allowed_sources: Vec<String>,
+    /// `fullnat`: the addresses flows leave from (empty: the load
+    /// balancer's own address toward each backend).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snat_addresses: Vec<String>,
+    /// `fullnat`: the source ports, `first-last` (absent for other modes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snat_ports: Option<String>,
     pub traffic: TrafficView,
     pub rates: RatesView,
     /// Backends that take new flows now.
@@ -381,6 +388,8 @@ fn service(s: &Service, health: &impl HealthLookup, samples: &Samples) -> Servic
         persistence_s: s.persistence.map(|p| p.timeout.as_secs()),
         persistence_netmask: s.persistence.map(|p| p.netmask),
         allowed_sources: s.allowed_sources.iter().map(ToString::to_string).collect(),
+        snat_addresses: s.snat.addresses.iter().map(ToString::to_string).collect(),
+        snat_ports: (s.forwarding == Forwarding::FullNat).then(|| s.snat.ports.to_string()),
         traffic: traffic_view(&latest(samples, traffic).unwrap_or_default()),
         rates: rates(samples, traffic),
         backends_in_rotation: backends.iter().filter(|b| b.in_rotation).count(),
