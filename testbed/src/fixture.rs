@@ -537,6 +537,23 @@ forwarding = "fullnat"
   address = "10.77.2.13"
   port = 8092
 
+[[service]]            # the benchmarks' full NAT: three backends, ports for every sample
+name = "bench-fullnat"
+vip = "10.77.1.109"
+port = 82
+forwarding = "fullnat"
+snat_addresses = ["10.77.2.1"]
+snat_ports = "1024-65535"
+  [[service.backend]]
+  address = "10.77.2.11"
+  port = 99
+  [[service.backend]]
+  address = "10.77.2.12"
+  port = 99
+  [[service.backend]]
+  address = "10.77.2.13"
+  port = 99
+
 [[service]]            # IPv6 full NAT
 name = "fullnat6"
 vip = "fd77:1::100"
@@ -564,7 +581,8 @@ pub const VIP_LIMITED: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 107);
 /// `allowed_sources = ["10.77.1.0/28", "192.0.2.0/24"]`, port 80.
 pub const VIP_GUARDED: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 108);
 /// The benchmarks' rows: port 80 Maglev with `max_conns` far off, 81
-/// Maglev with `allowed_sources` that hold `10.77.3.0/24`.
+/// Maglev with `allowed_sources` that hold `10.77.3.0/24`, 82 full NAT
+/// from `LB_BACKEND_SIDE`:1024-65535.
 pub const VIP_BENCH: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 109);
 
 pub const VIP_REJECTING: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 103);

@@ -36,7 +36,7 @@ use lb_testbed::{
     testrun::{self, XDP_PASS, XDP_REDIRECT},
 };
 
-const NAMES: [&str; 27] = [
+const NAMES: [&str; 30] = [
     "new flow, a fresh 5-tuple per sample",
     "new flow, one SYN, entry deleted between",
     "established flow (connection table hit)",
@@ -75,8 +75,13 @@ const NAMES: [&str; 27] = [
     "new flow, persistence on, client's network known (/24)",
     "new flow, max_conns on (below the limit)",
     "new flow, allowed_sources on (4 prefixes, allowed)",
+    // Full NAT (`lb_fnat`, tail called; a Maglev service of three
+    // backends): the bar is end to end, against HAProxy.
+    "full-NAT new flow, a fresh 5-tuple per sample",
+    "full-NAT established flow",
+    "full-NAT backend reply",
 ];
-const TARGETS: [Option<u32>; 27] = [
+const TARGETS: [Option<u32>; 30] = [
     Some(100),
     Some(100),
     Some(45),
@@ -104,11 +109,16 @@ const TARGETS: [Option<u32>; 27] = [
     Some(140),
     Some(120),
     Some(110),
+    None,
+    None,
+    None,
 ];
 /// The scenarios of the table: one packet each, then the handshakes (four
 /// rows each: `Handshake::figures`), then IPv6's, one packet each, then
-/// both families' new client addresses, then the per-service options'.
-const WIDTHS: [usize; 21] = [1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1];
+/// both families' new client addresses, then the per-service options',
+/// then full NAT's.
+const WIDTHS: [usize; 24] =
+    [1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1];
 /// The scenarios that are handshakes.
 const HANDSHAKE_SCENARIOS: std::ops::Range<usize> = 9..11;
 /// The services of the handshake scenarios: the fixture's Maglev service of
@@ -226,6 +236,7 @@ fn measure_per_packet() -> Vec<Row> {
     // The new-address rows' own count: each takes the next address in turn.
     let mut new_addresses = 0_usize;
     let ipv6 = ipv6::Frames::set_up(&loaded.program, client_if, backend_if);
+    let fullnat = fullnat::Frames::set_up(&loaded.program, client_if, backend_if);
     // A client's SYN to `vip`, on the client side.
     let syn = |client: (Ipv4Addr, u16), vip: (Ipv4Addr, u16)| {
         (Ipv4::tcp(client, vip, TCP_SYN, b"").frame(IF_CLIENT_MAC, CLIENT_MAC), client_if)
@@ -267,6 +278,12 @@ fn measure_per_packet() -> Vec<Row> {
                 new_addresses += 1;
                 (ipv6::new_address_syn(new_addresses), client_if)
             }
+            21 => {
+                fresh += 1;
+                syn(fresh_client(fresh), (VIP_BENCH, fullnat::PORT))
+            }
+            22 => (fullnat.established.clone(), client_if),
+            23 => (fullnat.reply.clone(), backend_if),
             17..=20 => {
                 fresh += 1;
                 let vip = match i {
@@ -371,6 +388,54 @@ fn report(per_packet: Option<&[Row]>, parts: &[Part], load_before: &str) {
 }
 
 /// The IPv6 rows' packets.
+/// Full NAT's established flow and its backend's reply (the fixture's
+/// `bench-fullnat`, `VIP_BENCH` port 82).
+mod fullnat {
+    use aya::programs::Xdp;
+    use lb_bench::dataplane::handshake::{ack, destination, syn};
+    use lb_testbed::{
+        fixture::{BACKEND_ISN, CLIENT, CLIENT_ISN, IF_BACKEND_MAC, LB_BACKEND_SIDE, VIP_BENCH},
+        packet::{Ipv4, L4, TCP_ACK, TCP_SYN},
+        testrun::{self, XDP_REDIRECT},
+    };
+
+    /// The service's port.
+    pub const PORT: u16 = 82;
+
+    pub struct Frames {
+        pub established: Vec<u8>,
+        pub reply: Vec<u8>,
+    }
+
+    impl Frames {
+        /// The frames, with the flow's handshake run first: its mapping
+        /// taken, its SYN-ACK translated, its first ACK recording it.
+        pub fn set_up(program: &Xdp, client_if: u32, backend_if: u32) -> Self {
+            let (client, vip) = ((CLIENT, 40_002), (VIP_BENCH, PORT));
+            let run = |frame: &[u8], ingress: u32, what: &str| {
+                let out = testrun::run(program, frame, ingress, 1);
+                assert_eq!(out.action, XDP_REDIRECT, "full NAT's {what}");
+                out.frame
+            };
+            let out = run(&syn(client, vip), client_if, "SYN");
+            let backend = destination(&out);
+            let pool_port = u16::from_be_bytes([out[34], out[35]]);
+            let pool = (LB_BACKEND_SIDE, pool_port);
+            let segment = |flags: u8, seq: u32, ack: u32| {
+                let mut p = Ipv4::tcp((backend.addr, backend.port), pool, flags, b"");
+                if let L4::Tcp { seq: s, ack: a, .. } = &mut p.l4 {
+                    (*s, *a) = (seq, ack);
+                }
+                p.frame(IF_BACKEND_MAC, backend.mac)
+            };
+            run(&segment(TCP_SYN | TCP_ACK, BACKEND_ISN, CLIENT_ISN + 1), backend_if, "SYN-ACK");
+            let established = ack(client, vip);
+            run(&established, client_if, "first ACK");
+            Self { established, reply: segment(TCP_ACK, BACKEND_ISN + 1, CLIENT_ISN + 1) }
+        }
+    }
+}
+
 mod ipv6 {
     use std::net::Ipv6Addr;
 
