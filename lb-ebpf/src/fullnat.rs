@@ -17,9 +17,10 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
 use lb_common::{
     abi::{
-        BACKEND_DOWN, Backend, CONN_SYN, CONN_UDP, Flow, PROTO_TCP, SVC_REJECT, TCP_ACK, TCP_FIN,
-        TCP_RST, TCP_SYN, next_state,
+        BACKEND_DOWN, BACKEND_FULLNAT, BACKEND_IN_USE, Backend, CONN_SYN, CONN_UDP, Flow,
+        PROTO_TCP, SVC_REJECT, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, next_state,
     },
+    addr::Addr as _,
     counter::Counter,
     fullnat::{
         FnatFlow, FnatKey, FnatRev, SNAT_ADDRS_MAX, SNAT_PROBES, reclaimable, snat_port,
@@ -420,9 +421,9 @@ fn reclaim<F: Family>(work: &mut Work<F::Addr>, now: u32) -> bool {
     F::fnat_rev().insert(&work.key, &work.rev, 0).is_ok()
 }
 
-/// The client of the reply in this CPU's `Work` (from backend
-/// `backend_id`, to a pool address and port), if a mapping of that
-/// backend holds it: its state moves with `tcp_flags`, a SYN-ACK's
+/// The client of the reply in this CPU's `Work` (from a full-NAT
+/// backend's endpoint, to a pool address and port), if a mapping of a
+/// backend on that endpoint holds it: its state moves with `tcp_flags`, a SYN-ACK's
 /// sequence number `seq` goes to the flow's handshake record, and the
 /// packet's new ends go into the `Work`. Each family calls it from a
 /// global function (`lb_fnat_back`, `lb_fnat_back6`).
@@ -443,7 +444,16 @@ pub fn map_back<F: Family>(tcp_flags: u8, seq: Option<u32>) -> u32 {
     };
     // SAFETY: a pointer into the map's value, read in place.
     let mapping = unsafe { &mut *entry };
-    if mapping.backend_id != work.backend_id {
+    // The backend the flow was placed on, still in use: a backend endpoint
+    // several full-NAT services share is found in `lb_reals` under one of
+    // their ids, while the mapping knows its own (and its key the endpoint).
+    let ours = F::backends().get(mapping.backend_id).is_some_and(|b| {
+        b.flags & (BACKEND_IN_USE | BACKEND_FULLNAT) == BACKEND_IN_USE | BACKEND_FULLNAT
+            && b.service_id == mapping.service_id
+            && b.addr.same(&work.flow.src)
+            && b.port == work.flow.sport
+    });
+    if !ours {
         return UNMAPPED;
     }
     let here = Here::clock();

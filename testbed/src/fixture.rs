@@ -515,6 +515,17 @@ snat_ports = "40000-40003"
   address = "10.77.2.11"
   port = 8090
 
+[[service]]            # full NAT on another VIP, to the same backend and pool
+name = "fullnat-shared"
+vip = "10.77.1.111"
+port = 80
+forwarding = "fullnat"
+snat_addresses = ["10.77.2.1"]
+snat_ports = "40000-40003"
+  [[service.backend]]
+  address = "10.77.2.11"
+  port = 8090
+
 [[service]]            # full NAT, one port, dropped when it is taken
 name = "fullnat-one"
 vip = "10.77.1.110"
@@ -572,6 +583,8 @@ snat_ports = "40000-40001"
 /// default pool (the route's source, `LB_BACKEND_SIDE`). IPv6: `VIP6`
 /// port 90 to `WEB1_6`:8090 from `LB_BACKEND_SIDE6`:40000-40001.
 pub const VIP_FULLNAT: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 110);
+/// A second full-NAT service (port 80) with `VIP_FULLNAT`:80's backend and pool.
+pub const VIP_FULLNAT_SHARED: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 111);
 
 /// Persistence (`persistence_s = 10`): port 80 Maglev, 81 rr, 82 by /24.
 pub const VIP_PERSIST: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 106);

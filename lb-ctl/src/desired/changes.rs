@@ -19,7 +19,7 @@ use super::{
     json::{backend_from_json, backend_to_json, from_json, service_from_json, service_to_json},
     model::{AdminState, Backend, CheckTarget, Scheduler, Service},
     problem::{Problem, Problems},
-    validate::{check_services, family_name, refuse_unchecked_target},
+    validate::{self, check_services, family_name, refuse_unchecked_target},
 };
 
 /// One change asked through the API.
@@ -243,11 +243,18 @@ fn check(services: &[Service], changed: &str) -> Result<(), ChangeError> {
         if other.protocol != s.protocol {
             continue;
         }
+        if validate::may_share_backends(s, other) {
+            continue;
+        }
         for b in &s.backends {
             if other.backends.iter().any(|o| (o.address, o.port) == (b.address, b.port)) {
                 return Err(ChangeError::Conflict(format!(
-                    "{}:{}/{} is already a backend of service {:?}; a backend belongs to one service",
-                    b.address, b.port, s.protocol, other.name
+                    "{}:{}/{} is already a backend of service {:?}; {}",
+                    b.address,
+                    b.port,
+                    s.protocol,
+                    other.name,
+                    validate::ONE_SERVICE_PER_BACKEND
                 )));
             }
         }

@@ -517,6 +517,28 @@ port = 80
         );
     }
 
+    /// Full NAT's replies follow their own mapping: full-NAT services may
+    /// share a backend; a NAT one may not (its reply names no VIP).
+    #[test]
+    fn only_full_nat_services_share_a_backend() {
+        let fullnat = |name: &str, port: u16| {
+            format!(
+                "\n[[service]]\nname = \"{name}\"\nvip = \"10.77.1.110\"\nport = {port}\nforwarding = \"fullnat\"\n\n  [[service.backend]]\n  address = \"10.77.3.11\"\n  port = 80\n"
+            )
+        };
+        let shared = format!("{GOOD}{}{}", fullnat("a", 80), fullnat("b", 81));
+        let c = parse(&shared).expect("two full-NAT services on one backend");
+        assert_eq!(c.services.len(), 4);
+        let with_nat = format!("{GOOD}{}", fullnat("a", 80)).replace("10.77.3.11", "10.77.2.11");
+        let p = problems(&with_nat);
+        assert!(
+            p.iter().any(|x| x.starts_with(
+                "service[2].backend[0]: 10.77.2.11:80/tcp is already a backend of service[0]"
+            ) && x.contains("two VIPs on one backend could not be told apart")),
+            "{p:?}"
+        );
+    }
+
     #[test]
     fn out_of_range_numbers_are_refused() {
         let p = problems(

@@ -460,9 +460,22 @@ fn parse_port(key: &str, port: i64, problems: &mut Problems) -> u16 {
     }
 }
 
+/// Why a backend belongs to one service, unless full NAT (see
+/// `may_share_backends`).
+pub const ONE_SERVICE_PER_BACKEND: &str = "a backend belongs to one service unless every service naming it is forwarding = \"fullnat\" (the reply of a nat or dsr backend carries only its own address and port and the client's: two VIPs on one backend could not be told apart)";
+
+/// Whether two services may name the same backend endpoint: full NAT's
+/// replies are translated by their own mapping (the pool address and
+/// port), so several full-NAT services can share one; NAT's reverse path
+/// keys on the backend endpoint alone.
+pub fn may_share_backends(a: &Service, b: &Service) -> bool {
+    a.forwarding == Forwarding::FullNat && b.forwarding == Forwarding::FullNat
+}
+
 /// Service names, VIP:port:protocol triples and backends must each be unique:
-/// a backend address+port belongs to one service, which is what lets a reply
-/// be rewritten without connection state.
+/// a backend address+port belongs to one service (but full NAT's, see
+/// `may_share_backends`), which is what lets a reply be rewritten without
+/// connection state.
 fn check_unique_services(services: &[Service], problems: &mut Problems) {
     let mut names = HashMap::new();
     let mut endpoints = HashMap::new();
@@ -482,11 +495,11 @@ fn check_unique_services(services: &[Service], problems: &mut Problems) {
         }
         for (j, b) in s.backends.iter().enumerate() {
             if let Some((fi, fj)) = backends.get(&(b.address, b.port, s.protocol)) {
-                if *fi != i {
+                if *fi != i && !may_share_backends(s, &services[*fi]) {
                     problems.add(
                         format!("service[{i}].backend[{j}]"),
                         format!(
-                            "{}:{}/{} is already a backend of service[{fi}] (backend[{fj}]); a backend belongs to one service",
+                            "{}:{}/{} is already a backend of service[{fi}] (backend[{fj}]); {ONE_SERVICE_PER_BACKEND}",
                             b.address, b.port, s.protocol
                         ),
                     );
