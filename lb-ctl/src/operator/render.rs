@@ -3,7 +3,9 @@
 use std::{fmt::Write as _, net::SocketAddr};
 
 use crate::daemon::{
-    api::view::{BackendView, ConnsList, ServiceView, Stats, duration_text, endpoint_text},
+    api::view::{
+        BackendView, ConnView, ConnsList, ServiceView, Stats, duration_text, endpoint_text,
+    },
     bgp::NodeView,
 };
 
@@ -382,13 +384,23 @@ pub fn render_conns(list: &ConnsList) -> String {
             &c.state,
             &c.client,
             &c.vip,
-            c.backend.as_deref().unwrap_or("-"),
+            &destination(c),
         ));
     }
     if list.truncated {
         let _ = writeln!(text, "{} of {} connections", list.conns.len(), list.total);
     }
     text
+}
+
+/// A connection's destination: its backend, and for a full-NAT flow the
+/// pool address and port it reaches the backend from (both tuples).
+fn destination(c: &ConnView) -> String {
+    let backend = c.backend.as_deref().unwrap_or("-");
+    match &c.snat {
+        Some(snat) => format!("{backend} from {snat}"),
+        None => backend.to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -665,6 +677,7 @@ TCP  [fd77:1::100]:80 maglev reject check=http (web6)
                 state: state.into(),
                 idle_ms: 0,
                 expires_in_ms: ms,
+                snat: None,
             };
         let list = ConnsList {
             total: 5000,
@@ -673,6 +686,10 @@ TCP  [fd77:1::100]:80 maglev reject check=http (web6)
                 conn("tcp", "10.77.0.2:53211", Some("10.77.2.11:80"), "ESTABLISHED", 899_999),
                 conn("udp", "10.77.0.2:5353", None, "UDP", 1_500),
                 conn("tcp", "255.255.255.255:65535", Some("10.77.2.12:80"), "SYN", 7_200_000),
+                ConnView {
+                    snat: Some("10.77.2.1:61017".into()),
+                    ..conn("tcp", "10.77.0.3:40000", Some("10.77.3.11:80"), "ESTABLISHED", 60_000)
+                },
             ],
         };
         let expected = "\
@@ -680,10 +697,11 @@ pro expire state       source                virtual               destination
 TCP 14:59  ESTABLISHED 10.77.0.2:53211       10.77.1.100:80        10.77.2.11:80
 UDP 00:01  UDP         10.77.0.2:5353        10.77.1.100:80        -
 TCP 120:00 SYN         255.255.255.255:65535 10.77.1.100:80        10.77.2.12:80
-3 of 5000 connections
+TCP 01:00  ESTABLISHED 10.77.0.3:40000       10.77.1.100:80        10.77.3.11:80 from 10.77.2.1:61017
+4 of 5000 connections
 ";
         assert_eq!(render_conns(&list), expected);
-        let whole = ConnsList { truncated: false, total: 3, ..list };
+        let whole = ConnsList { truncated: false, total: 4, ..list };
         assert!(!render_conns(&whole).contains("connections"));
         assert_eq!(expire(0), "00:00");
         assert_eq!(expire(60_000), "01:00");

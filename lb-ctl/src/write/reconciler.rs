@@ -506,6 +506,7 @@ mod tests {
         assert_ne!(id4, id6, "one id space");
         let entry = |client: &str, service: Key, backend_id, service_id| ConnEntry {
             client: client.parse().unwrap(),
+            snat: None,
             service,
             conn: lb_common::abi::Conn {
                 backend_id,

@@ -384,6 +384,7 @@ pub async fn list_conns(
                 state: conn_state_name(e.conn.state).into(),
                 idle_ms: e.idle.as_millis() as u64,
                 expires_in_ms: e.expires_in.as_millis() as u64,
+                snat: e.snat.map(|s| s.to_string()),
             }
         })
         .collect();

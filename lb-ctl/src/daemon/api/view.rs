@@ -290,6 +290,10 @@ pub struct ConnView {
     pub idle_ms: u64,
     /// Until the entry expires if the flow stays idle.
     pub expires_in_ms: u64,
+    /// A full-NAT flow's pool address and port: the source its backend
+    /// sees (absent for the other modes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snat: Option<String>,
 }
 
 /// `GET /api/v1/conns`.

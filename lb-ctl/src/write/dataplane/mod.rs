@@ -65,6 +65,8 @@ pub struct Counts {
 pub struct ConnEntry {
     /// The client's address and port.
     pub client: std::net::SocketAddr,
+    /// A full-NAT flow's pool address and port: its backend's client.
+    pub snat: Option<std::net::SocketAddr>,
     /// The service it is to: its VIP, port and protocol.
     pub service: Key,
     pub conn: Conn,

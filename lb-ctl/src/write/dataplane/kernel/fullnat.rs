@@ -33,6 +33,13 @@ pub const V4: (&str, &str) = ("lb_fnat_fwd", "lb_fnat_rev");
 pub const V6: (&str, &str) = ("lb_fnat_fwd6", "lb_fnat_rev6");
 
 impl<A: Addr + Pod> FullNatMaps<A> {
+    /// `lb_fnat_fwd` (`lb_fnat_fwd6`), for a reader's handle of its own.
+    pub fn flows(&self) -> (&'static str, std::os::fd::BorrowedFd<'_>) {
+        use aya::maps::IterableMap as _;
+        use std::os::fd::AsFd as _;
+        (self.names.0, self.fwd.map().fd().as_fd())
+    }
+
     pub fn open(
         ebpf: &mut Ebpf,
         names: (&'static str, &'static str),

@@ -13,12 +13,15 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, IterableMap as _, Map, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray},
     programs::ProgramFd,
 };
-use lb_common::abi::{
-    BACKEND_IN_USE, Backend, CONN_SYN, CONN_UDP, Conn, EPOCH_TICK_MS, Flow, Handshake, PROTO_TCP,
-    Traffic, expired, handshake_slot,
+use lb_common::{
+    abi::{
+        BACKEND_FULLNAT, BACKEND_IN_USE, Backend, CONN_SYN, CONN_UDP, Conn, EPOCH_TICK_MS, Flow,
+        Handshake, PROTO_TCP, Traffic, expired, handshake_slot,
+    },
+    fullnat::FnatFlow,
 };
 
 use super::{HeldTimeouts, KernelMaps, err, family::FamilyMaps};
@@ -55,12 +58,16 @@ struct FamilyReader<A: TableAddr + MapAddr + aya::Pod> {
     /// `lb_handshakes` or `lb_handshakes6`, for the slow path's flows that
     /// only have a record.
     handshakes: Array<MapData, Handshake<A>>,
+    /// `lb_fnat_fwd` or `lb_fnat_fwd6`: a full-NAT flow's pool address and
+    /// port, which the listing shows.
+    fnat: HashMap<MapData, Flow<A>, FnatFlow<A>>,
 }
 
 impl<A: TableAddr + MapAddr + aya::Pod> FamilyReader<A> {
     fn of(
         conns: &Arc<ConnTable<A>>,
         maps: &FamilyMaps<A>,
+        fnat: (&str, BorrowedFd<'_>),
         kernel: &KernelMaps,
     ) -> Result<Self, DataplaneError> {
         let name = maps.names().backends;
@@ -68,7 +75,23 @@ impl<A: TableAddr + MapAddr + aya::Pod> FamilyReader<A> {
             conns: Arc::clone(conns),
             backends: reopen(name, maps.backends.map().fd().as_fd())?,
             handshakes: reopen(A::HANDSHAKES, object_map(kernel, A::HANDSHAKES)?)?,
+            fnat: reopen(fnat.0, fnat.1)?,
         })
+    }
+
+    /// The pool address and port `client`'s flow to `service` leaves from,
+    /// if it is a full-NAT flow.
+    fn snat(&self, client: SocketAddr, service: Key) -> Option<SocketAddr> {
+        let flow = Flow {
+            src: A::of(client.ip())?,
+            dst: A::of(service.addr)?,
+            sport: client.port(),
+            dport: service.port,
+            proto: service.proto,
+            _pad: [0; 3],
+        };
+        let mapping = self.fnat.get(&flow, 0).ok()?;
+        Some(SocketAddr::new(mapping.pool.ip(), mapping.pool_port))
     }
 
     /// The backend `id` if it is in use.
@@ -133,8 +156,13 @@ impl<A: TableAddr + MapAddr + aya::Pod> FamilyReader<A> {
             found.live += 1;
             if found.entries.len() < found.limit {
                 let idle = now.wrapping_sub(conn.last_seen);
+                let client = SocketAddr::new(slot.src.ip(), slot.sport);
+                let snat = (backend.flags & BACKEND_FULLNAT != 0)
+                    .then(|| self.snat(client, service))
+                    .flatten();
                 found.entries.push(ConnEntry {
-                    client: SocketAddr::new(slot.src.ip(), slot.sport),
+                    client,
+                    snat,
                     service,
                     conn,
                     idle: tick * idle,
@@ -155,8 +183,8 @@ struct Connections {
 impl KernelReader {
     pub(super) fn of(maps: &KernelMaps) -> Result<Self, DataplaneError> {
         Ok(Self {
-            v4: FamilyReader::of(&maps.conns, &maps.v4, maps)?,
-            v6: FamilyReader::of(&maps.conns6, &maps.v6, maps)?,
+            v4: FamilyReader::of(&maps.conns, &maps.v4, maps.fnat.flows(), maps)?,
+            v6: FamilyReader::of(&maps.conns6, &maps.v6, maps.fnat6.flows(), maps)?,
             counters: reopen("lb_counters", object_map(maps, "lb_counters")?)?,
             service_traffic: reopen("lb_svc_stats", object_map(maps, "lb_svc_stats")?)?,
             backend_traffic: reopen("lb_be_stats", object_map(maps, "lb_be_stats")?)?,
