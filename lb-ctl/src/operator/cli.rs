@@ -190,9 +190,10 @@ pub enum ServiceCmd {
         /// sh = source-IP hash. [default: maglev]
         #[arg(long, value_parser = ["maglev", "rr", "wrr", "lc", "sh"])]
         scheduler: Option<String>,
-        /// nat (IPVS -m) or dsr (IPVS -g: backends hold the VIP and answer
-        /// clients directly). [default: nat]
-        #[arg(long, value_parser = ["nat", "dsr"])]
+        /// nat (IPVS -m), dsr (IPVS -g: backends hold the VIP and answer
+        /// clients directly) or fullnat (the source too, to a pool address:
+        /// backends need no route through the load balancer). [default: nat]
+        #[arg(long, value_parser = ["nat", "dsr", "fullnat"])]
         forwarding: Option<String>,
         /// What a client gets when no backend can take it: a TCP reset / ICMP
         /// port unreachable, or nothing. [default: reject]
@@ -214,6 +215,13 @@ pub enum ServiceCmd {
         /// loadBalancerSourceRanges). [default: anyone]
         #[arg(long = "allow", value_name = "PREFIX")]
         allowed_sources: Vec<String>,
+        /// fullnat: an address flows leave from (repeat for more, at most 4).
+        /// [default: the load balancer's own address toward each backend]
+        #[arg(long = "snat-address", value_name = "ADDRESS")]
+        snat_addresses: Vec<String>,
+        /// fullnat: the source ports, FIRST-LAST. [default: 61000-65535]
+        #[arg(long, value_name = "FIRST-LAST")]
+        snat_ports: Option<String>,
     },
     /// Remove a service and its backends.
     #[command(visible_alias = "delete", after_help = EXIT_CODES)]
@@ -543,8 +551,13 @@ async fn execute(op: Operator, client: &Client) -> Result<String, ClientError> {
             persistence,
             persistence_netmask,
             allowed_sources,
+            snat_addresses,
+            snat_ports,
         }) => {
             let mut body = json!({"name": name, "vip": vip.to_string(), "port": port});
+            if !snat_addresses.is_empty() {
+                body["snat_addresses"] = json!(snat_addresses);
+            }
             if let Some(seconds) = slow_start {
                 body["slow_start_s"] = json!(seconds);
             }
@@ -562,6 +575,7 @@ async fn execute(op: Operator, client: &Client) -> Result<String, ClientError> {
                 ("scheduler", scheduler),
                 ("forwarding", forwarding),
                 ("on_no_backend", on_no_backend),
+                ("snat_ports", snat_ports),
             ] {
                 if let Some(value) = value {
                     body[key] = Value::String(value);
@@ -849,12 +863,21 @@ mod tests {
             "10.0.0.0/8",
             "--allow",
             "192.0.2.0/24",
+            "--forwarding",
+            "fullnat",
+            "--snat-address",
+            "10.77.2.1",
+            "--snat-ports",
+            "40000-40063",
         ])
         .unwrap();
         let Operator::Service(ServiceCmd::Add {
             persistence,
             persistence_netmask,
             allowed_sources,
+            forwarding,
+            snat_addresses,
+            snat_ports,
             ..
         }) = cli.op
         else {
@@ -862,6 +885,11 @@ mod tests {
         };
         assert_eq!((persistence, persistence_netmask), (Some(300), Some(24)));
         assert_eq!(allowed_sources, ["10.0.0.0/8", "192.0.2.0/24"]);
+        assert_eq!(forwarding.as_deref(), Some("fullnat"));
+        assert_eq!(
+            (snat_addresses, snat_ports.as_deref()),
+            (vec!["10.77.2.1".to_owned()], Some("40000-40063"))
+        );
 
         let cli = parse(&["--token-file", "/t", "backend", "weight", "web", "10.77.2.14:80", "0"])
             .unwrap();
