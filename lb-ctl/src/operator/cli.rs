@@ -174,58 +174,98 @@ pub enum NodeCmd {
 pub enum ServiceCmd {
     /// Add a service, without backends (`backend add` gives it some).
     #[command(after_help = EXIT_CODES)]
-    Add {
-        /// Letters, digits, '-', '_', '.'.
-        #[arg(long)]
-        name: String,
-        /// The virtual IP address, IPv4 or IPv6.
-        #[arg(long)]
-        vip: IpAddr,
-        /// 1 to 65535.
-        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
-        port: u16,
-        /// [default: tcp]
-        #[arg(long, value_parser = ["tcp", "udp"])]
-        protocol: Option<String>,
-        /// sh = source-IP hash. [default: maglev]
-        #[arg(long, value_parser = ["maglev", "rr", "wrr", "lc", "sh"])]
-        scheduler: Option<String>,
-        /// nat (IPVS -m), dsr (IPVS -g: backends hold the VIP and answer
-        /// clients directly) or fullnat (the source too, to a pool address:
-        /// backends need no route through the load balancer). [default: nat]
-        #[arg(long, value_parser = ["nat", "dsr", "fullnat"])]
-        forwarding: Option<String>,
-        /// What a client gets when no backend can take it: a TCP reset / ICMP
-        /// port unreachable, or nothing. [default: reject]
-        #[arg(long, value_parser = ["reject", "drop"])]
-        on_no_backend: Option<String>,
-        /// Seconds a backend's weight ramps up over once it is usable
-        /// (comes UP, is added, is undrained), 0 to 3600. [default: 0]
-        #[arg(long, value_parser = clap::value_parser!(u16).range(..=3600))]
-        slow_start: Option<u16>,
-        /// Seconds a client keeps the backend of its last flow (IPVS -p).
-        /// [default: none]
-        #[arg(long, value_name = "SECONDS")]
-        persistence: Option<u32>,
-        /// The prefix length persistence groups clients by (IPVS -M).
-        /// [default: 32, IPv6 128]
-        #[arg(long, value_name = "LEN")]
-        persistence_netmask: Option<u8>,
-        /// A network that may connect (repeat for more; Kubernetes'
-        /// loadBalancerSourceRanges). [default: anyone]
-        #[arg(long = "allow", value_name = "PREFIX")]
-        allowed_sources: Vec<String>,
-        /// fullnat: an address flows leave from (repeat for more, at most 4).
-        /// [default: the load balancer's own address toward each backend]
-        #[arg(long = "snat-address", value_name = "ADDRESS")]
-        snat_addresses: Vec<String>,
-        /// fullnat: the source ports, FIRST-LAST. [default: 61000-65535]
-        #[arg(long, value_name = "FIRST-LAST")]
-        snat_ports: Option<String>,
-    },
+    Add(Box<ServiceAdd>),
     /// Remove a service and its backends.
     #[command(visible_alias = "delete", after_help = EXIT_CODES)]
     Del { name: String },
+}
+
+/// `service add`'s options: the body of the new service.
+#[derive(Debug, Args)]
+pub struct ServiceAdd {
+    /// Letters, digits, '-', '_', '.'.
+    #[arg(long)]
+    pub name: String,
+    /// The virtual IP address, IPv4 or IPv6.
+    #[arg(long)]
+    pub vip: IpAddr,
+    /// 1 to 65535.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: u16,
+    /// [default: tcp]
+    #[arg(long, value_parser = ["tcp", "udp"])]
+    pub protocol: Option<String>,
+    /// sh = source-IP hash. [default: maglev]
+    #[arg(long, value_parser = ["maglev", "rr", "wrr", "lc", "sh"])]
+    pub scheduler: Option<String>,
+    /// nat (IPVS -m), dsr (IPVS -g: backends hold the VIP and answer
+    /// clients directly) or fullnat (the source too, to a pool address:
+    /// backends need no route through the load balancer). [default: nat]
+    #[arg(long, value_parser = ["nat", "dsr", "fullnat"])]
+    pub forwarding: Option<String>,
+    /// What a client gets when no backend can take it: a TCP reset / ICMP
+    /// port unreachable, or nothing. [default: reject]
+    #[arg(long, value_parser = ["reject", "drop"])]
+    pub on_no_backend: Option<String>,
+    /// Seconds a backend's weight ramps up over once it is usable
+    /// (comes UP, is added, is undrained), 0 to 3600. [default: 0]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(..=3600))]
+    pub slow_start: Option<u16>,
+    /// Seconds a client keeps the backend of its last flow (IPVS -p).
+    /// [default: none]
+    #[arg(long, value_name = "SECONDS")]
+    pub persistence: Option<u32>,
+    /// The prefix length persistence groups clients by (IPVS -M).
+    /// [default: 32, IPv6 128]
+    #[arg(long, value_name = "LEN")]
+    pub persistence_netmask: Option<u8>,
+    /// A network that may connect (repeat for more; Kubernetes'
+    /// loadBalancerSourceRanges). [default: anyone]
+    #[arg(long = "allow", value_name = "PREFIX")]
+    pub allowed_sources: Vec<String>,
+    /// fullnat: an address flows leave from (repeat for more, at most 4).
+    /// [default: the load balancer's own address toward each backend]
+    #[arg(long = "snat-address", value_name = "ADDRESS")]
+    pub snat_addresses: Vec<String>,
+    /// fullnat: the source ports, FIRST-LAST. [default: 61000-65535]
+    #[arg(long, value_name = "FIRST-LAST")]
+    pub snat_ports: Option<String>,
+}
+
+impl ServiceAdd {
+    /// The new service, as the API's body writes it (what is not given
+    /// is the API's default).
+    fn body(self) -> Value {
+        let mut body = json!({"name": self.name, "vip": self.vip.to_string(), "port": self.port});
+        if let Some(seconds) = self.slow_start {
+            body["slow_start_s"] = json!(seconds);
+        }
+        if let Some(seconds) = self.persistence {
+            body["persistence_s"] = json!(seconds);
+        }
+        if let Some(len) = self.persistence_netmask {
+            body["persistence_netmask"] = json!(len);
+        }
+        for (key, list) in
+            [("allowed_sources", self.allowed_sources), ("snat_addresses", self.snat_addresses)]
+        {
+            if !list.is_empty() {
+                body[key] = json!(list);
+            }
+        }
+        for (key, value) in [
+            ("protocol", self.protocol),
+            ("scheduler", self.scheduler),
+            ("forwarding", self.forwarding),
+            ("on_no_backend", self.on_no_backend),
+            ("snat_ports", self.snat_ports),
+        ] {
+            if let Some(value) = value {
+                body[key] = Value::String(value);
+            }
+        }
+        body
+    }
 }
 
 /// A backend of a service: `SERVICE ADDRESS:PORT`.
@@ -539,48 +579,8 @@ async fn execute(op: Operator, client: &Client) -> Result<String, ClientError> {
             };
             Ok(render_list(&services))
         }
-        Operator::Service(ServiceCmd::Add {
-            name,
-            vip,
-            port,
-            protocol,
-            scheduler,
-            forwarding,
-            on_no_backend,
-            slow_start,
-            persistence,
-            persistence_netmask,
-            allowed_sources,
-            snat_addresses,
-            snat_ports,
-        }) => {
-            let mut body = json!({"name": name, "vip": vip.to_string(), "port": port});
-            if !snat_addresses.is_empty() {
-                body["snat_addresses"] = json!(snat_addresses);
-            }
-            if let Some(seconds) = slow_start {
-                body["slow_start_s"] = json!(seconds);
-            }
-            if let Some(seconds) = persistence {
-                body["persistence_s"] = json!(seconds);
-            }
-            if let Some(len) = persistence_netmask {
-                body["persistence_netmask"] = json!(len);
-            }
-            if !allowed_sources.is_empty() {
-                body["allowed_sources"] = json!(allowed_sources);
-            }
-            for (key, value) in [
-                ("protocol", protocol),
-                ("scheduler", scheduler),
-                ("forwarding", forwarding),
-                ("on_no_backend", on_no_backend),
-                ("snat_ports", snat_ports),
-            ] {
-                if let Some(value) = value {
-                    body[key] = Value::String(value);
-                }
-            }
+        Operator::Service(ServiceCmd::Add(add)) => {
+            let body = add.body();
             let view: ServiceView = client.send_json(Method::POST, SERVICES, Some(body)).await?;
             Ok(format!(
                 "{}: added: {}; {}\n",
@@ -871,7 +871,8 @@ mod tests {
             "40000-40063",
         ])
         .unwrap();
-        let Operator::Service(ServiceCmd::Add {
+        let Operator::Service(ServiceCmd::Add(add)) = cli.op else { panic!() };
+        let ServiceAdd {
             persistence,
             persistence_netmask,
             allowed_sources,
@@ -879,10 +880,7 @@ mod tests {
             snat_addresses,
             snat_ports,
             ..
-        }) = cli.op
-        else {
-            panic!()
-        };
+        } = *add;
         assert_eq!((persistence, persistence_netmask), (Some(300), Some(24)));
         assert_eq!(allowed_sources, ["10.0.0.0/8", "192.0.2.0/24"]);
         assert_eq!(forwarding.as_deref(), Some("fullnat"));
@@ -913,8 +911,8 @@ mod tests {
         .unwrap();
         assert!(matches!(
             cli.op,
-            Operator::Service(ServiceCmd::Add { port: 53, ref protocol, scheduler: None, .. })
-                if protocol.as_deref() == Some("udp")
+            Operator::Service(ServiceCmd::Add(ref add))
+                if add.port == 53 && add.protocol.as_deref() == Some("udp") && add.scheduler.is_none()
         ));
         assert!(matches!(
             parse(&["conns", "--service", "web", "--limit", "5", "--json"]).unwrap().op,
