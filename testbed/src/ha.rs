@@ -131,17 +131,20 @@ impl Ha {
     /// node (same config), and in `Vrrp` mode keepalived on each node (lb1
     /// MASTER); returns once lb1 holds the VIP (`Vrrp`) or both nodes run.
     pub fn start(prefix: &str, mode: Mode) -> Self {
-        Self::start_with(prefix, mode, false)
+        Self::start_with(prefix, mode, Setup::default())
     }
 
     /// `start`, dual stack: the links' IPv6 addresses and the services on
     /// the IPv6 VIP too (the module's comment).
     pub fn start_dual_stack(prefix: &str, mode: Mode) -> Self {
         assert!(mode.multipath(), "the IPv6 VIP is routed by BGP only: a multipath mode");
-        Self::start_with(prefix, mode, true)
+        Self::start_with(prefix, mode, Setup { ipv6: true, ..Setup::default() })
     }
 
-    fn start_with(prefix: &str, mode: Mode, ipv6: bool) -> Self {
+    /// `start`, with the services' extra keys of `setup` (its `web`,
+    /// `echo`, `ipv6`; BGP's own settings are added in `Bgp` mode).
+    pub fn start_with(prefix: &str, mode: Mode, wanted: Setup) -> Self {
+        let ipv6 = wanted.ipv6;
         let mut ha = Self {
             prefix: prefix.to_owned(),
             nodes: Vec::new(),
@@ -158,7 +161,7 @@ impl Ha {
         }
         ha.backends.start_backends(&crate::harness::built_bin("lb-lab").to_string_lossy());
         let mut setup = if matches!(mode, Mode::Bgp { .. }) { BGP_SETUP } else { Setup::default() };
-        setup.ipv6 = ipv6;
+        (setup.ipv6, setup.web, setup.echo) = (ipv6, wanted.web, wanted.echo);
         for (i, (node, ..)) in NODES.iter().enumerate() {
             let name = format!("{prefix}-{node}");
             ha.nodes.push(Controller::start(&ha.node(i), &name, setup, [Some(1); 3]));

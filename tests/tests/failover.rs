@@ -5,9 +5,14 @@
 //! path needs no connection state.
 use std::time::{Duration, Instant};
 
+use lb_common::counter::Counter;
 use lb_testbed::{
+    counters,
     ha::{Ha, Mode, NODES},
-    netns::output,
+    harness::{EchoConn, Setup},
+    netns::{in_ns, output},
+    server::ECHO_PORT,
+    topology::VIP,
     traffic::Traffic,
 };
 
@@ -113,4 +118,36 @@ fn established_connections_survive_ecmp_nexthop_changes() {
     }
 
     traffic.finish_unbroken(500);
+}
+
+/// Full NAT's mappings are each node's own: when keepalived moves the VIP,
+/// the node that takes it resets the full-NAT connections it has no
+/// mapping for (`rst_fullnat_unknown`), new ones work through it at once,
+/// and the NAT service's new connections go on unbroken beside them.
+#[test]
+fn full_nat_connections_are_reset_by_a_failover_and_new_ones_work() {
+    let echo = "forwarding = \"fullnat\"\n";
+    let mut ha = Ha::start_with("lbt35", Mode::Vrrp, Setup { echo, ..Setup::default() });
+    let traffic = Traffic::start(&ha.client(), 3);
+    run_for(Duration::from_millis(500));
+    let pins = &ha.nodes[1].pin_dir;
+    let reset_before = counters::get(pins, Counter::RstFullnatUnknown);
+
+    ha.stop_keepalived(0);
+    let switch = ha.wait_vip_on(1, Duration::from_secs(5));
+    run_for(Duration::from_millis(1500));
+    let (requests, echoes) = traffic.finish();
+    eprintln!("lb2 held the VIP after {switch:?}; full-NAT connections: {echoes:?}");
+    // Each long-lived full-NAT connection was reset, none hangs.
+    for e in &echoes {
+        assert!(e.error.as_deref().is_some_and(|x| x.contains("reset")), "not reset: {e:?}");
+    }
+    let resets = counters::get(&ha.nodes[1].pin_dir, Counter::RstFullnatUnknown) - reset_before;
+    assert!(resets >= 3, "lb2 reset them ({resets} resets counted)");
+    // The NAT service's new connections went on.
+    assert!(requests.failed.is_empty(), "failed requests: {:?}", requests.failed);
+    // A new full-NAT connection works through lb2.
+    let mut conn = in_ns(&ha.client(), || EchoConn::open_at(VIP, ECHO_PORT))
+        .expect("a new full-NAT connection after the switch");
+    conn.exchange("after the switch").expect("an echo through lb2");
 }
