@@ -133,6 +133,16 @@ pub struct Backend<A = [u8; 4]> {
 const _: () = assert!(size_of::<Backend>() == 28);
 const _: () = assert!(size_of::<Backend<[u8; 16]>>() == 52);
 
+impl<A> Backend<A> {
+    /// Whether the backend takes new flows at all: not DOWN, and a weight
+    /// above 0 (drained, standing by as a backup, in maintenance: 0). Its
+    /// `max_conns` is the other condition (`BackendConns::at_limit`).
+    #[inline(always)]
+    pub fn takes_new_flows(&self) -> bool {
+        self.flags & BACKEND_DOWN == 0 && self.weight != 0
+    }
+}
+
 /// Value of `lb_be_conns`, indexed by backend id: connections as IPVS
 /// counts them (ActiveConn: established; InActConn: every other state).
 /// The controller recounts them from the connection table every second; the
@@ -146,10 +156,30 @@ pub struct BackendConns {
 }
 const _: () = assert!(size_of::<BackendConns>() == 8);
 
+impl BackendConns {
+    /// Whether a backend holding these connections is at its `max_conns`
+    /// (0: no limit, never).
+    #[inline(always)]
+    pub fn at_limit(&self, max_conns: u32) -> bool {
+        max_conns != 0 && u64::from(self.active) + u64::from(self.inactive) >= u64::from(max_conns)
+    }
+}
+
 /// Most backends an `lc` service considers (its table lists them first).
 pub const LC_MAX_BACKENDS: u32 = 64;
 // A power of two: `select::first_free` walks the list by mask.
 const _: () = assert!(LC_MAX_BACKENDS.is_power_of_two());
+
+/// The position in a service's usable list (`MaglevTable::usable_ids`)
+/// that a new flow whose backend is at its `max_conns` tries at `step`
+/// (0, 1, ...) of its search for a stand-in, from `start` (the flow's
+/// slot): `start`, `start + 1`, ... around `LC_MAX_BACKENDS` (a mask,
+/// which the verifier bounds where it cannot bound a remainder); a
+/// position past the list's end is skipped.
+#[inline(always)]
+pub const fn stand_in_position(start: u32, step: u32) -> u32 {
+    start.wrapping_add(step) & (LC_MAX_BACKENDS - 1)
+}
 
 /// `Backend::flags`: the slot holds a live backend. A connection entry that
 /// points at a slot without it is rescheduled.
@@ -313,6 +343,16 @@ pub struct PersistKey<A = [u8; 4]> {
 }
 const _: () = assert!(size_of::<PersistKey>() == 8);
 const _: () = assert!(size_of::<PersistKey<[u8; 16]>>() == 20);
+
+impl<A: Addr> PersistKey<A> {
+    /// The key of client `src` of service `service_id`: its network, by
+    /// the prefix in `flags` (`Service::flags`, or `Handshake::flags` with
+    /// `HANDSHAKE_PERSIST`: the same bits).
+    #[inline(always)]
+    pub fn of(service_id: u32, src: A, flags: u32) -> Self {
+        Self { service_id, client: src.masked(persist_prefix(flags)) }
+    }
+}
 
 /// Value of `lb_persist`: the backend of the client's last recorded flow,
 /// and when (the epoch tick) it was recorded.
@@ -551,6 +591,17 @@ pub const HANDSHAKE_ANSWERED: u32 = 1;
 /// records the flow also records its client in `lb_persist`, under the
 /// prefix in bits `SVC_PERSIST_PREFIX_SHIFT..` (as in `Service::flags`).
 pub const HANDSHAKE_PERSIST: u32 = 2;
+
+/// The `Handshake::flags` a flow of a service with `service_flags` is
+/// placed with: with `SVC_PERSIST`, `HANDSHAKE_PERSIST` and the prefix.
+#[inline(always)]
+pub const fn handshake_flags(service_flags: u32) -> u32 {
+    if service_flags & SVC_PERSIST != 0 {
+        HANDSHAKE_PERSIST | (service_flags & SVC_PERSIST_PREFIX_MASK)
+    } else {
+        0
+    }
+}
 
 /// How far past the SYN-ACK's sequence number + 1 a client's ACK may
 /// acknowledge and still prove its client (`expect_ack` up to 64 KiB of
@@ -795,6 +846,35 @@ mod tests {
             "a new connection on the same ports"
         );
         assert_eq!(walk(CONN_UDP, &[(0, true)]), Some(CONN_UDP));
+    }
+
+    #[test]
+    fn a_limit_counts_active_and_inactive_connections_and_zero_is_none() {
+        let conns = BackendConns { active: 1, inactive: 1 };
+        assert!(conns.at_limit(2) && conns.at_limit(1));
+        assert!(!conns.at_limit(3));
+        assert!(!conns.at_limit(0), "0: no limit");
+        let huge = BackendConns { active: u32::MAX, inactive: u32::MAX };
+        assert!(huge.at_limit(u32::MAX), "no overflow");
+    }
+
+    #[test]
+    fn a_stand_in_is_searched_from_the_flows_slot_around_the_list() {
+        let order: [u32; 4] = core::array::from_fn(|step| stand_in_position(62, step as u32));
+        assert_eq!(order, [62, 63, 0, 1]);
+        assert_eq!(stand_in_position(65_536 + 5, 0), 5, "a slot past the list's length");
+    }
+
+    #[test]
+    fn a_persistent_services_flows_carry_its_prefix_into_their_records() {
+        let flags = SCHED_SH | SVC_PERSIST | (24 << SVC_PERSIST_PREFIX_SHIFT);
+        let record = handshake_flags(flags);
+        assert_eq!(record, HANDSHAKE_PERSIST | (24 << SVC_PERSIST_PREFIX_SHIFT));
+        assert_eq!(handshake_flags(SCHED_SH | (24 << SVC_PERSIST_PREFIX_SHIFT)), 0);
+        // The record's flags key the client as the service's do.
+        let src = [10, 77, 1, 10];
+        assert_eq!(PersistKey::of(7, src, record), PersistKey::of(7, src, flags));
+        assert_eq!(PersistKey::of(7, src, record).client, [10, 77, 1, 0]);
     }
 
     #[test]

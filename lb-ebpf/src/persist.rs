@@ -13,8 +13,8 @@
 use aya_ebpf::btf_maps::lpm_trie::Key;
 use lb_common::{
     abi::{
-        BACKEND_DOWN, BACKEND_IN_USE, Flow, NO_BACKEND, Persist, PersistKey, SVC_PERSIST, Service,
-        SourceKey, expired, persist_prefix,
+        BACKEND_IN_USE, Flow, NO_BACKEND, Persist, PersistKey, SVC_PERSIST, Service, SourceKey,
+        expired,
     },
     addr::Addr,
 };
@@ -23,12 +23,6 @@ use crate::{
     family::Family,
     select::{self, Choice},
 };
-
-/// The key of a client in a persistent service's `lb_persist`.
-#[inline(always)]
-fn key<A: Addr>(src: A, service_id: u32, flags: u32) -> PersistKey<A> {
-    PersistKey { service_id, client: src.masked(persist_prefix(flags)) }
-}
 
 /// The backend a persistent service's client keeps (`Choice`, new flow),
 /// if `persisted` finds one; `None`: the scheduler decides.
@@ -54,7 +48,9 @@ pub fn stuck<F: Family>(flow: &Flow<F::Addr>, service: &Service) -> Option<Choic
 #[inline(always)]
 pub fn persisted<F: Family>(service_id: u32, flags: u32, ticks: u32, src: F::Addr) -> u32 {
     // SAFETY: copied out at once; the entry may be replaced any time.
-    let Some(entry) = (unsafe { F::persist().get(key(src, service_id, flags)).copied() }) else {
+    let Some(entry) =
+        (unsafe { F::persist().get(PersistKey::of(service_id, src, flags)).copied() })
+    else {
         return NO_BACKEND;
     };
     if expired(select::epoch_now() as u32, entry.last_seen, ticks) {
@@ -64,8 +60,7 @@ pub fn persisted<F: Family>(service_id: u32, flags: u32, ticks: u32, src: F::Add
     let Some(backend) = F::backends().get(id) else { return NO_BACKEND };
     let takes_flows = backend.flags & BACKEND_IN_USE != 0
         && backend.service_id == service_id
-        && backend.flags & BACKEND_DOWN == 0
-        && backend.weight != 0;
+        && backend.takes_new_flows();
     if !takes_flows {
         return NO_BACKEND;
     }
@@ -84,7 +79,7 @@ pub fn persisted<F: Family>(service_id: u32, flags: u32, ticks: u32, src: F::Add
 /// (`lb_remember`, `lb_remember6`), as `persisted`.
 #[inline(always)]
 pub fn remember<F: Family>(service_id: u32, backend_id: u32, flags: u32, src: F::Addr) -> u32 {
-    let key = key(src, service_id, flags);
+    let key = PersistKey::of(service_id, src, flags);
     let now = select::epoch_now() as u32;
     if let Some(entry) = F::persist().get_ptr_mut(key) {
         // SAFETY: a pointer into the map's value: two words, each written
