@@ -1,13 +1,20 @@
 //! Persistence, connection limits and allowed sources end to end (issue
 //! 20's tests), namespaces `lbp*`: requests from the client, as an operator
-//! checks `ipvsadm -p`, `-x` and `loadBalancerSourceRanges`.
-use std::time::Duration;
+//! checks `ipvsadm -p`, `-x` and `loadBalancerSourceRanges`; and the same
+//! rules for a datagram the controller's reassembly slow path places.
+use std::{
+    net::{Ipv4Addr, UdpSocket},
+    time::{Duration, Instant},
+};
 
 use lb_testbed::{
     harness::{EchoConn, Lab, Setup, backend_of},
     netns::{in_ns, ns_sh},
-    topology::{CLIENT_ADDR, FRESH_CLIENT_ADDRS, VIP},
+    packet::{Ipv4, fragments},
+    server::UDP_PORT,
+    topology::{BACKENDS, CLIENT_ADDR, FRESH_CLIENT_ADDRS, VIP},
 };
+use lb_tests::wire::{mac_of, packet_socket, send_frame};
 
 /// `persistence_s = 10`: twenty connections of one client land on one
 /// backend, and stay there when the weights turn against it (1 against
@@ -98,4 +105,134 @@ fn only_an_allowed_source_is_served() {
     );
     let listed = lab.ctl_ok(&["stats"]);
     assert!(listed.contains("source_not_allowed"), "counted:\n{listed}");
+}
+
+/// A client's UDP socket on `port`, for the echo's answers.
+fn client_socket(lab: &Lab, port: u16) -> UdpSocket {
+    in_ns(&lab.topo.client(), move || {
+        let socket = UdpSocket::bind((CLIENT_ADDR, port)).expect("the client's socket");
+        socket.set_read_timeout(Some(Duration::from_secs(3))).expect("read timeout");
+        socket
+    })
+}
+
+/// The backend that echoed `sent` on `socket`, from the echo's first word.
+fn echoed_by(socket: &UdpSocket, sent: &[u8]) -> Result<String, String> {
+    let mut buf = vec![0_u8; 65_536];
+    let n = socket.recv(&mut buf).map_err(|e| format!("recv: {e}"))?;
+    let reply = &buf[..n];
+    let name = reply.split(|b| *b == b' ').next().unwrap_or_default();
+    if reply.len() != sent.len() + name.len() + 1 || !reply.ends_with(sent) {
+        return Err(format!("{n} bytes, not the echo"));
+    }
+    Ok(String::from_utf8_lossy(name).into_owned())
+}
+
+/// A 4000-byte datagram from the client's `port` to the UDP echo, sent as
+/// three raw fragments, the first last: the data plane passes them to the
+/// kernel, which reassembles the datagram for the controller's slow path
+/// to place and send on. The backend that echoed it.
+fn echoed_out_of_order(lab: &Lab, port: u16, id: u16) -> Result<String, String> {
+    let socket = client_socket(lab, port);
+    let sent: Vec<u8> =
+        (0..4000_usize).map(|j| b'a' + ((j * 7 + usize::from(id)) % 26) as u8).collect();
+    let client: Ipv4Addr = CLIENT_ADDR.parse().expect("client");
+    let vip: Ipv4Addr = VIP.parse().expect("VIP");
+    let mut datagram = Ipv4::udp((client, port), (vip, UDP_PORT), &sent);
+    datagram.frag_off = 0;
+    datagram.id = id;
+    let (lb_mac, client_mac) = (mac_of(&lab.topo.lb(), "lb-c"), mac_of(&lab.topo.client(), "c0"));
+    let mut frames: Vec<Vec<u8>> =
+        fragments(&datagram, 1480).iter().map(|f| f.frame(lb_mac, client_mac)).collect();
+    assert_eq!(frames.len(), 3, "a 4000-byte datagram in three fragments");
+    frames.reverse();
+    let taken = in_ns(&lab.topo.client(), move || {
+        let (fd, addr) = packet_socket("c0");
+        frames.iter().filter(|frame| send_frame(&fd, &addr, frame)).count()
+    });
+    assert_eq!(taken, 3, "the client's kernel took every fragment");
+    echoed_by(&socket, &sent)
+}
+
+/// The config with the UDP echo's backends weighted `weights` (web1, web2,
+/// web3), and the one named in `limit` limited to its `max_conns`.
+fn udp_config(lab: &Lab, weights: [u32; 3], limit: Option<(&str, u32)>) -> String {
+    let mut text = lab.config_text([Some(1); 3]);
+    for ((name, address), weight) in BACKENDS.iter().zip(weights) {
+        let block = format!("address = \"{address}\"\n  port = {UDP_PORT}\n  weight = 1\n");
+        assert!(text.contains(&block), "{name} of the UDP echo in:\n{text}");
+        let extra = match limit {
+            Some((limited, n)) if limited == *name => format!("  max_conns = {n}\n"),
+            _ => String::new(),
+        };
+        let new =
+            format!("address = \"{address}\"\n  port = {UDP_PORT}\n  weight = {weight}\n{extra}");
+        text = text.replacen(&block, &new, 1);
+    }
+    text
+}
+
+/// `weights` with `heavy` for backend `name` and `light` for the others.
+fn turned(name: &str, heavy: u32, light: u32) -> [u32; 3] {
+    BACKENDS.map(|(n, _)| if n == name { heavy } else { light })
+}
+
+/// The slow path places as XDP does. A persistent client's flow, recorded
+/// by XDP (two datagrams), remembers its backend; with the weights then
+/// turned against that backend (1 against 100 and 100), the client's
+/// datagrams whose first fragment comes last, from new ports, still land
+/// on it. Then the backend, weighted 100 against 1 and 1 and limited to
+/// `max_conns = 1`, holds the client's first flow: it is full, and the
+/// slow path sends the next such datagrams elsewhere, although both the
+/// client's entry and the table name it.
+#[test]
+fn the_slow_path_keeps_a_persistent_client_and_passes_a_full_backend_over() {
+    let mut lab = Lab::start_with(
+        "lbp4",
+        Setup { udp: "persistence_s = 60\n", ..Setup::default() },
+        [Some(1); 3],
+    );
+    let first = client_socket(&lab, 42_000);
+    let kept: Vec<String> = (0..2)
+        .map(|i| {
+            let sent = format!("hello {i}");
+            first.send_to(sent.as_bytes(), (VIP, UDP_PORT)).expect("send");
+            echoed_by(&first, sent.as_bytes()).unwrap_or_else(|e| panic!("datagram {i}: {e}"))
+        })
+        .collect();
+    assert_eq!(kept[0], kept[1], "one flow, one backend: {kept:?}");
+    let kept = kept[0].clone();
+
+    let against = udp_config(&lab, turned(&kept, 1, 100), None);
+    lab.reload_text(&against, "configuration reloaded");
+    let persisted: Vec<Result<String, String>> =
+        (0..3).map(|i| echoed_out_of_order(&lab, 42_001 + i, 0x7700 + i)).collect();
+    eprintln!("persistent client on {kept}; out of order: {persisted:?}");
+    assert!(
+        persisted.iter().all(|b| b.as_ref() == Ok(&kept)),
+        "the slow path sends the client to its backend {kept}: {persisted:?}"
+    );
+    assert_eq!(lab.reassembled(3).0, 3, "sent on by the slow path");
+
+    let limited = udp_config(&lab, turned(&kept, 100, 1), Some((&kept, 1)));
+    lab.reload_text(&limited, "configuration reloaded");
+    // The recount (every second) finds the client's first flow on it.
+    let address = BACKENDS.iter().find(|(n, _)| *n == kept).expect("a backend").1;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let conns = lab.backend_view(address, UDP_PORT).conns;
+        if conns.active + conns.inactive >= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{kept}'s flow never counted: {conns:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let passed_over: Vec<Result<String, String>> =
+        (0..3).map(|i| echoed_out_of_order(&lab, 42_004 + i, 0x7710 + i)).collect();
+    eprintln!("{kept} full; out of order: {passed_over:?}");
+    assert!(
+        passed_over.iter().all(|b| b.as_ref().is_ok_and(|name| *name != kept)),
+        "the slow path passes the full {kept} over: {passed_over:?}"
+    );
+    assert_eq!(lab.reassembled(6).0, 6, "sent on by the slow path");
 }
