@@ -1,71 +1,143 @@
 //! Persistence, connection limits and allowed sources end to end (issue
 //! 20's tests), namespaces `lbp*`: requests from the client, as an operator
-//! checks `ipvsadm -p`, `-x` and `loadBalancerSourceRanges`; and the same
-//! rules for a datagram the controller's reassembly slow path places.
+//! checks `ipvsadm -p`, `-x` and `loadBalancerSourceRanges`, to the IPv4
+//! VIP and, in the dual-stack lab, to the IPv6 one (each test's body
+//! takes the family); and the same rules for a datagram the controller's
+//! reassembly slow path places.
 use std::{
     net::{Ipv4Addr, UdpSocket},
     time::{Duration, Instant},
 };
 
 use lb_testbed::{
-    harness::{EchoConn, Lab, Setup, backend_of},
+    harness::{EchoConn, Lab, Setup, backend_of, who_answers_at},
     netns::{in_ns, ns_sh},
     packet::{Ipv4, fragments},
-    server::UDP_PORT,
-    topology::{BACKENDS, CLIENT_ADDR, FRESH_CLIENT_ADDRS, VIP},
+    server::{ECHO_PORT, UDP_PORT},
+    topology::{
+        BACKENDS, BACKENDS6, CLIENT_ADDR, CLIENT_ADDR6, FRESH_CLIENT_ADDRS, FRESH_CLIENT_ADDRS6,
+        VIP, VIP6,
+    },
 };
 use lb_tests::wire::{mac_of, packet_socket, send_frame};
+
+/// What a test needs of an address family in the lab.
+struct Family {
+    /// The lab is dual-stack (`Setup::ipv6`), for the IPv6 services.
+    ipv6: bool,
+    vip: &'static str,
+    /// The suffix of the family's service names (`web6`).
+    suffix: &'static str,
+    /// The client's address, and another address of the client's that no
+    /// flow has come from.
+    client: &'static str,
+    stranger: &'static str,
+    backends: [(&'static str, &'static str); 3],
+}
+
+const V4: Family = Family {
+    ipv6: false,
+    vip: VIP,
+    suffix: "",
+    client: CLIENT_ADDR,
+    stranger: FRESH_CLIENT_ADDRS[0],
+    backends: BACKENDS,
+};
+
+const V6: Family = Family {
+    ipv6: true,
+    vip: VIP6,
+    suffix: "6",
+    client: CLIENT_ADDR6,
+    stranger: FRESH_CLIENT_ADDRS6[0],
+    backends: BACKENDS6,
+};
+
+impl Family {
+    /// The lab, with `setup` (and dual-stack for IPv6).
+    fn lab(&self, prefix: &str, setup: Setup) -> Lab {
+        Lab::start_with(prefix, Setup { ipv6: self.ipv6, ..setup }, [Some(1); 3])
+    }
+
+    /// Which backend answers each of `requests` HTTP requests to the VIP.
+    fn who_answers(&self, lab: &Lab, requests: usize) -> Vec<String> {
+        let vip = self.vip;
+        in_ns(&lab.topo.client(), move || who_answers_at(vip, requests))
+    }
+
+    /// The address of backend `name`.
+    fn address(&self, name: &str) -> &'static str {
+        self.backends.iter().find(|(n, _)| *n == name).expect("a backend").1
+    }
+
+    /// `text` (a config) with `keys` added to this family's service `name`.
+    fn with_keys(&self, text: &str, name: &str, port: u16, protocol: &str, keys: &str) -> String {
+        let (suffix, vip) = (self.suffix, self.vip);
+        let head = format!(
+            "name = \"{name}{suffix}\"\nvip = \"{vip}\"\nport = {port}\nprotocol = \"{protocol}\"\n"
+        );
+        assert!(text.contains(&head), "{name}{suffix} in:\n{text}");
+        text.replacen(&head, &format!("{head}{keys}"), 1)
+    }
+}
 
 /// `persistence_s = 10`: twenty connections of one client land on one
 /// backend, and stay there when the weights turn against it (1 against
 /// 100 each: the table gives it about 1 slot in 200); past the 10 s since
 /// its last connection, the client is scheduled afresh and lands elsewhere.
-#[test]
-fn a_persistent_client_keeps_its_backend_until_the_time_runs_out() {
-    let mut lab = Lab::start_with(
-        "lbp1",
-        Setup { web: "persistence_s = 10\n", ..Setup::default() },
-        [Some(1); 3],
-    );
-    let seen = lab.who_answers(20);
+fn a_persistent_client_keeps_its_backend(family: &Family, prefix: &str) {
+    let mut lab = family.lab(prefix, Setup { web: "persistence_s = 10\n", ..Setup::default() });
+    let seen = family.who_answers(&lab, 20);
     eprintln!("persistent: {seen:?}");
     assert!(seen.iter().all(|b| *b == seen[0]), "one client, one backend: {seen:?}");
     let kept = seen[0].clone();
     let mut weights = [Some(100); 3];
     weights[["web1", "web2", "web3"].iter().position(|n| *n == kept).unwrap()] = Some(1);
     lab.reload(weights);
-    let held = lab.who_answers(5);
+    let held = family.who_answers(&lab, 5);
     assert!(held.iter().all(|b| *b == kept), "kept against the weights: {held:?}");
     std::thread::sleep(Duration::from_secs(11));
-    let after = lab.who_answers(20);
+    let after = family.who_answers(&lab, 20);
     eprintln!("after 11 s: {after:?}");
     assert!(after.iter().all(|b| *b != kept), "scheduled afresh, by the weights: {after:?}");
     assert!(after.iter().all(|b| *b == after[0]), "sticky again, elsewhere: {after:?}");
+}
+
+#[test]
+fn a_persistent_client_keeps_its_backend_until_the_time_runs_out() {
+    a_persistent_client_keeps_its_backend(&V4, "lbp1");
+}
+
+#[test]
+fn an_ipv6_persistent_client_keeps_its_backend_until_the_time_runs_out() {
+    a_persistent_client_keeps_its_backend(&V6, "lbp5");
 }
 
 /// `max_conns = 2` on one backend of the line echo, weighted so that the
 /// table gives it most flows (10 against 1 and 1), twelve connections held
 /// at once: all twelve open, exactly two on the limited backend (without
 /// the limit, about ten would be).
-#[test]
-fn a_backend_at_max_conns_takes_no_more() {
-    let mut lab = Lab::start("lbp2");
+fn a_backend_at_max_conns_takes_no_more_of(family: &Family, prefix: &str) {
+    let mut lab = family.lab(prefix, Setup::default());
+    let web1 = family.address("web1");
     let text = lab.config_text([Some(1); 3]).replacen(
-        "address = \"10.77.2.11\"\n  port = 9000\n  weight = 1\n",
-        "address = \"10.77.2.11\"\n  port = 9000\n  weight = 10\n  max_conns = 2\n",
+        &format!("address = \"{web1}\"\n  port = {ECHO_PORT}\n  weight = 1\n"),
+        &format!("address = \"{web1}\"\n  port = {ECHO_PORT}\n  weight = 10\n  max_conns = 2\n"),
         1,
     );
     assert!(text.contains("max_conns = 2"), "the echo's web1 in the config:\n{text}");
     lab.reload_text(&text, "configuration reloaded");
-    let on = in_ns(&lab.topo.client(), || {
+    let vip = family.vip;
+    let on = in_ns(&lab.topo.client(), move || {
         let mut held = Vec::new();
         let mut on = Vec::new();
         for i in 0..12 {
-            let mut conn = EchoConn::open().unwrap_or_else(|e| panic!("connection {i}: {e}"));
+            let mut conn =
+                EchoConn::open_at(vip, ECHO_PORT).unwrap_or_else(|e| panic!("connection {i}: {e}"));
             on.push(conn.exchange("hello").unwrap_or_else(|e| panic!("connection {i}: {e}")));
             held.push(conn);
         }
-        // Every one still answers with all six open.
+        // Every one still answers with all twelve open.
         for (i, conn) in held.iter_mut().enumerate() {
             assert_eq!(conn.exchange("again").unwrap(), on[i], "connection {i} moved");
         }
@@ -77,21 +149,35 @@ fn a_backend_at_max_conns_takes_no_more() {
     assert_eq!(on.len(), 12);
 }
 
-/// `allowed_sources = ["10.77.1.10/32"]`: the client is served, a client
-/// at another address of the same network gets nothing.
 #[test]
-fn only_an_allowed_source_is_served() {
-    let lab = Lab::start_with(
-        "lbp3",
-        Setup { web: "allowed_sources = [\"10.77.1.10/32\"]\n", ..Setup::default() },
-        [Some(1); 3],
-    );
-    let url = format!("http://{VIP}/");
+fn a_backend_at_max_conns_takes_no_more() {
+    a_backend_at_max_conns_takes_no_more_of(&V4, "lbp2");
+}
+
+#[test]
+fn an_ipv6_backend_at_max_conns_takes_no_more() {
+    a_backend_at_max_conns_takes_no_more_of(&V6, "lbp6");
+}
+
+/// `allowed_sources` holding only the client's address (/32, /128) on the
+/// family's web service: the client is served, a client at another address
+/// of the same network gets nothing, and the refusal is counted.
+fn only_an_allowed_source_is_served_by(family: &Family, prefix: &str) {
+    let mut lab = family.lab(prefix, Setup::default());
+    let length = if family.ipv6 { 128 } else { 32 };
+    let keys = format!("allowed_sources = [\"{}/{length}\"]\n", family.client);
+    let text = family.with_keys(&lab.config_text([Some(1); 3]), "web", 80, "tcp", &keys);
+    lab.reload_text(&text, "configuration reloaded");
+    let url = if family.ipv6 {
+        format!("http://[{}]/", family.vip)
+    } else {
+        format!("http://{}/", family.vip)
+    };
     let get =
         |src: &str| ns_sh(&lab.topo.client(), &["curl", "-s", "-m", "2", "--interface", src, &url]);
-    let served = backend_of(&get(CLIENT_ADDR));
+    let served = backend_of(&get(family.client));
     assert!(served.starts_with("web"), "the allowed client: {served:?}");
-    let other = FRESH_CLIENT_ADDRS[0];
+    let other = family.stranger;
     let refused = std::process::Command::new("ip")
         .args(["netns", "exec", &lab.topo.client(), "curl", "-s", "-m", "2"])
         .args(["--interface", other, &url])
@@ -105,6 +191,16 @@ fn only_an_allowed_source_is_served() {
     );
     let listed = lab.ctl_ok(&["stats"]);
     assert!(listed.contains("source_not_allowed"), "counted:\n{listed}");
+}
+
+#[test]
+fn only_an_allowed_source_is_served() {
+    only_an_allowed_source_is_served_by(&V4, "lbp3");
+}
+
+#[test]
+fn only_an_allowed_ipv6_source_is_served() {
+    only_an_allowed_source_is_served_by(&V6, "lbp7");
 }
 
 /// A client's UDP socket on `port`, for the echo's answers.
