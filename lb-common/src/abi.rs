@@ -12,7 +12,7 @@ use crate::addr::Addr;
 
 /// Bumped whenever a map layout below changes; stored in `lb_meta` so that a
 /// controller can tell whether pinned maps were written by a compatible build.
-pub const ABI_VERSION: u32 = 20;
+pub const ABI_VERSION: u32 = 22;
 
 /// Capacity of the service table (and of each per-service array).
 pub const MAX_SERVICES: u32 = 256;
@@ -71,7 +71,7 @@ pub const SVC_REJECT: u32 = 1 << 8;
 /// (`lb_persist`). Without it, the service pays nothing for persistence.
 pub const SVC_PERSIST: u32 = 1 << 9;
 /// `Service::flags`: the service takes packets only from its
-/// `allowed_sources` (`lb_sources`); without it, no lookup is made.
+/// `allowed_sources` (`lb_sources`); without it, no list is read.
 pub const SVC_SOURCES: u32 = 1 << 10;
 /// `Service::flags` bits 16..24: the prefix length persistence groups
 /// clients by (`persistence_netmask`: 32 for IPv4 and 128 for IPv6, one
@@ -369,21 +369,94 @@ const _: () = assert!(size_of::<Persist>() == 8);
 /// scheduled afresh).
 pub const MAX_PERSIST: u32 = 1 << 18;
 
-/// The data of an `lb_sources` (`lb_sources6`) key, an LPM trie: the
-/// service id (big endian, so that its 32 bits are the key's first) and a
-/// client address. An allowed prefix of `n` bits is stored with prefix
-/// length `32 + n`; a lookup asks with the whole address.
+/// Most allowed sources one service has (`allowed_sources`).
+pub const MAX_SOURCES_PER_SERVICE: u32 = 64;
+/// The room of a service's list in `lb_sources` (`lb_sources6`): twice
+/// its most, because a reload writes the service's new prefixes before it
+/// removes the old ones (a source both lists allow is never refused in
+/// between).
+pub const SOURCE_SLOTS: u32 = 2 * MAX_SOURCES_PER_SERVICE;
+
+/// An allowed prefix as `lb_sources` holds it: its network, and its mask
+/// (`Addr::prefix_mask`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SourceKey<A = [u8; 4]> {
-    pub service_be: [u8; 4],
-    pub addr: A,
+pub struct SourcePrefix<A = [u8; 4]> {
+    pub network: A,
+    pub mask: A,
 }
-const _: () = assert!(size_of::<SourceKey>() == 8);
-const _: () = assert!(size_of::<SourceKey<[u8; 16]>>() == 20);
+const _: () = assert!(size_of::<SourcePrefix>() == 8);
+const _: () = assert!(size_of::<SourcePrefix<[u8; 16]>>() == 32);
 
-/// Capacity of each family's `lb_sources`.
-pub const MAX_SOURCES: u32 = 16_384;
+/// Value of `lb_sources` (`lb_sources6`), indexed by service id: the
+/// service's allowed prefixes, the first `count` of `prefixes`, in no
+/// particular order. The data plane scans them (`holds`): with the few
+/// prefixes a service has, a scan of one array value costs less than a
+/// longest-prefix lookup in a trie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceList<A = [u8; 4]> {
+    pub count: u32,
+    pub prefixes: [SourcePrefix<A>; SOURCE_SLOTS as usize],
+}
+const _: () = assert!(size_of::<SourceList>() == 1028);
+const _: () = assert!(size_of::<SourceList<[u8; 16]>>() == 4100);
+
+impl<A: Addr> Default for SourceList<A> {
+    fn default() -> Self {
+        Self { count: 0, prefixes: [SourcePrefix::default(); SOURCE_SLOTS as usize] }
+    }
+}
+
+impl<A: Addr> SourceList<A> {
+    /// Whether one of the prefixes holds `src`.
+    #[inline(always)]
+    pub fn holds(&self, src: &A) -> bool {
+        let count = if self.count < SOURCE_SLOTS { self.count } else { SOURCE_SLOTS };
+        let mut i = 0;
+        while i < count {
+            if let Some(p) = self.prefixes.get(i as usize)
+                && src.within(&p.network, &p.mask)
+            {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+
+    /// The prefixes in use.
+    pub fn listed(&self) -> &[SourcePrefix<A>] {
+        let count = self.count.min(SOURCE_SLOTS) as usize;
+        self.prefixes.get(..count).unwrap_or_default()
+    }
+
+    /// Adds `prefix` if it is not listed; `false` if the list is full.
+    pub fn add(&mut self, prefix: SourcePrefix<A>) -> bool {
+        if self.listed().contains(&prefix) {
+            return true;
+        }
+        let Some(slot) = self.prefixes.get_mut(self.count as usize) else {
+            return false;
+        };
+        *slot = prefix;
+        self.count += 1;
+        true
+    }
+
+    /// Removes `prefix` if it is listed: the last prefix takes its place,
+    /// so that a reader of the value while it is rewritten (the data
+    /// plane) sees every other prefix where it was, or twice.
+    pub fn remove(&mut self, prefix: &SourcePrefix<A>) {
+        let Some(at) = self.listed().iter().position(|p| p == prefix) else {
+            return;
+        };
+        let last = self.count as usize - 1;
+        self.prefixes[at] = self.prefixes[last];
+        self.prefixes[last] = SourcePrefix::default();
+        self.count -= 1;
+    }
+}
 
 /// Size of `lb_addrs`, the address pre-filter (one byte per 16-bit slot).
 pub const ADDR_FILTER_SIZE: u32 = 1 << 16;
@@ -878,6 +951,35 @@ mod tests {
     }
 
     #[test]
+    fn a_source_list_adds_once_removes_in_place_and_holds_its_networks() {
+        let prefix =
+            |network: [u8; 4], len| SourcePrefix { network, mask: <[u8; 4]>::prefix_mask(len) };
+        let mut list = SourceList::default();
+        let (a, b, c) = (prefix([10, 77, 1, 0], 28), prefix([192, 0, 2, 0], 24), prefix([0; 4], 0));
+        assert!(!list.holds(&[10, 77, 1, 1]), "empty: nobody");
+        assert!(list.add(a) && list.add(b) && list.add(a));
+        assert_eq!(list.listed(), [a, b]);
+        assert!(list.holds(&[10, 77, 1, 15]) && list.holds(&[192, 0, 2, 200]));
+        assert!(!list.holds(&[10, 77, 1, 16]) && !list.holds(&[192, 0, 3, 1]));
+        assert!(list.add(c));
+        list.remove(&a);
+        assert_eq!(list.listed(), [c, b], "the last took the removed one's place");
+        list.remove(&a);
+        assert_eq!(list.count, 2);
+        // Full at 128 (a reload's 64 new beside 64 old): the 129th is
+        // refused, and the 128th is scanned.
+        let mut full = SourceList::default();
+        for i in 0..128 {
+            assert!(full.add(prefix([10, 0, i, 0], 24)), "prefix {i}");
+        }
+        assert!(!full.add(prefix([10, 1, 0, 0], 24)), "a 129th");
+        assert!(full.holds(&[10, 0, 127, 9]) && !full.holds(&[10, 0, 128, 9]));
+        // A count past the array's end is read as full, not past it.
+        full.count = 1000;
+        assert!(full.holds(&[10, 0, 127, 9]));
+    }
+
+    #[test]
     fn expiry_survives_wrapping_ticks() {
         assert!(!expired(100, 95, 10));
         assert!(expired(100, 80, 10));
@@ -894,7 +996,7 @@ mod pod {
     use super::{
         AnswerBudget, Backend, BackendConns, Conn, Endpoint, EpochClock, Flow, FlowCacheEntry,
         FragEntry, FragKey, FragKey6, Handshake, MaglevTable, Meta, NextHop, Persist, PersistKey,
-        Policy, Real, Service, SourceKey, Traffic,
+        Policy, Real, Service, SourceList, SourcePrefix, Traffic,
     };
     use crate::addr::Addr;
 
@@ -939,6 +1041,7 @@ mod pod {
         FragEntry,
         Handshake,
         PersistKey,
-        SourceKey
+        SourcePrefix,
+        SourceList
     );
 }

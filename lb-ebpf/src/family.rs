@@ -11,15 +11,14 @@
 //! own 512 bytes of stack, and an IPv4 packet pays nothing for IPv6.
 use aya_ebpf::{
     bindings::bpf_fib_lookup as FibParams,
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap},
+    btf_maps::{Array, HashMap, LruHashMap},
     programs::XdpContext,
 };
 use lb_common::{
     abi::{
         ADDR_FILTER_SIZE, Backend, Endpoint, FLOW_CACHE_SLOTS, FlowCacheEntry, FragEntry, FragKey,
         HANDSHAKE_SLOTS, Handshake, MAX_BACKENDS, MAX_FRAGS, MAX_PERSIST, MAX_SERVICES,
-        MAX_SOURCES, NEXTHOP_SLOTS, NextHop, Persist, PersistKey, REAL_SLOTS, Real, Service,
-        SourceKey,
+        NEXTHOP_SLOTS, NextHop, Persist, PersistKey, REAL_SLOTS, Real, Service, SourceList,
     },
     addr::Addr,
     conn_table::{ConnSet, ConnSlot, MAP_MMAPABLE},
@@ -48,7 +47,7 @@ pub const HANDSHAKES: usize = HANDSHAKE_SLOTS as usize;
 pub const FRAGS: usize = MAX_FRAGS as usize;
 pub const CONNS: usize = lb_common::abi::DEFAULT_CONNTRACK_MAX as usize;
 pub const PERSIST: usize = MAX_PERSIST as usize;
-pub const SOURCES: usize = MAX_SOURCES as usize;
+pub const SOURCE_LISTS: usize = MAX_SERVICES as usize;
 
 /// An address family: its header, its maps, and the operations on its
 /// packets that the shared decisions call.
@@ -83,7 +82,7 @@ pub trait Family: Sized + Copy + 'static {
     fn frags() -> &'static LruHashMap<Self::FragKey, FragEntry<Self::Addr>, FRAGS>;
     fn conntrack() -> &'static Array<ConnSet<Self::Addr>, CONNS, MAP_MMAPABLE>;
     fn persist() -> &'static LruHashMap<PersistKey<Self::Addr>, Persist, PERSIST>;
-    fn sources() -> &'static LpmTrie<SourceKey<Self::Addr>, u32, SOURCES>;
+    fn sources() -> &'static Array<SourceList<Self::Addr>, SOURCE_LISTS>;
     /// The connection table's size (base-2 logarithm of its sets), as the
     /// loader wrote it.
     fn conn_set_bits() -> u32;
@@ -147,6 +146,8 @@ pub trait Family: Sized + Copy + 'static {
     fn persisted(service_id: u32, flags: u32, ticks: u32, src: Self::Addr) -> u32;
     /// `persist::remember`, in a global function.
     fn remember(service_id: u32, backend_id: u32, flags: u32, src: Self::Addr);
+    /// `persist::allowed`, in a global function.
+    fn allowed(service_id: u32, src: Self::Addr) -> bool;
 }
 
 /// IPv4, in `lb_xdp`.
@@ -215,7 +216,7 @@ impl Family for V4 {
         &maps::LB_PERSIST
     }
     #[inline(always)]
-    fn sources() -> &'static LpmTrie<SourceKey, u32, SOURCES> {
+    fn sources() -> &'static Array<SourceList, SOURCE_LISTS> {
         &maps::LB_SOURCES
     }
     #[inline(always)]
@@ -316,6 +317,10 @@ impl Family for V4 {
     fn remember(service_id: u32, backend_id: u32, flags: u32, src: [u8; 4]) {
         lb_remember(service_id, backend_id, flags, u32::from_ne_bytes(src));
     }
+    #[inline(always)]
+    fn allowed(service_id: u32, src: [u8; 4]) -> bool {
+        lb_allowed(service_id, u32::from_ne_bytes(src)) != 0
+    }
 }
 
 /// `lc`'s pick for an IPv4 service: a global BPF function (see
@@ -347,4 +352,12 @@ pub extern "C" fn lb_persisted(service_id: u32, flags: u32, ticks: u32, src: u32
 #[inline(never)]
 pub extern "C" fn lb_remember(service_id: u32, backend_id: u32, flags: u32, src: u32) -> u32 {
     crate::persist::remember::<V4>(service_id, backend_id, flags, src.to_ne_bytes())
+}
+
+/// Whether an IPv4 source is among a service's allowed sources
+/// (`persist::allowed`): a global function, its loop verified once.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn lb_allowed(service_id: u32, src: u32) -> u32 {
+    u32::from(crate::persist::allowed::<V4>(service_id, src.to_ne_bytes()))
 }

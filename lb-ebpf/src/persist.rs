@@ -10,13 +10,8 @@
 //! only where forged flows are recorded at all (direct routing, UDP,
 //! `handshake_proof = "syn-seen"`). A client whose entry is evicted or
 //! expired is scheduled afresh: it loses its stickiness, not its service.
-use aya_ebpf::btf_maps::lpm_trie::Key;
-use lb_common::{
-    abi::{
-        BACKEND_IN_USE, Flow, NO_BACKEND, Persist, PersistKey, SVC_PERSIST, Service, SourceKey,
-        expired,
-    },
-    addr::Addr,
+use lb_common::abi::{
+    BACKEND_IN_USE, Flow, NO_BACKEND, Persist, PersistKey, SVC_PERSIST, Service, expired,
 };
 
 use crate::{
@@ -92,11 +87,11 @@ pub fn remember<F: Family>(service_id: u32, backend_id: u32, flags: u32, src: F:
     0
 }
 
-/// Whether `src` is among the allowed sources of service `service_id`
-/// (one longest-prefix lookup in `lb_sources`).
+/// Whether `src` is among the allowed sources of service `service_id`: a
+/// scan of its list in `lb_sources` (one array lookup; at most 64
+/// prefixes, twice that for the moment a reload replaces them). Each family calls it from a global BPF
+/// function of its own (`lb_allowed`, `lb_allowed6`), as `persisted`.
 #[inline(always)]
 pub fn allowed<F: Family>(service_id: u32, src: F::Addr) -> bool {
-    let bits = 32 + 8 * F::Addr::LEN as u32;
-    let key = Key::new(bits, SourceKey { service_be: service_id.to_be_bytes(), addr: src });
-    F::sources().get(&key).is_some()
+    F::sources().get(service_id).is_some_and(|list| list.holds(&src))
 }

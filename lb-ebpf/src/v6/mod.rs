@@ -12,13 +12,13 @@ pub mod parse;
 
 use aya_ebpf::{
     bindings::bpf_fib_lookup as FibParams,
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap},
+    btf_maps::{Array, HashMap, LruHashMap},
     programs::XdpContext,
 };
 use lb_common::{
     abi::{
         Backend, Endpoint, FlowCacheEntry, FragEntry, FragKey6, Handshake, NEIGH_MARK6_MAGIC,
-        NEIGH6_SLOTS, NextHop, Persist, PersistKey, Real, Service, SourceKey, neigh6_tag,
+        NEIGH6_SLOTS, NextHop, Persist, PersistKey, Real, Service, SourceList, neigh6_tag,
     },
     conn_table::{ConnSet, ConnSlot, MAP_MMAPABLE},
     counter::Counter,
@@ -28,7 +28,7 @@ use crate::{
     Verdict, conntrack,
     family::{
         ADDRS, BACKENDS, CACHE, CONNS, FRAGS, Family, HANDSHAKES, HOPS, PERSIST, REALS, SERVICES,
-        SLOTS, SOURCES,
+        SLOTS, SOURCE_LISTS,
     },
     fwd::Query,
     maps, mem,
@@ -111,7 +111,7 @@ impl Family for V6 {
         &maps::LB_PERSIST6
     }
     #[inline(always)]
-    fn sources() -> &'static LpmTrie<SourceKey<[u8; 16]>, u32, SOURCES> {
+    fn sources() -> &'static Array<SourceList<[u8; 16]>, SOURCE_LISTS> {
         &maps::LB_SOURCES6
     }
     #[inline(always)]
@@ -276,6 +276,11 @@ impl Family for V6 {
         let [high, low] = words(src);
         lb_remember6(service_id, backend_id, flags, high, low);
     }
+    #[inline(always)]
+    fn allowed(service_id: u32, src: [u8; 16]) -> bool {
+        let [high, low] = words(src);
+        lb_allowed6(service_id, high, low) != 0
+    }
 }
 
 /// An address as two native words (a global function takes scalars).
@@ -331,4 +336,12 @@ pub extern "C" fn lb_remember6(
     low: u64,
 ) -> u32 {
     crate::persist::remember::<V6>(service_id, backend_id, flags, address(high, low))
+}
+
+/// Whether an IPv6 source is among a service's allowed sources (see
+/// `lb_allowed`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn lb_allowed6(service_id: u32, high: u64, low: u64) -> u32 {
+    u32::from(crate::persist::allowed::<V6>(service_id, address(high, low)))
 }
