@@ -12,7 +12,7 @@ use crate::addr::Addr;
 
 /// Bumped whenever a map layout below changes; stored in `lb_meta` so that a
 /// controller can tell whether pinned maps were written by a compatible build.
-pub const ABI_VERSION: u32 = 21;
+pub const ABI_VERSION: u32 = 22;
 
 /// Capacity of the service table (and of each per-service array).
 pub const MAX_SERVICES: u32 = 256;
@@ -71,7 +71,7 @@ pub const SVC_REJECT: u32 = 1 << 8;
 /// (`lb_persist`). Without it, the service pays nothing for persistence.
 pub const SVC_PERSIST: u32 = 1 << 9;
 /// `Service::flags`: the service takes packets only from its
-/// `allowed_sources` (`lb_sources`); without it, no lookup is made.
+/// `allowed_sources` (`lb_sources`); without it, no list is read.
 pub const SVC_SOURCES: u32 = 1 << 10;
 /// `Service::flags` bits 16..24: the prefix length persistence groups
 /// clients by (`persistence_netmask`: 32 for IPv4 and 128 for IPv6, one
@@ -133,6 +133,16 @@ pub struct Backend<A = [u8; 4]> {
 const _: () = assert!(size_of::<Backend>() == 28);
 const _: () = assert!(size_of::<Backend<[u8; 16]>>() == 52);
 
+impl<A> Backend<A> {
+    /// Whether the backend takes new flows at all: not DOWN, and a weight
+    /// above 0 (drained, standing by as a backup, in maintenance: 0). Its
+    /// `max_conns` is the other condition (`BackendConns::at_limit`).
+    #[inline(always)]
+    pub fn takes_new_flows(&self) -> bool {
+        self.flags & BACKEND_DOWN == 0 && self.weight != 0
+    }
+}
+
 /// Value of `lb_be_conns`, indexed by backend id: connections as IPVS
 /// counts them (ActiveConn: established; InActConn: every other state).
 /// The controller recounts them from the connection table every second; the
@@ -146,10 +156,30 @@ pub struct BackendConns {
 }
 const _: () = assert!(size_of::<BackendConns>() == 8);
 
+impl BackendConns {
+    /// Whether a backend holding these connections is at its `max_conns`
+    /// (0: no limit, never).
+    #[inline(always)]
+    pub fn at_limit(&self, max_conns: u32) -> bool {
+        max_conns != 0 && u64::from(self.active) + u64::from(self.inactive) >= u64::from(max_conns)
+    }
+}
+
 /// Most backends an `lc` service considers (its table lists them first).
 pub const LC_MAX_BACKENDS: u32 = 64;
 // A power of two: `select::first_free` walks the list by mask.
 const _: () = assert!(LC_MAX_BACKENDS.is_power_of_two());
+
+/// The position in a service's usable list (`MaglevTable::usable_ids`)
+/// that a new flow whose backend is at its `max_conns` tries at `step`
+/// (0, 1, ...) of its search for a stand-in, from `start` (the flow's
+/// slot): `start`, `start + 1`, ... around `LC_MAX_BACKENDS` (a mask,
+/// which the verifier bounds where it cannot bound a remainder); a
+/// position past the list's end is skipped.
+#[inline(always)]
+pub const fn stand_in_position(start: u32, step: u32) -> u32 {
+    start.wrapping_add(step) & (LC_MAX_BACKENDS - 1)
+}
 
 /// `Backend::flags`: the slot holds a live backend. A connection entry that
 /// points at a slot without it is rescheduled.
@@ -318,6 +348,16 @@ pub struct PersistKey<A = [u8; 4]> {
 const _: () = assert!(size_of::<PersistKey>() == 8);
 const _: () = assert!(size_of::<PersistKey<[u8; 16]>>() == 20);
 
+impl<A: Addr> PersistKey<A> {
+    /// The key of client `src` of service `service_id`: its network, by
+    /// the prefix in `flags` (`Service::flags`, or `Handshake::flags` with
+    /// `HANDSHAKE_PERSIST`: the same bits).
+    #[inline(always)]
+    pub fn of(service_id: u32, src: A, flags: u32) -> Self {
+        Self { service_id, client: src.masked(persist_prefix(flags)) }
+    }
+}
+
 /// Value of `lb_persist`: the backend of the client's last recorded flow,
 /// and when (the epoch tick) it was recorded.
 #[repr(C)]
@@ -333,21 +373,98 @@ const _: () = assert!(size_of::<Persist>() == 8);
 /// scheduled afresh).
 pub const MAX_PERSIST: u32 = 1 << 18;
 
-/// The data of an `lb_sources` (`lb_sources6`) key, an LPM trie: the
-/// service id (big endian, so that its 32 bits are the key's first) and a
-/// client address. An allowed prefix of `n` bits is stored with prefix
-/// length `32 + n`; a lookup asks with the whole address.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SourceKey<A = [u8; 4]> {
-    pub service_be: [u8; 4],
-    pub addr: A,
-}
-const _: () = assert!(size_of::<SourceKey>() == 8);
-const _: () = assert!(size_of::<SourceKey<[u8; 16]>>() == 20);
+/// Most allowed sources one service has (`allowed_sources`).
+pub const MAX_SOURCES_PER_SERVICE: u32 = 64;
+/// The room of a service's list in `lb_sources` (`lb_sources6`): twice
+/// its most, because a reload writes the service's new prefixes before it
+/// removes the old ones (a source both lists allow is never refused in
+/// between).
+pub const SOURCE_SLOTS: u32 = 2 * MAX_SOURCES_PER_SERVICE;
 
-/// Capacity of each family's `lb_sources`.
-pub const MAX_SOURCES: u32 = 16_384;
+/// An allowed prefix as `lb_sources` holds it: its network, and its mask
+/// (`Addr::prefix_mask`). Aligned to 8, so that the data plane reads each
+/// address in words: at byte alignment (an address is a byte array) LLVM
+/// loads it byte by byte, a load and a shift per byte.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourcePrefix<A = [u8; 4]> {
+    pub network: A,
+    pub mask: A,
+}
+const _: () = assert!(size_of::<SourcePrefix>() == 8);
+const _: () = assert!(size_of::<SourcePrefix<[u8; 16]>>() == 32);
+
+/// Value of `lb_sources` (`lb_sources6`), indexed by service id: the
+/// service's allowed prefixes, the first `count` of `prefixes`, in no
+/// particular order. The data plane scans them (`holds`): with the few
+/// prefixes a service has, a scan of one array value costs less than a
+/// longest-prefix lookup in a trie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceList<A = [u8; 4]> {
+    pub count: u32,
+    pub _pad: u32,
+    pub prefixes: [SourcePrefix<A>; SOURCE_SLOTS as usize],
+}
+const _: () = assert!(size_of::<SourceList>() == 1032);
+const _: () = assert!(size_of::<SourceList<[u8; 16]>>() == 4104);
+
+impl<A: Addr> Default for SourceList<A> {
+    fn default() -> Self {
+        Self { count: 0, _pad: 0, prefixes: [SourcePrefix::default(); SOURCE_SLOTS as usize] }
+    }
+}
+
+impl<A: Addr> SourceList<A> {
+    /// Whether one of the prefixes holds `src`.
+    #[inline(always)]
+    pub fn holds(&self, src: &A) -> bool {
+        let count = if self.count < SOURCE_SLOTS { self.count } else { SOURCE_SLOTS };
+        let mut i = 0;
+        while i < count {
+            // Copied whole, at its alignment: word loads (see `SourcePrefix`).
+            if let Some(&prefix) = self.prefixes.get(i as usize)
+                && src.within(&prefix.network, &prefix.mask)
+            {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+
+    /// The prefixes in use.
+    pub fn listed(&self) -> &[SourcePrefix<A>] {
+        let count = self.count.min(SOURCE_SLOTS) as usize;
+        self.prefixes.get(..count).unwrap_or_default()
+    }
+
+    /// Adds `prefix` if it is not listed; `false` if the list is full.
+    pub fn add(&mut self, prefix: SourcePrefix<A>) -> bool {
+        if self.listed().contains(&prefix) {
+            return true;
+        }
+        let Some(slot) = self.prefixes.get_mut(self.count as usize) else {
+            return false;
+        };
+        *slot = prefix;
+        self.count += 1;
+        true
+    }
+
+    /// Removes `prefix` if it is listed: the last prefix takes its place,
+    /// so that a reader of the value while it is rewritten (the data
+    /// plane) sees every other prefix where it was, or twice.
+    pub fn remove(&mut self, prefix: &SourcePrefix<A>) {
+        let Some(at) = self.listed().iter().position(|p| p == prefix) else {
+            return;
+        };
+        let last = self.count as usize - 1;
+        self.prefixes[at] = self.prefixes[last];
+        self.prefixes[last] = SourcePrefix::default();
+        self.count -= 1;
+    }
+}
 
 /// Size of `lb_addrs`, the address pre-filter (one byte per 16-bit slot).
 pub const ADDR_FILTER_SIZE: u32 = 1 << 16;
@@ -555,6 +672,17 @@ pub const HANDSHAKE_ANSWERED: u32 = 1;
 /// records the flow also records its client in `lb_persist`, under the
 /// prefix in bits `SVC_PERSIST_PREFIX_SHIFT..` (as in `Service::flags`).
 pub const HANDSHAKE_PERSIST: u32 = 2;
+
+/// The `Handshake::flags` a flow of a service with `service_flags` is
+/// placed with: with `SVC_PERSIST`, `HANDSHAKE_PERSIST` and the prefix.
+#[inline(always)]
+pub const fn handshake_flags(service_flags: u32) -> u32 {
+    if service_flags & SVC_PERSIST != 0 {
+        HANDSHAKE_PERSIST | (service_flags & SVC_PERSIST_PREFIX_MASK)
+    } else {
+        0
+    }
+}
 
 /// How far past the SYN-ACK's sequence number + 1 a client's ACK may
 /// acknowledge and still prove its client (`expect_ack` up to 64 KiB of
@@ -802,6 +930,64 @@ mod tests {
     }
 
     #[test]
+    fn a_limit_counts_active_and_inactive_connections_and_zero_is_none() {
+        let conns = BackendConns { active: 1, inactive: 1 };
+        assert!(conns.at_limit(2) && conns.at_limit(1));
+        assert!(!conns.at_limit(3));
+        assert!(!conns.at_limit(0), "0: no limit");
+        let huge = BackendConns { active: u32::MAX, inactive: u32::MAX };
+        assert!(huge.at_limit(u32::MAX), "no overflow");
+    }
+
+    #[test]
+    fn a_stand_in_is_searched_from_the_flows_slot_around_the_list() {
+        let order: [u32; 4] = core::array::from_fn(|step| stand_in_position(62, step as u32));
+        assert_eq!(order, [62, 63, 0, 1]);
+        assert_eq!(stand_in_position(65_536 + 5, 0), 5, "a slot past the list's length");
+    }
+
+    #[test]
+    fn a_persistent_services_flows_carry_its_prefix_into_their_records() {
+        let flags = SCHED_SH | SVC_PERSIST | (24 << SVC_PERSIST_PREFIX_SHIFT);
+        let record = handshake_flags(flags);
+        assert_eq!(record, HANDSHAKE_PERSIST | (24 << SVC_PERSIST_PREFIX_SHIFT));
+        assert_eq!(handshake_flags(SCHED_SH | (24 << SVC_PERSIST_PREFIX_SHIFT)), 0);
+        // The record's flags key the client as the service's do.
+        let src = [10, 77, 1, 10];
+        assert_eq!(PersistKey::of(7, src, record), PersistKey::of(7, src, flags));
+        assert_eq!(PersistKey::of(7, src, record).client, [10, 77, 1, 0]);
+    }
+
+    #[test]
+    fn a_source_list_adds_once_removes_in_place_and_holds_its_networks() {
+        let prefix =
+            |network: [u8; 4], len| SourcePrefix { network, mask: <[u8; 4]>::prefix_mask(len) };
+        let mut list = SourceList::default();
+        let (a, b, c) = (prefix([10, 77, 1, 0], 28), prefix([192, 0, 2, 0], 24), prefix([0; 4], 0));
+        assert!(!list.holds(&[10, 77, 1, 1]), "empty: nobody");
+        assert!(list.add(a) && list.add(b) && list.add(a));
+        assert_eq!(list.listed(), [a, b]);
+        assert!(list.holds(&[10, 77, 1, 15]) && list.holds(&[192, 0, 2, 200]));
+        assert!(!list.holds(&[10, 77, 1, 16]) && !list.holds(&[192, 0, 3, 1]));
+        assert!(list.add(c));
+        list.remove(&a);
+        assert_eq!(list.listed(), [c, b], "the last took the removed one's place");
+        list.remove(&a);
+        assert_eq!(list.count, 2);
+        // Full at 128 (a reload's 64 new beside 64 old): the 129th is
+        // refused, and the 128th is scanned.
+        let mut full = SourceList::default();
+        for i in 0..128 {
+            assert!(full.add(prefix([10, 0, i, 0], 24)), "prefix {i}");
+        }
+        assert!(!full.add(prefix([10, 1, 0, 0], 24)), "a 129th");
+        assert!(full.holds(&[10, 0, 127, 9]) && !full.holds(&[10, 0, 128, 9]));
+        // A count past the array's end is read as full, not past it.
+        full.count = 1000;
+        assert!(full.holds(&[10, 0, 127, 9]));
+    }
+
+    #[test]
     fn expiry_survives_wrapping_ticks() {
         assert!(!expired(100, 95, 10));
         assert!(expired(100, 80, 10));
@@ -818,7 +1004,7 @@ mod pod {
     use super::{
         AnswerBudget, Backend, BackendConns, Conn, Endpoint, EpochClock, Flow, FlowCacheEntry,
         FragEntry, FragKey, FragKey6, Handshake, MaglevTable, Meta, NextHop, Persist, PersistKey,
-        Policy, Real, Service, SourceKey, Traffic,
+        Policy, Real, Service, SourceList, SourcePrefix, Traffic,
     };
     use crate::addr::Addr;
 
@@ -863,6 +1049,7 @@ mod pod {
         FragEntry,
         Handshake,
         PersistKey,
-        SourceKey
+        SourcePrefix,
+        SourceList
     );
 }

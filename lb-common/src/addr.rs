@@ -50,6 +50,14 @@ pub trait Addr: Copy + Default + Eq + core::hash::Hash + core::fmt::Debug + 'sta
     /// length keeps it whole.
     #[must_use]
     fn masked(&self, prefix: u32) -> Self;
+
+    /// The mask of a prefix of `prefix` bits, as an address (its first
+    /// `prefix` bits set).
+    fn prefix_mask(prefix: u32) -> Self;
+
+    /// Whether the address is in the network `network` whose mask is
+    /// `mask` (`prefix_mask`): word operations, as `same`.
+    fn within(&self, network: &Self, mask: &Self) -> bool;
 }
 
 impl Addr for [u8; 4] {
@@ -85,6 +93,17 @@ impl Addr for [u8; 4] {
     #[inline(always)]
     fn masked(&self, prefix: u32) -> Self {
         (u32::from_be_bytes(*self) & prefix_mask32(prefix)).to_be_bytes()
+    }
+
+    #[inline(always)]
+    fn prefix_mask(prefix: u32) -> Self {
+        prefix_mask32(prefix).to_be_bytes()
+    }
+
+    #[inline(always)]
+    fn within(&self, network: &Self, mask: &Self) -> bool {
+        let word = |a: &Self| u32::from_ne_bytes(*a);
+        word(self) & word(mask) == word(network)
     }
 }
 
@@ -150,11 +169,51 @@ impl Addr for [u8; 16] {
         // SAFETY: two words are sixteen bytes, in memory order.
         unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([high.to_be(), low.to_be()]) }
     }
+
+    #[inline(always)]
+    fn prefix_mask(prefix: u32) -> Self {
+        let high = prefix_mask64(prefix).to_be();
+        let low = prefix_mask64(prefix.saturating_sub(64)).to_be();
+        // SAFETY: two words are sixteen bytes, in memory order.
+        unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([high, low]) }
+    }
+
+    #[inline(always)]
+    fn within(&self, network: &Self, mask: &Self) -> bool {
+        let [high, low] = halves(self);
+        let [net_high, net_low] = halves(network);
+        let [mask_high, mask_low] = halves(mask);
+        high & mask_high == net_high && low & mask_low == net_low
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_is_within_its_networks_and_no_other() {
+        let mask = <[u8; 4]>::prefix_mask(28);
+        assert_eq!(mask, [255, 255, 255, 240]);
+        let network = [10, 77, 1, 0];
+        assert!([10, 77, 1, 15].within(&network, &mask));
+        assert!(![10, 77, 1, 16].within(&network, &mask));
+        assert!([1, 2, 3, 4].within(&[0; 4], &<[u8; 4]>::prefix_mask(0)), "/0 holds all");
+        let mut a6 = [0xfd, 0x77, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
+        let network6 = a6.masked(120);
+        for (len, inside) in [(120, true), (128, true), (64, true), (0, true)] {
+            let mask = <[u8; 16]>::prefix_mask(len);
+            assert_eq!(a6.within(&a6.masked(len), &mask), inside, "/{len}");
+        }
+        let mask120 = <[u8; 16]>::prefix_mask(120);
+        a6[14] = 1;
+        assert!(!a6.within(&network6, &mask120), "a bit of the low half outside");
+        a6[14] = 0;
+        a6[3] = 2;
+        assert!(!a6.within(&network6, &mask120), "a bit of the high half outside");
+        assert_eq!(<[u8; 16]>::prefix_mask(72)[8], 0xff);
+        assert_eq!(<[u8; 16]>::prefix_mask(72)[9], 0);
+    }
 
     #[test]
     fn ipv4_folds_to_itself() {

@@ -2086,6 +2086,63 @@ async fn a_full_nat_pool_round_trips_and_survives_a_restart() {
     assert_eq!(pooled["snat_addresses"], json!(["10.77.2.1", "10.77.2.2"]));
 }
 
+/// A backend's `max_conns` is in `/metrics` as
+/// `lb_backend_max_connections` beside its connection gauges, and on the
+/// page beside its connections; a backend without a limit has no such
+/// series (and a `-`); a limit changed over the API shows at once, and one
+/// removed goes.
+#[tokio::test]
+async fn a_backends_limit_is_a_gauge_and_a_column() {
+    let dir = TempDir::new("limit-gauge");
+    let lb = Lb::start(&dir.0, None).await;
+    let api = r#"{"name": "api", "vip": "10.77.1.101", "port": 443,
+        "backends": [{"address": "10.77.2.31", "port": 443},
+                     {"address": "10.77.2.32", "port": 443, "max_conns": 2}]}"#;
+    let (status, answer) = lb.call(Method::POST, "/api/v1/services", Some(api), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let limits = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with("lb_backend_max_connections{service=\"api\""))
+            .map(str::to_owned)
+            .collect()
+    };
+    let metrics = lb.send(Method::GET, "/metrics", Body::empty(), None).await;
+    assert_eq!(
+        limits(&metrics.text),
+        [r#"lb_backend_max_connections{service="api",backend="10.77.2.32:443"} 2"#],
+        "{}",
+        metrics.text
+    );
+    for beside in ["lb_backend_active_connections{", "lb_backend_inactive_connections{"] {
+        assert!(
+            metrics
+                .text
+                .contains(&format!("{beside}service=\"api\",backend=\"10.77.2.32:443\"}} 0")),
+            "{beside}: {}",
+            metrics.text
+        );
+    }
+    let page = lb.send(Method::GET, "/", Body::empty(), None).await;
+    assert!(page.text.contains("<th>Limit</th>"), "{}", page.text);
+    assert!(page.text.contains("<td class=\"n\">2</td>"), "{}", page.text);
+
+    let path = "/api/v1/services/api/backends/10.77.2.32:443";
+    for (body, want) in [(r#"{"max_conns": 5}"#, Some(5)), (r#"{"max_conns": 0}"#, None)] {
+        let (status, view) = lb.call(Method::PATCH, path, Some(body), None).await;
+        assert_eq!(status, StatusCode::OK, "{view}");
+        let metrics = lb.send(Method::GET, "/metrics", Body::empty(), None).await;
+        let want: Vec<String> = want
+            .map(|n| {
+                format!(
+                    r#"lb_backend_max_connections{{service="api",backend="10.77.2.32:443"}} {n}"#
+                )
+            })
+            .into_iter()
+            .collect();
+        assert_eq!(limits(&metrics.text), want, "after {body}");
+    }
+}
+
 /// PATCH changes a backend's role, limit and check target in place (not
 /// only its weight and state); each is checked as in a body, and a check
 /// target where nothing is probed is refused; the change survives a restart.

@@ -11,15 +11,14 @@
 //! own 512 bytes of stack, and an IPv4 packet pays nothing for IPv6.
 use aya_ebpf::{
     bindings::bpf_fib_lookup as FibParams,
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use lb_common::{
     abi::{
         ADDR_FILTER_SIZE, Backend, Endpoint, FLOW_CACHE_SLOTS, Flow, FlowCacheEntry, FragEntry,
         FragKey, HANDSHAKE_SLOTS, Handshake, MAX_BACKENDS, MAX_FRAGS, MAX_PERSIST, MAX_SERVICES,
-        MAX_SOURCES, NEXTHOP_SLOTS, NextHop, Persist, PersistKey, REAL_SLOTS, Real, Service,
-        SourceKey,
+        NEXTHOP_SLOTS, NextHop, Persist, PersistKey, REAL_SLOTS, Real, Service, SourceList,
     },
     addr::Addr,
     conn_table::{ConnSet, ConnSlot, MAP_MMAPABLE},
@@ -49,7 +48,7 @@ pub const HANDSHAKES: usize = HANDSHAKE_SLOTS as usize;
 pub const FRAGS: usize = MAX_FRAGS as usize;
 pub const CONNS: usize = lb_common::abi::DEFAULT_CONNTRACK_MAX as usize;
 pub const PERSIST: usize = MAX_PERSIST as usize;
-pub const SOURCES: usize = MAX_SOURCES as usize;
+pub const SOURCE_LISTS: usize = MAX_SERVICES as usize;
 pub const POOLS: usize = MAX_SERVICES as usize;
 pub const FNATS: usize = FNAT_MAX as usize;
 
@@ -88,7 +87,7 @@ pub trait Family: Sized + Copy + 'static {
     fn frags() -> &'static LruHashMap<Self::FragKey, FragEntry<Self::Addr>, FRAGS>;
     fn conntrack() -> &'static Array<ConnSet<Self::Addr>, CONNS, MAP_MMAPABLE>;
     fn persist() -> &'static LruHashMap<PersistKey<Self::Addr>, Persist, PERSIST>;
-    fn sources() -> &'static LpmTrie<SourceKey<Self::Addr>, u32, SOURCES>;
+    fn sources() -> &'static Array<SourceList<Self::Addr>, SOURCE_LISTS>;
     /// Full NAT: the services' SNAT pools, the flows' mappings, and the
     /// reverse mappings (`lb_common::fullnat`).
     fn snat_pools() -> &'static Array<SnatPool<Self::Addr>, POOLS>;
@@ -182,6 +181,8 @@ pub trait Family: Sized + Copy + 'static {
     fn fnat_out(tcp_flags: u8, opening: bool) -> u32;
     /// `fullnat::map_back`, in a global function.
     fn fnat_back(tcp_flags: u8, seq: Option<u32>) -> u32;
+    /// `persist::allowed`, in a global function.
+    fn allowed(service_id: u32, src: Self::Addr) -> bool;
 }
 
 /// IPv4, in `lb_xdp`.
@@ -251,7 +252,7 @@ impl Family for V4 {
         &maps::LB_PERSIST
     }
     #[inline(always)]
-    fn sources() -> &'static LpmTrie<SourceKey, u32, SOURCES> {
+    fn sources() -> &'static Array<SourceList, SOURCE_LISTS> {
         &maps::LB_SOURCES
     }
     #[inline(always)]
@@ -404,6 +405,10 @@ impl Family for V4 {
     fn fnat_back(tcp_flags: u8, seq: Option<u32>) -> u32 {
         lb_fnat_back(u32::from(tcp_flags), u32::from(seq.is_some()), seq.unwrap_or(0))
     }
+    #[inline(always)]
+    fn allowed(service_id: u32, src: [u8; 4]) -> bool {
+        lb_allowed(service_id, u32::from_ne_bytes(src)) != 0
+    }
 }
 
 /// `lc`'s pick for an IPv4 service: a global BPF function (see
@@ -450,4 +455,12 @@ pub extern "C" fn lb_fnat_out(tcp_flags: u32, opening: u32) -> u32 {
 #[inline(never)]
 pub extern "C" fn lb_fnat_back(tcp_flags: u32, has_seq: u32, seq: u32) -> u32 {
     fullnat::map_back::<V4>(tcp_flags as u8, (has_seq != 0).then_some(seq))
+}
+
+/// Whether an IPv4 source is among a service's allowed sources
+/// (`persist::allowed`): a global function, its loop verified once.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn lb_allowed(service_id: u32, src: u32) -> u32 {
+    u32::from(crate::persist::allowed::<V4>(service_id, src.to_ne_bytes()))
 }

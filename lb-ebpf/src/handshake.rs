@@ -23,8 +23,8 @@ use lb_common::{
     abi::{
         BACKEND_DOWN, BACKEND_DSR, CONN_CLOSING, CONN_ESTABLISHED, CONN_SYN, CONN_UDP, Conn, Flow,
         FlowCacheEntry, HANDSHAKE_ACK_WINDOW, HANDSHAKE_ANSWERED, HANDSHAKE_PERSIST,
-        HANDSHAKE_PROOF_SYN_SEEN, Handshake, PROTO_TCP, SVC_PERSIST, SVC_PERSIST_PREFIX_MASK,
-        Service, TCP_FIN, TCP_RST, expired, handshake_slot,
+        HANDSHAKE_PROOF_SYN_SEEN, Handshake, PROTO_TCP, Service, TCP_FIN, TCP_RST, expired,
+        handshake_flags, handshake_slot,
     },
     counter::Counter,
 };
@@ -88,11 +88,7 @@ pub fn open<F: Family>(
     };
     if let Some(record) = F::handshakes().get_ptr_mut(handshake_slot(flow)) {
         // The flow's recording records its client too (`settle`).
-        let flags = if service.flags & SVC_PERSIST != 0 {
-            HANDSHAKE_PERSIST | (service.flags & SVC_PERSIST_PREFIX_MASK)
-        } else {
-            0
-        };
+        let flags = handshake_flags(service.flags);
         let placed = Handshake {
             flow: *flow,
             backend_id: choice.id,

@@ -457,8 +457,7 @@ fn to_backend<F: Family>(
             // Every packet of the service that no entry or record carries:
             // those only hold sources that passed here (their address is
             // their key), so each packet from elsewhere is refused.
-            if service.flags & SVC_SOURCES != 0 && !persist::allowed::<F>(service.id, pkt.flow.src)
-            {
+            if service.flags & SVC_SOURCES != 0 && !F::allowed(service.id, pkt.flow.src) {
                 return Err(Counter::DropSourceNotAllowed);
             }
             // Before placing: an expiring packet must not create a flow.

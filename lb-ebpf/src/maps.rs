@@ -3,15 +3,15 @@
 //! counters are written by the kernel.
 use aya_ebpf::{
     bindings::bpf_fib_lookup,
-    btf_maps::{Array, DevMap, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
+    btf_maps::{Array, DevMap, HashMap, LruHashMap, PerCpuArray, ProgramArray},
     macros::btf_map,
 };
 use lb_common::abi::{
     ADDR_FILTER_SIZE, AnswerBudget, Backend, BackendConns, CONN_STATES, DEFAULT_CONNTRACK_MAX,
     Endpoint, EpochClock, FLOW_CACHE_SLOTS, FlowCacheEntry, FragEntry, FragKey, FragKey6,
-    HANDSHAKE_SLOTS, Handshake, MAX_BACKENDS, MAX_FRAGS, MAX_PERSIST, MAX_SERVICES, MAX_SOURCES,
-    MAX_TX_PORTS, MaglevTable, Meta, NEIGH6_SLOTS, NEXTHOP_SLOTS, NextHop, Persist, PersistKey,
-    Policy, REAL_SLOTS, Real, Service, SourceKey, Traffic,
+    HANDSHAKE_SLOTS, Handshake, MAX_BACKENDS, MAX_FRAGS, MAX_PERSIST, MAX_SERVICES, MAX_TX_PORTS,
+    MaglevTable, Meta, NEIGH6_SLOTS, NEXTHOP_SLOTS, NextHop, Persist, PersistKey, Policy,
+    REAL_SLOTS, Real, Service, SourceList, Traffic,
 };
 
 use crate::family::{
@@ -127,10 +127,10 @@ pub static LB_CONNTRACK: Array<ConnSet, { DEFAULT_CONNTRACK_MAX as usize }, MAP_
 pub static LB_PERSIST: LruHashMap<PersistKey, Persist, { MAX_PERSIST as usize }> =
     LruHashMap::new();
 
-/// (service id, allowed prefix) of the services with `allowed_sources`
-/// (`SVC_SOURCES`), longest match; the value is unused (1).
+/// The allowed prefixes of each service with `allowed_sources`
+/// (`SVC_SOURCES`), by service id: scanned (`persist::allowed`).
 #[btf_map(name = "lb_sources")]
-pub static LB_SOURCES: LpmTrie<SourceKey, u32, { MAX_SOURCES as usize }> = LpmTrie::new();
+pub static LB_SOURCES: Array<SourceList, { MAX_SERVICES as usize }> = Array::new();
 
 /// Egress interfaces for XDP_REDIRECT, by slot: an array, so a redirect
 /// costs an index, not a hash (the slot is kept in the next-hop cache).
@@ -200,8 +200,7 @@ pub static LB_PERSIST6: LruHashMap<PersistKey<[u8; 16]>, Persist, { MAX_PERSIST 
     LruHashMap::new();
 
 #[btf_map(name = "lb_sources6")]
-pub static LB_SOURCES6: LpmTrie<SourceKey<[u8; 16]>, u32, { MAX_SOURCES as usize }> =
-    LpmTrie::new();
+pub static LB_SOURCES6: Array<SourceList<[u8; 16]>, { MAX_SERVICES as usize }> = Array::new();
 
 /// The IPv6 connection table: the same sets over 32-byte entries; `lb-ctl`
 /// sizes it from `dataplane.conntrack_max` like the IPv4 one.

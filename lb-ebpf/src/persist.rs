@@ -10,25 +10,14 @@
 //! only where forged flows are recorded at all (direct routing, UDP,
 //! `handshake_proof = "syn-seen"`). A client whose entry is evicted or
 //! expired is scheduled afresh: it loses its stickiness, not its service.
-use aya_ebpf::btf_maps::lpm_trie::Key;
-use lb_common::{
-    abi::{
-        BACKEND_DOWN, BACKEND_IN_USE, Flow, NO_BACKEND, Persist, PersistKey, SVC_PERSIST, Service,
-        SourceKey, expired, persist_prefix,
-    },
-    addr::Addr,
+use lb_common::abi::{
+    BACKEND_IN_USE, Flow, NO_BACKEND, Persist, PersistKey, SVC_PERSIST, Service, expired,
 };
 
 use crate::{
     family::Family,
     select::{self, Choice},
 };
-
-/// The key of a client in a persistent service's `lb_persist`.
-#[inline(always)]
-fn key<A: Addr>(src: A, service_id: u32, flags: u32) -> PersistKey<A> {
-    PersistKey { service_id, client: src.masked(persist_prefix(flags)) }
-}
 
 /// The backend a persistent service's client keeps (`Choice`, new flow),
 /// if `persisted` finds one; `None`: the scheduler decides.
@@ -54,7 +43,9 @@ pub fn stuck<F: Family>(flow: &Flow<F::Addr>, service: &Service) -> Option<Choic
 #[inline(always)]
 pub fn persisted<F: Family>(service_id: u32, flags: u32, ticks: u32, src: F::Addr) -> u32 {
     // SAFETY: copied out at once; the entry may be replaced any time.
-    let Some(entry) = (unsafe { F::persist().get(key(src, service_id, flags)).copied() }) else {
+    let Some(entry) =
+        (unsafe { F::persist().get(PersistKey::of(service_id, src, flags)).copied() })
+    else {
         return NO_BACKEND;
     };
     if expired(select::epoch_now() as u32, entry.last_seen, ticks) {
@@ -64,8 +55,7 @@ pub fn persisted<F: Family>(service_id: u32, flags: u32, ticks: u32, src: F::Add
     let Some(backend) = F::backends().get(id) else { return NO_BACKEND };
     let takes_flows = backend.flags & BACKEND_IN_USE != 0
         && backend.service_id == service_id
-        && backend.flags & BACKEND_DOWN == 0
-        && backend.weight != 0;
+        && backend.takes_new_flows();
     if !takes_flows {
         return NO_BACKEND;
     }
@@ -84,7 +74,7 @@ pub fn persisted<F: Family>(service_id: u32, flags: u32, ticks: u32, src: F::Add
 /// (`lb_remember`, `lb_remember6`), as `persisted`.
 #[inline(always)]
 pub fn remember<F: Family>(service_id: u32, backend_id: u32, flags: u32, src: F::Addr) -> u32 {
-    let key = key(src, service_id, flags);
+    let key = PersistKey::of(service_id, src, flags);
     let now = select::epoch_now() as u32;
     if let Some(entry) = F::persist().get_ptr_mut(key) {
         // SAFETY: a pointer into the map's value: two words, each written
@@ -97,11 +87,11 @@ pub fn remember<F: Family>(service_id: u32, backend_id: u32, flags: u32, src: F:
     0
 }
 
-/// Whether `src` is among the allowed sources of service `service_id`
-/// (one longest-prefix lookup in `lb_sources`).
+/// Whether `src` is among the allowed sources of service `service_id`: a
+/// scan of its list in `lb_sources` (one array lookup; at most 64
+/// prefixes, twice that for the moment a reload replaces them). Each family calls it from a global BPF
+/// function of its own (`lb_allowed`, `lb_allowed6`), as `persisted`.
 #[inline(always)]
 pub fn allowed<F: Family>(service_id: u32, src: F::Addr) -> bool {
-    let bits = 32 + 8 * F::Addr::LEN as u32;
-    let key = Key::new(bits, SourceKey { service_be: service_id.to_be_bytes(), addr: src });
-    F::sources().get(&key).is_some()
+    F::sources().get(service_id).is_some_and(|list| list.holds(&src))
 }

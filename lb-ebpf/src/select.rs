@@ -12,7 +12,7 @@ use lb_common::{
         CONN_ESTABLISHED, CONN_UDP, Conn, Endpoint, FLOW_CACHE_SLOTS, Flow, FlowCacheEntry,
         LC_MAX_BACKENDS, NO_BACKEND, REAL_SLOT_SHARED, SCHED_LC, SCHED_MASK, SCHED_RR, SCHED_SH,
         SCHED_WRR, SVC_REJECT, Service, TCP_FIN, TCP_RST, TCP_SYN, Traffic, addr_slot, cpu_slot,
-        expired, flow_cache_slot, next_state, real_slot, source_hash,
+        expired, flow_cache_slot, next_state, real_slot, source_hash, stand_in_position,
     },
     addr::Addr,
     counter::Counter,
@@ -468,9 +468,7 @@ pub const ALL_FULL: u32 = NO_BACKEND - 1;
 /// `lb_be_conns` counts them (`BackendConns`).
 #[inline(always)]
 pub fn full(id: u32, max_conns: u32) -> bool {
-    LB_BE_CONNS
-        .get(id)
-        .is_some_and(|c| u64::from(c.active) + u64::from(c.inactive) >= u64::from(max_conns))
+    LB_BE_CONNS.get(id).is_some_and(|c| c.at_limit(max_conns))
 }
 
 /// Counts a new flow on backend `id` at once, as an inactive connection
@@ -493,10 +491,10 @@ pub fn count_conn(id: u32) {
 }
 
 /// A stand-in for a backend at its `max_conns`: the first backend of the
-/// service's usable list (`MaglevTable::usable_ids`), from position
-/// `start` on and around, that takes new flows (not DOWN, weight above 0)
-/// and is below its own limit; `NO_BACKEND` if none is.
-///
+/// service's usable list (`MaglevTable::usable_ids`), in the order of
+/// `stand_in_position` from `start`, that takes new flows (not DOWN,
+/// weight above 0) and is below its own limit; `NO_BACKEND` if none is.
+/// (The controller's reassembly slow path searches the same way.)
 #[inline(always)]
 fn first_free<F: Family>(service_id: u32, start: u32) -> u32 {
     let Some(table) = LB_MAGLEV.get(service_id) else { return NO_BACKEND };
@@ -504,20 +502,16 @@ fn first_free<F: Family>(service_id: u32, start: u32) -> u32 {
     if count == 0 {
         return NO_BACKEND;
     }
-    // Positions `start`, `start + 1`, ... around the list's
-    // `LC_MAX_BACKENDS` (a power of two: a mask, which the verifier
-    // bounds, where it cannot bound a remainder); those past its end are
-    // skipped.
     let mut step = 0;
     while step < LC_MAX_BACKENDS {
-        let position = start.wrapping_add(step) & (LC_MAX_BACKENDS - 1);
+        let position = stand_in_position(start, step);
         step += 1;
         if position >= count {
             continue;
         }
         let id = table.usable_ids.get(position as usize).copied().unwrap_or(NO_BACKEND);
         let Some(backend) = F::backends().get(id) else { continue };
-        if backend.flags & BACKEND_DOWN != 0 || backend.weight == 0 {
+        if !backend.takes_new_flows() {
             continue;
         }
         if backend.max_conns == 0 || !full(id, backend.max_conns) {
@@ -602,8 +596,7 @@ pub fn least_connections<F: Family>(service_id: u32, count: u32) -> u32 {
             continue;
         }
         let conns = LB_BE_CONNS.get(id).copied().unwrap_or_default();
-        let max_conns = u64::from(backend.max_conns);
-        if max_conns != 0 && u64::from(conns.active) + u64::from(conns.inactive) >= max_conns {
+        if conns.at_limit(backend.max_conns) {
             saw_full = true;
             continue;
         }

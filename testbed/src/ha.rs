@@ -74,6 +74,7 @@ const BGP_SETUP: Setup = Setup {
     checks: Some(&crate::harness::FAST_CHECKS),
     web: "",
     echo: "",
+    udp: "",
     tables: "\n[bgp]\nwithdraw_delay_ms = 1000\nannounce_delay_ms = 1000\n",
     dataplane: "",
     conntrack_max: None,

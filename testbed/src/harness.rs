@@ -61,6 +61,8 @@ pub struct Setup {
     pub web: &'static str,
     /// Extra keys of the echo service.
     pub echo: &'static str,
+    /// Extra keys of the UDP echo service.
+    pub udp: &'static str,
     /// Extra tables at the end of the file (`[admin]`, `[log]`).
     pub tables: &'static str,
     /// Extra keys of `[dataplane]` (`tcp_established_timeout = 1`…).
@@ -101,6 +103,7 @@ pub fn config(pin_dir: &str, weights: [Option<u32>; 3], setup: Setup) -> String 
             match name {
                 "web" => text.push_str(setup.web),
                 "echo" => text.push_str(setup.echo),
+                "udp" => text.push_str(setup.udp),
                 _ => {}
             }
             let health = match (setup.checks, name) {

@@ -47,8 +47,8 @@ pub(super) const MAX_BGP_DELAY_MS: i64 = 60_000;
 /// Longest `persistence_s`: a week (IPVS sets no bound; a week of ticks is
 /// far inside the data plane's 32-bit clock arithmetic).
 pub const MAX_PERSISTENCE_S: i64 = 7 * 24 * 3600;
-/// Most `allowed_sources` per service: every service at its most fits the
-/// data plane's `lb_sources` (`MAX_SOURCES`).
-pub const MAX_ALLOWED_SOURCES: usize = (lb_common::abi::MAX_SOURCES / MAX_SERVICES) as usize;
+/// Most `allowed_sources` per service: the length of a service's list in
+/// the data plane's `lb_sources` (`MAX_SOURCES_PER_SERVICE`).
+pub const MAX_ALLOWED_SOURCES: usize = lb_common::abi::MAX_SOURCES_PER_SERVICE as usize;
 /// Largest `max_conns`.
 pub const MAX_MAX_CONNS: i64 = 1 << 30;

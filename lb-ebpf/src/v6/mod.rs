@@ -12,13 +12,13 @@ pub mod parse;
 
 use aya_ebpf::{
     bindings::bpf_fib_lookup as FibParams,
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use lb_common::{
     abi::{
         Backend, Endpoint, Flow, FlowCacheEntry, FragEntry, FragKey6, Handshake, NEIGH_MARK6_MAGIC,
-        NEIGH6_SLOTS, NextHop, Persist, PersistKey, Real, Service, SourceKey, neigh6_tag,
+        NEIGH6_SLOTS, NextHop, Persist, PersistKey, Real, Service, SourceList, neigh6_tag,
     },
     conn_table::{ConnSet, ConnSlot, MAP_MMAPABLE},
     counter::Counter,
@@ -29,7 +29,7 @@ use crate::{
     Verdict, conntrack,
     family::{
         ADDRS, BACKENDS, CACHE, CONNS, FNATS, FRAGS, Family, HANDSHAKES, HOPS, PERSIST, POOLS,
-        REALS, SERVICES, SLOTS, SOURCES,
+        REALS, SERVICES, SLOTS, SOURCE_LISTS,
     },
     fullnat,
     fwd::Query,
@@ -114,7 +114,7 @@ impl Family for V6 {
         &maps::LB_PERSIST6
     }
     #[inline(always)]
-    fn sources() -> &'static LpmTrie<SourceKey<[u8; 16]>, u32, SOURCES> {
+    fn sources() -> &'static Array<SourceList<[u8; 16]>, SOURCE_LISTS> {
         &maps::LB_SOURCES6
     }
     #[inline(always)]
@@ -330,6 +330,11 @@ impl Family for V6 {
     fn fnat_back(tcp_flags: u8, seq: Option<u32>) -> u32 {
         lb_fnat_back6(u32::from(tcp_flags), u32::from(seq.is_some()), seq.unwrap_or(0))
     }
+    #[inline(always)]
+    fn allowed(service_id: u32, src: [u8; 16]) -> bool {
+        let [high, low] = words(src);
+        lb_allowed6(service_id, high, low) != 0
+    }
 }
 
 /// An address as two native words (a global function takes scalars).
@@ -399,4 +404,12 @@ pub extern "C" fn lb_fnat_out6(tcp_flags: u32, opening: u32) -> u32 {
 #[inline(never)]
 pub extern "C" fn lb_fnat_back6(tcp_flags: u32, has_seq: u32, seq: u32) -> u32 {
     fullnat::map_back::<V6>(tcp_flags as u8, (has_seq != 0).then_some(seq))
+}
+
+/// Whether an IPv6 source is among a service's allowed sources (see
+/// `lb_allowed`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn lb_allowed6(service_id: u32, high: u64, low: u64) -> u32 {
+    u32::from(crate::persist::allowed::<V6>(service_id, address(high, low)))
 }

@@ -149,6 +149,7 @@ struct BackendMetrics {
     new_flows: Counters<BackendLabels>,
     active: Gauges<BackendLabels>,
     inactive: Gauges<BackendLabels>,
+    max_conns: Gauges<BackendLabels>,
     weight: Gauges<BackendLabels>,
     effective_weight: FloatGauges<BackendLabels>,
     up: Gauges<BackendLabels>,
@@ -343,6 +344,12 @@ impl BackendMetrics {
                 "Connections to the backend in any other state (IPVS InActConn)",
                 None,
             ),
+            max_conns: metric(
+                r,
+                "lb_backend_max_connections",
+                "The backend's max_conns: at active + inactive connections it takes no new flow (only for backends with a limit)",
+                None,
+            ),
             weight: metric(r, "lb_backend_weight", "Configured weight of the backend", None),
             effective_weight: metric(
                 r,
@@ -401,6 +408,11 @@ impl BackendMetrics {
         self.new_flows.get_or_create(&labels).inc_by(b.traffic.new_flows);
         self.active.get_or_create(&labels).set(b.conns.active.into());
         self.inactive.get_or_create(&labels).set(b.conns.inactive.into());
+        // Absent without a limit: `active + inactive >= max_connections`
+        // then matches only limited backends, with no `> 0` to add.
+        if b.max_conns != 0 {
+            self.max_conns.get_or_create(&labels).set(b.max_conns.into());
+        }
         self.weight.get_or_create(&labels).set(b.weight.into());
         self.effective_weight.get_or_create(&labels).set(b.effective_weight);
         self.up.get_or_create(&labels).set(flag(b.health.status != "DOWN"));
@@ -479,6 +491,7 @@ mod tests {
             check_weight: Some(5),
             effective_weight: 5.0,
             conns: ConnsView { active: 7, inactive: 2 },
+            max_conns: 9,
             traffic: traffic(1000),
             health: HealthView {
                 status: "UP".into(),
@@ -592,6 +605,8 @@ mod tests {
             r#"lb_backend_new_flows_total{service="web",backend="10.77.2.10:80"} 100"#,
             r#"lb_backend_active_connections{service="web",backend="10.77.2.10:80"} 7"#,
             r#"lb_backend_inactive_connections{service="web",backend="10.77.2.10:80"} 2"#,
+            "# TYPE lb_backend_max_connections gauge",
+            r#"lb_backend_max_connections{service="web",backend="10.77.2.10:80"} 9"#,
             r#"lb_backend_weight{service="web",backend="10.77.2.10:80"} 3"#,
             r#"lb_backend_effective_weight{service="web",backend="10.77.2.10:80"} 5.0"#,
             r#"lb_backend_effective_weight{service="web",backend="10.77.2.11:80"} 0.0"#,
@@ -625,6 +640,8 @@ mod tests {
         assert_eq!(out.lines().filter(|l| l.starts_with("lb_backend_state{")).count(), 9);
         // The unchecked backend has no last check.
         assert!(!out.contains(r#"lb_backend_check_ok{service="dns""#), "{out}");
+        // Only the limited backend has a limit.
+        assert_eq!(out.lines().filter(|l| l.starts_with("lb_backend_max_connections{")).count(), 1);
         assert!(!out.contains("_total_total"), "{out}");
         assert!(out.ends_with("# EOF\n"), "{out}");
         assert_eq!(out.matches("# EOF").count(), 1);

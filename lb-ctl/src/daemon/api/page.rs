@@ -57,6 +57,7 @@ thead th { background: #e4e7f0; font-weight: 600; }
 thead tr.group th { background: #d2d7e6; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; }
 td.check.fail { color: #a00000; font-weight: 600; }
+td.full { color: #a00000; font-weight: 600; }
 tr.up td { background: #c8f7c5; }
 tr.down td { background: #ffaaaa; }
 tr.drain td { background: #b8d8ff; }
@@ -86,7 +87,7 @@ const LEGEND: [(&str, &str); 6] = [
 ];
 
 /// Columns of a service table.
-const COLUMNS: usize = 18;
+const COLUMNS: usize = 19;
 
 /// The page for `stats`; `now_unix_ms` is the current time, for the ages of
 /// the last checks and the "generated" stamp.
@@ -272,7 +273,7 @@ fn service_table(out: &mut String, s: &ServiceView, now_unix_ms: u64) {
         (a + u64::from(b.conns.active), i + u64::from(b.conns.inactive))
     });
     out.push_str("<td colspan=\"4\">Total</td><td colspan=\"2\"></td>");
-    w!(out, "<td class=\"n\">{active}</td><td class=\"n\">{inactive}</td>");
+    w!(out, "<td class=\"n\">{active}</td><td class=\"n\">{inactive}</td><td></td>");
     traffic_cells(out, &s.traffic, &s.rates);
     out.push_str("</tr>\n</tfoot>\n</table>\n");
 }
@@ -280,10 +281,10 @@ fn service_table(out: &mut String, s: &ServiceView, now_unix_ms: u64) {
 fn table_head(out: &mut String) {
     out.push_str(
         "<thead>\n<tr class=\"group\"><th colspan=\"4\">Backend</th><th colspan=\"2\">Health</th>\
-         <th colspan=\"2\">Conns</th><th colspan=\"4\">In (client &rarr; backend)</th>\
+         <th colspan=\"3\">Conns</th><th colspan=\"4\">In (client &rarr; backend)</th>\
          <th colspan=\"4\">Out (backend &rarr; client)</th><th colspan=\"2\">New flows</th></tr>\n\
          <tr><th>Address</th><th>Weight</th><th>State</th><th>Rotation</th>\
-         <th>Status</th><th>Last check</th><th>Active</th><th>Inactive</th>\
+         <th>Status</th><th>Last check</th><th>Active</th><th>Inactive</th><th>Limit</th>\
          <th>Packets</th><th>Bytes</th><th>pkt/s</th><th>B/s</th>\
          <th>Packets</th><th>Bytes</th><th>pkt/s</th><th>B/s</th>\
          <th>Total</th><th>/s</th></tr>\n</thead>\n",
@@ -353,8 +354,23 @@ fn backend_row(out: &mut String, service: &str, b: &BackendView, now_unix_ms: u6
         None => out.push_str("<td class=\"check\">-</td>"),
     }
     w!(out, "<td class=\"n\">{}</td><td class=\"n\">{}</td>", b.conns.active, b.conns.inactive);
+    limit_cell(out, b);
     traffic_cells(out, &b.traffic, &b.rates);
     out.push_str("</tr>\n");
+}
+
+/// The backend's `max_conns` (`-` without one), marked when its
+/// connections reach it: it then takes no new flow.
+fn limit_cell(out: &mut String, b: &BackendView) {
+    let conns = u64::from(b.conns.active) + u64::from(b.conns.inactive);
+    match b.max_conns {
+        0 => out.push_str("<td class=\"n dim\">-</td>"),
+        max if conns >= u64::from(max) => w!(
+            out,
+            "<td class=\"n full\" title=\"at its max_conns: it takes no new flow\">{max} (full)</td>"
+        ),
+        max => w!(out, "<td class=\"n\">{max}</td>"),
+    }
 }
 
 /// The ten traffic columns: in and out (packets, bytes, their rates), new flows.
@@ -760,6 +776,33 @@ mod tests {
         let mut ramping = backend("10.0.0.2", 4, "active", "UP");
         (ramping.ramp, ramping.effective_weight) = (Some(0.25), 1.0);
         assert!(weight_cell(&ramping).starts_with("1 <span class=\"dim\" title=\"in slow start: the part of its weight 4 it gets now\">(slow start)"));
+    }
+
+    /// A backend's `max_conns` shows beside its connections, marked when
+    /// they reach it; a backend without one shows none.
+    #[test]
+    fn a_limit_shows_beside_the_connections_and_says_when_it_is_reached() {
+        let mut stats = sample();
+        let mut limited = backend("10.0.0.7", 1, "active", "UP");
+        (limited.max_conns, limited.conns) = (5, ConnsView { active: 3, inactive: 1 });
+        stats.services[0].backends.insert(0, limited);
+        // The cell after the connections' (`active`, then 1 inactive).
+        let cells = |html: &str, active: u32| {
+            let row = html.find("id=\"backend-web-10.0.0.7:8080\"").expect("the row");
+            let conns = format!("<td class=\"n\">{active}</td><td class=\"n\">1</td>");
+            let at = html[row..].find(&conns).expect("the connections") + row + conns.len();
+            html[at..].split("</td>").next().unwrap().to_owned()
+        };
+        assert_eq!(cells(&render(&stats, NOW), 3), "<td class=\"n\">5");
+        stats.services[0].backends[0].conns.active = 4;
+        let full = render(&stats, NOW);
+        let cell = cells(&full, 4);
+        assert!(cell.ends_with(">5 (full)") && cell.contains("class=\"n full\""), "{cell}");
+        let other = full.find("id=\"backend-web-10.0.1.1:8080\"").unwrap();
+        assert!(
+            full[other..].split("</tr>").next().unwrap().contains("<td class=\"n dim\">-</td>")
+        );
+        assert!(full.contains("<th>Active</th><th>Inactive</th><th>Limit</th>"));
     }
 
     #[test]

@@ -26,16 +26,20 @@ pub trait TableAddr: Addr {
     const MAP: &'static str;
     /// The family's handshake records.
     const HANDSHAKES: &'static str;
+    /// The family's persistent clients.
+    const PERSIST: &'static str;
 }
 
 impl TableAddr for [u8; 4] {
     const MAP: &'static str = "lb_conntrack";
     const HANDSHAKES: &'static str = "lb_handshakes";
+    const PERSIST: &'static str = "lb_persist";
 }
 
 impl TableAddr for [u8; 16] {
     const MAP: &'static str = "lb_conntrack6";
     const HANDSHAKES: &'static str = "lb_handshakes6";
+    const PERSIST: &'static str = "lb_persist6";
 }
 
 /// A mapping of the table's sets: IPv4's by default, `ConnTable<[u8; 16]>`

@@ -180,12 +180,23 @@ impl MapReader for FakeHandles {
         Ok((None, 0))
     }
 
-    fn handshake_backend(
+    fn handshake_record(
         &self,
         _flow: &super::AnyFlow,
         _now: u32,
-    ) -> Result<Option<u32>, DataplaneError> {
+    ) -> Result<Option<(u32, u32)>, DataplaneError> {
         Ok(None)
+    }
+
+    fn persisted(
+        &self,
+        _key: &super::AnyPersistKey,
+    ) -> Result<Option<lb_common::abi::Persist>, DataplaneError> {
+        Ok(None)
+    }
+
+    fn backend_conns(&self, _id: u32) -> Result<lb_common::abi::BackendConns, DataplaneError> {
+        Ok(lb_common::abi::BackendConns::default())
     }
 }
 
@@ -195,6 +206,7 @@ impl FlowWriter for FakeHandles {
         _flow: &super::AnyFlow,
         _backend_id: u32,
         _now: u32,
+        _flags: u32,
     ) -> Result<(), DataplaneError> {
         Ok(())
     }
@@ -204,6 +216,18 @@ impl FlowWriter for FakeHandles {
         _flow: &super::AnyFlow,
         _conn: &lb_common::abi::Conn,
     ) -> Result<(), DataplaneError> {
+        Ok(())
+    }
+
+    fn remember(
+        &self,
+        _key: &super::AnyPersistKey,
+        _value: lb_common::abi::Persist,
+    ) -> Result<(), DataplaneError> {
+        Ok(())
+    }
+
+    fn count_conn(&self, _id: u32) -> Result<(), DataplaneError> {
         Ok(())
     }
 }

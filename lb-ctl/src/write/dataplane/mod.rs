@@ -18,7 +18,7 @@ use std::{
 };
 
 use lb_common::{
-    abi::{BackendConns, Conn, Flow, Traffic},
+    abi::{BackendConns, Conn, Flow, Persist, PersistKey, Traffic},
     trace::{TraceConf, TraceEvent},
 };
 
@@ -177,11 +177,30 @@ pub trait MapReader: Send + Sync {
     /// (`crate::write::reassembled`), which places a flow as `lb_xdp` would.
     fn flow_entry(&self, flow: &AnyFlow) -> Result<(Option<Conn>, u32), DataplaneError>;
 
-    /// The backend id in `flow`'s live handshake record (`lb_handshakes`
-    /// or `lb_handshakes6`): where the data plane placed the flow's first
-    /// datagram, which no entry records yet. `now` is the epoch
-    /// `flow_entry` returned.
-    fn handshake_backend(&self, flow: &AnyFlow, now: u32) -> Result<Option<u32>, DataplaneError>;
+    /// The backend id and the flags (`HANDSHAKE_*`) of `flow`'s live
+    /// handshake record (`lb_handshakes` or `lb_handshakes6`): where the
+    /// data plane placed the flow's first datagram, which no entry records
+    /// yet. `now` is the epoch `flow_entry` returned.
+    fn handshake_record(
+        &self,
+        flow: &AnyFlow,
+        now: u32,
+    ) -> Result<Option<(u32, u32)>, DataplaneError>;
+
+    /// A persistent client's entry (`lb_persist` or `lb_persist6`): the
+    /// backend of its last recorded flow, and when.
+    fn persisted(&self, key: &AnyPersistKey) -> Result<Option<Persist>, DataplaneError>;
+
+    /// Backend `id`'s connections as `lb_be_conns` counts them now, which
+    /// `max_conns` is checked against.
+    fn backend_conns(&self, id: u32) -> Result<BackendConns, DataplaneError>;
+}
+
+/// A persistent client's key (`PersistKey`), of either family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AnyPersistKey {
+    V4(PersistKey),
+    V6(PersistKey<[u8; 16]>),
 }
 
 /// A flow of either family: what the reassembly slow path reads and
@@ -198,15 +217,26 @@ pub enum AnyFlow {
 /// reconciler (which never writes it).
 pub trait FlowWriter: Send + Sync {
     /// Writes `flow`'s handshake record: placed on `backend_id` at `now`,
-    /// as `lb_xdp` does for a flow's first datagram.
+    /// with `flags` (`HANDSHAKE_*`), as `lb_xdp` does for a flow's first
+    /// datagram.
     fn place_handshake(
         &self,
         flow: &AnyFlow,
         backend_id: u32,
         now: u32,
+        flags: u32,
     ) -> Result<(), DataplaneError>;
 
     /// Writes `conn` for `flow` into the connection table, as `lb_xdp`
     /// does for a flow it places.
     fn place_flow(&self, flow: &AnyFlow, conn: &Conn) -> Result<(), DataplaneError>;
+
+    /// Records a persistent client's backend (`lb_persist` or
+    /// `lb_persist6`), as `lb_xdp` does when it records the client's flow.
+    fn remember(&self, key: &AnyPersistKey, value: Persist) -> Result<(), DataplaneError>;
+
+    /// Counts a new flow on backend `id` in `lb_be_conns` at once (one more
+    /// inactive connection), as `lb_xdp` does for each flow it places on a
+    /// backend with `max_conns`.
+    fn count_conn(&self, id: u32) -> Result<(), DataplaneError>;
 }

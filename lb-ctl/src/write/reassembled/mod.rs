@@ -5,8 +5,10 @@
 //! it and, the VIP being a local address, delivers it here: a socket on each
 //! UDP service's VIP:port (the only datagrams the kernel gets for it, XDP
 //! forwarding all others). Each is placed as the data plane would place it
-//! (`place`), its flow written to the connection table so that the flow's
-//! next datagrams follow in XDP, and sent to the backend from the client's
+//! (`place`: a persistent client on its backend, a backend at its
+//! `max_conns` passed over and a placed flow counted), its flow written to
+//! the handshake records or the connection table as XDP writes it, so that
+//! the flow's next datagrams follow in XDP, and sent to the backend from the client's
 //! address (`socket::send_as`); the backend's answer goes back through
 //! XDP's reverse NAT like any other.
 //!
@@ -33,13 +35,13 @@ use std::{
     time::Duration,
 };
 
-use lb_common::abi::{CONN_UDP, Conn, Endpoint, Flow, PROTO_UDP, Service};
-use place::FamilyAddr;
+use lb_common::abi::{BackendConns, Endpoint, Flow, PROTO_UDP, Persist, PersistKey, Service};
 pub use place::Placement;
+use place::{Earlier, FamilyAddr, Held, Placed};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::write::dataplane::{FlowWriter, MapReader};
+use crate::write::dataplane::{AnyFlow, FlowWriter, MapReader};
 
 /// What the slow path did, since the controller started.
 #[derive(Debug, Default)]
@@ -83,6 +85,25 @@ pub fn spawn(
     path.follow_services(&now);
     std::thread::Builder::new().name("lb-reassembled".into()).spawn(move || path.run())?;
     Ok(())
+}
+
+/// The data plane's per-flow state, as the slow path places by it.
+struct HeldMaps<'a>(&'a dyn MapReader);
+
+impl<A: FamilyAddr> Held<A> for HeldMaps<'_> {
+    fn persisted(&self, key: &PersistKey<A>) -> Option<Persist> {
+        self.0.persisted(&A::any_key(*key)).unwrap_or_else(|e| {
+            debug!(error = %e, "reading the persistent clients");
+            None
+        })
+    }
+
+    fn conns(&self, backend_id: u32) -> BackendConns {
+        self.0.backend_conns(backend_id).unwrap_or_else(|e| {
+            debug!(error = %e, "reading the backends' connections");
+            BackendConns::default()
+        })
+    }
 }
 
 struct SlowPath {
@@ -192,22 +213,58 @@ impl SlowPath {
         follow(&mut self.sockets6, &placement.services6);
     }
 
-    /// `flow`'s handshake record as the entry it becomes, if it has a live one.
-    fn handshake_conn<A: FamilyAddr>(
-        &self,
-        placement: &Placement,
-        flow: &Flow<A>,
-        now: u32,
-    ) -> Option<Conn> {
-        let backend_id = match self.reader.handshake_backend(&A::any(*flow), now) {
-            Ok(found) => found?,
+    /// What the data plane holds of `flow`: its live entry, else its live
+    /// handshake record; and the data plane's epoch now. `None` if the
+    /// connection table cannot be read.
+    fn earlier(&self, any: &AnyFlow) -> Option<(Earlier, u32)> {
+        let (conn, now) = match self.reader.flow_entry(any) {
+            Ok(found) => found,
             Err(e) => {
-                debug!(error = %e, "reading the handshake records");
+                debug!(error = %e, "reading the connection table");
                 return None;
             }
         };
-        let service_id = A::backends(placement).get(&backend_id)?.service_id;
-        Some(Conn { backend_id, service_id, last_seen: now, state: CONN_UDP, _pad: [0; 3] })
+        if let Some(conn) = conn {
+            return Some((Earlier::Entry(conn), now));
+        }
+        let record = match self.reader.handshake_record(any, now) {
+            Ok(record) => record,
+            Err(e) => {
+                debug!(error = %e, "reading the handshake records");
+                None
+            }
+        };
+        let earlier = record
+            .map_or(Earlier::Nothing, |(backend_id, flags)| Earlier::Record { backend_id, flags });
+        Some((earlier, now))
+    }
+
+    /// Writes what `lb_xdp` would write for the datagram (`place::Writes`).
+    /// A failed write costs the flow its stickiness at worst: the datagram
+    /// is sent on all the same.
+    fn write<A: FamilyAddr>(&self, any: &AnyFlow, placed: &Placed<A>, now: u32) {
+        let (target, writes) = (&placed.target, &placed.writes);
+        if let Some(flags) = writes.handshake
+            && let Err(e) = self.flows.place_handshake(any, target.backend_id, now, flags)
+        {
+            debug!(error = %e, "writing the handshake records");
+        }
+        if let Some(conn) = writes.entry
+            && let Err(e) = self.flows.place_flow(any, &conn)
+        {
+            debug!(error = %e, "writing the connection table");
+        }
+        if let Some(key) = writes.remember {
+            let value = Persist { backend_id: target.backend_id, last_seen: now };
+            if let Err(e) = self.flows.remember(&A::any_key(key), value) {
+                debug!(error = %e, "writing the persistent clients");
+            }
+        }
+        if writes.count
+            && let Err(e) = self.flows.count_conn(target.backend_id)
+        {
+            debug!(error = %e, "counting the flow on its backend");
+        }
     }
 
     /// Places and sends on one datagram; whether it was sent.
@@ -241,42 +298,19 @@ impl SlowPath {
             _pad: [0; 3],
         };
         let any = A::any(flow);
-        let (conn, now) = match self.reader.flow_entry(&any) {
-            Ok(found) => found,
-            Err(e) => {
-                debug!(error = %e, "reading the connection table");
-                return false;
-            }
+        let Some((earlier, now)) = self.earlier(&any) else {
+            return false;
         };
-        // No entry, but a record: the flow's first datagram went through
-        // XDP; this one goes where it went, and records the flow, as its
-        // second datagram would have there.
-        let record = if conn.is_none() { self.handshake_conn(placement, &flow, now) } else { None };
-        let target = match place::place(placement, &flow, conn.or(record)) {
-            Ok(target) => target,
+        let held = HeldMaps(self.reader.as_ref());
+        let placed = match place::place(placement, &flow, earlier, &held, now) {
+            Ok(placed) => placed,
             Err(why) => {
                 debug!(?flow, ?why, "reassembled datagram dropped");
                 return false;
             }
         };
-        if conn.is_none() && record.is_none() {
-            // The flow's first datagram: a record, as XDP would leave (a
-            // forged one-datagram flow reaches no table).
-            if let Err(e) = self.flows.place_handshake(&any, target.backend_id, now) {
-                debug!(error = %e, "writing the handshake records");
-            }
-        } else if target.new_flow || conn.is_none() {
-            let conn = Conn {
-                backend_id: target.backend_id,
-                service_id: target.service_id,
-                last_seen: now,
-                state: CONN_UDP,
-                _pad: [0; 3],
-            };
-            if let Err(e) = self.flows.place_flow(&any, &conn) {
-                debug!(error = %e, "writing the connection table");
-            }
-        }
+        self.write(&any, &placed, now);
+        let target = placed.target;
         let to = SocketAddr::new(target.backend.addr.ip(), target.backend.port);
         match socket::send_as(got.from, to, got.ttl - 1, payload) {
             Ok(()) => true,

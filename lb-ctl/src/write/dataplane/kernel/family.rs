@@ -4,15 +4,12 @@ use std::sync::Arc;
 
 use aya::{
     Ebpf, Pod,
-    maps::{
-        Array, HashMap, MapData,
-        lpm_trie::{Key, LpmTrie},
-    },
+    maps::{Array, HashMap, MapData},
 };
-use lb_common::{
-    abi::{BACKEND_IN_USE, Backend, Endpoint, Real, Service, SourceKey},
-    fullnat::SnatPool,
+use lb_common::abi::{
+    BACKEND_IN_USE, Backend, Endpoint, MAX_SERVICES, Real, Service, SourceList, SourcePrefix,
 };
+use lb_common::fullnat::SnatPool;
 
 use super::{deleted, err, typed};
 use crate::{
@@ -67,7 +64,8 @@ pub struct FamilyMaps<A: MapAddr + Pod> {
     backend_addrs: HashMap<MapData, A, u32>,
     addrs: Array<MapData, u8>,
     real_slots: Array<MapData, u32>,
-    sources: LpmTrie<MapData, SourceKey<A>, u32>,
+    /// Each service's allowed prefixes, by service id.
+    sources: Array<MapData, SourceList<A>>,
     snat: Array<MapData, SnatPool<A>>,
 }
 
@@ -138,12 +136,11 @@ impl<A: MapAddr + Pod> FamilyMaps<A> {
                 image.real_slots.insert(slot, value);
             }
         }
-        for entry in &self.sources {
-            let (key, value) = entry.map_err(reading(self.names.sources))?;
-            let data = key.data();
-            let len = key.prefix_len().saturating_sub(32);
-            let service_id = u32::from_be_bytes(data.service_be);
-            image.sources.insert((service_id, data.addr, u8::try_from(len).unwrap_or(0)), value);
+        for (service_id, list) in (0..).zip(self.sources.iter()) {
+            let list = list.map_err(reading(self.names.sources))?;
+            for prefix in list.listed() {
+                image.sources.insert((service_id, prefix.network, prefix_len(&prefix.mask)), 1);
+            }
         }
         for (id, pool) in (0..).zip(self.snat.iter()) {
             let pool = pool.map_err(reading(self.names.snat))?;
@@ -187,12 +184,18 @@ impl<A: MapAddr + Pod> FamilyMaps<A> {
                 self.services.insert(k, s, 0).map_err(writing(n.services))
             }
             FamilyOp::DelService(k) => deleted(self.services.remove(k), &deleting(n.services)),
-            FamilyOp::PutSource(key) => {
-                self.sources.insert(&source_key(*key), 1, 0).map_err(writing(n.sources))
-            }
-            FamilyOp::DelSource(key) => {
-                deleted(self.sources.remove(&source_key(*key)), &deleting(n.sources))
-            }
+            FamilyOp::PutSource(key) => self.change_sources(key, |list, prefix| {
+                // A service's old and new prefixes, 64 each at most
+                // (`MAX_ALLOWED_SOURCES`), fit (`SOURCE_SLOTS`).
+                if !list.add(prefix) {
+                    return Err("the service's list is full");
+                }
+                Ok(())
+            }),
+            FamilyOp::DelSource(key) => self.change_sources(key, |list, prefix| {
+                list.remove(&prefix);
+                Ok(())
+            }),
             FamilyOp::PutSnat(id, pool) => self.snat.set(*id, pool, 0).map_err(writing(n.snat)),
             FamilyOp::ClearSnat(id) => self
                 .snat
@@ -202,8 +205,36 @@ impl<A: MapAddr + Pod> FamilyMaps<A> {
     }
 }
 
-/// The `lb_sources` key of (service id, network, prefix length): the
-/// service id's 32 bits come first in the matched prefix.
-fn source_key<A: MapAddr + Pod>((service_id, addr, len): (u32, A, u8)) -> Key<SourceKey<A>> {
-    Key::new(32 + u32::from(len), SourceKey { service_be: service_id.to_be_bytes(), addr })
+impl<A: MapAddr + Pod> FamilyMaps<A> {
+    /// Rewrites the list of the service of `(service id, network, prefix
+    /// length)` as `change` changes it with that prefix: one array value,
+    /// read and written whole (the data plane reads it meanwhile: see
+    /// `SourceList::remove`).
+    fn change_sources(
+        &mut self,
+        &(service_id, network, len): &(u32, A, u8),
+        change: impl FnOnce(&mut SourceList<A>, SourcePrefix<A>) -> Result<(), &'static str>,
+    ) -> Result<(), DataplaneError> {
+        let name = self.names.sources;
+        if service_id >= MAX_SERVICES {
+            return Err(DataplaneError::kernel(
+                format!("writing {name}"),
+                "service id out of range",
+            ));
+        }
+        let mut list = self.sources.get(&service_id, 0).map_err(err(format!("reading {name}")))?;
+        let prefix = SourcePrefix { network, mask: A::prefix_mask(u32::from(len)) };
+        change(&mut list, prefix)
+            .map_err(|why| DataplaneError::kernel(format!("writing {name}"), why))?;
+        self.sources.set(service_id, list, 0).map_err(err(format!("writing {name}")))
+    }
+}
+
+/// The length of the prefix whose mask is `mask` (`Addr::prefix_mask`).
+fn prefix_len<A: MapAddr>(mask: &A) -> u8 {
+    (0..=8 * A::LEN as u32)
+        .rev()
+        .find(|len| A::prefix_mask(*len) == *mask)
+        .and_then(|len| u8::try_from(len).ok())
+        .unwrap_or(0)
 }

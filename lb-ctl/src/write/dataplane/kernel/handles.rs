@@ -18,8 +18,9 @@ use aya::{
 };
 use lb_common::{
     abi::{
-        BACKEND_FULLNAT, BACKEND_IN_USE, Backend, CONN_SYN, CONN_UDP, Conn, EPOCH_TICK_MS, Flow,
-        Handshake, PROTO_TCP, Traffic, expired, handshake_slot,
+        BACKEND_FULLNAT, BACKEND_IN_USE, Backend, BackendConns, CONN_SYN, CONN_UDP, Conn,
+        EPOCH_TICK_MS, Flow, Handshake, PROTO_TCP, Persist, PersistKey, Traffic, expired,
+        handshake_slot,
     },
     fullnat::FnatFlow,
 };
@@ -28,7 +29,8 @@ use super::{HeldTimeouts, KernelMaps, err, family::FamilyMaps};
 use crate::{
     plan::ids::{Key, MapAddr},
     write::dataplane::{
-        AnyFlow, ConnEntry, Counts, DataplaneError, FlowWriter, MapReader, attach, clock,
+        AnyFlow, AnyPersistKey, ConnEntry, Counts, DataplaneError, FlowWriter, MapReader, attach,
+        clock,
         conn_table::{ConnTable, TableAddr},
         pins::{LinkPins, PinDir},
     },
@@ -42,6 +44,8 @@ pub(super) struct KernelReader {
     counters: PerCpuArray<MapData, u64>,
     service_traffic: PerCpuArray<MapData, Traffic>,
     backend_traffic: PerCpuArray<MapData, Traffic>,
+    /// `lb_be_conns`, which `max_conns` is checked against.
+    be_conns: Array<MapData, BackendConns>,
     clock_program: ProgramFd,
     timeouts: Arc<HeldTimeouts>,
     /// Where the links are pinned; `None` when nothing is attached.
@@ -61,6 +65,8 @@ struct FamilyReader<A: TableAddr + MapAddr + aya::Pod> {
     /// `lb_fnat_fwd` or `lb_fnat_fwd6`: a full-NAT flow's pool address and
     /// port, which the listing shows.
     fnat: HashMap<MapData, Flow<A>, FnatFlow<A>>,
+    /// `lb_persist` or `lb_persist6`, for the slow path's persistent clients.
+    persist: HashMap<MapData, PersistKey<A>, Persist>,
 }
 
 impl<A: TableAddr + MapAddr + aya::Pod> FamilyReader<A> {
@@ -76,6 +82,7 @@ impl<A: TableAddr + MapAddr + aya::Pod> FamilyReader<A> {
             backends: reopen(name, maps.backends.map().fd().as_fd())?,
             handshakes: reopen(A::HANDSHAKES, object_map(kernel, A::HANDSHAKES)?)?,
             fnat: reopen(fnat.0, fnat.1)?,
+            persist: reopen(A::PERSIST, object_map(kernel, A::PERSIST)?)?,
         })
     }
 
@@ -113,20 +120,29 @@ impl<A: TableAddr + MapAddr + aya::Pod> FamilyReader<A> {
             .filter(|c| !expired(now, c.last_seen, timeouts.get(c.state)))
     }
 
-    /// The backend in `flow`'s live handshake record.
-    fn handshake_backend(
+    /// The backend and flags of `flow`'s live handshake record.
+    fn handshake_record(
         &self,
         flow: &Flow<A>,
         now: u32,
         timeouts: &HeldTimeouts,
-    ) -> Result<Option<u32>, DataplaneError> {
+    ) -> Result<Option<(u32, u32)>, DataplaneError> {
         let record = self
             .handshakes
             .get(&handshake_slot(flow), 0)
             .map_err(|e| DataplaneError::kernel(format!("reading {}", A::HANDSHAKES), e))?;
         let state = if flow.proto == PROTO_TCP { CONN_SYN } else { CONN_UDP };
         let live = record.flow == *flow && !expired(now, record.born, timeouts.get(state));
-        Ok(live.then_some(record.backend_id))
+        Ok(live.then_some((record.backend_id, record.flags)))
+    }
+
+    /// The persistent client `key`'s entry.
+    fn persisted(&self, key: &PersistKey<A>) -> Result<Option<Persist>, DataplaneError> {
+        match self.persist.get(key, 0) {
+            Ok(entry) => Ok(Some(entry)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(DataplaneError::kernel(format!("reading {}", A::PERSIST), e)),
+        }
     }
 
     /// Walks the table for `Connections::walk`: each live entry whose
@@ -188,6 +204,7 @@ impl KernelReader {
             counters: reopen("lb_counters", object_map(maps, "lb_counters")?)?,
             service_traffic: reopen("lb_svc_stats", object_map(maps, "lb_svc_stats")?)?,
             backend_traffic: reopen("lb_be_stats", object_map(maps, "lb_be_stats")?)?,
+            be_conns: reopen("lb_be_conns", maps.be_conns.map().fd().as_fd())?,
             clock_program: maps
                 .clock_program
                 .try_clone()
@@ -240,11 +257,26 @@ impl MapReader for KernelReader {
         Ok((live, now))
     }
 
-    fn handshake_backend(&self, flow: &AnyFlow, now: u32) -> Result<Option<u32>, DataplaneError> {
+    fn handshake_record(
+        &self,
+        flow: &AnyFlow,
+        now: u32,
+    ) -> Result<Option<(u32, u32)>, DataplaneError> {
         match flow {
-            AnyFlow::V4(flow) => self.v4.handshake_backend(flow, now, &self.timeouts),
-            AnyFlow::V6(flow) => self.v6.handshake_backend(flow, now, &self.timeouts),
+            AnyFlow::V4(flow) => self.v4.handshake_record(flow, now, &self.timeouts),
+            AnyFlow::V6(flow) => self.v6.handshake_record(flow, now, &self.timeouts),
         }
+    }
+
+    fn persisted(&self, key: &AnyPersistKey) -> Result<Option<Persist>, DataplaneError> {
+        match key {
+            AnyPersistKey::V4(key) => self.v4.persisted(key),
+            AnyPersistKey::V6(key) => self.v6.persisted(key),
+        }
+    }
+
+    fn backend_conns(&self, id: u32) -> Result<BackendConns, DataplaneError> {
+        self.be_conns.get(&id, 0).map_err(err("reading lb_be_conns"))
     }
 }
 
@@ -253,6 +285,8 @@ pub(super) struct KernelFlows {
     v4: FamilyFlows<[u8; 4]>,
     v6: FamilyFlows<[u8; 16]>,
     timeouts: Arc<HeldTimeouts>,
+    /// `lb_be_conns`, where a placed flow on a backend with `max_conns` counts.
+    be_conns: Mutex<Array<MapData, BackendConns>>,
 }
 
 /// One family's connection table and handshake records, as the slow path
@@ -261,6 +295,8 @@ struct FamilyFlows<A: TableAddr + aya::Pod> {
     conns: Arc<ConnTable<A>>,
     /// `lb_handshakes` or `lb_handshakes6`.
     handshakes: Mutex<Array<MapData, Handshake<A>>>,
+    /// `lb_persist` or `lb_persist6`.
+    persist: Mutex<HashMap<MapData, PersistKey<A>, Persist>>,
 }
 
 impl<A: TableAddr + aya::Pod> FamilyFlows<A> {
@@ -268,6 +304,7 @@ impl<A: TableAddr + aya::Pod> FamilyFlows<A> {
         Ok(Self {
             conns: Arc::clone(conns),
             handshakes: Mutex::new(reopen(A::HANDSHAKES, object_map(maps, A::HANDSHAKES)?)?),
+            persist: Mutex::new(reopen(A::PERSIST, object_map(maps, A::PERSIST)?)?),
         })
     }
 
@@ -276,12 +313,20 @@ impl<A: TableAddr + aya::Pod> FamilyFlows<A> {
         flow: &Flow<A>,
         backend_id: u32,
         now: u32,
+        flags: u32,
     ) -> Result<(), DataplaneError> {
-        let record = Handshake { flow: *flow, backend_id, born: now, expect_ack: 0, flags: 0 };
+        let record = Handshake { flow: *flow, backend_id, born: now, expect_ack: 0, flags };
         let mut records = self.handshakes.lock().unwrap_or_else(PoisonError::into_inner);
         records
             .set(handshake_slot(flow), record, 0)
             .map_err(err(format!("writing {}", A::HANDSHAKES)))
+    }
+
+    fn remember(&self, key: &PersistKey<A>, value: Persist) -> Result<(), DataplaneError> {
+        let mut persist = self.persist.lock().unwrap_or_else(PoisonError::into_inner);
+        // A full LRU map gives up its least recently used entry, as for
+        // the data plane's inserts.
+        persist.insert(key, value, 0).map_err(err(format!("writing {}", A::PERSIST)))
     }
 }
 
@@ -291,6 +336,7 @@ impl KernelFlows {
             v4: FamilyFlows::of(&maps.conns, maps)?,
             v6: FamilyFlows::of(&maps.conns6, maps)?,
             timeouts: Arc::clone(&maps.held_timeouts),
+            be_conns: Mutex::new(reopen("lb_be_conns", maps.be_conns.map().fd().as_fd())?),
         })
     }
 }
@@ -301,10 +347,11 @@ impl FlowWriter for KernelFlows {
         flow: &AnyFlow,
         backend_id: u32,
         now: u32,
+        flags: u32,
     ) -> Result<(), DataplaneError> {
         match flow {
-            AnyFlow::V4(flow) => self.v4.place_handshake(flow, backend_id, now),
-            AnyFlow::V6(flow) => self.v6.place_handshake(flow, backend_id, now),
+            AnyFlow::V4(flow) => self.v4.place_handshake(flow, backend_id, now, flags),
+            AnyFlow::V6(flow) => self.v6.place_handshake(flow, backend_id, now, flags),
         }
     }
 
@@ -316,14 +363,35 @@ impl FlowWriter for KernelFlows {
         }
         Ok(())
     }
+
+    fn remember(&self, key: &AnyPersistKey, value: Persist) -> Result<(), DataplaneError> {
+        match key {
+            AnyPersistKey::V4(key) => self.v4.remember(key, value),
+            AnyPersistKey::V6(key) => self.v6.remember(key, value),
+        }
+    }
+
+    /// A read and a write, not the data plane's atomic add: an increment
+    /// the data plane makes in between is lost until the controller's
+    /// recount (every second) rewrites the backend's count from the
+    /// connection table. The slow path's own counts are serialized here.
+    fn count_conn(&self, id: u32) -> Result<(), DataplaneError> {
+        let mut be_conns = self.be_conns.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut conns = be_conns.get(&id, 0).map_err(err("reading lb_be_conns"))?;
+        conns.inactive = conns.inactive.saturating_add(1);
+        be_conns.set(id, conns, 0).map_err(err("writing lb_be_conns"))
+    }
 }
 
 /// The descriptor of the map `name` that stays in the loaded object (the
-/// kernel-written ones: the counters, the handshake records).
+/// kernel-written ones: the counters, the handshake records, the
+/// persistent clients).
 fn object_map<'a>(maps: &'a KernelMaps, name: &str) -> Result<BorrowedFd<'a>, DataplaneError> {
     match maps.ebpf.map(name) {
-        Some(Map::Array(data) | Map::PerCpuArray(data)) => Ok(data.fd().as_fd()),
-        Some(_) => Err(DataplaneError::kernel(name.to_owned(), "not an array")),
+        Some(Map::Array(data) | Map::PerCpuArray(data) | Map::LruHashMap(data)) => {
+            Ok(data.fd().as_fd())
+        }
+        Some(_) => Err(DataplaneError::kernel(name.to_owned(), "not an array or LRU hash")),
         None => Err(DataplaneError::kernel(name.to_owned(), "missing from the object")),
     }
 }
