@@ -671,10 +671,15 @@ mod tests {
     fn settings_on(ifindexes: &[u32]) -> Settings {
         use crate::{
             desired::model::{HandshakeProof, ReversePath, Timeouts},
-            plan::settings::policy,
+            plan::settings::{Keys, policy},
         };
         let policy = policy(1000, ReversePath::Strict, HandshakeProof::Ack);
-        Settings::new(ifindexes, &Timeouts::default(), policy, 7)
+        Settings::new(
+            ifindexes,
+            &Timeouts::default(),
+            policy,
+            Keys { conn_salt: 7, handshake_key: 9 },
+        )
     }
 
     /// New maps get the data plane's settings with the first apply, before

@@ -23,6 +23,7 @@ use lb_common::{
 use tracing::{info, warn};
 
 use super::DataplaneError;
+use crate::plan::settings::Keys;
 
 /// Every map of the object is named `lb_*` (`lb-ebpf/src/maps.rs` names
 /// them so): what this prefix names under `pin_path` is ours.
@@ -249,15 +250,15 @@ impl PinDir {
     }
 }
 
-/// The connection table's hash key of the pinned data plane (`lb_meta`),
-/// which an adopting program must use.
+/// The hash keys of the pinned data plane (`lb_meta`), which an adopting
+/// program must use.
 impl PinDir {
-    pub fn conn_salt(&self) -> Result<u32, DataplaneError> {
-        Ok(read_meta(&self.map("lb_meta"))?.conn_salt)
+    pub fn keys(&self) -> Result<Keys, DataplaneError> {
+        Ok(Keys::of(&read_meta(&self.map("lb_meta"))?))
     }
 }
 
-/// What the pinned `lb_meta` says: the layout version, the table's key.
+/// What the pinned `lb_meta` says: the layout version, the hash keys.
 fn read_meta(path: &Path) -> Result<Meta, DataplaneError> {
     let failed =
         |e: aya::maps::MapError| DataplaneError::kernel(format!("reading {}", path.display()), e);

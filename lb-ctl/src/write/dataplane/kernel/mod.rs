@@ -43,7 +43,7 @@ use crate::{
     plan::{
         diff::{FamilyOp, Op},
         image::Image,
-        settings::{self, Settings},
+        settings::{self, Keys, Settings},
     },
     write::{gro, netdev},
 };
@@ -151,11 +151,11 @@ impl KernelMaps {
         conntrack_max: u32,
         interfaces: &[String],
     ) -> Result<Self, DataplaneError> {
-        let salt = random_salt()?;
-        let ebpf = load_object(object, conntrack_max, salt)?;
+        let keys = random_keys()?;
+        let ebpf = load_object(object, conntrack_max, keys)?;
         let policy =
             settings::policy(DEFAULT_ANSWERS_PER_SECOND, ReversePath::Strict, HandshakeProof::Ack);
-        let settings = Settings::new(&ifindexes(interfaces)?, &Timeouts::default(), policy, salt);
+        let settings = Settings::new(&ifindexes(interfaces)?, &Timeouts::default(), policy, keys);
         Self::open(ebpf, interfaces, settings, false)
     }
 
@@ -174,10 +174,11 @@ impl KernelMaps {
         if adopting {
             pins.check_layout(&expected)?;
         }
-        // An adopted table keeps its key: its flows stay in their sets.
-        let salt = if adopting { pins.conn_salt() } else { random_salt() };
-        let started = salt
-            .and_then(|salt| Self::start_on(&pins, &expected, dataplane, object, adopting, salt));
+        // An adopted data plane keeps its keys: its flows stay in their
+        // sets, its handshakes find their records.
+        let keys = if adopting { pins.keys() } else { random_keys() };
+        let started = keys
+            .and_then(|keys| Self::start_on(&pins, &expected, dataplane, object, adopting, keys));
         let gro_record =
             gro::record_path(&crate::daemon::api::token::run_dir(), &dataplane.pin_path);
         match started {
@@ -208,12 +209,12 @@ impl KernelMaps {
         dataplane: &Dataplane,
         object: &[u8],
         adopting: bool,
-        salt: u32,
+        keys: Keys,
     ) -> Result<Self, DataplaneError> {
         let paths: Vec<(&str, PathBuf)> =
             expected.keys().map(|name| (name.as_str(), pins.map(name))).collect();
         let set_bits = SetBits::of(dataplane.conntrack_max);
-        let mut loader = sized_loader(dataplane.conntrack_max, &set_bits, &salt)?;
+        let mut loader = sized_loader(dataplane.conntrack_max, &set_bits, &keys)?;
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -233,7 +234,7 @@ impl KernelMaps {
             &gro::record_path(&crate::daemon::api::token::run_dir(), &dataplane.pin_path),
             &dataplane.interfaces,
         );
-        let settings = Settings::of(dataplane, &ifindexes(&dataplane.interfaces)?, salt);
+        let settings = Settings::of(dataplane, &ifindexes(&dataplane.interfaces)?, keys);
         Self::open(ebpf, &dataplane.interfaces, settings, adopting)
     }
 
@@ -280,7 +281,7 @@ impl KernelMaps {
         let clock_program = program_handle(&ebpf, "lb_clock")?;
         let conns = Arc::new(conn_table(&ebpf, settings.meta.conn_salt)?);
         let conns6 = Arc::new(conn_table(&ebpf, settings.meta.conn_salt)?);
-        // New maps say at once what they are (the layout, and the salt the
+        // New maps say at once what they are (the layout, and the keys the
         // program was loaded with), before anything can stop this process:
         // a next start adopts them by `lb_meta`, and must not find a zero
         // there for maps that are ours. The image's `PutMeta` then rewrites
@@ -393,7 +394,7 @@ impl SetBits {
 fn sized_loader<'a>(
     conntrack_max: u32,
     set_bits: &'a SetBits,
-    salt: &'a u32,
+    keys: &'a Keys,
 ) -> Result<EbpfLoader<'a>, DataplaneError> {
     let mut loader = EbpfLoader::new();
     for (name, entries) in pins::load_time_sizes(conntrack_max)? {
@@ -401,7 +402,8 @@ fn sized_loader<'a>(
     }
     loader.override_global("LB_CONN_SET_BITS", &set_bits.v4, true);
     loader.override_global("LB_CONN6_SET_BITS", &set_bits.v6, true);
-    loader.override_global("LB_CONN_SALT", salt, true);
+    loader.override_global("LB_CONN_SALT", &keys.conn_salt, true);
+    loader.override_global("LB_HANDSHAKE_KEY", &keys.handshake_key, true);
     Ok(loader)
 }
 
@@ -434,18 +436,18 @@ fn read_timeouts(timeouts: &Array<MapData, u32>) -> Result<settings::TimeoutTick
 }
 
 /// A new connection table's hash key.
-fn random_salt() -> Result<u32, DataplaneError> {
+fn random_keys() -> Result<Keys, DataplaneError> {
     use std::io::Read as _;
-    let mut bytes = [0_u8; 4];
+    let (mut salt, mut key) = ([0_u8; 4], [0_u8; 8]);
     std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
+        .and_then(|mut f| f.read_exact(&mut salt).and_then(|()| f.read_exact(&mut key)))
         .map_err(|e| DataplaneError::kernel("reading /dev/urandom", e))?;
-    Ok(u32::from_ne_bytes(bytes))
+    Ok(Keys { conn_salt: u32::from_ne_bytes(salt), handshake_key: u64::from_ne_bytes(key) })
 }
 
-fn load_object(object: &[u8], conntrack_max: u32, salt: u32) -> Result<Ebpf, DataplaneError> {
+fn load_object(object: &[u8], conntrack_max: u32, keys: Keys) -> Result<Ebpf, DataplaneError> {
     let set_bits = SetBits::of(conntrack_max);
-    let mut ebpf = sized_loader(conntrack_max, &set_bits, &salt)?
+    let mut ebpf = sized_loader(conntrack_max, &set_bits, &keys)?
         .load(object)
         .map_err(|e| DataplaneError::kernel("loading the XDP object", e))?;
     load_programs(&mut ebpf)?;
