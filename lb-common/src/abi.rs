@@ -12,7 +12,7 @@ use crate::addr::Addr;
 
 /// Bumped whenever a map layout below changes; stored in `lb_meta` so that a
 /// controller can tell whether pinned maps were written by a compatible build.
-pub const ABI_VERSION: u32 = 21;
+pub const ABI_VERSION: u32 = 20;
 
 /// Capacity of the service table (and of each per-service array).
 pub const MAX_SERVICES: u32 = 256;
@@ -518,36 +518,32 @@ pub struct FlowCacheEntry<A = [u8; 4]> {
 const _: () = assert!(size_of::<FlowCacheEntry>() == 48);
 const _: () = assert!(size_of::<FlowCacheEntry<[u8; 16]>>() == 72);
 
-/// A record of `lb_handshakes` (and `lb_handshakes6`): where a flow not
-/// yet in the connection table was placed, kept until it proves itself or
-/// its time runs out. A TCP SYN (or a UDP flow's first datagram) writes one
-/// instead of a connection-table entry, so a flood of SYNs from forged
-/// sources reaches only this fixed array, never the table its established
-/// flows live in. The client's first ACK (the flow's second datagram) finds
-/// the record and is recorded in the table with the backend the SYN got, if
-/// it proves the client real: in NAT, it acknowledges the backend's
-/// SYN-ACK, whose sequence number a forged source never sees.
-///
-/// A record holds the flow's keyed tag (`handshake_tag`), not the flow, so
-/// both families' records are 24 bytes: the arrays stay small enough for
-/// the CPU's TLB to cover, and a lookup compares one word.
+/// A record of `lb_handshakes`: where a flow not yet in the connection
+/// table was placed, kept until it proves itself or its time runs out. A
+/// TCP SYN (or a UDP flow's first datagram) writes one instead of a
+/// connection-table entry, so a flood of SYNs from forged sources reaches
+/// only this fixed array, never the table its established flows live in.
+/// The client's first ACK (the flow's second datagram) finds the record and
+/// is recorded in the table with the backend the SYN got, if it proves the
+/// client real: in NAT, it acknowledges the backend's SYN-ACK, whose
+/// sequence number a forged source never sees.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Handshake {
-    /// The flow's `handshake_tag`; 0 (an empty or spent record) is no
-    /// flow's.
-    pub tag: u64,
+pub struct Handshake<A = [u8; 4]> {
+    /// The flow as the client sent it (a source of all zeros: no record).
+    pub flow: Flow<A>,
+    pub backend_id: u32,
     /// The epoch tick the flow was placed in; the record lives for its
     /// first state's timeout (`tcp_syn_timeout`, or the UDP timeout).
     pub born: u32,
-    pub backend_id: u32,
     /// What the client's ACK must acknowledge: the backend's SYN-ACK
     /// sequence number + 1 (valid with `HANDSHAKE_ANSWERED`).
     pub expect_ack: u32,
     /// `HANDSHAKE_*`.
     pub flags: u32,
 }
-const _: () = assert!(size_of::<Handshake>() == 24);
+const _: () = assert!(size_of::<Handshake>() == 32);
+const _: () = assert!(size_of::<Handshake<[u8; 16]>>() == 56);
 
 /// `Handshake::flags`: the backend's SYN-ACK passed, `expect_ack` is set.
 pub const HANDSHAKE_ANSWERED: u32 = 1;
@@ -562,34 +558,16 @@ pub const HANDSHAKE_PERSIST: u32 = 2;
 /// 2^16 in 2^32: one in 65,536.
 pub const HANDSHAKE_ACK_WINDOW: u32 = 1 << 16;
 
-/// Records of `lb_handshakes`, a power of two (6 MiB): a flood of `r` SYNs
+/// Records of `lb_handshakes`, a power of two (8 MiB): a flood of `r` SYNs
 /// a second overwrites a given record within a round trip of `t` seconds
 /// with probability about `r·t / HANDSHAKE_SLOTS`.
 pub const HANDSHAKE_SLOTS: u32 = 1 << 18;
 
-/// A flow's tag in the handshake records, keyed by `key` (`Meta::handshake_key`,
-/// random, secret): never 0. Two flows that share a tag share a record, and
-/// the second one's SYN takes the first one's place: the first one's next
-/// packet then finds the other flow's backend, which the users of a record
-/// accept only if it serves this flow's VIP (`select::live_backend`), its
-/// service (`handshake::open`) or its reply's backend (`handshake::answered`),
-/// and which the ACK does not prove (it acknowledges another SYN-ACK): at
-/// worst one handshake goes to another backend of its service and is reset.
-/// A sender who could compute tags could do that to a flow on purpose; the
-/// key keeps it to chance (`Addr::keyed_tag`: every word a sender chooses
-/// passes a keyed mix before it meets another), about one in 2^63 per pair.
+/// The `lb_handshakes` slot of a flow (shared by all CPUs: a SYN-ACK may
+/// come in on another CPU than its SYN).
 #[inline(always)]
-pub fn handshake_tag<A: Addr>(flow: &Flow<A>, key: u64) -> u64 {
-    let ports = (u32::from(flow.sport) << 16) | u32::from(flow.dport);
-    A::keyed_tag(&flow.src, &flow.dst, ports, flow.proto, key) | 1
-}
-
-/// The `lb_handshakes` slot of a flow's tag (shared by all CPUs: a SYN-ACK
-/// may come in on another CPU than its SYN). Tags that differ in a slot's
-/// bits only are told apart by the record.
-#[inline(always)]
-pub const fn handshake_slot(tag: u64) -> u32 {
-    crate::hash::table_index(tag, HANDSHAKE_SLOTS)
+pub fn handshake_slot<A: Addr>(flow: &Flow<A>) -> u32 {
+    crate::hash::table_index(flow_key(flow), HANDSHAKE_SLOTS)
 }
 
 /// Value of `lb_meta` slot 0: who wrote the pinned maps.
@@ -601,10 +579,8 @@ pub struct Meta {
     /// random when the maps are created and kept with them: an adopted
     /// table keeps its flows in the sets they are in.
     pub conn_salt: u32,
-    /// The handshake records' key (`handshake_tag`), chosen and kept likewise.
-    pub handshake_key: u64,
 }
-const _: () = assert!(size_of::<Meta>() == 16);
+const _: () = assert!(size_of::<Meta>() == 8);
 
 /// Key of `lb_frags`: what IPv4 says makes fragments one datagram (RFC 791).
 #[repr(C)]
@@ -783,97 +759,6 @@ impl NeighMark {
 mod tests {
     use super::*;
 
-    fn flow<A: Addr>(src: A, dst: A, sport: u16, dport: u16, proto: u8) -> Flow<A> {
-        Flow { src, dst, sport, dport, proto, _pad: [0; 3] }
-    }
-
-    /// Each field of the flow, in either family, changes its tag; no tag
-    /// is 0 (the empty or spent record's).
-    #[test]
-    fn every_field_of_a_flow_changes_its_handshake_tag() {
-        const KEY: u64 = 0x1234_5678_9abc_def1;
-        let v4 = flow([10, 77, 1, 10], [10, 77, 1, 100], 40_000, 80, PROTO_TCP);
-        let v4_others = [
-            Flow { src: [10, 77, 1, 11], ..v4 },
-            Flow { dst: [10, 77, 1, 101], ..v4 },
-            Flow { sport: 40_001, ..v4 },
-            Flow { dport: 81, ..v4 },
-            Flow { proto: PROTO_UDP, ..v4 },
-        ];
-        let mut v6 = flow([0; 16], [0; 16], 40_000, 80, PROTO_TCP);
-        v6.src = [0xfd, 0x77, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
-        v6.dst = [0xfd, 0x77, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
-        let high = |mut a: [u8; 16]| {
-            a[3] ^= 1;
-            a
-        };
-        let low = |mut a: [u8; 16]| {
-            a[15] ^= 1;
-            a
-        };
-        let v6_others = [
-            Flow { src: high(v6.src), ..v6 },
-            Flow { src: low(v6.src), ..v6 },
-            Flow { dst: high(v6.dst), ..v6 },
-            Flow { dst: low(v6.dst), ..v6 },
-            Flow { sport: 40_001, ..v6 },
-            Flow { dport: 81, ..v6 },
-            Flow { proto: PROTO_UDP, ..v6 },
-        ];
-        for other in v4_others {
-            assert_ne!(handshake_tag(&v4, KEY), handshake_tag(&other, KEY), "{other:?}");
-        }
-        for other in v6_others {
-            assert_ne!(handshake_tag(&v6, KEY), handshake_tag(&other, KEY), "{other:?}");
-        }
-        assert_ne!(handshake_tag(&v4, KEY), 0);
-        assert_ne!(handshake_tag(&v6, KEY), 0);
-        assert_ne!(handshake_tag(&flow([0; 4], [0; 4], 0, 0, 0), 0), 0);
-    }
-
-    /// The pairs a sender could make collide in an unkeyed fold (the low
-    /// byte of the IPv4 source against the high byte of the source port;
-    /// an IPv6 source's high half against the mix of its low half, or the
-    /// source's high half against the port) have tags of their own, and
-    /// another key moves every tag.
-    #[test]
-    fn handshake_tags_are_the_keys_to_decide() {
-        const KEY: u64 = 0x0bad_cafe_f00d_0001;
-        // Alike in `flow_key`: (src << 32) ^ (sport << 24) overlaps.
-        let v4 = flow([10, 77, 1, 0x10], [10, 77, 1, 100], 0x2000, 80, PROTO_TCP);
-        let mut forged = v4;
-        forged.src[0] ^= 0x01; // the native word's low byte ...
-        forged.sport ^= 0x0100; // ... where the port's high byte lands
-        assert_eq!(flow_key(&v4), flow_key(&forged), "the unkeyed fold collides");
-        assert_ne!(handshake_tag(&v4, KEY), handshake_tag(&forged, KEY));
-
-        let mut v6 = flow([0; 16], [0; 16], 40_000, 80, PROTO_TCP);
-        v6.src = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0x10];
-        v6.dst = [0xfd, 0x77, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
-        // A source whose fold equals the first's: its low half chosen, its
-        // high half made up for it.
-        let word = |bytes: &[u8]| u64::from_ne_bytes(bytes.try_into().expect("8 bytes"));
-        let (h, l) = (word(&v6.src[..8]), word(&v6.src[8..]));
-        let l2 = l ^ 0xff00_0000_0000_0000;
-        let h2 = h ^ crate::hash::mix64(l) ^ crate::hash::mix64(l2);
-        let mut forged = v6;
-        forged.src[..8].copy_from_slice(&h2.to_ne_bytes());
-        forged.src[8..].copy_from_slice(&l2.to_ne_bytes());
-        assert_eq!(flow_key(&v6), flow_key(&forged), "the unkeyed fold collides");
-        assert_ne!(handshake_tag(&v6, KEY), handshake_tag(&forged, KEY));
-
-        let mut moved = 0;
-        for sport in 0..64 {
-            let (a, b) = (Flow { sport, ..v4 }, Flow { sport, ..v6 });
-            moved += u32::from(handshake_tag(&a, KEY) != handshake_tag(&a, KEY ^ 1));
-            moved += u32::from(handshake_tag(&b, KEY) != handshake_tag(&b, KEY ^ 1));
-            moved += u32::from(
-                handshake_slot(handshake_tag(&a, KEY)) != handshake_slot(handshake_tag(&a, !KEY)),
-            );
-        }
-        assert!(moved >= 64 * 3 - 2, "{moved} of 192 tags and slots moved with the key");
-    }
-
     #[test]
     fn the_epoch_ticks_every_100_ms_whatever_the_kernel_hz() {
         for hz in [100_u64, 250, 300, 1000] {
@@ -954,8 +839,7 @@ mod pod {
         crate::trace::TraceConf,
         crate::trace::TraceEvent,
         crate::trace::TraceCpu,
-        Persist,
-        Handshake
+        Persist
     );
 
     macro_rules! pod_of_addr {
@@ -973,6 +857,7 @@ mod pod {
         Real,
         Flow,
         FragEntry,
+        Handshake,
         PersistKey,
         SourceKey
     );

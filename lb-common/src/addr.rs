@@ -33,15 +33,6 @@ pub trait Addr: Copy + Default + Eq + core::hash::Hash + core::fmt::Debug + 'sta
     /// flow hash and the source hash, which must be the same on every node.
     fn wire_fold(&self) -> u64;
 
-    /// A flow from `src` to `dst` (`ports`: the source port above the
-    /// destination port) hashed with the secret `key`: the handshake
-    /// records' tag (`abi::handshake_tag`). The words a sender chooses
-    /// (its address and port) each pass through a keyed mix before they
-    /// meet another word, so that no difference between two flows is
-    /// known to cancel without the key; the VIP, the service port and the
-    /// protocol are the operator's.
-    fn keyed_tag(src: &Self, dst: &Self, ports: u32, proto: u8, key: u64) -> u64;
-
     /// All zero: the unspecified address, never a client's.
     fn is_zero(&self) -> bool;
 
@@ -74,14 +65,6 @@ impl Addr for [u8; 4] {
     #[inline(always)]
     fn wire_fold(&self) -> u64 {
         u64::from(u32::from_be_bytes(*self))
-    }
-
-    /// One mix: the source and both ports fill one word exactly, the
-    /// destination and protocol another, each without loss.
-    #[inline(always)]
-    fn keyed_tag(src: &Self, dst: &Self, ports: u32, proto: u8, key: u64) -> u64 {
-        let sender = (src.fold() << 32) | u64::from(ports);
-        mix64(key ^ sender) ^ (dst.fold() << 8) ^ u64::from(proto)
     }
 
     #[inline(always)]
@@ -140,16 +123,6 @@ impl Addr for [u8; 16] {
     fn wire_fold(&self) -> u64 {
         let [high, low] = halves(self);
         u64::from_be(high) ^ mix64(u64::from_be(low))
-    }
-
-    /// Three chained mixes over the ports and protocol, then each half of
-    /// the source; the destination's fold (a mix of its own, beside the
-    /// chain) joins at the end.
-    #[inline(always)]
-    fn keyed_tag(src: &Self, dst: &Self, ports: u32, proto: u8, key: u64) -> u64 {
-        let [high, low] = halves(src);
-        let rest = (u64::from(proto) << 32) | u64::from(ports);
-        mix64(mix64(mix64(key ^ rest) ^ low) ^ high) ^ dst.fold()
     }
 
     #[inline(always)]

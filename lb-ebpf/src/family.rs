@@ -16,8 +16,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     abi::{
-        ADDR_FILTER_SIZE, Backend, Endpoint, FLOW_CACHE_SLOTS, Flow, FlowCacheEntry, FragEntry,
-        FragKey, HANDSHAKE_SLOTS, Handshake, MAX_BACKENDS, MAX_FRAGS, MAX_PERSIST, MAX_SERVICES,
+        ADDR_FILTER_SIZE, Backend, Endpoint, FLOW_CACHE_SLOTS, FlowCacheEntry, FragEntry, FragKey,
+        HANDSHAKE_SLOTS, Handshake, MAX_BACKENDS, MAX_FRAGS, MAX_PERSIST, MAX_SERVICES,
         MAX_SOURCES, NEXTHOP_SLOTS, NextHop, Persist, PersistKey, REAL_SLOTS, Real, Service,
         SourceKey,
     },
@@ -79,7 +79,7 @@ pub trait Family: Sized + Copy + 'static {
     fn backend_addrs() -> &'static HashMap<Self::Addr, u32, REALS>;
     fn flow_cache() -> &'static Array<FlowCacheEntry<Self::Addr>, CACHE>;
     fn nexthops() -> &'static Array<NextHop<Self::Addr>, HOPS>;
-    fn handshakes() -> &'static Array<Handshake, HANDSHAKES>;
+    fn handshakes() -> &'static Array<Handshake<Self::Addr>, HANDSHAKES>;
     fn frags() -> &'static LruHashMap<Self::FragKey, FragEntry<Self::Addr>, FRAGS>;
     fn conntrack() -> &'static Array<ConnSet<Self::Addr>, CONNS, MAP_MMAPABLE>;
     fn persist() -> &'static LruHashMap<PersistKey<Self::Addr>, Persist, PERSIST>;
@@ -147,8 +147,6 @@ pub trait Family: Sized + Copy + 'static {
     fn persisted(service_id: u32, flags: u32, ticks: u32, src: Self::Addr) -> u32;
     /// `persist::remember`, in a global function.
     fn remember(service_id: u32, backend_id: u32, flags: u32, src: Self::Addr);
-    /// `handshake::tag` (IPv6: in a global function).
-    fn handshake_tag(flow: &Flow<Self::Addr>) -> u64;
 }
 
 /// IPv4, in `lb_xdp`.
@@ -317,10 +315,6 @@ impl Family for V4 {
     #[inline(always)]
     fn remember(service_id: u32, backend_id: u32, flags: u32, src: [u8; 4]) {
         lb_remember(service_id, backend_id, flags, u32::from_ne_bytes(src));
-    }
-    #[inline(always)]
-    fn handshake_tag(flow: &Flow) -> u64 {
-        crate::handshake::tag(flow)
     }
 }
 

@@ -24,7 +24,7 @@ use lb_common::{
         BACKEND_DOWN, BACKEND_DSR, CONN_CLOSING, CONN_ESTABLISHED, CONN_SYN, CONN_UDP, Conn, Flow,
         FlowCacheEntry, HANDSHAKE_ACK_WINDOW, HANDSHAKE_ANSWERED, HANDSHAKE_PERSIST,
         HANDSHAKE_PROOF_SYN_SEEN, Handshake, PROTO_TCP, SVC_PERSIST, SVC_PERSIST_PREFIX_MASK,
-        Service, TCP_FIN, TCP_RST, expired, handshake_slot, handshake_tag,
+        Service, TCP_FIN, TCP_RST, expired, handshake_slot,
     },
     counter::Counter,
 };
@@ -37,42 +37,20 @@ use crate::{
     select::{self, Choice, Here, Known, Reply, Turn},
 };
 
-/// The records' key (`abi::Meta::handshake_key`), written by the
-/// controller at load like the connection table's (`LB_CONN_SALT`).
-#[unsafe(no_mangle)]
-static LB_HANDSHAKE_KEY: u64 = 0;
-
-/// `flow`'s tag in the records (`abi::handshake_tag`), as the family
-/// computes it (`Family::handshake_tag`).
-#[inline(always)]
-pub fn tag<A: lb_common::addr::Addr>(flow: &Flow<A>) -> u64 {
-    // SAFETY: a plain read of a static the loader may have rewritten
-    // (volatile, so the compiler does not fold in the default).
-    let key = unsafe { core::ptr::read_volatile(&raw const LB_HANDSHAKE_KEY) };
-    handshake_tag(flow, key)
-}
-
 /// The live record of `flow`: its slot holds this flow, placed within its
 /// first state's timeout.
 #[inline(always)]
-pub fn find<F: Family>(flow: &Flow<F::Addr>, here: Here) -> Option<*mut Handshake> {
-    live::<F>(F::handshake_tag(flow), flow.proto, here)
-}
-
-/// The live record of the flow tagged `tag` (of protocol `proto`).
-#[inline(always)]
-fn live<F: Family>(tag: u64, proto: u8, here: Here) -> Option<*mut Handshake> {
-    let record = F::handshakes().get_ptr_mut(handshake_slot(tag))?;
+pub fn find<F: Family>(flow: &Flow<F::Addr>, here: Here) -> Option<*mut Handshake<F::Addr>> {
+    let record = F::handshakes().get_ptr_mut(handshake_slot(flow))?;
     // SAFETY: a pointer into the array's value. Another CPU may write the
     // slot at the same time; a torn read at worst mixes two records, which
     // the backend check of whoever uses it bounds to a wrong backend of
-    // the same service for one handshake (as a shared tag would:
-    // `abi::handshake_tag`).
-    let (held, born) = unsafe { ((*record).tag, (*record).born) };
-    if held != tag {
+    // the same service for one handshake.
+    let (held, born) = unsafe { ((*record).flow, (*record).born) };
+    if held != *flow {
         return None;
     }
-    let state = if proto == PROTO_TCP { CONN_SYN } else { CONN_UDP };
+    let state = if flow.proto == PROTO_TCP { CONN_SYN } else { CONN_UDP };
     let timeout = LB_TIMEOUTS.get(u32::from(state)).copied().unwrap_or(0);
     (!expired(here.epoch as u32, born, timeout)).then_some(record)
 }
@@ -94,8 +72,7 @@ pub fn open<F: Family>(
     service: &Service,
     here: Here,
 ) -> Result<Choice<F>, Counter> {
-    let tag = F::handshake_tag(flow);
-    if let Some(record) = live::<F>(tag, flow.proto, here) {
+    if let Some(record) = find::<F>(flow, here) {
         // SAFETY: as in `find`.
         let id = unsafe { (*record).backend_id };
         if let Some(backend) = select::live_backend::<F>(id, service.id, flow)
@@ -109,15 +86,20 @@ pub fn open<F: Family>(
         Some(choice) => choice,
         None => select::pick::<F>(flow, service, Turn::Next)?,
     };
-    if let Some(record) = F::handshakes().get_ptr_mut(handshake_slot(tag)) {
+    if let Some(record) = F::handshakes().get_ptr_mut(handshake_slot(flow)) {
         // The flow's recording records its client too (`settle`).
         let flags = if service.flags & SVC_PERSIST != 0 {
             HANDSHAKE_PERSIST | (service.flags & SVC_PERSIST_PREFIX_MASK)
         } else {
             0
         };
-        let placed =
-            Handshake { tag, born: here.epoch as u32, backend_id: choice.id, expect_ack: 0, flags };
+        let placed = Handshake {
+            flow: *flow,
+            backend_id: choice.id,
+            born: here.epoch as u32,
+            expect_ack: 0,
+            flags,
+        };
         // SAFETY: a pointer into the array's value (see `find`).
         unsafe { *record = placed };
     }
@@ -203,10 +185,14 @@ pub fn settle<F: Family>(
     if placed.flags & HANDSHAKE_PERSIST != 0 {
         F::remember(service_id, placed.backend_id, placed.flags, flow.src);
     }
-    // Spent: the table holds the flow now. Tag 0 is no flow's; the rest
-    // of the record is left.
+    // Spent: the table holds the flow now. A record of no client's source
+    // (the unspecified address, refused as martian before any lookup) and
+    // port 0 matches no flow; the rest of it is left.
     // SAFETY: as in `find`.
-    unsafe { (*record).tag = 0 };
+    unsafe {
+        (*record).flow.src = F::Addr::default();
+        (*record).flow.dport = 0;
+    }
     Known::Flow(service_id, choice)
 }
 
@@ -234,7 +220,7 @@ fn older<F: Family>(entry: Option<(u32, u32)>, flow: &Flow<F::Addr>) -> Known<F>
 fn proven<F: Family>(
     ctx: &XdpContext,
     pkt: &Packet<F>,
-    placed: &Handshake,
+    placed: &Handshake<F::Addr>,
     backend_flags: u16,
 ) -> bool {
     let syn_seen = LB_POLICY.get(0).is_some_and(|p| p.handshake_proof == HANDSHAKE_PROOF_SYN_SEEN);

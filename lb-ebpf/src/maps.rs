@@ -188,7 +188,7 @@ pub static LB_FLOW_CACHE6: Array<FlowCacheEntry<[u8; 16]>, CACHE> = Array::new()
 pub static LB_NEXTHOPS6: Array<NextHop<[u8; 16]>, HOPS> = Array::new();
 
 #[btf_map(name = "lb_handshakes6")]
-pub static LB_HANDSHAKES6: Array<Handshake, HANDSHAKES> = Array::new();
+pub static LB_HANDSHAKES6: Array<Handshake<[u8; 16]>, HANDSHAKES> = Array::new();
 
 #[btf_map(name = "lb_frags6")]
 pub static LB_FRAGS6: LruHashMap<FragKey6, FragEntry<[u8; 16]>, FRAGS> = LruHashMap::new();

@@ -543,17 +543,12 @@ mod tests {
     fn settings_come_first_and_the_writes_make_the_new_image() {
         use crate::{
             desired::model::{HandshakeProof, ReversePath, Timeouts},
-            plan::settings::{Keys, Settings, policy},
+            plan::settings::{Settings, policy},
         };
         let (ids, services) = plan(&Ids::default(), &[service("web", 80, &[(11, 1), (12, 1)])]);
         let on = |ifindexes: &[u32]| {
             let policy = policy(1000, ReversePath::Strict, HandshakeProof::Ack);
-            Settings::new(
-                ifindexes,
-                &Timeouts::default(),
-                policy,
-                Keys { conn_salt: 7, handshake_key: 9 },
-            )
+            Settings::new(ifindexes, &Timeouts::default(), policy, 7)
         };
         let first = Image { settings: on(&[3, 4]), ..services.clone() };
         let (_, fewer) = plan(&ids, &[service("web", 80, &[(11, 1)])]);

@@ -44,47 +44,28 @@ pub struct Settings {
 
 impl Settings {
     /// The settings of `dataplane`, its interfaces being `ifindexes` (in
-    /// the same order), its connection table and handshake records hashed
-    /// with `keys`.
-    pub fn of(dataplane: &Dataplane, ifindexes: &[u32], keys: Keys) -> Self {
+    /// the same order), its connection table hashed with `conn_salt`.
+    pub fn of(dataplane: &Dataplane, ifindexes: &[u32], conn_salt: u32) -> Self {
         let policy =
             policy(dataplane.answers_per_second, dataplane.reverse_path, dataplane.handshake_proof);
-        Self::new(ifindexes, &dataplane.timeouts, policy, keys)
+        Self::new(ifindexes, &dataplane.timeouts, policy, conn_salt)
     }
 
     /// The settings of a data plane that redirects to `ifindexes` (slot
     /// by slot, in order), with `timeouts` and `policy`.
-    pub fn new(ifindexes: &[u32], timeouts: &Timeouts, policy: abi::Policy, keys: Keys) -> Self {
+    pub fn new(
+        ifindexes: &[u32],
+        timeouts: &Timeouts,
+        policy: abi::Policy,
+        conn_salt: u32,
+    ) -> Self {
         Self {
             tx_ports: (0..).zip(ifindexes.iter().copied()).collect(),
             tx_slots: ifindexes.iter().copied().zip(0..).collect(),
             timeouts: timeout_ticks(timeouts),
             policy,
-            meta: abi::Meta {
-                abi_version: ABI_VERSION,
-                conn_salt: keys.conn_salt,
-                handshake_key: keys.handshake_key,
-            },
+            meta: abi::Meta { abi_version: ABI_VERSION, conn_salt },
         }
-    }
-}
-
-/// The data plane's hash keys, chosen at random when its maps are created
-/// and kept with them (`abi::Meta`): the program is loaded with them, and
-/// the controller hashes with them where it reads or writes what the
-/// program does.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Keys {
-    /// The connection table's (`conn_table::conn_set`).
-    pub conn_salt: u32,
-    /// The handshake records' (`abi::handshake_tag`).
-    pub handshake_key: u64,
-}
-
-impl Keys {
-    /// The keys an adopted data plane's `meta` holds.
-    pub const fn of(meta: &abi::Meta) -> Self {
-        Self { conn_salt: meta.conn_salt, handshake_key: meta.handshake_key }
     }
 }
 
@@ -177,12 +158,7 @@ mod tests {
     /// Settings on the interfaces `ifindexes`, with the default timeouts and policy.
     fn on(ifindexes: &[u32]) -> Settings {
         let policy = policy(1000, ReversePath::Strict, HandshakeProof::Ack);
-        Settings::new(
-            ifindexes,
-            &Timeouts::default(),
-            policy,
-            Keys { conn_salt: 7, handshake_key: 9 },
-        )
+        Settings::new(ifindexes, &Timeouts::default(), policy, 7)
     }
 
     fn ops(old: &Settings, new: &Settings) -> Vec<Op> {
@@ -194,8 +170,7 @@ mod tests {
     #[test]
     fn new_maps_get_the_meta_first_and_each_interface_its_slot_after_its_port() {
         let ops = ops(&Settings::default(), &on(&[4, 9]));
-        let meta = abi::Meta { abi_version: ABI_VERSION, conn_salt: 7, handshake_key: 9 };
-        assert_eq!(ops[0], Op::PutMeta(meta));
+        assert_eq!(ops[0], Op::PutMeta(abi::Meta { abi_version: ABI_VERSION, conn_salt: 7 }));
         let timeouts: Vec<&Op> = ops.iter().filter(|op| matches!(op, Op::PutTimeout(..))).collect();
         assert_eq!(timeouts.len(), 5, "the five states' timeouts: {ops:?}");
         let tail = &ops[ops.len() - 4..];

@@ -671,15 +671,10 @@ mod tests {
     fn settings_on(ifindexes: &[u32]) -> Settings {
         use crate::{
             desired::model::{HandshakeProof, ReversePath, Timeouts},
-            plan::settings::{Keys, policy},
+            plan::settings::policy,
         };
         let policy = policy(1000, ReversePath::Strict, HandshakeProof::Ack);
-        Settings::new(
-            ifindexes,
-            &Timeouts::default(),
-            policy,
-            Keys { conn_salt: 7, handshake_key: 9 },
-        )
+        Settings::new(ifindexes, &Timeouts::default(), policy, 7)
     }
 
     /// New maps get the data plane's settings with the first apply, before

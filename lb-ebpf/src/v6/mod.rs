@@ -17,7 +17,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     abi::{
-        Backend, Endpoint, Flow, FlowCacheEntry, FragEntry, FragKey6, Handshake, NEIGH_MARK6_MAGIC,
+        Backend, Endpoint, FlowCacheEntry, FragEntry, FragKey6, Handshake, NEIGH_MARK6_MAGIC,
         NEIGH6_SLOTS, NextHop, Persist, PersistKey, Real, Service, SourceKey, neigh6_tag,
     },
     conn_table::{ConnSet, ConnSlot, MAP_MMAPABLE},
@@ -99,7 +99,7 @@ impl Family for V6 {
         &maps::LB_NEXTHOPS6
     }
     #[inline(always)]
-    fn handshakes() -> &'static Array<Handshake, HANDSHAKES> {
+    fn handshakes() -> &'static Array<Handshake<[u8; 16]>, HANDSHAKES> {
         &maps::LB_HANDSHAKES6
     }
     #[inline(always)]
@@ -276,13 +276,6 @@ impl Family for V6 {
         let [high, low] = words(src);
         lb_remember6(service_id, backend_id, flags, high, low);
     }
-    #[inline(always)]
-    fn handshake_tag(flow: &Flow<[u8; 16]>) -> u64 {
-        let ([src_high, src_low], [dst_high, dst_low]) = (words(flow.src), words(flow.dst));
-        let rest =
-            (u64::from(flow.proto) << 32) | (u64::from(flow.sport) << 16) | u64::from(flow.dport);
-        lb_handshake_tag6(src_high, src_low, dst_high, dst_low, rest)
-    }
 }
 
 /// An address as two native words (a global function takes scalars).
@@ -325,30 +318,6 @@ pub extern "C" fn lb_persisted6(
     low: u64,
 ) -> u32 {
     crate::persist::persisted::<V6>(service_id, flags, ticks, address(high, low))
-}
-
-/// An IPv6 flow's handshake tag (`handshake::tag`; `rest`: the protocol,
-/// the source port and the destination port, from bit 32 down): a global
-/// BPF function, verified once. Inlined at each of its six callers, its
-/// four mixes took `lb_xdp6` past the verifier's million instructions.
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn lb_handshake_tag6(
-    src_high: u64,
-    src_low: u64,
-    dst_high: u64,
-    dst_low: u64,
-    rest: u64,
-) -> u64 {
-    let flow = Flow {
-        src: address(src_high, src_low),
-        dst: address(dst_high, dst_low),
-        sport: (rest >> 16) as u16,
-        dport: rest as u16,
-        proto: (rest >> 32) as u8,
-        _pad: [0; 3],
-    };
-    crate::handshake::tag(&flow)
 }
 
 /// Records a persistent IPv6 client (see `lb_remember`).

@@ -23,7 +23,6 @@ use lb_common::{
 use tracing::{info, warn};
 
 use super::DataplaneError;
-use crate::plan::settings::Keys;
 
 /// Every map of the object is named `lb_*` (`lb-ebpf/src/maps.rs` names
 /// them so): what this prefix names under `pin_path` is ours.
@@ -250,15 +249,15 @@ impl PinDir {
     }
 }
 
-/// The hash keys of the pinned data plane (`lb_meta`), which an adopting
-/// program must use.
+/// The connection table's hash key of the pinned data plane (`lb_meta`),
+/// which an adopting program must use.
 impl PinDir {
-    pub fn keys(&self) -> Result<Keys, DataplaneError> {
-        Ok(Keys::of(&read_meta(&self.map("lb_meta"))?))
+    pub fn conn_salt(&self) -> Result<u32, DataplaneError> {
+        Ok(read_meta(&self.map("lb_meta"))?.conn_salt)
     }
 }
 
-/// What the pinned `lb_meta` says: the layout version, the hash keys.
+/// What the pinned `lb_meta` says: the layout version, the table's key.
 fn read_meta(path: &Path) -> Result<Meta, DataplaneError> {
     let failed =
         |e: aya::maps::MapError| DataplaneError::kernel(format!("reading {}", path.display()), e);

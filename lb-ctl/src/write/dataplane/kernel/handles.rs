@@ -18,7 +18,7 @@ use aya::{
 };
 use lb_common::abi::{
     BACKEND_IN_USE, Backend, CONN_SYN, CONN_UDP, Conn, EPOCH_TICK_MS, Flow, Handshake, PROTO_TCP,
-    Traffic, expired, handshake_slot, handshake_tag,
+    Traffic, expired, handshake_slot,
 };
 
 use super::{HeldTimeouts, KernelMaps, err, family::FamilyMaps};
@@ -54,9 +54,7 @@ struct FamilyReader<A: TableAddr + MapAddr + aya::Pod> {
     backends: Array<MapData, Backend<A>>,
     /// `lb_handshakes` or `lb_handshakes6`, for the slow path's flows that
     /// only have a record.
-    handshakes: Array<MapData, Handshake>,
-    /// Their key (`abi::Meta::handshake_key`).
-    handshake_key: u64,
+    handshakes: Array<MapData, Handshake<A>>,
 }
 
 impl<A: TableAddr + MapAddr + aya::Pod> FamilyReader<A> {
@@ -70,7 +68,6 @@ impl<A: TableAddr + MapAddr + aya::Pod> FamilyReader<A> {
             conns: Arc::clone(conns),
             backends: reopen(name, maps.backends.map().fd().as_fd())?,
             handshakes: reopen(A::HANDSHAKES, object_map(kernel, A::HANDSHAKES)?)?,
-            handshake_key: kernel.settings.meta.handshake_key,
         })
     }
 
@@ -100,13 +97,12 @@ impl<A: TableAddr + MapAddr + aya::Pod> FamilyReader<A> {
         now: u32,
         timeouts: &HeldTimeouts,
     ) -> Result<Option<u32>, DataplaneError> {
-        let tag = handshake_tag(flow, self.handshake_key);
         let record = self
             .handshakes
-            .get(&handshake_slot(tag), 0)
+            .get(&handshake_slot(flow), 0)
             .map_err(|e| DataplaneError::kernel(format!("reading {}", A::HANDSHAKES), e))?;
         let state = if flow.proto == PROTO_TCP { CONN_SYN } else { CONN_UDP };
-        let live = record.tag == tag && !expired(now, record.born, timeouts.get(state));
+        let live = record.flow == *flow && !expired(now, record.born, timeouts.get(state));
         Ok(live.then_some(record.backend_id))
     }
 
@@ -236,9 +232,7 @@ pub(super) struct KernelFlows {
 struct FamilyFlows<A: TableAddr + aya::Pod> {
     conns: Arc<ConnTable<A>>,
     /// `lb_handshakes` or `lb_handshakes6`.
-    handshakes: Mutex<Array<MapData, Handshake>>,
-    /// Their key (`abi::Meta::handshake_key`).
-    handshake_key: u64,
+    handshakes: Mutex<Array<MapData, Handshake<A>>>,
 }
 
 impl<A: TableAddr + aya::Pod> FamilyFlows<A> {
@@ -246,7 +240,6 @@ impl<A: TableAddr + aya::Pod> FamilyFlows<A> {
         Ok(Self {
             conns: Arc::clone(conns),
             handshakes: Mutex::new(reopen(A::HANDSHAKES, object_map(maps, A::HANDSHAKES)?)?),
-            handshake_key: maps.settings.meta.handshake_key,
         })
     }
 
@@ -256,11 +249,10 @@ impl<A: TableAddr + aya::Pod> FamilyFlows<A> {
         backend_id: u32,
         now: u32,
     ) -> Result<(), DataplaneError> {
-        let tag = handshake_tag(flow, self.handshake_key);
-        let record = Handshake { tag, born: now, backend_id, expect_ack: 0, flags: 0 };
+        let record = Handshake { flow: *flow, backend_id, born: now, expect_ack: 0, flags: 0 };
         let mut records = self.handshakes.lock().unwrap_or_else(PoisonError::into_inner);
         records
-            .set(handshake_slot(tag), record, 0)
+            .set(handshake_slot(flow), record, 0)
             .map_err(err(format!("writing {}", A::HANDSHAKES)))
     }
 }

@@ -43,7 +43,7 @@ use crate::{
     plan::{
         diff::{FamilyOp, Op},
         image::Image,
-        settings::{self, Keys, Settings},
+        settings::{self, Settings},
     },
     write::{gro, netdev},
 };
@@ -151,11 +151,11 @@ impl KernelMaps {
         conntrack_max: u32,
         interfaces: &[String],
     ) -> Result<Self, DataplaneError> {
-        let keys = random_keys()?;
-        let ebpf = load_object(object, conntrack_max, keys)?;
+        let salt = random_salt()?;
+        let ebpf = load_object(object, conntrack_max, salt)?;
         let policy =
             settings::policy(DEFAULT_ANSWERS_PER_SECOND, ReversePath::Strict, HandshakeProof::Ack);
-        let settings = Settings::new(&ifindexes(interfaces)?, &Timeouts::default(), policy, keys);
+        let settings = Settings::new(&ifindexes(interfaces)?, &Timeouts::default(), policy, salt);
         Self::open(ebpf, interfaces, settings, false)
     }
 
@@ -174,11 +174,10 @@ impl KernelMaps {
         if adopting {
             pins.check_layout(&expected)?;
         }
-        // An adopted data plane keeps its keys: its flows stay in their
-        // sets, its handshakes find their records.
-        let keys = if adopting { pins.keys() } else { random_keys() };
-        let started = keys
-            .and_then(|keys| Self::start_on(&pins, &expected, dataplane, object, adopting, keys));
+        // An adopted table keeps its key: its flows stay in their sets.
+        let salt = if adopting { pins.conn_salt() } else { random_salt() };
+        let started = salt
+            .and_then(|salt| Self::start_on(&pins, &expected, dataplane, object, adopting, salt));
         let gro_record =
             gro::record_path(&crate::daemon::api::token::run_dir(), &dataplane.pin_path);
         match started {
@@ -209,12 +208,12 @@ impl KernelMaps {
         dataplane: &Dataplane,
         object: &[u8],
         adopting: bool,
-        keys: Keys,
+        salt: u32,
     ) -> Result<Self, DataplaneError> {
         let paths: Vec<(&str, PathBuf)> =
             expected.keys().map(|name| (name.as_str(), pins.map(name))).collect();
         let set_bits = SetBits::of(dataplane.conntrack_max);
-        let mut loader = sized_loader(dataplane.conntrack_max, &set_bits, &keys)?;
+        let mut loader = sized_loader(dataplane.conntrack_max, &set_bits, &salt)?;
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -234,7 +233,7 @@ impl KernelMaps {
             &gro::record_path(&crate::daemon::api::token::run_dir(), &dataplane.pin_path),
             &dataplane.interfaces,
         );
-        let settings = Settings::of(dataplane, &ifindexes(&dataplane.interfaces)?, keys);
+        let settings = Settings::of(dataplane, &ifindexes(&dataplane.interfaces)?, salt);
         Self::open(ebpf, &dataplane.interfaces, settings, adopting)
     }
 
@@ -281,7 +280,7 @@ impl KernelMaps {
         let clock_program = program_handle(&ebpf, "lb_clock")?;
         let conns = Arc::new(conn_table(&ebpf, settings.meta.conn_salt)?);
         let conns6 = Arc::new(conn_table(&ebpf, settings.meta.conn_salt)?);
-        // New maps say at once what they are (the layout, and the keys the
+        // New maps say at once what they are (the layout, and the salt the
         // program was loaded with), before anything can stop this process:
         // a next start adopts them by `lb_meta`, and must not find a zero
         // there for maps that are ours. The image's `PutMeta` then rewrites
@@ -394,7 +393,7 @@ impl SetBits {
 fn sized_loader<'a>(
     conntrack_max: u32,
     set_bits: &'a SetBits,
-    keys: &'a Keys,
+    salt: &'a u32,
 ) -> Result<EbpfLoader<'a>, DataplaneError> {
     let mut loader = EbpfLoader::new();
     for (name, entries) in pins::load_time_sizes(conntrack_max)? {
@@ -402,8 +401,7 @@ fn sized_loader<'a>(
     }
     loader.override_global("LB_CONN_SET_BITS", &set_bits.v4, true);
     loader.override_global("LB_CONN6_SET_BITS", &set_bits.v6, true);
-    loader.override_global("LB_CONN_SALT", &keys.conn_salt, true);
-    loader.override_global("LB_HANDSHAKE_KEY", &keys.handshake_key, true);
+    loader.override_global("LB_CONN_SALT", salt, true);
     Ok(loader)
 }
 
@@ -436,18 +434,18 @@ fn read_timeouts(timeouts: &Array<MapData, u32>) -> Result<settings::TimeoutTick
 }
 
 /// A new connection table's hash key.
-fn random_keys() -> Result<Keys, DataplaneError> {
+fn random_salt() -> Result<u32, DataplaneError> {
     use std::io::Read as _;
-    let (mut salt, mut key) = ([0_u8; 4], [0_u8; 8]);
+    let mut bytes = [0_u8; 4];
     std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut salt).and_then(|()| f.read_exact(&mut key)))
+        .and_then(|mut f| f.read_exact(&mut bytes))
         .map_err(|e| DataplaneError::kernel("reading /dev/urandom", e))?;
-    Ok(Keys { conn_salt: u32::from_ne_bytes(salt), handshake_key: u64::from_ne_bytes(key) })
+    Ok(u32::from_ne_bytes(bytes))
 }
 
-fn load_object(object: &[u8], conntrack_max: u32, keys: Keys) -> Result<Ebpf, DataplaneError> {
+fn load_object(object: &[u8], conntrack_max: u32, salt: u32) -> Result<Ebpf, DataplaneError> {
     let set_bits = SetBits::of(conntrack_max);
-    let mut ebpf = sized_loader(conntrack_max, &set_bits, &keys)?
+    let mut ebpf = sized_loader(conntrack_max, &set_bits, &salt)?
         .load(object)
         .map_err(|e| DataplaneError::kernel("loading the XDP object", e))?;
     load_programs(&mut ebpf)?;
