@@ -68,6 +68,9 @@ pub trait Family: Sized + Copy + 'static {
     /// neighbour discovery comes from link-local sources, which no client
     /// has, to the VIPs too.
     const ICMP_BEFORE_SOURCE_CHECKS: bool;
+    /// Whether a UDP datagram must carry a checksum (IPv6, RFC 8200 8.1):
+    /// a zero one is malformed (IPv4's zero says there is none).
+    const UDP_CHECKSUM_REQUIRED: bool;
 
     /// VIP -> services on it.
     fn vips() -> &'static HashMap<Self::Addr, u32, SERVICES>;
@@ -161,6 +164,7 @@ impl Family for V4 {
     type FragKey = FragKey;
     const ICMP: u8 = lb_common::abi::PROTO_ICMP;
     const ICMP_BEFORE_SOURCE_CHECKS: bool = false;
+    const UDP_CHECKSUM_REQUIRED: bool = false;
 
     #[inline(always)]
     fn vips() -> &'static HashMap<[u8; 4], u32, SERVICES> {
