@@ -72,6 +72,9 @@ pub trait Family: Sized + Copy + 'static {
     const ICMP_BEFORE_SOURCE_CHECKS: bool;
     /// The slot of the family's full-NAT program in `lb_progs`.
     const FULLNAT_PROG: u32;
+    /// Whether a UDP datagram must carry a checksum (IPv6, RFC 8200 8.1):
+    /// a zero one is malformed (IPv4's zero says there is none).
+    const UDP_CHECKSUM_REQUIRED: bool;
 
     /// VIP -> services on it.
     fn vips() -> &'static HashMap<Self::Addr, u32, SERVICES>;
@@ -198,6 +201,7 @@ impl Family for V4 {
     const ICMP: u8 = lb_common::abi::PROTO_ICMP;
     const ICMP_BEFORE_SOURCE_CHECKS: bool = false;
     const FULLNAT_PROG: u32 = fullnat::FULLNAT_PROG;
+    const UDP_CHECKSUM_REQUIRED: bool = false;
 
     #[inline(always)]
     fn vips() -> &'static HashMap<[u8; 4], u32, SERVICES> {

@@ -250,11 +250,43 @@ pub fn transport(ctx: &XdpContext, ip: &Ipv4) -> Result<Packet, Counter> {
         (_, 0) => Frag::First,
         _ => Frag::Later,
     };
-    let mut flow = Flow { src, dst, proto, ..Flow::default() };
+    let flow = Flow { src, dst, proto, ..Flow::default() };
+    let layer = IpLayer { eth, ip: ip.ip, flow, tot_len, ttl, frag, id };
+    ports(ctx, &layer, ihl, frag_off & IP_OFFSET)
+}
+
+/// What a family's IP layer hands the transport parse (`ports`): the
+/// `Packet` fields it has read.
+pub struct IpLayer<F: Family> {
+    pub eth: *mut EthHdr,
+    pub ip: *mut F::IpHdr,
+    /// The flow as far as the IP header says (no ports).
+    pub flow: Flow<F::Addr>,
+    pub tot_len: u16,
+    pub ttl: u8,
+    pub frag: Frag,
+    pub id: F::FragId,
+}
+
+/// The TCP or UDP header after `layer`, an IP layer its family has read and
+/// checked (`ihl`: from the IP header to the transport header;
+/// `frag_offset`: the fragment's, in 8-byte units): the packet with its
+/// ports, checksum and flags. Both families' parse ends here. Headers that
+/// do not hold together are `DropMalformed`.
+#[inline(always)]
+pub fn ports<F: Family>(
+    ctx: &XdpContext,
+    layer: &IpLayer<F>,
+    ihl: usize,
+    frag_offset: u16,
+) -> Result<Packet<F>, Counter> {
+    const BAD: Counter = Counter::DropMalformed;
+    let IpLayer { eth, ip, mut flow, tot_len, ttl, frag, id } = *layer;
+    let proto = flow.proto;
     if frag == Frag::Later {
         // A TCP fragment at offset 8 would rewrite the TCP header's flags
         // on reassembly (RFC 1858's overlapping fragment attack).
-        if proto == PROTO_TCP && frag_off & IP_OFFSET == 1 {
+        if proto == PROTO_TCP && frag_offset == 1 {
             return Err(BAD);
         }
         if ctx.data() + ETH_LEN + usize::from(tot_len) > ctx.data_end() {
@@ -263,7 +295,7 @@ pub fn transport(ctx: &XdpContext, ip: &Ipv4) -> Result<Packet, Counter> {
         // No ports to read; the caller decides whether the fragment is ours.
         return Ok(Packet {
             eth,
-            ip: ip.ip,
+            ip,
             ports: core::ptr::null_mut(),
             l4_check: core::ptr::null_mut(),
             flow,
@@ -295,16 +327,22 @@ pub fn transport(ctx: &XdpContext, ip: &Ipv4) -> Result<Packet, Counter> {
         tcp_flags = flags;
         (tcp.cast(), tcp.cast::<u8>().wrapping_add(16).cast())
     } else {
+        // UDP: the families pass no other protocol here.
         if usize::from(tot_len) < ihl + 8 {
             return Err(BAD);
         }
         let udp: *mut [u8; 8] = ptr_at(ctx, l4).map_err(|_| BAD)?;
         // SAFETY: ptr_at checked the 8 bytes.
-        let length = usize::from(u16::from_be(unsafe { mem::load16::<4>(udp.cast()) }));
+        let (length, check) = unsafe {
+            (usize::from(u16::from_be(mem::load16::<4>(udp.cast()))), mem::load16::<6>(udp.cast()))
+        };
         // Its own length: at least its header, and no more than the packet
         // holds (less is trailing padding, which the kernel trims too); a
         // first fragment holds only the start of it.
         if length < 8 || (frag == Frag::Whole && ihl + length > usize::from(tot_len)) {
+            return Err(BAD);
+        }
+        if F::UDP_CHECKSUM_REQUIRED && check == 0 {
             return Err(BAD);
         }
         (udp.cast(), udp.cast::<u8>().wrapping_add(6).cast())
@@ -320,5 +358,5 @@ pub fn transport(ctx: &XdpContext, ip: &Ipv4) -> Result<Packet, Counter> {
         flow.sport = u16::from_be(mem::load16::<0>(ports.cast()));
         flow.dport = u16::from_be(mem::load16::<2>(ports.cast()));
     }
-    Ok(Packet { eth, ip: ip.ip, ports, l4_check, flow, tot_len, ttl, frag, id, tcp_flags })
+    Ok(Packet { eth, ip, ports, l4_check, flow, tot_len, ttl, frag, id, tcp_flags })
 }

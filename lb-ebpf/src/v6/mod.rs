@@ -64,6 +64,7 @@ impl Family for V6 {
     const ICMP: u8 = parse::PROTO_ICMPV6;
     const ICMP_BEFORE_SOURCE_CHECKS: bool = true;
     const FULLNAT_PROG: u32 = fullnat::FULLNAT6_PROG;
+    const UDP_CHECKSUM_REQUIRED: bool = true;
 
     #[inline(always)]
     fn vips() -> &'static HashMap<[u8; 16], u32, SERVICES> {

@@ -11,7 +11,7 @@ use lb_common::{
 use super::V6;
 use crate::{
     mem,
-    parse::{ETH_LEN, EthHdr, Frag, Headers, Packet, Ports, ptr_at},
+    parse::{self, ETH_LEN, EthHdr, Frag, Headers, Packet, ptr_at},
 };
 
 /// The fixed IPv6 header (RFC 8200).
@@ -196,78 +196,20 @@ pub fn transport(ctx: &XdpContext, ip: &Headers<V6>) -> Result<Packet<V6>, Count
     if usize::from(tot_len) < ihl {
         return Err(BAD);
     }
-    let mut flow = lb_common::abi::Flow { src, dst, proto, ..Default::default() };
-    let base = Packet {
+    // `answer` parses its frame again, ICMPv6 too: not TCP or UDP, it has
+    // no ports (a later fragment's protocol is the caller's to judge).
+    if frag.frag != Frag::Later && proto != PROTO_TCP && proto != PROTO_UDP {
+        return Err(Counter::PassNotTcpUdp);
+    }
+    let flow = lb_common::abi::Flow { src, dst, proto, ..Default::default() };
+    let layer = parse::IpLayer {
         eth,
         ip: ip.ip,
-        ports: core::ptr::null_mut(),
-        l4_check: core::ptr::null_mut(),
         flow,
         tot_len,
         ttl: hop_limit,
         frag: frag.frag,
         id: frag.id,
-        tcp_flags: 0,
     };
-    if frag.frag == Frag::Later {
-        // A TCP fragment at offset 8 would rewrite the TCP header's flags
-        // on reassembly (RFC 1858's overlapping fragment attack).
-        if proto == PROTO_TCP && frag.offset == 1 {
-            return Err(BAD);
-        }
-        if ctx.data() + ETH_LEN + usize::from(tot_len) > ctx.data_end() {
-            return Err(BAD);
-        }
-        return Ok(base);
-    }
-    let l4 = ETH_LEN + ihl;
-    let mut tcp_flags = 0;
-    // Both pointers derive from one bounds check (see the IPv4 parse).
-    let (ports, l4_check): (*mut Ports, *mut [u8; 2]) = if proto == PROTO_TCP {
-        if usize::from(tot_len) < ihl + 20 {
-            return Err(BAD);
-        }
-        let tcp: *mut [u8; 20] = ptr_at(ctx, l4).map_err(|_| BAD)?;
-        // SAFETY: ptr_at checked the 20 bytes.
-        let (offset_byte, flags) = unsafe { ((*tcp)[12], (*tcp)[13]) };
-        let header = usize::from(offset_byte >> 4) * 4;
-        if header < 20 || ihl + header > usize::from(tot_len) {
-            return Err(BAD);
-        }
-        tcp_flags = flags;
-        (tcp.cast(), tcp.cast::<u8>().wrapping_add(16).cast())
-    } else if proto == PROTO_UDP {
-        if usize::from(tot_len) < ihl + 8 {
-            return Err(BAD);
-        }
-        let udp: *mut [u8; 8] = ptr_at(ctx, l4).map_err(|_| BAD)?;
-        // SAFETY: ptr_at checked the 8 bytes.
-        let (length, check) = unsafe {
-            (usize::from(u16::from_be(mem::load16::<4>(udp.cast()))), mem::load16::<6>(udp.cast()))
-        };
-        if length < 8 || (frag.frag == Frag::Whole && ihl + length > usize::from(tot_len)) {
-            return Err(BAD);
-        }
-        // IPv6 makes the UDP checksum mandatory (RFC 8200, 8.1): a zero one
-        // is invalid, and no receiver would take the datagram.
-        if check == 0 {
-            return Err(BAD);
-        }
-        (udp.cast(), udp.cast::<u8>().wrapping_add(6).cast())
-    } else {
-        return Err(Counter::PassNotTcpUdp);
-    };
-    // The frame must hold everything the IP header claims: checked after
-    // the transport header on purpose, as in the IPv4 parse (done first,
-    // the compiler drops the transport header's check as implied, which
-    // the verifier cannot follow).
-    if ctx.data() + ETH_LEN + usize::from(tot_len) > ctx.data_end() {
-        return Err(BAD);
-    }
-    // SAFETY: ptr_at checked the ports.
-    unsafe {
-        flow.sport = u16::from_be(mem::load16::<0>(ports.cast()));
-        flow.dport = u16::from_be(mem::load16::<2>(ports.cast()));
-    }
-    Ok(Packet { ports, l4_check, flow, tcp_flags, ..base })
+    parse::ports(ctx, &layer, ihl, frag.offset)
 }
