@@ -118,6 +118,17 @@ pub struct FnatRev<A = [u8; 4]> {
 }
 const _: () = assert!(size_of::<FnatRev>() == 24);
 const _: () = assert!(size_of::<FnatRev<[u8; 16]>>() == 48);
+// The data plane claims a port by a compare-and-exchange of `service_id`
+// and `last_seen` as one 64-bit word: 8-aligned in a map's value (which
+// starts 8-aligned, after a key of a multiple of 8 bytes), in that order.
+const _: () = assert!(core::mem::offset_of!(FnatRev, service_id).is_multiple_of(8));
+const _: () = assert!(core::mem::offset_of!(FnatRev<[u8; 16]>, service_id).is_multiple_of(8));
+const _: () = assert!(
+    core::mem::offset_of!(FnatRev, last_seen) == core::mem::offset_of!(FnatRev, service_id) + 4
+);
+const _: () = assert!(
+    size_of::<FnatKey>().is_multiple_of(8) && size_of::<FnatKey<[u8; 16]>>().is_multiple_of(8)
+);
 
 impl<A: Addr> FnatRev<A> {
     /// The client's flow, as the client sends it.

@@ -267,17 +267,25 @@ pub fn map_out<F: Family>(tcp_flags: u8, opening: bool) -> u32 {
     if let Some(entry) = F::fnat().get_ptr_mut(&work.flow) {
         // SAFETY: a pointer into the map's value, read in place.
         let held = unsafe { &mut *entry };
-        // A TCP flow keeps the backend its port is on while that backend
-        // can have it: its connection is there (the connection table may
-        // have lost the flow, and the scheduler placed it elsewhere).
+        // A flow keeps the backend its port is on while that backend can
+        // have it and the flow is not over: its connection is there (the
+        // connection table may have lost the flow, and the scheduler placed
+        // it elsewhere). A SYN on an open flow's ports, forged or not, does
+        // not move it (nor does it replace NAT's connection entry before
+        // it proves its client); only a closed flow opens anew elsewhere.
+        let goes_on = !tcp || next_state(held.state, tcp_flags, true).is_some();
         if held.backend_id != backend_id
-            && tcp
-            && !opening
+            && goes_on
             && usable::<F>(held.backend_id, service_id, &work.flow).is_some()
         {
             backend_id = held.backend_id;
         }
-        if held.backend_id == backend_id {
+        // The id still names the endpoint the port was taken for (an id
+        // reused since names another).
+        let same_endpoint = F::backends()
+            .get(held.backend_id)
+            .is_some_and(|b| b.addr.same(&held.backend) && b.port == held.backend_port);
+        if held.backend_id == backend_id && same_endpoint {
             held.state = next_state(held.state, tcp_flags, true).unwrap_or(CONN_SYN);
             held.last_seen = now;
             F::copy_addr(&mut work.src, &held.pool);
@@ -285,14 +293,10 @@ pub fn map_out<F: Family>(tcp_flags: u8, opening: bool) -> u32 {
             mapped = true;
         } else {
             // Its backend changed (a UDP flow placed again, its backend
-            // DOWN or gone): the old port is given back at once.
-            set_key::<F>(
-                &mut work.key,
-                (&held.backend, held.backend_port),
-                (&held.pool, held.pool_port),
-            );
-            work.key.proto = work.flow.proto;
-            let _ = F::fnat_rev().remove(&work.key);
+            // DOWN or gone, a closed flow opened anew): the flow takes a
+            // new port. The old one stays its reverse entry's, which the
+            // controller removes once it has been quiet long enough (the
+            // old backend may still send to it).
             let _ = F::fnat().remove(&work.flow);
         }
     }
@@ -383,7 +387,10 @@ fn take_port<F: Family>(
     work.fwd.backend_port = backend.port;
     work.fwd.backend_id = backend_id;
     work.fwd.last_seen = now;
-    work.fwd.state = if proto == PROTO_TCP { CONN_SYN } else { CONN_UDP };
+    // A UDP flow too starts as unanswered (`CONN_SYN`): it becomes
+    // `CONN_UDP` when its backend answers (`map_back`); until then it
+    // lives the SYN state's timeout, and its port may be reclaimed.
+    work.fwd.state = CONN_SYN;
     if F::fnat().insert(&work.flow, &work.fwd, 0).is_err() {
         // The flow map is full: the port goes back.
         let _ = F::fnat_rev().remove(&work.key);
@@ -395,30 +402,82 @@ fn take_port<F: Family>(
 }
 
 /// Takes `work.key`'s port from the flow that holds it if that flow never
-/// got past its SYN long enough ago (`lb_common::fullnat::reclaimable`):
-/// its mapping is removed and `work.rev` written in its place.
+/// got past its SYN (or its backend never answered its datagram) long
+/// enough ago (`lb_common::fullnat::reclaimable`), on both sides: its
+/// mapping is removed and `work.rev` written in place of its reverse entry.
+/// The port is claimed by moving the reverse entry's clock from the stale
+/// time read to now in one compare-and-exchange: of two CPUs that would
+/// reclaim one port at once, one wins, the other finds it fresh.
 #[inline(always)]
 #[allow(clippy::needless_borrows_for_generic_args)]
 fn reclaim<F: Family>(work: &mut Work<F::Addr>, now: u32) -> bool {
-    let Some(holder) = F::fnat_rev().get_ptr(&work.key) else {
+    let Some(holder) = F::fnat_rev().get_ptr_mut(&work.key) else {
         return false;
     };
     // SAFETY: a pointer into the map's value, read in place.
-    let holder = unsafe { &*holder };
+    let holder = unsafe { &mut *holder };
+    let backend_seen = holder.last_seen;
+    if !reclaimable(CONN_SYN, backend_seen, now) {
+        return false;
+    }
     set_flow::<F>(&mut work.other, holder, work.key.proto);
-    let stale = match F::fnat().get_ptr(&work.other) {
-        // SAFETY: as above.
-        Some(m) => unsafe {
-            reclaimable((*m).state, (*m).last_seen, now) && (*m).pool_port == work.key.pool_port
-        },
-        // Its flow's mapping is gone (being removed): the port is free.
-        None => reclaimable(CONN_SYN, holder.last_seen, now),
+    // Its flow's mapping, if it is this port's and never got further.
+    let Some(m) = F::fnat().get_ptr(&work.other) else {
+        // Being removed (or removed): the controller frees the port.
+        return false;
     };
-    if !stale {
+    // SAFETY: as above.
+    let m = unsafe { &*m };
+    let this_port = m.pool_port == work.key.pool_port
+        && m.backend_port == work.key.backend_port
+        && m.pool.same(&work.key.pool)
+        && m.backend.same(&work.key.backend);
+    if !this_port || !reclaimable(m.state, m.last_seen, now) {
+        return false;
+    }
+    // The claim: (service id, clock) as one word (`FnatRev::CLAIM_WORD`,
+    // 8-aligned in a map's value), the clock moved from what was read.
+    // 8-aligned: lb-common asserts the field's offset, and a hash map's
+    // values start 8-aligned.
+    #[allow(clippy::cast_ptr_alignment)]
+    let claim = (&raw mut holder.service_id).cast::<u64>();
+    let read = u64::from(holder.service_id) | (u64::from(backend_seen) << 32);
+    let claimed = (read & u64::from(u32::MAX)) | (u64::from(now) << 32);
+    // SAFETY: the value's own word, aligned (above).
+    if unsafe { compare_exchange(claim, read, claimed) } != read {
         return false;
     }
     let _ = F::fnat().remove(&work.other);
-    F::fnat_rev().insert(&work.key, &work.rev, 0).is_ok()
+    // Ours now: the new client in place (a reply to the old one meanwhile
+    // would read a mix, about a flow that never went anywhere).
+    F::copy_addr(&mut holder.client, &work.rev.client);
+    F::copy_addr(&mut holder.vip, &work.rev.vip);
+    holder.client_port = work.rev.client_port;
+    holder.vport = work.rev.vport;
+    holder.backend_id = work.rev.backend_id;
+    holder.service_id = work.rev.service_id;
+    true
+}
+
+/// `*word`: `new` if it held `old`, atomically (BPF_CMPXCHG, kernel
+/// 5.12+, said as the instruction: the object is built for cpu v1);
+/// returns what it held.
+///
+/// # Safety
+/// `word` is a valid, 8-aligned u64 of a map's value.
+#[inline(always)]
+unsafe fn compare_exchange(word: *mut u64, old: u64, new: u64) -> u64 {
+    let mut held = old;
+    // SAFETY: the caller's guarantee; the instruction touches that word only.
+    unsafe {
+        core::arch::asm!(
+            "r0 = cmpxchg_64({word} + 0, r0, {new})",
+            word = in(reg) word,
+            new = in(reg) new,
+            inout("r0") held,
+        );
+    }
+    held
 }
 
 /// The client of the reply in this CPU's `Work` (from a full-NAT
@@ -463,23 +522,46 @@ pub fn map_back<F: Family>(tcp_flags: u8, seq: Option<u32>) -> u32 {
     if let Some(seq) = seq {
         handshake::record_answer::<F>(&work.other, backend_id, seq, here);
     }
-    if proto == PROTO_TCP && tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+    let closing = proto == PROTO_TCP && tcp_flags & (TCP_FIN | TCP_RST) != 0;
+    if closing {
         select::closes::<F>(&work.other, backend_id, service_id, tcp_flags, here);
-        if let Some(forward) = F::fnat().get_ptr_mut(&work.other) {
-            // SAFETY: a pointer into the map's value.
-            let forward = unsafe { &mut *forward };
-            if let Some(state) = next_state(forward.state, tcp_flags, false) {
-                forward.state = state;
-                forward.last_seen = here.epoch as u32;
-            }
-        }
     }
+    if closing || proto != PROTO_TCP {
+        answered::<F>(work, tcp_flags, here.epoch as u32);
+    }
+    work.backend_id = backend_id;
     F::copy_addr(&mut work.src, &mapping.vip);
     work.sport = mapping.vport;
     F::copy_addr(&mut work.dst, &mapping.client);
     work.dport = mapping.client_port;
     work.service_id = service_id;
     MAPPED
+}
+
+/// The backend of the reply in `work` spoke (`work.key` its reverse key,
+/// `work.other` its client's flow): the flow's mapping, if it is still
+/// this port's, takes the state the reply moves it to (a FIN, a RST), and
+/// a UDP flow becomes answered (`CONN_UDP`).
+#[inline(always)]
+#[allow(clippy::needless_borrows_for_generic_args)]
+fn answered<F: Family>(work: &Work<F::Addr>, tcp_flags: u8, now: u32) {
+    let Some(forward) = F::fnat().get_ptr_mut(&work.other) else {
+        return;
+    };
+    // SAFETY: a pointer into the map's value.
+    let forward = unsafe { &mut *forward };
+    let this_port = forward.pool_port == work.key.pool_port
+        && forward.backend_port == work.key.backend_port
+        && forward.backend.same(&work.key.backend);
+    if !this_port {
+        return;
+    }
+    if work.flow.proto != PROTO_TCP {
+        forward.state = CONN_UDP;
+    } else if let Some(state) = next_state(forward.state, tcp_flags, false) {
+        forward.state = state;
+        forward.last_seen = now;
+    }
 }
 
 /// Writes a reverse key's ends field by field, each address as words

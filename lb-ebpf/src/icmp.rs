@@ -16,14 +16,14 @@
 //! it. Errors quoting anything else go on untouched.
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    abi::{ADDR_REAL, BACKEND_DSR, Flow, PROTO_TCP, PROTO_UDP},
+    abi::{ADDR_REAL, BACKEND_DSR, BACKEND_FULLNAT, Flow, PROTO_TCP, PROTO_UDP},
     counter::Counter,
     csum,
 };
 
 use crate::{
     Verdict,
-    family::V4,
+    family::{Family as _, V4},
     fwd::{self, Hop, Query},
     parse::{self, ETH_LEN, Frag, Ipv4, Packet, ptr_at},
     select::{self, Here},
@@ -165,6 +165,10 @@ fn to_client(
     let as_reply =
         Flow { src: quoted.dst, sport: quoted.dport, proto: quoted.proto, ..Flow::default() };
     let real = select::real::<V4>(&as_reply).ok_or(Counter::PassIcmpNotOurs)?;
+    // A full-NAT backend's client is a pool address: the kernel's.
+    if V4::backends().get(real.backend_id).is_some_and(|b| b.flags & BACKEND_FULLNAT != 0) {
+        return Err(Counter::PassIcmpNotOurs);
+    }
     refuse_from_elsewhere(ctx, ip, pkt, quoted, here)?;
     let query = Query { src: real.vip, dst: pkt.flow.dst, sport: 0, dport: 0, direct: false };
     let hop = route(ctx, pkt, &query, here)?;

@@ -8,11 +8,12 @@ use aya_ebpf::{
 };
 use lb_common::{
     abi::{
-        BACKEND_DOWN, BACKEND_IN_USE, Backend, BackendConns, CONN_CLOSED, CONN_CLOSING,
-        CONN_ESTABLISHED, CONN_UDP, Conn, Endpoint, FLOW_CACHE_SLOTS, Flow, FlowCacheEntry,
-        LC_MAX_BACKENDS, NO_BACKEND, REAL_SLOT_SHARED, SCHED_LC, SCHED_MASK, SCHED_RR, SCHED_SH,
-        SCHED_WRR, SVC_REJECT, Service, TCP_FIN, TCP_RST, TCP_SYN, Traffic, addr_slot, cpu_slot,
-        expired, flow_cache_slot, next_state, real_slot, source_hash, stand_in_position,
+        BACKEND_DOWN, BACKEND_FULLNAT, BACKEND_IN_USE, Backend, BackendConns, CONN_CLOSED,
+        CONN_CLOSING, CONN_ESTABLISHED, CONN_UDP, Conn, Endpoint, FLOW_CACHE_SLOTS, Flow,
+        FlowCacheEntry, LC_MAX_BACKENDS, NO_BACKEND, REAL_SLOT_SHARED, SCHED_LC, SCHED_MASK,
+        SCHED_RR, SCHED_SH, SCHED_WRR, SVC_REJECT, Service, TCP_FIN, TCP_RST, TCP_SYN, Traffic,
+        addr_slot, cpu_slot, expired, flow_cache_slot, next_state, real_slot, source_hash,
+        stand_in_position,
     },
     addr::Addr,
     counter::Counter,
@@ -131,7 +132,8 @@ pub fn live_backend<F: Family>(
 /// The backend whose reply `quoted` is (from the VIP to a client, as an
 /// ICMP error quotes it): the one the client's flow is on, from its
 /// connection-table entry, else from its handshake record (an error about
-/// a SYN-ACK); `None` when the flow is not ours (or its backend is gone).
+/// a SYN-ACK); `None` when the flow is not ours (or its backend is gone,
+/// or is a full-NAT one).
 #[inline(always)]
 pub fn reply_owner<F: Family>(
     quoted: &Flow<F::Addr>,
@@ -156,7 +158,9 @@ pub fn reply_owner<F: Family>(
         let id = handshake::placed_on::<F>(&flow, here)?;
         (id, F::backends().get(id)?.service_id)
     };
-    live_backend::<F>(backend_id, service_id, &flow)
+    // A full-NAT backend's reply is not what the client received (the
+    // backend sent it to a pool address): its errors are the kernel's.
+    live_backend::<F>(backend_id, service_id, &flow).filter(|b| b.flags & BACKEND_FULLNAT == 0)
 }
 
 /// The address pre-filter's flags of `addr` (`ADDR_VIP`, `ADDR_REAL`): a

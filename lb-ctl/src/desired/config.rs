@@ -529,6 +529,17 @@ port = 80
         let shared = format!("{GOOD}{}{}", fullnat("a", 80), fullnat("b", 81));
         let c = parse(&shared).expect("two full-NAT services on one backend");
         assert_eq!(c.services.len(), 4);
+        let pooled_at_a_vip = shared.replacen(
+            "forwarding = \"fullnat\"\n",
+            "forwarding = \"fullnat\"\nsnat_addresses = [\"10.77.1.100\"]\n",
+            1,
+        );
+        let p = problems(&pooled_at_a_vip);
+        assert!(
+            p.iter().any(|x| x
+                .starts_with("service[2].snat_addresses[0]: 10.77.1.100 is the VIP of service[0]")),
+            "{p:?}"
+        );
         let with_nat = format!("{GOOD}{}", fullnat("a", 80)).replace("10.77.3.11", "10.77.2.11");
         let p = problems(&with_nat);
         assert!(

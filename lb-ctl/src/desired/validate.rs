@@ -530,11 +530,27 @@ fn check_direct_routing(services: &[Service], problems: &mut Problems) {
     }
 }
 
+/// A full-NAT pool address that is a VIP would have its backends' replies
+/// taken for packets to that VIP (`drop_backend_port_to_vip`).
+fn check_pools_are_not_vips(services: &[Service], problems: &mut Problems) {
+    for (i, s) in services.iter().enumerate() {
+        for (j, addr) in s.snat.addresses.iter().enumerate() {
+            if let Some(k) = services.iter().position(|o| o.vip == *addr) {
+                problems.add(
+                    format!("service[{i}].snat_addresses[{j}]"),
+                    format!("{addr} is the VIP of service[{k}]: a pool address must be no VIP (replies to it would be taken for packets to the VIP)"),
+                );
+            }
+        }
+    }
+}
+
 /// Problems with a set of services taken together: unique names, endpoints
 /// and backends; direct routing's ports; what the kernel maps can hold.
 pub(super) fn check_service_set(services: &[Service], problems: &mut Problems) {
     check_unique_services(services, problems);
     check_direct_routing(services, problems);
+    check_pools_are_not_vips(services, problems);
     problems.0.extend(capacity_problems(services));
 }
 

@@ -15,7 +15,7 @@
 //! kernel's, as is an error with extension headers in or around its quote.
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    abi::{ADDR_REAL, ADDR_VIP, BACKEND_DSR, Flow, PROTO_TCP, PROTO_UDP},
+    abi::{ADDR_REAL, ADDR_VIP, BACKEND_DSR, BACKEND_FULLNAT, Flow, PROTO_TCP, PROTO_UDP},
     counter::Counter,
     csum,
 };
@@ -166,6 +166,13 @@ fn to_client(
     let as_reply =
         Flow { src: quoted.dst, sport: quoted.dport, proto: quoted.proto, ..Flow::default() };
     let real = select::real::<V6>(&as_reply).ok_or(Counter::PassIcmpNotOurs)?;
+    // A full-NAT backend's client is a pool address: the kernel's.
+    if <V6 as crate::family::Family>::backends()
+        .get(real.backend_id)
+        .is_some_and(|b| b.flags & BACKEND_FULLNAT != 0)
+    {
+        return Err(Counter::PassIcmpNotOurs);
+    }
     refuse_from_elsewhere(ctx, pkt, quoted, here)?;
     let query = Query { src: real.vip, dst: pkt.flow.dst, sport: 0, dport: 0, direct: false };
     let hop = route(ctx, pkt, &query, here)?;

@@ -788,6 +788,9 @@ impl Oracle {
             let service = self
                 .service(q_src, from_port, q_proto)
                 .ok_or("an ICMP error about a reply from no service")?;
+            if service.forwarding == Forwarding::FullNat {
+                return Err("an ICMP error about a full-NAT reply: the kernel's");
+            }
             let placed = self.placed((q_dst, to_port, q_src, from_port, q_proto));
             let backends = service
                 .backends

@@ -9,10 +9,10 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use lb_common::{
     abi::{
-        BACKEND_DOWN, BACKEND_DSR, BACKEND_IN_USE, Backend, BackendConns, CONN_UDP, Conn, Endpoint,
-        Flow, HANDSHAKE_PERSIST, LC_MAX_BACKENDS, MAGLEV_SIZE, NO_BACKEND, Persist, PersistKey,
-        SCHED_MASK, SCHED_SH, SVC_PERSIST, SVC_SOURCES, Service, expired, handshake_flags,
-        source_hash, stand_in_position,
+        BACKEND_DOWN, BACKEND_DSR, BACKEND_FULLNAT, BACKEND_IN_USE, Backend, BackendConns,
+        CONN_UDP, Conn, Endpoint, Flow, HANDSHAKE_PERSIST, LC_MAX_BACKENDS, MAGLEV_SIZE,
+        NO_BACKEND, Persist, PersistKey, SCHED_MASK, SCHED_SH, SVC_PERSIST, SVC_SOURCES, Service,
+        expired, handshake_flags, source_hash, stand_in_position,
     },
     hash::{flow_hash, maglev_slot},
 };
@@ -170,6 +170,10 @@ pub enum Refusal {
     /// Direct routing: the backend expects the VIP as destination, which
     /// only a frame sent to its MAC address keeps; not done here.
     DirectRouting,
+    /// Full NAT: the datagram must leave from a pool address and port the
+    /// data plane's mapping holds, which this path has no share in: dropped
+    /// like the fragments `lb_fnat` meets.
+    FullNat,
     /// The source is a VIP or a backend's address: no client sends from
     /// there (sent on, backends would answer each other, the loop the data
     /// plane refuses as `drop_backend_port_to_vip` and `drop_source_vip`).
@@ -249,6 +253,9 @@ pub fn place<A: FamilyAddr>(
     };
     if placed.target.backend.flags & BACKEND_DSR != 0 {
         return Err(Refusal::DirectRouting);
+    }
+    if placed.target.backend.flags & BACKEND_FULLNAT != 0 {
+        return Err(Refusal::FullNat);
     }
     Ok(placed)
 }
@@ -534,6 +541,10 @@ mod tests {
             b.flags |= BACKEND_DSR;
         }
         assert_eq!(target(&p, &flow(1000), Earlier::Nothing), Err(Refusal::DirectRouting));
+        for b in p.backends.values_mut() {
+            b.flags = (b.flags & !BACKEND_DSR) | BACKEND_FULLNAT;
+        }
+        assert_eq!(target(&p, &flow(1000), Earlier::Nothing), Err(Refusal::FullNat));
         p.maglev.insert(7, Arc::new(vec![NO_BACKEND; 13]));
         assert_eq!(target(&p, &flow(1000), Earlier::Nothing), Err(Refusal::NoBackend));
     }

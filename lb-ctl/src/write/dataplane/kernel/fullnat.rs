@@ -50,9 +50,11 @@ impl<A: Addr + Pod> FullNatMaps<A> {
     /// Removes the mappings expired at `now` (epoch ticks) under the
     /// per-state `timeouts`: the flow's entry first (its client's next
     /// packet, if one comes, takes a new port, or is reset), then the
-    /// reverse entry, which frees the port. A reverse entry whose flow's
-    /// entry is gone (a removal cut short) goes once its backend has been
-    /// quiet for the longest state's timeout. Returns how many ports
+    /// reverse entry if it is still the flow's, which frees the port. A
+    /// reverse entry no flow's entry points at (a flow that moved to
+    /// another backend, a removal cut short) goes once it has been quiet
+    /// for the longest state's timeout. Each entry is read again just
+    /// before it goes: a data plane's write in between keeps it. Returns how many ports
     /// were freed.
     pub fn expire(
         &mut self,
@@ -91,10 +93,21 @@ impl<A: Addr + Pod> FullNatMaps<A> {
                 continue;
             }
             deleted(self.fwd.remove(&flow), &format!("deleting from {}", self.names.0))?;
-            deleted(self.rev.remove(&key), &format!("deleting from {}", self.names.1))?;
-            freed += 1;
+            // The port only if it is still this flow's (the data plane may
+            // have given it to another flow meanwhile: `reclaim`).
+            if self.rev.get(&key, 0).is_ok_and(|r| r.client_flow(flow.proto) == flow) {
+                deleted(self.rev.remove(&key), &format!("deleting from {}", self.names.1))?;
+                freed += 1;
+            }
         }
         for key in orphans {
+            // Read again: still quiet, and still no flow's.
+            let Ok(client) = self.rev.get(&key, 0) else { continue };
+            let flow = client.client_flow(key.proto);
+            let owned = self.fwd.get(&flow, 0).is_ok_and(|m| m.reverse_key(flow.proto) == key);
+            if owned || !expired(now, client.last_seen, longest) {
+                continue;
+            }
             deleted(self.rev.remove(&key), &format!("deleting from {}", self.names.1))?;
             freed += 1;
         }
