@@ -12,7 +12,7 @@ use std::{
 
 use crate::{
     netns::output,
-    topology::{BACKENDS, BACKENDS6, ROUTED_BACKENDS, Topology, VIP, VIP6},
+    topology::{BACKENDS, BACKENDS6, ROUTED_BACKENDS, ROUTED_BACKENDS6, Topology, VIP, VIP6},
 };
 
 /// The controller binary: `$LB_CTL` (set by `cargo xtask test`), or the one
@@ -76,7 +76,7 @@ pub struct Setup {
     /// services again on the IPv6 VIP (`web6`, `echo6`, `udp6`: a service
     /// is of one family), over the backends' IPv6 addresses.
     pub ipv6: bool,
-    /// The IPv4 services over app1..app3, the backends behind their own
+    /// The services over app1..app3, the backends behind their own
     /// router (`Topology::add_routed_subnet`), instead of web1..web3.
     pub routed: bool,
 }
@@ -90,9 +90,10 @@ pub fn config(pin_dir: &str, weights: [Option<u32>; 3], setup: Setup) -> String 
         setup.conntrack_max.unwrap_or(65_536)
     );
     text.push_str(setup.dataplane);
-    let backends = if setup.routed { ROUTED_BACKENDS } else { BACKENDS };
+    let (backends, backends6) =
+        if setup.routed { (ROUTED_BACKENDS, ROUTED_BACKENDS6) } else { (BACKENDS, BACKENDS6) };
     let families = if setup.ipv6 {
-        &[(VIP, "", backends), (VIP6, "6", BACKENDS6)][..]
+        &[(VIP, "", backends), (VIP6, "6", backends6)][..]
     } else {
         &[(VIP, "", backends)][..]
     };

@@ -58,6 +58,12 @@ pub const SUBNET_ROUTER: &str = "10.77.4.1";
 pub const SUBNET_ROUTER_LAN_SIDE: &str = "10.77.2.2";
 pub const ROUTED_BACKENDS: [(&str, &str); 3] =
     [("app1", "10.77.4.11"), ("app2", "10.77.4.12"), ("app3", "10.77.4.13")];
+/// The same in IPv6, on a dual-stack topology.
+pub const ROUTED_SUBNET6: &str = "fd77:4::/64";
+pub const SUBNET_ROUTER6: &str = "fd77:4::1";
+pub const SUBNET_ROUTER_LAN_SIDE6: &str = "fd77:2::2";
+pub const ROUTED_BACKENDS6: [(&str, &str); 3] =
+    [("app1", "fd77:4::11"), ("app2", "fd77:4::12"), ("app3", "fd77:4::13")];
 
 /// The IPv6 addresses of `create_dual_stack`, as the IPv4 ones above.
 pub const VIP6: &str = "fd77:1::100";
@@ -176,7 +182,9 @@ impl Topology {
             .map(|(&(name, v4), (_, v6))| (name, if self.ipv6 { vec![v4, v6] } else { vec![v4] }))
             .collect();
         if self.routed {
-            all.extend(ROUTED_BACKENDS.iter().map(|&(name, v4)| (name, vec![v4])));
+            all.extend(ROUTED_BACKENDS.iter().zip(ROUTED_BACKENDS6).map(
+                |(&(name, v4), (_, v6))| (name, if self.ipv6 { vec![v4, v6] } else { vec![v4] }),
+            ));
         }
         all
     }
@@ -302,16 +310,7 @@ impl Topology {
         }
         self.ipv6 = true;
         // The links' own link-local addresses still go through detection.
-        for ns in self.namespaces() {
-            let settled = (0..60).any(|_| {
-                let tentative = ns_sh(&ns, &["ip", "-6", "addr", "show", "tentative"]);
-                if !tentative.trim().is_empty() {
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                tentative.trim().is_empty()
-            });
-            assert!(settled, "{ns}: IPv6 addresses still tentative after 3 s");
-        }
+        wait_untentative(&self.namespaces());
     }
 
     /// Puts a router between the client and the load balancer, before
@@ -438,6 +437,8 @@ impl Topology {
     /// through the router. No new veth receives a frame that XDP
     /// redirected: what the load balancer sends arrives at the switch's
     /// `sw-lb` (with its XDP_PASS program, see `create`) and is bridged on.
+    /// On a dual-stack topology, the same in IPv6: the router fd77:2::2 and
+    /// fd77:4::1, app1..app3 fd77:4::11..13.
     pub fn add_routed_subnet(&mut self) {
         let (lb, sw, router) = (self.lb(), self.switch(), self.subnet_router());
         for ns in self.routed_namespaces() {
@@ -462,6 +463,19 @@ impl Topology {
             endpoint_offloads(&app, "eth0");
         }
         ns_sh(&lb, &["ip", "route", "add", ROUTED_SUBNET, "via", SUBNET_ROUTER_LAN_SIDE]);
+        if self.ipv6 {
+            addr6(&router, "eth0", &format!("{SUBNET_ROUTER_LAN_SIDE6}/64"));
+            addr6(&router, "br0", &format!("{SUBNET_ROUTER6}/64"));
+            ns_sh(&router, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+            for (name, address) in ROUTED_BACKENDS6 {
+                let app = self.web(name);
+                addr6(&app, "eth0", &format!("{address}/64"));
+                ns_sh(&app, &["ip", "-6", "route", "add", "default", "via", SUBNET_ROUTER6]);
+            }
+            let (subnet, via) = (ROUTED_SUBNET6, SUBNET_ROUTER_LAN_SIDE6);
+            ns_sh(&lb, &["ip", "-6", "route", "add", subnet, "via", via]);
+            wait_untentative(&self.routed_namespaces());
+        }
         self.routed = true;
     }
 }
@@ -517,6 +531,21 @@ fn direct_routing_backend(web: &str) {
     }
     ns_sh(web, &["ip", "rule", "add", "from", &format!("{VIP}/32"), "lookup", "100"]);
     ns_sh(web, &["ip", "route", "add", "default", "via", CLIENT_BYPASS, "table", "100"]);
+}
+
+/// Waits until no IPv6 address in `namespaces` is tentative (duplicate
+/// address detection of the links' own link-local addresses).
+fn wait_untentative(namespaces: &[String]) {
+    for ns in namespaces {
+        let settled = (0..60).any(|_| {
+            let tentative = ns_sh(ns, &["ip", "-6", "addr", "show", "tentative"]);
+            if !tentative.trim().is_empty() {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            tentative.trim().is_empty()
+        });
+        assert!(settled, "{ns}: IPv6 addresses still tentative after 3 s");
+    }
 }
 
 pub(crate) fn addr(ns: &str, dev: &str, cidr: &str) {

@@ -128,19 +128,21 @@ fn demo_round() -> Result<()> {
     curl_round("TCP6", &["-6", "-g"], &format!("http://[{VIP6}]/"));
     // Full NAT: backends whose routes do not lead back to the load balancer.
     curl_round("FNAT", &[], &format!("http://{VIP}:8000/"));
+    curl_round("FNA6", &["-6", "-g"], &format!("http://[{VIP6}]:8000/"));
     // What app1 saw: its peers on port 80 with a port of snat_ports (its
-    // health checks come from the load balancer too, from other ports).
+    // health checks come from the load balancer too, from other ports),
+    // in both families.
     let ss = output(
         Command::new("ip")
             .args(["netns", "exec", &format!("{PREFIX}-app1")])
             .args(["ss", "-Htan", "(", "sport", "=", ":80", "and", "dport", ">=", ":61000", ")"]),
     )?;
-    let peers: Vec<&str> = ss.lines().filter_map(|l| l.split_whitespace().last()).collect();
-    let addresses: std::collections::BTreeSet<&str> =
-        peers.iter().filter_map(|p| p.rsplit_once(':').map(|(ip, _)| ip)).collect();
+    let peers: std::collections::BTreeSet<&str> = ss
+        .lines()
+        .filter_map(|l| l.split_whitespace().last()?.rsplit_once(':').map(|(ip, _)| ip))
+        .collect();
     eprintln!(
-        "  => app1 (ss -tan) saw {} of them, from {addresses:?}: the load balancer's pool, not the client",
-        peers.len()
+        "  => app1's side of them (ss -tan) has the peer {peers:?}: the load balancer, not the client"
     );
     for i in 1..=6 {
         let mut cmd = client(&["socat", "-T", "2", "-", &format!("UDP:{VIP}:5353")]);
@@ -200,8 +202,10 @@ The lab is up. Try:
   echo hi | ip netns exec lb-client socat - UDP:{VIP}:5353
   # direct routing (web-dsr): the reply skips the load balancer
   ip netns exec lb-client curl http://{VIP}:8080/
-  # full NAT (web-fullnat): app1..app3 route through their own router; they see 10.77.2.1
+  # full NAT (web-fullnat, web6-fullnat): app1..app3 route through their own router;
+  # they see the load balancer's 10.77.2.1 / fd77:2::1 as the client
   ip netns exec lb-client curl http://{VIP}:8000/
+  ip netns exec lb-client curl -6 -g http://[{VIP6}]:8000/
   ip netns exec lb-app1 ss -tn
   # the kernel maps, with field names (addresses print as [10,77,1,100])
   bpftool map dump name lb_services
