@@ -19,7 +19,7 @@ use lb_testbed::{
     harness::{EchoConn, Lab, Setup, http_get_at},
     netns::{in_ns, ns_sh},
     server::ECHO_PORT,
-    topology::{LB_BACKEND_SIDE, ROUTED_BACKENDS, VIP},
+    topology::{LB_BACKEND_SIDE, LB_BACKEND_SIDE6, ROUTED_BACKENDS, VIP, VIP6},
     traffic::Traffic,
 };
 use lb_tests::bulk;
@@ -118,15 +118,21 @@ fn app_names() -> Vec<String> {
 #[test]
 fn backends_behind_their_own_router_fail_through_nat_and_answer_through_full_nat() {
     let lab = Lab::start_with("lbf-a", full_nat(), [Some(1); 3]);
-    let nat = in_ns(&lab.topo.client(), || {
-        (0..3).map(|_| http_get_at(VIP, NAT_PORT).map_err(|e| e.kind())).collect::<Vec<_>>()
-    });
-    eprintln!("through the NAT-mode service: {nat:?}");
-    assert!(nat.iter().all(Result::is_err), "a NAT-mode request was answered: {nat:?}");
+    assert_nat_fails(&lab, VIP);
     let answers = tally(lab.who_answers(30));
     eprintln!("through the full-NAT service: {answers:?}");
     assert_eq!(answers.values().sum::<usize>(), 30);
     assert_eq!(answers.keys().cloned().collect::<Vec<_>>(), app_names(), "every backend answers");
+}
+
+/// Three requests to the NAT-mode service on `vip` (port 8080): none is
+/// answered, each ends at its bounded connect timeout.
+fn assert_nat_fails(lab: &Lab, vip: &'static str) {
+    let nat = in_ns(&lab.topo.client(), move || {
+        (0..3).map(|_| http_get_at(vip, NAT_PORT).map_err(|e| e.kind())).collect::<Vec<_>>()
+    });
+    eprintln!("through the NAT-mode service: {nat:?}");
+    assert!(nat.iter().all(Result::is_err), "a NAT-mode request was answered: {nat:?}");
 }
 
 /// What a backend sees: every connection of the full-NAT echo comes from
@@ -135,10 +141,19 @@ fn backends_behind_their_own_router_fail_through_nat_and_answer_through_full_nat
 #[test]
 fn each_backend_sees_the_pool_address_as_its_peer() {
     let lab = Lab::start_with("lbf-b", full_nat(), [Some(1); 3]);
-    let conns = in_ns(&lab.topo.client(), || {
+    assert_peers_are_the_pool(&lab, VIP, LB_BACKEND_SIDE);
+}
+
+/// Opens 30 connections to the full-NAT echo on `vip` (all three
+/// backends get some) and checks each backend's `ss -tn`: as many
+/// connections as it was given, each from `pool` and a port of the
+/// default range.
+fn assert_peers_are_the_pool(lab: &Lab, vip: &'static str, pool: &str) {
+    let conns = in_ns(&lab.topo.client(), move || {
         (0..30)
             .map(|i| {
-                let mut conn = EchoConn::open().unwrap_or_else(|e| panic!("connection {i}: {e}"));
+                let mut conn = EchoConn::open_at(vip, ECHO_PORT)
+                    .unwrap_or_else(|e| panic!("connection {i}: {e}"));
                 let backend = conn.exchange("hello").unwrap_or_else(|e| panic!("echo {i}: {e}"));
                 (conn, backend)
             })
@@ -154,15 +169,16 @@ fn each_backend_sees_the_pool_address_as_its_peer() {
             &["ss", "-Htn", "state", "established", "sport", "=", &sport],
         );
         eprintln!("{name}: ss -tn\n{ss}");
-        // Recv-Q, Send-Q, local address:port, peer address:port.
+        // Recv-Q, Send-Q, local address:port, peer address:port (an IPv6
+        // address in brackets).
         let peers: Vec<(String, u16)> = ss
             .lines()
             .filter_map(|l| l.split_whitespace().nth(3)?.rsplit_once(':'))
-            .map(|(ip, port)| (ip.to_owned(), port.parse().expect("a port")))
+            .map(|(ip, port)| (ip.replace(['[', ']'], ""), port.parse().expect("a port")))
             .collect();
         assert_eq!(peers.len(), *count, "{name}'s established connections: {ss}");
         for (ip, port) in &peers {
-            assert_eq!(ip, LB_BACKEND_SIDE, "{name}'s peer");
+            assert_eq!(ip, pool, "{name}'s peer");
             assert!(DEFAULT_PORTS.contains(port), "{name}'s peer port {port}");
         }
     }
@@ -291,4 +307,44 @@ fn a_killed_controller_breaks_no_full_nat_connection() {
     }
     let requests = Traffic::check_unbroken(requests, &echoes, 100);
     assert!(requests.done > 100, "only {} requests were made", requests.done);
+}
+
+/// The NAT66 service on the IPv6 VIP, port 8080, over app1..app3's IPv6
+/// addresses (`full_nat6`).
+const NAT66_SERVICE: &str = r#"
+[[service]]
+name = "nat6"
+vip = "fd77:1::100"
+port = 8080
+protocol = "tcp"
+forwarding = "nat"
+  [[service.backend]]
+  address = "fd77:4::11"
+  port = 8080
+  [[service.backend]]
+  address = "fd77:4::12"
+  port = 8080
+  [[service.backend]]
+  address = "fd77:4::13"
+  port = 8080
+"#;
+
+/// Dual stack: web6 and echo6 full NAT over app1..app3's IPv6 addresses,
+/// and a NAT66 service over them (`NAT66_SERVICE`).
+fn full_nat6() -> Setup {
+    Setup { ipv6: true, tables: NAT66_SERVICE, ..full_nat() }
+}
+
+/// IPv6, as the IPv4 tests above: the routed backends fail through NAT66
+/// and answer through full NAT, all three, and see the pool address (the
+/// load balancer's fd77:2::1) and a port of the range as their peer.
+#[test]
+fn ipv6_backends_behind_their_own_router_answer_through_full_nat_only() {
+    let lab = Lab::start_with("lbf-f", full_nat6(), [Some(1); 3]);
+    assert_nat_fails(&lab, VIP6);
+    let answers = tally(lab.who_answers6(30));
+    eprintln!("through the full-NAT service: {answers:?}");
+    assert_eq!(answers.values().sum::<usize>(), 30);
+    assert_eq!(answers.keys().cloned().collect::<Vec<_>>(), app_names(), "every backend answers");
+    assert_peers_are_the_pool(&lab, VIP6, LB_BACKEND_SIDE6);
 }
