@@ -1,5 +1,6 @@
-//! The lab's plumbing, as a command: `lb-lab up PREFIX LB_LAB_BIN` builds the
-//! topology (dual stack) and starts the backends, `lb-lab down PREFIX` removes it, and
+//! The lab's plumbing, as a command: `lb-lab up PREFIX` builds the
+//! topology (dual stack, with the backend subnet behind its own router)
+//! and starts the backends, `lb-lab down PREFIX` removes it, and
 //! `lb-lab serve NAME ADDR` is a backend's server process, and
 //! `lb-lab counters PIN_DIR` prints the data plane's outcome counters, and
 //! `lb-lab ha` shows two load balancers with keepalived moving the VIP under
@@ -17,6 +18,7 @@ fn main() -> ExitCode {
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["up", prefix] => {
             let mut topo = Topology::create_dual_stack(prefix);
+            topo.add_routed_subnet();
             let me = std::env::current_exe().expect("path of lb-lab");
             topo.start_backends(&me.to_string_lossy());
             topo.keep = true;

@@ -80,6 +80,7 @@ const BGP_SETUP: Setup = Setup {
     conntrack_max: None,
     resolv_conf: None,
     ipv6: false,
+    routed: false,
 };
 
 pub struct Ha {

@@ -12,7 +12,7 @@ use std::{
 
 use crate::{
     netns::output,
-    topology::{BACKENDS, BACKENDS6, Topology, VIP, VIP6},
+    topology::{BACKENDS, BACKENDS6, ROUTED_BACKENDS, ROUTED_BACKENDS6, Topology, VIP, VIP6},
 };
 
 /// The controller binary: `$LB_CTL` (set by `cargo xtask test`), or the one
@@ -76,6 +76,9 @@ pub struct Setup {
     /// services again on the IPv6 VIP (`web6`, `echo6`, `udp6`: a service
     /// is of one family), over the backends' IPv6 addresses.
     pub ipv6: bool,
+    /// The services over app1..app3, the backends behind their own
+    /// router (`Topology::add_routed_subnet`), instead of web1..web3.
+    pub routed: bool,
 }
 
 /// Config for the end-to-end tests: HTTP on 80, a line echo on 9000 (for
@@ -87,10 +90,12 @@ pub fn config(pin_dir: &str, weights: [Option<u32>; 3], setup: Setup) -> String 
         setup.conntrack_max.unwrap_or(65_536)
     );
     text.push_str(setup.dataplane);
+    let (backends, backends6) =
+        if setup.routed { (ROUTED_BACKENDS, ROUTED_BACKENDS6) } else { (BACKENDS, BACKENDS6) };
     let families = if setup.ipv6 {
-        &[(VIP, "", BACKENDS), (VIP6, "6", BACKENDS6)][..]
+        &[(VIP, "", backends), (VIP6, "6", backends6)][..]
     } else {
-        &[(VIP, "", BACKENDS)][..]
+        &[(VIP, "", backends)][..]
     };
     for (vip, suffix, backends) in families {
         for (name, port, protocol) in
@@ -178,6 +183,9 @@ impl Lab {
     ) -> Self {
         let mut topo =
             if setup.ipv6 { Topology::create_dual_stack(prefix) } else { Topology::create(prefix) };
+        if setup.routed {
+            topo.add_routed_subnet();
+        }
         prepare(&topo);
         topo.start_backends(&built_bin("lb-lab").to_string_lossy());
         let controller = Controller::start(&topo.lb(), &format!("{prefix}-e2e"), setup, weights);
@@ -640,10 +648,10 @@ pub fn backend_of(body: &str) -> String {
 }
 
 /// The backend named by an HTTP body, if it names one of the lab's
-/// backends: an empty or foreign answer is no answer.
+/// backends (web1..web3, app1..app3): an empty or foreign answer is no answer.
 pub fn answering_backend(body: &str) -> Option<String> {
     let name = backend_of(body);
-    BACKENDS.iter().any(|(n, _)| *n == name).then_some(name)
+    BACKENDS.iter().chain(&ROUTED_BACKENDS).any(|(n, _)| *n == name).then_some(name)
 }
 
 /// The backends that answer `requests` HTTP GETs in a row, in order; each

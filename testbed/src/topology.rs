@@ -15,6 +15,11 @@
 //! Every namespace name starts with a prefix, so the lab (`lb`) and the tests
 //! (`lbt`) never collide. Dropping a `Topology` removes it unless `keep` is set.
 //!
+//! `add_routed_subnet` puts a second backend subnet behind a router of its
+//! own (`rtb`) on the backends' LAN: its backends (app1..app3) send
+//! everything through that router, which has no route to the client's
+//! network; only full NAT reaches them (see there).
+//!
 //! `create_dual_stack` gives every link an IPv6 address too, alike:
 //! fd77:1::/64 on the client's side (the client fd77:1::10, the load
 //! balancer fd77:1::1 and the VIP fd77:1::100), fd77:2::/64 on the
@@ -45,6 +50,21 @@ pub const ROUTED_CLIENT_ADDR: &str = "10.77.3.10";
 pub const ROUTER_CLIENT_SIDE: &str = "10.77.3.1";
 pub const ROUTER_LB_SIDE: &str = "10.77.1.2";
 
+/// With `Topology::add_routed_subnet`: the subnet behind the backends'
+/// own router, the router's address there and on the backends' LAN, and
+/// the backends on it (their default route: the router).
+pub const ROUTED_SUBNET: &str = "10.77.4.0/24";
+pub const SUBNET_ROUTER: &str = "10.77.4.1";
+pub const SUBNET_ROUTER_LAN_SIDE: &str = "10.77.2.2";
+pub const ROUTED_BACKENDS: [(&str, &str); 3] =
+    [("app1", "10.77.4.11"), ("app2", "10.77.4.12"), ("app3", "10.77.4.13")];
+/// The same in IPv6, on a dual-stack topology.
+pub const ROUTED_SUBNET6: &str = "fd77:4::/64";
+pub const SUBNET_ROUTER6: &str = "fd77:4::1";
+pub const SUBNET_ROUTER_LAN_SIDE6: &str = "fd77:2::2";
+pub const ROUTED_BACKENDS6: [(&str, &str); 3] =
+    [("app1", "fd77:4::11"), ("app2", "fd77:4::12"), ("app3", "fd77:4::13")];
+
 /// The IPv6 addresses of `create_dual_stack`, as the IPv4 ones above.
 pub const VIP6: &str = "fd77:1::100";
 pub const CLIENT_ADDR6: &str = "fd77:1::10";
@@ -64,12 +84,21 @@ pub struct Topology {
     /// Whether the links have IPv6 addresses too (`create_dual_stack`):
     /// the backends' servers then listen on both.
     pub ipv6: bool,
+    /// Whether `add_routed_subnet` added app1..app3 (`start_backends`
+    /// then starts their servers too).
+    pub routed: bool,
 }
 
 impl Topology {
     /// A handle on the topology of `prefix`, without creating anything.
     pub fn named(prefix: &str) -> Self {
-        Self { prefix: prefix.to_owned(), keep: false, servers: Vec::new(), ipv6: false }
+        Self {
+            prefix: prefix.to_owned(),
+            keep: false,
+            servers: Vec::new(),
+            ipv6: false,
+            routed: false,
+        }
     }
 
     pub fn client(&self) -> String {
@@ -86,6 +115,11 @@ impl Topology {
     pub fn router(&self) -> String {
         format!("{}-rtr", self.prefix)
     }
+    /// The router of `add_routed_subnet`, in front of app1..app3.
+    pub fn subnet_router(&self) -> String {
+        format!("{}-rtb", self.prefix)
+    }
+    /// A backend's namespace (web1..web3, or app1..app3 of `add_routed_subnet`).
     pub fn web(&self, name: &str) -> String {
         format!("{}-{name}", self.prefix)
     }
@@ -129,6 +163,29 @@ impl Topology {
     pub fn namespaces(&self) -> Vec<String> {
         let mut all = vec![self.client(), self.lb(), self.switch()];
         all.extend(BACKENDS.iter().map(|(name, _)| self.web(name)));
+        all
+    }
+
+    /// The namespaces `add_routed_subnet` makes.
+    pub fn routed_namespaces(&self) -> Vec<String> {
+        let mut all = vec![self.subnet_router()];
+        all.extend(ROUTED_BACKENDS.iter().map(|(name, _)| self.web(name)));
+        all
+    }
+
+    /// Every backend the servers of `start_backends` run on, with its
+    /// addresses: web1..web3, and app1..app3 once `add_routed_subnet` made them.
+    fn served_backends(&self) -> Vec<(&'static str, Vec<&'static str>)> {
+        let mut all: Vec<_> = BACKENDS
+            .iter()
+            .zip(BACKENDS6)
+            .map(|(&(name, v4), (_, v6))| (name, if self.ipv6 { vec![v4, v6] } else { vec![v4] }))
+            .collect();
+        if self.routed {
+            all.extend(ROUTED_BACKENDS.iter().zip(ROUTED_BACKENDS6).map(
+                |(&(name, v4), (_, v6))| (name, if self.ipv6 { vec![v4, v6] } else { vec![v4] }),
+            ));
+        }
         all
     }
 
@@ -253,16 +310,7 @@ impl Topology {
         }
         self.ipv6 = true;
         // The links' own link-local addresses still go through detection.
-        for ns in self.namespaces() {
-            let settled = (0..60).any(|_| {
-                let tentative = ns_sh(&ns, &["ip", "-6", "addr", "show", "tentative"]);
-                if !tentative.trim().is_empty() {
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                tentative.trim().is_empty()
-            });
-            assert!(settled, "{ns}: IPv6 addresses still tentative after 3 s");
-        }
+        wait_untentative(&self.namespaces());
     }
 
     /// Puts a router between the client and the load balancer, before
@@ -320,10 +368,12 @@ impl Topology {
 
     /// Removes every namespace of this prefix and the processes inside them.
     pub fn destroy(&mut self) {
-        for ns in self.namespaces().into_iter().chain([self.router()]) {
+        for ns in
+            self.namespaces().into_iter().chain([self.router()]).chain(self.routed_namespaces())
+        {
             crate::netns::remove(&ns);
         }
-        for (name, _) in BACKENDS {
+        for (name, _) in BACKENDS.iter().chain(&ROUTED_BACKENDS) {
             let control = self.health_control(name);
             let _ = std::fs::remove_file(crate::server::answers_path(&control));
             let _ = std::fs::remove_file(control);
@@ -338,14 +388,13 @@ impl Topology {
     /// Starts the backend servers (HTTP, line echo, UDP echo) as processes of
     /// `lb_lab` (the `lb-lab` binary) inside each backend's namespace.
     pub fn start_backends(&mut self, lb_lab: &str) {
-        for ((name, address), (_, address6)) in BACKENDS.iter().zip(BACKENDS6) {
+        let backends = self.served_backends();
+        for (name, addresses) in &backends {
             let ns = self.web(name);
             // A crashed earlier run's answers are not this run's.
             let _ = std::fs::remove_file(crate::server::answers_path(&self.health_control(name)));
-            let addresses =
-                if self.ipv6 { format!("{address},{address6}") } else { (*address).to_owned() };
             let server = std::process::Command::new("ip")
-                .args(["netns", "exec", &ns, lb_lab, "serve", name, &addresses])
+                .args(["netns", "exec", &ns, lb_lab, "serve", name, &addresses.join(",")])
                 .arg(self.health_control(name))
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
@@ -356,18 +405,78 @@ impl Topology {
                 .unwrap_or_else(|e| panic!("starting the {name} server: {e}"));
             self.servers.push(server);
         }
-        let ipv6 = self.ipv6.then_some(BACKENDS6).into_iter().flatten();
-        for (name, address) in BACKENDS.into_iter().chain(ipv6) {
+        for (name, addresses) in backends {
             let ns = self.web(name);
-            let ready = (0..100).any(|_| {
-                let up = ns_try(&ns, &["bash", "-c", &format!("exec 3<>/dev/tcp/{address}/80")]);
-                if !up {
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                up
-            });
-            assert!(ready, "the {name} server did not start listening");
+            for address in addresses {
+                let ready = (0..100).any(|_| {
+                    let up =
+                        ns_try(&ns, &["bash", "-c", &format!("exec 3<>/dev/tcp/{address}/80")]);
+                    if !up {
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                    up
+                });
+                assert!(ready, "the {name} server did not start listening on {address}");
+            }
         }
+    }
+
+    /// Adds a backend subnet behind a router of its own, before the
+    /// backends and the controller start:
+    ///
+    /// ```text
+    ///  load balancer lb-b ── switch ── eth0 [ router rtb ] br0 ─┬─ app1 10.77.4.11
+    ///  10.77.2.1             (bridge)  10.77.2.2   10.77.4.1    ├─ app2 10.77.4.12
+    ///                                                           └─ app3 10.77.4.13
+    /// ```
+    ///
+    /// The backends' default route is the router, and the router knows
+    /// only its two subnets: a NAT-mode reply (to the client's address)
+    /// ends there, undeliverable; a full-NAT one (to the load balancer's
+    /// 10.77.2.1) is delivered. The load balancer reaches 10.77.4.0/24
+    /// through the router. No new veth receives a frame that XDP
+    /// redirected: what the load balancer sends arrives at the switch's
+    /// `sw-lb` (with its XDP_PASS program, see `create`) and is bridged on.
+    /// On a dual-stack topology, the same in IPv6: the router fd77:2::2 and
+    /// fd77:4::1, app1..app3 fd77:4::11..13.
+    pub fn add_routed_subnet(&mut self) {
+        let (lb, sw, router) = (self.lb(), self.switch(), self.subnet_router());
+        for ns in self.routed_namespaces() {
+            sh(&["ip", "netns", "add", &ns]);
+            ns_sh(&ns, &["ip", "link", "set", "lo", "up"]);
+        }
+        veth(&router, "eth0", &sw, "sw-rtb");
+        bridge_port(&sw, "sw-rtb");
+        addr(&router, "eth0", &format!("{SUBNET_ROUTER_LAN_SIDE}/24"));
+        ns_sh(&router, &["ip", "link", "add", "br0", "type", "bridge"]);
+        ns_sh(&router, &["ip", "link", "set", "br0", "up"]);
+        addr(&router, "br0", &format!("{SUBNET_ROUTER}/24"));
+        ns_sh(&router, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        endpoint_offloads(&router, "eth0");
+        for (name, address) in ROUTED_BACKENDS {
+            let app = self.web(name);
+            let port = format!("br-{name}");
+            veth(&app, "eth0", &router, &port);
+            bridge_port(&router, &port);
+            addr(&app, "eth0", &format!("{address}/24"));
+            ns_sh(&app, &["ip", "route", "add", "default", "via", SUBNET_ROUTER]);
+            endpoint_offloads(&app, "eth0");
+        }
+        ns_sh(&lb, &["ip", "route", "add", ROUTED_SUBNET, "via", SUBNET_ROUTER_LAN_SIDE]);
+        if self.ipv6 {
+            addr6(&router, "eth0", &format!("{SUBNET_ROUTER_LAN_SIDE6}/64"));
+            addr6(&router, "br0", &format!("{SUBNET_ROUTER6}/64"));
+            ns_sh(&router, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+            for (name, address) in ROUTED_BACKENDS6 {
+                let app = self.web(name);
+                addr6(&app, "eth0", &format!("{address}/64"));
+                ns_sh(&app, &["ip", "-6", "route", "add", "default", "via", SUBNET_ROUTER6]);
+            }
+            let (subnet, via) = (ROUTED_SUBNET6, SUBNET_ROUTER_LAN_SIDE6);
+            ns_sh(&lb, &["ip", "-6", "route", "add", subnet, "via", via]);
+            wait_untentative(&self.routed_namespaces());
+        }
+        self.routed = true;
     }
 }
 
@@ -422,6 +531,21 @@ fn direct_routing_backend(web: &str) {
     }
     ns_sh(web, &["ip", "rule", "add", "from", &format!("{VIP}/32"), "lookup", "100"]);
     ns_sh(web, &["ip", "route", "add", "default", "via", CLIENT_BYPASS, "table", "100"]);
+}
+
+/// Waits until no IPv6 address in `namespaces` is tentative (duplicate
+/// address detection of the links' own link-local addresses).
+fn wait_untentative(namespaces: &[String]) {
+    for ns in namespaces {
+        let settled = (0..60).any(|_| {
+            let tentative = ns_sh(ns, &["ip", "-6", "addr", "show", "tentative"]);
+            if !tentative.trim().is_empty() {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            tentative.trim().is_empty()
+        });
+        assert!(settled, "{ns}: IPv6 addresses still tentative after 3 s");
+    }
 }
 
 pub(crate) fn addr(ns: &str, dev: &str, cidr: &str) {

@@ -45,7 +45,9 @@ pub fn up(keep: bool) -> Result<()> {
     require_root("the lab")?;
     stop_controller();
     remove_data_plane();
-    step("creating the topology: client, load balancer, switch, web1..web3 (namespaces lb-*)");
+    step(
+        "creating the topology: client, load balancer, switch, web1..web3, and app1..app3 behind their own router (namespaces lb-*)",
+    );
     run_status(Command::new(bin("lb-lab")).args(["up", PREFIX]))?;
 
     step("starting lb-ctl in the load balancer's namespace");
@@ -124,6 +126,24 @@ fn demo_round() -> Result<()> {
     curl_round("TCP ", &[], &format!("http://{VIP}/"));
     // The dual-stack web service's IPv6 half (-g: the brackets are no glob).
     curl_round("TCP6", &["-6", "-g"], &format!("http://[{VIP6}]/"));
+    // Full NAT: backends whose routes do not lead back to the load balancer.
+    curl_round("FNAT", &[], &format!("http://{VIP}:8000/"));
+    curl_round("FNA6", &["-6", "-g"], &format!("http://[{VIP6}]:8000/"));
+    // What app1 saw: its peers on port 80 with a port of snat_ports (its
+    // health checks come from the load balancer too, from other ports),
+    // in both families.
+    let ss = output(
+        Command::new("ip")
+            .args(["netns", "exec", &format!("{PREFIX}-app1")])
+            .args(["ss", "-Htan", "(", "sport", "=", ":80", "and", "dport", ">=", ":61000", ")"]),
+    )?;
+    let peers: std::collections::BTreeSet<&str> = ss
+        .lines()
+        .filter_map(|l| l.split_whitespace().last()?.rsplit_once(':').map(|(ip, _)| ip))
+        .collect();
+    eprintln!(
+        "  => app1's side of them (ss -tan) has the peer {peers:?}: the load balancer, not the client"
+    );
     for i in 1..=6 {
         let mut cmd = client(&["socat", "-T", "2", "-", &format!("UDP:{VIP}:5353")]);
         let answer = output(cmd.stdin(stdin_of(&format!("hello {i}\n"))?))
@@ -182,6 +202,11 @@ The lab is up. Try:
   echo hi | ip netns exec lb-client socat - UDP:{VIP}:5353
   # direct routing (web-dsr): the reply skips the load balancer
   ip netns exec lb-client curl http://{VIP}:8080/
+  # full NAT (web-fullnat, web6-fullnat): app1..app3 route through their own router;
+  # they see the load balancer's 10.77.2.1 / fd77:2::1 as the client
+  ip netns exec lb-client curl http://{VIP}:8000/
+  ip netns exec lb-client curl -6 -g http://[{VIP6}]:8000/
+  ip netns exec lb-app1 ss -tn
   # the kernel maps, with field names (addresses print as [10,77,1,100])
   bpftool map dump name lb_services
   bpftool map dump name lb_backends | head -40
@@ -288,7 +313,7 @@ pub fn down() -> Result<()> {
         run_status(Command::new(lab).args(["down", PREFIX]))?;
     } else {
         // Not built yet: nothing of ours can exist beyond namespaces.
-        for ns in ["client", "lb", "sw", "web1", "web2", "web3"] {
+        for ns in ["client", "lb", "sw", "web1", "web2", "web3", "rtb", "app1", "app2", "app3"] {
             let _ = Command::new("ip").args(["netns", "del", &format!("{PREFIX}-{ns}")]).output();
         }
     }
