@@ -6,7 +6,9 @@
 //!
 //! Unlike NAT and direct routing, the reverse path is state: two maps per
 //! family, written by the data plane when a flow takes a port and removed
-//! by the controller when it expires (nothing else frees a port):
+//! by the controller when it expires (the data plane frees a port only to
+//! take it at once, from a flow that never got past its first packet:
+//! `reclaimable`):
 //!
 //! - `lb_fnat_fwd` (`lb_fnat_fwd6`): the client's flow -> its mapping (`FnatFlow`),
 //!   which the client's next packets follow;
@@ -33,11 +35,12 @@ pub const SNAT_ADDRS_MAX: usize = 4;
 pub const SNAT_PROBES: u32 = 64;
 /// Capacity of each full-NAT map (flows, per family).
 pub const FNAT_MAX: u32 = 1 << 16;
-/// A mapping whose client sent nothing but its SYN this many epoch ticks
-/// ago may be taken by another flow's SYN when its port is wanted: a real
-/// client answers the SYN-ACK within a round trip, a forged one never
-/// does, so a flood of forged SYNs holds each port it takes about this
-/// long, not the SYN state's whole timeout.
+/// A mapping whose client sent nothing but its SYN (or whose UDP
+/// datagrams its backend never answered) this many epoch ticks ago may be
+/// taken by another flow when its port is wanted: a real client answers
+/// the SYN-ACK within a round trip, a forged one never does, so a flood
+/// of forged SYNs holds each port it takes about this long, not the SYN
+/// state's whole timeout.
 pub const FNAT_SYN_RECLAIM_TICKS: u32 = 64;
 
 /// Value of `lb_snat` (`lb_snat6`), indexed by service id: the pool of a
