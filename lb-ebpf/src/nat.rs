@@ -117,22 +117,58 @@ pub unsafe fn rewrite_both(pkt: &Packet, src: ([u8; 4], u16), dst: ([u8; 4], u16
         mem::store32::<12>(ip, new_src);
         (old_src, old_dst, proto)
     };
+    // A UDP checksum of 0 means "none" in IPv4 (RFC 768): it stays 0.
+    let udp = proto == PROTO_UDP;
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        rewrite_ports(
+            pkt,
+            (src.1, dst.1),
+            udp,
+            #[inline(always)]
+            |check| {
+                if udp && check == 0 {
+                    return None;
+                }
+                Some(csum::replace_u32(
+                    csum::replace_u32(check, old_src, new_src),
+                    old_dst,
+                    new_dst,
+                ))
+            },
+        );
+    }
+}
+
+/// The transport ports of a whole packet (full NAT) become `ports`
+/// (source, destination), and its checksum follows: `addresses` moves it
+/// by the addresses' change (the pseudo-header), or says (`None`) that
+/// the packet has none to keep (IPv4 UDP's 0); then the ports' change. A
+/// computed 0 is sent as 0xffff for UDP. Nothing for a packet without
+/// transport pointers.
+///
+/// # Safety
+/// `pkt` comes from parse on the current frame, with no packet-resizing
+/// helper called since.
+#[inline(always)]
+pub unsafe fn rewrite_ports<F: crate::family::Family>(
+    pkt: &Packet<F>,
+    ports: (u16, u16),
+    udp: bool,
+    addresses: impl FnOnce(u16) -> Option<u16>,
+) {
     let l4 = pkt.ports.cast::<u8>();
     let check_at = pkt.l4_check.cast::<u8>();
     if l4.is_null() || check_at.is_null() {
         return;
     }
     let wire = |port: u16| u16::from_ne_bytes(port.to_be_bytes());
-    let (src_port, dst_port) = (wire(src.1), wire(dst.1));
+    let (src_port, dst_port) = (wire(ports.0), wire(ports.1));
     // SAFETY: parse's bounds-checked transport pointers (not null).
     unsafe {
         let (was_src_port, was_dst_port) = (mem::load16::<0>(l4), mem::load16::<2>(l4));
-        let l4_check = mem::load16::<0>(check_at);
-        let udp = proto == PROTO_UDP;
-        if !(udp && l4_check == 0) {
-            let mut check = csum::replace_u32(l4_check, old_src, new_src);
-            check = csum::replace_u32(check, old_dst, new_dst);
-            check = csum::replace_u16(check, was_src_port, src_port);
+        if let Some(moved) = addresses(mem::load16::<0>(check_at)) {
+            let mut check = csum::replace_u16(moved, was_src_port, src_port);
             check = csum::replace_u16(check, was_dst_port, dst_port);
             if check == 0 && udp {
                 check = 0xffff;

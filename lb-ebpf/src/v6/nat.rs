@@ -78,27 +78,19 @@ pub unsafe fn rewrite_both(pkt: &Packet<V6>, src: ([u8; 16], u16), dst: ([u8; 16
         mem::store_addr6::<24>(ip, dst.0);
         old
     };
-    let l4 = pkt.ports.cast::<u8>();
-    let check_at = pkt.l4_check.cast::<u8>();
-    if l4.is_null() || check_at.is_null() {
-        return;
-    }
-    let wire = |port: u16| u16::from_ne_bytes(port.to_be_bytes());
-    let (src_port, dst_port) = (wire(src.1), wire(dst.1));
-    // SAFETY: parse's bounds-checked transport pointers (not null).
+    // UDP's checksum is mandatory in IPv6: always kept.
+    let udp = pkt.flow.proto == PROTO_UDP;
+    // SAFETY: the caller's guarantee.
     unsafe {
-        let words = |a: [u8; 16]| core::mem::transmute::<[u8; 16], [u64; 2]>(a);
-        let (was_src_port, was_dst_port) = (mem::load16::<0>(l4), mem::load16::<2>(l4));
-        let mut check =
-            csum::replace_addr6(mem::load16::<0>(check_at), words(old_src), words(src.0));
-        check = csum::replace_addr6(check, words(old_dst), words(dst.0));
-        check = csum::replace_u16(check, was_src_port, src_port);
-        check = csum::replace_u16(check, was_dst_port, dst_port);
-        if check == 0 && pkt.flow.proto == PROTO_UDP {
-            check = 0xffff;
-        }
-        mem::store16::<0>(check_at, check);
-        mem::store16::<0>(l4, src_port);
-        mem::store16::<2>(l4, dst_port);
+        crate::nat::rewrite_ports(
+            pkt,
+            (src.1, dst.1),
+            udp,
+            #[inline(always)]
+            |check| {
+                let check = csum::replace_addr6(check, super::words(old_src), super::words(src.0));
+                Some(csum::replace_addr6(check, super::words(old_dst), super::words(dst.0)))
+            },
+        );
     }
 }
