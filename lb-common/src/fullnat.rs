@@ -132,6 +132,9 @@ const _: () = assert!(
 const _: () = assert!(
     size_of::<FnatKey>().is_multiple_of(8) && size_of::<FnatKey<[u8; 16]>>().is_multiple_of(8)
 );
+// ... and the word is read as `service_id | last_seen << 32`.
+#[cfg(not(target_endian = "little"))]
+compile_error!("full NAT's port claim reads (service_id, last_seen) as a little-endian word");
 
 impl<A: Addr> FnatRev<A> {
     /// The client's flow, as the client sends it.

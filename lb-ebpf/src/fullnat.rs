@@ -268,23 +268,27 @@ pub fn map_out<F: Family>(tcp_flags: u8, opening: bool) -> u32 {
         // SAFETY: a pointer into the map's value, read in place.
         let held = unsafe { &mut *entry };
         // A flow keeps the backend its port is on while that backend can
-        // have it and the flow is not over: its connection is there (the
-        // connection table may have lost the flow, and the scheduler placed
-        // it elsewhere). A SYN on an open flow's ports, forged or not, does
-        // not move it (nor does it replace NAT's connection entry before
-        // it proves its client); only a closed flow opens anew elsewhere.
-        let goes_on = !tcp || next_state(held.state, tcp_flags, true).is_some();
-        if held.backend_id != backend_id
-            && goes_on
-            && usable::<F>(held.backend_id, service_id, &work.flow).is_some()
-        {
-            backend_id = held.backend_id;
-        }
-        // The id still names the endpoint the port was taken for (an id
-        // reused since names another).
+        // have it (its id still names the endpoint the port was taken
+        // for): its connection is there (the connection table may have
+        // lost the flow, and the scheduler placed it elsewhere). Whatever
+        // the packet: a SYN on its ports, even after a FIN or a RST, which
+        // anyone can forge, does not move it (IPVS keeps a connection's
+        // backend so too); a new connection on the same ports goes to the
+        // same backend from the same port, as a client's does to a server.
         let same_endpoint = F::backends()
             .get(held.backend_id)
             .is_some_and(|b| b.addr.same(&held.backend) && b.port == held.backend_port);
+        if held.backend_id != backend_id
+            && same_endpoint
+            && usable::<F>(held.backend_id, service_id, &work.flow).is_some()
+        {
+            // The flow's handshake record follows (it names the backend
+            // `lb_xdp` chose), so the SYN-ACK proves the client.
+            if opening && tcp {
+                handshake::follow::<F>(&work.flow, backend_id, held.backend_id, Here::clock());
+            }
+            backend_id = held.backend_id;
+        }
         if held.backend_id == backend_id && same_endpoint {
             held.state = next_state(held.state, tcp_flags, true).unwrap_or(CONN_SYN);
             held.last_seen = now;
@@ -292,9 +296,9 @@ pub fn map_out<F: Family>(tcp_flags: u8, opening: bool) -> u32 {
             work.sport = held.pool_port;
             mapped = true;
         } else {
-            // Its backend changed (a UDP flow placed again, its backend
-            // DOWN or gone, a closed flow opened anew): the flow takes a
-            // new port. The old one stays its reverse entry's, which the
+            // Its backend can no longer have it (DOWN, drained away from
+            // a UDP flow placed again, removed): the flow takes a new
+            // port. The old one stays its reverse entry's, which the
             // controller removes once it has been quiet long enough (the
             // old backend may still send to it).
             let _ = F::fnat().remove(&work.flow);
@@ -416,10 +420,10 @@ fn reclaim<F: Family>(work: &mut Work<F::Addr>, now: u32) -> bool {
     };
     // SAFETY: a pointer into the map's value, read in place.
     let holder = unsafe { &mut *holder };
+    // The word the claim compares, as read (a backend retransmitting its
+    // SYN-ACK to a forged client refreshes it; only the client's side
+    // says whether the flow got anywhere).
     let backend_seen = holder.last_seen;
-    if !reclaimable(CONN_SYN, backend_seen, now) {
-        return false;
-    }
     set_flow::<F>(&mut work.other, holder, work.key.proto);
     // Its flow's mapping, if it is this port's and never got further.
     let Some(m) = F::fnat().get_ptr(&work.other) else {
@@ -435,8 +439,9 @@ fn reclaim<F: Family>(work: &mut Work<F::Addr>, now: u32) -> bool {
     if !this_port || !reclaimable(m.state, m.last_seen, now) {
         return false;
     }
-    // The claim: (service id, clock) as one word (`FnatRev::CLAIM_WORD`,
-    // 8-aligned in a map's value), the clock moved from what was read.
+    // The claim: (service id, clock) as one word (8-aligned in a map's
+    // value: lb-common asserts the layout), the clock moved from what was
+    // read; little-endian, as BPF here is.
     // 8-aligned: lb-common asserts the field's offset, and a hash map's
     // values start 8-aligned.
     #[allow(clippy::cast_ptr_alignment)]
@@ -552,6 +557,7 @@ fn answered<F: Family>(work: &Work<F::Addr>, tcp_flags: u8, now: u32) {
     let forward = unsafe { &mut *forward };
     let this_port = forward.pool_port == work.key.pool_port
         && forward.backend_port == work.key.backend_port
+        && forward.pool.same(&work.key.pool)
         && forward.backend.same(&work.key.backend);
     if !this_port {
         return;

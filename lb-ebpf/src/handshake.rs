@@ -115,6 +115,21 @@ pub fn answered<F: Family>(ctx: &XdpContext, pkt: &Packet<F>, real: &Reply<F::Ad
     expect_ack(record, real.backend_id, seq);
 }
 
+/// The live record of `flow` placed on backend `from` now names `to`
+/// (full NAT keeps a flow on the backend its port is on, whatever the
+/// scheduler chose for the SYN).
+#[inline(always)]
+pub fn follow<F: Family>(flow: &Flow<F::Addr>, from: u32, to: u32, here: Here) {
+    if let Some(record) = find::<F>(flow, here) {
+        // SAFETY: as in `find`.
+        unsafe {
+            if (*record).backend_id == from {
+                (*record).backend_id = to;
+            }
+        }
+    }
+}
+
 /// `answered`, for the SYN-ACK (sequence number `seq`) of backend
 /// `backend_id` to the client's `flow` (full NAT, whose reply does not
 /// name the client).

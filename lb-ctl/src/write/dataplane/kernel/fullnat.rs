@@ -26,6 +26,10 @@ pub struct FullNatMaps<A: Addr + Pod> {
     names: (&'static str, &'static str),
     fwd: HashMap<MapData, Flow<A>, FnatFlow<A>>,
     rev: HashMap<MapData, FnatKey<A>, FnatRev<A>>,
+    /// The reverse entries of the flows whose entries the last expiry
+    /// removed, with their clock then: freed at the next one if still
+    /// those flows' and quiet (see `expire`).
+    pending: Vec<(FnatKey<A>, Flow<A>, u32)>,
 }
 
 /// The names of each family's maps, as the object has them.
@@ -44,13 +48,19 @@ impl<A: Addr + Pod> FullNatMaps<A> {
         ebpf: &mut Ebpf,
         names: (&'static str, &'static str),
     ) -> Result<Self, DataplaneError> {
-        Ok(Self { names, fwd: typed(ebpf, names.0)?, rev: typed(ebpf, names.1)? })
+        Ok(Self {
+            names,
+            fwd: typed(ebpf, names.0)?,
+            rev: typed(ebpf, names.1)?,
+            pending: Vec::new(),
+        })
     }
 
     /// Removes the mappings expired at `now` (epoch ticks) under the
     /// per-state `timeouts`: the flow's entry first (its client's next
-    /// packet, if one comes, takes a new port, or is reset), then the
-    /// reverse entry if it is still the flow's, which frees the port. A
+    /// packet, if one comes, takes a new port, or is reset), then, at the
+    /// next expiry, the reverse entry if it is still the flow's, which
+    /// frees the port. A
     /// reverse entry no flow's entry points at (a flow that moved to
     /// another backend, a removal cut short) goes once it has been quiet
     /// for the longest state's timeout. Each entry is read again just
@@ -85,19 +95,34 @@ impl<A: Addr + Pod> FullNatMaps<A> {
                 orphans.push(key);
             }
         }
+        // The ports of the flows removed last time, if still theirs and
+        // quiet since. In two steps, a second apart: a data plane's
+        // `reclaim` of such a port needs its flow's entry, so none starts
+        // once that is gone, and one under way then (a few instructions)
+        // has long rewritten the reverse entry (to its new flow, a fresh
+        // clock) by now.
         let mut freed = 0;
+        for (key, flow, seen) in std::mem::take(&mut self.pending) {
+            let still = self
+                .rev
+                .get(&key, 0)
+                .is_ok_and(|r| r.client_flow(flow.proto) == flow && r.last_seen == seen);
+            if still {
+                deleted(self.rev.remove(&key), &format!("deleting from {}", self.names.1))?;
+                freed += 1;
+            }
+        }
         for (flow, key) in expired_flows {
             // Read again: a packet since the walk makes the flow live.
             let Ok(mapping) = self.fwd.get(&flow, 0) else { continue };
             if !self.expired(&mapping, &key, now, timeouts) {
                 continue;
             }
+            let owner = self.rev.get(&key, 0).ok().filter(|r| r.client_flow(flow.proto) == flow);
             deleted(self.fwd.remove(&flow), &format!("deleting from {}", self.names.0))?;
-            // The port only if it is still this flow's (the data plane may
-            // have given it to another flow meanwhile: `reclaim`).
-            if self.rev.get(&key, 0).is_ok_and(|r| r.client_flow(flow.proto) == flow) {
-                deleted(self.rev.remove(&key), &format!("deleting from {}", self.names.1))?;
-                freed += 1;
+            // Its port, next time, if it is still this flow's then.
+            if let Some(owner) = owner {
+                self.pending.push((key, flow, owner.last_seen));
             }
         }
         for key in orphans {
