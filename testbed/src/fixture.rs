@@ -526,6 +526,21 @@ snat_ports = "40000-40003"
   address = "10.77.2.11"
   port = 8090
 
+[[service]]            # full NAT over two backends in turn (rr)
+name = "fullnat-rr"
+vip = "10.77.1.110"
+port = 83
+scheduler = "rr"
+forwarding = "fullnat"
+snat_addresses = ["10.77.2.1"]
+snat_ports = "42000-42063"
+  [[service.backend]]
+  address = "10.77.2.11"
+  port = 8093
+  [[service.backend]]
+  address = "10.77.2.12"
+  port = 8093
+
 [[service]]            # full NAT, one port, dropped when it is taken
 name = "fullnat-one"
 vip = "10.77.1.110"
@@ -578,7 +593,8 @@ snat_ports = "40000-40001"
 "#;
 
 /// Full NAT (`forwarding = "fullnat"`): port 80 TCP to `WEB1`:8090 from
-/// `LB_BACKEND_SIDE`:40000-40003; 81 UDP to `WEB2`:8091 from one port
+/// `LB_BACKEND_SIDE`:40000-40003; 83 TCP `rr` over `WEB1` and `WEB2`:8093
+/// from 42000-42063; 81 UDP to `WEB2`:8091 from one port
 /// (41000), dropped when it is taken; 82 TCP to `WEB3`:8092 from the
 /// default pool (the route's source, `LB_BACKEND_SIDE`). IPv6: `VIP6`
 /// port 90 to `WEB1_6`:8090 from `LB_BACKEND_SIDE6`:40000-40001.
