@@ -58,7 +58,9 @@ pub fn control() -> Result<()> {
 /// with the release `lb-ctl`. Needs root and `setup::ensure_for_bench`.
 pub fn e2e() -> Result<()> {
     require_root("the end-to-end benchmark")?;
-    step("end to end: direct vs lb vs HAProxy vs nftables (release build, a few minutes)");
+    step(
+        "end to end: direct vs lb (NAT, full NAT) vs HAProxy vs nftables (release build, a few minutes)",
+    );
     build_release(&["lb-bench-e2e"])?;
     run_release("lb-bench-e2e", "LB_BENCH_E2E_OUT", "e2e.json")
 }

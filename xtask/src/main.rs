@@ -28,7 +28,7 @@ const USAGE: &str = "usage: cargo xtask <command>
                      the per-packet bench over REV's XDP object and the working tree's, alternated
                      N times (default 6); medians and differences per row (root)
   bench control      Maglev table build time and slots moved (no root)
-  bench e2e          end to end: lb vs one backend directly, HAProxy, nftables DNAT (wrk, nginx;
+  bench e2e          end to end: lb (NAT, full NAT) vs one backend directly, HAProxy, nftables DNAT (wrk, nginx;
                      installs haproxy nginx-light wrk)
   bench report       the tables of docs/benchmarks.md, rendered again from target/bench/*.json";
 

@@ -5,13 +5,15 @@
 //! - `direct`: the client against web1 alone, routed by the load balancer
 //!   namespace's kernel (no balancing): the ceiling;
 //! - `lb`: `lb-ctl run` with XDP attached, Maglev over three backends;
+//! - `fullnat`: the same with `forwarding = "fullnat"`: the backends see
+//!   the load balancer's address as their client, as behind HAProxy;
 //! - `haproxy`: Debian's HAProxy in that namespace, `mode tcp`, `balance
 //!   roundrobin`, on the VIP (TCP only: HAProxy does not balance UDP);
 //! - `nftables`: kernel DNAT, `numgen inc mod 3` (NAT + conntrack);
 //! - `direct3`, for reference: the client straight to all three backends
 //!   (UDP only).
 //!
-//! Targets take turns (direct, lb, haproxy, nftables, direct, …) so that a
+//! Targets take turns (direct, lb, fullnat, haproxy, nftables, direct, …) so that a
 //! noisy neighbour hurts them alike. Each runs three workloads: HTTP
 //! keep-alive and HTTP with one connection per request (wrk against nginx
 //! on each backend), and UDP request/response (`load::udp`). Machine CPU is
@@ -45,6 +47,8 @@ const RUN_LIMIT: Duration = Duration::from_mins(30);
 enum Target {
     Direct,
     Lb,
+    /// The load balancer in full NAT: the job HAProxy does.
+    FullNat,
     Haproxy,
     Nftables,
     /// Not a contender: the client straight to all three backends (UDP
@@ -55,12 +59,14 @@ enum Target {
 }
 
 impl Target {
-    const ALL: [Self; 5] = [Self::Direct, Self::Lb, Self::Haproxy, Self::Nftables, Self::Direct3];
+    const ALL: [Self; 6] =
+        [Self::Direct, Self::Lb, Self::FullNat, Self::Haproxy, Self::Nftables, Self::Direct3];
 
     fn name(self) -> &'static str {
         match self {
             Self::Direct => "direct",
             Self::Lb => "lb",
+            Self::FullNat => "fullnat",
             Self::Haproxy => "haproxy",
             Self::Nftables => "nftables",
             Self::Direct3 => "direct3",
@@ -73,7 +79,7 @@ impl Target {
         match self {
             Self::Direct => vec![BACKENDS[0].1],
             Self::Direct3 => BACKENDS.iter().map(|(_, address)| *address).collect(),
-            Self::Lb | Self::Haproxy | Self::Nftables => vec![VIP],
+            Self::Lb | Self::FullNat | Self::Haproxy | Self::Nftables => vec![VIP],
         }
     }
 
@@ -81,15 +87,20 @@ impl Target {
         match self {
             Self::Haproxy => &[Workload::KeepAlive, Workload::Close],
             Self::Direct3 => &[Workload::Udp],
-            Self::Direct | Self::Lb | Self::Nftables => &Workload::ALL,
+            Self::Direct | Self::Lb | Self::FullNat | Self::Nftables => &Workload::ALL,
         }
+    }
+
+    /// Whether the target is this load balancer (its counters are read).
+    fn is_lb(self) -> bool {
+        matches!(self, Self::Lb | Self::FullNat)
     }
 
     /// The backends (indexes into BACKENDS) this target spreads over.
     fn backends(self) -> usize {
         match self {
             Self::Direct => 1,
-            Self::Lb => procs::lb_backends(),
+            Self::Lb | Self::FullNat => procs::lb_backends(),
             _ => BACKENDS.len(),
         }
     }
@@ -128,7 +139,7 @@ struct Settings {
     /// UDP requests in flight, one socket (one flow) each.
     udp_inflight: usize,
     /// Which of `Target::ALL` to run (`LB_BENCH_E2E_TARGETS=lb,direct`).
-    targets: [bool; 5],
+    targets: [bool; 6],
     /// Which of `Workload::ALL` (`LB_BENCH_E2E_WORKLOADS=udp,http_close`).
     workloads: [bool; 3],
 }
@@ -156,7 +167,7 @@ impl Settings {
                 .unwrap_or(128)
                 .max(threads),
             udp_inflight: 16,
-            targets: std::env::var("LB_BENCH_E2E_TARGETS").map_or([true; 5], |list| {
+            targets: std::env::var("LB_BENCH_E2E_TARGETS").map_or([true; 6], |list| {
                 Target::ALL.map(|t| list.split(',').any(|name| name.trim() == t.name()))
             }),
             workloads: std::env::var("LB_BENCH_E2E_WORKLOADS").map_or([true; 3], |list| {

@@ -25,6 +25,8 @@ use super::{HTTP_PORT, PIN_PATH, Target, UDP_PORT, load};
 /// The port each nginx serves its status page on, on its namespace's loopback.
 pub const STATUS_PORT: u16 = 8081;
 const NFT_TABLE: &str = "lbe_bench";
+/// The `fullnat` target's source ports toward each backend.
+const FULLNAT_PORTS: &str = "1024-65535";
 
 /// The topology with its backends serving. Fields drop in order: the
 /// servers first, the namespaces last.
@@ -51,7 +53,11 @@ impl Env {
             ns_sh(&ns, &["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535"]);
             ns_sh(&ns, &["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"]);
         }
-        std::fs::write(dir.join("lb.toml"), lb_config()).expect("writing lb.toml");
+        for forwarding in [Forwarding::Nat, Forwarding::FullNat] {
+            let path = dir.join(forwarding.config_file());
+            std::fs::write(&path, lb_config(forwarding))
+                .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        }
         std::fs::write(dir.join("haproxy.cfg"), haproxy_config()).expect("writing haproxy.cfg");
         std::fs::write(dir.join("nft.conf"), nft_config()).expect("writing nft.conf");
         let nginx =
@@ -64,7 +70,8 @@ impl Env {
     pub fn start(&self, target: Target) -> Running {
         match target {
             Target::Direct | Target::Direct3 => Running::Plain,
-            Target::Lb => Running::Lb(LbCtl::start(self)),
+            Target::Lb => Running::Lb(LbCtl::start(self, Forwarding::Nat)),
+            Target::FullNat => Running::Lb(LbCtl::start(self, Forwarding::FullNat)),
             Target::Haproxy => Running::Haproxy(Haproxy::start(self)),
             Target::Nftables => {
                 ns_sh(
@@ -146,17 +153,45 @@ impl Running {
     }
 }
 
-fn lb_config() -> String {
+/// How the load balancer's services reach their backends.
+#[derive(Clone, Copy)]
+pub enum Forwarding {
+    Nat,
+    FullNat,
+}
+
+impl Forwarding {
+    fn config_file(self) -> &'static str {
+        match self {
+            Self::Nat => "lb.toml",
+            Self::FullNat => "lb-fullnat.toml",
+        }
+    }
+}
+
+fn lb_config(forwarding: Forwarding) -> String {
     // `LB_BENCH_E2E_XDP_MODE=skb` compares generic XDP (the default is
     // driver mode, which veth supports).
     let mode = std::env::var("LB_BENCH_E2E_XDP_MODE").unwrap_or_else(|_| "auto".into());
     let mut text = format!(
         "[dataplane]\ninterfaces = [\"lb-c\", \"lb-b\"]\nxdp_mode = \"{mode}\"\nconntrack_max = 262144\npin_path = \"{PIN_PATH}\"\n"
     );
+    let service_keys = match forwarding {
+        Forwarding::Nat => String::new(),
+        // A connection per request churns ports: the whole port range (no
+        // health checks, and HAProxy is not running then, so nothing else
+        // here takes a port of it), and a closed flow's port back after
+        // 2 s rather than the 2 minutes of TIME_WAIT (a full-NAT service
+        // that churns short connections needs that: docs/configuration.md).
+        Forwarding::FullNat => {
+            text.push_str("tcp_closing_timeout = 2\n");
+            format!("forwarding = \"fullnat\"\nsnat_ports = \"{FULLNAT_PORTS}\"\n")
+        }
+    };
     for (name, port, protocol) in [("web", HTTP_PORT, "tcp"), ("udp", UDP_PORT, "udp")] {
         let _ = write!(
             text,
-            "\n[[service]]\nname = \"{name}\"\nvip = \"{VIP}\"\nport = {port}\nprotocol = \"{protocol}\"\nscheduler = \"maglev\"\n"
+            "\n[[service]]\nname = \"{name}\"\nvip = \"{VIP}\"\nport = {port}\nprotocol = \"{protocol}\"\nscheduler = \"maglev\"\n{service_keys}"
         );
         for (_, address) in BACKENDS.iter().take(lb_backends()) {
             let _ =
@@ -345,9 +380,9 @@ pub struct LbCtl {
 }
 
 impl LbCtl {
-    fn start(env: &Env) -> Self {
+    fn start(env: &Env, forwarding: Forwarding) -> Self {
         let (config, log, ns) =
-            (env.dir.join("lb.toml"), env.dir.join("lb-ctl.log"), env.topo.lb());
+            (env.dir.join(forwarding.config_file()), env.dir.join("lb-ctl.log"), env.topo.lb());
         let bin = lb_ctl_bin();
         let args = [
             &*bin.to_string_lossy(),

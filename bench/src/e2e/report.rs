@@ -162,6 +162,11 @@ fn context(r: &Results) -> Vec<(&'static str, &'static str, f64)> {
             cpu(Target::Lb) - direct,
         ),
         (
+            "added_cpu_per_conn_fullnat_us",
+            "CPU per connection over direct (us), LB in full NAT",
+            cpu(Target::FullNat) - direct,
+        ),
+        (
             "added_cpu_per_conn_haproxy_us",
             "CPU per connection over direct (us), HAProxy",
             cpu(Target::Haproxy) - direct,
@@ -185,6 +190,11 @@ fn context(r: &Results) -> Vec<(&'static str, &'static str, f64)> {
             "udp_lb_over_nftables",
             "UDP req/s, LB / nftables",
             rps(Target::Lb, udp) / rps(Target::Nftables, udp),
+        ),
+        (
+            "udp_fullnat_over_lb",
+            "UDP req/s, LB in full NAT / in NAT",
+            rps(Target::FullNat, udp) / rps(Target::Lb, udp),
         ),
     ]
 }
@@ -231,19 +241,26 @@ fn row(r: &Results, target: Target, workload: Workload) -> [String; 15] {
 
 /// What the data plane counted besides forwarding, summed over rounds.
 fn print_lb_counters(results: &Results) {
-    for workload in Workload::ALL {
-        let mut totals: Vec<(&str, u64)> = Vec::new();
-        for s in results.all(Target::Lb, workload) {
-            for (name, n) in &s.xdp_other {
-                match totals.iter_mut().find(|(t, _)| t == name) {
-                    Some((_, total)) => *total += n,
-                    None => totals.push((name, *n)),
+    for target in Target::ALL.into_iter().filter(|t| t.is_lb()) {
+        for workload in Workload::ALL {
+            let mut totals: Vec<(&str, u64)> = Vec::new();
+            for s in results.all(target, workload) {
+                for (name, n) in &s.xdp_other {
+                    match totals.iter_mut().find(|(t, _)| t == name) {
+                        Some((_, total)) => *total += n,
+                        None => totals.push((name, *n)),
+                    }
                 }
             }
-        }
-        if !totals.is_empty() {
-            let list: Vec<String> = totals.iter().map(|(n, v)| format!("{n} {v}")).collect();
-            println!("  lb {}: other data plane counters: {}", workload.name(), list.join(", "));
+            if !totals.is_empty() {
+                let list: Vec<String> = totals.iter().map(|(n, v)| format!("{n} {v}")).collect();
+                println!(
+                    "  {} {}: other data plane counters: {}",
+                    target.name(),
+                    workload.name(),
+                    list.join(", ")
+                );
+            }
         }
     }
 }
@@ -274,6 +291,7 @@ fn targets(r: &Results) -> Vec<Check> {
     };
     let close = Workload::Close;
     let (lb, ha, nft) = (cpu(Target::Lb), cpu(Target::Haproxy), cpu(Target::Nftables));
+    let fullnat = cpu(Target::FullNat);
     vec![
         ratio(
             "new_conns_lb_over_haproxy",
@@ -291,6 +309,21 @@ fn targets(r: &Results) -> Vec<Check> {
         ),
         below("cpu_per_conn_lb_over_haproxy", "CPU per connection, LB / HAProxy", lb, ha),
         below("cpu_per_conn_lb_over_nftables", "CPU per connection, LB / nftables", lb, nft),
+        // Full NAT does HAProxy's job (the backends see the load
+        // balancer as their client), so it is held to HAProxy.
+        ratio(
+            "new_conns_fullnat_over_haproxy",
+            "new connections/s, LB in full NAT / HAProxy",
+            rps(Target::FullNat, close),
+            rps(Target::Haproxy, close),
+            1.4,
+        ),
+        below(
+            "cpu_per_conn_fullnat_over_haproxy",
+            "CPU per connection, LB in full NAT / HAProxy",
+            fullnat,
+            ha,
+        ),
         ratio(
             "keepalive_lb_over_direct",
             "keep-alive req/s, LB / direct (ceiling)",
@@ -320,7 +353,7 @@ fn print_bottleneck(r: &Results) {
             percent(r.median(Target::Direct, workload, |s| s.busiest_backend_cpu))
         );
         let mut below = true;
-        for target in [Target::Lb, Target::Haproxy, Target::Nftables] {
+        for target in [Target::Lb, Target::FullNat, Target::Haproxy, Target::Nftables] {
             if !r.all(target, workload).is_empty() {
                 let top = r.median(target, workload, |s| Some(s.busiest_backend_rps));
                 below &= top < ceiling;

@@ -209,7 +209,7 @@ impl Counters {
             .collect();
         let udp =
             env.echo.served.iter().map(|c| c.load(std::sync::atomic::Ordering::Relaxed)).collect();
-        let xdp = (target == Target::Lb).then(|| lb_testbed::counters::read(PIN_PATH));
+        let xdp = target.is_lb().then(|| lb_testbed::counters::read(PIN_PATH));
         Self { nginx, udp, client_opens: tcp_active_opens(&env.topo.client()), xdp }
     }
 }

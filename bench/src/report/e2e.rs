@@ -10,7 +10,7 @@ use super::{Region, Report, fixed, table, text};
 /// The loads, as the JSON names them and as the table does.
 const WORKLOADS: [(&str, &str); 3] =
     [("http_keepalive", "keep-alive"), ("http_close", "connection per request"), ("udp", "UDP")];
-const TARGETS: [&str; 5] = ["direct", "lb", "haproxy", "nftables", "direct3"];
+const TARGETS: [&str; 6] = ["direct", "lb", "fullnat", "haproxy", "nftables", "direct3"];
 
 pub fn region(report: &Report) -> Region {
     let json = &report.json;
@@ -41,7 +41,11 @@ pub fn region(report: &Report) -> Region {
                 continue;
             }
             let median = &result["median"];
-            let name = if target == "lb" { "**lb**".to_owned() } else { target.to_owned() };
+            let name = if matches!(target, "lb" | "fullnat") {
+                format!("**{target}**")
+            } else {
+                target.to_owned()
+            };
             rows.push(vec![
                 if first { load.to_owned() } else { String::new() },
                 name,

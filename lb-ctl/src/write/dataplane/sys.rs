@@ -15,6 +15,7 @@ use std::{
     borrow::Cow,
     ffi::{CString, c_char},
     io,
+    mem::MaybeUninit,
     os::{
         fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
         unix::ffi::OsStrExt as _,
@@ -23,6 +24,7 @@ use std::{
 };
 
 use aya::{
+    Pod,
     maps::{DevMap, IterableMap as _, MapData, MapType},
     programs::{ProgramError, ProgramInfo, Xdp, loaded_programs},
 };
@@ -253,4 +255,59 @@ pub fn update_batch(map: &MapData, keys: &[u8], values: &[u8]) -> io::Result<u32
     unsafe { bpf(bpf_cmd::BPF_MAP_UPDATE_BATCH, &mut attr) }?;
     // SAFETY: the kernel writes back the count of the `batch` member it read.
     Ok(unsafe { attr.batch.count })
+}
+
+/// Every entry of the hash map `map`, read a few thousand per call
+/// (BPF_MAP_LOOKUP_BATCH, kernel 5.6): aya 0.14 walks a map two calls per
+/// entry (next key, then lookup), which at tens of thousands of entries a
+/// second is a good part of a CPU. Like any walk of a map others write,
+/// an entry written meanwhile may be missed or read twice.
+pub fn lookup_batch<K: Pod, V: Pod>(map: &MapData) -> io::Result<Vec<(K, V)>> {
+    /// Entries per call: far more than one hash bucket ever holds (the
+    /// kernel refuses, ENOSPC, a call smaller than the bucket it is at).
+    const CHUNK: usize = 4096;
+    let info = map.info().map_err(io::Error::other)?;
+    let hash = matches!(info.map_type(), Ok(MapType::Hash | MapType::LruHash));
+    if !hash || info.key_size() as usize != size_of::<K>() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a hash map of these keys"));
+    }
+    if info.value_size() as usize != size_of::<V>() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a hash map of these values"));
+    }
+    let mut keys = vec![MaybeUninit::<K>::uninit(); CHUNK];
+    let mut values = vec![MaybeUninit::<V>::uninit(); CHUNK];
+    let mut entries = Vec::new();
+    // A hash map's position is a bucket index (u32); the kernel reads the
+    // last call's out of `in_batch`, none on the first.
+    let (mut position, mut next) = (0_u32, 0_u32);
+    let mut first = true;
+    loop {
+        let mut attr = zeroed_attr();
+        attr.batch.map_fd = map.fd().as_fd().as_raw_fd().cast_unsigned();
+        attr.batch.in_batch = if first { 0 } else { (&raw const position) as u64 };
+        attr.batch.out_batch = (&raw mut next) as u64;
+        attr.batch.keys = keys.as_mut_ptr() as u64;
+        attr.batch.values = values.as_mut_ptr() as u64;
+        attr.batch.count = CHUNK as u32;
+        // SAFETY: `keys` and `values` have room for CHUNK entries of the
+        // map's key and value sizes (checked above), the positions are
+        // u32s; all outlive the call.
+        let result = unsafe { bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr) };
+        // SAFETY: the kernel writes back how many entries it copied.
+        let count = (unsafe { attr.batch.count } as usize).min(CHUNK);
+        let done = match result {
+            Ok(_) => false,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+            Err(e) => return Err(e),
+        };
+        // SAFETY: the kernel initialised the first `count` keys and values
+        // (plain old data: any bytes are a valid one).
+        entries.extend(
+            (0..count).map(|i| unsafe { (keys[i].assume_init(), values[i].assume_init()) }),
+        );
+        if done {
+            return Ok(entries);
+        }
+        (position, first) = (next, false);
+    }
 }

@@ -632,6 +632,12 @@ impl KernelMaps {
         clock::read(&self.clock_program)
     }
 
+    /// How many full-NAT mappings each family holds: (flows' entries,
+    /// reverse entries, that is ports taken), IPv4 then IPv6.
+    pub fn fullnat_mappings(&self) -> Result<[(usize, usize); 2], DataplaneError> {
+        Ok([self.fnat.len()?, self.fnat6.len()?])
+    }
+
     /// The connection table, as mapped into this process (tests and
     /// benchmarks fill and inspect it).
     pub fn conn_table(&self) -> &ConnTable {
