@@ -123,7 +123,11 @@ pub struct Backend<A = [u8; 4]> {
     pub vip: A,
     pub vport: u16,
     pub proto: u8,
-    pub _pad: u8,
+    /// Full NAT whose service names no `snat_addresses`: 1 + the index,
+    /// in the service's pool (`lb_snat`), of the load balancer's own
+    /// address toward this backend, which its flows leave from; 0: the
+    /// flow's hash picks the pool address (`fullnat::snat_start`).
+    pub snat_addr: u8,
     /// The configured weight (used by `lc`).
     pub weight: u32,
     /// `max_conns` (IPVS `-x`): at `active + inactive` connections

@@ -355,7 +355,11 @@ fn take_port<F: Family>(
     if pool.count == 0 {
         return false;
     }
-    let (index, start) = snat_start(&work.flow, pool);
+    let (hashed, start) = snat_start(&work.flow, pool);
+    // The load balancer's own address toward this backend, when the
+    // controller named one (the default pool); else the flow's hash.
+    let named = u32::from(backend.snat_addr);
+    let index = if named != 0 && named <= pool.count { named - 1 } else { hashed };
     let Some(&addr) = pool.addrs.get(index as usize & (SNAT_ADDRS_MAX - 1)) else {
         return false;
     };

@@ -554,13 +554,16 @@ snat_ports = "41000"
   address = "10.77.2.12"
   port = 8091
 
-[[service]]            # full NAT from the route's own source (no pool named)
-name = "fullnat-default"
+[[service]]            # full NAT from the route's own source (no pool named): each
+name = "fullnat-default" # backend's flows from the address of the link it is on
 vip = "10.77.1.110"
 port = 82
 forwarding = "fullnat"
   [[service.backend]]
   address = "10.77.2.13"
+  port = 8092
+  [[service.backend]]
+  address = "10.77.1.50"
   port = 8092
 
 [[service]]            # the benchmarks' full NAT: three backends, ports for every sample

@@ -194,11 +194,15 @@ impl<A: MapAddr + Ord> Builder<A> {
         let vip = A::of(key.addr);
         let dsr = s.forwarding == Forwarding::Dsr;
         let fullnat = s.forwarding == Forwarding::FullNat;
+        // Each backend's `snat_addr` (full NAT only), in `s.backends`' order.
+        let mut snat_addrs = vec![0; s.backends.len()];
         if fullnat {
-            self.image.snat.insert(service_id, snat::pool(s));
+            let (pool, by_backend) = snat::pool(s);
+            self.image.snat.insert(service_id, pool);
+            snat_addrs = by_backend;
         }
         let mut entries = Vec::with_capacity(s.backends.len());
-        for b in &s.backends {
+        for (b, &snat_addr) in s.backends.iter().zip(&snat_addrs) {
             let bkey = backend_endpoint(b.address, b.port, s);
             let id = ids.backends[&(key, bkey)];
             // Maintenance cuts the backend off like a failed health check.
@@ -227,7 +231,7 @@ impl<A: MapAddr + Ord> Builder<A> {
                 vip,
                 vport: key.port,
                 proto: key.proto,
-                _pad: 0,
+                snat_addr,
                 weight,
                 max_conns: b.max_conns,
             };

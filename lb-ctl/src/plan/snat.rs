@@ -7,51 +7,62 @@ use lb_common::fullnat::{SNAT_ADDRS_MAX, SnatPool};
 use super::ids::MapAddr;
 use crate::desired::model::Service;
 
-/// `s`'s pool (`s` is full NAT, of this family): its `snat_addresses`,
-/// or when it names none, the addresses the kernel would send from toward
-/// its backends (`default_addresses`). A pool of no address makes every
-/// new flow count as `drop_snat_exhausted` until a route appears.
-pub fn pool<A: MapAddr>(s: &Service) -> SnatPool<A> {
-    let addresses = if s.snat.addresses.is_empty() {
-        default_addresses(s.backends.iter().map(|b| SocketAddr::new(b.address, b.port)))
-    } else {
-        s.snat.addresses.clone()
-    };
+/// `s`'s pool (`s` is full NAT, of this family) and, for each of its
+/// backends in order, the `snat_addr` its `lb_reals` entry carries. With
+/// `snat_addresses` the pool is those, and a flow's hash picks one (every
+/// `snat_addr` 0). Without, the pool is the load balancer's own address
+/// toward each backend (`route_source`), and each backend's flows leave
+/// from its own: the address of the interface its route goes out of, as
+/// the kernel would send from. A backend with no route, or beyond the
+/// pool's `SNAT_ADDRS_MAX` distinct addresses, is left to the hash; a
+/// pool of no address makes every new flow count as exhausted until a
+/// route appears (the next apply looks again).
+pub fn pool<A: MapAddr>(s: &Service) -> (SnatPool<A>, Vec<u8>) {
     let mut pool = SnatPool {
         port_min: s.snat.ports.first,
         port_count: u16::try_from(s.snat.ports.count()).unwrap_or(u16::MAX),
         ..SnatPool::default()
     };
-    for addr in addresses.into_iter().filter_map(A::of).take(SNAT_ADDRS_MAX) {
-        pool.addrs[pool.count as usize] = addr;
-        pool.count += 1;
+    if !s.snat.addresses.is_empty() {
+        for addr in s.snat.addresses.iter().filter_map(|a| A::of(*a)).take(SNAT_ADDRS_MAX) {
+            pool.addrs[pool.count as usize] = addr;
+            pool.count += 1;
+        }
+        return (pool, vec![0; s.backends.len()]);
     }
-    pool
+    let mut by_backend = Vec::with_capacity(s.backends.len());
+    for b in &s.backends {
+        let source = route_source(SocketAddr::new(b.address, b.port)).and_then(A::of);
+        let index = source.and_then(|addr| {
+            let count = pool.count as usize;
+            match pool.addrs[..count].iter().position(|a| *a == addr) {
+                Some(i) => Some(i),
+                None if count < SNAT_ADDRS_MAX => {
+                    pool.addrs[count] = addr;
+                    pool.count += 1;
+                    Some(count)
+                }
+                None => None,
+            }
+        });
+        // 1 + the index: 0 says "by hash".
+        by_backend.push(index.map_or(0, |i| i as u8 + 1));
+    }
+    (pool, by_backend)
 }
 
-/// The distinct source addresses the kernel picks for routes to
-/// `backends`, in their order, at most `SNAT_ADDRS_MAX`: the one place
-/// the planner asks the kernel anything. A UDP socket connected to a
-/// backend learns its route's source without sending a packet.
-pub fn default_addresses(backends: impl Iterator<Item = SocketAddr>) -> Vec<IpAddr> {
-    let mut found = Vec::new();
-    for backend in backends {
-        let unspecified: IpAddr = if backend.is_ipv4() {
-            std::net::Ipv4Addr::UNSPECIFIED.into()
-        } else {
-            std::net::Ipv6Addr::UNSPECIFIED.into()
-        };
-        let source = UdpSocket::bind((unspecified, 0))
-            .and_then(|socket| socket.connect(backend).map(|()| socket))
-            .and_then(|socket| socket.local_addr());
-        if let Ok(local) = source
-            && !found.contains(&local.ip())
-            && found.len() < SNAT_ADDRS_MAX
-        {
-            found.push(local.ip());
-        }
-    }
-    found
+/// The source address the kernel picks for its route to `backend`: the one
+/// place the planner asks the kernel anything. A UDP socket connected to
+/// the backend learns its route's source without sending a packet.
+pub fn route_source(backend: SocketAddr) -> Option<IpAddr> {
+    let unspecified: IpAddr = if backend.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    let socket = UdpSocket::bind((unspecified, 0)).ok()?;
+    socket.connect(backend).ok()?;
+    socket.local_addr().ok().map(|local| local.ip())
 }
 
 #[cfg(test)]
@@ -74,7 +85,8 @@ mod tests {
             },
             ..service("web", 80, &[(11, 1)])
         };
-        let written = pool::<[u8; 4]>(&s);
+        let (written, by_backend) = pool::<[u8; 4]>(&s);
+        assert_eq!(by_backend, vec![0], "a flow's hash picks the address");
         assert_eq!(written.count, 2);
         assert_eq!(&written.addrs[..2], &[[10, 77, 2, 1], [10, 77, 2, 2]]);
         assert_eq!((written.port_min, written.port_count), (40_000, 64));
@@ -83,19 +95,20 @@ mod tests {
             snat: Snat { ports: PortRange { first: 1, last: 65_535 }, ..s.snat.clone() },
             ..s
         };
-        assert_eq!(pool::<[u8; 4]>(&all).port_count, 65_535);
+        assert_eq!(pool::<[u8; 4]>(&all).0.port_count, 65_535);
     }
 
     #[test]
-    fn the_default_address_is_the_source_toward_the_backend() {
-        // Loopback routes from 127.0.0.1, whatever the machine.
-        let found = default_addresses(
-            [
-                SocketAddr::from((Ipv4Addr::LOCALHOST, 80)),
-                SocketAddr::from((Ipv4Addr::LOCALHOST, 81)),
-            ]
-            .into_iter(),
-        );
-        assert_eq!(found, vec![IpAddr::from(Ipv4Addr::LOCALHOST)], "one address, once");
+    fn the_default_address_is_the_source_toward_each_backend() {
+        // Loopback routes from 127.0.0.1, whatever the machine; no route
+        // to the IPv6 address from an IPv4 pool's point of view.
+        let mut s = Service { forwarding: Forwarding::FullNat, ..service("web", 80, &[(1, 1); 3]) };
+        for (b, address) in s.backends.iter_mut().zip(["127.0.0.1", "127.0.0.2", "::1"]) {
+            b.address = address.parse().expect("an address");
+        }
+        let (written, by_backend) = pool::<[u8; 4]>(&s);
+        assert_eq!(written.count, 1, "one address, once");
+        assert_eq!(written.addrs[0], [127, 0, 0, 1]);
+        assert_eq!(by_backend, vec![1, 1, 0], "each backend its own; none of another family");
     }
 }

@@ -11,7 +11,7 @@ use std::{
 
 use lb_ctl::{
     desired::model::{Forwarding, Service},
-    plan::snat::default_addresses,
+    plan::snat::route_source,
 };
 
 use super::{Endpoint4, Parsed, ipv4};
@@ -27,10 +27,17 @@ pub struct Pool {
 impl Pool {
     /// `s`'s pool (`s` is full NAT): its addresses, or the route's sources
     /// toward its backends, as the planner finds them (in the namespace the
-    /// oracle is built in).
+    /// oracle is built in). Each backend's flows leave from the source
+    /// toward it; the fixtures check that, the oracle only the pool.
     pub fn of(s: &Service) -> Self {
         let addresses = if s.snat.addresses.is_empty() {
-            default_addresses(s.backends.iter().map(|b| SocketAddr::new(b.address, b.port)))
+            let mut sources: Vec<IpAddr> = s
+                .backends
+                .iter()
+                .filter_map(|b| route_source(SocketAddr::new(b.address, b.port)))
+                .collect();
+            sources.dedup();
+            sources
         } else {
             s.snat.addresses.clone()
         };

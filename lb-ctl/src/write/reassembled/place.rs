@@ -457,7 +457,7 @@ mod tests {
             vip: VIP,
             vport: 53,
             proto: PROTO_UDP,
-            _pad: 0,
+            snat_addr: 0,
             weight: 1,
             max_conns: 0,
         }
@@ -573,7 +573,7 @@ mod tests {
                 vip: VIP6,
                 vport: 53,
                 proto: PROTO_UDP,
-                _pad: 0,
+                snat_addr: 0,
                 weight: 1,
                 max_conns: 0,
             };
