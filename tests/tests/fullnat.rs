@@ -144,6 +144,22 @@ fn each_backend_sees_the_pool_address_as_its_peer() {
     assert_peers_are_the_pool(&lab, VIP, LB_BACKEND_SIDE);
 }
 
+/// `[dataplane]`'s `snat_addresses` is the pool of the full-NAT services
+/// that name none: each backend sees that address, a second one of the
+/// load balancer's on its backend-side link, not the route's own source;
+/// `lb-ctl list` shows it on the service's line.
+#[test]
+fn a_dataplane_pool_serves_the_services_that_name_none() {
+    let setup =
+        Setup { dataplane: "snat_addresses = [\"10.77.2.5\", \"fd77:2::5\"]\n", ..full_nat() };
+    let lab = Lab::start_with("lbf-p", setup, [Some(1); 3]);
+    ns_sh(&lab.topo.lb(), &["ip", "addr", "add", "10.77.2.5/24", "dev", "lb-b"]);
+    assert_peers_are_the_pool(&lab, VIP, "10.77.2.5");
+    let list = lab.ctl_ok(&["list"]);
+    let echo = list.lines().find(|l| l.contains("(echo)")).expect("the echo service's line");
+    assert!(echo.contains(" snat=10.77.2.5:61000-65535 "), "{echo}");
+}
+
 /// Opens 30 connections to the full-NAT echo on `vip` (all three
 /// backends get some) and checks each backend's `ss -tn`: as many
 /// connections as it was given, each from `pool` and a port of the

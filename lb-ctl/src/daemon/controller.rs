@@ -4,6 +4,7 @@
 //! publishes.
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
     path::{Path, PathBuf},
     sync::Arc,
     time::Instant,
@@ -27,8 +28,9 @@ use crate::{
     desired::{
         changes::{self, Change, ChangeError, Changes},
         config::Config,
-        model::{AdminState, Service},
+        model::{AdminState, Forwarding, Service},
         names::Named as _,
+        snat,
     },
     plan::ids::{BackendKey, PlanError},
     write::reconciler::{self, ReconcileError},
@@ -123,7 +125,9 @@ impl Controller {
         // An adopted data plane's DOWN backends (maintenance included) stay
         // out until their probes bring them back.
         let held_down = reconciler.down().await?;
-        reconciler.apply(services.clone()).await?;
+        let mut first = services.clone();
+        take_default_pools(&mut first, &config.dataplane.snat_addresses);
+        reconciler.apply(first).await?;
         let mut health = health::Monitor::default();
         health.sync(&services);
         health.assume_down(&held_down);
@@ -318,7 +322,9 @@ impl Controller {
         let now = Instant::now();
         let down = self.health.down();
         self.ramps.follow(services, |key| down.contains(key), now);
-        weights::planned(services, &self.health.weights(), &self.ramps, now)
+        let mut planned = weights::planned(services, &self.health.weights(), &self.ramps, now);
+        take_default_pools(&mut planned, &self.config.dataplane.snat_addresses);
+        planned
     }
 
     /// DOWN backends leave the scheduler's tables (only their own Maglev
@@ -409,6 +415,7 @@ impl Controller {
             uptime_s: self.started.elapsed().as_secs(),
             services: view::services(
                 &self.services,
+                &self.config.dataplane.snat_addresses,
                 &Lookup { health: &self.health, ramps: &self.ramps, now: Instant::now() },
                 &self.samples,
             ),
@@ -457,6 +464,14 @@ fn reconcile_error(e: ReconcileError) -> ControlError {
 
 /// The file's services with the runtime changes on top; says what it
 /// restored and what no longer fits.
+/// Each full-NAT service naming no pool of its own takes `[dataplane]`'s
+/// (`default`) for the maps; the desired state keeps what it says.
+fn take_default_pools(services: &mut [Service], default: &[IpAddr]) {
+    for s in services.iter_mut().filter(|s| s.forwarding == Forwarding::FullNat) {
+        s.snat.addresses = snat::pool_addresses(s, default);
+    }
+}
+
 fn replay(changes: &Changes, base: &[Service], state_path: &Path) -> Vec<Service> {
     let (services, skipped) = changes.replay(base);
     if !changes.is_empty() {

@@ -177,6 +177,14 @@ fn validate(raw: RawConfig, problems: &mut Problems) -> Config {
         .map(|(i, s)| validate_service(&format!("service[{i}]"), s, problems))
         .collect();
     check_service_set(&services, problems);
+    for (i, addr) in dataplane.snat_addresses.iter().enumerate() {
+        if let Some(k) = services.iter().position(|s| s.vip == *addr) {
+            problems.add(
+                format!("dataplane.snat_addresses[{i}]"),
+                format!("{addr} is the VIP of service[{k}]: a pool address must be no VIP (replies to it would be taken for packets to the VIP)"),
+            );
+        }
+    }
     Config { dataplane, admin, log, bgp, services }
 }
 
@@ -344,7 +352,9 @@ fn validate_dataplane(raw: RawDataplane, problems: &mut Problems) -> Dataplane {
         named("dataplane.reverse_path", &raw.reverse_path, ReversePath::Strict, problems);
     let handshake_proof =
         named("dataplane.handshake_proof", &raw.handshake_proof, HandshakeProof::Ack, problems);
+    let snat_addresses = super::snat::parse_default_pool(&raw.snat_addresses, problems);
     Dataplane {
+        snat_addresses,
         interfaces: raw.interfaces,
         xdp_mode,
         conntrack_max,
@@ -373,10 +383,13 @@ pub fn missing_interfaces(dataplane: &Dataplane) -> Vec<Problem> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
     use super::*;
     use crate::desired::{
         json::service_from_json,
         model::{CheckTarget, Forwarding, Probe, Protocol, Scheduler},
+        snat,
     };
 
     const GOOD: &str = r#"
@@ -432,7 +445,7 @@ port = 80
     #[test]
     fn a_port_is_served_on_an_ipv4_and_an_ipv6_vip_as_two_services() {
         let c = parse(DUAL_STACK).unwrap();
-        assert_eq!(c.services[1].vip, "fd77:1::100".parse::<std::net::IpAddr>().unwrap());
+        assert_eq!(c.services[1].vip, "fd77:1::100".parse::<IpAddr>().unwrap());
         assert_eq!(c.services[1].backends[0].address.to_string(), "fd77:2::11");
     }
 
@@ -515,6 +528,45 @@ port = 80
             )),
             "{p:?}"
         );
+    }
+
+    /// `[dataplane]`'s pool: for the full-NAT services that name none, at
+    /// most 4 of each family, each once, no VIP; a service's own pool wins.
+    #[test]
+    fn the_dataplane_pool_is_checked_and_taken_by_services_naming_none() {
+        let with_pool = |pool: &str| {
+            GOOD.replacen(
+                "interfaces = [\"lb-c\", \"lb-b\"]\n",
+                &format!("interfaces = [\"lb-c\", \"lb-b\"]\nsnat_addresses = [{pool}]\n"),
+                1,
+            )
+        };
+        let fine = "\"10.77.2.5\", \"10.77.2.6\", \"fd77:2::5\"";
+        let c = parse(&with_pool(fine)).expect("a pool of both families");
+        assert_eq!(c.dataplane.snat_addresses.len(), 3);
+        let mut s = Service { forwarding: Forwarding::FullNat, ..c.services[0].clone() };
+        let v4: Vec<IpAddr> = vec!["10.77.2.5".parse().unwrap(), "10.77.2.6".parse().unwrap()];
+        assert_eq!(snat::pool_addresses(&s, &c.dataplane.snat_addresses), v4, "its family's");
+        s.snat.addresses = vec!["10.77.2.9".parse().unwrap()];
+        assert_eq!(snat::pool_addresses(&s, &c.dataplane.snat_addresses), s.snat.addresses);
+        for (pool, want) in [
+            ("\"10.77.2\"", "dataplane.snat_addresses[0]: "),
+            (
+                "\"10.77.2.5\", \"10.77.2.5\"",
+                "dataplane.snat_addresses[1]: 10.77.2.5 is already listed",
+            ),
+            (
+                "\"10.77.2.1\", \"10.77.2.2\", \"10.77.2.3\", \"fd77::1\", \"10.77.2.4\", \"10.77.2.5\"",
+                "dataplane.snat_addresses[5]: 10.77.2.5: more IPv4 addresses than the 4 a pool holds",
+            ),
+            (
+                "\"10.77.1.100\"",
+                "dataplane.snat_addresses[0]: 10.77.1.100 is the VIP of service[0]",
+            ),
+        ] {
+            let p = problems(&with_pool(pool));
+            assert!(p.iter().any(|x| x.starts_with(want)), "{pool}: {p:?}");
+        }
     }
 
     /// Full NAT's replies follow their own mapping: full-NAT services may

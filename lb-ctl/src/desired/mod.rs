@@ -21,6 +21,6 @@ pub mod model;
 pub mod names;
 pub mod private_file;
 pub mod problem;
-mod snat;
+pub mod snat;
 pub mod validate;
 pub mod written;

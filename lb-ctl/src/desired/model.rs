@@ -21,6 +21,9 @@ pub struct Dataplane {
     pub answers_per_second: u32,
     pub reverse_path: ReversePath,
     pub handshake_proof: HandshakeProof,
+    /// The pool of the full-NAT services that name none of their own
+    /// (`snat_addresses`), each taking those of its VIP's family.
+    pub snat_addresses: Vec<IpAddr>,
 }
 
 /// Which sources the data plane takes packets from (see

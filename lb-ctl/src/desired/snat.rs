@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use lb_common::fullnat::SNAT_ADDRS_MAX;
 
 use super::{
-    model::{Forwarding, PortRange, Snat},
+    model::{Forwarding, PortRange, Service, Snat},
     problem::Problems,
     validate::{family_name, parse_addr},
     written::RawService,
@@ -77,6 +77,46 @@ pub(super) fn parse_snat(
         }),
     };
     Snat { addresses: pool, ports }
+}
+
+/// `[dataplane]`'s `snat_addresses`: the pool of every full-NAT service
+/// that names none, each taking the addresses of its VIP's family, so at
+/// most `SNAT_ADDRS_MAX` of each family.
+pub(super) fn parse_default_pool(addresses: &[String], problems: &mut Problems) -> Vec<IpAddr> {
+    let mut pool: Vec<IpAddr> = Vec::with_capacity(addresses.len());
+    for (i, text) in addresses.iter().enumerate() {
+        let entry = format!("dataplane.snat_addresses[{i}]");
+        let addr = parse_addr(&entry, text, problems);
+        if problems.0.iter().any(|p| p.key == entry) {
+            continue;
+        }
+        let of_family = pool.iter().filter(|a| a.is_ipv4() == addr.is_ipv4()).count();
+        if pool.contains(&addr) {
+            problems.add(entry, format!("{addr} is already listed"));
+        } else if of_family == SNAT_ADDRS_MAX {
+            problems.add(
+                entry,
+                format!(
+                    "{addr}: more {} addresses than the {SNAT_ADDRS_MAX} a pool holds",
+                    family_name(addr)
+                ),
+            );
+        } else {
+            pool.push(addr);
+        }
+    }
+    pool
+}
+
+/// The addresses of `s`'s pool (`s` is full NAT): its own, else those of
+/// `[dataplane]`'s (`default`) of its VIP's family; none means the load
+/// balancer's own address toward each backend (`plan::snat`).
+pub fn pool_addresses(s: &Service, default: &[IpAddr]) -> Vec<IpAddr> {
+    if s.snat.addresses.is_empty() {
+        default.iter().copied().filter(|a| a.is_ipv4() == s.vip.is_ipv4()).collect()
+    } else {
+        s.snat.addresses.clone()
+    }
 }
 
 /// `first-last` (or one port alone), 1 to 65535.

@@ -45,6 +45,8 @@ pub(super) struct RawDataplane {
     pub(super) reverse_path: String,
     #[serde(default = "default_handshake_proof")]
     pub(super) handshake_proof: String,
+    #[serde(default)]
+    pub(super) snat_addresses: Vec<String>,
 }
 
 #[derive(Deserialize)]

@@ -1,6 +1,6 @@
 //! What the API answers: the live view of every service and backend. The
 //! same types are the CLI's, the stats page's and the metrics' input.
-use std::{collections::BTreeMap, time::SystemTime};
+use std::{collections::BTreeMap, net::IpAddr, time::SystemTime};
 
 use lb_common::{
     abi::{BackendConns, Traffic},
@@ -18,6 +18,7 @@ use crate::{
         checks::to_hex,
         model::{Forwarding, HealthCheck, Probe, Protocol, Service},
         names::{Check, Named as _, OnNoBackend},
+        snat::pool_addresses,
     },
     plan::ids::{BackendKey, Key, backend_key, service_endpoint},
     write::reconciler::Sample,
@@ -332,16 +333,24 @@ pub trait HealthLookup {
     fn ramp(&self, key: &BackendKey) -> Option<f64>;
 }
 
-/// The view of `services` from their health and the samples.
+/// The view of `services` from their health and the samples; a full-NAT
+/// service naming no pool shows `[dataplane]`'s (`snat_default`), which it
+/// runs with.
 pub fn services(
     services: &[Service],
+    snat_default: &[IpAddr],
     health: &impl HealthLookup,
     samples: &Samples,
 ) -> Vec<ServiceView> {
-    services.iter().map(|s| service(s, health, samples)).collect()
+    services.iter().map(|s| service(s, snat_default, health, samples)).collect()
 }
 
-fn service(s: &Service, health: &impl HealthLookup, samples: &Samples) -> ServiceView {
+fn service(
+    s: &Service,
+    snat_default: &[IpAddr],
+    health: &impl HealthLookup,
+    samples: &Samples,
+) -> ServiceView {
     let key = service_endpoint(s);
     let traffic = |sample: &Sample| sample.services.get(&key).copied();
     let backups_serve = s.backups_serve(|b| !health.is_down(&backend_key(s, b.address, b.port)));
@@ -392,7 +401,11 @@ fn service(s: &Service, health: &impl HealthLookup, samples: &Samples) -> Servic
         persistence_s: s.persistence.map(|p| p.timeout.as_secs()),
         persistence_netmask: s.persistence.map(|p| p.netmask),
         allowed_sources: s.allowed_sources.iter().map(ToString::to_string).collect(),
-        snat_addresses: s.snat.addresses.iter().map(ToString::to_string).collect(),
+        snat_addresses: if s.forwarding == Forwarding::FullNat {
+            pool_addresses(s, snat_default).iter().map(ToString::to_string).collect()
+        } else {
+            Vec::new()
+        },
         snat_ports: (s.forwarding == Forwarding::FullNat).then(|| s.snat.ports.to_string()),
         traffic: traffic_view(&latest(samples, traffic).unwrap_or_default()),
         rates: rates(samples, traffic),
