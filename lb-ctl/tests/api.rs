@@ -76,6 +76,7 @@ fn config_text(state_file: &Path) -> String {
         r#"
 [dataplane]
 interfaces = ["lb-test0"]
+snat_addresses = ["10.77.9.5"]
 
 [admin]
 state_file = "{}"
@@ -2026,8 +2027,9 @@ async fn persistence_sources_and_limits_round_trip_and_survive_a_restart() {
 }
 
 /// A full-NAT service's pool goes in as the file writes it, comes back in
-/// the view (the ports even when defaulted), is refused by name, and
-/// survives a restart.
+/// the view (the ports even when defaulted, `[dataplane]`'s pool when it
+/// names none), is refused by name (a VIP in `[dataplane]`'s pool too),
+/// and survives a restart.
 #[tokio::test]
 async fn a_full_nat_pool_round_trips_and_survives_a_restart() {
     let dir = TempDir::new("fullnat");
@@ -2047,10 +2049,11 @@ async fn a_full_nat_pool_round_trips_and_survives_a_restart() {
         assert_eq!(view["forwarding"], "fullnat");
         assert_eq!(view["snat_addresses"], json!(["10.77.2.1", "10.77.2.2"]), "{view}");
         assert_eq!(view["snat_ports"], "40000-40063");
+        // It names no pool: it takes `[dataplane]`'s, and shows it.
         let (_, view) = lb.get("/api/v1/services/routed").await;
         assert_eq!(
-            (view.get("snat_addresses"), &view["snat_ports"]),
-            (None, &json!("61000-65535"))
+            (&view["snat_addresses"], &view["snat_ports"]),
+            (&json!(["10.77.9.5"]), &json!("61000-65535"))
         );
         for (body, field) in [
             (
@@ -2065,6 +2068,8 @@ async fn a_full_nat_pool_round_trips_and_survives_a_restart() {
                 r#"{"name": "x", "vip": "10.77.1.102", "port": 80, "forwarding": "fullnat", "snat_ports": "9-8"}"#,
                 "snat_ports",
             ),
+            // A VIP the running `[dataplane]` pool holds.
+            (r#"{"name": "x", "vip": "10.77.9.5", "port": 80}"#, "vip"),
         ] {
             let answer = lb
                 .refused(

@@ -30,6 +30,7 @@ use crate::{
         config::Config,
         model::{AdminState, Forwarding, Service},
         names::Named as _,
+        problem::Problem,
         snat,
     },
     plan::ids::{BackendKey, PlanError},
@@ -121,7 +122,19 @@ impl Controller {
     ) -> anyhow::Result<(Self, watch::Receiver<Arc<Stats>>)> {
         let state_path = state_path(&config_path, &config);
         let changes = Changes::load(&state_path)?;
-        let services = replay(&changes, &config.services, &state_path);
+        let mut services = replay(&changes, &config.services, &state_path);
+        // The file's services were checked against the file's pool; one
+        // added through the API before may have a VIP the pool now holds.
+        for (k, i) in
+            snat::vips_in_pool(&services, &config.dataplane.snat_addresses).into_iter().rev()
+        {
+            let s = services.remove(k);
+            warn!(
+                service = s.name,
+                vip = %s.vip,
+                "runtime change no longer applies; skipped: its VIP is dataplane.snat_addresses[{i}] (the full-NAT pool)"
+            );
+        }
         // An adopted data plane's DOWN backends (maintenance included) stay
         // out until their probes bring them back.
         let held_down = reconciler.down().await?;
@@ -173,6 +186,17 @@ impl Controller {
     /// file cannot be written, the change is undone.
     pub async fn change(&mut self, change: Change) -> Result<Arc<Stats>, ControlError> {
         let next = changes::apply(&self.services, &change)?;
+        let pool = &self.config.dataplane.snat_addresses;
+        if let Some((k, i)) = snat::vips_in_pool(&next, pool).into_iter().next() {
+            return Err(ChangeError::Invalid(vec![Problem {
+                key: "vip".into(),
+                message: format!(
+                    "{} (service {:?}) is in the running dataplane.snat_addresses[{i}], the full-NAT pool: replies to it would be taken for packets to the VIP",
+                    next[k].vip, next[k].name
+                ),
+            }])
+            .into());
+        }
         let planned = self.planned(&next);
         if let Err(e) = self.reconciler.apply(planned).await {
             // A plan that does not fit wrote nothing; a failed write may
@@ -240,6 +264,17 @@ impl Controller {
             );
         }
         let services = replay(&self.changes, &next.services, &self.state_path);
+        // `[dataplane]` changes wait for the next start: the running pool
+        // is the one no VIP may be in.
+        let pool = &self.config.dataplane.snat_addresses;
+        if let Some((k, i)) = snat::vips_in_pool(&services, pool).into_iter().next() {
+            error!(
+                service = services[k].name,
+                vip = %services[k].vip,
+                "reload refused: the VIP is in the running dataplane.snat_addresses[{i}] (the full-NAT pool); keeping the running configuration"
+            );
+            return;
+        }
         let planned = self.planned(&services);
         match self.reconciler.apply(planned).await {
             Ok(applied) => {
@@ -462,8 +497,6 @@ fn reconcile_error(e: ReconcileError) -> ControlError {
     }
 }
 
-/// The file's services with the runtime changes on top; says what it
-/// restored and what no longer fits.
 /// Each full-NAT service naming no pool of its own takes `[dataplane]`'s
 /// (`default`) for the maps; the desired state keeps what it says.
 fn take_default_pools(services: &mut [Service], default: &[IpAddr]) {
@@ -472,6 +505,8 @@ fn take_default_pools(services: &mut [Service], default: &[IpAddr]) {
     }
 }
 
+/// The file's services with the runtime changes on top; says what it
+/// restored and what no longer fits.
 fn replay(changes: &Changes, base: &[Service], state_path: &Path) -> Vec<Service> {
     let (services, skipped) = changes.replay(base);
     if !changes.is_empty() {

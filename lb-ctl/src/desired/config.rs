@@ -177,13 +177,11 @@ fn validate(raw: RawConfig, problems: &mut Problems) -> Config {
         .map(|(i, s)| validate_service(&format!("service[{i}]"), s, problems))
         .collect();
     check_service_set(&services, problems);
-    for (i, addr) in dataplane.snat_addresses.iter().enumerate() {
-        if let Some(k) = services.iter().position(|s| s.vip == *addr) {
-            problems.add(
-                format!("dataplane.snat_addresses[{i}]"),
-                format!("{addr} is the VIP of service[{k}]: a pool address must be no VIP (replies to it would be taken for packets to the VIP)"),
-            );
-        }
+    for (k, i) in super::snat::vips_in_pool(&services, &dataplane.snat_addresses) {
+        problems.add(
+            format!("dataplane.snat_addresses[{i}]"),
+            format!("{} is the VIP of service[{k}]: a pool address must be no VIP (replies to it would be taken for packets to the VIP)", services[k].vip),
+        );
     }
     Config { dataplane, admin, log, bgp, services }
 }

@@ -119,6 +119,17 @@ pub fn pool_addresses(s: &Service, default: &[IpAddr]) -> Vec<IpAddr> {
     }
 }
 
+/// Where `[dataplane]`'s pool (`pool`) holds the VIP of a service of
+/// `services`: (the service's index, the address's index). Such a VIP's
+/// packets and the pool's replies could not be told apart.
+pub fn vips_in_pool(services: &[Service], pool: &[IpAddr]) -> Vec<(usize, usize)> {
+    services
+        .iter()
+        .enumerate()
+        .filter_map(|(k, s)| Some((k, pool.iter().position(|a| *a == s.vip)?)))
+        .collect()
+}
+
 /// `first-last` (or one port alone), 1 to 65535.
 fn parse_port_range(text: &str) -> Result<PortRange, String> {
     let (first, last) = text.split_once('-').unwrap_or((text, text));
