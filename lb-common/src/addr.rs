@@ -38,7 +38,7 @@ pub trait Addr: Copy + Default + Eq + core::hash::Hash + core::fmt::Debug + 'sta
 
     /// The address at `at`, read as 32-bit words. An address is a byte
     /// array, aligned to 1, and BPF reads one the compiler cannot prove
-    /// aligned byte by byte (a load, a shift and an or each: 48
+    /// aligned byte by byte (a load, a shift and an or each: about 45
     /// instructions for an IPv6 address): a map value's address read as
     /// words is one load (IPv4) or four (IPv6). The map values' accessors
     /// (`Backend::vip`, ...) call it where their layout proves the alignment.
