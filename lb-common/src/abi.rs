@@ -14,6 +14,34 @@ use crate::addr::Addr;
 /// controller can tell whether pinned maps were written by a compatible build.
 pub const ABI_VERSION: u32 = 22;
 
+/// Accessors that read a map value's address fields as words
+/// (`Addr::read_words`), named after their fields: `b.vip()` is `b.vip`
+/// read in one load (IPv4) or four (IPv6), not byte by byte. Whether the
+/// value and each field are aligned to 4 is checked when an accessor is
+/// compiled.
+macro_rules! address_words {
+    ($ty:ident: $($field:ident),+) => {
+        impl<A: $crate::addr::Addr> $ty<A> {
+            $(
+                #[doc = concat!("`", stringify!($field), "` read as words (`Addr::read_words`).")]
+                #[inline(always)]
+                pub fn $field(&self) -> A {
+                    const {
+                        assert!(
+                            align_of::<Self>() >= 4
+                                && core::mem::offset_of!(Self, $field) % 4 == 0
+                        );
+                    }
+                    // SAFETY: a field of `*self`, aligned to 4 as the value
+                    // and its offset are (asserted above).
+                    unsafe { A::read_words(&raw const self.$field) }
+                }
+            )+
+        }
+    };
+}
+pub(crate) use address_words;
+
 /// Capacity of the service table (and of each per-service array).
 pub const MAX_SERVICES: u32 = 256;
 /// Capacity of the backend table (backend ids are indexes into it).
@@ -136,6 +164,7 @@ pub struct Backend<A = [u8; 4]> {
 }
 const _: () = assert!(size_of::<Backend>() == 28);
 const _: () = assert!(size_of::<Backend<[u8; 16]>>() == 52);
+address_words!(Backend: addr, vip);
 
 impl<A> Backend<A> {
     /// Whether the backend takes new flows at all: not DOWN, and a weight
@@ -213,6 +242,7 @@ pub struct Real<A = [u8; 4]> {
 }
 const _: () = assert!(size_of::<Real>() == 16);
 const _: () = assert!(size_of::<Real<[u8; 16]>>() == 28);
+address_words!(Real: vip);
 
 /// Key of the connection table: the flow as the client sent it.
 #[repr(C)]
@@ -227,6 +257,40 @@ pub struct Flow<A = [u8; 4]> {
 }
 const _: () = assert!(size_of::<Flow>() == 16);
 const _: () = assert!(size_of::<Flow<[u8; 16]>>() == 40);
+
+impl<A: Addr> Flow<A> {
+    /// The flow at `at`, its addresses read as words (`Addr::read_words`).
+    ///
+    /// # Safety
+    /// `at` is valid for reads and aligned to 4 bytes (a `Flow` alone is
+    /// aligned to 2: the map values that hold one are aligned to 4).
+    #[inline(always)]
+    pub unsafe fn read_words(at: *const Self) -> Self {
+        // SAFETY: the caller's guarantee; both addresses are at multiples
+        // of 4 (4 or 16 bytes each, from the start).
+        unsafe {
+            Self {
+                src: A::read_words(&raw const (*at).src),
+                dst: A::read_words(&raw const (*at).dst),
+                sport: (*at).sport,
+                dport: (*at).dport,
+                proto: (*at).proto,
+                _pad: [0; 3],
+            }
+        }
+    }
+
+    /// Equality as word compares (`Addr::same`), padding aside: the
+    /// derived `==` compares the addresses byte by byte in BPF.
+    #[inline(always)]
+    pub fn same(&self, other: &Self) -> bool {
+        self.src.same(&other.src)
+            && self.dst.same(&other.dst)
+            && self.sport == other.sport
+            && self.dport == other.dport
+            && self.proto == other.proto
+    }
+}
 
 /// Value of the connection table.
 #[repr(C)]
@@ -578,6 +642,7 @@ pub struct NextHop<A = [u8; 4]> {
 }
 const _: () = assert!(size_of::<NextHop>() == 40);
 const _: () = assert!(size_of::<NextHop<[u8; 16]>>() == 64);
+address_words!(NextHop: addr, via);
 
 /// Capacity of `lb_tx_ports` (interfaces XDP can redirect to).
 pub const MAX_TX_PORTS: u32 = 64;
@@ -643,6 +708,16 @@ pub struct FlowCacheEntry<A = [u8; 4]> {
 const _: () = assert!(size_of::<FlowCacheEntry>() == 48);
 const _: () = assert!(size_of::<FlowCacheEntry<[u8; 16]>>() == 72);
 
+impl<A: Addr> FlowCacheEntry<A> {
+    /// Whether the entry is `flow`'s, its flow read as words.
+    #[inline(always)]
+    pub fn holds(&self, flow: &Flow<A>) -> bool {
+        const { assert!(align_of::<Self>() >= 4 && core::mem::offset_of!(Self, flow) == 0) };
+        // SAFETY: the entry's first field, aligned to 4 as the entry is.
+        unsafe { Flow::read_words(&raw const self.flow) }.same(flow)
+    }
+}
+
 /// A record of `lb_handshakes`: where a flow not yet in the connection
 /// table was placed, kept until it proves itself or its time runs out. A
 /// TCP SYN (or a UDP flow's first datagram) writes one instead of a
@@ -669,6 +744,19 @@ pub struct Handshake<A = [u8; 4]> {
 }
 const _: () = assert!(size_of::<Handshake>() == 32);
 const _: () = assert!(size_of::<Handshake<[u8; 16]>>() == 56);
+
+impl<A: Addr> Handshake<A> {
+    /// The record's flow, read as words.
+    ///
+    /// # Safety
+    /// `record` is valid for reads and aligned as a `Handshake` (a map value).
+    #[inline(always)]
+    pub unsafe fn flow_of(record: *const Self) -> Flow<A> {
+        const { assert!(align_of::<Self>() >= 4 && core::mem::offset_of!(Self, flow) == 0) };
+        // SAFETY: the record's first field, aligned to 4 as the record is.
+        unsafe { Flow::read_words(&raw const (*record).flow) }
+    }
+}
 
 /// `Handshake::flags`: the backend's SYN-ACK passed, `expect_ack` is set.
 pub const HANDSHAKE_ANSWERED: u32 = 1;
@@ -894,6 +982,37 @@ impl NeighMark {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The word accessors read what the fields hold: both families, a
+    /// flow whole, and a flow that differs in any one field is another.
+    #[test]
+    fn map_values_read_as_words_hold_their_fields() {
+        let v6 = |last| [0xfd, 0x77, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, last];
+        let b6 = Backend { addr: v6(10), vip: v6(1), ..Default::default() };
+        assert_eq!((b6.addr(), b6.vip()), (v6(10), v6(1)));
+        let b4 = Backend { addr: [10, 77, 2, 10], vip: [10, 77, 1, 100], ..Default::default() };
+        assert_eq!((b4.addr(), b4.vip()), ([10, 77, 2, 10], [10, 77, 1, 100]));
+        let hop = NextHop { addr: v6(7), via: v6(8), ..Default::default() };
+        assert_eq!((hop.addr(), hop.via()), (v6(7), v6(8)));
+        let flow =
+            Flow { src: v6(9), dst: v6(1), sport: 40_000, dport: 80, proto: 6, _pad: [0; 3] };
+        let record = Handshake { flow, ..Default::default() };
+        // SAFETY: a record, aligned as one.
+        assert_eq!(unsafe { Handshake::flow_of(&raw const record) }, flow);
+        let entry = FlowCacheEntry { flow, ..Default::default() };
+        assert!(entry.holds(&flow));
+        let others = [
+            Flow { src: v6(8), ..flow },
+            Flow { dst: v6(2), ..flow },
+            Flow { sport: 40_001, ..flow },
+            Flow { dport: 81, ..flow },
+            Flow { proto: 17, ..flow },
+        ];
+        for other in others {
+            assert!(!entry.holds(&other) && !other.same(&flow), "{other:?}");
+        }
+        assert!(Flow { _pad: [1; 3], ..flow }.same(&flow), "padding is not the flow");
+    }
 
     #[test]
     fn the_epoch_ticks_every_100_ms_whatever_the_kernel_hz() {

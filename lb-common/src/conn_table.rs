@@ -45,6 +45,7 @@ pub struct ConnSlot<A: Addr = [u8; 4]> {
 }
 const _: () = assert!(size_of::<ConnSlot>() == 16);
 const _: () = assert!(size_of::<ConnSlot<[u8; 16]>>() == 32);
+crate::abi::address_words!(ConnSlot: src);
 const _: () = assert!(MAX_BACKENDS <= 1 << 16 && MAX_SERVICES <= 1 << 8);
 
 /// One set: a cache line when the array's values are page aligned (the
@@ -135,12 +136,12 @@ impl<A: Addr> ConnSlot<A> {
     /// port to its service port (the VIP is the backend's to confirm).
     #[inline(always)]
     pub fn holds(&self, flow: &Flow<A>) -> bool {
-        self.src.same(&flow.src) && self.sport == flow.sport && self.dport == flow.dport
+        self.src().same(&flow.src) && self.sport == flow.sport && self.dport == flow.dport
     }
 
     #[inline(always)]
     pub fn is_empty(&self) -> bool {
-        self.src.is_zero()
+        self.src().is_zero()
     }
 }
 

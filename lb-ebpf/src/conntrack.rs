@@ -77,7 +77,7 @@ pub fn find<F: Family>(flow: &Flow<F::Addr>) -> Option<*mut ConnSlot<F::Addr>> {
 fn of_this_vip<F: Family>(id: u16, flow: &Flow<F::Addr>) -> bool {
     match F::backends().get(u32::from(id)) {
         Some(b) if b.flags & BACKEND_IN_USE != 0 => {
-            b.vip.same(&flow.dst) && b.vport == flow.dport && b.proto == flow.proto
+            b.vip().same(&flow.dst) && b.vport == flow.dport && b.proto == flow.proto
         }
         _ => true,
     }

@@ -277,7 +277,7 @@ pub fn map_out<F: Family>(tcp_flags: u8, opening: bool) -> u32 {
         // same backend from the same port, as a client's does to a server.
         let same_endpoint = F::backends()
             .get(held.backend_id)
-            .is_some_and(|b| b.addr.same(&held.backend) && b.port == held.backend_port);
+            .is_some_and(|b| b.addr().same(&held.backend) && b.port == held.backend_port);
         if held.backend_id != backend_id
             && same_endpoint
             && usable::<F>(held.backend_id, service_id, &work.flow).is_some()
@@ -518,7 +518,7 @@ pub fn map_back<F: Family>(tcp_flags: u8, seq: Option<u32>) -> u32 {
     let ours = F::backends().get(mapping.backend_id).is_some_and(|b| {
         b.flags & (BACKEND_IN_USE | BACKEND_FULLNAT) == BACKEND_IN_USE | BACKEND_FULLNAT
             && b.service_id == mapping.service_id
-            && b.addr.same(&work.flow.src)
+            && b.addr().same(&work.flow.src)
             && b.port == work.flow.sport
     });
     if !ours {

@@ -160,7 +160,7 @@ pub fn next_hop<F: Family>(
     let mut max_len = 0;
     // SAFETY: this CPU's slot, only touched by this CPU; XDP does not nest.
     let entry = unsafe { &*cached };
-    if entry.addr.same(&dst) && entry.epoch == epoch {
+    if entry.addr().same(&dst) && entry.epoch == epoch {
         if pkt.tot_len <= entry.max_len {
             return resolved(cached, direct);
         }
@@ -271,7 +271,7 @@ pub fn arrived_from<F: Family>(
     if let Some(entry) = cached {
         // SAFETY: this CPU's slot, only touched by this CPU; XDP does not nest.
         let entry = unsafe { &*entry };
-        if entry.addr.same(&src) && entry.epoch == here.epoch {
+        if entry.addr().same(&src) && entry.epoch == here.epoch {
             egress = Some(entry.ifindex);
         }
     }
@@ -330,7 +330,7 @@ unsafe fn write_macs<A>(eth: *mut u8, hop: &NextHop<A>) {
 #[inline(always)]
 fn resolved<A: Addr>(hop: *const NextHop<A>, direct: bool) -> Result<Hop<A>, Counter> {
     // SAFETY: this CPU's cache entry (see `Hop`).
-    if direct && unsafe { !(*hop).via.same(&(*hop).addr) } {
+    if direct && unsafe { !(*hop).via().same(&(*hop).addr()) } {
         return Err(Counter::DropDsrNotOnLink);
     }
     Ok(Hop::Resolved(hop))

@@ -46,8 +46,8 @@ pub fn find<F: Family>(flow: &Flow<F::Addr>, here: Here) -> Option<*mut Handshak
     // slot at the same time; a torn read at worst mixes two records, which
     // the backend check of whoever uses it bounds to a wrong backend of
     // the same service for one handshake.
-    let (held, born) = unsafe { ((*record).flow, (*record).born) };
-    if held != *flow {
+    let (held, born) = unsafe { (Handshake::flow_of(record), (*record).born) };
+    if !held.same(flow) {
         return None;
     }
     let state = if flow.proto == PROTO_TCP { CONN_SYN } else { CONN_UDP };

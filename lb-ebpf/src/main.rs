@@ -496,7 +496,7 @@ fn to_backend<F: Family>(
     let dsr = backend.flags & BACKEND_DSR != 0;
     let target = Target {
         rewrite: (!dsr).then_some(Side::Destination),
-        addr: backend.addr,
+        addr: backend.addr(),
         port: backend.port,
     };
     let mut verdict = fwd::forward(ctx, pkt, &target, here)?;

@@ -103,10 +103,10 @@ pub fn real<F: Family>(flow: &Flow<F::Addr>) -> Option<Reply<F::Addr>> {
     let id = slot - 1;
     let b = F::backends().get(id)?;
     let mine = b.flags & BACKEND_IN_USE != 0
-        && b.addr.same(&flow.src)
+        && b.addr().same(&flow.src)
         && b.port == flow.sport
         && b.proto == flow.proto;
-    mine.then_some(Reply { backend_id: id, service_id: b.service_id, vip: b.vip, vport: b.vport })
+    mine.then_some(Reply { backend_id: id, service_id: b.service_id, vip: b.vip(), vport: b.vport })
 }
 
 /// The backend `id` if it is in use, belongs to `service_id` and serves the
@@ -123,7 +123,7 @@ pub fn live_backend<F: Family>(
     let b = F::backends().get(id)?;
     let serves = b.flags & BACKEND_IN_USE != 0
         && b.service_id == service_id
-        && b.vip.same(&flow.dst)
+        && b.vip().same(&flow.dst)
         && b.vport == flow.dport
         && b.proto == flow.proto;
     serves.then_some(b)
@@ -258,7 +258,7 @@ pub fn established<F: Family>(
         // Only settled flows are served from the cache: a flow still in its
         // handshake (or closing) takes the table, where its state moves.
         let settled = entry.conn.state == CONN_ESTABLISHED || entry.conn.state == CONN_UDP;
-        if entry.flow == *flow
+        if entry.holds(flow)
             && entry.epoch == epoch
             && entry.ingress == here.ingress
             && settled
