@@ -9,6 +9,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
 };
 
+use lb_common::fullnat::SNAT_ADDRS_MAX;
 use lb_ctl::{
     desired::model::{Forwarding, Service},
     plan::snat::route_source,
@@ -31,12 +32,15 @@ impl Pool {
     /// toward it; the fixtures check that, the oracle only the pool.
     pub fn of(s: &Service) -> Self {
         let addresses = if s.snat.addresses.is_empty() {
-            let mut sources: Vec<IpAddr> = s
-                .backends
-                .iter()
-                .filter_map(|b| route_source(SocketAddr::new(b.address, b.port)))
-                .collect();
-            sources.dedup();
+            let mut sources: Vec<IpAddr> = Vec::new();
+            for b in &s.backends {
+                if let Some(source) = route_source(SocketAddr::new(b.address, b.port))
+                    && !sources.contains(&source)
+                    && sources.len() < SNAT_ADDRS_MAX
+                {
+                    sources.push(source);
+                }
+            }
             sources
         } else {
             s.snat.addresses.clone()

@@ -260,8 +260,10 @@ pub fn update_batch(map: &MapData, keys: &[u8], values: &[u8]) -> io::Result<u32
 /// Every entry of the hash map `map`, read a few thousand per call
 /// (BPF_MAP_LOOKUP_BATCH, kernel 5.6): aya 0.14 walks a map two calls per
 /// entry (next key, then lookup), which at tens of thousands of entries a
-/// second is a good part of a CPU. Like any walk of a map others write,
-/// an entry written meanwhile may be missed or read twice.
+/// second is a good part of a CPU. The kernel copies a bucket at a time,
+/// under its lock, and a key stays in its bucket: an entry written while
+/// the read goes on may be missed (its bucket already read), never read
+/// twice.
 pub fn lookup_batch<K: Pod, V: Pod>(map: &MapData) -> io::Result<Vec<(K, V)>> {
     /// Entries per call: far more than one hash bucket ever holds (the
     /// kernel refuses, ENOSPC, a call smaller than the bucket it is at).
@@ -296,7 +298,9 @@ pub fn lookup_batch<K: Pod, V: Pod>(map: &MapData) -> io::Result<Vec<(K, V)>> {
         // SAFETY: the kernel writes back how many entries it copied.
         let count = (unsafe { attr.batch.count } as usize).min(CHUNK);
         let done = match result {
-            Ok(_) => false,
+            // Nothing copied without an error is the end too (no kernel
+            // does that, but a loop on it would never end).
+            Ok(_) => count == 0,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
             Err(e) => return Err(e),
         };
