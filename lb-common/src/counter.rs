@@ -177,7 +177,8 @@ counters! {
     DropSourceNotAllowed = "drop_source_not_allowed" => Dropped,
     /// A full-NAT service's new flow found no free port in its pool (every
     /// port tried is held, or the mapping maps are full), and the service
-    /// drops rather than rejects (`on_no_backend`).
+    /// drops rather than rejects (`on_no_backend`; with `"reject"`:
+    /// `reject_snat_exhausted`).
     DropSnatExhausted = "drop_snat_exhausted" => Dropped,
     /// From a full-NAT backend to an address and port no mapping of it
     /// holds: not a translated flow (the load balancer's own connections,
@@ -187,6 +188,12 @@ counters! {
     /// mapping (expired, or the flow met mid-way): the backend never had
     /// this connection from us, so the client is reset.
     RstFullnatUnknown = "rst_fullnat_unknown" => Answered,
+    /// A full-NAT service's new flow found no free port in its pool (as
+    /// `drop_snat_exhausted`), `on_no_backend = "reject"`: a TCP reset or
+    /// an ICMP port unreachable sent, counted apart from `reject_tcp` and
+    /// `reject_udp` so that a spent pool is told from a service without
+    /// a backend.
+    RejectSnatExhausted = "reject_snat_exhausted" => Answered,
 }
 
 impl Counter {

@@ -161,8 +161,8 @@ fn to_backend<F: Family>(
             if !rejects {
                 return Err(Counter::DropSnatExhausted);
             }
-            let counter = Counter::RejectTcp;
-            return F::answer_apart(ctx, reject::NO_BACKEND, counter, pkt.flow.dst, 0, To::Client);
+            let counter = Counter::RejectSnatExhausted;
+            return F::answer_apart(ctx, reject::EXHAUSTED, counter, pkt.flow.dst, 0, To::Client);
         }
         _ => return Err(Counter::DropNoBackend),
     }
