@@ -66,7 +66,9 @@ counters! {
     /// flows (ICMPv6: none yet; an extension header the IPv6 parse does
     /// not step over): left to the kernel.
     PassNotTcpUdp = "pass_not_tcp_udp" => Passed,
-    /// TCP/UDP that is neither for a service nor a reply from a backend.
+    /// TCP/UDP that is neither for a service nor a reply from a backend
+    /// (a full-NAT backend's packet to a port outside its pool's range,
+    /// the host's own traffic, included).
     PassNotService = "pass_not_service" => Passed,
     /// Headers truncated or inconsistent: left to the kernel, which drops or answers.
     PassMalformed = "pass_malformed" => Passed,
@@ -180,9 +182,12 @@ counters! {
     /// drops rather than rejects (`on_no_backend`; with `"reject"`:
     /// `reject_snat_exhausted`).
     DropSnatExhausted = "drop_snat_exhausted" => Dropped,
-    /// From a full-NAT backend to an address and port no mapping of it
-    /// holds: not a translated flow (the load balancer's own connections,
-    /// its health checks among them, share the pool addresses), the kernel's.
+    /// From a full-NAT backend to a port of its service's pool range
+    /// (`snat_ports`) that no mapping of it holds: not a translated flow
+    /// (an expired one, or a stray packet), the kernel's. Outside the
+    /// range no flow can be (the load balancer's own connections, its
+    /// health checks among them, share the pool addresses): such a packet
+    /// is `pass_not_service`.
     PassFullnatUnknown = "pass_fullnat_unknown" => Passed,
     /// A TCP segment other than a SYN of a full-NAT flow that has no
     /// mapping (expired, or the flow met mid-way): the backend never had
