@@ -3,8 +3,9 @@
 //! around bpf(2) is here. Everything else (loading the object, maps,
 //! links, pins, `BPF_PROG_TEST_RUN` through `aya::programs::TestRun`) goes
 //! through aya, and each call here says what aya lacks. The controller
-//! needs three of them (clearing a devmap slot, the interface a pinned
-//! link is on, running `lb_clock` on a copy of its descriptor); the test
+//! needs four of them (clearing a devmap slot, the interface a pinned
+//! link is on, running `lb_clock` on a copy of its descriptor, reading a
+//! hash map a batch at a time); the test
 //! bed and the benchmarks, which run hand-written programs, the others.
 //! Beside them, the handles aya's `TestRun` needs (`xdp_handle`, which
 //! needs CAP_SYS_ADMIN: tests only), which a program loaded here also
@@ -15,6 +16,7 @@ use std::{
     borrow::Cow,
     ffi::{CString, c_char},
     io,
+    mem::MaybeUninit,
     os::{
         fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
         unix::ffi::OsStrExt as _,
@@ -23,7 +25,8 @@ use std::{
 };
 
 use aya::{
-    maps::{DevMap, IterableMap as _, MapData, MapType},
+    Pod,
+    maps::{DevMap, HashMap, IterableMap as _, MapData, MapType},
     programs::{ProgramError, ProgramInfo, Xdp, loaded_programs},
 };
 use aya_obj::{
@@ -72,6 +75,60 @@ pub fn devmap_delete(map: &DevMap<MapData>, slot: u32) -> io::Result<()> {
     attr.__bindgen_anon_2.key = (&raw const slot) as u64;
     // SAFETY: the key is a u32, a devmap's key size, and outlives the call.
     unsafe { bpf(bpf_cmd::BPF_MAP_DELETE_ELEM, &mut attr) }.map(drop)
+}
+
+/// Every entry of the hash map `map`, read up to `batch` entries a call
+/// (BPF_MAP_LOOKUP_BATCH, kernel 5.6): aya 0.14 walks a map an entry at a
+/// time, a call for the next key and another for its value, which over
+/// tens of thousands of entries each second is most of a walk's cost.
+/// Entries written or removed meanwhile may or may not be seen, as with
+/// any walk; a bucket larger than `batch` (never, with the default)
+/// doubles it.
+pub fn hash_entries<K: Pod, V: Pod>(
+    map: &HashMap<MapData, K, V>,
+    batch: usize,
+) -> io::Result<Vec<(K, V)>> {
+    let fd = map.map().fd().as_fd().as_raw_fd().cast_unsigned();
+    let mut batch = batch.max(1);
+    let mut keys: Vec<MaybeUninit<K>> = Vec::new();
+    let mut values: Vec<MaybeUninit<V>> = Vec::new();
+    let mut entries = Vec::new();
+    // The kernel's position in the map between calls (a bucket index for
+    // a hash map: 4 bytes; room for 8).
+    let (mut from, mut next) = (0_u64, 0_u64);
+    let mut first = true;
+    loop {
+        keys.resize_with(batch, MaybeUninit::uninit);
+        values.resize_with(batch, MaybeUninit::uninit);
+        let mut attr = zeroed_attr();
+        attr.batch.map_fd = fd;
+        attr.batch.in_batch = if first { 0 } else { (&raw const from) as u64 };
+        attr.batch.out_batch = (&raw mut next) as u64;
+        attr.batch.keys = keys.as_mut_ptr() as u64;
+        attr.batch.values = values.as_mut_ptr() as u64;
+        attr.batch.count = u32::try_from(batch).unwrap_or(u32::MAX);
+        // SAFETY: the buffers hold `count` keys and values of the map's
+        // sizes (aya checked `K` and `V` against them when it typed the
+        // map), the positions 8 bytes each; all outlive the call.
+        let result = unsafe { bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr) };
+        // SAFETY: the kernel wrote how many entries it copied, also when
+        // it returns ENOENT (the map's end) with the last of them.
+        let copied = unsafe { attr.batch.count } as usize;
+        for (key, value) in keys.iter().zip(&values).take(copied.min(batch)) {
+            // SAFETY: the kernel wrote the first `copied` of each, and any
+            // bytes are a valid `Pod`.
+            entries.push(unsafe { (key.assume_init(), value.assume_init()) });
+        }
+        match result {
+            Ok(_) => {
+                from = next;
+                first = false;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(entries),
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && copied == 0 => batch *= 2,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Runs the program `prog` once over `data_in` (BPF_PROG_TEST_RUN), its

@@ -6,12 +6,9 @@
 //! timeout (`lb_timeouts`, the connection table's) after the last packet
 //! of either side, as the kernel's conntrack and IPVS keep a closed
 //! connection for its TIME_WAIT.
-use std::collections::HashSet;
+use std::collections::HashMap;
 
-use aya::{
-    Ebpf, Pod,
-    maps::{HashMap, MapData},
-};
+use aya::{Ebpf, Pod, maps::MapData};
 use lb_common::{
     abi::{CONN_STATES, Flow, expired},
     addr::Addr,
@@ -19,13 +16,16 @@ use lb_common::{
 };
 
 use super::{deleted, typed};
-use crate::write::dataplane::DataplaneError;
+use crate::write::dataplane::{DataplaneError, sys};
+
+/// Entries read a call in an expiry's walk: one call per 4096 mappings.
+const BATCH: usize = 4096;
 
 /// One family's mapping maps.
 pub struct FullNatMaps<A: Addr + Pod> {
     names: (&'static str, &'static str),
-    fwd: HashMap<MapData, Flow<A>, FnatFlow<A>>,
-    rev: HashMap<MapData, FnatKey<A>, FnatRev<A>>,
+    fwd: aya::maps::HashMap<MapData, Flow<A>, FnatFlow<A>>,
+    rev: aya::maps::HashMap<MapData, FnatKey<A>, FnatRev<A>>,
     /// The reverse entries of the flows whose entries the last expiry
     /// removed, with their clock then: freed at the next one if still
     /// those flows' and quiet (see `expire`).
@@ -75,26 +75,39 @@ impl<A: Addr + Pod> FullNatMaps<A> {
             let name = name.to_owned();
             move |e| DataplaneError::kernel(format!("reading {name}"), e)
         };
-        // Collected first: a BPF hash map's walk restarts when the entry it
-        // stands on is deleted.
+        // Both maps read whole first, a batch of entries a call (an entry
+        // at a time, a pass cost 2 to 3 calls a mapping: `sys`), then
+        // judged here; only what looks expired is read again, one by one,
+        // below, before it goes. Each reverse entry is hashed twice (once
+        // in, once found by its flow): SipHash, as the keys are the
+        // clients' to choose.
+        let flows = sys::hash_entries(&self.fwd, BATCH).map_err(reading(self.names.0))?;
+        let mut reverse: HashMap<FnatKey<A>, (FnatRev<A>, bool)> =
+            sys::hash_entries(&self.rev, BATCH)
+                .map_err(reading(self.names.1))?
+                .into_iter()
+                .map(|(key, client)| (key, (client, false)))
+                .collect();
         let mut expired_flows = Vec::new();
-        let mut mapped = HashSet::new();
-        for entry in &self.fwd {
-            let (flow, mapping) = entry.map_err(reading(self.names.0))?;
+        for (flow, mapping) in flows {
             let key = mapping.reverse_key(flow.proto);
-            mapped.insert(key);
-            if self.expired(&mapping, &key, now, timeouts) {
+            let backend_seen = match reverse.get_mut(&key) {
+                Some((client, mapped)) => {
+                    *mapped = true;
+                    client.last_seen
+                }
+                None => mapping.last_seen,
+            };
+            if mapping_expired(mapping.state, mapping.last_seen, backend_seen, now, timeouts) {
                 expired_flows.push((flow, key));
             }
         }
         let longest = timeouts.iter().copied().max().unwrap_or(0);
-        let mut orphans = Vec::new();
-        for entry in &self.rev {
-            let (key, client) = entry.map_err(reading(self.names.1))?;
-            if !mapped.contains(&key) && expired(now, client.last_seen, longest) {
-                orphans.push(key);
-            }
-        }
+        let orphans: Vec<FnatKey<A>> = reverse
+            .iter()
+            .filter(|(_, (client, mapped))| !mapped && expired(now, client.last_seen, longest))
+            .map(|(key, _)| *key)
+            .collect();
         // The ports of the flows removed last time, if still theirs and
         // quiet since. In two steps, a second apart: a data plane's
         // `reclaim` of such a port needs its flow's entry, so none starts
