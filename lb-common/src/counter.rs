@@ -171,8 +171,8 @@ counters! {
     /// client of a VIP gets no reply either.
     DropReplyToOurs = "drop_reply_to_ours" => Dropped,
     /// A new flow to a service whose every usable backend is at its
-    /// `max_conns`, `on_no_backend = "drop"` (with `"reject"` it is
-    /// answered and counted `reject_tcp`/`reject_udp`).
+    /// `max_conns`, `on_no_backend = "drop"` (with `"reject"`:
+    /// `reject_backends_full`).
     DropBackendsFull = "drop_backends_full" => Dropped,
     /// A packet to a service with `allowed_sources` from a source none of
     /// them holds.
@@ -199,6 +199,12 @@ counters! {
     /// `reject_udp` so that a spent pool is told from a service without
     /// a backend.
     RejectSnatExhausted = "reject_snat_exhausted" => Answered,
+    /// A new flow to a service whose every usable backend is at its
+    /// `max_conns` (as `drop_backends_full`), `on_no_backend = "reject"`:
+    /// a TCP reset or an ICMP port unreachable sent, counted apart from
+    /// `reject_tcp` and `reject_udp` (no usable backend at all), as
+    /// `reject_snat_exhausted` is.
+    RejectBackendsFull = "reject_backends_full" => Answered,
 }
 
 impl Counter {

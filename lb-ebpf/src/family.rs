@@ -160,7 +160,7 @@ pub trait Family: Sized + Copy + 'static {
         to: To,
         here: Here,
     ) -> Result<Verdict, Counter>;
-    /// An answer (`reject::RESET`, `NO_BACKEND`, `EXHAUSTED`, `TOO_BIG` from `vip`
+    /// An answer (`reject::RESET`, `NO_BACKEND`, `EXHAUSTED`, `FULL`, `TOO_BIG` from `vip`
     /// with `mtu` to `to`, counted as `counter`) built by the family's
     /// answer program, with a stack of its own (`reject::Request`): for
     /// a program that has none to spare.

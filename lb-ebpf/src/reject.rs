@@ -56,6 +56,9 @@ pub const NO_BACKEND: u32 = 2;
 pub const TOO_BIG: u32 = 3;
 /// A full-NAT flow refused for want of a port (`Refusal::EXHAUSTED`).
 pub const EXHAUSTED: u32 = 4;
+/// A flow refused because every usable backend is at its `max_conns`
+/// (`Refusal::FULL`).
+pub const FULL: u32 = 5;
 
 /// The slot of `lb_answer` in `lb_progs`.
 pub const ANSWER_PROG: u32 = 5;
@@ -92,7 +95,7 @@ pub fn answer(ctx: &XdpContext) -> Result<Verdict, Counter> {
     let here = Here::read(ctx);
     match request.kind {
         RESET => tcp_reset(ctx, &pkt, request.counter, here),
-        NO_BACKEND | EXHAUSTED => refuse(ctx, &pkt, here, Refusal::of(request.kind)),
+        NO_BACKEND | EXHAUSTED | FULL => refuse(ctx, &pkt, here, Refusal::of(request.kind)),
         TOO_BIG => {
             let to = if request.to_backend != 0 { To::Backend } else { To::Client };
             let [a, b, c, d, ..] = request.vip;
@@ -109,6 +112,7 @@ pub fn failed_answer(kind: u32, counter: Counter) -> Counter {
         RESET => counter_for_silence(counter),
         TOO_BIG => Counter::DropTooBig,
         EXHAUSTED => Counter::DropSnatExhausted,
+        FULL => Counter::DropBackendsFull,
         _ => Counter::DropNoBackend,
     }
 }
@@ -124,7 +128,7 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    /// No usable backend (or every one at its `max_conns`).
+    /// No usable backend.
     pub const NO_BACKEND: Refusal = Refusal {
         tcp: Counter::RejectTcp,
         udp: Counter::RejectUdp,
@@ -138,10 +142,22 @@ impl Refusal {
         silent: Counter::DropSnatExhausted,
     };
 
-    /// The refusal a request of `kind` (`NO_BACKEND`, `EXHAUSTED`) asks for.
+    /// Every usable backend at its `max_conns`: counted apart too.
+    pub const FULL: Refusal = Refusal {
+        tcp: Counter::RejectBackendsFull,
+        udp: Counter::RejectBackendsFull,
+        silent: Counter::DropBackendsFull,
+    };
+
+    /// The refusal a request of `kind` (`NO_BACKEND`, `EXHAUSTED`, `FULL`)
+    /// asks for.
     #[inline(always)]
     pub const fn of(kind: u32) -> Refusal {
-        if kind == EXHAUSTED { Refusal::EXHAUSTED } else { Refusal::NO_BACKEND }
+        match kind {
+            EXHAUSTED => Refusal::EXHAUSTED,
+            FULL => Refusal::FULL,
+            _ => Refusal::NO_BACKEND,
+        }
     }
 }
 
@@ -454,6 +470,7 @@ pub const fn counter_for_silence(counter: Counter) -> Counter {
     match counter {
         Counter::RejectTcp => Counter::DropNoBackend,
         Counter::RejectSnatExhausted => Counter::DropSnatExhausted,
+        Counter::RejectBackendsFull => Counter::DropBackendsFull,
         _ => Counter::DropBackendDown,
     }
 }

@@ -34,7 +34,8 @@ use crate::{
     mem,
     parse::{self, ETH_LEN, Packet, ptr_at},
     reject::{
-        self, EXHAUSTED, NO_BACKEND, RESET, Refusal, Request, TOO_BIG, To, counter_for_silence,
+        self, EXHAUSTED, FULL, NO_BACKEND, RESET, Refusal, Request, TOO_BIG, To,
+        counter_for_silence,
     },
     select::Here,
 };
@@ -74,7 +75,7 @@ pub fn answer(ctx: &XdpContext) -> Result<Verdict, Counter> {
     let here = Here::read(ctx);
     match request.kind {
         RESET => tcp_reset(ctx, &pkt, counter, here),
-        NO_BACKEND | EXHAUSTED => no_backend(ctx, &pkt, here, Refusal::of(request.kind)),
+        NO_BACKEND | EXHAUSTED | FULL => no_backend(ctx, &pkt, here, Refusal::of(request.kind)),
         TOO_BIG => {
             let to = if request.to_backend != 0 { To::Backend } else { To::Client };
             too_big(ctx, &pkt, request.vip, request.mtu as u16, to, here)
