@@ -12,7 +12,7 @@ use crate::addr::Addr;
 
 /// Bumped whenever a map layout below changes; stored in `lb_meta` so that a
 /// controller can tell whether pinned maps were written by a compatible build.
-pub const ABI_VERSION: u32 = 22;
+pub const ABI_VERSION: u32 = 23;
 
 /// Accessors that read a map value's address fields as words
 /// (`Addr::read_words`), named after their fields: `b.vip()` is `b.vip`

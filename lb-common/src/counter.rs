@@ -66,7 +66,9 @@ counters! {
     /// flows (ICMPv6: none yet; an extension header the IPv6 parse does
     /// not step over): left to the kernel.
     PassNotTcpUdp = "pass_not_tcp_udp" => Passed,
-    /// TCP/UDP that is neither for a service nor a reply from a backend.
+    /// TCP/UDP that is neither for a service nor a reply from a backend
+    /// (a full-NAT backend's packet to a port outside its pool's range,
+    /// the host's own traffic, included).
     PassNotService = "pass_not_service" => Passed,
     /// Headers truncated or inconsistent: left to the kernel, which drops or answers.
     PassMalformed = "pass_malformed" => Passed,
@@ -169,24 +171,40 @@ counters! {
     /// client of a VIP gets no reply either.
     DropReplyToOurs = "drop_reply_to_ours" => Dropped,
     /// A new flow to a service whose every usable backend is at its
-    /// `max_conns`, `on_no_backend = "drop"` (with `"reject"` it is
-    /// answered and counted `reject_tcp`/`reject_udp`).
+    /// `max_conns`, `on_no_backend = "drop"` (with `"reject"`:
+    /// `reject_backends_full`).
     DropBackendsFull = "drop_backends_full" => Dropped,
     /// A packet to a service with `allowed_sources` from a source none of
     /// them holds.
     DropSourceNotAllowed = "drop_source_not_allowed" => Dropped,
     /// A full-NAT service's new flow found no free port in its pool (every
     /// port tried is held, or the mapping maps are full), and the service
-    /// drops rather than rejects (`on_no_backend`).
+    /// drops rather than rejects (`on_no_backend`; with `"reject"`:
+    /// `reject_snat_exhausted`).
     DropSnatExhausted = "drop_snat_exhausted" => Dropped,
-    /// From a full-NAT backend to an address and port no mapping of it
-    /// holds: not a translated flow (the load balancer's own connections,
-    /// its health checks among them, share the pool addresses), the kernel's.
+    /// From a full-NAT backend to a port of its service's pool range
+    /// (`snat_ports`) that no mapping of it holds: not a translated flow
+    /// (an expired one, or a stray packet), the kernel's. Outside the
+    /// range no flow can be (the load balancer's own connections, its
+    /// health checks among them, share the pool addresses): such a packet
+    /// is `pass_not_service`.
     PassFullnatUnknown = "pass_fullnat_unknown" => Passed,
     /// A TCP segment other than a SYN of a full-NAT flow that has no
     /// mapping (expired, or the flow met mid-way): the backend never had
     /// this connection from us, so the client is reset.
     RstFullnatUnknown = "rst_fullnat_unknown" => Answered,
+    /// A full-NAT service's new flow found no free port in its pool (as
+    /// `drop_snat_exhausted`), `on_no_backend = "reject"`: a TCP reset or
+    /// an ICMP port unreachable sent, counted apart from `reject_tcp` and
+    /// `reject_udp` so that a spent pool is told from a service without
+    /// a backend.
+    RejectSnatExhausted = "reject_snat_exhausted" => Answered,
+    /// A new flow to a service whose every usable backend is at its
+    /// `max_conns` (as `drop_backends_full`), `on_no_backend = "reject"`:
+    /// a TCP reset or an ICMP port unreachable sent, counted apart from
+    /// `reject_tcp` and `reject_udp` (no usable backend at all), as
+    /// `reject_snat_exhausted` is.
+    RejectBackendsFull = "reject_backends_full" => Answered,
 }
 
 impl Counter {

@@ -33,8 +33,14 @@ use crate::{
 pub const SNAT_ADDRS_MAX: usize = 4;
 /// The most ports a new flow tries before its pool counts as exhausted.
 pub const SNAT_PROBES: u32 = 64;
-/// Capacity of each full-NAT map (flows, per family).
-pub const FNAT_MAX: u32 = 1 << 16;
+/// Capacity of each full-NAT map (flows, per family) the object is built
+/// with, and `dataplane.fullnat_max`'s default: the controller sizes the
+/// maps at load from that setting.
+pub const DEFAULT_FULLNAT_MAX: u32 = 1 << 16;
+/// The largest `dataplane.fullnat_max`: four maps of that many entries,
+/// 256 bytes of keys and values for each (both families' two maps), and
+/// the kernel's own share of each entry.
+pub const MAX_FULLNAT_MAX: u32 = 1 << 22;
 /// A mapping whose client sent nothing but its SYN (or whose UDP
 /// datagrams its backend never answered) this many epoch ticks ago may be
 /// taken by another flow when its port is wanted: a real client answers

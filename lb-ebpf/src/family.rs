@@ -23,7 +23,7 @@ use lb_common::{
     addr::Addr,
     conn_table::{ConnSet, ConnSlot, MAP_MMAPABLE},
     counter::Counter,
-    fullnat::{FNAT_MAX, FnatFlow, FnatKey, FnatRev, SnatPool},
+    fullnat::{DEFAULT_FULLNAT_MAX, FnatFlow, FnatKey, FnatRev, SnatPool},
 };
 
 use crate::{
@@ -50,7 +50,7 @@ pub const CONNS: usize = lb_common::abi::DEFAULT_CONNTRACK_MAX as usize;
 pub const PERSIST: usize = MAX_PERSIST as usize;
 pub const SOURCE_LISTS: usize = MAX_SERVICES as usize;
 pub const POOLS: usize = MAX_SERVICES as usize;
-pub const FNATS: usize = FNAT_MAX as usize;
+pub const FNATS: usize = DEFAULT_FULLNAT_MAX as usize;
 
 /// An address family: its header, its maps, and the operations on its
 /// packets that the shared decisions call.
@@ -160,7 +160,7 @@ pub trait Family: Sized + Copy + 'static {
         to: To,
         here: Here,
     ) -> Result<Verdict, Counter>;
-    /// An answer (`reject::RESET`, `NO_BACKEND`, `TOO_BIG` from `vip`
+    /// An answer (`reject::RESET`, `NO_BACKEND`, `EXHAUSTED`, `FULL`, `TOO_BIG` from `vip`
     /// with `mtu` to `to`, counted as `counter`) built by the family's
     /// answer program, with a stack of its own (`reject::Request`): for
     /// a program that has none to spare.

@@ -132,7 +132,7 @@ pub fn run<F: Family>(ctx: &XdpContext) -> Result<Verdict, Counter> {
     if request.to_backend != 0 {
         to_backend(ctx, &pkt, request.new_flow != 0, work, here)
     } else {
-        to_client(ctx, &pkt, work, here)
+        to_client(ctx, &pkt, request.service_id, work, here)
     }
 }
 
@@ -161,8 +161,8 @@ fn to_backend<F: Family>(
             if !rejects {
                 return Err(Counter::DropSnatExhausted);
             }
-            let counter = Counter::RejectTcp;
-            return F::answer_apart(ctx, reject::NO_BACKEND, counter, pkt.flow.dst, 0, To::Client);
+            let counter = Counter::RejectSnatExhausted;
+            return F::answer_apart(ctx, reject::EXHAUSTED, counter, pkt.flow.dst, 0, To::Client);
         }
         _ => return Err(Counter::DropNoBackend),
     }
@@ -181,11 +181,13 @@ fn to_backend<F: Family>(
 /// A full-NAT backend's reply: to its client, from the VIP. A packet to a
 /// pool address and port that no mapping of this backend holds is not
 /// ours (the load balancer's own connections, its health checks among
-/// them, use the same addresses): the kernel's.
+/// them, use the same addresses): the kernel's (`unmapped`). `service_id`:
+/// the service the backend is listed under (`lb_reals`).
 #[inline(always)]
 fn to_client<F: Family>(
     ctx: &XdpContext,
     pkt: &Packet<F>,
+    service_id: u32,
     work: *mut Work<F::Addr>,
     here: Here,
 ) -> Result<Verdict, Counter> {
@@ -200,7 +202,7 @@ fn to_client<F: Family>(
         _ => None,
     };
     if F::fnat_back(pkt.tcp_flags, seq) != MAPPED {
-        return Err(Counter::PassFullnatUnknown);
+        return Err(unmapped::<F>(service_id, pkt.flow.dport));
     }
     // SAFETY: this CPU's slot, as `fnat_back` left it.
     let mapped = unsafe { &*work };
@@ -211,6 +213,22 @@ fn to_client<F: Family>(
     select::account(&LB_SVC_STATS, service_id, pkt.tot_len, false, false);
     select::account(&LB_BE_STATS, backend_id, pkt.tot_len, false, false);
     Ok(verdict)
+}
+
+/// What a backend's packet to destination port `port` that no mapping
+/// holds counts as. Outside the port range of the pool of `service_id`
+/// (`snat_ports`) no flow can hold it: the host's own traffic (replies
+/// to its health checks, its own connections from a pool address),
+/// counted as any packet not ours is (`pass_not_service`). In the range,
+/// `pass_fullnat_unknown`: a flow's mapping expired, or a stray packet.
+/// Asked only after the lookup failed: a flow that holds a port outside
+/// a range narrowed since is still translated.
+#[inline(always)]
+fn unmapped<F: Family>(service_id: u32, port: u16) -> Counter {
+    let in_range = F::snat_pools()
+        .get(service_id)
+        .is_some_and(|pool| port.wrapping_sub(pool.port_min) < pool.port_count);
+    if in_range { Counter::PassFullnatUnknown } else { Counter::PassNotService }
 }
 
 /// Rewrites the packet to `mapped`'s source and destination and sends it

@@ -475,6 +475,13 @@ fn to_backend<F: Family>(
                 Err(Counter::DropNoBackend) if service.flags & SVC_REJECT != 0 => {
                     return F::no_backend(ctx, pkt, here).map(Some);
                 }
+                // Every usable backend full (`select::all_full`): refused
+                // by the answer program, apart from the path above.
+                Err(Counter::RejectBackendsFull) => {
+                    let (kind, counter) = (reject::FULL, Counter::RejectBackendsFull);
+                    let to = reject::To::Client;
+                    return F::answer_apart(ctx, kind, counter, pkt.flow.dst, 0, to).map(Some);
+                }
                 Err(counter) => return Err(counter),
             }
         }

@@ -54,6 +54,11 @@ pub struct Request {
 pub const RESET: u32 = 1;
 pub const NO_BACKEND: u32 = 2;
 pub const TOO_BIG: u32 = 3;
+/// A full-NAT flow refused for want of a port (`Refusal::EXHAUSTED`).
+pub const EXHAUSTED: u32 = 4;
+/// A flow refused because every usable backend is at its `max_conns`
+/// (`Refusal::FULL`).
+pub const FULL: u32 = 5;
 
 /// The slot of `lb_answer` in `lb_progs`.
 pub const ANSWER_PROG: u32 = 5;
@@ -90,7 +95,7 @@ pub fn answer(ctx: &XdpContext) -> Result<Verdict, Counter> {
     let here = Here::read(ctx);
     match request.kind {
         RESET => tcp_reset(ctx, &pkt, request.counter, here),
-        NO_BACKEND => no_backend(ctx, &pkt, here),
+        NO_BACKEND | EXHAUSTED | FULL => refuse(ctx, &pkt, here, Refusal::of(request.kind)),
         TOO_BIG => {
             let to = if request.to_backend != 0 { To::Backend } else { To::Client };
             let [a, b, c, d, ..] = request.vip;
@@ -106,7 +111,53 @@ pub fn failed_answer(kind: u32, counter: Counter) -> Counter {
     match kind {
         RESET => counter_for_silence(counter),
         TOO_BIG => Counter::DropTooBig,
+        EXHAUSTED => Counter::DropSnatExhausted,
+        FULL => Counter::DropBackendsFull,
         _ => Counter::DropNoBackend,
+    }
+}
+
+/// Why a new flow is refused (`on_no_backend = "reject"`), as its
+/// counters say it: the answer to a TCP packet, to a UDP datagram, and
+/// the drop when no answer can be sent.
+#[derive(Clone, Copy)]
+pub struct Refusal {
+    pub tcp: Counter,
+    pub udp: Counter,
+    pub silent: Counter,
+}
+
+impl Refusal {
+    /// No usable backend.
+    pub const NO_BACKEND: Refusal = Refusal {
+        tcp: Counter::RejectTcp,
+        udp: Counter::RejectUdp,
+        silent: Counter::DropNoBackend,
+    };
+    /// A full-NAT pool with no port for the flow: counted apart, so that
+    /// an operator can tell a spent pool from a service without backends.
+    pub const EXHAUSTED: Refusal = Refusal {
+        tcp: Counter::RejectSnatExhausted,
+        udp: Counter::RejectSnatExhausted,
+        silent: Counter::DropSnatExhausted,
+    };
+
+    /// Every usable backend at its `max_conns`: counted apart too.
+    pub const FULL: Refusal = Refusal {
+        tcp: Counter::RejectBackendsFull,
+        udp: Counter::RejectBackendsFull,
+        silent: Counter::DropBackendsFull,
+    };
+
+    /// The refusal a request of `kind` (`NO_BACKEND`, `EXHAUSTED`, `FULL`)
+    /// asks for.
+    #[inline(always)]
+    pub const fn of(kind: u32) -> Refusal {
+        match kind {
+            EXHAUSTED => Refusal::EXHAUSTED,
+            FULL => Refusal::FULL,
+            _ => Refusal::NO_BACKEND,
+        }
     }
 }
 
@@ -283,16 +334,26 @@ pub fn tcp_reset(
 /// ICMP port unreachable, both from the VIP, so the client fails at once.
 #[inline(always)]
 pub fn no_backend(ctx: &XdpContext, pkt: &Packet, here: Here) -> Result<Verdict, Counter> {
+    refuse(ctx, pkt, here, Refusal::NO_BACKEND)
+}
+
+/// `no_backend`'s answer, counted as `why` says.
+#[inline(always)]
+pub fn refuse(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    here: Here,
+    why: Refusal,
+) -> Result<Verdict, Counter> {
     let answered = if pkt.flow.proto == PROTO_TCP {
-        tcp_reset(ctx, pkt, Counter::RejectTcp, here)
+        tcp_reset(ctx, pkt, why.tcp, here)
     } else if plain_header(pkt) {
-        permit(pkt, To::Client, here).and_then(|()| {
-            icmp_error(ctx, pkt, pkt.flow.dst, Unreachable::Port, Counter::RejectUdp)
-        })
+        permit(pkt, To::Client, here)
+            .and_then(|()| icmp_error(ctx, pkt, pkt.flow.dst, Unreachable::Port, why.udp))
     } else {
-        Err(Counter::DropNoBackend)
+        Err(why.silent)
     };
-    answered.map_err(|c| if refused(c) { c } else { Counter::DropNoBackend })
+    answered.map_err(|c| if refused(c) { c } else { why.silent })
 }
 
 /// A packet with Don't Fragment set, too big for its next link (whose MTU
@@ -408,6 +469,8 @@ fn icmp_error(
 pub const fn counter_for_silence(counter: Counter) -> Counter {
     match counter {
         Counter::RejectTcp => Counter::DropNoBackend,
+        Counter::RejectSnatExhausted => Counter::DropSnatExhausted,
+        Counter::RejectBackendsFull => Counter::DropBackendsFull,
         _ => Counter::DropBackendDown,
     }
 }

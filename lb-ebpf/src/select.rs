@@ -424,8 +424,8 @@ pub fn pick<F: Family>(
 }
 
 /// What every usable backend at its `max_conns` comes to: with
-/// `on_no_backend = "reject"`, the no-backend answer (`drop_no_backend`
-/// is what the caller answers; `reject_*` counts it), else a drop counted
+/// `on_no_backend = "reject"`, the refusal the caller sends
+/// (`reject_backends_full` counts it), else a drop counted
 /// `drop_backends_full`. Decided here, each counter a constant on its own
 /// path: a caller matching either of two counters had the verifier lose
 /// which one it held, and walk every counter's path after it (past its
@@ -433,7 +433,7 @@ pub fn pick<F: Family>(
 #[inline(always)]
 fn all_full(service: &Service) -> Counter {
     if service.flags & SVC_REJECT != 0 {
-        return Counter::DropNoBackend;
+        return Counter::RejectBackendsFull;
     }
     Counter::DropBackendsFull
 }

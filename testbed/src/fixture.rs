@@ -25,6 +25,7 @@ use lb_ctl::{
         dataplane::{
             conn_table::{At, ConnTable},
             kernel::KernelMaps,
+            pins::MapSizes,
         },
         netdev,
         reconciler::Reconciler,
@@ -812,7 +813,12 @@ pub fn ebpf_object() -> &'static [u8] {
 /// that lacks a map the controller writes (an older version's) fails here,
 /// the map named in the message.
 pub fn load_maps(conntrack_max: u32, interfaces: &[String]) -> KernelMaps {
-    KernelMaps::load(ebpf_object(), conntrack_max, interfaces).unwrap_or_else(|e| {
+    load_maps_sized(MapSizes::with_conntrack_max(conntrack_max), interfaces)
+}
+
+/// `load_maps` with every map sized at load given (`[dataplane]`'s sizes).
+pub fn load_maps_sized(sizes: MapSizes, interfaces: &[String]) -> KernelMaps {
+    KernelMaps::load(ebpf_object(), sizes, interfaces).unwrap_or_else(|e| {
         let from = std::env::var_os(OBJECT_VAR)
             .map_or_else(String::new, |p| format!(" {} ({OBJECT_VAR})", p.display()));
         panic!("loading the XDP object{from}: {e}")
@@ -832,9 +838,7 @@ impl Loaded {
     /// test moves it (`reconciler.advance_clock()`, a tick each), so
     /// that no tick can fall between two packets of a case.
     pub fn new(conntrack_max: u32) -> Self {
-        let mut loaded = Self::with_running_clock(conntrack_max);
-        loaded.reconciler.maps_mut().stop_clock().expect("stopping the data plane's clock");
-        loaded
+        Self::with_sizes(MapSizes::with_conntrack_max(conntrack_max))
     }
 
     /// Loaded with the data plane's clock running, as under a controller.
@@ -843,9 +847,21 @@ impl Loaded {
     /// fills one with a packet and reads it with the next must not see the
     /// scheduler move it to another CPU in between.
     pub fn with_running_clock(conntrack_max: u32) -> Self {
+        Self::sized(MapSizes::with_conntrack_max(conntrack_max))
+    }
+
+    /// `new` with the maps sized at load as `sizes` says, clock stopped.
+    pub fn with_sizes(sizes: MapSizes) -> Self {
+        let mut loaded = Self::sized(sizes);
+        loaded.reconciler.maps_mut().stop_clock().expect("stopping the data plane's clock");
+        loaded
+    }
+
+    /// Loaded with the data plane's clock running, as `with_running_clock`.
+    fn sized(sizes: MapSizes) -> Self {
         pin_to_this_cpu();
         let config = config::parse(&config()).expect("fixture config");
-        let maps = load_maps(conntrack_max, &config.dataplane.interfaces);
+        let maps = load_maps_sized(sizes, &config.dataplane.interfaces);
         let mut reconciler = Reconciler::new(maps);
         reconciler.apply(&config.services).expect("applying the fixture config");
         let program = testrun::program(reconciler.maps_mut().ebpf_mut(), "lb_xdp");

@@ -231,14 +231,16 @@ fn two_megabyte_transfers_each_way_arrive_intact_through_full_nat() {
 
 /// One backend, a range of 64 ports, 100 connections held at once: 64
 /// open and echo; the other 36 are answered as `on_no_backend` says, a
-/// reset with `reject` (refused at once), nothing with `drop` (each
-/// connect gives up at its bounded timeout), counted either way; the 64
+/// reset with `reject` (refused at once, counted `reject_snat_exhausted`,
+/// not `reject_tcp`), nothing with `drop` (each connect gives up at its
+/// bounded timeout, counted `drop_snat_exhausted`); the 64
 /// held ones still echo afterwards.
 #[test]
 fn a_spent_port_range_answers_new_connections_as_on_no_backend_says() {
     let lab = Lab::start_with("lbf-d", full_nat(), [Some(1); 3]);
     let pin_dir = lab.pin_dir.clone();
-    let rejects_before = counters::get(&pin_dir, Counter::RejectTcp);
+    let rejects_before = counters::get(&pin_dir, Counter::RejectSnatExhausted);
+    let no_backend_before = counters::get(&pin_dir, Counter::RejectTcp);
     let (held, refused) = in_ns(&lab.topo.client(), || {
         let mut held = Vec::new();
         let mut refused = Vec::new();
@@ -253,15 +255,17 @@ fn a_spent_port_range_answers_new_connections_as_on_no_backend_says() {
         }
         (held, refused)
     });
-    let rejected = counters::get(&pin_dir, Counter::RejectTcp) - rejects_before;
+    let rejected = counters::get(&pin_dir, Counter::RejectSnatExhausted) - rejects_before;
+    let no_backend = counters::get(&pin_dir, Counter::RejectTcp) - no_backend_before;
     eprintln!(
-        "reject: {} held, refused {:?}; reject_tcp +{rejected}",
+        "reject: {} held, refused {:?}; reject_snat_exhausted +{rejected}, reject_tcp +{no_backend}",
         held.len(),
         tally_kinds(&refused)
     );
     assert_eq!(held.len(), NARROW_RANGE);
     assert_eq!(refused, [ErrorKind::ConnectionRefused; 100 - NARROW_RANGE]);
-    assert!(rejected >= (100 - NARROW_RANGE) as u64, "reject_tcp +{rejected}");
+    assert!(rejected >= (100 - NARROW_RANGE) as u64, "reject_snat_exhausted +{rejected}");
+    assert_eq!(no_backend, 0, "a spent pool is not counted as no backend");
 
     let exhausted_before = counters::get(&pin_dir, Counter::DropSnatExhausted);
     let (dropping, unanswered) = in_ns(&lab.topo.client(), || {

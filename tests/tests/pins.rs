@@ -72,6 +72,28 @@ fn a_map_of_another_type_and_pins_without_lb_meta_are_refused() {
     assert!(!pins.join("lb_vips").exists(), "lb-ctl down removed the strays");
 }
 
+/// A data plane pinned with the default `fullnat_max`, then a config that
+/// asks for another: pinned maps keep their size, so the controller
+/// refuses them, naming the map, the setting and `lb-ctl down`.
+#[test]
+fn a_changed_fullnat_max_is_refused_naming_the_setting() {
+    let mut lab = Lab::start("lbt63");
+    assert!(lab.stop().success());
+    let config = std::fs::read_to_string(&lab.config_path).expect("the lab's config");
+    let resized = config.replacen("[dataplane]\n", "[dataplane]\nfullnat_max = 1024\n", 1);
+    assert_ne!(resized, config, "the config has a [dataplane] table");
+    std::fs::write(&lab.config_path, resized).expect("writing the config");
+    let err = refused(&lab, &[]);
+    assert!(
+        err.contains("map lb_fnat_fwd: its max_entries is 65536, this build's is 1024")
+            && err.contains("dataplane.fullnat_max")
+            && err.contains("lb-ctl down"),
+        "{err}"
+    );
+    let pin_path = lab.pin_dir.clone();
+    lab.ctl_ok(&["down", "--pin-path", &pin_path]);
+}
+
 /// The redirect targets an adopted data plane holds, read from its pins:
 /// ifindex -> slot, and the slots of `lb_tx_ports` that hold an interface.
 fn tx_targets(pin_dir: &str) -> (BTreeMap<u32, u32>, BTreeMap<u32, u32>) {

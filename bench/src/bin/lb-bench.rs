@@ -20,7 +20,7 @@
 use std::{fmt::Write as _, net::Ipv4Addr};
 
 use lb_bench::dataplane::{
-    self, BENCH_NS, Baseline, COLUMNS, Part, ROUNDS, Row, SAMPLES, conntrack, flood, floor,
+    self, BENCH_NS, Baseline, COLUMNS, Part, ROUNDS, Row, SAMPLES, conntrack, expiry, flood, floor,
     forward, fresh_client,
     handshake::{self, Path},
     load_average, measure_groups, pin_to_cpu, rawbpf, rows, rows_json, services, table,
@@ -128,7 +128,7 @@ const HANDSHAKES: [(Ipv4Addr, u16); 2] = [(VIP, 443), (VIP_SCHEDULERS, SCHEDULER
 /// The port of the fixture service with each scheduler (rr, wrr, sh, lc).
 const SCHEDULER_PORTS: [u16; 4] = [81, 82, 83, 84];
 
-const PARTS: [&str; 5] = ["per-packet", "conntrack", "services", "floor", "forward"];
+const PARTS: [&str; 6] = ["per-packet", "conntrack", "expiry", "services", "floor", "forward"];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -144,21 +144,22 @@ fn main() {
     let load_before = load_average();
     let mut per_packet = None;
     let mut parts: Vec<Part> = Vec::new();
-    if ["per-packet", "conntrack", "services"].iter().any(|p| wanted(p)) {
+    if ["per-packet", "conntrack", "expiry", "services"].iter().any(|p| wanted(p)) {
         let ns = FixtureNs::create(BENCH_NS);
-        let (p, conntrack, services) = {
+        let (p, conntrack, expiry, services) = {
             let wanted = wanted.clone();
             in_ns(&ns.name, move || {
                 pin_to_cpu(1);
                 let per_packet = wanted("per-packet").then(measure_per_packet);
                 let conntrack = wanted("conntrack").then(conntrack::run);
+                let expiry = wanted("expiry").then(expiry::run);
                 let services = wanted("services").then(|| services::run(BENCH_NS));
-                (per_packet, conntrack, services)
+                (per_packet, conntrack, expiry, services)
             })
         };
         drop(ns);
         per_packet = p;
-        parts.extend(conntrack.into_iter().chain(services));
+        parts.extend(conntrack.into_iter().chain(expiry).chain(services));
     }
     if wanted("floor") {
         // No namespace: the programs touch no interface.

@@ -193,20 +193,6 @@ struct Facts {
     recount: Duration,
 }
 
-/// How long the controller's recount (a walk of every set, the counts
-/// published) takes over `loaded`'s table: the median of five.
-fn recount_time(loaded: &mut Loaded) -> Duration {
-    let mut times: Vec<Duration> = (0..5)
-        .map(|_| {
-            let start = Instant::now();
-            loaded.reconciler.recount_connections().expect("the recount");
-            start.elapsed()
-        })
-        .collect();
-    times.sort_unstable();
-    times[times.len() / 2]
-}
-
 /// Must run on a thread inside the fixture namespace, pinned to one CPU.
 pub fn run() -> Part {
     let mut few = Table::new(FEW_FLOWS, true);
@@ -216,7 +202,7 @@ pub fn run() -> Part {
     let fill_fillers = full.fill(SLOTS - LIVE_FLOWS, filler_flow, true);
     let fill_live = full.fill(LIVE_FLOWS, live_flow, false);
     let entries_after_fill = full.loaded.reconciler.maps_mut().conn_table().len();
-    let recount = recount_time(&mut full.loaded);
+    let recount = super::recount_time(&mut full.loaded, 5);
 
     let baseline = Baseline::new(frame(&live_flow(0), TCP_ACK), few.ifindex);
     let mut rng = Rng::new(0x6c62_6431);

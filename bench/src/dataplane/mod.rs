@@ -6,6 +6,7 @@
 //! sink). Shared here: how a figure is made from samples.
 pub mod compare;
 pub mod conntrack;
+pub mod expiry;
 pub mod flood;
 pub mod floor;
 pub mod forward;
@@ -331,6 +332,21 @@ pub fn load_average() -> String {
         || "unknown".into(),
         |[one, five, fifteen]| format!("{one:.2} {five:.2} {fifteen:.2}"),
     )
+}
+
+/// How long the controller's recount (its walk of the connection tables
+/// and the full-NAT mappings, the counts published) takes over `loaded`'s
+/// maps: the median of `passes`.
+pub fn recount_time(loaded: &mut Loaded, passes: usize) -> std::time::Duration {
+    let mut times: Vec<_> = (0..passes.max(1))
+        .map(|_| {
+            let start = std::time::Instant::now();
+            loaded.reconciler.recount_connections().expect("the recount");
+            start.elapsed()
+        })
+        .collect();
+    times.sort_unstable();
+    times[times.len() / 2]
 }
 
 /// What a part of the benchmark prints and records.

@@ -12,6 +12,7 @@ use std::{
 use lb_common::{
     abi::{DEFAULT_ANSWERS_PER_SECOND, DEFAULT_CONNTRACK_MAX},
     conn_table::MAX_CONNTRACK_MAX,
+    fullnat::{DEFAULT_FULLNAT_MAX, MAX_FULLNAT_MAX},
 };
 
 use super::{
@@ -295,6 +296,16 @@ fn validate_dataplane(raw: RawDataplane, problems: &mut Problems) -> Dataplane {
             DEFAULT_CONNTRACK_MAX
         }
     };
+    let fullnat_max = match u32::try_from(raw.fullnat_max) {
+        Ok(n) if (1..=MAX_FULLNAT_MAX).contains(&n) => n,
+        _ => {
+            problems.add(
+                "dataplane.fullnat_max",
+                format!("{} is out of range (1 to {MAX_FULLNAT_MAX})", raw.fullnat_max),
+            );
+            DEFAULT_FULLNAT_MAX
+        }
+    };
     let mut seen = BTreeSet::new();
     for (i, name) in raw.interfaces.iter().enumerate() {
         if !is_interface_name(name) {
@@ -356,6 +367,7 @@ fn validate_dataplane(raw: RawDataplane, problems: &mut Problems) -> Dataplane {
         interfaces: raw.interfaces,
         xdp_mode,
         conntrack_max,
+        fullnat_max,
         pin_path,
         timeouts,
         answers_per_second,
@@ -634,6 +646,29 @@ port = 80
                 .any(|x| x == "dataplane.handshake_proof: \"never\" is not one of ack, syn-seen"),
             "{p:?}"
         );
+    }
+
+    #[test]
+    fn the_full_nat_maps_are_sized_from_1_to_4_mi_flows() {
+        let with = |n: i64| {
+            GOOD.replace(
+                "interfaces = [\"lb-c\", \"lb-b\"]",
+                &format!("interfaces = [\"lb-c\", \"lb-b\"]\nfullnat_max = {n}"),
+            )
+        };
+        assert_eq!(parse(GOOD).unwrap().dataplane.fullnat_max, DEFAULT_FULLNAT_MAX);
+        assert_eq!(DEFAULT_FULLNAT_MAX, 65_536);
+        for n in [1, 8, i64::from(MAX_FULLNAT_MAX)] {
+            assert_eq!(i64::from(parse(&with(n)).unwrap().dataplane.fullnat_max), n);
+        }
+        for (n, said) in [
+            (0, "dataplane.fullnat_max: 0 is out of range (1 to 4194304)"),
+            (4_194_305, "dataplane.fullnat_max: 4194305 is out of range (1 to 4194304)"),
+            (-1, "dataplane.fullnat_max: -1 is out of range (1 to 4194304)"),
+        ] {
+            let p = problems(&with(n));
+            assert!(p.iter().any(|x| x == said), "{p:?}");
+        }
     }
 
     #[test]

@@ -14,6 +14,9 @@ pub struct Dataplane {
     pub interfaces: Vec<String>,
     pub xdp_mode: XdpMode,
     pub conntrack_max: u32,
+    /// Full-NAT flows each family's mapping maps hold (`lb_fnat_fwd`,
+    /// `lb_fnat_rev` and their IPv6 twins), sized at load.
+    pub fullnat_max: u32,
     pub pin_path: PathBuf,
     pub timeouts: Timeouts,
     /// Answers (resets, ICMP errors) each CPU may send per second; the rest

@@ -2,7 +2,10 @@
 //! every value as it was given (a name is a string, a number an `i64`), with
 //! the defaults of what may be left out. Unknown keys are an error
 //! (`deny_unknown_fields`); nothing else is checked here (see `validate`).
-use lb_common::abi::{DEFAULT_ANSWERS_PER_SECOND, DEFAULT_CONNTRACK_MAX};
+use lb_common::{
+    abi::{DEFAULT_ANSWERS_PER_SECOND, DEFAULT_CONNTRACK_MAX},
+    fullnat::DEFAULT_FULLNAT_MAX,
+};
 use serde::Deserialize;
 
 use super::{
@@ -32,6 +35,8 @@ pub(super) struct RawDataplane {
     pub(super) xdp_mode: String,
     #[serde(default = "default_conntrack_max")]
     pub(super) conntrack_max: i64,
+    #[serde(default = "default_fullnat_max")]
+    pub(super) fullnat_max: i64,
     #[serde(default = "default_pin_path")]
     pub(super) pin_path: String,
     pub(super) tcp_syn_timeout: Option<i64>,
@@ -211,6 +216,9 @@ fn default_xdp_mode() -> String {
 }
 fn default_conntrack_max() -> i64 {
     i64::from(DEFAULT_CONNTRACK_MAX)
+}
+fn default_fullnat_max() -> i64 {
+    i64::from(DEFAULT_FULLNAT_MAX)
 }
 fn default_reverse_path() -> String {
     ReversePath::Strict.name().into()

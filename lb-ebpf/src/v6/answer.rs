@@ -33,7 +33,10 @@ use crate::{
     maps::LB_ANSWER_REQ,
     mem,
     parse::{self, ETH_LEN, Packet, ptr_at},
-    reject::{self, NO_BACKEND, RESET, Request, TOO_BIG, To, counter_for_silence},
+    reject::{
+        self, EXHAUSTED, FULL, NO_BACKEND, RESET, Refusal, Request, TOO_BIG, To,
+        counter_for_silence,
+    },
     select::Here,
 };
 
@@ -72,7 +75,7 @@ pub fn answer(ctx: &XdpContext) -> Result<Verdict, Counter> {
     let here = Here::read(ctx);
     match request.kind {
         RESET => tcp_reset(ctx, &pkt, counter, here),
-        NO_BACKEND => no_backend(ctx, &pkt, here),
+        NO_BACKEND | EXHAUSTED | FULL => no_backend(ctx, &pkt, here, Refusal::of(request.kind)),
         TOO_BIG => {
             let to = if request.to_backend != 0 { To::Backend } else { To::Client };
             too_big(ctx, &pkt, request.vip, request.mtu as u16, to, here)
@@ -248,18 +251,23 @@ pub fn tcp_reset(
 }
 
 /// `on_no_backend = "reject"`: a TCP packet gets a reset, a UDP datagram
-/// an ICMPv6 port unreachable, both from the VIP.
+/// an ICMPv6 port unreachable, both from the VIP, counted as `why` says.
 #[inline(always)]
-pub fn no_backend(ctx: &XdpContext, pkt: &Packet<V6>, here: Here) -> Result<Verdict, Counter> {
+pub fn no_backend(
+    ctx: &XdpContext,
+    pkt: &Packet<V6>,
+    here: Here,
+    why: Refusal,
+) -> Result<Verdict, Counter> {
     let answered = if pkt.flow.proto == PROTO_TCP {
-        tcp_reset(ctx, pkt, Counter::RejectTcp, here)
+        tcp_reset(ctx, pkt, why.tcp, here)
     } else {
         reject::permit(pkt, To::Client, here).and_then(|()| {
             let kind = (ICMP6_DEST_UNREACH, ICMP6_PORT_UNREACH);
-            error(ctx, pkt, pkt.flow.dst, kind, 0, Counter::RejectUdp)
+            error(ctx, pkt, pkt.flow.dst, kind, 0, why.udp)
         })
     };
-    answered.map_err(|c| if reject::refused(c) { c } else { Counter::DropNoBackend })
+    answered.map_err(|c| if reject::refused(c) { c } else { why.silent })
 }
 
 /// A packet too big for its next link (whose MTU the FIB gave): answered

@@ -19,10 +19,12 @@ use aya_obj::generated::{BPF_F_RDONLY_PROG, bpf_map_type};
 use lb_common::{
     abi::{ABI_VERSION, FLOW_CACHE_SLOTS, Meta, NEXTHOP_SLOTS},
     conn_table::{conn_set_bits, conn6_set_bits},
+    fullnat::DEFAULT_FULLNAT_MAX,
 };
 use tracing::{info, warn};
 
 use super::DataplaneError;
+use crate::desired::model::Dataplane;
 
 /// Every map of the object is named `lb_*` (`lb-ebpf/src/maps.rs` names
 /// them so): what this prefix names under `pin_path` is ours.
@@ -234,7 +236,14 @@ impl PinDir {
                 // The kernel adds this one itself to a devmap.
                 flags: info.map_flags() & !BPF_F_RDONLY_PROG,
             };
-            let differ = have.differences(want);
+            let mut differ = have.differences(want);
+            if let Some(setting) = sized_by(name)
+                && have.max_entries != want.max_entries
+            {
+                differ.push(format!(
+                    "its size follows {setting}, changed since it was pinned (set it back to keep the flows)"
+                ));
+            }
             if !differ.is_empty() {
                 return Err(refuse(format!("map {name}: {}", differ.join("; "))));
             }
@@ -267,20 +276,56 @@ fn read_meta(path: &Path) -> Result<Meta, DataplaneError> {
     array.get(&0, 0).map_err(failed)
 }
 
+/// The configured sizes of the maps sized at load (`[dataplane]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    pub conntrack_max: u32,
+    pub fullnat_max: u32,
+}
+
+impl MapSizes {
+    pub fn of(dataplane: &Dataplane) -> Self {
+        Self { conntrack_max: dataplane.conntrack_max, fullnat_max: dataplane.fullnat_max }
+    }
+
+    /// A connection table for `conntrack_max` flows, the other maps at
+    /// their defaults.
+    pub fn with_conntrack_max(conntrack_max: u32) -> Self {
+        Self { conntrack_max, fullnat_max: DEFAULT_FULLNAT_MAX }
+    }
+}
+
 /// The maps whose size is decided at load time, not in the object: the
-/// connection tables (`conntrack_max`, from the config), and the flow and
-/// next-hop caches (a region for each CPU the kernel may run XDP on), of
-/// each address family.
-pub fn load_time_sizes(conntrack_max: u32) -> Result<[(&'static str, u32); 6], DataplaneError> {
+/// connection tables (`conntrack_max`, from the config), the full-NAT
+/// mappings (`fullnat_max`), and the flow and next-hop caches (a region
+/// for each CPU the kernel may run XDP on), of each address family.
+pub fn load_time_sizes(sizes: MapSizes) -> Result<[(&'static str, u32); 10], DataplaneError> {
     let cpus = u32::try_from(cpu_regions()?).unwrap_or(u32::MAX);
+    let MapSizes { conntrack_max, fullnat_max } = sizes;
     Ok([
         ("lb_conntrack", 1 << conn_set_bits(conntrack_max)),
         ("lb_flow_cache", FLOW_CACHE_SLOTS.saturating_mul(cpus)),
         ("lb_nexthops", NEXTHOP_SLOTS.saturating_mul(cpus)),
+        ("lb_fnat_fwd", fullnat_max),
+        ("lb_fnat_rev", fullnat_max),
         ("lb_conntrack6", 1 << conn6_set_bits(conntrack_max)),
         ("lb_flow_cache6", FLOW_CACHE_SLOTS.saturating_mul(cpus)),
         ("lb_nexthops6", NEXTHOP_SLOTS.saturating_mul(cpus)),
+        ("lb_fnat_fwd6", fullnat_max),
+        ("lb_fnat_rev6", fullnat_max),
     ])
+}
+
+/// The setting a pinned map's size follows, if any: a change of it
+/// cannot apply to maps already pinned (`check_layout`).
+fn sized_by(map: &str) -> Option<&'static str> {
+    if map.starts_with("lb_conntrack") {
+        Some("dataplane.conntrack_max")
+    } else if map.starts_with("lb_fnat_fwd") || map.starts_with("lb_fnat_rev") {
+        Some("dataplane.fullnat_max")
+    } else {
+        None
+    }
 }
 
 /// One more than the highest CPU id the kernel may run on: the regions the
@@ -300,11 +345,11 @@ fn cpu_regions() -> Result<usize, DataplaneError> {
 /// The maps `object` defines, with the sizes of `load_time_sizes`.
 pub fn object_maps(
     object: &[u8],
-    conntrack_max: u32,
+    sizes: MapSizes,
 ) -> Result<BTreeMap<String, MapShape>, DataplaneError> {
     let parsed = aya_obj::Object::parse(object)
         .map_err(|e| DataplaneError::kernel("parsing the XDP object", e))?;
-    let sizes = load_time_sizes(conntrack_max)?;
+    let sizes = load_time_sizes(sizes)?;
     let mut maps = BTreeMap::new();
     for (name, map) in &parsed.maps {
         // The program's constants (`.rodata`: the connection table's size;
@@ -403,6 +448,23 @@ fn check_bpffs(pin_dir: &Path) -> Result<(), DataplaneError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_size_that_follows_a_setting_names_it() {
+        assert_eq!(sized_by("lb_fnat_rev6"), Some("dataplane.fullnat_max"));
+        assert_eq!(sized_by("lb_fnat_fwd"), Some("dataplane.fullnat_max"));
+        assert_eq!(sized_by("lb_conntrack6"), Some("dataplane.conntrack_max"));
+        assert_eq!(sized_by("lb_fnat_work"), None);
+        assert_eq!(sized_by("lb_snat"), None);
+        let sizes = load_time_sizes(MapSizes { conntrack_max: 1024, fullnat_max: 8 }).unwrap();
+        for (map, entries) in sizes {
+            if sized_by(map) == Some("dataplane.fullnat_max") {
+                assert_eq!(entries, 8, "{map}");
+            }
+        }
+        let fullnat = sizes.iter().filter(|(m, _)| m.starts_with("lb_fnat_")).count();
+        assert_eq!(fullnat, 4, "both maps of both families");
+    }
 
     #[test]
     fn every_difference_is_named() {

@@ -3,8 +3,9 @@
 //! around bpf(2) is here. Everything else (loading the object, maps,
 //! links, pins, `BPF_PROG_TEST_RUN` through `aya::programs::TestRun`) goes
 //! through aya, and each call here says what aya lacks. The controller
-//! needs three of them (clearing a devmap slot, the interface a pinned
-//! link is on, running `lb_clock` on a copy of its descriptor); the test
+//! needs four of them (clearing a devmap slot, the interface a pinned
+//! link is on, running `lb_clock` on a copy of its descriptor, reading a
+//! hash map a batch at a time); the test
 //! bed and the benchmarks, which run hand-written programs, the others.
 //! Beside them, the handles aya's `TestRun` needs (`xdp_handle`, which
 //! needs CAP_SYS_ADMIN: tests only), which a program loaded here also
@@ -25,7 +26,7 @@ use std::{
 
 use aya::{
     Pod,
-    maps::{DevMap, IterableMap as _, MapData, MapType},
+    maps::{DevMap, HashMap, IterableMap as _, MapData, MapType},
     programs::{ProgramError, ProgramInfo, Xdp, loaded_programs},
 };
 use aya_obj::{
@@ -74,6 +75,63 @@ pub fn devmap_delete(map: &DevMap<MapData>, slot: u32) -> io::Result<()> {
     attr.__bindgen_anon_2.key = (&raw const slot) as u64;
     // SAFETY: the key is a u32, a devmap's key size, and outlives the call.
     unsafe { bpf(bpf_cmd::BPF_MAP_DELETE_ELEM, &mut attr) }.map(drop)
+}
+
+/// Every entry of the hash map `map`, read up to `batch` entries a call
+/// (BPF_MAP_LOOKUP_BATCH, kernel 5.6): aya 0.14 walks a map an entry at a
+/// time, a call for the next key and another for its value, which over
+/// tens of thousands of entries each second is most of a walk's cost.
+/// Entries written or removed meanwhile may or may not be seen, as with
+/// any walk; a bucket larger than `batch` (never, with the default)
+/// doubles it.
+pub fn hash_entries<K: Pod, V: Pod>(
+    map: &HashMap<MapData, K, V>,
+    batch: usize,
+) -> io::Result<Vec<(K, V)>> {
+    let fd = map.map().fd().as_fd().as_raw_fd().cast_unsigned();
+    let mut batch = batch.max(1);
+    let mut keys: Vec<MaybeUninit<K>> = Vec::new();
+    let mut values: Vec<MaybeUninit<V>> = Vec::new();
+    let mut entries = Vec::new();
+    // The kernel's position in the map between calls (a bucket index for
+    // a hash map: 4 bytes; room for 8).
+    let (mut from, mut next) = (0_u64, 0_u64);
+    let mut first = true;
+    loop {
+        keys.resize_with(batch, MaybeUninit::uninit);
+        values.resize_with(batch, MaybeUninit::uninit);
+        let mut attr = zeroed_attr();
+        attr.batch.map_fd = fd;
+        attr.batch.in_batch = if first { 0 } else { (&raw const from) as u64 };
+        attr.batch.out_batch = (&raw mut next) as u64;
+        attr.batch.keys = keys.as_mut_ptr() as u64;
+        attr.batch.values = values.as_mut_ptr() as u64;
+        attr.batch.count = u32::try_from(batch).unwrap_or(u32::MAX);
+        // SAFETY: the buffers hold `count` keys and values of the map's
+        // sizes (aya checked `K` and `V` against them when it typed the
+        // map), the positions 8 bytes each; all outlive the call.
+        let result = unsafe { bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr) };
+        // SAFETY: the kernel wrote how many entries it copied, also when
+        // it returns ENOENT (the map's end) with the last of them.
+        let copied = unsafe { attr.batch.count } as usize;
+        for (key, value) in keys.iter().zip(&values).take(copied.min(batch)) {
+            // SAFETY: the kernel wrote the first `copied` of each, and any
+            // bytes are a valid `Pod`.
+            entries.push(unsafe { (key.assume_init(), value.assume_init()) });
+        }
+        match result {
+            // Nothing copied without an error is the end too (no kernel
+            // does that, but a loop on it would never end).
+            Ok(_) if copied == 0 => return Ok(entries),
+            Ok(_) => {
+                from = next;
+                first = false;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(entries),
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && copied == 0 => batch *= 2,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Runs the program `prog` once over `data_in` (BPF_PROG_TEST_RUN), its
@@ -255,63 +313,4 @@ pub fn update_batch(map: &MapData, keys: &[u8], values: &[u8]) -> io::Result<u32
     unsafe { bpf(bpf_cmd::BPF_MAP_UPDATE_BATCH, &mut attr) }?;
     // SAFETY: the kernel writes back the count of the `batch` member it read.
     Ok(unsafe { attr.batch.count })
-}
-
-/// Every entry of the hash map `map`, read a few thousand per call
-/// (BPF_MAP_LOOKUP_BATCH, kernel 5.6): aya 0.14 walks a map two calls per
-/// entry (next key, then lookup), which at tens of thousands of entries a
-/// second is a good part of a CPU. The kernel copies a bucket at a time,
-/// under its lock, and a key stays in its bucket: an entry written while
-/// the read goes on may be missed (its bucket already read), never read
-/// twice.
-pub fn lookup_batch<K: Pod, V: Pod>(map: &MapData) -> io::Result<Vec<(K, V)>> {
-    /// Entries per call: far more than one hash bucket ever holds (the
-    /// kernel refuses, ENOSPC, a call smaller than the bucket it is at).
-    const CHUNK: usize = 4096;
-    let info = map.info().map_err(io::Error::other)?;
-    let hash = matches!(info.map_type(), Ok(MapType::Hash | MapType::LruHash));
-    if !hash || info.key_size() as usize != size_of::<K>() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a hash map of these keys"));
-    }
-    if info.value_size() as usize != size_of::<V>() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a hash map of these values"));
-    }
-    let mut keys = vec![MaybeUninit::<K>::uninit(); CHUNK];
-    let mut values = vec![MaybeUninit::<V>::uninit(); CHUNK];
-    let mut entries = Vec::new();
-    // A hash map's position is a bucket index (u32); the kernel reads the
-    // last call's out of `in_batch`, none on the first.
-    let (mut position, mut next) = (0_u32, 0_u32);
-    let mut first = true;
-    loop {
-        let mut attr = zeroed_attr();
-        attr.batch.map_fd = map.fd().as_fd().as_raw_fd().cast_unsigned();
-        attr.batch.in_batch = if first { 0 } else { (&raw const position) as u64 };
-        attr.batch.out_batch = (&raw mut next) as u64;
-        attr.batch.keys = keys.as_mut_ptr() as u64;
-        attr.batch.values = values.as_mut_ptr() as u64;
-        attr.batch.count = CHUNK as u32;
-        // SAFETY: `keys` and `values` have room for CHUNK entries of the
-        // map's key and value sizes (checked above), the positions are
-        // u32s; all outlive the call.
-        let result = unsafe { bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr) };
-        // SAFETY: the kernel writes back how many entries it copied.
-        let count = (unsafe { attr.batch.count } as usize).min(CHUNK);
-        let done = match result {
-            // Nothing copied without an error is the end too (no kernel
-            // does that, but a loop on it would never end).
-            Ok(_) => count == 0,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
-            Err(e) => return Err(e),
-        };
-        // SAFETY: the kernel initialised the first `count` keys and values
-        // (plain old data: any bytes are a valid one).
-        entries.extend(
-            (0..count).map(|i| unsafe { (keys[i].assume_init(), values[i].assume_init()) }),
-        );
-        if done {
-            return Ok(entries);
-        }
-        (position, first) = (next, false);
-    }
 }

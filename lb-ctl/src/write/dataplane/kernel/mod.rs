@@ -36,7 +36,7 @@ use handles::{KernelFlows, KernelReader};
 use super::{
     DataplaneError, FlowWriter, MapReader, Maps, attach, clock,
     conn_table::{ConnTable, TableAddr},
-    pins::{self, PinDir},
+    pins::{self, MapSizes, PinDir},
     tx_ports,
 };
 use crate::{
@@ -152,11 +152,11 @@ impl KernelMaps {
     /// the services) are the default timeouts and policy.
     pub fn load(
         object: &[u8],
-        conntrack_max: u32,
+        sizes: MapSizes,
         interfaces: &[String],
     ) -> Result<Self, DataplaneError> {
         let salt = random_salt()?;
-        let ebpf = load_object(object, conntrack_max, salt)?;
+        let ebpf = load_object(object, sizes, salt)?;
         let policy =
             settings::policy(DEFAULT_ANSWERS_PER_SECOND, ReversePath::Strict, HandshakeProof::Ack);
         let settings = Settings::new(&ifindexes(interfaces)?, &Timeouts::default(), policy, salt);
@@ -172,7 +172,7 @@ impl KernelMaps {
     /// running data plane as it was.
     pub fn start(dataplane: &Dataplane, object: &[u8]) -> Result<Self, DataplaneError> {
         let pins = PinDir::lock(&dataplane.pin_path)?;
-        let expected = pins::object_maps(object, dataplane.conntrack_max)?;
+        let expected = pins::object_maps(object, MapSizes::of(dataplane))?;
         pins.check_no_strays()?;
         let adopting = pins.has_maps();
         if adopting {
@@ -217,7 +217,7 @@ impl KernelMaps {
         let paths: Vec<(&str, PathBuf)> =
             expected.keys().map(|name| (name.as_str(), pins.map(name))).collect();
         let set_bits = SetBits::of(dataplane.conntrack_max);
-        let mut loader = sized_loader(dataplane.conntrack_max, &set_bits, &salt)?;
+        let mut loader = sized_loader(MapSizes::of(dataplane), &set_bits, &salt)?;
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -397,12 +397,12 @@ impl SetBits {
 /// and the program told the connection tables' sizes (`set_bits`, for the
 /// same `conntrack_max`) and hash key.
 fn sized_loader<'a>(
-    conntrack_max: u32,
+    sizes: MapSizes,
     set_bits: &'a SetBits,
     salt: &'a u32,
 ) -> Result<EbpfLoader<'a>, DataplaneError> {
     let mut loader = EbpfLoader::new();
-    for (name, entries) in pins::load_time_sizes(conntrack_max)? {
+    for (name, entries) in pins::load_time_sizes(sizes)? {
         loader.map_max_entries(name, entries);
     }
     loader.override_global("LB_CONN_SET_BITS", &set_bits.v4, true);
@@ -449,9 +449,9 @@ fn random_salt() -> Result<u32, DataplaneError> {
     Ok(u32::from_ne_bytes(bytes))
 }
 
-fn load_object(object: &[u8], conntrack_max: u32, salt: u32) -> Result<Ebpf, DataplaneError> {
-    let set_bits = SetBits::of(conntrack_max);
-    let mut ebpf = sized_loader(conntrack_max, &set_bits, &salt)?
+fn load_object(object: &[u8], sizes: MapSizes, salt: u32) -> Result<Ebpf, DataplaneError> {
+    let set_bits = SetBits::of(sizes.conntrack_max);
+    let mut ebpf = sized_loader(sizes, &set_bits, &salt)?
         .load(object)
         .map_err(|e| DataplaneError::kernel("loading the XDP object", e))?;
     load_programs(&mut ebpf)?;
