@@ -662,9 +662,9 @@ port = 80
             assert_eq!(i64::from(parse(&with(n)).unwrap().dataplane.fullnat_max), n);
         }
         for (n, said) in [
-            (0, "dataplane.fullnat_max: 0 is out of range (1 to 4194304)"),
-            (4_194_305, "dataplane.fullnat_max: 4194305 is out of range (1 to 4194304)"),
-            (-1, "dataplane.fullnat_max: -1 is out of range (1 to 4194304)"),
+            (0, "dataplane.fullnat_max: 0 is out of range (1 to 262144)"),
+            (262_145, "dataplane.fullnat_max: 262145 is out of range (1 to 262144)"),
+            (-1, "dataplane.fullnat_max: -1 is out of range (1 to 262144)"),
         ] {
             let p = problems(&with(n));
             assert!(p.iter().any(|x| x == said), "{p:?}");

@@ -1,6 +1,9 @@
 //! A full-NAT service's pool as `lb_snat` holds it, and its default
 //! addresses: the load balancer's own address toward each backend.
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr, UdpSocket},
+};
 
 use lb_common::fullnat::{SNAT_ADDRS_MAX, SnatPool};
 
@@ -13,8 +16,8 @@ use crate::desired::model::Service;
 /// `snat_addr` 0). Without, the pool is the load balancer's own address
 /// toward each backend (`route_source`), and each backend's flows leave
 /// from its own: the address of the interface its route goes out of, as
-/// the kernel would send from. A backend with no route, or beyond the
-/// pool's `SNAT_ADDRS_MAX` distinct addresses, is left to the hash; a
+/// the kernel would send from. A backend with no route, or whose source
+/// is not among the `SNAT_ADDRS_MAX` lowest, is left to the hash; a
 /// pool of no address makes every new flow count as exhausted until a
 /// route appears (the next apply looks again).
 pub fn pool<A: MapAddr>(s: &Service) -> (SnatPool<A>, Vec<u8>) {
@@ -30,24 +33,27 @@ pub fn pool<A: MapAddr>(s: &Service) -> (SnatPool<A>, Vec<u8>) {
         }
         return (pool, vec![0; s.backends.len()]);
     }
-    let mut by_backend = Vec::with_capacity(s.backends.len());
-    for b in &s.backends {
-        let source = route_source(SocketAddr::new(b.address, b.port)).and_then(A::of);
-        let index = source.and_then(|addr| {
-            let count = pool.count as usize;
-            match pool.addrs[..count].iter().position(|a| *a == addr) {
-                Some(i) => Some(i),
-                None if count < SNAT_ADDRS_MAX => {
-                    pool.addrs[count] = addr;
-                    pool.count += 1;
-                    Some(count)
-                }
-                None => None,
-            }
-        });
-        // 1 + the index: 0 says "by hash".
-        by_backend.push(index.map_or(0, |i| i as u8 + 1));
+    let sources: Vec<Option<A>> = s
+        .backends
+        .iter()
+        .map(|b| route_source(SocketAddr::new(b.address, b.port)).and_then(A::of))
+        .collect();
+    // In address order, not the backends': a backend added or removed
+    // moves no other backend's index (the pool and the backends are
+    // written apart), unless it brings or takes the last of a source.
+    let distinct: BTreeSet<A> = sources.iter().flatten().copied().collect();
+    for addr in distinct.into_iter().take(SNAT_ADDRS_MAX) {
+        pool.addrs[pool.count as usize] = addr;
+        pool.count += 1;
     }
+    let taken = &pool.addrs[..pool.count as usize];
+    let by_backend = sources
+        .iter()
+        .map(|source| {
+            // 1 + the index: 0 says "by hash".
+            source.and_then(|addr| taken.iter().position(|a| *a == addr)).map_or(0, |i| i as u8 + 1)
+        })
+        .collect();
     (pool, by_backend)
 }
 

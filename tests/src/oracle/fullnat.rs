@@ -5,7 +5,7 @@
 //! pool port goes back to the flow that holds it, and to no one else.
 use std::{
     cell::RefCell,
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, SocketAddr},
 };
 
@@ -32,16 +32,13 @@ impl Pool {
     /// toward it; the fixtures check that, the oracle only the pool.
     pub fn of(s: &Service) -> Self {
         let addresses = if s.snat.addresses.is_empty() {
-            let mut sources: Vec<IpAddr> = Vec::new();
-            for b in &s.backends {
-                if let Some(source) = route_source(SocketAddr::new(b.address, b.port))
-                    && !sources.contains(&source)
-                    && sources.len() < SNAT_ADDRS_MAX
-                {
-                    sources.push(source);
-                }
-            }
-            sources
+            // Each source once, the lowest four (as the planner takes them).
+            let sources: BTreeSet<IpAddr> = s
+                .backends
+                .iter()
+                .filter_map(|b| route_source(SocketAddr::new(b.address, b.port)))
+                .collect();
+            sources.into_iter().take(SNAT_ADDRS_MAX).collect()
         } else {
             s.snat.addresses.clone()
         };

@@ -111,9 +111,17 @@ pub fn hash_entries<K: Pod, V: Pod>(
         // sizes (aya checked `K` and `V` against them when it typed the
         // map), the positions 8 bytes each; all outlive the call.
         let result = unsafe { bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr) };
-        // SAFETY: the kernel wrote how many entries it copied, also when
-        // it returns ENOENT (the map's end) with the last of them.
-        let copied = unsafe { attr.batch.count } as usize;
+        // The kernel wrote how many entries it copied when it succeeded or
+        // returned ENOENT (the map's end) with the last of them. Other
+        // errors may come before it writes anything (the count then still
+        // says `batch`): nothing was copied.
+        let wrote = match &result {
+            Ok(_) => true,
+            Err(e) => e.raw_os_error() == Some(libc::ENOENT),
+        };
+        // SAFETY: `attr.batch` is the member the call was made with.
+        let count = unsafe { attr.batch.count } as usize;
+        let copied = if wrote { count } else { 0 };
         for (key, value) in keys.iter().zip(&values).take(copied.min(batch)) {
             // SAFETY: the kernel wrote the first `copied` of each, and any
             // bytes are a valid `Pod`.
