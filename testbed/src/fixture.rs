@@ -555,6 +555,18 @@ snat_ports = "41000"
   address = "10.77.2.12"
   port = 8091
 
+[[service]]            # full NAT, one port, answered when it is taken
+name = "fullnat-one-reject"
+vip = "10.77.1.110"
+port = 84
+protocol = "udp"
+forwarding = "fullnat"
+snat_addresses = ["10.77.2.1"]
+snat_ports = "41001"
+  [[service.backend]]
+  address = "10.77.2.12"
+  port = 8094
+
 [[service]]            # full NAT from the route's own source (no pool named): each
 name = "fullnat-default" # backend's flows from the address of the link it is on
 vip = "10.77.1.110"
