@@ -242,7 +242,6 @@ pub struct Real<A = [u8; 4]> {
 }
 const _: () = assert!(size_of::<Real>() == 16);
 const _: () = assert!(size_of::<Real<[u8; 16]>>() == 28);
-address_words!(Real: vip);
 
 /// Key of the connection table: the flow as the client sent it.
 #[repr(C)]
