@@ -39,9 +39,9 @@ pub const SNAT_PROBES: u32 = 64;
 pub const DEFAULT_FULLNAT_MAX: u32 = 1 << 16;
 /// The largest `dataplane.fullnat_max`: four maps of that many entries,
 /// 256 bytes of keys and values for each (both families' two maps), and
-/// the kernel's own share of each entry (about 140 MiB in all, allocated
-/// at start); and the controller's expiry reads every mapping each second
-/// (about 0.9 µs each: a quarter of a second for a full family).
+/// the kernel's own share of each entry (128 MiB of locked memory in all,
+/// allocated at start); and the controller's expiry reads every mapping
+/// each second (measured at 60,000: under 1 µs each).
 pub const MAX_FULLNAT_MAX: u32 = 1 << 18;
 /// A mapping whose client sent nothing but its SYN (or whose UDP
 /// datagrams its backend never answered) this many epoch ticks ago may be
