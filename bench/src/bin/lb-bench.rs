@@ -25,7 +25,10 @@ use lb_bench::dataplane::{
     handshake::{self, Path},
     load_average, measure_groups, pin_to_cpu, rawbpf, rows, rows_json, services, table,
 };
-use lb_common::abi::{Flow, PROTO_TCP};
+use lb_common::{
+    abi::{Flow, PROTO_TCP, handshake_slot},
+    addr::Addr,
+};
 use lb_testbed::{
     fixture::{
         CLIENT, CLIENT_MAC, FixtureNs, IF_BACKEND, IF_BACKEND_MAC, IF_CLIENT, IF_CLIENT_MAC,
@@ -36,7 +39,7 @@ use lb_testbed::{
     testrun::{self, XDP_PASS, XDP_REDIRECT},
 };
 
-const NAMES: [&str; 30] = [
+const NAMES: [&str; 32] = [
     "new flow, a fresh 5-tuple per sample",
     "new flow, one SYN, entry deleted between",
     "established flow (connection table hit)",
@@ -80,8 +83,13 @@ const NAMES: [&str; 30] = [
     "full-NAT new flow, a fresh 5-tuple per sample",
     "full-NAT established flow",
     "full-NAT backend reply",
+    // Fresh 5-tuples like the first row and IPv6's, chosen so that their
+    // handshake records fall in 1,024 slots (`WARM_SLOTS`) that stay
+    // cached: the new flow's cost without its record's cold line.
+    "new flow, its handshake slot warm (one of 1,024)",
+    "IPv6 new flow, its handshake slot warm (one of 1,024)",
 ];
-const TARGETS: [Option<u32>; 30] = [
+const TARGETS: [Option<u32>; 32] = [
     Some(100),
     Some(100),
     Some(45),
@@ -112,13 +120,15 @@ const TARGETS: [Option<u32>; 30] = [
     None,
     None,
     None,
+    None,
+    None,
 ];
 /// The scenarios of the table: one packet each, then the handshakes (four
 /// rows each: `Handshake::figures`), then IPv6's, one packet each, then
 /// both families' new client addresses, then the per-service options',
-/// then full NAT's.
-const WIDTHS: [usize; 24] =
-    [1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1];
+/// then full NAT's, then the new flows of warm handshake slots.
+const WIDTHS: [usize; 26] =
+    [1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1];
 /// The scenarios that are handshakes.
 const HANDSHAKE_SCENARIOS: std::ops::Range<usize> = 9..11;
 /// The services of the handshake scenarios: the fixture's Maglev service of
@@ -214,14 +224,7 @@ fn measure_per_packet() -> Vec<Row> {
             .frame(IF_CLIENT_MAC, CLIENT_MAC);
     let repeated_syn =
         Ipv4::tcp((CLIENT, 40_001), (VIP, 80), TCP_SYN, b"").frame(IF_CLIENT_MAC, CLIENT_MAC);
-    let repeated_syn_flow = Flow {
-        src: CLIENT.octets(),
-        dst: VIP.octets(),
-        sport: 40_001,
-        dport: 80,
-        proto: PROTO_TCP,
-        _pad: [0; 3],
-    };
+    let repeated_syn_flow = tcp_flow((CLIENT.octets(), 40_001), (VIP.octets(), 80));
     // The established flow enters the table as a real connection does (a
     // bare ACK met mid-way may be forwarded without being recorded).
     Path { program: &loaded.program, client_if, backend_if }.handshake((CLIENT, 40_000), (VIP, 80));
@@ -236,13 +239,15 @@ fn measure_per_packet() -> Vec<Row> {
     let mut fresh = 0_usize;
     // The new-address rows' own count: each takes the next address in turn.
     let mut new_addresses = 0_usize;
+    // The warm-slot rows' own count of 5-tuples tried.
+    let mut warm = 0_usize;
     let ipv6 = ipv6::Frames::set_up(&loaded.program, client_if, backend_if);
     let fullnat = fullnat::Frames::set_up(&loaded.program, client_if, backend_if);
     // A client's SYN to `vip`, on the client side.
     let syn = |client: (Ipv4Addr, u16), vip: (Ipv4Addr, u16)| {
         (Ipv4::tcp(client, vip, TCP_SYN, b"").frame(IF_CLIENT_MAC, CLIENT_MAC), client_if)
     };
-    let measured = measure_groups(&baseline, &WIDTHS, |i, out| {
+    let sample = |i: usize, out: &mut [u32]| {
         if HANDSHAKE_SCENARIOS.contains(&i) {
             fresh += 1;
             // Made here, not once outside: `loaded.forget` below borrows `loaded` mutably.
@@ -285,6 +290,8 @@ fn measure_per_packet() -> Vec<Row> {
             }
             22 => (fullnat.established.clone(), client_if),
             23 => (fullnat.reply.clone(), backend_if),
+            24 => syn(warm_slot_client(&mut warm), (VIP, 80)),
+            25 => (ipv6::warm_slot_syn(&mut warm), client_if),
             17..=20 => {
                 fresh += 1;
                 let vip = match i {
@@ -305,12 +312,103 @@ fn measure_per_packet() -> Vec<Row> {
         let run = testrun::run(&loaded.program, &frame, ingress, 1);
         assert_eq!(run.action, expected, "{}", NAMES[i]);
         out[0] = run.duration_ns;
-    });
+    };
+    let only = profiled_scenario();
+    let measured = measure_scenarios(&baseline, only, sample);
     let mut rows = rows(&measured, &NAMES, &TARGETS);
     // Its own program and table (see `flood`); after the others, whose
     // rounds it would otherwise lengthen.
-    rows.push(flood::row("SYN flood then established (rr)", HANDSHAKES[1], &baseline, &mut fresh));
+    if only.is_none() {
+        rows.push(flood::row(
+            "SYN flood then established (rr)",
+            HANDSHAKES[1],
+            &baseline,
+            &mut fresh,
+        ));
+    }
     rows
+}
+
+/// The TCP flow from `src` to `dst` (address and port each).
+fn tcp_flow<A: Addr>(src: (A, u16), dst: (A, u16)) -> Flow<A> {
+    Flow { src: src.0, dst: dst.0, sport: src.1, dport: dst.1, proto: PROTO_TCP, _pad: [0; 3] }
+}
+
+/// The first 1,024 handshake slots (56 KiB of IPv6 records), which stay in
+/// the cache while the warm-slot rows run: a new flow there pays for
+/// everything but its record's cold line.
+const WARM_SLOTS: u32 = 1024;
+
+/// The warm-slot rows' clients: 64 addresses (few enough that each one's
+/// route stays cached, as a fresh flow's usually is), 64,000 ports each.
+/// Their 4,096,000 flows take about 16,000 warm slots' worth of records,
+/// 16 to a slot: a flow that comes round again finds its slot taken by
+/// another (a fresh flow), not its own record (a retransmitted SYN).
+fn warm_client(tried: usize) -> (u8, u16) {
+    (1 + (tried % 64) as u8, 1024 + ((tried / 64) % 64_000) as u16)
+}
+
+/// The next warm-slot client (after `tried`, which moves past it) whose SYN
+/// to the VIP's port 80 has its handshake record in a warm slot.
+fn warm_slot_client(tried: &mut usize) -> (Ipv4Addr, u16) {
+    loop {
+        *tried += 1;
+        let (host, port) = warm_client(*tried);
+        let client = Ipv4Addr::new(10, 77, 3, host);
+        if handshake_slot(&tcp_flow((client.octets(), port), (VIP.octets(), 80))) < WARM_SLOTS {
+            return (client, port);
+        }
+    }
+}
+
+/// The per-packet scenarios measured, all of them or `only` one (see
+/// `profiled_scenario`), which may first run alone for a profiler.
+fn measure_scenarios(
+    baseline: &Baseline,
+    only: Option<usize>,
+    mut sample: impl FnMut(usize, &mut [u32]),
+) -> dataplane::Measured {
+    if let Some(i) = only
+        && let Some(seconds) = profile_seconds()
+    {
+        eprintln!("profiling: scenario {i} alone for {seconds} s");
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+        let mut out = [0; 4];
+        let mut runs = 0_u64;
+        while std::time::Instant::now() < end {
+            sample(i, &mut out[..WIDTHS[i]]);
+            runs += 1;
+        }
+        eprintln!("profiling: done, {} samples a second", runs / seconds.max(1));
+    }
+    measure_groups(baseline, &WIDTHS, |i, out| {
+        if only.is_some_and(|only| only != i) {
+            out.fill(0);
+        } else {
+            sample(i, out);
+        }
+    })
+}
+
+/// `LB_BENCH_ONLY=N`: only scenario N (0-based, in `WIDTHS`' order) is
+/// measured, the others' rows read 0: a quick A/B of one row, or, with
+/// `LB_BENCH_PROFILE_SECONDS`, one kind of packet for a profiler.
+fn profiled_scenario() -> Option<usize> {
+    let only = std::env::var("LB_BENCH_ONLY").ok()?;
+    match only.parse() {
+        Ok(i) if i < WIDTHS.len() => Some(i),
+        _ => panic!("LB_BENCH_ONLY={only}: a scenario number below {}", WIDTHS.len()),
+    }
+}
+
+/// `LB_BENCH_PROFILE_SECONDS=S`: with `LB_BENCH_ONLY`, its scenario runs
+/// untimed for S seconds before it is measured, for a profiler to sample
+/// (`perf record -a`, `tools/xdp-line-profile.py`).
+fn profile_seconds() -> Option<u64> {
+    let seconds = std::env::var("LB_BENCH_PROFILE_SECONDS").ok()?;
+    Some(seconds.parse().unwrap_or_else(|_| {
+        panic!("LB_BENCH_PROFILE_SECONDS={seconds}: a whole number of seconds")
+    }))
 }
 
 /// The `n`th of 16,384 client addresses (10.77.64.0/18, routed back through
@@ -441,6 +539,7 @@ mod ipv6 {
     use std::net::Ipv6Addr;
 
     use aya::programs::Xdp;
+    use lb_common::abi::handshake_slot;
     use lb_testbed::{
         fixture::{
             CLIENT_MAC, CLIENT6, IF_BACKEND_MAC, IF_CLIENT_MAC, LB_CLIENT_SIDE6, VIP6, WEB_MACS,
@@ -507,6 +606,20 @@ mod ipv6 {
         let host = Ipv6Addr::new(0xfd77, 3, 0, 0, 0, 0, 0, (n / 50_000) as u16 + 1);
         let port = 10_000 + (n % 50_000) as u16;
         segment((host, port), (VIP6, 80), TCP_SYN, 1000, 0).frame(IF_CLIENT_MAC, CLIENT_MAC)
+    }
+
+    /// `super::warm_slot_client`'s SYN, from `fd77:3::1` to `fd77:3::40`.
+    pub fn warm_slot_syn(tried: &mut usize) -> Vec<u8> {
+        loop {
+            *tried += 1;
+            let (host, port) = super::warm_client(*tried);
+            let host = Ipv6Addr::new(0xfd77, 3, 0, 0, 0, 0, 0, host.into());
+            let flow = super::tcp_flow((host.octets(), port), (VIP6.octets(), 80));
+            if handshake_slot(&flow) < super::WARM_SLOTS {
+                return segment((host, port), (VIP6, 80), TCP_SYN, 1000, 0)
+                    .frame(IF_CLIENT_MAC, CLIENT_MAC);
+            }
+        }
     }
 
     /// A SYN from a client address never used before (`fd77:3::1:0:0/96`).
