@@ -10,9 +10,10 @@
 
 use crate::addr::Addr;
 
-/// Bumped whenever a map layout below changes; stored in `lb_meta` so that a
+/// Bumped whenever a map layout below changes, or where an entry goes (a
+/// slot or a set, whose hash moved); stored in `lb_meta` so that a
 /// controller can tell whether pinned maps were written by a compatible build.
-pub const ABI_VERSION: u32 = 23;
+pub const ABI_VERSION: u32 = 24;
 
 /// Accessors that read a map value's address fields as words
 /// (`Addr::read_words`), named after their fields: `b.vip()` is `b.vip`
@@ -548,16 +549,15 @@ pub const ADDR_REAL: u8 = 2;
 /// needed.
 pub const ADDR_BACKEND: u8 = 4;
 
-/// The `lb_addrs` (`lb_addrs6`) slot of an address: its fold's halves
-/// folded together, so addresses that differ only in their network part
-/// still spread. Read in native order (the data plane loads the address as
-/// words; the controller computes slots on the same host).
+/// The `lb_addrs` (`lb_addrs6`) slot of an address: sixteen bits of its
+/// fold that every bit of the address reaches (`Addr::spread16`), so
+/// addresses that differ only in their network part still spread. Read in
+/// native order (the data plane loads the address as words; the
+/// controller computes slots on the same host).
 #[inline(always)]
 pub fn addr_slot<A: Addr>(addr: A) -> u32 {
-    let folded = addr.fold();
-    // For IPv4 the fold is the address itself, and the high half is zero.
-    let a = (folded ^ (folded >> 32)) as u32;
-    (a ^ (a >> 16)) & (ADDR_FILTER_SIZE - 1)
+    const { assert!(ADDR_FILTER_SIZE == 1 << 16) };
+    A::spread16(addr.fold())
 }
 
 /// Size of `lb_real_slots`, the direct-mapped index of backends by endpoint.
@@ -569,7 +569,7 @@ pub const REAL_SLOT_SHARED: u32 = u32::MAX;
 /// id + 1 (0: none), so a reply finds its backend with array lookups only.
 #[inline(always)]
 pub fn real_slot<A: Addr>(addr: A, port: u16, proto: u8) -> u32 {
-    let key = A::raise(addr.wire_fold(), 24) | (u64::from(port) << 8) | u64::from(proto);
+    let key = A::raise(addr.fold(), 24) | (u64::from(port) << 8) | u64::from(proto);
     crate::hash::table_index(key, REAL_SLOTS)
 }
 
@@ -960,11 +960,12 @@ const _: () = assert!(NEIGH_MARK6_MAGIC.to_ne_bytes()[0] & 0b11 == 0b10);
 pub const NEIGH6_SLOTS: u32 = 1 << 16;
 
 /// The tag of an IPv6 next hop in its frame's mark; its low bits are its
-/// slot in `lb_neigh6`.
+/// slot in `lb_neigh6`: the fold's top sixteen (`Addr::spread16`), the
+/// sixteen below them above.
 #[inline(always)]
 pub fn neigh6_tag(addr: &[u8; 16]) -> u32 {
     let folded = addr.fold();
-    (folded ^ (folded >> 32)) as u32
+    <[u8; 16]>::spread16(folded) | ((folded >> 16) as u32 & 0xffff_0000)
 }
 
 impl NeighMark {
