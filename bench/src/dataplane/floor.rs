@@ -19,7 +19,7 @@ use lb_testbed::testrun;
 use super::{
     Baseline, COLUMNS, Part, measure,
     rawbpf::{
-        ADD_K, AND_K, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_LRU_HASH, CALL, EXIT, HELPER_MAP_LOOKUP,
+        ADD_K, AND_K, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH, CALL, EXIT, HELPER_MAP_LOOKUP,
         HELPER_MAP_UPDATE, HELPER_PRANDOM, JEQ_K, JNE_K, LDX_DW, MOV_K, MOV_X, MUL_K, RSH_K, ST_DW,
         ST_W, STX_DW, STX_W, XDP_DROP, XDP_PASS, create_map, insn, ld_map, update_batch,
     },
@@ -38,7 +38,13 @@ const CAPACITY: u32 = 1 << 20;
 /// Keys present in the table the lookups go to (as in the `conntrack` part).
 const PRESENT: u32 = 1_000_000;
 
-const NAMES: [&str; 10] = [
+/// Keys of the small hash tables of the service-key rows (a service table's
+/// size; the keys fit in the cache, so the rows are about the key's length).
+const SERVICE_KEYS: u32 = 256;
+/// The services' key lengths: an IPv4 `Endpoint` and an IPv6 one.
+const SERVICE_KEY_BYTES: [u32; 2] = [8, 20];
+
+const NAMES: [&str; 13] = [
     "array, warm: the same value every run",
     "array 2 MiB, cold: a random 64-byte value, read",
     "array 8 MiB, cold: a random 64-byte value, read",
@@ -49,6 +55,11 @@ const NAMES: [&str; 10] = [
     "LRU hash 1 Mi, lookup hit (random key of 1M present)",
     "LRU hash 1 Mi, insert a fresh key, table full (evicts)",
     "LRU hash 1 Mi, insert a fresh key, near-empty table",
+    // The IPv6 handshake records' array (14 MiB) beside IPv4's (8 MiB).
+    "array 16 MiB, cold: a random 64-byte value, read",
+    // A service's lookup, IPv4's key beside IPv6's.
+    "hash 256, lookup hit, 8-byte key (an IPv4 service's)",
+    "hash 256, lookup hit, 20-byte key (an IPv6 service's)",
 ];
 
 /// The smallest frame BPF_PROG_TEST_RUN takes for XDP is an Ethernet
@@ -69,6 +80,9 @@ pub fn run() -> Part {
         hash_lookup(true),
         hash_insert(CAPACITY),
         hash_insert(0),
+        one_value(entries(16), read()),
+        service_lookup(SERVICE_KEY_BYTES[0]),
+        service_lookup(SERVICE_KEY_BYTES[1]),
     ];
     let baseline = Baseline::new(FRAME.to_vec(), 0);
     let measured = measure(&baseline, programs.len(), |i| {
@@ -251,6 +265,31 @@ fn hash_insert(filled: u32) -> Xdp {
     ];
     insns.extend(map_call(HELPER_MAP_UPDATE, &table, 16, Some(32)));
     insns.extend(verdict(JNE_K, &[]));
+    load(&insns)
+}
+
+/// Looks a random one of `SERVICE_KEYS` keys of `key_bytes` up (the key's
+/// first word its number, the rest zero, as an address's host part) in a
+/// hash table of its own; XDP_DROP if it is missing. The kernel hashes and
+/// compares the whole key: what the two rows differ by is its length.
+fn service_lookup(key_bytes: u32) -> Xdp {
+    let table = create_map(BPF_MAP_TYPE_HASH, key_bytes, 8, SERVICE_KEYS);
+    let keys: Vec<u8> = (0..SERVICE_KEYS)
+        .flat_map(|i| {
+            let mut key = vec![0; key_bytes as usize];
+            key[..4].copy_from_slice(&i.to_ne_bytes());
+            key
+        })
+        .collect();
+    update_batch(&table, &keys, &vec![0; 8 * SERVICE_KEYS as usize], SERVICE_KEYS);
+    let at = i16::try_from(key_bytes.next_multiple_of(8)).expect("a short key");
+    let mut insns = random_index(SERVICE_KEYS - 1, at).to_vec();
+    // The key's other words: zero.
+    insns.extend((4..key_bytes).step_by(4).map(|off| {
+        insn(ST_W, 10, 0, -at + i16::try_from(off).expect("a short key"), 0)
+    }));
+    insns.extend(map_call(HELPER_MAP_LOOKUP, &table, at, None));
+    insns.extend(verdict(JEQ_K, &[read()]));
     load(&insns)
 }
 

@@ -240,6 +240,7 @@ pub(super) fn ld_map(dst: u8, map: &MapData) -> [u64; 2] {
 
 pub(super) const BPF_MAP_TYPE_ARRAY: u32 = bpf_map_type::BPF_MAP_TYPE_ARRAY as u32;
 pub(super) const BPF_MAP_TYPE_LRU_HASH: u32 = bpf_map_type::BPF_MAP_TYPE_LRU_HASH as u32;
+pub(super) const BPF_MAP_TYPE_HASH: u32 = bpf_map_type::BPF_MAP_TYPE_HASH as u32;
 
 /// A new map, owned by the returned handle (and by the programs that use it).
 pub(super) fn create_map(map_type: u32, key_size: u32, value_size: u32, entries: u32) -> MapData {
