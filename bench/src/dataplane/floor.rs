@@ -19,9 +19,10 @@ use lb_testbed::testrun;
 use super::{
     Baseline, COLUMNS, Part, measure,
     rawbpf::{
-        ADD_K, AND_K, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH, CALL, EXIT, HELPER_MAP_LOOKUP,
-        HELPER_MAP_UPDATE, HELPER_PRANDOM, JEQ_K, JNE_K, LDX_DW, MOV_K, MOV_X, MUL_K, RSH_K, ST_DW,
-        ST_W, STX_DW, STX_W, XDP_DROP, XDP_PASS, create_map, insn, ld_map, update_batch,
+        ADD_K, AND_K, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH, CALL, EXIT,
+        HELPER_MAP_LOOKUP, HELPER_MAP_UPDATE, HELPER_PRANDOM, JEQ_K, JNE_K, LDX_DW, MOV_K, MOV_X,
+        MUL_K, RSH_K, ST_DW, ST_W, STX_DW, STX_W, XDP_DROP, XDP_PASS, create_map, insn, ld_map,
+        update_batch,
     },
     rows, rows_json, table,
 };
@@ -285,9 +286,11 @@ fn service_lookup(key_bytes: u32) -> Xdp {
     let at = i16::try_from(key_bytes.next_multiple_of(8)).expect("a short key");
     let mut insns = random_index(SERVICE_KEYS - 1, at).to_vec();
     // The key's other words: zero.
-    insns.extend((4..key_bytes).step_by(4).map(|off| {
-        insn(ST_W, 10, 0, -at + i16::try_from(off).expect("a short key"), 0)
-    }));
+    insns.extend(
+        (4..key_bytes)
+            .step_by(4)
+            .map(|off| insn(ST_W, 10, 0, -at + i16::try_from(off).expect("a short key"), 0)),
+    );
     insns.extend(map_call(HELPER_MAP_LOOKUP, &table, at, None));
     insns.extend(verdict(JEQ_K, &[read()]));
     load(&insns)
