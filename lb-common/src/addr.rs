@@ -11,7 +11,7 @@
 //! its top bits depend on every bit of the address; its wire fold (the
 //! flow hash, the same on every node) mixes the low half with `mix64`.
 
-use crate::hash::mix64;
+use crate::{abi::Flow, hash::mix64};
 
 /// An address as a map holds it: network order, `[u8; 4]` or `[u8; 16]`.
 pub trait Addr: Copy + Default + Eq + core::hash::Hash + core::fmt::Debug + 'static {
@@ -78,6 +78,34 @@ pub trait Addr: Copy + Default + Eq + core::hash::Hash + core::fmt::Debug + 'sta
     /// Whether the address is in the network `network` whose mask is
     /// `mask` (`prefix_mask`): word operations, as `same`.
     fn within(&self, network: &Self, mask: &Self) -> bool;
+
+    /// What a handshake record (`abi::Handshake`) keeps of its flow to know
+    /// it again. IPv4: the flow itself (16 bytes; a record is 32). IPv6:
+    /// the flow's 64-bit key (`abi::flow_key`, whose top bits are its
+    /// slot), made odd: its 40 bytes made a record 56 bytes, 14 MiB of
+    /// records against IPv4's 8, and a new flow's cold record costlier.
+    /// Two flows share a tag only if their keys, hence their slots, are
+    /// equal: the key is unkeyed, like the slot, so whoever can pick a
+    /// flow of the same key can as well take its slot with any flow.
+    type FlowTag: Copy + Default + Eq + core::fmt::Debug + 'static;
+
+    /// The tag of `flow`'s record.
+    fn flow_tag(flow: &Flow<Self>) -> Self::FlowTag;
+
+    /// The tag at `at`, read as words (see `read_words`).
+    ///
+    /// # Safety
+    /// `at` is valid for reads and aligned as a record (a map value).
+    unsafe fn read_tag(at: *const Self::FlowTag) -> Self::FlowTag;
+
+    /// Whether `tag` is `flow`'s: word compares.
+    fn tag_names(tag: &Self::FlowTag, flow: &Flow<Self>) -> bool;
+
+    /// Makes the tag at `at` no flow's.
+    ///
+    /// # Safety
+    /// `at` is valid for writes and aligned as a record.
+    unsafe fn spend_tag(at: *mut Self::FlowTag);
 }
 
 impl Addr for [u8; 4] {
@@ -139,6 +167,35 @@ impl Addr for [u8; 4] {
         let word = |a: &Self| u32::from_ne_bytes(*a);
         word(self) & word(mask) == word(network)
     }
+
+    type FlowTag = Flow;
+
+    #[inline(always)]
+    fn flow_tag(flow: &Flow) -> Flow {
+        *flow
+    }
+
+    #[inline(always)]
+    unsafe fn read_tag(at: *const Flow) -> Flow {
+        // SAFETY: the caller's guarantee; a record is aligned to 4.
+        unsafe { Flow::read_words(at) }
+    }
+
+    #[inline(always)]
+    fn tag_names(tag: &Flow, flow: &Flow) -> bool {
+        tag.same(flow)
+    }
+
+    /// The unspecified source (refused as martian before any lookup) and
+    /// port 0: no client's flow.
+    #[inline(always)]
+    unsafe fn spend_tag(at: *mut Flow) {
+        // SAFETY: the caller's guarantee.
+        unsafe {
+            (*at).src = [0; 4];
+            (*at).dport = 0;
+        }
+    }
 }
 
 /// The 32-bit mask of a prefix of `prefix` bits (0 to 32 and beyond).
@@ -169,13 +226,22 @@ impl Addr for [u8; 16] {
     type SlotPad = [u8; 4];
     const SLOT_PAD: [u8; 4] = [0; 4];
 
+    /// One multiply (Knuth's multiplicative hashing, as `table_index`),
+    /// where `mix64` took two and three shifts on every packet's addresses,
+    /// several times. The low half is rotated by a group first, so the XOR
+    /// pairs group 1 (the prefix's first) with group 8 (a host number), 2
+    /// with 5, 3 with 6 and 4 (a /64's subnet) with 7. Halves XORed as they
+    /// lie pair group 4 with group 8, and every `2001:db8:0:S::H` with the
+    /// same `S ^ H` folded alike. The host number lands at the bottom of
+    /// the product's input, so it reaches every bit above. The product's
+    /// top bits depend on all of the address, its low ones only on the low
+    /// input bits: consumers take the top bits or mix further. (Reversing
+    /// the low half's bytes pairs as well, and grew `lb_xdp6`'s stack past
+    /// what its calls leave it.)
     #[inline(always)]
-    /// One multiply (Knuth's multiplicative hashing, as `table_index`):
-    /// `mix64`'s two multiplies and three shifts, here on every packet's
-    /// addresses several times, measured at a few ns an IPv6 packet.
     fn fold(&self) -> u64 {
         let [high, low] = halves(self);
-        (high ^ low).wrapping_mul(FOLD6_MULTIPLIER)
+        (high ^ low.rotate_left(16)).wrapping_mul(FOLD6_MULTIPLIER)
     }
 
     #[inline(always)]
@@ -238,6 +304,31 @@ impl Addr for [u8; 16] {
         let [net_high, net_low] = halves(network);
         let [mask_high, mask_low] = halves(mask);
         high & mask_high == net_high && low & mask_low == net_low
+    }
+
+    type FlowTag = u64;
+
+    /// Odd: 0 is a spent record's.
+    #[inline(always)]
+    fn flow_tag(flow: &Flow<Self>) -> u64 {
+        crate::abi::flow_key(flow) | 1
+    }
+
+    #[inline(always)]
+    unsafe fn read_tag(at: *const u64) -> u64 {
+        // SAFETY: the caller's guarantee; a record is aligned to 8.
+        unsafe { at.read() }
+    }
+
+    #[inline(always)]
+    fn tag_names(tag: &u64, flow: &Flow<Self>) -> bool {
+        *tag == Self::flow_tag(flow)
+    }
+
+    #[inline(always)]
+    unsafe fn spend_tag(at: *mut u64) {
+        // SAFETY: the caller's guarantee.
+        unsafe { at.write(0) }
     }
 }
 
@@ -314,9 +405,9 @@ mod tests {
     }
 
     /// Consecutive hosts of a network never share a prefilter slot: their
-    /// low halves differ in the top bits of the native word, and the
-    /// product's top sixteen bits are a bijection of them (`mix64` shared
-    /// about 125 of these 4,096 slots, as random slots would).
+    /// numbers are the low bits of the product's input, whose top sixteen
+    /// bits they reach (`mix64` shared about 125 of these 4,096 slots, as
+    /// random slots would).
     #[test]
     fn consecutive_ipv6_hosts_take_distinct_filter_slots() {
         let mut slots = [0_u32; 4096];
@@ -328,6 +419,44 @@ mod tests {
         slots.sort_unstable();
         let shared = slots.windows(2).filter(|w| w[0] == w[1]).count();
         assert_eq!(shared, 0, "{shared} of 4,096 consecutive hosts share a slot");
+    }
+
+    /// The usual plan, a subnet number in group 4 and a host number in
+    /// group 8 (`2001:db8:0:S::H`), and hosts numbered after their subnet
+    /// (`S == H`): the XOR of the halves as they lie folded every address
+    /// of one `S ^ H` alike (256 addresses into 31 folds).
+    #[test]
+    fn subnets_and_hosts_numbered_alike_fold_apart() {
+        let address = |subnet: u8, host: u8| {
+            [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, subnet, 0, 0, 0, 0, 0, 0, 0, host]
+        };
+        let mut folds = [0_u64; 256 + 64];
+        for (i, fold) in folds.iter_mut().enumerate() {
+            let (subnet, host) = if i < 256 { (i / 16, i % 16) } else { (i - 256, i - 256) };
+            *fold = address(subnet as u8 + 1, host as u8 + 1).fold();
+        }
+        folds.sort_unstable();
+        let shared = folds.windows(2).filter(|w| w[0] == w[1]).count();
+        // The S == H plan repeats the 16 x 16 plan's diagonal: 16 twins.
+        assert_eq!(shared, 16, "{shared} shared folds");
+    }
+
+    /// A handshake record keeps its IPv6 flow's key alone (`FlowTag`):
+    /// the flows of many hosts of a network over many ports, to one VIP,
+    /// have keys of their own. (The fold's XOR of halves as they lie made
+    /// a host's bits cancel a source port's in the key.)
+    #[test]
+    fn ipv6_flows_of_hosts_and_ports_keep_their_own_keys() {
+        let mut tags = [0_u64; 8 * 256];
+        for (i, tag) in tags.iter_mut().enumerate() {
+            let src = [0xfd, 0x77, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, (i / 256) as u8 + 1];
+            let dst = [0xfd, 0x77, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+            let sport = 1024 + (i % 256) as u16;
+            let flow = Flow { src, dst, sport, dport: 80, proto: 6, _pad: [0; 3] };
+            *tag = <[u8; 16]>::flow_tag(&flow);
+        }
+        tags.sort_unstable();
+        assert!(tags.windows(2).all(|w| w[0] != w[1]), "two flows share a key");
     }
 
     #[test]
