@@ -729,11 +729,9 @@ impl<A: Addr> FlowCacheEntry<A> {
 /// sequence number a forged source never sees.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Handshake<A: Addr = [u8; 4]> {
-    /// What the record keeps of the flow as the client sent it to know it
-    /// again (`Addr::FlowTag`: IPv4's whole flow, IPv6's 64-bit key);
-    /// `Addr::spend_tag` makes it no flow's.
-    pub tag: A::FlowTag,
+pub struct Handshake<A = [u8; 4]> {
+    /// The flow as the client sent it (a source of all zeros: no record).
+    pub flow: Flow<A>,
     pub backend_id: u32,
     /// The epoch tick the flow was placed in; the record lives for its
     /// first state's timeout (`tcp_syn_timeout`, or the UDP timeout).
@@ -745,36 +743,18 @@ pub struct Handshake<A: Addr = [u8; 4]> {
     pub flags: u32,
 }
 const _: () = assert!(size_of::<Handshake>() == 32);
-const _: () = assert!(size_of::<Handshake<[u8; 16]>>() == 24);
+const _: () = assert!(size_of::<Handshake<[u8; 16]>>() == 56);
 
 impl<A: Addr> Handshake<A> {
-    /// A new record of `flow`, placed on `backend_id` at tick `born`.
-    #[inline(always)]
-    pub fn new(flow: &Flow<A>, backend_id: u32, born: u32, flags: u32) -> Self {
-        Self { tag: A::flow_tag(flow), backend_id, born, expect_ack: 0, flags }
-    }
-
-    /// Whether the record at `record` is `flow`'s (live or not: the caller
-    /// checks `born`), its tag read as words.
+    /// The record's flow, read as words.
     ///
     /// # Safety
     /// `record` is valid for reads and aligned as a `Handshake` (a map value).
     #[inline(always)]
-    pub unsafe fn names(record: *const Self, flow: &Flow<A>) -> bool {
-        const { assert!(core::mem::offset_of!(Self, tag) == 0) };
-        // SAFETY: the record's first field, aligned as the record is.
-        A::tag_names(&unsafe { A::read_tag(&raw const (*record).tag) }, flow)
-    }
-
-    /// Makes the record at `record` no flow's (spent: the table holds its
-    /// flow now); the rest of it is left.
-    ///
-    /// # Safety
-    /// `record` is valid for writes and aligned as a `Handshake`.
-    #[inline(always)]
-    pub unsafe fn spend(record: *mut Self) {
-        // SAFETY: the caller's guarantee.
-        unsafe { A::spend_tag(&raw mut (*record).tag) }
+    pub unsafe fn flow_of(record: *const Self) -> Flow<A> {
+        const { assert!(align_of::<Self>() >= 4 && core::mem::offset_of!(Self, flow) == 0) };
+        // SAFETY: the record's first field, aligned to 4 as the record is.
+        unsafe { Flow::read_words(&raw const (*record).flow) }
     }
 }
 
@@ -1006,9 +986,10 @@ mod tests {
 
     /// A reply finds its backend in `lb_real_slots` by array reads alone
     /// unless another backend shares its slot: 256 backends of one /64 on
-    /// one port take slots of their own, as do 2,560 ports of one address.
-    /// (With the port ORed in, IPv6's raised fold lost its host bits under
-    /// the port's: 256 such backends took 13 slots.)
+    /// one port, and 2,560 ports of one address, share slots about as
+    /// random slots would (0.5 pairs expected of 65,536 slots). With the
+    /// port ORed in, IPv6's raised fold lost its host bits under the
+    /// port's: 256 such backends took 13 slots.
     #[test]
     fn ipv6_backends_of_a_network_take_their_own_real_slots() {
         let mut slots = [0_u32; 256 + 2560];
@@ -1019,7 +1000,8 @@ mod tests {
             *slot = real_slot(addr, port as u16, PROTO_TCP) | (u32::from(i < 256) << 31);
         }
         slots.sort_unstable();
-        assert!(slots.windows(2).all(|w| w[0] != w[1]), "two endpoints share a slot");
+        let shared = slots.windows(2).filter(|w| w[0] == w[1]).count();
+        assert!(shared <= 3, "{shared} pairs of endpoints share a slot");
     }
 
     /// The word accessors read what the fields hold: both families, a
@@ -1035,25 +1017,9 @@ mod tests {
         assert_eq!((hop.addr(), hop.via()), (v6(7), v6(8)));
         let flow =
             Flow { src: v6(9), dst: v6(1), sport: 40_000, dport: 80, proto: 6, _pad: [0; 3] };
-        let mut record = Handshake::new(&flow, 1, 2, 3);
+        let record = Handshake { flow, ..Default::default() };
         // SAFETY: a record, aligned as one.
-        assert!(unsafe { Handshake::names(&raw const record, &flow) });
-        let other = Flow { sport: 40_001, ..flow };
-        // SAFETY: as above.
-        assert!(!unsafe { Handshake::names(&raw const record, &other) });
-        // SAFETY: as above.
-        unsafe { Handshake::spend(&raw mut record) };
-        // SAFETY: as above.
-        assert!(!unsafe { Handshake::names(&raw const record, &flow) }, "spent");
-        let flow4 =
-            Flow { src: [10, 77, 3, 1], dst: [10, 77, 1, 100], sport: 1, ..Flow::default() };
-        let mut record4 = Handshake::new(&flow4, 1, 2, 3);
-        // SAFETY: as above.
-        unsafe {
-            assert!(Handshake::names(&raw const record4, &flow4));
-            Handshake::spend(&raw mut record4);
-            assert!(!Handshake::names(&raw const record4, &flow4), "spent");
-        }
+        assert_eq!(unsafe { Handshake::flow_of(&raw const record) }, flow);
         let entry = FlowCacheEntry { flow, ..Default::default() };
         assert!(entry.holds(&flow));
         let others = [

@@ -11,7 +11,7 @@
 //! its top bits depend on every bit of the address; its wire fold (the
 //! flow hash, the same on every node) mixes the low half with `mix64`.
 
-use crate::{abi::Flow, hash::mix64};
+use crate::hash::mix64;
 
 /// An address as a map holds it: network order, `[u8; 4]` or `[u8; 16]`.
 pub trait Addr: Copy + Default + Eq + core::hash::Hash + core::fmt::Debug + 'static {
@@ -78,34 +78,6 @@ pub trait Addr: Copy + Default + Eq + core::hash::Hash + core::fmt::Debug + 'sta
     /// Whether the address is in the network `network` whose mask is
     /// `mask` (`prefix_mask`): word operations, as `same`.
     fn within(&self, network: &Self, mask: &Self) -> bool;
-
-    /// What a handshake record (`abi::Handshake`) keeps of its flow to know
-    /// it again. IPv4: the flow itself (16 bytes; a record is 32). IPv6:
-    /// the flow's 64-bit key (`abi::flow_key`, whose top bits are its
-    /// slot), made odd: its 40 bytes made a record 56 bytes, 14 MiB of
-    /// records against IPv4's 8, and a new flow's cold record costlier.
-    /// Two flows share a tag only if their keys, hence their slots, are
-    /// equal: the key is unkeyed, like the slot, so whoever can pick a
-    /// flow of the same key can as well take its slot with any flow.
-    type FlowTag: Copy + Default + Eq + core::fmt::Debug + 'static;
-
-    /// The tag of `flow`'s record.
-    fn flow_tag(flow: &Flow<Self>) -> Self::FlowTag;
-
-    /// The tag at `at`, read as words (see `read_words`).
-    ///
-    /// # Safety
-    /// `at` is valid for reads and aligned as a record (a map value).
-    unsafe fn read_tag(at: *const Self::FlowTag) -> Self::FlowTag;
-
-    /// Whether `tag` is `flow`'s: word compares.
-    fn tag_names(tag: &Self::FlowTag, flow: &Flow<Self>) -> bool;
-
-    /// Makes the tag at `at` no flow's.
-    ///
-    /// # Safety
-    /// `at` is valid for writes and aligned as a record.
-    unsafe fn spend_tag(at: *mut Self::FlowTag);
 }
 
 impl Addr for [u8; 4] {
@@ -167,35 +139,6 @@ impl Addr for [u8; 4] {
         let word = |a: &Self| u32::from_ne_bytes(*a);
         word(self) & word(mask) == word(network)
     }
-
-    type FlowTag = Flow;
-
-    #[inline(always)]
-    fn flow_tag(flow: &Flow) -> Flow {
-        *flow
-    }
-
-    #[inline(always)]
-    unsafe fn read_tag(at: *const Flow) -> Flow {
-        // SAFETY: the caller's guarantee; a record is aligned to 4.
-        unsafe { Flow::read_words(at) }
-    }
-
-    #[inline(always)]
-    fn tag_names(tag: &Flow, flow: &Flow) -> bool {
-        tag.same(flow)
-    }
-
-    /// The unspecified source (refused as martian before any lookup) and
-    /// port 0: no client's flow.
-    #[inline(always)]
-    unsafe fn spend_tag(at: *mut Flow) {
-        // SAFETY: the caller's guarantee.
-        unsafe {
-            (*at).src = [0; 4];
-            (*at).dport = 0;
-        }
-    }
 }
 
 /// The 32-bit mask of a prefix of `prefix` bits (0 to 32 and beyond).
@@ -235,13 +178,20 @@ impl Addr for [u8; 16] {
     /// same `S ^ H` folded alike. The host number lands at the bottom of
     /// the product's input, so it reaches every bit above. The product's
     /// top bits depend on all of the address, its low ones only on the low
-    /// input bits: consumers take the top bits or mix further. (Reversing
-    /// the low half's bytes pairs as well, and grew `lb_xdp6`'s stack past
-    /// what its calls leave it.)
+    /// input bits, so its top half is folded onto its bottom one: an
+    /// address that differs from another only in the top group of the
+    /// product's input (group 4 or 7) then differs in both halves of the
+    /// fold, and the flow key (`abi::flow_key`), which rotates a source's
+    /// fold by 32 over the ports, cannot have a port cancel it. The top 16
+    /// bits are the product's own (`spread16`). Addresses whose groups 4
+    /// and 7 are equal, the rest alike, fold alike (`2001:db8:0:S::S:1`).
+    /// (Reversing the low half's bytes pairs as well, and grew `lb_xdp6`'s
+    /// stack past what its calls leave it.)
     #[inline(always)]
     fn fold(&self) -> u64 {
         let [high, low] = halves(self);
-        (high ^ low.rotate_left(16)).wrapping_mul(FOLD6_MULTIPLIER)
+        let product = (high ^ low.rotate_left(16)).wrapping_mul(FOLD6_MULTIPLIER);
+        product ^ (product >> 32)
     }
 
     #[inline(always)]
@@ -304,31 +254,6 @@ impl Addr for [u8; 16] {
         let [net_high, net_low] = halves(network);
         let [mask_high, mask_low] = halves(mask);
         high & mask_high == net_high && low & mask_low == net_low
-    }
-
-    type FlowTag = u64;
-
-    /// Odd: 0 is a spent record's.
-    #[inline(always)]
-    fn flow_tag(flow: &Flow<Self>) -> u64 {
-        crate::abi::flow_key(flow) | 1
-    }
-
-    #[inline(always)]
-    unsafe fn read_tag(at: *const u64) -> u64 {
-        // SAFETY: the caller's guarantee; a record is aligned to 8.
-        unsafe { at.read() }
-    }
-
-    #[inline(always)]
-    fn tag_names(tag: &u64, flow: &Flow<Self>) -> bool {
-        *tag == Self::flow_tag(flow)
-    }
-
-    #[inline(always)]
-    unsafe fn spend_tag(at: *mut u64) {
-        // SAFETY: the caller's guarantee.
-        unsafe { at.write(0) }
     }
 }
 
@@ -441,22 +366,31 @@ mod tests {
         assert_eq!(shared, 16, "{shared} shared folds");
     }
 
-    /// A handshake record keeps its IPv6 flow's key alone (`FlowTag`):
-    /// the flows of many hosts of a network over many ports, to one VIP,
-    /// have keys of their own. (The fold's XOR of halves as they lie made
-    /// a host's bits cancel a source port's in the key.)
+    /// IPv6 flows to one VIP keep flow keys of their own (the handshake
+    /// slot's and the flow cache slot's source, `abi::flow_key`): hosts of
+    /// one network over many source ports, and one host number in many
+    /// subnets over many source ports. A fold whose address bits a port
+    /// could cancel in the key shared them: the halves XORed as they lie
+    /// (a host's bits against a source port's: the 1,024 flows of the
+    /// first kind in 256 keys), and the product without its top half
+    /// folded down (a subnet's: the second kind's 1,024 in 256).
     #[test]
     fn ipv6_flows_of_hosts_and_ports_keep_their_own_keys() {
-        let mut tags = [0_u64; 8 * 256];
-        for (i, tag) in tags.iter_mut().enumerate() {
-            let src = [0xfd, 0x77, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, (i / 256) as u8 + 1];
+        let mut keys = [0_u64; 2 * 8 * 128];
+        for (i, key) in keys.iter_mut().enumerate() {
+            let (plan, n, sport) = (i / 1024, (i % 1024) / 128, 1024 + (i % 128) as u16);
+            let src = if plan == 0 {
+                [0xfd, 0x77, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, n as u8 + 1]
+            } else {
+                [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, n as u8, 0, 0, 0, 0, 0, 0, 0, 5]
+            };
             let dst = [0xfd, 0x77, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
-            let sport = 1024 + (i % 256) as u16;
-            let flow = Flow { src, dst, sport, dport: 80, proto: 6, _pad: [0; 3] };
-            *tag = <[u8; 16]>::flow_tag(&flow);
+            let flow = crate::abi::Flow { src, dst, sport, dport: 443, proto: 6, _pad: [0; 3] };
+            *key = crate::abi::flow_key(&flow);
         }
-        tags.sort_unstable();
-        assert!(tags.windows(2).all(|w| w[0] != w[1]), "two flows share a key");
+        keys.sort_unstable();
+        let shared = keys.windows(2).filter(|w| w[0] == w[1]).count();
+        assert_eq!(shared, 0, "{shared} of 2,048 flows share a key");
     }
 
     #[test]

@@ -26,7 +26,6 @@ use lb_common::{
         HANDSHAKE_PROOF_SYN_SEEN, Handshake, PROTO_TCP, Service, TCP_FIN, TCP_RST, expired,
         handshake_flags, handshake_slot,
     },
-    addr::Addr,
     counter::Counter,
 };
 
@@ -47,8 +46,8 @@ pub fn find<F: Family>(flow: &Flow<F::Addr>, here: Here) -> Option<*mut Handshak
     // slot at the same time; a torn read at worst mixes two records, which
     // the backend check of whoever uses it bounds to a wrong backend of
     // the same service for one handshake.
-    let (named, born) = unsafe { (Handshake::names(record, flow), (*record).born) };
-    if !named {
+    let (held, born) = unsafe { (Handshake::flow_of(record), (*record).born) };
+    if !held.same(flow) {
         return None;
     }
     let state = if flow.proto == PROTO_TCP { CONN_SYN } else { CONN_UDP };
@@ -90,7 +89,13 @@ pub fn open<F: Family>(
     if let Some(record) = F::handshakes().get_ptr_mut(handshake_slot(flow)) {
         // The flow's recording records its client too (`settle`).
         let flags = handshake_flags(service.flags);
-        let placed = Handshake::new(flow, choice.id, here.epoch as u32, flags);
+        let placed = Handshake {
+            flow: *flow,
+            backend_id: choice.id,
+            born: here.epoch as u32,
+            expect_ack: 0,
+            flags,
+        };
         // SAFETY: a pointer into the array's value (see `find`).
         unsafe { *record = placed };
     }
@@ -138,7 +143,7 @@ pub fn record_answer<F: Family>(flow: &Flow<F::Addr>, backend_id: u32, seq: u32,
 /// The record learns that backend `backend_id` answered with `seq`, if
 /// the record placed its flow there.
 #[inline(always)]
-fn expect_ack<A: Addr>(record: *mut Handshake<A>, backend_id: u32, seq: u32) {
+fn expect_ack<A>(record: *mut Handshake<A>, backend_id: u32, seq: u32) {
     // SAFETY: as in `find`.
     unsafe {
         if (*record).backend_id == backend_id {
@@ -208,9 +213,14 @@ pub fn settle<F: Family>(
     if placed.flags & HANDSHAKE_PERSIST != 0 {
         F::remember(service_id, placed.backend_id, placed.flags, flow.src);
     }
-    // Spent: the table holds the flow now.
+    // Spent: the table holds the flow now. A record of no client's source
+    // (the unspecified address, refused as martian before any lookup) and
+    // port 0 matches no flow; the rest of it is left.
     // SAFETY: as in `find`.
-    unsafe { Handshake::spend(record) };
+    unsafe {
+        (*record).flow.src = F::Addr::default();
+        (*record).flow.dport = 0;
+    }
     Known::Flow(service_id, choice)
 }
 

@@ -132,9 +132,7 @@ impl<A: TableAddr + MapAddr + aya::Pod> FamilyReader<A> {
             .get(&handshake_slot(flow), 0)
             .map_err(|e| DataplaneError::kernel(format!("reading {}", A::HANDSHAKES), e))?;
         let state = if flow.proto == PROTO_TCP { CONN_SYN } else { CONN_UDP };
-        // SAFETY: a record, read whole into this value.
-        let named = unsafe { Handshake::names(&raw const record, flow) };
-        let live = named && !expired(now, record.born, timeouts.get(state));
+        let live = record.flow == *flow && !expired(now, record.born, timeouts.get(state));
         Ok(live.then_some((record.backend_id, record.flags)))
     }
 
@@ -317,7 +315,7 @@ impl<A: TableAddr + aya::Pod> FamilyFlows<A> {
         now: u32,
         flags: u32,
     ) -> Result<(), DataplaneError> {
-        let record = Handshake::new(flow, backend_id, now, flags);
+        let record = Handshake { flow: *flow, backend_id, born: now, expect_ack: 0, flags };
         let mut records = self.handshakes.lock().unwrap_or_else(PoisonError::into_inner);
         records
             .set(handshake_slot(flow), record, 0)
