@@ -7,9 +7,10 @@
 //! What differs between the families is how an address folds into the 64
 //! bits the hashes and direct-mapped indexes work on: IPv4's fold is the
 //! address itself, as it always was. IPv6's native fold (this node's
-//! indexes) multiplies the XOR of its halves by an odd constant, so that
-//! its top bits depend on every bit of the address; its wire fold (the
-//! flow hash, the same on every node) mixes the low half with `mix64`.
+//! indexes) multiplies the XOR of its halves (the low one rotated by a
+//! group) by an odd constant and folds the product's top half onto its
+//! bottom one (see its comment); its wire fold (the flow hash, the same on
+//! every node) mixes the low half with `mix64`.
 
 use crate::hash::mix64;
 
